@@ -1,0 +1,285 @@
+/**
+ * Loading the wasm core and calling into it safely.
+ *
+ * `init()` must resolve (or `initSync()` return) before any API that uses the
+ * core. There is no top-level await: the default location is resolved only
+ * when `init()` is called.
+ * @module
+ */
+import { loadCore, loadCoreSync, type LoadedCore } from './_loader.js';
+import { VmkitError } from './errors.js';
+
+/** ABI version this build of the bindings speaks (see docs/abi.md). */
+export const CORE_ABI_VERSION = 1;
+
+/** Where to load the core from. */
+export type CoreSource =
+  | URL
+  | string
+  | Uint8Array
+  | ArrayBuffer
+  | WebAssembly.Module
+  | Response
+  | Promise<Response | Uint8Array | ArrayBuffer | WebAssembly.Module>;
+
+/** Facts about the loaded core. */
+export interface CoreInfo {
+  /** ABI version reported by the core. */
+  abiVersion: number;
+  /** Bytes of linear memory the core currently has. */
+  memoryBytes: number;
+  /** How many times the core was re-instantiated after a trap. */
+  resets: number;
+}
+
+/** Exports every core build has (docs/abi.md, "Base"). */
+export interface BaseExports {
+  memory: WebAssembly.Memory;
+  alloc(size: number): number;
+  free(ptr: number): void;
+  abiVersion(): number;
+  selfCheck(): number;
+  debugAbort(code: number): number;
+}
+
+/**
+ * A live core instance. Internal to vmkit's bindings (exported for the other
+ * modules of this package); `generation` changes when a trap forces a reset,
+ * which invalidates every pointer into the old memory.
+ */
+export interface Core {
+  readonly exports: BaseExports & Record<string, unknown>;
+  readonly generation: number;
+  /** A view of the whole memory; re-made after growth, so do not keep it across calls that allocate. */
+  u8(): Uint8Array;
+  /** Allocates `size` bytes in core memory (16-byte aligned). Throws CORE_NO_MEMORY. */
+  alloc(size: number): number;
+  /** Frees a block from `alloc`. */
+  free(ptr: number): void;
+}
+
+let loaded: LoadedCore | undefined;
+let current: CoreImpl | undefined;
+let generation = 0;
+let resets = 0;
+
+class CoreImpl implements Core {
+  readonly exports: BaseExports & Record<string, unknown>;
+  readonly generation: number;
+  private view: Uint8Array;
+  constructor(exports: Record<string, unknown>, gen: number) {
+    this.exports = exports as BaseExports & Record<string, unknown>;
+    this.generation = gen;
+    this.view = new Uint8Array(this.exports.memory.buffer);
+  }
+  u8(): Uint8Array {
+    // A grown memory detaches the old ArrayBuffer (byteLength 0).
+    if (this.view.buffer !== this.exports.memory.buffer) this.view = new Uint8Array(this.exports.memory.buffer);
+    return this.view;
+  }
+  alloc(size: number): number {
+    const p = this.exports.alloc(size) >>> 0;
+    if (p === 0 && size !== 0) {
+      throw new VmkitError('CORE_NO_MEMORY', `core could not allocate ${size} bytes`);
+    }
+    return p;
+  }
+  free(ptr: number): void {
+    this.exports.free(ptr);
+  }
+}
+
+function adopt(l: LoadedCore): CoreInfo {
+  const ex = l.exports as Partial<BaseExports>;
+  if (typeof ex.abiVersion !== 'function' || typeof ex.alloc !== 'function' || !(ex.memory instanceof WebAssembly.Memory)) {
+    throw new VmkitError('CORE_LOAD', 'not a vmkit core: missing abiVersion/alloc/memory exports');
+  }
+  const abi = ex.abiVersion();
+  if (abi !== CORE_ABI_VERSION) {
+    throw new VmkitError('CORE_LOAD', `core ABI version ${abi} does not match bindings ABI ${CORE_ABI_VERSION}`);
+  }
+  loaded = l;
+  generation++;
+  current = new CoreImpl(l.exports, generation);
+  return coreInfo();
+}
+
+function defaultLocation(): URL {
+  // Written literally so bundlers (Vite, webpack, esbuild) see and copy the asset.
+  return new URL('./core.wasm', import.meta.url);
+}
+
+async function readUrl(url: URL): Promise<Uint8Array | Response> {
+  if (url.protocol === 'file:') {
+    // Node: fetch() has no file: support. The specifier is hidden from
+    // bundlers so browser builds do not try to resolve node:fs.
+    const fsName = 'node:fs/promises';
+    const fs = (await import(/* @vite-ignore */ fsName)) as typeof import('node:fs/promises');
+    return new Uint8Array(await fs.readFile(url));
+  }
+  const res = await fetch(url);
+  if (!res.ok) throw new VmkitError('CORE_LOAD', `fetching ${url.href} failed: HTTP ${res.status}`, { path: url.href });
+  return res;
+}
+
+/**
+ * Loads and instantiates the core. Call once before using any other API; later
+ * calls with no argument return at once, and a call with a source replaces the
+ * core (every handle made before becomes stale).
+ *
+ * @param source nothing (the `core.wasm` next to this module), a URL or URL
+ *   string, the bytes, a compiled `WebAssembly.Module`, or a `Response`.
+ * @example
+ * ```ts
+ * import { init } from 'vmkit';
+ * await init();                                   // default location
+ * await init(new URL('/static/core.wasm', location.href)); // browsers: your own URL
+ * ```
+ */
+export async function init(source?: CoreSource): Promise<CoreInfo> {
+  if (source === undefined && current) return coreInfo();
+  try {
+    let s: unknown = await (source ?? defaultLocation());
+    if (typeof s === 'string') s = new URL(s, typeof location !== 'undefined' ? location.href : undefined);
+    if (s instanceof URL) s = await readUrl(s);
+    if (typeof Response !== 'undefined' && s instanceof Response) {
+      s = new Uint8Array(await s.arrayBuffer());
+    }
+    return adopt(await loadCore(s as WebAssembly.Module | BufferSource));
+  } catch (e) {
+    if (e instanceof VmkitError) throw e;
+    throw new VmkitError('CORE_LOAD', `could not load the vmkit core: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/**
+ * Instantiates the core synchronously from bytes or a compiled module (Node,
+ * workers). Browsers' main threads may refuse to compile large modules
+ * synchronously; pass a `WebAssembly.Module` there or use {@link init}.
+ *
+ * @example
+ * ```ts
+ * import { readFileSync } from 'node:fs';
+ * import { initSync } from 'vmkit';
+ * initSync(readFileSync(new URL(import.meta.resolve('vmkit/core.wasm'))));
+ * ```
+ */
+export function initSync(source: Uint8Array | ArrayBuffer | WebAssembly.Module): CoreInfo {
+  if (!(source instanceof Uint8Array || source instanceof ArrayBuffer || source instanceof WebAssembly.Module)) {
+    throw new VmkitError('ARG_TYPE', 'source must be a Uint8Array, ArrayBuffer or WebAssembly.Module');
+  }
+  try {
+    return adopt(loadCoreSync(source));
+  } catch (e) {
+    if (e instanceof VmkitError) throw e;
+    throw new VmkitError('CORE_LOAD', `could not load the vmkit core: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/**
+ * True once {@link init} or {@link initSync} has succeeded.
+ *
+ * @example
+ * ```ts
+ * if (!isInitialized()) await init();
+ * ```
+ */
+export function isInitialized(): boolean {
+  return current !== undefined;
+}
+
+/**
+ * Facts about the loaded core.
+ *
+ * @example
+ * ```ts
+ * await init();
+ * console.log(coreInfo().memoryBytes);
+ * ```
+ */
+export function coreInfo(): CoreInfo {
+  const c = core();
+  return { abiVersion: c.exports.abiVersion(), memoryBytes: c.exports.memory.buffer.byteLength, resets };
+}
+
+/**
+ * The live core. Internal to vmkit's modules.
+ * @internal
+ */
+export function core(): Core {
+  if (!current) {
+    throw new VmkitError('NOT_INITIALIZED', 'the vmkit core is not loaded: call `await init()` first');
+  }
+  return current;
+}
+
+/**
+ * The compiled module of the loaded core (for workers, which instantiate it
+ * again with `initSync`).
+ * @internal
+ */
+export function coreModule(): WebAssembly.Module {
+  core();
+  return loaded!.module;
+}
+
+/**
+ * Runs `fn` against the core, turning a trap (or an abort) into a VmkitError
+ * with code CORE_TRAP and replacing the instance with a fresh one: after a trap
+ * its memory cannot be trusted. Handles made before see STALE_HANDLE.
+ * @internal
+ */
+export function withCore<T>(fn: (c: Core) => T): T {
+  const c = core();
+  try {
+    return fn(c);
+  } catch (e) {
+    if (e instanceof VmkitError) throw e;
+    if (isTrap(e)) {
+      reset();
+      throw new VmkitError('CORE_TRAP', `the vmkit core trapped: ${(e as Error).message}`, { cause: e });
+    }
+    throw e;
+  }
+}
+
+function isTrap(e: unknown): boolean {
+  if (e instanceof WebAssembly.RuntimeError) return true;
+  // The loader's abort() throws a plain Error whose message starts with "abort:".
+  return e instanceof Error && e.message.startsWith('abort:');
+}
+
+function reset(): void {
+  if (!loaded) return;
+  resets++;
+  try {
+    adopt(loadCoreSync(loaded.module));
+  } catch {
+    current = undefined;
+  }
+}
+
+/**
+ * Throws STALE_HANDLE when `gen` is not the live core's generation.
+ * @internal
+ */
+export function checkGeneration(gen: number, what: string): Core {
+  const c = core();
+  if (c.generation !== gen) {
+    throw new VmkitError('STALE_HANDLE', `${what} belongs to a core instance that was reset or replaced`);
+  }
+  return c;
+}
+
+/**
+ * Runs the core's self-check (every module's internal tests). Returns 0 when all pass.
+ *
+ * @example
+ * ```ts
+ * await init();
+ * if (selfCheck() !== 0) throw new Error('core is broken');
+ * ```
+ */
+export function selfCheck(): number {
+  return withCore((c) => c.exports.selfCheck());
+}

@@ -1,0 +1,6 @@
+/**
+ * vmkit/memory.
+ * @module
+ */
+export { init, initSync } from '../core.js';
+export { VmkitError } from '../errors.js';
