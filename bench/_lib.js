@@ -1,0 +1,72 @@
+// Shared helpers for bench suites. A suite is a file bench/<name>.bench.js
+// exporting `async function run(ctx)`, which returns
+//   { title, sections: [{ heading, markdown }], notes?: string[] }
+// ctx = { quick: boolean, log(msg) }.
+// Use `measure()` to run tinybench tasks side by side and get a markdown table
+// with medians and ratios to a chosen baseline (the peer).
+import { Bench } from 'tinybench';
+
+/**
+ * Runs tasks in one tinybench Bench and returns { table, results }.
+ * tasks: [{ name, fn, bytes? (per op, for throughput), items? (per op) }]
+ * baseline: task name the ratios are against (default: the first task).
+ */
+export async function measure(tasks, { time = 500, warmupTime = 100, baseline, quick = false } = {}) {
+  const bench = new Bench({ time: quick ? Math.min(time, 150) : time, warmupTime: quick ? 20 : warmupTime, throws: true });
+  for (const t of tasks) bench.add(t.name, t.fn, t.opts);
+  await bench.run();
+  const results = tasks.map((t) => {
+    const task = bench.getTask(t.name);
+    const r = task.result;
+    const medianMs = r.latency.p50 ?? r.latency.mean;
+    return {
+      name: t.name,
+      medianNs: medianMs * 1e6,
+      samples: r.latency.samplesCount ?? r.latency.samples?.length ?? 0,
+      rme: r.latency.rme,
+      bytes: t.bytes,
+      items: t.items,
+    };
+  });
+  const base = results.find((r) => r.name === (baseline ?? tasks[0].name)) ?? results[0];
+  const rows = results.map((r) => {
+    const tput = r.bytes ? `${fmtRate(r.bytes / (r.medianNs / 1e9))}B/s` : r.items ? `${fmtRate(r.items / (r.medianNs / 1e9))}/s` : '';
+    return `| ${r.name} | ${fmtNs(r.medianNs)} | ${tput} | ${(base.medianNs / r.medianNs).toFixed(2)}× | ${r.samples} |`;
+  });
+  const table = [
+    `| task | median/op | throughput | speed vs ${base.name} | samples |`,
+    '|---|---:|---:|---:|---:|',
+    ...rows,
+  ].join('\n');
+  return { table, results };
+}
+
+export function fmtNs(ns) {
+  if (ns < 1e3) return `${ns.toFixed(1)} ns`;
+  if (ns < 1e6) return `${(ns / 1e3).toFixed(2)} µs`;
+  if (ns < 1e9) return `${(ns / 1e6).toFixed(2)} ms`;
+  return `${(ns / 1e9).toFixed(2)} s`;
+}
+
+export function fmtRate(x) {
+  const u = ['', 'K', 'M', 'G', 'T'];
+  let i = 0;
+  while (x >= 1000 && i < u.length - 1) {
+    x /= 1000;
+    i++;
+  }
+  return `${x.toFixed(x < 10 ? 2 : 1)} ${u[i]}`;
+}
+
+/** Median of numbers. */
+export function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** Loads the release core once for a suite. */
+export async function loadCore() {
+  const { init } = await import('../dist/index.js');
+  await init();
+}
