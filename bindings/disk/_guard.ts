@@ -1,0 +1,15 @@
+/**
+ * The hook through which disk ownership fences a stale owner: every writable
+ * block device calls its guard before it writes or flushes, and the guard
+ * throws VmkitError FENCED when this holder's epoch is no longer current.
+ * @module
+ */
+
+/** Checked by a block device before each write or flush. */
+export interface WriteGuard {
+  /**
+   * Throws VmkitError('FENCED') when the caller may no longer write. May be
+   * async (e.g. it consults a lease); devices await it before touching storage.
+   */
+  check(op: 'write' | 'flush' | 'discard'): void | Promise<void>;
+}
