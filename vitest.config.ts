@@ -8,6 +8,7 @@ const chromium = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 
 export default defineConfig({
   test: {
+    reporters: ['default', './test/_summary-reporter.ts'],
     projects: [
       {
         test: {
