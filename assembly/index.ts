@@ -9,6 +9,7 @@ export * from "./lz4";
 export * from "./staging";
 export * from "./sectors";
 export * from "./digest_index";
+export * from "./backup_plan";
 
 import { pagingSelfCheck } from "./paging";
 import { prefetchSelfCheck } from "./prefetch";
@@ -16,6 +17,7 @@ import { lz4SelfCheck } from "./lz4";
 import { stagingSelfCheck } from "./staging";
 import { sectorsSelfCheck } from "./sectors";
 import { digestindexSelfCheck } from "./digest_index";
+import { backupplanSelfCheck } from "./backup_plan";
 
 /** ABI version: bumped on any incompatible change to an export's contract. */
 export const ABI_VERSION: i32 = 1;
@@ -43,6 +45,8 @@ export function selfCheck(): i32 {
   if (r != 0) return 5000 + r;
   r = digestindexSelfCheck();
   if (r != 0) return 6000 + r;
+  r = backupplanSelfCheck();
+  if (r != 0) return 7000 + r;
   return 0;
 }
 

@@ -1,0 +1,272 @@
+// Copy planning for live backup and consolidation (docs/abi.md, "backup plan").
+//
+// The host hands the core the allocation map of a disk chain (as a block-status
+// query reports it: data, zero or unallocated, with the depth of the layer that
+// answered) and the ranges the mirror driver has written since the job began.
+// The core answers with the extents to copy: what is allocated above the base
+// layer, minus what the mirror already wrote, split at chunk boundaries. It also
+// splits a buffer read from the source into zero and data runs, so zero runs
+// become zero writes (zero clusters) on the target instead of written data.
+//
+// Extent records are 24 bytes: three little-endian u64 (start, length, info).
+//   input info (plan):  bits 0..31 depth (0 = top layer), bits 32..33 kind
+//                       (0 data, 1 zero, 2 unallocated)
+//   output info:        0 = copy data, 1 = write zeroes
+// Range records (mirrored ranges, subtract output) are 16 bytes: start, length.
+
+import { E_ARG, E_CORRUPT, E_OUTPUT_TOO_SMALL } from "./_errors";
+
+/** Input kinds (bits 32..33 of info). */
+const PLAN_KIND_DATA: u64 = 0;
+const PLAN_KIND_ZERO: u64 = 1;
+const PLAN_KIND_UNALLOCATED: u64 = 2;
+/** Output ops. */
+const PLAN_OP_COPY: u64 = 0;
+const PLAN_OP_ZERO: u64 = 1;
+
+const U64_MAX: u64 = 0xffff_ffff_ffff_ffff;
+
+// Emits one output extent; merges with the previous one when contiguous, of
+// the same op and inside the same chunk. Returns the new count or an error.
+// unsafe: writes at outPtr + 24*n only after checking n < cap.
+function emit(outPtr: usize, n: i32, cap: i32, start: u64, len: u64, op: u64, chunk: u64): i32 {
+  // Split at multiples of chunk so no extent crosses a chunk boundary.
+  while (len > 0) {
+    const next = (start / chunk + 1) * chunk; // next boundary above start (may wrap at 2^64)
+    let piece = len;
+    if (next > start && next - start < len) piece = next - start;
+    if (n > 0) {
+      const p = outPtr + <usize>(n - 1) * 24;
+      const ps = load<u64>(p);
+      const pl = load<u64>(p, 8);
+      const pop = load<u64>(p, 16);
+      if (pop == op && ps + pl == start && ps / chunk == start / chunk) {
+        store<u64>(p, pl + piece, 8);
+        start += piece;
+        len -= piece;
+        continue;
+      }
+    }
+    if (n >= cap) return E_OUTPUT_TOO_SMALL;
+    const q = outPtr + <usize>n * 24;
+    store<u64>(q, start);
+    store<u64>(q, piece, 8);
+    store<u64>(q, op, 16);
+    n++;
+    start += piece;
+    len -= piece;
+  }
+  return n;
+}
+
+/**
+ * Plans the copy of everything allocated above the base layer.
+ *
+ * `inPtr` holds `n` extent records sorted by start and not overlapping (a
+ * block-status walk). An extent is copied when its kind is data or zero and its
+ * depth is below `baseDepth` (layers 0..baseDepth-1 are "above the base"; pass
+ * 0xffffffff to copy every allocated extent). Data extents become copy ops,
+ * zero extents zero ops. Adjacent ops of the same kind merge; no output extent
+ * crosses a multiple of `chunk` (non-zero, a multiple of 512).
+ *
+ * Returns the number of records written to `outPtr` (capacity `cap`), E_ARG for
+ * a bad chunk or an extent that wraps past 2^64, E_CORRUPT for unsorted or
+ * overlapping input, E_OUTPUT_TOO_SMALL when `cap` is too small (a safe
+ * capacity is the sum over inputs of length/chunk + 2).
+ */
+export function backupPlanExtents(inPtr: usize, n: i32, baseDepth: u32, chunk: u64, outPtr: usize, cap: i32): i32 {
+  if (n < 0 || cap < 0 || chunk == 0 || chunk % 512 != 0) return E_ARG;
+  let out: i32 = 0;
+  let prevEnd: u64 = 0;
+  for (let i: i32 = 0; i < n; i++) {
+    // unsafe: the host allocated n records at inPtr.
+    const p = inPtr + <usize>i * 24;
+    const start = load<u64>(p);
+    const len = load<u64>(p, 8);
+    const info = load<u64>(p, 16);
+    if (len == 0) continue;
+    if (len > U64_MAX - start) return E_ARG;
+    if (i > 0 && start < prevEnd) return E_CORRUPT;
+    prevEnd = start + len;
+    const depth = <u32>(info & 0xffff_ffff);
+    const kind = (info >> 32) & 3;
+    if (kind == PLAN_KIND_UNALLOCATED || kind == 3) continue;
+    if (depth >= baseDepth) continue;
+    const r = emit(outPtr, out, cap, start, len, kind == PLAN_KIND_ZERO ? PLAN_OP_ZERO : PLAN_OP_COPY, chunk);
+    if (r < 0) return r;
+    out = r;
+  }
+  return out;
+}
+
+/**
+ * The parts of [start, start+len) not covered by any of the `m` ranges at
+ * `mirPtr` (16-byte records sorted by start; they may overlap or touch).
+ * Writes 16-byte range records to `outPtr`; returns their count, E_ARG for a
+ * range that wraps past 2^64, E_CORRUPT for unsorted ranges,
+ * E_OUTPUT_TOO_SMALL when `cap` (at most m + 1 needed) is too small.
+ */
+export function backupPlanSubtract(start: u64, len: u64, mirPtr: usize, m: i32, outPtr: usize, cap: i32): i32 {
+  if (m < 0 || cap < 0 || len > U64_MAX - start) return E_ARG;
+  const end = start + len;
+  let cur = start;
+  let out: i32 = 0;
+  let prevStart: u64 = 0;
+  for (let i: i32 = 0; i < m && cur < end; i++) {
+    // unsafe: the host allocated m records at mirPtr.
+    const p = mirPtr + <usize>i * 16;
+    const ms = load<u64>(p);
+    const ml = load<u64>(p, 8);
+    if (ml > U64_MAX - ms) return E_ARG;
+    if (i > 0 && ms < prevStart) return E_CORRUPT;
+    prevStart = ms;
+    const me = ms + ml;
+    if (ml == 0 || me <= cur) continue;
+    if (ms >= end) break;
+    if (ms > cur) {
+      if (out >= cap) return E_OUTPUT_TOO_SMALL;
+      const q = outPtr + <usize>out * 16;
+      store<u64>(q, cur);
+      store<u64>(q, ms - cur, 8);
+      out++;
+    }
+    if (me > cur) cur = me;
+  }
+  if (cur < end) {
+    if (out >= cap) return E_OUTPUT_TOO_SMALL;
+    const q = outPtr + <usize>out * 16;
+    store<u64>(q, cur);
+    store<u64>(q, end - cur, 8);
+    out++;
+  }
+  return out;
+}
+
+// True when the `size` bytes at p are all zero. size is a multiple of 16.
+// unsafe: the caller checked p .. p+size lies in the host's buffer.
+function granuleIsZero(p: usize, size: usize): bool {
+  let acc = i64x2.splat(0);
+  for (let o: usize = 0; o < size; o += 64) {
+    if (size - o >= 64) {
+      acc = v128.or(acc, v128.or(v128.or(v128.load(p + o), v128.load(p + o, 16)), v128.or(v128.load(p + o, 32), v128.load(p + o, 48))));
+    } else {
+      for (let k: usize = o; k < size; k += 16) acc = v128.or(acc, v128.load(p + k));
+      break;
+    }
+  }
+  return !v128.any_true(acc);
+}
+
+/**
+ * Splits the `len` bytes at `buf` into runs of all-zero and data granules of
+ * `granule` bytes (a multiple of 16; the last granule may be short and is then
+ * checked byte by byte). Writes extent records (start relative to buf, length,
+ * op 0 data / 1 zero) to `outPtr`, adjacent granules of the same kind merged.
+ * Returns the count, E_ARG for a bad granule or length, E_OUTPUT_TOO_SMALL.
+ */
+export function backupPlanZeroRuns(buf: usize, len: i32, granule: i32, outPtr: usize, cap: i32): i32 {
+  if (len < 0 || granule <= 0 || granule % 16 != 0 || cap < 0) return E_ARG;
+  let out: i32 = 0;
+  let o: i32 = 0;
+  while (o < len) {
+    const g = len - o < granule ? len - o : granule;
+    let zero: bool;
+    if (g % 16 == 0) {
+      zero = granuleIsZero(buf + <usize>o, <usize>g);
+    } else {
+      zero = true;
+      for (let k: i32 = 0; k < g; k++) {
+        // unsafe: o + k < len, inside the host's buffer.
+        if (load<u8>(buf + <usize>(o + k)) != 0) {
+          zero = false;
+          break;
+        }
+      }
+    }
+    const op: u64 = zero ? PLAN_OP_ZERO : PLAN_OP_COPY;
+    if (out > 0 && load<u64>(outPtr + <usize>(out - 1) * 24, 16) == op) {
+      const p = outPtr + <usize>(out - 1) * 24;
+      store<u64>(p, load<u64>(p, 8) + <u64>g, 8);
+    } else {
+      if (out >= cap) return E_OUTPUT_TOO_SMALL;
+      const q = outPtr + <usize>out * 24;
+      store<u64>(q, <u64>o);
+      store<u64>(q, <u64>g, 8);
+      store<u64>(q, op, 16);
+      out++;
+    }
+    o += g;
+  }
+  return out;
+}
+
+// ---- self-check -------------------------------------------------------------
+
+function put3(p: usize, i: i32, a: u64, b: u64, c: u64): void {
+  const q = p + <usize>i * 24;
+  store<u64>(q, a);
+  store<u64>(q, b, 8);
+  store<u64>(q, c, 16);
+}
+
+function is3(p: usize, i: i32, a: u64, b: u64, c: u64): bool {
+  const q = p + <usize>i * 24;
+  return load<u64>(q) == a && load<u64>(q, 8) == b && load<u64>(q, 16) == c;
+}
+
+/** Internal checks; 0 = pass. Allocates its own scratch memory. */
+export function backupplanSelfCheck(): i32 {
+  const inp = heap.alloc(24 * 8);
+  const out = heap.alloc(24 * 16);
+  let r: i32 = 0;
+  // Plan: data depth 0 [0,4096), zero depth 0 [4096,8192), data depth 1 (base)
+  // [8192,12288), unallocated [12288,16384), data depth 0 [16384, 16384+200000).
+  put3(inp, 0, 0, 4096, 0);
+  put3(inp, 1, 4096, 4096, (<u64>1 << 32) | 0);
+  put3(inp, 2, 8192, 4096, 1);
+  put3(inp, 3, 12288, 4096, (<u64>2 << 32) | 5);
+  put3(inp, 4, 16384, 200000, 0);
+  let n = backupPlanExtents(inp, 5, 1, 65536, out, 16);
+  if (n != 6) r = 1;
+  else if (!is3(out, 0, 0, 4096, 0) || !is3(out, 1, 4096, 4096, 1)) r = 2;
+  else if (!is3(out, 2, 16384, 65536 - 16384, 0) || !is3(out, 3, 65536, 65536, 0)) r = 3;
+  else if (!is3(out, 4, 131072, 65536, 0) || !is3(out, 5, 196608, 16384 + 200000 - 196608, 0)) r = 4;
+  // baseDepth 2 takes the depth-1 extent too.
+  if (r == 0) {
+    n = backupPlanExtents(inp, 3, 2, 65536, out, 16);
+    if (n != 3 || !is3(out, 2, 8192, 4096, 0)) r = 5;
+  }
+  // Too small an output, bad chunk, overlapping input.
+  if (r == 0 && backupPlanExtents(inp, 5, 1, 65536, out, 2) != E_OUTPUT_TOO_SMALL) r = 6;
+  if (r == 0 && backupPlanExtents(inp, 5, 1, 100, out, 16) != E_ARG) r = 7;
+  if (r == 0) {
+    put3(inp, 1, 100, 4096, 0);
+    if (backupPlanExtents(inp, 2, 1, 65536, out, 16) != E_CORRUPT) r = 8;
+  }
+  // Subtract [10,20) and [15,40) and [60,70) from [0,100): [0,10) [40,60) [70,100).
+  if (r == 0) {
+    store<u64>(inp, 10);
+    store<u64>(inp, 10, 8);
+    store<u64>(inp, 15, 16);
+    store<u64>(inp, 25, 24);
+    store<u64>(inp, 60, 32);
+    store<u64>(inp, 10, 40);
+    n = backupPlanSubtract(0, 100, inp, 3, out, 8);
+    if (n != 3) r = 9;
+    else if (load<u64>(out) != 0 || load<u64>(out, 8) != 10 || load<u64>(out, 16) != 40 || load<u64>(out, 24) != 20) r = 10;
+    else if (load<u64>(out, 32) != 70 || load<u64>(out, 40) != 30) r = 11;
+    if (r == 0 && backupPlanSubtract(12, 20, inp, 3, out, 8) != 0) r = 12;
+  }
+  // Zero runs: 64 zero bytes, 16 data, 48 zero, 5-byte zero tail → zero/data/zero merged.
+  if (r == 0) {
+    const b = heap.alloc(133);
+    memory.fill(b, 0, 133);
+    store<u8>(b + 70, 1);
+    n = backupPlanZeroRuns(b, 133, 16, out, 8);
+    if (n != 3 || !is3(out, 0, 0, 64, 1) || !is3(out, 1, 64, 16, 0) || !is3(out, 2, 80, 53, 1)) r = 13;
+    heap.free(b);
+  }
+  heap.free(inp);
+  heap.free(out);
+  return r;
+}
