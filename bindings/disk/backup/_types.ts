@@ -1,0 +1,72 @@
+/**
+ * The slice of the block layer (vmkit/disk) that backup and consolidation
+ * build on, stated as small capability interfaces so the job logic can be
+ * tested against any implementation: a device with read/write/flush and an
+ * allocation-status query, and the handful of chain operations (open, create
+ * an overlay, remove a layer) a job performs on image files.
+ * @module
+ */
+
+/** What a block-status query reports for a range, as QEMU's block status does. */
+export type BlockKind = 'data' | 'zero' | 'unallocated';
+
+/** One run of equal allocation status. */
+export interface BlockExtent {
+  /** Byte offset of the run. */
+  offset: number;
+  /** Bytes in the run (> 0). */
+  length: number;
+  /** data / zero (answered by layer `depth`) or unallocated (no layer has it: reads as zero). */
+  kind: BlockKind;
+  /** 0 = the top layer of the chain, 1 = its backing file, … */
+  depth: number;
+}
+
+/**
+ * A block device as backup sees it. Offsets and lengths are byte counts,
+ * multiples of `alignment` (512).
+ */
+export interface BackupDevice {
+  /** Virtual size in bytes. */
+  readonly size: number;
+  /** I/O alignment in bytes (a power of two, at least 512). */
+  readonly alignment: number;
+  read(offset: number, length: number): Promise<Uint8Array>;
+  write(offset: number, data: Uint8Array): Promise<void>;
+  /** Writes zeroes efficiently (zero clusters) when the format can. */
+  writeZeroes?(offset: number, length: number): Promise<void>;
+  flush(): Promise<void>;
+  /** Status of the run starting at `offset` (at most `length` bytes). */
+  blockStatus(offset: number, length: number): Promise<BlockExtent>;
+  close(): Promise<void>;
+}
+
+/** Image formats a job can create. */
+export type ImageFormat = 'qcow2' | 'vmdk' | 'raw';
+
+/**
+ * Operations on image files a job needs. The default implementation is the
+ * vmkit/disk one on Node files; tests pass an in-memory one.
+ */
+export interface ChainOps {
+  /** Opens the chain whose top layer is `path`; the top is writable unless readOnly. */
+  open(path: string, opts?: { readOnly?: boolean }): Promise<BackupDevice>;
+  /** Creates an overlay at `path` whose backing file is `backing` (stored relative to `path` when possible). */
+  createOverlay(path: string, backing: string, format?: ImageFormat): Promise<void>;
+  /** Creates an empty standalone image. */
+  create(path: string, size: number, format: ImageFormat): Promise<void>;
+  /** The backing file of the image at `path` (resolved to a path), or undefined. */
+  backingOf(path: string): Promise<string | undefined>;
+  /** The format of the image at `path`. */
+  formatOf(path: string): Promise<ImageFormat>;
+  /** True when a file exists at `path`. */
+  exists(path: string): Promise<boolean>;
+  /** Removes the file (no error when it is absent). */
+  remove(path: string): Promise<void>;
+  /** Atomically replaces `to` with `from`. */
+  rename(from: string, to: string): Promise<void>;
+  /** Reads a small file (the job record), undefined when absent. */
+  readText(path: string): Promise<string | undefined>;
+  /** Writes a small file durably and atomically (write, fsync, rename, fsync the folder). */
+  writeTextAtomic(path: string, text: string): Promise<void>;
+}

@@ -1,0 +1,354 @@
+/**
+ * Consolidation ("deleting a snapshot"): collapses the active delta into the
+ * layer below it, or onto a new target image, while the guest keeps writing.
+ * A mirror driver goes in front of the chain; the delta's allocated clusters
+ * are copied to the target in one pass while every guest write is mirrored;
+ * when the pass is over the target takes over as the active layer and the
+ * delta leaves the chain. A state record next to the delta makes every crash
+ * recoverable (docs/backup.md).
+ * @module
+ */
+import { VmkitError } from '../../errors.js';
+import { planExtents, type PlanOp } from './_plan.js';
+import type { BackupDevice, BlockExtent, ChainOps, ImageFormat } from './_types.js';
+import {
+  newProgress,
+  RateLimiter,
+  readJobRecord,
+  removeJobRecord,
+  withPolicy,
+  writeJobRecord,
+  type JobOptions,
+  type JobProgress,
+  type JobRecord,
+} from './job.js';
+import type { LiveDisk } from './live.js';
+import { MirrorDriver } from './mirror.js';
+
+/** Where a consolidation puts the delta's data. */
+export interface ConsolidateOptions extends JobOptions {
+  /** 'base' (default): into the layer below the delta. Otherwise the path of a new target image. */
+  into?: 'base' | string;
+  /** Format of a new target (default: the delta's format). */
+  format?: ImageFormat;
+  /**
+   * A new target holds the whole chain, with no backing file (default false:
+   * the target is an overlay on the delta's backing file and gets only the
+   * delta's data).
+   */
+  full?: boolean;
+  /**
+   * Pivot as soon as the target is in sync (default true). With false the job
+   * stays `ready`, mirroring, until {@link ConsolidateJob.complete}.
+   */
+  autoComplete?: boolean;
+  /** Test hook: called at named points of the job (crash tests stop the process there). */
+  hook?: (point: 'recorded' | 'copying' | 'in-sync' | 'pivot-recorded' | 'delta-removed') => void | Promise<void>;
+}
+
+/** What a finished consolidation reports. */
+export interface ConsolidateResult extends JobProgress {
+  /** The active layer after the job: the base or the target (the delta if cancelled). */
+  active: string;
+  /** Milliseconds from start to pivot. */
+  elapsedMs: number;
+}
+
+/** A running consolidation. */
+export interface ConsolidateJob {
+  /** Current progress. */
+  progress(): JobProgress;
+  /** Stops the job; the delta stays active; resolves once the job is cancelled. */
+  cancel(): Promise<void>;
+  /** Pivots a job started with `autoComplete: false` once it is ready. */
+  complete(): void;
+  /** Resolves when the job is done, rejects when it fails or is cancelled (CANCELLED). */
+  readonly done: Promise<ConsolidateResult>;
+}
+
+/** Walks the block status of `dev` over [0, size) into extents. */
+export async function allocationMap(dev: BackupDevice, step: number = 1 << 30): Promise<BlockExtent[]> {
+  const out: BlockExtent[] = [];
+  let off = 0;
+  while (off < dev.size) {
+    const e = await dev.blockStatus(off, Math.min(step, dev.size - off));
+    if (!(e.length > 0) || e.offset !== off) {
+      throw new VmkitError('CORRUPT', `block status at ${off} returned an empty or misplaced extent`, { offset: off });
+    }
+    const last = out[out.length - 1];
+    if (last && last.kind === e.kind && last.depth === e.depth && last.offset + last.length === off) last.length += e.length;
+    else out.push({ ...e });
+    off += e.length;
+  }
+  return out;
+}
+
+/**
+ * Starts consolidating the active delta of `disk`. The caller keeps reading
+ * and writing `disk` throughout; its writes complete only once the target
+ * has them too.
+ *
+ * @example
+ * ```ts
+ * const disk = await LiveDisk.open('vm-delta.qcow2', ops);
+ * const job = await consolidate(disk, { into: 'base', rateLimit: 200 * 2 ** 20 });
+ * const timer = setInterval(() => console.log(job.progress().remaining), 1000);
+ * const res = await job.done;                   // disk.path is now the base
+ * clearInterval(timer);
+ * ```
+ */
+export async function consolidate(disk: LiveDisk, opts: ConsolidateOptions = {}): Promise<ConsolidateJob> {
+  const ops = disk.ops;
+  const delta = disk.path;
+  const existing = await readJobRecord(ops, delta);
+  if (existing) {
+    throw new VmkitError('INVALID_STATE', `a ${existing.mode} consolidation of ${delta} was interrupted: recover it first (recoverConsolidation)`, { path: delta });
+  }
+  const base = await ops.backingOf(delta);
+  if (base === undefined) {
+    throw new VmkitError('INVALID_STATE', `${delta} has no backing file: there is nothing to consolidate`, { path: delta });
+  }
+  const into = opts.into ?? 'base';
+  const mode: JobRecord['mode'] = into === 'base' ? 'base' : 'target';
+  const full = mode === 'target' && opts.full === true;
+  const format = opts.format ?? (await ops.formatOf(delta));
+  const target = mode === 'base' ? base : into;
+  if (mode === 'target') {
+    if (target === delta || target === base) throw new VmkitError('ARG_RANGE', `target ${target} is a layer of the chain`, { path: target });
+    if (await ops.exists(target)) throw new VmkitError('CONFLICT', `target ${target} exists`, { path: target });
+  }
+  const rec: JobRecord = {
+    magic: 'vmkit-disk-job',
+    version: 1,
+    kind: 'consolidate',
+    mode,
+    phase: 'mirroring',
+    delta,
+    base,
+    target,
+    targetCreated: mode === 'target',
+    full,
+    format,
+    started: new Date().toISOString(),
+    updated: '',
+  };
+  // The record goes first: a crash after it leaves a target to roll back.
+  await writeJobRecord(ops, rec);
+  if (mode === 'target') {
+    if (full) await ops.create(target, disk.size, format);
+    else await ops.createOverlay(target, base, format);
+  }
+  await opts.hook?.('recorded');
+  const targetDev = await ops.open(target);
+  return startJob(disk, rec, targetDev, opts, false);
+}
+
+/**
+ * Resumes a consolidation of `disk`'s delta that a crash interrupted before
+ * its pivot: the target is kept and the pass runs again over everything the
+ * delta holds (the delta is the truth until the pivot, so a pass from the
+ * start is always right). A job interrupted after its pivot is finished by
+ * {@link recoverConsolidation} instead.
+ *
+ * @example
+ * ```ts
+ * const disk = await LiveDisk.open('vm-delta.qcow2', ops);
+ * const job = await resumeConsolidation(disk);
+ * await job.done;
+ * ```
+ */
+export async function resumeConsolidation(disk: LiveDisk, opts: ConsolidateOptions = {}): Promise<ConsolidateJob> {
+  const rec = await readJobRecord(disk.ops, disk.path);
+  if (!rec) throw new VmkitError('NOT_FOUND', `no interrupted consolidation of ${disk.path}`, { path: disk.path });
+  if (rec.phase !== 'mirroring') {
+    throw new VmkitError('INVALID_STATE', `the consolidation of ${disk.path} had pivoted: finish it with recoverConsolidation`, { path: disk.path });
+  }
+  if (!(await disk.ops.exists(rec.target))) {
+    // Crashed between the record and the target's creation.
+    if (rec.full) await disk.ops.create(rec.target, disk.size, rec.format as ImageFormat);
+    else await disk.ops.createOverlay(rec.target, rec.base, rec.format as ImageFormat);
+  }
+  const targetDev = await disk.ops.open(rec.target);
+  return startJob(disk, rec, targetDev, opts, true);
+}
+
+function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts: ConsolidateOptions, resumed: boolean): ConsolidateJob {
+  const ops = disk.ops;
+  const p = newProgress();
+  const t0 = Date.now();
+  const chunk = opts.chunk ?? 1 << 20;
+  if (chunk <= 0 || chunk % 65536 !== 0) throw new VmkitError('ARG_RANGE', `chunk must be a positive multiple of 65536, got ${chunk}`);
+  const parallel = Math.max(1, opts.parallel ?? 4);
+  const limiter = new RateLimiter(opts.rateLimit ?? Infinity);
+  const policy = <T>(what: string, fn: () => Promise<T>): Promise<T> => withPolicy(opts, () => p.retries++, what, fn);
+  let cancelRequested = false;
+  let completeRequested = opts.autoComplete !== false;
+  let wake: (() => void) | undefined;
+  let failure: unknown;
+  const mirror = new MirrorDriver(disk.device, targetDev, {
+    // A resumed full target may hold data where the source now has zeroes.
+    targetZeroed: rec.full && !resumed,
+    policy,
+    onTargetError: (e) => {
+      failure ??= e;
+      wake?.();
+    },
+  });
+  const report = (): JobProgress => {
+    Object.assign(p, mirror.stats);
+    return { ...p };
+  };
+  const changed = (): void => {
+    opts.onProgress?.(report());
+  };
+  const onAbort = (): void => {
+    cancelRequested = true;
+    wake?.();
+  };
+  opts.signal?.addEventListener('abort', onAbort);
+
+  async function run(): Promise<ConsolidateResult> {
+    await disk.exclusive(async () => disk.setFront(mirror));
+    try {
+      // Plan from the allocation map as it is now: every later allocation in
+      // the delta comes from a guest write the mirror forwards itself.
+      const map = await allocationMap(disk.device);
+      const plan: PlanOp[] = planExtents(map, rec.full ? Infinity : 1, chunk);
+      p.planned = plan.reduce((n, o) => n + o.length, 0);
+      p.remaining = p.planned;
+      await opts.hook?.('copying');
+      // The single pass: ops in offset order, `parallel` at a time.
+      let next = 0;
+      const inflight = new Set<number>();
+      const worker = async (): Promise<void> => {
+        while (next < plan.length) {
+          if (cancelRequested || failure !== undefined) return;
+          const i = next++;
+          const op = plan[i]!;
+          inflight.add(op.offset);
+          await limiter.take(op.length);
+          await mirror.copy(op);
+          inflight.delete(op.offset);
+          p.remaining -= op.length;
+          // Mirrored ranges below every op still to run are never looked at again.
+          const low = inflight.size > 0 ? Math.min(...inflight) : next < plan.length ? plan[next]!.offset : Infinity;
+          mirror.forgetBelow(low);
+          changed();
+        }
+      };
+      const workers = Array.from({ length: Math.min(parallel, Math.max(1, plan.length)) }, () =>
+        worker().catch((e: unknown) => {
+          failure ??= e;
+        }),
+      );
+      await Promise.all(workers);
+      if (failure === undefined && !cancelRequested) {
+        p.inSync = true;
+        p.state = 'ready';
+        changed();
+        await opts.hook?.('in-sync');
+        while (!completeRequested && !cancelRequested && failure === undefined) {
+          await new Promise<void>((r) => (wake = r));
+          wake = undefined;
+        }
+      }
+      if (failure !== undefined || cancelRequested) {
+        await disk.exclusive(async () => {
+          mirror.detach();
+          disk.setFront(undefined);
+        });
+        await targetDev.close().catch(() => {});
+        if (rec.targetCreated) await ops.remove(rec.target);
+        await removeJobRecord(ops, rec.delta);
+        if (failure !== undefined) {
+          p.state = 'failed';
+          p.done = true;
+          changed();
+          throw failure instanceof VmkitError ? failure : new VmkitError('IO', `consolidation failed: ${(failure as Error)?.message}`, { cause: failure });
+        }
+        p.state = 'cancelled';
+        p.done = true;
+        changed();
+        throw new VmkitError('CANCELLED', `consolidation of ${rec.delta} was cancelled; ${rec.delta} stays active`, { path: rec.delta });
+      }
+      // Pivot: with guest I/O paused, make both sides durable, record that
+      // the target is now the truth, drop the delta, and swap the chain.
+      p.state = 'pivoting';
+      changed();
+      await disk.exclusive(async () => {
+        await mirror.drain();
+        await disk.device.flush();
+        await targetDev.flush();
+        rec.phase = 'pivot';
+        await writeJobRecord(ops, rec);
+        await opts.hook?.('pivot-recorded');
+        const old = disk.device;
+        mirror.detach();
+        disk.swapChain(rec.target, targetDev);
+        await old.close();
+        await ops.remove(rec.delta);
+        await opts.hook?.('delta-removed');
+        await removeJobRecord(ops, rec.delta);
+      });
+      p.state = 'done';
+      p.done = true;
+      changed();
+      return { ...report(), active: rec.target, elapsedMs: Date.now() - t0 };
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  const done = run();
+  // A caller that only polls progress must not see an unhandled rejection.
+  done.catch(() => {});
+  return {
+    progress: report,
+    async cancel() {
+      cancelRequested = true;
+      wake?.();
+      await done.catch(() => {});
+    },
+    complete() {
+      completeRequested = true;
+      wake?.();
+    },
+    done,
+  };
+}
+
+/** What {@link recoverConsolidation} did. */
+export interface RecoverResult {
+  /** 'none' (no record), 'rolled-back' or 'rolled-forward'. */
+  action: 'none' | 'rolled-back' | 'rolled-forward';
+  /** The active layer now. */
+  active: string;
+  /** The record found, if any. */
+  record?: JobRecord;
+}
+
+/**
+ * Brings a chain back to a clean state after a crash during a consolidation
+ * of `delta`, without resuming it. Before the pivot the delta is still the
+ * truth: a created target and the record are removed (rolled back; use
+ * {@link resumeConsolidation} to carry on instead). After the pivot the
+ * target is the truth: the delta and the record are removed (rolled forward).
+ *
+ * @example
+ * ```ts
+ * const r = await recoverConsolidation(ops, 'vm-delta.qcow2');
+ * const disk = await LiveDisk.open(r.active, ops);
+ * ```
+ */
+export async function recoverConsolidation(ops: ChainOps, delta: string): Promise<RecoverResult> {
+  const rec = await readJobRecord(ops, delta);
+  if (!rec) return { action: 'none', active: delta };
+  if (rec.phase === 'pivot') {
+    await ops.remove(rec.delta);
+    await removeJobRecord(ops, delta);
+    return { action: 'rolled-forward', active: rec.target, record: rec };
+  }
+  if (rec.targetCreated) await ops.remove(rec.target);
+  await removeJobRecord(ops, delta);
+  return { action: 'rolled-back', active: delta, record: rec };
+}
