@@ -406,7 +406,7 @@ describe('snapshot, backup and consolidation under concurrent writes (memory)', 
       if (rec?.phase === 'pivot') pivots++;
       else if (rec) early++;
       let active: string;
-      if (rec && rec.phase === 'mirroring' && seed % 3 === 0) {
+      if (rec && rec.phase === 'mirroring' && seed % 3 !== 1) {
         const d = await LiveDisk.open(snap.delta, c);
         await (await resumeConsolidation(d)).done;
         active = d.path;
@@ -420,5 +420,70 @@ describe('snapshot, backup and consolidation under concurrent writes (memory)', 
       expect(firstDiff(got, want)).toBe(-1);
     }
     expect(early + pivots).toBeGreaterThan(0);
+  });
+
+  it('resumes from the persisted cursor: a crash late in the pass leaves little to copy', async () => {
+    for (const at of ['half', 'in-sync'] as const) {
+      const { ops, disk, ref, rand } = await setup(77, 16 * MiB);
+      const snap = await snapshot(disk);
+      await fill(disk, ref, rand, 80);
+      const w = writer(disk, ref, rand);
+      let crashed: { ops: MemoryChainOps; ref: Uint8Array } | undefined;
+      const job = await consolidate(disk, {
+        into: 'base',
+        chunk: 65536,
+        parallel: 1,
+        checkpointMs: 0,
+        onProgress: (p) => {
+          if (at === 'half' && !crashed && p.remaining < p.planned / 2) crashed = { ops: ops.clone(), ref: ref.bytes.slice() };
+        },
+        hook: (pt) => {
+          if (at === 'in-sync' && pt === 'in-sync') crashed = { ops: ops.clone(), ref: ref.bytes.slice() };
+        },
+      });
+      const first = await job.done;
+      await w.stop();
+      const c = crashed!.ops;
+      const rec = await readJobRecord(c, snap.delta);
+      expect(rec?.phase).toBe('mirroring');
+      expect(rec!.cursor).toBeGreaterThan(0);
+      const deltaAlloc = c.allocated(snap.delta);
+      const d = await LiveDisk.open(snap.delta, c);
+      const res = await (await resumeConsolidation(d, { into: 'base' })).done;
+      const marked = [...atob(rec!.intent)].reduce((n, ch) => n + [...ch.charCodeAt(0).toString(2)].filter((b) => b === '1').length, 0);
+      // The resumed pass visits only [cursor, end) and the marked regions below it.
+      expect(res.planned).toBeLessThanOrEqual(16 * MiB - rec!.cursor + marked * rec!.intentGranule);
+      if (at === 'in-sync') {
+        // The pass was over: only regions with writes unflushed at the last checkpoint remain.
+        expect(rec!.cursor).toBe(16 * MiB);
+        expect(res.planned).toBeLessThanOrEqual(marked * rec!.intentGranule);
+      }
+      // Less than a pass from the start, which would copy everything the delta holds.
+      expect(res.planned).toBeLessThan(deltaAlloc);
+      expect(first.planned).toBeGreaterThan(0);
+      expect(res.recopiedBytes).toBe(0);
+      expect(d.path).toBe('base.qcow2');
+      expect(firstDiff(await readAll(d), crashed!.ref)).toBe(-1);
+    }
+  });
+
+  it('refuses a corrupt or foreign job record with a stable code', async () => {
+    const ops = new MemoryChainOps();
+    await ops.writeTextAtomic('d.qcow2.vmkit-job', 'not json');
+    await expect(readJobRecord(ops, 'd.qcow2')).rejects.toMatchObject({ code: 'CORRUPT' });
+    await ops.writeTextAtomic('d.qcow2.vmkit-job', JSON.stringify({ magic: 'other' }));
+    await expect(readJobRecord(ops, 'd.qcow2')).rejects.toMatchObject({ code: 'CORRUPT' });
+    await ops.writeTextAtomic('d.qcow2.vmkit-job', JSON.stringify({ magic: 'vmkit-disk-job', version: 99 }));
+    await expect(readJobRecord(ops, 'd.qcow2')).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    await fc.assert(
+      fc.asyncProperty(fc.jsonValue(), async (v) => {
+        await ops.writeTextAtomic('d.qcow2.vmkit-job', JSON.stringify(v));
+        await readJobRecord(ops, 'd.qcow2').then(
+          () => expect.fail('accepted a random record'),
+          (e: unknown) => expect(['CORRUPT', 'UNSUPPORTED']).toContain((e as { code: string }).code),
+        );
+      }),
+      { numRuns: 100 },
+    );
   });
 });

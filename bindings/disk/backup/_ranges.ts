@@ -4,6 +4,7 @@
  * writes and copy operations that touch the same range).
  * @module
  */
+import type { PlanOp } from './_plan.js';
 
 /** A set of half-open byte ranges kept sorted and merged. */
 export class RangeSet {
@@ -125,4 +126,13 @@ export class RangeLock {
   async drain(): Promise<void> {
     await Promise.all(this.held.map((h) => h.done));
   }
+}
+
+/** The parts of `plan` inside `keep`, in order. */
+export function restrictPlan(plan: readonly PlanOp[], keep: RangeSet): PlanOp[] {
+  const out: PlanOp[] = [];
+  for (const op of plan) {
+    for (const [s, e] of keep.overlapping(op.offset, op.offset + op.length)) out.push({ offset: s, length: e - s, zero: op.zero });
+  }
+  return out;
 }

@@ -8,8 +8,8 @@
  */
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
-import { planExtents, zeroRuns, type PlanOp } from './_plan.js';
-import { RangeSet } from './_ranges.js';
+import { planExtents, zeroRuns } from './_plan.js';
+import { RangeSet, restrictPlan } from './_ranges.js';
 import type { BackupDevice, ChainOps } from './_types.js';
 import { allocationMap } from './consolidate.js';
 import { newProgress, RateLimiter, withPolicy, type JobOptions, type JobProgress } from './job.js';
@@ -42,16 +42,6 @@ export interface BackupJob {
   cancel(): Promise<void>;
   /** Resolves with the final progress; rejects CANCELLED or with the I/O error. */
   readonly done: Promise<JobProgress>;
-}
-
-function restrict(plan: PlanOp[], dirty: ReadonlyArray<readonly [number, number]>): PlanOp[] {
-  const set = new RangeSet();
-  for (const [s, e] of dirty) set.add(s, e);
-  const out: PlanOp[] = [];
-  for (const op of plan) {
-    for (const [s, e] of set.overlapping(op.offset, op.offset + op.length)) out.push({ offset: s, length: e - s, zero: op.zero });
-  }
-  return out;
 }
 
 /**
@@ -102,7 +92,11 @@ export function backup(image: BackupDevice, target: string | BackupDevice | Byte
     try {
       const map = await allocationMap(image);
       let plan = planExtents(map, opts.scope === 'top' ? 1 : Infinity, chunk);
-      if (opts.dirty) plan = restrict(plan, opts.dirty);
+      if (opts.dirty) {
+        const keep = new RangeSet();
+        for (const [s, e] of opts.dirty) keep.add(s, e);
+        plan = restrictPlan(plan, keep);
+      }
       p.planned = plan.reduce((n, o) => n + o.length, 0);
       p.remaining = p.planned;
       let pos = 0; // stream position

@@ -9,7 +9,9 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
+import { base64ToBits, bitsToBase64, intentGranule, WriteIntent } from './_intent.js';
 import { planExtents, type PlanOp } from './_plan.js';
+import { RangeSet, restrictPlan } from './_ranges.js';
 import type { BackupDevice, BlockExtent, ChainOps, ImageFormat } from './_types.js';
 import {
   newProgress,
@@ -42,6 +44,8 @@ export interface ConsolidateOptions extends JobOptions {
    * stays `ready`, mirroring, until {@link ConsolidateJob.complete}.
    */
   autoComplete?: boolean;
+  /** Milliseconds between checkpoints of the state record's cursor (default 1000). */
+  checkpointMs?: number;
   /** Test hook: called at named points of the job (crash tests stop the process there). */
   hook?: (point: 'recorded' | 'copying' | 'in-sync' | 'pivot-recorded' | 'delta-removed') => void | Promise<void>;
 }
@@ -129,6 +133,9 @@ export async function consolidate(disk: LiveDisk, opts: ConsolidateOptions = {})
     targetCreated: mode === 'target',
     full,
     format,
+    cursor: 0,
+    intentGranule: intentGranule(disk.size),
+    intent: bitsToBase64(new Uint8Array(Math.ceil(Math.ceil(disk.size / intentGranule(disk.size)) / 8))),
     started: new Date().toISOString(),
     updated: '',
   };
@@ -185,7 +192,30 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
   let completeRequested = opts.autoComplete !== false;
   let wake: (() => void) | undefined;
   let failure: unknown;
+  const checkpointMs = opts.checkpointMs ?? 1000;
+  const granule = intentGranule(disk.size);
+  let bits: Uint8Array | undefined;
+  if (resumed) {
+    bits = rec.intentGranule === granule ? base64ToBits(rec.intent, Math.ceil(Math.ceil(disk.size / granule) / 8)) : undefined;
+    if (!bits) throw new VmkitError('CORRUPT', `job record of ${rec.delta}: intent bitmap does not fit the disk`, { path: rec.delta });
+  }
+  const intent = new WriteIntent(
+    disk.size,
+    async (cursor, g, b) => {
+      rec.cursor = cursor;
+      rec.intentGranule = g;
+      rec.intent = bitsToBase64(b);
+      await writeJobRecord(ops, rec);
+    },
+    async () => {
+      await disk.device.flush();
+      await targetDev.flush();
+    },
+    resumed ? rec.cursor : 0,
+    bits,
+  );
   const mirror = new MirrorDriver(disk.device, targetDev, {
+    intent,
     // A resumed full target may hold data where the source now has zeroes.
     targetZeroed: rec.full && !resumed,
     policy,
@@ -213,13 +243,24 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
       // Plan from the allocation map as it is now: every later allocation in
       // the delta comes from a guest write the mirror forwards itself.
       const map = await allocationMap(disk.device);
-      const plan: PlanOp[] = planExtents(map, rec.full ? Infinity : 1, chunk);
+      let plan: PlanOp[] = planExtents(map, rec.full ? Infinity : 1, chunk);
+      if (resumed) {
+        // Only what the interrupted run had not made durable: from the cursor
+        // on, and the regions marked as possibly holding unsynced writes.
+        const keep = new RangeSet();
+        keep.add(rec.cursor, disk.size);
+        const b = bits!;
+        for (let r = 0; r * granule < rec.cursor; r++) if (b[r >> 3]! & (1 << (r & 7))) keep.add(r * granule, Math.min(rec.cursor, (r + 1) * granule));
+        plan = restrictPlan(plan, keep);
+      }
       p.planned = plan.reduce((n, o) => n + o.length, 0);
       p.remaining = p.planned;
       await opts.hook?.('copying');
       // The single pass: ops in offset order, `parallel` at a time.
       let next = 0;
       const inflight = new Set<number>();
+      let lastCheckpoint = Date.now();
+      let checkpointing = false;
       const worker = async (): Promise<void> => {
         while (next < plan.length) {
           if (cancelRequested || failure !== undefined) return;
@@ -234,6 +275,15 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
           const low = inflight.size > 0 ? Math.min(...inflight) : next < plan.length ? plan[next]!.offset : Infinity;
           mirror.forgetBelow(low);
           changed();
+          if (!checkpointing && Date.now() - lastCheckpoint >= checkpointMs) {
+            checkpointing = true;
+            try {
+              await intent.checkpoint(Math.min(low, disk.size));
+            } finally {
+              checkpointing = false;
+              lastCheckpoint = Date.now();
+            }
+          }
         }
       };
       const workers = Array.from({ length: Math.min(parallel, Math.max(1, plan.length)) }, () =>
@@ -242,6 +292,12 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
         }),
       );
       await Promise.all(workers);
+      if (failure === undefined && !cancelRequested) {
+        // The pass is over: record it, so a crash from here resumes with nothing to copy.
+        await intent.checkpoint(disk.size).catch((e: unknown) => {
+          failure ??= e;
+        });
+      }
       if (failure === undefined && !cancelRequested) {
         p.inSync = true;
         p.state = 'ready';
@@ -257,6 +313,7 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
           mirror.detach();
           disk.setFront(undefined);
         });
+        await intent.settle();
         await targetDev.close().catch(() => {});
         if (rec.targetCreated) await ops.remove(rec.target);
         await removeJobRecord(ops, rec.delta);
@@ -277,6 +334,7 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
       changed();
       await disk.exclusive(async () => {
         await mirror.drain();
+        await intent.settle();
         await disk.device.flush();
         await targetDev.flush();
         rec.phase = 'pivot';

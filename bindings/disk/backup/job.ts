@@ -149,6 +149,12 @@ export interface JobRecord {
   full: boolean;
   /** Format of a created target. */
   format: string;
+  /** Every planned copy below this byte offset is done and flushed on both sides (resume starts here). */
+  cursor: number;
+  /** Bytes per bit of `intent`. */
+  intentGranule: number;
+  /** Base64 bitmap: regions below `cursor` that may hold a guest write the target lacks. */
+  intent: string;
   /** When the job began (ISO 8601). */
   started: string;
   /** Updated at each phase change. */
@@ -188,6 +194,9 @@ export async function readJobRecord(ops: ChainOps, delta: string): Promise<JobRe
   }
   for (const k of ['delta', 'base', 'target'] as const) {
     if (typeof r[k] !== 'string' || r[k] === '') throw new VmkitError('CORRUPT', `job record field ${k} missing`, { path });
+  }
+  if (typeof r.cursor !== 'number' || !(r.cursor >= 0) || typeof r.intentGranule !== 'number' || !(r.intentGranule > 0) || typeof r.intent !== 'string') {
+    throw new VmkitError('CORRUPT', 'job record has a bad cursor or intent bitmap', { path });
   }
   if (r.kind !== 'consolidate' || (r.mode !== 'base' && r.mode !== 'target') || (r.phase !== 'mirroring' && r.phase !== 'pivot')) {
     throw new VmkitError('CORRUPT', 'job record has a bad kind, mode or phase', { path });

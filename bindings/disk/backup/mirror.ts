@@ -40,6 +40,12 @@ export interface MirrorOptions {
   policy?: <T>(what: string, fn: () => Promise<T>) => Promise<T>;
   /** Told when a target write fails for good; the driver stops mirroring. */
   onTargetError?: (e: unknown) => void;
+  /**
+   * The job's write-intent tracking: `before` resolves once the write may go
+   * (its region is recorded as possibly unsynced when that is needed),
+   * `after` is told when it finished on both sides.
+   */
+  intent?: { before(start: number, end: number): Promise<void>; after(start: number, end: number): void };
 }
 
 /**
@@ -66,6 +72,7 @@ export class MirrorDriver implements BackupDevice {
   private readonly targetZeroed: boolean;
   private readonly policy: <T>(what: string, fn: () => Promise<T>) => Promise<T>;
   private readonly onTargetError: (e: unknown) => void;
+  private readonly intent: MirrorOptions['intent'];
   private mirroring = true;
   private error: unknown;
 
@@ -80,6 +87,7 @@ export class MirrorDriver implements BackupDevice {
     this.targetZeroed = opts.targetZeroed ?? false;
     this.policy = opts.policy ?? ((_w, fn) => fn());
     this.onTargetError = opts.onTargetError ?? (() => {});
+    this.intent = opts.intent;
   }
 
   get size(): number {
@@ -112,7 +120,15 @@ export class MirrorDriver implements BackupDevice {
   private async guestWrite(offset: number, length: number, src: () => Promise<void>, tgt: () => Promise<void>): Promise<void> {
     const [s, e] = this.span(offset, length);
     const release = await this.lock.acquire(s, e);
+    const intent = this.mirroring ? this.intent : undefined;
     try {
+      if (intent) {
+        try {
+          await intent.before(offset, offset + length);
+        } catch (err) {
+          this.failTarget(err); // the job can no longer promise a resumable state
+        }
+      }
       // Source first: if the process dies between the two, the target never
       // holds data the source lacks, and the source is the truth until pivot.
       await src();
@@ -127,6 +143,7 @@ export class MirrorDriver implements BackupDevice {
       this.stats.mirroredBytes += length;
       this.stats.mirroredWrites++;
     } finally {
+      intent?.after(offset, offset + length);
       release();
     }
   }

@@ -1,0 +1,227 @@
+/**
+ * Image operations on Node files for backup jobs: the small-file and rename
+ * work done here (the state record is written with write, fsync, rename and
+ * an fsync of the folder), the image formats delegated to a format driver.
+ * `node:fs` is imported on first use, so browser bundles of vmkit/disk that
+ * never call these stay free of it.
+ * @module
+ */
+import { VmkitError } from '../../errors.js';
+import type { BackupDevice, BlockExtent, ChainOps, ImageFormat } from './_types.js';
+
+type Fs = typeof import('node:fs/promises');
+type Path = typeof import('node:path');
+
+let fsMod: Fs | undefined;
+let pathMod: Path | undefined;
+async function fs(): Promise<Fs> {
+  const name = 'node:fs/promises';
+  return (fsMod ??= (await import(/* @vite-ignore */ name)) as Fs);
+}
+async function pathApi(): Promise<Path> {
+  const name = 'node:path';
+  return (pathMod ??= (await import(/* @vite-ignore */ name)) as Path);
+}
+
+function ioError(e: unknown, what: string, path: string): VmkitError {
+  if (e instanceof VmkitError) return e;
+  const code = (e as NodeJS.ErrnoException)?.code;
+  return new VmkitError(code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `${what} ${path}: ${(e as Error)?.message ?? String(e)}`, { path, cause: e });
+}
+
+/**
+ * The image formats a {@link NodeChainOps} works with: how to open a chain,
+ * create images and overlays, and read an image's backing file and format.
+ */
+export interface FormatDriver {
+  open(path: string, opts: { readOnly: boolean }): Promise<BackupDevice>;
+  create(path: string, size: number, format: ImageFormat): Promise<void>;
+  createOverlay(path: string, backing: string, format: ImageFormat): Promise<void>;
+  /** The backing file as a path usable from the current folder, or undefined. */
+  backingOf(path: string): Promise<string | undefined>;
+  formatOf(path: string): Promise<ImageFormat>;
+}
+
+/** A raw image file as a block device (everything reads as data, depth 0). */
+export class RawFileDevice implements BackupDevice {
+  readonly size: number;
+  readonly alignment = 512;
+  private readonly fh: import('node:fs/promises').FileHandle;
+  private readonly path: string;
+  private readonly readOnly: boolean;
+
+  private constructor(fh: import('node:fs/promises').FileHandle, path: string, size: number, readOnly: boolean) {
+    this.fh = fh;
+    this.path = path;
+    this.size = size;
+    this.readOnly = readOnly;
+  }
+
+  /**
+   * Opens a raw file.
+   *
+   * @example
+   * ```ts
+   * const dev = await RawFileDevice.open('disk.raw', { readOnly: true });
+   * ```
+   */
+  static async open(path: string, opts: { readOnly?: boolean } = {}): Promise<RawFileDevice> {
+    const f = await fs();
+    try {
+      const fh = await f.open(path, opts.readOnly ? 'r' : 'r+');
+      const st = await fh.stat();
+      return new RawFileDevice(fh, path, Math.floor(st.size / 512) * 512, opts.readOnly === true);
+    } catch (e) {
+      throw ioError(e, 'open', path);
+    }
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    let got = 0;
+    while (got < length) {
+      const { bytesRead } = await this.fh.read(out, got, length - got, offset + got);
+      if (bytesRead === 0) break; // past EOF of a sparse tail: zeroes
+      got += bytesRead;
+    }
+    return out;
+  }
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    if (this.readOnly) throw new VmkitError('INVALID_STATE', `${this.path} is open read-only`, { path: this.path });
+    if (offset + data.length > this.size) throw new VmkitError('ARG_RANGE', `write past the end of ${this.path}`, { offset });
+    let put = 0;
+    while (put < data.length) {
+      const { bytesWritten } = await this.fh.write(data, put, data.length - put, offset + put);
+      put += bytesWritten;
+    }
+  }
+  async flush(): Promise<void> {
+    if (!this.readOnly) await this.fh.sync();
+  }
+  async blockStatus(offset: number, length: number): Promise<BlockExtent> {
+    return { offset, length: Math.min(length, this.size - offset), kind: 'data', depth: 0 };
+  }
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+}
+
+/** Raw images only: no backing chains. The default driver until formats are plugged in. */
+export const rawFormatDriver: FormatDriver = {
+  open: (path, opts) => RawFileDevice.open(path, opts),
+  async create(path, size, format) {
+    if (format !== 'raw') throw new VmkitError('UNSUPPORTED', `creating ${format} images needs a format driver`, { path });
+    const f = await fs();
+    const fh = await f.open(path, 'wx');
+    try {
+      await fh.truncate(size);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  },
+  async createOverlay(path) {
+    throw new VmkitError('UNSUPPORTED', 'raw images have no backing files: overlays need a qcow2/vmdk format driver', { path });
+  },
+  async backingOf() {
+    return undefined;
+  },
+  async formatOf() {
+    return 'raw';
+  },
+};
+
+/**
+ * {@link ChainOps} on Node files.
+ *
+ * @example
+ * ```ts
+ * const ops = new NodeChainOps();
+ * const disk = await LiveDisk.open('vm-delta.qcow2', ops);
+ * ```
+ */
+export class NodeChainOps implements ChainOps {
+  private readonly driver: FormatDriver;
+
+  constructor(driver: FormatDriver = rawFormatDriver) {
+    this.driver = driver;
+  }
+
+  open(path: string, opts: { readOnly?: boolean } = {}): Promise<BackupDevice> {
+    return this.driver.open(path, { readOnly: opts.readOnly === true });
+  }
+  createOverlay(path: string, backing: string, format: ImageFormat = 'qcow2'): Promise<void> {
+    return this.driver.createOverlay(path, backing, format);
+  }
+  create(path: string, size: number, format: ImageFormat): Promise<void> {
+    return this.driver.create(path, size, format);
+  }
+  backingOf(path: string): Promise<string | undefined> {
+    return this.driver.backingOf(path);
+  }
+  formatOf(path: string): Promise<ImageFormat> {
+    return this.driver.formatOf(path);
+  }
+  async exists(path: string): Promise<boolean> {
+    try {
+      await (await fs()).access(path);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+  async remove(path: string): Promise<void> {
+    try {
+      await (await fs()).rm(path, { force: true });
+    } catch (e) {
+      throw ioError(e, 'remove', path);
+    }
+  }
+  async rename(from: string, to: string): Promise<void> {
+    try {
+      await (await fs()).rename(from, to);
+      await this.syncDir(to);
+    } catch (e) {
+      throw ioError(e, 'rename', from);
+    }
+  }
+  async readText(path: string): Promise<string | undefined> {
+    try {
+      return await (await fs()).readFile(path, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException)?.code === 'ENOENT') return undefined;
+      throw ioError(e, 'read', path);
+    }
+  }
+  async writeTextAtomic(path: string, text: string): Promise<void> {
+    const f = await fs();
+    const tmp = `${path}.tmp-${process.pid}-${Date.now().toString(36)}`;
+    try {
+      const fh = await f.open(tmp, 'w');
+      try {
+        await fh.writeFile(text, 'utf8');
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await f.rename(tmp, path);
+      await this.syncDir(path);
+    } catch (e) {
+      await f.rm(tmp, { force: true }).catch(() => {});
+      throw ioError(e, 'write', path);
+    }
+  }
+  private async syncDir(path: string): Promise<void> {
+    const f = await fs();
+    const dir = (await pathApi()).dirname(path);
+    let fh: import('node:fs/promises').FileHandle | undefined;
+    try {
+      fh = await f.open(dir, 'r');
+      await fh.sync();
+    } catch {
+      // Some filesystems refuse fsync on a folder; the rename is still atomic.
+    } finally {
+      await fh?.close();
+    }
+  }
+}
