@@ -1,0 +1,486 @@
+/**
+ * The digest index: reference digests with provenance, compact enough for
+ * millions of entries. Digests live in the wasm core (assembly/digest_index.ts:
+ * an open-addressing table of 32-byte keys → u32 entry ids); provenance lives
+ * here in typed side tables (package id, path id, algorithm, next entry with
+ * the same key), with package names, versions and paths interned once.
+ *
+ * ```
+ *   core memory                         side tables (TypeScript)
+ *   keys  cap × 32 B ─┐                 entry e: pkg[e]  path[e]  alg[e]  next[e] ─► older entry, same key
+ *   vals  cap × u32  ─┴─► e + 1  ─────► package p: name, version, arch, artifact digest (packed 32 B)
+ * ```
+ *
+ * A key is the digest's first 32 bytes (shorter digests zero-padded) with the
+ * last byte XORed by an algorithm tag; lookups check the algorithm and, for
+ * digests longer than 32 bytes, the stored tail, so keys never confuse
+ * algorithms.
+ * @module
+ */
+import { core, withCore, type Core } from '../core.js';
+import { check } from '../_status.js';
+import { VmkitError } from '../errors.js';
+import { abytes } from '../_utils.js';
+import type { Digest, DigestAlgorithm, PackageEntry, Provenance, ReferenceIndex } from './types.js';
+
+interface DixExports {
+  dixCreate(expected: number, seedLo: number, seedHi: number): number;
+  dixFree(h: number): number;
+  dixCount(h: number): number;
+  dixBytes(h: number): number;
+  dixInsert(h: number, key: number, value: number): number;
+  dixInsertBatch(h: number, keys: number, values: number, n: number, prev: number): number;
+  dixGet(h: number, key: number): number;
+  dixGetBatch(h: number, keys: number, n: number, out: number): number;
+}
+
+const ALGS: readonly DigestAlgorithm[] = ['sha256', 'md5', 'sha1', 'sha384', 'sha512', 'sm3'];
+const LEN: Record<DigestAlgorithm, number> = { md5: 16, sha1: 20, sha256: 32, sha384: 48, sha512: 64, sm3: 32 };
+const TAG: Record<DigestAlgorithm, number> = { sha256: 0, md5: 1, sha1: 2, sha384: 3, sha512: 4, sm3: 5 };
+const BATCH = 4096;
+
+/** Byte length of a digest under `alg`. @example `digestLength('sha256') // 32` */
+export function digestLength(alg: DigestAlgorithm): number {
+  const n = LEN[alg];
+  if (n === undefined) throw new VmkitError('ARG_RANGE', `alg must be one of ${ALGS.join(', ')}, got ${String(alg)}`);
+  return n;
+}
+
+const HEX = new Int8Array(128).fill(-1);
+for (let i = 0; i < 16; i++) {
+  HEX['0123456789abcdef'.charCodeAt(i)] = i;
+  HEX['0123456789ABCDEF'.charCodeAt(i)] = i;
+}
+
+/**
+ * Decodes hex into `dst` at `off` (`hex.length / 2` bytes). Returns false on a
+ * non-hex character or an odd length.
+ * @example `hexInto('ab01', new Uint8Array(2)) // true`
+ */
+export function hexInto(hex: string, dst: Uint8Array, off: number = 0): boolean {
+  const n = hex.length;
+  if (n & 1 || off + (n >> 1) > dst.length) return false;
+  for (let i = 0, j = off; i < n; i += 2, j++) {
+    const a = hex.charCodeAt(i);
+    const b = hex.charCodeAt(i + 1);
+    const hi = a < 128 ? HEX[a]! : -1;
+    const lo = b < 128 ? HEX[b]! : -1;
+    if ((hi | lo) < 0) return false;
+    dst[j] = (hi << 4) | lo;
+  }
+  return true;
+}
+
+/** Lowercase hex of bytes. @example `toHex(new Uint8Array([1, 255])) // '01ff'` */
+export function toHex(b: Uint8Array): string {
+  let s = '';
+  for (let i = 0; i < b.length; i++) s += (b[i]! < 16 ? '0' : '') + b[i]!.toString(16);
+  return s;
+}
+
+/** Options of {@link DigestIndex}. */
+export interface DigestIndexOptions {
+  /** Expected number of digests (sizes the core table once instead of growing it). */
+  expected?: number;
+}
+
+/** What an index holds in memory, in bytes. */
+export interface DigestIndexMemory {
+  /** The core's hash table (keys and entry ids). */
+  core: number;
+  /** Typed side tables (approximate: string payloads of names, versions and paths not counted). */
+  side: number;
+}
+
+const registry = new FinalizationRegistry<{ h: number; gen: number }>((t) => {
+  try {
+    const c = core();
+    if (c.generation === t.gen) (c.exports as unknown as DixExports).dixFree(t.h);
+  } catch {
+    /* the core is gone: nothing to free */
+  }
+});
+
+function growI32(a: Int32Array<ArrayBuffer>, n: number): Int32Array<ArrayBuffer> {
+  if (n <= a.length) return a;
+  const b = new Int32Array(Math.max(n, a.length * 2));
+  b.set(a);
+  return b;
+}
+function growU8(a: Uint8Array<ArrayBuffer>, n: number): Uint8Array<ArrayBuffer> {
+  if (n <= a.length) return a;
+  const b = new Uint8Array(Math.max(n, a.length * 2));
+  b.set(a);
+  return b;
+}
+
+/**
+ * Digests with provenance: a {@link ReferenceIndex} backed by the wasm core.
+ * Add packages (with their artifact digest) and file digests, then look up.
+ * Call {@link DigestIndex.close} when done (a finalizer frees it otherwise).
+ *
+ * @example
+ * ```ts
+ * import { init } from 'vmkit';
+ * import { DigestIndex } from 'vmkit/attest';
+ * await init();
+ * const ix = new DigestIndex();
+ * const p = ix.addPackage({ repository: 'deb http://deb.debian.org/debian bookworm main', package: 'hello', version: '2.10-3', architecture: 'amd64' },
+ *   { alg: 'sha256', hex: 'aa'.repeat(32) });
+ * ix.addFile(p, '/usr/bin/hello', { alg: 'sha256', hex: 'bb'.repeat(32) });
+ * ix.lookupDigest('sha256', new Uint8Array(32).fill(0xbb)); // [{ package: 'hello', path: '/usr/bin/hello', … }]
+ * ix.close();
+ * ```
+ */
+export class DigestIndex implements ReferenceIndex {
+  private h: number;
+  private readonly gen: number;
+  private readonly token: object = {};
+  private closed = false;
+  // Package table.
+  private pkgName: string[] = [];
+  private pkgVersion: string[] = [];
+  private pkgArch: (string | undefined)[] = [];
+  private pkgRepo: string[] = [];
+  private pkgAlg = new Uint8Array(1024);
+  private pkgKey = new Uint8Array(1024 * 32);
+  private pkgExtra = new Map<number, Digest[]>();
+  private byName = new Map<string, number | number[]>();
+  // Entry table.
+  private nEntries = 0;
+  private ePkg = new Int32Array(1024);
+  private ePath = new Int32Array(1024);
+  private eAlg = new Uint8Array(1024);
+  private eNext = new Int32Array(1024);
+  private eTail = new Map<number, Uint8Array>();
+  private paths: string[] = [];
+  private pathIds = new Map<string, number>();
+  private intern = new Map<string, string>();
+  // Pending inserts (flushed in batches to the core).
+  private pendKeys = new Uint8Array(BATCH * 32);
+  private pendIds = new Uint32Array(BATCH);
+  private nPend = 0;
+  private scratch = 0;
+
+  constructor(options: DigestIndexOptions = {}) {
+    const expected = options.expected ?? 0;
+    if (!Number.isSafeInteger(expected) || expected < 0 || expected > 2 ** 26) {
+      throw new VmkitError('ARG_RANGE', `options.expected must be an integer in [0, 2^26], got ${expected}`);
+    }
+    const seed = new Uint32Array(2);
+    globalThis.crypto.getRandomValues(seed);
+    const c = core();
+    this.gen = c.generation;
+    this.h = check(this.ex(c).dixCreate(expected, seed[0]! | 0, seed[1]! | 0), 'digest index create');
+    registry.register(this, { h: this.h, gen: this.gen }, this.token);
+  }
+
+  private ex(c: Core): DixExports {
+    return c.exports as unknown as DixExports;
+  }
+
+  private live(): Core {
+    const c = core();
+    if (this.closed) throw new VmkitError('INVALID_STATE', 'digest index is closed');
+    if (c.generation !== this.gen) throw new VmkitError('STALE_HANDLE', 'digest index belongs to a core that was reset');
+    return c;
+  }
+
+  private str(s: string | undefined): string | undefined {
+    if (s === undefined) return undefined;
+    let v = this.intern.get(s);
+    if (v === undefined) {
+      v = s;
+      this.intern.set(s, s);
+    }
+    return v;
+  }
+
+  /** Number of digests held (artifact and file level). */
+  get size(): number {
+    return this.nEntries;
+  }
+
+  /** Number of packages held. */
+  get packages(): number {
+    return this.pkgName.length;
+  }
+
+  /**
+   * Adds a package version with its artifact digest (`.deb`, `.rpm`, npm
+   * tarball) and returns its package id (for {@link DigestIndex.addFile}).
+   * Further digests of the same artifact (other algorithms) may follow in `more`.
+   *
+   * @example
+   * ```ts
+   * const id = ix.addPackage({ repository: 'npm https://registry.npmjs.org', package: 'left-pad', version: '1.3.0' },
+   *   { alg: 'sha512', hex: '…' });
+   * ```
+   */
+  addPackage(p: Omit<Provenance, 'path'>, digest: Digest, ...more: Digest[]): number {
+    const c = this.live();
+    void c;
+    if (typeof p.package !== 'string' || typeof p.version !== 'string' || typeof p.repository !== 'string') {
+      throw new VmkitError('ARG_TYPE', 'provenance needs string repository, package and version');
+    }
+    const id = this.pkgName.length;
+    const len = digestLength(digest.alg);
+    const bytes = new Uint8Array(len);
+    if (digest.hex.length !== len * 2 || !hexInto(digest.hex, bytes)) {
+      throw new VmkitError('CORRUPT', `${p.package} ${p.version}: ${digest.alg} digest is not ${len * 2} hex digits`);
+    }
+    this.pkgName.push(this.str(p.package)!);
+    this.pkgVersion.push(p.version);
+    this.pkgArch.push(this.str(p.architecture));
+    this.pkgRepo.push(this.str(p.repository)!);
+    this.pkgAlg = growU8(this.pkgAlg, id + 1);
+    this.pkgKey = growU8(this.pkgKey, (id + 1) * 32);
+    this.pkgAlg[id] = TAG[digest.alg];
+    this.pkgKey.set(bytes.subarray(0, 32), id * 32);
+    if (len > 32 || more.length > 0) {
+      this.pkgExtra.set(id, [{ alg: digest.alg, hex: digest.hex.toLowerCase() }, ...more.map((d) => ({ alg: d.alg, hex: d.hex.toLowerCase() }))]);
+    }
+    const prev = this.byName.get(p.package);
+    if (prev === undefined) this.byName.set(this.str(p.package)!, id);
+    else if (typeof prev === 'number') this.byName.set(p.package, [prev, id]);
+    else prev.push(id);
+    this.addEntry(id, -1, digest.alg, bytes);
+    for (const d of more) {
+      const b = new Uint8Array(digestLength(d.alg));
+      if (d.hex.length !== b.length * 2 || !hexInto(d.hex, b)) {
+        throw new VmkitError('CORRUPT', `${p.package} ${p.version}: ${d.alg} digest is not ${b.length * 2} hex digits`);
+      }
+      this.addEntry(id, -1, d.alg, b);
+    }
+    return id;
+  }
+
+  /**
+   * Adds a package whose artifact SHA-256 is given as 64 hex digits at
+   * `hex.slice(start, start + 64)` (the hot path of Packages/primary parsing:
+   * no substring, no Digest object). Returns the package id.
+   * @example `ix.addPackageSha256('deb …', 'hello', '2.10-3', 'amd64', line, 8)`
+   */
+  addPackageSha256(repository: string, name: string, version: string, arch: string | undefined, hex: string, start: number): number {
+    if (this.closed) this.live();
+    const id = this.pkgName.length;
+    this.pkgKey = growU8(this.pkgKey, (id + 1) * 32);
+    if (!hexSliceInto(hex, start, this.pkgKey, id * 32)) {
+      throw new VmkitError('CORRUPT', `${name} ${version}: SHA256 is not 64 hex digits`);
+    }
+    this.pkgName.push(this.str(name)!);
+    this.pkgVersion.push(version);
+    this.pkgArch.push(this.str(arch));
+    this.pkgRepo.push(this.str(repository)!);
+    this.pkgAlg = growU8(this.pkgAlg, id + 1);
+    this.pkgAlg[id] = 0;
+    const prev = this.byName.get(name);
+    if (prev === undefined) this.byName.set(this.str(name)!, id);
+    else if (typeof prev === 'number') this.byName.set(name, [prev, id]);
+    else prev.push(id);
+    this.addEntry(id, -1, 'sha256', this.pkgKey.subarray(id * 32, id * 32 + 32));
+    return id;
+  }
+
+  /**
+   * Adds a file-level digest (`path` as installed, absolute) of package `pkg`.
+   * @example `ix.addFile(id, '/usr/bin/hello', { alg: 'sha256', hex })`
+   */
+  addFile(pkg: number, path: string, digest: Digest): void {
+    if (!Number.isInteger(pkg) || pkg < 0 || pkg >= this.pkgName.length) {
+      throw new VmkitError('ARG_RANGE', `pkg must be a package id in [0, ${this.pkgName.length}), got ${pkg}`);
+    }
+    const len = digestLength(digest.alg);
+    const b = new Uint8Array(len);
+    if (digest.hex.length !== len * 2 || !hexInto(digest.hex, b)) {
+      throw new VmkitError('CORRUPT', `${path}: ${digest.alg} digest is not ${len * 2} hex digits`);
+    }
+    let pid = this.pathIds.get(path);
+    if (pid === undefined) {
+      pid = this.paths.length;
+      this.paths.push(path);
+      this.pathIds.set(path, pid);
+    }
+    this.addEntry(pkg, pid, digest.alg, b);
+  }
+
+  private addEntry(pkg: number, path: number, alg: DigestAlgorithm, bytes: Uint8Array): void {
+    const e = this.nEntries++;
+    if (e >= this.ePkg.length) {
+      const n = e + 1;
+      this.ePkg = growI32(this.ePkg, n);
+      this.ePath = growI32(this.ePath, n);
+      this.eNext = growI32(this.eNext, n);
+      this.eAlg = growU8(this.eAlg, this.ePkg.length);
+    }
+    this.ePkg[e] = pkg;
+    this.ePath[e] = path;
+    this.eAlg[e] = TAG[alg];
+    this.eNext[e] = -1;
+    if (bytes.length > 32) this.eTail.set(e, bytes.slice(32));
+    const o = this.nPend * 32;
+    this.pendKeys.fill(0, o, o + 32);
+    this.pendKeys.set(bytes.length > 32 ? bytes.subarray(0, 32) : bytes, o);
+    this.pendKeys[o + 31]! ^= TAG[alg];
+    this.pendIds[this.nPend++] = e;
+    if (this.nPend === BATCH) this.flush();
+  }
+
+  /** Moves pending inserts into the core (lookups do this themselves). */
+  private flush(): void {
+    const n = this.nPend;
+    if (n === 0) return;
+    const c = this.live();
+    const ex = this.ex(c);
+    withCore(() => {
+      const p = c.alloc(n * 40);
+      try {
+        const u8 = c.u8();
+        u8.set(this.pendKeys.subarray(0, n * 32), p);
+        new Uint32Array(u8.buffer, p + n * 32, n).set(this.pendIds.subarray(0, n));
+        check(ex.dixInsertBatch(this.h, p, p + n * 32, n, p + n * 36), 'digest index insert');
+        const prev = new Uint32Array(c.u8().buffer, p + n * 36, n);
+        for (let i = 0; i < n; i++) {
+          const pv = prev[i]!;
+          if (pv !== 0) this.eNext[this.pendIds[i]!] = pv - 1;
+        }
+      } finally {
+        c.free(p);
+      }
+    });
+    this.nPend = 0;
+  }
+
+  // First entry id for the key of (alg, digest), or -1.
+  private firstEntry(alg: DigestAlgorithm, digest: Uint8Array): number {
+    if (this.nPend) this.flush();
+    const c = this.live();
+    if (this.scratch === 0) this.scratch = c.alloc(32);
+    const u8 = c.u8();
+    const s = this.scratch;
+    if (digest.length >= 32) u8.set(digest.subarray(0, 32), s);
+    else {
+      u8.fill(0, s, s + 32);
+      u8.set(digest, s);
+    }
+    u8[s + 31]! ^= TAG[alg];
+    const r = this.ex(c).dixGet(this.h, s);
+    if (r < 0) check(r, 'digest index lookup');
+    return r - 1;
+  }
+
+  private entryMatches(e: number, tag: number, digest: Uint8Array): boolean {
+    if (this.eAlg[e] !== tag) return false;
+    if (digest.length <= 32) return true;
+    const t = this.eTail.get(e);
+    if (!t || t.length !== digest.length - 32) return false;
+    for (let i = 0; i < t.length; i++) if (t[i] !== digest[32 + i]) return false;
+    return true;
+  }
+
+  /**
+   * True when some entry has `digest` under `alg` (no provenance objects made).
+   * @example `ix.has('sha256', bytes)`
+   */
+  has(alg: DigestAlgorithm, digest: Uint8Array): boolean {
+    abytes(digest, 'digest');
+    if (digest.length !== digestLength(alg)) return false;
+    const tag = TAG[alg];
+    for (let e = this.firstEntry(alg, digest); e >= 0; e = this.eNext[e]!) {
+      if (this.entryMatches(e, tag, digest)) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Every entry whose digest is `digest` under `alg`; empty when none (also
+   * when the length does not fit the algorithm).
+   * @example `ix.lookupDigest('sha256', sha256(fileBytes))`
+   */
+  lookupDigest(alg: DigestAlgorithm, digest: Uint8Array): Provenance[] {
+    abytes(digest, 'digest');
+    const out: Provenance[] = [];
+    if (digest.length !== digestLength(alg)) return out;
+    const tag = TAG[alg];
+    for (let e = this.firstEntry(alg, digest); e >= 0; e = this.eNext[e]!) {
+      if (this.entryMatches(e, tag, digest)) out.push(this.provenance(this.ePkg[e]!, this.ePath[e]!));
+    }
+    return out;
+  }
+
+  private provenance(p: number, path: number): Provenance {
+    const o: Provenance = { repository: this.pkgRepo[p]!, package: this.pkgName[p]!, version: this.pkgVersion[p]! };
+    const a = this.pkgArch[p];
+    if (a !== undefined) o.architecture = a;
+    if (path >= 0) o.path = this.paths[path]!;
+    return o;
+  }
+
+  /** The package entry with id `p` (from `addPackage`). @example `ix.packageEntry(0)` */
+  packageEntry(p: number): PackageEntry {
+    if (!Number.isInteger(p) || p < 0 || p >= this.pkgName.length) {
+      throw new VmkitError('ARG_RANGE', `p must be a package id in [0, ${this.pkgName.length}), got ${p}`);
+    }
+    const extra = this.pkgExtra.get(p);
+    const digests: Digest[] = extra
+      ? extra.map((d) => ({ ...d }))
+      : [{ alg: ALGS[this.pkgAlg[p]!]!, hex: toHex(this.pkgKey.subarray(p * 32, p * 32 + LEN[ALGS[this.pkgAlg[p]!]!])) }];
+    return { provenance: this.provenance(p, -1), digests };
+  }
+
+  /**
+   * Package versions named `name` (all when `version` is absent), in insertion order.
+   * @example `ix.lookupPackage('hello', '2.10-3')`
+   */
+  lookupPackage(name: string, version?: string): PackageEntry[] {
+    if (this.closed) this.live();
+    const v = this.byName.get(name);
+    if (v === undefined) return [];
+    const ids = typeof v === 'number' ? [v] : v;
+    const out: PackageEntry[] = [];
+    for (const p of ids) if (version === undefined || this.pkgVersion[p] === version) out.push(this.packageEntry(p));
+    return out;
+  }
+
+  /** Package ids named `name` (all versions). @example `ix.packageIds('hello')` */
+  packageIds(name: string): number[] {
+    const v = this.byName.get(name);
+    return v === undefined ? [] : typeof v === 'number' ? [v] : [...v];
+  }
+
+  /** Bytes held in the core and in the side tables. @example `ix.memory().core` */
+  memory(): DigestIndexMemory {
+    if (this.nPend) this.flush();
+    const c = this.live();
+    const core = this.ex(c).dixBytes(this.h);
+    const side = this.ePkg.byteLength * 3 + this.eAlg.byteLength + this.pkgKey.byteLength + this.pkgAlg.byteLength +
+      this.pkgName.length * 4 * 8 + this.byName.size * 40 + this.eTail.size * 80;
+    return { core, side };
+  }
+
+  /** Frees the core table. Further use throws INVALID_STATE. @example `ix.close()` */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    registry.unregister(this.token);
+    const c = core();
+    if (c.generation === this.gen) {
+      this.ex(c).dixFree(this.h);
+      if (this.scratch) c.free(this.scratch);
+    }
+  }
+}
+
+/** hexInto for `hex.slice(start, start + 64)` without making the substring. */
+function hexSliceInto(hex: string, start: number, dst: Uint8Array, off: number): boolean {
+  if (start < 0 || start + 64 > hex.length) return false;
+  for (let i = start, j = off; j < off + 32; i += 2, j++) {
+    const a = hex.charCodeAt(i);
+    const b = hex.charCodeAt(i + 1);
+    const hi = a < 128 ? HEX[a]! : -1;
+    const lo = b < 128 ? HEX[b]! : -1;
+    if ((hi | lo) < 0) return false;
+    dst[j] = (hi << 4) | lo;
+  }
+  return true;
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Builds real package repositories for the attestation specs into .cache/attest/
+# with each ecosystem's own tools, signed by throwaway keys made here:
+#   gnupg/         throwaway GnuPG home: key "good" (signs) and key "other" (a key nobody trusts)
+#   keyring.gpg    binary keyring with the good key (as /usr/share/keyrings/*.gpg); keyring.asc armored
+#   debian/        a Debian repository: real .debs fetched with `apt-get download`, indexed by
+#                  `apt-ftparchive`, Release signed (InRelease + Release.gpg), Valid-Until in 10 years
+#   debian-expired/   same packages, Valid-Until in the past (correctly signed)
+#   debian-other/     same packages, signed by the other key
+#   rpm/           tiny .rpm files built with `rpmbuild`, repodata by `createrepo_c`, repomd.xml.asc
+#   npm/           packument, tarballs (`npm pack`), registry keys and ECDSA P-256 signatures
+# Cached: a stamp holds this script's hash; a second run is a no-op.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=.cache/attest
+stamp="$out/.stamp"
+want=$(sha256sum "$0" | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+for t in apt-ftparchive gpg createrepo_c rpmbuild dpkg-deb xz gzip zstd npm; do
+  command -v "$t" >/dev/null || { echo "attest-fixtures: missing $t (see .ci/apt-packages.txt)" >&2; exit 1; }
+done
+rm -rf "$out"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+export GNUPGHOME="$out/gnupg"
+mkdir -m 700 "$GNUPGHOME"
+
+# --- keys -----------------------------------------------------------------
+gpg --batch --quiet --passphrase '' --quick-gen-key 'vmkit attest fixture <good@vmkit.invalid>' ed25519 sign never
+gpg --batch --quiet --passphrase '' --quick-gen-key 'vmkit untrusted <other@vmkit.invalid>' ed25519 sign never
+good=$(gpg --batch --with-colons --list-keys good@vmkit.invalid | awk -F: '/^fpr/ {print $10; exit}')
+other=$(gpg --batch --with-colons --list-keys other@vmkit.invalid | awk -F: '/^fpr/ {print $10; exit}')
+gpg --batch --export "$good" >"$out/keyring.gpg"
+gpg --batch --armor --export "$good" >"$out/keyring.asc"
+gpg --batch --export "$other" >"$out/other-keyring.gpg"
+
+# --- Debian ---------------------------------------------------------------
+debs="hello tree pv python3-six"
+mkdir -p "$out/pool"
+if ! (cd "$out/pool" && apt-get download $debs >/dev/null 2>&1); then
+  apt-get update >/dev/null
+  (cd "$out/pool" && apt-get download $debs >/dev/null)
+fi
+
+# Own packages with gzip and zstd data members (Debian's are xz; Ubuntu's zstd), built by dpkg-deb.
+for z in gzip zstd; do
+  d="$out/build-$z"
+  mkdir -p "$d/DEBIAN" "$d/usr/share/vmkit-fixture" "$d/usr/bin"
+  printf 'Package: vmkit-fixture-%s\nVersion: 1:1.0-1\nArchitecture: all\nMaintainer: vmkit <dev@vmkit.invalid>\nDescription: vmkit attestation fixture (%s data)\n' "$z" "$z" >"$d/DEBIAN/control"
+  printf 'vmkit fixture, %s data member\n' "$z" >"$d/usr/share/vmkit-fixture/$z.txt"
+  printf '#!/bin/sh\necho vmkit %s\n' "$z" >"$d/usr/bin/vmkit-fixture-$z"
+  chmod 755 "$d/usr/bin/vmkit-fixture-$z"
+  ln -s vmkit-fixture-$z "$d/usr/bin/vmkit-fixture-$z-link"
+  dpkg-deb --root-owner-group -Z"$z" -b "$d" "$out/pool/vmkit-fixture-${z}_1.0-1_all.deb" >/dev/null
+  rm -rf "$d"
+done
+
+make_debian() { # dir valid-until key
+  local dir="$out/$1" valid="$2" key="$3"
+  mkdir -p "$dir/pool/main" "$dir/dists/bookworm/main/binary-amd64"
+  cp "$out"/pool/*.deb "$dir/pool/main/"
+  (cd "$dir" && apt-ftparchive packages pool/main >dists/bookworm/main/binary-amd64/Packages)
+  gzip -9kn "$dir/dists/bookworm/main/binary-amd64/Packages"
+  xz -9k "$dir/dists/bookworm/main/binary-amd64/Packages"
+  (cd "$dir/dists/bookworm" && apt-ftparchive \
+    -o APT::FTPArchive::Release::Origin=vmkit -o APT::FTPArchive::Release::Label=vmkit \
+    -o APT::FTPArchive::Release::Suite=stable -o APT::FTPArchive::Release::Codename=bookworm \
+    -o APT::FTPArchive::Release::Architectures=amd64 -o APT::FTPArchive::Release::Components=main \
+    release . >Release.new && mv Release.new Release)
+  # apt-ftparchive only derives Valid-Until from a validity period; write the date given.
+  sed -i "/^Date: /a Valid-Until: $valid" "$dir/dists/bookworm/Release"
+  gpg --batch --yes --local-user "$key" --clearsign -o "$dir/dists/bookworm/InRelease" "$dir/dists/bookworm/Release"
+  gpg --batch --yes --local-user "$key" --detach-sign -o "$dir/dists/bookworm/Release.gpg" "$dir/dists/bookworm/Release"
+}
+make_debian debian "$(date -u -R -d '+10 years')" "$good"
+make_debian debian-expired "$(date -u -R -d '-2 days')" "$good"
+make_debian debian-other "$(date -u -R -d '+10 years')" "$other"
+
+# --- RPM ------------------------------------------------------------------
+rb="$out/rpmbuild"
+mkdir -p "$rb/SPECS" "$out/rpm"
+for v in 1.0 1.1; do
+  cat >"$rb/SPECS/vmkit-fixture.spec" <<EOF
+Name: vmkit-fixture
+Version: $v
+Release: 1
+Summary: vmkit attestation fixture
+License: MIT
+BuildArch: noarch
+%description
+A tiny package for vmkit's attestation specs.
+%install
+mkdir -p %{buildroot}/usr/share/vmkit-fixture
+printf 'vmkit fixture %s\n' $v >%{buildroot}/usr/share/vmkit-fixture/hello.txt
+%files
+/usr/share/vmkit-fixture/hello.txt
+EOF
+  rpmbuild --quiet --define "_topdir $rb" --define '_source_payload w9.gzdio' --define '_binary_payload w9.gzdio' \
+    -bb "$rb/SPECS/vmkit-fixture.spec" >/dev/null 2>&1
+done
+cp "$rb"/RPMS/noarch/*.rpm "$out/rpm/"
+createrepo_c --quiet "$out/rpm" >/dev/null
+gpg --batch --yes --local-user "$good" --armor --detach-sign -o "$out/rpm/repodata/repomd.xml.asc" "$out/rpm/repodata/repomd.xml"
+rm -rf "$rb"
+
+# --- npm ------------------------------------------------------------------
+mkdir -p "$out/npm/src" "$out/npm/tarballs"
+for v in 1.0.0 1.0.1; do
+  rm -rf "$out/npm/src"/*
+  printf '{"name":"vmkit-fixture","version":"%s","main":"index.js"}\n' "$v" >"$out/npm/src/package.json"
+  printf 'module.exports = "vmkit fixture %s";\n' "$v" >"$out/npm/src/index.js"
+  (cd "$out/npm/src" && npm pack --silent --pack-destination "$out/npm/tarballs" >/dev/null 2>&1)
+done
+rm -rf "$out/npm/src"
+# Packument and registry signatures as the npm registry writes them: ECDSA P-256 over
+# "<name>@<version>:<integrity>", keys at /-/npm/v1/keys.
+node --input-type=module - "$out/npm" <<'EOF'
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createHash, generateKeyPairSync, sign } from 'node:crypto';
+const dir = process.argv[2];
+const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const spki = publicKey.export({ type: 'spki', format: 'der' }).toString('base64');
+const keyid = 'SHA256:' + createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest('base64');
+const versions = {};
+for (const f of readdirSync(dir + '/tarballs').sort()) {
+  const bytes = readFileSync(dir + '/tarballs/' + f);
+  const version = f.replace(/^vmkit-fixture-/, '').replace(/\.tgz$/, '');
+  const integrity = 'sha512-' + createHash('sha512').update(bytes).digest('base64');
+  const sig = sign('sha256', Buffer.from(`vmkit-fixture@${version}:${integrity}`), privateKey).toString('base64');
+  versions[version] = {
+    name: 'vmkit-fixture', version,
+    dist: { integrity, shasum: createHash('sha1').update(bytes).digest('hex'), tarball: `REGISTRY/vmkit-fixture/-/${f}`, signatures: [{ keyid, sig }] },
+  };
+}
+writeFileSync(dir + '/packument.json', JSON.stringify({ name: 'vmkit-fixture', 'dist-tags': { latest: '1.0.1' }, versions }, null, 1));
+writeFileSync(dir + '/keys.json', JSON.stringify({ keys: [{ expires: null, keyid, keytype: 'ecdsa-sha2-nistp256', scheme: 'ecdsa-sha2-nistp256', key: spki }] }));
+EOF
+
+echo "$want" >"$stamp"
+echo "attest fixtures in $out"
