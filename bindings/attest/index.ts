@@ -4,3 +4,13 @@
  */
 export { init, initSync } from '../core.js';
 export { VmkitError } from '../errors.js';
+// Repository sources and the digest index (docs/attest-sources.md).
+export * from './types.js';
+export { DigestIndex, digestLength, hexInto, toHex, type DigestIndexOptions, type DigestIndexMemory } from './index-store.js';
+export { readKeyring, verifyCleartext, verifyDetached, type Keyring, type SignatureInfo } from './_openpgp.js';
+export { readAr, readTar, debFileDigests, type ArMember, type TarFile, type DebDigestOptions } from './_deb.js';
+export { parseDeb822, parseRelease, parsePackages, type Release, type ReleaseFile, type PackagesRecord } from './sources/deb822.js';
+export { AptSource, parseAptLine, type AptLine, type AptSourceOptions } from './sources/apt.js';
+export { RpmSource, parseRepomd, primaryParser, type RpmSourceOptions, type RepomdData, type PrimaryPackage } from './sources/rpm.js';
+export { NpmSource, parseIntegrity, type NpmSourceOptions, type NpmKeys } from './sources/npm.js';
+export { openSource, type OpenSourceOptions } from './sources/parse-source-line.js';

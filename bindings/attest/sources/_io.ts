@@ -1,0 +1,203 @@
+/**
+ * What every repository source needs: bounded HTTP GETs with conditional
+ * headers, bounded decompression (gzip, xz, zstd) and SHA-2 hashing. Bounds
+ * matter: repository metadata comes from the network, and a decompression
+ * bomb or an endless body must end in a VmkitError LIMIT, not in exhausted memory.
+ * @module
+ */
+import * as xzns from 'xz-decompress';
+import { Decompress as ZstdDecompress } from 'fzstd';
+import { VmkitError } from '../../errors.js';
+
+/** Options every source accepts for its network and size limits. */
+export interface FetchOptions {
+  /** The fetch to use (default: `globalThis.fetch`). */
+  fetch?: typeof fetch;
+  /** Largest body or decompressed file accepted, in bytes (default 1 GiB). */
+  maxBytes?: number;
+}
+
+/** The answer to a conditional GET. */
+export interface HttpResult {
+  /** 200, or 304 when the validators matched. */
+  status: 200 | 304;
+  body: Uint8Array;
+  etag?: string;
+  lastModified?: string;
+}
+
+/** Validators of the last answer, sent back as If-None-Match / If-Modified-Since. */
+export interface Validators {
+  etag?: string;
+  lastModified?: string;
+}
+
+export const DEFAULT_MAX_BYTES: number = 1 << 30;
+
+/**
+ * GETs `url`, reading at most `maxBytes`. 404/410 → NOT_FOUND, other failures →
+ * NETWORK, abort → CANCELLED, too large → LIMIT.
+ * @internal
+ */
+export async function httpGet(url: string, opts: FetchOptions & { validators?: Validators; signal?: AbortSignal | undefined } = {}): Promise<HttpResult> {
+  const f = opts.fetch ?? globalThis.fetch;
+  const max = opts.maxBytes ?? DEFAULT_MAX_BYTES;
+  const headers: Record<string, string> = {};
+  if (opts.validators?.etag) headers['if-none-match'] = opts.validators.etag;
+  if (opts.validators?.lastModified) headers['if-modified-since'] = opts.validators.lastModified;
+  let res: Response;
+  try {
+    res = await f(url, { headers, signal: opts.signal ?? null, redirect: 'follow' });
+  } catch (e) {
+    if (opts.signal?.aborted) throw new VmkitError('CANCELLED', `GET ${url} cancelled`, { cause: e, path: url });
+    throw new VmkitError('NETWORK', `GET ${url} failed: ${(e as Error).message}`, { cause: e, path: url });
+  }
+  const v: { etag?: string; lastModified?: string } = {};
+  const etag = res.headers.get('etag');
+  const lm = res.headers.get('last-modified');
+  if (etag) v.etag = etag;
+  if (lm) v.lastModified = lm;
+  if (res.status === 304) {
+    await res.body?.cancel();
+    return { status: 304, body: new Uint8Array(0), ...v };
+  }
+  if (res.status === 404 || res.status === 410) {
+    await res.body?.cancel();
+    throw new VmkitError('NOT_FOUND', `GET ${url}: ${res.status}`, { path: url });
+  }
+  if (res.status !== 200) {
+    await res.body?.cancel();
+    throw new VmkitError('NETWORK', `GET ${url}: HTTP ${res.status}`, { path: url });
+  }
+  const len = Number(res.headers.get('content-length') ?? NaN);
+  if (len > max) {
+    await res.body?.cancel();
+    throw new VmkitError('LIMIT', `GET ${url}: ${len} bytes is more than the limit ${max}`, { path: url });
+  }
+  let body: Uint8Array;
+  try {
+    body = res.body ? await collect(res.body, max, url) : new Uint8Array(0);
+  } catch (e) {
+    if (e instanceof VmkitError) throw e;
+    if (opts.signal?.aborted) throw new VmkitError('CANCELLED', `GET ${url} cancelled`, { cause: e, path: url });
+    throw new VmkitError('NETWORK', `GET ${url}: reading the body failed: ${(e as Error).message}`, { cause: e, path: url });
+  }
+  return { status: 200, body, ...v };
+}
+
+/** Reads a stream to its end, refusing more than `max` bytes (LIMIT). */
+export async function collect(stream: ReadableStream<Uint8Array>, max: number, what: string): Promise<Uint8Array> {
+  const reader = stream.getReader();
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    n += value.length;
+    if (n > max) {
+      await reader.cancel();
+      throw new VmkitError('LIMIT', `${what}: more than the limit of ${max} bytes`, { path: what });
+    }
+    parts.push(value);
+  }
+  if (parts.length === 1) return parts[0]!;
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** Compression of a repository file, from its name. */
+export type Compression = 'none' | 'gz' | 'xz' | 'zst';
+
+/** The compression a file name says (`Packages.xz` → xz). @internal */
+export function compressionOf(name: string): Compression | undefined {
+  if (name.endsWith('.gz')) return 'gz';
+  if (name.endsWith('.xz')) return 'xz';
+  if (name.endsWith('.zst')) return 'zst';
+  if (/\.(bz2|lzma|lz4|zck)$/.test(name)) return undefined;
+  return 'none';
+}
+
+type XzCtor = new (s: ReadableStream<Uint8Array>) => ReadableStream<Uint8Array>;
+// xz-decompress is CommonJS: its class is a named export under bundlers and a
+// property of the default export under Node.
+const XzReadableStream: XzCtor = ((xzns as unknown as Record<string, unknown>).XzReadableStream ??
+  ((xzns as unknown as { default?: Record<string, unknown> }).default?.XzReadableStream)) as XzCtor;
+
+/**
+ * Decompresses `data`, producing at most `max` bytes (LIMIT past that);
+ * malformed input → CORRUPT.
+ * @internal
+ */
+export async function decompress(data: Uint8Array, kind: Compression, max: number, what: string): Promise<Uint8Array> {
+  if (kind === 'none') {
+    if (data.length > max) throw new VmkitError('LIMIT', `${what}: more than the limit of ${max} bytes`, { path: what });
+    return data;
+  }
+  try {
+    if (kind === 'zst') return zstd(data, max, what);
+    const src = new Blob([data as Uint8Array<ArrayBuffer>]).stream();
+    const s = kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip')) : new XzReadableStream(src);
+    return await collect(s as ReadableStream<Uint8Array>, max, what);
+  } catch (e) {
+    if (e instanceof VmkitError) throw e;
+    throw new VmkitError('CORRUPT', `${what}: not valid ${kind} data: ${(e as Error).message}`, { cause: e, path: what });
+  }
+}
+
+function zstd(data: Uint8Array, max: number, what: string): Uint8Array {
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  // fzstd allocates a frame's declared content size up front: refuse an absurd
+  // one before it does (RFC 8878 §3.1.1.1: Frame_Header_Descriptor, FCS field).
+  if (data.length >= 6 && data[0] === 0x28 && data[1] === 0xb5 && data[2] === 0x2f && data[3] === 0xfd) {
+    const fhd = data[4]!;
+    const fcsFlag = fhd >> 6;
+    const single = (fhd >> 5) & 1;
+    const didFlag = fhd & 3;
+    let o = 5 + (single ? 0 : 1) + [0, 1, 2, 4][didFlag]!;
+    const fcsLen = [single ? 1 : 0, 2, 4, 8][fcsFlag]!;
+    if (fcsLen > 0 && o + fcsLen <= data.length) {
+      let fcs = 0;
+      for (let i = fcsLen - 1; i >= 0; i--) fcs = fcs * 256 + data[o + i]!;
+      if (fcsLen === 2) fcs += 256;
+      if (fcs > max) throw new VmkitError('LIMIT', `${what}: zstd frame declares ${fcs} bytes, more than the limit of ${max}`, { path: what });
+    }
+    o += fcsLen;
+  }
+  const d = new ZstdDecompress((chunk) => {
+    n += chunk.length;
+    if (n > max) throw new VmkitError('LIMIT', `${what}: more than the limit of ${max} bytes`, { path: what });
+    parts.push(chunk);
+  });
+  d.push(data, true);
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** SHA-256 (or another SHA-2) of `data`, raw bytes. @internal */
+export async function sha(alg: 'SHA-256' | 'SHA-512' | 'SHA-1', data: Uint8Array): Promise<Uint8Array> {
+  return new Uint8Array(await globalThis.crypto.subtle.digest(alg, data as Uint8Array<ArrayBuffer>));
+}
+
+/** Joins a base URL and a relative path with exactly one slash. @internal */
+export function joinUrl(base: string, path: string): string {
+  return base.replace(/\/+$/, '') + '/' + path.replace(/^\/+/, '');
+}
+
+/** Constant-shape comparison of two byte arrays. @internal */
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d |= a[i]! ^ b[i]!;
+  return d === 0;
+}

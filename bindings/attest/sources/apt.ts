@@ -1,0 +1,463 @@
+/**
+ * A Debian/Ubuntu APT repository as a {@link RepositorySource}, trusted only
+ * through its signed chain:
+ *
+ * ```
+ * keyring ──verifies──► InRelease (or Release + Release.gpg)      Valid-Until honoured
+ *                          │ SHA256 + size of each index file
+ *                          ▼
+ *                       <comp>/binary-<arch>/Packages(.xz|.gz|.zst)   by-hash when offered
+ *                          │ SHA256 + size of each .deb
+ *                          ▼
+ *                       pool/…/x.deb ──► data.tar members ──► file SHA-256 (fileDigests, cached)
+ * ```
+ * Refresh is incremental: the release file is fetched with If-None-Match /
+ * If-Modified-Since, and an index file whose hash did not change is not
+ * fetched again. Spec followed: https://wiki.debian.org/DebianRepository/Format.
+ * @module
+ */
+import { VmkitError } from '../../errors.js';
+import { readKeyring, verifyCleartext, verifyDetached, type Keyring } from '../_openpgp.js';
+import { debFileDigests } from '../_deb.js';
+import { DigestIndex, hexInto } from '../index-store.js';
+import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
+import { parsePackages, parseRelease, type Release } from './deb822.js';
+import { compressionOf, decompress, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
+
+/** A parsed one-line APT source (`deb [options] uri suite [component…]`). */
+export interface AptLine {
+  uri: string;
+  suite: string;
+  /** Empty for a flat repository (suite ends with `/`). */
+  components: string[];
+  /** The `[key=value …]` options (`arch`, `signed-by`, …). */
+  options: Map<string, string>;
+}
+
+/**
+ * Parses a one-line APT source. Only `deb` (binary) lines are sources.
+ * @example `parseAptLine('deb [arch=amd64] http://deb.debian.org/debian bookworm main').components // ['main']`
+ */
+export function parseAptLine(line: string): AptLine {
+  let rest = line.trim();
+  if (!rest.startsWith('deb ') && !rest.startsWith('deb\t')) {
+    throw new VmkitError('ARG_RANGE', `not a binary APT source line (must start with "deb"): ${JSON.stringify(line.slice(0, 80))}`);
+  }
+  rest = rest.slice(4).trim();
+  const options = new Map<string, string>();
+  if (rest.startsWith('[')) {
+    const close = rest.indexOf(']');
+    if (close < 0) throw new VmkitError('ARG_RANGE', `APT source options lack "]": ${JSON.stringify(line.slice(0, 80))}`);
+    for (const kv of rest.slice(1, close).trim().split(/\s+/)) {
+      if (!kv) continue;
+      const eq = kv.indexOf('=');
+      if (eq <= 0) throw new VmkitError('ARG_RANGE', `APT source option is not key=value: ${JSON.stringify(kv)}`);
+      options.set(kv.slice(0, eq), kv.slice(eq + 1));
+    }
+    rest = rest.slice(close + 1).trim();
+  }
+  const parts = rest.split(/\s+/).filter(Boolean);
+  const [uri, suite, ...components] = parts;
+  if (!uri || !suite) throw new VmkitError('ARG_RANGE', `APT source line needs a URI and a suite: ${JSON.stringify(line.slice(0, 80))}`);
+  if (!/^https?:\/\//.test(uri)) throw new VmkitError('ARG_RANGE', `APT source URI must be http(s): ${JSON.stringify(uri)}`);
+  const flat = suite.endsWith('/');
+  if (flat && components.length) throw new VmkitError('ARG_RANGE', 'a flat APT repository (suite ending in /) takes no components');
+  if (!flat && !components.length) throw new VmkitError('ARG_RANGE', 'APT source line needs at least one component');
+  return { uri, suite, components, options };
+}
+
+/** Options of {@link AptSource}. */
+export interface AptSourceOptions extends FetchOptions {
+  /**
+   * Trusted keys: a keyring read with `readKeyring`, or keyring bytes (binary
+   * or armored). When absent, the line's `signed-by=` file is read (Node).
+   */
+  keyring?: Keyring | Uint8Array | Uint8Array[];
+  /** Architectures to index (default: the line's `arch=`, else `amd64`). */
+  architectures?: string[];
+  /** Accept a release file without a (valid) signature. Never the default. */
+  allowUnsigned?: boolean;
+  /** Accept a release file past its Valid-Until. Never the default. */
+  allowExpired?: boolean;
+  /** Clock (for Valid-Until), default `() => new Date()`. */
+  now?: () => Date;
+  /** How many packages' file digests to keep (default 256). */
+  fileCacheSize?: number;
+}
+
+interface IndexFile {
+  /** Path under dists/<suite>/ (or the flat directory). */
+  path: string;
+  sha256: string;
+  size: number;
+}
+
+/** Per package of the current index: where its .deb is and how big. */
+interface PoolInfo {
+  filename: string[];
+  size: number[];
+}
+
+/**
+ * An APT repository source.
+ *
+ * @example
+ * ```ts
+ * import { init } from 'vmkit';
+ * import { AptSource, readKeyring } from 'vmkit/attest';
+ * await init();
+ * const src = new AptSource('deb http://deb.debian.org/debian bookworm main', {
+ *   keyring: await readKeyring(await readFile('/usr/share/keyrings/debian-archive-keyring.gpg')),
+ * });
+ * await src.refresh();
+ * src.lookupPackage('hello');
+ * ```
+ */
+export class AptSource implements RepositorySource {
+  readonly id: string;
+  readonly line: AptLine;
+  private readonly opts: AptSourceOptions;
+  private readonly archs: string[];
+  private ring: Keyring | undefined;
+  private index: DigestIndex | undefined;
+  private pool: PoolInfo = { filename: [], size: [] };
+  private validators: Validators = {};
+  private release: Release | undefined;
+  private indexed = new Map<string, string>(); // index file path → sha256 it was built from
+  private files = new Map<string, Promise<Map<string, Digest>>>(); // .deb sha256 → file digests
+  private filesOf = new Map<string, Map<string, Digest>>(); // same, settled, to re-add after a rebuild
+
+  constructor(line: string, options: AptSourceOptions = {}) {
+    this.line = parseAptLine(line);
+    this.id = line.trim().replace(/\s+/g, ' ');
+    this.opts = options;
+    const a = options.architectures ?? this.line.options.get('arch')?.split(',') ?? ['amd64'];
+    this.archs = a.filter(Boolean);
+    if (this.archs.length === 0) throw new VmkitError('ARG_RANGE', 'no architecture to index');
+  }
+
+  /** Number of digests held. */
+  get size(): number {
+    return this.index?.size ?? 0;
+  }
+
+  /** When the verified release file stops being valid, if it says. */
+  get validUntil(): Date | undefined {
+    return this.release?.validUntil;
+  }
+
+  private base(): string {
+    const { uri, suite, components } = this.line;
+    return components.length === 0 ? joinUrl(uri, suite) : joinUrl(uri, `dists/${suite}`);
+  }
+
+  private async keyring(): Promise<Keyring | undefined> {
+    if (this.ring) return this.ring;
+    const k = this.opts.keyring;
+    if (k && 'keys' in k && 'fingerprints' in k) this.ring = k as Keyring;
+    else if (k instanceof Uint8Array) this.ring = await readKeyring(k);
+    else if (Array.isArray(k)) this.ring = await readKeyring(...k);
+    else {
+      const path = this.line.options.get('signed-by');
+      if (path && path.startsWith('/')) {
+        const { readFile } = await import('node:fs/promises');
+        let bytes: Uint8Array;
+        try {
+          bytes = await readFile(path);
+        } catch (e) {
+          throw new VmkitError('NOT_FOUND', `signed-by keyring ${path} could not be read`, { cause: e, path });
+        }
+        this.ring = await readKeyring(bytes);
+      }
+    }
+    return this.ring;
+  }
+
+  private now(): Date {
+    return this.opts.now ? this.opts.now() : new Date();
+  }
+
+  private checkValid(rel: Release): void {
+    if (rel.validUntil && rel.validUntil.getTime() < this.now().getTime() && !this.opts.allowExpired) {
+      this.drop();
+      throw new VmkitError('INTEGRITY', `${this.id}: release file expired at ${rel.validUntil.toISOString()} (Valid-Until)`);
+    }
+  }
+
+  private drop(): void {
+    this.index?.close();
+    this.index = undefined;
+    this.release = undefined;
+    this.indexed.clear();
+    this.validators = {};
+  }
+
+  /** Fetches the release file and verifies it; undefined on 304. */
+  private async fetchRelease(signal: AbortSignal | undefined): Promise<{ text: string; validators: Validators } | undefined> {
+    const io = { ...this.opts, signal, maxBytes: Math.min(this.opts.maxBytes ?? DEFAULT_MAX_BYTES, 64 << 20) };
+    const ring = await this.keyring();
+    if (!ring && !this.opts.allowUnsigned) {
+      throw new VmkitError('INTEGRITY', `${this.id}: no keyring to verify the repository with (pass keyring or signed-by=, or allowUnsigned)`);
+    }
+    const dec = new TextDecoder('utf-8', { fatal: false });
+    const haveState = this.release !== undefined;
+    try {
+      const r = await httpGet(joinUrl(this.base(), 'InRelease'), { ...io, validators: haveState ? this.validators : {} });
+      if (r.status === 304) return undefined;
+      const signed = dec.decode(r.body);
+      const v: Validators = {};
+      if (r.etag) v.etag = r.etag;
+      if (r.lastModified) v.lastModified = r.lastModified;
+      if (ring) {
+        try {
+          return { text: (await verifyCleartext(signed, ring, `${this.id} InRelease`)).text, validators: v };
+        } catch (e) {
+          if (!this.opts.allowUnsigned) throw e;
+        }
+      }
+      // allowUnsigned: take the text inside the signature framing, if any.
+      return { text: stripCleartext(signed), validators: v };
+    } catch (e) {
+      if (!(e instanceof VmkitError) || e.code !== 'NOT_FOUND') throw e;
+    }
+    const r = await httpGet(joinUrl(this.base(), 'Release'), { ...io, validators: haveState ? this.validators : {} });
+    if (r.status === 304) return undefined;
+    const v: Validators = {};
+    if (r.etag) v.etag = r.etag;
+    if (r.lastModified) v.lastModified = r.lastModified;
+    let sig: Uint8Array | undefined;
+    try {
+      sig = (await httpGet(joinUrl(this.base(), 'Release.gpg'), io)).body;
+    } catch (e) {
+      if (!(e instanceof VmkitError) || e.code !== 'NOT_FOUND') throw e;
+    }
+    if (ring && sig) {
+      try {
+        await verifyDetached(r.body, sig, ring, `${this.id} Release.gpg`);
+        return { text: dec.decode(r.body), validators: v };
+      } catch (e) {
+        if (!this.opts.allowUnsigned) throw e;
+      }
+    } else if (!this.opts.allowUnsigned) {
+      throw new VmkitError('INTEGRITY', `${this.id}: Release is not signed (no InRelease, no Release.gpg)`);
+    }
+    return { text: dec.decode(r.body), validators: v };
+  }
+
+  /** The index files to read: per component × architecture, its variants best compression first. */
+  private pick(rel: Release): IndexFile[][] {
+    const out: IndexFile[][] = [];
+    const dirs = this.line.components.length === 0 ? [''] : this.line.components.flatMap((c) => this.archs.map((a) => `${c}/binary-${a}/`));
+    for (const d of dirs) {
+      const found: IndexFile[] = [];
+      for (const ext of ['.xz', '.gz', '.zst', '']) {
+        const f = rel.files.get(d + 'Packages' + ext);
+        if (f) found.push({ path: d + 'Packages' + ext, ...f });
+      }
+      if (!found.length) throw new VmkitError('NOT_FOUND', `${this.id}: the release file lists no ${d}Packages`);
+      out.push(found);
+    }
+    return out;
+  }
+
+  private async fetchIndexFile(f: IndexFile, rel: Release, signal: AbortSignal | undefined): Promise<Uint8Array> {
+    const io = { ...this.opts, signal, maxBytes: Math.min(this.opts.maxBytes ?? DEFAULT_MAX_BYTES, f.size) };
+    let body: Uint8Array | undefined;
+    if (rel.acquireByHash) {
+      const dir = f.path.slice(0, f.path.lastIndexOf('/') + 1);
+      try {
+        body = (await httpGet(joinUrl(this.base(), `${dir}by-hash/SHA256/${f.sha256}`), io)).body;
+      } catch (e) {
+        if (!(e instanceof VmkitError) || e.code !== 'NOT_FOUND') throw e;
+      }
+    }
+    body ??= (await httpGet(joinUrl(this.base(), f.path), io)).body;
+    const want = new Uint8Array(32);
+    hexInto(f.sha256, want);
+    if (body.length !== f.size || !sameBytes(await sha('SHA-256', body), want)) {
+      throw new VmkitError('INTEGRITY', `${this.id}: ${f.path} does not match the SHA256 and size in the signed release file`, { path: f.path });
+    }
+    return body;
+  }
+
+  /**
+   * Fetches and verifies the release file, then the Packages files whose hash
+   * changed, and rebuilds the index. Throws INTEGRITY (unsigned, bad
+   * signature, expired, hash mismatch), NETWORK, NOT_FOUND, CORRUPT, LIMIT.
+   * @example `const { changed, packages } = await src.refresh();`
+   */
+  async refresh(signal?: AbortSignal): Promise<RefreshResult> {
+    const got = await this.fetchRelease(signal);
+    if (!got) {
+      // 304: the signed state we hold is still the repository's; it may have expired meanwhile.
+      this.checkValid(this.release!);
+      return this.result(false);
+    }
+    const rel = parseRelease(got.text, `${this.id} Release`);
+    if (this.line.components.length && rel.suite !== this.line.suite && rel.codename !== this.line.suite) {
+      throw new VmkitError('INTEGRITY', `${this.id}: release file is for suite ${rel.suite ?? '?'} / codename ${rel.codename ?? '?'}, not ${this.line.suite}`);
+    }
+    this.checkValid(rel);
+    const variants = this.pick(rel);
+    // Unchanged when each index file we built from is listed again with the same hash.
+    const same = this.index !== undefined && variants.length === this.indexed.size &&
+      variants.every((vs) => vs.some((p) => this.indexed.get(p.path) === p.sha256));
+    if (same) {
+      this.release = rel;
+      this.validators = got.validators;
+      return this.result(false);
+    }
+    const texts: string[] = [];
+    const picks: IndexFile[] = [];
+    const max = this.opts.maxBytes ?? DEFAULT_MAX_BYTES;
+    for (const vs of variants) {
+      // The first variant the server has (a mirror may lack some compressions); each checked against the release file.
+      let last: unknown;
+      let done = false;
+      for (const f of vs) {
+        const kind = compressionOf(f.path);
+        if (!kind) continue;
+        let body: Uint8Array;
+        try {
+          body = await this.fetchIndexFile(f, rel, signal);
+        } catch (e) {
+          if (e instanceof VmkitError && e.code === 'NOT_FOUND') {
+            last = e;
+            continue;
+          }
+          throw e;
+        }
+        texts.push(new TextDecoder().decode(await decompress(body, kind, max, f.path)));
+        picks.push(f);
+        done = true;
+        break;
+      }
+      if (!done) throw last ?? new VmkitError('UNSUPPORTED', `${this.id}: no index file variant with a supported compression`);
+    }
+    const ix = new DigestIndex();
+    const pool: PoolInfo = { filename: [], size: [] };
+    try {
+      for (let i = 0; i < texts.length; i++) {
+        parsePackages(texts[i]!, (r) => {
+          ix.addPackageSha256(this.id, r.package, r.version, r.architecture, r.text, r.sha256At);
+          pool.filename.push(r.filename);
+          pool.size.push(r.size);
+        }, `${this.id} ${picks[i]!.path}`);
+      }
+    } catch (e) {
+      ix.close();
+      throw e;
+    }
+    this.index?.close();
+    this.index = ix;
+    this.pool = pool;
+    this.release = rel;
+    this.validators = got.validators;
+    this.indexed = new Map(picks.map((p) => [p.path, p.sha256]));
+    // File digests already computed stay valid for the same .deb (same SHA-256).
+    for (const [debSha, files] of this.filesOf) this.readdFiles(debSha, files);
+    return this.result(true);
+  }
+
+  private result(changed: boolean): RefreshResult {
+    const r: RefreshResult = { changed, packages: this.index?.packages ?? 0 };
+    if (this.release?.validUntil) r.validUntil = this.release.validUntil;
+    return r;
+  }
+
+  private live(): DigestIndex {
+    if (!this.index) throw new VmkitError('INVALID_STATE', `${this.id}: not refreshed (call refresh() first)`);
+    return this.index;
+  }
+
+  /** Every entry with this digest; empty when none (or before a refresh). @example `src.lookupDigest('sha256', d)` */
+  lookupDigest(alg: DigestAlgorithm, digest: Uint8Array): Provenance[] {
+    return this.index ? this.index.lookupDigest(alg, digest) : [];
+  }
+
+  /** Package versions named `name`. @example `src.lookupPackage('hello', '2.10-3')` */
+  lookupPackage(name: string, version?: string): PackageEntry[] {
+    return this.index ? this.index.lookupPackage(name, version) : [];
+  }
+
+  private readdFiles(debSha: string, files: Map<string, Digest>): void {
+    const ix = this.index;
+    if (!ix) return;
+    const want = new Uint8Array(32);
+    hexInto(debSha, want);
+    const prov = ix.lookupDigest('sha256', want);
+    for (const p of prov) {
+      if (p.path !== undefined) return; // already there
+    }
+    const first = prov[0];
+    if (!first) return;
+    const id = ix.packageIds(first.package).find((i) => {
+      const e = ix.packageEntry(i);
+      return e.provenance.version === first.version && e.provenance.architecture === first.architecture;
+    });
+    if (id === undefined) return;
+    for (const [path, d] of files) ix.addFile(id, path, d);
+  }
+
+  /**
+   * File-level reference values of one package: fetches its `.deb`, checks it
+   * against the SHA256 and size in the signed Packages file, hashes the members
+   * of its data archive and adds them to the index (so `lookupDigest` finds
+   * them). Cached per package.
+   * @example `const files = await src.fileDigests(src.lookupPackage('hello')[0]);`
+   */
+  fileDigests(entry: PackageEntry, signal?: AbortSignal): Promise<Map<string, Digest> | undefined> {
+    const ix = this.live();
+    const p = entry.provenance;
+    const id = ix.packageIds(p.package).find((i) => {
+      const e = ix.packageEntry(i);
+      return e.provenance.version === p.version && e.provenance.architecture === p.architecture;
+    });
+    if (id === undefined) return Promise.reject(new VmkitError('NOT_FOUND', `${this.id}: no package ${p.package} ${p.version} ${p.architecture ?? ''}`));
+    const debSha = ix.packageEntry(id).digests[0]!.hex;
+    let job = this.files.get(debSha);
+    if (!job) {
+      job = this.loadFiles(id, debSha, signal);
+      this.files.set(debSha, job);
+      job.catch(() => this.files.delete(debSha));
+      const cap = this.opts.fileCacheSize ?? 256;
+      while (this.files.size > cap) {
+        const k = this.files.keys().next().value as string;
+        this.files.delete(k);
+        this.filesOf.delete(k);
+      }
+    }
+    return job;
+  }
+
+  private async loadFiles(id: number, debSha: string, signal: AbortSignal | undefined): Promise<Map<string, Digest>> {
+    const filename = this.pool.filename[id]!;
+    const size = this.pool.size[id]!;
+    const url = joinUrl(this.line.uri, filename);
+    const body = (await httpGet(url, { ...this.opts, signal, maxBytes: size })).body;
+    const want = new Uint8Array(32);
+    hexInto(debSha, want);
+    if (body.length !== size || !sameBytes(await sha('SHA-256', body), want)) {
+      throw new VmkitError('INTEGRITY', `${this.id}: ${filename} does not match the SHA256 and size in the signed Packages file`, { path: url });
+    }
+    const files = new Map<string, Digest>();
+    const opts = this.opts.maxBytes === undefined ? {} : { maxBytes: this.opts.maxBytes };
+    for (const [path, hex] of await debFileDigests(body, opts)) files.set(path, { alg: 'sha256', hex });
+    this.filesOf.set(debSha, files);
+    // The index may have been rebuilt meanwhile: find the package again by its .deb digest.
+    this.readdFiles(debSha, files);
+    return files;
+  }
+
+  /** Frees the index. @example `src.close()` */
+  close(): void {
+    this.drop();
+  }
+}
+
+// The text of a cleartext-signed message without checking it (allowUnsigned only).
+function stripCleartext(s: string): string {
+  const m = /^-----BEGIN PGP SIGNED MESSAGE-----\r?\n(?:[^\r\n]+\r?\n)*\r?\n([\s\S]*?)\r?\n-----BEGIN PGP SIGNATURE-----/.exec(s);
+  if (!m) return s;
+  return m[1]!.replace(/^- /gm, '');
+}

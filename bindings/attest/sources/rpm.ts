@@ -1,0 +1,315 @@
+/**
+ * An RPM repository (repodata, as `createrepo_c` writes it) as a
+ * {@link RepositorySource}:
+ *
+ * ```
+ * keyring ──verifies──► repodata/repomd.xml.asc (detached, armored) over repomd.xml
+ *                          │ <data type="primary"> checksum + size + location
+ *                          ▼
+ *                       repodata/<hash>-primary.xml(.gz|.xz|.zst)
+ *                          │ <package><checksum type="sha256" pkgid="YES">… per .rpm
+ *                          ▼
+ *                       name, epoch:version-release, arch, location
+ * ```
+ * Spec followed: the createrepo_c repodata format
+ * (https://github.com/rpm-software-management/createrepo_c, `doc/`), XML
+ * parsed with the streaming parser saxes (no DTDs, no entity expansion).
+ * @module
+ */
+import { SaxesParser } from 'saxes';
+import { VmkitError } from '../../errors.js';
+import { readKeyring, verifyDetached, type Keyring } from '../_openpgp.js';
+import { DigestIndex, digestLength, hexInto } from '../index-store.js';
+import type { DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
+import { compressionOf, decompress, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
+
+/** One `<data>` record of repomd.xml. */
+export interface RepomdData {
+  type: string;
+  location: string;
+  checksum: { type: string; hex: string };
+  openChecksum?: { type: string; hex: string };
+  size?: number;
+}
+
+/** A package record of primary.xml. */
+export interface PrimaryPackage {
+  name: string;
+  arch: string;
+  /** `epoch:ver-rel`, the epoch only when not 0. */
+  version: string;
+  checksum: { type: string; hex: string };
+  location: string;
+}
+
+function xmlCorrupt(what: string, e: unknown): VmkitError {
+  if (e instanceof VmkitError) return e;
+  return new VmkitError('CORRUPT', `${what}: ${(e as Error).message}`, { cause: e });
+}
+
+function parser(): SaxesParser {
+  // Positions cost time and are not needed: errors carry the message only.
+  return new SaxesParser({ position: false });
+}
+
+/**
+ * Parses repomd.xml into its `<data>` records. CORRUPT on malformed XML or a
+ * record without checksum or location.
+ * @example `parseRepomd(xml).find((d) => d.type === 'primary')?.location`
+ */
+export function parseRepomd(xml: string, what: string = 'repomd.xml'): RepomdData[] {
+  const out: RepomdData[] = [];
+  let cur: Partial<RepomdData> | undefined;
+  let text = '';
+  let ckType = '';
+  let root = false;
+  const p = parser();
+  p.on('opentag', (t) => {
+    text = '';
+    const a = t.attributes as Record<string, string>;
+    if (t.name === 'repomd') root = true;
+    else if (t.name === 'data' && root) cur = { type: a.type ?? '' };
+    else if (cur && (t.name === 'checksum' || t.name === 'open-checksum')) ckType = a.type ?? '';
+    else if (cur && t.name === 'location') cur.location = a.href ?? '';
+  });
+  p.on('text', (s) => { text += s; });
+  p.on('closetag', (t) => {
+    if (!cur) return;
+    if (t.name === 'checksum') cur.checksum = { type: ckType, hex: text.trim().toLowerCase() };
+    else if (t.name === 'open-checksum') cur.openChecksum = { type: ckType, hex: text.trim().toLowerCase() };
+    else if (t.name === 'size') {
+      const n = text.trim();
+      if (!/^\d{1,15}$/.test(n)) throw new VmkitError('CORRUPT', `${what}: bad <size> ${JSON.stringify(n.slice(0, 20))}`);
+      cur.size = Number(n);
+    } else if (t.name === 'data') {
+      if (!cur.type || !cur.location || !cur.checksum) throw new VmkitError('CORRUPT', `${what}: <data type="${cur.type ?? ''}"> lacks checksum or location`);
+      out.push(cur as RepomdData);
+      cur = undefined;
+    }
+  });
+  try {
+    p.write(xml).close();
+  } catch (e) {
+    throw xmlCorrupt(what, e);
+  }
+  if (!root) throw new VmkitError('CORRUPT', `${what}: no <repomd> root`);
+  return out;
+}
+
+/**
+ * Streams the `<package>` records of primary.xml to `onPackage`. Feed the
+ * text in chunks with `write` and finish with `close`; CORRUPT on malformed
+ * XML or a package lacking name, arch, version, checksum or location.
+ * @example
+ * ```ts
+ * const pp = primaryParser((p) => console.log(p.name, p.version));
+ * pp.write(chunk1); pp.write(chunk2); pp.close();
+ * ```
+ */
+export function primaryParser(onPackage: (p: PrimaryPackage) => void, what: string = 'primary.xml'): { write(s: string): void; close(): number } {
+  const p = parser();
+  let depth = 0;
+  let pkgDepth = -1;
+  let cur: Partial<PrimaryPackage> = {};
+  let text = '';
+  let ckType = '';
+  let count = 0;
+  p.on('opentag', (t) => {
+    depth++;
+    const a = t.attributes as Record<string, string>;
+    if (t.name === 'package' && pkgDepth < 0) {
+      pkgDepth = depth;
+      cur = {};
+    } else if (pkgDepth > 0 && depth === pkgDepth + 1) {
+      text = '';
+      if (t.name === 'version') {
+        const { epoch, ver, rel } = a;
+        if (ver === undefined || rel === undefined) throw new VmkitError('CORRUPT', `${what}: <version> lacks ver or rel`);
+        cur.version = (epoch && epoch !== '0' ? `${epoch}:` : '') + `${ver}-${rel}`;
+      } else if (t.name === 'checksum') ckType = a.type ?? '';
+      else if (t.name === 'location') cur.location = a.href ?? '';
+    }
+  });
+  p.on('text', (s) => {
+    if (pkgDepth > 0 && depth === pkgDepth + 1) text += s;
+  });
+  p.on('closetag', (t) => {
+    if (pkgDepth > 0 && depth === pkgDepth + 1) {
+      if (t.name === 'name') cur.name = text.trim();
+      else if (t.name === 'arch') cur.arch = text.trim();
+      else if (t.name === 'checksum') cur.checksum = { type: ckType, hex: text.trim().toLowerCase() };
+    } else if (depth === pkgDepth) {
+      if (!cur.name || !cur.arch || !cur.version || !cur.checksum || !cur.location) {
+        throw new VmkitError('CORRUPT', `${what}: <package> ${cur.name ?? ''} lacks name, arch, version, checksum or location`);
+      }
+      onPackage(cur as PrimaryPackage);
+      count++;
+      pkgDepth = -1;
+    }
+    depth--;
+  });
+  return {
+    write(s: string): void {
+      try {
+        p.write(s);
+      } catch (e) {
+        throw xmlCorrupt(what, e);
+      }
+    },
+    close(): number {
+      try {
+        p.close();
+      } catch (e) {
+        throw xmlCorrupt(what, e);
+      }
+      return count;
+    },
+  };
+}
+
+const ALG: Record<string, DigestAlgorithm> = { sha: 'sha1', sha1: 'sha1', sha256: 'sha256', sha384: 'sha384', sha512: 'sha512', md5: 'md5' };
+const SUBTLE: Partial<Record<DigestAlgorithm, 'SHA-256' | 'SHA-512' | 'SHA-1'>> = { sha256: 'SHA-256', sha512: 'SHA-512' };
+
+/** Options of {@link RpmSource}. */
+export interface RpmSourceOptions extends FetchOptions {
+  /** Trusted keys for `repomd.xml.asc`. */
+  keyring?: Keyring | Uint8Array | Uint8Array[];
+  /** Accept a repomd.xml without a (valid) signature. Never the default. */
+  allowUnsigned?: boolean;
+}
+
+/**
+ * An RPM repository source (`rpm <baseurl>`).
+ *
+ * @example
+ * ```ts
+ * const src = new RpmSource('rpm http://127.0.0.1:8080/rpm', { keyring });
+ * await src.refresh();
+ * src.lookupPackage('vmkit-fixture', '1.0-1');
+ * ```
+ */
+export class RpmSource implements RepositorySource {
+  readonly id: string;
+  readonly baseurl: string;
+  private readonly opts: RpmSourceOptions;
+  private ring: Keyring | undefined;
+  private index: DigestIndex | undefined;
+  private validators: Validators = {};
+  private primarySum = '';
+
+  constructor(line: string, options: RpmSourceOptions = {}) {
+    const parts = line.trim().split(/\s+/);
+    if (parts[0] !== 'rpm' || parts.length !== 2 || !/^https?:\/\//.test(parts[1]!)) {
+      throw new VmkitError('ARG_RANGE', `RPM source must be "rpm <http(s) baseurl>", got ${JSON.stringify(line.slice(0, 80))}`);
+    }
+    this.baseurl = parts[1]!;
+    this.id = `rpm ${this.baseurl}`;
+    this.opts = options;
+  }
+
+  /** Number of digests held. */
+  get size(): number {
+    return this.index?.size ?? 0;
+  }
+
+  private async keyring(): Promise<Keyring | undefined> {
+    if (this.ring) return this.ring;
+    const k = this.opts.keyring;
+    if (k && 'keys' in k && 'fingerprints' in k) this.ring = k as Keyring;
+    else if (k instanceof Uint8Array) this.ring = await readKeyring(k);
+    else if (Array.isArray(k)) this.ring = await readKeyring(...k);
+    return this.ring;
+  }
+
+  private async check(body: Uint8Array, ck: { type: string; hex: string }, what: string): Promise<void> {
+    const alg = ALG[ck.type];
+    const sub = alg && SUBTLE[alg];
+    if (!alg || !sub) throw new VmkitError('INTEGRITY', `${this.id}: ${what} checksum type ${ck.type} is not trusted (sha256 or sha512 needed)`);
+    const want = new Uint8Array(digestLength(alg));
+    if (ck.hex.length !== want.length * 2 || !hexInto(ck.hex, want)) throw new VmkitError('CORRUPT', `${this.id}: ${what} checksum is not hex`);
+    if (!sameBytes(await sha(sub, body), want)) throw new VmkitError('INTEGRITY', `${this.id}: ${what} does not match its checksum in the signed repomd.xml`, { path: what });
+  }
+
+  /**
+   * Fetches repomd.xml (conditionally), verifies its signature, then
+   * primary.xml when its checksum changed, and rebuilds the index.
+   * @example `await src.refresh()`
+   */
+  async refresh(signal?: AbortSignal): Promise<RefreshResult> {
+    const ring = await this.keyring();
+    if (!ring && !this.opts.allowUnsigned) {
+      throw new VmkitError('INTEGRITY', `${this.id}: no keyring to verify repomd.xml with (pass keyring, or allowUnsigned)`);
+    }
+    const io = { ...this.opts, signal, maxBytes: Math.min(this.opts.maxBytes ?? DEFAULT_MAX_BYTES, 64 << 20) };
+    const r = await httpGet(joinUrl(this.baseurl, 'repodata/repomd.xml'), { ...io, validators: this.index ? this.validators : {} });
+    if (r.status === 304) return { changed: false, packages: this.index?.packages ?? 0 };
+    let sig: Uint8Array | undefined;
+    try {
+      sig = (await httpGet(joinUrl(this.baseurl, 'repodata/repomd.xml.asc'), io)).body;
+    } catch (e) {
+      if (!(e instanceof VmkitError) || e.code !== 'NOT_FOUND') throw e;
+    }
+    if (ring && sig) {
+      try {
+        await verifyDetached(r.body, sig, ring, `${this.id} repomd.xml.asc`);
+      } catch (e) {
+        if (!this.opts.allowUnsigned) throw e;
+      }
+    } else if (!this.opts.allowUnsigned) {
+      throw new VmkitError('INTEGRITY', `${this.id}: repomd.xml is not signed (no repomd.xml.asc)`);
+    }
+    const data = parseRepomd(new TextDecoder().decode(r.body), `${this.id} repomd.xml`);
+    const primary = data.find((d) => d.type === 'primary');
+    if (!primary) throw new VmkitError('CORRUPT', `${this.id}: repomd.xml lists no primary`);
+    const v: Validators = {};
+    if (r.etag) v.etag = r.etag;
+    if (r.lastModified) v.lastModified = r.lastModified;
+    if (this.index && primary.checksum.hex === this.primarySum) {
+      this.validators = v;
+      return { changed: false, packages: this.index.packages };
+    }
+    const kind = compressionOf(primary.location);
+    if (!kind) throw new VmkitError('UNSUPPORTED', `${this.id}: ${primary.location}: compression not supported (gz, xz, zst)`);
+    const max = this.opts.maxBytes ?? DEFAULT_MAX_BYTES;
+    const body = (await httpGet(joinUrl(this.baseurl, primary.location), { ...io, maxBytes: Math.min(max, primary.size ?? max) })).body;
+    await this.check(body, primary.checksum, primary.location);
+    const xml = await decompress(body, kind, max, primary.location);
+    const ix = new DigestIndex();
+    try {
+      const pp = primaryParser((p) => {
+        const alg = ALG[p.checksum.type];
+        if (!alg) throw new VmkitError('UNSUPPORTED', `${this.id}: package checksum type ${p.checksum.type}`);
+        ix.addPackage({ repository: this.id, package: p.name, version: p.version, architecture: p.arch }, { alg, hex: p.checksum.hex });
+      }, `${this.id} ${primary.location}`);
+      // Feed the parser in slices so a large primary.xml is never one giant string.
+      const dec = new TextDecoder();
+      const CH = 1 << 20;
+      for (let o = 0; o < xml.length; o += CH) pp.write(dec.decode(xml.subarray(o, o + CH), { stream: o + CH < xml.length }));
+      pp.close();
+    } catch (e) {
+      ix.close();
+      throw e;
+    }
+    this.index?.close();
+    this.index = ix;
+    this.validators = v;
+    this.primarySum = primary.checksum.hex;
+    return { changed: true, packages: ix.packages };
+  }
+
+  /** Every entry with this digest. @example `src.lookupDigest('sha256', d)` */
+  lookupDigest(alg: DigestAlgorithm, digest: Uint8Array): Provenance[] {
+    return this.index ? this.index.lookupDigest(alg, digest) : [];
+  }
+
+  /** Package versions named `name` (version as `epoch:ver-rel`, epoch only when not 0). @example `src.lookupPackage('bash')` */
+  lookupPackage(name: string, version?: string): PackageEntry[] {
+    return this.index ? this.index.lookupPackage(name, version) : [];
+  }
+
+  /** Frees the index. @example `src.close()` */
+  close(): void {
+    this.index?.close();
+    this.index = undefined;
+  }
+}

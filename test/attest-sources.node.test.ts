@@ -1,0 +1,351 @@
+// Repository sources against real repositories built by Debian's, RPM's and
+// npm's own tools (scripts/attest-fixtures.sh), served by a local HTTP server:
+// the signed chain is followed and every break in it is refused.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readFileSync, readdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { needTool } from './_tools.js';
+import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
+import {
+  AptSource,
+  NpmSource,
+  RpmSource,
+  openSource,
+  readKeyring,
+  verifyCleartext,
+  debFileDigests,
+  type Keyring,
+} from '../bindings/attest/index.js';
+import { VmkitError } from '../bindings/errors.js';
+
+const tools = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd'];
+const ready = tools.every((t) => needTool(t.split(':')[0]!, t.split(':')[1]!));
+
+const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+const hexBytes = (h: string): Uint8Array => Uint8Array.from(Buffer.from(h, 'hex'));
+
+async function refused(p: Promise<unknown>, code: string): Promise<VmkitError> {
+  const e = await p.then(() => undefined, (x: unknown) => x);
+  expect(e, `expected ${code}`).toBeInstanceOf(VmkitError);
+  expect((e as VmkitError).code).toBe(code);
+  return e as VmkitError;
+}
+
+describe.runIf(ready)('repository sources over real repositories', () => {
+  let srv: FixtureServer;
+  let ring: Keyring;
+  let otherRing: Keyring;
+  const debs = () => readdirSync(join(FIXTURES, 'debian/pool/main')).filter((f) => f.endsWith('.deb'));
+
+  beforeAll(async () => {
+    buildFixtures();
+    srv = await startServer();
+    ring = await readKeyring(readFileSync(join(FIXTURES, 'keyring.gpg')));
+    otherRing = await readKeyring(readFileSync(join(FIXTURES, 'other-keyring.gpg')));
+  });
+  afterAll(async () => {
+    await srv?.close();
+  });
+  const reset = () => {
+    srv.overrides.clear();
+    srv.mounts.clear();
+    srv.hits.clear();
+  };
+  const deb = (dir = 'debian') => `deb ${srv.url}/${dir} bookworm main`;
+
+  describe('APT', () => {
+    it('indexes every .deb of a signed repository with the digest of its file', async () => {
+      reset();
+      const src = new AptSource(deb(), { keyring: ring });
+      const r = await src.refresh();
+      expect(r.changed).toBe(true);
+      expect(r.packages).toBe(debs().length);
+      expect(r.validUntil!.getTime()).toBeGreaterThan(Date.now());
+      for (const f of debs()) {
+        const bytes = readFileSync(join(FIXTURES, 'debian/pool/main', f));
+        const [name, version] = f.split('_') as [string, string];
+        const hits = src.lookupDigest('sha256', Uint8Array.from(createHash('sha256').update(bytes).digest()));
+        expect(hits.length).toBe(1);
+        expect(hits[0]!.package).toBe(name);
+        expect(hits[0]!.repository).toBe(deb());
+        expect(hits[0]!.version.endsWith(version)).toBe(true);
+        const e = src.lookupPackage(name);
+        expect(e.length).toBe(1);
+        expect(e[0]!.digests).toEqual([{ alg: 'sha256', hex: sha256(bytes) }]);
+      }
+      // Epoch kept as the repository spells it.
+      expect(src.lookupPackage('vmkit-fixture-zstd', '1:1.0-1').length).toBe(1);
+      expect(src.lookupPackage('hello', '9.9').length).toBe(0);
+      expect(src.lookupDigest('sha256', new Uint8Array(32))).toEqual([]);
+      // A digest of the right bytes under another algorithm is not a match.
+      const h = hexBytes(src.lookupPackage('hello')[0]!.digests[0]!.hex);
+      expect(src.lookupDigest('sm3', h)).toEqual([]);
+      src.close();
+    });
+
+    it('reads the release file as Release + Release.gpg when there is no InRelease, and binary or armored keyrings', async () => {
+      reset();
+      srv.overrides.set('/debian/dists/bookworm/InRelease', () => ({ status: 404 }));
+      const armored = await readKeyring(readFileSync(join(FIXTURES, 'keyring.asc')));
+      const src = new AptSource(deb(), { keyring: armored });
+      expect((await src.refresh()).packages).toBe(debs().length);
+      expect(srv.hits.get('/debian/dists/bookworm/Release.gpg')).toBe(1);
+      src.close();
+    });
+
+    it('uses signed-by= from the source line', async () => {
+      reset();
+      const src = openSource(`deb [signed-by=${join(FIXTURES, 'keyring.gpg')}] ${srv.url}/debian bookworm main`);
+      expect((await src.refresh()).packages).toBe(debs().length);
+      src.close();
+    });
+
+    it('refuses unsigned, badly signed and wrongly keyed release files unless allowed', async () => {
+      reset();
+      await refused(new AptSource(deb()).refresh(), 'INTEGRITY'); // no keyring at all
+      await refused(new AptSource(deb('debian-other'), { keyring: ring }).refresh(), 'INTEGRITY');
+      await refused(new AptSource(deb(), { keyring: otherRing }).refresh(), 'INTEGRITY');
+      // InRelease with one signed byte changed (a Packages hash).
+      srv.overrides.set('/debian/dists/bookworm/InRelease', (b) => Buffer.from(b!.toString('utf8').replace(/^ ([0-9a-f])/m, (_m, c: string) => ' ' + (c === '0' ? '1' : '0'))));
+      await refused(new AptSource(deb(), { keyring: ring }).refresh(), 'INTEGRITY');
+      // No signature anywhere.
+      srv.overrides.set('/debian/dists/bookworm/InRelease', () => ({ status: 404 }));
+      srv.overrides.set('/debian/dists/bookworm/Release.gpg', () => ({ status: 404 }));
+      const e = await refused(new AptSource(deb(), { keyring: ring }).refresh(), 'INTEGRITY');
+      expect(e.message).toMatch(/not signed/);
+      const ok = new AptSource(deb(), { keyring: ring, allowUnsigned: true });
+      expect((await ok.refresh()).packages).toBe(debs().length);
+      ok.close();
+      // A Release.gpg made by a key outside the keyring.
+      srv.overrides.set('/debian/dists/bookworm/Release.gpg', () => readFileSync(join(FIXTURES, 'debian-other/dists/bookworm/Release.gpg')));
+      await refused(new AptSource(deb(), { keyring: ring }).refresh(), 'INTEGRITY');
+    });
+
+    it('refuses an expired release file (Valid-Until) unless allowed, also when it expires while cached', async () => {
+      reset();
+      const e = await refused(new AptSource(deb('debian-expired'), { keyring: ring }).refresh(), 'INTEGRITY');
+      expect(e.message).toMatch(/Valid-Until/);
+      const ok = new AptSource(deb('debian-expired'), { keyring: ring, allowExpired: true });
+      expect((await ok.refresh()).packages).toBe(debs().length);
+      ok.close();
+      let now = new Date();
+      const src = new AptSource(deb(), { keyring: ring, now: () => now });
+      await src.refresh();
+      now = new Date(Date.now() + 20 * 365 * 86400e3);
+      await refused(src.refresh(), 'INTEGRITY'); // 304, but the signed state is past Valid-Until
+      expect(src.lookupPackage('hello')).toEqual([]); // nothing confirms from an expired state
+    });
+
+    it('refuses index files and packages that do not match the signed hashes', async () => {
+      reset();
+      srv.overrides.set('/debian/dists/bookworm/main/binary-amd64/Packages.xz', (b) => {
+        const c = Buffer.from(b!);
+        c[c.length - 20]! ^= 1;
+        return c;
+      });
+      await refused(new AptSource(deb(), { keyring: ring }).refresh(), 'INTEGRITY');
+      // A by-hash style substitution: a valid Packages file of other content.
+      srv.overrides.set('/debian/dists/bookworm/main/binary-amd64/Packages.xz', () => execFileSync('xz', ['-c'], { input: 'Package: evil\nVersion: 1\nFilename: pool/evil.deb\nSize: 1\nSHA256: ' + '0'.repeat(64) + '\n' }));
+      await refused(new AptSource(deb(), { keyring: ring }).refresh(), 'INTEGRITY');
+      reset();
+      const src = new AptSource(deb(), { keyring: ring });
+      await src.refresh();
+      const hello = src.lookupPackage('hello')[0]!;
+      const f = debs().find((d) => d.startsWith('hello_'))!;
+      srv.overrides.set(`/debian/pool/main/${f}`, (b) => Buffer.concat([b!.subarray(0, b!.length - 1), Buffer.from([b![b!.length - 1]! ^ 1])]));
+      await refused(src.fileDigests(hello), 'INTEGRITY');
+      src.close();
+    });
+
+    it('falls back to .gz and plain Packages when a compression is missing, each checked', async () => {
+      for (const hide of [['.xz'], ['.xz', '.gz']]) {
+        reset();
+        for (const h of hide) srv.overrides.set(`/debian/dists/bookworm/main/binary-amd64/Packages${h}`, () => ({ status: 404 }));
+        const src = new AptSource(deb(), { keyring: ring });
+        expect((await src.refresh()).packages).toBe(debs().length);
+        const used = hide.length === 1 ? '.gz' : '';
+        expect(srv.hits.get(`/debian/dists/bookworm/main/binary-amd64/Packages${used}`)).toBe(1);
+        src.close();
+      }
+    });
+
+    it('refreshes incrementally: 304 on the release file, no refetch of unchanged index files', async () => {
+      reset();
+      const src = new AptSource(deb(), { keyring: ring, allowExpired: true });
+      expect((await src.refresh()).changed).toBe(true);
+      const r2 = await src.refresh();
+      expect(r2.changed).toBe(false);
+      expect(srv.hits.get('/debian/dists/bookworm/InRelease')).toBe(2);
+      expect(srv.hits.get('/debian/dists/bookworm/main/binary-amd64/Packages.xz')).toBe(1);
+      // A new release file (other Date and Valid-Until) listing the same Packages: not fetched again.
+      srv.mounts.set('/debian/dists/', '/debian-expired/dists/');
+      const r3 = await src.refresh();
+      expect(r3.changed).toBe(false);
+      expect(r3.validUntil!.getTime()).toBeLessThan(Date.now());
+      expect(srv.hits.get('/debian/dists/bookworm/InRelease')).toBe(3);
+      expect(srv.hits.get('/debian/dists/bookworm/main/binary-amd64/Packages.xz')).toBe(1);
+      expect(src.lookupPackage('hello').length).toBe(1);
+      src.close();
+    });
+
+    it('file digests of .deb packages (xz, zstd, gzip data) equal what dpkg-deb extracts, and become lookups', async () => {
+      reset();
+      const src = new AptSource(deb(), { keyring: ring });
+      await src.refresh();
+      for (const name of ['hello', 'vmkit-fixture-zstd', 'vmkit-fixture-gzip']) {
+        const entry = src.lookupPackage(name)[0]!;
+        const files = (await src.fileDigests(entry))!;
+        const f = debs().find((d) => d.startsWith(name + '_'))!;
+        const dir = mkdtempSync(join(tmpdir(), 'vmkit-deb-'));
+        try {
+          execFileSync('dpkg-deb', ['-x', join(FIXTURES, 'debian/pool/main', f), dir]);
+          const want = new Map<string, string>();
+          const walk = (d: string): void => {
+            for (const n of readdirSync(d, { withFileTypes: true })) {
+              const p = join(d, n.name);
+              if (n.isDirectory()) walk(p);
+              else if (n.isFile() && statSync(p).isFile()) want.set('/' + relative(dir, p), sha256(readFileSync(p)));
+            }
+          };
+          walk(dir);
+          expect(new Map([...files].map(([k, v]) => [k, v.hex]))).toEqual(want);
+          expect(want.size).toBeGreaterThan(0);
+          const [path, hex] = [...want][0]!;
+          const hits = src.lookupDigest('sha256', hexBytes(hex));
+          expect(hits.some((h) => h.path === path && h.package === name)).toBe(true);
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
+        }
+      }
+      // Cached per package: the .deb is fetched once.
+      const f = debs().find((d) => d.startsWith('hello_'))!;
+      await src.fileDigests(src.lookupPackage('hello')[0]!);
+      expect(srv.hits.get(`/debian/pool/main/${f}`)).toBe(1);
+      src.close();
+    });
+
+    it('debFileDigests reads a real .deb without the repository', async () => {
+      const f = debs().find((d) => d.startsWith('tree_'))!;
+      const m = await debFileDigests(readFileSync(join(FIXTURES, 'debian/pool/main', f)));
+      const bin = execFileSync('sh', ['-c', `dpkg-deb --fsys-tarfile '${join(FIXTURES, 'debian/pool/main', f)}' | tar -xOf - ./usr/bin/tree`], { maxBuffer: 1 << 26 });
+      expect(m.get('/usr/bin/tree')).toBe(sha256(bin));
+    });
+  });
+
+  describe('RPM', () => {
+    const rpms = () => readdirSync(join(FIXTURES, 'rpm')).filter((f) => f.endsWith('.rpm'));
+    it('indexes createrepo_c repodata with a signed repomd.xml', async () => {
+      reset();
+      const src = new RpmSource(`rpm ${srv.url}/rpm`, { keyring: ring });
+      const r = await src.refresh();
+      expect(r.packages).toBe(rpms().length);
+      for (const f of rpms()) {
+        const hits = src.lookupDigest('sha256', hexBytes(sha256(readFileSync(join(FIXTURES, 'rpm', f)))));
+        expect(hits.length).toBe(1);
+        expect(hits[0]).toMatchObject({ package: 'vmkit-fixture', architecture: 'noarch', repository: `rpm ${srv.url}/rpm` });
+        expect(f).toContain(hits[0]!.version);
+      }
+      expect(src.lookupPackage('vmkit-fixture', '1.1-1').length).toBe(1);
+      // Second refresh: 304.
+      expect((await src.refresh()).changed).toBe(false);
+      src.close();
+    });
+
+    it('refuses an unsigned, wrongly signed or tampered chain', async () => {
+      reset();
+      await refused(new RpmSource(`rpm ${srv.url}/rpm`, { keyring: otherRing }).refresh(), 'INTEGRITY');
+      await refused(new RpmSource(`rpm ${srv.url}/rpm`).refresh(), 'INTEGRITY');
+      srv.overrides.set('/rpm/repodata/repomd.xml.asc', () => ({ status: 404 }));
+      await refused(new RpmSource(`rpm ${srv.url}/rpm`, { keyring: ring }).refresh(), 'INTEGRITY');
+      const ok = new RpmSource(`rpm ${srv.url}/rpm`, { keyring: ring, allowUnsigned: true });
+      expect((await ok.refresh()).packages).toBe(rpms().length);
+      ok.close();
+      reset();
+      const primary = readdirSync(join(FIXTURES, 'rpm/repodata')).find((f) => f.endsWith('primary.xml.gz'))!;
+      srv.overrides.set(`/rpm/repodata/${primary}`, (b) => {
+        const x = execFileSync('gzip', ['-dc'], { input: b! }).toString().replace(/<checksum type="sha256" pkgid="YES">[0-9a-f]/, '<checksum type="sha256" pkgid="YES">f');
+        return execFileSync('gzip', ['-c'], { input: x });
+      });
+      await refused(new RpmSource(`rpm ${srv.url}/rpm`, { keyring: ring }).refresh(), 'INTEGRITY');
+    });
+  });
+
+  describe('npm', () => {
+    const tarballs = () => readdirSync(join(FIXTURES, 'npm/tarballs'));
+    const serveNpm = () => {
+      srv.mounts.set('/npm/vmkit-fixture', '/npm/packument.json');
+      srv.mounts.set('/npm/-/npm/v1/keys', '/npm/keys.json');
+    };
+    it('indexes dist.integrity of versions with a valid registry signature', async () => {
+      reset();
+      serveNpm();
+      const src = openSource(`npm ${srv.url}/npm vmkit-fixture`);
+      expect(src).toBeInstanceOf(NpmSource);
+      const r = await src.refresh();
+      expect(r.packages).toBe(tarballs().length);
+      for (const f of tarballs()) {
+        const d = Uint8Array.from(createHash('sha512').update(readFileSync(join(FIXTURES, 'npm/tarballs', f))).digest());
+        const hits = src.lookupDigest('sha512', d);
+        expect(hits.map((h) => `${h.package}@${h.version}`)).toEqual([`vmkit-fixture@${f.slice('vmkit-fixture-'.length, -4)}`]);
+        // The first 32 bytes alone, or a changed tail, never match.
+        const t = d.slice();
+        t[63]! ^= 1;
+        expect(src.lookupDigest('sha512', t)).toEqual([]);
+      }
+      expect((await src.refresh()).changed).toBe(false);
+    });
+
+    it('refuses a bad signature and leaves unsigned versions out', async () => {
+      reset();
+      serveNpm();
+      const doc = () => JSON.parse(readFileSync(join(FIXTURES, 'npm/packument.json'), 'utf8'));
+      srv.overrides.set('/npm/vmkit-fixture', () => {
+        const d = doc();
+        const v = d.versions['1.0.0'];
+        v.dist.integrity = v.dist.integrity.replace(/^sha512-./, (m: string) => (m.endsWith('A') ? 'sha512-B' : 'sha512-A'));
+        return Buffer.from(JSON.stringify(d));
+      });
+      await refused(new NpmSource(`npm ${srv.url}/npm vmkit-fixture`).refresh(), 'INTEGRITY');
+      srv.overrides.set('/npm/vmkit-fixture', () => {
+        const d = doc();
+        delete d.versions['1.0.0'].dist.signatures;
+        return Buffer.from(JSON.stringify(d));
+      });
+      const src = new NpmSource(`npm ${srv.url}/npm vmkit-fixture`);
+      await src.refresh();
+      expect(src.lookupPackage('vmkit-fixture').map((e) => e.provenance.version)).toEqual(['1.0.1']);
+      src.close();
+    });
+  });
+
+  it('openSource picks the source from the line and refuses others', () => {
+    expect(openSource(deb(), { keyring: ring })).toBeInstanceOf(AptSource);
+    expect(openSource(`rpm ${srv.url}/rpm`)).toBeInstanceOf(RpmSource);
+    for (const bad of ['', 'deb-src http://x/ bookworm main', 'deb http://x/debian bookworm', 'deb ftp://x/ bookworm main', 'rpm', 'npm notaurl', 'yum http://x']) {
+      expect(() => openSource(bad), bad).toThrow(VmkitError);
+    }
+  });
+});
+
+// The machine's own apt lists: Debian's signed InRelease checked against Debian's keyring.
+const realInRelease = (() => {
+  try {
+    return readdirSync('/var/lib/apt/lists').filter((f) => f.endsWith('_InRelease')).map((f) => join('/var/lib/apt/lists', f));
+  } catch {
+    return [];
+  }
+})();
+describe.runIf(realInRelease.length > 0)("Debian's own signed metadata", () => {
+  it('verifies InRelease files from apt-get update with /usr/share/keyrings/debian-archive-keyring.gpg', async () => {
+    const ring = await readKeyring(readFileSync('/usr/share/keyrings/debian-archive-keyring.gpg'));
+    for (const f of realInRelease.slice(0, 2)) {
+      const text = readFileSync(f, 'utf8');
+      const { text: signed } = await verifyCleartext(text, ring, f);
+      expect(signed).toMatch(/^Origin: Debian/m);
+      await expect(verifyCleartext(text.replace('Origin: Debian', 'Origin: Evil'), ring, f)).rejects.toThrow(VmkitError);
+    }
+  });
+});
