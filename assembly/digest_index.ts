@@ -1,40 +1,56 @@
-// Digest index (docs/abi.md, "digest index"): open-addressing hash tables of
-// 32-byte keys to u32 values, for the attestation reference values (millions
-// of SHA-256 digests of packages and files). The host keeps provenance in a
-// side table and stores here only the digest → entry id mapping; a key that is
-// inserted again returns the id it replaces, so the host can chain duplicates.
+// Digest index (docs/abi.md, "digest index"): hash tables of 32-byte keys to
+// u32 values, for the attestation reference values (millions of SHA-256
+// digests of packages and files). The host keeps provenance in a side table
+// and stores here only the digest → entry id mapping; a key that is inserted
+// again returns the id it replaces, so the host can chain duplicates.
 //
 // Layout of one table, in unmanaged memory:
-//   keys   cap × 32 bytes
-//   vals   cap × u32     0 = empty slot, else value + 1
-// Linear probing, capacity a power of two, grown (rehashed to 2×) before the
-// load factor passes 3/4. The slot of a key is the top bits of
+//   slots  cap  × u32    0 = empty, else bits 0..25 dense index + 1, bits 26..31 fingerprint
+//   keys   kcap × 32 B   dense, in insertion order
+//   vals   kcap × u32    dense
+// Open addressing with linear probing over the slots, capacity a power of two,
+// rehashed to 2× before the load passes 3/4. Keys are kept dense, so a slot
+// costs 4 bytes and an entry 36: about 40 bytes an entry in all, against
+// 48-96 for keys stored in the slots. The 6-bit fingerprint skips most key
+// comparisons on a probe. The slot of a key is the top bits of
 // (first 8 key bytes XOR seed) × a 64-bit odd constant: digests are uniform,
-// the seed (chosen by the host at random) keeps crafted prefixes from piling
-// into one run.
+// and the seed (random, from the host) keeps crafted prefixes from piling into
+// one run.
 
 import { E_ARG, E_HANDLE, E_LIMIT, E_NO_MEMORY } from "./_errors";
 
 const MAX_TABLES: i32 = 256;
 const MIN_CAP: u32 = 16;
-const MAX_CAP: u32 = 1 << 26; // 64 Mi slots = 2.25 GiB: past the 2 GiB allocation bound anyway
+const MAX_CAP: u32 = 1 << 27;
+/** Most keys one table holds (26-bit dense index). */
+const MAX_KEYS: u32 = (1 << 26) - 2;
 const KEY: usize = 32;
 const MUL: u64 = 0x9e3779b97f4a7c15;
+const IDX_MASK: u32 = (1 << 26) - 1;
 
-// Per-table state, indexed by handle - 1. A handle is live when tKeys != 0.
+// Per-table state, indexed by handle - 1. A handle is live when tSlots != 0.
+const tSlots = new StaticArray<usize>(MAX_TABLES);
 const tKeys = new StaticArray<usize>(MAX_TABLES);
 const tVals = new StaticArray<usize>(MAX_TABLES);
 const tCap = new StaticArray<u32>(MAX_TABLES);
+const tKcap = new StaticArray<u32>(MAX_TABLES);
 const tShift = new StaticArray<u32>(MAX_TABLES);
 const tCount = new StaticArray<u32>(MAX_TABLES);
 const tSeed = new StaticArray<u64>(MAX_TABLES);
 
-function slotOf(key: usize, seed: u64, shift: u32): u32 {
-  // unsafe: key points at 32 readable bytes (checked by the callers' contract).
-  return <u32>(((load<u64>(key) ^ seed) * MUL) >> (<u64>shift));
+// unsafe: key points at 32 readable bytes (the callers' contract).
+@inline
+function hashOf(key: usize, seed: u64): u64 {
+  return (load<u64>(key) ^ seed) * MUL;
+}
+
+@inline
+function fpOf(h: u64): u32 {
+  return (<u32>(h >> 20) & 63) << 26;
 }
 
 // unsafe: a and b each point at 32 readable bytes.
+@inline
 function keyEq(a: usize, b: usize): bool {
   if (ASC_FEATURE_SIMD) {
     const x = v128.xor(v128.load(a), v128.load(b));
@@ -49,17 +65,21 @@ function log2(x: u32): u32 {
   return 31 - clz<u32>(x);
 }
 
-function allocTable(cap: u32): usize {
-  const bytes = <usize>cap * (KEY + 4);
-  if (bytes > (<usize>1 << 31)) return 0;
+function allocZeroed(bytes: usize): usize {
+  if (bytes == 0 || bytes > (<usize>1 << 31)) return 0;
   const p = heap.alloc(bytes);
-  // Values must start empty; keys of empty slots are never read.
-  memory.fill(p + <usize>cap * KEY, 0, <usize>cap * 4);
+  memory.fill(p, 0, bytes);
   return p;
 }
 
 function live(h: i32): bool {
-  return h >= 1 && h <= MAX_TABLES && unchecked(tKeys[h - 1]) != 0;
+  return h >= 1 && h <= MAX_TABLES && unchecked(tSlots[h - 1]) != 0;
+}
+
+function capFor(n: u64): u32 {
+  let cap = MIN_CAP;
+  while (cap < MAX_CAP && <u64>cap * 3 < n * 4 + 4) cap <<= 1;
+  return cap;
 }
 
 /**
@@ -68,23 +88,27 @@ function live(h: i32): bool {
  * (no free handle) or E_NO_MEMORY.
  */
 export function dixCreate(expected: i32, seedLo: i32, seedHi: i32): i32 {
-  if (expected < 0) return E_ARG;
-  let cap = MIN_CAP;
-  while (cap < MAX_CAP && <u64>cap * 3 < <u64>expected * 4 + 4) cap <<= 1;
+  if (expected < 0 || <u32>expected > MAX_KEYS) return E_ARG;
+  const cap = capFor(<u64>expected);
+  const kcap: u32 = expected < 16 ? 16 : <u32>expected;
   let h = 0;
   for (let i = 0; i < MAX_TABLES; i++) {
-    if (unchecked(tKeys[i]) == 0) {
+    if (unchecked(tSlots[i]) == 0) {
       h = i + 1;
       break;
     }
   }
   if (h == 0) return E_LIMIT;
-  const p = allocTable(cap);
-  if (p == 0) return E_NO_MEMORY;
+  const slots = allocZeroed(<usize>cap * 4);
+  if (slots == 0) return E_NO_MEMORY;
+  const keys = heap.alloc(<usize>kcap * KEY);
+  const vals = heap.alloc(<usize>kcap * 4);
   const i = h - 1;
-  unchecked((tKeys[i] = p));
-  unchecked((tVals[i] = p + <usize>cap * KEY));
+  unchecked((tSlots[i] = slots));
+  unchecked((tKeys[i] = keys));
+  unchecked((tVals[i] = vals));
   unchecked((tCap[i] = cap));
+  unchecked((tKcap[i] = kcap));
   unchecked((tShift[i] = 64 - log2(cap)));
   unchecked((tCount[i] = 0));
   unchecked((tSeed[i] = (<u64>(<u32>seedHi) << 32) | <u64>(<u32>seedLo)));
@@ -95,7 +119,10 @@ export function dixCreate(expected: i32, seedLo: i32, seedHi: i32): i32 {
 export function dixFree(h: i32): i32 {
   if (!live(h)) return E_HANDLE;
   const i = h - 1;
+  heap.free(unchecked(tSlots[i]));
   heap.free(unchecked(tKeys[i]));
+  heap.free(unchecked(tVals[i]));
+  unchecked((tSlots[i] = 0));
   unchecked((tKeys[i] = 0));
   unchecked((tVals[i] = 0));
   unchecked((tCount[i] = 0));
@@ -111,89 +138,117 @@ export function dixCount(h: i32): i32 {
 /** Bytes of core memory the table holds, or E_HANDLE. */
 export function dixBytes(h: i32): f64 {
   if (!live(h)) return <f64>E_HANDLE;
-  return <f64>unchecked(tCap[h - 1]) * <f64>(KEY + 4);
+  return <f64>unchecked(tCap[h - 1]) * 4 + <f64>unchecked(tKcap[h - 1]) * <f64>(KEY + 4);
 }
 
-// Doubles the table. Returns false when memory is exhausted (the table is unchanged).
-function grow(i: i32): bool {
+// Doubles the slot array and re-places every key. False when memory is exhausted (unchanged).
+function growSlots(i: i32): bool {
   const oldCap = unchecked(tCap[i]);
   if (oldCap >= MAX_CAP) return false;
   const cap = oldCap << 1;
-  const p = allocTable(cap);
-  if (p == 0) return false;
-  const keys = p;
-  const vals = p + <usize>cap * KEY;
+  const slots = allocZeroed(<usize>cap * 4);
+  if (slots == 0) return false;
   const shift = 64 - log2(cap);
   const seed = unchecked(tSeed[i]);
   const mask = cap - 1;
-  const oKeys = unchecked(tKeys[i]);
-  const oVals = unchecked(tVals[i]);
-  for (let s: u32 = 0; s < oldCap; s++) {
-    // unsafe: s < oldCap, inside the old table.
-    const v = load<u32>(oVals + (<usize>s << 2));
-    if (v == 0) continue;
-    const k = oKeys + (<usize>s << 5);
-    let j = slotOf(k, seed, shift);
-    while (load<u32>(vals + (<usize>j << 2)) != 0) j = (j + 1) & mask;
-    memory.copy(keys + (<usize>j << 5), k, KEY);
-    store<u32>(vals + (<usize>j << 2), v);
+  const keys = unchecked(tKeys[i]);
+  const n = unchecked(tCount[i]);
+  for (let d: u32 = 0; d < n; d++) {
+    // unsafe: d < count ≤ kcap, inside the dense keys.
+    const hh = hashOf(keys + (<usize>d << 5), seed);
+    let j = <u32>(hh >> (<u64>shift));
+    while (load<u32>(slots + (<usize>j << 2)) != 0) j = (j + 1) & mask;
+    store<u32>(slots + (<usize>j << 2), (d + 1) | fpOf(hh));
   }
-  heap.free(oKeys);
-  unchecked((tKeys[i] = keys));
-  unchecked((tVals[i] = vals));
+  heap.free(unchecked(tSlots[i]));
+  unchecked((tSlots[i] = slots));
   unchecked((tCap[i] = cap));
   unchecked((tShift[i] = shift));
   return true;
 }
 
-// Inserts one key; returns 0 (new), previous value + 1 (replaced), or E_NO_MEMORY.
-function insertOne(i: i32, key: usize, value: u32): i32 {
-  if ((<u64>unchecked(tCount[i]) + 1) * 4 > <u64>unchecked(tCap[i]) * 3) {
-    if (!grow(i)) return E_NO_MEMORY;
-  }
+// Grows the dense arrays by half. False when memory is exhausted (unchanged).
+function growDense(i: i32): bool {
+  const kcap = unchecked(tKcap[i]);
+  if (kcap >= MAX_KEYS) return false;
+  let nk = kcap + (kcap >> 1);
+  if (nk > MAX_KEYS) nk = MAX_KEYS;
+  const keys = heap.alloc(<usize>nk * KEY);
+  const vals = heap.alloc(<usize>nk * 4);
+  const n = <usize>unchecked(tCount[i]);
+  memory.copy(keys, unchecked(tKeys[i]), n * KEY);
+  memory.copy(vals, unchecked(tVals[i]), n * 4);
+  heap.free(unchecked(tKeys[i]));
+  heap.free(unchecked(tVals[i]));
+  unchecked((tKeys[i] = keys));
+  unchecked((tVals[i] = vals));
+  unchecked((tKcap[i] = nk));
+  return true;
+}
+
+// Dense index of key, or -1. unsafe: key points at 32 readable bytes.
+@inline
+function find(i: i32, key: usize, hh: u64): i32 {
+  const slots = unchecked(tSlots[i]);
   const keys = unchecked(tKeys[i]);
-  const vals = unchecked(tVals[i]);
   const mask = unchecked(tCap[i]) - 1;
-  let j = slotOf(key, unchecked(tSeed[i]), unchecked(tShift[i]));
+  const fp = fpOf(hh);
+  let j = <u32>(hh >> (<u64>unchecked(tShift[i])));
   while (true) {
-    // unsafe: j is masked to the capacity.
-    const vp = vals + (<usize>j << 2);
-    const v = load<u32>(vp);
-    if (v == 0) {
-      memory.copy(keys + (<usize>j << 5), key, KEY);
-      store<u32>(vp, value + 1);
-      unchecked((tCount[i] = tCount[i] + 1));
-      return 0;
-    }
-    if (keyEq(keys + (<usize>j << 5), key)) {
-      store<u32>(vp, value + 1);
-      return <i32>v;
+    // unsafe: j is masked to the capacity; the load stays below 3/4, so an empty slot ends the probe.
+    const s = load<u32>(slots + (<usize>j << 2));
+    if (s == 0) return -1;
+    if ((s & ~IDX_MASK) == fp) {
+      const d = (s & IDX_MASK) - 1;
+      if (keyEq(keys + (<usize>d << 5), key)) return <i32>d;
     }
     j = (j + 1) & mask;
   }
+  return -1;
+}
+
+// Inserts one key; returns 0 (new), previous value + 1 (replaced), E_NO_MEMORY or E_LIMIT.
+function insertOne(i: i32, key: usize, value: u32): i32 {
+  const hh = hashOf(key, unchecked(tSeed[i]));
+  const d = find(i, key, hh);
+  if (d >= 0) {
+    const vp = unchecked(tVals[i]) + (<usize>d << 2);
+    const old = load<u32>(vp);
+    store<u32>(vp, value);
+    return <i32>(old + 1);
+  }
+  const n = unchecked(tCount[i]);
+  if (n >= MAX_KEYS) return E_LIMIT;
+  if ((<u64>n + 1) * 4 > <u64>unchecked(tCap[i]) * 3) {
+    if (!growSlots(i)) return E_NO_MEMORY;
+  }
+  if (n >= unchecked(tKcap[i])) {
+    if (!growDense(i)) return E_NO_MEMORY;
+  }
+  const slots = unchecked(tSlots[i]);
+  const mask = unchecked(tCap[i]) - 1;
+  let j = <u32>(hh >> (<u64>unchecked(tShift[i])));
+  while (load<u32>(slots + (<usize>j << 2)) != 0) j = (j + 1) & mask;
+  // unsafe: n < kcap after growDense; j masked to the capacity.
+  memory.copy(unchecked(tKeys[i]) + (<usize>n << 5), key, KEY);
+  store<u32>(unchecked(tVals[i]) + (<usize>n << 2), value);
+  store<u32>(slots + (<usize>j << 2), (n + 1) | fpOf(hh));
+  unchecked((tCount[i] = n + 1));
   return 0;
 }
 
 // Value + 1 of key, or 0 when absent.
+@inline
 function getOne(i: i32, key: usize): u32 {
-  const keys = unchecked(tKeys[i]);
-  const vals = unchecked(tVals[i]);
-  const mask = unchecked(tCap[i]) - 1;
-  let j = slotOf(key, unchecked(tSeed[i]), unchecked(tShift[i]));
-  while (true) {
-    // unsafe: j is masked to the capacity; the load factor stays below 3/4, so an empty slot ends the probe.
-    const v = load<u32>(vals + (<usize>j << 2));
-    if (v == 0) return 0;
-    if (keyEq(keys + (<usize>j << 5), key)) return v;
-    j = (j + 1) & mask;
-  }
-  return 0;
+  const d = find(i, key, hashOf(key, unchecked(tSeed[i])));
+  if (d < 0) return 0;
+  return load<u32>(unchecked(tVals[i]) + (<usize>d << 2)) + 1;
 }
 
 /**
  * Inserts `key` (32 bytes at `key`) → `value` (< 2^31 - 1). Returns 0 when the
- * key is new, the replaced value + 1 when it was present, E_ARG, E_HANDLE or
- * E_NO_MEMORY.
+ * key is new, the replaced value + 1 when it was present, E_ARG, E_HANDLE,
+ * E_LIMIT (2^26 - 2 keys) or E_NO_MEMORY.
  */
 export function dixInsert(h: i32, key: usize, value: i32): i32 {
   if (!live(h)) return E_HANDLE;

@@ -3,12 +3,14 @@
  * millions of entries. Digests live in the wasm core (assembly/digest_index.ts:
  * an open-addressing table of 32-byte keys → u32 entry ids); provenance lives
  * here in typed side tables (package id, path id, algorithm, next entry with
- * the same key), with package names, versions and paths interned once.
+ * the same key); paths, architectures and repository ids are kept once.
  *
  * ```
- *   core memory                         side tables (TypeScript)
- *   keys  cap × 32 B ─┐                 entry e: pkg[e]  path[e]  alg[e]  next[e] ─► older entry, same key
- *   vals  cap × u32  ─┴─► e + 1  ─────► package p: name, version, arch, artifact digest (packed 32 B)
+ *   core memory                              side tables (TypeScript)
+ *   slots cap  × u32 ─► dense index
+ *   keys  n × 32 B  (dense)
+ *   vals  n × u32   ─► entry id e ──────►   entry e: pkg[e]  path[e]  alg[e]  next[e] ─► older entry, same key
+ *                                           package p: name, version, arch, artifact digest (packed 32 B)
  * ```
  *
  * A key is the digest's first 32 bytes (shorter digests zero-padded) with the
@@ -155,6 +157,7 @@ export class DigestIndex implements ReferenceIndex {
   private eTail = new Map<number, Uint8Array>();
   private paths: string[] = [];
   private pathIds = new Map<string, number>();
+  // Architectures and repository ids repeat on every package: kept once.
   private intern = new Map<string, string>();
   // Pending inserts (flushed in batches to the core).
   private pendKeys = new Uint8Array(BATCH * 32);
@@ -229,7 +232,7 @@ export class DigestIndex implements ReferenceIndex {
     if (digest.hex.length !== len * 2 || !hexInto(digest.hex, bytes)) {
       throw new VmkitError('CORRUPT', `${p.package} ${p.version}: ${digest.alg} digest is not ${len * 2} hex digits`);
     }
-    this.pkgName.push(this.str(p.package)!);
+    this.pkgName.push(p.package);
     this.pkgVersion.push(p.version);
     this.pkgArch.push(this.str(p.architecture));
     this.pkgRepo.push(this.str(p.repository)!);
@@ -241,7 +244,7 @@ export class DigestIndex implements ReferenceIndex {
       this.pkgExtra.set(id, [{ alg: digest.alg, hex: digest.hex.toLowerCase() }, ...more.map((d) => ({ alg: d.alg, hex: d.hex.toLowerCase() }))]);
     }
     const prev = this.byName.get(p.package);
-    if (prev === undefined) this.byName.set(this.str(p.package)!, id);
+    if (prev === undefined) this.byName.set(p.package, id);
     else if (typeof prev === 'number') this.byName.set(p.package, [prev, id]);
     else prev.push(id);
     this.addEntry(id, -1, digest.alg, bytes);
@@ -268,14 +271,14 @@ export class DigestIndex implements ReferenceIndex {
     if (!hexSliceInto(hex, start, this.pkgKey, id * 32)) {
       throw new VmkitError('CORRUPT', `${name} ${version}: SHA256 is not 64 hex digits`);
     }
-    this.pkgName.push(this.str(name)!);
+    this.pkgName.push(name);
     this.pkgVersion.push(version);
     this.pkgArch.push(this.str(arch));
     this.pkgRepo.push(this.str(repository)!);
     this.pkgAlg = growU8(this.pkgAlg, id + 1);
     this.pkgAlg[id] = 0;
     const prev = this.byName.get(name);
-    if (prev === undefined) this.byName.set(this.str(name)!, id);
+    if (prev === undefined) this.byName.set(name, id);
     else if (typeof prev === 'number') this.byName.set(name, [prev, id]);
     else prev.push(id);
     this.addEntry(id, -1, 'sha256', this.pkgKey.subarray(id * 32, id * 32 + 32));

@@ -1,0 +1,221 @@
+// Digest index benchmarks (docs/attest-sources.md):
+//  1. indexing a full Debian main Packages file: parsePackages + DigestIndex (digests in the wasm
+//     core) against parsePackages + a plain JS Map<hex string, package id>, same run, same parser;
+//  2. memory held by each, for those packages and for 1 M file-level digests;
+//  3. lookups by raw digest bytes: DigestIndex.has / lookupDigest against Map.get (with the hex
+//     conversion a byte lookup needs, and with hex strings made beforehand).
+// The Packages file is the machine's own from `apt-get update` (/var/lib/apt/lists, lz4) when
+// present, else a synthetic one of the same shape; the table says which.
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { loadCore, measure, median, fmtNs } from './_lib.js';
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc');
+
+function realPackages() {
+  const dir = '/var/lib/apt/lists';
+  if (!existsSync(dir)) return undefined;
+  const f = readdirSync(dir).find((n) => /_main_binary-amd64_Packages(\.lz4)?$/.test(n) && n.includes('debian_dists_bookworm_main'));
+  if (!f) return undefined;
+  const path = `${dir}/${f}`;
+  try {
+    const text = f.endsWith('.lz4') ? execFileSync('lz4', ['-dc', path], { maxBuffer: 1 << 30 }).toString('utf8') : execFileSync('cat', [path], { maxBuffer: 1 << 30 }).toString('utf8');
+    return { text, what: `real: ${f} (apt-get update)` };
+  } catch {
+    return undefined;
+  }
+}
+
+function syntheticPackages(n) {
+  // Same shape as Debian's: ~20 fields, a long Description, ~750 bytes a paragraph.
+  const parts = [];
+  for (let i = 0; i < n; i++) {
+    const name = `pkg${i.toString(36)}-${(i * 7919) % 1000}`;
+    parts.push(
+      `Package: ${name}\nSource: src${i % 30000}\nVersion: 1:${i % 10}.${i % 97}-${i % 5}\nInstalled-Size: ${i % 9000}\n` +
+        `Maintainer: Debian Maintainer <m${i % 500}@debian.org>\nArchitecture: ${i % 4 ? 'amd64' : 'all'}\n` +
+        `Depends: libc6 (>= 2.34), libfoo${i % 300} (>= 1.2)\nDescription: synthetic package ${i}\n` +
+        `Homepage: https://example.org/${name}\nDescription-md5: ${randomBytes(16).toString('hex')}\nTag: role::program, use::${i % 40}\n` +
+        `Section: utils\nPriority: optional\nFilename: pool/main/${name[0]}/${name}/${name}_1.0_amd64.deb\nSize: ${1000 + (i % 100000)}\n` +
+        `MD5sum: ${randomBytes(16).toString('hex')}\nSHA256: ${randomBytes(32).toString('hex')}\n\n`,
+    );
+  }
+  return { text: parts.join(''), what: `synthetic: ${n} paragraphs (no apt lists on this machine)` };
+}
+
+function heap() {
+  gc();
+  gc();
+  return process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
+}
+
+export async function run(ctx) {
+  await loadCore();
+  const { DigestIndex, parsePackages, toHex } = await import('../dist/attest/index.js');
+  const { core } = await import('../dist/core.js');
+  const coreBytes = () => core().exports.memory.buffer.byteLength;
+  const src = realPackages() ?? syntheticPackages(63000);
+  const text = src.text;
+  ctx.log(`Packages: ${src.what}, ${(text.length / 2 ** 20).toFixed(1)} MiB`);
+  const repo = 'deb http://deb.debian.org/debian bookworm main';
+
+  // 1. Indexing, median of a few full runs each.
+  const runs = ctx.quick ? 2 : 5;
+  const tIx = [];
+  const tMap = [];
+  const tParse = [];
+  let count = 0;
+  for (let r = 0; r < runs; r++) {
+    let t = performance.now();
+    count = parsePackages(text, () => {});
+    tParse.push(performance.now() - t);
+    t = performance.now();
+    const ix = new DigestIndex();
+    parsePackages(text, (p) => ix.addPackageSha256(repo, p.package, p.version, p.architecture, p.text, p.sha256At));
+    ix.has('sha256', new Uint8Array(32)); // flushes the last batch into the core
+    tIx.push(performance.now() - t);
+    ix.close();
+    t = performance.now();
+    build('pkg-map', 0, text, undefined, repo, DigestIndex, parsePackages);
+    tMap.push(performance.now() - t);
+  }
+  const idxMs = median(tIx);
+
+  // 2. Memory, each structure built alone in a fresh process (bench/attest-index.bench.js --child).
+  const N = ctx.quick ? 200_000 : 1_000_000;
+  const child = (kind) => JSON.parse(execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', kind, String(N)], { maxBuffer: 1 << 20 }).toString());
+  const memPkgMap = child('pkg-map');
+  const memPkgIx = child('pkg-index');
+  const memFileMap = child('files-map');
+  const memFileIx = child('files-index');
+
+  const ix = new DigestIndex();
+  parsePackages(text, (p) => ix.addPackageSha256(repo, p.package, p.version, p.architecture, p.text, p.sha256At));
+  const map = new Map();
+  parsePackages(text, (p) => map.set(p.text.slice(p.sha256At, p.sha256At + 64), [{ repository: repo, package: p.package, version: p.version, architecture: p.architecture }]));
+
+  // 3. Lookups: 1000 present digests per op (and a miss mix).
+  const B = 1000;
+  const probes = [];
+  const probeHex = [];
+  const entries = [...map.keys()];
+  for (let i = 0; i < B; i++) {
+    const h = entries[(i * 7919) % entries.length];
+    probeHex.push(h);
+    probes.push(Uint8Array.from(Buffer.from(h, 'hex')));
+  }
+  const misses = Array.from({ length: B }, () => new Uint8Array(randomBytes(32)));
+  let sink = 0;
+  const { table } = await measure(
+    [
+      { name: 'Map.get(toHex(bytes))', items: B, fn: () => { for (let i = 0; i < B; i++) if (map.get(toHex(probes[i])) !== undefined) sink++; } },
+      { name: 'Map.get(hex string)', items: B, fn: () => { for (let i = 0; i < B; i++) if (map.get(probeHex[i]) !== undefined) sink++; } },
+      { name: 'DigestIndex.has(bytes)', items: B, fn: () => { for (let i = 0; i < B; i++) if (ix.has('sha256', probes[i])) sink++; } },
+      { name: 'DigestIndex.lookupDigest(bytes)', items: B, fn: () => { for (let i = 0; i < B; i++) sink += ix.lookupDigest('sha256', probes[i]).length; } },
+      { name: 'DigestIndex.has(miss)', items: B, fn: () => { for (let i = 0; i < B; i++) if (ix.has('sha256', misses[i])) sink++; } },
+    ],
+    { quick: ctx.quick, baseline: 'Map.get(toHex(bytes))' },
+  );
+  if (sink < 0) console.log(sink);
+  ix.close();
+
+  const MiB = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+  const idxTable = [
+    '| task | median (of ' + runs + ') | per package | vs Map build |',
+    '|---|---:|---:|---:|',
+    `| parsePackages only | ${fmtNs(median(tParse) * 1e6)} | ${fmtNs((median(tParse) * 1e6) / count)} | |`,
+    `| parse + Map: hex → Provenance[], name → entries (peer) | ${fmtNs(median(tMap) * 1e6)} | ${fmtNs((median(tMap) * 1e6) / count)} | 1.00× |`,
+    `| parse + DigestIndex | ${fmtNs(idxMs * 1e6)} | ${fmtNs((idxMs * 1e6) / count)} | ${(median(tMap) / idxMs).toFixed(2)}× |`,
+  ].join('\n');
+  const row = (name, m) => `| ${name} | ${m.entries} | ${MiB(m.heap)} | ${m.core ? MiB(m.core) : '—'} | ${MiB(m.heap + m.core)} | ${((m.heap + m.core) / m.entries).toFixed(0)} B | ${fmtNs(m.ms * 1e6)} |`;
+  const memTable = [
+    '| structure | entries | JS heap + buffers | core table | total | per entry | build |',
+    '|---|---:|---:|---:|---:|---:|---:|',
+    row('Map: hex → Provenance[] + name → entries (peer)', memPkgMap),
+    row('DigestIndex (Packages file)', memPkgIx),
+    row('Map: hex → Provenance[] with path (peer)', memFileMap),
+    row('DigestIndex.addFile (file digests)', memFileIx),
+  ].join('\n');
+  return {
+    title: 'attest-index: digest index (wasm core) against a plain Map',
+    sections: [
+      { heading: `Indexing a Debian main Packages file (${count} packages, ${(text.length / 2 ** 20).toFixed(1)} MiB text)`, markdown: idxTable },
+      { heading: 'Memory held', markdown: memTable },
+      { heading: 'Lookups by raw SHA-256 (1000 per op)', markdown: table },
+    ],
+    notes: [
+      `Packages file: ${src.what}.`,
+      `Goal: index in < 2 s — ${idxMs < 2000 ? 'met' : 'NOT met'} (${(idxMs / 1000).toFixed(2)} s); lookups > 1 M/s — see the DigestIndex rows.`,
+      `Memory ratio Map / DigestIndex: ${((memPkgMap.heap) / (memPkgIx.heap + memPkgIx.core)).toFixed(2)}× for the Packages file, ${((memFileMap.heap) / (memFileIx.heap + memFileIx.core)).toFixed(2)}× for ${N} file digests.`,
+      'Memory: each structure is built alone in a fresh Node process; V8 heap plus ArrayBuffers after two forced GCs, minus the same before building (the Packages text is loaded before, so it is not counted; strings sliced from it may share its storage in both); the core table is its exact size in wasm memory (slots 4 B, dense keys and values 36 B an entry). File digests: random SHA-256, hex-decoded from a Buffer in both.',
+    ],
+  };
+}
+
+// Child mode: build one structure in a fresh process and print what it holds.
+async function childMain(kind, n) {
+  const repo = 'deb http://deb.debian.org/debian bookworm main';
+  await loadCore();
+  const { DigestIndex, parsePackages } = await import('../dist/attest/index.js');
+  let text = '';
+  let raw;
+  if (kind.startsWith('pkg')) text = (realPackages() ?? syntheticPackages(63000)).text;
+  else raw = randomBytes(n * 32);
+  // Warm up: build a small one first and drop it, so code and lazy state are not counted.
+  build(kind, 2000, text.slice(0, text.indexOf('\n\n', 200_000) + 2), raw, repo, DigestIndex, parsePackages);
+  const before = heap();
+  const t = performance.now();
+  const { keep, entries, core } = build(kind, n, text, raw, repo, DigestIndex, parsePackages);
+  const ms = performance.now() - t;
+  const after = heap();
+  process.stdout.write(JSON.stringify({ kind, entries, heap: after - before, core, ms, keep: keep ? 1 : 0 }));
+}
+
+function build(kind, n, text, raw, repo, DigestIndex, parsePackages) {
+  let keep;
+  let entries = 0;
+  let core = 0;
+  if (kind === 'pkg-map') {
+    const byDigest = new Map();
+    const byName = new Map();
+    parsePackages(text, (p) => {
+      const prov = { repository: repo, package: p.package, version: p.version, architecture: p.architecture };
+      const hex = p.text.slice(p.sha256At, p.sha256At + 64);
+      byDigest.set(hex, [prov]);
+      const e = { provenance: prov, digests: [{ alg: 'sha256', hex }] };
+      const l = byName.get(p.package);
+      if (l) l.push(e);
+      else byName.set(p.package, [e]);
+      entries++;
+    });
+    keep = [byDigest, byName];
+  } else if (kind === 'pkg-index') {
+    const ix = new DigestIndex();
+    parsePackages(text, (p) => { ix.addPackageSha256(repo, p.package, p.version, p.architecture, p.text, p.sha256At); entries++; });
+    core = ix.memory().core;
+    keep = ix;
+  } else if (kind === 'files-map') {
+    const m = new Map();
+    const paths = Array.from({ length: 1000 }, (_, i) => `/usr/lib/x86_64-linux-gnu/pkg${i}/file.so`);
+    for (let i = 0; i < n; i++) m.set(raw.toString('hex', i * 32, i * 32 + 32), [{ repository: repo, package: 'bulk', version: '1', path: paths[i % 1000] }]);
+    entries = n;
+    keep = m;
+  } else {
+    const ix = new DigestIndex();
+    const p0 = ix.addPackage({ repository: repo, package: 'bulk', version: '1' }, { alg: 'sha256', hex: '00'.repeat(32) });
+    const paths = Array.from({ length: 1000 }, (_, i) => `/usr/lib/x86_64-linux-gnu/pkg${i}/file.so`);
+    for (let i = 0; i < n; i++) ix.addFile(p0, paths[i % 1000], { alg: 'sha256', hex: raw.toString('hex', i * 32, i * 32 + 32) });
+    core = ix.memory().core;
+    entries = n;
+    keep = ix;
+  }
+  return { keep, entries, core };
+}
+if (process.argv[1] === fileURLToPath(import.meta.url) && process.argv[2] === '--child') {
+  await childMain(process.argv[3], Number(process.argv[4]));
+}
