@@ -14,6 +14,7 @@
 //   output info:        0 = copy data, 1 = write zeroes
 // Range records (mirrored ranges, subtract output) are 16 bytes: start, length.
 
+import { isZeroRange } from "./_zero";
 import { E_ARG, E_CORRUPT, E_OUTPUT_TOO_SMALL } from "./_errors";
 
 /** Input kinds (bits 32..33 of info). */
@@ -142,19 +143,10 @@ export function backupPlanSubtract(start: u64, len: u64, mirPtr: usize, m: i32, 
   return out;
 }
 
-// True when the `size` bytes at p are all zero. size is a multiple of 16.
+// True when the `size` bytes at p are all zero.
 // unsafe: the caller checked p .. p+size lies in the host's buffer.
-function granuleIsZero(p: usize, size: usize): bool {
-  let acc = i64x2.splat(0);
-  for (let o: usize = 0; o < size; o += 64) {
-    if (size - o >= 64) {
-      acc = v128.or(acc, v128.or(v128.or(v128.load(p + o), v128.load(p + o, 16)), v128.or(v128.load(p + o, 32), v128.load(p + o, 48))));
-    } else {
-      for (let k: usize = o; k < size; k += 16) acc = v128.or(acc, v128.load(p + k));
-      break;
-    }
-  }
-  return !v128.any_true(acc);
+@inline function granuleIsZero(p: usize, size: usize): bool {
+  return isZeroRange(p, size);
 }
 
 /**

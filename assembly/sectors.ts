@@ -12,34 +12,8 @@
 // Run records are 12 bytes: three little-endian u32 (start bit, length, value).
 
 import { E_ARG, E_OUTPUT_TOO_SMALL } from "./_errors";
+import { isZeroRange } from "./_zero";
 
-// True when [p, p + n) is all zero.
-// unsafe: the caller guarantees [p, p + n) lies in memory (a host buffer).
-function isZeroRange(p: usize, n: usize): bool {
-  let i: usize = 0;
-  if (ASC_FEATURE_SIMD) {
-    while (i + 64 <= n) {
-      const a = v128.or(v128.load(p + i), v128.load(p + i, 16));
-      const b = v128.or(v128.load(p + i, 32), v128.load(p + i, 48));
-      if (v128.any_true(v128.or(a, b))) return false;
-      i += 64;
-    }
-    while (i + 16 <= n) {
-      if (v128.any_true(v128.load(p + i))) return false;
-      i += 16;
-    }
-  } else {
-    while (i + 8 <= n) {
-      if (load<u64>(p + i) != 0) return false;
-      i += 8;
-    }
-  }
-  while (i < n) {
-    if (load<u8>(p + i) != 0) return false;
-    i++;
-  }
-  return true;
-}
 
 // Copies n bytes from src to dst and reports whether they were all zero.
 // unsafe: both ranges lie in memory; they may not overlap partially (the host
