@@ -1,0 +1,168 @@
+// The digest index (wasm core table + TypeScript side tables) against a plain
+// Map model: random packages, file digests, duplicate digests, digests that
+// share their first 8 bytes (same slot and fingerprint in the core), every
+// algorithm length; and the raw core exports' contract.
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { DigestIndex, hexInto, toHex, digestLength, type DigestAlgorithm, type Provenance } from '../bindings/attest/index.js';
+import { core } from '../bindings/core.js';
+import { VmkitError } from '../bindings/errors.js';
+
+const ALGS: DigestAlgorithm[] = ['sha256', 'sha1', 'sha512', 'md5', 'sha384', 'sm3'];
+
+interface Dix {
+  dixCreate(e: number, a: number, b: number): number;
+  dixFree(h: number): number;
+  dixInsert(h: number, k: number, v: number): number;
+  dixGet(h: number, k: number): number;
+  dixGetBatch(h: number, k: number, n: number, out: number): number;
+  dixInsertBatch(h: number, k: number, v: number, n: number, prev: number): number;
+  dixCount(h: number): number;
+}
+
+describe('DigestIndex', () => {
+  it('answers like a Map model over random packages, files and duplicate digests', () => {
+    const digest = fc.tuple(fc.constantFrom(...ALGS), fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: 3 })).map(([alg, seed, tail]) => {
+      // Few distinct seeds → many duplicates; digests of one seed share their first 8 bytes.
+      const b = new Uint8Array(digestLength(alg));
+      for (let i = 0; i < b.length; i++) b[i] = i < 8 ? seed : (seed * 31 + i * 7 + tail) & 255;
+      return { alg, hex: toHex(b) };
+    });
+    const op = fc.oneof(
+      fc.record({ kind: fc.constant('pkg' as const), name: fc.constantFrom('a', 'b', 'c', 'libc6'), version: fc.constantFrom('1', '2', '1:2-3'), d: digest }),
+      fc.record({ kind: fc.constant('file' as const), path: fc.constantFrom('/usr/bin/x', '/etc/y', '/lib/z.so'), d: digest }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { minLength: 1, maxLength: 120 }), fc.array(digest, { maxLength: 30 }), (ops, probes) => {
+        const ix = new DigestIndex();
+        const model = new Map<string, Provenance[]>();
+        const add = (k: string, p: Provenance) => (model.get(k) ?? model.set(k, []).get(k)!).unshift(p);
+        let last = -1;
+        let lastProv: Provenance | undefined;
+        try {
+          for (const o of ops) {
+            if (o.kind === 'pkg') {
+              const prov = { repository: 'deb http://x/debian bookworm main', package: o.name, version: o.version, architecture: 'amd64' };
+              last = ix.addPackage(prov, o.d);
+              lastProv = prov;
+              add(`${o.d.alg}:${o.d.hex}`, prov);
+            } else if (last >= 0) {
+              ix.addFile(last, o.path, o.d);
+              add(`${o.d.alg}:${o.d.hex}`, { ...lastProv!, path: o.path });
+            }
+          }
+          expect(ix.size).toBe([...model.values()].reduce((n, l) => n + l.length, 0));
+          for (const d of [...probes, ...ops.map((o) => o.d)]) {
+            const bytes = new Uint8Array(d.hex.length / 2);
+            hexInto(d.hex, bytes);
+            const want = model.get(`${d.alg}:${d.hex}`) ?? [];
+            // Newest first, as the chain is walked.
+            expect(ix.lookupDigest(d.alg, bytes)).toEqual(want);
+            expect(ix.has(d.alg, bytes)).toBe(want.length > 0);
+          }
+          for (const name of ['a', 'b', 'c', 'libc6', 'none']) {
+            const want = ops.filter((o) => o.kind === 'pkg' && o.name === name);
+            expect(ix.lookupPackage(name).length).toBe(want.length);
+            expect(ix.lookupPackage(name, '2').length).toBe(want.filter((o) => o.kind === 'pkg' && o.version === '2').length);
+          }
+        } finally {
+          ix.close();
+        }
+      }),
+      { numRuns: 150 },
+    );
+  });
+
+  it('holds 200 000 digests across many table growths', () => {
+    const ix = new DigestIndex();
+    const p = ix.addPackage({ repository: 'r', package: 'bulk', version: '1' }, { alg: 'sha256', hex: 'ff'.repeat(32) });
+    const d = new Uint8Array(32);
+    const dv = new DataView(d.buffer);
+    for (let i = 0; i < 200_000; i++) {
+      dv.setUint32(0, i * 2654435761);
+      dv.setUint32(28, i);
+      ix.addFile(p, `/f${i % 7}`, { alg: 'sha256', hex: toHex(d) });
+    }
+    expect(ix.size).toBe(200_001);
+    for (let i = 0; i < 200_000; i += 997) {
+      dv.setUint32(0, i * 2654435761);
+      dv.setUint32(28, i);
+      expect(ix.lookupDigest('sha256', d)).toEqual([{ repository: 'r', package: 'bulk', version: '1', path: `/f${i % 7}` }]);
+      dv.setUint32(28, i + 1);
+      expect(ix.has('sha256', d)).toBe(false);
+    }
+    const m = ix.memory();
+    expect(m.core).toBeGreaterThanOrEqual(200_001 * 36);
+    expect(m.core).toBeLessThan(200_001 * 80);
+    ix.close();
+  });
+
+  it('refuses malformed digests and use after close; wrong lengths never match', () => {
+    const ix = new DigestIndex();
+    const prov = { repository: 'r', package: 'p', version: '1' };
+    expect(() => ix.addPackage(prov, { alg: 'sha256', hex: 'zz'.repeat(32) })).toThrow(VmkitError);
+    expect(() => ix.addPackage(prov, { alg: 'sha256', hex: 'ab' })).toThrow(VmkitError);
+    expect(() => ix.addPackage(prov, { alg: 'nope' as DigestAlgorithm, hex: 'ab' })).toThrow(VmkitError);
+    const id = ix.addPackage(prov, { alg: 'sha1', hex: '11'.repeat(20) });
+    expect(() => ix.addFile(id + 5, '/x', { alg: 'sha256', hex: '00'.repeat(32) })).toThrow(VmkitError);
+    expect(ix.lookupDigest('sha256', new Uint8Array(20).fill(0x11))).toEqual([]);
+    expect(ix.lookupDigest('sha1', new Uint8Array(20).fill(0x11)).length).toBe(1);
+    expect(ix.lookupDigest('sha1', new Uint8Array(21).fill(0x11))).toEqual([]);
+    expect(ix.packageEntry(id).digests).toEqual([{ alg: 'sha1', hex: '11'.repeat(20) }]);
+    expect(() => ix.has('sha1', 'x' as unknown as Uint8Array)).toThrow(VmkitError);
+    ix.close();
+    expect(() => ix.has('sha1', new Uint8Array(20))).toThrow(VmkitError);
+    expect(() => new DigestIndex({ expected: -1 })).toThrow(VmkitError);
+  });
+
+  it('hexInto/toHex round-trip and reject non-hex', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 80 }), (b) => {
+        const out = new Uint8Array(b.length);
+        expect(hexInto(toHex(b), out)).toBe(true);
+        expect(out).toEqual(b);
+        expect(hexInto(toHex(b).toUpperCase(), out)).toBe(true);
+        expect(out).toEqual(b);
+      }),
+    );
+    expect(hexInto('0g', new Uint8Array(1))).toBe(false);
+    expect(hexInto('012', new Uint8Array(2))).toBe(false);
+    expect(hexInto('0102', new Uint8Array(1))).toBe(false);
+  });
+});
+
+describe('digest index core exports', () => {
+  it('insert, replace, get, batch and bad handles', () => {
+    const c = core();
+    const ex = c.exports as unknown as Dix;
+    const h = ex.dixCreate(4, 1, 2);
+    expect(h).toBeGreaterThan(0);
+    const p = c.alloc(32 * 4 + 16 + 16);
+    try {
+      const u8 = c.u8();
+      for (let k = 0; k < 4; k++) u8.fill(k + 1, p + k * 32, p + k * 32 + 32);
+      expect(ex.dixInsert(h, p, 10)).toBe(0);
+      expect(ex.dixInsert(h, p, 11)).toBe(11); // replaced value 10, + 1
+      expect(ex.dixGet(h, p)).toBe(12);
+      expect(ex.dixGet(h, p + 32)).toBe(0);
+      const vals = p + 128;
+      const prev = p + 144;
+      new Uint32Array(c.u8().buffer, vals, 4).set([1, 2, 3, 4]);
+      expect(ex.dixInsertBatch(h, p, vals, 4, prev)).toBe(4);
+      expect([...new Uint32Array(c.u8().buffer, prev, 4)]).toEqual([12, 0, 0, 0]);
+      expect(ex.dixCount(h)).toBe(4);
+      expect(ex.dixGetBatch(h, p, 4, prev)).toBe(4);
+      expect([...new Uint32Array(c.u8().buffer, prev, 4)]).toEqual([2, 3, 4, 5]);
+      expect(ex.dixInsert(h, p, -1)).toBe(-1);
+      expect(ex.dixInsert(h, p, 0x7fffffff)).toBe(-1);
+      expect(ex.dixFree(h)).toBe(0);
+      expect(ex.dixGet(h, p)).toBe(-5);
+      expect(ex.dixFree(h)).toBe(-5);
+      expect(ex.dixGet(0, p)).toBe(-5);
+      expect(ex.dixGet(100000, p)).toBe(-5);
+      expect(ex.dixCreate(-1, 0, 0)).toBe(-1);
+    } finally {
+      c.free(p);
+    }
+  });
+});
