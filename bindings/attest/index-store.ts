@@ -193,7 +193,7 @@ export class DigestIndex implements ReferenceIndex {
     if (s === undefined) return undefined;
     let v = this.intern.get(s);
     if (v === undefined) {
-      v = s;
+      v = ownString(s);
       this.intern.set(s, s);
     }
     return v;
@@ -232,8 +232,9 @@ export class DigestIndex implements ReferenceIndex {
     if (digest.hex.length !== len * 2 || !hexInto(digest.hex, bytes)) {
       throw new VmkitError('CORRUPT', `${p.package} ${p.version}: ${digest.alg} digest is not ${len * 2} hex digits`);
     }
-    this.pkgName.push(p.package);
-    this.pkgVersion.push(p.version);
+    const name = ownString(p.package);
+    this.pkgName.push(name);
+    this.pkgVersion.push(ownString(p.version));
     this.pkgArch.push(this.str(p.architecture));
     this.pkgRepo.push(this.str(p.repository)!);
     this.pkgAlg = growU8(this.pkgAlg, id + 1);
@@ -244,8 +245,8 @@ export class DigestIndex implements ReferenceIndex {
       this.pkgExtra.set(id, [{ alg: digest.alg, hex: digest.hex.toLowerCase() }, ...more.map((d) => ({ alg: d.alg, hex: d.hex.toLowerCase() }))]);
     }
     const prev = this.byName.get(p.package);
-    if (prev === undefined) this.byName.set(p.package, id);
-    else if (typeof prev === 'number') this.byName.set(p.package, [prev, id]);
+    if (prev === undefined) this.byName.set(name, id);
+    else if (typeof prev === 'number') this.byName.set(name, [prev, id]);
     else prev.push(id);
     this.addEntry(id, -1, digest.alg, bytes);
     for (const d of more) {
@@ -271,8 +272,9 @@ export class DigestIndex implements ReferenceIndex {
     if (!hexSliceInto(hex, start, this.pkgKey, id * 32)) {
       throw new VmkitError('CORRUPT', `${name} ${version}: SHA256 is not 64 hex digits`);
     }
+    name = ownString(name);
     this.pkgName.push(name);
-    this.pkgVersion.push(version);
+    this.pkgVersion.push(ownString(version));
     this.pkgArch.push(this.str(arch));
     this.pkgRepo.push(this.str(repository)!);
     this.pkgAlg = growU8(this.pkgAlg, id + 1);
@@ -301,8 +303,9 @@ export class DigestIndex implements ReferenceIndex {
     let pid = this.pathIds.get(path);
     if (pid === undefined) {
       pid = this.paths.length;
-      this.paths.push(path);
-      this.pathIds.set(path, pid);
+      const own = ownString(path);
+      this.paths.push(own);
+      this.pathIds.set(own, pid);
     }
     this.addEntry(pkg, pid, digest.alg, b);
   }
@@ -472,6 +475,17 @@ export class DigestIndex implements ReferenceIndex {
       if (this.scratch) c.free(this.scratch);
     }
   }
+}
+
+/**
+ * A copy of `s` that does not keep a larger string alive. V8 makes substrings
+ * of 13 or more characters views into their parent, so a name sliced from a
+ * 50 MB Packages text would pin all of it; slicing a concatenation flattens
+ * it into a new string of its own length first.
+ * @internal
+ */
+export function ownString(s: string): string {
+  return s.length < 13 ? s : (s + ' ').slice(0, -1);
 }
 
 /** hexInto for `hex.slice(start, start + 64)` without making the substring. */

@@ -19,7 +19,7 @@
 import { VmkitError } from '../../errors.js';
 import { readKeyring, verifyCleartext, verifyDetached, type Keyring } from '../_openpgp.js';
 import { debFileDigests } from '../_deb.js';
-import { DigestIndex, hexInto } from '../index-store.js';
+import { DigestIndex, hexInto, ownString } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { parsePackages, parseRelease, type Release } from './deb822.js';
 import { compressionOf, decompress, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
@@ -340,7 +340,7 @@ export class AptSource implements RepositorySource {
       for (let i = 0; i < texts.length; i++) {
         parsePackages(texts[i]!, (r) => {
           ix.addPackageSha256(this.id, r.package, r.version, r.architecture, r.text, r.sha256At);
-          pool.filename.push(r.filename);
+          pool.filename.push(ownString(r.filename));
           pool.size.push(r.size);
         }, `${this.id} ${picks[i]!.path}`);
       }
