@@ -17,8 +17,10 @@ import {
   readKeyring,
   verifyCleartext,
   debFileDigests,
+  rpmFileDigests,
   type Keyring,
 } from '../bindings/attest/index.js';
+import fc from 'fast-check';
 import { VmkitError } from '../bindings/errors.js';
 
 const tools = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd'];
@@ -252,6 +254,55 @@ describe.runIf(ready)('repository sources over real repositories', () => {
       // Second refresh: 304.
       expect((await src.refresh()).changed).toBe(false);
       src.close();
+    });
+
+    it('file digests of .rpm packages equal `rpm -qp --dump`, checked against primary.xml', async () => {
+      reset();
+      const src = new RpmSource(`rpm ${srv.url}/rpm`, { keyring: ring });
+      await src.refresh();
+      for (const f of rpms()) {
+        const dump = execFileSync('rpm', ['-qp', '--dump', join(FIXTURES, 'rpm', f)]).toString().trim().split('\n');
+        const want = new Map(dump.map((l) => l.split(' ')).filter((w) => w[3] && /^[0-9a-f]{64}$/.test(w[3])).map((w) => [w[0]!, w[3]!]));
+        expect(want.size).toBeGreaterThan(0);
+        const version = f.slice('vmkit-fixture-'.length, -'.noarch.rpm'.length);
+        const entry = src.lookupPackage('vmkit-fixture', version)[0]!;
+        const files = (await src.fileDigests(entry))!;
+        expect(new Map([...files].map(([k, v]) => [k, v.hex]))).toEqual(want);
+        expect(new Map([...rpmFileDigests(readFileSync(join(FIXTURES, 'rpm', f)))].map(([k, v]) => [k, v.hex]))).toEqual(want);
+        const [path, hex] = [...want][0]!;
+        expect(src.lookupDigest('sha256', hexBytes(hex)).some((p) => p.path === path && p.version === version)).toBe(true);
+      }
+      // A tampered .rpm is refused.
+      const f = rpms()[0]!;
+      srv.overrides.set(`/rpm/${f}`, (b) => Buffer.concat([b!.subarray(0, 200), Buffer.from([b![200]! ^ 1]), b!.subarray(201)]));
+      const src2 = new RpmSource(`rpm ${srv.url}/rpm`, { keyring: ring });
+      await src2.refresh();
+      const v = f.slice('vmkit-fixture-'.length, -'.noarch.rpm'.length);
+      await refused(src2.fileDigests(src2.lookupPackage('vmkit-fixture', v)[0]!), 'INTEGRITY');
+      src.close();
+      src2.close();
+    });
+
+    it('malformed .rpm and .deb files end in VmkitError (fuzz, real packages as seeds)', async () => {
+      const rpm = readFileSync(join(FIXTURES, 'rpm', rpms()[0]!));
+      const debf = readFileSync(join(FIXTURES, 'debian/pool/main', debs().find((d) => d.startsWith('vmkit-fixture-gzip'))!));
+      const mutate = (seed: Uint8Array) => fc.tuple(fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }), fc.option(fc.nat())).map(([flips, cut]) => {
+        let b = Uint8Array.from(seed);
+        for (const [i, v] of flips) b[i % Math.min(b.length, 4096)] = v; // headers live in the first KiB
+        if (cut !== null) b = b.subarray(0, cut % b.length);
+        return b;
+      });
+      await fc.assert(
+        fc.asyncProperty(mutate(rpm), mutate(debf), async (r, d) => {
+          try {
+            rpmFileDigests(r);
+          } catch (e) {
+            expect(e).toBeInstanceOf(VmkitError);
+          }
+          await debFileDigests(d, { maxBytes: 1 << 20 }).catch((e: unknown) => expect(e).toBeInstanceOf(VmkitError));
+        }),
+        { numRuns: 200 },
+      );
     });
 
     it('refuses an unsigned, wrongly signed or tampered chain', async () => {

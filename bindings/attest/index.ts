@@ -9,6 +9,7 @@ export * from './types.js';
 export { DigestIndex, digestLength, hexInto, toHex, type DigestIndexOptions, type DigestIndexMemory } from './index-store.js';
 export { readKeyring, verifyCleartext, verifyDetached, type Keyring, type SignatureInfo } from './_openpgp.js';
 export { readAr, readTar, debFileDigests, type ArMember, type TarFile, type DebDigestOptions } from './_deb.js';
+export { rpmFileDigests } from './_rpm.js';
 export { parseDeb822, parseRelease, parsePackages, type Release, type ReleaseFile, type PackagesRecord } from './sources/deb822.js';
 export { AptSource, parseAptLine, type AptLine, type AptSourceOptions } from './sources/apt.js';
 export { RpmSource, parseRepomd, primaryParser, type RpmSourceOptions, type RepomdData, type PrimaryPackage } from './sources/rpm.js';

@@ -19,8 +19,9 @@
 import { SaxesParser } from 'saxes';
 import { VmkitError } from '../../errors.js';
 import { readKeyring, verifyDetached, type Keyring } from '../_openpgp.js';
-import { DigestIndex, digestLength, hexInto } from '../index-store.js';
-import type { DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
+import { DigestIndex, digestLength, hexInto, ownString } from '../index-store.js';
+import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
+import { rpmFileDigests } from '../_rpm.js';
 import { compressionOf, decompress, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
 
 /** One `<data>` record of repomd.xml. */
@@ -40,6 +41,8 @@ export interface PrimaryPackage {
   version: string;
   checksum: { type: string; hex: string };
   location: string;
+  /** Size of the .rpm in bytes (`<size package=…>`), when given. */
+  size?: number;
 }
 
 function xmlCorrupt(what: string, e: unknown): VmkitError {
@@ -128,6 +131,10 @@ export function primaryParser(onPackage: (p: PrimaryPackage) => void, what: stri
         cur.version = (epoch && epoch !== '0' ? `${epoch}:` : '') + `${ver}-${rel}`;
       } else if (t.name === 'checksum') ckType = a.type ?? '';
       else if (t.name === 'location') cur.location = a.href ?? '';
+      else if (t.name === 'size' && a.package !== undefined) {
+        if (!/^\d{1,15}$/.test(a.package)) throw new VmkitError('CORRUPT', `${what}: bad <size package>`);
+        cur.size = Number(a.package);
+      }
     }
   });
   p.on('text', (s) => {
@@ -196,6 +203,8 @@ export class RpmSource implements RepositorySource {
   private index: DigestIndex | undefined;
   private validators: Validators = {};
   private primarySum = '';
+  private pool: { location: string[]; size: (number | undefined)[] } = { location: [], size: [] };
+  private files = new Map<string, Promise<Map<string, Digest>>>();
 
   constructor(line: string, options: RpmSourceOptions = {}) {
     const parts = line.trim().split(/\s+/);
@@ -275,11 +284,14 @@ export class RpmSource implements RepositorySource {
     await this.check(body, primary.checksum, primary.location);
     const xml = await decompress(body, kind, max, primary.location);
     const ix = new DigestIndex();
+    const pool: { location: string[]; size: (number | undefined)[] } = { location: [], size: [] };
     try {
       const pp = primaryParser((p) => {
         const alg = ALG[p.checksum.type];
         if (!alg) throw new VmkitError('UNSUPPORTED', `${this.id}: package checksum type ${p.checksum.type}`);
         ix.addPackage({ repository: this.id, package: p.name, version: p.version, architecture: p.arch }, { alg, hex: p.checksum.hex });
+        pool.location.push(ownString(p.location));
+        pool.size.push(p.size);
       }, `${this.id} ${primary.location}`);
       // Feed the parser in slices so a large primary.xml is never one giant string.
       const dec = new TextDecoder();
@@ -292,9 +304,50 @@ export class RpmSource implements RepositorySource {
     }
     this.index?.close();
     this.index = ix;
+    this.pool = pool;
+    this.files.clear();
     this.validators = v;
     this.primarySum = primary.checksum.hex;
     return { changed: true, packages: ix.packages };
+  }
+
+  /**
+   * File-level reference values of one package: fetches its `.rpm`, checks it
+   * against the checksum in the signed primary.xml, reads the file digests
+   * from its header and adds them to the index. Cached per package.
+   * @example `const files = await src.fileDigests(src.lookupPackage('bash')[0]);`
+   */
+  fileDigests(entry: PackageEntry, signal?: AbortSignal): Promise<Map<string, Digest> | undefined> {
+    const ix = this.index;
+    if (!ix) return Promise.reject(new VmkitError('INVALID_STATE', `${this.id}: not refreshed (call refresh() first)`));
+    const p = entry.provenance;
+    const id = ix.packageIds(p.package).find((i) => {
+      const e = ix.packageEntry(i).provenance;
+      return e.version === p.version && e.architecture === p.architecture;
+    });
+    if (id === undefined) return Promise.reject(new VmkitError('NOT_FOUND', `${this.id}: no package ${p.package} ${p.version} ${p.architecture ?? ''}`));
+    const key = `${id}`;
+    let job = this.files.get(key);
+    if (!job) {
+      job = this.loadFiles(ix, id, signal);
+      this.files.set(key, job);
+      job.catch(() => this.files.delete(key));
+    }
+    return job;
+  }
+
+  private async loadFiles(ix: DigestIndex, id: number, signal: AbortSignal | undefined): Promise<Map<string, Digest>> {
+    const location = this.pool.location[id]!;
+    const size = this.pool.size[id];
+    const url = joinUrl(this.baseurl, location);
+    const max = this.opts.maxBytes ?? DEFAULT_MAX_BYTES;
+    const body = (await httpGet(url, { ...this.opts, signal, maxBytes: size ?? max })).body;
+    if (size !== undefined && body.length !== size) throw new VmkitError('INTEGRITY', `${this.id}: ${location} is not the size primary.xml gives`, { path: url });
+    const d = ix.packageEntry(id).digests[0]!;
+    await this.check(body, { type: d.alg, hex: d.hex }, location);
+    const files = rpmFileDigests(body);
+    if (this.index === ix) for (const [path, fd] of files) ix.addFile(id, path, fd);
+    return files;
   }
 
   /** Every entry with this digest. @example `src.lookupDigest('sha256', d)` */
