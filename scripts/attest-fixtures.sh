@@ -8,6 +8,7 @@
 #   debian-expired/   same packages, Valid-Until in the past (correctly signed)
 #   debian-other/     same packages, signed by the other key
 #   rpm/           tiny .rpm files built with `rpmbuild`, repodata by `createrepo_c`, repomd.xml.asc
+#   rpm-xz/        the same with xz-compressed repodata
 #   npm/           packument, tarballs (`npm pack`), registry keys and ECDSA P-256 signatures
 # Cached: a stamp holds this script's hash; a second run is a no-op.
 set -euo pipefail
@@ -101,6 +102,11 @@ done
 cp "$rb"/RPMS/noarch/*.rpm "$out/rpm/"
 createrepo_c --quiet "$out/rpm" >/dev/null
 gpg --batch --yes --local-user "$good" --armor --detach-sign -o "$out/rpm/repodata/repomd.xml.asc" "$out/rpm/repodata/repomd.xml"
+# The same packages with xz-compressed repodata.
+mkdir -p "$out/rpm-xz"
+cp "$rb"/RPMS/noarch/*.rpm "$out/rpm-xz/"
+createrepo_c --quiet --general-compress-type=xz "$out/rpm-xz" >/dev/null
+gpg --batch --yes --local-user "$good" --armor --detach-sign -o "$out/rpm-xz/repodata/repomd.xml.asc" "$out/rpm-xz/repodata/repomd.xml"
 rm -rf "$rb"
 
 # --- npm ------------------------------------------------------------------

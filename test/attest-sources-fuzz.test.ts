@@ -17,7 +17,7 @@ import {
   parseIntegrity,
   parseAptLine,
 } from '../bindings/attest/index.js';
-import { decompress } from '../bindings/attest/sources/_io.js';
+import { decompress, decompressChunks } from '../bindings/attest/sources/_io.js';
 import { VmkitError } from '../bindings/errors.js';
 
 const enc = new TextEncoder();
@@ -182,6 +182,9 @@ describe('repository parser fuzzing', () => {
     await fc.assert(
       fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 300 }), fc.constantFrom('gz' as const, 'xz' as const, 'zst' as const), async (b, kind) => {
         await onlyAsync(() => decompress(b, kind, 1 << 16, 'fuzz'));
+        await onlyAsync(async () => {
+          for await (const c of decompressChunks(b, kind, 1 << 16, 'fuzz')) void c;
+        });
       }),
       { numRuns: 150 },
     );

@@ -21,6 +21,7 @@ import {
   type Keyring,
 } from '../bindings/attest/index.js';
 import fc from 'fast-check';
+import { decompressChunks } from '../bindings/attest/sources/_io.js';
 import { VmkitError } from '../bindings/errors.js';
 
 const tools = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd'];
@@ -254,6 +255,26 @@ describe.runIf(ready)('repository sources over real repositories', () => {
       // Second refresh: 304.
       expect((await src.refresh()).changed).toBe(false);
       src.close();
+    });
+
+    it('reads xz-compressed repodata (streamed into the XML parser)', async () => {
+      reset();
+      const src = new RpmSource(`rpm ${srv.url}/rpm-xz`, { keyring: ring });
+      expect((await src.refresh()).packages).toBe(rpms().length);
+      expect(src.lookupPackage('vmkit-fixture').map((e) => e.digests[0]!.hex).sort()).toEqual(rpms().map((f) => sha256(readFileSync(join(FIXTURES, 'rpm', f)))).sort());
+      src.close();
+    });
+
+    it('decompressChunks streams gzip, xz and zstd made by the real tools', async () => {
+      const input = Buffer.from(Array.from({ length: 40000 }, (_, i) => `line ${i} ${i * 7919}\n`).join(''));
+      for (const [tool, kind] of [['gzip', 'gz'], ['xz', 'xz'], ['zstd', 'zst']] as const) {
+        const packed = execFileSync(tool, ['-c'], { input });
+        const parts: Uint8Array[] = [];
+        for await (const c of decompressChunks(packed, kind, 1 << 24, tool)) parts.push(c);
+        expect(Buffer.concat(parts).equals(input)).toBe(true);
+        const e = await (async () => { for await (const _ of decompressChunks(packed, kind, 1000, tool)) void _; })().catch((x: unknown) => x);
+        expect((e as VmkitError).code).toBe('LIMIT');
+      }
     });
 
     it('file digests of .rpm packages equal `rpm -qp --dump`, checked against primary.xml', async () => {

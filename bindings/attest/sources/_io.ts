@@ -149,9 +149,57 @@ export async function decompress(data: Uint8Array, kind: Compression, max: numbe
   }
 }
 
-function zstd(data: Uint8Array, max: number, what: string): Uint8Array {
-  const parts: Uint8Array[] = [];
+/**
+ * Decompresses `data` as a sequence of chunks (for streaming parsers: the
+ * whole output never has to be in memory at once). At most `max` bytes in all
+ * (LIMIT past that); malformed input → CORRUPT.
+ * @internal
+ */
+export async function* decompressChunks(data: Uint8Array, kind: Compression, max: number, what: string): AsyncGenerator<Uint8Array> {
+  const CH = 1 << 20;
   let n = 0;
+  const count = (c: Uint8Array): Uint8Array => {
+    n += c.length;
+    if (n > max) throw new VmkitError('LIMIT', `${what}: more than the limit of ${max} bytes`, { path: what });
+    return c;
+  };
+  try {
+    if (kind === 'none') {
+      for (let o = 0; o < data.length; o += CH) yield count(data.subarray(o, o + CH));
+      return;
+    }
+    if (kind === 'zst') {
+      zstdFrameCheck(data, max, what);
+      const out: Uint8Array[] = [];
+      const d = new ZstdDecompress((chunk) => {
+        out.push(count(chunk));
+      });
+      for (let o = 0; o < data.length; o += CH) {
+        d.push(data.subarray(o, o + CH), o + CH >= data.length);
+        while (out.length) yield out.shift()!;
+      }
+      if (data.length === 0) d.push(new Uint8Array(0), true);
+      return;
+    }
+    const src = new Blob([data as Uint8Array<ArrayBuffer>]).stream();
+    const s = (kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip')) : new XzReadableStream(src)) as ReadableStream<Uint8Array>;
+    const reader = s.getReader();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        yield count(value);
+      }
+    } finally {
+      await reader.cancel().catch(() => {});
+    }
+  } catch (e) {
+    if (e instanceof VmkitError) throw e;
+    throw new VmkitError('CORRUPT', `${what}: not valid ${kind} data: ${(e as Error).message}`, { cause: e, path: what });
+  }
+}
+
+function zstdFrameCheck(data: Uint8Array, max: number, what: string): void {
   // fzstd allocates a frame's declared content size up front: refuse an absurd
   // one before it does (RFC 8878 §3.1.1.1: Frame_Header_Descriptor, FCS field).
   if (data.length >= 6 && data[0] === 0x28 && data[1] === 0xb5 && data[2] === 0x2f && data[3] === 0xfd) {
@@ -159,7 +207,7 @@ function zstd(data: Uint8Array, max: number, what: string): Uint8Array {
     const fcsFlag = fhd >> 6;
     const single = (fhd >> 5) & 1;
     const didFlag = fhd & 3;
-    let o = 5 + (single ? 0 : 1) + [0, 1, 2, 4][didFlag]!;
+    const o = 5 + (single ? 0 : 1) + [0, 1, 2, 4][didFlag]!;
     const fcsLen = [single ? 1 : 0, 2, 4, 8][fcsFlag]!;
     if (fcsLen > 0 && o + fcsLen <= data.length) {
       let fcs = 0;
@@ -167,8 +215,13 @@ function zstd(data: Uint8Array, max: number, what: string): Uint8Array {
       if (fcsLen === 2) fcs += 256;
       if (fcs > max) throw new VmkitError('LIMIT', `${what}: zstd frame declares ${fcs} bytes, more than the limit of ${max}`, { path: what });
     }
-    o += fcsLen;
   }
+}
+
+function zstd(data: Uint8Array, max: number, what: string): Uint8Array {
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  zstdFrameCheck(data, max, what);
   const d = new ZstdDecompress((chunk) => {
     n += chunk.length;
     if (n > max) throw new VmkitError('LIMIT', `${what}: more than the limit of ${max} bytes`, { path: what });

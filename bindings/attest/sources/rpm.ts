@@ -22,7 +22,7 @@ import { readKeyring, verifyDetached, type Keyring } from '../_openpgp.js';
 import { DigestIndex, digestLength, hexInto, ownString } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { rpmFileDigests } from '../_rpm.js';
-import { compressionOf, decompress, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
+import { compressionOf, decompressChunks, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
 
 /** One `<data>` record of repomd.xml. */
 export interface RepomdData {
@@ -282,7 +282,6 @@ export class RpmSource implements RepositorySource {
     const max = this.opts.maxBytes ?? DEFAULT_MAX_BYTES;
     const body = (await httpGet(joinUrl(this.baseurl, primary.location), { ...io, maxBytes: Math.min(max, primary.size ?? max) })).body;
     await this.check(body, primary.checksum, primary.location);
-    const xml = await decompress(body, kind, max, primary.location);
     const ix = new DigestIndex();
     const pool: { location: string[]; size: (number | undefined)[] } = { location: [], size: [] };
     try {
@@ -293,10 +292,10 @@ export class RpmSource implements RepositorySource {
         pool.location.push(ownString(p.location));
         pool.size.push(p.size);
       }, `${this.id} ${primary.location}`);
-      // Feed the parser in slices so a large primary.xml is never one giant string.
+      // Streamed: decompressed chunk by chunk into the parser, never whole in memory.
       const dec = new TextDecoder();
-      const CH = 1 << 20;
-      for (let o = 0; o < xml.length; o += CH) pp.write(dec.decode(xml.subarray(o, o + CH), { stream: o + CH < xml.length }));
+      for await (const chunk of decompressChunks(body, kind, max, primary.location)) pp.write(dec.decode(chunk, { stream: true }));
+      pp.write(dec.decode());
       pp.close();
     } catch (e) {
       ix.close();
