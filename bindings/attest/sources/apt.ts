@@ -160,7 +160,9 @@ export class AptSource implements RepositorySource {
     else {
       const path = this.line.options.get('signed-by');
       if (path && path.startsWith('/')) {
-        const { readFile } = await import('node:fs/promises');
+        // Hidden from bundlers so browser builds do not try to resolve node:fs.
+        const fsName = 'node:fs/promises';
+        const { readFile } = (await import(/* @vite-ignore */ fsName)) as typeof import('node:fs/promises');
         let bytes: Uint8Array;
         try {
           bytes = await readFile(path);
