@@ -4,3 +4,5 @@
  */
 export { init, initSync } from '../core.js';
 export { VmkitError } from '../errors.js';
+export { gva, gpa, PAGE_SIZE } from './types.js';
+export type { Gva, Gpa, GuestMemorySource, PageSource } from './types.js';
