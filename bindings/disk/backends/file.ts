@@ -1,0 +1,157 @@
+/**
+ * Node files with positional I/O (`FileHandle.read/write` at an offset), and
+ * the provider that resolves backing files relative to their overlay.
+ * `node:fs` is imported on first use so browser bundles stay free of it.
+ * @module
+ */
+import { VmkitError } from '../../errors.js';
+import { assertWritable, type Storage, type StorageProvider } from './storage.js';
+
+type Fs = typeof import('node:fs/promises');
+type PathApi = typeof import('node:path');
+let fsMod: Fs | undefined;
+let pathMod: PathApi | undefined;
+async function nodeFs(): Promise<Fs> {
+  const name = 'node:fs/promises';
+  return (fsMod ??= (await import(/* @vite-ignore */ name)) as Fs);
+}
+async function nodePath(): Promise<PathApi> {
+  const name = 'node:path';
+  return (pathMod ??= (await import(/* @vite-ignore */ name)) as PathApi);
+}
+
+function ioError(e: unknown, op: string, path: string, offset?: number): VmkitError {
+  if (e instanceof VmkitError) return e;
+  const code = (e as NodeJS.ErrnoException)?.code;
+  return new VmkitError(code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `${op} ${path}: ${(e as Error)?.message ?? String(e)}`, {
+    path,
+    cause: e,
+    ...(offset === undefined ? {} : { offset }),
+  });
+}
+
+/**
+ * A Node file as a {@link Storage}.
+ *
+ * @example
+ * ```ts
+ * const s = await FileStorage.open('disk.qcow2', { readOnly: true });
+ * ```
+ */
+export class FileStorage implements Storage {
+  readonly name: string;
+  readonly readOnly: boolean;
+  private readonly fh: import('node:fs/promises').FileHandle;
+  private closed = false;
+
+  private constructor(fh: import('node:fs/promises').FileHandle, name: string, readOnly: boolean) {
+    this.fh = fh;
+    this.name = name;
+    this.readOnly = readOnly;
+  }
+  /** Opens an existing file. */
+  static async open(path: string, opts: { readOnly?: boolean } = {}): Promise<FileStorage> {
+    const fs = await nodeFs();
+    try {
+      return new FileStorage(await fs.open(path, opts.readOnly ? 'r' : 'r+'), path, opts.readOnly === true);
+    } catch (e) {
+      throw ioError(e, 'open', path);
+    }
+  }
+  /** Creates (or truncates) a file. */
+  static async create(path: string): Promise<FileStorage> {
+    const fs = await nodeFs();
+    try {
+      return new FileStorage(await fs.open(path, 'w+'), path, false);
+    } catch (e) {
+      throw ioError(e, 'create', path);
+    }
+  }
+  async size(): Promise<number> {
+    try {
+      return (await this.fh.stat()).size;
+    } catch (e) {
+      throw ioError(e, 'stat', this.name);
+    }
+  }
+  async readInto(offset: number, dst: Uint8Array): Promise<void> {
+    let got = 0;
+    try {
+      while (got < dst.length) {
+        const { bytesRead } = await this.fh.read(dst, got, dst.length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+    } catch (e) {
+      throw ioError(e, 'read', this.name, offset);
+    }
+    if (got < dst.length) dst.fill(0, got);
+  }
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    assertWritable(this, 'write');
+    let put = 0;
+    try {
+      while (put < data.length) {
+        const { bytesWritten } = await this.fh.write(data, put, data.length - put, offset + put);
+        put += bytesWritten;
+      }
+    } catch (e) {
+      throw ioError(e, 'write', this.name, offset);
+    }
+  }
+  async truncate(size: number): Promise<void> {
+    assertWritable(this, 'truncate');
+    try {
+      await this.fh.truncate(size);
+    } catch (e) {
+      throw ioError(e, 'truncate', this.name);
+    }
+  }
+  async flush(): Promise<void> {
+    if (this.readOnly) return;
+    try {
+      await this.fh.sync();
+    } catch (e) {
+      throw ioError(e, 'fsync', this.name);
+    }
+  }
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.fh.close();
+  }
+}
+
+/**
+ * Node files: backing files resolve relative to the folder of their overlay,
+ * as QEMU resolves them.
+ *
+ * @example
+ * ```ts
+ * const dev = await openImage('vm.qcow2', { provider: fileProvider });
+ * ```
+ */
+export const fileProvider: StorageProvider = {
+  open: (name, opts) => FileStorage.open(name, opts),
+  create: (name) => FileStorage.create(name),
+  resolve(from, rel) {
+    if (rel.startsWith('/')) return rel;
+    const i = from.lastIndexOf('/');
+    return i < 0 ? rel : from.slice(0, i + 1) + rel;
+  },
+  relative(from, target) {
+    const i = from.lastIndexOf('/');
+    const dir = i < 0 ? '' : from.slice(0, i + 1);
+    // A sibling (or a file below the overlay's folder) is stored relative;
+    // anything else as given (absolute paths stay absolute).
+    return dir && target.startsWith(dir) ? target.slice(dir.length) : target;
+  },
+};
+
+/**
+ * The absolute path of `p` (Node only).
+ * @internal
+ */
+export async function absolutePath(p: string): Promise<string> {
+  return (await nodePath()).resolve(p);
+}

@@ -1,0 +1,103 @@
+/**
+ * In-memory image stores (tests, browsers without OPFS) and a provider that
+ * names them, so backing chains resolve by name as they do on files.
+ * @module
+ */
+import { VmkitError } from '../../errors.js';
+import { assertWritable, type Storage, type StorageProvider } from './storage.js';
+
+/**
+ * A growable byte buffer as a {@link Storage}.
+ *
+ * @example
+ * ```ts
+ * const s = new MemoryStorage('disk.qcow2');
+ * await s.write(0, new Uint8Array([1, 2, 3]));
+ * ```
+ */
+export class MemoryStorage implements Storage {
+  readonly name: string;
+  readonly readOnly: boolean;
+  private buf: Uint8Array;
+  private len: number;
+
+  constructor(name: string = 'memory', initial?: Uint8Array, readOnly: boolean = false) {
+    this.name = name;
+    this.readOnly = readOnly;
+    this.buf = initial ? initial : new Uint8Array(0);
+    this.len = this.buf.length;
+  }
+  /** The current contents (a view; copy it to keep it). */
+  bytes(): Uint8Array {
+    return this.buf.subarray(0, this.len);
+  }
+  /** A read-only store over the same bytes (a backing layer's view). */
+  readOnlyView(): MemoryStorage {
+    const m = new MemoryStorage(this.name, this.buf, true);
+    m.len = this.len;
+    return m;
+  }
+  async size(): Promise<number> {
+    return this.len;
+  }
+  async readInto(offset: number, dst: Uint8Array): Promise<void> {
+    const end = Math.min(this.len, offset + dst.length);
+    if (offset < end) dst.set(this.buf.subarray(offset, end));
+    if (end - offset < dst.length) dst.fill(0, Math.max(0, end - offset));
+  }
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    assertWritable(this, 'write');
+    this.ensure(offset + data.length);
+    this.buf.set(data, offset);
+    if (offset + data.length > this.len) this.len = offset + data.length;
+  }
+  async truncate(size: number): Promise<void> {
+    assertWritable(this, 'truncate');
+    this.ensure(size);
+    if (size < this.len) this.buf.fill(0, size, this.len);
+    this.len = size;
+  }
+  async flush(): Promise<void> {}
+  async close(): Promise<void> {}
+  private ensure(n: number): void {
+    if (n > 2 ** 31) throw new VmkitError('LIMIT', `memory store ${this.name} cannot grow to ${n} bytes`);
+    if (n <= this.buf.length) return;
+    const next = new Uint8Array(Math.max(n, Math.min(2 ** 31, this.buf.length * 2), 4096));
+    next.set(this.buf.subarray(0, this.len));
+    this.buf = next;
+  }
+}
+
+/**
+ * Named memory stores: `open('base.qcow2')` finds the store created under that
+ * name. Names are resolved like relative paths ("dir/a" + "b" → "dir/b").
+ *
+ * @example
+ * ```ts
+ * const p = new MemoryProvider();
+ * await createImage(p, 'base.qcow2', { size: 1 << 20 });
+ * ```
+ */
+export class MemoryProvider implements StorageProvider {
+  readonly stores: Map<string, MemoryStorage> = new Map();
+  async open(name: string, opts: { readOnly: boolean }): Promise<Storage> {
+    const s = this.stores.get(name);
+    if (!s) throw new VmkitError('NOT_FOUND', `no image named ${name}`, { path: name });
+    return opts.readOnly ? s.readOnlyView() : s;
+  }
+  async create(name: string): Promise<Storage> {
+    const s = new MemoryStorage(name);
+    this.stores.set(name, s);
+    return s;
+  }
+  resolve(from: string, rel: string): string {
+    if (rel.startsWith('/')) return rel;
+    const i = from.lastIndexOf('/');
+    return i < 0 ? rel : from.slice(0, i + 1) + rel;
+  }
+  relative(from: string, target: string): string {
+    const i = from.lastIndexOf('/');
+    const dir = i < 0 ? '' : from.slice(0, i + 1);
+    return dir && target.startsWith(dir) ? target.slice(dir.length) : target;
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * The byte store under an image format: positional reads and writes on a
+ * file, a memory buffer, a browser Blob or an OPFS file. Formats see only
+ * this interface, so every format runs on every backend.
+ * @module
+ */
+import { VmkitError } from '../../errors.js';
+
+/** A random-access byte store (an image file). Offsets are safe integers. */
+export interface Storage {
+  /** Name of the store (a path, a blob name), used in error messages and to resolve backing files. */
+  readonly name: string;
+  /** True when writes are refused. */
+  readonly readOnly: boolean;
+  /** Current length in bytes. */
+  size(): Promise<number>;
+  /** Reads `dst.length` bytes at `offset`; bytes past the end read as zero. */
+  readInto(offset: number, dst: Uint8Array): Promise<void>;
+  /** Writes `data` at `offset`, growing the store when it writes past the end. */
+  write(offset: number, data: Uint8Array): Promise<void>;
+  /** Sets the length (grow with zeroes or shrink). */
+  truncate(size: number): Promise<void>;
+  /** Makes completed writes durable. */
+  flush(): Promise<void>;
+  /** Releases the store. */
+  close(): Promise<void>;
+}
+
+/**
+ * Opens stores by name: how a format finds its backing file. `resolve` turns a
+ * backing-file name stored in an image (relative to that image) into a name
+ * `open` accepts.
+ */
+export interface StorageProvider {
+  /** Opens an existing store. Throws NOT_FOUND when there is none. */
+  open(name: string, opts: { readOnly: boolean }): Promise<Storage>;
+  /** Creates (or truncates) a store for writing. */
+  create(name: string): Promise<Storage>;
+  /** The name of `rel` as seen from the image `from` (a sibling path for files). */
+  resolve(from: string, rel: string): string;
+  /** `target` written relative to the folder of `from`, for storing in a header. */
+  relative(from: string, target: string): string;
+}
+
+/**
+ * Reads `length` bytes at `offset` from a store.
+ *
+ * @example
+ * ```ts
+ * const header = await readAt(storage, 0, 512);
+ * ```
+ */
+export async function readAt(s: Storage, offset: number, length: number): Promise<Uint8Array> {
+  const b = new Uint8Array(length);
+  await s.readInto(offset, b);
+  return b;
+}
+
+/** Throws INVALID_STATE when the store is read-only. @internal */
+export function assertWritable(s: { readOnly: boolean; name: string }, op: string): void {
+  if (s.readOnly) throw new VmkitError('INVALID_STATE', `${op}: ${s.name} is open read-only`, { path: s.name });
+}

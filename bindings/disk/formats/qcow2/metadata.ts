@@ -1,0 +1,260 @@
+/**
+ * qcow2 metadata: L1/L2 entry decoding (standard, compressed and extended L2
+ * entries) and refcounts of any width (refcount_order 0..6). Shared by the
+ * device (reads and writes) and `check` (which recounts everything).
+ * @module
+ */
+import { VmkitError } from '../../../errors.js';
+import type { Storage } from '../../backends/storage.js';
+
+/** Bit 63 of L1/L2 entries: the refcount of the cluster is exactly one. */
+export const HI_COPIED = 0x8000_0000;
+/** Bit 62 of L2 entries: compressed cluster. */
+export const HI_COMPRESSED = 0x4000_0000;
+/** Bit 0 of L2 entries (v3, no extended L2): the cluster reads as zeroes. */
+export const LO_ZERO = 1;
+const TWO32 = 2 ** 32;
+
+/** What an L2 entry says about one guest cluster (or subcluster). */
+export type ClusterKind = 'unallocated' | 'zero' | 'normal' | 'compressed';
+
+/** A decoded L2 entry. */
+export interface L2Entry {
+  kind: ClusterKind;
+  /** Host offset of the cluster (0 when none; for compressed: the byte offset of the data). */
+  host: number;
+  copied: boolean;
+  /** Compressed data length in bytes (compressed only). */
+  csize: number;
+  /** Extended L2: allocation bits (bit i = subcluster i holds data) and zero bits. */
+  alloc: number;
+  zeroes: number;
+}
+
+/**
+ * Reads the host offset stored in bits 9..55 of an L1/L2 entry split in two
+ * 32-bit halves.
+ * @internal
+ */
+export function entryOffset(hi: number, lo: number): number {
+  return (hi & 0x00ff_ffff) * TWO32 + (lo >>> 9) * 512;
+}
+
+/**
+ * Decodes L2 entry `i` of `table` (extended entries are 16 bytes).
+ * @internal
+ */
+export function decodeL2(table: DataView, i: number, ext: boolean, clusterBits: number): L2Entry {
+  const o = i * (ext ? 16 : 8);
+  const hi = table.getUint32(o);
+  const lo = table.getUint32(o + 4);
+  const copied = (hi & HI_COPIED) !== 0;
+  const e: L2Entry = { kind: 'unallocated', host: 0, copied, csize: 0, alloc: 0, zeroes: 0 };
+  if (ext) {
+    e.zeroes = table.getUint32(o + 8);
+    e.alloc = table.getUint32(o + 12);
+  }
+  if (hi & HI_COMPRESSED) {
+    // x = 62 - (cluster_bits - 8) bits of offset, then the count of extra sectors.
+    const v = (BigInt(hi & 0x3fff_ffff) << 32n) | BigInt(lo);
+    const x = BigInt(70 - clusterBits);
+    e.kind = 'compressed';
+    e.host = Number(v & ((1n << x) - 1n));
+    const sectors = Number(v >> x) + 1;
+    e.csize = sectors * 512 - (e.host & 511);
+    return e;
+  }
+  e.host = entryOffset(hi, lo);
+  if (!ext && lo & LO_ZERO) e.kind = 'zero';
+  else if (e.host !== 0) e.kind = 'normal';
+  return e;
+}
+
+/**
+ * Encodes a standard L2 entry (host offset, COPIED, zero flag) into `table` at
+ * index `i`, with the extended bitmap when `ext`.
+ * @internal
+ */
+export function encodeL2(table: DataView, i: number, ext: boolean, host: number, copied: boolean, zero: boolean, alloc: number = 0, zeroes: number = 0): void {
+  const o = i * (ext ? 16 : 8);
+  table.setUint32(o, (copied ? HI_COPIED : 0) | Math.floor(host / TWO32));
+  table.setUint32(o + 4, ((host % TWO32) | (zero ? LO_ZERO : 0)) >>> 0);
+  if (ext) {
+    table.setUint32(o + 8, zeroes >>> 0);
+    table.setUint32(o + 12, alloc >>> 0);
+  }
+}
+
+/**
+ * Refcounts of an image: the refcount table in memory, refcount blocks read on
+ * demand and written through on every change, so there is never dirty state
+ * to lose. New refcount blocks and a larger table are allocated at the end of
+ * the file (via `alloc`).
+ * @internal
+ */
+export class Refcounts {
+  readonly cs: number;
+  readonly bits: number;
+  /** Entries per refcount block. */
+  readonly perBlock: number;
+  table: number[];
+  tableOffset: number;
+  tableClusters: number;
+  private readonly blocks = new Map<number, Uint8Array>();
+  private readonly storage: Storage;
+  /** Next free cluster-aligned host offset (the device owns it). */
+  fileEnd: number;
+  /** Called after the table moves, to rewrite the header fields. */
+  onTableMoved: ((offset: number, clusters: number) => Promise<void>) | undefined;
+
+  constructor(storage: Storage, cs: number, order: number, table: number[], tableOffset: number, tableClusters: number, fileEnd: number) {
+    this.storage = storage;
+    this.cs = cs;
+    this.bits = 2 ** order;
+    this.perBlock = (cs * 8) / this.bits;
+    this.table = table;
+    this.tableOffset = tableOffset;
+    this.tableClusters = tableClusters;
+    this.fileEnd = fileEnd;
+  }
+
+  /** Loads the refcount table of an image. */
+  static async load(storage: Storage, cs: number, order: number, offset: number, clusters: number, fileSize: number, fileEnd: number): Promise<Refcounts> {
+    const raw = new Uint8Array(clusters * cs);
+    await storage.readInto(offset, raw);
+    const dv = new DataView(raw.buffer);
+    const table: number[] = [];
+    for (let i = 0; i < clusters * cs / 8; i++) {
+      const hi = dv.getUint32(i * 8);
+      const lo = dv.getUint32(i * 8 + 4);
+      const off = hi * TWO32 + (lo >>> 9) * 512;
+      if (off !== 0 && (off % cs !== 0 || off + cs > fileSize || hi > 0x001f_ffff)) {
+        throw new VmkitError('CORRUPT', `qcow2: refcount block ${i} at ${off} is misaligned or past the end of the file`, { offset: offset + i * 8, path: storage.name });
+      }
+      table.push(off);
+    }
+    return new Refcounts(storage, cs, order, table, offset, clusters, fileEnd);
+  }
+
+  private async block(i: number): Promise<Uint8Array> {
+    let b = this.blocks.get(i);
+    if (!b) {
+      b = new Uint8Array(this.cs);
+      await this.storage.readInto(this.table[i]!, b);
+      if (this.blocks.size >= 256) this.blocks.delete(this.blocks.keys().next().value!);
+      this.blocks.set(i, b);
+    }
+    return b;
+  }
+
+  /** Refcount of the cluster at host offset `off`. */
+  async get(off: number): Promise<number> {
+    const idx = Math.floor(off / this.cs);
+    const bi = Math.floor(idx / this.perBlock);
+    if (bi >= this.table.length || this.table[bi] === 0) return 0;
+    return readEntry(await this.block(bi), idx % this.perBlock, this.bits);
+  }
+
+  /** Sets the refcount of the cluster at `off` (allocating a refcount block when needed). */
+  async set(off: number, v: number): Promise<void> {
+    const max = this.bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** this.bits - 1;
+    if (v < 0) throw new VmkitError('CORRUPT', `qcow2: refcount of cluster at ${off} would drop below zero`, { offset: off, path: this.storage.name });
+    if (v > max) throw new VmkitError('LIMIT', `qcow2: refcount overflow for cluster at ${off} (${this.bits}-bit refcounts)`, { offset: off, path: this.storage.name });
+    const idx = Math.floor(off / this.cs);
+    const bi = Math.floor(idx / this.perBlock);
+    if (bi >= this.table.length || this.table[bi] === 0) {
+      if (v === 0) return;
+      await this.newBlock(bi);
+    }
+    const b = await this.block(bi);
+    const e = idx % this.perBlock;
+    writeEntry(b, e, this.bits, v);
+    // Write through the bytes holding the entry.
+    const byteStart = Math.floor((e * this.bits) / 8);
+    const byteLen = Math.max(1, this.bits / 8);
+    await this.storage.write(this.table[bi]! + byteStart, b.subarray(byteStart, byteStart + byteLen));
+  }
+
+  /** Adds `d` to the refcount of the cluster at `off`. */
+  async add(off: number, d: number): Promise<void> {
+    await this.set(off, (await this.get(off)) + d);
+  }
+
+  /** Takes the next cluster at the end of the file, without a refcount. */
+  take(): number {
+    const off = this.fileEnd;
+    this.fileEnd += this.cs;
+    return off;
+  }
+
+  private async newBlock(bi: number): Promise<void> {
+    if (bi >= this.table.length) await this.grow(bi + 1);
+    const off = this.take();
+    await this.storage.write(off, new Uint8Array(this.cs));
+    this.blocks.set(bi, new Uint8Array(this.cs));
+    this.table[bi] = off;
+    await this.writeTableEntry(bi);
+    await this.set(off, 1); // the block's own refcount (in itself or a neighbour)
+  }
+
+  private async writeTableEntry(i: number): Promise<void> {
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setBigUint64(0, BigInt(this.table[i]!));
+    await this.storage.write(this.tableOffset + i * 8, b);
+  }
+
+  // Moves the refcount table to a larger one at the end of the file.
+  private async grow(minEntries: number): Promise<void> {
+    const entries = Math.max(minEntries + 4, this.table.length * 2);
+    const clusters = Math.ceil((entries * 8) / this.cs);
+    if (clusters * this.cs > (8 << 20)) throw new VmkitError('LIMIT', 'qcow2: refcount table would exceed 8 MiB', { path: this.storage.name });
+    const oldOff = this.tableOffset;
+    const oldClusters = this.tableClusters;
+    const newOff = this.fileEnd;
+    this.fileEnd += clusters * this.cs;
+    const table = this.table.slice();
+    while (table.length < (clusters * this.cs) / 8) table.push(0);
+    const raw = new Uint8Array(clusters * this.cs);
+    const dv = new DataView(raw.buffer);
+    table.forEach((v, i) => dv.setBigUint64(i * 8, BigInt(v)));
+    await this.storage.write(newOff, raw);
+    await this.storage.flush();
+    this.table = table;
+    this.tableOffset = newOff;
+    this.tableClusters = clusters;
+    await this.onTableMoved?.(newOff, clusters);
+    for (let c = 0; c < clusters; c++) await this.set(newOff + c * this.cs, 1);
+    for (let c = 0; c < oldClusters; c++) await this.set(oldOff + c * this.cs, 0);
+  }
+}
+
+/**
+ * Reads refcount entry `e` of a block with `bits`-bit entries (big-endian;
+ * sub-byte widths pack from the least significant bit of each byte).
+ * @internal
+ */
+export function readEntry(b: Uint8Array, e: number, bits: number): number {
+  if (bits >= 8) {
+    const o = (e * bits) / 8;
+    let v = 0;
+    for (let k = 0; k < bits / 8; k++) v = v * 256 + b[o + k]!;
+    return v;
+  }
+  const bit = e * bits;
+  return (b[bit >> 3]! >> (bit & 7)) & ((1 << bits) - 1);
+}
+
+/** Writes refcount entry `e`. @internal */
+export function writeEntry(b: Uint8Array, e: number, bits: number, v: number): void {
+  if (bits >= 8) {
+    const o = (e * bits) / 8;
+    for (let k = bits / 8 - 1; k >= 0; k--) {
+      b[o + k] = v % 256;
+      v = Math.floor(v / 256);
+    }
+    return;
+  }
+  const bit = e * bits;
+  const mask = ((1 << bits) - 1) << (bit & 7);
+  b[bit >> 3] = (b[bit >> 3]! & ~mask) | ((v << (bit & 7)) & mask);
+}
