@@ -1,0 +1,261 @@
+/**
+ * The format registry: opens an image by name with its whole backing chain
+ * (names resolved relative to each overlay, as QEMU does; loops and absurd
+ * depth refused), creates images and overlays, and runs `check`. The format
+ * is found by probing the first 4 KiB (qcow2, then VMDK, then raw), or taken
+ * from the backing-format a qcow2 overlay records. Format folders are loaded
+ * on first use, so a missing one (VMDK before it lands) only fails images of
+ * that format.
+ * @module
+ */
+import { VmkitError } from '../errors.js';
+import { fileProvider } from './backends/file.js';
+import { readAt, type Storage, type StorageProvider } from './backends/storage.js';
+import type { BlockDevice } from './device.js';
+import type { WriteGuard } from './_guard.js';
+import {
+  PROBE_BYTES,
+  type CheckReport,
+  type FormatCheckOptions,
+  type FormatName,
+  type ImageDevice,
+  type ImageFormatModule,
+} from './formats/types.js';
+
+/** Longest backing chain vmkit opens (QEMU has no fixed bound; 64 is far past any real chain). */
+export const MAX_CHAIN_DEPTH = 64;
+
+const FORMATS: readonly FormatName[] = ['qcow2', 'vmdk', 'raw'];
+const loaded = new Map<FormatName, Promise<ImageFormatModule>>();
+
+/**
+ * Loads a format module (lazily; the VMDK folder may not exist yet).
+ *
+ * @example
+ * ```ts
+ * const qcow2 = await loadFormat('qcow2');
+ * ```
+ */
+export function loadFormat(name: FormatName): Promise<ImageFormatModule> {
+  let p = loaded.get(name);
+  if (!p) {
+    // A variable specifier keeps bundlers and tsc from requiring folders that are not there yet.
+    const spec = `./formats/${name}/index.js`;
+    p = (import(/* @vite-ignore */ spec) as Promise<{ format: ImageFormatModule }>).then(
+      (m) => m.format,
+      (e: unknown) => {
+        loaded.delete(name);
+        throw new VmkitError('UNSUPPORTED', `image format ${name} is not available in this build`, { cause: e });
+      },
+    );
+    loaded.set(name, p);
+  }
+  return p;
+}
+
+/**
+ * Finds the format of an image from its first bytes (qcow2, VMDK, else raw).
+ *
+ * @example
+ * ```ts
+ * const fmt = await probeFormat(storage); // 'qcow2'
+ * ```
+ */
+export async function probeFormat(storage: Storage): Promise<FormatName> {
+  const n = Math.min(PROBE_BYTES, await storage.size());
+  const head = await readAt(storage, 0, n);
+  for (const f of FORMATS) {
+    if (f === 'raw') return 'raw';
+    let m: ImageFormatModule;
+    try {
+      m = await loadFormat(f);
+    } catch {
+      continue; // a format not in this build cannot claim the file
+    }
+    if (m.probe(head)) return f;
+  }
+  return 'raw';
+}
+
+/** Options of {@link openImage}. */
+export interface OpenImageOptions {
+  /** Where images live (default: Node files). */
+  provider?: StorageProvider;
+  /** Open the top layer read-only too. */
+  readOnly?: boolean;
+  /** Format of the top layer (default: probed). */
+  format?: FormatName;
+  /** Write guard of the top layer (disk ownership). */
+  guard?: WriteGuard;
+  /** Open only the top layer (unallocated ranges then read as zeroes). */
+  noBacking?: boolean;
+  /** Longest chain accepted (default {@link MAX_CHAIN_DEPTH}). */
+  maxDepth?: number;
+}
+
+/**
+ * Opens the image `name` and its backing chain. The top layer is writable
+ * unless `readOnly`; every backing layer is read-only.
+ *
+ * @example
+ * ```ts
+ * const dev = await openImage('vm-delta.qcow2');
+ * const first = await dev.read(0, 512);
+ * await dev.close();
+ * ```
+ */
+export async function openImage(name: string, opts: OpenImageOptions = {}): Promise<ImageDevice> {
+  const provider = opts.provider ?? fileProvider;
+  const maxDepth = opts.maxDepth ?? MAX_CHAIN_DEPTH;
+  const seen: string[] = [];
+  const layer = async (n: string, fmt: FormatName | undefined, depth: number, readOnly: boolean): Promise<ImageDevice> => {
+    const key = await canonical(provider, n);
+    if (seen.includes(key)) {
+      throw new VmkitError('LIMIT', `backing chain loops: ${[...seen, key].join(' -> ')}`, { path: n });
+    }
+    if (depth > maxDepth) throw new VmkitError('LIMIT', `backing chain deeper than ${maxDepth} layers at ${n}`, { path: n });
+    seen.push(key);
+    const storage = await provider.open(n, { readOnly });
+    try {
+      const f = fmt ?? (await probeFormat(storage));
+      const m = await loadFormat(f);
+      return await m.open(storage, {
+        readOnly,
+        ...(depth === 0 && opts.guard ? { guard: opts.guard } : {}),
+        ...(opts.noBacking
+          ? {}
+          : { openBacking: (b: string, bf: FormatName | undefined): Promise<BlockDevice> => layer(provider.resolve(n, b), bf, depth + 1, true) }),
+      });
+    } catch (e) {
+      await storage.close().catch(() => {});
+      throw e;
+    }
+  };
+  return layer(name, opts.format, 0, opts.readOnly === true);
+}
+
+// The same file reached by two names must count once in loop detection.
+async function canonical(provider: StorageProvider, n: string): Promise<string> {
+  if (provider !== fileProvider) return n;
+  try {
+    const fs = (await import(/* @vite-ignore */ 'node:fs/promises' as string)) as typeof import('node:fs/promises');
+    return await fs.realpath(n);
+  } catch {
+    return n;
+  }
+}
+
+/** Options of {@link createImage}. */
+export interface CreateImageOptions {
+  /** Format of the new image (default qcow2). */
+  format?: FormatName;
+  /** Virtual size in bytes; defaults to the backing file's size. */
+  size?: number;
+  /** Backing file, relative to the new image (as `qemu-img create -b` takes it). */
+  backing?: string;
+  /** Format of the backing file (default: probed). */
+  backingFormat?: FormatName;
+  /** Cluster/grain size in bytes. */
+  clusterSize?: number;
+  /** qcow2: extended L2 entries. */
+  extendedL2?: boolean;
+  /** Where images live (default: Node files). */
+  provider?: StorageProvider;
+}
+
+/**
+ * Creates an image (an overlay when `backing` is given; its size then
+ * defaults to the backing file's).
+ *
+ * @example
+ * ```ts
+ * await createImage('base.qcow2', { size: 1 << 30 });
+ * await createImage('top.qcow2', { backing: 'base.qcow2' });
+ * ```
+ */
+export async function createImage(name: string, opts: CreateImageOptions = {}): Promise<void> {
+  const provider = opts.provider ?? fileProvider;
+  const format = opts.format ?? 'qcow2';
+  let size = opts.size;
+  let backingFormat = opts.backingFormat;
+  let backingDevice: ImageDevice | undefined;
+  if (opts.backing !== undefined) {
+    if (format === 'raw') throw new VmkitError('UNSUPPORTED', 'raw images have no backing file', { path: name });
+    backingDevice = await openImage(provider.resolve(name, opts.backing), {
+      provider,
+      readOnly: true,
+      noBacking: true,
+      ...(backingFormat ? { format: backingFormat } : {}),
+    });
+    backingFormat ??= backingDevice.format;
+    size ??= backingDevice.size;
+  }
+  try {
+    if (size === undefined) throw new VmkitError('ARG_RANGE', 'size is required without a backing file');
+    if (!Number.isSafeInteger(size) || size < 0 || size % 512 !== 0) {
+      throw new VmkitError('ARG_RANGE', `size must be a non-negative multiple of 512, got ${size}`);
+    }
+    const m = await loadFormat(format);
+    const storage = await provider.create(name);
+    try {
+      await m.create(storage, {
+        size,
+        ...(opts.backing !== undefined ? { backing: opts.backing } : {}),
+        ...(backingFormat ? { backingFormat } : {}),
+        ...(backingDevice ? { backingDevice } : {}),
+        ...(opts.clusterSize ? { clusterSize: opts.clusterSize } : {}),
+        ...(opts.extendedL2 ? { extendedL2: true } : {}),
+      });
+      await storage.flush();
+    } finally {
+      await storage.close();
+    }
+  } finally {
+    await backingDevice?.close();
+  }
+}
+
+/**
+ * Checks the metadata of one image (not its backing chain), as `qemu-img check`.
+ *
+ * @example
+ * ```ts
+ * const r = await checkImage('vm.qcow2');
+ * if (r.corruptions) console.error(r.messages);
+ * ```
+ */
+export async function checkImage(
+  name: string,
+  opts: FormatCheckOptions & { provider?: StorageProvider; format?: FormatName } = {},
+): Promise<CheckReport> {
+  const provider = opts.provider ?? fileProvider;
+  const storage = await provider.open(name, { readOnly: !opts.repairLeaks });
+  try {
+    const f = opts.format ?? (await probeFormat(storage));
+    const m = await loadFormat(f);
+    if (!m.check) {
+      return { format: f, filename: name, corruptions: 0, leaks: 0, checkErrors: 0, messages: [] };
+    }
+    return await m.check(storage, opts.repairLeaks ? { repairLeaks: true } : {});
+  } finally {
+    await storage.close();
+  }
+}
+
+/**
+ * Every layer of an opened chain, top first.
+ *
+ * @example
+ * ```ts
+ * for (const l of chainOf(dev)) console.log(l.format, l.storage.name);
+ * ```
+ */
+export function chainOf(dev: ImageDevice): ImageDevice[] {
+  const out: ImageDevice[] = [];
+  let d: BlockDevice | undefined = dev;
+  while (d) {
+    out.push(d as ImageDevice);
+    d = d.backing;
+  }
+  return out;
+}
