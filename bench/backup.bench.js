@@ -56,8 +56,15 @@ function copyChain(from, to) {
 /** vmkit's ChainOps over files when the build has a format driver; undefined otherwise. */
 async function fileOps() {
   const node = await import('../dist/disk/backup/node.js');
-  const driver = typeof node.vmkitFormatDriver === 'function' ? await node.vmkitFormatDriver() : undefined;
-  return driver ? new node.NodeChainOps(driver) : undefined;
+  if (!node.vmkitFormatDriver) return undefined;
+  // Only when the qcow2 driver can open a chain qemu-img made (it lands separately from the job).
+  try {
+    const reg = await import('../dist/disk/image.js');
+    await reg.loadFormat('qcow2');
+  } catch {
+    return undefined;
+  }
+  return new node.NodeChainOps(node.vmkitFormatDriver);
 }
 
 // ---- QMP over a UNIX socket -------------------------------------------------------------
