@@ -1,0 +1,538 @@
+/**
+ * A qcow2 image as a block device: reads through L1 → L2 → cluster (normal,
+ * zero, compressed, extended-L2 subclusters) and down the backing chain;
+ * writes allocate clusters at the end of the file with refcount 1 and the
+ * COPIED flag, turn whole zero clusters (found by the core's zero scan) into
+ * zero clusters, and keep refcounts written through so the image is
+ * consistent after every request. Layout: QEMU's docs/interop/qcow2.txt.
+ * @module
+ */
+import { VmkitError } from '../../../errors.js';
+import type { Storage } from '../../backends/storage.js';
+import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
+import type { WriteGuard } from '../../_guard.js';
+import { inflateRaw } from '../../_inflate.js';
+import { zeroGranules } from '../../_sectors.js';
+import type { ImageDevice, ImageInfo } from '../types.js';
+import { encodeQcow2Header, type Qcow2Header } from './header.js';
+import { decodeL2, encodeL2, entryOffset, HI_COPIED, Refcounts, type L2Entry } from './metadata.js';
+
+const L2_CACHE = 64;
+
+/** What one lookup found: a run of equal kind inside one cluster. */
+interface Piece {
+  kind: 'unallocated' | 'zero' | 'normal' | 'compressed';
+  /** Host offset of the first byte (normal only; for zero: of a preallocated cluster, or 0). */
+  host: number;
+  /** Bytes of the run from the asked offset (to the end of the cluster or subcluster run). */
+  len: number;
+  entry: L2Entry;
+}
+
+/**
+ * An open qcow2 image. Get one from `open()` in `formats/qcow2/index.ts` or
+ * from `openImage()`.
+ *
+ * @example
+ * ```ts
+ * const dev = await openImage('vm.qcow2');
+ * await dev.write(0, new Uint8Array(65536).fill(1));
+ * await dev.close();
+ * ```
+ */
+export class Qcow2Device implements ImageDevice {
+  readonly format = 'qcow2' as const;
+  readonly alignment = 512;
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly storage: Storage;
+  readonly backing: BlockDevice | undefined;
+  readonly backingFile: string | undefined;
+  readonly backingFormat: string | undefined;
+  /** The parsed header (kept current when the refcount table moves). */
+  readonly header: Qcow2Header;
+  private readonly cs: number;
+  private readonly ext: boolean;
+  private readonly l2Entries: number;
+  private readonly sub: number;
+  private readonly l1: DataView;
+  private readonly l2cache = new Map<number, Uint8Array>();
+  private refs: Refcounts | undefined;
+  private fileSize: number;
+  private readonly guard: WriteGuard | undefined;
+  private lastCompressed: { host: number; data: Uint8Array } | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+  private closed = false;
+
+  /** @internal */
+  constructor(storage: Storage, h: Qcow2Header, l1: Uint8Array, fileSize: number, readOnly: boolean, backing: BlockDevice | undefined, guard: WriteGuard | undefined) {
+    this.storage = storage;
+    this.header = h;
+    this.size = h.size;
+    this.readOnly = readOnly;
+    this.backing = backing;
+    this.backingFile = h.backingFile;
+    this.backingFormat = h.backingFormat;
+    this.cs = 2 ** h.clusterBits;
+    this.ext = h.extendedL2;
+    this.l2Entries = this.cs / (this.ext ? 16 : 8);
+    this.sub = this.ext ? this.cs / 32 : this.cs;
+    this.l1 = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
+    this.fileSize = fileSize;
+    this.guard = guard;
+  }
+
+  private corrupt(msg: string, offset: number): VmkitError {
+    return new VmkitError('CORRUPT', `qcow2 ${this.storage.name}: ${msg} (at byte ${offset})`, { offset, path: this.storage.name });
+  }
+
+  /** The L2 table offset of L1 entry `i` (0 = none), checked against the file. */
+  private l2Offset(i: number): number {
+    if (i >= this.header.l1Size) return 0;
+    const off = entryOffset(this.l1.getUint32(i * 8), this.l1.getUint32(i * 8 + 4));
+    if (off === 0) return 0;
+    const at = this.header.l1TableOffset + i * 8;
+    if (off % this.cs !== 0) throw this.corrupt(`L2 table offset ${off} is not cluster aligned`, at);
+    if (off + this.cs > this.fileSize) throw this.corrupt(`L2 table at ${off} is past the end of the file (${this.fileSize})`, at);
+    return off;
+  }
+
+  private async l2Table(off: number): Promise<Uint8Array> {
+    let t = this.l2cache.get(off);
+    if (t) {
+      this.l2cache.delete(off);
+      this.l2cache.set(off, t);
+      return t;
+    }
+    t = new Uint8Array(this.cs);
+    await this.storage.readInto(off, t);
+    if (this.l2cache.size >= L2_CACHE) this.l2cache.delete(this.l2cache.keys().next().value!);
+    this.l2cache.set(off, t);
+    return t;
+  }
+
+  /** Decodes and validates the L2 entry of the guest cluster holding `pos`. */
+  private async entry(pos: number): Promise<{ e: L2Entry; l2: number; idx: number }> {
+    const gc = Math.floor(pos / this.cs);
+    const l1i = Math.floor(gc / this.l2Entries);
+    const idx = gc % this.l2Entries;
+    const l2 = this.l2Offset(l1i);
+    if (l2 === 0) return { e: { kind: 'unallocated', host: 0, copied: false, csize: 0, alloc: 0, zeroes: 0 }, l2: 0, idx };
+    const t = await this.l2Table(l2);
+    const e = decodeL2(new DataView(t.buffer, t.byteOffset, t.byteLength), idx, this.ext, this.header.clusterBits);
+    const at = l2 + idx * (this.ext ? 16 : 8);
+    if (e.kind === 'compressed') {
+      if (e.host >= this.fileSize) throw this.corrupt(`compressed cluster at ${e.host} is past the end of the file`, at);
+      if (this.ext && (e.alloc | e.zeroes) !== 0) throw this.corrupt('compressed cluster with a subcluster bitmap', at);
+    } else if (e.host !== 0) {
+      if (e.host % this.cs !== 0) throw this.corrupt(`data cluster offset ${e.host} is not cluster aligned`, at);
+      if (e.host >= this.fileSize) throw this.corrupt(`data cluster at ${e.host} is past the end of the file (${this.fileSize})`, at);
+    }
+    if (this.ext && (e.alloc & e.zeroes) !== 0) throw this.corrupt('subcluster both allocated and zero', at);
+    if (this.ext && e.alloc !== 0 && e.host === 0) throw this.corrupt('allocated subclusters without a host cluster', at);
+    return { e, l2, idx };
+  }
+
+  /** The run of equal status starting at `pos`, within its cluster. */
+  private async piece(pos: number): Promise<Piece> {
+    const { e } = await this.entry(pos);
+    const inC = pos % this.cs;
+    const toEnd = this.cs - inC;
+    if (e.kind === 'compressed') return { kind: 'compressed', host: e.host, len: toEnd, entry: e };
+    if (!this.ext) {
+      if (e.kind === 'normal') return { kind: 'normal', host: e.host + inC, len: toEnd, entry: e };
+      return { kind: e.kind, host: e.host, len: toEnd, entry: e };
+    }
+    const s0 = Math.floor(inC / this.sub);
+    const kindOf = (s: number): Piece['kind'] => ((e.alloc >>> s) & 1 ? 'normal' : (e.zeroes >>> s) & 1 ? 'zero' : 'unallocated');
+    const k = kindOf(s0);
+    let s = s0 + 1;
+    while (s < 32 && kindOf(s) === k) s++;
+    const len = s * this.sub - inC;
+    return { kind: k, host: k === 'normal' ? e.host + inC : 0, len, entry: e };
+  }
+
+  async read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
+    const b = new Uint8Array(length);
+    await this.readInto(offset, b);
+    return b;
+  }
+
+  async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
+    checkRange(this, offset, dst.length, 'read');
+    let pos = offset;
+    const end = offset + dst.length;
+    // Contiguous normal pieces are read with one storage call.
+    let runHost = -1;
+    let runDst = 0;
+    let runLen = 0;
+    const flushRun = async (): Promise<void> => {
+      if (runLen > 0) await this.storage.readInto(runHost, dst.subarray(runDst, runDst + runLen));
+      runLen = 0;
+    };
+    while (pos < end) {
+      const p = await this.piece(pos);
+      const n = Math.min(p.len, end - pos);
+      const d = pos - offset;
+      if (p.kind === 'normal') {
+        if (runLen > 0 && runHost + runLen === p.host && runDst + runLen === d) runLen += n;
+        else {
+          await flushRun();
+          runHost = p.host;
+          runDst = d;
+          runLen = n;
+        }
+      } else {
+        await flushRun();
+        if (p.kind === 'zero') dst.fill(0, d, d + n);
+        else if (p.kind === 'compressed') {
+          const c = await this.compressed(p.entry, pos);
+          const inC = pos % this.cs;
+          dst.set(c.subarray(inC, inC + n), d);
+        } else await this.readBacking(pos, dst.subarray(d, d + n));
+      }
+      pos += n;
+    }
+    await flushRun();
+  }
+
+  private async readBacking(pos: number, dst: Uint8Array): Promise<void> {
+    const b = this.backing;
+    if (!b || pos >= b.size) return dst.fill(0) as unknown as void;
+    const n = Math.min(dst.length, b.size - pos);
+    // A backing file whose size is not sector aligned cannot be read past its end.
+    await b.readInto(pos, dst.subarray(0, n));
+    if (n < dst.length) dst.fill(0, n);
+  }
+
+  private async compressed(e: L2Entry, pos: number): Promise<Uint8Array> {
+    if (this.lastCompressed?.host === e.host) return this.lastCompressed.data;
+    const len = Math.min(e.csize, this.fileSize - e.host);
+    const raw = new Uint8Array(len);
+    await this.storage.readInto(e.host, raw);
+    const data = await inflateRaw(raw, this.cs, e.host, this.storage.name).catch((err: unknown) => {
+      throw err instanceof VmkitError ? err : this.corrupt(`compressed cluster for guest offset ${pos} does not inflate`, e.host);
+    });
+    this.lastCompressed = { host: e.host, data };
+    return data;
+  }
+
+  async blockStatus(offset: ByteOffset, length: ByteLength): Promise<BlockExtent> {
+    checkRange(this, offset, length, 'blockStatus');
+    if (length === 0) throw new VmkitError('ARG_RANGE', 'blockStatus: length must be > 0', { offset });
+    const first = await this.piece(offset);
+    let len = Math.min(first.len, length);
+    // Extend over following clusters of the same kind (contiguous host for data).
+    while (len < length) {
+      const p = await this.piece(offset + len);
+      if (p.kind !== first.kind || first.kind === 'compressed') break;
+      if (p.kind === 'normal' && p.host !== first.host + len) break;
+      if (p.kind === 'zero' && (p.host !== 0) !== (first.host !== 0)) break;
+      len += Math.min(p.len, length - len);
+    }
+    if (first.kind === 'unallocated') {
+      const b = this.backing;
+      if (!b) return { offset, length: len, kind: 'unallocated', depth: 0 };
+      if (offset >= b.size) return { offset, length: len, kind: 'unallocated', depth: 0 };
+      const be = await b.blockStatus(offset, Math.min(len, Math.floor((b.size - offset) / 512) * 512 || 512));
+      return { ...be, depth: be.depth + 1 };
+    }
+    if (first.kind === 'zero') return { offset, length: len, kind: 'zero', depth: 0 };
+    if (first.kind === 'compressed') return { offset, length: len, kind: 'data', depth: 0, compressed: true };
+    return { offset, length: len, kind: 'data', depth: 0, hostOffset: first.host };
+  }
+
+  // ---- writes ----
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.queue.then(fn, fn);
+    this.queue = p.catch(() => {});
+    return p;
+  }
+
+  private async writable(op: 'write' | 'flush' | 'discard'): Promise<Refcounts> {
+    if (this.closed) throw new VmkitError('INVALID_STATE', `${op}: ${this.storage.name} is closed`, { path: this.storage.name });
+    if (this.readOnly) throw new VmkitError('INVALID_STATE', `${op}: ${this.storage.name} is open read-only`, { path: this.storage.name });
+    await this.guard?.check(op);
+    if (!this.refs) {
+      const h = this.header;
+      const end = Math.ceil(this.fileSize / this.cs) * this.cs;
+      const r = await Refcounts.load(this.storage, this.cs, h.refcountOrder, h.refcountTableOffset, h.refcountTableClusters, this.fileSize, end);
+      r.onTableMoved = async (off, clusters) => {
+        h.refcountTableOffset = off;
+        h.refcountTableClusters = clusters;
+        const b = new Uint8Array(12);
+        const dv = new DataView(b.buffer);
+        dv.setBigUint64(0, BigInt(off));
+        dv.setUint32(8, clusters);
+        await this.storage.write(48, b);
+        await this.storage.flush();
+      };
+      this.refs = r;
+    }
+    return this.refs;
+  }
+
+  private async alloc(r: Refcounts): Promise<number> {
+    const off = r.take();
+    await r.set(off, 1);
+    if (r.fileEnd > this.fileSize) this.fileSize = r.fileEnd;
+    return off;
+  }
+
+  /** The L2 table for guest cluster `gc`, allocated (and L1 updated) when `create`. */
+  private async l2For(gc: number, r: Refcounts): Promise<{ l2: number; idx: number; table: Uint8Array }> {
+    const l1i = Math.floor(gc / this.l2Entries);
+    const idx = gc % this.l2Entries;
+    let l2 = this.l2Offset(l1i);
+    if (l2 === 0) {
+      l2 = await this.alloc(r);
+      const t = new Uint8Array(this.cs);
+      await this.storage.write(l2, t);
+      this.fileSize = Math.max(this.fileSize, l2 + this.cs);
+      this.l1.setUint32(l1i * 8, HI_COPIED | Math.floor(l2 / 2 ** 32));
+      this.l1.setUint32(l1i * 8 + 4, l2 % 2 ** 32);
+      await this.storage.write(this.header.l1TableOffset + l1i * 8, new Uint8Array(this.l1.buffer, this.l1.byteOffset + l1i * 8, 8).slice());
+      this.l2cache.set(l2, t);
+      return { l2, idx, table: t };
+    }
+    if ((this.l1.getUint32(l1i * 8) & HI_COPIED) === 0) {
+      throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: writing a shared L2 table (internal snapshots)`, { offset: this.header.l1TableOffset + l1i * 8 });
+    }
+    return { l2, idx, table: await this.l2Table(l2) };
+  }
+
+  private async setEntry(l2: number, idx: number, table: Uint8Array, host: number, copied: boolean, zero: boolean, alloc: number = 0, zeroes: number = 0): Promise<void> {
+    const es = this.ext ? 16 : 8;
+    encodeL2(new DataView(table.buffer, table.byteOffset, table.byteLength), idx, this.ext, host, copied, zero && !this.ext, alloc, zeroes);
+    await this.storage.write(l2 + idx * es, table.slice(idx * es, idx * es + es));
+  }
+
+  /** Drops this layer's reference to the storage of an entry (normal or compressed). */
+  private async release(e: L2Entry, r: Refcounts): Promise<void> {
+    if (e.kind === 'compressed') {
+      const first = Math.floor(e.host / this.cs) * this.cs;
+      const last = Math.floor((e.host + e.csize - 1) / this.cs) * this.cs;
+      for (let c = first; c <= last; c += this.cs) await r.add(c, -1);
+      if (this.lastCompressed?.host === e.host) this.lastCompressed = undefined;
+    } else if (e.host !== 0) await r.add(e.host, -1);
+  }
+
+  async write(offset: ByteOffset, data: Uint8Array): Promise<void> {
+    checkRange(this, offset, data.length, 'write');
+    if (this.header.version === 2) throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: writing version 2 images (upgrade with qemu-img amend -o compat=1.1)`);
+    return this.serial(async () => {
+      const r = await this.writable('write');
+      let pos = offset;
+      const end = offset + data.length;
+      while (pos < end) {
+        const cEnd = Math.min(end, (Math.floor(pos / this.cs) + 1) * this.cs);
+        await this.writeInCluster(pos, data.subarray(pos - offset, cEnd - offset), r);
+        pos = cEnd;
+      }
+    });
+  }
+
+  /** Writes `data` (inside one cluster) at `pos`. */
+  private async writeInCluster(pos: number, data: Uint8Array, r: Refcounts): Promise<void> {
+    const gc = Math.floor(pos / this.cs);
+    const cStart = gc * this.cs;
+    const inC = pos - cStart;
+    // Whole granules (cluster, or subclusters) of zeroes become zero entries.
+    const granule = this.sub;
+    const zmap = zeroGranules(data, granule);
+    const allZero = (i: number): boolean => ((zmap[i >> 3]! >> (i & 7)) & 1) === 1;
+    if (!this.ext) {
+      if (data.length === this.cs && allZero(0)) return this.zeroCluster(gc, r, false);
+    }
+    const { l2, idx, table } = await this.l2For(gc, r);
+    const e = decodeL2(new DataView(table.buffer, table.byteOffset, table.byteLength), idx, this.ext, this.header.clusterBits);
+    if (!this.ext) {
+      if (e.kind === 'normal' && e.copied) {
+        await this.storage.write(e.host + inC, data);
+        return;
+      }
+      // New cluster: the old contents around the write, then the write.
+      const buf = data.length === this.cs ? data : await this.clusterContents(cStart, e);
+      if (buf !== data) buf.set(data, inC);
+      if (e.kind === 'zero' && e.host !== 0 && e.copied) {
+        await this.storage.write(e.host, buf);
+        await this.setEntry(l2, idx, table, e.host, true, false);
+        return;
+      }
+      const host = await this.alloc(r);
+      await this.storage.write(host, buf);
+      this.fileSize = Math.max(this.fileSize, host + this.cs);
+      await this.setEntry(l2, idx, table, host, true, false);
+      await this.release(e, r);
+      return;
+    }
+    // Extended L2: subclusters [s0, s1) are touched.
+    const s0 = Math.floor(inC / this.sub);
+    const s1 = Math.ceil((inC + data.length) / this.sub);
+    let alloc = e.kind === 'compressed' ? 0 : e.alloc;
+    let zeroes = e.kind === 'compressed' ? 0 : e.zeroes;
+    let host = e.kind === 'normal' || (e.kind !== 'compressed' && e.host !== 0) ? e.host : 0;
+    let old: L2Entry | undefined;
+    if (e.kind === 'compressed' || (host !== 0 && !e.copied)) {
+      // Decompress / unshare: the whole cluster becomes a new normal one.
+      const buf = await this.clusterContents(cStart, e);
+      buf.set(data, inC);
+      old = e;
+      host = await this.alloc(r);
+      await this.storage.write(host, buf);
+      this.fileSize = Math.max(this.fileSize, host + this.cs);
+      alloc = 0xffff_ffff;
+      zeroes = 0;
+      await this.setEntry(l2, idx, table, host, true, false, alloc, zeroes);
+      await this.release(old, r);
+      return;
+    }
+    // Partial subclusters at the edges take their old contents.
+    const spanStart = cStart + s0 * this.sub;
+    const spanLen = (s1 - s0) * this.sub;
+    let span = data;
+    if (spanStart !== pos || spanLen !== data.length) {
+      span = await this.read(spanStart, spanLen);
+      span.set(data, pos - spanStart);
+    }
+    const spanZero = zeroGranules(span, this.sub);
+    let needData = false;
+    for (let s = s0; s < s1; s++) {
+      const bit = 1 << s;
+      if ((spanZero[(s - s0) >> 3]! >> ((s - s0) & 7)) & 1) {
+        zeroes = (zeroes | bit) >>> 0;
+        alloc = (alloc & ~bit) >>> 0;
+      } else {
+        needData = true;
+        alloc = (alloc | bit) >>> 0;
+        zeroes = (zeroes & ~bit) >>> 0;
+      }
+    }
+    if (needData && host === 0) {
+      host = await this.alloc(r);
+      this.fileSize = Math.max(this.fileSize, host + this.cs);
+      // Unwritten subclusters of a fresh cluster are never read (their alloc bit is 0).
+      await this.storage.truncate(Math.max(await this.storage.size(), host + this.cs));
+    }
+    if (needData) await this.storage.write(host + s0 * this.sub, span);
+    if (alloc === 0 && host !== 0 && e.kind === 'normal') {
+      // Every subcluster is zero or unallocated now: free the host cluster.
+      await this.setEntry(l2, idx, table, 0, false, false, 0, zeroes);
+      await r.add(host, -1);
+      return;
+    }
+    await this.setEntry(l2, idx, table, host, host !== 0, false, alloc, zeroes);
+  }
+
+  /** What guest cluster `cStart` reads as now (a fresh buffer). */
+  private async clusterContents(cStart: number, e: L2Entry): Promise<Uint8Array> {
+    if (e.kind === 'compressed') return (await this.compressed(e, cStart)).slice();
+    const n = Math.min(this.cs, this.size - cStart);
+    const b = new Uint8Array(this.cs);
+    if (e.kind === 'zero') return b;
+    await this.readInto(cStart, b.subarray(0, n));
+    return b;
+  }
+
+  /** Makes guest cluster `gc` a zero cluster (or unallocated, when `unmap` and nothing shows through). */
+  private async zeroCluster(gc: number, r: Refcounts, unmap: boolean): Promise<void> {
+    const l1i = Math.floor(gc / this.l2Entries);
+    if (this.l2Offset(l1i) === 0 && unmap && !this.backing) return;
+    const { l2, idx, table } = await this.l2For(gc, r);
+    const e = decodeL2(new DataView(table.buffer, table.byteOffset, table.byteLength), idx, this.ext, this.header.clusterBits);
+    const makeUnallocated = unmap && !this.backing;
+    if (makeUnallocated) await this.setEntry(l2, idx, table, 0, false, false, 0, 0);
+    else if (this.ext) await this.setEntry(l2, idx, table, 0, false, false, 0, 0xffff_ffff);
+    else await this.setEntry(l2, idx, table, 0, false, true);
+    if (e.kind === 'compressed' || (e.host !== 0 && e.copied)) await this.release(e, r);
+    else if (e.host !== 0) await this.release(e, r);
+  }
+
+  async writeZeroes(offset: ByteOffset, length: ByteLength): Promise<void> {
+    checkRange(this, offset, length, 'writeZeroes');
+    await this.zeroRange(offset, length, false);
+  }
+
+  async discard(offset: ByteOffset, length: ByteLength): Promise<void> {
+    checkRange(this, offset, length, 'discard');
+    await this.zeroRange(offset, length, true);
+  }
+
+  private async zeroRange(offset: number, length: number, unmap: boolean): Promise<void> {
+    if (this.header.version === 2) throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: writing version 2 images`);
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const cEnd = Math.min(end, (Math.floor(pos / this.cs) + 1) * this.cs);
+      if (pos % this.cs === 0 && (cEnd - pos === this.cs || cEnd === this.size)) {
+        const gc = pos / this.cs;
+        await this.serial(async () => this.zeroCluster(gc, await this.writable(unmap ? 'discard' : 'write'), unmap));
+      } else await this.write(pos, new Uint8Array(cEnd - pos));
+      pos = cEnd;
+    }
+  }
+
+  async flush(): Promise<void> {
+    if (this.readOnly || this.closed) return;
+    await this.serial(async () => {
+      await this.guard?.check('flush');
+      await this.storage.flush();
+    });
+  }
+
+  async info(): Promise<ImageInfo> {
+    let data = 0;
+    for (let l1i = 0; l1i < this.header.l1Size; l1i++) {
+      const l2 = this.l2Offset(l1i);
+      if (!l2) continue;
+      const t = await this.l2Table(l2);
+      const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
+      for (let i = 0; i < this.l2Entries; i++) {
+        const e = decodeL2(dv, i, this.ext, this.header.clusterBits);
+        if (e.kind === 'compressed') data += this.cs;
+        else if (e.kind === 'normal') data += this.ext ? popcount(e.alloc) * this.sub : this.cs;
+      }
+    }
+    const info: ImageInfo = {
+      format: 'qcow2',
+      virtualSize: this.size,
+      fileSize: await this.storage.size(),
+      clusterSize: this.cs,
+      allocatedBytes: data,
+      specific: {
+        version: this.header.version,
+        refcountBits: 2 ** this.header.refcountOrder,
+        extendedL2: this.ext,
+        compressionType: this.header.compressionType === 0 ? 'zlib' : 'zstd',
+        snapshots: this.header.nbSnapshots,
+      },
+    };
+    if (this.backingFile !== undefined) info.backingFile = this.backingFile;
+    if (this.backingFormat !== undefined) info.backingFormat = this.backingFormat;
+    return info;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      await this.flush();
+    } finally {
+      this.closed = true;
+      await this.storage.close();
+      await this.backing?.close();
+    }
+  }
+
+  /** Rewrites the header (e.g. after changing the backing file). @internal */
+  async rewriteHeader(): Promise<void> {
+    await this.writable('write');
+    await this.storage.write(0, encodeQcow2Header(this.header));
+  }
+}
+
+function popcount(v: number): number {
+  let n = 0;
+  for (let x = v >>> 0; x; x &= x - 1) n++;
+  return n;
+}

@@ -1,0 +1,164 @@
+/**
+ * qcow2 (version 3 read/write, version 2 read): the format module the
+ * registry loads (see ../types.ts for the contract). docs/qcow2.md.
+ * @module
+ */
+import { VmkitError } from '../../../errors.js';
+import { readAt, type Storage } from '../../backends/storage.js';
+import type { BlockDevice } from '../../device.js';
+import type { FormatCheckOptions, FormatCreateOptions, FormatName, FormatOpenOptions, CheckReport, ImageFormatModule } from '../types.js';
+import { check as checkQcow2 } from './check.js';
+import { Qcow2Device } from './device.js';
+import { encodeQcow2Header, INCOMPAT_EXTL2, MAX_L1_BYTES, parseQcow2Header, QCOW2_MAGIC, type Qcow2Header } from './header.js';
+
+export { Qcow2Device } from './device.js';
+
+/**
+ * True when `head` starts with the qcow2 magic `QFI\xfb`.
+ *
+ * @example
+ * ```ts
+ * probe(new Uint8Array([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3])); // true
+ * ```
+ */
+export function probe(head: Uint8Array): boolean {
+  return head.length >= 8 && ((head[0]! << 24) | (head[1]! << 16) | (head[2]! << 8) | head[3]!) >>> 0 === QCOW2_MAGIC;
+}
+
+/**
+ * Reads and validates the header of a qcow2 store.
+ *
+ * @example
+ * ```ts
+ * const h = await readHeader(storage);
+ * console.log(h.size, h.backingFile);
+ * ```
+ */
+export async function readHeader(storage: Storage): Promise<{ header: Qcow2Header; fileSize: number }> {
+  const fileSize = await storage.size();
+  const head = await readAt(storage, 0, Math.min(fileSize, 1 << 21));
+  // The first cluster holds the header and its extensions.
+  const header = parseQcow2Header(head, fileSize, storage.name);
+  return { header, fileSize };
+}
+
+/**
+ * Opens a qcow2 image (and, through `opts.openBacking`, its backing chain).
+ *
+ * @example
+ * ```ts
+ * const dev = await open(await FileStorage.open('vm.qcow2'), { readOnly: true });
+ * ```
+ */
+export async function open(storage: Storage, opts: FormatOpenOptions = {}): Promise<Qcow2Device> {
+  const { header: h, fileSize } = await readHeader(storage);
+  const readOnly = opts.readOnly === true || storage.readOnly;
+  if (!readOnly && h.nbSnapshots > 0) {
+    throw new VmkitError('UNSUPPORTED', `qcow2 ${storage.name}: writing images with internal snapshots (open read-only)`, { offset: 60, path: storage.name });
+  }
+  if (!readOnly && h.version === 2) {
+    throw new VmkitError('UNSUPPORTED', `qcow2 ${storage.name}: version 2 images open read-only (qemu-img amend -o compat=1.1 upgrades them)`, { offset: 4, path: storage.name });
+  }
+  if (h.incompatible & 2n && !readOnly) {
+    throw new VmkitError('CORRUPT', `qcow2 ${storage.name}: the image is marked corrupt (open read-only, or repair it)`, { offset: 72, path: storage.name });
+  }
+  const l1 = await readAt(storage, h.l1TableOffset, h.l1Size * 8);
+  let backing: BlockDevice | undefined;
+  if (h.backingFile !== undefined && opts.openBacking) {
+    const bf = h.backingFormat;
+    const fmt = bf === 'qcow2' || bf === 'raw' || bf === 'vmdk' ? (bf as FormatName) : undefined;
+    if (bf !== undefined && fmt === undefined) {
+      throw new VmkitError('UNSUPPORTED', `qcow2 ${storage.name}: backing format ${bf}`, { path: storage.name });
+    }
+    backing = await opts.openBacking(h.backingFile, fmt);
+  }
+  return new Qcow2Device(storage, h, l1, fileSize, readOnly, backing, opts.guard);
+}
+
+/**
+ * Creates an empty version 3 image (an overlay when `opts.backing` is set):
+ * header, refcount table, refcount blocks and L1 table, each counted once.
+ *
+ * @example
+ * ```ts
+ * await create(await FileStorage.create('top.qcow2'), { size: 1 << 30, backing: 'base.qcow2', backingFormat: 'qcow2' });
+ * ```
+ */
+export async function create(storage: Storage, opts: FormatCreateOptions): Promise<void> {
+  const cs = opts.clusterSize ?? 65536;
+  const clusterBits = Math.log2(cs);
+  if (!Number.isInteger(clusterBits) || clusterBits < 9 || clusterBits > 21) throw new VmkitError('ARG_RANGE', `cluster size ${cs} must be a power of two in 512..2 MiB`);
+  const ext = opts.extendedL2 === true;
+  if (ext && clusterBits < 14) throw new VmkitError('ARG_RANGE', 'extended L2 entries need clusters of 16 KiB or more');
+  const size = opts.size;
+  if (!Number.isSafeInteger(size) || size < 0 || size % 512 !== 0 || size > 2 ** 52) throw new VmkitError('ARG_RANGE', `qcow2 size ${size} must be a multiple of 512 below 2^52`);
+  const l2Entries = cs / (ext ? 16 : 8);
+  const l1Size = Math.ceil(size / (cs * l2Entries));
+  if (l1Size * 8 > MAX_L1_BYTES) throw new VmkitError('LIMIT', `qcow2: ${size} bytes need an L1 table over 32 MiB; use larger clusters`);
+  const l1Clusters = Math.max(1, Math.ceil((l1Size * 8) / cs));
+  const refOrder = 4;
+  const perBlock = (cs * 8) / 16;
+  // Header, refcount table, refcount blocks, L1: grow until the refcounts cover themselves.
+  let rtClusters = 1;
+  let rbBlocks = 1;
+  for (;;) {
+    const total = 1 + rtClusters + rbBlocks + l1Clusters;
+    const nb = Math.ceil(total / perBlock);
+    const nt = Math.ceil((nb * 8) / cs);
+    if (nb === rbBlocks && nt === rtClusters) break;
+    rbBlocks = nb;
+    rtClusters = nt;
+  }
+  const rtOff = cs;
+  const rbOff = rtOff + rtClusters * cs;
+  const l1Off = rbOff + rbBlocks * cs;
+  const total = 1 + rtClusters + rbBlocks + l1Clusters;
+  const h: Qcow2Header = {
+    version: 3,
+    backingFileOffset: 0,
+    backingFileSize: 0,
+    clusterBits,
+    size,
+    cryptMethod: 0,
+    l1Size,
+    l1TableOffset: l1Off,
+    refcountTableOffset: rtOff,
+    refcountTableClusters: rtClusters,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    incompatible: ext ? INCOMPAT_EXTL2 : 0n,
+    compatible: 0n,
+    autoclear: 0n,
+    refcountOrder: refOrder,
+    headerLength: 112,
+    compressionType: 0,
+    backingFile: opts.backing,
+    backingFormat: opts.backing !== undefined ? opts.backingFormat : undefined,
+    otherExtensions: [],
+    extendedL2: ext,
+  };
+  const img = new Uint8Array(total * cs);
+  img.set(encodeQcow2Header(h), 0);
+  const dv = new DataView(img.buffer);
+  for (let b = 0; b < rbBlocks; b++) dv.setBigUint64(rtOff + b * 8, BigInt(rbOff + b * cs));
+  for (let c = 0; c < total; c++) dv.setUint16(rbOff + c * 2, 1);
+  await storage.truncate(0);
+  await storage.write(0, img);
+}
+
+/**
+ * Checks a qcow2 image's metadata as `qemu-img check` does: every cluster's
+ * refcount against the references found, entries past the end of the file,
+ * misaligned offsets and COPIED flags.
+ *
+ * @example
+ * ```ts
+ * const r = await check(await FileStorage.open('vm.qcow2', { readOnly: true }));
+ * ```
+ */
+export function check(storage: Storage, opts: FormatCheckOptions = {}): Promise<CheckReport> {
+  return checkQcow2(storage, opts);
+}
+
+/** The qcow2 format module for the registry. */
+export const format: ImageFormatModule = { name: 'qcow2', probe, open, create, check };
