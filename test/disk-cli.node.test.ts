@@ -1,0 +1,43 @@
+// `vmkit disk create|info|map|check` as a user runs them (built dist/), against qemu-img.
+import { spawnSync, execFileSync } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { needTool } from './_tools.js';
+
+const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
+const vmkit = (cwd: string, ...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', cwd, timeout: 60_000 });
+const hasQemu = needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils');
+
+describe.skipIf(!hasQemu)('vmkit disk', () => {
+  it('creates a chain qemu-img accepts; info, map and check agree with qemu-img', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vmkit-diskcli-'));
+    try {
+      expect(vmkit(dir, 'disk', 'create', 'base.qcow2', '--size', '4M').status).toBe(0);
+      execFileSync('qemu-io', ['-c', 'write -P 0x41 0 100k', '-c', 'write -z 1M 64k', 'base.qcow2'], { cwd: dir });
+      expect(vmkit(dir, 'disk', 'create', 'top.qcow2', '--backing', 'base.qcow2').status).toBe(0);
+      execFileSync('qemu-io', ['-c', 'write -P 0x42 200k 4k', 'top.qcow2'], { cwd: dir });
+      const qinfo = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', 'top.qcow2'], { cwd: dir, encoding: 'utf8' })) as Record<string, unknown>;
+      const info = vmkit(dir, 'disk', 'info', 'top.qcow2', '--json');
+      expect(info.status).toBe(0);
+      const mine = JSON.parse(info.stdout) as { virtualSize: number; backingFile: string; chain: { file: string }[] };
+      expect(mine.virtualSize).toBe(qinfo['virtual-size']);
+      expect(mine.backingFile).toBe(qinfo['backing-filename']);
+      expect(mine.chain.map((c) => c.file)).toEqual(['top.qcow2', 'base.qcow2']);
+      const map = vmkit(dir, 'disk', 'map', 'top.qcow2', '--json');
+      expect(map.status).toBe(0);
+      expect(JSON.parse(map.stdout)).toEqual(JSON.parse(execFileSync('qemu-img', ['map', '--output=json', 'top.qcow2'], { cwd: dir, encoding: 'utf8' })));
+      const chk = vmkit(dir, 'disk', 'check', 'top.qcow2', '--json');
+      expect(chk.status).toBe(0);
+      expect(JSON.parse(chk.stdout)).toMatchObject({ corruptions: 0, leaks: 0 });
+      expect(vmkit(dir, 'disk', 'create', 'x.qcow2').status).toBe(2);
+      const missing = vmkit(dir, 'disk', 'info', 'nope.qcow2', '--json');
+      expect(missing.status).toBe(1);
+      expect(JSON.parse(missing.stdout)).toMatchObject({ error: { code: 'NOT_FOUND' } });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
