@@ -43,6 +43,9 @@ function qemuCheck(file: string): { corruptions?: number; leaks?: number; 'check
     throw e;
   }
 }
+function counts(c: { corruptions?: number; leaks?: number }): { corruptions: number; leaks: number } {
+  return { corruptions: c.corruptions ?? 0, leaks: c.leaks ?? 0 };
+}
 /** First differing byte index, or -1 (toEqual on megabytes is far too slow). */
 function diff(a: Uint8Array, b: Uint8Array): number {
   if (a.length !== b.length) return Math.min(a.length, b.length);
@@ -54,7 +57,9 @@ function diff(a: Uint8Array, b: Uint8Array): number {
 function normalize(m: QemuMapEntry[]): Omit<QemuMapEntry, 'offset'>[] {
   const out: (QemuMapEntry & { offset?: number })[] = [];
   for (const x of m) {
-    const e = { ...x, zero: x.data ? false : x.zero };
+    // QEMU also prints the host offset of unallocated subclusters in an allocated cluster.
+    const e: QemuMapEntry = { ...x, zero: x.data ? false : x.zero };
+    if (!e.present) delete e.offset;
     const prev = out[out.length - 1];
     if (prev && prev.start + prev.length === e.start && prev.depth === e.depth && prev.present === e.present && prev.zero === e.zero && prev.data === e.data && (prev.offset === undefined ? e.offset === undefined : e.offset === prev.offset + prev.length)) prev.length += e.length;
     else out.push(e);
@@ -139,5 +144,108 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
       ),
       { numRuns: 25 },
     );
+  });
+
+  it('reads compressed clusters (qemu-img convert -c) and rewrites over them consistently', async () => {
+    const size = 1 << 20;
+    const raw = new Uint8Array(size);
+    for (let i = 0; i < size; i++) raw[i] = (i * 7 + (i >> 9)) & 0xff; // compressible but not trivial
+    raw.fill(0, 256 << 10, 384 << 10);
+    await writeFile(p('c.raw'), raw);
+    qimg('convert', '-q', '-c', '-f', 'raw', '-O', 'qcow2', p('c.raw'), p('c.qcow2'));
+    const dev = await openImage(p('c.qcow2'));
+    const ext = await mapExtents(dev);
+    expect(ext.some((e) => e.compressed)).toBe(true);
+    expect(diff(await dev.read(0, size), raw)).toBe(-1);
+    const patch = new Uint8Array(4096).fill(0xee);
+    await dev.write(70 * 1024, patch);
+    raw.set(patch, 70 * 1024);
+    await dev.write(512 << 10, new Uint8Array(64 << 10).fill(3));
+    raw.fill(3, 512 << 10, 576 << 10);
+    expect(diff(await dev.read(0, size), raw)).toBe(-1);
+    await dev.close();
+    expect(counts(qemuCheck(p('c.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect((await checkImage(p('c.qcow2'))).compressedClusters).toBeGreaterThan(0);
+    await writeFile(p('c2.raw'), raw);
+    execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', p('c.qcow2'), p('c2.raw')]);
+  });
+
+  it('reads and writes extended L2 images (subclusters) as QEMU does', async () => {
+    qimg('create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on,cluster_size=64k', p('xb.qcow2'), '2M');
+    qio(p('xb.qcow2'), 'write -P 0x21 0 96k', 'write -P 0x22 130k 3k', 'write -z 300k 8k');
+    qimg('create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on,cluster_size=64k', '-b', 'xb.qcow2', '-F', 'qcow2', p('xt.qcow2'));
+    qio(p('xt.qcow2'), 'write -P 0x31 4k 2k', 'write -P 0x32 62k 6k', 'write -z 128k 4k');
+    expect(diff(await vmkitRaw(p('xt.qcow2')), await qemuRaw(p('xt.qcow2')))).toBe(-1);
+    let dev = await openImage(p('xt.qcow2'), { readOnly: true });
+    const ours = toQemuMap(await mapExtents(dev));
+    await dev.close();
+    expect(normalize(ours)).toEqual(normalize(JSON.parse(qimg('map', '--output=json', p('xt.qcow2'))) as QemuMapEntry[]));
+    // vmkit writes: partial subclusters, zero subclusters, whole clusters.
+    const expected = await qemuRaw(p('xt.qcow2'));
+    dev = await openImage(p('xt.qcow2'));
+    const w = async (off: number, len: number, v: number): Promise<void> => {
+      const d = new Uint8Array(len).fill(v);
+      await dev.write(off, d);
+      expected.set(d, off);
+    };
+    await w(1024, 1024, 0x41);
+    await w(140 << 10, 10 << 10, 0);
+    await w(200 << 10, 3 << 10, 0x42);
+    await w(1 << 20, 64 << 10, 0x43);
+    await dev.writeZeroes(64 << 10, 64 << 10);
+    expected.fill(0, 64 << 10, 128 << 10);
+    expect(diff(await dev.read(0, dev.size), expected)).toBe(-1);
+    await dev.close();
+    expect(counts(qemuCheck(p('xt.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect(diff(await qemuRaw(p('xt.qcow2')), expected)).toBe(-1);
+    // An extended-L2 image vmkit creates.
+    await createImage(p('xv.qcow2'), { size: 1 << 20, extendedL2: true, clusterSize: 32768 });
+    dev = await openImage(p('xv.qcow2'));
+    await dev.write(5120, new Uint8Array(2048).fill(9));
+    await dev.close();
+    expect(counts(qemuCheck(p('xv.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    const q = await qemuRaw(p('xv.qcow2'));
+    expect([q[5119], q[5120], q[7167], q[7168]]).toEqual([0, 9, 9, 0]);
+  });
+
+  it('check finds what qemu-img check finds: leaks and corruptions', async () => {
+    await createImage(p('k.qcow2'), { size: 1 << 20 });
+    const dev = await openImage(p('k.qcow2'));
+    await dev.write(0, new Uint8Array(65536).fill(1));
+    await dev.close();
+    const h = await readFile(p('k.qcow2'));
+    // Refcount block is the third cluster; bump the data cluster's refcount (leak) and zero the L1 table's (corruption).
+    const dv = new DataView(h.buffer, h.byteOffset);
+    const rb = 2 * 65536;
+    const l1Cluster = Number(dv.getBigUint64(40)) / 65536;
+    const l1e = Number(dv.getBigUint64(Number(dv.getBigUint64(40))) & 0x00ff_ffff_ffff_fe00n);
+    const l2e = Number(dv.getBigUint64(l1e) & 0x00ff_ffff_ffff_fe00n);
+    dv.setUint16(rb + (l2e / 65536) * 2, 2);
+    dv.setUint16(rb + l1Cluster * 2, 0);
+    await writeFile(p('k.qcow2'), h);
+    const theirs = qemuCheck(p('k.qcow2'));
+    const mine = await checkImage(p('k.qcow2'));
+    expect(mine.leaks).toBe(theirs.leaks ?? 0);
+    expect(mine.corruptions).toBeGreaterThan(0);
+    expect(theirs.corruptions ?? 0).toBeGreaterThan(0);
+    // Repair only the leak; the corruption stays.
+    const r = await checkImage(p('k.qcow2'), { repairLeaks: true });
+    expect(r.leaksFixed).toBe(1);
+    expect((await checkImage(p('k.qcow2'))).leaks).toBe(0);
+  });
+
+  it('refuses backing loops and absurd depth, and never writes a backing layer', async () => {
+    qimg('create', '-q', '-f', 'qcow2', p('la.qcow2'), '1M');
+    qimg('create', '-q', '-f', 'qcow2', '-b', 'la.qcow2', '-F', 'qcow2', p('lb.qcow2'));
+    qimg('rebase', '-u', '-b', 'lb.qcow2', '-F', 'qcow2', p('la.qcow2'));
+    await expect(openImage(p('lb.qcow2'))).rejects.toMatchObject({ code: 'LIMIT' });
+    await expect(openImage(p('la.qcow2'), { readOnly: true })).rejects.toMatchObject({ code: 'LIMIT' });
+    qimg('create', '-q', '-f', 'qcow2', p('d0.qcow2'), '1M');
+    for (let i = 1; i <= 5; i++) qimg('create', '-q', '-f', 'qcow2', '-b', `d${i - 1}.qcow2`, '-F', 'qcow2', p(`d${i}.qcow2`));
+    await expect(openImage(p('d5.qcow2'), { maxDepth: 3 })).rejects.toMatchObject({ code: 'LIMIT' });
+    const dev = await openImage(p('d5.qcow2'));
+    expect(dev.backing?.readOnly).toBe(true);
+    await expect(dev.backing!.write(0, new Uint8Array(512))).rejects.toMatchObject({ code: 'INVALID_STATE' });
+    await dev.close();
   });
 });
