@@ -4,6 +4,50 @@
  */
 export { init, initSync } from '../core.js';
 export { VmkitError } from '../errors.js';
+// Block devices, storage backends and image formats (docs/qcow2.md).
+export {
+  SECTOR_SIZE,
+  sectorToByte,
+  byteToSector,
+  mapExtents,
+  toQemuMap,
+  type BlockDevice,
+  type BlockExtent,
+  type BlockKind,
+  type ByteOffset,
+  type ByteLength,
+  type Sector,
+  type DeviceOptions,
+  type QemuMapEntry,
+} from './device.js';
+export { readAt, type Storage, type StorageProvider } from './backends/storage.js';
+export { MemoryStorage, MemoryProvider } from './backends/memory.js';
+export { FileStorage, fileProvider } from './backends/file.js';
+export { BlobStorage } from './backends/blob.js';
+export { OpfsStorage, OpfsProvider } from './backends/opfs.js';
+export {
+  openImage,
+  createImage,
+  checkImage,
+  probeFormat,
+  loadFormat,
+  chainOf,
+  MAX_CHAIN_DEPTH,
+  type OpenImageOptions,
+  type CreateImageOptions,
+} from './image.js';
+export type {
+  FormatName,
+  ImageDevice,
+  ImageInfo,
+  CheckReport,
+  ImageFormatModule,
+  FormatOpenOptions,
+  FormatCreateOptions,
+  FormatCheckOptions,
+} from './formats/types.js';
+export { Qcow2Device } from './formats/qcow2/device.js';
+export type { WriteGuard } from './_guard.js';
 // Live backup and consolidation (docs/backup.md).
 export {
   LiveDisk,
