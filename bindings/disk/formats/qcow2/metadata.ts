@@ -189,6 +189,8 @@ export class Refcounts {
 
   private async newBlock(bi: number): Promise<void> {
     if (bi >= this.table.length) await this.grow(bi + 1);
+    // Growing the table counts the new table's clusters, which may have allocated this very block.
+    if (this.table[bi]) return;
     const off = this.take();
     await this.storage.write(off, new Uint8Array(this.cs));
     this.blocks.set(bi, new Uint8Array(this.cs));
