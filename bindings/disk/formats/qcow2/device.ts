@@ -207,6 +207,9 @@ export class Qcow2Device implements ImageDevice {
 
   private async compressed(e: L2Entry, pos: number): Promise<Uint8Array> {
     if (this.lastCompressed?.host === e.host) return this.lastCompressed.data;
+    if (this.header.compressionType !== 0) {
+      throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: zstd-compressed clusters`, { offset: e.host, path: this.storage.name });
+    }
     const len = Math.min(e.csize, this.fileSize - e.host);
     const raw = new Uint8Array(len);
     await this.storage.readInto(e.host, raw);
