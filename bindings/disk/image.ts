@@ -259,3 +259,46 @@ export function chainOf(dev: ImageDevice): ImageDevice[] {
   }
   return out;
 }
+
+/**
+ * Image operations on Node files for the backup and consolidation jobs
+ * (the `FormatDriver` of bindings/disk/backup/node.ts): open a chain,
+ * create an image or an overlay (backing stored relative to it), find a
+ * backing file and a format.
+ *
+ * @example
+ * ```ts
+ * const ops = new NodeChainOps(fileFormatDriver);
+ * ```
+ */
+export const fileFormatDriver: {
+  open(path: string, opts: { readOnly: boolean }): Promise<ImageDevice>;
+  create(path: string, size: number, format: FormatName): Promise<void>;
+  createOverlay(path: string, backing: string, format: FormatName): Promise<void>;
+  backingOf(path: string): Promise<string | undefined>;
+  formatOf(path: string): Promise<FormatName>;
+} = {
+  open: (path, opts) => openImage(path, { readOnly: opts.readOnly }),
+  async create(path, size, format) {
+    await createImage(path, { size, format });
+  },
+  async createOverlay(path, backing, format) {
+    await createImage(path, { backing: fileProvider.relative(path, backing), format });
+  },
+  async backingOf(path) {
+    const dev = await openImage(path, { readOnly: true, noBacking: true });
+    try {
+      return dev.backingFile === undefined ? undefined : fileProvider.resolve(path, dev.backingFile);
+    } finally {
+      await dev.close();
+    }
+  },
+  async formatOf(path) {
+    const s = await fileProvider.open(path, { readOnly: true });
+    try {
+      return await probeFormat(s);
+    } finally {
+      await s.close();
+    }
+  },
+};

@@ -33,6 +33,7 @@ export {
   loadFormat,
   chainOf,
   MAX_CHAIN_DEPTH,
+  fileFormatDriver,
   type OpenImageOptions,
   type CreateImageOptions,
 } from './image.js';

@@ -8,10 +8,8 @@
 import { VmkitError } from '../../errors.js';
 import { emit, formatBytes, parse, parseSize, type CliIO, type Command } from '../_common.js';
 import { mapExtents, toQemuMap, type BlockExtent } from '../../disk/device.js';
-import { fileProvider } from '../../disk/backends/file.js';
-import { chainOf, checkImage, createImage, openImage, probeFormat } from '../../disk/image.js';
+import { chainOf, checkImage, createImage, fileFormatDriver, openImage } from '../../disk/image.js';
 import type { FormatName, ImageInfo } from '../../disk/formats/types.js';
-import { FileStorage } from '../../disk/backends/file.js';
 import { backupUsage, runBackup, setFormatDriver } from './_disk_backup.js';
 
 const FORMATS = ['qcow2', 'vmdk', 'raw'] as const;
@@ -40,33 +38,6 @@ function onePath(positionals: string[], sub: string): string {
   return path;
 }
 
-/** The driver the backup jobs use to open, create and inspect images on files. */
-const formatDriver = {
-  open: (path: string, opts: { readOnly: boolean }) => openImage(path, { readOnly: opts.readOnly }),
-  async create(path: string, size: number, format: FormatName): Promise<void> {
-    await createImage(path, { size, format });
-  },
-  async createOverlay(path: string, backing: string, format: FormatName): Promise<void> {
-    await createImage(path, { backing: fileProvider.relative(path, backing), format });
-  },
-  async backingOf(path: string): Promise<string | undefined> {
-    const dev = await openImage(path, { readOnly: true, noBacking: true });
-    try {
-      return dev.backingFile === undefined ? undefined : fileProvider.resolve(path, dev.backingFile);
-    } finally {
-      await dev.close();
-    }
-  },
-  async formatOf(path: string): Promise<FormatName> {
-    const s = await FileStorage.open(path, { readOnly: true });
-    try {
-      return await probeFormat(s);
-    } finally {
-      await s.close();
-    }
-  },
-};
-
 /** The `disk` command group. */
 export const command: Command = {
   summary: 'virtual disks: create, info, map, check; snapshot, backup, consolidate; ownership',
@@ -74,7 +45,7 @@ export const command: Command = {
   async run(argv: string[], io: CliIO): Promise<number> {
     const [sub, ...rest] = argv;
     if (sub === 'snapshot' || sub === 'backup' || sub === 'consolidate') {
-      setFormatDriver(async () => formatDriver);
+      setFormatDriver(async () => fileFormatDriver);
       return runBackup(sub, rest, io);
     }
     if (sub === 'owner' || sub === 'open' || sub === 'release') {
