@@ -1,0 +1,114 @@
+/**
+ * HTTP plumbing of the attestation service: bounded request bodies, JSON
+ * answers, and the mapping from {@link VmkitError} codes to HTTP statuses.
+ * @module
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { VmkitError, type ErrorCode } from '../../errors.js';
+
+/**
+ * HTTP status for an error code: the client's fault → 4xx, ours or an
+ * upstream's → 5xx.
+ * @example `statusOf(new VmkitError('LIMIT', 'too big')) // 413`
+ */
+export function statusOf(e: unknown): number {
+  if (!(e instanceof VmkitError)) return 500;
+  const map: Partial<Record<ErrorCode, number>> = {
+    ARG_TYPE: 400,
+    ARG_RANGE: 400,
+    CORRUPT: 400,
+    LIMIT: 413,
+    UNSUPPORTED: 415,
+    REFUSED: 403,
+    INTEGRITY: 403,
+    NOT_FOUND: 404,
+    TIMEOUT: 408,
+    CONFLICT: 409,
+    INVALID_STATE: 503,
+    NETWORK: 502,
+    CANCELLED: 499,
+  };
+  return map[e.code] ?? 500;
+}
+
+/**
+ * Reads a request body of at most `max` bytes. A Content-Length above `max`
+ * is refused before reading; a body that grows past it while streaming is
+ * refused as soon as it does (LIMIT), so memory stays bounded by `max`.
+ * `onChunk` sees each chunk as it arrives (streamed parsers).
+ * @example `const body = await readBody(req, 1 << 20);`
+ */
+export function readBody(req: IncomingMessage, max: number, onChunk?: (c: Buffer) => void): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const declared = req.headers['content-length'];
+    if (declared !== undefined && !(Number(declared) <= max)) {
+      reject(new VmkitError('LIMIT', `request body of ${declared} bytes exceeds the limit of ${max}`));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let n = 0;
+    let done = false;
+    const fail = (e: VmkitError): void => {
+      if (done) return;
+      done = true;
+      req.removeAllListeners('data');
+      req.resume(); // drain what is in flight; the handler closes the connection
+      reject(e);
+    };
+    req.on('data', (c: Buffer) => {
+      if (done) return;
+      n += c.length;
+      if (n > max) return fail(new VmkitError('LIMIT', `request body exceeds the limit of ${max} bytes`));
+      chunks.push(c);
+      if (onChunk) {
+        try {
+          onChunk(c);
+        } catch (e) {
+          fail(e instanceof VmkitError ? e : new VmkitError('CORRUPT', (e as Error).message, { cause: e }));
+        }
+      }
+    });
+    req.on('end', () => {
+      if (done) return;
+      done = true;
+      resolve(Buffer.concat(chunks, n));
+    });
+    req.on('error', (e) => fail(new VmkitError('NETWORK', `request body: ${e.message}`, { cause: e })));
+    req.on('aborted', () => fail(new VmkitError('NETWORK', 'request aborted by the client')));
+  });
+}
+
+/**
+ * Sends `value` as JSON with `status`.
+ * @example `sendJson(res, 200, { ok: true });`
+ */
+export function sendJson(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
+  const body = JSON.stringify(value);
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+    ...headers,
+  });
+  res.end(body);
+}
+
+/**
+ * Sends an error as `{ error: { code, message } }` with the status
+ * {@link statusOf} gives; `close` also ends the connection (after a body
+ * that was not read to its end).
+ * @example `sendError(res, new VmkitError('ARG_RANGE', 'bad digest'));`
+ */
+export function sendError(res: ServerResponse, e: unknown, close: boolean = false): number {
+  const err = e instanceof VmkitError ? e : new VmkitError('IO', 'internal error', { cause: e });
+  const status = statusOf(err);
+  if (res.headersSent) {
+    res.destroy();
+    return status;
+  }
+  const headers: Record<string, string> = {};
+  if (close) headers['connection'] = 'close';
+  if (status === 503) headers['retry-after'] = '1';
+  sendJson(res, status, { error: { code: err.code, message: status >= 500 && status !== 502 && status !== 503 ? 'internal error' : err.message } }, headers);
+  return status;
+}

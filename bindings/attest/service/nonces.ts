@@ -1,0 +1,145 @@
+/**
+ * Single-use nonces for the attestation service: fresh, short-lived,
+ * unforgeable and bounded in memory.
+ *
+ * ```
+ * nonce = base64url( id[16] ‖ expiry-ms[8, big-endian] ‖ HMAC-SHA256(secret, id ‖ expiry)[0..16] )
+ *
+ * issue():   random id → outstanding (Map id → expiry, insertion order = expiry order)
+ * consume(): decode → MAC recomputed, compared in constant time → expiry checked
+ *            → id deleted from outstanding (a second consume finds nothing: replay refused)
+ * ```
+ *
+ * The MAC means a forged or altered nonce is refused before any table
+ * lookup, and the comparison never leaks how many bytes matched. The table
+ * holds at most `maxOutstanding` ids; expired ids are dropped from its front
+ * (every nonce has the same TTL, so insertion order is expiry order).
+ * @module
+ */
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { VmkitError } from '../../errors.js';
+
+/** Options of {@link NonceStore}. */
+export interface NonceStoreOptions {
+  /** How long a nonce stays valid, in milliseconds (default 60 000). */
+  ttlMs?: number;
+  /** Most nonces outstanding at once (default 100 000, about 6 MB). */
+  maxOutstanding?: number;
+  /** Clock (tests). */
+  now?: () => number;
+  /** MAC key (default: 32 random bytes per store). */
+  secret?: Uint8Array;
+}
+
+const ID = 16;
+const MAC = 16;
+const RAW = ID + 8 + MAC;
+
+/** Why a nonce was refused (stable strings, echoed in refusals). */
+export type NonceRefusal = 'malformed' | 'forged' | 'expired' | 'unknown-or-replayed';
+
+/**
+ * Issues and consumes single-use nonces.
+ *
+ * @example
+ * ```ts
+ * const nonces = new NonceStore({ ttlMs: 30_000 });
+ * const n = nonces.issue();          // hand to the client
+ * nonces.consume(n);                 // undefined: accepted (once)
+ * nonces.consume(n);                 // 'unknown-or-replayed'
+ * ```
+ */
+export class NonceStore {
+  /** Nonce lifetime in milliseconds. */
+  readonly ttlMs: number;
+  /** Most nonces outstanding at once. */
+  readonly maxOutstanding: number;
+  private readonly now: () => number;
+  private readonly secret: Uint8Array;
+  private readonly live = new Map<string, number>(); // id (base64url) → expiry ms
+  /** Counters for metrics. */
+  readonly stats: { issued: number; accepted: number; refused: Record<NonceRefusal, number> } = {
+    issued: 0,
+    accepted: 0,
+    refused: { malformed: 0, forged: 0, expired: 0, 'unknown-or-replayed': 0 },
+  };
+
+  constructor(options: NonceStoreOptions = {}) {
+    this.ttlMs = options.ttlMs ?? 60_000;
+    this.maxOutstanding = options.maxOutstanding ?? 100_000;
+    if (!(this.ttlMs > 0) || !Number.isFinite(this.ttlMs)) throw new VmkitError('ARG_RANGE', 'ttlMs must be a positive number');
+    if (!Number.isSafeInteger(this.maxOutstanding) || this.maxOutstanding < 1) throw new VmkitError('ARG_RANGE', 'maxOutstanding must be a positive integer');
+    this.now = options.now ?? Date.now;
+    this.secret = options.secret ?? randomBytes(32);
+  }
+
+  /** Nonces issued and neither consumed nor expired (expired ones may linger until the next call). */
+  get outstanding(): number {
+    return this.live.size;
+  }
+
+  private mac(raw: Uint8Array): Buffer {
+    return createHmac('sha256', this.secret).update(raw.subarray(0, ID + 8)).digest().subarray(0, MAC);
+  }
+
+  private purge(now: number): void {
+    for (const [id, exp] of this.live) {
+      if (exp > now) break;
+      this.live.delete(id);
+    }
+  }
+
+  /**
+   * A fresh nonce (54 base64url characters). Throws LIMIT when
+   * `maxOutstanding` unexpired nonces are already out (the service answers 503).
+   * @example `const { nonce, expires } = store.issueWithExpiry();`
+   */
+  issueWithExpiry(): { nonce: string; expires: Date } {
+    const now = this.now();
+    this.purge(now);
+    if (this.live.size >= this.maxOutstanding) {
+      throw new VmkitError('LIMIT', `too many outstanding nonces (${this.maxOutstanding}); retry later`);
+    }
+    const raw = Buffer.alloc(RAW);
+    randomBytes(ID).copy(raw, 0);
+    const exp = now + this.ttlMs;
+    raw.writeBigUInt64BE(BigInt(exp), ID);
+    this.mac(raw).copy(raw, ID + 8);
+    this.live.set(raw.subarray(0, ID).toString('base64url'), exp);
+    this.stats.issued++;
+    return { nonce: raw.toString('base64url'), expires: new Date(exp) };
+  }
+
+  /** {@link NonceStore.issueWithExpiry} without the expiry. @example `const n = store.issue();` */
+  issue(): string {
+    return this.issueWithExpiry().nonce;
+  }
+
+  /**
+   * Consumes `nonce`: undefined when it was issued here, unexpired and never
+   * consumed before; otherwise the reason it is refused. Never throws.
+   * @example `if (store.consume(n) !== undefined) refuse();`
+   */
+  consume(nonce: unknown): NonceRefusal | undefined {
+    const r = this.check(nonce);
+    if (r) this.stats.refused[r]++;
+    else this.stats.accepted++;
+    return r;
+  }
+
+  private check(nonce: unknown): NonceRefusal | undefined {
+    if (typeof nonce !== 'string' || nonce.length !== 54 || !/^[A-Za-z0-9_-]+$/.test(nonce)) return 'malformed';
+    const raw = Buffer.from(nonce, 'base64url');
+    if (raw.length !== RAW) return 'malformed';
+    if (!timingSafeEqual(this.mac(raw), raw.subarray(ID + 8))) return 'forged';
+    const now = this.now();
+    const exp = Number(raw.readBigUInt64BE(ID));
+    const id = raw.subarray(0, ID).toString('base64url');
+    if (exp <= now) {
+      this.live.delete(id);
+      return 'expired';
+    }
+    if (!this.live.delete(id)) return 'unknown-or-replayed';
+    return undefined;
+  }
+}

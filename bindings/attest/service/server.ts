@@ -1,0 +1,421 @@
+/**
+ * The attestation service: a `node:http` server that hands out nonces,
+ * appraises what a remote machine says it runs against the verified
+ * metadata of package repositories, and answers with a signed EAR.
+ *
+ * ```
+ * client                                   service
+ *   GET  /nonce ───────────────────────►   NonceStore.issue()         (single use, TTL, bounded)
+ *   POST /attest {nonce, digests,       ►   body ≤ limit (streamed) → validate → nonce consumed
+ *        packages, ima, pcr10}              → appraise(evidence, SourceSet) → sign EAR (EdDSA)
+ *        ◄──────────────────────────────   { token, ear }
+ *   GET  /.well-known/jwks.json ───────►   verifier public key(s)
+ *   GET  /healthz, /metrics             ►   sources' state, counters, latency
+ *                                           SourceSet refreshes sources on a timer (ETag /
+ *                                           If-Modified-Since, Valid-Until); a verified index
+ *                                           replaces the old one at once, a failed refresh keeps it
+ * ```
+ *
+ * No framework: the surface is five routes, and `node:http` gives direct
+ * control over body limits, timeouts and connection shutdown.
+ * @module
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { VmkitError } from '../../errors.js';
+import { hexInto, digestLength } from '../index-store.js';
+import type { Digest, DigestAlgorithm } from '../types.js';
+import { NonceStore, type NonceStoreOptions } from './nonces.js';
+import { SourceSet } from './refresh.js';
+import { readBody, sendError, sendJson } from './_http.js';
+
+/** What a remote machine sends: any mix of the three kinds of evidence. */
+export interface Evidence {
+  /** Digests of artifacts (`.deb`, `.rpm`, tarballs) or of files. */
+  digests: Digest[];
+  /** Package name and version pairs. */
+  packages: { name: string; version: string }[];
+  /** An IMA measurement list (`ascii_runtime_measurements` text). */
+  ima?: string;
+  /** The PCR 10 value the IMA list must replay to (hex), when the client has a quote. */
+  pcr10?: string;
+}
+
+/** AR4SI overall statuses. */
+export type EarStatus = 'affirming' | 'warning' | 'contraindicated' | 'none';
+
+/** What the appraisal produced, before signing: at least an overall status. */
+export interface Appraisal {
+  status: EarStatus;
+  [claim: string]: unknown;
+}
+
+/** A JSON Web Key Set. */
+export interface Jwks {
+  keys: Record<string, unknown>[];
+}
+
+/**
+ * The verifier the service delegates to: appraisal (vmkit/attest appraise)
+ * and EAR signing (vmkit/attest ear). Pluggable so the HTTP layer can be
+ * tested and embedded on its own.
+ */
+export interface Verifier {
+  /** Appraises evidence against the repositories' reference values. */
+  appraise(evidence: Evidence, index: SourceSet, signal?: AbortSignal): Promise<Appraisal> | Appraisal;
+  /** Signs the appraisal as an EAR JWT echoing `nonce`. */
+  sign(appraisal: Appraisal, nonce: string): Promise<string> | string;
+  /** The public keys relying parties verify tokens with. */
+  jwks(): Promise<Jwks> | Jwks;
+}
+
+/** Options of {@link AttestService}. */
+export interface AttestServiceOptions {
+  /** The repositories (see `openSource`). */
+  sources: SourceSet;
+  /** Appraisal and signing. */
+  verifier: Verifier;
+  /** Nonce lifetime and bounds. */
+  nonces?: NonceStoreOptions;
+  /** Largest JSON request body, bytes (default 1 MiB). */
+  maxJsonBytes?: number;
+  /** Largest IMA measurement list, bytes (default 16 MiB). */
+  maxImaBytes?: number;
+  /** Most digests plus packages in one request (default 100 000). */
+  maxItems?: number;
+  /** Attestations appraised at once; more get 503 (default 256). */
+  maxInFlight?: number;
+  /** Most open connections (default 1024). */
+  maxConnections?: number;
+  /** Whole-request timeout, ms (default 30 000). */
+  requestTimeoutMs?: number;
+}
+
+const ALGS: ReadonlySet<string> = new Set(['md5', 'sha1', 'sha256', 'sha384', 'sha512', 'sm3']);
+
+/**
+ * Parses `alg:hex` (or SRI-free bare 64-hex sha256) into a {@link Digest}.
+ * Throws ARG_RANGE on an unknown algorithm or a wrong length.
+ * @example `parseDigestArg('sha256:' + 'ab'.repeat(32)).alg // 'sha256'`
+ */
+export function parseDigestArg(s: unknown): Digest {
+  if (typeof s !== 'string') throw new VmkitError('ARG_TYPE', 'a digest must be a string "alg:hex"');
+  let alg = 'sha256';
+  let hex = s.trim();
+  const colon = hex.indexOf(':');
+  if (colon >= 0) {
+    alg = hex.slice(0, colon).toLowerCase();
+    hex = hex.slice(colon + 1);
+  }
+  if (!ALGS.has(alg)) throw new VmkitError('ARG_RANGE', `unknown digest algorithm ${JSON.stringify(alg.slice(0, 16))}`);
+  hex = hex.toLowerCase();
+  const len = digestLength(alg as DigestAlgorithm);
+  if (hex.length !== len * 2 || !hexInto(hex, new Uint8Array(len))) {
+    throw new VmkitError('ARG_RANGE', `a ${alg} digest is ${len * 2} hex characters: ${JSON.stringify(s.slice(0, 80))}`);
+  }
+  return { alg: alg as DigestAlgorithm, hex };
+}
+
+/**
+ * Parses `name=version` (or `{ name, version }`).
+ * @example `parsePackageArg('hello=2.10-3') // { name: 'hello', version: '2.10-3' }`
+ */
+export function parsePackageArg(p: unknown): { name: string; version: string } {
+  let name: unknown;
+  let version: unknown;
+  if (typeof p === 'string') {
+    const eq = p.indexOf('=');
+    if (eq <= 0) throw new VmkitError('ARG_RANGE', `a package is "name=version": ${JSON.stringify(p.slice(0, 80))}`);
+    name = p.slice(0, eq);
+    version = p.slice(eq + 1);
+  } else if (p && typeof p === 'object') {
+    ({ name, version } = p as { name?: unknown; version?: unknown });
+  }
+  if (typeof name !== 'string' || typeof version !== 'string' || !name || !version || name.length > 256 || version.length > 256 || /[\s\0]/.test(name + version)) {
+    throw new VmkitError('ARG_RANGE', 'a package needs a name and a version (strings of at most 256 characters, no spaces)');
+  }
+  return { name, version };
+}
+
+/**
+ * Validates a JSON attestation request (already parsed) into a nonce and
+ * {@link Evidence}. Throws ARG_TYPE / ARG_RANGE / LIMIT.
+ * @example `parseAttestRequest({ nonce: n, digests: ['sha256:' + h] }, 1000)`
+ */
+export function parseAttestRequest(body: unknown, maxItems: number = 100_000): { nonce: string; evidence: Evidence } {
+  if (!body || typeof body !== 'object' || Array.isArray(body)) throw new VmkitError('ARG_TYPE', 'the request body must be a JSON object');
+  const b = body as Record<string, unknown>;
+  for (const k of Object.keys(b)) {
+    if (!['nonce', 'digests', 'packages', 'ima', 'pcr10'].includes(k)) throw new VmkitError('ARG_RANGE', `unknown request field ${JSON.stringify(k.slice(0, 40))}`);
+  }
+  if (typeof b.nonce !== 'string') throw new VmkitError('ARG_TYPE', 'nonce must be a string (GET /nonce first)');
+  const list = (v: unknown, what: string): unknown[] => {
+    if (v === undefined) return [];
+    if (!Array.isArray(v)) throw new VmkitError('ARG_TYPE', `${what} must be an array`);
+    return v;
+  };
+  const ds = list(b.digests, 'digests');
+  const ps = list(b.packages, 'packages');
+  if (ds.length + ps.length > maxItems) throw new VmkitError('LIMIT', `at most ${maxItems} digests and packages in one request`);
+  const evidence: Evidence = { digests: ds.map(parseDigestArg), packages: ps.map(parsePackageArg) };
+  if (b.ima !== undefined) {
+    if (typeof b.ima !== 'string') throw new VmkitError('ARG_TYPE', 'ima must be the text of an IMA measurement list');
+    evidence.ima = b.ima;
+  }
+  if (b.pcr10 !== undefined) evidence.pcr10 = parsePcr(b.pcr10);
+  if (evidence.digests.length + evidence.packages.length === 0 && evidence.ima === undefined) {
+    throw new VmkitError('ARG_RANGE', 'nothing to attest: send digests, packages or an IMA measurement list');
+  }
+  return { nonce: b.nonce, evidence };
+}
+
+function parsePcr(v: unknown): string {
+  if (typeof v !== 'string' || !/^([0-9a-f]{40}|[0-9a-f]{64}|[0-9a-f]{96}|[0-9a-f]{128})$/i.test(v)) {
+    throw new VmkitError('ARG_RANGE', 'pcr10 must be a SHA-1/256/384/512 value in hex');
+  }
+  return v.toLowerCase();
+}
+
+/** Latency reservoir: the last N durations, for p50/p99 in /metrics. */
+class Latency {
+  private readonly buf = new Float64Array(4096);
+  private n = 0;
+  count = 0;
+  sum = 0;
+  add(ms: number): void {
+    this.buf[this.n++ % this.buf.length] = ms;
+    this.count++;
+    this.sum += ms;
+  }
+  quantile(q: number): number {
+    const k = Math.min(this.n, this.buf.length);
+    if (k === 0) return 0;
+    const a = Array.from(this.buf.subarray(0, k)).sort((x, y) => x - y);
+    return a[Math.min(k - 1, Math.floor(q * k))]!;
+  }
+}
+
+/**
+ * The attestation service. Routes: `GET /nonce`, `POST /attest`,
+ * `GET /.well-known/jwks.json`, `GET /healthz`, `GET /metrics`.
+ *
+ * @example
+ * ```ts
+ * const sources = new SourceSet([openSource('deb http://host/debian bookworm main', { keyring })]);
+ * await sources.refreshAll({ requireAll: true });
+ * const svc = new AttestService({ sources, verifier });
+ * const url = await svc.listen(8080, '127.0.0.1');
+ * // … later
+ * await svc.close();
+ * ```
+ */
+export class AttestService {
+  /** The underlying `node:http` server (for `listen` options of your own). */
+  readonly server: Server;
+  /** The nonces handed out. */
+  readonly nonces: NonceStore;
+  /** The repositories. */
+  readonly sources: SourceSet;
+  private readonly verifier: Verifier;
+  private readonly limits: { json: number; ima: number; items: number; inFlight: number };
+  private inFlight = 0;
+  private closing = false;
+  private readonly started = Date.now();
+  private readonly latency = new Latency();
+  private readonly counts = {
+    requests: new Map<string, number>(), // "route status" → n
+    verdicts: new Map<string, number>(),
+  };
+
+  constructor(options: AttestServiceOptions) {
+    if (!options || !(options.sources instanceof SourceSet)) throw new VmkitError('ARG_TYPE', 'options.sources must be a SourceSet');
+    if (!options.verifier) throw new VmkitError('ARG_TYPE', 'options.verifier is required');
+    this.sources = options.sources;
+    this.verifier = options.verifier;
+    this.nonces = new NonceStore(options.nonces);
+    this.limits = {
+      json: options.maxJsonBytes ?? 1 << 20,
+      ima: options.maxImaBytes ?? 16 << 20,
+      items: options.maxItems ?? 100_000,
+      inFlight: options.maxInFlight ?? 256,
+    };
+    this.server = createServer({ requestTimeout: options.requestTimeoutMs ?? 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 }, (req, res) => {
+      void this.handle(req, res);
+    });
+    this.server.maxConnections = options.maxConnections ?? 1024;
+    this.server.maxHeadersCount = 64;
+  }
+
+  /**
+   * Starts listening; resolves to the base URL. Port 0 picks a free port.
+   * @example `const url = await svc.listen(0, '127.0.0.1');`
+   */
+  listen(port: number = 0, host: string = '127.0.0.1'): Promise<string> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        const a = this.server.address() as AddressInfo;
+        const h = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+        resolve(`http://${h}:${a.port}`);
+      });
+    });
+  }
+
+  private count(route: string, status: number): void {
+    const k = `${route} ${status}`;
+    this.counts.requests.set(k, (this.counts.requests.get(k) ?? 0) + 1);
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://service');
+    const route = `${req.method} ${url.pathname}`;
+    let status = 500;
+    try {
+      switch (route) {
+        case 'GET /nonce': {
+          const { nonce, expires } = this.nonces.issueWithExpiry();
+          sendJson(res, (status = 200), { nonce, expires: expires.toISOString() });
+          break;
+        }
+        case 'POST /attest':
+          status = await this.attest(req, res, url);
+          break;
+        case 'GET /.well-known/jwks.json':
+          sendJson(res, (status = 200), await this.verifier.jwks(), { 'cache-control': 'public, max-age=300' });
+          break;
+        case 'GET /healthz':
+          status = this.sources.ready && !this.closing ? 200 : 503;
+          sendJson(res, status, this.health());
+          break;
+        case 'GET /metrics': {
+          const body = this.metrics();
+          res.writeHead((status = 200), { 'content-type': 'text/plain; version=0.0.4', 'content-length': Buffer.byteLength(body) });
+          res.end(body);
+          break;
+        }
+        default: {
+          const known = ['/nonce', '/attest', '/.well-known/jwks.json', '/healthz', '/metrics'].includes(url.pathname);
+          status = known ? 405 : 404;
+          sendJson(res, status, { error: { code: known ? 'ARG_RANGE' : 'NOT_FOUND', message: known ? `${req.method} not allowed on ${url.pathname}` : `no route ${url.pathname}` } });
+          // Unread bodies of unknown routes are not worth reading.
+          if (req.method !== 'GET' && req.method !== 'HEAD') res.shouldKeepAlive = false;
+        }
+      }
+    } catch (e) {
+      // Status mapping: stable VmkitError codes → 4xx for the client's faults, 5xx for ours.
+      status = sendError(res, e, !req.complete);
+      if (!req.complete) req.resume();
+    }
+    this.count(url.pathname.length > 40 ? 'other' : route, status);
+  }
+
+  private async attest(req: IncomingMessage, res: ServerResponse, url: URL): Promise<number> {
+    if (this.closing) throw new VmkitError('INVALID_STATE', 'the service is shutting down');
+    if (this.inFlight >= this.limits.inFlight) throw new VmkitError('INVALID_STATE', `busy: ${this.inFlight} attestations in flight`);
+    if (!this.sources.ready) throw new VmkitError('INVALID_STATE', 'repository sources are not loaded yet');
+    this.inFlight++;
+    const t0 = performance.now();
+    try {
+      const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+      let nonce: string;
+      let evidence: Evidence;
+      if (type === 'application/json') {
+        const body = await readBody(req, this.limits.json);
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(body.toString('utf8'));
+        } catch (e) {
+          throw new VmkitError('CORRUPT', `request body is not JSON: ${(e as Error).message}`, { cause: e });
+        }
+        ({ nonce, evidence } = parseAttestRequest(parsed, this.limits.items));
+      } else if (type === 'text/plain') {
+        // An IMA measurement list as the body, streamed with its own (larger) limit; the nonce in the query.
+        const n = url.searchParams.get('nonce');
+        if (!n) throw new VmkitError('ARG_RANGE', 'an IMA body needs ?nonce=…');
+        nonce = n;
+        const body = await readBody(req, this.limits.ima);
+        const text = body.toString('utf8');
+        if (text.includes('\0')) throw new VmkitError('CORRUPT', 'an IMA measurement list is text');
+        evidence = { digests: [], packages: [], ima: text };
+        const pcr = url.searchParams.get('pcr10');
+        if (pcr !== null) evidence.pcr10 = parsePcr(pcr);
+      } else {
+        throw new VmkitError('UNSUPPORTED', `content-type must be application/json or text/plain (an IMA list), not ${JSON.stringify(type.slice(0, 60))}`);
+      }
+      const refusal = this.nonces.consume(nonce);
+      if (refusal) throw new VmkitError('REFUSED', `nonce refused: ${refusal}`);
+      const appraisal = await this.verifier.appraise(evidence, this.sources);
+      const token = await this.verifier.sign(appraisal, nonce);
+      this.counts.verdicts.set(appraisal.status, (this.counts.verdicts.get(appraisal.status) ?? 0) + 1);
+      sendJson(res, 200, { token, ear: appraisal });
+      return 200;
+    } finally {
+      this.inFlight--;
+      this.latency.add(performance.now() - t0);
+    }
+  }
+
+  /** The /healthz document. @example `svc.health().sources[0].packages` */
+  health(): { ok: boolean; uptimeS: number; inFlight: number; noncesOutstanding: number; sources: ReturnType<SourceSet['status']> } {
+    return {
+      ok: this.sources.ready && !this.closing,
+      uptimeS: Math.round((Date.now() - this.started) / 1000),
+      inFlight: this.inFlight,
+      noncesOutstanding: this.nonces.outstanding,
+      sources: this.sources.status(),
+    };
+  }
+
+  /** The /metrics document (Prometheus text format). @example `svc.metrics().includes('vmkit_attest_requests_total')` */
+  metrics(): string {
+    const l: string[] = [];
+    const esc = (s: string): string => s.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+    l.push('# TYPE vmkit_attest_requests_total counter');
+    for (const [k, n] of this.counts.requests) {
+      const [method, path, status] = k.split(' ');
+      l.push(`vmkit_attest_requests_total{method="${esc(method!)}",path="${esc(path ?? '')}",status="${status ?? ''}"} ${n}`);
+    }
+    l.push('# TYPE vmkit_attest_verdicts_total counter');
+    for (const [k, n] of this.counts.verdicts) l.push(`vmkit_attest_verdicts_total{status="${esc(k)}"} ${n}`);
+    l.push('# TYPE vmkit_attest_latency_ms summary');
+    l.push(`vmkit_attest_latency_ms{quantile="0.5"} ${this.latency.quantile(0.5).toFixed(3)}`);
+    l.push(`vmkit_attest_latency_ms{quantile="0.99"} ${this.latency.quantile(0.99).toFixed(3)}`);
+    l.push(`vmkit_attest_latency_ms_sum ${this.latency.sum.toFixed(3)}`);
+    l.push(`vmkit_attest_latency_ms_count ${this.latency.count}`);
+    l.push('# TYPE vmkit_attest_in_flight gauge', `vmkit_attest_in_flight ${this.inFlight}`);
+    const ns = this.nonces.stats;
+    l.push('# TYPE vmkit_attest_nonces_issued_total counter', `vmkit_attest_nonces_issued_total ${ns.issued}`);
+    l.push('# TYPE vmkit_attest_nonces_outstanding gauge', `vmkit_attest_nonces_outstanding ${this.nonces.outstanding}`);
+    l.push('# TYPE vmkit_attest_nonces_refused_total counter');
+    for (const [k, n] of Object.entries(ns.refused)) l.push(`vmkit_attest_nonces_refused_total{reason="${k}"} ${n}`);
+    l.push('# TYPE vmkit_attest_source_packages gauge');
+    const st = this.sources.status();
+    for (const s of st) l.push(`vmkit_attest_source_packages{source="${esc(s.id)}"} ${s.packages}`);
+    l.push('# TYPE vmkit_attest_source_digests gauge');
+    for (const s of st) l.push(`vmkit_attest_source_digests{source="${esc(s.id)}"} ${s.digests}`);
+    l.push('# TYPE vmkit_attest_source_refresh_failures_total counter');
+    for (const s of st) l.push(`vmkit_attest_source_refresh_failures_total{source="${esc(s.id)}"} ${s.failures}`);
+    l.push('# TYPE vmkit_attest_source_last_success_seconds gauge');
+    for (const s of st) l.push(`vmkit_attest_source_last_success_seconds{source="${esc(s.id)}"} ${s.lastSuccess ? (s.lastSuccess.getTime() / 1000).toFixed(0) : 0}`);
+    return l.join('\n') + '\n';
+  }
+
+  /**
+   * Stops accepting, lets requests in flight finish (up to `graceMs`), then
+   * closes every connection and stops refreshing the sources (and closes them
+   * unless `keepSources`).
+   * @example `await svc.close({ graceMs: 5000 });`
+   */
+  async close(options: { graceMs?: number; keepSources?: boolean } = {}): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    const closed = new Promise<void>((r) => this.server.close(() => r()));
+    this.server.closeIdleConnections();
+    const deadline = Date.now() + (options.graceMs ?? 5000);
+    while (this.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    this.server.closeAllConnections();
+    if (this.server.listening) await closed;
+    if (!options.keepSources) this.sources.close();
+  }
+}
