@@ -162,38 +162,50 @@ export class Qcow2Device implements ImageDevice {
     checkRange(this, offset, dst.length, 'read');
     let pos = offset;
     const end = offset + dst.length;
-    // Contiguous normal pieces are read with one storage call.
+    // Contiguous normal pieces are read with one storage call; the calls (and backing reads) of
+    // one request run concurrently, a bounded number at a time.
     let runHost = -1;
     let runDst = 0;
     let runLen = 0;
+    const pending: Promise<void>[] = [];
+    const issue = async (p: Promise<void>): Promise<void> => {
+      pending.push(p);
+      if (pending.length >= 32) await Promise.all(pending.splice(0));
+    };
     const flushRun = async (): Promise<void> => {
-      if (runLen > 0) await this.storage.readInto(runHost, dst.subarray(runDst, runDst + runLen));
+      if (runLen > 0) await issue(this.storage.readInto(runHost, dst.subarray(runDst, runDst + runLen)));
       runLen = 0;
     };
-    while (pos < end) {
-      const p = await this.piece(pos);
-      const n = Math.min(p.len, end - pos);
-      const d = pos - offset;
-      if (p.kind === 'normal') {
-        if (runLen > 0 && runHost + runLen === p.host && runDst + runLen === d) runLen += n;
-        else {
+    try {
+      while (pos < end) {
+        const p = await this.piece(pos);
+        const n = Math.min(p.len, end - pos);
+        const d = pos - offset;
+        if (p.kind === 'normal') {
+          if (runLen > 0 && runHost + runLen === p.host && runDst + runLen === d) runLen += n;
+          else {
+            await flushRun();
+            runHost = p.host;
+            runDst = d;
+            runLen = n;
+          }
+        } else {
           await flushRun();
-          runHost = p.host;
-          runDst = d;
-          runLen = n;
+          if (p.kind === 'zero') dst.fill(0, d, d + n);
+          else if (p.kind === 'compressed') {
+            const c = await this.compressed(p.entry, pos);
+            const inC = pos % this.cs;
+            dst.set(c.subarray(inC, inC + n), d);
+          } else await issue(this.readBacking(pos, dst.subarray(d, d + n)));
         }
-      } else {
-        await flushRun();
-        if (p.kind === 'zero') dst.fill(0, d, d + n);
-        else if (p.kind === 'compressed') {
-          const c = await this.compressed(p.entry, pos);
-          const inC = pos % this.cs;
-          dst.set(c.subarray(inC, inC + n), d);
-        } else await this.readBacking(pos, dst.subarray(d, d + n));
+        pos += n;
       }
-      pos += n;
+      await flushRun();
+    } finally {
+      // Never leave a read running into `dst` after returning (or throwing).
+      const r = await Promise.allSettled(pending);
+      for (const x of r) if (x.status === 'rejected') throw x.reason;
     }
-    await flushRun();
   }
 
   private async readBacking(pos: number, dst: Uint8Array): Promise<void> {
