@@ -13,6 +13,8 @@ import { VmkitError, type ErrorCode } from '../../errors.js';
  */
 export function statusOf(e: unknown): number {
   if (!(e instanceof VmkitError)) return 500;
+  // A refused nonce is an authentication failure of the request.
+  if (e.code === 'REFUSED' && typeof (e as { reason?: unknown }).reason === 'string') return 401;
   const map: Partial<Record<ErrorCode, number>> = {
     ARG_TYPE: 400,
     ARG_RANGE: 400,
@@ -109,6 +111,9 @@ export function sendError(res: ServerResponse, e: unknown, close: boolean = fals
   const headers: Record<string, string> = {};
   if (close) headers['connection'] = 'close';
   if (status === 503) headers['retry-after'] = '1';
-  sendJson(res, status, { error: { code: err.code, message: status >= 500 && status !== 502 && status !== 503 ? 'internal error' : err.message } }, headers);
+  const reason = (err as { reason?: unknown }).reason;
+  const body: { code: string; message: string; reason?: string } = { code: err.code, message: status >= 500 && status !== 502 && status !== 503 ? 'internal error' : err.message };
+  if (typeof reason === 'string') body.reason = reason;
+  sendJson(res, status, { error: body }, headers);
   return status;
 }

@@ -97,6 +97,11 @@ export class SourceSet implements ReferenceIndex {
     return this.state.every((s) => s.lastSuccess !== undefined && s.packages > 0);
   }
 
+  /** True when at least one source has a usable index (the service answers then). @example `set.anyReady` */
+  get anyReady(): boolean {
+    return this.state.some((s) => s.lastSuccess !== undefined && s.packages > 0);
+  }
+
   /** Digests held across sources. */
   get size(): number {
     let n = 0;

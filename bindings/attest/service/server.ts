@@ -25,20 +25,40 @@ import type { AddressInfo } from 'node:net';
 import { VmkitError } from '../../errors.js';
 import { hexInto, digestLength } from '../index-store.js';
 import type { Digest, DigestAlgorithm } from '../types.js';
-import { NonceStore, type NonceStoreOptions } from './nonces.js';
+import { NonceStore, type NonceRefusal, type NonceStoreOptions } from './nonces.js';
 import { SourceSet } from './refresh.js';
 import { readBody, sendError, sendJson } from './_http.js';
 
-/** What a remote machine sends: any mix of the three kinds of evidence. */
+/** A digest the remote machine reports, optionally with the file it hashed. */
+export interface EvidenceDigest extends Digest {
+  /** Informational: the file the digest was taken of. */
+  path?: string;
+}
+
+/** A package the remote machine says it runs. */
+export interface EvidencePackage {
+  name: string;
+  version: string;
+  architecture?: string;
+  /** Without a digest matching the repository a package never confirms. */
+  digest?: Digest;
+}
+
+/** An IMA measurement list with what to check it against. */
+export interface EvidenceIma {
+  /** `ascii_runtime_measurements` text. */
+  log: string;
+  /** The PCR 10 value the log must replay to. */
+  pcr10?: { bank: DigestAlgorithm; hex: string };
+  /** Keylime-style exclude patterns (regular expressions, or `glob:` globs). */
+  excludes?: string[];
+}
+
+/** What a remote machine sends (docs/attest-service.md): any mix of the three kinds. */
 export interface Evidence {
-  /** Digests of artifacts (`.deb`, `.rpm`, tarballs) or of files. */
-  digests: Digest[];
-  /** Package name and version pairs. */
-  packages: { name: string; version: string }[];
-  /** An IMA measurement list (`ascii_runtime_measurements` text). */
-  ima?: string;
-  /** The PCR 10 value the IMA list must replay to (hex), when the client has a quote. */
-  pcr10?: string;
+  digests?: EvidenceDigest[];
+  packages?: EvidencePackage[];
+  ima?: EvidenceIma;
 }
 
 /** AR4SI overall statuses. */
@@ -93,87 +113,121 @@ export interface AttestServiceOptions {
 
 const ALGS: ReadonlySet<string> = new Set(['md5', 'sha1', 'sha256', 'sha384', 'sha512', 'sm3']);
 
+function fail(code: 'ARG_TYPE' | 'ARG_RANGE', what: string): never {
+  throw new VmkitError(code, what);
+}
+
+function str(v: unknown, what: string, max: number): string {
+  if (typeof v !== 'string') fail('ARG_TYPE', `${what} must be a string`);
+  if (v.length === 0 || v.length > max) fail('ARG_RANGE', `${what} must be 1..${max} characters`);
+  return v;
+}
+
 /**
- * Parses `alg:hex` (or SRI-free bare 64-hex sha256) into a {@link Digest}.
- * Throws ARG_RANGE on an unknown algorithm or a wrong length.
+ * Checks a digest object `{ alg, hex }` (hex lowercased, length checked
+ * against the algorithm). Throws ARG_TYPE / ARG_RANGE.
+ * @example `checkDigest({ alg: 'sha256', hex: 'AB'.repeat(32) }, 'digest').hex // 'ab…'`
+ */
+export function checkDigest(v: unknown, what: string): Digest {
+  if (!v || typeof v !== 'object') fail('ARG_TYPE', `${what} must be an object { alg, hex }`);
+  const { alg, hex } = v as { alg?: unknown; hex?: unknown };
+  if (typeof alg !== 'string' || !ALGS.has(alg)) fail('ARG_RANGE', `${what}.alg must be one of ${[...ALGS].join(' ')}`);
+  if (typeof hex !== 'string') fail('ARG_TYPE', `${what}.hex must be a string`);
+  const len = digestLength(alg as DigestAlgorithm);
+  const h = hex.toLowerCase();
+  if (h.length !== len * 2 || !hexInto(h, new Uint8Array(len))) fail('ARG_RANGE', `${what}.hex must be ${len * 2} hex characters for ${alg}`);
+  return { alg: alg as DigestAlgorithm, hex: h };
+}
+
+/**
+ * Parses a command-line digest `alg:hex` (bare hex is SHA-256).
  * @example `parseDigestArg('sha256:' + 'ab'.repeat(32)).alg // 'sha256'`
  */
-export function parseDigestArg(s: unknown): Digest {
-  if (typeof s !== 'string') throw new VmkitError('ARG_TYPE', 'a digest must be a string "alg:hex"');
-  let alg = 'sha256';
-  let hex = s.trim();
-  const colon = hex.indexOf(':');
-  if (colon >= 0) {
-    alg = hex.slice(0, colon).toLowerCase();
-    hex = hex.slice(colon + 1);
-  }
-  if (!ALGS.has(alg)) throw new VmkitError('ARG_RANGE', `unknown digest algorithm ${JSON.stringify(alg.slice(0, 16))}`);
-  hex = hex.toLowerCase();
-  const len = digestLength(alg as DigestAlgorithm);
-  if (hex.length !== len * 2 || !hexInto(hex, new Uint8Array(len))) {
-    throw new VmkitError('ARG_RANGE', `a ${alg} digest is ${len * 2} hex characters: ${JSON.stringify(s.slice(0, 80))}`);
-  }
-  return { alg: alg as DigestAlgorithm, hex };
+export function parseDigestArg(s: string): Digest {
+  const colon = s.indexOf(':');
+  return checkDigest(colon >= 0 ? { alg: s.slice(0, colon).toLowerCase(), hex: s.slice(colon + 1) } : { alg: 'sha256', hex: s }, `digest ${JSON.stringify(s.slice(0, 80))}`);
 }
 
 /**
- * Parses `name=version` (or `{ name, version }`).
+ * Parses a command-line package `name=version`.
  * @example `parsePackageArg('hello=2.10-3') // { name: 'hello', version: '2.10-3' }`
  */
-export function parsePackageArg(p: unknown): { name: string; version: string } {
-  let name: unknown;
-  let version: unknown;
-  if (typeof p === 'string') {
-    const eq = p.indexOf('=');
-    if (eq <= 0) throw new VmkitError('ARG_RANGE', `a package is "name=version": ${JSON.stringify(p.slice(0, 80))}`);
-    name = p.slice(0, eq);
-    version = p.slice(eq + 1);
-  } else if (p && typeof p === 'object') {
-    ({ name, version } = p as { name?: unknown; version?: unknown });
-  }
-  if (typeof name !== 'string' || typeof version !== 'string' || !name || !version || name.length > 256 || version.length > 256 || /[\s\0]/.test(name + version)) {
-    throw new VmkitError('ARG_RANGE', 'a package needs a name and a version (strings of at most 256 characters, no spaces)');
-  }
-  return { name, version };
+export function parsePackageArg(s: string): EvidencePackage {
+  const eq = s.indexOf('=');
+  if (eq <= 0) fail('ARG_RANGE', `a package is "name=version": ${JSON.stringify(s.slice(0, 80))}`);
+  return checkPackage({ name: s.slice(0, eq), version: s.slice(eq + 1) }, 'package');
+}
+
+function checkPackage(v: unknown, what: string): EvidencePackage {
+  if (!v || typeof v !== 'object' || Array.isArray(v)) fail('ARG_TYPE', `${what} must be an object { name, version }`);
+  const o = v as Record<string, unknown>;
+  for (const k of Object.keys(o)) if (!['name', 'version', 'architecture', 'digest'].includes(k)) fail('ARG_RANGE', `${what} has an unknown field ${JSON.stringify(k.slice(0, 40))}`);
+  const p: EvidencePackage = { name: str(o.name, `${what}.name`, 256), version: str(o.version, `${what}.version`, 256) };
+  if (o.architecture !== undefined) p.architecture = str(o.architecture, `${what}.architecture`, 64);
+  if (o.digest !== undefined) p.digest = checkDigest(o.digest, `${what}.digest`);
+  return p;
 }
 
 /**
- * Validates a JSON attestation request (already parsed) into a nonce and
- * {@link Evidence}. Throws ARG_TYPE / ARG_RANGE / LIMIT.
- * @example `parseAttestRequest({ nonce: n, digests: ['sha256:' + h] }, 1000)`
+ * Validates a parsed `POST /attest` body (`{ nonce, evidence }`, see
+ * docs/attest-service.md) without trusting any of it. Throws ARG_TYPE /
+ * ARG_RANGE / LIMIT (more than `maxItems` digests and packages).
+ * @example `parseAttestRequest({ nonce: n, evidence: { digests: [{ alg: 'sha256', hex }] } })`
  */
 export function parseAttestRequest(body: unknown, maxItems: number = 100_000): { nonce: string; evidence: Evidence } {
-  if (!body || typeof body !== 'object' || Array.isArray(body)) throw new VmkitError('ARG_TYPE', 'the request body must be a JSON object');
+  if (!body || typeof body !== 'object' || Array.isArray(body)) fail('ARG_TYPE', 'the request body must be a JSON object { nonce, evidence }');
   const b = body as Record<string, unknown>;
-  for (const k of Object.keys(b)) {
-    if (!['nonce', 'digests', 'packages', 'ima', 'pcr10'].includes(k)) throw new VmkitError('ARG_RANGE', `unknown request field ${JSON.stringify(k.slice(0, 40))}`);
-  }
-  if (typeof b.nonce !== 'string') throw new VmkitError('ARG_TYPE', 'nonce must be a string (GET /nonce first)');
-  const list = (v: unknown, what: string): unknown[] => {
-    if (v === undefined) return [];
-    if (!Array.isArray(v)) throw new VmkitError('ARG_TYPE', `${what} must be an array`);
-    return v;
-  };
-  const ds = list(b.digests, 'digests');
-  const ps = list(b.packages, 'packages');
+  for (const k of Object.keys(b)) if (k !== 'nonce' && k !== 'evidence') fail('ARG_RANGE', `unknown request field ${JSON.stringify(k.slice(0, 40))}`);
+  const nonce = str(b.nonce, 'nonce', 128);
+  const e = b.evidence;
+  if (!e || typeof e !== 'object' || Array.isArray(e)) fail('ARG_TYPE', 'evidence must be an object { digests?, packages?, ima? }');
+  const o = e as Record<string, unknown>;
+  for (const k of Object.keys(o)) if (!['digests', 'packages', 'ima'].includes(k)) fail('ARG_RANGE', `unknown evidence field ${JSON.stringify(k.slice(0, 40))}`);
+  const list = (v: unknown, what: string): unknown[] => (v === undefined ? [] : Array.isArray(v) ? v : fail('ARG_TYPE', `${what} must be an array`));
+  const ds = list(o.digests, 'evidence.digests');
+  const ps = list(o.packages, 'evidence.packages');
   if (ds.length + ps.length > maxItems) throw new VmkitError('LIMIT', `at most ${maxItems} digests and packages in one request`);
-  const evidence: Evidence = { digests: ds.map(parseDigestArg), packages: ps.map(parsePackageArg) };
-  if (b.ima !== undefined) {
-    if (typeof b.ima !== 'string') throw new VmkitError('ARG_TYPE', 'ima must be the text of an IMA measurement list');
-    evidence.ima = b.ima;
+  const evidence: Evidence = {};
+  if (o.digests !== undefined) {
+    evidence.digests = ds.map((d, i) => {
+      const what = `evidence.digests[${i}]`;
+      const dg: EvidenceDigest = checkDigest(d, what);
+      const path = (d as { path?: unknown }).path;
+      if (path !== undefined) dg.path = str(path, `${what}.path`, 4096);
+      for (const k of Object.keys(d as object)) if (!['alg', 'hex', 'path'].includes(k)) fail('ARG_RANGE', `${what} has an unknown field ${JSON.stringify(k.slice(0, 40))}`);
+      return dg;
+    });
   }
-  if (b.pcr10 !== undefined) evidence.pcr10 = parsePcr(b.pcr10);
-  if (evidence.digests.length + evidence.packages.length === 0 && evidence.ima === undefined) {
-    throw new VmkitError('ARG_RANGE', 'nothing to attest: send digests, packages or an IMA measurement list');
+  if (o.packages !== undefined) evidence.packages = ps.map((p, i) => checkPackage(p, `evidence.packages[${i}]`));
+  if (o.ima !== undefined) {
+    const im = o.ima as Record<string, unknown>;
+    if (!im || typeof im !== 'object' || Array.isArray(im)) fail('ARG_TYPE', 'evidence.ima must be an object { log, pcr10?, excludes? }');
+    for (const k of Object.keys(im)) if (!['log', 'pcr10', 'excludes'].includes(k)) fail('ARG_RANGE', `unknown evidence.ima field ${JSON.stringify(k.slice(0, 40))}`);
+    if (typeof im.log !== 'string') fail('ARG_TYPE', 'evidence.ima.log must be the text of an IMA measurement list');
+    const ima: EvidenceIma = { log: im.log };
+    if (im.pcr10 !== undefined) {
+      const pcr = im.pcr10 as { bank?: unknown; hex?: unknown };
+      const d = checkDigest({ alg: pcr?.bank, hex: pcr?.hex }, 'evidence.ima.pcr10');
+      ima.pcr10 = { bank: d.alg, hex: d.hex };
+    }
+    if (im.excludes !== undefined) {
+      const ex = list(im.excludes, 'evidence.ima.excludes');
+      if (ex.length > 10_000) throw new VmkitError('LIMIT', 'at most 10 000 IMA exclude patterns');
+      ima.excludes = ex.map((x, i) => str(x, `evidence.ima.excludes[${i}]`, 4096));
+    }
+    evidence.ima = ima;
   }
-  return { nonce: b.nonce, evidence };
+  if (ds.length + ps.length === 0 && evidence.ima === undefined) fail('ARG_RANGE', 'nothing to attest: send digests, packages or an IMA measurement list');
+  return { nonce, evidence };
 }
 
-function parsePcr(v: unknown): string {
-  if (typeof v !== 'string' || !/^([0-9a-f]{40}|[0-9a-f]{64}|[0-9a-f]{96}|[0-9a-f]{128})$/i.test(v)) {
-    throw new VmkitError('ARG_RANGE', 'pcr10 must be a SHA-1/256/384/512 value in hex');
+/** A refused nonce: 401 with the reason (docs/attest-service.md). */
+class NonceRefused extends VmkitError {
+  readonly reason: NonceRefusal;
+  constructor(reason: NonceRefusal) {
+    super('REFUSED', `nonce refused: ${reason}`);
+    this.reason = reason;
   }
-  return v.toLowerCase();
 }
 
 /** Latency reservoir: the last N durations, for p50/p99 in /metrics. */
@@ -275,7 +329,7 @@ export class AttestService {
       switch (route) {
         case 'GET /nonce': {
           const { nonce, expires } = this.nonces.issueWithExpiry();
-          sendJson(res, (status = 200), { nonce, expires: expires.toISOString() });
+          sendJson(res, (status = 200), { nonce, expiresAt: expires.toISOString() });
           break;
         }
         case 'POST /attest':
@@ -285,7 +339,7 @@ export class AttestService {
           sendJson(res, (status = 200), await this.verifier.jwks(), { 'cache-control': 'public, max-age=300' });
           break;
         case 'GET /healthz':
-          status = this.sources.ready && !this.closing ? 200 : 503;
+          status = this.sources.anyReady && !this.closing ? 200 : 503;
           sendJson(res, status, this.health());
           break;
         case 'GET /metrics': {
@@ -313,7 +367,7 @@ export class AttestService {
   private async attest(req: IncomingMessage, res: ServerResponse, url: URL): Promise<number> {
     if (this.closing) throw new VmkitError('INVALID_STATE', 'the service is shutting down');
     if (this.inFlight >= this.limits.inFlight) throw new VmkitError('INVALID_STATE', `busy: ${this.inFlight} attestations in flight`);
-    if (!this.sources.ready) throw new VmkitError('INVALID_STATE', 'repository sources are not loaded yet');
+    if (!this.sources.anyReady) throw new VmkitError('INVALID_STATE', 'repository sources are not loaded yet');
     this.inFlight++;
     const t0 = performance.now();
     try {
@@ -321,6 +375,7 @@ export class AttestService {
       let nonce: string;
       let evidence: Evidence;
       if (type === 'application/json') {
+        // Bounded while streaming: a body past the limit is refused as soon as it crosses it.
         const body = await readBody(req, this.limits.json);
         let parsed: unknown;
         try {
@@ -329,26 +384,15 @@ export class AttestService {
           throw new VmkitError('CORRUPT', `request body is not JSON: ${(e as Error).message}`, { cause: e });
         }
         ({ nonce, evidence } = parseAttestRequest(parsed, this.limits.items));
-      } else if (type === 'text/plain') {
-        // An IMA measurement list as the body, streamed with its own (larger) limit; the nonce in the query.
-        const n = url.searchParams.get('nonce');
-        if (!n) throw new VmkitError('ARG_RANGE', 'an IMA body needs ?nonce=…');
-        nonce = n;
-        const body = await readBody(req, this.limits.ima);
-        const text = body.toString('utf8');
-        if (text.includes('\0')) throw new VmkitError('CORRUPT', 'an IMA measurement list is text');
-        evidence = { digests: [], packages: [], ima: text };
-        const pcr = url.searchParams.get('pcr10');
-        if (pcr !== null) evidence.pcr10 = parsePcr(pcr);
       } else {
-        throw new VmkitError('UNSUPPORTED', `content-type must be application/json or text/plain (an IMA list), not ${JSON.stringify(type.slice(0, 60))}`);
+        throw new VmkitError('UNSUPPORTED', `content-type must be application/json, not ${JSON.stringify(type.slice(0, 60))}`);
       }
       const refusal = this.nonces.consume(nonce);
-      if (refusal) throw new VmkitError('REFUSED', `nonce refused: ${refusal}`);
+      if (refusal) throw new NonceRefused(refusal);
       const appraisal = await this.verifier.appraise(evidence, this.sources);
       const token = await this.verifier.sign(appraisal, nonce);
       this.counts.verdicts.set(appraisal.status, (this.counts.verdicts.get(appraisal.status) ?? 0) + 1);
-      sendJson(res, 200, { token, ear: appraisal });
+      sendJson(res, 200, { ear: token });
       return 200;
     } finally {
       this.inFlight--;
@@ -357,9 +401,10 @@ export class AttestService {
   }
 
   /** The /healthz document. @example `svc.health().sources[0].packages` */
-  health(): { ok: boolean; uptimeS: number; inFlight: number; noncesOutstanding: number; sources: ReturnType<SourceSet['status']> } {
+  health(): { ok: boolean; allSources: boolean; uptimeS: number; inFlight: number; noncesOutstanding: number; sources: ReturnType<SourceSet['status']> } {
     return {
-      ok: this.sources.ready && !this.closing,
+      ok: this.sources.anyReady && !this.closing,
+      allSources: this.sources.ready,
       uptimeS: Math.round((Date.now() - this.started) / 1000),
       inFlight: this.inFlight,
       noncesOutstanding: this.nonces.outstanding,

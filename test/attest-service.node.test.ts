@@ -1,0 +1,272 @@
+// The attestation service over real repositories (scripts/attest-fixtures.sh,
+// served by test/_attest-server.ts): nonces, request validation and limits,
+// refresh that keeps the last verified index, health and metrics; then end
+// to end with the real appraisal and EAR signing, in-process and through the
+// CLI as a child process.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readFileSync, readdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { needTool } from './_tools.js';
+import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
+import { openSource, readKeyring, type Keyring } from '../bindings/attest/index.js';
+import {
+  AttestService,
+  NonceStore,
+  SourceSet,
+  parseAttestRequest,
+  statusOf,
+  type Appraisal,
+  type Evidence,
+  type Verifier,
+} from '../bindings/attest/service/index.js';
+import { VmkitError } from '../bindings/errors.js';
+
+const tools = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd'];
+const ready = tools.every((t) => needTool(t.split(':')[0]!, t.split(':')[1]!));
+const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+describe('NonceStore', () => {
+  it('accepts a nonce once, refuses replays, forgeries, malformed and expired nonces', () => {
+    let now = 1_000_000;
+    const s = new NonceStore({ ttlMs: 1000, now: () => now });
+    const a = s.issue();
+    const b = s.issue();
+    expect(a).not.toBe(b);
+    expect(a.length).toBeLessThanOrEqual(128);
+    expect(s.consume(a)).toBeUndefined();
+    expect(s.consume(a)).toBe('unknown-or-replayed');
+    // One character changed: the MAC no longer matches.
+    const flipped = b.slice(0, 5) + (b[5] === 'A' ? 'B' : 'A') + b.slice(6);
+    expect(s.consume(flipped)).toBe('forged');
+    expect(s.consume('x')).toBe('malformed');
+    expect(s.consume(42)).toBe('malformed');
+    // Another store's nonce (another secret) is a forgery here.
+    expect(s.consume(new NonceStore().issue())).toBe('forged');
+    now += 1000;
+    expect(s.consume(b)).toBe('expired');
+    expect(s.stats.accepted).toBe(1);
+    expect(s.stats.refused.forged).toBe(2);
+  });
+
+  it('bounds the nonces outstanding and forgets expired ones', () => {
+    let now = 0;
+    const s = new NonceStore({ ttlMs: 100, maxOutstanding: 3, now: () => now });
+    for (let i = 0; i < 3; i++) s.issue();
+    expect(() => s.issue()).toThrow(expect.objectContaining({ code: 'LIMIT' }));
+    now = 100;
+    s.issue();
+    expect(s.outstanding).toBe(1);
+  });
+
+  it('never throws on any input (fuzz)', () => {
+    const s = new NonceStore();
+    const good = s.issue();
+    fc.assert(
+      fc.property(fc.oneof(fc.string(), fc.string({ minLength: 54, maxLength: 54 }), fc.anything()), (x) => {
+        const r = s.consume(x);
+        expect(['malformed', 'forged', 'unknown-or-replayed', 'expired']).toContain(r);
+      }),
+      { numRuns: 500 },
+    );
+    expect(s.consume(good)).toBeUndefined();
+  });
+});
+
+describe('request validation', () => {
+  const hex = 'ab'.repeat(32);
+  it('accepts the documented shape and normalizes hex', () => {
+    const r = parseAttestRequest({
+      nonce: 'n',
+      evidence: {
+        digests: [{ alg: 'sha256', hex: hex.toUpperCase(), path: '/usr/bin/x' }],
+        packages: [{ name: 'hello', version: '2.10-3', digest: { alg: 'sha256', hex } }],
+        ima: { log: '', pcr10: { bank: 'sha1', hex: '00'.repeat(20) }, excludes: ['^/tmp/'] },
+      },
+    });
+    expect(r.evidence.digests![0]).toEqual({ alg: 'sha256', hex, path: '/usr/bin/x' });
+    expect(r.evidence.packages![0]!.digest!.hex).toBe(hex);
+    expect(r.evidence.ima!.pcr10!.bank).toBe('sha1');
+  });
+  it('refuses bad shapes with stable codes', () => {
+    const bad: [unknown, string][] = [
+      [null, 'ARG_TYPE'],
+      [[], 'ARG_TYPE'],
+      [{ nonce: 'n' }, 'ARG_TYPE'],
+      [{ nonce: 'n', evidence: {} }, 'ARG_RANGE'],
+      [{ nonce: 'n', evidence: { digests: [{ alg: 'sha256', hex: 'ab' }] } }, 'ARG_RANGE'],
+      [{ nonce: 'n', evidence: { digests: [{ alg: 'crc32', hex }] } }, 'ARG_RANGE'],
+      [{ nonce: 'n', evidence: { packages: [{ name: 'a' }] } }, 'ARG_TYPE'],
+      [{ nonce: 'n', evidence: { digests: 'x' } }, 'ARG_TYPE'],
+      [{ nonce: 'n', evidence: { ima: { log: 1 } } }, 'ARG_TYPE'],
+      [{ nonce: 'n', evidence: { ima: { log: '', pcr10: { bank: 'sha256', hex: '00' } } } }, 'ARG_RANGE'],
+      [{ nonce: 'n', evidence: { digests: [] }, extra: 1 }, 'ARG_RANGE'],
+      [{ nonce: 'n'.repeat(129), evidence: { digests: [{ alg: 'sha256', hex }] } }, 'ARG_RANGE'],
+    ];
+    for (const [b, code] of bad) expect(() => parseAttestRequest(b), JSON.stringify(b)).toThrow(expect.objectContaining({ code }));
+    expect(() => parseAttestRequest({ nonce: 'n', evidence: { digests: Array(11).fill({ alg: 'sha256', hex }) } }, 10)).toThrow(expect.objectContaining({ code: 'LIMIT' }));
+  });
+  it('throws only VmkitError 4xx codes on any JSON (fuzz)', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.jsonValue(), fc.record({ nonce: fc.string(), evidence: fc.jsonValue() })), (v) => {
+        try {
+          parseAttestRequest(v);
+        } catch (e) {
+          expect(e).toBeInstanceOf(VmkitError);
+          const st = statusOf(e);
+          expect(st >= 400 && st < 500).toBe(true);
+        }
+      }),
+      { numRuns: 1000 },
+    );
+  });
+});
+
+/** A verifier that only looks digests up, to test the HTTP layer by itself. */
+function lookupVerifier(): Verifier & { seen: Evidence[] } {
+  const seen: Evidence[] = [];
+  return {
+    seen,
+    appraise(ev: Evidence, index: SourceSet): Appraisal {
+      seen.push(ev);
+      const hits = (ev.digests ?? []).map((d) => index.lookupDigest(d.alg, Buffer.from(d.hex, 'hex')).length);
+      return { status: hits.length && hits.every((n) => n > 0) ? 'affirming' : 'contraindicated', hits };
+    },
+    sign: (a: Appraisal, nonce: string) => Buffer.from(JSON.stringify({ ...a, nonce })).toString('base64url'),
+    jwks: () => ({ keys: [] }),
+  };
+}
+
+describe.runIf(ready)('attestation service over real repositories', () => {
+  let repo: FixtureServer;
+  let ring: Keyring;
+  let svc: AttestService;
+  let base: string;
+  let verifier: ReturnType<typeof lookupVerifier>;
+  const debs = () => readdirSync(join(FIXTURES, 'debian/pool/main')).filter((f) => f.endsWith('.deb'));
+
+  beforeAll(async () => {
+    buildFixtures();
+    repo = await startServer();
+    ring = await readKeyring(readFileSync(join(FIXTURES, 'keyring.gpg')));
+    const sources = new SourceSet(
+      [openSource(`deb ${repo.url}/debian bookworm main`, { keyring: ring }), openSource(`rpm ${repo.url}/rpm`, { keyring: ring })],
+      { intervalMs: 3_600_000 },
+    );
+    await sources.refreshAll({ requireAll: true });
+    verifier = lookupVerifier();
+    svc = new AttestService({ sources, verifier, maxJsonBytes: 64 << 10 });
+    base = await svc.listen(0);
+  });
+  afterAll(async () => {
+    await svc?.close();
+    await repo?.close();
+  });
+
+  const nonce = async (): Promise<string> => ((await (await fetch(`${base}/nonce`)).json()) as { nonce: string }).nonce;
+  const post = (body: unknown, headers: Record<string, string> = {}): Promise<Response> =>
+    fetch(`${base}/attest`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+
+  it('answers a known digest and refuses the same nonce a second time (401)', async () => {
+    const bytes = readFileSync(join(FIXTURES, 'debian/pool/main', debs()[0]!));
+    const n = await nonce();
+    const req = { nonce: n, evidence: { digests: [{ alg: 'sha256', hex: sha256(bytes) }] } };
+    const r1 = await post(req);
+    expect(r1.status).toBe(200);
+    const { ear } = (await r1.json()) as { ear: string };
+    const claims = JSON.parse(Buffer.from(ear, 'base64url').toString()) as { status: string; nonce: string };
+    expect(claims.status).toBe('affirming');
+    expect(claims.nonce).toBe(n);
+    const r2 = await post(req);
+    expect(r2.status).toBe(401);
+    expect(((await r2.json()) as { error: { code: string; reason: string } }).error).toMatchObject({ code: 'REFUSED', reason: 'unknown-or-replayed' });
+    const r3 = await post({ ...req, nonce: n.slice(0, -2) + (n.endsWith('AA') ? 'BB' : 'AA') });
+    expect(r3.status).toBe(401);
+  });
+
+  it('refuses oversized, malformed and mistyped requests with 4xx and keeps serving', async () => {
+    const big = JSON.stringify({ nonce: await nonce(), evidence: { digests: Array(2000).fill({ alg: 'sha256', hex: '00'.repeat(32) }) } });
+    expect(big.length).toBeGreaterThan(64 << 10);
+    const r1 = await post(big);
+    expect(r1.status).toBe(413);
+    // Chunked (no Content-Length): refused while streaming.
+    const stream = new ReadableStream<Uint8Array>({
+      start(c) {
+        for (let i = 0; i < 20; i++) c.enqueue(new Uint8Array(8192).fill(0x20));
+        c.close();
+      },
+    });
+    const r2 = await fetch(`${base}/attest`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: stream, duplex: 'half' } as RequestInit);
+    expect(r2.status).toBe(413);
+    expect((await post('{"nonce":')).status).toBe(400);
+    expect((await post({ nonce: await nonce(), evidence: { digests: [{ alg: 'sha256', hex: 'zz' }] } })).status).toBe(400);
+    expect((await post('{}', { 'content-type': 'text/xml' })).status).toBe(415);
+    expect((await fetch(`${base}/attest`)).status).toBe(405);
+    expect((await fetch(`${base}/nope`)).status).toBe(404);
+    const h = await fetch(`${base}/healthz`);
+    expect(h.status).toBe(200);
+    const health = (await h.json()) as { ok: boolean; sources: { packages: number }[] };
+    expect(health.ok).toBe(true);
+    expect(health.sources[0]!.packages).toBe(debs().length);
+  });
+
+  it('keeps the last verified index when a refresh meets a tampered signature, and recovers', async () => {
+    const bytes = readFileSync(join(FIXTURES, 'debian/pool/main', debs()[0]!));
+    const digest = Buffer.from(sha256(bytes), 'hex');
+    repo.overrides.set('/debian/dists/bookworm/InRelease', (b) => Buffer.from(b!.toString('utf8').replace(/^ ([0-9a-f])/m, (_m, c: string) => ' ' + (c === '0' ? '1' : '0'))));
+    try {
+      const err = await svc.sources.refreshOne(0);
+      expect(err?.code).toBe('INTEGRITY');
+      const st = svc.sources.status()[0]!;
+      expect(st.lastError?.code).toBe('INTEGRITY');
+      expect(st.packages).toBe(debs().length);
+      expect(svc.sources.lookupDigest('sha256', digest).length).toBe(1);
+      const m = await (await fetch(`${base}/metrics`)).text();
+      expect(m).toMatch(/vmkit_attest_source_refresh_failures_total\{source="deb [^"]+"\} 1/);
+    } finally {
+      repo.overrides.clear();
+    }
+    expect(await svc.sources.refreshOne(0)).toBeUndefined();
+    expect(svc.sources.status()[0]!.lastError).toBeUndefined();
+    expect(svc.sources.lookupDigest('sha256', digest).length).toBe(1);
+  });
+
+  it('refreshes on its timer without blocking requests, sending validators (304)', async () => {
+    const sources = new SourceSet([openSource(`rpm ${repo.url}/rpm`, { keyring: ring })], { intervalMs: 150 });
+    await sources.refreshAll({ requireAll: true });
+    repo.hits.clear();
+    sources.start();
+    await new Promise((r) => setTimeout(r, 700));
+    const st = sources.status()[0]!;
+    sources.close();
+    expect(st.refreshes).toBeGreaterThanOrEqual(3);
+    expect(st.failures).toBe(0);
+    // Only repomd.xml was asked for again (answered 304 by its ETag), never the packages.
+    expect(repo.hits.get('/rpm/repodata/repomd.xml')).toBeGreaterThanOrEqual(2);
+    expect([...repo.hits.keys()].filter((k) => k.includes('primary')).length).toBe(0);
+  });
+
+  it('answers 503 while no source is loaded and under overload, and closes gracefully', async () => {
+    const sources = new SourceSet([openSource(`rpm ${repo.url}/rpm`, { keyring: ring })]);
+    const slow: Verifier = { ...lookupVerifier(), appraise: async () => (await new Promise((r) => setTimeout(r, 200)), { status: 'warning' }) };
+    const s2 = new AttestService({ sources, verifier: slow, maxInFlight: 1 });
+    const u = await s2.listen(0);
+    const n = ((await (await fetch(`${u}/nonce`)).json()) as { nonce: string }).nonce;
+    const body = JSON.stringify({ nonce: n, evidence: { packages: [{ name: 'x', version: '1' }] } });
+    const go = (): Promise<Response> => fetch(`${u}/attest`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    expect((await go()).status).toBe(503);
+    expect((await fetch(`${u}/healthz`)).status).toBe(503);
+    await sources.refreshAll({ requireAll: true });
+    const first = go();
+    await new Promise((r) => setTimeout(r, 50));
+    const n2 = ((await (await fetch(`${u}/nonce`)).json()) as { nonce: string }).nonce;
+    const busy = await fetch(`${u}/attest`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body.replace(n, n2) });
+    expect(busy.status).toBe(503);
+    expect(busy.headers.get('retry-after')).toBe('1');
+    const closing = s2.close();
+    expect((await first).status).toBe(200); // the request in flight finishes
+    await closing;
+    await expect(fetch(`${u}/healthz`)).rejects.toThrow();
+  });
+});
