@@ -289,4 +289,21 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
     expect(counts(qemuCheck(p('big.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
     execFileSync('qemu-io', ['-c', `read -P 0xfe ${size - 512} 512`, '-c', `read -P 0xfd ${2 ** 41 + 4096} 4096`, p('big.qcow2')]);
   });
+
+  it('reads version 2 images and images with internal snapshots (read-only), and checks them as QEMU does', async () => {
+    qimg('create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', p('v2.qcow2'), '2M');
+    qio(p('v2.qcow2'), 'write -P 0x61 0 70k', 'write -P 0x62 1M 4k');
+    expect(diff(await vmkitRaw(p('v2.qcow2')), await qemuRaw(p('v2.qcow2')))).toBe(-1);
+    await expect(openImage(p('v2.qcow2'))).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    expect(await checkImage(p('v2.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
+    qimg('create', '-q', '-f', 'qcow2', p('snap.qcow2'), '2M');
+    qio(p('snap.qcow2'), 'write -P 0x71 0 128k');
+    qimg('snapshot', '-c', 's1', p('snap.qcow2'));
+    qio(p('snap.qcow2'), 'write -P 0x72 64k 64k', 'write -P 0x73 1M 64k');
+    expect(diff(await vmkitRaw(p('snap.qcow2')), await qemuRaw(p('snap.qcow2')))).toBe(-1);
+    await expect(openImage(p('snap.qcow2'))).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    const r = await checkImage(p('snap.qcow2'));
+    expect([r.corruptions, r.leaks]).toEqual([0, 0]);
+    expect(counts(qemuCheck(p('snap.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+  });
 });

@@ -1,0 +1,121 @@
+// qcow2 on memory stores (Node and Chromium): compressed clusters (zlib in Node,
+// DecompressionStream in browsers), chains by name, zero detection, discard,
+// the write guard, and the consistency check after every kind of write.
+import { describe, expect, it } from 'vitest';
+import { MemoryProvider } from '../bindings/disk/backends/memory.js';
+import { createImage, openImage, checkImage } from '../bindings/disk/image.js';
+import { mapExtents } from '../bindings/disk/device.js';
+import { VmkitError } from '../bindings/errors.js';
+
+async function deflateRaw(b: Uint8Array): Promise<Uint8Array> {
+  const cs = new CompressionStream('deflate-raw' as CompressionFormat);
+  const out = new Response(new Blob([b as Uint8Array<ArrayBuffer>]).stream().pipeThrough(cs));
+  return new Uint8Array(await out.arrayBuffer());
+}
+
+describe('qcow2 on memory stores', () => {
+  it('reads a compressed cluster and keeps refcounts right when it is overwritten', async () => {
+    const provider = new MemoryProvider();
+    await createImage('c.qcow2', { provider, size: 256 << 10 });
+    const dev0 = await openImage('c.qcow2', { provider });
+    await dev0.write(0, new Uint8Array(65536).fill(1)); // allocates the L2 table
+    await dev0.close();
+    const plain = new Uint8Array(65536).map((_, i) => (i * 31) >> 7);
+    const z = await deflateRaw(plain);
+    const store = provider.stores.get('c.qcow2')!;
+    const bytes = store.bytes();
+    const dv = new DataView(bytes.buffer, bytes.byteOffset);
+    // Compressed data at an unaligned offset in a new cluster at the end of the file.
+    const fileEnd = bytes.length;
+    const host = fileEnd + 1000;
+    await store.write(host, z);
+    await store.truncate(fileEnd + 65536);
+    const l1 = Number(dv.getBigUint64(40));
+    const l2 = Number(new DataView(store.bytes().buffer).getBigUint64(l1) & 0x00ff_ffff_ffff_fe00n);
+    const sectors = Math.floor((host + z.length - 1) / 512) - Math.floor(host / 512);
+    const entry = (1n << 62n) | (BigInt(sectors) << 54n) | BigInt(host);
+    const e = new Uint8Array(8);
+    new DataView(e.buffer).setBigUint64(0, entry);
+    await store.write(l2 + 8, e); // guest cluster 1
+    // Refcount of the new host cluster (16-bit entries in the block at cluster 2).
+    const rc = new Uint8Array([0, 1]);
+    await store.write(2 * 65536 + (fileEnd / 65536) * 2, rc);
+    expect(await checkImage('c.qcow2', { provider })).toMatchObject({ corruptions: 0, leaks: 0, compressedClusters: 1 });
+    const dev = await openImage('c.qcow2', { provider });
+    expect(await dev.read(65536, 65536)).toEqual(plain);
+    expect((await dev.blockStatus(65536, 65536)).compressed).toBe(true);
+    await dev.write(65536 + 512, new Uint8Array(512).fill(9));
+    plain.fill(9, 512, 1024);
+    expect(await dev.read(65536, 65536)).toEqual(plain);
+    expect((await dev.blockStatus(65536, 65536)).compressed).toBeUndefined();
+    await dev.close();
+    const r = await checkImage('c.qcow2', { provider });
+    expect([r.corruptions, r.leaks, r.compressedClusters]).toEqual([0, 0, 0]);
+  });
+
+  it('broken compressed data is CORRUPT with the host offset', async () => {
+    const provider = new MemoryProvider();
+    await createImage('c.qcow2', { provider, size: 128 << 10 });
+    const d = await openImage('c.qcow2', { provider });
+    await d.write(0, new Uint8Array(512).fill(1));
+    await d.close();
+    const store = provider.stores.get('c.qcow2')!;
+    const b = store.bytes();
+    const l1 = Number(new DataView(b.buffer, b.byteOffset).getBigUint64(40));
+    const l2 = Number(new DataView(b.buffer, b.byteOffset).getBigUint64(l1) & 0x00ff_ffff_ffff_fe00n);
+    const host = b.length;
+    await store.write(host, new Uint8Array(512).fill(0xff));
+    const e = new Uint8Array(8);
+    new DataView(e.buffer).setBigUint64(0, (1n << 62n) | BigInt(host));
+    await store.write(l2 + 8, e);
+    const dev = await openImage('c.qcow2', { provider, readOnly: true });
+    const err = await dev.read(65536, 512).catch((x: unknown) => x);
+    expect(err).toBeInstanceOf(VmkitError);
+    expect(err).toMatchObject({ code: 'CORRUPT', offset: host });
+    await dev.close();
+  });
+
+  it('chains by name, zero detection, discard and the write guard', async () => {
+    const provider = new MemoryProvider();
+    await createImage('vm/base.qcow2', { provider, size: 1 << 20, clusterSize: 4096 });
+    const base = await openImage('vm/base.qcow2', { provider });
+    await base.write(0, new Uint8Array(1 << 20).fill(0x11));
+    await base.close();
+    await createImage('vm/top.qcow2', { provider, backing: 'base.qcow2', clusterSize: 4096 });
+    const ops: string[] = [];
+    let fenced = false;
+    const top = await openImage('vm/top.qcow2', {
+      provider,
+      guard: {
+        check(op) {
+          ops.push(op);
+          if (fenced) throw new VmkitError('FENCED', 'stale owner');
+        },
+      },
+    });
+    expect(top.backing?.size).toBe(1 << 20);
+    // Whole zero clusters become zero clusters, not data.
+    await top.write(0, new Uint8Array(8192));
+    expect(await top.blockStatus(0, 8192)).toMatchObject({ kind: 'zero', depth: 0 });
+    await top.write(8192, new Uint8Array(4096).fill(0x22));
+    expect(await top.blockStatus(8192, 4096)).toMatchObject({ kind: 'data', depth: 0 });
+    expect(await top.blockStatus(12288, 4096)).toMatchObject({ kind: 'data', depth: 1 });
+    // Discard with a backing file must not let the backing shine through.
+    await top.discard(8192, 4096);
+    expect((await top.read(8192, 4096)).every((x) => x === 0)).toBe(true);
+    expect((await top.read(16384, 512))[0]).toBe(0x11);
+    await top.writeZeroes(20480, 1024); // partial cluster: written as data
+    const r = await top.read(20480, 2048);
+    expect([r[0], r[1023], r[1024]]).toEqual([0, 0, 0x11]);
+    expect(ops).toContain('write');
+    expect(ops).toContain('discard');
+    fenced = true;
+    await expect(top.write(0, new Uint8Array(512).fill(1))).rejects.toMatchObject({ code: 'FENCED' });
+    fenced = false;
+    const ext = await mapExtents(top);
+    expect(ext[0]).toMatchObject({ offset: 0, length: 12288, kind: 'zero', depth: 0 }); // the discarded cluster too
+    await top.close();
+    expect(await checkImage('vm/top.qcow2', { provider })).toMatchObject({ corruptions: 0, leaks: 0 });
+    expect(await checkImage('vm/base.qcow2', { provider })).toMatchObject({ corruptions: 0, leaks: 0 });
+  });
+});
