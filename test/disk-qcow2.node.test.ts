@@ -284,7 +284,16 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
     await dev.write(size - 512, new Uint8Array(512).fill(0xfe));
     await dev.write(2 ** 41 + 4096, new Uint8Array(4096).fill(0xfd));
     expect((await dev.read(size - 1024, 1024))[1023]).toBe(0xfe);
+    const m = await mapExtents(dev);
+    expect(m.filter((e) => e.kind === 'data').map((e) => [e.offset, e.length])).toEqual([
+      [2 ** 41, 65536],
+      [size - 65536, 65536],
+    ]);
     await dev.close();
+    expect(normalize(JSON.parse(qimg('map', '--output=json', p('big.qcow2'))) as QemuMapEntry[]).filter((e) => e.data).map((e) => [e.start, e.length])).toEqual([
+      [2 ** 41, 65536],
+      [size - 65536, 65536],
+    ]);
     expect(JSON.parse(qimg('info', '--output=json', p('big.qcow2')))['virtual-size']).toBe(size);
     expect(counts(qemuCheck(p('big.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
     execFileSync('qemu-io', ['-c', `read -P 0xfe ${size - 512} 512`, '-c', `read -P 0xfd ${2 ** 41 + 4096} 4096`, p('big.qcow2')]);

@@ -135,7 +135,12 @@ export class Qcow2Device implements ImageDevice {
 
   /** The run of equal status starting at `pos`, within its cluster. */
   private async piece(pos: number): Promise<Piece> {
-    const { e } = await this.entry(pos);
+    const { e, l2 } = await this.entry(pos);
+    if (l2 === 0) {
+      // No L2 table: the whole range of this L1 entry is unallocated (terabyte disks map fast).
+      const span = this.cs * this.l2Entries;
+      return { kind: 'unallocated', host: 0, len: (Math.floor(pos / span) + 1) * span - pos, entry: e };
+    }
     const inC = pos % this.cs;
     const toEnd = this.cs - inC;
     if (e.kind === 'compressed') return { kind: 'compressed', host: e.host, len: toEnd, entry: e };
