@@ -315,4 +315,23 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
     expect([r.corruptions, r.leaks]).toEqual([0, 0]);
     expect(counts(qemuCheck(p('snap.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
   });
+
+  it('writes images with other refcount widths and metadata preallocation that QEMU made', async () => {
+    for (const opts of ['refcount_bits=1', 'refcount_bits=64', 'preallocation=metadata', 'cluster_size=4096,refcount_bits=8']) {
+      const f = p(`o-${opts.replace(/[=,]/g, '_')}.qcow2`);
+      qimg('create', '-q', '-f', 'qcow2', '-o', opts, f, '3M');
+      qio(f, 'write -P 0x13 64k 64k');
+      const dev = await openImage(f);
+      await dev.write(4096, new Uint8Array(8192).fill(0x14));
+      await dev.write(2 << 20, new Uint8Array(200 << 10).fill(0x15));
+      await dev.writeZeroes(64 << 10, 64 << 10);
+      const mine = await dev.read(0, dev.size);
+      const m = toQemuMap(await mapExtents(dev));
+      await dev.close();
+      expect(counts(qemuCheck(f)), opts).toEqual({ corruptions: 0, leaks: 0 });
+      expect(await checkImage(f)).toMatchObject({ corruptions: 0, leaks: 0 });
+      expect(diff(mine, await qemuRaw(f))).toBe(-1);
+      expect(normalize(m), opts).toEqual(normalize(JSON.parse(qimg('map', '--output=json', f)) as QemuMapEntry[]));
+    }
+  });
 });

@@ -94,7 +94,18 @@ export class Qcow2Device implements ImageDevice {
     const at = this.header.l1TableOffset + i * 8;
     if (off % this.cs !== 0) throw this.corrupt(`L2 table offset ${off} is not cluster aligned`, at);
     if (off + this.cs > this.fileSize) throw this.corrupt(`L2 table at ${off} is past the end of the file (${this.fileSize})`, at);
+    if (this.overlapsMetadata(off)) throw this.corrupt(`L2 table at ${off} overlaps the header, L1 or refcount table`, at);
     return off;
+  }
+
+  /** True when the cluster at `host` holds the header, the L1 table or the refcount table (QEMU's overlap check, for the fixed structures). */
+  private overlapsMetadata(host: number): boolean {
+    const h = this.header;
+    const end = host + this.cs;
+    if (host < this.cs) return true;
+    if (h.l1Size > 0 && host < h.l1TableOffset + h.l1Size * 8 && end > h.l1TableOffset) return true;
+    const rt = this.refs ? { off: this.refs.tableOffset, len: this.refs.tableClusters * this.cs } : { off: h.refcountTableOffset, len: h.refcountTableClusters * this.cs };
+    return host < rt.off + rt.len && end > rt.off;
   }
 
   private async l2Table(off: number): Promise<Uint8Array> {
@@ -127,6 +138,7 @@ export class Qcow2Device implements ImageDevice {
     } else if (e.host !== 0) {
       if (e.host % this.cs !== 0) throw this.corrupt(`data cluster offset ${e.host} is not cluster aligned`, at);
       if (e.host >= this.fileSize) throw this.corrupt(`data cluster at ${e.host} is past the end of the file (${this.fileSize})`, at);
+      if (this.overlapsMetadata(e.host)) throw this.corrupt(`data cluster at ${e.host} overlaps the header, L1 or refcount table`, at);
     }
     if (this.ext && (e.alloc & e.zeroes) !== 0) throw this.corrupt('subcluster both allocated and zero', at);
     if (this.ext && e.alloc !== 0 && e.host === 0) throw this.corrupt('allocated subclusters without a host cluster', at);
