@@ -22,7 +22,14 @@ import {
   type ImageFormatModule,
 } from './formats/types.js';
 
-/** Longest backing chain vmkit opens (QEMU has no fixed bound; 64 is far past any real chain). */
+/**
+ * Longest backing chain vmkit opens (QEMU has no fixed bound; 64 is far past any real chain).
+ *
+ * @example
+ * ```ts
+ * await openImage('vm.qcow2', { maxDepth: MAX_CHAIN_DEPTH / 2 });
+ * ```
+ */
 export const MAX_CHAIN_DEPTH = 64;
 
 const FORMATS: readonly FormatName[] = ['qcow2', 'vmdk', 'raw'];

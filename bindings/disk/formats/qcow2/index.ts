@@ -160,5 +160,12 @@ export function check(storage: Storage, opts: FormatCheckOptions = {}): Promise<
   return checkQcow2(storage, opts);
 }
 
-/** The qcow2 format module for the registry. */
+/**
+ * The qcow2 format module for the registry.
+ *
+ * @example
+ * ```ts
+ * if (format.probe(head)) dev = await format.open(storage);
+ * ```
+ */
 export const format: ImageFormatModule = { name: 'qcow2', probe, open, create, check };

@@ -123,5 +123,12 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
   await storage.truncate(opts.size);
 }
 
-/** The raw format module for the registry. */
+/**
+ * The raw format module for the registry.
+ *
+ * @example
+ * ```ts
+ * const dev = await format.open(storage, { readOnly: true });
+ * ```
+ */
 export const format: ImageFormatModule = { name: 'raw', probe, open, create };
