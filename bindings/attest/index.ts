@@ -15,3 +15,5 @@ export { AptSource, parseAptLine, type AptLine, type AptSourceOptions } from './
 export { RpmSource, parseRepomd, primaryParser, type RpmSourceOptions, type RepomdData, type PrimaryPackage } from './sources/rpm.js';
 export { NpmSource, parseIntegrity, type NpmSourceOptions, type NpmKeys } from './sources/npm.js';
 export { openSource, type OpenSourceOptions } from './sources/parse-source-line.js';
+// IMA measurement lists (docs/attest-ima.md).
+export { parseImaLine, imaTemplateData, imaEntryDigest, imaHash, PcrReplay, compileExcludes, imaLines, readImaLog, verifyImaLog, type ImaEntry, type ImaTemplate, type ImaBank, type ImaExtendMode, type ImaExcludes, type ExcludeOptions, type ImaLogSource, type ImaFailure, type ImaVerifyOptions, type ImaLogResult } from './ima.js';
