@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FileStorage, fileProvider } from '../bindings/disk/backends/file.js';
+import { FileStorage, fileProvider, syncFileProvider } from '../bindings/disk/backends/file.js';
 import { readAt } from '../bindings/disk/backends/storage.js';
 
 describe('FileStorage', () => {
@@ -31,6 +31,25 @@ describe('FileStorage', () => {
       expect((await readAt(b, 0, 1))[0]).toBe(42);
       await b.close();
       expect(fileProvider.relative(p, join(dir, 'b.img'))).toBe('b.img');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+  it('sync I/O reads and writes the same bytes as the thread pool', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vmkit-file-'));
+    try {
+      const p = join(dir, 's.img');
+      const s = await syncFileProvider.create(p);
+      await s.write(1000, new Uint8Array([4, 5, 6]));
+      await s.close();
+      const a = await fileProvider.open(p, { readOnly: true });
+      expect([...(await readAt(a, 999, 5))]).toEqual([0, 4, 5, 6, 0]);
+      await a.close();
+      const b = await syncFileProvider.open(p, { readOnly: false });
+      await b.write(1001, new Uint8Array([9]));
+      expect([...(await readAt(b, 999, 5))]).toEqual([0, 4, 9, 6, 0]);
+      await b.close();
+      await expect(syncFileProvider.open(join(dir, 'none'), { readOnly: true })).rejects.toMatchObject({ code: 'NOT_FOUND' });
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -9,7 +9,7 @@
  * @module
  */
 import { VmkitError } from '../errors.js';
-import { fileProvider } from './backends/file.js';
+import { fileProvider, syncFileProvider } from './backends/file.js';
 import { readAt, type Storage, type StorageProvider } from './backends/storage.js';
 import type { BlockDevice } from './device.js';
 import type { WriteGuard } from './_guard.js';
@@ -143,7 +143,7 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
 
 // The same file reached by two names must count once in loop detection.
 async function canonical(provider: StorageProvider, n: string): Promise<string> {
-  if (provider !== fileProvider) return n;
+  if (provider !== fileProvider && provider !== syncFileProvider) return n;
   try {
     const fs = (await import(/* @vite-ignore */ 'node:fs/promises' as string)) as typeof import('node:fs/promises');
     return await fs.realpath(n);

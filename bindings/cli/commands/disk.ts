@@ -8,6 +8,7 @@
 import { VmkitError } from '../../errors.js';
 import { emit, formatBytes, parse, parseSize, type CliIO, type Command } from '../_common.js';
 import { mapExtents, toQemuMap, type BlockExtent } from '../../disk/device.js';
+import { syncFileProvider as provider } from '../../disk/backends/file.js';
 import { chainOf, checkImage, createImage, fileFormatDriver, openImage } from '../../disk/image.js';
 import type { FormatName, ImageInfo } from '../../disk/formats/types.js';
 import { backupUsage, runBackup, setFormatDriver } from './_disk_backup.js';
@@ -87,6 +88,7 @@ async function create(argv: string[], io: CliIO): Promise<number> {
   const backingFormat = formatOpt(values['backing-format'], '--backing-format');
   const clusterSize = typeof values['cluster-size'] === 'string' ? parseSize(values['cluster-size'], '--cluster-size') : undefined;
   await createImage(path, {
+    provider,
     format,
     ...(size !== undefined ? { size } : {}),
     ...(backing !== undefined ? { backing } : {}),
@@ -94,7 +96,7 @@ async function create(argv: string[], io: CliIO): Promise<number> {
     ...(clusterSize ? { clusterSize } : {}),
     ...(values['extended-l2'] ? { extendedL2: true } : {}),
   });
-  const dev = await openImage(path, { readOnly: true, noBacking: true });
+  const dev = await openImage(path, { provider, readOnly: true, noBacking: true });
   const i = await dev.info();
   await dev.close();
   emit(io, values.json, { file: path, ...i }, () => `created ${path}: ${format}, ${formatBytes(i.virtualSize)} (${i.virtualSize} bytes)${backing ? `, backing ${backing}` : ''}`);
@@ -104,7 +106,7 @@ async function create(argv: string[], io: CliIO): Promise<number> {
 async function info(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, {});
   const path = onePath(positionals, 'info');
-  const dev = await openImage(path, { readOnly: true });
+  const dev = await openImage(path, { provider, readOnly: true });
   try {
     const chain: (ImageInfo & { file: string })[] = [];
     for (const l of chainOf(dev)) chain.push({ file: l.storage.name, ...(await l.info()) });
@@ -134,7 +136,7 @@ async function info(argv: string[], io: CliIO): Promise<number> {
 async function map(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, {});
   const path = onePath(positionals, 'map');
-  const dev = await openImage(path, { readOnly: true });
+  const dev = await openImage(path, { provider, readOnly: true });
   let ext: BlockExtent[];
   try {
     ext = await mapExtents(dev);
@@ -153,7 +155,7 @@ async function map(argv: string[], io: CliIO): Promise<number> {
 async function check(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, { 'repair-leaks': { type: 'boolean' } });
   const path = onePath(positionals, 'check');
-  const r = await checkImage(path, values['repair-leaks'] ? { repairLeaks: true } : {});
+  const r = await checkImage(path, { provider, ...(values['repair-leaks'] ? { repairLeaks: true } : {}) });
   emit(io, values.json, r, () => {
     const lines = r.messages.map((m) => `${m.severity === 'leak' ? 'Leaked' : 'ERROR'}: ${m.message}`);
     if (r.corruptions === 0 && r.leaks === 0 && r.checkErrors === 0) lines.push('No errors were found on the image.');

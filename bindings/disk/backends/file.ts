@@ -9,7 +9,13 @@ import { assertWritable, type Storage, type StorageProvider } from './storage.js
 
 type Fs = typeof import('node:fs/promises');
 type PathApi = typeof import('node:path');
+type SyncFs = typeof import('node:fs');
 let fsMod: Fs | undefined;
+let syncFsMod: SyncFs | undefined;
+async function nodeSyncFs(): Promise<SyncFs> {
+  const name = 'node:fs';
+  return (syncFsMod ??= (await import(/* @vite-ignore */ name)) as SyncFs);
+}
 let pathMod: PathApi | undefined;
 async function nodeFs(): Promise<Fs> {
   const name = 'node:fs/promises';
@@ -42,27 +48,36 @@ export class FileStorage implements Storage {
   readonly name: string;
   readonly readOnly: boolean;
   private readonly fh: import('node:fs/promises').FileHandle;
+  private readonly sync: SyncFs | undefined;
   private closed = false;
 
-  private constructor(fh: import('node:fs/promises').FileHandle, name: string, readOnly: boolean) {
+  private constructor(fh: import('node:fs/promises').FileHandle, name: string, readOnly: boolean, sync: SyncFs | undefined) {
     this.fh = fh;
     this.name = name;
     this.readOnly = readOnly;
+    this.sync = sync;
   }
-  /** Opens an existing file. */
-  static async open(path: string, opts: { readOnly?: boolean } = {}): Promise<FileStorage> {
+  /**
+   * Opens an existing file. With `sync`, reads and writes use blocking
+   * `readSync`/`writeSync` on the calling thread: ~30x the IOPS of the thread
+   * pool for data in the page cache, but each request blocks the event loop
+   * (for command-line tools and batch jobs, not for servers).
+   */
+  static async open(path: string, opts: { readOnly?: boolean; sync?: boolean } = {}): Promise<FileStorage> {
     const fs = await nodeFs();
+    const sync = opts.sync ? await nodeSyncFs() : undefined;
     try {
-      return new FileStorage(await fs.open(path, opts.readOnly ? 'r' : 'r+'), path, opts.readOnly === true);
+      return new FileStorage(await fs.open(path, opts.readOnly ? 'r' : 'r+'), path, opts.readOnly === true, sync);
     } catch (e) {
       throw ioError(e, 'open', path);
     }
   }
   /** Creates (or truncates) a file. */
-  static async create(path: string): Promise<FileStorage> {
+  static async create(path: string, opts: { sync?: boolean } = {}): Promise<FileStorage> {
     const fs = await nodeFs();
+    const sync = opts.sync ? await nodeSyncFs() : undefined;
     try {
-      return new FileStorage(await fs.open(path, 'w+'), path, false);
+      return new FileStorage(await fs.open(path, 'w+'), path, false, sync);
     } catch (e) {
       throw ioError(e, 'create', path);
     }
@@ -78,7 +93,9 @@ export class FileStorage implements Storage {
     let got = 0;
     try {
       while (got < dst.length) {
-        const { bytesRead } = await this.fh.read(dst, got, dst.length - got, offset + got);
+        const bytesRead = this.sync
+          ? this.sync.readSync(this.fh.fd, dst, got, dst.length - got, offset + got)
+          : (await this.fh.read(dst, got, dst.length - got, offset + got)).bytesRead;
         if (bytesRead === 0) break;
         got += bytesRead;
       }
@@ -92,7 +109,9 @@ export class FileStorage implements Storage {
     let put = 0;
     try {
       while (put < data.length) {
-        const { bytesWritten } = await this.fh.write(data, put, data.length - put, offset + put);
+        const bytesWritten = this.sync
+          ? this.sync.writeSync(this.fh.fd, data, put, data.length - put, offset + put)
+          : (await this.fh.write(data, put, data.length - put, offset + put)).bytesWritten;
         put += bytesWritten;
       }
     } catch (e) {
@@ -146,6 +165,21 @@ export const fileProvider: StorageProvider = {
     // anything else as given (absolute paths stay absolute).
     return dir && target.startsWith(dir) ? target.slice(dir.length) : target;
   },
+};
+
+/**
+ * Node files with blocking positional I/O (see {@link FileStorage.open}'s
+ * `sync`): for command-line tools and batch jobs on page-cached images.
+ *
+ * @example
+ * ```ts
+ * const dev = await openImage('vm.qcow2', { provider: syncFileProvider, readOnly: true });
+ * ```
+ */
+export const syncFileProvider: StorageProvider = {
+  ...fileProvider,
+  open: (name, opts) => FileStorage.open(name, { ...opts, sync: true }),
+  create: (name) => FileStorage.create(name, { sync: true }),
 };
 
 /**
