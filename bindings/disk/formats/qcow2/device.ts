@@ -425,7 +425,9 @@ export class Qcow2Device implements ImageDevice {
     const spanLen = (s1 - s0) * this.sub;
     let span = data;
     if (spanStart !== pos || spanLen !== data.length) {
-      span = await this.read(spanStart, spanLen);
+      span = new Uint8Array(spanLen);
+      // The last subcluster may run past the end of a disk whose size is not a multiple of it.
+      await this.readInto(spanStart, span.subarray(0, Math.min(spanLen, this.size - spanStart)));
       span.set(data, pos - spanStart);
     }
     const spanZero = zeroGranules(span, this.sub);

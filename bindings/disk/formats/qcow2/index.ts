@@ -59,6 +59,10 @@ export async function open(storage: Storage, opts: FormatOpenOptions = {}): Prom
   if (!readOnly && h.version === 2) {
     throw new VmkitError('UNSUPPORTED', `qcow2 ${storage.name}: version 2 images open read-only (qemu-img amend -o compat=1.1 upgrades them)`, { offset: 4, path: storage.name });
   }
+  if (h.incompatible & 1n && !readOnly) {
+    // Lazy refcounts: the stored refcounts may be stale until QEMU repairs them.
+    throw new VmkitError('INVALID_STATE', `qcow2 ${storage.name}: the image is dirty (lazy refcounts); repair it with qemu-img check -r all or open read-only`, { offset: 72, path: storage.name });
+  }
   if (h.incompatible & 2n && !readOnly) {
     throw new VmkitError('CORRUPT', `qcow2 ${storage.name}: the image is marked corrupt (open read-only, or repair it)`, { offset: 72, path: storage.name });
   }
