@@ -6,3 +6,13 @@ export { init, initSync } from '../core.js';
 export { VmkitError } from '../errors.js';
 export { gva, gpa, PAGE_SIZE } from './types.js';
 export type { Gva, Gpa, GuestMemorySource, PageSource } from './types.js';
+export {
+  lz4CompressBlock,
+  lz4DecompressBlock,
+  lz4DecompressBlockInto,
+  lz4CompressBound,
+  lz4FrameCompress,
+  lz4FrameDecompress,
+  xxh32,
+} from './checkpoint/lz4.js';
+export type { Lz4FrameOptions, Lz4FrameDecodeOptions } from './checkpoint/lz4.js';

@@ -1,0 +1,119 @@
+/**
+ * Internal glue to the core's LZ4, xxHash32 and staging exports: typed
+ * signatures and grow-only scratch buffers in core memory (one set per core
+ * generation, re-made after a trap reset).
+ * @module
+ */
+import { core, withCore, type Core } from '../../core.js';
+import { check } from '../../_status.js';
+
+/** The core exports this module calls (docs/abi.md, sections lz4 and staging). */
+export interface Lz4Exports {
+  lz4CompressBound(n: number): number;
+  lz4Compress(src: number, srcLen: number, dst: number, dstCap: number): number;
+  lz4Decompress(src: number, srcLen: number, dst: number, dstCap: number): number;
+  lz4DecompressPrefixed(src: number, srcLen: number, dst: number, dstCap: number, prefixLen: number): number;
+  xxh32(p: number, len: number, seed: number): number;
+  xxh32Init(seed: number): void;
+  xxh32Update(p: number, len: number): void;
+  xxh32Digest(): number;
+  stagingOpen(blockSize: number, pageSize: number, codec: number): number;
+  stagingClose(h: number): number;
+  stagingBuffer(h: number): number;
+  stagingUsed(h: number): number;
+  stagingReset(h: number): number;
+  stagingFull(h: number): number;
+  stagingAppend(h: number, src: number, count: number, entries: number): number;
+  stagingExtract(block: number, blockLen: number, entries: number, count: number, pageSize: number, dst: number): number;
+}
+
+/** The core's exports with this module's signatures. */
+export function ex(c: Core): Lz4Exports {
+  return c.exports as unknown as Lz4Exports;
+}
+
+interface Scratch {
+  gen: number;
+  ptr: number[];
+  cap: number[];
+}
+let scratch: Scratch | undefined;
+
+/**
+ * A core buffer of at least `n` bytes in slot `slot` (0..3), kept between
+ * calls and grown by doubling. Valid until the next call with the same slot.
+ */
+export function scratchBuf(c: Core, slot: number, n: number): number {
+  if (!scratch || scratch.gen !== c.generation) scratch = { gen: c.generation, ptr: [0, 0, 0, 0], cap: [0, 0, 0, 0] };
+  if ((scratch.cap[slot] ?? 0) < n) {
+    if (scratch.ptr[slot]) c.free(scratch.ptr[slot]!);
+    scratch.ptr[slot] = 0;
+    scratch.cap[slot] = 0;
+    let cap = 65536;
+    while (cap < n) cap *= 2;
+    scratch.ptr[slot] = c.alloc(cap);
+    scratch.cap[slot] = cap;
+  }
+  return scratch.ptr[slot]!;
+}
+
+/** Worst-case LZ4 block size for `n` input bytes (the core's lz4CompressBound). */
+export function compressBound(n: number): number {
+  return n + Math.floor(n / 255) + 16;
+}
+
+const HASH_WINDOW = 1 << 20;
+
+/** xxHash32 of `data` (any size: fed to the core window by window). */
+export function xxh32Of(data: Uint8Array, seed: number = 0): number {
+  return withCore((c) => {
+    const e = ex(c);
+    if (data.length <= HASH_WINDOW) {
+      const p = scratchBuf(c, 3, Math.max(1, data.length));
+      c.u8().set(data, p);
+      return e.xxh32(p, data.length, seed) >>> 0;
+    }
+    const p = scratchBuf(c, 3, HASH_WINDOW);
+    e.xxh32Init(seed);
+    for (let at = 0; at < data.length; at += HASH_WINDOW) {
+      const part = data.subarray(at, Math.min(data.length, at + HASH_WINDOW));
+      c.u8().set(part, p);
+      e.xxh32Update(p, part.length);
+    }
+    return e.xxh32Digest() >>> 0;
+  });
+}
+
+/** Compresses `src` into one LZ4 block; returns a fresh array. */
+export function blockCompress(src: Uint8Array): Uint8Array {
+  return withCore((c) => {
+    const e = ex(c);
+    const bound = compressBound(src.length);
+    const s = scratchBuf(c, 0, Math.max(1, src.length));
+    const d = scratchBuf(c, 1, bound);
+    c.u8().set(src, s);
+    const n = check(e.lz4Compress(s, src.length, d, bound), 'lz4 compress');
+    return c.u8().slice(d, d + n);
+  });
+}
+
+/**
+ * Decompresses one LZ4 block into `dst` (at most dst.length bytes); returns the
+ * decoded length. CORRUPT for a bad block, OUTPUT_TOO_SMALL when it does not fit.
+ */
+export function blockDecompressInto(block: Uint8Array, dst: Uint8Array): number {
+  return withCore((c) => {
+    const e = ex(c);
+    const s = scratchBuf(c, 0, Math.max(1, block.length));
+    const d = scratchBuf(c, 1, Math.max(1, dst.length));
+    c.u8().set(block, s);
+    const n = check(e.lz4Decompress(s, block.length, d, dst.length), 'lz4 decompress');
+    dst.set(c.u8().subarray(d, d + n));
+    return n;
+  });
+}
+
+/** The live core (throws NOT_INITIALIZED). */
+export function liveCore(): Core {
+  return core();
+}
