@@ -105,7 +105,10 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
           { minLength: 1, maxLength: 12 },
         ),
         fc.boolean(),
-        async (ops, overlay) => {
+        fc.constantFrom(false, false, true),
+        async (ops, overlay, ext) => {
+          const x = ext ? { extendedL2: true, clusterSize: 65536 } : {};
+          const xo = ext ? ['-o', 'extended_l2=on'] : [];
           const n = run++;
           const img = p(`w${n}.qcow2`);
           const ref = new Uint8Array(size);
@@ -114,13 +117,13 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
             qio(p(`b${n}.qcow2`), 'write -P 0x5a 0 1M', 'write -P 0xa5 1536k 256k');
             ref.fill(0x5a, 0, 1 << 20);
             ref.fill(0xa5, 1536 << 10, 1792 << 10);
-            await createImage(img, { backing: `b${n}.qcow2` });
-          } else await createImage(img, { size });
+            await createImage(img, { backing: `b${n}.qcow2`, ...x });
+          } else await createImage(img, { size, ...x });
           // The twin: the same image made and written by QEMU (discard → write -z: QEMU's
           // discard leaves partial clusters as they were, vmkit's zeroes them).
           const twin = p(`t${n}.qcow2`);
-          if (overlay) qimg('create', '-q', '-f', 'qcow2', '-b', `b${n}.qcow2`, '-F', 'qcow2', twin);
-          else qimg('create', '-q', '-f', 'qcow2', twin, String(size));
+          if (overlay) qimg('create', '-q', '-f', 'qcow2', ...xo, '-b', `b${n}.qcow2`, '-F', 'qcow2', twin);
+          else qimg('create', '-q', '-f', 'qcow2', ...xo, twin, String(size));
           const cmds: string[] = [];
           const before = overlay ? await readFile(p(`b${n}.qcow2`)) : undefined;
           const dev = await openImage(img);
@@ -151,7 +154,7 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
           if (before) expect(Buffer.compare(await readFile(p(`b${n}.qcow2`)), before)).toBe(0);
         },
       ),
-      { numRuns: 25 },
+      { numRuns: 40 },
     );
   });
 
