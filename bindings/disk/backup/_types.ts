@@ -69,4 +69,10 @@ export interface ChainOps {
   readText(path: string): Promise<string | undefined>;
   /** Writes a small file durably and atomically (write, fsync, rename, fsync the folder). */
   writeTextAtomic(path: string, text: string): Promise<void>;
+  /**
+   * Frees clusters a crash left allocated but unused (leaks: harmless, but
+   * `qemu-img check` reports them), as `qemu-img check -r leaks` does.
+   * Returns the clusters freed. Optional: stores without leaks omit it.
+   */
+  repairLeaks?(path: string): Promise<number>;
 }

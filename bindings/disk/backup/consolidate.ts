@@ -375,6 +375,10 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
   };
 }
 
+async function repair(ops: ChainOps, path: string): Promise<void> {
+  if (ops.repairLeaks && (await ops.exists(path))) await ops.repairLeaks(path);
+}
+
 /** What {@link recoverConsolidation} did. */
 export interface RecoverResult {
   /** 'none' (no record), 'rolled-back' or 'rolled-forward'. */
@@ -403,10 +407,14 @@ export async function recoverConsolidation(ops: ChainOps, delta: string): Promis
   if (!rec) return { action: 'none', active: delta };
   if (rec.phase === 'pivot') {
     await ops.remove(rec.delta);
+    // A kill mid-allocation leaves clusters counted but unused in the image the job wrote.
+    await repair(ops, rec.target);
     await removeJobRecord(ops, delta);
     return { action: 'rolled-forward', active: rec.target, record: rec };
   }
   if (rec.targetCreated) await ops.remove(rec.target);
+  else await repair(ops, rec.target);
+  await repair(ops, rec.delta);
   await removeJobRecord(ops, delta);
   return { action: 'rolled-back', active: delta, record: rec };
 }

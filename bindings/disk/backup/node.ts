@@ -8,7 +8,7 @@
  */
 import { VmkitError } from '../../errors.js';
 import type { BackupDevice, BlockExtent, ChainOps, ImageFormat } from './_types.js';
-import { createImage, openImage, probeFormat } from '../image.js';
+import { checkImage, createImage, openImage, probeFormat } from '../image.js';
 import { fileProvider } from '../backends/file.js';
 
 type Fs = typeof import('node:fs/promises');
@@ -206,6 +206,11 @@ export class NodeChainOps implements ChainOps {
   }
   formatOf(path: string): Promise<ImageFormat> {
     return this.driver.formatOf(path);
+  }
+  async repairLeaks(path: string): Promise<number> {
+    if ((await this.formatOf(path)) === 'raw') return 0;
+    const r = await checkImage(path, { repairLeaks: true });
+    return r.leaksFixed ?? 0;
   }
   async exists(path: string): Promise<boolean> {
     try {
