@@ -33,6 +33,14 @@ import {
 export const MAX_CHAIN_DEPTH = 64;
 
 const FORMATS: readonly FormatName[] = ['qcow2', 'vmdk', 'raw'];
+// Literal specifiers so bundlers include the formats; VMDK's through a variable until its folder
+// lands (tsc and bundlers would otherwise require it). Switch it to a literal then.
+const VMDK_SPEC = './formats/vmdk/index.js';
+const IMPORTS: Record<FormatName, () => Promise<unknown>> = {
+  qcow2: () => import('./formats/qcow2/index.js'),
+  raw: () => import('./formats/raw/index.js'),
+  vmdk: () => import(/* @vite-ignore */ VMDK_SPEC),
+};
 const loaded = new Map<FormatName, Promise<ImageFormatModule>>();
 
 /**
@@ -46,9 +54,7 @@ const loaded = new Map<FormatName, Promise<ImageFormatModule>>();
 export function loadFormat(name: FormatName): Promise<ImageFormatModule> {
   let p = loaded.get(name);
   if (!p) {
-    // A variable specifier keeps bundlers and tsc from requiring folders that are not there yet.
-    const spec = `./formats/${name}/index.js`;
-    p = (import(/* @vite-ignore */ spec) as Promise<{ format: ImageFormatModule }>).then(
+    p = (IMPORTS[name]() as Promise<{ format: ImageFormatModule }>).then(
       (m) => m.format,
       (e: unknown) => {
         loaded.delete(name);
