@@ -17,3 +17,5 @@ export { NpmSource, parseIntegrity, type NpmSourceOptions, type NpmKeys } from '
 export { openSource, type OpenSourceOptions } from './sources/parse-source-line.js';
 // IMA measurement lists (docs/attest-ima.md).
 export { parseImaLine, imaTemplateData, imaEntryDigest, imaHash, PcrReplay, compileExcludes, imaLines, readImaLog, verifyImaLog, type ImaEntry, type ImaTemplate, type ImaBank, type ImaExtendMode, type ImaExcludes, type ExcludeOptions, type ImaLogSource, type ImaFailure, type ImaVerifyOptions, type ImaLogResult } from './ima.js';
+// Appraisal of evidence against the index (docs/attest-service.md).
+export { appraise, appraiseEvidence, parseEvidence, tierOf, worst, vectorStatus, Ar4si, type ArStatus, type TrustClaimName, type TrustVector, type EvidenceDigest, type EvidencePackage, type ImaEvidence, type Evidence, type EvidenceLimits, type ItemVerdict, type AppraisalSummary, type SubmodAppraisal, type Appraisal, type AppraiseOptions, type AppraisalInput, type AppraiseEvidenceOptions } from './appraise.js';

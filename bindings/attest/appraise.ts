@@ -1,0 +1,493 @@
+/**
+ * Appraisal: a request's evidence (artifact or file digests, package name +
+ * version, an IMA measurement list) looked up in a {@link ReferenceIndex},
+ * giving per-item verdicts and, per submodule, an AR4SI trustworthiness vector
+ * and status — what ear.ts signs. Pure: no I/O, no clock, no randomness.
+ *
+ * ```
+ *  evidence                     lookup                        verdict            AR4SI claim (worst wins)
+ *  digest  alg:hex [path]   ─►  lookupDigest            ─►   found             affirming        file-system 2
+ *                                                            found elsewhere   warning          file-system 32  (path-mismatch)
+ *                                                            not found         warning          file-system 32  (unknown-digest)
+ *  package name version     ─►  lookupPackage           ─►   digest matches    affirming        file-system 2
+ *          [arch] [digest]                                   no digest given   warning          file-system 32  (package-without-digest)
+ *                                                            digest differs    contraindicated  file-system 96  (digest-mismatch)
+ *                                                            unknown           warning          file-system 32  (unknown-package)
+ *  IMA entry (not excluded) ─►  lookupDigest            ─►   as digests, on    executables 2 / 33 / 96
+ *  IMA log integrity        ─►  template hashes, PCR 10 ─►   failure           contraindicated  executables 99 (crypto_failed)
+ * ```
+ *
+ * Trust tiers (AR4SI §2.3.3): -1..1 none, 2..31 affirming, 32..95 warning,
+ * 96..127 contraindicated.
+ * @module
+ */
+import { VmkitError } from '../errors.js';
+import { describe as describeValue } from '../_utils.js';
+import { digestLength, hexInto } from './index-store.js';
+import { compileExcludes, imaEntryDigest, verifyImaLog, type ImaBank, type ImaExcludes, type ImaFailure, type ImaLogResult } from './ima.js';
+import type { Digest, DigestAlgorithm, Provenance, ReferenceIndex } from './types.js';
+
+/** AR4SI trust tiers, as EAR's `ear.status` spells them. */
+export type ArStatus = 'none' | 'affirming' | 'warning' | 'contraindicated';
+
+/** AR4SI trustworthiness-vector claim names. */
+export type TrustClaimName =
+  | 'instance-identity'
+  | 'configuration'
+  | 'executables'
+  | 'file-system'
+  | 'hardware'
+  | 'runtime-opaque'
+  | 'storage-opaque'
+  | 'sourced-data';
+
+/** A trustworthiness vector: claim name → AR4SI value (-128..127). */
+export type TrustVector = Partial<Record<TrustClaimName, number>>;
+
+/**
+ * The AR4SI values vmkit uses (draft-ietf-rats-ar4si §2.3.4; the same numbers
+ * as veraison/ear's constants).
+ * @example `vector.executables = Ar4si.APPROVED_RUNTIME // 2`
+ */
+export const Ar4si = {
+  VERIFIER_MALFUNCTION: -1,
+  NO_CLAIM: 0,
+  UNEXPECTED_EVIDENCE: 1,
+  CRYPTO_FAILED: 99,
+  /** executables: only approved executables loaded during and after boot. */
+  APPROVED_RUNTIME: 2,
+  /** executables: runtime includes unrecognized executables or files. */
+  UNRECOGNIZED_RUNTIME: 33,
+  /** executables: runtime includes contraindicated executables or files. */
+  CONTRAINDICATED_RUNTIME: 96,
+  /** file-system: only recognized, approved files. */
+  APPROVED_FILES: 2,
+  /** file-system: unrecognized files found. */
+  UNRECOGNIZED_FILES: 32,
+  /** file-system: contraindicated files found. */
+  CONTRAINDICATED_FILES: 96,
+} as const;
+
+const RANK: Record<ArStatus, number> = { none: 0, affirming: 1, warning: 2, contraindicated: 3 };
+
+/**
+ * The trust tier of an AR4SI claim value.
+ * @example `tierOf(33) // 'warning'`
+ */
+export function tierOf(claim: number): ArStatus {
+  const v = Math.abs(claim);
+  if (v <= 1) return 'none';
+  if (v <= 31) return 'affirming';
+  if (v <= 95) return 'warning';
+  return 'contraindicated';
+}
+
+/**
+ * The worse of two statuses (contraindicated > warning > affirming > none).
+ * @example `worst('affirming', 'warning') // 'warning'`
+ */
+export function worst(a: ArStatus, b: ArStatus): ArStatus {
+  return RANK[a] >= RANK[b] ? a : b;
+}
+
+/**
+ * The status of a trustworthiness vector: the worst tier of its claims
+ * (`none` for an empty vector).
+ * @example `vectorStatus({ executables: 2, 'file-system': 32 }) // 'warning'`
+ */
+export function vectorStatus(v: TrustVector): ArStatus {
+  let s: ArStatus = 'none';
+  for (const k of Object.keys(v) as TrustClaimName[]) s = worst(s, tierOf(v[k]!));
+  return s;
+}
+
+// ---------------------------------------------------------------- evidence
+
+/** A digest the remote machine measured (of a package artifact or a file). */
+export interface EvidenceDigest extends Digest {
+  /** The file it was taken of, when it is a file (informational; compared with the match's path). */
+  path?: string;
+}
+
+/** A package the remote machine says it runs. */
+export interface EvidencePackage {
+  name: string;
+  version: string;
+  architecture?: string;
+  /** Digest of the package artifact; without it the package never confirms. */
+  digest?: Digest;
+}
+
+/** An IMA measurement list as sent. */
+export interface ImaEvidence {
+  /** The text of `ascii_runtime_measurements`. */
+  log: string;
+  /** The PCR 10 value to compare the replay with (from a TPM quote). */
+  pcr10?: { bank: ImaBank; hex: string };
+  /** Exclude patterns (see compileExcludes); recorded in the result. */
+  excludes?: string[];
+}
+
+/** What a remote machine sends (docs/attest-service.md). */
+export interface Evidence {
+  digests?: EvidenceDigest[];
+  packages?: EvidencePackage[];
+  ima?: ImaEvidence;
+}
+
+/** Bounds of {@link parseEvidence}. */
+export interface EvidenceLimits {
+  /** Most digests plus packages (default 200 000). */
+  maxItems?: number;
+  /** Longest IMA log in characters (default 64 Mi). */
+  maxImaLog?: number;
+  /** Longest name, version, path (default 4096). */
+  maxString?: number;
+  /** Most exclude patterns (default 256). */
+  maxExcludes?: number;
+}
+
+const ALGS: readonly DigestAlgorithm[] = ['md5', 'sha1', 'sha256', 'sha384', 'sha512', 'sm3'];
+const BANKS: readonly ImaBank[] = ['sha1', 'sha256', 'sha384', 'sha512', 'sm3'];
+
+function bad(msg: string): VmkitError {
+  return new VmkitError('ARG_RANGE', `evidence: ${msg}`);
+}
+
+function isObj(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function str(v: unknown, where: string, max: number, optional = false): string | undefined {
+  if (v === undefined && optional) return undefined;
+  if (typeof v !== 'string') throw new VmkitError('ARG_TYPE', `evidence: ${where} must be a string, got ${describeValue(v)}`);
+  if (v.length === 0 || v.length > max) throw bad(`${where} must have 1..${max} characters`);
+  return v;
+}
+
+function digestOf(v: unknown, where: string): Digest {
+  if (!isObj(v)) throw new VmkitError('ARG_TYPE', `evidence: ${where} must be an object {alg, hex}`);
+  const alg = v.alg;
+  if (typeof alg !== 'string' || !(ALGS as readonly string[]).includes(alg)) throw bad(`${where}.alg must be one of ${ALGS.join(', ')}`);
+  const hex = v.hex;
+  const n = digestLength(alg as DigestAlgorithm);
+  if (typeof hex !== 'string' || hex.length !== n * 2 || !/^[0-9a-fA-F]*$/.test(hex)) throw bad(`${where}.hex must be ${n * 2} hex digits for ${alg}`);
+  return { alg: alg as DigestAlgorithm, hex: hex.toLowerCase() };
+}
+
+/**
+ * Checks a request's `evidence` (parsed JSON) and returns it normalized
+ * (hex lowercased, unknown fields dropped). Throws ARG_TYPE / ARG_RANGE /
+ * LIMIT naming the bad field — the service answers those with 400 / 413.
+ *
+ * @example
+ * ```ts
+ * const ev = parseEvidence(JSON.parse(body).evidence);
+ * ```
+ */
+export function parseEvidence(value: unknown, limits: EvidenceLimits = {}): Evidence {
+  const { maxItems = 200_000, maxImaLog = 64 << 20, maxString = 4096, maxExcludes = 256 } = limits;
+  if (!isObj(value)) throw new VmkitError('ARG_TYPE', `evidence must be an object, got ${describeValue(value)}`);
+  const out: Evidence = {};
+  let items = 0;
+  if (value.digests !== undefined) {
+    if (!Array.isArray(value.digests)) throw new VmkitError('ARG_TYPE', 'evidence: digests must be an array');
+    items += value.digests.length;
+    if (items > maxItems) throw new VmkitError('LIMIT', `evidence: more than ${maxItems} items`);
+    out.digests = value.digests.map((d, i) => {
+      const dg: EvidenceDigest = digestOf(d, `digests[${i}]`);
+      const path = str((d as Record<string, unknown>).path, `digests[${i}].path`, maxString, true);
+      if (path !== undefined) dg.path = path;
+      return dg;
+    });
+  }
+  if (value.packages !== undefined) {
+    if (!Array.isArray(value.packages)) throw new VmkitError('ARG_TYPE', 'evidence: packages must be an array');
+    items += value.packages.length;
+    if (items > maxItems) throw new VmkitError('LIMIT', `evidence: more than ${maxItems} items`);
+    out.packages = value.packages.map((p, i) => {
+      if (!isObj(p)) throw new VmkitError('ARG_TYPE', `evidence: packages[${i}] must be an object`);
+      const e: EvidencePackage = { name: str(p.name, `packages[${i}].name`, maxString)!, version: str(p.version, `packages[${i}].version`, maxString)! };
+      const arch = str(p.architecture, `packages[${i}].architecture`, 64, true);
+      if (arch !== undefined) e.architecture = arch;
+      if (p.digest !== undefined) e.digest = digestOf(p.digest, `packages[${i}].digest`);
+      return e;
+    });
+  }
+  if (value.ima !== undefined) {
+    const m = value.ima;
+    if (!isObj(m)) throw new VmkitError('ARG_TYPE', 'evidence: ima must be an object');
+    if (typeof m.log !== 'string') throw new VmkitError('ARG_TYPE', 'evidence: ima.log must be a string');
+    if (m.log.length > maxImaLog) throw new VmkitError('LIMIT', `evidence: ima.log longer than ${maxImaLog} characters`);
+    const ima: ImaEvidence = { log: m.log };
+    if (m.pcr10 !== undefined) {
+      if (!isObj(m.pcr10)) throw new VmkitError('ARG_TYPE', 'evidence: ima.pcr10 must be an object {bank, hex}');
+      const bank = m.pcr10.bank;
+      if (typeof bank !== 'string' || !(BANKS as readonly string[]).includes(bank)) throw bad(`ima.pcr10.bank must be one of ${BANKS.join(', ')}`);
+      const d = digestOf({ alg: bank, hex: m.pcr10.hex }, 'ima.pcr10');
+      ima.pcr10 = { bank: bank as ImaBank, hex: d.hex };
+    }
+    if (m.excludes !== undefined) {
+      if (!Array.isArray(m.excludes)) throw new VmkitError('ARG_TYPE', 'evidence: ima.excludes must be an array of strings');
+      if (m.excludes.length > maxExcludes) throw new VmkitError('LIMIT', `evidence: more than ${maxExcludes} exclude patterns`);
+      ima.excludes = m.excludes.map((x, i) => str(x, `ima.excludes[${i}]`, 512)!);
+    }
+    out.ima = ima;
+  }
+  if (!out.digests?.length && !out.packages?.length && !out.ima) throw bad('nothing to appraise (digests, packages or ima)');
+  return out;
+}
+
+// ---------------------------------------------------------------- verdicts
+
+/** The verdict on one item of evidence. */
+export interface ItemVerdict {
+  kind: 'digest' | 'package' | 'ima';
+  status: ArStatus;
+  /** Why it is not affirming (stable ids; Keylime's failure ids for IMA). */
+  reason?: string;
+  alg?: string;
+  hex?: string;
+  path?: string;
+  name?: string;
+  version?: string;
+  architecture?: string;
+  /** IMA: the entry's line in the log. */
+  line?: number;
+  /** Where the item was found (repository, package, version, architecture, path), at most `maxMatches`. */
+  matches: Provenance[];
+}
+
+/** Counts per submodule (always complete, even when `items` is truncated). */
+export interface AppraisalSummary {
+  items: number;
+  affirming: number;
+  warning: number;
+  contraindicated: number;
+  none: number;
+  /** IMA entries left out by the exclude list. */
+  excluded: number;
+  /** Affirming items not listed (beyond `maxDetail`). */
+  omitted: number;
+}
+
+/** One submodule's appraisal (an EAR `submods` entry). */
+export interface SubmodAppraisal {
+  status: ArStatus;
+  trustVector: TrustVector;
+  policyId: string;
+  summary: AppraisalSummary;
+  items: ItemVerdict[];
+  /** IMA: the PCR comparison. */
+  pcr10?: { bank: ImaBank; expected: string; replayed: string; match: boolean; matchedAfter?: number };
+  /** IMA: the replayed PCR 10 values. */
+  pcrs?: Partial<Record<ImaBank, string>>;
+  /** IMA: log-level failures (template hashes, wrong PCR, PCR mismatch). */
+  failures?: ImaFailure[];
+  /** IMA: the exclude patterns applied. */
+  excludes?: string[];
+}
+
+/** The result of an appraisal: what ear.ts signs. */
+export interface Appraisal {
+  /** The worst status of all submodules. */
+  status: ArStatus;
+  /** `vmkit-software` (digests and packages) and/or `vmkit-ima`. */
+  submods: Record<string, SubmodAppraisal>;
+}
+
+/** Options of {@link appraise}. */
+export interface AppraiseOptions {
+  /** Status of an unknown digest or package (default `warning`, AR4SI "unrecognized"). */
+  unknown?: 'warning' | 'contraindicated';
+  /** Most matches listed per item (default 8). */
+  maxMatches?: number;
+  /** Most items listed per submodule; beyond it affirming items are only counted (default 10 000). */
+  maxDetail?: number;
+  /** Policy id recorded per submodule (default `vmkit:repository-match/1`). */
+  policyId?: string;
+}
+
+/** Input of {@link appraise}: parsed evidence, the IMA log already verified. */
+export interface AppraisalInput {
+  digests?: EvidenceDigest[];
+  packages?: EvidencePackage[];
+  /** The verified IMA log (its `entries` are the non-excluded ones). */
+  ima?: ImaLogResult & { excludes?: string[] };
+}
+
+class Collector {
+  readonly summary: AppraisalSummary = { items: 0, affirming: 0, warning: 0, contraindicated: 0, none: 0, excluded: 0, omitted: 0 };
+  readonly items: ItemVerdict[] = [];
+  worst: ArStatus = 'none';
+  private readonly maxDetail: number;
+  constructor(maxDetail: number) {
+    this.maxDetail = maxDetail;
+  }
+  add(v: ItemVerdict): void {
+    this.summary.items++;
+    this.summary[v.status]++;
+    this.worst = worst(this.worst, v.status);
+    if (this.items.length < this.maxDetail || v.status !== 'affirming') this.items.push(v);
+    else this.summary.omitted++;
+  }
+}
+
+function bytesOf(d: Digest): Uint8Array | undefined {
+  const n = digestLength(d.alg);
+  const b = new Uint8Array(n);
+  return d.hex.length === n * 2 && hexInto(d.hex, b) ? b : undefined;
+}
+
+function digestVerdict(index: ReferenceIndex, d: Digest, path: string | undefined, o: Required<AppraiseOptions>, kind: 'digest' | 'ima'): ItemVerdict {
+  const v: ItemVerdict = { kind, status: 'affirming', alg: d.alg, hex: d.hex, matches: [] };
+  if (path !== undefined) v.path = path;
+  const b = bytesOf(d);
+  const found = b ? index.lookupDigest(d.alg, b) : [];
+  if (found.length === 0) {
+    v.status = o.unknown;
+    v.reason = 'unknown-digest';
+    return v;
+  }
+  // Matches at the same path first: they are the strongest statement.
+  const same = path === undefined ? found : found.filter((p) => p.path === path || p.path === undefined);
+  const rest = path === undefined ? [] : found.filter((p) => !(p.path === path || p.path === undefined));
+  v.matches = [...same, ...rest].slice(0, o.maxMatches);
+  if (same.length === 0) {
+    v.status = 'warning';
+    v.reason = 'path-mismatch';
+  }
+  return v;
+}
+
+function packageVerdict(index: ReferenceIndex, p: EvidencePackage, o: Required<AppraiseOptions>): ItemVerdict {
+  const v: ItemVerdict = { kind: 'package', status: 'affirming', name: p.name, version: p.version, matches: [] };
+  if (p.architecture !== undefined) v.architecture = p.architecture;
+  let entries = index.lookupPackage(p.name, p.version);
+  if (p.architecture !== undefined) entries = entries.filter((e) => e.provenance.architecture === undefined || e.provenance.architecture === p.architecture);
+  if (entries.length === 0) {
+    v.status = o.unknown;
+    v.reason = 'unknown-package';
+    return v;
+  }
+  if (!p.digest) {
+    v.status = 'warning';
+    v.reason = 'package-without-digest';
+    v.matches = entries.slice(0, o.maxMatches).map((e) => e.provenance);
+    return v;
+  }
+  v.alg = p.digest.alg;
+  v.hex = p.digest.hex;
+  const hit = entries.filter((e) => e.digests.some((d) => d.alg === p.digest!.alg && d.hex.toLowerCase() === p.digest!.hex));
+  if (hit.length > 0) {
+    v.matches = hit.slice(0, o.maxMatches).map((e) => e.provenance);
+    return v;
+  }
+  v.matches = entries.slice(0, o.maxMatches).map((e) => e.provenance);
+  if (entries.some((e) => e.digests.some((d) => d.alg === p.digest!.alg))) {
+    v.status = 'contraindicated';
+    v.reason = 'digest-mismatch';
+  } else {
+    v.status = 'warning';
+    v.reason = 'digest-unverifiable';
+  }
+  return v;
+}
+
+function claimFor(s: ArStatus, affirm: number, unrecognized: number, contra: number): number {
+  return s === 'contraindicated' ? contra : s === 'warning' ? unrecognized : s === 'affirming' ? affirm : Ar4si.NO_CLAIM;
+}
+
+/**
+ * Appraises evidence against a reference index: per-item verdicts, then per
+ * submodule the AR4SI vector and status, and the overall status (the worst).
+ * An item is affirming only when its digest is found in the index (for a
+ * package: the package's own digest under that name and version), so unknown
+ * or undigested items never affirm.
+ *
+ * @example
+ * ```ts
+ * const a = appraise(source, { digests: [{ alg: 'sha256', hex, path: '/usr/bin/hello' }] });
+ * a.status; // 'affirming' when the digest is a file of a package in the repository
+ * ```
+ */
+export function appraise(index: ReferenceIndex, input: AppraisalInput, options: AppraiseOptions = {}): Appraisal {
+  const o: Required<AppraiseOptions> = { unknown: 'warning', maxMatches: 8, maxDetail: 10_000, policyId: 'vmkit:repository-match/1', ...options };
+  if (o.unknown !== 'warning' && o.unknown !== 'contraindicated') throw new VmkitError('ARG_RANGE', 'options.unknown must be warning or contraindicated');
+  const out: Appraisal = { status: 'none', submods: {} };
+  if (input.digests?.length || input.packages?.length) {
+    const c = new Collector(o.maxDetail);
+    for (const d of input.digests ?? []) c.add(digestVerdict(index, d, d.path, o, 'digest'));
+    for (const p of input.packages ?? []) c.add(packageVerdict(index, p, o));
+    const tv: TrustVector = { 'file-system': claimFor(c.worst, Ar4si.APPROVED_FILES, Ar4si.UNRECOGNIZED_FILES, Ar4si.CONTRAINDICATED_FILES) };
+    out.submods['vmkit-software'] = { status: vectorStatus(tv), trustVector: tv, policyId: o.policyId, summary: c.summary, items: c.items };
+  }
+  if (input.ima) {
+    const r = input.ima;
+    const c = new Collector(o.maxDetail);
+    c.summary.excluded = r.excluded;
+    for (const e of r.entries) {
+      if (e.violation) {
+        c.add({ kind: 'ima', status: 'none', reason: 'ima.validation.tomtou', path: e.path, line: e.line, matches: [] });
+        continue;
+      }
+      if (e.template === 'ima-buf' || e.path === 'boot_aggregate') {
+        // Buffers (kexec command lines, keys) and the boot aggregate are not files a repository holds.
+        c.add({ kind: 'ima', status: 'none', reason: e.template === 'ima-buf' ? 'ima-buf' : 'boot_aggregate', path: e.path, line: e.line, matches: [] });
+        continue;
+      }
+      const d = imaEntryDigest(e);
+      let v: ItemVerdict;
+      if (!d) v = { kind: 'ima', status: 'warning', reason: 'unsupported-digest-algorithm', alg: e.digestAlg, path: e.path, matches: [] };
+      else {
+        v = digestVerdict(index, d, e.path, o, 'ima');
+        if (v.reason === 'unknown-digest') v.reason = `ima.validation.${e.template}.not_in_allowlist`;
+      }
+      v.line = e.line;
+      c.add(v);
+    }
+    const integrity = r.failureCount === 0;
+    const tv: TrustVector = { executables: integrity ? claimFor(c.worst, Ar4si.APPROVED_RUNTIME, Ar4si.UNRECOGNIZED_RUNTIME, Ar4si.CONTRAINDICATED_RUNTIME) : Ar4si.CRYPTO_FAILED };
+    const sub: SubmodAppraisal = { status: vectorStatus(tv), trustVector: tv, policyId: o.policyId, summary: c.summary, items: c.items, pcrs: r.pcrs };
+    if (r.pcrCheck) sub.pcr10 = r.pcrCheck;
+    if (r.failures.length) sub.failures = r.failures;
+    if (r.excludes?.length) sub.excludes = r.excludes;
+    out.submods['vmkit-ima'] = sub;
+  }
+  for (const s of Object.values(out.submods)) out.status = worst(out.status, s.status);
+  return out;
+}
+
+/** Options of {@link appraiseEvidence}. */
+export interface AppraiseEvidenceOptions extends AppraiseOptions {
+  /** The service's own exclude list (applied with the request's). */
+  excludes?: ImaExcludes | readonly string[];
+  /** Accept regular expressions in the request's excludes (default false: `glob:` only, no ReDoS). */
+  requestRegex?: boolean;
+}
+
+/**
+ * Verifies the IMA log of parsed evidence (template hashes, PCR 10, excludes)
+ * and appraises everything: the service's one call per request. Async only
+ * because hashing is; still no I/O.
+ *
+ * @example
+ * ```ts
+ * const appraisal = await appraiseEvidence(sources, parseEvidence(body.evidence));
+ * const ear = await signEar(appraisal, key, { nonce });
+ * ```
+ */
+export async function appraiseEvidence(index: ReferenceIndex, evidence: Evidence, options: AppraiseEvidenceOptions = {}): Promise<Appraisal> {
+  const input: AppraisalInput = {};
+  if (evidence.digests) input.digests = evidence.digests;
+  if (evidence.packages) input.packages = evidence.packages;
+  if (evidence.ima) {
+    const req = compileExcludes(evidence.ima.excludes ?? [], { regex: options.requestRegex ?? false });
+    const own = options.excludes === undefined ? undefined : typeof options.excludes === 'function' ? options.excludes : compileExcludes(options.excludes);
+    const patterns = [...(own?.patterns ?? []), ...req.patterns];
+    const excludes = Object.defineProperty((p: string) => (own !== undefined && own(p)) || req(p), 'patterns', { value: patterns }) as ImaExcludes;
+    const r = await verifyImaLog(evidence.ima.log, { ...(evidence.ima.pcr10 ? { expectedPcr: evidence.ima.pcr10 } : {}), excludes });
+    input.ima = { ...r, excludes: patterns };
+  }
+  return appraise(index, input, options);
+}
