@@ -17,7 +17,8 @@ import type { ImageDevice, ImageInfo } from '../types.js';
 import { encodeQcow2Header, type Qcow2Header } from './header.js';
 import { decodeL2, encodeL2, entryOffset, HI_COPIED, Refcounts, type L2Entry } from './metadata.js';
 
-const L2_CACHE = 64;
+// L2 tables kept in memory: at most 64, and at most 8 MiB of them (clusters go up to 2 MiB).
+const L2_CACHE_BYTES = 8 << 20;
 
 /** What one lookup found: a run of equal kind inside one cluster. */
 interface Piece {
@@ -117,7 +118,7 @@ export class Qcow2Device implements ImageDevice {
     }
     t = new Uint8Array(this.cs);
     await this.storage.readInto(off, t);
-    if (this.l2cache.size >= L2_CACHE) this.l2cache.delete(this.l2cache.keys().next().value!);
+    if (this.l2cache.size >= Math.max(4, Math.min(64, L2_CACHE_BYTES / this.cs))) this.l2cache.delete(this.l2cache.keys().next().value!);
     this.l2cache.set(off, t);
     return t;
   }

@@ -141,7 +141,8 @@ export class Refcounts {
     if (!b) {
       b = new Uint8Array(this.cs);
       await this.storage.readInto(this.table[i]!, b);
-      if (this.blocks.size >= 256) this.blocks.delete(this.blocks.keys().next().value!);
+      // At most 256 blocks and 8 MiB of them.
+      if (this.blocks.size >= Math.max(4, Math.min(256, (8 << 20) / this.cs))) this.blocks.delete(this.blocks.keys().next().value!);
       this.blocks.set(i, b);
     }
     return b;
