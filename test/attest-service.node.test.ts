@@ -17,10 +17,9 @@ import {
   SourceSet,
   parseAttestRequest,
   statusOf,
-  type Appraisal,
-  type Evidence,
   type Verifier,
 } from '../bindings/attest/service/index.js';
+import type { Appraisal, Evidence } from '../bindings/attest/appraise.js';
 import { VmkitError } from '../bindings/errors.js';
 
 const tools = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd'];
@@ -131,7 +130,7 @@ function lookupVerifier(): Verifier & { seen: Evidence[] } {
     appraise(ev: Evidence, index: SourceSet): Appraisal {
       seen.push(ev);
       const hits = (ev.digests ?? []).map((d) => index.lookupDigest(d.alg, Buffer.from(d.hex, 'hex')).length);
-      return { status: hits.length && hits.every((n) => n > 0) ? 'affirming' : 'contraindicated', hits };
+      return { status: hits.length && hits.every((n) => n > 0) ? 'affirming' : 'contraindicated', submods: {} };
     },
     sign: (a: Appraisal, nonce: string) => Buffer.from(JSON.stringify({ ...a, nonce })).toString('base64url'),
     jwks: () => ({ keys: [] }),
@@ -249,7 +248,7 @@ describe.runIf(ready)('attestation service over real repositories', () => {
 
   it('answers 503 while no source is loaded and under overload, and closes gracefully', async () => {
     const sources = new SourceSet([openSource(`rpm ${repo.url}/rpm`, { keyring: ring })]);
-    const slow: Verifier = { ...lookupVerifier(), appraise: async () => (await new Promise((r) => setTimeout(r, 200)), { status: 'warning' }) };
+    const slow: Verifier = { ...lookupVerifier(), appraise: async () => (await new Promise((r) => setTimeout(r, 200)), { status: 'warning', submods: {} }) };
     const s2 = new AttestService({ sources, verifier: slow, maxInFlight: 1 });
     const u = await s2.listen(0);
     const n = ((await (await fetch(`${u}/nonce`)).json()) as { nonce: string }).nonce;

@@ -4,7 +4,7 @@
  * signed EARs. See docs/attest-service.md.
  * @module
  */
-export { AttestService, parseAttestRequest, parseDigestArg, parsePackageArg, type AttestServiceOptions, type Evidence, type Appraisal, type EarStatus, type Jwks, type Verifier } from './server.js';
+export { AttestService, parseAttestRequest, parseDigestArg, parsePackageArg, type AttestServiceOptions, type Jwks, type Verifier } from './server.js';
 export { NonceStore, type NonceStoreOptions, type NonceRefusal } from './nonces.js';
 export { SourceSet, type SourceSetOptions, type SourceStatus } from './refresh.js';
 export { statusOf, readBody, sendJson, sendError } from './_http.js';

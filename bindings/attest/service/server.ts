@@ -25,50 +25,10 @@ import type { AddressInfo } from 'node:net';
 import { VmkitError } from '../../errors.js';
 import { hexInto, digestLength } from '../index-store.js';
 import type { Digest, DigestAlgorithm } from '../types.js';
+import { parseEvidence, type Appraisal, type Evidence, type EvidencePackage } from '../appraise.js';
 import { NonceStore, type NonceRefusal, type NonceStoreOptions } from './nonces.js';
 import { SourceSet } from './refresh.js';
 import { readBody, sendError, sendJson } from './_http.js';
-
-/** A digest the remote machine reports, optionally with the file it hashed. */
-export interface EvidenceDigest extends Digest {
-  /** Informational: the file the digest was taken of. */
-  path?: string;
-}
-
-/** A package the remote machine says it runs. */
-export interface EvidencePackage {
-  name: string;
-  version: string;
-  architecture?: string;
-  /** Without a digest matching the repository a package never confirms. */
-  digest?: Digest;
-}
-
-/** An IMA measurement list with what to check it against. */
-export interface EvidenceIma {
-  /** `ascii_runtime_measurements` text. */
-  log: string;
-  /** The PCR 10 value the log must replay to. */
-  pcr10?: { bank: DigestAlgorithm; hex: string };
-  /** Keylime-style exclude patterns (regular expressions, or `glob:` globs). */
-  excludes?: string[];
-}
-
-/** What a remote machine sends (docs/attest-service.md): any mix of the three kinds. */
-export interface Evidence {
-  digests?: EvidenceDigest[];
-  packages?: EvidencePackage[];
-  ima?: EvidenceIma;
-}
-
-/** AR4SI overall statuses. */
-export type EarStatus = 'affirming' | 'warning' | 'contraindicated' | 'none';
-
-/** What the appraisal produced, before signing: at least an overall status. */
-export interface Appraisal {
-  status: EarStatus;
-  [claim: string]: unknown;
-}
 
 /** A JSON Web Key Set. */
 export interface Jwks {
@@ -124,28 +84,17 @@ function str(v: unknown, what: string, max: number): string {
 }
 
 /**
- * Checks a digest object `{ alg, hex }` (hex lowercased, length checked
- * against the algorithm). Throws ARG_TYPE / ARG_RANGE.
- * @example `checkDigest({ alg: 'sha256', hex: 'AB'.repeat(32) }, 'digest').hex // 'ab…'`
- */
-export function checkDigest(v: unknown, what: string): Digest {
-  if (!v || typeof v !== 'object') fail('ARG_TYPE', `${what} must be an object { alg, hex }`);
-  const { alg, hex } = v as { alg?: unknown; hex?: unknown };
-  if (typeof alg !== 'string' || !ALGS.has(alg)) fail('ARG_RANGE', `${what}.alg must be one of ${[...ALGS].join(' ')}`);
-  if (typeof hex !== 'string') fail('ARG_TYPE', `${what}.hex must be a string`);
-  const len = digestLength(alg as DigestAlgorithm);
-  const h = hex.toLowerCase();
-  if (h.length !== len * 2 || !hexInto(h, new Uint8Array(len))) fail('ARG_RANGE', `${what}.hex must be ${len * 2} hex characters for ${alg}`);
-  return { alg: alg as DigestAlgorithm, hex: h };
-}
-
-/**
  * Parses a command-line digest `alg:hex` (bare hex is SHA-256).
  * @example `parseDigestArg('sha256:' + 'ab'.repeat(32)).alg // 'sha256'`
  */
 export function parseDigestArg(s: string): Digest {
   const colon = s.indexOf(':');
-  return checkDigest(colon >= 0 ? { alg: s.slice(0, colon).toLowerCase(), hex: s.slice(colon + 1) } : { alg: 'sha256', hex: s }, `digest ${JSON.stringify(s.slice(0, 80))}`);
+  const [alg, hex] = colon >= 0 ? [s.slice(0, colon).toLowerCase(), s.slice(colon + 1)] : ['sha256', s];
+  if (!ALGS.has(alg)) fail('ARG_RANGE', `unknown digest algorithm ${JSON.stringify(alg.slice(0, 16))} (one of ${[...ALGS].join(' ')})`);
+  const len = digestLength(alg as DigestAlgorithm);
+  const h = hex.toLowerCase();
+  if (h.length !== len * 2 || !hexInto(h, new Uint8Array(len))) fail('ARG_RANGE', `a ${alg} digest is ${len * 2} hex characters: ${JSON.stringify(s.slice(0, 80))}`);
+  return { alg: alg as DigestAlgorithm, hex: h };
 }
 
 /**
@@ -155,23 +104,14 @@ export function parseDigestArg(s: string): Digest {
 export function parsePackageArg(s: string): EvidencePackage {
   const eq = s.indexOf('=');
   if (eq <= 0) fail('ARG_RANGE', `a package is "name=version": ${JSON.stringify(s.slice(0, 80))}`);
-  return checkPackage({ name: s.slice(0, eq), version: s.slice(eq + 1) }, 'package');
-}
-
-function checkPackage(v: unknown, what: string): EvidencePackage {
-  if (!v || typeof v !== 'object' || Array.isArray(v)) fail('ARG_TYPE', `${what} must be an object { name, version }`);
-  const o = v as Record<string, unknown>;
-  for (const k of Object.keys(o)) if (!['name', 'version', 'architecture', 'digest'].includes(k)) fail('ARG_RANGE', `${what} has an unknown field ${JSON.stringify(k.slice(0, 40))}`);
-  const p: EvidencePackage = { name: str(o.name, `${what}.name`, 256), version: str(o.version, `${what}.version`, 256) };
-  if (o.architecture !== undefined) p.architecture = str(o.architecture, `${what}.architecture`, 64);
-  if (o.digest !== undefined) p.digest = checkDigest(o.digest, `${what}.digest`);
-  return p;
+  return { name: str(s.slice(0, eq), 'package name', 256), version: str(s.slice(eq + 1), 'package version', 256) };
 }
 
 /**
  * Validates a parsed `POST /attest` body (`{ nonce, evidence }`, see
- * docs/attest-service.md) without trusting any of it. Throws ARG_TYPE /
- * ARG_RANGE / LIMIT (more than `maxItems` digests and packages).
+ * docs/attest-service.md) without trusting any of it: the nonce here, the
+ * evidence with `parseEvidence` (appraise.ts). Throws ARG_TYPE / ARG_RANGE /
+ * LIMIT (more than `maxItems` digests and packages).
  * @example `parseAttestRequest({ nonce: n, evidence: { digests: [{ alg: 'sha256', hex }] } })`
  */
 export function parseAttestRequest(body: unknown, maxItems: number = 100_000): { nonce: string; evidence: Evidence } {
@@ -179,46 +119,7 @@ export function parseAttestRequest(body: unknown, maxItems: number = 100_000): {
   const b = body as Record<string, unknown>;
   for (const k of Object.keys(b)) if (k !== 'nonce' && k !== 'evidence') fail('ARG_RANGE', `unknown request field ${JSON.stringify(k.slice(0, 40))}`);
   const nonce = str(b.nonce, 'nonce', 128);
-  const e = b.evidence;
-  if (!e || typeof e !== 'object' || Array.isArray(e)) fail('ARG_TYPE', 'evidence must be an object { digests?, packages?, ima? }');
-  const o = e as Record<string, unknown>;
-  for (const k of Object.keys(o)) if (!['digests', 'packages', 'ima'].includes(k)) fail('ARG_RANGE', `unknown evidence field ${JSON.stringify(k.slice(0, 40))}`);
-  const list = (v: unknown, what: string): unknown[] => (v === undefined ? [] : Array.isArray(v) ? v : fail('ARG_TYPE', `${what} must be an array`));
-  const ds = list(o.digests, 'evidence.digests');
-  const ps = list(o.packages, 'evidence.packages');
-  if (ds.length + ps.length > maxItems) throw new VmkitError('LIMIT', `at most ${maxItems} digests and packages in one request`);
-  const evidence: Evidence = {};
-  if (o.digests !== undefined) {
-    evidence.digests = ds.map((d, i) => {
-      const what = `evidence.digests[${i}]`;
-      const dg: EvidenceDigest = checkDigest(d, what);
-      const path = (d as { path?: unknown }).path;
-      if (path !== undefined) dg.path = str(path, `${what}.path`, 4096);
-      for (const k of Object.keys(d as object)) if (!['alg', 'hex', 'path'].includes(k)) fail('ARG_RANGE', `${what} has an unknown field ${JSON.stringify(k.slice(0, 40))}`);
-      return dg;
-    });
-  }
-  if (o.packages !== undefined) evidence.packages = ps.map((p, i) => checkPackage(p, `evidence.packages[${i}]`));
-  if (o.ima !== undefined) {
-    const im = o.ima as Record<string, unknown>;
-    if (!im || typeof im !== 'object' || Array.isArray(im)) fail('ARG_TYPE', 'evidence.ima must be an object { log, pcr10?, excludes? }');
-    for (const k of Object.keys(im)) if (!['log', 'pcr10', 'excludes'].includes(k)) fail('ARG_RANGE', `unknown evidence.ima field ${JSON.stringify(k.slice(0, 40))}`);
-    if (typeof im.log !== 'string') fail('ARG_TYPE', 'evidence.ima.log must be the text of an IMA measurement list');
-    const ima: EvidenceIma = { log: im.log };
-    if (im.pcr10 !== undefined) {
-      const pcr = im.pcr10 as { bank?: unknown; hex?: unknown };
-      const d = checkDigest({ alg: pcr?.bank, hex: pcr?.hex }, 'evidence.ima.pcr10');
-      ima.pcr10 = { bank: d.alg, hex: d.hex };
-    }
-    if (im.excludes !== undefined) {
-      const ex = list(im.excludes, 'evidence.ima.excludes');
-      if (ex.length > 10_000) throw new VmkitError('LIMIT', 'at most 10 000 IMA exclude patterns');
-      ima.excludes = ex.map((x, i) => str(x, `evidence.ima.excludes[${i}]`, 4096));
-    }
-    evidence.ima = ima;
-  }
-  if (ds.length + ps.length === 0 && evidence.ima === undefined) fail('ARG_RANGE', 'nothing to attest: send digests, packages or an IMA measurement list');
-  return { nonce, evidence };
+  return { nonce, evidence: parseEvidence(b.evidence, { maxItems }) };
 }
 
 /** A refused nonce: 401 with the reason (docs/attest-service.md). */
@@ -328,7 +229,15 @@ export class AttestService {
     try {
       switch (route) {
         case 'GET /nonce': {
-          const { nonce, expires } = this.nonces.issueWithExpiry();
+          if (this.closing) throw new VmkitError('INVALID_STATE', 'the service is shutting down');
+          let issued: { nonce: string; expires: Date };
+          try {
+            issued = this.nonces.issueWithExpiry();
+          } catch (e) {
+            // A full nonce table is the service's condition, not the client's fault: 503, retry.
+            throw new VmkitError('INVALID_STATE', (e as Error).message, { cause: e });
+          }
+          const { nonce, expires } = issued;
           sendJson(res, (status = 200), { nonce, expiresAt: expires.toISOString() });
           break;
         }
