@@ -329,10 +329,37 @@ export class Qcow2Device implements ImageDevice {
       this.l2cache.set(l2, t);
       return { l2, idx, table: t };
     }
-    if ((this.l1.getUint32(l1i * 8) & HI_COPIED) === 0) {
-      throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: writing a shared L2 table (internal snapshots)`, { offset: this.header.l1TableOffset + l1i * 8 });
-    }
+    if ((this.l1.getUint32(l1i * 8) & HI_COPIED) === 0) return this.unshareL2(l1i, l2, idx, r);
     return { l2, idx, table: await this.l2Table(l2) };
+  }
+
+  /**
+   * An L2 table without COPIED is shared with an internal snapshot: copy it to
+   * a new cluster for the active L1 (its data clusters already count one
+   * reference per L1 that reaches them, as QEMU counts them) and drop one
+   * reference to the old table.
+   */
+  private async unshareL2(l1i: number, old: number, idx: number, r: Refcounts): Promise<{ l2: number; idx: number; table: Uint8Array }> {
+    const setL1 = async (off: number): Promise<void> => {
+      this.l1.setUint32(l1i * 8, HI_COPIED | Math.floor(off / 2 ** 32));
+      this.l1.setUint32(l1i * 8 + 4, off % 2 ** 32);
+      await this.storage.write(this.header.l1TableOffset + l1i * 8, new Uint8Array(this.l1.buffer, this.l1.byteOffset + l1i * 8, 8).slice());
+    };
+    const rc = await r.get(old);
+    const src = await this.l2Table(old);
+    if (rc <= 1) {
+      // Not shared after all (a stale flag): set it.
+      await setL1(old);
+      return { l2: old, idx, table: src };
+    }
+    const l2 = await this.alloc(r);
+    const t = src.slice();
+    await this.storage.write(l2, t);
+    this.fileSize = Math.max(this.fileSize, l2 + this.cs);
+    await setL1(l2);
+    await r.add(old, -1);
+    this.l2cache.set(l2, t);
+    return { l2, idx, table: t };
   }
 
   private async setEntry(l2: number, idx: number, table: Uint8Array, host: number, copied: boolean, zero: boolean, alloc: number = 0, zeroes: number = 0): Promise<void> {

@@ -53,9 +53,6 @@ export async function readHeader(storage: Storage): Promise<{ header: Qcow2Heade
 export async function open(storage: Storage, opts: FormatOpenOptions = {}): Promise<Qcow2Device> {
   const { header: h, fileSize } = await readHeader(storage);
   const readOnly = opts.readOnly === true || storage.readOnly;
-  if (!readOnly && h.nbSnapshots > 0) {
-    throw new VmkitError('UNSUPPORTED', `qcow2 ${storage.name}: writing images with internal snapshots (open read-only)`, { offset: 60, path: storage.name });
-  }
   if (!readOnly && h.version === 2) {
     throw new VmkitError('UNSUPPORTED', `qcow2 ${storage.name}: version 2 images open read-only (qemu-img amend -o compat=1.1 upgrades them)`, { offset: 4, path: storage.name });
   }
