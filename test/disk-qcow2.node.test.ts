@@ -352,4 +352,18 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
       expect(normalize(m), opts).toEqual(normalize(JSON.parse(qimg('map', '--output=json', f)) as QemuMapEntry[]));
     }
   });
+
+  it('stacks a qcow2 overlay on a raw base', async () => {
+    qimg('create', '-q', '-f', 'raw', p('rb.raw'), '1M');
+    execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5c 0 1M', p('rb.raw')]);
+    await createImage(p('rt.qcow2'), { backing: 'rb.raw' });
+    expect(JSON.parse(qimg('info', '--output=json', p('rt.qcow2')))['backing-filename-format']).toBe('raw');
+    const dev = await openImage(p('rt.qcow2'));
+    expect(dev.backing?.format).toBe('raw');
+    await dev.write(4096, new Uint8Array(4096).fill(0x5d));
+    await dev.close();
+    expect(diff(await vmkitRaw(p('rt.qcow2')), await qemuRaw(p('rt.qcow2')))).toBe(-1);
+    expect((await qemuRaw(p('rt.qcow2')))[4096]).toBe(0x5d);
+    expect(counts(qemuCheck(p('rt.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+  });
 });
