@@ -168,6 +168,7 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
     const dev = await openImage(p('c.qcow2'));
     const ext = await mapExtents(dev);
     expect(ext.some((e) => e.compressed)).toBe(true);
+    expect(normalize(toQemuMap(ext))).toEqual(normalize(JSON.parse(qimg('map', '--output=json', p('c.qcow2'))) as QemuMapEntry[]));
     expect(diff(await dev.read(0, size), raw)).toBe(-1);
     const patch = new Uint8Array(4096).fill(0xee);
     await dev.write(70 * 1024, patch);
