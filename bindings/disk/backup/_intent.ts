@@ -96,11 +96,18 @@ export class WriteIntent {
       this.persistedCursor = cursor;
       this.persisted = bits;
     })();
-    this.saving = p.finally(() => {
-      if (this.saving === q) this.saving = undefined;
-    });
-    const q = this.saving;
+    // The caller gets `p` (and its error); the bookkeeping copy never rejects, so a failed
+    // write is reported once, through the job, not again as an unhandled rejection.
+    const q: Promise<void> = p.then(
+      () => this.done(q),
+      () => this.done(q),
+    );
+    this.saving = q;
     return p;
+  }
+
+  private done(q: Promise<void>): void {
+    if (this.saving === q) this.saving = undefined;
   }
 
   /** Waits until no record write is in flight. */

@@ -244,8 +244,25 @@ export class NodeChainOps implements ChainOps {
     }
   }
   async writeTextAtomic(path: string, text: string): Promise<void> {
+    // Writes of one path run in call order: two renames racing could let an older record
+    // land last (and two writes in one millisecond would share a temporary name).
+    const prev = this.writing.get(path) ?? Promise.resolve();
+    const p = prev.then(() => this.writeNow(path, text));
+    const tail = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.writing.set(path, tail);
+    void tail.then(() => {
+      if (this.writing.get(path) === tail) this.writing.delete(path);
+    });
+    return p;
+  }
+  private readonly writing = new Map<string, Promise<void>>();
+  private tmpSeq = 0;
+  private async writeNow(path: string, text: string): Promise<void> {
     const f = await fs();
-    const tmp = `${path}.tmp-${process.pid}-${Date.now().toString(36)}`;
+    const tmp = `${path}.tmp-${process.pid}-${Date.now().toString(36)}-${this.tmpSeq++}`;
     try {
       const fh = await f.open(tmp, 'w');
       try {
