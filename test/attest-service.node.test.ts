@@ -20,6 +20,8 @@ import {
   type Verifier,
 } from '../bindings/attest/service/index.js';
 import type { Appraisal, Evidence } from '../bindings/attest/appraise.js';
+import { createVerifier, requestAttestation, verifyToken } from '../bindings/attest/service/verifier.js';
+import { spawn } from 'node:child_process';
 import { VmkitError } from '../bindings/errors.js';
 
 const tools = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd'];
@@ -267,5 +269,156 @@ describe.runIf(ready)('attestation service over real repositories', () => {
     expect((await first).status).toBe(200); // the request in flight finishes
     await closing;
     await expect(fetch(`${u}/healthz`)).rejects.toThrow();
+  });
+});
+
+describe.runIf(ready)('end to end: appraisal and EdDSA-signed EARs over real repositories', () => {
+  let repo: FixtureServer;
+  let ring: Keyring;
+  let svc: AttestService;
+  let base: string;
+  const debs = () => readdirSync(join(FIXTURES, 'debian/pool/main')).filter((f) => f.endsWith('.deb'));
+  const debBytes = (f: string): Buffer => readFileSync(join(FIXTURES, 'debian/pool/main', f));
+
+  beforeAll(async () => {
+    buildFixtures();
+    repo = await startServer();
+    repo.mounts.set('/npm/vmkit-fixture', '/npm/packument.json');
+    repo.mounts.set('/npm/-/npm/v1/keys', '/npm/keys.json');
+    ring = await readKeyring(readFileSync(join(FIXTURES, 'keyring.gpg')));
+    const sources = new SourceSet([
+      openSource(`deb ${repo.url}/debian bookworm main`, { keyring: ring }),
+      openSource(`rpm ${repo.url}/rpm`, { keyring: ring }),
+      openSource(`npm ${repo.url}/npm vmkit-fixture`),
+    ]);
+    await sources.refreshAll({ requireAll: true });
+    svc = new AttestService({ sources, verifier: await createVerifier() });
+    base = await svc.listen(0);
+  });
+  afterAll(async () => {
+    await svc?.close();
+    await repo?.close();
+  });
+
+  it('affirms a real .deb and its package with digest, names where it was found; a nonce is echoed and checked', async () => {
+    const f = debs()[0]!;
+    const [name, version] = f.split('_') as [string, string];
+    const hex = sha256(debBytes(f));
+    const r = await requestAttestation(base, { digests: [{ alg: 'sha256', hex, path: `/var/cache/apt/archives/${f}` }] });
+    expect(r.status).toBe('affirming');
+    expect(r.items[0]!.where).toContain(`deb ${repo.url}/debian bookworm main: ${name} `);
+    expect(r.items[0]!.where).toContain(version);
+    // The token verifies against the published JWKS only with its own nonce.
+    const jwks = `${base}/.well-known/jwks.json`;
+    const n = r.claims.eat_nonce;
+    expect((await verifyToken(r.token, jwks, n)).status).toBe('affirming');
+    await expect(verifyToken(r.token, jwks, n + 'x')).rejects.toThrow();
+    const [h, p, s] = r.token.split('.') as [string, string, string];
+    const claims = JSON.parse(Buffer.from(p, 'base64url').toString()) as Record<string, unknown>;
+    const forged = `${h}.${Buffer.from(JSON.stringify({ ...claims, 'ear.status': 'affirming', eat_nonce: 'other' })).toString('base64url')}.${s}`;
+    await expect(verifyToken(forged, jwks, 'other')).rejects.toThrow();
+    const e = svc.sources.lookupPackage(name)[0]!;
+    const pk = await requestAttestation(base, { packages: [{ name, version: e.provenance.version, digest: e.digests[0]! }] });
+    expect(pk.status).toBe('affirming');
+  });
+
+  it('never affirms an unknown digest, a package without digest or with another digest', async () => {
+    const unknown = await requestAttestation(base, { digests: [{ alg: 'sha256', hex: sha256(Buffer.from('not in any repository')) }] });
+    expect(['warning', 'contraindicated']).toContain(unknown.status);
+    expect(unknown.items[0]!.reason).toBe('unknown-digest');
+    const f = debs()[0]!;
+    const [name] = f.split('_') as [string];
+    const e = svc.sources.lookupPackage(name)[0]!;
+    const bare = await requestAttestation(base, { packages: [{ name, version: e.provenance.version }] });
+    expect(bare.status).not.toBe('affirming');
+    const other = await requestAttestation(base, { packages: [{ name, version: e.provenance.version, digest: { alg: 'sha256', hex: '00'.repeat(32) } }] });
+    expect(other.status).toBe('contraindicated');
+  });
+
+  it('affirms an RPM and an npm tarball from their signed metadata', async () => {
+    const rpm = readdirSync(join(FIXTURES, 'rpm')).find((f) => f.endsWith('.rpm'))!;
+    const r1 = await requestAttestation(base, { digests: [{ alg: 'sha256', hex: sha256(readFileSync(join(FIXTURES, 'rpm', rpm))) }] });
+    expect(r1.status).toBe('affirming');
+    const tgz = readdirSync(join(FIXTURES, 'npm/tarballs'))[0]!;
+    const hex = createHash('sha512').update(readFileSync(join(FIXTURES, 'npm/tarballs', tgz))).digest('hex');
+    const r2 = await requestAttestation(base, { digests: [{ alg: 'sha512', hex }] });
+    expect(r2.status).toBe('affirming');
+    expect(r2.items[0]!.where).toContain('vmkit-fixture');
+  });
+});
+
+describe.runIf(ready)('vmkit attest (the CLI as a child process)', () => {
+  const bin = join(process.cwd(), 'dist/bin/vmkit.js');
+  let repo: FixtureServer;
+  const keyring = join(FIXTURES, 'keyring.gpg');
+  const run = (args: string[], timeoutMs = 30_000): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+    new Promise((resolve) => {
+      const p = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs });
+      let stdout = '';
+      let stderr = '';
+      p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+      p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+      p.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
+
+  beforeAll(async () => {
+    buildFixtures();
+    repo = await startServer();
+  });
+  afterAll(async () => {
+    await repo?.close();
+  });
+
+  it('index reports the counts of a signed repository and refuses a tampered one', async () => {
+    const deb = `deb ${repo.url}/debian bookworm main`;
+    const ok = await run(['attest', 'index', deb, '--keyring', keyring, '--json']);
+    expect(ok.code, ok.stderr).toBe(0);
+    const doc = JSON.parse(ok.stdout) as { packages: number; digests: number };
+    expect(doc.packages).toBe(readdirSync(join(FIXTURES, 'debian/pool/main')).filter((f) => f.endsWith('.deb')).length);
+    const bad = await run(['attest', 'index', `deb ${repo.url}/debian-other bookworm main`, '--keyring', keyring, '--json']);
+    expect(bad.code).toBe(1);
+    expect((JSON.parse(bad.stdout) as { error: { code: string } }).error.code).toBe('INTEGRITY');
+  });
+
+  it('serve + request + verify + check: affirmed exits 0, unknown exits 1', async () => {
+    const deb = `deb ${repo.url}/debian bookworm main`;
+    const srv = spawn(process.execPath, [bin, 'attest', 'serve', '--repo', deb, '--source', `rpm ${repo.url}/rpm`, '--keyring', keyring, '--port', '0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let out = '';
+      const url = await new Promise<string>((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`serve did not start: ${out}`)), 30_000);
+        srv.stdout.on('data', (c: Buffer) => {
+          out += c.toString();
+          try {
+            const doc = JSON.parse(out) as { listening: string };
+            clearTimeout(t);
+            resolve(doc.listening);
+          } catch {
+            // not the whole document yet
+          }
+        });
+        srv.on('exit', (code) => reject(new Error(`serve exited ${code}`)));
+      });
+      const file = join(FIXTURES, 'debian/pool/main', readdirSync(join(FIXTURES, 'debian/pool/main')).find((f) => f.endsWith('.deb'))!);
+      const good = await run(['attest', 'request', '--server', url, '--json', file]);
+      expect(good.code, good.stderr).toBe(0);
+      const r = JSON.parse(good.stdout) as { status: string; token: string; claims: { eat_nonce: string } };
+      expect(r.status).toBe('affirming');
+      const v = await run(['attest', 'verify', r.token, '--jwks', `${url}/.well-known/jwks.json`, '--nonce', r.claims.eat_nonce]);
+      expect(v.code, v.stderr).toBe(0);
+      expect(v.stdout).toMatch(/nonce matches; status: affirming/);
+      const unknown = await run(['attest', 'request', '--server', url, '--digest', 'sha256:' + 'ab'.repeat(32)]);
+      expect(unknown.code).toBe(1);
+      expect(unknown.stdout).toMatch(/status: (warning|contraindicated)/);
+      const offline = await run(['attest', 'check', '--repo', deb, '--keyring', keyring, file]);
+      expect(offline.code, offline.stderr).toBe(0);
+      expect(offline.stdout).toMatch(/status: affirming/);
+      const usage = await run(['attest', 'request', '--server', url]);
+      expect(usage.code).toBe(2);
+    } finally {
+      srv.kill('SIGTERM');
+      const code = await new Promise<number | null>((r) => (srv.exitCode !== null ? r(srv.exitCode) : srv.on('exit', (c) => r(c))));
+      expect(code).toBe(0);
+    }
   });
 });

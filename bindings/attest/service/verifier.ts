@@ -1,0 +1,180 @@
+/**
+ * The service's verifier: appraisal (appraise.ts) and EAR signing (ear.ts)
+ * behind the {@link Verifier} interface, with the signing key loaded from a
+ * PEM or JWK file (or made for the life of the process); and the small
+ * helpers the CLI's `request`, `verify` and `check` use.
+ * @module
+ */
+import { readFile } from 'node:fs/promises';
+import { VmkitError } from '../../errors.js';
+import { appraiseEvidence, type Appraisal, type AppraiseEvidenceOptions, type Evidence, type ItemVerdict } from '../appraise.js';
+import { exportJwks, generateEarKey, loadEarKey, signEar, verifyEar, VMKIT_VERIFIER, type EarClaims, type EarSigningKey } from '../ear.js';
+import type { ReferenceIndex } from '../types.js';
+import type { Jwks, Verifier } from './server.js';
+
+/** Options of {@link createVerifier}. */
+export interface CreateVerifierOptions {
+  /** The Ed25519 signing key (see `loadEarKey` / `generateEarKey`). */
+  key?: EarSigningKey;
+  /** A file holding the key as an Ed25519 private JWK or PKCS#8 PEM. */
+  keyFile?: string;
+  /** `ear.verifier-id` build string (default "vmkit <version>"). */
+  verifierId?: string;
+  /** Token lifetime in seconds (default 300). */
+  ttlSeconds?: number;
+  /** Appraisal options (the service's own IMA excludes, unknown → warning/contraindicated). */
+  appraise?: AppraiseEvidenceOptions;
+}
+
+/**
+ * The verifier the service uses: `appraiseEvidence` over the sources, then
+ * an EdDSA-signed EAR echoing the nonce. Without a key, one is made for the
+ * life of the process (relying parties then fetch the JWKS again after a restart).
+ *
+ * @example
+ * ```ts
+ * const verifier = await createVerifier({ keyFile: '/etc/vmkit/ear-key.pem' });
+ * const svc = new AttestService({ sources, verifier });
+ * ```
+ */
+export async function createVerifier(options: CreateVerifierOptions = {}): Promise<Verifier & { kid: string; key: EarSigningKey }> {
+  let key: EarSigningKey;
+  if (options.key !== undefined) key = options.key;
+  else if (options.keyFile !== undefined) {
+    let bytes: Uint8Array;
+    try {
+      bytes = new Uint8Array(await readFile(options.keyFile));
+    } catch (e) {
+      throw new VmkitError('NOT_FOUND', `key file ${options.keyFile} could not be read`, { cause: e, path: options.keyFile });
+    }
+    key = await loadEarKey(bytes);
+  } else key = await generateEarKey();
+  const jwks = exportJwks(key) as unknown as Jwks;
+  const signOpts = {
+    ...(options.verifierId !== undefined ? { verifierId: { developer: VMKIT_VERIFIER.developer, build: options.verifierId } } : {}),
+    ...(options.ttlSeconds !== undefined ? { ttlSeconds: options.ttlSeconds } : {}),
+  };
+  return {
+    kid: key.kid,
+    key,
+    appraise: (evidence: Evidence, index: ReferenceIndex) => appraiseEvidence(index, evidence, options.appraise ?? {}),
+    sign: (appraisal: Appraisal, nonce: string) => signEar(appraisal, key, { nonce, ...signOpts }),
+    jwks: () => jwks,
+  };
+}
+
+/** One line of a result for people: what, verdict, where it was found. */
+export interface ItemLine {
+  status: string;
+  subject: string;
+  where?: string;
+  reason?: string;
+}
+
+/**
+ * Flattens an appraisal (or verified EAR claims) into one line per item.
+ * @example `summarize(appraisal).map((l) => l.status)`
+ */
+export function summarize(a: Appraisal): ItemLine[] {
+  const out: ItemLine[] = [];
+  for (const sub of Object.values(a.submods ?? {})) {
+    for (const it of sub.items as ItemVerdict[]) {
+      const subject = it.kind === 'package' ? `${it.name}=${it.version}` : `${it.path ? it.path + ' ' : ''}${it.alg}:${it.hex}`;
+      const m = it.matches[0];
+      const line: ItemLine = { status: it.status, subject };
+      if (m) line.where = `${m.repository}: ${m.package} ${m.version}${m.architecture ? ' ' + m.architecture : ''}${m.path ? ' ' + m.path : ''}`;
+      if (it.reason) line.reason = it.reason;
+      out.push(line);
+    }
+  }
+  return out;
+}
+
+/**
+ * The offline check (`vmkit attest check`): appraisal without a service.
+ * @example `const { status, items } = await appraiseSummary(evidence, sources);`
+ */
+export async function appraiseSummary(evidence: Evidence, index: ReferenceIndex): Promise<{ status: string; items: ItemLine[]; appraisal: Appraisal }> {
+  const appraisal = await appraiseEvidence(index, evidence);
+  return { status: appraisal.status, items: summarize(appraisal), appraisal };
+}
+
+async function loadJwks(where: string): Promise<Jwks> {
+  let text: string;
+  if (/^https?:\/\//.test(where)) {
+    let res: Response;
+    try {
+      res = await fetch(where);
+    } catch (e) {
+      throw new VmkitError('NETWORK', `GET ${where}: ${(e as Error).message}`, { cause: e, path: where });
+    }
+    if (!res.ok) throw new VmkitError('NETWORK', `GET ${where}: HTTP ${res.status}`, { path: where });
+    text = await res.text();
+  } else {
+    try {
+      text = await readFile(where, 'utf8');
+    } catch (e) {
+      throw new VmkitError('NOT_FOUND', `JWKS file ${where} could not be read`, { cause: e, path: where });
+    }
+  }
+  try {
+    return JSON.parse(text) as Jwks;
+  } catch (e) {
+    throw new VmkitError('CORRUPT', `${where} is not a JWKS (JSON)`, { cause: e, path: where });
+  }
+}
+
+/**
+ * Verifies an EAR token against a JWKS (URL or file): signature (EdDSA),
+ * profile, expiry and the nonce. Without `nonce` the token's own
+ * `eat_nonce` is accepted (freshness then unchecked: `nonceChecked` false).
+ * @example `const v = await verifyToken(token, 'http://svc/.well-known/jwks.json', nonce);`
+ */
+export async function verifyToken(token: string, jwks: string, nonce?: string): Promise<Appraisal & { claims: EarClaims; kid?: string; nonceChecked: boolean }> {
+  const set = await loadJwks(jwks);
+  let n = nonce;
+  if (n === undefined) {
+    try {
+      n = String((JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as { eat_nonce?: unknown }).eat_nonce ?? '');
+    } catch (e) {
+      throw new VmkitError('CORRUPT', 'not a JWT', { cause: e });
+    }
+  }
+  const v = await verifyEar(token, set as never, { nonce: n });
+  const submods: Record<string, unknown> = {};
+  for (const [name, sm] of Object.entries(v.claims.submods)) {
+    submods[name] = { status: sm['ear.status'], items: sm['vmkit.appraisal']?.items ?? [] };
+  }
+  const out: Appraisal & { claims: EarClaims; kid?: string; nonceChecked: boolean } = { status: v.status, submods: submods as Appraisal['submods'], claims: v.claims, nonceChecked: nonce !== undefined };
+  if (v.kid !== undefined) out.kid = v.kid;
+  return out;
+}
+
+/**
+ * The client side of `vmkit attest request`: fetches a nonce, posts the
+ * evidence, verifies the EAR with the server's JWKS (or `jwks`) and the
+ * nonce, and returns the verified result with the token.
+ * @example `const r = await requestAttestation('http://svc:8080', { digests }); r.status`
+ */
+export async function requestAttestation(server: string, evidence: Evidence, options: { jwks?: string } = {}): Promise<{ status: string; items: ItemLine[]; token: string; claims: EarClaims }> {
+  const base = server.replace(/\/+$/, '');
+  const call = async (path: string, init?: RequestInit): Promise<Record<string, unknown>> => {
+    let res: Response;
+    try {
+      res = await fetch(base + path, init);
+    } catch (e) {
+      throw new VmkitError('NETWORK', `${init?.method ?? 'GET'} ${base + path}: ${(e as Error).message}`, { cause: e, path: base + path });
+    }
+    const body = (await res.json().catch(() => ({}))) as Record<string, unknown>;
+    if (!res.ok) {
+      const err = (body.error ?? {}) as { code?: string; message?: string };
+      throw new VmkitError('REFUSED', `${base + path}: HTTP ${res.status} ${err.code ?? ''} ${err.message ?? ''}`.trim(), { path: base + path });
+    }
+    return body;
+  };
+  const { nonce } = (await call('/nonce')) as { nonce: string };
+  const { ear } = (await call('/attest', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ nonce, evidence }) })) as { ear: string };
+  if (typeof ear !== 'string') throw new VmkitError('CORRUPT', `${base}/attest answered without an EAR`);
+  const verified = await verifyToken(ear, options.jwks ?? `${base}/.well-known/jwks.json`, nonce);
+  return { status: verified.status, items: summarize(verified), token: ear, claims: verified.claims };
+}

@@ -1,0 +1,272 @@
+/**
+ * `vmkit attest`: the attestation service against package repositories
+ * (`serve`), its client (`request`), token verification (`verify`), an
+ * offline check of local files (`check`) and a one-shot index of a source
+ * (`index`). See docs/attest-service.md.
+ * @module
+ */
+import { readFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { resolve } from 'node:path';
+import { VmkitError } from '../../errors.js';
+import { emit, parse, type CliIO, type Command } from '../_common.js';
+import { openSource, type OpenSourceOptions } from '../../attest/sources/parse-source-line.js';
+import { readKeyring } from '../../attest/_openpgp.js';
+import type { Digest } from '../../attest/types.js';
+import { AttestService, parseDigestArg, parsePackageArg } from '../../attest/service/server.js';
+import type { Evidence, EvidenceDigest, ImaEvidence } from '../../attest/appraise.js';
+import { SourceSet, type SourceSetOptions } from '../../attest/service/refresh.js';
+
+const usage = `Usage:
+  vmkit attest serve --repo '<source>'... [--keyring <file>]... [--key <pem|jwk file>] [--listen host:port | --port N]
+                     [--verifier-id <id>] [--refresh <seconds>] [--json]
+  vmkit attest request --server <url> [--digest alg:hex]... [--package name=version]... [--ima <log> [--pcr10 bank:hex] [--exclude re]...] [--jwks <url|file>] [--json] [<file>...]
+  vmkit attest verify <token> --jwks <url|file> [--nonce <n>] [--json]
+  vmkit attest check --repo '<source>'... [--keyring <file>]... [--digest alg:hex]... [--package name=version]... [--json] [<file>...]
+  vmkit attest index '<source>' [--keyring <file>]... [--json]
+
+A <source> is written the way its ecosystem writes it:
+  "deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] http://host/debian bookworm main"
+  "rpm http://host/repo"          "npm https://registry.npmjs.org <package>..."
+--source is the same as --repo. --keyring takes binary or armored OpenPGP keyrings (/usr/share/keyrings/*.gpg).
+request hashes each <file> (SHA-256), asks the server, verifies the signed result (signature, nonce,
+expiry) and prints it with the token; exit 0 only when the status is affirming.
+Exit codes: 0 affirmed / ok, 1 not affirmed or failure, 2 usage error.`;
+
+const sourceOpts = {
+  repo: { type: 'string', multiple: true },
+  source: { type: 'string', multiple: true },
+  keyring: { type: 'string', multiple: true },
+  'allow-unsigned': { type: 'boolean' },
+  'allow-expired': { type: 'boolean' },
+} as const;
+
+type Values = Record<string, string | boolean | string[] | undefined>;
+
+function strings(v: unknown): string[] {
+  return Array.isArray(v) ? (v as string[]) : typeof v === 'string' ? [v] : [];
+}
+
+/** Opens the `--repo`/`--source` lines with the keyrings given. */
+async function openSources(values: Values, lines: string[] = [...strings(values.repo), ...strings(values.source)], setOptions: SourceSetOptions = {}): Promise<SourceSet> {
+  if (lines.length === 0) throw new VmkitError('ARG_RANGE', 'at least one --repo <source> is required');
+  const opts: OpenSourceOptions = {};
+  const rings = strings(values.keyring);
+  if (rings.length) {
+    const bytes = await Promise.all(rings.map(async (p) => {
+      try {
+        return new Uint8Array(await readFile(p));
+      } catch (e) {
+        throw new VmkitError('NOT_FOUND', `keyring ${p} could not be read`, { cause: e, path: p });
+      }
+    }));
+    opts.keyring = await readKeyring(...bytes);
+  }
+  if (values['allow-unsigned']) opts.allowUnsigned = true;
+  if (values['allow-expired']) opts.allowExpired = true;
+  return new SourceSet(lines.map((l) => openSource(l, opts)), setOptions);
+}
+
+/** SHA-256 of a file, streamed. */
+function hashFile(path: string): Promise<Digest> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha256');
+    createReadStream(path)
+      .on('data', (c) => h.update(c))
+      .on('end', () => resolve({ alg: 'sha256', hex: h.digest('hex') }))
+      .on('error', (e) => reject(new VmkitError('NOT_FOUND', `${path}: ${e.message}`, { cause: e, path })));
+  });
+}
+
+async function evidenceOf(values: Values, files: string[]): Promise<Evidence> {
+  const digests: EvidenceDigest[] = strings(values.digest).map(parseDigestArg);
+  for (const f of files) digests.push({ ...(await hashFile(f)), path: resolve(f) });
+  const packages = strings(values.package).map(parsePackageArg);
+  const evidence: Evidence = {};
+  if (digests.length) evidence.digests = digests;
+  if (packages.length) evidence.packages = packages;
+  if (typeof values.ima === 'string') {
+    let log: string;
+    try {
+      log = await readFile(values.ima, 'utf8');
+    } catch (e) {
+      throw new VmkitError('NOT_FOUND', `IMA log ${values.ima} could not be read`, { cause: e, path: values.ima });
+    }
+    const ima: ImaEvidence = { log };
+    if (typeof values.pcr10 === 'string') {
+      const d = parseDigestArg(values.pcr10);
+      if (d.alg === 'md5') throw new VmkitError('ARG_RANGE', '--pcr10 bank must be sha1, sha256, sha384, sha512 or sm3');
+      ima.pcr10 = { bank: d.alg, hex: d.hex };
+    }
+    const ex = strings(values.exclude);
+    if (ex.length) ima.excludes = ex;
+    evidence.ima = ima;
+  } else if (values.pcr10 !== undefined || values.exclude !== undefined) {
+    throw new VmkitError('ARG_RANGE', '--pcr10 and --exclude go with --ima <log>');
+  }
+  if (!evidence.digests && !evidence.packages && !evidence.ima) {
+    throw new VmkitError('ARG_RANGE', 'nothing to attest: give files, --digest, --package or --ima');
+  }
+  return evidence;
+}
+
+function listenAddr(values: Values): { host: string; port: number } {
+  let host = '127.0.0.1';
+  let port = 8080;
+  if (typeof values.listen === 'string') {
+    const m = /^(?:\[?([^\]]*)\]?:)?(\d+)$/.exec(values.listen);
+    if (!m) throw new VmkitError('ARG_RANGE', `--listen must be host:port or port, got ${JSON.stringify(values.listen)}`);
+    if (m[1]) host = m[1];
+    port = Number(m[2]);
+  }
+  if (typeof values.port === 'string') port = Number(values.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new VmkitError('ARG_RANGE', '--port must be 0..65535');
+  return { host, port };
+}
+
+async function serve(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(argv, {
+    ...sourceOpts,
+    key: { type: 'string' },
+    listen: { type: 'string' },
+    port: { type: 'string' },
+    'verifier-id': { type: 'string' },
+    refresh: { type: 'string' },
+  });
+  if (positionals.length) throw new VmkitError('ARG_RANGE', `unexpected argument ${JSON.stringify(positionals[0])}`);
+  const { host, port } = listenAddr(values);
+  const refreshS = values.refresh === undefined ? 300 : Number(values.refresh);
+  if (!(refreshS > 0)) throw new VmkitError('ARG_RANGE', '--refresh must be a positive number of seconds');
+  const { createVerifier } = await import('../../attest/service/verifier.js');
+  const verifier = await createVerifier({
+    ...(typeof values.key === 'string' ? { keyFile: values.key } : {}),
+    ...(typeof values['verifier-id'] === 'string' ? { verifierId: values['verifier-id'] } : {}),
+  });
+  const lines = [...strings(values.repo), ...strings(values.source)];
+  const sources = await openSources(values, lines, { intervalMs: refreshS * 1000 });
+  const t0 = performance.now();
+  try {
+    await sources.refreshAll({ requireAll: true });
+  } catch (e) {
+    sources.close();
+    throw e;
+  }
+  const loadMs = performance.now() - t0;
+  const svc = new AttestService({ sources, verifier });
+  sources.start();
+  const url = await svc.listen(port, host);
+  const st = sources.status();
+  emit(io, values.json, { listening: url, loadMs: Math.round(loadMs), kid: verifier.kid, sources: st }, () =>
+    [`vmkit attest: listening on ${url} (index loaded in ${Math.round(loadMs)} ms)`, ...st.map((s) => `  ${s.id}: ${s.packages} packages, ${s.digests} digests`)].join('\n'),
+  );
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      void svc.close().then(resolve);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+  return 0;
+}
+
+async function request(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(argv, {
+    server: { type: 'string' },
+    digest: { type: 'string', multiple: true },
+    package: { type: 'string', multiple: true },
+    ima: { type: 'string' },
+    pcr10: { type: 'string' },
+    exclude: { type: 'string', multiple: true },
+    jwks: { type: 'string' },
+  });
+  let server = values.server as string | undefined;
+  let files = positionals;
+  if (server === undefined && positionals[0] && /^https?:\/\//.test(positionals[0])) [server, ...files] = positionals;
+  if (!server) throw new VmkitError('ARG_RANGE', 'vmkit attest request needs --server <url>');
+  const evidence = await evidenceOf(values, files);
+  const { requestAttestation } = await import('../../attest/service/verifier.js');
+  const r = await requestAttestation(server, evidence, typeof values.jwks === 'string' ? { jwks: values.jwks } : {});
+  emit(io, values.json, r, () => {
+    const lines = [`status: ${r.status}`];
+    for (const it of r.items) lines.push(`  ${it.status.padEnd(15)} ${it.subject}${it.where ? '  ← ' + it.where : ''}${it.reason ? '  (' + it.reason + ')' : ''}`);
+    lines.push(`token: ${r.token}`);
+    return lines.join('\n');
+  });
+  return r.status === 'affirming' ? 0 : 1;
+}
+
+async function verify(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(argv, { jwks: { type: 'string' }, nonce: { type: 'string' } });
+  const token = positionals[0];
+  if (!token || positionals.length !== 1) throw new VmkitError('ARG_RANGE', 'usage: vmkit attest verify <token> --jwks <url|file> [--nonce n]');
+  if (typeof values.jwks !== 'string') throw new VmkitError('ARG_RANGE', '--jwks <url|file> is required');
+  const { verifyToken } = await import('../../attest/service/verifier.js');
+  const ear = await verifyToken(token, values.jwks, typeof values.nonce === 'string' ? values.nonce : undefined);
+  emit(io, values.json, { status: ear.status, kid: ear.kid, nonceChecked: ear.nonceChecked, claims: ear.claims }, () =>
+    `signature valid (kid ${ear.kid ?? '?'}), not expired${ear.nonceChecked ? ', nonce matches' : ' (nonce NOT checked: give --nonce)'}; status: ${ear.status}`,
+  );
+  return ear.status === 'affirming' ? 0 : 1;
+}
+
+async function check(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(argv, { ...sourceOpts, digest: { type: 'string', multiple: true }, package: { type: 'string', multiple: true }, ima: { type: 'string' }, pcr10: { type: 'string' }, exclude: { type: 'string', multiple: true } });
+  const evidence = await evidenceOf(values, positionals);
+  const sources = await openSources(values);
+  try {
+    await sources.refreshAll({ requireAll: true });
+    const { appraiseSummary } = await import('../../attest/service/verifier.js');
+    const r = await appraiseSummary(evidence, sources);
+    emit(io, values.json, r, () => {
+      const lines = [`status: ${r.status}`];
+      for (const it of r.items) lines.push(`  ${it.status.padEnd(15)} ${it.subject}${it.where ? '  ← ' + it.where : ''}${it.reason ? '  (' + it.reason + ')' : ''}`);
+      return lines.join('\n');
+    });
+    return r.status === 'affirming' ? 0 : 1;
+  } finally {
+    sources.close();
+  }
+}
+
+async function index(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(argv, sourceOpts);
+  if (positionals.length !== 1) throw new VmkitError('ARG_RANGE', "usage: vmkit attest index '<source>' [--keyring <file>]");
+  const sources = await openSources(values, positionals);
+  try {
+    const t0 = performance.now();
+    await sources.refreshAll({ requireAll: true });
+    const ms = performance.now() - t0;
+    const [s] = sources.status();
+    emit(io, values.json, { ...s, ms: Math.round(ms) }, () =>
+      `${s!.id}: ${s!.packages} packages, ${s!.digests} digests in ${Math.round(ms)} ms${s!.validUntil ? `, valid until ${s!.validUntil.toISOString()}` : ''}`,
+    );
+    return 0;
+  } finally {
+    sources.close();
+  }
+}
+
+/** The `attest` command group. */
+export const command: Command = {
+  summary: 'attestation against package repositories: serve, request, verify, check, index',
+  usage,
+  async run(argv: string[], io: CliIO): Promise<number> {
+    const [sub, ...rest] = argv;
+    switch (sub) {
+      case 'serve':
+        return serve(rest, io);
+      case 'request':
+        return request(rest, io);
+      case 'verify':
+        return verify(rest, io);
+      case 'check':
+        return check(rest, io);
+      case 'index':
+        return index(rest, io);
+      default:
+        throw new VmkitError('ARG_RANGE', `unknown attest subcommand ${JSON.stringify(sub)}; see vmkit attest --help`);
+    }
+  },
+};
