@@ -10,6 +10,7 @@ import fc from 'fast-check';
 import { needTool } from './_tools.js';
 import { openImage, createImage, checkImage } from '../bindings/disk/image.js';
 import { mapExtents, toQemuMap, type QemuMapEntry } from '../bindings/disk/device.js';
+import type { Qcow2Device } from '../bindings/disk/formats/qcow2/device.js';
 
 const hasQemu = needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils');
 let dir = '';
@@ -366,5 +367,35 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
     expect(diff(await vmkitRaw(p('rt.qcow2')), await qemuRaw(p('rt.qcow2')))).toBe(-1);
     expect((await qemuRaw(p('rt.qcow2')))[4096]).toBe(0x5d);
     expect(counts(qemuCheck(p('rt.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+  });
+
+  it('writes compressed clusters that QEMU reads, maps and checks', async () => {
+    const size = 2 << 20;
+    await createImage(p('wc.qcow2'), { size });
+    const dev = (await openImage(p('wc.qcow2'))) as Qcow2Device;
+    const ref = new Uint8Array(size);
+    for (let i = 0; i < size; i++) ref[i] = ((i >> 10) * 13 + (i & 7)) & 0xff;
+    ref.fill(0, 512 << 10, 640 << 10); // zero clusters stay zero clusters
+    const noise = new Uint8Array(65536);
+    let s = 7;
+    for (let i = 0; i < noise.length; i++) noise[i] = (s = (Math.imul(s, 1103515245) + 12345) >>> 0) >>> 24;
+    ref.set(noise, 1 << 20); // incompressible: written plainly
+    await dev.writeCompressed(0, ref);
+    expect(await dev.blockStatus(0, 65536)).toMatchObject({ kind: 'data', compressed: true });
+    expect(await dev.blockStatus(512 << 10, 65536)).toMatchObject({ kind: 'zero' });
+    expect((await dev.blockStatus(1 << 20, 65536)).compressed).toBeUndefined();
+    expect(diff(await dev.read(0, size), ref)).toBe(-1);
+    // Overwrite parts of compressed clusters: they are decompressed into new clusters.
+    await dev.write(65536 + 4096, new Uint8Array(512).fill(0xab));
+    ref.fill(0xab, 65536 + 4096, 65536 + 4608);
+    await dev.writeCompressed(3 * 65536, ref.subarray(0, 65536));
+    ref.copyWithin(3 * 65536, 0, 65536);
+    await dev.close();
+    expect(counts(qemuCheck(p('wc.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect(await checkImage(p('wc.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
+    await writeFile(p('wc.raw'), ref);
+    execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', p('wc.qcow2'), p('wc.raw')]);
+    const info = JSON.parse(qimg('check', '--output=json', p('wc.qcow2'))) as { 'compressed-clusters'?: number };
+    expect(info['compressed-clusters']).toBeGreaterThan(10);
   });
 });

@@ -6,6 +6,7 @@ import { MemoryProvider } from '../bindings/disk/backends/memory.js';
 import { createImage, openImage, checkImage } from '../bindings/disk/image.js';
 import { mapExtents } from '../bindings/disk/device.js';
 import { VmkitError } from '../bindings/errors.js';
+import type { Qcow2Device } from '../bindings/disk/formats/qcow2/device.js';
 
 async function deflateRaw(b: Uint8Array): Promise<Uint8Array> {
   const cs = new CompressionStream('deflate-raw' as CompressionFormat);
@@ -117,5 +118,23 @@ describe('qcow2 on memory stores', () => {
     await top.close();
     expect(await checkImage('vm/top.qcow2', { provider })).toMatchObject({ corruptions: 0, leaks: 0 });
     expect(await checkImage('vm/base.qcow2', { provider })).toMatchObject({ corruptions: 0, leaks: 0 });
+  });
+  it('writes compressed clusters and reads them back (zlib in Node, CompressionStream in browsers)', async () => {
+    const provider = new MemoryProvider();
+    await createImage('z.qcow2', { provider, size: 1 << 20, clusterSize: 4096 });
+    const dev = (await openImage('z.qcow2', { provider })) as Qcow2Device;
+    const data = new Uint8Array(1 << 20).map((_, i) => (i >> 6) & 0xff);
+    await dev.writeCompressed(0, data);
+    expect((await dev.blockStatus(8192, 4096)).compressed).toBe(true);
+    expect(await dev.read(0, 1 << 20)).toEqual(data);
+    await dev.write(4096 * 10, new Uint8Array(4096).fill(1)); // frees a compressed cluster's share
+    data.fill(1, 40960, 45056);
+    await dev.close();
+    const r = await checkImage('z.qcow2', { provider });
+    expect([r.corruptions, r.leaks]).toEqual([0, 0]);
+    expect(r.compressedClusters).toBe(255);
+    const again = await openImage('z.qcow2', { provider, readOnly: true });
+    expect(await again.read(0, 1 << 20)).toEqual(data);
+    await again.close();
   });
 });

@@ -79,3 +79,17 @@ async function inflateStream(input: Uint8Array, outLength: number): Promise<Uint
   }
   return out.subarray(0, n);
 }
+
+/**
+ * Raw deflate compression (for writing compressed qcow2 clusters), at the
+ * default level: `node:zlib` in Node, `CompressionStream('deflate-raw')`
+ * elsewhere.
+ * @internal
+ */
+export async function deflateRaw(input: Uint8Array): Promise<Uint8Array> {
+  const z = await nodeZlib();
+  if (z) return new Uint8Array(z.deflateRawSync(input));
+  const cs = new CompressionStream('deflate-raw' as CompressionFormat);
+  const res = new Response(new Blob([input as Uint8Array<ArrayBuffer>]).stream().pipeThrough(cs));
+  return new Uint8Array(await res.arrayBuffer());
+}
