@@ -27,6 +27,7 @@ const root = mkdtempSync(join(tmpdir(), 'vmkit-backup-files-'));
 const distNode = fileURLToPath(new URL('../dist/disk/backup/node.js', import.meta.url));
 const distIndex = fileURLToPath(new URL('../dist/disk/backup/index.js', import.meta.url));
 const distCore = fileURLToPath(new URL('../dist/core.js', import.meta.url));
+const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
 
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
@@ -289,4 +290,29 @@ await new Promise((r) => setTimeout(r, 1e6));
     expect(sawDone).toBeLessThan(delays.length);
     expect(actions).toContain('rolled-back');
   }, 120_000);
+
+  it('vmkit disk snapshot, backup and consolidate on files: the results agree with qemu-img', () => {
+    const d = freshDir('cli');
+    copyChain(master, d);
+    const vmkit = (...args: string[]): Record<string, unknown> =>
+      JSON.parse(execFileSync(process.execPath, [bin, 'disk', ...args, '--json'], { cwd: d }).toString()) as Record<string, unknown>;
+    q('qemu-img', ['convert', '-O', 'raw', join(d, 'delta.qcow2'), join(d, 'before.raw')]);
+    const snap = vmkit('snapshot', 'delta.qcow2');
+    expect(snap.frozen).toBe('delta.qcow2');
+    const top = String(snap.delta);
+    expect(existsSync(join(d, top))).toBe(true);
+    // The guest (here qemu-io) writes to the new delta; the backup is of the frozen point in time.
+    qemuIo(join(d, top), ['write -P 0x5a 4M 2M']);
+    vmkit('backup', String(snap.frozen), 'backup.raw'); // the frozen layer, opened read-only
+    q('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', join(d, 'before.raw'), join(d, 'backup.raw')]);
+    const cons = vmkit('consolidate', top);
+    expect(cons.active).toBe('delta.qcow2');
+    expect(existsSync(join(d, top))).toBe(false);
+    qemuCheck(join(d, 'delta.qcow2'));
+    q('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 4M 2M', join(d, 'delta.qcow2')]);
+    const ref = freshDir('cli-ref');
+    copyChain(master, ref);
+    qemuIo(join(ref, 'delta.qcow2'), ['write -P 0x5a 4M 2M']);
+    identical(join(ref, 'delta.qcow2'), join(d, 'delta.qcow2'));
+  });
 });
