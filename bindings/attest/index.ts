@@ -21,3 +21,5 @@ export { parseImaLine, imaTemplateData, imaEntryDigest, imaHash, PcrReplay, comp
 export { appraise, appraiseEvidence, parseEvidence, tierOf, worst, vectorStatus, Ar4si, type ArStatus, type TrustClaimName, type TrustVector, type EvidenceDigest, type EvidencePackage, type ImaEvidence, type Evidence, type EvidenceLimits, type ItemVerdict, type AppraisalSummary, type SubmodAppraisal, type Appraisal, type AppraiseOptions, type AppraisalInput, type AppraiseEvidenceOptions } from './appraise.js';
 // EAR attestation results as EdDSA JWTs (docs/attest-service.md).
 export { EAR_PROFILE, VMKIT_VERIFIER, generateEarKey, loadEarKey, exportEarKey, exportJwks, loadEarPublicKey, earClaims, signEar, verifyEar, type VerifierId, type EarSubmod, type EarClaims, type EarSigningKey, type EarVerificationKey, type EarOptions, type VerifyEarOptions, type VerifiedEar } from './ear.js';
+// The remote machine's client (docs/attest-service.md).
+export { attest, fetchNonce, fetchJwks, type ClientOptions, type AttestOptions, type AttestResult } from './client.js';
