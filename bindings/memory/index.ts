@@ -16,3 +16,11 @@ export {
   xxh32,
 } from './checkpoint/lz4.js';
 export type { Lz4FrameOptions, Lz4FrameDecodeOptions } from './checkpoint/lz4.js';
+export { CheckpointWriter } from './checkpoint/writer.js';
+export type { CheckpointWriterOptions, CheckpointStats } from './checkpoint/writer.js';
+export { CheckpointReader } from './checkpoint/reader.js';
+export type { CheckpointReaderOptions, CheckpointInfo, CheckpointReadStats } from './checkpoint/reader.js';
+export { fileSink, fileSource, memorySink, memorySource } from './checkpoint/io.js';
+export type { CheckpointSink, CheckpointSource } from './checkpoint/io.js';
+export { CHECKPOINT_MAGIC, CHECKPOINT_VERSION, DEFAULT_BLOCK_SIZE } from './checkpoint/format.js';
+export type { CheckpointHeader, CheckpointCodec } from './checkpoint/format.js';

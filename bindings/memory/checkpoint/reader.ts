@@ -1,0 +1,525 @@
+/**
+ * The checkpoint reader: random access to pages (a {@link PageSource} for the
+ * lazy guest memory), full restores, and the facts `vmkit checkpoint inspect`
+ * prints. A run of pages in one storage block costs one read; a small LRU
+ * cache of checked blocks makes repeated reads free. Diff checkpoints open
+ * their parent chain and read absent pages from it.
+ * Format: docs/checkpoint-format.md.
+ * @module
+ */
+import { checkGeneration, withCore, type Core } from '../../core.js';
+import { check } from '../../_status.js';
+import { VmkitError } from '../../errors.js';
+import { abytes, aint } from '../../_utils.js';
+import type { PageSource } from '../types.js';
+import { ex, xxh32Of } from './_codec.js';
+import {
+  FOOTER_SIZE,
+  HEADER_SIZE,
+  MAX_CHAIN_DEPTH,
+  PAGE_ABSENT,
+  PAGE_LZ4,
+  PAGE_RAW,
+  PAGE_ZERO,
+  decodeFooter,
+  decodeHeader,
+  decodeIndex,
+  indexLength,
+  type BlockEntry,
+  type CheckpointFooter,
+  type CheckpointHeader,
+} from './format.js';
+import { fileSource, memorySource, nodeFs, type CheckpointSource } from './io.js';
+
+/** Options of {@link CheckpointReader.open}. */
+export interface CheckpointReaderOptions {
+  /** Checked blocks kept in memory (default 8). */
+  cacheBlocks?: number;
+  /** Open the parent chain of a diff checkpoint (default true; without it, absent pages throw NOT_FOUND). */
+  parents?: boolean;
+  /** Maps a parent path from a header to what to open (default: relative to the child's directory). */
+  resolveParent?: (parentPath: string, childPath: string | undefined) => string | Uint8Array | CheckpointSource;
+}
+
+/** What a checkpoint holds (`vmkit checkpoint inspect`). */
+export interface CheckpointInfo {
+  version: number;
+  id: string;
+  parentId: string;
+  parentPath: string;
+  diff: boolean;
+  codec: string;
+  pageSize: number;
+  guestSize: bigint;
+  blockSize: number;
+  coreBuild: string;
+  pages: number;
+  zeroPages: number;
+  storedPages: number;
+  rawPages: number;
+  lz4Pages: number;
+  absentPages: number;
+  blocks: number;
+  /** Write calls the save made for blocks (one per block). */
+  blockWrites: number;
+  storedBytes: number;
+  indexBytes: number;
+  fileBytes: number;
+  /** Ids from this checkpoint to the root of its chain. */
+  chain: string[];
+}
+
+/** I/O a reader did so far. */
+export interface CheckpointReadStats {
+  /** Storage blocks read from the source. */
+  blockReads: number;
+  /** Bytes read for blocks. */
+  bytesRead: number;
+  /** Block lookups served by the cache. */
+  cacheHits: number;
+}
+
+const RUN_PAGES = 64;
+
+function dirname(p: string): string {
+  const i = p.lastIndexOf('/');
+  return i < 0 ? '.' : i === 0 ? '/' : p.slice(0, i);
+}
+
+/**
+ * Reads a checkpoint file (or bytes) page by page or whole.
+ * @example
+ * ```ts
+ * import { init, CheckpointReader } from 'vmkit/memory';
+ * await init();
+ * const r = await CheckpointReader.open('/tmp/vm.ckpt');
+ * const page = await r.readPage(0x100);     // one block read at most
+ * await r.restoreTo('/tmp/mem.bin');         // full restore
+ * await r.close();
+ * ```
+ */
+export class CheckpointReader implements PageSource {
+  /** The checked header. */
+  readonly header: CheckpointHeader;
+  /** Bytes per page. */
+  readonly pageSize: number;
+  /** Pages in the guest. */
+  readonly pageCount: number;
+  /** The parent of a diff checkpoint (when opened). */
+  readonly parent: CheckpointReader | undefined;
+  private readonly src: CheckpointSource;
+  private readonly footer: CheckpointFooter;
+  private readonly blocks: BlockEntry[];
+  private readonly pages: Uint32Array;
+  private readonly cache = new Map<number, Uint8Array>();
+  private readonly cacheMax: number;
+  private readonly counters: CheckpointReadStats = { blockReads: 0, bytesRead: 0, cacheHits: 0 };
+  private core: { gen: number; block: number; entries: number; out: number; loaded: number } | undefined;
+  private closed = false;
+
+  private constructor(
+    src: CheckpointSource,
+    header: CheckpointHeader,
+    footer: CheckpointFooter,
+    index: { blocks: BlockEntry[]; pages: Uint32Array },
+    parent: CheckpointReader | undefined,
+    cacheMax: number,
+  ) {
+    this.src = src;
+    this.header = header;
+    this.footer = footer;
+    this.blocks = index.blocks;
+    this.pages = index.pages;
+    this.parent = parent;
+    this.pageSize = header.pageSize;
+    this.pageCount = index.pages.length / 3;
+    this.cacheMax = cacheMax;
+  }
+
+  /**
+   * Opens and checks a checkpoint: header, footer (a save that did not finish
+   * has none: CORRUPT), index checksum and every index entry; then its parent
+   * chain. Allocates nothing larger than the file's own index.
+   * @example
+   * ```ts
+   * const r = await CheckpointReader.open(bytes); // or a path, or a CheckpointSource
+   * ```
+   */
+  static async open(target: string | Uint8Array | CheckpointSource, options: CheckpointReaderOptions = {}): Promise<CheckpointReader> {
+    return CheckpointReader.openAt(target, options, new Set(), 0);
+  }
+
+  private static async openAt(
+    target: string | Uint8Array | CheckpointSource,
+    options: CheckpointReaderOptions,
+    seen: Set<string>,
+    depth: number,
+  ): Promise<CheckpointReader> {
+    const cacheMax = options.cacheBlocks ?? 8;
+    aint(cacheMax, 'cacheBlocks', 1, 4096);
+    const src = typeof target === 'string' ? await fileSource(target) : target instanceof Uint8Array ? memorySource(target) : target;
+    try {
+      if (src.size < HEADER_SIZE + FOOTER_SIZE) {
+        throw new VmkitError('CORRUPT', `checkpoint: incomplete (${src.size} bytes, shorter than header and footer)`);
+      }
+      const hb = new Uint8Array(HEADER_SIZE);
+      await src.read(0, hb);
+      const header = decodeHeader(hb);
+      const fb = new Uint8Array(FOOTER_SIZE);
+      await src.read(src.size - FOOTER_SIZE, fb);
+      const footer = decodeFooter(fb, src.size, header);
+      const ib = new Uint8Array(footer.indexLength);
+      await src.read(footer.indexOffset, ib);
+      const index = decodeIndex(ib, header, footer);
+      if (seen.has(header.id)) throw new VmkitError('LIMIT', `checkpoint chain loops at ${header.id}`);
+      seen.add(header.id);
+      let parent: CheckpointReader | undefined;
+      if (header.diff && options.parents !== false) {
+        if (depth + 1 > MAX_CHAIN_DEPTH) throw new VmkitError('LIMIT', `checkpoint chain deeper than ${MAX_CHAIN_DEPTH}`);
+        const childPath = typeof target === 'string' ? target : undefined;
+        const pt =
+          options.resolveParent?.(header.parentPath, childPath) ??
+          (header.parentPath.startsWith('/') || childPath === undefined ? header.parentPath : `${dirname(childPath)}/${header.parentPath}`);
+        if (pt === '') throw new VmkitError('NOT_FOUND', 'diff checkpoint names no parent path');
+        parent = await CheckpointReader.openAt(pt, options, seen, depth + 1);
+        if (parent.header.id !== header.parentId) {
+          await parent.close();
+          throw new VmkitError('INTEGRITY', `parent ${header.parentPath} is checkpoint ${parent.header.id}, expected ${header.parentId}`);
+        }
+        if (parent.header.pageSize !== header.pageSize || parent.header.guestSize !== header.guestSize) {
+          await parent.close();
+          throw new VmkitError('CORRUPT', 'parent checkpoint has another page or guest size');
+        }
+      }
+      return new CheckpointReader(src, header, footer, index, parent, cacheMax);
+    } catch (e) {
+      await src.close();
+      throw e;
+    }
+  }
+
+  /** Bytes of guest memory. */
+  get guestSize(): bigint {
+    return this.header.guestSize;
+  }
+
+  /** I/O done so far (this checkpoint only, not its parents). */
+  get stats(): CheckpointReadStats {
+    return { ...this.counters };
+  }
+
+  /**
+   * Facts about the checkpoint (page kinds, blocks, sizes, the chain).
+   * @example
+   * ```ts
+   * const { pages, zeroPages, storedPages, blocks, fileBytes } = r.info();
+   * ```
+   */
+  info(): CheckpointInfo {
+    const h = this.header;
+    const i: CheckpointInfo = {
+      version: h.version,
+      id: h.id,
+      parentId: h.parentId,
+      parentPath: h.parentPath,
+      diff: h.diff,
+      codec: h.codec,
+      pageSize: h.pageSize,
+      guestSize: h.guestSize,
+      blockSize: h.blockSize,
+      coreBuild: h.coreBuild,
+      pages: this.pageCount,
+      zeroPages: 0,
+      storedPages: 0,
+      rawPages: 0,
+      lz4Pages: 0,
+      absentPages: 0,
+      blocks: this.blocks.length,
+      blockWrites: this.blocks.length,
+      storedBytes: this.blocks.reduce((a, b) => a + b.length, 0),
+      indexBytes: indexLength(this.blocks.length, this.pageCount),
+      fileBytes: this.src.size,
+      chain: [],
+    };
+    for (let p = 0; p < this.pageCount; p++) {
+      const k = this.pages[3 * p + 2]! >>> 28;
+      if (k === PAGE_ZERO) i.zeroPages++;
+      else if (k === PAGE_ABSENT) i.absentPages++;
+      else if (k === PAGE_RAW) i.rawPages++;
+      else i.lz4Pages++;
+    }
+    i.storedPages = i.rawPages + i.lz4Pages;
+    for (let r: CheckpointReader | undefined = this; r; r = r.parent) i.chain.push(r.header.id);
+    return i;
+  }
+
+  /**
+   * The storage block holding `page` (numbered across the chain: this file's
+   * blocks first, then the parent's), or -1 for a zero page.
+   * @example
+   * ```ts
+   * const sameRead = r.blockOf(a) === r.blockOf(b) && r.blockOf(a) >= 0; // one read serves both
+   * ```
+   */
+  blockOf(page: number): number {
+    aint(page, 'page', 0, this.pageCount - 1);
+    const k = this.pages[3 * page + 2]! >>> 28;
+    if (k === PAGE_ZERO) return -1;
+    if (k === PAGE_ABSENT) {
+      if (!this.parent) return -1;
+      const b = this.parent.blockOf(page);
+      return b < 0 ? b : this.blocks.length + b;
+    }
+    return this.pages[3 * page]!;
+  }
+
+  private checkRange(first: number, count: number, dst: Uint8Array): void {
+    if (this.closed) throw new VmkitError('INVALID_STATE', 'checkpoint reader is closed');
+    aint(first, 'first', 0, this.pageCount);
+    aint(count, 'count', 0, this.pageCount - first);
+    abytes(dst, 'dst');
+    if (dst.length < count * this.pageSize) {
+      throw new VmkitError('OUTPUT_TOO_SMALL', `dst has room for ${dst.length} bytes, needs ${count * this.pageSize}`);
+    }
+  }
+
+  /** Splits [first, first+count) into runs: zero, absent, or stored in one block. */
+  private nextRun(p: number, end: number): { kind: number; block: number; n: number } {
+    const kind = this.pages[3 * p + 2]! >>> 28;
+    const block = this.pages[3 * p]!;
+    let q = p + 1;
+    if (kind === PAGE_ZERO || kind === PAGE_ABSENT) {
+      while (q < end && this.pages[3 * q + 2]! >>> 28 === kind) q++;
+    } else {
+      while (q < end && q - p < RUN_PAGES && this.pages[3 * q]! === block && this.pages[3 * q + 2]! >>> 28 >= PAGE_RAW) q++;
+    }
+    return { kind, block, n: q - p };
+  }
+
+  private fromCache(b: number): Uint8Array | undefined {
+    const hit = this.cache.get(b);
+    if (hit) {
+      this.counters.cacheHits++;
+      this.cache.delete(b);
+      this.cache.set(b, hit); // most recently used last
+    }
+    return hit;
+  }
+
+  private admit(b: number, bytes: Uint8Array): Uint8Array {
+    const bl = this.blocks[b]!;
+    this.counters.blockReads++;
+    this.counters.bytesRead += bl.length;
+    if (xxh32Of(bytes) !== bl.checksum) {
+      throw new VmkitError('INTEGRITY', `checkpoint: block ${b} checksum mismatch`, { offset: bl.offset });
+    }
+    this.cache.set(b, bytes);
+    while (this.cache.size > this.cacheMax) this.cache.delete(this.cache.keys().next().value as number);
+    return bytes;
+  }
+
+  private blockSync(b: number): Uint8Array {
+    const hit = this.fromCache(b);
+    if (hit) return hit;
+    if (!this.src.readSync) throw new VmkitError('UNSUPPORTED', 'this checkpoint source has no synchronous reads');
+    const bl = this.blocks[b]!;
+    const bytes = new Uint8Array(bl.length);
+    this.src.readSync(bl.offset, bytes);
+    return this.admit(b, bytes);
+  }
+
+  private async blockAsync(b: number): Promise<Uint8Array> {
+    const hit = this.fromCache(b);
+    if (hit) return hit;
+    const bl = this.blocks[b]!;
+    const bytes = new Uint8Array(bl.length);
+    await this.src.read(bl.offset, bytes);
+    return this.admit(b, bytes);
+  }
+
+  /** Decodes `n` pages from `p` (all in block `b`, whose bytes are `bytes`) into dst. */
+  private extract(b: number, bytes: Uint8Array, p: number, n: number, dst: Uint8Array): void {
+    withCore((c) => {
+      const k = this.coreBufs(c);
+      const e = ex(c);
+      if (k.loaded !== b) {
+        c.u8().set(bytes, k.block);
+        k.loaded = b;
+      }
+      const mem = c.u8();
+      const ent = new Uint32Array(mem.buffer, k.entries, n * 3);
+      for (let i = 0; i < n; i++) {
+        const w = this.pages[3 * (p + i) + 2]!;
+        ent[3 * i] = w >>> 28;
+        ent[3 * i + 1] = this.pages[3 * (p + i) + 1]!;
+        ent[3 * i + 2] = w & 0x0fffffff;
+      }
+      const ps = this.pageSize;
+      const r = e.stagingExtract(k.block, bytes.length, k.entries, n, ps, k.out);
+      if (r < 0) {
+        k.loaded = -1;
+        throw new VmkitError('CORRUPT', `checkpoint: pages ${p}..${p + n - 1} do not decode (block ${b})`, { offset: this.blocks[b]!.offset });
+      }
+      check(r, 'checkpoint extract');
+      dst.set(c.u8().subarray(k.out, k.out + n * ps));
+    });
+  }
+
+  private coreBufs(c: Core): { gen: number; block: number; entries: number; out: number; loaded: number } {
+    if (!this.core || this.core.gen !== c.generation) {
+      this.core = {
+        gen: c.generation,
+        block: c.alloc(this.header.blockSize),
+        entries: c.alloc(RUN_PAGES * 12),
+        out: c.alloc(RUN_PAGES * this.pageSize),
+        loaded: -1,
+      };
+    }
+    return this.core;
+  }
+
+  /**
+   * Reads pages `[first, first + count)` into `dst` synchronously.
+   * @example
+   * ```ts
+   * const dst = new Uint8Array(16 * 4096);
+   * r.readPagesIntoSync(0x100, 16, dst);
+   * ```
+   */
+  readPagesIntoSync(first: number, count: number, dst: Uint8Array): void {
+    this.checkRange(first, count, dst);
+    const ps = this.pageSize;
+    const end = first + count;
+    for (let p = first; p < end; ) {
+      const run = this.nextRun(p, end);
+      const out = dst.subarray((p - first) * ps, (p - first + run.n) * ps);
+      if (run.kind === PAGE_ZERO) out.fill(0);
+      else if (run.kind === PAGE_ABSENT) {
+        if (!this.parent) throw new VmkitError('NOT_FOUND', `page ${p} is in the parent checkpoint, which is not open`);
+        this.parent.readPagesIntoSync(p, run.n, out);
+      } else this.extract(run.block, this.blockSync(run.block), p, run.n, out);
+      p += run.n;
+    }
+  }
+
+  /**
+   * Reads pages `[first, first + count)` into `dst` (PageSource).
+   * @example
+   * ```ts
+   * await r.readPagesInto(0, 256, new Uint8Array(256 * 4096));
+   * ```
+   */
+  async readPagesInto(first: number, count: number, dst: Uint8Array): Promise<void> {
+    this.checkRange(first, count, dst);
+    const ps = this.pageSize;
+    const end = first + count;
+    for (let p = first; p < end; ) {
+      const run = this.nextRun(p, end);
+      const out = dst.subarray((p - first) * ps, (p - first + run.n) * ps);
+      if (run.kind === PAGE_ZERO) out.fill(0);
+      else if (run.kind === PAGE_ABSENT) {
+        if (!this.parent) throw new VmkitError('NOT_FOUND', `page ${p} is in the parent checkpoint, which is not open`);
+        await this.parent.readPagesInto(p, run.n, out);
+      } else this.extract(run.block, await this.blockAsync(run.block), p, run.n, out);
+      p += run.n;
+    }
+  }
+
+  /**
+   * One page as a new array.
+   * @example
+   * ```ts
+   * const page = await r.readPage(42);
+   * ```
+   */
+  async readPage(page: number): Promise<Uint8Array> {
+    const dst = new Uint8Array(this.pageSize);
+    await this.readPagesInto(page, 1, dst);
+    return dst;
+  }
+
+  /** True when every page of the run is zero through the whole chain. */
+  private allZero(first: number, count: number): boolean {
+    for (let p = first; p < first + count; p++) {
+      const k = this.pages[3 * p + 2]! >>> 28;
+      if (k === PAGE_ZERO) continue;
+      if (k === PAGE_ABSENT && this.parent && this.parent.allZero(p, 1)) continue;
+      return false;
+    }
+    return true;
+  }
+
+  /**
+   * Restores the whole guest memory into a buffer (at least guestSize bytes)
+   * or a file (Node; created or truncated, zero runs left as holes).
+   * `onProgress(bytesDone)` is called per window.
+   * @example
+   * ```ts
+   * await r.restoreTo('/tmp/mem.bin');
+   * const mem = new Uint8Array(Number(r.guestSize)); await r.restoreTo(mem);
+   * ```
+   */
+  async restoreTo(target: string | Uint8Array, options: { onProgress?: (done: number) => void; windowPages?: number } = {}): Promise<void> {
+    const win = options.windowPages ?? 1024;
+    aint(win, 'windowPages', 1, 1 << 16);
+    const ps = this.pageSize;
+    if (target instanceof Uint8Array) {
+      if (BigInt(target.length) < this.guestSize) throw new VmkitError('OUTPUT_TOO_SMALL', `target has ${target.length} bytes, the guest ${this.guestSize}`);
+      for (let p = 0; p < this.pageCount; p += win) {
+        const n = Math.min(win, this.pageCount - p);
+        this.readPagesIntoSync(p, n, target.subarray(p * ps, (p + n) * ps));
+        options.onProgress?.((p + n) * ps);
+      }
+      return;
+    }
+    const fs = await nodeFs();
+    let fd: number;
+    try {
+      fd = fs.openSync(target, 'w');
+      fs.ftruncateSync(fd, Number(this.guestSize));
+    } catch (e) {
+      throw new VmkitError('IO', `${target}: ${(e as Error).message}`, { cause: e, path: target });
+    }
+    try {
+      const buf = new Uint8Array(win * ps);
+      for (let p = 0; p < this.pageCount; p += win) {
+        const n = Math.min(win, this.pageCount - p);
+        if (!this.allZero(p, n)) {
+          const view = buf.subarray(0, n * ps);
+          this.readPagesIntoSync(p, n, view);
+          let done = 0;
+          while (done < view.length) done += fs.writeSync(fd, view, done, view.length - done, p * ps + done);
+        }
+        options.onProgress?.((p + n) * ps);
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /**
+   * Closes the file (and the parent chain) and frees the core buffers.
+   * @example
+   * ```ts
+   * await r.close();
+   * ```
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.cache.clear();
+    if (this.core) {
+      try {
+        const c = checkGeneration(this.core.gen, 'checkpoint reader');
+        c.free(this.core.block);
+        c.free(this.core.entries);
+        c.free(this.core.out);
+      } catch {
+        // The core was reset; its memory is gone already.
+      }
+      this.core = undefined;
+    }
+    await this.src.close();
+    await this.parent?.close();
+  }
+}

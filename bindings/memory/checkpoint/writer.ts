@@ -1,0 +1,421 @@
+/**
+ * The streaming checkpoint writer: pages in (any order, or by a dirty
+ * bitmap), compressed by the core's staging buffer, written as one storage
+ * block per buffer fill; `finish()` writes the index and then the footer.
+ * Format: docs/checkpoint-format.md.
+ * @module
+ */
+import { checkGeneration, withCore, type Core } from '../../core.js';
+import { check } from '../../_status.js';
+import { VmkitError } from '../../errors.js';
+import { abytes, aint, aoneOf } from '../../_utils.js';
+import type { PageSource } from '../types.js';
+import { compressBound, ex, xxh32Of } from './_codec.js';
+import {
+  BLOCK_ALIGN,
+  CHECKPOINT_VERSION,
+  CODECS,
+  DEFAULT_BLOCK_SIZE,
+  FOOTER_SIZE,
+  HEADER_SIZE,
+  MAX_BLOCK_SIZE,
+  MAX_PAGES,
+  NO_BLOCK,
+  PAGE_ABSENT,
+  PAGE_ZERO,
+  encodeFooter,
+  encodeHeader,
+  encodeIndex,
+  toHex,
+  validPageSize,
+  type BlockEntry,
+  type CheckpointCodec,
+  type CheckpointHeader,
+} from './format.js';
+import { fileSink, type CheckpointSink } from './io.js';
+
+/** Options of {@link CheckpointWriter.create}. */
+export interface CheckpointWriterOptions {
+  /** Bytes of guest memory (a whole number of pages). */
+  guestSize: bigint | number;
+  /** Bytes per page (default 4096). */
+  pageSize?: number;
+  /** Storage block size: the staging buffer, one write each (default 1 MiB). */
+  blockSize?: number;
+  /** 'lz4' (default) or 'none' (pages stored raw; zero pages still skipped). */
+  codec?: CheckpointCodec;
+  /** Makes this a diff checkpoint of `parent` (pages not written are read from it). */
+  parent?: { path: string; id: string };
+  /** fdatasync before the footer, so a power cut cannot leave a footer over missing data. */
+  sync?: boolean;
+  /** SHA-256 (hex) of the core build to record; default: computed from dist/core.wasm when readable, else zeros. */
+  coreBuild?: string;
+}
+
+/** What a finished save did. */
+export interface CheckpointStats {
+  pages: number;
+  /** Pages given to the writer (a page written twice counts twice). */
+  pagesWritten: number;
+  zeroPages: number;
+  rawPages: number;
+  lz4Pages: number;
+  /** Pages left to the parent (diff checkpoints). */
+  absentPages: number;
+  blocks: number;
+  /** Write calls for storage blocks (one per block). */
+  blockWrites: number;
+  /** Write calls in all (blocks + header + index + footer). */
+  writes: number;
+  /** Bytes of stored page data (before alignment). */
+  storedBytes: number;
+  fileBytes: number;
+  id: string;
+}
+
+const WINDOW_PAGES = 256;
+
+function randomId(): string {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  return toHex(b);
+}
+
+let buildHash: string | undefined;
+async function coreBuildHash(): Promise<string> {
+  if (buildHash !== undefined) return buildHash;
+  buildHash = '0'.repeat(64);
+  try {
+    const url = new URL('../../core.wasm', import.meta.url);
+    if (url.protocol === 'file:') {
+      const fsName = 'node:fs/promises';
+      const fs = (await import(/* @vite-ignore */ fsName)) as typeof import('node:fs/promises');
+      const bytes = await fs.readFile(url);
+      buildHash = toHex(new Uint8Array(await crypto.subtle.digest('SHA-256', bytes)));
+    }
+  } catch {
+    // No core.wasm next to the bindings (tests run from sources): recorded as zeros.
+  }
+  return buildHash;
+}
+
+/**
+ * Writes a checkpoint. Create, give it pages (`writePages`, `writeDirty`),
+ * then `finish()`; until the footer is written the file is rejected by readers.
+ * @example
+ * ```ts
+ * import { init, CheckpointWriter } from 'vmkit/memory';
+ * await init();
+ * const w = await CheckpointWriter.create('/tmp/vm.ckpt', { guestSize: mem.length });
+ * await w.writePages(0, mem);            // any page order, any run length
+ * const stats = await w.finish();         // stats.blockWrites: one per storage block
+ * ```
+ */
+export class CheckpointWriter {
+  /** The header this writer wrote. */
+  readonly header: CheckpointHeader;
+  private readonly sink: CheckpointSink;
+  private readonly opts: CheckpointWriterOptions;
+  private readonly pageCount: number;
+  private readonly pages: Uint32Array;
+  private readonly blocks: BlockEntry[] = [];
+  private readonly gen: number;
+  private stager: number;
+  private input: number;
+  private entries: number;
+  private next = HEADER_SIZE;
+  private writes = 0;
+  private storedBytes = 0;
+  private pagesWritten = 0;
+  private state: 'open' | 'finished' | 'failed' = 'open';
+  private busy = false;
+
+  private constructor(sink: CheckpointSink, header: CheckpointHeader, opts: CheckpointWriterOptions, c: Core) {
+    this.sink = sink;
+    this.header = header;
+    this.opts = opts;
+    this.pageCount = Number(header.guestSize / BigInt(header.pageSize));
+    this.pages = new Uint32Array(this.pageCount * 3);
+    // Pages never written: zero in a full checkpoint, absent (parent's) in a diff.
+    const kind = header.diff ? PAGE_ABSENT : PAGE_ZERO;
+    for (let p = 0; p < this.pageCount; p++) {
+      this.pages[3 * p] = NO_BLOCK;
+      this.pages[3 * p + 2] = kind << 28;
+    }
+    this.gen = c.generation;
+    const e = ex(c);
+    this.stager = check(e.stagingOpen(header.blockSize, header.pageSize, CODECS[header.codec]), 'checkpoint staging open');
+    try {
+      this.input = c.alloc(WINDOW_PAGES * header.pageSize);
+      this.entries = c.alloc(WINDOW_PAGES * 12);
+    } catch (err) {
+      e.stagingClose(this.stager);
+      throw err;
+    }
+  }
+
+  /**
+   * Creates a checkpoint at `target` (a file path in Node, or a sink) and
+   * writes its header.
+   * @example
+   * ```ts
+   * const w = await CheckpointWriter.create('vm.ckpt', { guestSize: 256n << 20n, blockSize: 1 << 20 });
+   * ```
+   */
+  static async create(target: string | CheckpointSink, options: CheckpointWriterOptions): Promise<CheckpointWriter> {
+    const pageSize = options.pageSize ?? 4096;
+    if (!validPageSize(pageSize)) throw new VmkitError('ARG_RANGE', `pageSize must be a power of two in [512, 65536], got ${pageSize}`);
+    const guestSize = typeof options.guestSize === 'bigint' ? options.guestSize : BigInt(options.guestSize);
+    if (guestSize <= 0n || guestSize % BigInt(pageSize) !== 0n) {
+      throw new VmkitError('ARG_RANGE', `guestSize must be a positive multiple of the page size, got ${guestSize}`);
+    }
+    if (guestSize / BigInt(pageSize) > BigInt(MAX_PAGES)) throw new VmkitError('LIMIT', `more than ${MAX_PAGES} pages`);
+    const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
+    aint(blockSize, 'blockSize', compressBound(pageSize), MAX_BLOCK_SIZE);
+    const codec = aoneOf(options.codec ?? 'lz4', 'codec', ['lz4', 'none'] as const);
+    if (options.parent && !/^[0-9a-f]{32}$/.test(options.parent.id)) throw new VmkitError('ARG_RANGE', 'parent.id must be 32 hex digits');
+    const header: CheckpointHeader = {
+      version: CHECKPOINT_VERSION,
+      pageSize,
+      codec,
+      blockSize,
+      guestSize,
+      diff: options.parent !== undefined,
+      id: randomId(),
+      parentId: options.parent?.id ?? '',
+      parentPath: options.parent?.path ?? '',
+      coreBuild: options.coreBuild ?? (await coreBuildHash()),
+    };
+    const headerBytes = encodeHeader(header);
+    const sink = typeof target === 'string' ? await fileSink(target) : target;
+    let w: CheckpointWriter;
+    try {
+      w = withCore((c) => new CheckpointWriter(sink, header, options, c));
+    } catch (e) {
+      await sink.close();
+      throw e;
+    }
+    try {
+      await sink.write(headerBytes, 0);
+      w.writes++;
+    } catch (e) {
+      await w.abort();
+      throw e;
+    }
+    return w;
+  }
+
+  /** Pages in the guest. */
+  get pageTotal(): number {
+    return this.pageCount;
+  }
+
+  private enter(): Core {
+    if (this.state !== 'open') throw new VmkitError('INVALID_STATE', `checkpoint writer is ${this.state}`);
+    if (this.busy) throw new VmkitError('INVALID_STATE', 'checkpoint writer: one call at a time (await the previous one)');
+    return checkGeneration(this.gen, 'checkpoint writer');
+  }
+
+  /**
+   * Adds pages `[first, first + data.length / pageSize)`. Any order; a page
+   * written again replaces the earlier copy (whose bytes stay in the file).
+   * @example
+   * ```ts
+   * await w.writePages(0x100, page); // one 4 KiB page at page number 0x100
+   * ```
+   */
+  async writePages(first: number, data: Uint8Array): Promise<void> {
+    abytes(data, 'data');
+    const ps = this.header.pageSize;
+    if (data.length % ps !== 0) throw new VmkitError('ARG_RANGE', `data must be whole pages of ${ps} bytes, got ${data.length}`);
+    const count = data.length / ps;
+    aint(first, 'first', 0, this.pageCount - count);
+    this.enter();
+    this.busy = true;
+    try {
+      for (let done = 0; done < count; ) {
+        const n = Math.min(WINDOW_PAGES, count - done);
+        await this.stageWindow(first + done, data.subarray(done * ps, (done + n) * ps), n);
+        done += n;
+      }
+      this.pagesWritten += count;
+    } catch (e) {
+      this.state = 'failed';
+      throw e;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /**
+   * Adds the pages a dirty bitmap marks (bit `p % 8` of byte `p / 8`, LSB
+   * first, set = dirty), read from `source` in runs.
+   * @example
+   * ```ts
+   * await w.writeDirty(bitmap, guestMemory); // a diff checkpoint's pages
+   * ```
+   */
+  async writeDirty(bitmap: Uint8Array, source: PageSource): Promise<number> {
+    abytes(bitmap, 'bitmap');
+    if (bitmap.length * 8 < this.pageCount) throw new VmkitError('ARG_RANGE', `bitmap has ${bitmap.length * 8} bits for ${this.pageCount} pages`);
+    if (source.pageSize !== this.header.pageSize) throw new VmkitError('ARG_RANGE', 'source page size differs from the checkpoint');
+    const ps = this.header.pageSize;
+    const buf = new Uint8Array(WINDOW_PAGES * ps);
+    let written = 0;
+    let p = 0;
+    const dirty = (i: number): boolean => ((bitmap[i >>> 3]! >>> (i & 7)) & 1) === 1;
+    while (p < this.pageCount) {
+      if (!dirty(p)) {
+        p++;
+        continue;
+      }
+      let q = p + 1;
+      while (q < this.pageCount && q - p < WINDOW_PAGES && dirty(q)) q++;
+      const view = buf.subarray(0, (q - p) * ps);
+      if (source.readPagesIntoSync) source.readPagesIntoSync(p, q - p, view);
+      else await source.readPagesInto(p, q - p, view);
+      await this.writePages(p, view);
+      written += q - p;
+      p = q;
+    }
+    return written;
+  }
+
+  private async stageWindow(first: number, data: Uint8Array, count: number): Promise<void> {
+    let c = checkGeneration(this.gen, 'checkpoint writer');
+    c.u8().set(data, this.input);
+    let done = 0;
+    const ps = this.header.pageSize;
+    while (done < count) {
+      const e = ex(c);
+      const n = check(e.stagingAppend(this.stager, this.input + done * ps, count - done, this.entries + done * 12), 'checkpoint staging');
+      const ent = new Uint32Array(c.u8().buffer, this.entries + done * 12, n * 3);
+      const blk = this.blocks.length;
+      for (let i = 0; i < n; i++) {
+        const p = first + done + i;
+        const kind = ent[3 * i]!;
+        this.pages[3 * p] = kind === PAGE_ZERO ? NO_BLOCK : blk;
+        this.pages[3 * p + 1] = ent[3 * i + 1]!;
+        this.pages[3 * p + 2] = ((kind << 28) | ent[3 * i + 2]!) >>> 0;
+      }
+      done += n;
+      if (done < count) {
+        if (n === 0 && e.stagingUsed(this.stager) === 0) throw new VmkitError('CORE_TRAP', 'staging buffer refuses pages while empty');
+        await this.flushBlock();
+        c = checkGeneration(this.gen, 'checkpoint writer');
+      }
+    }
+  }
+
+  private async flushBlock(): Promise<void> {
+    const block = withCore((c) => {
+      const e = ex(c);
+      const used = check(e.stagingUsed(this.stager), 'checkpoint staging');
+      if (used === 0) return undefined;
+      const ptr = e.stagingBuffer(this.stager);
+      const checksum = e.xxh32(ptr, used, 0) >>> 0;
+      const padded = Math.ceil(used / BLOCK_ALIGN) * BLOCK_ALIGN;
+      const out = new Uint8Array(padded);
+      out.set(c.u8().subarray(ptr, ptr + used));
+      e.stagingReset(this.stager);
+      return { out, used, checksum };
+    });
+    if (!block) return;
+    const offset = this.next;
+    this.blocks.push({ offset, length: block.used, checksum: block.checksum });
+    this.next += block.out.length;
+    this.storedBytes += block.used;
+    await this.sink.write(block.out, offset);
+    this.writes++;
+  }
+
+  /**
+   * Writes the last block, the index and then the footer; closes the sink.
+   * @example
+   * ```ts
+   * const { blocks, blockWrites, fileBytes } = await w.finish();
+   * ```
+   */
+  async finish(): Promise<CheckpointStats> {
+    this.enter();
+    this.busy = true;
+    try {
+      await this.flushBlock();
+      const index = encodeIndex(this.blocks, this.pages);
+      const indexOffset = this.next;
+      const fileLength = indexOffset + index.length + FOOTER_SIZE;
+      const footer = encodeFooter({
+        indexOffset,
+        indexLength: index.length,
+        id: this.header.id,
+        indexChecksum: xxh32Of(index),
+        blockCount: this.blocks.length,
+        fileLength,
+      });
+      await this.sink.write(index, indexOffset);
+      this.writes++;
+      if (this.opts.sync && this.sink.sync) await this.sink.sync();
+      await this.sink.write(footer, indexOffset + index.length);
+      this.writes++;
+      if (this.opts.sync && this.sink.sync) await this.sink.sync();
+      this.state = 'finished';
+      this.release();
+      await this.sink.close();
+      const s: CheckpointStats = {
+        pages: this.pageCount,
+        pagesWritten: this.pagesWritten,
+        zeroPages: 0,
+        rawPages: 0,
+        lz4Pages: 0,
+        absentPages: 0,
+        blocks: this.blocks.length,
+        blockWrites: this.blocks.length,
+        writes: this.writes,
+        storedBytes: this.storedBytes,
+        fileBytes: fileLength,
+        id: this.header.id,
+      };
+      for (let p = 0; p < this.pageCount; p++) {
+        const k = this.pages[3 * p + 2]! >>> 28;
+        if (k === PAGE_ZERO) s.zeroPages++;
+        else if (k === PAGE_ABSENT) s.absentPages++;
+        else if (k === 2) s.rawPages++;
+        else s.lz4Pages++;
+      }
+      return s;
+    } catch (e) {
+      this.state = 'failed';
+      throw e;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /**
+   * Gives up: frees the core buffers and closes the sink (the file has no
+   * footer, so readers reject it).
+   * @example
+   * ```ts
+   * try { await save(); } catch (e) { await w.abort(); throw e; }
+   * ```
+   */
+  async abort(): Promise<void> {
+    if (this.state === 'finished') return;
+    this.state = 'failed';
+    this.release();
+    await this.sink.close();
+  }
+
+  private release(): void {
+    if (this.stager < 0) return;
+    try {
+      const c = checkGeneration(this.gen, 'checkpoint writer');
+      ex(c).stagingClose(this.stager);
+      c.free(this.input);
+      c.free(this.entries);
+    } catch {
+      // The core was reset: its memory (and these buffers) are gone already.
+    }
+    this.stager = -1;
+  }
+}

@@ -1,0 +1,241 @@
+// Checkpoint writer/reader on buffers (Node and Chromium): round trips of the
+// worst cases, pages in any order, diff chains, one block read per run, the
+// cache, and hostile files (flipped bits, truncation, bad offsets, loops)
+// rejected with VmkitError and no large allocation.
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { CheckpointReader, CheckpointWriter, memorySink, VmkitError, type CheckpointSource } from '../bindings/memory/index.js';
+import { coreInfo } from '../bindings/index.js';
+
+const PS = 4096;
+
+/** Index of the first differing byte, or -1 (toEqual on large typed arrays is slow). */
+function diffAt(a: Uint8Array, b: Uint8Array): number {
+  if (a.length !== b.length) return Math.min(a.length, b.length);
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
+  return -1;
+}
+
+function rng(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => (x = (Math.imul(x, 1103515245) + 12345) >>> 0);
+}
+
+/** A guest mixing zero, text-like, random and one-byte-changed pages. */
+function guest(pages: number, seed: number): Uint8Array {
+  const m = new Uint8Array(pages * PS);
+  const r = rng(seed);
+  for (let p = 0; p < pages; p++) {
+    const kind = r() % 4;
+    const page = m.subarray(p * PS, (p + 1) * PS);
+    if (kind === 1) for (let i = 0; i < PS; i++) page[i] = 97 + (r() >>> 29);
+    else if (kind === 2) for (let i = 0; i < PS; i++) page[i] = r() >>> 24;
+    else if (kind === 3) page[r() % PS] = 1 + (r() % 255);
+  }
+  return m;
+}
+
+async function save(mem: Uint8Array, opts: { blockSize?: number; codec?: 'lz4' | 'none'; order?: number[] } = {}): Promise<{ file: Uint8Array; stats: Awaited<ReturnType<CheckpointWriter['finish']>> }> {
+  const sink = memorySink();
+  const w = await CheckpointWriter.create(sink, { guestSize: mem.length, blockSize: opts.blockSize ?? 65536, codec: opts.codec });
+  if (opts.order) for (const p of opts.order) await w.writePages(p, mem.subarray(p * PS, (p + 1) * PS));
+  else await w.writePages(0, mem);
+  const stats = await w.finish();
+  return { file: sink.bytes(), stats };
+}
+
+describe('checkpoint round trips', () => {
+  it('restores the worst cases exactly: random, all zero, one byte per page, mixed', async () => {
+    const n = 64;
+    const random = new Uint8Array(n * PS);
+    const r = rng(5);
+    for (let i = 0; i < random.length; i++) random[i] = r() >>> 24;
+    const oneByte = new Uint8Array(n * PS);
+    for (let p = 0; p < n; p++) oneByte[p * PS + ((p * 97) % PS)] = 0xa5;
+    for (const [name, mem] of [['random', random], ['zero', new Uint8Array(n * PS)], ['one byte', oneByte], ['mixed', guest(n, 9)]] as const) {
+      const { file, stats } = await save(mem);
+      const rd = await CheckpointReader.open(file);
+      const out = new Uint8Array(mem.length);
+      await rd.restoreTo(out);
+      expect(diffAt(out, mem), name).toBe(-1);
+      const info = rd.info();
+      expect(info.zeroPages + info.storedPages, name).toBe(n);
+      expect(info.blocks).toBe(stats.blocks);
+      expect(stats.writes).toBe(stats.blocks + 3); // header, index, footer
+      if (name === 'zero') expect(info.blocks).toBe(0);
+      if (name === 'random') expect(info.rawPages).toBe(n);
+      await rd.close();
+    }
+  });
+
+  it('accepts pages in any order, with any block size and codec (fast-check)', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 40 }),
+        fc.integer(),
+        fc.constantFrom(4128, 8192, 65536),
+        fc.constantFrom('lz4' as const, 'none' as const),
+        async (n, seed, blockSize, codec) => {
+          const mem = guest(n, seed);
+          const order = Array.from({ length: n }, (_, i) => i);
+          const r = rng(seed ^ 0x55);
+          for (let i = n - 1; i > 0; i--) {
+            const j = r() % (i + 1);
+            [order[i], order[j]] = [order[j]!, order[i]!];
+          }
+          const { file } = await save(mem, { blockSize, codec, order });
+          const rd = await CheckpointReader.open(file);
+          const out = new Uint8Array(mem.length);
+          rd.readPagesIntoSync(0, n, out);
+          expect(diffAt(out, mem)).toBe(-1);
+          const p = r() % n;
+          expect(diffAt(await rd.readPage(p), mem.subarray(p * PS, (p + 1) * PS))).toBe(-1);
+          await rd.close();
+        },
+      ),
+      { numRuns: 25 },
+    );
+  });
+
+  it('a lazy random read costs one block read at most, a cached one none', async () => {
+    const mem = guest(256, 3);
+    const { file } = await save(mem, { blockSize: 65536 });
+    const rd = await CheckpointReader.open(file, { cacheBlocks: 2 });
+    const r = rng(11);
+    for (let i = 0; i < 50; i++) {
+      const p = r() % 256;
+      const before = rd.stats.blockReads;
+      const page = await rd.readPage(p);
+      expect(diffAt(page, mem.subarray(p * PS, (p + 1) * PS))).toBe(-1);
+      expect(rd.stats.blockReads - before).toBeLessThanOrEqual(rd.blockOf(p) < 0 ? 0 : 1);
+      const again = rd.stats.blockReads;
+      await rd.readPage(p);
+      expect(rd.stats.blockReads).toBe(again);
+    }
+    // A run of pages in one block: one read for the whole run.
+    const b = rd.blockOf(100) >= 0 ? rd.blockOf(100) : rd.blockOf(101);
+    const run: number[] = [];
+    for (let p = 0; p < 256; p++) if (rd.blockOf(p) === b) run.push(p);
+    const fresh = await CheckpointReader.open(file, { cacheBlocks: 1 });
+    await fresh.readPagesInto(run[0]!, run[run.length - 1]! - run[0]! + 1, new Uint8Array((run[run.length - 1]! - run[0]! + 1) * PS));
+    expect(fresh.stats.blockReads).toBe(new Set(run.map((p) => fresh.blockOf(p)).filter((x) => x >= 0)).size);
+    await rd.close();
+    await fresh.close();
+  });
+});
+
+describe('diff checkpoints', () => {
+  it('holds only dirty pages and restores through the chain', async () => {
+    const n = 64;
+    const base = guest(n, 1);
+    const sinkA = memorySink();
+    const wa = await CheckpointWriter.create(sinkA, { guestSize: base.length, blockSize: 65536 });
+    await wa.writePages(0, base);
+    const sa = await wa.finish();
+    const fileA = sinkA.bytes();
+    // Change pages 3, 10..12, 63; mark them dirty.
+    const next = base.slice();
+    const bitmap = new Uint8Array(n / 8);
+    for (const p of [3, 10, 11, 12, 63]) {
+      next.fill(p + 1, p * PS, p * PS + 100);
+      bitmap[p >> 3]! |= 1 << (p & 7);
+    }
+    const src = await CheckpointReader.open(fileA); // any PageSource: here a reader over the new memory
+    const live = { pageSize: PS, pageCount: n, readPagesIntoSync: (f: number, c: number, d: Uint8Array) => d.set(next.subarray(f * PS, (f + c) * PS)), readPagesInto: async (f: number, c: number, d: Uint8Array) => d.set(next.subarray(f * PS, (f + c) * PS)) };
+    const sinkB = memorySink();
+    const wb = await CheckpointWriter.create(sinkB, { guestSize: base.length, blockSize: 65536, parent: { path: 'a.ckpt', id: sa.id } });
+    expect(await wb.writeDirty(bitmap, live)).toBe(5);
+    const sb = await wb.finish();
+    expect(sb.absentPages).toBe(n - 5);
+    const fileB = sinkB.bytes();
+    const rb = await CheckpointReader.open(fileB, { resolveParent: (p) => (p === 'a.ckpt' ? fileA : new Uint8Array(0)) });
+    const out = new Uint8Array(next.length);
+    await rb.restoreTo(out);
+    expect(diffAt(out, next)).toBe(-1);
+    expect(rb.info().chain).toEqual([sb.id, sa.id]);
+    // Without the parent: absent pages are NOT_FOUND, present ones read.
+    const alone = await CheckpointReader.open(fileB, { parents: false });
+    await expect(alone.readPage(0)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    expect(diffAt(await alone.readPage(3), next.subarray(3 * PS, 4 * PS))).toBe(-1);
+    // A wrong parent (another checkpoint) is caught by its id.
+    await expect(CheckpointReader.open(fileB, { resolveParent: () => fileB })).rejects.toMatchObject({ code: 'LIMIT' });
+    await expect(CheckpointReader.open(fileB, { resolveParent: () => sinkA.bytes().slice() })).resolves.toBeInstanceOf(CheckpointReader);
+    const other = (await save(base)).file;
+    await expect(CheckpointReader.open(fileB, { resolveParent: () => other })).rejects.toMatchObject({ code: 'INTEGRITY' });
+    await src.close();
+  });
+});
+
+describe('hostile checkpoint files', () => {
+  const mem = guest(32, 21);
+  let good: Uint8Array;
+
+  it('rejects truncated files as incomplete (no footer) at every cut', async () => {
+    good = (await save(mem, { blockSize: 8192 })).file;
+    for (let cut = 0; cut < good.length; cut += Math.max(1, Math.floor(good.length / 97))) {
+      await expect(CheckpointReader.open(good.subarray(0, cut))).rejects.toBeInstanceOf(VmkitError);
+    }
+  });
+
+  it('catches every flipped bit in header, index and footer on open, and in blocks on read', async () => {
+    good ??= (await save(mem, { blockSize: 8192 })).file;
+    const r = rng(77);
+    for (let i = 0; i < 300; i++) {
+      const f = good.slice();
+      const at = r() % f.length;
+      f[at]! ^= 1 << (r() % 8);
+      try {
+        const rd = await CheckpointReader.open(f);
+        const out = new Uint8Array(mem.length);
+        try {
+          await rd.restoreTo(out).finally(() => rd.close());
+          // A flip in alignment padding or an unused header byte changes nothing read.
+          expect(diffAt(out, mem)).toBe(-1);
+        } catch (e) {
+          expect(e).toBeInstanceOf(VmkitError);
+          expect(['INTEGRITY', 'CORRUPT']).toContain((e as VmkitError).code);
+        }
+      } catch (e) {
+        expect(e).toBeInstanceOf(VmkitError);
+      }
+    }
+  });
+
+  it('fuzz: random and mutated files give VmkitError without large allocations or traps', async () => {
+    good ??= (await save(mem, { blockSize: 8192 })).file;
+    const resets = coreInfo().resets;
+    let biggest = 0;
+    const spy = (bytes: Uint8Array): CheckpointSource => ({
+      size: bytes.length,
+      readSync: (pos, dst) => {
+        biggest = Math.max(biggest, dst.length);
+        if (pos + dst.length > bytes.length) throw new VmkitError('CORRUPT', 'eof');
+        dst.set(bytes.subarray(pos, pos + dst.length));
+      },
+      read: async (pos, dst) => {
+        biggest = Math.max(biggest, dst.length);
+        if (pos + dst.length > bytes.length) throw new VmkitError('CORRUPT', 'eof');
+        dst.set(bytes.subarray(pos, pos + dst.length));
+      },
+      close: async () => {},
+    });
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.tuple(fc.nat(good.length - 1), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 6 }),
+        async (muts) => {
+          const f = good.slice();
+          for (const [i, v] of muts) f[i] = v;
+          try {
+            const rd = await CheckpointReader.open(spy(f));
+            await rd.restoreTo(new Uint8Array(mem.length)).finally(() => rd.close());
+          } catch (e) {
+            expect(e).toBeInstanceOf(VmkitError);
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+    expect(biggest).toBeLessThanOrEqual(good.length);
+    expect(coreInfo().resets).toBe(resets);
+  });
+});
