@@ -1,0 +1,452 @@
+/**
+ * A monolithicSparse VMDK as a block device: reads through the grain
+ * directory and grain tables (unallocated grains defer to the parent disk),
+ * writes allocate whole grains at the end of the file and update both the
+ * grain table and its redundant copy, zeroed grains (GTE 1) where the image
+ * allows them, and the descriptor's CID changes on the first write after
+ * open, as VMware and QEMU do. docs/vmdk.md.
+ * @module
+ */
+import { VmkitError } from '../../../errors.js';
+import { readAt, type Storage } from '../../backends/storage.js';
+import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
+import type { WriteGuard } from '../../_guard.js';
+import { isAllZero } from '../../_sectors.js';
+import type { ImageDevice, ImageInfo } from '../types.js';
+import { randomCid, withCid, type VmdkDescriptor } from './descriptor.js';
+import { FLAG_RGD, FLAG_ZERO_GRAIN, geometry, type VmdkGeometry, type VmdkHeader } from './header.js';
+
+/** What one grain holds. @internal */
+interface Piece {
+  kind: 'data' | 'zero' | 'unallocated';
+  /** Host byte offset of `pos` (data only). */
+  host: number;
+  /** Bytes from `pos` to the end of the run this lookup covers (grain, or whole grain table when absent). */
+  len: number;
+}
+
+/** Reads a grain directory or table (little-endian u32 entries). @internal */
+export function decodeU32s(b: Uint8Array, n: number): Uint32Array {
+  const out = new Uint32Array(n);
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  for (let i = 0; i < n; i++) out[i] = dv.getUint32(i * 4, true);
+  return out;
+}
+
+function u32le(v: number): Uint8Array {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, v, true);
+  return b;
+}
+
+/**
+ * A monolithicSparse VMDK layer (open one with `open` from ./index.ts, or
+ * `openImage` for the whole chain).
+ *
+ * @example
+ * ```ts
+ * const dev = await openImage('delta.vmdk');
+ * await dev.write(0, new Uint8Array(4096).fill(1));
+ * await dev.close();
+ * ```
+ */
+export class VmdkDevice implements ImageDevice {
+  readonly format = 'vmdk' as const;
+  readonly alignment = 512;
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly storage: Storage;
+  readonly backing: BlockDevice | undefined;
+  readonly backingFile: string | undefined;
+  readonly backingFormat: string | undefined;
+  readonly header: VmdkHeader;
+  readonly descriptor: VmdkDescriptor | undefined;
+  private cidNow: number | undefined;
+  private readonly g: VmdkGeometry;
+  private readonly gd: Uint32Array;
+  private readonly rgd: Uint32Array | undefined;
+  private readonly gts = new Map<number, Uint32Array>();
+  private readonly metaEnd: number;
+  private fileSize: number;
+  private readonly guard: WriteGuard | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+  private cidBumped = false;
+  private closed = false;
+
+  constructor(
+    storage: Storage,
+    h: VmdkHeader,
+    descriptor: VmdkDescriptor | undefined,
+    gd: Uint32Array,
+    rgd: Uint32Array | undefined,
+    fileSize: number,
+    readOnly: boolean,
+    backing: BlockDevice | undefined,
+    guard: WriteGuard | undefined,
+  ) {
+    this.storage = storage;
+    this.header = h;
+    this.descriptor = descriptor;
+    this.cidNow = descriptor?.cid;
+    this.g = geometry(h);
+    this.size = h.capacity * 512;
+    this.gd = gd;
+    this.rgd = rgd;
+    this.fileSize = fileSize;
+    this.readOnly = readOnly;
+    this.backing = backing;
+    this.backingFile = descriptor?.parentFileNameHint;
+    this.backingFormat = this.backingFile !== undefined ? 'vmdk' : undefined;
+    this.guard = guard;
+    // Grains may not start inside the header or the embedded descriptor.
+    this.metaEnd = Math.max(512, h.descriptorSize > 0 ? (h.descriptorOffset + h.descriptorSize) * 512 : 512);
+  }
+
+  /** The content ID now (changes on the first write after open). */
+  get cid(): number | undefined {
+    return this.cidNow;
+  }
+  /** The parent's CID this delta was made against (ffffffff for a base). */
+  get parentCid(): number | undefined {
+    return this.descriptor?.parentCid;
+  }
+  /** Grain size in bytes. */
+  get grainSize(): number {
+    return this.g.grainBytes;
+  }
+
+  private corrupt(msg: string, offset: number): VmkitError {
+    return new VmkitError('CORRUPT', `vmdk ${this.storage.name}: ${msg}`, { offset, path: this.storage.name });
+  }
+
+  private gtSectorValid(sec: number, at: number, what: string): void {
+    if (sec * 512 < this.metaEnd || sec * 512 + this.header.numGTEsPerGT * 4 > this.fileSize) {
+      throw this.corrupt(`${what} at ${sec * 512} is outside the file or overlaps the header (entry at ${at})`, at);
+    }
+  }
+
+  private async gt(gdi: number): Promise<Uint32Array | undefined> {
+    const c = this.gts.get(gdi);
+    if (c) return c;
+    const sec = this.gd[gdi]!;
+    if (sec === 0) return undefined;
+    this.gtSectorValid(sec, this.header.gdOffset * 512 + gdi * 4, 'grain table');
+    const n = this.header.numGTEsPerGT;
+    const t = decodeU32s(await readAt(this.storage, sec * 512, n * 4), n);
+    if (this.gts.size > 4096) this.gts.delete(this.gts.keys().next().value!);
+    this.gts.set(gdi, t);
+    return t;
+  }
+
+  private async piece(pos: number): Promise<Piece> {
+    const gb = this.g.grainBytes;
+    const grain = Math.floor(pos / gb);
+    const n = this.header.numGTEsPerGT;
+    const gdi = Math.floor(grain / n);
+    const t = await this.gt(gdi);
+    if (!t) return { kind: 'unallocated', host: 0, len: (gdi + 1) * n * gb - pos };
+    const gti = grain % n;
+    const e = t[gti]!;
+    const len = (grain + 1) * gb - pos;
+    const zeroGrain = (this.header.flags & FLAG_ZERO_GRAIN) !== 0;
+    if (e === 0 || (e === 1 && zeroGrain)) {
+      // Unallocated and zeroed grains run to the next entry that differs (maps of big sparse disks stay fast).
+      let k = gti + 1;
+      while (k < n && t[k] === e) k++;
+      return { kind: e === 0 ? 'unallocated' : 'zero', host: 0, len: len + (k - gti - 1) * gb };
+    }
+    const host = e * 512;
+    if (host < this.metaEnd || host + gb > this.fileSize) {
+      throw this.corrupt(`grain for guest offset ${grain * gb} at ${host} is outside the file or overlaps the header`, this.gd[gdi]! * 512 + gti * 4);
+    }
+    return { kind: 'data', host: host + (pos - grain * gb), len };
+  }
+
+  async read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
+    const b = new Uint8Array(length);
+    await this.readInto(offset, b);
+    return b;
+  }
+
+  async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
+    checkRange(this, offset, dst.length, 'read');
+    const end = offset + dst.length;
+    let pos = offset;
+    let runHost = -1;
+    let runDst = 0;
+    let runLen = 0;
+    const pending: Promise<void>[] = [];
+    const issue = async (p: Promise<void>): Promise<void> => {
+      pending.push(p);
+      if (pending.length >= 32) await Promise.all(pending.splice(0));
+    };
+    const flushRun = async (): Promise<void> => {
+      if (runLen > 0) await issue(this.storage.readInto(runHost, dst.subarray(runDst, runDst + runLen)));
+      runLen = 0;
+    };
+    try {
+      while (pos < end) {
+        const p = await this.piece(pos);
+        const n = Math.min(p.len, end - pos);
+        const d = pos - offset;
+        if (p.kind === 'data') {
+          if (runLen > 0 && runHost + runLen === p.host && runDst + runLen === d) runLen += n;
+          else {
+            await flushRun();
+            runHost = p.host;
+            runDst = d;
+            runLen = n;
+          }
+        } else {
+          await flushRun();
+          if (p.kind === 'zero') dst.fill(0, d, d + n);
+          else await issue(this.readBacking(pos, dst.subarray(d, d + n)));
+        }
+        pos += n;
+      }
+      await flushRun();
+    } finally {
+      // Never leave a read running into `dst` after returning (or throwing).
+      const r = await Promise.allSettled(pending);
+      for (const x of r) if (x.status === 'rejected') throw x.reason;
+    }
+  }
+
+  private async readBacking(pos: number, dst: Uint8Array): Promise<void> {
+    const b = this.backing;
+    if (!b || pos >= b.size) {
+      dst.fill(0);
+      return;
+    }
+    const n = Math.min(dst.length, b.size - pos);
+    await b.readInto(pos, dst.subarray(0, n));
+    if (n < dst.length) dst.fill(0, n);
+  }
+
+  async blockStatus(offset: ByteOffset, length: ByteLength): Promise<BlockExtent> {
+    checkRange(this, offset, length, 'blockStatus');
+    if (length === 0) throw new VmkitError('ARG_RANGE', 'blockStatus: length must be > 0', { offset });
+    const first = await this.piece(offset);
+    let len = Math.min(first.len, length);
+    while (len < length) {
+      const p = await this.piece(offset + len);
+      if (p.kind !== first.kind) break;
+      if (p.kind === 'data' && p.host !== first.host + len) break;
+      len += Math.min(p.len, length - len);
+    }
+    if (first.kind === 'unallocated') {
+      const b = this.backing;
+      if (!b || offset >= b.size) return { offset, length: len, kind: 'unallocated', depth: 0 };
+      const be = await b.blockStatus(offset, Math.min(len, Math.floor((b.size - offset) / 512) * 512 || 512));
+      return { ...be, depth: be.depth + 1 };
+    }
+    if (first.kind === 'zero') return { offset, length: len, kind: 'zero', depth: 0 };
+    return { offset, length: len, kind: 'data', depth: 0, hostOffset: first.host };
+  }
+
+  // ---- writes ----
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.queue.then(fn, fn);
+    this.queue = p.catch(() => {});
+    return p;
+  }
+
+  private async writable(op: 'write' | 'flush' | 'discard'): Promise<void> {
+    if (this.closed) throw new VmkitError('INVALID_STATE', `${op}: ${this.storage.name} is closed`, { path: this.storage.name });
+    if (this.readOnly) throw new VmkitError('INVALID_STATE', `${op}: ${this.storage.name} is open read-only`, { path: this.storage.name });
+    await this.guard?.check(op);
+    if (!this.cidBumped) {
+      await this.bumpCid();
+      this.cidBumped = true;
+    }
+  }
+
+  /** A new CID in the descriptor: deltas made against the old content no longer match it. */
+  private async bumpCid(): Promise<void> {
+    const d = this.descriptor;
+    const h = this.header;
+    if (!d || h.descriptorSize === 0) return;
+    const cid = randomCid(this.cidNow);
+    const text = new TextEncoder().encode(withCid(d, cid));
+    const area = h.descriptorSize * 512;
+    if (text.length > area) {
+      throw new VmkitError('LIMIT', `vmdk ${this.storage.name}: the descriptor no longer fits its ${area} bytes`, { offset: h.descriptorOffset * 512, path: this.storage.name });
+    }
+    const buf = new Uint8Array(area);
+    buf.set(text);
+    await this.storage.write(h.descriptorOffset * 512, buf);
+    this.cidNow = cid;
+    d.cid = cid;
+    d.lines = withCid(d, cid).split('\n');
+  }
+
+  /** Appends `bytes` (sector aligned) at the end of the file and returns its byte offset. */
+  private async append(data: Uint8Array): Promise<number> {
+    const host = Math.ceil(this.fileSize / 512) * 512;
+    if (host / 512 + data.length / 512 > 0xffff_ffff) {
+      throw new VmkitError('LIMIT', `vmdk ${this.storage.name}: the file would pass 2 TiB (32-bit sector offsets)`, { path: this.storage.name });
+    }
+    await this.storage.write(host, data);
+    this.fileSize = host + data.length;
+    return host;
+  }
+
+  /** The grain table of directory entry `gdi`, allocating it (and its redundant copy) if absent. */
+  private async gtFor(gdi: number): Promise<Uint32Array> {
+    const t = await this.gt(gdi);
+    if (t) return t;
+    const n = this.header.numGTEsPerGT;
+    const zero = new Uint8Array(this.g.gtBytes);
+    // Tables first, then the directory entries that point at them.
+    const p = await this.append(zero);
+    await this.storage.write(this.header.gdOffset * 512 + gdi * 4, u32le(p / 512));
+    this.gd[gdi] = p / 512;
+    if (this.rgd && this.rgd[gdi] === 0) {
+      const r = await this.append(zero);
+      await this.storage.write(this.header.rgdOffset * 512 + gdi * 4, u32le(r / 512));
+      this.rgd[gdi] = r / 512;
+    }
+    const fresh = new Uint32Array(n);
+    this.gts.set(gdi, fresh);
+    return fresh;
+  }
+
+  private async setGte(grain: number, value: number): Promise<void> {
+    const n = this.header.numGTEsPerGT;
+    const gdi = Math.floor(grain / n);
+    const gti = grain % n;
+    const t = await this.gtFor(gdi);
+    const e = u32le(value);
+    await this.storage.write(this.gd[gdi]! * 512 + gti * 4, e);
+    const r = this.rgd?.[gdi];
+    if (r) {
+      this.gtSectorValid(r, this.header.rgdOffset * 512 + gdi * 4, 'redundant grain table');
+      await this.storage.write(r * 512 + gti * 4, e);
+    }
+    t[gti] = value;
+  }
+
+  async write(offset: ByteOffset, data: Uint8Array): Promise<void> {
+    checkRange(this, offset, data.length, 'write');
+    return this.serial(async () => {
+      await this.writable('write');
+      await this.each(offset, data.length, (pos, len, inData) => this.writeInGrain(pos, data.subarray(inData, inData + len), false));
+    });
+  }
+
+  async writeZeroes(offset: ByteOffset, length: ByteLength): Promise<void> {
+    checkRange(this, offset, length, 'writeZeroes');
+    return this.serial(async () => {
+      await this.writable('write');
+      await this.each(offset, length, (pos, len) => this.writeInGrain(pos, new Uint8Array(len), true));
+    });
+  }
+
+  /**
+   * VMDK has no way to give grains back (QEMU does not discard on VMDK):
+   * the range is made to read as zeroes instead.
+   */
+  async discard(offset: ByteOffset, length: ByteLength): Promise<void> {
+    checkRange(this, offset, length, 'discard');
+    return this.serial(async () => {
+      await this.writable('discard');
+      await this.each(offset, length, (pos, len) => this.writeInGrain(pos, new Uint8Array(len), true));
+    });
+  }
+
+  private async each(offset: number, length: number, fn: (pos: number, len: number, inData: number) => Promise<void>): Promise<void> {
+    const gb = this.g.grainBytes;
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const n = Math.min(end - pos, (Math.floor(pos / gb) + 1) * gb - pos);
+      await fn(pos, n, pos - offset);
+      pos += n;
+    }
+  }
+
+  private async writeInGrain(pos: number, data: Uint8Array, zeroes: boolean): Promise<void> {
+    const gb = this.g.grainBytes;
+    const grain = Math.floor(pos / gb);
+    const gStart = grain * gb;
+    const inG = pos - gStart;
+    const grainLen = Math.min(gb, this.size - gStart);
+    const p = await this.piece(pos);
+    if (p.kind === 'data') {
+      await this.storage.write(p.host, data);
+      return;
+    }
+    const allZero = zeroes || isAllZero(data);
+    const whole = inG === 0 && data.length === grainLen;
+    const zeroGrain = (this.header.flags & FLAG_ZERO_GRAIN) !== 0;
+    if (allZero) {
+      if (p.kind === 'zero') return;
+      if (p.kind === 'unallocated' && !this.backing) return;
+      if (whole && zeroGrain) {
+        await this.setGte(grain, 1);
+        return;
+      }
+    }
+    // Allocate a whole grain: what the range reads as now, with the new bytes on top.
+    const buf = new Uint8Array(gb);
+    if (p.kind === 'unallocated') await this.readBacking(gStart, buf.subarray(0, grainLen));
+    if (!zeroes) buf.set(data, inG);
+    else buf.fill(0, inG, inG + data.length);
+    const host = await this.append(buf);
+    await this.setGte(grain, host / 512);
+  }
+
+  async flush(): Promise<void> {
+    if (this.readOnly || this.closed) return;
+    await this.serial(async () => {
+      await this.guard?.check('flush');
+      await this.storage.flush();
+    });
+  }
+
+  async info(): Promise<ImageInfo> {
+    const zeroGrain = (this.header.flags & FLAG_ZERO_GRAIN) !== 0;
+    let grains = 0;
+    for (let i = 0; i < this.gd.length; i++) {
+      const t = await this.gt(i);
+      if (!t) continue;
+      for (const e of t) if (e > 1 || (e === 1 && !zeroGrain)) grains++;
+    }
+    const h = this.header;
+    const d = this.descriptor;
+    const specific: Record<string, string | number | boolean> = {
+      version: h.version,
+      grainTables: h.numGTEsPerGT,
+      redundantGrainDirectory: (h.flags & FLAG_RGD) !== 0,
+      zeroedGrain: zeroGrain,
+    };
+    if (d?.createType !== undefined) specific.createType = d.createType;
+    if (this.cidNow !== undefined) specific.cid = this.cidNow.toString(16).padStart(8, '0');
+    if (d) specific.parentCid = d.parentCid.toString(16).padStart(8, '0');
+    const info: ImageInfo = {
+      format: 'vmdk',
+      virtualSize: this.size,
+      fileSize: await this.storage.size(),
+      clusterSize: this.g.grainBytes,
+      allocatedBytes: grains * this.g.grainBytes,
+      specific,
+    };
+    if (this.backingFile !== undefined) {
+      info.backingFile = this.backingFile;
+      info.backingFormat = 'vmdk';
+    }
+    return info;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      await this.flush();
+    } finally {
+      this.closed = true;
+      await this.storage.close();
+      await this.backing?.close();
+    }
+  }
+}

@@ -1,0 +1,227 @@
+/**
+ * VMDK monolithicSparse (hosted sparse extent, versions 1–3; VMware's delta
+ * disks): the format module the registry loads (see ../types.ts for the
+ * contract). docs/vmdk.md.
+ * @module
+ */
+import { VmkitError } from '../../../errors.js';
+import { readAt, type Storage } from '../../backends/storage.js';
+import type { BlockDevice } from '../../device.js';
+import type { CheckReport, FormatCheckOptions, FormatCreateOptions, FormatOpenOptions, ImageFormatModule } from '../types.js';
+import { check as checkVmdk } from './check.js';
+import { CID_NOPARENT, encodeDescriptor, parseDescriptor, randomCid, type VmdkDescriptor } from './descriptor.js';
+import { decodeU32s, VmdkDevice } from './device.js';
+import { encodeVmdkHeader, FLAG_NL_DETECT, FLAG_RGD, FLAG_ZERO_GRAIN, geometry, parseVmdkHeader, VMDK_HEADER_SIZE, VMDK_MAGIC, type VmdkHeader } from './header.js';
+
+export { VmdkDevice } from './device.js';
+
+/**
+ * True when `head` starts with the sparse extent magic `KDMV`, or is a text
+ * descriptor (`# Disk DescriptorFile`), which `open` then refuses as
+ * UNSUPPORTED rather than letting it pass for a raw image.
+ *
+ * @example
+ * ```ts
+ * probe(new TextEncoder().encode('KDMV')); // true
+ * ```
+ */
+export function probe(head: Uint8Array): boolean {
+  if (head.length >= 4 && (head[0]! | (head[1]! << 8) | (head[2]! << 16) | (head[3]! << 24)) >>> 0 === VMDK_MAGIC) return true;
+  const sig = '# Disk DescriptorFile';
+  if (head.length < sig.length) return false;
+  for (let i = 0; i < sig.length; i++) if (head[i] !== sig.charCodeAt(i)) return false;
+  return true;
+}
+
+/**
+ * Reads and validates the header and the embedded descriptor of a VMDK store.
+ *
+ * @example
+ * ```ts
+ * const { header, descriptor } = await readHeader(storage);
+ * console.log(header.capacity * 512, descriptor?.parentFileNameHint);
+ * ```
+ */
+export async function readHeader(storage: Storage): Promise<{ header: VmdkHeader; descriptor: VmdkDescriptor | undefined; fileSize: number }> {
+  const fileSize = await storage.size();
+  const head = await readAt(storage, 0, Math.min(fileSize, VMDK_HEADER_SIZE));
+  if (probe(head) && head[0] === 0x23) {
+    throw new VmkitError('UNSUPPORTED', `vmdk ${storage.name}: descriptor files with separate extents (only monolithicSparse)`, { offset: 0, path: storage.name });
+  }
+  const header = parseVmdkHeader(head, fileSize, storage.name);
+  let descriptor: VmdkDescriptor | undefined;
+  if (header.descriptorSize > 0) {
+    const at = header.descriptorOffset * 512;
+    const raw = await readAt(storage, at, Math.min(header.descriptorSize * 512, fileSize - at));
+    let text: string;
+    try {
+      text = new TextDecoder('utf-8', { fatal: true }).decode(raw);
+    } catch {
+      throw new VmkitError('CORRUPT', `vmdk ${storage.name}: the descriptor is not UTF-8 text`, { offset: at, path: storage.name });
+    }
+    descriptor = parseDescriptor(text, at, storage.name);
+    if (descriptor.createType !== undefined && !/^(monolithicSparse|vmfsSparse|twoGbMaxExtentSparse|streamOptimized)$/.test(descriptor.createType)) {
+      throw new VmkitError('UNSUPPORTED', `vmdk ${storage.name}: createType ${descriptor.createType} in a sparse extent`, { offset: at, path: storage.name });
+    }
+    if (descriptor.extents.length > 1) {
+      throw new VmkitError('UNSUPPORTED', `vmdk ${storage.name}: ${descriptor.extents.length} extents (only monolithicSparse)`, { offset: at, path: storage.name });
+    }
+  }
+  return { header, descriptor, fileSize };
+}
+
+/**
+ * Opens a monolithicSparse VMDK (and, through `opts.openBacking`, the
+ * parent named by `parentFileNameHint`). A delta whose `parentCID` differs
+ * from its parent's CID (the parent changed after the delta was made) is
+ * refused with INTEGRITY, as VMware and QEMU refuse it.
+ *
+ * @example
+ * ```ts
+ * const dev = await open(await FileStorage.open('delta.vmdk'), { readOnly: true });
+ * ```
+ */
+export async function open(storage: Storage, opts: FormatOpenOptions = {}): Promise<VmdkDevice> {
+  const { header: h, descriptor: d, fileSize } = await readHeader(storage);
+  const readOnly = opts.readOnly === true || storage.readOnly;
+  if (!readOnly && h.version === 3) {
+    // QEMU writes version 3 only read-only too: its extra semantics are not documented.
+    throw new VmkitError('UNSUPPORTED', `vmdk ${storage.name}: version 3 images open read-only`, { offset: 4, path: storage.name });
+  }
+  const g = geometry(h);
+  const gd = decodeU32s(await readAt(storage, h.gdOffset * 512, g.gdEntries * 4), g.gdEntries);
+  const rgd = h.flags & FLAG_RGD ? decodeU32s(await readAt(storage, h.rgdOffset * 512, g.gdEntries * 4), g.gdEntries) : undefined;
+  let backing: BlockDevice | undefined;
+  if (d?.parentFileNameHint !== undefined && opts.openBacking) {
+    backing = await opts.openBacking(d.parentFileNameHint, 'vmdk');
+    try {
+      const parent = backing as Partial<VmdkDevice>;
+      if (backing.format === 'vmdk' && parent.cid !== undefined && parent.cid !== d.parentCid) {
+        throw new VmkitError(
+          'INTEGRITY',
+          `vmdk ${storage.name}: parentCID ${d.parentCid.toString(16)} does not match the CID ${parent.cid.toString(16)} of ${d.parentFileNameHint} (the parent changed after this delta was made)`,
+          { path: storage.name },
+        );
+      }
+      if (backing.size !== h.capacity * 512) {
+        throw new VmkitError('CORRUPT', `vmdk ${storage.name}: capacity ${h.capacity * 512} differs from the parent's ${backing.size}`, { offset: 12, path: storage.name });
+      }
+    } catch (e) {
+      await backing.close().catch(() => {});
+      throw e;
+    }
+  }
+  return new VmdkDevice(storage, h, d, gd, rgd, fileSize, readOnly, backing, opts.guard);
+}
+
+/** Options of {@link create} beyond the registry's. */
+export interface VmdkCreateOptions extends FormatCreateOptions {
+  /** Version 2 with zeroed grains (GTE 1 reads as zeroes; QEMU's `zeroed_grain=on`). */
+  zeroedGrain?: boolean;
+  /** Adapter type recorded in the disk database (default ide). */
+  adapterType?: 'ide' | 'buslogic' | 'lsilogic' | 'legacyESX';
+}
+
+/**
+ * Creates an empty monolithicSparse VMDK laid out as QEMU lays it out:
+ * header, descriptor (20 sectors), redundant grain directory and tables,
+ * grain directory and tables, grains from the first grain boundary on. With
+ * `opts.backing` it is a delta: `parentFileNameHint` names the parent and
+ * `parentCID` is the parent's CID (`opts.backingDevice`, which must be a
+ * VMDK of the same size).
+ *
+ * @example
+ * ```ts
+ * await create(await FileStorage.create('base.vmdk'), { size: 1 << 30 });
+ * ```
+ */
+export async function create(storage: Storage, opts: VmdkCreateOptions): Promise<void> {
+  const size = opts.size;
+  if (!Number.isSafeInteger(size) || size < 0 || size % 512 !== 0) throw new VmkitError('ARG_RANGE', `vmdk size ${size} must be a non-negative multiple of 512`);
+  if (size > 2 ** 41) throw new VmkitError('LIMIT', `vmdk size ${size}: monolithicSparse images hold at most 2 TiB (32-bit sector offsets)`);
+  const gs = opts.clusterSize ?? 65536;
+  if (!Number.isSafeInteger(gs) || gs < 4096 || gs > 1 << 20 || (gs & (gs - 1)) !== 0) {
+    throw new VmkitError('ARG_RANGE', `vmdk grain size ${gs} must be a power of two in 4 KiB..1 MiB`);
+  }
+  if (opts.extendedL2) throw new VmkitError('UNSUPPORTED', 'vmdk has no extended L2 entries');
+  let parentCid = CID_NOPARENT;
+  if (opts.backing !== undefined) {
+    if (opts.backingFormat !== undefined && opts.backingFormat !== 'vmdk') {
+      throw new VmkitError('UNSUPPORTED', `a vmdk delta needs a vmdk parent, not ${opts.backingFormat}`, { path: storage.name });
+    }
+    const b = opts.backingDevice as (BlockDevice & { cid?: number }) | undefined;
+    if (b) {
+      if (b.format !== 'vmdk') throw new VmkitError('UNSUPPORTED', `a vmdk delta needs a vmdk parent, not ${b.format}`, { path: storage.name });
+      if (b.size !== size) throw new VmkitError('ARG_RANGE', `a vmdk delta has its parent's size (${b.size}), not ${size}`, { path: storage.name });
+      if (b.cid !== undefined) parentCid = b.cid;
+    }
+  }
+  const grainSize = gs / 512;
+  const h: VmdkHeader = {
+    version: opts.zeroedGrain ? 2 : 1,
+    flags: FLAG_NL_DETECT | FLAG_RGD | (opts.zeroedGrain ? FLAG_ZERO_GRAIN : 0),
+    capacity: size / 512,
+    grainSize,
+    descriptorOffset: 1,
+    descriptorSize: 20,
+    numGTEsPerGT: 512,
+    rgdOffset: 21,
+    gdOffset: 0,
+    overHead: 0,
+    uncleanShutdown: 0,
+    compressAlgorithm: 0,
+  };
+  const g = geometry(h);
+  const gdSectors = g.gdBytes / 512;
+  const gtSectors = g.gtBytes / 512;
+  h.gdOffset = h.rgdOffset + gdSectors + gtSectors * g.gdEntries;
+  h.overHead = Math.ceil((h.gdOffset + gdSectors + gtSectors * g.gdEntries) / grainSize) * grainSize;
+  const name = storage.name.split(/[\\/]/).pop() ?? storage.name;
+  const text = new TextEncoder().encode(
+    encodeDescriptor({
+      cid: randomCid(),
+      parentCid,
+      createType: 'monolithicSparse',
+      ...(opts.backing !== undefined ? { parentFileNameHint: opts.backing } : {}),
+      sectors: h.capacity,
+      extentFile: name,
+      ...(opts.adapterType ? { adapterType: opts.adapterType } : {}),
+    }),
+  );
+  if (text.length > h.descriptorSize * 512) throw new VmkitError('ARG_RANGE', 'vmdk: the backing file name is too long for the descriptor');
+  await storage.truncate(0);
+  await storage.truncate(h.overHead * 512);
+  await storage.write(0, encodeVmdkHeader(h));
+  await storage.write(512, text);
+  // Both directories point at their pre-allocated (zeroed) tables, as QEMU and VMware lay them out.
+  for (const [gdOff] of [[h.rgdOffset], [h.gdOffset]] as const) {
+    const dir = new Uint8Array(g.gdBytes);
+    const dv = new DataView(dir.buffer);
+    for (let i = 0; i < g.gdEntries; i++) dv.setUint32(i * 4, gdOff + gdSectors + i * gtSectors, true);
+    await storage.write(gdOff * 512, dir);
+  }
+}
+
+/**
+ * Checks a VMDK's metadata: grain tables and grains outside the file or over
+ * the header, grains used twice or overlapping, and redundant tables that
+ * disagree with the primary ones.
+ *
+ * @example
+ * ```ts
+ * const r = await check(await FileStorage.open('disk.vmdk', { readOnly: true }));
+ * ```
+ */
+export function check(storage: Storage, opts: FormatCheckOptions = {}): Promise<CheckReport> {
+  return checkVmdk(storage, opts);
+}
+
+/**
+ * The VMDK format module for the registry.
+ *
+ * @example
+ * ```ts
+ * if (format.probe(head)) dev = await format.open(storage);
+ * ```
+ */
+export const format: ImageFormatModule = { name: 'vmdk', probe, open, create, check };
