@@ -56,7 +56,6 @@ function copyChain(from, to) {
 /** vmkit's ChainOps over files when the build has a format driver; undefined otherwise. */
 async function fileOps() {
   const node = await import('../dist/disk/backup/node.js');
-  if (!node.vmkitFormatDriver) return undefined;
   // Only when the qcow2 driver can open a chain qemu-img made (it lands separately from the job).
   try {
     const reg = await import('../dist/disk/image.js');
@@ -64,7 +63,7 @@ async function fileOps() {
   } catch {
     return undefined;
   }
-  return new node.NodeChainOps(node.vmkitFormatDriver);
+  return new node.NodeChainOps(); // qcow2, VMDK and raw through vmkit/disk
 }
 
 // ---- QMP over a UNIX socket -------------------------------------------------------------

@@ -8,8 +8,7 @@
  */
 import { VmkitError } from '../../errors.js';
 import type { BackupDevice, BlockExtent, ChainOps, ImageFormat } from './_types.js';
-import { checkImage, createImage, openImage, probeFormat } from '../image.js';
-import { fileProvider } from '../backends/file.js';
+import { checkImage, fileFormatDriver } from '../image.js';
 
 type Fs = typeof import('node:fs/promises');
 type Path = typeof import('node:path');
@@ -134,49 +133,6 @@ export const rawFormatDriver: FormatDriver = {
 };
 
 /**
- * The vmkit/disk formats (qcow2, VMDK, raw, probed by content) behind the
- * {@link FormatDriver} contract: the default of {@link NodeChainOps}. Backing
- * names are stored relative to the overlay, as `qemu-img create -b` does, and
- * handed back as paths usable from the current folder.
- *
- * @example
- * ```ts
- * const ops = new NodeChainOps(vmkitFormatDriver);
- * await ops.createOverlay('vm/delta.qcow2', 'vm/base.qcow2', 'qcow2');
- * await ops.backingOf('vm/delta.qcow2'); // 'vm/base.qcow2'
- * ```
- */
-export const vmkitFormatDriver: FormatDriver = {
-  open: (path, opts) => openImage(path, { readOnly: opts.readOnly }),
-  async create(path, size, format) {
-    await createImage(path, { size, format });
-  },
-  async createOverlay(path, backing, format) {
-    const p = await pathApi();
-    const rel = p.relative(p.dirname(p.resolve(path)), p.resolve(backing));
-    await createImage(path, { format, backing: rel });
-  },
-  async backingOf(path) {
-    const dev = await openImage(path, { readOnly: true, noBacking: true });
-    try {
-      if (dev.backingFile === undefined) return undefined;
-      const p = await pathApi();
-      return p.isAbsolute(dev.backingFile) ? dev.backingFile : p.join(p.dirname(path), dev.backingFile);
-    } finally {
-      await dev.close();
-    }
-  },
-  async formatOf(path) {
-    const st = await fileProvider.open(path, { readOnly: true });
-    try {
-      return await probeFormat(st);
-    } finally {
-      await st.close();
-    }
-  },
-};
-
-/**
  * {@link ChainOps} on Node files.
  *
  * @example
@@ -188,7 +144,7 @@ export const vmkitFormatDriver: FormatDriver = {
 export class NodeChainOps implements ChainOps {
   private readonly driver: FormatDriver;
 
-  constructor(driver: FormatDriver = vmkitFormatDriver) {
+  constructor(driver: FormatDriver = fileFormatDriver) {
     this.driver = driver;
   }
 
