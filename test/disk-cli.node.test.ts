@@ -41,3 +41,25 @@ describe.skipIf(!hasQemu)('vmkit disk', () => {
     }
   });
 });
+
+describe.skipIf(!hasQemu)('fileFormatDriver', () => {
+  it('stores the backing path relative to the overlay, wherever the overlay is', async () => {
+    const { fileFormatDriver } = await import('../bindings/disk/image.js');
+    const dir = await mkdtemp(join(tmpdir(), 'vmkit-driver-'));
+    try {
+      await fileFormatDriver.create(join(dir, 'base.qcow2'), 1 << 20, 'qcow2');
+      const { mkdir } = await import('node:fs/promises');
+      await mkdir(join(dir, 'sub'));
+      await fileFormatDriver.createOverlay(join(dir, 'sub', 'top.qcow2'), join(dir, 'base.qcow2'), 'qcow2');
+      const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', join(dir, 'sub', 'top.qcow2')], { encoding: 'utf8' })) as Record<string, string>;
+      expect(info['backing-filename']).toBe('../base.qcow2');
+      expect(await fileFormatDriver.backingOf(join(dir, 'sub', 'top.qcow2'))).toBe(join(dir, 'sub', '../base.qcow2'));
+      expect(await fileFormatDriver.formatOf(join(dir, 'sub', 'top.qcow2'))).toBe('qcow2');
+      const dev = await fileFormatDriver.open(join(dir, 'sub', 'top.qcow2'), { readOnly: true });
+      expect(dev.backing?.size).toBe(1 << 20);
+      await dev.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -296,12 +296,18 @@ export const fileFormatDriver: {
     await createImage(path, { size, format });
   },
   async createOverlay(path, backing, format) {
-    await createImage(path, { backing: fileProvider.relative(path, backing), format });
+    // `backing` is a path from the current folder; the image stores it relative to the overlay
+    // (as the ChainOps contract asks), so the pair can move together.
+    const np = (await import(/* @vite-ignore */ 'node:path' as string)) as typeof import('node:path');
+    const rel = np.relative(np.dirname(np.resolve(path)), np.resolve(backing));
+    await createImage(path, { backing: rel, format });
   },
   async backingOf(path) {
     const dev = await openImage(path, { readOnly: true, noBacking: true });
     try {
-      return dev.backingFile === undefined ? undefined : fileProvider.resolve(path, dev.backingFile);
+      if (dev.backingFile === undefined) return undefined;
+      const np = (await import(/* @vite-ignore */ 'node:path' as string)) as typeof import('node:path');
+      return np.normalize(fileProvider.resolve(path, dev.backingFile));
     } finally {
       await dev.close();
     }
