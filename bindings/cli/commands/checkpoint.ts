@@ -1,0 +1,232 @@
+/**
+ * `vmkit checkpoint save|restore|inspect|read-page`: guest memory images to
+ * and from vmkit checkpoints (docs/checkpoint-format.md).
+ * @module
+ */
+import { closeSync, fstatSync, openSync, readSync, readFileSync } from 'node:fs';
+import { dirname, relative, resolve } from 'node:path';
+import { VmkitError } from '../../errors.js';
+import { CheckpointReader } from '../../memory/checkpoint/reader.js';
+import { CheckpointWriter, type CheckpointStats } from '../../memory/checkpoint/writer.js';
+import type { PageSource } from '../../memory/types.js';
+import { emit, formatBytes, parse, parseSize, parseU64, Progress, type CliIO, type Command } from '../_common.js';
+
+const PS = 4096;
+const WINDOW = 4 << 20;
+
+const usage = `Usage:
+  vmkit checkpoint save <memory-image> <checkpoint> [--block-size BYTES] [--codec lz4|none]
+                        [--parent <checkpoint> [--dirty <bitmap-file>]] [--json]
+  vmkit checkpoint restore <checkpoint> <memory-image> [--json]
+  vmkit checkpoint inspect <checkpoint> [--json]
+  vmkit checkpoint read-page <checkpoint> <gpa>
+
+save      writes a raw guest memory image as a checkpoint: zero pages go to the
+          index only, others are LZ4-compressed into storage blocks (default
+          1M), one write per block. With --parent it writes a diff checkpoint
+          holding the pages the dirty bitmap marks (bit p%8 of byte p/8), or,
+          without --dirty, the pages that differ from the parent.
+restore   writes the full memory image (following the parent chain).
+inspect   prints pages, zeroPages, storedPages, blocks, blockWrites, fileBytes, …
+read-page writes the raw page holding guest-physical address <gpa> to stdout.`;
+
+/** A raw memory image file as a PageSource (positioned reads). */
+function imageSource(path: string): PageSource & { size: number; close(): void; readPagesIntoSync(first: number, count: number, dst: Uint8Array): void } {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw new VmkitError((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `${path}: ${(e as Error).message}`, { cause: e, path });
+  }
+  const size = fstatSync(fd).size;
+  if (size === 0 || size % PS !== 0) {
+    closeSync(fd);
+    throw new VmkitError('ARG_RANGE', `${path}: a memory image must be a positive whole number of ${PS}-byte pages (it has ${size} bytes)`);
+  }
+  const readPagesIntoSync = (first: number, count: number, dst: Uint8Array): void => {
+    let done = 0;
+    const len = count * PS;
+    while (done < len) {
+      const n = readSync(fd, dst, done, len - done, first * PS + done);
+      if (n === 0) throw new VmkitError('IO', `${path}: short read`, { path });
+      done += n;
+    }
+  };
+  return {
+    size,
+    pageSize: PS,
+    pageCount: size / PS,
+    readPagesIntoSync,
+    readPagesInto: async (f, c, d) => readPagesIntoSync(f, c, d),
+    close: () => closeSync(fd),
+  };
+}
+
+async function save(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(argv, {
+    'block-size': { type: 'string' },
+    codec: { type: 'string' },
+    parent: { type: 'string' },
+    dirty: { type: 'string' },
+  });
+  const [image, out] = positionals;
+  if (!image || !out || positionals.length > 2) throw new VmkitError('ARG_RANGE', 'save needs <memory-image> <checkpoint>');
+  if (values.dirty && !values.parent) throw new VmkitError('ARG_RANGE', '--dirty needs --parent');
+  const blockSize = values['block-size'] === undefined ? undefined : parseSize(values['block-size'] as string, '--block-size');
+  const codec = (values.codec as string | undefined) ?? 'lz4';
+  if (codec !== 'lz4' && codec !== 'none') throw new VmkitError('ARG_RANGE', `--codec must be lz4 or none, got ${codec}`);
+  const src = imageSource(image);
+  const started = performance.now();
+  let parent: CheckpointReader | undefined;
+  let stats: CheckpointStats;
+  try {
+    if (values.parent) {
+      parent = await CheckpointReader.open(values.parent as string);
+      if (parent.guestSize !== BigInt(src.size)) {
+        throw new VmkitError('ARG_RANGE', `parent is a ${parent.guestSize}-byte guest, the image has ${src.size} bytes`);
+      }
+    }
+    // The reader resolves a relative parent path against the child's directory.
+    const parentRef = parent
+      ? { path: relative(dirname(resolve(out)), resolve(values.parent as string)) || '.', id: parent.header.id }
+      : undefined;
+    const w = await CheckpointWriter.create(out, { guestSize: src.size, blockSize, codec, parent: parentRef });
+    const bar = new Progress(io, 'save', src.size, !values.json);
+    try {
+      if (values.dirty) {
+        const bitmap = new Uint8Array(readFileSync(values.dirty as string));
+        await w.writeDirty(bitmap, src);
+      } else {
+        const buf = new Uint8Array(WINDOW);
+        const old = parent ? new Uint8Array(WINDOW) : undefined;
+        for (let p = 0; p < src.pageCount; ) {
+          const n = Math.min(WINDOW / PS, src.pageCount - p);
+          const view = buf.subarray(0, n * PS);
+          src.readPagesIntoSync(p, n, view);
+          if (parent && old) {
+            // Diff against the parent: only pages that changed.
+            parent.readPagesIntoSync(p, n, old.subarray(0, n * PS));
+            for (let i = 0; i < n; ) {
+              if (samePage(view, old, i)) {
+                i++;
+                continue;
+              }
+              let j = i + 1;
+              while (j < n && !samePage(view, old, j)) j++;
+              await w.writePages(p + i, view.subarray(i * PS, j * PS));
+              i = j;
+            }
+          } else {
+            await w.writePages(p, view);
+          }
+          p += n;
+          bar.update(p * PS);
+        }
+      }
+      stats = await w.finish();
+    } catch (e) {
+      await w.abort();
+      throw e;
+    } finally {
+      bar.done();
+    }
+  } finally {
+    src.close();
+    await parent?.close();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const result = { checkpoint: out, image, ...stats, seconds, bytesPerSecond: src.size / seconds, ratio: stats.fileBytes / src.size };
+  emit(io, values.json, result, () =>
+    `saved ${image} (${formatBytes(src.size)}) to ${out}: ${formatBytes(stats.fileBytes)} (${(result.ratio * 100).toFixed(1)}%), ` +
+    `${stats.blocks} blocks in ${stats.writes} writes, ${stats.zeroPages} zero / ${stats.lz4Pages} lz4 / ${stats.rawPages} raw` +
+    (stats.absentPages ? ` / ${stats.absentPages} in parent` : '') +
+    ` pages, ${formatBytes(result.bytesPerSecond)}/s`,
+  );
+  return 0;
+}
+
+function samePage(a: Uint8Array, b: Uint8Array, i: number): boolean {
+  const x = new BigUint64Array(a.buffer, a.byteOffset + i * PS, PS / 8);
+  const y = new BigUint64Array(b.buffer, b.byteOffset + i * PS, PS / 8);
+  for (let k = 0; k < x.length; k++) if (x[k] !== y[k]) return false;
+  return true;
+}
+
+async function restore(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(argv, {});
+  const [ckpt, image] = positionals;
+  if (!ckpt || !image || positionals.length > 2) throw new VmkitError('ARG_RANGE', 'restore needs <checkpoint> <memory-image>');
+  const started = performance.now();
+  const r = await CheckpointReader.open(ckpt);
+  const size = Number(r.guestSize);
+  const bar = new Progress(io, 'restore', size, !values.json);
+  try {
+    await r.restoreTo(image, { onProgress: (d) => bar.update(d) });
+  } finally {
+    bar.done();
+    await r.close();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const st = r.stats;
+  emit(io, values.json, { checkpoint: ckpt, image, guestSize: size, ...st, seconds, bytesPerSecond: size / seconds }, () =>
+    `restored ${ckpt} to ${image}: ${formatBytes(size)} from ${st.blockReads} block reads, ${formatBytes(size / seconds)}/s`,
+  );
+  return 0;
+}
+
+async function inspect(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(argv, {});
+  const [ckpt] = positionals;
+  if (!ckpt || positionals.length > 1) throw new VmkitError('ARG_RANGE', 'inspect needs <checkpoint>');
+  const r = await CheckpointReader.open(ckpt);
+  const i = r.info();
+  await r.close();
+  emit(io, values.json, { checkpoint: ckpt, ...i }, () =>
+    [
+      `${ckpt}: vmkit checkpoint v${i.version} ${i.id}${i.diff ? `, diff of ${i.parentPath} (${i.parentId})` : ''}`,
+      `guest ${formatBytes(Number(i.guestSize))} in ${i.pages} pages of ${i.pageSize} bytes`,
+      `pages: ${i.zeroPages} zero, ${i.storedPages} stored (${i.lz4Pages} lz4, ${i.rawPages} raw), ${i.absentPages} in parent`,
+      `blocks: ${i.blocks} (block size ${formatBytes(i.blockSize)}, ${i.blockWrites} block writes), codec ${i.codec}`,
+      `file: ${formatBytes(i.fileBytes)} (${i.fileBytes} bytes; ${formatBytes(i.storedBytes)} stored data, ${formatBytes(i.indexBytes)} index)`,
+      `chain: ${i.chain.join(' → ')}`,
+    ].join('\n'),
+  );
+  return 0;
+}
+
+async function readPage(argv: string[], io: CliIO): Promise<number> {
+  const { positionals } = parse(argv, {});
+  const [ckpt, addr] = positionals;
+  if (!ckpt || positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'read-page needs <checkpoint> <gpa>');
+  const gpa = parseU64(addr, '<gpa>');
+  const r = await CheckpointReader.open(ckpt);
+  try {
+    if (gpa >= r.guestSize) throw new VmkitError('ARG_RANGE', `gpa 0x${gpa.toString(16)} is past the guest's ${r.guestSize} bytes`);
+    const page = await r.readPage(Number(gpa / BigInt(r.pageSize)));
+    await new Promise<void>((res, rej) => io.stdout.write(page, (e) => (e ? rej(e) : res())));
+  } finally {
+    await r.close();
+  }
+  return 0;
+}
+
+/** The `checkpoint` command group. */
+export const command: Command = {
+  summary: 'save, restore and inspect memory checkpoints (LZ4 blocks, lazy reads)',
+  usage,
+  async run(argv: string[], io: CliIO): Promise<number> {
+    const [sub, ...rest] = argv;
+    switch (sub) {
+      case 'save':
+        return save(rest, io);
+      case 'restore':
+        return restore(rest, io);
+      case 'inspect':
+        return inspect(rest, io);
+      case 'read-page':
+        return readPage(rest, io);
+      default:
+        throw new VmkitError('ARG_RANGE', `unknown checkpoint subcommand ${JSON.stringify(sub)}; see vmkit checkpoint --help`);
+    }
+  },
+};
