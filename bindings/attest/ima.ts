@@ -243,6 +243,24 @@ export async function imaHash(alg: ImaBank, data: Uint8Array): Promise<Uint8Arra
   return new Uint8Array(await globalThis.crypto.subtle.digest(s, data as Uint8Array<ArrayBuffer>));
 }
 
+/** Synchronous where node:crypto is loaded (the hot path of a long log), else a promise. */
+function hashNow(alg: ImaBank, data: Uint8Array): Uint8Array | Promise<Uint8Array> {
+  if (nodeHash) {
+    try {
+      return new Uint8Array(nodeHash(alg).update(data).digest());
+    } catch {
+      // fall through: imaHash reports UNSUPPORTED
+    }
+  }
+  return imaHash(alg, data);
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 // ---------------------------------------------------------------- PCR replay
 
 /** How non-SHA-1 banks were extended. */
@@ -282,22 +300,42 @@ export class PcrReplay {
 
   /** The value this entry extends the bank with. @example `await r.extensionOf(e)` */
   async extensionOf(e: ImaEntry, data?: Uint8Array): Promise<Uint8Array> {
-    if (e.violation) return this.ones;
-    if (this.mode === 'per-bank') return imaHash(this.bank, data ?? imaTemplateData(e));
-    const sha1 = e.templateHash.length === 20 ? e.templateHash : await imaHash('sha1', data ?? imaTemplateData(e));
-    const v = new Uint8Array(BANK_LEN[this.bank]);
-    v.set(sha1.subarray(0, Math.min(20, v.length)));
-    return v;
+    return this.ext(e, data);
   }
 
-  /** Extends the PCR with `e` (pass the template data when already computed). @example `await r.extend(e)` */
-  async extend(e: ImaEntry, data?: Uint8Array): Promise<void> {
-    const ext = await this.extensionOf(e, data);
+  private ext(e: ImaEntry, data?: Uint8Array): Uint8Array | Promise<Uint8Array> {
+    if (e.violation) return this.ones;
+    if (this.mode === 'per-bank') return hashNow(this.bank, data ?? imaTemplateData(e));
+    const pad = (sha1: Uint8Array): Uint8Array => {
+      const v = new Uint8Array(BANK_LEN[this.bank]);
+      v.set(sha1.subarray(0, Math.min(20, v.length)));
+      return v;
+    };
+    if (e.templateHash.length === 20) return pad(e.templateHash);
+    const h = hashNow('sha1', data ?? imaTemplateData(e));
+    return h instanceof Uint8Array ? pad(h) : h.then(pad);
+  }
+
+  /**
+   * Extends the PCR with `e`. Pass the template data when already computed, and
+   * the extension value when known (the bank's digest of the data).
+   * @example `await r.extend(e)`
+   */
+  async extend(e: ImaEntry, data?: Uint8Array, extension?: Uint8Array): Promise<void> {
+    let ext = extension ?? this.ext(e, data);
+    if (!(ext instanceof Uint8Array)) ext = await ext;
     const buf = new Uint8Array(this.pcr.length * 2);
     buf.set(this.pcr);
     buf.set(ext, this.pcr.length);
-    this.pcr = await imaHash(this.bank, buf);
+    let v = hashNow(this.bank, buf);
+    if (!(v instanceof Uint8Array)) v = await v;
+    this.pcr = v;
     this.count++;
+  }
+
+  /** True when the current value equals `bytes`. @example `r.equalsBytes(quoted)` */
+  equalsBytes(bytes: Uint8Array): boolean {
+    return sameBytes(this.pcr, bytes);
   }
 
   /** The current value (a copy). @example `r.value()` */
@@ -636,21 +674,30 @@ export async function verifyImaLog(src: ImaLogSource, options: ImaVerifyOptions 
     if (res.failures.length < maxFailures) res.failures.push(f);
   };
   const target = expectedPcr ? replays[banks.indexOf(expectedPcr.bank)]! : undefined;
+  const expectedBytes = expectedHex === undefined ? undefined : new Uint8Array(expectedHex.length / 2);
+  if (expectedBytes) hexInto(expectedHex!, expectedBytes);
+  await loadNodeHash();
   let matchedAfter: number | undefined;
   for await (const e of readImaLog(src, options.maxLine)) {
     if (++res.count > maxEntries) throw new VmkitError('LIMIT', `IMA log has more than ${maxEntries} entries`);
     const data = imaTemplateData(e);
+    let computed: Uint8Array | undefined;
+    let calg: ImaBank | undefined;
     if (e.violation) res.violations++;
     else if (checkTemplateHashes) {
-      const h = await imaHash(templateAlg(e, templateHashAlg), data);
-      if (toHex(h) !== toHex(e.templateHash)) {
+      calg = templateAlg(e, templateHashAlg);
+      let h = hashNow(calg, data);
+      if (!(h instanceof Uint8Array)) h = await h;
+      computed = h;
+      if (!sameBytes(h, e.templateHash)) {
         res.templateHashFailures++;
         fail({ id: 'ima.validation.ima_hash', line: e.line, path: e.path, message: `template hash ${toHex(e.templateHash)} does not match the ${e.template} template data (${toHex(h)})` });
       }
     }
     if (e.pcr === pcr) {
-      for (const r of replays) await r.extend(e, data);
-      if (target && target.equals(expectedHex!)) matchedAfter = res.count;
+      // The bank's extension is the template hash just computed when the algorithms agree.
+      for (const r of replays) await r.extend(e, data, r.mode === 'per-bank' && r.bank === calg ? computed : undefined);
+      if (target && expectedBytes && target.equalsBytes(expectedBytes)) matchedAfter = res.count;
     } else {
       fail({ id: 'ima.validation.ima_pcr', line: e.line, path: e.path, message: `entry extends PCR ${e.pcr}, not ${pcr}` });
     }
