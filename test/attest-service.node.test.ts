@@ -4,13 +4,15 @@
 // to end with the real appraisal and EAR signing, in-process and through the
 // CLI as a child process.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { needTool } from './_tools.js';
 import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
-import { openSource, readKeyring, type Keyring } from '../bindings/attest/index.js';
+import { openSource, readKeyring, type Keyring, type RefreshResult, type RepositorySource } from '../bindings/attest/index.js';
 import {
   AttestService,
   NonceStore,
@@ -124,6 +126,51 @@ describe('request validation', () => {
   });
 });
 
+/** A source that answers from nothing and refreshes as told (scheduling tests). */
+function fakeSource(next: () => { validUntil?: Date; fail?: boolean }): RepositorySource & { calls: number } {
+  const src = {
+    id: 'rpm http://fake.invalid',
+    calls: 0,
+    size: 1,
+    lookupDigest: () => [],
+    lookupPackage: () => [],
+    async refresh(): Promise<RefreshResult> {
+      src.calls++;
+      const n = next();
+      if (n.fail) throw new VmkitError('NETWORK', 'down');
+      return { changed: src.calls === 1, packages: 1, ...(n.validUntil ? { validUntil: n.validUntil } : {}) };
+    },
+  };
+  return src;
+}
+
+describe('SourceSet scheduling', () => {
+  it('refreshes before Valid-Until even when the interval is long', async () => {
+    const src = fakeSource(() => ({ validUntil: new Date(Date.now() + 2000) }));
+    const set = new SourceSet([src], { intervalMs: 3_600_000 });
+    await set.refreshAll({ requireAll: true });
+    set.start();
+    await new Promise((r) => setTimeout(r, 1300));
+    set.close();
+    expect(src.calls).toBeGreaterThanOrEqual(2);
+    expect(set.status()[0]!.validUntil).toBeInstanceOf(Date);
+  });
+  it('backs off after failures and records them; requireAll throws the first', async () => {
+    const src = fakeSource(() => ({ fail: true }));
+    const set = new SourceSet([src], { intervalMs: 3_600_000, retryMs: 100 });
+    await expect(set.refreshAll({ requireAll: true })).rejects.toThrow(expect.objectContaining({ code: 'NETWORK' }));
+    set.start();
+    await new Promise((r) => setTimeout(r, 500)); // retries at +100, +200 (doubling), then +400
+    set.close();
+    expect(src.calls).toBeGreaterThanOrEqual(3);
+    expect(src.calls).toBeLessThanOrEqual(4);
+    const st = set.status()[0]!;
+    expect(st.failures).toBe(src.calls);
+    expect(st.lastError?.code).toBe('NETWORK');
+    expect(set.anyReady).toBe(false);
+  });
+});
+
 /** A verifier that only looks digests up, to test the HTTP layer by itself. */
 function lookupVerifier(): Verifier & { seen: Evidence[] } {
   const seen: Evidence[] = [];
@@ -210,6 +257,19 @@ describe.runIf(ready)('attestation service over real repositories', () => {
     const health = (await h.json()) as { ok: boolean; sources: { packages: number }[] };
     expect(health.ok).toBe(true);
     expect(health.sources[0]!.packages).toBe(debs().length);
+  });
+
+  it('answers any body with 4xx and keeps serving (fuzz)', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.oneof(fc.string(), fc.json(), fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b).toString('latin1'))), async (body) => {
+        const r = await post(body);
+        expect(r.status, body.slice(0, 100)).toBeGreaterThanOrEqual(400);
+        expect(r.status).toBeLessThan(500);
+        await r.arrayBuffer();
+      }),
+      { numRuns: 60 },
+    );
+    expect((await fetch(`${base}/healthz`)).status).toBe(200);
   });
 
   it('keeps the last verified index when a refresh meets a tampered signature, and recovers', async () => {
@@ -344,6 +404,62 @@ describe.runIf(ready)('end to end: appraisal and EdDSA-signed EARs over real rep
     const r2 = await requestAttestation(base, { digests: [{ alg: 'sha512', hex }] });
     expect(r2.status).toBe('affirming');
     expect(r2.items[0]!.where).toContain('vmkit-fixture');
+  });
+});
+
+describe.runIf(ready)('IMA measurement lists against file digests of real .debs', () => {
+  let repo: FixtureServer;
+  let svc: AttestService;
+  let base: string;
+  let dir: string;
+
+  /** One ima-ng line, its template hash computed here from the template data (docs of the vectors' README). */
+  const imaNg = (hex: string, path: string): string => {
+    const d = Buffer.concat([Buffer.from('sha256:\0'), Buffer.from(hex, 'hex')]);
+    const p = Buffer.from(path + '\0');
+    const le = (n: number): Buffer => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(n);
+      return b;
+    };
+    const th = createHash('sha1').update(Buffer.concat([le(d.length), d, le(p.length), p])).digest('hex');
+    return `10 ${th} ima-ng sha256:${hex} ${path}`;
+  };
+
+  beforeAll(async () => {
+    buildFixtures();
+    repo = await startServer();
+    const ring = await readKeyring(readFileSync(join(FIXTURES, 'keyring.gpg')));
+    const sources = new SourceSet([openSource(`deb ${repo.url}/debian bookworm main`, { keyring: ring })], { filePackages: ['hello'] });
+    await sources.refreshAll({ requireAll: true });
+    svc = new AttestService({ sources, verifier: await createVerifier() });
+    base = await svc.listen(0);
+    // The files as dpkg unpacks them: the reference the service's own .deb reading must agree with.
+    dir = mkdtempSync(join(tmpdir(), 'vmkit-ima-'));
+    execFileSync('dpkg-deb', ['-x', join(FIXTURES, 'debian/pool/main/hello_2.10-3_amd64.deb'), dir]);
+  });
+  afterAll(async () => {
+    await svc?.close();
+    await repo?.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('affirms an IMA log of files from a package in the repository, not one with a stranger', async () => {
+    const st = svc.sources.status()[0]!;
+    expect(st.filePackages).toBe(1);
+    expect(st.fileErrors).toBe(0);
+    const hello = sha256(readFileSync(join(dir, 'usr/bin/hello')));
+    const good = [imaNg(hello, '/usr/bin/hello')].join('\n') + '\n';
+    const r = await requestAttestation(base, { ima: { log: good } });
+    expect(r.status, JSON.stringify(r.items)).toBe('affirming');
+    expect(r.items.some((i) => i.where?.includes('hello') && i.where.includes('/usr/bin/hello'))).toBe(true);
+    const bad = good + imaNg(sha256(Buffer.from('dropped in by an attacker')), '/usr/local/bin/evil') + '\n';
+    const r2 = await requestAttestation(base, { ima: { log: bad } });
+    expect(r2.status).not.toBe('affirming');
+    // A template hash that does not match its data is a cryptographic failure.
+    const broken = good.replace(/^10 ([0-9a-f])/, (_m, c: string) => `10 ${c === '0' ? '1' : '0'}`);
+    const r3 = await requestAttestation(base, { ima: { log: broken } });
+    expect(r3.status).toBe('contraindicated');
   });
 });
 

@@ -36,6 +36,9 @@ export interface SourceStatus {
   failures: number;
   /** Duration of the last refresh in milliseconds. */
   lastDurationMs?: number;
+  /** Packages whose file digests are loaded (see `filePackages`), and failures doing so. */
+  filePackages: number;
+  fileErrors: number;
 }
 
 /** Options of {@link SourceSet}. */
@@ -46,6 +49,13 @@ export interface SourceSetOptions {
   validUntilMarginMs?: number;
   /** Retry delay after a failure (default 30 s, doubled per failure up to `intervalMs`). */
   retryMs?: number;
+  /**
+   * Packages whose file-level digests are loaded after each refresh that
+   * changed a source (APT: the .deb is fetched, checked against the signed
+   * Packages and its data archive hashed; RPM: from the .rpm header), so IMA
+   * entries and file digests of those packages affirm. Names, all versions.
+   */
+  filePackages?: string[];
   /** Clock (tests). */
   now?: () => number;
 }
@@ -68,7 +78,7 @@ export class SourceSet implements ReferenceIndex {
   private readonly state: SourceStatus[];
   private readonly timers: (ReturnType<typeof setTimeout> | undefined)[];
   private readonly running: (Promise<VmkitError | undefined> | undefined)[];
-  private readonly opts: Required<Omit<SourceSetOptions, 'now'>> & { now: () => number };
+  private readonly opts: Required<Omit<SourceSetOptions, 'now' | 'filePackages'>> & { now: () => number; filePackages: string[] };
   private started = false;
   private closed = false;
   private readonly ac = new AbortController();
@@ -76,13 +86,14 @@ export class SourceSet implements ReferenceIndex {
   constructor(sources: readonly RepositorySource[], options: SourceSetOptions = {}) {
     if (sources.length === 0) throw new VmkitError('ARG_RANGE', 'at least one repository source is required');
     this.sources = sources;
-    this.state = sources.map((s) => ({ id: s.id, packages: 0, digests: 0, refreshes: 0, failures: 0 }));
+    this.state = sources.map((s) => ({ id: s.id, packages: 0, digests: 0, refreshes: 0, failures: 0, filePackages: 0, fileErrors: 0 }));
     this.timers = sources.map(() => undefined);
     this.running = sources.map(() => undefined);
     this.opts = {
       intervalMs: options.intervalMs ?? 5 * 60_000,
       validUntilMarginMs: options.validUntilMarginMs ?? 10 * 60_000,
       retryMs: options.retryMs ?? 30_000,
+      filePackages: options.filePackages ?? [],
       now: options.now ?? Date.now,
     };
   }
@@ -158,6 +169,7 @@ export class SourceSet implements ReferenceIndex {
         if (r.validUntil) st.validUntil = r.validUntil;
         else delete st.validUntil;
         delete st.lastError;
+        if (r.changed) await this.loadFiles(src, st);
       } catch (e) {
         err = e instanceof VmkitError ? e : new VmkitError('IO', (e as Error)?.message ?? String(e), { cause: e });
         st.failures++;
@@ -171,6 +183,24 @@ export class SourceSet implements ReferenceIndex {
       return err;
     })());
     return run;
+  }
+
+  /** Loads the file digests of `filePackages` (sequentially: one .deb at a time). */
+  private async loadFiles(src: RepositorySource, st: SourceStatus): Promise<void> {
+    if (!src.fileDigests || this.opts.filePackages.length === 0) return;
+    let ok = 0;
+    let bad = 0;
+    for (const name of this.opts.filePackages) {
+      for (const e of src.lookupPackage(name)) {
+        try {
+          if (await src.fileDigests(e, this.ac.signal)) ok++;
+        } catch {
+          bad++; // a package that fails its check is not trusted; the rest still load
+        }
+      }
+    }
+    st.filePackages = ok;
+    st.fileErrors = bad;
   }
 
   /**

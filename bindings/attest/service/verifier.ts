@@ -10,6 +10,7 @@ import { VmkitError } from '../../errors.js';
 import { appraiseEvidence, type Appraisal, type AppraiseEvidenceOptions, type Evidence, type ItemVerdict } from '../appraise.js';
 import { exportJwks, generateEarKey, loadEarKey, signEar, verifyEar, VMKIT_VERIFIER, type EarClaims, type EarSigningKey } from '../ear.js';
 import type { ReferenceIndex } from '../types.js';
+import { attest } from '../client.js';
 import type { Jwks, Verifier } from './server.js';
 
 /** Options of {@link createVerifier}. */
@@ -141,40 +142,26 @@ export async function verifyToken(token: string, jwks: string, nonce?: string): 
     }
   }
   const v = await verifyEar(token, set as never, { nonce: n });
-  const submods: Record<string, unknown> = {};
-  for (const [name, sm] of Object.entries(v.claims.submods)) {
-    submods[name] = { status: sm['ear.status'], items: sm['vmkit.appraisal']?.items ?? [] };
-  }
-  const out: Appraisal & { claims: EarClaims; kid?: string; nonceChecked: boolean } = { status: v.status, submods: submods as Appraisal['submods'], claims: v.claims, nonceChecked: nonce !== undefined };
+  const out: Appraisal & { claims: EarClaims; kid?: string; nonceChecked: boolean } = { ...claimsToAppraisal(v.status, v.claims), claims: v.claims, nonceChecked: nonce !== undefined };
   if (v.kid !== undefined) out.kid = v.kid;
   return out;
 }
 
+/** EAR claims → the appraisal shape (status and per-submodule items) for {@link summarize}. */
+function claimsToAppraisal(status: Appraisal['status'], claims: EarClaims): Appraisal {
+  const submods: Record<string, unknown> = {};
+  for (const [name, sm] of Object.entries(claims.submods)) submods[name] = { status: sm['ear.status'], items: sm['vmkit.appraisal']?.items ?? [] };
+  return { status, submods: submods as Appraisal['submods'] };
+}
+
 /**
- * The client side of `vmkit attest request`: fetches a nonce, posts the
- * evidence, verifies the EAR with the server's JWKS (or `jwks`) and the
- * nonce, and returns the verified result with the token.
+ * The client side of `vmkit attest request`: `attest()` of client.ts (nonce,
+ * evidence, EAR verified with the JWKS and the nonce), with the JWKS pinned
+ * from a URL or file when given, and the result flattened for printing.
  * @example `const r = await requestAttestation('http://svc:8080', { digests }); r.status`
  */
 export async function requestAttestation(server: string, evidence: Evidence, options: { jwks?: string } = {}): Promise<{ status: string; items: ItemLine[]; token: string; claims: EarClaims }> {
-  const base = server.replace(/\/+$/, '');
-  const call = async (path: string, init?: RequestInit): Promise<Record<string, unknown>> => {
-    let res: Response;
-    try {
-      res = await fetch(base + path, init);
-    } catch (e) {
-      throw new VmkitError('NETWORK', `${init?.method ?? 'GET'} ${base + path}: ${(e as Error).message}`, { cause: e, path: base + path });
-    }
-    const body = (await res.json().catch(() => ({}))) as Record<string, unknown>;
-    if (!res.ok) {
-      const err = (body.error ?? {}) as { code?: string; message?: string };
-      throw new VmkitError('REFUSED', `${base + path}: HTTP ${res.status} ${err.code ?? ''} ${err.message ?? ''}`.trim(), { path: base + path });
-    }
-    return body;
-  };
-  const { nonce } = (await call('/nonce')) as { nonce: string };
-  const { ear } = (await call('/attest', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ nonce, evidence }) })) as { ear: string };
-  if (typeof ear !== 'string') throw new VmkitError('CORRUPT', `${base}/attest answered without an EAR`);
-  const verified = await verifyToken(ear, options.jwks ?? `${base}/.well-known/jwks.json`, nonce);
-  return { status: verified.status, items: summarize(verified), token: ear, claims: verified.claims };
+  const pinned = options.jwks === undefined ? undefined : await loadJwks(options.jwks);
+  const r = await attest({ serviceUrl: server, evidence, ...(pinned ? { jwks: pinned as never } : {}) });
+  return { status: r.status, items: summarize(claimsToAppraisal(r.status, r.claims)), token: r.token, claims: r.claims };
 }

@@ -20,7 +20,7 @@ import { SourceSet, type SourceSetOptions } from '../../attest/service/refresh.j
 
 const usage = `Usage:
   vmkit attest serve --repo '<source>'... [--keyring <file>]... [--key <pem|jwk file>] [--listen host:port | --port N]
-                     [--verifier-id <id>] [--refresh <seconds>] [--json]
+                     [--files-of <package>]... [--verifier-id <id>] [--refresh <seconds>] [--json]
   vmkit attest request --server <url> [--digest alg:hex]... [--package name=version]... [--ima <log> [--pcr10 bank:hex] [--exclude re]...] [--jwks <url|file>] [--json] [<file>...]
   vmkit attest verify <token> --jwks <url|file> [--nonce <n>] [--json]
   vmkit attest check --repo '<source>'... [--keyring <file>]... [--digest alg:hex]... [--package name=version]... [--json] [<file>...]
@@ -29,7 +29,8 @@ const usage = `Usage:
 A <source> is written the way its ecosystem writes it:
   "deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] http://host/debian bookworm main"
   "rpm http://host/repo"          "npm https://registry.npmjs.org <package>..."
---source is the same as --repo. --keyring takes binary or armored OpenPGP keyrings (/usr/share/keyrings/*.gpg).
+--source is the same as --repo. --files-of loads the file-level digests of those packages (APT: each .deb
+fetched, checked against the signed Packages, its files hashed), so file digests and IMA entries can affirm. --keyring takes binary or armored OpenPGP keyrings (/usr/share/keyrings/*.gpg).
 request hashes each <file> (SHA-256), asks the server, verifies the signed result (signature, nonce,
 expiry) and prints it with the token; exit 0 only when the status is affirming.
 Exit codes: 0 affirmed / ok, 1 not affirmed or failure, 2 usage error.`;
@@ -40,6 +41,7 @@ const sourceOpts = {
   keyring: { type: 'string', multiple: true },
   'allow-unsigned': { type: 'boolean' },
   'allow-expired': { type: 'boolean' },
+  'files-of': { type: 'string', multiple: true },
 } as const;
 
 type Values = Record<string, string | boolean | string[] | undefined>;
@@ -65,7 +67,8 @@ async function openSources(values: Values, lines: string[] = [...strings(values.
   }
   if (values['allow-unsigned']) opts.allowUnsigned = true;
   if (values['allow-expired']) opts.allowExpired = true;
-  return new SourceSet(lines.map((l) => openSource(l, opts)), setOptions);
+  const filePackages = strings(values['files-of']);
+  return new SourceSet(lines.map((l) => openSource(l, opts)), filePackages.length ? { ...setOptions, filePackages } : setOptions);
 }
 
 /** SHA-256 of a file, streamed. */
