@@ -102,8 +102,8 @@ async function save(argv: string[], io: CliIO): Promise<number> {
         for (let p = 0; p < src.pageCount; ) {
           const n = Math.min(WINDOW / PS, src.pageCount - p);
           const view = buf.subarray(0, n * PS);
-          src.readPagesIntoSync(p, n, view);
           if (parent && old) {
+            src.readPagesIntoSync(p, n, view);
             // Diff against the parent: only pages that changed.
             parent.readPagesIntoSync(p, n, old.subarray(0, n * PS));
             for (let i = 0; i < n; ) {
@@ -117,7 +117,8 @@ async function save(argv: string[], io: CliIO): Promise<number> {
               i = j;
             }
           } else {
-            await w.writePages(p, view);
+            // Read straight into the writer's window in core memory.
+            await w.writePagesFromSync(p, n, (f, c, dst) => src.readPagesIntoSync(f, c, dst));
           }
           p += n;
           bar.update(p * PS);

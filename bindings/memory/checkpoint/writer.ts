@@ -235,7 +235,8 @@ export class CheckpointWriter {
     try {
       for (let done = 0; done < count; ) {
         const n = Math.min(WINDOW_PAGES, count - done);
-        await this.stageWindow(first + done, data.subarray(done * ps, (done + n) * ps), n);
+        const part = data.subarray(done * ps, (done + n) * ps);
+        await this.stageWindow(first + done, n, (dst) => dst.set(part));
         done += n;
       }
       this.pagesWritten += count;
@@ -281,9 +282,47 @@ export class CheckpointWriter {
     return written;
   }
 
-  private async stageWindow(first: number, data: Uint8Array, count: number): Promise<void> {
+  /**
+   * Adds pages `[first, first + count)` that `read` copies straight into the
+   * writer's window in core memory (no intermediate copy: a file read lands
+   * where the compressor reads). `read(page, n, dst)` must fill `dst` with
+   * pages `[page, page + n)` synchronously and must not call vmkit (the view
+   * is of core memory).
+   * @example
+   * ```ts
+   * await w.writePagesFromSync(0, pages, (p, n, dst) => readSync(fd, dst, 0, dst.length, p * 4096));
+   * ```
+   */
+  async writePagesFromSync(first: number, count: number, read: (page: number, count: number, dst: Uint8Array) => void): Promise<void> {
+    aint(count, 'count', 0, this.pageCount);
+    aint(first, 'first', 0, this.pageCount - count);
+    if (typeof read !== 'function') throw new VmkitError('ARG_TYPE', 'read must be a function');
+    this.enter();
+    this.busy = true;
+    try {
+      for (let done = 0; done < count; ) {
+        const n = Math.min(WINDOW_PAGES, count - done);
+        const at = first + done;
+        await this.stageWindow(at, n, (dst) => read(at, n, dst));
+        done += n;
+      }
+      this.pagesWritten += count;
+    } catch (e) {
+      this.state = 'failed';
+      throw e;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async stageWindow(first: number, count: number, fill: (dst: Uint8Array) => void): Promise<void> {
     let c = checkGeneration(this.gen, 'checkpoint writer');
-    c.u8().set(data, this.input);
+    const ps0 = this.header.pageSize;
+    const view = c.u8().subarray(this.input, this.input + count * ps0);
+    fill(view);
+    if (view.buffer !== c.u8().buffer || c.generation !== checkGeneration(this.gen, 'checkpoint writer').generation) {
+      throw new VmkitError('INVALID_STATE', 'checkpoint writer: core memory changed while filling the window (the reader called vmkit)');
+    }
     let done = 0;
     const ps = this.header.pageSize;
     while (done < count) {
