@@ -311,7 +311,7 @@ describe.runIf(ready)('attestation service over real repositories', () => {
   it('answers 503 while no source is loaded and under overload, and closes gracefully', async () => {
     const sources = new SourceSet([openSource(`rpm ${repo.url}/rpm`, { keyring: ring })]);
     const slow: Verifier = { ...lookupVerifier(), appraise: async () => (await new Promise((r) => setTimeout(r, 200)), { status: 'warning', submods: {} }) };
-    const s2 = new AttestService({ sources, verifier: slow, maxInFlight: 1 });
+    const s2 = new AttestService({ sources, verifier: slow, maxInFlight: 1, maxBufferedBytes: 4096 });
     const u = await s2.listen(0);
     const n = ((await (await fetch(`${u}/nonce`)).json()) as { nonce: string }).nonce;
     const body = JSON.stringify({ nonce: n, evidence: { packages: [{ name: 'x', version: '1' }] } });
@@ -319,6 +319,9 @@ describe.runIf(ready)('attestation service over real repositories', () => {
     expect((await go()).status).toBe(503);
     expect((await fetch(`${u}/healthz`)).status).toBe(503);
     await sources.refreshAll({ requireAll: true });
+    // Bytes held across requests are bounded: a body past the budget gets 503, not memory.
+    const fat = await fetch(`${u}/attest`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body + ' '.repeat(8192) });
+    expect(fat.status).toBe(503);
     const first = go();
     await new Promise((r) => setTimeout(r, 50));
     const n2 = ((await (await fetch(`${u}/nonce`)).json()) as { nonce: string }).nonce;

@@ -66,7 +66,7 @@ export function readBody(req: IncomingMessage, max: number, onChunk?: (c: Buffer
         try {
           onChunk(c);
         } catch (e) {
-          fail(e instanceof VmkitError ? e : new VmkitError('CORRUPT', (e as Error).message, { cause: e }));
+          return fail(e instanceof VmkitError ? e : new VmkitError('CORRUPT', (e as Error).message, { cause: e }));
         }
       }
     });

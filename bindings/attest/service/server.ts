@@ -57,10 +57,10 @@ export interface AttestServiceOptions {
   verifier: Verifier;
   /** Nonce lifetime and bounds. */
   nonces?: NonceStoreOptions;
-  /** Largest JSON request body, bytes (default 1 MiB). */
+  /** Largest request body, bytes (default 16 MiB: room for an IMA log). */
   maxJsonBytes?: number;
-  /** Largest IMA measurement list, bytes (default 16 MiB). */
-  maxImaBytes?: number;
+  /** Request bytes held at once across all requests; beyond it new bodies get 503 (default 256 MiB). */
+  maxBufferedBytes?: number;
   /** Most digests plus packages in one request (default 100 000). */
   maxItems?: number;
   /** Attestations appraised at once; more get 503 (default 256). */
@@ -172,7 +172,8 @@ export class AttestService {
   /** The repositories. */
   readonly sources: SourceSet;
   private readonly verifier: Verifier;
-  private readonly limits: { json: number; ima: number; items: number; inFlight: number };
+  private readonly limits: { json: number; items: number; inFlight: number; buffered: number };
+  private buffered = 0;
   private inFlight = 0;
   private closing = false;
   private readonly started = Date.now();
@@ -189,8 +190,8 @@ export class AttestService {
     this.verifier = options.verifier;
     this.nonces = new NonceStore(options.nonces);
     this.limits = {
-      json: options.maxJsonBytes ?? 1 << 20,
-      ima: options.maxImaBytes ?? 16 << 20,
+      json: options.maxJsonBytes ?? 16 << 20,
+      buffered: options.maxBufferedBytes ?? 256 << 20,
       items: options.maxItems ?? 100_000,
       inFlight: options.maxInFlight ?? 256,
     };
@@ -279,13 +280,20 @@ export class AttestService {
     if (!this.sources.anyReady) throw new VmkitError('INVALID_STATE', 'repository sources are not loaded yet');
     this.inFlight++;
     const t0 = performance.now();
+    let held = 0;
     try {
       const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
       let nonce: string;
       let evidence: Evidence;
       if (type === 'application/json') {
         // Bounded while streaming: a body past the limit is refused as soon as it crosses it.
-        const body = await readBody(req, this.limits.json);
+        // Every body counts against one budget, so many large bodies at once cannot exhaust memory.
+        // The bytes stay counted until the answer is sent (finally below).
+        const body = await readBody(req, this.limits.json, (c) => {
+          if (this.buffered + c.length > this.limits.buffered) throw new VmkitError('INVALID_STATE', 'busy: too many request bytes in flight');
+          this.buffered += c.length;
+          held += c.length;
+        });
         let parsed: unknown;
         try {
           parsed = JSON.parse(body.toString('utf8'));
@@ -304,6 +312,7 @@ export class AttestService {
       sendJson(res, 200, { ear: token });
       return 200;
     } finally {
+      this.buffered -= held;
       this.inFlight--;
       this.latency.add(performance.now() - t0);
     }
