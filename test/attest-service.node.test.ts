@@ -4,10 +4,10 @@
 // to end with the real appraisal and EAR signing, in-process and through the
 // CLI as a child process.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, generateKeyPairSync } from 'node:crypto';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { needTool } from './_tools.js';
@@ -501,7 +501,12 @@ describe.runIf(ready)('vmkit attest (the CLI as a child process)', () => {
 
   it('serve + request + verify + check: affirmed exits 0, unknown exits 1', async () => {
     const deb = `deb ${repo.url}/debian bookworm main`;
-    const srv = spawn(process.execPath, [bin, 'attest', 'serve', '--repo', deb, '--source', `rpm ${repo.url}/rpm`, '--keyring', keyring, '--port', '0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // A key as `openssl genpkey -algorithm ed25519` writes it (PKCS#8 PEM).
+    const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+    const keyDir = mkdtempSync(join(tmpdir(), 'vmkit-key-'));
+    const keyFile = join(keyDir, 'ear.pem');
+    writeFileSync(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }));
+    const srv = spawn(process.execPath, [bin, 'attest', 'serve', '--repo', deb, '--source', `rpm ${repo.url}/rpm`, '--keyring', keyring, '--key', keyFile, '--port', '0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
     try {
       let out = '';
       const url = await new Promise<string>((resolve, reject) => {
@@ -518,6 +523,8 @@ describe.runIf(ready)('vmkit attest (the CLI as a child process)', () => {
         });
         srv.on('exit', (code) => reject(new Error(`serve exited ${code}`)));
       });
+      const jwks = (await (await fetch(`${url}/.well-known/jwks.json`)).json()) as { keys: { x: string }[] };
+      expect(jwks.keys[0]!.x).toBe((publicKey.export({ format: 'jwk' }) as { x: string }).x);
       const file = join(FIXTURES, 'debian/pool/main', readdirSync(join(FIXTURES, 'debian/pool/main')).find((f) => f.endsWith('.deb'))!);
       const good = await run(['attest', 'request', '--server', url, '--json', file]);
       expect(good.code, good.stderr).toBe(0);
@@ -535,6 +542,7 @@ describe.runIf(ready)('vmkit attest (the CLI as a child process)', () => {
       const usage = await run(['attest', 'request', '--server', url]);
       expect(usage.code).toBe(2);
     } finally {
+      rmSync(keyDir, { recursive: true, force: true });
       srv.kill('SIGTERM');
       const code = await new Promise<number | null>((r) => (srv.exitCode !== null ? r(srv.exitCode) : srv.on('exit', (c) => r(c))));
       expect(code).toBe(0);
