@@ -4,7 +4,7 @@
  */
 export { init, initSync } from '../core.js';
 export { VmkitError } from '../errors.js';
-// Block devices, storage backends and image formats (docs/qcow2.md).
+// Block devices, storage backends and image formats (docs/qcow2.md, docs/vmdk.md).
 export {
   SECTOR_SIZE,
   sectorToByte,
@@ -48,6 +48,7 @@ export type {
   FormatCheckOptions,
 } from './formats/types.js';
 export { Qcow2Device } from './formats/qcow2/device.js';
+export { VmdkDevice } from './formats/vmdk/device.js';
 export type { WriteGuard } from './_guard.js';
 // Live backup and consolidation (docs/backup.md).
 export {

@@ -128,7 +128,7 @@ export async function check(storage: Storage, _opts: FormatCheckOptions = {}): P
     }
     if (lo < hosts.length && hosts[lo]! < e) corrupt(`grain at ${hosts[lo]} overlaps the ${what} at ${s}`, hosts[lo]);
   }
-  report.imageEndOffset = end;
+  report.imageEndOffset = Math.max(end, Math.min(h.overHead * 512, fileSize));
   report.totalClusters = g.grains;
   report.allocatedClusters = allocated;
   report.fragmentedClusters = fragmented;

@@ -417,7 +417,7 @@ export class VmdkDevice implements ImageDevice {
     const d = this.descriptor;
     const specific: Record<string, string | number | boolean> = {
       version: h.version,
-      grainTables: h.numGTEsPerGT,
+      grainTableEntries: h.numGTEsPerGT,
       redundantGrainDirectory: (h.flags & FLAG_RGD) !== 0,
       zeroedGrain: zeroGrain,
     };
