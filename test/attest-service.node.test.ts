@@ -252,6 +252,10 @@ describe.runIf(ready)('attestation service over real repositories', () => {
     expect((await post('{}', { 'content-type': 'text/xml' })).status).toBe(415);
     expect((await fetch(`${base}/attest`)).status).toBe(405);
     expect((await fetch(`${base}/nope`)).status).toBe(404);
+    for (let i = 0; i < 20; i++) await (await fetch(`${base}/x${i}`)).arrayBuffer();
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    expect(metrics).toMatch(/vmkit_attest_requests_total\{method="GET",path="other",status="404"\} 21/);
+    expect(metrics).not.toMatch(/path="\/x1"/);
     const h = await fetch(`${base}/healthz`);
     expect(h.status).toBe(200);
     const health = (await h.json()) as { ok: boolean; sources: { packages: number }[] };

@@ -122,6 +122,8 @@ export function parseAttestRequest(body: unknown, maxItems: number = 100_000): {
   return { nonce, evidence: parseEvidence(b.evidence, { maxItems }) };
 }
 
+const ROUTES: ReadonlySet<string> = new Set(['/nonce', '/attest', '/.well-known/jwks.json', '/healthz', '/metrics']);
+
 /** A refused nonce: 401 with the reason (docs/attest-service.md). */
 class NonceRefused extends VmkitError {
   readonly reason: NonceRefusal;
@@ -259,7 +261,7 @@ export class AttestService {
           break;
         }
         default: {
-          const known = ['/nonce', '/attest', '/.well-known/jwks.json', '/healthz', '/metrics'].includes(url.pathname);
+          const known = ROUTES.has(url.pathname);
           status = known ? 405 : 404;
           sendJson(res, status, { error: { code: known ? 'ARG_RANGE' : 'NOT_FOUND', message: known ? `${req.method} not allowed on ${url.pathname}` : `no route ${url.pathname}` } });
           // Unread bodies of unknown routes are not worth reading.
@@ -271,7 +273,8 @@ export class AttestService {
       status = sendError(res, e, !req.complete);
       if (!req.complete) req.resume();
     }
-    this.count(url.pathname.length > 40 ? 'other' : route, status);
+    // Only known routes get their own counter: arbitrary paths must not grow the table.
+    this.count(ROUTES.has(url.pathname) ? route : `${req.method} other`, status);
   }
 
   private async attest(req: IncomingMessage, res: ServerResponse, url: URL): Promise<number> {
