@@ -155,6 +155,33 @@ describe('SourceSet scheduling', () => {
     expect(src.calls).toBeGreaterThanOrEqual(2);
     expect(set.status()[0]!.validUntil).toBeInstanceOf(Date);
   });
+  it('answers requests while a refresh is in flight', async () => {
+    let release!: () => void;
+    let calls = 0;
+    const src = fakeSource(() => ({}));
+    const refresh = src.refresh.bind(src);
+    src.refresh = async () => {
+      if (++calls > 1) await new Promise<void>((r) => (release = r));
+      return refresh();
+    };
+    const set = new SourceSet([src]);
+    await set.refreshAll({ requireAll: true });
+    const svc = new AttestService({ sources: set, verifier: lookupVerifier() });
+    const u = await svc.listen(0);
+    try {
+      const pending = set.refreshOne(0); // hangs until released
+      const t0 = performance.now();
+      const { nonce } = (await (await fetch(`${u}/nonce`)).json()) as { nonce: string };
+      const r = await fetch(`${u}/attest`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ nonce, evidence: { digests: [{ alg: 'sha256', hex: '00'.repeat(32) }] } }) });
+      expect(r.status).toBe(200);
+      expect(performance.now() - t0).toBeLessThan(1000);
+      release();
+      expect(await pending).toBeUndefined();
+    } finally {
+      await svc.close();
+    }
+  });
+
   it('backs off after failures and records them; requireAll throws the first', async () => {
     const src = fakeSource(() => ({ fail: true }));
     const set = new SourceSet([src], { intervalMs: 3_600_000, retryMs: 100 });
@@ -297,7 +324,7 @@ describe.runIf(ready)('attestation service over real repositories', () => {
     expect(svc.sources.lookupDigest('sha256', digest).length).toBe(1);
   });
 
-  it('refreshes on its timer without blocking requests, sending validators (304)', async () => {
+  it('refreshes on its timer, sending validators (304: nothing fetched again)', async () => {
     const sources = new SourceSet([openSource(`rpm ${repo.url}/rpm`, { keyring: ring })], { intervalMs: 150 });
     await sources.refreshAll({ requireAll: true });
     repo.hits.clear();
