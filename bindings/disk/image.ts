@@ -172,6 +172,8 @@ export interface CreateImageOptions {
   clusterSize?: number;
   /** qcow2: extended L2 entries. */
   extendedL2?: boolean;
+  /** qcow2: refcount width in bits (default 16). */
+  refcountBits?: number;
   /** Where images live (default: Node files). */
   provider?: StorageProvider;
 }
@@ -218,6 +220,7 @@ export async function createImage(name: string, opts: CreateImageOptions = {}): 
         ...(backingDevice ? { backingDevice } : {}),
         ...(opts.clusterSize ? { clusterSize: opts.clusterSize } : {}),
         ...(opts.extendedL2 ? { extendedL2: true } : {}),
+        ...(opts.refcountBits ? { refcountBits: opts.refcountBits } : {}),
       });
       await storage.flush();
     } finally {

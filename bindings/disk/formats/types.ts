@@ -50,6 +50,8 @@ export interface FormatCreateOptions {
   clusterSize?: number;
   /** qcow2: use extended L2 entries (subclusters). */
   extendedL2?: boolean;
+  /** qcow2: refcount width in bits (1, 2, 4, … 64; default 16), as `qemu-img -o refcount_bits`. */
+  refcountBits?: number;
 }
 
 /** Options of a format's `check`. */

@@ -9,6 +9,7 @@ import type { BlockDevice } from '../../device.js';
 import type { FormatCheckOptions, FormatCreateOptions, FormatName, FormatOpenOptions, CheckReport, ImageFormatModule } from '../types.js';
 import { check as checkQcow2 } from './check.js';
 import { Qcow2Device } from './device.js';
+import { writeEntry } from './metadata.js';
 import { encodeQcow2Header, INCOMPAT_EXTL2, MAX_L1_BYTES, parseQcow2Header, QCOW2_MAGIC, type Qcow2Header } from './header.js';
 
 export { Qcow2Device } from './device.js';
@@ -97,8 +98,10 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
   const l1Size = Math.ceil(size / (cs * l2Entries));
   if (l1Size * 8 > MAX_L1_BYTES) throw new VmkitError('LIMIT', `qcow2: ${size} bytes need an L1 table over 32 MiB; use larger clusters`);
   const l1Clusters = Math.max(1, Math.ceil((l1Size * 8) / cs));
-  const refOrder = 4;
-  const perBlock = (cs * 8) / 16;
+  const bits = opts.refcountBits ?? 16;
+  const refOrder = Math.log2(bits);
+  if (!Number.isInteger(refOrder) || refOrder < 0 || refOrder > 6) throw new VmkitError('ARG_RANGE', `refcount bits ${bits} must be a power of two in 1..64`);
+  const perBlock = (cs * 8) / bits;
   // Header, refcount table, refcount blocks, L1: grow until the refcounts cover themselves.
   let rtClusters = 1;
   let rbBlocks = 1;
@@ -142,7 +145,10 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
   img.set(encodeQcow2Header(h), 0);
   const dv = new DataView(img.buffer);
   for (let b = 0; b < rbBlocks; b++) dv.setBigUint64(rtOff + b * 8, BigInt(rbOff + b * cs));
-  for (let c = 0; c < total; c++) dv.setUint16(rbOff + c * 2, 1);
+  for (let c = 0; c < total; c++) {
+    const bi = Math.floor(c / perBlock);
+    writeEntry(img.subarray(rbOff + bi * cs, rbOff + (bi + 1) * cs), c % perBlock, bits, 1);
+  }
   await storage.truncate(0);
   await storage.write(0, img);
 }

@@ -188,16 +188,28 @@ export class Refcounts {
     return off;
   }
 
+  // Crash safety: a block's own refcount is on disk before the table links the block, so a
+  // crash at any point leaves at worst a leaked cluster, never a referenced one with refcount 0.
   private async newBlock(bi: number): Promise<void> {
     if (bi >= this.table.length) await this.grow(bi + 1);
     // Growing the table counts the new table's clusters, which may have allocated this very block.
     if (this.table[bi]) return;
     const off = this.take();
-    await this.storage.write(off, new Uint8Array(this.cs));
-    this.blocks.set(bi, new Uint8Array(this.cs));
+    const b = new Uint8Array(this.cs);
+    const own = Math.floor(off / this.cs / this.perBlock);
+    if (own === bi) writeEntry(b, (off / this.cs) % this.perBlock, this.bits, 1);
+    await this.storage.write(off, b);
+    if (own !== bi) {
+      await this.set(off, 1); // counted in another block (allocated first if need be)
+      if (this.table[bi]) {
+        // That allocation grew the table and made block `bi` on the way: ours is not needed.
+        await this.set(off, 0);
+        return;
+      }
+    }
+    this.blocks.set(bi, b);
     this.table[bi] = off;
     await this.writeTableEntry(bi);
-    await this.set(off, 1); // the block's own refcount (in itself or a neighbour)
   }
 
   private async writeTableEntry(i: number): Promise<void> {
@@ -206,7 +218,9 @@ export class Refcounts {
     await this.storage.write(this.tableOffset + i * 8, b);
   }
 
-  // Moves the refcount table to a larger one at the end of the file.
+  // Moves the refcount table to a larger one at the end of the file. The new table, the
+  // refcounts of its clusters and any refcount block they need are written before the header
+  // switches to it; the old table is freed after (a crash in between leaks, never corrupts).
   private async grow(minEntries: number): Promise<void> {
     const entries = Math.max(minEntries + 4, this.table.length * 2);
     const clusters = Math.ceil((entries * 8) / this.cs);
@@ -217,16 +231,37 @@ export class Refcounts {
     this.fileEnd += clusters * this.cs;
     const table = this.table.slice();
     while (table.length < (clusters * this.cs) / 8) table.push(0);
+    const touched = new Map<number, Uint8Array>();
+    const need: number[] = [];
+    for (let c = 0; c < clusters; c++) need.push(newOff + c * this.cs);
+    while (need.length) {
+      const off = need.shift()!;
+      const idx = off / this.cs;
+      const bi = Math.floor(idx / this.perBlock);
+      if (bi >= table.length) throw new VmkitError('LIMIT', 'qcow2: refcount table growth outran itself', { path: this.storage.name });
+      let blk = touched.get(bi);
+      if (!blk) {
+        if (table[bi] === 0) {
+          table[bi] = this.fileEnd;
+          this.fileEnd += this.cs;
+          blk = new Uint8Array(this.cs);
+          need.push(table[bi]!);
+        } else blk = (await this.block(bi)).slice();
+        touched.set(bi, blk);
+      }
+      writeEntry(blk, idx % this.perBlock, this.bits, 1);
+    }
+    for (const [bi, blk] of touched) await this.storage.write(table[bi]!, blk);
     const raw = new Uint8Array(clusters * this.cs);
     const dv = new DataView(raw.buffer);
     table.forEach((v, i) => dv.setBigUint64(i * 8, BigInt(v)));
     await this.storage.write(newOff, raw);
     await this.storage.flush();
+    for (const [bi, blk] of touched) this.blocks.set(bi, blk);
     this.table = table;
     this.tableOffset = newOff;
     this.tableClusters = clusters;
     await this.onTableMoved?.(newOff, clusters);
-    for (let c = 0; c < clusters; c++) await this.set(newOff + c * this.cs, 1);
     for (let c = 0; c < oldClusters; c++) await this.set(oldOff + c * this.cs, 0);
   }
 }
