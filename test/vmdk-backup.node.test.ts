@@ -7,7 +7,9 @@ import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { consolidate, LiveDisk, snapshot } from '../bindings/disk/backup/index.js';
+import { consolidate, LiveDisk, resumeConsolidation, snapshot } from '../bindings/disk/backup/index.js';
+import { FileStorage } from '../bindings/disk/backends/file.js';
+import { readHeader, setParentCid } from '../bindings/disk/formats/vmdk/index.js';
 import { NodeChainOps } from '../bindings/disk/backup/node.js';
 import { needTool } from './_tools.js';
 
@@ -51,5 +53,43 @@ describe.skipIf(!hasQemu)('vmdk snapshots and consolidation', () => {
     expect(q('check', active)).toMatch(/No errors/);
     expect(JSON.parse(q('info', '--output=json', active)).format).toBe('vmdk');
     expect((await readFile(active)).subarray(0, 4).toString()).toBe('KDMV');
+  });
+
+  it('an interrupted consolidation into the base breaks the CID link; setParentCid re-links and the job resumes', async () => {
+    const base = p('cb.vmdk');
+    const delta = p('cd.vmdk');
+    q('create', '-q', '-f', 'vmdk', base, '4M');
+    const ops = new NodeChainOps();
+    const disk = await LiveDisk.open(base, ops);
+    const snap = await snapshot(disk, { delta, format: 'vmdk' });
+    await snap.image.close();
+    await disk.write(65536, fill(65536, 3));
+    const job = await consolidate(disk, {
+      into: 'base',
+      hook: (pt) => {
+        if (pt === 'in-sync') throw new Error('simulated crash');
+      },
+    });
+    await expect(job.done).rejects.toThrow(/simulated crash/);
+    await disk.close().catch(() => {});
+    // The job wrote the base (new CID): the delta no longer matches it.
+    await expect(LiveDisk.open(delta, ops)).rejects.toMatchObject({ code: 'INTEGRITY' });
+    const qread = (): string => execFileSync('qemu-io', ['-f', 'vmdk', '-c', 'read 0 64k', delta], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    expect(qread).toThrow(); // QEMU refuses to read through to the parent too
+    const bs = await FileStorage.open(base, { readOnly: true });
+    const cid = (await readHeader(bs)).descriptor!.cid!;
+    await bs.close();
+    const ds = await FileStorage.open(delta);
+    await setParentCid(ds, cid);
+    await ds.close();
+    expect(qread()).toMatch(/read 65536\/65536 bytes/); // QEMU accepts the chain again
+    const again = await LiveDisk.open(delta, ops);
+    const r = await (await resumeConsolidation(again)).done;
+    await again.close();
+    const ref = new Uint8Array(4 << 20);
+    ref.fill(3, 65536, 131072);
+    await writeFile(p('cref.raw'), ref);
+    q('compare', '-q', '-F', 'raw', r.active, p('cref.raw'));
+    expect(q('check', r.active)).toMatch(/No errors/);
   });
 });

@@ -189,24 +189,27 @@ export function encodeDescriptor(n: NewDescriptor): string {
 }
 
 /**
- * The descriptor text with the CID line replaced (every other line kept as
- * written), the way VMware and QEMU update it on the first write.
+ * The descriptor text with the `key` line (CID or parentCID) set to `value`
+ * as 8 hex digits, every other line kept as written — the way VMware and
+ * QEMU update it.
  *
  * @example
  * ```ts
  * const text = withCid(d, 0xcafe0001);
+ * const relinked = withCid(d, parentCid, 'parentCID');
  * ```
  */
-export function withCid(d: VmdkDescriptor, cid: number): string {
+export function withCid(d: VmdkDescriptor, value: number, key: 'CID' | 'parentCID' = 'CID'): string {
   let done = false;
+  const re = new RegExp(`^\\s*${key}\\s*=`);
   const lines = d.lines.map((l) => {
-    if (!done && /^\s*CID\s*=/.test(l)) {
+    if (!done && re.test(l)) {
       done = true;
-      return `CID=${hex8(cid)}${l.endsWith('\r') ? '\r' : ''}`;
+      return `${key}=${hex8(value)}${l.endsWith('\r') ? '\r' : ''}`;
     }
     return l;
   });
-  if (!done) lines.splice(Math.min(lines.length, 2), 0, `CID=${hex8(cid)}`);
+  if (!done) lines.splice(Math.min(lines.length, key === 'CID' ? 2 : 3), 0, `${key}=${hex8(value)}`);
   return lines.join('\n');
 }
 

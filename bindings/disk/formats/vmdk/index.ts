@@ -9,7 +9,7 @@ import { readAt, type Storage } from '../../backends/storage.js';
 import type { BlockDevice } from '../../device.js';
 import type { CheckReport, FormatCheckOptions, FormatCreateOptions, FormatOpenOptions, ImageFormatModule } from '../types.js';
 import { check as checkVmdk } from './check.js';
-import { CID_NOPARENT, encodeDescriptor, parseDescriptor, randomCid, type VmdkDescriptor } from './descriptor.js';
+import { CID_NOPARENT, encodeDescriptor, parseDescriptor, randomCid, withCid, type VmdkDescriptor } from './descriptor.js';
 import { decodeU32s, VmdkDevice } from './device.js';
 import { encodeVmdkHeader, FLAG_NL_DETECT, FLAG_RGD, FLAG_ZERO_GRAIN, geometry, parseVmdkHeader, VMDK_HEADER_SIZE, VMDK_MAGIC, type VmdkHeader } from './header.js';
 
@@ -200,6 +200,32 @@ export async function create(storage: Storage, opts: VmdkCreateOptions): Promise
     for (let i = 0; i < g.gdEntries; i++) dv.setUint32(i * 4, gdOff + gdSectors + i * gtSectors, true);
     await storage.write(gdOff * 512, dir);
   }
+}
+
+/**
+ * Re-links a delta to its parent: sets the delta's `parentCID` to `cid` (the
+ * parent's CID now), leaving every other descriptor line as written. Use it
+ * only when the parent was written with content the delta hides anyway — a
+ * consolidation that copies the delta's own grains into the parent — so the
+ * chain reads the same; VMware's consolidation does the same. Without it, a
+ * delta whose parent changed opens with INTEGRITY (in vmkit and in QEMU).
+ *
+ * @example
+ * ```ts
+ * const { descriptor } = await readHeader(baseStorage);
+ * await setParentCid(deltaStorage, descriptor!.cid!);
+ * ```
+ */
+export async function setParentCid(storage: Storage, cid: number): Promise<void> {
+  if (!Number.isInteger(cid) || cid < 0 || cid > 0xffff_ffff) throw new VmkitError('ARG_RANGE', `CID ${cid} is not a 32-bit value`);
+  const { header: h, descriptor: d } = await readHeader(storage);
+  if (!d || h.descriptorSize === 0) throw new VmkitError('UNSUPPORTED', `vmdk ${storage.name}: no embedded descriptor`, { path: storage.name });
+  const text = new TextEncoder().encode(withCid(d, cid, 'parentCID'));
+  const area = h.descriptorSize * 512;
+  if (text.length > area) throw new VmkitError('LIMIT', `vmdk ${storage.name}: the descriptor no longer fits its ${area} bytes`, { offset: h.descriptorOffset * 512, path: storage.name });
+  const buf = new Uint8Array(area);
+  buf.set(text);
+  await storage.write(h.descriptorOffset * 512, buf);
 }
 
 /**
