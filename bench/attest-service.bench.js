@@ -147,6 +147,20 @@ export async function run(ctx) {
     }
   }));
   const alone = n / ((performance.now() - t0) / 1000);
+  // Signing one EAR: the service's node:crypto signer against ear.ts signEar (jose, WebCrypto), one at a time.
+  const { signEar } = await import('../dist/attest/ear.js');
+  const a = await v.appraise(ev, sources);
+  const rate = async (fn) => {
+    let k = 0;
+    const s0 = performance.now();
+    while (performance.now() - s0 < seconds * 250) {
+      await fn();
+      k++;
+    }
+    return k / ((performance.now() - s0) / 1000);
+  };
+  const signNode = await rate(() => v.sign(a, 'n'.repeat(54)));
+  const signJose = await rate(() => signEar(a, v.key, { nonce: 'n'.repeat(54) }));
   sources.close();
   const row = (name, r) => `| ${name} | ${r.perSec.toFixed(0)} /s | ${fmtNs(r.p50 * 1e6)} | ${fmtNs(r.p99 * 1e6)} | ${(r.perSec / full.perSec).toFixed(2)}× | ${r.n} |`;
   return {
@@ -160,6 +174,15 @@ export async function run(ctx) {
           row('full: appraise + EdDSA-signed EAR', full),
           row('peer: HTTP + nonces only (no appraisal, no signature)', bare),
           `| peer: appraise + sign alone (no HTTP, 64 at once), main thread | ${alone.toFixed(0)} /s | | | ${(alone / full.perSec).toFixed(2)}× | ${n} |`,
+        ].join('\n'),
+      },
+      {
+        heading: 'Signing one EAR (EdDSA), one at a time',
+        markdown: [
+          '| signer | EARs/s | speed vs signEar |',
+          '|---|---:|---:|',
+          `| service: node:crypto one-shot Ed25519 (same JWS) | ${signNode.toFixed(0)} /s | ${(signNode / signJose).toFixed(2)}× |`,
+          `| peer: ear.ts signEar (jose, WebCrypto) | ${signJose.toFixed(0)} /s | 1.00× |`,
         ].join('\n'),
       },
     ],

@@ -8,7 +8,8 @@
 import { readFile } from 'node:fs/promises';
 import { VmkitError } from '../../errors.js';
 import { appraiseEvidence, type Appraisal, type AppraiseEvidenceOptions, type Evidence, type ItemVerdict } from '../appraise.js';
-import { exportJwks, generateEarKey, loadEarKey, signEar, verifyEar, VMKIT_VERIFIER, type EarClaims, type EarSigningKey } from '../ear.js';
+import { KeyObject, sign as edSign } from 'node:crypto';
+import { earClaims, exportJwks, generateEarKey, loadEarKey, verifyEar, VMKIT_VERIFIER, type EarClaims, type EarOptions, type EarSigningKey } from '../ear.js';
 import type { ReferenceIndex } from '../types.js';
 import { attest } from '../client.js';
 import type { Jwks, Verifier } from './server.js';
@@ -55,12 +56,28 @@ export async function createVerifier(options: CreateVerifierOptions = {}): Promi
     ...(options.verifierId !== undefined ? { verifierId: { developer: VMKIT_VERIFIER.developer, build: options.verifierId } } : {}),
     ...(options.ttlSeconds !== undefined ? { ttlSeconds: options.ttlSeconds } : {}),
   };
+  const fastSign = nodeSigner(key);
   return {
     kid: key.kid,
     key,
     appraise: (evidence: Evidence, index: ReferenceIndex) => appraiseEvidence(index, evidence, options.appraise ?? {}),
-    sign: (appraisal: Appraisal, nonce: string) => signEar(appraisal, key, { nonce, ...signOpts }),
+    sign: (appraisal: Appraisal, nonce: string) => fastSign(appraisal, { nonce, ...signOpts }),
     jwks: () => jwks,
+  };
+}
+
+/**
+ * The same JWS as `signEar` (header `{alg: EdDSA, typ: JWT, kid}`, the claims
+ * of `earClaims`), signed with node:crypto's one-shot Ed25519: synchronous
+ * and about 3x the rate of the WebCrypto path under load (bench/attest-service),
+ * which matters at thousands of attestations a second.
+ */
+function nodeSigner(key: EarSigningKey): (appraisal: Appraisal, options: EarOptions) => string {
+  const ko = KeyObject.from(key.privateKey);
+  const header = Buffer.from(JSON.stringify({ alg: 'EdDSA', typ: 'JWT', kid: key.kid })).toString('base64url');
+  return (appraisal, options) => {
+    const input = `${header}.${Buffer.from(JSON.stringify(earClaims(appraisal, options))).toString('base64url')}`;
+    return `${input}.${edSign(null, Buffer.from(input), ko).toString('base64url')}`;
   };
 }
 
