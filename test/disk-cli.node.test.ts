@@ -33,6 +33,24 @@ describe.skipIf(!hasQemu)('vmkit disk', () => {
       expect(chk.status).toBe(0);
       expect(JSON.parse(chk.stdout)).toMatchObject({ corruptions: 0, leaks: 0 });
       expect(vmkit(dir, 'disk', 'create', 'x.qcow2').status).toBe(2);
+      // A leaked cluster (refcount bumped behind vmkit's back): reported, exit 0; repaired on request.
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', 'leak.qcow2', '1M'], { cwd: dir });
+      const { readFile, writeFile } = await import('node:fs/promises');
+      const img = await readFile(join(dir, 'leak.qcow2'));
+      img.writeUInt16BE(1, 0x20000 + 2 * 10); // cluster 10: unused, refcount 1
+      await writeFile(join(dir, 'leak.qcow2'), img);
+      const leak = vmkit(dir, 'disk', 'check', 'leak.qcow2', '--json');
+      expect(leak.status).toBe(0);
+      expect(JSON.parse(leak.stdout)).toMatchObject({ corruptions: 0, leaks: 1 });
+      expect(vmkit(dir, 'disk', 'check', 'leak.qcow2', '--repair-leaks').status).toBe(0);
+      expect(JSON.parse(execFileSync('qemu-img', ['check', '--output=json', 'leak.qcow2'], { cwd: dir, encoding: 'utf8' })).leaks ?? 0).toBe(0);
+      // A corruption (the L1 table's refcount zeroed): exit 1.
+      const img2 = await readFile(join(dir, 'leak.qcow2'));
+      img2.writeUInt16BE(0, 0x20000 + 2 * 3); // cluster 3 holds the L1 table
+      await writeFile(join(dir, 'leak.qcow2'), img2);
+      const bad = vmkit(dir, 'disk', 'check', 'leak.qcow2');
+      expect(bad.status).toBe(1);
+      expect(bad.stdout).toMatch(/errors were found/);
       const missing = vmkit(dir, 'disk', 'info', 'nope.qcow2', '--json');
       expect(missing.status).toBe(1);
       expect(JSON.parse(missing.stdout)).toMatchObject({ error: { code: 'NOT_FOUND' } });

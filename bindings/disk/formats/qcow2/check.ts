@@ -210,6 +210,12 @@ export async function check(storage: Storage, opts: FormatCheckOptions = {}): Pr
       if (v > 0) {
         report.leaks++;
         report.messages.push({ severity: 'leak', message: `leaked cluster ${c} (past the end of the file) refcount=${v} reference=0`, offset: c * cs });
+        if (opts.repairLeaks) {
+          writeEntry(b, e, bits, 0);
+          const bs = Math.floor((e * bits) / 8);
+          await storage.write(blocks[bi]! + bs, b.subarray(bs, bs + Math.max(1, bits / 8)));
+          leaksFixed++;
+        }
       }
     }
   }
