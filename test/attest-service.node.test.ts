@@ -580,3 +580,14 @@ describe.runIf(ready)('vmkit attest (the CLI as a child process)', () => {
     }
   });
 });
+
+describe('tour chapter', () => {
+  it('attests against a registry it makes itself: affirming, not affirming, replay refused', async () => {
+    const { chapter } = await import('../bindings/tour/attest.js');
+    const lines: string[] = [];
+    await chapter((s) => lines.push(s));
+    expect(lines.find((l) => l.startsWith('published tarball'))).toMatch(/→ affirming — found at npm /);
+    expect(lines.find((l) => l.startsWith('bytes nobody published'))).toMatch(/→ (warning|contraindicated)/);
+    expect(lines.find((l) => l.startsWith('same nonce again'))).toMatch(/HTTP 401 \(unknown-or-replayed\)/);
+  });
+});
