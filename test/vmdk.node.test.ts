@@ -263,6 +263,38 @@ describe.skipIf(!hasQemu)('vmdk against qemu-img / qemu-io', () => {
     );
   });
 
+  it('allocates missing grain tables (directory entry 0) in both directories, readable by QEMU', async () => {
+    // 64 MiB of 64 KiB grains: two grain tables. Drop the second from both directories.
+    await createImage(p('gt.vmdk'), { format: 'vmdk', size: 64 << 20 });
+    const s = await FileStorage.open(p('gt.vmdk'));
+    const { header: h } = await readHeader(s);
+    await s.write(h.gdOffset * 512 + 4, new Uint8Array(4));
+    await s.write(h.rgdOffset * 512 + 4, new Uint8Array(4));
+    await s.close();
+    const ref = new Uint8Array(64 << 20);
+    const dev = await openImage(p('gt.vmdk'));
+    expect((await mapExtents(dev)).map((e) => [e.offset, e.kind])).toEqual([[0, 'unallocated']]);
+    for (const [off, len, v] of [[40 << 20, 4096, 0x31], [33 << 20, 65536 + 512, 0x32], [1 << 20, 512, 0x33]] as const) {
+      await dev.write(off, fill(len, v));
+      ref.fill(v, off, off + len);
+    }
+    await dev.close();
+    await writeFile(p('gt.raw'), ref);
+    expect(qemuCheck(p('gt.vmdk'))).toEqual({ corruptions: 0, leaks: 0, checkErrors: 0 });
+    qimg('compare', '-q', '-f', 'vmdk', '-F', 'raw', p('gt.vmdk'), p('gt.raw'));
+    const r = await checkImage(p('gt.vmdk'));
+    expect([r.corruptions, r.allocatedClusters]).toEqual([0, 4]);
+    const s2 = await FileStorage.open(p('gt.vmdk'), { readOnly: true });
+    const b = new Uint8Array(8);
+    await s2.readInto(h.gdOffset * 512 + 4, b.subarray(0, 4));
+    await s2.readInto(h.rgdOffset * 512 + 4, b.subarray(4, 8));
+    await s2.close();
+    const dv = new DataView(b.buffer);
+    expect(dv.getUint32(0, true)).toBeGreaterThan(h.overHead); // new tables at the end of the file
+    expect(dv.getUint32(4, true)).toBeGreaterThan(h.overHead);
+    expect(dv.getUint32(4, true)).not.toBe(dv.getUint32(0, true));
+  });
+
   it('refuses parent loops and opens a 1 TiB disk', async () => {
     // A → B → A, by editing the parent hints of two deltas.
     await createImage(p('la.vmdk'), { format: 'vmdk', size: 1 << 20 });
