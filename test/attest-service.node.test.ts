@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import { join } from 'node:path';
@@ -427,6 +428,24 @@ describe.runIf(ready)('end to end: appraisal and EdDSA-signed EARs over real rep
     expect(bare.status).not.toBe('affirming');
     const other = await requestAttestation(base, { packages: [{ name, version: e.provenance.version, digest: { alg: 'sha256', hex: '00'.repeat(32) } }] });
     expect(other.status).toBe('contraindicated');
+  });
+
+  it('appraises Keylime\'s real IMA logs (826 entries) and answers a malformed one with 400', async () => {
+    const vec = fileURLToPath(new URL('../../shared/vectors/ima/', import.meta.url));
+    const log = readFileSync(join(vec, 'rust-keylime-agent-sha1.log'), 'utf8');
+    const r = await requestAttestation(base, { ima: { log } });
+    // None of those files is in these repositories: recognized as unknown, never affirmed.
+    expect(r.status).toBe('warning');
+    expect(r.items.length).toBeGreaterThan(800);
+    const { nonce } = (await (await fetch(`${base}/nonce`)).json()) as { nonce: string };
+    const bad = await fetch(`${base}/attest`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ nonce, evidence: { ima: { log: readFileSync(join(vec, 'rust-keylime-invalid_ima_log.txt'), 'utf8') } } }),
+    });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: { code: string } }).error.code).toBe('CORRUPT');
+    expect((await fetch(`${base}/healthz`)).status).toBe(200);
   });
 
   it('affirms an RPM and an npm tarball from their signed metadata', async () => {
