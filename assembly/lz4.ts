@@ -49,6 +49,34 @@ function prepareTable(len: u32): void {
   return (v * 2654435761) >> (32 - HASH_LOG);
 }
 
+// Copies n bytes in 16-byte steps ("wild copy": may write up to 15 bytes past
+// dst + n and read past src + n). Short copies are the common case in LZ4, and
+// memory.copy is a runtime call in most engines, costly for a few bytes.
+// unsafe: callers check that dst + roundUp16(n) and src + roundUp16(n) are in
+// their buffers, and that src + 16 <= dst or the ranges do not overlap within a step.
+// @ts-ignore: decorator
+@inline function wildCopy16(dst: usize, src: usize, n: u32): void {
+  let i: usize = 0;
+  const end = <usize>n;
+  if (ASC_FEATURE_SIMD) {
+    do {
+      v128.store(dst + i, v128.load(src + i));
+      i += 16;
+    } while (i < end);
+  } else {
+    do {
+      store<u64>(dst + i, load<u64>(src + i));
+      store<u64>(dst + i, load<u64>(src + i, 8), 8);
+      i += 16;
+    } while (i < end);
+  }
+}
+
+// @ts-ignore: decorator
+@inline function round16(n: u32): u32 {
+  return (n + 15) & ~15;
+}
+
 /** Worst-case compressed size of `n` input bytes (LZ4_compressBound); 0 when n is too large. */
 export function lz4CompressBound(n: u32): u32 {
   if (n > MAX_INPUT) return 0;
@@ -132,7 +160,8 @@ export function lz4Compress(src: usize, srcLen: u32, dst: usize, dstCap: u32): i
       } else {
         store<u8>(token, <u8>(litLen << 4));
       }
-      memory.copy(op, src + anchor, litLen);
+      if (litLen <= 64 && op + round16(litLen) <= oend && anchor + round16(litLen) <= srcLen) wildCopy16(op, src + anchor, litLen);
+      else memory.copy(op, src + anchor, litLen);
       op += litLen;
       let finished = false;
       while (true) {
@@ -244,7 +273,8 @@ export function lz4DecompressPrefixed(src: usize, srcLen: u32, dst: usize, dstCa
     // unsafe: both ranges checked against their lengths first.
     if (lit > srcLen - ip) return E_CORRUPT;
     if (lit > dstCap - op) return E_OUTPUT_TOO_SMALL;
-    memory.copy(dst + op, src + ip, lit);
+    if (lit <= 64 && round16(lit) <= srcLen - ip && round16(lit) <= dstCap - op) wildCopy16(dst + op, src + ip, lit);
+    else memory.copy(dst + op, src + ip, lit);
     ip += lit;
     op += lit;
     if (ip == srcLen) return <i32>op; // the last sequence: literals only
@@ -267,7 +297,9 @@ export function lz4DecompressPrefixed(src: usize, srcLen: u32, dst: usize, dstCa
     // unsafe: [op - offset, op + ml) lies in [0, dstCap) by the checks above.
     const d = dst + op;
     const s = d - offset;
-    if (offset >= ml) {
+    if (offset >= 16 && ml <= 64 && round16(ml) <= dstCap - op) {
+      wildCopy16(d, s, ml); // each 16-byte step reads only finished output
+    } else if (offset >= ml) {
       memory.copy(d, s, ml); // no overlap
     } else if (offset >= 8) {
       let i: u32 = 0;

@@ -84,17 +84,27 @@ export function xxh32Of(data: Uint8Array, seed: number = 0): number {
   });
 }
 
-/** Compresses `src` into one LZ4 block; returns a fresh array. */
+/** Rethrows `err` through withCore, so a trap resets the core and becomes CORE_TRAP. */
+function rethrow(err: unknown): never {
+  return withCore(() => {
+    throw err;
+  });
+}
+
+/** Compresses `src` into one LZ4 block; returns a fresh array. (Hot path: no closure per call.) */
 export function blockCompress(src: Uint8Array): Uint8Array {
-  return withCore((c) => {
-    const e = ex(c);
+  const c = core();
+  try {
     const bound = compressBound(src.length);
     const s = scratchBuf(c, 0, Math.max(1, src.length));
     const d = scratchBuf(c, 1, bound);
-    c.u8().set(src, s);
-    const n = check(e.lz4Compress(s, src.length, d, bound), 'lz4 compress');
-    return c.u8().slice(d, d + n);
-  });
+    const mem = c.u8();
+    mem.set(src, s);
+    const n = check(ex(c).lz4Compress(s, src.length, d, bound), 'lz4 compress');
+    return mem.slice(d, d + n);
+  } catch (err) {
+    return rethrow(err);
+  }
 }
 
 /**
@@ -102,15 +112,18 @@ export function blockCompress(src: Uint8Array): Uint8Array {
  * decoded length. CORRUPT for a bad block, OUTPUT_TOO_SMALL when it does not fit.
  */
 export function blockDecompressInto(block: Uint8Array, dst: Uint8Array): number {
-  return withCore((c) => {
-    const e = ex(c);
+  const c = core();
+  try {
     const s = scratchBuf(c, 0, Math.max(1, block.length));
     const d = scratchBuf(c, 1, Math.max(1, dst.length));
-    c.u8().set(block, s);
-    const n = check(e.lz4Decompress(s, block.length, d, dst.length), 'lz4 decompress');
-    dst.set(c.u8().subarray(d, d + n));
+    const mem = c.u8();
+    mem.set(block, s);
+    const n = check(ex(c).lz4Decompress(s, block.length, d, dst.length), 'lz4 decompress');
+    dst.set(mem.subarray(d, d + n));
     return n;
-  });
+  } catch (err) {
+    return rethrow(err);
+  }
 }
 
 /** The live core (throws NOT_INITIALIZED). */

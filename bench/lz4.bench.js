@@ -1,0 +1,138 @@
+// The core's LZ4 against lz4-wasm (lz4_flex, the user's named package) on
+// 4 KiB pages and whole 1 MiB blocks of a real Linux guest's memory
+// (.cache/guest/x86_64/mem.bin; synthetic pages when it is absent).
+// "in core" = the page already in core memory, as the staging buffer uses it;
+// "API" = through lz4CompressBlock/lz4DecompressBlock (copy in and out), the
+// fair peer of lz4-wasm's own glue, which also copies in and out.
+import { existsSync, readFileSync } from 'node:fs';
+import { measure, loadCore } from './_lib.js';
+
+const PS = 4096;
+
+function samplePages(n) {
+  const path = new URL('../.cache/guest/x86_64/mem.bin', import.meta.url);
+  const out = new Uint8Array(n * PS);
+  if (existsSync(path)) {
+    const mem = readFileSync(path);
+    // Every non-zero page, then an even sample of n of them (the guest's
+    // kernel text, page cache and heap alike).
+    const nz = [];
+    for (let p = 0; p < mem.length / PS; p++) {
+      const pg = mem.subarray(p * PS, (p + 1) * PS);
+      if (pg.some((x) => x !== 0)) nz.push(p);
+    }
+    let k = 0;
+    for (let i = 0; i < n && i < nz.length; i++) {
+      const p = nz[Math.floor((i * nz.length) / n)];
+      out.set(mem.subarray(p * PS, (p + 1) * PS), PS * k++);
+    }
+    return { pages: out.subarray(0, k * PS), count: k, real: true };
+  }
+  let x = 1;
+  for (let i = 0; i < out.length; i++) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    out[i] = i % PS < 2048 ? 97 + (x >>> 29) : 0;
+  }
+  return { pages: out, count: n, real: false };
+}
+
+export async function run({ quick }) {
+  await loadCore();
+  const { core } = await import('../dist/core.js');
+  const { lz4CompressBlock, lz4DecompressBlock } = await import('../dist/memory/index.js');
+  const { loadLz4Wasm, prependSize, splitPrepended } = await import('../dist/memory/_lz4-wasm.js');
+  const peer = loadLz4Wasm();
+  const N = 256; // pages per op
+  const { pages, count, real } = samplePages(2048);
+  const c = core();
+  const e = c.exports;
+  const src = c.alloc(count * PS);
+  const dst = c.alloc(N * 8192);
+  const blocks = c.alloc((count * PS * 1.01 + 65536) | 0);
+  c.u8().set(pages, src);
+  // Compressed forms for the decompress tasks.
+  const ours = [];
+  const theirs = [];
+  let oursBytes = 0;
+  let theirsBytes = 0;
+  let at = 0;
+  const offs = [];
+  for (let i = 0; i < count; i++) {
+    const pg = pages.subarray(i * PS, (i + 1) * PS);
+    const b = lz4CompressBlock(pg);
+    ours.push(b);
+    oursBytes += b.length;
+    const t = peer.compress(pg);
+    theirs.push(t);
+    theirsBytes += t.length - 4;
+    offs.push(at);
+    c.u8().set(b, blocks + at);
+    at += b.length;
+  }
+  let cursor = 0;
+  const nextBatch = () => {
+    const first = cursor;
+    cursor = (cursor + N) % (count - N);
+    return first;
+  };
+  const pageC = await measure(
+    [
+      { name: `lz4-wasm compress (${N} pages)`, bytes: N * PS, items: N, fn: () => { const f = nextBatch(); for (let i = f; i < f + N; i++) peer.compress(pages.subarray(i * PS, (i + 1) * PS)); } },
+      { name: `core lz4Compress, in core (${N} pages)`, bytes: N * PS, items: N, fn: () => { const f = nextBatch(); for (let i = f; i < f + N; i++) e.lz4Compress(src + i * PS, PS, dst, 8192); } },
+      { name: `core lz4CompressBlock API (${N} pages)`, bytes: N * PS, items: N, fn: () => { const f = nextBatch(); for (let i = f; i < f + N; i++) lz4CompressBlock(pages.subarray(i * PS, (i + 1) * PS)); } },
+    ],
+    { quick },
+  );
+  const pageD = await measure(
+    [
+      { name: `lz4-wasm decompress (${N} pages)`, bytes: N * PS, items: N, fn: () => { const f = nextBatch(); for (let i = f; i < f + N; i++) peer.decompress(theirs[i]); } },
+      { name: `core lz4Decompress, in core (${N} pages)`, bytes: N * PS, items: N, fn: () => { const f = nextBatch(); for (let i = f; i < f + N; i++) e.lz4Decompress(blocks + offs[i], ours[i].length, dst, PS); } },
+      { name: `core lz4DecompressBlock API (${N} pages)`, bytes: N * PS, items: N, fn: () => { const f = nextBatch(); for (let i = f; i < f + N; i++) lz4DecompressBlock(ours[i], PS); } },
+    ],
+    { quick },
+  );
+  // Whole 1 MiB blocks.
+  const B = 1 << 20;
+  const nb = Math.floor((count * PS) / B);
+  const big = [];
+  const bigOurs = [];
+  const bigTheirs = [];
+  for (let i = 0; i < nb; i++) {
+    big.push(pages.subarray(i * B, (i + 1) * B));
+    bigOurs.push(lz4CompressBlock(big[i]));
+    bigTheirs.push(peer.compress(big[i]));
+  }
+  let bi = 0;
+  const blockC = await measure(
+    [
+      { name: 'lz4-wasm compress (1 MiB)', bytes: B, fn: () => { peer.compress(big[bi++ % nb]); } },
+      { name: 'core lz4CompressBlock API (1 MiB)', bytes: B, fn: () => { lz4CompressBlock(big[bi++ % nb]); } },
+      { name: 'lz4-wasm decompress (1 MiB)', bytes: B, fn: () => { peer.decompress(bigTheirs[bi++ % nb]); } },
+      { name: 'core lz4DecompressBlock API (1 MiB)', bytes: B, fn: () => { lz4DecompressBlock(bigOurs[bi++ % nb], B); } },
+    ],
+    { quick },
+  );
+  // Interop spot check, so the figures are of codecs that agree.
+  for (let i = 0; i < count; i += 97) {
+    const pg = pages.subarray(i * PS, (i + 1) * PS);
+    if (peer.decompress(prependSize(ours[i], PS)).some((v, k) => v !== pg[k])) throw new Error('interop failure');
+    if (lz4DecompressBlock(splitPrepended(theirs[i]).block, PS).some((v, k) => v !== pg[k])) throw new Error('interop failure');
+  }
+  const bigO = bigOurs.reduce((a, b) => a + b.length, 0);
+  const bigT = bigTheirs.reduce((a, b) => a + b.length - 4, 0);
+  c.free(src);
+  c.free(dst);
+  c.free(blocks);
+  return {
+    title: 'lz4: core LZ4 vs lz4-wasm',
+    sections: [
+      { heading: `Compress 4 KiB pages (${real ? 'real guest' : 'synthetic'}, ${count} non-zero pages; ratios vs lz4-wasm)`, markdown: pageC.table },
+      { heading: 'Decompress 4 KiB pages (ratios vs lz4-wasm)', markdown: pageD.table },
+      { heading: 'Whole 1 MiB blocks (ratios vs lz4-wasm compress)', markdown: blockC.table },
+    ],
+    notes: [
+      `Compressed size of the ${count} pages: core ${(oursBytes / (count * PS) * 100).toFixed(1)}% of input, lz4-wasm ${(theirsBytes / (count * PS) * 100).toFixed(1)}%; 1 MiB blocks: core ${(bigO / (nb * B) * 100).toFixed(1)}%, lz4-wasm ${(bigT / (nb * B) * 100).toFixed(1)}%.`,
+      'Both directions interoperate (checked in this run and in test/lz4-interop.node.test.ts). The core is the default codec; lz4-wasm stays as the interop peer.',
+    ],
+  };
+}
