@@ -1,0 +1,84 @@
+/**
+ * Disk ownership: the owner record every store keeps per disk, and the store
+ * contract (read + compare-and-swap) that the file sidecar and etcd implement.
+ * The method and the invariants are in docs/ownership.md.
+ * @module
+ */
+
+/**
+ * The state of a disk's ownership.
+ * - `owned`: `owner` holds the disk until `leaseExpiresAt` (renewed while alive).
+ * - `releasing`: the owner accepted a release request and is draining (no new writes).
+ * - `free`: nobody holds the disk; the next opener takes `epoch + 1`.
+ * @example
+ * const s: OwnerState = 'owned';
+ */
+export type OwnerState = 'owned' | 'releasing' | 'free';
+
+/**
+ * Who holds (or last held) a disk.
+ * @example
+ * const who: OwnerIdentity = { id: 'vm-17', host: 'node-a', pid: 4242, endpoint: 'http://10.0.0.5:7070' };
+ */
+export interface OwnerIdentity {
+  /** The holder's stable id (chosen by the caller, e.g. a VM name). */
+  readonly id: string;
+  readonly host: string;
+  readonly pid: number;
+  /** Where the holder takes release requests (`http://…`, or a transport-specific name). */
+  readonly endpoint?: string;
+}
+
+/**
+ * The owner metadata of one disk (format version 1).
+ * `epoch` only grows: it is the fencing token. Writes by a holder whose epoch
+ * is not the record's current epoch must be refused by the disk layer.
+ * @example
+ * const r: OwnerRecord = { version: 1, disk: 'vm.qcow2', epoch: 3, state: 'owned', owner, leaseExpiresAt: Date.now() + 10_000, updatedAt: Date.now() };
+ */
+export interface OwnerRecord {
+  readonly version: 1;
+  /** The disk this record governs (as the store names it). */
+  readonly disk: string;
+  readonly epoch: number;
+  readonly state: OwnerState;
+  /** The current (or, when free, the last) holder. */
+  readonly owner?: OwnerIdentity;
+  /** Milliseconds since the epoch (wall clock of the writer) after which the lease is dead. */
+  readonly leaseExpiresAt: number;
+  /** Milliseconds since the epoch when this record was written. */
+  readonly updatedAt: number;
+}
+
+/**
+ * What a store returns on read: the record (or null when the disk has none
+ * yet) and an opaque revision for compare-and-swap.
+ * @example
+ * const { record, revision } = await store.read('vm.qcow2');
+ */
+export interface OwnerSnapshot {
+  readonly record: OwnerRecord | null;
+  /** Opaque; changes on every successful write. `null` when there is no record. */
+  readonly revision: string | null;
+}
+
+/**
+ * A metadata store: the file sidecar (default) or etcd. Both guarantee that
+ * `compareAndSwap` is atomic across processes (and hosts, for etcd) and that a
+ * reader never sees a torn record.
+ * @example
+ * const snap = await store.read(disk);
+ * const ok = await store.compareAndSwap(disk, snap.revision, { ...next });
+ */
+export interface OwnerStore {
+  /** A short name for messages and metrics (`file`, `etcd`). */
+  readonly kind: string;
+  read(disk: string): Promise<OwnerSnapshot>;
+  /**
+   * Writes `next` only if the stored revision still equals `expected` (null:
+   * only if no record exists). Resolves to the new revision, or null when the
+   * comparison failed (someone else wrote first).
+   */
+  compareAndSwap(disk: string, expected: string | null, next: OwnerRecord): Promise<string | null>;
+  close(): Promise<void>;
+}
