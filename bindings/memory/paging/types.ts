@@ -30,27 +30,27 @@ export const PAGING_MODES: readonly PagingMode[] = ['x86-64', 'x86-64-5level', '
  */
 export const PF = {
   /** Present / valid. Always set on a successful translation. */
-  PRESENT: 1 << 0,
+  PRESENT: 1,
   /** Writable (x86 R/W on every level; AArch64 AP[2] clear). */
-  WRITE: 1 << 1,
+  WRITE: 2,
   /** User-accessible (x86 U/S on every level; AArch64 AP[1] set). */
-  USER: 1 << 2,
+  USER: 4,
   /** Write-through (x86 PWT of the leaf). */
-  PWT: 1 << 3,
+  PWT: 8,
   /** Cache-disable (x86 PCD of the leaf). */
-  PCD: 1 << 4,
+  PCD: 16,
   /** Accessed (x86 A of the leaf; AArch64 AF). */
-  ACCESSED: 1 << 5,
+  ACCESSED: 32,
   /** Dirty (x86 D of the leaf; AArch64 DBM-managed dirty = AP[2] clear with DBM). */
-  DIRTY: 1 << 6,
+  DIRTY: 64,
   /** Global (x86 G of the leaf; AArch64 nG clear). */
-  GLOBAL: 1 << 8,
+  GLOBAL: 256,
   /** No-execute for all (x86 XD on any level). */
-  NX: 1 << 9,
+  NX: 512,
   /** AArch64: unprivileged execute-never (UXN/XN on the leaf or UXNTable above). */
-  UXN: 1 << 10,
+  UXN: 1024,
   /** AArch64: privileged execute-never (PXN on the leaf or PXNTable above). */
-  PXN: 1 << 11,
+  PXN: 2048,
 } as const;
 
 /**
