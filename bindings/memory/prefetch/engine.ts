@@ -1,0 +1,410 @@
+/**
+ * The prefetch engine: the host side of the core's fault path
+ * (assembly/prefetch.ts). It owns a core handle holding the resident bitmap,
+ * the prefetched marks, a translation table (virtual page -> physical page)
+ * and the counters, and it turns a fault into the runs of pages to read.
+ *
+ * Translation comes either from the core's own table (filled with
+ * {@link PrefetchEngine.map}, e.g. from a page-table walk or QEMU's
+ * `info tlb`) or, when a {@link Translator} is given, from that translator's
+ * batch call (an address space walking the guest's page tables in the core);
+ * the engine then hands the translated frames to the core, which drops the
+ * unmapped and resident ones and coalesces the rest.
+ * @module
+ */
+import { checkGeneration, withCore, core } from '../../core.js';
+import { check } from '../../_status.js';
+import { VmkitError } from '../../errors.js';
+import { aint } from '../../_utils.js';
+
+/** Largest neighbourhood (back + ahead + 1) a fault may walk. */
+export const MAX_WINDOW = 65535;
+/** The value a {@link Translator} writes for an unmapped address. */
+export const UNMAPPED = 0xffff_ffff_ffff_ffffn;
+const PAGE_SHIFT = 12n;
+
+/**
+ * Batch translation of guest-virtual addresses, as an address space does it:
+ * `out[i]` receives the guest-physical address of `gvas[i]`, or
+ * {@link UNMAPPED}.
+ * @example
+ * const t: Translator = { translateInto(gvas, out) { for (let i = 0; i < gvas.length; i++) out[i] = gvas[i]!; } };
+ */
+export interface Translator {
+  translateInto(gvas: BigUint64Array, out: BigUint64Array): void;
+  /** Guest-virtual addresses that map `gpa` (the reverse map), when the translator has one. */
+  gvasOf?(gpa: bigint): readonly bigint[];
+}
+
+/** Counters of an engine (pages are guest pages of 4 KiB). */
+export interface PrefetchStats {
+  /** Accesses recorded (touch/access calls). */
+  accesses: number;
+  /** Faults: accesses that found their page absent. */
+  faults: number;
+  /** Pages loaded by faults and prefetches. */
+  loaded: number;
+  /** Pages loaded that no access asked for (yet): prefetched. */
+  prefetched: number;
+  /** Prefetched pages later used. */
+  prefetchHits: number;
+  /** Prefetched pages not used (so far): wasted. */
+  wasted: number;
+  /** Read calls issued (runs of consecutive pages, or storage blocks). */
+  reads: number;
+  /** Virtual pages translated by the neighbourhood walks. */
+  translations: number;
+  /** Page-table pages read (modelled for the core's table, measured for a translator). */
+  pageTableReads: number;
+  /** Accesses to unmapped virtual pages. */
+  unmapped: number;
+}
+
+interface PrefetchExports {
+  prefetchCreate(pages: number, cap: number): number;
+  prefetchDestroy(h: number): number;
+  prefetchMap(h: number, pairs: number, n: number): number;
+  prefetchMapCount(h: number): number;
+  prefetchTranslate(h: number, vpn: bigint): bigint;
+  prefetchReverse(h: number, ppn: bigint): bigint;
+  prefetchIsResident(h: number, page: number): number;
+  prefetchSetResident(h: number, first: number, count: number, on: number): number;
+  prefetchResidentCount(h: number): number;
+  prefetchResidentBitmap(h: number): number;
+  prefetchAccess(h: number, page: number): number;
+  prefetchTouch(h: number, vpn: bigint): bigint;
+  prefetchCoalesce(pages: number, n: number, out: number, cap: number): number;
+  prefetchFaultVirtual(h: number, vpn: bigint, back: number, ahead: number, out: number, cap: number): number;
+  prefetchFaultPhysical(h: number, ppn: number, back: number, ahead: number, out: number, cap: number): number;
+  prefetchFaultList(h: number, frames: number, n: number, fault: bigint, out: number, cap: number): number;
+  prefetchCountWalk(h: number, translations: number, reads: number): number;
+  prefetchStats(h: number, out: number): number;
+  prefetchUnused(h: number): number;
+}
+
+function ex(): PrefetchExports {
+  return core().exports as unknown as PrefetchExports;
+}
+
+/** Options of {@link PrefetchEngine}. */
+export interface PrefetchEngineOptions {
+  /** Room for this many translations in the core's table (default 0: a translator does it). */
+  mapCapacity?: number;
+  /** Translates neighbourhoods when the core's table is not used. */
+  translator?: Translator;
+  /** Storage block of a page (a checkpoint's): reads are counted per distinct block. */
+  blockOf?: (page: number) => number;
+}
+
+/**
+ * A prefetch engine over a guest of `pages` physical pages.
+ * @example
+ * await init();
+ * const e = new PrefetchEngine(16, { mapCapacity: 4 });
+ * e.map([[10n, 7], [11n, 3], [12n, 8]]);
+ * e.faultVirtual(11n, 1, 1); // Uint32Array [3, 1, 7, 2]: read page 3, then pages 7..8
+ * e.close();
+ */
+export class PrefetchEngine {
+  /** Physical pages of the guest. */
+  readonly pages: number;
+  private readonly h: number;
+  private readonly gen: number;
+  private out = 0;
+  private frames = 0;
+  /** The translator neighbourhoods go through, when the core's table is not used. */
+  readonly translator: Translator | undefined;
+  private readonly blockOf: ((page: number) => number) | undefined;
+  private extraReads = 0;
+  private closed = false;
+  /** Pages loaded by the last fault call (the faulting page included). */
+  lastLoaded = 0;
+
+  constructor(pages: number, options: PrefetchEngineOptions = {}) {
+    aint(pages, 'pages', 1, 0xffff_ffff);
+    const cap = options.mapCapacity ?? 0;
+    aint(cap, 'mapCapacity', 0, 1 << 26);
+    this.pages = pages;
+    this.translator = options.translator;
+    this.blockOf = options.blockOf;
+    const r = withCore((c) => {
+      const h = check(ex().prefetchCreate(pages, cap), 'prefetch engine create');
+      try {
+        this.out = c.alloc((MAX_WINDOW + 1) * 8);
+        this.frames = c.alloc((MAX_WINDOW + 1) * 8);
+      } catch (e) {
+        ex().prefetchDestroy(h);
+        throw e;
+      }
+      return { h, gen: c.generation };
+    });
+    this.h = r.h;
+    this.gen = r.gen;
+  }
+
+  private live(): PrefetchExports {
+    if (this.closed) throw new VmkitError('INVALID_STATE', 'prefetch engine is closed');
+    checkGeneration(this.gen, 'prefetch engine');
+    return ex();
+  }
+
+  /**
+   * Adds translations (virtual page number, physical page number) to the
+   * core's table. Frames past the guest are skipped. Returns how many were new.
+   * @example
+   * engine.map([[0x400n, 0x830d]]);
+   */
+  map(pairs: Iterable<readonly [bigint, number | bigint]>): number {
+    const e = this.live();
+    return withCore((c) => {
+      const chunk = 4096;
+      const buf = c.alloc(chunk * 16);
+      let added = 0;
+      try {
+        let n = 0;
+        const flush = (): void => {
+          if (n === 0) return;
+          added += check(e.prefetchMap(this.h, buf, n), 'prefetch map');
+          n = 0;
+        };
+        let view = new BigUint64Array(c.u8().buffer, buf, chunk * 2);
+        for (const [vpn, ppn] of pairs) {
+          if (view.buffer !== c.u8().buffer) view = new BigUint64Array(c.u8().buffer, buf, chunk * 2);
+          view[n * 2] = vpn;
+          view[n * 2 + 1] = BigInt(ppn);
+          if (++n === chunk) flush();
+        }
+        flush();
+      } finally {
+        c.free(buf);
+      }
+      return added;
+    });
+  }
+
+  /** The frame of virtual page `vpn` in the core's table, or -1. @example engine.translate(0x400n); */
+  translate(vpn: bigint): number {
+    return Number(this.live().prefetchTranslate(this.h, vpn));
+  }
+
+  /** A virtual page mapping frame `ppn` (core table, else the translator's reverse map), or undefined. @example engine.reverse(7); */
+  reverse(ppn: number): bigint | undefined {
+    const r = this.live().prefetchReverse(this.h, BigInt(ppn));
+    if (r >= 0n) return r;
+    const g = this.translator?.gvasOf?.(BigInt(ppn) << PAGE_SHIFT);
+    return g && g.length > 0 ? g[0]! >> PAGE_SHIFT : undefined;
+  }
+
+  /** True when page `ppn` is resident. @example engine.isResident(0); */
+  isResident(ppn: number): boolean {
+    return check(this.live().prefetchIsResident(this.h, ppn), 'prefetch isResident') === 1;
+  }
+
+  /** Marks pages resident (or absent). Returns the resident count. @example engine.setResident(0, 16, true); */
+  setResident(first: number, count: number, on: boolean): number {
+    return check(this.live().prefetchSetResident(this.h, first, count, on ? 1 : 0), 'prefetch setResident');
+  }
+
+  /** Resident pages. @example engine.residentCount(); */
+  residentCount(): number {
+    return check(this.live().prefetchResidentCount(this.h), 'prefetch residentCount');
+  }
+
+  /** A copy of the resident bitmap (bit p of byte p >> 3, LSB first). @example engine.residentBitmap(); */
+  residentBitmap(): Uint8Array {
+    const e = this.live();
+    const p = e.prefetchResidentBitmap(this.h) >>> 0;
+    return core().u8().slice(p, p + Math.ceil(this.pages / 8));
+  }
+
+  /**
+   * Records an access to frame `ppn`: 0 resident, 1 prefetch hit (first use
+   * of a prefetched page), 2 absent (fault it in).
+   * @example if (engine.access(7) === 2) engine.faultPhysical(7, 0, 0);
+   */
+  access(ppn: number): 0 | 1 | 2 {
+    return check(this.live().prefetchAccess(this.h, ppn), 'prefetch access') as 0 | 1 | 2;
+  }
+
+  /**
+   * Records an access to virtual page `vpn` through the core's table: -1
+   * when unmapped, else `ppn * 4 + status` (status as {@link access}).
+   * @example const r = engine.touch(0x400n); const ppn = Math.floor(r / 4), status = r & 3;
+   */
+  touch(vpn: bigint): number {
+    if (this.closed) throw new VmkitError('INVALID_STATE', 'prefetch engine is closed');
+    // The hot path of the simulator: one call, no generation check beyond this.
+    return Number(ex().prefetchTouch(this.h, vpn));
+  }
+
+  private runs(n: number): Uint32Array {
+    check(n, 'prefetch fault');
+    const runs = new Uint32Array(core().u8().buffer, this.out, n * 2).slice();
+    let loaded = 0;
+    for (let i = 1; i < runs.length; i += 2) loaded += runs[i]!;
+    this.lastLoaded = loaded;
+    if (this.blockOf && n > 0) this.extraReads += countBlocks(runs, this.blockOf) - n;
+    return runs;
+  }
+
+  /**
+   * The fault path by virtual neighbourhood: virtual page `vpn` faulted; loads
+   * its frame and the absent frames of [vpn - back, vpn + ahead]. Returns the
+   * runs to read as (first page, count) pairs, sorted by page.
+   * @example const runs = engine.faultVirtual(0x400n, 8, 8);
+   */
+  faultVirtual(vpn: bigint, back: number, ahead: number): Uint32Array {
+    const e = this.live();
+    aint(back, 'back', 0, MAX_WINDOW - 1);
+    aint(ahead, 'ahead', 0, MAX_WINDOW - 1 - back);
+    if (!this.translator) {
+      return this.runs(e.prefetchFaultVirtual(this.h, vpn, back, ahead, this.out, MAX_WINDOW + 1));
+    }
+    const lo = vpn >= BigInt(back) ? vpn - BigInt(back) : 0n;
+    const n = Number(vpn + BigInt(ahead) - lo) + 1;
+    const gvas = new BigUint64Array(n);
+    for (let i = 0; i < n; i++) gvas[i] = (lo + BigInt(i)) << PAGE_SHIFT;
+    const gpas = new BigUint64Array(n);
+    this.translator.translateInto(gvas, gpas);
+    const fault = gpas[Number(vpn - lo)]!;
+    if (fault === UNMAPPED) throw new VmkitError('ARG_RANGE', `virtual page 0x${vpn.toString(16)} is unmapped`);
+    return this.faultFrames(gpas, Number(fault >> PAGE_SHIFT), true, n);
+  }
+
+  /**
+   * The fault path by physical neighbourhood (fault-around): frame `ppn` and
+   * the absent frames of [ppn - back, ppn + ahead].
+   * @example const runs = engine.faultPhysical(0x830d, 8, 8);
+   */
+  faultPhysical(ppn: number, back: number, ahead: number): Uint32Array {
+    const e = this.live();
+    aint(back, 'back', 0, MAX_WINDOW - 1);
+    aint(ahead, 'ahead', 0, MAX_WINDOW - 1 - back);
+    return this.runs(e.prefetchFaultPhysical(this.h, ppn, back, ahead, this.out, MAX_WINDOW + 1));
+  }
+
+  /**
+   * Loads a list of frames (a replay's working set, or frames translated
+   * elsewhere): absent ones are coalesced into runs. `fault` is the faulting
+   * frame, or -1 for a pure prefetch.
+   * @example const runs = engine.faultList([3, 4, 9], -1);
+   */
+  faultList(frames: ArrayLike<number>, fault: number): Uint32Array {
+    this.live();
+    const all = new Uint32Array(0);
+    let out: Uint32Array = all;
+    let first = true;
+    for (let at = 0; at < frames.length || first; at += MAX_WINDOW - 1) {
+      const n = Math.min(MAX_WINDOW - 1, frames.length - at);
+      const buf = new BigUint64Array(n);
+      for (let i = 0; i < n; i++) buf[i] = BigInt(frames[at + i]!);
+      const r = this.faultFrames(buf, first ? fault : -1, false, n);
+      if (r.length > 0) {
+        const merged = new Uint32Array(out.length + r.length);
+        merged.set(out);
+        merged.set(r, out.length);
+        out = merged;
+      }
+      first = false;
+    }
+    return out;
+  }
+
+  private faultFrames(list: BigUint64Array, fault: number, addresses: boolean, n: number): Uint32Array {
+    const e = this.live();
+    const c = core();
+    const v = new BigUint64Array(c.u8().buffer, this.frames, n);
+    for (let i = 0; i < n; i++) {
+      const x = list[i]!;
+      v[i] = addresses ? (x === UNMAPPED ? UNMAPPED : x >> PAGE_SHIFT) : x;
+    }
+    if (addresses) check(e.prefetchCountWalk(this.h, n, 0), 'prefetch count');
+    return this.runs(withCore(() => e.prefetchFaultList(this.h, this.frames, n, BigInt(fault), this.out, MAX_WINDOW + 1)));
+  }
+
+  /**
+   * Adds page-table reads measured by a translator to the counters.
+   * @example engine.countTableReads(4);
+   */
+  countTableReads(n: number): void {
+    check(this.live().prefetchCountWalk(this.h, 0, n), 'prefetch count');
+  }
+
+  /**
+   * The counters so far; `wasted` counts prefetched pages not used yet.
+   * @example const { faults, wasted } = engine.stats();
+   */
+  stats(): PrefetchStats {
+    const e = this.live();
+    return withCore((c) => {
+      const p = c.alloc(9 * 8);
+      try {
+        e.prefetchStats(this.h, p);
+        const v = new BigUint64Array(c.u8().buffer, p, 9);
+        const n = (i: number): number => Number(v[i]!);
+        return {
+          accesses: n(0),
+          faults: n(1),
+          loaded: n(2),
+          prefetched: n(3),
+          prefetchHits: n(4),
+          wasted: check(e.prefetchUnused(this.h), 'prefetch unused'),
+          reads: n(5) + this.extraReads,
+          translations: n(6),
+          pageTableReads: n(7),
+          unmapped: n(8),
+        };
+      } finally {
+        c.free(p);
+      }
+    });
+  }
+
+  /** Releases the core's state. Further calls throw INVALID_STATE. @example engine.close(); */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      const c = checkGeneration(this.gen, 'prefetch engine');
+      ex().prefetchDestroy(this.h);
+      c.free(this.out);
+      c.free(this.frames);
+    } catch {
+      // The core was reset: its memory (and this engine's state) is gone already.
+    }
+  }
+}
+
+/** Read calls for runs when pages live in storage blocks: the distinct blocks touched (zero pages need none). */
+function countBlocks(runs: Uint32Array, blockOf: (page: number) => number): number {
+  const seen = new Set<number>();
+  for (let i = 0; i < runs.length; i += 2) {
+    for (let p = runs[i]!; p < runs[i]! + runs[i + 1]!; p++) {
+      const b = blockOf(p);
+      if (b >= 0) seen.add(b);
+    }
+  }
+  return seen.size;
+}
+
+/**
+ * Sorts page numbers, drops duplicates and returns the runs of consecutive
+ * pages as (first, count) pairs: the core's coalescing on its own.
+ * @example coalesce([5, 3, 4, 9, 9, 1]); // Uint32Array [1, 1, 3, 3, 9, 1]
+ */
+export function coalesce(pages: ArrayLike<number>): Uint32Array {
+  for (let i = 0; i < pages.length; i++) aint(pages[i], `pages[${i}]`, 0, 0xffff_ffff);
+  return withCore((c) => {
+    const n = pages.length;
+    const p = c.alloc(Math.max(4, n * 4));
+    const o = c.alloc(Math.max(8, n * 8));
+    try {
+      new Uint32Array(c.u8().buffer, p, n).set(Array.from(pages));
+      const r = check(ex().prefetchCoalesce(p, n, o, n), 'coalesce');
+      return new Uint32Array(c.u8().buffer, o, r * 2).slice();
+    } finally {
+      c.free(p);
+      c.free(o);
+    }
+  });
+}
