@@ -24,3 +24,5 @@ export { fileSink, fileSource, memorySink, memorySource } from './checkpoint/io.
 export type { CheckpointSink, CheckpointSource } from './checkpoint/io.js';
 export { CHECKPOINT_MAGIC, CHECKPOINT_VERSION, DEFAULT_BLOCK_SIZE } from './checkpoint/format.js';
 export type { CheckpointHeader, CheckpointCodec } from './checkpoint/format.js';
+export { PrefetchEngine, coalesce, MAX_WINDOW, UNMAPPED, createPolicy, POLICY_NAMES, simulate } from './prefetch/index.js';
+export type { Translator, PrefetchStats, PrefetchEngineOptions, PrefetchPolicy, PolicyName, PolicyOptions, SimulationResult, SimulateOptions } from './prefetch/index.js';
