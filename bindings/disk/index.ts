@@ -78,3 +78,5 @@ export {
   type JobRecord,
   type JobState,
 } from './backup/index.js';
+// Disk ownership handoff (docs/ownership.md).
+export * from './owner/index.js';

@@ -1,0 +1,227 @@
+/**
+ * The embedded owner store: a sidecar directory next to the disk.
+ *
+ * ```
+ * vm.qcow2
+ * vm.qcow2.owner/
+ *   r-000000000000041.json   older revisions (the last few are kept)
+ *   r-000000000000042.json   the current record: the highest number wins
+ *   .tmp-<pid>-<random>      a record being written (never read)
+ * ```
+ *
+ * Every revision is its own immutable file. A compare-and-swap from revision
+ * N writes the new record to a temporary file, fsyncs it, and `link(2)`s it to
+ * `r-<N+1>.json`: link refuses to replace an existing name, so of all writers
+ * that read N exactly one wins, on every POSIX file system, across processes
+ * and without a lock that a killed process could leave behind. Readers list
+ * the directory and read the highest number, which was complete before it had
+ * a name, so no reader ever sees a torn record. See docs/ownership.md for the
+ * proof sketch (including why pruning old revisions keeps the CAS exact).
+ *
+ * `node:fs` is imported on first use so browser bundles stay free of it.
+ * @module
+ */
+import { VmkitError } from '../../errors.js';
+import { encodeRecord, parseRecord, MAX_RECORD_BYTES } from './record.js';
+import type { OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
+
+type Fs = typeof import('node:fs/promises');
+let fsMod: Fs | undefined;
+async function nodeFs(): Promise<Fs> {
+  const name = 'node:fs/promises';
+  return (fsMod ??= (await import(/* @vite-ignore */ name)) as Fs);
+}
+
+/** Revisions kept behind the current one (for post-mortems; pruning never touches the top). */
+const KEEP = 4;
+/** More entries than this in a sidecar directory is not something vmkit made. */
+const MAX_ENTRIES = 4096;
+const NAME = /^r-(\d{15})\.json$/;
+const SEQ_DIGITS = 15; // 10^15 - 1 < 2^53: every name is an exact safe integer
+
+/** Options of {@link FileOwnerStore}. */
+export interface FileOwnerStoreOptions {
+  /** Sidecar directory of a disk (default `<disk>.owner`). */
+  sidecar?: (disk: string) => string;
+}
+
+function seqName(seq: number): string {
+  return `r-${String(seq).padStart(SEQ_DIGITS, '0')}.json`;
+}
+
+function ioError(e: unknown, op: string, path: string): VmkitError {
+  if (e instanceof VmkitError) return e;
+  const code = (e as NodeJS.ErrnoException)?.code;
+  return new VmkitError(code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `${op} ${path}: ${(e as Error)?.message ?? String(e)}`, { path, cause: e });
+}
+
+/**
+ * The file-system {@link OwnerStore}: revisions are immutable files in
+ * `<disk>.owner/`, swapped in with `link(2)` (see the module comment).
+ *
+ * @example
+ * ```ts
+ * const store = new FileOwnerStore();
+ * const { record, revision } = await store.read('vm.qcow2');
+ * const rev = await store.compareAndSwap('vm.qcow2', revision, { version: 1, disk: 'vm.qcow2', epoch: 1, state: 'free', leaseExpiresAt: 0, updatedAt: Date.now() });
+ * ```
+ */
+export class FileOwnerStore implements OwnerStore {
+  readonly kind: string = 'file';
+  private readonly sidecar: (disk: string) => string;
+
+  constructor(opts: FileOwnerStoreOptions = {}) {
+    this.sidecar = opts.sidecar ?? ((d) => `${d}.owner`);
+  }
+
+  /** The sidecar directory of `disk`. */
+  dirOf(disk: string): string {
+    if (typeof disk !== 'string' || disk.length === 0) throw new VmkitError('ARG_TYPE', 'disk must be a non-empty string');
+    return this.sidecar(disk);
+  }
+
+  // The highest revision number in the directory (0 when there is none).
+  private async top(dir: string): Promise<number> {
+    const fs = await nodeFs();
+    let names: string[];
+    try {
+      names = await fs.readdir(dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException)?.code === 'ENOENT') return 0;
+      throw ioError(e, 'list', dir);
+    }
+    if (names.length > MAX_ENTRIES) throw new VmkitError('LIMIT', `${dir} holds ${names.length} entries (max ${MAX_ENTRIES}): not an owner sidecar`, { path: dir });
+    let top = 0;
+    for (const n of names) {
+      const m = NAME.exec(n);
+      if (m) top = Math.max(top, Number(m[1]));
+    }
+    return top;
+  }
+
+  /**
+   * Reads the current record. Throws CORRUPT / LIMIT / UNSUPPORTED when the
+   * current revision is not a valid record.
+   */
+  async read(disk: string): Promise<OwnerSnapshot> {
+    const dir = this.dirOf(disk);
+    const fs = await nodeFs();
+    // A revision can be pruned between the listing and the read only when a
+    // newer one exists, so a retry makes progress; bound it anyway.
+    for (let attempt = 0; attempt < 16; attempt++) {
+      const top = await this.top(dir);
+      if (top === 0) return { record: null, revision: null };
+      const file = `${dir}/${seqName(top)}`;
+      let fh: import('node:fs/promises').FileHandle;
+      try {
+        fh = await fs.open(file, 'r');
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException)?.code === 'ENOENT') continue;
+        throw ioError(e, 'open', file);
+      }
+      try {
+        const { size } = await fh.stat();
+        if (size > MAX_RECORD_BYTES) throw new VmkitError('LIMIT', `owner record ${file} is ${size} bytes (max ${MAX_RECORD_BYTES})`, { path: file });
+        const buf = new Uint8Array(size);
+        let got = 0;
+        while (got < size) {
+          const { bytesRead } = await fh.read(buf, got, size - got, got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        return { record: parseRecord(buf.subarray(0, got), file), revision: String(top) };
+      } catch (e) {
+        throw ioError(e, 'read', file);
+      } finally {
+        await fh.close().catch(() => {});
+      }
+    }
+    throw new VmkitError('CONFLICT', `${dir}: revisions changed under 16 consecutive reads`, { path: dir });
+  }
+
+  /**
+   * Writes `next` as revision `expected + 1` if `expected` is still current.
+   * Resolves to the new revision, or null when another writer got there first.
+   */
+  async compareAndSwap(disk: string, expected: string | null, next: OwnerRecord): Promise<string | null> {
+    const dir = this.dirOf(disk);
+    let seq = 0;
+    if (expected !== null) {
+      if (typeof expected !== 'string' || !/^\d{1,15}$/.test(expected)) throw new VmkitError('ARG_RANGE', `expected revision ${JSON.stringify(expected)} is not a file-store revision`);
+      seq = Number(expected);
+      if (seq === 0) throw new VmkitError('ARG_RANGE', 'expected revision 0 does not exist (use null for "no record")');
+    }
+    if (seq + 1 > 10 ** SEQ_DIGITS - 1) throw new VmkitError('LIMIT', `${dir}: revision counter exhausted`, { path: dir });
+    const bytes = encodeRecord(next);
+    const fs = await nodeFs();
+    // Cheap early answer (and no garbage file) when we already lost.
+    if ((await this.top(dir)) !== seq) return null;
+    if (seq === 0) {
+      try {
+        await fs.mkdir(dir, { recursive: true });
+      } catch (e) {
+        throw ioError(e, 'mkdir', dir);
+      }
+    }
+    const tmp = `${dir}/.tmp-${typeof process !== 'undefined' ? process.pid : 0}-${Math.random().toString(36).slice(2)}`;
+    const target = `${dir}/${seqName(seq + 1)}`;
+    try {
+      const fh = await fs.open(tmp, 'wx', 0o644);
+      try {
+        await fh.writeFile(bytes);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      try {
+        await fs.link(tmp, target);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException)?.code === 'EEXIST') return null;
+        throw e;
+      }
+    } catch (e) {
+      throw ioError(e, 'write', target);
+    } finally {
+      await fs.unlink(tmp).catch(() => {});
+    }
+    await syncDir(fs, dir);
+    // `target` may have been a pruned old name that we just re-created while
+    // the top moved far ahead: then our record is not current and we lost.
+    // Names at the top are never removed, so this check is exact.
+    const top = await this.top(dir);
+    if (top !== seq + 1) return null;
+    await this.prune(dir, seq + 1 - KEEP);
+    return String(seq + 1);
+  }
+
+  private async prune(dir: string, below: number): Promise<void> {
+    if (below <= 1) return;
+    const fs = await nodeFs();
+    let names: string[];
+    try {
+      names = await fs.readdir(dir);
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      const m = NAME.exec(n);
+      if (m && Number(m[1]) < below) await fs.unlink(`${dir}/${n}`).catch(() => {});
+    }
+  }
+
+  /** Nothing to release: every call opens and closes its own files. */
+  async close(): Promise<void> {}
+}
+
+// fsync the directory so the new name survives a crash (POSIX needs it for link/rename).
+async function syncDir(fs: Fs, dir: string): Promise<void> {
+  let fh: import('node:fs/promises').FileHandle | undefined;
+  try {
+    fh = await fs.open(dir, 'r');
+    await fh.sync();
+  } catch {
+    // Some file systems refuse fsync on a directory; the link itself is still atomic.
+  } finally {
+    await fh?.close().catch(() => {});
+  }
+}

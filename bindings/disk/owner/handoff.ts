@@ -1,0 +1,621 @@
+/**
+ * The ownership handoff: open a disk by reading its owner record, asking a
+ * live owner to release it, taking the next epoch by compare-and-swap and
+ * opening the image behind a write guard that fences this holder as soon as
+ * its epoch stops being current. The owner side answers release requests:
+ * it drains in-flight writes, flushes, closes and writes the record `free`.
+ * The sequence, the invariants and the failure cases are in docs/ownership.md.
+ * @module
+ */
+import { VmkitError, isVmkitError } from '../../errors.js';
+import type { WriteGuard } from '../_guard.js';
+import type { BlockDevice, BlockExtent, ByteLength, ByteOffset } from '../device.js';
+import { openImage, type OpenImageOptions } from '../image.js';
+import type { ImageDevice } from '../formats/types.js';
+import { FileOwnerStore } from './file-store.js';
+import { leaseAlive } from './record.js';
+import { httpTransport, inProcessTransport, type ReleaseReply, type ReleaseRequest, type ReleaseServer, type ReleaseTransport } from './transport.js';
+import type { OwnerIdentity, OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
+
+/** Default lease: 10 s, renewed every third of it. */
+export const DEFAULT_LEASE_MS = 10_000;
+/** Default clock difference tolerated between hosts (see docs/ownership.md, clock skew). */
+export const DEFAULT_MAX_SKEW_MS = 1_000;
+
+/** Options of {@link openOwned}. */
+export interface OpenOwnedOptions {
+  /** Who opens: an id (host and pid are filled in) or a full identity. */
+  as: string | OwnerIdentity;
+  /** Where owner records live (default: a {@link FileOwnerStore} sidecar next to the disk). */
+  store?: OwnerStore;
+  /** How release requests travel, both ways (default: HTTP). */
+  transport?: ReleaseTransport;
+  /**
+   * Where this holder answers release requests (transport-specific; HTTP
+   * `host:port`, default `127.0.0.1:0`). `false`: do not serve — openers must
+   * then wait for the lease to run out.
+   */
+  serve?: string | false;
+  /** Lease length in ms (default {@link DEFAULT_LEASE_MS}; 100 ms … 1 h). */
+  leaseMs?: number;
+  /** Clock difference tolerated between hosts in ms (default {@link DEFAULT_MAX_SKEW_MS}). */
+  maxSkewMs?: number;
+  /** Longest wait for a live owner that cannot be reached or is draining, in ms (default: 2 leases). */
+  waitMs?: number;
+  /** Timeout of one release request in ms (default 5000). */
+  requestTimeoutMs?: number;
+  /** The disk's name in the store (default: the path as given). */
+  name?: string;
+  /** How to open the image (provider, format); the guard is added by the handoff. */
+  image?: Omit<OpenImageOptions, 'guard'>;
+  /**
+   * The owner's policy for release requests: return a reason to refuse (the
+   * opener reports it as VmkitError REFUSED), or nothing to release.
+   */
+  onReleaseRequest?: (req: ReleaseRequest) => string | undefined | void | Promise<string | undefined | void>;
+  /** Wall clock in ms (default `Date.now`); tests use it to simulate clock skew. */
+  now?: () => number;
+  /** Cancels the open while it waits. */
+  signal?: AbortSignal;
+}
+
+/** Why a holder stopped holding. */
+export interface ReleaseOutcome {
+  /** `requested`: a release request; `released`: `release()`/`close()`; `fenced`: another holder took a newer epoch. */
+  readonly reason: 'requested' | 'released' | 'fenced';
+  /** Who asked, for `requested`. */
+  readonly by?: OwnerIdentity;
+}
+
+/**
+ * A disk held by this process at `epoch`.
+ * @example
+ * const d = await openOwned('vm.raw', { as: 'vm-1' });
+ * await d.device.write(0, new Uint8Array(512));
+ * await d.device.flush();   // re-checks the epoch in the store first
+ * await d.release();
+ */
+export interface OwnedDisk {
+  /** The disk's name in the store. */
+  readonly disk: string;
+  /** The image, writable while this holder's epoch is current; writes after release or fencing throw FENCED. */
+  readonly device: BlockDevice;
+  /** The fencing token this holder writes under. */
+  readonly epoch: number;
+  readonly identity: OwnerIdentity;
+  /** Where this holder answers release requests (undefined with `serve: false`). */
+  readonly endpoint: string | undefined;
+  readonly store: OwnerStore;
+  /** Resolves when the holder stopped holding, and why. */
+  readonly done: Promise<ReleaseOutcome>;
+  /** True once another holder took a newer epoch (every write then throws FENCED). */
+  readonly fenced: boolean;
+  /** Drains in-flight writes, flushes, closes the image and writes the record `free`. */
+  release(): Promise<void>;
+  /** The same as {@link OwnedDisk.release}. */
+  close(): Promise<void>;
+}
+
+let hostName: string | undefined;
+async function localHost(): Promise<string> {
+  if (hostName !== undefined) return hostName;
+  try {
+    const name = 'node:os';
+    hostName = ((await import(/* @vite-ignore */ name)) as typeof import('node:os')).hostname();
+  } catch {
+    hostName = typeof navigator !== 'undefined' ? 'browser' : 'unknown';
+  }
+  return hostName;
+}
+
+/**
+ * Fills in host and pid for an id (or validates a full identity).
+ *
+ * @example
+ * ```ts
+ * const me = await ownerIdentity('vm-1'); // { id: 'vm-1', host: 'node-a', pid: 4242 }
+ * ```
+ */
+export async function ownerIdentity(as: string | OwnerIdentity): Promise<OwnerIdentity> {
+  if (typeof as === 'string') {
+    if (as.length === 0 || as.length > 1024) throw new VmkitError('ARG_RANGE', 'as: owner id must be 1..1024 chars');
+    return { id: as, host: await localHost(), pid: typeof process !== 'undefined' ? process.pid : 0 };
+  }
+  if (typeof as !== 'object' || as === null || typeof as.id !== 'string' || as.id.length === 0) throw new VmkitError('ARG_TYPE', 'as must be an owner id or an OwnerIdentity');
+  return { id: as.id, host: as.host, pid: as.pid };
+}
+
+function sameHolder(a: OwnerIdentity | undefined, b: OwnerIdentity): boolean {
+  return a !== undefined && a.id === b.id && a.host === b.host && a.pid === b.pid;
+}
+
+const monotonic = (): number => performance.now();
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(new VmkitError('CANCELLED', 'open cancelled'));
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(new VmkitError('CANCELLED', 'open cancelled'));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+function posInt(v: number | undefined, name: string, def: number, min: number, max: number): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) throw new VmkitError('ARG_RANGE', `${name} must be an integer in ${min}..${max}, got ${v}`);
+  return v;
+}
+
+function pickTransport(endpoint: string, preferred: ReleaseTransport): ReleaseTransport | undefined {
+  for (const t of [preferred, httpTransport, inProcessTransport]) if (t.handles(endpoint)) return t;
+  return undefined;
+}
+
+/**
+ * One holding: the guard, the lease, the release handler and the in-flight
+ * write accounting behind an {@link OwnedDisk}.
+ * @internal
+ */
+class _Holder implements WriteGuard, OwnedDisk {
+  readonly disk: string;
+  readonly epoch: number;
+  readonly identity: OwnerIdentity;
+  readonly store: OwnerStore;
+  readonly done: Promise<ReleaseOutcome>;
+  endpoint: string | undefined;
+  device!: BlockDevice;
+  inner: ImageDevice | undefined;
+  server: ReleaseServer | undefined;
+  state: 'holding' | 'releasing' | 'released' | 'fenced' = 'holding';
+  private revision: string;
+  private readonly leaseMs: number;
+  private readonly now: () => number;
+  private readonly policy: OpenOwnedOptions['onReleaseRequest'];
+  /** Monotonic time until which writes go through without asking the store. */
+  private validUntil: number;
+  /** Monotonic time at which this holder's lease ends by its own clock: past it, nothing is written unverified. */
+  private leaseEnd: number;
+  private chain: Promise<unknown> = Promise.resolve();
+  private timer: ReturnType<typeof setInterval> | undefined;
+  private inflight = 0;
+  private drained: (() => void) | undefined;
+  private giving: Promise<void> | undefined;
+  private resolveDone!: (o: ReleaseOutcome) => void;
+
+  constructor(disk: string, epoch: number, identity: OwnerIdentity, store: OwnerStore, revision: string, leaseStart: number, leaseMs: number, now: () => number, policy: OpenOwnedOptions['onReleaseRequest']) {
+    this.disk = disk;
+    this.epoch = epoch;
+    this.identity = identity;
+    this.store = store;
+    this.revision = revision;
+    this.leaseMs = leaseMs;
+    this.now = now;
+    this.policy = policy;
+    this.leaseEnd = leaseStart + leaseMs - this.margin();
+    this.validUntil = leaseStart + leaseMs / 2;
+    this.done = new Promise((r) => (this.resolveDone = r));
+  }
+
+  get fenced(): boolean {
+    return this.state === 'fenced';
+  }
+
+  // Slack between the end of the lease and the last unverified write: covers the time a write takes.
+  private margin(): number {
+    return Math.min(this.leaseMs / 5, 1000);
+  }
+
+  startRenewal(): void {
+    this.timer = setInterval(() => {
+      this.verify(true).catch(() => {});
+    }, Math.max(20, Math.floor(this.leaseMs / 3)));
+    // Renewal alone must not keep a process alive.
+    (this.timer as { unref?: () => void }).unref?.();
+  }
+
+  private stop(outcome: ReleaseOutcome, state: 'released' | 'fenced'): void {
+    if (this.state === 'released' || this.state === 'fenced') return;
+    this.state = state;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    const srv = this.server;
+    this.server = undefined;
+    // Close after the current reply went out (a release answer is being sent right now).
+    if (srv) setTimeout(() => void srv.close().catch(() => {}), 0);
+    this.resolveDone(outcome);
+  }
+
+  private fencedError(op: string, why: string): VmkitError {
+    return new VmkitError('FENCED', `${op} on ${this.disk} refused: ${why} (this holder: ${this.identity.id} at epoch ${this.epoch})`, { path: this.disk });
+  }
+
+  /** The WriteGuard hook: cheap while the cached lease is valid, a store check otherwise and before every flush. */
+  check(op: 'write' | 'flush' | 'discard'): void | Promise<void> {
+    if (this.state === 'fenced') throw this.fencedError(op, 'a newer epoch owns the disk');
+    if (this.state === 'released') throw this.fencedError(op, 'the disk was released');
+    if (op !== 'flush' && monotonic() < this.validUntil) return;
+    return this.verify(false).then(() => undefined);
+  }
+
+  // Serialized: one store conversation at a time per holder.
+  private verify(renew: boolean): Promise<void> {
+    const run = this.chain.then(() => this.verifyNow(renew));
+    this.chain = run.catch(() => {});
+    return run;
+  }
+
+  private async verifyNow(renew: boolean): Promise<void> {
+    if (this.state === 'fenced') throw this.fencedError('write', 'a newer epoch owns the disk');
+    if (this.state === 'released') throw this.fencedError('write', 'the disk was released');
+    const t0 = monotonic();
+    let snap: OwnerSnapshot;
+    try {
+      snap = await this.store.read(this.disk);
+    } catch (e) {
+      // The store is unreachable: the lease we hold is still ours until it runs out.
+      if (monotonic() < this.leaseEnd) return;
+      throw new VmkitError('FENCED', `cannot confirm the lease on ${this.disk} and it ran out: ${(e as Error)?.message ?? e}`, { cause: e, path: this.disk });
+    }
+    const r = snap.record;
+    if (!r || r.epoch !== this.epoch || !sameHolder(r.owner, this.identity) || r.state === 'free') {
+      this.stop({ reason: 'fenced' }, 'fenced');
+      throw this.fencedError('write', r ? `the record is at epoch ${r.epoch} (${r.state}${r.owner ? ` by ${r.owner.id}` : ''})` : 'the owner record is gone');
+    }
+    this.revision = snap.revision ?? this.revision;
+    const remaining = this.leaseEnd - t0;
+    if (renew || remaining < this.leaseMs / 2 || r.state === 'releasing') {
+      if (r.state === 'releasing') {
+        if (monotonic() < this.leaseEnd) return; // draining: the lease does not get longer
+        throw this.fencedError('write', 'the lease ran out while releasing');
+      }
+      const wall = this.now();
+      const start = monotonic();
+      const next: OwnerRecord = { ...r, leaseExpiresAt: wall + this.leaseMs, updatedAt: wall };
+      let rev: string | null;
+      try {
+        rev = await this.store.compareAndSwap(this.disk, snap.revision, next);
+      } catch (e) {
+        if (monotonic() < this.leaseEnd) return;
+        throw new VmkitError('FENCED', `cannot renew the lease on ${this.disk} and it ran out: ${(e as Error)?.message ?? e}`, { cause: e, path: this.disk });
+      }
+      if (rev === null) return this.verifyNow(false); // something changed: look again (fences if it was a takeover)
+      this.revision = rev;
+      this.leaseEnd = start + this.leaseMs - this.margin();
+      this.validUntil = start + this.leaseMs / 2;
+    } else {
+      this.validUntil = Math.min(t0 + this.leaseMs / 2, this.leaseEnd);
+    }
+  }
+
+  // In-flight accounting of mutating operations (the drain of a release waits for them).
+  async mutate<T>(op: 'write' | 'flush' | 'discard', f: () => Promise<T>): Promise<T> {
+    if (this.state !== 'holding') {
+      throw this.fencedError(op, this.state === 'fenced' ? 'a newer epoch owns the disk' : `the disk is ${this.state}`);
+    }
+    this.inflight++;
+    try {
+      return await f();
+    } finally {
+      if (--this.inflight === 0) this.drained?.();
+    }
+  }
+
+  /** The owner side of a release request. */
+  async onRequest(req: ReleaseRequest): Promise<ReleaseReply> {
+    if (req.disk !== this.disk) return { ok: false, code: 'NOT_FOUND', reason: `this holder holds ${this.disk}, not ${req.disk}` };
+    if (req.epoch !== this.epoch) return { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} holds epoch ${this.epoch}, the request names epoch ${req.epoch}` };
+    if (this.state === 'fenced') return { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} was fenced at epoch ${this.epoch}` };
+    if (this.state === 'holding' && this.policy) {
+      let reason: string | undefined | void;
+      try {
+        reason = await this.policy(req);
+      } catch (e) {
+        reason = `release policy failed: ${(e as Error)?.message ?? e}`;
+      }
+      if (typeof reason === 'string' && reason.length > 0) return { ok: false, code: 'REFUSED', reason };
+    }
+    try {
+      await this.giveUp({ reason: 'requested', by: req.requester });
+    } catch (e) {
+      return { ok: false, code: isVmkitError(e, 'FENCED') ? 'CONFLICT' : 'REFUSED', reason: (e as Error)?.message ?? String(e) };
+    }
+    return this.state === 'released' ? { ok: true, epoch: this.epoch } : { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} was fenced at epoch ${this.epoch}` };
+  }
+
+  release(): Promise<void> {
+    return this.giveUp({ reason: 'released' });
+  }
+
+  close(): Promise<void> {
+    return this.release();
+  }
+
+  // Drain, flush, close, mark free. Idempotent: concurrent requests share one release.
+  giveUp(outcome: ReleaseOutcome): Promise<void> {
+    if (this.state === 'released' || this.state === 'fenced') return this.giving ?? Promise.resolve();
+    return (this.giving ??= this.giveUpNow(outcome));
+  }
+
+  private async giveUpNow(outcome: ReleaseOutcome): Promise<void> {
+    this.state = 'releasing';
+    // Say so in the record: openers that read it now wait instead of asking again.
+    if ((await this.mark('releasing').catch(() => true)) === false) this.state = 'fenced';
+    if (this.inflight > 0) await new Promise<void>((r) => (this.drained = r));
+    let failure: unknown;
+    try {
+      // The flush still passes the guard: this holder's epoch is current until it writes `free`.
+      await this.inner?.close();
+    } catch (e) {
+      failure = e;
+    }
+    if (this.state === 'releasing') {
+      try {
+        if (!(await this.mark('free'))) this.state = 'fenced';
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+    const fenced = (this.state as string) === 'fenced';
+    this.state = 'releasing'; // stop() ignores a holder that is already stopped
+    if (fenced) this.stop({ reason: 'fenced' }, 'fenced');
+    else this.stop(outcome, 'released');
+    if (failure !== undefined) throw failure;
+  }
+
+  // Writes our record with a new state by CAS; false when another epoch owns the record (we were fenced).
+  private mark(state: 'releasing' | 'free'): Promise<boolean> {
+    const run = this.chain.then(async () => {
+      for (let i = 0; i < 8; i++) {
+        const snap = await this.store.read(this.disk);
+        const r = snap.record;
+        if (!r || r.epoch !== this.epoch || !sameHolder(r.owner, this.identity) || r.state === 'free') return false;
+        const wall = this.now();
+        const next: OwnerRecord = state === 'free' ? { ...r, state, leaseExpiresAt: wall, updatedAt: wall } : { ...r, state, updatedAt: wall };
+        const rev = await this.store.compareAndSwap(this.disk, snap.revision, next);
+        if (rev !== null) {
+          this.revision = rev;
+          return true;
+        }
+      }
+      throw new VmkitError('CONFLICT', `${this.disk}: the owner record kept changing while marking it ${state}`, { path: this.disk });
+    });
+    this.chain = run.catch(() => {});
+    return run;
+  }
+}
+
+/**
+ * The device handed to the caller: the image with in-flight accounting, so a
+ * release can drain writes before it flushes, and refuses writes once the
+ * holder is releasing, released or fenced.
+ * @internal
+ */
+class _OwnedDevice implements BlockDevice {
+  private readonly h: _Holder;
+  private readonly d: ImageDevice;
+  constructor(h: _Holder, d: ImageDevice) {
+    this.h = h;
+    this.d = d;
+  }
+  get size(): number {
+    return this.d.size;
+  }
+  get alignment(): number {
+    return this.d.alignment;
+  }
+  get readOnly(): boolean {
+    return this.d.readOnly;
+  }
+  get format(): string {
+    return this.d.format;
+  }
+  get backing(): BlockDevice | undefined {
+    return this.d.backing;
+  }
+  read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
+    return this.d.read(offset, length);
+  }
+  readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
+    return this.d.readInto(offset, dst);
+  }
+  write(offset: ByteOffset, data: Uint8Array): Promise<void> {
+    return this.h.mutate('write', () => this.d.write(offset, data));
+  }
+  writeZeroes(offset: ByteOffset, length: ByteLength): Promise<void> {
+    return this.h.mutate('write', () => this.d.writeZeroes(offset, length));
+  }
+  discard(offset: ByteOffset, length: ByteLength): Promise<void> {
+    return this.h.mutate('discard', () => this.d.discard(offset, length));
+  }
+  flush(): Promise<void> {
+    return this.h.mutate('flush', () => this.d.flush());
+  }
+  blockStatus(offset: ByteOffset, length: ByteLength): Promise<BlockExtent> {
+    return this.d.blockStatus(offset, length);
+  }
+  close(): Promise<void> {
+    return this.h.release();
+  }
+}
+
+/**
+ * Opens `diskPath` as its owner (the method of docs/ownership.md): reads the
+ * owner record; asks a live owner to release (it drains, flushes, closes and
+ * writes `free`, or refuses → VmkitError REFUSED); waits for an unreachable
+ * owner's lease to run out (up to `waitMs`, then TIMEOUT); takes the next
+ * epoch by compare-and-swap; opens the image behind a guard that throws FENCED
+ * once another holder owns a newer epoch. Serves release requests while held.
+ *
+ * @example
+ * ```ts
+ * import { openOwned } from 'vmkit/disk';
+ * const d = await openOwned('vm.qcow2', { as: 'vm-17', serve: '0.0.0.0:7070' });
+ * console.log(`holding epoch ${d.epoch}, release requests at ${d.endpoint}`);
+ * await d.device.write(0, new Uint8Array(4096));
+ * const { reason } = await d.done; // 'requested' when another host took it over
+ * ```
+ */
+export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promise<OwnedDisk> {
+  if (typeof diskPath !== 'string' || diskPath.length === 0) throw new VmkitError('ARG_TYPE', 'diskPath must be a non-empty string');
+  if (typeof opts !== 'object' || opts === null) throw new VmkitError('ARG_TYPE', 'openOwned needs options with at least { as }');
+  const leaseMs = posInt(opts.leaseMs, 'leaseMs', DEFAULT_LEASE_MS, 100, 3_600_000);
+  const maxSkewMs = posInt(opts.maxSkewMs, 'maxSkewMs', DEFAULT_MAX_SKEW_MS, 0, 600_000);
+  const waitMs = posInt(opts.waitMs, 'waitMs', 2 * leaseMs, 0, 24 * 3_600_000);
+  const requestTimeoutMs = posInt(opts.requestTimeoutMs, 'requestTimeoutMs', 5000, 1, 600_000);
+  const store = opts.store ?? new FileOwnerStore();
+  const transport = opts.transport ?? httpTransport;
+  const now = opts.now ?? Date.now;
+  const disk = opts.name ?? diskPath;
+  const me0 = await ownerIdentity(opts.as);
+
+  // Serve before taking the disk: the endpoint goes into the record we write.
+  // Until the holder exists the handler answers NOT_FOUND (nothing held yet).
+  let holder: _Holder | undefined;
+  const server =
+    opts.serve === false
+      ? undefined
+      : await transport.serve(opts.serve, async (req) => (holder ? holder.onRequest(req) : { ok: false, code: 'NOT_FOUND', reason: `not holding ${req.disk} yet` }));
+  const me: OwnerIdentity = server ? { ...me0, endpoint: server.endpoint } : me0;
+  try {
+    const deadline = monotonic() + waitMs;
+    let lastWhy = '';
+    for (;;) {
+      if (opts.signal?.aborted) throw new VmkitError('CANCELLED', `open of ${disk} cancelled`);
+      const snap = await store.read(disk);
+      const r = snap.record;
+      if (r && r.epoch >= Number.MAX_SAFE_INTEGER) throw new VmkitError('LIMIT', `${disk}: epoch ${r.epoch} cannot grow further`, { path: disk });
+      const wall = now();
+      const alive = r !== null && leaseAlive(r, wall, maxSkewMs);
+      if (r && r.state !== 'free' && alive && r.state === 'owned' && r.owner?.endpoint) {
+        // A live owner: ask it to let go.
+        const t = pickTransport(r.owner.endpoint, transport);
+        if (t) {
+          let reply: ReleaseReply | undefined;
+          try {
+            reply = await t.request(r.owner.endpoint, { disk: r.disk, epoch: r.epoch, requester: me }, requestTimeoutMs);
+          } catch (e) {
+            if (!isVmkitError(e, 'NETWORK') && !isVmkitError(e, 'TIMEOUT')) throw e;
+            lastWhy = `owner ${r.owner.id} at ${r.owner.endpoint} is unreachable (${e.message})`;
+          }
+          if (reply?.ok) continue;
+          if (reply && reply.code === 'REFUSED') {
+            throw new VmkitError('REFUSED', `${disk}: owner ${r.owner.id} (epoch ${r.epoch}) refused to release: ${reply.reason}`, { path: disk });
+          }
+          if (reply && reply.code === 'CONFLICT') {
+            // The record moved on since we read it (or the holder was fenced): read again.
+            lastWhy = `owner ${r.owner.id} answered: ${reply.reason}`;
+            if (monotonic() > deadline) throw new VmkitError('TIMEOUT', `${disk}: gave up after ${waitMs} ms; last: ${lastWhy}`, { path: disk });
+            await sleep(2, opts.signal);
+            continue;
+          }
+          if (reply) lastWhy = `owner ${r.owner.id} answered ${reply.code}: ${reply.reason}`;
+        } else lastWhy = `no transport reaches owner ${r.owner.id} at ${r.owner.endpoint}`;
+      } else if (r && r.state !== 'free' && alive) {
+        lastWhy = r.state === 'releasing' ? `owner ${r.owner?.id} is releasing` : `owner ${r.owner?.id} serves no release endpoint`;
+      } else if (r && r.state !== 'free' && r.owner?.endpoint) {
+        // The lease looks dead by our clock. If the owner still answers, our
+        // clock (or its) is off: ask rather than take (docs/ownership.md, clock skew).
+        const t = pickTransport(r.owner.endpoint, transport);
+        if (t && r.state === 'owned') {
+          let reply: ReleaseReply | undefined;
+          try {
+            reply = await t.request(r.owner.endpoint, { disk: r.disk, epoch: r.epoch, requester: me }, Math.min(requestTimeoutMs, Math.max(100, leaseMs / 4)));
+          } catch {
+            // Unreachable with an expired lease: a dead owner. Take over below.
+          }
+          if (reply?.ok) continue;
+          if (reply && reply.code === 'REFUSED') {
+            throw new VmkitError('REFUSED', `${disk}: owner ${r.owner.id} (epoch ${r.epoch}) refused to release: ${reply.reason} (its lease looks expired by this clock: check clock skew)`, { path: disk });
+          }
+        }
+      }
+      if (r && r.state !== 'free' && alive) {
+        // Live but not releasable now: poll until it frees, its lease runs out, or we give up.
+        const left = deadline - monotonic();
+        if (left <= 0) {
+          throw new VmkitError(
+            'TIMEOUT',
+            `${disk}: ${lastWhy || 'the owner holds it'}; its lease runs until ${new Date(r.leaseExpiresAt).toISOString()} (+${maxSkewMs} ms skew allowance, this clock reads ${new Date(wall).toISOString()}); waited ${waitMs} ms`,
+            { path: disk },
+          );
+        }
+        await sleep(Math.max(1, Math.min(left, r.state === 'releasing' ? 5 : 20, r.leaseExpiresAt + maxSkewMs - wall + 1)), opts.signal);
+        continue;
+      }
+      // Free, absent, or dead: take the next epoch by CAS.
+      const epoch = (r?.epoch ?? 0) + 1;
+      const t0 = monotonic();
+      const w = now();
+      const rev = await store.compareAndSwap(disk, snap.revision, { version: 1, disk, epoch, state: 'owned', owner: me, leaseExpiresAt: w + leaseMs, updatedAt: w });
+      if (rev === null) {
+        if (monotonic() > deadline) throw new VmkitError('TIMEOUT', `${disk}: lost every compare-and-swap for ${waitMs} ms`, { path: disk });
+        continue;
+      }
+      const h = new _Holder(disk, epoch, me, store, rev, t0, leaseMs, now, opts.onReleaseRequest);
+      h.endpoint = server?.endpoint;
+      h.server = server;
+      let dev: ImageDevice;
+      try {
+        dev = await openImage(diskPath, { ...opts.image, guard: h });
+      } catch (e) {
+        await h.giveUp({ reason: 'released' }).catch(() => {});
+        throw e;
+      }
+      h.inner = dev;
+      h.device = new _OwnedDevice(h, dev);
+      h.startRenewal();
+      holder = h;
+      return h;
+    }
+  } catch (e) {
+    await server?.close().catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * Reads a disk's owner record (null when it has none).
+ *
+ * @example
+ * ```ts
+ * const rec = await readOwner('vm.qcow2');
+ * if (rec?.state === 'owned') console.log(`${rec.owner?.id} holds epoch ${rec.epoch}`);
+ * ```
+ */
+export async function readOwner(disk: string, opts: { store?: OwnerStore } = {}): Promise<OwnerRecord | null> {
+  return (await (opts.store ?? new FileOwnerStore()).read(disk)).record;
+}
+
+/**
+ * Asks the current owner of `disk` to release it without taking it (the disk
+ * ends `free`). Resolves to the record afterwards; throws REFUSED when the
+ * owner says no, TIMEOUT/NETWORK when it cannot be reached.
+ *
+ * @example
+ * ```ts
+ * const after = await requestRelease('vm.qcow2', { as: 'operator' });
+ * console.log(after?.state); // 'free'
+ * ```
+ */
+export async function requestRelease(
+  disk: string,
+  opts: { as: string | OwnerIdentity; store?: OwnerStore; transport?: ReleaseTransport; requestTimeoutMs?: number },
+): Promise<OwnerRecord | null> {
+  const store = opts.store ?? new FileOwnerStore();
+  const me = await ownerIdentity(opts.as);
+  const { record: r } = await store.read(disk);
+  if (!r || r.state === 'free') return r;
+  const endpoint = r.owner?.endpoint;
+  if (!endpoint) throw new VmkitError('UNSUPPORTED', `${disk}: owner ${r.owner?.id} serves no release endpoint; wait for its lease (${new Date(r.leaseExpiresAt).toISOString()})`, { path: disk });
+  const t = pickTransport(endpoint, opts.transport ?? httpTransport);
+  if (!t) throw new VmkitError('UNSUPPORTED', `${disk}: no transport reaches ${endpoint}`, { path: disk });
+  const reply = await t.request(endpoint, { disk: r.disk, epoch: r.epoch, requester: me }, opts.requestTimeoutMs ?? 5000);
+  if (!reply.ok) throw new VmkitError(reply.code === 'NOT_FOUND' ? 'NOT_FOUND' : reply.code === 'CORRUPT' ? 'CORRUPT' : reply.code, `${disk}: owner ${r.owner?.id} answered: ${reply.reason}`, { path: disk });
+  return (await store.read(disk)).record;
+}

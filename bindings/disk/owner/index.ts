@@ -1,0 +1,44 @@
+/**
+ * Disk ownership (docs/ownership.md): owner records, the file / memory
+ * stores, release transports and the handoff (`openOwned`). Re-exported by
+ * `vmkit/disk`. The etcd store is its own module (`./etcd-store.js`) so that
+ * the file-only path never loads it.
+ * @module
+ */
+export type { OwnerState, OwnerIdentity, OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
+export {
+  OWNER_RECORD_VERSION,
+  MAX_RECORD_BYTES,
+  MAX_NAME_CHARS,
+  MAX_LEASE_MS,
+  parseRecord,
+  validateRecord,
+  validateIdentity,
+  encodeRecord,
+  leaseAlive,
+} from './record.js';
+export { FileOwnerStore, type FileOwnerStoreOptions } from './file-store.js';
+export { MemoryOwnerStore } from './memory-store.js';
+export {
+  httpTransport,
+  inProcessTransport,
+  MessagePortTransport,
+  validateReleaseRequest,
+  type MessagePortLike,
+  type ReleaseHandler,
+  type ReleaseReply,
+  type ReleaseRequest,
+  type ReleaseServer,
+  type ReleaseTransport,
+} from './transport.js';
+export {
+  openOwned,
+  readOwner,
+  requestRelease,
+  ownerIdentity,
+  DEFAULT_LEASE_MS,
+  DEFAULT_MAX_SKEW_MS,
+  type OpenOwnedOptions,
+  type OwnedDisk,
+  type ReleaseOutcome,
+} from './handoff.js';
