@@ -1,0 +1,206 @@
+// The etcd owner store against a real etcd (Debian's etcd-server, started by
+// the spec on free ports): missing keys, create-once, compare-and-swap races
+// between many clients (exactly one wins per revision), corrupt and hostile
+// values written behind the store's back, a malformed gateway, and an etcd that
+// is down (NETWORK, fast) or hung (TIMEOUT, within the deadline, not a hang).
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { etcdStore, type EtcdOwnerStore } from '../bindings/disk/owner/etcd-store.js';
+import type { OwnerRecord } from '../bindings/disk/owner/types.js';
+import { VmkitError } from '../bindings/errors.js';
+import { freePort, startEtcd, type EtcdServer } from './_etcd.js';
+import { needTool } from './_tools.js';
+
+const have = needTool('etcd', 'etcd-server');
+let etcd: EtcdServer;
+const stores: EtcdOwnerStore[] = [];
+let seq = 0;
+
+function open(opts: Partial<Parameters<typeof etcdStore>[0]> = {}): EtcdOwnerStore {
+  const s = etcdStore({ endpoints: etcd.endpoint, prefix: '/t/', timeoutMs: 2000, ...opts });
+  stores.push(s);
+  return s;
+}
+
+/** A fresh disk name per test, so tests share one server without sharing keys. */
+const disk = (name: string): string => `${name}-${++seq}.qcow2`;
+
+function rec(d: string, epoch: number, id = 'vm-a'): OwnerRecord {
+  const now = Date.now();
+  return { version: 1, disk: d, epoch, state: 'owned', owner: { id, host: 'h', pid: 1 }, leaseExpiresAt: now + 10_000, updatedAt: now };
+}
+
+const b64 = (b: Uint8Array | string): string => Buffer.from(b).toString('base64');
+
+/** Puts raw bytes under the store's key, bypassing it (a hostile or buggy writer). */
+async function rawPut(d: string, value: Uint8Array | string): Promise<void> {
+  const r = await fetch(`${etcd.endpoint}/v3/kv/put`, { method: 'POST', body: JSON.stringify({ key: b64(`/t/${d}`), value: b64(value) }) });
+  expect(r.status).toBe(200);
+}
+
+async function code(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(VmkitError);
+    return (e as VmkitError).code;
+  }
+  return 'resolved';
+}
+
+describe.skipIf(!have)('owner store: etcd', () => {
+  beforeAll(async () => {
+    etcd = await startEtcd();
+  });
+  afterAll(async () => {
+    for (const s of stores) await s.close();
+    await etcd?.stop();
+  });
+
+  it('reads a missing key as no record', async () => {
+    expect(await open().read(disk('missing'))).toEqual({ record: null, revision: null });
+  });
+
+  it('creates once, reads back, swaps only against the current revision', async () => {
+    const s = open();
+    const d = disk('cas');
+    const r1 = await s.compareAndSwap(d, null, rec(d, 1));
+    expect(r1).toMatch(/^[1-9][0-9]*$/);
+    expect(await s.compareAndSwap(d, null, rec(d, 1, 'vm-b'))).toBeNull(); // exists already
+    const snap = await s.read(d);
+    expect(snap.revision).toBe(r1);
+    expect(snap.record).toMatchObject({ version: 1, disk: d, epoch: 1, state: 'owned', owner: { id: 'vm-a', host: 'h', pid: 1 } });
+    const r2 = await s.compareAndSwap(d, r1, rec(d, 2, 'vm-b'));
+    expect(r2).not.toBeNull();
+    expect(BigInt(r2!)).toBeGreaterThan(BigInt(r1!));
+    expect(await s.compareAndSwap(d, r1, rec(d, 3, 'vm-c'))).toBeNull(); // stale revision
+    const after = await open().read(d); // another client sees the same
+    expect(after.revision).toBe(r2);
+    expect(after.record!.epoch).toBe(2);
+    expect(after.record!.owner!.id).toBe('vm-b');
+  });
+
+  it('many concurrent swaps from many clients: exactly one wins per revision', async () => {
+    const clients = Array.from({ length: 8 }, () => open());
+    const d = disk('race');
+    // The create race.
+    const created = await Promise.all(clients.flatMap((c, i) => [c.compareAndSwap(d, null, rec(d, 1, `c${i}`)), c.compareAndSwap(d, null, rec(d, 1, `c${i}x`))]));
+    expect(created.filter((r) => r !== null)).toHaveLength(1);
+    const rounds = 12;
+    for (let round = 2; round <= rounds + 1; round++) {
+      const snap = await clients[round % clients.length]!.read(d);
+      expect(snap.record!.epoch).toBe(round - 1);
+      const results = await Promise.all(clients.flatMap((c, i) => [0, 1, 2].map((k) => c.compareAndSwap(d, snap.revision, rec(d, round, `c${i}.${k}`)))));
+      const winners = results.filter((r) => r !== null);
+      expect(winners).toHaveLength(1);
+      const now = await clients[0]!.read(d);
+      expect(now.revision).toBe(winners[0]);
+      expect(now.record!.epoch).toBe(round);
+    }
+  });
+
+  it('refuses corrupt and hostile values with a VmkitError', async () => {
+    const s = open();
+    const cases: [string, Uint8Array | string, string][] = [
+      ['not json', 'owner: vm-a', 'CORRUPT'],
+      ['not utf-8', new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]), 'CORRUPT'],
+      ['empty', '', 'CORRUPT'],
+      ['array', '[1,2]', 'CORRUPT'],
+      ['epoch as string', JSON.stringify({ ...rec('x', 1), epoch: '7' }), 'CORRUPT'],
+      ['epoch past 2^53', JSON.stringify(rec('x', 1)).replace('"epoch":1', '"epoch":18446744073709551616'), 'LIMIT'],
+      ['negative epoch', JSON.stringify({ ...rec('x', 1), epoch: -1 }), 'LIMIT'],
+      ['bad state', JSON.stringify({ ...rec('x', 1), state: 'mine' }), 'CORRUPT'],
+      ['owned without owner', JSON.stringify({ ...rec('x', 1), owner: undefined }), 'CORRUPT'],
+      ['future version', JSON.stringify({ ...rec('x', 1), version: 2 }), 'UNSUPPORTED'],
+      ['__proto__ field', JSON.stringify(rec('x', 1)).replace('{', '{"__proto__":{"admin":true},'), 'CORRUPT'],
+      ['huge', JSON.stringify({ ...rec('x', 1), pad: 'x'.repeat(100_000) }), 'LIMIT'],
+      ['lease for a century', JSON.stringify({ ...rec('x', 1), leaseExpiresAt: Date.now() + 100 * 365 * 86400e3 }), 'LIMIT'],
+    ];
+    for (const [name, raw, want] of cases) {
+      const d = disk('corrupt');
+      await rawPut(d, typeof raw === 'string' ? raw.replaceAll('"disk":"x"', `"disk":${JSON.stringify(d)}`) : raw);
+      expect([name, await code(s.read(d))]).toEqual([name, want]);
+    }
+    // A well-formed record that governs another disk (copied from another key).
+    const d = disk('foreign');
+    await rawPut(d, JSON.stringify(rec('other.qcow2', 5)));
+    expect(await code(s.read(d))).toBe('CORRUPT');
+    // The store never writes what it would refuse to read.
+    const w = disk('write');
+    expect(await code(s.compareAndSwap(w, null, { ...rec(w, 1), epoch: -3 }))).toBe('ARG_RANGE');
+    expect(await code(s.compareAndSwap(w, null, rec('elsewhere', 1)))).toBe('ARG_RANGE');
+    expect(await code(s.compareAndSwap(w, 'abc', rec(w, 1)))).toBe('ARG_RANGE');
+    expect(await s.read(w)).toEqual({ record: null, revision: null });
+  });
+
+  it('refuses a malformed gateway answer (a proxy or a hostile server)', async () => {
+    const d = 'x.qcow2';
+    const key = b64(`/t/${d}`);
+    const good = JSON.stringify(rec(d, 1));
+    const answers: [string, number, string, string][] = [
+      ['html', 200, '<html>proxy</html>', 'NETWORK'],
+      ['no header', 200, '{}', 'NETWORK'],
+      ['revision not decimal', 200, JSON.stringify({ header: { revision: '1e9' } }), 'NETWORK'],
+      ['two kvs', 200, JSON.stringify({ header: { revision: '9' }, kvs: [{ key, mod_revision: '3', value: b64(good) }, { key, mod_revision: '4', value: b64(good) }] }), 'NETWORK'],
+      ['other key', 200, JSON.stringify({ header: { revision: '9' }, kvs: [{ key: b64('/t/y'), mod_revision: '3', value: b64(good) }] }), 'NETWORK'],
+      ['mod_revision as number', 200, JSON.stringify({ header: { revision: '9' }, kvs: [{ key, mod_revision: 3, value: b64(good) }] }), 'NETWORK'],
+      ['value not base64', 200, JSON.stringify({ header: { revision: '9' }, kvs: [{ key, mod_revision: '3', value: '%%%' }] }), 'CORRUPT'],
+      ['huge body', 200, JSON.stringify({ header: { revision: '9' }, pad: 'x'.repeat(400_000) }), 'LIMIT'],
+      ['grpc unauthenticated', 401, JSON.stringify({ error: 'invalid auth token', code: 16, message: 'invalid auth token' }), 'REFUSED'],
+      ['grpc unavailable', 503, JSON.stringify({ error: 'no leader', code: 14, message: 'etcdserver: no leader' }), 'NETWORK'],
+    ];
+    for (const [name, status, body, want] of answers) {
+      const s = etcdStore({ endpoints: 'http://etcd.invalid:2379', prefix: '/t/', fetch: async () => new Response(body, { status }) });
+      expect([name, await code(s.read(d))]).toEqual([name, want]);
+    }
+    // A txn that claims success without a put, or a non-boolean verdict.
+    const weird = etcdStore({ endpoints: 'http://etcd.invalid:2379', prefix: '/t/', fetch: async () => new Response(JSON.stringify({ header: { revision: '9' }, succeeded: 'yes' })) });
+    expect(await code(weird.compareAndSwap(d, '3', rec(d, 2)))).toBe('NETWORK');
+    const empty = etcdStore({ endpoints: 'http://etcd.invalid:2379', prefix: '/t/', fetch: async () => new Response(JSON.stringify({ header: { revision: '9' }, succeeded: true })) });
+    expect(await code(empty.compareAndSwap(d, '3', rec(d, 2)))).toBe('NETWORK');
+  });
+
+  it('an etcd that is down gives NETWORK at once; one that hangs gives TIMEOUT within the deadline', async () => {
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    let t = Date.now();
+    expect(await code(open({ endpoints: dead }).read(disk('down')))).toBe('NETWORK');
+    const down = disk('down');
+    expect(await code(open({ endpoints: dead }).compareAndSwap(down, null, rec(down, 1)))).toBe('NETWORK');
+    expect(Date.now() - t).toBeLessThan(1500);
+    // A dead endpoint first: the store moves on to the live one (a refused connection was never applied).
+    const d = disk('failover');
+    const both = open({ endpoints: [dead, etcd.endpoint] });
+    expect(await both.compareAndSwap(d, null, rec(d, 1))).not.toBeNull();
+    expect((await both.read(d)).record!.epoch).toBe(1);
+
+    const s = open({ timeoutMs: 400 });
+    const h = disk('hung');
+    etcd.pause();
+    try {
+      t = Date.now();
+      expect(await code(s.read(h))).toBe('TIMEOUT');
+      expect(await code(s.compareAndSwap(h, null, rec(h, 1)))).toBe('TIMEOUT');
+      const took = Date.now() - t;
+      expect(took).toBeGreaterThanOrEqual(700);
+      expect(took).toBeLessThan(3000);
+    } finally {
+      etcd.resume();
+    }
+    // The timed-out txn may or may not have been applied once etcd resumed: read to know.
+    const snap = await s.read(h);
+    expect(snap.record === null || snap.record.epoch === 1).toBe(true);
+  });
+
+  it('close cancels requests in flight and refuses later calls', async () => {
+    const s = etcdStore({ endpoints: etcd.endpoint, prefix: '/t/', timeoutMs: 5000 });
+    etcd.pause();
+    try {
+      const p = code(s.read(disk('closing')));
+      await new Promise((r) => setTimeout(r, 50));
+      await s.close();
+      expect(await p).toBe('CANCELLED');
+    } finally {
+      etcd.resume();
+    }
+    expect(await code(s.read('x'))).toBe('INVALID_STATE');
+  });
+});
