@@ -80,3 +80,4 @@ export {
 } from './backup/index.js';
 // Disk ownership handoff (docs/ownership.md).
 export * from './owner/index.js';
+export { etcdStore, EtcdOwnerStore, type EtcdStoreOptions } from './owner/etcd-store.js';
