@@ -1,0 +1,245 @@
+/**
+ * `vmkit pagetable dump|translate`: walk a guest's page tables inside a raw
+ * guest-physical memory image (as QEMU's `pmemsave` writes it).
+ *
+ * `dump --format qemu` prints what QEMU's monitor prints for `info tlb` on
+ * x86-64 (target/i386/monitor.c `print_pte`), so the two can be diffed:
+ * ```
+ *  ffffffffff5fd000: 00000000fee00000 XG-DACT-W
+ *  └ VA, sign-extended └ PA = leaf & frame mask (bits 49..12/21/30)
+ *                                     └ leaf's own bits: XD G PS D A PCD PWT U/S R/W
+ * ```
+ * One line per present leaf, large pages once, in VA order; PS ("P") only for
+ * 2 MiB and 1 GiB pages (bit 7 of a 4 KiB PTE is PAT, which QEMU masks).
+ * @module
+ */
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { VmkitError } from '../../errors.js';
+import { referenceMappings, referenceTranslate } from '../../memory/paging/reference.js';
+import { PAGING_MODES, PF } from '../../memory/paging/types.js';
+import type { AddressSpaceOptions, Mapping, PagingMode, Translation, TranslationFault } from '../../memory/paging/types.js';
+import type { Gpa, GuestMemorySource } from '../../memory/types.js';
+import { emit, parse, parseU64, type CliIO, type Command } from '../_common.js';
+
+const usage = `Usage:
+  vmkit pagetable dump <memory-image> --cr3 <addr> [--mode MODE] [--format qemu|json]
+  vmkit pagetable translate <memory-image> --cr3 <addr> [--mode MODE] [--json] <gva>...
+
+MODE is x86-64 (default), x86-64-5level or aarch64. For aarch64 --cr3 is
+TTBR0_EL1; --ttbr1 <addr>, --t0sz N and --t1sz N (default 16) complete it.
+--no-nxe treats XD as a reserved bit (EFER.NXE clear).
+
+dump       every mapped page, large pages once, in VA order. --format qemu
+           (x86 default) prints QEMU's 'info tlb' lines; --format json (aarch64
+           default) one object per mapping. Entries with reserved bits and
+           tables outside the image or looping back are skipped.
+translate  the guest-physical address, page size and effective flags of each
+           <gva>, or where and why its walk faulted (exit 1 if any faulted).`;
+
+/** Window size of the image cache: page tables cluster, so one read serves several tables. */
+const WINDOW = 256 << 10;
+const WINDOWS = 8;
+
+/**
+ * A raw memory image as a GuestMemorySource, read through a few fixed,
+ * aligned windows (never loaded whole; guests are larger than this process).
+ */
+function _imageMemory(path: string): GuestMemorySource & { close(): void } {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw new VmkitError((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `${path}: ${(e as Error).message}`, { cause: e, path });
+  }
+  const size = fstatSync(fd).size;
+  const pread = (dst: Uint8Array, at: number): void => {
+    for (let done = 0; done < dst.length; ) {
+      const n = readSync(fd, dst, done, dst.length - done, at + done);
+      if (n === 0) throw new VmkitError('IO', `${path}: short read at ${at + done}`, { path, offset: at + done });
+      done += n;
+    }
+  };
+  // Least recently used last; small enough that a linear scan is the fastest lookup.
+  const windows: { base: number; buf: Uint8Array; bytes: Uint8Array }[] = [];
+  return {
+    size: BigInt(size),
+    readSync(at: Gpa, dst: Uint8Array): void {
+      const off = Number(at);
+      const base = off - (off % WINDOW);
+      if (off + dst.length > base + WINDOW) return pread(dst, off);
+      let i = windows.findIndex((w) => w.base === base);
+      let w = windows[i];
+      if (!w) {
+        const buf = windows.length >= WINDOWS ? windows.shift()!.buf : new Uint8Array(WINDOW);
+        w = { base, buf, bytes: buf.subarray(0, Math.min(WINDOW, size - base)) };
+        pread(w.bytes, base);
+        i = windows.push(w) - 1;
+      }
+      if (i !== windows.length - 1) windows.push(...windows.splice(i, 1));
+      dst.set(w.bytes.subarray(off - base, off - base + dst.length));
+    },
+    close: () => closeSync(fd),
+  };
+}
+
+/** Address-space options from the command line. */
+function _options(values: Record<string, string | boolean | string[] | undefined>): AddressSpaceOptions {
+  const mode = ((values.mode as string | undefined) ?? 'x86-64') as PagingMode;
+  if (!PAGING_MODES.includes(mode)) throw new VmkitError('ARG_RANGE', `--mode must be one of ${PAGING_MODES.join(', ')}, got ${mode}`);
+  const opts: AddressSpaceOptions = { mode, root: parseU64(values.cr3 as string | undefined, '--cr3') };
+  if (values['no-nxe']) opts.nxe = false;
+  if (mode === 'aarch64') {
+    if (values.ttbr1 !== undefined) opts.root1 = parseU64(values.ttbr1 as string, '--ttbr1');
+    if (values.t0sz !== undefined) opts.t0sz = Number(parseU64(values.t0sz as string, '--t0sz'));
+    if (values.t1sz !== undefined) opts.t1sz = Number(parseU64(values.t1sz as string, '--t1sz'));
+  } else if (values.ttbr1 !== undefined || values.t0sz !== undefined || values.t1sz !== undefined) {
+    throw new VmkitError('ARG_RANGE', '--ttbr1, --t0sz and --t1sz apply to --mode aarch64 only');
+  }
+  return opts;
+}
+
+const OPTIONS = {
+  cr3: { type: 'string' },
+  mode: { type: 'string' },
+  ttbr1: { type: 'string' },
+  t0sz: { type: 'string' },
+  t1sz: { type: 'string' },
+  'no-nxe': { type: 'boolean' },
+} as const;
+
+const hex16 = (v: bigint): string => v.toString(16).padStart(16, '0');
+
+/** QEMU's `print_pte` frame masks: PA bits 49..12 / 49..21 / 49..30 of the leaf. */
+function _qemuFrame(pageSize: number): bigint {
+  return pageSize === 4096 ? 0x3_ffff_ffff_f000n : pageSize === 2 << 20 ? 0x3_ffff_ffe0_0000n : 0x3_ffff_c000_0000n;
+}
+
+/** One `info tlb` line for an x86-64 mapping, from the leaf entry's own bits. */
+function _qemuLine(m: Mapping): string {
+  const e = m.leaf;
+  const lo = Number(e & 0x1ffn);
+  const bit = (b: number, c: string): string => (lo & b ? c : '-');
+  return (
+    `${hex16(m.gva)}: ${hex16(e & _qemuFrame(m.pageSize))} ` +
+    (e >> 63n ? 'X' : '-') +
+    bit(0x100, 'G') +
+    (m.pageSize > 4096 ? bit(0x80, 'P') : '-') +
+    bit(0x40, 'D') +
+    bit(0x20, 'A') +
+    bit(0x10, 'C') +
+    bit(0x08, 'T') +
+    bit(0x04, 'U') +
+    bit(0x02, 'W')
+  );
+}
+
+/** Names of the effective flags, for text and JSON output. */
+function _flagNames(flags: number): string[] {
+  return Object.entries(PF)
+    .filter(([, v]) => flags & v)
+    .map(([k]) => k.toLowerCase());
+}
+
+const hex = (v: bigint): string => `0x${v.toString(16)}`;
+
+function _mappingJson(m: Mapping): object {
+  return { gva: hex(m.gva), gpa: hex(m.gpa), pageSize: m.pageSize, level: m.level, flags: _flagNames(m.flags), leaf: hex(m.leaf) };
+}
+
+function _translationJson(t: Translation | TranslationFault): object {
+  return t.ok
+    ? { gva: hex(t.gva), ok: true, gpa: hex(t.gpa), pageSize: t.pageSize, level: t.level, flags: _flagNames(t.flags), leaf: hex(t.leaf) }
+    : { gva: hex(t.gva), ok: false, reason: t.reason, level: t.level, ...(t.entry === undefined ? {} : { entry: hex(t.entry) }) };
+}
+
+/** Writes `lines` in large chunks (tens of thousands of lines, one write per chunk). */
+function _writeLines(io: CliIO, lines: Iterable<string>): void {
+  let chunk: string[] = [];
+  for (const l of lines) {
+    chunk.push(l);
+    if (chunk.length === 4096) {
+      io.stdout.write(chunk.join('\n') + '\n');
+      chunk = [];
+    }
+  }
+  if (chunk.length) io.stdout.write(chunk.join('\n') + '\n');
+}
+
+async function dump(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(argv, { ...OPTIONS, format: { type: 'string' } });
+  const [image, ...extra] = positionals;
+  if (!image || extra.length) throw new VmkitError('ARG_RANGE', 'dump needs exactly one <memory-image>');
+  const opts = _options(values);
+  const format = (values.format as string | undefined) ?? (values.json ? 'json' : opts.mode === 'aarch64' ? 'json' : 'qemu');
+  if (format !== 'qemu' && format !== 'json') throw new VmkitError('ARG_RANGE', `--format must be qemu or json, got ${format}`);
+  if (format === 'qemu' && opts.mode === 'aarch64') throw new VmkitError('ARG_RANGE', '--format qemu is QEMU\'s x86 "info tlb"; use --format json for aarch64');
+  const memory = _imageMemory(image);
+  try {
+    const maps = referenceMappings(memory, opts);
+    if (format === 'qemu') {
+      _writeLines(io, (function* () {
+        for (const m of maps) yield _qemuLine(m);
+      })());
+    } else {
+      // One JSON array, streamed one mapping per line (each line waits for the next to know its comma).
+      _writeLines(io, (function* () {
+        yield '[';
+        let prev: string | undefined;
+        for (const m of maps) {
+          if (prev !== undefined) yield `  ${prev},`;
+          prev = JSON.stringify(_mappingJson(m));
+        }
+        if (prev !== undefined) yield `  ${prev}`;
+        yield ']';
+      })());
+    }
+  } finally {
+    memory.close();
+  }
+  return 0;
+}
+
+async function translate(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(argv, OPTIONS);
+  const [image, ...gvas] = positionals;
+  if (!image || gvas.length === 0) throw new VmkitError('ARG_RANGE', 'translate needs <memory-image> and at least one <gva>');
+  const opts = _options(values);
+  const addrs = gvas.map((g, i) => parseU64(g, `gva #${i + 1}`));
+  const memory = _imageMemory(image);
+  let results: (Translation | TranslationFault)[];
+  try {
+    results = addrs.map((a) => referenceTranslate(memory, opts, a));
+  } finally {
+    memory.close();
+  }
+  emit(io, values.json, results.map(_translationJson), () =>
+    results
+      .map((t) =>
+        t.ok
+          ? `${hex16(t.gva)}: ${hex16(t.gpa)} ${t.pageSize >= 1 << 30 ? '1G' : t.pageSize >= 2 << 20 ? '2M' : '4K'} ${_flagNames(t.flags).join(',')}`
+          : `${hex16(t.gva)}: fault ${t.reason} at level ${t.level}${t.entry === undefined ? '' : ` (entry ${hex16(t.entry)})`}`,
+      )
+      .join('\n'),
+  );
+  return results.every((t) => t.ok) ? 0 : 1;
+}
+
+/**
+ * The `vmkit pagetable` command group.
+ *
+ * @example
+ * ```sh
+ * vmkit pagetable dump mem.bin --cr3 0x2a38000 --format qemu > tlb.txt
+ * vmkit pagetable translate mem.bin --cr3 0x2a38000 0xffffffff81000000 --json
+ * ```
+ */
+export const command: Command = {
+  summary: 'walk guest page tables in a memory image (dump like QEMU info tlb, translate)',
+  usage,
+  async run(argv: string[], io: CliIO): Promise<number> {
+    const [sub, ...rest] = argv;
+    if (sub === 'dump') return dump(rest, io);
+    if (sub === 'translate') return translate(rest, io);
+    throw new VmkitError('ARG_RANGE', `unknown pagetable subcommand ${JSON.stringify(sub)}; dump or translate`);
+  },
+};
