@@ -9,3 +9,5 @@ export { createPolicy, POLICY_NAMES } from './policies.js';
 export type { PrefetchPolicy, PolicyName, PolicyOptions } from './policies.js';
 export { simulate } from './simulate.js';
 export type { SimulationResult, SimulateOptions } from './simulate.js';
+export { LazyGuestMemory, bufferPages, imagePages } from './lazy-memory.js';
+export type { LazyGuestMemoryOptions, LazyMemoryStats } from './lazy-memory.js';

@@ -1,0 +1,398 @@
+/**
+ * Lazy guest memory: guest-physical memory whose pages start absent and are
+ * loaded on first access from a {@link PageSource} (a raw image file, a
+ * buffer, a checkpoint). The resident set lives in the core (the prefetch
+ * engine's bitmap); page contents live in the host, one buffer per read run,
+ * so a guest may be far larger than wasm memory (the core keeps one bit per
+ * page: 2 MiB of bitmap for 64 GiB).
+ *
+ * A fault goes through a prefetch policy: it picks the pages to load with
+ * the faulting one, the engine coalesces them into runs, and each run is one
+ * read of the source. Accesses at guest-virtual addresses go through a
+ * {@link Translator} (an address space), which also gives the policy the
+ * faulting virtual page; accesses at guest-physical addresses find one
+ * through the reverse map.
+ *
+ * The memory is itself a {@link GuestMemorySource}, so a page-table walker
+ * can walk the guest's tables through it (table pages then fault in too).
+ * @module
+ */
+import { VmkitError } from '../../errors.js';
+import { abytes, aint } from '../../_utils.js';
+import type { Gpa, Gva, GuestMemorySource, PageSource } from '../types.js';
+import { PrefetchEngine, UNMAPPED, type PrefetchStats, type Translator } from './engine.js';
+import { createPolicy, type PrefetchPolicy } from './policies.js';
+
+/** Options of {@link LazyGuestMemory.open}. */
+export interface LazyGuestMemoryOptions {
+  /** What to load on a fault (default: the faulting page only, `none`). */
+  policy?: PrefetchPolicy;
+  /** Guest-virtual to guest-physical translation (an address space). */
+  translator?: Translator;
+  /** Room for translations in the core's own table, when there is no translator. */
+  mapCapacity?: number;
+}
+
+/** What a lazy memory did: the engine's counters plus the I/O. */
+export interface LazyMemoryStats extends PrefetchStats {
+  /** Bytes read from the source. */
+  bytesRead: number;
+  /** Read calls made on the source. */
+  sourceReads: number;
+}
+
+/**
+ * A page source over a buffer (an in-memory image).
+ * @example
+ * const src = bufferPages(new Uint8Array(16 * 4096));
+ * src.pageCount; // 16
+ */
+export function bufferPages(buf: Uint8Array | ArrayBuffer, pageSize: number = 4096): PageSource & { readPagesIntoSync(first: number, count: number, dst: Uint8Array): void } {
+  const b = buf instanceof Uint8Array ? buf : new Uint8Array(buf);
+  aint(pageSize, 'pageSize', 1);
+  if (b.length % pageSize !== 0) throw new VmkitError('ARG_RANGE', `image of ${b.length} bytes is not a whole number of ${pageSize}-byte pages`);
+  const pageCount = b.length / pageSize;
+  const readSync = (first: number, count: number, dst: Uint8Array): void => {
+    if (first < 0 || count < 0 || first + count > pageCount) throw new VmkitError('ARG_RANGE', `pages [${first}, ${first + count}) outside ${pageCount}`);
+    dst.set(b.subarray(first * pageSize, (first + count) * pageSize));
+  };
+  return {
+    pageSize,
+    pageCount,
+    readPagesIntoSync: readSync,
+    readPagesInto: async (first, count, dst) => readSync(first, count, dst),
+  };
+}
+
+/**
+ * A page source over a raw memory image file (Node: positioned reads; the
+ * file is never loaded whole). Close it when done.
+ * @example
+ * const src = await imagePages('/tmp/guest.mem');
+ * src.close();
+ */
+export async function imagePages(path: string, pageSize: number = 4096): Promise<PageSource & { readPagesIntoSync(first: number, count: number, dst: Uint8Array): void; close(): void }> {
+  const name = 'node:fs';
+  const fs = (await import(/* @vite-ignore */ name)) as typeof import('node:fs');
+  let fd: number;
+  let size: number;
+  try {
+    fd = fs.openSync(path, 'r');
+    size = fs.fstatSync(fd).size;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException)?.code === 'ENOENT' ? 'NOT_FOUND' : 'IO';
+    throw new VmkitError(code, `${path}: ${(e as Error).message}`, { cause: e, path });
+  }
+  const pageCount = Math.floor(size / pageSize);
+  const readSync = (first: number, count: number, dst: Uint8Array): void => {
+    if (first < 0 || count < 0 || first + count > pageCount) throw new VmkitError('ARG_RANGE', `pages [${first}, ${first + count}) outside ${pageCount}`);
+    let done = 0;
+    const want = count * pageSize;
+    while (done < want) {
+      const n = fs.readSync(fd, dst, done, want - done, first * pageSize + done);
+      if (n <= 0) throw new VmkitError('IO', `${path}: short read at page ${first}`, { path });
+      done += n;
+    }
+  };
+  return {
+    pageSize,
+    pageCount,
+    readPagesIntoSync: readSync,
+    readPagesInto: async (first, count, dst) => readSync(first, count, dst),
+    close: () => fs.closeSync(fd),
+  };
+}
+
+const PAGE_SHIFT = 12n;
+
+/**
+ * Guest-physical memory restored lazily from a page source.
+ * @example
+ * await init();
+ * const mem = await LazyGuestMemory.open(bufferPages(image), { policy: createPolicy('physical', { back: 0, ahead: 7 }) });
+ * const b = new Uint8Array(8);
+ * mem.readSync(gpa(0x5000), b); // faults page 5 in, with pages 6..12
+ * mem.stats().faults; // 1
+ */
+export class LazyGuestMemory implements GuestMemorySource {
+  /** Bytes of guest-physical memory. */
+  readonly size: bigint;
+  /** Guest pages. */
+  readonly pages: number;
+  /** The engine holding the resident set and the counters. */
+  readonly engine: PrefetchEngine;
+  private readonly source: PageSource;
+  private readonly policy: PrefetchPolicy;
+  private readonly translator: Translator | undefined;
+  // Page contents by page number: subarrays of one buffer per read run.
+  private readonly contents = new Map<number, Uint8Array>();
+  private bytesRead = 0;
+  private sourceReads = 0;
+
+  private constructor(source: PageSource, options: LazyGuestMemoryOptions) {
+    if (source.pageSize !== 4096) throw new VmkitError('ARG_RANGE', `lazy guest memory needs 4096-byte pages, source has ${source.pageSize}`);
+    aint(source.pageCount, 'source.pageCount', 1, 0xffff_ffff);
+    this.source = source;
+    this.pages = source.pageCount;
+    this.size = BigInt(source.pageCount) << PAGE_SHIFT;
+    this.policy = options.policy ?? createPolicy('none');
+    this.translator = options.translator;
+    const blockOf = source.blockOf?.bind(source);
+    this.engine = new PrefetchEngine(this.pages, {
+      mapCapacity: options.mapCapacity ?? 0,
+      ...(options.translator ? { translator: options.translator } : {}),
+      ...(blockOf ? { blockOf } : {}),
+    });
+  }
+
+  /**
+   * Opens a lazy memory over `source` (every page absent). A replay policy
+   * loads its recorded working set here.
+   * @example
+   * const mem = await LazyGuestMemory.open(await CheckpointReader.open(file));
+   */
+  static async open(source: PageSource, options: LazyGuestMemoryOptions = {}): Promise<LazyGuestMemory> {
+    const m = new LazyGuestMemory(source, options);
+    if (m.policy.start) await m.load(m.policy.start(m.engine));
+    return m;
+  }
+
+  /**
+   * Opens synchronously (the source must read synchronously; a replay's
+   * working set is read here).
+   * @example
+   * const mem = LazyGuestMemory.openSync(bufferPages(image));
+   */
+  static openSync(source: PageSource, options: LazyGuestMemoryOptions = {}): LazyGuestMemory {
+    const m = new LazyGuestMemory(source, options);
+    if (m.policy.start) m.loadSync(m.policy.start(m.engine));
+    return m;
+  }
+
+  private syncReader(): (first: number, count: number, dst: Uint8Array) => void {
+    const f = this.source.readPagesIntoSync;
+    if (!f) throw new VmkitError('INVALID_STATE', 'this page source reads asynchronously: use read/write, not readSync/writeSync');
+    return f.bind(this.source);
+  }
+
+  private place(first: number, count: number, buf: Uint8Array): void {
+    for (let i = 0; i < count; i++) this.contents.set(first + i, buf.subarray(i * 4096, (i + 1) * 4096));
+    this.bytesRead += count * 4096;
+    this.sourceReads++;
+  }
+
+  private unload(runs: Uint32Array): void {
+    // A failed read leaves its pages absent again, so the next access retries.
+    for (let i = 0; i < runs.length; i += 2) this.engine.setResident(runs[i]!, runs[i + 1]!, false);
+  }
+
+  private loadSync(runs: Uint32Array): void {
+    const read = this.syncReader();
+    try {
+      for (let i = 0; i < runs.length; i += 2) {
+        const buf = new Uint8Array(runs[i + 1]! * 4096);
+        read(runs[i]!, runs[i + 1]!, buf);
+        this.place(runs[i]!, runs[i + 1]!, buf);
+      }
+    } catch (e) {
+      this.unload(runs);
+      throw e;
+    }
+  }
+
+  private async load(runs: Uint32Array): Promise<void> {
+    try {
+      await Promise.all(
+        Array.from({ length: runs.length / 2 }, async (_, k) => {
+          const first = runs[2 * k]!;
+          const count = runs[2 * k + 1]!;
+          const buf = new Uint8Array(count * 4096);
+          await this.source.readPagesInto(first, count, buf);
+          this.place(first, count, buf);
+        }),
+      );
+    } catch (e) {
+      this.unload(runs);
+      throw e;
+    }
+  }
+
+  // The runs to read for an access to `ppn` (empty when resident).
+  private fault(ppn: number, vpn: bigint | undefined): Uint32Array {
+    const s = this.engine.access(ppn);
+    if (s === 2) return this.policy.onFault(this.engine, vpn, ppn);
+    if (s === 1) this.policy.onHit?.(vpn, ppn);
+    return EMPTY;
+  }
+
+  private checkRange(at: bigint, len: number): void {
+    if (at < 0n || at + BigInt(len) > this.size) throw new VmkitError('ARG_RANGE', `guest-physical range 0x${at.toString(16)}+${len} outside the guest (0x${this.size.toString(16)} bytes)`, { offset: at });
+  }
+
+  private copy(at: bigint, buf: Uint8Array, write: boolean): void {
+    let done = 0;
+    while (done < buf.length) {
+      const a = at + BigInt(done);
+      const page = Number(a >> PAGE_SHIFT);
+      const off = Number(a & 0xfffn);
+      const n = Math.min(4096 - off, buf.length - done);
+      const c = this.contents.get(page)!;
+      if (write) c.set(buf.subarray(done, done + n), off);
+      else buf.set(c.subarray(off, off + n), done);
+      done += n;
+    }
+  }
+
+  private pagesOf(at: bigint, len: number): number[] {
+    if (len === 0) return [];
+    const first = Number(at >> PAGE_SHIFT);
+    const last = Number((at + BigInt(len) - 1n) >> PAGE_SHIFT);
+    return Array.from({ length: last - first + 1 }, (_, i) => first + i);
+  }
+
+  /**
+   * Reads guest-physical memory at `at` into `dst`, faulting absent pages in
+   * synchronously (the source must have `readPagesIntoSync`).
+   * @example
+   * mem.readSync(gpa(0x1000), new Uint8Array(16));
+   */
+  readSync(at: Gpa, dst: Uint8Array): void {
+    abytes(dst, 'dst');
+    this.checkRange(at, dst.length);
+    for (const p of this.pagesOf(at, dst.length)) this.loadSync(this.fault(p, undefined));
+    this.copy(at, dst, false);
+  }
+
+  /**
+   * Reads guest-physical memory, faulting absent pages in.
+   * @example
+   * await mem.read(gpa(0x1000), new Uint8Array(16));
+   */
+  async read(at: Gpa, dst: Uint8Array): Promise<void> {
+    abytes(dst, 'dst');
+    this.checkRange(at, dst.length);
+    for (const p of this.pagesOf(at, dst.length)) await this.load(this.fault(p, undefined));
+    this.copy(at, dst, false);
+  }
+
+  /**
+   * Writes guest-physical memory (absent pages are faulted in first: a write
+   * of part of a page keeps the rest).
+   * @example
+   * mem.writeSync(gpa(0x1000), new Uint8Array([1, 2, 3]));
+   */
+  writeSync(at: Gpa, src: Uint8Array): void {
+    abytes(src, 'src');
+    this.checkRange(at, src.length);
+    for (const p of this.pagesOf(at, src.length)) this.loadSync(this.fault(p, undefined));
+    this.copy(at, src, true);
+  }
+
+  /**
+   * Writes guest-physical memory, faulting absent pages in.
+   * @example
+   * await mem.write(gpa(0x1000), new Uint8Array([1, 2, 3]));
+   */
+  async write(at: Gpa, src: Uint8Array): Promise<void> {
+    abytes(src, 'src');
+    this.checkRange(at, src.length);
+    for (const p of this.pagesOf(at, src.length)) await this.load(this.fault(p, undefined));
+    this.copy(at, src, true);
+  }
+
+  // Guest-virtual access: page by page through the translator (an access may
+  // cross into a page mapped anywhere).
+  private virtualPieces(at: Gva, len: number): { gpa: bigint; vpn: bigint; off: number; n: number }[] {
+    const t = this.translator;
+    if (!t) throw new VmkitError('INVALID_STATE', 'guest-virtual access needs a translator (an address space)');
+    const pieces: { gpa: bigint; vpn: bigint; off: number; n: number }[] = [];
+    let done = 0;
+    const gvas = new BigUint64Array(1);
+    const out = new BigUint64Array(1);
+    while (done < len) {
+      const a = at + BigInt(done);
+      const n = Math.min(4096 - Number(a & 0xfffn), len - done);
+      gvas[0] = a;
+      t.translateInto(gvas, out);
+      const pa = out[0]!;
+      if (pa === UNMAPPED) throw new VmkitError('ARG_RANGE', `guest-virtual address 0x${a.toString(16)} is unmapped`, { offset: a });
+      this.checkRange(pa, n);
+      pieces.push({ gpa: pa, vpn: a >> PAGE_SHIFT, off: done, n });
+      done += n;
+    }
+    return pieces;
+  }
+
+  /**
+   * Reads at a guest-virtual address through the translator; the policy
+   * sees the faulting virtual page.
+   * @example
+   * await mem.readVirtual(gva(0xffff_8880_0000_1000n), new Uint8Array(64));
+   */
+  async readVirtual(at: Gva, dst: Uint8Array): Promise<void> {
+    abytes(dst, 'dst');
+    for (const p of this.virtualPieces(at, dst.length)) {
+      await this.load(this.fault(Number(p.gpa >> PAGE_SHIFT), p.vpn));
+      this.copy(p.gpa, dst.subarray(p.off, p.off + p.n), false);
+    }
+  }
+
+  /**
+   * Synchronous {@link readVirtual}.
+   * @example
+   * mem.readVirtualSync(gva(0x400000n), new Uint8Array(64));
+   */
+  readVirtualSync(at: Gva, dst: Uint8Array): void {
+    abytes(dst, 'dst');
+    for (const p of this.virtualPieces(at, dst.length)) {
+      this.loadSync(this.fault(Number(p.gpa >> PAGE_SHIFT), p.vpn));
+      this.copy(p.gpa, dst.subarray(p.off, p.off + p.n), false);
+    }
+  }
+
+  /**
+   * Writes at a guest-virtual address through the translator.
+   * @example
+   * await mem.writeVirtual(gva(0x400000n), new Uint8Array([0x90]));
+   */
+  async writeVirtual(at: Gva, src: Uint8Array): Promise<void> {
+    abytes(src, 'src');
+    for (const p of this.virtualPieces(at, src.length)) {
+      await this.load(this.fault(Number(p.gpa >> PAGE_SHIFT), p.vpn));
+      this.copy(p.gpa, src.subarray(p.off, p.off + p.n), true);
+    }
+  }
+
+  /** True when guest page `page` is resident. @example mem.isResident(5); */
+  isResident(page: number): boolean {
+    return this.engine.isResident(page);
+  }
+
+  /** Resident pages. @example mem.residentCount(); */
+  residentCount(): number {
+    return this.engine.residentCount();
+  }
+
+  /**
+   * Drops resident pages [first, first + count) (their contents are
+   * discarded; writes to them are lost unless saved first).
+   * @example mem.evict(0, 16);
+   */
+  evict(first: number, count: number): void {
+    this.engine.setResident(first, count, false);
+    for (let p = first; p < first + count; p++) this.contents.delete(p);
+  }
+
+  /** Counters so far. @example const { faults, bytesRead } = mem.stats(); */
+  stats(): LazyMemoryStats {
+    return { ...this.engine.stats(), bytesRead: this.bytesRead, sourceReads: this.sourceReads };
+  }
+
+  /** Releases the core's state. @example mem.close(); */
+  close(): void {
+    this.engine.close();
+    this.contents.clear();
+  }
+}
+
+const EMPTY = new Uint32Array(0);
