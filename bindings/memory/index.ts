@@ -26,3 +26,5 @@ export { CHECKPOINT_MAGIC, CHECKPOINT_VERSION, DEFAULT_BLOCK_SIZE } from './chec
 export type { CheckpointHeader, CheckpointCodec } from './checkpoint/format.js';
 export { PrefetchEngine, coalesce, MAX_WINDOW, UNMAPPED, createPolicy, POLICY_NAMES, simulate } from './prefetch/index.js';
 export type { Translator, PrefetchStats, PrefetchEngineOptions, PrefetchPolicy, PolicyName, PolicyOptions, SimulationResult, SimulateOptions } from './prefetch/index.js';
+export { LazyGuestMemory, bufferPages, imagePages } from './prefetch/index.js';
+export type { LazyGuestMemoryOptions, LazyMemoryStats } from './prefetch/index.js';
