@@ -55,30 +55,36 @@ interface _Regime {
   readonly nxe: boolean;
 }
 
+function _u64(v: unknown, name: string): bigint {
+  if (typeof v !== 'bigint' || v < 0n || v > U64) throw new VmkitError('ARG_RANGE', `${name} must be a bigint in [0, 2^64)`);
+  return v;
+}
+
+function _tsz(v: number | undefined, name: string): number {
+  const t = v ?? 16;
+  // 4 KiB granule without FEAT_LPA2/TTST: 48-bit down to 25-bit regions.
+  if (!Number.isInteger(t) || t < 16 || t > 39) throw new VmkitError('ARG_RANGE', `${name} must be an integer in [16, 39], got ${String(v)}`);
+  return t;
+}
+
+/** Checks the options on every call (they are a plain, mutable object) and normalizes them. */
 function _regime(opts: AddressSpaceOptions): _Regime {
   if (typeof opts !== 'object' || opts === null) throw new VmkitError('ARG_TYPE', 'options must be an object');
   if (!(PAGING_MODES as readonly string[]).includes(opts.mode)) {
     throw new VmkitError('ARG_RANGE', `mode must be one of ${PAGING_MODES.join(', ')}, got ${String(opts.mode)}`);
   }
-  const u64 = (v: unknown, name: string): bigint => {
-    if (typeof v !== 'bigint' || v < 0n || v > U64) throw new VmkitError('ARG_RANGE', `${name} must be a bigint in [0, 2^64)`);
-    return v;
-  };
-  const tsz = (v: number | undefined, name: string): number => {
-    const t = v ?? 16;
-    // 4 KiB granule without FEAT_LPA2/TTST: 48-bit down to 25-bit regions.
-    if (!Number.isInteger(t) || t < 16 || t > 39) throw new VmkitError('ARG_RANGE', `${name} must be an integer in [16, 39], got ${String(v)}`);
-    return t;
-  };
   return {
     mode: opts.mode,
-    root: u64(opts.root, 'root'),
-    root1: opts.root1 === undefined ? undefined : u64(opts.root1, 'root1'),
-    t0sz: tsz(opts.t0sz, 't0sz'),
-    t1sz: tsz(opts.t1sz, 't1sz'),
+    root: _u64(opts.root, 'root'),
+    root1: opts.root1 === undefined ? undefined : _u64(opts.root1, 'root1'),
+    t0sz: _tsz(opts.t0sz, 't0sz'),
+    t1sz: _tsz(opts.t1sz, 't1sz'),
     nxe: opts.nxe ?? true,
   };
 }
+
+/** Index shift of each level's table: SHIFT[n] = 12 + 9n (x86 level n+1, AArch64 level 3-n). */
+const SHIFT = [12n, 21n, 30n, 39n, 48n] as const;
 
 const _entry = new Uint8Array(8);
 const _entryView = new DataView(_entry.buffer);
@@ -102,10 +108,11 @@ function _x86Shape(mode: string): { levels: number; vaBits: number } {
   return mode === 'x86-64-5level' ? { levels: 5, vaBits: 57 } : { levels: 4, vaBits: 48 };
 }
 
-/** Sign-extends a `bits`-wide address to 64 bits (the canonical form). */
+/** Sign-extends a 48- or 57-bit address to 64 bits (the canonical form). */
 function _canonical(va: bigint, bits: number): bigint {
-  const sign = 1n << BigInt(bits - 1);
-  return va & sign ? (va | (U64 ^ ((1n << BigInt(bits)) - 1n))) & U64 : va & ((1n << BigInt(bits)) - 1n);
+  const low = bits === 48 ? 0xffff_ffff_ffffn : 0x1ff_ffff_ffff_ffffn;
+  const sign = bits === 48 ? 1n << 47n : 1n << 56n;
+  return va & sign ? (va | (U64 ^ low)) : va & low;
 }
 
 /** Bits of CR3 that must be clear: 62..52 (above MAXPHYADDR; 63 is MOV CR3's no-flush hint). */
@@ -156,7 +163,7 @@ function _x86Translate(memory: GuestMemorySource, r: _Regime, gva: bigint): Tran
   let u = true;
   let nx = false;
   for (let level = levels; ; level--) {
-    const index = (gva >> BigInt(12 + 9 * (level - 1))) & 511n;
+    const index = (gva >> SHIFT[level - 1]!) & 511n;
     const e = _read64(memory, table + index * 8n);
     if (!(e & 1n)) return _fault(gva, 'not-present', level, e);
     if (_x86Reserved(e, level, r.nxe)) return _fault(gva, 'reserved-bit', level, e);
@@ -164,7 +171,7 @@ function _x86Translate(memory: GuestMemorySource, r: _Regime, gva: bigint): Tran
     u &&= (e & 4n) !== 0n;
     nx ||= r.nxe && e >> 63n === 1n;
     if (level === 1 || (level <= 3 && e & 0x80n)) {
-      const size = 1n << BigInt(12 + 9 * (level - 1));
+      const size = 1n << SHIFT[level - 1]!;
       return {
         ok: true,
         gva: gva as Gva,
@@ -284,7 +291,7 @@ function _a64Translate(memory: GuestMemorySource, r: _Regime, gva: bigint): Tran
   let uxn = false;
   let pxn = false;
   for (let level = h.start; ; level++) {
-    const shift = BigInt(12 + 9 * (3 - level));
+    const shift = SHIFT[3 - level]!;
     const mask = level === h.start ? BigInt(h.entries - 1) : 511n;
     const d = _read64(memory, table + ((gva >> shift) & mask) * 8n);
     if (!(d & 1n)) return _fault(gva, 'not-present', level, d);

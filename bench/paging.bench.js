@@ -1,0 +1,183 @@
+// Guest page-table walks: the core's AddressSpace (assembly/paging.ts) against
+// the plain-TypeScript reference walker (bindings/memory/paging/reference.ts),
+// in the same run.
+//  - Translations/s for random GVAs over 1 GiB mapped by 4 KiB pages, in a
+//    guest memory holding only the page tables (the data pages need not exist):
+//    warm (a working set the TLB holds), random over the whole GiB (TLB misses,
+//    table pages cached) and cold (every cache invalidated before each batch).
+//  - Time to list every mapping of the real 256 MiB Linux guest
+//    (.cache/guest/x86_64 from scripts/guest-fixture.mjs), in process and as
+//    the whole `vmkit pagetable dump --format qemu` process.
+// Goals (issue 3): core ≥ 3× the reference, ≥ 20 M warm translations/s, full dump < 100 ms.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { fmtNs, measure, median, loadCore } from './_lib.js';
+
+const GIB_PAGES = 1 << 18; // 1 GiB of 4 KiB pages
+const BASE_VA = 0xffff_8880_0000_0000n; // Linux's direct map: an upper-half, sign-extended region
+const BATCH = 4096;
+
+/** An ArrayBuffer-backed GuestMemorySource. */
+function bufferMemory(bytes) {
+  return {
+    size: BigInt(bytes.length),
+    readSync(at, dst) {
+      const o = Number(at);
+      dst.set(bytes.subarray(o, o + dst.length));
+    },
+  };
+}
+
+/**
+ * 4-level tables mapping [BASE_VA, BASE_VA + 1 GiB) with 4 KiB pages onto
+ * scattered frames above guest memory: PML4, PDPT, PD and 512 PTs (2 MiB).
+ */
+function buildGuest() {
+  const pages = 3 + 512 + 1;
+  const bytes = new Uint8Array(pages * 4096);
+  const v = new DataView(bytes.buffer);
+  const pml4 = 4096, pdpt = 2 * 4096, pd = 3 * 4096, pt0 = 4 * 4096;
+  const flags = 0x63n; // P W A D
+  v.setBigUint64(pml4 + Number((BASE_VA >> 39n) & 511n) * 8, BigInt(pdpt) | 0x7n, true);
+  v.setBigUint64(pdpt + Number((BASE_VA >> 30n) & 511n) * 8, BigInt(pd) | 0x7n, true);
+  for (let i = 0; i < 512; i++) v.setBigUint64(pd + i * 8, BigInt(pt0 + i * 4096) | 0x7n, true);
+  for (let p = 0; p < GIB_PAGES; p++) {
+    // A permutation of frames, so that no walker can guess a linear layout.
+    const frame = BigInt((Math.imul(p, 40503) & (GIB_PAGES - 1)) + 0x10_0000);
+    v.setBigUint64(pt0 + p * 8, (frame << 12n) | flags, true);
+  }
+  return { memory: bufferMemory(bytes), opts: { mode: 'x86-64', root: BigInt(pml4) } };
+}
+
+function randomGvas(n, pages, seed) {
+  const out = new BigUint64Array(n);
+  let x = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    const page = x % pages;
+    out[i] = BASE_VA + (BigInt(page) << 12n) + BigInt(x & 0xfff);
+  }
+  return out;
+}
+
+async function loadCoreSpace() {
+  const url = new URL('../dist/memory/paging/address-space.js', import.meta.url);
+  if (!existsSync(fileURLToPath(url))) return undefined;
+  return (await import(url.href)).AddressSpace;
+}
+
+export async function run({ quick, log }) {
+  await loadCore();
+  const { referenceTranslate, referenceMappings } = await import('../dist/memory/paging/reference.js');
+  const AddressSpace = await loadCoreSpace();
+  if (!AddressSpace) log('no dist/memory/paging/address-space.js: the reference alone');
+  const { memory, opts } = buildGuest();
+  const space = AddressSpace ? await AddressSpace.create({ memory, ...opts }) : undefined;
+
+  const warmGvas = randomGvas(BATCH, 64, 1); // 64 pages: TLB hits
+  const wideGvas = randomGvas(BATCH, GIB_PAGES, 2); // the whole GiB
+  const out = new BigUint64Array(BATCH);
+  let sink = 0n;
+  const refBatch = (gvas) => () => {
+    for (let i = 0; i < gvas.length; i++) {
+      const t = referenceTranslate(memory, opts, gvas[i]);
+      if (t.ok) sink ^= t.gpa;
+    }
+  };
+  // Correctness before speed: the core's batch answers equal the reference's.
+  if (space) {
+    space.translateInto(wideGvas, out);
+    for (let i = 0; i < 64; i++) {
+      const t = referenceTranslate(memory, opts, wideGvas[i]);
+      if (!t.ok || out[i] !== t.gpa) throw new Error(`core and reference disagree on ${wideGvas[i].toString(16)}: ${out[i].toString(16)} vs ${t.ok ? t.gpa.toString(16) : t.reason}`);
+    }
+  }
+  const tasks = (label, gvas, cold) => [
+    { name: `reference (${label})`, items: BATCH, fn: refBatch(gvas) },
+    ...(space
+      ? [
+          {
+            name: `core translateInto (${label})`,
+            items: BATCH,
+            fn: () => {
+              if (cold) space.invalidate();
+              space.translateInto(gvas, out);
+            },
+          },
+          {
+            name: `core translate() one by one (${label})`,
+            items: BATCH,
+            fn: () => {
+              if (cold) space.invalidate();
+              for (let i = 0; i < gvas.length; i++) {
+                const t = space.translate(gvas[i]);
+                if (t.ok) sink ^= t.gpa;
+              }
+            },
+          },
+        ]
+      : []),
+  ];
+  const warm = await measure(tasks('warm: 64 hot pages', warmGvas, false), { quick, time: 1000 });
+  const wide = await measure(tasks('random over 1 GiB', wideGvas, false), { quick, time: 1000 });
+  const cold = await measure(tasks('cold: invalidated per batch', wideGvas, true), { quick, time: 1000 });
+
+  // Every mapping of the real guest.
+  const dir = new URL('../.cache/guest/x86_64/', import.meta.url);
+  const memPath = fileURLToPath(new URL('mem.bin', dir));
+  let dump;
+  const notes = [];
+  if (existsSync(memPath)) {
+    const bytes = readFileSync(memPath);
+    const guest = bufferMemory(bytes);
+    const cr3 = BigInt(readFileSync(fileURLToPath(new URL('cr3.txt', dir)), 'utf8').trim());
+    const gopts = { mode: 'x86-64', root: cr3 };
+    let count = 0;
+    const gspace = AddressSpace ? await AddressSpace.create({ memory: guest, ...gopts }) : undefined;
+    dump = await measure(
+      [
+        { name: 'reference mappings()', fn: () => { count = 0; for (const _ of referenceMappings(guest, gopts)) count++; } },
+        ...(gspace
+          ? [
+              { name: 'core mappings(), cold', fn: () => { gspace.invalidate(); count = 0; for (const _ of gspace.mappings()) count++; } },
+              { name: 'core mappings(), tables cached', fn: () => { count = 0; for (const _ of gspace.mappings()) count++; } },
+            ]
+          : []),
+      ],
+      { quick, time: 2000, warmupTime: 300 },
+    );
+    gspace?.dispose();
+    // The CLI as a whole process (node start-up, core load, file reads, formatting).
+    const cli = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
+    const times = [];
+    let lines = 0;
+    for (let i = 0; i < (quick ? 2 : 5); i++) {
+      const t0 = performance.now();
+      const r = spawnSync('node', [cli, 'pagetable', 'dump', memPath, '--cr3', `0x${cr3.toString(16)}`, '--format', 'qemu'], { maxBuffer: 64 << 20, encoding: 'utf8' });
+      times.push(performance.now() - t0);
+      if (r.status !== 0) throw new Error(`vmkit pagetable dump failed: ${r.stderr}`);
+      lines = r.stdout.split('\n').length - 1;
+    }
+    dump.table += `\n| vmkit pagetable dump --format qemu (whole process, ${lines} lines) | ${fmtNs(median(times) * 1e6)} | | | ${times.length} |`;
+    notes.push(`The real guest: 256 MiB Linux (Debian kernel, busybox user space) under QEMU, ${count} mappings.`);
+  } else {
+    log('no .cache/guest/x86_64/mem.bin: run node scripts/guest-fixture.mjs for the dump figures');
+  }
+  space?.dispose();
+  if (sink === 42n) log('');
+  return {
+    title: 'paging: guest page-table walks, core vs TS reference',
+    sections: [
+      { heading: `Warm: ${BATCH} random GVAs over 64 hot pages per op (ratios vs the reference)`, markdown: warm.table },
+      { heading: `${BATCH} random GVAs over 1 GiB of 4 KiB pages per op (ratios vs the reference)`, markdown: wide.table },
+      { heading: `Cold: the same, every cache invalidated before each batch (ratios vs the reference)`, markdown: cold.table },
+      ...(dump ? [{ heading: 'Every mapping of the real 256 MiB guest (ratios vs the reference)', markdown: dump.table }] : []),
+    ],
+    notes: [
+      ...notes,
+      'Guest for the translation tasks: only its page tables exist (PML4, PDPT, PD, 512 PTs, 2 MiB in an ArrayBuffer); the 4 KiB leaves point at permuted frames.',
+      'Goals (issue 3): core ≥ 3× the reference, ≥ 20 M warm translations/s, full dump of the 256 MiB guest < 100 ms.',
+    ],
+  };
+}
