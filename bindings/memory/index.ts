@@ -28,3 +28,7 @@ export { PrefetchEngine, coalesce, MAX_WINDOW, UNMAPPED, createPolicy, POLICY_NA
 export type { Translator, PrefetchStats, PrefetchEngineOptions, PrefetchPolicy, PolicyName, PolicyOptions, SimulationResult, SimulateOptions } from './prefetch/index.js';
 export { LazyGuestMemory, bufferPages, imagePages } from './prefetch/index.js';
 export type { LazyGuestMemoryOptions, LazyMemoryStats } from './prefetch/index.js';
+export { referenceTranslate, referenceMappings } from './paging/reference.js';
+export { qemuTlbLine } from './paging/qemu.js';
+export { PAGING_MODES, PF } from './paging/types.js';
+export type { PagingMode, FaultReason, Translation, TranslationFault, Mapping, AddressSpaceOptions } from './paging/types.js';

@@ -16,6 +16,7 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { VmkitError } from '../../errors.js';
 import { referenceMappings, referenceTranslate } from '../../memory/paging/reference.js';
+import { qemuTlbLine } from '../../memory/paging/qemu.js';
 import { PAGING_MODES, PF } from '../../memory/paging/types.js';
 import type { AddressSpaceOptions, Mapping, PagingMode, Translation, TranslationFault } from '../../memory/paging/types.js';
 import type { Gpa, GuestMemorySource } from '../../memory/types.js';
@@ -109,30 +110,6 @@ const OPTIONS = {
 
 const hex16 = (v: bigint): string => v.toString(16).padStart(16, '0');
 
-/** QEMU's `print_pte` frame masks: PA bits 49..12 / 49..21 / 49..30 of the leaf. */
-function _qemuFrame(pageSize: number): bigint {
-  return pageSize === 4096 ? 0x3_ffff_ffff_f000n : pageSize === 2 << 20 ? 0x3_ffff_ffe0_0000n : 0x3_ffff_c000_0000n;
-}
-
-/** One `info tlb` line for an x86-64 mapping, from the leaf entry's own bits. */
-function _qemuLine(m: Mapping): string {
-  const e = m.leaf;
-  const lo = Number(e & 0x1ffn);
-  const bit = (b: number, c: string): string => (lo & b ? c : '-');
-  return (
-    `${hex16(m.gva)}: ${hex16(e & _qemuFrame(m.pageSize))} ` +
-    (e >> 63n ? 'X' : '-') +
-    bit(0x100, 'G') +
-    (m.pageSize > 4096 ? bit(0x80, 'P') : '-') +
-    bit(0x40, 'D') +
-    bit(0x20, 'A') +
-    bit(0x10, 'C') +
-    bit(0x08, 'T') +
-    bit(0x04, 'U') +
-    bit(0x02, 'W')
-  );
-}
-
 /** Names of the effective flags, for text and JSON output. */
 function _flagNames(flags: number): string[] {
   return Object.entries(PF)
@@ -152,17 +129,17 @@ function _translationJson(t: Translation | TranslationFault): object {
     : { gva: hex(t.gva), ok: false, reason: t.reason, level: t.level, ...(t.entry === undefined ? {} : { entry: hex(t.entry) }) };
 }
 
-/** Writes `lines` in large chunks (tens of thousands of lines, one write per chunk). */
+/** Writes `lines` in large chunks (tens of thousands of lines, one write per ~1 MiB). */
 function _writeLines(io: CliIO, lines: Iterable<string>): void {
-  let chunk: string[] = [];
+  let chunk = '';
   for (const l of lines) {
-    chunk.push(l);
-    if (chunk.length === 4096) {
-      io.stdout.write(chunk.join('\n') + '\n');
-      chunk = [];
+    chunk += l + '\n';
+    if (chunk.length >= 1 << 20) {
+      io.stdout.write(chunk);
+      chunk = '';
     }
   }
-  if (chunk.length) io.stdout.write(chunk.join('\n') + '\n');
+  if (chunk) io.stdout.write(chunk);
 }
 
 async function dump(argv: string[], io: CliIO): Promise<number> {
@@ -178,7 +155,7 @@ async function dump(argv: string[], io: CliIO): Promise<number> {
     const maps = referenceMappings(memory, opts);
     if (format === 'qemu') {
       _writeLines(io, (function* () {
-        for (const m of maps) yield _qemuLine(m);
+        for (const m of maps) yield qemuTlbLine(m);
       })());
     } else {
       // One JSON array, streamed one mapping per line (each line waits for the next to know its comma).
