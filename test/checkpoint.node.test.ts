@@ -100,6 +100,40 @@ describe('vmkit checkpoint (CLI)', () => {
   });
 });
 
+describe('saves on worker threads', () => {
+  it('write the same file as one thread (same id), and the CLI --threads output restores', async () => {
+    // Workers load dist/ (a worker cannot run the .ts sources), so this spec
+    // drives the built modules end to end.
+    const dist = (p: string) => new URL(`../dist/${p}`, import.meta.url).href;
+    const { init } = (await import(/* @vite-ignore */ dist('index.js'))) as typeof import('../bindings/index.js');
+    const m = (await import(/* @vite-ignore */ dist('memory/index.js'))) as typeof import('../bindings/memory/index.js');
+    const { writeImageParallel } = (await import(/* @vite-ignore */ dist('memory/checkpoint/parallel.js'))) as typeof import('../bindings/memory/checkpoint/parallel.js');
+    await init();
+    const img = join(dir, 'par.bin');
+    const mem = image(1500, 9); // not a whole number of windows
+    writeFileSync(img, mem);
+    const opts = { guestSize: mem.length, id: 'ab'.repeat(16), blockSize: 64 << 10 };
+    const one = join(dir, 'one.ckpt');
+    const w1 = await m.CheckpointWriter.create(one, opts);
+    await w1.writePages(0, mem);
+    await w1.finish();
+    for (const threads of [1, 2, 3]) {
+      const par = join(dir, `par${threads}.ckpt`);
+      const w2 = await m.CheckpointWriter.create(par, opts);
+      await writeImageParallel(w2, img, { threads, windowPages: 100 });
+      const st = await w2.finish();
+      expect(st.writes).toBe(st.blocks + 3);
+      expect(Buffer.compare(readFileSync(par), readFileSync(one)), `threads ${threads}`).toBe(0);
+    }
+    const ck = join(dir, 'cli-par.ckpt');
+    expect(vmkit('checkpoint', 'save', img, ck, '--threads', '2').status).toBe(0);
+    const out = join(dir, 'cli-par.out');
+    expect(vmkit('checkpoint', 'restore', ck, out).status).toBe(0);
+    expect(Buffer.compare(readFileSync(out), mem)).toBe(0);
+    expect(vmkit('checkpoint', 'save', img, ck, '--threads', '0').status).toBe(2);
+  });
+});
+
 describe('saves killed with SIGKILL', () => {
   it('leave files that inspect/restore reject as incomplete, never wrong data', async () => {
     const img = join(dir, 'big.bin');

@@ -6,6 +6,20 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { CheckpointReader, CheckpointWriter, memorySink, VmkitError, type CheckpointSource } from '../bindings/memory/index.js';
 import { coreInfo } from '../bindings/index.js';
+import { xxh32 } from '../bindings/memory/checkpoint/lz4.js';
+import {
+  FOOTER_SIZE,
+  HEADER_SIZE,
+  decodeFooter,
+  decodeHeader,
+  decodeIndex,
+  encodeFooter,
+  encodeHeader,
+  encodeIndex,
+  type BlockEntry,
+  type CheckpointFooter,
+  type CheckpointHeader,
+} from '../bindings/memory/checkpoint/format.js';
 
 const PS = 4096;
 
@@ -237,5 +251,127 @@ describe('hostile checkpoint files', () => {
     );
     expect(biggest).toBeLessThanOrEqual(good.length);
     expect(coreInfo().resets).toBe(resets);
+  });
+});
+
+describe('hostile checkpoint files, crafted with valid checksums', () => {
+  // Each case re-seals what it changes (header, index and footer checksums),
+  // so the structural checks, not the checksums, must catch it.
+  const mem = guest(24, 5);
+  const biggestRead = { n: 0 };
+  const spy = (bytes: Uint8Array): CheckpointSource => ({
+    size: bytes.length,
+    readSync: (pos, dst) => {
+      biggestRead.n = Math.max(biggestRead.n, dst.length);
+      if (pos < 0 || pos + dst.length > bytes.length) throw new VmkitError('CORRUPT', 'read past the end');
+      dst.set(bytes.subarray(pos, pos + dst.length));
+    },
+    read: async (pos, dst) => {
+      biggestRead.n = Math.max(biggestRead.n, dst.length);
+      if (pos < 0 || pos + dst.length > bytes.length) throw new VmkitError('CORRUPT', 'read past the end');
+      dst.set(bytes.subarray(pos, pos + dst.length));
+    },
+    close: async () => {},
+  });
+
+  async function parts(): Promise<{ file: Uint8Array; header: CheckpointHeader; footer: CheckpointFooter; blocks: BlockEntry[]; pages: Uint32Array }> {
+    const { file } = await save(mem, { blockSize: 8192 });
+    const header = decodeHeader(file.subarray(0, HEADER_SIZE));
+    const footer = decodeFooter(file.subarray(file.length - FOOTER_SIZE), file.length, header);
+    const { blocks, pages } = decodeIndex(file.subarray(footer.indexOffset, footer.indexOffset + footer.indexLength), header, footer);
+    return { file, header, footer, blocks, pages };
+  }
+
+  /** Rebuilds a file from (possibly altered) parts, every checksum recomputed. */
+  function seal(file: Uint8Array, header: CheckpointHeader, footer: CheckpointFooter, blocks: BlockEntry[], pages: Uint32Array, patchFooter: Partial<CheckpointFooter> = {}): Uint8Array {
+    const index = encodeIndex(blocks, pages);
+    const data = file.subarray(HEADER_SIZE, footer.indexOffset);
+    const out = new Uint8Array(HEADER_SIZE + data.length + index.length + FOOTER_SIZE);
+    out.set(encodeHeader(header), 0);
+    out.set(data, HEADER_SIZE);
+    out.set(index, footer.indexOffset);
+    const f = { ...footer, indexLength: index.length, indexChecksum: xxh32(index), blockCount: blocks.length, fileLength: out.length, ...patchFooter };
+    out.set(encodeFooter(f), out.length - FOOTER_SIZE);
+    return out;
+  }
+
+  async function rejects(f: Uint8Array, codes: string[]): Promise<void> {
+    biggestRead.n = 0;
+    let err: unknown;
+    try {
+      const r = await CheckpointReader.open(spy(f));
+      await r.restoreTo(new Uint8Array(Number(r.guestSize) <= mem.length ? mem.length : 0)).finally(() => r.close());
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(VmkitError);
+    expect(codes).toContain((err as VmkitError).code);
+    expect(biggestRead.n).toBeLessThanOrEqual(f.length);
+  }
+
+  it('huge guest, page and block sizes give CORRUPT/LIMIT before any large allocation', async () => {
+    const { file, header, footer, blocks, pages } = await parts();
+    const sealed = seal(file, header, footer, blocks, pages);
+    expect(diffAt(sealed, file)).toBe(-1); // the sealing itself is faithful
+    // 2^31 pages declared: the index would be 24 GiB; the footer's length check refuses it first.
+    await rejects(seal(file, { ...header, guestSize: 2n ** 31n * 4096n }, footer, blocks, pages), ['CORRUPT']);
+    await rejects(seal(file, { ...header, guestSize: 2n ** 52n }, footer, blocks, pages), ['LIMIT']);
+    await rejects(seal(file, { ...header, guestSize: 4097n }, footer, blocks, pages), ['CORRUPT']);
+    await rejects(seal(file, { ...header, pageSize: 1 << 30 }, footer, blocks, pages), ['CORRUPT']);
+    await rejects(seal(file, { ...header, blockSize: 0xffffffff }, footer, blocks, pages), ['CORRUPT']);
+    await rejects(seal(file, { ...header, blockSize: 16 }, footer, blocks, pages), ['CORRUPT']);
+  });
+
+  it('offsets past the end or into other structures give CORRUPT', async () => {
+    const { file, header, footer, blocks, pages } = await parts();
+    const big = Number.MAX_SAFE_INTEGER - 4095;
+    await rejects(seal(file, header, footer, blocks, pages, { indexOffset: 2 ** 40 }), ['CORRUPT']);
+    await rejects(seal(file, header, footer, blocks, pages, { indexOffset: 4096 * 1000 }), ['CORRUPT']);
+    await rejects(seal(file, header, footer, blocks, pages, { indexLength: 2 ** 40 }), ['CORRUPT']);
+    await rejects(seal(file, header, footer, blocks, pages, { fileLength: big }), ['CORRUPT']);
+    await rejects(seal(file, header, footer, blocks, pages, { blockCount: 1 << 30 }), ['CORRUPT']);
+    // Blocks: past the index, overlapping, out of order, longer than the block size.
+    const b = (i: number, e: Partial<BlockEntry>) => blocks.map((x, j) => (j === i ? { ...x, ...e } : x));
+    await rejects(seal(file, header, footer, b(0, { offset: footer.indexOffset }), pages), ['CORRUPT']);
+    await rejects(seal(file, header, footer, b(0, { offset: big }), pages), ['CORRUPT']);
+    await rejects(seal(file, header, footer, b(1, { offset: blocks[0]!.offset }), pages), ['CORRUPT']);
+    await rejects(seal(file, header, footer, b(0, { length: 0xffffffff }), pages), ['CORRUPT']);
+    await rejects(seal(file, header, footer, b(0, { length: 0 }), pages), ['CORRUPT']);
+    // Pages: past their block, in a block that does not exist, unknown kinds, absent in a full checkpoint.
+    const stored = [...Array(mem.length / PS).keys()].find((p) => pages[3 * p + 2]! >>> 28 === 3)!;
+    const pg = (e: [number, number, number]) => {
+      const q = pages.slice();
+      q.set(e, 3 * stored);
+      return q;
+    };
+    const w = pages[3 * stored + 2]!;
+    await rejects(seal(file, header, footer, blocks, pg([pages[3 * stored]!, 0xfffff000, w])), ['CORRUPT']);
+    await rejects(seal(file, header, footer, blocks, pg([0xfffffffe, 0, w])), ['CORRUPT']);
+    await rejects(seal(file, header, footer, blocks, pg([pages[3 * stored]!, pages[3 * stored + 1]!, ((7 << 28) | 100) >>> 0])), ['CORRUPT']);
+    await rejects(seal(file, header, footer, blocks, pg([pages[3 * stored]!, pages[3 * stored + 1]!, ((3 << 28) | 0x0fffffff) >>> 0])), ['CORRUPT']);
+    await rejects(seal(file, header, footer, blocks, pg([0xffffffff, 0, 0])), ['CORRUPT']);
+    // An LZ4 page whose stored bytes are another page's: decodes to the wrong length or fails, never silently.
+    const raw = [...Array(mem.length / PS).keys()].find((p) => pages[3 * p + 2]! >>> 28 === 2);
+    if (raw !== undefined) {
+      await rejects(seal(file, header, footer, blocks, pg([pages[3 * raw]!, pages[3 * raw + 1]!, ((3 << 28) | 200) >>> 0])), ['CORRUPT']);
+    }
+  });
+
+  it('parent chains that loop (A → B → A, A → A) give LIMIT', async () => {
+    const a = 'aa'.repeat(16);
+    const b = 'bb'.repeat(16);
+    const diff = async (id: string, parent: { path: string; id: string }): Promise<Uint8Array> => {
+      const sink = memorySink();
+      const w = await CheckpointWriter.create(sink, { guestSize: mem.length, blockSize: 8192, id, parent });
+      await w.writePages(1, mem.subarray(PS, 2 * PS));
+      await w.finish();
+      return sink.bytes();
+    };
+    const fa = await diff(a, { path: 'b.ckpt', id: b });
+    const fb = await diff(b, { path: 'a.ckpt', id: a });
+    const files: Record<string, Uint8Array> = { 'a.ckpt': fa, 'b.ckpt': fb };
+    await expect(CheckpointReader.open(fa, { resolveParent: (p) => files[p] ?? new Uint8Array(0) })).rejects.toMatchObject({ code: 'LIMIT' });
+    const self = await diff(a, { path: 'a.ckpt', id: a });
+    await expect(CheckpointReader.open(self, { resolveParent: () => self })).rejects.toMatchObject({ code: 'LIMIT' });
   });
 });

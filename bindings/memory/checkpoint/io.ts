@@ -9,7 +9,7 @@ import { VmkitError } from '../../errors.js';
 
 /** A destination for a checkpoint writer. */
 export interface CheckpointSink {
-  /** Writes all of `data` at `position`. */
+  /** Writes all of `data` at `position`. `data` may be reused by the writer once the promise settles: copy it to keep it. */
   write(data: Uint8Array, position: number): Promise<void>;
   /** Makes earlier writes durable (files: fdatasync). */
   sync?(): Promise<void>;

@@ -81,6 +81,17 @@ export interface CheckpointReadStats {
 
 const RUN_PAGES = 64;
 
+/** The reader's buffers in core memory: which block (and which byte span of it) `block` holds. */
+interface CoreBufs {
+  gen: number;
+  block: number;
+  entries: number;
+  out: number;
+  loaded: number;
+  lo: number;
+  hi: number;
+}
+
 function dirname(p: string): string {
   const i = p.lastIndexOf('/');
   return i < 0 ? '.' : i === 0 ? '/' : p.slice(0, i);
@@ -114,7 +125,7 @@ export class CheckpointReader implements PageSource {
   private readonly cache = new Map<number, Uint8Array>();
   private readonly cacheMax: number;
   private readonly counters: CheckpointReadStats = { blockReads: 0, bytesRead: 0, cacheHits: 0 };
-  private core: { gen: number; block: number; entries: number; out: number; loaded: number } | undefined;
+  private core: CoreBufs | undefined;
   private closed = false;
 
   private constructor(
@@ -341,31 +352,45 @@ export class CheckpointReader implements PageSource {
   private extract(b: number, bytes: Uint8Array, p: number, n: number, dst: Uint8Array): void {
     withCore((c) => {
       const k = this.coreBufs(c);
-      const e = ex(c);
-      if (k.loaded !== b) {
-        c.u8().set(bytes, k.block);
-        k.loaded = b;
-      }
-      const mem = c.u8();
-      const ent = new Uint32Array(mem.buffer, k.entries, n * 3);
+      // Only the byte span of these pages goes into core memory: a lazy read
+      // of one page from a cached 1 MiB block copies a few KiB, not the block.
+      let lo = bytes.length;
+      let hi = 0;
       for (let i = 0; i < n; i++) {
-        const w = this.pages[3 * (p + i) + 2]!;
-        ent[3 * i] = w >>> 28;
-        ent[3 * i + 1] = this.pages[3 * (p + i) + 1]!;
-        ent[3 * i + 2] = w & 0x0fffffff;
+        const off = this.pages[3 * (p + i) + 1]!;
+        const end = off + (this.pages[3 * (p + i) + 2]! & 0x0fffffff);
+        if (off < lo) lo = off;
+        if (end > hi) hi = end;
       }
-      const ps = this.pageSize;
-      const r = e.stagingExtract(k.block, bytes.length, k.entries, n, ps, k.out);
-      if (r < 0) {
-        k.loaded = -1;
-        throw new VmkitError('CORRUPT', `checkpoint: pages ${p}..${p + n - 1} do not decode (block ${b})`, { offset: this.blocks[b]!.offset });
+      if (k.loaded !== b || lo < k.lo || hi > k.hi) {
+        c.u8().set(bytes.subarray(lo, hi), k.block);
+        k.loaded = b;
+        k.lo = lo;
+        k.hi = hi;
       }
-      check(r, 'checkpoint extract');
-      dst.set(c.u8().subarray(k.out, k.out + n * ps));
+      this.decodeRun(c, k, b, p, n, k.out);
+      dst.set(c.u8().subarray(k.out, k.out + n * this.pageSize));
     });
   }
 
-  private coreBufs(c: Core): { gen: number; block: number; entries: number; out: number; loaded: number } {
+  /** Decodes `n` pages from `p` out of the block span in `k` into core memory at `out`. */
+  private decodeRun(c: Core, k: CoreBufs, b: number, p: number, n: number, out: number): void {
+    const ent = new Uint32Array(c.u8().buffer, k.entries, n * 3);
+    for (let i = 0; i < n; i++) {
+      const w = this.pages[3 * (p + i) + 2]!;
+      ent[3 * i] = w >>> 28;
+      ent[3 * i + 1] = this.pages[3 * (p + i) + 1]! - k.lo;
+      ent[3 * i + 2] = w & 0x0fffffff;
+    }
+    const r = ex(c).stagingExtract(k.block, k.hi - k.lo, k.entries, n, this.pageSize, out);
+    if (r < 0) {
+      k.loaded = -1;
+      throw new VmkitError('CORRUPT', `checkpoint: pages ${p}..${p + n - 1} do not decode (block ${b})`, { offset: this.blocks[b]!.offset });
+    }
+    check(r, 'checkpoint extract');
+  }
+
+  private coreBufs(c: Core): CoreBufs {
     if (!this.core || this.core.gen !== c.generation) {
       this.core = {
         gen: c.generation,
@@ -373,6 +398,8 @@ export class CheckpointReader implements PageSource {
         entries: c.alloc(RUN_PAGES * 12),
         out: c.alloc(RUN_PAGES * this.pageSize),
         loaded: -1,
+        lo: 0,
+        hi: 0,
       };
     }
     return this.core;
@@ -481,12 +508,16 @@ export class CheckpointReader implements PageSource {
       throw new VmkitError('IO', `${target}: ${(e as Error).message}`, { cause: e, path: target });
     }
     try {
+      if (this.src.readSync) {
+        this.restoreFileSync(fd, win, options.onProgress, fs);
+        return;
+      }
       const buf = new Uint8Array(win * ps);
       for (let p = 0; p < this.pageCount; p += win) {
         const n = Math.min(win, this.pageCount - p);
         if (!this.allZero(p, n)) {
           const view = buf.subarray(0, n * ps);
-          this.readPagesIntoSync(p, n, view);
+          await this.readPagesInto(p, n, view);
           let done = 0;
           while (done < view.length) done += fs.writeSync(fd, view, done, view.length - done, p * ps + done);
         }
@@ -495,6 +526,70 @@ export class CheckpointReader implements PageSource {
     } finally {
       fs.closeSync(fd);
     }
+  }
+
+  /**
+   * The full restore to a file without copies through JavaScript: blocks are
+   * read straight into core memory, checked there, decoded into a window in
+   * core memory, and the window is written from there (synchronous writes,
+   * so the view of core memory cannot go stale under the write).
+   */
+  private restoreFileSync(fd: number, win: number, onProgress: ((done: number) => void) | undefined, fs: typeof import('node:fs')): void {
+    const ps = this.pageSize;
+    withCore((c) => {
+      const cw = c.alloc(win * ps);
+      let tmp: Uint8Array | undefined;
+      try {
+        for (let p = 0; p < this.pageCount; p += win) {
+          const n = Math.min(win, this.pageCount - p);
+          if (!this.allZero(p, n)) {
+            for (let q = p; q < p + n; ) {
+              const run = this.nextRun(q, p + n);
+              const at = cw + (q - p) * ps;
+              if (run.kind === PAGE_ZERO) c.u8().fill(0, at, at + run.n * ps);
+              else if (run.kind === PAGE_ABSENT) {
+                if (!this.parent) throw new VmkitError('NOT_FOUND', `page ${q} is in the parent checkpoint, which is not open`);
+                tmp ??= new Uint8Array(win * ps);
+                const part = tmp.subarray(0, run.n * ps);
+                this.parent.readPagesIntoSync(q, run.n, part); // may grow core memory: views are taken after
+                c.u8().set(part, at);
+              } else {
+                const k = this.coreBufs(c);
+                this.loadBlockInCore(c, k, run.block);
+                this.decodeRun(c, k, run.block, q, run.n, at);
+              }
+              q += run.n;
+            }
+            const len = n * ps;
+            let done = 0;
+            while (done < len) done += fs.writeSync(fd, c.u8().subarray(cw + done, cw + len), 0, len - done, p * ps + done);
+          }
+          onProgress?.((p + n) * ps);
+        }
+      } finally {
+        c.free(cw);
+      }
+    });
+  }
+
+  /** Puts all of block `b` into the core block buffer: from the cache, or read from the source straight into core memory and checked there. */
+  private loadBlockInCore(c: Core, k: CoreBufs, b: number): void {
+    const bl = this.blocks[b]!;
+    if (k.loaded === b && k.lo === 0 && k.hi === bl.length) return;
+    k.loaded = -1;
+    const hit = this.fromCache(b);
+    if (hit) c.u8().set(hit, k.block);
+    else {
+      this.src.readSync!(bl.offset, c.u8().subarray(k.block, k.block + bl.length));
+      this.counters.blockReads++;
+      this.counters.bytesRead += bl.length;
+      if (ex(c).xxh32(k.block, bl.length, 0) >>> 0 !== bl.checksum) {
+        throw new VmkitError('INTEGRITY', `checkpoint: block ${b} checksum mismatch`, { offset: bl.offset });
+      }
+    }
+    k.loaded = b;
+    k.lo = 0;
+    k.hi = bl.length;
   }
 
   /**

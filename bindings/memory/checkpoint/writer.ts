@@ -22,6 +22,8 @@ import {
   MAX_PAGES,
   NO_BLOCK,
   PAGE_ABSENT,
+  PAGE_LZ4,
+  PAGE_RAW,
   PAGE_ZERO,
   encodeFooter,
   encodeHeader,
@@ -48,6 +50,8 @@ export interface CheckpointWriterOptions {
   parent?: { path: string; id: string };
   /** fdatasync before the footer, so a power cut cannot leave a footer over missing data. */
   sync?: boolean;
+  /** The checkpoint's id (32 hex digits; default random). Fixing it makes saves reproducible byte for byte. */
+  id?: string;
   /** SHA-256 (hex) of the core build to record; default: computed from dist/core.wasm when readable, else zeros. */
   coreBuild?: string;
 }
@@ -129,6 +133,10 @@ export class CheckpointWriter {
   private pagesWritten = 0;
   private state: 'open' | 'finished' | 'failed' = 'open';
   private busy = false;
+  private outBuf: Uint8Array | undefined;
+  /** Block being packed from records compressed elsewhere (parallel saves), and its bytes used. */
+  private pack: Uint8Array | undefined;
+  private packUsed = 0;
 
   private constructor(sink: CheckpointSink, header: CheckpointHeader, opts: CheckpointWriterOptions, c: Core) {
     this.sink = sink;
@@ -174,6 +182,7 @@ export class CheckpointWriter {
     aint(blockSize, 'blockSize', compressBound(pageSize), MAX_BLOCK_SIZE);
     const codec = aoneOf(options.codec ?? 'lz4', 'codec', ['lz4', 'none'] as const);
     if (options.parent && !/^[0-9a-f]{32}$/.test(options.parent.id)) throw new VmkitError('ARG_RANGE', 'parent.id must be 32 hex digits');
+    if (options.id !== undefined && !/^[0-9a-f]{32}$/.test(options.id)) throw new VmkitError('ARG_RANGE', 'id must be 32 hex digits');
     const header: CheckpointHeader = {
       version: CHECKPOINT_VERSION,
       pageSize,
@@ -181,7 +190,7 @@ export class CheckpointWriter {
       blockSize,
       guestSize,
       diff: options.parent !== undefined,
-      id: randomId(),
+      id: options.id ?? randomId(),
       parentId: options.parent?.id ?? '',
       parentPath: options.parent?.path ?? '',
       coreBuild: options.coreBuild ?? (await coreBuildHash()),
@@ -316,6 +325,7 @@ export class CheckpointWriter {
   }
 
   private async stageWindow(first: number, count: number, fill: (dst: Uint8Array) => void): Promise<void> {
+    if (this.packUsed > 0) await this.flushPack();
     let c = checkGeneration(this.gen, 'checkpoint writer');
     const ps0 = this.header.pageSize;
     const view = c.u8().subarray(this.input, this.input + count * ps0);
@@ -354,8 +364,12 @@ export class CheckpointWriter {
       const ptr = e.stagingBuffer(this.stager);
       const checksum = e.xxh32(ptr, used, 0) >>> 0;
       const padded = Math.ceil(used / BLOCK_ALIGN) * BLOCK_ALIGN;
-      const out = new Uint8Array(padded);
+      // One reused buffer (the write completes before the next flush): a
+      // fresh 1 MiB array per block cost more than the copy itself.
+      if (!this.outBuf || this.outBuf.length < padded) this.outBuf = new Uint8Array(Math.ceil(this.header.blockSize / BLOCK_ALIGN) * BLOCK_ALIGN);
+      const out = this.outBuf.subarray(0, padded);
       out.set(c.u8().subarray(ptr, ptr + used));
+      out.fill(0, used);
       e.stagingReset(this.stager);
       return { out, used, checksum };
     });
@@ -365,6 +379,74 @@ export class CheckpointWriter {
     this.next += block.out.length;
     this.storedBytes += block.used;
     await this.sink.write(block.out, offset);
+    this.writes++;
+  }
+
+  /**
+   * Internal (parallel saves): adds pages `[first, first + count)` already
+   * staged elsewhere: `entries` holds (kind, offset, length) per page into
+   * `bytes`, as `stagingAppend` reports them. Records are packed into blocks
+   * with the stager's own rule, so the file equals a single-threaded save.
+   * @example
+   * ```ts
+   * await w._appendCompressed(0, 256, entries, bytes); // from a save worker
+   * ```
+   */
+  async _appendCompressed(first: number, count: number, entries: Uint32Array, bytes: Uint8Array): Promise<void> {
+    aint(count, 'count', 0, this.pageCount);
+    aint(first, 'first', 0, this.pageCount - count);
+    if (entries.length < count * 3) throw new VmkitError('ARG_RANGE', 'entries too short');
+    const c = this.enter();
+    this.busy = true;
+    try {
+      if (check(ex(c).stagingUsed(this.stager), 'checkpoint staging') > 0) await this.flushBlock();
+      const ps = this.header.pageSize;
+      const cap = this.header.blockSize;
+      const bound = compressBound(ps);
+      this.pack ??= new Uint8Array(Math.ceil(cap / BLOCK_ALIGN) * BLOCK_ALIGN);
+      for (let i = 0; i < count; i++) {
+        const p = first + i;
+        const kind = entries[3 * i]!;
+        if (kind === PAGE_ZERO) {
+          this.pages[3 * p] = NO_BLOCK;
+          this.pages[3 * p + 1] = 0;
+          this.pages[3 * p + 2] = (PAGE_ZERO << 28) >>> 0;
+          continue;
+        }
+        const off = entries[3 * i + 1]!;
+        const len = entries[3 * i + 2]!;
+        if ((kind !== PAGE_RAW && kind !== PAGE_LZ4) || len === 0 || len > bound || off + len > bytes.length) {
+          throw new VmkitError('ARG_RANGE', `bad staged entry for page ${p}`);
+        }
+        if (cap - this.packUsed < bound) await this.flushPack();
+        this.pack.set(bytes.subarray(off, off + len), this.packUsed);
+        this.pages[3 * p] = this.blocks.length;
+        this.pages[3 * p + 1] = this.packUsed;
+        this.pages[3 * p + 2] = ((kind << 28) | len) >>> 0;
+        this.packUsed += len;
+      }
+      this.pagesWritten += count;
+    } catch (e) {
+      this.state = 'failed';
+      throw e;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async flushPack(): Promise<void> {
+    const used = this.packUsed;
+    if (used === 0 || !this.pack) return;
+    const padded = Math.ceil(used / BLOCK_ALIGN) * BLOCK_ALIGN;
+    const out = this.pack.subarray(0, padded);
+    out.fill(0, used);
+    const checksum = xxh32Of(out.subarray(0, used));
+    const offset = this.next;
+    this.blocks.push({ offset, length: used, checksum });
+    this.next += padded;
+    this.storedBytes += used;
+    this.packUsed = 0;
+    await this.sink.write(out, offset);
     this.writes++;
   }
 
@@ -380,6 +462,7 @@ export class CheckpointWriter {
     this.busy = true;
     try {
       await this.flushBlock();
+      await this.flushPack();
       const index = encodeIndex(this.blocks, this.pages);
       const indexOffset = this.next;
       const fileLength = indexOffset + index.length + FOOTER_SIZE;
