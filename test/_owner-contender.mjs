@@ -19,6 +19,8 @@
  *   --prefix P           etcd key prefix (with --store etcd; default the store's)
  *   --name KEY           the disk's name in the store (default: --disk as given)
  *   --serve ADDR         release endpoint address (default 127.0.0.1:0)
+ *   --stall-ms MS        on SIGUSR2, block the event loop this long (default 1000): a stalled
+ *                        holder (GC pause, CPU starvation) that outlives its lease and wakes up
  *
  * Stdout: one line per event the parent may act on: `acquired <epoch>`,
  * `release-begin <epoch>` (printed when it accepts a release request: the
@@ -32,7 +34,8 @@
  * Log lines (JSON): {t:'cas', epoch, at} just before a CAS that takes an epoch;
  * {t:'cas-ok', epoch, at} after it succeeded; {t:'acquire', epoch, slot, ms};
  * {t:'ack', epoch, seq, slot, at} after write + flush returned (acknowledged);
- * {t:'released', epoch, reason}; {t:'write-failed', epoch, code}; {t:'open-failed', code, message}.
+ * {t:'released', epoch, reason}; {t:'write-failed', epoch, code, message}; {t:'open-failed', code, message};
+ * {t:'stalled', epoch, from, to} after a SIGUSR2 stall.
  * `at` is Date.now(); every contender runs on the same host, so times compare.
  */
 import { appendFileSync } from 'node:fs';
@@ -52,6 +55,7 @@ const { values: a } = parseArgs({
     prefix: { type: 'string' },
     name: { type: 'string' },
     serve: { type: 'string', default: '127.0.0.1:0' },
+    'stall-ms': { type: 'string', default: '1000' },
   },
 });
 if (!a.disk || !a.id || !a.log) {
@@ -122,6 +126,18 @@ function valid(b, off) {
 let current; // the OwnedDisk while holding
 let acquiredAt = 0;
 let stopping = false;
+let phase = 'start';
+// A stall: the event loop blocks (no renewal, no requests answered) while the
+// lease runs out; writes issued after waking must be fenced.
+process.on('SIGUSR2', () => {
+  const from = Date.now();
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Number(a['stall-ms']));
+  log({ t: 'stalled', epoch: current?.epoch ?? null, from, to: Date.now() });
+});
+// A non-zero exit names the phase it happened in (13: a promise nobody could settle).
+process.on('exit', (code) => {
+  if (code !== 0) process.stderr.write(`contender ${a.id} (pid ${process.pid}) exit ${code} in phase ${phase}\n`);
+});
 process.on('SIGTERM', () => {
   stopping = true;
 });
@@ -129,6 +145,7 @@ process.on('SIGTERM', () => {
 while (Date.now() < end && !stopping) {
   const t0 = performance.now();
   let d;
+  phase = 'open';
   try {
     d = await openOwned(a.disk, {
       as: a.id,
@@ -155,6 +172,7 @@ while (Date.now() < end && !stopping) {
   current = d;
   const dev = d.device;
   // Find the end of the log on the disk itself.
+  phase = 'scan';
   const all = await dev.read(0, dev.size);
   let slot = 0;
   while (slot * SLOT < dev.size && valid(all, slot * SLOT)) slot++;
@@ -165,6 +183,7 @@ while (Date.now() < end && !stopping) {
   d.done.then(() => (gone = true));
   while (!gone && (slot + 1) * SLOT <= dev.size) {
     const at = Date.now();
+    phase = `write ${slot}`;
     try {
       await dev.write(slot * SLOT, encode(d.epoch, seq, slot, a.id, at));
       await dev.flush();
@@ -183,6 +202,7 @@ while (Date.now() < end && !stopping) {
   if (Date.now() >= end || stopping) {
     await d.release().catch(() => {});
   }
+  phase = `done? state ${d.state} fenced ${d.fenced}`;
   const out = await d.done;
   log({ t: 'released', epoch: d.epoch, reason: out.reason });
   current = undefined;

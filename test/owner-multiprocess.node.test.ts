@@ -53,10 +53,12 @@ function decodeSlot(disk: Uint8Array, slot: number): { epoch: number; seq: numbe
  * Runs `n` contenders on `diskPath` for `durationMs`, killing some mid-handoff.
  * Exported shape kept small so a spec on another store can reuse the checks by copying the calls.
  */
-async function contend(dir: string, diskPath: string, n: number, durationMs: number, extra: string[]): Promise<{ kills: number; metaReads: number; metaErrors: string[]; epochsSeen: number[]; failures: string[] }> {
+async function contend(dir: string, diskPath: string, n: number, durationMs: number, extra: string[]): Promise<{ stops: number; kills: number; metaReads: number; metaErrors: string[]; epochsSeen: number[]; failures: string[] }> {
   const end = Date.now() + durationMs;
   const children = new Set<ChildProcess>();
   let kills = 0;
+  let stops = 0;
+  let holder: ChildProcess | undefined; // the contender that last said `acquired`
   const failures: string[] = [];
   const spawnOne = (i: number): void => {
     const left = end - Date.now();
@@ -72,6 +74,8 @@ async function contend(dir: string, diskPath: string, n: number, durationMs: num
       while ((nl = buf.indexOf('\n')) >= 0) {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
+        if (line.startsWith('acquired')) holder = c;
+        if (line.startsWith('release-begin') && holder === c) holder = undefined;
         // Mid-handoff kills: the holder has accepted a release request and is draining.
         if (line.startsWith('release-begin') && kills < 6 && Math.random() < 0.2) {
           kills++;
@@ -101,6 +105,16 @@ async function contend(dir: string, diskPath: string, n: number, durationMs: num
       c.kill('SIGKILL');
     }
   }, durationMs * (0.3 + Math.random() * 0.3));
+  // Stall holders past their lease (SIGUSR2: the contender blocks its event loop, as a long
+  // GC pause or CPU starvation would): the others take the disk meanwhile, so every write the
+  // woken holder issues must be fenced. (A whole-process stop between the guard's check and
+  // the write syscall is the one window a file cannot close: docs/ownership.md, limits.)
+  const freeze = setInterval(() => {
+    const c = holder;
+    if (!c || stops >= 2 || Date.now() < end - durationMs * (0.75 - stops * 0.3) || c.exitCode !== null || c.signalCode !== null) return;
+    stops++;
+    c.kill('SIGUSR2');
+  }, 50);
   while (Date.now() < end + 200 || children.size > 0) {
     try {
       const { record } = await store.read(diskPath);
@@ -116,7 +130,8 @@ async function contend(dir: string, diskPath: string, n: number, durationMs: num
     }
   }
   clearTimeout(randomKill);
-  return { kills, metaReads, metaErrors, epochsSeen, failures };
+  clearInterval(freeze);
+  return { stops, kills, metaReads, metaErrors, epochsSeen, failures };
 }
 
 describe('disk ownership across processes (file store)', () => {
@@ -127,7 +142,7 @@ describe('disk ownership across processes (file store)', () => {
       const diskPath = join(dir, 'shared.raw');
       await writeFile(diskPath, new Uint8Array(8 << 20));
       const N = 4;
-      const run = await contend(dir, diskPath, N, 5000, ['--lease', '300', '--skew', '30', '--hold-min', '60']);
+      const run = await contend(dir, diskPath, N, 5000, ['--lease', '300', '--skew', '30', '--hold-min', '60', '--stall-ms', '1000']);
 
       expect(run.failures).toEqual([]);
       expect(run.metaErrors).toEqual([]);
@@ -159,7 +174,7 @@ describe('disk ownership across processes (file store)', () => {
         }
       }
       const epochs = [...won.keys()].sort((x, y) => x - y);
-      expect(epochs.length).toBeGreaterThan(10); // the disk really changed hands, many times
+      expect(epochs.length).toBeGreaterThan(5); // the disk really changed hands, many times
       expect(epochs).toEqual(epochs.map((_, i) => i + 1));
 
       // The disk's own contents: every valid record belongs to the epoch's winner, lies in
@@ -179,7 +194,7 @@ describe('disk ownership across processes (file store)', () => {
       }
       // No acknowledged write lost.
       const acks = logs.filter((l) => l.t === 'ack');
-      expect(acks.length).toBeGreaterThan(50);
+      expect(acks.length).toBeGreaterThan(20);
       for (const a of acks) {
         const r = onDisk.get(a.slot);
         expect(r, `acknowledged write of ${a.who} epoch ${a.epoch} seq ${a.seq} at slot ${a.slot} is gone`).toBeDefined();
@@ -191,13 +206,26 @@ describe('disk ownership across processes (file store)', () => {
         expect(r.epoch).toBeGreaterThanOrEqual(last);
         last = r.epoch;
       }
+      // A holder stalled past its lease whose epoch was taken during the stall must end fenced.
+      const stalls = logs.filter((l) => l.t === 'stalled') as unknown as { epoch: number | null; from: number; to: number; who: string }[];
+      expect(stalls.length).toBeLessThanOrEqual(run.stops); // a stalled contender may be SIGKILLed before it logs its wake-up
+      let fencedAfterStall = 0;
+      for (const st of stalls) {
+        if (st.epoch === null) continue;
+        const next = logs.find((l) => l.t === 'cas-ok' && l.epoch === st.epoch! + 1);
+        if (!next || next.at > st.to) continue; // nobody took it during the stall: the holder rightly kept it
+        const end = logs.find((l) => l.who === st.who && l.epoch === st.epoch && (l.t === 'released' || (l.t === 'write-failed' && l.code === 'FENCED')));
+        expect(end, `${st.who} stalled at epoch ${st.epoch} while epoch ${st.epoch + 1} was taken, and never found out`).toBeDefined();
+        if (end!.t === 'released') expect(end!.reason).toBe('fenced');
+        fencedAfterStall++;
+      }
       const handoffs = logs.filter((l) => l.t === 'acquire').map((l) => l.ms).sort((x, y) => x - y);
       console.log(
-        `owner-multiprocess: ${epochs.length} epochs, ${acks.length} acknowledged writes, ${run.kills} SIGKILLs, ${run.metaReads} metadata reads; ` +
+        `owner-multiprocess: ${epochs.length} epochs, ${acks.length} acknowledged writes, ${run.kills} SIGKILLs, ${run.stops} holders stalled past their lease (${fencedAfterStall} fenced on waking), ${run.metaReads} metadata reads; ` +
           `open latency p50 ${handoffs[handoffs.length >> 1]} ms (includes waits for killed owners' leases)`,
       );
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      if (!process.env.KEEP_OWNER_MP) await rm(dir, { recursive: true, force: true });
     }
   });
 });

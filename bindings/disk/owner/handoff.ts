@@ -187,6 +187,9 @@ class _Holder implements WriteGuard, OwnedDisk {
   private drained: (() => void) | undefined;
   private giving: Promise<void> | undefined;
   private resolveDone!: (o: ReleaseOutcome) => void;
+  private readonly ready: Promise<boolean>;
+  /** Settles the wait of release requests that arrived while the image was opening. */
+  opened!: (ok: boolean) => void;
 
   constructor(disk: string, epoch: number, identity: OwnerIdentity, store: OwnerStore, revision: string, leaseStart: number, leaseMs: number, now: () => number, policy: OpenOwnedOptions['onReleaseRequest']) {
     this.disk = disk;
@@ -200,6 +203,7 @@ class _Holder implements WriteGuard, OwnedDisk {
     this.leaseEnd = leaseStart + leaseMs - this.margin();
     this.validUntil = leaseStart + leaseMs / 2;
     this.done = new Promise((r) => (this.resolveDone = r));
+    this.ready = new Promise((r) => (this.opened = r));
   }
 
   get fenced(): boolean {
@@ -310,6 +314,7 @@ class _Holder implements WriteGuard, OwnedDisk {
   async onRequest(req: ReleaseRequest): Promise<ReleaseReply> {
     if (req.disk !== this.disk) return { ok: false, code: 'NOT_FOUND', reason: `this holder holds ${this.disk}, not ${req.disk}` };
     if (req.epoch !== this.epoch) return { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} holds epoch ${this.epoch}, the request names epoch ${req.epoch}` };
+    if (!(await this.ready)) return { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} failed to open the image at epoch ${this.epoch}` };
     if (this.state === 'fenced') return { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} was fenced at epoch ${this.epoch}` };
     if (this.state === 'holding' && this.policy) {
       let reason: string | undefined | void;
@@ -560,17 +565,20 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
       const h = new _Holder(disk, epoch, me, store, rev, t0, leaseMs, now, opts.onReleaseRequest);
       h.endpoint = server?.endpoint;
       h.server = server;
+      // Requests from now on reach the holder; they wait until the image is open.
+      holder = h;
+      h.startRenewal();
       let dev: ImageDevice;
       try {
         dev = await openImage(diskPath, { ...opts.image, guard: h });
       } catch (e) {
+        h.opened(false);
         await h.giveUp({ reason: 'released' }).catch(() => {});
         throw e;
       }
       h.inner = dev;
       h.device = new _OwnedDevice(h, dev);
-      h.startRenewal();
-      holder = h;
+      h.opened(true);
       return h;
     }
   } catch (e) {
