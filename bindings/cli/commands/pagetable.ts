@@ -142,6 +142,18 @@ function _writeLines(io: CliIO, lines: Iterable<string>): void {
   if (chunk) io.stdout.write(chunk);
 }
 
+/** A root register outside the image makes an empty dump; say so instead. */
+function _checkRoots(memory: GuestMemorySource, opts: AddressSpaceOptions, image: string): void {
+  const probes = opts.mode !== 'aarch64' ? [0n] : opts.root1 === undefined ? [0n] : [0n, 0xffff_ffff_ffff_ffffn];
+  for (const gva of probes) {
+    const t = referenceTranslate(memory, opts, gva);
+    if (!t.ok && t.reason === 'bad-root') {
+      const name = opts.mode !== 'aarch64' ? '--cr3' : gva ? '--ttbr1' : '--cr3 (TTBR0)';
+      throw new VmkitError('ARG_RANGE', `${name} does not point at a table inside ${image} (${memory.size} bytes)`, { path: image });
+    }
+  }
+}
+
 async function dump(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, { ...OPTIONS, format: { type: 'string' } });
   const [image, ...extra] = positionals;
@@ -152,6 +164,7 @@ async function dump(argv: string[], io: CliIO): Promise<number> {
   if (format === 'qemu' && opts.mode === 'aarch64') throw new VmkitError('ARG_RANGE', '--format qemu is QEMU\'s x86 "info tlb"; use --format json for aarch64');
   const memory = _imageMemory(image);
   try {
+    _checkRoots(memory, opts, image);
     const maps = referenceMappings(memory, opts);
     if (format === 'qemu') {
       _writeLines(io, (function* () {
