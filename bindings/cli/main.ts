@@ -5,7 +5,7 @@
  * @module
  */
 import { readFileSync } from 'node:fs';
-import { init } from '../core.js';
+import { init, initSync, isInitialized } from '../core.js';
 import { VmkitError } from '../errors.js';
 import type { CliIO, Command } from './_common.js';
 
@@ -65,6 +65,9 @@ export async function main(argv: string[], io: CliIO): Promise<number> {
       io.stdout.write(command.usage.replace(/\n?$/, '\n'));
       return rest.length === 0 ? 2 : 0;
     }
+    // Instantiate synchronously from the file: the async path touches the global
+    // Response, whose first use loads undici (50-90 ms of every CLI run).
+    if (!isInitialized()) initSync(readFileSync(new URL('../core.wasm', import.meta.url)));
     await init();
     return await command.run(rest, io);
   } catch (e) {
