@@ -1,0 +1,508 @@
+/**
+ * Address spaces: guest-virtual → guest-physical translation through the
+ * guest's own page tables, walked by the wasm core (`assembly/paging.ts`,
+ * docs/paging.md).
+ *
+ * The core never holds guest memory: it caches page-table frames and asks for
+ * the ones it lacks ("need frame F"). This class answers those requests from
+ * the {@link GuestMemorySource} (4 KiB `readSync` calls) and resumes the core,
+ * so callers see plain synchronous calls.
+ * @module
+ */
+import { checkGeneration, withCore, type Core } from '../../core.js';
+import { check } from '../../_status.js';
+import { VmkitError } from '../../errors.js';
+import { aint, aoneOf, au64, describe } from '../../_utils.js';
+import type { Gpa, Gva, GuestMemorySource } from '../types.js';
+import { PAGING_MODES } from './types.js';
+import type { AddressSpaceOptions, FaultReason, Mapping, PagingMode, Translation, TranslationFault } from './types.js';
+
+/** The value {@link AddressSpace.translateInto} writes for an address that does not translate. */
+export const UNMAPPED_GPA = 0xffff_ffff_ffff_ffffn;
+
+const U64 = 0xffff_ffff_ffff_ffffn;
+const MODE_CODE: Record<PagingMode, number> = { 'x86-64': 0, 'x86-64-5level': 1, aarch64: 2 };
+const REASONS: readonly FaultReason[] = ['not-present', 'not-present', 'reserved-bit', 'non-canonical', 'outside-memory', 'bad-root'];
+const NEED_DATA = -6;
+/** Addresses per core call of translateInto (64 KiB of u64 in core memory). */
+const BATCH = 8192;
+/** Records per core call of a mapping walk, and entries examined at most per call. */
+const MAP_RECORDS = 2048;
+const MAP_BUDGET = 1 << 16;
+const MAP_BYTES = 32;
+// Result slots (assembly/paging.ts R_*).
+const R_GPA = 0;
+const R_LEAF = 1;
+const R_SIZE = 2;
+const R_FLAGS = 3;
+const R_LEVEL = 4;
+const R_REASON = 5;
+const R_HAS_ENTRY = 6;
+const R_FRAME = 7;
+const R_CURSOR = 8;
+const R_STATE = 9;
+
+/** The core exports this module calls (docs/abi.md, "paging"). */
+interface _PagingExports {
+  pagingCreate(mode: number, root0: bigint, root1: bigint, hasRoot1: number, t0sz: number, t1sz: number, nxe: number, memSize: bigint, cacheFrames: number): number;
+  pagingDestroy(h: number): number;
+  pagingResult(): number;
+  pagingStaging(): number;
+  pagingProvide(h: number, frame: bigint): number;
+  pagingTranslate(h: number, va: bigint): number;
+  pagingTranslateBatch(h: number, src: number, dst: number, from: number, n: number): number;
+  pagingMappings(h: number, from: bigint, last: bigint, out: number, cap: number, budget: number): number;
+  pagingInvalidate(h: number): number;
+  pagingInvalidateRange(h: number, from: bigint, last: bigint): number;
+  pagingSetRoot(h: number, root0: bigint, root1: bigint, hasRoot1: number): number;
+  pagingStats(h: number, dst: number): number;
+}
+
+function _ex(c: Core): _PagingExports {
+  return c.exports as unknown as _PagingExports;
+}
+
+/** Options of {@link AddressSpace.create}: the memory the tables live in, the mode and the roots. */
+export interface AddressSpaceCreateOptions extends AddressSpaceOptions {
+  /** Guest-physical memory (page-table frames are read from it, 4 KiB at a time). */
+  memory: GuestMemorySource;
+  /** Capacity of the core's page-table frame cache, in 4 KiB frames (default 4096 = 16 MiB, allocated as it fills). */
+  cacheFrames?: number;
+}
+
+/** Counters of an address space's caches. */
+export interface AddressSpaceStats {
+  /** Translations served by the core's region cache (TLB / paging-structure cache) without a walk. */
+  cacheHits: number;
+  /** Table walks (through cached frames). */
+  walks: number;
+  /** Frames read from guest memory and handed to the core. */
+  framesRead: number;
+  /** Frames in the core's cache now. */
+  framesCached: number;
+}
+
+interface _Reverse {
+  /** Per page size: sorted gpa page bases (as numbers: < 2^53) and their gvas. */
+  readonly bySize: Map<number, { starts: Float64Array; gvas: bigint[] }>;
+}
+
+function _memory(v: unknown): GuestMemorySource {
+  const m = v as GuestMemorySource | undefined;
+  if (typeof m !== 'object' || m === null || typeof m.readSync !== 'function' || typeof m.size !== 'bigint') {
+    throw new VmkitError('ARG_TYPE', `memory must be a GuestMemorySource ({ size: bigint, readSync(at, dst) }), got ${describe(v)}`);
+  }
+  if (m.size < 0n || m.size > U64) throw new VmkitError('ARG_RANGE', `memory.size must be in [0, 2^64), got ${m.size}`);
+  return m;
+}
+
+/**
+ * A guest address space: page tables in guest memory, a paging mode and the
+ * root register(s). Translations and mapping walks run in the wasm core,
+ * which caches table frames and recent translations until {@link invalidate}
+ * or {@link invalidateRange} (call them when the guest changes its tables).
+ *
+ * Fault semantics are those of the reference walker (`reference.ts`): leaf
+ * pages may lie outside guest memory, tables may not (`outside-memory`).
+ * @example
+ * ```ts
+ * import { init, AddressSpace, gva } from 'vmkit/memory';
+ * await init();
+ * const space = AddressSpace.create({ memory, mode: 'x86-64', root: cr3 });
+ * const t = space.translate(gva(0xffff_ffff_8100_0000n));
+ * if (t.ok) console.log(t.gpa.toString(16), t.pageSize);
+ * space.dispose();
+ * ```
+ */
+export class AddressSpace {
+  /** The paging mode. */
+  readonly mode: PagingMode;
+  /** Where the tables are read from. */
+  readonly memory: GuestMemorySource;
+  #h: number;
+  #gen: number;
+  #io = 0;
+  #out = 0;
+  #closed = false;
+  #tmp = new Uint8Array(4096);
+  #reverse: _Reverse | undefined;
+  #opts: AddressSpaceOptions;
+
+  private constructor(memory: GuestMemorySource, opts: AddressSpaceOptions, h: number, gen: number, io: number, out: number) {
+    this.memory = memory;
+    this.mode = opts.mode;
+    this.#opts = opts;
+    this.#h = h;
+    this.#gen = gen;
+    this.#io = io;
+    this.#out = out;
+  }
+
+  /**
+   * Builds an address space. Throws ARG_TYPE / ARG_RANGE for bad options,
+   * LIMIT when 64 address spaces are live, NOT_INITIALIZED before `init()`.
+   * @example
+   * ```ts
+   * const space = AddressSpace.create({ memory, mode: 'aarch64', root: ttbr0, root1: ttbr1, t0sz: 16, t1sz: 16 });
+   * ```
+   */
+  static create(options: AddressSpaceCreateOptions): AddressSpace {
+    if (typeof options !== 'object' || options === null) throw new VmkitError('ARG_TYPE', `options must be an object, got ${describe(options)}`);
+    const memory = _memory(options.memory);
+    const mode = aoneOf(options.mode, 'mode', PAGING_MODES);
+    const root = au64(options.root, 'root');
+    const root1 = options.root1 === undefined ? undefined : au64(options.root1, 'root1');
+    const t0sz = options.t0sz ?? 16;
+    const t1sz = options.t1sz ?? 16;
+    aint(t0sz, 't0sz', 16, 39);
+    aint(t1sz, 't1sz', 16, 39);
+    const nxe = options.nxe ?? true;
+    if (typeof nxe !== 'boolean') throw new VmkitError('ARG_TYPE', `nxe must be a boolean, got ${describe(nxe)}`);
+    const cacheFrames = options.cacheFrames ?? 4096;
+    aint(cacheFrames, 'cacheFrames', 16, 1 << 20);
+    const opts: AddressSpaceOptions = { mode, root, nxe, t0sz, t1sz, ...(root1 === undefined ? {} : { root1 }) };
+    return withCore((c) => {
+      const e = _ex(c);
+      const h = check(
+        e.pagingCreate(MODE_CODE[mode], root, root1 ?? 0n, root1 === undefined ? 0 : 1, t0sz, t1sz, nxe ? 1 : 0, memory.size, cacheFrames),
+        'address space create',
+      );
+      let io = 0;
+      try {
+        io = c.alloc(BATCH * 8);
+        const out = c.alloc(MAP_RECORDS * MAP_BYTES);
+        return new AddressSpace(memory, opts, h, c.generation, io, out);
+      } catch (err) {
+        if (io) c.free(io);
+        e.pagingDestroy(h);
+        throw err;
+      }
+    });
+  }
+
+  /** The options this space was built with (roots as currently set). @example space.options.root */
+  get options(): AddressSpaceOptions {
+    return { ...this.#opts };
+  }
+
+  #live(): Core {
+    if (this.#closed) throw new VmkitError('INVALID_STATE', 'address space is disposed');
+    return checkGeneration(this.#gen, 'address space');
+  }
+
+  #res(c: Core): BigUint64Array {
+    return new BigUint64Array(c.exports.memory.buffer, _ex(c).pagingResult(), 16);
+  }
+
+  /** Reads the frame at `frame` from guest memory and hands it to the core. */
+  #provide(c: Core, frame: bigint): void {
+    const size = this.memory.size;
+    const tmp = this.#tmp;
+    const n = size - frame >= 4096n ? 4096 : Number(size - frame);
+    if (n < 4096) tmp.fill(0, n);
+    try {
+      this.memory.readSync(frame as Gpa, n === 4096 ? tmp : tmp.subarray(0, n));
+    } catch (e) {
+      if (e instanceof VmkitError) throw e;
+      throw new VmkitError('IO', `reading the page-table frame at ${frame.toString(16)} failed: ${(e as Error).message}`, { cause: e, offset: frame });
+    }
+    // The source may have used the core (a checkpoint reader): check it is still ours.
+    checkGeneration(this.#gen, 'address space');
+    c.u8().set(tmp, _ex(c).pagingStaging());
+    check(_ex(c).pagingProvide(this.#h, frame), 'page-table frame provide');
+  }
+
+  /**
+   * Translates one guest-virtual address. Returns a {@link Translation}, or a
+   * {@link TranslationFault} (not present at level N, reserved bit, non-canonical,
+   * a table outside guest memory, a bad root). Throws only for a bad argument.
+   * @example
+   * ```ts
+   * const t = space.translate(gva(0x40_1000n));
+   * console.log(t.ok ? t.gpa : `${t.reason} at level ${t.level}`);
+   * ```
+   */
+  translate(gva: bigint): Translation | TranslationFault {
+    const va = au64(gva, 'gva');
+    const c = this.#live();
+    return withCore(() => {
+      const e = _ex(c);
+      for (let tries = 0; ; tries++) {
+        const r = e.pagingTranslate(this.#h, va);
+        if (r === NEED_DATA && tries < 64) {
+          this.#provide(c, this.#res(c)[R_FRAME]!);
+          continue;
+        }
+        check(r === NEED_DATA ? -7 : r, 'translate');
+        const res = this.#res(c);
+        if (r === 0) {
+          return {
+            ok: true,
+            gva: va as Gva,
+            gpa: res[R_GPA]! as Gpa,
+            pageSize: Number(res[R_SIZE]!),
+            flags: Number(res[R_FLAGS]!),
+            level: Number(res[R_LEVEL]!),
+            leaf: res[R_LEAF]!,
+          };
+        }
+        const reason = REASONS[Number(res[R_REASON]!)] ?? 'not-present';
+        const level = Number(res[R_LEVEL]!);
+        return res[R_HAS_ENTRY] ? { ok: false, gva: va as Gva, reason, level, entry: res[R_LEAF]! } : { ok: false, gva: va as Gva, reason, level };
+      }
+    });
+  }
+
+  /**
+   * Translates a batch: `out[i]` receives the guest-physical address of
+   * `gvas[i]`, or {@link UNMAPPED_GPA} when it does not translate (any fault).
+   * Returns how many translated. `out` may be `gvas` itself. This is the hot
+   * path (the prefetch engine's {@link Translator}); it runs in the core in
+   * chunks of 8192 addresses.
+   * @example
+   * ```ts
+   * const gvas = BigUint64Array.of(0x40_1000n, 0x40_2000n);
+   * const out = new BigUint64Array(2);
+   * const mapped = space.translateInto(gvas, out);
+   * ```
+   */
+  translateInto(gvas: BigUint64Array, out: BigUint64Array): number {
+    if (!(gvas instanceof BigUint64Array)) throw new VmkitError('ARG_TYPE', `gvas must be a BigUint64Array, got ${describe(gvas)}`);
+    if (!(out instanceof BigUint64Array)) throw new VmkitError('ARG_TYPE', `out must be a BigUint64Array, got ${describe(out)}`);
+    if (out.length < gvas.length) throw new VmkitError('OUTPUT_TOO_SMALL', `out has room for ${out.length}, needs ${gvas.length}`);
+    const c = this.#live();
+    return withCore(() => {
+      const e = _ex(c);
+      const io = this.#io;
+      let mapped = 0;
+      for (let at = 0; at < gvas.length; at += BATCH) {
+        const n = Math.min(BATCH, gvas.length - at);
+        new BigUint64Array(c.exports.memory.buffer, io, n).set(gvas.subarray(at, at + n));
+        let done = 0;
+        let stuck = 0;
+        for (;;) {
+          const r = check(e.pagingTranslateBatch(this.#h, io, io, done, n), 'translate batch');
+          if (r >= n) break;
+          // Each frame lets the walk of address r go one level deeper (at most 5).
+          stuck = r === done ? stuck + 1 : 0;
+          if (stuck > 8) throw new VmkitError('LIMIT', 'translate batch made no progress (frame cache too small?)');
+          done = r;
+          this.#provide(c, this.#res(c)[R_FRAME]!);
+        }
+        const res = new BigUint64Array(c.exports.memory.buffer, io, n);
+        out.set(res, at);
+        for (let i = 0; i < n; i++) if (res[i] !== UNMAPPED_GPA) mapped++;
+      }
+      return mapped;
+    });
+  }
+
+  /**
+   * Every mapped page or large page overlapping `[from, to)` (default: the
+   * whole space), in ascending VA order (x86-64 upper half in canonical
+   * form after the lower half; AArch64 TTBR0's region before TTBR1's). Large
+   * pages are reported once. Entries with reserved bits, tables outside guest
+   * memory and tables already on the path from the root (a loop) are skipped.
+   * Lazy: the core walks in bounded chunks as the iterator is consumed.
+   * @example
+   * ```ts
+   * for (const m of space.mappings()) console.log(m.gva.toString(16), m.gpa.toString(16), m.pageSize);
+   * const kernel = [...space.mappings(gva(0xffff_ffff_8000_0000n))];
+   * ```
+   */
+  mappings(from: bigint = 0n, to: bigint = 1n << 64n): IterableIterator<Mapping> {
+    const lo = au64(from, 'from');
+    if (typeof to !== 'bigint' || to < 0n || to > 1n << 64n) {
+      throw new VmkitError(typeof to === 'bigint' ? 'ARG_RANGE' : 'ARG_TYPE', `to must be a bigint in [0, 2^64], got ${describe(to)}`);
+    }
+    this.#live();
+    return this.#walk(lo, to);
+  }
+
+  *#walk(from: bigint, to: bigint): Generator<Mapping> {
+    if (to <= from) return;
+    const last = to - 1n;
+    let cursor = from;
+    let needs = 0;
+    for (;;) {
+      const c = this.#live();
+      const chunk = withCore(() => {
+        const e = _ex(c);
+        const n = check(e.pagingMappings(this.#h, cursor, last, this.#out, MAP_RECORDS, MAP_BUDGET), 'mapping walk');
+        const res = this.#res(c);
+        const state = Number(res[R_STATE]!);
+        const next = res[R_CURSOR]!;
+        const frame = res[R_FRAME]!;
+        // Copy out: the buffer is reused by the next call, and the caller may interleave calls.
+        const recs = new BigUint64Array(c.exports.memory.buffer.slice(this.#out, this.#out + n * MAP_BYTES));
+        if (state === 2) {
+          needs = next === cursor ? needs + 1 : 0;
+          if (needs > 16) throw new VmkitError('LIMIT', 'mapping walk made no progress (frame cache too small?)');
+          this.#provide(c, frame);
+        }
+        return { n, state, next, recs };
+      });
+      const words = new Uint32Array(chunk.recs.buffer);
+      for (let i = 0; i < chunk.n; i++) {
+        const w = i * 4;
+        const m: Mapping = {
+          gva: chunk.recs[w]! as Gva,
+          gpa: chunk.recs[w + 1]! as Gpa,
+          pageSize: 2 ** (words[w * 2 + 7]! >>> 8),
+          flags: words[w * 2 + 6]!,
+          level: words[w * 2 + 7]! & 0xff,
+          leaf: chunk.recs[w + 2]!,
+        };
+        yield m;
+      }
+      if (chunk.state === 0) return;
+      cursor = chunk.next;
+    }
+  }
+
+  /**
+   * Guest-virtual addresses that map `gpa` (every alias: direct map, vmalloc,
+   * user mappings), ascending. Built by one full mapping walk on first use
+   * and kept until the next invalidation.
+   * @example
+   * ```ts
+   * const aliases = space.gvasOf(gpa(0x1234_5000n));
+   * ```
+   */
+  gvasOf(gpa: bigint): Gva[] {
+    const pa = au64(gpa, 'gpa');
+    this.#live();
+    const rev = (this.#reverse ??= this.#buildReverse());
+    const out: bigint[] = [];
+    for (const [size, idx] of rev.bySize) {
+      const base = Number(pa - (pa % BigInt(size)));
+      // First index with start >= base.
+      let lo = 0;
+      let hi = idx.starts.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (idx.starts[mid]! < base) lo = mid + 1;
+        else hi = mid;
+      }
+      for (let i = lo; i < idx.starts.length && idx.starts[i] === base; i++) out.push(idx.gvas[i]! + (pa - BigInt(base)));
+    }
+    out.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    return out as Gva[];
+  }
+
+  #buildReverse(): _Reverse {
+    const groups = new Map<number, { starts: number[]; gvas: bigint[] }>();
+    for (const m of this.#walk(0n, 1n << 64n)) {
+      let g = groups.get(m.pageSize);
+      if (!g) groups.set(m.pageSize, (g = { starts: [], gvas: [] }));
+      g.starts.push(Number(m.gpa));
+      g.gvas.push(m.gva);
+    }
+    const bySize = new Map<number, { starts: Float64Array; gvas: bigint[] }>();
+    for (const [size, g] of groups) {
+      const order = Array.from(g.starts.keys()).sort((a, b) => g.starts[a]! - g.starts[b]! || (g.gvas[a]! < g.gvas[b]! ? -1 : 1));
+      bySize.set(size, { starts: Float64Array.from(order, (i) => g.starts[i]!), gvas: order.map((i) => g.gvas[i]!) });
+    }
+    return { bySize };
+  }
+
+  /**
+   * Forgets every cached table frame and translation of this space (call it
+   * when the guest's tables changed in unknown places).
+   * @example
+   * ```ts
+   * space.invalidate();
+   * ```
+   */
+  invalidate(): void {
+    const c = this.#live();
+    this.#reverse = undefined;
+    withCore(() => check(_ex(c).pagingInvalidate(this.#h), 'invalidate'));
+  }
+
+  /**
+   * Forgets cached translations of `[from, to)` and every cached table frame
+   * used for an address in it (as INVLPG does, plus the table contents the
+   * core keeps). The reverse map is dropped.
+   * @example
+   * ```ts
+   * space.invalidateRange(gva(0x40_0000n), gva(0x60_0000n));
+   * ```
+   */
+  invalidateRange(from: bigint, to: bigint): void {
+    const lo = au64(from, 'from');
+    if (typeof to !== 'bigint' || to < 0n || to > 1n << 64n) {
+      throw new VmkitError(typeof to === 'bigint' ? 'ARG_RANGE' : 'ARG_TYPE', `to must be a bigint in [0, 2^64], got ${describe(to)}`);
+    }
+    const c = this.#live();
+    this.#reverse = undefined;
+    if (to <= lo) return;
+    withCore(() => check(_ex(c).pagingInvalidateRange(this.#h, lo, to - 1n), 'invalidate range'));
+  }
+
+  /**
+   * Switches the root register(s) (a new CR3 for another process, new
+   * TTBRs): cached translations are dropped, cached table frames kept.
+   * @example
+   * ```ts
+   * space.setRoot(otherCr3);
+   * ```
+   */
+  setRoot(root: bigint, root1?: bigint): void {
+    const r0 = au64(root, 'root');
+    const r1 = root1 === undefined ? undefined : au64(root1, 'root1');
+    const c = this.#live();
+    this.#reverse = undefined;
+    const next: AddressSpaceOptions = { ...this.#opts, root: r0 };
+    if (r1 === undefined) delete next.root1;
+    else next.root1 = r1;
+    this.#opts = next;
+    withCore(() => check(_ex(c).pagingSetRoot(this.#h, r0, r1 ?? 0n, r1 === undefined ? 0 : 1), 'set root'));
+  }
+
+  /**
+   * Counters of the core's caches for this space.
+   * @example
+   * ```ts
+   * const { cacheHits, walks, framesRead } = space.stats();
+   * ```
+   */
+  stats(): AddressSpaceStats {
+    const c = this.#live();
+    return withCore(() => {
+      const p = c.alloc(32);
+      try {
+        check(_ex(c).pagingStats(this.#h, p), 'stats');
+        const v = new BigUint64Array(c.exports.memory.buffer, p, 4);
+        return { cacheHits: Number(v[0]!), walks: Number(v[1]!), framesRead: Number(v[2]!), framesCached: Number(v[3]!) };
+      } finally {
+        c.free(p);
+      }
+    });
+  }
+
+  /**
+   * Releases the core's state for this space. Later calls throw INVALID_STATE;
+   * disposing twice is a no-op.
+   * @example
+   * ```ts
+   * space.dispose();
+   * ```
+   */
+  dispose(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#reverse = undefined;
+    try {
+      const c = checkGeneration(this.#gen, 'address space');
+      withCore(() => {
+        _ex(c).pagingDestroy(this.#h);
+        c.free(this.#io);
+        c.free(this.#out);
+      });
+    } catch (e) {
+      // A core that was reset took the space with it.
+      if (!(e instanceof VmkitError && e.code === 'STALE_HANDLE')) throw e;
+    }
+  }
+}

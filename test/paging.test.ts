@@ -1,0 +1,455 @@
+// The core's page-table walker through the AddressSpace API: hand-built x86-64
+// (4- and 5-level) and AArch64 trees with expected values taken from how each
+// tree was built; faults at every level; the frame-request protocol with a
+// tiny cache; mapping walks (order, large pages once, chunking, loops);
+// the reverse map; invalidation; argument checks. Then differential property
+// tests against the TypeScript reference walker over random trees.
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { AddressSpace, PF, UNMAPPED, UNMAPPED_GPA, VmkitError, gpa, gva, referenceMappings, referenceTranslate } from '../bindings/memory/index.js';
+import type { AddressSpaceOptions, Mapping, Translator } from '../bindings/memory/index.js';
+import { A, BufMemory, FrameAlloc, X, a64Index, canonical, x86Index } from './_paging-tree.js';
+
+const KiB4 = 4096n;
+const MiB2 = 2n << 20n;
+const GiB1 = 1n << 30n;
+
+/** An x86-64 tree builder: maps pages, creating tables on the way with `tableFlags`. */
+class X86Tree {
+  readonly alloc: FrameAlloc;
+  readonly root: bigint;
+  constructor(
+    readonly mem: BufMemory,
+    readonly levels: 4 | 5 = 4,
+  ) {
+    this.alloc = new FrameAlloc(mem);
+    this.root = this.alloc.frame();
+  }
+  /** The table at `level` for `va`, created if missing. */
+  table(va: bigint, level: number, tableFlags: bigint = X.P | X.W | X.U): bigint {
+    let t = this.root;
+    for (let l = this.levels; l > level; l--) {
+      const at = t + x86Index(va, l) * 8n;
+      let e = this.mem.get(at);
+      if (!(e & 1n)) {
+        e = this.alloc.frame() | tableFlags;
+        this.mem.set(at, e);
+      }
+      t = e & 0x000f_ffff_ffff_f000n;
+    }
+    return t;
+  }
+  map(va: bigint, pa: bigint, size: bigint, flags: bigint, tableFlags?: bigint): void {
+    const level = size === KiB4 ? 1 : size === MiB2 ? 2 : 3;
+    const t = this.table(va, level, tableFlags);
+    this.mem.set(t + x86Index(va, level) * 8n, pa | flags | (level > 1 ? X.PS : 0n));
+  }
+}
+
+function space(mem: BufMemory, opts: AddressSpaceOptions & { cacheFrames?: number }): AddressSpace {
+  return AddressSpace.create({ memory: mem, ...opts });
+}
+
+describe('x86-64 4-level', () => {
+  const mem = new BufMemory(1 << 20);
+  const t = new X86Tree(mem);
+  t.map(0x40_1000n, 0x1234_5000n, KiB4, X.P | X.W | X.U | X.A | X.D | X.G | X.PWT);
+  t.map(0x40_2000n, 0x2000_0000_0000n, KiB4, X.P | X.XD | X.PCD); // a frame far past guest memory: leaves may be MMIO
+  t.map(0x60_0000n, 0x8000_0000n, MiB2, X.P | X.W | X.A);
+  t.map(0x4000_0000n, 0x1_c000_0000n, GiB1, X.P | X.U | X.D);
+  t.map(0xffff_8000_0000_0000n, 0x5000n, KiB4, X.P | X.W, X.P | X.W); // supervisor tables: U cleared above
+  t.map(0xffff_ffff_ffff_f000n, 0x6000n, KiB4, X.P | X.U);
+  const opts: AddressSpaceOptions = { mode: 'x86-64', root: t.root | 0x18n | 0xabcn };
+
+  it('translates 4 KiB, 2 MiB and 1 GiB pages with effective flags', () => {
+    const s = space(mem, opts);
+    const a = s.translate(gva(0x40_1234n));
+    expect(a).toEqual({ ok: true, gva: 0x40_1234n, gpa: 0x1234_5234n, pageSize: 4096, flags: PF.PRESENT | PF.WRITE | PF.USER | PF.ACCESSED | PF.DIRTY | PF.GLOBAL | PF.PWT, level: 1, leaf: 0x1234_5000n | 0x16fn });
+    const b = s.translate(gva(0x40_2ff8n));
+    expect(b.ok && b.gpa).toBe(0x2000_0000_0ff8n);
+    expect(b.ok && b.flags).toBe(PF.PRESENT | PF.NX | PF.PCD); // U of the leaf is clear
+    const c = s.translate(gva(0x7f_ffffn));
+    expect(c).toMatchObject({ ok: true, gpa: 0x801f_ffffn, pageSize: 2 << 20, level: 2, flags: PF.PRESENT | PF.WRITE | PF.ACCESSED });
+    const d = s.translate(gva(0x7fff_fff0n));
+    expect(d).toMatchObject({ ok: true, gpa: 0x1_ffff_fff0n, pageSize: 1 << 30, level: 3, flags: PF.PRESENT | PF.USER | PF.DIRTY });
+    const e = s.translate(gva(0xffff_8000_0000_0010n));
+    expect(e).toMatchObject({ ok: true, gpa: 0x5010n, flags: PF.PRESENT | PF.WRITE });
+    expect(s.translate(gva(0xffff_ffff_ffff_ffffn))).toMatchObject({ ok: true, gpa: 0x6fffn });
+    s.dispose();
+  });
+
+  it('reports faults with their level and entry', () => {
+    const s = space(mem, opts);
+    expect(s.translate(gva(0x8000_0000_0000n))).toEqual({ ok: false, gva: 0x8000_0000_0000n, reason: 'non-canonical', level: 4 });
+    expect(s.translate(gva(0x80_0000_0000n))).toMatchObject({ ok: false, reason: 'not-present', level: 4, entry: 0n });
+    expect(s.translate(gva(0x8000_0000n))).toMatchObject({ ok: false, reason: 'not-present', level: 3 });
+    expect(s.translate(gva(0x80_0000n))).toMatchObject({ ok: false, reason: 'not-present', level: 2 });
+    expect(s.translate(gva(0x40_3000n))).toMatchObject({ ok: false, reason: 'not-present', level: 1 });
+    s.dispose();
+    // A CR3 with bits above MAXPHYADDR, and one past guest memory.
+    const bad = space(mem, { mode: 'x86-64', root: t.root | (1n << 55n) });
+    expect(bad.translate(gva(0x40_1000n))).toMatchObject({ ok: false, reason: 'bad-root', level: 4 });
+    bad.dispose();
+    const past = space(mem, { mode: 'x86-64', root: 1n << 20n });
+    expect(past.translate(gva(0x40_1000n))).toMatchObject({ ok: false, reason: 'bad-root' });
+    expect([...past.mappings()]).toEqual([]);
+    past.dispose();
+  });
+
+  it('translateInto matches translate and fills UNMAPPED', () => {
+    const s = space(mem, opts);
+    const vas = [0x40_1234n, 0x40_2000n, 0x40_3000n, 0x61_0000n, 0x4123_4567n, 0x8000_0000_0000n, 0xffff_8000_0000_0fffn];
+    const gvas = BigUint64Array.from(vas);
+    const out = new BigUint64Array(vas.length);
+    const n = s.translateInto(gvas, out);
+    const want = vas.map((v) => {
+      const r = s.translate(gva(v));
+      return r.ok ? r.gpa : UNMAPPED_GPA;
+    });
+    expect([...out]).toEqual(want);
+    expect(n).toBe(want.filter((x) => x !== UNMAPPED_GPA).length);
+    expect(UNMAPPED_GPA).toBe(UNMAPPED);
+    // In place, and as the prefetch engine's Translator.
+    const tr: Translator = s;
+    tr.translateInto(gvas, gvas);
+    expect([...gvas]).toEqual(want);
+    s.dispose();
+  });
+
+  it('walks every mapping in VA order, large pages once, within a range', () => {
+    const s = space(mem, opts);
+    const all = [...s.mappings()];
+    expect(all.map((m) => [m.gva, m.gpa, m.pageSize])).toEqual([
+      [0x40_1000n, 0x1234_5000n, 4096],
+      [0x40_2000n, 0x2000_0000_0000n, 4096],
+      [0x60_0000n, 0x8000_0000n, 2 << 20],
+      [0x4000_0000n, 0x1_c000_0000n, 1 << 30],
+      [0xffff_8000_0000_0000n, 0x5000n, 4096],
+      [0xffff_ffff_ffff_f000n, 0x6000n, 4096],
+    ]);
+    // A range that starts inside a large page includes it; `to` is exclusive.
+    expect([...s.mappings(gva(0x60_1000n), gva(0x4000_0000n))].map((m) => m.gva)).toEqual([0x60_0000n]);
+    expect([...s.mappings(gva(0x40_2000n), gva(0x40_2001n))].map((m) => m.gva)).toEqual([0x40_2000n]);
+    expect([...s.mappings(gva(0x0000_8000_0000_0000n))].map((m) => m.gva)).toEqual([0xffff_8000_0000_0000n, 0xffff_ffff_ffff_f000n]);
+    // Same as the reference walker.
+    expect(all).toEqual([...referenceMappings(mem, opts)]);
+    s.dispose();
+  });
+
+  it('gvasOf finds every alias, through large pages too', () => {
+    const s = space(mem, opts);
+    expect(s.gvasOf(gpa(0x1234_5678n))).toEqual([0x40_1678n]);
+    expect(s.gvasOf(gpa(0x8010_0000n))).toEqual([0x70_0000n]);
+    expect(s.gvasOf(gpa(0x1_c000_5010n))).toEqual([0x4000_5010n]);
+    expect(s.gvasOf(gpa(0x7000n))).toEqual([]);
+    s.dispose();
+  });
+});
+
+describe('reserved bits and NXE', () => {
+  it('faults on PS in a PML4E, low bits of large pages, XD without NXE', () => {
+    const mem = new BufMemory(1 << 20);
+    const t = new X86Tree(mem);
+    t.map(0x20_0000n, 0x40_0000n | (1n << 13n), MiB2, X.P); // bit 13 of a 2 MiB PDE is reserved
+    t.map(0x4000_0000n, 0x8000_0000n | (1n << 29n), GiB1, X.P); // bit 29 of a 1 GiB PDPTE
+    t.map(0x1000n, 0x9000n, KiB4, X.P | X.XD);
+    const pml4e = t.root + 8n * 5n;
+    mem.set(pml4e, 0x3000n | X.P | X.PS);
+    const s = space(mem, { mode: 'x86-64', root: t.root });
+    expect(s.translate(gva(0x20_0000n))).toMatchObject({ ok: false, reason: 'reserved-bit', level: 2 });
+    expect(s.translate(gva(0x4000_0000n))).toMatchObject({ ok: false, reason: 'reserved-bit', level: 3 });
+    expect(s.translate(gva(5n << 39n))).toMatchObject({ ok: false, reason: 'reserved-bit', level: 4 });
+    expect(s.translate(gva(0x1000n))).toMatchObject({ ok: true, flags: PF.PRESENT | PF.NX });
+    const noNx = space(mem, { mode: 'x86-64', root: t.root, nxe: false });
+    expect(noNx.translate(gva(0x1000n))).toMatchObject({ ok: false, reason: 'reserved-bit', level: 1 });
+    const out = new BigUint64Array(1);
+    noNx.translateInto(BigUint64Array.of(0x1000n), out);
+    expect(out[0]).toBe(UNMAPPED_GPA);
+    expect([...s.mappings()].map((m) => m.gva)).toEqual([0x1000n]);
+    expect([...noNx.mappings()]).toEqual([]);
+    s.dispose();
+    noNx.dispose();
+  });
+
+  it('a table outside guest memory is outside-memory at the level of that table', () => {
+    const mem = new BufMemory(1 << 16);
+    const t = new X86Tree(mem);
+    const pdpt = t.table(0n, 3);
+    mem.set(pdpt, 0x10_0000n | X.P | X.W); // a PD past the end of a 64 KiB guest
+    const s = space(mem, { mode: 'x86-64', root: t.root });
+    expect(s.translate(gva(0x1000n))).toEqual({ ok: false, gva: 0x1000n, reason: 'outside-memory', level: 2 });
+    expect([...s.mappings()]).toEqual([]);
+    s.dispose();
+  });
+});
+
+describe('x86-64 5-level', () => {
+  it('translates through a PML5 and sign-extends at bit 56', () => {
+    const mem = new BufMemory(1 << 20);
+    const t = new X86Tree(mem, 5);
+    t.map(0x0001_0000_0000_0000n, 0xa000n, KiB4, X.P | X.W);
+    t.map(0xff00_0000_0000_0000n, 0x4000_0000n, GiB1, X.P | X.G);
+    const s = space(mem, { mode: 'x86-64-5level', root: t.root });
+    expect(s.translate(gva(0x0001_0000_0000_0123n))).toMatchObject({ ok: true, gpa: 0xa123n, level: 1 });
+    expect(s.translate(gva(0xff00_0000_0000_0001n))).toMatchObject({ ok: true, gpa: 0x4000_0001n, level: 3, flags: PF.PRESENT | PF.GLOBAL });
+    expect(s.translate(gva(0x0001_0000_0000_0000n | (1n << 56n)))).toMatchObject({ ok: false, reason: 'non-canonical', level: 5 });
+    expect(s.translate(gva(0x0080_0000_0000_0000n))).toMatchObject({ ok: false, reason: 'not-present', level: 5 });
+    expect([...s.mappings()].map((m) => m.gva)).toEqual([0x0001_0000_0000_0000n, 0xff00_0000_0000_0000n]);
+    // PS in a PML5E is reserved.
+    mem.set(t.root + 8n * 3n, 0x5000n | X.P | X.PS);
+    s.invalidate(); // the core holds the PML5 frame until told it changed
+    expect(s.translate(gva(3n << 48n))).toMatchObject({ ok: false, reason: 'reserved-bit', level: 5 });
+    s.dispose();
+  });
+});
+
+describe('AArch64, 4 KiB granule', () => {
+  const mem = new BufMemory(1 << 20);
+  const alloc = new FrameAlloc(mem);
+  const ttbr0 = alloc.frame();
+  const ttbr1 = alloc.frame();
+  /** Maps va at `leafLevel` from the root `root` (start level 0), with table descriptors `tbl`. */
+  function map(root: bigint, va: bigint, pa: bigint, leafLevel: number, bits: bigint, tbl: bigint = A.TABLE): void {
+    let t = root;
+    for (let l = 0; l < leafLevel; l++) {
+      const at = t + a64Index(va, l) * 8n;
+      let d = mem.get(at);
+      if (!(d & 1n)) {
+        d = alloc.frame() | tbl;
+        mem.set(at, d);
+      }
+      t = d & 0x0000_ffff_ffff_f000n;
+    }
+    mem.set(t + a64Index(va, leafLevel) * 8n, pa | bits | (leafLevel === 3 ? A.PAGE : A.BLOCK));
+  }
+  map(ttbr0, 0x40_1000n, 0x8_1000n, 3, A.AF | A.AP1 | A.NG | A.UXN);
+  map(ttbr0, 0x4000_0000n, 0x8000_0000n, 1, A.AF | A.AP2 | A.PXN);
+  map(ttbr0, 0x80_0020_0000n, 0x60_0000n, 2, A.AF | A.DBM | A.AP1, A.TABLE | A.APT0 | A.UXNT); // its own tables
+  map(ttbr1, 0xffff_0000_0000_0000n, 0x9000n, 3, A.AF);
+  map(ttbr1, 0xffff_ffff_ffe0_0000n, 0x20_0000n, 2, A.AF | A.UXN | A.PXN, A.TABLE | A.APT1);
+  const opts: AddressSpaceOptions = { mode: 'aarch64', root: ttbr0 | (0x55n << 48n), root1: ttbr1 };
+
+  it('translates both halves with AP/XN/AF and table-level controls', () => {
+    const s = space(mem, opts);
+    expect(s.translate(gva(0x40_1abcn))).toEqual({ ok: true, gva: 0x40_1abcn, gpa: 0x8_1abcn, pageSize: 4096, level: 3, flags: PF.PRESENT | PF.WRITE | PF.USER | PF.ACCESSED | PF.UXN, leaf: 0x8_1000n | A.AF | A.AP1 | A.NG | A.UXN | 3n });
+    expect(s.translate(gva(0x4000_1000n))).toMatchObject({ ok: true, gpa: 0x8000_1000n, pageSize: 1 << 30, level: 1, flags: PF.PRESENT | PF.ACCESSED | PF.GLOBAL | PF.PXN });
+    // APTable[0] takes USER away; UXNTable adds UXN; DBM with AP[2] clear is dirty.
+    expect(s.translate(gva(0x80_0020_0010n))).toMatchObject({ ok: true, gpa: 0x60_0010n, level: 2, flags: PF.PRESENT | PF.WRITE | PF.ACCESSED | PF.DIRTY | PF.GLOBAL | PF.UXN });
+    expect(s.translate(gva(0xffff_0000_0000_0008n))).toMatchObject({ ok: true, gpa: 0x9008n, flags: PF.PRESENT | PF.WRITE | PF.ACCESSED | PF.GLOBAL });
+    expect(s.translate(gva(0xffff_ffff_ffff_fff0n))).toMatchObject({ ok: true, gpa: 0x3f_fff0n, flags: PF.PRESENT | PF.ACCESSED | PF.GLOBAL | PF.UXN | PF.PXN | PF.NX });
+    expect(s.translate(gva(0x0001_0000_0000_0000n))).toMatchObject({ ok: false, reason: 'non-canonical', level: 0 });
+    expect(s.translate(gva(0x8000_0000_0000n))).toMatchObject({ ok: false, reason: 'not-present', level: 0 });
+    expect([...s.mappings()].map((m) => [m.gva, m.pageSize])).toEqual([
+      [0x40_1000n, 4096],
+      [0x4000_0000n, 1 << 30],
+      [0x80_0020_0000n, 2 << 20],
+      [0xffff_0000_0000_0000n, 4096],
+      [0xffff_ffff_ffe0_0000n, 2 << 20],
+    ]);
+    expect([...s.mappings()]).toEqual([...referenceMappings(mem, opts)]);
+    s.dispose();
+  });
+
+  it('level-0 blocks and level-3 "01" descriptors are invalid; no TTBR1 is a bad root', () => {
+    const m2 = new BufMemory(1 << 16);
+    const al = new FrameAlloc(m2);
+    const root = al.frame();
+    const l1 = al.frame();
+    const l2 = al.frame();
+    const l3 = al.frame();
+    m2.set(root, 0x8000_0000n | A.BLOCK);
+    m2.set(root + 8n, l1 | A.TABLE);
+    m2.set(l1, l2 | A.TABLE);
+    m2.set(l2, l3 | A.TABLE);
+    m2.set(l3, 0x5000n | A.BLOCK | A.AF);
+    const s = space(m2, { mode: 'aarch64', root });
+    expect(s.translate(gva(0n))).toMatchObject({ ok: false, reason: 'not-present', level: 0, entry: 0x8000_0001n });
+    expect(s.translate(gva(1n << 39n))).toMatchObject({ ok: false, reason: 'not-present', level: 3 });
+    expect(s.translate(gva(0xffff_0000_0000_0000n))).toMatchObject({ ok: false, reason: 'bad-root', level: 0 });
+    s.dispose();
+  });
+
+  it('T0SZ 39 starts at level 2 with a 16-entry root; T1SZ 25', () => {
+    const m2 = new BufMemory(1 << 16);
+    const al = new FrameAlloc(m2);
+    const root = al.frame() + 0x80n; // 16 entries (128 bytes), aligned to 128
+    const l3 = al.frame();
+    m2.set(root + 15n * 8n, l3 | A.TABLE);
+    m2.set(l3 + 8n, 0x7000n | A.PAGE | A.AF);
+    const root1 = al.frame();
+    m2.set(root1 + 511n * 8n * 0n, 0n);
+    // T1SZ 25: 39-bit upper region, start level 1, 512 entries.
+    m2.set(root1 + 511n * 8n, 0x4000_0000n | A.BLOCK | A.AF);
+    const s = space(m2, { mode: 'aarch64', root, root1, t0sz: 39, t1sz: 25 });
+    const va = (15n << 21n) | 0x1008n;
+    expect(s.translate(gva(va))).toMatchObject({ ok: true, gpa: 0x7008n, level: 3 });
+    expect(s.translate(gva(1n << 25n))).toMatchObject({ ok: false, reason: 'non-canonical', level: 2 });
+    expect(s.translate(gva(0xffff_ffff_ffff_ff00n))).toMatchObject({ ok: true, gpa: 0x7fff_ff00n, level: 1 });
+    expect(s.translate(gva(0xffff_ff00_0000_0000n))).toMatchObject({ ok: false, reason: 'non-canonical' });
+    expect([...s.mappings()].map((m) => m.gva)).toEqual([(15n << 21n) | 0x1000n, 0xffff_ffff_c000_0000n]);
+    expect([...s.mappings()]).toEqual([...referenceMappings(m2, { mode: 'aarch64', root, root1, t0sz: 39, t1sz: 25 })]);
+    s.dispose();
+  });
+});
+
+describe('caches and the frame-request protocol', () => {
+  /** 64 PTs mapping 64 × 2 MiB of 4 KiB pages: more tables than a 16-frame cache holds. */
+  function wide(): { mem: BufMemory; t: X86Tree } {
+    const mem = new BufMemory(1 << 20);
+    const t = new X86Tree(mem);
+    for (let r = 0n; r < 64n; r++) for (let p = 0n; p < 512n; p += 37n) t.map(r * MiB2 + p * KiB4, 0x1000_0000n + r * MiB2 + p * KiB4, KiB4, X.P | X.W);
+    return { mem, t };
+  }
+
+  it('a 16-frame cache still translates and walks correctly, reading frames again as needed', () => {
+    const { mem, t } = wide();
+    const s = space(mem, { mode: 'x86-64', root: t.root, cacheFrames: 16 });
+    const vas: bigint[] = [];
+    for (let i = 0n; i < 3000n; i++) vas.push(((i * 7919n) % 64n) * MiB2 + ((i * 104729n) % 512n) * KiB4 + (i % 4096n));
+    const out = new BigUint64Array(vas.length);
+    s.translateInto(BigUint64Array.from(vas), out);
+    const want = vas.map((v) => {
+      const r = referenceTranslate(mem, { mode: 'x86-64', root: t.root }, v);
+      return r.ok ? r.gpa : UNMAPPED_GPA;
+    });
+    expect([...out]).toEqual(want);
+    const maps = [...s.mappings()];
+    expect(maps.length).toBe(64 * 14);
+    expect(maps).toEqual([...referenceMappings(mem, { mode: 'x86-64', root: t.root })]);
+    expect(s.stats().framesCached).toBeLessThanOrEqual(64); // capacity rounds up to a 64-frame chunk
+    s.dispose();
+  });
+
+  it('warm translations do not read guest memory; invalidation makes changes visible', () => {
+    const { mem, t } = wide();
+    const s = space(mem, { mode: 'x86-64', root: t.root });
+    const gvas = BigUint64Array.from({ length: 4096 }, (_, i) => BigInt(i % 64) * MiB2 + BigInt(((i * 5) % 14) * 37) * KiB4);
+    const out = new BigUint64Array(gvas.length);
+    s.translateInto(gvas, out);
+    const reads = mem.reads;
+    s.translateInto(gvas, out);
+    expect(mem.reads).toBe(reads);
+    expect(s.stats().cacheHits).toBeGreaterThan(4000);
+    // The guest remaps 0x0 to another frame: stale until invalidated.
+    const pt = t.table(0n, 1);
+    mem.set(pt, 0x7777_0000n | X.P);
+    expect(s.translate(gva(0n))).toMatchObject({ ok: true, gpa: 0x1000_0000n });
+    s.invalidateRange(gva(0n), gva(0x1000n));
+    expect(s.translate(gva(0n))).toMatchObject({ ok: true, gpa: 0x7777_0000n });
+    // A change in another 2 MiB region, invalidated by its own range only.
+    const pt5 = t.table(5n * MiB2, 1);
+    mem.set(pt5, 0n);
+    expect(s.translate(gva(5n * MiB2))).toMatchObject({ ok: true });
+    s.invalidateRange(gva(5n * MiB2), gva(5n * MiB2 + 1n));
+    expect(s.translate(gva(5n * MiB2))).toMatchObject({ ok: false, reason: 'not-present', level: 1 });
+    // gvasOf is rebuilt after invalidation.
+    expect(s.gvasOf(gpa(0x7777_0000n))).toEqual([0n]);
+    mem.set(pt, 0x7778_0000n | X.P);
+    s.invalidate();
+    expect(s.gvasOf(gpa(0x7777_0000n))).toEqual([]);
+    expect(s.gvasOf(gpa(0x7778_0123n))).toEqual([0x123n]);
+    s.dispose();
+  });
+
+  it('setRoot switches address spaces', () => {
+    const mem = new BufMemory(1 << 18);
+    const a = new X86Tree(mem);
+    a.map(0x1000n, 0xa000n, KiB4, X.P);
+    const rootB = a.alloc.frame(); // an empty PML4
+    const s = space(mem, { mode: 'x86-64', root: a.root });
+    expect(s.translate(gva(0x1000n))).toMatchObject({ ok: true, gpa: 0xa000n });
+    s.setRoot(rootB);
+    expect(s.translate(gva(0x1000n))).toMatchObject({ ok: false, reason: 'not-present', level: 4 });
+    expect(s.options.root).toBe(rootB);
+    s.dispose();
+  });
+});
+
+describe('mapping walks over hostile tables', () => {
+  it('a table pointing at itself or an ancestor is not entered again; translation follows it as hardware does', () => {
+    const mem = new BufMemory(1 << 16);
+    const t = new X86Tree(mem);
+    t.map(0x1000n, 0x9000n, KiB4, X.P);
+    mem.set(t.root + 8n * 7n, t.root | X.P | X.W); // PML4[7] -> PML4 (the self-map trick)
+    const pd = t.table(0n, 2);
+    mem.set(pd + 8n * 3n, t.table(0n, 3) | X.P); // PD[3] -> its own PDPT (an ancestor)
+    const s = space(mem, { mode: 'x86-64', root: t.root });
+    const opts: AddressSpaceOptions = { mode: 'x86-64', root: t.root };
+    expect([...s.mappings()]).toEqual([...referenceMappings(mem, opts)]);
+    // Through the self-map, the PML4 reads as a PDPT: 7/7/0/1 reaches the PT of 0x1000.
+    const selfVa = (7n << 39n) | (7n << 30n) | (0n << 21n) | (1n << 12n);
+    expect(s.translate(gva(selfVa))).toEqual(referenceTranslate(mem, opts, selfVa));
+    s.dispose();
+  });
+
+  it('512^3 leaves behind shared tables iterate lazily in bounded chunks', () => {
+    const mem = new BufMemory(1 << 16);
+    const al = new FrameAlloc(mem);
+    const [pml4, pdpt, pd, pt] = [al.frame(), al.frame(), al.frame(), al.frame()];
+    for (let i = 0n; i < 512n; i++) {
+      mem.set(pml4 + i * 8n, pdpt | X.P);
+      mem.set(pdpt + i * 8n, pd | X.P);
+      mem.set(pd + i * 8n, pt | X.P);
+      mem.set(pt + i * 8n, (i << 12n) | X.P);
+    }
+    const s = space(mem, { mode: 'x86-64', root: pml4 });
+    let n = 0;
+    let prev = -1n;
+    for (const m of s.mappings()) {
+      expect(m.gva > prev).toBe(true);
+      prev = m.gva;
+      if (++n === 5000) break;
+    }
+    expect(prev).toBe(BigInt(4999 % 512) * KiB4 + BigInt(Math.floor(4999 / 512)) * MiB2);
+    // Start deep inside the upper half.
+    const from = canonical((300n << 39n) | (5n << 30n) | (7n << 21n) | (9n << 12n), 48);
+    const first = s.mappings(gva(from))[Symbol.iterator]().next().value as Mapping;
+    expect(first.gva).toBe(from);
+    expect(first.gpa).toBe(9n << 12n);
+    s.dispose();
+  });
+});
+
+describe('argument checks', () => {
+  const mem = new BufMemory(1 << 16);
+  it('rejects bad options and arguments with named VmkitErrors', () => {
+    const bad = (f: () => unknown, code: string, name: string): void => {
+      try {
+        f();
+        expect.unreachable();
+      } catch (e) {
+        expect(e).toBeInstanceOf(VmkitError);
+        expect((e as VmkitError).code).toBe(code);
+        expect((e as VmkitError).message).toContain(name);
+      }
+    };
+    bad(() => AddressSpace.create({ memory: mem, mode: 'x86' as never, root: 0n }), 'ARG_RANGE', 'mode');
+    bad(() => AddressSpace.create({ memory: {} as never, mode: 'x86-64', root: 0n }), 'ARG_TYPE', 'memory');
+    bad(() => AddressSpace.create({ memory: mem, mode: 'x86-64', root: -1n }), 'ARG_RANGE', 'root');
+    bad(() => AddressSpace.create({ memory: mem, mode: 'aarch64', root: 0n, t0sz: 12 }), 'ARG_RANGE', 't0sz');
+    bad(() => AddressSpace.create({ memory: mem, mode: 'x86-64', root: 0n, cacheFrames: 1 }), 'ARG_RANGE', 'cacheFrames');
+    const s = space(mem, { mode: 'x86-64', root: 0x1000n });
+    bad(() => s.translate(1n << 64n), 'ARG_RANGE', 'gva');
+    bad(() => s.translate('1' as never), 'ARG_TYPE', 'gva');
+    bad(() => s.translateInto(new BigUint64Array(2), new BigUint64Array(1)), 'OUTPUT_TOO_SMALL', 'out');
+    bad(() => s.translateInto([1n] as never, new BigUint64Array(1)), 'ARG_TYPE', 'gvas');
+    bad(() => s.mappings(0n, (1n << 64n) + 1n), 'ARG_RANGE', 'to');
+    bad(() => s.gvasOf(-1n), 'ARG_RANGE', 'gpa');
+    s.dispose();
+    s.dispose();
+    bad(() => s.translate(0n), 'INVALID_STATE', 'disposed');
+  });
+
+  it('64 live spaces, then LIMIT; disposing frees a handle', () => {
+    const list: AddressSpace[] = [];
+    try {
+      for (;;) list.push(space(mem, { mode: 'x86-64', root: 0x1000n, cacheFrames: 16 }));
+    } catch (e) {
+      expect((e as VmkitError).code).toBe('LIMIT');
+    }
+    expect(list.length).toBeGreaterThan(0);
+    list.pop()!.dispose();
+    list.push(space(mem, { mode: 'x86-64', root: 0x1000n }));
+    for (const s of list) s.dispose();
+  });
+});
