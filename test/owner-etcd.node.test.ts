@@ -4,7 +4,11 @@
 // values written behind the store's back, a malformed gateway, and an etcd that
 // is down (NETWORK, fast) or hung (TIMEOUT, within the deadline, not a hang).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { etcdStore, type EtcdOwnerStore } from '../bindings/disk/owner/etcd-store.js';
+import { openOwned } from '../bindings/disk/owner/handoff.js';
 import type { OwnerRecord } from '../bindings/disk/owner/types.js';
 import { VmkitError } from '../bindings/errors.js';
 import { freePort, startEtcd, type EtcdServer } from './_etcd.js';
@@ -202,5 +206,53 @@ describe.skipIf(!have)('owner store: etcd', () => {
       etcd.resume();
     }
     expect(await code(s.read('x'))).toBe('INVALID_STATE');
+  });
+
+  it('through the handoff: a hung etcd fences the holder once its lease ends and fails openers with TIMEOUT, then the next opener takes over', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vmkit-owner-etcd-'));
+    const path = join(dir, 'vm.raw');
+    await writeFile(path, new Uint8Array(1 << 20));
+    const name = disk('handoff');
+    const block = new Uint8Array(4096).fill(7);
+    try {
+      const a = await openOwned(path, { as: 'a', name, store: open({ timeoutMs: 300 }), leaseMs: 1000, maxSkewMs: 50, image: { format: 'raw' } });
+      expect(a.epoch).toBe(1);
+      await a.device.write(0, block);
+      await a.device.flush();
+      etcd.pause();
+      try {
+        // The holder keeps its lease while it cannot reach etcd, then refuses to write: FENCED, not a hang.
+        const t = Date.now();
+        let err: unknown;
+        while (Date.now() - t < 5000) {
+          try {
+            await a.device.write(4096, block);
+            await a.device.flush();
+          } catch (e) {
+            err = e;
+            break;
+          }
+        }
+        expect(err).toBeInstanceOf(VmkitError);
+        expect((err as VmkitError).code).toBe('FENCED');
+        expect(Date.now() - t).toBeLessThan(2500);
+        // An opener cannot read the record: a clear error within its deadline.
+        const t2 = Date.now();
+        expect(await code(openOwned(path, { as: 'b', name, store: open({ timeoutMs: 300 }), leaseMs: 1000, image: { format: 'raw' } }))).toBe('TIMEOUT');
+        expect(Date.now() - t2).toBeLessThan(2500);
+      } finally {
+        etcd.resume();
+      }
+      // a's lease has run out: b takes epoch 2 (after asking a, if a still answers, to let go).
+      const b = await openOwned(path, { as: 'b', name, store: open(), leaseMs: 1000, maxSkewMs: 50, image: { format: 'raw' }, waitMs: 5000 });
+      expect(b.epoch).toBe(2);
+      await b.device.write(0, block);
+      await b.device.flush();
+      expect(await code(a.device.write(0, block))).toBe('FENCED');
+      await b.release();
+      expect((await open().read(name)).record).toMatchObject({ epoch: 2, state: 'free' });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
