@@ -67,7 +67,13 @@ export async function main(argv: string[], io: CliIO): Promise<number> {
     }
     // Instantiate synchronously from the file: the async path touches the global
     // Response, whose first use loads undici (50-90 ms of every CLI run).
-    if (!isInitialized()) initSync(readFileSync(new URL('../core.wasm', import.meta.url)));
+    if (!isInitialized()) {
+      try {
+        initSync(readFileSync(new URL('../core.wasm', import.meta.url)));
+      } catch {
+        // init() below reports why the core does not load.
+      }
+    }
     await init();
     return await command.run(rest, io);
   } catch (e) {
