@@ -1,0 +1,236 @@
+// Disk ownership in one realm (Node and Chromium): records and their hostile variants,
+// compare-and-swap races, the handoff over the in-process and MessagePort transports,
+// refusals, wrong-epoch requests, fencing of a stale holder, dead and unreachable owners,
+// clock skew.
+import { describe, expect, it } from 'vitest';
+import { MemoryProvider } from '../bindings/disk/backends/memory.js';
+import { createImage } from '../bindings/disk/image.js';
+import {
+  MAX_LEASE_MS,
+  MAX_RECORD_BYTES,
+  MemoryOwnerStore,
+  MessagePortTransport,
+  encodeRecord,
+  inProcessTransport,
+  openOwned,
+  parseRecord,
+  requestRelease,
+  type OpenOwnedOptions,
+  type OwnerRecord,
+} from '../bindings/disk/owner/index.js';
+import { VmkitError } from '../bindings/errors.js';
+
+const who = { id: 'a', host: 'h', pid: 1 };
+const good: OwnerRecord = { version: 1, disk: 'd.raw', epoch: 3, state: 'owned', owner: { ...who, endpoint: 'http://127.0.0.1:1/release' }, leaseExpiresAt: 2_000_000_010_000, updatedAt: 2_000_000_000_000 };
+const enc = (o: unknown): string => JSON.stringify(o);
+
+async function code(p: Promise<unknown> | (() => unknown)): Promise<string | undefined> {
+  try {
+    await (typeof p === 'function' ? p() : p);
+  } catch (e) {
+    expect(e).toBeInstanceOf(VmkitError);
+    return (e as VmkitError).code;
+  }
+  return undefined;
+}
+
+async function setup(): Promise<{ provider: MemoryProvider; store: MemoryOwnerStore; opts: (id: string, more?: Partial<OpenOwnedOptions>) => OpenOwnedOptions }> {
+  const provider = new MemoryProvider();
+  await createImage('d.raw', { provider, format: 'raw', size: 1 << 20 });
+  const store = new MemoryOwnerStore();
+  return {
+    provider,
+    store,
+    opts: (id, more = {}) => ({ as: id, store, transport: inProcessTransport, serve: `${id}-${Math.random()}`, image: { provider, format: 'raw' }, leaseMs: 2000, ...more }),
+  };
+}
+
+describe('owner records', () => {
+  it('round-trip and refuse corrupt or hostile metadata with stable codes', async () => {
+    expect(parseRecord(encodeRecord(good))).toEqual(good);
+    const free: OwnerRecord = { version: 1, disk: 'd', epoch: 0, state: 'free', leaseExpiresAt: 0, updatedAt: 0 };
+    expect(parseRecord(encodeRecord(free))).toEqual(free);
+    const cases: [unknown, string][] = [
+      [{ ...good, epoch: '3' }, 'CORRUPT'],
+      [{ ...good, epoch: 3.5 }, 'CORRUPT'],
+      [{ ...good, epoch: -1 }, 'LIMIT'],
+      [{ ...good, epoch: 2 ** 53 }, 'LIMIT'],
+      [{ ...good, epoch: 1e300 }, 'LIMIT'],
+      [{ ...good, version: 2 }, 'UNSUPPORTED'],
+      [{ ...good, version: '1' }, 'CORRUPT'],
+      [{ ...good, state: 'stolen' }, 'CORRUPT'],
+      [{ ...good, owner: undefined }, 'CORRUPT'], // owned by nobody
+      [{ ...good, owner: { ...who, pid: 'x' } }, 'CORRUPT'],
+      [{ ...good, owner: { ...who, id: '' } }, 'CORRUPT'],
+      [{ ...good, owner: { ...who, id: 'x'.repeat(5000) } }, 'LIMIT'],
+      [{ ...good, owner: { ...who, extra: 1 } }, 'CORRUPT'],
+      [{ ...good, surprise: true }, 'CORRUPT'],
+      [{ ...good, leaseExpiresAt: good.updatedAt + MAX_LEASE_MS + 1 }, 'LIMIT'], // a lease for years
+      [[good], 'CORRUPT'],
+      [null, 'CORRUPT'],
+      [42, 'CORRUPT'],
+    ];
+    for (const [v, c] of cases) expect([enc(v), await code(() => parseRecord(enc(v)))]).toEqual([enc(v), c]);
+    // __proto__ in JSON is an own key, not a prototype: refused as unknown.
+    expect(await code(() => parseRecord(enc(good).replace('{', '{"__proto__":{"epoch":0},')))).toBe('CORRUPT');
+    expect(await code(() => parseRecord('{"version":1,'))).toBe('CORRUPT');
+    expect(await code(() => parseRecord(new Uint8Array([0x7b, 0xff, 0xfe, 0x7d])))).toBe('CORRUPT');
+    expect(await code(() => parseRecord(' '.repeat(MAX_RECORD_BYTES) + enc(good)))).toBe('LIMIT');
+    // Writers validate too: a store never writes what it would refuse to read.
+    expect(await code(() => encodeRecord({ ...good, epoch: 2 ** 53 }))).toBe('LIMIT');
+  });
+});
+
+describe('memory store', () => {
+  it('compare-and-swap: exactly one of many racing writers wins each revision', async () => {
+    const store = new MemoryOwnerStore();
+    expect(await store.read('d')).toEqual({ record: null, revision: null });
+    const tries = await Promise.all(Array.from({ length: 32 }, (_, i) => store.compareAndSwap('d', null, { ...good, epoch: i + 1 })));
+    expect(tries.filter((r) => r !== null)).toEqual(['1']);
+    const snap = await store.read('d');
+    const second = await Promise.all(Array.from({ length: 32 }, (_, i) => store.compareAndSwap('d', snap.revision, { ...good, epoch: 100 + i })));
+    expect(second.filter((r) => r !== null)).toHaveLength(1);
+    expect(await store.compareAndSwap('d', snap.revision, good)).toBeNull(); // stale revision
+  });
+});
+
+describe('handoff (in-process transport)', () => {
+  it('the owner drains, flushes and releases; the opener takes epoch + 1; the old holder is fenced', async () => {
+    const { store, opts } = await setup();
+    const a = await openOwned('d.raw', opts('a'));
+    expect(a.epoch).toBe(1);
+    const w = a.device.write(0, new Uint8Array(4096).fill(0xa1)); // in flight when the request lands
+    const b = await openOwned('d.raw', opts('b'));
+    await w;
+    expect(b.epoch).toBe(2);
+    expect(await a.done).toMatchObject({ reason: 'requested', by: { id: 'b' } });
+    expect((await b.device.read(0, 4096)).every((x) => x === 0xa1)).toBe(true); // a's write was drained first
+    expect(await code(a.device.write(0, new Uint8Array(512)))).toBe('FENCED');
+    expect(await code(a.device.flush())).toBe('FENCED');
+    const rec = (await store.read('d.raw')).record!;
+    expect(rec).toMatchObject({ epoch: 2, state: 'owned', owner: { id: 'b' } });
+    await b.release();
+    expect((await store.read('d.raw')).record).toMatchObject({ epoch: 2, state: 'free' });
+    const c = await openOwned('d.raw', opts('c'));
+    expect(c.epoch).toBe(3); // a free disk still takes the next epoch
+    await c.release();
+  });
+
+  it('a refusal reaches the opener with its reason; the owner keeps the disk', async () => {
+    const { store, opts } = await setup();
+    const a = await openOwned('d.raw', opts('a', { onReleaseRequest: (r) => `backup running (asked by ${r.requester.id})` }));
+    const e = await openOwned('d.raw', opts('b')).catch((x: unknown) => x as VmkitError);
+    expect(e).toBeInstanceOf(VmkitError);
+    expect((e as VmkitError).code).toBe('REFUSED');
+    expect((e as VmkitError).message).toContain('backup running (asked by b)');
+    expect((await store.read('d.raw')).record).toMatchObject({ epoch: 1, owner: { id: 'a' } });
+    await a.device.write(0, new Uint8Array(512));
+    await a.device.flush();
+    await a.release();
+  });
+
+  it('a release request for the wrong epoch is refused (CONFLICT) and changes nothing', async () => {
+    const { store, opts } = await setup();
+    const a = await openOwned('d.raw', opts('a'));
+    const rec = (await store.read('d.raw')).record!;
+    const reply = await inProcessTransport.request(a.endpoint!, { disk: 'd.raw', epoch: rec.epoch + 1, requester: who }, 1000);
+    expect(reply).toMatchObject({ ok: false, code: 'CONFLICT' });
+    expect(await inProcessTransport.request(a.endpoint!, { disk: 'other.raw', epoch: rec.epoch, requester: who }, 1000)).toMatchObject({ ok: false, code: 'NOT_FOUND' });
+    expect(a.fenced).toBe(false);
+    await a.device.write(0, new Uint8Array(512)); // still the holder
+    // requestRelease frees the disk without taking it.
+    expect(await requestRelease('d.raw', { as: 'operator', store, transport: inProcessTransport })).toMatchObject({ state: 'free', epoch: 1 });
+    expect(await a.done).toMatchObject({ reason: 'requested', by: { id: 'operator' } });
+  });
+
+  it('a stale holder is fenced: its next check against the store fails, and every write after it', async () => {
+    const { store, opts } = await setup();
+    // a cannot be asked (no endpoint); b's clock runs an hour ahead, so a's lease looks dead to b.
+    const a = await openOwned('d.raw', opts('a', { serve: false }));
+    const b = await openOwned('d.raw', opts('b', { now: () => Date.now() + 3_600_000 }));
+    expect(b.epoch).toBe(2);
+    // a learns at its next store check (always before a flush).
+    expect(await code(a.device.flush())).toBe('FENCED');
+    expect(a.fenced).toBe(true);
+    expect(await a.done).toEqual({ reason: 'fenced' });
+    expect(await code(a.device.write(0, new Uint8Array(512)))).toBe('FENCED');
+    await b.device.write(0, new Uint8Array(512).fill(2));
+    await b.device.flush();
+    await b.release();
+  });
+
+  it('a holder that cannot reach the store stops writing when its lease runs out', async () => {
+    const { store, opts } = await setup();
+    let down = false;
+    const flaky = Object.assign(Object.create(store) as MemoryOwnerStore, {
+      read: (d: string) => (down ? Promise.reject(new VmkitError('NETWORK', 'store down')) : store.read(d)),
+      compareAndSwap: (d: string, e: string | null, n: OwnerRecord) => (down ? Promise.reject(new VmkitError('NETWORK', 'store down')) : store.compareAndSwap(d, e, n)),
+    });
+    const a = await openOwned('d.raw', opts('a', { store: flaky, leaseMs: 300 }));
+    down = true;
+    await a.device.write(0, new Uint8Array(512)); // the lease is still ours
+    await a.device.flush(); // store unreachable, lease alive: allowed
+    await new Promise((r) => setTimeout(r, 320));
+    expect(await code(a.device.write(0, new Uint8Array(512)))).toBe('FENCED');
+  });
+
+  it('dead owners lose the disk without being asked; unreachable live owners are waited for, boundedly', async () => {
+    const { store, opts } = await setup();
+    const ghost = { id: 'ghost', host: 'gone', pid: 9, endpoint: 'inproc:nobody-serves-this' };
+    const now = Date.now();
+    await store.compareAndSwap('d.raw', null, { version: 1, disk: 'd.raw', epoch: 41, state: 'owned', owner: ghost, leaseExpiresAt: now - 5000, updatedAt: now - 15000 });
+    const b = await openOwned('d.raw', opts('b'));
+    expect(b.epoch).toBe(42);
+    await b.release();
+    // Live lease, unreachable owner: wait for it to expire…
+    const snap = await store.read('d.raw');
+    await store.compareAndSwap('d.raw', snap.revision, { version: 1, disk: 'd.raw', epoch: 50, state: 'owned', owner: ghost, leaseExpiresAt: Date.now() + 250, updatedAt: Date.now() });
+    expect(await code(openOwned('d.raw', opts('c', { waitMs: 50, maxSkewMs: 0 })))).toBe('TIMEOUT');
+    const t0 = Date.now();
+    const c = await openOwned('d.raw', opts('c', { waitMs: 2000, maxSkewMs: 50 }));
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(150);
+    expect(c.epoch).toBe(51);
+    await c.release();
+  });
+
+  it('clock skew: a lease that looks expired is still asked for first; a lease that looks eternal times out clearly', async () => {
+    const { opts } = await setup();
+    const a = await openOwned('d.raw', opts('a'));
+    // b's clock is an hour ahead: a's lease looks dead, but a answers, so it is released, not stolen.
+    const b = await openOwned('d.raw', opts('b', { now: () => Date.now() + 3_600_000 }));
+    expect(await a.done).toMatchObject({ reason: 'requested' });
+    expect(a.fenced).toBe(false);
+    // c's clock is an hour behind and b serves no endpoint: b's lease looks alive for an hour.
+    await b.release();
+    const b2 = await openOwned('d.raw', opts('b', { serve: false }));
+    const e = (await openOwned('d.raw', opts('c', { now: () => Date.now() - 3_600_000, waitMs: 100 })).catch((x: unknown) => x)) as VmkitError;
+    expect(e.code).toBe('TIMEOUT');
+    expect(e.message).toMatch(/lease runs until .* skew allowance, this clock reads/);
+    await b2.release();
+  });
+
+  it('hostile metadata stops the open; nothing is taken over', async () => {
+    const { store, opts } = await setup();
+    store._putRaw('d.raw', new TextEncoder().encode('{"version":1,"disk":"d.raw","epoch":"lots"}'));
+    expect(await code(openOwned('d.raw', opts('a')))).toBe('CORRUPT');
+    store._putRaw('d.raw', new TextEncoder().encode(enc({ ...good, disk: 'd.raw', state: 'free', epoch: Number.MAX_SAFE_INTEGER })));
+    expect(await code(openOwned('d.raw', opts('a')))).toBe('LIMIT');
+    store._putRaw('d.raw', new TextEncoder().encode(enc({ ...good, version: 7 })));
+    expect(await code(openOwned('d.raw', opts('a')))).toBe('UNSUPPORTED');
+  });
+});
+
+describe('handoff over a MessagePort', () => {
+  it('the owner serves on one end of a channel, the opener asks on the other', async () => {
+    const { opts } = await setup();
+    const { port1, port2 } = new MessageChannel();
+    const a = await openOwned('d.raw', opts('a', { transport: new MessagePortTransport(port1), serve: 'disk-a' }));
+    expect(a.endpoint).toBe('port:disk-a');
+    const b = await openOwned('d.raw', opts('b', { transport: new MessagePortTransport(port2), serve: 'disk-b' }));
+    expect(b.epoch).toBe(2);
+    expect(await a.done).toMatchObject({ reason: 'requested' });
+    await b.release();
+    port1.close();
+    port2.close();
+  });
+});
