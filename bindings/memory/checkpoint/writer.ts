@@ -79,9 +79,14 @@ export interface CheckpointStats {
 
 const WINDOW_PAGES = 256;
 
+type NodeCrypto = typeof import('node:crypto');
+let nodeCrypto: NodeCrypto | undefined;
+
 function randomId(): string {
   const b = new Uint8Array(16);
-  crypto.getRandomValues(b);
+  // node:crypto when loaded (Node): the global WebCrypto costs ~10 ms to set up on first use.
+  if (nodeCrypto) nodeCrypto.randomFillSync(b);
+  else crypto.getRandomValues(b);
   return toHex(b);
 }
 
@@ -92,10 +97,11 @@ async function coreBuildHash(): Promise<string> {
   try {
     const url = new URL('../../core.wasm', import.meta.url);
     if (url.protocol === 'file:') {
-      const fsName = 'node:fs/promises';
-      const fs = (await import(/* @vite-ignore */ fsName)) as typeof import('node:fs/promises');
-      const bytes = await fs.readFile(url);
-      buildHash = toHex(new Uint8Array(await crypto.subtle.digest('SHA-256', bytes)));
+      const fsName = 'node:fs';
+      const cryptoName = 'node:crypto';
+      const fs = (await import(/* @vite-ignore */ fsName)) as typeof import('node:fs');
+      nodeCrypto = (await import(/* @vite-ignore */ cryptoName)) as NodeCrypto;
+      buildHash = nodeCrypto.createHash('sha256').update(fs.readFileSync(url)).digest('hex');
     }
   } catch {
     // No core.wasm next to the bindings (tests run from sources): recorded as zeros.
@@ -183,6 +189,7 @@ export class CheckpointWriter {
     const codec = aoneOf(options.codec ?? 'lz4', 'codec', ['lz4', 'none'] as const);
     if (options.parent && !/^[0-9a-f]{32}$/.test(options.parent.id)) throw new VmkitError('ARG_RANGE', 'parent.id must be 32 hex digits');
     if (options.id !== undefined && !/^[0-9a-f]{32}$/.test(options.id)) throw new VmkitError('ARG_RANGE', 'id must be 32 hex digits');
+    const coreBuild = options.coreBuild ?? (await coreBuildHash());
     const header: CheckpointHeader = {
       version: CHECKPOINT_VERSION,
       pageSize,
@@ -193,7 +200,7 @@ export class CheckpointWriter {
       id: options.id ?? randomId(),
       parentId: options.parent?.id ?? '',
       parentPath: options.parent?.path ?? '',
-      coreBuild: options.coreBuild ?? (await coreBuildHash()),
+      coreBuild,
     };
     const headerBytes = encodeHeader(header);
     const sink = typeof target === 'string' ? await fileSink(target) : target;
