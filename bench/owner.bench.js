@@ -11,7 +11,7 @@
 import { fork, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { measure, fmtNs } from './_lib.js';
@@ -206,6 +206,7 @@ async function contention(dir, spec, nProc, ms, mod) {
 
 export async function run(ctx) {
   const mod = await loadOwner();
+  const load0 = loadavg()[0];
   const dir = mkdtempSync(join(tmpdir(), 'vmkit-bench-owner-'));
   const specs = [{ kind: 'file', name: undefined }];
   let etcd;
@@ -274,6 +275,7 @@ export async function run(ctx) {
       notes: [
         'A handoff is: read the record, HTTP release request, the holder marks `releasing` (read + CAS), flushes (fdatasync) and closes the image, marks `free` (read + CAS) and answers; the opener reads again and takes the next epoch by CAS. So ~6 store round trips, 2 fsyncs of the record store (file) or 2 raft commits (etcd), 1 fdatasync of the disk.',
         'etcd: a single local member (etcd 3.4, Debian), its data dir on the same ext4 as the disk; the client is vmkit\'s fetch-based store over the JSON gateway.',
+        `Load average (1 min) ${load0.toFixed(1)} at the start and ${loadavg()[0].toFixed(1)} at the end of this suite on 2 cores shared with other work: absolute figures are noisy, the file/etcd ratios less so.`,
         ...notes,
       ],
     };
