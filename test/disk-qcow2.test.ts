@@ -145,7 +145,7 @@ describe('qcow2 on memory stores', () => {
     expect(same(await again.read(0, 1 << 20), data)).toBe(true);
     await again.close();
   });
-  it('a crash after any write leaves an image with no corruption (leaks at most)', async () => {
+  it('a crash after any write leaves an image with no corruption (leaks at most) and loses nothing completed (writethrough) or flushed (writeback)', async () => {
     // Power loss: writes after the N-th never reach the store.
     class Crashing extends MemoryStorage {
       left = Infinity;
@@ -158,31 +158,55 @@ describe('qcow2 on memory stores', () => {
         return super.truncate(size);
       }
     }
+    const SIZE = 4 << 20;
     await fc.assert(
       fc.asyncProperty(
-        fc.array(fc.record({ sector: fc.nat(8191), sectors: fc.integer({ min: 1, max: 600 }), kind: fc.constantFrom('w', 'w', 'z', 'd', 'c') }), { minLength: 1, maxLength: 25 }),
+        fc.array(fc.record({ sector: fc.nat(8191), sectors: fc.integer({ min: 1, max: 600 }), kind: fc.constantFrom('w', 'w', 'z', 'd', 'c', 'f') }), { minLength: 1, maxLength: 25 }),
         fc.nat(3000),
         fc.constantFrom(512, 4096, 16384),
-        async (ops, crashAfter, cs) => {
+        fc.constantFrom('writethrough' as const, 'writeback' as const),
+        async (ops, crashAfter, cs, mode) => {
           // 512-byte clusters with 64-bit refcounts soon outgrow the refcount table (it covers
           // 2 MiB of file); 16 KiB ones use extended L2 entries.
           const ext = cs === 16384;
           const provider = new MemoryProvider();
-          await createImage('x.qcow2', { provider, size: 4 << 20, clusterSize: cs, ...(ext ? { extendedL2: true } : cs === 512 ? { refcountBits: 64 } : {}) });
+          await createImage('x.qcow2', { provider, size: SIZE, clusterSize: cs, ...(ext ? { extendedL2: true } : cs === 512 ? { refcountBits: 64 } : {}) });
           const store = new Crashing('x.qcow2', provider.stores.get('x.qcow2')!.bytes().slice());
           const dev = (await (await loadFormat('qcow2')).open(store, {})) as Qcow2Device;
           // Bring a 512-byte-cluster file close to what its refcount table covers, so the
           // crash window includes the table's growth.
           if (cs === 512) await dev.write(0, new Uint8Array(1800 << 10).fill(0x7e));
+          await dev.setCacheMode(mode);
+          // What the image must hold after the crash outside `touched`: in writethrough mode
+          // every completed request, in writeback mode what the last flush saw.
+          const cur = new Uint8Array(SIZE);
+          if (cs === 512) cur.fill(0x7e, 0, 1800 << 10);
+          let durable = mode === 'writethrough' ? cur : cur.slice();
+          const touched = new Uint8Array(SIZE / 512);
           store.left = crashAfter;
           try {
             for (const o of ops) {
-              const off = o.sector * 512;
-              const len = Math.min(o.sectors * 512, (4 << 20) - off);
+              let off = o.sector * 512;
+              let len = Math.min(o.sectors * 512, SIZE - off);
+              if (o.kind === 'c') {
+                if (ext) continue;
+                off = Math.floor(off / cs) * cs;
+                len = cs;
+              }
+              if (mode === 'writethrough') touched.fill(0);
+              if (o.kind !== 'f') touched.fill(1, off / 512, (off + len) / 512);
               if (o.kind === 'w') await dev.write(off, new Uint8Array(len).fill(o.sector & 255 | 1));
               else if (o.kind === 'z') await dev.writeZeroes(off, len);
               else if (o.kind === 'd') await dev.discard(off, len);
-              else if (!ext) await dev.writeCompressed(Math.floor(off / cs) * cs, new Uint8Array(cs).fill(o.sectors));
+              else if (o.kind === 'c') await dev.writeCompressed(off, new Uint8Array(cs).fill(o.sectors));
+              else await dev.flush();
+              if (o.kind === 'w') cur.fill(o.sector & 255 | 1, off, off + len);
+              else if (o.kind === 'z' || o.kind === 'd') cur.fill(0, off, off + len);
+              else if (o.kind === 'c') cur.fill(o.sectors & 255, off, off + len);
+              else if (mode === 'writeback') {
+                durable = cur.slice();
+                touched.fill(0);
+              }
             }
           } catch (e) {
             if ((e as Error).message !== 'power lost') throw e;
@@ -191,8 +215,16 @@ describe('qcow2 on memory stores', () => {
           const r = await checkImage('after.qcow2', { provider });
           expect(r.messages.filter((m) => m.severity !== 'leak')).toEqual([]);
           const again = await openImage('after.qcow2', { provider, readOnly: true });
-          await again.read(0, 4 << 20);
+          const got = await again.read(0, SIZE);
           await again.close();
+          const g32 = new Uint32Array(got.buffer, got.byteOffset, SIZE / 4);
+          const d32 = new Uint32Array(durable.buffer, durable.byteOffset, SIZE / 4);
+          for (let sec = 0; sec < SIZE / 512; sec++) {
+            if (touched[sec]) continue;
+            for (let w = sec * 128; w < sec * 128 + 128; w++) {
+              if (g32[w] !== d32[w]) expect.fail(`${mode}, ${cs}-byte clusters: sector ${sec} lost what was ${mode === 'writethrough' ? 'completed' : 'flushed'} before the crash`);
+            }
+          }
         },
       ),
       { numRuns: 100 },

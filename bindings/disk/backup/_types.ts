@@ -36,6 +36,12 @@ export interface BackupDevice {
   /** Writes zeroes efficiently (zero clusters) when the format can. */
   writeZeroes?(offset: number, length: number): Promise<void>;
   flush(): Promise<void>;
+  /**
+   * Where the format caches metadata (qcow2): `writeback` keeps it until
+   * `flush`, `writethrough` writes it before each write completes (and
+   * writes back what is cached when switching to it).
+   */
+  setCacheMode?(mode: 'writethrough' | 'writeback'): Promise<void>;
   /** Status of the run starting at `offset` (at most `length` bytes). */
   blockStatus(offset: number, length: number): Promise<BlockExtent>;
   close(): Promise<void>;

@@ -238,6 +238,9 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
   opts.signal?.addEventListener('abort', onAbort);
 
   async function run(): Promise<ConsolidateResult> {
+    // Until the pivot the delta is the truth and the target is made durable only by the job's
+    // flushes (checkpoints, pivot), so its metadata may be cached write-back, as QEMU's is.
+    await targetDev.setCacheMode?.('writeback');
     await disk.exclusive(async () => disk.setFront(mirror));
     try {
       // Plan from the allocation map as it is now: every later allocation in
@@ -336,6 +339,8 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
         await mirror.drain();
         await intent.settle();
         await disk.device.flush();
+        // The target becomes the active disk: a completed guest write must survive the process.
+        await targetDev.setCacheMode?.('writethrough');
         await targetDev.flush();
         rec.phase = 'pivot';
         await writeJobRecord(ops, rec);

@@ -2,9 +2,17 @@
  * A qcow2 image as a block device: reads through L1 → L2 → cluster (normal,
  * zero, compressed, extended-L2 subclusters) and down the backing chain;
  * writes allocate clusters at the end of the file with refcount 1 and the
- * COPIED flag, turn whole zero clusters (found by the core's zero scan) into
- * zero clusters, and keep refcounts written through so the image is
- * consistent after every request. Layout: QEMU's docs/interop/qcow2.txt.
+ * COPIED flag (runs of whole clusters in one storage write), and turn whole
+ * zero clusters (found by the core's zero scan) into zero clusters.
+ *
+ * Metadata (L1, L2 tables, refcount blocks) is cached write-back and written
+ * in dependency order: refcount increments, then L2 tables, then L1 entries,
+ * then the decrements of clusters those tables stopped pointing at. Every
+ * prefix of that order is an image with leaks at most, never a corruption. In
+ * `writethrough` mode (the default) the metadata of a request is written
+ * before it completes, so a completed write survives the process dying; in
+ * `writeback` mode (what QEMU's qcow2 driver does) only `flush` promises that.
+ * Layout: QEMU's docs/interop/qcow2.txt.
  * @module
  */
 import { VmkitError } from '../../../errors.js';
@@ -19,6 +27,12 @@ import { decodeL2, encodeL2, entryOffset, HI_COPIED, Refcounts, type L2Entry } f
 
 // L2 tables kept in memory: at most 64, and at most 8 MiB of them (clusters go up to 2 MiB).
 const L2_CACHE_BYTES = 8 << 20;
+
+/**
+ * When a device writes its cached metadata: `writethrough` before each write
+ * request completes, `writeback` on `flush` (and when the cache is full).
+ */
+export type CacheMode = 'writethrough' | 'writeback';
 
 /** What one lookup found: a run of equal kind inside one cluster. */
 interface Piece {
@@ -58,6 +72,13 @@ export class Qcow2Device implements ImageDevice {
   private readonly sub: number;
   private readonly l1: DataView;
   private readonly l2cache = new Map<number, Uint8Array>();
+  /** Byte range [lo, hi) of each cached L2 table (by host offset) not yet written. */
+  private readonly l2dirty = new Map<number, [number, number]>();
+  /** Range [lo, hi) of L1 entries not yet written. */
+  private l1dirty: [number, number] | undefined;
+  private mode: CacheMode = 'writethrough';
+  /** The L2 table of the last cache hit (most recently used already). */
+  private lastL2 = -1;
   private refs: Refcounts | undefined;
   private fileSize: number;
   private readonly guard: WriteGuard | undefined;
@@ -114,15 +135,118 @@ export class Qcow2Device implements ImageDevice {
   private async l2Table(off: number): Promise<Uint8Array> {
     let t = this.l2cache.get(off);
     if (t) {
+      // Most lookups hit the table of the previous one: keep that off the LRU bookkeeping.
+      if (this.lastL2 === off) return t;
+      this.lastL2 = off;
       this.l2cache.delete(off);
       this.l2cache.set(off, t);
       return t;
     }
     t = new Uint8Array(this.cs);
     await this.storage.readInto(off, t);
-    if (this.l2cache.size >= Math.max(4, Math.min(64, L2_CACHE_BYTES / this.cs))) this.l2cache.delete(this.l2cache.keys().next().value!);
+    // Evict the least recently used clean table; dirty ones stay until written back.
+    if (this.l2cache.size >= this.maxL2) {
+      for (const k of this.l2cache.keys()) {
+        if (this.l2dirty.has(k)) continue;
+        this.l2cache.delete(k);
+        break;
+      }
+    }
+    // Another reader may have loaded (and a writer changed) it while we read.
+    const raced = this.l2cache.get(off);
+    if (raced) return raced;
     this.l2cache.set(off, t);
     return t;
+  }
+
+  private get maxL2(): number {
+    return Math.max(4, Math.min(64, L2_CACHE_BYTES / this.cs));
+  }
+
+  /** Notes that bytes [lo, hi) of the L2 table at `l2` changed in memory. */
+  private markL2(l2: number, table: Uint8Array, lo: number, hi: number): void {
+    if (this.l2cache.get(l2) !== table) this.l2cache.set(l2, table);
+    const d = this.l2dirty.get(l2);
+    if (d) {
+      if (lo < d[0]) d[0] = lo;
+      if (hi > d[1]) d[1] = hi;
+    } else this.l2dirty.set(l2, [lo, hi]);
+  }
+
+  /** Sets L1 entry `i` to `off` (COPIED) in memory. */
+  private setL1(i: number, off: number): void {
+    this.l1.setUint32(i * 8, HI_COPIED | Math.floor(off / 2 ** 32));
+    this.l1.setUint32(i * 8 + 4, off % 2 ** 32);
+    const d = this.l1dirty;
+    this.l1dirty = d ? [Math.min(d[0], i), Math.max(d[1], i + 1)] : [i, i + 1];
+  }
+
+  /**
+   * Writes the cached metadata in dependency order (see the module comment):
+   * refcounts → L2 tables → L1 → deferred decrements. No fsync: `flush` adds it.
+   */
+  private async writeback(): Promise<void> {
+    const r = this.refs;
+    if (!r) return;
+    await r.writeDirty();
+    for (const [off, [lo, hi]] of [...this.l2dirty].sort((a, b) => a[0] - b[0])) {
+      const t = this.l2cache.get(off)!;
+      await this.storage.write(off + lo, t.subarray(lo, hi));
+      this.l2dirty.delete(off);
+    }
+    const d = this.l1dirty;
+    if (d) {
+      await this.storage.write(this.header.l1TableOffset + d[0] * 8, new Uint8Array(this.l1.buffer, this.l1.byteOffset + d[0] * 8, (d[1] - d[0]) * 8).slice());
+      this.l1dirty = undefined;
+    }
+    if (r.pendingFrees > 0) await r.applyFrees();
+  }
+
+  /** After a request: write back now (writethrough), or when the cache holds too much. */
+  private async afterRequest(): Promise<void> {
+    const r = this.refs;
+    if (!r) return;
+    if (this.mode === 'writethrough' || this.l2dirty.size >= this.maxL2 || r.dirtyBlocks >= r.maxBlocks || r.pendingFrees >= 4096) await this.writeback();
+  }
+
+  /** Runs a request that changes the image, in order with the others, and writes back after it. */
+  private mutate<T>(op: 'write' | 'discard', fn: (r: Refcounts) => Promise<T>): Promise<T> {
+    return this.serial(async () => {
+      const r = await this.writable(op);
+      let out: T;
+      try {
+        out = await fn(r);
+      } catch (e) {
+        // What the request changed before failing is consistent: write it back with the rest.
+        await this.afterRequest().catch(() => {});
+        throw e;
+      }
+      await this.afterRequest();
+      return out;
+    });
+  }
+
+  /**
+   * The cache mode (see {@link CacheMode}); `writethrough` when opened.
+   *
+   * @example
+   * ```ts
+   * await dev.setCacheMode('writeback'); // a bulk copy: metadata written on flush
+   * await copyEverything(dev);
+   * await dev.setCacheMode('writethrough'); // writes back first
+   * ```
+   */
+  async setCacheMode(mode: CacheMode): Promise<void> {
+    if (mode !== 'writethrough' && mode !== 'writeback') throw new VmkitError('ARG_RANGE', `setCacheMode: unknown mode ${String(mode)}`);
+    await this.serial(async () => {
+      if (mode === 'writethrough' && !this.readOnly && !this.closed) await this.writeback();
+      this.mode = mode;
+    });
+  }
+
+  /** The current cache mode. */
+  get cacheMode(): CacheMode {
+    return this.mode;
   }
 
   /** Decodes and validates the L2 entry of the guest cluster holding `pos`. */
@@ -321,14 +445,11 @@ export class Qcow2Device implements ImageDevice {
     const idx = gc % this.l2Entries;
     let l2 = this.l2Offset(l1i);
     if (l2 === 0) {
+      // A new table: written whole (before L1 links it) at the next write-back.
       l2 = await this.alloc(r);
       const t = new Uint8Array(this.cs);
-      await this.storage.write(l2, t);
-      this.fileSize = Math.max(this.fileSize, l2 + this.cs);
-      this.l1.setUint32(l1i * 8, HI_COPIED | Math.floor(l2 / 2 ** 32));
-      this.l1.setUint32(l1i * 8 + 4, l2 % 2 ** 32);
-      await this.storage.write(this.header.l1TableOffset + l1i * 8, new Uint8Array(this.l1.buffer, this.l1.byteOffset + l1i * 8, 8).slice());
-      this.l2cache.set(l2, t);
+      this.markL2(l2, t, 0, this.cs);
+      this.setL1(l1i, l2);
       return { l2, idx, table: t };
     }
     if ((this.l1.getUint32(l1i * 8) & HI_COPIED) === 0) return this.unshareL2(l1i, l2, idx, r);
@@ -342,32 +463,26 @@ export class Qcow2Device implements ImageDevice {
    * reference to the old table.
    */
   private async unshareL2(l1i: number, old: number, idx: number, r: Refcounts): Promise<{ l2: number; idx: number; table: Uint8Array }> {
-    const setL1 = async (off: number): Promise<void> => {
-      this.l1.setUint32(l1i * 8, HI_COPIED | Math.floor(off / 2 ** 32));
-      this.l1.setUint32(l1i * 8 + 4, off % 2 ** 32);
-      await this.storage.write(this.header.l1TableOffset + l1i * 8, new Uint8Array(this.l1.buffer, this.l1.byteOffset + l1i * 8, 8).slice());
-    };
+    // An upper bound (deferred decrements not applied): at worst a needless copy.
     const rc = await r.get(old);
     const src = await this.l2Table(old);
     if (rc <= 1) {
       // Not shared after all (a stale flag): set it.
-      await setL1(old);
+      this.setL1(l1i, old);
       return { l2: old, idx, table: src };
     }
     const l2 = await this.alloc(r);
     const t = src.slice();
-    await this.storage.write(l2, t);
-    this.fileSize = Math.max(this.fileSize, l2 + this.cs);
-    await setL1(l2);
-    await r.add(old, -1);
-    this.l2cache.set(l2, t);
+    this.markL2(l2, t, 0, this.cs);
+    this.setL1(l1i, l2);
+    r.free(old);
     return { l2, idx, table: t };
   }
 
   private async setEntry(l2: number, idx: number, table: Uint8Array, host: number, copied: boolean, zero: boolean, alloc: number = 0, zeroes: number = 0): Promise<void> {
     const es = this.ext ? 16 : 8;
     encodeL2(new DataView(table.buffer, table.byteOffset, table.byteLength), idx, this.ext, host, copied, zero && !this.ext, alloc, zeroes);
-    await this.storage.write(l2 + idx * es, table.slice(idx * es, idx * es + es));
+    this.markL2(l2, table, idx * es, idx * es + es);
   }
 
   /** Drops this layer's reference to the storage of an entry (normal or compressed). */
@@ -375,23 +490,61 @@ export class Qcow2Device implements ImageDevice {
     if (e.kind === 'compressed') {
       const first = Math.floor(e.host / this.cs) * this.cs;
       const last = Math.floor((e.host + e.csize - 1) / this.cs) * this.cs;
-      for (let c = first; c <= last; c += this.cs) await r.add(c, -1);
+      for (let c = first; c <= last; c += this.cs) r.free(c);
       if (this.lastCompressed?.host === e.host) this.lastCompressed = undefined;
-    } else if (e.host !== 0) await r.add(e.host, -1);
+    } else if (e.host !== 0) r.free(e.host);
   }
 
   async write(offset: ByteOffset, data: Uint8Array): Promise<void> {
     checkRange(this, offset, data.length, 'write');
     if (this.header.version === 2) throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: writing version 2 images (upgrade with qemu-img amend -o compat=1.1)`);
-    return this.serial(async () => {
-      const r = await this.writable('write');
+    return this.mutate('write', async (r) => {
       let pos = offset;
       const end = offset + data.length;
+      // Whole clusters whose host clusters follow each other (in place, or freshly allocated at
+      // the end of the file) form a run written with one storage call; their L2 entries are set
+      // once the data is written, so no reader sees an entry before its data.
+      let runPos = 0;
+      let runHost = 0;
+      let runLen = 0;
+      const items: { l2: number; idx: number; table: Uint8Array; host: number; e: L2Entry }[] = [];
+      const flushRun = async (): Promise<void> => {
+        if (runLen === 0) return;
+        await this.storage.write(runHost, data.subarray(runPos - offset, runPos - offset + runLen));
+        this.fileSize = Math.max(this.fileSize, runHost + runLen);
+        for (const it of items) {
+          if (it.e.kind === 'normal' && it.e.copied && it.e.host === it.host) continue; // in place
+          await this.setEntry(it.l2, it.idx, it.table, it.host, true, false);
+          if (it.e.host !== it.host) await this.release(it.e, r);
+        }
+        items.length = 0;
+        runLen = 0;
+      };
       while (pos < end) {
         const cEnd = Math.min(end, (Math.floor(pos / this.cs) + 1) * this.cs);
-        await this.writeInCluster(pos, data.subarray(pos - offset, cEnd - offset), r);
+        const chunk = data.subarray(pos - offset, cEnd - offset);
+        if (this.ext || chunk.length !== this.cs || (zeroGranules(chunk, this.cs)[0]! & 1) === 1) {
+          await flushRun();
+          await this.writeInCluster(pos, chunk, r);
+        } else {
+          const gc = pos / this.cs;
+          const { l2, idx, table } = await this.l2For(gc, r);
+          const e = decodeL2(new DataView(table.buffer, table.byteOffset, table.byteLength), idx, false, this.header.clusterBits);
+          // Reuse the host cluster when only this layer holds it (data, or a preallocated zero cluster).
+          const reuse = (e.kind === 'normal' || e.kind === 'zero') && e.host !== 0 && e.copied;
+          if (reuse && runLen > 0 && e.host !== runHost + runLen) await flushRun();
+          const host = reuse ? e.host : await this.alloc(r);
+          if (runLen > 0 && host !== runHost + runLen) await flushRun();
+          if (runLen === 0) {
+            runPos = pos;
+            runHost = host;
+          }
+          runLen += this.cs;
+          items.push({ l2, idx, table, host, e });
+        }
         pos = cEnd;
       }
+      await flushRun();
     });
   }
 
@@ -483,7 +636,7 @@ export class Qcow2Device implements ImageDevice {
     if (alloc === 0 && host !== 0 && e.kind === 'normal') {
       // Every subcluster is zero or unallocated now: free the host cluster.
       await this.setEntry(l2, idx, table, 0, false, false, 0, zeroes);
-      await r.add(host, -1);
+      r.free(host);
       return;
     }
     await this.setEntry(l2, idx, table, host, host !== 0, false, alloc, zeroes);
@@ -521,8 +674,7 @@ export class Qcow2Device implements ImageDevice {
         await this.write(offset + p, chunk);
         continue;
       }
-      await this.serial(async () => {
-        const r = await this.writable('write');
+      await this.mutate('write', async (r) => {
         const gc = (offset + p) / this.cs;
         const zm = zeroGranules(full, this.cs);
         if (zm[0]! & 1) return this.zeroCluster(gc, r, false);
@@ -536,7 +688,7 @@ export class Qcow2Device implements ImageDevice {
         const v = (1n << 62n) | (BigInt(extra) << BigInt(x)) | BigInt(host);
         const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
         dv.setBigUint64(idx * 8, v);
-        await this.storage.write(l2 + idx * 8, table.slice(idx * 8, idx * 8 + 8));
+        this.markL2(l2, table, idx * 8, idx * 8 + 8);
         await this.release(old, r);
       });
     }
@@ -601,7 +753,7 @@ export class Qcow2Device implements ImageDevice {
       const cEnd = Math.min(end, (Math.floor(pos / this.cs) + 1) * this.cs);
       if (pos % this.cs === 0 && (cEnd - pos === this.cs || cEnd === this.size)) {
         const gc = pos / this.cs;
-        await this.serial(async () => this.zeroCluster(gc, await this.writable(unmap ? 'discard' : 'write'), unmap));
+        await this.mutate(unmap ? 'discard' : 'write', (r) => this.zeroCluster(gc, r, unmap));
       } else await this.write(pos, new Uint8Array(cEnd - pos));
       pos = cEnd;
     }
@@ -611,6 +763,7 @@ export class Qcow2Device implements ImageDevice {
     if (this.readOnly || this.closed) return;
     await this.serial(async () => {
       await this.guard?.check('flush');
+      await this.writeback();
       await this.storage.flush();
     });
   }

@@ -87,9 +87,17 @@ export function encodeL2(table: DataView, i: number, ext: boolean, host: number,
 
 /**
  * Refcounts of an image: the refcount table in memory, refcount blocks read on
- * demand and written through on every change, so there is never dirty state
- * to lose. New refcount blocks and a larger table are allocated at the end of
- * the file (via `alloc`).
+ * demand and cached write-back. New refcount blocks and a larger table are
+ * allocated at the end of the file (via `take`).
+ *
+ * Crash safety rests on what the cache may hold (QEMU orders its caches the
+ * same way): a cached block holds only changes that are safe to write at any
+ * moment (increments, and decrements whose last reference is already gone from
+ * disk), so `writeDirty` may run whenever the device likes. A decrement whose
+ * reference is still on disk (a cluster an L2 entry stopped pointing at) waits
+ * in `free` until the device has written the tables that dropped it, then
+ * `applyFrees` moves it into the blocks. On disk a refcount is therefore never
+ * below the references to it: a crash leaks, never corrupts.
  * @internal
  */
 export class Refcounts {
@@ -101,6 +109,10 @@ export class Refcounts {
   tableOffset: number;
   tableClusters: number;
   private readonly blocks = new Map<number, Uint8Array>();
+  /** Byte range [lo, hi) of each cached block that differs from the disk. */
+  private readonly dirty = new Map<number, [number, number]>();
+  /** Deferred decrements: cluster offset → count. */
+  private readonly frees = new Map<number, number>();
   private readonly storage: Storage;
   /** Next free cluster-aligned host offset (the device owns it). */
   fileEnd: number;
@@ -141,14 +153,94 @@ export class Refcounts {
     if (!b) {
       b = new Uint8Array(this.cs);
       await this.storage.readInto(this.table[i]!, b);
-      // At most 256 blocks and 8 MiB of them.
-      if (this.blocks.size >= Math.max(4, Math.min(256, (8 << 20) / this.cs))) this.blocks.delete(this.blocks.keys().next().value!);
+      // At most 256 blocks and 8 MiB of them; dirty ones stay until written (the device
+      // writes back when too many are dirty, so the cache stays bounded).
+      if (this.blocks.size >= this.maxBlocks) {
+        for (const k of this.blocks.keys()) {
+          if (this.dirty.has(k)) continue;
+          this.blocks.delete(k);
+          break;
+        }
+      }
       this.blocks.set(i, b);
     }
     return b;
   }
 
-  /** Refcount of the cluster at host offset `off`. */
+  /** Most blocks kept in memory. */
+  get maxBlocks(): number {
+    return Math.max(4, Math.min(256, (8 << 20) / this.cs));
+  }
+
+  /** Blocks with changes not yet written. */
+  get dirtyBlocks(): number {
+    return this.dirty.size;
+  }
+
+  /** Clusters waiting for a deferred decrement. */
+  get pendingFrees(): number {
+    return this.frees.size;
+  }
+
+  private markDirty(bi: number, lo: number, hi: number): void {
+    const d = this.dirty.get(bi);
+    if (d) {
+      if (lo < d[0]) d[0] = lo;
+      if (hi > d[1]) d[1] = hi;
+    } else this.dirty.set(bi, [lo, hi]);
+  }
+
+  /** Writes the changed bytes of every cached block (safe at any time, see the class comment). */
+  async writeDirty(): Promise<void> {
+    for (const [bi, [lo, hi]] of [...this.dirty].sort((a, b) => this.table[a[0]]! - this.table[b[0]]!)) {
+      const b = this.blocks.get(bi)!;
+      this.dirty.delete(bi);
+      try {
+        await this.storage.write(this.table[bi]! + lo, b.subarray(lo, hi));
+      } catch (e) {
+        this.markDirty(bi, lo, hi);
+        throw e;
+      }
+    }
+  }
+
+  /** Writes the block counting the cluster at `off` now (before something on disk links it). */
+  private async persist(off: number): Promise<void> {
+    const bi = Math.floor(off / this.cs / this.perBlock);
+    const d = this.dirty.get(bi);
+    if (!d) return;
+    this.dirty.delete(bi);
+    await this.storage.write(this.table[bi]! + d[0], this.blocks.get(bi)!.subarray(d[0], d[1]));
+  }
+
+  /**
+   * Drops one reference to the cluster at `off` once the caller has written
+   * the metadata that no longer points at it (see `applyFrees`).
+   */
+  free(off: number): void {
+    this.frees.set(off, (this.frees.get(off) ?? 0) + 1);
+  }
+
+  /**
+   * Applies the deferred decrements to the cached blocks (call only after the
+   * tables that dropped the references are on disk), then `writeDirty`.
+   */
+  async applyFrees(): Promise<void> {
+    const all = [...this.frees];
+    this.frees.clear();
+    for (let i = 0; i < all.length; i++) {
+      const [off, n] = all[i]!;
+      try {
+        await this.add(off, -n);
+      } catch (e) {
+        for (const [o, m] of all.slice(i)) this.frees.set(o, (this.frees.get(o) ?? 0) + m);
+        throw e;
+      }
+    }
+    await this.writeDirty();
+  }
+
+  /** Refcount of the cluster at host offset `off` (deferred decrements not applied: an upper bound). */
   async get(off: number): Promise<number> {
     const idx = Math.floor(off / this.cs);
     const bi = Math.floor(idx / this.perBlock);
@@ -170,10 +262,8 @@ export class Refcounts {
     const b = await this.block(bi);
     const e = idx % this.perBlock;
     writeEntry(b, e, this.bits, v);
-    // Write through the bytes holding the entry.
     const byteStart = Math.floor((e * this.bits) / 8);
-    const byteLen = Math.max(1, this.bits / 8);
-    await this.storage.write(this.table[bi]! + byteStart, b.subarray(byteStart, byteStart + byteLen));
+    this.markDirty(bi, byteStart, byteStart + Math.max(1, this.bits / 8));
   }
 
   /** Adds `d` to the refcount of the cluster at `off`. */
@@ -201,6 +291,7 @@ export class Refcounts {
     await this.storage.write(off, b);
     if (own !== bi) {
       await this.set(off, 1); // counted in another block (allocated first if need be)
+      await this.persist(off); // on disk before the table links the new block
       if (this.table[bi]) {
         // That allocation grew the table and made block `bi` on the way: ours is not needed.
         await this.set(off, 0);
@@ -257,7 +348,10 @@ export class Refcounts {
     table.forEach((v, i) => dv.setBigUint64(i * 8, BigInt(v)));
     await this.storage.write(newOff, raw);
     await this.storage.flush();
-    for (const [bi, blk] of touched) this.blocks.set(bi, blk);
+    for (const [bi, blk] of touched) {
+      this.blocks.set(bi, blk);
+      this.dirty.delete(bi); // written whole above
+    }
     this.table = table;
     this.tableOffset = newOff;
     this.tableClusters = clusters;
