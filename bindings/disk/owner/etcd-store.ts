@@ -25,7 +25,13 @@ import { VmkitError } from '../../errors.js';
 import { encodeRecord, parseRecord, MAX_RECORD_BYTES } from './record.js';
 import type { OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
 
-/** Options of {@link etcdStore}. */
+/**
+ * Options of {@link etcdStore}.
+ * @example
+ * ```ts
+ * const opts: EtcdStoreOptions = { endpoints: ['http://10.0.0.1:2379', 'http://10.0.0.2:2379'], prefix: '/lab/owners/', timeoutMs: 2000 };
+ * ```
+ */
 export interface EtcdStoreOptions {
   /** Client URLs of the cluster (`http://127.0.0.1:2379`); tried in order, the last one that answered first. */
   readonly endpoints: string | readonly string[];
