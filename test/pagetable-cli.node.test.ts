@@ -71,6 +71,12 @@ describe('vmkit pagetable dump', () => {
     );
   });
 
+  it('prints the same with the reference walker as with the core', async () => {
+    const core = await vmkit('pagetable', 'dump', x86, '--cr3', '0x1000', '--format', 'json');
+    const ref = await vmkit('pagetable', 'dump', x86, '--cr3', '0x1000', '--format', 'json', '--engine', 'reference');
+    expect(ref).toEqual(core);
+  });
+
   it('prints JSON with effective flags', async () => {
     const r = await vmkit('pagetable', 'dump', x86, '--cr3', '0x1000', '--format', 'json');
     expect(r.code).toBe(0);
@@ -140,6 +146,7 @@ describe('bad input', () => {
     [['pagetable', 'dump', x86, '--cr3', '0x1000', '--ttbr1', '0x2000'], 2, 'ARG_RANGE'],
     [['pagetable', 'translate', x86, '--cr3', '0x1000'], 2, 'ARG_RANGE'],
     [['pagetable', 'frob', x86], 2, 'ARG_RANGE'],
+    [['pagetable', 'dump', x86, '--cr3', '0x1000', '--engine', 'turbo'], 2, 'ARG_RANGE'],
   ])('%j → exit %i, %s', async (argv, code, err) => {
     const r = await vmkit(...argv, '--json');
     expect(r.code).toBe(code);

@@ -41,9 +41,9 @@ for (const [variant, mode] of VARIANTS) {
     if (!have) console.warn(`\n*** SKIPPING real guest ${variant}: run node scripts/guest-fixture.mjs ${variant} ***\n`);
     const cr3 = have ? readFileSync(`${dir}cr3.txt`, 'utf8').trim() : '';
 
-    it.skipIf(!have)('vmkit pagetable dump --format qemu equals QEMU info tlb line for line', async () => {
+    it.skipIf(!have).each(['core', 'reference'])('vmkit pagetable dump --format qemu --engine %s equals QEMU info tlb line for line', async (engine) => {
       const expected = readFileSync(`${dir}tlb.txt`, 'utf8').split('\n');
-      const { stdout } = await run('node', [CLI, 'pagetable', 'dump', `${dir}mem.bin`, '--cr3', cr3, '--mode', mode, '--format', 'qemu'], {
+      const { stdout } = await run('node', [CLI, 'pagetable', 'dump', `${dir}mem.bin`, '--cr3', cr3, '--mode', mode, '--format', 'qemu', '--engine', engine], {
         maxBuffer: 64 << 20,
       });
       const got = stdout.split('\n');

@@ -15,6 +15,7 @@
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { VmkitError } from '../../errors.js';
+import { AddressSpace } from '../../memory/paging/address-space.js';
 import { referenceMappings, referenceTranslate } from '../../memory/paging/reference.js';
 import { qemuTlbLine } from '../../memory/paging/qemu.js';
 import { PAGING_MODES, PF } from '../../memory/paging/types.js';
@@ -28,7 +29,8 @@ const usage = `Usage:
 
 MODE is x86-64 (default), x86-64-5level or aarch64. For aarch64 --cr3 is
 TTBR0_EL1; --ttbr1 <addr>, --t0sz N and --t1sz N (default 16) complete it.
---no-nxe treats XD as a reserved bit (EFER.NXE clear).
+--no-nxe treats XD as a reserved bit (EFER.NXE clear). --engine reference
+walks with the plain-TypeScript reference instead of the wasm core (default core).
 
 dump       every mapped page, large pages once, in VA order. --format qemu
            (x86 default) prints QEMU's 'info tlb' lines; --format json (aarch64
@@ -106,7 +108,26 @@ const OPTIONS = {
   t0sz: { type: 'string' },
   t1sz: { type: 'string' },
   'no-nxe': { type: 'boolean' },
+  engine: { type: 'string' },
 } as const;
+
+/** What the commands need of a walker: the core's AddressSpace or the reference. */
+interface _Walker {
+  translate(gva: bigint): Translation | TranslationFault;
+  mappings(): Iterable<Mapping>;
+  dispose(): void;
+}
+
+function _walker(memory: GuestMemorySource, opts: AddressSpaceOptions, engine: string | boolean | string[] | undefined): _Walker {
+  if (engine === undefined || engine === 'core') {
+    const space = AddressSpace.create({ memory, ...opts });
+    return { translate: (g) => space.translate(g), mappings: () => space.mappings(), dispose: () => space.dispose() };
+  }
+  if (engine === 'reference') {
+    return { translate: (g) => referenceTranslate(memory, opts, g), mappings: () => referenceMappings(memory, opts), dispose: () => {} };
+  }
+  throw new VmkitError('ARG_RANGE', `--engine must be core or reference, got ${String(engine)}`);
+}
 
 const hex16 = (v: bigint): string => v.toString(16).padStart(16, '0');
 
@@ -163,9 +184,11 @@ async function dump(argv: string[], io: CliIO): Promise<number> {
   if (format !== 'qemu' && format !== 'json') throw new VmkitError('ARG_RANGE', `--format must be qemu or json, got ${format}`);
   if (format === 'qemu' && opts.mode === 'aarch64') throw new VmkitError('ARG_RANGE', '--format qemu is QEMU\'s x86 "info tlb"; use --format json for aarch64');
   const memory = _imageMemory(image);
+  let walker: _Walker | undefined;
   try {
     _checkRoots(memory, opts, image);
-    const maps = referenceMappings(memory, opts);
+    walker = _walker(memory, opts, values.engine);
+    const maps = walker.mappings();
     if (format === 'qemu') {
       _writeLines(io, (function* () {
         for (const m of maps) yield qemuTlbLine(m);
@@ -184,6 +207,7 @@ async function dump(argv: string[], io: CliIO): Promise<number> {
       })());
     }
   } finally {
+    walker?.dispose();
     memory.close();
   }
   return 0;
@@ -197,9 +221,12 @@ async function translate(argv: string[], io: CliIO): Promise<number> {
   const addrs = gvas.map((g, i) => parseU64(g, `gva #${i + 1}`));
   const memory = _imageMemory(image);
   let results: (Translation | TranslationFault)[];
+  let walker: _Walker | undefined;
   try {
-    results = addrs.map((a) => referenceTranslate(memory, opts, a));
+    walker = _walker(memory, opts, values.engine);
+    results = addrs.map((a) => walker!.translate(a));
   } finally {
+    walker?.dispose();
     memory.close();
   }
   emit(io, values.json, results.map(_translationJson), () =>
