@@ -142,9 +142,11 @@ describe('saves killed with SIGKILL', () => {
     let rejected = 0;
     // Kill once the save has written some blocks (its file grows past a
     // threshold), at a different point each time, plus once before it starts.
-    for (const threshold of [0, 8192, 2 << 20, 8 << 20, 16 << 20, 24 << 20]) {
+    // Every other save runs on two worker threads (same writer, same footer-last order).
+    for (const [k, threshold] of [0, 8192, 2 << 20, 8 << 20, 16 << 20, 24 << 20].entries()) {
       const ck = join(dir, `kill${threshold}.ckpt`);
-      const child = spawn(process.execPath, [bin, 'checkpoint', 'save', img, ck, '--block-size', '64K'], { stdio: 'ignore' });
+      const threads = k % 2 === 1 ? ['--threads', '2'] : [];
+      const child = spawn(process.execPath, [bin, 'checkpoint', 'save', img, ck, '--block-size', '64K', ...threads], { stdio: 'ignore' });
       const exited = new Promise((r) => child.on('exit', r));
       let done = false;
       void exited.then(() => (done = true));
