@@ -5,7 +5,7 @@
 // "API" = through lz4CompressBlock/lz4DecompressBlock (copy in and out), the
 // fair peer of lz4-wasm's own glue, which also copies in and out.
 import { existsSync, readFileSync } from 'node:fs';
-import { measure, loadCore } from './_lib.js';
+import { measure, loadCore, median } from './_lib.js';
 
 const PS = 4096;
 
@@ -151,6 +151,32 @@ export async function run({ quick }) {
     c.free(win);
     c.free(ent);
   }
+  // The same page tasks again, interleaved: R rounds, each timing every task
+  // once over all pages in turn, so a change of machine load hits every task
+  // alike (tinybench runs one task after the other). Medians over rounds.
+  const R = quick ? 5 : 15;
+  const inter = [
+    ['lz4-wasm compress', () => { for (let i = 0; i < count; i++) peer.compress(pages.subarray(i * PS, (i + 1) * PS)); }],
+    ['core lz4Compress, in core', () => { for (let i = 0; i < count; i++) e.lz4Compress(src + i * PS, PS, dst, 8192); }],
+    ['core lz4CompressBlock API', () => { for (let i = 0; i < count; i++) lz4CompressBlock(pages.subarray(i * PS, (i + 1) * PS)); }],
+    ['lz4-wasm decompress', () => { for (let i = 0; i < count; i++) peer.decompress(theirs[i]); }],
+    ['core lz4Decompress, in core', () => { for (let i = 0; i < count; i++) e.lz4Decompress(blocks + offs[i], ours[i].length, dst, PS); }],
+    ['core lz4DecompressBlock API', () => { for (let i = 0; i < count; i++) lz4DecompressBlock(ours[i], PS); }],
+  ];
+  const times = inter.map(() => []);
+  for (let r = 0; r < R; r++) {
+    inter.forEach(([, fn], k) => {
+      const t0 = process.hrtime.bigint();
+      fn();
+      times[k].push(Number(process.hrtime.bigint() - t0) / count);
+    });
+  }
+  const med = times.map(median);
+  const interTable = [
+    '| task (per 4 KiB page) | median ns/page | vs lz4-wasm, same direction |',
+    '|---|---:|---:|',
+    ...inter.map(([name], k) => `| ${name} | ${med[k].toFixed(0)} | ${((k < 3 ? med[0] : med[3]) / med[k]).toFixed(2)}× |`),
+  ].join('\n');
   // Interop spot check, so the figures are of codecs that agree.
   for (let i = 0; i < count; i += 97) {
     const pg = pages.subarray(i * PS, (i + 1) * PS);
@@ -167,6 +193,7 @@ export async function run({ quick }) {
     sections: [
       { heading: `Compress 4 KiB pages (${real ? 'real guest' : 'synthetic'}, ${count} non-zero pages; ratios vs lz4-wasm)`, markdown: pageC.table },
       { heading: 'Decompress 4 KiB pages (ratios vs lz4-wasm)', markdown: pageD.table },
+      { heading: `4 KiB pages, ${R} interleaved rounds over the ${count} pages (robust to load drift)`, markdown: interTable },
       { heading: 'Whole 1 MiB blocks (ratios vs lz4-wasm compress)', markdown: blockC.table },
       ...(pipe ? [{ heading: 'Save pipeline on consecutive real guest pages, zero pages included (ratios vs lz4-wasm)', markdown: pipe.table }] : []),
     ],
