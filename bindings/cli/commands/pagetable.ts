@@ -17,7 +17,7 @@ import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { VmkitError } from '../../errors.js';
 import { AddressSpace } from '../../memory/paging/address-space.js';
 import { referenceMappings, referenceTranslate } from '../../memory/paging/reference.js';
-import { qemuTlbLine } from '../../memory/paging/qemu.js';
+import { QEMU_TLB_LINE_BYTES, qemuTlbLineInto } from '../../memory/paging/qemu.js';
 import { PAGING_MODES, PF } from '../../memory/paging/types.js';
 import type { AddressSpaceOptions, Mapping, PagingMode, Translation, TranslationFault } from '../../memory/paging/types.js';
 import type { Gpa, GuestMemorySource } from '../../memory/types.js';
@@ -190,9 +190,19 @@ async function dump(argv: string[], io: CliIO): Promise<number> {
     walker = _walker(memory, opts, values.engine);
     const maps = walker.mappings();
     if (format === 'qemu') {
-      _writeLines(io, (function* () {
-        for (const m of maps) yield qemuTlbLine(m);
-      })());
+      // ASCII straight into fresh buffers (a written buffer may still be queued on a pipe).
+      const per = 8192;
+      let buf = new Uint8Array(per * QEMU_TLB_LINE_BYTES);
+      let at = 0;
+      for (const m of maps) {
+        at = qemuTlbLineInto(m, buf, at);
+        if (at === buf.length) {
+          io.stdout.write(buf);
+          buf = new Uint8Array(per * QEMU_TLB_LINE_BYTES);
+          at = 0;
+        }
+      }
+      if (at) io.stdout.write(buf.subarray(0, at));
     } else {
       // One JSON array, streamed one mapping per line (each line waits for the next to know its comma).
       _writeLines(io, (function* () {

@@ -48,3 +48,53 @@ export function qemuTlbLine(m: Mapping): string {
     c(0x02, 'W')
   );
 }
+
+/** Bytes of one {@link qemuTlbLineInto} line, newline included. */
+export const QEMU_TLB_LINE_BYTES = 45;
+
+const _HEX = new TextEncoder().encode('0123456789abcdef');
+const _FLAGS = new TextEncoder().encode('XGPDACTUW');
+const _scratch = new BigUint64Array(1);
+const _words = new Uint32Array(_scratch.buffer);
+
+/** Writes `v` as 16 lowercase hex digits at `dst[at]` (no bigint → string conversion). */
+function _hexInto(v: bigint, dst: Uint8Array, at: number): void {
+  _scratch[0] = v;
+  // Little- or big-endian host: pick the high word by value, not by index.
+  const hi = _LE ? _words[1]! : _words[0]!;
+  const lo = _LE ? _words[0]! : _words[1]!;
+  for (let i = 0; i < 8; i++) {
+    dst[at + 7 - i] = _HEX[(hi >>> (4 * i)) & 15]!;
+    dst[at + 15 - i] = _HEX[(lo >>> (4 * i)) & 15]!;
+  }
+}
+const _LE = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
+
+/**
+ * Writes the {@link qemuTlbLine} of `m` plus a newline as ASCII into `dst` at
+ * `at` ({@link QEMU_TLB_LINE_BYTES} bytes): the allocation-free form for
+ * dumping tens of thousands of mappings. Returns the offset after the line.
+ *
+ * @example
+ * ```ts
+ * const out = new Uint8Array(QEMU_TLB_LINE_BYTES * 1024);
+ * let at = 0;
+ * for (const m of space.mappings()) at = qemuTlbLineInto(m, out, at); // (flush when full)
+ * ```
+ */
+export function qemuTlbLineInto(m: Mapping, dst: Uint8Array, at: number): number {
+  const e = m.leaf;
+  _hexInto(m.gva, dst, at);
+  dst[at + 16] = 0x3a; // ':'
+  dst[at + 17] = 0x20;
+  _hexInto(e & _frame(m.pageSize), dst, at + 18);
+  dst[at + 34] = 0x20;
+  _scratch[0] = e;
+  const lo = _LE ? _words[0]! : _words[1]!;
+  const hi = _LE ? _words[1]! : _words[0]!;
+  // The order QEMU prints: XD (bit 63), G, PS (large pages only), D, A, PCD, PWT, U/S, R/W.
+  const bits = [hi >>> 31, lo & 0x100, m.pageSize > 4096 ? lo & 0x80 : 0, lo & 0x40, lo & 0x20, lo & 0x10, lo & 0x08, lo & 0x04, lo & 0x02];
+  for (let i = 0; i < 9; i++) dst[at + 35 + i] = bits[i] ? _FLAGS[i]! : 0x2d; // '-'
+  dst[at + 44] = 0x0a;
+  return at + QEMU_TLB_LINE_BYTES;
+}
