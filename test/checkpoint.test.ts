@@ -4,7 +4,8 @@
 // rejected with VmkitError and no large allocation.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { CheckpointReader, CheckpointWriter, memorySink, VmkitError, type CheckpointSource } from '../bindings/memory/index.js';
+import { CheckpointReader, CheckpointWriter, LazyGuestMemory, memorySink, VmkitError, type CheckpointSource } from '../bindings/memory/index.js';
+import { gpa } from '../bindings/memory/types.js';
 import { coreInfo } from '../bindings/index.js';
 import { xxh32 } from '../bindings/memory/checkpoint/lz4.js';
 import {
@@ -373,5 +374,25 @@ describe('hostile checkpoint files, crafted with valid checksums', () => {
     await expect(CheckpointReader.open(fa, { resolveParent: (p) => files[p] ?? new Uint8Array(0) })).rejects.toMatchObject({ code: 'LIMIT' });
     const self = await diff(a, { path: 'a.ckpt', id: a });
     await expect(CheckpointReader.open(self, { resolveParent: () => self })).rejects.toMatchObject({ code: 'LIMIT' });
+  });
+});
+
+describe('a checkpoint as the source of the lazy guest memory', () => {
+  it('serves LazyGuestMemory reads exactly, each stored block read at most once with a big enough cache', async () => {
+    const mem = guest(512, 17);
+    const { file, stats } = await save(mem, { blockSize: 65536 });
+    const rd = await CheckpointReader.open(file, { cacheBlocks: 64 });
+    const lazy = await LazyGuestMemory.open(rd);
+    const r = rng(5);
+    const dst = new Uint8Array(3 * PS);
+    for (let i = 0; i < 200; i++) {
+      const at = r() % (mem.length - dst.length);
+      await lazy.read(gpa(at), dst);
+      expect(diffAt(dst, mem.subarray(at, at + dst.length))).toBe(-1);
+    }
+    // Every block is read from the file once at most (the reader's cache holds them all).
+    expect(rd.stats.blockReads).toBeLessThanOrEqual(stats.blocks);
+    lazy.close();
+    await rd.close();
   });
 });
