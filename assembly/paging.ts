@@ -59,6 +59,7 @@ const R_HAS_ENTRY: i32 = 6; // 1 when R_LEAF holds the faulting entry
 const R_FRAME: i32 = 7; // E_NEED_DATA: the guest-physical address of the frame to provide
 const R_CURSOR: i32 = 8; // mapping walk: where to continue
 const R_STATE: i32 = 9; // mapping walk: 0 done, 1 more (output full / work bound), 2 need a frame
+const R_MAPPED: i32 = 10; // batch: how many of this call's addresses translated
 /** u64 slots in the result area. */
 export const PAGING_RESULT_SLOTS: i32 = 16;
 
@@ -594,7 +595,8 @@ export function pagingTranslate(h: i32, va: u64): i32 {
  * addresses at `dst` (PAGING_UNMAPPED for any fault), starting at index
  * `from`. Returns the index it stopped at: `n` when done, less when a frame is
  * needed (R_FRAME); provide it and call again with `from` = that index.
- * `src` and `dst` may be the same buffer. E_HANDLE, E_ARG (from > n).
+ * `src` and `dst` may be the same buffer. R_MAPPED: how many of the
+ * addresses this call finished translated. E_HANDLE, E_ARG (from > n).
  */
 export function pagingTranslateBatch(h: i32, src: usize, dst: usize, from: u32, n: u32): i32 {
   const s = getSpace(h);
@@ -606,6 +608,7 @@ export function pagingTranslateBatch(h: i32, src: usize, dst: usize, from: u32, 
   const x86 = s.mode != PAGING_AARCH64;
   const rsvXd: u64 = s.nxe ? 0 : 0x8000_0000_0000_0000;
   let hits: u64 = 0;
+  let miss: u32 = 0;
   for (let i = from; i < n; i++) {
     // unsafe: the host passes buffers of n u64 each.
     const va = load<u64>(src + (<usize>i << 3));
@@ -627,6 +630,7 @@ export function pagingTranslateBatch(h: i32, src: usize, dst: usize, from: u32, 
         let gpa: u64;
         if (x86) gpa = (e & 1) != 0 && (e & rsvXd) == 0 ? (e & X86_ADDR) | (va & 0xfff) : PAGING_UNMAPPED;
         else gpa = (e & 3) == 3 ? (e & A64_ADDR) | (va & 0xfff) : PAGING_UNMAPPED;
+        if (gpa == PAGING_UNMAPPED) miss++;
         store<u64>(dst + (<usize>i << 3), gpa);
         hits++;
         continue;
@@ -635,11 +639,14 @@ export function pagingTranslateBatch(h: i32, src: usize, dst: usize, from: u32, 
     const r = walk(s, va);
     if (r == E_NEED_DATA) {
       s.hits += hits;
+      res(R_MAPPED, <u64>(i - from - miss));
       return <i32>i;
     }
+    if (r != 0) miss++;
     store<u64>(dst + (<usize>i << 3), r == 0 ? load<u64>(result + (<usize>R_GPA << 3)) : PAGING_UNMAPPED);
   }
   s.hits += hits;
+  res(R_MAPPED, <u64>(n - from - miss));
   return <i32>n;
 }
 
@@ -820,14 +827,21 @@ export function pagingMappings(h: i32, from: u64, last: u64, out: usize, cap: u3
       const shift0: u64 = 12 + 9 * <u64>(nLevels - 1);
       const high: u64 = upper ? ~((<u64>1 << <u64>ia) - 1) : 0;
       const regionLast: u64 = upper ? FREE_KEY : (<u64>1 << <u64>ia) - 1;
-      if (mwCursor > regionLast) continue;
-      if (upper && !s.hasRoot1) break;
-      const root = a64RootAddr(upper ? s.root1 : s.root0, entries);
-      if (root + <u64>entries * 8 > s.memSize) continue;
-      const c = mwCursor;
-      const startIdx: u32 = c < high ? 0 : <u32>((c - high) >> shift0);
-      const r = walkRegion(s, root, nLevels, entries, true, high, startIdx, last, out, cap, budget);
-      if (r != 0) break;
+      if (mwCursor <= regionLast) {
+        if (upper && !s.hasRoot1) break;
+        const root = a64RootAddr(upper ? s.root1 : s.root0, entries);
+        if (root + <u64>entries * 8 <= s.memSize) {
+          const c = mwCursor;
+          const startIdx: u32 = c < high ? 0 : <u32>((c - high) >> shift0);
+          const r = walkRegion(s, root, nLevels, entries, true, high, startIdx, last, out, cap, budget);
+          if (r != 0) break;
+        }
+      }
+      // The lower region is done: a later stop must not resume inside it.
+      if (!upper) {
+        const high1: u64 = ~((<u64>1 << <u64>a64Ia(s, true)) - 1);
+        if (mwCursor < high1) mwCursor = high1;
+      }
     }
   }
   res(R_CURSOR, mwCursor);

@@ -1,6 +1,7 @@
 // Builders of guest page tables in an ArrayBuffer-backed guest memory, for the
 // paging specs. Expected values in the specs come from how a tree was built,
 // never from a walker.
+import fc from 'fast-check';
 import type { Gpa, GuestMemorySource } from '../bindings/memory/index.js';
 
 /** Guest memory in a buffer, counting reads (to see the core's caches work). */
@@ -25,6 +26,15 @@ export class BufMemory implements GuestMemorySource {
   }
   get(at: bigint | number): bigint {
     return this.view.getBigUint64(Number(at), true);
+  }
+  /** Counterexamples print the non-zero entries, not megabytes of zeros. */
+  [fc.toStringMethod](): string {
+    const words: string[] = [];
+    for (let a = 0; a + 8 <= this.bytes.length; a += 8) {
+      const v = this.view.getBigUint64(a, true);
+      if (v) words.push(`${a.toString(16)}: ${v.toString(16)}`);
+    }
+    return `BufMemory(${this.bytes.length}) { ${words.join(', ')} }`;
   }
 }
 

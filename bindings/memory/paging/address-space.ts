@@ -28,7 +28,21 @@ const NEED_DATA = -6;
 const BATCH = 8192;
 /** Records per core call of a mapping walk, and entries examined at most per call. */
 const MAP_RECORDS = 2048;
-const MAP_BUDGET = 1 << 16;
+let mapRecords = MAP_RECORDS;
+let mapBudget = 1 << 16;
+
+/**
+ * Test hook: records and entries per core call of a mapping walk (small values
+ * exercise the walk's resumption). Internal.
+ * @example
+ * _setMappingChunk(3, 16);
+ */
+export function _setMappingChunk(records: number = MAP_RECORDS, budget: number = 1 << 16): void {
+  aint(records, 'records', 1, MAP_RECORDS);
+  aint(budget, 'budget', 16, 1 << 30);
+  mapRecords = records;
+  mapBudget = budget;
+}
 const MAP_BYTES = 32;
 // Result slots (assembly/paging.ts R_*).
 const R_GPA = 0;
@@ -41,6 +55,7 @@ const R_HAS_ENTRY = 6;
 const R_FRAME = 7;
 const R_CURSOR = 8;
 const R_STATE = 9;
+const R_MAPPED = 10;
 
 /** The core exports this module calls (docs/abi.md, "paging"). */
 interface _PagingExports {
@@ -282,6 +297,7 @@ export class AddressSpace {
         let stuck = 0;
         for (;;) {
           const r = check(e.pagingTranslateBatch(this.#h, io, io, done, n), 'translate batch');
+          mapped += Number(this.#res(c)[R_MAPPED]!);
           if (r >= n) break;
           // Each frame lets the walk of address r go one level deeper (at most 5).
           stuck = r === done ? stuck + 1 : 0;
@@ -289,9 +305,7 @@ export class AddressSpace {
           done = r;
           this.#provide(c, this.#res(c)[R_FRAME]!);
         }
-        const res = new BigUint64Array(c.exports.memory.buffer, io, n);
-        out.set(res, at);
-        for (let i = 0; i < n; i++) if (res[i] !== UNMAPPED_GPA) mapped++;
+        out.set(new BigUint64Array(c.exports.memory.buffer, io, n), at);
       }
       return mapped;
     });
@@ -328,7 +342,7 @@ export class AddressSpace {
       const c = this.#live();
       const chunk = withCore(() => {
         const e = _ex(c);
-        const n = check(e.pagingMappings(this.#h, cursor, last, this.#out, MAP_RECORDS, MAP_BUDGET), 'mapping walk');
+        const n = check(e.pagingMappings(this.#h, cursor, last, this.#out, mapRecords, mapBudget), 'mapping walk');
         const res = this.#res(c);
         const state = Number(res[R_STATE]!);
         const next = res[R_CURSOR]!;
