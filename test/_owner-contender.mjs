@@ -35,7 +35,7 @@
  * {t:'cas-ok', epoch, at} after it succeeded; {t:'acquire', epoch, slot, ms};
  * {t:'ack', epoch, seq, slot, at} after write + flush returned (acknowledged);
  * {t:'released', epoch, reason}; {t:'write-failed', epoch, code, message}; {t:'open-failed', code, message};
- * {t:'stalled', epoch, from, to} after a SIGUSR2 stall.
+ * {t:'stalled', epoch, from, to, pid} after a SIGUSR2 stall. Lines with a pid name the process.
  * `at` is Date.now(); every contender runs on the same host, so times compare.
  */
 import { appendFileSync } from 'node:fs';
@@ -132,7 +132,7 @@ let phase = 'start';
 process.on('SIGUSR2', () => {
   const from = Date.now();
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Number(a['stall-ms']));
-  log({ t: 'stalled', epoch: current?.epoch ?? null, from, to: Date.now() });
+  log({ t: 'stalled', epoch: current?.epoch ?? null, from, to: Date.now(), pid: process.pid });
 });
 // A non-zero exit names the phase it happened in (13: a promise nobody could settle).
 process.on('exit', (code) => {
@@ -188,7 +188,7 @@ while (Date.now() < end && !stopping) {
       await dev.write(slot * SLOT, encode(d.epoch, seq, slot, a.id, at));
       await dev.flush();
     } catch (e) {
-      log({ t: 'write-failed', epoch: d.epoch, slot, code: e?.code, message: String(e?.message).slice(0, 200) });
+      log({ t: 'write-failed', epoch: d.epoch, slot, code: e?.code, message: String(e?.message).slice(0, 200), pid: process.pid });
       // Anything but fencing (the holder gave the disk away) is this holder's own failure: let go.
       if (e?.code !== 'FENCED') await d.release().catch(() => {});
       break;
@@ -204,7 +204,7 @@ while (Date.now() < end && !stopping) {
   }
   phase = `done? state ${d.state} fenced ${d.fenced}`;
   const out = await d.done;
-  log({ t: 'released', epoch: d.epoch, reason: out.reason });
+  log({ t: 'released', epoch: d.epoch, reason: out.reason, pid: process.pid });
   current = undefined;
   await sleep(Math.random() * 15);
 }

@@ -1,6 +1,8 @@
 // The file store (sidecar directory of immutable revisions swapped in with link(2)) and the
 // HTTP release endpoint: CAS races, pruning, hostile files, status codes, a file-backed handoff.
+import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -33,15 +35,19 @@ describe('FileOwnerStore', () => {
     const store = new FileOwnerStore();
     const disk = join(dir, 'a.raw');
     expect(await store.read(disk)).toEqual({ record: null, revision: null });
-    expect(await store.compareAndSwap(disk, null, rec(1))).toBe('1');
+    const first = await store.compareAndSwap(disk, null, rec(1));
+    expect(first).toMatch(/^1\.[0-9a-f]{32}$/);
     expect(await store.compareAndSwap(disk, null, rec(1))).toBeNull();
-    expect(await store.read(disk)).toEqual({ record: rec(1), revision: '1' });
+    expect(await store.read(disk)).toEqual({ record: rec(1), revision: first });
     for (let round = 0; round < 10; round++) {
       const { revision } = await store.read(disk);
       const tries = await Promise.all(Array.from({ length: 8 }, (_, i) => store.compareAndSwap(disk, revision, rec(100 * round + i))));
-      expect(tries.filter((r) => r !== null)).toEqual([String(Number(revision) + 1)]);
+      const wins = tries.filter((r) => r !== null);
+      expect(wins).toHaveLength(1);
+      expect(wins[0]!.split('.')[0]).toBe(String(round + 2));
+      expect((await store.read(disk)).revision).toBe(wins[0]);
     }
-    expect(await store.compareAndSwap(disk, '1', rec(5))).toBeNull();
+    expect(await store.compareAndSwap(disk, first, rec(5))).toBeNull();
     // Old revisions are pruned (the current one and a few before it stay); no temporary files left.
     const names = await readdir(store.dirOf(disk));
     expect(names.length).toBeLessThanOrEqual(5);
@@ -62,10 +68,42 @@ describe('FileOwnerStore', () => {
     expect(await code(store.read(disk))).toBe('CORRUPT');
     await writeFile(join(side, 'r-000000000000002.json'), ' '.repeat(1 << 20));
     expect(await code(store.read(disk))).toBe('LIMIT');
-    await writeFile(join(side, 'r-000000000000003.json'), JSON.stringify({ ...rec(1), epoch: 2 ** 60 }));
+    const envelope = (seq: number, record: unknown) => JSON.stringify({ revision: { seq, id: 'ab'.repeat(16), prev: '' }, record });
+    await writeFile(join(side, 'r-000000000000003.json'), envelope(3, { ...rec(1), epoch: 2 ** 60 }));
     expect(await code(store.read(disk))).toBe('LIMIT');
+    await writeFile(join(side, 'r-000000000000004.json'), envelope(9, rec(1))); // a copy under the wrong name
+    expect(await code(store.read(disk))).toBe('CORRUPT');
+    await writeFile(join(side, 'r-000000000000005.json'), envelope(5, rec(1)));
+    expect(await store.read(disk)).toEqual({ record: rec(1), revision: `5.${'ab'.repeat(16)}` });
+    await writeFile(join(side, 'r-000000000000006.json'), envelope(6, { ...rec(1), epoch: 2 ** 60 }));
     // The CAS refuses to take over on top of it too (the reader of the current revision fails first).
     expect(await code(openOwned(disk, { as: 'a', serve: false }))).toBe('LIMIT');
+  });
+});
+
+describe('FileOwnerStore across processes', () => {
+  it('no lost update: 4 processes × 40 read-increment-CAS loops end at epoch 160', { timeout: 60_000 }, async () => {
+    const distOwner = new URL('../dist/disk/owner/index.js', import.meta.url).href;
+    const disk = join(dir, 'counter.raw');
+    const script = `
+      const { FileOwnerStore } = await import(${JSON.stringify(distOwner)});
+      const s = new FileOwnerStore(); let wins = 0, lost = 0;
+      while (wins < 40) {
+        const { record, revision } = await s.read(process.argv[1]);
+        const epoch = (record?.epoch ?? 0) + 1;
+        const r = await s.compareAndSwap(process.argv[1], revision, { version: 1, disk: 'counter', epoch, state: 'free', leaseExpiresAt: 0, updatedAt: Date.now() });
+        if (r === null) lost++; else wins++;
+      }
+      console.log(JSON.stringify({ wins, lost }));`;
+    const run = () =>
+      new Promise<{ wins: number; lost: number }>((resolve, reject) =>
+        execFile(process.execPath, ['--input-type=module', '-e', script, disk], (err, out) => (err ? reject(err) : resolve(JSON.parse(out) as { wins: number; lost: number }))),
+      );
+    const results = await Promise.all([run(), run(), run(), run()]);
+    const { record } = await new FileOwnerStore().read(disk);
+    expect(record?.epoch).toBe(160);
+    expect(results.reduce((n, r) => n + r.wins, 0)).toBe(160);
+    console.log(`file store CAS across 4 processes: ${results.reduce((n, r) => n + r.lost, 0)} lost races, 0 lost updates`);
   });
 });
 

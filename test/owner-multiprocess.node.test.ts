@@ -53,10 +53,11 @@ function decodeSlot(disk: Uint8Array, slot: number): { epoch: number; seq: numbe
  * Runs `n` contenders on `diskPath` for `durationMs`, killing some mid-handoff.
  * Exported shape kept small so a spec on another store can reuse the checks by copying the calls.
  */
-async function contend(dir: string, diskPath: string, n: number, durationMs: number, extra: string[]): Promise<{ stops: number; kills: number; metaReads: number; metaErrors: string[]; epochsSeen: number[]; failures: string[] }> {
+async function contend(dir: string, diskPath: string, n: number, durationMs: number, extra: string[]): Promise<{ stops: number; kills: number; killed: Set<number>; metaReads: number; metaErrors: string[]; epochsSeen: number[]; failures: string[] }> {
   const end = Date.now() + durationMs;
   const children = new Set<ChildProcess>();
   let kills = 0;
+  const killed = new Set<number>();
   let stops = 0;
   let holder: ChildProcess | undefined; // the contender that last said `acquired`
   const failures: string[] = [];
@@ -79,6 +80,7 @@ async function contend(dir: string, diskPath: string, n: number, durationMs: num
         // Mid-handoff kills: the holder has accepted a release request and is draining.
         if (line.startsWith('release-begin') && kills < 6 && Math.random() < 0.2) {
           kills++;
+          killed.add(c.pid!);
           c.kill('SIGKILL');
         }
       }
@@ -102,6 +104,7 @@ async function contend(dir: string, diskPath: string, n: number, durationMs: num
     const c = [...children][Math.floor(Math.random() * children.size)];
     if (c) {
       kills++;
+      killed.add(c.pid!);
       c.kill('SIGKILL');
     }
   }, durationMs * (0.3 + Math.random() * 0.3));
@@ -131,7 +134,7 @@ async function contend(dir: string, diskPath: string, n: number, durationMs: num
   }
   clearTimeout(randomKill);
   clearInterval(freeze);
-  return { stops, kills, metaReads, metaErrors, epochsSeen, failures };
+  return { stops, kills, killed, metaReads, metaErrors, epochsSeen, failures };
 }
 
 describe('disk ownership across processes (file store)', () => {
@@ -207,14 +210,14 @@ describe('disk ownership across processes (file store)', () => {
         last = r.epoch;
       }
       // A holder stalled past its lease whose epoch was taken during the stall must end fenced.
-      const stalls = logs.filter((l) => l.t === 'stalled') as unknown as { epoch: number | null; from: number; to: number; who: string }[];
+      const stalls = logs.filter((l) => l.t === 'stalled') as unknown as { epoch: number | null; from: number; to: number; who: string; pid: number }[];
       expect(stalls.length).toBeLessThanOrEqual(run.stops); // a stalled contender may be SIGKILLed before it logs its wake-up
       let fencedAfterStall = 0;
       for (const st of stalls) {
-        if (st.epoch === null) continue;
+        if (st.epoch === null || run.killed.has(st.pid)) continue; // killed before it could find out
         const next = logs.find((l) => l.t === 'cas-ok' && l.epoch === st.epoch! + 1);
         if (!next || next.at > st.to) continue; // nobody took it during the stall: the holder rightly kept it
-        const end = logs.find((l) => l.who === st.who && l.epoch === st.epoch && (l.t === 'released' || (l.t === 'write-failed' && l.code === 'FENCED')));
+        const end = logs.find((l) => l.pid === st.pid && l.epoch === st.epoch && (l.t === 'released' || (l.t === 'write-failed' && l.code === 'FENCED')));
         expect(end, `${st.who} stalled at epoch ${st.epoch} while epoch ${st.epoch + 1} was taken, and never found out`).toBeDefined();
         if (end!.t === 'released') expect(end!.reason).toBe('fenced');
         fencedAfterStall++;

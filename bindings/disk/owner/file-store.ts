@@ -6,14 +6,17 @@
  * vm.qcow2.owner/
  *   r-000000000000041.json   older revisions (the last few are kept)
  *   r-000000000000042.json   the current record: the highest number wins
+ *                            {"revision":{"seq":42,"id":"…","prev":"…"},"record":{…}}
  *   .tmp-<pid>-<random>      a record being written (never read)
  * ```
  *
- * Every revision is its own immutable file. A compare-and-swap from revision
- * N writes the new record to a temporary file, fsyncs it, and `link(2)`s it to
- * `r-<N+1>.json`: link refuses to replace an existing name, so of all writers
- * that read N exactly one wins, on every POSIX file system, across processes
- * and without a lock that a killed process could leave behind. Readers list
+ * Every revision is its own immutable file (the record in an envelope naming
+ * a random id for this write and the id of the revision it replaced). A
+ * compare-and-swap from revision N writes the new file to a temporary name,
+ * fsyncs it, and `link(2)`s it to `r-<N+1>.json`: link refuses to replace an
+ * existing name, so of all writers that read N exactly one wins, on every
+ * POSIX file system, across processes and without a lock that a killed
+ * process could leave behind. Readers list
  * the directory and read the highest number, which was complete before it had
  * a name, so no reader ever sees a torn record. See docs/ownership.md for the
  * proof sketch (including why pruning old revisions keeps the CAS exact).
@@ -22,7 +25,7 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import { encodeRecord, parseRecord, MAX_RECORD_BYTES } from './record.js';
+import { encodeRecord, validateRecord, MAX_RECORD_BYTES } from './record.js';
 import type { OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
 
 type Fs = typeof import('node:fs/promises');
@@ -38,6 +41,39 @@ const KEEP = 4;
 const MAX_ENTRIES = 4096;
 const NAME = /^r-(\d{15})\.json$/;
 const SEQ_DIGITS = 15; // 10^15 - 1 < 2^53: every name is an exact safe integer
+/** A revision file is the record plus a small envelope. */
+const MAX_FILE_BYTES = MAX_RECORD_BYTES + 256;
+const ID = /^[0-9a-f]{32}$/;
+
+function randomId(): string {
+  const b = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+/**
+ * A revision file: `{"revision":{"seq":N,"id":"<32 hex>","prev":"<32 hex or empty>"},"record":{…}}`.
+ * `id` is random per write; `prev` is the id of the revision it replaced.
+ */
+function encodeRevisionFile(rec: OwnerRecord, seq: number, id: string, prev: string): Uint8Array {
+  const record = new TextDecoder().decode(encodeRecord(rec)).trimEnd();
+  return new TextEncoder().encode(`{"revision":${JSON.stringify({ seq, id, prev })},"record":${record}}\n`);
+}
+
+function parseRevisionFile(data: Uint8Array, seq: number, path: string): { record: OwnerRecord; id: string; prev: string } {
+  let v: unknown;
+  try {
+    v = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(data));
+  } catch (e) {
+    throw new VmkitError('CORRUPT', `owner record ${path} is not UTF-8 JSON: ${(e as Error).message}`, { cause: e, path });
+  }
+  const o = (typeof v === 'object' && v !== null && !Array.isArray(v) ? v : {}) as Record<string, unknown>;
+  const r = (typeof o.revision === 'object' && o.revision !== null ? o.revision : {}) as Record<string, unknown>;
+  if (Object.keys(o).length !== 2 || o.record === undefined || r.seq !== seq || typeof r.id !== 'string' || !ID.test(r.id) || typeof r.prev !== 'string' || !(r.prev === '' || ID.test(r.prev))) {
+    throw new VmkitError('CORRUPT', `owner record ${path}: not a file-store revision (envelope {revision:{seq:${seq},id,prev},record})`, { path });
+  }
+  return { record: validateRecord(o.record, path), id: r.id, prev: r.prev };
+}
 
 /** Options of {@link FileOwnerStore}. */
 export interface FileOwnerStoreOptions {
@@ -99,42 +135,48 @@ export class FileOwnerStore implements OwnerStore {
     return top;
   }
 
+  // One revision file: its envelope (this revision's random id, its predecessor's id) and record.
+  private async readRevision(dir: string, seq: number): Promise<{ record: OwnerRecord; id: string; prev: string } | null> {
+    const fs = await nodeFs();
+    const file = `${dir}/${seqName(seq)}`;
+    let fh: import('node:fs/promises').FileHandle;
+    try {
+      fh = await fs.open(file, 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException)?.code === 'ENOENT') return null;
+      throw ioError(e, 'open', file);
+    }
+    try {
+      const { size } = await fh.stat();
+      if (size > MAX_FILE_BYTES) throw new VmkitError('LIMIT', `owner record ${file} is ${size} bytes (max ${MAX_FILE_BYTES})`, { path: file });
+      const buf = new Uint8Array(size);
+      let got = 0;
+      while (got < size) {
+        const { bytesRead } = await fh.read(buf, got, size - got, got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return parseRevisionFile(buf.subarray(0, got), seq, file);
+    } catch (e) {
+      throw ioError(e, 'read', file);
+    } finally {
+      await fh.close().catch(() => {});
+    }
+  }
+
   /**
    * Reads the current record. Throws CORRUPT / LIMIT / UNSUPPORTED when the
    * current revision is not a valid record.
    */
   async read(disk: string): Promise<OwnerSnapshot> {
     const dir = this.dirOf(disk);
-    const fs = await nodeFs();
     // A revision can be pruned between the listing and the read only when a
     // newer one exists, so a retry makes progress; bound it anyway.
     for (let attempt = 0; attempt < 16; attempt++) {
       const top = await this.top(dir);
       if (top === 0) return { record: null, revision: null };
-      const file = `${dir}/${seqName(top)}`;
-      let fh: import('node:fs/promises').FileHandle;
-      try {
-        fh = await fs.open(file, 'r');
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException)?.code === 'ENOENT') continue;
-        throw ioError(e, 'open', file);
-      }
-      try {
-        const { size } = await fh.stat();
-        if (size > MAX_RECORD_BYTES) throw new VmkitError('LIMIT', `owner record ${file} is ${size} bytes (max ${MAX_RECORD_BYTES})`, { path: file });
-        const buf = new Uint8Array(size);
-        let got = 0;
-        while (got < size) {
-          const { bytesRead } = await fh.read(buf, got, size - got, got);
-          if (bytesRead === 0) break;
-          got += bytesRead;
-        }
-        return { record: parseRecord(buf.subarray(0, got), file), revision: String(top) };
-      } catch (e) {
-        throw ioError(e, 'read', file);
-      } finally {
-        await fh.close().catch(() => {});
-      }
+      const r = await this.readRevision(dir, top);
+      if (r) return { record: r.record, revision: `${top}.${r.id}` };
     }
     throw new VmkitError('CONFLICT', `${dir}: revisions changed under 16 consecutive reads`, { path: dir });
   }
@@ -146,13 +188,17 @@ export class FileOwnerStore implements OwnerStore {
   async compareAndSwap(disk: string, expected: string | null, next: OwnerRecord): Promise<string | null> {
     const dir = this.dirOf(disk);
     let seq = 0;
+    let prev = '';
     if (expected !== null) {
-      if (typeof expected !== 'string' || !/^\d{1,15}$/.test(expected)) throw new VmkitError('ARG_RANGE', `expected revision ${JSON.stringify(expected)} is not a file-store revision`);
-      seq = Number(expected);
+      const m = typeof expected === 'string' ? /^(\d{1,15})\.([0-9a-f]{32})$/.exec(expected) : null;
+      if (!m) throw new VmkitError('ARG_RANGE', `expected revision ${JSON.stringify(expected)} is not a file-store revision`);
+      seq = Number(m[1]);
+      prev = m[2]!;
       if (seq === 0) throw new VmkitError('ARG_RANGE', 'expected revision 0 does not exist (use null for "no record")');
     }
     if (seq + 1 > 10 ** SEQ_DIGITS - 1) throw new VmkitError('LIMIT', `${dir}: revision counter exhausted`, { path: dir });
-    const bytes = encodeRecord(next);
+    const id = randomId();
+    const bytes = encodeRevisionFile(next, seq + 1, id, prev);
     const fs = await nodeFs();
     // Cheap early answer (and no garbage file) when we already lost.
     if ((await this.top(dir)) !== seq) return null;
@@ -186,12 +232,16 @@ export class FileOwnerStore implements OwnerStore {
     }
     await syncDir(fs, dir);
     // `target` may have been a pruned old name that we just re-created while
-    // the top moved far ahead: then our record is not current and we lost.
-    // Names at the top are never removed, so this check is exact.
+    // the top had moved far ahead: then our record never was current. Ours is
+    // in the chain iff it is the top, or the next revision names it as its
+    // predecessor (its writer read ours as the top). docs/ownership.md has the proof.
     const top = await this.top(dir);
-    if (top !== seq + 1) return null;
+    if (top !== seq + 1) {
+      const after = top > seq + 1 ? await this.readRevision(dir, seq + 2).catch(() => null) : null;
+      if (after?.prev !== id) return null;
+    }
     await this.prune(dir, seq + 1 - KEEP);
-    return String(seq + 1);
+    return `${seq + 1}.${id}`;
   }
 
   private async prune(dir: string, below: number): Promise<void> {
@@ -206,6 +256,12 @@ export class FileOwnerStore implements OwnerStore {
     for (const n of names) {
       const m = NAME.exec(n);
       if (m && Number(m[1]) < below) await fs.unlink(`${dir}/${n}`).catch(() => {});
+    }
+    // Temporary files of writers killed mid-write (older than a minute: nobody is still writing them).
+    for (const n of names) {
+      if (!n.startsWith('.tmp-')) continue;
+      const st = await fs.stat(`${dir}/${n}`).catch(() => null);
+      if (st && Date.now() - st.mtimeMs > 60_000) await fs.unlink(`${dir}/${n}`).catch(() => {});
     }
   }
 
