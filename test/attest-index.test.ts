@@ -60,6 +60,17 @@ describe('DigestIndex', () => {
             expect(ix.lookupDigest(d.alg, bytes)).toEqual(want);
             expect(ix.has(d.alg, bytes)).toBe(want.length > 0);
           }
+          // hasMany: every probe of one algorithm packed together, against the model.
+          for (const alg of ALGS) {
+            const ds = [...probes, ...ops.map((o) => o.d)].filter((d) => d.alg === alg);
+            const len = digestLength(alg);
+            const packed = new Uint8Array(ds.length * len);
+            ds.forEach((d, i) => hexInto(d.hex, packed, i * len));
+            const out = new Uint8Array(ds.length);
+            const want = ds.map((d) => (model.has(`${alg}:${d.hex}`) ? 1 : 0));
+            expect(ix.hasMany(alg, packed, out)).toBe(want.reduce((a: number, b) => a + b, 0));
+            expect([...out]).toEqual(want);
+          }
           for (const name of ['a', 'b', 'c', 'libc6', 'none']) {
             const want = ops.filter((o) => o.kind === 'pkg' && o.name === name);
             expect(ix.lookupPackage(name).length).toBe(want.length);
@@ -71,6 +82,38 @@ describe('DigestIndex', () => {
       }),
       { numRuns: 150 },
     );
+  });
+
+  it('hasMany crosses its 4096-digest batches and checks its arguments', () => {
+    const ix = new DigestIndex();
+    try {
+      const n = 10_000;
+      const packed = new Uint8Array(n * 32);
+      // Distinct digests: the index in the first 4 bytes, xorshift noise after.
+      let x = 0x9e3779b9;
+      for (let i = 0; i < packed.length; i++) {
+        x ^= x << 13;
+        x ^= x >>> 17;
+        x ^= x << 5;
+        packed[i] = x & 255;
+      }
+      const dv = new DataView(packed.buffer);
+      for (let i = 0; i < n; i++) dv.setUint32(i * 32, i);
+      const p = ix.addPackage({ repository: 'r', package: 'p', version: '1' }, { alg: 'sha256', hex: 'ff'.repeat(32) });
+      // Every third digest present; sm3 keys share the sha256 bytes but never answer for them.
+      for (let i = 0; i < n; i += 3) ix.addFile(p, `/f${i}`, { alg: 'sha256', hex: toHex(packed.subarray(i * 32, i * 32 + 32)) });
+      ix.addFile(p, '/sm3', { alg: 'sm3', hex: toHex(packed.subarray(32, 64)) });
+      const out = new Uint8Array(n);
+      expect(ix.hasMany('sha256', packed, out)).toBe(Math.ceil(n / 3));
+      for (let i = 0; i < n; i++) expect(out[i]).toBe(i % 3 === 0 ? 1 : 0);
+      expect(ix.hasMany('sm3', packed.subarray(0, 96))).toBe(1);
+      expect(ix.hasMany('sha256', new Uint8Array(0))).toBe(0);
+      expect(() => ix.hasMany('sha256', new Uint8Array(33))).toThrow(VmkitError);
+      expect(() => ix.hasMany('sha256', packed, new Uint8Array(1))).toThrow(/out needs/);
+      expect(() => ix.hasMany('nope' as DigestAlgorithm, packed)).toThrow(VmkitError);
+    } finally {
+      ix.close();
+    }
   });
 
   it('holds 200 000 digests across many table growths', () => {

@@ -73,11 +73,21 @@ export function hexInto(hex: string, dst: Uint8Array, off: number = 0): boolean 
   return true;
 }
 
+// Node's Buffer hex encoder when present (one flat string, no per-byte concatenation).
+const _NodeBuffer = (globalThis as { Buffer?: { from(b: ArrayBufferLike, off: number, len: number): { toString(enc: 'hex'): string } } }).Buffer;
+const _HEXCHARS = new TextEncoder().encode('0123456789abcdef');
+const _latin1 = new TextDecoder('latin1');
+
 /** Lowercase hex of bytes. @example `toHex(new Uint8Array([1, 255])) // '01ff'` */
 export function toHex(b: Uint8Array): string {
-  let s = '';
-  for (let i = 0; i < b.length; i++) s += (b[i]! < 16 ? '0' : '') + b[i]!.toString(16);
-  return s;
+  if (_NodeBuffer) return _NodeBuffer.from(b.buffer, b.byteOffset, b.length).toString('hex');
+  // Browsers: the ASCII of the hex, decoded once.
+  const chars = new Uint8Array(b.length * 2);
+  for (let i = 0; i < b.length; i++) {
+    chars[2 * i] = _HEXCHARS[b[i]! >> 4]!;
+    chars[2 * i + 1] = _HEXCHARS[b[i]! & 15]!;
+  }
+  return _latin1.decode(chars);
 }
 
 /** Options of {@link DigestIndex}. */
@@ -194,7 +204,8 @@ export class DigestIndex implements ReferenceIndex {
     let v = this.intern.get(s);
     if (v === undefined) {
       v = ownString(s);
-      this.intern.set(s, s);
+      // Keyed by the own copy: a key sliced from a Packages text would pin all of it.
+      this.intern.set(v, v);
     }
     return v;
   }
@@ -364,7 +375,8 @@ export class DigestIndex implements ReferenceIndex {
     if (this.scratch === 0) this.scratch = c.alloc(32);
     const u8 = c.u8();
     const s = this.scratch;
-    if (digest.length >= 32) u8.set(digest.subarray(0, 32), s);
+    if (digest.length === 32) u8.set(digest, s);
+    else if (digest.length > 32) u8.set(digest.subarray(0, 32), s);
     else {
       u8.fill(0, s, s + 32);
       u8.set(digest, s);
@@ -396,6 +408,71 @@ export class DigestIndex implements ReferenceIndex {
       if (this.entryMatches(e, tag, digest)) return true;
     }
     return false;
+  }
+
+  /**
+   * Looks up many digests of one algorithm in one call into the core per
+   * 4096 (a request's file list, an IMA log): `digests` holds them back to
+   * back, `digestLength(alg)` bytes each. Sets `out[i]` to 1 when digest `i`
+   * is present, else 0, and returns how many are present. `out` defaults
+   * to a new array of one byte per digest; a shorter one throws OUTPUT_TOO_SMALL.
+   *
+   * @example
+   * ```ts
+   * const packed = new Uint8Array(32 * 2); // two SHA-256 digests
+   * const found = ix.hasMany('sha256', packed); // 0, 1 or 2
+   * ```
+   */
+  hasMany(alg: DigestAlgorithm, digests: Uint8Array, out?: Uint8Array): number {
+    abytes(digests, 'digests');
+    const len = digestLength(alg);
+    if (digests.length % len !== 0) throw new VmkitError('ARG_RANGE', `digests must be a whole number of ${len}-byte ${alg} digests, got ${digests.length} bytes`);
+    const n = digests.length / len;
+    if (out === undefined) out = new Uint8Array(n);
+    else abytes(out, 'out');
+    if (out.length < n) throw new VmkitError('OUTPUT_TOO_SMALL', `out needs ${n} bytes, got ${out.length}`);
+    if (this.nPend) this.flush();
+    const c = this.live();
+    const ex = this.ex(c);
+    const tag = TAG[alg];
+    const B = Math.min(n, BATCH);
+    let found = 0;
+    withCore(() => {
+      const p = c.alloc(B * 36);
+      try {
+        for (let o = 0; o < n; o += B) {
+          const k = Math.min(B, n - o);
+          let u8 = c.u8();
+          if (len === 32) {
+            // The common case: the digests are the keys as they are (sha256's tag is 0; sm3 XORs below).
+            u8.set(digests.subarray(o * 32, (o + k) * 32), p);
+          } else {
+            u8.fill(0, p, p + k * 32);
+            for (let i = 0; i < k; i++) u8.set(digests.subarray((o + i) * len, (o + i) * len + Math.min(len, 32)), p + i * 32);
+          }
+          if (tag !== 0) for (let i = 0; i < k; i++) u8[p + i * 32 + 31]! ^= tag;
+          const r = ex.dixGetBatch(this.h, p, k, p + k * 32);
+          if (r < 0) check(r, 'digest index lookup');
+          u8 = c.u8();
+          const res = new Uint32Array(u8.buffer, p + k * 32, k);
+          for (let i = 0; i < k; i++) {
+            let hit = 0;
+            const d = len > 32 ? digests.subarray((o + i) * len, (o + i + 1) * len) : digests;
+            for (let e = res[i]! - 1; e >= 0; e = this.eNext[e]!) {
+              if (len > 32 ? this.entryMatches(e, tag, d) : this.eAlg[e] === tag) {
+                hit = 1;
+                break;
+              }
+            }
+            out[o + i] = hit;
+            found += hit;
+          }
+        }
+      } finally {
+        c.free(p);
+      }
+    });
+    return found;
   }
 
   /**
