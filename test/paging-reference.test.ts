@@ -4,6 +4,7 @@
 // walker. Runs in Node and Chromium.
 import { describe, expect, it } from 'vitest';
 import { VmkitError } from '../bindings/errors.js';
+import { QEMU_TLB_LINE_BYTES, qemuTlbLine, qemuTlbLineInto } from '../bindings/memory/paging/qemu.js';
 import { referenceMappings, referenceTranslate } from '../bindings/memory/paging/reference.js';
 import { PF } from '../bindings/memory/paging/types.js';
 import type { AddressSpaceOptions, Mapping, Translation, TranslationFault } from '../bindings/memory/paging/types.js';
@@ -237,6 +238,24 @@ describe('x86-64 mapping walks', () => {
       const t = ok(referenceTranslate(m, opts, x.gva + BigInt(x.pageSize) - 1n));
       expect([t.gpa, t.flags, t.pageSize, t.level, t.leaf]).toEqual([x.gpa + BigInt(x.pageSize) - 1n, x.flags, x.pageSize, x.level, x.leaf]);
     }
+  });
+
+  it('formats mappings as QEMU info tlb lines, as strings and as ASCII into a buffer', () => {
+    const maps = [...referenceMappings(m, opts)];
+    const lines = maps.map(qemuTlbLine);
+    expect(lines).toEqual([
+      '0000000000000000: 0000000000010000 -------U-',
+      '0000000000003000: 0000000000013000 -------U-',
+      '00000000001ff000: 000000000020f000 -------U-',
+      '0000000000200000: 0000000000600000 X-P-----W',
+      '0000000040000000: 0000000040000000 --P------',
+      'ffffffff80000000: 0000000080000000 -GP-----W',
+    ]);
+    const buf = new Uint8Array(maps.length * QEMU_TLB_LINE_BYTES + 3).fill(0x7e);
+    let at = 1;
+    for (const x of maps) at = qemuTlbLineInto(x, buf, at);
+    expect(at).toBe(1 + maps.length * QEMU_TLB_LINE_BYTES);
+    expect(new TextDecoder().decode(buf)).toBe('~' + lines.map((l) => l + '\n').join('') + '~~');
   });
 
   it('limits to the pages overlapping [from, to)', () => {
