@@ -490,8 +490,13 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
   try {
     const deadline = monotonic() + waitMs;
     let lastWhy = '';
-    for (;;) {
+    for (let round = 0; ; round++) {
       if (opts.signal?.aborted) throw new VmkitError('CANCELLED', `open of ${disk} cancelled`);
+      // Every path below either takes the disk or loops; under endless contention
+      // (each release goes to someone else) the wait is bounded too.
+      if (round > 0 && monotonic() > deadline + requestTimeoutMs) {
+        throw new VmkitError('TIMEOUT', `${disk}: not taken after ${waitMs} ms${lastWhy ? `; last: ${lastWhy}` : ' (others kept winning it)'}`, { path: disk });
+      }
       const snap = await store.read(disk);
       const r = snap.record;
       if (r && r.epoch >= Number.MAX_SAFE_INTEGER) throw new VmkitError('LIMIT', `${disk}: epoch ${r.epoch} cannot grow further`, { path: disk });
