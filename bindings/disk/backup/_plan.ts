@@ -96,6 +96,9 @@ export function subtractRanges(offset: number, length: number, ranges: ReadonlyA
  */
 export function zeroRuns(buf: Uint8Array, granule: number): PlanOp[] {
   if (buf.length === 0) return [];
+  // Copied data is rarely zero: when every granule has a non-zero byte in its first 16, the
+  // buffer is one data run, and copying it into the core to scan would cost more than the copy.
+  if (leadsWithData(buf, granule)) return [{ offset: 0, length: buf.length, zero: false }];
   return withCore((c) => {
     const cap = Math.ceil(buf.length / granule) + 1;
     const p = c.alloc(buf.length);
@@ -112,4 +115,19 @@ export function zeroRuns(buf: Uint8Array, granule: number): PlanOp[] {
       c.free(out);
     }
   });
+}
+
+/**
+ * True when every `granule` of `buf` has a non-zero byte among its first 16
+ * (so none is all zero). A quick test that spares the core scan for data.
+ * @internal
+ */
+export function leadsWithData(buf: Uint8Array, granule: number): boolean {
+  for (let g = 0; g < buf.length; g += granule) {
+    const end = Math.min(buf.length, g + 16);
+    let i = g;
+    while (i < end && buf[i] === 0) i++;
+    if (i === end) return false;
+  }
+  return true;
 }

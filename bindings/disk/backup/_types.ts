@@ -32,6 +32,8 @@ export interface BackupDevice {
   /** I/O alignment in bytes (a power of two, at least 512). */
   readonly alignment: number;
   read(offset: number, length: number): Promise<Uint8Array>;
+  /** Reads into `dst` (optional: jobs reuse their buffers when the device has it). */
+  readInto?(offset: number, dst: Uint8Array): Promise<void>;
   write(offset: number, data: Uint8Array): Promise<void>;
   /** Writes zeroes efficiently (zero clusters) when the format can. */
   writeZeroes?(offset: number, length: number): Promise<void>;

@@ -210,17 +210,17 @@ export class MirrorDriver implements BackupDevice {
           if (!this.targetZeroed) await this.policy(`zero at ${ps}`, () => zeroes(this.target, ps, pe - ps));
           this.stats.zeroedBytes += pe - ps;
         } else {
-          const buf = await this.policy(`read at ${ps}`, () => this.source.read(ps, pe - ps));
-          for (const run of zeroRuns(buf, this.zeroGranule)) {
-            const at = ps + run.offset;
-            if (run.zero) {
-              if (!this.targetZeroed) await this.policy(`zero at ${at}`, () => zeroes(this.target, at, run.length));
-              this.stats.zeroedBytes += run.length;
-            } else {
-              const piece = buf.subarray(run.offset, run.offset + run.length);
-              await this.policy(`copy at ${at}`, () => this.target.write(at, piece));
-              this.stats.copiedBytes += run.length;
-            }
+          const n = pe - ps;
+          const src = this.source;
+          // A pooled buffer when the source reads into one: fresh megabyte buffers per step
+          // cost more (zeroing, page faults, GC) than the copy itself.
+          const pooled = src.readInto ? this.takeBuffer(n) : undefined;
+          const buf = pooled ?? (await this.policy(`read at ${ps}`, () => src.read(ps, n)));
+          try {
+            if (pooled) await this.policy(`read at ${ps}`, () => src.readInto!(ps, pooled));
+            await this.copyRuns(ps, buf);
+          } finally {
+            if (pooled) this.pool.push(pooled.buffer as ArrayBuffer);
           }
         }
         for (const [os, oe] of this.copied.overlapping(ps, pe)) this.stats.recopiedBytes += oe - os;
@@ -229,6 +229,30 @@ export class MirrorDriver implements BackupDevice {
       this.stats.skippedBytes += op.length - kept;
     } finally {
       release();
+    }
+  }
+
+  private readonly pool: ArrayBuffer[] = [];
+
+  private takeBuffer(n: number): Uint8Array {
+    for (let i = this.pool.length - 1; i >= 0; i--) {
+      if (this.pool[i]!.byteLength >= n) return new Uint8Array(this.pool.splice(i, 1)[0]!, 0, n);
+    }
+    return new Uint8Array(new ArrayBuffer(Math.max(n, 65536)), 0, n);
+  }
+
+  /** Writes `buf` (read from the source at `ps`) to the target: zero runs as zeroes, the rest as data. */
+  private async copyRuns(ps: number, buf: Uint8Array): Promise<void> {
+    for (const run of zeroRuns(buf, this.zeroGranule)) {
+      const at = ps + run.offset;
+      if (run.zero) {
+        if (!this.targetZeroed) await this.policy(`zero at ${at}`, () => zeroes(this.target, at, run.length));
+        this.stats.zeroedBytes += run.length;
+      } else {
+        const piece = buf.subarray(run.offset, run.offset + run.length);
+        await this.policy(`copy at ${at}`, () => this.target.write(at, piece));
+        this.stats.copiedBytes += run.length;
+      }
     }
   }
 }

@@ -523,7 +523,7 @@ export class Qcow2Device implements ImageDevice {
       while (pos < end) {
         const cEnd = Math.min(end, (Math.floor(pos / this.cs) + 1) * this.cs);
         const chunk = data.subarray(pos - offset, cEnd - offset);
-        if (this.ext || chunk.length !== this.cs || (zeroGranules(chunk, this.cs)[0]! & 1) === 1) {
+        if (this.ext || chunk.length !== this.cs || (!leadsWithData(chunk) && (zeroGranules(chunk, this.cs)[0]! & 1) === 1)) {
           await flushRun();
           await this.writeInCluster(pos, chunk, r);
         } else {
@@ -764,8 +764,10 @@ export class Qcow2Device implements ImageDevice {
     await this.serial(async () => {
       await this.guard?.check('flush');
       await this.writeback();
-      await this.storage.flush();
     });
+    // The fsync runs outside the queue: it covers every write that completed before this
+    // flush (and their metadata, just written back), and later writes need not wait for it.
+    await this.storage.flush();
   }
 
   async info(): Promise<ImageInfo> {
@@ -822,4 +824,10 @@ function popcount(v: number): number {
   let n = 0;
   for (let x = v >>> 0; x; x &= x - 1) n++;
   return n;
+}
+
+/** True when `b` has a non-zero byte among its first 16: data for sure, no zero scan needed. */
+function leadsWithData(b: Uint8Array): boolean {
+  for (let i = 0; i < 16 && i < b.length; i++) if (b[i] !== 0) return true;
+  return false;
 }
