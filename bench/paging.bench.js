@@ -11,6 +11,7 @@
 // Goals (issue 3): core ≥ 3× the reference, ≥ 20 M warm translations/s, full dump < 100 ms.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { fmtNs, measure, median, loadCore } from './_lib.js';
 
@@ -68,6 +69,7 @@ async function loadCoreSpace() {
 }
 
 export async function run({ quick, log }) {
+  const load0 = loadavg()[0];
   await loadCore();
   const { referenceTranslate, referenceMappings } = await import('../dist/memory/paging/reference.js');
   const AddressSpace = await loadCoreSpace();
@@ -186,6 +188,7 @@ export async function run({ quick, log }) {
       ...(dump ? [{ heading: 'Every mapping of the real 256 MiB guest (ratios vs the reference)', markdown: dump.table }] : []),
     ],
     notes: [
+      `Load average (1 min) ${load0.toFixed(1)} at the start and ${loadavg()[0].toFixed(1)} at the end, on the machine's cores shared with other work: absolute figures are noisy; ratios within a table are measured side by side.`,
       ...notes,
       'Guest for the translation tasks: only its page tables exist (PML4, PDPT, PD, 512 PTs, 2 MiB in an ArrayBuffer); the 4 KiB leaves point at permuted frames.',
       'Goals (issue 3): core ≥ 3× the reference, ≥ 20 M warm translations/s, full dump of the 256 MiB guest < 100 ms.',
