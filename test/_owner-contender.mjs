@@ -7,7 +7,8 @@
  * records into it until a release request takes it away, repeat.
  *
  * Flags:
- *   --disk PATH          raw image to contend for (required; 512-byte record slots)
+ *   --disk PATH          image to contend for (required; 512-byte record slots in its virtual disk)
+ *   --format raw|qcow2   its format (default raw)
  *   --id NAME            owner id (required; a restarted contender reuses it with a new pid)
  *   --log PATH           JSON-lines log, appended synchronously (required): see "Log" below
  *   --duration MS        stop contending after this long, release, exit 0 (default 4000)
@@ -56,6 +57,7 @@ const { values: a } = parseArgs({
     name: { type: 'string' },
     serve: { type: 'string', default: '127.0.0.1:0' },
     'stall-ms': { type: 'string', default: '1000' },
+    format: { type: 'string', default: 'raw' },
   },
 });
 if (!a.disk || !a.id || !a.log) {
@@ -64,6 +66,8 @@ if (!a.disk || !a.id || !a.log) {
 }
 const dist = new URL('../dist/', import.meta.url);
 const { openOwned, FileOwnerStore } = await import(new URL('disk/owner/index.js', dist).href);
+// qcow2 and VMDK writes use the wasm core (dist/core.wasm).
+await (await import(new URL('core.js', dist).href)).init();
 
 const SLOT = 512;
 const leaseMs = Number(a.lease);
@@ -156,7 +160,7 @@ while (Date.now() < end && !stopping) {
       requestTimeoutMs: Math.max(200, leaseMs),
       serve: a.serve,
       ...(a.name ? { name: a.name } : {}),
-      image: { format: 'raw' },
+      image: { format: a.format },
       onReleaseRequest: () => {
         if (performance.now() - acquiredAt < holdMin) return `held for less than ${holdMin} ms`;
         say(`release-begin ${d?.epoch ?? current?.epoch}`);
