@@ -184,6 +184,10 @@ async function dump(argv: string[], io: CliIO): Promise<number> {
   if (format !== 'qemu' && format !== 'json') throw new VmkitError('ARG_RANGE', `--format must be qemu or json, got ${format}`);
   if (format === 'qemu' && opts.mode === 'aarch64') throw new VmkitError('ARG_RANGE', '--format qemu is QEMU\'s x86 "info tlb"; use --format json for aarch64');
   const memory = _imageMemory(image);
+  // `vmkit pagetable dump … | head` closes the pipe early: that is not an error worth a stack trace.
+  io.stdout.on?.('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE' && e.code !== 'ERR_STREAM_DESTROYED') throw e;
+  });
   let walker: _Walker | undefined;
   try {
     _checkRoots(memory, opts, image);
