@@ -131,6 +131,16 @@ describe('HTTP release endpoint and a file-backed handoff', () => {
     await b.release();
     expect(await readOwner(disk)).toMatchObject({ epoch: b.epoch, state: 'free' });
     // An owner that is gone (its endpoint refuses connections) with a dead lease is taken over.
+    // A fenced holder lets go of the image file without flushing (no file handle leaks).
+    const fds = async () => (await readdir('/proc/self/fd')).length;
+    const base = await fds();
+    const c = await openOwned(disk, { as: 'c', serve: false });
+    const d = await openOwned(disk, { as: 'd', serve: false, now: () => Date.now() + 3_600_000 });
+    expect(await code(c.device.flush())).toBe('FENCED');
+    await c.close(); // nothing left to do
+    await d.release();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(await fds()).toBe(base);
     const unreachable = await httpTransport.request(b.endpoint!, { disk, epoch: b.epoch, requester: { id: 'q', host: 'h', pid: 1 } }, 500).catch((e: VmkitError) => e.code);
     expect(unreachable).toBe('NETWORK');
   });

@@ -232,7 +232,18 @@ class _Holder implements WriteGuard, OwnedDisk {
     this.server = undefined;
     // Close after the current reply went out (a release answer is being sent right now).
     if (srv) setTimeout(() => void srv.close().catch(() => {}), 0);
+    if (state === 'fenced') void this.abandon();
     this.resolveDone(outcome);
+  }
+
+  // A fenced holder may not flush, so the image's own close() (which flushes) would
+  // fail and keep the file open: drop the top layer's storage unflushed instead.
+  private async abandon(): Promise<void> {
+    const d = this.inner;
+    this.inner = undefined;
+    if (!d) return;
+    await d.storage.close().catch(() => {});
+    await d.backing?.close().catch(() => {});
   }
 
   private fencedError(op: string, why: string): VmkitError {
@@ -355,9 +366,12 @@ class _Holder implements WriteGuard, OwnedDisk {
     let failure: unknown;
     try {
       // The flush still passes the guard: this holder's epoch is current until it writes `free`.
-      await this.inner?.close();
+      const d = this.inner;
+      await d?.close();
+      if (this.inner === d) this.inner = undefined;
     } catch (e) {
       failure = e;
+      await this.abandon();
     }
     if (this.state === 'releasing') {
       try {
