@@ -41,6 +41,12 @@ for (const [variant, mode] of VARIANTS) {
     if (!have) console.warn(`\n*** SKIPPING real guest ${variant}: run node scripts/guest-fixture.mjs ${variant} ***\n`);
     const cr3 = have ? readFileSync(`${dir}cr3.txt`, 'utf8').trim() : '';
 
+    it.skipIf(!have)('the fixture runs the paging mode its name says (CR4.LA57)', () => {
+      const cr4 = /CR4=([0-9a-f]+)/i.exec(readFileSync(`${dir}registers.txt`, 'utf8'));
+      expect(cr4).not.toBeNull();
+      expect(((parseInt(cr4![1]!, 16) >> 12) & 1) === 1 ? 'x86-64-5level' : 'x86-64').toBe(mode);
+    });
+
     it.skipIf(!have).each(['core', 'reference'])('vmkit pagetable dump --format qemu --engine %s equals QEMU info tlb line for line', async (engine) => {
       const expected = readFileSync(`${dir}tlb.txt`, 'utf8').split('\n');
       const { stdout } = await run('node', [CLI, 'pagetable', 'dump', `${dir}mem.bin`, '--cr3', cr3, '--mode', mode, '--format', 'qemu', '--engine', engine], {
