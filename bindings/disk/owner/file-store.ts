@@ -75,7 +75,11 @@ function parseRevisionFile(data: Uint8Array, seq: number, path: string): { recor
   return { record: validateRecord(o.record, path), id: r.id, prev: r.prev };
 }
 
-/** Options of {@link FileOwnerStore}. */
+/**
+ * Options of {@link FileOwnerStore}.
+ * @example
+ * const store = new FileOwnerStore({ sidecar: (disk) => `/var/lib/vmkit/owners/${disk.replaceAll('/', '_')}` });
+ */
 export interface FileOwnerStoreOptions {
   /** Sidecar directory of a disk (default `<disk>.owner`). */
   sidecar?: (disk: string) => string;

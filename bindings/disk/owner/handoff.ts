@@ -17,12 +17,24 @@ import { leaseAlive } from './record.js';
 import { httpTransport, inProcessTransport, type ReleaseReply, type ReleaseRequest, type ReleaseServer, type ReleaseTransport } from './transport.js';
 import type { OwnerIdentity, OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
 
-/** Default lease: 10 s, renewed every third of it. */
+/**
+ * Default lease: 10 s, renewed every third of it.
+ * @example
+ * await openOwned('vm.raw', { as: 'a', leaseMs: DEFAULT_LEASE_MS / 2 });
+ */
 export const DEFAULT_LEASE_MS = 10_000;
-/** Default clock difference tolerated between hosts (see docs/ownership.md, clock skew). */
+/**
+ * Default clock difference tolerated between hosts (see docs/ownership.md, clock skew).
+ * @example
+ * await openOwned('vm.raw', { as: 'a', maxSkewMs: 4 * DEFAULT_MAX_SKEW_MS }); // hosts without NTP
+ */
 export const DEFAULT_MAX_SKEW_MS = 1_000;
 
-/** Options of {@link openOwned}. */
+/**
+ * Options of {@link openOwned}.
+ * @example
+ * const o: OpenOwnedOptions = { as: 'vm-17', serve: '0.0.0.0:7070', leaseMs: 5000, onReleaseRequest: () => (busy ? 'backup running' : undefined) };
+ */
 export interface OpenOwnedOptions {
   /** Who opens: an id (host and pid are filled in) or a full identity. */
   as: string | OwnerIdentity;
@@ -59,7 +71,11 @@ export interface OpenOwnedOptions {
   signal?: AbortSignal;
 }
 
-/** Why a holder stopped holding. */
+/**
+ * Why a holder stopped holding.
+ * @example
+ * const { reason, by } = await held.done; // 'requested', { id: 'vm-18', … }
+ */
 export interface ReleaseOutcome {
   /** `requested`: a release request; `released`: `release()`/`close()`; `fenced`: another holder took a newer epoch. */
   readonly reason: 'requested' | 'released' | 'fenced';

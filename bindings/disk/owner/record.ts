@@ -8,16 +8,30 @@
 import { VmkitError } from '../../errors.js';
 import type { OwnerIdentity, OwnerRecord, OwnerState } from './types.js';
 
-/** The only record version this build reads and writes. */
+/**
+ * The only record version this build reads and writes.
+ * @example
+ * if (rec.version !== OWNER_RECORD_VERSION) upgrade(rec);
+ */
 export const OWNER_RECORD_VERSION = 1;
-/** Largest serialized record accepted (a record is ~300 bytes; anything near this is hostile). */
+/**
+ * Largest serialized record accepted (a record is ~300 bytes; anything near this is hostile).
+ * @example
+ * if (bytes.length > MAX_RECORD_BYTES) reject();
+ */
 export const MAX_RECORD_BYTES: number = 16 * 1024;
-/** Longest id, host, endpoint or disk name accepted. */
+/**
+ * Longest id, host, endpoint or disk name accepted.
+ * @example
+ * const id = name.slice(0, MAX_NAME_CHARS);
+ */
 export const MAX_NAME_CHARS = 1024;
 /**
  * Longest lease a record may grant (from its `updatedAt`): one hour. A record
  * promising more is refused, so that a hostile or buggy writer cannot lock a
  * disk away for years.
+ * @example
+ * await openOwned('vm.raw', { as: 'a', leaseMs: MAX_LEASE_MS }); // the longest lease allowed
  */
 export const MAX_LEASE_MS = 3_600_000;
 
