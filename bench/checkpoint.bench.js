@@ -4,7 +4,7 @@
 // write calls of the block writer against a naive one-write-per-page writer,
 // and lazy random page reads from the checkpoint (cold block vs cached).
 import { execFileSync, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
 import os, { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,12 +29,15 @@ function timed(cmd, args) {
 }
 
 export async function run({ quick, log }) {
-  const image = fileURLToPath(new URL('../.cache/guest/x86_64/mem.bin', import.meta.url));
-  if (!existsSync(image)) {
+  const fixture = fileURLToPath(new URL('../.cache/guest/x86_64/mem.bin', import.meta.url));
+  if (!existsSync(fixture)) {
     return { title: 'checkpoint: save/restore of a real guest', sections: [], notes: ['SKIPPED: .cache/guest/x86_64/mem.bin is missing (node scripts/guest-fixture.mjs).'] };
   }
-  const size = statSync(image).size;
   const dir = mkdtempSync(join(tmpdir(), 'vmkit-ckbench-'));
+  // A private copy: the fixture script may replace the cached image mid-run.
+  const image = join(dir, 'mem.bin');
+  copyFileSync(fixture, image);
+  const size = statSync(image).size;
   const ck = join(dir, 'g.ckpt');
   const lz = join(dir, 'g.lz4');
   const out = join(dir, 'out.bin');
