@@ -2,9 +2,11 @@
 // QEMU-format lines worked out by hand from the entries, JSON output, exit
 // codes and errors for bad input. In process through main() (the real-guest
 // comparison with QEMU is test/pagetable-guest.node.test.ts).
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Writable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
 // The built CLI (its command groups are loaded by a dynamic import of dist/cli/commands/<name>.js).
@@ -107,6 +109,32 @@ describe('vmkit pagetable dump', () => {
     ]);
     const q = await vmkit('pagetable', 'dump', a64, '--cr3', '0x1000', '--mode', 'aarch64', '--format', 'qemu');
     expect(q.code).toBe(2);
+  });
+});
+
+describe('tables shared by every entry (2^36 mappings in 16 KiB)', () => {
+  // Every PML4E → one PDPT, every PDPTE → one PD, every PDE → one PT, every PTE present.
+  const entries: [number, number, bigint][] = [];
+  for (let i = 0; i < 512; i++) entries.push([1, i, 0x2000n | 3n], [2, i, 0x3000n | 3n], [3, i, 0x4000n | 3n], [4, i, (BigInt(i) << 12n) | 1n]);
+  const dag = image('dag.bin', 5, entries);
+
+  it('--limit stops the dump', async () => {
+    const r = await vmkit('pagetable', 'dump', dag, '--cr3', '0x1000', '--limit', '1000');
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trimEnd().split('\n');
+    expect(lines).toHaveLength(1000);
+    expect(lines[999]).toBe('00000000003e7000: 00000000001e7000 ---------'); // PD[1], PT[487]
+  });
+
+  it('a reader that goes away ends the dump (no hang, no unbounded buffering)', async () => {
+    const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
+    const child = spawn(process.execPath, [bin, 'pagetable', 'dump', dag, '--cr3', '0x1000'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    await new Promise((res) => child.stdout.once('data', res));
+    child.stdout.destroy();
+    const code = await new Promise((res) => child.once('exit', res));
+    expect([code, stderr]).toEqual([0, '']);
   });
 });
 

@@ -13,6 +13,7 @@
  * 2 MiB and 1 GiB pages (bit 7 of a 4 KiB PTE is PAT, which QEMU masks).
  * @module
  */
+import { once, type EventEmitter } from 'node:events';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { VmkitError } from '../../errors.js';
 import { AddressSpace } from '../../memory/paging/address-space.js';
@@ -24,7 +25,7 @@ import type { Gpa, GuestMemorySource } from '../../memory/types.js';
 import { emit, parse, parseU64, type CliIO, type Command } from '../_common.js';
 
 const usage = `Usage:
-  vmkit pagetable dump <memory-image> --cr3 <addr> [--mode MODE] [--format qemu|json]
+  vmkit pagetable dump <memory-image> --cr3 <addr> [--mode MODE] [--format qemu|json] [--limit N]
   vmkit pagetable translate <memory-image> --cr3 <addr> [--mode MODE] [--json] <gva>...
 
 MODE is x86-64 (default), x86-64-5level or aarch64. For aarch64 --cr3 is
@@ -35,7 +36,9 @@ walks with the plain-TypeScript reference instead of the wasm core (default core
 dump       every mapped page, large pages once, in VA order. --format qemu
            (x86 default) prints QEMU's 'info tlb' lines; --format json (aarch64
            default) one object per mapping. Entries with reserved bits and
-           tables outside the image or looping back are skipped.
+           tables outside the image or looping back are skipped. --limit
+           stops after N mappings (tables shared by many entries can map far
+           more than the image holds).
 translate  the guest-physical address, page size and effective flags of each
            <gva>, or where and why its walk faulted (exit 1 if any faulted).`;
 
@@ -150,17 +153,21 @@ function _translationJson(t: Translation | TranslationFault): object {
     : { gva: hex(t.gva), ok: false, reason: t.reason, level: t.level, ...(t.entry === undefined ? {} : { entry: hex(t.entry) }) };
 }
 
-/** Writes `lines` in large chunks (tens of thousands of lines, one write per ~1 MiB). */
-function _writeLines(io: CliIO, lines: Iterable<string>): void {
-  let chunk = '';
-  for (const l of lines) {
-    chunk += l + '\n';
-    if (chunk.length >= 1 << 20) {
-      io.stdout.write(chunk);
-      chunk = '';
-    }
+/**
+ * Writes a chunk, waiting for the reader when the stream's buffer is full (a
+ * dump can be far larger than memory: tables shared across many entries).
+ * Resolves to false when the reader is gone (a pipe closed by `| head`).
+ */
+async function _out(io: CliIO, chunk: string | Uint8Array): Promise<boolean> {
+  if (io.stdout.write(chunk)) return true;
+  try {
+    await once(io.stdout as unknown as EventEmitter, 'drain');
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EPIPE' || code === 'ERR_STREAM_DESTROYED') return false;
+    throw e;
   }
-  if (chunk) io.stdout.write(chunk);
 }
 
 /** A root register outside the image makes an empty dump; say so instead. */
@@ -176,7 +183,7 @@ function _checkRoots(memory: GuestMemorySource, opts: AddressSpaceOptions, image
 }
 
 async function dump(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, { ...OPTIONS, format: { type: 'string' } });
+  const { values, positionals } = parse(argv, { ...OPTIONS, format: { type: 'string' }, limit: { type: 'string' } });
   const [image, ...extra] = positionals;
   if (!image || extra.length) throw new VmkitError('ARG_RANGE', 'dump needs exactly one <memory-image>');
   const opts = _options(values);
@@ -192,6 +199,7 @@ async function dump(argv: string[], io: CliIO): Promise<number> {
   try {
     _checkRoots(memory, opts, image);
     walker = _walker(memory, opts, values.engine);
+    let left = values.limit === undefined ? Infinity : Number(parseU64(values.limit as string, '--limit'));
     const maps = walker.mappings();
     if (format === 'qemu') {
       // ASCII straight into fresh buffers (a written buffer may still be queued on a pipe).
@@ -199,26 +207,29 @@ async function dump(argv: string[], io: CliIO): Promise<number> {
       let buf = new Uint8Array(per * QEMU_TLB_LINE_BYTES);
       let at = 0;
       for (const m of maps) {
+        if (left-- <= 0) break;
         at = qemuTlbLineInto(m, buf, at);
         if (at === buf.length) {
-          io.stdout.write(buf);
+          if (!(await _out(io, buf))) return 0;
           buf = new Uint8Array(per * QEMU_TLB_LINE_BYTES);
           at = 0;
         }
       }
-      if (at) io.stdout.write(buf.subarray(0, at));
+      if (at) await _out(io, buf.subarray(0, at));
     } else {
-      // One JSON array, streamed one mapping per line (each line waits for the next to know its comma).
-      _writeLines(io, (function* () {
-        yield '[';
-        let prev: string | undefined;
-        for (const m of maps) {
-          if (prev !== undefined) yield `  ${prev},`;
-          prev = JSON.stringify(_mappingJson(m));
+      // One JSON array, one mapping per line (each line waits for the next to know its comma).
+      let chunk = '[\n';
+      let prev: string | undefined;
+      for (const m of maps) {
+        if (left-- <= 0) break;
+        if (prev !== undefined) chunk += `  ${prev},\n`;
+        prev = JSON.stringify(_mappingJson(m));
+        if (chunk.length >= 1 << 20) {
+          if (!(await _out(io, chunk))) return 0;
+          chunk = '';
         }
-        if (prev !== undefined) yield `  ${prev}`;
-        yield ']';
-      })());
+      }
+      await _out(io, chunk + (prev === undefined ? '' : `  ${prev}\n`) + ']\n');
     }
   } finally {
     walker?.dispose();
