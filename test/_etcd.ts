@@ -1,6 +1,7 @@
-// A real etcd server for specs (Debian's etcd-server, /usr/bin/etcd): free ports
-// on 127.0.0.1, a temporary data dir, waits until /health answers, killed and
-// removed by stop(). Specs call needTool('etcd', 'etcd-server') first.
+// A real etcd for specs (Debian's etcd-server, /usr/bin/etcd): one member or a
+// cluster of several on this host, free ports on 127.0.0.1, temporary data dirs,
+// waits until every member's /health answers; stop() kills them and removes the
+// dirs. Specs call needTool('etcd', 'etcd-server') first.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -8,17 +9,29 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export interface EtcdServer {
-  /** The client URL (`http://127.0.0.1:PORT`), what the store takes as an endpoint. */
+  /** The first member's client URL (`http://127.0.0.1:PORT`). */
   readonly endpoint: string;
+  /** Every member's client URL, in member order. */
+  readonly endpoints: readonly string[];
   readonly pid: number;
   readonly proc: ChildProcess;
-  /** The server's output so far (for a failing spec's message). */
+  /** The members (one unless `members` was given). */
+  readonly members: readonly EtcdMember[];
+  /** The servers' output so far (for a failing spec's message). */
   log(): string;
-  /** SIGSTOP / SIGCONT: a server that accepts connections but never answers. */
+  /** SIGSTOP / SIGCONT every member: a cluster that accepts connections but never answers. */
   pause(): void;
   resume(): void;
-  /** Kills the server and removes its data dir. */
+  /** Kills every member and removes the data dirs. */
   stop(): Promise<void>;
+}
+
+export interface EtcdMember {
+  readonly name: string;
+  readonly endpoint: string;
+  readonly proc: ChildProcess;
+  /** SIGKILLs this member (a host that died); resolves once it is gone. */
+  kill(): Promise<void>;
 }
 
 /** A port nobody listens on right now (the kernel picks it). */
@@ -35,73 +48,90 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Starts etcd and resolves once it reports healthy (or rejects with its log after `timeoutMs`). */
-export async function startEtcd({ timeoutMs = 15_000 }: { timeoutMs?: number } = {}): Promise<EtcdServer> {
+/**
+ * Starts etcd (one member, or a cluster of `members` on this host) and resolves once every member
+ * reports healthy (or rejects with the log after `timeoutMs`).
+ */
+export async function startEtcd({ timeoutMs = 15_000, members = 1 }: { timeoutMs?: number; members?: number } = {}): Promise<EtcdServer> {
   const dir = mkdtempSync(join(tmpdir(), 'vmkit-etcd-'));
-  const [clientPort, peerPort] = [await freePort(), await freePort()];
-  const endpoint = `http://127.0.0.1:${clientPort}`;
-  const peer = `http://127.0.0.1:${peerPort}`;
-  const proc = spawn(
-    'etcd',
-    [
-      '--name', 'vmkit-test',
-      '--data-dir', join(dir, 'data'),
-      '--listen-client-urls', endpoint,
-      '--advertise-client-urls', endpoint,
-      '--listen-peer-urls', peer,
-      '--initial-advertise-peer-urls', peer,
-      '--initial-cluster', `vmkit-test=${peer}`,
-      '--initial-cluster-state', 'new',
-      '--log-level', 'warn',
-      '--logger', 'zap',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const spec: { name: string; client: string; peer: string }[] = [];
+  for (let i = 0; i < members; i++) spec.push({ name: `m${i}`, client: `http://127.0.0.1:${await freePort()}`, peer: `http://127.0.0.1:${await freePort()}` });
+  const cluster = spec.map((m) => `${m.name}=${m.peer}`).join(',');
   let out = '';
   const keep = (b: Buffer): void => {
     out += b.toString();
     if (out.length > 64 * 1024) out = out.slice(-32 * 1024);
   };
-  proc.stdout?.on('data', keep);
-  proc.stderr?.on('data', keep);
-  let exited = false;
-  const exitP = new Promise<void>((r) => proc.once('exit', () => { exited = true; r(); }));
-
-  const stop = async (): Promise<void> => {
-    if (!exited) {
+  const procs = spec.map((m) => {
+    const proc = spawn(
+      'etcd',
+      [
+        '--name', m.name,
+        '--data-dir', join(dir, m.name),
+        '--listen-client-urls', m.client,
+        '--advertise-client-urls', m.client,
+        '--listen-peer-urls', m.peer,
+        '--initial-advertise-peer-urls', m.peer,
+        '--initial-cluster', cluster,
+        '--initial-cluster-token', `vmkit-${process.pid}`,
+        '--initial-cluster-state', 'new',
+        '--log-level', 'warn',
+        '--logger', 'zap',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    proc.stdout?.on('data', keep);
+    proc.stderr?.on('data', keep);
+    const exit = new Promise<void>((r) => (proc.exitCode !== null || proc.signalCode !== null ? r() : proc.once('exit', () => r())));
+    return { proc, exit };
+  });
+  const gone = (i: number): boolean => procs[i]!.proc.exitCode !== null || procs[i]!.proc.signalCode !== null;
+  const killOne = async (i: number): Promise<void> => {
+    const { proc, exit } = procs[i]!;
+    if (!gone(i)) {
       try { process.kill(proc.pid!, 'SIGCONT'); } catch { /* gone */ }
       proc.kill('SIGKILL');
-      await exitP;
     }
+    await exit;
+  };
+  const stop = async (): Promise<void> => {
+    await Promise.all(procs.map((_, i) => killOne(i)));
     rmSync(dir, { recursive: true, force: true });
   };
 
   const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (exited) {
-      await stop();
-      throw new Error(`etcd exited before it was healthy:\n${out}`);
+  for (let i = 0; i < members; i++) {
+    for (;;) {
+      if (gone(i)) {
+        await stop();
+        throw new Error(`etcd member ${spec[i]!.name} exited before it was healthy:\n${out}`);
+      }
+      try {
+        const r = await fetch(`${spec[i]!.client}/health`, { signal: AbortSignal.timeout(500) });
+        const j = (await r.json()) as { health?: string };
+        if (j.health === 'true') break;
+      } catch {
+        /* not up yet */
+      }
+      if (Date.now() > deadline) {
+        await stop();
+        throw new Error(`etcd not healthy after ${timeoutMs} ms:\n${out}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
     }
-    try {
-      const r = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(500) });
-      const j = (await r.json()) as { health?: string };
-      if (j.health === 'true') break;
-    } catch {
-      /* not up yet */
-    }
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`etcd not healthy after ${timeoutMs} ms:\n${out}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
   }
+  const signalAll = (sig: NodeJS.Signals): void => {
+    for (let i = 0; i < members; i++) if (!gone(i)) process.kill(procs[i]!.proc.pid!, sig);
+  };
   return {
-    endpoint,
-    pid: proc.pid!,
-    proc,
+    endpoint: spec[0]!.client,
+    endpoints: spec.map((m) => m.client),
+    pid: procs[0]!.proc.pid!,
+    proc: procs[0]!.proc,
+    members: spec.map((m, i) => ({ name: m.name, endpoint: m.client, proc: procs[i]!.proc, kill: () => killOne(i) })),
     log: () => out,
-    pause: () => process.kill(proc.pid!, 'SIGSTOP'),
-    resume: () => process.kill(proc.pid!, 'SIGCONT'),
+    pause: () => signalAll('SIGSTOP'),
+    resume: () => signalAll('SIGCONT'),
     stop,
   };
 }

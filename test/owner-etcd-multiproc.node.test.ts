@@ -1,4 +1,4 @@
-// Disk ownership across processes on the etcd store (3 to 15 s, until enough handoffs): four contenders
+// Disk ownership across processes on the etcd store (3 to 12 s, until enough handoffs; 20 s at most): four contenders
 // (test/_owner-contender.mjs --store etcd, running the built dist/) take one raw
 // disk from each other through release requests against a real etcd the spec
 // starts, while the spec SIGKILLs some of them right after they accepted a
@@ -96,13 +96,14 @@ describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
     const store = etcdStore({ endpoints: etcd.endpoint, prefix: PREFIX, timeoutMs: 2000 });
     try {
       const diskPath = join(dir, 'shared.raw');
-      await writeFile(diskPath, new Uint8Array(8 << 20));
+      await writeFile(diskPath, new Uint8Array(2 << 20)); // 4096 record slots
       const N = 4;
       // Run until the handoff has been exercised enough (epochs, acknowledged writes, kills),
       // at least MIN_MS and at most MAX_MS: on a loaded 2-core box a fixed duration gives a
       // handful of handoffs one time and dozens the next.
       const MIN_MS = 3000;
-      const MAX_MS = 15_000;
+      const MAX_MS = 12_000;
+      const HARD_MS = 20_000; // a very loaded box gets until here to reach the minimum the checks need
       const t0 = Date.now();
       let stopping = false;
       let midHandoffKills = 0;
@@ -111,8 +112,8 @@ describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
       const failures: string[] = [];
       const spawnOne = (i: number): void => {
         if (stopping) return;
-        const args = [contender, '--disk', diskPath, '--id', `c${i}`, '--log', join(dir, `c${i}.log`), '--duration', String(MAX_MS + 5000)];
-        args.push('--store', 'etcd', '--endpoints', etcd.endpoint, '--prefix', PREFIX, '--name', NAME, '--lease', '300', '--skew', '30', '--hold-min', '40');
+        const args = [contender, '--disk', diskPath, '--id', `c${i}`, '--log', join(dir, `c${i}.log`), '--duration', String(HARD_MS + 5000)];
+        args.push('--store', 'etcd', '--endpoints', etcd.endpoint, '--prefix', PREFIX, '--name', NAME, '--lease', '300', '--skew', '30', '--hold-min', '100');
         const c = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
         children.add(c);
         let buf = '';
@@ -161,21 +162,29 @@ describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
         const el = Date.now() - t0;
         if (!stopping && el - lastProgress > 250) {
           lastProgress = el;
-          const enough = el >= MIN_MS && acquired >= 12 && midHandoffKills + randomKills >= 2 && acksSoFar() >= 40;
-          if (enough || el >= MAX_MS) {
+          const acks = acksSoFar();
+          const enough = el >= MIN_MS && acquired >= 12 && midHandoffKills + randomKills >= 2 && acks >= 30;
+          if (enough || (el >= MAX_MS && acquired >= 6 && acks >= 20) || el >= HARD_MS) {
             stopping = true;
             for (const c of children) c.kill('SIGTERM'); // the contender releases and exits 0
           }
         }
-        if (el > MAX_MS + 12_000) throw new Error('contenders did not finish in time');
+        if (el > HARD_MS + 12_000) throw new Error('contenders did not finish in time');
       }
       clearTimeout(randomKill);
-      expect(failures).toEqual([]);
-      expect(metaErrors).toEqual([]);
+      expect(failures, "contenders that exited with an error").toEqual([]);
+      expect(metaErrors, "reads of the record in etcd that failed").toEqual([]);
       expect(epochsSeen.length).toBeGreaterThan(100);
       for (let i = 1; i < epochsSeen.length; i++) expect(epochsSeen[i]!).toBeGreaterThanOrEqual(epochsSeen[i - 1]!);
 
       const logs = readLogs(dir, N);
+      // What happened, for a failing run's reader: events and error codes across contenders.
+      const tally: Record<string, number> = {};
+      for (const l of logs) {
+        const k = l.t + ((l as { code?: string }).code ? `:${(l as { code?: string }).code}` : '');
+        tally[k] = (tally[k] ?? 0) + 1;
+      }
+      console.log(`owner-etcd-multiproc: ${Date.now() - t0} ms, ${JSON.stringify(tally)}`);
       // One winner per epoch, epochs consecutive from 1.
       const casAt = new Map<string, number>();
       const won = new Map<number, { who: string; casAt: number }>();

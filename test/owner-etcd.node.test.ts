@@ -230,3 +230,50 @@ describe.skipIf(!have)('owner store: etcd', () => {
     }
   });
 });
+
+describe.skipIf(!have)('owner store: a three-member etcd cluster losing a member', () => {
+  let cluster: EtcdServer;
+  beforeAll(async () => {
+    cluster = await startEtcd({ members: 3 });
+  });
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  it('moves on to the live members when the first one dies; swaps still have one winner', async () => {
+    const mk = (order: number[]): EtcdOwnerStore => {
+      const st = etcdStore({ endpoints: order.map((i) => cluster.endpoints[i]!), prefix: '/c/', timeoutMs: 1500 });
+      stores.push(st);
+      return st;
+    };
+    const d = 'cluster.qcow2';
+    const first = mk([0, 1, 2]);
+    const r1 = await first.compareAndSwap(d, null, rec(d, 1));
+    expect(r1).not.toBeNull();
+    await cluster.members[0]!.kill();
+    // Until the survivors agree on a leader, requests may fail, but only with NETWORK or TIMEOUT.
+    const t = Date.now();
+    let snap: Awaited<ReturnType<EtcdOwnerStore['read']>> | undefined;
+    while (!snap && Date.now() - t < 10_000) {
+      try {
+        snap = await first.read(d);
+      } catch (e) {
+        expect(e).toBeInstanceOf(VmkitError);
+        expect(['NETWORK', 'TIMEOUT']).toContain((e as VmkitError).code);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    expect(snap?.revision).toBe(r1);
+    // Clients on different "hosts" (endpoint orders, the dead member first for some) race for epoch 2.
+    const clients = [mk([0, 1, 2]), mk([0, 2, 1]), mk([1, 2, 0]), mk([2, 1, 0])];
+    const results = await Promise.all(clients.flatMap((c, i) => [0, 1].map((k) => c.compareAndSwap(d, r1, rec(d, 2, `h${i}.${k}`)).catch((e: unknown) => e))));
+    for (const r of results) if (r instanceof Error) expect(['NETWORK', 'TIMEOUT']).toContain((r as VmkitError).code);
+    const wins = results.filter((r) => typeof r === 'string');
+    expect(wins.length).toBeLessThanOrEqual(1);
+    const after = await clients[3]!.read(d);
+    expect(after.record!.epoch).toBe(2);
+    if (wins.length === 1) expect(after.revision).toBe(wins[0]);
+    else expect(results.some((r) => r instanceof Error)).toBe(true); // only an unknown outcome may hide the winner
+  });
+});
+
