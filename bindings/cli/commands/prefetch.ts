@@ -1,0 +1,231 @@
+/**
+ * `vmkit prefetch simulate`: replay a trace of guest-virtual addresses
+ * against a guest memory image restored lazily, under one prefetch policy,
+ * and report faults, prefetched pages, hits, waste and reads
+ * (docs/prefetch.md). The guest's own page tables are walked through an
+ * {@link AddressSpace} (the core's walker), as a restore would.
+ *
+ * Trace formats, detected per line: one hex guest-virtual address (`0x`
+ * optional), or valgrind lackey's `--trace-mem=yes` lines
+ * (`I  0401ab70,3`, ` L 1fff000778,8`, ` S …`, ` M …`); `==pid==` lines,
+ * blank lines and `#` comments are skipped.
+ * @module
+ */
+import { closeSync, fstatSync, openSync, readSync, writeFileSync } from 'node:fs';
+import { VmkitError } from '../../errors.js';
+import { AddressSpace } from '../../memory/paging/address-space.js';
+import { PAGING_MODES, type PagingMode } from '../../memory/paging/types.js';
+import { PrefetchEngine } from '../../memory/prefetch/engine.js';
+import { POLICY_NAMES, createPolicy, type PolicyName } from '../../memory/prefetch/policies.js';
+import { simulate } from '../../memory/prefetch/simulate.js';
+import type { Gpa, GuestMemorySource } from '../../memory/types.js';
+import { emit, parse, parseU64, type CliIO, type Command } from '../_common.js';
+
+const usage = `Usage:
+  vmkit prefetch simulate <memory-image> --cr3 <addr> --trace <file> --policy POLICY
+        [--mode MODE] [--back N] [--ahead N] [--record <file>] [--translate walk|table] [--json]
+
+Replays the trace's accesses against the image restored lazily: every page
+starts absent; a fault loads what the policy picks, coalesced into runs
+(one read each). Reports accesses, faults, pages prefetched, prefetch hits,
+wasted pages, reads, bytes read and page-table reads.
+
+POLICY    none | physical | virtual | adaptive | replay | replay+virtual
+--back N, --ahead N   the window in pages (default 8 and 8; adaptive: the
+          initial window is --ahead, growing up to 256)
+--record  replay policies: the recorded working set (one hex frame number
+          per line); other policies: write this run's working set there
+--trace   one hex guest-virtual address per line, or valgrind lackey
+          --trace-mem=yes output. Unmapped addresses are counted, not fatal.
+--translate walk (default): the core's page-table walker over the image;
+          table: one walk of all mappings into the engine's own table first.
+MODE      x86-64 (default), x86-64-5level or aarch64 (--cr3 is TTBR0_EL1).`;
+
+function imageMemory(path: string): GuestMemorySource & { close(): void } {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw new VmkitError((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `${path}: ${(e as Error).message}`, { cause: e, path });
+  }
+  return {
+    size: BigInt(fstatSync(fd).size),
+    readSync(at: Gpa, dst: Uint8Array): void {
+      for (let done = 0; done < dst.length; ) {
+        const n = readSync(fd, dst, done, dst.length - done, Number(at) + done);
+        if (n === 0) throw new VmkitError('IO', `${path}: short read at ${Number(at) + done}`, { path });
+        done += n;
+      }
+    },
+    close: () => closeSync(fd),
+  };
+}
+
+/**
+ * Parses a trace file lazily: guest-virtual addresses, one per line, hex or
+ * lackey. A line that is neither throws CORRUPT naming the line.
+ */
+function* traceOf(path: string): Generator<bigint> {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw new VmkitError((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `${path}: ${(e as Error).message}`, { cause: e, path });
+  }
+  const buf = Buffer.alloc(1 << 20);
+  let tail = '';
+  let line = 0;
+  const one = (s: string): bigint | undefined => {
+    line++;
+    const t = s.trimEnd();
+    if (t === '' || t.startsWith('==') || t.startsWith('#') || t.startsWith('--')) return undefined;
+    // lackey: "I  addr,size" or " L addr,size" (S, M too)
+    const m = /^(?:I {2}| [LSM] )([0-9a-fA-F]+),\d+$/.exec(t) ?? /^\s*(?:0x)?([0-9a-fA-F]+)$/.exec(t);
+    if (!m) throw new VmkitError('CORRUPT', `${path}:${line}: not a hex address or a lackey line: ${JSON.stringify(t.slice(0, 80))}`, { path });
+    const v = BigInt('0x' + m[1]!);
+    if (v > 0xffff_ffff_ffff_ffffn) throw new VmkitError('CORRUPT', `${path}:${line}: address does not fit in 64 bits`, { path });
+    return v;
+  };
+  try {
+    for (;;) {
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      const text = tail + buf.toString('latin1', 0, n);
+      const lines = text.split('\n');
+      tail = lines.pop()!;
+      for (const l of lines) {
+        const v = one(l);
+        if (v !== undefined) yield v;
+      }
+    }
+    const v = one(tail);
+    if (v !== undefined) yield v;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function readRecord(path: string): number[] {
+  const frames: number[] = [];
+  let i = 0;
+  for (const v of traceOf(path)) {
+    i++;
+    if (v > 0xffff_ffffn) throw new VmkitError('CORRUPT', `${path}: record entry ${i} is not a frame number: 0x${v.toString(16)}`, { path });
+    frames.push(Number(v));
+  }
+  return frames;
+}
+
+function int(v: unknown, name: string, dflt: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (typeof v !== 'string' || !/^\d+$/.test(v) || n > 32767) throw new VmkitError('ARG_RANGE', `${name} must be an integer in [0, 32767], got ${JSON.stringify(v)}`);
+  return n;
+}
+
+async function simulateCmd(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(argv, {
+    cr3: { type: 'string' },
+    mode: { type: 'string' },
+    trace: { type: 'string' },
+    policy: { type: 'string' },
+    back: { type: 'string' },
+    ahead: { type: 'string' },
+    record: { type: 'string' },
+    translate: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  const [image, ...extra] = positionals;
+  if (!image || extra.length > 0) throw new VmkitError('ARG_RANGE', `prefetch simulate takes one <memory-image>; see vmkit prefetch --help`);
+  const cr3 = parseU64(values.cr3 as string | undefined, '--cr3');
+  const mode = (values.mode as string | undefined) ?? 'x86-64';
+  if (!PAGING_MODES.includes(mode as PagingMode)) throw new VmkitError('ARG_RANGE', `--mode must be one of ${PAGING_MODES.join(', ')}, got ${JSON.stringify(mode)}`);
+  const tracePath = values.trace as string | undefined;
+  if (!tracePath) throw new VmkitError('ARG_RANGE', '--trace is required');
+  const policyName = values.policy as string | undefined;
+  if (!policyName || !(POLICY_NAMES as readonly string[]).includes(policyName)) throw new VmkitError('ARG_RANGE', `--policy must be one of ${POLICY_NAMES.join(', ')}, got ${JSON.stringify(policyName)}`);
+  const back = int(values.back, '--back', 8);
+  const ahead = int(values.ahead, '--ahead', 8);
+  const translate = (values.translate as string | undefined) ?? 'walk';
+  if (translate !== 'walk' && translate !== 'table') throw new VmkitError('ARG_RANGE', `--translate must be walk or table, got ${JSON.stringify(translate)}`);
+  const recordPath = values.record as string | undefined;
+  const replay = policyName.startsWith('replay');
+  if (replay && !recordPath) throw new VmkitError('ARG_RANGE', `--policy ${policyName} needs --record <file> (the recorded working set)`);
+  const record = replay ? readRecord(recordPath!) : undefined;
+
+  const mem = imageMemory(image);
+  let space: AddressSpace | undefined;
+  let engine: PrefetchEngine | undefined;
+  try {
+    const pages = Number(mem.size / 4096n);
+    if (pages === 0) throw new VmkitError('ARG_RANGE', `${image}: the image holds no whole page`);
+    space = AddressSpace.create({ memory: mem, mode: mode as PagingMode, root: cr3 });
+    if (translate === 'table') {
+      // One walk of every mapping (4 KiB granules; large pages expanded) into the core's table.
+      const pairs: [bigint, number][] = [];
+      for (const m of space.mappings()) {
+        for (let off = 0n; off < BigInt(m.pageSize); off += 4096n) {
+          const f = (m.gpa + off) >> 12n;
+          if (f < BigInt(pages)) pairs.push([(m.gva + off) >> 12n, Number(f)]);
+        }
+      }
+      engine = new PrefetchEngine(pages, { mapCapacity: Math.max(1, pairs.length) });
+      engine.map(pairs);
+    } else {
+      engine = new PrefetchEngine(pages, { translator: space });
+    }
+    const policy = createPolicy(policyName as PolicyName, { back, ahead, ...(record ? { record } : {}) });
+    const r = simulate(engine, policy, traceOf(tracePath));
+    const st = space.stats();
+    const ptReads = translate === 'walk' ? st.framesRead : r.pageTableReads;
+    if (recordPath && !replay) writeFileSync(recordPath, r.workingSet.map((f) => f.toString(16)).join('\n') + '\n');
+    const out = {
+      policy: policyName,
+      back,
+      ahead,
+      accesses: r.accesses,
+      faults: r.faults,
+      prefetched: r.prefetched,
+      prefetchHits: r.prefetchHits,
+      wasted: r.wasted,
+      reads: r.reads,
+      bytesRead: r.bytesRead,
+      ptReads,
+      unmapped: r.unmapped,
+      loaded: r.loaded,
+      translations: r.translations,
+      workingSet: r.workingSet.length,
+    };
+    emit(io, values.json as boolean | undefined, out, () =>
+      [
+        `policy ${policyName}${policyName === 'none' || policyName === 'replay' ? '' : ` (back ${back}, ahead ${ahead})`}`,
+        `accesses      ${out.accesses} (${out.unmapped} unmapped)`,
+        `faults        ${out.faults}`,
+        `prefetched    ${out.prefetched} (${out.prefetchHits} used, ${out.wasted} wasted)`,
+        `reads         ${out.reads} (${out.bytesRead} bytes, ${out.loaded} pages)`,
+        `page tables   ${out.ptReads} table pages read, ${out.translations} neighbour translations`,
+        `working set   ${out.workingSet} pages${recordPath && !replay ? ` (written to ${recordPath})` : ''}`,
+      ].join('\n'),
+    );
+    return 0;
+  } finally {
+    engine?.close();
+    space?.dispose();
+    mem.close();
+  }
+}
+
+/**
+ * The `vmkit prefetch` command group.
+ * @example
+ * await command.run(['simulate', 'mem.raw', '--cr3', '0x1000', '--trace', 't.txt', '--policy', 'virtual'], process);
+ */
+export const command: Command = {
+  summary: 'simulate fault-time prefetch policies on a guest image and an access trace',
+  usage,
+  async run(argv: string[], io: CliIO): Promise<number> {
+    const [sub, ...rest] = argv;
+    if (sub === 'simulate') return simulateCmd(rest, io);
+    throw new VmkitError('ARG_RANGE', `unknown prefetch subcommand ${JSON.stringify(sub)}; see vmkit prefetch --help`);
+  },
+};
