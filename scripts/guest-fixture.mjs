@@ -227,6 +227,12 @@ async function make(variant, force) {
     const r = await boot(variant, kernel, initrd, work);
     const m = /CR3=([0-9a-fA-F]+)/.exec(r.registers);
     if (!m) die(`no CR3 in info registers:\n${r.registers}`);
+    // The paging mode the guest really runs, from CR4.LA57 (bit 12): a kernel or CPU model that
+    // ignored +la57 would otherwise give a 4-level fixture under the 5-level name.
+    const cr4 = /CR4=([0-9a-fA-F]+)/.exec(r.registers);
+    if (!cr4) die(`no CR4 in info registers:\n${r.registers}`);
+    const la57 = ((parseInt(cr4[1], 16) >> 12) & 1) === 1;
+    if (la57 !== (variant === 'x86_64-la57')) die(`${variant}: the guest runs ${la57 ? '5' : '4'}-level paging (CR4=${cr4[1]})`);
     const tlbLines = r.tlb.split('\n').filter((l) => /^[0-9a-f]{16}: /.test(l));
     if (tlbLines.length < 100) die(`info tlb printed only ${tlbLines.length} mappings`);
     // Write into a temp folder, then rename, so a killed run never leaves a half fixture.
@@ -244,7 +250,7 @@ async function make(variant, force) {
       kernel,
       qemu: qemuVersion,
       ramBytes: RAM_MIB * 1024 * 1024,
-      mode: variant === 'x86_64-la57' ? 'x86-64-5level' : 'x86-64',
+      mode: la57 ? 'x86-64-5level' : 'x86-64',
       cr3: `0x${m[1].toLowerCase()}`,
       mappings: tlbLines.length,
       seconds: (Date.now() - t0) / 1000,
