@@ -689,8 +689,24 @@ function walkRegion(s: Space, rootAddr: u64, nLevels: i32, entries0: u32, a64: b
   unchecked((stSlot[0] = rootSlot));
   let work: u32 = 0;
   while (true) {
-    const i = unchecked(stIdx[d]);
-    if (i >= unchecked(stEnt[d])) {
+    let i = unchecked(stIdx[d]);
+    const ent = unchecked(stEnt[d]);
+    // Most entries of a real guest's tables are not present: skip them four at a time
+    // (they emit nothing, so passing `last` while skipping is harmless; they count as work).
+    const ptr = unchecked(stPtr[d]);
+    const i0 = i;
+    while (i + 4 <= ent) {
+      // unsafe: i + 4 <= entries, inside the table.
+      const p = ptr + (<usize>i << 3);
+      if (((load<u64>(p) | load<u64>(p, 8) | load<u64>(p, 16) | load<u64>(p, 24)) & 1) != 0) break;
+      i += 4;
+    }
+    while (i < ent && (load<u8>(ptr + (<usize>i << 3)) & 1) == 0) i++;
+    if (i != i0) {
+      work += (i - i0) >> 2;
+      unchecked((stIdx[d] = i));
+    }
+    if (i >= ent) {
       if (d == 0) return 0;
       d--;
       unchecked((stIdx[d] = stIdx[d] + 1));

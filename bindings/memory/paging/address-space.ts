@@ -102,6 +102,57 @@ interface _Reverse {
   readonly bySize: Map<number, { starts: Float64Array; gvas: bigint[] }>;
 }
 
+interface _Chunk {
+  readonly list: Mapping[];
+  readonly done: boolean;
+  readonly next: bigint;
+  readonly needs: number;
+}
+
+/**
+ * A lazy mapping walk: one core call per chunk of mappings, as the consumer
+ * asks (a plain iterator: cheaper per item than a generator).
+ */
+class _MappingIterator implements IterableIterator<Mapping> {
+  #list: Mapping[] = [];
+  #i = 0;
+  #done: boolean;
+  #cursor: bigint;
+  #needs = 0;
+  readonly #last: bigint;
+  readonly #fetch: (cursor: bigint, last: bigint, needs: number) => _Chunk;
+
+  constructor(from: bigint, to: bigint, fetch: (cursor: bigint, last: bigint, needs: number) => _Chunk) {
+    this.#cursor = from;
+    this.#last = to - 1n;
+    this.#done = to <= from;
+    this.#fetch = fetch;
+  }
+
+  next(): IteratorResult<Mapping> {
+    while (this.#i >= this.#list.length) {
+      if (this.#done) return { done: true, value: undefined };
+      const ch = this.#fetch(this.#cursor, this.#last, this.#needs);
+      this.#list = ch.list;
+      this.#i = 0;
+      this.#done = ch.done;
+      this.#cursor = ch.next;
+      this.#needs = ch.needs;
+    }
+    return { done: false, value: this.#list[this.#i++]! };
+  }
+
+  return(): IteratorResult<Mapping> {
+    this.#done = true;
+    this.#list = [];
+    return { done: true, value: undefined };
+  }
+
+  [Symbol.iterator](): IterableIterator<Mapping> {
+    return this;
+  }
+}
+
 function _memory(v: unknown): GuestMemorySource {
   const m = v as GuestMemorySource | undefined;
   if (typeof m !== 'object' || m === null || typeof m.readSync !== 'function' || typeof m.size !== 'bigint') {
@@ -333,45 +384,42 @@ export class AddressSpace {
     return this.#walk(lo, to);
   }
 
-  *#walk(from: bigint, to: bigint): Generator<Mapping> {
-    if (to <= from) return;
-    const last = to - 1n;
-    let cursor = from;
-    let needs = 0;
-    for (;;) {
-      const c = this.#live();
-      const chunk = withCore(() => {
-        const e = _ex(c);
-        const n = check(e.pagingMappings(this.#h, cursor, last, this.#out, mapRecords, mapBudget), 'mapping walk');
-        const res = this.#res(c);
-        const state = Number(res[R_STATE]!);
-        const next = res[R_CURSOR]!;
-        const frame = res[R_FRAME]!;
-        // Copy out: the buffer is reused by the next call, and the caller may interleave calls.
-        const recs = new BigUint64Array(c.exports.memory.buffer.slice(this.#out, this.#out + n * MAP_BYTES));
-        if (state === 2) {
-          needs = next === cursor ? needs + 1 : 0;
-          if (needs > 16) throw new VmkitError('LIMIT', 'mapping walk made no progress (frame cache too small?)');
-          this.#provide(c, frame);
-        }
-        return { n, state, next, recs };
-      });
-      const words = new Uint32Array(chunk.recs.buffer);
-      for (let i = 0; i < chunk.n; i++) {
-        const w = i * 4;
-        const m: Mapping = {
-          gva: chunk.recs[w]! as Gva,
-          gpa: chunk.recs[w + 1]! as Gpa,
-          pageSize: 2 ** (words[w * 2 + 7]! >>> 8),
-          flags: words[w * 2 + 6]!,
-          level: words[w * 2 + 7]! & 0xff,
-          leaf: chunk.recs[w + 2]!,
+  #walk(from: bigint, to: bigint): IterableIterator<Mapping> {
+    return new _MappingIterator(from, to, (cursor, last, needs) => this.#chunk(cursor, last, needs));
+  }
+
+  /** One core call of a mapping walk from `cursor`: the mappings it wrote, decoded, and where to go on. */
+  #chunk(cursor: bigint, last: bigint, needs: number): _Chunk {
+    const c = this.#live();
+    return withCore(() => {
+      const e = _ex(c);
+      const n = check(e.pagingMappings(this.#h, cursor, last, this.#out, mapRecords, mapBudget), 'mapping walk');
+      const res = this.#res(c);
+      const state = Number(res[R_STATE]!);
+      const next = res[R_CURSOR]!;
+      // Decode before anything else runs in the core: the buffer is reused by the next call.
+      const buf = c.exports.memory.buffer;
+      const recs = new BigUint64Array(buf, this.#out, n * 4);
+      const words = new Uint32Array(buf, this.#out, n * 8);
+      const list: Mapping[] = new Array<Mapping>(n);
+      for (let i = 0; i < n; i++) {
+        const meta = words[i * 8 + 7]!;
+        list[i] = {
+          gva: recs[i * 4]! as Gva,
+          gpa: recs[i * 4 + 1]! as Gpa,
+          pageSize: 2 ** (meta >>> 8),
+          flags: words[i * 8 + 6]!,
+          level: meta & 0xff,
+          leaf: recs[i * 4 + 2]!,
         };
-        yield m;
       }
-      if (chunk.state === 0) return;
-      cursor = chunk.next;
-    }
+      if (state === 2) {
+        needs = next === cursor ? needs + 1 : 0;
+        if (needs > 16) throw new VmkitError('LIMIT', 'mapping walk made no progress (frame cache too small?)');
+        this.#provide(c, res[R_FRAME]!);
+      }
+      return { list, done: state === 0, next, needs };
+    });
   }
 
   /**
