@@ -9,6 +9,7 @@
 #   debian-other/     same packages, signed by the other key
 #   rpm/           tiny .rpm files built with `rpmbuild`, repodata by `createrepo_c`, repomd.xml.asc
 #   rpm-xz/        the same with xz-compressed repodata
+#   rpm-ext/       the same with filelists-ext.xml (file digests), added by modifyrepo_c
 #   npm/           packument, tarballs (`npm pack`), registry keys and ECDSA P-256 signatures
 # Cached: a stamp holds this script's hash; a second run is a no-op.
 set -euo pipefail
@@ -107,6 +108,34 @@ mkdir -p "$out/rpm-xz"
 cp "$rb"/RPMS/noarch/*.rpm "$out/rpm-xz/"
 createrepo_c --quiet --general-compress-type=xz "$out/rpm-xz" >/dev/null
 gpg --batch --yes --local-user "$good" --armor --detach-sign -o "$out/rpm-xz/repodata/repomd.xml.asc" "$out/rpm-xz/repodata/repomd.xml"
+# The same packages with filelists-ext.xml (file digests in the repodata), as createrepo_c 0.21+
+# writes with --filelists-ext; Debian's createrepo-c 0.17 cannot, so it is written here in that
+# format from `rpm -qp --dump` (rpm's own digests of each file), added by `modifyrepo_c` and signed.
+mkdir -p "$out/rpm-ext"
+cp "$rb"/RPMS/noarch/*.rpm "$out/rpm-ext/"
+createrepo_c --quiet "$out/rpm-ext" >/dev/null
+fx="$out/filelists-ext.xml"
+{
+  printf '<?xml version="1.0" encoding="UTF-8"?>\n'
+  printf '<filelists-ext xmlns="http://linux.duke.edu/metadata/filelists-ext" packages="%s">\n' "$(ls "$out/rpm-ext"/*.rpm | wc -l)"
+  for f in "$out/rpm-ext"/*.rpm; do
+    printf '<package pkgid="%s" name="%s" arch="%s">\n' "$(sha256sum "$f" | cut -d' ' -f1)" "$(rpm -qp --qf '%{NAME}' "$f")" "$(rpm -qp --qf '%{ARCH}' "$f")"
+    printf '  <version epoch="%s" ver="%s" rel="%s"/>\n' "$(rpm -qp --qf '%{EPOCHNUM}' "$f")" "$(rpm -qp --qf '%{VERSION}' "$f")" "$(rpm -qp --qf '%{RELEASE}' "$f")"
+    printf '  <checksum type="sha256"/>\n'
+    # --dump: path size mtime digest mode owner group isconfig isdoc rdev symlink
+    rpm -qp --dump "$f" | while read -r path size mtime digest mode rest; do
+      case "$mode" in
+        0100*) printf '  <file hash="%s">%s</file>\n' "$digest" "$path" ;;
+        040*) printf '  <file type="dir">%s</file>\n' "$path" ;;
+      esac
+    done
+    printf '</package>\n'
+  done
+  printf '</filelists-ext>\n'
+} >"$fx"
+modifyrepo_c --mdtype=filelists-ext --compress-type=gz "$fx" "$out/rpm-ext/repodata" >/dev/null
+rm -f "$fx"
+gpg --batch --yes --local-user "$good" --armor --detach-sign -o "$out/rpm-ext/repodata/repomd.xml.asc" "$out/rpm-ext/repodata/repomd.xml"
 rm -rf "$rb"
 
 # --- npm ------------------------------------------------------------------

@@ -78,6 +78,10 @@ export async function startServer(): Promise<FixtureServer> {
     res.writeHead(200, { etag, 'last-modified': lm, 'content-length': body.length });
     res.end(body);
   });
+  // Idle keep-alive sockets stay open for a minute: with the default 5 s the server could close
+  // one while a client (undici, whose own idle timer runs late on a busy machine) reuses it
+  // after a slow spec, and the next GET would fail with ECONNRESET.
+  server.keepAliveTimeout = 60_000;
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : 0;
@@ -87,6 +91,10 @@ export async function startServer(): Promise<FixtureServer> {
     hits,
     overrides,
     mounts,
-    close: () => new Promise<void>((r) => server.close(() => r())),
+    close: () =>
+      new Promise<void>((r) => {
+        server.close(() => r());
+        server.closeIdleConnections();
+      }),
   };
 }

@@ -18,6 +18,7 @@ import {
   verifyCleartext,
   debFileDigests,
   rpmFileDigests,
+  filelistsExtParser,
   type Keyring,
 } from '../bindings/attest/index.js';
 import fc from 'fast-check';
@@ -302,6 +303,52 @@ describe.runIf(ready)('repository sources over real repositories', () => {
       await refused(src2.fileDigests(src2.lookupPackage('vmkit-fixture', v)[0]!), 'INTEGRITY');
       src.close();
       src2.close();
+    });
+
+    it('loads file digests from filelists-ext.xml (added by modifyrepo_c, signed), equal to `rpm -qp --dump`, and refuses a tampered one', async () => {
+      reset();
+      const dir = join(FIXTURES, 'rpm-ext');
+      const src = new RpmSource(`rpm ${srv.url}/rpm-ext`, { keyring: ring });
+      await src.refresh();
+      let files = 0;
+      for (const f of readdirSync(dir).filter((x) => x.endsWith('.rpm'))) {
+        const version = f.slice('vmkit-fixture-'.length, -'.noarch.rpm'.length);
+        const dump = execFileSync('rpm', ['-qp', '--dump', join(dir, f)]).toString().trim().split('\n').map((l) => l.split(' '));
+        for (const w of dump.filter((x) => x[4]!.startsWith('0100'))) {
+          // Without fetching any .rpm: the digest is in the index from the repodata alone.
+          expect(src.lookupDigest('sha256', hexBytes(w[3]!))).toEqual([{ repository: `rpm ${srv.url}/rpm-ext`, package: 'vmkit-fixture', version, architecture: 'noarch', path: w[0] }]);
+          files++;
+        }
+      }
+      expect(files).toBeGreaterThan(1);
+      expect(src.filelistsExtFiles).toBe(files);
+      expect([...srv.hits.keys()].some((k) => k.endsWith('.rpm'))).toBe(false);
+      src.close();
+      // Off by option: no file digests until fileDigests() fetches a package.
+      const off = new RpmSource(`rpm ${srv.url}/rpm-ext`, { keyring: ring, filelistsExt: false });
+      await off.refresh();
+      expect(off.filelistsExtFiles).toBe(0);
+      off.close();
+      // One changed byte (same size): the file no longer matches its signed checksum in repomd.xml.
+      const ext = readdirSync(join(dir, 'repodata')).find((f) => f.endsWith('filelists-ext.xml.gz'))!;
+      srv.overrides.set(`/rpm-ext/repodata/${ext}`, (b) => Buffer.concat([b!.subarray(0, 100), Buffer.from([b![100]! ^ 1]), b!.subarray(101)]));
+      await refused(new RpmSource(`rpm ${srv.url}/rpm-ext`, { keyring: ring }).refresh(), 'INTEGRITY');
+    });
+
+    it('filelistsExtParser: directories skipped, bad input CORRUPT', () => {
+      const seen: string[] = [];
+      const fp = filelistsExtParser((f) => seen.push(`${f.pkgid} ${f.alg} ${f.path} ${f.hex}`));
+      fp.write('<filelists-ext packages="1"><package pkgid="AB" name="x" arch="noarch"><version epoch="0" ver="1" rel="1"/><checksum type="sha256"/>');
+      fp.write('<file type="dir">/usr/share/x</file><file hash="CD">/usr/share/x/a</file></package></filelists-ext>');
+      expect(fp.close()).toBe(1);
+      expect(seen).toEqual(['ab sha256 /usr/share/x/a cd']);
+      for (const bad of ['<filelists-ext><file hash="ab">/x</file></filelists-ext>', '<filelists-ext><package pkgid="a"><file hash="zz">/x</file></package></filelists-ext>', '<filelists-ext><package pkgid="a">']) {
+        expect(() => {
+          const q = filelistsExtParser(() => {});
+          q.write(bad);
+          q.close();
+        }).toThrow(VmkitError);
+      }
     });
 
     it('malformed .rpm and .deb files end in VmkitError (fuzz, real packages as seeds)', async () => {

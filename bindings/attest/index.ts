@@ -12,7 +12,7 @@ export { readAr, readTar, debFileDigests, type ArMember, type TarFile, type DebD
 export { rpmFileDigests } from './_rpm.js';
 export { parseDeb822, parseRelease, parsePackages, type Release, type ReleaseFile, type PackagesRecord } from './sources/deb822.js';
 export { AptSource, parseAptLine, type AptLine, type AptSourceOptions } from './sources/apt.js';
-export { RpmSource, parseRepomd, primaryParser, type RpmSourceOptions, type RepomdData, type PrimaryPackage } from './sources/rpm.js';
+export { RpmSource, parseRepomd, primaryParser, filelistsExtParser, type RpmSourceOptions, type RepomdData, type PrimaryPackage, type FilelistsExtFile } from './sources/rpm.js';
 export { NpmSource, parseIntegrity, type NpmSourceOptions, type NpmKeys } from './sources/npm.js';
 export { openSource, type OpenSourceOptions } from './sources/parse-source-line.js';
 // IMA measurement lists (docs/attest-ima.md).

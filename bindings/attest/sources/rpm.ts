@@ -10,6 +10,10 @@
  *                          │ <package><checksum type="sha256" pkgid="YES">… per .rpm
  *                          ▼
  *                       name, epoch:version-release, arch, location
+ *                       repodata/<hash>-filelists-ext.xml(.gz|…), when listed (createrepo_c --filelists-ext)
+ *                          │ <package pkgid=…><checksum type=…/><file hash=…>path
+ *                          ▼
+ *                       file digests with their package, path
  * ```
  * Spec followed: the createrepo_c repodata format
  * (https://github.com/rpm-software-management/createrepo_c, `doc/`), XML
@@ -174,6 +178,85 @@ export function primaryParser(onPackage: (p: PrimaryPackage) => void, what: stri
   };
 }
 
+/** A file with its digest, from filelists-ext.xml. */
+export interface FilelistsExtFile {
+  /** `pkgid` of its package: the package checksum in primary.xml. */
+  pkgid: string;
+  /** Absolute path as installed. */
+  path: string;
+  /** The package's file digest algorithm (`<checksum type>`), e.g. `sha256`. */
+  alg: string;
+  /** Lowercase hex digest of the file. */
+  hex: string;
+}
+
+/**
+ * Streams the regular files with digests of filelists-ext.xml (createrepo_c
+ * 0.21+ `--filelists-ext`: per `<package pkgid>` a `<checksum type>` naming
+ * the file digest algorithm, then `<file hash="…">path</file>`; directories
+ * and ghosts carry no hash and are skipped). Feed chunks with `write`, finish
+ * with `close` (returns the files seen); CORRUPT on malformed XML, a hash
+ * that is not hex or a file outside a package.
+ * @example
+ * ```ts
+ * const fp = filelistsExtParser((f) => console.log(f.path, f.hex));
+ * fp.write(xml); fp.close();
+ * ```
+ */
+export function filelistsExtParser(onFile: (f: FilelistsExtFile) => void, what: string = 'filelists-ext.xml'): { write(s: string): void; close(): number } {
+  const p = parser();
+  let pkgid = '';
+  let alg = '';
+  let hash = '';
+  let inFile = false;
+  let text = '';
+  let count = 0;
+  p.on('opentag', (t) => {
+    const a = t.attributes as Record<string, string>;
+    if (t.name === 'package') {
+      pkgid = (a.pkgid ?? '').toLowerCase();
+      alg = '';
+      if (!pkgid) throw new VmkitError('CORRUPT', `${what}: <package> without pkgid`);
+    } else if (t.name === 'checksum' && pkgid) alg = (a.type ?? '').toLowerCase();
+    else if (t.name === 'file') {
+      if (!pkgid) throw new VmkitError('CORRUPT', `${what}: <file> outside a <package>`);
+      hash = (a.hash ?? '').toLowerCase();
+      if (hash && !/^[0-9a-f]+$/.test(hash)) throw new VmkitError('CORRUPT', `${what}: <file hash> is not hex`);
+      inFile = true;
+      text = '';
+    }
+  });
+  p.on('text', (s) => {
+    if (inFile) text += s;
+  });
+  p.on('closetag', (t) => {
+    if (t.name === 'file') {
+      inFile = false;
+      if (hash) {
+        onFile({ pkgid, path: text.trim(), alg, hex: hash });
+        count++;
+      }
+    } else if (t.name === 'package') pkgid = '';
+  });
+  return {
+    write(s: string): void {
+      try {
+        p.write(s);
+      } catch (e) {
+        throw xmlCorrupt(what, e);
+      }
+    },
+    close(): number {
+      try {
+        p.close();
+      } catch (e) {
+        throw xmlCorrupt(what, e);
+      }
+      return count;
+    },
+  };
+}
+
 const ALG: Record<string, DigestAlgorithm> = { sha: 'sha1', sha1: 'sha1', sha256: 'sha256', sha384: 'sha384', sha512: 'sha512', md5: 'md5' };
 const SUBTLE: Partial<Record<DigestAlgorithm, 'SHA-256' | 'SHA-512' | 'SHA-1'>> = { sha256: 'SHA-256', sha512: 'SHA-512' };
 
@@ -183,6 +266,12 @@ export interface RpmSourceOptions extends FetchOptions {
   keyring?: Keyring | Uint8Array | Uint8Array[];
   /** Accept a repomd.xml without a (valid) signature. Never the default. */
   allowUnsigned?: boolean;
+  /**
+   * Load the file-level digests of every package from filelists-ext.xml when
+   * repomd.xml lists one (checked against its signed checksum). Default true;
+   * false leaves file digests to {@link RpmSource.fileDigests}.
+   */
+  filelistsExt?: boolean;
 }
 
 /**
@@ -205,6 +294,7 @@ export class RpmSource implements RepositorySource {
   private primarySum = '';
   private pool: { location: string[]; size: (number | undefined)[] } = { location: [], size: [] };
   private files = new Map<string, Promise<Map<string, Digest>>>();
+  private extFiles = 0;
 
   constructor(line: string, options: RpmSourceOptions = {}) {
     const parts = line.trim().split(/\s+/);
@@ -284,11 +374,16 @@ export class RpmSource implements RepositorySource {
     await this.check(body, primary.checksum, primary.location);
     const ix = new DigestIndex();
     const pool: { location: string[]; size: (number | undefined)[] } = { location: [], size: [] };
+    const ext = this.opts.filelistsExt === false ? undefined : data.find((d) => d.type === 'filelists-ext' || d.type === 'filelists_ext');
+    // pkgid → package id, only when filelists-ext.xml will need it.
+    const byPkgid = ext ? new Map<string, number>() : undefined;
+    let extFiles = 0;
     try {
       const pp = primaryParser((p) => {
         const alg = ALG[p.checksum.type];
         if (!alg) throw new VmkitError('UNSUPPORTED', `${this.id}: package checksum type ${p.checksum.type}`);
-        ix.addPackage({ repository: this.id, package: p.name, version: p.version, architecture: p.arch }, { alg, hex: p.checksum.hex });
+        const id = ix.addPackage({ repository: this.id, package: p.name, version: p.version, architecture: p.arch }, { alg, hex: p.checksum.hex });
+        byPkgid?.set(ownString(p.checksum.hex), id);
         pool.location.push(ownString(p.location));
         pool.size.push(p.size);
       }, `${this.id} ${primary.location}`);
@@ -297,6 +392,7 @@ export class RpmSource implements RepositorySource {
       for await (const chunk of decompressChunks(body, kind, max, primary.location)) pp.write(dec.decode(chunk, { stream: true }));
       pp.write(dec.decode());
       pp.close();
+      if (ext && byPkgid) extFiles = await this.loadFilelistsExt(ext, ix, byPkgid, io, max);
     } catch (e) {
       ix.close();
       throw e;
@@ -307,7 +403,32 @@ export class RpmSource implements RepositorySource {
     this.files.clear();
     this.validators = v;
     this.primarySum = primary.checksum.hex;
+    this.extFiles = extFiles;
     return { changed: true, packages: ix.packages };
+  }
+
+  /** File digests read from filelists-ext.xml at the last refresh (0 when the repository has none). */
+  get filelistsExtFiles(): number {
+    return this.extFiles;
+  }
+
+  // Fetches filelists-ext.xml, checks it against repomd.xml and adds each file digest to its package.
+  private async loadFilelistsExt(ext: RepomdData, ix: DigestIndex, byPkgid: Map<string, number>, io: FetchOptions, max: number): Promise<number> {
+    const kind = compressionOf(ext.location);
+    if (!kind) throw new VmkitError('UNSUPPORTED', `${this.id}: ${ext.location}: compression not supported (gz, xz, zst)`);
+    const body = (await httpGet(joinUrl(this.baseurl, ext.location), { ...io, maxBytes: Math.min(max, ext.size ?? max) })).body;
+    await this.check(body, ext.checksum, ext.location);
+    const fp = filelistsExtParser((f) => {
+      const id = byPkgid.get(f.pkgid);
+      if (id === undefined) throw new VmkitError('CORRUPT', `${this.id}: ${ext.location} names a package ${f.pkgid.slice(0, 16)}… that primary.xml does not list`);
+      const alg = ALG[f.alg];
+      if (!alg || f.hex.length !== digestLength(alg) * 2) throw new VmkitError('UNSUPPORTED', `${this.id}: ${ext.location}: file digest type ${JSON.stringify(f.alg)} for ${f.path}`);
+      ix.addFile(id, f.path, { alg, hex: f.hex });
+    }, `${this.id} ${ext.location}`);
+    const dec = new TextDecoder();
+    for await (const chunk of decompressChunks(body, kind, max, ext.location)) fp.write(dec.decode(chunk, { stream: true }));
+    fp.write(dec.decode());
+    return fp.close();
   }
 
   /**
@@ -345,7 +466,8 @@ export class RpmSource implements RepositorySource {
     const d = ix.packageEntry(id).digests[0]!;
     await this.check(body, { type: d.alg, hex: d.hex }, location);
     const files = rpmFileDigests(body);
-    if (this.index === ix) for (const [path, fd] of files) ix.addFile(id, path, fd);
+    // With filelists-ext.xml loaded the index has these already (adding them again would duplicate).
+    if (this.index === ix && this.extFiles === 0) for (const [path, fd] of files) ix.addFile(id, path, fd);
     return files;
   }
 
