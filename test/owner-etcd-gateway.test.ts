@@ -3,7 +3,8 @@
 // what etcd's JSON gateway expects, a small in-memory gateway with etcd's txn
 // semantics gives create-once and compare-and-swap, and malformed or hostile
 // answers (a proxy, a wrong endpoint, a lying server) are refused with a
-// VmkitError. The real-etcd specs are owner-etcd*.node.test.ts.
+// VmkitError, a server that never answers times out, close() cancels. The
+// real-etcd specs are owner-etcd*.node.test.ts.
 import { describe, expect, it } from 'vitest';
 import { etcdStore } from '../bindings/disk/owner/etcd-store.js';
 import type { OwnerRecord } from '../bindings/disk/owner/types.js';
@@ -135,4 +136,23 @@ describe('owner store: etcd client (no server)', () => {
     await s.close();
     expect(await code(s.read('a'))).toBe('INVALID_STATE');
   });
+
+  it('a server that never answers: TIMEOUT at the deadline; close() cancels what is in flight', async () => {
+    // A fetch that only ends when its signal aborts (a hung etcd, or a black-holed route).
+    const hang = ((_url: string, init?: RequestInit) =>
+      new Promise<Response>((_, reject) => init?.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))))) as typeof fetch;
+    const s = etcdStore({ endpoints: 'http://etcd.test:2379', timeoutMs: 150, fetch: hang });
+    const t = Date.now();
+    expect(await code(s.read('a'))).toBe('TIMEOUT');
+    expect(await code(s.compareAndSwap('a', null, rec('a', 1)))).toBe('TIMEOUT');
+    expect(Date.now() - t).toBeGreaterThanOrEqual(280);
+    expect(Date.now() - t).toBeLessThan(2000);
+    const c = etcdStore({ endpoints: 'http://etcd.test:2379', timeoutMs: 60_000, fetch: hang });
+    const p = code(c.read('a'));
+    await new Promise((r) => setTimeout(r, 20));
+    await c.close();
+    expect(await p).toBe('CANCELLED');
+    expect(await code(c.read('a'))).toBe('INVALID_STATE');
+  });
 });
+
