@@ -589,6 +589,17 @@ describe.runIf(ready)('vmkit attest (the CLI as a child process)', () => {
       const offline = await run(['attest', 'check', '--repo', deb, '--keyring', keyring, file]);
       expect(offline.code, offline.stderr).toBe(0);
       expect(offline.stdout).toMatch(/status: affirming/);
+      // Offline again with the armored keyring, against an RPM repository's filelists-ext.xml:
+      // a file digest (rpm's own, from --dump) affirms without any .rpm fetched.
+      const rpmDir = join(FIXTURES, 'rpm-ext');
+      const rpmFile = join(rpmDir, readdirSync(rpmDir).find((f) => f.endsWith('.rpm'))!);
+      const [path, , , hex] = execFileSync('rpm', ['-qp', '--dump', rpmFile]).toString().split('\n').find((l) => / 0100\d+ /.test(l))!.split(' ');
+      const ext = await run(['attest', 'check', '--repo', `rpm ${repo.url}/rpm-ext`, '--keyring', join(FIXTURES, 'keyring.asc'), '--digest', `sha256:${hex}`, '--json']);
+      expect(ext.code, ext.stderr).toBe(0);
+      const extDoc = JSON.parse(ext.stdout) as { status: string; items: { where?: string }[] };
+      expect(extDoc.status).toBe('affirming');
+      expect(extDoc.items[0]!.where).toContain(`vmkit-fixture`);
+      expect(extDoc.items[0]!.where).toContain(path);
       const usage = await run(['attest', 'request', '--server', url]);
       expect(usage.code).toBe(2);
     } finally {
