@@ -159,6 +159,17 @@ export async function run({ quick, log }) {
   await cold.close();
   rmSync(dir, { recursive: true, force: true });
   const stored = st.lz4Pages + st.rawPages;
+  const goals = () => {
+    const r = (k, peer, m = t) => median(m[peer]) / median(m[k]);
+    const v = (ok) => (ok ? 'met' : 'NOT met');
+    return [
+      `Goal "save at least as fast as lz4 -1": ${v(r('save', 'lz4c') >= 1)} — wall ${r('save', 'lz4c').toFixed(2)}×${gnuTime ? `, CPU ${r('save', 'lz4c', cpu).toFixed(2)}×` : ''} (with --threads 2: wall ${r('save2', 'lz4c').toFixed(2)}×).`,
+      `Goal "file within 10% of lz4's": ${v(ckBytes <= 1.1 * lzBytes)} — ${(ckBytes / lzBytes).toFixed(3)}× (the page index, 12 bytes per page, is ${(((12 * size) / PS / lzBytes) * 100).toFixed(1)}% of it).`,
+      `Goal "restore at least half the speed of lz4 -d": ${v(r('restore', 'lz4d') >= 0.5)} — wall ${r('restore', 'lz4d').toFixed(2)}×${gnuTime ? `, CPU ${r('restore', 'lz4d', cpu).toFixed(2)}×` : ''}.`,
+      `Goal "one write per block": met when ${st.writes} = ${st.blocks} blocks + 3 (header, index, footer): ${v(st.writes === st.blocks + 3)}; a naive writer makes ${size / PS} (one per page).`,
+      `Goal "a lazy random read costs one block read at most, a cached one none": ${v(coldReads <= coldLookups && warmReads === 0)}.`,
+    ];
+  };
   return {
     title: 'checkpoint: save/restore of a real 256 MiB Linux guest',
     sections: [
@@ -179,6 +190,7 @@ export async function run({ quick, log }) {
       { heading: 'Lazy page reads from the checkpoint', markdown: lazy.table + `\n\nCold reader: ${coldReads} block reads for ${coldLookups} page reads (at most one each); warm reader: ${warmReads} block reads during its runs (cached reads cost none).` },
     ],
     notes: [
+      ...goals(),
       `Save: ${saveJson.zeroPages} zero pages (index only), ${saveJson.lz4Pages} LZ4, ${saveJson.rawPages} raw; ${saveJson.blocks} blocks.`,
       `--threads 2: two worker threads compress interleaved 256-page windows, the main thread packs their records with the stager's rule; the file equals the single-threaded one apart from its random id (checked in this run: ${threadsSame}; byte for byte with a fixed id in test/checkpoint.node.test.ts). ${os.availableParallelism?.() ?? os.cpus().length} CPUs, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} at the end of the run.`,
     ],
