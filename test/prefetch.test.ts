@@ -178,6 +178,29 @@ describe('engine', () => {
     expect(() => e.stats()).toThrow(VmkitError);
   });
 
+  it('setResident counts across byte boundaries', () => {
+    const e = new PrefetchEngine(100);
+    expect(e.setResident(3, 40, true)).toBe(40); // 3..42: a partial byte, 4 whole bytes, a partial byte
+    expect(e.setResident(10, 50, true)).toBe(57); // 43..59 new: 17 more
+    expect(e.setResident(0, 100, false)).toBe(0);
+    expect(e.setResident(97, 3, true)).toBe(3);
+    expect(Array.from(e.residentBitmap())).toEqual([...new Array<number>(12).fill(0), 0b1110]);
+    e.close();
+  });
+
+  it('a batch of faults equals the faults one by one', () => {
+    const a = engineWith(256, 128, (v) => (37 * v) % 256);
+    const b = engineWith(256, 128, (v) => (37 * v) % 256);
+    const vpns = [5, 6, 40, 200, 90, 41];
+    const one: number[] = [];
+    for (const v of vpns) if (v < 128) one.push(...a.faultVirtual(BigInt(v), 2, 3));
+    const all = b.faultVirtualBatch(BigUint64Array.from(vpns.map(BigInt)), 2, 3);
+    expect(Array.from(all)).toEqual(one);
+    expect(b.stats()).toEqual(a.stats());
+    a.close();
+    b.close();
+  });
+
   it('rejects bad arguments with stable codes', () => {
     const e = new PrefetchEngine(16, { mapCapacity: 2 });
     expect(() => e.faultVirtual(5n, 1, 1)).toThrow(expect.objectContaining({ code: 'ARG_RANGE' }));

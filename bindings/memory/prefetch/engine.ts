@@ -75,6 +75,7 @@ interface PrefetchExports {
   prefetchTouch(h: number, vpn: bigint): bigint;
   prefetchCoalesce(pages: number, n: number, out: number, cap: number): number;
   prefetchFaultVirtual(h: number, vpn: bigint, back: number, ahead: number, out: number, cap: number): number;
+  prefetchFaultVirtualBatch(h: number, vpns: number, n: number, back: number, ahead: number, out: number, cap: number): number;
   prefetchFaultPhysical(h: number, ppn: number, back: number, ahead: number, out: number, cap: number): number;
   prefetchFaultList(h: number, frames: number, n: number, fault: bigint, out: number, cap: number): number;
   prefetchCountWalk(h: number, translations: number, reads: number): number;
@@ -269,6 +270,32 @@ export class PrefetchEngine {
     const fault = gpas[Number(vpn - lo)]!;
     if (fault === UNMAPPED) throw new VmkitError('ARG_RANGE', `virtual page 0x${vpn.toString(16)} is unmapped`);
     return this.faultFrames(gpas, Number(fault >> PAGE_SHIFT), true, n);
+  }
+
+  /**
+   * A batch of virtual faults through the core's table in one call (a host
+   * draining a queue of faults): each as {@link faultVirtual}; unmapped pages
+   * are skipped. Returns all runs, one fault's after another.
+   * @example const runs = engine.faultVirtualBatch(new BigUint64Array([0x400n, 0x9000n]), 8, 8);
+   */
+  faultVirtualBatch(vpns: BigUint64Array, back: number, ahead: number): Uint32Array {
+    const e = this.live();
+    aint(back, 'back', 0, MAX_WINDOW - 1);
+    aint(ahead, 'ahead', 0, MAX_WINDOW - 1 - back);
+    return withCore((c) => {
+      const n = vpns.length;
+      const cap = n * (back + ahead + 1);
+      const p = c.alloc(Math.max(8, n * 8));
+      const o = c.alloc(Math.max(8, cap * 8));
+      try {
+        new BigUint64Array(c.u8().buffer, p, n).set(vpns);
+        const r = check(e.prefetchFaultVirtualBatch(this.h, p, n, back, ahead, o, cap), 'prefetch fault batch');
+        return new Uint32Array(c.u8().buffer, o, r * 2).slice();
+      } finally {
+        c.free(p);
+        c.free(o);
+      }
+    });
   }
 
   /**
