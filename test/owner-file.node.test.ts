@@ -1,7 +1,7 @@
 // The file store (sidecar directory of immutable revisions swapped in with link(2)) and the
 // HTTP release endpoint: CAS races, pruning, hostile files, status codes, a file-backed handoff.
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -48,10 +48,19 @@ describe('FileOwnerStore', () => {
       expect((await store.read(disk)).revision).toBe(wins[0]);
     }
     expect(await store.compareAndSwap(disk, first, rec(5))).toBeNull();
-    // Old revisions are pruned (the current one and a few before it stay); no temporary files left.
-    const names = await readdir(store.dirOf(disk));
-    expect(names.length).toBeLessThanOrEqual(5);
-    expect(names.every((n) => /^r-\d{15}\.json$/.test(n))).toBe(true);
+    // Young revisions stay (a paused writer may still check them); once 2 s old, all but the last 8 go.
+    const side = store.dirOf(disk);
+    expect((await readdir(side)).length).toBe(11);
+    const old = new Date(Date.now() - 3_600_000);
+    for (const n of await readdir(side)) await utimes(join(side, n), old, old);
+    for (let i = 0; i < 8; i++) {
+      const { revision } = await store.read(disk);
+      expect(await store.compareAndSwap(disk, revision, rec(1000 + i))).not.toBeNull();
+    }
+    const names = (await readdir(side)).sort();
+    expect(names.length).toBeLessThanOrEqual(16);
+    expect(names[0]).toBe('r-000000000000008.json'); // 19 written; the prune at revision 16 removed those below 16 - 8
+    expect(names.every((n) => /^r-\d{15}\.json$/.test(n))).toBe(true); // no temporary files left
     expect(await code(store.compareAndSwap(disk, 'not-a-revision', rec(1)))).toBe('ARG_RANGE');
   });
 

@@ -35,8 +35,17 @@ async function nodeFs(): Promise<Fs> {
   return (fsMod ??= (await import(/* @vite-ignore */ name)) as Fs);
 }
 
-/** Revisions kept behind the current one (for post-mortems; pruning never touches the top). */
-const KEEP = 4;
+/**
+ * Pruning: revisions more than KEEP behind the top go once they are PRUNE_AGE_MS
+ * old, or unconditionally once more than HARD_KEEP behind. A writer paused
+ * between its link and its check for longer than that may report a lost CAS
+ * that in fact went through (never the reverse): docs/ownership.md.
+ */
+const KEEP = 8;
+const HARD_KEEP = 256;
+const PRUNE_AGE_MS = 2000;
+/** Prune on every PRUNE_EVERY-th revision only (a listing and a few stats each time). */
+const PRUNE_EVERY = 8;
 /** More entries than this in a sidecar directory is not something vmkit made. */
 const MAX_ENTRIES = 4096;
 const NAME = /^r-(\d{15})\.json$/;
@@ -244,12 +253,12 @@ export class FileOwnerStore implements OwnerStore {
       const after = top > seq + 1 ? await this.readRevision(dir, seq + 2).catch(() => null) : null;
       if (after?.prev !== id) return null;
     }
-    await this.prune(dir, seq + 1 - KEEP);
+    if ((seq + 1) % PRUNE_EVERY === 0) await this.prune(dir, seq + 1);
     return `${seq + 1}.${id}`;
   }
 
-  private async prune(dir: string, below: number): Promise<void> {
-    if (below <= 1) return;
+  private async prune(dir: string, top: number): Promise<void> {
+    if (top <= KEEP) return;
     const fs = await nodeFs();
     let names: string[];
     try {
@@ -259,7 +268,13 @@ export class FileOwnerStore implements OwnerStore {
     }
     for (const n of names) {
       const m = NAME.exec(n);
-      if (m && Number(m[1]) < below) await fs.unlink(`${dir}/${n}`).catch(() => {});
+      const seq = m ? Number(m[1]) : top;
+      if (seq >= top - KEEP) continue;
+      if (seq >= top - HARD_KEEP) {
+        const st = await fs.stat(`${dir}/${n}`).catch(() => null);
+        if (!st || Date.now() - st.mtimeMs < PRUNE_AGE_MS) continue;
+      }
+      await fs.unlink(`${dir}/${n}`).catch(() => {});
     }
     // Temporary files of writers killed mid-write (older than a minute: nobody is still writing them).
     for (const n of names) {

@@ -11,6 +11,8 @@ import { VmkitError, isVmkitError } from '../../errors.js';
 import type { WriteGuard } from '../_guard.js';
 import type { BlockDevice, BlockExtent, ByteLength, ByteOffset } from '../device.js';
 import { openImage, type OpenImageOptions } from '../image.js';
+import { fileProvider } from '../backends/file.js';
+import type { Storage, StorageProvider } from '../backends/storage.js';
 import type { ImageDevice } from '../formats/types.js';
 import { FileOwnerStore } from './file-store.js';
 import { leaseAlive } from './record.js';
@@ -189,7 +191,11 @@ class _Holder implements WriteGuard, OwnedDisk {
   inner: ImageDevice | undefined;
   server: ReleaseServer | undefined;
   state: 'holding' | 'releasing' | 'released' | 'fenced' = 'holding';
-  private revision: string;
+  /** The revision and content of our record as we last wrote or read it. */
+  revision: string;
+  private current: OwnerRecord;
+  /** Set when the `releasing` CAS succeeded: it proved the epoch current, so the drain's flush needs no store read. */
+  private releasingConfirmed = false;
   private readonly leaseMs: number;
   private readonly now: () => number;
   private readonly policy: OpenOwnedOptions['onReleaseRequest'];
@@ -207,7 +213,9 @@ class _Holder implements WriteGuard, OwnedDisk {
   /** Settles the wait of release requests that arrived while the image was opening. */
   opened!: (ok: boolean) => void;
 
-  constructor(disk: string, epoch: number, identity: OwnerIdentity, store: OwnerStore, revision: string, leaseStart: number, leaseMs: number, now: () => number, policy: OpenOwnedOptions['onReleaseRequest']) {
+  constructor(disk: string, record: OwnerRecord, identity: OwnerIdentity, store: OwnerStore, revision: string, leaseStart: number, leaseMs: number, now: () => number, policy: OpenOwnedOptions['onReleaseRequest']) {
+    const epoch = record.epoch;
+    this.current = record;
     this.disk = disk;
     this.epoch = epoch;
     this.identity = identity;
@@ -271,6 +279,7 @@ class _Holder implements WriteGuard, OwnedDisk {
     if (this.state === 'fenced') throw this.fencedError(op, 'a newer epoch owns the disk');
     if (this.state === 'released') throw this.fencedError(op, 'the disk was released');
     if (op !== 'flush' && monotonic() < this.validUntil) return;
+    if (op === 'flush' && this.state === 'releasing' && this.releasingConfirmed && monotonic() < this.leaseEnd) return;
     return this.verify(false).then(() => undefined);
   }
 
@@ -299,6 +308,7 @@ class _Holder implements WriteGuard, OwnedDisk {
       throw this.fencedError('write', r ? `the record is at epoch ${r.epoch} (${r.state}${r.owner ? ` by ${r.owner.id}` : ''})` : 'the owner record is gone');
     }
     this.revision = snap.revision ?? this.revision;
+    this.current = r;
     const remaining = this.leaseEnd - t0;
     if (renew || remaining < this.leaseMs / 2 || r.state === 'releasing') {
       if (r.state === 'releasing') {
@@ -317,6 +327,7 @@ class _Holder implements WriteGuard, OwnedDisk {
       }
       if (rev === null) return this.verifyNow(false); // something changed: look again (fences if it was a takeover)
       this.revision = rev;
+      this.current = next;
       this.leaseEnd = start + this.leaseMs - this.margin();
       this.validUntil = start + this.leaseMs / 2;
     } else {
@@ -357,7 +368,7 @@ class _Holder implements WriteGuard, OwnedDisk {
     } catch (e) {
       return { ok: false, code: isVmkitError(e, 'FENCED') ? 'CONFLICT' : 'REFUSED', reason: (e as Error)?.message ?? String(e) };
     }
-    return this.state === 'released' ? { ok: true, epoch: this.epoch } : { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} was fenced at epoch ${this.epoch}` };
+    return this.state === 'released' ? { ok: true, epoch: this.epoch, revision: this.revision } : { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} was fenced at epoch ${this.epoch}` };
   }
 
   release(): Promise<void> {
@@ -377,7 +388,9 @@ class _Holder implements WriteGuard, OwnedDisk {
   private async giveUpNow(outcome: ReleaseOutcome): Promise<void> {
     this.state = 'releasing';
     // Say so in the record: openers that read it now wait instead of asking again.
-    if ((await this.mark('releasing').catch(() => true)) === false) this.state = 'fenced';
+    const marked = await this.mark('releasing').catch(() => undefined);
+    if (marked === false) this.state = 'fenced';
+    this.releasingConfirmed = marked === true;
     if (this.inflight > 0) await new Promise<void>((r) => (this.drained = r));
     let failure: unknown;
     try {
@@ -406,15 +419,25 @@ class _Holder implements WriteGuard, OwnedDisk {
   // Writes our record with a new state by CAS; false when another epoch owns the record (we were fenced).
   private mark(state: 'releasing' | 'free'): Promise<boolean> {
     const run = this.chain.then(async () => {
+      const next = (r: OwnerRecord, wall: number): OwnerRecord => (state === 'free' ? { ...r, state, leaseExpiresAt: wall, updatedAt: wall } : { ...r, state, updatedAt: wall });
+      // First from what we know (no read: the common case, nobody else writes our record).
+      const w0 = this.now();
+      const fast = next(this.current, w0);
+      const rev0 = await this.store.compareAndSwap(this.disk, this.revision, fast);
+      if (rev0 !== null) {
+        this.revision = rev0;
+        this.current = fast;
+        return true;
+      }
       for (let i = 0; i < 8; i++) {
         const snap = await this.store.read(this.disk);
         const r = snap.record;
         if (!r || r.epoch !== this.epoch || !sameHolder(r.owner, this.identity) || r.state === 'free') return false;
-        const wall = this.now();
-        const next: OwnerRecord = state === 'free' ? { ...r, state, leaseExpiresAt: wall, updatedAt: wall } : { ...r, state, updatedAt: wall };
-        const rev = await this.store.compareAndSwap(this.disk, snap.revision, next);
+        const n = next(r, this.now());
+        const rev = await this.store.compareAndSwap(this.disk, snap.revision, n);
         if (rev !== null) {
           this.revision = rev;
+          this.current = n;
           return true;
         }
       }
@@ -423,6 +446,52 @@ class _Holder implements WriteGuard, OwnedDisk {
     this.chain = run.catch(() => {});
     return run;
   }
+}
+
+/**
+ * The image's own writes go through the guard too, one by one: a qcow2 or VMDK
+ * write is several storage writes (data, L2 table, refcounts) across awaits,
+ * and a holder stalled between them must not finish the rest after it was
+ * fenced. Checking before each storage write and flush keeps every write to
+ * the file within one event-loop turn of a passed check (docs/ownership.md).
+ * @internal
+ */
+function _guardedStorage(s: Storage, guard: WriteGuard): Storage {
+  return {
+    get name() {
+      return s.name;
+    },
+    get readOnly() {
+      return s.readOnly;
+    },
+    size: () => s.size(),
+    readInto: (offset, dst) => s.readInto(offset, dst),
+    write: async (offset, data) => {
+      await guard.check('write');
+      return s.write(offset, data);
+    },
+    truncate: async (size) => {
+      await guard.check('write');
+      return s.truncate(size);
+    },
+    flush: async () => {
+      await guard.check('flush');
+      return s.flush();
+    },
+    close: () => s.close(),
+  };
+}
+
+function _guardedProvider(base: StorageProvider, guard: WriteGuard): StorageProvider {
+  return {
+    open: async (name, o) => {
+      const st = await base.open(name, o);
+      return o.readOnly ? st : _guardedStorage(st, guard);
+    },
+    create: (name) => base.create(name),
+    resolve: (from, rel) => base.resolve(from, rel),
+    relative: (from, target) => base.relative(from, target),
+  };
 }
 
 /**
@@ -543,7 +612,15 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
             if (!isVmkitError(e, 'NETWORK') && !isVmkitError(e, 'TIMEOUT')) throw e;
             lastWhy = `owner ${r.owner.id} at ${r.owner.endpoint} is unreachable (${e.message})`;
           }
-          if (reply?.ok) continue;
+          if (reply?.ok) {
+            // The owner wrote `free` at the epoch we asked about and told us its revision:
+            // take over from it directly (a CAS; if anything changed since, read again).
+            if (reply.revision !== undefined && reply.epoch === r.epoch) {
+              const h = await take(reply.revision, r.epoch);
+              if (h) return h;
+            }
+            continue;
+          }
           if (reply && reply.code === 'REFUSED') {
             throw new VmkitError('REFUSED', `${disk}: owner ${r.owner.id} (epoch ${r.epoch}) refused to release: ${reply.reason}`, { path: disk });
           }
@@ -589,36 +666,44 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
         continue;
       }
       // Free, absent, or dead: take the next epoch by CAS.
-      const epoch = (r?.epoch ?? 0) + 1;
-      const t0 = monotonic();
-      const w = now();
-      const rev = await store.compareAndSwap(disk, snap.revision, { version: 1, disk, epoch, state: 'owned', owner: me, leaseExpiresAt: w + leaseMs, updatedAt: w });
-      if (rev === null) {
+      const h = await take(snap.revision, r?.epoch ?? 0);
+      if (!h) {
         if (monotonic() > deadline) throw new VmkitError('TIMEOUT', `${disk}: lost every compare-and-swap for ${waitMs} ms`, { path: disk });
         continue;
       }
-      const h = new _Holder(disk, epoch, me, store, rev, t0, leaseMs, now, opts.onReleaseRequest);
-      h.endpoint = server?.endpoint;
-      h.server = server;
-      // Requests from now on reach the holder; they wait until the image is open.
-      holder = h;
-      h.startRenewal();
-      let dev: ImageDevice;
-      try {
-        dev = await openImage(diskPath, { ...opts.image, guard: h });
-      } catch (e) {
-        h.opened(false);
-        await h.giveUp({ reason: 'released' }).catch(() => {});
-        throw e;
-      }
-      h.inner = dev;
-      h.device = new _OwnedDevice(h, dev);
-      h.opened(true);
       return h;
     }
   } catch (e) {
     await server?.close().catch(() => {});
     throw e;
+  }
+
+  // Writes us as owner at `prevEpoch + 1` if the record is still at `expected`, then opens the image.
+  async function take(expected: string | null, prevEpoch: number): Promise<_Holder | null> {
+    const epoch = prevEpoch + 1;
+    const t0 = monotonic();
+    const w = now();
+    const record: OwnerRecord = { version: 1, disk, epoch, state: 'owned', owner: me, leaseExpiresAt: w + leaseMs, updatedAt: w };
+    const rev = await store.compareAndSwap(disk, expected, record);
+    if (rev === null) return null;
+    const h = new _Holder(disk, record, me, store, rev, t0, leaseMs, now, opts.onReleaseRequest);
+    h.endpoint = server?.endpoint;
+    h.server = server;
+    // Requests from now on reach the holder; they wait until the image is open.
+    holder = h;
+    h.startRenewal();
+    let dev: ImageDevice;
+    try {
+      dev = await openImage(diskPath, { ...opts.image, provider: _guardedProvider(opts.image?.provider ?? fileProvider, h), guard: h });
+    } catch (e) {
+      h.opened(false);
+      await h.giveUp({ reason: 'released' }).catch(() => {});
+      throw e;
+    }
+    h.inner = dev;
+    h.device = new _OwnedDevice(h, dev);
+    h.opened(true);
+    return h;
   }
 }
 

@@ -5,7 +5,7 @@
  *
  * ```
  * POST /release  {"disk":"vm.raw","epoch":7,"requester":{"id":"b","host":"h","pid":2}}
- *   200 {"ok":true,"epoch":7}                                   released (record now free)
+ *   200 {"ok":true,"epoch":7,"revision":"…"}                    released (record now free at that store revision)
  *   409 {"ok":false,"code":"CONFLICT","reason":"holder has epoch 8"}   wrong epoch
  *   403 {"ok":false,"code":"REFUSED","reason":"…"}              the owner's policy said no
  *   404 {"ok":false,"code":"NOT_FOUND","reason":"…"}            this process does not hold that disk
@@ -29,13 +29,14 @@ export interface ReleaseRequest {
 
 /**
  * A holder's answer. `ok: true` means the holder drained, flushed, closed and
- * wrote the record `free` at `epoch`.
+ * wrote the record `free` at `epoch`, as store revision `revision` (the opener
+ * may compare-and-swap from it without reading the record again).
  * @example
  * const yes: ReleaseReply = { ok: true, epoch: 7 };
  * const no: ReleaseReply = { ok: false, code: 'REFUSED', reason: 'backup running' };
  */
 export type ReleaseReply =
-  | { readonly ok: true; readonly epoch: number }
+  | { readonly ok: true; readonly epoch: number; readonly revision?: string }
   | { readonly ok: false; readonly code: 'CONFLICT' | 'REFUSED' | 'NOT_FOUND' | 'CORRUPT'; readonly reason: string };
 
 /**
@@ -95,7 +96,10 @@ export function validateReleaseRequest(v: unknown): ReleaseRequest {
 
 function validateReply(v: unknown, endpoint: string): ReleaseReply {
   const o = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
-  if (o.ok === true && typeof o.epoch === 'number' && Number.isSafeInteger(o.epoch)) return { ok: true, epoch: o.epoch };
+  if (o.ok === true && typeof o.epoch === 'number' && Number.isSafeInteger(o.epoch)) {
+    if (typeof o.revision === 'string' && o.revision.length > 0 && o.revision.length <= 256) return { ok: true, epoch: o.epoch, revision: o.revision };
+    return { ok: true, epoch: o.epoch };
+  }
   if (o.ok === false && typeof o.reason === 'string' && (o.code === 'CONFLICT' || o.code === 'REFUSED' || o.code === 'NOT_FOUND' || o.code === 'CORRUPT')) {
     return { ok: false, code: o.code, reason: o.reason.slice(0, 1024) };
   }
