@@ -223,7 +223,10 @@ describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
         lastEpoch = r.epoch;
       }
       const acks = logs.filter((l) => l.t === 'ack');
-      expect(acks.length).toBeGreaterThanOrEqual(20);
+      // Enough acknowledged writes, from several holders, for "none lost" to mean something (a very
+      // loaded box gets few: a holder's first flush can outlast the 100 ms it keeps the disk).
+      expect(acks.length).toBeGreaterThanOrEqual(10);
+      expect(new Set(acks.map((a) => a.epoch)).size).toBeGreaterThanOrEqual(3);
       for (const a of acks) {
         const r = onDisk.get(a.slot);
         expect(r, `acknowledged write of ${a.who} epoch ${a.epoch} seq ${a.seq} at slot ${a.slot} is gone`).toBeDefined();
