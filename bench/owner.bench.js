@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { measure, fmtNs } from './_lib.js';
 
 const TITLE = 'owner: disk ownership handoff, file store vs etcd';
@@ -211,6 +211,7 @@ export async function run(ctx) {
   const specs = [{ kind: 'file', name: undefined }];
   let etcd;
   const notes = [];
+  const cleanups = [];
   if (await has('etcd')) {
     etcd = await startEtcd(dir);
     specs.push({ kind: 'etcd', endpoint: etcd.endpoint, prefix: '/bench/' });
@@ -236,6 +237,49 @@ export async function run(ctx) {
           if (rev === null) throw new Error('lost a CAS nobody else contends for');
         },
       });
+    }
+    const etcdSpec = specs.find((x) => x.kind === 'etcd');
+    if (etcdSpec) {
+      // Client peers on the same etcd: the gateway through node:http keep-alive (what fetch costs on
+      // top), and gRPC through the etcd3 package when it can be imported (not a dependency of vmkit:
+      // `npm i etcd3` somewhere and set OWNER_BENCH_ETCD3 to its package dir to include it).
+      const http = await import('node:http');
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      const u = new URL(etcdSpec.endpoint);
+      const rangeBody = JSON.stringify({ key: Buffer.from('/bench/raw.raw').toString('base64') });
+      const post = () =>
+        new Promise((resolve, reject) => {
+          const rq = http.request({ host: u.hostname, port: u.port, path: '/v3/kv/range', method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(rangeBody) } }, (res) => {
+            let t = '';
+            res.on('data', (c) => (t += c));
+            res.on('end', () => resolve(JSON.parse(t)));
+          });
+          rq.on('error', reject);
+          rq.end(rangeBody);
+        });
+      tasks.push({ name: 'etcd: range via node:http (reference, no validation)', fn: post });
+      let etcd3;
+      try {
+        etcd3 = await import(process.env.OWNER_BENCH_ETCD3 ? pathToFileURL(join(process.env.OWNER_BENCH_ETCD3, 'lib/index.js')).href : 'etcd3');
+      } catch {
+        notes.push('etcd3 (gRPC client) rows skipped: not importable (set OWNER_BENCH_ETCD3 to an installed etcd3 package dir)');
+      }
+      if (etcd3) {
+        const client = new etcd3.Etcd3({ hosts: etcdSpec.endpoint });
+        cleanups.push(() => client.close());
+        const key = Buffer.from('/bench/etcd3.raw');
+        await client.kv.put({ key, value: Buffer.from('{}') });
+        let rev3 = (await client.kv.range({ key })).kvs[0].mod_revision;
+        tasks.push({ name: 'etcd3 (gRPC): range', fn: async () => JSON.parse((await client.kv.range({ key })).kvs[0].value.toString()) });
+        tasks.push({
+          name: 'etcd3 (gRPC): txn compare-and-swap (wins)',
+          fn: async () => {
+            const r = await client.kv.txn({ compare: [{ key, result: 'Equal', target: 'Mod', mod_revision: rev3 }], success: [{ request_put: { key, value: Buffer.from(JSON.stringify({ t: Date.now() })) } }], failure: [] });
+            if (!r.succeeded) throw new Error('etcd3 lost a CAS nobody else contends for');
+            rev3 = r.header.revision;
+          },
+        });
+      }
     }
     const raw = await measure(tasks, { quick: ctx.quick, time: 1000 });
 
@@ -280,6 +324,7 @@ export async function run(ctx) {
       ],
     };
   } finally {
+    for (const c of cleanups) c();
     await etcd?.stop();
     rmSync(dir, { recursive: true, force: true });
   }
