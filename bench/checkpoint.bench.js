@@ -192,7 +192,7 @@ export async function run({ quick, log }) {
     notes: [
       ...goals(),
       `Save: ${saveJson.zeroPages} zero pages (index only), ${saveJson.lz4Pages} LZ4, ${saveJson.rawPages} raw; ${saveJson.blocks} blocks.`,
-      `--threads 2: two worker threads compress interleaved 256-page windows, the main thread packs their records with the stager's rule; the file equals the single-threaded one apart from its random id (checked in this run: ${threadsSame}; byte for byte with a fixed id in test/checkpoint.node.test.ts). ${os.availableParallelism?.() ?? os.cpus().length} CPUs, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} at the end of the run.`,
+      `--threads 2: the main thread and one worker compress interleaved 256-page windows, the main thread packs their records with the stager's rule; the file equals the single-threaded one apart from its random id (checked in this run: ${threadsSame}; byte for byte with a fixed id in test/checkpoint.node.test.ts). ${os.availableParallelism?.() ?? os.cpus().length} CPUs, load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} at the end of the run.`,
     ],
   };
 }
