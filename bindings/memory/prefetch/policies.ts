@@ -44,9 +44,15 @@ export interface PolicyOptions {
   ahead?: number;
   /** Replay: the recorded working set (frames, in first-touch order). */
   record?: ArrayLike<number>;
-  /** Adaptive: smallest and largest window (default 2 and 256). */
+  /** Adaptive: smallest and largest window (default 2 and 1024). */
   minWindow?: number;
   maxWindow?: number;
+  /** Adaptive: grow when at least this share of the last prefetch was used before the next fault (default 0.25). */
+  growAt?: number;
+  /** Adaptive: shrink when less than this share was used (default 0.1). */
+  shrinkAt?: number;
+  /** Adaptive: a stream is a 2^streamShift-page region of virtual space (default 18: 1 GiB). */
+  streamShift?: number;
 }
 
 function virtualFault(engine: PrefetchEngine, vpn: bigint | undefined, ppn: number, back: number, ahead: number): Uint32Array {
@@ -81,9 +87,12 @@ interface Stream {
 
 /**
  * The virtual window sized like Linux readahead sizes its window: per stream
- * (a 2 MiB region of virtual space), the window doubles when at least half
- * of what the previous fault prefetched was used before the next fault, and
- * halves when under a quarter was; it points the way the faults move.
+ * (a region of virtual space, 1 GiB by default), the window doubles when at
+ * least a quarter of what the previous fault prefetched was used before the
+ * next fault, and halves when under a tenth was; it points the way the
+ * faults move (a quarter of it stays behind). The defaults were chosen on
+ * the evaluation traces (docs/prefetch.md): smaller streams (2 MiB) and
+ * stricter growth (half used) cost more faults than the waste they saved.
  */
 class AdaptivePolicy implements PrefetchPolicy {
   readonly name = 'adaptive';
@@ -91,15 +100,21 @@ class AdaptivePolicy implements PrefetchPolicy {
   private readonly initial: number;
   private readonly min: number;
   private readonly max: number;
-  constructor(initial: number, min: number, max: number) {
+  private readonly grow: number;
+  private readonly shrink: number;
+  private readonly shift: bigint;
+  constructor(initial: number, min: number, max: number, grow: number, shrink: number, shift: number) {
     this.initial = initial;
     this.min = min;
     this.max = max;
+    this.grow = grow;
+    this.shrink = shrink;
+    this.shift = BigInt(shift);
   }
   onFault(engine: PrefetchEngine, vpn: bigint | undefined, ppn: number): Uint32Array {
     const v = vpn ?? engine.reverse(ppn);
     if (v === undefined) return engine.faultList([], ppn);
-    const key = v >> 9n;
+    const key = v >> this.shift;
     let s = this.streams.get(key);
     if (!s) {
       s = { window: this.initial, dir: 1, last: v, issued: 0, used: 0 };
@@ -108,8 +123,8 @@ class AdaptivePolicy implements PrefetchPolicy {
       if (v !== s.last) s.dir = v > s.last ? 1 : -1;
       if (s.issued > 0) {
         const ratio = s.used / s.issued;
-        if (ratio >= 0.5) s.window = Math.min(this.max, s.window * 2);
-        else if (ratio < 0.25) s.window = Math.max(this.min, s.window >> 1);
+        if (ratio >= this.grow) s.window = Math.min(this.max, s.window * 2);
+        else if (ratio < this.shrink) s.window = Math.max(this.min, s.window >> 1);
       }
     }
     const w = s.window;
@@ -122,7 +137,7 @@ class AdaptivePolicy implements PrefetchPolicy {
   }
   onHit(vpn: bigint | undefined): void {
     if (vpn === undefined) return;
-    const s = this.streams.get(vpn >> 9n);
+    const s = this.streams.get(vpn >> this.shift);
     if (s) s.used++;
   }
 }
@@ -167,10 +182,15 @@ export function createPolicy(name: PolicyName | string, options: PolicyOptions =
       return new FixedPolicy(n, back, ahead);
     case 'adaptive': {
       const min = options.minWindow ?? 2;
-      const max = options.maxWindow ?? 256;
+      const max = options.maxWindow ?? 1024;
       aint(min, 'minWindow', 1, 32767);
       aint(max, 'maxWindow', min, 32767);
-      return new AdaptivePolicy(Math.min(max, Math.max(min, ahead)), min, max);
+      const grow = options.growAt ?? 0.25;
+      const shrink = options.shrinkAt ?? 0.1;
+      if (!(grow > 0 && grow <= 1) || !(shrink >= 0 && shrink <= grow)) throw new VmkitError('ARG_RANGE', `adaptive needs 0 <= shrinkAt <= growAt <= 1, got ${shrink} and ${grow}`);
+      const shift = options.streamShift ?? 18;
+      aint(shift, 'streamShift', 0, 52);
+      return new AdaptivePolicy(Math.min(max, Math.max(min, ahead)), min, max, grow, shrink, shift);
     }
     case 'replay':
     case 'replay+virtual': {
