@@ -159,6 +159,43 @@ describe('handoff (in-process transport)', () => {
     await b.release();
   });
 
+  it('a qcow2 write stalled between its storage writes is fenced before it finishes', async () => {
+    const { provider, store, opts } = await setup();
+    await createImage('q.qcow2', { provider, format: 'qcow2', size: 1 << 20 });
+    // Gate the image file: after the first storage write of the allocating write has
+    // landed, a stalls (as a long pause between two awaits would) until we say so.
+    let gate: (() => void) | undefined;
+    let writes = 0;
+    const gated = Object.assign(Object.create(provider) as MemoryProvider, {
+      open: async (name: string, o: { readOnly: boolean }) => {
+        const st = await provider.open(name, o);
+        return Object.assign(Object.create(st) as typeof st, {
+          write: async (off: number, data: Uint8Array) => {
+            await st.write(off, data);
+            if (writes++ === 0) await new Promise<void>((r) => (gate = r));
+          },
+        });
+      },
+    });
+    const a = await openOwned('q.qcow2', opts('a', { serve: false, leaseMs: 150, image: { provider: gated, format: 'qcow2' } }));
+    const w = a.device.write(0, new Uint8Array(65536).fill(0x77)).catch((e: unknown) => e);
+    while (!gate) await new Promise((r) => setTimeout(r, 1));
+    // Meanwhile b takes the disk (its clock says a's lease is long dead) and writes the same cluster.
+    const b = await openOwned('q.qcow2', opts('b', { now: () => Date.now() + 3_600_000, image: { provider, format: 'qcow2' } }));
+    await b.device.write(0, new Uint8Array(65536).fill(0x42));
+    await b.device.flush();
+    await new Promise((r) => setTimeout(r, 200)); // a's renewal timer looks at the store and finds epoch 2
+    gate!();
+    const err = await w;
+    expect(err).toBeInstanceOf(VmkitError);
+    expect((err as VmkitError).code).toBe('FENCED');
+    expect(a.fenced).toBe(true);
+    // a's later storage writes (the rest of its allocation) never happened: b's data is what reads back.
+    expect((await b.device.read(0, 65536)).every((x) => x === 0x42)).toBe(true);
+    await b.release();
+    expect(writes).toBe(1);
+  });
+
   it('a holder that cannot reach the store stops writing when its lease runs out', async () => {
     const { store, opts } = await setup();
     let down = false;
