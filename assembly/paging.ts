@@ -37,6 +37,10 @@ const MAX_SPACES: i32 = 64;
 export const PAGING_X86_64: i32 = 0;
 export const PAGING_X86_64_LA57: i32 = 1;
 export const PAGING_AARCH64: i32 = 2;
+/** AArch64 with the 16 KiB granule. */
+export const PAGING_AARCH64_16K: i32 = 3;
+/** AArch64 with the 64 KiB granule. */
+export const PAGING_AARCH64_64K: i32 = 4;
 
 /** Fault reasons (result slot R_REASON). */
 export const PAGING_NOT_PRESENT: i32 = 1;
@@ -113,6 +117,8 @@ class Space {
   t0: i32 = 16;
   t1: i32 = 16;
   nxe: bool = true;
+  /** AArch64 granule: log2 of the page and table size (12, 14, 16). */
+  gshift: i32 = 12;
   memSize: u64 = 0;
   // frame cache
   cap: u32 = 0;
@@ -152,6 +158,9 @@ const stIdx = new StaticArray<u32>(6);
 const stEnt = new StaticArray<u32>(6);
 const stAcc = new StaticArray<u32>(6);
 const stSlot = new StaticArray<i32>(6);
+const stFrame = new StaticArray<u64>(6); // the 4 KiB frame of the table mapped at stPtr
+const stCovLo = new StaticArray<u64>(6); // VA span the table serves (frame-cache coverage)
+const stCovHi = new StaticArray<u64>(6);
 
 @inline function res(slot: i32, v: u64): void {
   // unsafe: slot < PAGING_RESULT_SLOTS, `result` holds that many u64.
@@ -352,11 +361,19 @@ function needFrame(s: Space, frame: u64, lo: u64, hi: u64): i32 {
 @inline function a64Ia(s: Space, upper: bool): i32 {
   return 64 - (upper ? s.t1 : s.t0);
 }
-@inline function a64Levels(ia: i32): i32 {
-  return (ia - 12 + 8) / 9;
+/** Index bits per level: a table is one granule of 8-byte descriptors. */
+@inline function a64Stride(g: i32): i32 {
+  return g - 3;
 }
-@inline function a64Entries(ia: i32): u32 {
-  return <u32>1 << <u32>(ia - 12 - 9 * (a64Levels(ia) - 1));
+@inline function a64Levels(ia: i32, g: i32): i32 {
+  return (ia - g + a64Stride(g) - 1) / a64Stride(g);
+}
+@inline function a64Entries(ia: i32, g: i32): u32 {
+  return <u32>1 << <u32>(ia - g - a64Stride(g) * (a64Levels(ia, g) - 1));
+}
+/** Blocks: 1 GiB (level 1) and 2 MiB (level 2) with 4 KiB; level 2 only with 16/64 KiB (32 MiB, 512 MiB) without FEAT_LPA/LPA2. */
+@inline function a64BlockLevel(level: i32, g: i32): bool {
+  return level == 2 || (level == 1 && g == 12);
 }
 @inline function a64RootAddr(root: u64, entries: u32): u64 {
   return root & 0x0000_ffff_ffff_fffe & ~(<u64>entries * 8 - 1);
@@ -438,9 +455,12 @@ function x86Walk(s: Space, va: u64): i32 {
 function a64Walk(s: Space, va: u64): i32 {
   const upper = ((va >> 55) & 1) != 0;
   const ia = a64Ia(s, upper);
-  const levels = a64Levels(ia);
+  const g = s.gshift;
+  const stride = <u64>a64Stride(g);
+  const levels = a64Levels(ia, g);
   const start = 4 - levels;
-  const entries = a64Entries(ia);
+  const entries = a64Entries(ia, g);
+  const granule: u64 = <u64>1 << <u64>g;
   const top = va >> <u64>ia;
   if (top != (upper ? (FREE_KEY >> <u64>ia) : 0)) return fault(PAGING_NON_CANONICAL, start, 0, false);
   if (upper && !s.hasRoot1) return fault(PAGING_BAD_ROOT, start, 0, false);
@@ -452,25 +472,28 @@ function a64Walk(s: Space, va: u64): i32 {
   s.walks++;
   s.npins = 0;
   for (let level = start; level <= 3; level++) {
-    const frame = table & ~(<u64>0xfff);
+    const shift: u64 = <u64>g + stride * <u64>(3 - level);
+    const mask: u64 = level == start ? <u64>entries - 1 : (<u64>1 << stride) - 1;
+    // A 16/64 KiB table spans several 4 KiB frames: fetch the one holding the entry.
+    const ea = table + (((va >> shift) & mask) << 3);
+    const frame = ea & ~(<u64>0xfff);
     const slot = cacheFind(s, frame);
     if (slot < 0) return needFrame(s, frame, lo, hi);
     touch(s, slot, lo, hi);
     if (s.npins < MAX_PINS) unchecked((s.pins[s.npins++] = slot));
-    const shift: u64 = 12 + 9 * <u64>(3 - level);
-    const mask: u64 = level == start ? <u64>entries - 1 : 511;
-    // unsafe: a root table of `entries` entries is aligned to its size, so it stays inside its frame.
-    const d = load<u64>(slotPtr(s, slot) + <usize>(table & 0xfff) + (<usize>((va >> shift) & mask) << 3));
+    // unsafe: ea & 0xfff is an 8-byte-aligned offset inside the 4 KiB frame.
+    const d = load<u64>(slotPtr(s, slot) + <usize>(ea & 0xfff));
     if ((d & 1) == 0) return fault(PAGING_NOT_PRESENT, level, d, true);
     const isTable = (d & 2) != 0 && level < 3;
-    const isLeaf = (level == 3 && (d & 2) != 0) || ((d & 2) == 0 && (level == 1 || level == 2));
+    const isLeaf = (level == 3 && (d & 2) != 0) || ((d & 2) == 0 && a64BlockLevel(level, g));
     if (!isTable && !isLeaf) return fault(PAGING_NOT_PRESENT, level, d, true);
     if (isLeaf) {
-      return success(s, va, d, level, shift, A64_ADDR & ~((<u64>1 << shift) - 1), a64Flags(d, acc), level == 3 ? slot : -1, acc, 3, true);
+      // The region cache's table entries assume 4 KiB tables: other granules cache large pages only.
+      return success(s, va, d, level, shift, A64_ADDR & ~((<u64>1 << shift) - 1), a64Flags(d, acc), level == 3 && g == 12 ? slot : -1, acc, 3, true);
     }
     acc = a64Acc(acc, d);
-    table = d & A64_ADDR;
-    if (table + 4096 > s.memSize) return fault(PAGING_OUTSIDE_MEMORY, level + 1, 0, false);
+    table = d & A64_ADDR & ~(granule - 1);
+    if (table + granule > s.memSize) return fault(PAGING_OUTSIDE_MEMORY, level + 1, 0, false);
     lo = va & ~((<u64>1 << shift) - 1);
     hi = lo | ((<u64>1 << shift) - 1);
   }
@@ -492,8 +515,11 @@ function a64Walk(s: Space, va: u64): i32 {
  * time). Returns a handle, E_ARG or E_LIMIT (64 spaces live).
  */
 export function pagingCreate(mode: i32, root0: u64, root1: u64, hasRoot1: i32, t0sz: i32, t1sz: i32, nxe: i32, memSize: u64, cacheFrames: u32): i32 {
-  if (mode < 0 || mode > 2) return E_ARG;
-  if (mode == PAGING_AARCH64 && (t0sz < 16 || t0sz > 39 || t1sz < 16 || t1sz > 39)) return E_ARG;
+  if (mode < 0 || mode > 4) return E_ARG;
+  const g: i32 = mode == PAGING_AARCH64_16K ? 14 : mode == PAGING_AARCH64_64K ? 16 : 12;
+  // Smallest regions without FEAT_TTST: 2^25 (4 KiB), 2^16 (16 KiB), 2^17 (64 KiB).
+  const maxTsz: i32 = g == 12 ? 39 : g == 14 ? 48 : 47;
+  if (mode >= PAGING_AARCH64 && (t0sz < 16 || t0sz > maxTsz || t1sz < 16 || t1sz > maxTsz)) return E_ARG;
   if (cacheFrames < 16 || cacheFrames > (1 << 20)) return E_ARG;
   let h = -1;
   for (let i = 0; i < MAX_SPACES; i++) {
@@ -504,12 +530,13 @@ export function pagingCreate(mode: i32, root0: u64, root1: u64, hasRoot1: i32, t
   }
   if (h < 0) return E_LIMIT;
   const s = new Space();
-  s.mode = mode;
+  s.mode = mode >= PAGING_AARCH64 ? PAGING_AARCH64 : mode;
+  s.gshift = g;
   s.root0 = root0;
   s.root1 = root1;
   s.hasRoot1 = hasRoot1 != 0;
-  s.t0 = mode == PAGING_AARCH64 ? t0sz : 16;
-  s.t1 = mode == PAGING_AARCH64 ? t1sz : 16;
+  s.t0 = mode >= PAGING_AARCH64 ? t0sz : 16;
+  s.t1 = mode >= PAGING_AARCH64 ? t1sz : 16;
   s.nxe = nxe != 0;
   s.memSize = memSize;
   const cap = (cacheFrames + CHUNK_FRAMES - 1) / CHUNK_FRAMES * CHUNK_FRAMES;
@@ -662,57 +689,82 @@ let mwCursor: u64 = 0;
 
 /**
  * Walks one region's tables from `rootAddr` in VA order, writing leaves with
- * VA in [mwCursor, last] to `out`. Returns 0 (region finished), 1 (stopped:
- * R_STATE says why) or 2 (passed `last`: the whole walk is done).
+ * VA in [mwCursor, last] to `out`. `g`: log2 of the table/page granule, `stride`:
+ * index bits per level. Returns 0 (region finished), 1 (stopped: R_STATE says
+ * why) or 2 (passed `last`: the whole walk is done).
  */
-function walkRegion(s: Space, rootAddr: u64, nLevels: i32, entries0: u32, a64: bool, high: u64, startIdx: u32, last: u64, out: usize, cap: u32, budget: u32): i32 {
-  const rootFrame = rootAddr & ~(<u64>0xfff);
-  const rootSlot = cacheFind(s, rootFrame);
+function walkRegion(s: Space, rootAddr: u64, nLevels: i32, entries0: u32, a64: bool, g: i32, high: u64, startIdx: u32, last: u64, out: usize, cap: u32, budget: u32): i32 {
   s.npins = 0;
-  if (rootSlot < 0) {
-    res(R_STATE, 2);
-    needFrame(s, rootFrame, 0, FREE_KEY);
-    return 1;
-  }
-  touch(s, rootSlot, 0, FREE_KEY);
   const nxe = s.nxe;
-  const addrMask = a64 ? A64_ADDR : X86_ADDR;
+  const stride: u64 = a64 ? <u64>a64Stride(g) : 9;
+  const granule: u64 = <u64>1 << <u64>g;
+  const tableMask = (a64 ? A64_ADDR : X86_ADDR) & ~(granule - 1);
+  const leafMask = a64 ? A64_ADDR : X86_ADDR;
   const signShift: u64 = nLevels == 5 ? 7 : 16;
   const memSize = s.memSize;
   let d = 0;
-  unchecked((stPtr[0] = slotPtr(s, rootSlot) + <usize>(rootAddr & 0xfff)));
+  unchecked((stFrame[0] = FREE_KEY));
   unchecked((stAddr[0] = rootAddr));
   unchecked((stBase[0] = 0));
   unchecked((stIdx[0] = startIdx));
   unchecked((stEnt[0] = entries0));
   unchecked((stAcc[0] = 0));
-  unchecked((stSlot[0] = rootSlot));
+  unchecked((stCovLo[0] = 0));
+  unchecked((stCovHi[0] = FREE_KEY));
   let work: u32 = 0;
   while (true) {
     let i = unchecked(stIdx[d]);
     const ent = unchecked(stEnt[d]);
-    // Most entries of a real guest's tables are not present: skip them four at a time
-    // (they emit nothing, so passing `last` while skipping is harmless; they count as work).
-    const ptr = unchecked(stPtr[d]);
-    const i0 = i;
-    while (i + 4 <= ent) {
-      // unsafe: i + 4 <= entries, inside the table.
-      const p = ptr + (<usize>i << 3);
-      if (((load<u64>(p) | load<u64>(p, 8) | load<u64>(p, 16) | load<u64>(p, 24)) & 1) != 0) break;
-      i += 4;
-    }
-    while (i < ent && (load<u8>(ptr + (<usize>i << 3)) & 1) == 0) i++;
-    if (i != i0) {
-      work += (i - i0) >> 2;
-      unchecked((stIdx[d] = i));
-    }
     if (i >= ent) {
       if (d == 0) return 0;
       d--;
       unchecked((stIdx[d] = stIdx[d] + 1));
       continue;
     }
-    const shift: u64 = 12 + 9 * <u64>(nLevels - 1 - d);
+    const shift: u64 = <u64>g + stride * <u64>(nLevels - 1 - d);
+    // The 4 KiB frame holding entry i (a 16/64 KiB table spans several).
+    const ea = unchecked(stAddr[d]) + (<u64>i << 3);
+    const frame = ea & ~(<u64>0xfff);
+    if (frame != unchecked(stFrame[d])) {
+      const slot = cacheFind(s, frame);
+      if (slot < 0) {
+        const raw0 = unchecked(stBase[d]) | (<u64>i << shift);
+        const va0 = a64 ? high | raw0 : <u64>((<i64>(raw0 << signShift)) >> <i64>signShift);
+        if (va0 > last) {
+          res(R_STATE, 0);
+          return 2;
+        }
+        for (let j = 0; j < d; j++) unchecked((s.pins[j] = stSlot[j]));
+        s.npins = d;
+        res(R_STATE, 2);
+        needFrame(s, frame, unchecked(stCovLo[d]), unchecked(stCovHi[d]));
+        stopAt(va0);
+        return 1;
+      }
+      touch(s, slot, unchecked(stCovLo[d]), unchecked(stCovHi[d]));
+      unchecked((stFrame[d] = frame));
+      unchecked((stPtr[d] = slotPtr(s, slot)));
+      unchecked((stSlot[d] = slot));
+    }
+    // Entry j of this frame is at base + j * 8 (wrapping arithmetic).
+    const base = unchecked(stPtr[d]) + <usize>(ea & 0xfff) - (<usize>i << 3);
+    const room = <u32>((4096 - (ea & 0xfff)) >> 3);
+    const lim = ent - i < room ? ent : i + room;
+    // Most entries of a real guest's tables are not present: skip them four at a time
+    // (they emit nothing, so passing `last` while skipping is harmless; they count as work).
+    const i0 = i;
+    while (i + 4 <= lim) {
+      // unsafe: i + 4 <= lim, inside this frame.
+      const p = base + (<usize>i << 3);
+      if (((load<u64>(p) | load<u64>(p, 8) | load<u64>(p, 16) | load<u64>(p, 24)) & 1) != 0) break;
+      i += 4;
+    }
+    while (i < lim && (load<u8>(base + (<usize>i << 3)) & 1) == 0) i++;
+    if (i != i0) {
+      work += (i - i0) >> 2;
+      unchecked((stIdx[d] = i));
+      if (i == lim) continue;
+    }
     const raw = unchecked(stBase[d]) | (<u64>i << shift);
     const va = a64 ? high | raw : <u64>((<i64>(raw << signShift)) >> <i64>signShift);
     const spanM1: u64 = (<u64>1 << shift) - 1;
@@ -729,20 +781,16 @@ function walkRegion(s: Space, rootAddr: u64, nLevels: i32, entries0: u32, a64: b
       stopAt(va);
       return 1;
     }
-    // unsafe: i < entries of this table, which lies inside its cached frame.
-    const e = load<u64>(unchecked(stPtr[d]) + (<usize>i << 3));
+    // unsafe: i < lim, inside this frame.
+    const e = load<u64>(base + (<usize>i << 3));
     let leaf = false;
     let acc = unchecked(stAcc[d]);
     let level: i32;
     if (a64) {
       level = 4 - nLevels + d;
-      if ((e & 1) == 0) {
-        unchecked((stIdx[d] = i + 1));
-        continue;
-      }
       if (level < 3 && (e & 2) != 0) {
         acc = a64Acc(acc, e);
-      } else if ((level == 3 && (e & 2) != 0) || ((e & 2) == 0 && (level == 1 || level == 2))) {
+      } else if ((level == 3 && (e & 2) != 0) || ((e & 2) == 0 && a64BlockLevel(level, g))) {
         leaf = true;
       } else {
         unchecked((stIdx[d] = i + 1));
@@ -750,7 +798,7 @@ function walkRegion(s: Space, rootAddr: u64, nLevels: i32, entries0: u32, a64: b
       }
     } else {
       level = nLevels - d;
-      if ((e & 1) == 0 || x86Reserved(e, level, nxe)) {
+      if (x86Reserved(e, level, nxe)) {
         unchecked((stIdx[d] = i + 1));
         continue;
       }
@@ -767,40 +815,32 @@ function walkRegion(s: Space, rootAddr: u64, nLevels: i32, entries0: u32, a64: b
       const rec = out + (<usize>mwN << 5);
       // unsafe: mwN < cap and the host's buffer holds cap records.
       store<u64>(rec, va);
-      store<u64>(rec, e & addrMask & ~spanM1, 8);
+      store<u64>(rec, e & leafMask & ~spanM1, 8);
       store<u64>(rec, e, 16);
       store<u64>(rec, <u64>flags | (<u64>level << 32) | (shift << 40), 24);
       mwN++;
       unchecked((stIdx[d] = i + 1));
       continue;
     }
-    const next = e & addrMask;
-    let skip = next + 4096 > memSize;
+    const next = e & tableMask;
+    let skip = next + granule > memSize;
     // A table already on the path from the root (a loop) is not entered again.
     for (let j = 0; j <= d && !skip; j++) if (unchecked(stAddr[j]) == next) skip = true;
     if (skip) {
       unchecked((stIdx[d] = i + 1));
       continue;
     }
-    const slot = cacheFind(s, next);
-    if (slot < 0) {
-      for (let j = 0; j <= d; j++) unchecked((s.pins[j] = stSlot[j]));
-      s.npins = d + 1;
-      res(R_STATE, 2);
-      needFrame(s, next, va, va + spanM1);
-      stopAt(va);
-      return 1;
-    }
-    touch(s, slot, va, va + spanM1);
     const cur = mwCursor;
+    unchecked((stIdx[d] = i));
     d++;
-    unchecked((stPtr[d] = slotPtr(s, slot)));
+    unchecked((stFrame[d] = FREE_KEY));
     unchecked((stAddr[d] = next));
     unchecked((stBase[d] = raw));
-    unchecked((stIdx[d] = cur > va ? <u32>((cur - va) >> (shift - 9)) : 0));
-    unchecked((stEnt[d] = 512));
+    unchecked((stIdx[d] = cur > va ? <u32>((cur - va) >> (shift - stride)) : 0));
+    unchecked((stEnt[d] = <u32>1 << <u32>stride));
     unchecked((stAcc[d] = acc));
-    unchecked((stSlot[d] = slot));
+    unchecked((stCovLo[d] = va));
+    unchecked((stCovHi[d] = va + spanM1));
   }
   return 0;
 }
@@ -832,15 +872,16 @@ export function pagingMappings(h: i32, from: u64, last: u64, out: usize, cap: u3
       const half: u64 = <u64>1 << (shift0 + 8);
       const c = from;
       const startIdx: u32 = c < half ? <u32>(c >> shift0) : c < 0 - half ? 256 : 256 + <u32>((c - (0 - half)) >> shift0);
-      walkRegion(s, root, L, 512, false, 0, startIdx, last, out, cap, budget);
+      walkRegion(s, root, L, 512, false, 12, 0, startIdx, last, out, cap, budget);
     }
   } else {
+    const g = s.gshift;
     for (let half = 0; half < 2; half++) {
       const upper = half == 1;
       const ia = a64Ia(s, upper);
-      const nLevels = a64Levels(ia);
-      const entries = a64Entries(ia);
-      const shift0: u64 = 12 + 9 * <u64>(nLevels - 1);
+      const nLevels = a64Levels(ia, g);
+      const entries = a64Entries(ia, g);
+      const shift0: u64 = <u64>g + <u64>a64Stride(g) * <u64>(nLevels - 1);
       const high: u64 = upper ? ~((<u64>1 << <u64>ia) - 1) : 0;
       const regionLast: u64 = upper ? FREE_KEY : (<u64>1 << <u64>ia) - 1;
       if (mwCursor <= regionLast) {
@@ -849,7 +890,7 @@ export function pagingMappings(h: i32, from: u64, last: u64, out: usize, cap: u3
         if (root + <u64>entries * 8 <= s.memSize) {
           const c = mwCursor;
           const startIdx: u32 = c < high ? 0 : <u32>((c - high) >> shift0);
-          const r = walkRegion(s, root, nLevels, entries, true, high, startIdx, last, out, cap, budget);
+          const r = walkRegion(s, root, nLevels, entries, true, g, high, startIdx, last, out, cap, budget);
           if (r != 0) break;
         }
       }

@@ -89,7 +89,8 @@ describe('paging fuzz: random bytes as page tables', () => {
           expect([...out]).toEqual(want.map((t) => (t.ok ? t.gpa : UNMAPPED_GPA)));
           expect(take(s.mappings(), 500)).toEqual(take(referenceMappings(mem, opts), 500));
           const [a, b] = [vas[0]!, vas[vas.length - 1]!];
-          const [from, to] = a < b ? [a, b] : [b, a];
+          // A non-empty range: the reference reports a large page around `from` even for [x, x).
+          const [from, to] = a < b ? [a, b] : [b, a + 1n];
           expect(take(s.mappings(from, to), 200)).toEqual(take(referenceMappings(mem, opts, from, to), 200));
           s.invalidateRange(from, to);
           s.setRoot(opts.root ^ 0x1000n);

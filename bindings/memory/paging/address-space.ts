@@ -218,19 +218,27 @@ export class AddressSpace {
     const mode = aoneOf(options.mode, 'mode', PAGING_MODES);
     const root = au64(options.root, 'root');
     const root1 = options.root1 === undefined ? undefined : au64(options.root1, 'root1');
+    const granule = options.granule ?? 4096;
+    if (granule !== 4096 && granule !== 16384 && granule !== 65536) {
+      throw new VmkitError('ARG_RANGE', `granule must be 4096, 16384 or 65536, got ${describe(granule)}`);
+    }
+    if (granule !== 4096 && mode !== 'aarch64') throw new VmkitError('ARG_RANGE', `granule ${granule} needs mode aarch64, got ${mode}`);
+    // Smallest regions without FEAT_TTST: 2^25 (4 KiB granule), 2^16 (16 KiB), 2^17 (64 KiB).
+    const maxTsz = granule === 4096 ? 39 : granule === 16384 ? 48 : 47;
     const t0sz = options.t0sz ?? 16;
     const t1sz = options.t1sz ?? 16;
-    aint(t0sz, 't0sz', 16, 39);
-    aint(t1sz, 't1sz', 16, 39);
+    aint(t0sz, 't0sz', 16, maxTsz);
+    aint(t1sz, 't1sz', 16, maxTsz);
     const nxe = options.nxe ?? true;
     if (typeof nxe !== 'boolean') throw new VmkitError('ARG_TYPE', `nxe must be a boolean, got ${describe(nxe)}`);
     const cacheFrames = options.cacheFrames ?? 4096;
     aint(cacheFrames, 'cacheFrames', 16, 1 << 20);
-    const opts: AddressSpaceOptions = { mode, root, nxe, t0sz, t1sz, ...(root1 === undefined ? {} : { root1 }) };
+    const opts: AddressSpaceOptions = { mode, root, nxe, t0sz, t1sz, ...(root1 === undefined ? {} : { root1 }), ...(granule === 4096 ? {} : { granule }) };
+    const modeCode = mode === 'aarch64' ? (granule === 16384 ? 3 : granule === 65536 ? 4 : 2) : MODE_CODE[mode];
     return withCore((c) => {
       const e = _ex(c);
       const h = check(
-        e.pagingCreate(MODE_CODE[mode], root, root1 ?? 0n, root1 === undefined ? 0 : 1, t0sz, t1sz, nxe ? 1 : 0, memory.size, cacheFrames),
+        e.pagingCreate(modeCode, root, root1 ?? 0n, root1 === undefined ? 0 : 1, t0sz, t1sz, nxe ? 1 : 0, memory.size, cacheFrames),
         'address space create',
       );
       let io = 0;

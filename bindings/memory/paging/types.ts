@@ -140,6 +140,12 @@ export interface AddressSpaceOptions {
   t0sz?: number;
   /** AArch64: T1SZ (default 16). */
   t1sz?: number;
+  /**
+   * AArch64: the translation granule in bytes (default 4096). With 16 KiB and
+   * 64 KiB granules, T0SZ/T1SZ may go up to 48/47 and blocks exist at level 2
+   * only (32 MiB / 512 MiB). Only the core's walker supports other granules.
+   */
+  granule?: 4096 | 16384 | 65536;
   /** x86-64: EFER.NXE (default true): when false, the XD bit is reserved. */
   nxe?: boolean;
 }
