@@ -3,7 +3,7 @@
 // the signed chain is followed and every break in it is refused.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync, readdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -22,7 +22,7 @@ import {
   type Keyring,
 } from '../bindings/attest/index.js';
 import fc from 'fast-check';
-import { decompressChunks } from '../bindings/attest/sources/_io.js';
+import { decompress, decompressChunks, _useSystemXz } from '../bindings/attest/sources/_io.js';
 import { VmkitError } from '../bindings/errors.js';
 
 const tools = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd'];
@@ -275,6 +275,28 @@ describe.runIf(ready)('repository sources over real repositories', () => {
         expect(Buffer.concat(parts).equals(input)).toBe(true);
         const e = await (async () => { for await (const _ of decompressChunks(packed, kind, 1000, tool)) void _; })().catch((x: unknown) => x);
         expect((e as VmkitError).code).toBe('LIMIT');
+      }
+    });
+
+    it('large xz goes through the system xz, with the same bytes, limits and errors as the wasm decoder', async () => {
+      // Random bytes do not compress: the .xz stays above the 256 KiB where the process pays off.
+      const input = Buffer.concat([randomBytes(400_000), Buffer.from('x'.repeat(100_000))]);
+      const packed = execFileSync('xz', ['-c', '-6'], { input });
+      expect(packed.length).toBeGreaterThan(256 << 10);
+      const bad = Buffer.concat([packed.subarray(0, 1000), Buffer.from([packed[1000]! ^ 0xff]), packed.subarray(1001)]);
+      try {
+        for (const system of [true, false]) {
+          _useSystemXz(system);
+          expect(Buffer.from(await decompress(packed, 'xz', 1 << 24, 'x')).equals(input), `system ${system}`).toBe(true);
+          const parts: Uint8Array[] = [];
+          for await (const c of decompressChunks(packed, 'xz', 1 << 24, 'x')) parts.push(c);
+          expect(Buffer.concat(parts).equals(input)).toBe(true);
+          await refused(decompress(packed, 'xz', 100_000, 'x'), 'LIMIT');
+          await refused(decompress(bad, 'xz', 1 << 24, 'x'), 'CORRUPT');
+          await refused(decompress(packed.subarray(0, packed.length - 100), 'xz', 1 << 24, 'x'), 'CORRUPT');
+        }
+      } finally {
+        _useSystemXz(true);
       }
     });
 
