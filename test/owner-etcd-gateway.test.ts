@@ -132,6 +132,7 @@ describe('owner store: etcd client (no server)', () => {
     expect(await code(s.read(''))).toBe('ARG_TYPE');
     expect(await code(s.compareAndSwap('a', '0', rec('a', 1)))).toBe('ARG_RANGE');
     expect(await code(s.compareAndSwap('a', '-1', rec('a', 1)))).toBe('ARG_RANGE');
+    expect(await code(s.compareAndSwap('a', '9223372036854775808', rec('a', 1)))).toBe('ARG_RANGE');
     expect(await code(s.compareAndSwap('a', null, rec('b', 1)))).toBe('ARG_RANGE');
     await s.close();
     expect(await code(s.read('a'))).toBe('INVALID_STATE');

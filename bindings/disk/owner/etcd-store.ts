@@ -48,6 +48,7 @@ export interface EtcdStoreOptions {
 /** Largest gateway response read (a range of one key with a ≤ 16 KiB value is far smaller, even in base64). */
 const _MAX_RESPONSE_BYTES = 256 * 1024;
 const _DECIMAL = /^(0|[1-9][0-9]{0,18})$/;
+const _INT64_MAX = 0x7fff_ffff_ffff_ffffn;
 
 /**
  * An {@link OwnerStore} on etcd v3. Safe across processes and hosts: etcd's
@@ -166,7 +167,7 @@ export class EtcdOwnerStore implements OwnerStore {
    */
   async compareAndSwap(disk: string, expected: string | null, next: OwnerRecord): Promise<string | null> {
     const key = this._key(disk);
-    if (expected !== null && (typeof expected !== 'string' || !_DECIMAL.test(expected) || expected === '0')) {
+    if (expected !== null && (typeof expected !== 'string' || !_DECIMAL.test(expected) || expected === '0' || BigInt(expected) > _INT64_MAX)) {
       throw new VmkitError('ARG_RANGE', `expected must be an etcd revision (a decimal string) or null, got ${JSON.stringify(expected)?.slice(0, 64)}`);
     }
     let value: Uint8Array;
@@ -293,7 +294,7 @@ function _header(res: Record<string, unknown>, disk: string): string {
 
 function _decimal(v: unknown, name: string, disk: string): string {
   // int64 fields are decimal strings in the gateway's JSON; anything past 2^63 or not decimal is not etcd.
-  if (typeof v !== 'string' || !_DECIMAL.test(v) || BigInt(v) > 0x7fff_ffff_ffff_ffffn) throw _bad(disk, `${name} is not a decimal revision: ${JSON.stringify(v)?.slice(0, 64)}`);
+  if (typeof v !== 'string' || !_DECIMAL.test(v) || BigInt(v) > _INT64_MAX) throw _bad(disk, `${name} is not a decimal revision: ${JSON.stringify(v)?.slice(0, 64)}`);
   return v;
 }
 
