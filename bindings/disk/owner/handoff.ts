@@ -303,6 +303,10 @@ class _Holder implements WriteGuard, OwnedDisk {
       throw new VmkitError('FENCED', `cannot confirm the lease on ${this.disk} and it ran out: ${(e as Error)?.message ?? e}`, { cause: e, path: this.disk });
     }
     const r = snap.record;
+    // Our own release just wrote `free`: not a takeover (giveUp finishes the holder).
+    if (r && r.state === 'free' && this.state === 'releasing' && r.epoch === this.epoch && sameHolder(r.owner, this.identity)) {
+      throw this.fencedError('write', 'the disk was released');
+    }
     if (!r || r.epoch !== this.epoch || !sameHolder(r.owner, this.identity) || r.state === 'free') {
       this.stop({ reason: 'fenced' }, 'fenced');
       throw this.fencedError('write', r ? `the record is at epoch ${r.epoch} (${r.state}${r.owner ? ` by ${r.owner.id}` : ''})` : 'the owner record is gone');
