@@ -203,7 +203,13 @@ export const httpTransport: ReleaseTransport = {
       server.listen(port, host, () => resolve());
     });
     const addr = server.address() as import('node:net').AddressInfo;
-    const h = addr.family === 'IPv6' || addr.family === (6 as unknown as string) ? `[${addr.address}]` : addr.address;
+    let h = addr.family === 'IPv6' || addr.family === (6 as unknown as string) ? `[${addr.address}]` : addr.address;
+    // Bound to every interface: advertise this host's name, which other hosts can resolve
+    // (0.0.0.0 in the record would send them to themselves).
+    if (addr.address === '0.0.0.0' || addr.address === '::') {
+      const osName = 'node:os';
+      h = ((await import(/* @vite-ignore */ osName)) as typeof import('node:os')).hostname();
+    }
     return {
       endpoint: `http://${h}:${addr.port}/release`,
       close: () =>
