@@ -70,6 +70,11 @@ export async function writeImageParallel(writer: CheckpointWriter, path: string,
       failed ??= e instanceof VmkitError ? e : new VmkitError('IO', `checkpoint save worker: ${(e as Error).message}`, { cause: e });
       wake?.();
     });
+    wk.on('exit', (code) => {
+      // A worker that dies before the save is over (terminate() at the end also exits, harmlessly).
+      if (code !== 0 && next < windows) failed ??= new VmkitError('IO', `checkpoint save worker exited with code ${code}`);
+      wake?.();
+    });
     pool.push(wk);
   }
   const own = ownLane(path, h.pageSize, CODECS[h.codec], W, { openSync, readSync, closeSync });
