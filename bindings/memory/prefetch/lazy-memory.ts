@@ -201,16 +201,20 @@ export class LazyGuestMemory implements GuestMemorySource {
   }
 
   private async load(runs: Uint32Array): Promise<void> {
+    const one = async (k: number): Promise<void> => {
+      const first = runs[2 * k]!;
+      const count = runs[2 * k + 1]!;
+      const buf = new Uint8Array(count * 4096);
+      await this.source.readPagesInto(first, count, buf);
+      this.place(first, count, buf);
+    };
     try {
-      await Promise.all(
-        Array.from({ length: runs.length / 2 }, async (_, k) => {
-          const first = runs[2 * k]!;
-          const count = runs[2 * k + 1]!;
-          const buf = new Uint8Array(count * 4096);
-          await this.source.readPagesInto(first, count, buf);
-          this.place(first, count, buf);
-        }),
-      );
+      const n = runs.length / 2;
+      // A source that stores pages in blocks (a checkpoint) reads one run at a
+      // time, so that runs sharing a block find it in the source's cache;
+      // others get every run's read in flight at once.
+      if (this.source.blockOf) for (let k = 0; k < n; k++) await one(k);
+      else await Promise.all(Array.from({ length: n }, (_, k) => one(k)));
     } catch (e) {
       this.unload(runs);
       throw e;
