@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { AddressSpace, PF, UNMAPPED, UNMAPPED_GPA, VmkitError, gpa, gva, referenceMappings, referenceTranslate } from '../bindings/memory/index.js';
-import type { AddressSpaceOptions, Mapping, Translator } from '../bindings/memory/index.js';
+import type { AddressSpaceOptions, GuestMemorySource, Mapping, Translator } from '../bindings/memory/index.js';
 import { _setMappingChunk } from '../bindings/memory/paging/address-space.js';
 import { A, BufMemory, FrameAlloc, X, a64Index, canonical, x86Index } from './_paging-tree.js';
 
@@ -479,6 +479,25 @@ describe('caches and the frame-request protocol', () => {
     expect(s.gvasOf(gpa(0x7777_0000n))).toEqual([]);
     expect(s.gvasOf(gpa(0x7778_0123n))).toEqual([0x123n]);
     s.dispose();
+  });
+
+  it('invalidateAll reaches every space; a failing source is an IO error and the space stays usable', () => {
+    const { mem, t } = wide();
+    const a = space(mem, { mode: 'x86-64', root: t.root });
+    const b = space(mem, { mode: 'x86-64', root: t.root });
+    expect(a.gvasOf(gpa(0x1000_0000n))).toEqual([0n]);
+    b.translate(gva(0n));
+    mem.set(t.table(0n, 1), 0x7777_0000n | X.P);
+    expect(AddressSpace.invalidateAll()).toBeGreaterThanOrEqual(2);
+    expect(a.gvasOf(gpa(0x7777_0000n))).toEqual([0n]);
+    expect(b.translate(gva(0n))).toMatchObject({ ok: true, gpa: 0x7777_0000n });
+    let fail = true;
+    const flaky: GuestMemorySource = { size: mem.size, readSync: (at, dst) => (fail ? (() => { throw new Error('disk gone'); })() : mem.readSync(at, dst)) };
+    const c = AddressSpace.create({ memory: flaky, mode: 'x86-64', root: t.root });
+    expect(() => c.translate(gva(0n))).toThrow(expect.objectContaining({ code: 'IO' }));
+    fail = false;
+    expect(c.translate(gva(0n))).toMatchObject({ ok: true, gpa: 0x7777_0000n });
+    for (const s of [a, b, c]) s.dispose();
   });
 
   it('setRoot switches address spaces', () => {

@@ -68,10 +68,14 @@ interface _PagingExports {
   pagingTranslateBatch(h: number, src: number, dst: number, from: number, n: number): number;
   pagingMappings(h: number, from: bigint, last: bigint, out: number, cap: number, budget: number): number;
   pagingInvalidate(h: number): number;
+  pagingInvalidateAll(): number;
   pagingInvalidateRange(h: number, from: bigint, last: bigint): number;
   pagingSetRoot(h: number, root0: bigint, root1: bigint, hasRoot1: number): number;
   pagingStats(h: number, dst: number): number;
 }
+
+/** Bumped by {@link AddressSpace.invalidateAll}: reverse maps built before it are stale. */
+let _epoch = 0;
 
 function _ex(c: Core): _PagingExports {
   return c.exports as unknown as _PagingExports;
@@ -192,6 +196,7 @@ export class AddressSpace {
   #closed = false;
   #tmp = new Uint8Array(4096);
   #reverse: _Reverse | undefined;
+  #reverseEpoch = 0;
   #opts: AddressSpaceOptions;
 
   private constructor(memory: GuestMemorySource, opts: AddressSpaceOptions, h: number, gen: number, io: number, out: number) {
@@ -442,6 +447,8 @@ export class AddressSpace {
   gvasOf(gpa: bigint): Gva[] {
     const pa = au64(gpa, 'gpa');
     this.#live();
+    if (this.#reverseEpoch !== _epoch) this.#reverse = undefined;
+    this.#reverseEpoch = _epoch;
     const rev = (this.#reverse ??= this.#buildReverse());
     const out: bigint[] = [];
     for (const [size, idx] of rev.bySize) {
@@ -488,6 +495,20 @@ export class AddressSpace {
     const c = this.#live();
     this.#reverse = undefined;
     withCore(() => check(_ex(c).pagingInvalidate(this.#h), 'invalidate'));
+  }
+
+  /**
+   * Forgets the cached frames and translations of every live address space
+   * (their reverse maps are rebuilt on next use). Returns how many spaces there were.
+   * @example
+   * ```ts
+   * AddressSpace.invalidateAll(); // the guest ran: every table may have changed
+   * ```
+   */
+  static invalidateAll(): number {
+    const n = withCore((c) => check(_ex(c).pagingInvalidateAll(), 'invalidate all'));
+    _epoch++;
+    return n;
   }
 
   /**
