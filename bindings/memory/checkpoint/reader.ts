@@ -80,6 +80,8 @@ export interface CheckpointReadStats {
 }
 
 const RUN_PAGES = 64;
+/** Zero runs at least this long are left as holes by a restore to a file, not written. */
+const HOLE_PAGES = 16;
 
 /** The reader's buffers in core memory: which block (and which byte span of it) `block` holds. */
 interface CoreBufs {
@@ -543,11 +545,24 @@ export class CheckpointReader implements PageSource {
         for (let p = 0; p < this.pageCount; p += win) {
           const n = Math.min(win, this.pageCount - p);
           if (!this.allZero(p, n)) {
+            // Pages [seg, q) are decoded and not yet written; a long zero run
+            // ends a segment and stays a hole (the file was extended with zeros).
+            let seg = p;
+            const flush = (end: number): void => {
+              const from = cw + (seg - p) * ps;
+              const len = (end - seg) * ps;
+              let done = 0;
+              while (done < len) done += fs.writeSync(fd, c.u8().subarray(from + done, from + len), 0, len - done, seg * ps + done);
+            };
             for (let q = p; q < p + n; ) {
               const run = this.nextRun(q, p + n);
               const at = cw + (q - p) * ps;
-              if (run.kind === PAGE_ZERO) c.u8().fill(0, at, at + run.n * ps);
-              else if (run.kind === PAGE_ABSENT) {
+              if (run.kind === PAGE_ZERO) {
+                if (run.n >= HOLE_PAGES) {
+                  flush(q);
+                  seg = q + run.n;
+                } else c.u8().fill(0, at, at + run.n * ps);
+              } else if (run.kind === PAGE_ABSENT) {
                 if (!this.parent) throw new VmkitError('NOT_FOUND', `page ${q} is in the parent checkpoint, which is not open`);
                 tmp ??= new Uint8Array(win * ps);
                 const part = tmp.subarray(0, run.n * ps);
@@ -560,9 +575,7 @@ export class CheckpointReader implements PageSource {
               }
               q += run.n;
             }
-            const len = n * ps;
-            let done = 0;
-            while (done < len) done += fs.writeSync(fd, c.u8().subarray(cw + done, cw + len), 0, len - done, p * ps + done);
+            flush(p + n);
           }
           onProgress?.((p + n) * ps);
         }
