@@ -1,7 +1,7 @@
 // The file store (sidecar directory of immutable revisions swapped in with link(2)) and the
 // HTTP release endpoint: CAS races, pruning, hostile files, status codes, a file-backed handoff.
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readlink, rm, utimes, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -141,15 +141,20 @@ describe('HTTP release endpoint and a file-backed handoff', () => {
     expect(await readOwner(disk)).toMatchObject({ epoch: b.epoch, state: 'free' });
     // An owner that is gone (its endpoint refuses connections) with a dead lease is taken over.
     // A fenced holder lets go of the image file without flushing (no file handle leaks).
-    const fds = async () => (await readdir('/proc/self/fd')).length;
+    // Open file descriptions of the image in this process (Linux /proc).
+    const fds = async () => {
+      let n = 0;
+      for (const fd of await readdir('/proc/self/fd')) if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === disk) n++;
+      return n;
+    };
     const base = await fds();
+    expect(base).toBe(0);
     const c = await openOwned(disk, { as: 'c', serve: false });
     const d = await openOwned(disk, { as: 'd', serve: false, now: () => Date.now() + 3_600_000 });
     expect(await code(c.device.flush())).toBe('FENCED');
     await c.close(); // nothing left to do
     await d.release();
-    await new Promise((r) => setTimeout(r, 20));
-    expect(await fds()).toBe(base);
+    expect(await fds()).toBe(0);
     const unreachable = await httpTransport.request(b.endpoint!, { disk, epoch: b.epoch, requester: { id: 'q', host: 'h', pid: 1 } }, 500).catch((e: VmkitError) => e.code);
     expect(unreachable).toBe('NETWORK');
   });
