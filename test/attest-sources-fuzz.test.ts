@@ -1,5 +1,5 @@
 // Fuzzing the repository parsers: Packages, Release, deb822, repomd.xml,
-// primary.xml, ar, tar, .deb, SRI integrity, APT lines and the decompressors.
+// primary.xml, filelists-ext.xml, ar, tar, .deb, SRI integrity, APT lines and the decompressors.
 // Malformed input must end in a VmkitError (or a clean result), never another
 // exception, a hang or unbounded memory. Seeds are valid documents of each
 // format, mutated by flips, cuts and insertions, plus arbitrary input.
@@ -11,6 +11,7 @@ import {
   parseDeb822,
   parseRepomd,
   primaryParser,
+  filelistsExtParser,
   readAr,
   readTar,
   debFileDigests,
@@ -156,6 +157,33 @@ describe('repository parser fuzzing', () => {
         });
       }),
       { numRuns: 400 },
+    );
+  });
+
+  it('filelists-ext.xml', () => {
+    const FLX =
+      '<?xml version="1.0" encoding="UTF-8"?>\n<filelists-ext xmlns="http://linux.duke.edu/metadata/filelists-ext" packages="1">\n' +
+      `<package pkgid="${SHA}" name="bash" arch="x86_64">\n  <version epoch="0" ver="5.2" rel="1"/>\n  <checksum type="sha256"/>\n` +
+      `  <file type="dir">/etc/skel</file>\n  <file hash="${'d'.repeat(64)}">/usr/bin/bash</file>\n</package>\n</filelists-ext>\n`;
+    const seen: string[] = [];
+    const fp = filelistsExtParser((f) => seen.push(`${f.alg} ${f.path} ${f.hex.length}`));
+    fp.write(FLX);
+    expect(fp.close()).toBe(1);
+    expect(seen).toEqual(['sha256 /usr/bin/bash 64']);
+    fc.assert(
+      fc.property(textOf(FLX), fc.nat(), (x, split) => {
+        only(() => {
+          const q = filelistsExtParser((f) => {
+            expect(typeof f.path).toBe('string');
+            expect(f.hex).toMatch(/^[0-9a-f]+$/);
+          });
+          const at = x.length ? split % x.length : 0;
+          q.write(x.slice(0, at));
+          q.write(x.slice(at));
+          q.close();
+        });
+      }),
+      { numRuns: 300 },
     );
   });
 
