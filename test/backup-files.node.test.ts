@@ -254,9 +254,10 @@ await new Promise((r) => setTimeout(r, 1e6));
       const rec = await recoverConsolidation(ops, join(d, 'delta.qcow2'));
       actions.push(rec.action);
       if (rec.action === 'none') {
-        // The job had finished; the kill hit a guest write on the new active layer, which can leak
-        // a cluster as it can in QEMU: the same repair any crashed writer's image gets.
-        for (const f of ['base.qcow2', 'target.qcow2']) if (existsSync(join(d, f))) await ops.repairLeaks(join(d, f));
+        // The job had finished (or, on a loaded machine, not yet recorded itself); the kill hit a
+        // guest write on the active layer, which can leak a cluster as it can in QEMU: the same
+        // repair any crashed writer's image gets.
+        for (const f of ['base.qcow2', 'target.qcow2', 'delta.qcow2']) if (existsSync(join(d, f))) await ops.repairLeaks(join(d, f));
       }
       for (const f of ['base.qcow2', 'delta.qcow2', 'target.qcow2']) if (existsSync(join(d, f))) qemuCheck(join(d, f));
       // The recovered chain opens, and reads the last acknowledged pattern at every written offset.

@@ -21,6 +21,7 @@ import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type B
 import type { WriteGuard } from '../../_guard.js';
 import { deflateRaw, inflateRaw } from '../../_inflate.js';
 import { zeroGranules } from '../../_sectors.js';
+import { _backingStatus, _checkWritable, _closeLayer, _Queue, _readBacking, _readFresh, _readRuns, _statusRun } from '../_device.js';
 import type { ImageDevice, ImageInfo } from '../types.js';
 import { encodeQcow2Header, type Qcow2Header } from './header.js';
 import { decodeL2, encodeL2, entryOffset, HI_COPIED, Refcounts, type L2Entry } from './metadata.js';
@@ -83,7 +84,7 @@ export class Qcow2Device implements ImageDevice {
   private fileSize: number;
   private readonly guard: WriteGuard | undefined;
   private lastCompressed: { host: number; data: Uint8Array } | undefined;
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly queue = new _Queue();
   /** Next free byte for compressed data (inside the last compressed host cluster), 0 = none. */
   private compEnd = 0;
   private closed = false;
@@ -187,7 +188,7 @@ export class Qcow2Device implements ImageDevice {
    */
   private async writeback(): Promise<void> {
     const r = this.refs;
-    if (!r) return;
+    if (!r || (r.dirtyBlocks === 0 && this.l2dirty.size === 0 && !this.l1dirty && r.pendingFrees === 0)) return;
     await r.writeDirty();
     for (const [off, [lo, hi]] of [...this.l2dirty].sort((a, b) => a[0] - b[0])) {
       const t = this.l2cache.get(off)!;
@@ -211,7 +212,7 @@ export class Qcow2Device implements ImageDevice {
 
   /** Runs a request that changes the image, in order with the others, and writes back after it. */
   private mutate<T>(op: 'write' | 'discard', fn: (r: Refcounts) => Promise<T>): Promise<T> {
-    return this.serial(async () => {
+    return this.queue.run(async () => {
       const r = await this.writable(op);
       let out: T;
       try {
@@ -238,7 +239,7 @@ export class Qcow2Device implements ImageDevice {
    */
   async setCacheMode(mode: CacheMode): Promise<void> {
     if (mode !== 'writethrough' && mode !== 'writeback') throw new VmkitError('ARG_RANGE', `setCacheMode: unknown mode ${String(mode)}`);
-    await this.serial(async () => {
+    await this.queue.run(async () => {
       if (mode === 'writethrough' && !this.readOnly && !this.closed) await this.writeback();
       this.mode = mode;
     });
@@ -296,69 +297,24 @@ export class Qcow2Device implements ImageDevice {
     return { kind: k, host: k === 'normal' ? e.host + inC : 0, len, entry: e };
   }
 
-  async read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
-    const b = new Uint8Array(length);
-    await this.readInto(offset, b);
-    return b;
+  read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
+    return _readFresh(this, offset, length);
   }
 
   async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
     checkRange(this, offset, dst.length, 'read');
-    let pos = offset;
-    const end = offset + dst.length;
-    // Contiguous normal pieces are read with one storage call; the calls (and backing reads) of
-    // one request run concurrently, a bounded number at a time.
-    let runHost = -1;
-    let runDst = 0;
-    let runLen = 0;
-    const pending: Promise<void>[] = [];
-    const issue = async (p: Promise<void>): Promise<void> => {
-      pending.push(p);
-      if (pending.length >= 32) await Promise.all(pending.splice(0));
-    };
-    const flushRun = async (): Promise<void> => {
-      if (runLen > 0) await issue(this.storage.readInto(runHost, dst.subarray(runDst, runDst + runLen)));
-      runLen = 0;
-    };
-    try {
-      while (pos < end) {
-        const p = await this.piece(pos);
-        const n = Math.min(p.len, end - pos);
-        const d = pos - offset;
-        if (p.kind === 'normal') {
-          if (runLen > 0 && runHost + runLen === p.host && runDst + runLen === d) runLen += n;
-          else {
-            await flushRun();
-            runHost = p.host;
-            runDst = d;
-            runLen = n;
-          }
-        } else {
-          await flushRun();
-          if (p.kind === 'zero') dst.fill(0, d, d + n);
-          else if (p.kind === 'compressed') {
-            const c = await this.compressed(p.entry, pos);
-            const inC = pos % this.cs;
-            dst.set(c.subarray(inC, inC + n), d);
-          } else await issue(this.readBacking(pos, dst.subarray(d, d + n)));
-        }
-        pos += n;
-      }
-      await flushRun();
-    } finally {
-      // Never leave a read running into `dst` after returning (or throwing).
-      const r = await Promise.allSettled(pending);
-      for (const x of r) if (x.status === 'rejected') throw x.reason;
-    }
+    await _readRuns(this.storage, offset, dst, (pos) => this.piece(pos), (p) => p.kind === 'normal', (p, pos, d) => {
+      if (p.kind === 'compressed') return this.readCompressed(p.entry, pos, d);
+      if (p.kind !== 'zero') return _readBacking(this.backing, pos, d);
+      d.fill(0);
+      return undefined;
+    });
   }
 
-  private async readBacking(pos: number, dst: Uint8Array): Promise<void> {
-    const b = this.backing;
-    if (!b || pos >= b.size) return dst.fill(0) as unknown as void;
-    const n = Math.min(dst.length, b.size - pos);
-    // A backing file whose size is not sector aligned cannot be read past its end.
-    await b.readInto(pos, dst.subarray(0, n));
-    if (n < dst.length) dst.fill(0, n);
+  private async readCompressed(e: L2Entry, pos: number, d: Uint8Array): Promise<void> {
+    const c = await this.compressed(e, pos);
+    const inC = pos % this.cs;
+    d.set(c.subarray(inC, inC + d.length));
   }
 
   private async compressed(e: L2Entry, pos: number): Promise<Uint8Array> {
@@ -377,25 +333,13 @@ export class Qcow2Device implements ImageDevice {
   }
 
   async blockStatus(offset: ByteOffset, length: ByteLength): Promise<BlockExtent> {
-    checkRange(this, offset, length, 'blockStatus');
-    if (length === 0) throw new VmkitError('ARG_RANGE', 'blockStatus: length must be > 0', { offset });
-    const first = await this.piece(offset);
-    let len = Math.min(first.len, length);
     // Extend over following clusters of the same kind (contiguous host for data).
-    while (len < length) {
-      const p = await this.piece(offset + len);
-      if (p.kind !== first.kind || first.kind === 'compressed') break;
-      if (p.kind === 'normal' && p.host !== first.host + len) break;
-      if (p.kind === 'zero' && (p.host !== 0) !== (first.host !== 0)) break;
-      len += Math.min(p.len, length - len);
-    }
-    if (first.kind === 'unallocated') {
-      const b = this.backing;
-      if (!b) return { offset, length: len, kind: 'unallocated', depth: 0 };
-      if (offset >= b.size) return { offset, length: len, kind: 'unallocated', depth: 0 };
-      const be = await b.blockStatus(offset, Math.min(len, Math.floor((b.size - offset) / 512) * 512 || 512));
-      return { ...be, depth: be.depth + 1 };
-    }
+    const { first, len } = await _statusRun(this, offset, length, (o) => this.piece(o), (a, p, n) => {
+      if (p.kind !== a.kind || a.kind === 'compressed') return false;
+      if (p.kind === 'normal' && p.host !== a.host + n) return false;
+      return !(p.kind === 'zero' && (p.host !== 0) !== (a.host !== 0));
+    });
+    if (first.kind === 'unallocated') return _backingStatus(this.backing, offset, len);
     if (first.kind === 'zero') return { offset, length: len, kind: 'zero', depth: 0 };
     if (first.kind === 'compressed') return { offset, length: len, kind: 'data', depth: 0, compressed: true };
     return { offset, length: len, kind: 'data', depth: 0, hostOffset: first.host };
@@ -403,15 +347,8 @@ export class Qcow2Device implements ImageDevice {
 
   // ---- writes ----
 
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.queue.then(fn, fn);
-    this.queue = p.catch(() => {});
-    return p;
-  }
-
   private async writable(op: 'write' | 'flush' | 'discard'): Promise<Refcounts> {
-    if (this.closed) throw new VmkitError('INVALID_STATE', `${op}: ${this.storage.name} is closed`, { path: this.storage.name });
-    if (this.readOnly) throw new VmkitError('INVALID_STATE', `${op}: ${this.storage.name} is open read-only`, { path: this.storage.name });
+    _checkWritable(this.storage.name, this.closed, this.readOnly, op);
     await this.guard?.check(op);
     if (!this.refs) {
       const h = this.header;
@@ -761,7 +698,7 @@ export class Qcow2Device implements ImageDevice {
 
   async flush(): Promise<void> {
     if (this.readOnly || this.closed) return;
-    await this.serial(async () => {
+    await this.queue.run(async () => {
       await this.guard?.check('flush');
       await this.writeback();
     });
@@ -804,13 +741,7 @@ export class Qcow2Device implements ImageDevice {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    try {
-      await this.flush();
-    } finally {
-      this.closed = true;
-      await this.storage.close();
-      await this.backing?.close();
-    }
+    await _closeLayer(() => this.flush(), () => (this.closed = true), this.storage, this.backing);
   }
 
   /** Rewrites the header (e.g. after changing the backing file). @internal */

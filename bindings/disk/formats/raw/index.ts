@@ -9,6 +9,7 @@ import { VmkitError } from '../../../errors.js';
 import type { Storage } from '../../backends/storage.js';
 import { checkRange, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
 import type { WriteGuard } from '../../_guard.js';
+import { _readFresh } from '../_device.js';
 import type { FormatCreateOptions, FormatOpenOptions, ImageDevice, ImageFormatModule, ImageInfo } from '../types.js';
 
 /**
@@ -36,10 +37,8 @@ export class RawDevice implements ImageDevice {
     this.readOnly = readOnly;
     this.guard = guard;
   }
-  async read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
-    const b = new Uint8Array(length);
-    await this.readInto(offset, b);
-    return b;
+  read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
+    return _readFresh(this, offset, length);
   }
   async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
     checkRange(this, offset, dst.length, 'read');

@@ -12,6 +12,7 @@ import { readAt, type Storage } from '../../backends/storage.js';
 import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
 import type { WriteGuard } from '../../_guard.js';
 import { isAllZero } from '../../_sectors.js';
+import { _backingStatus, _checkWritable, _closeLayer, _Queue, _readBacking, _readFresh, _readRuns, _statusRun } from '../_device.js';
 import type { ImageDevice, ImageInfo } from '../types.js';
 import { randomCid, withCid, type VmdkDescriptor } from './descriptor.js';
 import { FLAG_RGD, FLAG_ZERO_GRAIN, geometry, type VmdkGeometry, type VmdkHeader } from './header.js';
@@ -69,7 +70,7 @@ export class VmdkDevice implements ImageDevice {
   private readonly metaEnd: number;
   private fileSize: number;
   private readonly guard: WriteGuard | undefined;
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly queue = new _Queue();
   private cidBumped = false;
   private closed = false;
 
@@ -162,99 +163,30 @@ export class VmdkDevice implements ImageDevice {
     return { kind: 'data', host: host + (pos - grain * gb), len };
   }
 
-  async read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
-    const b = new Uint8Array(length);
-    await this.readInto(offset, b);
-    return b;
+  read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
+    return _readFresh(this, offset, length);
   }
 
   async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
     checkRange(this, offset, dst.length, 'read');
-    const end = offset + dst.length;
-    let pos = offset;
-    let runHost = -1;
-    let runDst = 0;
-    let runLen = 0;
-    const pending: Promise<void>[] = [];
-    const issue = async (p: Promise<void>): Promise<void> => {
-      pending.push(p);
-      if (pending.length >= 32) await Promise.all(pending.splice(0));
-    };
-    const flushRun = async (): Promise<void> => {
-      if (runLen > 0) await issue(this.storage.readInto(runHost, dst.subarray(runDst, runDst + runLen)));
-      runLen = 0;
-    };
-    try {
-      while (pos < end) {
-        const p = await this.piece(pos);
-        const n = Math.min(p.len, end - pos);
-        const d = pos - offset;
-        if (p.kind === 'data') {
-          if (runLen > 0 && runHost + runLen === p.host && runDst + runLen === d) runLen += n;
-          else {
-            await flushRun();
-            runHost = p.host;
-            runDst = d;
-            runLen = n;
-          }
-        } else {
-          await flushRun();
-          if (p.kind === 'zero') dst.fill(0, d, d + n);
-          else await issue(this.readBacking(pos, dst.subarray(d, d + n)));
-        }
-        pos += n;
-      }
-      await flushRun();
-    } finally {
-      // Never leave a read running into `dst` after returning (or throwing).
-      const r = await Promise.allSettled(pending);
-      for (const x of r) if (x.status === 'rejected') throw x.reason;
-    }
-  }
-
-  private async readBacking(pos: number, dst: Uint8Array): Promise<void> {
-    const b = this.backing;
-    if (!b || pos >= b.size) {
-      dst.fill(0);
-      return;
-    }
-    const n = Math.min(dst.length, b.size - pos);
-    await b.readInto(pos, dst.subarray(0, n));
-    if (n < dst.length) dst.fill(0, n);
+    await _readRuns(this.storage, offset, dst, (pos) => this.piece(pos), (p) => p.kind === 'data', (p, pos, d) => {
+      if (p.kind !== 'zero') return _readBacking(this.backing, pos, d);
+      d.fill(0);
+      return undefined;
+    });
   }
 
   async blockStatus(offset: ByteOffset, length: ByteLength): Promise<BlockExtent> {
-    checkRange(this, offset, length, 'blockStatus');
-    if (length === 0) throw new VmkitError('ARG_RANGE', 'blockStatus: length must be > 0', { offset });
-    const first = await this.piece(offset);
-    let len = Math.min(first.len, length);
-    while (len < length) {
-      const p = await this.piece(offset + len);
-      if (p.kind !== first.kind) break;
-      if (p.kind === 'data' && p.host !== first.host + len) break;
-      len += Math.min(p.len, length - len);
-    }
-    if (first.kind === 'unallocated') {
-      const b = this.backing;
-      if (!b || offset >= b.size) return { offset, length: len, kind: 'unallocated', depth: 0 };
-      const be = await b.blockStatus(offset, Math.min(len, Math.floor((b.size - offset) / 512) * 512 || 512));
-      return { ...be, depth: be.depth + 1 };
-    }
+    const { first, len } = await _statusRun(this, offset, length, (o) => this.piece(o), (a, p, n) => p.kind === a.kind && (p.kind !== 'data' || p.host === a.host + n));
+    if (first.kind === 'unallocated') return _backingStatus(this.backing, offset, len);
     if (first.kind === 'zero') return { offset, length: len, kind: 'zero', depth: 0 };
     return { offset, length: len, kind: 'data', depth: 0, hostOffset: first.host };
   }
 
   // ---- writes ----
 
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.queue.then(fn, fn);
-    this.queue = p.catch(() => {});
-    return p;
-  }
-
   private async writable(op: 'write' | 'flush' | 'discard'): Promise<void> {
-    if (this.closed) throw new VmkitError('INVALID_STATE', `${op}: ${this.storage.name} is closed`, { path: this.storage.name });
-    if (this.readOnly) throw new VmkitError('INVALID_STATE', `${op}: ${this.storage.name} is open read-only`, { path: this.storage.name });
+    _checkWritable(this.storage.name, this.closed, this.readOnly, op);
     await this.guard?.check(op);
     if (!this.cidBumped) {
       await this.bumpCid();
@@ -329,7 +261,7 @@ export class VmdkDevice implements ImageDevice {
 
   async write(offset: ByteOffset, data: Uint8Array): Promise<void> {
     checkRange(this, offset, data.length, 'write');
-    return this.serial(async () => {
+    return this.queue.run(async () => {
       await this.writable('write');
       await this.each(offset, data.length, (pos, len, inData) => this.writeInGrain(pos, data.subarray(inData, inData + len), false));
     });
@@ -337,7 +269,7 @@ export class VmdkDevice implements ImageDevice {
 
   async writeZeroes(offset: ByteOffset, length: ByteLength): Promise<void> {
     checkRange(this, offset, length, 'writeZeroes');
-    return this.serial(async () => {
+    return this.queue.run(async () => {
       await this.writable('write');
       await this.each(offset, length, (pos, len) => this.writeInGrain(pos, new Uint8Array(len), true));
     });
@@ -349,7 +281,7 @@ export class VmdkDevice implements ImageDevice {
    */
   async discard(offset: ByteOffset, length: ByteLength): Promise<void> {
     checkRange(this, offset, length, 'discard');
-    return this.serial(async () => {
+    return this.queue.run(async () => {
       await this.writable('discard');
       await this.each(offset, length, (pos, len) => this.writeInGrain(pos, new Uint8Array(len), true));
     });
@@ -390,7 +322,7 @@ export class VmdkDevice implements ImageDevice {
     }
     // Allocate a whole grain: what the range reads as now, with the new bytes on top.
     const buf = new Uint8Array(gb);
-    if (p.kind === 'unallocated') await this.readBacking(gStart, buf.subarray(0, grainLen));
+    if (p.kind === 'unallocated') await _readBacking(this.backing, gStart, buf.subarray(0, grainLen));
     if (!zeroes) buf.set(data, inG);
     else buf.fill(0, inG, inG + data.length);
     const host = await this.append(buf);
@@ -399,7 +331,7 @@ export class VmdkDevice implements ImageDevice {
 
   async flush(): Promise<void> {
     if (this.readOnly || this.closed) return;
-    await this.serial(async () => {
+    await this.queue.run(async () => {
       await this.guard?.check('flush');
       await this.storage.flush();
     });
@@ -441,12 +373,6 @@ export class VmdkDevice implements ImageDevice {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    try {
-      await this.flush();
-    } finally {
-      this.closed = true;
-      await this.storage.close();
-      await this.backing?.close();
-    }
+    await _closeLayer(() => this.flush(), () => (this.closed = true), this.storage, this.backing);
   }
 }

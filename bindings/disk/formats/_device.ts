@@ -1,0 +1,224 @@
+/**
+ * Device plumbing the image formats share (qcow2, VMDK, raw): `read` on top
+ * of `readInto`, reading through a map of pieces with contiguous host runs
+ * coalesced, the backing-layer fallback for reads and block status, the
+ * queue that runs a device's changing requests one at a time, and the check
+ * that a device may take them.
+ * @module
+ */
+import { VmkitError } from '../../errors.js';
+import type { Storage } from '../backends/storage.js';
+import { checkRange, type BlockDevice, type BlockExtent } from '../device.js';
+
+/** What a format's lookup found at a guest offset: a run of `len` bytes of one kind. @internal */
+export interface _Piece {
+  kind: string;
+  /** Host offset of the first byte (for pieces read from the file). */
+  host: number;
+  len: number;
+}
+
+/**
+ * `read` on top of `readInto`: a fresh buffer of `length` bytes.
+ *
+ * @example
+ * ```ts
+ * read(o: number, n: number) { return _readFresh(this, o, n); }
+ * ```
+ * @internal
+ */
+export async function _readFresh(dev: { readInto(offset: number, dst: Uint8Array): Promise<void> }, offset: number, length: number): Promise<Uint8Array> {
+  const b = new Uint8Array(length);
+  await dev.readInto(offset, b);
+  return b;
+}
+
+/**
+ * Fills `dst` with the guest bytes from `offset`. `piece(pos)` maps a guest
+ * offset to a run; runs that `isData` says live in this file are read from
+ * `storage`, one call per stretch of contiguous host bytes; any other run goes
+ * to `other`, which fills it itself (zeroes, inflated data) or returns a
+ * promise (a backing read). Storage calls and those promises run concurrently,
+ * at most 32 at a time, and none is left running into `dst` on return or throw.
+ *
+ * @example
+ * ```ts
+ * await _readRuns(this.storage, offset, dst, (pos) => this.piece(pos), (p) => p.kind === 'data', (p, pos, d) => {
+ *   if (p.kind !== 'zero') return _readBacking(this.backing, pos, d);
+ *   d.fill(0);
+ * });
+ * ```
+ * @internal
+ */
+export async function _readRuns<P extends _Piece>(
+  storage: Storage,
+  offset: number,
+  dst: Uint8Array,
+  piece: (pos: number) => Promise<P>,
+  isData: (p: P) => boolean,
+  other: (p: P, pos: number, d: Uint8Array) => Promise<void> | void,
+): Promise<void> {
+  let pos = offset;
+  const end = offset + dst.length;
+  let runHost = -1;
+  let runDst = 0;
+  let runLen = 0;
+  const pending: Promise<void>[] = [];
+  const issue = async (p: Promise<void>): Promise<void> => {
+    pending.push(p);
+    if (pending.length >= 32) await Promise.all(pending.splice(0));
+  };
+  const flushRun = async (): Promise<void> => {
+    if (runLen > 0) await issue(storage.readInto(runHost, dst.subarray(runDst, runDst + runLen)));
+    runLen = 0;
+  };
+  try {
+    while (pos < end) {
+      const p = await piece(pos);
+      const n = Math.min(p.len, end - pos);
+      const d = pos - offset;
+      if (isData(p)) {
+        if (runLen > 0 && runHost + runLen === p.host && runDst + runLen === d) runLen += n;
+        else {
+          await flushRun();
+          runHost = p.host;
+          runDst = d;
+          runLen = n;
+        }
+      } else {
+        await flushRun();
+        const r = other(p, pos, dst.subarray(d, d + n));
+        if (r) await issue(r);
+      }
+      pos += n;
+    }
+    await flushRun();
+  } finally {
+    const r = await Promise.allSettled(pending);
+    for (const x of r) if (x.status === 'rejected') throw x.reason;
+  }
+}
+
+/**
+ * Reads what the backing layer holds at `pos` into `dst`; zeroes where there
+ * is no backing layer or it ends (a backing file whose size is not sector
+ * aligned cannot be read past its end).
+ *
+ * @example
+ * ```ts
+ * await _readBacking(this.backing, pos, dst);
+ * ```
+ * @internal
+ */
+export async function _readBacking(backing: BlockDevice | undefined, pos: number, dst: Uint8Array): Promise<void> {
+  if (!backing || pos >= backing.size) {
+    dst.fill(0);
+    return;
+  }
+  const n = Math.min(dst.length, backing.size - pos);
+  await backing.readInto(pos, dst.subarray(0, n));
+  if (n < dst.length) dst.fill(0, n);
+}
+
+/**
+ * Block status of a range this layer leaves unallocated: what the backing
+ * layer says, one level deeper (or unallocated at depth 0 without one).
+ *
+ * @example
+ * ```ts
+ * if (first.kind === 'unallocated') return _backingStatus(this.backing, offset, len);
+ * ```
+ * @internal
+ */
+export async function _backingStatus(backing: BlockDevice | undefined, offset: number, len: number): Promise<BlockExtent> {
+  if (!backing || offset >= backing.size) return { offset, length: len, kind: 'unallocated', depth: 0 };
+  const be = await backing.blockStatus(offset, Math.min(len, Math.floor((backing.size - offset) / 512) * 512 || 512));
+  return { ...be, depth: be.depth + 1 };
+}
+
+/**
+ * Runs requests one at a time, in the order they came (a failed one does not
+ * stop the next).
+ *
+ * @example
+ * ```ts
+ * private readonly queue = new _Queue();
+ * write(o, d) { return this.queue.run(() => this.doWrite(o, d)); }
+ * ```
+ * @internal
+ */
+export class _Queue {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  /** Runs `fn` after every request queued before it has settled. */
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.tail.then(fn, fn);
+    this.tail = p.catch(() => {});
+    return p;
+  }
+}
+
+/**
+ * Throws INVALID_STATE when a device may not take a changing request: it is
+ * closed, or open read-only.
+ *
+ * @example
+ * ```ts
+ * _checkWritable(this.storage.name, this.closed, this.readOnly, 'write');
+ * ```
+ * @internal
+ */
+export function _checkWritable(name: string, closed: boolean, readOnly: boolean, op: string): void {
+  if (closed) throw new VmkitError('INVALID_STATE', `${op}: ${name} is closed`, { path: name });
+  if (readOnly) throw new VmkitError('INVALID_STATE', `${op}: ${name} is open read-only`, { path: name });
+}
+
+/**
+ * The start of a block-status answer: the piece at `offset` and how far the
+ * run of pieces that `joins` it reaches (at most `length` bytes), after
+ * checking the range.
+ *
+ * @example
+ * ```ts
+ * const { first, len } = await _statusRun(this, offset, length, (o) => this.piece(o), (a, b, n) => b.kind === a.kind);
+ * ```
+ * @internal
+ */
+export async function _statusRun<P extends _Piece>(
+  dev: { size: number; alignment: number },
+  offset: number,
+  length: number,
+  piece: (pos: number) => Promise<P>,
+  joins: (first: P, next: P, len: number) => boolean,
+): Promise<{ first: P; len: number }> {
+  checkRange(dev, offset, length, 'blockStatus');
+  if (length === 0) throw new VmkitError('ARG_RANGE', 'blockStatus: length must be > 0', { offset });
+  const first = await piece(offset);
+  let len = Math.min(first.len, length);
+  while (len < length) {
+    const p = await piece(offset + len);
+    if (!joins(first, p, len)) break;
+    len += Math.min(p.len, length - len);
+  }
+  return { first, len };
+}
+
+/**
+ * Closes a layer: `flush`, then (even when the flush fails) `markClosed`, its
+ * store and the backing layers below it.
+ *
+ * @example
+ * ```ts
+ * if (!this.closed) await _closeLayer(() => this.flush(), () => (this.closed = true), this.storage, this.backing);
+ * ```
+ * @internal
+ */
+export async function _closeLayer(flush: () => Promise<void>, markClosed: () => void, storage: Storage, backing: BlockDevice | undefined): Promise<void> {
+  try {
+    await flush();
+  } finally {
+    markClosed();
+    await storage.close();
+    await backing?.close();
+  }
+}
