@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { AddressSpace, PF, UNMAPPED, UNMAPPED_GPA, VmkitError, gpa, gva, referenceMappings, referenceTranslate } from '../bindings/memory/index.js';
 import type { AddressSpaceOptions, GuestMemorySource, Mapping, Translator } from '../bindings/memory/index.js';
-import { _setMappingChunk } from '../bindings/memory/paging/address-space.js';
+import { _setMappingChunk, _setReverseLimit } from '../bindings/memory/paging/address-space.js';
 import { A, BufMemory, FrameAlloc, X, a64Index, canonical, x86Index } from './_paging-tree.js';
 
 const KiB4 = 4096n;
@@ -550,6 +550,13 @@ describe('mapping walks over hostile tables', () => {
       if (++n === 5000) break;
     }
     expect(prev).toBe(BigInt(4999 % 512) * KiB4 + BigInt(Math.floor(4999 / 512)) * MiB2);
+    // The reverse map refuses to index billions of pages (bound lowered for the test).
+    _setReverseLimit(10_000);
+    try {
+      expect(() => s.gvasOf(0n)).toThrow(expect.objectContaining({ code: 'LIMIT' }));
+    } finally {
+      _setReverseLimit();
+    }
     // Start deep inside the upper half.
     const from = canonical((300n << 39n) | (5n << 30n) | (7n << 21n) | (9n << 12n), 48);
     const first = s.mappings(gva(from))[Symbol.iterator]().next().value as Mapping;

@@ -31,6 +31,20 @@ const MAP_RECORDS = 2048;
 let mapRecords = MAP_RECORDS;
 let mapBudget = 1 << 16;
 
+/** Most mappings the reverse map of {@link AddressSpace.gvasOf} indexes (8 M: 32 GiB of 4 KiB pages). */
+const REVERSE_LIMIT = 1 << 23;
+let reverseLimit = REVERSE_LIMIT;
+
+/**
+ * Test hook: the reverse map's bound (small values exercise the LIMIT error). Internal.
+ * @example
+ * _setReverseLimit(1000);
+ */
+export function _setReverseLimit(n: number = REVERSE_LIMIT): void {
+  aint(n, 'n', 1, REVERSE_LIMIT);
+  reverseLimit = n;
+}
+
 /**
  * Test hook: records and entries per core call of a mapping walk (small values
  * exercise the walk's resumption). Internal.
@@ -438,7 +452,8 @@ export class AddressSpace {
   /**
    * Guest-virtual addresses that map `gpa` (every alias: direct map, vmalloc,
    * user mappings), ascending. Built by one full mapping walk on first use
-   * and kept until the next invalidation.
+   * and kept until the next invalidation. Throws LIMIT when the tables map
+   * more than 8 M pages (hostile shared subtrees): use {@link mappings} then.
    * @example
    * ```ts
    * const aliases = space.gvasOf(gpa(0x1234_5000n));
@@ -469,7 +484,12 @@ export class AddressSpace {
 
   #buildReverse(): _Reverse {
     const groups = new Map<number, { starts: number[]; gvas: bigint[] }>();
+    let n = 0;
     for (const m of this.#walk(0n, 1n << 64n)) {
+      // Hostile tables (shared subtrees) can map billions of pages: bound the index.
+      if (++n > reverseLimit) {
+        throw new VmkitError('LIMIT', `gvasOf: more than ${reverseLimit} mappings; use mappings() and filter instead`);
+      }
       let g = groups.get(m.pageSize);
       if (!g) groups.set(m.pageSize, (g = { starts: [], gvas: [] }));
       g.starts.push(Number(m.gpa));
