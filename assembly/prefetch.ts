@@ -389,34 +389,32 @@ export function prefetchCoalesce(pages: usize, n: u32, out: usize, cap: u32): i3
 }
 
 // Shared tail of every fault path: `k` frames sit in the scratch (the
-// faulting page among them when fault >= 0). Coalesces, marks resident,
-// counts. Frames were already filtered (in range, absent).
+// faulting page among them when fault >= 0), their resident bits already set
+// by take(). Coalesces, marks the neighbours prefetched, counts. When the
+// runs do not fit, the bits are cleared again and nothing is counted.
 function finish(h: i32, k: u32, fault: i64, out: usize, cap: u32): i32 {
   const scratch = unchecked(eScratch[h]);
   const r = prefetchCoalesce(scratch, k, out, cap);
-  if (r < 0) return r;
-  const bm = unchecked(eResident[h]);
-  const pf = unchecked(ePrefetched[h]);
-  let loaded: u32 = 0;
-  for (let i: i32 = 0; i < r; i++) {
-    const first = load<u32>(out + (<usize>i << 3));
-    const count = load<u32>(out + (<usize>i << 3), 4);
-    for (let p = first; p < first + count; p++) {
-      setBit(bm, p);
-      if (<i64>p != fault) setBit(pf, p);
-    }
-    loaded += count;
+  if (r < 0) {
+    untake(unchecked(eResident[h]), scratch, k);
+    return r;
   }
-  unchecked((eResidentCount[h] += loaded));
+  const pf = unchecked(ePrefetched[h]);
+  for (let i: u32 = 0; i < k; i++) {
+    // unsafe: i < k <= PREFETCH_MAX_WINDOW, the scratch's size.
+    const p = load<u32>(scratch + (<usize>i << 2));
+    if (<i64>p != fault) setBit(pf, p);
+  }
+  unchecked((eResidentCount[h] += k));
   if (fault >= 0) bump(h, C_FAULTS, 1);
-  bump(h, C_LOADED, loaded);
-  bump(h, C_PREFETCHED, fault >= 0 ? loaded - 1 : loaded);
+  bump(h, C_LOADED, k);
+  bump(h, C_PREFETCHED, fault >= 0 ? k - 1 : k);
   bump(h, C_RUNS, <u64>r);
   return r;
 }
 
 // Adds `ppn` to the scratch when it is in the guest, absent and not there yet
-// (the resident bit is set temporarily as the "taken" mark).
+// (its resident bit is set: the "taken" mark, which finish keeps).
 @inline function take(bm: usize, pages: u32, scratch: usize, k: u32, ppn: i64): u32 {
   if (ppn < 0 || ppn >= <i64>pages) return k;
   const p = <u32>ppn;
@@ -426,7 +424,7 @@ function finish(h: i32, k: u32, fault: i64, out: usize, cap: u32): i32 {
   return k + 1;
 }
 
-// Undoes take's marks before finish sets them for good.
+// Undoes take's marks (when the runs do not fit the host's buffer).
 function untake(bm: usize, scratch: usize, k: u32): void {
   for (let i: u32 = 0; i < k; i++) clearBit(bm, load<u32>(scratch + (<usize>i << 2)));
 }
@@ -459,7 +457,6 @@ export function prefetchFaultVirtual(h: i32, vpn: u64, back: u32, ahead: u32, ou
     if (v == vpn) continue;
     k = take(bm, pages, scratch, k, tableGet(keys, vals, mask, v));
   }
-  untake(bm, scratch, k);
   bump(h, C_TRANSLATIONS, hi - lo + 1);
   // Modelled 4-level walk: the two top levels once, one directory read per
   // 1 GiB and one leaf-table read per 2 MiB the window spans.
@@ -509,7 +506,6 @@ export function prefetchFaultPhysical(h: i32, ppn: u32, back: u32, ahead: u32, o
   for (let p = lo; p <= hi; p++) {
     if (p != <i64>ppn) k = take(bm, pages, scratch, k, p);
   }
-  untake(bm, scratch, k);
   return finish(h, k, <i64>ppn, out, cap);
 }
 
@@ -539,7 +535,6 @@ export function prefetchFaultList(h: i32, frames: usize, n: u32, fault: i64, out
     if (f >= <u64>pages) continue;
     k = take(bm, pages, scratch, k, <i64>f);
   }
-  untake(bm, scratch, k);
   return finish(h, k, fault, out, cap);
 }
 
