@@ -1,0 +1,268 @@
+// Fault-time prefetch (issue 4, docs/prefetch.md) on real first-touch traces.
+//  - Every policy over windows ±1..±32 on the traces scripts/prefetch-traces.mjs
+//    builds (real programs under valgrind lackey; real frames from
+//    /proc/PID/pagemap, folded into a 256 MiB guest with x86-64 page tables);
+//    translations come from one walk of the guest's tables (AddressSpace).
+//    Table of faults, prefetched, used, wasted and reads; plot bench/prefetch.svg.
+//  - The core's fault path (neighbourhood walk ±8 + coalescing) in faults/s,
+//    against the same walk written in plain JS (Map + sort) in the same run.
+// Goals: virtual ±8 cuts faults ≥ 85% vs none with waste ≤ 15% of loaded pages
+// and beats physical ±8 on both; adaptive beats every fixed window on
+// faults × waste; ≥ 1 M faults/s in the core.
+import { spawnSync } from 'node:child_process';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { measure, loadCore } from './_lib.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const OUT = `${ROOT}.cache/prefetch`;
+const WINDOWS = [1, 2, 4, 8, 16, 32];
+const NAMES = ['perl-startup', 'gzip', 'sort'];
+
+function fileMemory(path) {
+  const fd = openSync(path, 'r');
+  return {
+    size: BigInt(fstatSync(fd).size),
+    readSync(at, dst) {
+      readSync(fd, dst, 0, dst.length, Number(at));
+    },
+    close: () => closeSync(fd),
+  };
+}
+
+function loadWorkload(name, m) {
+  const dir = `${OUT}/${name}`;
+  const meta = JSON.parse(readFileSync(`${dir}/meta.json`, 'utf8'));
+  const trace = readFileSync(`${dir}/trace.txt`, 'utf8').trim().split('\n').map((h) => BigInt('0x' + h));
+  const record = readFileSync(`${dir}/record.txt`, 'utf8').trim().split('\n').filter(Boolean).map((h) => parseInt(h, 16));
+  const mem = fileMemory(`${dir}/image.raw`);
+  const space = m.AddressSpace.create({ memory: mem, mode: meta.mode, root: BigInt(meta.cr3) });
+  const pairs = [];
+  for (const x of space.mappings()) for (let o = 0n; o < BigInt(x.pageSize); o += 4096n) pairs.push([(x.gva + o) >> 12n, Number((x.gpa + o) >> 12n)]);
+  space.dispose();
+  mem.close();
+  return { name, meta, trace, record, pairs, pages: meta.guestPages };
+}
+
+function runPolicy(m, w, policy, options) {
+  const e = new m.PrefetchEngine(w.pages, { mapCapacity: w.pairs.length });
+  e.map(w.pairs);
+  const r = m.simulate(e, m.createPolicy(policy, options), w.trace);
+  e.close();
+  return r;
+}
+
+const pct = (a, b) => (b === 0 ? '–' : `${((100 * a) / b).toFixed(1)}%`);
+
+/** Sum of results over the workloads. */
+function total(rs) {
+  const t = { faults: 0, prefetched: 0, prefetchHits: 0, wasted: 0, reads: 0, loaded: 0, accesses: 0, unmapped: 0 };
+  for (const r of rs) for (const k of Object.keys(t)) t[k] += r[k];
+  return t;
+}
+
+function svgPlot(rows, noneFaults) {
+  // Two panels: faults and wasted pages (sums over the traces) against the window, log2 x axis.
+  const W = 760, H = 300, P = { l: 56, r: 12, t: 28, b: 40 }, gap = 60;
+  const pw = (W - P.l - P.r - gap) / 2, ph = H - P.t - P.b;
+  const colours = { physical: '#d62728', virtual: '#1f77b4', adaptive: '#2ca02c', replay: '#9467bd', 'replay+virtual': '#8c564b', none: '#7f7f7f' };
+  const x = (i) => (i / (WINDOWS.length - 1)) * pw;
+  let s = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="11">\n<rect width="${W}" height="${H}" fill="white"/>\n`;
+  const panel = (ox, key, title) => {
+    const maxY = Math.max(1, ...rows.filter((r) => r.policy !== 'replay+virtual').map((r) => r[key]), key === 'faults' ? noneFaults : 0);
+    const y = (v) => ph - (v / maxY) * ph;
+    s += `<g transform="translate(${ox},${P.t})">\n<text x="${pw / 2}" y="-10" text-anchor="middle" font-weight="bold">${title}</text>\n`;
+    s += `<line x1="0" y1="${ph}" x2="${pw}" y2="${ph}" stroke="black"/><line x1="0" y1="0" x2="0" y2="${ph}" stroke="black"/>\n`;
+    WINDOWS.forEach((wd, i) => (s += `<text x="${x(i)}" y="${ph + 14}" text-anchor="middle">±${wd}</text>\n`));
+    s += `<text x="${pw / 2}" y="${ph + 30}" text-anchor="middle">window (pages each side)</text>\n`;
+    for (let k = 0; k <= 4; k++) {
+      const v = Math.round((maxY * k) / 4);
+      s += `<text x="-4" y="${y(v) + 4}" text-anchor="end">${v}</text><line x1="0" y1="${y(v)}" x2="${pw}" y2="${y(v)}" stroke="#ddd"/>\n`;
+    }
+    if (key === 'faults') s += `<line x1="0" y1="${y(noneFaults)}" x2="${pw}" y2="${y(noneFaults)}" stroke="${colours.none}" stroke-dasharray="4 3"/><text x="${pw - 2}" y="${y(noneFaults) - 3}" text-anchor="end" fill="${colours.none}">none</text>\n`;
+    for (const pol of ['physical', 'virtual', 'adaptive', 'replay+virtual']) {
+      const pts = WINDOWS.map((wd, i) => [i, rows.find((r) => r.policy === pol && r.window === wd)]).filter(([, r]) => r);
+      if (pts.length === 0) continue;
+      s += `<polyline fill="none" stroke="${colours[pol]}" stroke-width="2" points="${pts.map(([i, r]) => `${x(i).toFixed(1)},${y(r[key]).toFixed(1)}`).join(' ')}"/>\n`;
+      for (const [i, r] of pts) s += `<circle cx="${x(i).toFixed(1)}" cy="${y(r[key]).toFixed(1)}" r="2.5" fill="${colours[pol]}"/>\n`;
+    }
+    const rep = rows.find((r) => r.policy === 'replay');
+    if (rep) s += `<line x1="0" y1="${y(rep[key])}" x2="${pw}" y2="${y(rep[key])}" stroke="${colours.replay}" stroke-dasharray="2 2"/>\n`;
+    s += '</g>\n';
+  };
+  panel(P.l, 'faults', 'faults (sum over traces)');
+  panel(P.l + pw + gap, 'wasted', 'wasted pages (prefetched, never used)');
+  const legend = ['physical', 'virtual', 'adaptive', 'replay', 'replay+virtual'];
+  legend.forEach((l, i) => (s += `<rect x="${P.l + i * 130}" y="${H - 12}" width="10" height="10" fill="${colours[l]}"/><text x="${P.l + i * 130 + 14}" y="${H - 3}">${l === 'adaptive' ? 'adaptive (initial window)' : l === 'replay' ? 'replay (no window)' : l}</text>\n`));
+  return s + '</svg>\n';
+}
+
+/** The same neighbourhood walk and coalescing in plain JS: the peer for the fault-path speed. */
+function jsFaultPath(map, resident, vpn, back, ahead) {
+  const frames = [];
+  for (let v = vpn - back; v <= vpn + ahead; v++) {
+    const f = map.get(v);
+    if (f !== undefined && !resident[f]) frames.push(f);
+  }
+  frames.sort((a, b) => a - b);
+  let runs = 0;
+  for (let i = 0; i < frames.length; i++) {
+    if (i > 0 && frames[i] === frames[i - 1]) continue;
+    resident[frames[i]] = 1;
+    if (i === 0 || frames[i] !== frames[i - 1] + 1) runs++;
+  }
+  return runs;
+}
+
+export async function run(ctx) {
+  await loadCore();
+  const m = await import('../dist/memory/index.js');
+  const la0 = loadavg()[0];
+  const gen = spawnSync(process.execPath, [`${ROOT}scripts/prefetch-traces.mjs`], { stdio: 'inherit' });
+  if (gen.status !== 0 || !NAMES.every((n) => existsSync(`${OUT}/${n}/meta.json`))) throw new Error('scripts/prefetch-traces.mjs failed');
+  const ws = NAMES.map((n) => loadWorkload(n, m));
+
+  // Policy × window over every trace.
+  const rows = [];
+  const per = new Map();
+  const add = (policy, window, options) => {
+    const rs = ws.map((w) => runPolicy(m, w, policy, typeof options === 'function' ? options(w) : options));
+    const t = total(rs);
+    const row = { policy, window, ...t, perTrace: rs };
+    rows.push(row);
+    per.set(`${policy}/${window}`, row);
+    return row;
+  };
+  const none = add('none', 0, {});
+  for (const wd of WINDOWS) {
+    add('physical', wd, { back: wd, ahead: wd });
+    add('virtual', wd, { back: wd, ahead: wd });
+    add('adaptive', wd, { ahead: wd });
+  }
+  // Wider fixed windows, beyond the plot: faults × waste keeps falling while the waste saturates
+  // at the mapped pages the runs never touch.
+  for (const wd of [64, 128]) add('virtual', wd, { back: wd, ahead: wd });
+  add('replay', 0, (w) => ({ record: w.record }));
+  for (const wd of WINDOWS) add('replay+virtual', wd, (w) => ({ record: w.record, back: wd, ahead: wd }));
+
+  const line = (r) =>
+    `| ${r.policy} | ${r.window ? `±${r.window}` : '–'} | ${r.faults} | ${pct(none.faults - r.faults, none.faults)} | ${r.prefetched} | ${r.prefetchHits} | ${r.wasted} | ${pct(r.wasted, r.loaded)} | ${r.reads} | ${r.faults * r.wasted} |`;
+  const head = '| policy | window | faults | fault cut vs none | prefetched | used | wasted | wasted / loaded | reads | faults × wasted |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|';
+  const table = [head, ...rows.map(line)].join('\n');
+  const perTrace = [
+    '| trace | accesses (lackey) | first touches | none | physical ±8 | virtual ±8 | adaptive | replay | replay+virtual ±8 |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...ws.map((w, i) => {
+      const f = (k) => {
+        const r = per.get(k).perTrace[i];
+        return `${r.faults} f / ${r.wasted} w`;
+      };
+      return `| ${w.name} (${w.meta.what}: \`${w.meta.command}\`) | ${w.meta.accesses} | ${w.meta.firstTouches} | ${f('none/0')} | ${f('physical/8')} | ${f('virtual/8')} | ${f('adaptive/8')} | ${f('replay/0')} | ${f('replay+virtual/8')} |`;
+    }),
+  ].join('\n');
+  writeFileSync(fileURLToPath(new URL('./prefetch.svg', import.meta.url)), svgPlot(rows, none.faults));
+
+  // Fault path speed: 2^18 virtual pages on a permutation of 2^20 frames;
+  // faults 17 pages apart so every one finds its page absent (a ±8 window does not reach the next).
+  const VP = 1 << 18, FR = 1 << 20, N = 10000;
+  const frameOf = (v) => (Math.imul(v, 2654435761) >>> 12) & (FR - 1);
+  const e = new m.PrefetchEngine(FR, { mapCapacity: VP });
+  const pairs = [];
+  for (let v = 0; v < VP; v++) pairs.push([BigInt(v), frameOf(v)]);
+  e.map(pairs);
+  const jsMap = new Map();
+  for (let v = 0; v < VP; v++) jsMap.set(v, frameOf(v));
+  const core = (await import('../dist/core.js')).core();
+  const x = core.exports;
+  const h = e.h;
+  const out = core.alloc(64 * 8);
+  const vp = core.alloc(N * 8);
+  const ob = core.alloc(N * 17 * 8);
+  new BigUint64Array(x.memory.buffer, vp, N).set(Array.from({ length: N }, (_, i) => BigInt(8 + i * 17)));
+  const batch = () => {
+    x.prefetchSetResident(h, 0, FR, 0);
+    if (x.prefetchFaultVirtualBatch(h, vp, N, 8, 8, ob, N * 17) !== N * 17) throw new Error('batch: every fault should give 17 runs');
+  };
+  const speed = await measure(
+    [
+      { name: `core prefetchFaultVirtualBatch, ${N} faults (±8)`, items: N, fn: batch },
+      {
+        name: `core prefetchFaultVirtual, ${N} calls (±8)`,
+        items: N,
+        fn: () => {
+          x.prefetchSetResident(h, 0, FR, 0);
+          for (let i = 0; i < N; i++) x.prefetchFaultVirtual(h, BigInt(8 + i * 17), 8, 8, out, 64);
+        },
+      },
+      {
+        name: `PrefetchEngine.faultVirtual, ${N} calls (±8)`,
+        items: N,
+        fn: () => {
+          e.setResident(0, FR, false);
+          for (let i = 0; i < N; i++) e.faultVirtual(BigInt(8 + i * 17), 8, 8);
+        },
+      },
+      {
+        name: `plain JS walk + coalesce, ${N} faults (±8)`,
+        items: N,
+        fn: () => {
+          const resident = new Uint8Array(FR);
+          for (let i = 0; i < N; i++) jsFaultPath(jsMap, resident, 8 + i * 17, 8, 8);
+        },
+      },
+    ],
+    { baseline: `plain JS walk + coalesce, ${N} faults (±8)`, quick: ctx.quick },
+  );
+  // On a loaded machine wall-clock time counts time spent waiting for a core;
+  // the process's CPU time does not: faults per CPU-second of this process.
+  const c0 = process.cpuUsage();
+  const REPS = ctx.quick ? 10 : 50;
+  for (let i = 0; i < REPS; i++) batch();
+  const cpu = process.cpuUsage(c0);
+  const cpuRate = (REPS * N) / ((cpu.user + cpu.system) / 1e6);
+  core.free(vp);
+  core.free(ob);
+  core.free(out);
+  e.close();
+  const coreRate = N / (speed.results[0].medianNs / 1e9);
+
+  const v8 = per.get('virtual/8'), p8 = per.get('physical/8');
+  const cut = 1 - v8.faults / none.faults;
+  const waste = v8.wasted / v8.loaded;
+  const fixed = WINDOWS.map((wd) => per.get(`virtual/${wd}`));
+  const wide = [64, 128].map((wd) => per.get(`virtual/${wd}`));
+  const bestWide = wide.reduce((a, b) => (a.faults * a.wasted <= b.faults * b.wasted ? a : b));
+  const bestFixed = fixed.reduce((a, b) => (a.faults * a.wasted <= b.faults * b.wasted ? a : b));
+  const adaptive = per.get('adaptive/8');
+  const la1 = loadavg()[0];
+  ctx.log(`virtual ±8: ${(cut * 100).toFixed(1)}% fewer faults, ${(waste * 100).toFixed(1)}% waste; core ${(coreRate / 1e6).toFixed(2)} M faults/s (${(cpuRate / 1e6).toFixed(2)} per CPU-s)`);
+  return {
+    title: 'prefetch: fault-time prefetch by guest-virtual neighbourhood',
+    sections: [
+      { heading: 'Every policy and window, summed over the three real traces', markdown: table + '\n\n![faults and wasted pages against the window](prefetch.svg)' },
+      { heading: 'Per trace (faults f / wasted w)', markdown: perTrace },
+      { heading: 'Fault path: neighbourhood walk ±8 + coalescing (ratios vs plain JS)', markdown: speed.table + `\n\nBatch in the core per CPU-second of this process (${REPS} × ${N} faults): **${(cpuRate / 1e6).toFixed(2)} M faults/s**.` },
+      {
+        heading: 'Goals',
+        markdown: [
+          `| goal | measured | met |`,
+          `|---|---|---|`,
+          `| virtual ±8 cuts faults ≥ 85% vs none | ${(cut * 100).toFixed(1)}% (${none.faults} → ${v8.faults}) | ${cut >= 0.85 ? 'yes' : 'no'} |`,
+          `| virtual ±8 waste ≤ 15% of pages loaded | ${(waste * 100).toFixed(1)}% (${v8.wasted} of ${v8.loaded}) | ${waste <= 0.15 ? 'yes' : 'no'} |`,
+          `| virtual ±8 beats physical ±8 on faults and waste | faults ${v8.faults} vs ${p8.faults}, wasted ${v8.wasted} vs ${p8.wasted} | ${v8.faults < p8.faults && v8.wasted < p8.wasted ? 'yes' : 'no'} |`,
+          `| adaptive (initial ±8) beats every fixed window ±1..±32 on faults × waste | adaptive ${adaptive.faults * adaptive.wasted} vs best fixed (virtual ±${bestFixed.window}) ${bestFixed.faults * bestFixed.wasted} | ${adaptive.faults * adaptive.wasted < bestFixed.faults * bestFixed.wasted ? 'yes' : 'no'} |`,
+          `| … and the wider fixed windows ±64, ±128 | best: virtual ±${bestWide.window} ${bestWide.faults * bestWide.wasted} | ${adaptive.faults * adaptive.wasted < bestWide.faults * bestWide.wasted ? 'yes' : 'no'} |`,
+          `| ≥ 1 M faults/s in the core | ${(coreRate / 1e6).toFixed(2)} M/s wall-clock median, ${(cpuRate / 1e6).toFixed(2)} M/s per CPU-second | ${coreRate >= 1e6 ? 'yes' : cpuRate >= 1e6 ? 'per CPU-second only' : 'no'} |`,
+        ].join('\n'),
+      },
+    ],
+    notes: [
+      `Load average (1 min) ${la0.toFixed(1)} at the start and ${la1.toFixed(1)} at the end (2 cores shared with other work).`,
+      `Traces: ${ws.map((w) => `${w.name} ${w.meta.firstTouches} pages (${w.meta.mappedPages} mapped, frames: ${w.meta.frames}, fold gap cap ${w.meta.foldGapCap})`).join('; ')}. Every present page of each mapping a program touched is mapped in the guest, touched or not, so a window can load pages the run never uses (counted as waste).`,
+      'Replay records the first touches of a previous run of the same program on another input (REAP records one invocation and prefetches it on the next).',
+      'adaptive rows: the window given is the initial one; per 1 GiB stream it doubles while a quarter of what it brought was used before the next fault, halves under a tenth (2..1024 pages), and points the way faults move.',
+      'Fault path: 10000 faults per op, each on an absent page, ±8 neighbours through the engine table (2^18 virtual pages on a permutation of 2^20 frames, so every fault gives 17 one-page runs: the worst case for coalescing); the resident set is cleared at the start of each op (included).',
+    ],
+  };
+}
