@@ -64,20 +64,22 @@ function total(rs) {
 
 function svgPlot(rows, noneFaults) {
   // Two panels: faults and wasted pages (sums over the traces) against the window, log2 x axis.
-  const W = 760, H = 300, P = { l: 56, r: 12, t: 28, b: 40 }, gap = 60;
+  const W = 760, H = 320, P = { l: 56, r: 12, t: 28, b: 60 }, gap = 60;
   const pw = (W - P.l - P.r - gap) / 2, ph = H - P.t - P.b;
   const colours = { physical: '#d62728', virtual: '#1f77b4', adaptive: '#2ca02c', replay: '#9467bd', 'replay+virtual': '#8c564b', none: '#7f7f7f' };
   const x = (i) => (i / (WINDOWS.length - 1)) * pw;
   let s = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="11">\n<rect width="${W}" height="${H}" fill="white"/>\n`;
-  const panel = (ox, key, title) => {
+  // log: wasted pages span four decades (physical's tens of thousands, replay+virtual's tens).
+  const panel = (ox, key, title, log) => {
     const maxY = Math.max(1, ...rows.filter((r) => r.policy !== 'replay+virtual').map((r) => r[key]), key === 'faults' ? noneFaults : 0);
-    const y = (v) => ph - (v / maxY) * ph;
+    const top = log ? 10 ** Math.ceil(Math.log10(maxY)) : maxY;
+    const y = (v) => (log ? ph - (Math.log10(Math.max(1, v)) / Math.log10(top)) * ph : ph - (v / maxY) * ph);
     s += `<g transform="translate(${ox},${P.t})">\n<text x="${pw / 2}" y="-10" text-anchor="middle" font-weight="bold">${title}</text>\n`;
     s += `<line x1="0" y1="${ph}" x2="${pw}" y2="${ph}" stroke="black"/><line x1="0" y1="0" x2="0" y2="${ph}" stroke="black"/>\n`;
     WINDOWS.forEach((wd, i) => (s += `<text x="${x(i)}" y="${ph + 14}" text-anchor="middle">±${wd}</text>\n`));
     s += `<text x="${pw / 2}" y="${ph + 30}" text-anchor="middle">window (pages each side)</text>\n`;
-    for (let k = 0; k <= 4; k++) {
-      const v = Math.round((maxY * k) / 4);
+    const ticks = log ? Array.from({ length: Math.log10(top) + 1 }, (_, k) => 10 ** k) : [0, 1, 2, 3, 4].map((k) => Math.round((maxY * k) / 4));
+    for (const v of ticks) {
       s += `<text x="-4" y="${y(v) + 4}" text-anchor="end">${v}</text><line x1="0" y1="${y(v)}" x2="${pw}" y2="${y(v)}" stroke="#ddd"/>\n`;
     }
     if (key === 'faults') s += `<line x1="0" y1="${y(noneFaults)}" x2="${pw}" y2="${y(noneFaults)}" stroke="${colours.none}" stroke-dasharray="4 3"/><text x="${pw - 2}" y="${y(noneFaults) - 3}" text-anchor="end" fill="${colours.none}">none</text>\n`;
@@ -91,8 +93,8 @@ function svgPlot(rows, noneFaults) {
     if (rep) s += `<line x1="0" y1="${y(rep[key])}" x2="${pw}" y2="${y(rep[key])}" stroke="${colours.replay}" stroke-dasharray="2 2"/>\n`;
     s += '</g>\n';
   };
-  panel(P.l, 'faults', 'faults (sum over traces)');
-  panel(P.l + pw + gap, 'wasted', 'wasted pages (prefetched, never used)');
+  panel(P.l, 'faults', 'faults (sum over traces)', false);
+  panel(P.l + pw + gap, 'wasted', 'wasted pages (never used; log scale)', true);
   const legend = ['physical', 'virtual', 'adaptive', 'replay', 'replay+virtual'];
   legend.forEach((l, i) => (s += `<rect x="${P.l + i * 130}" y="${H - 12}" width="10" height="10" fill="${colours[l]}"/><text x="${P.l + i * 130 + 14}" y="${H - 3}">${l === 'adaptive' ? 'adaptive (initial window)' : l === 'replay' ? 'replay (no window)' : l}</text>\n`));
   return s + '</svg>\n';
