@@ -50,6 +50,8 @@ export class FileStorage implements Storage {
   private readonly fh: import('node:fs/promises').FileHandle;
   private readonly sync: SyncFs | undefined;
   private closed = false;
+  /** Writes (or a truncate) may not be durable yet. */
+  private unsynced = true;
 
   private constructor(fh: import('node:fs/promises').FileHandle, name: string, readOnly: boolean, sync: SyncFs | undefined) {
     this.fh = fh;
@@ -106,6 +108,7 @@ export class FileStorage implements Storage {
   }
   async write(offset: number, data: Uint8Array): Promise<void> {
     assertWritable(this, 'write');
+    this.unsynced = true;
     let put = 0;
     try {
       while (put < data.length) {
@@ -116,21 +119,33 @@ export class FileStorage implements Storage {
       }
     } catch (e) {
       throw ioError(e, 'write', this.name, offset);
+    } finally {
+      // Again at the end: a flush that ran while this write was in flight did not cover it.
+      this.unsynced = true;
     }
   }
   async truncate(size: number): Promise<void> {
     assertWritable(this, 'truncate');
+    this.unsynced = true;
     try {
       await this.fh.truncate(size);
     } catch (e) {
       throw ioError(e, 'truncate', this.name);
+    } finally {
+      this.unsynced = true;
     }
   }
   async flush(): Promise<void> {
-    if (this.readOnly) return;
+    // Nothing written through this handle since the last flush: nothing to make durable (the
+    // first flush after opening always syncs, for what an earlier writer may have left).
+    if (this.readOnly || !this.unsynced) return;
+    this.unsynced = false;
     try {
-      await this.fh.sync();
+      // fdatasync, as QEMU: the data and what is needed to read it back (the size), without
+      // the timestamps a full fsync also commits.
+      await this.fh.datasync();
     } catch (e) {
+      this.unsynced = true;
       throw ioError(e, 'fsync', this.name);
     }
   }
