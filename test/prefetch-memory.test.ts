@@ -4,6 +4,7 @@
 // by storage block; a 64 GiB guest works in a small wasm memory.
 import { describe, expect, it } from 'vitest';
 import {
+  AddressSpace,
   CheckpointReader,
   CheckpointWriter,
   LazyGuestMemory,
@@ -154,6 +155,39 @@ describe('lazy guest memory over a buffer', () => {
     await mem.read(gpa(0x4000), new Uint8Array(1));
     expect([mem.stats().faults, mem.stats().prefetchHits]).toEqual([0, 1]);
     mem.close();
+  });
+});
+
+describe('an AddressSpace as the translator', () => {
+  it('walks the guest\'s own tables for the neighbourhood', async () => {
+    // 64 frames: PML4 1, PDPT 2, PD 3, PT 4; virtual pages 0x400 + i (i < 16) on frames 8 + 3i.
+    const img = image(64);
+    const dv = new DataView(img.buffer);
+    const entry = (t: number, i: number, target: number): void => dv.setBigUint64(t * PS + i * 8, (BigInt(target) << 12n) | 7n, true);
+    for (const t of [1, 2, 3, 4]) img.fill(0, t * PS, (t + 1) * PS);
+    entry(1, 0, 2);
+    entry(2, 0, 3);
+    entry(3, 2, 4);
+    for (let i = 0; i < 16; i++) entry(4, i, 8 + 3 * i);
+    const src = bufferPages(img);
+    const space = AddressSpace.create({ memory: { size: BigInt(img.length), readSync: (at, dst) => src.readPagesIntoSync(Number(at) / PS, dst.length / PS, dst) }, mode: 'x86-64', root: 0x1000n });
+    const mem = await LazyGuestMemory.open(src, { translator: space, policy: createPolicy('virtual', { back: 0, ahead: 3 }) });
+    const b = new Uint8Array(8);
+    for (let i = 0; i < 16; i++) {
+      await mem.readVirtual(gva(0x400000n + BigInt(i) * 0x1000n), b);
+      // Word 0 of frame 8 + 3i holds (frame << 16) | 0.
+      expect(new DataView(b.buffer).getBigUint64(0, true)).toBe(BigInt(8 + 3 * i) << 16n);
+    }
+    // Faults at i = 0, 4, 8, 12, each bringing the next three; frames 3 apart: 4 reads per fault.
+    const s = mem.stats();
+    expect([s.faults, s.prefetched, s.prefetchHits, s.wasted, s.reads, s.sourceReads]).toEqual([4, 12, 12, 0, 16, 16]);
+    // Frame 11 (i = 1) evicted and read at its GPA: the reverse map (gvasOf) finds 0x401; its
+    // neighbours 0x402..0x404 are resident, so the fault loads that page alone.
+    mem.evict(11, 1);
+    mem.readSync(gpa(11 * PS), b);
+    expect([mem.stats().faults, mem.stats().loaded, mem.stats().reads]).toEqual([5, 17, 17]);
+    mem.close();
+    space.dispose();
   });
 });
 
