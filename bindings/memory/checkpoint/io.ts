@@ -11,6 +11,8 @@ import { VmkitError } from '../../errors.js';
 export interface CheckpointSink {
   /** Writes all of `data` at `position`. `data` may be reused by the writer once the promise settles: copy it to keep it. */
   write(data: Uint8Array, position: number): Promise<void>;
+  /** Synchronous variant (files in Node): lets the writer write a block straight from core memory, with no copy. */
+  writeSync?(data: Uint8Array, position: number): void;
   /** Makes earlier writes durable (files: fdatasync). */
   sync?(): Promise<void>;
   /** Releases the sink. */
@@ -74,6 +76,14 @@ export async function fileSink(path: string): Promise<CheckpointSink> {
     });
   return {
     write,
+    writeSync(data, position) {
+      try {
+        let done = 0;
+        while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, position + done);
+      } catch (e) {
+        throw ioError(e, path);
+      }
+    },
     sync: () => new Promise((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(ioError(e, path)) : res()))),
     close: async () => {
       if (fd >= 0) fs.closeSync(fd);

@@ -364,6 +364,7 @@ export class CheckpointWriter {
   }
 
   private async flushBlock(): Promise<void> {
+    const sinkSync = this.sink.writeSync?.bind(this.sink);
     const block = withCore((c) => {
       const e = ex(c);
       const used = check(e.stagingUsed(this.stager), 'checkpoint staging');
@@ -371,6 +372,14 @@ export class CheckpointWriter {
       const ptr = e.stagingBuffer(this.stager);
       const checksum = e.xxh32(ptr, used, 0) >>> 0;
       const padded = Math.ceil(used / BLOCK_ALIGN) * BLOCK_ALIGN;
+      if (sinkSync && padded <= this.header.blockSize) {
+        // Synchronous sink and the padding fits the stager: write the block
+        // straight from core memory (no copy; a sync write cannot outlive the view).
+        c.u8().fill(0, ptr + used, ptr + padded);
+        sinkSync(c.u8().subarray(ptr, ptr + padded), this.next);
+        e.stagingReset(this.stager);
+        return { out: undefined, padded, used, checksum };
+      }
       // One reused buffer (the write completes before the next flush): a
       // fresh 1 MiB array per block cost more than the copy itself.
       if (!this.outBuf || this.outBuf.length < padded) this.outBuf = new Uint8Array(Math.ceil(this.header.blockSize / BLOCK_ALIGN) * BLOCK_ALIGN);
@@ -378,14 +387,14 @@ export class CheckpointWriter {
       out.set(c.u8().subarray(ptr, ptr + used));
       out.fill(0, used);
       e.stagingReset(this.stager);
-      return { out, used, checksum };
+      return { out, padded, used, checksum };
     });
     if (!block) return;
     const offset = this.next;
     this.blocks.push({ offset, length: block.used, checksum: block.checksum });
-    this.next += block.out.length;
+    this.next += block.padded;
     this.storedBytes += block.used;
-    await this.sink.write(block.out, offset);
+    if (block.out) await this.sink.write(block.out, offset);
     this.writes++;
   }
 
