@@ -90,6 +90,8 @@ interface _PagingExports {
 
 /** Bumped by {@link AddressSpace.invalidateAll}: reverse maps built before it are stale. */
 let _epoch = 0;
+/** The core's result slots, viewed (re-made when the memory buffer changes: growth, or a new core). */
+let _resView: BigUint64Array | undefined;
 
 function _ex(c: Core): _PagingExports {
   return c.exports as unknown as _PagingExports;
@@ -284,7 +286,10 @@ export class AddressSpace {
   }
 
   #res(c: Core): BigUint64Array {
-    return new BigUint64Array(c.exports.memory.buffer, _ex(c).pagingResult(), 16);
+    // One view per memory buffer (a grown memory detaches the old one).
+    const buf = c.exports.memory.buffer;
+    if (_resView === undefined || _resView.buffer !== buf) _resView = new BigUint64Array(buf, _ex(c).pagingResult(), 16);
+    return _resView;
   }
 
   /** Reads the frame at `frame` from guest memory and hands it to the core. */
