@@ -311,6 +311,13 @@ async function main() {
     console.log(`prefetch traces up to date in ${OUT}`);
     return;
   }
+  for (const [tool, pkg] of [['valgrind', 'valgrind'], ['cc', 'gcc']]) {
+    try {
+      execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' });
+    } catch {
+      throw new Error(`prefetch traces need ${tool}: apt-get install ${pkg}`);
+    }
+  }
   const so = stopLib();
   const t0 = performance.now();
   // Two at a time: lackey is single-threaded and the machine has two cores.
