@@ -27,7 +27,7 @@ function rng(seed: number): () => number {
  * frames taken from a shuffled free list in small runs (a buddy allocator
  * after a while: some order-1/2 blocks, mostly scattered).
  */
-function buildGuest(pages: number): { image: Uint8Array; cr3: bigint; trace: bigint[] } {
+function buildGuest(pages: number): { image: Uint8Array; cr3: bigint; trace: bigint[]; mapped: number } {
   const image = new Uint8Array(pages * PS);
   const dv = new DataView(image.buffer);
   const r = rng(7);
@@ -72,7 +72,7 @@ function buildGuest(pages: number): { image: Uint8Array; cr3: bigint; trace: big
   // The trace: first touches walking each region mostly forward, skipping some pages.
   const trace: bigint[] = [];
   for (const [base, n] of regions) for (let i = 0; i < n; i++) if (r() % 10 < 7) trace.push(BigInt(base + i) << 12n);
-  return { image, cr3: BigInt(pml4 * PS), trace };
+  return { image, cr3: BigInt(pml4 * PS), trace, mapped: regions.reduce((a, [, n]) => a + n, 0) };
 }
 
 /**
@@ -85,12 +85,12 @@ function buildGuest(pages: number): { image: Uint8Array; cr3: bigint; trace: big
  */
 export async function chapter(log: (s: string) => void): Promise<void> {
   const pages = 16384; // 64 MiB
-  const { image, cr3, trace } = buildGuest(pages);
+  const { image, cr3, trace, mapped } = buildGuest(pages);
   const sink = memorySink();
   const w = await CheckpointWriter.create(sink, { guestSize: image.length, blockSize: 256 << 10 });
   await w.writePages(0, image);
   await w.finish();
-  log(`guest: ${image.length >> 20} MiB, 1924 virtual pages in 4 regions on scattered frames; trace: ${trace.length} first touches`);
+  log(`guest: ${image.length >> 20} MiB, ${mapped} virtual pages in 4 regions on scattered frames; trace: ${trace.length} first touches`);
   // The address space reads the guest's tables from the image itself.
   const tables = bufferPages(image);
   const memory = { size: BigInt(image.length), readSync: (at: Gpa, dst: Uint8Array): void => tables.readPagesIntoSync(Number(at) / PS, dst.length / PS, dst) };

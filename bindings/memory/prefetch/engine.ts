@@ -17,9 +17,9 @@ import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
 
-/** Largest neighbourhood (back + ahead + 1) a fault may walk. */
+/** Largest neighbourhood (back + ahead + 1) a fault may walk. @example engine.faultVirtual(vpn, 8, Math.min(ahead, MAX_WINDOW - 9)); */
 export const MAX_WINDOW = 65535;
-/** The value a {@link Translator} writes for an unmapped address. */
+/** The value a {@link Translator} writes for an unmapped address. @example if (out[i] === UNMAPPED) skipped++; */
 export const UNMAPPED = 0xffff_ffff_ffff_ffffn;
 const PAGE_SHIFT = 12n;
 
@@ -36,7 +36,11 @@ export interface Translator {
   gvasOf?(gpa: bigint): readonly bigint[];
 }
 
-/** Counters of an engine (pages are guest pages of 4 KiB). */
+/**
+ * Counters of an engine (pages are guest pages of 4 KiB).
+ * @example
+ * const { faults, prefetchHits, wasted } = engine.stats();
+ */
 export interface PrefetchStats {
   /** Accesses recorded (touch/access calls). */
   accesses: number;
@@ -87,7 +91,11 @@ function ex(): PrefetchExports {
   return core().exports as unknown as PrefetchExports;
 }
 
-/** Options of {@link PrefetchEngine}. */
+/**
+ * Options of {@link PrefetchEngine}.
+ * @example
+ * const opts: PrefetchEngineOptions = { translator: space, blockOf: (p) => reader.blockOf(p) };
+ */
 export interface PrefetchEngineOptions {
   /** Room for this many translations in the core's table (default 0: a translator does it). */
   mapCapacity?: number;

@@ -23,7 +23,11 @@ import type { Gpa, Gva, GuestMemorySource, PageSource } from '../types.js';
 import { PrefetchEngine, UNMAPPED, type PrefetchStats, type Translator } from './engine.js';
 import { createPolicy, type PrefetchPolicy } from './policies.js';
 
-/** Options of {@link LazyGuestMemory.open}. */
+/**
+ * Options of {@link LazyGuestMemory.open}.
+ * @example
+ * const opts: LazyGuestMemoryOptions = { translator: space, policy: createPolicy('virtual', { back: 8, ahead: 8 }) };
+ */
 export interface LazyGuestMemoryOptions {
   /** What to load on a fault (default: the faulting page only, `none`). */
   policy?: PrefetchPolicy;
@@ -33,7 +37,11 @@ export interface LazyGuestMemoryOptions {
   mapCapacity?: number;
 }
 
-/** What a lazy memory did: the engine's counters plus the I/O. */
+/**
+ * What a lazy memory did: the engine's counters plus the I/O.
+ * @example
+ * const { faults, bytesRead, sourceReads } = mem.stats();
+ */
 export interface LazyMemoryStats extends PrefetchStats {
   /** Bytes read from the source. */
   bytesRead: number;

@@ -15,9 +15,9 @@ import { VmkitError } from '../../errors.js';
 import { aint, aoneOf } from '../../_utils.js';
 import type { PrefetchEngine } from './engine.js';
 
-/** Policy names {@link createPolicy} knows. */
+/** Policy names {@link createPolicy} knows. @example POLICY_NAMES.includes('adaptive'); */
 export const POLICY_NAMES = ['none', 'physical', 'virtual', 'adaptive', 'replay', 'replay+virtual'] as const;
-/** A policy name. */
+/** A policy name. @example const p: PolicyName = 'replay+virtual'; */
 export type PolicyName = (typeof POLICY_NAMES)[number];
 
 /**
@@ -36,7 +36,11 @@ export interface PrefetchPolicy {
   onHit?(vpn: bigint | undefined, ppn: number): void;
 }
 
-/** Options of {@link createPolicy}. */
+/**
+ * Options of {@link createPolicy}.
+ * @example
+ * const opts: PolicyOptions = { ahead: 8, minWindow: 2, maxWindow: 1024 };
+ */
 export interface PolicyOptions {
   /** Pages before the faulting page (default 8; adaptive: its initial window's back part). */
   back?: number;

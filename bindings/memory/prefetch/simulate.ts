@@ -14,7 +14,11 @@ import type { PrefetchEngine, PrefetchStats } from './engine.js';
 import { UNMAPPED } from './engine.js';
 import type { PrefetchPolicy } from './policies.js';
 
-/** What {@link simulate} measured. */
+/**
+ * What {@link simulate} measured.
+ * @example
+ * const { faults, wasted, workingSet } = simulate(engine, policy, trace);
+ */
 export interface SimulationResult extends PrefetchStats {
   /** The policy's name. */
   policy: string;
@@ -24,7 +28,11 @@ export interface SimulationResult extends PrefetchStats {
   workingSet: number[];
 }
 
-/** Options of {@link simulate}. */
+/**
+ * Options of {@link simulate}.
+ * @example
+ * simulate(engine, policy, trace, { batch: 65536 });
+ */
 export interface SimulateOptions {
   /** Batch size for the translator (default 4096). */
   batch?: number;
