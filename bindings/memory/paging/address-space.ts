@@ -17,7 +17,12 @@ import type { Gpa, Gva, GuestMemorySource } from '../types.js';
 import { PAGING_MODES } from './types.js';
 import type { AddressSpaceOptions, FaultReason, Mapping, PagingMode, Translation, TranslationFault } from './types.js';
 
-/** The value {@link AddressSpace.translateInto} writes for an address that does not translate. */
+/**
+ * The value {@link AddressSpace.translateInto} writes for an address that does not translate
+ * (the same as the prefetch engine's `UNMAPPED`).
+ * @example
+ * if (out[i] === UNMAPPED_GPA) console.log('not mapped');
+ */
 export const UNMAPPED_GPA = 0xffff_ffff_ffff_ffffn;
 
 const U64 = 0xffff_ffff_ffff_ffffn;
@@ -97,7 +102,11 @@ function _ex(c: Core): _PagingExports {
   return c.exports as unknown as _PagingExports;
 }
 
-/** Options of {@link AddressSpace.create}: the memory the tables live in, the mode and the roots. */
+/**
+ * Options of {@link AddressSpace.create}: the memory the tables live in, the mode and the roots.
+ * @example
+ * const opts: AddressSpaceCreateOptions = { memory, mode: 'x86-64-5level', root: cr3, cacheFrames: 256 };
+ */
 export interface AddressSpaceCreateOptions extends AddressSpaceOptions {
   /** Guest-physical memory (page-table frames are read from it, 4 KiB at a time). */
   memory: GuestMemorySource;
@@ -105,7 +114,11 @@ export interface AddressSpaceCreateOptions extends AddressSpaceOptions {
   cacheFrames?: number;
 }
 
-/** Counters of an address space's caches. */
+/**
+ * Counters of an address space's caches.
+ * @example
+ * const { cacheHits, walks } = space.stats();
+ */
 export interface AddressSpaceStats {
   /** Translations served by the core's region cache (TLB / paging-structure cache) without a walk. */
   cacheHits: number;
