@@ -89,6 +89,21 @@ export class NonceStore {
     }
   }
 
+  // Random ids come from a pool refilled 4 KiB at a time: one CSPRNG call per 256 nonces
+  // instead of one each (a call costs a system call; per nonce it was a tenth of the
+  // service's time under load). Bytes are used once and never leave this store.
+  private pool = Buffer.alloc(0);
+  private poolAt = 0;
+  private randomInto(dst: Buffer): void {
+    if (this.poolAt + ID > this.pool.length) {
+      this.pool = randomBytes(ID * 256);
+      this.poolAt = 0;
+    }
+    this.pool.copy(dst, 0, this.poolAt, this.poolAt + ID);
+    this.pool.fill(0, this.poolAt, this.poolAt + ID);
+    this.poolAt += ID;
+  }
+
   /**
    * A fresh nonce (54 base64url characters). Throws LIMIT when
    * `maxOutstanding` unexpired nonces are already out (the service answers 503).
@@ -101,7 +116,7 @@ export class NonceStore {
       throw new VmkitError('LIMIT', `too many outstanding nonces (${this.maxOutstanding}); retry later`);
     }
     const raw = Buffer.alloc(RAW);
-    randomBytes(ID).copy(raw, 0);
+    this.randomInto(raw);
     const exp = now + this.ttlMs;
     raw.writeBigUInt64BE(BigInt(exp), ID);
     this.mac(raw).copy(raw, ID + 8);
