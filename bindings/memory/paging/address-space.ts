@@ -93,6 +93,24 @@ interface _PagingExports {
   pagingStats(h: number, dst: number): number;
 }
 
+/**
+ * Releases the core state of spaces that were dropped without dispose() (64
+ * can live at once), if the core they belong to is still the live one.
+ */
+const _finalizer: FinalizationRegistry<{ h: number; gen: number; io: number; out: number }> | undefined =
+  typeof FinalizationRegistry === 'function'
+    ? new FinalizationRegistry(({ h, gen, io, out }) => {
+        try {
+          const c = checkGeneration(gen, 'address space');
+          _ex(c).pagingDestroy(h);
+          c.free(io);
+          c.free(out);
+        } catch {
+          // The core was reset or replaced: the space went with it.
+        }
+      })
+    : undefined;
+
 /** Bumped by {@link AddressSpace.invalidateAll}: reverse maps built before it are stale. */
 let _epoch = 0;
 /** The core's result slots, viewed (re-made when the memory buffer changes: growth, or a new core). */
@@ -279,7 +297,9 @@ export class AddressSpace {
       try {
         io = c.alloc(BATCH * 8);
         const out = c.alloc(MAP_RECORDS * MAP_BYTES);
-        return new AddressSpace(memory, opts, h, c.generation, io, out);
+        const space = new AddressSpace(memory, opts, h, c.generation, io, out);
+        _finalizer?.register(space, { h, gen: c.generation, io, out }, space);
+        return space;
       } catch (err) {
         if (io) c.free(io);
         e.pagingDestroy(h);
@@ -622,6 +642,7 @@ export class AddressSpace {
     if (this.#closed) return;
     this.#closed = true;
     this.#reverse = undefined;
+    _finalizer?.unregister(this);
     try {
       const c = checkGeneration(this.#gen, 'address space');
       withCore(() => {
