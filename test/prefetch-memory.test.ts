@@ -191,6 +191,31 @@ describe('an AddressSpace as the translator', () => {
   });
 });
 
+describe('an AddressSpace walking through the lazy memory itself', () => {
+  it('table pages fault in alone, data pages with their virtual neighbours', async () => {
+    const img = image(64);
+    const dv = new DataView(img.buffer);
+    const entry = (t: number, i: number, target: number): void => dv.setBigUint64(t * PS + i * 8, (BigInt(target) << 12n) | 7n, true);
+    for (const t of [1, 2, 3, 4]) img.fill(0, t * PS, (t + 1) * PS);
+    entry(1, 0, 2);
+    entry(2, 0, 3);
+    entry(3, 2, 4);
+    for (let i = 0; i < 16; i++) entry(4, i, 8 + 3 * i);
+    const mem = await LazyGuestMemory.open(bufferPages(img), { policy: createPolicy('virtual', { back: 0, ahead: 3 }) });
+    const space = AddressSpace.create({ memory: mem, mode: 'x86-64', root: 0x1000n });
+    mem.useTranslator(space);
+    const b = new Uint8Array(8);
+    for (let i = 0; i < 16; i++) await mem.readVirtual(gva(0x400000n + BigInt(i) * 0x1000n), b);
+    // The first translation walks PML4, PDPT, PD, PT: four faults of one page each (the walker
+    // caches them after). Data: faults at i = 0, 4, 8, 12, each with three neighbours.
+    // 8 faults; 20 accesses (4 table reads + 16); 12 prefetched, all used; 20 pages in 20 reads.
+    const s = mem.stats();
+    expect([s.accesses, s.faults, s.prefetched, s.prefetchHits, s.wasted, s.loaded, s.reads]).toEqual([20, 8, 12, 12, 0, 20, 20]);
+    mem.close();
+    space.dispose();
+  });
+});
+
 describe('lazy guest memory over a checkpoint', () => {
   it('restores lazily with reads counted by storage block', async () => {
     const img = image(256);

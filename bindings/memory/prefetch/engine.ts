@@ -121,8 +121,7 @@ export class PrefetchEngine {
   private readonly gen: number;
   private out = 0;
   private frames = 0;
-  /** The translator neighbourhoods go through, when the core's table is not used. */
-  readonly translator: Translator | undefined;
+  private _translator: Translator | undefined;
   private readonly blockOf: ((page: number) => number) | undefined;
   private extraReads = 0;
   private closed = false;
@@ -134,7 +133,7 @@ export class PrefetchEngine {
     const cap = options.mapCapacity ?? 0;
     aint(cap, 'mapCapacity', 0, 1 << 26);
     this.pages = pages;
-    this.translator = options.translator;
+    this._translator = options.translator;
     this.blockOf = options.blockOf;
     const r = withCore((c) => {
       const h = check(ex().prefetchCreate(pages, cap), 'prefetch engine create');
@@ -196,11 +195,26 @@ export class PrefetchEngine {
     return Number(this.live().prefetchTranslate(this.h, vpn));
   }
 
+  /** The translator neighbourhoods go through, when the core's table is not used. @example if (engine.translator) engine.faultVirtual(vpn, 8, 8); */
+  get translator(): Translator | undefined {
+    return this._translator;
+  }
+
+  /**
+   * Sets (or clears) the translator: for an address space built over the
+   * lazy memory this engine serves, which exists only after the memory.
+   * @example engine.setTranslator(AddressSpace.create({ memory: lazy, mode: 'x86-64', root: cr3 }));
+   */
+  setTranslator(t: Translator | undefined): void {
+    this.live();
+    this._translator = t;
+  }
+
   /** A virtual page mapping frame `ppn` (core table, else the translator's reverse map), or undefined. @example engine.reverse(7); */
   reverse(ppn: number): bigint | undefined {
     const r = this.live().prefetchReverse(this.h, BigInt(ppn));
     if (r >= 0n) return r;
-    const g = this.translator?.gvasOf?.(BigInt(ppn) << PAGE_SHIFT);
+    const g = this._translator?.gvasOf?.(BigInt(ppn) << PAGE_SHIFT);
     return g && g.length > 0 ? g[0]! >> PAGE_SHIFT : undefined;
   }
 
@@ -266,7 +280,8 @@ export class PrefetchEngine {
     const e = this.live();
     aint(back, 'back', 0, MAX_WINDOW - 1);
     aint(ahead, 'ahead', 0, MAX_WINDOW - 1 - back);
-    if (!this.translator) {
+    const translator = this._translator;
+    if (!translator) {
       return this.runs(e.prefetchFaultVirtual(this.h, vpn, back, ahead, this.out, MAX_WINDOW + 1));
     }
     const lo = vpn >= BigInt(back) ? vpn - BigInt(back) : 0n;
@@ -274,7 +289,7 @@ export class PrefetchEngine {
     const gvas = new BigUint64Array(n);
     for (let i = 0; i < n; i++) gvas[i] = (lo + BigInt(i)) << PAGE_SHIFT;
     const gpas = new BigUint64Array(n);
-    this.translator.translateInto(gvas, gpas);
+    translator.translateInto(gvas, gpas);
     const fault = gpas[Number(vpn - lo)]!;
     if (fault === UNMAPPED) throw new VmkitError('ARG_RANGE', `virtual page 0x${vpn.toString(16)} is unmapped`);
     return this.faultFrames(gpas, Number(fault >> PAGE_SHIFT), true, n);

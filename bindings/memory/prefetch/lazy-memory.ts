@@ -131,7 +131,11 @@ export class LazyGuestMemory implements GuestMemorySource {
   readonly engine: PrefetchEngine;
   private readonly source: PageSource;
   private readonly policy: PrefetchPolicy;
-  private readonly translator: Translator | undefined;
+  private translator: Translator | undefined;
+  // > 0 while a translation or a policy's fault is in progress: page-table
+  // pages a walker reads through this memory then fault in alone (no policy,
+  // no reverse lookup that would walk the same tables again).
+  private busy = 0;
   // Page contents by page number: subarrays of one buffer per read run.
   private readonly contents = new Map<number, Uint8Array>();
   private bytesRead = 0;
@@ -232,9 +236,30 @@ export class LazyGuestMemory implements GuestMemorySource {
   // The runs to read for an access to `ppn` (empty when resident).
   private fault(ppn: number, vpn: bigint | undefined): Uint32Array {
     const s = this.engine.access(ppn);
-    if (s === 2) return this.policy.onFault(this.engine, vpn, ppn);
+    if (s === 2) {
+      if (this.busy > 0) return this.engine.faultList(EMPTY, ppn);
+      this.busy++;
+      try {
+        return this.policy.onFault(this.engine, vpn, ppn);
+      } finally {
+        this.busy--;
+      }
+    }
     if (s === 1) this.policy.onHit?.(vpn, ppn);
     return EMPTY;
+  }
+
+  /**
+   * Sets the translator for guest-virtual accesses and virtual prefetch:
+   * typically an address space walking the guest's tables through this very
+   * memory (their pages fault in alone, as a restore must load them too).
+   * @example
+   * const mem = await LazyGuestMemory.open(await imagePages('guest.mem'), { policy: createPolicy('virtual') });
+   * mem.useTranslator(AddressSpace.create({ memory: mem, mode: 'x86-64', root: cr3 }));
+   */
+  useTranslator(t: Translator | undefined): void {
+    this.translator = t;
+    this.engine.setTranslator(t);
   }
 
   private checkRange(at: bigint, len: number): void {
@@ -325,7 +350,12 @@ export class LazyGuestMemory implements GuestMemorySource {
       const a = at + BigInt(done);
       const n = Math.min(4096 - Number(a & 0xfffn), len - done);
       gvas[0] = a;
-      t.translateInto(gvas, out);
+      this.busy++;
+      try {
+        t.translateInto(gvas, out);
+      } finally {
+        this.busy--;
+      }
       const pa = out[0]!;
       if (pa === UNMAPPED) throw new VmkitError('ARG_RANGE', `guest-virtual address 0x${a.toString(16)} is unmapped`, { offset: a });
       this.checkRange(pa, n);
