@@ -47,7 +47,7 @@ class X86Tree {
   }
 }
 
-function space(mem: BufMemory, opts: AddressSpaceOptions & { cacheFrames?: number }): AddressSpace {
+function space(mem: GuestMemorySource, opts: AddressSpaceOptions & { cacheFrames?: number }): AddressSpace {
   return AddressSpace.create({ memory: mem, ...opts });
 }
 
@@ -510,6 +510,49 @@ describe('caches and the frame-request protocol', () => {
     s.setRoot(rootB);
     expect(s.translate(gva(0x1000n))).toMatchObject({ ok: false, reason: 'not-present', level: 4 });
     expect(s.options.root).toBe(rootB);
+    s.dispose();
+  });
+});
+
+describe('guests larger than wasm memory', () => {
+  it('tables and pages far above 4 GiB in a sparse 1 TiB guest (64-bit addresses everywhere)', () => {
+    // Only the frames that hold tables exist; everything else reads as zeros.
+    const frames = new Map<bigint, BufMemory>();
+    const frame = (at: bigint): BufMemory => {
+      let f = frames.get(at);
+      if (!f) frames.set(at, (f = new BufMemory(4096)));
+      return f;
+    };
+    const reads: bigint[] = [];
+    const memory: GuestMemorySource = {
+      size: 1n << 40n,
+      readSync(at, dst) {
+        reads.push(at);
+        dst.set(frames.get(at)?.bytes ?? new Uint8Array(4096));
+      },
+    };
+    const set = (at: bigint, v: bigint): void => frame(at & ~0xfffn).set(at & 0xfffn, v);
+    const [pml4, pdpt, pd, pt] = [0x10_0000_0000n, 0xff_ffff_f000n, 0x1_0000_0000n, 0x8_0000_3000n];
+    const va = 0xffff_ff80_1234_5678n;
+    set(pml4 + x86Index(va, 4) * 8n, pdpt | X.P | X.W);
+    set(pdpt + x86Index(va, 3) * 8n, pd | X.P | X.W);
+    set(pd + x86Index(va, 2) * 8n, pt | X.P | X.W);
+    set(pt + x86Index(va, 1) * 8n, 0xf_ffff_ffff_f000n | X.P); // the highest 4 KiB frame of a 52-bit space
+    set(pd + 511n * 8n, 0x3_ffe0_0000n | X.P | X.PS); // a 2 MiB page at 16 GiB - 2 MiB
+    const s = space(memory, { mode: 'x86-64', root: pml4 | 0xfffn });
+    expect(s.translate(va)).toMatchObject({ ok: true, gpa: 0xf_ffff_ffff_f678n, level: 1 });
+    expect(reads).toEqual([pml4, pdpt, pd, pt]);
+    const big = (va & ~((1n << 30n) - 1n)) | (511n << 21n) | 0x1234n;
+    expect(s.translate(big)).toMatchObject({ ok: true, gpa: 0x3_ffe0_1234n, pageSize: 2 << 20 });
+    expect([...s.mappings()].map((m) => [m.gva, m.gpa])).toEqual([
+      [va & ~0xfffn, 0xf_ffff_ffff_f000n],
+      [big & ~0x1f_ffffn, 0x3_ffe0_0000n],
+    ]);
+    expect(s.gvasOf(0x3_ffe0_0010n)).toEqual([(big & ~0x1f_ffffn) | 0x10n]);
+    // A table past the end of this guest is outside memory.
+    set(pd + 5n * 8n, (1n << 40n) | X.P);
+    s.invalidate();
+    expect(s.translate((va & ~((1n << 30n) - 1n)) | (5n << 21n))).toEqual({ ok: false, gva: (va & ~((1n << 30n) - 1n)) | (5n << 21n), reason: 'outside-memory', level: 1 });
     s.dispose();
   });
 });
