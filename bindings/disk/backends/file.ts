@@ -53,11 +53,24 @@ export class FileStorage implements Storage {
   /** Writes (or a truncate) may not be durable yet. */
   private unsynced = true;
 
-  private constructor(fh: import('node:fs/promises').FileHandle, name: string, readOnly: boolean, sync: SyncFs | undefined) {
+  /** Callback-style node:fs for the asynchronous reads and writes. */
+  private readonly cb: SyncFs;
+
+  private constructor(fh: import('node:fs/promises').FileHandle, name: string, readOnly: boolean, sync: SyncFs | undefined, cb: SyncFs) {
     this.fh = fh;
     this.name = name;
     this.readOnly = readOnly;
     this.sync = sync;
+    this.cb = cb;
+  }
+
+  // The callback API on the descriptor costs about a fifth less CPU per request than the
+  // FileHandle methods (no FileHandle bookkeeping or promise wrapper on the native side).
+  private pread(dst: Uint8Array, at: number, len: number, pos: number): Promise<number> {
+    return new Promise((res, rej) => this.cb.read(this.fh.fd, dst, at, len, pos, (e, n) => (e ? rej(e) : res(n))));
+  }
+  private pwrite(src: Uint8Array, at: number, len: number, pos: number): Promise<number> {
+    return new Promise((res, rej) => this.cb.write(this.fh.fd, src, at, len, pos, (e, n) => (e ? rej(e) : res(n))));
   }
   /**
    * Opens an existing file. With `sync`, reads and writes use blocking
@@ -67,9 +80,10 @@ export class FileStorage implements Storage {
    */
   static async open(path: string, opts: { readOnly?: boolean; sync?: boolean } = {}): Promise<FileStorage> {
     const fs = await nodeFs();
-    const sync = opts.sync ? await nodeSyncFs() : undefined;
+    const cb = await nodeSyncFs();
+    const sync = opts.sync ? cb : undefined;
     try {
-      return new FileStorage(await fs.open(path, opts.readOnly ? 'r' : 'r+'), path, opts.readOnly === true, sync);
+      return new FileStorage(await fs.open(path, opts.readOnly ? 'r' : 'r+'), path, opts.readOnly === true, sync, cb);
     } catch (e) {
       throw ioError(e, 'open', path);
     }
@@ -77,9 +91,10 @@ export class FileStorage implements Storage {
   /** Creates (or truncates) a file. */
   static async create(path: string, opts: { sync?: boolean } = {}): Promise<FileStorage> {
     const fs = await nodeFs();
-    const sync = opts.sync ? await nodeSyncFs() : undefined;
+    const cb = await nodeSyncFs();
+    const sync = opts.sync ? cb : undefined;
     try {
-      return new FileStorage(await fs.open(path, 'w+'), path, false, sync);
+      return new FileStorage(await fs.open(path, 'w+'), path, false, sync, cb);
     } catch (e) {
       throw ioError(e, 'create', path);
     }
@@ -97,7 +112,7 @@ export class FileStorage implements Storage {
       while (got < dst.length) {
         const bytesRead = this.sync
           ? this.sync.readSync(this.fh.fd, dst, got, dst.length - got, offset + got)
-          : (await this.fh.read(dst, got, dst.length - got, offset + got)).bytesRead;
+          : await this.pread(dst, got, dst.length - got, offset + got);
         if (bytesRead === 0) break;
         got += bytesRead;
       }
@@ -114,7 +129,7 @@ export class FileStorage implements Storage {
       while (put < data.length) {
         const bytesWritten = this.sync
           ? this.sync.writeSync(this.fh.fd, data, put, data.length - put, offset + put)
-          : (await this.fh.write(data, put, data.length - put, offset + put)).bytesWritten;
+          : await this.pwrite(data, put, data.length - put, offset + put);
         put += bytesWritten;
       }
     } catch (e) {
