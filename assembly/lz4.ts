@@ -26,9 +26,13 @@ const SKIP_TRIGGER: u32 = 6;
 /** Largest input the compressor takes (LZ4_MAX_INPUT_SIZE). */
 const MAX_INPUT: u32 = 0x7e000000;
 
-// The hash table holds `base + position`; entries below `base` belong to an
-// earlier call and are ignored, so the table need not be cleared per call
-// (a 16 KiB clear would cost more than compressing a 4 KiB page).
+// Inputs of 64 KiB and more: the hash table holds `base + position`; entries
+// below `base` belong to an earlier call and are ignored, so the 16 KiB table
+// need not be cleared per call. Inputs under 64 KiB (pages): a table of
+// 16-bit positions (8 KiB), cleared per call — as LZ4's byU16 mode; measured
+// 1.26x faster on the real guest's pages than the 32-bit table (CPU time,
+// interleaved A/B on 20356 pages), same output. Either way a call never sees
+// an earlier call's positions, so an input's output depends on it alone.
 let table: usize = 0;
 let base: u32 = 0;
 
@@ -94,17 +98,9 @@ export function lz4CompressBound(n: u32): u32 {
   return op;
 }
 
-/**
- * Compresses `srcLen` bytes at `src` into one LZ4 block at `dst` (room for
- * `dstCap` bytes). Returns the block's length, or E_OUTPUT_TOO_SMALL when it
- * does not fit (a `dstCap` of lz4CompressBound(srcLen) always fits), or E_ARG.
- */
-export function lz4Compress(src: usize, srcLen: u32, dst: usize, dstCap: u32): i32 {
-  if (srcLen > MAX_INPUT) return E_ARG;
-  prepareTable(srcLen);
-  const t = table;
-  const b = base;
-  base = b + srcLen + 1;
+// The compressor over a table of T (u16: positions; u32: base + positions).
+// @ts-ignore: decorator
+@inline function compressWith<T>(src: usize, srcLen: u32, dst: usize, dstCap: u32, t: usize, b: u32): i32 {
   const oend: usize = dst + dstCap;
   let op: usize = dst;
   let anchor: u32 = 0;
@@ -113,7 +109,7 @@ export function lz4Compress(src: usize, srcLen: u32, dst: usize, dstCap: u32): i
     const matchlimit: u32 = srcLen - LASTLITERALS; // matches end before this
     let ip: u32 = 0;
     // unsafe: every load below is at a position <= srcLen - 4 (ip <= mflimit).
-    store<u32>(t + (hash4(load<u32>(src)) << 2), b);
+    store<T>(t + (hash4(load<u32>(src)) << alignof<T>()), <T>b);
     ip = 1;
     let h = hash4(load<u32>(src + ip));
     while (true) {
@@ -128,9 +124,9 @@ export function lz4Compress(src: usize, srcLen: u32, dst: usize, dstCap: u32): i
         forward = cur + step;
         step = searchNb++ >> SKIP_TRIGGER;
         if (cur > mflimit) break;
-        const slot = t + (h << 2);
-        const e = load<u32>(slot);
-        store<u32>(slot, b + cur);
+        const slot = t + (h << alignof<T>());
+        const e = <u32>load<T>(slot);
+        store<T>(slot, <T>(b + cur));
         if (forward <= mflimit) h = hash4(load<u32>(src + forward));
         ip = cur;
         if (e >= b) {
@@ -204,10 +200,10 @@ export function lz4Compress(src: usize, srcLen: u32, dst: usize, dstCap: u32): i
           break;
         }
         // Fill the table at ip - 2 and test ip at once.
-        store<u32>(t + (hash4(load<u32>(src + ip - 2)) << 2), b + ip - 2);
-        const slot = t + (hash4(load<u32>(src + ip)) << 2);
-        const e = load<u32>(slot);
-        store<u32>(slot, b + ip);
+        store<T>(t + (hash4(load<u32>(src + ip - 2)) << alignof<T>()), <T>(b + ip - 2));
+        const slot = t + (hash4(load<u32>(src + ip)) << alignof<T>());
+        const e = <u32>load<T>(slot);
+        store<T>(slot, <T>(b + ip));
         if (e >= b) {
           ref = e - b;
           if (ip - ref <= MAX_DISTANCE && load<u32>(src + ref) == load<u32>(src + ip)) {
@@ -235,6 +231,28 @@ export function lz4Compress(src: usize, srcLen: u32, dst: usize, dstCap: u32): i
   memory.copy(op, src + anchor, last);
   op += last;
   return <i32>(op - dst);
+}
+
+/** The 16-bit table for inputs under 64 KiB. */
+let small: usize = 0;
+
+/**
+ * Compresses `srcLen` bytes at `src` into one LZ4 block at `dst` (room for
+ * `dstCap` bytes). Returns the block's length, or E_OUTPUT_TOO_SMALL when it
+ * does not fit (a `dstCap` of lz4CompressBound(srcLen) always fits), or E_ARG.
+ */
+export function lz4Compress(src: usize, srcLen: u32, dst: usize, dstCap: u32): i32 {
+  if (srcLen > MAX_INPUT) return E_ARG;
+  if (srcLen <= 65535) {
+    // Small inputs (pages): 16-bit positions, table cleared per call (8 KiB).
+    if (small == 0) small = heap.alloc(HASH_SIZE << 1);
+    memory.fill(small, 0, HASH_SIZE << 1);
+    return compressWith<u16>(src, srcLen, dst, dstCap, small, 0);
+  }
+  prepareTable(srcLen);
+  const b = base;
+  base = b + srcLen + 1;
+  return compressWith<u32>(src, srcLen, dst, dstCap, table, b);
 }
 
 /**
