@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { CheckpointWriter } from '../bindings/memory/index.js';
 import { needTool } from './_tools.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmkit-prefetch-cli-'));
@@ -93,6 +94,28 @@ describe('vmkit prefetch simulate', () => {
     // replay+virtual (ahead 3): the fault at i = 8 brings 9..11, i = 12 brings 13..15: 2 faults.
     const c = await sim('--trace', hexTrace, '--policy', 'replay+virtual', '--record', half, '--back', '0', '--ahead', '3');
     expect([c.faults, c.prefetched, c.prefetchHits]).toEqual([2, 14, 14]);
+  });
+
+  it('a checkpoint as the memory image: reads counted per storage block', async () => {
+    // Data frames get contents (zero pages are not stored in a checkpoint). Stored raw, a 64 KiB
+    // block holds 15 pages; stored pages in order: tables 1..4, then frames 8, 11, ..., 53. Block 0
+    // holds 1..4 and frames 8..38 (i = 0..10), block 1 frames 41..53 (i = 11..15).
+    const data = img.slice();
+    for (let i = 0; i < 16; i++) data.fill(i + 1, frameOf(i) * 4096, (frameOf(i) + 1) * 4096);
+    const ckpt = join(dir, 'guest.ckpt');
+    const w = await CheckpointWriter.create(ckpt, { guestSize: data.length, blockSize: 65536, codec: 'none' });
+    await w.writePages(0, data);
+    await w.finish();
+    const run2 = async (...args: string[]): Promise<Record<string, number>> => {
+      const r = await run('prefetch', 'simulate', ckpt, '--cr3', '0x1000', '--json', '--trace', hexTrace, ...args);
+      expect(r.err).toBe('');
+      return JSON.parse(r.out) as Record<string, number>;
+    };
+    // none: 16 faults, one block each.
+    expect((await run2('--policy', 'none')).reads).toBe(16);
+    // virtual ahead 3: faults at i = 0, 4 (block 0), 8 (frames 32..41: blocks 0 and 1), 12 (block 1): 5 reads.
+    const v = await run2('--policy', 'virtual', '--back', '0', '--ahead', '3');
+    expect([v.faults, v.prefetchHits, v.reads]).toEqual([4, 12, 5]);
   });
 
   it('bad input: usage errors and corrupt traces', async () => {

@@ -13,6 +13,7 @@
  */
 import { closeSync, fstatSync, openSync, readSync, writeFileSync } from 'node:fs';
 import { VmkitError } from '../../errors.js';
+import { CheckpointReader } from '../../memory/checkpoint/reader.js';
 import { AddressSpace } from '../../memory/paging/address-space.js';
 import { PAGING_MODES, type PagingMode } from '../../memory/paging/types.js';
 import { PrefetchEngine } from '../../memory/prefetch/engine.js';
@@ -24,6 +25,9 @@ import { emit, parse, parseU64, type CliIO, type Command } from '../_common.js';
 const usage = `Usage:
   vmkit prefetch simulate <memory-image> --cr3 <addr> --trace <file> --policy POLICY
         [--mode MODE] [--back N] [--ahead N] [--record <file>] [--translate walk|table] [--json]
+
+<memory-image> is a raw guest-physical image or a vmkit checkpoint (then
+reads are counted per storage block, as a lazy restore from it issues them).
 
 Replays the trace's accesses against the image restored lazily: every page
 starts absent; a fault loads what the policy picks, coalesced into runs
@@ -40,6 +44,45 @@ POLICY    none | physical | virtual | adaptive | replay | replay+virtual
 --translate walk (default): the core's page-table walker over the image;
           table: one walk of all mappings into the engine's own table first.
 MODE      x86-64 (default), x86-64-5level or aarch64 (--cr3 is TTBR0_EL1).`;
+
+/** A checkpoint as the walker's memory (pages through the reader's block cache) and its blocks. */
+async function checkpointMemory(path: string): Promise<GuestMemorySource & { close(): void; blockOf(page: number): number }> {
+  const r = await CheckpointReader.open(path);
+  const ps = r.pageSize;
+  const page = new Uint8Array(ps);
+  return {
+    size: BigInt(r.pageCount) * BigInt(ps),
+    readSync(at: Gpa, dst: Uint8Array): void {
+      // The walker reads 4 KiB table frames; read whole pages and copy the part asked for.
+      for (let done = 0; done < dst.length; ) {
+        const a = Number(at) + done;
+        const p = Math.floor(a / ps);
+        const off = a - p * ps;
+        const n = Math.min(ps - off, dst.length - done);
+        r.readPagesIntoSync(p, 1, page);
+        dst.set(page.subarray(off, off + n), done);
+        done += n;
+      }
+    },
+    blockOf: (p: number) => r.blockOf(p),
+    close: () => void r.close(),
+  };
+}
+
+async function isCheckpoint(path: string): Promise<boolean> {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return false; // imageMemory reports why
+  }
+  try {
+    const magic = Buffer.alloc(8);
+    return readSync(fd, magic, 0, 8, 0) === 8 && magic.toString('latin1') === 'VMKITCKP';
+  } finally {
+    closeSync(fd);
+  }
+}
 
 function imageMemory(path: string): GuestMemorySource & { close(): void } {
   let fd: number;
@@ -153,7 +196,8 @@ async function simulateCmd(argv: string[], io: CliIO): Promise<number> {
   if (replay && !recordPath) throw new VmkitError('ARG_RANGE', `--policy ${policyName} needs --record <file> (the recorded working set)`);
   const record = replay ? readRecord(recordPath!) : undefined;
 
-  const mem = imageMemory(image);
+  const ckpt = await isCheckpoint(image);
+  const mem: GuestMemorySource & { close(): void; blockOf?: (page: number) => number } = ckpt ? await checkpointMemory(image) : imageMemory(image);
   let space: AddressSpace | undefined;
   let engine: PrefetchEngine | undefined;
   try {
@@ -169,10 +213,10 @@ async function simulateCmd(argv: string[], io: CliIO): Promise<number> {
           if (f < BigInt(pages)) pairs.push([(m.gva + off) >> 12n, Number(f)]);
         }
       }
-      engine = new PrefetchEngine(pages, { mapCapacity: Math.max(1, pairs.length) });
+      engine = new PrefetchEngine(pages, { mapCapacity: Math.max(1, pairs.length), ...(mem.blockOf ? { blockOf: mem.blockOf } : {}) });
       engine.map(pairs);
     } else {
-      engine = new PrefetchEngine(pages, { translator: space });
+      engine = new PrefetchEngine(pages, { translator: space, ...(mem.blockOf ? { blockOf: mem.blockOf } : {}) });
     }
     const policy = createPolicy(policyName as PolicyName, { back, ahead, ...(record ? { record } : {}) });
     const r = simulate(engine, policy, traceOf(tracePath));
