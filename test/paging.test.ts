@@ -500,6 +500,40 @@ describe('caches and the frame-request protocol', () => {
     for (const s of [a, b, c]) s.dispose();
   });
 
+  it('a memory source may call back into the space while a frame is read (nested batches, walks, translations)', () => {
+    const { mem, t } = wide();
+    const opts: AddressSpaceOptions = { mode: 'x86-64', root: t.root };
+    const gvas = BigUint64Array.from({ length: 20000 }, (_, i) => BigInt(i % 64) * MiB2 + BigInt(((i * 5) % 14) * 37) * KiB4 + BigInt(i % 4096));
+    const want = [...gvas].map((v) => {
+      const r = referenceTranslate(mem, opts, v);
+      return r.ok ? r.gpa : UNMAPPED_GPA;
+    });
+    let s: AddressSpace | undefined;
+    let nested = 0;
+    const memory: GuestMemorySource = {
+      size: mem.size,
+      readSync(at, dst) {
+        // Half-fill dst first: a nested read must not reuse the outer one's buffer.
+        mem.readSync(at, dst);
+        if (s && nested < 40) {
+          const k = ++nested; // reads nest: calls below may read frames (and come back here) again
+          const from = (k * 331) % 19000;
+          const out = new BigUint64Array(700);
+          s.translateInto(gvas.subarray(from, from + 700), out);
+          expect([...out]).toEqual(want.slice(from, from + 700));
+          expect(s.translate(gvas[k]!)).toMatchObject({ ok: true, gpa: want[k] });
+          expect(take(s.mappings(), 5).length).toBe(5);
+        }
+      },
+    };
+    s = AddressSpace.create({ memory, mode: 'x86-64', root: t.root, cacheFrames: 16 });
+    const out = new BigUint64Array(gvas.length);
+    s.translateInto(gvas, out);
+    expect(nested).toBeGreaterThan(10);
+    expect([...out]).toEqual(want);
+    s.dispose();
+  });
+
   it('setRoot switches address spaces', () => {
     const mem = new BufMemory(1 << 18);
     const a = new X86Tree(mem);

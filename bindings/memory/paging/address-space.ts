@@ -242,6 +242,8 @@ export class AddressSpace {
   #out = 0;
   #closed = false;
   #tmp = new Uint8Array(4096);
+  #reading = false;
+  #batching = false;
   #reverse: _Reverse | undefined;
   #reverseEpoch = 0;
   #opts: AddressSpaceOptions;
@@ -328,14 +330,20 @@ export class AddressSpace {
   /** Reads the frame at `frame` from guest memory and hands it to the core. */
   #provide(c: Core, frame: bigint): void {
     const size = this.memory.size;
-    const tmp = this.#tmp;
+    // A source may call back into this space (a lazy memory translating through it):
+    // a nested read gets its own buffer.
+    const tmp = this.#reading ? new Uint8Array(4096) : this.#tmp;
     const n = size - frame >= 4096n ? 4096 : Number(size - frame);
     if (n < 4096) tmp.fill(0, n);
+    const outer = this.#reading;
+    this.#reading = true;
     try {
       this.memory.readSync(frame as Gpa, n === 4096 ? tmp : tmp.subarray(0, n));
     } catch (e) {
       if (e instanceof VmkitError) throw e;
       throw new VmkitError('IO', `reading the page-table frame at ${frame.toString(16)} failed: ${(e as Error).message}`, { cause: e, offset: frame });
+    } finally {
+      this.#reading = outer;
     }
     // The source may have used the core (a checkpoint reader): check it is still ours.
     checkGeneration(this.#gen, 'address space');
@@ -404,27 +412,39 @@ export class AddressSpace {
     const c = this.#live();
     return withCore(() => {
       const e = _ex(c);
-      const io = this.#io;
-      let mapped = 0;
-      for (let at = 0; at < gvas.length; at += BATCH) {
-        const n = Math.min(BATCH, gvas.length - at);
-        new BigUint64Array(c.exports.memory.buffer, io, n).set(gvas.subarray(at, at + n));
-        let done = 0;
-        let stuck = 0;
-        for (;;) {
-          const r = check(e.pagingTranslateBatch(this.#h, io, io, done, n), 'translate batch');
-          mapped += Number(this.#res(c)[R_MAPPED]!);
-          if (r >= n) break;
-          // Each frame lets the walk of address r go one level deeper (at most 5).
-          stuck = r === done ? stuck + 1 : 0;
-          if (stuck > 8) throw new VmkitError('LIMIT', 'translate batch made no progress (frame cache too small?)');
-          done = r;
-          this.#provide(c, this.#res(c)[R_FRAME]!);
-        }
-        out.set(new BigUint64Array(c.exports.memory.buffer, io, n), at);
+      // Called again from inside a frame read (see #provide): a buffer of its own.
+      const nested = this.#batching;
+      const io = nested ? c.alloc(BATCH * 8) : this.#io;
+      this.#batching = true;
+      try {
+        return this.#translateChunks(c, e, io, gvas, out);
+      } finally {
+        this.#batching = nested;
+        if (nested) c.free(io);
       }
-      return mapped;
     });
+  }
+
+  #translateChunks(c: Core, e: _PagingExports, io: number, gvas: BigUint64Array, out: BigUint64Array): number {
+    let mapped = 0;
+    for (let at = 0; at < gvas.length; at += BATCH) {
+      const n = Math.min(BATCH, gvas.length - at);
+      new BigUint64Array(c.exports.memory.buffer, io, n).set(gvas.subarray(at, at + n));
+      let done = 0;
+      let stuck = 0;
+      for (;;) {
+        const r = check(e.pagingTranslateBatch(this.#h, io, io, done, n), 'translate batch');
+        mapped += Number(this.#res(c)[R_MAPPED]!);
+        if (r >= n) break;
+        // Each frame lets the walk of address r go one level deeper (at most 5).
+        stuck = r === done ? stuck + 1 : 0;
+        if (stuck > 8) throw new VmkitError('LIMIT', 'translate batch made no progress (frame cache too small?)');
+        done = r;
+        this.#provide(c, this.#res(c)[R_FRAME]!);
+      }
+      out.set(new BigUint64Array(c.exports.memory.buffer, io, n), at);
+    }
+    return mapped;
   }
 
   /**
