@@ -3,6 +3,7 @@
 // byte; reads and writes at GPA and at GVA; a checkpoint's runs are counted
 // by storage block; a 64 GiB guest works in a small wasm memory.
 import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import {
   AddressSpace,
   CheckpointReader,
@@ -155,6 +156,47 @@ describe('lazy guest memory over a buffer', () => {
     await mem.read(gpa(0x4000), new Uint8Array(1));
     expect([mem.stats().faults, mem.stats().prefetchHits]).toEqual([0, 1]);
     mem.close();
+  });
+});
+
+describe('contents under any policy', () => {
+  it('random reads and writes match a shadow copy of the image', () => {
+    const pages = 48;
+    const img = image(pages);
+    // Virtual page v -> frame (11v + 5) mod 48 (a permutation), for the virtual policies' reverse map.
+    const map = new Map<bigint, bigint>(Array.from({ length: pages }, (_, v) => [BigInt(v), BigInt((11 * v + 5) % pages)] as [bigint, bigint]));
+    fc.assert(
+      fc.property(
+        fc.constantFrom('none', 'physical', 'virtual', 'adaptive', 'replay+virtual'),
+        fc.array(fc.record({ at: fc.integer({ min: 0, max: pages * PS - 1 }), len: fc.integer({ min: 1, max: 3 * PS }), write: fc.boolean(), seed: fc.integer({ min: 0, max: 255 }) }), { maxLength: 25 }),
+        (name, ops) => {
+          const shadow = img.slice();
+          const mem = LazyGuestMemory.openSync(bufferPages(img.slice()), { translator: translator(map), policy: createPolicy(name, { back: 2, ahead: 3, record: [7, 8, 30] }) });
+          for (const op of ops) {
+            const len = Math.min(op.len, pages * PS - op.at);
+            if (op.write) {
+              const d = Uint8Array.from({ length: len }, (_, i) => (op.seed + i) & 255);
+              mem.writeSync(gpa(op.at), d);
+              shadow.set(d, op.at);
+            } else {
+              const d = new Uint8Array(len);
+              mem.readSync(gpa(op.at), d);
+              expect(d).toEqual(shadow.subarray(op.at, op.at + len));
+            }
+          }
+          const all = new Uint8Array(pages * PS);
+          mem.readSync(gpa(0), all);
+          expect(all).toEqual(shadow);
+          // Every page is resident now; loaded pages = faults + prefetched, and nothing loads twice.
+          const s = mem.stats();
+          expect(mem.residentCount()).toBe(pages);
+          expect(s.loaded).toBe(pages);
+          expect(s.prefetched).toBe(s.loaded - s.faults);
+          mem.close();
+        },
+      ),
+      { numRuns: 40 },
+    );
   });
 });
 
