@@ -491,11 +491,9 @@ export class Qcow2Device implements ImageDevice {
     const cStart = gc * this.cs;
     const inC = pos - cStart;
     // Whole granules (cluster, or subclusters) of zeroes become zero entries.
-    const granule = this.sub;
-    const zmap = zeroGranules(data, granule);
-    const allZero = (i: number): boolean => ((zmap[i >> 3]! >> (i & 7)) & 1) === 1;
-    if (!this.ext) {
-      if (data.length === this.cs && allZero(0)) return this.zeroCluster(gc, r, false);
+    // (Extended L2 scans its span of subclusters below; a partial standard cluster is data.)
+    if (!this.ext && data.length === this.cs && !leadsWithData(data) && (zeroGranules(data, this.cs)[0]! & 1) === 1) {
+      return this.zeroCluster(gc, r, false);
     }
     const { l2, idx, table } = await this.l2For(gc, r);
     const e = decodeL2(new DataView(table.buffer, table.byteOffset, table.byteLength), idx, this.ext, this.header.clusterBits);
