@@ -1010,6 +1010,29 @@ export function pagingInvalidateRange(h: i32, from: u64, last: u64): i32 {
 }
 
 /**
+ * Forgets the cached table frames whose guest-physical addresses fall in
+ * [from, last] (the guest wrote those pages) and, when any was cached, every
+ * cached translation (they may derive from the dropped frames). Returns how
+ * many frames were dropped, E_HANDLE or E_ARG (from > last).
+ */
+export function pagingInvalidatePhysical(h: i32, from: u64, last: u64): i32 {
+  const s = getSpace(h);
+  if (s == null) return E_HANDLE;
+  if (from > last) return E_ARG;
+  const lo = from & ~(<u64>0xfff);
+  let n = 0;
+  for (let slot: u32 = 0; slot < s.count; slot++) {
+    const key = load<u64>(s.keys + (<usize>slot << 3));
+    if (key == FREE_KEY || key < lo || key > last) continue;
+    cacheUnlink(s, <i32>slot);
+    n++;
+  }
+  if (n > 0) memory.fill(s.rc, 0, <usize>RC_N << 5);
+  s.pendFrame = FREE_KEY;
+  return n;
+}
+
+/**
  * Switches the root registers (a new CR3, TTBR0/TTBR1): cached translations
  * are dropped, cached frames kept (they are guest-physical contents).
  * Returns 0 or E_HANDLE.

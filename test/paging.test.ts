@@ -534,6 +534,25 @@ describe('caches and the frame-request protocol', () => {
     s.dispose();
   });
 
+  it('invalidatePhysical drops the frames the guest wrote, and only then the translations', () => {
+    const { mem, t } = wide();
+    const s = space(mem, { mode: 'x86-64', root: t.root });
+    const gvas = BigUint64Array.from({ length: 64 }, (_, i) => BigInt(i) * MiB2);
+    s.translateInto(gvas, new BigUint64Array(64));
+    const pt3 = t.table(3n * MiB2, 1);
+    mem.set(pt3, 0x5555_0000n | X.P);
+    // A page with no table in it: nothing dropped, nothing re-read.
+    const reads = mem.reads;
+    expect(s.invalidatePhysical(gpa(0xf_0000n), gpa(0xf_1000n))).toBe(0);
+    expect(s.translate(gva(3n * MiB2))).toMatchObject({ ok: true, gpa: 0x1000_0000n + 3n * MiB2 });
+    expect(mem.reads).toBe(reads);
+    expect(s.invalidatePhysical(gpa(pt3 + 8n), gpa(pt3 + 9n))).toBe(1);
+    expect(s.translate(gva(3n * MiB2))).toMatchObject({ ok: true, gpa: 0x5555_0000n });
+    expect(mem.reads).toBe(reads + 1);
+    expect(s.gvasOf(gpa(0x5555_0000n))).toEqual([3n * MiB2]);
+    s.dispose();
+  });
+
   it('setRoot switches address spaces', () => {
     const mem = new BufMemory(1 << 18);
     const a = new X86Tree(mem);

@@ -88,6 +88,7 @@ interface _PagingExports {
   pagingMappings(h: number, from: bigint, last: bigint, out: number, cap: number, budget: number): number;
   pagingInvalidate(h: number): number;
   pagingInvalidateAll(): number;
+  pagingInvalidatePhysical(h: number, from: bigint, last: bigint): number;
   pagingInvalidateRange(h: number, from: bigint, last: bigint): number;
   pagingSetRoot(h: number, root0: bigint, root1: bigint, hasRoot1: number): number;
   pagingStats(h: number, dst: number): number;
@@ -607,6 +608,28 @@ export class AddressSpace {
     this.#reverse = undefined;
     if (to <= lo) return;
     withCore(() => check(_ex(c).pagingInvalidateRange(this.#h, lo, to - 1n), 'invalidate range'));
+  }
+
+  /**
+   * Forgets the cached page-table frames in the guest-physical range
+   * `[from, to)` (call it when the guest wrote those pages, e.g. from a dirty
+   * log), and with them every cached translation. Returns how many cached
+   * frames were dropped (0: nothing cached there, translations kept).
+   * @example
+   * ```ts
+   * for (const page of dirtyPages) space.invalidatePhysical(gpa(page * 4096n), gpa(page * 4096n + 4096n));
+   * ```
+   */
+  invalidatePhysical(from: bigint, to: bigint): number {
+    const lo = au64(from, 'from');
+    if (typeof to !== 'bigint' || to < 0n || to > 1n << 64n) {
+      throw new VmkitError(typeof to === 'bigint' ? 'ARG_RANGE' : 'ARG_TYPE', `to must be a bigint in [0, 2^64], got ${describe(to)}`);
+    }
+    const c = this.#live();
+    if (to <= lo) return 0;
+    const n = withCore(() => check(_ex(c).pagingInvalidatePhysical(this.#h, lo, to - 1n), 'invalidate physical'));
+    if (n > 0) this.#reverse = undefined;
+    return n;
   }
 
   /**
