@@ -345,7 +345,11 @@ export async function sha(alg: 'SHA-256' | 'SHA-512' | 'SHA-1', data: Uint8Array
       try {
         // Hidden from bundlers so browser builds do not try to resolve node:crypto.
         const name = 'node:crypto';
-        nodeHash = ((await import(/* @vite-ignore */ name)) as { createHash: NodeHash }).createHash;
+        const m = (await import(/* @vite-ignore */ name)) as { createHash: NodeHash; hash?: (alg: string, d: Uint8Array, enc: 'buffer') => Uint8Array };
+        nodeHash = m.createHash;
+        // The one-shot hash (Node ≥ 20.12) skips a Hash object per call: ~2× for small files.
+        const one = m.hash;
+        if (typeof one === 'function') nodeHash = (alg) => ({ update: (d) => ({ digest: () => one(alg, d, 'buffer') }) });
       } catch {
         nodeHash = null;
       }
