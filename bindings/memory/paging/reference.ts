@@ -412,5 +412,7 @@ export function referenceMappings(memory: GuestMemorySource, opts: AddressSpaceO
   const r = _regime(opts);
   if (typeof from !== 'bigint' || from < 0n || from > U64) throw new VmkitError('ARG_RANGE', 'from must be a bigint in [0, 2^64)');
   if (typeof to !== 'bigint' || to < 0n || to > 1n << 64n) throw new VmkitError('ARG_RANGE', 'to must be a bigint in [0, 2^64]');
+  // [from, to) is half-open: an empty range holds no page, not even a large one around `from`.
+  if (to <= from) return (function* (): Generator<Mapping> {})();
   return r.mode === 'aarch64' ? _a64Mappings(memory, r, from, to) : _x86Mappings(memory, r, from, to);
 }
