@@ -3,7 +3,7 @@
 // refresh that keeps the last verified index, health and metrics; then end
 // to end with the real appraisal and EAR signing, in-process and through the
 // CLI as a child process.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -151,9 +151,10 @@ describe('SourceSet scheduling', () => {
     const set = new SourceSet([src], { intervalMs: 3_600_000 });
     await set.refreshAll({ requireAll: true });
     set.start();
-    await new Promise((r) => setTimeout(r, 1300));
+    // Due ~1 s in (half the time left before Valid-Until); the interval alone would wait an hour.
+    // Polled rather than slept: a loaded machine runs timers late.
+    await vi.waitFor(() => expect(src.calls).toBeGreaterThanOrEqual(2), { timeout: 20_000, interval: 20 });
     set.close();
-    expect(src.calls).toBeGreaterThanOrEqual(2);
     expect(set.status()[0]!.validUntil).toBeInstanceOf(Date);
   });
   it('answers requests while a refresh is in flight', async () => {
@@ -171,11 +172,10 @@ describe('SourceSet scheduling', () => {
     const u = await svc.listen(0);
     try {
       const pending = set.refreshOne(0); // hangs until released
-      const t0 = performance.now();
+      // Not timed: were requests blocked behind the refresh, this would never answer (release() comes after).
       const { nonce } = (await (await fetch(`${u}/nonce`)).json()) as { nonce: string };
       const r = await fetch(`${u}/attest`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ nonce, evidence: { digests: [{ alg: 'sha256', hex: '00'.repeat(32) }] } }) });
       expect(r.status).toBe(200);
-      expect(performance.now() - t0).toBeLessThan(1000);
       release();
       expect(await pending).toBeUndefined();
     } finally {
@@ -184,14 +184,17 @@ describe('SourceSet scheduling', () => {
   });
 
   it('backs off after failures and records them; requireAll throws the first', async () => {
-    const src = fakeSource(() => ({ fail: true }));
+    const at: number[] = [];
+    const src = fakeSource(() => (at.push(performance.now()), { fail: true }));
     const set = new SourceSet([src], { intervalMs: 3_600_000, retryMs: 100 });
     await expect(set.refreshAll({ requireAll: true })).rejects.toThrow(expect.objectContaining({ code: 'NETWORK' }));
     set.start();
-    await new Promise((r) => setTimeout(r, 500)); // retries at +100, +200 (doubling), then +400
+    // Retries at +100, +200 (doubling), then +400. Polled, and only lower bounds on the gaps:
+    // a loaded machine runs timers late, never (beyond a ms) early.
+    await vi.waitFor(() => expect(src.calls).toBeGreaterThanOrEqual(3), { timeout: 20_000, interval: 10 });
     set.close();
-    expect(src.calls).toBeGreaterThanOrEqual(3);
-    expect(src.calls).toBeLessThanOrEqual(4);
+    expect(at[1]! - at[0]!).toBeGreaterThanOrEqual(95);
+    expect(at[2]! - at[1]!).toBeGreaterThanOrEqual(195);
     const st = set.status()[0]!;
     expect(st.failures).toBe(src.calls);
     expect(st.lastError?.code).toBe('NETWORK');
@@ -257,8 +260,11 @@ describe.runIf(ready)('attestation service over real repositories', () => {
     const r2 = await post(req);
     expect(r2.status).toBe(401);
     expect(((await r2.json()) as { error: { code: string; reason: string } }).error).toMatchObject({ code: 'REFUSED', reason: 'unknown-or-replayed' });
-    const r3 = await post({ ...req, nonce: n.slice(0, -2) + (n.endsWith('AA') ? 'BB' : 'AA') });
+    // A fresh nonce with one MAC character changed (not the last: its low bits are padding, ignored).
+    const m = await nonce();
+    const r3 = await post({ ...req, nonce: m.slice(0, -3) + (m.at(-3) === 'A' ? 'B' : 'A') + m.slice(-2) });
     expect(r3.status).toBe(401);
+    expect(((await r3.json()) as { error: { reason: string } }).error.reason).toBe('forged');
   });
 
   it('refuses oversized, malformed and mistyped requests with 4xx and keeps serving', async () => {
@@ -330,7 +336,7 @@ describe.runIf(ready)('attestation service over real repositories', () => {
     await sources.refreshAll({ requireAll: true });
     repo.hits.clear();
     sources.start();
-    await new Promise((r) => setTimeout(r, 700));
+    await vi.waitFor(() => expect(sources.status()[0]!.refreshes).toBeGreaterThanOrEqual(3), { timeout: 20_000, interval: 20 });
     const st = sources.status()[0]!;
     sources.close();
     expect(st.refreshes).toBeGreaterThanOrEqual(3);
@@ -342,7 +348,12 @@ describe.runIf(ready)('attestation service over real repositories', () => {
 
   it('answers 503 while no source is loaded and under overload, and closes gracefully', async () => {
     const sources = new SourceSet([openSource(`rpm ${repo.url}/rpm`, { keyring: ring })]);
-    const slow: Verifier = { ...lookupVerifier(), appraise: async () => (await new Promise((r) => setTimeout(r, 200)), { status: 'warning', submods: {} }) };
+    // The first request is held inside appraise until released (no race between sleeps).
+    let entered!: () => void;
+    let release!: () => void;
+    const inside = new Promise<void>((r) => (entered = r));
+    const gate = new Promise<void>((r) => (release = r));
+    const slow: Verifier = { ...lookupVerifier(), appraise: async () => (entered(), await gate, { status: 'warning', submods: {} }) };
     const s2 = new AttestService({ sources, verifier: slow, maxInFlight: 1, maxBufferedBytes: 4096 });
     const u = await s2.listen(0);
     const n = ((await (await fetch(`${u}/nonce`)).json()) as { nonce: string }).nonce;
@@ -355,12 +366,13 @@ describe.runIf(ready)('attestation service over real repositories', () => {
     const fat = await fetch(`${u}/attest`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body + ' '.repeat(8192) });
     expect(fat.status).toBe(503);
     const first = go();
-    await new Promise((r) => setTimeout(r, 50));
+    await inside;
     const n2 = ((await (await fetch(`${u}/nonce`)).json()) as { nonce: string }).nonce;
     const busy = await fetch(`${u}/attest`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body.replace(n, n2) });
     expect(busy.status).toBe(503);
     expect(busy.headers.get('retry-after')).toBe('1');
     const closing = s2.close();
+    release();
     expect((await first).status).toBe(200); // the request in flight finishes
     await closing;
     await expect(fetch(`${u}/healthz`)).rejects.toThrow();
