@@ -179,6 +179,7 @@ async function handoffLatency(dir, specs, n) {
     }
     return pairs.map((pr) => {
       const ms = pr.ms.sort((x, y) => x - y);
+      if (process.env.OWNER_BENCH_DEBUG) console.log(pr.spec.kind, 'slowest', ms.slice(-12).map((x) => x.toFixed(0)).join(' '));
       return { kind: pr.spec.kind, p50: pct(ms, 0.5), p99: pct(ms, 0.99), n: ms.length };
     });
   } finally {
