@@ -48,14 +48,41 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** `n` distinct free ports: all held open until every one is picked (one at a time, the kernel may hand out a port twice). */
+async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
+      const s = createServer();
+      s.on('error', reject);
+      s.listen(0, '127.0.0.1', () => resolve(s));
+    })),
+  );
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
 /**
  * Starts etcd (one member, or a cluster of `members` on this host) and resolves once every member
  * reports healthy (or rejects with the log after `timeoutMs`).
  */
-export async function startEtcd({ timeoutMs = 15_000, members = 1 }: { timeoutMs?: number; members?: number } = {}): Promise<EtcdServer> {
+export async function startEtcd(opts: { timeoutMs?: number; members?: number } = {}): Promise<EtcdServer> {
+  // The ports are free when picked, but another process (a parallel spec) may bind one before etcd
+  // does: start again on new ports then.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startEtcdOnce(opts);
+    } catch (e) {
+      if (attempt >= 3 || !/address already in use/i.test(String(e))) throw e;
+    }
+  }
+}
+
+async function startEtcdOnce({ timeoutMs = 15_000, members = 1 }: { timeoutMs?: number; members?: number } = {}): Promise<EtcdServer> {
   const dir = mkdtempSync(join(tmpdir(), 'vmkit-etcd-'));
   const spec: { name: string; client: string; peer: string }[] = [];
-  for (let i = 0; i < members; i++) spec.push({ name: `m${i}`, client: `http://127.0.0.1:${await freePort()}`, peer: `http://127.0.0.1:${await freePort()}` });
+  const ports = await freePorts(2 * members);
+  for (let i = 0; i < members; i++) spec.push({ name: `m${i}`, client: `http://127.0.0.1:${ports[2 * i]}`, peer: `http://127.0.0.1:${ports[2 * i + 1]}` });
   const cluster = spec.map((m) => `${m.name}=${m.peer}`).join(',');
   let out = '';
   const keep = (b: Buffer): void => {
