@@ -163,21 +163,28 @@ export function parseImaLine(text: string, line: number = 1): ImaEntry | null {
  * ```
  */
 export function imaTemplateData(e: ImaEntry): Uint8Array {
-  const path = enc.encode(e.path);
+  // Hot path (every entry, for the template hash): the path is encoded into a reused scratch
+  // buffer and the algorithm name comes from a cache, so the only allocation is the result.
+  if (_scratch.length < e.path.length * 3) _scratch = new Uint8Array(e.path.length * 3 + 256);
+  const plen = enc.encodeInto(e.path, _scratch).written;
+  const path = _scratch.subarray(0, plen);
   if (e.template === 'ima') {
     const out = new Uint8Array(e.digest.length + IMA_NAME_LEN);
     out.set(e.digest, 0);
     out.set(path.subarray(0, IMA_NAME_LEN - 1), e.digest.length);
     return out;
   }
-  const alg = enc.encode(e.digestAlg);
+  let alg = _algBytes.get(e.digestAlg);
+  if (alg === undefined) {
+    alg = enc.encode(e.digestAlg);
+    if (_algBytes.size < 64) _algBytes.set(e.digestAlg, alg);
+  }
   const extra = e.template === 'ima-sig' ? e.signature ?? new Uint8Array(0) : e.template === 'ima-buf' ? e.buffer ?? new Uint8Array(0) : undefined;
   const dlen = alg.length + 2 + e.digest.length;
-  const n = 4 + dlen + 4 + path.length + 1 + (extra ? 4 + extra.length : 0);
+  const n = 4 + dlen + 4 + plen + 1 + (extra ? 4 + extra.length : 0);
   const out = new Uint8Array(n);
-  const dv = new DataView(out.buffer);
   let o = 0;
-  dv.setUint32(o, dlen, true);
+  _u32le(out, o, dlen);
   o += 4;
   out.set(alg, o);
   o += alg.length;
@@ -185,15 +192,24 @@ export function imaTemplateData(e: ImaEntry): Uint8Array {
   out[o++] = 0;
   out.set(e.digest, o);
   o += e.digest.length;
-  dv.setUint32(o, path.length + 1, true);
+  _u32le(out, o, plen + 1);
   o += 4;
   out.set(path, o);
-  o += path.length + 1; // NUL already there
+  o += plen + 1; // NUL already there
   if (extra) {
-    dv.setUint32(o, extra.length, true);
+    _u32le(out, o, extra.length);
     out.set(extra, o + 4);
   }
   return out;
+}
+
+let _scratch = new Uint8Array(4096);
+const _algBytes = new Map<string, Uint8Array>();
+function _u32le(b: Uint8Array, o: number, v: number): void {
+  b[o] = v & 255;
+  b[o + 1] = (v >>> 8) & 255;
+  b[o + 2] = (v >>> 16) & 255;
+  b[o + 3] = (v >>> 24) & 255;
 }
 
 /** The entry's file digest as a {@link Digest}, when its algorithm is one the index knows. @example `imaEntryDigest(e) // { alg: 'sha256', hex: '…' }` */
