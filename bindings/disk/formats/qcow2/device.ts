@@ -24,7 +24,7 @@ import { zeroGranules } from '../../_sectors.js';
 import { _backingStatus, _checkWritable, _closeLayer, _Queue, _readBacking, _readFresh, _readRuns, _statusRun } from '../_device.js';
 import type { ImageDevice, ImageInfo } from '../types.js';
 import { encodeQcow2Header, type Qcow2Header } from './header.js';
-import { decodeL2, encodeL2, entryOffset, HI_COPIED, Refcounts, type L2Entry } from './metadata.js';
+import { decodeL2, encodeL2, entryOffset, HI_COPIED, LO_ZERO, Refcounts, type L2Entry } from './metadata.js';
 
 // L2 tables kept in memory: at most 64, and at most 8 MiB of them (clusters go up to 2 MiB).
 const L2_CACHE_BYTES = 8 << 20;
@@ -275,7 +275,7 @@ export class Qcow2Device implements ImageDevice {
 
   /** The run of equal status starting at `pos`, within its cluster. */
   private async piece(pos: number): Promise<Piece> {
-    const { e, l2 } = await this.entry(pos);
+    const { e, l2, idx } = await this.entry(pos);
     if (l2 === 0) {
       // No L2 table: the whole range of this L1 entry is unallocated (terabyte disks map fast).
       const span = this.cs * this.l2Entries;
@@ -286,7 +286,15 @@ export class Qcow2Device implements ImageDevice {
     if (e.kind === 'compressed') return { kind: 'compressed', host: e.host, len: toEnd, entry: e };
     if (!this.ext) {
       if (e.kind === 'normal') return { kind: 'normal', host: e.host + inC, len: toEnd, entry: e };
-      return { kind: e.kind, host: e.host, len: toEnd, entry: e };
+      if (e.host !== 0) return { kind: e.kind, host: e.host, len: toEnd, entry: e };
+      // Unallocated and (plain) zero clusters run on over the following entries that say the
+      // same, so a sparse overlay reads its backing file in long runs, not cluster by cluster.
+      const t = await this.l2Table(l2);
+      const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
+      const want = e.kind === 'zero' ? LO_ZERO : 0;
+      let j = idx + 1;
+      while (j < this.l2Entries && (dv.getUint32(j * 8) & ~HI_COPIED) === 0 && (dv.getUint32(j * 8 + 4) & ~0x1fe) === want) j++;
+      return { kind: e.kind, host: 0, len: toEnd + (j - idx - 1) * this.cs, entry: e };
     }
     const s0 = Math.floor(inC / this.sub);
     const kindOf = (s: number): Piece['kind'] => ((e.alloc >>> s) & 1 ? 'normal' : (e.zeroes >>> s) & 1 ? 'zero' : 'unallocated');
