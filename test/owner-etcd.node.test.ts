@@ -137,6 +137,46 @@ describe.skipIf(!have)('owner store: etcd', () => {
     expect(await s.read(w)).toEqual({ record: null, revision: null });
   });
 
+  it('the CLI with --etcd and --name: two paths to one disk (two hosts) share one record', { timeout: 30_000 }, async () => {
+    const { spawnSync } = await import('node:child_process');
+    const { symlink } = await import('node:fs/promises');
+    const bin = join(process.cwd(), 'dist', 'bin', 'vmkit.js');
+    const dir = await mkdtemp(join(tmpdir(), 'vmkit-etcd-cli-'));
+    let kill = (): void => {};
+    try {
+      await writeFile(join(dir, 'vm.raw'), new Uint8Array(1 << 16));
+      await symlink(join(dir, 'vm.raw'), join(dir, 'other-path.raw')); // the same disk as another host mounts it
+      const name = disk('cli-shared');
+      const cli = (...a: string[]) => spawnSync(process.execPath, [bin, ...a, '--etcd', etcd.endpoint, '--json'], { cwd: dir, encoding: 'utf8', timeout: 20_000 });
+      const { spawn } = await import('node:child_process');
+      const holder = spawn(process.execPath, [bin, 'disk', 'open', 'vm.raw', '--as', 'host-a', '--name', name, '--etcd', etcd.endpoint], { cwd: dir });
+      let out = '';
+      holder.stdout.on('data', (b: Buffer) => (out += b.toString()));
+      holder.stderr.on('data', (b: Buffer) => (out += b.toString()));
+      const exited = new Promise<number | null>((r) => holder.on('exit', r));
+      kill = () => holder.kill('SIGKILL');
+      for (let i = 0; i < 200 && !out.includes('holding'); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(out, out).toContain('holding');
+      const seen = cli('disk', 'owner', 'other-path.raw', '--name', name);
+      expect(seen.status).toBe(0);
+      const rec1 = JSON.parse(seen.stdout) as { disk: string; record: OwnerRecord | null };
+      expect(rec1.disk).toBe(name);
+      expect(rec1.record?.owner?.id).toBe('host-a');
+      // Without --name the other path is another key: no record there.
+      const apart = JSON.parse(cli('disk', 'owner', 'other-path.raw').stdout) as { record: OwnerRecord | null };
+      expect(apart.record).toBeNull();
+      expect(cli('disk', 'owner', 'vm.raw', '--name', '').status).toBe(2);
+      // A release asked for through the other path reaches the holder; it exits 0.
+      const rel = cli('disk', 'release', 'other-path.raw', '--name', name);
+      expect(rel.status).toBe(0);
+      expect(await exited).toBe(0);
+      expect((JSON.parse(cli('disk', 'owner', 'vm.raw', '--name', name).stdout) as { record: OwnerRecord }).record.state).toBe('free');
+    } finally {
+      kill();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('an etcd that is down gives NETWORK at once; one that hangs gives TIMEOUT within the deadline', async () => {
     const dead = `http://127.0.0.1:${await freePort()}`;
     // A long deadline: NETWORK well before it shows the refusal was not waited out (a wide

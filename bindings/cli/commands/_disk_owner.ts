@@ -18,16 +18,17 @@ import type { FormatName } from '../../disk/formats/types.js';
 
 /** Usage of the three subcommands. */
 export const ownerUsage: string = `Usage:
-  vmkit disk owner <disk> [--etcd <urls>] [--json]
+  vmkit disk owner <disk> [--etcd <urls>] [--name <key>] [--json]
       the owner record: epoch, state, holder, lease
-  vmkit disk open <disk> --as <id> [--serve <host:port>] [--lease <ms>] [--wait <ms>] [--format qcow2|vmdk|raw] [--etcd <urls>] [--json]
+  vmkit disk open <disk> --as <id> [--serve <host:port>] [--lease <ms>] [--wait <ms>] [--format qcow2|vmdk|raw] [--etcd <urls>] [--name <key>] [--json]
       take the disk (its owner is asked to release it), hold it and answer release
       requests at the printed endpoint; exits 0 once released, 1 if fenced
-  vmkit disk release <disk> [--as <id>] [--etcd <urls>] [--json]
+  vmkit disk release <disk> [--as <id>] [--etcd <urls>] [--name <key>] [--json]
       ask the current owner to release the disk (it ends free)
 
 The owner record lives in <disk>.owner/ next to the disk, or in etcd with --etcd
-(comma-separated client URLs). Exit codes: 0 ok, 1 failure (refused, unreachable, fenced), 2 usage.`;
+(comma-separated client URLs). --name sets the disk's key in the store (default: the
+path as typed); with --etcd, give every host the same --name for the same disk. Exit codes: 0 ok, 1 failure (refused, unreachable, fenced), 2 usage.`;
 
 function onePath(positionals: string[], sub: string): string {
   const [p] = positionals;
@@ -40,6 +41,16 @@ function ms(v: unknown, name: string): number | undefined {
   const n = Number(v);
   if (typeof v !== 'string' || !/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new VmkitError('ARG_RANGE', `${name} must be a number of milliseconds, got ${JSON.stringify(v)}`);
   return n;
+}
+
+/**
+ * The disk's key in the store: `--name` when given (the same disk reached by
+ * different paths on different hosts must share one etcd key), else the path.
+ */
+function nameOf(name: unknown, path: string): string {
+  if (name === undefined) return path;
+  if (typeof name !== 'string' || name.length === 0 || name.length > 1024) throw new VmkitError('ARG_RANGE', `--name must be a non-empty key of at most 1024 characters`);
+  return name;
 }
 
 async function storeOf(etcd: unknown): Promise<OwnerStore | undefined> {
@@ -68,8 +79,8 @@ export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<
     return 0;
   }
   if (sub === 'owner') {
-    const { values, positionals } = parse(argv, { etcd: { type: 'string' } });
-    const disk = onePath(positionals, sub);
+    const { values, positionals } = parse(argv, { etcd: { type: 'string' }, name: { type: 'string' } });
+    const disk = nameOf(values.name, onePath(positionals, sub));
     const store = await storeOf(values.etcd);
     try {
       const r = await readOwner(disk, store ? { store } : {});
@@ -87,8 +98,8 @@ export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<
     return 0;
   }
   if (sub === 'release') {
-    const { values, positionals } = parse(argv, { as: { type: 'string' }, etcd: { type: 'string' } });
-    const disk = onePath(positionals, sub);
+    const { values, positionals } = parse(argv, { as: { type: 'string' }, etcd: { type: 'string' }, name: { type: 'string' } });
+    const disk = nameOf(values.name, onePath(positionals, sub));
     const store = await storeOf(values.etcd);
     try {
       const before = await readOwner(disk, store ? { store } : {});
@@ -109,8 +120,10 @@ export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<
       wait: { type: 'string' },
       format: { type: 'string' },
       etcd: { type: 'string' },
+      name: { type: 'string' },
     });
     const disk = onePath(positionals, sub);
+    const name = nameOf(values.name, disk);
     if (typeof values.as !== 'string' || values.as.length === 0) throw new VmkitError('ARG_RANGE', 'vmkit disk open needs --as <id>');
     const format = values.format as string | undefined;
     if (format !== undefined && !['qcow2', 'vmdk', 'raw'].includes(format)) throw new VmkitError('ARG_RANGE', `--format must be qcow2, vmdk or raw, got ${JSON.stringify(format)}`);
@@ -119,6 +132,7 @@ export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<
     const waitMs = ms(values.wait, '--wait');
     const held = await openOwned(disk, {
       as: values.as,
+      name,
       ...(store ? { store } : {}),
       ...(typeof values.serve === 'string' ? { serve: values.serve } : {}),
       ...(leaseMs === undefined ? {} : { leaseMs }),
