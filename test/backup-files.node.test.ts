@@ -219,11 +219,15 @@ const writer = (async () => { for (;;) {
 } })();
 process.stdout.write('start\\n');
 const job = await consolidate(disk, { into: into === 'base' ? 'base' : into, rateLimit: 8 * 1024 * 1024 });
+process.stdout.write('job\\n');
 await job.done;
 process.stdout.write('done\\n');
 await new Promise((r) => setTimeout(r, 1e6));
 `,
     );
+    // The first kill counts from the child's start (it may land before the job record exists);
+    // the others from the job's start (its record written), so on a loaded machine they still
+    // land inside the job rather than before it.
     const delays = [30, 120, 260, 450, 700];
     let sawDone = 0;
     const actions: string[] = [];
@@ -236,7 +240,7 @@ await new Promise((r) => setTimeout(r, 1e6));
       p.stdout.on('data', (b: Buffer) => (out += b.toString()));
       await new Promise<void>((resolve) => {
         const t = setInterval(() => {
-          if (out.includes('start\n')) {
+          if (out.includes(i === 0 ? 'start\n' : 'job\n')) {
             clearInterval(t);
             setTimeout(resolve, delay);
           }
