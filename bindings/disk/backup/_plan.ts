@@ -120,6 +120,11 @@ export function zeroRuns(buf: Uint8Array, granule: number): PlanOp[] {
 /**
  * True when every `granule` of `buf` has a non-zero byte among its first 16
  * (so none is all zero). A quick test that spares the core scan for data.
+ *
+ * @example
+ * ```ts
+ * if (leadsWithData(buf, 4096)) await target.write(at, buf); // no zero runs to look for
+ * ```
  * @internal
  */
 export function leadsWithData(buf: Uint8Array, granule: number): boolean {
