@@ -7,13 +7,18 @@ import { createServer, type Server } from 'node:http';
 import { readFile, stat } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
 import { join, normalize, resolve } from 'node:path';
 
 export const FIXTURES = resolve('.cache/attest');
 
-/** Builds the fixtures (a no-op once cached). */
+/**
+ * Builds the fixtures (a no-op once cached). Under a lock: spec files run in parallel, and two
+ * first builds into the same .cache/attest/ would interleave.
+ */
 export function buildFixtures(): void {
-  execFileSync('bash', ['scripts/attest-fixtures.sh'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  mkdirSync('.cache', { recursive: true });
+  execFileSync('flock', ['.cache/.attest-fixtures.lock', 'bash', 'scripts/attest-fixtures.sh'], { stdio: ['ignore', 'ignore', 'inherit'] });
 }
 
 export type Override = (body: Buffer | undefined) => { status: number; body?: Buffer } | Buffer | undefined;
