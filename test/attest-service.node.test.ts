@@ -336,7 +336,12 @@ describe.runIf(ready)('attestation service over real repositories', () => {
     await sources.refreshAll({ requireAll: true });
     repo.hits.clear();
     sources.start();
-    await vi.waitFor(() => expect(sources.status()[0]!.refreshes).toBeGreaterThanOrEqual(3), { timeout: 20_000, interval: 20 });
+    // `refreshes` counts a refresh when it starts, before its GET reaches the server: wait for
+    // both the count and the requests (two timed refreshes after the first load).
+    await vi.waitFor(() => {
+      expect(sources.status()[0]!.refreshes).toBeGreaterThanOrEqual(3);
+      expect(repo.hits.get('/rpm/repodata/repomd.xml') ?? 0).toBeGreaterThanOrEqual(2);
+    }, { timeout: 20_000, interval: 20 });
     const st = sources.status()[0]!;
     sources.close();
     expect(st.refreshes).toBeGreaterThanOrEqual(3);
