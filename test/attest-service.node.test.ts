@@ -191,7 +191,11 @@ describe('SourceSet scheduling', () => {
     set.start();
     // Retries at +100, +200 (doubling), then +400. Polled, and only lower bounds on the gaps:
     // a loaded machine runs timers late, never (beyond a ms) early.
-    await vi.waitFor(() => expect(src.calls).toBeGreaterThanOrEqual(3), { timeout: 20_000, interval: 10 });
+    // `calls` rises when a refresh starts, its failure is recorded after: wait for both.
+    await vi.waitFor(() => {
+      expect(src.calls).toBeGreaterThanOrEqual(3);
+      expect(set.status()[0]!.failures).toBe(src.calls);
+    }, { timeout: 20_000, interval: 10 });
     set.close();
     expect(at[1]! - at[0]!).toBeGreaterThanOrEqual(95);
     expect(at[2]! - at[1]!).toBeGreaterThanOrEqual(195);
