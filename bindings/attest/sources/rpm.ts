@@ -54,6 +54,27 @@ function xmlCorrupt(what: string, e: unknown): VmkitError {
   return new VmkitError('CORRUPT', `${what}: ${(e as Error).message}`, { cause: e });
 }
 
+/** A streaming parser's write/close, with parse errors as VmkitError CORRUPT naming `what`; close returns `result()`. */
+function _sink(p: SaxesParser, what: string, result: () => number): { write(s: string): void; close(): number } {
+  return {
+    write(s: string): void {
+      try {
+        p.write(s);
+      } catch (e) {
+        throw xmlCorrupt(what, e);
+      }
+    },
+    close(): number {
+      try {
+        p.close();
+      } catch (e) {
+        throw xmlCorrupt(what, e);
+      }
+      return result();
+    },
+  };
+}
+
 function parser(): SaxesParser {
   // Positions cost time and are not needed: errors carry the message only.
   return new SaxesParser({ position: false });
@@ -159,23 +180,7 @@ export function primaryParser(onPackage: (p: PrimaryPackage) => void, what: stri
     }
     depth--;
   });
-  return {
-    write(s: string): void {
-      try {
-        p.write(s);
-      } catch (e) {
-        throw xmlCorrupt(what, e);
-      }
-    },
-    close(): number {
-      try {
-        p.close();
-      } catch (e) {
-        throw xmlCorrupt(what, e);
-      }
-      return count;
-    },
-  };
+  return _sink(p, what, () => count);
 }
 
 /** A file with its digest, from filelists-ext.xml. */
@@ -238,23 +243,7 @@ export function filelistsExtParser(onFile: (f: FilelistsExtFile) => void, what: 
       }
     } else if (t.name === 'package') pkgid = '';
   });
-  return {
-    write(s: string): void {
-      try {
-        p.write(s);
-      } catch (e) {
-        throw xmlCorrupt(what, e);
-      }
-    },
-    close(): number {
-      try {
-        p.close();
-      } catch (e) {
-        throw xmlCorrupt(what, e);
-      }
-      return count;
-    },
-  };
+  return _sink(p, what, () => count);
 }
 
 const ALG: Record<string, DigestAlgorithm> = { sha: 'sha1', sha1: 'sha1', sha256: 'sha256', sha384: 'sha384', sha512: 'sha512', md5: 'md5' };
