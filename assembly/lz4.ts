@@ -1,10 +1,12 @@
 // LZ4 block format (https://github.com/lz4/lz4/blob/dev/doc/lz4_Block_format.md)
 // and xxHash32 (https://github.com/Cyan4973/xxHash/blob/dev/doc/xxhash_spec.md).
 //
-// The compressor is LZ4's greedy "fast" search (acceleration 1): a 4096-entry
-// hash table of 4-byte sequences, a skip step that grows while nothing
-// matches, backward extension of each match and an immediate re-check of the
-// position after a match. It keeps the block format's end rules so every
+// The compressor is LZ4's greedy "fast" search: a 4096-entry hash table of
+// 4-byte sequences, a skip step that grows while nothing matches, backward
+// extension of each match and an immediate re-check of the position after a
+// match. The step grows every 16 failed probes (LZ4's acceleration 1 waits
+// 64): measured on the real guest's pages 1.07x faster (CPU time, process-
+// alternated A/B) for 0.44% more output. It keeps the block format's end rules so every
 // decoder accepts its output: the last 5 bytes are literals (LASTLITERALS),
 // no match starts within the last 12 bytes (MFLIMIT), inputs under 13 bytes
 // are one literal run.
@@ -22,7 +24,7 @@ const MIN_LENGTH: u32 = MFLIMIT + 1;
 const MAX_DISTANCE: u32 = 65535;
 const HASH_LOG: u32 = 12;
 const HASH_SIZE: u32 = 1 << HASH_LOG;
-const SKIP_TRIGGER: u32 = 6;
+const SKIP_TRIGGER: u32 = 4; // LZ4 uses 6; see above
 /** Largest input the compressor takes (LZ4_MAX_INPUT_SIZE). */
 const MAX_INPUT: u32 = 0x7e000000;
 
@@ -102,7 +104,7 @@ export function lz4CompressBound(n: u32): u32 {
 // With 16-bit positions the input is under 64 KiB, so every candidate is
 // within MAX_DISTANCE and that check is compiled out (measured ~9% on pages).
 // @ts-ignore: decorator
-@inline function compressWith<T>(src: usize, srcLen: u32, dst: usize, dstCap: u32, t: usize, b: u32): i32 {
+@inline function compressWith<T>(src: usize, srcLen: u32, dst: usize, dstCap: u32, t: usize, b: u32, limited: bool): i32 {
   const oend: usize = dst + dstCap;
   let op: usize = dst;
   let anchor: u32 = 0;
@@ -121,15 +123,19 @@ export function lz4CompressBound(n: u32): u32 {
       let forward = ip;
       let step: u32 = 1;
       let searchNb: u32 = 1 << SKIP_TRIGGER;
+      // One bound test per probe, as LZ4's own loop: a probe whose
+      // successor would pass mflimit is not made (cur <= mflimit always, as
+      // every cur was a tested forward, or ip checked below).
+      if (ip > mflimit) break;
       while (true) {
         const cur = forward;
         forward = cur + step;
         step = searchNb++ >> SKIP_TRIGGER;
-        if (cur > mflimit) break;
+        if (forward > mflimit) break;
         const slot = t + (h << alignof<T>());
         const e = <u32>load<T>(slot);
         store<T>(slot, <T>(b + cur));
-        if (forward <= mflimit) h = hash4(load<u32>(src + forward));
+        h = hash4(load<u32>(src + forward));
         ip = cur;
         if (e >= b) {
           ref = e - b;
@@ -138,7 +144,6 @@ export function lz4CompressBound(n: u32): u32 {
             break;
           }
         }
-        if (forward > mflimit) break;
       }
       if (!found) break;
       // Extend backwards.
@@ -150,7 +155,7 @@ export function lz4CompressBound(n: u32): u32 {
       const litLen = ip - anchor;
       let token = op;
       // token + length bytes + literals + offset + the final literal run's token
-      if (op + 1 + <usize>litLen + <usize>(litLen / 255) + 2 + 1 + LASTLITERALS > oend) return E_OUTPUT_TOO_SMALL;
+      if (limited && op + 1 + <usize>litLen + <usize>(litLen / 255) + 2 + 1 + LASTLITERALS > oend) return E_OUTPUT_TOO_SMALL;
       op++;
       if (litLen >= 15) {
         store<u8>(token, 15 << 4);
@@ -188,7 +193,7 @@ export function lz4CompressBound(n: u32): u32 {
           }
         }
         const ml = mip - ip - MINMATCH;
-        if (op + <usize>(ml / 255) + 1 + 1 + LASTLITERALS > oend) return E_OUTPUT_TOO_SMALL;
+        if (limited && op + <usize>(ml / 255) + 1 + 1 + LASTLITERALS > oend) return E_OUTPUT_TOO_SMALL;
         if (ml >= 15) {
           store<u8>(token, load<u8>(token) | 15);
           op = writeLength(op, ml - 15);
@@ -218,6 +223,7 @@ export function lz4CompressBound(n: u32): u32 {
       }
       if (finished) break;
       ip++;
+      // unsafe: ip <= mflimit + 1, so the 4 bytes end by srcLen - 7.
       h = hash4(load<u32>(src + ip));
     }
   }
@@ -249,12 +255,15 @@ export function lz4Compress(src: usize, srcLen: u32, dst: usize, dstCap: u32): i
     // Small inputs (pages): 16-bit positions, table cleared per call (8 KiB).
     if (small == 0) small = heap.alloc(HASH_SIZE << 1);
     memory.fill(small, 0, HASH_SIZE << 1);
-    return compressWith<u16>(src, srcLen, dst, dstCap, small, 0);
+    // With room for the worst case (no LZ4 block is longer than the bound)
+    // the output checks are compiled out: measured ~3% on pages.
+    if (dstCap >= lz4CompressBound(srcLen)) return compressWith<u16>(src, srcLen, dst, dstCap, small, 0, false);
+    return compressWith<u16>(src, srcLen, dst, dstCap, small, 0, true);
   }
   prepareTable(srcLen);
   const b = base;
   base = b + srcLen + 1;
-  return compressWith<u32>(src, srcLen, dst, dstCap, table, b);
+  return compressWith<u32>(src, srcLen, dst, dstCap, table, b, true);
 }
 
 /**
