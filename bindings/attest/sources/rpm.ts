@@ -54,6 +54,23 @@ function xmlCorrupt(what: string, e: unknown): VmkitError {
   return new VmkitError('CORRUPT', `${what}: ${(e as Error).message}`, { cause: e });
 }
 
+/**
+ * GET a file whose size signed metadata declares: the download stops at that
+ * size, and a body longer than it is an INTEGRITY failure (the server does not
+ * serve what the signature covers), not a LIMIT one (a configured cap).
+ */
+async function _getSigned(url: string, io: FetchOptions & { signal?: AbortSignal | undefined }, max: number, signedSize: number | undefined, what: string): Promise<Uint8Array> {
+  const bySignature = signedSize !== undefined && signedSize <= max;
+  try {
+    return (await httpGet(url, { ...io, maxBytes: bySignature ? signedSize : max })).body;
+  } catch (e) {
+    if (bySignature && e instanceof VmkitError && e.code === 'LIMIT') {
+      throw new VmkitError('INTEGRITY', `${what}: larger than the ${signedSize} bytes the signed metadata gives`, { path: url, cause: e });
+    }
+    throw e;
+  }
+}
+
 /** A streaming parser's write/close, with parse errors as VmkitError CORRUPT naming `what`; close returns `result()`. */
 function _sink(p: SaxesParser, what: string, result: () => number): { write(s: string): void; close(): number } {
   return {
@@ -359,7 +376,7 @@ export class RpmSource implements RepositorySource {
     const kind = compressionOf(primary.location);
     if (!kind) throw new VmkitError('UNSUPPORTED', `${this.id}: ${primary.location}: compression not supported (gz, xz, zst)`);
     const max = this.opts.maxBytes ?? DEFAULT_MAX_BYTES;
-    const body = (await httpGet(joinUrl(this.baseurl, primary.location), { ...io, maxBytes: Math.min(max, primary.size ?? max) })).body;
+    const body = await _getSigned(joinUrl(this.baseurl, primary.location), io, max, primary.size, `${this.id}: ${primary.location}`);
     await this.check(body, primary.checksum, primary.location);
     const ix = new DigestIndex();
     const pool: { location: string[]; size: (number | undefined)[] } = { location: [], size: [] };
@@ -405,7 +422,7 @@ export class RpmSource implements RepositorySource {
   private async loadFilelistsExt(ext: RepomdData, ix: DigestIndex, byPkgid: Map<string, number>, io: FetchOptions, max: number): Promise<number> {
     const kind = compressionOf(ext.location);
     if (!kind) throw new VmkitError('UNSUPPORTED', `${this.id}: ${ext.location}: compression not supported (gz, xz, zst)`);
-    const body = (await httpGet(joinUrl(this.baseurl, ext.location), { ...io, maxBytes: Math.min(max, ext.size ?? max) })).body;
+    const body = await _getSigned(joinUrl(this.baseurl, ext.location), io, max, ext.size, `${this.id}: ${ext.location}`);
     await this.check(body, ext.checksum, ext.location);
     const fp = filelistsExtParser((f) => {
       const id = byPkgid.get(f.pkgid);
@@ -450,7 +467,7 @@ export class RpmSource implements RepositorySource {
     const size = this.pool.size[id];
     const url = joinUrl(this.baseurl, location);
     const max = this.opts.maxBytes ?? DEFAULT_MAX_BYTES;
-    const body = (await httpGet(url, { ...this.opts, signal, maxBytes: size ?? max })).body;
+    const body = await _getSigned(url, { ...this.opts, signal }, max, size, `${this.id}: ${location}`);
     if (size !== undefined && body.length !== size) throw new VmkitError('INTEGRITY', `${this.id}: ${location} is not the size primary.xml gives`, { path: url });
     const d = ix.packageEntry(id).digests[0]!;
     await this.check(body, { type: d.alg, hex: d.hex }, location);
