@@ -75,8 +75,12 @@ export interface ChainOps {
   rename(from: string, to: string): Promise<void>;
   /** Reads a small file (the job record), undefined when absent. */
   readText(path: string): Promise<string | undefined>;
-  /** Writes a small file durably and atomically (write, fsync, rename, fsync the folder). */
-  writeTextAtomic(path: string, text: string): Promise<void>;
+  /**
+   * Writes a small file atomically, and durably (write, fsync, rename, fsync
+   * the folder) unless `opts.durable` is false: then it survives the process
+   * (SIGKILL) but not a power loss, and costs no journal commit.
+   */
+  writeTextAtomic(path: string, text: string, opts?: { durable?: boolean }): Promise<void>;
   /**
    * Frees clusters a crash left allocated but unused (leaks: harmless, but
    * `qemu-img check` reports them), as `qemu-img check -r leaks` does.

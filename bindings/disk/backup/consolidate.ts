@@ -139,8 +139,12 @@ export async function consolidate(disk: LiveDisk, opts: ConsolidateOptions = {})
     started: new Date().toISOString(),
     updated: '',
   };
-  // The record goes first: a crash after it leaves a target to roll back.
-  await writeJobRecord(ops, rec);
+  // The record goes first: a crash after it leaves a target to roll back. Into the base it
+  // need not be durable yet: until the first checkpoint flushes it, losing it to a power cut
+  // leaves the chain as it was (the delta, still active, hides whatever reached the base's
+  // clusters under it), only without a cursor to resume from. Its fsync would also commit
+  // the filesystem's journal in the middle of the job, which costs more than the copy.
+  await writeJobRecord(ops, rec, mode !== 'base');
   if (mode === 'target') {
     if (full) await ops.create(target, disk.size, format);
     else await ops.createOverlay(target, base, format);

@@ -204,10 +204,13 @@ export async function readJobRecord(ops: ChainOps, delta: string): Promise<JobRe
   return r as JobRecord;
 }
 
-/** Writes the record durably and atomically. */
-export async function writeJobRecord(ops: ChainOps, rec: JobRecord): Promise<void> {
+/**
+ * Writes the record atomically, and durably unless `durable` is false (then
+ * it survives a killed process but not a power loss).
+ */
+export async function writeJobRecord(ops: ChainOps, rec: JobRecord, durable = true): Promise<void> {
   rec.updated = new Date().toISOString();
-  await ops.writeTextAtomic(recordPath(rec.delta), JSON.stringify(rec, null, 2) + '\n');
+  await ops.writeTextAtomic(recordPath(rec.delta), JSON.stringify(rec, null, 2) + '\n', { durable });
 }
 
 /** Removes the record (the job is over). */

@@ -199,11 +199,12 @@ export class NodeChainOps implements ChainOps {
       throw ioError(e, 'read', path);
     }
   }
-  async writeTextAtomic(path: string, text: string): Promise<void> {
+  async writeTextAtomic(path: string, text: string, opts: { durable?: boolean } = {}): Promise<void> {
+    const durable = opts.durable !== false;
     // Writes of one path run in call order: two renames racing could let an older record
     // land last (and two writes in one millisecond would share a temporary name).
     const prev = this.writing.get(path) ?? Promise.resolve();
-    const p = prev.then(() => this.writeNow(path, text));
+    const p = prev.then(() => this.writeNow(path, text, durable));
     const tail = p.then(
       () => undefined,
       () => undefined,
@@ -216,19 +217,19 @@ export class NodeChainOps implements ChainOps {
   }
   private readonly writing = new Map<string, Promise<void>>();
   private tmpSeq = 0;
-  private async writeNow(path: string, text: string): Promise<void> {
+  private async writeNow(path: string, text: string, durable: boolean): Promise<void> {
     const f = await fs();
     const tmp = `${path}.tmp-${process.pid}-${Date.now().toString(36)}-${this.tmpSeq++}`;
     try {
       const fh = await f.open(tmp, 'w');
       try {
         await fh.writeFile(text, 'utf8');
-        await fh.sync();
+        if (durable) await fh.sync();
       } finally {
         await fh.close();
       }
       await f.rename(tmp, path);
-      await this.syncDir(path);
+      if (durable) await this.syncDir(path);
     } catch (e) {
       await f.rm(tmp, { force: true }).catch(() => {});
       throw ioError(e, 'write', path);
