@@ -1,0 +1,382 @@
+/**
+ * API documentation gate: every public export of the four subpath entries
+ * (`vmkit`, `vmkit/memory`, `vmkit/disk`, `vmkit/attest`) carries JSDoc with an
+ * `@example`, and the `ErrorCode` table and docs/errors.md list the same codes.
+ * Uses the TypeScript compiler API over ONE Program (no type-check is run, only
+ * binding and symbol resolution) so the spec stays at a few seconds.
+ * @module
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import ts from 'typescript';
+import { describe, expect, it } from 'vitest';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const entries = ['bindings/index.ts', 'bindings/memory/index.ts', 'bindings/disk/index.ts', 'bindings/attest/index.ts'];
+
+// KNOWN GAPS, to be documented by the modules' owners (as of 2026-12-04; the list
+// only shrinks). Known gaps (documented to be fixed): offenders listed here do not fail the spec,
+// so CI stays green while their owners finish. Keys are `file#symbol` (no line
+// numbers, so unrelated edits do not break the list). Remove entries as they are
+// fixed; an entry that no longer offends fails the spec so the list only shrinks.
+const KNOWN_GAPS: ReadonlySet<string> = new Set<string>([
+  'bindings/attest/_deb.ts#ArMember',
+  'bindings/attest/_deb.ts#DebDigestOptions',
+  'bindings/attest/_deb.ts#TarFile',
+  'bindings/attest/_openpgp.ts#Keyring',
+  'bindings/attest/_openpgp.ts#SignatureInfo',
+  'bindings/attest/appraise.ts#Appraisal',
+  'bindings/attest/appraise.ts#AppraisalInput',
+  'bindings/attest/appraise.ts#AppraisalSummary',
+  'bindings/attest/appraise.ts#AppraiseEvidenceOptions',
+  'bindings/attest/appraise.ts#AppraiseOptions',
+  'bindings/attest/appraise.ts#ArStatus',
+  'bindings/attest/appraise.ts#Evidence',
+  'bindings/attest/appraise.ts#EvidenceDigest',
+  'bindings/attest/appraise.ts#EvidenceLimits',
+  'bindings/attest/appraise.ts#EvidencePackage',
+  'bindings/attest/appraise.ts#ImaEvidence',
+  'bindings/attest/appraise.ts#ItemVerdict',
+  'bindings/attest/appraise.ts#SubmodAppraisal',
+  'bindings/attest/appraise.ts#TrustClaimName',
+  'bindings/attest/appraise.ts#TrustVector',
+  'bindings/attest/client.ts#AttestOptions',
+  'bindings/attest/client.ts#AttestResult',
+  'bindings/attest/client.ts#ClientOptions',
+  'bindings/attest/ear.ts#EAR_PROFILE',
+  'bindings/attest/ear.ts#EarClaims',
+  'bindings/attest/ear.ts#EarOptions',
+  'bindings/attest/ear.ts#EarSigningKey',
+  'bindings/attest/ear.ts#EarSubmod',
+  'bindings/attest/ear.ts#EarVerificationKey',
+  'bindings/attest/ear.ts#VMKIT_VERIFIER',
+  'bindings/attest/ear.ts#VerifiedEar',
+  'bindings/attest/ear.ts#VerifierId',
+  'bindings/attest/ear.ts#VerifyEarOptions',
+  'bindings/attest/ima.ts#ExcludeOptions',
+  'bindings/attest/ima.ts#ImaBank',
+  'bindings/attest/ima.ts#ImaEntry',
+  'bindings/attest/ima.ts#ImaExcludes',
+  'bindings/attest/ima.ts#ImaExtendMode',
+  'bindings/attest/ima.ts#ImaFailure',
+  'bindings/attest/ima.ts#ImaLogResult',
+  'bindings/attest/ima.ts#ImaLogSource',
+  'bindings/attest/ima.ts#ImaTemplate',
+  'bindings/attest/ima.ts#ImaVerifyOptions',
+  'bindings/attest/index-store.ts#DigestIndexMemory',
+  'bindings/attest/index-store.ts#DigestIndexOptions',
+  'bindings/attest/sources/apt.ts#AptLine',
+  'bindings/attest/sources/apt.ts#AptSourceOptions',
+  'bindings/attest/sources/deb822.ts#PackagesRecord',
+  'bindings/attest/sources/deb822.ts#Release',
+  'bindings/attest/sources/deb822.ts#ReleaseFile',
+  'bindings/attest/sources/npm.ts#NpmKeys',
+  'bindings/attest/sources/npm.ts#NpmSourceOptions',
+  'bindings/attest/sources/parse-source-line.ts#OpenSourceOptions',
+  'bindings/attest/sources/rpm.ts#FilelistsExtFile',
+  'bindings/attest/sources/rpm.ts#PrimaryPackage',
+  'bindings/attest/sources/rpm.ts#RepomdData',
+  'bindings/attest/sources/rpm.ts#RpmSourceOptions',
+  'bindings/attest/types.ts#Digest',
+  'bindings/attest/types.ts#DigestAlgorithm',
+  'bindings/attest/types.ts#PackageEntry',
+  'bindings/attest/types.ts#Provenance',
+  'bindings/attest/types.ts#ReferenceIndex',
+  'bindings/attest/types.ts#RefreshResult',
+  'bindings/attest/types.ts#RepositorySource',
+  'bindings/core.ts#CORE_ABI_VERSION',
+  'bindings/core.ts#CoreInfo',
+  'bindings/core.ts#CoreSource',
+  'bindings/disk/_guard.ts#WriteGuard',
+  'bindings/disk/backends/blob.ts#BlobStorage#close',
+  'bindings/disk/backends/blob.ts#BlobStorage#flush',
+  'bindings/disk/backends/blob.ts#BlobStorage#readInto',
+  'bindings/disk/backends/blob.ts#BlobStorage#size',
+  'bindings/disk/backends/blob.ts#BlobStorage#truncate',
+  'bindings/disk/backends/blob.ts#BlobStorage#write',
+  'bindings/disk/backends/file.ts#FileStorage#close',
+  'bindings/disk/backends/file.ts#FileStorage#flush',
+  'bindings/disk/backends/file.ts#FileStorage#readInto',
+  'bindings/disk/backends/file.ts#FileStorage#size',
+  'bindings/disk/backends/file.ts#FileStorage#truncate',
+  'bindings/disk/backends/file.ts#FileStorage#write',
+  'bindings/disk/backends/file.ts#FileStorage.create',
+  'bindings/disk/backends/file.ts#FileStorage.open',
+  'bindings/disk/backends/memory.ts#MemoryProvider#create',
+  'bindings/disk/backends/memory.ts#MemoryProvider#open',
+  'bindings/disk/backends/memory.ts#MemoryProvider#relative',
+  'bindings/disk/backends/memory.ts#MemoryProvider#resolve',
+  'bindings/disk/backends/memory.ts#MemoryStorage#bytes',
+  'bindings/disk/backends/memory.ts#MemoryStorage#close',
+  'bindings/disk/backends/memory.ts#MemoryStorage#flush',
+  'bindings/disk/backends/memory.ts#MemoryStorage#readInto',
+  'bindings/disk/backends/memory.ts#MemoryStorage#readOnlyView',
+  'bindings/disk/backends/memory.ts#MemoryStorage#size',
+  'bindings/disk/backends/memory.ts#MemoryStorage#truncate',
+  'bindings/disk/backends/memory.ts#MemoryStorage#write',
+  'bindings/disk/backends/opfs.ts#OpfsProvider#create',
+  'bindings/disk/backends/opfs.ts#OpfsProvider#open',
+  'bindings/disk/backends/opfs.ts#OpfsProvider#relative',
+  'bindings/disk/backends/opfs.ts#OpfsProvider#resolve',
+  'bindings/disk/backends/opfs.ts#OpfsStorage#close',
+  'bindings/disk/backends/opfs.ts#OpfsStorage#flush',
+  'bindings/disk/backends/opfs.ts#OpfsStorage#readInto',
+  'bindings/disk/backends/opfs.ts#OpfsStorage#size',
+  'bindings/disk/backends/opfs.ts#OpfsStorage#truncate',
+  'bindings/disk/backends/opfs.ts#OpfsStorage#write',
+  'bindings/disk/backends/opfs.ts#OpfsStorage.open',
+  'bindings/disk/backends/storage.ts#Storage',
+  'bindings/disk/backends/storage.ts#StorageProvider',
+  'bindings/disk/backup/_types.ts#BackupDevice',
+  'bindings/disk/backup/_types.ts#ChainOps',
+  'bindings/disk/backup/backup.ts#BackupJob',
+  'bindings/disk/backup/backup.ts#BackupOptions',
+  'bindings/disk/backup/backup.ts#ByteSink',
+  'bindings/disk/backup/consolidate.ts#ConsolidateJob',
+  'bindings/disk/backup/consolidate.ts#ConsolidateOptions',
+  'bindings/disk/backup/consolidate.ts#ConsolidateResult',
+  'bindings/disk/backup/consolidate.ts#RecoverResult',
+  'bindings/disk/backup/job.ts#JobOptions',
+  'bindings/disk/backup/job.ts#JobProgress',
+  'bindings/disk/backup/job.ts#JobRecord',
+  'bindings/disk/backup/job.ts#JobState',
+  'bindings/disk/backup/job.ts#RateLimiter#take',
+  'bindings/disk/backup/live.ts#LiveDisk#blockStatus',
+  'bindings/disk/backup/live.ts#LiveDisk#close',
+  'bindings/disk/backup/live.ts#LiveDisk#exclusive',
+  'bindings/disk/backup/live.ts#LiveDisk#flush',
+  'bindings/disk/backup/live.ts#LiveDisk#read',
+  'bindings/disk/backup/live.ts#LiveDisk#setFront',
+  'bindings/disk/backup/live.ts#LiveDisk#swapChain',
+  'bindings/disk/backup/live.ts#LiveDisk#write',
+  'bindings/disk/backup/live.ts#LiveDisk#writeZeroes',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#allocated',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#backingOf',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#clone',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#countWrite',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#create',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#createOverlay',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#exists',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#formatOf',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#list',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#open',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#pause',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#readText',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#remove',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#rename',
+  'bindings/disk/backup/memory.ts#MemoryChainOps#writeTextAtomic',
+  'bindings/disk/backup/mirror.ts#MirrorDriver#blockStatus',
+  'bindings/disk/backup/mirror.ts#MirrorDriver#close',
+  'bindings/disk/backup/mirror.ts#MirrorDriver#copy',
+  'bindings/disk/backup/mirror.ts#MirrorDriver#detach',
+  'bindings/disk/backup/mirror.ts#MirrorDriver#drain',
+  'bindings/disk/backup/mirror.ts#MirrorDriver#flush',
+  'bindings/disk/backup/mirror.ts#MirrorDriver#forgetBelow',
+  'bindings/disk/backup/mirror.ts#MirrorDriver#read',
+  'bindings/disk/backup/mirror.ts#MirrorDriver#write',
+  'bindings/disk/backup/mirror.ts#MirrorDriver#writeZeroes',
+  'bindings/disk/backup/node.ts#FormatDriver',
+  'bindings/disk/backup/node.ts#NodeChainOps#backingOf',
+  'bindings/disk/backup/node.ts#NodeChainOps#create',
+  'bindings/disk/backup/node.ts#NodeChainOps#createOverlay',
+  'bindings/disk/backup/node.ts#NodeChainOps#exists',
+  'bindings/disk/backup/node.ts#NodeChainOps#formatOf',
+  'bindings/disk/backup/node.ts#NodeChainOps#open',
+  'bindings/disk/backup/node.ts#NodeChainOps#readText',
+  'bindings/disk/backup/node.ts#NodeChainOps#remove',
+  'bindings/disk/backup/node.ts#NodeChainOps#rename',
+  'bindings/disk/backup/node.ts#NodeChainOps#repairLeaks',
+  'bindings/disk/backup/node.ts#NodeChainOps#writeTextAtomic',
+  'bindings/disk/backup/snapshot.ts#Snapshot',
+  'bindings/disk/backup/snapshot.ts#SnapshotOptions',
+  'bindings/disk/device.ts#BlockDevice',
+  'bindings/disk/device.ts#BlockExtent',
+  'bindings/disk/device.ts#BlockKind',
+  'bindings/disk/device.ts#ByteLength',
+  'bindings/disk/device.ts#ByteOffset',
+  'bindings/disk/device.ts#DeviceOptions',
+  'bindings/disk/device.ts#QemuMapEntry',
+  'bindings/disk/device.ts#SECTOR_SIZE',
+  'bindings/disk/device.ts#Sector',
+  'bindings/disk/formats/qcow2/device.ts#Qcow2Device#blockStatus',
+  'bindings/disk/formats/qcow2/device.ts#Qcow2Device#close',
+  'bindings/disk/formats/qcow2/device.ts#Qcow2Device#discard',
+  'bindings/disk/formats/qcow2/device.ts#Qcow2Device#flush',
+  'bindings/disk/formats/qcow2/device.ts#Qcow2Device#info',
+  'bindings/disk/formats/qcow2/device.ts#Qcow2Device#read',
+  'bindings/disk/formats/qcow2/device.ts#Qcow2Device#readInto',
+  'bindings/disk/formats/qcow2/device.ts#Qcow2Device#rewriteHeader',
+  'bindings/disk/formats/qcow2/device.ts#Qcow2Device#write',
+  'bindings/disk/formats/qcow2/device.ts#Qcow2Device#writeZeroes',
+  'bindings/disk/formats/types.ts#CheckReport',
+  'bindings/disk/formats/types.ts#FormatCheckOptions',
+  'bindings/disk/formats/types.ts#FormatCreateOptions',
+  'bindings/disk/formats/types.ts#FormatName',
+  'bindings/disk/formats/types.ts#FormatOpenOptions',
+  'bindings/disk/formats/types.ts#ImageDevice',
+  'bindings/disk/formats/types.ts#ImageFormatModule',
+  'bindings/disk/formats/types.ts#ImageInfo',
+  'bindings/disk/formats/vmdk/device.ts#VmdkDevice#blockStatus',
+  'bindings/disk/formats/vmdk/device.ts#VmdkDevice#close',
+  'bindings/disk/formats/vmdk/device.ts#VmdkDevice#discard',
+  'bindings/disk/formats/vmdk/device.ts#VmdkDevice#flush',
+  'bindings/disk/formats/vmdk/device.ts#VmdkDevice#info',
+  'bindings/disk/formats/vmdk/device.ts#VmdkDevice#read',
+  'bindings/disk/formats/vmdk/device.ts#VmdkDevice#readInto',
+  'bindings/disk/formats/vmdk/device.ts#VmdkDevice#write',
+  'bindings/disk/formats/vmdk/device.ts#VmdkDevice#writeZeroes',
+  'bindings/disk/image.ts#CreateImageOptions',
+  'bindings/disk/image.ts#OpenImageOptions',
+  'bindings/disk/owner/file-store.ts#FileOwnerStore#close',
+  'bindings/disk/owner/file-store.ts#FileOwnerStore#compareAndSwap',
+  'bindings/disk/owner/file-store.ts#FileOwnerStore#dirOf',
+  'bindings/disk/owner/file-store.ts#FileOwnerStore#read',
+  'bindings/disk/owner/memory-store.ts#MemoryOwnerStore#close',
+  'bindings/disk/owner/memory-store.ts#MemoryOwnerStore#compareAndSwap',
+  'bindings/disk/owner/memory-store.ts#MemoryOwnerStore#read',
+  'bindings/disk/owner/transport.ts#MessagePortTransport#handles',
+  'bindings/disk/owner/transport.ts#MessagePortTransport#request',
+  'bindings/disk/owner/transport.ts#MessagePortTransport#serve',
+  'bindings/errors.ts#ErrorCode',
+  'bindings/errors.ts#VmkitError#toJSON',
+  'bindings/errors.ts#VmkitErrorOptions',
+  'bindings/memory/checkpoint/format.ts#CHECKPOINT_MAGIC',
+  'bindings/memory/checkpoint/format.ts#CHECKPOINT_VERSION',
+  'bindings/memory/checkpoint/format.ts#CheckpointCodec',
+  'bindings/memory/checkpoint/format.ts#CheckpointHeader',
+  'bindings/memory/checkpoint/format.ts#DEFAULT_BLOCK_SIZE',
+  'bindings/memory/checkpoint/io.ts#CheckpointSink',
+  'bindings/memory/checkpoint/io.ts#CheckpointSource',
+  'bindings/memory/checkpoint/lz4.ts#Lz4FrameDecodeOptions',
+  'bindings/memory/checkpoint/lz4.ts#Lz4FrameOptions',
+  'bindings/memory/checkpoint/reader.ts#CheckpointInfo',
+  'bindings/memory/checkpoint/reader.ts#CheckpointReadStats',
+  'bindings/memory/checkpoint/reader.ts#CheckpointReaderOptions',
+  'bindings/memory/checkpoint/writer.ts#CheckpointStats',
+  'bindings/memory/checkpoint/writer.ts#CheckpointWriterOptions',
+  'bindings/memory/types.ts#Gpa',
+  'bindings/memory/types.ts#Gva',
+  'bindings/memory/types.ts#PAGE_SIZE',
+]);
+
+function loadProgram(): ts.Program {
+  const cfgPath = join(root, 'tsconfig.json');
+  const cfg = ts.readConfigFile(cfgPath, (p) => ts.sys.readFile(p));
+  const parsed = ts.parseJsonConfigFileContent(cfg.config, ts.sys, root);
+  return ts.createProgram({
+    rootNames: entries.map((e) => join(root, e)),
+    options: { ...parsed.options, noEmit: true, skipLibCheck: true, types: [] },
+  });
+}
+
+interface Offender {
+  key: string;
+  where: string;
+  what: string;
+}
+
+function hasExample(node: ts.Node): boolean {
+  return ts.getJSDocTags(node).some((t) => t.tagName.text === 'example');
+}
+
+function isPublicMember(m: ts.ClassElement): boolean {
+  const flags = ts.getCombinedModifierFlags(m as ts.Declaration);
+  if (flags & (ts.ModifierFlags.Private | ts.ModifierFlags.Protected)) return false;
+  if (!m.name) return false;
+  if (ts.isPrivateIdentifier(m.name)) return false;
+  const name = m.name.getText();
+  return !name.startsWith('_') && !name.startsWith('[');
+}
+
+function collect(program: ts.Program): Offender[] {
+  const checker = program.getTypeChecker();
+  const seen = new Set<ts.Symbol>();
+  const out: Offender[] = [];
+  const loc = (n: ts.Node): string => {
+    const sf = n.getSourceFile();
+    const { line } = sf.getLineAndCharacterOfPosition(n.getStart(sf));
+    return `${relative(root, sf.fileName)}:${line + 1}`;
+  };
+  for (const entry of entries) {
+    const sf = program.getSourceFile(join(root, entry));
+    if (!sf) throw new Error(`entry ${entry} not in program`);
+    const modSym = checker.getSymbolAtLocation(sf);
+    if (!modSym) throw new Error(`entry ${entry} has no module symbol`);
+    for (const exp of checker.getExportsOfModule(modSym)) {
+      const sym = exp.flags & ts.SymbolFlags.Alias ? checker.getAliasedSymbol(exp) : exp;
+      if (seen.has(sym)) continue;
+      seen.add(sym);
+      const decls = (sym.declarations ?? []).filter((d) => !d.getSourceFile().fileName.includes('node_modules'));
+      if (decls.length === 0) continue;
+      const first = decls[0]!;
+      const file = relative(root, first.getSourceFile().fileName);
+      // A merged symbol (const + type of the same name, overloads) needs one example.
+      if (!decls.some(hasExample)) {
+        out.push({ key: `${file}#${sym.name}`, where: loc(first), what: `${sym.name} (exported from ${entry})` });
+      }
+      for (const d of decls) {
+        if (!ts.isClassDeclaration(d)) continue;
+        const byName = new Map<string, ts.ClassElement[]>();
+        for (const m of d.members) {
+          if (!ts.isMethodDeclaration(m) || !isPublicMember(m)) continue;
+          const n = m.name.getText();
+          byName.set(n, [...(byName.get(n) ?? []), m]);
+        }
+        for (const [n, ms] of byName) {
+          if (ms.some(hasExample)) continue;
+          const isStatic = ts.getCombinedModifierFlags(ms[0]!) & ts.ModifierFlags.Static;
+          const label = `${sym.name}${isStatic ? '.' : '#'}${n}`;
+          out.push({ key: `${file}#${label}`, where: loc(ms[0]!), what: `${label} (method)` });
+        }
+      }
+    }
+  }
+  return out;
+}
+
+describe('API docs', () => {
+  const program = loadProgram();
+
+  it('every export of the four entries has JSDoc with @example', () => {
+    const offenders = collect(program);
+    const failing = offenders.filter((o) => !KNOWN_GAPS.has(o.key));
+    const stale = [...KNOWN_GAPS].filter((k) => !offenders.some((o) => o.key === k));
+    const msg = [
+      ...failing.map((o) => `  ${o.where}  ${o.what}: no JSDoc @example`),
+      ...stale.map((k) => `  KNOWN_GAPS entry ${k} is fixed now: remove it from the list`),
+    ];
+    expect(msg, `${failing.length} undocumented export(s):\n${msg.join('\n')}`).toEqual([]);
+  });
+
+  it('ErrorCode table and docs/errors.md list the same codes', () => {
+    const sf = program.getSourceFile(join(root, 'bindings/errors.ts'))!;
+    const table: string[] = [];
+    const visit = (n: ts.Node): void => {
+      if (
+        ts.isVariableDeclaration(n) &&
+        n.name.getText(sf) === 'ErrorCode' &&
+        n.initializer &&
+        ts.isAsExpression(n.initializer) &&
+        ts.isObjectLiteralExpression(n.initializer.expression)
+      ) {
+        for (const p of n.initializer.expression.properties) if (p.name) table.push(p.name.getText(sf));
+      }
+      ts.forEachChild(n, visit);
+    };
+    visit(sf);
+    expect(table.length, 'ErrorCode table not found in bindings/errors.ts').toBeGreaterThan(10);
+    const md = readFileSync(join(root, 'docs/errors.md'), 'utf8').split('\n');
+    const documented = new Map<string, number>();
+    md.forEach((line, i) => {
+      const m = /^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|/.exec(line);
+      if (m) documented.set(m[1]!, i + 1);
+    });
+    const missing = table.filter((c) => !documented.has(c)).map((c) => `  bindings/errors.ts  ${c}: not in docs/errors.md`);
+    const extra = [...documented]
+      .filter(([c]) => !table.includes(c))
+      .map(([c, l]) => `  docs/errors.md:${l}  ${c}: not in the ErrorCode table`);
+    const msg = [...missing, ...extra];
+    expect(msg, `error code docs out of sync:\n${msg.join('\n')}`).toEqual([]);
+  });
+});
