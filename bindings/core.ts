@@ -9,10 +9,27 @@
 import { loadCore, loadCoreSync, type LoadedCore } from './_loader.js';
 import { VmkitError } from './errors.js';
 
-/** ABI version this build of the bindings speaks (see docs/abi.md). */
+/**
+ * ABI version this build of the bindings speaks (see docs/abi.md).
+ *
+ * @example
+ * ```ts
+ * import { init, coreInfo, CORE_ABI_VERSION } from 'vmkit';
+ * await init();
+ * console.assert(coreInfo().abiVersion === CORE_ABI_VERSION);
+ * ```
+ */
 export const CORE_ABI_VERSION = 1;
 
-/** Where to load the core from. */
+/**
+ * Where to load the core from.
+ *
+ * @example
+ * ```ts
+ * import { init } from 'vmkit';
+ * await init(new URL('./core.wasm', import.meta.url)); // or bytes, a Response, a WebAssembly.Module
+ * ```
+ */
 export type CoreSource =
   | URL
   | string
@@ -22,7 +39,14 @@ export type CoreSource =
   | Response
   | Promise<Response | Uint8Array | ArrayBuffer | WebAssembly.Module>;
 
-/** Facts about the loaded core. */
+/**
+ * Facts about the loaded core.
+ *
+ * @example
+ * ```ts
+ * const { abiVersion, memoryBytes, resets } = coreInfo();
+ * ```
+ */
 export interface CoreInfo {
   /** ABI version reported by the core. */
   abiVersion: number;
