@@ -15,12 +15,33 @@ declare const gpaBrand: unique symbol;
 /**
  * A guest-virtual address (what the guest's CPU issues; translated by the
  * guest's page tables). Never mixed with {@link Gpa}: convert through an address space.
+ *
+ * @example
+ * ```ts
+ * import { gva } from 'vmkit/memory';
+ * const rip: Gva = gva(0xffffffff81000000n);
+ * ```
  */
 export type Gva = bigint & { readonly [gvaBrand]: true };
-/** A guest-physical address (an offset into the guest's physical memory). */
+/**
+ * A guest-physical address (an offset into the guest's physical memory).
+ *
+ * @example
+ * ```ts
+ * import { gpa } from 'vmkit/memory';
+ * const cr3: Gpa = gpa(0x1000);
+ * ```
+ */
 export type Gpa = bigint & { readonly [gpaBrand]: true };
 
-/** Bytes in a base page (x86-64 and AArch64 with the 4 KiB granule). */
+/**
+ * Bytes in a base page (x86-64 and AArch64 with the 4 KiB granule).
+ *
+ * @example
+ * ```ts
+ * const pageNumber = Number(addr / BigInt(PAGE_SIZE));
+ * ```
+ */
 export const PAGE_SIZE = 4096;
 
 const U64_MAX = (1n << 64n) - 1n;
