@@ -7,13 +7,27 @@
 import { VmkitError } from '../../errors.js';
 import { compressBound, xxh32Of } from './_codec.js';
 
-/** "VMKITCKP": first 8 bytes of every checkpoint. */
+/**
+ * "VMKITCKP": first 8 bytes of every checkpoint.
+ *
+ * @example
+ * ```ts
+ * const isCheckpoint = new TextDecoder().decode(bytes.subarray(0, 8)) === CHECKPOINT_MAGIC;
+ * ```
+ */
 export const CHECKPOINT_MAGIC = 'VMKITCKP';
 /** "VMKINDEX": first 8 bytes of the index. */
 export const INDEX_MAGIC = 'VMKINDEX';
 /** "VMKCKEND": first 8 bytes of the footer (the last 64 bytes of the file). */
 export const FOOTER_MAGIC = 'VMKCKEND';
-/** Format version this code writes and reads. */
+/**
+ * Format version this code writes and reads.
+ *
+ * @example
+ * ```ts
+ * if (r.info().version !== CHECKPOINT_VERSION) console.warn('written by another vmkit');
+ * ```
+ */
 export const CHECKPOINT_VERSION = 1;
 /** Header bytes; also the alignment of every storage block and of the index. */
 export const HEADER_SIZE = 4096;
@@ -23,7 +37,14 @@ export const BLOCK_ALIGN = 4096;
 export const FOOTER_SIZE = 64;
 /** Largest storage block. */
 export const MAX_BLOCK_SIZE: number = 64 << 20;
-/** Default storage block (staging buffer) size. */
+/**
+ * Default storage block (staging buffer) size.
+ *
+ * @example
+ * ```ts
+ * const w = await CheckpointWriter.create('vm.ckpt', { guestSize, blockSize: 4 * DEFAULT_BLOCK_SIZE });
+ * ```
+ */
 export const DEFAULT_BLOCK_SIZE: number = 1 << 20;
 /** Most pages a checkpoint may describe (8 TiB of 4 KiB pages). */
 export const MAX_PAGES: number = 2 ** 31;
@@ -45,10 +66,25 @@ export const NO_BLOCK = 0xffffffff;
 
 /** Codec numbers in the header. */
 export const CODECS = { none: 0, lz4: 1 } as const;
-/** A codec name. */
+/**
+ * A codec name.
+ *
+ * @example
+ * ```ts
+ * const codec: CheckpointCodec = 'none'; // store pages raw
+ * const w = await CheckpointWriter.create('vm.ckpt', { guestSize, codec });
+ * ```
+ */
 export type CheckpointCodec = keyof typeof CODECS;
 
-/** The fixed fields of a checkpoint header. */
+/**
+ * The fixed fields of a checkpoint header.
+ *
+ * @example
+ * ```ts
+ * const { version, pageSize, diff, parentPath }: CheckpointHeader = reader.header;
+ * ```
+ */
 export interface CheckpointHeader {
   version: number;
   pageSize: number;
