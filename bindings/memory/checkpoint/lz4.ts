@@ -83,7 +83,14 @@ export function xxh32(data: Uint8Array, seed: number = 0): number {
   return xxh32Of(data, seed);
 }
 
-/** Options of {@link lz4FrameCompress}. */
+/**
+ * Options of {@link lz4FrameCompress}.
+ *
+ * @example
+ * ```ts
+ * const frame = lz4FrameCompress(data, { blockSize: 1048576, blockChecksum: true });
+ * ```
+ */
 export interface Lz4FrameOptions {
   /** Block maximum size: 64 KiB (default), 256 KiB, 1 MiB or 4 MiB. */
   blockSize?: 65536 | 262144 | 1048576 | 4194304;
@@ -95,7 +102,14 @@ export interface Lz4FrameOptions {
   contentSize?: boolean;
 }
 
-/** Options of {@link lz4FrameDecompress}. */
+/**
+ * Options of {@link lz4FrameDecompress}.
+ *
+ * @example
+ * ```ts
+ * const data = lz4FrameDecompress(frame, { maxOutput: 64 << 20 }); // LIMIT beyond 64 MiB
+ * ```
+ */
 export interface Lz4FrameDecodeOptions {
   /** Refuse (LIMIT) to produce more than this many bytes (default 1 GiB). */
   maxOutput?: number;
