@@ -36,7 +36,14 @@ import {
 } from './format.js';
 import { fileSink, type CheckpointSink } from './io.js';
 
-/** Options of {@link CheckpointWriter.create}. */
+/**
+ * Options of {@link CheckpointWriter.create}.
+ *
+ * @example
+ * ```ts
+ * const w = await CheckpointWriter.create('vm.ckpt', { guestSize: 1n << 30n, codec: 'lz4', sync: true });
+ * ```
+ */
 export interface CheckpointWriterOptions {
   /** Bytes of guest memory (a whole number of pages). */
   guestSize: bigint | number;
@@ -56,7 +63,14 @@ export interface CheckpointWriterOptions {
   coreBuild?: string;
 }
 
-/** What a finished save did. */
+/**
+ * What a finished save did.
+ *
+ * @example
+ * ```ts
+ * const { pages, zeroPages, lz4Pages, storedBytes }: CheckpointStats = await w.finish();
+ * ```
+ */
 export interface CheckpointStats {
   pages: number;
   /** Pages given to the writer (a page written twice counts twice). */
