@@ -31,7 +31,14 @@ import {
 } from './format.js';
 import { fileSource, memorySource, nodeFs, type CheckpointSource } from './io.js';
 
-/** Options of {@link CheckpointReader.open}. */
+/**
+ * Options of {@link CheckpointReader.open}.
+ *
+ * @example
+ * ```ts
+ * const r = await CheckpointReader.open('diff.ckpt', { cacheBlocks: 32, parents: true });
+ * ```
+ */
 export interface CheckpointReaderOptions {
   /** Checked blocks kept in memory (default 8). */
   cacheBlocks?: number;
@@ -41,7 +48,14 @@ export interface CheckpointReaderOptions {
   resolveParent?: (parentPath: string, childPath: string | undefined) => string | Uint8Array | CheckpointSource;
 }
 
-/** What a checkpoint holds (`vmkit checkpoint inspect`). */
+/**
+ * What a checkpoint holds (`vmkit checkpoint inspect`).
+ *
+ * @example
+ * ```ts
+ * const { diff, chain, storedPages, fileBytes }: CheckpointInfo = r.info();
+ * ```
+ */
 export interface CheckpointInfo {
   version: number;
   id: string;
@@ -69,7 +83,15 @@ export interface CheckpointInfo {
   chain: string[];
 }
 
-/** I/O a reader did so far. */
+/**
+ * I/O a reader did so far.
+ *
+ * @example
+ * ```ts
+ * await r.readPage(0);
+ * const { blockReads, bytesRead, cacheHits }: CheckpointReadStats = r.stats;
+ * ```
+ */
 export interface CheckpointReadStats {
   /** Storage blocks read from the source. */
   blockReads: number;
