@@ -7,7 +7,16 @@
  */
 import { VmkitError } from '../../errors.js';
 
-/** A destination for a checkpoint writer. */
+/**
+ * A destination for a checkpoint writer.
+ *
+ * @example
+ * ```ts
+ * import { CheckpointWriter, memorySink } from 'vmkit/memory';
+ * const sink = memorySink(); // any CheckpointSink: write/close (+ optional writeSync, sync)
+ * const w = await CheckpointWriter.create(sink, { guestSize: 1 << 20 });
+ * ```
+ */
 export interface CheckpointSink {
   /** Writes all of `data` at `position`. `data` may be reused by the writer once the promise settles: copy it to keep it. */
   write(data: Uint8Array, position: number): Promise<void>;
@@ -19,7 +28,15 @@ export interface CheckpointSink {
   close(): Promise<void>;
 }
 
-/** A source for a checkpoint reader. */
+/**
+ * A source for a checkpoint reader.
+ *
+ * @example
+ * ```ts
+ * import { CheckpointReader, memorySource } from 'vmkit/memory';
+ * const r = await CheckpointReader.open(memorySource(bytes)); // any CheckpointSource
+ * ```
+ */
 export interface CheckpointSource {
   /** Bytes in the source. */
   readonly size: number;
