@@ -6,6 +6,12 @@
 /**
  * Every code a {@link VmkitError} can carry. Codes are stable: new ones may be
  * added, existing ones never change meaning.
+ *
+ * @example
+ * ```ts
+ * import { ErrorCode, isVmkitError } from 'vmkit';
+ * if (isVmkitError(e, ErrorCode.NOT_FOUND)) createIt();
+ * ```
  */
 export const ErrorCode = {
   /** An argument has the wrong type (the message names it). */
@@ -57,7 +63,14 @@ export const ErrorCode = {
 /** The union of every stable error code. */
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
-/** Extra context carried by a {@link VmkitError}. */
+/**
+ * Extra context carried by a {@link VmkitError}.
+ *
+ * @example
+ * ```ts
+ * throw new VmkitError('CORRUPT', 'bad L1 entry', { offset: 0x30000, path: 'vm.qcow2' });
+ * ```
+ */
 export interface VmkitErrorOptions {
   /** The underlying error. */
   cause?: unknown;
@@ -94,7 +107,14 @@ export class VmkitError extends Error {
     this.path = options.path;
   }
 
-  /** A plain object for `--json` output and logs. */
+  /**
+   * A plain object for `--json` output and logs.
+   *
+   * @example
+   * ```ts
+   * console.log(JSON.stringify({ error: e.toJSON() })); // {"error":{"name":"VmkitError","code":"IO",…}}
+   * ```
+   */
   toJSON(): { name: string; code: ErrorCode; message: string; offset?: string; path?: string } {
     const o: { name: string; code: ErrorCode; message: string; offset?: string; path?: string } = {
       name: this.name,
