@@ -9,20 +9,65 @@
 import { VmkitError } from '../errors.js';
 import type { WriteGuard } from './_guard.js';
 
-/** A byte offset into a virtual disk or an image file (a safe integer < 2^53). */
+/**
+ * A byte offset into a virtual disk or an image file (a safe integer < 2^53).
+ *
+ * @example
+ * ```ts
+ * const at: ByteOffset = sectorToByte(2048); // 1 MiB
+ * ```
+ */
 export type ByteOffset = number;
-/** A length in bytes. */
+/**
+ * A length in bytes.
+ *
+ * @example
+ * ```ts
+ * const len: ByteLength = 64 * SECTOR_SIZE;
+ * const data = await dev.read(0, len);
+ * ```
+ */
 export type ByteLength = number;
-/** A 512-byte sector index (never mixed with byte offsets: convert with {@link sectorToByte}). */
+/**
+ * A 512-byte sector index (never mixed with byte offsets: convert with {@link sectorToByte}).
+ *
+ * @example
+ * ```ts
+ * const s: Sector = byteToSector(1 << 20); // 2048
+ * ```
+ */
 export type Sector = number;
 
-/** Bytes per sector: every offset and length a device takes is a multiple of this. */
+/**
+ * Bytes per sector: every offset and length a device takes is a multiple of this.
+ *
+ * @example
+ * ```ts
+ * await dev.read(0, SECTOR_SIZE); // the MBR
+ * ```
+ */
 export const SECTOR_SIZE = 512;
 
-/** What a block-status query reports for a range, as QEMU's block status does. */
+/**
+ * What a block-status query reports for a range, as QEMU's block status does.
+ *
+ * @example
+ * ```ts
+ * const kind: BlockKind = (await dev.blockStatus(0, dev.size)).kind;
+ * if (kind === 'unallocated') console.log('falls through to nothing: reads as zeroes');
+ * ```
+ */
 export type BlockKind = 'data' | 'zero' | 'unallocated';
 
-/** One run of equal allocation status. */
+/**
+ * One run of equal allocation status.
+ *
+ * @example
+ * ```ts
+ * const e: BlockExtent = await dev.blockStatus(0, dev.size);
+ * console.log(e.offset, e.length, e.kind, e.depth, e.hostOffset);
+ * ```
+ */
 export interface BlockExtent {
   /** Byte offset of the run in the virtual disk. */
   offset: ByteOffset;
@@ -46,6 +91,16 @@ export interface BlockExtent {
  * `alignment`; reads past the end throw ARG_RANGE. Writable devices call their
  * {@link WriteGuard} before touching storage; a read-only device (every backing
  * layer of a chain) throws INVALID_STATE on write.
+ *
+ * @example
+ * ```ts
+ * import { init, openImage, type BlockDevice } from 'vmkit/disk';
+ * await init();
+ * const dev: BlockDevice = await openImage('vm.qcow2');
+ * await dev.write(0, new Uint8Array(512).fill(1));
+ * await dev.flush();
+ * await dev.close();
+ * ```
  */
 export interface BlockDevice {
   /** Virtual size in bytes. */
@@ -76,7 +131,15 @@ export interface BlockDevice {
   close(): Promise<void>;
 }
 
-/** Options every writable device takes. */
+/**
+ * Options every writable device takes.
+ *
+ * @example
+ * ```ts
+ * const opts: DeviceOptions = { readOnly: false, guard }; // guard: a WriteGuard from disk ownership
+ * const dev = await (await loadFormat('qcow2')).open(storage, opts);
+ * ```
+ */
 export interface DeviceOptions {
   /** Open read-only (every backing layer always is). */
   readOnly?: boolean;
@@ -178,7 +241,15 @@ export async function mapExtents(dev: BlockDevice, offset: ByteOffset = 0, lengt
   return out;
 }
 
-/** One extent as `qemu-img map --output=json` prints it. */
+/**
+ * One extent as `qemu-img map --output=json` prints it.
+ *
+ * @example
+ * ```ts
+ * const entries: QemuMapEntry[] = toQemuMap(await mapExtents(dev));
+ * // compare with: qemu-img map --output=json vm.qcow2
+ * ```
+ */
 export interface QemuMapEntry {
   start: number;
   length: number;
