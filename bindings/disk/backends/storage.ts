@@ -6,7 +6,17 @@
  */
 import { VmkitError } from '../../errors.js';
 
-/** A random-access byte store (an image file). Offsets are safe integers. */
+/**
+ * A random-access byte store (an image file). Offsets are safe integers.
+ *
+ * @example
+ * ```ts
+ * import { MemoryStorage, type Storage } from 'vmkit/disk';
+ * const s: Storage = new MemoryStorage('scratch');
+ * await s.write(4096, new Uint8Array([0xeb, 0x63]));
+ * console.log(await s.size()); // 4098
+ * ```
+ */
 export interface Storage {
   /** Name of the store (a path, a blob name), used in error messages and to resolve backing files. */
   readonly name: string;
@@ -30,6 +40,14 @@ export interface Storage {
  * Opens stores by name: how a format finds its backing file. `resolve` turns a
  * backing-file name stored in an image (relative to that image) into a name
  * `open` accepts.
+ *
+ * @example
+ * ```ts
+ * import { MemoryProvider, createImage, openImage } from 'vmkit/disk';
+ * const provider = new MemoryProvider(); // or fileProvider, new OpfsProvider(dir)
+ * await createImage('base.qcow2', { size: 1 << 20, provider });
+ * const dev = await openImage('base.qcow2', { provider });
+ * ```
  */
 export interface StorageProvider {
   /** Opens an existing store. Throws NOT_FOUND when there is none. */
