@@ -21,10 +21,25 @@
 import type { Storage } from '../backends/storage.js';
 import type { BlockDevice, DeviceOptions } from '../device.js';
 
-/** Names of the formats vmkit knows. */
+/**
+ * Names of the formats vmkit knows.
+ *
+ * @example
+ * ```ts
+ * const fmt: FormatName = await probeFormat(storage); // 'qcow2' | 'vmdk' | 'raw'
+ * ```
+ */
 export type FormatName = 'qcow2' | 'vmdk' | 'raw';
 
-/** Options of a format's `open`. */
+/**
+ * Options of a format's `open`.
+ *
+ * @example
+ * ```ts
+ * const qcow2 = await loadFormat('qcow2');
+ * const dev = await qcow2.open(storage, { readOnly: true }); // no openBacking: backing ranges read as zeroes
+ * ```
+ */
 export interface FormatOpenOptions extends DeviceOptions {
   /**
    * Opens the backing layer named `name` as stored in this image (relative to
@@ -36,7 +51,15 @@ export interface FormatOpenOptions extends DeviceOptions {
   openBacking?: (name: string, format: FormatName | undefined) => Promise<BlockDevice>;
 }
 
-/** Options of a format's `create`. */
+/**
+ * Options of a format's `create`.
+ *
+ * @example
+ * ```ts
+ * const qcow2 = await loadFormat('qcow2');
+ * await qcow2.create(storage, { size: 1 << 30, clusterSize: 65536, refcountBits: 16 });
+ * ```
+ */
 export interface FormatCreateOptions {
   /** Virtual size in bytes (a multiple of 512). */
   size: number;
@@ -54,13 +77,27 @@ export interface FormatCreateOptions {
   refcountBits?: number;
 }
 
-/** Options of a format's `check`. */
+/**
+ * Options of a format's `check`.
+ *
+ * @example
+ * ```ts
+ * const report = await (await loadFormat('qcow2')).check?.(storage, { repairLeaks: true });
+ * ```
+ */
 export interface FormatCheckOptions {
   /** Repair leaks (qcow2: `qemu-img check -r leaks`). Not every format repairs. */
   repairLeaks?: boolean;
 }
 
-/** What `info` reports (the fields of `qemu-img info` vmkit knows). */
+/**
+ * What `info` reports (the fields of `qemu-img info` vmkit knows).
+ *
+ * @example
+ * ```ts
+ * const { format, virtualSize, allocatedBytes, backingFile }: ImageInfo = await dev.info();
+ * ```
+ */
 export interface ImageInfo {
   format: FormatName;
   /** Virtual size in bytes. */
@@ -79,7 +116,15 @@ export interface ImageInfo {
   specific?: Record<string, string | number | boolean>;
 }
 
-/** A `check` result, shaped like `qemu-img check --output=json`. */
+/**
+ * A `check` result, shaped like `qemu-img check --output=json`.
+ *
+ * @example
+ * ```ts
+ * const r: CheckReport = await checkImage('vm.qcow2');
+ * if (r.corruptions > 0) for (const m of r.messages) console.error(m.severity, m.message, m.offset);
+ * ```
+ */
 export interface CheckReport {
   format: FormatName;
   filename: string;
@@ -101,7 +146,15 @@ export interface CheckReport {
   messages: { severity: 'corruption' | 'leak' | 'error'; message: string; offset?: number }[];
 }
 
-/** A format's device: a {@link BlockDevice} plus what the registry and the CLI need. */
+/**
+ * A format's device: a {@link BlockDevice} plus what the registry and the CLI need.
+ *
+ * @example
+ * ```ts
+ * const dev: ImageDevice = await openImage('top.qcow2');
+ * console.log(dev.format, dev.storage.name, dev.backingFile);
+ * ```
+ */
 export interface ImageDevice extends BlockDevice {
   readonly format: FormatName;
   /** The store of this layer. */
@@ -114,7 +167,15 @@ export interface ImageDevice extends BlockDevice {
   info(): Promise<ImageInfo>;
 }
 
-/** One format folder, as the registry sees it. */
+/**
+ * One format folder, as the registry sees it.
+ *
+ * @example
+ * ```ts
+ * const vmdk: ImageFormatModule = await loadFormat('vmdk');
+ * if (vmdk.probe(head)) dev = await vmdk.open(storage);
+ * ```
+ */
 export interface ImageFormatModule {
   readonly name: FormatName;
   /** True when `head` (the first 4 KiB of a file, or fewer if the file is shorter) is this format. */
