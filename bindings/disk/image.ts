@@ -90,7 +90,14 @@ export async function probeFormat(storage: Storage): Promise<FormatName> {
   return 'raw';
 }
 
-/** Options of {@link openImage}. */
+/**
+ * Options of {@link openImage}.
+ *
+ * @example
+ * ```ts
+ * const dev = await openImage('top.qcow2', { readOnly: true, maxDepth: 8 });
+ * ```
+ */
 export interface OpenImageOptions {
   /** Where images live (default: Node files). */
   provider?: StorageProvider;
@@ -158,7 +165,15 @@ async function canonical(provider: StorageProvider, n: string): Promise<string> 
   }
 }
 
-/** Options of {@link createImage}. */
+/**
+ * Options of {@link createImage}.
+ *
+ * @example
+ * ```ts
+ * await createImage('disk.vmdk', { format: 'vmdk', size: 8 << 30 });
+ * await createImage('top.qcow2', { backing: 'base.qcow2', backingFormat: 'qcow2', extendedL2: true });
+ * ```
+ */
 export interface CreateImageOptions {
   /** Format of the new image (default qcow2). */
   format?: FormatName;
