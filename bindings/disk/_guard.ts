@@ -5,7 +5,17 @@
  * @module
  */
 
-/** Checked by a block device before each write or flush. */
+/**
+ * Checked by a block device before each write or flush.
+ *
+ * @example
+ * ```ts
+ * const guard: WriteGuard = {
+ *   check(op) { if (!stillOwner()) throw new VmkitError('FENCED', `${op} after losing the disk`); },
+ * };
+ * const dev = await openImage('vm.qcow2', { guard });
+ * ```
+ */
 export interface WriteGuard {
   /**
    * Throws VmkitError('FENCED') when the caller may no longer write. May be
