@@ -77,6 +77,12 @@ export class FileStorage implements Storage {
    * `readSync`/`writeSync` on the calling thread: ~30x the IOPS of the thread
    * pool for data in the page cache, but each request blocks the event loop
    * (for command-line tools and batch jobs, not for servers).
+   *
+   * @example
+   * ```ts
+   * const s = await FileStorage.open('vm.qcow2', { readOnly: true });
+   * const dev = await (await loadFormat(await probeFormat(s))).open(s, { readOnly: true });
+   * ```
    */
   static async open(path: string, opts: { readOnly?: boolean; sync?: boolean } = {}): Promise<FileStorage> {
     const fs = await nodeFs();
@@ -88,7 +94,15 @@ export class FileStorage implements Storage {
       throw ioError(e, 'open', path);
     }
   }
-  /** Creates (or truncates) a file. */
+  /**
+   * Creates (or truncates) a file.
+   *
+   * @example
+   * ```ts
+   * const s = await FileStorage.create('scratch.raw');
+   * await s.truncate(1 << 30); // a sparse 1 GiB file
+   * ```
+   */
   static async create(path: string, opts: { sync?: boolean } = {}): Promise<FileStorage> {
     const fs = await nodeFs();
     const cb = await nodeSyncFs();
@@ -99,6 +113,14 @@ export class FileStorage implements Storage {
       throw ioError(e, 'create', path);
     }
   }
+  /**
+   * Current length of the file in bytes.
+   *
+   * @example
+   * ```ts
+   * const n = await s.size(); // the file's length (fstat)
+   * ```
+   */
   async size(): Promise<number> {
     try {
       return (await this.fh.stat()).size;
@@ -106,6 +128,15 @@ export class FileStorage implements Storage {
       throw ioError(e, 'stat', this.name);
     }
   }
+  /**
+   * Reads `dst.length` bytes at `offset` (pread); bytes past the end read as zero.
+   *
+   * @example
+   * ```ts
+   * const head = new Uint8Array(4096);
+   * await s.readInto(0, head); // bytes past the end read as zero
+   * ```
+   */
   async readInto(offset: number, dst: Uint8Array): Promise<void> {
     let got = 0;
     try {
@@ -121,6 +152,14 @@ export class FileStorage implements Storage {
     }
     if (got < dst.length) dst.fill(0, got);
   }
+  /**
+   * Writes all of `data` at `offset` (pwrite), growing the file when past the end.
+   *
+   * @example
+   * ```ts
+   * await s.write(65536, cluster); // pwrite; the file grows as needed
+   * ```
+   */
   async write(offset: number, data: Uint8Array): Promise<void> {
     assertWritable(this, 'write');
     this.unsynced = true;
@@ -139,6 +178,14 @@ export class FileStorage implements Storage {
       this.unsynced = true;
     }
   }
+  /**
+   * Sets the file length (ftruncate).
+   *
+   * @example
+   * ```ts
+   * await s.truncate(await s.size() + 65536);
+   * ```
+   */
   async truncate(size: number): Promise<void> {
     assertWritable(this, 'truncate');
     this.unsynced = true;
@@ -150,6 +197,15 @@ export class FileStorage implements Storage {
       this.unsynced = true;
     }
   }
+  /**
+   * fdatasync when anything was written since the last flush.
+   *
+   * @example
+   * ```ts
+   * await s.write(0, header);
+   * await s.flush(); // durable now
+   * ```
+   */
   async flush(): Promise<void> {
     // Nothing written through this handle since the last flush: nothing to make durable (the
     // first flush after opening always syncs, for what an earlier writer may have left).
@@ -164,6 +220,14 @@ export class FileStorage implements Storage {
       throw ioError(e, 'fsync', this.name);
     }
   }
+  /**
+   * Closes the file (idempotent).
+   *
+   * @example
+   * ```ts
+   * await s.close(); // a second close is a no-op
+   * ```
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
