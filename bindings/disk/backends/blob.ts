@@ -11,7 +11,8 @@ import type { Storage } from './storage.js';
  *
  * @example
  * ```ts
- * const dev = await openStorage(new BlobStorage(input.files[0]));
+ * const s = new BlobStorage(input.files[0]);
+ * const dev = await (await loadFormat(await probeFormat(s))).open(s, { readOnly: true });
  * ```
  */
 export class BlobStorage implements Storage {
@@ -22,9 +23,26 @@ export class BlobStorage implements Storage {
     this.blob = blob;
     this.name = name ?? ((blob as File).name || 'blob');
   }
+  /**
+   * The Blob's size in bytes.
+   *
+   * @example
+   * ```ts
+   * const n = await new BlobStorage(file).size(); // file.size
+   * ```
+   */
   async size(): Promise<number> {
     return this.blob.size;
   }
+  /**
+   * Reads `dst.length` bytes at `offset` from the Blob; bytes past the end read as zero.
+   *
+   * @example
+   * ```ts
+   * const head = new Uint8Array(512);
+   * await blobStorage.readInto(0, head); // bytes past the end read as zero
+   * ```
+   */
   async readInto(offset: number, dst: Uint8Array): Promise<void> {
     const end = Math.min(this.blob.size, offset + dst.length);
     let n = 0;
@@ -35,12 +53,44 @@ export class BlobStorage implements Storage {
     }
     if (n < dst.length) dst.fill(0, n);
   }
+  /**
+   * Always throws INVALID_STATE: a Blob is read-only.
+   *
+   * @example
+   * ```ts
+   * await blobStorage.write(); // throws VmkitError INVALID_STATE: a Blob is read-only
+   * ```
+   */
   async write(): Promise<void> {
     throw new VmkitError('INVALID_STATE', `${this.name} is a read-only Blob`, { path: this.name });
   }
+  /**
+   * Always throws INVALID_STATE: a Blob is read-only.
+   *
+   * @example
+   * ```ts
+   * await blobStorage.truncate(); // throws VmkitError INVALID_STATE
+   * ```
+   */
   async truncate(): Promise<void> {
     throw new VmkitError('INVALID_STATE', `${this.name} is a read-only Blob`, { path: this.name });
   }
+  /**
+   * Nothing to do (read-only).
+   *
+   * @example
+   * ```ts
+   * await blobStorage.flush(); // nothing to do
+   * ```
+   */
   async flush(): Promise<void> {}
+  /**
+   * Nothing to release.
+   *
+   * @example
+   * ```ts
+   * await blobStorage.close(); // nothing to release
+   * ```
+   */
   async close(): Promise<void> {}
 }
