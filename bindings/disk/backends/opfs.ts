@@ -40,7 +40,15 @@ export class OpfsStorage implements Storage {
     this.name = handle.name;
     this.readOnly = readOnly;
   }
-  /** Opens a file handle, with a sync access handle when the context allows one. */
+  /**
+   * Opens a file handle, with a sync access handle when the context allows one.
+   *
+   * @example
+   * ```ts
+   * const dir = await navigator.storage.getDirectory();
+   * const s = await OpfsStorage.open(await dir.getFileHandle('vm.qcow2'), { readOnly: true });
+   * ```
+   */
   static async open(handle: FileSystemFileHandle, opts: { readOnly?: boolean } = {}): Promise<OpfsStorage> {
     const h = handle as FileHandleLike;
     let sync: SyncHandle | undefined;
@@ -53,9 +61,26 @@ export class OpfsStorage implements Storage {
     }
     return new OpfsStorage(h, sync, opts.readOnly === true);
   }
+  /**
+   * Current length of the OPFS file in bytes.
+   *
+   * @example
+   * ```ts
+   * const n = await s.size();
+   * ```
+   */
   async size(): Promise<number> {
     return this.sync ? this.sync.getSize() : (await this.handle.getFile()).size;
   }
+  /**
+   * Reads `dst.length` bytes at `offset`; bytes past the end read as zero.
+   *
+   * @example
+   * ```ts
+   * const head = new Uint8Array(512);
+   * await s.readInto(0, head); // bytes past the end read as zero
+   * ```
+   */
   async readInto(offset: number, dst: Uint8Array): Promise<void> {
     let n = 0;
     if (this.sync) {
@@ -75,6 +100,14 @@ export class OpfsStorage implements Storage {
     }
     if (n < dst.length) dst.fill(0, n);
   }
+  /**
+   * Writes `data` at `offset`, growing the file when past the end.
+   *
+   * @example
+   * ```ts
+   * await s.write(0, header);
+   * ```
+   */
   async write(offset: number, data: Uint8Array): Promise<void> {
     assertWritable(this, 'write');
     if (this.sync) {
@@ -86,6 +119,14 @@ export class OpfsStorage implements Storage {
     await w.write({ type: 'write', position: offset, data: data as Uint8Array<ArrayBuffer> });
     await w.close();
   }
+  /**
+   * Sets the file length.
+   *
+   * @example
+   * ```ts
+   * await s.truncate(0);
+   * ```
+   */
   async truncate(size: number): Promise<void> {
     assertWritable(this, 'truncate');
     if (this.sync) return this.sync.truncate(size);
@@ -93,9 +134,25 @@ export class OpfsStorage implements Storage {
     await w.truncate(size);
     await w.close();
   }
+  /**
+   * Flushes the sync access handle, when there is one (writables commit on close).
+   *
+   * @example
+   * ```ts
+   * await s.flush();
+   * ```
+   */
   async flush(): Promise<void> {
     this.sync?.flush();
   }
+  /**
+   * Releases the sync access handle, when there is one.
+   *
+   * @example
+   * ```ts
+   * await s.close(); // releases the sync access handle (the file's lock)
+   * ```
+   */
   async close(): Promise<void> {
     this.sync?.close();
   }
@@ -115,6 +172,14 @@ export class OpfsProvider implements StorageProvider {
   constructor(dir: FileSystemDirectoryHandle) {
     this.dir = dir;
   }
+  /**
+   * Opens the file `name` in the folder; NOT_FOUND when there is none.
+   *
+   * @example
+   * ```ts
+   * const s = await p.open('base.qcow2', { readOnly: true }); // NOT_FOUND when absent
+   * ```
+   */
   async open(name: string, opts: { readOnly: boolean }): Promise<Storage> {
     let h: FileSystemFileHandle;
     try {
@@ -124,15 +189,39 @@ export class OpfsProvider implements StorageProvider {
     }
     return OpfsStorage.open(h, opts);
   }
+  /**
+   * Creates (or empties) the file `name` in the folder.
+   *
+   * @example
+   * ```ts
+   * const s = await p.create('top.qcow2'); // empty
+   * ```
+   */
   async create(name: string): Promise<Storage> {
     const h = await this.dir.getFileHandle(name, { create: true });
     const s = await OpfsStorage.open(h);
     await s.truncate(0);
     return s;
   }
+  /**
+   * The base name of `rel`: an OPFS folder is flat.
+   *
+   * @example
+   * ```ts
+   * p.resolve('top.qcow2', '../images/base.qcow2'); // 'base.qcow2': one flat folder
+   * ```
+   */
   resolve(_from: string, rel: string): string {
     return rel.slice(rel.lastIndexOf('/') + 1);
   }
+  /**
+   * The base name of `target`: an OPFS folder is flat.
+   *
+   * @example
+   * ```ts
+   * p.relative('top.qcow2', 'dir/base.qcow2'); // 'base.qcow2'
+   * ```
+   */
   relative(_from: string, target: string): string {
     return target.slice(target.lastIndexOf('/') + 1);
   }
