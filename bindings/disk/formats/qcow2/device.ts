@@ -305,10 +305,28 @@ export class Qcow2Device implements ImageDevice {
     return { kind: k, host: k === 'normal' ? e.host + inC : 0, len, entry: e };
   }
 
+  /**
+   * Reads `length` bytes at `offset` (multiples of 512).
+   *
+   * @example
+   * ```ts
+   * const dev = await openImage('vm.qcow2');
+   * const mbr = await dev.read(0, 512); // falls through to the backing chain where unallocated
+   * ```
+   */
   read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
     return _readFresh(this, offset, length);
   }
 
+  /**
+   * Reads `dst.length` bytes at `offset` into `dst`.
+   *
+   * @example
+   * ```ts
+   * const buf = new Uint8Array(1 << 20);
+   * await dev.readInto(0, buf); // no allocation per read
+   * ```
+   */
   async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
     checkRange(this, offset, dst.length, 'read');
     await _readRuns(this.storage, offset, dst, (pos) => this.piece(pos), (p) => p.kind === 'normal', (p, pos, d) => {
@@ -340,6 +358,15 @@ export class Qcow2Device implements ImageDevice {
     return data;
   }
 
+  /**
+   * Status of the run starting at `offset` (at most `length` bytes).
+   *
+   * @example
+   * ```ts
+   * const e = await dev.blockStatus(0, dev.size);
+   * console.log(e.kind, e.length, e.depth); // one run of equal status, as qemu-img map
+   * ```
+   */
   async blockStatus(offset: ByteOffset, length: ByteLength): Promise<BlockExtent> {
     // Extend over following clusters of the same kind (contiguous host for data).
     const { first, len } = await _statusRun(this, offset, length, (o) => this.piece(o), (a, p, n) => {
@@ -440,6 +467,14 @@ export class Qcow2Device implements ImageDevice {
     } else if (e.host !== 0) r.free(e.host);
   }
 
+  /**
+   * Writes `data` at `offset` (allocating clusters/grains as needed).
+   *
+   * @example
+   * ```ts
+   * await dev.write(1 << 20, new Uint8Array(4096).fill(0xaa));
+   * ```
+   */
   async write(offset: ByteOffset, data: Uint8Array): Promise<void> {
     checkRange(this, offset, data.length, 'write');
     if (this.header.version === 2) throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: writing version 2 images (upgrade with qemu-img amend -o compat=1.1)`);
@@ -678,11 +713,27 @@ export class Qcow2Device implements ImageDevice {
     else if (e.host !== 0) await this.release(e, r);
   }
 
+  /**
+   * Makes `[offset, offset + length)` read as zeroes.
+   *
+   * @example
+   * ```ts
+   * await dev.writeZeroes(0, 1 << 20); // reads as zeroes afterwards
+   * ```
+   */
   async writeZeroes(offset: ByteOffset, length: ByteLength): Promise<void> {
     checkRange(this, offset, length, 'writeZeroes');
     await this.zeroRange(offset, length, false);
   }
 
+  /**
+   * Releases whole clusters in the range; the range then reads as zeroes.
+   *
+   * @example
+   * ```ts
+   * await dev.discard(0, 64 << 10); // whole clusters only; the range then reads as zeroes
+   * ```
+   */
   async discard(offset: ByteOffset, length: ByteLength): Promise<void> {
     checkRange(this, offset, length, 'discard');
     await this.zeroRange(offset, length, true);
@@ -702,6 +753,15 @@ export class Qcow2Device implements ImageDevice {
     }
   }
 
+  /**
+   * Writes back cached metadata and makes completed writes durable.
+   *
+   * @example
+   * ```ts
+   * await dev.write(0, data);
+   * await dev.flush(); // metadata and data durable
+   * ```
+   */
   async flush(): Promise<void> {
     if (this.readOnly || this.closed) return;
     await this.queue.run(async () => {
@@ -713,6 +773,14 @@ export class Qcow2Device implements ImageDevice {
     await this.storage.flush();
   }
 
+  /**
+   * Facts for `vmkit disk info` (as `qemu-img info`).
+   *
+   * @example
+   * ```ts
+   * const { virtualSize, clusterSize, allocatedBytes } = await dev.info();
+   * ```
+   */
   async info(): Promise<ImageInfo> {
     let data = 0;
     for (let l1i = 0; l1i < this.header.l1Size; l1i++) {
@@ -745,6 +813,14 @@ export class Qcow2Device implements ImageDevice {
     return info;
   }
 
+  /**
+   * Flushes (when writable) and closes this layer and its backing chain.
+   *
+   * @example
+   * ```ts
+   * await dev.close(); // flushes when writable, closes the backing chain too
+   * ```
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     await _closeLayer(() => this.flush(), () => (this.closed = true), this.storage, this.backing);
