@@ -163,10 +163,28 @@ export class VmdkDevice implements ImageDevice {
     return { kind: 'data', host: host + (pos - grain * gb), len };
   }
 
+  /**
+   * Reads `length` bytes at `offset` (multiples of 512).
+   *
+   * @example
+   * ```ts
+   * const dev = await openImage('vm.vmdk');
+   * const mbr = await dev.read(0, 512); // falls through to the backing chain where unallocated
+   * ```
+   */
   read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
     return _readFresh(this, offset, length);
   }
 
+  /**
+   * Reads `dst.length` bytes at `offset` into `dst`.
+   *
+   * @example
+   * ```ts
+   * const buf = new Uint8Array(1 << 20);
+   * await dev.readInto(0, buf); // no allocation per read
+   * ```
+   */
   async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
     checkRange(this, offset, dst.length, 'read');
     await _readRuns(this.storage, offset, dst, (pos) => this.piece(pos), (p) => p.kind === 'data', (p, pos, d) => {
@@ -176,6 +194,15 @@ export class VmdkDevice implements ImageDevice {
     });
   }
 
+  /**
+   * Status of the run starting at `offset` (at most `length` bytes).
+   *
+   * @example
+   * ```ts
+   * const e = await dev.blockStatus(0, dev.size);
+   * console.log(e.kind, e.length, e.depth); // one run of equal status, as qemu-img map
+   * ```
+   */
   async blockStatus(offset: ByteOffset, length: ByteLength): Promise<BlockExtent> {
     const { first, len } = await _statusRun(this, offset, length, (o) => this.piece(o), (a, p, n) => p.kind === a.kind && (p.kind !== 'data' || p.host === a.host + n));
     if (first.kind === 'unallocated') return _backingStatus(this.backing, offset, len);
@@ -259,6 +286,14 @@ export class VmdkDevice implements ImageDevice {
     t[gti] = value;
   }
 
+  /**
+   * Writes `data` at `offset` (allocating clusters/grains as needed).
+   *
+   * @example
+   * ```ts
+   * await dev.write(1 << 20, new Uint8Array(4096).fill(0xaa));
+   * ```
+   */
   async write(offset: ByteOffset, data: Uint8Array): Promise<void> {
     checkRange(this, offset, data.length, 'write');
     return this.queue.run(async () => {
@@ -267,6 +302,14 @@ export class VmdkDevice implements ImageDevice {
     });
   }
 
+  /**
+   * Makes `[offset, offset + length)` read as zeroes.
+   *
+   * @example
+   * ```ts
+   * await dev.writeZeroes(0, 1 << 20); // reads as zeroes afterwards
+   * ```
+   */
   async writeZeroes(offset: ByteOffset, length: ByteLength): Promise<void> {
     checkRange(this, offset, length, 'writeZeroes');
     return this.queue.run(async () => {
@@ -278,6 +321,11 @@ export class VmdkDevice implements ImageDevice {
   /**
    * VMDK has no way to give grains back (QEMU does not discard on VMDK):
    * the range is made to read as zeroes instead.
+   *
+   * @example
+   * ```ts
+   * await dev.discard(0, 64 << 10); // whole clusters only; the range then reads as zeroes
+   * ```
    */
   async discard(offset: ByteOffset, length: ByteLength): Promise<void> {
     checkRange(this, offset, length, 'discard');
@@ -329,6 +377,15 @@ export class VmdkDevice implements ImageDevice {
     await this.setGte(grain, host / 512);
   }
 
+  /**
+   * Writes back cached metadata and makes completed writes durable.
+   *
+   * @example
+   * ```ts
+   * await dev.write(0, data);
+   * await dev.flush(); // metadata and data durable
+   * ```
+   */
   async flush(): Promise<void> {
     if (this.readOnly || this.closed) return;
     await this.queue.run(async () => {
@@ -337,6 +394,14 @@ export class VmdkDevice implements ImageDevice {
     });
   }
 
+  /**
+   * Facts for `vmkit disk info` (as `qemu-img info`).
+   *
+   * @example
+   * ```ts
+   * const { virtualSize, clusterSize, allocatedBytes } = await dev.info();
+   * ```
+   */
   async info(): Promise<ImageInfo> {
     const zeroGrain = (this.header.flags & FLAG_ZERO_GRAIN) !== 0;
     let grains = 0;
@@ -371,6 +436,14 @@ export class VmdkDevice implements ImageDevice {
     return info;
   }
 
+  /**
+   * Flushes (when writable) and closes this layer and its backing chain.
+   *
+   * @example
+   * ```ts
+   * await dev.close(); // flushes when writable, closes the backing chain too
+   * ```
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     await _closeLayer(() => this.flush(), () => (this.closed = true), this.storage, this.backing);
