@@ -81,18 +81,58 @@ export class LiveDisk implements BackupDevice {
     }
   }
 
+  /**
+   * Guest read (waits while a job has guest I/O paused).
+   *
+   * @example
+   * ```ts
+   * const data = await disk.read(0, 4096); // waits while a job holds the disk paused
+   * ```
+   */
   read(offset: number, length: number): Promise<Uint8Array> {
     return this.io((d) => d.read(offset, length));
   }
+  /**
+   * Guest write (through the mirror driver while a job runs).
+   *
+   * @example
+   * ```ts
+   * await disk.write(0, new Uint8Array(4096).fill(1)); // mirrored while a job runs
+   * ```
+   */
   write(offset: number, data: Uint8Array): Promise<void> {
     return this.io((d) => d.write(offset, data));
   }
+  /**
+   * Guest write of zeroes.
+   *
+   * @example
+   * ```ts
+   * await disk.writeZeroes(0, 1 << 20);
+   * ```
+   */
   writeZeroes(offset: number, length: number): Promise<void> {
     return this.io((d) => (d.writeZeroes ? d.writeZeroes(offset, length) : d.write(offset, new Uint8Array(length))));
   }
+  /**
+   * Guest flush.
+   *
+   * @example
+   * ```ts
+   * await disk.flush();
+   * ```
+   */
   flush(): Promise<void> {
     return this.io((d) => d.flush());
   }
+  /**
+   * Allocation status of the run at `offset` in the active chain.
+   *
+   * @example
+   * ```ts
+   * const e = await disk.blockStatus(0, 1 << 20);
+   * ```
+   */
   blockStatus(offset: number, length: number): Promise<BlockExtent> {
     return this.io((d) => d.blockStatus(offset, length));
   }
@@ -136,7 +176,14 @@ export class LiveDisk implements BackupDevice {
     this.dev = chain;
   }
 
-  /** Flushes and closes the chain. Later I/O throws INVALID_STATE. */
+  /**
+   * Flushes and closes the chain. Later I/O throws INVALID_STATE.
+   *
+   * @example
+   * ```ts
+   * await disk.close(); // later I/O throws INVALID_STATE
+   * ```
+   */
   async close(): Promise<void> {
     await this.exclusive(async () => {
       if (this.closed) return;
