@@ -148,12 +148,26 @@ export class MirrorDriver implements BackupDevice {
     }
   }
 
-  /** Guest write: resolves once both source and target have the data. */
+  /**
+   * Guest write: resolves once both source and target have the data.
+   *
+   * @example
+   * ```ts
+   * await m.write(0, data); // resolves once delta and base both hold it
+   * ```
+   */
   write(offset: number, data: Uint8Array): Promise<void> {
     return this.guestWrite(offset, data.length, () => this.source.write(offset, data), () => this.target.write(offset, data));
   }
 
-  /** Guest zero write, mirrored the same way. */
+  /**
+   * Guest zero write, mirrored the same way.
+   *
+   * @example
+   * ```ts
+   * await m.writeZeroes(0, 65536);
+   * ```
+   */
   writeZeroes(offset: number, length: number): Promise<void> {
     return this.guestWrite(
       offset,
@@ -163,30 +177,84 @@ export class MirrorDriver implements BackupDevice {
     );
   }
 
+  /**
+   * Guest read, from the source.
+   *
+   * @example
+   * ```ts
+   * const d = await m.read(0, 4096); // from the source
+   * ```
+   */
   read(offset: number, length: number): Promise<Uint8Array> {
     return this.source.read(offset, length);
   }
+  /**
+   * Block status of the source.
+   *
+   * @example
+   * ```ts
+   * const e = await m.blockStatus(0, 1 << 20); // the source's status
+   * ```
+   */
   blockStatus(offset: number, length: number): Promise<BlockExtent> {
     return this.source.blockStatus(offset, length);
   }
+  /**
+   * Flushes the source, and the target while mirroring.
+   *
+   * @example
+   * ```ts
+   * await m.flush(); // source, and target while mirroring
+   * ```
+   */
   async flush(): Promise<void> {
     await this.source.flush();
     if (this.mirroring) await this.target.flush();
   }
-  /** The driver does not own its devices: close them yourself. */
+  /**
+   * The driver does not own its devices: close them yourself.
+   *
+   * @example
+   * ```ts
+   * await m.close();
+   * await delta.close(); await base.close(); // the caller's devices
+   * ```
+   */
   async close(): Promise<void> {}
 
-  /** Stops mirroring: later guest writes go to the source only. */
+  /**
+   * Stops mirroring: later guest writes go to the source only.
+   *
+   * @example
+   * ```ts
+   * m.detach(); // after the pivot: writes go to the source only
+   * ```
+   */
   detach(): void {
     this.mirroring = false;
   }
 
-  /** Waits until every operation that is in flight now has finished. */
+  /**
+   * Waits until every operation that is in flight now has finished.
+   *
+   * @example
+   * ```ts
+   * m.detach();
+   * await m.drain(); // no mirrored write in flight any more
+   * ```
+   */
   drain(): Promise<void> {
     return this.lock.drain();
   }
 
-  /** Forgets mirrored ranges below `offset`: the pass will not visit them again. */
+  /**
+   * Forgets mirrored ranges below `offset`: the pass will not visit them again.
+   *
+   * @example
+   * ```ts
+   * m.forgetBelow(cursor); // the pass is past `cursor`
+   * ```
+   */
   forgetBelow(offset: number): void {
     this.mirrored.dropBelow(offset);
   }
@@ -195,6 +263,12 @@ export class MirrorDriver implements BackupDevice {
    * One step of the copy pass: copies `op` from source to target, minus what
    * the mirror already wrote, with zero runs written as zeroes (or skipped on
    * a zeroed target). Ordered against guest writes by the range lock.
+   *
+   * @example
+   * ```ts
+   * await m.copy({ offset: 0, length: 1 << 20, zero: false });
+   * await m.copy({ offset: 1 << 20, length: 1 << 20, zero: true }); // a zero run
+   * ```
    */
   async copy(op: PlanOp): Promise<void> {
     if (!this.mirroring) throw new VmkitError('INVALID_STATE', 'the mirror is detached', { cause: this.error });
