@@ -58,7 +58,15 @@ export class MemoryChainOps implements ChainOps {
     this.random = opts.random ?? Math.random;
   }
 
-  /** A deep copy of every file as it is at this instant (a simulated crash). */
+  /**
+   * A deep copy of every file as it is at this instant (a simulated crash).
+   *
+   * @example
+   * ```ts
+   * const crashed = ops.clone(); // the files as a power cut would leave them
+   * const r = await recoverConsolidation(crashed, 'vm-delta.qcow2');
+   * ```
+   */
   clone(): MemoryChainOps {
     const c = new MemoryChainOps({ jitterMs: this.jitter, random: this.random });
     for (const [k, v] of this.images) {
@@ -70,12 +78,26 @@ export class MemoryChainOps implements ChainOps {
     return c;
   }
 
-  /** Names of the files held. */
+  /**
+   * Names of the files held.
+   *
+   * @example
+   * ```ts
+   * console.log(ops.list()); // ['base.qcow2', 'vm-delta.qcow2', 'vm-delta.qcow2.vmkit-job']
+   * ```
+   */
   list(): string[] {
     return [...this.images.keys(), ...this.texts.keys()].sort();
   }
 
-  /** Bytes allocated in an image's own layer. */
+  /**
+   * Bytes allocated in an image's own layer.
+   *
+   * @example
+   * ```ts
+   * const bytes = ops.allocated('vm-delta.qcow2'); // 64 KiB clusters of that layer only
+   * ```
+   */
   allocated(path: string): number {
     return this.image(path).clusters.size * CLUSTER;
   }
@@ -86,12 +108,27 @@ export class MemoryChainOps implements ChainOps {
     return im;
   }
 
-  /** Yields to the event loop, after a random delay when jitter is set. */
+  /**
+   * Yields to the event loop, after a random delay when jitter is set.
+   *
+   * @example
+   * ```ts
+   * await ops.pause(); // a random delay with jitterMs set
+   * ```
+   */
   async pause(): Promise<void> {
     if (this.jitter > 0 && this.random() < 0.5) await new Promise((r) => setTimeout(r, this.random() * this.jitter));
     else await Promise.resolve();
   }
 
+  /**
+   * Opens the chain whose top is `path` (NOT_FOUND, or LIMIT for a loop).
+   *
+   * @example
+   * ```ts
+   * const dev = await ops.open('vm-delta.qcow2', { readOnly: true }); // the whole chain
+   * ```
+   */
   async open(path: string, opts: { readOnly?: boolean } = {}): Promise<BackupDevice> {
     const layers: MemImage[] = [];
     const names: string[] = [];
@@ -104,31 +141,87 @@ export class MemoryChainOps implements ChainOps {
     return new MemoryChain(this, path, layers, opts.readOnly === true);
   }
 
+  /**
+   * Creates an empty overlay `path` on `backing` (CONFLICT if `path` exists).
+   *
+   * @example
+   * ```ts
+   * await ops.createOverlay('vm-delta.qcow2', 'base.qcow2');
+   * ```
+   */
   async createOverlay(path: string, backing: string, format: ImageFormat = 'qcow2'): Promise<void> {
     const b = this.image(backing);
     if (this.images.has(path)) throw new VmkitError('CONFLICT', `${path} exists`, { path });
     this.images.set(path, { size: b.size, format, backing, clusters: new Map() });
   }
 
+  /**
+   * Creates an empty standalone image (CONFLICT if `path` exists).
+   *
+   * @example
+   * ```ts
+   * await ops.create('base.qcow2', 1 << 24, 'qcow2');
+   * ```
+   */
   async create(path: string, size: number, format: ImageFormat): Promise<void> {
     if (this.images.has(path)) throw new VmkitError('CONFLICT', `${path} exists`, { path });
     if (size % 512 !== 0) throw new VmkitError('ARG_RANGE', `size ${size} is not a multiple of 512`);
     this.images.set(path, { size, format, backing: undefined, clusters: new Map() });
   }
 
+  /**
+   * The backing file of `path`, or undefined.
+   *
+   * @example
+   * ```ts
+   * await ops.backingOf('vm-delta.qcow2'); // 'base.qcow2'
+   * ```
+   */
   async backingOf(path: string): Promise<string | undefined> {
     return this.image(path).backing;
   }
+  /**
+   * The format `path` was created with.
+   *
+   * @example
+   * ```ts
+   * await ops.formatOf('base.qcow2'); // 'qcow2'
+   * ```
+   */
   async formatOf(path: string): Promise<ImageFormat> {
     return this.image(path).format;
   }
+  /**
+   * True when an image or text file `path` exists.
+   *
+   * @example
+   * ```ts
+   * if (await ops.exists('vm-delta.qcow2.vmkit-job')) console.log('a job was interrupted');
+   * ```
+   */
   async exists(path: string): Promise<boolean> {
     return this.images.has(path) || this.texts.has(path);
   }
+  /**
+   * Removes the image or text file (no error when absent).
+   *
+   * @example
+   * ```ts
+   * await ops.remove('old-delta.qcow2'); // no error when absent
+   * ```
+   */
   async remove(path: string): Promise<void> {
     this.images.delete(path);
     this.texts.delete(path);
   }
+  /**
+   * Renames an image or text file (NOT_FOUND when `from` is absent).
+   *
+   * @example
+   * ```ts
+   * await ops.rename('tmp.qcow2', 'vm-delta.qcow2');
+   * ```
+   */
   async rename(from: string, to: string): Promise<void> {
     const im = this.images.get(from);
     if (im) {
@@ -141,9 +234,25 @@ export class MemoryChainOps implements ChainOps {
     this.texts.delete(from);
     this.texts.set(to, t);
   }
+  /**
+   * Reads a text file, undefined when absent.
+   *
+   * @example
+   * ```ts
+   * const rec = await ops.readText('vm-delta.qcow2.vmkit-job'); // undefined when absent
+   * ```
+   */
   async readText(path: string): Promise<string | undefined> {
     return this.texts.get(path);
   }
+  /**
+   * Replaces a text file at once (memory: always atomic).
+   *
+   * @example
+   * ```ts
+   * await ops.writeTextAtomic('notes.txt', 'hello');
+   * ```
+   */
   async writeTextAtomic(path: string, text: string): Promise<void> {
     this.texts.set(path, text);
   }
