@@ -33,13 +33,57 @@ function ioError(e: unknown, what: string, path: string): VmkitError {
 /**
  * The image formats a {@link NodeChainOps} works with: how to open a chain,
  * create images and overlays, and read an image's backing file and format.
+ *
+ * @example
+ * ```ts
+ * const ops = new NodeChainOps(fileFormatDriver); // the default driver, over vmkit/disk's formats
+ * ```
  */
 export interface FormatDriver {
+  /**
+   * Opens the chain whose top layer is `path` (writable unless readOnly).
+   *
+   * @example
+   * ```ts
+   * const chain = await new NodeChainOps().open('vm-delta.qcow2', { readOnly: true });
+   * ```
+   */
   open(path: string, opts: { readOnly: boolean }): Promise<BackupDevice>;
+  /**
+   * Creates an empty standalone image.
+   *
+   * @example
+   * ```ts
+   * await ops.create('scratch.qcow2', 1 << 30, 'qcow2');
+   * ```
+   */
   create(path: string, size: number, format: ImageFormat): Promise<void>;
+  /**
+   * Creates the overlay `path` on `backing`.
+   *
+   * @example
+   * ```ts
+   * await ops.createOverlay('vm-delta.qcow2', 'vm.qcow2'); // qemu-img create -b vm.qcow2 -F qcow2
+   * ```
+   */
   createOverlay(path: string, backing: string, format: ImageFormat): Promise<void>;
-  /** The backing file as a path usable from the current folder, or undefined. */
+  /**
+   * The backing file as a path usable from the current folder, or undefined.
+   *
+   * @example
+   * ```ts
+   * const below = await ops.backingOf('vm-delta.qcow2'); // 'vm.qcow2' (a path from the current folder)
+   * ```
+   */
   backingOf(path: string): Promise<string | undefined>;
+  /**
+   * The format of the image at `path`.
+   *
+   * @example
+   * ```ts
+   * const fmt = await ops.formatOf('vm-delta.qcow2'); // 'qcow2'
+   * ```
+   */
   formatOf(path: string): Promise<ImageFormat>;
 }
 
@@ -163,11 +207,27 @@ export class NodeChainOps implements ChainOps {
   formatOf(path: string): Promise<ImageFormat> {
     return this.driver.formatOf(path);
   }
+  /**
+   * Frees leaked clusters (qemu-img check -r leaks); returns how many. Raw images have none.
+   *
+   * @example
+   * ```ts
+   * const freed = await ops.repairLeaks('vm.qcow2'); // as qemu-img check -r leaks
+   * ```
+   */
   async repairLeaks(path: string): Promise<number> {
     if ((await this.formatOf(path)) === 'raw') return 0;
     const r = await checkImage(path, { repairLeaks: true });
     return r.leaksFixed ?? 0;
   }
+  /**
+   * True when a file exists at `path`.
+   *
+   * @example
+   * ```ts
+   * if (await ops.exists('vm-delta.qcow2.vmkit-job')) await recoverConsolidation(ops, 'vm-delta.qcow2');
+   * ```
+   */
   async exists(path: string): Promise<boolean> {
     try {
       await (await fs()).access(path);
@@ -176,6 +236,14 @@ export class NodeChainOps implements ChainOps {
       return false;
     }
   }
+  /**
+   * Removes the file (no error when it is absent).
+   *
+   * @example
+   * ```ts
+   * await ops.remove('vm-delta.qcow2'); // no error when absent
+   * ```
+   */
   async remove(path: string): Promise<void> {
     try {
       await (await fs()).rm(path, { force: true });
@@ -183,6 +251,14 @@ export class NodeChainOps implements ChainOps {
       throw ioError(e, 'remove', path);
     }
   }
+  /**
+   * Renames `from` to `to` atomically and fsyncs the folder.
+   *
+   * @example
+   * ```ts
+   * await ops.rename('vm-delta.qcow2.tmp', 'vm-delta.qcow2'); // then fsyncs the folder
+   * ```
+   */
   async rename(from: string, to: string): Promise<void> {
     try {
       await (await fs()).rename(from, to);
@@ -191,6 +267,14 @@ export class NodeChainOps implements ChainOps {
       throw ioError(e, 'rename', from);
     }
   }
+  /**
+   * Reads a small file, undefined when absent.
+   *
+   * @example
+   * ```ts
+   * const text = await ops.readText('vm-delta.qcow2.vmkit-job'); // undefined when absent
+   * ```
+   */
   async readText(path: string): Promise<string | undefined> {
     try {
       return await (await fs()).readFile(path, 'utf8');
@@ -199,6 +283,15 @@ export class NodeChainOps implements ChainOps {
       throw ioError(e, 'read', path);
     }
   }
+  /**
+   * Writes a small file atomically (write, fsync, rename, fsync the folder; no fsyncs when `durable` is false).
+   *
+   * @example
+   * ```ts
+   * await ops.writeTextAtomic('job.json', JSON.stringify(rec));                     // survives a power loss
+   * await ops.writeTextAtomic('job.json', JSON.stringify(rec), { durable: false }); // survives SIGKILL only
+   * ```
+   */
   async writeTextAtomic(path: string, text: string, opts: { durable?: boolean } = {}): Promise<void> {
     const durable = opts.durable !== false;
     // Writes of one path run in call order: two renames racing could let an older record
