@@ -7,10 +7,26 @@
 import { VmkitError } from '../../errors.js';
 import type { ChainOps } from './_types.js';
 
-/** Where a job is in its life (docs/backup.md has the state machine). */
+/**
+ * Where a job is in its life (docs/backup.md has the state machine).
+ *
+ * @example
+ * ```ts
+ * const { state }: { state: JobState } = job.progress();
+ * if (state === 'ready') job.complete();
+ * ```
+ */
 export type JobState = 'running' | 'ready' | 'pivoting' | 'done' | 'cancelled' | 'failed';
 
-/** A snapshot of a job's progress. */
+/**
+ * A snapshot of a job's progress.
+ *
+ * @example
+ * ```ts
+ * const p: JobProgress = job.progress();
+ * console.log(`${p.planned - p.remaining}/${p.planned} bytes, in sync: ${p.inSync}`);
+ * ```
+ */
 export interface JobProgress {
   /** The job's state. */
   state: JobState;
@@ -41,7 +57,15 @@ export interface JobProgress {
 /** What a job does when a copy fails. */
 export type ErrorPolicy = 'stop' | 'retry';
 
-/** Options every job takes. */
+/**
+ * Options every job takes.
+ *
+ * @example
+ * ```ts
+ * const ac = new AbortController();
+ * const job = backup(snap.image, 'vm-backup.raw', { ops, rateLimit: 100 * 2 ** 20, onError: 'retry', signal: ac.signal });
+ * ```
+ */
 export interface JobOptions {
   /** Copy at most this many bytes per second (guest writes are never throttled). Default: unlimited. */
   rateLimit?: number;
@@ -78,7 +102,17 @@ export class RateLimiter {
     this.tokens = bytesPerSecond;
     this.last = Date.now();
   }
-  /** Waits until `n` bytes may go. */
+  /**
+   * Waits until `n` bytes may go.
+   *
+   * @example
+   * ```ts
+   * for (const op of plan) {
+   *   await rl.take(op.length);
+   *   await copy(op);
+   * }
+   * ```
+   */
   async take(n: number): Promise<void> {
     if (!Number.isFinite(this.rate) || this.rate <= 0) return;
     for (;;) {
@@ -128,6 +162,12 @@ export const JOB_RECORD_VERSION = 1;
 /**
  * The state record of a consolidation, kept next to the delta as
  * `<delta>.vmkit-job` (docs/backup.md, "State record").
+ *
+ * @example
+ * ```ts
+ * const rec: JobRecord | undefined = await readJobRecord(ops, 'vm-delta.qcow2');
+ * if (rec?.phase === 'pivot') console.log('the target', rec.target, 'is already the truth');
+ * ```
  */
 export interface JobRecord {
   magic: typeof JOB_RECORD_MAGIC;
