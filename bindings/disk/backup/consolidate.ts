@@ -27,7 +27,14 @@ import {
 import type { LiveDisk } from './live.js';
 import { MirrorDriver } from './mirror.js';
 
-/** Where a consolidation puts the delta's data. */
+/**
+ * Where a consolidation puts the delta's data.
+ *
+ * @example
+ * ```ts
+ * const job = await consolidate(disk, { into: 'vm-flat.qcow2', full: true, autoComplete: false });
+ * ```
+ */
 export interface ConsolidateOptions extends JobOptions {
   /** 'base' (default): into the layer below the delta. Otherwise the path of a new target image. */
   into?: 'base' | string;
@@ -50,7 +57,14 @@ export interface ConsolidateOptions extends JobOptions {
   hook?: (point: 'recorded' | 'copying' | 'in-sync' | 'pivot-recorded' | 'delta-removed') => void | Promise<void>;
 }
 
-/** What a finished consolidation reports. */
+/**
+ * What a finished consolidation reports.
+ *
+ * @example
+ * ```ts
+ * const { active, elapsedMs, copiedBytes }: ConsolidateResult = await job.done;
+ * ```
+ */
 export interface ConsolidateResult extends JobProgress {
   /** The active layer after the job: the base or the target (the delta if cancelled). */
   active: string;
@@ -58,7 +72,17 @@ export interface ConsolidateResult extends JobProgress {
   elapsedMs: number;
 }
 
-/** A running consolidation. */
+/**
+ * A running consolidation.
+ *
+ * @example
+ * ```ts
+ * const job: ConsolidateJob = await consolidate(disk, { autoComplete: false });
+ * while (job.progress().state !== 'ready') await new Promise((r) => setTimeout(r, 100));
+ * job.complete();
+ * await job.done;
+ * ```
+ */
 export interface ConsolidateJob {
   /** Current progress. */
   progress(): JobProgress;
@@ -388,7 +412,15 @@ async function repair(ops: ChainOps, path: string): Promise<void> {
   if (ops.repairLeaks && (await ops.exists(path))) await ops.repairLeaks(path);
 }
 
-/** What {@link recoverConsolidation} did. */
+/**
+ * What {@link recoverConsolidation} did.
+ *
+ * @example
+ * ```ts
+ * const { action, active }: RecoverResult = await recoverConsolidation(ops, 'vm-delta.qcow2');
+ * if (action !== 'none') console.log('recovered:', action, '; active layer', active);
+ * ```
+ */
 export interface RecoverResult {
   /** 'none' (no record), 'rolled-back' or 'rolled-forward'. */
   action: 'none' | 'rolled-back' | 'rolled-forward';
