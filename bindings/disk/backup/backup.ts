@@ -15,10 +15,26 @@ import { allocationMap } from './consolidate.js';
 import { newProgress, RateLimiter, withPolicy, type JobOptions, type JobProgress } from './job.js';
 import { zeroes } from './mirror.js';
 
-/** A sink for a streamed backup: receives the image's bytes in order. */
+/**
+ * A sink for a streamed backup: receives the image's bytes in order.
+ *
+ * @example
+ * ```ts
+ * const chunks: Uint8Array[] = [];
+ * const sink: ByteSink = (chunk) => void chunks.push(chunk.slice());
+ * await backup(snap.image, sink).done; // the raw image, in order
+ * ```
+ */
 export type ByteSink = (chunk: Uint8Array) => void | Promise<void>;
 
-/** Options of {@link backup}. */
+/**
+ * Options of {@link backup}.
+ *
+ * @example
+ * ```ts
+ * await backup(snap.image, 'incr.qcow2', { ops, format: 'qcow2', scope: 'top', backing: 'full.qcow2' }).done;
+ * ```
+ */
 export interface BackupOptions extends JobOptions {
   /** Image operations (needed when the target is a path). */
   ops?: ChainOps;
@@ -36,7 +52,16 @@ export interface BackupOptions extends JobOptions {
   dirty?: ReadonlyArray<readonly [number, number]>;
 }
 
-/** A running backup. */
+/**
+ * A running backup.
+ *
+ * @example
+ * ```ts
+ * const job: BackupJob = backup(snap.image, 'vm-backup.raw', { ops });
+ * setTimeout(() => void job.cancel(), 60_000); // done then rejects CANCELLED
+ * const final = await job.done;
+ * ```
+ */
 export interface BackupJob {
   progress(): JobProgress;
   cancel(): Promise<void>;
