@@ -8,7 +8,14 @@ import { VmkitError } from '../../errors.js';
 import type { BackupDevice, ChainOps, ImageFormat } from './_types.js';
 import type { LiveDisk } from './live.js';
 
-/** Options of {@link snapshot}. */
+/**
+ * Options of {@link snapshot}.
+ *
+ * @example
+ * ```ts
+ * const snap = await snapshot(disk, { delta: 'vm-2026-12-04.vmdk', format: 'vmdk' });
+ * ```
+ */
 export interface SnapshotOptions {
   /** Path of the new delta (default: `<name>-delta-<n>.<ext>` beside the active layer, first free n). */
   delta?: string;
@@ -16,7 +23,16 @@ export interface SnapshotOptions {
   format?: Extract<ImageFormat, 'qcow2' | 'vmdk'>;
 }
 
-/** A taken snapshot. */
+/**
+ * A taken snapshot.
+ *
+ * @example
+ * ```ts
+ * const { frozen, delta, image }: Snapshot = await snapshot(disk);
+ * await backup(image, 'vm-backup.raw', { ops }).done;
+ * await image.close();
+ * ```
+ */
 export interface Snapshot {
   /** The frozen layer (the former active layer). */
   frozen: string;
