@@ -25,6 +25,13 @@ export interface BlockExtent {
 /**
  * A block device as backup sees it. Offsets and lengths are byte counts,
  * multiples of `alignment` (512).
+ *
+ * @example
+ * ```ts
+ * const dev: BackupDevice = await ops.open('vm.qcow2', { readOnly: true });
+ * const e = await dev.blockStatus(0, dev.size);
+ * await dev.close();
+ * ```
  */
 export interface BackupDevice {
   /** Virtual size in bytes. */
@@ -55,6 +62,12 @@ export type ImageFormat = 'qcow2' | 'vmdk' | 'raw';
 /**
  * Operations on image files a job needs. The default implementation is the
  * vmkit/disk one on Node files; tests pass an in-memory one.
+ *
+ * @example
+ * ```ts
+ * const ops: ChainOps = new NodeChainOps(); // or new MemoryChainOps() in tests and browsers
+ * const disk = await LiveDisk.open('vm.qcow2', ops);
+ * ```
  */
 export interface ChainOps {
   /** Opens the chain whose top layer is `path`; the top is writable unless readOnly. */
