@@ -41,11 +41,11 @@ function ioError(e: unknown, what: string, path: string): VmkitError {
  */
 export interface FormatDriver {
   /**
-   * Opens the chain whose top layer is `path` (writable unless readOnly).
+   * Opens the chain whose top layer is `path`.
    *
    * @example
    * ```ts
-   * const chain = await new NodeChainOps().open('vm-delta.qcow2', { readOnly: true });
+   * const chain = await fileFormatDriver.open('vm-delta.qcow2', { readOnly: true });
    * ```
    */
   open(path: string, opts: { readOnly: boolean }): Promise<BackupDevice>;
@@ -54,7 +54,7 @@ export interface FormatDriver {
    *
    * @example
    * ```ts
-   * await ops.create('scratch.qcow2', 1 << 30, 'qcow2');
+   * await fileFormatDriver.create('scratch.qcow2', 1 << 30, 'qcow2');
    * ```
    */
   create(path: string, size: number, format: ImageFormat): Promise<void>;
@@ -63,7 +63,7 @@ export interface FormatDriver {
    *
    * @example
    * ```ts
-   * await ops.createOverlay('vm-delta.qcow2', 'vm.qcow2'); // qemu-img create -b vm.qcow2 -F qcow2
+   * await fileFormatDriver.createOverlay('vm-delta.qcow2', 'vm.qcow2', 'qcow2');
    * ```
    */
   createOverlay(path: string, backing: string, format: ImageFormat): Promise<void>;
@@ -72,7 +72,7 @@ export interface FormatDriver {
    *
    * @example
    * ```ts
-   * const below = await ops.backingOf('vm-delta.qcow2'); // 'vm.qcow2' (a path from the current folder)
+   * const below = await fileFormatDriver.backingOf('vm-delta.qcow2'); // 'vm.qcow2'
    * ```
    */
   backingOf(path: string): Promise<string | undefined>;
@@ -81,7 +81,7 @@ export interface FormatDriver {
    *
    * @example
    * ```ts
-   * const fmt = await ops.formatOf('vm-delta.qcow2'); // 'qcow2'
+   * const fmt = await fileFormatDriver.formatOf('vm-delta.qcow2'); // 'qcow2'
    * ```
    */
   formatOf(path: string): Promise<ImageFormat>;
@@ -192,18 +192,58 @@ export class NodeChainOps implements ChainOps {
     this.driver = driver;
   }
 
+  /**
+   * Opens the chain whose top layer is `path` (writable unless readOnly).
+   *
+   * @example
+   * ```ts
+   * const chain = await ops.open('vm-delta.qcow2', { readOnly: true });
+   * ```
+   */
   open(path: string, opts: { readOnly?: boolean } = {}): Promise<BackupDevice> {
     return this.driver.open(path, { readOnly: opts.readOnly === true });
   }
+  /**
+   * Creates the overlay `path` on `backing`.
+   *
+   * @example
+   * ```ts
+   * await ops.createOverlay('vm-delta.qcow2', 'vm.qcow2'); // as qemu-img create -b vm.qcow2 -F qcow2
+   * ```
+   */
   createOverlay(path: string, backing: string, format: ImageFormat = 'qcow2'): Promise<void> {
     return this.driver.createOverlay(path, backing, format);
   }
+  /**
+   * Creates an empty standalone image.
+   *
+   * @example
+   * ```ts
+   * await ops.create('scratch.qcow2', 1 << 30, 'qcow2');
+   * ```
+   */
   create(path: string, size: number, format: ImageFormat): Promise<void> {
     return this.driver.create(path, size, format);
   }
+  /**
+   * The backing file of `path` as a usable path, or undefined.
+   *
+   * @example
+   * ```ts
+   * const below = await ops.backingOf('vm-delta.qcow2'); // 'vm.qcow2'
+   * ```
+   */
   backingOf(path: string): Promise<string | undefined> {
     return this.driver.backingOf(path);
   }
+  /**
+   * The format of the image at `path`.
+   *
+   * @example
+   * ```ts
+   * const fmt = await ops.formatOf('vm-delta.qcow2'); // 'qcow2'
+   * ```
+   */
   formatOf(path: string): Promise<ImageFormat> {
     return this.driver.formatOf(path);
   }
