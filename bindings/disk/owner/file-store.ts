@@ -123,7 +123,14 @@ export class FileOwnerStore implements OwnerStore {
     this.sidecar = opts.sidecar ?? ((d) => `${d}.owner`);
   }
 
-  /** The sidecar directory of `disk`. */
+  /**
+   * The sidecar directory of `disk`.
+   *
+   * @example
+   * ```ts
+   * new FileOwnerStore().dirOf('/vms/vm.qcow2'); // '/vms/vm.qcow2.owner'
+   * ```
+   */
   dirOf(disk: string): string {
     if (typeof disk !== 'string' || disk.length === 0) throw new VmkitError('ARG_TYPE', 'disk must be a non-empty string');
     return this.sidecar(disk);
@@ -180,6 +187,11 @@ export class FileOwnerStore implements OwnerStore {
   /**
    * Reads the current record. Throws CORRUPT / LIMIT / UNSUPPORTED when the
    * current revision is not a valid record.
+   *
+   * @example
+   * ```ts
+   * const { record, revision } = await store.read('vm.qcow2'); // record null: never owned
+   * ```
    */
   async read(disk: string): Promise<OwnerSnapshot> {
     const dir = this.dirOf(disk);
@@ -197,6 +209,12 @@ export class FileOwnerStore implements OwnerStore {
   /**
    * Writes `next` as revision `expected + 1` if `expected` is still current.
    * Resolves to the new revision, or null when another writer got there first.
+   *
+   * @example
+   * ```ts
+   * const rev = await store.compareAndSwap('vm.qcow2', revision, { ...record, state: 'free', updatedAt: Date.now() });
+   * if (rev === null) console.log('lost the race: read again');
+   * ```
    */
   async compareAndSwap(disk: string, expected: string | null, next: OwnerRecord): Promise<string | null> {
     const dir = this.dirOf(disk);
@@ -284,7 +302,14 @@ export class FileOwnerStore implements OwnerStore {
     }
   }
 
-  /** Nothing to release: every call opens and closes its own files. */
+  /**
+   * Nothing to release: every call opens and closes its own files.
+   *
+   * @example
+   * ```ts
+   * await store.close();
+   * ```
+   */
   async close(): Promise<void> {}
 }
 
