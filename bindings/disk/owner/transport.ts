@@ -71,15 +71,7 @@ export interface ReleaseTransport {
   request(endpoint: string, req: ReleaseRequest, timeoutMs: number): Promise<ReleaseReply>;
   /** Starts answering requests at `address` (transport-specific; HTTP: `host:port`). */
   serve(address: string | undefined, handler: ReleaseHandler): Promise<ReleaseServer>;
-  /**
-   * True when this transport can reach `endpoint` (by its scheme).
-   *
-   * @example
-   * ```ts
-   * t.handles('port:vm-1'); // true
-   * t.handles('http://10.0.0.2:7070/release'); // false
-   * ```
-   */
+  /** True when this transport can reach `endpoint` (by its scheme). */
   handles(endpoint: string): boolean;
 }
 
@@ -137,15 +129,6 @@ function hostPort(address: string | undefined): { host: string; port: number } {
 export const httpTransport: ReleaseTransport = {
   kind: 'http',
   handles: (endpoint) => /^https?:\/\//.test(endpoint),
-  /**
-   * Sends a release request to the endpoint on the other end of the port; TIMEOUT after `timeoutMs`.
-   *
-   * @example
-   * ```ts
-   * const reply = await openerSide.request('port:vm-1', { disk: 'vm.qcow2', epoch: 3, requester: me }, 5000);
-   * if (!reply.ok) console.log(reply.code, reply.reason); // TIMEOUT throws instead
-   * ```
-   */
   async request(endpoint, req, timeoutMs) {
     let res: Response;
     try {
@@ -175,16 +158,6 @@ export const httpTransport: ReleaseTransport = {
     }
     return validateReply(v, endpoint);
   },
-  /**
-   * Answers release requests for `port:<address>` (a fresh name when undefined); CONFLICT if already served.
-   *
-   * @example
-   * ```ts
-   * const server = await ownerSide.serve('vm-1', async () => ({ ok: false, code: 'REFUSED', reason: 'backup running' }));
-   * // server.endpoint === 'port:vm-1'
-   * await server.close();
-   * ```
-   */
   async serve(address, handler) {
     const { host, port } = hostPort(address);
     const httpName = 'node:http';
@@ -351,10 +324,28 @@ export class MessagePortTransport implements ReleaseTransport {
     this.port.start?.();
   }
 
+  /**
+   * True for `port:` endpoints.
+   *
+   * @example
+   * ```ts
+   * t.handles('port:vm-1'); // true
+   * t.handles('http://10.0.0.2:7070/release'); // false
+   * ```
+   */
   handles(endpoint: string): boolean {
     return endpoint.startsWith('port:');
   }
 
+  /**
+   * Sends a release request to the endpoint on the other end of the port; TIMEOUT after `timeoutMs`.
+   *
+   * @example
+   * ```ts
+   * const reply = await openerSide.request('port:vm-1', { disk: 'vm.qcow2', epoch: 3, requester: me }, 5000);
+   * if (!reply.ok) console.log(reply.code, reply.reason); // TIMEOUT throws instead
+   * ```
+   */
   async request(endpoint: string, req: ReleaseRequest, timeoutMs: number): Promise<ReleaseReply> {
     this.listen();
     const id = ++this.seq;
@@ -374,6 +365,16 @@ export class MessagePortTransport implements ReleaseTransport {
     }
   }
 
+  /**
+   * Answers release requests for `port:<address>` (a fresh name when undefined); CONFLICT if already served.
+   *
+   * @example
+   * ```ts
+   * const server = await ownerSide.serve('vm-1', async () => ({ ok: false, code: 'REFUSED', reason: 'backup running' }));
+   * // server.endpoint === 'port:vm-1'
+   * await server.close();
+   * ```
+   */
   async serve(address: string | undefined, handler: ReleaseHandler): Promise<ReleaseServer> {
     this.listen();
     const endpoint = `port:${address ?? `owner-${++this.seq}`}`;
