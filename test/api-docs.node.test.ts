@@ -85,9 +85,6 @@ const KNOWN_GAPS: ReadonlySet<string> = new Set<string>([
   'bindings/attest/types.ts#ReferenceIndex',
   'bindings/attest/types.ts#RefreshResult',
   'bindings/attest/types.ts#RepositorySource',
-  'bindings/disk/owner/transport.ts#MessagePortTransport#handles',
-  'bindings/disk/owner/transport.ts#MessagePortTransport#request',
-  'bindings/disk/owner/transport.ts#MessagePortTransport#serve',
 ]);
 
 function loadProgram(): ts.Program {
