@@ -7,10 +7,25 @@
  * @module
  */
 
-/** Digest algorithms that repositories and IMA logs use. */
+/**
+ * Digest algorithms that repositories and IMA logs use.
+ *
+ * @example
+ * ```ts
+ * const alg: DigestAlgorithm = 'sha256';
+ * const hits = src.lookupDigest(alg, digestBytes);
+ * ```
+ */
 export type DigestAlgorithm = 'md5' | 'sha1' | 'sha256' | 'sha384' | 'sha512' | 'sm3';
 
-/** A digest with its algorithm, in lowercase hex. */
+/**
+ * A digest with its algorithm, in lowercase hex.
+ *
+ * @example
+ * ```ts
+ * const d: Digest = { alg: 'sha256', hex: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' };
+ * ```
+ */
 export interface Digest {
   alg: DigestAlgorithm;
   hex: string;
@@ -19,6 +34,11 @@ export interface Digest {
 /**
  * Where a reference value comes from: enough for a relying party to find the
  * same bytes again.
+ *
+ * @example
+ * ```ts
+ * for (const p of src.lookupDigest('sha256', digestBytes)) console.log(p.repository, p.package, p.version, p.path);
+ * ```
  */
 export interface Provenance {
   /** The source as its ecosystem writes it (`deb http://host/debian bookworm main`, `rpm <baseurl>`, `npm <url>`). */
@@ -36,14 +56,29 @@ export interface Provenance {
   path?: string;
 }
 
-/** What the index knows about one package version. */
+/**
+ * What the index knows about one package version.
+ *
+ * @example
+ * ```ts
+ * for (const e of src.lookupPackage('hello')) console.log(e.provenance.version, e.digests[0]?.hex);
+ * ```
+ */
 export interface PackageEntry {
   provenance: Provenance;
   /** Digests of the package artifact (`.deb`, `.rpm`, npm tarball). */
   digests: Digest[];
 }
 
-/** Lookups a source answers from its verified metadata. Must be fast (millions of entries). */
+/**
+ * Lookups a source answers from its verified metadata. Must be fast (millions of entries).
+ *
+ * @example
+ * ```ts
+ * const ix: ReferenceIndex = src; // every source, and a DigestIndex
+ * if (ix.lookupDigest('sha256', digestBytes).length === 0) console.log('unknown file');
+ * ```
+ */
 export interface ReferenceIndex {
   /** Every entry whose digest is `digest` (raw bytes) under `alg`; empty when none. */
   lookupDigest(alg: DigestAlgorithm, digest: Uint8Array): Provenance[];
@@ -53,7 +88,14 @@ export interface ReferenceIndex {
   readonly size: number;
 }
 
-/** What a refresh did. */
+/**
+ * What a refresh did.
+ *
+ * @example
+ * ```ts
+ * const { changed, packages, validUntil }: RefreshResult = await src.refresh();
+ * ```
+ */
 export interface RefreshResult {
   /** False when the repository answered 304 / nothing changed. */
   changed: boolean;
@@ -68,6 +110,14 @@ export interface RefreshResult {
  * (incrementally: ETag / If-Modified-Since) and verifies; lookups answer from
  * the last verified state. File-level digests may be loaded on demand
  * (`fileDigests`), since they need the packages themselves.
+ *
+ * @example
+ * ```ts
+ * const src: RepositorySource = openSource('deb http://deb.debian.org/debian bookworm main', { keyring });
+ * await src.refresh();
+ * const [entry] = src.lookupPackage('hello', '2.10-3');
+ * const files = entry && (await src.fileDigests?.(entry)); // Map path → Digest
+ * ```
  */
 export interface RepositorySource extends ReferenceIndex {
   /** The source line (`deb …`, `rpm …`, `npm …`). */
