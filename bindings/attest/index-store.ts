@@ -90,13 +90,28 @@ export function toHex(b: Uint8Array): string {
   return _latin1.decode(chars);
 }
 
-/** Options of {@link DigestIndex}. */
+/**
+ * Options of {@link DigestIndex}.
+ *
+ * @example
+ * ```ts
+ * const ix = new DigestIndex({ expected: 2_000_000 }); // no table growth while loading
+ * ```
+ */
 export interface DigestIndexOptions {
   /** Expected number of digests (sizes the core table once instead of growing it). */
   expected?: number;
 }
 
-/** What an index holds in memory, in bytes. */
+/**
+ * What an index holds in memory, in bytes.
+ *
+ * @example
+ * ```ts
+ * const { core, side }: DigestIndexMemory = ix.memory();
+ * console.log(`${(core + side) >> 20} MiB`);
+ * ```
+ */
 export interface DigestIndexMemory {
   /** The core's hash table (keys and entry ids). */
   core: number;
