@@ -10,7 +10,15 @@
 import * as openpgp from 'openpgp';
 import { VmkitError } from '../errors.js';
 
-/** Public keys read from one or more keyrings. */
+/**
+ * Public keys read from one or more keyrings.
+ *
+ * @example
+ * ```ts
+ * const ring: Keyring = await readKeyring(await readFile('/usr/share/keyrings/debian-archive-keyring.gpg'));
+ * console.log(ring.fingerprints);
+ * ```
+ */
 export interface Keyring {
   /** The keys (opaque to callers). */
   readonly keys: readonly unknown[];
@@ -18,7 +26,14 @@ export interface Keyring {
   readonly fingerprints: readonly string[];
 }
 
-/** What a valid signature was made with. */
+/**
+ * What a valid signature was made with.
+ *
+ * @example
+ * ```ts
+ * const { keyId, created }: SignatureInfo = await verifyDetached(releaseBytes, releaseGpgBytes, ring, 'Release.gpg');
+ * ```
+ */
 export interface SignatureInfo {
   /** Key id (hex) of the signing key or subkey. */
   keyId: string;
