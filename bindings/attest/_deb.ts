@@ -24,7 +24,14 @@ import { toHex } from './index-store.js';
 
 const dec = new TextDecoder();
 
-/** One member of an ar archive. */
+/**
+ * One member of an ar archive.
+ *
+ * @example
+ * ```ts
+ * const control = readAr(debBytes).find((m: ArMember) => m.name.startsWith('control.tar'));
+ * ```
+ */
 export interface ArMember {
   name: string;
   data: Uint8Array;
@@ -54,7 +61,14 @@ export function readAr(b: Uint8Array, what: string = 'ar archive'): ArMember[] {
   return out;
 }
 
-/** A regular file (or hard link) inside a tar archive. */
+/**
+ * A regular file (or hard link) inside a tar archive.
+ *
+ * @example
+ * ```ts
+ * for (const f of readTar(tarBytes)) console.log(f.path, f.mode.toString(8), f.data.length);
+ * ```
+ */
 export interface TarFile {
   /** Absolute path as installed (`./usr/bin/x` → `/usr/bin/x`). */
   path: string;
@@ -158,7 +172,14 @@ function paxValue(d: Uint8Array, key: string, what: string): string | undefined 
   return found;
 }
 
-/** Options of {@link debFileDigests}. */
+/**
+ * Options of {@link debFileDigests}.
+ *
+ * @example
+ * ```ts
+ * const files = await debFileDigests(debBytes, { maxBytes: 256 << 20 }); // LIMIT beyond 256 MiB
+ * ```
+ */
 export interface DebDigestOptions {
   /** Largest decompressed data.tar accepted (default 1 GiB). */
   maxBytes?: number;
