@@ -19,7 +19,14 @@ import { VmkitError } from '../errors.js';
 import type { Evidence } from './appraise.js';
 import { verifyEar, type EarVerificationKey, type VerifiedEar } from './ear.js';
 
-/** Options shared by the client calls. */
+/**
+ * Options shared by the client calls.
+ *
+ * @example
+ * ```ts
+ * const { nonce } = await fetchNonce('http://attest.example:8080', { timeoutMs: 5000 });
+ * ```
+ */
 export interface ClientOptions {
   /** The fetch to use (default `globalThis.fetch`). */
   fetch?: typeof fetch;
@@ -31,7 +38,14 @@ export interface ClientOptions {
   maxResponseBytes?: number;
 }
 
-/** Options of {@link attest}. */
+/**
+ * Options of {@link attest}.
+ *
+ * @example
+ * ```ts
+ * const r = await attest({ serviceUrl: 'http://attest.example:8080', evidence, jwks: await loadEarPublicKey(jwksJson) });
+ * ```
+ */
 export interface AttestOptions extends ClientOptions {
   /** Base URL of the service (`http://host:port`, with or without a path prefix). */
   serviceUrl: string;
@@ -47,7 +61,16 @@ export interface AttestOptions extends ClientOptions {
   clockTolerance?: number;
 }
 
-/** A verified attestation result. */
+/**
+ * A verified attestation result.
+ *
+ * @example
+ * ```ts
+ * const { affirmed, status, token }: AttestResult = await attest({ serviceUrl, evidence, jwks });
+ * if (!affirmed) console.error('not trusted:', status);
+ * else console.log(token); // hand the signed EAR to relying parties
+ * ```
+ */
 export interface AttestResult extends VerifiedEar {
   /** The signed EAR (compact JWS), to pass on to relying parties. */
   token: string;
