@@ -21,14 +21,30 @@
  */
 import { VmkitError } from '../../errors.js';
 
-/** One file listed by a Release file. */
+/**
+ * One file listed by a Release file.
+ *
+ * @example
+ * ```ts
+ * const f: ReleaseFile | undefined = parseRelease(text).files.get('main/binary-amd64/Packages.xz');
+ * console.log(f?.size, f?.sha256);
+ * ```
+ */
 export interface ReleaseFile {
   size: number;
   /** SHA-256, lowercase hex. */
   sha256: string;
 }
 
-/** A parsed Release file. */
+/**
+ * A parsed Release file.
+ *
+ * @example
+ * ```ts
+ * const rel: Release = parseRelease(verifiedText);
+ * if (rel.validUntil && rel.validUntil < new Date()) throw new Error('stale mirror');
+ * ```
+ */
 export interface Release {
   /** Every field, by name (multi-line values joined with `\n`). */
   fields: Map<string, string>;
@@ -140,7 +156,14 @@ export function parseRelease(text: string, what: string = 'Release'): Release {
   return r;
 }
 
-/** The fields of one Packages paragraph that the index needs. */
+/**
+ * The fields of one Packages paragraph that the index needs.
+ *
+ * @example
+ * ```ts
+ * parsePackages(text, (r: PackagesRecord) => console.log(r.package, r.version, r.text.slice(r.sha256At, r.sha256At + 64)));
+ * ```
+ */
 export interface PackagesRecord {
   package: string;
   version: string;
