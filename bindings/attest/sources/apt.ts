@@ -24,7 +24,15 @@ import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, 
 import { parsePackages, parseRelease, type Release } from './deb822.js';
 import { compressionOf, decompress, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
 
-/** A parsed one-line APT source (`deb [options] uri suite [component…]`). */
+/**
+ * A parsed one-line APT source (`deb [options] uri suite [component…]`).
+ *
+ * @example
+ * ```ts
+ * const { uri, suite, components, options }: AptLine = parseAptLine('deb [arch=arm64] http://deb.debian.org/debian bookworm main');
+ * // options.get('arch') === 'arm64'
+ * ```
+ */
 export interface AptLine {
   uri: string;
   suite: string;
@@ -66,7 +74,14 @@ export function parseAptLine(line: string): AptLine {
   return { uri, suite, components, options };
 }
 
-/** Options of {@link AptSource}. */
+/**
+ * Options of {@link AptSource}.
+ *
+ * @example
+ * ```ts
+ * const src = new AptSource('deb http://deb.debian.org/debian bookworm main', { keyring, architectures: ['amd64', 'arm64'] });
+ * ```
+ */
 export interface AptSourceOptions extends FetchOptions {
   /**
    * Trusted keys: a keyring read with `readKeyring`, or keyring bytes (binary
