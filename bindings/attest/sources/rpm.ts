@@ -28,7 +28,15 @@ import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, 
 import { rpmFileDigests } from '../_rpm.js';
 import { compressionOf, decompressChunks, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
 
-/** One `<data>` record of repomd.xml. */
+/**
+ * One `<data>` record of repomd.xml.
+ *
+ * @example
+ * ```ts
+ * const primary = parseRepomd(xml).find((d: RepomdData) => d.type === 'primary');
+ * console.log(primary?.location, primary?.checksum.hex);
+ * ```
+ */
 export interface RepomdData {
   type: string;
   location: string;
@@ -37,7 +45,14 @@ export interface RepomdData {
   size?: number;
 }
 
-/** A package record of primary.xml. */
+/**
+ * A package record of primary.xml.
+ *
+ * @example
+ * ```ts
+ * const pp = primaryParser((p: PrimaryPackage) => console.log(p.name, p.version, p.arch));
+ * ```
+ */
 export interface PrimaryPackage {
   name: string;
   arch: string;
@@ -200,7 +215,14 @@ export function primaryParser(onPackage: (p: PrimaryPackage) => void, what: stri
   return _sink(p, what, () => count);
 }
 
-/** A file with its digest, from filelists-ext.xml. */
+/**
+ * A file with its digest, from filelists-ext.xml.
+ *
+ * @example
+ * ```ts
+ * const fp = filelistsExtParser((f: FilelistsExtFile) => console.log(f.pkgid, f.path, f.alg, f.hex));
+ * ```
+ */
 export interface FilelistsExtFile {
   /** `pkgid` of its package: the package checksum in primary.xml. */
   pkgid: string;
@@ -266,7 +288,14 @@ export function filelistsExtParser(onFile: (f: FilelistsExtFile) => void, what: 
 const ALG: Record<string, DigestAlgorithm> = { sha: 'sha1', sha1: 'sha1', sha256: 'sha256', sha384: 'sha384', sha512: 'sha512', md5: 'md5' };
 const SUBTLE: Partial<Record<DigestAlgorithm, 'SHA-256' | 'SHA-512' | 'SHA-1'>> = { sha256: 'SHA-256', sha512: 'SHA-512' };
 
-/** Options of {@link RpmSource}. */
+/**
+ * Options of {@link RpmSource}.
+ *
+ * @example
+ * ```ts
+ * const src = new RpmSource('rpm https://dl.rockylinux.org/pub/rocky/9/BaseOS/x86_64/os', { keyring, filelistsExt: false });
+ * ```
+ */
 export interface RpmSourceOptions extends FetchOptions {
   /** Trusted keys for `repomd.xml.asc`. */
   keyring?: Keyring | Uint8Array | Uint8Array[];
