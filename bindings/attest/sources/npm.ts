@@ -20,12 +20,27 @@ import { DigestIndex, toHex } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { httpGet, joinUrl, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
 
-/** The registry keys document (`GET /-/npm/v1/keys`). */
+/**
+ * The registry keys document (`GET /-/npm/v1/keys`).
+ *
+ * @example
+ * ```ts
+ * const keys: NpmKeys = await (await fetch('https://registry.npmjs.org/-/npm/v1/keys')).json();
+ * const src = new NpmSource('npm https://registry.npmjs.org left-pad', { keys });
+ * ```
+ */
 export interface NpmKeys {
   keys: { keyid: string; key: string; keytype?: string; scheme?: string; expires?: string | null }[];
 }
 
-/** Options of {@link NpmSource}. */
+/**
+ * Options of {@link NpmSource}.
+ *
+ * @example
+ * ```ts
+ * const src = new NpmSource('npm https://registry.npmjs.org', { packages: ['left-pad', 'react'] });
+ * ```
+ */
 export interface NpmSourceOptions extends FetchOptions {
   /** Packages to track (added to those on the line). */
   packages?: string[];
