@@ -16,7 +16,14 @@ import { AptSource, type AptSourceOptions } from './apt.js';
 import { RpmSource, type RpmSourceOptions } from './rpm.js';
 import { NpmSource, type NpmSourceOptions } from './npm.js';
 
-/** Options for {@link openSource}: the union of every source's options. */
+/**
+ * Options for {@link openSource}: the union of every source's options.
+ *
+ * @example
+ * ```ts
+ * const sources = lines.map((l) => openSource(l, { keyring, allowUnsigned: false }));
+ * ```
+ */
 export interface OpenSourceOptions extends AptSourceOptions, Omit<RpmSourceOptions, 'keyring'>, Omit<NpmSourceOptions, 'keys'> {
   /** OpenPGP keyring(s) for APT and RPM sources (read with `readKeyring`, or raw bytes). */
   keyring?: Keyring | Uint8Array | Uint8Array[];
