@@ -27,10 +27,26 @@ import { aoneOf } from '../_utils.js';
 import { hexInto, toHex } from './index-store.js';
 import type { Digest, DigestAlgorithm } from './types.js';
 
-/** Templates this parser knows. */
+/**
+ * Templates this parser knows.
+ *
+ * @example
+ * ```ts
+ * const e = parseImaLine(line, 1);
+ * if (e?.template === 'ima-sig' && e.signature?.length) console.log('signed:', e.path);
+ * ```
+ */
 export type ImaTemplate = 'ima' | 'ima-ng' | 'ima-sig' | 'ima-buf';
 
-/** PCR banks (and template-hash algorithms) IMA uses. */
+/**
+ * PCR banks (and template-hash algorithms) IMA uses.
+ *
+ * @example
+ * ```ts
+ * const bank: ImaBank = 'sha256';
+ * const r = await verifyImaLog(log, { banks: [bank, 'sha1'] }); // r.pcrs.sha256, r.pcrs.sha1
+ * ```
+ */
 export type ImaBank = 'sha1' | 'sha256' | 'sha384' | 'sha512' | 'sm3';
 
 const BANKS: readonly ImaBank[] = ['sha1', 'sha256', 'sha384', 'sha512', 'sm3'];
@@ -47,7 +63,16 @@ const IMA_NAME_LEN = 256;
 /** Digests longer than this are not a hash the kernel produces. */
 const MAX_DIGEST = 64;
 
-/** One measurement-list entry. */
+/**
+ * One measurement-list entry.
+ *
+ * @example
+ * ```ts
+ * for await (const e of readImaLog(log)) {
+ *   if (!e.violation) console.log(e.line, e.template, e.digestAlg, toHex(e.digest), e.path);
+ * }
+ * ```
+ */
 export interface ImaEntry {
   /** 1-based line number in the log. */
   line: number;
@@ -286,7 +311,14 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 
 // ---------------------------------------------------------------- PCR replay
 
-/** How non-SHA-1 banks were extended. */
+/**
+ * How non-SHA-1 banks were extended.
+ *
+ * @example
+ * ```ts
+ * const r = new PcrReplay('sha256', 'sha1-padded'); // kernels before 5.11 padded SHA-1 into other banks
+ * ```
+ */
 export type ImaExtendMode = 'per-bank' | 'sha1-padded';
 
 /**
@@ -379,7 +411,16 @@ export class PcrReplay {
 
 // ---------------------------------------------------------------- excludes
 
-/** A compiled exclude list. */
+/**
+ * A compiled exclude list.
+ *
+ * @example
+ * ```ts
+ * const ex: ImaExcludes = compileExcludes(['glob:/tmp/**']);
+ * ex('/tmp/x'); // true
+ * ex.patterns; // ['glob:/tmp/**']
+ * ```
+ */
 export interface ImaExcludes {
   /** True when `path` is excluded. */
   (path: string): boolean;
@@ -387,7 +428,14 @@ export interface ImaExcludes {
   readonly patterns: readonly string[];
 }
 
-/** Options of {@link compileExcludes}. */
+/**
+ * Options of {@link compileExcludes}.
+ *
+ * @example
+ * ```ts
+ * const ex = compileExcludes(patternsFromTenant, { regex: false, maxPatterns: 64 }); // glob: patterns only
+ * ```
+ */
 export interface ExcludeOptions {
   /**
    * Allow regular expressions (default true). Turn off for patterns from
@@ -575,7 +623,15 @@ export async function* readImaLog(src: ImaLogSource, maxLine?: number): AsyncGen
 
 // ---------------------------------------------------------------- verification
 
-/** A failure found in a log; `id` follows Keylime's failure ids where one fits. */
+/**
+ * A failure found in a log; `id` follows Keylime's failure ids where one fits.
+ *
+ * @example
+ * ```ts
+ * const r = await verifyImaLog(log);
+ * for (const f of r.failures) console.error(`${f.id} at line ${f.line}: ${f.message}`);
+ * ```
+ */
 export interface ImaFailure {
   /** `ima.validation.ima_hash` (template hash), `ima.validation.ima_pcr` (not PCR 10), `ima.pcr_mismatch`. */
   id: string;
@@ -587,7 +643,19 @@ export interface ImaFailure {
   path?: string;
 }
 
-/** Options of {@link verifyImaLog}. */
+/**
+ * Options of {@link verifyImaLog}.
+ *
+ * @example
+ * ```ts
+ * const r = await verifyImaLog(log, {
+ *   expectedPcr: { bank: 'sha256', hex: quotedPcr10 },
+ *   excludes: ['/tmp/'],
+ *   collect: false,
+ *   onEntry: (e, excluded) => { if (!excluded) check(e); },
+ * });
+ * ```
+ */
 export interface ImaVerifyOptions {
   /** Banks to replay (default: the bank of `expectedPcr`, else `sha1`). */
   banks?: ImaBank[];
@@ -615,7 +683,15 @@ export interface ImaVerifyOptions {
   maxFailures?: number;
 }
 
-/** What {@link verifyImaLog} found. */
+/**
+ * What {@link verifyImaLog} found.
+ *
+ * @example
+ * ```ts
+ * const { count, failureCount, pcrCheck }: ImaLogResult = await verifyImaLog(log, { expectedPcr });
+ * if (failureCount > 0 || !pcrCheck?.match) console.error('log does not match the quote');
+ * ```
+ */
 export interface ImaLogResult {
   /** Entries parsed. */
   count: number;
