@@ -46,16 +46,7 @@ const KNOWN_GAPS: ReadonlySet<string> = new Set<string>([
   'bindings/attest/ear.ts#VerifiedEar',
   'bindings/attest/ear.ts#VerifierId',
   'bindings/attest/ear.ts#VerifyEarOptions',
-  'bindings/attest/ima.ts#ExcludeOptions',
-  'bindings/attest/ima.ts#ImaBank',
-  'bindings/attest/ima.ts#ImaEntry',
-  'bindings/attest/ima.ts#ImaExcludes',
-  'bindings/attest/ima.ts#ImaExtendMode',
-  'bindings/attest/ima.ts#ImaFailure',
-  'bindings/attest/ima.ts#ImaLogResult',
   'bindings/attest/ima.ts#ImaLogSource',
-  'bindings/attest/ima.ts#ImaTemplate',
-  'bindings/attest/ima.ts#ImaVerifyOptions',
 ]);
 
 function loadProgram(): ts.Program {
