@@ -21,19 +21,51 @@ import type { Appraisal, ArStatus, ItemVerdict, TrustVector } from './appraise.j
 import type { ImaBank } from './ima.js';
 import type { ImaFailure } from './ima.js';
 
-/** The EAR profile this module produces and accepts. */
+/**
+ * The EAR profile this module produces and accepts.
+ *
+ * @example
+ * ```ts
+ * const { claims } = await verifyEar(token, jwks, { nonce });
+ * console.assert(claims.eat_profile === EAR_PROFILE);
+ * ```
+ */
 export const EAR_PROFILE = 'tag:github.com,2023:veraison/ear';
 
-/** Who produced a result (`ear.verifier-id`). */
+/**
+ * Who produced a result (`ear.verifier-id`).
+ *
+ * @example
+ * ```ts
+ * const verifierId: VerifierId = { developer: 'https://example.com/attest', build: 'attestd 2.1.0' };
+ * const token = await signEar(appraisal, key, { nonce, verifierId });
+ * ```
+ */
 export interface VerifierId {
   developer: string;
   build: string;
 }
 
-/** The default verifier id. */
+/**
+ * The default verifier id.
+ *
+ * @example
+ * ```ts
+ * const claims = earClaims(appraisal, { nonce, verifierId: { ...VMKIT_VERIFIER, build: 'vmkit 0.1.0 (site build)' } });
+ * ```
+ */
 export const VMKIT_VERIFIER: VerifierId = { developer: 'https://github.com/vmkit', build: 'vmkit 0.1.0' };
 
-/** One `submods` entry of an EAR. */
+/**
+ * One `submods` entry of an EAR.
+ *
+ * @example
+ * ```ts
+ * for (const [name, s] of Object.entries(claims.submods) as [string, EarSubmod][]) {
+ *   console.log(name, s['ear.status'], s['vmkit.appraisal']?.summary);
+ * }
+ * ```
+ */
 export interface EarSubmod {
   'ear.status': ArStatus;
   'ear.trustworthiness-vector': TrustVector;
@@ -49,7 +81,15 @@ export interface EarSubmod {
   };
 }
 
-/** The claims of an EAR. */
+/**
+ * The claims of an EAR.
+ *
+ * @example
+ * ```ts
+ * const claims: EarClaims = earClaims(appraisal, { nonce, ttlSeconds: 60 });
+ * console.log(claims['ear.status'], claims.exp - claims.iat); // 60
+ * ```
+ */
 export interface EarClaims {
   eat_profile: string;
   iat: number;
@@ -61,7 +101,16 @@ export interface EarClaims {
   submods: Record<string, EarSubmod>;
 }
 
-/** An Ed25519 signing key with its public JWK and key id. */
+/**
+ * An Ed25519 signing key with its public JWK and key id.
+ *
+ * @example
+ * ```ts
+ * const key: EarSigningKey = await generateEarKey();
+ * await writeFile('ear-key.jwk', JSON.stringify(await exportEarKey(key)));
+ * const jwks = exportJwks(key); // publish for relying parties
+ * ```
+ */
 export interface EarSigningKey {
   privateKey: CryptoKey;
   /** Public JWK with `kid`, `alg: EdDSA`, `use: sig`. */
@@ -70,7 +119,15 @@ export interface EarSigningKey {
   kid: string;
 }
 
-/** What {@link verifyEar} accepts as the verifier's key. */
+/**
+ * What {@link verifyEar} accepts as the verifier's key.
+ *
+ * @example
+ * ```ts
+ * const key: EarVerificationKey = await readFile('ear-pub.pem', 'utf8'); // a JWK, JWKS, CryptoKey or PEM
+ * const { status } = await verifyEar(token, key, { nonce });
+ * ```
+ */
 export type EarVerificationKey = CryptoKey | JWK | JSONWebKeySet | string;
 
 const STATUSES: readonly string[] = ['none', 'affirming', 'warning', 'contraindicated'];
@@ -185,7 +242,14 @@ function checkPublic(v: JWK | JSONWebKeySet): JWK | JSONWebKeySet {
   return j;
 }
 
-/** Options of {@link earClaims} / {@link signEar}. */
+/**
+ * Options of {@link earClaims} / {@link signEar}.
+ *
+ * @example
+ * ```ts
+ * const token = await signEar(appraisal, key, { nonce, ttlSeconds: 120, now: Date.now() });
+ * ```
+ */
 export interface EarOptions {
   /** The request's nonce, echoed as `eat_nonce`. */
   nonce: string;
@@ -231,7 +295,14 @@ export async function signEar(appraisal: Appraisal, key: EarSigningKey, options:
   return new SignJWT(claims as unknown as JWTPayload).setProtectedHeader({ alg: 'EdDSA', typ: 'JWT', kid: key.kid }).sign(key.privateKey);
 }
 
-/** Options of {@link verifyEar}. */
+/**
+ * Options of {@link verifyEar}.
+ *
+ * @example
+ * ```ts
+ * const ear = await verifyEar(token, jwks, { nonce, clockTolerance: 5, maxAgeSeconds: 60 });
+ * ```
+ */
 export interface VerifyEarOptions {
   /** The nonce the relying party sent; the EAR must echo it exactly. */
   nonce: string;
@@ -243,7 +314,15 @@ export interface VerifyEarOptions {
   maxAgeSeconds?: number;
 }
 
-/** A verified EAR. */
+/**
+ * A verified EAR.
+ *
+ * @example
+ * ```ts
+ * const { status, kid, claims }: VerifiedEar = await verifyEar(token, jwks, { nonce });
+ * if (status !== 'affirming') console.error('not trusted:', claims.submods);
+ * ```
+ */
 export interface VerifiedEar {
   claims: EarClaims;
   /** Overall status: `ear.status`, or the worst of the submods when absent. */
