@@ -528,6 +528,13 @@ export function compileExcludes(patterns: readonly string[], options: ExcludeOpt
  * A measurement list as text: a whole string or bytes; a sync iterable of
  * **lines**; or an async iterable / ReadableStream of **chunks** (text or
  * bytes, split anywhere, e.g. `fs.createReadStream(path)`).
+ *
+ * @example
+ * ```ts
+ * await verifyImaLog(fs.createReadStream('/sys/kernel/security/ima/ascii_runtime_measurements')); // chunks
+ * await verifyImaLog(text);                                                                 // a string
+ * await verifyImaLog(['10 91f3… ima-ng sha256:e3b0… /usr/bin/ls']);                          // lines
+ * ```
  */
 export type ImaLogSource = string | Uint8Array | Iterable<string> | AsyncIterable<string | Uint8Array> | ReadableStream<Uint8Array>;
 
