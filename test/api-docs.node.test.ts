@@ -36,17 +36,6 @@ const KNOWN_GAPS: ReadonlySet<string> = new Set<string>([
   'bindings/attest/appraise.ts#SubmodAppraisal',
   'bindings/attest/appraise.ts#TrustClaimName',
   'bindings/attest/appraise.ts#TrustVector',
-  'bindings/attest/ear.ts#EAR_PROFILE',
-  'bindings/attest/ear.ts#EarClaims',
-  'bindings/attest/ear.ts#EarOptions',
-  'bindings/attest/ear.ts#EarSigningKey',
-  'bindings/attest/ear.ts#EarSubmod',
-  'bindings/attest/ear.ts#EarVerificationKey',
-  'bindings/attest/ear.ts#VMKIT_VERIFIER',
-  'bindings/attest/ear.ts#VerifiedEar',
-  'bindings/attest/ear.ts#VerifierId',
-  'bindings/attest/ear.ts#VerifyEarOptions',
-  'bindings/attest/ima.ts#ImaLogSource',
 ]);
 
 function loadProgram(): ts.Program {
