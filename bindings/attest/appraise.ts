@@ -27,10 +27,25 @@ import { digestLength, hexInto } from './index-store.js';
 import { compileExcludes, imaEntryDigest, verifyImaLog, type ImaBank, type ImaExcludes, type ImaFailure, type ImaLogResult } from './ima.js';
 import type { Digest, DigestAlgorithm, Provenance, ReferenceIndex } from './types.js';
 
-/** AR4SI trust tiers, as EAR's `ear.status` spells them. */
+/**
+ * AR4SI trust tiers, as EAR's `ear.status` spells them.
+ *
+ * @example
+ * ```ts
+ * const s: ArStatus = worst(tierOf(Ar4si.APPROVED_RUNTIME), tierOf(Ar4si.UNRECOGNIZED_FILES)); // 'warning'
+ * ```
+ */
 export type ArStatus = 'none' | 'affirming' | 'warning' | 'contraindicated';
 
-/** AR4SI trustworthiness-vector claim names. */
+/**
+ * AR4SI trustworthiness-vector claim names.
+ *
+ * @example
+ * ```ts
+ * const claim: TrustClaimName = 'executables';
+ * const value = appraisal.submods['vmkit-software']?.trustVector[claim];
+ * ```
+ */
 export type TrustClaimName =
   | 'instance-identity'
   | 'configuration'
@@ -41,7 +56,15 @@ export type TrustClaimName =
   | 'storage-opaque'
   | 'sourced-data';
 
-/** A trustworthiness vector: claim name → AR4SI value (-128..127). */
+/**
+ * A trustworthiness vector: claim name → AR4SI value (-128..127).
+ *
+ * @example
+ * ```ts
+ * const v: TrustVector = { executables: Ar4si.APPROVED_RUNTIME, 'file-system': Ar4si.UNRECOGNIZED_FILES };
+ * vectorStatus(v); // 'warning'
+ * ```
+ */
 export type TrustVector = Partial<Record<TrustClaimName, number>>;
 
 /**
@@ -103,13 +126,27 @@ export function vectorStatus(v: TrustVector): ArStatus {
 
 // ---------------------------------------------------------------- evidence
 
-/** A digest the remote machine measured (of a package artifact or a file). */
+/**
+ * A digest the remote machine measured (of a package artifact or a file).
+ *
+ * @example
+ * ```ts
+ * const d: EvidenceDigest = { alg: 'sha256', hex: sha256Hex, path: '/usr/bin/hello' };
+ * ```
+ */
 export interface EvidenceDigest extends Digest {
   /** The file it was taken of, when it is a file (informational; compared with the match's path). */
   path?: string;
 }
 
-/** A package the remote machine says it runs. */
+/**
+ * A package the remote machine says it runs.
+ *
+ * @example
+ * ```ts
+ * const p: EvidencePackage = { name: 'hello', version: '2.10-3', architecture: 'amd64', digest: { alg: 'sha256', hex: debSha256 } };
+ * ```
+ */
 export interface EvidencePackage {
   name: string;
   version: string;
@@ -118,7 +155,18 @@ export interface EvidencePackage {
   digest?: Digest;
 }
 
-/** An IMA measurement list as sent. */
+/**
+ * An IMA measurement list as sent.
+ *
+ * @example
+ * ```ts
+ * const ima: ImaEvidence = {
+ *   log: await readFile('/sys/kernel/security/ima/ascii_runtime_measurements', 'utf8'),
+ *   pcr10: { bank: 'sha256', hex: quotedPcr10 },
+ *   excludes: ['glob:/tmp/**'],
+ * };
+ * ```
+ */
 export interface ImaEvidence {
   /** The text of `ascii_runtime_measurements`. */
   log: string;
@@ -128,14 +176,29 @@ export interface ImaEvidence {
   excludes?: string[];
 }
 
-/** What a remote machine sends (docs/attest-service.md). */
+/**
+ * What a remote machine sends (docs/attest-service.md).
+ *
+ * @example
+ * ```ts
+ * const evidence: Evidence = { digests: [{ alg: 'sha256', hex, path: '/usr/bin/hello' }], packages: [{ name: 'hello', version: '2.10-3' }] };
+ * const r = await attest({ serviceUrl, evidence });
+ * ```
+ */
 export interface Evidence {
   digests?: EvidenceDigest[];
   packages?: EvidencePackage[];
   ima?: ImaEvidence;
 }
 
-/** Bounds of {@link parseEvidence}. */
+/**
+ * Bounds of {@link parseEvidence}.
+ *
+ * @example
+ * ```ts
+ * const ev = parseEvidence(JSON.parse(body).evidence, { maxItems: 10_000, maxImaLog: 8 << 20 }); // ARG_RANGE beyond
+ * ```
+ */
 export interface EvidenceLimits {
   /** Most digests plus packages (default 200 000). */
   maxItems?: number;
@@ -240,7 +303,16 @@ export function parseEvidence(value: unknown, limits: EvidenceLimits = {}): Evid
 
 // ---------------------------------------------------------------- verdicts
 
-/** The verdict on one item of evidence. */
+/**
+ * The verdict on one item of evidence.
+ *
+ * @example
+ * ```ts
+ * for (const v of appraisal.submods['vmkit-software']?.items ?? []) {
+ *   if (v.status !== 'affirming') console.log(v.kind, v.path ?? v.name, v.reason);
+ * }
+ * ```
+ */
 export interface ItemVerdict {
   kind: 'digest' | 'package' | 'ima';
   status: ArStatus;
@@ -258,7 +330,14 @@ export interface ItemVerdict {
   matches: Provenance[];
 }
 
-/** Counts per submodule (always complete, even when `items` is truncated). */
+/**
+ * Counts per submodule (always complete, even when `items` is truncated).
+ *
+ * @example
+ * ```ts
+ * const { items, affirming, warning, contraindicated }: AppraisalSummary = appraisal.submods['vmkit-software']!.summary;
+ * ```
+ */
 export interface AppraisalSummary {
   items: number;
   affirming: number;
@@ -271,7 +350,15 @@ export interface AppraisalSummary {
   omitted: number;
 }
 
-/** One submodule's appraisal (an EAR `submods` entry). */
+/**
+ * One submodule's appraisal (an EAR `submods` entry).
+ *
+ * @example
+ * ```ts
+ * const ima: SubmodAppraisal | undefined = appraisal.submods['vmkit-ima'];
+ * if (ima && !ima.pcr10?.match) console.error('IMA log does not replay to the quoted PCR 10', ima.failures);
+ * ```
+ */
 export interface SubmodAppraisal {
   status: ArStatus;
   trustVector: TrustVector;
@@ -288,7 +375,15 @@ export interface SubmodAppraisal {
   excludes?: string[];
 }
 
-/** The result of an appraisal: what ear.ts signs. */
+/**
+ * The result of an appraisal: what ear.ts signs.
+ *
+ * @example
+ * ```ts
+ * const a: Appraisal = appraise(source, { digests: [{ alg: 'sha256', hex, path: '/usr/bin/hello' }] });
+ * console.log(a.status, Object.keys(a.submods)); // 'affirming' [ 'vmkit-software' ]
+ * ```
+ */
 export interface Appraisal {
   /** The worst status of all submodules. */
   status: ArStatus;
@@ -296,7 +391,14 @@ export interface Appraisal {
   submods: Record<string, SubmodAppraisal>;
 }
 
-/** Options of {@link appraise}. */
+/**
+ * Options of {@link appraise}.
+ *
+ * @example
+ * ```ts
+ * const a = appraise(source, input, { unknown: 'contraindicated', maxMatches: 2, policyId: 'site:strict/1' });
+ * ```
+ */
 export interface AppraiseOptions {
   /** Status of an unknown digest or package (default `warning`, AR4SI "unrecognized"). */
   unknown?: 'warning' | 'contraindicated';
@@ -308,7 +410,15 @@ export interface AppraiseOptions {
   policyId?: string;
 }
 
-/** Input of {@link appraise}: parsed evidence, the IMA log already verified. */
+/**
+ * Input of {@link appraise}: parsed evidence, the IMA log already verified.
+ *
+ * @example
+ * ```ts
+ * const ima = await verifyImaLog(log, { expectedPcr: { bank: 'sha256', hex: quotedPcr10 } });
+ * const a = appraise(source, { packages: [{ name: 'hello', version: '2.10-3' }], ima });
+ * ```
+ */
 export interface AppraisalInput {
   digests?: EvidenceDigest[];
   packages?: EvidencePackage[];
@@ -458,7 +568,14 @@ export function appraise(index: ReferenceIndex, input: AppraisalInput, options: 
   return out;
 }
 
-/** Options of {@link appraiseEvidence}. */
+/**
+ * Options of {@link appraiseEvidence}.
+ *
+ * @example
+ * ```ts
+ * const appraisal = await appraiseEvidence(source, evidence, { excludes: ['glob:/var/log/**'], requestRegex: false });
+ * ```
+ */
 export interface AppraiseEvidenceOptions extends AppraiseOptions {
   /** The service's own exclude list (applied with the request's). */
   excludes?: ImaExcludes | readonly string[];
