@@ -316,7 +316,7 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
  *
  * @example
  * ```ts
- * const r = new PcrReplay('sha256', 'sha1-padded'); // kernels before 5.11 padded SHA-1 into other banks
+ * const r = new PcrReplay('sha256', 'sha1-padded'); // kernels before 5.8 padded SHA-1 into other banks
  * ```
  */
 export type ImaExtendMode = 'per-bank' | 'sha1-padded';
