@@ -212,7 +212,7 @@ export class FileOwnerStore implements OwnerStore {
    *
    * @example
    * ```ts
-   * const rev = await store.compareAndSwap('vm.qcow2', revision, { ...record, state: 'free', updatedAt: Date.now() });
+   * const rev = await store.compareAndSwap('vm.qcow2', revision, { ...record!, state: 'free', updatedAt: Date.now() });
    * if (rev === null) console.log('lost the race: read again');
    * ```
    */
