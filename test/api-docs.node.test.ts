@@ -116,6 +116,22 @@ describe('API docs', () => {
     expect(msg, `${failing.length} undocumented export(s):\n${msg.join('\n')}`).toEqual([]);
   });
 
+  it('every bindings/ file the entries reach opens with a module comment', () => {
+    const offenders: string[] = [];
+    let checked = 0;
+    for (const sf of program.getSourceFiles()) {
+      const rel = relative(root, sf.fileName);
+      if (!rel.startsWith('bindings/')) continue;
+      checked++;
+      // The first comment of the file is a JSDoc block with @module.
+      const first = ts.getLeadingCommentRanges(sf.text, 0)?.[0];
+      const text = first ? sf.text.slice(first.pos, first.end) : '';
+      if (!text.startsWith('/**') || !text.includes('@module')) offenders.push(`  ${rel}:1  no /** … @module */ comment at the top`);
+    }
+    expect(checked, 'the entries reach no bindings/ files').toBeGreaterThan(30);
+    expect(offenders, `files without a module comment:\n${offenders.join('\n')}`).toEqual([]);
+  });
+
   it('ErrorCode table and docs/errors.md list the same codes', () => {
     const sf = program.getSourceFile(join(root, 'bindings/errors.ts'))!;
     const table: string[] = [];
