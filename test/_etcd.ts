@@ -82,7 +82,10 @@ async function startEtcdOnce({ timeoutMs = 15_000, members = 1 }: { timeoutMs?: 
   const dir = mkdtempSync(join(tmpdir(), 'vmkit-etcd-'));
   const spec: { name: string; client: string; peer: string }[] = [];
   const ports = await freePorts(2 * members);
-  for (let i = 0; i < members; i++) spec.push({ name: `m${i}`, client: `http://127.0.0.1:${ports[2 * i]}`, peer: `http://127.0.0.1:${ports[2 * i + 1]}` });
+  // Names unique to this start: the health check below must know it reached OUR member, not
+  // another spec's etcd that won the race for a port this one failed to bind.
+  const tag = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+  for (let i = 0; i < members; i++) spec.push({ name: `m${i}-${tag}`, client: `http://127.0.0.1:${ports[2 * i]}`, peer: `http://127.0.0.1:${ports[2 * i + 1]}` });
   const cluster = spec.map((m) => `${m.name}=${m.peer}`).join(',');
   let out = '';
   const keep = (b: Buffer): void => {
@@ -128,6 +131,7 @@ async function startEtcdOnce({ timeoutMs = 15_000, members = 1 }: { timeoutMs?: 
 
   const deadline = Date.now() + timeoutMs;
   for (let i = 0; i < members; i++) {
+    let stranger: string | undefined;
     for (;;) {
       if (gone(i)) {
         await stop();
@@ -136,9 +140,19 @@ async function startEtcdOnce({ timeoutMs = 15_000, members = 1 }: { timeoutMs?: 
       try {
         const r = await fetch(`${spec[i]!.client}/health`, { signal: AbortSignal.timeout(500) });
         const j = (await r.json()) as { health?: string };
-        if (j.health === 'true') break;
+        if (j.health === 'true') {
+          const ml = await fetch(`${spec[i]!.client}/v3/cluster/member/list`, { method: 'POST', body: '{}', signal: AbortSignal.timeout(500) });
+          const names = (((await ml.json()) as { members?: { name?: string }[] }).members ?? []).map((m) => m.name);
+          if (names.includes(spec[i]!.name)) break;
+          stranger = names.join(', ');
+        }
       } catch {
         /* not up yet */
+      }
+      if (stranger !== undefined) {
+        // Someone else's etcd answers on our port: ours could not bind it (the caller retries).
+        await stop();
+        throw new Error(`address already in use: ${spec[i]!.client} is another etcd (members ${stranger})`);
       }
       if (Date.now() > deadline) {
         await stop();
