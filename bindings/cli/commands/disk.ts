@@ -9,7 +9,7 @@ import { VmkitError } from '../../errors.js';
 import { emit, formatBytes, parse, parseSize, type CliIO, type Command } from '../_common.js';
 import { mapExtents, toQemuMap, type BlockExtent } from '../../disk/device.js';
 import { syncFileProvider as provider } from '../../disk/backends/file.js';
-import { chainOf, checkImage, createImage, fileFormatDriver, openImage } from '../../disk/image.js';
+import { chainOf, checkImage, createImage, openImage, syncFileFormatDriver } from '../../disk/image.js';
 import type { FormatName, ImageInfo } from '../../disk/formats/types.js';
 import { backupUsage, runBackup, setFormatDriver } from './_disk_backup.js';
 
@@ -46,7 +46,7 @@ export const command: Command = {
   async run(argv: string[], io: CliIO): Promise<number> {
     const [sub, ...rest] = argv;
     if (sub === 'snapshot' || sub === 'backup' || sub === 'consolidate') {
-      setFormatDriver(async () => fileFormatDriver);
+      setFormatDriver(async () => syncFileFormatDriver); // offline jobs: synchronous I/O costs far less CPU than the thread pool (bench/RESULTS.md, backup)
       return runBackup(sub, rest, io);
     }
     if (sub === 'owner' || sub === 'open' || sub === 'release') {
