@@ -36,42 +36,6 @@ function ioError(e: unknown, op: string, path: string, offset?: number): VmkitEr
   });
 }
 
-// Reads from the page cache into most large Node buffers run at a quarter of the speed they
-// could: the kernel copies each page with `rep movsb`, which slows to a crawl when the
-// destination sits 1-31 bytes past the source modulo 4 KiB (loads alias the stores just made),
-// and glibc places every allocation it maps itself (Node's ArrayBuffers of 128 KiB and up) 16
-// bytes past a page boundary, while cluster data starts on one. Such reads go through a
-// page-aligned bounce slot (WebAssembly memory starts on a page) with the data placed half a
-// page away from both, then `set` into place: two fast copies beat one slow one (1 MiB reads
-// of a page-cached file: 111 → 37 ms per 256 MiB).
-const _PAGE = 4096;
-const _SLOT = 256 * 1024;
-/** Reads shorter than this go straight into the destination (the syscall dominates). */
-const _BOUNCE_MIN = 32 * 1024;
-/** The guessed start of an ArrayBuffer glibc mapped itself, modulo a page. */
-const _MMAP_HEAD = 16;
-const _MMAP_MIN = 128 * 1024;
-const _slots: Uint8Array[] = [];
-let _slotCount = 0;
-
-/** True when a read of `len` bytes from file offset `pos` into `dst` likely hits the slow copy. */
-function _aliases(dst: Uint8Array, pos: number, len: number): boolean {
-  if (len < _BOUNCE_MIN || dst.buffer.byteLength < _MMAP_MIN || !(dst.buffer instanceof ArrayBuffer)) return false;
-  const d = (((_MMAP_HEAD + dst.byteOffset - pos) % _PAGE) + _PAGE) % _PAGE;
-  return d > 0 && d < 32;
-}
-
-/** A free page-aligned bounce slot of {@link _SLOT} bytes, or undefined when too many are out. */
-function _takeSlot(): Uint8Array | undefined {
-  const s = _slots.pop();
-  if (s) return s;
-  if (_slotCount >= 64) return undefined;
-  const mem = new WebAssembly.Memory({ initial: (4 * _SLOT) / 65536 }).buffer;
-  for (let i = 1; i < 4; i++) _slots.push(new Uint8Array(mem, i * _SLOT, _SLOT));
-  _slotCount += 4;
-  return new Uint8Array(mem, 0, _SLOT);
-}
-
 /**
  * A Node file as a {@link Storage}.
  *
@@ -174,16 +138,6 @@ export class FileStorage implements Storage {
    * ```
    */
   async readInto(offset: number, dst: Uint8Array): Promise<void> {
-    if (_aliases(dst, offset, dst.length)) {
-      const slot = _takeSlot();
-      if (slot) {
-        try {
-          return await this.readBounced(offset, dst, slot);
-        } finally {
-          _slots.push(slot);
-        }
-      }
-    }
     let got = 0;
     try {
       while (got < dst.length) {
@@ -192,24 +146,6 @@ export class FileStorage implements Storage {
           : await this.pread(dst, got, dst.length - got, offset + got);
         if (bytesRead === 0) break;
         got += bytesRead;
-      }
-    } catch (e) {
-      throw ioError(e, 'read', this.name, offset);
-    }
-    if (got < dst.length) dst.fill(0, got);
-  }
-  /** {@link readInto} through `slot`, the data half a page off both the page cache and `dst`. */
-  private async readBounced(offset: number, dst: Uint8Array, slot: Uint8Array): Promise<void> {
-    let got = 0;
-    try {
-      while (got < dst.length) {
-        const pos = offset + got;
-        const b = ((pos % _PAGE) + _PAGE / 2) % _PAGE;
-        const n = Math.min(dst.length - got, _SLOT - b);
-        const r = this.sync ? this.sync.readSync(this.fh.fd, slot, b, n, pos) : await this.pread(slot, b, n, pos);
-        if (r === 0) break;
-        dst.set(slot.subarray(b, b + r), got);
-        got += r;
       }
     } catch (e) {
       throw ioError(e, 'read', this.name, offset);
