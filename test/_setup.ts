@@ -17,7 +17,12 @@ function typedEquals(a: unknown, b: unknown): boolean | undefined {
   const x = a as Typed;
   const y = b as Typed;
   if (x.length !== y.length) return false;
-  for (let i = 0; i < x.length; i++) if (x[i] !== y[i] && !(Number.isNaN(x[i]) && Number.isNaN(y[i]))) return false;
+  // Floats element by element as vitest does (Object.is: NaN equals NaN, 0 differs from -0).
+  if (x instanceof Float32Array || x instanceof Float64Array) {
+    for (let i = 0; i < x.length; i++) if (!Object.is(x[i], y[i])) return false;
+    return true;
+  }
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
   return true;
 }
 expect.addEqualityTesters([typedEquals]);
