@@ -301,6 +301,127 @@ export function dixGetBatch(h: i32, keys: usize, n: i32, out: usize): i32 {
   return found;
 }
 
+// ------------------------------------------------------------ request batches
+// An attestation request carries its digests as hex text. The host writes the
+// text of a whole request back to back into core memory (one encodeInto) and
+// one call decodes and looks up every digest: no per-digest object or call on
+// the host side, which is what a Map keyed by the hex strings cannot avoid.
+
+// 32 bytes for building one key (digests of other lengths, tagged algorithms).
+const KEYBUF: usize = memory.data(32);
+
+// Value 0..15 of a hex digit (either case), or ≥ 16.
+@inline
+function hexVal(c: u32): u32 {
+  const d = c - 48;
+  if (d < 10) return d;
+  const l = (c | 32) - 97;
+  return l < 6 ? l + 10 : 255;
+}
+
+// Nibble values of 16 hex characters; lanes of non-hex characters get 0xff.
+@inline
+function nibbles(c: v128): v128 {
+  const d = i8x16.sub(c, i8x16.splat(48));
+  const isD = i8x16.lt_u(d, i8x16.splat(10));
+  const l = i8x16.sub(v128.or(c, i8x16.splat(32)), i8x16.splat(97));
+  const isL = i8x16.lt_u(l, i8x16.splat(6));
+  const v = v128.bitselect(d, i8x16.add(l, i8x16.splat(10)), isD);
+  return v128.or(v, v128.not(v128.or(isD, isL)));
+}
+
+// Bytes of 16 nibble pairs: (even << 4) | odd, as u16 lanes (little-endian pairs).
+@inline
+function pairs(v: v128): v128 {
+  return v128.or(i16x8.shl(v128.and(v, i16x8.splat(0xff)), 4), i16x8.shr_u(v, 8));
+}
+
+// Decodes 2·len hex characters at src into len bytes at dst; false on a non-hex
+// character. unsafe: src has 2·len readable bytes, dst len writable ones.
+function hexDecode(src: usize, len: usize, dst: usize): bool {
+  let i: usize = 0;
+  if (ASC_FEATURE_SIMD) {
+    // 32 characters → 16 bytes per step; a bad character anywhere sets a high nibble.
+    for (; i + 16 <= len; i += 16) {
+      const a = nibbles(v128.load(src + (i << 1)));
+      const b = nibbles(v128.load(src + (i << 1), 16));
+      if (v128.any_true(v128.and(v128.or(a, b), i8x16.splat(<i8>0xf0)))) return false;
+      v128.store(dst + i, i8x16.narrow_i16x8_u(pairs(a), pairs(b)));
+    }
+  }
+  for (; i < len; i++) {
+    const hi = hexVal(<u32>load<u8>(src + (i << 1)));
+    const lo = hexVal(<u32>load<u8>(src + (i << 1) + 1));
+    if ((hi | lo) > 15) return false;
+    store<u8>(dst + i, <u8>((hi << 4) | lo));
+  }
+  return true;
+}
+
+// The key of a digest of len bytes at d under tag (see bindings/attest/index-store.ts):
+// its first 32 bytes, zero-padded, last byte XOR tag. Returns d itself when that is the key.
+@inline
+function keyOf(d: usize, len: usize, tag: u32): usize {
+  if (len == KEY && tag == 0) return d;
+  if (len < KEY) memory.fill(KEYBUF, 0, KEY);
+  memory.copy(KEYBUF, d, len < KEY ? len : KEY);
+  store<u8>(KEYBUF + 31, load<u8>(KEYBUF + 31) ^ <u8>tag);
+  return KEYBUF;
+}
+
+/**
+ * Decodes and looks up `n` digests given as hex: `n × 2·len` ASCII characters
+ * back to back at `hex` (either case). Each is decoded into `dec` (n × len
+ * bytes), keyed as the host keys digests of that length under `tag` (0..255)
+ * and looked up; `out` (n × u32) gets value + 1, 0 when absent, or
+ * 0xffffffff when the text is not hex. Returns how many were found, or
+ * E_HANDLE / E_ARG.
+ */
+export function dixGetHex(h: i32, hex: usize, n: i32, len: i32, tag: i32, dec: usize, out: usize): i32 {
+  if (!live(h)) return E_HANDLE;
+  if (n < 0 || len < 1 || len > 64 || tag < 0 || tag > 255 || (n > 0 && (hex == 0 || dec == 0 || out == 0))) return E_ARG;
+  const i = h - 1;
+  const L = <usize>len;
+  const seed = unchecked(tSeed[i]);
+  let found = 0;
+  for (let k = 0; k < n; k++) {
+    // unsafe: the host passes n entries in each buffer.
+    const d = dec + <usize>k * L;
+    let v: u32 = 0xffffffff;
+    if (hexDecode(hex + <usize>k * (L << 1), L, d)) {
+      const key = keyOf(d, L, <u32>tag);
+      const e = find(i, key, hashOf(key, seed));
+      v = e < 0 ? 0 : load<u32>(unchecked(tVals[i]) + (<usize>e << 2)) + 1;
+      if (v != 0) found++;
+    }
+    store<u32>(out + (<usize>k << 2), v);
+  }
+  return found;
+}
+
+/**
+ * Looks up `n` digests of `len` bytes each, back to back at `src` (an IMA
+ * list's file digests), keyed under `tag` as in dixGetHex; `out` (n × u32)
+ * gets value + 1 or 0. Returns how many were found, or E_HANDLE / E_ARG.
+ */
+export function dixGetPacked(h: i32, src: usize, n: i32, len: i32, tag: i32, out: usize): i32 {
+  if (!live(h)) return E_HANDLE;
+  if (n < 0 || len < 1 || len > 64 || tag < 0 || tag > 255 || (n > 0 && (src == 0 || out == 0))) return E_ARG;
+  const i = h - 1;
+  const L = <usize>len;
+  const seed = unchecked(tSeed[i]);
+  let found = 0;
+  for (let k = 0; k < n; k++) {
+    // unsafe: the host passes n entries in each buffer.
+    const key = keyOf(src + <usize>k * L, L, <u32>tag);
+    const e = find(i, key, hashOf(key, seed));
+    const v: u32 = e < 0 ? 0 : load<u32>(unchecked(tVals[i]) + (<usize>e << 2)) + 1;
+    if (v != 0) found++;
+    store<u32>(out + (<usize>k << 2), v);
+  }
+  return found;
+}
+
 /** 0 when the module's checks pass (selfCheck module 6); needs no host buffers. */
 export function digestindexSelfCheck(): i32 {
   const h = dixCreate(0, 0x12345678, 0x9abcdef0);
@@ -329,6 +450,29 @@ export function digestindexSelfCheck(): i32 {
   store<u8>(key, 7, 31);
   if (r == 0 && dixInsert(h, key, 1000) != 8) r = 6;
   if (r == 0 && dixGet(h, key) != 1001) r = 7;
+  // The hex path finds what was inserted (key of n = 7 is 07 00 00 00 … 07, replaced by 1000 above)
+  // and flags text that is not hex; 64 characters cover the SIMD steps, 40 the scalar tail.
+  const text = heap.alloc(128);
+  const dec = heap.alloc(64);
+  const out = heap.alloc(8);
+  memory.fill(key, 0, KEY);
+  store<u32>(key, 7 * 2654435761);
+  store<u8>(key, 7, 31);
+  for (let b = 0; b < 32; b++) {
+    const v = <u32>load<u8>(key + b);
+    store<u8>(text + (b << 1), <u8>(v >> 4 < 10 ? 48 + (v >> 4) : 55 + (v >> 4)));
+    store<u8>(text + (b << 1) + 1, <u8>((v & 15) < 10 ? 48 + (v & 15) : 87 + (v & 15)));
+  }
+  memory.copy(text + 64, text, 64);
+  store<u8>(text + 64 + 63, 0x67); // 'g'
+  if (r == 0 && (dixGetHex(h, text, 2, 32, 0, dec, out) != 1 || load<u32>(out) != 1001 || load<u32>(out, 4) != 0xffffffff)) r = 10;
+  if (r == 0 && (memory.compare(dec, key, KEY) != 0 || dixGetPacked(h, key, 1, 32, 0, out) != 1 || load<u32>(out) != 1001)) r = 11;
+  if (r == 0 && (!hexDecode(text, 20, dec) || memory.compare(dec, key, 20) != 0)) r = 12;
+  store<u8>(text + 39, 0x3a); // ':' in the scalar tail
+  if (r == 0 && hexDecode(text, 20, dec)) r = 13;
+  heap.free(text);
+  heap.free(dec);
+  heap.free(out);
   heap.free(key);
   if (dixFree(h) != 0) r = r == 0 ? 8 : r;
   if (r == 0 && dixGet(h, 0) != E_HANDLE) r = 9;

@@ -23,8 +23,8 @@
  */
 import { VmkitError } from '../errors.js';
 import { describe as describeValue } from '../_utils.js';
-import { digestLength, hexInto } from './index-store.js';
-import { compileExcludes, imaEntryDigest, verifyImaLog, type ImaBank, type ImaExcludes, type ImaFailure, type ImaLogResult } from './ima.js';
+import { _manyByOne, digestLength } from './index-store.js';
+import { compileExcludes, imaEntryDigest, verifyImaLog, type ImaBank, type ImaEntry, type ImaExcludes, type ImaFailure, type ImaLogResult } from './ima.js';
 import type { Digest, DigestAlgorithm, Provenance, ReferenceIndex } from './types.js';
 
 /**
@@ -443,18 +443,60 @@ class Collector {
   }
 }
 
-function bytesOf(d: Digest): Uint8Array | undefined {
-  const n = digestLength(d.alg);
-  const b = new Uint8Array(n);
-  return d.hex.length === n * 2 && hexInto(d.hex, b) ? b : undefined;
+// Every digest's entries: per algorithm one lookupMany call for the whole list (the
+// index decodes the hex itself), or one lookupDigest per digest for an index without it.
+function lookupAll(index: ReferenceIndex, items: readonly Digest[]): (Provenance[] | undefined)[] {
+  const n = items.length;
+  if (n === 0) return [];
+  const alg0 = items[0]!.alg;
+  let oneAlg = true;
+  for (let i = 1; i < n; i++) if (items[i]!.alg !== alg0) oneAlg = false;
+  const many = (alg: DigestAlgorithm, hex: string[]) => (index.lookupMany ? index.lookupMany(alg, hex) : _manyByOne(index, alg, hex));
+  if (oneAlg) return many(alg0, items.map((d) => d.hex));
+  const out = new Array<Provenance[] | undefined>(n).fill(undefined);
+  const groups = new Map<DigestAlgorithm, number[]>();
+  for (let i = 0; i < n; i++) {
+    const a = items[i]!.alg;
+    const g = groups.get(a);
+    if (g) g.push(i);
+    else groups.set(a, [i]);
+  }
+  for (const [alg, idx] of groups) {
+    const r = many(alg, idx.map((i) => items[i]!.hex));
+    for (let k = 0; k < idx.length; k++) out[idx[k]!] = r[k];
+  }
+  return out;
 }
 
-function digestVerdict(index: ReferenceIndex, d: Digest, path: string | undefined, o: Required<AppraiseOptions>, kind: 'digest' | 'ima'): ItemVerdict {
+// The same for IMA entries, whose digests are bytes already: packed back to back per algorithm.
+function lookupImaAll(index: ReferenceIndex, entries: readonly ImaEntry[], want: readonly number[]): Map<number, Provenance[] | undefined> {
+  const out = new Map<number, Provenance[] | undefined>();
+  const groups = new Map<DigestAlgorithm, number[]>();
+  for (const i of want) {
+    const e = entries[i]!;
+    const a = e.digestAlg as DigestAlgorithm;
+    if (e.digest.length !== digestLength(a)) {
+      out.set(i, undefined);
+      continue;
+    }
+    const g = groups.get(a);
+    if (g) g.push(i);
+    else groups.set(a, [i]);
+  }
+  for (const [alg, idx] of groups) {
+    const len = digestLength(alg);
+    const packed = new Uint8Array(idx.length * len);
+    for (let k = 0; k < idx.length; k++) packed.set(entries[idx[k]!]!.digest, k * len);
+    const r = index.lookupMany ? index.lookupMany(alg, packed) : _manyByOne(index, alg, packed);
+    for (let k = 0; k < idx.length; k++) out.set(idx[k]!, r[k]);
+  }
+  return out;
+}
+
+function digestVerdict(found: Provenance[] | undefined, d: Digest, path: string | undefined, o: Required<AppraiseOptions>, kind: 'digest' | 'ima'): ItemVerdict {
   const v: ItemVerdict = { kind, status: 'affirming', alg: d.alg, hex: d.hex, matches: [] };
   if (path !== undefined) v.path = path;
-  const b = bytesOf(d);
-  const found = b ? index.lookupDigest(d.alg, b) : [];
-  if (found.length === 0) {
+  if (found === undefined || found.length === 0) {
     v.status = o.unknown;
     v.reason = 'unknown-digest';
     return v;
@@ -527,7 +569,9 @@ export function appraise(index: ReferenceIndex, input: AppraisalInput, options: 
   const out: Appraisal = { status: 'none', submods: {} };
   if (input.digests?.length || input.packages?.length) {
     const c = new Collector(o.maxDetail);
-    for (const d of input.digests ?? []) c.add(digestVerdict(index, d, d.path, o, 'digest'));
+    const digests = input.digests ?? [];
+    const found = lookupAll(index, digests);
+    for (let i = 0; i < digests.length; i++) c.add(digestVerdict(found[i], digests[i]!, digests[i]!.path, o, 'digest'));
     for (const p of input.packages ?? []) c.add(packageVerdict(index, p, o));
     const tv: TrustVector = { 'file-system': claimFor(c.worst, Ar4si.APPROVED_FILES, Ar4si.UNRECOGNIZED_FILES, Ar4si.CONTRAINDICATED_FILES) };
     out.submods['vmkit-software'] = { status: vectorStatus(tv), trustVector: tv, policyId: o.policyId, summary: c.summary, items: c.items };
@@ -536,7 +580,15 @@ export function appraise(index: ReferenceIndex, input: AppraisalInput, options: 
     const r = input.ima;
     const c = new Collector(o.maxDetail);
     c.summary.excluded = r.excluded;
-    for (const e of r.entries) {
+    // The entries that are looked up (files with a known digest algorithm), all in one go.
+    const want: number[] = [];
+    for (let i = 0; i < r.entries.length; i++) {
+      const e = r.entries[i]!;
+      if (!e.violation && e.template !== 'ima-buf' && e.path !== 'boot_aggregate' && (ALGS as readonly string[]).includes(e.digestAlg)) want.push(i);
+    }
+    const found = lookupImaAll(index, r.entries, want);
+    for (let i = 0; i < r.entries.length; i++) {
+      const e = r.entries[i]!;
       if (e.violation) {
         c.add({ kind: 'ima', status: 'none', reason: 'ima.validation.tomtou', path: e.path, line: e.line, matches: [] });
         continue;
@@ -550,7 +602,7 @@ export function appraise(index: ReferenceIndex, input: AppraisalInput, options: 
       let v: ItemVerdict;
       if (!d) v = { kind: 'ima', status: 'warning', reason: 'unsupported-digest-algorithm', alg: e.digestAlg, path: e.path, matches: [] };
       else {
-        v = digestVerdict(index, d, e.path, o, 'ima');
+        v = digestVerdict(found.get(i), d, e.path, o, 'ima');
         if (v.reason === 'unknown-digest') v.reason = `ima.validation.${e.template}.not_in_allowlist`;
       }
       v.line = e.line;

@@ -34,12 +34,17 @@ interface DixExports {
   dixInsertBatch(h: number, keys: number, values: number, n: number, prev: number): number;
   dixGet(h: number, key: number): number;
   dixGetBatch(h: number, keys: number, n: number, out: number): number;
+  dixGetHex(h: number, hex: number, n: number, len: number, tag: number, dec: number, out: number): number;
+  dixGetPacked(h: number, src: number, n: number, len: number, tag: number, out: number): number;
 }
 
 const ALGS: readonly DigestAlgorithm[] = ['sha256', 'md5', 'sha1', 'sha384', 'sha512', 'sm3'];
 const LEN: Record<DigestAlgorithm, number> = { md5: 16, sha1: 20, sha256: 32, sha384: 48, sha512: 64, sm3: 32 };
 const TAG: Record<DigestAlgorithm, number> = { sha256: 0, md5: 1, sha1: 2, sha384: 3, sha512: 4, sm3: 5 };
 const BATCH = 4096;
+const _ascii = new TextEncoder();
+// Stands in for a hex string of the wrong length or not ASCII (so positions stay fixed): not hex.
+const _NOT_HEX = 'g'.repeat(128);
 
 /** Byte length of a digest under `alg`. @example `digestLength('sha256') // 32` */
 export function digestLength(alg: DigestAlgorithm): number {
@@ -189,6 +194,9 @@ export class DigestIndex implements ReferenceIndex {
   private pendIds = new Uint32Array(BATCH);
   private nPend = 0;
   private scratch = 0;
+  // Core memory for request batches (text, decoded digests, results), kept between calls.
+  private batchP = 0;
+  private batchCap = 0;
 
   constructor(options: DigestIndexOptions = {}) {
     const expected = options.expected ?? 0;
@@ -491,6 +499,104 @@ export class DigestIndex implements ReferenceIndex {
   }
 
   /**
+   * Looks up a whole request's digests of one algorithm at once, as they
+   * arrive: hex strings (either case), or raw digests back to back in one
+   * array. Hex is written into the core as one text and decoded there, and
+   * one core call looks up every digest, so no object is made per digest;
+   * provenance is built only for the hits. Returns per digest what
+   * {@link DigestIndex.lookupDigest} returns, except that a digest with no
+   * entry (also a string that is not `2 × digestLength(alg)` hex digits) gives
+   * `undefined` instead of an empty array.
+   *
+   * @example
+   * ```ts
+   * const found = ix.lookupMany('sha256', request.digests.map((d) => d.hex));
+   * found.forEach((p, i) => console.log(request.digests[i].hex, p ? p[0].package : 'unknown'));
+   * ```
+   */
+  lookupMany(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[] {
+    const len = digestLength(alg);
+    const hex = !(digests instanceof Uint8Array);
+    if (hex && !Array.isArray(digests)) throw new VmkitError('ARG_TYPE', 'digests must be an array of hex strings or a Uint8Array');
+    if (!hex && digests.length % len !== 0) throw new VmkitError('ARG_RANGE', `digests must be a whole number of ${len}-byte ${alg} digests, got ${digests.length} bytes`);
+    const n = hex ? digests.length : digests.length / len;
+    const out: (Provenance[] | undefined)[] = new Array(n).fill(undefined);
+    if (n === 0) return out;
+    if (this.nPend) this.flush();
+    const c = this.live();
+    const ex = this.ex(c);
+    const tag = TAG[alg];
+    const W = hex ? 2 * len : len; // input bytes per digest
+    const B = Math.min(n, BATCH);
+    // Layout: input (B × W), decoded digests (B × len, hex only), results (B × u32).
+    const decAt = (B * W + 15) & ~15;
+    const resAt = hex ? (decAt + B * len + 15) & ~15 : decAt;
+    withCore(() => {
+      const p = this.batchBuffer(c, resAt + B * 4);
+      for (let o = 0; o < n; o += B) {
+        const k = Math.min(B, n - o);
+        let r: number;
+        if (hex) {
+          const text = this.hexText(digests as readonly string[], o, k, W);
+          const u8 = c.u8();
+          const w = _ascii.encodeInto(text, u8.subarray(p, p + k * W));
+          if (w.written !== k * W || w.read !== text.length) {
+            // A character outside ASCII took more than one byte: spell those strings as not hex.
+            const safe = (digests as readonly string[]).slice(o, o + k).map((s) => (/^[\x00-\x7f]*$/.test(s) ? s : _NOT_HEX));
+            _ascii.encodeInto(this.hexText(safe, 0, k, W), u8.subarray(p, p + k * W));
+          }
+          r = ex.dixGetHex(this.h, p, k, len, tag, p + decAt, p + resAt);
+        } else {
+          c.u8().set((digests as Uint8Array).subarray(o * len, (o + k) * len), p);
+          r = ex.dixGetPacked(this.h, p, k, len, tag, p + resAt);
+        }
+        if (r < 0) check(r, 'digest index lookup');
+        if (r === 0) continue;
+        const u8 = c.u8();
+        const res = new Uint32Array(u8.buffer, p + resAt, k);
+        for (let i = 0; i < k; i++) {
+          const v = res[i]!;
+          if (v === 0 || v === 0xffffffff) continue;
+          // Longer digests: the tail beyond the key is compared on the host (as lookupDigest does).
+          const d = len <= 32 ? undefined : hex ? u8.slice(p + decAt + i * len, p + decAt + (i + 1) * len) : (digests as Uint8Array).subarray((o + i) * len, (o + i + 1) * len);
+          let list: Provenance[] | undefined;
+          for (let e = v - 1; e >= 0; e = this.eNext[e]!) {
+            if (d ? this.entryMatches(e, tag, d) : this.eAlg[e] === tag) (list ??= []).push(this.provenance(this.ePkg[e]!, this.ePath[e]!));
+          }
+          out[o + i] = list;
+        }
+      }
+    });
+    return out;
+  }
+
+  // `k` strings from `o` as one text of k × W characters; a string of another length is replaced by non-hex.
+  private hexText(s: readonly string[], o: number, k: number, W: number): string {
+    let ok = true;
+    for (let i = o; i < o + k; i++) {
+      const x = s[i];
+      if (typeof x !== 'string' || x.length !== W) {
+        ok = false;
+        break;
+      }
+    }
+    const part = o === 0 && k === s.length ? s : s.slice(o, o + k);
+    return ok ? part.join('') : part.map((x) => (typeof x === 'string' && x.length === W ? x : _NOT_HEX.slice(0, W))).join('');
+  }
+
+  // The batch area in the core, at least `bytes` long (grown, never shrunk, while the index lives).
+  private batchBuffer(c: Core, bytes: number): number {
+    if (this.batchCap < bytes) {
+      if (this.batchP) c.free(this.batchP);
+      this.batchP = 0;
+      this.batchCap = 0;
+      this.batchP = c.alloc(bytes);
+      this.batchCap = bytes;
+    }
+    return this.batchP;
+  }
+
+  /**
    * Every entry whose digest is `digest` under `alg`; empty when none (also
    * when the length does not fit the algorithm).
    * @example `ix.lookupDigest('sha256', sha256(fileBytes))`
@@ -565,8 +671,42 @@ export class DigestIndex implements ReferenceIndex {
     if (c.generation === this.gen) {
       this.ex(c).dixFree(this.h);
       if (this.scratch) c.free(this.scratch);
+      if (this.batchP) c.free(this.batchP);
     }
   }
+}
+
+/**
+ * What `lookupMany` gives for `digests` when there is no index yet: one
+ * `undefined` per digest.
+ * @internal
+ */
+export function _noneFound(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): undefined[] {
+  const n = digests instanceof Uint8Array ? Math.floor(digests.length / digestLength(alg)) : digests.length;
+  return new Array<undefined>(n).fill(undefined);
+}
+
+/**
+ * `lookupMany` for an index that has only `lookupDigest`: one lookup per
+ * digest (hex decoded on the host).
+ * @internal
+ */
+export function _manyByOne(index: ReferenceIndex, alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[] {
+  const len = digestLength(alg);
+  const out = _noneFound(alg, digests) as (Provenance[] | undefined)[];
+  const b = new Uint8Array(len);
+  for (let i = 0; i < out.length; i++) {
+    let d: Uint8Array;
+    if (digests instanceof Uint8Array) d = digests.subarray(i * len, (i + 1) * len);
+    else {
+      const h = digests[i];
+      if (typeof h !== 'string' || h.length !== len * 2 || !hexInto(h, b)) continue;
+      d = b;
+    }
+    const r = index.lookupDigest(alg, d);
+    if (r.length) out[i] = r;
+  }
+  return out;
 }
 
 /**

@@ -82,6 +82,13 @@ export interface PackageEntry {
 export interface ReferenceIndex {
   /** Every entry whose digest is `digest` (raw bytes) under `alg`; empty when none. */
   lookupDigest(alg: DigestAlgorithm, digest: Uint8Array): Provenance[];
+  /**
+   * Optional: a whole request's digests of one algorithm in one call (hex
+   * strings as they arrive, or raw digests back to back); per digest what
+   * `lookupDigest` gives, `undefined` for none. The appraisal uses it when
+   * present (DigestIndex, the sources, SourceSet have it).
+   */
+  lookupMany?(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[];
   /** Package versions named `name` (all versions when `version` is absent); empty when none. */
   lookupPackage(name: string, version?: string): PackageEntry[];
   /** Number of digests held (artifact and file level). */

@@ -13,6 +13,7 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
+import { _manyByOne, _noneFound } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, ReferenceIndex, RepositorySource } from '../types.js';
 
 /** What is known about one source. */
@@ -125,6 +126,21 @@ export class SourceSet implements ReferenceIndex {
     const out: Provenance[] = [];
     for (const s of this.sources) for (const p of s.lookupDigest(alg, digest)) out.push(p);
     return out;
+  }
+
+  /**
+   * A request's digests in one call per source (see DigestIndex.lookupMany);
+   * per digest every source's entries, in source order.
+   * @example `set.lookupMany('sha256', hexes)`
+   */
+  lookupMany(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[] {
+    let out: (Provenance[] | undefined)[] | undefined;
+    for (const s of this.sources) {
+      const r = s.lookupMany ? s.lookupMany(alg, digests) : _manyByOne(s, alg, digests);
+      if (out === undefined) out = r;
+      else for (let i = 0; i < r.length; i++) if (r[i]) out[i] = out[i] ? [...out[i]!, ...r[i]!] : r[i];
+    }
+    return out ?? _noneFound(alg, digests);
   }
 
   /** Every source's versions of the package. @example `set.lookupPackage('hello', '2.10-3')` */

@@ -19,7 +19,7 @@
 import { VmkitError } from '../../errors.js';
 import { readKeyring, verifyCleartext, verifyDetached, type Keyring } from '../_openpgp.js';
 import { debFileDigests } from '../_deb.js';
-import { DigestIndex, hexInto, ownString } from '../index-store.js';
+import { DigestIndex, _noneFound, hexInto, ownString } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { parsePackages, parseRelease, type Release } from './deb822.js';
 import { compressionOf, decompress, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
@@ -390,6 +390,11 @@ export class AptSource implements RepositorySource {
   /** Every entry with this digest; empty when none (or before a refresh). @example `src.lookupDigest('sha256', d)` */
   lookupDigest(alg: DigestAlgorithm, digest: Uint8Array): Provenance[] {
     return this.index ? this.index.lookupDigest(alg, digest) : [];
+  }
+
+  /** A request's digests in one call (see DigestIndex.lookupMany). @example `src.lookupMany('sha256', hexes)` */
+  lookupMany(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[] {
+    return this.index ? this.index.lookupMany(alg, digests) : _noneFound(alg, digests);
   }
 
   /** Package versions named `name`. @example `src.lookupPackage('hello', '2.10-3')` */

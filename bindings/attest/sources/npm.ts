@@ -16,7 +16,7 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import { DigestIndex, toHex } from '../index-store.js';
+import { DigestIndex, _noneFound, toHex } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { httpGet, joinUrl, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
 
@@ -254,6 +254,11 @@ export class NpmSource implements RepositorySource {
   /** Every version whose tarball has this digest. @example `src.lookupDigest('sha512', d)` */
   lookupDigest(alg: DigestAlgorithm, digest: Uint8Array): Provenance[] {
     return this.index ? this.index.lookupDigest(alg, digest) : [];
+  }
+
+  /** A request's digests in one call (see DigestIndex.lookupMany). @example `src.lookupMany('sha256', hexes)` */
+  lookupMany(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[] {
+    return this.index ? this.index.lookupMany(alg, digests) : _noneFound(alg, digests);
   }
 
   /** Versions of a tracked package. @example `src.lookupPackage('left-pad', '1.3.0')` */

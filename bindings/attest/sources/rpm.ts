@@ -23,7 +23,7 @@
 import { SaxesParser } from 'saxes';
 import { VmkitError } from '../../errors.js';
 import { readKeyring, verifyDetached, type Keyring } from '../_openpgp.js';
-import { DigestIndex, digestLength, hexInto, ownString } from '../index-store.js';
+import { DigestIndex, _noneFound, digestLength, hexInto, ownString } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { rpmFileDigests } from '../_rpm.js';
 import { compressionOf, decompressChunks, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
@@ -509,6 +509,11 @@ export class RpmSource implements RepositorySource {
   /** Every entry with this digest. @example `src.lookupDigest('sha256', d)` */
   lookupDigest(alg: DigestAlgorithm, digest: Uint8Array): Provenance[] {
     return this.index ? this.index.lookupDigest(alg, digest) : [];
+  }
+
+  /** A request's digests in one call (see DigestIndex.lookupMany). @example `src.lookupMany('sha256', hexes)` */
+  lookupMany(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[] {
+    return this.index ? this.index.lookupMany(alg, digests) : _noneFound(alg, digests);
   }
 
   /** Package versions named `name` (version as `epoch:ver-rel`, epoch only when not 0). @example `src.lookupPackage('bash')` */
