@@ -380,6 +380,28 @@ export class Qcow2Device implements ImageDevice {
     return { offset, length: len, kind: 'data', depth: 0, hostOffset: first.host };
   }
 
+  /**
+   * Calls `fn` with each L2 table of this layer in guest order: the guest
+   * offset the table starts at and its bytes as this device sees them (its
+   * cache, tables not yet written back included), or undefined where the L1
+   * entry has no table. For one-pass scans such as a consolidation's
+   * allocation map (bindings/disk/backup); `fn` must not keep `table`.
+   *
+   * @example
+   * ```ts
+   * let tables = 0;
+   * await dev.forEachL2Table((guest, table) => void (table && tables++));
+   * ```
+   */
+  async forEachL2Table(fn: (guestOffset: number, table: Uint8Array | undefined) => void): Promise<void> {
+    const span = this.cs * this.l2Entries;
+    const n = Math.ceil(this.size / span);
+    for (let i = 0; i < n; i++) {
+      const l2 = this.l2Offset(i);
+      fn(i * span, l2 === 0 ? undefined : await this.l2Table(l2));
+    }
+  }
+
   // ---- writes ----
 
   private async writable(op: 'write' | 'flush' | 'discard'): Promise<Refcounts> {
