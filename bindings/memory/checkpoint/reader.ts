@@ -331,6 +331,31 @@ export class CheckpointReader implements PageSource {
     return { kind, block, n: q - p };
   }
 
+  /**
+   * The runs of a read of pages [first, first + count) into `dst` that need
+   * reading, with `out` the part of `dst` each fills: zero runs are filled
+   * here (the sync and async reads share this walk and differ only in how
+   * they fetch).
+   */
+  private *pieces(first: number, count: number, dst: Uint8Array): Generator<{ kind: number; block: number; page: number; n: number; out: Uint8Array }> {
+    this.checkRange(first, count, dst);
+    const ps = this.pageSize;
+    const end = first + count;
+    for (let p = first; p < end; ) {
+      const run = this.nextRun(p, end);
+      const out = dst.subarray((p - first) * ps, (p - first + run.n) * ps);
+      if (run.kind === PAGE_ZERO) out.fill(0);
+      else yield { kind: run.kind, block: run.block, page: p, n: run.n, out };
+      p += run.n;
+    }
+  }
+
+  /** The parent to read page `p` (absent here) from; NOT_FOUND when it is not open. */
+  private parentFor(p: number): CheckpointReader {
+    if (!this.parent) throw new VmkitError('NOT_FOUND', `page ${p} is in the parent checkpoint, which is not open`);
+    return this.parent;
+  }
+
   private fromCache(b: number): Uint8Array | undefined {
     const hit = this.cache.get(b);
     if (hit) {
@@ -438,18 +463,9 @@ export class CheckpointReader implements PageSource {
    * ```
    */
   readPagesIntoSync(first: number, count: number, dst: Uint8Array): void {
-    this.checkRange(first, count, dst);
-    const ps = this.pageSize;
-    const end = first + count;
-    for (let p = first; p < end; ) {
-      const run = this.nextRun(p, end);
-      const out = dst.subarray((p - first) * ps, (p - first + run.n) * ps);
-      if (run.kind === PAGE_ZERO) out.fill(0);
-      else if (run.kind === PAGE_ABSENT) {
-        if (!this.parent) throw new VmkitError('NOT_FOUND', `page ${p} is in the parent checkpoint, which is not open`);
-        this.parent.readPagesIntoSync(p, run.n, out);
-      } else this.extract(run.block, this.blockSync(run.block), p, run.n, out);
-      p += run.n;
+    for (const r of this.pieces(first, count, dst)) {
+      if (r.kind === PAGE_ABSENT) this.parentFor(r.page).readPagesIntoSync(r.page, r.n, r.out);
+      else this.extract(r.block, this.blockSync(r.block), r.page, r.n, r.out);
     }
   }
 
@@ -461,18 +477,9 @@ export class CheckpointReader implements PageSource {
    * ```
    */
   async readPagesInto(first: number, count: number, dst: Uint8Array): Promise<void> {
-    this.checkRange(first, count, dst);
-    const ps = this.pageSize;
-    const end = first + count;
-    for (let p = first; p < end; ) {
-      const run = this.nextRun(p, end);
-      const out = dst.subarray((p - first) * ps, (p - first + run.n) * ps);
-      if (run.kind === PAGE_ZERO) out.fill(0);
-      else if (run.kind === PAGE_ABSENT) {
-        if (!this.parent) throw new VmkitError('NOT_FOUND', `page ${p} is in the parent checkpoint, which is not open`);
-        await this.parent.readPagesInto(p, run.n, out);
-      } else this.extract(run.block, await this.blockAsync(run.block), p, run.n, out);
-      p += run.n;
+    for (const r of this.pieces(first, count, dst)) {
+      if (r.kind === PAGE_ABSENT) await this.parentFor(r.page).readPagesInto(r.page, r.n, r.out);
+      else this.extract(r.block, await this.blockAsync(r.block), r.page, r.n, r.out);
     }
   }
 
@@ -585,10 +592,10 @@ export class CheckpointReader implements PageSource {
                   seg = q + run.n;
                 } else c.u8().fill(0, at, at + run.n * ps);
               } else if (run.kind === PAGE_ABSENT) {
-                if (!this.parent) throw new VmkitError('NOT_FOUND', `page ${q} is in the parent checkpoint, which is not open`);
+                const parent = this.parentFor(q);
                 tmp ??= new Uint8Array(win * ps);
                 const part = tmp.subarray(0, run.n * ps);
-                this.parent.readPagesIntoSync(q, run.n, part); // may grow core memory: views are taken after
+                parent.readPagesIntoSync(q, run.n, part); // may grow core memory: views are taken after
                 c.u8().set(part, at);
               } else {
                 const k = this.coreBufs(c);

@@ -247,6 +247,23 @@ export class CheckpointWriter {
   }
 
   /**
+   * Runs the body of a public call: one call at a time, and a call that fails
+   * part way leaves the writer `failed` (what it wrote is not a checkpoint).
+   */
+  private async exclusive<T>(body: (c: Core) => Promise<T>): Promise<T> {
+    const c = this.enter();
+    this.busy = true;
+    try {
+      return await body(c);
+    } catch (e) {
+      this.state = 'failed';
+      throw e;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /**
    * Adds pages `[first, first + data.length / pageSize)`. Any order; a page
    * written again replaces the earlier copy (whose bytes stay in the file).
    * @example
@@ -260,22 +277,7 @@ export class CheckpointWriter {
     if (data.length % ps !== 0) throw new VmkitError('ARG_RANGE', `data must be whole pages of ${ps} bytes, got ${data.length}`);
     const count = data.length / ps;
     aint(first, 'first', 0, this.pageCount - count);
-    this.enter();
-    this.busy = true;
-    try {
-      for (let done = 0; done < count; ) {
-        const n = Math.min(WINDOW_PAGES, count - done);
-        const part = data.subarray(done * ps, (done + n) * ps);
-        await this.stageWindow(first + done, n, (dst) => dst.set(part));
-        done += n;
-      }
-      this.pagesWritten += count;
-    } catch (e) {
-      this.state = 'failed';
-      throw e;
-    } finally {
-      this.busy = false;
-    }
+    await this.stagePages(first, count, (at, n, dst) => dst.set(data.subarray((at - first) * ps, (at - first + n) * ps)));
   }
 
   /**
@@ -327,22 +329,23 @@ export class CheckpointWriter {
     aint(count, 'count', 0, this.pageCount);
     aint(first, 'first', 0, this.pageCount - count);
     if (typeof read !== 'function') throw new VmkitError('ARG_TYPE', 'read must be a function');
-    this.enter();
-    this.busy = true;
-    try {
+    await this.stagePages(first, count, read);
+  }
+
+  /**
+   * Stages pages `[first, first + count)` one window at a time; `fill(page,
+   * n, dst)` puts pages `[page, page + n)` into the window.
+   */
+  private stagePages(first: number, count: number, fill: (page: number, n: number, dst: Uint8Array) => void): Promise<void> {
+    return this.exclusive(async () => {
       for (let done = 0; done < count; ) {
         const n = Math.min(WINDOW_PAGES, count - done);
         const at = first + done;
-        await this.stageWindow(at, n, (dst) => read(at, n, dst));
+        await this.stageWindow(at, n, (dst) => fill(at, n, dst));
         done += n;
       }
       this.pagesWritten += count;
-    } catch (e) {
-      this.state = 'failed';
-      throw e;
-    } finally {
-      this.busy = false;
-    }
+    });
   }
 
   private async stageWindow(first: number, count: number, fill: (dst: Uint8Array) => void): Promise<void> {
@@ -426,9 +429,7 @@ export class CheckpointWriter {
     aint(count, 'count', 0, this.pageCount);
     aint(first, 'first', 0, this.pageCount - count);
     if (entries.length < count * 3) throw new VmkitError('ARG_RANGE', 'entries too short');
-    const c = this.enter();
-    this.busy = true;
-    try {
+    await this.exclusive(async (c) => {
       if (check(ex(c).stagingUsed(this.stager), 'checkpoint staging') > 0) await this.flushBlock();
       const ps = this.header.pageSize;
       const cap = this.header.blockSize;
@@ -456,12 +457,7 @@ export class CheckpointWriter {
         this.packUsed += len;
       }
       this.pagesWritten += count;
-    } catch (e) {
-      this.state = 'failed';
-      throw e;
-    } finally {
-      this.busy = false;
-    }
+    });
   }
 
   private async flushPack(): Promise<void> {
@@ -487,10 +483,8 @@ export class CheckpointWriter {
    * const { blocks, blockWrites, fileBytes } = await w.finish();
    * ```
    */
-  async finish(): Promise<CheckpointStats> {
-    this.enter();
-    this.busy = true;
-    try {
+  finish(): Promise<CheckpointStats> {
+    return this.exclusive(async () => {
       await this.flushBlock();
       await this.flushPack();
       const index = encodeIndex(this.blocks, this.pages);
@@ -535,12 +529,7 @@ export class CheckpointWriter {
         else s.lz4Pages++;
       }
       return s;
-    } catch (e) {
-      this.state = 'failed';
-      throw e;
-    } finally {
-      this.busy = false;
-    }
+    });
   }
 
   /**
