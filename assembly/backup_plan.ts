@@ -192,6 +192,136 @@ export function backupPlanZeroRuns(buf: usize, len: i32, granule: i32, outPtr: u
   return out;
 }
 
+// ---- plans from a qcow2 layer's L2 tables -------------------------------------
+//
+// The allocation map of the top layer in one pass over its L2 tables, instead of
+// one block-status query per extent: the host reads each table (its cache, dirty
+// tables included) and the core decodes its entries straight into copy ops that
+// carry the host offset of the data, so the copy reads the layer's file directly
+// and in long runs wherever its clusters lie back to back.
+//
+// Op records are 32 bytes: four little-endian u64 (start, length, host, op).
+//   op 0: copy data from host offset `host` of the layer's file
+//   op 1: write zeroes
+//   op 2: copy through the chain (compressed clusters, partly allocated
+//         subclusters of extended L2 entries): the host reads the guest range
+
+const L2_COPIED: u64 = <u64>1 << 63;
+const L2_COMPRESSED: u64 = <u64>1 << 62;
+const L2_HOST_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+const L2_ZERO: u64 = 1;
+const MAPPED_HOST: u64 = 0;
+const MAPPED_ZERO: u64 = 1;
+const MAPPED_CHAIN: u64 = 2;
+
+// Appends one op; merges with the previous one when guest-contiguous, of the same op, host-
+// contiguous for op 0, and inside the same chunk. Splits at multiples of chunk.
+// unsafe: writes at outPtr + 32*n only after checking n < cap.
+function emitMapped(outPtr: usize, n: i32, cap: i32, start: u64, len: u64, host: u64, op: u64, chunk: u64): i32 {
+  while (len > 0) {
+    const next = (start / chunk + 1) * chunk;
+    let piece = len;
+    if (next > start && next - start < len) piece = next - start;
+    if (n > 0) {
+      const p = outPtr + <usize>(n - 1) * 32;
+      const ps = load<u64>(p);
+      const pl = load<u64>(p, 8);
+      const ph = load<u64>(p, 16);
+      const pop = load<u64>(p, 24);
+      if (pop == op && ps + pl == start && ps / chunk == start / chunk && (op != MAPPED_HOST || ph + pl == host)) {
+        store<u64>(p, pl + piece, 8);
+        start += piece;
+        host += op == MAPPED_HOST ? piece : 0;
+        len -= piece;
+        continue;
+      }
+    }
+    if (n >= cap) return E_OUTPUT_TOO_SMALL;
+    const q = outPtr + <usize>n * 32;
+    store<u64>(q, start);
+    store<u64>(q, piece, 8);
+    store<u64>(q, op == MAPPED_HOST ? host : 0, 16);
+    store<u64>(q, op, 24);
+    n++;
+    start += piece;
+    host += op == MAPPED_HOST ? piece : 0;
+    len -= piece;
+  }
+  return n;
+}
+
+// Big-endian u64 at p.
+// unsafe: the caller checked p .. p+8 lies in the host's table.
+@inline function loadBE64(p: usize): u64 {
+  return bswap<u64>(load<u64>(p));
+}
+
+/**
+ * Decodes one qcow2 L2 table into copy ops for the guest clusters it maps
+ * (those allocated in this layer: data, zero, or compressed; unallocated
+ * entries defer to the backing file and produce nothing), appended to the `n`
+ * op records already at `outPtr` (32-byte records, see above; an op merges
+ * with the last one when it continues it, so call in guest order).
+ *
+ * `table` holds `entries` entries (8 bytes, or 16 with `extL2` ≠ 0) for the
+ * guest clusters from `guestBase` on, clusters of 2^`clusterBits` bytes; ops
+ * stop at `diskSize` and never cross a multiple of `chunk` (non-zero, multiple
+ * of 512). Returns the new count, E_ARG for bad arguments, E_CORRUPT for a
+ * data cluster whose host offset is not cluster aligned, E_OUTPUT_TOO_SMALL
+ * (n + entries × (cluster/chunk + 1) records always suffice).
+ */
+export function backupPlanL2(
+  table: usize,
+  entries: i32,
+  extL2: i32,
+  clusterBits: i32,
+  guestBase: u64,
+  diskSize: u64,
+  chunk: u64,
+  outPtr: usize,
+  n: i32,
+  cap: i32,
+): i32 {
+  if (entries < 0 || n < 0 || cap < n || clusterBits < 9 || clusterBits > 21 || chunk == 0 || chunk % 512 != 0) return E_ARG;
+  const cs: u64 = <u64>1 << <u64>clusterBits;
+  const es: usize = extL2 != 0 ? 16 : 8;
+  for (let i: i32 = 0; i < entries; i++) {
+    const start = guestBase + <u64>i * cs;
+    if (start >= diskSize) break;
+    const len = diskSize - start < cs ? diskSize - start : cs;
+    // unsafe: the host passed `entries` entries of es bytes at table.
+    const e = loadBE64(table + <usize>i * es);
+    let op: u64 = U64_MAX;
+    let host: u64 = 0;
+    if (e & L2_COMPRESSED) {
+      op = MAPPED_CHAIN;
+    } else {
+      host = e & L2_HOST_MASK;
+      if (host != 0 && (host & (cs - 1)) != 0) return E_CORRUPT;
+      if (extL2 != 0) {
+        // unsafe: as above, the bitmap is the second half of the 16-byte entry.
+        const bm = loadBE64(table + <usize>i * es + 8);
+        const alloc = <u32>(bm & 0xffff_ffff);
+        const zeroes = <u32>(bm >> 32);
+        if (alloc == 0 && zeroes == 0) continue;
+        if (alloc == 0xffff_ffff && host != 0) op = MAPPED_HOST;
+        else if (zeroes == 0xffff_ffff) op = MAPPED_ZERO;
+        else op = MAPPED_CHAIN;
+      } else if (e & L2_ZERO) {
+        op = MAPPED_ZERO;
+      } else if (host != 0) {
+        op = MAPPED_HOST;
+      } else {
+        continue; // unallocated: the backing file answers
+      }
+    }
+    const r = emitMapped(outPtr, n, cap, start, len, host, op, chunk);
+    if (r < 0) return r;
+    n = r;
+  }
+  return n;
+}
+
 // ---- self-check -------------------------------------------------------------
 
 function put3(p: usize, i: i32, a: u64, b: u64, c: u64): void {
@@ -257,6 +387,35 @@ export function backupplanSelfCheck(): i32 {
     n = backupPlanZeroRuns(b, 133, 16, out, 8);
     if (n != 3 || !is3(out, 0, 0, 64, 1) || !is3(out, 1, 64, 16, 0) || !is3(out, 2, 80, 53, 1)) r = 13;
     heap.free(b);
+  }
+  // L2 decode: standard entries [data@0x30000, data@0x40000 (contiguous), zero, unallocated,
+  // data@0x90000, compressed] → host op [0,128K)@0x30000, zero [128K,192K), host [256K,320K)@0x90000,
+  // chain [320K,384K). A second call continues the last op when it follows on.
+  if (r == 0) {
+    const t = heap.alloc(8 * 6);
+    store<u64>(t, bswap<u64>(L2_COPIED | 0x30000));
+    store<u64>(t + 8, bswap<u64>(L2_COPIED | 0x40000));
+    store<u64>(t + 16, bswap<u64>(L2_ZERO));
+    store<u64>(t + 24, 0);
+    store<u64>(t + 32, bswap<u64>(L2_COPIED | 0x90000));
+    store<u64>(t + 40, bswap<u64>(L2_COMPRESSED | 0x1234));
+    const o = heap.alloc(32 * 8);
+    n = backupPlanL2(t, 6, 0, 16, 0, 1 << 30, 1 << 20, o, 0, 8);
+    if (n != 4) r = 14;
+    else if (load<u64>(o) != 0 || load<u64>(o, 8) != 131072 || load<u64>(o, 16) != 0x30000 || load<u64>(o, 24) != 0) r = 15;
+    else if (load<u64>(o + 32) != 131072 || load<u64>(o + 32, 24) != 1) r = 16;
+    else if (load<u64>(o + 64) != 262144 || load<u64>(o + 64, 16) != 0x90000 || load<u64>(o + 96, 24) != 2) r = 17;
+    // Continuing at guest 384K: a data cluster right after the compressed one is a new op;
+    // a misaligned host offset is corrupt; a short disk clips the last cluster.
+    if (r == 0) {
+      store<u64>(t, bswap<u64>(L2_COPIED | 0xa0000));
+      n = backupPlanL2(t, 1, 0, 16, 393216, 393216 + 1000, 1 << 20, o, 4, 8);
+      if (n != 5 || load<u64>(o + 128, 8) != 1000 || load<u64>(o + 128, 16) != 0xa0000) r = 18;
+      store<u64>(t, bswap<u64>(L2_COPIED | 0xa0200));
+      if (r == 0 && backupPlanL2(t, 1, 0, 16, 0, 1 << 30, 1 << 20, o, 0, 8) != E_CORRUPT) r = 19;
+    }
+    heap.free(t);
+    heap.free(o);
   }
   heap.free(inp);
   heap.free(out);

@@ -124,6 +124,40 @@ describe.runIf(haveQemu)('live backup and consolidation on qcow2 files (checked 
     buildChain(master, SIZE, 7);
   });
 
+  it('plans from the delta\'s L2 tables exactly what qemu-img map reports for its top layer (host offsets included)', async () => {
+    const d = freshDir('plan');
+    copyChain(master, d);
+    // A compressed cluster too: read through the chain, with no host offset.
+    q('qemu-io', ['-f', 'qcow2', '-c', `write -c -P 0x5a ${SIZE - 65536} 64k`, join(d, 'delta.qcow2')]);
+    const { planFromL2, isL2Layer } = await import('../bindings/disk/backup/_plan.js');
+    const ops = new NodeChainOps();
+    const dev = await ops.open(join(d, 'delta.qcow2'), { readOnly: true });
+    try {
+      expect(isL2Layer(dev)).toBe(true);
+      const plan = await planFromL2(dev as never, 1 << 20);
+      type M = { start: number; length: number; depth: number; data: boolean; zero: boolean; offset?: number; compressed?: boolean };
+      const map = (JSON.parse(q('qemu-img', ['map', '--output=json', join(d, 'delta.qcow2')])) as M[]).filter((m) => m.depth === 0);
+      // Per 64 KiB cluster: 'z' zero, 'c' compressed, or the host offset.
+      const want = new Map<number, string>();
+      for (const m of map) {
+        for (let o = m.start; o < m.start + m.length; o += 65536) {
+          want.set(o, m.zero ? 'z' : m.compressed || m.offset === undefined ? 'c' : String(m.offset + (o - m.start)));
+        }
+      }
+      const got = new Map<number, string>();
+      for (const op of plan) {
+        expect(Math.floor(op.offset / MiB)).toBe(Math.floor((op.offset + op.length - 1) / MiB)); // no op crosses a chunk
+        for (let o = op.offset; o < op.offset + op.length; o += 65536) got.set(o, op.zero ? 'z' : op.host === undefined ? 'c' : String(op.host + (o - op.offset)));
+      }
+      expect(got.get(SIZE - 65536)).toBe('c');
+      expect([...got].sort((a, b) => a[0] - b[0])).toEqual([...want].sort((a, b) => a[0] - b[0]));
+      // Host runs merge: fewer ops than clusters.
+      expect(plan.length).toBeLessThan(got.size);
+    } finally {
+      await dev.close();
+    }
+  });
+
   it('consolidates the delta into its base in one pass while a writer runs, equal to qemu-io applying the same writes', async () => {
     const d = freshDir('into-base');
     const ref = freshDir('into-base-ref');

@@ -5,6 +5,7 @@
  */
 import { withCore, type Core } from '../../core.js';
 import { check } from '../../_status.js';
+import { VmkitError } from '../../errors.js';
 import type { BlockExtent } from './_types.js';
 
 /** One planned operation: copy data, or write zeroes. */
@@ -12,12 +13,19 @@ export interface PlanOp {
   offset: number;
   length: number;
   zero: boolean;
+  /**
+   * Where the data lies in the top layer's file, when the plan came from its
+   * L2 tables ({@link planFromL2}): the copy then reads the file there, in one
+   * request, instead of reading the guest range through the chain.
+   */
+  host?: number;
 }
 
 interface PlanExports {
   backupPlanExtents(inp: number, n: number, baseDepth: number, chunk: bigint, out: number, cap: number): number;
   backupPlanSubtract(start: bigint, len: bigint, mir: number, m: number, out: number, cap: number): number;
   backupPlanZeroRuns(buf: number, len: number, granule: number, out: number, cap: number): number;
+  backupPlanL2(table: number, entries: number, extL2: number, clusterBits: number, guestBase: bigint, diskSize: bigint, chunk: bigint, out: number, n: number, cap: number): number;
 }
 
 const KIND: Record<BlockExtent['kind'], bigint> = { data: 0n, zero: 1n, unallocated: 2n };
@@ -135,4 +143,107 @@ export function leadsWithData(buf: Uint8Array, granule: number): boolean {
     if (i === end) return false;
   }
   return true;
+}
+
+/**
+ * A qcow2 layer that can hand out its L2 tables (bindings/disk/formats/qcow2's
+ * Qcow2Device): what {@link planFromL2} needs of it.
+ * @internal
+ */
+export interface L2Layer {
+  readonly format: 'qcow2';
+  readonly size: number;
+  readonly header: { readonly clusterBits: number; readonly extendedL2: boolean };
+  readonly storage: { size(): Promise<number>; readInto(offset: number, dst: Uint8Array): Promise<void> };
+  forEachL2Table(fn: (guestOffset: number, table: Uint8Array | undefined) => void): Promise<void>;
+}
+
+/**
+ * True when `dev` is a qcow2 layer whose L2 tables {@link planFromL2} can walk.
+ *
+ * @example
+ * ```ts
+ * const plan = isL2Layer(dev) ? await planFromL2(dev, 1 << 20) : planExtents(await allocationMap(dev), 1, 1 << 20);
+ * ```
+ * @internal
+ */
+export function isL2Layer(dev: unknown): dev is L2Layer {
+  const d = dev as Partial<L2Layer> | undefined;
+  return d?.format === 'qcow2' && typeof d.forEachL2Table === 'function' && typeof d.header?.clusterBits === 'number' && d.storage !== undefined;
+}
+
+/**
+ * The copy plan of everything the top layer `dev` holds (what a
+ * consolidation into the base copies), from one pass over its L2 tables: the
+ * core decodes each table into ops, data ops carrying their host offset and
+ * merged while guest and host offsets both run on, none crossing a multiple
+ * of `chunk`. Compressed clusters and partly allocated subclusters become ops
+ * without a host offset (read through the chain). A data cluster past the
+ * end of the file or misaligned is CORRUPT.
+ *
+ * @example
+ * ```ts
+ * const plan = await planFromL2(delta, 1 << 20); // [{ offset, length, zero, host }, ...]
+ * ```
+ * @internal
+ */
+export async function planFromL2(dev: L2Layer, chunk: number): Promise<PlanOp[]> {
+  const { clusterBits, extendedL2 } = dev.header;
+  const cs = 2 ** clusterBits;
+  const es = extendedL2 ? 16 : 8;
+  const ops: PlanOp[] = [];
+  const fileSize = await dev.storage.size();
+  const tables: Array<[number, Uint8Array]> = [];
+  // Tables are decoded as they come (a copy each, since the device may evict or change them).
+  await dev.forEachL2Table((guest, table) => {
+    if (table) tables.push([guest, table.slice()]);
+    if (tables.length >= 16) decode();
+  });
+  decode();
+  function decode(): void {
+    if (tables.length === 0) return;
+    withCore((c) => {
+      const tlen = tables[0]![1].length;
+      const entries = tlen / es;
+      const cap = 1 + entries * (Math.ceil(cs / chunk) + 1);
+      const t = c.alloc(tlen);
+      const out = c.alloc(cap * 32);
+      try {
+        for (const [guest, table] of tables) {
+          c.u8().set(table, t);
+          // The last op so far goes in first, so the core continues it across tables.
+          let n = 0;
+          const last = ops[ops.length - 1];
+          if (last) {
+            const v = new BigUint64Array(c.exports.memory.buffer, out, 4);
+            v[0] = BigInt(last.offset);
+            v[1] = BigInt(last.length);
+            v[2] = BigInt(last.host ?? 0);
+            v[3] = last.zero ? 1n : last.host === undefined ? 2n : 0n;
+            n = 1;
+            ops.pop();
+          }
+          const k = check(ex(c).backupPlanL2(t, entries, extendedL2 ? 1 : 0, clusterBits, BigInt(guest), BigInt(dev.size), BigInt(chunk), out, n, cap), 'qcow2 L2 plan', guest);
+          const o = new BigUint64Array(c.exports.memory.buffer, out, k * 4);
+          for (let i = 0; i < k; i++) {
+            const offset = Number(o[i * 4]!);
+            const length = Number(o[i * 4 + 1]!);
+            const op = o[i * 4 + 3]!;
+            if (op === 0n) {
+              const host = Number(o[i * 4 + 2]!);
+              if (host + Math.ceil(length / cs) * cs > fileSize) {
+                throw new VmkitError('CORRUPT', `qcow2 L2 entry for guest offset ${offset} points past the end of the file (${host} + ${length} > ${fileSize})`, { offset });
+              }
+              ops.push({ offset, length, zero: false, host });
+            } else ops.push({ offset, length, zero: op === 1n });
+          }
+        }
+      } finally {
+        c.free(t);
+        c.free(out);
+      }
+    });
+    tables.length = 0;
+  }
+  return ops;
 }

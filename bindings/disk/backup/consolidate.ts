@@ -10,7 +10,7 @@
  */
 import { VmkitError } from '../../errors.js';
 import { base64ToBits, bitsToBase64, intentGranule, WriteIntent } from './_intent.js';
-import { planExtents, type PlanOp } from './_plan.js';
+import { isL2Layer, planExtents, planFromL2, type PlanOp } from './_plan.js';
 import { RangeSet, restrictPlan } from './_ranges.js';
 import type { BackupDevice, BlockExtent, ChainOps, ImageFormat } from './_types.js';
 import {
@@ -242,7 +242,13 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
     resumed ? rec.cursor : 0,
     bits,
   );
+  // A qcow2 delta hands out its L2 tables: the plan then comes from one pass over them, with host
+  // offsets the copy reads the delta's file at directly (a whole chain's block status is only
+  // needed for a full target).
+  const top = disk.device;
+  const l2 = !rec.full && isL2Layer(top) ? top : undefined;
   const mirror = new MirrorDriver(disk.device, targetDev, {
+    ...(l2 ? { readHost: (h: number, d: Uint8Array) => l2.storage.readInto(h, d) } : {}),
     intent,
     // A resumed full target may hold data where the source now has zeroes.
     targetZeroed: rec.full && !resumed,
@@ -273,8 +279,7 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
     try {
       // Plan from the allocation map as it is now: every later allocation in
       // the delta comes from a guest write the mirror forwards itself.
-      const map = await allocationMap(disk.device);
-      let plan: PlanOp[] = planExtents(map, rec.full ? Infinity : 1, chunk);
+      let plan: PlanOp[] = l2 ? await planFromL2(l2, chunk) : planExtents(await allocationMap(disk.device), rec.full ? Infinity : 1, chunk);
       if (resumed) {
         // Only what the interrupted run had not made durable: from the cursor
         // on, and the regions marked as possibly holding unsynced writes.

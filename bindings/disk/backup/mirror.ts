@@ -46,6 +46,14 @@ export interface MirrorOptions {
    * `after` is told when it finished on both sides.
    */
   intent?: { before(start: number, end: number): Promise<void>; after(start: number, end: number): void };
+  /**
+   * Reads the top layer's file at a host offset: copy ops that carry one
+   * (plans from the layer's L2 tables) read their data with it, in one request
+   * per op, instead of through the chain. Its clusters never move while the
+   * job runs except through a guest write, whose range the mirror has then
+   * written and the copy skips.
+   */
+  readHost?: (host: number, dst: Uint8Array) => Promise<void>;
 }
 
 /**
@@ -73,6 +81,7 @@ export class MirrorDriver implements BackupDevice {
   private readonly policy: <T>(what: string, fn: () => Promise<T>) => Promise<T>;
   private readonly onTargetError: (e: unknown) => void;
   private readonly intent: MirrorOptions['intent'];
+  private readonly readHost: MirrorOptions['readHost'];
   private mirroring = true;
   private error: unknown;
 
@@ -88,6 +97,7 @@ export class MirrorDriver implements BackupDevice {
     this.policy = opts.policy ?? ((_w, fn) => fn());
     this.onTargetError = opts.onTargetError ?? (() => {});
     this.intent = opts.intent;
+    this.readHost = opts.readHost;
   }
 
   get size(): number {
@@ -286,12 +296,15 @@ export class MirrorDriver implements BackupDevice {
         } else {
           const n = pe - ps;
           const src = this.source;
+          const readHost = op.host !== undefined ? this.readHost : undefined;
+          const host = (op.host ?? 0) + (ps - op.offset);
           // A pooled buffer when the source reads into one: fresh megabyte buffers per step
           // cost more (zeroing, page faults, GC) than the copy itself.
-          const pooled = src.readInto ? this.takeBuffer(n) : undefined;
+          const pooled = src.readInto || readHost ? this.takeBuffer(n) : undefined;
           const buf = pooled ?? (await this.policy(`read at ${ps}`, () => src.read(ps, n)));
           try {
-            if (pooled) await this.policy(`read at ${ps}`, () => src.readInto!(ps, pooled));
+            if (pooled && readHost) await this.policy(`read at ${ps}`, () => readHost(host, pooled));
+            else if (pooled) await this.policy(`read at ${ps}`, () => src.readInto!(ps, pooled));
             await this.copyRuns(ps, buf);
           } finally {
             if (pooled) this.pool.push(pooled.buffer as ArrayBuffer);
