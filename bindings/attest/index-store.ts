@@ -43,6 +43,29 @@ const LEN: Record<DigestAlgorithm, number> = { md5: 16, sha1: 20, sha256: 32, sh
 const TAG: Record<DigestAlgorithm, number> = { sha256: 0, md5: 1, sha1: 2, sha384: 3, sha512: 4, sm3: 5 };
 const BATCH = 4096;
 const _ascii = new TextEncoder();
+type _NodeBuf = { write(s: string, off: number, len: number, enc: 'latin1'): number };
+const _NodeBufferFrom = (globalThis as unknown as { Buffer?: { from(b: ArrayBufferLike): _NodeBuf; byteLength(s: string, enc: 'utf8'): number } }).Buffer;
+let _bufOf: ArrayBufferLike | undefined;
+let _buf: _NodeBuf | undefined;
+/**
+ * Writes the ASCII `text` (n characters) into `u8` at `at`; false when it is
+ * not all ASCII (nothing useful written then). Node: a one-byte copy after a
+ * UTF-8 length check (a latin1 write alone would turn a character above 0xff
+ * into its low byte, possibly a hex digit); elsewhere TextEncoder.encodeInto.
+ */
+function _writeAscii(text: string, u8: Uint8Array, at: number, n: number): boolean {
+  if (text.length !== n) return false;
+  if (_NodeBufferFrom) {
+    if (_NodeBufferFrom.byteLength(text, 'utf8') !== n) return false;
+    if (_bufOf !== u8.buffer) {
+      _buf = _NodeBufferFrom.from(u8.buffer);
+      _bufOf = u8.buffer;
+    }
+    return _buf!.write(text, at, n, 'latin1') === n;
+  }
+  const w = _ascii.encodeInto(text, u8.subarray(at, at + n));
+  return w.written === n && w.read === n;
+}
 // Stands in for a hex string of the wrong length or not ASCII (so positions stay fixed): not hex.
 const _NOT_HEX = 'g'.repeat(128);
 
@@ -178,6 +201,8 @@ export class DigestIndex implements ReferenceIndex {
   private pkgKey = new Uint8Array(1024 * 32);
   private pkgExtra = new Map<number, Digest[]>();
   private byName = new Map<string, number | number[]>();
+  // Provenance of packages that lookups have found (frozen, shared; holes for the others).
+  private pkgProv: (Provenance | undefined)[] = [];
   // Entry table.
   private nEntries = 0;
   private ePkg = new Int32Array(1024);
@@ -197,6 +222,7 @@ export class DigestIndex implements ReferenceIndex {
   // Core memory for request batches (text, decoded digests, results), kept between calls.
   private batchP = 0;
   private batchCap = 0;
+  private u32: Uint32Array<ArrayBufferLike> = new Uint32Array(0);
 
   constructor(options: DigestIndexOptions = {}) {
     const expected = options.expected ?? 0;
@@ -539,11 +565,10 @@ export class DigestIndex implements ReferenceIndex {
         if (hex) {
           const text = this.hexText(digests as readonly string[], o, k, W);
           const u8 = c.u8();
-          const w = _ascii.encodeInto(text, u8.subarray(p, p + k * W));
-          if (w.written !== k * W || w.read !== text.length) {
+          if (!_writeAscii(text, u8, p, k * W)) {
             // A character outside ASCII took more than one byte: spell those strings as not hex.
             const safe = (digests as readonly string[]).slice(o, o + k).map((s) => (/^[\x00-\x7f]*$/.test(s) ? s : _NOT_HEX));
-            _ascii.encodeInto(this.hexText(safe, 0, k, W), u8.subarray(p, p + k * W));
+            _writeAscii(this.hexText(safe, 0, k, W), u8, p, k * W);
           }
           r = ex.dixGetHex(this.h, p, k, len, tag, p + decAt, p + resAt);
         } else {
@@ -553,15 +578,17 @@ export class DigestIndex implements ReferenceIndex {
         if (r < 0) check(r, 'digest index lookup');
         if (r === 0) continue;
         const u8 = c.u8();
-        const res = new Uint32Array(u8.buffer, p + resAt, k);
+        if (this.u32.buffer !== u8.buffer) this.u32 = new Uint32Array(u8.buffer);
+        const res = this.u32;
+        const r0 = (p + resAt) >>> 2; // 16-byte aligned
         for (let i = 0; i < k; i++) {
-          const v = res[i]!;
+          const v = res[r0 + i]!;
           if (v === 0 || v === 0xffffffff) continue;
           // Longer digests: the tail beyond the key is compared on the host (as lookupDigest does).
           const d = len <= 32 ? undefined : hex ? u8.slice(p + decAt + i * len, p + decAt + (i + 1) * len) : (digests as Uint8Array).subarray((o + i) * len, (o + i + 1) * len);
           let list: Provenance[] | undefined;
           for (let e = v - 1; e >= 0; e = this.eNext[e]!) {
-            if (d ? this.entryMatches(e, tag, d) : this.eAlg[e] === tag) (list ??= []).push(this.provenance(this.ePkg[e]!, this.ePath[e]!));
+            if (d ? this.entryMatches(e, tag, d) : this.eAlg[e] === tag) (list ??= []).push(this.hitProvenance(e));
           }
           out[o + i] = list;
         }
@@ -607,7 +634,7 @@ export class DigestIndex implements ReferenceIndex {
     if (digest.length !== digestLength(alg)) return out;
     const tag = TAG[alg];
     for (let e = this.firstEntry(alg, digest); e >= 0; e = this.eNext[e]!) {
-      if (this.entryMatches(e, tag, digest)) out.push(this.provenance(this.ePkg[e]!, this.ePath[e]!));
+      if (this.entryMatches(e, tag, digest)) out.push(this.hitProvenance(e));
     }
     return out;
   }
@@ -618,6 +645,24 @@ export class DigestIndex implements ReferenceIndex {
     if (a !== undefined) o.architecture = a;
     if (path >= 0) o.path = this.paths[path]!;
     return o;
+  }
+
+  // What lookups return for entry e: a package's own digest gives one frozen object per
+  // package, made on its first hit and shared after (a hit then reads one array slot instead
+  // of four tables); a file digest gives a new object with its path.
+  private hitProvenance(e: number): Provenance {
+    const p = this.ePkg[e]!;
+    let o = this.pkgProv[p];
+    if (o === undefined) {
+      if (p >= this.pkgProv.length) this.pkgProv.length = this.pkgName.length;
+      o = this.pkgProv[p] = Object.freeze(this.provenance(p, -1));
+    }
+    const path = this.ePath[e]!;
+    if (path < 0) return o;
+    const f: Provenance = { repository: o.repository, package: o.package, version: o.version };
+    if (o.architecture !== undefined) f.architecture = o.architecture;
+    f.path = this.paths[path]!;
+    return f;
   }
 
   /** The package entry with id `p` (from `addPackage`). @example `ix.packageEntry(0)` */
