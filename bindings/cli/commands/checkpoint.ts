@@ -3,14 +3,14 @@
  * and from vmkit checkpoints (docs/checkpoint-format.md).
  * @module
  */
-import { closeSync, fstatSync, openSync, readSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname, relative, resolve } from 'node:path';
 import { VmkitError } from '../../errors.js';
 import { CheckpointReader } from '../../memory/checkpoint/reader.js';
 import { CheckpointWriter, type CheckpointStats } from '../../memory/checkpoint/writer.js';
 import { writeImageParallel } from '../../memory/checkpoint/parallel.js';
-import type { PageSource } from '../../memory/types.js';
 import { emit, formatBytes, parse, parseSize, parseU64, Progress, type CliIO, type Command } from '../_common.js';
+import { _imagePages } from './_raw_image.js';
 
 const PS = 4096;
 const WINDOW = 4 << 20;
@@ -32,38 +32,6 @@ restore   writes the full memory image (following the parent chain).
 inspect   prints pages, zeroPages, storedPages, blocks, blockWrites, fileBytes, …
 read-page writes the raw page holding guest-physical address <gpa> to stdout.`;
 
-/** A raw memory image file as a PageSource (positioned reads). */
-function imageSource(path: string): PageSource & { size: number; close(): void; readPagesIntoSync(first: number, count: number, dst: Uint8Array): void } {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (e) {
-    throw new VmkitError((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `${path}: ${(e as Error).message}`, { cause: e, path });
-  }
-  const size = fstatSync(fd).size;
-  if (size === 0 || size % PS !== 0) {
-    closeSync(fd);
-    throw new VmkitError('ARG_RANGE', `${path}: a memory image must be a positive whole number of ${PS}-byte pages (it has ${size} bytes)`);
-  }
-  const readPagesIntoSync = (first: number, count: number, dst: Uint8Array): void => {
-    let done = 0;
-    const len = count * PS;
-    while (done < len) {
-      const n = readSync(fd, dst, done, len - done, first * PS + done);
-      if (n === 0) throw new VmkitError('IO', `${path}: short read`, { path });
-      done += n;
-    }
-  };
-  return {
-    size,
-    pageSize: PS,
-    pageCount: size / PS,
-    readPagesIntoSync,
-    readPagesInto: async (f, c, d) => readPagesIntoSync(f, c, d),
-    close: () => closeSync(fd),
-  };
-}
-
 async function save(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, {
     'block-size': { type: 'string' },
@@ -81,7 +49,7 @@ async function save(argv: string[], io: CliIO): Promise<number> {
   const threads = values.threads === undefined ? 1 : Number(values.threads);
   if (!Number.isInteger(threads) || threads < 1 || threads > 64) throw new VmkitError('ARG_RANGE', `--threads must be 1..64, got ${String(values.threads)}`);
   if (threads > 1 && values.parent) throw new VmkitError('ARG_RANGE', '--threads applies to full saves (not with --parent)');
-  const src = imageSource(image);
+  const src = _imagePages(image, PS);
   const started = performance.now();
   let parent: CheckpointReader | undefined;
   let stats: CheckpointStats;

@@ -14,15 +14,15 @@
  * @module
  */
 import { once, type EventEmitter } from 'node:events';
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { VmkitError } from '../../errors.js';
 import { AddressSpace } from '../../memory/paging/address-space.js';
 import { referenceMappings, referenceTranslate } from '../../memory/paging/reference.js';
 import { QEMU_TLB_LINE_BYTES, qemuTlbLineInto } from '../../memory/paging/qemu.js';
 import { PAGING_MODES, PF } from '../../memory/paging/types.js';
 import type { AddressSpaceOptions, Mapping, PagingMode, Translation, TranslationFault } from '../../memory/paging/types.js';
-import type { Gpa, GuestMemorySource } from '../../memory/types.js';
+import type { GuestMemorySource } from '../../memory/types.js';
 import { emit, parse, parseU64, type CliIO, type Command } from '../_common.js';
+import { _imageMemory } from './_raw_image.js';
 
 const usage = `Usage:
   vmkit pagetable dump <memory-image> --cr3 <addr> [--mode MODE] [--format qemu|json] [--limit N]
@@ -41,52 +41,6 @@ dump       every mapped page, large pages once, in VA order. --format qemu
            more than the image holds).
 translate  the guest-physical address, page size and effective flags of each
            <gva>, or where and why its walk faulted (exit 1 if any faulted).`;
-
-/** Window size of the image cache: page tables cluster, so one read serves several tables. */
-const WINDOW = 256 << 10;
-const WINDOWS = 8;
-
-/**
- * A raw memory image as a GuestMemorySource, read through a few fixed,
- * aligned windows (never loaded whole; guests are larger than this process).
- */
-function _imageMemory(path: string): GuestMemorySource & { close(): void } {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (e) {
-    throw new VmkitError((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `${path}: ${(e as Error).message}`, { cause: e, path });
-  }
-  const size = fstatSync(fd).size;
-  const pread = (dst: Uint8Array, at: number): void => {
-    for (let done = 0; done < dst.length; ) {
-      const n = readSync(fd, dst, done, dst.length - done, at + done);
-      if (n === 0) throw new VmkitError('IO', `${path}: short read at ${at + done}`, { path, offset: at + done });
-      done += n;
-    }
-  };
-  // Least recently used last; small enough that a linear scan is the fastest lookup.
-  const windows: { base: number; buf: Uint8Array; bytes: Uint8Array }[] = [];
-  return {
-    size: BigInt(size),
-    readSync(at: Gpa, dst: Uint8Array): void {
-      const off = Number(at);
-      const base = off - (off % WINDOW);
-      if (off + dst.length > base + WINDOW) return pread(dst, off);
-      let i = windows.findIndex((w) => w.base === base);
-      let w = windows[i];
-      if (!w) {
-        const buf = windows.length >= WINDOWS ? windows.shift()!.buf : new Uint8Array(WINDOW);
-        w = { base, buf, bytes: buf.subarray(0, Math.min(WINDOW, size - base)) };
-        pread(w.bytes, base);
-        i = windows.push(w) - 1;
-      }
-      if (i !== windows.length - 1) windows.push(...windows.splice(i, 1));
-      dst.set(w.bytes.subarray(off - base, off - base + dst.length));
-    },
-    close: () => closeSync(fd),
-  };
-}
 
 /** Address-space options from the command line. */
 function _options(values: Record<string, string | boolean | string[] | undefined>): AddressSpaceOptions {

@@ -11,7 +11,7 @@
  * blank lines and `#` comments are skipped.
  * @module
  */
-import { closeSync, fstatSync, openSync, readSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readSync, writeFileSync } from 'node:fs';
 import { VmkitError } from '../../errors.js';
 import { CheckpointReader } from '../../memory/checkpoint/reader.js';
 import { AddressSpace } from '../../memory/paging/address-space.js';
@@ -21,6 +21,7 @@ import { POLICY_NAMES, createPolicy, type PolicyName } from '../../memory/prefet
 import { simulate } from '../../memory/prefetch/simulate.js';
 import type { Gpa, GuestMemorySource } from '../../memory/types.js';
 import { emit, parse, parseU64, type CliIO, type Command } from '../_common.js';
+import { _imageMemory, _openRead } from './_raw_image.js';
 
 const usage = `Usage:
   vmkit prefetch simulate <memory-image> --cr3 <addr> --trace <file> --policy POLICY
@@ -74,7 +75,7 @@ async function isCheckpoint(path: string): Promise<boolean> {
   try {
     fd = openSync(path, 'r');
   } catch {
-    return false; // imageMemory reports why
+    return false; // _imageMemory reports why
   }
   try {
     const magic = Buffer.alloc(8);
@@ -84,37 +85,12 @@ async function isCheckpoint(path: string): Promise<boolean> {
   }
 }
 
-function imageMemory(path: string): GuestMemorySource & { close(): void } {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (e) {
-    throw new VmkitError((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `${path}: ${(e as Error).message}`, { cause: e, path });
-  }
-  return {
-    size: BigInt(fstatSync(fd).size),
-    readSync(at: Gpa, dst: Uint8Array): void {
-      for (let done = 0; done < dst.length; ) {
-        const n = readSync(fd, dst, done, dst.length - done, Number(at) + done);
-        if (n === 0) throw new VmkitError('IO', `${path}: short read at ${Number(at) + done}`, { path });
-        done += n;
-      }
-    },
-    close: () => closeSync(fd),
-  };
-}
-
 /**
  * Parses a trace file lazily: guest-virtual addresses, one per line, hex or
  * lackey. A line that is neither throws CORRUPT naming the line.
  */
 function* traceOf(path: string): Generator<bigint> {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (e) {
-    throw new VmkitError((e as NodeJS.ErrnoException).code === 'ENOENT' ? 'NOT_FOUND' : 'IO', `${path}: ${(e as Error).message}`, { cause: e, path });
-  }
+  const fd = _openRead(path);
   const buf = Buffer.alloc(1 << 20);
   let tail = '';
   let line = 0;
@@ -197,7 +173,7 @@ async function simulateCmd(argv: string[], io: CliIO): Promise<number> {
   const record = replay ? readRecord(recordPath!) : undefined;
 
   const ckpt = await isCheckpoint(image);
-  const mem: GuestMemorySource & { close(): void; blockOf?: (page: number) => number } = ckpt ? await checkpointMemory(image) : imageMemory(image);
+  const mem: GuestMemorySource & { close(): void; blockOf?: (page: number) => number } = ckpt ? await checkpointMemory(image) : _imageMemory(image);
   let space: AddressSpace | undefined;
   let engine: PrefetchEngine | undefined;
   try {
