@@ -5,6 +5,7 @@
 // Use `measure()` to run tinybench tasks side by side and get a markdown table
 // with medians and ratios to a chosen baseline (the peer).
 import { Bench } from 'tinybench';
+import { execFileSync } from 'node:child_process';
 
 /**
  * Runs tasks in one tinybench Bench and returns { table, results }.
@@ -69,4 +70,44 @@ export function median(xs) {
 export async function loadCore() {
   const { init } = await import('../dist/index.js');
   await init();
+}
+
+// Helpers the disk suites share (bench/disk.bench.js, bench/vmdk.bench.js): QEMU's tools as
+// peers, timed whole runs, and MB/s / IOPS tables.
+
+/** True when `cmd` is on the PATH. */
+export function hasTool(cmd) {
+  try {
+    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Runs a tool to completion (stdout as text); throws on a non-zero exit. */
+export function runTool(cmd, args, cwd) {
+  return execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd }).toString();
+}
+
+/** Median wall time (ns) of `reps` runs of `fn`; `before` runs untimed ahead of each. */
+export async function timeRuns(reps, fn, before) {
+  const ts = [];
+  for (let i = 0; i < reps; i++) {
+    if (before) await before();
+    const t = process.hrtime.bigint();
+    await fn();
+    ts.push(Number(process.hrtime.bigint() - t));
+  }
+  return median(ts);
+}
+
+/** Markdown table of rows { name, ns, amount }: MB/s (unit 'bytes') or IOPS (unit 'ops'), ratios to the first row. */
+export function rateTable(rows, unit) {
+  const base = rows[0];
+  return [
+    `| task | median | ${unit === 'bytes' ? 'MB/s' : 'IOPS'} | speed vs ${base.name} |`,
+    '|---|---:|---:|---:|',
+    ...rows.map((r) => `| ${r.name} | ${fmtNs(r.ns)} | ${unit === 'bytes' ? fmtRate(r.amount / (r.ns / 1e9)) + 'B/s' : fmtRate(r.amount / (r.ns / 1e9))} | ${(base.ns / r.ns).toFixed(2)}× |`),
+  ].join('\n');
 }

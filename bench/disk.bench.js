@@ -6,50 +6,21 @@
 //     pattern: qemu-img bench has no random mode), queue depth 1;
 //  3. 4 KiB writes to a fully allocated image, same patterns (`qemu-img bench -w`).
 // QEMU figures include its process start (a few ms), measured on enough I/O to amortize it.
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadCore, median, fmtNs, fmtRate } from './_lib.js';
+import { loadCore, hasTool, runTool as q, timeRuns as timeIt, rateTable as table } from './_lib.js';
 
 const MiB = 2 ** 20;
 
-function has(cmd) {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-const q = (cmd, args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
-
-async function timeIt(reps, fn) {
-  const ts = [];
-  for (let i = 0; i < reps; i++) {
-    const t = process.hrtime.bigint();
-    await fn();
-    ts.push(Number(process.hrtime.bigint() - t));
-  }
-  return median(ts);
-}
-
-function table(rows, unit) {
-  const base = rows[0];
-  return [
-    `| task | median | ${unit === 'bytes' ? 'MB/s' : 'IOPS'} | speed vs ${base.name} |`,
-    '|---|---:|---:|---:|',
-    ...rows.map((r) => `| ${r.name} | ${fmtNs(r.ns)} | ${unit === 'bytes' ? fmtRate(r.amount / (r.ns / 1e9)) + 'B/s' : fmtRate(r.amount / (r.ns / 1e9))} | ${(base.ns / r.ns).toFixed(2)}× |`),
-  ].join('\n');
-}
-
 export async function run(ctx) {
-  if (!has('qemu-img') || !has('qemu-io')) {
+  if (!hasTool('qemu-img') || !hasTool('qemu-io')) {
     return { title: 'disk: qcow2 read/write vs qemu-img', sections: [], notes: ['skipped: qemu-utils is not installed'] };
   }
   await loadCore();
   const { openImage } = await import('../dist/disk/image.js');
   const { syncFileProvider } = await import('../dist/disk/backends/file.js');
+  const { _alignedBytes } = await import('../dist/disk/backends/storage.js');
   const size = ctx.quick ? 64 * MiB : 256 * MiB;
   const reps = ctx.quick ? 3 : 7;
   const nRandom = ctx.quick ? 4000 : 20000;
@@ -80,9 +51,16 @@ export async function run(ctx) {
     const seqS = async () => {
       for (let off = 0; off < size; off += MiB) await sdev.readInto(off, buf);
     };
+    // A page-aligned buffer (as QEMU's qemu_blockalign): straight from the page cache, no bounce.
+    const abuf = _alignedBytes(MiB);
+    const seqOf = (d, b) => async () => {
+      for (let off = 0; off < size; off += MiB) await d.readInto(off, b);
+    };
     const seq = [
       { name: 'vmkit readInto 1 MiB', ns: await timeIt(reps, seqV), amount: size },
       { name: 'vmkit readInto 1 MiB (sync I/O)', ns: await timeIt(reps, seqS), amount: size },
+      { name: 'vmkit readInto 1 MiB, page-aligned buffer', ns: await timeIt(reps, seqOf(dev, abuf)), amount: size },
+      { name: 'vmkit readInto 1 MiB, page-aligned buffer (sync I/O)', ns: await timeIt(reps, seqOf(sdev, abuf)), amount: size },
       { name: 'qemu-img bench -d 1 -s 1M', ns: await timeIt(reps, () => q('qemu-img', ['bench', '-d', '1', '-c', String(size / MiB), '-s', '1M', '-f', 'qcow2', top])), amount: size },
       { name: 'qemu-img bench -d 64 -s 1M', ns: await timeIt(reps, () => q('qemu-img', ['bench', '-c', String(size / MiB), '-s', '1M', '-f', 'qcow2', top])), amount: size },
       {

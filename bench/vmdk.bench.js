@@ -6,47 +6,16 @@
 //  3. 4 KiB writes to allocated grains, and 4 KiB writes that allocate grains in a fresh delta
 //     (copy-on-write of a whole grain from the parent): vmkit vs `qemu-img bench -w`.
 // QEMU figures include its process start (a few ms), measured on enough I/O to amortize it.
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadCore, median, fmtNs, fmtRate } from './_lib.js';
+import { loadCore, hasTool, runTool as q, timeRuns as timeIt, rateTable as table } from './_lib.js';
 
 const MiB = 2 ** 20;
 const TITLE = 'vmdk: monolithicSparse read/write vs qemu-img';
 
-function has(cmd) {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-const q = (cmd, args, cwd) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd }).toString();
-
-async function timeIt(reps, fn, before) {
-  const ts = [];
-  for (let i = 0; i < reps; i++) {
-    if (before) await before();
-    const t = process.hrtime.bigint();
-    await fn();
-    ts.push(Number(process.hrtime.bigint() - t));
-  }
-  return median(ts);
-}
-
-function table(rows, unit) {
-  const base = rows[0];
-  return [
-    `| task | median | ${unit === 'bytes' ? 'MB/s' : 'IOPS'} | speed vs ${base.name} |`,
-    '|---|---:|---:|---:|',
-    ...rows.map((r) => `| ${r.name} | ${fmtNs(r.ns)} | ${unit === 'bytes' ? fmtRate(r.amount / (r.ns / 1e9)) + 'B/s' : fmtRate(r.amount / (r.ns / 1e9))} | ${(base.ns / r.ns).toFixed(2)}× |`),
-  ].join('\n');
-}
-
 export async function run(ctx) {
-  if (!has('qemu-img') || !has('qemu-io')) return { title: TITLE, sections: [], notes: ['skipped: qemu-utils is not installed'] };
+  if (!hasTool('qemu-img') || !hasTool('qemu-io')) return { title: TITLE, sections: [], notes: ['skipped: qemu-utils is not installed'] };
   await loadCore();
   const { openImage } = await import('../dist/disk/image.js');
   const { syncFileProvider } = await import('../dist/disk/backends/file.js');
