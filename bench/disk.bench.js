@@ -20,7 +20,7 @@ export async function run(ctx) {
   await loadCore();
   const { openImage } = await import('../dist/disk/image.js');
   const { syncFileProvider } = await import('../dist/disk/backends/file.js');
-  const { _alignedBytes } = await import('../dist/disk/backends/storage.js');
+  const { alignedBuffer } = await import('../dist/disk/index.js');
   const size = ctx.quick ? 64 * MiB : 256 * MiB;
   const reps = ctx.quick ? 3 : 7;
   const nRandom = ctx.quick ? 4000 : 20000;
@@ -52,7 +52,7 @@ export async function run(ctx) {
       for (let off = 0; off < size; off += MiB) await sdev.readInto(off, buf);
     };
     // A page-aligned buffer (as QEMU's qemu_blockalign): straight from the page cache, no bounce.
-    const abuf = _alignedBytes(MiB);
+    const abuf = alignedBuffer(MiB);
     const seqOf = (d, b) => async () => {
       for (let off = 0; off < size; off += MiB) await d.readInto(off, b);
     };

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileStorage, fileProvider, syncFileProvider, _aliases } from '../bindings/disk/backends/file.js';
 import { openImage } from '../bindings/disk/image.js';
-import { _alignedBytes, readAt } from '../bindings/disk/backends/storage.js';
+import { alignedBuffer, readAt } from '../bindings/disk/backends/storage.js';
 
 describe('FileStorage', () => {
   it('writes and reads at offsets, grows, truncates, and refuses writes read-only', async () => {
@@ -93,7 +93,7 @@ describe('FileStorage', () => {
         expect(tail.subarray(0, 40_000)).toEqual(data.subarray(data.length - 40_000));
         expect(tail.subarray(40_000).every((b) => b === 0)).toBe(true);
         // A page-aligned buffer takes the direct path and reads the same.
-        const al = _alignedBytes(2 ** 20);
+        const al = alignedBuffer(2 ** 20);
         expect(_aliases(al, 0)).toBe(false);
         await s.readInto(8192, al);
         expect(al).toEqual(data.subarray(8192, 8192 + 2 ** 20));
@@ -114,7 +114,7 @@ describe('FileStorage', () => {
         // Bounced (several slot-sized round trips) and direct, both racing the close.
         const bounced = new Uint8Array(2 ** 23).subarray(8, 8 + 5 * 2 ** 20);
         expect(_aliases(bounced, 0)).toBe(true);
-        const direct = _alignedBytes(5 * 2 ** 20);
+        const direct = alignedBuffer(5 * 2 ** 20);
         const reads = [s.readInto(0, bounced), s.readInto(4096, direct)];
         const closed = s.close();
         await expect(s.readInto(0, new Uint8Array(512))).rejects.toMatchObject({ code: 'INVALID_STATE' });

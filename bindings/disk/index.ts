@@ -21,6 +21,7 @@ export {
   type QemuMapEntry,
 } from './device.js';
 export { readAt, type Storage, type StorageProvider } from './backends/storage.js';
+export { alignedBuffer } from './backends/storage.js';
 export { MemoryStorage, MemoryProvider } from './backends/memory.js';
 export { FileStorage, fileProvider } from './backends/file.js';
 export { BlobStorage } from './backends/blob.js';

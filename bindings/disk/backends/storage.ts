@@ -85,21 +85,24 @@ export const _MMAP_HEAD: number = 16;
 export const _MMAP_MIN: number = 128 * 1024;
 
 /**
- * A zeroed buffer of `length` bytes that starts on a page boundary when glibc
- * maps it itself (a view 4 KiB minus its 16-byte chunk head into an
- * ArrayBuffer a page longer). A page-cache read into it runs at full speed:
- * into a plain large buffer, which starts 16 bytes past a page, the kernel's
- * copy slows ~5x (see backends/file.ts). Small buffers come back as plain
- * `Uint8Array`s.
+ * A zeroed buffer for large reads: where Node's allocator is glibc's (Linux),
+ * it starts on a page boundary, as QEMU aligns its I/O buffers. A page-cache
+ * read into a plain `new Uint8Array(n)` of 128 KiB or more (which glibc puts
+ * 16 bytes past a page) hits a ~5x slower kernel copy, which file storage
+ * avoids by reading through a bounce buffer and copying; into this buffer it
+ * reads directly. It is a view into a slightly larger ArrayBuffer (mind
+ * `byteOffset` when wrapping its `.buffer`); small lengths get a plain array.
  *
  * @example
  * ```ts
- * const buf = _alignedBytes(1 << 20);
- * await storage.readInto(0, buf); // page cache and buffer line up
+ * import { alignedBuffer, openImage } from 'vmkit/disk';
+ * const dev = await openImage('vm.qcow2', { readOnly: true });
+ * const buf = alignedBuffer(1 << 20);
+ * for (let off = 0; off < dev.size; off += buf.length) await dev.readInto(off, buf);
  * ```
- * @internal
  */
-export function _alignedBytes(length: number): Uint8Array {
+export function alignedBuffer(length: number): Uint8Array {
   if (length + 4096 < _MMAP_MIN) return new Uint8Array(length);
+  // glibc maps chunks this large itself and puts their data 16 bytes (its chunk head) past a page.
   return new Uint8Array(new ArrayBuffer(length + 4096), 4096 - _MMAP_HEAD, length);
 }
