@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { needTool } from './_tools.js';
+import { diff, mergeMap, qemuCheck, qemuIo, qemuRaw, qimg, vmkitRaw } from './_qemu-img.js';
 import { openImage, createImage, checkImage } from '../bindings/disk/image.js';
 import { mapExtents, toQemuMap, type QemuMapEntry } from '../bindings/disk/device.js';
 import type { Qcow2Device } from '../bindings/disk/formats/qcow2/device.js';
@@ -15,57 +16,10 @@ import type { Qcow2Device } from '../bindings/disk/formats/qcow2/device.js';
 const hasQemu = needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils');
 let dir = '';
 const p = (n: string): string => join(dir, n);
-const qimg = (...args: string[]): string => execFileSync('qemu-img', args, { encoding: 'utf8' });
-const qio = (file: string, ...cmds: string[]): void => {
-  execFileSync('qemu-io', ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), file], { encoding: 'utf8' });
-};
-/** Guest contents as QEMU sees them (through the chain). */
-async function qemuRaw(file: string): Promise<Uint8Array> {
-  const out = p(`q-${Math.random().toString(36).slice(2)}.raw`);
-  qimg('convert', '-O', 'raw', file, out);
-  const b = new Uint8Array(await readFile(out));
-  await rm(out);
-  return b;
-}
-async function vmkitRaw(file: string): Promise<Uint8Array> {
-  const dev = await openImage(file, { readOnly: true });
-  try {
-    return await dev.read(0, dev.size);
-  } finally {
-    await dev.close();
-  }
-}
-function qemuCheck(file: string): { corruptions?: number; leaks?: number; 'check-errors'?: number } {
-  try {
-    return JSON.parse(qimg('check', '--output=json', file)) as { corruptions?: number; leaks?: number };
-  } catch (e) {
-    const out = (e as { stdout?: string }).stdout;
-    if (out) return JSON.parse(out) as { corruptions?: number; leaks?: number };
-    throw e;
-  }
-}
-function counts(c: { corruptions?: number; leaks?: number }): { corruptions: number; leaks: number } {
-  return { corruptions: c.corruptions ?? 0, leaks: c.leaks ?? 0 };
-}
-/** First differing byte index, or -1 (toEqual on megabytes is far too slow). */
-function diff(a: Uint8Array, b: Uint8Array): number {
-  if (a.length !== b.length) return Math.min(a.length, b.length);
-  if (Buffer.compare(a, b) === 0) return -1;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
-  return -1;
-}
+const qio = (file: string, ...cmds: string[]): void => qemuIo('qcow2', file, ...cmds);
 /** qemu map with data clusters that are file holes folded into data (vmkit cannot see holes). */
-function normalize(m: QemuMapEntry[]): Omit<QemuMapEntry, 'offset'>[] {
-  const out: (QemuMapEntry & { offset?: number })[] = [];
-  for (const x of m) {
-    // QEMU also prints the host offset of unallocated subclusters in an allocated cluster.
-    const e: QemuMapEntry = { ...x, zero: x.data ? false : x.zero };
-    if (!e.present) delete e.offset;
-    const prev = out[out.length - 1];
-    if (prev && prev.start + prev.length === e.start && prev.depth === e.depth && prev.present === e.present && prev.zero === e.zero && prev.data === e.data && (prev.offset === undefined ? e.offset === undefined : e.offset === prev.offset + prev.length)) prev.length += e.length;
-    else out.push(e);
-  }
-  return out;
+function normalize(m: QemuMapEntry[]): QemuMapEntry[] {
+  return mergeMap(m.map((x) => ({ ...x, zero: x.data ? false : x.zero })));
 }
 
 describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
@@ -178,7 +132,7 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
     raw.fill(3, 512 << 10, 576 << 10);
     expect(diff(await dev.read(0, size), raw)).toBe(-1);
     await dev.close();
-    expect(counts(qemuCheck(p('c.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect(qemuCheck(p('c.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
     expect((await checkImage(p('c.qcow2'))).compressedClusters).toBeGreaterThan(0);
     await writeFile(p('c2.raw'), raw);
     execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', p('c.qcow2'), p('c2.raw')]);
@@ -210,14 +164,14 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
     expected.fill(0, 64 << 10, 128 << 10);
     expect(diff(await dev.read(0, dev.size), expected)).toBe(-1);
     await dev.close();
-    expect(counts(qemuCheck(p('xt.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect(qemuCheck(p('xt.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
     expect(diff(await qemuRaw(p('xt.qcow2')), expected)).toBe(-1);
     // An extended-L2 image vmkit creates.
     await createImage(p('xv.qcow2'), { size: 1 << 20, extendedL2: true, clusterSize: 32768 });
     dev = await openImage(p('xv.qcow2'));
     await dev.write(5120, new Uint8Array(2048).fill(9));
     await dev.close();
-    expect(counts(qemuCheck(p('xv.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect(qemuCheck(p('xv.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
     const q = await qemuRaw(p('xv.qcow2'));
     expect([q[5119], q[5120], q[7167], q[7168]]).toEqual([0, 9, 9, 0]);
   });
@@ -276,7 +230,7 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
     }
     expect((dev as unknown as { header: { refcountTableOffset: number } }).header.refcountTableOffset).not.toBe(tableBefore);
     await dev.close();
-    expect(counts(qemuCheck(p('g.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect(qemuCheck(p('g.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
     expect(await checkImage(p('g.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
     await writeFile(p('g.raw'), ref);
     execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', p('g.qcow2'), p('g.raw')]);
@@ -300,7 +254,7 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
       [size - 65536, 65536],
     ]);
     expect(JSON.parse(qimg('info', '--output=json', p('big.qcow2')))['virtual-size']).toBe(size);
-    expect(counts(qemuCheck(p('big.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect(qemuCheck(p('big.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
     execFileSync('qemu-io', ['-c', `read -P 0xfe ${size - 512} 512`, '-c', `read -P 0xfd ${2 ** 41 + 4096} 4096`, p('big.qcow2')]);
   });
 
@@ -317,7 +271,7 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
     expect(diff(await vmkitRaw(p('snap.qcow2')), await qemuRaw(p('snap.qcow2')))).toBe(-1);
     const r = await checkImage(p('snap.qcow2'));
     expect([r.corruptions, r.leaks]).toEqual([0, 0]);
-    expect(counts(qemuCheck(p('snap.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect(qemuCheck(p('snap.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
     // Writing shares nothing with the snapshot: shared L2 tables and clusters are copied.
     const atSnapshot = await qemuRaw(p('snap.qcow2')); // the contents snapshot s2 records
     qimg('snapshot', '-c', 's2', p('snap.qcow2'));
@@ -328,12 +282,12 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
     await dev.write(1536 << 10, new Uint8Array(512).fill(0x83));
     const now = await dev.read(0, dev.size);
     await dev.close();
-    expect(counts(qemuCheck(p('snap.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect(qemuCheck(p('snap.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
     expect(await checkImage(p('snap.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
     expect(diff(await qemuRaw(p('snap.qcow2')), now)).toBe(-1);
     qimg('snapshot', '-a', 's2', p('snap.qcow2'));
     expect(diff(await qemuRaw(p('snap.qcow2')), atSnapshot)).toBe(-1);
-    expect(counts(qemuCheck(p('snap.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect(qemuCheck(p('snap.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
   });
 
   it('writes images with other refcount widths and metadata preallocation that QEMU made', async () => {
@@ -348,7 +302,7 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
       const mine = await dev.read(0, dev.size);
       const m = toQemuMap(await mapExtents(dev));
       await dev.close();
-      expect(counts(qemuCheck(f)), opts).toEqual({ corruptions: 0, leaks: 0 });
+      expect(qemuCheck(f), opts).toMatchObject({ corruptions: 0, leaks: 0 });
       expect(await checkImage(f)).toMatchObject({ corruptions: 0, leaks: 0 });
       expect(diff(mine, await qemuRaw(f))).toBe(-1);
       expect(normalize(m), opts).toEqual(normalize(JSON.parse(qimg('map', '--output=json', f)) as QemuMapEntry[]));
@@ -366,7 +320,7 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
     await dev.close();
     expect(diff(await vmkitRaw(p('rt.qcow2')), await qemuRaw(p('rt.qcow2')))).toBe(-1);
     expect((await qemuRaw(p('rt.qcow2')))[4096]).toBe(0x5d);
-    expect(counts(qemuCheck(p('rt.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect(qemuCheck(p('rt.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
   });
 
   it('writes compressed clusters that QEMU reads, maps and checks', async () => {
@@ -391,7 +345,7 @@ describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
     await dev.writeCompressed(3 * 65536, ref.subarray(0, 65536));
     ref.copyWithin(3 * 65536, 0, 65536);
     await dev.close();
-    expect(counts(qemuCheck(p('wc.qcow2')))).toEqual({ corruptions: 0, leaks: 0 });
+    expect(qemuCheck(p('wc.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
     expect(await checkImage(p('wc.qcow2'))).toMatchObject({ corruptions: 0, leaks: 0 });
     await writeFile(p('wc.raw'), ref);
     execFileSync('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'raw', p('wc.qcow2'), p('wc.raw')]);

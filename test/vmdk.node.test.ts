@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { needTool } from './_tools.js';
+import { diff, mergeMap, qemuCheck, qemuIo, qemuRaw, qimg, vmkitRaw } from './_qemu-img.js';
 import { openImage, createImage, checkImage } from '../bindings/disk/image.js';
 import { mapExtents, toQemuMap, type QemuMapEntry } from '../bindings/disk/device.js';
 import { FileStorage } from '../bindings/disk/backends/file.js';
@@ -19,54 +20,7 @@ import { VmkitError } from '../bindings/errors.js';
 const hasQemu = needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils');
 let dir = '';
 const p = (n: string): string => join(dir, n);
-const qimg = (...args: string[]): string => execFileSync('qemu-img', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-const qio = (file: string, ...cmds: string[]): void => {
-  execFileSync('qemu-io', ['-f', 'vmdk', ...cmds.flatMap((c) => ['-c', c]), file], { encoding: 'utf8' });
-};
-async function qemuRaw(file: string): Promise<Uint8Array> {
-  const out = p(`q-${Math.random().toString(36).slice(2)}.raw`);
-  qimg('convert', '-f', 'vmdk', '-O', 'raw', file, out);
-  const b = new Uint8Array(await readFile(out));
-  await rm(out);
-  return b;
-}
-async function vmkitRaw(file: string): Promise<Uint8Array> {
-  const dev = await openImage(file, { readOnly: true });
-  try {
-    return await dev.read(0, dev.size);
-  } finally {
-    await dev.close();
-  }
-}
-function qemuCheck(file: string): { corruptions: number; leaks: number; checkErrors: number } {
-  let out: string;
-  try {
-    out = qimg('check', '--output=json', file);
-  } catch (e) {
-    out = (e as { stdout?: string }).stdout ?? '';
-    if (!out) throw e;
-  }
-  const j = JSON.parse(out) as { corruptions?: number; leaks?: number; 'check-errors'?: number };
-  return { corruptions: j.corruptions ?? 0, leaks: j.leaks ?? 0, checkErrors: j['check-errors'] ?? 0 };
-}
-/** First differing byte index, or -1. */
-function diff(a: Uint8Array, b: Uint8Array): number {
-  if (a.length !== b.length) return Math.min(a.length, b.length);
-  if (Buffer.compare(a, b) === 0) return -1;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
-  return -1;
-}
-function normalize(m: QemuMapEntry[]): QemuMapEntry[] {
-  const out: QemuMapEntry[] = [];
-  for (const x of m) {
-    const e: QemuMapEntry = { ...x };
-    if (!e.present) delete e.offset;
-    const prev = out[out.length - 1];
-    if (prev && prev.start + prev.length === e.start && prev.depth === e.depth && prev.present === e.present && prev.zero === e.zero && prev.data === e.data && (prev.offset === undefined ? e.offset === undefined : e.offset === prev.offset + prev.length)) prev.length += e.length;
-    else out.push(e);
-  }
-  return out;
-}
+const qio = (file: string, ...cmds: string[]): void => qemuIo('vmdk', file, ...cmds);
 const cidOf = async (file: string): Promise<{ cid: number | undefined; parentCid: number | undefined }> => {
   const s = await FileStorage.open(file, { readOnly: true });
   try {
@@ -91,11 +45,11 @@ describe.skipIf(!hasQemu)('vmdk against qemu-img / qemu-io', () => {
     qio(p('base.vmdk'), 'write -P 0xab 0 64k', 'write -P 0x55 100k 8k', 'write -P 0x33 2M 1M', 'write -P 0x77 4190208 4096');
     const base = await vmkitRaw(p('base.vmdk'));
     expect(base[0]).toBe(0xab);
-    expect(diff(base, await qemuRaw(p('base.vmdk')))).toBe(-1);
+    expect(diff(base, await qemuRaw(p('base.vmdk'), 'vmdk'))).toBe(-1);
     qimg('create', '-q', '-f', 'vmdk', '-b', 'base.vmdk', '-F', 'vmdk', p('delta.vmdk'));
     qio(p('delta.vmdk'), 'write -P 0x11 8k 4k', 'write -P 0x22 2M 64k', 'write -P 0x44 3M 100k');
     const top = await vmkitRaw(p('delta.vmdk'));
-    expect(diff(top, await qemuRaw(p('delta.vmdk')))).toBe(-1);
+    expect(diff(top, await qemuRaw(p('delta.vmdk'), 'vmdk'))).toBe(-1);
     expect([top[0], top[8192], top[100 << 10], top[(2 << 20) + 65536]]).toEqual([0xab, 0x11, 0x55, 0x33]);
     const dev = await openImage(p('delta.vmdk'), { readOnly: true });
     try {
@@ -103,7 +57,7 @@ describe.skipIf(!hasQemu)('vmdk against qemu-img / qemu-io', () => {
       expect(dev.backingFile).toBe('base.vmdk');
       const ours = toQemuMap(await mapExtents(dev));
       const theirs = JSON.parse(qimg('map', '--output=json', p('delta.vmdk'))) as QemuMapEntry[];
-      expect(normalize(ours)).toEqual(normalize(theirs));
+      expect(mergeMap(ours)).toEqual(mergeMap(theirs));
       const info = await dev.info();
       expect(info.allocatedBytes).toBe(65536 * 4); // 8k, 2M, 3M..3M+100k (two grains)
     } finally {
@@ -146,7 +100,7 @@ describe.skipIf(!hasQemu)('vmdk against qemu-img / qemu-io', () => {
     const [vb, qd] = [await cidOf(p('vb.vmdk')), await cidOf(p('qd.vmdk'))];
     expect(qd.parentCid).toBe(vb.cid);
     qio(p('qd.vmdk'), 'write -P 0x62 4k 4k');
-    expect(diff(await vmkitRaw(p('qd.vmdk')), await qemuRaw(p('qd.vmdk')))).toBe(-1);
+    expect(diff(await vmkitRaw(p('qd.vmdk')), await qemuRaw(p('qd.vmdk'), 'vmdk'))).toBe(-1);
 
     // QEMU base, vmkit delta
     qimg('create', '-q', '-f', 'vmdk', p('qb.vmdk'), '2M');
@@ -172,7 +126,7 @@ describe.skipIf(!hasQemu)('vmdk against qemu-img / qemu-io', () => {
     qimg('compare', '-q', '-f', 'vmdk', '-F', 'raw', p('vd.vmdk'), p('vd.raw'));
     const theirs = JSON.parse(qimg('map', '--output=json', p('vd.vmdk'))) as QemuMapEntry[];
     const dev = await openImage(p('vd.vmdk'), { readOnly: true });
-    expect(normalize(toQemuMap(await mapExtents(dev)))).toEqual(normalize(theirs));
+    expect(mergeMap(toQemuMap(await mapExtents(dev)))).toEqual(mergeMap(theirs));
     await dev.close();
   });
 
@@ -195,7 +149,7 @@ describe.skipIf(!hasQemu)('vmdk against qemu-img / qemu-io', () => {
     qio(p('zb.vmdk'), 'write -P 0x5c 0 1M');
     qimg('create', '-q', '-f', 'vmdk', '-o', 'zeroed_grain=on', '-b', 'zb.vmdk', '-F', 'vmdk', p('zd.vmdk'));
     qio(p('zd.vmdk'), 'write -z 0 64k', 'write -z 128k 128k', 'write -P 0x5d 512k 4k');
-    const theirs = await qemuRaw(p('zd.vmdk'));
+    const theirs = await qemuRaw(p('zd.vmdk'), 'vmdk');
     expect(diff(await vmkitRaw(p('zd.vmdk')), theirs)).toBe(-1);
     const dev = await openImage(p('zd.vmdk'), { readOnly: true });
     const m = await mapExtents(dev, 0, 65536);
@@ -212,7 +166,7 @@ describe.skipIf(!hasQemu)('vmdk against qemu-img / qemu-io', () => {
     await v.write(0, fill(512, 9));
     await v.close();
     const ours = await vmkitRaw(p('vz.vmdk'));
-    expect(diff(await qemuRaw(p('vz.vmdk')), ours)).toBe(-1);
+    expect(diff(await qemuRaw(p('vz.vmdk'), 'vmdk'), ours)).toBe(-1);
     expect([ours[0], ours[512], ours[65536], ours[196607], ours[196608]]).toEqual([9, 0x5c, 0, 0, 0x5c]);
     expect(qemuCheck(p('vz.vmdk')).corruptions).toBe(0);
     const fileSize = (await readFile(p('vz.vmdk'))).length;
@@ -252,7 +206,7 @@ describe.skipIf(!hasQemu)('vmdk against qemu-img / qemu-io', () => {
           await dev.close();
           qio(q, ...cmds);
           expect(qemuCheck(a).corruptions).toBe(0);
-          const [x, y] = [await qemuRaw(a), await qemuRaw(q)];
+          const [x, y] = [await qemuRaw(a, 'vmdk'), await qemuRaw(q, 'vmdk')];
           expect(diff(x, y)).toBe(-1);
           expect(diff(await vmkitRaw(q), y)).toBe(-1);
           await rm(a);
