@@ -200,17 +200,22 @@ describe('contents under any policy', () => {
   });
 });
 
+/** 64 frames: PML4 1, PDPT 2, PD 3, PT 4; virtual pages 0x400 + i (i < 16) on frames 8 + 3i. */
+function mappedImage(): Uint8Array {
+  const img = image(64);
+  const dv = new DataView(img.buffer);
+  const entry = (t: number, i: number, target: number): void => dv.setBigUint64(t * PS + i * 8, (BigInt(target) << 12n) | 7n, true);
+  for (const t of [1, 2, 3, 4]) img.fill(0, t * PS, (t + 1) * PS);
+  entry(1, 0, 2);
+  entry(2, 0, 3);
+  entry(3, 2, 4);
+  for (let i = 0; i < 16; i++) entry(4, i, 8 + 3 * i);
+  return img;
+}
+
 describe('an AddressSpace as the translator', () => {
   it('walks the guest\'s own tables for the neighbourhood', async () => {
-    // 64 frames: PML4 1, PDPT 2, PD 3, PT 4; virtual pages 0x400 + i (i < 16) on frames 8 + 3i.
-    const img = image(64);
-    const dv = new DataView(img.buffer);
-    const entry = (t: number, i: number, target: number): void => dv.setBigUint64(t * PS + i * 8, (BigInt(target) << 12n) | 7n, true);
-    for (const t of [1, 2, 3, 4]) img.fill(0, t * PS, (t + 1) * PS);
-    entry(1, 0, 2);
-    entry(2, 0, 3);
-    entry(3, 2, 4);
-    for (let i = 0; i < 16; i++) entry(4, i, 8 + 3 * i);
+    const img = mappedImage();
     const src = bufferPages(img);
     const space = AddressSpace.create({ memory: { size: BigInt(img.length), readSync: (at, dst) => src.readPagesIntoSync(Number(at) / PS, dst.length / PS, dst) }, mode: 'x86-64', root: 0x1000n });
     const mem = await LazyGuestMemory.open(src, { translator: space, policy: createPolicy('virtual', { back: 0, ahead: 3 }) });
@@ -235,14 +240,7 @@ describe('an AddressSpace as the translator', () => {
 
 describe('an AddressSpace walking through the lazy memory itself', () => {
   it('table pages fault in alone, data pages with their virtual neighbours', async () => {
-    const img = image(64);
-    const dv = new DataView(img.buffer);
-    const entry = (t: number, i: number, target: number): void => dv.setBigUint64(t * PS + i * 8, (BigInt(target) << 12n) | 7n, true);
-    for (const t of [1, 2, 3, 4]) img.fill(0, t * PS, (t + 1) * PS);
-    entry(1, 0, 2);
-    entry(2, 0, 3);
-    entry(3, 2, 4);
-    for (let i = 0; i < 16; i++) entry(4, i, 8 + 3 * i);
+    const img = mappedImage();
     const mem = await LazyGuestMemory.open(bufferPages(img), { policy: createPolicy('virtual', { back: 0, ahead: 3 }) });
     const space = AddressSpace.create({ memory: mem, mode: 'x86-64', root: 0x1000n });
     mem.useTranslator(space);
