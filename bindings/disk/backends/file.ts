@@ -44,8 +44,11 @@ function ioError(e: unknown, op: string, path: string, offset?: number): VmkitEr
 // bounce slot (WebAssembly memory starts on a page) with the data half a page away from both
 // the page cache and `dst`, then `set` into place: two fast copies beat one slow one.
 const _PAGE = 4096;
-/** One round trip per request up to this size (a thread-pool round trip costs ~30 µs). */
-const _SLOT = 1 << 20;
+/**
+ * One round trip per request up to 1 MiB at any offset (a thread-pool round trip costs ~30 µs):
+ * the data starts up to a page and a half into the slot.
+ */
+const _SLOT = (1 << 20) + 2 * 4096;
 /** Slots per WebAssembly.Memory, and at most this many memories (each reserves address space). */
 const _SLOTS_PER_MEM = 8;
 const _MAX_MEMS = 4;
@@ -70,7 +73,7 @@ function _takeSlot(): Uint8Array | undefined {
   const s = _slots.pop();
   if (s || _mems >= _MAX_MEMS) return s;
   _mems++;
-  const mem = new WebAssembly.Memory({ initial: (_SLOTS_PER_MEM * _SLOT) / 65536 }).buffer;
+  const mem = new WebAssembly.Memory({ initial: Math.ceil((_SLOTS_PER_MEM * _SLOT) / 65536) }).buffer;
   for (let i = 1; i < _SLOTS_PER_MEM; i++) _slots.push(new Uint8Array(mem, i * _SLOT, _SLOT));
   return new Uint8Array(mem, 0, _SLOT);
 }
