@@ -22,7 +22,7 @@
 // zero: the script then assigns frames in first-touch order (a fresh
 // allocator's view) and says so in meta.json (`frames: "synthetic"`).
 //
-// Usage: node scripts/prefetch-traces.mjs [--force]
+// Usage: node scripts/prefetch-traces.mjs [--force] [--no-slow] [--only=name,name]
 import { spawn, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, writeFileSync, writeSync, ftruncateSync } from 'node:fs';
@@ -50,16 +50,100 @@ function linesFile(path, n, seed) {
   writeFileSync(path, Array.from({ length: n }, () => String(r() % 100000)).join('\n') + '\n');
 }
 
-/** The workloads: a measured run and a previous run (another input) for replay. */
+const PY = `import os, signal, sys, json, re, random, collections
+
+def work(seed):
+    # One "request": build words, count them with a regex, round-trip JSON, sort.
+    rnd = random.Random(seed)
+    words = [''.join(rnd.choice('abcdefghij') for _ in range(rnd.randint(2, 8))) for _ in range(2000)]
+    counts = collections.Counter(re.findall(r'[a-e]+', ' '.join(words)))
+    doc = json.loads(json.dumps({'top': counts.most_common(40), 'n': len(words)}))
+    return len(doc['top']) + sum(sorted(len(w) for w in words)[:100])
+
+base = int(sys.argv[1])
+work(base)                              # warm-up: imports loaded, code paths run once
+os.kill(os.getpid(), signal.SIGSTOP)    # snapshot point (REAP: after a warm-up run)
+work(base + 1)                          # first invocation after the snapshot (what replay records)
+os.kill(os.getpid(), signal.SIGSTOP)    # split
+print(work(base + 2))                   # second invocation: the measured one
+`;
+
+const C_SRC = (n) => `#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+struct node { int key; struct node *next; };
+static int cmp(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+static struct node *push(struct node *head, int key) {
+  struct node *x = malloc(sizeof *x);
+  x->key = key;
+  x->next = head;
+  return x;
+}
+int main(int argc, char **argv) {
+  int n = argc > 1 ? atoi(argv[1]) : ${n}, *v = malloc(n * sizeof *v);
+  struct node *head = NULL;
+  for (int i = 0; i < n; i++) {
+    v[i] = (i * 7919) % n;
+    head = push(head, v[i]);
+  }
+  qsort(v, n, sizeof *v, cmp);
+  char buf[64];
+  snprintf(buf, sizeof buf, "%d %d", v[0], head->key);
+  printf("%s %zu\\n", buf, strlen(buf));
+  return 0;
+}
+`;
+
+const SQL = (n, m) => `CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, grp INT, val REAL);
+WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ${n})
+  INSERT INTO t SELECT i, printf('name%d', (i * ${m}) % ${n}), i % 37, ((i * 13) % 1000) / 7.0 FROM c;
+CREATE INDEX t_grp ON t(grp, val);
+SELECT grp, count(*), avg(val), max(name) FROM t GROUP BY grp ORDER BY 2 DESC LIMIT 5;
+SELECT name FROM t WHERE grp = 5 AND val > 50 ORDER BY val LIMIT 3;
+SELECT count(*) FROM t a JOIN t b ON a.grp = b.grp AND a.id = b.id + 1;
+`;
+
+function cc1Path() {
+  try {
+    return execFileSync('cc', ['-print-prog-name=cc1']).toString().trim();
+  } catch {
+    return 'cc1';
+  }
+}
+
+/**
+ * The workloads: a measured run and a previous run (another input) for replay.
+ * `warm`: the run also stops itself twice (snapshot after a warm-up call,
+ * then between two more calls): the REAP setting, written as extra traces.
+ * `slow`: minutes under lackey (built by the bench, never by CI).
+ */
 function workloads(dir) {
   textFile(join(dir, 'a.txt'), 3000, 1);
   textFile(join(dir, 'b.txt'), 3000, 2);
   linesFile(join(dir, 'a.lines'), 400, 3);
   linesFile(join(dir, 'b.lines'), 400, 4);
+  writeFileSync(join(dir, 'work.py'), PY);
+  writeFileSync(join(dir, 'a.c'), C_SRC(100));
+  writeFileSync(join(dir, 'b.c'), C_SRC(200).replace('qsort(v, n, sizeof *v, cmp);', 'qsort(v, n, sizeof *v, cmp);\n  for (int i = 1; i < n; i++) if (v[i] < v[i - 1]) return 1;'));
+  writeFileSync(join(dir, 'a.sql'), SQL(4000, 7919));
+  writeFileSync(join(dir, 'b.sql'), SQL(5000, 104729));
+  const cc1 = cc1Path();
+  const cc1Args = (f) => [cc1, '-quiet', '-imultiarch', 'x86_64-linux-gnu', '-O2', join(dir, f), '-o', '/dev/null'];
   return [
     { name: 'perl-startup', what: 'an interpreter starting up', prev: ['/usr/bin/perl', '-e', '1'], run: ['/usr/bin/perl', '-e', 'print 2'] },
     { name: 'gzip', what: 'a compressor', prev: ['/bin/gzip', '-c', join(dir, 'a.txt')], run: ['/bin/gzip', '-c', join(dir, 'b.txt')] },
     { name: 'sort', what: 'a sort', prev: ['/usr/bin/sort', '-n', join(dir, 'a.lines')], run: ['/usr/bin/sort', '-n', join(dir, 'b.lines')] },
+    { name: 'cc1', what: 'a C compiler (cc1 -O2, a 25-line file including stdio.h, stdlib.h, string.h)', prev: cc1Args('a.c'), run: cc1Args('b.c'), slow: true },
+    { name: 'sqlite3', what: 'a database (sqlite3 in memory: insert 5000 rows, index, group, join)', prev: ['/usr/bin/sqlite3', ':memory:', `.read ${join(dir, 'a.sql')}`], run: ['/usr/bin/sqlite3', ':memory:', `.read ${join(dir, 'b.sql')}`], slow: true },
+    {
+      name: 'python',
+      what: 'an interpreter running a script (python3: json, re, random, collections; three calls)',
+      prev: ['/usr/bin/python3', join(dir, 'work.py'), '10'],
+      run: ['/usr/bin/python3', join(dir, 'work.py'), '1'],
+      env: { PYTHONHASHSEED: '0', PYTHONDONTWRITEBYTECODE: '1' },
+      warm: true,
+      slow: true,
+    },
   ];
 }
 
@@ -112,18 +196,27 @@ function readFrames(pid) {
   return { frames, regions, zero };
 }
 
-/** Runs `argv` under lackey; returns first touches (vpn, in order) and the frames at exit. */
-async function traceRun(argv, so) {
+/**
+ * Runs `argv` under lackey. Every time the process stops (SIGSTOP: the
+ * program's own snapshot markers, then the exit library's) the pagemap is
+ * read and a new segment of the trace starts. Returns the first touches of
+ * the whole run (vpn, in order), per segment, and the frames at each stop.
+ */
+async function traceRun(argv, so, env = {}) {
   const child = spawn('valgrind', ['--tool=lackey', '--trace-mem=yes', '--log-fd=3', ...argv], {
     stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
-    env: { ...process.env, LD_PRELOAD: so },
+    env: { ...process.env, ...env, LD_PRELOAD: so },
   });
   const seen = new Set();
   const order = [];
+  const segments = [{ seen: new Set(), order: [], accesses: 0 }];
+  let seg = segments[0];
   let accesses = 0;
   let tail = '';
+  let lastData = performance.now();
   child.stdio[3].setEncoding('latin1');
   child.stdio[3].on('data', (s) => {
+    lastData = performance.now();
     const text = tail + s;
     let at = 0;
     for (;;) {
@@ -136,9 +229,14 @@ async function traceRun(argv, so) {
         if (comma > 0 && comma < nl) {
           const vpn = Math.floor(parseInt(text.slice(at + 3, comma), 16) / PAGE);
           accesses++;
+          seg.accesses++;
           if (!seen.has(vpn)) {
             seen.add(vpn);
             order.push(vpn);
+          }
+          if (!seg.seen.has(vpn)) {
+            seg.seen.add(vpn);
+            seg.order.push(vpn);
           }
         }
       }
@@ -150,7 +248,7 @@ async function traceRun(argv, so) {
     child.on('error', reject);
     child.on('exit', (code, sig) => resolve({ code, sig }));
   });
-  let snap;
+  const stops = [];
   let exited = false;
   done.then(() => (exited = true));
   while (!exited) {
@@ -162,17 +260,22 @@ async function traceRun(argv, so) {
       break;
     }
     if (state === 'T') {
-      snap = readFrames(child.pid);
+      // Stopped: lackey writes each access as it happens, so once the pipe
+      // has been quiet a while everything before the stop has been parsed.
+      while (performance.now() - lastData < 300) await sleep(50);
+      stops.push({ at: order.length, accesses, ...readFrames(child.pid) });
+      seg = { seen: new Set(), order: [], accesses: 0 };
+      segments.push(seg);
       process.kill(child.pid, 'SIGCONT');
-      break;
     }
     await sleep(5);
   }
   const { code } = await done;
   await new Promise((r) => (child.stdio[3].readableEnded ? r() : child.stdio[3].on('end', r)));
   if (code !== 0) throw new Error(`${argv.join(' ')} under lackey exited with ${code}`);
-  if (!snap) throw new Error(`${argv.join(' ')}: never stopped at exit (LD_PRELOAD ignored?)`);
-  return { order, accesses, ...snap };
+  if (stops.length === 0) throw new Error(`${argv.join(' ')}: never stopped at exit (LD_PRELOAD ignored?)`);
+  const last = stops[stops.length - 1];
+  return { order, accesses, segments, stops, frames: last.frames, regions: last.regions, zero: last.zero };
 }
 
 /**
@@ -231,28 +334,19 @@ function writeTables(fd, pairs, first) {
   return { cr3: pml4 * PAGE, tablePages: tables.size };
 }
 
-async function build(w, so, dir) {
-  const prev = await traceRun(w.prev, so);
-  const run = await traceRun(w.run, so);
-  const synthetic = run.frames.size > 0 && run.zero === run.frames.size;
-  if (synthetic) {
-    let f = 1;
-    for (const v of [...run.order, ...run.frames.keys()]) if (run.frames.has(v)) run.frames.set(v, f++);
-  }
-  // The guest maps every present page of each mapping the program touched:
-  // untouched neighbours are there too (a virtual window can load them, as waste).
-  const touched = new Set(run.order);
-  const used = run.regions.filter((r) => run.order.some((v) => v >= r.lo && v < r.hi));
-  const mapped = [];
-  for (const r of used) for (let v = r.lo; v < r.hi; v++) if (run.frames.has(v)) mapped.push([v, run.frames.get(v)]);
+/**
+ * Writes one guest under `dir`: `mapped` (vpn -> host frame) folded into the
+ * guest, its page tables, the trace (vpns) and the replay record (vpns of a
+ * previous run, as guest frames). Returns what meta.json needs.
+ */
+function writeGuest(dir, mapped, trace, previous) {
   const TABLE_ROOM = 4096;
   const base = 256; // low guest memory left out, as firmware would
   const { map, cap, span } = fold(mapped.map(([, f]) => f), base, GUEST_PAGES - base - TABLE_ROOM);
   const pairs = mapped.map(([v, f]) => [v, map.get(f)]);
   const guestOf = new Map(pairs);
   mkdirSync(dir, { recursive: true });
-  const img = join(dir, 'image.raw');
-  const fd = openSync(img, 'w');
+  const fd = openSync(join(dir, 'image.raw'), 'w');
   ftruncateSync(fd, GUEST_PAGES * PAGE);
   const stamp = Buffer.alloc(8);
   for (const f of new Set(map.values())) {
@@ -261,38 +355,107 @@ async function build(w, so, dir) {
   }
   const { cr3, tablePages } = writeTables(fd, pairs, GUEST_PAGES - TABLE_ROOM);
   closeSync(fd);
-  writeFileSync(join(dir, 'trace.txt'), run.order.map((v) => (v * PAGE).toString(16)).join('\n') + '\n');
-  const record = prev.order.filter((v) => guestOf.has(v)).map((v) => guestOf.get(v).toString(16));
+  writeFileSync(join(dir, 'trace.txt'), trace.map((v) => (v * PAGE).toString(16)).join('\n') + '\n');
+  const record = previous.filter((v) => guestOf.has(v)).map((v) => guestOf.get(v).toString(16));
   writeFileSync(join(dir, 'record.txt'), record.join('\n') + '\n');
-  const meta = {
-    name: w.name,
-    what: w.what,
-    command: w.run.join(' '),
-    previous: w.prev.join(' '),
+  const inTrace = new Set(trace);
+  return {
     guestPages: GUEST_PAGES,
     cr3: '0x' + cr3.toString(16),
     mode: 'x86-64',
-    frames: synthetic ? 'synthetic' : 'pagemap',
-    accesses: run.accesses,
-    firstTouches: run.order.length,
-    touchedWithoutFrame: run.order.filter((v) => !run.frames.has(v)).length,
+    firstTouches: trace.length,
+    touchedWithoutFrame: trace.filter((v) => !guestOf.has(v)).length,
     mappedPages: pairs.length,
-    mappedUntouched: pairs.filter(([v]) => !touched.has(v)).length,
+    mappedUntouched: pairs.filter(([v]) => !inTrace.has(v)).length,
     foldGapCap: cap,
     foldSpan: span,
     tablePages,
     recordPages: record.length,
   };
-  writeFileSync(join(dir, 'meta.json'), JSON.stringify(meta, null, 2) + '\n');
-  return meta;
 }
+
+/** Present pages of every mapping `touched` reaches, from one pagemap read. */
+function presentIn(snap, touched) {
+  const out = [];
+  for (const r of snap.regions) {
+    let hit = false;
+    for (const v of touched) if (v >= r.lo && v < r.hi) {
+      hit = true;
+      break;
+    }
+    if (!hit) continue;
+    for (let v = r.lo; v < r.hi; v++) if (snap.frames.has(v)) out.push([v, snap.frames.get(v)]);
+  }
+  return out;
+}
+
+function synthesize(run) {
+  // Without CAP_SYS_ADMIN pagemap gives zero PFNs: frames in first-touch order (a fresh allocator's view).
+  for (const s of run.stops) {
+    if (!(s.frames.size > 0 && s.zero === s.frames.size)) continue;
+    let f = 1;
+    for (const v of [...run.order, ...s.frames.keys()]) if (s.frames.has(v)) s.frames.set(v, f++);
+  }
+  return run.stops.some((s) => s.frames.size > 0 && s.zero === s.frames.size) || run.zero === run.frames.size;
+}
+
+async function build(w, so, dir) {
+  const prev = await traceRun(w.prev, so, w.env);
+  const run = await traceRun(w.run, so, w.env);
+  const synthetic = synthesize(run);
+  const common = { what: w.what, command: w.run.join(' '), previous: w.prev.join(' '), frames: synthetic ? 'synthetic' : 'pagemap', accesses: run.accesses };
+  // Cold: the whole run from an empty guest. The guest maps every present
+  // page (at exit) of each mapping the program touched: untouched neighbours
+  // are there too (a virtual window can load them, as waste).
+  const metas = [];
+  const cold = { name: w.name, model: 'cold', ...common, ...writeGuest(dir, presentIn(run, run.order), run.order, prev.order) };
+  metas.push(cold);
+  if (w.warm) {
+    // REAP: the snapshot is taken after a warm-up call (stop 0); the
+    // measured trace is the second call after it (from stop 1 to the exit
+    // stop), first touches counted within that call; replay records the
+    // first call after the snapshot (stop 0 to stop 1).
+    if (run.stops.length < 3) throw new Error(`${w.name}: expected 3 stops (snapshot, split, exit), saw ${run.stops.length}`);
+    const [snap, , exit] = run.stops;
+    const inv1 = run.segments[1].order;
+    const inv2 = run.segments[2].order;
+    const mapped = presentIn(snap, run.order);
+    // Pages the measured call allocates after the snapshot: their frame at exit (a guest would
+    // hand them free frames that are in the snapshot too), unless that frame held another page.
+    const have = new Set(mapped.map(([v]) => v));
+    const used = new Set(mapped.map(([, f]) => f));
+    let fresh = 0;
+    for (const v of inv2) {
+      if (have.has(v) || !exit.frames.has(v) || used.has(exit.frames.get(v))) continue;
+      mapped.push([v, exit.frames.get(v)]);
+      used.add(exit.frames.get(v));
+      fresh++;
+    }
+    const ever = new Set(run.order);
+    const faultAround = mapped.filter(([v]) => !ever.has(v)).length;
+    const seg = { warmupAccesses: run.segments[0].accesses, measuredAccesses: run.segments[2].accesses, warmupPages: run.segments[0].order.length, snapshotPresent: snap.frames.size, freshAfterSnapshot: fresh, neverTouchedByProcess: faultAround };
+    metas.push({ name: `${w.name}-warm`, model: 'warm', ...common, ...seg, ...writeGuest(`${dir}-warm`, mapped, inv2, inv1) });
+    // The same, without the pages only the host kernel's fault-around made present: the guest
+    // maps only pages the process itself touched at some point of the run (lackey saw them).
+    const own = mapped.filter(([v]) => ever.has(v));
+    metas.push({ name: `${w.name}-warm-touched`, model: 'warm-touched', ...common, ...seg, ...writeGuest(`${dir}-warm-touched`, own, inv2, inv1) });
+  }
+  for (const m of metas) writeFileSync(join(OUT, m.name, 'meta.json'), JSON.stringify(m, null, 2) + '\n');
+  return metas;
+}
+
+/** Bump when what build() writes changes: every workload is rebuilt. */
+const METHOD = 2;
 
 async function main() {
   const force = process.argv.includes('--force');
+  const quick = process.argv.includes('--no-slow');
+  const onlyArg = process.argv.find((a) => a.startsWith('--only='));
+  const only = onlyArg ? onlyArg.slice(7).split(',') : undefined;
   mkdirSync(OUT, { recursive: true });
   const inputs = join(OUT, 'inputs');
   mkdirSync(inputs, { recursive: true });
-  const ws = workloads(inputs);
+  const ws = workloads(inputs).filter((w) => (!quick || !w.slow) && (!only || only.includes(w.name)));
   const version = (cmd) => {
     try {
       return execFileSync(cmd[0], ['--version'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().split('\n')[0];
@@ -300,14 +463,15 @@ async function main() {
       return cmd[0];
     }
   };
-  const key = createHash('sha256')
-    .update(readFileSync(fileURLToPath(import.meta.url)))
-    .update(execFileSync('valgrind', ['--version']).toString())
-    .update(ws.map((w) => version(w.run)).join('|'))
-    .digest('hex')
-    .slice(0, 16);
-  const keyFile = join(OUT, 'key');
-  if (!force && existsSync(keyFile) && readFileSync(keyFile, 'utf8') === key && ws.every((w) => existsSync(join(OUT, w.name, 'meta.json')))) {
+  const vg = execFileSync('valgrind', ['--version']).toString();
+  // Per workload: rebuilt when its command lines, the program, valgrind or METHOD change.
+  const keyOf = (w) => createHash('sha256').update(JSON.stringify([METHOD, w.prev, w.run, w.env ?? {}, w.warm ?? false])).update(vg).update(version(w.run)).update(w.name === 'python' ? PY : '').digest('hex').slice(0, 16);
+  const names = (w) => (w.warm ? [w.name, `${w.name}-warm`, `${w.name}-warm-touched`] : [w.name]);
+  const todo = ws.filter((w) => {
+    const k = join(OUT, w.name, 'key');
+    return force || !existsSync(k) || readFileSync(k, 'utf8') !== keyOf(w) || !names(w).every((n) => existsSync(join(OUT, n, 'meta.json')));
+  });
+  if (todo.length === 0) {
     console.log(`prefetch traces up to date in ${OUT}`);
     return;
   }
@@ -321,19 +485,29 @@ async function main() {
   const so = stopLib();
   const t0 = performance.now();
   // Two at a time: lackey is single-threaded and the machine has two cores.
-  const metas = [];
-  const queue = [...ws];
+  // A workload that fails (a program missing) is reported and skipped; the others are built.
+  const failed = [];
+  const queue = [...todo];
   await Promise.all(
     [0, 1].map(async () => {
       for (let w = queue.shift(); w; w = queue.shift()) {
-        const m = await build(w, so, join(OUT, w.name));
-        metas.push(m);
-        console.log(`${m.name}: ${m.accesses} accesses, ${m.firstTouches} pages first-touched (${m.touchedWithoutFrame} gone at exit), ${m.mappedPages} mapped (${m.mappedUntouched} never touched), frames: ${m.frames}, fold gap cap ${m.foldGapCap}, cr3 ${m.cr3}`);
+        const t = performance.now();
+        try {
+          const ms = await build(w, so, join(OUT, w.name));
+          writeFileSync(join(OUT, w.name, 'key'), keyOf(w));
+          for (const m of ms) console.log(`${m.name}: ${m.accesses} accesses, ${m.firstTouches} pages first-touched (${m.touchedWithoutFrame} without a frame), ${m.mappedPages} mapped (${m.mappedUntouched} never touched by the trace), frames: ${m.frames}, fold gap cap ${m.foldGapCap}, cr3 ${m.cr3} [${((performance.now() - t) / 1000).toFixed(0)} s]`);
+        } catch (e) {
+          failed.push(w.name);
+          console.error(`${w.name}: ${e.message}`);
+        }
       }
     }),
   );
-  writeFileSync(keyFile, key);
   console.log(`prefetch traces written to ${OUT} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  if (failed.length) {
+    console.error(`failed: ${failed.join(', ')}`);
+    process.exitCode = 1;
+  }
 }
 
 await main();

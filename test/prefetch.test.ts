@@ -82,43 +82,65 @@ describe('policies: exact counts on hand-built guests', () => {
     e.close();
   });
 
-  it('adaptive: the window doubles while everything it brings is used', () => {
+  it('adaptive: a sequential scan ramps ×4 then ×2 by asynchronous readahead, without more faults', () => {
     // Guest C: 64 virtual pages on scattered frames (v -> 7v mod 64, a permutation).
     const e = engineWith(64, 64, (v) => (7 * v) % 64);
-    // Initial window 2 (ahead), minor part w/4 behind. Ascending trace 0..63:
-    //  fault v0: w=2, back 0, loads v0..v2 (2 prefetched), both used;
-    //  fault v3: all used -> w=4, back 1 (v2 resident), loads v3..v7 (4);
-    //  fault v8: w=8, loads v8..v16 (8); fault v17: w=16, loads v17..v33 (16);
-    //  fault v34: w=32, loads v34..v63 (v64.. unmapped): 29.
-    // 5 faults, 2+4+8+16+29 = 59 prefetched, all used.
+    // Initial window 2 (ahead), a quarter (0) behind; max 256, so ×4 below 16 pages, ×2 above.
+    //  fault v0: read-around v0..v2 (2 prefetched); marker 3/4 in: v0 + 2 - 0 = v2.
+    //  hit v1; hit v2 = marker: next window ×4 = 8 pages from v3: v3..v10, marker v3.
+    //  hit v3 = marker: ×4 = 32 pages v11..v42, marker v11.
+    //  hits v4..v10; hit v11 = marker: ×2 = 64 pages from v43: v43..v63 (21 mapped), marker v43.
+    //  hit v43 = marker: 128 pages from v64: none mapped, nothing loaded.
+    // 1 fault, 2 + 8 + 32 + 21 = 63 prefetched, all used.
     const r = simulate(e, createPolicy('adaptive', { ahead: 2, minWindow: 2, maxWindow: 256 }), seq(range(0, 64)));
-    expect([r.faults, r.prefetched, r.prefetchHits, r.wasted]).toEqual([5, 59, 59, 0]);
+    expect([r.faults, r.prefetched, r.prefetchHits, r.wasted]).toEqual([1, 63, 63, 0]);
     e.close();
   });
 
   it('adaptive: follows a descending scan', () => {
     const e = engineWith(64, 64, (v) => (7 * v) % 64);
-    // Descending 63..0. Fault v63: new stream, w=2 pointing up (dir 1): loads
-    // v63 only (v64, v65 unmapped). Fault v62: direction turns down; nothing
-    // was issued so w stays 2: back 2, ahead 0 -> v60..v62 (2 prefetched, used).
-    // Fault v59: w=4 -> v55..v59 (v60.. resident; ahead 1 is resident): 4.
-    // Fault v54: w=8 -> v46..v54: 8. Fault v45: w=16 -> v29..v45: 16.
-    // Fault v28: w=32 -> v0..v28 (clipped at 0): 28. 6 faults, 58 prefetched.
+    // Descending 63..0. Fault v63: read-around up, w=2: v63 only (v64, v65
+    // unmapped); no marker (nothing loaded). Fault v62: just below the
+    // stream's window (within its size 2): a sequential miss turning down,
+    // size kept: v60..v62 (2 prefetched), marker v61 (the first loaded page down).
+    // Hit v61 = marker: ×4 = 8 pages down from v59: v52..v59, marker v59.
+    // Hit v59: ×4 = 32: v20..v51, marker v51. Hit v51: ×2 = 64 from v19: v0..v19 (20).
+    // 2 faults, 2 + 8 + 32 + 20 = 62 prefetched, all used.
     const r = simulate(e, createPolicy('adaptive', { ahead: 2, minWindow: 2, maxWindow: 256 }), seq(range(0, 64).reverse()));
-    expect([r.faults, r.prefetched, r.prefetchHits, r.wasted]).toEqual([6, 58, 58, 0]);
+    expect([r.faults, r.prefetched, r.prefetchHits, r.wasted]).toEqual([2, 62, 62, 0]);
     e.close();
   });
 
   it('adaptive: the window shrinks when prefetches are wasted', () => {
     const e = engineWith(256, 256, (v) => v);
-    // Touch every 16th page: v0, v16, ..., v240 (16 accesses), start window 8.
-    // Fault v0: w=8 loads v0..v8 (8 prefetched, none used). Fault v16: used 0
-    // of 8 -> w=4, back 1: v15..v20 (5). Fault v32: w=2, back 0: v32..v34 (2).
-    // Then w stays at the minimum 2: 13 more faults of 2 each.
-    // 16 faults, 8 + 5 + 2 + 13*2 = 41 prefetched, 0 used.
+    // Touch every 16th page: v0, v16, ..., v240 (16 accesses), initial window 8.
+    // Fault v0: read-around v0..v8 (2 behind, clipped at 0): 8 prefetched, none used.
+    // Fault v16: just past that window (8 + 8 >= 16): a sequential miss, but
+    //   0 of 8 used: the stream's window halves to 4: v16..v20 (4).
+    // Fault v32: past v20 + 4: read-around; the last window (4) had 0 used:
+    //   ra 8 -> 4: v31..v36 (1 behind, 4 ahead): 5.
+    // Fault v48: read-around, 0 of 5 used: ra 2: v48..v50 (2). Then ra stays at
+    // the minimum 2: v64 .. v240, 12 more faults of 2 each.
+    // 16 faults, 8 + 4 + 5 + 2 + 12*2 = 43 prefetched, 0 used.
     const r = simulate(e, createPolicy('adaptive', { ahead: 8, minWindow: 2 }), seq(range(0, 16).map((i) => 16 * i)));
-    expect([r.faults, r.prefetched, r.prefetchHits, r.wasted]).toEqual([16, 41, 0, 41]);
+    expect([r.faults, r.prefetched, r.prefetchHits, r.wasted]).toEqual([16, 43, 0, 43]);
     e.close();
+  });
+
+  it('adaptive: a window stops at a hole of `gap` unmapped pages (the edge of a mapping)', () => {
+    // Two mappings: v0..v15 and v40..v55 (24 unmapped pages between), identity frames.
+    // Fault v10 with initial window 32: 8 behind, 32 ahead. gap 16: the hole of 24
+    // ends the window at v15: v2..v15 (13 prefetched). gap 32: the hole is not an
+    // edge, the window reaches v40..v42 too (3 more).
+    const at = (gap: number): number[] => {
+      const f = new PrefetchEngine(64, { mapCapacity: 32 });
+      f.map([...range(0, 16), ...range(40, 56)].map((v) => [BigInt(v), v] as const));
+      const r = simulate(f, createPolicy('adaptive', { ahead: 32, gap }), seq([10]));
+      f.close();
+      return [r.faults, r.prefetched];
+    };
+    expect(at(16)).toEqual([1, 13]);
+    expect(at(32)).toEqual([1, 16]);
   });
 
   it('replay: the recorded working set is loaded up front', () => {

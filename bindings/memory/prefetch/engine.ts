@@ -195,6 +195,35 @@ export class PrefetchEngine {
     return Number(this.live().prefetchTranslate(this.h, vpn));
   }
 
+  /**
+   * Frames of virtual pages [lo, lo + n) (-1 where unmapped), through the
+   * core's table or the translator in one batch; counted as translations.
+   * For policies that shape their window before loading it (adaptive).
+   * @example const f = engine.frameRange(0x400n, 16); // f[0] is the frame of page 0x400
+   */
+  frameRange(lo: bigint, n: number): Float64Array {
+    const e = this.live();
+    aint(n, 'n', 0, MAX_WINDOW);
+    const out = new Float64Array(n);
+    const translator = this._translator;
+    let tableReads = 0;
+    if (!translator) {
+      for (let i = 0; i < n; i++) out[i] = Number(e.prefetchTranslate(this.h, lo + BigInt(i)));
+      // The core's model of a 4-level walk (as its fault path counts): the two
+      // top levels once, a directory per 1 GiB and a leaf table per 2 MiB spanned.
+      const hi = lo + BigInt(Math.max(0, n - 1));
+      if (n > 0) tableReads = 2 + Number((hi >> 18n) - (lo >> 18n) + 1n) + Number((hi >> 9n) - (lo >> 9n) + 1n);
+    } else {
+      const gvas = new BigUint64Array(n);
+      for (let i = 0; i < n; i++) gvas[i] = (lo + BigInt(i)) << PAGE_SHIFT;
+      const gpas = new BigUint64Array(n);
+      translator.translateInto(gvas, gpas);
+      for (let i = 0; i < n; i++) out[i] = gpas[i] === UNMAPPED ? -1 : Number(gpas[i]! >> PAGE_SHIFT);
+    }
+    check(e.prefetchCountWalk(this.h, n, tableReads), 'prefetch count');
+    return out;
+  }
+
   /** The translator neighbourhoods go through, when the core's table is not used. @example if (engine.translator) engine.faultVirtual(vpn, 8, 8); */
   get translator(): Translator | undefined {
     return this._translator;

@@ -245,7 +245,16 @@ export class LazyGuestMemory implements GuestMemorySource {
         this.busy--;
       }
     }
-    if (s === 1) this.policy.onHit?.(vpn, ppn);
+    if (s === 1 && this.policy.onHit) {
+      // A hit may issue more (asynchronous readahead): those runs are read like a fault's.
+      if (this.busy > 0) return EMPTY;
+      this.busy++;
+      try {
+        return this.policy.onHit(vpn, ppn, this.engine) || EMPTY;
+      } finally {
+        this.busy--;
+      }
+    }
     return EMPTY;
   }
 

@@ -65,7 +65,10 @@ export function simulate(engine: PrefetchEngine, policy: PrefetchPolicy, trace: 
       workingSet.push(ppn);
     }
     if (status === 2) count(policy.onFault(engine, vpn, ppn));
-    else if (status === 1) policy.onHit?.(vpn, ppn);
+    else if (status === 1 && policy.onHit) {
+      const more = policy.onHit(vpn, ppn, engine);
+      if (more) count(more);
+    }
   };
   let hostUnmapped = 0;
   const translator = engine.translator;
