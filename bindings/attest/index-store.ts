@@ -201,7 +201,7 @@ export class DigestIndex implements ReferenceIndex {
   private pkgKey = new Uint8Array(1024 * 32);
   private pkgExtra = new Map<number, Digest[]>();
   private byName = new Map<string, number | number[]>();
-  // Provenance of packages that lookups have found (frozen, shared; holes for the others).
+  // Provenance of packages that lookups have found (frozen, shared; undefined for the others).
   private pkgProv: (Provenance | undefined)[] = [];
   // Entry table.
   private nEntries = 0;
@@ -294,6 +294,7 @@ export class DigestIndex implements ReferenceIndex {
     }
     const name = ownString(p.package);
     this.pkgName.push(name);
+    this.pkgProv.push(undefined);
     this.pkgVersion.push(ownString(p.version));
     this.pkgArch.push(this.str(p.architecture));
     this.pkgRepo.push(this.str(p.repository)!);
@@ -334,6 +335,7 @@ export class DigestIndex implements ReferenceIndex {
     }
     name = ownString(name);
     this.pkgName.push(name);
+    this.pkgProv.push(undefined);
     this.pkgVersion.push(ownString(version));
     this.pkgArch.push(this.str(arch));
     this.pkgRepo.push(this.str(repository)!);
@@ -654,7 +656,6 @@ export class DigestIndex implements ReferenceIndex {
     const p = this.ePkg[e]!;
     let o = this.pkgProv[p];
     if (o === undefined) {
-      if (p >= this.pkgProv.length) this.pkgProv.length = this.pkgName.length;
       o = this.pkgProv[p] = Object.freeze(this.provenance(p, -1));
     }
     const path = this.ePath[e]!;
