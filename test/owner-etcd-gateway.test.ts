@@ -7,26 +7,11 @@
 // real-etcd specs are owner-etcd*.node.test.ts.
 import { describe, expect, it } from 'vitest';
 import { etcdStore } from '../bindings/disk/owner/etcd-store.js';
-import type { OwnerRecord } from '../bindings/disk/owner/types.js';
 import { VmkitError } from '../bindings/errors.js';
+import { code, rec } from './_owner.js';
 
 const b64 = (s: string): string => btoa(String.fromCharCode(...new TextEncoder().encode(s)));
 const unb64 = (s: string): string => new TextDecoder().decode(Uint8Array.from(atob(s), (c) => c.charCodeAt(0)));
-
-function rec(d: string, epoch: number, id = 'vm-a'): OwnerRecord {
-  const now = Date.now();
-  return { version: 1, disk: d, epoch, state: 'owned', owner: { id, host: 'h', pid: 1 }, leaseExpiresAt: now + 10_000, updatedAt: now };
-}
-
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(VmkitError);
-    return (e as VmkitError).code;
-  }
-  return 'resolved';
-}
 
 /** etcd's range/txn over one revision counter, answering as the v3 JSON gateway does (int64 as strings, false/empty omitted). */
 function fakeGateway(): { fetch: typeof fetch; requests: { url: string; method: string; type: string | null; body: Record<string, unknown> }[] } {

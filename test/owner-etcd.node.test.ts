@@ -12,6 +12,7 @@ import { etcdStore, type EtcdOwnerStore } from '../bindings/disk/owner/etcd-stor
 import { openOwned } from '../bindings/disk/owner/handoff.js';
 import type { OwnerRecord } from '../bindings/disk/owner/types.js';
 import { VmkitError } from '../bindings/errors.js';
+import { code, rec } from './_owner.js';
 import { freePort, startEtcd, type EtcdServer } from './_etcd.js';
 import { needTool } from './_tools.js';
 
@@ -29,27 +30,12 @@ function open(opts: Partial<Parameters<typeof etcdStore>[0]> = {}): EtcdOwnerSto
 /** A fresh disk name per test, so tests share one server without sharing keys. */
 const disk = (name: string): string => `${name}-${++seq}.qcow2`;
 
-function rec(d: string, epoch: number, id = 'vm-a'): OwnerRecord {
-  const now = Date.now();
-  return { version: 1, disk: d, epoch, state: 'owned', owner: { id, host: 'h', pid: 1 }, leaseExpiresAt: now + 10_000, updatedAt: now };
-}
-
 const b64 = (b: Uint8Array | string): string => Buffer.from(b).toString('base64');
 
 /** Puts raw bytes under the store's key, bypassing it (a hostile or buggy writer). */
 async function rawPut(d: string, value: Uint8Array | string): Promise<void> {
   const r = await fetch(`${etcd.endpoint}/v3/kv/put`, { method: 'POST', body: JSON.stringify({ key: b64(`/t/${d}`), value: b64(value) }) });
   expect(r.status).toBe(200);
-}
-
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(VmkitError);
-    return (e as VmkitError).code;
-  }
-  return 'resolved';
 }
 
 describe.skipIf(!have)('owner store: etcd', () => {
