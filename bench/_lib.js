@@ -111,3 +111,19 @@ export function rateTable(rows, unit) {
     ...rows.map((r) => `| ${r.name} | ${fmtNs(r.ns)} | ${unit === 'bytes' ? fmtRate(r.amount / (r.ns / 1e9)) + 'B/s' : fmtRate(r.amount / (r.ns / 1e9))} | ${(base.ns / r.ns).toFixed(2)}× |`),
   ].join('\n');
 }
+
+/**
+ * One note per vmkit row of a rateTable: its speed against the peer row and whether it meets
+ * parity (≥ 1.00×), with `causes[name]` (or `causes.default`) when it does not.
+ */
+export function parityNotes(rows, peerName, causes = {}) {
+  const peer = rows.find((r) => r.name === peerName);
+  if (!peer) return [];
+  return rows
+    .filter((r) => r.name.startsWith('vmkit'))
+    .map((r) => {
+      const x = peer.ns / r.ns;
+      const why = causes[r.name] ?? causes.default ?? 'cause not analysed';
+      return `${r.name}: ${x.toFixed(2)}× ${peerName}: ${x >= 1 ? 'parity met' : `parity not met (${why})`}.`;
+    });
+}
