@@ -306,3 +306,25 @@ describe('a guest larger than wasm memory', () => {
     mem.close();
   });
 });
+
+describe('adaptive readahead through lazy memory', () => {
+  it('a hit on the marked page reads the next window without a fault, with the right bytes', async () => {
+    // 64 virtual pages on scattered frames (v -> 7v mod 64); read them in order.
+    const img = image(64);
+    const map = new Map<bigint, bigint>();
+    for (let v = 0; v < 64; v++) map.set(0x400n + BigInt(v), BigInt((7 * v) % 64));
+    const mem = await LazyGuestMemory.open(bufferPages(img), { policy: createPolicy('adaptive', { ahead: 2, minWindow: 2, maxWindow: 256 }) });
+    mem.useTranslator(translator(map));
+    const b = new Uint8Array(PS);
+    for (let v = 0; v < 64; v++) {
+      await mem.readVirtual(gva((0x400n + BigInt(v)) << 12n), b);
+      const f = (7 * v) % 64;
+      expect(b).toEqual(img.subarray(f * PS, (f + 1) * PS));
+    }
+    // As the engine spec's scan: one fault, then windows of 8, 32 and 21 pages
+    // issued by hits on their marks; every page loaded once.
+    const s = mem.stats();
+    expect([s.faults, s.prefetched, s.prefetchHits, s.wasted, mem.residentCount()]).toEqual([1, 63, 63, 0, 64]);
+    mem.close();
+  });
+});
