@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import {
   lz4CompressBlock,
+  lz4CompressBlockInto,
   lz4CompressBound,
   lz4DecompressBlock,
   lz4FrameCompress,
@@ -72,6 +73,30 @@ describe('lz4 block codec (core)', () => {
         const block = lz4CompressBlock(data);
         expect(block.length).toBeLessThanOrEqual(lz4CompressBound(data.length));
         expect(lz4DecompressBlock(block, data.length)).toEqual(data);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('compresses into a caller buffer: the same block, OUTPUT_TOO_SMALL when it does not fit (fast-check)', () => {
+    fc.assert(
+      fc.property(fc.oneof(compressible, fc.uint8Array({ maxLength: 5000 })), fc.double({ min: 0, max: 1.2, noNaN: true }), (data, f) => {
+        const block = lz4CompressBlock(data);
+        const big = new Uint8Array(lz4CompressBound(data.length) + 7).fill(0xee);
+        const n = lz4CompressBlockInto(data, big);
+        expect(big.subarray(0, n)).toEqual(block);
+        expect(big[n]).toBe(0xee); // nothing written past the block
+        // A smaller dst (the compressor's early-exit path): the same block when it fits.
+        const small = new Uint8Array(Math.floor(block.length * f));
+        let m = -1;
+        try {
+          m = lz4CompressBlockInto(data, small);
+        } catch (e) {
+          expect(e).toBeInstanceOf(VmkitError);
+          expect((e as VmkitError).code).toBe('OUTPUT_TOO_SMALL');
+        }
+        if (m >= 0) expect(small.subarray(0, m)).toEqual(block);
+        if (small.length < block.length) expect(m).toBe(-1);
       }),
       { numRuns: 200 },
     );

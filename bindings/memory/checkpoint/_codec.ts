@@ -108,6 +108,27 @@ export function blockCompress(src: Uint8Array): Uint8Array {
 }
 
 /**
+ * Compresses `src` into `dst` (one copy in, one copy out, no allocation);
+ * returns the block length. OUTPUT_TOO_SMALL when the block does not fit
+ * (a dst of compressBound(src.length) bytes always fits).
+ */
+export function blockCompressInto(src: Uint8Array, dst: Uint8Array): number {
+  const c = core();
+  try {
+    const bound = compressBound(src.length);
+    const s = scratchBuf(c, 0, Math.max(1, src.length));
+    const d = scratchBuf(c, 1, bound);
+    const mem = c.u8();
+    mem.set(src, s);
+    const n = check(ex(c).lz4Compress(s, src.length, d, Math.min(bound, dst.length)), 'lz4 compress');
+    dst.set(mem.subarray(d, d + n));
+    return n;
+  } catch (err) {
+    return rethrow(err);
+  }
+}
+
+/**
  * Decompresses one LZ4 block into `dst` (at most dst.length bytes); returns the
  * decoded length. CORRUPT for a bad block, OUTPUT_TOO_SMALL when it does not fit.
  */

@@ -9,7 +9,7 @@ import { withCore } from '../../core.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { abytes, aint } from '../../_utils.js';
-import { blockCompress, blockDecompressInto, compressBound, ex, scratchBuf, xxh32Of } from './_codec.js';
+import { blockCompress, blockCompressInto, blockDecompressInto, compressBound, ex, scratchBuf, xxh32Of } from './_codec.js';
 
 /**
  * Compresses `data` into one LZ4 block (the raw block format, no header).
@@ -25,6 +25,31 @@ export function lz4CompressBlock(data: Uint8Array): Uint8Array {
   abytes(data, 'data');
   if (data.length > 0x7e000000) throw new VmkitError('ARG_RANGE', 'data is larger than LZ4_MAX_INPUT_SIZE');
   return blockCompress(data);
+}
+
+/**
+ * Compresses `data` into `dst` as one LZ4 block and returns its length: the
+ * allocation-free form of {@link lz4CompressBlock} for callers that reuse an
+ * output buffer (one copy in, one copy out). A `dst` of
+ * `lz4CompressBound(data.length)` bytes always fits; a smaller one is allowed
+ * and throws OUTPUT_TOO_SMALL as soon as the block would not fit, so a
+ * `dst` of `data.length - 1` bytes doubles as "give up when it does not pay".
+ * @example
+ * ```ts
+ * import { init, lz4CompressBlockInto, lz4CompressBound } from 'vmkit/memory';
+ * await init();
+ * const out = new Uint8Array(lz4CompressBound(4096));
+ * for (const page of pages) {
+ *   const n = lz4CompressBlockInto(page, out);
+ *   sink.write(out.subarray(0, n)); // copy or consume before the next call
+ * }
+ * ```
+ */
+export function lz4CompressBlockInto(data: Uint8Array, dst: Uint8Array): number {
+  abytes(data, 'data');
+  abytes(dst, 'dst');
+  if (data.length > 0x7e000000) throw new VmkitError('ARG_RANGE', 'data is larger than LZ4_MAX_INPUT_SIZE');
+  return blockCompressInto(data, dst);
 }
 
 /**
