@@ -8,6 +8,7 @@ export { gva, gpa, PAGE_SIZE } from './types.js';
 export type { Gva, Gpa, GuestMemorySource, PageSource } from './types.js';
 export {
   lz4CompressBlock,
+  lz4CompressBlockInto,
   lz4DecompressBlock,
   lz4DecompressBlockInto,
   lz4CompressBound,
