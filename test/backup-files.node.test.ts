@@ -252,7 +252,7 @@ const writer = (async () => { for (;;) {
   process.stdout.write(off + ' ' + pat + '\\n');
 } })();
 process.stdout.write('start\\n');
-const job = await consolidate(disk, { into: into === 'base' ? 'base' : into, rateLimit: 8 * 1024 * 1024 });
+const job = await consolidate(disk, { into: into === 'base' || into === 'keep' ? 'base' : into, keepDelta: into === 'keep', rateLimit: 8 * 1024 * 1024 });
 process.stdout.write('job\\n');
 await job.done;
 process.stdout.write('done\\n');
@@ -262,13 +262,14 @@ await new Promise((r) => setTimeout(r, 1e6));
     // The first kill counts from the child's start (it may land before the job record exists);
     // the others from the job's start (its record written), so on a loaded machine they still
     // land inside the job rather than before it.
-    const delays = [30, 120, 260, 450, 700];
+    const delays = [30, 120, 260, 450, 700, 900];
     let sawDone = 0;
     const actions: string[] = [];
     for (const [i, delay] of delays.entries()) {
       const d = freshDir(`crash-${i}`);
       copyChain(master, d);
-      const into = i % 2 === 0 ? 'base' : join(d, 'target.qcow2');
+      // Into the base, onto a target, into the base keeping the delta (emptied, as qemu-img commit).
+      const into = i % 3 === 0 ? 'base' : i % 3 === 1 ? join(d, 'target.qcow2') : 'keep';
       const p = spawn(process.execPath, [child, join(d, 'delta.qcow2'), into, String(100 + i)], { stdio: ['ignore', 'pipe', 'inherit'] });
       let out = '';
       p.stdout.on('data', (b: Buffer) => (out += b.toString()));
@@ -301,6 +302,10 @@ await new Promise((r) => setTimeout(r, 1e6));
       // The recovered chain opens, and reads the last acknowledged pattern at every written offset.
       // A job that finished before the kill left no record: the target (or the base) is active.
       const active = rec.action === 'none' && !existsSync(join(d, 'delta.qcow2')) ? (into === 'base' ? join(d, 'base.qcow2') : into) : rec.active;
+      if (into === 'keep' && rec.action === 'rolled-forward') {
+        // The kept delta is empty: the base holds everything.
+        expect(q('qemu-img', ['map', '--output=json', join(d, 'delta.qcow2')])).not.toContain('"depth": 0');
+      }
       const disk = await LiveDisk.open(active, ops);
       // One write may have been in flight at the kill: the next in the child's sequence. It may
       // or may not have landed; every acknowledged one must have.
@@ -329,6 +334,24 @@ await new Promise((r) => setTimeout(r, 1e6));
     expect(sawDone).toBeLessThan(delays.length);
     expect(actions).toContain('rolled-back');
   }, 120_000);
+
+  it('vmkit disk consolidate --keep-delta leaves what qemu-img commit leaves: the same base, and the delta emptied in the chain', () => {
+    const d = freshDir('keep');
+    copyChain(master, d);
+    const peer = freshDir('keep-qemu');
+    copyChain(master, peer);
+    q('qemu-img', ['commit', '-q', join(peer, 'delta.qcow2')]);
+    const res = JSON.parse(execFileSync(process.execPath, [bin, 'disk', 'consolidate', 'delta.qcow2', '--keep-delta', '--json'], { cwd: d }).toString()) as Record<string, unknown>;
+    expect(res.active).toBe('delta.qcow2');
+    identical(join(d, 'base.qcow2'), join(peer, 'base.qcow2'));
+    identical(join(d, 'delta.qcow2'), join(peer, 'delta.qcow2'));
+    qemuCheck(join(d, 'base.qcow2'));
+    qemuCheck(join(d, 'delta.qcow2'));
+    const info = JSON.parse(q('qemu-img', ['info', '--output=json', join(d, 'delta.qcow2')])) as { 'backing-filename'?: string };
+    expect(info['backing-filename']).toBe('base.qcow2');
+    expect(q('qemu-img', ['map', '--output=json', join(d, 'delta.qcow2')])).not.toContain('"depth": 0');
+    expect(existsSync(join(d, 'delta.qcow2.vmkit-job'))).toBe(false);
+  });
 
   it('vmkit disk snapshot, backup and consolidate on files: the results agree with qemu-img', () => {
     const d = freshDir('cli');

@@ -17,7 +17,7 @@ import type { ChainOps } from '../../disk/backup/_types.js';
 /** Usage lines of the three subcommands (commands/disk.ts prints them in its help). */
 export const backupUsage: string = `  vmkit disk snapshot <disk> [--delta <path>] [--format qcow2|vmdk] [--json]
   vmkit disk backup <disk> <target|-> [--format raw|qcow2] [--scope full|top] [--backing <prev>] [--rate <bytes/s>] [--json]
-  vmkit disk consolidate <disk> [--into base|<target>] [--full] [--rate <bytes/s>] [--resume|--rollback] [--json]
+  vmkit disk consolidate <disk> [--into base|<target>] [--full] [--keep-delta] [--rate <bytes/s>] [--resume|--rollback] [--json]
 `;
 
 let driverFactory: (() => Promise<FormatDriver | undefined>) | undefined;
@@ -120,6 +120,7 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
   const { values, positionals } = parse(argv, {
     into: { type: 'string' },
     full: { type: 'boolean' },
+    'keep-delta': { type: 'boolean' },
     rate: { type: 'string' },
     resume: { type: 'boolean' },
     rollback: { type: 'boolean' },
@@ -152,6 +153,7 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
           ...opts,
           into: typeof values.into === 'string' ? values.into : 'base',
           full: values.full === true,
+          ...(values['keep-delta'] === true ? { keepDelta: true } : {}),
         });
     const res = await job.done;
     bar.done();

@@ -195,6 +195,12 @@ export interface JobRecord {
   intentGranule: number;
   /** Base64 bitmap: regions below `cursor` that may hold a guest write the target lacks. */
   intent: string;
+  /**
+   * Into the base only: after the pivot the delta stays in the chain, emptied
+   * (an empty overlay on the base, as `qemu-img commit` leaves it), instead of
+   * being removed. Absent in records of jobs that drop it.
+   */
+  keepDelta?: boolean;
   /** When the job began (ISO 8601). */
   started: string;
   /** Updated at each phase change. */
@@ -240,6 +246,9 @@ export async function readJobRecord(ops: ChainOps, delta: string): Promise<JobRe
   }
   if (r.kind !== 'consolidate' || (r.mode !== 'base' && r.mode !== 'target') || (r.phase !== 'mirroring' && r.phase !== 'pivot')) {
     throw new VmkitError('CORRUPT', 'job record has a bad kind, mode or phase', { path });
+  }
+  if (r.keepDelta !== undefined && (r.keepDelta !== true || r.mode !== 'base')) {
+    throw new VmkitError('CORRUPT', 'job record has a bad keepDelta (true, into the base only)', { path });
   }
   return r as JobRecord;
 }

@@ -13,6 +13,10 @@ import { VmkitError } from '../../errors.js';
 import { RangeLock, RangeSet } from './_ranges.js';
 import { subtractRanges, zeroRuns, type PlanOp } from './_plan.js';
 import type { BackupDevice, BlockExtent } from './_types.js';
+import { _MMAP_HEAD } from '../backends/storage.js';
+
+/** Where a pooled copy buffer's view starts in its ArrayBuffer: on a page boundary (see takeBuffer). */
+const _POOL_OFFSET = 4096 - _MMAP_HEAD;
 
 /** Counters the driver keeps; the job reports them as progress. */
 export interface MirrorStats {
@@ -323,9 +327,17 @@ export class MirrorDriver implements BackupDevice {
 
   private takeBuffer(n: number): Uint8Array {
     for (let i = this.pool.length - 1; i >= 0; i--) {
-      if (this.pool[i]!.byteLength >= n) return new Uint8Array(this.pool.splice(i, 1)[0]!, 0, n);
+      const b = this.pool[i]!;
+      if (b.byteLength - _POOL_OFFSET >= n) {
+        this.pool.splice(i, 1);
+        return new Uint8Array(b, _POOL_OFFSET, n);
+      }
     }
-    return new Uint8Array(new ArrayBuffer(Math.max(n, 65536)), 0, n);
+    // At least 1 MiB, so glibc maps it itself and its data starts _MMAP_HEAD bytes past a page:
+    // the view at _POOL_OFFSET starts on one, where page-cache reads into it run at full speed
+    // (backends/file.ts: a buffer a few bytes past the page cache modulo 4 KiB slows the
+    // kernel's copy ~5x, or costs a bounce through an aligned slot).
+    return new Uint8Array(new ArrayBuffer(Math.max(n, 1 << 20) + _POOL_OFFSET), _POOL_OFFSET, n);
   }
 
   /** Writes `buf` (read from the source at `ps`) to the target: zero runs as zeroes, the rest as data. */
