@@ -214,6 +214,8 @@ async function traceRun(argv, so, env = {}) {
   let accesses = 0;
   let tail = '';
   let lastData = performance.now();
+  let lastVpn = -1;
+  let lastSeg = seg;
   child.stdio[3].setEncoding('latin1');
   child.stdio[3].on('data', (s) => {
     lastData = performance.now();
@@ -226,10 +228,18 @@ async function traceRun(argv, so, env = {}) {
       const c0 = text.charCodeAt(at);
       if (c0 === 73 /* I */ || c0 === 32) {
         const comma = text.indexOf(',', at);
-        if (comma > 0 && comma < nl) {
-          const vpn = Math.floor(parseInt(text.slice(at + 3, comma), 16) / PAGE);
+        if (comma > 3 && comma < nl) {
+          // The page number: the address without its last three hex digits.
+          const vpn = comma - 3 > at + 3 ? parseInt(text.slice(at + 3, comma - 3), 16) : 0;
           accesses++;
           seg.accesses++;
+          // Most accesses stay on the page of the one before: skip the set lookups.
+          if (vpn === lastVpn && seg === lastSeg) {
+            at = nl + 1;
+            continue;
+          }
+          lastVpn = vpn;
+          lastSeg = seg;
           if (!seen.has(vpn)) {
             seen.add(vpn);
             order.push(vpn);
