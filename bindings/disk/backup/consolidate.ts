@@ -368,10 +368,8 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
       );
       await Promise.all(workers);
       await bgSync;
-      if (failure === undefined && !cancelRequested && !completeRequested) {
-        // The pass is over and the job waits for complete(): record it, so a crash from here
-        // resumes with nothing to copy. A job that pivots right away records the pivot instead
-        // (a crash before that resumes from the last checkpoint: more to copy, nothing lost).
+      if (failure === undefined && !cancelRequested) {
+        // The pass is over: record it, so a crash from here resumes with nothing to copy.
         await intent.checkpoint(disk.size).catch((e: unknown) => {
           failure ??= e;
         });
