@@ -6,6 +6,7 @@
 // with medians and ratios to a chosen baseline (the peer).
 import { Bench } from 'tinybench';
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 
 /**
  * Runs tasks in one tinybench Bench and returns { table, results }.
@@ -92,23 +93,53 @@ export function runTool(cmd, args, cwd) {
 
 /** Median wall time (ns) of `reps` runs of `fn`; `before` runs untimed ahead of each. */
 export async function timeRuns(reps, fn, before) {
+  return (await timeRunsCpu(reps, fn, before)).ns;
+}
+
+// CPU time of waited-for child processes (Linux /proc, clock ticks of 10 ms): the peers' tools.
+function childCpuNs() {
+  try {
+    const st = readFileSync('/proc/self/stat', 'utf8');
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[13]) + Number(f[14])) * 1e7;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * { ns: median wall time, cpuNs: mean CPU time } of `reps` runs of `fn` (`before` untimed):
+ * CPU is this process's (every thread: the libuv pool too) plus its children's (10 ms ticks,
+ * so averaged over the runs). On a shared machine CPU time is the steadier figure.
+ */
+export async function timeRunsCpu(reps, fn, before) {
   const ts = [];
+  let cpu = 0;
   for (let i = 0; i < reps; i++) {
     if (before) await before();
+    const c0 = process.cpuUsage();
+    const k0 = childCpuNs();
     const t = process.hrtime.bigint();
     await fn();
     ts.push(Number(process.hrtime.bigint() - t));
+    const c = process.cpuUsage(c0);
+    cpu += (c.user + c.system) * 1000 + (childCpuNs() - k0);
   }
-  return median(ts);
+  return { ns: median(ts), cpuNs: cpu / reps };
 }
 
 /** Markdown table of rows { name, ns, amount }: MB/s (unit 'bytes') or IOPS (unit 'ops'), ratios to the first row. */
 export function rateTable(rows, unit) {
   const base = rows[0];
+  const cpu = rows.every((r) => r.cpuNs !== undefined);
   return [
-    `| task | median | ${unit === 'bytes' ? 'MB/s' : 'IOPS'} | speed vs ${base.name} |`,
-    '|---|---:|---:|---:|',
-    ...rows.map((r) => `| ${r.name} | ${fmtNs(r.ns)} | ${unit === 'bytes' ? fmtRate(r.amount / (r.ns / 1e9)) + 'B/s' : fmtRate(r.amount / (r.ns / 1e9))} | ${(base.ns / r.ns).toFixed(2)}× |`),
+    `| task | median | ${unit === 'bytes' ? 'MB/s' : 'IOPS'} | speed vs ${base.name} |${cpu ? ' CPU/run | CPU vs first |' : ''}`,
+    `|---|---:|---:|---:|${cpu ? '---:|---:|' : ''}`,
+    ...rows.map(
+      (r) =>
+        `| ${r.name} | ${fmtNs(r.ns)} | ${unit === 'bytes' ? fmtRate(r.amount / (r.ns / 1e9)) + 'B/s' : fmtRate(r.amount / (r.ns / 1e9))} | ${(base.ns / r.ns).toFixed(2)}× |` +
+        (cpu ? ` ${fmtNs(r.cpuNs)} | ${(base.cpuNs / r.cpuNs).toFixed(2)}× |` : ''),
+    ),
   ].join('\n');
 }
 
@@ -124,6 +155,7 @@ export function parityNotes(rows, peerName, causes = {}) {
     .map((r) => {
       const x = peer.ns / r.ns;
       const why = causes[r.name] ?? causes.default ?? 'cause not analysed';
-      return `${r.name}: ${x.toFixed(2)}× ${peerName}: ${x >= 1 ? 'parity met' : `parity not met (${why})`}.`;
+      const cpu = r.cpuNs && peer.cpuNs ? ` (CPU ${(peer.cpuNs / r.cpuNs).toFixed(2)}×)` : '';
+      return `${r.name}: ${x.toFixed(2)}×${cpu} ${peerName}: ${x >= 1 ? 'parity met' : `parity not met (${why})`}.`;
     });
 }

@@ -9,7 +9,7 @@
 import { mkdtempSync, rmSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadCore, hasTool, runTool as q, timeRuns as timeIt, rateTable as table, parityNotes } from './_lib.js';
+import { loadCore, hasTool, runTool as q, timeRunsCpu as timeIt, rateTable as table, parityNotes } from './_lib.js';
 
 const MiB = 2 ** 20;
 const TITLE = 'vmdk: monolithicSparse read/write vs qemu-img';
@@ -49,14 +49,14 @@ export async function run(ctx) {
     };
     await seqOf(dev)();
     const seq = [
-      { name: 'vmkit readInto 1 MiB', ns: await timeIt(reps, seqOf(dev)), amount: size },
-      { name: 'vmkit readInto 1 MiB (sync I/O)', ns: await timeIt(reps, seqOf(sdev)), amount: size },
-      { name: 'vmkit readInto 1 MiB, page-aligned buffer', ns: await timeIt(reps, seqOf(dev, abuf)), amount: size },
-      { name: 'vmkit readInto 1 MiB, page-aligned buffer (sync I/O)', ns: await timeIt(reps, seqOf(sdev, abuf)), amount: size },
-      { name: 'qemu-img bench -d 1 -s 1M', ns: await timeIt(reps, () => q('qemu-img', ['bench', '-d', '1', '-c', String(size / MiB), '-s', '1M', '-f', 'vmdk', top])), amount: size },
+      { name: 'vmkit readInto 1 MiB', ...(await timeIt(reps, seqOf(dev))), amount: size },
+      { name: 'vmkit readInto 1 MiB (sync I/O)', ...(await timeIt(reps, seqOf(sdev))), amount: size },
+      { name: 'vmkit readInto 1 MiB, page-aligned buffer', ...(await timeIt(reps, seqOf(dev, abuf))), amount: size },
+      { name: 'vmkit readInto 1 MiB, page-aligned buffer (sync I/O)', ...(await timeIt(reps, seqOf(sdev, abuf))), amount: size },
+      { name: 'qemu-img bench -d 1 -s 1M', ...(await timeIt(reps, () => q('qemu-img', ['bench', '-d', '1', '-c', String(size / MiB), '-s', '1M', '-f', 'vmdk', top]))), amount: size },
       {
         name: 'qemu-img convert → null-co',
-        ns: await timeIt(reps, () => q('qemu-img', ['convert', '-n', '--image-opts', `driver=vmdk,file.filename=${top}`, '--target-image-opts', `driver=null-co,size=${size}`])),
+        ...(await timeIt(reps, () => q('qemu-img', ['convert', '-n', '--image-opts', `driver=vmdk,file.filename=${top}`, '--target-image-opts', `driver=null-co,size=${size}`]))),
         amount: size,
       },
     ];
@@ -78,10 +78,10 @@ export async function run(ctx) {
       }
     };
     const rd = [
-      { name: 'vmkit random 4K read', ns: await timeIt(reps, randOf(dev)), amount: nRandom },
-      { name: 'vmkit random 4K read (sync I/O)', ns: await timeIt(reps, randOf(sdev)), amount: nRandom },
-      { name: 'vmkit strided 4K read (sync I/O)', ns: await timeIt(reps, strideOf(sdev)), amount: nRandom },
-      { name: 'qemu-img bench -d 1 -s 4k (strided)', ns: await timeIt(reps, () => q('qemu-img', ['bench', '-d', '1', '-c', String(nRandom), '-s', '4k', '-S', String(step), '-f', 'vmdk', top])), amount: nRandom },
+      { name: 'vmkit random 4K read', ...(await timeIt(reps, randOf(dev))), amount: nRandom },
+      { name: 'vmkit random 4K read (sync I/O)', ...(await timeIt(reps, randOf(sdev))), amount: nRandom },
+      { name: 'vmkit strided 4K read (sync I/O)', ...(await timeIt(reps, strideOf(sdev))), amount: nRandom },
+      { name: 'qemu-img bench -d 1 -s 4k (strided)', ...(await timeIt(reps, () => q('qemu-img', ['bench', '-d', '1', '-c', String(nRandom), '-s', '4k', '-S', String(step), '-f', 'vmdk', top]))), amount: nRandom },
     ];
     await dev.close();
     await sdev.close();
@@ -103,16 +103,16 @@ export async function run(ctx) {
     const wr = [
       {
         name: 'vmkit random 4K write (sync I/O)',
-        ns: await timeIt(reps, async () => {
+        ...(await timeIt(reps, async () => {
           for (let i = 0; i < nRandom; i++) {
             r = (Math.imul(r, 1103515245) + 12345) >>> 0;
             await wdev.write((r % (size / 4096)) * 4096, w4);
           }
-        }),
+        })),
         amount: nRandom,
       },
-      { name: 'vmkit strided 4K write (sync I/O)', ns: await timeIt(reps, strideW(wdev)), amount: nRandom },
-      { name: 'qemu-img bench -w -d 1 -s 4k (strided)', ns: await timeIt(reps, () => q('qemu-img', ['bench', '-w', '-d', '1', '-c', String(nRandom), '-s', '4k', '-S', String(step), '-f', 'vmdk', wq])), amount: nRandom },
+      { name: 'vmkit strided 4K write (sync I/O)', ...(await timeIt(reps, strideW(wdev))), amount: nRandom },
+      { name: 'qemu-img bench -w -d 1 -s 4k (strided)', ...(await timeIt(reps, () => q('qemu-img', ['bench', '-w', '-d', '1', '-c', String(nRandom), '-s', '4k', '-S', String(step), '-f', 'vmdk', wq]))), amount: nRandom },
     ];
     await wdev.close();
 
@@ -129,7 +129,7 @@ export async function run(ctx) {
     const alloc = [
       {
         name: 'vmkit allocating 4K write (sync I/O)',
-        ns: await timeIt(
+        ...(await timeIt(
           reps,
           async () => {
             for (let i = 0; i < nAlloc; i++) await adev.write(i * 65536, w4);
@@ -139,12 +139,12 @@ export async function run(ctx) {
             fresh(av)();
             adev = await openImage(av, { provider: syncFileProvider });
           },
-        ),
+        )),
         amount: nAlloc,
       },
       {
         name: 'qemu-img bench -w -s 4k -S 64k (allocating)',
-        ns: await timeIt(reps, () => q('qemu-img', ['bench', '-w', '-d', '1', '-c', String(nAlloc), '-s', '4k', '-S', '64k', '-f', 'vmdk', aq], dir), fresh(aq)),
+        ...(await timeIt(reps, () => q('qemu-img', ['bench', '-w', '-d', '1', '-c', String(nAlloc), '-s', '4k', '-S', '64k', '-f', 'vmdk', aq], dir), fresh(aq))),
         amount: nAlloc,
       },
     ];
