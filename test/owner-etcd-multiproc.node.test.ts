@@ -9,7 +9,6 @@
 //   the next epoch's compare-and-swap began (no write acting with a stale epoch);
 // - every acknowledged write (write + flush returned) is on the disk, unchanged;
 // - the owner record in etcd parses at every instant and its epoch never goes back.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -17,67 +16,14 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEtcd, type EtcdServer } from './_etcd.js';
+import { checkAcks, checkDiskRecords, epochWinners, readContenderLogs, startContenders, type Contenders } from './_owner-contenders.js';
 import { needTool } from './_tools.js';
 
-const contender = fileURLToPath(new URL('./_owner-contender.mjs', import.meta.url));
 const distEtcd = fileURLToPath(new URL('../dist/disk/owner/etcd-store.js', import.meta.url));
 const have = needTool('etcd', 'etcd-server');
 
-const SLOT = 512;
 const NAME = 'pool/shared.raw'; // the disk's name in etcd, independent of where each host mounts it
 const PREFIX = '/vmkit-mp/';
-
-interface Line {
-  who: string;
-  t: string;
-  epoch: number;
-  seq: number;
-  slot: number;
-  at: number;
-  ms: number;
-}
-
-interface Slot {
-  epoch: number;
-  seq: number;
-  slot: number;
-  at: number;
-  id: string;
-}
-
-function fnv64(b: Uint8Array): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < 64; i++) h = Math.imul(h ^ b[i]!, 0x01000193) >>> 0;
-  return h;
-}
-
-/** A slot written by a contender (layout at the top of _owner-contender.mjs), or null when it holds none. */
-function slotAt(disk: Uint8Array, i: number): Slot | null {
-  const b = disk.subarray(i * SLOT, (i + 1) * SLOT);
-  if (new TextDecoder().decode(b.subarray(0, 8)) !== 'VKOWNREC') return null;
-  const v = new DataView(b.buffer, b.byteOffset, SLOT);
-  if (v.getUint32(64, true) !== fnv64(b)) return null;
-  const id = b.subarray(32, 64);
-  const z = id.indexOf(0);
-  return { epoch: Number(v.getBigUint64(8, true)), seq: v.getUint32(16, true), slot: v.getUint32(20, true), at: v.getFloat64(24, true), id: new TextDecoder().decode(z < 0 ? id : id.subarray(0, z)) };
-}
-
-function readLogs(dir: string, n: number): Line[] {
-  const out: Line[] = [];
-  for (let i = 0; i < n; i++) {
-    const p = join(dir, `c${i}.log`);
-    if (!existsSync(p)) continue;
-    for (const l of readFileSync(p, 'utf8').split('\n')) {
-      if (!l) continue;
-      try {
-        out.push({ ...(JSON.parse(l) as Omit<Line, 'who'>), who: `c${i}` });
-      } catch {
-        // Only the last line of a SIGKILLed contender's log can be torn (appendFileSync per line).
-      }
-    }
-  }
-  return out;
-}
 
 describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
   let etcd: EtcdServer;
@@ -92,7 +38,7 @@ describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
     expect(existsSync(distEtcd), 'build dist/ first (npm run build:ts)').toBe(true);
     const { etcdStore } = (await import(distEtcd)) as typeof import('../bindings/disk/owner/etcd-store.js');
     const dir = await mkdtemp(join(tmpdir(), 'vmkit-owner-etcd-mp-'));
-    const children = new Set<ChildProcess>();
+    let run: Contenders | undefined;
     const store = etcdStore({ endpoints: etcd.endpoint, prefix: PREFIX, timeoutMs: 2000 });
     try {
       const diskPath = join(dir, 'shared.raw');
@@ -109,44 +55,32 @@ describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
       let midHandoffKills = 0;
       let randomKills = 0;
       let acquired = 0;
-      const failures: string[] = [];
-      const spawnOne = (i: number): void => {
-        if (stopping) return;
-        const args = [contender, '--disk', diskPath, '--id', `c${i}`, '--log', join(dir, `c${i}.log`), '--duration', String(HARD_MS + 5000)];
-        args.push('--store', 'etcd', '--endpoints', etcd.endpoint, '--prefix', PREFIX, '--name', NAME, '--lease', '300', '--skew', '30', '--hold-min', '100');
-        const c = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-        children.add(c);
-        let buf = '';
-        c.stdout!.on('data', (d: Buffer) => {
-          buf += d.toString();
-          for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
-            const line = buf.slice(0, nl);
-            buf = buf.slice(nl + 1);
-            if (line.startsWith('acquired')) acquired++;
-            // The holder accepted a release request and is draining: kill it right there.
-            if (line.startsWith('release-begin') && !stopping && midHandoffKills < 5 && Math.random() < 0.25) {
-              midHandoffKills++;
-              c.kill('SIGKILL');
-            }
+      const contenders = startContenders({
+        dir,
+        diskPath,
+        n: N,
+        stopping: () => stopping,
+        flags: () => ['--duration', String(HARD_MS + 5000), '--store', 'etcd', '--endpoints', etcd.endpoint, '--prefix', PREFIX, '--name', NAME, '--lease', '300', '--skew', '30', '--hold-min', '100'],
+        onLine: (line, c) => {
+          if (line.startsWith('acquired')) acquired++;
+          // The holder accepted a release request and is draining: kill it right there.
+          if (line.startsWith('release-begin') && !stopping && midHandoffKills < 5 && Math.random() < 0.25) {
+            midHandoffKills++;
+            contenders.kill(c);
           }
-        });
-        c.on('exit', (code, sig) => {
-          children.delete(c);
-          if (sig === 'SIGKILL') setTimeout(() => spawnOne(i), 30);
-          // SIGTERM before a respawned contender installed its handler (still loading) ends it at once: fine.
-          else if (code !== 0 && !(sig === 'SIGTERM' && stopping)) failures.push(`contender c${i} exited with ${code} ${sig ?? ''}`);
-        });
-      };
-      for (let i = 0; i < N; i++) spawnOne(i);
+        },
+      });
+      run = contenders;
+      const { children } = contenders;
       // One kill at a random moment too, of whoever it hits (holder or opener).
       const randomKill = setTimeout(() => {
         const c = [...children][Math.floor(Math.random() * children.size)];
         if (c && !stopping) {
           randomKills++;
-          c.kill('SIGKILL');
+          contenders.kill(c);
         }
       }, 800 + Math.random() * 1500);
-      const acksSoFar = (): number => readLogs(dir, N).filter((l) => l.t === 'ack').length;
+      const acksSoFar = (): number => readContenderLogs(dir, N).filter((l) => l.t === 'ack').length;
       let lastProgress = 0;
 
       // Poll the record in etcd the whole time: it must always parse, and its epoch never goes back.
@@ -167,18 +101,18 @@ describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
           const enough = el >= MIN_MS && acquired >= 12 && midHandoffKills + randomKills >= 2 && acks >= 30;
           if (enough || (el >= MAX_MS && acquired >= 6 && acks >= 20) || el >= HARD_MS) {
             stopping = true;
-            for (const c of children) c.kill('SIGTERM'); // the contender releases and exits 0
+            contenders.stopAll(); // the contender releases and exits 0
           }
         }
         if (el > HARD_MS + 12_000) throw new Error('contenders did not finish in time');
       }
       clearTimeout(randomKill);
-      expect(failures, "contenders that exited with an error").toEqual([]);
+      expect(contenders.failures, "contenders that exited with an error").toEqual([]);
       expect(metaErrors, "reads of the record in etcd that failed").toEqual([]);
       expect(epochsSeen.length).toBeGreaterThan(100);
       for (let i = 1; i < epochsSeen.length; i++) expect(epochsSeen[i]!).toBeGreaterThanOrEqual(epochsSeen[i - 1]!);
 
-      const logs = readLogs(dir, N);
+      const logs = readContenderLogs(dir, N);
       // What happened, for a failing run's reader: events and error codes across contenders.
       const tally: Record<string, number> = {};
       for (const l of logs) {
@@ -187,15 +121,7 @@ describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
       }
       console.log(`owner-etcd-multiproc: ${Date.now() - t0} ms, ${JSON.stringify(tally)}`);
       // One winner per epoch, epochs consecutive from 1.
-      const casAt = new Map<string, number>();
-      const won = new Map<number, { who: string; casAt: number }>();
-      for (const l of logs) {
-        if (l.t === 'cas') casAt.set(`${l.who}/${l.epoch}`, l.at);
-        if (l.t === 'cas-ok') {
-          expect(won.has(l.epoch), `epoch ${l.epoch} taken twice`).toBe(false);
-          won.set(l.epoch, { who: l.who, casAt: casAt.get(`${l.who}/${l.epoch}`)! });
-        }
-      }
+      const won = epochWinners(logs);
       const epochs = [...won.keys()].sort((x, y) => x - y);
       // The disk really changed hands, many times (each etcd handoff is ~8 round trips on a loaded 2-core box).
       expect(epochs.length).toBeGreaterThanOrEqual(6);
@@ -207,31 +133,13 @@ describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
 
       // The disk's own contents.
       const disk = new Uint8Array(readFileSync(diskPath));
-      const onDisk = new Map<number, Slot>();
-      let lastEpoch = 0;
-      for (let s = 0; s * SLOT < disk.length; s++) {
-        const r = slotAt(disk, s);
-        if (!r) continue;
-        onDisk.set(s, r);
-        expect(r.slot).toBe(s);
-        const w = won.get(r.epoch);
-        expect(w, `slot ${s} has epoch ${r.epoch}, which nobody took`).toBeDefined();
-        expect(r.id, `slot ${s}: epoch ${r.epoch} written by ${r.id}, taken by ${w!.who}`).toBe(w!.who);
-        const next = won.get(r.epoch + 1);
-        if (next) expect(r.at, `slot ${s}: epoch ${r.epoch} wrote after epoch ${r.epoch + 1} began`).toBeLessThanOrEqual(next.casAt);
-        expect(r.epoch).toBeGreaterThanOrEqual(lastEpoch);
-        lastEpoch = r.epoch;
-      }
+      const onDisk = checkDiskRecords(disk, won);
       const acks = logs.filter((l) => l.t === 'ack');
       // Enough acknowledged writes, from several holders, for "none lost" to mean something (a very
       // loaded box gets few: a holder's first flush can outlast the 100 ms it keeps the disk).
       expect(acks.length).toBeGreaterThanOrEqual(10);
       expect(new Set(acks.map((a) => a.epoch)).size).toBeGreaterThanOrEqual(3);
-      for (const a of acks) {
-        const r = onDisk.get(a.slot);
-        expect(r, `acknowledged write of ${a.who} epoch ${a.epoch} seq ${a.seq} at slot ${a.slot} is gone`).toBeDefined();
-        expect([r!.epoch, r!.seq, r!.id, r!.at]).toEqual([a.epoch, a.seq, a.who, a.at]);
-      }
+      checkAcks(acks, onDisk);
       expect(midHandoffKills + randomKills).toBeGreaterThan(0);
       const opens = logs.filter((l) => l.t === 'acquire').map((l) => l.ms).sort((x, y) => x - y);
       console.log(
@@ -239,7 +147,7 @@ describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
           `${epochsSeen.length} record reads; open p50 ${opens[opens.length >> 1]} ms (includes waits out killed owners' leases)`,
       );
     } finally {
-      for (const c of children) c.kill('SIGKILL');
+      run?.dispose();
       await store.close();
       await rm(dir, { recursive: true, force: true });
     }
