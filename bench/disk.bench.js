@@ -171,6 +171,7 @@ export async function run(ctx) {
         'Medians of ' + reps + ' runs; files in the page cache; vmkit awaits each request (queue depth 1).',
         'vmkit default I/O is FileHandle (libuv thread pool, ~30 µs a round trip); "sync I/O" is syncFileProvider (readSync/writeSync, blocks the event loop; what `vmkit disk` uses).',
         'QEMU runs include its process start; qemu-img bench has no random pattern, so its 4 KiB runs are strided (step 257 × 4 KiB), vmkit runs both.',
+        'CPU/run is this process (every thread, the libuv pool too) or the peer process: where a single-threaded row\'s wall time is well above its CPU time, it waited for a core (a loaded machine), and the CPU ratio is the better guide to parity.',
       ],
     };
   } finally {

@@ -164,6 +164,7 @@ export async function run(ctx) {
         'Medians of ' + reps + ' runs; files in the page cache; vmkit awaits each request (queue depth 1).',
         '"sync I/O" is syncFileProvider (readSync/writeSync; what `vmkit disk` uses); the others use FileHandle (libuv thread pool).',
         'QEMU runs include its process start; qemu-img bench has no random pattern, so its 4 KiB runs are strided (step 257 × 4 KiB), vmkit runs both. The allocating runs include closing the image (flush).',
+        'CPU/run is this process (every thread, the libuv pool too) or the peer process: where a single-threaded row\'s wall time is well above its CPU time, it waited for a core (a loaded machine), and the CPU ratio is the better guide to parity.',
       ],
     };
   } finally {
