@@ -88,3 +88,13 @@ export function a64Index(va: bigint, level: number): bigint {
 export function canonical(va: bigint, bits: number): bigint {
   return va & (1n << BigInt(bits - 1)) ? BigInt.asUintN(64, va | ~((1n << BigInt(bits)) - 1n)) : va;
 }
+
+/** The first `n` items of an iterable (a mapping walk can be far longer than a spec needs). */
+export function take<T>(it: Iterable<T>, n: number): T[] {
+  const out: T[] = [];
+  for (const x of it) {
+    if (out.length >= n) break;
+    out.push(x);
+  }
+  return out;
+}

@@ -8,18 +8,9 @@ import fc from 'fast-check';
 import { AddressSpace, UNMAPPED_GPA, referenceMappings, referenceTranslate } from '../bindings/memory/index.js';
 import { coreInfo } from '../bindings/index.js';
 import type { AddressSpaceOptions } from '../bindings/memory/index.js';
-import { BufMemory } from './_paging-tree.js';
+import { BufMemory, take } from './_paging-tree.js';
 
 const U64 = (1n << 64n) - 1n;
-
-function take<T>(it: Iterable<T>, n: number): T[] {
-  const out: T[] = [];
-  for (const x of it) {
-    if (out.length >= n) break;
-    out.push(x);
-  }
-  return out;
-}
 
 /** Random bytes; a share of the words rewritten to point at frames inside the memory (loops, shared tables). */
 const memArb = fc

@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import { AddressSpace, PF, UNMAPPED, UNMAPPED_GPA, VmkitError, gpa, gva, referenceMappings, referenceTranslate } from '../bindings/memory/index.js';
 import type { AddressSpaceOptions, GuestMemorySource, Mapping, Translator } from '../bindings/memory/index.js';
 import { _setMappingChunk, _setReverseLimit } from '../bindings/memory/paging/address-space.js';
-import { A, BufMemory, FrameAlloc, X, a64Index, canonical, x86Index } from './_paging-tree.js';
+import { A, BufMemory, FrameAlloc, X, a64Index, canonical, take, x86Index } from './_paging-tree.js';
 
 const KiB4 = 4096n;
 const MiB2 = 2n << 20n;
@@ -818,16 +818,6 @@ function guided(mem: BufMemory, opts: AddressSpaceOptions, va: bigint, upper: bo
     table = mem.get(table + i * 8n) & (a64 ? 0x0000_ffff_ffff_f000n : 0x000f_ffff_ffff_f000n);
   }
   return va;
-}
-
-/** The first `n` items of an iterable. */
-function take<T>(it: Iterable<T>, n: number): T[] {
-  const out: T[] = [];
-  for (const x of it) {
-    if (out.length >= n) break;
-    out.push(x);
-  }
-  return out;
 }
 
 describe('differential: core vs the reference walker over random trees', () => {
