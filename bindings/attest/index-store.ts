@@ -561,12 +561,16 @@ export class DigestIndex implements ReferenceIndex {
     const resAt = hex ? (decAt + B * len + 15) & ~15 : decAt;
     withCore(() => {
       const p = this.batchBuffer(c, resAt + B * 4);
+      // Nothing below allocates in the core, so this view of its memory stays valid.
+      const u8 = c.u8();
+      if (this.u32.buffer !== u8.buffer) this.u32 = new Uint32Array(u8.buffer);
+      const res = this.u32;
+      const r0 = (p + resAt) >>> 2; // 16-byte aligned
       for (let o = 0; o < n; o += B) {
         const k = Math.min(B, n - o);
         let r: number;
         if (hex) {
           const text = this.hexText(digests as readonly string[], o, k, W);
-          const u8 = c.u8();
           if (!_writeAscii(text, u8, p, k * W)) {
             // A character outside ASCII took more than one byte: spell those strings as not hex.
             const safe = (digests as readonly string[]).slice(o, o + k).map((s) => (/^[\x00-\x7f]*$/.test(s) ? s : _NOT_HEX));
@@ -574,15 +578,11 @@ export class DigestIndex implements ReferenceIndex {
           }
           r = ex.dixGetHex(this.h, p, k, len, tag, p + decAt, p + resAt);
         } else {
-          c.u8().set((digests as Uint8Array).subarray(o * len, (o + k) * len), p);
+          u8.set((digests as Uint8Array).subarray(o * len, (o + k) * len), p);
           r = ex.dixGetPacked(this.h, p, k, len, tag, p + resAt);
         }
         if (r < 0) check(r, 'digest index lookup');
         if (r === 0) continue;
-        const u8 = c.u8();
-        if (this.u32.buffer !== u8.buffer) this.u32 = new Uint32Array(u8.buffer);
-        const res = this.u32;
-        const r0 = (p + resAt) >>> 2; // 16-byte aligned
         for (let i = 0; i < k; i++) {
           const v = res[r0 + i]!;
           if (v === 0 || v === 0xffffffff) continue;
