@@ -4,7 +4,7 @@ import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileStorage, fileProvider, syncFileProvider, _aliases } from '../bindings/disk/backends/file.js';
-import { openImage } from '../bindings/disk/image.js';
+import { createImage, openImage } from '../bindings/disk/image.js';
 import { alignedBuffer, readAt } from '../bindings/disk/backends/storage.js';
 
 describe('FileStorage', () => {
@@ -135,6 +135,16 @@ describe('FileStorage', () => {
       await r;
       expect(buf).toEqual(data.subarray(0, 3 * 2 ** 20));
       await expect(dev.readInto(0, new Uint8Array(512))).rejects.toMatchObject({ code: 'INVALID_STATE' });
+      // A qcow2 image whose file was closed under it (as fencing drops a stale owner's file).
+      const q = join(dir, 'c.qcow2');
+      await createImage(q, { format: 'qcow2', size: 2 ** 22 });
+      const w = await openImage(q);
+      await w.write(0, data.subarray(0, 2 ** 20));
+      await w.close();
+      const storage = await fileProvider.open(q, { readOnly: true });
+      const qdev = await openImage(q, { readOnly: true, provider: { ...fileProvider, open: async () => storage } });
+      await storage.close();
+      await expect(qdev.readInto(0, new Uint8Array(2 ** 20))).rejects.toMatchObject({ code: 'INVALID_STATE' });
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
