@@ -37,7 +37,7 @@ function ioError(e: unknown, op: string, path: string, offset?: number): VmkitEr
 }
 
 // Reads from the page cache into most large Node buffers run at a fraction of the speed they
-// could: the kernel copies each page with `rep movsb`, which slows ~5x when the destination
+// could: the kernel copies each page with `rep movsb`, which slows 3-5x when the destination
 // sits 1-31 bytes past the source modulo 4 KiB (its loads alias the stores just made), and
 // glibc places every allocation it maps itself (Node's ArrayBuffers of 128 KiB and up) 16 bytes
 // past a page boundary, while cluster data starts on one. Such reads go through a page-aligned
@@ -46,7 +46,7 @@ function ioError(e: unknown, op: string, path: string, offset?: number): VmkitEr
 const _PAGE = 4096;
 /**
  * One round trip per request up to 1 MiB at any offset (a thread-pool round trip costs ~30 µs):
- * the data starts up to a page and a half into the slot.
+ * the data starts up to a page into the slot.
  */
 const _SLOT = (1 << 20) + 2 * 4096;
 /** Slots per WebAssembly.Memory, and at most this many memories (each reserves address space). */
