@@ -65,20 +65,7 @@ function copyRange(dst: usize, src: usize, n: usize): bool {
  * Returns the number of zero granules, or E_ARG.
  */
 export function sectorsZeroMap(buf: usize, len: u32, granule: u32, out: usize): i32 {
-  if (granule == 0 || granule % 16 != 0) return E_ARG;
-  const n = (len + granule - 1) / granule;
-  memory.fill(out, 0, (n + 7) >> 3);
-  let zeros: i32 = 0;
-  for (let g: u32 = 0; g < n; g++) {
-    const off = g * granule;
-    const m = min(granule, len - off);
-    // unsafe: off + m <= len, inside the host's buffer.
-    if (isZeroRange(buf + off, m)) {
-      setBit(out, g);
-      zeros++;
-    }
-  }
-  return zeros;
+  return zeroGranules(0, buf, len, granule, out, false);
 }
 
 /**
@@ -87,6 +74,14 @@ export function sectorsZeroMap(buf: usize, len: u32, granule: u32, out: usize): 
  * number of zero granules, or E_ARG.
  */
 export function sectorsCopyZero(dst: usize, src: usize, len: u32, granule: u32, out: usize): i32 {
+  return zeroGranules(dst, src, len, granule, out, true);
+}
+
+// The loop of both exports: marks the zero granules of the `len` bytes at
+// `src` in the bitmap at `out`, copying each granule to `dst` on the way when
+// `copy`. Inlined with a constant `copy`, so each export keeps its own loop
+// without a branch per granule.
+@inline function zeroGranules(dst: usize, src: usize, len: u32, granule: u32, out: usize, copy: bool): i32 {
   if (granule == 0 || granule % 16 != 0) return E_ARG;
   const n = (len + granule - 1) / granule;
   memory.fill(out, 0, (n + 7) >> 3);
@@ -94,8 +89,8 @@ export function sectorsCopyZero(dst: usize, src: usize, len: u32, granule: u32, 
   for (let g: u32 = 0; g < n; g++) {
     const off = g * granule;
     const m = min(granule, len - off);
-    // unsafe: off + m <= len, inside both host buffers.
-    if (copyRange(dst + off, src + off, m)) {
+    // unsafe: off + m <= len, inside the host's buffer(s).
+    if (copy ? copyRange(dst + off, src + off, m) : isZeroRange(src + off, m)) {
       setBit(out, g);
       zeros++;
     }
