@@ -9,8 +9,7 @@ import { alignedBuffer, readAt } from '../bindings/disk/backends/storage.js';
 
 describe('FileStorage', () => {
   it('writes and reads at offsets, grows, truncates, and refuses writes read-only', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'vmkit-file-'));
-    try {
+    await inTmp(async (dir) => {
       const p = join(dir, 'a.img');
       const s = await FileStorage.create(p);
       await s.write(4096, new Uint8Array([1, 2, 3]));
@@ -32,13 +31,10 @@ describe('FileStorage', () => {
       expect((await readAt(b, 0, 1))[0]).toBe(42);
       await b.close();
       expect(fileProvider.relative(p, join(dir, 'b.img'))).toBe('b.img');
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
   it('sync I/O reads and writes the same bytes as the thread pool', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'vmkit-file-'));
-    try {
+    await inTmp(async (dir) => {
       const p = join(dir, 's.img');
       const s = await syncFileProvider.create(p);
       await s.write(1000, new Uint8Array([4, 5, 6]));
@@ -51,13 +47,10 @@ describe('FileStorage', () => {
       expect([...(await readAt(b, 999, 5))]).toEqual([0, 4, 9, 6, 0]);
       await b.close();
       await expect(syncFileProvider.open(join(dir, 'none'), { readOnly: true })).rejects.toMatchObject({ code: 'NOT_FOUND' });
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
   it('large reads into big buffers (the page-aligned bounce path) land every byte where a direct read does, concurrently and past the end', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'vmkit-file-'));
-    try {
+    await inTmp(async (dir) => {
       const p = join(dir, 'big.img');
       const data = pattern(3 * 2 ** 20 + 777);
       await writeFile(p, data);
@@ -99,13 +92,10 @@ describe('FileStorage', () => {
         expect(al).toEqual(data.subarray(8192, 8192 + 2 ** 20));
         await s.close();
       }
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
   it('a read in flight when the file closes completes whole; requests after close throw INVALID_STATE', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'vmkit-file-'));
-    try {
+    await inTmp(async (dir) => {
       const p = join(dir, 'c.img');
       const data = pattern(6 * 2 ** 20);
       await writeFile(p, data);
@@ -145,9 +135,7 @@ describe('FileStorage', () => {
       const qdev = await openImage(q, { readOnly: true, provider: { ...fileProvider, open: async () => storage } });
       await storage.close();
       await expect(qdev.readInto(0, new Uint8Array(2 ** 20))).rejects.toMatchObject({ code: 'INVALID_STATE' });
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
 });
 
@@ -156,4 +144,14 @@ function pattern(n: number): Uint8Array {
   let x = 7;
   for (let i = 0; i < n; i++) data[i] = (x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 24;
   return data;
+}
+
+/** Runs `fn` in a fresh temporary folder, removed afterwards. */
+async function inTmp(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'vmkit-file-'));
+  try {
+    await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
