@@ -1,15 +1,7 @@
 // The core used with the bare WebAssembly API and only the imports docs/abi.md
 // documents: no loader, no vmkit bindings.
 import { describe, expect, it } from 'vitest';
-
-async function bytesOf(url: URL): Promise<ArrayBuffer> {
-  if (url.protocol === 'file:') {
-    const fs = await import('node:fs/promises');
-    const b = await fs.readFile(url);
-    return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
-  }
-  return (await fetch(url)).arrayBuffer();
-}
+import { bytesOf } from './_bytes.js';
 
 // Built from a base URL so Vite does not turn a template URL into a glob of dist/.
 const dist = new URL('../dist/', import.meta.url);

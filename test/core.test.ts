@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { coreInfo, init, initSync, selfCheck, VmkitError, isVmkitError } from '../bindings/index.js';
 import { core, withCore } from '../bindings/core.js';
+import { bytesOf } from './_bytes.js';
 
 describe('core loading', () => {
   it('reports the ABI version the bindings expect', () => {
@@ -14,7 +15,7 @@ describe('core loading', () => {
 
   it('accepts bytes, a compiled module and a URL', async () => {
     const url = new URL('../dist/core.debug.wasm', import.meta.url);
-    const bytes = new Uint8Array(await (await fetchBytes(url)).slice(0));
+    const bytes = new Uint8Array(await (await bytesOf(url)).slice(0));
     expect((await init(bytes)).abiVersion).toBe(1);
     const mod = await WebAssembly.compile(bytes);
     expect((await init(mod)).abiVersion).toBe(1);
@@ -61,12 +62,3 @@ describe('core loading', () => {
     expect(() => c.alloc(2 ** 31 + 1)).toThrow(/could not allocate/);
   });
 });
-
-async function fetchBytes(url: URL): Promise<ArrayBuffer> {
-  if (url.protocol === 'file:') {
-    const fs = await import('node:fs/promises');
-    const b = await fs.readFile(url);
-    return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
-  }
-  return (await fetch(url)).arrayBuffer();
-}
