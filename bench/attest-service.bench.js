@@ -40,6 +40,7 @@ async function memorySource() {
       return ix.size;
     },
     lookupDigest: (a, d) => ix.lookupDigest(a, d),
+    lookupMany: (a, d) => ix.lookupMany(a, d),
     lookupPackage: (n, v) => ix.lookupPackage(n, v),
     refresh: async () => ({ changed: false, packages: PACKAGES }),
     close: () => ix.close(),
