@@ -68,9 +68,15 @@ os.kill(os.getpid(), signal.SIGSTOP)    # split
 print(work(base + 2))                   # second invocation: the measured one
 `;
 
-const C_SRC = (n) => `#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+// No #include: the prototypes it needs, so that cc1's run is the compiler, not header parsing
+// (with stdio.h it is ~10x longer under lackey).
+const C_SRC = (n) => `typedef unsigned long size_t;
+void *malloc(size_t);
+void qsort(void *, size_t, size_t, int (*)(const void *, const void *));
+int atoi(const char *);
+int snprintf(char *, size_t, const char *, ...);
+int printf(const char *, ...);
+size_t strlen(const char *);
 struct node { int key; struct node *next; };
 static int cmp(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
 static struct node *push(struct node *head, int key) {
@@ -81,7 +87,7 @@ static struct node *push(struct node *head, int key) {
 }
 int main(int argc, char **argv) {
   int n = argc > 1 ? atoi(argv[1]) : ${n}, *v = malloc(n * sizeof *v);
-  struct node *head = NULL;
+  struct node *head = 0;
   for (int i = 0; i < n; i++) {
     v[i] = (i * 7919) % n;
     head = push(head, v[i]);
@@ -101,6 +107,13 @@ CREATE INDEX t_grp ON t(grp, val);
 SELECT grp, count(*), avg(val), max(name) FROM t GROUP BY grp ORDER BY 2 DESC LIMIT 5;
 SELECT name FROM t WHERE grp = 5 AND val > 50 ORDER BY val LIMIT 3;
 SELECT count(*) FROM t a JOIN t b ON a.grp = b.grp AND a.id = b.id + 1;
+`;
+
+// One "request" to a database: a few rows in, then the queries.
+const SQL_REQ = (g, k) => `INSERT INTO t SELECT id + ${k}, 'new' || id, grp, val + 1 FROM t WHERE id <= 20;
+SELECT grp, count(*), avg(val), max(name) FROM t WHERE grp BETWEEN ${g} AND ${g + 5} GROUP BY grp;
+SELECT name FROM t WHERE grp = ${g} AND val > 50 ORDER BY val LIMIT 3;
+SELECT count(*) FROM t a JOIN t b ON a.grp = b.grp AND a.id = b.id + 1 WHERE a.grp = ${g};
 `;
 
 function cc1Path() {
@@ -125,16 +138,25 @@ function workloads(dir) {
   writeFileSync(join(dir, 'work.py'), PY);
   writeFileSync(join(dir, 'a.c'), C_SRC(100));
   writeFileSync(join(dir, 'b.c'), C_SRC(200).replace('qsort(v, n, sizeof *v, cmp);', 'qsort(v, n, sizeof *v, cmp);\n  for (int i = 1; i < n; i++) if (v[i] < v[i - 1]) return 1;'));
-  writeFileSync(join(dir, 'a.sql'), SQL(4000, 7919));
-  writeFileSync(join(dir, 'b.sql'), SQL(5000, 104729));
+  writeFileSync(join(dir, 'a.sql'), SQL(400, 7919));
+  writeFileSync(join(dir, 'b.sql'), SQL(500, 104729));
+  textFile(join(dir, 'c.txt'), 3000, 5);
+  // The warm database: the table and a first request (warm-up), then two more requests.
+  writeFileSync(join(dir, 'w0.sql'), SQL(400, 7919) + SQL_REQ(5, 1000));
+  writeFileSync(join(dir, 'w1.sql'), SQL_REQ(11, 2000));
+  writeFileSync(join(dir, 'w2.sql'), SQL_REQ(17, 3000));
   const cc1 = cc1Path();
-  const cc1Args = (f) => [cc1, '-quiet', '-imultiarch', 'x86_64-linux-gnu', '-O2', join(dir, f), '-o', '/dev/null'];
+  const cc1Args = (f) => [cc1, '-quiet', '-O2', join(dir, f), '-o', '/dev/null'];
   return [
     { name: 'perl-startup', what: 'an interpreter starting up', prev: ['/usr/bin/perl', '-e', '1'], run: ['/usr/bin/perl', '-e', 'print 2'] },
     { name: 'gzip', what: 'a compressor', prev: ['/bin/gzip', '-c', join(dir, 'a.txt')], run: ['/bin/gzip', '-c', join(dir, 'b.txt')] },
     { name: 'sort', what: 'a sort', prev: ['/usr/bin/sort', '-n', join(dir, 'a.lines')], run: ['/usr/bin/sort', '-n', join(dir, 'b.lines')] },
-    { name: 'cc1', what: 'a C compiler (cc1 -O2, a 25-line file including stdio.h, stdlib.h, string.h)', prev: cc1Args('a.c'), run: cc1Args('b.c'), slow: true },
-    { name: 'sqlite3', what: 'a database (sqlite3 in memory: insert 5000 rows, index, group, join)', prev: ['/usr/bin/sqlite3', ':memory:', `.read ${join(dir, 'a.sql')}`], run: ['/usr/bin/sqlite3', ':memory:', `.read ${join(dir, 'b.sql')}`], slow: true },
+    { name: 'sqlite3', what: 'a database (sqlite3 in memory: insert 500 rows, index, group, join)', prev: ['/usr/bin/sqlite3', ':memory:', `.read ${join(dir, 'a.sql')}`], run: ['/usr/bin/sqlite3', ':memory:', `.read ${join(dir, 'b.sql')}`] },
+    // Warm (REAP): one process serves three requests; the LD_PRELOAD library stops it as it opens
+    // the second and the third (the snapshot, then the split).
+    { name: 'gzip-warm', what: 'a compressor serving three files in one process (gzip -c a b c)', run: ['/bin/gzip', '-c', join(dir, 'a.txt'), join(dir, 'b.txt'), join(dir, 'c.txt')], env: { VMKIT_STOP_AT: 'b.txt:c.txt' }, warmOnly: true },
+    { name: 'sqlite3-warm', what: 'a database serving three requests in one process (sqlite3 .read w0, w1, w2)', run: ['/usr/bin/sqlite3', ':memory:', `.read ${join(dir, 'w0.sql')}`, `.read ${join(dir, 'w1.sql')}`, `.read ${join(dir, 'w2.sql')}`], env: { VMKIT_STOP_AT: 'w1.sql:w2.sql' }, warmOnly: true },
+    { name: 'cc1', what: 'a C compiler (cc1 -O2 on a 28-line file)', prev: cc1Args('a.c'), run: cc1Args('b.c'), slow: true },
     {
       name: 'python',
       what: 'an interpreter running a script (python3: json, re, random, collections; three calls)',
@@ -147,13 +169,61 @@ function workloads(dir) {
   ];
 }
 
+const STOP_C = `#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+/* Stops the process (SIGSTOP) at exit, and before it opens a file whose path
+   contains one of the ':'-separated names in VMKIT_STOP_AT (each name once):
+   scripts/prefetch-traces.mjs reads /proc/PID/pagemap while it is stopped. */
+static unsigned done_mask;
+static void maybe_stop(const char *path) {
+  const char *list = getenv("VMKIT_STOP_AT");
+  if (!list || !path) return;
+  for (unsigned i = 0; *list && i < 32; i++) {
+    const char *end = strchr(list, ':');
+    size_t n = end ? (size_t)(end - list) : strlen(list);
+    char name[256];
+    if (n > 0 && n < sizeof name && !(done_mask & (1u << i))) {
+      memcpy(name, list, n);
+      name[n] = 0;
+      if (strstr(path, name)) {
+        done_mask |= 1u << i;
+        raise(SIGSTOP);
+        return;
+      }
+    }
+    if (!end) break;
+    list = end + 1;
+  }
+}
+typedef FILE *(*fopen_t)(const char *, const char *);
+typedef int (*open_t)(const char *, int, ...);
+typedef int (*openat_t)(int, const char *, int, ...);
+#define REAL(name, type) static type real_##name; if (!real_##name) real_##name = (type)dlsym(RTLD_NEXT, #name)
+FILE *fopen(const char *p, const char *m) { REAL(fopen, fopen_t); maybe_stop(p); return real_fopen(p, m); }
+FILE *fopen64(const char *p, const char *m) { REAL(fopen64, fopen_t); maybe_stop(p); return real_fopen64(p, m); }
+static mode_t mode_of(int flags, va_list ap) { return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0; }
+int open(const char *p, int f, ...) { va_list ap; va_start(ap, f); mode_t m = mode_of(f, ap); va_end(ap); REAL(open, open_t); maybe_stop(p); return real_open(p, f, m); }
+int open64(const char *p, int f, ...) { va_list ap; va_start(ap, f); mode_t m = mode_of(f, ap); va_end(ap); REAL(open64, open_t); maybe_stop(p); return real_open64(p, f, m); }
+int openat(int d, const char *p, int f, ...) { va_list ap; va_start(ap, f); mode_t m = mode_of(f, ap); va_end(ap); REAL(openat, openat_t); maybe_stop(p); return real_openat(d, p, f, m); }
+int openat64(int d, const char *p, int f, ...) { va_list ap; va_start(ap, f); mode_t m = mode_of(f, ap); va_end(ap); REAL(openat64, openat_t); maybe_stop(p); return real_openat64(d, p, f, m); }
+__attribute__((destructor)) static void vmkit_stop(void) { raise(SIGSTOP); }
+`;
+
 function stopLib() {
-  const so = join(OUT, 'stop-at-exit.so');
+  // Named by its source's hash: a changed library is rebuilt.
+  const tag = createHash('sha256').update(STOP_C).digest('hex').slice(0, 8);
+  const so = join(OUT, `stop-${tag}.so`);
   if (existsSync(so)) return so;
-  const c = join(OUT, 'stop-at-exit.c');
-  // Stops the process at exit so its page frames can be read before they are freed.
-  writeFileSync(c, '#include <signal.h>\n__attribute__((destructor)) static void vmkit_stop(void) { raise(SIGSTOP); }\n');
-  execFileSync('cc', ['-shared', '-fPIC', '-O2', '-o', so, c]);
+  const c = join(OUT, `stop-${tag}.c`);
+  writeFileSync(c, STOP_C);
+  execFileSync('cc', ['-shared', '-fPIC', '-O2', '-o', so, c, '-ldl']);
   return so;
 }
 
@@ -410,17 +480,18 @@ function synthesize(run) {
 }
 
 async function build(w, so, dir) {
-  const prev = await traceRun(w.prev, so, w.env);
-  const run = await traceRun(w.run, so, w.env);
+  // Both runs at once: lackey is single-threaded, and the two take the same time.
+  const [prev, run] = await Promise.all([w.prev ? traceRun(w.prev, so, w.env) : undefined, traceRun(w.run, so, w.env)]);
   const synthetic = synthesize(run);
-  const common = { what: w.what, command: w.run.join(' '), previous: w.prev.join(' '), frames: synthetic ? 'synthetic' : 'pagemap', accesses: run.accesses };
-  // Cold: the whole run from an empty guest. The guest maps every present
-  // page (at exit) of each mapping the program touched: untouched neighbours
-  // are there too (a virtual window can load them, as waste).
+  const common = { what: w.what, command: w.run.join(' '), previous: w.prev ? w.prev.join(' ') : 'the first request after the snapshot', frames: synthetic ? 'synthetic' : 'pagemap', accesses: run.accesses };
   const metas = [];
-  const cold = { name: w.name, model: 'cold', ...common, ...writeGuest(dir, presentIn(run, run.order), run.order, prev.order) };
-  metas.push(cold);
-  if (w.warm) {
+  if (!w.warmOnly) {
+    // Cold: the whole run from an empty guest. The guest maps every present
+    // page (at exit) of each mapping the program touched: untouched neighbours
+    // are there too (a virtual window can load them, as waste).
+    metas.push({ name: w.name, model: 'cold', ...common, ...writeGuest(dir, presentIn(run, run.order), run.order, prev.order) });
+  }
+  if (w.warm || w.warmOnly) {
     // REAP: the snapshot is taken after a warm-up call (stop 0); the
     // measured trace is the second call after it (from stop 1 to the exit
     // stop), first touches counted within that call; replay records the
@@ -444,11 +515,12 @@ async function build(w, so, dir) {
     const ever = new Set(run.order);
     const faultAround = mapped.filter(([v]) => !ever.has(v)).length;
     const seg = { warmupAccesses: run.segments[0].accesses, measuredAccesses: run.segments[2].accesses, warmupPages: run.segments[0].order.length, snapshotPresent: snap.frames.size, freshAfterSnapshot: fresh, neverTouchedByProcess: faultAround };
-    metas.push({ name: `${w.name}-warm`, model: 'warm', ...common, ...seg, ...writeGuest(`${dir}-warm`, mapped, inv2, inv1) });
+    const name = w.warmOnly ? w.name : `${w.name}-warm`;
+    metas.push({ name, model: 'warm', ...common, ...seg, ...writeGuest(join(OUT, name), mapped, inv2, inv1) });
     // The same, without the pages only the host kernel's fault-around made present: the guest
     // maps only pages the process itself touched at some point of the run (lackey saw them).
     const own = mapped.filter(([v]) => ever.has(v));
-    metas.push({ name: `${w.name}-warm-touched`, model: 'warm-touched', ...common, ...seg, ...writeGuest(`${dir}-warm-touched`, own, inv2, inv1) });
+    metas.push({ name: `${name}-touched`, model: 'warm-touched', ...common, ...seg, ...writeGuest(join(OUT, `${name}-touched`), own, inv2, inv1) });
   }
   for (const m of metas) writeFileSync(join(OUT, m.name, 'meta.json'), JSON.stringify(m, null, 2) + '\n');
   return metas;
@@ -475,8 +547,15 @@ async function main() {
   };
   const vg = execFileSync('valgrind', ['--version']).toString();
   // Per workload: rebuilt when its command lines, the program, valgrind or METHOD change.
-  const keyOf = (w) => createHash('sha256').update(JSON.stringify([METHOD, w.prev, w.run, w.env ?? {}, w.warm ?? false])).update(vg).update(version(w.run)).update(w.name === 'python' ? PY : '').digest('hex').slice(0, 16);
-  const names = (w) => (w.warm ? [w.name, `${w.name}-warm`, `${w.name}-warm-touched`] : [w.name]);
+  const keyOf = (w) =>
+    createHash('sha256')
+      .update(JSON.stringify(w.warmOnly ? [METHOD, w.run, w.env, 'warmOnly'] : [METHOD, w.prev, w.run, w.env ?? {}, w.warm ?? false]))
+      .update(vg)
+      .update(version(w.run))
+      .update(w.name === 'python' ? PY : w.name.startsWith('cc1') ? C_SRC(0) : w.name.startsWith('sqlite3') ? SQL(0, 0) + SQL_REQ(0, 0) : '')
+      .digest('hex')
+      .slice(0, 16);
+  const names = (w) => (w.warmOnly ? [w.name, `${w.name}-touched`] : w.warm ? [w.name, `${w.name}-warm`, `${w.name}-warm-touched`] : [w.name]);
   const todo = ws.filter((w) => {
     const k = join(OUT, w.name, 'key');
     return force || !existsSync(k) || readFileSync(k, 'utf8') !== keyOf(w) || !names(w).every((n) => existsSync(join(OUT, n, 'meta.json')));
@@ -494,7 +573,7 @@ async function main() {
   }
   const so = stopLib();
   const t0 = performance.now();
-  // Two at a time: lackey is single-threaded and the machine has two cores.
+  // Two workloads at a time (four lackey runs): the slow ones take minutes each.
   // A workload that fails (a program missing) is reported and skipped; the others are built.
   const failed = [];
   const queue = [...todo];
