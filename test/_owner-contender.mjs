@@ -177,7 +177,20 @@ while (Date.now() < end && !stopping) {
   const dev = d.device;
   // Find the end of the log on the disk itself.
   phase = 'scan';
-  const all = await dev.read(0, dev.size);
+  let all;
+  try {
+    all = await dev.read(0, dev.size);
+  } catch (e) {
+    // The disk can be taken away mid-scan (a release or fencing closes the file between two
+    // storage reads): that is the protocol working, not this contender failing. Anything else is.
+    if (e?.code !== 'INVALID_STATE' && e?.code !== 'FENCED') throw e;
+    log({ t: 'scan-failed', epoch: d.epoch, code: e.code, pid: process.pid });
+    phase = `done? state ${d.state} fenced ${d.fenced}`;
+    const out = await d.done;
+    log({ t: 'released', epoch: d.epoch, reason: out.reason, pid: process.pid });
+    current = undefined;
+    continue;
+  }
   let slot = 0;
   while (slot * SLOT < dev.size && valid(all, slot * SLOT)) slot++;
   log({ t: 'acquire', epoch: d.epoch, slot, ms: +(performance.now() - t0).toFixed(2), pid: process.pid });
