@@ -11,6 +11,8 @@
 #   rpm-xz/        the same with xz-compressed repodata
 #   rpm-ext/       the same with filelists-ext.xml (file digests), added by modifyrepo_c
 #   npm/           packument, tarballs (`npm pack`), registry keys and ECDSA P-256 signatures
+#   apk/           Alpine APKINDEX.tar.gz signed as abuild-sign signs (openssl + tar + gzip): x86_64/ with
+#                  .SIGN.RSA (SHA-1), x86_64-256/ with .SIGN.RSA256; keys vmkit-test.rsa.pub, other.rsa.pub
 # Cached: a stamp holds this script's hash; a second run is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +20,7 @@ out=.cache/attest
 stamp="$out/.stamp"
 want=$(sha256sum "$0" | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
-for t in apt-ftparchive gpg createrepo_c rpmbuild dpkg-deb xz gzip zstd npm; do
+for t in apt-ftparchive gpg createrepo_c rpmbuild dpkg-deb xz gzip zstd npm openssl; do
   command -v "$t" >/dev/null || { echo "attest-fixtures: missing $t (see .ci/apt-packages.txt)" >&2; exit 1; }
 done
 rm -rf "$out"
@@ -170,6 +172,39 @@ for (const f of readdirSync(dir + '/tarballs').sort()) {
 writeFileSync(dir + '/packument.json', JSON.stringify({ name: 'vmkit-fixture', 'dist-tags': { latest: '1.0.1' }, versions }, null, 1));
 writeFileSync(dir + '/keys.json', JSON.stringify({ keys: [{ expires: null, keyid, keytype: 'ecdsa-sha2-nistp256', scheme: 'ecdsa-sha2-nistp256', key: spki }] }));
 EOF
+
+# --- apk ------------------------------------------------------------------
+# Control segments (gzip of a tar holding .PKGINFO, as in an .apk), an APKINDEX whose C: is
+# "Q1" + base64 SHA-1 of each, and the index signed the way abuild-sign does it: openssl dgst
+# over the control tar.gz, the signature in a tar with its end blocks cut (abuild-tar --cut:
+# header + one data block), gzipped, put in front.
+apk="$out/apk"
+mkdir -p "$apk/tmp" "$apk/pkgs"
+for k in vmkit-test other; do
+  openssl genrsa -out "$apk/$k.rsa" 2048 2>/dev/null
+  openssl rsa -in "$apk/$k.rsa" -pubout -out "$apk/$k.rsa.pub" 2>/dev/null
+done
+: >"$apk/tmp/APKINDEX"
+for p in "busybox 1.36.1-r29 x86_64" "musl 1.2.5-r0 x86_64" "alpine-baselayout 3.6.5-r0 x86_64" "ca-certificates-bundle 20240705-r0 noarch"; do
+  set -- $p
+  rm -rf "$apk/tmp/ctl" && mkdir -p "$apk/tmp/ctl"
+  printf 'pkgname = %s\npkgver = %s\narch = %s\nsize = 1024\n' "$1" "$2" "$3" >"$apk/tmp/ctl/.PKGINFO"
+  tar -c --format=ustar --owner=0 --group=0 --numeric-owner --mtime=@0 -f - -C "$apk/tmp/ctl" .PKGINFO | gzip -9n >"$apk/pkgs/$1-$2.control.tar.gz"
+  c=$(openssl dgst -sha1 -binary "$apk/pkgs/$1-$2.control.tar.gz" | base64)
+  printf 'C:Q1%s\nP:%s\nV:%s\nA:%s\nS:1024\nI:4096\nT:%s package\nU:https://alpinelinux.org\nL:MIT\no:%s\nm:Vmkit <vmkit@example.org>\nt:1700000000\n\n' "$c" "$1" "$2" "$3" "$1" "$1" >>"$apk/tmp/APKINDEX"
+done
+echo "v3.20-vmkit-fixture" >"$apk/tmp/DESCRIPTION"
+tar -c --format=ustar --owner=0 --group=0 --numeric-owner --mtime=@0 -f - -C "$apk/tmp" DESCRIPTION APKINDEX | gzip -9n >"$apk/tmp/index.tar.gz"
+for v in "x86_64 RSA sha1" "x86_64-256 RSA256 sha256"; do
+  set -- $v
+  mkdir -p "$apk/$1"
+  sig=".SIGN.$2.vmkit-test.rsa.pub"
+  openssl dgst -"$3" -sign "$apk/vmkit-test.rsa" -out "$apk/tmp/$sig" "$apk/tmp/index.tar.gz"
+  tar -c --format=ustar --owner=0 --group=0 --numeric-owner --mtime=@0 -f - -C "$apk/tmp" "$sig" | head -c 1024 | gzip -9n >"$apk/tmp/sig.tar.gz"
+  cat "$apk/tmp/sig.tar.gz" "$apk/tmp/index.tar.gz" >"$apk/$1/APKINDEX.tar.gz"
+  rm "$apk/tmp/$sig"
+done
+rm -rf "$apk/tmp"
 
 echo "$want" >"$stamp"
 echo "attest fixtures in $out"

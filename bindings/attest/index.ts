@@ -14,6 +14,7 @@ export { parseDeb822, parseRelease, parsePackages, type Release, type ReleaseFil
 export { AptSource, parseAptLine, type AptLine, type AptSourceOptions } from './sources/apt.js';
 export { RpmSource, parseRepomd, primaryParser, filelistsExtParser, type RpmSourceOptions, type RepomdData, type PrimaryPackage, type FilelistsExtFile } from './sources/rpm.js';
 export { NpmSource, parseIntegrity, type NpmSourceOptions, type NpmKeys } from './sources/npm.js';
+export { ApkSource, parseApkIndex, verifyApkIndex, type ApkSourceOptions, type ApkIndexRecord, type ApkIndexVerified } from './sources/apk.js';
 export { openSource, type OpenSourceOptions } from './sources/parse-source-line.js';
 // IMA measurement lists (docs/attest-ima.md).
 export { parseImaLine, imaTemplateData, imaEntryDigest, imaHash, PcrReplay, compileExcludes, imaLines, readImaLog, verifyImaLog, type ImaEntry, type ImaTemplate, type ImaBank, type ImaExtendMode, type ImaExcludes, type ExcludeOptions, type ImaLogSource, type ImaFailure, type ImaVerifyOptions, type ImaLogResult } from './ima.js';

@@ -6,6 +6,7 @@
  * deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] http://host/debian bookworm main   → AptSource
  * rpm http://host/fedora/x86_64/os                                                        → RpmSource
  * npm https://registry.npmjs.org left-pad @scope/name                                     → NpmSource
+ * apk https://dl-cdn.alpinelinux.org/alpine/v3.20/main/x86_64                            → ApkSource
  * ```
  * @module
  */
@@ -15,6 +16,7 @@ import type { Keyring } from '../_openpgp.js';
 import { AptSource, type AptSourceOptions } from './apt.js';
 import { RpmSource, type RpmSourceOptions } from './rpm.js';
 import { NpmSource, type NpmSourceOptions } from './npm.js';
+import { ApkSource, type ApkSourceOptions } from './apk.js';
 
 /**
  * Options for {@link openSource}: the union of every source's options.
@@ -29,10 +31,12 @@ export interface OpenSourceOptions extends AptSourceOptions, Omit<RpmSourceOptio
   keyring?: Keyring | Uint8Array | Uint8Array[];
   /** npm registry keys (`/-/npm/v1/keys` JSON); fetched from the registry when absent. */
   npmKeys?: NpmSourceOptions['keys'];
+  /** Alpine signing keys (PEM, by file name as in `/etc/apk/keys`, or a list). */
+  apkKeys?: ApkSourceOptions['keys'];
 }
 
 /**
- * Opens a source line (`deb …`, `rpm <baseurl>`, `npm <registry-url> [package…]`).
+ * Opens a source line (`deb …`, `rpm <baseurl>`, `npm <registry-url> [package…]`, `apk <url>`).
  * Nothing is fetched until `refresh()`.
  *
  * @example
@@ -54,7 +58,11 @@ export function openSource(line: string, options: OpenSourceOptions = {}): Repos
       const { npmKeys, ...rest } = options;
       return new NpmSource(line, npmKeys === undefined ? rest : { ...rest, keys: npmKeys });
     }
+    case 'apk': {
+      const { apkKeys, npmKeys: _n, keyring: _k, ...rest } = options;
+      return new ApkSource(line, apkKeys === undefined ? rest : { ...rest, keys: apkKeys });
+    }
     default:
-      throw new VmkitError('ARG_RANGE', `unknown source kind ${JSON.stringify(kind)}: expected "deb", "rpm" or "npm"`);
+      throw new VmkitError('ARG_RANGE', `unknown source kind ${JSON.stringify(kind)}: expected "deb", "rpm", "npm" or "apk"`);
   }
 }
