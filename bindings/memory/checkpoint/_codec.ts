@@ -4,7 +4,7 @@
  * generation, re-made after a trap reset).
  * @module
  */
-import { core, withCore, type Core } from '../../core.js';
+import { checkGeneration, core, withCore, type Core } from '../../core.js';
 import { check } from '../../_status.js';
 
 /** The core exports this module calls (docs/abi.md, sections lz4 and staging). */
@@ -147,7 +147,41 @@ export function blockDecompressInto(block: Uint8Array, dst: Uint8Array): number 
   }
 }
 
+/**
+ * Decompresses one LZ4 block of at most `maxSize` decoded bytes into a new
+ * array of exactly the decoded length (one copy in; the output array is made
+ * by one slice of core memory, cheaper than a zeroed array plus a copy).
+ */
+export function blockDecompress(block: Uint8Array, maxSize: number): Uint8Array {
+  const c = core();
+  try {
+    const s = scratchBuf(c, 0, Math.max(1, block.length));
+    const d = scratchBuf(c, 1, Math.max(1, maxSize));
+    const mem = c.u8();
+    mem.set(block, s);
+    const n = check(ex(c).lz4Decompress(s, block.length, d, maxSize), 'lz4 decompress');
+    return mem.slice(d, d + n);
+  } catch (err) {
+    return rethrow(err);
+  }
+}
+
 /** The live core (throws NOT_INITIALIZED). */
 export function liveCore(): Core {
   return core();
+}
+
+/**
+ * Closes stager `h` of core generation `gen` and frees its input and entry
+ * buffers. After a trap reset they are gone with the old memory: nothing to do.
+ */
+export function closeStaging(gen: number, h: number, input: number, entries: number, what: string): void {
+  try {
+    const c = checkGeneration(gen, what);
+    ex(c).stagingClose(h);
+    c.free(input);
+    c.free(entries);
+  } catch {
+    // The core was reset: its memory (and these buffers) are gone already.
+  }
 }

@@ -8,9 +8,9 @@
  * so the file is byte for byte the single-threaded one (given the same id).
  * @module
  */
-import { checkGeneration, coreModule, withCore } from '../../core.js';
+import { coreModule, withCore } from '../../core.js';
 import { check } from '../../_status.js';
-import { compressBound, ex } from './_codec.js';
+import { closeStaging, compressBound, ex } from './_codec.js';
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
 import { CODECS } from './format.js';
@@ -114,14 +114,7 @@ function ownLane(
   let bufs: { gen: number; h: number; input: number; ent: number } | undefined;
   const free = (): void => {
     if (!bufs) return;
-    try {
-      const c = checkGeneration(bufs.gen, 'parallel save');
-      ex(c).stagingClose(bufs.h);
-      c.free(bufs.input);
-      c.free(bufs.ent);
-    } catch {
-      // The core was reset: its memory is gone already.
-    }
+    closeStaging(bufs.gen, bufs.h, bufs.input, bufs.ent, 'parallel save');
     bufs = undefined;
   };
   return {

@@ -10,7 +10,7 @@ import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { abytes, aint, aoneOf } from '../../_utils.js';
 import type { PageSource } from '../types.js';
-import { compressBound, ex, xxh32Of } from './_codec.js';
+import { closeStaging, compressBound, ex, xxh32Of } from './_codec.js';
 import {
   BLOCK_ALIGN,
   CHECKPOINT_VERSION,
@@ -549,14 +549,7 @@ export class CheckpointWriter {
 
   private release(): void {
     if (this.stager < 0) return;
-    try {
-      const c = checkGeneration(this.gen, 'checkpoint writer');
-      ex(c).stagingClose(this.stager);
-      c.free(this.input);
-      c.free(this.entries);
-    } catch {
-      // The core was reset: its memory (and these buffers) are gone already.
-    }
+    closeStaging(this.gen, this.stager, this.input, this.entries, 'checkpoint writer');
     this.stager = -1;
   }
 }
