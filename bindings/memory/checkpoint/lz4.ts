@@ -9,7 +9,7 @@ import { withCore } from '../../core.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { abytes, aint } from '../../_utils.js';
-import { blockCompress, blockCompressInto, blockDecompressInto, compressBound, ex, scratchBuf, xxh32Of } from './_codec.js';
+import { blockCompress, blockCompressInto, blockDecompress, blockDecompressInto, compressBound, ex, scratchBuf, xxh32Of } from './_codec.js';
 
 /**
  * Compresses `data` into one LZ4 block (the raw block format, no header).
@@ -64,9 +64,7 @@ export function lz4CompressBlockInto(data: Uint8Array, dst: Uint8Array): number 
 export function lz4DecompressBlock(block: Uint8Array, maxSize: number): Uint8Array {
   abytes(block, 'block');
   aint(maxSize, 'maxSize', 0, 0x7e000000);
-  const out = new Uint8Array(maxSize);
-  const n = blockDecompressInto(block, out);
-  return n === maxSize ? out : out.slice(0, n);
+  return blockDecompress(block, maxSize);
 }
 
 /**
