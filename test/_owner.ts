@@ -10,10 +10,10 @@ export function rec(d: string, epoch: number, id = 'vm-a'): OwnerRecord {
   return { version: 1, disk: d, epoch, state: 'owned', owner: { id, host: 'h', pid: 1 }, leaseExpiresAt: now + 10_000, updatedAt: now };
 }
 
-/** The VmkitError code `p` rejects with (anything else thrown fails the spec), or 'resolved'. */
-export async function code(p: Promise<unknown>): Promise<string> {
+/** The VmkitError code `p` rejects (or the function `p` throws) with; anything else thrown fails the spec; 'resolved' when none. */
+export async function code(p: Promise<unknown> | (() => unknown)): Promise<string> {
   try {
-    await p;
+    await (typeof p === 'function' ? p() : p);
   } catch (e) {
     expect(e).toBeInstanceOf(VmkitError);
     return (e as VmkitError).code;

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createImage } from '../bindings/disk/image.js';
 import { FileOwnerStore, httpTransport, openOwned, readOwner, type OwnerRecord } from '../bindings/disk/owner/index.js';
 import { VmkitError } from '../bindings/errors.js';
+import { code } from './_owner.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -19,16 +20,6 @@ afterAll(async () => {
 });
 
 const rec = (epoch: number): OwnerRecord => ({ version: 1, disk: 'x', epoch, state: 'free', leaseExpiresAt: 0, updatedAt: 1 });
-
-async function code(p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(VmkitError);
-    return (e as VmkitError).code;
-  }
-  return undefined;
-}
 
 describe('FileOwnerStore', () => {
   it('reads nothing, then revisions; a stale revision loses; racing writers: one winner per revision', async () => {

@@ -19,20 +19,11 @@ import {
   type OwnerRecord,
 } from '../bindings/disk/owner/index.js';
 import { VmkitError } from '../bindings/errors.js';
+import { code } from './_owner.js';
 
 const who = { id: 'a', host: 'h', pid: 1 };
 const good: OwnerRecord = { version: 1, disk: 'd.raw', epoch: 3, state: 'owned', owner: { ...who, endpoint: 'http://127.0.0.1:1/release' }, leaseExpiresAt: 2_000_000_010_000, updatedAt: 2_000_000_000_000 };
 const enc = (o: unknown): string => JSON.stringify(o);
-
-async function code(p: Promise<unknown> | (() => unknown)): Promise<string | undefined> {
-  try {
-    await (typeof p === 'function' ? p() : p);
-  } catch (e) {
-    expect(e).toBeInstanceOf(VmkitError);
-    return (e as VmkitError).code;
-  }
-  return undefined;
-}
 
 async function setup(): Promise<{ provider: MemoryProvider; store: MemoryOwnerStore; opts: (id: string, more?: Partial<OpenOwnedOptions>) => OpenOwnedOptions }> {
   const provider = new MemoryProvider();
