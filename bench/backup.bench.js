@@ -13,6 +13,7 @@ import { mkdtempSync, rmSync, statSync, copyFileSync, existsSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
+import { fileURLToPath } from 'node:url';
 import { loadCore, median } from './_lib.js';
 
 const MiB = 2 ** 20;
@@ -280,63 +281,109 @@ export async function run(ctx) {
       const r = process.resourceUsage();
       return (r.userCPUTime + r.systemCPUTime) / 1000;
     };
-    const t = { q: [], v: [], s: [] };
-    const c = { q: [], v: [], s: [] };
-    const runVmkit = async (d, o, key) => {
+    const t = { q: [], v: [], s: [], k: [], Q: [], P: [], K: [] };
+    const c = { q: [], v: [], s: [], k: [], Q: [], P: [], K: [] };
+    const runVmkit = async (d, o, key, keepDelta) => {
       const b = await import('../dist/disk/backup/index.js');
       const disk = o ? await b.LiveDisk.open(join(d, 'delta.qcow2'), o) : await memChain(size, baseData, deltaData, 7);
       const c0 = cpuNow();
       const t0 = performance.now();
-      const job = await b.consolidate(disk, { into: 'base' });
+      const job = await b.consolidate(disk, { into: 'base', ...(keepDelta ? { keepDelta: true } : {}) });
       await job.done;
       await disk.close();
       t[key].push(performance.now() - t0);
       c[key].push(cpuNow() - c0);
     };
+    // GNU time reports a child's CPU time (Node has no rusage for children).
+    const timed = existsSync('/usr/bin/time');
+    const runProcess = (key, cmd, argv, cwd) => {
+      const t0 = performance.now();
+      const res = timed ? spawnSync('/usr/bin/time', ['-f', 'cpu %U %S', cmd, ...argv], { encoding: 'utf8', cwd }) : spawnSync(cmd, argv, { encoding: 'utf8', cwd });
+      t[key].push(performance.now() - t0);
+      if (res.status !== 0) throw new Error(`${cmd} ${argv.join(' ')}: ${res.stderr}`);
+      const m = /cpu ([\d.]+) ([\d.]+)/.exec(res.stderr ?? '');
+      c[key].push(m ? (Number(m[1]) + Number(m[2])) * 1000 : NaN);
+    };
+    const vmkitBin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
+    const checkAgainst = (ref, d, files) => {
+      for (const f of files) {
+        const cmp = q('qemu-img', ['compare', '-q', join(ref, f), join(d, f)]);
+        if (cmp.trim()) notes.push(`compare ${f}: ${cmp.trim()}`);
+        const chk = spawnSync('qemu-img', ['check', '-q', join(d, f)]);
+        if (chk.status !== 0) notes.push(`qemu-img check of vmkit's ${f} failed (${chk.status})`);
+      }
+    };
+    // Every variant runs once per round, on its own copy of the same chain, so load drift on a
+    // shared machine falls on all of them alike.
     for (let r = 0; r < reps; r++) {
       const d1 = join(root, `q${r}`);
       execFileSync('mkdir', ['-p', d1]);
       copyChain(master, d1);
-      // GNU time reports the child's CPU time (Node has no rusage for children).
-      const timed = existsSync('/usr/bin/time');
-      const argv = ['commit', '-q', join(d1, 'delta.qcow2')];
-      const t0 = performance.now();
-      const res = timed ? spawnSync('/usr/bin/time', ['-f', 'cpu %U %S', 'qemu-img', ...argv], { encoding: 'utf8' }) : spawnSync('qemu-img', argv, { encoding: 'utf8' });
-      t.q.push(performance.now() - t0);
-      if (res.status !== 0) throw new Error(`qemu-img commit: ${res.stderr}`);
-      const m = /cpu ([\d.]+) ([\d.]+)/.exec(res.stderr ?? '');
-      c.q.push(m ? (Number(m[1]) + Number(m[2])) * 1000 : NaN);
-      for (const [key, o] of [['v', ops], ['s', syncOps]]) {
-        if (key === 's' && !o) continue;
+      runProcess('q', 'qemu-img', ['commit', '-q', join(d1, 'delta.qcow2')]);
+      const variants = [
+        ['v', ops, false],
+        ['s', syncOps, false],
+        ['k', syncOps, true],
+      ];
+      for (const [key, o, keep] of variants) {
+        if (key !== 'v' && !o) continue;
         const d2 = join(root, `${key}${r}`);
         execFileSync('mkdir', ['-p', d2]);
         copyChain(master, d2);
-        ctx.log(`consolidating (${key === 'v' ? 'FileHandle' : 'sync'} I/O)`);
-        await runVmkit(d2, o, key);
-        if (o) {
-          const cmp = q('qemu-img', ['compare', '-q', join(d1, 'base.qcow2'), join(d2, 'base.qcow2')]);
-          if (cmp.trim()) notes.push(`compare: ${cmp.trim()}`);
-          const chk = spawnSync('qemu-img', ['check', '-q', join(d2, 'base.qcow2')]);
-          if (chk.status !== 0) notes.push(`qemu-img check of vmkit's base failed (${chk.status})`);
-        }
+        ctx.log(`consolidating (${key === 'v' ? 'FileHandle' : 'sync'} I/O${keep ? ', keeping the delta' : ''})`);
+        await runVmkit(d2, o, key, keep);
+        if (o) checkAgainst(d1, d2, keep ? ['base.qcow2', 'delta.qcow2'] : ['base.qcow2']);
         rmSync(d2, { recursive: true, force: true });
+      }
+      if (ops) {
+        // Whole processes, as a user runs them: qemu-img commit (empties the delta and keeps it),
+        // vmkit disk consolidate --keep-delta (the same), and vmkit disk consolidate (removes it).
+        for (const [key, cmd, argv] of [
+          ['Q', 'qemu-img', ['commit', '-q', 'delta.qcow2']],
+          ['K', process.execPath, [vmkitBin, 'disk', 'consolidate', 'delta.qcow2', '--keep-delta']],
+          ['P', process.execPath, [vmkitBin, 'disk', 'consolidate', 'delta.qcow2']],
+        ]) {
+          const d2 = join(root, `${key}${r}`);
+          execFileSync('mkdir', ['-p', d2]);
+          copyChain(master, d2);
+          runProcess(key, cmd, argv, d2);
+          if (key !== 'Q') checkAgainst(d1, d2, key === 'K' ? ['base.qcow2', 'delta.qcow2'] : ['base.qcow2']);
+          if (key === 'P' && existsSync(join(d2, 'delta.qcow2'))) notes.push('vmkit disk consolidate left the delta behind');
+          rmSync(d2, { recursive: true, force: true });
+        }
       }
       rmSync(d1, { recursive: true, force: true });
     }
-    const mq = median(t.q);
-    const cq = median(c.q);
-    const line = (name, ts, cs) => {
-      const m = median(ts);
-      const cpu = median(cs);
-      return `| ${name} | ${m.toFixed(0)} ms | ${((deltaData / MiB) / (m / 1000)).toFixed(0)} MiB/s | ${(mq / m).toFixed(2)}× | ${cpu.toFixed(0)} ms | ${(cq / cpu).toFixed(2)}× | ${ts.length} |`;
+    const table = (ref, rows) => {
+      const mq = median(t[ref]);
+      const cq = median(c[ref]);
+      const line = (name, key) => {
+        const m = median(t[key]);
+        const cpu = median(c[key]);
+        return `| ${name} | ${m.toFixed(0)} ms | ${((deltaData / MiB) / (m / 1000)).toFixed(0)} MiB/s | ${(mq / m).toFixed(2)}× | ${cpu.toFixed(0)} ms | ${(cq / cpu).toFixed(2)}× | ${t[key].length} |`;
+      };
+      return [
+        '| task | median | delta copied/s | speed vs qemu-img commit | CPU time (median) | CPU vs qemu-img | runs |',
+        '|---|---:|---:|---:|---:|---:|---:|',
+        ...rows.filter(([, key]) => t[key].length > 0).map(([name, key]) => line(name, key)),
+      ].join('\n');
     };
-    const commit = [
-      '| task | median | delta copied/s | speed vs qemu-img commit | CPU time (median) | CPU vs qemu-img | runs |',
-      '|---|---:|---:|---:|---:|---:|---:|',
-      line('qemu-img commit', t.q, c.q),
-      line(`vmkit consolidate --into base${ops ? ' (FileHandle I/O)' : ' (memory)'}`, t.v, c.v),
-      ...(syncOps ? [line('vmkit consolidate --into base (sync I/O)', t.s, c.s)] : []),
-    ].join('\n');
+    const commit = table('q', [
+      ['qemu-img commit (empties the delta, keeps it)', 'q'],
+      [`vmkit consolidate --into base, drops the delta${ops ? ' (FileHandle I/O)' : ' (memory)'}`, 'v'],
+      ['vmkit consolidate --into base, drops the delta (sync I/O)', 's'],
+      ['vmkit consolidate --into base, keepDelta: empties it, as qemu-img (sync I/O)', 'k'],
+    ]);
+    const whole = table('Q', [
+      ['`qemu-img commit` (empties the delta, keeps it)', 'Q'],
+      ['`vmkit disk consolidate --keep-delta` (the same)', 'K'],
+      ['`vmkit disk consolidate` (removes the delta)', 'P'],
+    ]);
+    const load = (await import('node:os')).loadavg()[0];
+    notes.push(
+      `Consolidation rows: each round runs every variant on its own copy of the same chain (written back with \`sync\` first). The in-process rows time the job (open excluded: the chain is opened first) and report the process's CPU time during it; qemu-img commit's row is its whole process, CPU from GNU time. Like with like: the keepDelta rows leave what \`qemu-img commit\` leaves (the delta emptied, still in the chain: both free the delta's data); the other vmkit rows remove the delta file instead (also freeing its data).`,
+      `Load average (1 min) when the consolidation rounds ended: ${load.toFixed(1)} on ${(await import('node:os')).cpus().length} cores.`,
+    );
 
     // 2. under sustained writes
     const rows = [];
@@ -377,6 +424,7 @@ export async function run(ctx) {
       title: 'Live backup: consolidation and mirror',
       sections: [
         { heading: `Consolidate a delta into its base (${size / MiB} MiB disk, ${deltaData / MiB} MiB of delta writes, delta file ${(deltaFile / MiB).toFixed(0)} MiB)`, markdown: commit },
+        ...(ops ? [{ heading: 'The same as whole processes (start-up, module loading and the delta\'s fate included)', markdown: whole }] : []),
         ...(rows.length ? [{ heading: 'Consolidation under sustained guest writes', markdown: rows.join('\n') }] : []),
       ],
       notes,

@@ -227,6 +227,7 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
   if (chunk <= 0 || chunk % 65536 !== 0) throw new VmkitError('ARG_RANGE', `chunk must be a positive multiple of 65536, got ${chunk}`);
   const parallel = Math.max(1, opts.parallel ?? 4);
   const limiter = new RateLimiter(opts.rateLimit ?? Infinity);
+  const limited = Number.isFinite(opts.rateLimit ?? Infinity);
   const policy = <T>(what: string, fn: () => Promise<T>): Promise<T> => withPolicy(opts, () => p.retries++, what, fn);
   let cancelRequested = false;
   let completeRequested = opts.autoComplete !== false;
@@ -303,6 +304,8 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
       }
       p.planned = plan.reduce((n, o) => n + o.length, 0);
       p.remaining = p.planned;
+      const reportStep = p.planned / 1024;
+      let nextReport = p.planned - reportStep;
       await opts.hook?.('copying');
       // The single pass: ops in offset order, `parallel` at a time.
       let next = 0;
@@ -318,12 +321,11 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
       const tStorage = (targetDev as { storage?: { flush?: () => Promise<void> } }).storage;
       let sinceSync = 0;
       let bgSync: Promise<void> | undefined;
-      const trickle = async (n: number): Promise<void> => {
-        sinceSync += n;
-        if (!tStorage?.flush || sinceSync < _SYNC_EVERY) return;
+      const trickle = async (): Promise<void> => {
+        if (!tStorage?.flush) return;
         // With synchronous file I/O the pass runs on microtasks alone: a turn of the event loop
         // lets the sync's completion (and the guest's I/O) in.
-        await new Promise((r) => setImmediate(r));
+        await new Promise<void>((r) => (typeof setImmediate === 'function' ? setImmediate(r) : setTimeout(r, 0)));
         if (bgSync) return;
         sinceSync = 0;
         bgSync = tStorage
@@ -341,15 +343,20 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
           const i = next++;
           const op = plan[i]!;
           inflight.add(op.offset);
-          await limiter.take(op.length);
+          if (limited) await limiter.take(op.length);
           await mirror.copy(op);
           inflight.delete(op.offset);
           p.remaining -= op.length;
-          if (!op.zero) await trickle(op.length);
+          if (!op.zero && (sinceSync += op.length) >= _SYNC_EVERY) await trickle();
           // Mirrored ranges below every op still to run are never looked at again.
           const low = inflight.size > 0 ? Math.min(...inflight) : next < plan.length ? plan[next]!.offset : Infinity;
           mirror.forgetBelow(low);
-          changed();
+          // Progress about a thousand times a pass at most (every op of a small plan): a report
+          // per 64 KiB cluster cost more than its copy's bookkeeping.
+          if (p.remaining <= nextReport || next >= plan.length) {
+            nextReport = p.remaining - reportStep;
+            changed();
+          }
           if (!checkpointing && Date.now() - lastCheckpoint >= checkpointMs) {
             checkpointing = true;
             try {
