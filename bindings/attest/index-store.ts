@@ -202,7 +202,8 @@ export class DigestIndex implements ReferenceIndex {
   private pkgExtra = new Map<number, Digest[]>();
   private byName = new Map<string, number | number[]>();
   // Provenance of packages that lookups have found (frozen, shared; undefined for the others).
-  private pkgProv: (Provenance | undefined)[] = [];
+  // Each as a frozen one-element list: what lookupMany returns for a digest only that package has.
+  private pkgProv: (readonly Provenance[] | undefined)[] = [];
   // Entry table.
   private nEntries = 0;
   private ePkg = new Int32Array(1024);
@@ -534,7 +535,8 @@ export class DigestIndex implements ReferenceIndex {
    * provenance is built only for the hits. Returns per digest what
    * {@link DigestIndex.lookupDigest} returns, except that a digest with no
    * entry (also a string that is not `2 × digestLength(alg)` hex digits) gives
-   * `undefined` instead of an empty array.
+   * `undefined` instead of an empty array. The lists and objects returned are
+   * read-only (frozen, shared between lookups where they are the same).
    *
    * @example
    * ```ts
@@ -588,8 +590,14 @@ export class DigestIndex implements ReferenceIndex {
           if (v === 0 || v === 0xffffffff) continue;
           // Longer digests: the tail beyond the key is compared on the host (as lookupDigest does).
           const d = len <= 32 ? undefined : hex ? u8.slice(p + decAt + i * len, p + decAt + (i + 1) * len) : (digests as Uint8Array).subarray((o + i) * len, (o + i + 1) * len);
+          const e0 = v - 1;
+          if (!d && this.eNext[e0]! < 0 && this.ePath[e0]! < 0) {
+            // The common hit: one entry, a package's own digest — its shared list, nothing made.
+            if (this.eAlg[e0] === tag) out[o + i] = this.pkgList(this.ePkg[e0]!) as Provenance[];
+            continue;
+          }
           let list: Provenance[] | undefined;
-          for (let e = v - 1; e >= 0; e = this.eNext[e]!) {
+          for (let e = e0; e >= 0; e = this.eNext[e]!) {
             if (d ? this.entryMatches(e, tag, d) : this.eAlg[e] === tag) (list ??= []).push(this.hitProvenance(e));
           }
           out[o + i] = list;
@@ -649,15 +657,16 @@ export class DigestIndex implements ReferenceIndex {
     return o;
   }
 
+  private pkgList(p: number): readonly Provenance[] {
+    return this.pkgProv[p] ?? (this.pkgProv[p] = Object.freeze([Object.freeze(this.provenance(p, -1))]));
+  }
+
   // What lookups return for entry e: a package's own digest gives one frozen object per
   // package, made on its first hit and shared after (a hit then reads one array slot instead
   // of four tables); a file digest gives a new object with its path.
   private hitProvenance(e: number): Provenance {
     const p = this.ePkg[e]!;
-    let o = this.pkgProv[p];
-    if (o === undefined) {
-      o = this.pkgProv[p] = Object.freeze(this.provenance(p, -1));
-    }
+    const o = this.pkgList(p)[0]!;
     const path = this.ePath[e]!;
     if (path < 0) return o;
     const f: Provenance = { repository: o.repository, package: o.package, version: o.version };
