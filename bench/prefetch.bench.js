@@ -133,7 +133,9 @@ export async function run(ctx) {
   await loadCore();
   const m = await import('../dist/memory/index.js');
   const la0 = loadavg()[0];
-  const gen = spawnSync(process.execPath, [`${ROOT}scripts/prefetch-traces.mjs`, ...(ctx.quick ? ['--no-slow'] : [])], { stdio: 'inherit' });
+  // VMKIT_PREFETCH_NO_SLOW=1: use the slow traces already built, build none (they are left out when absent).
+  const noSlow = ctx.quick || process.env.VMKIT_PREFETCH_NO_SLOW === '1';
+  const gen = spawnSync(process.execPath, [`${ROOT}scripts/prefetch-traces.mjs`, ...(noSlow ? ['--no-slow'] : [])], { stdio: 'inherit' });
   if (!CORE.every((n) => existsSync(`${OUT}/${n}/meta.json`))) throw new Error(`scripts/prefetch-traces.mjs failed (status ${gen.status})`);
   // A slow trace that could not be built (a program missing) is left out and named in the notes.
   const have = (n) => existsSync(`${OUT}/${n}/meta.json`);
@@ -351,7 +353,7 @@ export async function run(ctx) {
     ],
     notes: [
       `Load average (1 min) ${la0.toFixed(1)} at the start and ${la1.toFixed(1)} at the end (2 cores shared with other work).`,
-      ...(missing.length ? [`Traces not built in this run (left out of every table): ${missing.join(', ')}${ctx.quick ? ' (--quick skips the slow ones)' : ''}.`] : []),
+      ...(missing.length ? [`Traces not built in this run (left out of every table): ${missing.join(', ')}${noSlow ? ' (slow ones not built: --quick or VMKIT_PREFETCH_NO_SLOW=1)' : ''}.`] : []),
       `Cold guests map every present page (at exit, from pagemap) of each mapping a program touched, touched or not, so a window can load pages the run never uses (counted as waste): ${cold.reduce((a, w) => a + w.meta.mappedUntouched, 0)} of ${cold.reduce((a, w) => a + w.meta.mappedPages, 0)} mapped pages here, mostly file pages the host kernel's own fault-around mapped. virtual ±8 wastes ${v8.wasted} of them, ±128 ${per.get('virtual/128').wasted}, ±512 ${per.get('virtual/512').wasted}; faults fall toward one per cluster of touched virtual pages (±512: ${per.get('virtual/512').faults}). Physical neighbours are worse at every window on both counts.`,
       `faults × waste is 0 for none (and for replay) and, once the waste has saturated at the untouched mapped pages, keeps falling as the window widens: a window that loads every mapped page at the first fault would score best. The goal row is reported as the issue states it; the Pareto row (fewest faults among fixed windows that waste no more) says whether adaptive is a better trade-off than a fixed window, not just a wider one.`,
       coreRate >= 1e6
