@@ -129,6 +129,8 @@ export async function run(ctx) {
       { name: 'Map.get(hex string)', items: B, fn: () => { for (let i = 0; i < B; i++) if (map.get(probeHex[i]) !== undefined) sink++; } },
       { name: 'DigestIndex.has(bytes)', items: B, fn: () => { for (let i = 0; i < B; i++) if (ix.has('sha256', probes[i])) sink++; } },
       { name: 'DigestIndex.lookupDigest(bytes)', items: B, fn: () => { for (let i = 0; i < B; i++) sink += ix.lookupDigest('sha256', probes[i]).length; } },
+      { name: 'DigestIndex.lookupHex(hex string)', items: B, fn: () => { for (let i = 0; i < B; i++) sink += ix.lookupHex('sha256', probeHex[i]).length; } },
+      { name: 'DigestIndex.lookupMany(1000 hex strings)', items: B, fn: () => { sink += ix.lookupMany('sha256', probeHex).length; } },
       { name: 'DigestIndex.has(miss)', items: B, fn: () => { for (let i = 0; i < B; i++) if (ix.has('sha256', misses[i])) sink++; } },
       { name: 'DigestIndex.hasMany(1000 packed bytes)', items: B, fn: () => { sink += ix.hasMany('sha256', packed, hits); } },
     ],

@@ -105,6 +105,8 @@ describe.runIf(ready)('batched lookups on real repositories', () => {
       const packed = Uint8Array.from(Buffer.from(valid.join(''), 'hex'));
       expect(ix.lookupMany!('sha256', packed)).toEqual(valid.map((h) => oneByOne(ix, 'sha256', h)));
     }
+    // The single hex lookup (decoded straight into the core) answers the same.
+    for (const h of hex) expect(both.lookupHex('sha256', h)).toEqual(oneByOne(both, 'sha256', h) ?? []);
     // Duplicates: two entries per digest, newest first, as lookupDigest walks them.
     const two = both.lookupMany('sha256', known.slice(0, 10));
     expect(two.every((x) => x?.length === 2 && x[0]!.repository.endsWith('bookworm-updates main'))).toBe(true);
@@ -142,6 +144,7 @@ describe.runIf(ready)('batched lookups on real repositories', () => {
         expect(got).toEqual(hex.map((h) => oneByOne(ix, alg, h)));
         expect(got.filter((x) => x !== undefined).length).toBe(50);
         expect(ix.lookupMany(alg, Uint8Array.from(Buffer.from(hex.join(''), 'hex')))).toEqual(got);
+        expect(hex.map((h) => ix.lookupHex(alg, h.toUpperCase()))).toEqual(got.map((x) => x ?? []));
       }
       expect(() => ix.lookupMany('sha1', new Uint8Array(21))).toThrow(/whole number/);
       expect(ix.lookupMany('sha256', [])).toEqual([]);

@@ -224,6 +224,7 @@ export class DigestIndex implements ReferenceIndex {
   private batchP = 0;
   private batchCap = 0;
   private u32: Uint32Array<ArrayBufferLike> = new Uint32Array(0);
+  private view: Uint8Array = new Uint8Array(0);
 
   constructor(options: DigestIndexOptions = {}) {
     const expected = options.expected ?? 0;
@@ -425,7 +426,7 @@ export class DigestIndex implements ReferenceIndex {
     if (this.nPend) this.flush();
     const c = this.live();
     if (this.scratch === 0) this.scratch = c.alloc(32);
-    const u8 = c.u8();
+    const u8 = this.coreView(c);
     const s = this.scratch;
     if (digest.length === 32) u8.set(digest, s);
     else if (digest.length > 32) u8.set(digest.subarray(0, 32), s);
@@ -437,6 +438,62 @@ export class DigestIndex implements ReferenceIndex {
     const r = this.ex(c).dixGet(this.h, s);
     if (r < 0) check(r, 'digest index lookup');
     return r - 1;
+  }
+
+  // A view of core memory, re-made only when the memory grew (growth detaches the old buffer,
+  // leaving a view of length 0): cheaper than asking the Memory for its buffer per lookup.
+  private coreView(c: Core): Uint8Array {
+    if (this.view.byteLength === 0) this.view = c.u8();
+    return this.view;
+  }
+
+  // First entry id for the key of `hex` (2 × len hex digits under alg), decoded straight into
+  // the core's scratch; -1 when absent, -2 when not hex of that length.
+  private firstEntryHex(alg: DigestAlgorithm, len: number, hex: string): number {
+    if (hex.length !== len * 2) return -2;
+    if (this.nPend) this.flush();
+    const c = this.live();
+    if (this.scratch === 0) this.scratch = c.alloc(32);
+    const u8 = this.coreView(c);
+    const s = this.scratch;
+    if (len < 32) u8.fill(0, s + len, s + 32);
+    const n = len < 32 ? len : 32;
+    for (let i = 0; i < n; i++) {
+      const a = hex.charCodeAt(2 * i);
+      const b = hex.charCodeAt(2 * i + 1);
+      const hi = a < 128 ? HEX[a]! : -1;
+      const lo = b < 128 ? HEX[b]! : -1;
+      if ((hi | lo) < 0) return -2;
+      u8[s + i] = (hi << 4) | lo;
+    }
+    u8[s + 31]! ^= TAG[alg];
+    const r = this.ex(c).dixGet(this.h, s);
+    if (r < 0) check(r, 'digest index lookup');
+    return r - 1;
+  }
+
+  /**
+   * {@link DigestIndex.lookupDigest} for a digest given as hex (either case),
+   * decoded straight into the core: no byte array made. Empty when none, also
+   * when `hex` is not `2 × digestLength(alg)` hex digits.
+   * @example `ix.lookupHex('sha256', 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855')`
+   */
+  lookupHex(alg: DigestAlgorithm, hex: string): Provenance[] {
+    const len = digestLength(alg);
+    const out: Provenance[] = [];
+    if (typeof hex !== 'string') return out;
+    const e0 = this.firstEntryHex(alg, len, hex);
+    if (e0 < 0) return out;
+    const tag = TAG[alg];
+    let tail: Uint8Array | undefined;
+    if (len > 32) {
+      tail = new Uint8Array(len);
+      if (!hexInto(hex, tail)) return out;
+    }
+    for (let e = e0; e >= 0; e = this.eNext[e]!) {
+      if (tail ? this.entryMatches(e, tag, tail) : this.eAlg[e] === tag) out.push(this.hitProvenance(e));
+    }
+    return out;
   }
 
   private entryMatches(e: number, tag: number, digest: Uint8Array): boolean {
