@@ -105,6 +105,12 @@ function prepareTable(len: u32): void {
   return (n + 15) & ~15;
 }
 
+// The bytes wildCopy16 reads and writes for n (a do-while: 16 for n = 0).
+// @ts-ignore: decorator
+@inline function wildLen(n: u32): u32 {
+  return n == 0 ? 16 : round16(n);
+}
+
 /** Worst-case compressed size of `n` input bytes (LZ4_compressBound); 0 when n is too large. */
 export function lz4CompressBound(n: u32): u32 {
   if (n > MAX_INPUT) return 0;
@@ -313,6 +319,34 @@ export function lz4Compress(src: usize, srcLen: u32, dst: usize, dstCap: u32): i
   return compressPtr<u32>(src, srcLen, dst, dstCap, table, b, true, SKIP_TRIGGER);
 }
 
+// Copies a match of ml bytes from offset back; returns op + ml.
+// unsafe: the caller checked [op - offset, op + ml) lies in [-prefix, dstCap).
+// @ts-ignore: decorator
+@inline function copyMatch(dst: usize, op: u32, offset: u32, ml: u32, dstCap: u32): u32 {
+  const d = dst + op;
+  const s = d - offset;
+  if (offset >= 16 && ml <= 64 && round16(ml) <= dstCap - op) {
+    wildCopy16(d, s, ml); // each 16-byte step reads only finished output
+  } else if (offset >= ml) {
+    memory.copy(d, s, ml); // no overlap
+  } else if (offset >= 8) {
+    let i: u32 = 0;
+    while (i + 8 <= ml) {
+      store<u64>(d + i, load<u64>(s + i));
+      i += 8;
+    }
+    while (i < ml) {
+      store<u8>(d + i, load<u8>(s + i));
+      i++;
+    }
+  } else if (offset == 1) {
+    memory.fill(d, load<u8>(s), ml);
+  } else {
+    for (let i: u32 = 0; i < ml; i++) store<u8>(d + i, load<u8>(s + i));
+  }
+  return op + ml;
+}
+
 /**
  * Decompresses one LZ4 block of `srcLen` bytes at `src` into `dst` (room for
  * `dstCap` bytes). Returns the decompressed length; E_CORRUPT for a malformed
@@ -333,10 +367,50 @@ export function lz4DecompressPrefixed(src: usize, srcLen: u32, dst: usize, dstCa
   if (srcLen == 0) return E_CORRUPT;
   let ip: u32 = 0;
   let op: u32 = 0;
+  // The shortcut (as LZ4's own decoder): a sequence with under 15 literals
+  // and a match of under 19 bytes, far from both ends, is copied with fixed
+  // 16- and 8-byte moves and two checks (offset in range, no overlap within
+  // a move). Most sequences on guest pages are of this kind.
+  const shortIn: i64 = <i64>srcLen - 17; // the 16 literal bytes after a token are readable
+  const shortOut: i64 = <i64>dstCap - 32; // 16 literal + 18 match bytes from op + lit are writable
   while (true) {
     if (ip >= srcLen) return E_CORRUPT;
     const token = <u32>load<u8>(src + ip++);
     let lit = token >> 4;
+    if (lit < 15 && <i64>ip <= shortIn && <i64>op <= shortOut) {
+      // unsafe: ip + 16 <= srcLen - 1 and op + 32 <= dstCap by the bounds above.
+      copy16(dst + op, src + ip);
+      ip += lit;
+      op += lit;
+      // The block cannot end here: its last literals reach srcLen, and ip + 2 <= srcLen - 1.
+      const offset = <u32>load<u16>(src + ip);
+      const ml = token & 15;
+      if (ml < 15 && offset >= 16 && <u64>offset <= <u64>op + prefixLen) {
+        ip += 2;
+        const d = dst + op;
+        copy16(d, d - offset);
+        store<u16>(d + 16, load<u16>(d - offset + 16));
+        op += ml + MINMATCH;
+        continue;
+      }
+      // Otherwise the general path, from the offset on.
+      ip += 2;
+      if (offset == 0 || <u64>offset > <u64>op + prefixLen) return E_CORRUPT;
+      let ml2 = ml;
+      if (ml2 == 15) {
+        let b: u32;
+        do {
+          if (ip >= srcLen) return E_CORRUPT;
+          b = load<u8>(src + ip++);
+          ml2 += b;
+          if (ml2 > 0x7fffffff) return E_CORRUPT;
+        } while (b == 255);
+      }
+      ml2 += MINMATCH;
+      if (ml2 > dstCap - op) return E_OUTPUT_TOO_SMALL;
+      op = copyMatch(dst, op, offset, ml2, dstCap);
+      continue;
+    }
     if (lit == 15) {
       let b: u32;
       do {
@@ -349,7 +423,10 @@ export function lz4DecompressPrefixed(src: usize, srcLen: u32, dst: usize, dstCa
     // unsafe: both ranges checked against their lengths first.
     if (lit > srcLen - ip) return E_CORRUPT;
     if (lit > dstCap - op) return E_OUTPUT_TOO_SMALL;
-    if (lit <= 64 && round16(lit) <= srcLen - ip && round16(lit) <= dstCap - op) wildCopy16(dst + op, src + ip, lit);
+    // wildCopy16 moves at least 16 bytes, even for an empty run: the room
+    // checked is what it moves (an empty run near the end once wrote up to
+    // 16 bytes past dstCap).
+    if (lit <= 64 && wildLen(lit) <= srcLen - ip && wildLen(lit) <= dstCap - op) wildCopy16(dst + op, src + ip, lit);
     else memory.copy(dst + op, src + ip, lit);
     ip += lit;
     op += lit;
@@ -370,29 +447,7 @@ export function lz4DecompressPrefixed(src: usize, srcLen: u32, dst: usize, dstCa
     }
     ml += MINMATCH;
     if (ml > dstCap - op) return E_OUTPUT_TOO_SMALL;
-    // unsafe: [op - offset, op + ml) lies in [0, dstCap) by the checks above.
-    const d = dst + op;
-    const s = d - offset;
-    if (offset >= 16 && ml <= 64 && round16(ml) <= dstCap - op) {
-      wildCopy16(d, s, ml); // each 16-byte step reads only finished output
-    } else if (offset >= ml) {
-      memory.copy(d, s, ml); // no overlap
-    } else if (offset >= 8) {
-      let i: u32 = 0;
-      while (i + 8 <= ml) {
-        store<u64>(d + i, load<u64>(s + i));
-        i += 8;
-      }
-      while (i < ml) {
-        store<u8>(d + i, load<u8>(s + i));
-        i++;
-      }
-    } else if (offset == 1) {
-      memory.fill(d, load<u8>(s), ml);
-    } else {
-      for (let i: u32 = 0; i < ml; i++) store<u8>(d + i, load<u8>(s + i));
-    }
-    op += ml;
+    op = copyMatch(dst, op, offset, ml, dstCap);
   }
   return E_CORRUPT; // unreachable
 }

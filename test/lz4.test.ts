@@ -14,6 +14,7 @@ import {
   VmkitError,
 } from '../bindings/memory/index.js';
 import { coreInfo } from '../bindings/index.js';
+import { core } from '../bindings/core.js';
 
 const enc = new TextEncoder();
 
@@ -145,6 +146,46 @@ describe('lz4 block codec (core)', () => {
     }
     const block = lz4CompressBlock(new Uint8Array(4096));
     expect(() => lz4DecompressBlock(block, 4095)).toThrow(expect.objectContaining({ code: 'OUTPUT_TOO_SMALL' }));
+  });
+
+  it('never writes past the output capacity in core memory, whatever the cap (the fast paths write ahead)', () => {
+    const c = core();
+    const e = c.exports as unknown as { lz4Decompress(s: number, n: number, d: number, cap: number): number };
+    const inputs = [
+      enc.encode('the quick brown fox jumps over the lazy dog. '.repeat(8)),
+      new Uint8Array(300).map((_, i) => (i % 23) * 7 + (i >> 6)),
+      new Uint8Array(200).map((_, i) => (i * 2654435761) >>> 27),
+    ];
+    let x = 7;
+    for (const data of inputs) {
+      const block = lz4CompressBlock(data);
+      const blocks = [block];
+      for (let k = 0; k < 40; k++) {
+        const m = block.slice();
+        x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+        m[x % m.length] ^= 1 << (x >>> 29);
+        blocks.push(m);
+      }
+      for (const b of blocks) {
+        for (let cap = 0; cap <= data.length + 40; cap += cap < 40 ? 1 : 7) {
+          const s = c.alloc(b.length + 64);
+          const d = c.alloc(cap + 128);
+          const mem = c.u8();
+          mem.set(b, s);
+          mem.fill(0xa5, d, d + cap + 128);
+          const n = e.lz4Decompress(s, b.length, d, cap);
+          const after = c.u8().subarray(d + cap, d + cap + 128);
+          expect(after.every((v) => v === 0xa5), `cap ${cap}`).toBe(true);
+          if (b === block && cap >= data.length) {
+            expect(n).toBe(data.length);
+            expect(c.u8().slice(d, d + n)).toEqual(data);
+          }
+          if (b === block && cap < data.length) expect(n).toBeLessThan(0);
+          c.free(s);
+          c.free(d);
+        }
+      }
+    }
   });
 
   it('never traps on random or mutated input (fuzz)', () => {
