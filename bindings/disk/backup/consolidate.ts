@@ -228,7 +228,12 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
   const parallel = Math.max(1, opts.parallel ?? 4);
   const limiter = new RateLimiter(opts.rateLimit ?? Infinity);
   const limited = Number.isFinite(opts.rateLimit ?? Infinity);
-  const policy = <T>(what: string, fn: () => Promise<T>): Promise<T> => withPolicy(opts, () => p.retries++, what, fn);
+  // Without retries a request runs as is: its error fails the job, which reports it as a
+  // VmkitError (the retry wrapper's promise and frame per request were a fifth of the pass's garbage).
+  const policy =
+    opts.onError === 'retry'
+      ? <T>(what: string, fn: () => Promise<T>): Promise<T> => withPolicy(opts, () => p.retries++, what, fn)
+      : <T>(_what: string, fn: () => Promise<T>): Promise<T> => fn();
   let cancelRequested = false;
   let completeRequested = opts.autoComplete !== false;
   let wake: (() => void) | undefined;

@@ -11,7 +11,7 @@
  */
 import { VmkitError } from '../../errors.js';
 import { RangeLock, RangeSet } from './_ranges.js';
-import { subtractRanges, zeroRuns, type PlanOp } from './_plan.js';
+import { leadsWithData, subtractRanges, zeroRuns, type PlanOp } from './_plan.js';
 import type { BackupDevice, BlockExtent } from './_types.js';
 import { _MMAP_HEAD } from '../backends/storage.js';
 
@@ -342,6 +342,12 @@ export class MirrorDriver implements BackupDevice {
 
   /** Writes `buf` (read from the source at `ps`) to the target: zero runs as zeroes, the rest as data. */
   private async copyRuns(ps: number, buf: Uint8Array): Promise<void> {
+    if (leadsWithData(buf, this.zeroGranule)) {
+      // The common case (no granule of the buffer can be all zero): one write, no run list.
+      await this.policy('copy', () => this.target.write(ps, buf));
+      this.stats.copiedBytes += buf.length;
+      return;
+    }
     for (const run of zeroRuns(buf, this.zeroGranule)) {
       const at = ps + run.offset;
       if (run.zero) {
