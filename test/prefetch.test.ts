@@ -111,19 +111,29 @@ describe('policies: exact counts on hand-built guests', () => {
     e.close();
   });
 
-  it('adaptive: the window shrinks when prefetches are wasted', () => {
+  it('adaptive: the read-around shrinks when prefetches are wasted', () => {
     const e = engineWith(256, 256, (v) => v);
     // Touch every 16th page: v0, v16, ..., v240 (16 accesses), initial window 8.
     // Fault v0: read-around v0..v8 (2 behind, clipped at 0): 8 prefetched, none used.
-    // Fault v16: just past that window (8 + 8 >= 16): a sequential miss, but
-    //   0 of 8 used: the stream's window halves to 4: v16..v20 (4).
-    // Fault v32: past v20 + 4: read-around; the last window (4) had 0 used:
-    //   ra 8 -> 4: v31..v36 (1 behind, 4 ahead): 5.
-    // Fault v48: read-around, 0 of 5 used: ra 2: v48..v50 (2). Then ra stays at
-    // the minimum 2: v64 .. v240, 12 more faults of 2 each.
-    // 16 faults, 8 + 4 + 5 + 2 + 12*2 = 43 prefetched, 0 used.
+    // Fault v16: not next to that window: read-around, judged on the last
+    //   window (0 of 8 used): ra 8 -> 4: v15..v20 (1 behind, 4 ahead): 5.
+    // Fault v32: 0 of 5 used: ra 2: v32..v34 (2). Then ra stays at the
+    // minimum 2: v48 .. v240, 13 more faults of 2 each.
+    // 16 faults, 8 + 5 + 2 + 13*2 = 41 prefetched, 0 used.
     const r = simulate(e, createPolicy('adaptive', { ahead: 8, minWindow: 2 }), seq(range(0, 16).map((i) => 16 * i)));
-    expect([r.faults, r.prefetched, r.prefetchHits, r.wasted]).toEqual([16, 43, 0, 43]);
+    expect([r.faults, r.prefetched, r.prefetchHits, r.wasted]).toEqual([16, 41, 0, 41]);
+    e.close();
+  });
+
+  it("adaptive: a sequential miss after a wasted window halves the stream's window", () => {
+    const e = engineWith(64, 64, (v) => v);
+    // Fault v0: read-around v0..v8 (8 prefetched). Fault v9, the page right
+    // after the window: a sequential miss, but 0 of its 8 pages were used:
+    // the stream's window halves to 4: v9..v13 (4). A second stream: fault
+    // v40 is a read-around (40 is not next to v9..v13), judged on the last
+    // window (0 of 4): ra 8 -> 4: v39..v44 (5).
+    const r = simulate(e, createPolicy('adaptive', { ahead: 8, minWindow: 2 }), seq([0, 9, 40]));
+    expect([r.faults, r.prefetched, r.prefetchHits, r.wasted]).toEqual([3, 17, 0, 17]);
     e.close();
   });
 

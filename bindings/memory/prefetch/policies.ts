@@ -113,8 +113,8 @@ interface Stream {
  *   window: pages used since it was issued against pages it brought — ×4
  *   (×2 from a sixteenth of `maxWindow` on) at `growAt` or more, halved
  *   under `shrinkAt`, within `minWindow`..`maxWindow`;
- * - **sequential miss**: a fault just past either end of a stream's window
- *   (within the window's size) continues the stream from there, that way:
+ * - **sequential miss**: a fault on the page next to either end of a
+ *   stream's window continues the stream from there, that way:
  *   the window grows ×4 / ×2 the same way, or halves when under `shrinkAt`
  *   of the last window was used (the program skipped it: waste); turning
  *   round keeps the size;
@@ -217,8 +217,8 @@ class AdaptivePolicy implements PrefetchPolicy {
     const v = vpn ?? engine.reverse(ppn);
     if (v === undefined) return engine.faultList([], ppn);
     for (const s of this.streams) {
-      const span = BigInt(s.size);
-      const dir = v > s.hi && v <= s.hi + span ? 1 : v < s.lo && v + span >= s.lo ? -1 : 0;
+      // Linux's test: the access is the page right after the window (here also right before it).
+      const dir = v === s.hi + 1n ? 1 : v === s.lo - 1n ? -1 : 0;
       if (dir === 0) continue;
       // A sequential miss: continue the stream from here.
       let size = s.size;
