@@ -10,14 +10,16 @@
 // 4-byte matches, the slowest sequences to emit, and with the 32-probe step
 // was ~1.18x faster than the 4-byte hash with LZ4's step, for 0.5% more
 // output; the 16-probe step for pages another 1.08x for 0.7% more (measured
-// on the pointer-based page compressor below). It keeps the block format's end rules so every
-// decoder accepts its output: the last 5 bytes are literals (LASTLITERALS),
-// no match starts within the last 12 bytes (MFLIMIT), inputs under 13 bytes
-// are one literal run.
+// on the pointer-based compressor below). It keeps the block format's end
+// rules so every decoder accepts its output: the last 5 bytes are literals
+// (LASTLITERALS), no match starts within the last 12 bytes (MFLIMIT), inputs
+// under 13 bytes are one literal run.
 //
 // The decompressor is the safe kind: every read of the input and every write
-// to the output is checked against the given lengths, a bad block returns
-// E_CORRUPT (or E_OUTPUT_TOO_SMALL when the output does not fit), never a trap.
+// to the output is checked against the given lengths (nothing is written at
+// or past dstCap), a bad block returns E_CORRUPT (or E_OUTPUT_TOO_SMALL when
+// the output does not fit), never a trap. Short sequences far from both ends
+// take a shortcut with fixed-size copies, as LZ4's own decoder.
 
 import { E_ARG, E_CORRUPT, E_OUTPUT_TOO_SMALL } from "./_errors";
 
