@@ -225,6 +225,7 @@ export class DigestIndex implements ReferenceIndex {
   private batchCap = 0;
   private u32: Uint32Array<ArrayBufferLike> = new Uint32Array(0);
   private view: Uint8Array = new Uint8Array(0);
+  private hexBuf = new Uint8Array(32);
 
   constructor(options: DigestIndexOptions = {}) {
     const expected = options.expected ?? 0;
@@ -447,35 +448,32 @@ export class DigestIndex implements ReferenceIndex {
     return this.view;
   }
 
-  // First entry id for the key of `hex` (2 × len hex digits under alg), decoded straight into
-  // the core's scratch; -1 when absent, -2 when not hex of that length.
+  // First entry id for `hex` (2 × len hex digits under alg), or -1 when absent, -2 when not
+  // hex of that length. Decoded by a table into a small JS array, then copied into the core
+  // in one call: writing byte by byte into the view of core memory measured several times
+  // slower, and so did copying the text for the core to decode (two native calls).
   private firstEntryHex(alg: DigestAlgorithm, len: number, hex: string): number {
     if (hex.length !== len * 2) return -2;
-    if (this.nPend) this.flush();
-    const c = this.live();
-    if (this.scratch === 0) this.scratch = c.alloc(32);
-    const u8 = this.coreView(c);
-    const s = this.scratch;
-    if (len < 32) u8.fill(0, s + len, s + 32);
+    const b = this.hexBuf;
+    b.fill(0);
     const n = len < 32 ? len : 32;
     for (let i = 0; i < n; i++) {
       const a = hex.charCodeAt(2 * i);
-      const b = hex.charCodeAt(2 * i + 1);
+      const c = hex.charCodeAt(2 * i + 1);
       const hi = a < 128 ? HEX[a]! : -1;
-      const lo = b < 128 ? HEX[b]! : -1;
+      const lo = c < 128 ? HEX[c]! : -1;
       if ((hi | lo) < 0) return -2;
-      u8[s + i] = (hi << 4) | lo;
+      b[i] = (hi << 4) | lo;
     }
-    u8[s + 31]! ^= TAG[alg];
-    const r = this.ex(c).dixGet(this.h, s);
-    if (r < 0) check(r, 'digest index lookup');
-    return r - 1;
+    return this.firstEntry(alg, b);
   }
 
   /**
    * {@link DigestIndex.lookupDigest} for a digest given as hex (either case),
-   * decoded straight into the core: no byte array made. Empty when none, also
-   * when `hex` is not `2 × digestLength(alg)` hex digits.
+   * decoded into a reused scratch: no byte array made per call. Empty when
+   * none, also when `hex` is not `2 × digestLength(alg)` hex digits. For many
+   * digests, {@link DigestIndex.lookupMany} is several times faster (the hex is
+   * decoded in the core).
    * @example `ix.lookupHex('sha256', 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855')`
    */
   lookupHex(alg: DigestAlgorithm, hex: string): Provenance[] {
