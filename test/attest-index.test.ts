@@ -116,6 +116,44 @@ describe('DigestIndex', () => {
     }
   });
 
+  it('lookupMany and lookupHex answer what lookupDigest answers per digest, whatever the text (also in browsers: TextEncoder path)', () => {
+    const ix = new DigestIndex();
+    try {
+      const known: Record<string, string[]> = {};
+      for (const alg of ALGS) {
+        known[alg] = [];
+        for (let i = 0; i < 300; i++) {
+          const b = new Uint8Array(digestLength(alg));
+          for (let j = 0; j < b.length; j++) b[j] = (i * 131 + j * 17 + alg.length) & 255;
+          const hex = toHex(b);
+          ix.addPackage({ repository: 'r', package: `p${i % 50}`, version: String(i) }, { alg, hex });
+          if (i % 3 === 0) ix.addFile(0, `/f${i}`, { alg, hex }); // duplicates: a chain of two
+          known[alg]!.push(hex);
+        }
+      }
+      const one = (alg: DigestAlgorithm, h: string) => {
+        const b = new Uint8Array(digestLength(alg));
+        const r = h.length === b.length * 2 && hexInto(h, b) ? ix.lookupDigest(alg, b) : [];
+        return r.length ? r : undefined;
+      };
+      for (const alg of ALGS) {
+        const k = known[alg]!;
+        const n = digestLength(alg) * 2;
+        const text = [...k, ...k.slice(0, 20).map((h) => h.toUpperCase()), 'g'.repeat(n), k[1]!.slice(0, n - 1) + 'é', k[2]!.slice(0, n - 1) + String.fromCharCode(0x100 + k[2]!.charCodeAt(n - 1)) /* low byte: the right digit */, k[3]!.slice(0, -2), k[4]! + 'ab', ''];
+        for (let i = 0; i < 30; i++) text.push(toHex(Uint8Array.from({ length: n / 2 }, (_, j) => (i * 7 + j * 3 + 1) & 255)));
+        const got = ix.lookupMany(alg, text);
+        expect(got).toEqual(text.map((h) => one(alg, h)));
+        expect(got.slice(0, k.length).every((x) => x !== undefined)).toBe(true);
+        expect(text.map((h) => ix.lookupHex(alg, h))).toEqual(got.map((x) => x ?? []));
+        // Crossing the 4096-digest batches.
+        const big = Array.from({ length: 9000 }, (_, i) => text[i % text.length]!);
+        expect(ix.lookupMany(alg, big)).toEqual(big.map((h) => one(alg, h)));
+      }
+    } finally {
+      ix.close();
+    }
+  });
+
   it('holds 200 000 digests across many table growths', () => {
     const ix = new DigestIndex();
     const p = ix.addPackage({ repository: 'r', package: 'bulk', version: '1' }, { alg: 'sha256', hex: 'ff'.repeat(32) });
