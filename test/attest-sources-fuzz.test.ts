@@ -1,5 +1,5 @@
 // Fuzzing the repository parsers: Packages, Release, deb822, repomd.xml,
-// primary.xml, filelists-ext.xml, ar, tar, .deb, SRI integrity, APT lines and the decompressors.
+// primary.xml, filelists-ext.xml, ar, tar, .deb, SRI integrity, APT lines, APKINDEX and the decompressors.
 // Malformed input must end in a VmkitError (or a clean result), never another
 // exception, a hang or unbounded memory. Seeds are valid documents of each
 // format, mutated by flips, cuts and insertions, plus arbitrary input.
@@ -17,6 +17,8 @@ import {
   debFileDigests,
   parseIntegrity,
   parseAptLine,
+  parseApkIndex,
+  verifyApkIndex,
 } from '../bindings/attest/index.js';
 import { decompress, decompressChunks } from '../bindings/attest/sources/_io.js';
 import { VmkitError } from '../bindings/errors.js';
@@ -224,6 +226,27 @@ describe('repository parser fuzzing', () => {
     const zst = Uint8Array.from([0x28, 0xb5, 0x2f, 0xfd, 0xe0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0]);
     const z = await decompress(zst, 'zst', 1 << 20, 'zst bomb').catch((x: unknown) => x);
     expect((z as VmkitError).code).toBe('LIMIT');
+  });
+
+  it('APKINDEX text and APKINDEX.tar.gz', async () => {
+    const index = `C:Q1${btoa(String.fromCharCode(...new Uint8Array(20).fill(9)))}\nP:musl\nV:1.2.5-r0\nA:x86_64\nS:1\n\nC:Q1AAAA\nP:x\nV:1\n\n`;
+    fc.assert(
+      fc.property(textOf(index), (t) => {
+        for (const r of parseApkIndex(t)) expect(r.checksum.hex).toMatch(/^[0-9a-f]{40}$/);
+      }),
+      { numRuns: 300 },
+    );
+    // Signature member (a cut tar) + control member, as abuild-sign lays them out.
+    const sig = tar([['.SIGN.RSA.k.rsa.pub', new Uint8Array(256).fill(7)]]).subarray(0, 1024);
+    const seed = concat([await gzip(sig), await gzip(tar([['DESCRIPTION', enc.encode('v3')], ['APKINDEX', enc.encode(index)]]))]);
+    await fc.assert(
+      fc.asyncProperty(fc.oneof(mutated(seed), fc.uint8Array({ maxLength: 600 })), async (b) => {
+        await onlyAsync(() => verifyApkIndex(b, [], { allowUnsigned: true, maxBytes: 1 << 20 }));
+        await onlyAsync(() => verifyApkIndex(b, { 'k.rsa.pub': 'no key' }));
+      }),
+      { numRuns: 150 },
+    );
+    expect((await verifyApkIndex(seed, [], { allowUnsigned: true })).records.map((r) => r.name)).toEqual(['musl']);
   });
 
   it('SRI strings and APT lines', () => {
