@@ -334,7 +334,8 @@ export class Qcow2Device implements ImageDevice {
       if (p.kind !== 'zero') return _readBacking(this.backing, pos, d);
       d.fill(0);
       return undefined;
-    });
+      // Unallocated runs come from the backing layer, the gaps between them merged (see _readRuns).
+    }, { backing: this.backing, isBacking: (p) => p.kind === 'unallocated' });
   }
 
   private async readCompressed(e: L2Entry, pos: number, d: Uint8Array): Promise<void> {

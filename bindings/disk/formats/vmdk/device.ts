@@ -191,7 +191,7 @@ export class VmdkDevice implements ImageDevice {
       if (p.kind !== 'zero') return _readBacking(this.backing, pos, d);
       d.fill(0);
       return undefined;
-    });
+    }, { backing: this.backing, isBacking: (p) => p.kind === 'unallocated' });
   }
 
   /**
