@@ -18,7 +18,7 @@ import {
   type BackupDevice,
 } from '../bindings/disk/backup/index.js';
 import { planExtents, subtractRanges, zeroRuns } from '../bindings/disk/backup/_plan.js';
-import { RangeLock, RangeSet } from '../bindings/disk/backup/_ranges.js';
+import { RangeLock, RangeSet, restrictPlan } from '../bindings/disk/backup/_ranges.js';
 import type { BlockExtent } from '../bindings/disk/backup/_types.js';
 
 const MiB = 2 ** 20;
@@ -118,6 +118,20 @@ describe('backup plan (core)', () => {
 });
 
 describe('range bookkeeping', () => {
+  it('restricts a plan to kept ranges, shifting the host offset of ops read from the layer file', () => {
+    const keep = new RangeSet();
+    keep.add(65536, 3 * 65536);
+    keep.add(5 * 65536, 6 * 65536);
+    const plan = [
+      { offset: 0, length: 4 * 65536, zero: false, host: 0x100000 },
+      { offset: 4 * 65536, length: 4 * 65536, zero: true },
+    ];
+    expect(restrictPlan(plan, keep)).toEqual([
+      { offset: 65536, length: 2 * 65536, zero: false, host: 0x100000 + 65536 },
+      { offset: 5 * 65536, length: 65536, zero: true },
+    ]);
+  });
+
   it('RangeSet merges and answers like a bitmap', () => {
     fc.assert(
       fc.property(fc.array(fc.tuple(fc.integer({ min: 0, max: 100 }), fc.integer({ min: 0, max: 20 })), { maxLength: 30 }), (adds) => {

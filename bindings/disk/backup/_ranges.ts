@@ -132,7 +132,10 @@ export class RangeLock {
 export function restrictPlan(plan: readonly PlanOp[], keep: RangeSet): PlanOp[] {
   const out: PlanOp[] = [];
   for (const op of plan) {
-    for (const [s, e] of keep.overlapping(op.offset, op.offset + op.length)) out.push({ offset: s, length: e - s, zero: op.zero });
+    for (const [s, e] of keep.overlapping(op.offset, op.offset + op.length)) {
+      // A piece of an op read from the layer's file at `host` is read there, shifted alike.
+      out.push(op.host === undefined ? { offset: s, length: e - s, zero: op.zero } : { offset: s, length: e - s, zero: op.zero, host: op.host + (s - op.offset) });
+    }
   }
   return out;
 }
