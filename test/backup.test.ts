@@ -17,7 +17,7 @@ import {
   readJobRecord,
   type BackupDevice,
 } from '../bindings/disk/backup/index.js';
-import { planExtents, subtractRanges, zeroRuns } from '../bindings/disk/backup/_plan.js';
+import { joinHostRuns, planExtents, subtractRanges, zeroRuns } from '../bindings/disk/backup/_plan.js';
 import { RangeLock, RangeSet, restrictPlan } from '../bindings/disk/backup/_ranges.js';
 import type { BlockExtent } from '../bindings/disk/backup/_types.js';
 
@@ -130,6 +130,38 @@ describe('range bookkeeping', () => {
       { offset: 65536, length: 2 * 65536, zero: false, host: 0x100000 + 65536 },
       { offset: 5 * 65536, length: 65536, zero: true },
     ]);
+    // Joined host runs: guest-contiguous clusters stored apart; a piece keeps its segments.
+    const joined = joinHostRuns(
+      [
+        { offset: 0, length: 65536, zero: false, host: 0x500000 },
+        { offset: 65536, length: 2 * 65536, zero: false, host: 0x100000 },
+        { offset: 3 * 65536, length: 65536, zero: false, host: 0x900000 },
+        { offset: 5 * 65536, length: 65536, zero: false, host: 0xa00000 },
+      ],
+      1 << 20,
+    );
+    expect(joined.map((o) => [o.offset, o.length, o.segments?.length ?? 0])).toEqual([
+      [0, 4 * 65536, 3],
+      [5 * 65536, 65536, 0],
+    ]);
+    const piece = new RangeSet();
+    piece.add(2 * 65536, 4 * 65536);
+    expect(restrictPlan(joined, piece)).toEqual([
+      {
+        offset: 2 * 65536,
+        length: 2 * 65536,
+        zero: false,
+        segments: [
+          { offset: 2 * 65536, length: 65536, host: 0x110000 },
+          { offset: 3 * 65536, length: 65536, host: 0x900000 },
+        ],
+      },
+    ]);
+    const one = new RangeSet();
+    one.add(65536 + 4096, 2 * 65536);
+    expect(restrictPlan(joined, one)).toEqual([{ offset: 65536 + 4096, length: 65536 - 4096, zero: false, host: 0x101000 }]);
+    // Ops in different chunks stay apart.
+    expect(joinHostRuns([{ offset: 0, length: 65536, zero: false, host: 0 }, { offset: 65536, length: 65536, zero: false, host: 0x30000 }], 65536)).toHaveLength(2);
   });
 
   it('RangeSet merges and answers like a bitmap', () => {

@@ -19,6 +19,13 @@ export interface PlanOp {
    * request, instead of reading the guest range through the chain.
    */
   host?: number;
+  /**
+   * Where the data lies when the op spans several host runs of the top
+   * layer's file (guest-contiguous clusters stored apart, joined by
+   * {@link joinHostRuns}): each segment is read at its host offset, and the
+   * op is written to the target as one request.
+   */
+  segments?: Array<{ offset: number; length: number; host: number }>;
 }
 
 interface PlanExports {
@@ -246,4 +253,62 @@ export async function planFromL2(dev: L2Layer, chunk: number): Promise<PlanOp[]>
     tables.length = 0;
   }
   return ops;
+}
+
+/**
+ * Joins consecutive data ops of a {@link planFromL2} plan that are
+ * guest-contiguous but stored apart in the layer's file (a delta written in
+ * random order) into ops with {@link PlanOp.segments}, within the same chunk:
+ * fewer, larger copy steps and target writes, the same reads.
+ *
+ * @example
+ * ```ts
+ * const plan = joinHostRuns(await planFromL2(delta, 1 << 20), 1 << 20);
+ * ```
+ * @internal
+ */
+export function joinHostRuns(plan: readonly PlanOp[], chunk: number): PlanOp[] {
+  const out: PlanOp[] = [];
+  for (const op of plan) {
+    const last = out[out.length - 1];
+    if (
+      last !== undefined &&
+      !op.zero &&
+      !last.zero &&
+      op.host !== undefined &&
+      (last.host !== undefined || last.segments !== undefined) &&
+      last.offset + last.length === op.offset &&
+      Math.floor(last.offset / chunk) === Math.floor((op.offset + op.length - 1) / chunk)
+    ) {
+      const segments = last.segments ?? [{ offset: last.offset, length: last.length, host: last.host! }];
+      segments.push({ offset: op.offset, length: op.length, host: op.host });
+      out[out.length - 1] = { offset: last.offset, length: last.length + op.length, zero: false, segments };
+    } else out.push(op);
+  }
+  return out;
+}
+
+/**
+ * The part [start, end) of `op` (inside it), keeping where its data lies.
+ *
+ * @example
+ * ```ts
+ * const tail = slicePlanOp(op, op.offset + 65536, op.offset + op.length);
+ * ```
+ * @internal
+ */
+export function slicePlanOp(op: PlanOp, start: number, end: number): PlanOp {
+  const out: PlanOp = { offset: start, length: end - start, zero: op.zero };
+  if (op.host !== undefined) out.host = op.host + (start - op.offset);
+  if (op.segments) {
+    const segments = op.segments
+      .filter((g) => g.offset < end && g.offset + g.length > start)
+      .map((g) => {
+        const a = Math.max(start, g.offset);
+        return { offset: a, length: Math.min(end, g.offset + g.length) - a, host: g.host + (a - g.offset) };
+      });
+    if (segments.length === 1) out.host = segments[0]!.host;
+    else out.segments = segments;
+  }
+  return out;
 }

@@ -4,7 +4,7 @@
  * writes and copy operations that touch the same range).
  * @module
  */
-import type { PlanOp } from './_plan.js';
+import { slicePlanOp, type PlanOp } from './_plan.js';
 
 /** A set of half-open byte ranges kept sorted and merged. */
 export class RangeSet {
@@ -132,10 +132,8 @@ export class RangeLock {
 export function restrictPlan(plan: readonly PlanOp[], keep: RangeSet): PlanOp[] {
   const out: PlanOp[] = [];
   for (const op of plan) {
-    for (const [s, e] of keep.overlapping(op.offset, op.offset + op.length)) {
-      // A piece of an op read from the layer's file at `host` is read there, shifted alike.
-      out.push(op.host === undefined ? { offset: s, length: e - s, zero: op.zero } : { offset: s, length: e - s, zero: op.zero, host: op.host + (s - op.offset) });
-    }
+    // A piece of an op read from the layer's file is read there, at offsets shifted alike.
+    for (const [s, e] of keep.overlapping(op.offset, op.offset + op.length)) out.push(slicePlanOp(op, s, e));
   }
   return out;
 }

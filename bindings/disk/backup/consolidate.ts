@@ -10,7 +10,7 @@
  */
 import { VmkitError } from '../../errors.js';
 import { base64ToBits, bitsToBase64, intentGranule, WriteIntent } from './_intent.js';
-import { isL2Layer, planExtents, planFromL2, type PlanOp } from './_plan.js';
+import { isL2Layer, joinHostRuns, planExtents, planFromL2, type PlanOp } from './_plan.js';
 import { RangeSet, restrictPlan } from './_ranges.js';
 import type { BackupDevice, BlockExtent, ChainOps, ImageFormat } from './_types.js';
 import {
@@ -297,7 +297,7 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
     try {
       // Plan from the allocation map as it is now: every later allocation in
       // the delta comes from a guest write the mirror forwards itself.
-      let plan: PlanOp[] = l2 ? await planFromL2(l2, chunk) : planExtents(await allocationMap(disk.device), rec.full ? Infinity : 1, chunk);
+      let plan: PlanOp[] = l2 ? joinHostRuns(await planFromL2(l2, chunk), chunk) : planExtents(await allocationMap(disk.device), rec.full ? Infinity : 1, chunk);
       if (resumed) {
         // Only what the interrupted run had not made durable: from the cursor
         // on, and the regions marked as possibly holding unsynced writes.

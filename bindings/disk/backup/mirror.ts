@@ -300,14 +300,22 @@ export class MirrorDriver implements BackupDevice {
         } else {
           const n = pe - ps;
           const src = this.source;
-          const readHost = op.host !== undefined ? this.readHost : undefined;
+          const readHost = op.host !== undefined || op.segments ? this.readHost : undefined;
           const host = (op.host ?? 0) + (ps - op.offset);
+          const segments = op.segments;
           // A pooled buffer when the source reads into one: fresh megabyte buffers per step
           // cost more (zeroing, page faults, GC) than the copy itself.
           const pooled = src.readInto || readHost ? this.takeBuffer(n) : undefined;
           const buf = pooled ?? (await this.policy(`read at ${ps}`, () => src.read(ps, n)));
           try {
-            if (pooled && readHost) await this.policy(`read at ${ps}`, () => readHost(host, pooled));
+            if (pooled && readHost && segments) {
+              // Guest-contiguous, stored apart: each segment from its place, into its place.
+              for (const g of segments) {
+                const a = Math.max(ps, g.offset);
+                const b = Math.min(pe, g.offset + g.length);
+                if (b > a) await this.policy('read', () => readHost(g.host + (a - g.offset), pooled.subarray(a - ps, b - ps)));
+              }
+            } else if (pooled && readHost) await this.policy(`read at ${ps}`, () => readHost(host, pooled));
             else if (pooled) await this.policy(`read at ${ps}`, () => src.readInto!(ps, pooled));
             await this.copyRuns(ps, buf);
           } finally {
