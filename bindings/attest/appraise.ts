@@ -23,7 +23,7 @@
  */
 import { VmkitError } from '../errors.js';
 import { describe as describeValue } from '../_utils.js';
-import { _manyByOne, digestLength } from './index-store.js';
+import { _manyByOne, digestLength, toHex } from './index-store.js';
 import { compileExcludes, imaEntryDigest, verifyImaLog, type ImaBank, type ImaEntry, type ImaExcludes, type ImaFailure, type ImaLogResult } from './ima.js';
 import type { Digest, DigestAlgorithm, Provenance, ReferenceIndex } from './types.js';
 
@@ -468,17 +468,16 @@ function lookupAll(index: ReferenceIndex, items: readonly Digest[]): (Provenance
   return out;
 }
 
-// The same for IMA entries, whose digests are bytes already: packed back to back per algorithm.
-function lookupImaAll(index: ReferenceIndex, entries: readonly ImaEntry[], want: readonly number[]): Map<number, Provenance[] | undefined> {
-  const out = new Map<number, Provenance[] | undefined>();
+// The same for IMA entries, whose digests are bytes already: packed back to back per
+// algorithm, looked up in one call; their hex (for the verdicts) made in one go per group too.
+function lookupImaAll(index: ReferenceIndex, entries: readonly ImaEntry[], want: readonly number[]): { found: (Provenance[] | undefined)[]; hex: (string | undefined)[] } {
+  const found = new Array<Provenance[] | undefined>(entries.length).fill(undefined);
+  const hex = new Array<string | undefined>(entries.length).fill(undefined);
   const groups = new Map<DigestAlgorithm, number[]>();
   for (const i of want) {
     const e = entries[i]!;
     const a = e.digestAlg as DigestAlgorithm;
-    if (e.digest.length !== digestLength(a)) {
-      out.set(i, undefined);
-      continue;
-    }
+    if (e.digest.length !== digestLength(a)) continue;
     const g = groups.get(a);
     if (g) g.push(i);
     else groups.set(a, [i]);
@@ -488,9 +487,13 @@ function lookupImaAll(index: ReferenceIndex, entries: readonly ImaEntry[], want:
     const packed = new Uint8Array(idx.length * len);
     for (let k = 0; k < idx.length; k++) packed.set(entries[idx[k]!]!.digest, k * len);
     const r = index.lookupMany ? index.lookupMany(alg, packed) : _manyByOne(index, alg, packed);
-    for (let k = 0; k < idx.length; k++) out.set(idx[k]!, r[k]);
+    const all = toHex(packed);
+    for (let k = 0; k < idx.length; k++) {
+      found[idx[k]!] = r[k];
+      hex[idx[k]!] = all.slice(k * 2 * len, (k + 1) * 2 * len);
+    }
   }
-  return out;
+  return { found, hex };
 }
 
 function digestVerdict(found: Provenance[] | undefined, d: Digest, path: string | undefined, o: Required<AppraiseOptions>, kind: 'digest' | 'ima'): ItemVerdict {
@@ -499,6 +502,16 @@ function digestVerdict(found: Provenance[] | undefined, d: Digest, path: string 
   if (found === undefined || found.length === 0) {
     v.status = o.unknown;
     v.reason = 'unknown-digest';
+    return v;
+  }
+  if (found.length === 1) {
+    // The common case, without the sorting arrays below: the one match, at this path or not.
+    const p = found[0]!;
+    if (o.maxMatches > 0) v.matches = [p];
+    if (path !== undefined && p.path !== undefined && p.path !== path) {
+      v.status = 'warning';
+      v.reason = 'path-mismatch';
+    }
     return v;
   }
   // Matches at the same path first: they are the strongest statement.
@@ -586,7 +599,7 @@ export function appraise(index: ReferenceIndex, input: AppraisalInput, options: 
       const e = r.entries[i]!;
       if (!e.violation && e.template !== 'ima-buf' && e.path !== 'boot_aggregate' && (ALGS as readonly string[]).includes(e.digestAlg)) want.push(i);
     }
-    const found = lookupImaAll(index, r.entries, want);
+    const { found, hex } = lookupImaAll(index, r.entries, want);
     for (let i = 0; i < r.entries.length; i++) {
       const e = r.entries[i]!;
       if (e.violation) {
@@ -598,11 +611,12 @@ export function appraise(index: ReferenceIndex, input: AppraisalInput, options: 
         c.add({ kind: 'ima', status: 'none', reason: e.template === 'ima-buf' ? 'ima-buf' : 'boot_aggregate', path: e.path, line: e.line, matches: [] });
         continue;
       }
-      const d = imaEntryDigest(e);
+      const h = hex[i];
+      const d = h !== undefined ? { alg: e.digestAlg as DigestAlgorithm, hex: h } : imaEntryDigest(e);
       let v: ItemVerdict;
       if (!d) v = { kind: 'ima', status: 'warning', reason: 'unsupported-digest-algorithm', alg: e.digestAlg, path: e.path, matches: [] };
       else {
-        v = digestVerdict(found.get(i), d, e.path, o, 'ima');
+        v = digestVerdict(found[i], d, e.path, o, 'ima');
         if (v.reason === 'unknown-digest') v.reason = `ima.validation.${e.template}.not_in_allowlist`;
       }
       v.line = e.line;
