@@ -131,9 +131,6 @@ export class FileStorage implements Storage {
   private pread(fd: number, dst: Uint8Array, at: number, len: number, pos: number): Promise<number> {
     return new Promise((res, rej) => this.cb.read(fd, dst, at, len, pos, (e, n) => (e ? rej(e) : res(n))));
   }
-  private pwrite(fd: number, src: Uint8Array, at: number, len: number, pos: number): Promise<number> {
-    return new Promise((res, rej) => this.cb.write(fd, src, at, len, pos, (e, n) => (e ? rej(e) : res(n))));
-  }
   /**
    * Opens an existing file. With `sync`, reads and writes use blocking
    * `readSync`/`writeSync` on the calling thread: ~30x the IOPS of the thread
@@ -202,7 +199,40 @@ export class FileStorage implements Storage {
    * await s.readInto(0, head); // bytes past the end read as zero
    * ```
    */
-  async readInto(offset: number, dst: Uint8Array): Promise<void> {
+  readInto(offset: number, dst: Uint8Array): Promise<void> {
+    if (this.sync || _aliases(dst, offset)) return this.readLoop(offset, dst);
+    // The common asynchronous request: one promise around the callbacks (an async function
+    // awaiting a promisified read costs two more, and their microtask turns, per request).
+    return new Promise((resolve, reject) => {
+      let got = 0;
+      const fd = this.enter('read');
+      const done = (e: NodeJS.ErrnoException | null, n: number): void => {
+        if (!e && n > 0 && (got += n) < dst.length) {
+          try {
+            this.cb.read(fd, dst, got, dst.length - got, offset + got, done);
+            return;
+          } catch (x) {
+            e = x as NodeJS.ErrnoException;
+          }
+        }
+        this.leave();
+        if (e) reject(ioError(e, 'read', this.name, offset));
+        else {
+          if (got < dst.length) dst.fill(0, got);
+          resolve();
+        }
+      };
+      try {
+        this.cb.read(fd, dst, 0, dst.length, offset, done);
+      } catch (x) {
+        this.leave();
+        reject(ioError(x, 'read', this.name, offset));
+      }
+    });
+  }
+
+  /** Reads through a bounce slot, or with blocking reads. */
+  private async readLoop(offset: number, dst: Uint8Array): Promise<void> {
     const fd = this.enter('read');
     let got = 0;
     const slot = _aliases(dst, offset) ? _takeSlot() : undefined;
@@ -238,17 +268,47 @@ export class FileStorage implements Storage {
    * await s.write(65536, cluster); // pwrite; the file grows as needed
    * ```
    */
-  async write(offset: number, data: Uint8Array): Promise<void> {
+  write(offset: number, data: Uint8Array): Promise<void> {
+    if (this.sync) return this.writeLoop(offset, data);
+    // One promise around the callbacks, as readInto.
+    return new Promise((resolve, reject) => {
+      assertWritable(this, 'write');
+      const fd = this.enter('write');
+      this.unsynced = true;
+      let put = 0;
+      const done = (e: NodeJS.ErrnoException | null, n: number): void => {
+        if (!e && (put += n) < data.length) {
+          try {
+            this.cb.write(fd, data, put, data.length - put, offset + put, done);
+            return;
+          } catch (x) {
+            e = x as NodeJS.ErrnoException;
+          }
+        }
+        // Again at the end: a flush that ran while this write was in flight did not cover it.
+        this.unsynced = true;
+        this.leave();
+        if (e) reject(ioError(e, 'write', this.name, offset));
+        else resolve();
+      };
+      try {
+        this.cb.write(fd, data, 0, data.length, offset, done);
+      } catch (x) {
+        this.leave();
+        reject(ioError(x, 'write', this.name, offset));
+      }
+    });
+  }
+
+  /** Blocking writes. */
+  private async writeLoop(offset: number, data: Uint8Array): Promise<void> {
     assertWritable(this, 'write');
     const fd = this.enter('write');
     this.unsynced = true;
     let put = 0;
     try {
       while (put < data.length) {
-        const bytesWritten = this.sync
-          ? this.sync.writeSync(fd, data, put, data.length - put, offset + put)
-          : await this.pwrite(fd, data, put, data.length - put, offset + put);
-        put += bytesWritten;
+        put += this.sync!.writeSync(fd, data, put, data.length - put, offset + put);
       }
     } catch (e) {
       throw ioError(e, 'write', this.name, offset);

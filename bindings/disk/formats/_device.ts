@@ -82,6 +82,16 @@ export async function _readRuns<P extends _Piece>(
   other: (p: P, pos: number, d: Uint8Array) => Promise<void> | void,
   merge?: { backing: BlockDevice | undefined; isBacking: (p: P) => boolean },
 ): Promise<void> {
+  // One run covers the request (a 4 KiB read, mostly): no plan, no bookkeeping.
+  const p0 = await piece(offset);
+  if (p0.len >= dst.length) {
+    if (isData(p0)) return storage.readInto(p0.host, dst);
+    if (merge?.isBacking(p0)) return _readBacking(merge.backing, offset, dst);
+    const r = other(p0, offset, dst);
+    if (r) await r;
+    return;
+  }
+  let first: P | undefined = p0;
   let pos = offset;
   const end = offset + dst.length;
   let runHost = -1;
@@ -128,7 +138,8 @@ export async function _readRuns<P extends _Piece>(
   };
   try {
     while (pos < end) {
-      const p = await piece(pos);
+      const p = first ?? (await piece(pos));
+      first = undefined;
       const n = Math.min(p.len, end - pos);
       const d = pos - offset;
       if (isData(p)) {

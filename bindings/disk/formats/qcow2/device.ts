@@ -129,8 +129,10 @@ export class Qcow2Device implements ImageDevice {
     const end = host + this.cs;
     if (host < this.cs) return true;
     if (h.l1Size > 0 && host < h.l1TableOffset + h.l1Size * 8 && end > h.l1TableOffset) return true;
-    const rt = this.refs ? { off: this.refs.tableOffset, len: this.refs.tableClusters * this.cs } : { off: h.refcountTableOffset, len: h.refcountTableClusters * this.cs };
-    return host < rt.off + rt.len && end > rt.off;
+    // (No object per call: this runs on every cluster lookup.)
+    const rtOff = this.refs ? this.refs.tableOffset : h.refcountTableOffset;
+    const rtLen = (this.refs ? this.refs.tableClusters : h.refcountTableClusters) * this.cs;
+    return host < rtOff + rtLen && end > rtOff;
   }
 
   private async l2Table(off: number): Promise<Uint8Array> {
@@ -250,6 +252,17 @@ export class Qcow2Device implements ImageDevice {
     return this.mode;
   }
 
+  /** A DataView of an L2 table, the last one's reused (lookups mostly hit the same table). */
+  private view(t: Uint8Array): DataView {
+    if (this.viewOf !== t) {
+      this.viewOf = t;
+      this.lastView = new DataView(t.buffer, t.byteOffset, t.byteLength);
+    }
+    return this.lastView!;
+  }
+  private viewOf: Uint8Array | undefined;
+  private lastView: DataView | undefined;
+
   /** Decodes and validates the L2 entry of the guest cluster holding `pos`. */
   private async entry(pos: number): Promise<{ e: L2Entry; l2: number; idx: number }> {
     const gc = Math.floor(pos / this.cs);
@@ -258,7 +271,7 @@ export class Qcow2Device implements ImageDevice {
     const l2 = this.l2Offset(l1i);
     if (l2 === 0) return { e: { kind: 'unallocated', host: 0, copied: false, csize: 0, alloc: 0, zeroes: 0 }, l2: 0, idx };
     const t = await this.l2Table(l2);
-    const e = decodeL2(new DataView(t.buffer, t.byteOffset, t.byteLength), idx, this.ext, this.header.clusterBits);
+    const e = decodeL2(this.view(t), idx, this.ext, this.header.clusterBits);
     const at = l2 + idx * (this.ext ? 16 : 8);
     if (e.kind === 'compressed') {
       if (e.host >= this.fileSize) throw this.corrupt(`compressed cluster at ${e.host} is past the end of the file`, at);
@@ -289,8 +302,7 @@ export class Qcow2Device implements ImageDevice {
       if (e.host !== 0) return { kind: e.kind, host: e.host, len: toEnd, entry: e };
       // Unallocated and (plain) zero clusters run on over the following entries that say the
       // same, so a sparse overlay reads its backing file in long runs, not cluster by cluster.
-      const t = await this.l2Table(l2);
-      const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
+      const dv = this.view(await this.l2Table(l2));
       const want = e.kind === 'zero' ? LO_ZERO : 0;
       let j = idx + 1;
       while (j < this.l2Entries && (dv.getUint32(j * 8) & ~HI_COPIED) === 0 && (dv.getUint32(j * 8 + 4) & ~0x1fe) === want) j++;
@@ -809,8 +821,7 @@ export class Qcow2Device implements ImageDevice {
     for (let l1i = 0; l1i < this.header.l1Size; l1i++) {
       const l2 = this.l2Offset(l1i);
       if (!l2) continue;
-      const t = await this.l2Table(l2);
-      const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
+      const dv = this.view(await this.l2Table(l2));
       for (let i = 0; i < this.l2Entries; i++) {
         const e = decodeL2(dv, i, this.ext, this.header.clusterBits);
         if (e.kind === 'compressed') data += this.cs;
