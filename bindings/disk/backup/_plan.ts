@@ -155,6 +155,11 @@ export function leadsWithData(buf: Uint8Array, granule: number): boolean {
 /**
  * A qcow2 layer that can hand out its L2 tables (bindings/disk/formats/qcow2's
  * Qcow2Device): what {@link planFromL2} needs of it.
+ *
+ * @example
+ * ```ts
+ * const layer: L2Layer | undefined = isL2Layer(disk.device) ? disk.device : undefined;
+ * ```
  * @internal
  */
 export interface L2Layer {
