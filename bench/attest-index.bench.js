@@ -326,10 +326,14 @@ export async function serviceBench(ctx, ix, map, entries) {
       `Requests: ${rounds} interleaved rounds of ≥ ${ms} ms per task (IMA ${ms * 3} ms), medians; CPU is user + system time of this process per op. The Map peer answers lookupMany with one Map.get per digest on the strings as parseEvidence leaves them (for the "one get per digest" rows: the same strings every op, hash already cached — the Map's best case; in the JSON rows the strings are fresh each op, as in the service); its values are ready Provenance arrays. Both indexes give the same appraisal (checked before timing). IMA: the Map needs each raw digest as hex (Buffer hex encoder); DigestIndex looks the packed bytes up in one core call.`,
     ],
     verdict: (memPkg, memFile) => {
-      const worstWall = Math.min(...svcRatios.map((r) => r.wall));
-      const worstCpu = Math.min(...svcRatios.map((r) => r.cpu));
-      const beat = worstWall > 1 && worstCpu > 1 && memPkg > 1 && memFile > 1;
-      return `Goal "beat a plain Map in memory and lookups" on the service's real path: ${beat ? 'met' : 'NOT met'} in this run — memory ${memPkg.toFixed(2)}× (Packages) / ${memFile.toFixed(2)}× (file digests) less than the Map; service-path time, worst case over the request sizes, ${worstWall.toFixed(2)}× wall and ${worstCpu.toFixed(2)}× CPU of the Map's speed.`;
+      // Within ±5% counts as level, not ahead: run-to-run spread on this shared machine is about that.
+      const cls = (x) => (x > 1.05 ? 'ahead' : x >= 0.95 ? 'level' : 'behind');
+      const per = svcRatios.map((r) => `${r.what}: ${cls(r.cpu)} (${r.cpu.toFixed(2)}× CPU, ${r.wall.toFixed(2)}× wall)`);
+      const ahead = svcRatios.every((r) => cls(r.cpu) === 'ahead' && cls(r.wall) !== 'behind');
+      const notBehind = svcRatios.every((r) => cls(r.cpu) !== 'behind');
+      const mem = memPkg > 1 && memFile > 1;
+      const word = mem && ahead ? 'met' : mem && notBehind ? 'met in memory; in lookups ahead or level (not ahead at every request size)' : 'NOT met';
+      return `Goal "beat a plain Map in memory and lookups" on the service's real path: ${word} in this run — memory ${memPkg.toFixed(2)}× (Packages) / ${memFile.toFixed(2)}× (file digests) less than the Map; service path per request size (±5% = level): ${per.join('; ')}.`;
     },
   };
 }
