@@ -240,6 +240,8 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
   let failure: unknown;
   const checkpointMs = opts.checkpointMs ?? 1000;
   const granule = intentGranule(disk.size);
+  /** The background sync of the target's file in flight, if any (see run()). */
+  let bgSync: Promise<void> | undefined;
   let bits: Uint8Array | undefined;
   if (resumed) {
     bits = rec.intentGranule === granule ? base64ToBits(rec.intent, Math.ceil(Math.ceil(disk.size / granule) / 8)) : undefined;
@@ -254,6 +256,10 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
       await writeJobRecord(ops, rec);
     },
     async () => {
+      // A background sync of the target's file in flight makes its storage's flush return at
+      // once (nothing written since it began): wait for it, or the checkpoint would record as
+      // durable what that sync has not finished writing.
+      await bgSync;
       await disk.device.flush();
       await targetDev.flush();
     },
@@ -325,7 +331,6 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
       // job (the kernel reports a write-back error once, so it must not be lost).
       const tStorage = (targetDev as { storage?: { flush?: () => Promise<void> } }).storage;
       let sinceSync = 0;
-      let bgSync: Promise<void> | undefined;
       const trickle = async (): Promise<void> => {
         if (!tStorage?.flush) return;
         // With synchronous file I/O the pass runs on microtasks alone: a turn of the event loop
