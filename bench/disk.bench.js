@@ -9,7 +9,7 @@
 import { mkdtempSync, rmSync, copyFileSync, openSync, closeSync, read as fsRead, write as fsWrite } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadCore, hasTool, runTool as q, timeRunsCpu as timeIt, rateTable as table } from './_lib.js';
+import { loadCore, hasTool, runTool as q, timeRunsCpu as timeIt, rateTable as table, median } from './_lib.js';
 
 const MiB = 2 ** 20;
 // Why rows fall short of the peer (docs: bindings/disk/backends/file.ts, formats/_device.ts _readRuns).
@@ -34,6 +34,24 @@ function parity(rows, peerName, causes) {
       const verdict = c >= 1 ? (w >= 1 ? 'parity met' : 'parity met on CPU, not on wall time') : `parity not met (${causes[r.name] ?? causes.default})`;
       return `${r.name}: ${w.toFixed(2)}× wall, ${c.toFixed(2)}× CPU of ${peerName}: ${verdict}.`;
     });
+}
+
+/**
+ * Times every row once per round, round after round (`reps` rounds): a machine whose load
+ * drifts weighs on all rows alike. Rows { name, fn, amount } → { name, ns (median wall),
+ * cpuNs (mean CPU), amount }.
+ */
+async function interleaved(reps, rows) {
+  const ns = rows.map(() => []);
+  const cpu = rows.map(() => 0);
+  for (let i = 0; i < reps; i++) {
+    for (let k = 0; k < rows.length; k++) {
+      const m = await timeIt(1, rows[k].fn);
+      ns[k].push(m.ns);
+      cpu[k] += m.cpuNs;
+    }
+  }
+  return rows.map((r, k) => ({ name: r.name, ns: median(ns[k]), cpuNs: cpu[k] / reps, amount: r.amount }));
 }
 
 /** Counts the storage reads of a device and its backing layers while `fn` runs. */
@@ -97,19 +115,19 @@ export async function run(ctx) {
       for (let off = 0; off < size; off += MiB) await d.readInto(off, b);
     };
     const perMiB = ((await countReads(dev, seqV)) / (size / MiB)).toFixed(1);
-    const seq = [
-      { name: 'vmkit readInto 1 MiB', ...(await timeIt(reps, seqV)), amount: size },
-      { name: 'vmkit readInto 1 MiB (sync I/O)', ...(await timeIt(reps, seqS)), amount: size },
-      { name: 'vmkit readInto 1 MiB, page-aligned buffer', ...(await timeIt(reps, seqOf(dev, abuf))), amount: size },
-      { name: 'vmkit readInto 1 MiB, page-aligned buffer (sync I/O)', ...(await timeIt(reps, seqOf(sdev, abuf))), amount: size },
-      { name: 'qemu-img bench -d 1 -s 1M', ...(await timeIt(reps, () => q('qemu-img', ['bench', '-d', '1', '-c', String(size / MiB), '-s', '1M', '-f', 'qcow2', top]))), amount: size },
-      { name: 'qemu-img bench -d 64 -s 1M', ...(await timeIt(reps, () => q('qemu-img', ['bench', '-c', String(size / MiB), '-s', '1M', '-f', 'qcow2', top]))), amount: size },
+    const seq = await interleaved(reps, [
+      { name: 'vmkit readInto 1 MiB', fn: seqV, amount: size },
+      { name: 'vmkit readInto 1 MiB (sync I/O)', fn: seqS, amount: size },
+      { name: 'vmkit readInto 1 MiB, page-aligned buffer', fn: seqOf(dev, abuf), amount: size },
+      { name: 'vmkit readInto 1 MiB, page-aligned buffer (sync I/O)', fn: seqOf(sdev, abuf), amount: size },
+      { name: 'qemu-img bench -d 1 -s 1M', fn: () => q('qemu-img', ['bench', '-d', '1', '-c', String(size / MiB), '-s', '1M', '-f', 'qcow2', top]), amount: size },
+      { name: 'qemu-img bench -d 64 -s 1M', fn: () => q('qemu-img', ['bench', '-c', String(size / MiB), '-s', '1M', '-f', 'qcow2', top]), amount: size },
       {
         name: 'qemu-img convert → null-co',
-        ...(await timeIt(reps, () => q('qemu-img', ['convert', '-n', '--image-opts', `driver=qcow2,file.filename=${top}`, '--target-image-opts', `driver=null-co,size=${size}`]))),
+        fn: () => q('qemu-img', ['convert', '-n', '--image-opts', `driver=qcow2,file.filename=${top}`, '--target-image-opts', `driver=null-co,size=${size}`]),
         amount: size,
       },
-    ];
+    ]);
     // 2. 4 KiB reads.
     const step = 257 * 4096;
     // Node's callback fs.read/fs.write at random offsets of a file, awaited one at a time: the
@@ -147,13 +165,13 @@ export async function run(ctx) {
         await sdev.readInto((r % (size / 4096)) * 4096, b4);
       }
     };
-    const rd = [
-      { name: 'vmkit random 4K read', ...(await timeIt(reps, randV)), amount: nRandom },
-      { name: 'vmkit random 4K read (sync I/O)', ...(await timeIt(reps, randS)), amount: nRandom },
-      { name: 'vmkit strided 4K read', ...(await timeIt(reps, strideV)), amount: nRandom },
-      { name: 'qemu-img bench -d 1 -s 4k (strided)', ...(await timeIt(reps, () => q('qemu-img', ['bench', '-d', '1', '-c', String(nRandom), '-s', '4k', '-S', String(step), '-f', 'qcow2', top]))), amount: nRandom },
-      { name: 'Node fs.read 4K, random (the round trip alone)', ...(await timeIt(reps, rawIo(base, false, b4))), amount: nRandom },
-    ];
+    const rd = await interleaved(reps, [
+      { name: 'vmkit random 4K read', fn: randV, amount: nRandom },
+      { name: 'vmkit random 4K read (sync I/O)', fn: randS, amount: nRandom },
+      { name: 'vmkit strided 4K read', fn: strideV, amount: nRandom },
+      { name: 'qemu-img bench -d 1 -s 4k (strided)', fn: () => q('qemu-img', ['bench', '-d', '1', '-c', String(nRandom), '-s', '4k', '-S', String(step), '-f', 'qcow2', top]), amount: nRandom },
+      { name: 'Node fs.read 4K, random (the round trip alone)', fn: rawIo(base, false, b4), amount: nRandom },
+    ]);
     await dev.close();
     await sdev.close();
     // 3. 4 KiB writes on allocated clusters (copies of the base).
@@ -167,42 +185,44 @@ export async function run(ctx) {
     const wsdev = await openImage(ws, { provider: syncFileProvider });
     const fw = join(dir, 'fw.bin'); // a plain file for Node's own writes
     copyFileSync(base, fw);
+    // The copies' dirty pages written out first: else the first write rows pay for it (dirty-page throttling).
+    q('sync', []);
     const w4 = new Uint8Array(4096).fill(0x5a);
-    const wr = [
+    const wr = await interleaved(reps, [
       {
         name: 'vmkit random 4K write',
-        ...(await timeIt(reps, async () => {
+        fn: async () => {
           for (let i = 0; i < nRandom; i++) {
             r = (Math.imul(r, 1103515245) + 12345) >>> 0;
             await wdev.write((r % (size / 4096)) * 4096, w4);
           }
-        })),
+        },
         amount: nRandom,
       },
       {
         name: 'vmkit random 4K write (sync I/O)',
-        ...(await timeIt(reps, async () => {
+        fn: async () => {
           for (let i = 0; i < nRandom; i++) {
             r = (Math.imul(r, 1103515245) + 12345) >>> 0;
             await wsdev.write((r % (size / 4096)) * 4096, w4);
           }
-        })),
+        },
         amount: nRandom,
       },
       {
         name: 'vmkit strided 4K write',
-        ...(await timeIt(reps, async () => {
+        fn: async () => {
           let off = 0;
           for (let i = 0; i < nRandom; i++) {
             await wdev.write(off, w4);
             off = (off + step) % size;
           }
-        })),
+        },
         amount: nRandom,
       },
-      { name: 'qemu-img bench -w -d 1 -s 4k (strided)', ...(await timeIt(reps, () => q('qemu-img', ['bench', '-w', '-d', '1', '-c', String(nRandom), '-s', '4k', '-S', String(step), '-f', 'qcow2', wq]))), amount: nRandom },
-      { name: 'Node fs.write 4K, random (the round trip alone)', ...(await timeIt(reps, rawIo(fw, true, w4))), amount: nRandom },
-    ];
+      { name: 'qemu-img bench -w -d 1 -s 4k (strided)', fn: () => q('qemu-img', ['bench', '-w', '-d', '1', '-c', String(nRandom), '-s', '4k', '-S', String(step), '-f', 'qcow2', wq]), amount: nRandom },
+      { name: 'Node fs.write 4K, random (the round trip alone)', fn: rawIo(fw, true, w4), amount: nRandom },
+    ]);
     await wdev.close();
     await wsdev.close();
     return {
@@ -222,7 +242,7 @@ export async function run(ctx) {
         ...parity(rd, 'qemu-img bench -d 1 -s 4k (strided)', { default: ROUND_TRIP }),
         ...parity(wr, 'qemu-img bench -w -d 1 -s 4k (strided)', { default: ROUND_TRIP }),
         `Host reads per 1 MiB request of the chain: ${perMiB} (vmkit, both files; backing runs between overlay clusters become one read of the base when it holds the span as one stretch).`,
-        'Medians of ' + reps + ' runs; files in the page cache; vmkit awaits each request (queue depth 1).',
+        'Medians of ' + reps + ' runs, the rows of a table taking turns (one run each per round); files in the page cache; vmkit awaits each request (queue depth 1).',
         'vmkit default I/O is node:fs callbacks on the descriptor (libuv thread pool, ~30 µs CPU a round trip); "sync I/O" is syncFileProvider (readSync/writeSync, blocks the event loop; what `vmkit disk` uses).',
         'QEMU runs include its process start; qemu-img bench has no random pattern, so its 4 KiB runs are strided (step 257 × 4 KiB), vmkit runs both.',
         'CPU/run is this process (every thread, the libuv pool too) or the peer process: where a single-threaded row\'s wall time is well above its CPU time, it waited for a core (a loaded machine), and the CPU ratio is the better guide to parity.',
