@@ -572,6 +572,24 @@ describe.runIf(ready)('vmkit attest (the CLI as a child process)', () => {
     expect((JSON.parse(bad.stdout) as { error: { code: string } }).error.code).toBe('INTEGRITY');
   });
 
+  it('index takes Alpine keys with --apk-key (by file name, as /etc/apk/keys holds them) and refuses without them', async () => {
+    const apk = `apk ${repo.url}/apk/x86_64`;
+    const key = join(FIXTURES, 'apk', 'vmkit-test.rsa.pub');
+    const [ok, none, wrong] = await Promise.all([
+      run(['attest', 'index', apk, '--apk-key', key, '--json']),
+      run(['attest', 'index', apk, '--json']),
+      run(['attest', 'index', apk, '--apk-key', join(FIXTURES, 'apk', 'other.rsa.pub'), '--json']),
+    ]);
+    expect(ok.code, ok.stderr).toBe(0);
+    // One record per control segment the fixture script signed into the index.
+    const packages = readdirSync(join(FIXTURES, 'apk', 'pkgs')).filter((f) => f.endsWith('.control.tar.gz')).length;
+    expect((JSON.parse(ok.stdout) as { packages: number }).packages).toBe(packages);
+    for (const r of [none, wrong]) {
+      expect(r.code).toBe(1);
+      expect((JSON.parse(r.stdout) as { error: { code: string } }).error.code).toBe('INTEGRITY');
+    }
+  });
+
   it('serve + request + verify + check: affirmed exits 0, unknown exits 1', async () => {
     const deb = `deb ${repo.url}/debian bookworm main`;
     // A key as `openssl genpkey -algorithm ed25519` writes it (PKCS#8 PEM).

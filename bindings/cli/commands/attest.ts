@@ -8,7 +8,7 @@
 import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { resolve } from 'node:path';
+import { basename, resolve } from 'node:path';
 import { VmkitError } from '../../errors.js';
 import { emit, parse, type CliIO, type Command } from '../_common.js';
 import { openSource, type OpenSourceOptions } from '../../attest/sources/parse-source-line.js';
@@ -19,18 +19,21 @@ import type { Evidence, EvidenceDigest, ImaEvidence } from '../../attest/apprais
 import { SourceSet, type SourceSetOptions } from '../../attest/service/refresh.js';
 
 const usage = `Usage:
-  vmkit attest serve --repo '<source>'... [--keyring <file>]... [--key <pem|jwk file>] [--listen host:port | --port N]
+  vmkit attest serve --repo '<source>'... [--keyring <file>]... [--apk-key <file>]... [--key <pem|jwk file>] [--listen host:port | --port N]
                      [--files-of <package>]... [--verifier-id <id>] [--refresh <seconds>] [--json]
   vmkit attest request --server <url> [--digest alg:hex]... [--package name=version]... [--ima <log> [--pcr10 bank:hex] [--exclude re]...] [--jwks <url|file>] [--json] [<file>...]
   vmkit attest verify <token> --jwks <url|file> [--nonce <n>] [--json]
-  vmkit attest check --repo '<source>'... [--keyring <file>]... [--digest alg:hex]... [--package name=version]... [--json] [<file>...]
-  vmkit attest index '<source>' [--keyring <file>]... [--json]
+  vmkit attest check --repo '<source>'... [--keyring <file>]... [--apk-key <file>]... [--digest alg:hex]... [--package name=version]... [--json] [<file>...]
+  vmkit attest index '<source>' [--keyring <file>]... [--apk-key <file>]... [--json]
 
 A <source> is written the way its ecosystem writes it:
   "deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] http://host/debian bookworm main"
   "rpm http://host/repo"          "npm https://registry.npmjs.org <package>..."
+  "apk https://dl-cdn.alpinelinux.org/alpine/v3.20/main/x86_64"
 --source is the same as --repo. --files-of loads the file-level digests of those packages (APT: each .deb
-fetched, checked against the signed Packages, its files hashed), so file digests and IMA entries can affirm. --keyring takes binary or armored OpenPGP keyrings (/usr/share/keyrings/*.gpg).
+fetched, checked against the signed Packages, its files hashed), so file digests and IMA entries can affirm. --keyring takes binary or armored OpenPGP keyrings (/usr/share/keyrings/*.gpg);
+--apk-key the RSA public keys (PEM) an Alpine index may be signed with, as in /etc/apk/keys (the signature
+names its key by file name, so keep the names).
 request hashes each <file> (SHA-256), asks the server, verifies the signed result (signature, nonce,
 expiry) and prints it with the token; exit 0 only when the status is affirming.
 Exit codes: 0 affirmed / ok, 1 not affirmed or failure, 2 usage error.`;
@@ -39,6 +42,7 @@ const sourceOpts = {
   repo: { type: 'string', multiple: true },
   source: { type: 'string', multiple: true },
   keyring: { type: 'string', multiple: true },
+  'apk-key': { type: 'string', multiple: true },
   'allow-unsigned': { type: 'boolean' },
   'allow-expired': { type: 'boolean' },
   'files-of': { type: 'string', multiple: true },
@@ -64,6 +68,17 @@ async function openSources(values: Values, lines: string[] = [...strings(values.
       }
     }));
     opts.keyring = await readKeyring(...bytes);
+  }
+  const apkKeys = strings(values['apk-key']);
+  if (apkKeys.length) {
+    // Keyed by file name: an APKINDEX signature names the key file it was made with (.SIGN.RSA.<name>).
+    opts.apkKeys = Object.fromEntries(await Promise.all(apkKeys.map(async (p) => {
+      try {
+        return [basename(p), await readFile(p, 'utf8')] as const;
+      } catch (e) {
+        throw new VmkitError('NOT_FOUND', `apk key ${p} could not be read`, { cause: e, path: p });
+      }
+    })));
   }
   if (values['allow-unsigned']) opts.allowUnsigned = true;
   if (values['allow-expired']) opts.allowExpired = true;
