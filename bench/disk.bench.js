@@ -54,6 +54,14 @@ async function interleaved(reps, rows) {
   return rows.map((r, k) => ({ name: r.name, ns: median(ns[k]), cpuNs: cpu[k] / reps, amount: r.amount }));
 }
 
+/** The CPU cost of one 4 KiB request: vmkit's, Node's bare round trip and QEMU's whole request. */
+function perOp(rows, op, floorName, peerName, n) {
+  const us = (name) => rows.find((r) => r.name === name).cpuNs / n / 1000;
+  const v = us(`vmkit random 4K ${op}`);
+  const f = us(floorName);
+  return `CPU per 4 KiB ${op}: vmkit ${v.toFixed(1)} µs, of which Node's bare fs.${op} round trip ${f.toFixed(1)} µs (the row "${floorName}"); QEMU's whole request ${us(peerName).toFixed(1)} µs, its process start included. What vmkit adds to the round trip: ${(v - f).toFixed(1)} µs.`;
+}
+
 /** Counts the storage reads of a device and its backing layers while `fn` runs. */
 async function countReads(dev, fn) {
   const stores = [];
@@ -241,6 +249,8 @@ export async function run(ctx) {
         }),
         ...parity(rd, 'qemu-img bench -d 1 -s 4k (strided)', { default: ROUND_TRIP }),
         ...parity(wr, 'qemu-img bench -w -d 1 -s 4k (strided)', { default: ROUND_TRIP }),
+        perOp(rd, 'read', 'Node fs.read 4K, random (the round trip alone)', 'qemu-img bench -d 1 -s 4k (strided)', nRandom),
+        perOp(wr, 'write', 'Node fs.write 4K, random (the round trip alone)', 'qemu-img bench -w -d 1 -s 4k (strided)', nRandom),
         `Host reads per 1 MiB request of the chain: ${perMiB} (vmkit, both files; backing runs between overlay clusters become one read of the base when it holds the span as one stretch).`,
         'Medians of ' + reps + ' runs, the rows of a table taking turns (one run each per round); files in the page cache; vmkit awaits each request (queue depth 1).',
         'vmkit default I/O is node:fs callbacks on the descriptor (libuv thread pool, ~30 µs CPU a round trip); "sync I/O" is syncFileProvider (readSync/writeSync, blocks the event loop; what `vmkit disk` uses).',

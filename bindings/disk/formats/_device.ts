@@ -35,12 +35,13 @@ export async function _readFresh(dev: { readInto(offset: number, dst: Uint8Array
 
 /**
  * Masked data a single backing read may cover between two backing runs: the
- * backing copies those bytes only for the overlay to overwrite them, which
- * costs less than the host round trip saved (page-cache copies run at several
- * GB/s: 128 KiB in ~10-20 µs; a libuv thread-pool round trip costs ~30 µs of
- * CPU and more of latency).
+ * backing copies those bytes only for the overlay to overwrite them. Measured
+ * on page-cached files (bench/disk.bench.js): a page-cache copy runs at ~4
+ * GB/s on the bench machine (64 KiB in ~15 µs), about what one more
+ * thread-pool round trip costs when several are in flight; with blocking I/O
+ * the merge costs a little (the copies and the backing's status lookup).
  */
-const _MERGE_MASKED = 128 * 1024;
+const _MERGE_MASKED = 64 * 1024;
 
 /** Awaits every promise, then throws the first failure (nothing is left running into a buffer). */
 async function _settleAll(ps: Promise<void>[]): Promise<void> {
