@@ -162,7 +162,7 @@ export async function run(ctx) {
         ...parityNotes(wr, 'qemu-img bench -w -d 1 -s 4k (strided)'),
         ...parityNotes(alloc, 'qemu-img bench -w -s 4k -S 64k (allocating)'),
         'Medians of ' + reps + ' runs; files in the page cache; vmkit awaits each request (queue depth 1).',
-        '"sync I/O" is syncFileProvider (readSync/writeSync; what `vmkit disk` uses); the others use FileHandle (libuv thread pool).',
+        '"sync I/O" is syncFileProvider (readSync/writeSync; what `vmkit disk` uses); the others use node:fs callbacks on the descriptor (libuv thread pool).',
         'QEMU runs include its process start; qemu-img bench has no random pattern, so its 4 KiB runs are strided (step 257 × 4 KiB), vmkit runs both. The allocating runs include closing the image (flush).',
         'CPU/run is this process (every thread, the libuv pool too) or the peer process: where a single-threaded row\'s wall time is well above its CPU time, it waited for a core (a loaded machine), and the CPU ratio is the better guide to parity.',
       ],
