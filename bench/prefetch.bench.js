@@ -312,6 +312,8 @@ export async function run(ctx) {
   };
   const vc = versus(C);
   const vw = W.map(versus);
+  const cuts = v8.perTrace.map((r, i) => 1 - r.faults / none.perTrace[i].faults);
+  const perCut = `${(100 * Math.min(...cuts)).toFixed(1)}%–${(100 * Math.max(...cuts)).toFixed(1)}%`;
   const warmCut = W.map((ev) => {
     const r = ev.per.get('virtual/8');
     return { label: ev.label, cut: `${(100 * (1 - r.faults / ev.none.faults)).toFixed(1)}%`, waste: pct(r.wasted, r.loaded) };
@@ -338,7 +340,7 @@ export async function run(ctx) {
         markdown: [
           `| goal | measured (cold traces summed; warm guests apart) | met |`,
           `|---|---|---|`,
-          `| virtual ±8 cuts faults ≥ 85% vs none | ${(cut * 100).toFixed(1)}% (${none.faults} → ${v8.faults})${warmCut.map((x) => `; ${x.label}: ${x.cut}`).join('')} | ${cut >= 0.85 ? 'yes' : 'no'} |`,
+          `| virtual ±8 cuts faults ≥ 85% vs none | ${(cut * 100).toFixed(1)}% (${none.faults} → ${v8.faults}; per cold trace ${perCut}: the sum is weighted by the long traces)${warmCut.map((x) => `; ${x.label}: ${x.cut}`).join('')} | ${cut >= 0.85 ? 'yes' : 'no'} |`,
           `| virtual ±8 waste ≤ 15% of pages loaded | ${(waste * 100).toFixed(1)}% (${v8.wasted} of ${v8.loaded})${warmCut.map((x) => `; ${x.label}: ${x.waste}`).join('')} | ${waste <= 0.15 ? 'yes' : 'no'} |`,
           `| virtual ±8 beats physical ±8 on faults and waste | faults ${v8.faults} vs ${p8.faults}, wasted ${v8.wasted} vs ${p8.wasted} | ${v8.faults < p8.faults && v8.wasted < p8.wasted ? 'yes' : 'no'} |`,
           adLine('cold', vc),
