@@ -214,7 +214,7 @@ export async function run(ctx) {
     .map((w) => {
       const x = w.meta;
       const warmPart = x.model === 'cold' ? '' : ` Snapshot after a warm-up call (${x.warmupAccesses} accesses, ${x.warmupPages} pages); ${x.snapshotPresent} pages present then, ${x.freshAfterSnapshot} more allocated by the measured call; ${x.neverTouchedByProcess} mapped pages the process never touched in the whole run${x.model === 'warm-touched' ? ' (left out of this guest)' : ''}.`;
-      return `- **${w.name}** (${x.model}): ${x.what}: \`${x.command}\`; previous run for replay: \`${x.previous}\`. ${x.firstTouches} pages first-touched in the measured part, ${x.mappedPages} mapped, ${x.mappedUntouched} of them never touched by it; frames: ${x.frames}, fold gap cap ${x.foldGapCap}.${warmPart}`;
+      return `- **${w.name}** (${x.model}): ${x.what}: \`${x.command}\`; replay records ${x.model === 'cold' ? `a previous run: \`${x.previous}\`` : 'the first request after the snapshot'}. ${x.firstTouches} pages first-touched in the measured part, ${x.mappedPages} mapped, ${x.mappedUntouched} of them never touched by it; frames: ${x.frames}, fold gap cap ${x.foldGapCap}.${warmPart}`;
     })
     .join('\n');
   const warmTable = W.length

@@ -516,6 +516,7 @@ async function build(w, so, dir) {
     const faultAround = mapped.filter(([v]) => !ever.has(v)).length;
     const seg = { warmupAccesses: run.segments[0].accesses, measuredAccesses: run.segments[2].accesses, warmupPages: run.segments[0].order.length, snapshotPresent: snap.frames.size, freshAfterSnapshot: fresh, neverTouchedByProcess: faultAround };
     const name = w.warmOnly ? w.name : `${w.name}-warm`;
+    common.previous = 'the first request after the snapshot';
     metas.push({ name, model: 'warm', ...common, ...seg, ...writeGuest(join(OUT, name), mapped, inv2, inv1) });
     // The same, without the pages only the host kernel's fault-around made present: the guest
     // maps only pages the process itself touched at some point of the run (lackey saw them).
