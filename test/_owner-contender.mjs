@@ -146,6 +146,14 @@ process.on('SIGTERM', () => {
   stopping = true;
 });
 
+/** Waits until the disk has left this holder (released, fenced or taken) and logs how it ended. */
+async function handedOver(d) {
+  phase = `done? state ${d.state} fenced ${d.fenced}`;
+  const out = await d.done;
+  log({ t: 'released', epoch: d.epoch, reason: out.reason, pid: process.pid });
+  current = undefined;
+}
+
 while (Date.now() < end && !stopping) {
   const t0 = performance.now();
   let d;
@@ -185,10 +193,7 @@ while (Date.now() < end && !stopping) {
     // storage reads): that is the protocol working, not this contender failing. Anything else is.
     if (e?.code !== 'INVALID_STATE' && e?.code !== 'FENCED') throw e;
     log({ t: 'scan-failed', epoch: d.epoch, code: e.code, pid: process.pid });
-    phase = `done? state ${d.state} fenced ${d.fenced}`;
-    const out = await d.done;
-    log({ t: 'released', epoch: d.epoch, reason: out.reason, pid: process.pid });
-    current = undefined;
+    await handedOver(d);
     continue;
   }
   let slot = 0;
@@ -219,10 +224,7 @@ while (Date.now() < end && !stopping) {
   if (Date.now() >= end || stopping) {
     await d.release().catch(() => {});
   }
-  phase = `done? state ${d.state} fenced ${d.fenced}`;
-  const out = await d.done;
-  log({ t: 'released', epoch: d.epoch, reason: out.reason, pid: process.pid });
-  current = undefined;
+  await handedOver(d);
   await sleep(Math.random() * 15);
 }
 await store.close().catch(() => {});

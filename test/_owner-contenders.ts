@@ -136,6 +136,11 @@ export function readContenderLogs(dir: string, n: number): ContenderLog[] {
   return out;
 }
 
+/** How many writes the contenders have logged as acknowledged so far. */
+export function ackCount(dir: string, n: number): number {
+  return readContenderLogs(dir, n).filter((l) => l.t === 'ack').length;
+}
+
 function fnv(b: Uint8Array): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < 64; i++) h = Math.imul(h ^ b[i]!, 0x01000193) >>> 0;

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEtcd, type EtcdServer } from './_etcd.js';
-import { checkAcks, checkDiskRecords, epochWinners, readContenderLogs, startContenders, type Contenders } from './_owner-contenders.js';
+import { ackCount, checkAcks, checkDiskRecords, epochWinners, readContenderLogs, startContenders, type Contenders } from './_owner-contenders.js';
 import { needTool } from './_tools.js';
 
 const distEtcd = fileURLToPath(new URL('../dist/disk/owner/etcd-store.js', import.meta.url));
@@ -80,7 +80,6 @@ describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
           contenders.kill(c);
         }
       }, 800 + Math.random() * 1500);
-      const acksSoFar = (): number => readContenderLogs(dir, N).filter((l) => l.t === 'ack').length;
       let lastProgress = 0;
 
       // Poll the record in etcd the whole time: it must always parse, and its epoch never goes back.
@@ -97,7 +96,7 @@ describe.skipIf(!have)('disk ownership across processes (etcd store)', () => {
         const el = Date.now() - t0;
         if (!stopping && el - lastProgress > 250) {
           lastProgress = el;
-          const acks = acksSoFar();
+          const acks = ackCount(dir, N);
           const enough = el >= MIN_MS && acquired >= 12 && midHandoffKills + randomKills >= 2 && acks >= 30;
           if (enough || (el >= MAX_MS && acquired >= 6 && acks >= 20) || el >= HARD_MS) {
             stopping = true;

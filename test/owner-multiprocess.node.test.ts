@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { checkAcks, checkDiskRecords, epochWinners, readContenderLogs, startContenders } from './_owner-contenders.js';
+import { ackCount, checkAcks, checkDiskRecords, epochWinners, readContenderLogs, startContenders } from './_owner-contenders.js';
 import { needTool } from './_tools.js';
 
 const distOwner = fileURLToPath(new URL('../dist/disk/owner/index.js', import.meta.url));
@@ -78,7 +78,7 @@ async function contend(dir: string, diskPath: string, n: number, minMs: number, 
   const enoughAcks = (): boolean => {
     if (acked <= 10 && Date.now() - ackedAt >= 100) {
       ackedAt = Date.now();
-      acked = readContenderLogs(dir, n).filter((l) => l.t === 'ack').length;
+      acked = ackCount(dir, n);
     }
     return acked > 10;
   };
