@@ -54,31 +54,28 @@ function strings(v: unknown): string[] {
   return Array.isArray(v) ? (v as string[]) : typeof v === 'string' ? [v] : [];
 }
 
+/** A file named on the command line; NOT_FOUND names the argument's role and path when it cannot be read. */
+async function readArgFile(path: string, what: string): Promise<Buffer> {
+  try {
+    return await readFile(path);
+  } catch (e) {
+    throw new VmkitError('NOT_FOUND', `${what} ${path} could not be read`, { cause: e, path });
+  }
+}
+
 /** Opens the `--repo`/`--source` lines with the keyrings given. */
 async function openSources(values: Values, lines: string[] = [...strings(values.repo), ...strings(values.source)], setOptions: SourceSetOptions = {}): Promise<SourceSet> {
   if (lines.length === 0) throw new VmkitError('ARG_RANGE', 'at least one --repo <source> is required');
   const opts: OpenSourceOptions = {};
   const rings = strings(values.keyring);
   if (rings.length) {
-    const bytes = await Promise.all(rings.map(async (p) => {
-      try {
-        return new Uint8Array(await readFile(p));
-      } catch (e) {
-        throw new VmkitError('NOT_FOUND', `keyring ${p} could not be read`, { cause: e, path: p });
-      }
-    }));
+    const bytes = await Promise.all(rings.map(async (p) => new Uint8Array(await readArgFile(p, 'keyring'))));
     opts.keyring = await readKeyring(...bytes);
   }
   const apkKeys = strings(values['apk-key']);
   if (apkKeys.length) {
     // Keyed by file name: an APKINDEX signature names the key file it was made with (.SIGN.RSA.<name>).
-    opts.apkKeys = Object.fromEntries(await Promise.all(apkKeys.map(async (p) => {
-      try {
-        return [basename(p), await readFile(p, 'utf8')] as const;
-      } catch (e) {
-        throw new VmkitError('NOT_FOUND', `apk key ${p} could not be read`, { cause: e, path: p });
-      }
-    })));
+    opts.apkKeys = Object.fromEntries(await Promise.all(apkKeys.map(async (p) => [basename(p), (await readArgFile(p, 'apk key')).toString('utf8')] as const)));
   }
   if (values['allow-unsigned']) opts.allowUnsigned = true;
   if (values['allow-expired']) opts.allowExpired = true;
@@ -105,12 +102,7 @@ async function evidenceOf(values: Values, files: string[]): Promise<Evidence> {
   if (digests.length) evidence.digests = digests;
   if (packages.length) evidence.packages = packages;
   if (typeof values.ima === 'string') {
-    let log: string;
-    try {
-      log = await readFile(values.ima, 'utf8');
-    } catch (e) {
-      throw new VmkitError('NOT_FOUND', `IMA log ${values.ima} could not be read`, { cause: e, path: values.ima });
-    }
+    const log = (await readArgFile(values.ima, 'IMA log')).toString('utf8');
     const ima: ImaEvidence = { log };
     if (typeof values.pcr10 === 'string') {
       const d = parseDigestArg(values.pcr10);
