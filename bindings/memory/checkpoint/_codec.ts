@@ -91,20 +91,33 @@ function rethrow(err: unknown): never {
   });
 }
 
-/** Compresses `src` into one LZ4 block; returns a fresh array. (Hot path: no closure per call.) */
-export function blockCompress(src: Uint8Array): Uint8Array {
+/**
+ * The four block calls' one path: `src` copied into core scratch, the codec run
+ * into a second scratch of `room` bytes writing at most `cap`, the result copied
+ * into `into` (its length returned) or out as a fresh array by one slice of core
+ * memory. A flag, not a callback, picks the codec: hot path, no closure per call.
+ */
+function coreBlock(compress: boolean, src: Uint8Array, room: number, cap: number, into: Uint8Array | undefined): Uint8Array | number {
   const c = core();
   try {
-    const bound = compressBound(src.length);
     const s = scratchBuf(c, 0, Math.max(1, src.length));
-    const d = scratchBuf(c, 1, bound);
+    const d = scratchBuf(c, 1, Math.max(1, room));
     const mem = c.u8();
     mem.set(src, s);
-    const n = check(ex(c).lz4Compress(s, src.length, d, bound), 'lz4 compress');
-    return mem.slice(d, d + n);
+    const e = ex(c);
+    const n = compress ? check(e.lz4Compress(s, src.length, d, cap), 'lz4 compress') : check(e.lz4Decompress(s, src.length, d, cap), 'lz4 decompress');
+    if (!into) return mem.slice(d, d + n);
+    into.set(mem.subarray(d, d + n));
+    return n;
   } catch (err) {
     return rethrow(err);
   }
+}
+
+/** Compresses `src` into one LZ4 block; returns a fresh array. */
+export function blockCompress(src: Uint8Array): Uint8Array {
+  const bound = compressBound(src.length);
+  return coreBlock(true, src, bound, bound, undefined) as Uint8Array;
 }
 
 /**
@@ -113,19 +126,8 @@ export function blockCompress(src: Uint8Array): Uint8Array {
  * (a dst of compressBound(src.length) bytes always fits).
  */
 export function blockCompressInto(src: Uint8Array, dst: Uint8Array): number {
-  const c = core();
-  try {
-    const bound = compressBound(src.length);
-    const s = scratchBuf(c, 0, Math.max(1, src.length));
-    const d = scratchBuf(c, 1, bound);
-    const mem = c.u8();
-    mem.set(src, s);
-    const n = check(ex(c).lz4Compress(s, src.length, d, Math.min(bound, dst.length)), 'lz4 compress');
-    dst.set(mem.subarray(d, d + n));
-    return n;
-  } catch (err) {
-    return rethrow(err);
-  }
+  const bound = compressBound(src.length);
+  return coreBlock(true, src, bound, Math.min(bound, dst.length), dst) as number;
 }
 
 /**
@@ -133,18 +135,7 @@ export function blockCompressInto(src: Uint8Array, dst: Uint8Array): number {
  * decoded length. CORRUPT for a bad block, OUTPUT_TOO_SMALL when it does not fit.
  */
 export function blockDecompressInto(block: Uint8Array, dst: Uint8Array): number {
-  const c = core();
-  try {
-    const s = scratchBuf(c, 0, Math.max(1, block.length));
-    const d = scratchBuf(c, 1, Math.max(1, dst.length));
-    const mem = c.u8();
-    mem.set(block, s);
-    const n = check(ex(c).lz4Decompress(s, block.length, d, dst.length), 'lz4 decompress');
-    dst.set(mem.subarray(d, d + n));
-    return n;
-  } catch (err) {
-    return rethrow(err);
-  }
+  return coreBlock(false, block, dst.length, dst.length, dst) as number;
 }
 
 /**
@@ -153,17 +144,7 @@ export function blockDecompressInto(block: Uint8Array, dst: Uint8Array): number 
  * by one slice of core memory, cheaper than a zeroed array plus a copy).
  */
 export function blockDecompress(block: Uint8Array, maxSize: number): Uint8Array {
-  const c = core();
-  try {
-    const s = scratchBuf(c, 0, Math.max(1, block.length));
-    const d = scratchBuf(c, 1, Math.max(1, maxSize));
-    const mem = c.u8();
-    mem.set(block, s);
-    const n = check(ex(c).lz4Decompress(s, block.length, d, maxSize), 'lz4 decompress');
-    return mem.slice(d, d + n);
-  } catch (err) {
-    return rethrow(err);
-  }
+  return coreBlock(false, block, maxSize, maxSize, undefined) as Uint8Array;
 }
 
 /** The live core (throws NOT_INITIALIZED). */
