@@ -18,8 +18,22 @@ export interface LoadedCore {
 export async function loadCore(source: WebAssembly.Module | BufferSource | Response): Promise<LoadedCore> {
   // The loader supplies `env.abort`, decoding the core's UTF-16 message and
   // throwing an Error; bindings/core.ts turns that into a VmkitError.
+  if (_isNode() && (source instanceof WebAssembly.Module || ArrayBuffer.isView(source) || source instanceof ArrayBuffer)) {
+    // The loader's asynchronous path asks `source instanceof Response`, and in Node the first
+    // touch of the global `Response` loads undici, fetch's implementation: about 30 ms of a
+    // CLI command's start-up. Compiling here and instantiating the compiled module through the
+    // loader's synchronous entry (Node's main thread has no size limit on that) skips it.
+    const m = source instanceof WebAssembly.Module ? source : await WebAssembly.compile(source as BufferSource);
+    return adopt(instantiateSync(m));
+  }
   const r = await instantiate(source as WebAssembly.Module);
   return adopt(r);
+}
+
+/** True in Node (where the global `Response` is loaded lazily, at a cost). */
+function _isNode(): boolean {
+  const p = (globalThis as { process?: { versions?: { node?: string } } }).process;
+  return typeof p?.versions?.node === 'string';
 }
 
 /** Instantiates the core synchronously (Node, workers; bytes or a compiled module). */
