@@ -342,6 +342,8 @@ await new Promise((r) => setTimeout(r, 1e6));
       await refDisk.close();
       await disk.close();
       if (rec.action === 'rolled-back') expect(existsSync(join(d, 'target.qcow2'))).toBe(false);
+      // No second name of an old delta outlives the recovery (it would keep its storage).
+      expect(existsSync(join(d, 'delta.qcow2.vmkit-old'))).toBe(false);
     }
     // The instants must land inside the job for the test to mean anything.
     expect(sawDone).toBeLessThan(delays.length);
@@ -364,6 +366,46 @@ await new Promise((r) => setTimeout(r, 1e6));
     expect(info['backing-filename']).toBe('base.qcow2');
     expect(q('qemu-img', ['map', '--output=json', join(d, 'delta.qcow2')])).not.toContain('"depth": 0');
     expect(existsSync(join(d, 'delta.qcow2.vmkit-job'))).toBe(false);
+  });
+
+  it('keepDelta frees the old delta after the pause, under a second name that recovery also removes', async () => {
+    const { init } = await import('../bindings/index.js');
+    await init();
+    for (const stop of [false, true]) {
+      const d = freshDir(stop ? 'keep-stop' : 'keep-lib');
+      copyChain(master, d);
+      const ops = new NodeChainOps();
+      const delta = join(d, 'delta.qcow2');
+      const disk = await LiveDisk.open(delta, ops);
+      const seen: string[] = [];
+      const job = await consolidate(disk, {
+        into: 'base',
+        keepDelta: true,
+        hook: (pt) => {
+          seen.push(pt);
+          // At the pivot's end the old delta still has its second name, its storage not yet freed.
+          if (pt === 'pivoted') expect(existsSync(`${delta}.vmkit-old`)).toBe(true);
+          // A crash here: the chain is pivoted, the record says so, the old name is still there.
+          if (stop && pt === 'pivoted') throw new Error('stopped');
+        },
+      });
+      if (stop) {
+        await expect(job.done).rejects.toThrow('stopped');
+        await disk.close();
+        const r = await recoverConsolidation(ops, delta);
+        expect(r.action).toBe('rolled-forward');
+      } else {
+        await job.done;
+        await disk.close();
+        expect(seen).toEqual(['recorded', 'copying', 'in-sync', 'pivot-recorded', 'pivoted', 'delta-removed']);
+      }
+      expect(existsSync(`${delta}.vmkit-old`)).toBe(false);
+      expect(existsSync(`${delta}.vmkit-job`)).toBe(false);
+      qemuCheck(join(d, 'base.qcow2'));
+      qemuCheck(delta);
+      expect(q('qemu-img', ['map', '--output=json', delta])).not.toContain('"depth": 0');
+      q('qemu-img', ['compare', '-q', join(master, 'delta.qcow2'), delta]);
+    }
   });
 
   it('vmkit disk snapshot, backup and consolidate on files: the results agree with qemu-img', () => {

@@ -86,6 +86,17 @@ export interface ChainOps {
   remove(path: string): Promise<void>;
   /** Atomically replaces `to` with `from`. */
   rename(from: string, to: string): Promise<void>;
+  /**
+   * Gives the file `from` a second name `to` (a hard link; optional). A job
+   * replacing a file links the old one first, so the rename does not free its
+   * storage during a pause of the guest's I/O.
+   *
+   * @example
+   * ```ts
+   * await ops.link?.('vm-delta.qcow2', 'vm-delta.qcow2.vmkit-old');
+   * ```
+   */
+  link?(from: string, to: string): Promise<void>;
   /** Reads a small file (the job record), undefined when absent. */
   readText(path: string): Promise<string | undefined>;
   /**

@@ -308,6 +308,21 @@ export class NodeChainOps implements ChainOps {
     }
   }
   /**
+   * Gives `from` a second name `to` (a hard link; `to` must not exist).
+   *
+   * @example
+   * ```ts
+   * await ops.link('vm-delta.qcow2', 'vm-delta.qcow2.vmkit-old'); // one file, two names
+   * ```
+   */
+  async link(from: string, to: string): Promise<void> {
+    try {
+      await (await fs()).link(from, to);
+    } catch (e) {
+      throw ioError(e, 'link', from);
+    }
+  }
+  /**
    * Reads a small file, undefined when absent.
    *
    * @example
