@@ -30,4 +30,29 @@ describe('lazy guest memory over a raw image file', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('rejects an image that is not a positive whole number of pages, naming its size', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmkit-prefetch-'));
+    try {
+      // A truncated dump: two whole pages and 100 bytes of a third. Reading it as two
+      // pages would silently lose the tail; the guest would never see those bytes.
+      const partial = join(dir, 'partial.raw');
+      writeFileSync(partial, new Uint8Array(2 * 4096 + 100).fill(7));
+      await expect(imagePages(partial)).rejects.toThrow(expect.objectContaining({ code: 'ARG_RANGE', message: expect.stringContaining('8292 bytes') }));
+      const empty = join(dir, 'empty.raw');
+      writeFileSync(empty, new Uint8Array(0));
+      await expect(imagePages(empty)).rejects.toThrow(expect.objectContaining({ code: 'ARG_RANGE', message: expect.stringContaining('0 bytes') }));
+      // Whole pages of another size are fine; the page count is exact.
+      const src = await imagePages(partial, 2 * 4096 + 100);
+      expect(src.pageCount).toBe(1);
+      const page = new Uint8Array(2 * 4096 + 100);
+      src.readPagesIntoSync(0, 1, page);
+      expect(page.every((b) => b === 7)).toBe(true);
+      expect(() => src.readPagesIntoSync(1, 1, page)).toThrow(expect.objectContaining({ code: 'ARG_RANGE' }));
+      src.close();
+      await expect(imagePages(partial, 0)).rejects.toThrow(expect.objectContaining({ code: 'ARG_RANGE' }));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

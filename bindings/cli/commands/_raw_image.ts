@@ -9,6 +9,7 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { VmkitError } from '../../errors.js';
 import type { Gpa, GuestMemorySource, PageSource } from '../../memory/types.js';
+import { _filePages } from '../../memory/prefetch/lazy-memory.js';
 
 /** Window size of the image cache: page tables cluster, so one read serves several tables. */
 const WINDOW = 256 << 10;
@@ -102,7 +103,8 @@ export function _imageMemory(path: string): GuestMemorySource & { close(): void 
 
 /**
  * A raw image as a PageSource of `pageSize`-byte pages; ARG_RANGE unless it
- * is a positive whole number of pages.
+ * is a positive whole number of pages. The same reader as vmkit/memory's
+ * `imagePages`, synchronous here since the CLI has node:fs already.
  * @example
  * ```ts
  * const src = _imagePages('mem.raw', 4096);
@@ -110,19 +112,6 @@ export function _imageMemory(path: string): GuestMemorySource & { close(): void 
  * ```
  */
 export function _imagePages(path: string, pageSize: number): PageSource & { size: number; close(): void; readPagesIntoSync(first: number, count: number, dst: Uint8Array): void } {
-  const img = _openRawImage(path);
-  const size = img.size;
-  if (size === 0 || size % pageSize !== 0) {
-    img.close();
-    throw new VmkitError('ARG_RANGE', `${path}: a memory image must be a positive whole number of ${pageSize}-byte pages (it has ${size} bytes)`);
-  }
-  const readPagesIntoSync = (first: number, count: number, dst: Uint8Array): void => img.pread(dst.subarray(0, count * pageSize), first * pageSize);
-  return {
-    size,
-    pageSize,
-    pageCount: size / pageSize,
-    readPagesIntoSync,
-    readPagesInto: async (f, c, d) => readPagesIntoSync(f, c, d),
-    close: () => img.close(),
-  };
+  const src = _filePages({ openSync, fstatSync, readSync, closeSync }, path, pageSize);
+  return { ...src, size: src.pageCount * pageSize };
 }

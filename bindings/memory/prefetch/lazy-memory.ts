@@ -74,31 +74,73 @@ export function bufferPages(buf: Uint8Array | ArrayBuffer, pageSize: number = 40
 
 /**
  * A page source over a raw memory image file (Node: positioned reads; the
- * file is never loaded whole). Close it when done.
+ * file is never loaded whole). Close it when done. The image must be a
+ * positive whole number of pages (ARG_RANGE naming its size otherwise);
+ * NOT_FOUND when it does not exist, IO when it cannot be read.
  * @example
  * const src = await imagePages('/tmp/guest.mem');
  * src.close();
  */
 export async function imagePages(path: string, pageSize: number = 4096): Promise<PageSource & { readPagesIntoSync(first: number, count: number, dst: Uint8Array): void; close(): void }> {
+  // Hidden from bundlers so browser builds of vmkit/memory do not try to resolve node:fs.
   const name = 'node:fs';
   const fs = (await import(/* @vite-ignore */ name)) as typeof import('node:fs');
+  return _filePages(fs, path, pageSize);
+}
+
+/** The synchronous node:fs calls {@link _filePages} makes. @internal */
+export type _PageFs = Pick<typeof import('node:fs'), 'openSync' | 'fstatSync' | 'readSync' | 'closeSync'>;
+
+/**
+ * The one implementation behind {@link imagePages} and the CLI's raw images:
+ * `fs` is passed in so this module never imports node:fs (the library loads
+ * it on first use, the CLI has it already and stays synchronous).
+ *
+ * A partial last page is rejected rather than zero-padded or dropped: QEMU's
+ * raw memory dumps (`pmemsave`, `dump-guest-memory` raw) are whole pages, so a
+ * tail is the sign of a truncated or wrong file, and restoring a guest from it
+ * would hand the guest memory that was never in the image (padding) or lose
+ * bytes that were (dropping) without anyone noticing.
+ * @internal
+ * @example
+ * ```ts
+ * import * as fs from 'node:fs';
+ * const src = _filePages(fs, 'mem.raw', 4096);
+ * try { src.readPagesIntoSync(0, 1, page); } finally { src.close(); }
+ * ```
+ */
+export function _filePages(fs: _PageFs, path: string, pageSize: number): PageSource & { readPagesIntoSync(first: number, count: number, dst: Uint8Array): void; close(): void } {
+  aint(pageSize, 'pageSize', 1);
   let fd: number;
   let size: number;
   try {
     fd = fs.openSync(path, 'r');
-    size = fs.fstatSync(fd).size;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException)?.code === 'ENOENT' ? 'NOT_FOUND' : 'IO';
     throw new VmkitError(code, `${path}: ${(e as Error).message}`, { cause: e, path });
   }
-  const pageCount = Math.floor(size / pageSize);
+  try {
+    size = fs.fstatSync(fd).size;
+  } catch (e) {
+    fs.closeSync(fd);
+    throw new VmkitError('IO', `${path}: ${(e as Error).message}`, { cause: e, path });
+  }
+  if (size === 0 || size % pageSize !== 0) {
+    fs.closeSync(fd);
+    throw new VmkitError('ARG_RANGE', `${path}: a memory image must be a positive whole number of ${pageSize}-byte pages (it has ${size} bytes)`, { path });
+  }
+  const pageCount = size / pageSize;
   const readSync = (first: number, count: number, dst: Uint8Array): void => {
-    if (first < 0 || count < 0 || first + count > pageCount) throw new VmkitError('ARG_RANGE', `pages [${first}, ${first + count}) outside ${pageCount}`);
-    let done = 0;
+    if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first + count > pageCount) {
+      throw new VmkitError('ARG_RANGE', `pages [${first}, ${first + count}) outside ${pageCount}`);
+    }
     const want = count * pageSize;
-    while (done < want) {
-      const n = fs.readSync(fd, dst, done, want - done, first * pageSize + done);
-      if (n <= 0) throw new VmkitError('IO', `${path}: short read at page ${first}`, { path });
+    if (dst.length < want) throw new VmkitError('ARG_RANGE', `dst holds ${dst.length} bytes, ${count} pages need ${want}`);
+    const at = first * pageSize;
+    for (let done = 0; done < want; ) {
+      // 0 before the end: the file shrank since it was opened.
+      const n = fs.readSync(fd, dst, done, want - done, at + done);
+      if (n <= 0) throw new VmkitError('IO', `${path}: short read at ${at + done}`, { path, offset: at + done });
       done += n;
     }
   };
