@@ -84,7 +84,15 @@ export function _imageMemory(path: string): GuestMemorySource & { close(): void 
     size: BigInt(size),
     readSync(at: Gpa, dst: Uint8Array): void {
       const off = Number(at);
+      // Callers check against `size` first (GuestMemorySource's contract; the walkers
+      // zero-fill a frame past it themselves): a read past the end is their bug, so
+      // it throws rather than leave the tail of dst holding stale bytes.
+      if (off < 0 || off + dst.length > size) {
+        throw new VmkitError('ARG_RANGE', `${path}: read of ${dst.length} bytes at 0x${off.toString(16)} outside the image (${size} bytes)`, { path, offset: at });
+      }
+      if (dst.length === 0) return;
       const base = off - (off % WINDOW);
+      // Across a window boundary: one positioned read straight into dst.
       if (off + dst.length > base + WINDOW) return img.pread(dst, off);
       let i = windows.findIndex((w) => w.base === base);
       let w = windows[i];
