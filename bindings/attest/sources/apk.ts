@@ -16,10 +16,11 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import { DigestIndex, _noneFound, toHex } from '../index-store.js';
+import { DigestIndex, toHex } from '../index-store.js';
 import { readTar } from '../_deb.js';
 import type { DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { decompress, httpGet, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
+import { _lookupDigest, _lookupMany, _lookupPackage } from './_lookups.js';
 
 /**
  * Options of {@link ApkSource}.
@@ -292,17 +293,17 @@ export class ApkSource implements RepositorySource {
 
   /** Every package whose control-segment SHA-1 is `digest`. @example `src.lookupDigest('sha1', d)` */
   lookupDigest(alg: DigestAlgorithm, digest: Uint8Array): Provenance[] {
-    return this.index ? this.index.lookupDigest(alg, digest) : [];
+    return _lookupDigest(this.index, alg, digest);
   }
 
   /** A request's digests in one call (see DigestIndex.lookupMany). @example `src.lookupMany('sha1', hexes)` */
   lookupMany(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[] {
-    return this.index ? this.index.lookupMany(alg, digests) : _noneFound(alg, digests);
+    return _lookupMany(this.index, alg, digests);
   }
 
   /** Versions of a package. @example `src.lookupPackage('musl')` */
   lookupPackage(name: string, version?: string): PackageEntry[] {
-    return this.index ? this.index.lookupPackage(name, version) : [];
+    return _lookupPackage(this.index, name, version);
   }
 
   /** Frees the index. @example `src.close()` */

@@ -19,10 +19,11 @@
 import { VmkitError } from '../../errors.js';
 import { readKeyring, verifyCleartext, verifyDetached, type Keyring } from '../_openpgp.js';
 import { debFileDigests } from '../_deb.js';
-import { DigestIndex, _noneFound, hexInto, ownString } from '../index-store.js';
+import { DigestIndex, hexInto, ownString } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { parsePackages, parseRelease, type Release } from './deb822.js';
 import { compressionOf, decompress, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
+import { _lookupDigest, _lookupMany, _lookupPackage } from './_lookups.js';
 
 /**
  * A parsed one-line APT source (`deb [options] uri suite [component…]`).
@@ -389,17 +390,17 @@ export class AptSource implements RepositorySource {
 
   /** Every entry with this digest; empty when none (or before a refresh). @example `src.lookupDigest('sha256', d)` */
   lookupDigest(alg: DigestAlgorithm, digest: Uint8Array): Provenance[] {
-    return this.index ? this.index.lookupDigest(alg, digest) : [];
+    return _lookupDigest(this.index, alg, digest);
   }
 
   /** A request's digests in one call (see DigestIndex.lookupMany). @example `src.lookupMany('sha256', hexes)` */
   lookupMany(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[] {
-    return this.index ? this.index.lookupMany(alg, digests) : _noneFound(alg, digests);
+    return _lookupMany(this.index, alg, digests);
   }
 
   /** Package versions named `name`. @example `src.lookupPackage('hello', '2.10-3')` */
   lookupPackage(name: string, version?: string): PackageEntry[] {
-    return this.index ? this.index.lookupPackage(name, version) : [];
+    return _lookupPackage(this.index, name, version);
   }
 
   private readdFiles(debSha: string, files: Map<string, Digest>): void {

@@ -16,9 +16,10 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import { DigestIndex, _noneFound, toHex } from '../index-store.js';
+import { DigestIndex, toHex } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { httpGet, joinUrl, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
+import { _lookupDigest, _lookupMany, _lookupPackage } from './_lookups.js';
 
 /**
  * The registry keys document (`GET /-/npm/v1/keys`).
@@ -253,17 +254,17 @@ export class NpmSource implements RepositorySource {
 
   /** Every version whose tarball has this digest. @example `src.lookupDigest('sha512', d)` */
   lookupDigest(alg: DigestAlgorithm, digest: Uint8Array): Provenance[] {
-    return this.index ? this.index.lookupDigest(alg, digest) : [];
+    return _lookupDigest(this.index, alg, digest);
   }
 
   /** A request's digests in one call (see DigestIndex.lookupMany). @example `src.lookupMany('sha256', hexes)` */
   lookupMany(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[] {
-    return this.index ? this.index.lookupMany(alg, digests) : _noneFound(alg, digests);
+    return _lookupMany(this.index, alg, digests);
   }
 
   /** Versions of a tracked package. @example `src.lookupPackage('left-pad', '1.3.0')` */
   lookupPackage(name: string, version?: string): PackageEntry[] {
-    return this.index ? this.index.lookupPackage(name, version) : [];
+    return _lookupPackage(this.index, name, version);
   }
 
   /** Frees the index. @example `src.close()` */

@@ -23,10 +23,11 @@
 import { SaxesParser } from 'saxes';
 import { VmkitError } from '../../errors.js';
 import { readKeyring, verifyDetached, type Keyring } from '../_openpgp.js';
-import { DigestIndex, _noneFound, digestLength, hexInto, ownString } from '../index-store.js';
+import { DigestIndex, digestLength, hexInto, ownString } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { rpmFileDigests } from '../_rpm.js';
 import { compressionOf, decompressChunks, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
+import { _lookupDigest, _lookupMany, _lookupPackage } from './_lookups.js';
 
 /**
  * One `<data>` record of repomd.xml.
@@ -508,17 +509,17 @@ export class RpmSource implements RepositorySource {
 
   /** Every entry with this digest. @example `src.lookupDigest('sha256', d)` */
   lookupDigest(alg: DigestAlgorithm, digest: Uint8Array): Provenance[] {
-    return this.index ? this.index.lookupDigest(alg, digest) : [];
+    return _lookupDigest(this.index, alg, digest);
   }
 
   /** A request's digests in one call (see DigestIndex.lookupMany). @example `src.lookupMany('sha256', hexes)` */
   lookupMany(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[] {
-    return this.index ? this.index.lookupMany(alg, digests) : _noneFound(alg, digests);
+    return _lookupMany(this.index, alg, digests);
   }
 
   /** Package versions named `name` (version as `epoch:ver-rel`, epoch only when not 0). @example `src.lookupPackage('bash')` */
   lookupPackage(name: string, version?: string): PackageEntry[] {
-    return this.index ? this.index.lookupPackage(name, version) : [];
+    return _lookupPackage(this.index, name, version);
   }
 
   /** Frees the index. @example `src.close()` */
