@@ -11,12 +11,15 @@ import { createReadStream } from 'node:fs';
 import { basename, resolve } from 'node:path';
 import { VmkitError } from '../../errors.js';
 import { emit, parse, type CliIO, type Command } from '../_common.js';
-import { openSource, type OpenSourceOptions } from '../../attest/sources/parse-source-line.js';
-import { readKeyring } from '../../attest/_openpgp.js';
+import type { OpenSourceOptions } from '../../attest/sources/parse-source-line.js';
 import type { Digest } from '../../attest/types.js';
-import { AttestService, parseDigestArg, parsePackageArg } from '../../attest/service/server.js';
 import type { Evidence, EvidenceDigest, ImaEvidence } from '../../attest/appraise.js';
-import { SourceSet, type SourceSetOptions } from '../../attest/service/refresh.js';
+import type { SourceSet, SourceSetOptions } from '../../attest/service/refresh.js';
+
+// The sources (OpenPGP, XML, decompressors) and the service (JOSE) load when a subcommand runs:
+// statically imported, they cost `vmkit --help` (which lists every group) ~0.15 s of start-up.
+const sourcesModule = () => import('../../attest/sources/parse-source-line.js');
+const serverModule = () => import('../../attest/service/server.js');
 
 const usage = `Usage:
   vmkit attest serve --repo '<source>'... [--keyring <file>]... [--apk-key <file>]... [--key <pem|jwk file>] [--listen host:port | --port N]
@@ -70,6 +73,7 @@ async function openSources(values: Values, lines: string[] = [...strings(values.
   const rings = strings(values.keyring);
   if (rings.length) {
     const bytes = await Promise.all(rings.map(async (p) => new Uint8Array(await readArgFile(p, 'keyring'))));
+    const { readKeyring } = await import('../../attest/_openpgp.js');
     opts.keyring = await readKeyring(...bytes);
   }
   const apkKeys = strings(values['apk-key']);
@@ -80,6 +84,7 @@ async function openSources(values: Values, lines: string[] = [...strings(values.
   if (values['allow-unsigned']) opts.allowUnsigned = true;
   if (values['allow-expired']) opts.allowExpired = true;
   const filePackages = strings(values['files-of']);
+  const [{ openSource }, { SourceSet }] = await Promise.all([sourcesModule(), import('../../attest/service/refresh.js')]);
   return new SourceSet(lines.map((l) => openSource(l, opts)), filePackages.length ? { ...setOptions, filePackages } : setOptions);
 }
 
@@ -95,6 +100,7 @@ function hashFile(path: string): Promise<Digest> {
 }
 
 async function evidenceOf(values: Values, files: string[]): Promise<Evidence> {
+  const { parseDigestArg, parsePackageArg } = await serverModule();
   const digests: EvidenceDigest[] = strings(values.digest).map(parseDigestArg);
   for (const f of files) digests.push({ ...(await hashFile(f)), path: resolve(f) });
   const packages = strings(values.package).map(parsePackageArg);
@@ -163,6 +169,7 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
     throw e;
   }
   const loadMs = performance.now() - t0;
+  const { AttestService } = await serverModule();
   const svc = new AttestService({ sources, verifier });
   sources.start();
   const url = await svc.listen(port, host);
