@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { LazyGuestMemory, createPolicy, gpa, imagePages } from '../bindings/memory/index.js';
+import { LazyGuestMemory, bufferPages, createPolicy, gpa, imagePages } from '../bindings/memory/index.js';
 
 describe('lazy guest memory over a raw image file', () => {
   it('faults pages in from the file', async () => {
@@ -49,7 +49,12 @@ describe('lazy guest memory over a raw image file', () => {
       src.readPagesIntoSync(0, 1, page);
       expect(page.every((b) => b === 7)).toBe(true);
       expect(() => src.readPagesIntoSync(1, 1, page)).toThrow(expect.objectContaining({ code: 'ARG_RANGE' }));
+      // A destination too small for the pages asked for throws before any read.
+      expect(() => src.readPagesIntoSync(0, 1, page.subarray(1))).toThrow(expect.objectContaining({ code: 'OUTPUT_TOO_SMALL' }));
       src.close();
+      const mem = bufferPages(new Uint8Array(2 * 4096));
+      expect(() => mem.readPagesIntoSync(0, 2, new Uint8Array(4096))).toThrow(expect.objectContaining({ code: 'OUTPUT_TOO_SMALL' }));
+      expect(() => mem.readPagesIntoSync(0.5, 1, new Uint8Array(4096))).toThrow(expect.objectContaining({ code: 'ARG_RANGE' }));
       await expect(imagePages(partial, 0)).rejects.toThrow(expect.objectContaining({ code: 'ARG_RANGE' }));
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -61,7 +61,10 @@ export function bufferPages(buf: Uint8Array | ArrayBuffer, pageSize: number = 40
   if (b.length % pageSize !== 0) throw new VmkitError('ARG_RANGE', `image of ${b.length} bytes is not a whole number of ${pageSize}-byte pages`);
   const pageCount = b.length / pageSize;
   const readSync = (first: number, count: number, dst: Uint8Array): void => {
-    if (first < 0 || count < 0 || first + count > pageCount) throw new VmkitError('ARG_RANGE', `pages [${first}, ${first + count}) outside ${pageCount}`);
+    if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first + count > pageCount) {
+      throw new VmkitError('ARG_RANGE', `pages [${first}, ${first + count}) outside ${pageCount}`);
+    }
+    if (dst.length < count * pageSize) throw new VmkitError('OUTPUT_TOO_SMALL', `dst holds ${dst.length} bytes, ${count} pages need ${count * pageSize}`);
     dst.set(b.subarray(first * pageSize, (first + count) * pageSize));
   };
   return {
@@ -135,7 +138,7 @@ export function _filePages(fs: _PageFs, path: string, pageSize: number): PageSou
       throw new VmkitError('ARG_RANGE', `pages [${first}, ${first + count}) outside ${pageCount}`);
     }
     const want = count * pageSize;
-    if (dst.length < want) throw new VmkitError('ARG_RANGE', `dst holds ${dst.length} bytes, ${count} pages need ${want}`);
+    if (dst.length < want) throw new VmkitError('OUTPUT_TOO_SMALL', `dst holds ${dst.length} bytes, ${count} pages need ${want}`);
     const at = first * pageSize;
     for (let done = 0; done < want; ) {
       // 0 before the end: the file shrank since it was opened.
