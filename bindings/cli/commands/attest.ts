@@ -18,7 +18,6 @@ import type { SourceSet, SourceSetOptions } from '../../attest/service/refresh.j
 
 // The sources (OpenPGP, XML, decompressors) and the service (JOSE) load when a subcommand runs:
 // statically imported, they cost `vmkit --help` (which lists every group) ~0.15 s of start-up.
-const sourcesModule = () => import('../../attest/sources/parse-source-line.js');
 const serverModule = () => import('../../attest/service/server.js');
 
 const usage = `Usage:
@@ -84,7 +83,7 @@ async function openSources(values: Values, lines: string[] = [...strings(values.
   if (values['allow-unsigned']) opts.allowUnsigned = true;
   if (values['allow-expired']) opts.allowExpired = true;
   const filePackages = strings(values['files-of']);
-  const [{ openSource }, { SourceSet }] = await Promise.all([sourcesModule(), import('../../attest/service/refresh.js')]);
+  const [{ openSource }, { SourceSet }] = await Promise.all([import('../../attest/sources/parse-source-line.js'), import('../../attest/service/refresh.js')]);
   return new SourceSet(lines.map((l) => openSource(l, opts)), filePackages.length ? { ...setOptions, filePackages } : setOptions);
 }
 

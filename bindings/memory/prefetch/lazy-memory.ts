@@ -49,6 +49,15 @@ export interface LazyMemoryStats extends PrefetchStats {
   sourceReads: number;
 }
 
+// The boundary checks of every page source's read: whole pages inside the source, and a
+// destination that holds them.
+function checkPages(first: number, count: number, pageCount: number, pageSize: number, dst: Uint8Array): void {
+  if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first + count > pageCount) {
+    throw new VmkitError('ARG_RANGE', `pages [${first}, ${first + count}) outside ${pageCount}`);
+  }
+  if (dst.length < count * pageSize) throw new VmkitError('OUTPUT_TOO_SMALL', `dst holds ${dst.length} bytes, ${count} pages need ${count * pageSize}`);
+}
+
 /**
  * A page source over a buffer (an in-memory image).
  * @example
@@ -61,10 +70,7 @@ export function bufferPages(buf: Uint8Array | ArrayBuffer, pageSize: number = 40
   if (b.length % pageSize !== 0) throw new VmkitError('ARG_RANGE', `image of ${b.length} bytes is not a whole number of ${pageSize}-byte pages`);
   const pageCount = b.length / pageSize;
   const readSync = (first: number, count: number, dst: Uint8Array): void => {
-    if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first + count > pageCount) {
-      throw new VmkitError('ARG_RANGE', `pages [${first}, ${first + count}) outside ${pageCount}`);
-    }
-    if (dst.length < count * pageSize) throw new VmkitError('OUTPUT_TOO_SMALL', `dst holds ${dst.length} bytes, ${count} pages need ${count * pageSize}`);
+    checkPages(first, count, pageCount, pageSize, dst);
     dst.set(b.subarray(first * pageSize, (first + count) * pageSize));
   };
   return {
@@ -134,11 +140,8 @@ export function _filePages(fs: _PageFs, path: string, pageSize: number): PageSou
   }
   const pageCount = size / pageSize;
   const readSync = (first: number, count: number, dst: Uint8Array): void => {
-    if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first + count > pageCount) {
-      throw new VmkitError('ARG_RANGE', `pages [${first}, ${first + count}) outside ${pageCount}`);
-    }
+    checkPages(first, count, pageCount, pageSize, dst);
     const want = count * pageSize;
-    if (dst.length < want) throw new VmkitError('OUTPUT_TOO_SMALL', `dst holds ${dst.length} bytes, ${count} pages need ${want}`);
     const at = first * pageSize;
     for (let done = 0; done < want; ) {
       // 0 before the end: the file shrank since it was opened.
