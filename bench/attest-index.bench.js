@@ -13,12 +13,14 @@
 // The Packages file is the machine's own from `apt-get update` (/var/lib/apt/lists, lz4) when
 // present, else a synthetic one of the same shape; the table says which.
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { loadCore, measure, median, fmtNs } from './_lib.js';
+import { ensureImaFixtures } from '../scripts/ima-fixtures.mjs';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc');
@@ -267,12 +269,18 @@ export async function serviceBench(ctx, ix, map, entries) {
     );
     results.push({ what: `${N} hex digests`, N, t });
   }
-  // A 20 000-entry IMA list: the paths of a real one (Keylime's rust agent log, 826 entries)
-  // repeated, each entry a distinct SHA-256 file digest, 7 of 8 of them in both indexes as file
+  // A 20 000-entry IMA list: the paths of a real one (the 1000-entry log of this machine's files
+  // that scripts/ima-fixtures.mjs makes; without evmctl, those files' paths as listed) repeated, each entry a distinct SHA-256 file digest, 7 of 8 of them in both indexes as file
   // digests of one package (the rest unknown). appraise() gets the verified list, as the service
   // passes it after verifyImaLog.
-  const log = readFileSync(new URL('../../shared/vectors/ima/rust-keylime-agent-sha1.log', import.meta.url), 'utf8');
-  const paths = log.split('\n').filter(Boolean).map((l, i) => parseImaLine(l, i + 1)).filter((e) => e && e.path !== 'boot_aggregate').map((e) => e.path);
+  let paths;
+  try {
+    const log = readFileSync(join(ensureImaFixtures(), 'ima-ng-sha1.ascii'), 'utf8');
+    paths = log.split('\n').filter(Boolean).map((l, i) => parseImaLine(l, i + 1)).filter((e) => e && e.path !== 'boot_aggregate').map((e) => e.path);
+  } catch {
+    // Only the paths matter here: without evmctl to make the log, the same kind of paths from the disk.
+    paths = readdirSync('/usr/bin').sort().map((n) => `/usr/bin/${n}`);
+  }
   const M = 20_000;
   const imaEntries = [];
   const fileIx = new DigestIndex({ expected: 70_000 + M });

@@ -6,11 +6,11 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import { join } from 'node:path';
 import fc from 'fast-check';
+import { imaFixtures } from './_ima-fixtures.js';
 import { needTool } from './_tools.js';
 import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
 import { openSource, readKeyring, type Keyring, type RefreshResult, type RepositorySource } from '../bindings/attest/index.js';
@@ -451,18 +451,19 @@ describe.runIf(ready)('end to end: appraisal and EdDSA-signed EARs over real rep
     expect(other.status).toBe('contraindicated');
   });
 
-  it('appraises Keylime\'s real IMA logs (826 entries) and answers a malformed one with 400', async () => {
-    const vec = fileURLToPath(new URL('../../shared/vectors/ima/', import.meta.url));
-    const log = readFileSync(join(vec, 'rust-keylime-agent-sha1.log'), 'utf8');
+  it('appraises a real IMA log (scripts/ima-fixtures.mjs, 1000 entries) and answers a malformed one with 400', async () => {
+    const fx = imaFixtures();
+    if (!fx) return;
+    const log = fx.ascii('ima-ng-sha1');
     const r = await requestAttestation(base, { ima: { log } });
-    // None of those files is in these repositories: recognized as unknown, never affirmed.
+    // This machine's files, none of them from these repositories: recognized as unknown, never affirmed.
     expect(r.status).toBe('warning');
-    expect(r.items.length).toBeGreaterThan(800);
+    expect(r.items.length).toBe(fx.logs['ima-ng-sha1'].count); // one item per entry, the violation included
     const { nonce } = (await (await fetch(`${base}/nonce`)).json()) as { nonce: string };
     const bad = await fetch(`${base}/attest`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ nonce, evidence: { ima: { log: readFileSync(join(vec, 'rust-keylime-invalid_ima_log.txt'), 'utf8') } } }),
+      body: JSON.stringify({ nonce, evidence: { ima: { log: readFileSync(join(fx.dir, 'invalid.ascii'), 'utf8') } } }),
     });
     expect(bad.status).toBe(400);
     expect(((await bad.json()) as { error: { code: string } }).error.code).toBe('CORRUPT');
