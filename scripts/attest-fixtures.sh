@@ -23,11 +23,14 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 for t in apt-ftparchive gpg createrepo_c rpmbuild dpkg-deb xz gzip zstd npm openssl; do
   command -v "$t" >/dev/null || { echo "attest-fixtures: missing $t (see .ci/apt-packages.txt)" >&2; exit 1; }
 done
+# A throwaway GnuPG home; its gpg-agent is stopped when this script exits (and one an older
+# build of this script left running there is stopped before the home is removed).
+. scripts/_gnupg-home.sh
+[ -d "$out/gnupg" ] && gpgconf --homedir "$out/gnupg" --kill all >/dev/null 2>&1 || true
 rm -rf "$out"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-export GNUPGHOME="$out/gnupg"
-mkdir -m 700 "$GNUPGHOME"
+gnupg_home "$out/gnupg"
 
 # --- keys -----------------------------------------------------------------
 gpg --batch --quiet --passphrase '' --quick-gen-key 'vmkit attest fixture <good@vmkit.invalid>' ed25519 sign never
