@@ -36,6 +36,15 @@ describe('package', () => {
     expect(Object.keys(report.analysis.entrypoints)).toEqual(expect.arrayContaining(['.', './memory', './disk', './attest']));
   }, 180_000);
 
+  it('the tarball ships the core and no .wat text dumps, tests or fixtures', () => {
+    const out = execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root, encoding: 'utf8' });
+    const files = (JSON.parse(out) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path);
+    expect(files).toContain('dist/core.wasm');
+    expect(files).toContain('dist/index.js');
+    expect(files.filter((f) => f.endsWith('.wat'))).toEqual([]);
+    expect(files.filter((f) => /^(test|bench|scripts|\.cache|\.ci|node_modules)\//.test(f))).toEqual([]);
+  }, 120_000);
+
   it('init() with no argument loads dist/core.wasm next to the module', async () => {
     const m = (await import(/* @vite-ignore */ join(root, 'dist', 'index.js'))) as typeof import('../bindings/index.js');
     const info = await m.init();
