@@ -118,6 +118,14 @@ async function readCapped(res: Response, max: number, url: string): Promise<stri
   return new TextDecoder().decode(all);
 }
 
+/** True when `e` (or a cause of it) is a connection reset or closed under the request. */
+function _connectionDropped(e: unknown): boolean {
+  for (let c = e as { code?: unknown; cause?: unknown } | undefined, i = 0; c && i < 5; c = c.cause as typeof c, i++) {
+    if (c.code === 'ECONNRESET' || c.code === 'EPIPE' || c.code === 'UND_ERR_SOCKET') return true;
+  }
+  return false;
+}
+
 /** One JSON call: NETWORK / TIMEOUT / CANCELLED on transport, REFUSED on an error status, CORRUPT on a bad body. */
 async function call(url: string, opts: ClientOptions, init: RequestInit = {}): Promise<Record<string, unknown>> {
   const f = opts.fetch ?? globalThis.fetch;
@@ -135,14 +143,23 @@ async function call(url: string, opts: ClientOptions, init: RequestInit = {}): P
     if (opts.signal?.aborted) throw new VmkitError('CANCELLED', `${url}: cancelled`, { path: url });
     let res: Response;
     let body: string;
-    try {
-      res = await f(url, { ...init, signal: ctl.signal, headers: { accept: 'application/json', ...(init.headers as Record<string, string> | undefined) } });
-      body = await readCapped(res, max, url);
-    } catch (e) {
-      if (e instanceof VmkitError) throw e;
-      if (timedOut) throw new VmkitError('TIMEOUT', `${init.method ?? 'GET'} ${url}: no answer within ${timeoutMs} ms`, { cause: e, path: url });
-      if (opts.signal?.aborted) throw new VmkitError('CANCELLED', `${url}: cancelled`, { cause: e, path: url });
-      throw new VmkitError('NETWORK', `${init.method ?? 'GET'} ${url}: ${(e as Error).message}`, { cause: e, path: url });
+    const method = init.method ?? 'GET';
+    for (let attempt = 0; ; attempt++) {
+      try {
+        res = await f(url, { ...init, signal: ctl.signal, headers: { accept: 'application/json', ...(init.headers as Record<string, string> | undefined) } });
+        body = await readCapped(res, max, url);
+        break;
+      } catch (e) {
+        if (e instanceof VmkitError) throw e;
+        if (timedOut) throw new VmkitError('TIMEOUT', `${method} ${url}: no answer within ${timeoutMs} ms`, { cause: e, path: url });
+        if (opts.signal?.aborted) throw new VmkitError('CANCELLED', `${url}: cancelled`, { cause: e, path: url });
+        // A kept-alive connection the server closed as it was reused (its idle timeout and ours
+        // race, more so on a loaded machine) fails with a reset before any answer: a GET is
+        // safe to send again. Twice at most: the pool may hold a second stale connection before
+        // it opens a new one. A POST is not retried.
+        if (attempt < 2 && method === 'GET' && _connectionDropped(e)) continue;
+        throw new VmkitError('NETWORK', `${method} ${url}: ${(e as Error).message}`, { cause: e, path: url });
+      }
     }
     let json: unknown;
     try {
