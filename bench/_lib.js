@@ -1,7 +1,7 @@
 // Shared helpers for bench suites. A suite is a file bench/<name>.bench.js
 // exporting `async function run(ctx)`, which returns
 //   { title, sections: [{ heading, markdown }], notes?: string[] }
-// ctx = { quick: boolean, log(msg) }.
+// ctx = { quick: boolean, write: boolean (--write: also update committed artefacts), log(msg) }.
 // Use `measure()` to run tinybench tasks side by side and get a markdown table
 // with medians and ratios to a chosen baseline (the peer).
 import { Bench } from 'tinybench';

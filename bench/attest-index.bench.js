@@ -25,6 +25,14 @@ import { ensureImaFixtures } from '../scripts/ima-fixtures.mjs';
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc');
 
+/** The first paragraphs of `text` up to about `max` bytes (--quick: a share of the real file). */
+function head(text, max) {
+  if (!max || text.length <= max) return text;
+  return text.slice(0, text.indexOf('\n\n', max) + 2);
+}
+/** --quick: about 8 MiB of the Packages file (some 10 000 packages) instead of all of it. */
+const QUICK_PACKAGES = 8 << 20;
+
 function realPackages() {
   const dir = '/var/lib/apt/lists';
   if (!existsSync(dir)) return undefined;
@@ -70,8 +78,9 @@ export async function run(ctx) {
   const { core } = await import('../dist/core.js');
   const coreBytes = () => core().exports.memory.buffer.byteLength;
   const src = realPackages() ?? syntheticPackages(63000);
-  const text = src.text;
-  ctx.log(`Packages: ${src.what}, ${(text.length / 2 ** 20).toFixed(1)} MiB`);
+  const limit = ctx.quick ? QUICK_PACKAGES : 0;
+  const text = head(src.text, limit);
+  ctx.log(`Packages: ${src.what}, ${(text.length / 2 ** 20).toFixed(1)} MiB${text.length < src.text.length ? ' (--quick: its first paragraphs)' : ''}`);
   const repo = 'deb http://deb.debian.org/debian bookworm main';
 
   // 1. Indexing, median of a few full runs each.
@@ -98,7 +107,7 @@ export async function run(ctx) {
 
   // 2. Memory, each structure built alone in a fresh process (bench/attest-index.bench.js --child).
   const N = ctx.quick ? 200_000 : 1_000_000;
-  const child = (kind) => JSON.parse(execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', kind, String(N)], { maxBuffer: 1 << 20 }).toString());
+  const child = (kind) => JSON.parse(execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', kind, String(N), String(limit)], { maxBuffer: 1 << 20 }).toString());
   const memPkgMap = child('pkg-map');
   const memPkgIx = child('pkg-index');
   const memFileMap = child('files-map');
@@ -379,7 +388,7 @@ async function debBench(ctx) {
 }
 
 // Child mode: build one structure in a fresh process and print what it holds.
-async function childMain(kind, n) {
+async function childMain(kind, n, limit) {
   const repo = 'deb http://deb.debian.org/debian bookworm main';
   await loadCore();
   const { DigestIndex, parsePackages } = await import('../dist/attest/index.js');
@@ -393,7 +402,7 @@ async function childMain(kind, n) {
   // Read, build and drop the text in a frame of its own: an interpreter register of this frame
   // could otherwise keep the text alive and charge it to whichever structure is measured.
   const { keep, entries, core, ms } = (() => {
-    const text = kind.startsWith('pkg') ? (realPackages() ?? syntheticPackages(63000)).text : '';
+    const text = kind.startsWith('pkg') ? head((realPackages() ?? syntheticPackages(63000)).text, limit) : '';
     const t = performance.now();
     const r = build(kind, n, text, raw, repo, DigestIndex, parsePackages);
     return { ...r, ms: performance.now() - t };
@@ -444,5 +453,5 @@ function build(kind, n, text, raw, repo, DigestIndex, parsePackages) {
   return { keep, entries, core };
 }
 if (process.argv[1] === fileURLToPath(import.meta.url) && process.argv[2] === '--child') {
-  await childMain(process.argv[3], Number(process.argv[4]));
+  await childMain(process.argv[3], Number(process.argv[4]), Number(process.argv[5] ?? 0));
 }

@@ -23,11 +23,21 @@ const suites = readdirSync(here)
 const machine = `${cpus()[0]?.model ?? 'unknown CPU'} × ${cpus().length}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, ${platform()} ${release()} ${arch()}, Node ${process.version}`;
 console.log(`machine: ${machine}\n`);
 
+const started = Date.now();
 const out = new Map();
+const failed = [];
 for (const name of suites) {
   const mod = await import(join(here, `${name}.bench.js`));
   const t0 = Date.now();
-  const res = await mod.run({ quick, log: (m) => console.log(`  [${name}] ${m}`) });
+  let res;
+  try {
+    res = await mod.run({ quick, write, log: (m) => console.log(`  [${name}] ${m}`) });
+  } catch (e) {
+    // One suite's failure does not hide the others' figures; the run still exits non-zero.
+    console.error(`\n*** bench suite ${name} FAILED: ${e?.stack ?? e}\n`);
+    failed.push(name);
+    continue;
+  }
   const md = [`## ${res.title}`, '', `_Run ${new Date().toISOString().slice(0, 10)} on ${machine}; ${((Date.now() - t0) / 1000).toFixed(0)} s._`, ''];
   for (const s of res.sections) md.push(`### ${s.heading}`, '', s.markdown, '');
   for (const n of res.notes ?? []) md.push(`- ${n}`);
@@ -51,4 +61,11 @@ if (write) {
   }
   writeFileSync(file, doc);
   console.log(`wrote ${file}`);
+}
+
+if (failed.length) {
+  console.error(`bench: ${failed.length} suite(s) failed: ${failed.join(', ')}`);
+  process.exitCode = 1;
+} else {
+  console.log(`bench: ${suites.length} suite(s) in ${((Date.now() - started) / 1000).toFixed(0)} s${quick ? ' (--quick)' : ''}`);
 }
