@@ -671,6 +671,12 @@ export interface ImaVerifyOptions {
   maxLine?: number;
   /** Most failures recorded (default 100; `failureCount` still counts all). */
   maxFailures?: number;
+  /**
+   * Give the event loop a turn after this many milliseconds of work (default:
+   * never). A server sets it so that one large log does not keep every other
+   * client waiting: the log is verified in slices of about this length.
+   */
+  yieldMs?: number;
 }
 
 /**
@@ -712,6 +718,15 @@ export interface ImaLogResult {
   };
   /** Non-excluded entries (when `collect`). */
   entries: ImaEntry[];
+}
+
+/**
+ * Resolves after pending I/O had its turn (a macrotask: setImmediate in Node,
+ * a zero timeout elsewhere); awaiting a promise alone would not let it in.
+ */
+export function _macrotask(): Promise<void> {
+  const si = (globalThis as { setImmediate?: (f: () => void) => unknown }).setImmediate;
+  return new Promise((r) => (si ? si(r) : setTimeout(r, 0)));
 }
 
 function templateAlg(e: ImaEntry, forced: ImaBank | undefined): ImaBank {
@@ -767,8 +782,14 @@ export async function verifyImaLog(src: ImaLogSource, options: ImaVerifyOptions 
   if (expectedBytes) hexInto(expectedHex!, expectedBytes);
   await loadNodeHash();
   let matchedAfter: number | undefined;
+  const yieldMs = options.yieldMs;
+  let sliceStart = yieldMs === undefined ? 0 : performance.now();
   for await (const e of readImaLog(src, options.maxLine)) {
     if (++res.count > maxEntries) throw new VmkitError('LIMIT', `IMA log has more than ${maxEntries} entries`);
+    if (yieldMs !== undefined && (res.count & 63) === 0 && performance.now() - sliceStart >= yieldMs) {
+      await _macrotask();
+      sliceStart = performance.now();
+    }
     const data = imaTemplateData(e);
     let computed: Uint8Array | undefined;
     let calg: ImaBank | undefined;

@@ -13,6 +13,9 @@ import { VmkitError, type ErrorCode } from '../../errors.js';
  */
 export function statusOf(e: unknown): number {
   if (!(e instanceof VmkitError)) return 500;
+  // An error that knows its answer (a client over its nonce quota: 429).
+  const own = (e as { httpStatus?: unknown }).httpStatus;
+  if (typeof own === 'number' && own >= 400 && own <= 599) return own;
   // A refused nonce is an authentication failure of the request.
   if (e.code === 'REFUSED' && typeof (e as { reason?: unknown }).reason === 'string') return 401;
   const map: Partial<Record<ErrorCode, number>> = {
@@ -81,6 +84,24 @@ export function readBody(req: IncomingMessage, max: number, onChunk?: (c: Buffer
 }
 
 /**
+ * The key a client's nonce quota is counted under: its IPv4 address, or the
+ * /64 of its IPv6 address (one host gets a whole /64, so counting single IPv6
+ * addresses would let it take as many quotas as it likes).
+ * @example `clientKey('2001:db8::1') // '2001:db8:0:0::/64'`
+ */
+export function clientKey(address: string | undefined): string {
+  if (!address) return '?';
+  const v4 = /^(?:::ffff:)?(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (v4) return v4[1]!;
+  const bare = address.split('%')[0]!.toLowerCase();
+  const [head = '', tail] = bare.split('::');
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const groups = tail === undefined ? h : [...h, ...Array(Math.max(0, 8 - h.length - t.length)).fill('0'), ...t];
+  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, '')).join(':')}::/64`;
+}
+
+/**
  * Sends `value` as JSON with `status`.
  * @example `sendJson(res, 200, { ok: true });`
  */
@@ -110,7 +131,7 @@ export function sendError(res: ServerResponse, e: unknown, close: boolean = fals
   }
   const headers: Record<string, string> = {};
   if (close) headers['connection'] = 'close';
-  if (status === 503) headers['retry-after'] = '1';
+  if (status === 503 || status === 429) headers['retry-after'] = '1';
   const reason = (err as { reason?: unknown }).reason;
   const body: { code: string; message: string; reason?: string } = { code: err.code, message: status >= 500 && status !== 502 && status !== 503 ? 'internal error' : err.message };
   if (typeof reason === 'string') body.reason = reason;

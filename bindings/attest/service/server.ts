@@ -26,9 +26,9 @@ import { VmkitError } from '../../errors.js';
 import { hexInto, digestLength } from '../index-store.js';
 import type { Digest, DigestAlgorithm } from '../types.js';
 import { parseEvidence, type Appraisal, type Evidence, type EvidencePackage } from '../appraise.js';
-import { NonceStore, type NonceRefusal, type NonceStoreOptions } from './nonces.js';
+import { NonceQuotaError, NonceStore, type NonceRefusal, type NonceStoreOptions } from './nonces.js';
 import { SourceSet } from './refresh.js';
-import { readBody, sendError, sendJson } from './_http.js';
+import { clientKey, readBody, sendError, sendJson } from './_http.js';
 
 /** A JSON Web Key Set. */
 export interface Jwks {
@@ -65,6 +65,16 @@ export interface AttestServiceOptions {
   maxItems?: number;
   /** Attestations appraised at once; more get 503 (default 256). */
   maxInFlight?: number;
+  /**
+   * Large requests (bodies over `largeBodyBytes`, i.e. IMA logs) appraised at
+   * once; more get 503 (default 2). Each is appraised in slices that give the
+   * event loop back (the verifier's `yieldMs`), so small requests and
+   * `/healthz` keep being answered; this bound keeps the slices of many large
+   * requests from queueing up between two turns of the loop.
+   */
+  maxLargeInFlight?: number;
+  /** What counts as a large request body, bytes (default 1 MiB). */
+  largeBodyBytes?: number;
   /** Most open connections (default 1024). */
   maxConnections?: number;
   /** Whole-request timeout, ms (default 30 000). */
@@ -174,9 +184,10 @@ export class AttestService {
   /** The repositories. */
   readonly sources: SourceSet;
   private readonly verifier: Verifier;
-  private readonly limits: { json: number; items: number; inFlight: number; buffered: number };
+  private readonly limits: { json: number; items: number; inFlight: number; buffered: number; large: number; largeBytes: number };
   private buffered = 0;
   private inFlight = 0;
+  private largeInFlight = 0;
   private closing = false;
   private readonly started = Date.now();
   private readonly latency = new Latency();
@@ -196,6 +207,8 @@ export class AttestService {
       buffered: options.maxBufferedBytes ?? 256 << 20,
       items: options.maxItems ?? 100_000,
       inFlight: options.maxInFlight ?? 256,
+      large: options.maxLargeInFlight ?? 2,
+      largeBytes: options.largeBodyBytes ?? 1 << 20,
     };
     this.server = createServer({ requestTimeout: options.requestTimeoutMs ?? 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 }, (req, res) => {
       void this.handle(req, res);
@@ -235,9 +248,11 @@ export class AttestService {
           if (this.closing) throw new VmkitError('INVALID_STATE', 'the service is shutting down');
           let issued: { nonce: string; expires: Date };
           try {
-            issued = this.nonces.issueWithExpiry();
+            issued = this.nonces.issueWithExpiry(clientKey(req.socket.remoteAddress));
           } catch (e) {
-            // A full nonce table is the service's condition, not the client's fault: 503, retry.
+            // A client over its own quota: 429. A full nonce table is the service's
+            // condition, not the client's fault: 503, retry.
+            if (e instanceof NonceQuotaError) throw e;
             throw new VmkitError('INVALID_STATE', (e as Error).message, { cause: e });
           }
           const { nonce, expires } = issued;
@@ -284,6 +299,7 @@ export class AttestService {
     this.inFlight++;
     const t0 = performance.now();
     let held = 0;
+    let large = false;
     try {
       const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
       let nonce: string;
@@ -296,6 +312,11 @@ export class AttestService {
           if (this.buffered + c.length > this.limits.buffered) throw new VmkitError('INVALID_STATE', 'busy: too many request bytes in flight');
           this.buffered += c.length;
           held += c.length;
+          if (!large && held > this.limits.largeBytes) {
+            if (this.largeInFlight >= this.limits.large) throw new VmkitError('INVALID_STATE', `busy: ${this.largeInFlight} large requests in flight`);
+            this.largeInFlight++;
+            large = true;
+          }
         });
         let parsed: unknown;
         try {
@@ -316,6 +337,7 @@ export class AttestService {
       return 200;
     } finally {
       this.buffered -= held;
+      if (large) this.largeInFlight--;
       this.inFlight--;
       this.latency.add(performance.now() - t0);
     }
@@ -353,6 +375,11 @@ export class AttestService {
     const ns = this.nonces.stats;
     l.push('# TYPE vmkit_attest_nonces_issued_total counter', `vmkit_attest_nonces_issued_total ${ns.issued}`);
     l.push('# TYPE vmkit_attest_nonces_outstanding gauge', `vmkit_attest_nonces_outstanding ${this.nonces.outstanding}`);
+    l.push('# TYPE vmkit_attest_nonces_clients gauge', `vmkit_attest_nonces_clients ${this.nonces.clients}`);
+    l.push('# TYPE vmkit_attest_nonces_client_max gauge', `vmkit_attest_nonces_client_max ${this.nonces.maxHeld}`);
+    l.push('# TYPE vmkit_attest_nonces_per_client_limit gauge', `vmkit_attest_nonces_per_client_limit ${this.nonces.maxPerClient}`);
+    l.push('# TYPE vmkit_attest_nonces_quota_refused_total counter', `vmkit_attest_nonces_quota_refused_total ${ns.quota}`);
+    l.push('# TYPE vmkit_attest_large_in_flight gauge', `vmkit_attest_large_in_flight ${this.largeInFlight}`);
     l.push('# TYPE vmkit_attest_nonces_refused_total counter');
     for (const [k, n] of Object.entries(ns.refused)) l.push(`vmkit_attest_nonces_refused_total{reason="${k}"} ${n}`);
     l.push('# TYPE vmkit_attest_source_packages gauge');
