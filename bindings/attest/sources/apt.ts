@@ -278,18 +278,32 @@ export class AptSource implements RepositorySource {
     return out;
   }
 
+  // GETs a file whose size is signed, reading no more than that size. A body that runs
+  // past it is a file other than the signed one (INTEGRITY); past the source's own byte
+  // limit it stays LIMIT (the signed size itself is then more than we read).
+  private async getSigned(url: string, size: number, what: string, signal: AbortSignal | undefined): Promise<Uint8Array> {
+    const own = this.opts.maxBytes ?? DEFAULT_MAX_BYTES;
+    try {
+      return (await httpGet(url, { ...this.opts, signal, maxBytes: Math.min(own, size) })).body;
+    } catch (e) {
+      if (e instanceof VmkitError && e.code === 'LIMIT' && size <= own) {
+        throw new VmkitError('INTEGRITY', `${this.id}: ${what} is longer than the ${size} bytes ${what.endsWith('.deb') ? 'the signed Packages file' : 'the signed release file'} gives`, { path: url, cause: e });
+      }
+      throw e;
+    }
+  }
+
   private async fetchIndexFile(f: IndexFile, rel: Release, signal: AbortSignal | undefined): Promise<Uint8Array> {
-    const io = { ...this.opts, signal, maxBytes: Math.min(this.opts.maxBytes ?? DEFAULT_MAX_BYTES, f.size) };
     let body: Uint8Array | undefined;
     if (rel.acquireByHash) {
       const dir = f.path.slice(0, f.path.lastIndexOf('/') + 1);
       try {
-        body = (await httpGet(joinUrl(this.base(), `${dir}by-hash/SHA256/${f.sha256}`), io)).body;
+        body = await this.getSigned(joinUrl(this.base(), `${dir}by-hash/SHA256/${f.sha256}`), f.size, f.path, signal);
       } catch (e) {
         if (!(e instanceof VmkitError) || e.code !== 'NOT_FOUND') throw e;
       }
     }
-    body ??= (await httpGet(joinUrl(this.base(), f.path), io)).body;
+    body ??= await this.getSigned(joinUrl(this.base(), f.path), f.size, f.path, signal);
     const want = new Uint8Array(32);
     hexInto(f.sha256, want);
     if (body.length !== f.size || !sameBytes(await sha('SHA-256', body), want)) {
@@ -457,7 +471,7 @@ export class AptSource implements RepositorySource {
     const filename = this.pool.filename[id]!;
     const size = this.pool.size[id]!;
     const url = joinUrl(this.line.uri, filename);
-    const body = (await httpGet(url, { ...this.opts, signal, maxBytes: size })).body;
+    const body = await this.getSigned(url, size, filename, signal);
     const want = new Uint8Array(32);
     hexInto(debSha, want);
     if (body.length !== size || !sameBytes(await sha('SHA-256', body), want)) {
