@@ -82,6 +82,16 @@ async function openSources(values: Values, lines: string[] = [...strings(values.
   }
   if (values['allow-unsigned']) opts.allowUnsigned = true;
   if (values['allow-expired']) opts.allowExpired = true;
+  // serve: the last accepted release dates kept across restarts (rollback protection), the clock skew allowed.
+  if (typeof values['state-dir'] === 'string') {
+    const { fileReleaseState } = await import('../../attest/sources/release-state.js');
+    opts.releaseState = await fileReleaseState(values['state-dir']);
+  }
+  if (typeof values['max-future-skew'] === 'string') {
+    const skew = Number(values['max-future-skew']);
+    if (!(skew >= 0) || !Number.isFinite(skew)) throw new VmkitError('ARG_RANGE', '--max-future-skew must be a number of seconds ≥ 0');
+    opts.maxFutureSkewMs = skew * 1000;
+  }
   const filePackages = strings(values['files-of']);
   const [{ openSource }, { SourceSet }] = await Promise.all([import('../../attest/sources/parse-source-line.js'), import('../../attest/service/refresh.js')]);
   return new SourceSet(lines.map((l) => openSource(l, opts)), filePackages.length ? { ...setOptions, filePackages } : setOptions);
@@ -148,6 +158,8 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
     port: { type: 'string' },
     'verifier-id': { type: 'string' },
     refresh: { type: 'string' },
+    'state-dir': { type: 'string' },
+    'max-future-skew': { type: 'string' },
   });
   if (positionals.length) throw new VmkitError('ARG_RANGE', `unexpected argument ${JSON.stringify(positionals[0])}`);
   const { host, port } = listenAddr(values);
