@@ -8,3 +8,4 @@ export { AttestService, parseAttestRequest, parseDigestArg, parsePackageArg, typ
 export { NonceStore, NonceQuotaError, type NonceStoreOptions, type NonceRefusal } from './nonces.js';
 export { SourceSet, type SourceSetOptions, type SourceStatus } from './refresh.js';
 export { statusOf, readBody, sendJson, sendError, clientKey } from './_http.js';
+export { etcdReplaySet, type ReplaySet, type EtcdReplayOptions } from './replay.js';

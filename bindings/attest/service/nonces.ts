@@ -22,6 +22,7 @@
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { VmkitError } from '../../errors.js';
+import type { ReplaySet } from './replay.js';
 
 /** Options of {@link NonceStore}. */
 export interface NonceStoreOptions {
@@ -33,8 +34,18 @@ export interface NonceStoreOptions {
   maxPerClient?: number;
   /** Clock (tests). */
   now?: () => number;
-  /** MAC key (default: 32 random bytes per store). */
+  /**
+   * MAC key (default: 32 random bytes per store). Replicas behind one load
+   * balancer share it (`--nonce-secret-file`), so each accepts the others' nonces.
+   */
   secret?: Uint8Array;
+  /**
+   * The used-nonce set shared by replicas (see `etcdReplaySet`). With it a
+   * nonce is accepted when its MAC and expiry hold and nobody claimed it
+   * before, whichever replica issued it; without it, only nonces issued by
+   * this store and not yet used are (the in-process table).
+   */
+  replay?: ReplaySet;
 }
 
 const ID = 16;
@@ -92,6 +103,47 @@ export class NonceStore {
     if (!Number.isSafeInteger(this.maxOutstanding) || this.maxOutstanding < 1) throw new VmkitError('ARG_RANGE', 'maxOutstanding must be a positive integer');
     this.now = options.now ?? Date.now;
     this.secret = options.secret ?? randomBytes(32);
+    if (!(this.secret instanceof Uint8Array) || this.secret.length < 16) throw new VmkitError('ARG_RANGE', 'secret must be at least 16 bytes');
+    this.replay = options.replay;
+  }
+
+  private readonly replay: ReplaySet | undefined;
+
+  /**
+   * Consumes `nonce` as {@link NonceStore.consume} does, or, with a shared
+   * replay set, by claiming it there (once across every replica). Rejects with
+   * INVALID_STATE when the replay set cannot answer (fail closed).
+   * @example `const refusal = await store.redeem(body.nonce);`
+   */
+  async redeem(nonce: unknown): Promise<NonceRefusal | undefined> {
+    if (!this.replay) return this.consume(nonce);
+    const r = this.authentic(nonce);
+    if (typeof r === 'string') {
+      this.stats.refused[r]++;
+      return r;
+    }
+    this.drop(r.id); // issued here: its place in this client's quota is free again
+    if (!(await this.replay.claim(r.id, r.exp))) {
+      this.stats.refused['unknown-or-replayed']++;
+      return 'unknown-or-replayed';
+    }
+    this.stats.accepted++;
+    return undefined;
+  }
+
+  // Format, MAC and expiry: what any holder of the secret can check.
+  private authentic(nonce: unknown): NonceRefusal | { id: string; exp: number } {
+    if (typeof nonce !== 'string' || nonce.length !== 54 || !/^[A-Za-z0-9_-]+$/.test(nonce)) return 'malformed';
+    const raw = Buffer.from(nonce, 'base64url');
+    if (raw.length !== RAW) return 'malformed';
+    if (!timingSafeEqual(this.mac(raw), raw.subarray(ID + 8))) return 'forged';
+    const exp = Number(raw.readBigUInt64BE(ID));
+    const id = raw.subarray(0, ID).toString('base64url');
+    if (exp <= this.now()) {
+      this.drop(id);
+      return 'expired';
+    }
+    return { id, exp };
   }
 
   /** Nonces issued and neither consumed nor expired (expired ones may linger until the next call). */
@@ -194,18 +246,9 @@ export class NonceStore {
   }
 
   private check(nonce: unknown): NonceRefusal | undefined {
-    if (typeof nonce !== 'string' || nonce.length !== 54 || !/^[A-Za-z0-9_-]+$/.test(nonce)) return 'malformed';
-    const raw = Buffer.from(nonce, 'base64url');
-    if (raw.length !== RAW) return 'malformed';
-    if (!timingSafeEqual(this.mac(raw), raw.subarray(ID + 8))) return 'forged';
-    const now = this.now();
-    const exp = Number(raw.readBigUInt64BE(ID));
-    const id = raw.subarray(0, ID).toString('base64url');
-    if (exp <= now) {
-      this.drop(id);
-      return 'expired';
-    }
-    if (!this.drop(id)) return 'unknown-or-replayed';
+    const r = this.authentic(nonce);
+    if (typeof r === 'string') return r;
+    if (!this.drop(r.id)) return 'unknown-or-replayed';
     return undefined;
   }
 }

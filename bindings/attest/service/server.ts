@@ -328,7 +328,7 @@ export class AttestService {
       } else {
         throw new VmkitError('UNSUPPORTED', `content-type must be application/json, not ${JSON.stringify(type.slice(0, 60))}`);
       }
-      const refusal = this.nonces.consume(nonce);
+      const refusal = await this.nonces.redeem(nonce);
       if (refusal) throw new NonceRefused(refusal);
       const appraisal = await this.verifier.appraise(evidence, this.sources);
       const token = await this.verifier.sign(appraisal, nonce);

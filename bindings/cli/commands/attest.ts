@@ -15,6 +15,7 @@ import type { OpenSourceOptions } from '../../attest/sources/parse-source-line.j
 import type { Digest } from '../../attest/types.js';
 import type { Evidence, EvidenceDigest, ImaEvidence } from '../../attest/appraise.js';
 import type { SourceSet, SourceSetOptions } from '../../attest/service/refresh.js';
+import type { NonceStoreOptions } from '../../attest/service/nonces.js';
 
 // The sources (OpenPGP, XML, decompressors) and the service (JOSE) load when a subcommand runs:
 // statically imported, they cost `vmkit --help` (which lists every group) ~0.15 s of start-up.
@@ -160,6 +161,8 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
     refresh: { type: 'string' },
     'state-dir': { type: 'string' },
     'max-future-skew': { type: 'string' },
+    'nonce-secret-file': { type: 'string' },
+    'nonce-etcd': { type: 'string', multiple: true },
   });
   if (positionals.length) throw new VmkitError('ARG_RANGE', `unexpected argument ${JSON.stringify(positionals[0])}`);
   const { host, port } = listenAddr(values);
@@ -181,7 +184,18 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
   }
   const loadMs = performance.now() - t0;
   const { AttestService } = await serverModule();
-  const svc = new AttestService({ sources, verifier });
+  // Replicas: one nonce secret for all, and the used nonces in etcd (else this process's table).
+  const nonces: NonceStoreOptions = {};
+  if (typeof values['nonce-secret-file'] === 'string') {
+    nonces.secret = new Uint8Array(await readArgFile(values['nonce-secret-file'], 'nonce secret'));
+    if (nonces.secret.length < 32) throw new VmkitError('ARG_RANGE', '--nonce-secret-file must hold at least 32 bytes (e.g. head -c 32 /dev/urandom)');
+  }
+  const etcd = strings(values['nonce-etcd']).flatMap((e) => e.split(','));
+  if (etcd.length) {
+    if (!nonces.secret) throw new VmkitError('ARG_RANGE', '--nonce-etcd needs --nonce-secret-file (the replicas must share the secret)');
+    nonces.replay = (await import('../../attest/service/replay.js')).etcdReplaySet({ endpoints: etcd });
+  }
+  const svc = new AttestService({ sources, verifier, nonces });
   sources.start();
   const url = await svc.listen(port, host);
   const st = sources.status();
