@@ -619,7 +619,7 @@ function softwareSubmod(index: ReferenceIndex, input: AppraisalInput, o: Require
 }
 
 // The vmkit-ima submodule from the log's result and the entries' verdicts.
-function imaSubmod(r: NonNullable<AppraisalInput['ima']>, c: Collector, o: Required<AppraiseOptions>): SubmodAppraisal {
+function imaSubmod(r: Omit<ImaLogResult, 'entries'> & { excludes?: string[] }, c: Collector, o: Required<AppraiseOptions>): SubmodAppraisal {
   c.summary.excluded = r.excluded;
   const integrity = r.failureCount === 0;
   const tv: TrustVector = { executables: integrity ? claimFor(c.worst, Ar4si.APPROVED_RUNTIME, Ar4si.UNRECOGNIZED_RUNTIME, Ar4si.CONTRAINDICATED_RUNTIME) : Ar4si.CRYPTO_FAILED };
@@ -701,31 +701,81 @@ export async function appraiseEvidence(index: ReferenceIndex, evidence: Evidence
   const input: AppraisalInput = {};
   if (evidence.digests) input.digests = evidence.digests;
   if (evidence.packages) input.packages = evidence.packages;
-  if (evidence.ima) {
-    const req = compileExcludes(evidence.ima.excludes ?? [], { regex: options.requestRegex ?? false, ...(options.maxExcludeWork !== undefined ? { maxWork: options.maxExcludeWork } : {}) });
-    const own = options.excludes === undefined ? undefined : typeof options.excludes === 'function' ? options.excludes : compileExcludes(options.excludes);
-    const patterns = [...(own?.patterns ?? []), ...req.patterns];
-    const excludes = Object.defineProperty((p: string) => (own !== undefined && own(p)) || req(p), 'patterns', { value: patterns }) as ImaExcludes;
-    const r = await verifyImaLog(evidence.ima.log, { ...(evidence.ima.pcr10 ? { expectedPcr: evidence.ima.pcr10 } : {}), excludes, ...(options.yieldMs !== undefined ? { yieldMs: options.yieldMs } : {}) });
-    input.ima = { ...r, excludes: patterns };
-  }
-  if (options.yieldMs === undefined || !input.ima) return appraise(index, input, options);
-  // The same as appraise(), the IMA entries in slices with a turn of the event loop between.
+  if (evidence.ima) input.ima = await _verifyEvidenceIma(evidence.ima, options);
+  if (options.yieldMs === undefined) return appraise(index, input, options);
+  const arr = <T>(a: readonly T[] | undefined): _Column<T> => ({ n: a?.length ?? 0, at: (from, to) => (a ?? []).slice(from, to) });
+  const sliced: _SlicedInput = { digests: arr(input.digests), packages: arr(input.packages) };
+  if (input.ima) sliced.ima = { result: input.ima, entries: arr(input.ima.entries) };
+  return _appraiseSliced(index, sliced, { ...options, yieldMs: options.yieldMs });
+}
+
+/**
+ * Verifies a request's IMA log with the service's excludes and the request's
+ * (glob: only unless `requestRegex`, within `maxExcludeWork`). @internal
+ */
+export async function _verifyEvidenceIma(ima: ImaEvidence, options: AppraiseEvidenceOptions): Promise<ImaLogResult & { excludes: string[] }> {
+  const req = compileExcludes(ima.excludes ?? [], { regex: options.requestRegex ?? false, ...(options.maxExcludeWork !== undefined ? { maxWork: options.maxExcludeWork } : {}) });
+  const own = options.excludes === undefined ? undefined : typeof options.excludes === 'function' ? options.excludes : compileExcludes(options.excludes);
+  const patterns = [...(own?.patterns ?? []), ...req.patterns];
+  const excludes = Object.defineProperty((p: string) => (own !== undefined && own(p)) || req(p), 'patterns', { value: patterns }) as ImaExcludes;
+  const r = await verifyImaLog(ima.log, { ...(ima.pcr10 ? { expectedPcr: ima.pcr10 } : {}), excludes, ...(options.yieldMs !== undefined ? { yieldMs: options.yieldMs } : {}) });
+  return { ...r, excludes: patterns };
+}
+
+/** Items of a request read a slice at a time (arrays, or columns packed by a worker). @internal */
+export interface _Column<T> {
+  n: number;
+  at(from: number, to: number): T[];
+}
+
+/** What {@link _appraiseSliced} appraises. @internal */
+export interface _SlicedInput {
+  digests: _Column<EvidenceDigest>;
+  packages: _Column<EvidencePackage>;
+  ima?: { result: Omit<ImaLogResult, 'entries'> & { excludes?: string[] }; entries: _Column<ImaEntry> };
+}
+
+const SLICE = 4096;
+
+/**
+ * appraise() a slice of items at a time, giving the event loop a turn after
+ * about `yieldMs` of work: the same verdicts, counts and order. @internal
+ */
+export async function _appraiseSliced(index: ReferenceIndex, input: _SlicedInput, options: AppraiseOptions & { yieldMs: number }): Promise<Appraisal> {
   const o = appraiseOptions(options);
   const out: Appraisal = { status: 'none', submods: {} };
-  softwareSubmod(index, input, o, out);
-  const c = new Collector(o.maxDetail, o.maxListed);
-  const all = input.ima.entries;
-  const SLICE = 4096;
   let t = performance.now();
-  for (let from = 0; from < all.length; from += SLICE) {
-    if (from > 0 && performance.now() - t >= options.yieldMs) {
-      await _macrotask();
-      t = performance.now();
+  const pause = async (): Promise<void> => {
+    if (performance.now() - t < options.yieldMs) return;
+    await _macrotask();
+    t = performance.now();
+  };
+  const { digests, packages } = input;
+  if (digests.n || packages.n) {
+    const c = new Collector(o.maxDetail, o.maxListed);
+    for (let from = 0; from < digests.n; from += SLICE) {
+      await pause();
+      const ds = digests.at(from, Math.min(digests.n, from + SLICE));
+      const found = lookupAll(index, ds);
+      for (let i = 0; i < ds.length; i++) c.add(digestVerdict(found[i], ds[i]!, ds[i]!.path, o, 'digest'));
     }
-    imaVerdicts(index, all, from, Math.min(all.length, from + SLICE), c, o);
+    for (let from = 0; from < packages.n; from += SLICE) {
+      await pause();
+      for (const p of packages.at(from, Math.min(packages.n, from + SLICE))) c.add(packageVerdict(index, p, o));
+    }
+    const tv: TrustVector = { 'file-system': claimFor(c.worst, Ar4si.APPROVED_FILES, Ar4si.UNRECOGNIZED_FILES, Ar4si.CONTRAINDICATED_FILES) };
+    out.submods['vmkit-software'] = { status: vectorStatus(tv), trustVector: tv, policyId: o.policyId, summary: c.summary, items: c.items };
   }
-  out.submods['vmkit-ima'] = imaSubmod(input.ima, c, o);
+  if (input.ima) {
+    const c = new Collector(o.maxDetail, o.maxListed);
+    const es = input.ima.entries;
+    for (let from = 0; from < es.n; from += SLICE) {
+      await pause();
+      const slice = es.at(from, Math.min(es.n, from + SLICE));
+      imaVerdicts(index, slice, 0, slice.length, c, o);
+    }
+    out.submods['vmkit-ima'] = imaSubmod(input.ima.result, c, o);
+  }
   for (const s of Object.values(out.submods)) out.status = worst(out.status, s.status);
   return out;
 }

@@ -40,10 +40,11 @@ export function statusOf(e: unknown): number {
  * Reads a request body of at most `max` bytes. A Content-Length above `max`
  * is refused before reading; a body that grows past it while streaming is
  * refused as soon as it does (LIMIT), so memory stays bounded by `max`.
- * `onChunk` sees each chunk as it arrives (streamed parsers).
+ * `onChunk` sees each chunk as it arrives (streamed parsers); when it returns
+ * `'drop'` the body is no longer kept (it went elsewhere) and resolves empty.
  * @example `const body = await readBody(req, 1 << 20);`
  */
-export function readBody(req: IncomingMessage, max: number, onChunk?: (c: Buffer) => void): Promise<Buffer> {
+export function readBody(req: IncomingMessage, max: number, onChunk?: (c: Buffer) => void | 'drop' | undefined): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const declared = req.headers['content-length'];
     if (declared !== undefined && !(Number(declared) <= max)) {
@@ -52,6 +53,7 @@ export function readBody(req: IncomingMessage, max: number, onChunk?: (c: Buffer
     }
     const chunks: Buffer[] = [];
     let n = 0;
+    let kept = 0;
     let done = false;
     const fail = (e: VmkitError): void => {
       if (done) return;
@@ -64,19 +66,27 @@ export function readBody(req: IncomingMessage, max: number, onChunk?: (c: Buffer
       if (done) return;
       n += c.length;
       if (n > max) return fail(new VmkitError('LIMIT', `request body exceeds the limit of ${max} bytes`));
-      chunks.push(c);
       if (onChunk) {
         try {
-          onChunk(c);
+          // 'drop': the consumer took the chunk (streamed elsewhere); it is not kept here.
+          if (onChunk(c) === 'drop') {
+            kept = -1;
+            chunks.length = 0;
+            return;
+          }
         } catch (e) {
           return fail(e instanceof VmkitError ? e : new VmkitError('CORRUPT', (e as Error).message, { cause: e }));
         }
+      }
+      if (kept >= 0) {
+        chunks.push(c);
+        kept += c.length;
       }
     });
     req.on('end', () => {
       if (done) return;
       done = true;
-      resolve(Buffer.concat(chunks, n));
+      resolve(kept < 0 ? Buffer.alloc(0) : Buffer.concat(chunks, kept));
     });
     req.on('error', (e) => fail(new VmkitError('NETWORK', `request body: ${e.message}`, { cause: e })));
     req.on('aborted', () => fail(new VmkitError('NETWORK', 'request aborted by the client')));

@@ -25,7 +25,10 @@ import type { AddressInfo } from 'node:net';
 import { VmkitError } from '../../errors.js';
 import { hexInto, digestLength } from '../index-store.js';
 import type { Digest, DigestAlgorithm } from '../types.js';
-import { parseEvidence, type Appraisal, type Evidence, type EvidencePackage } from '../appraise.js';
+import { _appraiseSliced, parseEvidence, type Appraisal, type AppraiseEvidenceOptions, type Evidence, type EvidencePackage } from '../appraise.js';
+import { availableParallelism } from 'node:os';
+import { AppraisePool, type PoolJob } from './_pool.js';
+import { _unpack } from './_packed.js';
 import { NonceQuotaError, NonceStore, type NonceRefusal, type NonceStoreOptions } from './nonces.js';
 import { SourceSet } from './refresh.js';
 import { clientKey, readBody, sendError, sendJson } from './_http.js';
@@ -47,6 +50,13 @@ export interface Verifier {
   sign(appraisal: Appraisal, nonce: string): Promise<string> | string;
   /** The public keys relying parties verify tokens with. */
   jwks(): Promise<Jwks> | Jwks;
+  /**
+   * The options `appraise` applies (createVerifier's). When present, large
+   * requests are parsed and their IMA logs verified on pool workers with these
+   * options, and appraised here in slices; a verifier without them appraises
+   * every request itself.
+   */
+  readonly appraiseOptions?: AppraiseEvidenceOptions;
 }
 
 /** Options of {@link AttestService}. */
@@ -79,6 +89,12 @@ export interface AttestServiceOptions {
   maxConnections?: number;
   /** Whole-request timeout, ms (default 30 000). */
   requestTimeoutMs?: number;
+  /**
+   * Appraisal worker threads for large requests (default: one per core; 0 =
+   * none, large requests are then appraised on the event loop in slices).
+   * Used when the verifier exposes `appraiseOptions` (createVerifier does).
+   */
+  workers?: number;
 }
 
 const ALGS: ReadonlySet<string> = new Set(['md5', 'sha1', 'sha256', 'sha384', 'sha512', 'sm3']);
@@ -188,6 +204,7 @@ export class AttestService {
   private buffered = 0;
   private inFlight = 0;
   private largeInFlight = 0;
+  private readonly pool: AppraisePool | undefined;
   private closing = false;
   private readonly started = Date.now();
   private readonly latency = new Latency();
@@ -202,12 +219,15 @@ export class AttestService {
     this.sources = options.sources;
     this.verifier = options.verifier;
     this.nonces = new NonceStore(options.nonces);
+    const workers = options.workers ?? availableParallelism();
+    if (!Number.isSafeInteger(workers) || workers < 0 || workers > 256) throw new VmkitError('ARG_RANGE', 'options.workers must be an integer 0..256');
+    this.pool = workers > 0 && this.verifier.appraiseOptions ? AppraisePool.open(workers) : undefined;
     this.limits = {
       json: options.maxJsonBytes ?? 16 << 20,
       buffered: options.maxBufferedBytes ?? 256 << 20,
       items: options.maxItems ?? 100_000,
       inFlight: options.maxInFlight ?? 256,
-      large: options.maxLargeInFlight ?? 2,
+      large: options.maxLargeInFlight ?? this.pool?.size ?? 2,
       largeBytes: options.largeBodyBytes ?? 1 << 20,
     };
     this.server = createServer({ requestTimeout: options.requestTimeoutMs ?? 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 }, (req, res) => {
@@ -300,47 +320,86 @@ export class AttestService {
     const t0 = performance.now();
     let held = 0;
     let large = false;
+    let job: PoolJob | undefined;
     try {
       const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-      let nonce: string;
-      let evidence: Evidence;
-      if (type === 'application/json') {
-        // Bounded while streaming: a body past the limit is refused as soon as it crosses it.
-        // Every body counts against one budget, so many large bodies at once cannot exhaust memory.
-        // The bytes stay counted until the answer is sent (finally below).
+      if (type !== 'application/json') throw new VmkitError('UNSUPPORTED', `content-type must be application/json, not ${JSON.stringify(type.slice(0, 60))}`);
+      // Bounded while streaming: a body past the limit is refused as soon as it crosses it.
+      // Every body counts against one budget, so many large bodies at once cannot exhaust memory.
+      // The bytes stay counted until the answer is sent (finally below). A body that grows
+      // past largeBodyBytes goes to a pool worker as it arrives (none of it kept here).
+      const early: Buffer[] = [];
+      try {
         const body = await readBody(req, this.limits.json, (c) => {
           if (this.buffered + c.length > this.limits.buffered) throw new VmkitError('INVALID_STATE', 'busy: too many request bytes in flight');
           this.buffered += c.length;
           held += c.length;
+          if (job) {
+            job.push(c);
+            return 'drop';
+          }
           if (!large && held > this.limits.largeBytes) {
             if (this.largeInFlight >= this.limits.large) throw new VmkitError('INVALID_STATE', `busy: ${this.largeInFlight} large requests in flight`);
             this.largeInFlight++;
             large = true;
+            job = this.startJob();
+            if (job) {
+              for (const k of early) job.push(k);
+              early.length = 0;
+              job.push(c);
+              return 'drop';
+            }
           }
+          if (this.pool && !large) early.push(c);
+          return undefined;
         });
-        let parsed: unknown;
-        try {
-          parsed = JSON.parse(body.toString('utf8'));
-        } catch (e) {
-          throw new VmkitError('CORRUPT', `request body is not JSON: ${(e as Error).message}`, { cause: e });
+        let nonce: string;
+        let appraisal: Appraisal;
+        if (job) {
+          nonce = await job.end();
+          const refusal = await this.nonces.redeem(nonce);
+          if (refusal) throw new NonceRefused(refusal);
+          const packed = await job.go();
+          job = undefined;
+          appraisal = await _appraiseSliced(this.sources, _unpack(packed), { ...this.verifier.appraiseOptions, yieldMs: this.verifier.appraiseOptions?.yieldMs ?? 10 });
+        } else {
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(body.toString('utf8'));
+          } catch (e) {
+            throw new VmkitError('CORRUPT', `request body is not JSON: ${(e as Error).message}`, { cause: e });
+          }
+          let evidence: Evidence;
+          ({ nonce, evidence } = parseAttestRequest(parsed, this.limits.items));
+          const refusal = await this.nonces.redeem(nonce);
+          if (refusal) throw new NonceRefused(refusal);
+          appraisal = await this.verifier.appraise(evidence, this.sources);
         }
-        ({ nonce, evidence } = parseAttestRequest(parsed, this.limits.items));
-      } else {
-        throw new VmkitError('UNSUPPORTED', `content-type must be application/json, not ${JSON.stringify(type.slice(0, 60))}`);
+        const token = await this.verifier.sign(appraisal, nonce);
+        this.counts.verdicts.set(appraisal.status, (this.counts.verdicts.get(appraisal.status) ?? 0) + 1);
+        sendJson(res, 200, { ear: token });
+        return 200;
+      } finally {
+        job?.abort();
       }
-      const refusal = await this.nonces.redeem(nonce);
-      if (refusal) throw new NonceRefused(refusal);
-      const appraisal = await this.verifier.appraise(evidence, this.sources);
-      const token = await this.verifier.sign(appraisal, nonce);
-      this.counts.verdicts.set(appraisal.status, (this.counts.verdicts.get(appraisal.status) ?? 0) + 1);
-      sendJson(res, 200, { ear: token });
-      return 200;
     } finally {
       this.buffered -= held;
       if (large) this.largeInFlight--;
       this.inFlight--;
       this.latency.add(performance.now() - t0);
     }
+  }
+
+  private startJob(): PoolJob | undefined {
+    if (!this.pool) return undefined;
+    const o = this.verifier.appraiseOptions ?? {};
+    const own = o.excludes === undefined ? undefined : typeof o.excludes === 'function' ? [...o.excludes.patterns] : [...o.excludes];
+    return this.pool.start({
+      maxItems: this.limits.items,
+      ...(o.requestRegex !== undefined ? { requestRegex: o.requestRegex } : {}),
+      ...(o.maxExcludeWork !== undefined ? { maxExcludeWork: o.maxExcludeWork } : {}),
+      ...(own ? { excludes: own } : {}),
+    });
   }
 
   /** The /healthz document. @example `svc.health().sources[0].packages` */
@@ -380,6 +439,8 @@ export class AttestService {
     l.push('# TYPE vmkit_attest_nonces_per_client_limit gauge', `vmkit_attest_nonces_per_client_limit ${this.nonces.maxPerClient}`);
     l.push('# TYPE vmkit_attest_nonces_quota_refused_total counter', `vmkit_attest_nonces_quota_refused_total ${ns.quota}`);
     l.push('# TYPE vmkit_attest_large_in_flight gauge', `vmkit_attest_large_in_flight ${this.largeInFlight}`);
+    l.push('# TYPE vmkit_attest_workers gauge', `vmkit_attest_workers ${this.pool?.size ?? 0}`);
+    l.push('# TYPE vmkit_attest_workers_busy gauge', `vmkit_attest_workers_busy ${this.pool?.busy ?? 0}`);
     l.push('# TYPE vmkit_attest_nonces_refused_total counter');
     for (const [k, n] of Object.entries(ns.refused)) l.push(`vmkit_attest_nonces_refused_total{reason="${k}"} ${n}`);
     l.push('# TYPE vmkit_attest_source_packages gauge');
@@ -409,6 +470,7 @@ export class AttestService {
     while (this.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     this.server.closeAllConnections();
     if (this.server.listening) await closed;
+    await this.pool?.close();
     if (!options.keepSources) this.sources.close();
   }
 }

@@ -26,9 +26,9 @@ export interface CreateVerifierOptions {
   ttlSeconds?: number;
   /**
    * Appraisal options (the service's own IMA excludes, unknown → warning/contraindicated).
-   * The service's bounds default to: `maxListed` 10 000 items per submodule
-   * (the rest counted), `maxExcludeWork` 2^24, `yieldMs` 10 (a large log is
-   * appraised in slices of about 10 ms, other clients answered between them).
+   * The service's bounds default to: `maxListed` 1 000 items per submodule
+   * (the rest counted), `maxExcludeWork` 2^24, `yieldMs` 5 (a large log is
+   * appraised in slices of about 5 ms, other clients answered between them).
    */
   appraise?: AppraiseEvidenceOptions;
 }
@@ -62,11 +62,12 @@ export async function createVerifier(options: CreateVerifierOptions = {}): Promi
     ...(options.ttlSeconds !== undefined ? { ttlSeconds: options.ttlSeconds } : {}),
   };
   const fastSign = nodeSigner(key);
-  const appraiseOpts: AppraiseEvidenceOptions = { maxListed: 10_000, maxExcludeWork: 1 << 24, yieldMs: 10, ...options.appraise };
+  const appraiseOpts: AppraiseEvidenceOptions = { maxListed: 1000, maxExcludeWork: 1 << 24, yieldMs: 5, ...options.appraise };
   return {
     kid: key.kid,
     key,
     appraise: (evidence: Evidence, index: ReferenceIndex) => appraiseEvidence(index, evidence, appraiseOpts),
+    appraiseOptions: appraiseOpts,
     sign: (appraisal: Appraisal, nonce: string) => fastSign(appraisal, { nonce, ...signOpts }),
     jwks: () => jwks,
   };
