@@ -735,7 +735,7 @@ export interface _SlicedInput {
   ima?: { result: Omit<ImaLogResult, 'entries'> & { excludes?: string[] }; entries: _Column<ImaEntry> };
 }
 
-const SLICE = 4096;
+const SLICE = 512;
 
 /**
  * appraise() a slice of items at a time, giving the event loop a turn after

@@ -786,7 +786,7 @@ export async function verifyImaLog(src: ImaLogSource, options: ImaVerifyOptions 
   let sliceStart = yieldMs === undefined ? 0 : performance.now();
   for await (const e of readImaLog(src, options.maxLine)) {
     if (++res.count > maxEntries) throw new VmkitError('LIMIT', `IMA log has more than ${maxEntries} entries`);
-    if (yieldMs !== undefined && (res.count & 63) === 0 && performance.now() - sliceStart >= yieldMs) {
+    if (yieldMs !== undefined && (res.count & 7) === 0 && performance.now() - sliceStart >= yieldMs) {
       await _macrotask();
       sliceStart = performance.now();
     }

@@ -2,8 +2,8 @@
  * The attestation service's pool of appraisal workers (Node worker_threads,
  * one per core by default): a large request's body is streamed to an idle
  * worker, which parses it and verifies its IMA log off the event loop
- * (_appraise-worker.ts). One job per worker at a time; with every worker busy
- * `start` returns undefined and the service answers 503.
+ * (_appraise-worker.ts). One job per worker at a time; jobs beyond the
+ * workers wait in order (the service bounds how many with `maxLargeInFlight`).
  * @module
  */
 import { existsSync } from 'node:fs';
@@ -20,19 +20,36 @@ interface Slot {
   job?: PoolJob;
 }
 
-/** One request's work on one worker. @internal */
+/** One request's work on one worker (queued until a worker is free). @internal */
 export class PoolJob {
-  private readonly slot: Slot;
+  private slot: Slot | undefined;
   private readonly id: number;
+  private readonly queued: { m: unknown; transfer: ArrayBuffer[] }[] = [];
   private waiting?: { resolve: (v: never) => void; reject: (e: unknown) => void };
   private done = false;
   private readonly release: () => void;
 
-  constructor(slot: Slot, id: number, opts: _JobOptions, release: () => void) {
-    this.slot = slot;
+  constructor(id: number, opts: _JobOptions, release: () => void) {
     this.id = id;
     this.release = release;
-    slot.worker.postMessage({ t: 'start', job: id, opts });
+    this.post({ t: 'start', job: id, opts });
+  }
+
+  /** @internal The worker it runs on, from now: what was queued for it is sent. */
+  _assign(slot: Slot): void {
+    this.slot = slot;
+    for (const q of this.queued) slot.worker.postMessage(q.m, q.transfer);
+    this.queued.length = 0;
+  }
+
+  /** True once it has a worker. */
+  get running(): boolean {
+    return this.slot !== undefined;
+  }
+
+  private post(m: unknown, transfer: ArrayBuffer[] = []): void {
+    if (this.slot) this.slot.worker.postMessage(m, transfer);
+    else this.queued.push({ m, transfer });
   }
 
   /** Sends a chunk of the body (copied into a buffer of its own and transferred). */
@@ -40,7 +57,7 @@ export class PoolJob {
     if (this.done) return;
     const own = new Uint8Array(c.length);
     own.set(c);
-    this.slot.worker.postMessage({ t: 'chunk', job: this.id, data: own }, [own.buffer]);
+    this.post({ t: 'chunk', job: this.id, data: own }, [own.buffer]);
   }
 
   private wait<T>(): Promise<T> {
@@ -50,21 +67,22 @@ export class PoolJob {
   /** The body is complete: resolves to the request's nonce once the worker parsed and validated it. */
   end(): Promise<string> {
     const p = this.wait<string>();
-    this.slot.worker.postMessage({ t: 'end', job: this.id });
+    this.post({ t: 'end', job: this.id });
     return p;
   }
 
   /** The nonce was accepted: resolves to the verified evidence. */
   go(): Promise<_Packed> {
     const p = this.wait<_Packed>();
-    this.slot.worker.postMessage({ t: 'go', job: this.id });
+    this.post({ t: 'go', job: this.id });
     return p;
   }
 
   /** Drops the job (a refused nonce, a failed read); the worker is free again. */
   abort(): void {
     if (this.done) return;
-    this.slot.worker.postMessage({ t: 'abort', job: this.id });
+    if (this.slot) this.slot.worker.postMessage({ t: 'abort', job: this.id });
+    this.queued.length = 0;
     this.finish();
   }
 
@@ -104,6 +122,7 @@ export class PoolJob {
  */
 export class AppraisePool {
   private readonly slots: Slot[] = [];
+  private readonly waiting: PoolJob[] = [];
   private readonly url: URL;
   private next = 1;
   private closed = false;
@@ -135,12 +154,14 @@ export class AppraisePool {
     w.unref();
     w.on('message', (m: Reply) => slot.job?._reply(m));
     const died = (e: unknown): void => {
-      slot.job?._fail(e instanceof VmkitError ? e : new VmkitError('IO', `appraisal worker failed: ${(e as Error)?.message ?? e}`));
+      const job = slot.job;
       slot.job = undefined;
+      job?._fail(e instanceof VmkitError ? e : new VmkitError('IO', `appraisal worker failed: ${(e as Error)?.message ?? e}`));
       if (this.closed) return;
       // A replacement, so one crash does not shrink the pool.
       const i = this.slots.indexOf(slot);
       if (i >= 0) this.slots[i] = this.spawn();
+      this.dispatch();
     };
     w.on('error', died);
     w.on('exit', (code) => {
@@ -149,16 +170,36 @@ export class AppraisePool {
     return slot;
   }
 
-  /** A job on an idle worker, or undefined when all are busy. */
+  /** Jobs waiting for a worker. */
+  get queued(): number {
+    return this.waiting.length;
+  }
+
+  /** A job: on an idle worker now, or queued for the next one free. Undefined once closed. */
   start(opts: _JobOptions): PoolJob | undefined {
     if (this.closed) return undefined;
-    const slot = this.slots.find((s) => !s.job);
-    if (!slot) return undefined;
-    const job = new PoolJob(slot, this.next++, opts, () => {
-      if (slot.job === job) slot.job = undefined;
+    const job: PoolJob = new PoolJob(this.next++, opts, () => {
+      const q = this.waiting.indexOf(job);
+      if (q >= 0) this.waiting.splice(q, 1);
+      const slot = this.slots.find((s) => s.job === job);
+      if (slot) {
+        slot.job = undefined;
+        this.dispatch();
+      }
     });
-    slot.job = job;
+    this.waiting.push(job);
+    this.dispatch();
     return job;
+  }
+
+  private dispatch(): void {
+    for (const slot of this.slots) {
+      if (slot.job) continue;
+      const job = this.waiting.shift();
+      if (!job) return;
+      slot.job = job;
+      job._assign(slot);
+    }
   }
 
   /** Ends every worker. */
@@ -166,6 +207,7 @@ export class AppraisePool {
     this.closed = true;
     const ws = this.slots.map((s) => s.worker);
     for (const s of this.slots) s.job?._fail(new VmkitError('CANCELLED', 'the service is shutting down'));
+    for (const j of this.waiting.splice(0)) j._fail(new VmkitError('CANCELLED', 'the service is shutting down'));
     await Promise.all(ws.map((w) => w.terminate()));
   }
 }

@@ -76,14 +76,14 @@ export interface AttestServiceOptions {
   /** Attestations appraised at once; more get 503 (default 256). */
   maxInFlight?: number;
   /**
-   * Large requests (bodies over `largeBodyBytes`, i.e. IMA logs) appraised at
-   * once; more get 503 (default 2). Each is appraised in slices that give the
-   * event loop back (the verifier's `yieldMs`), so small requests and
-   * `/healthz` keep being answered; this bound keeps the slices of many large
-   * requests from queueing up between two turns of the loop.
+   * Large requests (bodies over `largeBodyBytes`: IMA logs, long lists) in
+   * flight at once; more get 503 (default 4 per worker, 2 without workers).
+   * They are parsed and verified on the pool's workers (`workers` of them at
+   * a time, the rest waiting for one) and appraised here in slices that give
+   * the event loop back, so small requests and `/healthz` keep being answered.
    */
   maxLargeInFlight?: number;
-  /** What counts as a large request body, bytes (default 1 MiB). */
+  /** What counts as a large request body, bytes (default 64 KiB). */
   largeBodyBytes?: number;
   /** Most open connections (default 1024). */
   maxConnections?: number;
@@ -227,8 +227,8 @@ export class AttestService {
       buffered: options.maxBufferedBytes ?? 256 << 20,
       items: options.maxItems ?? 100_000,
       inFlight: options.maxInFlight ?? 256,
-      large: options.maxLargeInFlight ?? this.pool?.size ?? 2,
-      largeBytes: options.largeBodyBytes ?? 1 << 20,
+      large: options.maxLargeInFlight ?? (this.pool ? 4 * this.pool.size : 2),
+      largeBytes: options.largeBodyBytes ?? 64 << 10,
     };
     this.server = createServer({ requestTimeout: options.requestTimeoutMs ?? 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 }, (req, res) => {
       void this.handle(req, res);
@@ -441,6 +441,7 @@ export class AttestService {
     l.push('# TYPE vmkit_attest_large_in_flight gauge', `vmkit_attest_large_in_flight ${this.largeInFlight}`);
     l.push('# TYPE vmkit_attest_workers gauge', `vmkit_attest_workers ${this.pool?.size ?? 0}`);
     l.push('# TYPE vmkit_attest_workers_busy gauge', `vmkit_attest_workers_busy ${this.pool?.busy ?? 0}`);
+    l.push('# TYPE vmkit_attest_workers_queued gauge', `vmkit_attest_workers_queued ${this.pool?.queued ?? 0}`);
     l.push('# TYPE vmkit_attest_nonces_refused_total counter');
     for (const [k, n] of Object.entries(ns.refused)) l.push(`vmkit_attest_nonces_refused_total{reason="${k}"} ${n}`);
     l.push('# TYPE vmkit_attest_source_packages gauge');
