@@ -20,6 +20,7 @@ import {
   type ImaTemplate,
 } from '../bindings/attest/ima.js';
 import { toHex } from '../bindings/attest/index-store.js';
+import { GlobSet } from '../bindings/attest/_glob.js';
 import { VmkitError } from '../bindings/errors.js';
 
 const hex = (b: Uint8Array): string => toHex(b);
@@ -291,5 +292,58 @@ describe('exclude lists', () => {
     const t0 = Date.now();
     expect(compileExcludes(['glob:' + 'a*'.repeat(100) + 'b'], { regex: false })('a'.repeat(2000))).toBe(false);
     expect(Date.now() - t0).toBeLessThan(2000);
+  });
+
+  it('many globs in one automaton agree with matching each alone', () => {
+    const model = (g: string, p: string): boolean => {
+      let re = '';
+      for (let i = 0; i < g.length; i++) {
+        const c = g[i]!;
+        if (c === '*' && g[i + 1] === '*') {
+          re += '.*';
+          i++;
+        } else if (c === '*') re += '[^/]*';
+        else if (c === '?') re += '[^/]';
+        else re += c.replace(/[.+^${}()|[\]\\]/g, '\\$&');
+      }
+      return new RegExp(`^${re}$`, 's').test(p);
+    };
+    const glob = fc.array(fc.constantFrom('a', 'b', '/', '*', '?'), { maxLength: 8 }).map((a) => a.join(''));
+    const path = fc.array(fc.constantFrom('a', 'b', '/'), { maxLength: 10 }).map((a) => a.join(''));
+    fc.assert(
+      fc.property(fc.array(glob, { minLength: 1, maxLength: 4 }), fc.array(path, { maxLength: 6 }), (gs, ps) => {
+        const set = new GlobSet(gs);
+        for (const p of ps) expect(set.match(p)).toBe(gs.some((g) => model(g, p)));
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  // The probe's attack (issue 18): 100 patterns of 512 characters over 2,000 entries
+  // (540 KB) held the service ~577 s with one matcher per pattern. Now every path is read
+  // once; what the automaton costs to build is counted, and past the budget it is LIMIT.
+  it('the attack of 100 patterns × 512 characters over 2,000 paths is linear or refused (LIMIT)', () => {
+    let seed = 7;
+    const rnd = (): number => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    const paths = Array.from({ length: 2000 }, () => '/' + Array.from({ length: 250 }, () => (rnd() < 0.5 ? 'a' : 'b')).join(''));
+    // Stars: states stay few, the whole list is matched within the budget.
+    const stars = Array.from({ length: 100 }, (_, i) => 'glob:/' + '*a'.repeat(252) + String.fromCharCode(99 + (i % 20)));
+    const ex = compileExcludes(stars, { regex: false, maxWork: 1 << 24 });
+    for (const p of paths) expect(ex(p)).toBe(false);
+    // `**a???…`: the DFA would need 2^n states; building them runs into the budget.
+    const blowup = Array.from({ length: 100 }, (_, i) => 'glob:**a' + '?'.repeat(5 + (i % 30)) + '/'.repeat(i % 2));
+    const ex2 = compileExcludes(blowup, { regex: false, maxWork: 1 << 22 });
+    let matched = 0;
+    expect(() => {
+      for (const p of paths) {
+        ex2(p);
+        matched++;
+      }
+    }).toThrow(expect.objectContaining({ code: 'LIMIT' }));
+    expect(matched).toBeLessThan(paths.length);
+    // The budget is what bounds it: counted work never passes it by more than one state.
+    const g = new GlobSet(blowup.map((b) => b.slice(5)), { maxWork: 1 << 20 });
+    expect(() => paths.forEach((p) => g.match(p))).toThrow(expect.objectContaining({ code: 'LIMIT' }));
+    expect(g.work).toBeLessThan((1 << 20) + 8000);
   });
 });

@@ -164,6 +164,25 @@ describe.runIf(ready)('repository sources over real repositories', () => {
       src.close();
     });
 
+    // Issue 18: a tampered Packages.xz that is longer than its signed size was refused
+    // with LIMIT (the read stops at the signed size); it is an integrity failure.
+    it('refuses an index file or package longer than its signed size with INTEGRITY, not LIMIT', async () => {
+      reset();
+      srv.overrides.set('/debian/dists/bookworm/main/binary-amd64/Packages.xz', (b) => Buffer.concat([b!, Buffer.from('tampered')]));
+      const e = await refused(new AptSource(deb(), { keyring: ring }).refresh(), 'INTEGRITY');
+      expect(e.message).toMatch(/longer than the \d+ bytes/);
+      reset();
+      const src = new AptSource(deb(), { keyring: ring });
+      await src.refresh();
+      const f = debs().find((d) => d.startsWith('hello_'))!;
+      srv.overrides.set(`/debian/pool/main/${f}`, (b) => Buffer.concat([b!, Buffer.alloc(4096)]));
+      await refused(src.fileDigests(src.lookupPackage('hello')[0]!), 'INTEGRITY');
+      src.close();
+      // Past the source's own byte limit it stays LIMIT: that is our bound, not their lie.
+      reset();
+      await refused(new AptSource(deb(), { keyring: ring, maxBytes: 100 }).refresh(), 'LIMIT');
+    });
+
     it('falls back to .gz and plain Packages when a compression is missing, each checked', async () => {
       for (const hide of [['.xz'], ['.xz', '.gz']]) {
         reset();

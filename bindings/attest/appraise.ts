@@ -24,7 +24,7 @@
 import { VmkitError } from '../errors.js';
 import { describe as describeValue } from '../_utils.js';
 import { _manyByOne, digestLength, toHex } from './index-store.js';
-import { compileExcludes, imaEntryDigest, verifyImaLog, type ImaBank, type ImaEntry, type ImaExcludes, type ImaFailure, type ImaLogResult } from './ima.js';
+import { _macrotask, compileExcludes, imaEntryDigest, verifyImaLog, type ImaBank, type ImaEntry, type ImaExcludes, type ImaFailure, type ImaLogResult } from './ima.js';
 import type { Digest, DigestAlgorithm, Provenance, ReferenceIndex } from './types.js';
 
 /**
@@ -346,7 +346,7 @@ export interface AppraisalSummary {
   none: number;
   /** IMA entries left out by the exclude list. */
   excluded: number;
-  /** Affirming items not listed (beyond `maxDetail`). */
+  /** Items not listed (affirming ones beyond `maxDetail`, any beyond `maxListed`). */
   omitted: number;
 }
 
@@ -406,6 +406,12 @@ export interface AppraiseOptions {
   maxMatches?: number;
   /** Most items listed per submodule; beyond it affirming items are only counted (default 10 000). */
   maxDetail?: number;
+  /**
+   * Most items listed per submodule whatever their status (default: no bound);
+   * beyond it items are only counted. A service sets it to bound its answers:
+   * a log of 100 000 unknown files would otherwise list every one.
+   */
+  maxListed?: number;
   /** Policy id recorded per submodule (default `vmkit:repository-match/1`). */
   policyId?: string;
 }
@@ -431,14 +437,16 @@ class Collector {
   readonly items: ItemVerdict[] = [];
   worst: ArStatus = 'none';
   private readonly maxDetail: number;
-  constructor(maxDetail: number) {
+  private readonly maxListed: number;
+  constructor(maxDetail: number, maxListed: number) {
     this.maxDetail = maxDetail;
+    this.maxListed = maxListed;
   }
   add(v: ItemVerdict): void {
     this.summary.items++;
     this.summary[v.status]++;
     this.worst = worst(this.worst, v.status);
-    if (this.items.length < this.maxDetail || v.status !== 'affirming') this.items.push(v);
+    if ((this.items.length < this.maxDetail || v.status !== 'affirming') && this.items.length < this.maxListed) this.items.push(v);
     else this.summary.omitted++;
   }
 }
@@ -563,6 +571,72 @@ function claimFor(s: ArStatus, affirm: number, unrecognized: number, contra: num
   return s === 'contraindicated' ? contra : s === 'warning' ? unrecognized : s === 'affirming' ? affirm : Ar4si.NO_CLAIM;
 }
 
+
+// The verdicts on entries[from, to) of a verified log, looked up in one go.
+function imaVerdicts(index: ReferenceIndex, all: readonly ImaEntry[], from: number, to: number, c: Collector, o: Required<AppraiseOptions>): void {
+  const entries = from === 0 && to === all.length ? all : all.slice(from, to);
+  // The entries that are looked up (files with a known digest algorithm), all in one go.
+  const want: number[] = [];
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!;
+    if (!e.violation && e.template !== 'ima-buf' && e.path !== 'boot_aggregate' && (ALGS as readonly string[]).includes(e.digestAlg)) want.push(i);
+  }
+  const { found, hex } = lookupImaAll(index, entries, want);
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!;
+    if (e.violation) {
+      c.add({ kind: 'ima', status: 'none', reason: 'ima.validation.tomtou', path: e.path, line: e.line, matches: [] });
+      continue;
+    }
+    if (e.template === 'ima-buf' || e.path === 'boot_aggregate') {
+      // Buffers (kexec command lines, keys) and the boot aggregate are not files a repository holds.
+      c.add({ kind: 'ima', status: 'none', reason: e.template === 'ima-buf' ? 'ima-buf' : 'boot_aggregate', path: e.path, line: e.line, matches: [] });
+      continue;
+    }
+    const h = hex[i];
+    const d = h !== undefined ? { alg: e.digestAlg as DigestAlgorithm, hex: h } : imaEntryDigest(e);
+    let v: ItemVerdict;
+    if (!d) v = { kind: 'ima', status: 'warning', reason: 'unsupported-digest-algorithm', alg: e.digestAlg, path: e.path, matches: [] };
+    else {
+      v = digestVerdict(found[i], d, e.path, o, 'ima');
+      if (v.reason === 'unknown-digest') v.reason = `ima.validation.${e.template}.not_in_allowlist`;
+    }
+    v.line = e.line;
+    c.add(v);
+  }
+}
+
+// The vmkit-software submodule (digests and packages), when there are any.
+function softwareSubmod(index: ReferenceIndex, input: AppraisalInput, o: Required<AppraiseOptions>, out: Appraisal): void {
+  if (!input.digests?.length && !input.packages?.length) return;
+  const c = new Collector(o.maxDetail, o.maxListed);
+  const digests = input.digests ?? [];
+  const found = lookupAll(index, digests);
+  for (let i = 0; i < digests.length; i++) c.add(digestVerdict(found[i], digests[i]!, digests[i]!.path, o, 'digest'));
+  for (const p of input.packages ?? []) c.add(packageVerdict(index, p, o));
+  const tv: TrustVector = { 'file-system': claimFor(c.worst, Ar4si.APPROVED_FILES, Ar4si.UNRECOGNIZED_FILES, Ar4si.CONTRAINDICATED_FILES) };
+  out.submods['vmkit-software'] = { status: vectorStatus(tv), trustVector: tv, policyId: o.policyId, summary: c.summary, items: c.items };
+}
+
+// The vmkit-ima submodule from the log's result and the entries' verdicts.
+function imaSubmod(r: Omit<ImaLogResult, 'entries'> & { excludes?: string[] }, c: Collector, o: Required<AppraiseOptions>): SubmodAppraisal {
+  c.summary.excluded = r.excluded;
+  const integrity = r.failureCount === 0;
+  const tv: TrustVector = { executables: integrity ? claimFor(c.worst, Ar4si.APPROVED_RUNTIME, Ar4si.UNRECOGNIZED_RUNTIME, Ar4si.CONTRAINDICATED_RUNTIME) : Ar4si.CRYPTO_FAILED };
+  const sub: SubmodAppraisal = { status: vectorStatus(tv), trustVector: tv, policyId: o.policyId, summary: c.summary, items: c.items, pcrs: r.pcrs };
+  if (r.pcrCheck) sub.pcr10 = r.pcrCheck;
+  if (r.failures.length) sub.failures = r.failures;
+  if (r.excludes?.length) sub.excludes = r.excludes;
+  return sub;
+}
+
+function appraiseOptions(options: AppraiseOptions): Required<AppraiseOptions> {
+  const o: Required<AppraiseOptions> = { unknown: 'warning', maxMatches: 8, maxDetail: 10_000, maxListed: Infinity, policyId: 'vmkit:repository-match/1', ...options };
+  if (o.unknown !== 'warning' && o.unknown !== 'contraindicated') throw new VmkitError('ARG_RANGE', 'options.unknown must be warning or contraindicated');
+  if (!(o.maxListed >= 0)) throw new VmkitError('ARG_RANGE', 'options.maxListed must be a number ≥ 0');
+  return o;
+}
+
 /**
  * Appraises evidence against a reference index: per-item verdicts, then per
  * submodule the AR4SI vector and status, and the overall status (the worst).
@@ -577,58 +651,13 @@ function claimFor(s: ArStatus, affirm: number, unrecognized: number, contra: num
  * ```
  */
 export function appraise(index: ReferenceIndex, input: AppraisalInput, options: AppraiseOptions = {}): Appraisal {
-  const o: Required<AppraiseOptions> = { unknown: 'warning', maxMatches: 8, maxDetail: 10_000, policyId: 'vmkit:repository-match/1', ...options };
-  if (o.unknown !== 'warning' && o.unknown !== 'contraindicated') throw new VmkitError('ARG_RANGE', 'options.unknown must be warning or contraindicated');
+  const o = appraiseOptions(options);
   const out: Appraisal = { status: 'none', submods: {} };
-  if (input.digests?.length || input.packages?.length) {
-    const c = new Collector(o.maxDetail);
-    const digests = input.digests ?? [];
-    const found = lookupAll(index, digests);
-    for (let i = 0; i < digests.length; i++) c.add(digestVerdict(found[i], digests[i]!, digests[i]!.path, o, 'digest'));
-    for (const p of input.packages ?? []) c.add(packageVerdict(index, p, o));
-    const tv: TrustVector = { 'file-system': claimFor(c.worst, Ar4si.APPROVED_FILES, Ar4si.UNRECOGNIZED_FILES, Ar4si.CONTRAINDICATED_FILES) };
-    out.submods['vmkit-software'] = { status: vectorStatus(tv), trustVector: tv, policyId: o.policyId, summary: c.summary, items: c.items };
-  }
+  softwareSubmod(index, input, o, out);
   if (input.ima) {
-    const r = input.ima;
-    const c = new Collector(o.maxDetail);
-    c.summary.excluded = r.excluded;
-    // The entries that are looked up (files with a known digest algorithm), all in one go.
-    const want: number[] = [];
-    for (let i = 0; i < r.entries.length; i++) {
-      const e = r.entries[i]!;
-      if (!e.violation && e.template !== 'ima-buf' && e.path !== 'boot_aggregate' && (ALGS as readonly string[]).includes(e.digestAlg)) want.push(i);
-    }
-    const { found, hex } = lookupImaAll(index, r.entries, want);
-    for (let i = 0; i < r.entries.length; i++) {
-      const e = r.entries[i]!;
-      if (e.violation) {
-        c.add({ kind: 'ima', status: 'none', reason: 'ima.validation.tomtou', path: e.path, line: e.line, matches: [] });
-        continue;
-      }
-      if (e.template === 'ima-buf' || e.path === 'boot_aggregate') {
-        // Buffers (kexec command lines, keys) and the boot aggregate are not files a repository holds.
-        c.add({ kind: 'ima', status: 'none', reason: e.template === 'ima-buf' ? 'ima-buf' : 'boot_aggregate', path: e.path, line: e.line, matches: [] });
-        continue;
-      }
-      const h = hex[i];
-      const d = h !== undefined ? { alg: e.digestAlg as DigestAlgorithm, hex: h } : imaEntryDigest(e);
-      let v: ItemVerdict;
-      if (!d) v = { kind: 'ima', status: 'warning', reason: 'unsupported-digest-algorithm', alg: e.digestAlg, path: e.path, matches: [] };
-      else {
-        v = digestVerdict(found[i], d, e.path, o, 'ima');
-        if (v.reason === 'unknown-digest') v.reason = `ima.validation.${e.template}.not_in_allowlist`;
-      }
-      v.line = e.line;
-      c.add(v);
-    }
-    const integrity = r.failureCount === 0;
-    const tv: TrustVector = { executables: integrity ? claimFor(c.worst, Ar4si.APPROVED_RUNTIME, Ar4si.UNRECOGNIZED_RUNTIME, Ar4si.CONTRAINDICATED_RUNTIME) : Ar4si.CRYPTO_FAILED };
-    const sub: SubmodAppraisal = { status: vectorStatus(tv), trustVector: tv, policyId: o.policyId, summary: c.summary, items: c.items, pcrs: r.pcrs };
-    if (r.pcrCheck) sub.pcr10 = r.pcrCheck;
-    if (r.failures.length) sub.failures = r.failures;
-    if (r.excludes?.length) sub.excludes = r.excludes;
-    out.submods['vmkit-ima'] = sub;
+    const c = new Collector(o.maxDetail, o.maxListed);
+    imaVerdicts(index, input.ima.entries, 0, input.ima.entries.length, c, o);
+    out.submods['vmkit-ima'] = imaSubmod(input.ima, c, o);
   }
   for (const s of Object.values(out.submods)) out.status = worst(out.status, s.status);
   return out;
@@ -647,6 +676,14 @@ export interface AppraiseEvidenceOptions extends AppraiseOptions {
   excludes?: ImaExcludes | readonly string[];
   /** Accept regular expressions in the request's excludes (default false: `glob:` only, no ReDoS). */
   requestRegex?: boolean;
+  /** Work allowed for matching the request's exclude globs (see `compileExcludes`' `maxWork`); past it LIMIT. */
+  maxExcludeWork?: number;
+  /**
+   * Give the event loop a turn after about this many milliseconds of work
+   * (default: never): a server's other clients are then answered while a
+   * large log is verified and appraised, slice by slice.
+   */
+  yieldMs?: number;
 }
 
 /**
@@ -664,13 +701,81 @@ export async function appraiseEvidence(index: ReferenceIndex, evidence: Evidence
   const input: AppraisalInput = {};
   if (evidence.digests) input.digests = evidence.digests;
   if (evidence.packages) input.packages = evidence.packages;
-  if (evidence.ima) {
-    const req = compileExcludes(evidence.ima.excludes ?? [], { regex: options.requestRegex ?? false });
-    const own = options.excludes === undefined ? undefined : typeof options.excludes === 'function' ? options.excludes : compileExcludes(options.excludes);
-    const patterns = [...(own?.patterns ?? []), ...req.patterns];
-    const excludes = Object.defineProperty((p: string) => (own !== undefined && own(p)) || req(p), 'patterns', { value: patterns }) as ImaExcludes;
-    const r = await verifyImaLog(evidence.ima.log, { ...(evidence.ima.pcr10 ? { expectedPcr: evidence.ima.pcr10 } : {}), excludes });
-    input.ima = { ...r, excludes: patterns };
+  if (evidence.ima) input.ima = await _verifyEvidenceIma(evidence.ima, options);
+  if (options.yieldMs === undefined) return appraise(index, input, options);
+  const arr = <T>(a: readonly T[] | undefined): _Column<T> => ({ n: a?.length ?? 0, at: (from, to) => (a ?? []).slice(from, to) });
+  const sliced: _SlicedInput = { digests: arr(input.digests), packages: arr(input.packages) };
+  if (input.ima) sliced.ima = { result: input.ima, entries: arr(input.ima.entries) };
+  return _appraiseSliced(index, sliced, { ...options, yieldMs: options.yieldMs });
+}
+
+/**
+ * Verifies a request's IMA log with the service's excludes and the request's
+ * (glob: only unless `requestRegex`, within `maxExcludeWork`). @internal
+ */
+export async function _verifyEvidenceIma(ima: ImaEvidence, options: AppraiseEvidenceOptions): Promise<ImaLogResult & { excludes: string[] }> {
+  const req = compileExcludes(ima.excludes ?? [], { regex: options.requestRegex ?? false, ...(options.maxExcludeWork !== undefined ? { maxWork: options.maxExcludeWork } : {}) });
+  const own = options.excludes === undefined ? undefined : typeof options.excludes === 'function' ? options.excludes : compileExcludes(options.excludes);
+  const patterns = [...(own?.patterns ?? []), ...req.patterns];
+  const excludes = Object.defineProperty((p: string) => (own !== undefined && own(p)) || req(p), 'patterns', { value: patterns }) as ImaExcludes;
+  const r = await verifyImaLog(ima.log, { ...(ima.pcr10 ? { expectedPcr: ima.pcr10 } : {}), excludes, ...(options.yieldMs !== undefined ? { yieldMs: options.yieldMs } : {}) });
+  return { ...r, excludes: patterns };
+}
+
+/** Items of a request read a slice at a time (arrays, or columns packed by a worker). @internal */
+export interface _Column<T> {
+  n: number;
+  at(from: number, to: number): T[];
+}
+
+/** What {@link _appraiseSliced} appraises. @internal */
+export interface _SlicedInput {
+  digests: _Column<EvidenceDigest>;
+  packages: _Column<EvidencePackage>;
+  ima?: { result: Omit<ImaLogResult, 'entries'> & { excludes?: string[] }; entries: _Column<ImaEntry> };
+}
+
+const SLICE = 512;
+
+/**
+ * appraise() a slice of items at a time, giving the event loop a turn after
+ * about `yieldMs` of work: the same verdicts, counts and order. @internal
+ */
+export async function _appraiseSliced(index: ReferenceIndex, input: _SlicedInput, options: AppraiseOptions & { yieldMs: number }): Promise<Appraisal> {
+  const o = appraiseOptions(options);
+  const out: Appraisal = { status: 'none', submods: {} };
+  let t = performance.now();
+  const pause = async (): Promise<void> => {
+    if (performance.now() - t < options.yieldMs) return;
+    await _macrotask();
+    t = performance.now();
+  };
+  const { digests, packages } = input;
+  if (digests.n || packages.n) {
+    const c = new Collector(o.maxDetail, o.maxListed);
+    for (let from = 0; from < digests.n; from += SLICE) {
+      await pause();
+      const ds = digests.at(from, Math.min(digests.n, from + SLICE));
+      const found = lookupAll(index, ds);
+      for (let i = 0; i < ds.length; i++) c.add(digestVerdict(found[i], ds[i]!, ds[i]!.path, o, 'digest'));
+    }
+    for (let from = 0; from < packages.n; from += SLICE) {
+      await pause();
+      for (const p of packages.at(from, Math.min(packages.n, from + SLICE))) c.add(packageVerdict(index, p, o));
+    }
+    const tv: TrustVector = { 'file-system': claimFor(c.worst, Ar4si.APPROVED_FILES, Ar4si.UNRECOGNIZED_FILES, Ar4si.CONTRAINDICATED_FILES) };
+    out.submods['vmkit-software'] = { status: vectorStatus(tv), trustVector: tv, policyId: o.policyId, summary: c.summary, items: c.items };
   }
-  return appraise(index, input, options);
+  if (input.ima) {
+    const c = new Collector(o.maxDetail, o.maxListed);
+    const es = input.ima.entries;
+    for (let from = 0; from < es.n; from += SLICE) {
+      await pause();
+      const slice = es.at(from, Math.min(es.n, from + SLICE));
+      imaVerdicts(index, slice, 0, slice.length, c, o);
+    }
+    out.submods['vmkit-ima'] = imaSubmod(input.ima.result, c, o);
+  }
+  for (const s of Object.values(out.submods)) out.status = worst(out.status, s.status);
+  return out;
 }

@@ -16,6 +16,7 @@ export { RpmSource, parseRepomd, primaryParser, filelistsExtParser, type RpmSour
 export { NpmSource, parseIntegrity, type NpmSourceOptions, type NpmKeys } from './sources/npm.js';
 export { ApkSource, parseApkIndex, verifyApkIndex, type ApkSourceOptions, type ApkIndexRecord, type ApkIndexVerified } from './sources/apk.js';
 export { openSource, type OpenSourceOptions } from './sources/parse-source-line.js';
+export { memoryReleaseState, fileReleaseState, type ReleaseState } from './sources/release-state.js';
 // IMA measurement lists (docs/attest-ima.md).
 export { parseImaLine, imaTemplateData, imaEntryDigest, imaHash, PcrReplay, compileExcludes, imaLines, readImaLog, verifyImaLog, type ImaEntry, type ImaTemplate, type ImaBank, type ImaExtendMode, type ImaExcludes, type ExcludeOptions, type ImaLogSource, type ImaFailure, type ImaVerifyOptions, type ImaLogResult } from './ima.js';
 // Appraisal of evidence against the index (docs/attest-service.md).

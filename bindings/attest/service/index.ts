@@ -5,6 +5,7 @@
  * @module
  */
 export { AttestService, parseAttestRequest, parseDigestArg, parsePackageArg, type AttestServiceOptions, type Jwks, type Verifier } from './server.js';
-export { NonceStore, type NonceStoreOptions, type NonceRefusal } from './nonces.js';
+export { NonceStore, NonceQuotaError, type NonceStoreOptions, type NonceRefusal } from './nonces.js';
 export { SourceSet, type SourceSetOptions, type SourceStatus } from './refresh.js';
-export { statusOf, readBody, sendJson, sendError } from './_http.js';
+export { statusOf, readBody, sendJson, sendError, clientKey } from './_http.js';
+export { etcdReplaySet, type ReplaySet, type EtcdReplayOptions } from './replay.js';

@@ -13,11 +13,16 @@
  * The MAC means a forged or altered nonce is refused before any table
  * lookup, and the comparison never leaks how many bytes matched. The table
  * holds at most `maxOutstanding` ids; expired ids are dropped from its front
- * (every nonce has the same TTL, so insertion order is expiry order).
+ * (every nonce has the same TTL, so insertion order is expiry order). Each
+ * client (the caller's key: the service uses the peer's IPv4 address or IPv6
+ * /64) holds at most `maxPerClient` of them, so one client's flood cannot
+ * fill the table for everyone (100 000 nonces from one address used to lock
+ * every other client out for the nonce lifetime).
  * @module
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { VmkitError } from '../../errors.js';
+import type { ReplaySet } from './replay.js';
 
 /** Options of {@link NonceStore}. */
 export interface NonceStoreOptions {
@@ -25,10 +30,22 @@ export interface NonceStoreOptions {
   ttlMs?: number;
   /** Most nonces outstanding at once (default 100 000, about 6 MB). */
   maxOutstanding?: number;
+  /** Most nonces outstanding for one client key (default 1 000); beyond it LIMIT (429 from the service). */
+  maxPerClient?: number;
   /** Clock (tests). */
   now?: () => number;
-  /** MAC key (default: 32 random bytes per store). */
+  /**
+   * MAC key (default: 32 random bytes per store). Replicas behind one load
+   * balancer share it (`--nonce-secret-file`), so each accepts the others' nonces.
+   */
   secret?: Uint8Array;
+  /**
+   * The used-nonce set shared by replicas (see `etcdReplaySet`). With it a
+   * nonce is accepted when its MAC and expiry hold and nobody claimed it
+   * before, whichever replica issued it; without it, only nonces issued by
+   * this store and not yet used are (the in-process table).
+   */
+  replay?: ReplaySet;
 }
 
 const ID = 16;
@@ -37,6 +54,15 @@ const RAW = ID + 8 + MAC;
 
 /** Why a nonce was refused (stable strings, echoed in refusals). */
 export type NonceRefusal = 'malformed' | 'forged' | 'expired' | 'unknown-or-replayed';
+
+/** A client holding `maxPerClient` nonces asked for another: LIMIT, answered 429 by the service. */
+export class NonceQuotaError extends VmkitError {
+  /** The HTTP status the service answers with. */
+  readonly httpStatus = 429;
+  constructor(max: number) {
+    super('LIMIT', `this client holds ${max} unused nonces already; use or let them expire`);
+  }
+}
 
 /**
  * Issues and consumes single-use nonces.
@@ -54,23 +80,70 @@ export class NonceStore {
   readonly ttlMs: number;
   /** Most nonces outstanding at once. */
   readonly maxOutstanding: number;
+  /** Most nonces outstanding for one client key. */
+  readonly maxPerClient: number;
   private readonly now: () => number;
   private readonly secret: Uint8Array;
-  private readonly live = new Map<string, number>(); // id (base64url) → expiry ms
-  /** Counters for metrics. */
-  readonly stats: { issued: number; accepted: number; refused: Record<NonceRefusal, number> } = {
+  private readonly live = new Map<string, { exp: number; client: string }>(); // id (base64url) → expiry ms, holder
+  private readonly perClient = new Map<string, number>(); // client key → nonces outstanding
+  /** Counters for metrics (`quota`: issues refused because the client held `maxPerClient`). */
+  readonly stats: { issued: number; accepted: number; quota: number; refused: Record<NonceRefusal, number> } = {
     issued: 0,
     accepted: 0,
+    quota: 0,
     refused: { malformed: 0, forged: 0, expired: 0, 'unknown-or-replayed': 0 },
   };
 
   constructor(options: NonceStoreOptions = {}) {
     this.ttlMs = options.ttlMs ?? 60_000;
     this.maxOutstanding = options.maxOutstanding ?? 100_000;
+    this.maxPerClient = options.maxPerClient ?? 1000;
+    if (!Number.isSafeInteger(this.maxPerClient) || this.maxPerClient < 1) throw new VmkitError('ARG_RANGE', 'maxPerClient must be a positive integer');
     if (!(this.ttlMs > 0) || !Number.isFinite(this.ttlMs)) throw new VmkitError('ARG_RANGE', 'ttlMs must be a positive number');
     if (!Number.isSafeInteger(this.maxOutstanding) || this.maxOutstanding < 1) throw new VmkitError('ARG_RANGE', 'maxOutstanding must be a positive integer');
     this.now = options.now ?? Date.now;
     this.secret = options.secret ?? randomBytes(32);
+    if (!(this.secret instanceof Uint8Array) || this.secret.length < 16) throw new VmkitError('ARG_RANGE', 'secret must be at least 16 bytes');
+    this.replay = options.replay;
+  }
+
+  private readonly replay: ReplaySet | undefined;
+
+  /**
+   * Consumes `nonce` as {@link NonceStore.consume} does, or, with a shared
+   * replay set, by claiming it there (once across every replica). Rejects with
+   * INVALID_STATE when the replay set cannot answer (fail closed).
+   * @example `const refusal = await store.redeem(body.nonce);`
+   */
+  async redeem(nonce: unknown): Promise<NonceRefusal | undefined> {
+    if (!this.replay) return this.consume(nonce);
+    const r = this.authentic(nonce);
+    if (typeof r === 'string') {
+      this.stats.refused[r]++;
+      return r;
+    }
+    this.drop(r.id); // issued here: its place in this client's quota is free again
+    if (!(await this.replay.claim(r.id, r.exp))) {
+      this.stats.refused['unknown-or-replayed']++;
+      return 'unknown-or-replayed';
+    }
+    this.stats.accepted++;
+    return undefined;
+  }
+
+  // Format, MAC and expiry: what any holder of the secret can check.
+  private authentic(nonce: unknown): NonceRefusal | { id: string; exp: number } {
+    if (typeof nonce !== 'string' || nonce.length !== 54 || !/^[A-Za-z0-9_-]+$/.test(nonce)) return 'malformed';
+    const raw = Buffer.from(nonce, 'base64url');
+    if (raw.length !== RAW) return 'malformed';
+    if (!timingSafeEqual(this.mac(raw), raw.subarray(ID + 8))) return 'forged';
+    const exp = Number(raw.readBigUInt64BE(ID));
+    const id = raw.subarray(0, ID).toString('base64url');
+    if (exp <= this.now()) {
+      this.drop(id);
+      return 'expired';
+    }
+    return { id, exp };
   }
 
   /** Nonces issued and neither consumed nor expired (expired ones may linger until the next call). */
@@ -82,10 +155,32 @@ export class NonceStore {
     return createHmac('sha256', this.secret).update(raw.subarray(0, ID + 8)).digest().subarray(0, MAC);
   }
 
+  /** Clients holding nonces now. */
+  get clients(): number {
+    return this.perClient.size;
+  }
+
+  /** The most nonces one client holds now (a client near `maxPerClient` is flooding). */
+  get maxHeld(): number {
+    let m = 0;
+    for (const n of this.perClient.values()) if (n > m) m = n;
+    return m;
+  }
+
+  private drop(id: string): boolean {
+    const e = this.live.get(id);
+    if (!e) return false;
+    this.live.delete(id);
+    const n = this.perClient.get(e.client)! - 1;
+    if (n === 0) this.perClient.delete(e.client);
+    else this.perClient.set(e.client, n);
+    return true;
+  }
+
   private purge(now: number): void {
-    for (const [id, exp] of this.live) {
-      if (exp > now) break;
-      this.live.delete(id);
+    for (const [id, e] of this.live) {
+      if (e.exp > now) break;
+      this.drop(id);
     }
   }
 
@@ -105,13 +200,20 @@ export class NonceStore {
   }
 
   /**
-   * A fresh nonce (54 base64url characters). Throws LIMIT when
-   * `maxOutstanding` unexpired nonces are already out (the service answers 503).
-   * @example `const { nonce, expires } = store.issueWithExpiry();`
+   * A fresh nonce (54 base64url characters) for `client` (any key naming the
+   * caller; default one shared key). Throws {@link NonceQuotaError} (LIMIT)
+   * when that client holds `maxPerClient` unexpired nonces, LIMIT when
+   * `maxOutstanding` are out in all (the service answers 429 and 503).
+   * @example `const { nonce, expires } = store.issueWithExpiry('192.0.2.7');`
    */
-  issueWithExpiry(): { nonce: string; expires: Date } {
+  issueWithExpiry(client: string = ''): { nonce: string; expires: Date } {
     const now = this.now();
     this.purge(now);
+    const held = this.perClient.get(client) ?? 0;
+    if (held >= this.maxPerClient) {
+      this.stats.quota++;
+      throw new NonceQuotaError(this.maxPerClient);
+    }
     if (this.live.size >= this.maxOutstanding) {
       throw new VmkitError('LIMIT', `too many outstanding nonces (${this.maxOutstanding}); retry later`);
     }
@@ -120,14 +222,15 @@ export class NonceStore {
     const exp = now + this.ttlMs;
     raw.writeBigUInt64BE(BigInt(exp), ID);
     this.mac(raw).copy(raw, ID + 8);
-    this.live.set(raw.subarray(0, ID).toString('base64url'), exp);
+    this.live.set(raw.subarray(0, ID).toString('base64url'), { exp, client });
+    this.perClient.set(client, held + 1);
     this.stats.issued++;
     return { nonce: raw.toString('base64url'), expires: new Date(exp) };
   }
 
   /** {@link NonceStore.issueWithExpiry} without the expiry. @example `const n = store.issue();` */
-  issue(): string {
-    return this.issueWithExpiry().nonce;
+  issue(client?: string): string {
+    return this.issueWithExpiry(client).nonce;
   }
 
   /**
@@ -143,18 +246,9 @@ export class NonceStore {
   }
 
   private check(nonce: unknown): NonceRefusal | undefined {
-    if (typeof nonce !== 'string' || nonce.length !== 54 || !/^[A-Za-z0-9_-]+$/.test(nonce)) return 'malformed';
-    const raw = Buffer.from(nonce, 'base64url');
-    if (raw.length !== RAW) return 'malformed';
-    if (!timingSafeEqual(this.mac(raw), raw.subarray(ID + 8))) return 'forged';
-    const now = this.now();
-    const exp = Number(raw.readBigUInt64BE(ID));
-    const id = raw.subarray(0, ID).toString('base64url');
-    if (exp <= now) {
-      this.live.delete(id);
-      return 'expired';
-    }
-    if (!this.live.delete(id)) return 'unknown-or-replayed';
+    const r = this.authentic(nonce);
+    if (typeof r === 'string') return r;
+    if (!this.drop(r.id)) return 'unknown-or-replayed';
     return undefined;
   }
 }

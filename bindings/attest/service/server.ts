@@ -25,10 +25,13 @@ import type { AddressInfo } from 'node:net';
 import { VmkitError } from '../../errors.js';
 import { hexInto, digestLength } from '../index-store.js';
 import type { Digest, DigestAlgorithm } from '../types.js';
-import { parseEvidence, type Appraisal, type Evidence, type EvidencePackage } from '../appraise.js';
-import { NonceStore, type NonceRefusal, type NonceStoreOptions } from './nonces.js';
+import { _appraiseSliced, parseEvidence, type Appraisal, type AppraiseEvidenceOptions, type Evidence, type EvidencePackage } from '../appraise.js';
+import { availableParallelism } from 'node:os';
+import { AppraisePool, type PoolJob } from './_pool.js';
+import { _unpack } from './_packed.js';
+import { NonceQuotaError, NonceStore, type NonceRefusal, type NonceStoreOptions } from './nonces.js';
 import { SourceSet } from './refresh.js';
-import { readBody, sendError, sendJson } from './_http.js';
+import { clientKey, readBody, sendError, sendJson } from './_http.js';
 
 /** A JSON Web Key Set. */
 export interface Jwks {
@@ -47,6 +50,13 @@ export interface Verifier {
   sign(appraisal: Appraisal, nonce: string): Promise<string> | string;
   /** The public keys relying parties verify tokens with. */
   jwks(): Promise<Jwks> | Jwks;
+  /**
+   * The options `appraise` applies (createVerifier's). When present, large
+   * requests are parsed and their IMA logs verified on pool workers with these
+   * options, and appraised here in slices; a verifier without them appraises
+   * every request itself.
+   */
+  readonly appraiseOptions?: AppraiseEvidenceOptions;
 }
 
 /** Options of {@link AttestService}. */
@@ -65,10 +75,26 @@ export interface AttestServiceOptions {
   maxItems?: number;
   /** Attestations appraised at once; more get 503 (default 256). */
   maxInFlight?: number;
+  /**
+   * Large requests (bodies over `largeBodyBytes`: IMA logs, long lists) in
+   * flight at once; more get 503 (default 4 per worker, 2 without workers).
+   * They are parsed and verified on the pool's workers (`workers` of them at
+   * a time, the rest waiting for one) and appraised here in slices that give
+   * the event loop back, so small requests and `/healthz` keep being answered.
+   */
+  maxLargeInFlight?: number;
+  /** What counts as a large request body, bytes (default 64 KiB). */
+  largeBodyBytes?: number;
   /** Most open connections (default 1024). */
   maxConnections?: number;
   /** Whole-request timeout, ms (default 30 000). */
   requestTimeoutMs?: number;
+  /**
+   * Appraisal worker threads for large requests (default: one per core; 0 =
+   * none, large requests are then appraised on the event loop in slices).
+   * Used when the verifier exposes `appraiseOptions` (createVerifier does).
+   */
+  workers?: number;
 }
 
 const ALGS: ReadonlySet<string> = new Set(['md5', 'sha1', 'sha256', 'sha384', 'sha512', 'sm3']);
@@ -174,9 +200,11 @@ export class AttestService {
   /** The repositories. */
   readonly sources: SourceSet;
   private readonly verifier: Verifier;
-  private readonly limits: { json: number; items: number; inFlight: number; buffered: number };
+  private readonly limits: { json: number; items: number; inFlight: number; buffered: number; large: number; largeBytes: number };
   private buffered = 0;
   private inFlight = 0;
+  private largeInFlight = 0;
+  private readonly pool: AppraisePool | undefined;
   private closing = false;
   private readonly started = Date.now();
   private readonly latency = new Latency();
@@ -191,11 +219,16 @@ export class AttestService {
     this.sources = options.sources;
     this.verifier = options.verifier;
     this.nonces = new NonceStore(options.nonces);
+    const workers = options.workers ?? availableParallelism();
+    if (!Number.isSafeInteger(workers) || workers < 0 || workers > 256) throw new VmkitError('ARG_RANGE', 'options.workers must be an integer 0..256');
+    this.pool = workers > 0 && this.verifier.appraiseOptions ? AppraisePool.open(workers) : undefined;
     this.limits = {
       json: options.maxJsonBytes ?? 16 << 20,
       buffered: options.maxBufferedBytes ?? 256 << 20,
       items: options.maxItems ?? 100_000,
       inFlight: options.maxInFlight ?? 256,
+      large: options.maxLargeInFlight ?? (this.pool ? 4 * this.pool.size : 2),
+      largeBytes: options.largeBodyBytes ?? 64 << 10,
     };
     this.server = createServer({ requestTimeout: options.requestTimeoutMs ?? 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 }, (req, res) => {
       void this.handle(req, res);
@@ -235,9 +268,11 @@ export class AttestService {
           if (this.closing) throw new VmkitError('INVALID_STATE', 'the service is shutting down');
           let issued: { nonce: string; expires: Date };
           try {
-            issued = this.nonces.issueWithExpiry();
+            issued = this.nonces.issueWithExpiry(clientKey(req.socket.remoteAddress));
           } catch (e) {
-            // A full nonce table is the service's condition, not the client's fault: 503, retry.
+            // A client over its own quota: 429. A full nonce table is the service's
+            // condition, not the client's fault: 503, retry.
+            if (e instanceof NonceQuotaError) throw e;
             throw new VmkitError('INVALID_STATE', (e as Error).message, { cause: e });
           }
           const { nonce, expires } = issued;
@@ -284,41 +319,87 @@ export class AttestService {
     this.inFlight++;
     const t0 = performance.now();
     let held = 0;
+    let large = false;
+    let job: PoolJob | undefined;
     try {
       const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-      let nonce: string;
-      let evidence: Evidence;
-      if (type === 'application/json') {
-        // Bounded while streaming: a body past the limit is refused as soon as it crosses it.
-        // Every body counts against one budget, so many large bodies at once cannot exhaust memory.
-        // The bytes stay counted until the answer is sent (finally below).
+      if (type !== 'application/json') throw new VmkitError('UNSUPPORTED', `content-type must be application/json, not ${JSON.stringify(type.slice(0, 60))}`);
+      // Bounded while streaming: a body past the limit is refused as soon as it crosses it.
+      // Every body counts against one budget, so many large bodies at once cannot exhaust memory.
+      // The bytes stay counted until the answer is sent (finally below). A body that grows
+      // past largeBodyBytes goes to a pool worker as it arrives (none of it kept here).
+      const early: Buffer[] = [];
+      try {
         const body = await readBody(req, this.limits.json, (c) => {
           if (this.buffered + c.length > this.limits.buffered) throw new VmkitError('INVALID_STATE', 'busy: too many request bytes in flight');
           this.buffered += c.length;
           held += c.length;
+          if (job) {
+            job.push(c);
+            return 'drop';
+          }
+          if (!large && held > this.limits.largeBytes) {
+            if (this.largeInFlight >= this.limits.large) throw new VmkitError('INVALID_STATE', `busy: ${this.largeInFlight} large requests in flight`);
+            this.largeInFlight++;
+            large = true;
+            job = this.startJob();
+            if (job) {
+              for (const k of early) job.push(k);
+              early.length = 0;
+              job.push(c);
+              return 'drop';
+            }
+          }
+          if (this.pool && !large) early.push(c);
+          return undefined;
         });
-        let parsed: unknown;
-        try {
-          parsed = JSON.parse(body.toString('utf8'));
-        } catch (e) {
-          throw new VmkitError('CORRUPT', `request body is not JSON: ${(e as Error).message}`, { cause: e });
+        let nonce: string;
+        let appraisal: Appraisal;
+        if (job) {
+          nonce = await job.end();
+          const refusal = await this.nonces.redeem(nonce);
+          if (refusal) throw new NonceRefused(refusal);
+          const packed = await job.go();
+          job = undefined;
+          appraisal = await _appraiseSliced(this.sources, _unpack(packed), { ...this.verifier.appraiseOptions, yieldMs: this.verifier.appraiseOptions?.yieldMs ?? 10 });
+        } else {
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(body.toString('utf8'));
+          } catch (e) {
+            throw new VmkitError('CORRUPT', `request body is not JSON: ${(e as Error).message}`, { cause: e });
+          }
+          let evidence: Evidence;
+          ({ nonce, evidence } = parseAttestRequest(parsed, this.limits.items));
+          const refusal = await this.nonces.redeem(nonce);
+          if (refusal) throw new NonceRefused(refusal);
+          appraisal = await this.verifier.appraise(evidence, this.sources);
         }
-        ({ nonce, evidence } = parseAttestRequest(parsed, this.limits.items));
-      } else {
-        throw new VmkitError('UNSUPPORTED', `content-type must be application/json, not ${JSON.stringify(type.slice(0, 60))}`);
+        const token = await this.verifier.sign(appraisal, nonce);
+        this.counts.verdicts.set(appraisal.status, (this.counts.verdicts.get(appraisal.status) ?? 0) + 1);
+        sendJson(res, 200, { ear: token });
+        return 200;
+      } finally {
+        job?.abort();
       }
-      const refusal = this.nonces.consume(nonce);
-      if (refusal) throw new NonceRefused(refusal);
-      const appraisal = await this.verifier.appraise(evidence, this.sources);
-      const token = await this.verifier.sign(appraisal, nonce);
-      this.counts.verdicts.set(appraisal.status, (this.counts.verdicts.get(appraisal.status) ?? 0) + 1);
-      sendJson(res, 200, { ear: token });
-      return 200;
     } finally {
       this.buffered -= held;
+      if (large) this.largeInFlight--;
       this.inFlight--;
       this.latency.add(performance.now() - t0);
     }
+  }
+
+  private startJob(): PoolJob | undefined {
+    if (!this.pool) return undefined;
+    const o = this.verifier.appraiseOptions ?? {};
+    const own = o.excludes === undefined ? undefined : typeof o.excludes === 'function' ? [...o.excludes.patterns] : [...o.excludes];
+    return this.pool.start({
+      maxItems: this.limits.items,
+      ...(o.requestRegex !== undefined ? { requestRegex: o.requestRegex } : {}),
+      ...(o.maxExcludeWork !== undefined ? { maxExcludeWork: o.maxExcludeWork } : {}),
+      ...(own ? { excludes: own } : {}),
+    });
   }
 
   /** The /healthz document. @example `svc.health().sources[0].packages` */
@@ -353,6 +434,14 @@ export class AttestService {
     const ns = this.nonces.stats;
     l.push('# TYPE vmkit_attest_nonces_issued_total counter', `vmkit_attest_nonces_issued_total ${ns.issued}`);
     l.push('# TYPE vmkit_attest_nonces_outstanding gauge', `vmkit_attest_nonces_outstanding ${this.nonces.outstanding}`);
+    l.push('# TYPE vmkit_attest_nonces_clients gauge', `vmkit_attest_nonces_clients ${this.nonces.clients}`);
+    l.push('# TYPE vmkit_attest_nonces_client_max gauge', `vmkit_attest_nonces_client_max ${this.nonces.maxHeld}`);
+    l.push('# TYPE vmkit_attest_nonces_per_client_limit gauge', `vmkit_attest_nonces_per_client_limit ${this.nonces.maxPerClient}`);
+    l.push('# TYPE vmkit_attest_nonces_quota_refused_total counter', `vmkit_attest_nonces_quota_refused_total ${ns.quota}`);
+    l.push('# TYPE vmkit_attest_large_in_flight gauge', `vmkit_attest_large_in_flight ${this.largeInFlight}`);
+    l.push('# TYPE vmkit_attest_workers gauge', `vmkit_attest_workers ${this.pool?.size ?? 0}`);
+    l.push('# TYPE vmkit_attest_workers_busy gauge', `vmkit_attest_workers_busy ${this.pool?.busy ?? 0}`);
+    l.push('# TYPE vmkit_attest_workers_queued gauge', `vmkit_attest_workers_queued ${this.pool?.queued ?? 0}`);
     l.push('# TYPE vmkit_attest_nonces_refused_total counter');
     for (const [k, n] of Object.entries(ns.refused)) l.push(`vmkit_attest_nonces_refused_total{reason="${k}"} ${n}`);
     l.push('# TYPE vmkit_attest_source_packages gauge');
@@ -382,6 +471,7 @@ export class AttestService {
     while (this.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     this.server.closeAllConnections();
     if (this.server.listening) await closed;
+    await this.pool?.close();
     if (!options.keepSources) this.sources.close();
   }
 }

@@ -24,7 +24,12 @@ export interface CreateVerifierOptions {
   verifierId?: string;
   /** Token lifetime in seconds (default 300). */
   ttlSeconds?: number;
-  /** Appraisal options (the service's own IMA excludes, unknown → warning/contraindicated). */
+  /**
+   * Appraisal options (the service's own IMA excludes, unknown → warning/contraindicated).
+   * The service's bounds default to: `maxListed` 1 000 items per submodule
+   * (the rest counted), `maxExcludeWork` 2^24, `yieldMs` 5 (a large log is
+   * appraised in slices of about 5 ms, other clients answered between them).
+   */
   appraise?: AppraiseEvidenceOptions;
 }
 
@@ -57,10 +62,12 @@ export async function createVerifier(options: CreateVerifierOptions = {}): Promi
     ...(options.ttlSeconds !== undefined ? { ttlSeconds: options.ttlSeconds } : {}),
   };
   const fastSign = nodeSigner(key);
+  const appraiseOpts: AppraiseEvidenceOptions = { maxListed: 1000, maxExcludeWork: 1 << 24, yieldMs: 5, ...options.appraise };
   return {
     kid: key.kid,
     key,
-    appraise: (evidence: Evidence, index: ReferenceIndex) => appraiseEvidence(index, evidence, options.appraise ?? {}),
+    appraise: (evidence: Evidence, index: ReferenceIndex) => appraiseEvidence(index, evidence, appraiseOpts),
+    appraiseOptions: appraiseOpts,
     sign: (appraisal: Appraisal, nonce: string) => fastSign(appraisal, { nonce, ...signOpts }),
     jwks: () => jwks,
   };

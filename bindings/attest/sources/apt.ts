@@ -24,6 +24,7 @@ import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, 
 import { parsePackages, parseRelease, type Release } from './deb822.js';
 import { compressionOf, decompress, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
 import { _lookupDigest, _lookupMany, _lookupPackage } from './_lookups.js';
+import type { ReleaseState } from './release-state.js';
 
 /**
  * A parsed one-line APT source (`deb [options] uri suite [component…]`).
@@ -95,8 +96,20 @@ export interface AptSourceOptions extends FetchOptions {
   allowUnsigned?: boolean;
   /** Accept a release file past its Valid-Until. Never the default. */
   allowExpired?: boolean;
-  /** Clock (for Valid-Until), default `() => new Date()`. */
+  /** Clock (for Valid-Until and Date), default `() => new Date()`. */
   now?: () => Date;
+  /**
+   * Where the date of the last accepted release is kept (default: in this
+   * source, for the life of the process; `fileReleaseState(dir)` keeps it
+   * across restarts). A release whose `Date` is older is refused (INTEGRITY):
+   * a rollback to an older, correctly signed state.
+   */
+  releaseState?: ReleaseState;
+  /**
+   * How far in the future a release's `Date` may be, ms (default 10 000, as
+   * APT's `Acquire::Max-FutureTime`); past it the release is refused (INTEGRITY).
+   */
+  maxFutureSkewMs?: number;
   /** How many packages' file digests to keep (default 256). */
   fileCacheSize?: number;
 }
@@ -195,6 +208,28 @@ export class AptSource implements RepositorySource {
     return this.opts.now ? this.opts.now() : new Date();
   }
 
+  // Rollback and clock checks on a newly fetched release, before anything of it is used:
+  // never older than the last one accepted (APT refuses those too), never dated further
+  // in the future than the allowed skew (APT: "not valid yet").
+  private checkFresh(rel: Release): void {
+    const now = this.now().getTime();
+    const skew = this.opts.maxFutureSkewMs ?? 10_000;
+    const date = rel.date?.getTime();
+    if (date !== undefined && date > now + skew) {
+      throw new VmkitError('INTEGRITY', `${this.id}: release file is dated ${rel.date!.toISOString()}, more than ${skew} ms in the future (not valid yet)`);
+    }
+    const last = this.opts.releaseState?.get(this.id) ?? this.release?.date?.getTime();
+    if (last === undefined) return;
+    if (date === undefined) throw new VmkitError('INTEGRITY', `${this.id}: release file has no Date, and one dated ${new Date(last).toISOString()} was accepted before`);
+    if (date < last) {
+      throw new VmkitError('INTEGRITY', `${this.id}: release file dated ${rel.date!.toISOString()} is older than the one accepted before (${new Date(last).toISOString()}): refused as a rollback`);
+    }
+  }
+
+  private async accepted(rel: Release): Promise<void> {
+    if (rel.date && this.opts.releaseState) await this.opts.releaseState.set(this.id, rel.date.getTime());
+  }
+
   private checkValid(rel: Release): void {
     if (rel.validUntil && rel.validUntil.getTime() < this.now().getTime() && !this.opts.allowExpired) {
       this.drop();
@@ -278,18 +313,32 @@ export class AptSource implements RepositorySource {
     return out;
   }
 
+  // GETs a file whose size is signed, reading no more than that size. A body that runs
+  // past it is a file other than the signed one (INTEGRITY); past the source's own byte
+  // limit it stays LIMIT (the signed size itself is then more than we read).
+  private async getSigned(url: string, size: number, what: string, signal: AbortSignal | undefined): Promise<Uint8Array> {
+    const own = this.opts.maxBytes ?? DEFAULT_MAX_BYTES;
+    try {
+      return (await httpGet(url, { ...this.opts, signal, maxBytes: Math.min(own, size) })).body;
+    } catch (e) {
+      if (e instanceof VmkitError && e.code === 'LIMIT' && size <= own) {
+        throw new VmkitError('INTEGRITY', `${this.id}: ${what} is longer than the ${size} bytes ${what.endsWith('.deb') ? 'the signed Packages file' : 'the signed release file'} gives`, { path: url, cause: e });
+      }
+      throw e;
+    }
+  }
+
   private async fetchIndexFile(f: IndexFile, rel: Release, signal: AbortSignal | undefined): Promise<Uint8Array> {
-    const io = { ...this.opts, signal, maxBytes: Math.min(this.opts.maxBytes ?? DEFAULT_MAX_BYTES, f.size) };
     let body: Uint8Array | undefined;
     if (rel.acquireByHash) {
       const dir = f.path.slice(0, f.path.lastIndexOf('/') + 1);
       try {
-        body = (await httpGet(joinUrl(this.base(), `${dir}by-hash/SHA256/${f.sha256}`), io)).body;
+        body = await this.getSigned(joinUrl(this.base(), `${dir}by-hash/SHA256/${f.sha256}`), f.size, f.path, signal);
       } catch (e) {
         if (!(e instanceof VmkitError) || e.code !== 'NOT_FOUND') throw e;
       }
     }
-    body ??= (await httpGet(joinUrl(this.base(), f.path), io)).body;
+    body ??= await this.getSigned(joinUrl(this.base(), f.path), f.size, f.path, signal);
     const want = new Uint8Array(32);
     hexInto(f.sha256, want);
     if (body.length !== f.size || !sameBytes(await sha('SHA-256', body), want)) {
@@ -301,7 +350,8 @@ export class AptSource implements RepositorySource {
   /**
    * Fetches and verifies the release file, then the Packages files whose hash
    * changed, and rebuilds the index. Throws INTEGRITY (unsigned, bad
-   * signature, expired, hash mismatch), NETWORK, NOT_FOUND, CORRUPT, LIMIT.
+   * signature, expired, older than the last accepted, dated in the future,
+   * hash mismatch), NETWORK, NOT_FOUND, CORRUPT, LIMIT; the index in use stays.
    * @example `const { changed, packages } = await src.refresh();`
    */
   async refresh(signal?: AbortSignal): Promise<RefreshResult> {
@@ -316,11 +366,13 @@ export class AptSource implements RepositorySource {
       throw new VmkitError('INTEGRITY', `${this.id}: release file is for suite ${rel.suite ?? '?'} / codename ${rel.codename ?? '?'}, not ${this.line.suite}`);
     }
     this.checkValid(rel);
+    this.checkFresh(rel);
     const variants = this.pick(rel);
     // Unchanged when each index file we built from is listed again with the same hash.
     const same = this.index !== undefined && variants.length === this.indexed.size &&
       variants.every((vs) => vs.some((p) => this.indexed.get(p.path) === p.sha256));
     if (same) {
+      await this.accepted(rel);
       this.release = rel;
       this.validators = got.validators;
       return this.result(false);
@@ -362,6 +414,12 @@ export class AptSource implements RepositorySource {
           pool.size.push(r.size);
         }, `${this.id} ${picks[i]!.path}`);
       }
+    } catch (e) {
+      ix.close();
+      throw e;
+    }
+    try {
+      await this.accepted(rel);
     } catch (e) {
       ix.close();
       throw e;
@@ -457,7 +515,7 @@ export class AptSource implements RepositorySource {
     const filename = this.pool.filename[id]!;
     const size = this.pool.size[id]!;
     const url = joinUrl(this.line.uri, filename);
-    const body = (await httpGet(url, { ...this.opts, signal, maxBytes: size })).body;
+    const body = await this.getSigned(url, size, filename, signal);
     const want = new Uint8Array(32);
     hexInto(debSha, want);
     if (body.length !== size || !sameBytes(await sha('SHA-256', body), want)) {

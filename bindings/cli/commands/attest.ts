@@ -15,6 +15,7 @@ import type { OpenSourceOptions } from '../../attest/sources/parse-source-line.j
 import type { Digest } from '../../attest/types.js';
 import type { Evidence, EvidenceDigest, ImaEvidence } from '../../attest/appraise.js';
 import type { SourceSet, SourceSetOptions } from '../../attest/service/refresh.js';
+import type { NonceStoreOptions } from '../../attest/service/nonces.js';
 
 // The sources (OpenPGP, XML, decompressors) and the service (JOSE) load when a subcommand runs:
 // statically imported, they cost `vmkit --help` (which lists every group) ~0.15 s of start-up.
@@ -82,6 +83,16 @@ async function openSources(values: Values, lines: string[] = [...strings(values.
   }
   if (values['allow-unsigned']) opts.allowUnsigned = true;
   if (values['allow-expired']) opts.allowExpired = true;
+  // serve: the last accepted release dates kept across restarts (rollback protection), the clock skew allowed.
+  if (typeof values['state-dir'] === 'string') {
+    const { fileReleaseState } = await import('../../attest/sources/release-state.js');
+    opts.releaseState = await fileReleaseState(values['state-dir']);
+  }
+  if (typeof values['max-future-skew'] === 'string') {
+    const skew = Number(values['max-future-skew']);
+    if (!(skew >= 0) || !Number.isFinite(skew)) throw new VmkitError('ARG_RANGE', '--max-future-skew must be a number of seconds ≥ 0');
+    opts.maxFutureSkewMs = skew * 1000;
+  }
   const filePackages = strings(values['files-of']);
   const [{ openSource }, { SourceSet }] = await Promise.all([import('../../attest/sources/parse-source-line.js'), import('../../attest/service/refresh.js')]);
   return new SourceSet(lines.map((l) => openSource(l, opts)), filePackages.length ? { ...setOptions, filePackages } : setOptions);
@@ -148,6 +159,10 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
     port: { type: 'string' },
     'verifier-id': { type: 'string' },
     refresh: { type: 'string' },
+    'state-dir': { type: 'string' },
+    'max-future-skew': { type: 'string' },
+    'nonce-secret-file': { type: 'string' },
+    'nonce-etcd': { type: 'string', multiple: true },
   });
   if (positionals.length) throw new VmkitError('ARG_RANGE', `unexpected argument ${JSON.stringify(positionals[0])}`);
   const { host, port } = listenAddr(values);
@@ -169,7 +184,18 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
   }
   const loadMs = performance.now() - t0;
   const { AttestService } = await serverModule();
-  const svc = new AttestService({ sources, verifier });
+  // Replicas: one nonce secret for all, and the used nonces in etcd (else this process's table).
+  const nonces: NonceStoreOptions = {};
+  if (typeof values['nonce-secret-file'] === 'string') {
+    nonces.secret = new Uint8Array(await readArgFile(values['nonce-secret-file'], 'nonce secret'));
+    if (nonces.secret.length < 32) throw new VmkitError('ARG_RANGE', '--nonce-secret-file must hold at least 32 bytes (e.g. head -c 32 /dev/urandom)');
+  }
+  const etcd = strings(values['nonce-etcd']).flatMap((e) => e.split(','));
+  if (etcd.length) {
+    if (!nonces.secret) throw new VmkitError('ARG_RANGE', '--nonce-etcd needs --nonce-secret-file (the replicas must share the secret)');
+    nonces.replay = (await import('../../attest/service/replay.js')).etcdReplaySet({ endpoints: etcd });
+  }
+  const svc = new AttestService({ sources, verifier, nonces });
   sources.start();
   const url = await svc.listen(port, host);
   const st = sources.status();

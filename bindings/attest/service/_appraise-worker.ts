@@ -1,0 +1,101 @@
+/**
+ * Worker thread of the attestation service's pool (Node): takes a large
+ * request body as it streams in, parses and validates it, hands the nonce to
+ * the main thread, and — once the main thread has accepted the nonce —
+ * verifies the IMA log (template hashes, PCR 10, excludes) and posts the
+ * evidence back as columns (_packed.ts). The index lookups and the verdicts
+ * stay on the main thread, which holds the repositories' index; what takes
+ * seconds on a large log (JSON, hashing, matching) happens here.
+ *
+ * ```
+ * main                                   worker
+ *  start {job, opts} ───────────────────► new job
+ *  chunk {job, bytes} (transferred) ────► kept
+ *  end {job} ───────────────────────────► concat, JSON.parse, parseAttestRequest
+ *            ◄─────────────────────────── nonce {job, nonce}   | error {job, code, message}
+ *  go {job} / abort {job} ──────────────► verify the IMA log (or drop the job)
+ *            ◄─────────────────────────── done {job, packed}   | error {job, code, message}
+ * ```
+ * @module
+ */
+import { parentPort } from 'node:worker_threads';
+import { VmkitError } from '../../errors.js';
+import { _verifyEvidenceIma, type Evidence } from '../appraise.js';
+import { parseAttestRequest } from './server.js';
+import { _pack, _transferables } from './_packed.js';
+
+/** Options a job carries (structured-cloneable). @internal */
+export interface _JobOptions {
+  maxItems: number;
+  requestRegex?: boolean;
+  maxExcludeWork?: number;
+  /** The service's own exclude patterns. */
+  excludes?: string[];
+}
+
+interface Job {
+  chunks: Uint8Array[];
+  opts: _JobOptions;
+  evidence?: Evidence;
+}
+
+const jobs = new Map<number, Job>();
+const port = parentPort!;
+
+function fail(job: number, e: unknown): void {
+  jobs.delete(job);
+  const err = e instanceof VmkitError ? e : new VmkitError('IO', `appraisal worker: ${(e as Error)?.message ?? String(e)}`);
+  port.postMessage({ t: 'error', job, code: err.code, message: err.message });
+}
+
+port.on('message', (m: { t: string; job: number; opts?: _JobOptions; data?: Uint8Array }) => {
+  const j = jobs.get(m.job);
+  switch (m.t) {
+    case 'start':
+      jobs.set(m.job, { chunks: [], opts: m.opts! });
+      return;
+    case 'chunk':
+      j?.chunks.push(m.data!);
+      return;
+    case 'end': {
+      if (!j) return;
+      try {
+        const text = Buffer.concat(j.chunks).toString('utf8');
+        j.chunks = [];
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(text);
+        } catch (e) {
+          throw new VmkitError('CORRUPT', `request body is not JSON: ${(e as Error).message}`, { cause: e });
+        }
+        const { nonce, evidence } = parseAttestRequest(parsed, j.opts.maxItems);
+        j.evidence = evidence;
+        port.postMessage({ t: 'nonce', job: m.job, nonce });
+      } catch (e) {
+        fail(m.job, e);
+      }
+      return;
+    }
+    case 'go': {
+      if (!j?.evidence) return;
+      const ev = j.evidence;
+      const o = j.opts;
+      void (async () => {
+        const ima = ev.ima
+          ? await _verifyEvidenceIma(ev.ima, {
+              ...(o.requestRegex !== undefined ? { requestRegex: o.requestRegex } : {}),
+              ...(o.maxExcludeWork !== undefined ? { maxExcludeWork: o.maxExcludeWork } : {}),
+              ...(o.excludes ? { excludes: o.excludes } : {}),
+            })
+          : undefined;
+        const packed = _pack(ev.digests, ev.packages, ima);
+        jobs.delete(m.job);
+        port.postMessage({ t: 'done', job: m.job, packed }, _transferables(packed));
+      })().catch((e: unknown) => fail(m.job, e));
+      return;
+    }
+    case 'abort':
+      jobs.delete(m.job);
+      return;
+  }
+});

@@ -1,0 +1,213 @@
+/**
+ * The attestation service's pool of appraisal workers (Node worker_threads,
+ * one per core by default): a large request's body is streamed to an idle
+ * worker, which parses it and verifies its IMA log off the event loop
+ * (_appraise-worker.ts). One job per worker at a time; jobs beyond the
+ * workers wait in order (the service bounds how many with `maxLargeInFlight`).
+ * @module
+ */
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { VmkitError, type ErrorCode } from '../../errors.js';
+import type { _JobOptions } from './_appraise-worker.js';
+import type { _Packed } from './_packed.js';
+
+type Reply = { t: 'nonce'; job: number; nonce: string } | { t: 'done'; job: number; packed: _Packed } | { t: 'error'; job: number; code: ErrorCode; message: string };
+
+interface Slot {
+  worker: Worker;
+  job?: PoolJob;
+}
+
+/** One request's work on one worker (queued until a worker is free). @internal */
+export class PoolJob {
+  private slot: Slot | undefined;
+  private readonly id: number;
+  private readonly queued: { m: unknown; transfer: ArrayBuffer[] }[] = [];
+  private waiting?: { resolve: (v: never) => void; reject: (e: unknown) => void };
+  private done = false;
+  private readonly release: () => void;
+
+  constructor(id: number, opts: _JobOptions, release: () => void) {
+    this.id = id;
+    this.release = release;
+    this.post({ t: 'start', job: id, opts });
+  }
+
+  /** @internal The worker it runs on, from now: what was queued for it is sent. */
+  _assign(slot: Slot): void {
+    this.slot = slot;
+    for (const q of this.queued) slot.worker.postMessage(q.m, q.transfer);
+    this.queued.length = 0;
+  }
+
+  /** True once it has a worker. */
+  get running(): boolean {
+    return this.slot !== undefined;
+  }
+
+  private post(m: unknown, transfer: ArrayBuffer[] = []): void {
+    if (this.slot) this.slot.worker.postMessage(m, transfer);
+    else this.queued.push({ m, transfer });
+  }
+
+  /** Sends a chunk of the body (copied into a buffer of its own and transferred). */
+  push(c: Uint8Array): void {
+    if (this.done) return;
+    const own = new Uint8Array(c.length);
+    own.set(c);
+    this.post({ t: 'chunk', job: this.id, data: own }, [own.buffer]);
+  }
+
+  private wait<T>(): Promise<T> {
+    return new Promise<T>((resolve, reject) => (this.waiting = { resolve: resolve as (v: never) => void, reject }));
+  }
+
+  /** The body is complete: resolves to the request's nonce once the worker parsed and validated it. */
+  end(): Promise<string> {
+    const p = this.wait<string>();
+    this.post({ t: 'end', job: this.id });
+    return p;
+  }
+
+  /** The nonce was accepted: resolves to the verified evidence. */
+  go(): Promise<_Packed> {
+    const p = this.wait<_Packed>();
+    this.post({ t: 'go', job: this.id });
+    return p;
+  }
+
+  /** Drops the job (a refused nonce, a failed read); the worker is free again. */
+  abort(): void {
+    if (this.done) return;
+    if (this.slot) this.slot.worker.postMessage({ t: 'abort', job: this.id });
+    this.queued.length = 0;
+    this.finish();
+  }
+
+  /** @internal */
+  _reply(m: Reply): void {
+    const w = this.waiting;
+    this.waiting = undefined;
+    if (m.t === 'error') {
+      this.finish();
+      w?.reject(new VmkitError(m.code, m.message));
+    } else if (m.t === 'nonce') w?.resolve(m.nonce as never);
+    else {
+      this.finish();
+      w?.resolve(m.packed as never);
+    }
+  }
+
+  /** @internal */
+  _fail(e: unknown): void {
+    const w = this.waiting;
+    this.waiting = undefined;
+    this.finish();
+    w?.reject(e);
+  }
+
+  private finish(): void {
+    if (this.done) return;
+    this.done = true;
+    this.release();
+  }
+}
+
+/**
+ * The worker pool. `undefined` from {@link AppraisePool.open} when the worker
+ * script is not there (the service then appraises on its own thread, in slices).
+ * @internal
+ */
+export class AppraisePool {
+  private readonly slots: Slot[] = [];
+  private readonly waiting: PoolJob[] = [];
+  private readonly url: URL;
+  private next = 1;
+  private closed = false;
+
+  private constructor(size: number, url: URL) {
+    this.url = url;
+    for (let i = 0; i < size; i++) this.slots.push(this.spawn());
+  }
+
+  /** A pool of `size` workers, or undefined when the worker script is missing (sources run by a TS loader). */
+  static open(size: number): AppraisePool | undefined {
+    const url = new URL('./_appraise-worker.js', import.meta.url);
+    if (url.protocol !== 'file:' || !existsSync(fileURLToPath(url))) return undefined;
+    return new AppraisePool(size, url);
+  }
+
+  get size(): number {
+    return this.slots.length;
+  }
+
+  /** Workers with a job. */
+  get busy(): number {
+    return this.slots.filter((s) => s.job).length;
+  }
+
+  private spawn(): Slot {
+    const slot: Slot = { worker: new Worker(this.url) };
+    const w = slot.worker;
+    w.unref();
+    w.on('message', (m: Reply) => slot.job?._reply(m));
+    const died = (e: unknown): void => {
+      const job = slot.job;
+      slot.job = undefined;
+      job?._fail(e instanceof VmkitError ? e : new VmkitError('IO', `appraisal worker failed: ${(e as Error)?.message ?? e}`));
+      if (this.closed) return;
+      // A replacement, so one crash does not shrink the pool.
+      const i = this.slots.indexOf(slot);
+      if (i >= 0) this.slots[i] = this.spawn();
+      this.dispatch();
+    };
+    w.on('error', died);
+    w.on('exit', (code) => {
+      if (!this.closed) died(new Error(`exited with code ${code}`));
+    });
+    return slot;
+  }
+
+  /** Jobs waiting for a worker. */
+  get queued(): number {
+    return this.waiting.length;
+  }
+
+  /** A job: on an idle worker now, or queued for the next one free. Undefined once closed. */
+  start(opts: _JobOptions): PoolJob | undefined {
+    if (this.closed) return undefined;
+    const job: PoolJob = new PoolJob(this.next++, opts, () => {
+      const q = this.waiting.indexOf(job);
+      if (q >= 0) this.waiting.splice(q, 1);
+      const slot = this.slots.find((s) => s.job === job);
+      if (slot) {
+        slot.job = undefined;
+        this.dispatch();
+      }
+    });
+    this.waiting.push(job);
+    this.dispatch();
+    return job;
+  }
+
+  private dispatch(): void {
+    for (const slot of this.slots) {
+      if (slot.job) continue;
+      const job = this.waiting.shift();
+      if (!job) return;
+      slot.job = job;
+      job._assign(slot);
+    }
+  }
+
+  /** Ends every worker. */
+  async close(): Promise<void> {
+    this.closed = true;
+    const ws = this.slots.map((s) => s.worker);
+    for (const s of this.slots) s.job?._fail(new VmkitError('CANCELLED', 'the service is shutting down'));
+    for (const j of this.waiting.splice(0)) j._fail(new VmkitError('CANCELLED', 'the service is shutting down'));
+    await Promise.all(ws.map((w) => w.terminate()));
+  }
+}
