@@ -6,6 +6,7 @@
 import { withCore } from '../core.js';
 import { check } from '../_status.js';
 import { VmkitError } from '../errors.js';
+import { aint } from '../_utils.js';
 
 interface SectorExports {
   sectorsZeroMap(buf: number, len: number, granule: number, out: number): number;
@@ -58,6 +59,9 @@ export function isAllZero(data: Uint8Array): boolean {
  * @internal
  */
 export function bitmapRuns(bitmap: Uint8Array, start: number, nbits: number): BitRun[] {
+  // The core takes bit numbers as u32: checked here so that none wraps.
+  aint(start, 'start', 0, 0xffff_ffff);
+  aint(nbits, 'nbits', 0, 0xffff_ffff - start);
   if (nbits === 0) return [];
   if (Math.ceil((start + nbits) / 8) > bitmap.length) throw new VmkitError('ARG_RANGE', 'bitmap runs: bits past the end of the bitmap');
   return withCore((c) => {

@@ -18,7 +18,7 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import { abytes, aint } from '../../_utils.js';
+import { abytes, aindex, aint, au64 } from '../../_utils.js';
 import type { Gpa, Gva, GuestMemorySource, PageSource } from '../types.js';
 import { PrefetchEngine, UNMAPPED, type PrefetchStats, type Translator } from './engine.js';
 import { createPolicy, type PrefetchPolicy } from './policies.js';
@@ -410,8 +410,12 @@ export class LazyGuestMemory implements GuestMemorySource {
     this.engine.setTranslator(t);
   }
 
-  private checkRange(at: bigint, len: number): void {
+  // The guest-physical range [at, at + len) checked; `at` back as a bigint
+  // (a number or a wrong type never reaches the bigint arithmetic below).
+  private checkRange(at: bigint, len: number): bigint {
+    at = au64(at, 'at');
     if (at < 0n || at + BigInt(len) > this.size) throw new VmkitError('ARG_RANGE', `guest-physical range 0x${at.toString(16)}+${len} outside the guest (0x${this.size.toString(16)} bytes)`, { offset: at });
+    return at;
   }
 
   private copy(at: bigint, buf: Uint8Array, write: boolean): void {
@@ -443,7 +447,7 @@ export class LazyGuestMemory implements GuestMemorySource {
    */
   readSync(at: Gpa, dst: Uint8Array): void {
     abytes(dst, 'dst');
-    this.checkRange(at, dst.length);
+    at = this.checkRange(at, dst.length) as Gpa;
     const pages = this.pagesOf(at, dst.length);
     for (const p of pages) this.loadSync(this.fault(p, undefined));
     this.presentSync(pages);
@@ -457,7 +461,7 @@ export class LazyGuestMemory implements GuestMemorySource {
    */
   async read(at: Gpa, dst: Uint8Array): Promise<void> {
     abytes(dst, 'dst');
-    this.checkRange(at, dst.length);
+    at = this.checkRange(at, dst.length) as Gpa;
     const pages = this.pagesOf(at, dst.length);
     for (const p of pages) await this.need(p, undefined);
     await this.ready(pages, undefined);
@@ -472,7 +476,7 @@ export class LazyGuestMemory implements GuestMemorySource {
    */
   writeSync(at: Gpa, src: Uint8Array): void {
     abytes(src, 'src');
-    this.checkRange(at, src.length);
+    at = this.checkRange(at, src.length) as Gpa;
     const pages = this.pagesOf(at, src.length);
     for (const p of pages) this.loadSync(this.fault(p, undefined));
     this.presentSync(pages);
@@ -486,7 +490,7 @@ export class LazyGuestMemory implements GuestMemorySource {
    */
   async write(at: Gpa, src: Uint8Array): Promise<void> {
     abytes(src, 'src');
-    this.checkRange(at, src.length);
+    at = this.checkRange(at, src.length) as Gpa;
     const pages = this.pagesOf(at, src.length);
     for (const p of pages) await this.need(p, undefined);
     await this.ready(pages, undefined);
@@ -498,6 +502,7 @@ export class LazyGuestMemory implements GuestMemorySource {
   private virtualPieces(at: Gva, len: number): { gpa: bigint; vpn: bigint; off: number; n: number }[] {
     const t = this.translator;
     if (!t) throw new VmkitError('INVALID_STATE', 'guest-virtual access needs a translator (an address space)');
+    at = au64(at, 'at') as Gva;
     const pieces: { gpa: bigint; vpn: bigint; off: number; n: number }[] = [];
     let done = 0;
     const gvas = new BigUint64Array(1);
@@ -583,6 +588,8 @@ export class LazyGuestMemory implements GuestMemorySource {
    * @example mem.evict(0, 16);
    */
   evict(first: number, count: number): void {
+    aindex(first, 'first', this.pages + 1);
+    aindex(count, 'count', this.pages - first + 1);
     this.engine.setResident(first, count, false);
     // A load in flight for these pages no longer places them (see place()).
     for (let p = first; p < first + count; p++) {
