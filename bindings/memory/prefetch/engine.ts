@@ -19,12 +19,20 @@ import { aindex, aint, au64, avpn, describe } from '../../_utils.js';
 
 /** Largest neighbourhood (back + ahead + 1) a fault may walk. @example engine.faultVirtual(vpn, 8, Math.min(ahead, MAX_WINDOW - 9)); */
 export const MAX_WINDOW = 65535;
+/**
+ * Most translations an engine's table holds (`mapCapacity`): 2^24, 64 GiB of
+ * 4 KiB pages; the table then takes 1 GiB of core memory. Past it LIMIT.
+ * @example new PrefetchEngine(pages, { mapCapacity: Math.min(pairs.length, MAX_MAP) });
+ */
+export const MAX_MAP: number = 1 << 24;
 /** The value a {@link Translator} writes for an unmapped address. @example if (out[i] === UNMAPPED) skipped++; */
 export const UNMAPPED = 0xffff_ffff_ffff_ffffn;
 const PAGE_SHIFT = 12n;
 const VPN_LIMIT = 1n << 52n;
 // Runs a batch fault call may write (8 bytes each): 8 MiB of core memory at most.
 const BATCH_RUNS = 1 << 20;
+// Pages coalesce() sorts in one core call (192 MiB there).
+const MAX_COALESCE = 1 << 24;
 
 /**
  * Batch translation of guest-virtual addresses, as an address space does it:
@@ -134,7 +142,8 @@ export class PrefetchEngine {
   constructor(pages: number, options: PrefetchEngineOptions = {}) {
     aint(pages, 'pages', 1, 0xffff_ffff);
     const cap = options.mapCapacity ?? 0;
-    aint(cap, 'mapCapacity', 0, 1 << 26);
+    aint(cap, 'mapCapacity', 0);
+    if (cap > MAX_MAP) throw new VmkitError('LIMIT', `mapCapacity ${cap} is over the largest translation table the core makes, ${MAX_MAP} translations`);
     this.pages = pages;
     this._translator = options.translator;
     this.blockOf = options.blockOf;
@@ -514,6 +523,8 @@ function countBlocks(runs: Uint32Array, blockOf: (page: number) => number): numb
  * @example coalesce([5, 3, 4, 9, 9, 1]); // Uint32Array [1, 1, 3, 3, 9, 1]
  */
 export function coalesce(pages: ArrayLike<number>): Uint32Array {
+  // Sorted in the core in one piece: 12 bytes a page there.
+  if (pages.length > MAX_COALESCE) throw new VmkitError('LIMIT', `coalesce takes at most ${MAX_COALESCE} pages at once, got ${pages.length}`);
   for (let i = 0; i < pages.length; i++) aint(pages[i], `pages[${i}]`, 0, 0xffff_ffff);
   return withCore((c) => {
     const n = pages.length;

@@ -3,7 +3,7 @@
  * path, the policies compared, the trace simulator and the lazy guest memory.
  * @module
  */
-export { PrefetchEngine, coalesce, MAX_WINDOW, UNMAPPED } from './engine.js';
+export { PrefetchEngine, coalesce, MAX_MAP, MAX_WINDOW, UNMAPPED } from './engine.js';
 export type { Translator, PrefetchStats, PrefetchEngineOptions } from './engine.js';
 export { createPolicy, POLICY_NAMES } from './policies.js';
 export type { PrefetchPolicy, PolicyName, PolicyOptions } from './policies.js';
