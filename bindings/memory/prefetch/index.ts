@@ -9,5 +9,6 @@ export { createPolicy, POLICY_NAMES } from './policies.js';
 export type { PrefetchPolicy, PolicyName, PolicyOptions } from './policies.js';
 export { simulate } from './simulate.js';
 export type { SimulationResult, SimulateOptions } from './simulate.js';
-export { LazyGuestMemory, bufferPages, imagePages } from './lazy-memory.js';
+export { LazyGuestMemory } from './lazy-memory.js';
+export { bufferPages, imagePages } from './page-sources.js';
 export type { LazyGuestMemoryOptions, LazyMemoryStats } from './lazy-memory.js';
