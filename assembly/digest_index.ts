@@ -18,6 +18,7 @@
 // one run.
 
 import { E_ARG, E_HANDLE, E_LIMIT, E_NO_MEMORY } from "./_errors";
+import { tryAlloc } from "./_memory";
 
 const MAX_TABLES: i32 = 256;
 const MIN_CAP: u32 = 16;
@@ -66,9 +67,8 @@ function log2(x: u32): u32 {
 }
 
 function allocZeroed(bytes: usize): usize {
-  if (bytes == 0 || bytes > (<usize>1 << 31)) return 0;
-  const p = heap.alloc(bytes);
-  memory.fill(p, 0, bytes);
+  const p = tryAlloc(bytes);
+  if (p != 0) memory.fill(p, 0, bytes);
   return p;
 }
 
@@ -100,9 +100,14 @@ export function dixCreate(expected: i32, seedLo: i32, seedHi: i32): i32 {
   }
   if (h == 0) return E_LIMIT;
   const slots = allocZeroed(<usize>cap * 4);
-  if (slots == 0) return E_NO_MEMORY;
-  const keys = heap.alloc(<usize>kcap * KEY);
-  const vals = heap.alloc(<usize>kcap * 4);
+  const keys = tryAlloc(<usize>kcap * KEY);
+  const vals = tryAlloc(<usize>kcap * 4);
+  if (slots == 0 || keys == 0 || vals == 0) {
+    if (slots) heap.free(slots);
+    if (keys) heap.free(keys);
+    if (vals) heap.free(vals);
+    return E_NO_MEMORY;
+  }
   const i = h - 1;
   unchecked((tSlots[i] = slots));
   unchecked((tKeys[i] = keys));
@@ -173,8 +178,13 @@ function growDense(i: i32): bool {
   if (kcap >= MAX_KEYS) return false;
   let nk = kcap + (kcap >> 1);
   if (nk > MAX_KEYS) nk = MAX_KEYS;
-  const keys = heap.alloc(<usize>nk * KEY);
-  const vals = heap.alloc(<usize>nk * 4);
+  const keys = tryAlloc(<usize>nk * KEY);
+  const vals = tryAlloc(<usize>nk * 4);
+  if (keys == 0 || vals == 0) {
+    if (keys) heap.free(keys);
+    if (vals) heap.free(vals);
+    return false;
+  }
   const n = <usize>unchecked(tCount[i]);
   memory.copy(keys, unchecked(tKeys[i]), n * KEY);
   memory.copy(vals, unchecked(tVals[i]), n * 4);

@@ -30,6 +30,7 @@
 // lie outside guest memory, tables may not.
 
 import { E_ARG, E_HANDLE, E_LIMIT, E_NEED_DATA } from "./_errors";
+import { tryAlloc } from "./_memory";
 
 const MAX_SPACES: i32 = 64;
 
@@ -236,15 +237,27 @@ function isPinned(s: Space, slot: i32): bool {
 function cacheVictim(s: Space): i32 {
   if (s.count < s.cap) {
     const slot = s.count;
+    let fresh = true;
     if (slot % CHUNK_FRAMES == 0) {
-      const chunk = heap.alloc(<usize>CHUNK_FRAMES << 12);
-      store<u32>(s.chunks + (<usize>(slot / CHUNK_FRAMES) << 2), <u32>chunk);
-      for (let i: u32 = 0; i < CHUNK_FRAMES; i++) {
-        store<u32>(s.ptrs + (<usize>(slot + i) << 2), <u32>(chunk + (<usize>i << 12)));
+      // The cache grows a chunk at a time while the core has room. When it has
+      // none (many spaces with big caches), the cache stops growing and its
+      // clock recycles the frames it has, instead of trapping in the allocator.
+      const chunk = tryAlloc(<usize>CHUNK_FRAMES << 12);
+      if (chunk == 0) {
+        if (slot == 0) return -1;
+        s.cap = slot;
+        fresh = false;
+      } else {
+        store<u32>(s.chunks + (<usize>(slot / CHUNK_FRAMES) << 2), <u32>chunk);
+        for (let i: u32 = 0; i < CHUNK_FRAMES; i++) {
+          store<u32>(s.ptrs + (<usize>(slot + i) << 2), <u32>(chunk + (<usize>i << 12)));
+        }
       }
     }
-    s.count++;
-    return <i32>slot;
+    if (fresh) {
+      s.count++;
+      return <i32>slot;
+    }
   }
   // Clock: at most two sweeps clear every reference bit; pins are <= 8 < cap.
   for (let n: u32 = 0; n < 2 * s.cap + 2; n++) {

@@ -21,12 +21,19 @@
 //
 // Runs are pairs of little-endian u32: (first page, page count).
 
-import { E_ARG, E_HANDLE, E_LIMIT, E_OUTPUT_TOO_SMALL } from "./_errors";
+import { E_ARG, E_HANDLE, E_LIMIT, E_NO_MEMORY, E_OUTPUT_TOO_SMALL } from "./_errors";
+import { tryAlloc } from "./_memory";
 
 const MAX_ENGINES: i32 = 16;
 /** Largest neighbourhood (back + ahead + 1) one fault may walk. */
 export const PREFETCH_MAX_WINDOW: u32 = 65536;
 /** Marks an unmapped entry in a frame list (prefetchFaultList). */
+/**
+ * Most translations an engine's table is made for: 2^24 (64 GiB of 4 KiB
+ * pages). Its four arrays are then 256 MiB each, under the allocator's 1 GiB
+ * block limit (2^26, the old bound, made 1 GiB arrays and trapped).
+ */
+export const PREFETCH_MAX_MAP: u32 = 1 << 24;
 export const PREFETCH_UNMAPPED: u64 = 0xffff_ffff_ffff_ffff;
 
 // Counter slots (prefetchStats writes them in this order as u64).
@@ -90,20 +97,33 @@ function live(h: i32): bool {
   return (<u32>(((k >> 4) * 0x9e3779b97f4a7c15) >> 32) << 4) | <u32>(k & 15);
 }
 
+// A zeroed block, or 0 when the core cannot hold it (see tryAlloc).
 function allocZero(n: usize): usize {
-  const p = heap.alloc(n == 0 ? 8 : n);
-  memory.fill(p, 0, n);
+  const p = tryAlloc(n == 0 ? 8 : n);
+  if (p != 0) memory.fill(p, 0, n);
   return p;
+}
+
+function freeAll(a: usize, b: usize, c: usize, d: usize, e: usize, f: usize, g: usize, h: usize): void {
+  if (a) heap.free(a);
+  if (b) heap.free(b);
+  if (c) heap.free(c);
+  if (d) heap.free(d);
+  if (e) heap.free(e);
+  if (f) heap.free(f);
+  if (g) heap.free(g);
+  if (h) heap.free(h);
 }
 
 /**
  * Creates a prefetch engine for a guest of `pages` physical pages with room
  * for `mapCapacity` translations (virtual page -> physical page). Every page
  * starts absent. Returns a handle, or E_ARG (pages 0, or a capacity above
- * 2^26), E_LIMIT (16 engines live).
+ * PREFETCH_MAX_MAP), E_LIMIT (16 engines live), E_NO_MEMORY (the bitmaps or
+ * the table do not fit: nothing is kept).
  */
 export function prefetchCreate(pages: u32, mapCapacity: u32): i32 {
-  if (pages == 0 || mapCapacity > (1 << 26)) return E_ARG;
+  if (pages == 0 || mapCapacity > PREFETCH_MAX_MAP) return E_ARG;
   let h: i32 = -1;
   for (let i = 0; i < MAX_ENGINES; i++) {
     if (!unchecked(eLive[i])) {
@@ -116,18 +136,30 @@ export function prefetchCreate(pages: u32, mapCapacity: u32): i32 {
   let slots: u32 = 16;
   while (slots < mapCapacity * 2) slots <<= 1;
   const bmBytes = (<usize>pages + 7) >> 3;
+  const res = allocZero(bmBytes);
+  const pre = allocZero(bmBytes);
+  const keys = allocZero(<usize>slots << 3);
+  const vals = allocZero(<usize>slots << 3);
+  const rkeys = allocZero(<usize>slots << 3);
+  const rvals = allocZero(<usize>slots << 3);
+  const scratch = tryAlloc(<usize>PREFETCH_MAX_WINDOW << 2);
+  const stats = allocZero(<usize>PREFETCH_STATS << 3);
+  if (!res || !pre || !keys || !vals || !rkeys || !rvals || !scratch || !stats) {
+    freeAll(res, pre, keys, vals, rkeys, rvals, scratch, stats);
+    return E_NO_MEMORY;
+  }
   unchecked((ePages[h] = pages));
-  unchecked((eResident[h] = allocZero(bmBytes)));
-  unchecked((ePrefetched[h] = allocZero(bmBytes)));
+  unchecked((eResident[h] = res));
+  unchecked((ePrefetched[h] = pre));
   unchecked((eResidentCount[h] = 0));
-  unchecked((eKeys[h] = allocZero(<usize>slots << 3)));
-  unchecked((eVals[h] = allocZero(<usize>slots << 3)));
-  unchecked((eRKeys[h] = allocZero(<usize>slots << 3)));
-  unchecked((eRVals[h] = allocZero(<usize>slots << 3)));
+  unchecked((eKeys[h] = keys));
+  unchecked((eVals[h] = vals));
+  unchecked((eRKeys[h] = rkeys));
+  unchecked((eRVals[h] = rvals));
   unchecked((eMask[h] = slots - 1));
   unchecked((eCount[h] = 0));
-  unchecked((eScratch[h] = heap.alloc(<usize>PREFETCH_MAX_WINDOW << 2)));
-  unchecked((eStats[h] = allocZero(<usize>PREFETCH_STATS << 3)));
+  unchecked((eScratch[h] = scratch));
+  unchecked((eStats[h] = stats));
   unchecked((eLive[h] = true));
   return h;
 }

@@ -12,7 +12,8 @@
 // stagingExtract is the reverse for a reader: it decodes a run of pages of
 // one block, checking every entry against the block's length.
 
-import { E_ARG, E_CORRUPT, E_HANDLE, E_LIMIT } from "./_errors";
+import { E_ARG, E_CORRUPT, E_HANDLE, E_LIMIT, E_NO_MEMORY } from "./_errors";
+import { tryAlloc } from "./_memory";
 import { lz4Compress, lz4CompressBound, lz4Decompress } from "./lz4";
 import { isZeroRange } from "./_zero";
 
@@ -60,7 +61,8 @@ export function stagingOpen(blockSize: u32, pageSize: u32, codec: u32): i32 {
     }
   }
   if (h < 0) return E_LIMIT;
-  const p = heap.alloc(blockSize);
+  const p = tryAlloc(blockSize);
+  if (p == 0) return E_NO_MEMORY;
   unchecked((sBuf[h] = p));
   unchecked((sCap[h] = blockSize));
   unchecked((sUsed[h] = 0));

@@ -25,6 +25,31 @@ export function aint(v: unknown, name: string, min: number = 0, max: number = Nu
   }
 }
 
+/**
+ * Throws unless `v` is an integer number in [0, limit): ARG_TYPE for what is
+ * not a number (a bigint included), ARG_RANGE for NaN, a fraction or a value
+ * outside. Every page or frame number gets this before it crosses into the
+ * core, whose u32 parameters would otherwise take it modulo 2^32 (2^32 as page
+ * 0, NaN as 0).
+ */
+export function aindex(v: unknown, name: string, limit: number): asserts v is number {
+  if (typeof v !== 'number') throw new VmkitError('ARG_TYPE', `${name} must be a number, got ${describe(v)}`);
+  if (!Number.isInteger(v) || v < 0 || v >= limit) {
+    throw new VmkitError('ARG_RANGE', `${name} must be an integer in [0, ${limit}), got ${v}`);
+  }
+}
+
+/**
+ * Throws unless `v` is a virtual page number: a bigint (or safe integer) in
+ * [0, 2^52), the pages of a 64-bit address space of 4 KiB pages. Returns it
+ * as a bigint. Larger ones would wrap when shifted back into an address.
+ */
+export function avpn(v: unknown, name: string): bigint {
+  const n = au64(v, name);
+  if (n >= 1n << 52n) throw new VmkitError('ARG_RANGE', `${name} must be a virtual page number in [0, 2^52), got ${n}`);
+  return n;
+}
+
 /** Throws unless `v` is a bigint within [0, 2^64). Returns it. */
 export function au64(v: unknown, name: string): bigint {
   if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return BigInt(v);

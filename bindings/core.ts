@@ -22,6 +22,21 @@ import { VmkitError } from './errors.js';
 export const CORE_ABI_VERSION = 1;
 
 /**
+ * The largest buffer the bindings ask the core for in one piece: 512 MiB.
+ * Entries that size a core buffer from their caller's input (an LZ4 block, a
+ * table capacity) refuse more with `LIMIT` naming their own largest size, or
+ * work in pieces; nothing reaches the core's allocator above this (whose own
+ * ceiling is 1 GiB per block, and a trap past it would reset the core).
+ *
+ * @example
+ * ```ts
+ * import { CORE_MAX_ALLOC } from 'vmkit';
+ * console.log(CORE_MAX_ALLOC); // 536870912
+ * ```
+ */
+export const CORE_MAX_ALLOC: number = 512 * 1024 * 1024;
+
+/**
  * Where to load the core from.
  *
  * @example
@@ -102,7 +117,24 @@ class CoreImpl implements Core {
     return this.view;
   }
   alloc(size: number): number {
-    const p = this.exports.alloc(size) >>> 0;
+    // The export takes a u32: a larger size would wrap into a small block. The
+    // entries that allocate from a caller's size refuse it first with their
+    // own limit; this is the backstop for all of them.
+    if (!Number.isSafeInteger(size) || size < 0) throw new VmkitError('ARG_RANGE', `core allocation size must be a non-negative integer, got ${size}`);
+    if (size > CORE_MAX_ALLOC) {
+      throw new VmkitError('LIMIT', `a core buffer of ${size} bytes is over the largest the core makes, ${CORE_MAX_ALLOC} bytes`);
+    }
+    let p: number;
+    try {
+      p = this.exports.alloc(size) >>> 0;
+    } catch (e) {
+      // The allocator traps only when the engine refuses to grow memory below
+      // its declared maximum (the core checks the maximum itself), and it does
+      // so before it changes any state: the instance is still sound, so this
+      // is no reset, just no memory.
+      if (e instanceof WebAssembly.RuntimeError) throw new VmkitError('CORE_NO_MEMORY', `core could not grow its memory for ${size} bytes`, { cause: e });
+      throw e;
+    }
     if (p === 0 && size !== 0) {
       throw new VmkitError('CORE_NO_MEMORY', `core could not allocate ${size} bytes`);
     }

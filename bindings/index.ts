@@ -9,7 +9,7 @@
  * ```
  * @module
  */
-export { init, initSync, isInitialized, coreInfo, selfCheck, CORE_ABI_VERSION } from './core.js';
+export { init, initSync, isInitialized, coreInfo, selfCheck, CORE_ABI_VERSION, CORE_MAX_ALLOC } from './core.js';
 export type { CoreSource, CoreInfo } from './core.js';
 export { VmkitError, ErrorCode, isVmkitError } from './errors.js';
 export type { VmkitErrorOptions } from './errors.js';

@@ -127,7 +127,7 @@ export function toHex(b: Uint8Array): string {
  * ```
  */
 export interface DigestIndexOptions {
-  /** Expected number of digests (sizes the core table once instead of growing it). */
+  /** Expected number of digests (sizes the core table once instead of growing it); at most 2^25 - 128 (LIMIT past it). */
   expected?: number;
 }
 
@@ -169,6 +169,9 @@ function growU8(a: Uint8Array<ArrayBuffer>, n: number): Uint8Array<ArrayBuffer> 
   return b;
 }
 
+
+// Digests an index may be sized for up front: 32 bytes each in one core block under 1 GiB.
+const MAX_EXPECTED = 2 ** 25 - 128;
 /**
  * Digests with provenance: a {@link ReferenceIndex} backed by the wasm core.
  * Add packages (with their artifact digest) and file digests, then look up.
@@ -229,8 +232,13 @@ export class DigestIndex implements ReferenceIndex {
 
   constructor(options: DigestIndexOptions = {}) {
     const expected = options.expected ?? 0;
-    if (!Number.isSafeInteger(expected) || expected < 0 || expected > 2 ** 26) {
-      throw new VmkitError('ARG_RANGE', `options.expected must be an integer in [0, 2^26], got ${expected}`);
+    if (!Number.isSafeInteger(expected) || expected < 0) {
+      throw new VmkitError('ARG_RANGE', `options.expected must be a non-negative integer, got ${expected}`);
+    }
+    // The core keeps the digests in one array of 32 bytes each, and one core
+    // block is at most 1 GiB: more (2^26 was allowed once) trapped the core.
+    if (expected > MAX_EXPECTED) {
+      throw new VmkitError('LIMIT', `options.expected ${expected} is over the most digests one index is sized for, ${MAX_EXPECTED}`);
     }
     const seed = new Uint32Array(2);
     globalThis.crypto.getRandomValues(seed);

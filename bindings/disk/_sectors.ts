@@ -6,6 +6,7 @@
 import { withCore } from '../core.js';
 import { check } from '../_status.js';
 import { VmkitError } from '../errors.js';
+import { aint } from '../_utils.js';
 
 interface SectorExports {
   sectorsZeroMap(buf: number, len: number, granule: number, out: number): number;
@@ -20,13 +21,11 @@ export interface BitRun {
   value: 0 | 1;
 }
 
-/**
- * Which `granule`-byte pieces of `data` are all zero: one bit per granule
- * (LSB first), 1 = zero. `granule` is a non-zero multiple of 16.
- * @internal
- */
-export function zeroGranules(data: Uint8Array, granule: number): Uint8Array {
-  if (data.length > 0x7fff_0000) throw new VmkitError('ARG_RANGE', 'zero scan: buffer too large');
+// Bytes of data one core call scans: the data is copied into the core, and a
+// caller's buffer of any size (a 1.5 GiB write) must not become one core block.
+const WINDOW = 1 << 24;
+
+function zeroGranulesCore(data: Uint8Array, granule: number): Uint8Array {
   const n = Math.ceil(data.length / granule);
   const bmLen = Math.max(1, (n + 7) >> 3);
   if (data.length === 0) return new Uint8Array(bmLen);
@@ -44,13 +43,40 @@ export function zeroGranules(data: Uint8Array, granule: number): Uint8Array {
 }
 
 /**
- * True when every byte of `data` is zero (one core pass).
+ * Which `granule`-byte pieces of `data` are all zero: one bit per granule
+ * (LSB first), 1 = zero. `granule` is a non-zero multiple of 16. Scanned in
+ * windows of whole granules (8 at least, so each window's bitmap is whole
+ * bytes), or granule by granule when one granule is larger than a window.
+ * @internal
+ */
+export function zeroGranules(data: Uint8Array, granule: number): Uint8Array {
+  if (data.length <= WINDOW) return zeroGranulesCore(data, granule);
+  const n = Math.ceil(data.length / granule);
+  const out = new Uint8Array((n + 7) >> 3);
+  if (granule * 8 <= WINDOW) {
+    const step = Math.floor(WINDOW / (granule * 8)) * granule * 8;
+    for (let at = 0; at < data.length; at += step) {
+      out.set(zeroGranulesCore(data.subarray(at, Math.min(data.length, at + step)), granule), at / granule / 8);
+    }
+  } else {
+    for (let g = 0; g < n; g++) {
+      if (isAllZero(data.subarray(g * granule, Math.min(data.length, (g + 1) * granule)))) out[g >> 3]! |= 1 << (g & 7);
+    }
+  }
+  return out;
+}
+
+/**
+ * True when every byte of `data` is zero (one core pass, a window at a time).
  * @internal
  */
 export function isAllZero(data: Uint8Array): boolean {
-  if (data.length === 0) return true;
-  const g = Math.ceil(data.length / 16) * 16;
-  return (zeroGranules(data, g)[0]! & 1) === 1;
+  for (let at = 0; at < data.length; at += WINDOW) {
+    const part = data.subarray(at, Math.min(data.length, at + WINDOW));
+    const g = Math.ceil(part.length / 16) * 16;
+    if ((zeroGranulesCore(part, g)[0]! & 1) !== 1) return false;
+  }
+  return true;
 }
 
 /**
@@ -58,6 +84,9 @@ export function isAllZero(data: Uint8Array): boolean {
  * @internal
  */
 export function bitmapRuns(bitmap: Uint8Array, start: number, nbits: number): BitRun[] {
+  // The core takes bit numbers as u32: checked here so that none wraps.
+  aint(start, 'start', 0, 0xffff_ffff);
+  aint(nbits, 'nbits', 0, 0xffff_ffff - start);
   if (nbits === 0) return [];
   if (Math.ceil((start + nbits) / 8) > bitmap.length) throw new VmkitError('ARG_RANGE', 'bitmap runs: bits past the end of the bitmap');
   return withCore((c) => {

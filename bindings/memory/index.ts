@@ -14,6 +14,7 @@ export {
   lz4CompressBound,
   lz4FrameCompress,
   lz4FrameDecompress,
+  LZ4_MAX_BLOCK,
   xxh32,
 } from './checkpoint/lz4.js';
 export type { Lz4FrameOptions, Lz4FrameDecodeOptions } from './checkpoint/lz4.js';
@@ -25,7 +26,7 @@ export { fileSink, fileSource, memorySink, memorySource } from './checkpoint/io.
 export type { CheckpointSink, CheckpointSource } from './checkpoint/io.js';
 export { CHECKPOINT_MAGIC, CHECKPOINT_VERSION, DEFAULT_BLOCK_SIZE } from './checkpoint/format.js';
 export type { CheckpointHeader, CheckpointCodec } from './checkpoint/format.js';
-export { PrefetchEngine, coalesce, MAX_WINDOW, UNMAPPED, createPolicy, POLICY_NAMES, simulate } from './prefetch/index.js';
+export { PrefetchEngine, coalesce, MAX_MAP, MAX_WINDOW, UNMAPPED, createPolicy, POLICY_NAMES, simulate } from './prefetch/index.js';
 export type { Translator, PrefetchStats, PrefetchEngineOptions, PrefetchPolicy, PolicyName, PolicyOptions, SimulationResult, SimulateOptions } from './prefetch/index.js';
 export { LazyGuestMemory, bufferPages, imagePages } from './prefetch/index.js';
 export type { LazyGuestMemoryOptions, LazyMemoryStats } from './prefetch/index.js';

@@ -11,7 +11,8 @@ import { AddressSpace } from '../memory/paging/address-space.js';
 import { CheckpointReader } from '../memory/checkpoint/reader.js';
 import { CheckpointWriter } from '../memory/checkpoint/writer.js';
 import { memorySink } from '../memory/checkpoint/io.js';
-import { LazyGuestMemory, bufferPages } from '../memory/prefetch/lazy-memory.js';
+import { LazyGuestMemory } from '../memory/prefetch/lazy-memory.js';
+import { bufferPages } from '../memory/prefetch/page-sources.js';
 import { createPolicy } from '../memory/prefetch/policies.js';
 import { gva, type Gpa } from '../memory/types.js';
 

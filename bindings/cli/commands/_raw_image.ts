@@ -9,7 +9,7 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { VmkitError } from '../../errors.js';
 import type { Gpa, GuestMemorySource, PageSource } from '../../memory/types.js';
-import { _filePages } from '../../memory/prefetch/lazy-memory.js';
+import { _filePages } from '../../memory/prefetch/page-sources.js';
 
 /** Window size of the image cache: page tables cluster, so one read serves several tables. */
 const WINDOW = 256 << 10;

@@ -49,12 +49,32 @@ export function scratchBuf(c: Core, slot: number, n: number): number {
     if (scratch.ptr[slot]) c.free(scratch.ptr[slot]!);
     scratch.ptr[slot] = 0;
     scratch.cap[slot] = 0;
+    // Doubling keeps small buffers few; past 64 MiB a block is rounded to 4 MiB
+    // instead, so a 257 MiB need is not made a 512 MiB buffer.
     let cap = 65536;
-    while (cap < n) cap *= 2;
+    while (cap < n && cap < 1 << 26) cap *= 2;
+    if (cap < n) cap = Math.ceil(n / (1 << 22)) * (1 << 22);
     scratch.ptr[slot] = c.alloc(cap);
     scratch.cap[slot] = cap;
   }
   return scratch.ptr[slot]!;
+}
+
+/**
+ * The largest LZ4 block the core compresses or decodes in one piece: 256 MiB.
+ * A block is one buffer in core memory, in and out; past this the block
+ * functions throw LIMIT (the frame functions stream any size in blocks of at
+ * most 4 MiB).
+ */
+export const LZ4_BLOCK_LIMIT: number = 256 * 1024 * 1024;
+
+/**
+ * The most bytes an LZ4 block of `n` bytes can decode to: a sequence's token
+ * and offset (3 bytes) give at most 19 bytes of match, each further length
+ * byte at most 255, so no block expands by more than 255 to 1 (plus a little).
+ */
+export function decodeBound(n: number): number {
+  return n * 255 + 64;
 }
 
 /** Worst-case LZ4 block size for `n` input bytes (the core's lz4CompressBound). */
@@ -135,7 +155,10 @@ export function blockCompressInto(src: Uint8Array, dst: Uint8Array): number {
  * decoded length. CORRUPT for a bad block, OUTPUT_TOO_SMALL when it does not fit.
  */
 export function blockDecompressInto(block: Uint8Array, dst: Uint8Array): number {
-  return coreBlock(false, block, dst.length, dst.length, dst) as number;
+  // Room for what the block can decode to, not for all of dst: a 1.5 GiB dst
+  // for a page-sized block needs no 1.5 GiB in the core.
+  const room = Math.min(dst.length, decodeBound(block.length));
+  return coreBlock(false, block, room, room, dst) as number;
 }
 
 /**
@@ -144,7 +167,8 @@ export function blockDecompressInto(block: Uint8Array, dst: Uint8Array): number 
  * by one slice of core memory, cheaper than a zeroed array plus a copy).
  */
 export function blockDecompress(block: Uint8Array, maxSize: number): Uint8Array {
-  return coreBlock(false, block, maxSize, maxSize, undefined) as Uint8Array;
+  const room = Math.min(maxSize, decodeBound(block.length));
+  return coreBlock(false, block, room, room, undefined) as Uint8Array;
 }
 
 /** The live core (throws NOT_INITIALIZED). */

@@ -9,10 +9,38 @@ import { withCore } from '../../core.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { abytes, aint } from '../../_utils.js';
-import { blockCompress, blockCompressInto, blockDecompress, blockDecompressInto, compressBound, ex, scratchBuf, xxh32Of } from './_codec.js';
+import { LZ4_BLOCK_LIMIT, blockCompress, blockCompressInto, blockDecompress, blockDecompressInto, compressBound, decodeBound, ex, scratchBuf, xxh32Of } from './_codec.js';
+
+/**
+ * The largest LZ4 block the block functions take or make, in bytes (256 MiB):
+ * input to compress, a block to decode, and what a block may decode to given
+ * its `maxSize` / `dst`. Past it they throw LIMIT before the core sees the
+ * block; {@link lz4FrameCompress} and {@link lz4FrameDecompress} stream any
+ * size in blocks of at most 4 MiB.
+ * @example
+ * ```ts
+ * const frame = data.length > LZ4_MAX_BLOCK ? lz4FrameCompress(data) : lz4CompressBlock(data);
+ * ```
+ */
+export const LZ4_MAX_BLOCK: number = LZ4_BLOCK_LIMIT;
+
+// The block functions' size checks: LIMIT, naming the largest size, before the core sees the block.
+function blockInput(n: number, name: string): void {
+  if (n > LZ4_BLOCK_LIMIT) {
+    throw new VmkitError('LIMIT', `${name} is ${n} bytes: the largest LZ4 block vmkit compresses in one piece is ${LZ4_BLOCK_LIMIT} bytes (256 MiB); lz4FrameCompress streams any size`);
+  }
+}
+
+function blockOutput(blockLen: number, room: number, name: string): void {
+  const most = Math.min(room, decodeBound(blockLen));
+  if (most > LZ4_BLOCK_LIMIT) {
+    throw new VmkitError('LIMIT', `a ${blockLen}-byte LZ4 block with ${name} ${room} may decode to ${most} bytes: the largest vmkit decodes in one piece is ${LZ4_BLOCK_LIMIT} bytes (256 MiB); pass a smaller ${name}`);
+  }
+}
 
 /**
  * Compresses `data` into one LZ4 block (the raw block format, no header).
+ * LIMIT when `data` is over {@link LZ4_MAX_BLOCK}.
  * @example
  * ```ts
  * import { init, lz4CompressBlock, lz4DecompressBlock } from 'vmkit/memory';
@@ -23,7 +51,7 @@ import { blockCompress, blockCompressInto, blockDecompress, blockDecompressInto,
  */
 export function lz4CompressBlock(data: Uint8Array): Uint8Array {
   abytes(data, 'data');
-  if (data.length > 0x7e000000) throw new VmkitError('ARG_RANGE', 'data is larger than LZ4_MAX_INPUT_SIZE');
+  blockInput(data.length, 'data');
   return blockCompress(data);
 }
 
@@ -48,14 +76,16 @@ export function lz4CompressBlock(data: Uint8Array): Uint8Array {
 export function lz4CompressBlockInto(data: Uint8Array, dst: Uint8Array): number {
   abytes(data, 'data');
   abytes(dst, 'dst');
-  if (data.length > 0x7e000000) throw new VmkitError('ARG_RANGE', 'data is larger than LZ4_MAX_INPUT_SIZE');
+  blockInput(data.length, 'data');
   return blockCompressInto(data, dst);
 }
 
 /**
  * Decompresses one LZ4 block whose decoded size is at most `maxSize` bytes.
  * Throws CORRUPT for a malformed block, OUTPUT_TOO_SMALL when it decodes to
- * more than `maxSize`.
+ * more than `maxSize`, LIMIT when the block could decode to more than
+ * {@link LZ4_MAX_BLOCK} within `maxSize` (a block expands 255:1 at most, so a
+ * small block with a huge `maxSize` is fine).
  * @example
  * ```ts
  * const page = lz4DecompressBlock(block, 4096);
@@ -64,11 +94,14 @@ export function lz4CompressBlockInto(data: Uint8Array, dst: Uint8Array): number 
 export function lz4DecompressBlock(block: Uint8Array, maxSize: number): Uint8Array {
   abytes(block, 'block');
   aint(maxSize, 'maxSize', 0, 0x7e000000);
+  blockInput(block.length, 'block');
+  blockOutput(block.length, maxSize, 'maxSize');
   return blockDecompress(block, maxSize);
 }
 
 /**
- * Decompresses one LZ4 block into `dst`; returns the decoded length.
+ * Decompresses one LZ4 block into `dst`; returns the decoded length. LIMIT
+ * as {@link lz4DecompressBlock}, with `dst.length` as the maximum.
  * @example
  * ```ts
  * const page = new Uint8Array(4096);
@@ -78,6 +111,8 @@ export function lz4DecompressBlock(block: Uint8Array, maxSize: number): Uint8Arr
 export function lz4DecompressBlockInto(block: Uint8Array, dst: Uint8Array): number {
   abytes(block, 'block');
   abytes(dst, 'dst');
+  blockInput(block.length, 'block');
+  blockOutput(block.length, dst.length, 'dst.length');
   return blockDecompressInto(block, dst);
 }
 

@@ -15,13 +15,24 @@
 import { checkGeneration, withCore, core } from '../../core.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
-import { aint } from '../../_utils.js';
+import { aindex, aint, au64, avpn, describe } from '../../_utils.js';
 
 /** Largest neighbourhood (back + ahead + 1) a fault may walk. @example engine.faultVirtual(vpn, 8, Math.min(ahead, MAX_WINDOW - 9)); */
 export const MAX_WINDOW = 65535;
+/**
+ * Most translations an engine's table holds (`mapCapacity`): 2^24, 64 GiB of
+ * 4 KiB pages; the table then takes 1 GiB of core memory. Past it LIMIT.
+ * @example new PrefetchEngine(pages, { mapCapacity: Math.min(pairs.length, MAX_MAP) });
+ */
+export const MAX_MAP: number = 1 << 24;
 /** The value a {@link Translator} writes for an unmapped address. @example if (out[i] === UNMAPPED) skipped++; */
 export const UNMAPPED = 0xffff_ffff_ffff_ffffn;
 const PAGE_SHIFT = 12n;
+const VPN_LIMIT = 1n << 52n;
+// Runs a batch fault call may write (8 bytes each): 8 MiB of core memory at most.
+const BATCH_RUNS = 1 << 20;
+// Pages coalesce() sorts in one core call (192 MiB there).
+const MAX_COALESCE = 1 << 24;
 
 /**
  * Batch translation of guest-virtual addresses, as an address space does it:
@@ -131,7 +142,8 @@ export class PrefetchEngine {
   constructor(pages: number, options: PrefetchEngineOptions = {}) {
     aint(pages, 'pages', 1, 0xffff_ffff);
     const cap = options.mapCapacity ?? 0;
-    aint(cap, 'mapCapacity', 0, 1 << 26);
+    aint(cap, 'mapCapacity', 0);
+    if (cap > MAX_MAP) throw new VmkitError('LIMIT', `mapCapacity ${cap} is over the largest translation table the core makes, ${MAX_MAP} translations`);
     this.pages = pages;
     this._translator = options.translator;
     this.blockOf = options.blockOf;
@@ -176,10 +188,13 @@ export class PrefetchEngine {
           n = 0;
         };
         let view = new BigUint64Array(c.u8().buffer, buf, chunk * 2);
+        let i = 0;
         for (const [vpn, ppn] of pairs) {
           if (view.buffer !== c.u8().buffer) view = new BigUint64Array(c.u8().buffer, buf, chunk * 2);
-          view[n * 2] = vpn;
-          view[n * 2 + 1] = BigInt(ppn);
+          // Checked here, not left to BigUint64Array: it would take -1 as 2^64 - 1 and throw a bare RangeError on 0.5.
+          view[n * 2] = avpn(vpn, `pairs[${i}][0]`);
+          view[n * 2 + 1] = au64(ppn, `pairs[${i}][1]`);
+          i++;
           if (++n === chunk) flush();
         }
         flush();
@@ -192,7 +207,8 @@ export class PrefetchEngine {
 
   /** The frame of virtual page `vpn` in the core's table, or -1. @example engine.translate(0x400n); */
   translate(vpn: bigint): number {
-    return Number(this.live().prefetchTranslate(this.h, vpn));
+    const v = avpn(vpn, 'vpn');
+    return Number(this.live().prefetchTranslate(this.h, v));
   }
 
   /**
@@ -204,6 +220,8 @@ export class PrefetchEngine {
   frameRange(lo: bigint, n: number): Float64Array {
     const e = this.live();
     aint(n, 'n', 0, MAX_WINDOW);
+    lo = avpn(lo, 'lo');
+    if (lo + BigInt(n) > 1n << 52n) throw new VmkitError('ARG_RANGE', `virtual pages [${lo}, ${lo} + ${n}) pass 2^52`);
     const out = new Float64Array(n);
     const translator = this._translator;
     let tableReads = 0;
@@ -241,6 +259,7 @@ export class PrefetchEngine {
 
   /** A virtual page mapping frame `ppn` (core table, else the translator's reverse map), or undefined. @example engine.reverse(7); */
   reverse(ppn: number): bigint | undefined {
+    aindex(ppn, 'ppn', this.pages);
     const r = this.live().prefetchReverse(this.h, BigInt(ppn));
     if (r >= 0n) return r;
     const g = this._translator?.gvasOf?.(BigInt(ppn) << PAGE_SHIFT);
@@ -249,11 +268,15 @@ export class PrefetchEngine {
 
   /** True when page `ppn` is resident. @example engine.isResident(0); */
   isResident(ppn: number): boolean {
+    aindex(ppn, 'ppn', this.pages);
     return check(this.live().prefetchIsResident(this.h, ppn), 'prefetch isResident') === 1;
   }
 
   /** Marks pages resident (or absent). Returns the resident count. @example engine.setResident(0, 16, true); */
   setResident(first: number, count: number, on: boolean): number {
+    aindex(first, 'first', this.pages + 1);
+    aindex(count, 'count', this.pages - first + 1);
+    if (typeof on !== 'boolean') throw new VmkitError('ARG_TYPE', `on must be a boolean, got ${describe(on)}`);
     return check(this.live().prefetchSetResident(this.h, first, count, on ? 1 : 0), 'prefetch setResident');
   }
 
@@ -275,6 +298,7 @@ export class PrefetchEngine {
    * @example if (engine.access(7) === 2) engine.faultPhysical(7, 0, 0);
    */
   access(ppn: number): 0 | 1 | 2 {
+    aindex(ppn, 'ppn', this.pages);
     return check(this.live().prefetchAccess(this.h, ppn), 'prefetch access') as 0 | 1 | 2;
   }
 
@@ -285,7 +309,9 @@ export class PrefetchEngine {
    */
   touch(vpn: bigint): number {
     if (this.closed) throw new VmkitError('INVALID_STATE', 'prefetch engine is closed');
-    // The hot path of the simulator: one call, no generation check beyond this.
+    // The hot path of the simulator: one call, no generation check beyond this (the type and
+    // range test is two comparisons; a number would make the i64 parameter throw a bare TypeError).
+    if (typeof vpn !== 'bigint' || vpn < 0n || vpn >= VPN_LIMIT) avpn(vpn, 'vpn');
     return Number(ex().prefetchTouch(this.h, vpn));
   }
 
@@ -307,6 +333,7 @@ export class PrefetchEngine {
    */
   faultVirtual(vpn: bigint, back: number, ahead: number): Uint32Array {
     const e = this.live();
+    vpn = avpn(vpn, 'vpn');
     aint(back, 'back', 0, MAX_WINDOW - 1);
     aint(ahead, 'ahead', 0, MAX_WINDOW - 1 - back);
     const translator = this._translator;
@@ -332,23 +359,42 @@ export class PrefetchEngine {
    */
   faultVirtualBatch(vpns: BigUint64Array, back: number, ahead: number): Uint32Array {
     const e = this.live();
+    if (!(vpns instanceof BigUint64Array)) throw new VmkitError('ARG_TYPE', `vpns must be a BigUint64Array, got ${describe(vpns)}`);
     aint(back, 'back', 0, MAX_WINDOW - 1);
     aint(ahead, 'ahead', 0, MAX_WINDOW - 1 - back);
+    // A fault yields at most one run per page of its window: the core gets the
+    // faults in slices whose worst case fits BATCH_RUNS runs, so the room it is
+    // given stays bounded however many faults are queued.
+    const window = back + ahead + 1;
+    const per = Math.max(1, Math.floor(BATCH_RUNS / window));
     return withCore((c) => {
-      const n = vpns.length;
-      const cap = n * (back + ahead + 1);
-      const p = c.alloc(Math.max(8, n * 8));
-      const o = c.alloc(Math.max(8, cap * 8));
+      const p = c.alloc(per * 8);
+      const o = c.alloc(per * window * 8);
+      const parts: Uint32Array[] = [];
+      let total = 0;
       try {
-        new BigUint64Array(c.u8().buffer, p, n).set(vpns);
-        const r = check(e.prefetchFaultVirtualBatch(this.h, p, n, back, ahead, o, cap), 'prefetch fault batch');
-        return new Uint32Array(c.u8().buffer, o, r * 2).slice();
+        for (let at = 0; at < vpns.length; at += per) {
+          const n = Math.min(per, vpns.length - at);
+          new BigUint64Array(c.u8().buffer, p, n).set(vpns.subarray(at, at + n));
+          const r = check(e.prefetchFaultVirtualBatch(this.h, p, n, back, ahead, o, n * window), 'prefetch fault batch');
+          parts.push(new Uint32Array(c.u8().buffer, o, r * 2).slice());
+          total += r * 2;
+        }
       } finally {
         c.free(p);
         c.free(o);
       }
+      if (parts.length === 1) return parts[0]!;
+      const out = new Uint32Array(total);
+      let k = 0;
+      for (const part of parts) {
+        out.set(part, k);
+        k += part.length;
+      }
+      return out;
     });
   }
+
 
   /**
    * The fault path by physical neighbourhood (fault-around): frame `ppn` and
@@ -357,6 +403,7 @@ export class PrefetchEngine {
    */
   faultPhysical(ppn: number, back: number, ahead: number): Uint32Array {
     const e = this.live();
+    aindex(ppn, 'ppn', this.pages);
     aint(back, 'back', 0, MAX_WINDOW - 1);
     aint(ahead, 'ahead', 0, MAX_WINDOW - 1 - back);
     return this.runs(e.prefetchFaultPhysical(this.h, ppn, back, ahead, this.out, MAX_WINDOW + 1));
@@ -370,6 +417,9 @@ export class PrefetchEngine {
    */
   faultList(frames: ArrayLike<number>, fault: number): Uint32Array {
     this.live();
+    if (fault !== -1) aindex(fault, 'fault', this.pages);
+    // Frames past the guest are skipped (not RAM); what is not a frame number at all is refused.
+    for (let i = 0; i < frames.length; i++) aindex(frames[i], `frames[${i}]`, 2 ** 53);
     const all = new Uint32Array(0);
     let out: Uint32Array = all;
     let first = true;
@@ -406,6 +456,7 @@ export class PrefetchEngine {
    * @example engine.countTableReads(4);
    */
   countTableReads(n: number): void {
+    aint(n, 'n', 0, 0xffff_ffff);
     check(this.live().prefetchCountWalk(this.h, 0, n), 'prefetch count');
   }
 
@@ -472,6 +523,8 @@ function countBlocks(runs: Uint32Array, blockOf: (page: number) => number): numb
  * @example coalesce([5, 3, 4, 9, 9, 1]); // Uint32Array [1, 1, 3, 3, 9, 1]
  */
 export function coalesce(pages: ArrayLike<number>): Uint32Array {
+  // Sorted in the core in one piece: 12 bytes a page there.
+  if (pages.length > MAX_COALESCE) throw new VmkitError('LIMIT', `coalesce takes at most ${MAX_COALESCE} pages at once, got ${pages.length}`);
   for (let i = 0; i < pages.length; i++) aint(pages[i], `pages[${i}]`, 0, 0xffff_ffff);
   return withCore((c) => {
     const n = pages.length;

@@ -18,7 +18,7 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import { abytes, aint } from '../../_utils.js';
+import { abytes, aindex, aint, au64 } from '../../_utils.js';
 import type { Gpa, Gva, GuestMemorySource, PageSource } from '../types.js';
 import { PrefetchEngine, UNMAPPED, type PrefetchStats, type Translator } from './engine.js';
 import { createPolicy, type PrefetchPolicy } from './policies.js';
@@ -49,116 +49,6 @@ export interface LazyMemoryStats extends PrefetchStats {
   sourceReads: number;
 }
 
-// The boundary checks of every page source's read: whole pages inside the source, and a
-// destination that holds them.
-function checkPages(first: number, count: number, pageCount: number, pageSize: number, dst: Uint8Array): void {
-  if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 0 || first + count > pageCount) {
-    throw new VmkitError('ARG_RANGE', `pages [${first}, ${first + count}) outside ${pageCount}`);
-  }
-  if (dst.length < count * pageSize) throw new VmkitError('OUTPUT_TOO_SMALL', `dst holds ${dst.length} bytes, ${count} pages need ${count * pageSize}`);
-}
-
-/**
- * A page source over a buffer (an in-memory image).
- * @example
- * const src = bufferPages(new Uint8Array(16 * 4096));
- * src.pageCount; // 16
- */
-export function bufferPages(buf: Uint8Array | ArrayBuffer, pageSize: number = 4096): PageSource & { readPagesIntoSync(first: number, count: number, dst: Uint8Array): void } {
-  const b = buf instanceof Uint8Array ? buf : new Uint8Array(buf);
-  aint(pageSize, 'pageSize', 1);
-  if (b.length % pageSize !== 0) throw new VmkitError('ARG_RANGE', `image of ${b.length} bytes is not a whole number of ${pageSize}-byte pages`);
-  const pageCount = b.length / pageSize;
-  const readSync = (first: number, count: number, dst: Uint8Array): void => {
-    checkPages(first, count, pageCount, pageSize, dst);
-    dst.set(b.subarray(first * pageSize, (first + count) * pageSize));
-  };
-  return {
-    pageSize,
-    pageCount,
-    readPagesIntoSync: readSync,
-    readPagesInto: async (first, count, dst) => readSync(first, count, dst),
-  };
-}
-
-/**
- * A page source over a raw memory image file (Node: positioned reads; the
- * file is never loaded whole). Close it when done. The image must be a
- * positive whole number of pages (ARG_RANGE naming its size otherwise);
- * NOT_FOUND when it does not exist, IO when it cannot be read.
- * @example
- * const src = await imagePages('/tmp/guest.mem');
- * src.close();
- */
-export async function imagePages(path: string, pageSize: number = 4096): Promise<PageSource & { readPagesIntoSync(first: number, count: number, dst: Uint8Array): void; close(): void }> {
-  // Hidden from bundlers so browser builds of vmkit/memory do not try to resolve node:fs.
-  const name = 'node:fs';
-  const fs = (await import(/* @vite-ignore */ name)) as typeof import('node:fs');
-  return _filePages(fs, path, pageSize);
-}
-
-/** The synchronous node:fs calls {@link _filePages} makes. @internal */
-export type _PageFs = Pick<typeof import('node:fs'), 'openSync' | 'fstatSync' | 'readSync' | 'closeSync'>;
-
-/**
- * The one implementation behind {@link imagePages} and the CLI's raw images:
- * `fs` is passed in so this module never imports node:fs (the library loads
- * it on first use, the CLI has it already and stays synchronous).
- *
- * A partial last page is rejected rather than zero-padded or dropped: QEMU's
- * raw memory dumps (`pmemsave`, `dump-guest-memory` raw) are whole pages, so a
- * tail is the sign of a truncated or wrong file, and restoring a guest from it
- * would hand the guest memory that was never in the image (padding) or lose
- * bytes that were (dropping) without anyone noticing.
- * @internal
- * @example
- * ```ts
- * import * as fs from 'node:fs';
- * const src = _filePages(fs, 'mem.raw', 4096);
- * try { src.readPagesIntoSync(0, 1, page); } finally { src.close(); }
- * ```
- */
-export function _filePages(fs: _PageFs, path: string, pageSize: number): PageSource & { readPagesIntoSync(first: number, count: number, dst: Uint8Array): void; close(): void } {
-  aint(pageSize, 'pageSize', 1);
-  let fd: number;
-  let size: number;
-  try {
-    fd = fs.openSync(path, 'r');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException)?.code === 'ENOENT' ? 'NOT_FOUND' : 'IO';
-    throw new VmkitError(code, `${path}: ${(e as Error).message}`, { cause: e, path });
-  }
-  try {
-    size = fs.fstatSync(fd).size;
-  } catch (e) {
-    fs.closeSync(fd);
-    throw new VmkitError('IO', `${path}: ${(e as Error).message}`, { cause: e, path });
-  }
-  if (size === 0 || size % pageSize !== 0) {
-    fs.closeSync(fd);
-    throw new VmkitError('ARG_RANGE', `${path}: a memory image must be a positive whole number of ${pageSize}-byte pages (it has ${size} bytes)`, { path });
-  }
-  const pageCount = size / pageSize;
-  const readSync = (first: number, count: number, dst: Uint8Array): void => {
-    checkPages(first, count, pageCount, pageSize, dst);
-    const want = count * pageSize;
-    const at = first * pageSize;
-    for (let done = 0; done < want; ) {
-      // 0 before the end: the file shrank since it was opened.
-      const n = fs.readSync(fd, dst, done, want - done, at + done);
-      if (n <= 0) throw new VmkitError('IO', `${path}: short read at ${at + done}`, { path, offset: at + done });
-      done += n;
-    }
-  };
-  return {
-    pageSize,
-    pageCount,
-    readPagesIntoSync: readSync,
-    readPagesInto: async (first, count, dst) => readSync(first, count, dst),
-    close: () => fs.closeSync(fd),
-  };
-}
-
 const PAGE_SHIFT = 12n;
 
 /**
@@ -186,6 +76,9 @@ export class LazyGuestMemory implements GuestMemorySource {
   private busy = 0;
   // Page contents by page number: subarrays of one buffer per read run.
   private readonly contents = new Map<number, Uint8Array>();
+  // Pages marked resident whose run is still being read, by page number: the
+  // in-flight load table that makes concurrent faults on a page share one read.
+  private readonly loading = new Map<number, Ticket>();
   private bytesRead = 0;
   private sourceReads = 0;
 
@@ -235,49 +128,137 @@ export class LazyGuestMemory implements GuestMemorySource {
     return f.bind(this.source);
   }
 
-  private place(first: number, count: number, buf: Uint8Array): void {
-    for (let i = 0; i < count; i++) this.contents.set(first + i, buf.subarray(i * 4096, (i + 1) * 4096));
+  // Places a run read from the source. A page whose load was taken over (a
+  // synchronous access read it itself) or dropped (evicted) while the read was
+  // in flight keeps what it has: the run's bytes for it are stale.
+  private place(first: number, count: number, buf: Uint8Array, ticket: Ticket | undefined): void {
+    for (let i = 0; i < count; i++) {
+      const p = first + i;
+      if (ticket && this.loading.get(p) !== ticket) continue;
+      this.loading.delete(p);
+      this.contents.set(p, buf.subarray(i * 4096, (i + 1) * 4096));
+    }
     this.bytesRead += count * 4096;
     this.sourceReads++;
   }
 
-  private unload(runs: Uint32Array): void {
-    // A failed read leaves its pages absent again, so the next access retries.
-    for (let i = 0; i < runs.length; i += 2) this.engine.setResident(runs[i]!, runs[i + 1]!, false);
+  // A failed read leaves its pages absent again, so the next access retries.
+  private unload(runs: Uint32Array, from: number): void {
+    for (let i = from; i < runs.length; i += 2) this.engine.setResident(runs[i]!, runs[i + 1]!, false);
   }
 
   private loadSync(runs: Uint32Array): void {
+    if (runs.length === 0) return;
     const read = this.syncReader();
+    let i = 0;
     try {
-      for (let i = 0; i < runs.length; i += 2) {
+      for (; i < runs.length; i += 2) {
         const buf = new Uint8Array(runs[i + 1]! * 4096);
         read(runs[i]!, runs[i + 1]!, buf);
-        this.place(runs[i]!, runs[i + 1]!, buf);
+        this.place(runs[i]!, runs[i + 1]!, buf, undefined);
       }
     } catch (e) {
-      this.unload(runs);
+      // Runs already placed stay: only the failed run and those after it go absent.
+      this.unload(runs, i);
       throw e;
     }
   }
 
+  /**
+   * Starts reading `runs` (just marked resident by a fault) and records, for
+   * every page in them, the ticket of its run: an access that finds a page
+   * resident but still loading waits on that ticket instead of reading it
+   * again, and a write waits for it before copying. The tickets are recorded
+   * before this returns, so no other access can see such a page unclaimed.
+   * Returns the runs' promises (they reject with the run's error; the
+   * rejection is also handled here, so an unawaited prefetch run never
+   * surfaces as an unhandled rejection).
+   */
+  private startLoad(runs: Uint32Array): Promise<void>[] {
+    if (runs.length === 0) return [];
+    // A source that stores pages in blocks (a checkpoint) reads one run at a
+    // time, so that runs sharing a block find it in the source's cache;
+    // others get every run's read in flight at once.
+    const sequential = this.source.blockOf !== undefined;
+    const all: Promise<void>[] = [];
+    let prev: Promise<void> = DONE;
+    for (let i = 0; i < runs.length; i += 2) {
+      const first = runs[i]!;
+      const count = runs[i + 1]!;
+      const ticket: Ticket = { done: DONE };
+      const after = prev;
+      ticket.done = (async (): Promise<void> => {
+        try {
+          if (sequential) await after;
+          const buf = new Uint8Array(count * 4096);
+          await this.source.readPagesInto(first, count, buf);
+          this.place(first, count, buf, ticket);
+        } catch (e) {
+          for (let p = first; p < first + count; p++) {
+            if (this.loading.get(p) !== ticket) continue;
+            this.loading.delete(p);
+            this.engine.setResident(p, 1, false);
+          }
+          throw e;
+        }
+      })();
+      ticket.done.catch(() => {});
+      for (let p = first; p < first + count; p++) this.loading.set(p, ticket);
+      all.push(ticket.done);
+      prev = ticket.done;
+    }
+    return all;
+  }
+
   private async load(runs: Uint32Array): Promise<void> {
-    const one = async (k: number): Promise<void> => {
-      const first = runs[2 * k]!;
-      const count = runs[2 * k + 1]!;
-      const buf = new Uint8Array(count * 4096);
-      await this.source.readPagesInto(first, count, buf);
-      this.place(first, count, buf);
-    };
-    try {
-      const n = runs.length / 2;
-      // A source that stores pages in blocks (a checkpoint) reads one run at a
-      // time, so that runs sharing a block find it in the source's cache;
-      // others get every run's read in flight at once.
-      if (this.source.blockOf) for (let k = 0; k < n; k++) await one(k);
-      else await Promise.all(Array.from({ length: n }, (_, k) => one(k)));
-    } catch (e) {
-      this.unload(runs);
-      throw e;
+    await Promise.all(this.startLoad(runs));
+  }
+
+  // One page an asynchronous access needs: the fault (counted, and the
+  // policy's loads started), then the wait for the page's own run only (a
+  // prefetched run that fails leaves its pages absent for the next access to
+  // retry; it does not fail this one).
+  private async need(page: number, vpn: bigint | undefined): Promise<void> {
+    this.startLoad(this.fault(page, vpn));
+    await this.settled(page);
+  }
+
+  // Waits until `page` is no longer being loaded. Rejects with the load's
+  // error, unless the page got its contents another way meanwhile.
+  private async settled(page: number): Promise<void> {
+    for (let t = this.loading.get(page); t; t = this.loading.get(page)) {
+      try {
+        await t.done;
+      } catch (e) {
+        if (!this.contents.has(page) || this.loading.has(page)) throw e;
+      }
+    }
+  }
+
+  // Makes sure every page of an access is present right before its copy:
+  // after the waits, a page may have been evicted (then it faults again).
+  private async ready(pages: readonly number[], vpn: bigint | undefined): Promise<void> {
+    for (;;) {
+      const missing = pages.find((p) => !this.contents.has(p) || this.loading.has(p));
+      if (missing === undefined) return;
+      await this.need(missing, vpn);
+    }
+  }
+
+  // The synchronous form of a wait: a page of this access that an
+  // asynchronous access is still loading cannot be waited for here, so it is
+  // read now (the one case a page is read twice), and the asynchronous load
+  // leaves it alone when it completes.
+  private presentSync(pages: readonly number[]): void {
+    for (const p of pages) {
+      if (this.contents.has(p) && !this.loading.has(p)) continue;
+      if (!this.loading.has(p)) {
+        this.loadSync(this.fault(p, undefined));
+        if (this.contents.has(p)) continue;
+      }
+      const buf = new Uint8Array(4096);
+      this.syncReader()(p, 1, buf);
+      this.place(p, 1, buf, undefined);
     }
   }
 
@@ -319,8 +300,12 @@ export class LazyGuestMemory implements GuestMemorySource {
     this.engine.setTranslator(t);
   }
 
-  private checkRange(at: bigint, len: number): void {
+  // The guest-physical range [at, at + len) checked; `at` back as a bigint
+  // (a number or a wrong type never reaches the bigint arithmetic below).
+  private checkRange(at: bigint, len: number): bigint {
+    at = au64(at, 'at');
     if (at < 0n || at + BigInt(len) > this.size) throw new VmkitError('ARG_RANGE', `guest-physical range 0x${at.toString(16)}+${len} outside the guest (0x${this.size.toString(16)} bytes)`, { offset: at });
+    return at;
   }
 
   private copy(at: bigint, buf: Uint8Array, write: boolean): void {
@@ -352,8 +337,10 @@ export class LazyGuestMemory implements GuestMemorySource {
    */
   readSync(at: Gpa, dst: Uint8Array): void {
     abytes(dst, 'dst');
-    this.checkRange(at, dst.length);
-    for (const p of this.pagesOf(at, dst.length)) this.loadSync(this.fault(p, undefined));
+    at = this.checkRange(at, dst.length) as Gpa;
+    const pages = this.pagesOf(at, dst.length);
+    for (const p of pages) this.loadSync(this.fault(p, undefined));
+    this.presentSync(pages);
     this.copy(at, dst, false);
   }
 
@@ -364,8 +351,10 @@ export class LazyGuestMemory implements GuestMemorySource {
    */
   async read(at: Gpa, dst: Uint8Array): Promise<void> {
     abytes(dst, 'dst');
-    this.checkRange(at, dst.length);
-    for (const p of this.pagesOf(at, dst.length)) await this.load(this.fault(p, undefined));
+    at = this.checkRange(at, dst.length) as Gpa;
+    const pages = this.pagesOf(at, dst.length);
+    for (const p of pages) await this.need(p, undefined);
+    await this.ready(pages, undefined);
     this.copy(at, dst, false);
   }
 
@@ -377,8 +366,10 @@ export class LazyGuestMemory implements GuestMemorySource {
    */
   writeSync(at: Gpa, src: Uint8Array): void {
     abytes(src, 'src');
-    this.checkRange(at, src.length);
-    for (const p of this.pagesOf(at, src.length)) this.loadSync(this.fault(p, undefined));
+    at = this.checkRange(at, src.length) as Gpa;
+    const pages = this.pagesOf(at, src.length);
+    for (const p of pages) this.loadSync(this.fault(p, undefined));
+    this.presentSync(pages);
     this.copy(at, src, true);
   }
 
@@ -389,8 +380,10 @@ export class LazyGuestMemory implements GuestMemorySource {
    */
   async write(at: Gpa, src: Uint8Array): Promise<void> {
     abytes(src, 'src');
-    this.checkRange(at, src.length);
-    for (const p of this.pagesOf(at, src.length)) await this.load(this.fault(p, undefined));
+    at = this.checkRange(at, src.length) as Gpa;
+    const pages = this.pagesOf(at, src.length);
+    for (const p of pages) await this.need(p, undefined);
+    await this.ready(pages, undefined);
     this.copy(at, src, true);
   }
 
@@ -399,6 +392,7 @@ export class LazyGuestMemory implements GuestMemorySource {
   private virtualPieces(at: Gva, len: number): { gpa: bigint; vpn: bigint; off: number; n: number }[] {
     const t = this.translator;
     if (!t) throw new VmkitError('INVALID_STATE', 'guest-virtual access needs a translator (an address space)');
+    at = au64(at, 'at') as Gva;
     const pieces: { gpa: bigint; vpn: bigint; off: number; n: number }[] = [];
     let done = 0;
     const gvas = new BigUint64Array(1);
@@ -431,7 +425,9 @@ export class LazyGuestMemory implements GuestMemorySource {
   async readVirtual(at: Gva, dst: Uint8Array): Promise<void> {
     abytes(dst, 'dst');
     for (const p of this.virtualPieces(at, dst.length)) {
-      await this.load(this.fault(Number(p.gpa >> PAGE_SHIFT), p.vpn));
+      const page = Number(p.gpa >> PAGE_SHIFT);
+      await this.need(page, p.vpn);
+      await this.ready([page], p.vpn);
       this.copy(p.gpa, dst.subarray(p.off, p.off + p.n), false);
     }
   }
@@ -444,7 +440,9 @@ export class LazyGuestMemory implements GuestMemorySource {
   readVirtualSync(at: Gva, dst: Uint8Array): void {
     abytes(dst, 'dst');
     for (const p of this.virtualPieces(at, dst.length)) {
-      this.loadSync(this.fault(Number(p.gpa >> PAGE_SHIFT), p.vpn));
+      const page = Number(p.gpa >> PAGE_SHIFT);
+      this.loadSync(this.fault(page, p.vpn));
+      this.presentSync([page]);
       this.copy(p.gpa, dst.subarray(p.off, p.off + p.n), false);
     }
   }
@@ -457,7 +455,9 @@ export class LazyGuestMemory implements GuestMemorySource {
   async writeVirtual(at: Gva, src: Uint8Array): Promise<void> {
     abytes(src, 'src');
     for (const p of this.virtualPieces(at, src.length)) {
-      await this.load(this.fault(Number(p.gpa >> PAGE_SHIFT), p.vpn));
+      const page = Number(p.gpa >> PAGE_SHIFT);
+      await this.need(page, p.vpn);
+      await this.ready([page], p.vpn);
       this.copy(p.gpa, src.subarray(p.off, p.off + p.n), true);
     }
   }
@@ -478,8 +478,14 @@ export class LazyGuestMemory implements GuestMemorySource {
    * @example mem.evict(0, 16);
    */
   evict(first: number, count: number): void {
+    aindex(first, 'first', this.pages + 1);
+    aindex(count, 'count', this.pages - first + 1);
     this.engine.setResident(first, count, false);
-    for (let p = first; p < first + count; p++) this.contents.delete(p);
+    // A load in flight for these pages no longer places them (see place()).
+    for (let p = first; p < first + count; p++) {
+      this.contents.delete(p);
+      this.loading.delete(p);
+    }
   }
 
   /** Counters so far. @example const { faults, bytesRead } = mem.stats(); */
@@ -491,7 +497,14 @@ export class LazyGuestMemory implements GuestMemorySource {
   close(): void {
     this.engine.close();
     this.contents.clear();
+    this.loading.clear();
   }
 }
 
 const EMPTY = new Uint32Array(0);
+const DONE: Promise<void> = Promise.resolve();
+
+// The load of one run: settles when the run is placed (or failed).
+interface Ticket {
+  done: Promise<void>;
+}
