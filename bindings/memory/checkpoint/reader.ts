@@ -117,6 +117,8 @@ export interface CheckpointReadStats {
 }
 
 const RUN_PAGES = 64;
+/** Pages per slab of {@link CheckpointReader.readPage}'s results. */
+const SLAB_PAGES = 64;
 /** The core's status for a record that does not match its checksum (assembly/_errors.ts). */
 const E_INTEGRITY = -8;
 /** Zero runs at least this long are left as holes by a restore to a file, not written. */
@@ -343,8 +345,17 @@ export class CheckpointReader implements PageSource {
     }
   }
 
-  /** Splits [first, first+count) into runs: zero, absent, or stored in one block. */
-  private nextRun(p: number, end: number): { kind: number; block: number; n: number } {
+  /** Kind and block of the run {@link nextRun} found last. */
+  private runKind = 0;
+  private runBlock = 0;
+
+  /**
+   * Splits [first, first+count) into runs: zero, absent, or stored in one
+   * block. Returns the length of the run from `p`; its kind and block are
+   * left in runKind and runBlock (no object per run: this is the path of
+   * every lazy page read).
+   */
+  private nextRun(p: number, end: number): number {
     const pg = this.pages;
     const kind = pg[PAGE_WORDS * p + 2]! >>> 28;
     const block = pg[PAGE_WORDS * p]!;
@@ -381,7 +392,9 @@ export class CheckpointReader implements PageSource {
     } else {
       while (q < end && q - p < RUN_PAGES && pg[PAGE_WORDS * q]! === block && pg[PAGE_WORDS * q + 2]! >>> 28 >= PAGE_RAW) q++;
     }
-    return { kind, block, n: q - p };
+    this.runKind = kind;
+    this.runBlock = block;
+    return q - p;
   }
 
   /**
@@ -395,11 +408,13 @@ export class CheckpointReader implements PageSource {
     const ps = this.pageSize;
     const end = first + count;
     for (let p = first; p < end; ) {
-      const run = this.nextRun(p, end);
-      const out = dst.subarray((p - first) * ps, (p - first + run.n) * ps);
-      if (run.kind === PAGE_ZERO) out.fill(0);
-      else yield { kind: run.kind, block: run.block, page: p, n: run.n, out };
-      p += run.n;
+      const n = this.nextRun(p, end);
+      const kind = this.runKind;
+      const block = this.runBlock;
+      const out = dst.subarray((p - first) * ps, (p - first + n) * ps);
+      if (kind === PAGE_ZERO) out.fill(0);
+      else yield { kind, block, page: p, n, out };
+      p += n;
     }
   }
 
@@ -475,7 +490,7 @@ export class CheckpointReader implements PageSource {
    * positioned read straight into core memory (none when the last span read
    * holds them), checked record by record and decoded into `dst`.
    */
-  private readRecordsSync(b: number, p: number, n: number, dst: Uint8Array): void {
+  private readRecordsSync(b: number, p: number, n: number, dst: Uint8Array, at: number): void {
     const read = this.src.readSync;
     if (!read) throw new VmkitError('UNSUPPORTED', 'this checkpoint source has no synchronous reads');
     this.setSpan(p, n);
@@ -493,7 +508,7 @@ export class CheckpointReader implements PageSource {
         k.hi = hi;
       } else this.counters.cacheHits++;
       this.decodeRun(c, k, b, p, n, k.out);
-      dst.set(c.u8().subarray(k.out, k.out + n * this.pageSize));
+      dst.set(c.u8().subarray(k.out, k.out + n * this.pageSize), at);
     });
   }
 
@@ -583,10 +598,24 @@ export class CheckpointReader implements PageSource {
    * ```
    */
   readPagesIntoSync(first: number, count: number, dst: Uint8Array): void {
-    for (const r of this.pieces(first, count, dst)) {
-      if (r.kind === PAGE_ABSENT) this.parentFor(r.page).readPagesIntoSync(r.page, r.n, r.out);
-      else if (this.perPage) this.readRecordsSync(r.block, r.page, r.n, r.out);
-      else this.extract(r.block, this.blockSync(r.block), r.page, r.n, r.out);
+    if (!this.perPage) {
+      for (const r of this.pieces(first, count, dst)) {
+        if (r.kind === PAGE_ABSENT) this.parentFor(r.page).readPagesIntoSync(r.page, r.n, r.out);
+        else this.extract(r.block, this.blockSync(r.block), r.page, r.n, r.out);
+      }
+      return;
+    }
+    // Version 2: the walk of pieces() without its objects (the lazy page read path).
+    this.checkRange(first, count, dst);
+    const ps = this.pageSize;
+    const end = first + count;
+    for (let p = first; p < end; ) {
+      const n = this.nextRun(p, end);
+      const at = (p - first) * ps;
+      if (this.runKind === PAGE_ZERO) dst.fill(0, at, at + n * ps);
+      else if (this.runKind === PAGE_ABSENT) this.parentFor(p).readPagesIntoSync(p, n, dst.subarray(at, at + n * ps));
+      else this.readRecordsSync(this.runBlock, p, n, dst, at);
+      p += n;
     }
   }
 
@@ -598,24 +627,40 @@ export class CheckpointReader implements PageSource {
    * ```
    */
   async readPagesInto(first: number, count: number, dst: Uint8Array): Promise<void> {
+    // A full version 2 checkpoint with synchronous reads has no absent pages to await.
+    if (this.perPage && this.syncReads && !this.header.diff) return this.readPagesIntoSync(first, count, dst);
     for (const r of this.pieces(first, count, dst)) {
       if (r.kind === PAGE_ABSENT) await this.parentFor(r.page).readPagesInto(r.page, r.n, r.out);
       else if (!this.perPage) this.extract(r.block, await this.blockAsync(r.block), r.page, r.n, r.out);
-      else if (this.syncReads) this.readRecordsSync(r.block, r.page, r.n, r.out);
+      else if (this.syncReads) this.readRecordsSync(r.block, r.page, r.n, r.out, 0);
       else await this.readRecordsAsync(r.block, r.page, r.n, r.out);
     }
   }
 
+  /** The slab {@link readPage} cuts pages from, and the bytes of it handed out. */
+  private slab: ArrayBuffer | undefined;
+  private slabUsed = 0;
+
   /**
-   * One page as a new array.
+   * One page as a new array: a view of its own `pageSize` bytes of a
+   * 64-page slab that later pages share (as Node's Buffer pool does; an
+   * ArrayBuffer per page cost more than the read itself). `page.slice()`
+   * copies it out of the slab.
    * @example
    * ```ts
    * const page = await r.readPage(42);
    * ```
    */
   async readPage(page: number): Promise<Uint8Array> {
-    const dst = new Uint8Array(this.pageSize);
-    await this.readPagesInto(page, 1, dst);
+    const ps = this.pageSize;
+    if (!this.slab || this.slabUsed + ps > this.slab.byteLength) {
+      this.slab = new ArrayBuffer(SLAB_PAGES * ps);
+      this.slabUsed = 0;
+    }
+    const dst = new Uint8Array(this.slab, this.slabUsed, ps);
+    this.slabUsed += ps;
+    if (this.perPage && this.syncReads && !this.header.diff) this.readPagesIntoSync(page, 1, dst);
+    else await this.readPagesInto(page, 1, dst);
     return dst;
   }
 
@@ -707,25 +752,27 @@ export class CheckpointReader implements PageSource {
               while (done < len) done += fs.writeSync(fd, c.u8().subarray(from + done, from + len), 0, len - done, seg * ps + done);
             };
             for (let q = p; q < p + n; ) {
-              const run = this.nextRun(q, p + n);
+              const rn = this.nextRun(q, p + n);
+              const kind = this.runKind;
+              const block = this.runBlock;
               const at = cw + (q - p) * ps;
-              if (run.kind === PAGE_ZERO) {
-                if (run.n >= HOLE_PAGES) {
+              if (kind === PAGE_ZERO) {
+                if (rn >= HOLE_PAGES) {
                   flush(q);
-                  seg = q + run.n;
-                } else c.u8().fill(0, at, at + run.n * ps);
-              } else if (run.kind === PAGE_ABSENT) {
+                  seg = q + rn;
+                } else c.u8().fill(0, at, at + rn * ps);
+              } else if (kind === PAGE_ABSENT) {
                 const parent = this.parentFor(q);
                 tmp ??= new Uint8Array(win * ps);
-                const part = tmp.subarray(0, run.n * ps);
-                parent.readPagesIntoSync(q, run.n, part); // may grow core memory: views are taken after
+                const part = tmp.subarray(0, rn * ps);
+                parent.readPagesIntoSync(q, rn, part); // may grow core memory: views are taken after
                 c.u8().set(part, at);
               } else {
                 const k = this.coreBufs(c);
-                this.loadBlockInCore(c, k, run.block);
-                this.decodeRun(c, k, run.block, q, run.n, at);
+                this.loadBlockInCore(c, k, block);
+                this.decodeRun(c, k, block, q, rn, at);
               }
-              q += run.n;
+              q += rn;
             }
             flush(p + n);
           }
