@@ -136,6 +136,9 @@ describe('checkpoint round trips', () => {
       if (after.reads > before.reads) expect(after.bytesRead - before.bytesRead).toBe(recLen(p));
       expect(after.blockReads).toBe(0);
     }
+    // Pages handed out by readPage share slabs, never bytes: earlier pages keep their contents.
+    const got = await Promise.all([5, 6, 7, 200].map((p) => rd.readPage(p)));
+    [5, 6, 7, 200].forEach((p, i) => expect(diffAt(got[i]!, mem.subarray(p * PS, (p + 1) * PS))).toBe(-1));
     // A run of neighbours (as the prefetcher asks for): one read of their records' span, zero pages between them included.
     const b = rd.blockOf(100) >= 0 ? rd.blockOf(100) : rd.blockOf(101);
     const run: number[] = [];
