@@ -149,7 +149,7 @@ function dirname(p: string): string {
  * import { init, CheckpointReader } from 'vmkit/memory';
  * await init();
  * const r = await CheckpointReader.open('/tmp/vm.ckpt');
- * const page = await r.readPage(0x100);     // one block read at most
+ * const page = await r.readPage(0x100);     // one read of that page's record (a few KiB)
  * await r.restoreTo('/tmp/mem.bin');         // full restore
  * await r.close();
  * ```
