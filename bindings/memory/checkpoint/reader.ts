@@ -512,6 +512,43 @@ export class CheckpointReader implements PageSource {
     });
   }
 
+  /**
+   * {@link readRecordsSync} for one stored page, without the run walk: the
+   * path of a lazy page fault (one read of the record, one core call).
+   */
+  private readOneSync(p: number, dst: Uint8Array): void {
+    const read = this.src.readSync;
+    if (!read) throw new VmkitError('UNSUPPORTED', 'this checkpoint source has no synchronous reads');
+    const pg = this.pages;
+    const at = PAGE_WORDS * p;
+    const b = pg[at]!;
+    const off = pg[at + 1]!;
+    const w = pg[at + 2]!;
+    const len = w & 0x0fffffff;
+    withCore((c) => {
+      const k = this.coreBufs(c);
+      if (k.loaded !== b || off < k.lo || off + len > k.hi) {
+        k.loaded = -1;
+        read.call(this.src, this.blocks[b]!.offset + off, c.u8().subarray(k.block, k.block + len));
+        this.counters.reads++;
+        this.counters.bytesRead += len;
+        k.loaded = b;
+        k.lo = off;
+        k.hi = off + len;
+      } else this.counters.cacheHits++;
+      const mem = c.u8();
+      if (k.ent.buffer !== mem.buffer) k.ent = new Uint32Array(mem.buffer, k.entries, RUN_PAGES * 4);
+      const ent = k.ent;
+      ent[0] = w >>> 28;
+      ent[1] = off - k.lo;
+      ent[2] = len;
+      ent[3] = pg[at + 3]!;
+      const r = ex(c).stagingExtract(k.block, k.hi - k.lo, k.entries, 1, this.pageSize, k.out, 1);
+      if (r < 0) this.decodeFailed(k, r, b, p, 1);
+      dst.set(mem.subarray(k.out, k.out + this.pageSize));
+    });
+  }
+
   /** {@link readRecordsSync} through the source's asynchronous read (into a buffer of the span's size, then core memory). */
   private async readRecordsAsync(b: number, p: number, n: number, dst: Uint8Array): Promise<void> {
     this.setSpan(p, n);
@@ -570,13 +607,18 @@ export class CheckpointReader implements PageSource {
       ent[4 * i + 3] = pg[at + 3]!;
     }
     const r = ex(c).stagingExtract(k.block, k.hi - k.lo, k.entries, n, this.pageSize, out, this.perPage ? 1 : 0);
-    if (r < 0) {
-      k.loaded = -1;
-      const at = this.blocks[b]!.offset + k.lo;
-      if (r === E_INTEGRITY) throw new VmkitError('INTEGRITY', `checkpoint: a record of pages ${p}..${p + n - 1} does not match its checksum (block ${b})`, { offset: at });
-      throw new VmkitError('CORRUPT', `checkpoint: pages ${p}..${p + n - 1} do not decode (block ${b})`, { offset: at });
-    }
+    if (r < 0) this.decodeFailed(k, r, b, p, n);
+  }
+
+  /** Throws for status `r` of a failed stagingExtract of pages [p, p + n) of block `b` (the core span is forgotten). */
+  private decodeFailed(k: CoreBufs, r: number, b: number, p: number, n: number): never {
+    k.loaded = -1;
+    const at = this.blocks[b]!.offset + k.lo;
+    const pages = n === 1 ? `page ${p}` : `pages ${p}..${p + n - 1}`;
+    if (r === E_INTEGRITY) throw new VmkitError('INTEGRITY', `checkpoint: a record of ${pages} does not match its checksum (block ${b})`, { offset: at });
+    if (r === -3) throw new VmkitError('CORRUPT', `checkpoint: ${pages} ${n === 1 ? 'does' : 'do'} not decode (block ${b})`, { offset: at });
     check(r, 'checkpoint extract');
+    throw new VmkitError('CORRUPT', `checkpoint extract: status ${r}`);
   }
 
   private coreBufs(c: Core): CoreBufs {
@@ -607,6 +649,7 @@ export class CheckpointReader implements PageSource {
     }
     // Version 2: the walk of pieces() without its objects (the lazy page read path).
     this.checkRange(first, count, dst);
+    if (count === 1 && this.pages[PAGE_WORDS * first + 2]! >>> 28 >= PAGE_RAW) return this.readOneSync(first, dst);
     const ps = this.pageSize;
     const end = first + count;
     for (let p = first; p < end; ) {
