@@ -478,7 +478,16 @@ describe('hostile checkpoint files, crafted with valid checksums', () => {
     if (raw !== undefined) {
       await rejects(seal(file, header, footer, blocks, pg([pages[W * raw]!, pages[W * raw + 1]!, ((3 << 28) | 200) >>> 0, pages[W * stored + 3]!])), ['INTEGRITY']);
       const at = blocks[pages[W * raw]!]!.offset + pages[W * raw + 1]!;
-      await rejects(seal(file, header, footer, blocks, pg([pages[W * raw]!, pages[W * raw + 1]!, ((3 << 28) | 200) >>> 0, xxh32(file.subarray(at, at + 200))])), ['CORRUPT']);
+      const resealed = seal(file, header, footer, blocks, pg([pages[W * raw]!, pages[W * raw + 1]!, ((3 << 28) | 200) >>> 0, xxh32(file.subarray(at, at + 200))]));
+      await rejects(resealed, ['CORRUPT']);
+      // The same through the one-page read path (a lazy fault), sync and async.
+      const one = await CheckpointReader.open(resealed);
+      await expect(one.readPage(stored)).rejects.toMatchObject({ code: 'CORRUPT' });
+      expect(() => one.readPagesIntoSync(stored, 1, new Uint8Array(PS))).toThrow(expect.objectContaining({ code: 'CORRUPT' }));
+      await one.close();
+      const oneAsync = await CheckpointReader.open(resealed, { syncReads: false });
+      await expect(oneAsync.readPage(stored)).rejects.toMatchObject({ code: 'CORRUPT' });
+      await oneAsync.close();
     }
   });
 
