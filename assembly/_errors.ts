@@ -16,3 +16,5 @@ export const E_HANDLE: i32 = -5;
 export const E_NEED_DATA: i32 = -6;
 /** A limit was hit (a loop in a structure, a depth bound). */
 export const E_LIMIT: i32 = -7;
+/** Data does not match its checksum (a checkpoint record). */
+export const E_INTEGRITY: i32 = -8;

@@ -6,15 +6,18 @@
 // page. Before each non-zero page the stager checks that the worst case
 // (lz4CompressBound(pageSize)) still fits; when it does not, it stops and
 // reports the block full, so the host writes the block with ONE write and
-// resets the stager. Per page it reports (kind, offset in block, length),
-// which the host records in the checkpoint's page index.
+// resets the stager. Per page it reports (kind, offset in block, length,
+// xxHash32 of the stored record), which the host records in the
+// checkpoint's page index: the record's hash lets a reader check one page
+// without reading the rest of its block.
 //
 // stagingExtract is the reverse for a reader: it decodes a run of pages of
-// one block, checking every entry against the block's length.
+// one block (or of a span of it), checking every entry against the span's
+// length and, when asked, every record against its hash.
 
-import { E_ARG, E_CORRUPT, E_HANDLE, E_LIMIT, E_NO_MEMORY } from "./_errors";
+import { E_ARG, E_CORRUPT, E_HANDLE, E_INTEGRITY, E_LIMIT, E_NO_MEMORY } from "./_errors";
 import { tryAlloc } from "./_memory";
-import { lz4Compress, lz4CompressBound, lz4Decompress } from "./lz4";
+import { lz4Compress, lz4CompressBound, lz4Decompress, xxh32 } from "./lz4";
 import { isZeroRange } from "./_zero";
 
 /** Page kinds in the entries the stager reports (and the checkpoint index stores). */
@@ -26,6 +29,9 @@ export const PAGE_LZ4: u32 = 3;
 /** Codecs a stager can use. */
 export const CODEC_NONE: u32 = 0;
 export const CODEC_LZ4: u32 = 1;
+
+/** Bytes of one page entry: kind, offset, length, xxHash32 of the record (u32 each). */
+export const STAGING_ENTRY: u32 = 16;
 
 const MAX_STAGERS: i32 = 16;
 const MAX_BLOCK: u32 = 64 << 20;
@@ -104,11 +110,12 @@ export function stagingFull(h: i32): i32 {
 
 /**
  * Appends up to `count` pages from `src` (count * pageSize bytes). For each
- * page taken it writes three u32 to `entries`: kind (1 zero, 2 raw, 3 LZ4),
- * offset in the block and stored length. Returns the number of pages taken:
- * fewer than `count` means the block is full (write it, reset, append the
- * rest). E_HANDLE for a bad handle.
- * unsafe: the host guarantees src and entries hold count pages / count * 12 bytes.
+ * page taken it writes four u32 to `entries`: kind (1 zero, 2 raw, 3 LZ4),
+ * offset in the block, stored length and the xxHash32 (seed 0) of the stored
+ * bytes (0 for a zero page). Returns the number of pages taken: fewer than
+ * `count` means the block is full (write it, reset, append the rest).
+ * E_HANDLE for a bad handle.
+ * unsafe: the host guarantees src and entries hold count pages / count * 16 bytes.
  */
 export function stagingAppend(h: i32, src: usize, count: u32, entries: usize): i32 {
   if (!live(h)) return E_HANDLE;
@@ -124,11 +131,12 @@ export function stagingAppend(h: i32, src: usize, count: u32, entries: usize): i
   let i: u32 = 0;
   for (; i < count; i++) {
     const p = src + <usize>i * ps;
-    const e = entries + <usize>i * 12;
+    const e = entries + <usize>i * STAGING_ENTRY;
     if (isZeroRange(p, ps)) {
       store<u32>(e, PAGE_ZERO);
       store<u32>(e, 0, 4);
       store<u32>(e, 0, 8);
+      store<u32>(e, 0, 12);
       continue;
     }
     if (cap - used < bound) break; // full
@@ -138,12 +146,15 @@ export function stagingAppend(h: i32, src: usize, count: u32, entries: usize): i
       store<u32>(e, PAGE_LZ4);
       store<u32>(e, used, 4);
       store<u32>(e, <u32>n, 8);
+      // Hashed while the record is still in cache.
+      store<u32>(e, xxh32(buf + used, <u32>n, 0), 12);
       used += <u32>n;
     } else {
       memory.copy(buf + used, p, ps);
       store<u32>(e, PAGE_RAW);
       store<u32>(e, used, 4);
       store<u32>(e, ps, 8);
+      store<u32>(e, xxh32(buf + used, ps, 0), 12);
       used += ps;
     }
   }
@@ -152,18 +163,20 @@ export function stagingAppend(h: i32, src: usize, count: u32, entries: usize): i
 }
 
 /**
- * Decodes `count` pages of `pageSize` bytes into `dst` from a block of
- * `blockLen` bytes at `block`, as described by `entries` (three u32 each:
- * kind, offset, length; kinds 1 zero, 2 raw, 3 LZ4). Every entry is checked
- * against the block and the page size. Returns `count`, or E_CORRUPT naming
- * no page (the host reports which run), or E_ARG.
+ * Decodes `count` pages of `pageSize` bytes into `dst` from `blockLen` bytes
+ * at `block` (a whole block or a span of one), as described by `entries`
+ * (four u32 each: kind, offset, length, xxHash32; kinds 1 zero, 2 raw,
+ * 3 LZ4). Every entry is checked against the span and the page size; with
+ * `verify` != 0 every stored record is also checked against its hash first.
+ * Returns `count`, or E_CORRUPT / E_INTEGRITY naming no page (the host
+ * reports which run), or E_ARG.
  * unsafe: the host guarantees block, entries and dst hold blockLen bytes,
- * count * 12 bytes and count * pageSize bytes.
+ * count * 16 bytes and count * pageSize bytes.
  */
-export function stagingExtract(block: usize, blockLen: u32, entries: usize, count: u32, pageSize: u32, dst: usize): i32 {
+export function stagingExtract(block: usize, blockLen: u32, entries: usize, count: u32, pageSize: u32, dst: usize, verify: u32): i32 {
   if (!validPageSize(pageSize)) return E_ARG;
   for (let i: u32 = 0; i < count; i++) {
-    const e = entries + <usize>i * 12;
+    const e = entries + <usize>i * STAGING_ENTRY;
     const kind = load<u32>(e);
     const off = load<u32>(e, 4);
     const len = load<u32>(e, 8);
@@ -173,6 +186,7 @@ export function stagingExtract(block: usize, blockLen: u32, entries: usize, coun
       continue;
     }
     if (off > blockLen || len > blockLen - off) return E_CORRUPT;
+    if (verify != 0 && xxh32(block + off, len, 0) != load<u32>(e, 12)) return E_INTEGRITY;
     if (kind == PAGE_RAW) {
       if (len != pageSize) return E_CORRUPT;
       memory.copy(d, block + off, pageSize);
@@ -192,7 +206,7 @@ export function stagingSelfCheck(): i32 {
   if (h < 0) return 1;
   const src = heap.alloc(ps * 4);
   const out = heap.alloc(ps * 4);
-  const ent = heap.alloc(48);
+  const ent = heap.alloc(4 * STAGING_ENTRY);
   memory.fill(src, 0, ps);
   let x: u32 = 99;
   for (let i: u32 = 0; i < ps; i++) {
@@ -204,13 +218,21 @@ export function stagingSelfCheck(): i32 {
   let r: i32 = 0;
   const n = stagingAppend(h, src, 4, ent);
   // Block of 2 bounds: zero (index only), pattern (small), random (raw), then full.
-  if (n != 3 || load<u32>(ent) != PAGE_ZERO || load<u32>(ent, 12) != PAGE_LZ4 || load<u32>(ent, 24) != PAGE_RAW) r = 2;
+  const buf = stagingBuffer(h);
+  const used = <u32>stagingUsed(h);
+  if (n != 3 || load<u32>(ent) != PAGE_ZERO || load<u32>(ent, 16) != PAGE_LZ4 || load<u32>(ent, 32) != PAGE_RAW) r = 2;
   else if (stagingFull(h) != 1) r = 3;
-  else if (stagingExtract(stagingBuffer(h), <u32>stagingUsed(h), ent, 3, ps, out) != 3) r = 4;
+  else if (load<u32>(ent, 28) != xxh32(buf + load<u32>(ent, 20), load<u32>(ent, 24), 0)) r = 7;
+  else if (stagingExtract(buf, used, ent, 3, ps, out, 1) != 3) r = 4;
   else if (memory.compare(src, out, ps * 3) != 0) r = 5;
   else {
-    store<u32>(ent, 0x7fffffff, 16); // offset past the block
-    if (stagingExtract(stagingBuffer(h), <u32>stagingUsed(h), ent, 3, ps, out) != E_CORRUPT) r = 6;
+    store<u8>(buf + load<u32>(ent, 36), load<u8>(buf + load<u32>(ent, 36)) ^ 1); // a flipped bit in the raw record
+    if (stagingExtract(buf, used, ent, 3, ps, out, 1) != E_INTEGRITY) r = 8;
+    else if (stagingExtract(buf, used, ent, 3, ps, out, 0) != 3) r = 9; // unchecked: decodes regardless
+    else {
+      store<u32>(ent, 0x7fffffff, 20); // offset past the block
+      if (stagingExtract(buf, used, ent, 3, ps, out, 0) != E_CORRUPT) r = 6;
+    }
   }
   heap.free(src);
   heap.free(out);

@@ -128,7 +128,7 @@ export async function run({ quick }) {
     const mem = readFileSync(path);
     const W = 256;
     const win = c.alloc(W * PS);
-    const ent = c.alloc(W * 12);
+    const ent = c.alloc(W * 16); // 16-byte staging entries
     const h = e.stagingOpen(1 << 20, PS, 1);
     let wp = 0;
     const nextWin = () => {

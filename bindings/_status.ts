@@ -12,6 +12,7 @@ const STATUS: Record<number, ErrorCode> = {
   [-5]: 'STALE_HANDLE',
   [-6]: 'INVALID_STATE',
   [-7]: 'LIMIT',
+  [-8]: 'INTEGRITY',
 };
 
 /**

@@ -11,6 +11,7 @@ import { xxh32 } from '../bindings/memory/checkpoint/lz4.js';
 import {
   FOOTER_SIZE,
   HEADER_SIZE,
+  PAGE_WORDS,
   decodeFooter,
   decodeHeader,
   decodeIndex,
@@ -50,9 +51,12 @@ function guest(pages: number, seed: number): Uint8Array {
   return m;
 }
 
-async function save(mem: Uint8Array, opts: { blockSize?: number; codec?: 'lz4' | 'none'; order?: number[] } = {}): Promise<{ file: Uint8Array; stats: Awaited<ReturnType<CheckpointWriter['finish']>> }> {
+async function save(
+  mem: Uint8Array,
+  opts: { blockSize?: number; codec?: 'lz4' | 'none'; order?: number[]; formatVersion?: number } = {},
+): Promise<{ file: Uint8Array; stats: Awaited<ReturnType<CheckpointWriter['finish']>> }> {
   const sink = memorySink();
-  const w = await CheckpointWriter.create(sink, { guestSize: mem.length, blockSize: opts.blockSize ?? 65536, codec: opts.codec });
+  const w = await CheckpointWriter.create(sink, { guestSize: mem.length, blockSize: opts.blockSize ?? 65536, codec: opts.codec, formatVersion: opts.formatVersion });
   if (opts.order) for (const p of opts.order) await w.writePages(p, mem.subarray(p * PS, (p + 1) * PS));
   else await w.writePages(0, mem);
   const stats = await w.finish();
@@ -112,9 +116,113 @@ describe('checkpoint round trips', () => {
     );
   });
 
-  it('a lazy random read costs one block read at most, a cached one none', async () => {
+  it('a lazy random read reads its own record only (version 2); a run of pages one span', async () => {
     const mem = guest(256, 3);
     const { file } = await save(mem, { blockSize: 65536 });
+    const rd = await CheckpointReader.open(file);
+    const hdr = decodeHeader(file.subarray(0, HEADER_SIZE));
+    const ftr = decodeFooter(file.subarray(file.length - FOOTER_SIZE), file.length, hdr);
+    const { pages } = decodeIndex(file.subarray(ftr.indexOffset, ftr.indexOffset + ftr.indexLength), hdr, ftr);
+    const recLen = (p: number): number => (pages[PAGE_WORDS * p + 2]! >>> 28 >= 2 ? pages[PAGE_WORDS * p + 2]! & 0x0fffffff : 0);
+    const r = rng(11);
+    for (let i = 0; i < 60; i++) {
+      const p = r() % 256;
+      const before = rd.stats;
+      const page = await rd.readPage(p);
+      expect(diffAt(page, mem.subarray(p * PS, (p + 1) * PS))).toBe(-1);
+      const after = rd.stats;
+      // One read of exactly the page's record (none for a zero page, or when the last read holds it).
+      expect(after.reads - before.reads).toBeLessThanOrEqual(rd.blockOf(p) < 0 ? 0 : 1);
+      if (after.reads > before.reads) expect(after.bytesRead - before.bytesRead).toBe(recLen(p));
+      expect(after.blockReads).toBe(0);
+    }
+    // Pages handed out by readPage share slabs, never bytes: earlier pages keep their contents.
+    const got = await Promise.all([5, 6, 7, 200].map((p) => rd.readPage(p)));
+    [5, 6, 7, 200].forEach((p, i) => expect(diffAt(got[i]!, mem.subarray(p * PS, (p + 1) * PS))).toBe(-1));
+    // A run of neighbours (as the prefetcher asks for): one read of their records' span, zero pages between them included.
+    const b = rd.blockOf(100) >= 0 ? rd.blockOf(100) : rd.blockOf(101);
+    const run: number[] = [];
+    for (let p = 0; p < 256; p++) if (rd.blockOf(p) === b) run.push(p);
+    const first = run[0]!;
+    const n = Math.min(64, run[run.length - 1]! - first + 1);
+    const fresh = await CheckpointReader.open(file);
+    const out = new Uint8Array(n * PS);
+    fresh.readPagesIntoSync(first, n, out);
+    expect(diffAt(out, mem.subarray(first * PS, (first + n) * PS))).toBe(-1);
+    const used = Array.from({ length: n }, (_, i) => recLen(first + i)).reduce((a, x) => a + x, 0);
+    expect(fresh.stats.reads).toBe(1);
+    expect(fresh.stats.bytesRead).toBe(used); // saved in order: the records are back to back
+    await rd.close();
+    await fresh.close();
+  });
+
+  it('pages saved out of order: a run is split where one read would cost more than twice its records', async () => {
+    const mem = guest(96, 8);
+    const order = [...Array(96).keys()].reverse();
+    const { file } = await save(mem, { blockSize: 1 << 20, order });
+    const rd = await CheckpointReader.open(file);
+    const out = new Uint8Array(mem.length);
+    await rd.readPagesInto(0, 96, out);
+    expect(diffAt(out, mem)).toBe(-1);
+    const stored = rd.info().storedPages;
+    const st = rd.stats;
+    expect(st.reads).toBeGreaterThanOrEqual(2);
+    expect(st.reads).toBeLessThanOrEqual(stored);
+    expect(st.bytesRead).toBeLessThanOrEqual(2 * rd.info().storedBytes);
+    await rd.close();
+  });
+
+  it('a record that does not match its checksum is INTEGRITY for its pages only', async () => {
+    const mem = guest(64, 13);
+    const { file } = await save(mem, { blockSize: 1 << 20 });
+    const hdr = decodeHeader(file.subarray(0, HEADER_SIZE));
+    const ftr = decodeFooter(file.subarray(file.length - FOOTER_SIZE), file.length, hdr);
+    const { blocks, pages } = decodeIndex(file.subarray(ftr.indexOffset, ftr.indexOffset + ftr.indexLength), hdr, ftr);
+    const victim = [...Array(64).keys()].find((p) => pages[PAGE_WORDS * p + 2]! >>> 28 === 3)!;
+    const bad = file.slice();
+    bad[blocks[pages[PAGE_WORDS * victim]!]!.offset + pages[PAGE_WORDS * victim + 1]! + 3]! ^= 0x10;
+    const rd = await CheckpointReader.open(bad);
+    await expect(rd.readPage(victim)).rejects.toMatchObject({ code: 'INTEGRITY' });
+    expect(() => rd.readPagesIntoSync(victim, 1, new Uint8Array(PS))).toThrow(expect.objectContaining({ code: 'INTEGRITY' }));
+    for (let p = 0; p < 64; p++) {
+      if (p === victim) continue;
+      expect(diffAt(await rd.readPage(p), mem.subarray(p * PS, (p + 1) * PS))).toBe(-1);
+    }
+    await expect(rd.restoreTo(new Uint8Array(mem.length))).rejects.toMatchObject({ code: 'INTEGRITY' });
+    await rd.close();
+    // Asynchronous record reads check them alike.
+    const ra = await CheckpointReader.open(bad, { syncReads: false });
+    await expect(ra.readPage(victim)).rejects.toMatchObject({ code: 'INTEGRITY' });
+    expect(diffAt(await ra.readPage(victim ^ 1), mem.subarray((victim ^ 1) * PS, ((victim ^ 1) + 1) * PS))).toBe(-1);
+    await ra.close();
+  });
+});
+
+describe('format version 1 (written by the old writer path) still reads identically', () => {
+  it('round trips, reads page by page and by runs, a block read at most per page and cached reads none', async () => {
+    const mem = guest(256, 3);
+    const v1 = await save(mem, { blockSize: 65536, formatVersion: 1 });
+    const v2 = await save(mem, { blockSize: 65536 });
+    const h1 = decodeHeader(v1.file.subarray(0, HEADER_SIZE));
+    expect(h1.version).toBe(1);
+    expect(decodeHeader(v2.file.subarray(0, HEADER_SIZE)).version).toBe(2);
+    // The documented version 1 layout: 12-byte page entries, a checksum per block.
+    const f1 = decodeFooter(v1.file.subarray(v1.file.length - FOOTER_SIZE), v1.file.length, h1);
+    expect(f1.indexLength).toBe(16 + 16 * v1.stats.blocks + 12 * 256);
+    const { blocks } = decodeIndex(v1.file.subarray(f1.indexOffset, f1.indexOffset + f1.indexLength), h1, f1);
+    for (const bl of blocks) expect(bl.checksum).toBe(xxh32(v1.file.subarray(bl.offset, bl.offset + bl.length)));
+    // The same blocks as version 2 (only the index differs).
+    expect(diffAt(v1.file.subarray(HEADER_SIZE + 0, f1.indexOffset), v2.file.subarray(HEADER_SIZE, f1.indexOffset))).toBe(-1);
+    const a = await CheckpointReader.open(v1.file);
+    expect(a.info().version).toBe(1);
+    const out = new Uint8Array(mem.length);
+    await a.restoreTo(out);
+    expect(diffAt(out, mem)).toBe(-1);
+    out.fill(7);
+    a.readPagesIntoSync(0, 256, out);
+    expect(diffAt(out, mem)).toBe(-1);
+    await a.close();
+    const file = v1.file;
     const rd = await CheckpointReader.open(file, { cacheBlocks: 2 });
     const r = rng(11);
     for (let i = 0; i < 50; i++) {
@@ -136,6 +244,16 @@ describe('checkpoint round trips', () => {
     expect(fresh.stats.blockReads).toBe(new Set(run.map((p) => fresh.blockOf(p)).filter((x) => x >= 0)).size);
     await rd.close();
     await fresh.close();
+  });
+
+  it('a flipped bit in a version 1 block is INTEGRITY (its block checksum)', async () => {
+    const mem = guest(32, 4);
+    const { file } = await save(mem, { blockSize: 8192, formatVersion: 1 });
+    const bad = file.slice();
+    bad[HEADER_SIZE + 5]! ^= 1;
+    const rd = await CheckpointReader.open(bad);
+    await expect(rd.restoreTo(new Uint8Array(mem.length))).rejects.toMatchObject({ code: 'INTEGRITY' });
+    await rd.close();
   });
 });
 
@@ -339,22 +457,37 @@ describe('hostile checkpoint files, crafted with valid checksums', () => {
     await rejects(seal(file, header, footer, b(0, { length: 0xffffffff }), pages), ['CORRUPT']);
     await rejects(seal(file, header, footer, b(0, { length: 0 }), pages), ['CORRUPT']);
     // Pages: past their block, in a block that does not exist, unknown kinds, absent in a full checkpoint.
-    const stored = [...Array(mem.length / PS).keys()].find((p) => pages[3 * p + 2]! >>> 28 === 3)!;
-    const pg = (e: [number, number, number]) => {
+    const W = PAGE_WORDS;
+    const stored = [...Array(mem.length / PS).keys()].find((p) => pages[W * p + 2]! >>> 28 === 3)!;
+    const pg = (e: [number, number, number, number?]) => {
       const q = pages.slice();
-      q.set(e, 3 * stored);
+      q.set(e, W * stored);
       return q;
     };
-    const w = pages[3 * stored + 2]!;
-    await rejects(seal(file, header, footer, blocks, pg([pages[3 * stored]!, 0xfffff000, w])), ['CORRUPT']);
+    const w = pages[W * stored + 2]!;
+    await rejects(seal(file, header, footer, blocks, pg([pages[W * stored]!, 0xfffff000, w])), ['CORRUPT']);
     await rejects(seal(file, header, footer, blocks, pg([0xfffffffe, 0, w])), ['CORRUPT']);
-    await rejects(seal(file, header, footer, blocks, pg([pages[3 * stored]!, pages[3 * stored + 1]!, ((7 << 28) | 100) >>> 0])), ['CORRUPT']);
-    await rejects(seal(file, header, footer, blocks, pg([pages[3 * stored]!, pages[3 * stored + 1]!, ((3 << 28) | 0x0fffffff) >>> 0])), ['CORRUPT']);
+    await rejects(seal(file, header, footer, blocks, pg([pages[W * stored]!, pages[W * stored + 1]!, ((7 << 28) | 100) >>> 0])), ['CORRUPT']);
+    await rejects(seal(file, header, footer, blocks, pg([pages[W * stored]!, pages[W * stored + 1]!, ((3 << 28) | 0x0fffffff) >>> 0])), ['CORRUPT']);
     await rejects(seal(file, header, footer, blocks, pg([0xffffffff, 0, 0])), ['CORRUPT']);
-    // An LZ4 page whose stored bytes are another page's: decodes to the wrong length or fails, never silently.
-    const raw = [...Array(mem.length / PS).keys()].find((p) => pages[3 * p + 2]! >>> 28 === 2);
+    // A version 2 block table entry has no checksum: its field must be 0.
+    await rejects(seal(file, header, footer, b(0, { checksum: 1 }), pages), ['CORRUPT']);
+    // An LZ4 page whose stored bytes are another page's: its checksum differs (INTEGRITY); re-sealed
+    // with that record's checksum, it decodes to the wrong length or fails (CORRUPT), never silently.
+    const raw = [...Array(mem.length / PS).keys()].find((p) => pages[W * p + 2]! >>> 28 === 2);
     if (raw !== undefined) {
-      await rejects(seal(file, header, footer, blocks, pg([pages[3 * raw]!, pages[3 * raw + 1]!, ((3 << 28) | 200) >>> 0])), ['CORRUPT']);
+      await rejects(seal(file, header, footer, blocks, pg([pages[W * raw]!, pages[W * raw + 1]!, ((3 << 28) | 200) >>> 0, pages[W * stored + 3]!])), ['INTEGRITY']);
+      const at = blocks[pages[W * raw]!]!.offset + pages[W * raw + 1]!;
+      const resealed = seal(file, header, footer, blocks, pg([pages[W * raw]!, pages[W * raw + 1]!, ((3 << 28) | 200) >>> 0, xxh32(file.subarray(at, at + 200))]));
+      await rejects(resealed, ['CORRUPT']);
+      // The same through the one-page read path (a lazy fault), sync and async.
+      const one = await CheckpointReader.open(resealed);
+      await expect(one.readPage(stored)).rejects.toMatchObject({ code: 'CORRUPT' });
+      expect(() => one.readPagesIntoSync(stored, 1, new Uint8Array(PS))).toThrow(expect.objectContaining({ code: 'CORRUPT' }));
+      await one.close();
+      const oneAsync = await CheckpointReader.open(resealed, { syncReads: false });
+      await expect(oneAsync.readPage(stored)).rejects.toMatchObject({ code: 'CORRUPT' });
+      await oneAsync.close();
     }
   });
 

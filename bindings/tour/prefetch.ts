@@ -112,7 +112,7 @@ export async function chapter(log: (s: string) => void): Promise<void> {
       if (new DataView(b.buffer).getUint32(0, true) !== Number(a >> 12n)) wrong++;
     }
     const s = mem.stats();
-    rows.push(`${name.padEnd(9)} faults ${String(s.faults).padStart(5)}  prefetched ${String(s.prefetched).padStart(5)} (used ${String(s.prefetchHits).padStart(5)}, wasted ${String(s.wasted).padStart(5)})  reads ${String(s.reads).padStart(5)} (checkpoint blocks read ${String(reader.stats.blockReads).padStart(4)})  wrong bytes: ${wrong}`);
+    rows.push(`${name.padEnd(9)} faults ${String(s.faults).padStart(5)}  prefetched ${String(s.prefetched).padStart(5)} (used ${String(s.prefetchHits).padStart(5)}, wasted ${String(s.wasted).padStart(5)})  reads ${String(s.reads).padStart(5)} (checkpoint reads ${String(reader.stats.reads).padStart(4)})  wrong bytes: ${wrong}`);
     mem.close();
     await reader.close();
   }

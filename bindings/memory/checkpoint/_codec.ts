@@ -24,8 +24,11 @@ export interface Lz4Exports {
   stagingReset(h: number): number;
   stagingFull(h: number): number;
   stagingAppend(h: number, src: number, count: number, entries: number): number;
-  stagingExtract(block: number, blockLen: number, entries: number, count: number, pageSize: number, dst: number): number;
+  stagingExtract(block: number, blockLen: number, entries: number, count: number, pageSize: number, dst: number, verify: number): number;
 }
+
+/** Bytes of one staging entry (kind, offset, length, record xxHash32: u32 each). */
+export const STAGING_ENTRY = 16;
 
 /** The core's exports with this module's signatures. */
 export function ex(c: Core): Lz4Exports {

@@ -11,7 +11,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { core, initSync } from '../../core.js';
 import { check } from '../../_status.js';
-import { compressBound, ex } from './_codec.js';
+import { STAGING_ENTRY, compressBound, ex } from './_codec.js';
 
 /** What the main thread gives a save worker. */
 export interface _SaveJob {
@@ -28,7 +28,7 @@ export interface _SaveJob {
   maxInFlight: number;
 }
 
-/** One compressed window: entries (kind, offset, length per page) into `bytes`. */
+/** One compressed window: entries (kind, offset, length, record xxHash32 per page) into `bytes`. */
 export interface _SaveWindow {
   window: number;
   first: number;
@@ -47,7 +47,7 @@ async function run(job: _SaveJob): Promise<void> {
   // A block big enough that a whole window never reports "full".
   const h = check(e.stagingOpen(W * compressBound(ps), ps, job.codec), 'save worker staging');
   const input = c.alloc(W * ps);
-  const ent = c.alloc(W * 12);
+  const ent = c.alloc(W * STAGING_ENTRY);
   let inFlight = 0;
   let wake: (() => void) | undefined;
   port.on('message', () => {
@@ -71,8 +71,8 @@ async function run(job: _SaveJob): Promise<void> {
       if (taken !== n) throw new Error(`save worker: staging took ${taken} of ${n} pages`);
       const used = check(e.stagingUsed(h), 'save worker staging');
       const mem = c.u8();
-      const entries = new Uint32Array(n * 3);
-      entries.set(new Uint32Array(mem.buffer, ent, n * 3));
+      const entries = new Uint32Array(n * (STAGING_ENTRY / 4));
+      entries.set(new Uint32Array(mem.buffer, ent, n * (STAGING_ENTRY / 4)));
       const bytes = mem.slice(e.stagingBuffer(h), e.stagingBuffer(h) + used);
       const msg: _SaveWindow = { window: k, first, count: n, entries, bytes };
       port.postMessage(msg, [entries.buffer, bytes.buffer]);

@@ -21,14 +21,23 @@ export const INDEX_MAGIC = 'VMKINDEX';
 /** "VMKCKEND": first 8 bytes of the footer (the last 64 bytes of the file). */
 export const FOOTER_MAGIC = 'VMKCKEND';
 /**
- * Format version this code writes and reads.
+ * Format version this code writes (it reads this one and version 1).
+ * Version 2 added a checksum per stored page to the page index, so a reader
+ * can read and check one page without its block.
  *
  * @example
  * ```ts
- * if (r.info().version !== CHECKPOINT_VERSION) console.warn('written by another vmkit');
+ * if (r.info().version !== CHECKPOINT_VERSION) console.warn('written by an older vmkit');
  * ```
  */
-export const CHECKPOINT_VERSION = 1;
+export const CHECKPOINT_VERSION = 2;
+/** Format versions this code reads. */
+export const READ_VERSIONS: readonly number[] = [1, 2];
+/**
+ * u32 words per page in a decoded page table, whatever the file's version:
+ * block, offset in block, kind << 28 | length, xxHash32 of the record (0 in version 1 files).
+ */
+export const PAGE_WORDS = 4;
 /** Header bytes; also the alignment of every storage block and of the index. */
 export const HEADER_SIZE = 4096;
 /** Alignment of storage blocks and the index. */
@@ -180,7 +189,7 @@ export function decodeHeader(b: Uint8Array): CheckpointHeader {
   if (td.decode(b.subarray(0, 8)) !== CHECKPOINT_MAGIC) corrupt('not a vmkit checkpoint (bad magic)', 0);
   const v = new DataView(b.buffer, b.byteOffset, HEADER_SIZE);
   const version = v.getUint32(8, true);
-  if (version !== CHECKPOINT_VERSION) throw new VmkitError('UNSUPPORTED', `checkpoint format version ${version}`);
+  if (!READ_VERSIONS.includes(version)) throw new VmkitError('UNSUPPORTED', `checkpoint format version ${version}`);
   if (v.getUint32(HEADER_SIZE - 4, true) !== xxh32Of(b.subarray(0, HEADER_SIZE - 4))) integrity('header checksum mismatch', HEADER_SIZE - 4);
   if (v.getUint32(12, true) !== HEADER_SIZE || v.getUint32(28, true) !== BLOCK_ALIGN) corrupt('bad header size or block alignment', 12);
   const pageSize = v.getUint32(16, true);
@@ -250,26 +259,35 @@ export function decodeFooter(b: Uint8Array, fileLength: number, header: Checkpoi
   if (f.id !== header.id) corrupt('footer belongs to another checkpoint');
   const pages = Number(header.guestSize / BigInt(header.pageSize));
   if (f.indexOffset < HEADER_SIZE || f.indexOffset % BLOCK_ALIGN !== 0) corrupt('index offset out of range');
-  if (f.indexLength !== indexLength(f.blockCount, pages)) corrupt('index length does not match its block and page counts');
+  if (f.indexLength !== indexLength(f.blockCount, pages, header.version)) corrupt('index length does not match its block and page counts');
   if (f.indexOffset + f.indexLength + FOOTER_SIZE !== fileLength) corrupt('index does not end at the footer');
   return f;
 }
 
-/** Bytes of an index with `blocks` blocks and `pages` pages. */
-export function indexLength(blocks: number, pages: number): number {
-  return 16 + 16 * blocks + 12 * pages;
+/** Bytes of one page table entry in a file of format `version`. */
+export function pageEntryBytes(version: number): number {
+  return version === 1 ? 12 : 16;
 }
 
-/** The decoded index: the block table and the page table (3 u32 per page: block, offset, kind << 28 | length). */
+/** Bytes of an index with `blocks` blocks and `pages` pages (format `version`). */
+export function indexLength(blocks: number, pages: number, version: number = CHECKPOINT_VERSION): number {
+  return 16 + 16 * blocks + pageEntryBytes(version) * pages;
+}
+
+/** The decoded index: the block table and the page table ({@link PAGE_WORDS} u32 per page). */
 export interface CheckpointIndex {
   blocks: BlockEntry[];
   pages: Uint32Array;
 }
 
-/** Encodes an index. */
-export function encodeIndex(blocks: readonly BlockEntry[], pages: Uint32Array): Uint8Array {
-  const n = pages.length / 3;
-  const b = new Uint8Array(indexLength(blocks.length, n));
+/**
+ * Encodes an index in format `version` from a page table of {@link PAGE_WORDS}
+ * words per page (version 1 drops the record checksums; in version 2 a
+ * block's checksum field is reserved, 0).
+ */
+export function encodeIndex(blocks: readonly BlockEntry[], pages: Uint32Array, version: number = CHECKPOINT_VERSION): Uint8Array {
+  const n = pages.length / PAGE_WORDS;
+  const b = new Uint8Array(indexLength(blocks.length, n, version));
   const v = new DataView(b.buffer);
   b.set(te.encode(INDEX_MAGIC), 0);
   v.setUint32(8, blocks.length, true);
@@ -280,6 +298,14 @@ export function encodeIndex(blocks: readonly BlockEntry[], pages: Uint32Array): 
     v.setUint32(o + 8, bl.length, true);
     v.setUint32(o + 12, bl.checksum, true);
     o += 16;
+  }
+  if (version === 1) {
+    for (let p = 0; p < n; p++, o += 12) {
+      v.setUint32(o, pages[PAGE_WORDS * p]!, true);
+      v.setUint32(o + 4, pages[PAGE_WORDS * p + 1]!, true);
+      v.setUint32(o + 8, pages[PAGE_WORDS * p + 2]!, true);
+    }
+    return b;
   }
   // Little-endian hosts (every wasm host) can copy the page table as is.
   b.set(new Uint8Array(pages.buffer, pages.byteOffset, pages.byteLength), o);
@@ -297,7 +323,7 @@ export function decodeIndex(b: Uint8Array, header: CheckpointHeader, footer: Che
   const nb = v.getUint32(8, true);
   const np = v.getUint32(12, true);
   const pagesWanted = Number(header.guestSize / BigInt(header.pageSize));
-  if (nb !== footer.blockCount || np !== pagesWanted || b.length !== indexLength(nb, np)) corrupt('index counts do not match the header');
+  if (nb !== footer.blockCount || np !== pagesWanted || b.length !== indexLength(nb, np, header.version)) corrupt('index counts do not match the header');
   const blocks: BlockEntry[] = new Array(nb);
   let prevEnd = HEADER_SIZE;
   for (let i = 0, o = 16; i < nb; i++, o += 16) {
@@ -307,17 +333,25 @@ export function decodeIndex(b: Uint8Array, header: CheckpointHeader, footer: Che
       corrupt(`block ${i} lies outside the data area or overlaps another`, footer.indexOffset + o);
     }
     prevEnd = off + len;
-    blocks[i] = { offset: off, length: len, checksum: v.getUint32(o + 12, true) };
+    const checksum = v.getUint32(o + 12, true);
+    if (header.version !== 1 && checksum !== 0) corrupt(`block ${i} has a checksum (reserved in version ${header.version})`, footer.indexOffset + o + 12);
+    blocks[i] = { offset: off, length: len, checksum };
   }
   const start = 16 + 16 * nb;
-  const pages = new Uint32Array(np * 3);
-  new Uint8Array(pages.buffer).set(b.subarray(start, start + np * 12));
+  const pages = new Uint32Array(np * PAGE_WORDS);
+  if (header.version === 1) {
+    for (let p = 0, o = start; p < np; p++, o += 12) {
+      pages[PAGE_WORDS * p] = v.getUint32(o, true);
+      pages[PAGE_WORDS * p + 1] = v.getUint32(o + 4, true);
+      pages[PAGE_WORDS * p + 2] = v.getUint32(o + 8, true);
+    }
+  } else new Uint8Array(pages.buffer).set(b.subarray(start, start + np * 16));
   const bound = compressBound(header.pageSize);
   for (let p = 0; p < np; p++) {
-    const blk = pages[3 * p]!;
-    const off = pages[3 * p + 1]!;
-    const kind = pages[3 * p + 2]! >>> 28;
-    const len = pages[3 * p + 2]! & 0x0fffffff;
+    const blk = pages[PAGE_WORDS * p]!;
+    const off = pages[PAGE_WORDS * p + 1]!;
+    const kind = pages[PAGE_WORDS * p + 2]! >>> 28;
+    const len = pages[PAGE_WORDS * p + 2]! & 0x0fffffff;
     if (kind === PAGE_ZERO) continue;
     if (kind === PAGE_ABSENT) {
       if (!header.diff) corrupt(`page ${p} is absent from a full checkpoint`);

@@ -42,7 +42,10 @@ export interface CheckpointSource {
   readonly size: number;
   /** Fills `dst` from `position` (throws CORRUPT if the source ends first). */
   read(position: number, dst: Uint8Array): Promise<void>;
-  /** Synchronous variant (files in Node, buffers). */
+  /**
+   * Synchronous variant (files in Node, buffers). The reader reads page
+   * records with it straight into core memory: it must not call vmkit.
+   */
   readSync?(position: number, dst: Uint8Array): void;
   /** Releases the source. */
   close(): Promise<void>;

@@ -10,7 +10,7 @@
  */
 import { coreModule, withCore } from '../../core.js';
 import { check } from '../../_status.js';
-import { closeStaging, compressBound, ex } from './_codec.js';
+import { STAGING_ENTRY, closeStaging, compressBound, ex } from './_codec.js';
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
 import { CODECS } from './format.js';
@@ -124,7 +124,7 @@ function ownLane(
         if (!bufs || bufs.gen !== c.generation) {
           free();
           const h = check(ex(c).stagingOpen(W * compressBound(ps), ps, codec), 'parallel save staging');
-          bufs = { gen: c.generation, h, input: c.alloc(W * ps), ent: c.alloc(W * 12) };
+          bufs = { gen: c.generation, h, input: c.alloc(W * ps), ent: c.alloc(W * STAGING_ENTRY) };
         }
         const e = ex(c);
         const first = window * W;
@@ -140,7 +140,7 @@ function ownLane(
         const used = check(e.stagingUsed(bufs.h), 'parallel save staging');
         const mem = c.u8();
         // Copies: packing may grow core memory (and detach views of it).
-        const entries = new Uint32Array(mem.buffer.slice(bufs.ent, bufs.ent + count * 12));
+        const entries = new Uint32Array(mem.buffer.slice(bufs.ent, bufs.ent + count * STAGING_ENTRY));
         const at = e.stagingBuffer(bufs.h);
         return { window, first, count, entries, bytes: mem.slice(at, at + used) };
       });

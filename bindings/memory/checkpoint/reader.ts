@@ -1,8 +1,11 @@
 /**
  * The checkpoint reader: random access to pages (a {@link PageSource} for the
  * lazy guest memory), full restores, and the facts `vmkit checkpoint inspect`
- * prints. A run of pages in one storage block costs one read; a small LRU
- * cache of checked blocks makes repeated reads free. Diff checkpoints open
+ * prints. In a version 2 file a page costs one read of its own record (a run
+ * of pages one read of their records' span), checked by the record's
+ * checksum and decoded in core memory; a full restore to a file reads whole
+ * blocks. Version 1 files (one checksum per block) are read a block at a
+ * time through a small LRU cache of checked blocks. Diff checkpoints open
  * their parent chain and read absent pages from it.
  * Format: docs/checkpoint-format.md.
  * @module
@@ -12,7 +15,7 @@ import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { abytes, aint } from '../../_utils.js';
 import type { PageSource } from '../types.js';
-import { ex, xxh32Of } from './_codec.js';
+import { STAGING_ENTRY, ex, xxh32Of } from './_codec.js';
 import {
   FOOTER_SIZE,
   HEADER_SIZE,
@@ -20,6 +23,7 @@ import {
   PAGE_ABSENT,
   PAGE_LZ4,
   PAGE_RAW,
+  PAGE_WORDS,
   PAGE_ZERO,
   decodeFooter,
   decodeHeader,
@@ -40,8 +44,17 @@ import { fileSource, memorySource, nodeFs, type CheckpointSource } from './io.js
  * ```
  */
 export interface CheckpointReaderOptions {
-  /** Checked blocks kept in memory (default 8). */
+  /** Checked blocks kept in memory for version 1 files (default 8; version 2 files read pages, not blocks). */
   cacheBlocks?: number;
+  /**
+   * Let `readPagesInto`/`readPage` read a version 2 file's page records with
+   * the source's `readSync` (default true when it has one). One positioned
+   * read of a few KiB from the page cache costs a couple of µs, the thread
+   * pool's round trip of an async read ~30 µs; but a sync read blocks the
+   * event loop while the kernel fetches it (a cold disk): set false for a
+   * checkpoint on slow storage read by a busy server.
+   */
+  syncReads?: boolean;
   /** Open the parent chain of a diff checkpoint (default true; without it, absent pages throw NOT_FOUND). */
   parents?: boolean;
   /** Maps a parent path from a header to what to open (default: relative to the child's directory). */
@@ -93,15 +106,21 @@ export interface CheckpointInfo {
  * ```
  */
 export interface CheckpointReadStats {
-  /** Storage blocks read from the source. */
+  /** Read calls for page data (whole blocks or spans of page records). */
+  reads: number;
+  /** Of those, whole storage blocks. */
   blockReads: number;
-  /** Bytes read for blocks. */
+  /** Bytes of page data read. */
   bytesRead: number;
   /** Block lookups served by the cache. */
   cacheHits: number;
 }
 
 const RUN_PAGES = 64;
+/** Pages per slab of {@link CheckpointReader.readPage}'s results. */
+const SLAB_PAGES = 64;
+/** The core's status for a record that does not match its checksum (assembly/_errors.ts). */
+const E_INTEGRITY = -8;
 /** Zero runs at least this long are left as holes by a restore to a file, not written. */
 const HOLE_PAGES = 16;
 
@@ -114,6 +133,8 @@ interface CoreBufs {
   loaded: number;
   lo: number;
   hi: number;
+  /** View of `entries` (remade when core memory grows). */
+  ent: Uint32Array;
 }
 
 function dirname(p: string): string {
@@ -128,7 +149,7 @@ function dirname(p: string): string {
  * import { init, CheckpointReader } from 'vmkit/memory';
  * await init();
  * const r = await CheckpointReader.open('/tmp/vm.ckpt');
- * const page = await r.readPage(0x100);     // one block read at most
+ * const page = await r.readPage(0x100);     // one read of that page's record (a few KiB)
  * await r.restoreTo('/tmp/mem.bin');         // full restore
  * await r.close();
  * ```
@@ -148,7 +169,10 @@ export class CheckpointReader implements PageSource {
   private readonly pages: Uint32Array;
   private readonly cache = new Map<number, Uint8Array>();
   private readonly cacheMax: number;
-  private readonly counters: CheckpointReadStats = { blockReads: 0, bytesRead: 0, cacheHits: 0 };
+  /** Version 2 and later: pages carry their own checksums and are read record by record. */
+  private readonly perPage: boolean;
+  private readonly syncReads: boolean;
+  private readonly counters: CheckpointReadStats = { reads: 0, blockReads: 0, bytesRead: 0, cacheHits: 0 };
   private core: CoreBufs | undefined;
   private closed = false;
 
@@ -159,6 +183,7 @@ export class CheckpointReader implements PageSource {
     index: { blocks: BlockEntry[]; pages: Uint32Array },
     parent: CheckpointReader | undefined,
     cacheMax: number,
+    syncReads: boolean,
   ) {
     this.src = src;
     this.header = header;
@@ -167,8 +192,10 @@ export class CheckpointReader implements PageSource {
     this.pages = index.pages;
     this.parent = parent;
     this.pageSize = header.pageSize;
-    this.pageCount = index.pages.length / 3;
+    this.pageCount = index.pages.length / PAGE_WORDS;
     this.cacheMax = cacheMax;
+    this.perPage = header.version >= 2;
+    this.syncReads = syncReads && src.readSync !== undefined;
   }
 
   /**
@@ -226,7 +253,7 @@ export class CheckpointReader implements PageSource {
           throw new VmkitError('CORRUPT', 'parent checkpoint has another page or guest size');
         }
       }
-      return new CheckpointReader(src, header, footer, index, parent, cacheMax);
+      return new CheckpointReader(src, header, footer, index, parent, cacheMax, options.syncReads !== false);
     } catch (e) {
       await src.close();
       throw e;
@@ -272,12 +299,12 @@ export class CheckpointReader implements PageSource {
       blocks: this.blocks.length,
       blockWrites: this.blocks.length,
       storedBytes: this.blocks.reduce((a, b) => a + b.length, 0),
-      indexBytes: indexLength(this.blocks.length, this.pageCount),
+      indexBytes: indexLength(this.blocks.length, this.pageCount, h.version),
       fileBytes: this.src.size,
       chain: [],
     };
     for (let p = 0; p < this.pageCount; p++) {
-      const k = this.pages[3 * p + 2]! >>> 28;
+      const k = this.pages[PAGE_WORDS * p + 2]! >>> 28;
       if (k === PAGE_ZERO) i.zeroPages++;
       else if (k === PAGE_ABSENT) i.absentPages++;
       else if (k === PAGE_RAW) i.rawPages++;
@@ -298,14 +325,14 @@ export class CheckpointReader implements PageSource {
    */
   blockOf(page: number): number {
     aint(page, 'page', 0, this.pageCount - 1);
-    const k = this.pages[3 * page + 2]! >>> 28;
+    const k = this.pages[PAGE_WORDS * page + 2]! >>> 28;
     if (k === PAGE_ZERO) return -1;
     if (k === PAGE_ABSENT) {
       if (!this.parent) return -1;
       const b = this.parent.blockOf(page);
       return b < 0 ? b : this.blocks.length + b;
     }
-    return this.pages[3 * page]!;
+    return this.pages[PAGE_WORDS * page]!;
   }
 
   private checkRange(first: number, count: number, dst: Uint8Array): void {
@@ -318,17 +345,56 @@ export class CheckpointReader implements PageSource {
     }
   }
 
-  /** Splits [first, first+count) into runs: zero, absent, or stored in one block. */
-  private nextRun(p: number, end: number): { kind: number; block: number; n: number } {
-    const kind = this.pages[3 * p + 2]! >>> 28;
-    const block = this.pages[3 * p]!;
+  /** Kind and block of the run {@link nextRun} found last. */
+  private runKind = 0;
+  private runBlock = 0;
+
+  /**
+   * Splits [first, first+count) into runs: zero, absent, or stored in one
+   * block. Returns the length of the run from `p`; its kind and block are
+   * left in runKind and runBlock (no object per run: this is the path of
+   * every lazy page read).
+   */
+  private nextRun(p: number, end: number): number {
+    const pg = this.pages;
+    const kind = pg[PAGE_WORDS * p + 2]! >>> 28;
+    const block = pg[PAGE_WORDS * p]!;
     let q = p + 1;
     if (kind === PAGE_ZERO || kind === PAGE_ABSENT) {
-      while (q < end && this.pages[3 * q + 2]! >>> 28 === kind) q++;
+      while (q < end && pg[PAGE_WORDS * q + 2]! >>> 28 === kind) q++;
+    } else if (this.perPage) {
+      // One read for the run: its records' span, with short zero gaps
+      // (decoded as zeros) inside; it stops where the span would grow past
+      // twice the bytes of the records in it (pages saved out of order lie
+      // apart), so a read never costs more than twice what it uses.
+      let lo = pg[PAGE_WORDS * p + 1]!;
+      let hi = lo + (pg[PAGE_WORDS * p + 2]! & 0x0fffffff);
+      let sum = hi - lo;
+      let last = q;
+      while (q < end && q - p < RUN_PAGES) {
+        const w = pg[PAGE_WORDS * q + 2]!;
+        if (w >>> 28 === PAGE_ZERO && q - last < HOLE_PAGES - 1) {
+          q++;
+          continue;
+        }
+        if (w >>> 28 < PAGE_RAW || pg[PAGE_WORDS * q]! !== block) break;
+        const off = pg[PAGE_WORDS * q + 1]!;
+        const len = w & 0x0fffffff;
+        const nlo = Math.min(lo, off);
+        const nhi = Math.max(hi, off + len);
+        if (nhi - nlo > 2 * (sum + len)) break;
+        lo = nlo;
+        hi = nhi;
+        sum += len;
+        last = ++q;
+      }
+      q = last;
     } else {
-      while (q < end && q - p < RUN_PAGES && this.pages[3 * q]! === block && this.pages[3 * q + 2]! >>> 28 >= PAGE_RAW) q++;
+      while (q < end && q - p < RUN_PAGES && pg[PAGE_WORDS * q]! === block && pg[PAGE_WORDS * q + 2]! >>> 28 >= PAGE_RAW) q++;
     }
-    return { kind, block, n: q - p };
+    this.runKind = kind;
+    this.runBlock = block;
+    return q - p;
   }
 
   /**
@@ -342,11 +408,13 @@ export class CheckpointReader implements PageSource {
     const ps = this.pageSize;
     const end = first + count;
     for (let p = first; p < end; ) {
-      const run = this.nextRun(p, end);
-      const out = dst.subarray((p - first) * ps, (p - first + run.n) * ps);
-      if (run.kind === PAGE_ZERO) out.fill(0);
-      else yield { kind: run.kind, block: run.block, page: p, n: run.n, out };
-      p += run.n;
+      const n = this.nextRun(p, end);
+      const kind = this.runKind;
+      const block = this.runBlock;
+      const out = dst.subarray((p - first) * ps, (p - first + n) * ps);
+      if (kind === PAGE_ZERO) out.fill(0);
+      else yield { kind, block, page: p, n, out };
+      p += n;
     }
   }
 
@@ -368,6 +436,7 @@ export class CheckpointReader implements PageSource {
 
   private admit(b: number, bytes: Uint8Array): Uint8Array {
     const bl = this.blocks[b]!;
+    this.counters.reads++;
     this.counters.blockReads++;
     this.counters.bytesRead += bl.length;
     if (xxh32Of(bytes) !== bl.checksum) {
@@ -397,20 +466,118 @@ export class CheckpointReader implements PageSource {
     return this.admit(b, bytes);
   }
 
-  /** Decodes `n` pages from `p` (all in block `b`, whose bytes are `bytes`) into dst. */
+  /** Sets spanLo/spanHi to the byte span of block-relative offsets holding the records of pages [p, p + n). */
+  private setSpan(p: number, n: number): void {
+    let lo = Infinity;
+    let hi = 0;
+    for (let i = 0; i < n; i++) {
+      const w = this.pages[PAGE_WORDS * (p + i) + 2]!;
+      if (w >>> 28 < PAGE_RAW) continue; // a zero page inside a run: no record
+      const off = this.pages[PAGE_WORDS * (p + i) + 1]!;
+      const end = off + (w & 0x0fffffff);
+      if (off < lo) lo = off;
+      if (end > hi) hi = end;
+    }
+    this.spanLo = lo;
+    this.spanHi = hi;
+  }
+
+  private spanLo = 0;
+  private spanHi = 0;
+
+  /**
+   * Version 2: the records of pages [p, p + n) (all in block `b`) in one
+   * positioned read straight into core memory (none when the last span read
+   * holds them), checked record by record and decoded into `dst`.
+   */
+  private readRecordsSync(b: number, p: number, n: number, dst: Uint8Array, at: number): void {
+    const read = this.src.readSync;
+    if (!read) throw new VmkitError('UNSUPPORTED', 'this checkpoint source has no synchronous reads');
+    this.setSpan(p, n);
+    const lo = this.spanLo;
+    const hi = this.spanHi;
+    withCore((c) => {
+      const k = this.coreBufs(c);
+      if (k.loaded !== b || lo < k.lo || hi > k.hi) {
+        k.loaded = -1;
+        read.call(this.src, this.blocks[b]!.offset + lo, c.u8().subarray(k.block, k.block + hi - lo));
+        this.counters.reads++;
+        this.counters.bytesRead += hi - lo;
+        k.loaded = b;
+        k.lo = lo;
+        k.hi = hi;
+      } else this.counters.cacheHits++;
+      this.decodeRun(c, k, b, p, n, k.out);
+      dst.set(c.u8().subarray(k.out, k.out + n * this.pageSize), at);
+    });
+  }
+
+  /**
+   * {@link readRecordsSync} for one stored page, without the run walk: the
+   * path of a lazy page fault (one read of the record, one core call).
+   */
+  private readOneSync(p: number, dst: Uint8Array): void {
+    const read = this.src.readSync;
+    if (!read) throw new VmkitError('UNSUPPORTED', 'this checkpoint source has no synchronous reads');
+    const pg = this.pages;
+    const at = PAGE_WORDS * p;
+    const b = pg[at]!;
+    const off = pg[at + 1]!;
+    const w = pg[at + 2]!;
+    const len = w & 0x0fffffff;
+    withCore((c) => {
+      const k = this.coreBufs(c);
+      if (k.loaded !== b || off < k.lo || off + len > k.hi) {
+        k.loaded = -1;
+        read.call(this.src, this.blocks[b]!.offset + off, c.u8().subarray(k.block, k.block + len));
+        this.counters.reads++;
+        this.counters.bytesRead += len;
+        k.loaded = b;
+        k.lo = off;
+        k.hi = off + len;
+      } else this.counters.cacheHits++;
+      const mem = c.u8();
+      if (k.ent.buffer !== mem.buffer) k.ent = new Uint32Array(mem.buffer, k.entries, RUN_PAGES * 4);
+      const ent = k.ent;
+      ent[0] = w >>> 28;
+      ent[1] = off - k.lo;
+      ent[2] = len;
+      ent[3] = pg[at + 3]!;
+      const r = ex(c).stagingExtract(k.block, k.hi - k.lo, k.entries, 1, this.pageSize, k.out, 1);
+      if (r < 0) this.decodeFailed(k, r, b, p, 1);
+      dst.set(mem.subarray(k.out, k.out + this.pageSize));
+    });
+  }
+
+  /** {@link readRecordsSync} through the source's asynchronous read (into a buffer of the span's size, then core memory). */
+  private async readRecordsAsync(b: number, p: number, n: number, dst: Uint8Array): Promise<void> {
+    this.setSpan(p, n);
+    const lo = this.spanLo;
+    const hi = this.spanHi;
+    const bytes = new Uint8Array(hi - lo);
+    await this.src.read(this.blocks[b]!.offset + lo, bytes);
+    this.counters.reads++;
+    this.counters.bytesRead += hi - lo;
+    withCore((c) => {
+      const k = this.coreBufs(c);
+      c.u8().set(bytes, k.block);
+      k.loaded = b;
+      k.lo = lo;
+      k.hi = hi;
+      this.decodeRun(c, k, b, p, n, k.out);
+      dst.set(c.u8().subarray(k.out, k.out + n * this.pageSize));
+    });
+  }
+
+  /** Version 1: decodes `n` pages from `p` (all in block `b`, whose bytes are `bytes`) into dst. */
   private extract(b: number, bytes: Uint8Array, p: number, n: number, dst: Uint8Array): void {
     withCore((c) => {
       const k = this.coreBufs(c);
       // Only the byte span of these pages goes into core memory: a lazy read
       // of one page from a cached 1 MiB block copies a few KiB, not the block.
-      let lo = bytes.length;
-      let hi = 0;
-      for (let i = 0; i < n; i++) {
-        const off = this.pages[3 * (p + i) + 1]!;
-        const end = off + (this.pages[3 * (p + i) + 2]! & 0x0fffffff);
-        if (off < lo) lo = off;
-        if (end > hi) hi = end;
-      }
+      this.setSpan(p, n);
+      const lo = this.spanLo;
+      const hi = this.spanHi;
       if (k.loaded !== b || lo < k.lo || hi > k.hi) {
         c.u8().set(bytes.subarray(lo, hi), k.block);
         k.loaded = b;
@@ -422,34 +589,44 @@ export class CheckpointReader implements PageSource {
     });
   }
 
-  /** Decodes `n` pages from `p` out of the block span in `k` into core memory at `out`. */
+  /**
+   * Decodes `n` pages from `p` out of the block span in `k` into core memory
+   * at `out`; in a version 2 file the core checks each record against its
+   * checksum first.
+   */
   private decodeRun(c: Core, k: CoreBufs, b: number, p: number, n: number, out: number): void {
-    const ent = new Uint32Array(c.u8().buffer, k.entries, n * 3);
+    if (k.ent.buffer !== c.u8().buffer) k.ent = new Uint32Array(c.u8().buffer, k.entries, RUN_PAGES * 4);
+    const ent = k.ent;
+    const pg = this.pages;
     for (let i = 0; i < n; i++) {
-      const w = this.pages[3 * (p + i) + 2]!;
-      ent[3 * i] = w >>> 28;
-      ent[3 * i + 1] = this.pages[3 * (p + i) + 1]! - k.lo;
-      ent[3 * i + 2] = w & 0x0fffffff;
+      const at = PAGE_WORDS * (p + i);
+      const w = pg[at + 2]!;
+      ent[4 * i] = w >>> 28;
+      ent[4 * i + 1] = w >>> 28 < PAGE_RAW ? 0 : pg[at + 1]! - k.lo;
+      ent[4 * i + 2] = w & 0x0fffffff;
+      ent[4 * i + 3] = pg[at + 3]!;
     }
-    const r = ex(c).stagingExtract(k.block, k.hi - k.lo, k.entries, n, this.pageSize, out);
-    if (r < 0) {
-      k.loaded = -1;
-      throw new VmkitError('CORRUPT', `checkpoint: pages ${p}..${p + n - 1} do not decode (block ${b})`, { offset: this.blocks[b]!.offset });
-    }
+    const r = ex(c).stagingExtract(k.block, k.hi - k.lo, k.entries, n, this.pageSize, out, this.perPage ? 1 : 0);
+    if (r < 0) this.decodeFailed(k, r, b, p, n);
+  }
+
+  /** Throws for status `r` of a failed stagingExtract of pages [p, p + n) of block `b` (the core span is forgotten). */
+  private decodeFailed(k: CoreBufs, r: number, b: number, p: number, n: number): never {
+    k.loaded = -1;
+    const at = this.blocks[b]!.offset + k.lo;
+    const pages = n === 1 ? `page ${p}` : `pages ${p}..${p + n - 1}`;
+    if (r === E_INTEGRITY) throw new VmkitError('INTEGRITY', `checkpoint: a record of ${pages} does not match its checksum (block ${b})`, { offset: at });
+    if (r === -3) throw new VmkitError('CORRUPT', `checkpoint: ${pages} ${n === 1 ? 'does' : 'do'} not decode (block ${b})`, { offset: at });
     check(r, 'checkpoint extract');
+    throw new VmkitError('CORRUPT', `checkpoint extract: status ${r}`);
   }
 
   private coreBufs(c: Core): CoreBufs {
     if (!this.core || this.core.gen !== c.generation) {
-      this.core = {
-        gen: c.generation,
-        block: c.alloc(this.header.blockSize),
-        entries: c.alloc(RUN_PAGES * 12),
-        out: c.alloc(RUN_PAGES * this.pageSize),
-        loaded: -1,
-        lo: 0,
-        hi: 0,
-      };
+      const block = c.alloc(this.header.blockSize);
+      const entries = c.alloc(RUN_PAGES * STAGING_ENTRY);
+      const out = c.alloc(RUN_PAGES * this.pageSize);
+      this.core = { gen: c.generation, block, entries, out, loaded: -1, lo: 0, hi: 0, ent: new Uint32Array(c.u8().buffer, entries, RUN_PAGES * 4) };
     }
     return this.core;
   }
@@ -463,9 +640,25 @@ export class CheckpointReader implements PageSource {
    * ```
    */
   readPagesIntoSync(first: number, count: number, dst: Uint8Array): void {
-    for (const r of this.pieces(first, count, dst)) {
-      if (r.kind === PAGE_ABSENT) this.parentFor(r.page).readPagesIntoSync(r.page, r.n, r.out);
-      else this.extract(r.block, this.blockSync(r.block), r.page, r.n, r.out);
+    if (!this.perPage) {
+      for (const r of this.pieces(first, count, dst)) {
+        if (r.kind === PAGE_ABSENT) this.parentFor(r.page).readPagesIntoSync(r.page, r.n, r.out);
+        else this.extract(r.block, this.blockSync(r.block), r.page, r.n, r.out);
+      }
+      return;
+    }
+    // Version 2: the walk of pieces() without its objects (the lazy page read path).
+    this.checkRange(first, count, dst);
+    if (count === 1 && this.pages[PAGE_WORDS * first + 2]! >>> 28 >= PAGE_RAW) return this.readOneSync(first, dst);
+    const ps = this.pageSize;
+    const end = first + count;
+    for (let p = first; p < end; ) {
+      const n = this.nextRun(p, end);
+      const at = (p - first) * ps;
+      if (this.runKind === PAGE_ZERO) dst.fill(0, at, at + n * ps);
+      else if (this.runKind === PAGE_ABSENT) this.parentFor(p).readPagesIntoSync(p, n, dst.subarray(at, at + n * ps));
+      else this.readRecordsSync(this.runBlock, p, n, dst, at);
+      p += n;
     }
   }
 
@@ -477,29 +670,47 @@ export class CheckpointReader implements PageSource {
    * ```
    */
   async readPagesInto(first: number, count: number, dst: Uint8Array): Promise<void> {
+    // A full version 2 checkpoint with synchronous reads has no absent pages to await.
+    if (this.perPage && this.syncReads && !this.header.diff) return this.readPagesIntoSync(first, count, dst);
     for (const r of this.pieces(first, count, dst)) {
       if (r.kind === PAGE_ABSENT) await this.parentFor(r.page).readPagesInto(r.page, r.n, r.out);
-      else this.extract(r.block, await this.blockAsync(r.block), r.page, r.n, r.out);
+      else if (!this.perPage) this.extract(r.block, await this.blockAsync(r.block), r.page, r.n, r.out);
+      else if (this.syncReads) this.readRecordsSync(r.block, r.page, r.n, r.out, 0);
+      else await this.readRecordsAsync(r.block, r.page, r.n, r.out);
     }
   }
 
+  /** The slab {@link readPage} cuts pages from, and the bytes of it handed out. */
+  private slab: ArrayBuffer | undefined;
+  private slabUsed = 0;
+
   /**
-   * One page as a new array.
+   * One page as a new array: a view of its own `pageSize` bytes of a
+   * 64-page slab that later pages share (as Node's Buffer pool does; an
+   * ArrayBuffer per page cost more than the read itself). `page.slice()`
+   * copies it out of the slab.
    * @example
    * ```ts
    * const page = await r.readPage(42);
    * ```
    */
   async readPage(page: number): Promise<Uint8Array> {
-    const dst = new Uint8Array(this.pageSize);
-    await this.readPagesInto(page, 1, dst);
+    const ps = this.pageSize;
+    if (!this.slab || this.slabUsed + ps > this.slab.byteLength) {
+      this.slab = new ArrayBuffer(SLAB_PAGES * ps);
+      this.slabUsed = 0;
+    }
+    const dst = new Uint8Array(this.slab, this.slabUsed, ps);
+    this.slabUsed += ps;
+    if (this.perPage && this.syncReads && !this.header.diff) this.readPagesIntoSync(page, 1, dst);
+    else await this.readPagesInto(page, 1, dst);
     return dst;
   }
 
   /** True when every page of the run is zero through the whole chain. */
   private allZero(first: number, count: number): boolean {
     for (let p = first; p < first + count; p++) {
-      const k = this.pages[3 * p + 2]! >>> 28;
+      const k = this.pages[PAGE_WORDS * p + 2]! >>> 28;
       if (k === PAGE_ZERO) continue;
       if (k === PAGE_ABSENT && this.parent && this.parent.allZero(p, 1)) continue;
       return false;
@@ -584,25 +795,27 @@ export class CheckpointReader implements PageSource {
               while (done < len) done += fs.writeSync(fd, c.u8().subarray(from + done, from + len), 0, len - done, seg * ps + done);
             };
             for (let q = p; q < p + n; ) {
-              const run = this.nextRun(q, p + n);
+              const rn = this.nextRun(q, p + n);
+              const kind = this.runKind;
+              const block = this.runBlock;
               const at = cw + (q - p) * ps;
-              if (run.kind === PAGE_ZERO) {
-                if (run.n >= HOLE_PAGES) {
+              if (kind === PAGE_ZERO) {
+                if (rn >= HOLE_PAGES) {
                   flush(q);
-                  seg = q + run.n;
-                } else c.u8().fill(0, at, at + run.n * ps);
-              } else if (run.kind === PAGE_ABSENT) {
+                  seg = q + rn;
+                } else c.u8().fill(0, at, at + rn * ps);
+              } else if (kind === PAGE_ABSENT) {
                 const parent = this.parentFor(q);
                 tmp ??= new Uint8Array(win * ps);
-                const part = tmp.subarray(0, run.n * ps);
-                parent.readPagesIntoSync(q, run.n, part); // may grow core memory: views are taken after
+                const part = tmp.subarray(0, rn * ps);
+                parent.readPagesIntoSync(q, rn, part); // may grow core memory: views are taken after
                 c.u8().set(part, at);
               } else {
                 const k = this.coreBufs(c);
-                this.loadBlockInCore(c, k, run.block);
-                this.decodeRun(c, k, run.block, q, run.n, at);
+                this.loadBlockInCore(c, k, block);
+                this.decodeRun(c, k, block, q, rn, at);
               }
-              q += run.n;
+              q += rn;
             }
             flush(p + n);
           }
@@ -623,9 +836,11 @@ export class CheckpointReader implements PageSource {
     if (hit) c.u8().set(hit, k.block);
     else {
       this.src.readSync!(bl.offset, c.u8().subarray(k.block, k.block + bl.length));
+      this.counters.reads++;
       this.counters.blockReads++;
       this.counters.bytesRead += bl.length;
-      if (ex(c).xxh32(k.block, bl.length, 0) >>> 0 !== bl.checksum) {
+      // Version 2 blocks have no checksum of their own: decodeRun checks each record.
+      if (!this.perPage && ex(c).xxh32(k.block, bl.length, 0) >>> 0 !== bl.checksum) {
         throw new VmkitError('INTEGRITY', `checkpoint: block ${b} checksum mismatch`, { offset: bl.offset });
       }
     }

@@ -10,7 +10,7 @@ import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { abytes, aint, aoneOf } from '../../_utils.js';
 import type { PageSource } from '../types.js';
-import { closeStaging, compressBound, ex, xxh32Of } from './_codec.js';
+import { STAGING_ENTRY, closeStaging, compressBound, ex, xxh32Of } from './_codec.js';
 import {
   BLOCK_ALIGN,
   CHECKPOINT_VERSION,
@@ -24,7 +24,9 @@ import {
   PAGE_ABSENT,
   PAGE_LZ4,
   PAGE_RAW,
+  PAGE_WORDS,
   PAGE_ZERO,
+  READ_VERSIONS,
   encodeFooter,
   encodeHeader,
   encodeIndex,
@@ -61,6 +63,12 @@ export interface CheckpointWriterOptions {
   id?: string;
   /** SHA-256 (hex) of the core build to record; default: computed from dist/core.wasm when readable, else zeros. */
   coreBuild?: string;
+  /**
+   * Format version to write (default {@link CHECKPOINT_VERSION}, 2). Version 1
+   * (one checksum per block, no page checksums) is for readers older than
+   * version 2; a vmkit reader reads both.
+   */
+  formatVersion?: number;
 }
 
 /**
@@ -163,19 +171,19 @@ export class CheckpointWriter {
     this.header = header;
     this.opts = opts;
     this.pageCount = Number(header.guestSize / BigInt(header.pageSize));
-    this.pages = new Uint32Array(this.pageCount * 3);
+    this.pages = new Uint32Array(this.pageCount * PAGE_WORDS);
     // Pages never written: zero in a full checkpoint, absent (parent's) in a diff.
     const kind = header.diff ? PAGE_ABSENT : PAGE_ZERO;
     for (let p = 0; p < this.pageCount; p++) {
-      this.pages[3 * p] = NO_BLOCK;
-      this.pages[3 * p + 2] = kind << 28;
+      this.pages[PAGE_WORDS * p] = NO_BLOCK;
+      this.pages[PAGE_WORDS * p + 2] = kind << 28;
     }
     this.gen = c.generation;
     const e = ex(c);
     this.stager = check(e.stagingOpen(header.blockSize, header.pageSize, CODECS[header.codec]), 'checkpoint staging open');
     try {
       this.input = c.alloc(WINDOW_PAGES * header.pageSize);
-      this.entries = c.alloc(WINDOW_PAGES * 12);
+      this.entries = c.alloc(WINDOW_PAGES * STAGING_ENTRY);
     } catch (err) {
       e.stagingClose(this.stager);
       throw err;
@@ -203,9 +211,11 @@ export class CheckpointWriter {
     const codec = aoneOf(options.codec ?? 'lz4', 'codec', ['lz4', 'none'] as const);
     if (options.parent && !/^[0-9a-f]{32}$/.test(options.parent.id)) throw new VmkitError('ARG_RANGE', 'parent.id must be 32 hex digits');
     if (options.id !== undefined && !/^[0-9a-f]{32}$/.test(options.id)) throw new VmkitError('ARG_RANGE', 'id must be 32 hex digits');
+    const version = options.formatVersion ?? CHECKPOINT_VERSION;
+    if (!READ_VERSIONS.includes(version)) throw new VmkitError('ARG_RANGE', `formatVersion must be one of ${READ_VERSIONS.join(', ')}, got ${version}`);
     const coreBuild = options.coreBuild ?? (await coreBuildHash());
     const header: CheckpointHeader = {
-      version: CHECKPOINT_VERSION,
+      version,
       pageSize,
       codec,
       blockSize,
@@ -361,15 +371,16 @@ export class CheckpointWriter {
     const ps = this.header.pageSize;
     while (done < count) {
       const e = ex(c);
-      const n = check(e.stagingAppend(this.stager, this.input + done * ps, count - done, this.entries + done * 12), 'checkpoint staging');
-      const ent = new Uint32Array(c.u8().buffer, this.entries + done * 12, n * 3);
+      const n = check(e.stagingAppend(this.stager, this.input + done * ps, count - done, this.entries + done * STAGING_ENTRY), 'checkpoint staging');
+      const ent = new Uint32Array(c.u8().buffer, this.entries + done * STAGING_ENTRY, n * 4);
       const blk = this.blocks.length;
       for (let i = 0; i < n; i++) {
         const p = first + done + i;
-        const kind = ent[3 * i]!;
-        this.pages[3 * p] = kind === PAGE_ZERO ? NO_BLOCK : blk;
-        this.pages[3 * p + 1] = ent[3 * i + 1]!;
-        this.pages[3 * p + 2] = ((kind << 28) | ent[3 * i + 2]!) >>> 0;
+        const kind = ent[4 * i]!;
+        this.pages[PAGE_WORDS * p] = kind === PAGE_ZERO ? NO_BLOCK : blk;
+        this.pages[PAGE_WORDS * p + 1] = ent[4 * i + 1]!;
+        this.pages[PAGE_WORDS * p + 2] = ((kind << 28) | ent[4 * i + 2]!) >>> 0;
+        this.pages[PAGE_WORDS * p + 3] = ent[4 * i + 3]!;
       }
       done += n;
       if (done < count) {
@@ -387,7 +398,8 @@ export class CheckpointWriter {
       const used = check(e.stagingUsed(this.stager), 'checkpoint staging');
       if (used === 0) return undefined;
       const ptr = e.stagingBuffer(this.stager);
-      const checksum = e.xxh32(ptr, used, 0) >>> 0;
+      // Version 2 checks each record by its own checksum (in the page index): no block checksum.
+      const checksum = this.header.version === 1 ? e.xxh32(ptr, used, 0) >>> 0 : 0;
       const padded = Math.ceil(used / BLOCK_ALIGN) * BLOCK_ALIGN;
       if (sinkSync && padded <= this.header.blockSize) {
         // Synchronous sink and the padding fits the stager: write the block
@@ -417,8 +429,8 @@ export class CheckpointWriter {
 
   /**
    * Internal (parallel saves): adds pages `[first, first + count)` already
-   * staged elsewhere: `entries` holds (kind, offset, length) per page into
-   * `bytes`, as `stagingAppend` reports them. Records are packed into blocks
+   * staged elsewhere: `entries` holds (kind, offset, length, record xxHash32)
+   * per page into `bytes`, as `stagingAppend` reports them. Records are packed into blocks
    * with the stager's own rule, so the file equals a single-threaded save.
    * @example
    * ```ts
@@ -428,7 +440,7 @@ export class CheckpointWriter {
   async _appendCompressed(first: number, count: number, entries: Uint32Array, bytes: Uint8Array): Promise<void> {
     aint(count, 'count', 0, this.pageCount);
     aint(first, 'first', 0, this.pageCount - count);
-    if (entries.length < count * 3) throw new VmkitError('ARG_RANGE', 'entries too short');
+    if (entries.length < count * 4) throw new VmkitError('ARG_RANGE', 'entries too short');
     await this.exclusive(async (c) => {
       if (check(ex(c).stagingUsed(this.stager), 'checkpoint staging') > 0) await this.flushBlock();
       const ps = this.header.pageSize;
@@ -437,23 +449,25 @@ export class CheckpointWriter {
       this.pack ??= new Uint8Array(Math.ceil(cap / BLOCK_ALIGN) * BLOCK_ALIGN);
       for (let i = 0; i < count; i++) {
         const p = first + i;
-        const kind = entries[3 * i]!;
+        const kind = entries[4 * i]!;
         if (kind === PAGE_ZERO) {
-          this.pages[3 * p] = NO_BLOCK;
-          this.pages[3 * p + 1] = 0;
-          this.pages[3 * p + 2] = (PAGE_ZERO << 28) >>> 0;
+          this.pages[PAGE_WORDS * p] = NO_BLOCK;
+          this.pages[PAGE_WORDS * p + 1] = 0;
+          this.pages[PAGE_WORDS * p + 2] = (PAGE_ZERO << 28) >>> 0;
+          this.pages[PAGE_WORDS * p + 3] = 0;
           continue;
         }
-        const off = entries[3 * i + 1]!;
-        const len = entries[3 * i + 2]!;
+        const off = entries[4 * i + 1]!;
+        const len = entries[4 * i + 2]!;
         if ((kind !== PAGE_RAW && kind !== PAGE_LZ4) || len === 0 || len > bound || off + len > bytes.length) {
           throw new VmkitError('ARG_RANGE', `bad staged entry for page ${p}`);
         }
         if (cap - this.packUsed < bound) await this.flushPack();
         this.pack.set(bytes.subarray(off, off + len), this.packUsed);
-        this.pages[3 * p] = this.blocks.length;
-        this.pages[3 * p + 1] = this.packUsed;
-        this.pages[3 * p + 2] = ((kind << 28) | len) >>> 0;
+        this.pages[PAGE_WORDS * p] = this.blocks.length;
+        this.pages[PAGE_WORDS * p + 1] = this.packUsed;
+        this.pages[PAGE_WORDS * p + 2] = ((kind << 28) | len) >>> 0;
+        this.pages[PAGE_WORDS * p + 3] = entries[4 * i + 3]!;
         this.packUsed += len;
       }
       this.pagesWritten += count;
@@ -466,7 +480,7 @@ export class CheckpointWriter {
     const padded = Math.ceil(used / BLOCK_ALIGN) * BLOCK_ALIGN;
     const out = this.pack.subarray(0, padded);
     out.fill(0, used);
-    const checksum = xxh32Of(out.subarray(0, used));
+    const checksum = this.header.version === 1 ? xxh32Of(out.subarray(0, used)) : 0;
     const offset = this.next;
     this.blocks.push({ offset, length: used, checksum });
     this.next += padded;
@@ -487,7 +501,7 @@ export class CheckpointWriter {
     return this.exclusive(async () => {
       await this.flushBlock();
       await this.flushPack();
-      const index = encodeIndex(this.blocks, this.pages);
+      const index = encodeIndex(this.blocks, this.pages, this.header.version);
       const indexOffset = this.next;
       const fileLength = indexOffset + index.length + FOOTER_SIZE;
       const footer = encodeFooter({
@@ -522,7 +536,7 @@ export class CheckpointWriter {
         id: this.header.id,
       };
       for (let p = 0; p < this.pageCount; p++) {
-        const k = this.pages[3 * p + 2]! >>> 28;
+        const k = this.pages[PAGE_WORDS * p + 2]! >>> 28;
         if (k === PAGE_ZERO) s.zeroPages++;
         else if (k === PAGE_ABSENT) s.absentPages++;
         else if (k === 2) s.rawPages++;
