@@ -199,3 +199,32 @@ async function toRaw(name: string): Promise<string> {
   await qimg('convert', '-f', 'qcow2', '-O', 'raw', p(name), out);
   return out;
 }
+
+describe.skipIf(!hasTools)('vmkit disk serve', () => {
+  it('serves an image until SIGTERM, then flushes and closes it; qemu-io writes land and qemu-img check is clean', async () => {
+    const d = await mkdtemp(join(tmpdir(), 'vmkit-nbdcli-'));
+    try {
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', join(d, 'vm.qcow2'), '16M']);
+      const bin = new URL('../dist/bin/vmkit.js', import.meta.url).pathname;
+      const { spawn } = await import('node:child_process');
+      const child = spawn(process.execPath, [bin, 'disk', 'serve', 'vm.qcow2', '--listen', 'unix:s.sock', '-x', 'vm', '--json'], { cwd: d, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (b) => (out += b));
+      child.stderr.on('data', (b) => (err += b));
+      for (let i = 0; i < 200 && !out.includes('}'); i++) await new Promise((r) => setTimeout(r, 50));
+      const started = JSON.parse(out) as { uri: string; size: number; format: string };
+      expect(started).toMatchObject({ size: 16 << 20, format: 'qcow2' });
+      const uri = `nbd+unix:///vm?socket=${join(d, 's.sock')}`;
+      await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 1M 2M', '-c', 'write -z 4M 1M', uri]);
+      const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(err).toMatch(/SIGTERM: stopped after 1 connections/);
+      expect(qemuCheck(join(d, 'vm.qcow2'))).toEqual({ corruptions: 0, leaks: 0, checkErrors: 0 });
+      await run('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 1M 2M', '-c', 'read -P 0 4M 1M', join(d, 'vm.qcow2')]).then((r) => expect(r.stdout).not.toMatch(/Pattern verification failed/));
+    } finally {
+      await rm(d, { recursive: true, force: true });
+    }
+  });
+});
