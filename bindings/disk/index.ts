@@ -84,3 +84,5 @@ export {
 // Disk ownership handoff (docs/ownership.md).
 export * from './owner/index.js';
 export { etcdStore, EtcdOwnerStore, type EtcdStoreOptions } from './owner/etcd-store.js';
+// Serving disks over NBD (docs/nbd.md).
+export { serveNbd, NbdServer, type NbdServerOptions, type NbdExportSpec, type NbdTlsOptions, type NbdServerStats } from './nbd/server.js';

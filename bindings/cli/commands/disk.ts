@@ -20,7 +20,9 @@ const usage = `Usage:
   vmkit disk info <file> [--json]       format, virtual size, backing chain, allocated bytes
   vmkit disk map <file> [--json]        extents (data/zero/depth), as qemu-img map --output=json
   vmkit disk check <file> [--repair-leaks] [--json]   metadata check, as qemu-img check
-__BACKUP__  vmkit disk owner|open|release …   disk ownership (see vmkit disk owner --help)
+__BACKUP__  vmkit disk serve <file> [--listen unix:<path>|<host>:<port>] [-x <export>] [--read-only]
+                                        serve over NBD, as qemu-nbd (see vmkit disk serve --help)
+  vmkit disk owner|open|release …   disk ownership (see vmkit disk owner --help)
 
 Sizes take K/M/G/T suffixes. --backing is relative to the new image, as qemu-img create -b.
 Exit codes: 0 ok, 1 failure (check: corruptions found), 2 usage error.`;
@@ -59,6 +61,7 @@ export const command: Command = {
       }
       return m.runOwner(sub, rest, io);
     }
+    if (sub === 'serve') return (await import('./_disk_serve.js')).runServe(rest, io);
     if (sub === 'create') return create(rest, io);
     if (sub === 'info') return info(rest, io);
     if (sub === 'map') return map(rest, io);
