@@ -170,6 +170,13 @@ describe('checkpoint round trips', () => {
     expect(st.reads).toBeLessThanOrEqual(stored);
     expect(st.bytesRead).toBeLessThanOrEqual(2 * rd.info().storedBytes);
     await rd.close();
+    // The same runs through the source's asynchronous reads.
+    const ra = await CheckpointReader.open(file, { syncReads: false });
+    out.fill(0xee);
+    await ra.readPagesInto(0, 96, out);
+    expect(diffAt(out, mem)).toBe(-1);
+    expect(ra.stats).toEqual(st);
+    await ra.close();
   });
 
   it('a record that does not match its checksum is INTEGRITY for its pages only', async () => {
