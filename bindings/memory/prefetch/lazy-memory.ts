@@ -177,8 +177,10 @@ export class LazyGuestMemory implements GuestMemorySource {
   private startLoad(runs: Uint32Array): Promise<void>[] {
     if (runs.length === 0) return [];
     // A source that stores pages in blocks (a checkpoint) reads one run at a
-    // time, so that runs sharing a block find it in the source's cache;
-    // others get every run's read in flight at once.
+    // time: in a version 1 file runs sharing a block find it in the reader's
+    // cache; in version 2 each run is one read of its records (synchronous
+    // from a file), which reads in flight together would not speed up.
+    // Others get every run's read in flight at once.
     const sequential = this.source.blockOf !== undefined;
     const all: Promise<void>[] = [];
     let prev: Promise<void> = DONE;
