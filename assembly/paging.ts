@@ -29,7 +29,7 @@
 // reference walker): levels in the architecture's numbering, leaf pages may
 // lie outside guest memory, tables may not.
 
-import { E_ARG, E_HANDLE, E_LIMIT, E_NEED_DATA } from "./_errors";
+import { E_ARG, E_HANDLE, E_LIMIT, E_NEED_DATA, E_NO_MEMORY } from "./_errors";
 import { tryAlloc } from "./_memory";
 
 const MAX_SPACES: i32 = 64;
@@ -173,9 +173,10 @@ const stCovHi = new StaticArray<u64>(6);
   return unchecked(spaces[h]);
 }
 
+// A zeroed block, or 0 when the core cannot hold it (see tryAlloc).
 function allocZero(n: usize): usize {
-  const p = heap.alloc(n);
-  memory.fill(p, 0, n);
+  const p = tryAlloc(n);
+  if (p != 0) memory.fill(p, 0, n);
   return p;
 }
 
@@ -525,7 +526,8 @@ function a64Walk(s: Space, va: u64): i32 {
  * `hasRoot1`. `t0sz`/`t1sz` in [16, 39] (AArch64). `nxe`: EFER.NXE.
  * `memSize`: bytes of guest-physical memory. `cacheFrames`: frame-cache
  * capacity in 4 KiB frames, [16, 1 << 20] (allocated as it fills, 256 KiB at a
- * time). Returns a handle, E_ARG or E_LIMIT (64 spaces live).
+ * time). Returns a handle, E_ARG, E_LIMIT (64 spaces live) or E_NO_MEMORY
+ * (its tables do not fit in the core; nothing is kept).
  */
 export function pagingCreate(mode: i32, root0: u64, root1: u64, hasRoot1: i32, t0sz: i32, t1sz: i32, nxe: i32, memSize: u64, cacheFrames: u32): i32 {
   if (mode < 0 || mode > 4) return E_ARG;
@@ -558,8 +560,8 @@ export function pagingCreate(mode: i32, root0: u64, root1: u64, hasRoot1: i32, t
   while (nb < cap * 2) nb <<= 1;
   s.bmask = nb - 1;
   s.buckets = allocZero(<usize>nb << 2);
-  s.keys = heap.alloc(<usize>cap << 3);
-  memory.fill(s.keys, 0xff, <usize>cap << 3);
+  s.keys = tryAlloc(<usize>cap << 3);
+  if (s.keys != 0) memory.fill(s.keys, 0xff, <usize>cap << 3);
   s.nexts = allocZero(<usize>cap << 2);
   s.vers = allocZero(<usize>cap << 2);
   s.refs = allocZero(<usize>cap);
@@ -568,6 +570,12 @@ export function pagingCreate(mode: i32, root0: u64, root1: u64, hasRoot1: i32, t
   s.ptrs = allocZero(<usize>cap << 2);
   s.chunks = allocZero(<usize>(cap / CHUNK_FRAMES) << 2);
   s.rc = allocZero(<usize>RC_N << 5);
+  if (!s.buckets || !s.keys || !s.nexts || !s.vers || !s.refs || !s.covLo || !s.covHi || !s.ptrs || !s.chunks || !s.rc) {
+    // The core is full: give back what was had, keep nothing (heap.free of 0 would trap).
+    const blocks: usize[] = [s.buckets, s.keys, s.nexts, s.vers, s.refs, s.covLo, s.covHi, s.ptrs, s.chunks, s.rc];
+    for (let i = 0; i < blocks.length; i++) if (unchecked(blocks[i]) != 0) heap.free(unchecked(blocks[i]));
+    return E_NO_MEMORY;
+  }
   unchecked((spaces[h] = s));
   return h;
 }

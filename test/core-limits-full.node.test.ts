@@ -1,7 +1,7 @@
 // A core whose memory is full (Node only: grows the core's memory to its 4 GiB
 // maximum, reserved but never touched). The entries that allocate inside the
 // core from a caller's size (an engine's bitmaps, a digest table, the paging
-// frame cache as it grows) must answer CORE_NO_MEMORY, or in the frame cache's
+// frame cache as it grows, an address space's tables) must answer CORE_NO_MEMORY, or in the frame cache's
 // case stop growing and recycle, where the allocator used to trap and reset
 // the core under every live handle.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -58,6 +58,12 @@ describe('a full core', () => {
   it('a digest index that does not fit is CORE_NO_MEMORY', () => {
     expect(() => new DigestIndex({ expected: 1 << 24 })).toThrow(expect.objectContaining({ code: 'CORE_NO_MEMORY' }));
     expect(coreInfo().resets).toBe(resets);
+  });
+
+  it('an address space whose tables do not fit is CORE_NO_MEMORY', () => {
+    expect(() => AddressSpace.create({ memory: mem, mode: 'x86-64', root: 0n, cacheFrames: 1 << 20 })).toThrow(expect.objectContaining({ code: 'CORE_NO_MEMORY' }));
+    expect(coreInfo().resets).toBe(resets);
+    expect(space.translate(0n).ok).toBe(false);
   });
 
   it('the paging frame cache stops growing and recycles its frames', () => {

@@ -23,6 +23,7 @@ import {
 } from '../bindings/memory/index.js';
 import { DigestIndex } from '../bindings/attest/index-store.js';
 import { isAllZero, zeroGranules } from '../bindings/disk/_sectors.js';
+import { planExtents } from '../bindings/disk/backup/_plan.js';
 
 const MiB = 1 << 20;
 const CORE_MAX_ALLOC = 512 * MiB, LZ4_MAX_BLOCK = 256 * MiB, MAX_MAP = 2 ** 24;
@@ -132,6 +133,18 @@ describe('other entries that size a core buffer from their input', () => {
     expect(CORE_MAX_ALLOC).toBe(512 * MiB);
     limit(() => core().alloc(CORE_MAX_ALLOC + 1), String(CORE_MAX_ALLOC));
     limit(() => core().alloc(2 ** 32 + 16), String(CORE_MAX_ALLOC));
+  });
+
+  it('a core buffer size past 2^32 no longer wraps: planning a backup of a 85 GiB extent at 512-byte chunks is LIMIT', () => {
+    // Room for 178956973 ops of 24 bytes: 2^32 + 56 bytes, which the u32 size
+    // parameter took as 56; the core then wrote its ops past that block.
+    const n = 178956971;
+    limit(() => planExtents([{ offset: 0, length: n * 512, kind: 'data', depth: 0 }], Infinity, 512), String(CORE_MAX_ALLOC));
+    // A plan of ordinary size is unchanged.
+    expect(planExtents([{ offset: 0, length: 3 * 512, kind: 'data', depth: 0 }], Infinity, 1024)).toEqual([
+      { offset: 0, length: 1024, zero: false },
+      { offset: 1024, length: 512, zero: false },
+    ]);
   });
 
   it('PrefetchEngine: a translation table past MAX_MAP is LIMIT (2^26 trapped)', () => {

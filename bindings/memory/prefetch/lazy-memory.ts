@@ -53,6 +53,12 @@ const PAGE_SHIFT = 12n;
 
 /**
  * Guest-physical memory restored lazily from a page source.
+ *
+ * Asynchronous accesses may overlap: concurrent faults on one page share one
+ * read of the source, and each access takes effect at one point (its copy,
+ * once its pages are in), so no write is lost to a load that lands after it.
+ * Page numbers and addresses are checked (ARG_RANGE / ARG_TYPE, naming the
+ * argument) before they reach the core. See docs/prefetch.md.
  * @example
  * await init();
  * const mem = await LazyGuestMemory.open(bufferPages(image), { policy: createPolicy('physical', { back: 0, ahead: 7 }) });
