@@ -24,6 +24,11 @@ Options:
                         and ca-cert.pem when clients must present certificates): clients must STARTTLS
   --insecure            allow a non-loopback TCP address without TLS
   --max-connections <n> connections served at once (default 16)
+  --cache <mode>        writeback (default, as qemu-nbd: qcow2 metadata reaches the file on FLUSH)
+                        or writethrough (after every request)
+  --aio <mode>          threads (default: file I/O on libuv's thread pool, other requests go on)
+                        or sync (blocking I/O on the main thread: less overhead per request when the
+                        image is in the page cache, but a slow read stalls every connection)
   --json                print the listening address and URI as JSON
 
 Example:
@@ -43,6 +48,8 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
     'tls-creds': { type: 'string' },
     insecure: { type: 'boolean' },
     'max-connections': { type: 'string' },
+    cache: { type: 'string' },
+    aio: { type: 'string' },
   });
   if (values.help) {
     io.stdout.write(serveUsage + '\n');
@@ -70,8 +77,16 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
     const ca = await read('ca-cert.pem', false);
     tls = { cert: (await read('server-cert.pem', true))!, key: (await read('server-key.pem', true))!, ...(ca ? { ca } : {}) };
   }
+  const cache = values.cache ?? 'writeback';
+  if (cache !== 'writeback' && cache !== 'writethrough') throw new VmkitError('ARG_RANGE', `--cache must be writeback or writethrough, got ${JSON.stringify(cache)}`);
+  const aio = values.aio ?? 'threads';
+  if (aio !== 'threads' && aio !== 'sync') throw new VmkitError('ARG_RANGE', `--aio must be threads or sync, got ${JSON.stringify(aio)}`);
   const readOnly = values['read-only'] === true;
-  const device = await openImage(file, { readOnly, ...(format ? { format: format as FormatName } : {}) });
+  const { fileProvider, syncFileProvider } = await import('../../disk/backends/file.js');
+  const device = await openImage(file, { readOnly, provider: aio === 'sync' ? syncFileProvider : fileProvider, ...(format ? { format: format as FormatName } : {}) });
+  // qcow2 keeps its metadata cache write-back between FLUSHes, as qemu-nbd's default cache mode does.
+  const withCache = device as typeof device & { setCacheMode?: (m: 'writeback' | 'writethrough') => Promise<void> };
+  if (!readOnly && typeof withCache.setCacheMode === 'function') await withCache.setCacheMode(cache);
   let server;
   try {
     server = await serveNbd({
