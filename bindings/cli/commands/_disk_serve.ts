@@ -9,6 +9,8 @@ import { emit, parse, type CliIO } from '../_common.js';
 import { openImage } from '../../disk/image.js';
 import type { FormatName } from '../../disk/formats/types.js';
 import { serveNbd, type NbdTlsOptions } from '../../disk/nbd/server.js';
+import { serveControl, type ControlHandler, type ControlServer } from '../../disk/nbd/control.js';
+import type { BlockDevice } from '../../disk/device.js';
 
 /** Usage of `vmkit disk serve`. */
 export const serveUsage = `Usage: vmkit disk serve <file> [options]
@@ -29,6 +31,8 @@ Options:
   --aio <mode>          threads (default: file I/O on libuv's thread pool, other requests go on)
                         or sync (blocking I/O on the main thread: less overhead per request when the
                         image is in the page cache, but a slow read stalls every connection)
+  --control <path>      a control socket (mode 0600): vmkit disk snapshot|backup|consolidate --server <path>
+                        run inside this process while clients keep writing (qcow2 and VMDK chains)
   --json                print the listening address and URI as JSON
 
 Example:
@@ -50,6 +54,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
     'max-connections': { type: 'string' },
     cache: { type: 'string' },
     aio: { type: 'string' },
+    control: { type: 'string' },
   });
   if (values.help) {
     io.stdout.write(serveUsage + '\n');
@@ -82,11 +87,31 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
   const aio = values.aio ?? 'threads';
   if (aio !== 'threads' && aio !== 'sync') throw new VmkitError('ARG_RANGE', `--aio must be threads or sync, got ${JSON.stringify(aio)}`);
   const readOnly = values['read-only'] === true;
+  const control = typeof values.control === 'string' ? values.control : undefined;
+  if (control && (readOnly || format)) throw new VmkitError('ARG_RANGE', '--control serves the chain writable with probed formats: drop --read-only / --format');
   const { fileProvider, syncFileProvider } = await import('../../disk/backends/file.js');
-  const device = await openImage(file, { readOnly, provider: aio === 'sync' ? syncFileProvider : fileProvider, ...(format ? { format: format as FormatName } : {}) });
-  // qcow2 keeps its metadata cache write-back between FLUSHes, as qemu-nbd's default cache mode does.
-  const withCache = device as typeof device & { setCacheMode?: (m: 'writeback' | 'writethrough') => Promise<void> };
-  if (!readOnly && typeof withCache.setCacheMode === 'function') await withCache.setCacheMode(cache);
+  let device: BlockDevice;
+  let closeDevice: () => Promise<void>;
+  let handler: ControlHandler | undefined;
+  if (control) {
+    const { fileFormatDriver, syncFileFormatDriver } = await import('../../disk/image.js');
+    const { openLive, liveBlockDevice } = await import('./_disk_live.js');
+    const live = await openLive(file, aio === 'sync' ? syncFileFormatDriver : fileFormatDriver);
+    if (cache === 'writeback') await live.disk.device.setCacheMode?.('writeback');
+    const probe = await openImage(file, { readOnly: true, noBacking: true });
+    const fmt = probe.format;
+    await probe.close();
+    device = liveBlockDevice(live.disk, fmt);
+    closeDevice = live.close;
+    handler = live.handler;
+  } else {
+    const img = await openImage(file, { readOnly, provider: aio === 'sync' ? syncFileProvider : fileProvider, ...(format ? { format: format as FormatName } : {}) });
+    // qcow2 keeps its metadata cache write-back between FLUSHes, as qemu-nbd's default cache mode does.
+    const withCache = img as typeof img & { setCacheMode?: (m: 'writeback' | 'writethrough') => Promise<void> };
+    if (!readOnly && typeof withCache.setCacheMode === 'function') await withCache.setCacheMode(cache);
+    device = img;
+    closeDevice = () => img.close();
+  }
   let server;
   try {
     server = await serveNbd({
@@ -98,18 +123,29 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
       onConnectionError: (e) => io.stderr.write(`vmkit disk serve: connection ended: ${e.message}\n`),
     });
   } catch (e) {
-    await device.close().catch(() => {});
+    await closeDevice().catch(() => {});
     throw e;
   }
+  let ctl: ControlServer | undefined;
+  if (control && handler) {
+    try {
+      ctl = await serveControl(control, handler);
+    } catch (e) {
+      await server.close();
+      await closeDevice().catch(() => {});
+      throw e;
+    }
+  }
   const uri = server.uri(typeof values.export === 'string' ? values.export : '');
-  emit(io, values.json, { listen: server.address, uri, file, format: device.format, size: device.size, readOnly }, () => `serving ${file} (${device.format}, ${device.size} bytes${readOnly ? ', read-only' : ''}) at ${uri}`);
+  emit(io, values.json, { listen: server.address, uri, file, format: device.format, size: device.size, readOnly, ...(ctl ? { control: ctl.path } : {}) }, () => `serving ${file} (${device.format}, ${device.size} bytes${readOnly ? ', read-only' : ''}) at ${uri}`);
   const sig = await new Promise<string>((resolve) => {
     const on = (s: string) => (): void => resolve(s);
     signals.once('SIGINT', on('SIGINT'));
     signals.once('SIGTERM', on('SIGTERM'));
   });
+  await ctl?.close();
   await server.close();
-  await device.close();
+  await closeDevice();
   const st = server.stats();
   io.stderr.write(`vmkit disk serve: ${sig}: stopped after ${st.accepted} connections, ${st.requests} requests (${st.errors} errors)\n`);
   return 0;
