@@ -105,3 +105,58 @@ async function callInfo(ctl: string): Promise<unknown> {
   const { callControl } = await import('../bindings/disk/nbd/control.js');
   return callControl(ctl, { op: 'info' });
 }
+
+describe.skipIf(!hasTools)('disk ownership handoff between two NBD servers under a writing client', () => {
+  const N = 1024;
+  const pat = (i: number): number => (i % 250) + 1;
+  it('serve --as b takes the disk from serve --as a on the same socket; qemu-io with reconnect-delay finishes every write without an error', async () => {
+    const d = await mkdtemp(join(tmpdir(), 'vmkit-nbdhand-'));
+    const vm = join(d, 'vm.qcow2');
+    const sock = join(d, 'vm.sock');
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', vm, '16M']);
+    const start = (id: string): { child: ReturnType<typeof spawn>; out: () => string; err: () => string; exited: Promise<number | null> } => {
+      const child = spawn(process.execPath, [bin, 'disk', 'serve', 'vm.qcow2', '--listen', `unix:${sock}`, '--as', id, '--lease', '2000', '--json'], { cwd: d, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      child.stdout!.on('data', (b) => (out += b));
+      child.stderr!.on('data', (b) => (err += b));
+      return { child, out: () => out, err: () => err, exited: new Promise((r) => child.on('exit', (c) => r(c))) };
+    };
+    const waitJson = async (s: { out: () => string }): Promise<{ epoch: number }> => {
+      for (let i = 0; i < 400 && !s.out().includes('}'); i++) await new Promise((r) => setTimeout(r, 25));
+      return JSON.parse(s.out()) as { epoch: number };
+    };
+    const a = start('a');
+    let b: ReturnType<typeof start> | undefined;
+    try {
+      expect((await waitJson(a)).epoch).toBe(1);
+      // QEMU's NBD client, told to reconnect for up to 20 s: four passes of 64 KiB writes over the disk,
+      // each write its own pattern, so the last pass's patterns are what must remain.
+      const opts = `driver=nbd,server.type=unix,server.path=${sock},reconnect-delay=20`;
+      // A pause after the first pass leaves room for the handoff: the first pass goes to a, the rest to b.
+      const cmds = Array.from({ length: N }, (_, i) => ['-c', `write -P ${pat(i)} ${(i % 256) * 65536} 64k`, ...(i === 255 ? ['-c', 'sleep 5000'] : [])]).flat();
+      const writer = run('qemu-io', ['--image-opts', ...cmds, '-c', 'flush', opts], { encoding: 'utf8', maxBuffer: 16 << 20 });
+      await new Promise((r) => setTimeout(r, 1500));
+      b = start('b');
+      const bj = await waitJson(b);
+      expect(bj.epoch, `${b.out()} ${b.err()}`).toBe(2);
+      expect(await a.exited).toBe(0);
+      expect(a.err()).toMatch(/release requested by b/);
+      const w = await writer;
+      expect(w.stdout + w.stderr).not.toMatch(/error|failed/i);
+      expect(w.stdout.match(/wrote 65536\/65536 bytes/g)?.length).toBe(N);
+    } finally {
+      a.child.kill('SIGTERM');
+      b?.child.kill('SIGTERM');
+    }
+    expect(await b!.exited).toBe(0);
+    // Both servers took part: the client's writes went to a, then (after reconnecting) to b.
+    const served = (e: string): number => Number(/stopped after \d+ connections, (\d+) requests/.exec(e)?.[1] ?? -1);
+    expect(served(a.err())).toBeGreaterThan(0);
+    expect(served(b!.err())).toBeGreaterThan(0);
+    expect(qemuCheck(vm)).toEqual({ corruptions: 0, leaks: 0, checkErrors: 0 });
+    const fin = await rawOf(vm, join(d, 'final.raw'));
+    for (let k = 0; k < 256; k++) expect(filled(fin, k * 65536, 65536, pat(N - 256 + k)), `block ${k}`).toBe(true);
+    await rm(d, { recursive: true, force: true });
+  }, 120_000);
+});

@@ -320,9 +320,10 @@ class _Conn {
       this.inbox.detach();
       const s = this.stream;
       // Replies already queued go out before the socket closes (end, not destroy).
+      // (A peer that keeps its side open must not hold the server's close: the socket goes once flushed.)
       if (!s.destroyed) {
         if (violation) s.destroy();
-        else s.end();
+        else s.end(() => s.destroy());
       }
       this.server.untrack(this, violation);
       this.ended();
