@@ -355,3 +355,33 @@ describe('NBD server against a hostile client', () => {
     expect(errors.every((e) => e instanceof Error)).toBe(true);
   }, 120_000);
 });
+
+describe('NBD server listening', () => {
+  it('replaces a socket file nothing answers on, refuses one a live server holds (CONFLICT), and a non-loopback TCP address without TLS', async () => {
+    const d = await mkdtemp(join(tmpdir(), 'vmkit-nbdlisten-'));
+    const qcow2 = await loadFormat('qcow2');
+    const st = new MemoryStorage('l.qcow2');
+    await qcow2.create(st, { size: 1 << 20 });
+    const device = await qcow2.open(st, {});
+    try {
+      const path = join(d, 'l.sock');
+      // A dead server's socket: a listener that was closed without unlinking (as after SIGKILL).
+      const { createServer } = await import('node:net');
+      const dead = createServer();
+      await new Promise<void>((r) => dead.listen(path, r));
+      (dead as unknown as { _handle: { close(): void } })._handle.close(); // close the fd, leave the file
+      const a = await serveNbd({ listen: `unix:${path}`, exports: [{ device }] });
+      await expect(serveNbd({ listen: `unix:${path}`, exports: [{ device }] })).rejects.toMatchObject({ code: 'CONFLICT' });
+      const c = await RawClient.open(path);
+      await c.hello();
+      c.end();
+      await a.close();
+      await expect(serveNbd({ listen: '0.0.0.0:0', exports: [{ device }] })).rejects.toMatchObject({ code: 'ARG_RANGE' });
+      const ok = await serveNbd({ listen: '0.0.0.0:0', exports: [{ device }], insecure: true });
+      await ok.close();
+    } finally {
+      await device.close();
+      await rm(d, { recursive: true, force: true });
+    }
+  });
+});

@@ -8,7 +8,10 @@ import { VmkitError } from '../../errors.js';
 import { emit, parse, type CliIO } from '../_common.js';
 import { openImage } from '../../disk/image.js';
 import type { FormatName } from '../../disk/formats/types.js';
-import { serveNbd, type NbdTlsOptions } from '../../disk/nbd/server.js';
+import { serveNbd, type NbdServer, type NbdTlsOptions } from '../../disk/nbd/server.js';
+import type { OwnedDisk } from '../../disk/owner/handoff.js';
+import { serveControl, type ControlHandler, type ControlServer } from '../../disk/nbd/control.js';
+import type { BlockDevice } from '../../disk/device.js';
 
 /** Usage of `vmkit disk serve`. */
 export const serveUsage = `Usage: vmkit disk serve <file> [options]
@@ -24,6 +27,21 @@ Options:
                         and ca-cert.pem when clients must present certificates): clients must STARTTLS
   --insecure            allow a non-loopback TCP address without TLS
   --max-connections <n> connections served at once (default 16)
+  --cache <mode>        writeback (default, as qemu-nbd: qcow2 metadata reaches the file on FLUSH)
+                        or writethrough (after every request)
+  --aio <mode>          threads (default: file I/O on libuv's thread pool, other requests go on)
+                        or sync (blocking I/O on the main thread: less overhead per request when the
+                        image is in the page cache, but a slow read stalls every connection)
+  --control <path>      a control socket (mode 0600): vmkit disk snapshot|backup|consolidate --server <path>
+                        run inside this process while clients keep writing (qcow2 and VMDK chains)
+  --as <id>             take the disk as its owner first (docs/ownership.md): a live owner is asked to
+                        release it; a release request to this server stops it taking requests, answers
+                        those in flight, flushes, closes its clients and releases the disk (QEMU's NBD
+                        client with reconnect-delay then reconnects to whoever serves the socket next)
+  --release-listen <host:port>  where release requests are answered (default 127.0.0.1:0)
+  --etcd <urls>         keep the owner record in etcd (with --as; default the <disk>.owner sidecar)
+  --name <key>          the disk's key in the owner store (with --as; default the path)
+  --lease <ms>          ownership lease (with --as; default 10000)
   --json                print the listening address and URI as JSON
 
 Example:
@@ -43,6 +61,14 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
     'tls-creds': { type: 'string' },
     insecure: { type: 'boolean' },
     'max-connections': { type: 'string' },
+    cache: { type: 'string' },
+    aio: { type: 'string' },
+    control: { type: 'string' },
+    as: { type: 'string' },
+    'release-listen': { type: 'string' },
+    etcd: { type: 'string' },
+    name: { type: 'string' },
+    lease: { type: 'string' },
   });
   if (values.help) {
     io.stdout.write(serveUsage + '\n');
@@ -70,9 +96,63 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
     const ca = await read('ca-cert.pem', false);
     tls = { cert: (await read('server-cert.pem', true))!, key: (await read('server-key.pem', true))!, ...(ca ? { ca } : {}) };
   }
+  const cache = values.cache ?? 'writeback';
+  if (cache !== 'writeback' && cache !== 'writethrough') throw new VmkitError('ARG_RANGE', `--cache must be writeback or writethrough, got ${JSON.stringify(cache)}`);
+  const aio = values.aio ?? 'threads';
+  if (aio !== 'threads' && aio !== 'sync') throw new VmkitError('ARG_RANGE', `--aio must be threads or sync, got ${JSON.stringify(aio)}`);
   const readOnly = values['read-only'] === true;
-  const device = await openImage(file, { readOnly, ...(format ? { format: format as FormatName } : {}) });
-  let server;
+  const control = typeof values.control === 'string' ? values.control : undefined;
+  if (control && typeof values.as === 'string') throw new VmkitError('UNSUPPORTED', '--control and --as together are not supported yet: the live jobs and the ownership handoff each open the chain their own way');
+  if (control && (readOnly || format)) throw new VmkitError('ARG_RANGE', '--control serves the chain writable with probed formats: drop --read-only / --format');
+  const { fileProvider, syncFileProvider } = await import('../../disk/backends/file.js');
+  let device: BlockDevice;
+  let closeDevice: () => Promise<void>;
+  let held: OwnedDisk | undefined;
+  let server: NbdServer | undefined;
+  let handler: ControlHandler | undefined;
+  if (control) {
+    const { fileFormatDriver, syncFileFormatDriver } = await import('../../disk/image.js');
+    const { openLive, liveBlockDevice } = await import('./_disk_live.js');
+    const live = await openLive(file, aio === 'sync' ? syncFileFormatDriver : fileFormatDriver);
+    if (cache === 'writeback') await live.disk.device.setCacheMode?.('writeback');
+    const probe = await openImage(file, { readOnly: true, noBacking: true });
+    const fmt = probe.format;
+    await probe.close();
+    device = liveBlockDevice(live.disk, fmt);
+    closeDevice = live.close;
+    handler = live.handler;
+  } else if (typeof values.as === 'string') {
+    if (readOnly) throw new VmkitError('ARG_RANGE', '--as takes the disk to write it: drop --read-only');
+    const { openOwned } = await import('../../disk/owner/handoff.js');
+    let store;
+    if (typeof values.etcd === 'string') store = (await import('../../disk/owner/etcd-store.js')).etcdStore({ endpoints: values.etcd.split(',').filter(Boolean) });
+    const leaseMs = values.lease === undefined ? undefined : Number(values.lease);
+    held = await openOwned(file, {
+      as: values.as,
+      ...(store ? { store } : {}),
+      ...(typeof values.name === 'string' ? { name: values.name } : {}),
+      ...(leaseMs !== undefined ? { leaseMs } : {}),
+      serve: typeof values['release-listen'] === 'string' ? values['release-listen'] : '127.0.0.1:0',
+      image: { provider: aio === 'sync' ? syncFileProvider : fileProvider, ...(format ? { format: format as FormatName } : {}) },
+      // Before the holder drains and flushes: no new request is taken, those in flight are answered,
+      // clients are disconnected (they reconnect to the next server), then the disk is released.
+      onReleaseRequest: async (req) => {
+        io.stderr.write(`vmkit disk serve: release requested by ${req.requester.id}: stopping\n`);
+        await server?.close();
+        return undefined;
+      },
+    });
+    const h = held;
+    device = h.device;
+    closeDevice = () => h.release();
+  } else {
+    const img = await openImage(file, { readOnly, provider: aio === 'sync' ? syncFileProvider : fileProvider, ...(format ? { format: format as FormatName } : {}) });
+    // qcow2 keeps its metadata cache write-back between FLUSHes, as qemu-nbd's default cache mode does.
+    const withCache = img as typeof img & { setCacheMode?: (m: 'writeback' | 'writethrough') => Promise<void> };
+    if (!readOnly && typeof withCache.setCacheMode === 'function') await withCache.setCacheMode(cache);
+    device = img;
+    closeDevice = () => img.close();
+  }
   try {
     server = await serveNbd({
       listen: typeof values.listen === 'string' ? values.listen : '127.0.0.1:10809',
@@ -83,18 +163,34 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
       onConnectionError: (e) => io.stderr.write(`vmkit disk serve: connection ended: ${e.message}\n`),
     });
   } catch (e) {
-    await device.close().catch(() => {});
+    await closeDevice().catch(() => {});
     throw e;
   }
+  let ctl: ControlServer | undefined;
+  if (control && handler) {
+    try {
+      ctl = await serveControl(control, handler);
+    } catch (e) {
+      await server.close();
+      await closeDevice().catch(() => {});
+      throw e;
+    }
+  }
   const uri = server.uri(typeof values.export === 'string' ? values.export : '');
-  emit(io, values.json, { listen: server.address, uri, file, format: device.format, size: device.size, readOnly }, () => `serving ${file} (${device.format}, ${device.size} bytes${readOnly ? ', read-only' : ''}) at ${uri}`);
+  emit(io, values.json, { listen: server.address, uri, file, format: device.format, size: device.size, readOnly, ...(ctl ? { control: ctl.path } : {}), ...(held ? { owner: values.as, epoch: held.epoch } : {}) }, () => `serving ${file} (${device.format}, ${device.size} bytes${readOnly ? ', read-only' : ''}) at ${uri}`);
   const sig = await new Promise<string>((resolve) => {
     const on = (s: string) => (): void => resolve(s);
     signals.once('SIGINT', on('SIGINT'));
     signals.once('SIGTERM', on('SIGTERM'));
+    // An owner that was asked to release (or was fenced) has stopped serving: its work is done.
+    held?.done.then((o) => resolve(o.reason === 'requested' ? `released to ${o.by?.id ?? 'another owner'}` : o.reason));
   });
+  await ctl?.close();
   await server.close();
-  await device.close();
+  await closeDevice().catch((e: unknown) => {
+    // A holder that already gave the disk away has nothing left to release.
+    if (!held) throw e;
+  });
   const st = server.stats();
   io.stderr.write(`vmkit disk serve: ${sig}: stopped after ${st.accepted} connections, ${st.requests} requests (${st.errors} errors)\n`);
   return 0;

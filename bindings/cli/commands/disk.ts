@@ -47,6 +47,9 @@ export const command: Command = {
   usage: usage.replace('__BACKUP__', backupUsage),
   async run(argv: string[], io: CliIO): Promise<number> {
     const [sub, ...rest] = argv;
+    if ((sub === 'snapshot' || sub === 'backup' || sub === 'consolidate') && rest.some((a) => a === '--server' || a.startsWith('--server='))) {
+      return (await import('./_disk_remote.js')).runRemote(sub, rest, io);
+    }
     if (sub === 'snapshot' || sub === 'backup' || sub === 'consolidate') {
       setFormatDriver(async () => syncFileFormatDriver); // offline jobs: synchronous I/O costs far less CPU than the thread pool (bench/RESULTS.md, backup)
       return runBackup(sub, rest, io);

@@ -320,9 +320,10 @@ class _Conn {
       this.inbox.detach();
       const s = this.stream;
       // Replies already queued go out before the socket closes (end, not destroy).
+      // (A peer that keeps its side open must not hold the server's close: the socket goes once flushed.)
       if (!s.destroyed) {
         if (violation) s.destroy();
-        else s.end();
+        else s.end(() => s.destroy());
       }
       this.server.untrack(this, violation);
       this.ended();
@@ -402,19 +403,45 @@ export async function serveNbd(opts: NbdServerOptions): Promise<NbdServer> {
     server.track(c);
     void c.run();
   });
-  const address = await new Promise<string>((resolve, reject) => {
-    srv.once('error', (e: NodeJS.ErrnoException) =>
-      reject(new VmkitError(e.code === 'EADDRINUSE' ? 'CONFLICT' : 'IO', `listen on ${opts.listen}: ${e.message}`, { cause: e })),
-    );
-    const done = (): void => {
-      const a = srv.address();
-      if (where.unix !== undefined) resolve(`unix:${where.unix}`);
-      else if (a && typeof a === 'object') resolve(`${a.address}:${a.port}`);
-      else resolve(String(a));
-    };
-    if (where.unix !== undefined) srv.listen(where.unix, done);
-    else srv.listen(where.port, where.host, done);
-  });
+  const listen = (): Promise<string> =>
+    new Promise<string>((resolve, reject) => {
+      const fail = (e: NodeJS.ErrnoException): void => reject(e);
+      srv.once('error', fail);
+      const done = (): void => {
+        srv.off('error', fail);
+        const a = srv.address();
+        if (where.unix !== undefined) resolve(`unix:${where.unix}`);
+        else if (a && typeof a === 'object') resolve(`${a.address}:${a.port}`);
+        else resolve(String(a));
+      };
+      if (where.unix !== undefined) srv.listen(where.unix, done);
+      else srv.listen(where.port, where.host, done);
+    });
+  let address: string | undefined;
+  let err: NodeJS.ErrnoException | undefined;
+  await listen().then((a) => (address = a), (e: NodeJS.ErrnoException) => (err = e));
+  // A socket file left by a server that died: nothing answers on it, so it is ours to replace.
+  if (err?.code === 'EADDRINUSE' && where.unix !== undefined && (await _staleSocket(net, where.unix))) {
+    const fsName = 'node:fs/promises';
+    await ((await import(/* @vite-ignore */ fsName)) as typeof import('node:fs/promises')).unlink(where.unix).catch(() => {});
+    err = undefined;
+    await listen().then((a) => (address = a), (e: NodeJS.ErrnoException) => (err = e));
+  }
+  if (err || address === undefined) {
+    throw new VmkitError(err?.code === 'EADDRINUSE' ? 'CONFLICT' : 'IO', `listen on ${opts.listen}: ${err?.message ?? 'no address'}`, { cause: err });
+  }
   server = new NbdServer(srv, address, tls !== undefined);
   return server;
+}
+
+/** True when a Unix socket path exists but nothing accepts on it (ECONNREFUSED). */
+async function _staleSocket(net: Net, path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(path);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(false);
+    });
+    c.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ECONNREFUSED'));
+  });
 }
