@@ -41,6 +41,7 @@ async function start(kind, file, sock) {
   const uri = `nbd+unix:///?socket=${sock}`;
   const argv = {
     vmkit: [process.execPath, [vmkitBin, 'disk', 'serve', file, '--listen', `unix:${sock}`]],
+    'vmkit-sync': [process.execPath, [vmkitBin, 'disk', 'serve', file, '--listen', `unix:${sock}`, '--aio', 'sync']],
     'qemu-nbd': ['qemu-nbd', ['-t', '-f', file.endsWith('.qcow2') ? 'qcow2' : 'raw', '--socket', sock, file]],
     nbdkit: ['nbdkit', ['-f', '-U', sock, 'file', file]],
   }[kind];
@@ -94,8 +95,10 @@ export async function run(ctx) {
     execFileSync('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', q0, r0]);
     const servers = [
       { key: 'vmkit qcow2', kind: 'vmkit', src: q0 },
+      { key: 'vmkit qcow2 --aio sync', kind: 'vmkit-sync', src: q0 },
       { key: 'qemu-nbd qcow2', kind: 'qemu-nbd', src: q0 },
       { key: 'vmkit raw', kind: 'vmkit', src: r0 },
+      { key: 'vmkit raw --aio sync', kind: 'vmkit-sync', src: r0 },
       { key: 'qemu-nbd raw', kind: 'qemu-nbd', src: r0 },
       ...(withNbdkit ? [{ key: 'nbdkit raw', kind: 'nbdkit', src: r0 }] : []),
     ];
@@ -112,9 +115,9 @@ export async function run(ctx) {
         // Rotate the order each round so no server always runs first.
         const order = servers.map((_, i) => servers[(i + round) % servers.length]);
         for (const s of order) {
-          const file = join(dir, `${s.key.replace(' ', '-')}${s.src.endsWith('.qcow2') ? '.qcow2' : '.raw'}`);
+          const file = join(dir, `${s.key.replace(/[^a-z0-9]+/gi, '-')}${s.src.endsWith('.qcow2') ? '.qcow2' : '.raw'}`);
           copyFileSync(s.src, file);
-          const srv = await start(s.kind, file, join(dir, `s${round}-${s.key.replace(' ', '-')}-${w.rw}.sock`));
+          const srv = await start(s.kind, file, join(dir, `s${round}-${s.key.replace(/[^a-z0-9]+/gi, '-')}-${w.rw}.sock`));
           (startMs.get(s.key) ?? startMs.set(s.key, []).get(s.key)).push(srv.startMs);
           const c0 = cpuSeconds(srv.pid);
           const r = fio(srv.uri, w, seconds, size);
@@ -137,16 +140,19 @@ export async function run(ctx) {
       return `${(med(`${a}|${w.name}`, f) / med(`${b}|${w.name}`, f)).toFixed(2)}×`;
     };
     const qcowTable = [
-      '| workload | vmkit | qemu-nbd | vmkit / qemu-nbd |',
-      '|---|---:|---:|---:|',
-      ...workloads.map((w) => `| ${w.name} | ${fmt(`vmkit qcow2|${w.name}`, w)} | ${fmt(`qemu-nbd qcow2|${w.name}`, w)} | ${ratio('vmkit qcow2', 'qemu-nbd qcow2', w)} |`),
-    ].join('\n');
-    const rawTable = [
-      `| workload | vmkit | qemu-nbd |${withNbdkit ? ' nbdkit file |' : ''} vmkit / qemu-nbd |${withNbdkit ? ' vmkit / nbdkit |' : ''}`,
-      `|---|---:|---:|${withNbdkit ? '---:|' : ''}---:|${withNbdkit ? '---:|' : ''}`,
+      '| workload | vmkit | vmkit --aio sync | qemu-nbd | vmkit / qemu-nbd | sync / qemu-nbd |',
+      '|---|---:|---:|---:|---:|---:|',
       ...workloads.map(
         (w) =>
-          `| ${w.name} | ${fmt(`vmkit raw|${w.name}`, w)} | ${fmt(`qemu-nbd raw|${w.name}`, w)} |${withNbdkit ? ` ${fmt(`nbdkit raw|${w.name}`, w)} |` : ''} ${ratio('vmkit raw', 'qemu-nbd raw', w)} |${withNbdkit ? ` ${ratio('vmkit raw', 'nbdkit raw', w)} |` : ''}`,
+          `| ${w.name} | ${fmt(`vmkit qcow2|${w.name}`, w)} | ${fmt(`vmkit qcow2 --aio sync|${w.name}`, w)} | ${fmt(`qemu-nbd qcow2|${w.name}`, w)} | ${ratio('vmkit qcow2', 'qemu-nbd qcow2', w)} | ${ratio('vmkit qcow2 --aio sync', 'qemu-nbd qcow2', w)} |`,
+      ),
+    ].join('\n');
+    const rawTable = [
+      `| workload | vmkit | vmkit --aio sync | qemu-nbd |${withNbdkit ? ' nbdkit file |' : ''} vmkit / qemu-nbd | sync / qemu-nbd |${withNbdkit ? ' vmkit / nbdkit |' : ''}`,
+      `|---|---:|---:|---:|${withNbdkit ? '---:|' : ''}---:|---:|${withNbdkit ? '---:|' : ''}`,
+      ...workloads.map(
+        (w) =>
+          `| ${w.name} | ${fmt(`vmkit raw|${w.name}`, w)} | ${fmt(`vmkit raw --aio sync|${w.name}`, w)} | ${fmt(`qemu-nbd raw|${w.name}`, w)} |${withNbdkit ? ` ${fmt(`nbdkit raw|${w.name}`, w)} |` : ''} ${ratio('vmkit raw', 'qemu-nbd raw', w)} | ${ratio('vmkit raw --aio sync', 'qemu-nbd raw', w)} |${withNbdkit ? ` ${ratio('vmkit raw', 'nbdkit raw', w)} |` : ''}`,
       ),
     ].join('\n');
     const startTable = ['| server | start-up until the socket answers (median) |', '|---|---:|', ...[...startMs].map(([k, v]) => `| ${k} | ${median(v).toFixed(0)} ms |`)].join('\n');
