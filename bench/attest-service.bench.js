@@ -283,8 +283,9 @@ function rawGet(agent, url, path) {
 
 /** One attacker loop until `stop()`; counts its answers by status. */
 function attacker(kind, url, bodies) {
-  // From another address than the ordinary clients (127.0.0.2): per-address limits must tell them apart.
-  const agent = new Agent({ keepAlive: true, maxSockets: 1, localAddress: '127.0.0.2' });
+  // From another address than the ordinary clients, one per attack: per-address limits must tell
+  // them apart (the flooder's nonces stay outstanding for their lifetime, into later phases).
+  const agent = new Agent({ keepAlive: true, maxSockets: 1, localAddress: { ima: '127.0.0.2', excludes: '127.0.0.3', nonces: '127.0.0.4' }[kind] });
   const statuses = {};
   let stopped = false;
   const loop = (async () => {
