@@ -258,14 +258,19 @@ function attackBodies() {
 }
 
 function rawPost(agent, url, nonce, evidenceJson) {
-  const body = Buffer.concat([Buffer.from(`{"nonce":"${nonce}","evidence":`), evidenceJson, Buffer.from('}')]);
+  // Written in three pieces, not concatenated: the attacker shares this thread with the
+  // ordinary clients, and copying 16 MiB per request would be a stall of the clients' own.
+  const head = Buffer.from(`{"nonce":"${nonce}","evidence":`);
+  const tail = Buffer.from('}');
   return new Promise((resolve, reject) => {
-    const req = request(new URL('/attest', url), { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': body.length } }, (res) => {
+    const req = request(new URL('/attest', url), { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': head.length + evidenceJson.length + tail.length } }, (res) => {
       res.resume();
       res.on('end', () => resolve(res.statusCode));
     });
     req.on('error', reject);
-    req.end(body);
+    req.write(head);
+    req.write(evidenceJson);
+    req.end(tail);
   });
 }
 
@@ -344,8 +349,8 @@ async function ordinary(url, evidence, seconds) {
 }
 
 async function underAttack(ctx, repo) {
-  const rounds = ctx.quick ? 1 : 3;
-  const seconds = ctx.quick ? 2 : 4;
+  const rounds = ctx.quick ? 1 : 5;
+  const seconds = ctx.quick ? 2 : 3;
   const bodies = attackBodies();
   const server = await startServer('ear', repo);
   const evidence = { digests: [...server.known.slice(0, 7).map((k) => ({ alg: 'sha256', hex: k.hex })), { alg: 'sha256', hex: randomBytes(32).toString('hex') }] };
