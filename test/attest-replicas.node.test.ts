@@ -3,6 +3,11 @@
 // replica is accepted exactly once by any of them.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
 import { needTool } from './_tools.js';
 import { startEtcd, type EtcdServer } from './_etcd.js';
 import { AttestService, NonceStore, SourceSet, etcdReplaySet, type ReplaySet } from '../bindings/attest/service/index.js';
@@ -10,6 +15,7 @@ import { createVerifier } from '../bindings/attest/service/verifier.js';
 import type { RefreshResult, RepositorySource } from '../bindings/attest/index.js';
 
 const have = needTool('etcd', 'etcd-server');
+const fixtures = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd'].every((t) => needTool(t.split(':')[0]!, t.split(':')[1]!));
 
 function emptySource(): RepositorySource {
   return { id: 'rpm http://empty.invalid', size: 1, lookupDigest: () => [], lookupPackage: () => [], refresh: async (): Promise<RefreshResult> => ({ changed: true, packages: 1 }) };
@@ -96,4 +102,65 @@ describe.runIf(have)('replicas sharing a nonce secret and an etcd replay set', (
       await r.svc.close();
     }
   });
+});
+
+describe.runIf(have && fixtures)('vmkit attest serve replicas (the CLI as child processes)', () => {
+  const bin = join(process.cwd(), 'dist/bin/vmkit.js');
+  let etcd: EtcdServer;
+  let repo: FixtureServer;
+  let dir: string;
+  const procs: ChildProcess[] = [];
+  beforeAll(async () => {
+    buildFixtures();
+    [etcd, repo] = await Promise.all([startEtcd(), startServer()]);
+    dir = mkdtempSync(join(tmpdir(), 'vmkit-replicas-'));
+  }, 60_000);
+  afterAll(async () => {
+    for (const p of procs) p.kill('SIGTERM');
+    await etcd?.stop();
+    await repo?.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const serve = (args: string[]): Promise<string> => {
+    const p = spawn(process.execPath, [bin, 'attest', 'serve', '--repo', `deb ${repo.url}/debian bookworm main`, '--keyring', join(FIXTURES, 'keyring.gpg'), '--port', '0', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    procs.push(p);
+    let out = '';
+    let err = '';
+    p.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    return new Promise<string>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`serve did not start: ${out} ${err}`)), 60_000);
+      p.stdout!.on('data', (c: Buffer) => {
+        out += c.toString();
+        let doc: { listening?: unknown } | undefined;
+        try {
+          doc = JSON.parse(out) as { listening?: unknown };
+        } catch {
+          return; // not the whole document yet
+        }
+        clearTimeout(t);
+        if (typeof doc.listening === 'string') resolve(doc.listening);
+        else reject(new Error(`serve failed: ${out} ${err}`));
+      });
+      p.on('exit', (code) => reject(new Error(`serve exited ${code}: ${err}`)));
+    });
+  };
+
+  it('--nonce-secret-file + --nonce-etcd: a nonce from one process is accepted once by the other; --state-dir keeps the release date', async () => {
+    const secret = join(dir, 'nonce.key');
+    writeFileSync(secret, randomBytes(32));
+    const common = ['--nonce-secret-file', secret, '--nonce-etcd', etcd.endpoint];
+    const [a, b] = await Promise.all([serve([...common, '--state-dir', join(dir, 'a')]), serve([...common, '--state-dir', join(dir, 'b')])]);
+    const { nonce } = (await (await fetch(`${a}/nonce`)).json()) as { nonce: string };
+    expect(await post(b, nonce)).toEqual({ status: 200 });
+    expect(await post(b, nonce)).toEqual({ status: 401, reason: 'unknown-or-replayed' });
+    expect(await post(a, nonce)).toEqual({ status: 401, reason: 'unknown-or-replayed' });
+    const dates = JSON.parse(readFileSync(join(dir, 'a', 'release-dates.json'), 'utf8')) as { dates: Record<string, number> };
+    expect(Object.values(dates.dates)[0]).toBeGreaterThan(0);
+    // A secret too short to share is refused at start.
+    writeFileSync(join(dir, 'short.key'), 'x');
+    await expect(serve(['--nonce-secret-file', join(dir, 'short.key')])).rejects.toThrow(/32 bytes/);
+    await expect(serve(['--nonce-etcd', etcd.endpoint])).rejects.toThrow(/nonce-secret-file/);
+    expect(existsSync(join(dir, 'b', 'release-dates.json'))).toBe(true);
+  }, 120_000);
 });

@@ -1,14 +1,14 @@
 // Rollback protection of APT sources (issue 18: an older, correctly signed InRelease with a
 // still-valid Valid-Until replaced the newer one). The releases here are real: the fixture
 // repository's Release with another Date, clear-signed by gpg with the fixture's key.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { needTool } from './_tools.js';
 import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
-import { AptSource, fileReleaseState, readKeyring, type Keyring } from '../bindings/attest/index.js';
+import { AptSource, RpmSource, fileReleaseState, memoryReleaseState, readKeyring, type Keyring } from '../bindings/attest/index.js';
 import { VmkitError } from '../bindings/errors.js';
 
 const tools = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd'];
@@ -37,6 +37,7 @@ describe.runIf(ready)('APT release dates: no rollback, no future', () => {
     return execFileSync('gpg', ['--batch', '--quiet', '--yes', '--homedir', gnupg, '--local-user', 'good@vmkit.invalid', '--clearsign', '-o', '-'], { input: text });
   };
   const serve = (body: Buffer): void => void srv.overrides.set(INRELEASE, () => body);
+  afterEach(() => srv.overrides.clear());
 
   beforeAll(async () => {
     buildFixtures();
@@ -107,6 +108,36 @@ describe.runIf(ready)('APT release dates: no rollback, no future', () => {
     const lax = new AptSource(line(), { keyring: ring, maxFutureSkewMs: 2 * 3600_000 });
     expect((await lax.refresh()).packages).toBeGreaterThan(0);
     lax.close();
+  });
+
+  it('RPM: refuses an older signed repomd.xml (its <timestamp>s) after a newer one, and one from the future', async () => {
+    const repomd = readFileSync(join(FIXTURES, 'rpm/repodata/repomd.xml'), 'utf8');
+    const at = (ms: number): { xml: Buffer; asc: Buffer } => {
+      const text = repomd.replace(/<timestamp>\d+<\/timestamp>/g, `<timestamp>${Math.floor(ms / 1000)}</timestamp>`);
+      expect(text).not.toBe(repomd);
+      const asc = execFileSync('gpg', ['--batch', '--quiet', '--yes', '--homedir', gnupg, '--local-user', 'good@vmkit.invalid', '--armor', '--detach-sign', '-o', '-'], { input: text });
+      return { xml: Buffer.from(text), asc };
+    };
+    const serveRpm = (r: { xml: Buffer; asc: Buffer }): void => {
+      srv.overrides.set('/rpm/repodata/repomd.xml', () => r.xml);
+      srv.overrides.set('/rpm/repodata/repomd.xml.asc', () => r.asc);
+    };
+    const day = 86_400_000;
+    const newer = at(Date.now() - day);
+    const older = at(Date.now() - 2 * day);
+    const state = memoryReleaseState();
+    serveRpm(newer);
+    const src = new RpmSource(`rpm ${srv.url}/rpm`, { keyring: ring, releaseState: state });
+    expect((await src.refresh()).packages).toBeGreaterThan(0);
+    serveRpm(older);
+    expect((await refused(src.refresh(), 'INTEGRITY')).message).toMatch(/older than the one accepted before/);
+    expect(src.lookupPackage('vmkit-fixture').length).toBeGreaterThan(0);
+    src.close();
+    // Another source with the same state (a restart with --state-dir) refuses it too.
+    await refused(new RpmSource(`rpm ${srv.url}/rpm`, { keyring: ring, releaseState: state }).refresh(), 'INTEGRITY');
+    serveRpm(at(Date.now() + 3600_000));
+    expect((await refused(new RpmSource(`rpm ${srv.url}/rpm`, { keyring: ring }).refresh(), 'INTEGRITY')).message).toMatch(/in the future/);
+    srv.overrides.clear();
   });
 
   it('refuses a state file it cannot read as one (CORRUPT), rather than forgetting', async () => {

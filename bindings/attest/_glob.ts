@@ -12,9 +12,11 @@
  * ```
  *
  * Building states is where the work is (a state's set can hold every position
- * of every glob), so it is counted: past `maxWork` units (positions visited
- * while building, plus one per character read) the matcher throws LIMIT. The
- * budget bounds both time and the memory the cached states hold.
+ * of every glob), so it is counted: past `maxWork` units (NFA positions visited
+ * while building states) the matcher throws LIMIT. The budget bounds both the
+ * time and the memory the cached states hold; reading a path through states
+ * already built costs one lookup per character and is not counted (it is
+ * bounded by the input's size).
  * @module
  */
 import { VmkitError } from '../errors.js';
@@ -29,12 +31,15 @@ const SLASH = 0x2f;
 interface DState {
   readonly set: Int32Array;
   readonly accept: boolean;
+  /** Transitions on ASCII, by code (most paths are ASCII: an array index, not a hash). */
+  readonly ascii: (DState | undefined)[];
+  /** Transitions on other code units. */
   readonly next: Map<number, DState>;
 }
 
 /** Options of {@link GlobSet}. */
 export interface GlobSetOptions {
-  /** Work units allowed over the matcher's life (default 2^25); past it LIMIT. */
+  /** Work units (NFA positions visited building states) allowed over the matcher's life (default 2^24); past it LIMIT. */
   maxWork?: number;
 }
 
@@ -51,7 +56,7 @@ export interface GlobSetOptions {
  * ```
  */
 export class GlobSet {
-  /** Units spent (states built, characters read). */
+  /** Units spent building states. */
   work = 0;
   /** The budget. */
   readonly maxWork: number;
@@ -64,7 +69,7 @@ export class GlobSet {
   private readonly scratch: Int32Array;
 
   constructor(globs: readonly string[], options: GlobSetOptions = {}) {
-    this.maxWork = options.maxWork ?? 1 << 25;
+    this.maxWork = options.maxWork ?? 1 << 24;
     if (!(this.maxWork > 0)) throw new VmkitError('ARG_RANGE', 'options.maxWork must be a positive number');
     const kind: number[] = [];
     const code: number[] = [];
@@ -125,7 +130,7 @@ export class GlobSet {
   // The canonical state for scratch[0..n): sorted, hashed, looked up, else made.
   private intern(n: number): DState {
     const set = this.scratch.slice(0, n).sort();
-    this.spend(n + 1);
+    this.spend(n + 128); // the state's positions and its 128 ASCII transition slots
     let h = 0x811c9dc5 ^ n;
     for (let i = 0; i < n; i++) h = Math.imul(h ^ set[i]!, 0x01000193);
     const bucket = this.states.get(h);
@@ -139,7 +144,7 @@ export class GlobSet {
     }
     let accept = false;
     for (let i = 0; i < n && !accept; i++) accept = this.kind[set[i]!] === ACCEPT;
-    const s: DState = { set, accept, next: new Map() };
+    const s: DState = { set, accept, ascii: new Array<DState | undefined>(128).fill(undefined), next: new Map() };
     if (bucket) bucket.push(s);
     else this.states.set(h, [s]);
     return s;
@@ -161,7 +166,8 @@ export class GlobSet {
       } else if (k === ANY || (k === STAR && c !== SLASH)) n = this.add(q, n);
     }
     const t = this.intern(n);
-    s.next.set(c, t);
+    if (c < 128) s.ascii[c] = t;
+    else s.next.set(c, t);
     return t;
   }
 
@@ -170,11 +176,10 @@ export class GlobSet {
    * @example `new GlobSet(['/tmp/**']).match('/tmp/a/b') // true`
    */
   match(path: string): boolean {
-    this.spend(path.length);
     let s = this.start;
     for (let i = 0; i < path.length; i++) {
       const c = path.charCodeAt(i);
-      s = s.next.get(c) ?? this.step(s, c);
+      s = (c < 128 ? s.ascii[c] : s.next.get(c)) ?? this.step(s, c);
       if (s.set.length === 0) return false;
     }
     return s.accept;

@@ -449,10 +449,11 @@ export interface ExcludeOptions {
   /** Longest pattern (default 512). */
   maxLength?: number;
   /**
-   * Work allowed for matching over the list's life (default 2^25 units: one
-   * per path character read, plus the automaton's states as they are built,
-   * see GlobSet); past it the matcher throws LIMIT. One list per request
-   * bounds a request's work.
+   * Work allowed for building the globs' automaton over the list's life
+   * (default 2^24 units: NFA positions visited making its states, see
+   * GlobSet; reading paths through built states is linear and not counted);
+   * past it the matcher throws LIMIT. One list per request bounds a
+   * request's work.
    */
   maxWork?: number;
 }

@@ -18,7 +18,9 @@
  * ```
  * @module
  */
-import { parentPort } from 'node:worker_threads';
+import { readlinkSync } from 'node:fs';
+import { getPriority, setPriority } from 'node:os';
+import { parentPort, workerData } from 'node:worker_threads';
 import { VmkitError } from '../../errors.js';
 import { _verifyEvidenceIma, type Evidence } from '../appraise.js';
 import { parseAttestRequest } from './server.js';
@@ -41,6 +43,20 @@ interface Job {
 
 const jobs = new Map<number, Job>();
 const port = parentPort!;
+
+// This thread at a lower CPU priority than the event loop (Linux: a thread has its own nice
+// value; /proc/thread-self names this thread's id): on a busy machine a large appraisal then
+// takes the cores the event loop leaves, instead of an equal share of them, and the service's
+// other clients keep their latency. Elsewhere it stays as it is.
+const nice = (workerData as { nice?: number } | undefined)?.nice ?? 10;
+if (nice > 0 && process.platform === 'linux') {
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    if (Number.isSafeInteger(tid) && tid > 0) setPriority(tid, Math.min(19, getPriority(tid) + nice));
+  } catch {
+    // No /proc, or not allowed: the same priority as the loop.
+  }
+}
 
 function fail(job: number, e: unknown): void {
   jobs.delete(job);

@@ -127,16 +127,19 @@ export class AppraisePool {
   private next = 1;
   private closed = false;
 
-  private constructor(size: number, url: URL) {
+  private readonly nice: number;
+
+  private constructor(size: number, url: URL, nice: number) {
     this.url = url;
+    this.nice = nice;
     for (let i = 0; i < size; i++) this.slots.push(this.spawn());
   }
 
   /** A pool of `size` workers, or undefined when the worker script is missing (sources run by a TS loader). */
-  static open(size: number): AppraisePool | undefined {
+  static open(size: number, nice: number = 10): AppraisePool | undefined {
     const url = new URL('./_appraise-worker.js', import.meta.url);
     if (url.protocol !== 'file:' || !existsSync(fileURLToPath(url))) return undefined;
-    return new AppraisePool(size, url);
+    return new AppraisePool(size, url, nice);
   }
 
   get size(): number {
@@ -149,7 +152,7 @@ export class AppraisePool {
   }
 
   private spawn(): Slot {
-    const slot: Slot = { worker: new Worker(this.url) };
+    const slot: Slot = { worker: new Worker(this.url, { workerData: { nice: this.nice } }) };
     const w = slot.worker;
     w.unref();
     w.on('message', (m: Reply) => slot.job?._reply(m));

@@ -95,6 +95,12 @@ export interface AttestServiceOptions {
    * Used when the verifier exposes `appraiseOptions` (createVerifier does).
    */
   workers?: number;
+  /**
+   * How much lower the workers' CPU priority is than the event loop's (Linux
+   * nice increment, default 10; 0 = the same): on a busy machine the loop, and
+   * so every small request, goes first.
+   */
+  workerNice?: number;
 }
 
 const ALGS: ReadonlySet<string> = new Set(['md5', 'sha1', 'sha256', 'sha384', 'sha512', 'sm3']);
@@ -221,7 +227,7 @@ export class AttestService {
     this.nonces = new NonceStore(options.nonces);
     const workers = options.workers ?? availableParallelism();
     if (!Number.isSafeInteger(workers) || workers < 0 || workers > 256) throw new VmkitError('ARG_RANGE', 'options.workers must be an integer 0..256');
-    this.pool = workers > 0 && this.verifier.appraiseOptions ? AppraisePool.open(workers) : undefined;
+    this.pool = workers > 0 && this.verifier.appraiseOptions ? AppraisePool.open(workers, options.workerNice ?? 10) : undefined;
     this.limits = {
       json: options.maxJsonBytes ?? 16 << 20,
       buffered: options.maxBufferedBytes ?? 256 << 20,

@@ -27,7 +27,7 @@ export interface CreateVerifierOptions {
   /**
    * Appraisal options (the service's own IMA excludes, unknown → warning/contraindicated).
    * The service's bounds default to: `maxListed` 1 000 items per submodule
-   * (the rest counted), `maxExcludeWork` 2^24, `yieldMs` 5 (a large log is
+   * (the rest counted), `maxExcludeWork` 2^22 (about 0.1 s of matching), `yieldMs` 5 (a large log is
    * appraised in slices of about 5 ms, other clients answered between them).
    */
   appraise?: AppraiseEvidenceOptions;
@@ -62,7 +62,7 @@ export async function createVerifier(options: CreateVerifierOptions = {}): Promi
     ...(options.ttlSeconds !== undefined ? { ttlSeconds: options.ttlSeconds } : {}),
   };
   const fastSign = nodeSigner(key);
-  const appraiseOpts: AppraiseEvidenceOptions = { maxListed: 1000, maxExcludeWork: 1 << 24, yieldMs: 5, ...options.appraise };
+  const appraiseOpts: AppraiseEvidenceOptions = { maxListed: 1000, maxExcludeWork: 1 << 22, yieldMs: 5, ...options.appraise };
   return {
     kid: key.kid,
     key,

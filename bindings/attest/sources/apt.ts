@@ -24,7 +24,7 @@ import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, 
 import { parsePackages, parseRelease, type Release } from './deb822.js';
 import { compressionOf, decompress, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
 import { _lookupDigest, _lookupMany, _lookupPackage } from './_lookups.js';
-import type { ReleaseState } from './release-state.js';
+import { _checkReleaseDate, type ReleaseState } from './release-state.js';
 
 /**
  * A parsed one-line APT source (`deb [options] uri suite [component…]`).
@@ -212,18 +212,8 @@ export class AptSource implements RepositorySource {
   // never older than the last one accepted (APT refuses those too), never dated further
   // in the future than the allowed skew (APT: "not valid yet").
   private checkFresh(rel: Release): void {
-    const now = this.now().getTime();
-    const skew = this.opts.maxFutureSkewMs ?? 10_000;
-    const date = rel.date?.getTime();
-    if (date !== undefined && date > now + skew) {
-      throw new VmkitError('INTEGRITY', `${this.id}: release file is dated ${rel.date!.toISOString()}, more than ${skew} ms in the future (not valid yet)`);
-    }
     const last = this.opts.releaseState?.get(this.id) ?? this.release?.date?.getTime();
-    if (last === undefined) return;
-    if (date === undefined) throw new VmkitError('INTEGRITY', `${this.id}: release file has no Date, and one dated ${new Date(last).toISOString()} was accepted before`);
-    if (date < last) {
-      throw new VmkitError('INTEGRITY', `${this.id}: release file dated ${rel.date!.toISOString()} is older than the one accepted before (${new Date(last).toISOString()}): refused as a rollback`);
-    }
+    _checkReleaseDate(this.id, 'release file', rel.date?.getTime(), last, this.now().getTime(), this.opts.maxFutureSkewMs ?? 10_000);
   }
 
   private async accepted(rel: Release): Promise<void> {

@@ -46,6 +46,22 @@ export function memoryReleaseState(): ReleaseState {
 const FILE = 'release-dates.json';
 
 /**
+ * The rollback and clock checks every source makes on a newly fetched,
+ * verified release (APT `Date`, RPM repomd `<revision>`/`<timestamp>`), before
+ * anything of it is used: never older than the last accepted (`last`, from
+ * the state or the source's memory), never dated more than `skewMs` ahead.
+ * Throws INTEGRITY naming `what`.
+ * @example `_checkReleaseDate(id, 'release file', rel.date?.getTime(), state?.get(id), Date.now(), 10_000)`
+ */
+export function _checkReleaseDate(id: string, what: string, date: number | undefined, last: number | undefined, now: number, skewMs: number): void {
+  const iso = (ms: number): string => new Date(ms).toISOString();
+  if (date !== undefined && date > now + skewMs) throw new VmkitError('INTEGRITY', `${id}: ${what} is dated ${iso(date)}, more than ${skewMs} ms in the future (not valid yet)`);
+  if (last === undefined) return;
+  if (date === undefined) throw new VmkitError('INTEGRITY', `${id}: ${what} has no date, and one dated ${iso(last)} was accepted before`);
+  if (date < last) throw new VmkitError('INTEGRITY', `${id}: ${what} dated ${iso(date)} is older than the one accepted before (${iso(last)}): refused as a rollback`);
+}
+
+/**
  * A {@link ReleaseState} kept in `dir/release-dates.json` (Node), read once
  * here and rewritten atomically on every change. A file that is not this
  * format is CORRUPT: starting over would forget what protects against rollback.

@@ -22,6 +22,7 @@
  */
 import { SaxesParser } from 'saxes';
 import { VmkitError } from '../../errors.js';
+import { _checkReleaseDate, type ReleaseState } from './release-state.js';
 import { readKeyring, verifyDetached, type Keyring } from '../_openpgp.js';
 import { DigestIndex, digestLength, hexInto, ownString } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
@@ -44,6 +45,8 @@ export interface RepomdData {
   checksum: { type: string; hex: string };
   openChecksum?: { type: string; hex: string };
   size?: number;
+  /** `<timestamp>`: when the file was made, seconds since the epoch. */
+  timestamp?: number;
 }
 
 /**
@@ -142,6 +145,10 @@ export function parseRepomd(xml: string, what: string = 'repomd.xml'): RepomdDat
       const n = text.trim();
       if (!/^\d{1,15}$/.test(n)) throw new VmkitError('CORRUPT', `${what}: bad <size> ${JSON.stringify(n.slice(0, 20))}`);
       cur.size = Number(n);
+    } else if (t.name === 'timestamp') {
+      const n = text.trim();
+      if (!/^\d{1,12}(\.\d+)?$/.test(n)) throw new VmkitError('CORRUPT', `${what}: bad <timestamp> ${JSON.stringify(n.slice(0, 20))}`);
+      cur.timestamp = Number(n);
     } else if (t.name === 'data') {
       if (!cur.type || !cur.location || !cur.checksum) throw new VmkitError('CORRUPT', `${what}: <data type="${cur.type ?? ''}"> lacks checksum or location`);
       out.push(cur as RepomdData);
@@ -308,6 +315,12 @@ export interface RpmSourceOptions extends FetchOptions {
    * false leaves file digests to {@link RpmSource.fileDigests}.
    */
   filelistsExt?: boolean;
+  /** Where the date of the last accepted repomd.xml is kept (see AptSourceOptions.releaseState). */
+  releaseState?: ReleaseState;
+  /** How far in the future a repomd.xml may be dated, ms (default 10 000). */
+  maxFutureSkewMs?: number;
+  /** Clock (for the date checks), default `() => new Date()`. */
+  now?: () => Date;
 }
 
 /**
@@ -326,6 +339,7 @@ export class RpmSource implements RepositorySource {
   private readonly opts: RpmSourceOptions;
   private ring: Keyring | undefined;
   private index: DigestIndex | undefined;
+  private date: number | undefined; // of the last repomd.xml accepted, ms
   private validators: Validators = {};
   private primarySum = '';
   private pool: { location: string[]; size: (number | undefined)[] } = { location: [], size: [] };
@@ -396,10 +410,21 @@ export class RpmSource implements RepositorySource {
     const data = parseRepomd(new TextDecoder().decode(r.body), `${this.id} repomd.xml`);
     const primary = data.find((d) => d.type === 'primary');
     if (!primary) throw new VmkitError('CORRUPT', `${this.id}: repomd.xml lists no primary`);
+    // Its date: the newest <timestamp> of its files (createrepo_c writes them; <revision> is free-form).
+    const stamps = data.map((d) => d.timestamp).filter((t): t is number => t !== undefined);
+    const date = stamps.length ? Math.max(...stamps) * 1000 : undefined;
+    const now = this.opts.now ? this.opts.now().getTime() : Date.now();
+    _checkReleaseDate(this.id, 'repomd.xml', date, this.opts.releaseState?.get(this.id) ?? this.date, now, this.opts.maxFutureSkewMs ?? 10_000);
+    const accept = async (): Promise<void> => {
+      if (date === undefined) return;
+      await this.opts.releaseState?.set(this.id, date);
+      this.date = Math.max(date, this.date ?? -Infinity);
+    };
     const v: Validators = {};
     if (r.etag) v.etag = r.etag;
     if (r.lastModified) v.lastModified = r.lastModified;
     if (this.index && primary.checksum.hex === this.primarySum) {
+      await accept();
       this.validators = v;
       return { changed: false, packages: this.index.packages };
     }
@@ -429,6 +454,7 @@ export class RpmSource implements RepositorySource {
       pp.write(dec.decode());
       pp.close();
       if (ext && byPkgid) extFiles = await this.loadFilelistsExt(ext, ix, byPkgid, io, max);
+      await accept();
     } catch (e) {
       ix.close();
       throw e;
