@@ -172,7 +172,7 @@ export class ReleaseAuthenticator {
     if (!Number.isSafeInteger(this.max) || this.max < 1) throw new VmkitError('ARG_RANGE', `options.maxRemembered must be a positive integer, got ${this.max}`);
   }
 
-  /** MACs remembered now (for tests and metrics). */
+  /** MACs remembered now, expired ones included until a full memory sweeps them (for tests and metrics). */
   get remembered(): number {
     return this.seen.size;
   }
@@ -197,8 +197,9 @@ export class ReleaseAuthenticator {
     if (!ok) return false;
     const now = this.now();
     if (Math.abs(now - req.time) > this.windowMs) return false;
-    for (const [m, until] of this.seen) if (until < now) this.seen.delete(m);
     if (this.seen.has(req.mac)) return false;
+    // Expired entries need not go at once (their requests fail the time check anyway): sweep only when full.
+    if (this.seen.size >= this.max) for (const [m, until] of this.seen) if (until < now) this.seen.delete(m);
     if (this.seen.size >= this.max) return false;
     // Remembered until its time has left the window by this clock: it could not be accepted after that anyway.
     this.seen.set(req.mac, req.time + this.windowMs);
