@@ -36,7 +36,7 @@ export const DEFAULT_MAX_SKEW_MS = 1_000;
 /**
  * Options of {@link openOwned}.
  * @example
- * const o: OpenOwnedOptions = { as: 'vm-17', serve: '0.0.0.0:7070', leaseMs: 5000, onReleaseRequest: () => (busy ? 'backup running' : undefined) };
+ * const o: OpenOwnedOptions = { as: 'vm-17', serve: '127.0.0.1:7070', leaseMs: 5000, onReleaseRequest: () => (busy ? 'backup running' : undefined) };
  */
 export interface OpenOwnedOptions {
   /** Who opens: an id (host and pid are filled in) or a full identity. */
@@ -47,8 +47,9 @@ export interface OpenOwnedOptions {
   transport?: ReleaseTransport;
   /**
    * Where this holder answers release requests (transport-specific; HTTP
-   * `host:port`, default `127.0.0.1:0`). `false`: do not serve — openers must
-   * then wait for the lease to run out.
+   * `host:port`, default `127.0.0.1:0`; off loopback only with TLS or
+   * `insecure`, see `createHttpTransport`). `false`: do not serve — openers
+   * must then wait for the lease to run out.
    */
   serve?: string | false;
   /** Lease length in ms (default {@link DEFAULT_LEASE_MS}; 100 ms … 1 h). */
@@ -570,8 +571,11 @@ class _OwnedDevice implements BlockDevice {
  *
  * @example
  * ```ts
- * import { openOwned } from 'vmkit/disk';
- * const d = await openOwned('vm.qcow2', { as: 'vm-17', serve: '0.0.0.0:7070' });
+ * import { createHttpTransport, openOwned } from 'vmkit/disk';
+ * import { readFile } from 'node:fs/promises';
+ * // Other hosts reach the release endpoint over HTTPS (plain HTTP serves loopback only).
+ * const transport = createHttpTransport({ tls: { cert: await readFile('node-a.crt'), key: await readFile('node-a.key') } });
+ * const d = await openOwned('vm.qcow2', { as: 'vm-17', serve: '0.0.0.0:7070', transport });
  * console.log(`holding epoch ${d.epoch}, release requests at ${d.endpoint}`);
  * await d.device.write(0, new Uint8Array(4096));
  * const { reason } = await d.done; // 'requested' when another host took it over
