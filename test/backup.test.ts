@@ -450,7 +450,7 @@ describe('snapshot, backup and consolidation under concurrent writes (memory)', 
       const c = crashed.ops;
       const rec = await readJobRecord(c, snap.delta);
       if (rec?.phase === 'pivot') pivots++;
-      else if (rec) early++;
+      else if (rec?.phase === 'mirroring') early++;
       let active: string;
       if (rec && rec.phase === 'mirroring' && seed % 3 !== 1) {
         const d = await LiveDisk.open(snap.delta, c);
@@ -466,6 +466,48 @@ describe('snapshot, backup and consolidation under concurrent writes (memory)', 
       expect(firstDiff(got, want)).toBe(-1);
     }
     expect(early + pivots).toBeGreaterThan(0);
+  });
+
+  it('a crash around the finish: recovery names an active layer that exists and holds every write', async () => {
+    // The probe's 7 of 20: the job had finished, its record was gone, and recovery answered
+    // with the delta, which no longer existed. Crash points from the pivot to after the job's end:
+    // up to the record's removal recovery rolls forward to the target; after it nothing on disk
+    // says what the delta became, and recovery says so (NOT_FOUND) instead of naming the delta.
+    const points = ['pivot-recorded', 'pivoted', 'delta-removed', 'finished', 'after'] as const;
+    for (const into of ['base', 'tgt.qcow2', 'keep'] as const) {
+      for (const point of points) {
+        const { ops, disk, ref, rand } = await setup(500 + points.indexOf(point), 4 * MiB);
+        const snap = await snapshot(disk);
+        await fill(disk, ref, rand, 20);
+        let crashed: MemoryChainOps | undefined;
+        const job = await consolidate(disk, {
+          into: into === 'keep' ? 'base' : into,
+          ...(into === 'keep' ? { keepDelta: true } : {}),
+          hook: (pt) => {
+            if (pt === point) crashed = ops.clone();
+          },
+        });
+        const res = await job.done;
+        crashed ??= ops.clone();
+        const finished = point === 'finished' || point === 'after';
+        const want = into === 'base' ? 'base.qcow2' : into === 'keep' ? snap.delta : 'tgt.qcow2';
+        expect(res.active).toBe(want);
+        // Twice: the second call finds what a finished job leaves, and still never names a layer that is not there.
+        for (let k = 0; k < 2; k++) {
+          const r = await recoverConsolidation(crashed, snap.delta).catch((e: { code: string }) => e.code);
+          if ((finished || k === 1) && into !== 'keep') {
+            expect([into, point, r]).toEqual([into, point, 'NOT_FOUND']);
+            continue;
+          }
+          const { active } = r as { active: string };
+          expect([into, point, active, await crashed.exists(active)]).toEqual([into, point, want, true]);
+          expect(firstDiff(await readAll(await crashed.open(active, { readOnly: true })), ref.bytes)).toBe(-1);
+          expect(await readJobRecord(crashed, snap.delta)).toBeUndefined();
+        }
+        if (finished && into !== 'keep') expect(firstDiff(await readAll(await crashed.open(want, { readOnly: true })), ref.bytes)).toBe(-1);
+        await disk.close();
+      }
+    }
   });
 
   it('resumes from the persisted cursor: a crash late in the pass leaves little to copy', async () => {

@@ -101,7 +101,7 @@ describe.skipIf(!have)('owner store: etcd', () => {
       ['negative epoch', JSON.stringify({ ...rec('x', 1), epoch: -1 }), 'LIMIT'],
       ['bad state', JSON.stringify({ ...rec('x', 1), state: 'mine' }), 'CORRUPT'],
       ['owned without owner', JSON.stringify({ ...rec('x', 1), owner: undefined }), 'CORRUPT'],
-      ['future version', JSON.stringify({ ...rec('x', 1), version: 2 }), 'UNSUPPORTED'],
+      ['future version', JSON.stringify({ ...rec('x', 1), version: 3 }), 'UNSUPPORTED'],
       ['__proto__ field', JSON.stringify(rec('x', 1)).replace('{', '{"__proto__":{"admin":true},'), 'CORRUPT'],
       ['huge', JSON.stringify({ ...rec('x', 1), pad: 'x'.repeat(100_000) }), 'LIMIT'],
       ['lease for a century', JSON.stringify({ ...rec('x', 1), leaseExpiresAt: Date.now() + 100 * 365 * 86400e3 }), 'LIMIT'],

@@ -10,13 +10,19 @@ import {
   MAX_RECORD_BYTES,
   MemoryOwnerStore,
   MessagePortTransport,
+  ReleaseAuthenticator,
   encodeRecord,
   inProcessTransport,
+  newOwnerSecret,
   openOwned,
   parseRecord,
   requestRelease,
+  signReleaseRequest,
   type OpenOwnedOptions,
   type OwnerRecord,
+  type ReleaseReply,
+  type ReleaseRequest,
+  type ReleaseTransport,
 } from '../bindings/disk/owner/index.js';
 import { VmkitError } from '../bindings/errors.js';
 import { code } from './_owner.js';
@@ -41,13 +47,22 @@ describe('owner records', () => {
     expect(parseRecord(encodeRecord(good))).toEqual(good);
     const free: OwnerRecord = { version: 1, disk: 'd', epoch: 0, state: 'free', leaseExpiresAt: 0, updatedAt: 0 };
     expect(parseRecord(encodeRecord(free))).toEqual(free);
+    // Version 2 carries the release secret; version 1 (older builds) stays readable.
+    const v2: OwnerRecord = { ...good, version: 2, secret: newOwnerSecret() };
+    expect(parseRecord(encodeRecord(v2))).toEqual(v2);
+    expect(v2.secret).toMatch(/^[A-Za-z0-9_-]{43}$/);
     const cases: [unknown, string][] = [
       [{ ...good, epoch: '3' }, 'CORRUPT'],
       [{ ...good, epoch: 3.5 }, 'CORRUPT'],
       [{ ...good, epoch: -1 }, 'LIMIT'],
       [{ ...good, epoch: 2 ** 53 }, 'LIMIT'],
       [{ ...good, epoch: 1e300 }, 'LIMIT'],
-      [{ ...good, version: 2 }, 'UNSUPPORTED'],
+      [{ ...good, version: 3 }, 'UNSUPPORTED'],
+      [{ ...good, version: 2 }, 'CORRUPT'], // version 2 without its secret
+      [{ ...good, version: 2, secret: 'short' }, 'CORRUPT'],
+      [{ ...good, version: 2, secret: 'A'.repeat(42) + 'B' }, 'CORRUPT'], // 43 chars but not 32 bytes
+      [{ ...good, version: 2, secret: 7 }, 'CORRUPT'],
+      [{ ...good, secret: 'A'.repeat(43) }, 'CORRUPT'], // version 1 has no secret
       [{ ...good, version: '1' }, 'CORRUPT'],
       [{ ...good, state: 'stolen' }, 'CORRUPT'],
       [{ ...good, owner: undefined }, 'CORRUPT'], // owned by nobody
@@ -124,9 +139,10 @@ describe('handoff (in-process transport)', () => {
     const { store, opts } = await setup();
     const a = await openOwned('d.raw', opts('a'));
     const rec = (await store.read('d.raw')).record!;
-    const reply = await inProcessTransport.request(a.endpoint!, { disk: 'd.raw', epoch: rec.epoch + 1, requester: who }, 1000);
+    const signed = (disk: string, epoch: number) => signReleaseRequest({ disk, epoch, requester: who }, rec.secret!, Date.now());
+    const reply = await inProcessTransport.request(a.endpoint!, await signed('d.raw', rec.epoch + 1), 1000);
     expect(reply).toMatchObject({ ok: false, code: 'CONFLICT' });
-    expect(await inProcessTransport.request(a.endpoint!, { disk: 'other.raw', epoch: rec.epoch, requester: who }, 1000)).toMatchObject({ ok: false, code: 'NOT_FOUND' });
+    expect(await inProcessTransport.request(a.endpoint!, await signed('other.raw', rec.epoch), 1000)).toMatchObject({ ok: false, code: 'NOT_FOUND' });
     expect(a.fenced).toBe(false);
     await a.device.write(0, new Uint8Array(512)); // still the holder
     // requestRelease frees the disk without taking it.
@@ -225,8 +241,9 @@ describe('handoff (in-process transport)', () => {
   it('clock skew: a lease that looks expired is still asked for first; a lease that looks eternal times out clearly', async () => {
     const { opts } = await setup();
     const a = await openOwned('d.raw', opts('a'));
-    // b's clock is an hour ahead: a's lease looks dead, but a answers, so it is released, not stolen.
-    const b = await openOwned('d.raw', opts('b', { now: () => Date.now() + 3_600_000 }));
+    // b's clock is 4 s ahead: a's 2 s lease looks dead (+1 s allowance), but a answers, and the request's
+    // time is within a's window (skew allowance + request timeout: 6 s), so it is released, not stolen.
+    const b = await openOwned('d.raw', opts('b', { now: () => Date.now() + 4000 }));
     expect(await a.done).toMatchObject({ reason: 'requested' });
     expect(a.fenced).toBe(false);
     // c's clock is an hour behind and b serves no endpoint: b's lease looks alive for an hour.
@@ -246,6 +263,89 @@ describe('handoff (in-process transport)', () => {
     expect(await code(openOwned('d.raw', opts('a')))).toBe('LIMIT');
     store._putRaw('d.raw', new TextEncoder().encode(enc({ ...good, version: 7 })));
     expect(await code(openOwned('d.raw', opts('a')))).toBe('UNSUPPORTED');
+  });
+});
+
+describe('release requests carry proof (in-process and MessagePort)', () => {
+  // Every attack gets the same refusal, naming no disk, epoch or holder; the holder keeps the disk.
+  async function attacks(transport: ReleaseTransport, serveOn: ReleaseTransport, endpointName: string): Promise<void> {
+    const { store, opts } = await setup();
+    // An older build's record (version 1, no secret) at a distinctive epoch: the next take adds a secret.
+    await store.compareAndSwap('d.raw', null, { version: 1, disk: 'd.raw', epoch: 4100, state: 'free', leaseExpiresAt: 0, updatedAt: 0 });
+    let refuse = true;
+    const a = await openOwned('d.raw', opts('holder-xyz', { transport: serveOn, serve: endpointName, onReleaseRequest: () => (refuse ? 'busy' : undefined) }));
+    const rec = (await store.read('d.raw')).record!;
+    expect(rec).toMatchObject({ version: 2, epoch: 4101, owner: { id: 'holder-xyz' } });
+    expect(rec.secret).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    const me = { id: 'mallory', host: 'h', pid: 9 };
+    const plain = { disk: 'd.raw', epoch: 4101, requester: me };
+    const send = (req: ReleaseRequest): Promise<ReleaseReply> => transport.request(a.endpoint!, req, 2000);
+    const denied = async (req: ReleaseRequest): Promise<void> => {
+      const reply = await send(req);
+      expect(reply).toMatchObject({ ok: false, code: 'DENIED' });
+      expect(JSON.stringify(reply)).not.toMatch(/d\.raw|4101|holder-xyz/);
+    };
+    await denied(plain); // forged: no proof at all
+    await denied(await signReleaseRequest(plain, newOwnerSecret(), Date.now())); // a MAC made with another secret
+    const good = await signReleaseRequest(plain, rec.secret!, Date.now());
+    await denied({ ...good, epoch: 4102 }); // altered after signing
+    await denied({ ...good, requester: { ...me, id: 'someone-else' } });
+    await denied({ ...good, mac: good.mac!.slice(0, -2) + (good.mac!.endsWith('AA') ? 'BA' : 'AA') });
+    await denied(await signReleaseRequest(plain, rec.secret!, Date.now() - 7000)); // stale: window is 1 s skew + 5 s timeout
+    await denied(await signReleaseRequest(plain, rec.secret!, Date.now() + 7000)); // from the future
+    // A valid request is answered (here: the policy refuses) …
+    expect(await send(good)).toMatchObject({ ok: false, code: 'REFUSED', reason: 'busy' });
+    refuse = false;
+    // … and the same request again is a replay, even though the policy would now agree.
+    await denied(good);
+    expect(a.fenced).toBe(false);
+    expect((await store.read('d.raw')).record).toMatchObject({ epoch: 4101, state: 'owned', owner: { id: 'holder-xyz' } });
+    await a.device.write(0, new Uint8Array(512).fill(3)); // still the holder
+    // A fresh proof releases it.
+    expect(await send(await signReleaseRequest(plain, rec.secret!, Date.now()))).toMatchObject({ ok: true, epoch: 4101 });
+    expect(await a.done).toMatchObject({ reason: 'requested', by: { id: 'mallory' } });
+    // The secret stays with the disk across takes.
+    const b = await openOwned('d.raw', opts('b'));
+    expect((await store.read('d.raw')).record).toMatchObject({ epoch: 4102, secret: rec.secret });
+    await b.release();
+  }
+
+  it('in-process: forged, wrong-MAC, altered, stale, future and replayed requests are refused alike', async () => {
+    await attacks(inProcessTransport, inProcessTransport, `auth-${Math.random()}`);
+  });
+
+  it('MessagePort: the same attacks, the same refusals', async () => {
+    const { port1, port2 } = new MessageChannel();
+    await attacks(new MessagePortTransport(port2), new MessagePortTransport(port1), 'disk-auth');
+    port1.close();
+    port2.close();
+  });
+
+  it('an opener whose clock is off by more than the window is refused; it then treats the owner as dead (fencing keeps it safe)', async () => {
+    const { opts } = await setup();
+    const a = await openOwned('d.raw', opts('a'));
+    const b = await openOwned('d.raw', opts('b', { now: () => Date.now() + 3_600_000 }));
+    expect(b.epoch).toBe(2);
+    expect(await a.done).toEqual({ reason: 'fenced' });
+    expect(await code(a.device.write(0, new Uint8Array(512)))).toBe('FENCED');
+    await b.release();
+  });
+
+  it('the replay memory is bounded and forgets only what left the window', async () => {
+    let t = 1_000_000;
+    const auth = new ReleaseAuthenticator({ windowMs: 100, now: () => t, maxRemembered: 2 });
+    const secret = newOwnerSecret();
+    const req = () => signReleaseRequest({ disk: 'd', epoch: 1, requester: who }, secret, t);
+    const r1 = await req();
+    expect(await auth.accept(r1, secret)).toBe(true);
+    expect(await auth.accept(await req(), secret)).toBe(true);
+    expect(await auth.accept(await req(), secret)).toBe(false); // full: refused, nothing forgotten early
+    expect(await auth.accept(r1, secret)).toBe(false);
+    expect(await auth.accept(await req(), undefined)).toBe(false); // nothing held: nothing accepted
+    t += 101; // the first two are outside the window now: they could not be replayed anyway
+    expect(await auth.accept(r1, secret)).toBe(false);
+    expect(await auth.accept(await req(), secret)).toBe(true);
+    expect(auth.remembered).toBe(1);
   });
 });
 

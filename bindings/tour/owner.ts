@@ -1,7 +1,8 @@
 /**
  * Tour chapter: disk ownership. Two holders in this process hand an
  * in-memory raw disk to each other through release requests (in-process
- * transport, memory store); a refusal comes back with its reason; a holder
+ * transport, memory store); a request without the disk's secret is refused;
+ * a refusal comes back with its reason; a holder
  * whose epoch was taken while it could not be asked is fenced on its next flush.
  * @module
  */
@@ -38,6 +39,9 @@ export async function chapter(log: (s: string) => void): Promise<void> {
   const a = await openOwned('vm.raw', opts('alpha'));
   await a.device.write(0, new Uint8Array(512).fill(0xaa));
   log(`alpha holds vm.raw at epoch ${a.epoch} (release requests at ${a.endpoint}); wrote sector 0`);
+  // Release requests prove they can read the owner record (an HMAC with the disk's secret): a forged one is refused.
+  const forged = await inProcessTransport.request(a.endpoint!, { disk: 'vm.raw', epoch: a.epoch, requester: { id: 'mallory', host: 'tour', pid: 0 } }, 1000);
+  log(`mallory asks without the disk's secret → ${forged.ok ? 'released' : `${forged.code}: ${forged.reason}`}; alpha keeps the disk`);
 
   const t0 = performance.now();
   const b = await openOwned('vm.raw', opts('beta', { onReleaseRequest: (r) => (r.requester.id === 'gamma' ? 'gamma must wait for the nightly backup' : undefined) }));

@@ -13,6 +13,7 @@ import { VmkitError } from '../../errors.js';
 import { emit, parse, type CliIO } from '../_common.js';
 import { openOwned, readOwner, requestRelease } from '../../disk/owner/handoff.js';
 import { leaseAlive } from '../../disk/owner/record.js';
+import { createHttpTransport, type ReleaseTransport } from '../../disk/owner/transport.js';
 import type { OwnerStore } from '../../disk/owner/types.js';
 import type { FormatName } from '../../disk/formats/types.js';
 
@@ -20,15 +21,19 @@ import type { FormatName } from '../../disk/formats/types.js';
 export const ownerUsage: string = `Usage:
   vmkit disk owner <disk> [--etcd <urls>] [--name <key>] [--json]
       the owner record: epoch, state, holder, lease
-  vmkit disk open <disk> --as <id> [--serve <host:port>] [--lease <ms>] [--wait <ms>] [--format qcow2|vmdk|raw] [--etcd <urls>] [--name <key>] [--json]
+  vmkit disk open <disk> --as <id> [--serve <host:port>] [--tls-cert <pem> --tls-key <pem> | --insecure] [--lease <ms>] [--wait <ms>] [--format qcow2|vmdk|raw] [--etcd <urls>] [--name <key>] [--json]
       take the disk (its owner is asked to release it), hold it and answer release
-      requests at the printed endpoint; exits 0 once released, 1 if fenced
+      requests at the printed endpoint; exits 0 once released, 1 if fenced. Serving on
+      an address other hosts can reach needs --tls-cert/--tls-key (HTTPS), or --insecure
   vmkit disk release <disk> [--as <id>] [--etcd <urls>] [--name <key>] [--json]
       ask the current owner to release the disk (it ends free)
 
 The owner record lives in <disk>.owner/ next to the disk, or in etcd with --etcd
 (comma-separated client URLs). --name sets the disk's key in the store (default: the
-path as typed); with --etcd, give every host the same --name for the same disk. Exit codes: 0 ok, 1 failure (refused, unreachable, fenced), 2 usage.`;
+path as typed); with --etcd, give every host the same --name for the same disk. Release
+requests carry an HMAC made with the disk's secret, kept in its owner record (printed as
+"secret":"<hidden>"). HTTPS endpoints are trusted through the system CAs and NODE_EXTRA_CA_CERTS.
+Exit codes: 0 ok, 1 failure (refused, unreachable, fenced), 2 usage.`;
 
 function onePath(positionals: string[], sub: string): string {
   const [p] = positionals;
@@ -51,6 +56,23 @@ function nameOf(name: unknown, path: string): string {
   if (name === undefined) return path;
   if (typeof name !== 'string' || name.length === 0 || name.length > 1024) throw new VmkitError('ARG_RANGE', `--name must be a non-empty key of at most 1024 characters`);
   return name;
+}
+
+/** `--tls-cert/--tls-key` (both or neither) and `--insecure`: the HTTP transport to serve with. */
+async function transportOf(cert: unknown, key: unknown, insecure: unknown): Promise<ReleaseTransport | undefined> {
+  if ((cert === undefined) !== (key === undefined)) throw new VmkitError('ARG_RANGE', '--tls-cert and --tls-key go together');
+  if (cert === undefined) return insecure === true ? createHttpTransport({ insecure: true }) : undefined;
+  const { readFile } = await import('node:fs/promises');
+  const read = (p: unknown, flag: string): Promise<Buffer> =>
+    readFile(String(p)).catch((e: unknown) => {
+      throw new VmkitError('NOT_FOUND', `${flag} ${String(p)}: ${(e as Error)?.message ?? e}`, { path: String(p), cause: e });
+    });
+  return createHttpTransport({ tls: { cert: await read(cert, '--tls-cert'), key: await read(key, '--tls-key') }, insecure: insecure === true });
+}
+
+/** The record as printed: the secret stays in the store. */
+function shown<T extends { secret?: string } | null>(r: T): T {
+  return r && r.secret !== undefined ? { ...r, secret: '<hidden>' } : r;
 }
 
 async function storeOf(etcd: unknown): Promise<OwnerStore | undefined> {
@@ -86,7 +108,7 @@ export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<
       const r = await readOwner(disk, store ? { store } : {});
       const now = Date.now();
       const alive = r !== null && leaseAlive(r, now, 0);
-      emit(io, values.json, { disk, record: r, leaseAlive: alive, leaseRemainingMs: r && alive ? r.leaseExpiresAt - now : 0 }, () => {
+      emit(io, values.json, { disk, record: shown(r), leaseAlive: alive, leaseRemainingMs: r && alive ? r.leaseExpiresAt - now : 0 }, () => {
         if (!r) return `${disk}: no owner record (free; the first opener takes epoch 1)`;
         const who = r.owner ? `${r.owner.id} (host ${r.owner.host}, pid ${r.owner.pid}${r.owner.endpoint ? `, release requests at ${r.owner.endpoint}` : ''})` : 'nobody';
         const lease = r.state === 'free' ? '' : alive ? `\nlease: alive for ${r.leaseExpiresAt - now} ms more` : `\nlease: expired ${now - r.leaseExpiresAt} ms ago (the next opener takes it over)`;
@@ -104,7 +126,7 @@ export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<
     try {
       const before = await readOwner(disk, store ? { store } : {});
       const after = await requestRelease(disk, { as: typeof values.as === 'string' ? values.as : 'vmkit-cli', ...(store ? { store } : {}) });
-      emit(io, values.json, { disk, before, after }, () =>
+      emit(io, values.json, { disk, before: shown(before), after: shown(after) }, () =>
         !before || before.state === 'free' ? `${disk}: already free (epoch ${before?.epoch ?? 0})` : `${disk}: released by ${before.owner?.id} at epoch ${after?.epoch}; now ${after?.state}`,
       );
     } finally {
@@ -121,8 +143,12 @@ export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<
       format: { type: 'string' },
       etcd: { type: 'string' },
       name: { type: 'string' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      insecure: { type: 'boolean' },
     });
     const disk = onePath(positionals, sub);
+    const transport = await transportOf(values['tls-cert'], values['tls-key'], values.insecure);
     const name = nameOf(values.name, disk);
     if (typeof values.as !== 'string' || values.as.length === 0) throw new VmkitError('ARG_RANGE', 'vmkit disk open needs --as <id>');
     const format = values.format as string | undefined;
@@ -134,6 +160,7 @@ export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<
       as: values.as,
       name,
       ...(store ? { store } : {}),
+      ...(transport ? { transport } : {}),
       ...(typeof values.serve === 'string' ? { serve: values.serve } : {}),
       ...(leaseMs === undefined ? {} : { leaseMs }),
       ...(waitMs === undefined ? {} : { waitMs }),

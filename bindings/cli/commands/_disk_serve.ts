@@ -38,7 +38,9 @@ Options:
                         release it; a release request to this server stops it taking requests, answers
                         those in flight, flushes, closes its clients and releases the disk (QEMU's NBD
                         client with reconnect-delay then reconnects to whoever serves the socket next)
-  --release-listen <host:port>  where release requests are answered (default 127.0.0.1:0)
+  --release-listen <host:port>  where release requests are answered (default 127.0.0.1:0; plain
+                        HTTP, so an address other hosts can reach needs --insecure; release requests
+                        carry the disk's secret either way)
   --etcd <urls>         keep the owner record in etcd (with --as; default the <disk>.owner sidecar)
   --name <key>          the disk's key in the owner store (with --as; default the path)
   --lease <ms>          ownership lease (with --as; default 10000)
@@ -124,6 +126,9 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
   } else if (typeof values.as === 'string') {
     if (readOnly) throw new VmkitError('ARG_RANGE', '--as takes the disk to write it: drop --read-only');
     const { openOwned } = await import('../../disk/owner/handoff.js');
+    const { createHttpTransport } = await import('../../disk/owner/transport.js');
+    // Plain HTTP (off loopback only with --insecure); an owner's HTTPS endpoint is trusted through --tls-creds' CA too.
+    const transport = createHttpTransport({ ...(tls?.ca ? { ca: tls.ca } : {}), insecure: values.insecure === true });
     let store;
     if (typeof values.etcd === 'string') store = (await import('../../disk/owner/etcd-store.js')).etcdStore({ endpoints: values.etcd.split(',').filter(Boolean) });
     const leaseMs = values.lease === undefined ? undefined : Number(values.lease);
@@ -132,6 +137,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
       ...(store ? { store } : {}),
       ...(typeof values.name === 'string' ? { name: values.name } : {}),
       ...(leaseMs !== undefined ? { leaseMs } : {}),
+      transport,
       serve: typeof values['release-listen'] === 'string' ? values['release-listen'] : '127.0.0.1:0',
       image: { provider: aio === 'sync' ? syncFileProvider : fileProvider, ...(format ? { format: format as FormatName } : {}) },
       // Before the holder drains and flushes: no new request is taken, those in flight are answered,

@@ -64,7 +64,7 @@ export interface ConsolidateOptions extends JobOptions {
   /** Milliseconds between checkpoints of the state record's cursor (default 1000). */
   checkpointMs?: number;
   /** Test hook: called at named points of the job (crash tests stop the process there). */
-  hook?: (point: 'recorded' | 'copying' | 'in-sync' | 'pivot-recorded' | 'pivoted' | 'delta-removed') => void | Promise<void>;
+  hook?: (point: 'recorded' | 'copying' | 'in-sync' | 'pivot-recorded' | 'pivoted' | 'delta-removed' | 'finished') => void | Promise<void>;
 }
 
 /**
@@ -455,6 +455,7 @@ function startJob(disk: LiveDisk, rec: JobRecord, targetDev: BackupDevice, opts:
       await ops.remove(rec.keepDelta ? _oldDelta(rec.delta) : rec.delta);
       await opts.hook?.('delta-removed');
       await removeJobRecord(ops, rec.delta);
+      await opts.hook?.('finished');
       p.state = 'done';
       p.done = true;
       changed();
@@ -536,6 +537,11 @@ export interface RecoverResult {
  * truth: a created target and the record are removed (rolled back; use
  * {@link resumeConsolidation} to carry on instead). After the pivot the
  * target is the truth: the delta and the record are removed (rolled forward).
+ * A job that finished leaves nothing behind: then, if `delta` still exists
+ * (into the base keeping the delta, or no job ran) it is `active` (action
+ * `none`); if it does not, NOT_FOUND — the job finished and its result (the
+ * base, or the target) is the active layer, which only the caller that chose
+ * it knows. `active` is never a layer that does not exist.
  *
  * @example
  * ```ts
@@ -545,7 +551,16 @@ export interface RecoverResult {
  */
 export async function recoverConsolidation(ops: ChainOps, delta: string): Promise<RecoverResult> {
   const rec = await readJobRecord(ops, delta);
-  if (!rec) return { action: 'none', active: delta };
+  if (!rec) {
+    // No record: no job, or one that finished (its last step removes the record, after the
+    // delta). Only in the first case is the delta still there to be the active layer.
+    if (await ops.exists(delta)) return { action: 'none', active: delta };
+    throw new VmkitError(
+      'NOT_FOUND',
+      `${delta} does not exist and no consolidation record names it: a consolidation that finished leaves none, and its result (the base, or the target) is the active layer`,
+      { path: delta },
+    );
+  }
   if (rec.phase === 'pivot') {
     if (rec.keepDelta) {
       await emptyDelta(ops, rec);

@@ -21,6 +21,13 @@
  * a name, so no reader ever sees a torn record. See docs/ownership.md for the
  * proof sketch (including why pruning old revisions keeps the CAS exact).
  *
+ * Permissions: a record holds the disk's release secret, so the sidecar is
+ * readable by whoever can read the disk and by nobody else: revision files
+ * get the disk's owner and group bits (`0600`, `0640` or `0660`; never any for
+ * others), the directory the matching `0700`/`0750`/`0770`, set explicitly
+ * (the umask does not widen or narrow them). Without a disk file to copy
+ * from (another `sidecar` naming), `0600`/`0700`.
+ *
  * `node:fs` is imported on first use so browser bundles stay free of it.
  * @module
  */
@@ -92,6 +99,16 @@ function parseRevisionFile(data: Uint8Array, seq: number, path: string): { recor
 export interface FileOwnerStoreOptions {
   /** Sidecar directory of a disk (default `<disk>.owner`). */
   sidecar?: (disk: string) => string;
+}
+
+/**
+ * The modes of a disk's sidecar: its revision files get the disk's owner and
+ * group permission bits (owner always read-write), never any for others; the
+ * directory lets the same people list (group r → r-x) and create (group w → -wx) files.
+ */
+function _sidecarModes(diskMode: number | undefined): { file: number; dir: number } {
+  const m = diskMode === undefined ? 0o600 : (diskMode & 0o660) | 0o600;
+  return { file: m, dir: 0o700 | (m & 0o040 ? 0o050 : 0) | (m & 0o020 ? 0o030 : 0) };
 }
 
 function seqName(seq: number): string {
@@ -233,9 +250,11 @@ export class FileOwnerStore implements OwnerStore {
     const fs = await nodeFs();
     // Cheap early answer (and no garbage file) when we already lost.
     if ((await this.top(dir)) !== seq) return null;
+    const modes = _sidecarModes((await fs.stat(disk).catch(() => undefined))?.mode);
     if (seq === 0) {
       try {
-        await fs.mkdir(dir, { recursive: true });
+        // Created here: set its mode exactly (the umask applies to mkdir); an existing one is left as it is.
+        if ((await fs.mkdir(dir, { recursive: true, mode: modes.dir })) !== undefined) await fs.chmod(dir, modes.dir);
       } catch (e) {
         throw ioError(e, 'mkdir', dir);
       }
@@ -243,8 +262,9 @@ export class FileOwnerStore implements OwnerStore {
     const tmp = `${dir}/.tmp-${typeof process !== 'undefined' ? process.pid : 0}-${Math.random().toString(36).slice(2)}`;
     const target = `${dir}/${seqName(seq + 1)}`;
     try {
-      const fh = await fs.open(tmp, 'wx', 0o644);
+      const fh = await fs.open(tmp, 'wx', modes.file);
       try {
+        await fh.chmod(modes.file); // the record holds the secret: exactly the disk's readers, whatever the umask
         await fh.writeFile(bytes);
         await fh.sync();
       } finally {

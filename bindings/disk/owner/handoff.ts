@@ -14,6 +14,7 @@ import { openImage, type OpenImageOptions } from '../image.js';
 import { fileProvider } from '../backends/file.js';
 import type { Storage, StorageProvider } from '../backends/storage.js';
 import type { ImageDevice } from '../formats/types.js';
+import { RELEASE_DENIED, ReleaseAuthenticator, newOwnerSecret, releaseRequestFor } from './auth.js';
 import { FileOwnerStore } from './file-store.js';
 import { leaseAlive } from './record.js';
 import { httpTransport, inProcessTransport, type ReleaseReply, type ReleaseRequest, type ReleaseServer, type ReleaseTransport } from './transport.js';
@@ -35,7 +36,7 @@ export const DEFAULT_MAX_SKEW_MS = 1_000;
 /**
  * Options of {@link openOwned}.
  * @example
- * const o: OpenOwnedOptions = { as: 'vm-17', serve: '0.0.0.0:7070', leaseMs: 5000, onReleaseRequest: () => (busy ? 'backup running' : undefined) };
+ * const o: OpenOwnedOptions = { as: 'vm-17', serve: '127.0.0.1:7070', leaseMs: 5000, onReleaseRequest: () => (busy ? 'backup running' : undefined) };
  */
 export interface OpenOwnedOptions {
   /** Who opens: an id (host and pid are filled in) or a full identity. */
@@ -46,8 +47,9 @@ export interface OpenOwnedOptions {
   transport?: ReleaseTransport;
   /**
    * Where this holder answers release requests (transport-specific; HTTP
-   * `host:port`, default `127.0.0.1:0`). `false`: do not serve — openers must
-   * then wait for the lease to run out.
+   * `host:port`, default `127.0.0.1:0`; off loopback only with TLS or
+   * `insecure`, see `createHttpTransport`). `false`: do not serve — openers
+   * must then wait for the lease to run out.
    */
   serve?: string | false;
   /** Lease length in ms (default {@link DEFAULT_LEASE_MS}; 100 ms … 1 h). */
@@ -234,6 +236,11 @@ class _Holder implements WriteGuard, OwnedDisk {
     return this.state === 'fenced';
   }
 
+  /** The disk's release secret, which requests to this holder must prove they know. */
+  get secret(): string | undefined {
+    return this.current.secret;
+  }
+
   // Slack between the end of the lease and the last unverified write: covers the time a write takes.
   private margin(): number {
     return Math.min(this.leaseMs / 5, 1000);
@@ -354,10 +361,11 @@ class _Holder implements WriteGuard, OwnedDisk {
 
   /** The owner side of a release request. */
   async onRequest(req: ReleaseRequest): Promise<ReleaseReply> {
-    if (req.disk !== this.disk) return { ok: false, code: 'NOT_FOUND', reason: `this holder holds ${this.disk}, not ${req.disk}` };
-    if (req.epoch !== this.epoch) return { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} holds epoch ${this.epoch}, the request names epoch ${req.epoch}` };
-    if (!(await this.ready)) return { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} failed to open the image at epoch ${this.epoch}` };
-    if (this.state === 'fenced') return { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} was fenced at epoch ${this.epoch}` };
+    // Replies name no disk, epoch or holder (docs/ownership.md, threat model).
+    if (req.disk !== this.disk) return { ok: false, code: 'NOT_FOUND', reason: 'the disk asked for is not held here' };
+    if (req.epoch !== this.epoch) return { ok: false, code: 'CONFLICT', reason: 'the request names another epoch than the one held' };
+    if (!(await this.ready)) return { ok: false, code: 'CONFLICT', reason: 'the holder failed to open the image' };
+    if (this.state === 'fenced') return { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' };
     if (this.state === 'holding' && this.policy) {
       let reason: string | undefined | void;
       try {
@@ -370,9 +378,9 @@ class _Holder implements WriteGuard, OwnedDisk {
     try {
       await this.giveUp({ reason: 'requested', by: req.requester });
     } catch (e) {
-      return { ok: false, code: isVmkitError(e, 'FENCED') ? 'CONFLICT' : 'REFUSED', reason: (e as Error)?.message ?? String(e) };
+      return isVmkitError(e, 'FENCED') ? { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' } : { ok: false, code: 'REFUSED', reason: `release failed (${isVmkitError(e) ? e.code : 'error'})` };
     }
-    return this.state === 'released' ? { ok: true, epoch: this.epoch, revision: this.revision } : { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} was fenced at epoch ${this.epoch}` };
+    return this.state === 'released' ? { ok: true, epoch: this.epoch, revision: this.revision } : { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' };
   }
 
   release(): Promise<void> {
@@ -563,8 +571,11 @@ class _OwnedDevice implements BlockDevice {
  *
  * @example
  * ```ts
- * import { openOwned } from 'vmkit/disk';
- * const d = await openOwned('vm.qcow2', { as: 'vm-17', serve: '0.0.0.0:7070' });
+ * import { createHttpTransport, openOwned } from 'vmkit/disk';
+ * import { readFile } from 'node:fs/promises';
+ * // Other hosts reach the release endpoint over HTTPS (plain HTTP serves loopback only).
+ * const transport = createHttpTransport({ tls: { cert: await readFile('node-a.crt'), key: await readFile('node-a.key') } });
+ * const d = await openOwned('vm.qcow2', { as: 'vm-17', serve: '0.0.0.0:7070', transport });
  * console.log(`holding epoch ${d.epoch}, release requests at ${d.endpoint}`);
  * await d.device.write(0, new Uint8Array(4096));
  * const { reason } = await d.done; // 'requested' when another host took it over
@@ -584,12 +595,14 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
   const me0 = await ownerIdentity(opts.as);
 
   // Serve before taking the disk: the endpoint goes into the record we write.
-  // Until the holder exists the handler answers NOT_FOUND (nothing held yet).
+  // Until the holder exists there is no secret, so every request is DENIED.
+  // A request's time may differ from ours by the skew plus its sender's timeout.
   let holder: _Holder | undefined;
+  const auth = new ReleaseAuthenticator({ windowMs: maxSkewMs + requestTimeoutMs, now });
   const server =
     opts.serve === false
       ? undefined
-      : await transport.serve(opts.serve, async (req) => (holder ? holder.onRequest(req) : { ok: false, code: 'NOT_FOUND', reason: `not holding ${req.disk} yet` }));
+      : await transport.serve(opts.serve, async (req) => (holder && (await auth.accept(req, holder.secret)) ? holder.onRequest(req) : RELEASE_DENIED));
   const me: OwnerIdentity = server ? { ...me0, endpoint: server.endpoint } : me0;
   try {
     const deadline = monotonic() + waitMs;
@@ -612,7 +625,7 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
         if (t) {
           let reply: ReleaseReply | undefined;
           try {
-            reply = await t.request(r.owner.endpoint, { disk: r.disk, epoch: r.epoch, requester: me }, requestTimeoutMs);
+            reply = await t.request(r.owner.endpoint, await releaseRequestFor(r, me, now()), requestTimeoutMs);
           } catch (e) {
             if (!isVmkitError(e, 'NETWORK') && !isVmkitError(e, 'TIMEOUT')) throw e;
             lastWhy = `owner ${r.owner.id} at ${r.owner.endpoint} is unreachable (${e.message})`;
@@ -621,7 +634,7 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
             // The owner wrote `free` at the epoch we asked about and told us its revision:
             // take over from it directly (a CAS; if anything changed since, read again).
             if (reply.revision !== undefined && reply.epoch === r.epoch) {
-              const h = await take(reply.revision, r.epoch);
+              const h = await take(reply.revision, r.epoch, r.secret);
               if (h) return h;
             }
             continue;
@@ -647,7 +660,7 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
         if (t && r.state === 'owned') {
           let reply: ReleaseReply | undefined;
           try {
-            reply = await t.request(r.owner.endpoint, { disk: r.disk, epoch: r.epoch, requester: me }, Math.min(requestTimeoutMs, Math.max(100, leaseMs / 4)));
+            reply = await t.request(r.owner.endpoint, await releaseRequestFor(r, me, now()), Math.min(requestTimeoutMs, Math.max(100, leaseMs / 4)));
           } catch {
             // Unreachable with an expired lease: a dead owner. Take over below.
           }
@@ -671,7 +684,7 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
         continue;
       }
       // Free, absent, or dead: take the next epoch by CAS.
-      const h = await take(snap.revision, r?.epoch ?? 0);
+      const h = await take(snap.revision, r?.epoch ?? 0, r?.secret);
       if (!h) {
         if (monotonic() > deadline) throw new VmkitError('TIMEOUT', `${disk}: lost every compare-and-swap for ${waitMs} ms`, { path: disk });
         continue;
@@ -684,11 +697,12 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
   }
 
   // Writes us as owner at `prevEpoch + 1` if the record is still at `expected`, then opens the image.
-  async function take(expected: string | null, prevEpoch: number): Promise<_Holder | null> {
+  // The disk keeps its secret; a record without one (version 1, or none yet) gets a fresh one.
+  async function take(expected: string | null, prevEpoch: number, secret: string | undefined): Promise<_Holder | null> {
     const epoch = prevEpoch + 1;
     const t0 = monotonic();
     const w = now();
-    const record: OwnerRecord = { version: 1, disk, epoch, state: 'owned', owner: me, leaseExpiresAt: w + leaseMs, updatedAt: w };
+    const record: OwnerRecord = { version: 2, disk, epoch, state: 'owned', owner: me, leaseExpiresAt: w + leaseMs, updatedAt: w, secret: secret ?? newOwnerSecret() };
     const rev = await store.compareAndSwap(disk, expected, record);
     if (rev === null) return null;
     const h = new _Holder(disk, record, me, store, rev, t0, leaseMs, now, opts.onReleaseRequest);
@@ -748,7 +762,10 @@ export async function requestRelease(
   if (!endpoint) throw new VmkitError('UNSUPPORTED', `${disk}: owner ${r.owner?.id} serves no release endpoint; wait for its lease (${new Date(r.leaseExpiresAt).toISOString()})`, { path: disk });
   const t = pickTransport(endpoint, opts.transport ?? httpTransport);
   if (!t) throw new VmkitError('UNSUPPORTED', `${disk}: no transport reaches ${endpoint}`, { path: disk });
-  const reply = await t.request(endpoint, { disk: r.disk, epoch: r.epoch, requester: me }, opts.requestTimeoutMs ?? 5000);
-  if (!reply.ok) throw new VmkitError(reply.code === 'NOT_FOUND' ? 'NOT_FOUND' : reply.code === 'CORRUPT' ? 'CORRUPT' : reply.code, `${disk}: owner ${r.owner?.id} answered: ${reply.reason}`, { path: disk });
+  const reply = await t.request(endpoint, await releaseRequestFor(r, me, Date.now()), opts.requestTimeoutMs ?? 5000);
+  if (!reply.ok) {
+    const why = reply.code === 'DENIED' ? `${reply.reason} (this clock and the owner's differ by more than its window, or the record changed)` : reply.reason;
+    throw new VmkitError(reply.code === 'DENIED' ? 'REFUSED' : reply.code, `${disk}: owner ${r.owner?.id} answered: ${why}`, { path: disk });
+  }
   return (await store.read(disk)).record;
 }

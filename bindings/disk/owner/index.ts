@@ -8,6 +8,7 @@
 export type { OwnerState, OwnerIdentity, OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
 export {
   OWNER_RECORD_VERSION,
+  OWNER_SECRET_PATTERN,
   MAX_RECORD_BYTES,
   MAX_NAME_CHARS,
   MAX_LEASE_MS,
@@ -20,6 +21,17 @@ export {
 export { FileOwnerStore, type FileOwnerStoreOptions } from './file-store.js';
 export { MemoryOwnerStore } from './memory-store.js';
 export {
+  newOwnerSecret,
+  signReleaseRequest,
+  releaseRequestFor,
+  ReleaseAuthenticator,
+  RELEASE_DENIED,
+  RELEASE_REPLAY_CAPACITY,
+  type ReleaseAuthenticatorOptions,
+} from './auth.js';
+export {
+  createHttpTransport,
+  type HttpTransportOptions,
   httpTransport,
   inProcessTransport,
   MessagePortTransport,

@@ -9,11 +9,19 @@ import { VmkitError } from '../../errors.js';
 import type { OwnerIdentity, OwnerRecord, OwnerState } from './types.js';
 
 /**
- * The only record version this build reads and writes.
+ * The record version this build writes (2: version 1 plus the disk's release
+ * secret). It reads versions 1 and 2; a version-1 record gets a secret the
+ * next time a holder takes the disk.
  * @example
- * if (rec.version !== OWNER_RECORD_VERSION) upgrade(rec);
+ * if (rec.version !== OWNER_RECORD_VERSION) console.log('written by an older vmkit; upgraded at the next take');
  */
-export const OWNER_RECORD_VERSION = 1;
+export const OWNER_RECORD_VERSION = 2;
+/**
+ * A release secret: 32 random bytes, base64url without padding (43 characters).
+ * @example
+ * if (!OWNER_SECRET_PATTERN.test(s)) throw new Error('not a release secret');
+ */
+export const OWNER_SECRET_PATTERN: RegExp = /^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$/;
 /**
  * Largest serialized record accepted (a record is ~300 bytes; anything near this is hostile).
  * @example
@@ -36,7 +44,7 @@ export const MAX_NAME_CHARS = 1024;
 export const MAX_LEASE_MS = 3_600_000;
 
 const STATES: readonly OwnerState[] = ['owned', 'releasing', 'free'];
-const RECORD_KEYS = new Set(['version', 'disk', 'epoch', 'state', 'owner', 'leaseExpiresAt', 'updatedAt']);
+const RECORD_KEYS = new Set(['version', 'disk', 'epoch', 'state', 'owner', 'leaseExpiresAt', 'updatedAt', 'secret']);
 const OWNER_KEYS = new Set(['id', 'host', 'pid', 'endpoint']);
 
 function corrupt(what: string, path: string | undefined): VmkitError {
@@ -84,10 +92,10 @@ export function validateIdentity(v: unknown, path?: string): OwnerIdentity {
 }
 
 /**
- * Validates a decoded record: every field typed and bounded, version 1,
- * `owned`/`releasing` records name an owner, the lease is at most
- * {@link MAX_LEASE_MS} past `updatedAt`. Throws CORRUPT, LIMIT or UNSUPPORTED
- * (another version).
+ * Validates a decoded record: every field typed and bounded, version 1 or 2
+ * (2 carries `secret`, 1 has none), `owned`/`releasing` records name an owner,
+ * the lease is at most {@link MAX_LEASE_MS} past `updatedAt`. Throws CORRUPT,
+ * LIMIT or UNSUPPORTED (another version).
  *
  * @example
  * ```ts
@@ -96,12 +104,13 @@ export function validateIdentity(v: unknown, path?: string): OwnerIdentity {
  */
 export function validateRecord(v: unknown, path?: string): OwnerRecord {
   const o = plainObject(v, 'record', path);
-  if (o.version !== OWNER_RECORD_VERSION) {
+  if (o.version !== 1 && o.version !== 2) {
     if (typeof o.version === 'number' && Number.isInteger(o.version)) {
-      throw new VmkitError('UNSUPPORTED', `owner record${path ? ` of ${path}` : ''}: version ${o.version} (this build reads version ${OWNER_RECORD_VERSION})`, path === undefined ? {} : { path });
+      throw new VmkitError('UNSUPPORTED', `owner record${path ? ` of ${path}` : ''}: version ${o.version} (this build reads versions 1 and ${OWNER_RECORD_VERSION})`, path === undefined ? {} : { path });
     }
-    throw corrupt(`version must be ${OWNER_RECORD_VERSION}, got ${JSON.stringify(o.version)?.slice(0, 64)}`, path);
+    throw corrupt(`version must be 1 or ${OWNER_RECORD_VERSION}, got ${JSON.stringify(o.version)?.slice(0, 64)}`, path);
   }
+  const version: 1 | 2 = o.version;
   for (const k of Object.keys(o)) if (!RECORD_KEYS.has(k)) throw corrupt(`unknown field ${JSON.stringify(k.slice(0, 64))}`, path);
   const disk = str(o.disk, 'disk', path);
   const epoch = uint(o.epoch, 'epoch', path);
@@ -116,9 +125,12 @@ export function validateRecord(v: unknown, path?: string): OwnerRecord {
   }
   const owner = o.owner === undefined ? undefined : validateIdentity(o.owner, path);
   if (state !== 'free' && owner === undefined) throw corrupt(`state ${state} without an owner`, path);
-  return owner === undefined
-    ? { version: 1, disk, epoch, state, leaseExpiresAt, updatedAt }
-    : { version: 1, disk, epoch, state, owner, leaseExpiresAt, updatedAt };
+  // Version 2 exists for the secret: it always has one, version 1 never (an old
+  // reader would take an unknown field for corruption). The value is never echoed.
+  if (version === 2 && (typeof o.secret !== 'string' || !OWNER_SECRET_PATTERN.test(o.secret))) throw corrupt('version 2 needs a secret of 43 base64url characters (32 bytes)', path);
+  if (version === 1 && o.secret !== undefined) throw corrupt('a version 1 record has no secret', path);
+  const base: OwnerRecord = owner === undefined ? { version, disk, epoch, state, leaseExpiresAt, updatedAt } : { version, disk, epoch, state, owner, leaseExpiresAt, updatedAt };
+  return version === 2 ? { ...base, secret: o.secret as string } : base;
 }
 
 /**
@@ -163,6 +175,7 @@ export function encodeRecord(rec: OwnerRecord): Uint8Array {
   if (r.owner) o.owner = r.owner.endpoint === undefined ? { id: r.owner.id, host: r.owner.host, pid: r.owner.pid } : { ...r.owner };
   o.leaseExpiresAt = r.leaseExpiresAt;
   o.updatedAt = r.updatedAt;
+  if (r.secret !== undefined) o.secret = r.secret;
   return new TextEncoder().encode(JSON.stringify(o) + '\n');
 }
 

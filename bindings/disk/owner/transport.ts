@@ -1,15 +1,21 @@
 /**
  * Release requests between an opener and the disk's current owner, over a
- * pluggable transport: HTTP (the default: `POST /release`), in-process (one
- * registry per JS realm) and `MessagePort` (browsers, workers).
+ * pluggable transport: HTTP(S) (the default: `POST /release`), in-process
+ * (one registry per JS realm) and `MessagePort` (browsers, workers). Every
+ * transport carries the same proof (auth.ts: an HMAC with the disk's secret
+ * over the request and its time); the holder checks it before anything else.
  *
  * ```
- * POST /release  {"disk":"vm.raw","epoch":7,"requester":{"id":"b","host":"h","pid":2}}
- *   200 {"ok":true,"epoch":7,"revision":"…"}                    released (record now free at that store revision)
- *   409 {"ok":false,"code":"CONFLICT","reason":"holder has epoch 8"}   wrong epoch
- *   403 {"ok":false,"code":"REFUSED","reason":"…"}              the owner's policy said no
- *   404 {"ok":false,"code":"NOT_FOUND","reason":"…"}            this process does not hold that disk
+ * POST /release   content-type: application/json   (no Origin header)
+ *   {"disk":"vm.raw","epoch":7,"requester":{"id":"b","host":"h","pid":2},"time":1796394568391,"nonce":"…","mac":"…"}
+ *   200 {"ok":true,"epoch":7,"revision":"…"}            released (record now free at that store revision)
+ *   401 {"ok":false,"code":"DENIED","reason":"…"}        no valid proof (also: nothing held here yet)
+ *   409 {"ok":false,"code":"CONFLICT","reason":"…"}      authenticated, but another epoch is held
+ *   403 {"ok":false,"code":"REFUSED","reason":"…"}       the owner's policy said no
+ *   403 DENIED  an Origin header (a web page);  415 DENIED  not application/json
+ *   400 CORRUPT malformed;  413 CORRUPT body over 16 KiB;  404 NOT_FOUND  not POST /release
  * ```
+ * No answer names the disk, an epoch or the holder.
  * @module
  */
 import { VmkitError } from '../../errors.js';
@@ -25,6 +31,12 @@ export interface ReleaseRequest {
   readonly disk: string;
   readonly epoch: number;
   readonly requester: OwnerIdentity;
+  /** The proof (auth.ts `signReleaseRequest`): when it was made, ms since 1970 by the requester's clock. */
+  readonly time?: number;
+  /** 16 random bytes, base64url: two requests made in the same millisecond differ. */
+  readonly nonce?: string;
+  /** HMAC-SHA256 with the disk's secret over the request, `time` and `nonce`, base64url. */
+  readonly mac?: string;
 }
 
 /**
@@ -37,7 +49,7 @@ export interface ReleaseRequest {
  */
 export type ReleaseReply =
   | { readonly ok: true; readonly epoch: number; readonly revision?: string }
-  | { readonly ok: false; readonly code: 'CONFLICT' | 'REFUSED' | 'NOT_FOUND' | 'CORRUPT'; readonly reason: string };
+  | { readonly ok: false; readonly code: 'CONFLICT' | 'REFUSED' | 'NOT_FOUND' | 'CORRUPT' | 'DENIED'; readonly reason: string };
 
 /**
  * The owner side: answers one release request.
@@ -91,7 +103,13 @@ export function validateReleaseRequest(v: unknown): ReleaseRequest {
   const o = v as Record<string, unknown>;
   if (typeof o.disk !== 'string' || o.disk.length === 0 || o.disk.length > 1024) throw new VmkitError('CORRUPT', 'release request: disk must be a non-empty string');
   if (typeof o.epoch !== 'number' || !Number.isSafeInteger(o.epoch) || o.epoch < 0) throw new VmkitError('CORRUPT', `release request: epoch must be a safe non-negative integer, got ${JSON.stringify(o.epoch)?.slice(0, 40)}`);
-  return { disk: o.disk, epoch: o.epoch, requester: validateIdentity(o.requester) };
+  const requester = validateIdentity(o.requester);
+  if (o.mac === undefined && o.nonce === undefined && o.time === undefined) return { disk: o.disk, epoch: o.epoch, requester };
+  // The proof's fields are only typed and bounded here; the holder verifies them (auth.ts).
+  if (typeof o.time !== 'number' || !Number.isSafeInteger(o.time) || o.time < 0) throw new VmkitError('CORRUPT', 'release request: time must be a safe non-negative integer');
+  if (typeof o.nonce !== 'string' || o.nonce.length > 64) throw new VmkitError('CORRUPT', 'release request: nonce must be a short string');
+  if (typeof o.mac !== 'string' || o.mac.length > 64) throw new VmkitError('CORRUPT', 'release request: mac must be a short string');
+  return { disk: o.disk, epoch: o.epoch, requester, time: o.time, nonce: o.nonce, mac: o.mac };
 }
 
 function validateReply(v: unknown, endpoint: string): ReleaseReply {
@@ -100,13 +118,13 @@ function validateReply(v: unknown, endpoint: string): ReleaseReply {
     if (typeof o.revision === 'string' && o.revision.length > 0 && o.revision.length <= 256) return { ok: true, epoch: o.epoch, revision: o.revision };
     return { ok: true, epoch: o.epoch };
   }
-  if (o.ok === false && typeof o.reason === 'string' && (o.code === 'CONFLICT' || o.code === 'REFUSED' || o.code === 'NOT_FOUND' || o.code === 'CORRUPT')) {
+  if (o.ok === false && typeof o.reason === 'string' && (o.code === 'CONFLICT' || o.code === 'REFUSED' || o.code === 'NOT_FOUND' || o.code === 'CORRUPT' || o.code === 'DENIED')) {
     return { ok: false, code: o.code, reason: o.reason.slice(0, 1024) };
   }
   throw new VmkitError('NETWORK', `release reply from ${endpoint} is malformed`);
 }
 
-const STATUS: Record<string, number> = { CONFLICT: 409, REFUSED: 403, NOT_FOUND: 404, CORRUPT: 400 };
+const STATUS: Record<string, number> = { CONFLICT: 409, REFUSED: 403, NOT_FOUND: 404, CORRUPT: 400, DENIED: 401 };
 
 function hostPort(address: string | undefined): { host: string; port: number } {
   const a = address ?? '127.0.0.1:0';
@@ -116,110 +134,223 @@ function hostPort(address: string | undefined): { host: string; port: number } {
   return { host: m[1] || m[2] || '127.0.0.1', port };
 }
 
+/** True for addresses only this host can reach: 127.0.0.0/8, ::1 (also IPv4-mapped), `localhost`. */
+function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/^::ffff:/, '');
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
 /**
- * HTTP: the owner runs a `node:http` server answering `POST /release`; the
- * opener uses `fetch` (Node and browsers).
+ * Options of {@link createHttpTransport}.
+ * @example
+ * const o: HttpTransportOptions = { tls: { cert: await readFile('owner.crt'), key: await readFile('owner.key') } };
+ */
+export interface HttpTransportOptions {
+  /** Serve HTTPS (`node:https`) with this PEM certificate chain and key; endpoints are then `https://…`. */
+  readonly tls?: { readonly cert: string | Uint8Array; readonly key: string | Uint8Array };
+  /**
+   * Extra PEM CA certificates to trust when requesting `https://` endpoints
+   * (Node). Without it the opener uses `fetch`, which trusts the system store
+   * (and, in Node, `NODE_EXTRA_CA_CERTS`).
+   */
+  readonly ca?: string | Uint8Array;
+  /** Allow plain HTTP on a non-loopback address (release requests and replies then travel in clear). */
+  readonly insecure?: boolean;
+}
+
+type NodeHttp = typeof import('node:http');
+type NodeHttps = typeof import('node:https');
+
+async function nodeModule<T>(name: string): Promise<T> {
+  return (await import(/* @vite-ignore */ name)) as T;
+}
+
+function asText(v: string | Uint8Array): string | Buffer {
+  return typeof v === 'string' ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+}
+
+function networkError(endpoint: string, e: unknown, timeoutMs: number): VmkitError {
+  const name = (e as Error)?.name;
+  if (name === 'TimeoutError' || name === 'AbortError') return new VmkitError('TIMEOUT', `release request to ${endpoint}: no answer in ${timeoutMs} ms`, { cause: e });
+  const code = (e as { code?: string })?.code ?? (e as { cause?: { code?: string } })?.cause?.code;
+  return new VmkitError('NETWORK', `release request to ${endpoint}: ${(e as Error)?.message ?? e}${code ? ` (${code})` : ''}`, { cause: e });
+}
+
+// POST with node:https and a CA of the caller's (fetch in Node cannot be given one without undici).
+async function postWithCa(endpoint: string, body: string, timeoutMs: number, ca: string | Uint8Array): Promise<{ status: number; text: string }> {
+  const https = await nodeModule<NodeHttps>('node:https');
+  return new Promise((resolve, reject) => {
+    const req = https.request(endpoint, { method: 'POST', ca: asText(ca), headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }, timeout: timeoutMs }, (res) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (c: Buffer) => {
+        size += c.length;
+        if (size > MAX_BODY) {
+          res.destroy();
+          reject(new VmkitError('NETWORK', `release reply from ${endpoint} is over ${MAX_BODY} bytes`));
+        } else chunks.push(c);
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', (e) => reject(networkError(endpoint, e, timeoutMs)));
+    });
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { name: 'TimeoutError' })));
+    req.on('error', (e) => reject(networkError(endpoint, e, timeoutMs)));
+    req.end(body);
+  });
+}
+
+/**
+ * An HTTP(S) release transport: the owner runs a `node:http` (or, with `tls`,
+ * `node:https`) server answering `POST /release`; the opener uses `fetch`
+ * (Node and browsers; browsers send an `Origin`, which holders refuse: use
+ * the MessagePort transport there). A server on an address other hosts can
+ * reach refuses to start without `tls`, unless told `insecure`.
+ *
+ * The server accepts only `POST /release` with `content-type:
+ * application/json` and no `Origin` header (a web page in a local browser can
+ * send a `text/plain` POST anywhere without a preflight; a JSON one needs a
+ * CORS preflight, which this server never grants), bodies up to 16 KiB, and
+ * bounds how long a request may take to arrive.
+ *
+ * @example
+ * ```ts
+ * const t = createHttpTransport({ tls: { cert: await readFile('owner.crt'), key: await readFile('owner.key') } });
+ * const held = await openOwned('vm.qcow2', { as: 'vm-17', transport: t, serve: '0.0.0.0:7070' });
+ * ```
+ */
+export function createHttpTransport(options: HttpTransportOptions = {}): ReleaseTransport {
+  if (typeof options !== 'object' || options === null) throw new VmkitError('ARG_TYPE', 'options must be an object');
+  const { tls, ca, insecure = false } = options;
+  if (tls !== undefined && (typeof tls !== 'object' || tls === null || tls.cert === undefined || tls.key === undefined)) throw new VmkitError('ARG_TYPE', 'options.tls must be { cert, key } (PEM)');
+  return {
+    kind: tls ? 'https' : 'http',
+    handles: (endpoint) => /^https?:\/\//.test(endpoint),
+    async request(endpoint, req, timeoutMs) {
+      const body = JSON.stringify(req);
+      let status: number;
+      let text: string;
+      if (ca !== undefined && endpoint.startsWith('https://')) {
+        ({ status, text } = await postWithCa(endpoint, body, timeoutMs, ca));
+      } else {
+        let res: Response;
+        try {
+          res = await fetch(endpoint, { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal: AbortSignal.timeout(timeoutMs) });
+        } catch (e) {
+          throw networkError(endpoint, e, timeoutMs);
+        }
+        status = res.status;
+        try {
+          text = await res.text();
+        } catch (e) {
+          throw new VmkitError('NETWORK', `release reply from ${endpoint}: ${(e as Error)?.message ?? e}`, { cause: e });
+        }
+      }
+      if (text.length > MAX_BODY) throw new VmkitError('NETWORK', `release reply from ${endpoint} is ${text.length} bytes`);
+      let v: unknown;
+      try {
+        v = JSON.parse(text);
+      } catch {
+        throw new VmkitError('NETWORK', `release reply from ${endpoint} (HTTP ${status}) is not JSON`);
+      }
+      return validateReply(v, endpoint);
+    },
+    async serve(address, handler) {
+      const { host, port } = hostPort(address);
+      if (!tls && !insecure && !isLoopback(host)) {
+        throw new VmkitError(
+          'ARG_RANGE',
+          `serve: ${host} is not a loopback address, and release requests would cross the network in clear: give a TLS certificate and key (--tls-cert/--tls-key, or createHttpTransport({ tls })), or accept that with --insecure`,
+        );
+      }
+      const send = (res: import('node:http').ServerResponse, status: number, body: unknown): void => {
+        const s = JSON.stringify(body);
+        res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(s), connection: 'close', 'cache-control': 'no-store' });
+        res.end(s);
+      };
+      const onRequest = (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): void => {
+        if (req.method !== 'POST' || (req.url ?? '').split('?')[0] !== '/release') {
+          send(res, 404, { ok: false, code: 'NOT_FOUND', reason: 'only POST /release is served here' });
+          req.resume();
+          return;
+        }
+        // A browser page: it can reach loopback ports, but every request it makes carries an Origin.
+        if (req.headers.origin !== undefined) {
+          send(res, 403, { ok: false, code: 'DENIED', reason: 'requests from web pages are refused' });
+          req.resume();
+          return;
+        }
+        const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+        if (type !== 'application/json') {
+          send(res, 415, { ok: false, code: 'DENIED', reason: 'only application/json is accepted' });
+          req.resume();
+          return;
+        }
+        const chunks: Buffer[] = [];
+        let size = 0;
+        req.on('data', (c: Buffer) => {
+          size += c.length;
+          if (size > MAX_BODY) {
+            send(res, 413, { ok: false, code: 'CORRUPT', reason: `body over ${MAX_BODY} bytes` });
+            req.destroy();
+          } else chunks.push(c);
+        });
+        req.on('end', () => {
+          if (size > MAX_BODY) return;
+          let r: ReleaseRequest;
+          try {
+            r = validateReleaseRequest(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+          } catch (e) {
+            // The message describes the caller's own input only.
+            send(res, 400, { ok: false, code: 'CORRUPT', reason: e instanceof VmkitError ? e.message : 'body is not JSON' });
+            return;
+          }
+          handler(r).then(
+            (reply) => send(res, reply.ok ? 200 : (STATUS[reply.code] ?? 500), reply),
+            () => send(res, 500, { ok: false, code: 'REFUSED', reason: 'release failed' }),
+          );
+        });
+      };
+      const server = tls
+        ? (await nodeModule<NodeHttps>('node:https')).createServer({ cert: asText(tls.cert), key: asText(tls.key) }, onRequest)
+        : (await nodeModule<NodeHttp>('node:http')).createServer(onRequest);
+      // A request must arrive whole within seconds (a slow sender cannot hold sockets open for minutes).
+      server.headersTimeout = 5000;
+      server.requestTimeout = 10_000;
+      server.maxConnections = 256;
+      // The server must not keep a process alive that is otherwise done.
+      server.unref();
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', (e) => reject(new VmkitError('NETWORK', `cannot serve release requests on ${host}:${port}: ${e.message}`, { cause: e })));
+        server.listen(port, host, () => resolve());
+      });
+      const addr = server.address() as import('node:net').AddressInfo;
+      let h = addr.family === 'IPv6' || addr.family === (6 as unknown as string) ? `[${addr.address}]` : addr.address;
+      // Bound to every interface: advertise this host's name, which other hosts can resolve
+      // (0.0.0.0 in the record would send them to themselves).
+      if (addr.address === '0.0.0.0' || addr.address === '::') h = (await nodeModule<typeof import('node:os')>('node:os')).hostname();
+      return {
+        endpoint: `${tls ? 'https' : 'http'}://${h}:${addr.port}/release`,
+        close: () =>
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            server.closeAllConnections?.();
+          }),
+      };
+    },
+  };
+}
+
+/**
+ * Plain HTTP on loopback addresses (the default transport): `createHttpTransport()`.
+ * Other hosts need {@link createHttpTransport} with `tls` (or `insecure`).
  *
  * @example
  * ```ts
  * const srv = await httpTransport.serve('127.0.0.1:0', handler);
- * const reply = await httpTransport.request(srv.endpoint, { disk, epoch, requester }, 2000);
+ * const reply = await httpTransport.request(srv.endpoint, await signReleaseRequest({ disk, epoch, requester }, secret, Date.now()), 2000);
  * ```
  */
-export const httpTransport: ReleaseTransport = {
-  kind: 'http',
-  handles: (endpoint) => /^https?:\/\//.test(endpoint),
-  async request(endpoint, req, timeoutMs) {
-    let res: Response;
-    try {
-      res = await fetch(endpoint, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(req),
-        signal: AbortSignal.timeout(timeoutMs),
-      });
-    } catch (e) {
-      const name = (e as Error)?.name;
-      if (name === 'TimeoutError' || name === 'AbortError') throw new VmkitError('TIMEOUT', `release request to ${endpoint}: no answer in ${timeoutMs} ms`, { cause: e });
-      throw new VmkitError('NETWORK', `release request to ${endpoint}: ${(e as Error)?.message ?? e}${(e as { cause?: { code?: string } })?.cause?.code ? ` (${(e as { cause: { code: string } }).cause.code})` : ''}`, { cause: e });
-    }
-    let text: string;
-    try {
-      text = await res.text();
-    } catch (e) {
-      throw new VmkitError('NETWORK', `release reply from ${endpoint}: ${(e as Error)?.message ?? e}`, { cause: e });
-    }
-    if (text.length > MAX_BODY) throw new VmkitError('NETWORK', `release reply from ${endpoint} is ${text.length} bytes`);
-    let v: unknown;
-    try {
-      v = JSON.parse(text);
-    } catch {
-      throw new VmkitError('NETWORK', `release reply from ${endpoint} (HTTP ${res.status}) is not JSON`);
-    }
-    return validateReply(v, endpoint);
-  },
-  async serve(address, handler) {
-    const { host, port } = hostPort(address);
-    const httpName = 'node:http';
-    const http = (await import(/* @vite-ignore */ httpName)) as typeof import('node:http');
-    const send = (res: import('node:http').ServerResponse, status: number, body: unknown): void => {
-      const s = JSON.stringify(body);
-      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(s), connection: 'close' });
-      res.end(s);
-    };
-    const server = http.createServer((req, res) => {
-      if (req.method !== 'POST' || (req.url ?? '').split('?')[0] !== '/release') {
-        send(res, 404, { ok: false, code: 'NOT_FOUND', reason: 'only POST /release is served here' });
-        return;
-      }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      req.on('data', (c: Buffer) => {
-        size += c.length;
-        if (size > MAX_BODY) {
-          send(res, 413, { ok: false, code: 'CORRUPT', reason: `body over ${MAX_BODY} bytes` });
-          req.destroy();
-        } else chunks.push(c);
-      });
-      req.on('end', () => {
-        if (size > MAX_BODY) return;
-        let r: ReleaseRequest;
-        try {
-          r = validateReleaseRequest(JSON.parse(Buffer.concat(chunks).toString('utf8')));
-        } catch (e) {
-          send(res, 400, { ok: false, code: 'CORRUPT', reason: (e as Error)?.message ?? 'bad request' });
-          return;
-        }
-        handler(r).then(
-          (reply) => send(res, reply.ok ? 200 : (STATUS[reply.code] ?? 500), reply),
-          (e: unknown) => send(res, 500, { ok: false, code: 'REFUSED', reason: `release failed: ${(e as Error)?.message ?? e}` }),
-        );
-      });
-    });
-    // The server must not keep a process alive that is otherwise done.
-    server.unref();
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (e) => reject(new VmkitError('NETWORK', `cannot serve release requests on ${host}:${port}: ${e.message}`, { cause: e })));
-      server.listen(port, host, () => resolve());
-    });
-    const addr = server.address() as import('node:net').AddressInfo;
-    let h = addr.family === 'IPv6' || addr.family === (6 as unknown as string) ? `[${addr.address}]` : addr.address;
-    // Bound to every interface: advertise this host's name, which other hosts can resolve
-    // (0.0.0.0 in the record would send them to themselves).
-    if (addr.address === '0.0.0.0' || addr.address === '::') {
-      const osName = 'node:os';
-      h = ((await import(/* @vite-ignore */ osName)) as typeof import('node:os')).hostname();
-    }
-    return {
-      endpoint: `http://${h}:${addr.port}/release`,
-      close: () =>
-        new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          server.closeAllConnections?.();
-        }),
-    };
-  },
-};
+export const httpTransport: ReleaseTransport = createHttpTransport();
 
 const registry = new Map<string, ReleaseHandler>();
 let inprocSeq = 0;
@@ -318,7 +449,7 @@ export class MessagePortTransport implements ReleaseTransport {
         } catch (e) {
           return answer({ ok: false, code: 'CORRUPT', reason: (e as Error).message });
         }
-        h(req).then(answer, (e: unknown) => answer({ ok: false, code: 'REFUSED', reason: `release failed: ${(e as Error)?.message ?? e}` }));
+        h(req).then(answer, () => answer({ ok: false, code: 'REFUSED', reason: 'release failed' }));
       }
     });
     this.port.start?.();

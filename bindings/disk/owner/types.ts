@@ -30,14 +30,15 @@ export interface OwnerIdentity {
 }
 
 /**
- * The owner metadata of one disk (format version 1).
+ * The owner metadata of one disk (format version 2; version 1, written by
+ * older builds, has no `secret`).
  * `epoch` only grows: it is the fencing token. Writes by a holder whose epoch
  * is not the record's current epoch must be refused by the disk layer.
  * @example
- * const r: OwnerRecord = { version: 1, disk: 'vm.qcow2', epoch: 3, state: 'owned', owner, leaseExpiresAt: Date.now() + 10_000, updatedAt: Date.now() };
+ * const r: OwnerRecord = { version: 2, disk: 'vm.qcow2', epoch: 3, state: 'owned', owner, leaseExpiresAt: Date.now() + 10_000, updatedAt: Date.now(), secret: newOwnerSecret() };
  */
 export interface OwnerRecord {
-  readonly version: 1;
+  readonly version: 1 | 2;
   /** The disk this record governs (as the store names it). */
   readonly disk: string;
   readonly epoch: number;
@@ -48,6 +49,13 @@ export interface OwnerRecord {
   readonly leaseExpiresAt: number;
   /** Milliseconds since the epoch when this record was written. */
   readonly updatedAt: number;
+  /**
+   * The disk's release secret (version 2; 32 random bytes, base64url): a
+   * release request must carry an HMAC made with it, so only those who can
+   * read this record can make the holder let go (docs/ownership.md, threat model).
+   * Kept across takes; a version-1 record gets one at its next take.
+   */
+  readonly secret?: string;
 }
 
 /**
