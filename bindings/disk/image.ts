@@ -33,13 +33,11 @@ import {
 export const MAX_CHAIN_DEPTH = 64;
 
 const FORMATS: readonly FormatName[] = ['qcow2', 'vmdk', 'raw'];
-// Literal specifiers so bundlers include the formats; VMDK's through a variable until its folder
-// lands (tsc and bundlers would otherwise require it). Switch it to a literal then.
-const VMDK_SPEC = './formats/vmdk/index.js';
+// Literal specifiers so bundlers include the formats (the CLI's bundle too: scripts/bundle-cli.mjs).
 const IMPORTS: Record<FormatName, () => Promise<unknown>> = {
   qcow2: () => import('./formats/qcow2/index.js'),
   raw: () => import('./formats/raw/index.js'),
-  vmdk: () => import(/* @vite-ignore */ VMDK_SPEC),
+  vmdk: () => import('./formats/vmdk/index.js'),
 };
 const loaded = new Map<FormatName, Promise<ImageFormatModule>>();
 

@@ -57,8 +57,7 @@ export const command: Command = {
     if (sub === 'owner' || sub === 'open' || sub === 'release') {
       let m: { runOwner(sub: string, argv: string[], io: CliIO): Promise<number> };
       try {
-        const spec = './_disk_owner.js';
-        m = (await import(/* @vite-ignore */ spec)) as typeof m;
+        m = (await import('./_disk_owner.js')) as typeof m;
       } catch (e) {
         throw new VmkitError('UNSUPPORTED', `vmkit disk ${sub}: disk ownership is not in this build (commands/_disk_owner.js did not load: ${(e as Error)?.message ?? e})`, { cause: e });
       }
