@@ -7,7 +7,7 @@
 // open, pass `qemu-img check`, and hold every write the child saw acknowledged.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,6 +22,7 @@ import {
 } from '../bindings/disk/backup/index.js';
 import { NodeChainOps } from '../bindings/disk/backup/node.js';
 import { VmkitError } from '../bindings/errors.js';
+import { FileStorage } from '../bindings/disk/backends/file.js';
 import { needTool } from './_tools.js';
 
 const MiB = 2 ** 20;
@@ -233,6 +234,36 @@ describe.runIf(haveQemu)('live backup and consolidation on qcow2 files (checked 
     copyChain(master, live);
     applyLog(join(live, 'delta.qcow2'), log);
     identical(join(live, 'delta.qcow2'), join(d, 'delta2.qcow2'));
+  });
+
+  it('a backup to a raw file syncs it once, at the end, and leaves the zero runs as holes', async () => {
+    const d = freshDir('backup-sync');
+    copyChain(master, d);
+    // A zero tail that the chain holds as data (so the job reads it and finds the zero run itself).
+    q('qemu-io', ['-f', 'qcow2', '-c', `write -z ${SIZE - 8 * MiB} ${8 * MiB}`, '-c', `write -P 0 ${SIZE - 16 * MiB} ${8 * MiB}`, join(d, 'delta.qcow2')]);
+    q('qemu-img', ['convert', '-O', 'raw', join(d, 'delta.qcow2'), join(d, 'ref.raw')]);
+    const ops = new NodeChainOps();
+    const image = await ops.open(join(d, 'delta.qcow2'), { readOnly: true });
+    // Count the fdatasyncs: FileStorage.flush syncs only when something was written since the last one.
+    const proto = FileStorage.prototype as unknown as { flush(): Promise<void>; unsynced: boolean };
+    const orig = proto.flush;
+    const synced: string[] = [];
+    proto.flush = function (this: { unsynced: boolean; name: string; readOnly: boolean }) {
+      if (this.unsynced && !this.readOnly) synced.push(this.name);
+      return orig.call(this);
+    };
+    try {
+      await backup(image, join(d, 'backup.raw'), { ops, format: 'raw' }).done;
+    } finally {
+      proto.flush = orig;
+      await image.close();
+    }
+    expect(synced).toEqual([join(d, 'backup.raw')]);
+    q('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', join(d, 'ref.raw'), join(d, 'backup.raw')]);
+    // The 16 MiB zero tail (and the chain's unallocated ranges) take no blocks.
+    const st = statSync(join(d, 'backup.raw'));
+    expect(st.size).toBe(SIZE);
+    expect(st.blocks * 512).toBeLessThanOrEqual(SIZE - 16 * MiB);
   });
 
   it('a SIGKILL at random instants of a consolidation leaves a chain that opens, passes qemu-img check and holds every acknowledged write', async () => {

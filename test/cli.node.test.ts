@@ -1,6 +1,8 @@
 // The `vmkit` executable as a user runs it: built dist/, a child process.
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
@@ -24,6 +26,42 @@ describe('vmkit CLI', () => {
     expect(r.stdout).toMatch(/Usage: vmkit <command>/);
     expect(r.stdout).toMatch(/selfcheck/);
     expect(vmkit().status).toBe(2);
+  });
+
+  it('--help lists every group with its own summary, loading none of them', async () => {
+    const { _COMMANDS } = (await import(new URL('../dist/cli/main.js', import.meta.url).href)) as {
+      _COMMANDS: Record<string, { summary: string; load(): Promise<{ command: { summary: string } }> }>;
+    };
+    const r = vmkit('--help');
+    for (const [name, c] of Object.entries(_COMMANDS)) {
+      const { command } = await c.load();
+      // main.ts keeps a copy of each summary so that --help imports no group: the copies must agree.
+      expect(c.summary, name).toBe(command.summary);
+      expect(r.stdout).toContain(`  ${name.padEnd(12)} ${command.summary}`);
+    }
+    // Start-up is module loading: --help loads the entry, main and errors, no group and no core.
+    const hook = 'data:text/javascript,' + encodeURIComponent("export async function resolve(s, c, next) { const r = await next(s, c); if (r.url.includes('/dist/')) process.stderr.write('LOADED ' + r.url + '\\n'); return r; }");
+    const traced = spawnSync(process.execPath, ['--no-warnings', '--loader', hook, bin, '--help'], { encoding: 'utf8' });
+    expect(traced.status).toBe(0);
+    const loaded = [...new Set(traced.stderr.split('\n').filter((l) => l.startsWith('LOADED ')).map((l) => l.slice(l.indexOf('/dist/') + 6)))].sort();
+    expect(loaded).toEqual(['bin/vmkit.js', 'cli/main.js', 'errors.js']);
+  });
+
+  it('disk info loads the disk group and its format, not the backup jobs or the other groups', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmkit-cli-'));
+    try {
+      const img = join(dir, 'small.qcow2');
+      expect(vmkit('disk', 'create', img, '--size', '1M').status).toBe(0);
+      const hook = 'data:text/javascript,' + encodeURIComponent("export async function resolve(s, c, next) { const r = await next(s, c); if (r.url.includes('/dist/')) process.stderr.write('LOADED ' + r.url + '\\n'); return r; }");
+      const traced = spawnSync(process.execPath, ['--no-warnings', '--loader', hook, bin, 'disk', 'info', img], { encoding: 'utf8' });
+      expect(traced.status).toBe(0);
+      expect(traced.stdout).toMatch(/format: qcow2/);
+      const loaded = traced.stderr.split('\n').filter((l) => l.startsWith('LOADED '));
+      expect(loaded.some((l) => l.includes('/dist/disk/formats/qcow2/'))).toBe(true);
+      expect(loaded.filter((l) => /\/dist\/(disk\/backup|disk\/owner|cli\/commands\/(?!disk\.js|_disk_backup\.js)|memory|attest)\//.test(l))).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('selfcheck --json reports a passing core', () => {

@@ -33,6 +33,32 @@ describe('FileStorage', () => {
       expect(fileProvider.relative(p, join(dir, 'b.img'))).toBe('b.img');
     });
   });
+  it('read() returns a page-aligned plain Uint8Array holding what readInto reads, with no stale bytes around it', async () => {
+    await inTmp(async (dir) => {
+      const p = join(dir, 'r.qcow2');
+      await createImage(p, { size: 4 << 20 });
+      const w = await openImage(p);
+      const data = new Uint8Array(3 << 20).map((_, i) => (i * 7 + 1) & 0xff);
+      await w.write(512 * 1024, data);
+      await w.close();
+      const dev = await openImage(p, { readOnly: true });
+      try {
+        for (const [off, len] of [[0, 4 << 20], [512 * 1024 - 4096, 1 << 20], [0, 4096]] as const) {
+          const got = await dev.read(off, len);
+          const want = new Uint8Array(len);
+          await dev.readInto(off, want);
+          expect(Object.getPrototypeOf(got)).toBe(Uint8Array.prototype); // not a Buffer: slice() copies
+          expect(got).toEqual(want);
+          const whole = new Uint8Array(got.buffer);
+          // The slack of a large one is zero (uninitialized memory never shows through .buffer).
+          expect(whole.subarray(0, got.byteOffset).every((b) => b === 0)).toBe(true);
+          expect(whole.subarray(got.byteOffset + got.length).every((b) => b === 0)).toBe(true);
+        }
+      } finally {
+        await dev.close();
+      }
+    });
+  });
   it('sync I/O reads and writes the same bytes as the thread pool', async () => {
     await inTmp(async (dir) => {
       const p = join(dir, 's.img');

@@ -33,13 +33,11 @@ import {
 export const MAX_CHAIN_DEPTH = 64;
 
 const FORMATS: readonly FormatName[] = ['qcow2', 'vmdk', 'raw'];
-// Literal specifiers so bundlers include the formats; VMDK's through a variable until its folder
-// lands (tsc and bundlers would otherwise require it). Switch it to a literal then.
-const VMDK_SPEC = './formats/vmdk/index.js';
+// Literal specifiers so bundlers include the formats (the CLI's bundle too: scripts/bundle-cli.mjs).
 const IMPORTS: Record<FormatName, () => Promise<unknown>> = {
   qcow2: () => import('./formats/qcow2/index.js'),
   raw: () => import('./formats/raw/index.js'),
-  vmdk: () => import(/* @vite-ignore */ VMDK_SPEC),
+  vmdk: () => import('./formats/vmdk/index.js'),
 };
 const loaded = new Map<FormatName, Promise<ImageFormatModule>>();
 
@@ -191,6 +189,11 @@ export interface CreateImageOptions {
   refcountBits?: number;
   /** Where images live (default: Node files). */
   provider?: StorageProvider;
+  /**
+   * Make the new image durable before returning (default true). False for a caller that
+   * flushes it itself once it is written (a backup: one fdatasync at the end, not two).
+   */
+  durable?: boolean;
 }
 
 /**
@@ -237,7 +240,7 @@ export async function createImage(name: string, opts: CreateImageOptions = {}): 
         ...(opts.extendedL2 ? { extendedL2: true } : {}),
         ...(opts.refcountBits ? { refcountBits: opts.refcountBits } : {}),
       });
-      await storage.flush();
+      if (opts.durable !== false) await storage.flush();
     } finally {
       await storage.close();
     }
@@ -304,14 +307,14 @@ export function chainOf(dev: ImageDevice): ImageDevice[] {
  */
 export const fileFormatDriver: {
   open(path: string, opts: { readOnly: boolean }): Promise<ImageDevice>;
-  create(path: string, size: number, format: FormatName): Promise<void>;
+  create(path: string, size: number, format: FormatName, opts?: { durable?: boolean }): Promise<void>;
   createOverlay(path: string, backing: string, format: FormatName): Promise<void>;
   backingOf(path: string): Promise<string | undefined>;
   formatOf(path: string): Promise<FormatName>;
 } = {
   open: (path, opts) => openImage(path, { readOnly: opts.readOnly }),
-  async create(path, size, format) {
-    await createImage(path, { size, format });
+  async create(path, size, format, opts) {
+    await createImage(path, { size, format, ...(opts?.durable === false ? { durable: false } : {}) });
   },
   async createOverlay(path, backing, format) {
     // `backing` is a path from the current folder; the image stores it relative to the overlay

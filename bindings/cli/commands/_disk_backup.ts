@@ -6,13 +6,22 @@
  */
 import { VmkitError } from '../../errors.js';
 import { emit, formatBytes, parse, parseSize, Progress, type CliIO } from '../_common.js';
-import { backup } from '../../disk/backup/backup.js';
-import { consolidate, recoverConsolidation, resumeConsolidation } from '../../disk/backup/consolidate.js';
-import { readJobRecord } from '../../disk/backup/job.js';
-import { LiveDisk } from '../../disk/backup/live.js';
-import { NodeChainOps, type FormatDriver } from '../../disk/backup/node.js';
-import { snapshot } from '../../disk/backup/snapshot.js';
+import type { FormatDriver } from '../../disk/backup/node.js';
 import type { ChainOps } from '../../disk/backup/_types.js';
+
+// The jobs load when one of these subcommands runs: `vmkit disk info` and the rest of commands/disk.ts
+// import this module for its usage text, and start-up is mostly module loading (cli/main.ts).
+const jobs = async () => {
+  const [b, c, j, l, n, s] = await Promise.all([
+    import('../../disk/backup/backup.js'),
+    import('../../disk/backup/consolidate.js'),
+    import('../../disk/backup/job.js'),
+    import('../../disk/backup/live.js'),
+    import('../../disk/backup/node.js'),
+    import('../../disk/backup/snapshot.js'),
+  ]);
+  return { ...b, ...c, ...j, ...l, ...n, ...s };
+};
 
 /** Usage lines of the three subcommands (commands/disk.ts prints them in its help). */
 export const backupUsage: string = `  vmkit disk snapshot <disk> [--delta <path>] [--format qcow2|vmdk] [--json]
@@ -35,7 +44,7 @@ export function setFormatDriver(factory: () => Promise<FormatDriver | undefined>
   driverFactory = factory;
 }
 
-async function chainOps(): Promise<ChainOps> {
+async function chainOps(NodeChainOps: new (d?: FormatDriver) => ChainOps): Promise<ChainOps> {
   const d = driverFactory ? await driverFactory() : undefined;
   return new NodeChainOps(d);
 }
@@ -61,12 +70,13 @@ function oneOf<T extends string>(v: unknown, name: string, allowed: readonly T[]
  * ```
  */
 export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv: string[], io: CliIO): Promise<number> {
+  const { backup, consolidate, recoverConsolidation, resumeConsolidation, readJobRecord, LiveDisk, NodeChainOps, snapshot } = await jobs();
   if (sub === 'snapshot') {
     const { values, positionals } = parse(argv, { delta: { type: 'string' }, format: { type: 'string' } });
     const [path] = positionals;
     if (path === undefined || positionals.length !== 1) throw new VmkitError('ARG_RANGE', 'usage: vmkit disk snapshot <disk> [--delta <path>]');
     const format = oneOf(values.format, '--format', ['qcow2', 'vmdk'] as const, 'qcow2');
-    const ops = await chainOps();
+    const ops = await chainOps(NodeChainOps);
     const disk = await LiveDisk.open(path, ops);
     try {
       const snap = await snapshot(disk, { format, ...(typeof values.delta === 'string' ? { delta: values.delta } : {}) });
@@ -91,7 +101,7 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
     }
     const format = oneOf(values.format, '--format', ['raw', 'qcow2'] as const, 'raw');
     const scope = oneOf(values.scope, '--scope', ['full', 'top'] as const, 'full');
-    const ops = await chainOps();
+    const ops = await chainOps(NodeChainOps);
     const image = await ops.open(path, { readOnly: true });
     try {
       const bar = new Progress(io, 'backup', 1, !values.json && target !== '-');
@@ -128,7 +138,7 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
   const [path] = positionals;
   if (path === undefined || positionals.length !== 1) throw new VmkitError('ARG_RANGE', 'usage: vmkit disk consolidate <disk> [--into base|<target>]');
   if (values.resume && values.rollback) throw new VmkitError('ARG_RANGE', '--resume and --rollback exclude each other');
-  const ops = await chainOps();
+  const ops = await chainOps(NodeChainOps);
   const rec = await readJobRecord(ops, path);
   if (values.rollback || rec?.phase === 'pivot') {
     // Before the pivot: roll back; after it: roll forward (the target is the truth).

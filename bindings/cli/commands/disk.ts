@@ -9,7 +9,7 @@ import { VmkitError } from '../../errors.js';
 import { emit, formatBytes, parse, parseSize, type CliIO, type Command } from '../_common.js';
 import { mapExtents, toQemuMap, type BlockExtent } from '../../disk/device.js';
 import { syncFileProvider as provider } from '../../disk/backends/file.js';
-import { chainOf, checkImage, createImage, openImage, syncFileFormatDriver } from '../../disk/image.js';
+import { chainOf, checkImage, createImage, fileFormatDriver, openImage, syncFileFormatDriver } from '../../disk/image.js';
 import type { FormatName, ImageInfo } from '../../disk/formats/types.js';
 import { backupUsage, runBackup, setFormatDriver } from './_disk_backup.js';
 
@@ -51,14 +51,15 @@ export const command: Command = {
       return (await import('./_disk_remote.js')).runRemote(sub, rest, io);
     }
     if (sub === 'snapshot' || sub === 'backup' || sub === 'consolidate') {
-      setFormatDriver(async () => syncFileFormatDriver); // offline jobs: synchronous I/O costs far less CPU than the thread pool (bench/RESULTS.md, backup)
+      // Offline jobs: synchronous I/O costs far less CPU than the thread pool (bench/RESULTS.md, backup);
+      // a backup's reads and writes overlap on the thread pool instead (bench/RESULTS.md, disk).
+      setFormatDriver(async () => (sub === 'backup' ? fileFormatDriver : syncFileFormatDriver));
       return runBackup(sub, rest, io);
     }
     if (sub === 'owner' || sub === 'open' || sub === 'release') {
       let m: { runOwner(sub: string, argv: string[], io: CliIO): Promise<number> };
       try {
-        const spec = './_disk_owner.js';
-        m = (await import(/* @vite-ignore */ spec)) as typeof m;
+        m = (await import('./_disk_owner.js')) as typeof m;
       } catch (e) {
         throw new VmkitError('UNSUPPORTED', `vmkit disk ${sub}: disk ownership is not in this build (commands/_disk_owner.js did not load: ${(e as Error)?.message ?? e})`, { cause: e });
       }

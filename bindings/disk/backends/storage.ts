@@ -85,6 +85,33 @@ export const _MMAP_HEAD: number = 16;
 export const _MMAP_MIN: number = 128 * 1024;
 
 /**
+ * A page-aligned buffer for a read that fills every byte of it, without the
+ * zero fill: in Node, memory from `Buffer.allocUnsafeSlow` (a fresh zeroed
+ * 1 MiB array costs a page fault and a clear per page, more than the read
+ * that overwrites it); elsewhere, and for small lengths, {@link alignedBuffer}.
+ * A plain Uint8Array view (not a Buffer: `slice` copies); the slack around it
+ * in `.buffer` is zeroed, so no stale memory shows through. Only for a
+ * destination the caller then fills whole (a device's `readInto`).
+ *
+ * @example
+ * ```ts
+ * const b = _uninitBuffer(1 << 20);
+ * await dev.readInto(0, b); // every byte written: nothing uninitialized survives
+ * ```
+ * @internal
+ */
+export function _uninitBuffer(length: number): Uint8Array {
+  const B = (globalThis as { Buffer?: { allocUnsafeSlow(n: number): Uint8Array } }).Buffer;
+  if (!B || length + 4096 < _MMAP_MIN) return alignedBuffer(length);
+  const raw = B.allocUnsafeSlow(length + 4096);
+  const at = 4096 - _MMAP_HEAD;
+  const v = new Uint8Array(raw.buffer, raw.byteOffset, raw.length);
+  v.fill(0, 0, at);
+  v.fill(0, at + length);
+  return new Uint8Array(raw.buffer, raw.byteOffset + at, length);
+}
+
+/**
  * A zeroed buffer for large reads: where Node's allocator is glibc's (Linux),
  * it starts on a page boundary, as QEMU aligns its I/O buffers. A page-cache
  * read into a plain `new Uint8Array(n)` of 128 KiB or more (which glibc puts

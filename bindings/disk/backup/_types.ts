@@ -74,8 +74,11 @@ export interface ChainOps {
   open(path: string, opts?: { readOnly?: boolean }): Promise<BackupDevice>;
   /** Creates an overlay at `path` whose backing file is `backing` (stored relative to `path` when possible). */
   createOverlay(path: string, backing: string, format?: ImageFormat): Promise<void>;
-  /** Creates an empty standalone image. */
-  create(path: string, size: number, format: ImageFormat): Promise<void>;
+  /**
+   * Creates an empty standalone image, durable on return unless `durable` is false (a caller
+   * that flushes the image itself once it is written, as a backup does).
+   */
+  create(path: string, size: number, format: ImageFormat, opts?: { durable?: boolean }): Promise<void>;
   /** The backing file of the image at `path` (resolved to a path), or undefined. */
   backingOf(path: string): Promise<string | undefined>;
   /** The format of the image at `path`. */

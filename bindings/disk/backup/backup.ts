@@ -8,15 +8,24 @@
  */
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
-import { planExtents, zeroRuns } from './_plan.js';
+import { planExtents, zeroRuns, type PlanOp } from './_plan.js';
 import { RangeSet, restrictPlan } from './_ranges.js';
 import type { BackupDevice, ChainOps } from './_types.js';
 import { allocationMap } from './consolidate.js';
 import { newProgress, RateLimiter, withPolicy, type JobOptions, type JobProgress } from './job.js';
 import { zeroes } from './mirror.js';
+import { alignedBuffer } from '../backends/storage.js';
+
+/** Reads into `dst` (a device without `readInto` reads a fresh buffer, copied over). */
+async function readInto(dev: BackupDevice, offset: number, dst: Uint8Array): Promise<void> {
+  if (dev.readInto) return dev.readInto(offset, dst);
+  dst.set(await dev.read(offset, dst.length));
+}
 
 /**
- * A sink for a streamed backup: receives the image's bytes in order.
+ * A sink for a streamed backup: receives the image's bytes in order. A chunk
+ * is the sink's until the promise it returns settles (the job reuses its
+ * buffer then): copy it to keep it.
  *
  * @example
  * ```ts
@@ -107,14 +116,123 @@ export function backup(image: BackupDevice, target: string | BackupDevice | Byte
       await ops.createOverlay(target, opts.backing, 'qcow2');
       return { dev: await ops.open(target), owned: true, zeroed: false };
     }
-    await ops.create(target, image.size, fmt);
+    // Not durable yet: the job flushes the target once, at the end (a target left by a crash
+    // before then is not a backup, durable or not).
+    await ops.create(target, image.size, fmt, { durable: false });
     // A fresh image without backing reads as zero: zero runs need no write.
     return { dev: await ops.open(target), owned: true, zeroed: true };
+  }
+
+  const cancelCheck = (): void => {
+    if (cancelled) throw new VmkitError('CANCELLED', 'backup cancelled');
+  };
+
+  /**
+   * Into a device: `depth` workers take the plan's ops in turn, each reading into its own
+   * page-aligned buffer (no zero-filled allocation per op, and reads straight from the page
+   * cache: see alignedBuffer) and writing what is not zero. With asynchronous storage the
+   * reads and writes of several ops overlap; zero ops and zero runs write nothing into a
+   * fresh target (holes in a raw file, as qemu-img convert leaves them).
+   */
+  async function toDevice(plan: PlanOp[], dev: BackupDevice, zeroed: boolean, depth: number): Promise<void> {
+    let next = 0;
+    let failure: unknown;
+    const worker = async (): Promise<void> => {
+      let buf: Uint8Array | undefined;
+      while (next < plan.length && failure === undefined) {
+        cancelCheck();
+        const op = plan[next++]!;
+        if (op.zero) {
+          if (!zeroed) await policy(`zero at ${op.offset}`, () => zeroes(dev, op.offset, op.length));
+          p.zeroedBytes += op.length;
+        } else {
+          await limiter.take(op.length);
+          buf ??= alignedBuffer(chunk);
+          const data = buf.subarray(0, op.length);
+          await policy(`read at ${op.offset}`, () => readInto(image, op.offset, data));
+          for (const run of zeroRuns(data, 4096)) {
+            const at = op.offset + run.offset;
+            if (run.zero) {
+              if (!zeroed) await policy(`zero at ${at}`, () => zeroes(dev, at, run.length));
+              p.zeroedBytes += run.length;
+            } else {
+              await policy(`write at ${at}`, () => dev.write(at, data.subarray(run.offset, run.offset + run.length)));
+              p.copiedBytes += run.length;
+            }
+          }
+        }
+        p.remaining -= op.length;
+        changed();
+      }
+    };
+    // Every worker settles before this returns: none is left reading or writing.
+    await Promise.all(Array.from({ length: Math.min(depth, Math.max(1, plan.length)) }, () => worker().catch((e: unknown) => void (failure ??= e))));
+    if (failure !== undefined) throw failure;
+  }
+
+  /**
+   * Into a sink, in order: the reads of up to `depth` data ops run ahead into reused aligned
+   * buffers while the sink takes the bytes before them; zero ops stream from one zero buffer.
+   */
+  async function toSink(plan: PlanOp[], sink: ByteSink, depth: number): Promise<void> {
+    const pool: Uint8Array[] = [];
+    const reads: { buf: Uint8Array; done: Promise<void> }[] = [];
+    let ahead = 0; // next plan index whose read may start
+    const startReads = async (from: number): Promise<void> => {
+      while (ahead < plan.length && reads.length < depth && ahead <= from + depth) {
+        const op = plan[ahead++]!;
+        if (op.zero) continue;
+        await limiter.take(op.length);
+        const buf = (pool.pop() ?? alignedBuffer(chunk)).subarray(0, op.length);
+        const done = policy(`read at ${op.offset}`, () => readInto(image, op.offset, buf));
+        done.catch(() => {}); // awaited in order below (or settled on failure)
+        reads.push({ buf, done });
+      }
+    };
+    const zero = new Uint8Array(Math.min(chunk, 1 << 20));
+    let pos = 0; // stream position
+    const fill = async (upTo: number): Promise<void> => {
+      while (pos < upTo) {
+        const n = Math.min(zero.length, upTo - pos);
+        await sink(n === zero.length ? zero : zero.subarray(0, n));
+        pos += n;
+      }
+    };
+    try {
+      for (let i = 0; i < plan.length; i++) {
+        cancelCheck();
+        const op = plan[i]!;
+        if (op.zero) {
+          await fill(op.offset + op.length);
+          p.zeroedBytes += op.length;
+        } else {
+          await startReads(i);
+          const r = reads.shift()!;
+          await r.done;
+          await fill(op.offset);
+          // The sink has the buffer until its promise settles (ByteSink: copy to keep it).
+          await sink(r.buf);
+          pos += op.length;
+          p.copiedBytes += op.length;
+          pool.push(new Uint8Array(r.buf.buffer, r.buf.byteOffset, chunk));
+        }
+        p.remaining -= op.length;
+        changed();
+        await startReads(i + 1);
+      }
+      await fill(image.size);
+    } finally {
+      // Nothing left reading into a buffer (or from a device the caller may close next).
+      await Promise.allSettled(reads.map((r) => r.done));
+    }
   }
 
   async function run(): Promise<JobProgress> {
     const t = await openTarget();
     try {
+      // A bulk copy: a qcow2 target's metadata is written back at the final flush (as
+      // consolidation does), not after every write.
+      if (t.owned) await t.dev?.setCacheMode?.('writeback');
       const map = await allocationMap(image);
       let plan = planExtents(map, opts.scope === 'top' ? 1 : Infinity, chunk);
       if (opts.dirty) {
@@ -124,45 +242,9 @@ export function backup(image: BackupDevice, target: string | BackupDevice | Byte
       }
       p.planned = plan.reduce((n, o) => n + o.length, 0);
       p.remaining = p.planned;
-      let pos = 0; // stream position
-      const fill = async (upTo: number): Promise<void> => {
-        const z = new Uint8Array(Math.min(1 << 20, Math.max(0, upTo - pos)));
-        while (pos < upTo) {
-          const n = Math.min(z.length, upTo - pos);
-          await t.sink!(n === z.length ? z : z.subarray(0, n));
-          pos += n;
-        }
-      };
-      for (const op of plan) {
-        if (cancelled) throw new VmkitError('CANCELLED', 'backup cancelled');
-        await limiter.take(op.length);
-        if (t.sink) {
-          await fill(op.offset);
-          const buf = op.zero ? new Uint8Array(op.length) : await policy(`read at ${op.offset}`, () => image.read(op.offset, op.length));
-          await t.sink(buf);
-          pos += op.length;
-          if (op.zero) p.zeroedBytes += op.length;
-          else p.copiedBytes += op.length;
-        } else if (op.zero) {
-          if (!t.zeroed) await policy(`zero at ${op.offset}`, () => zeroes(t.dev!, op.offset, op.length));
-          p.zeroedBytes += op.length;
-        } else {
-          const buf = await policy(`read at ${op.offset}`, () => image.read(op.offset, op.length));
-          for (const run of zeroRuns(buf, 4096)) {
-            const at = op.offset + run.offset;
-            if (run.zero) {
-              if (!t.zeroed) await policy(`zero at ${at}`, () => zeroes(t.dev!, at, run.length));
-              p.zeroedBytes += run.length;
-            } else {
-              await policy(`write at ${at}`, () => t.dev!.write(at, buf.subarray(run.offset, run.offset + run.length)));
-              p.copiedBytes += run.length;
-            }
-          }
-        }
-        p.remaining -= op.length;
-        changed();
-      }
-      if (t.sink) await fill(image.size);
+      const depth = Math.max(1, opts.parallel ?? 4);
+      if (t.sink) await toSink(plan, t.sink, depth);
+      else await toDevice(plan, t.dev!, t.zeroed, depth);
       if (t.dev) await t.dev.flush();
       p.inSync = true;
       p.done = true;

@@ -57,7 +57,7 @@ export interface FormatDriver {
    * await fileFormatDriver.create('scratch.qcow2', 1 << 30, 'qcow2');
    * ```
    */
-  create(path: string, size: number, format: ImageFormat): Promise<void>;
+  create(path: string, size: number, format: ImageFormat, opts?: { durable?: boolean }): Promise<void>;
   /**
    * Creates the overlay `path` on `backing`.
    *
@@ -154,13 +154,13 @@ export class RawFileDevice implements BackupDevice {
 /** Raw images only: no backing chains. The default driver until formats are plugged in. */
 export const rawFormatDriver: FormatDriver = {
   open: (path, opts) => RawFileDevice.open(path, opts),
-  async create(path, size, format) {
+  async create(path, size, format, opts) {
     if (format !== 'raw') throw new VmkitError('UNSUPPORTED', `creating ${format} images needs a format driver`, { path });
     const f = await fs();
     const fh = await f.open(path, 'wx');
     try {
       await fh.truncate(size);
-      await fh.sync();
+      if (opts?.durable !== false) await fh.sync();
     } finally {
       await fh.close();
     }
@@ -222,8 +222,8 @@ export class NodeChainOps implements ChainOps {
    * await ops.create('scratch.qcow2', 1 << 30, 'qcow2');
    * ```
    */
-  create(path: string, size: number, format: ImageFormat): Promise<void> {
-    return this.driver.create(path, size, format);
+  create(path: string, size: number, format: ImageFormat, opts?: { durable?: boolean }): Promise<void> {
+    return this.driver.create(path, size, format, opts);
   }
   /**
    * The backing file of `path` as a usable path, or undefined.

@@ -7,7 +7,7 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import type { Storage } from '../backends/storage.js';
+import { _uninitBuffer, type Storage } from '../backends/storage.js';
 import { checkRange, type BlockDevice, type BlockExtent } from '../device.js';
 
 /** What a format's lookup found at a guest offset: a run of `len` bytes of one kind. @internal */
@@ -19,7 +19,8 @@ export interface _Piece {
 }
 
 /**
- * `read` on top of `readInto`: a fresh buffer of `length` bytes.
+ * `read` on top of `readInto`: a fresh buffer of `length` bytes, page-aligned
+ * and not zero-filled first when large (`readInto` writes every byte of it).
  *
  * @example
  * ```ts
@@ -28,7 +29,7 @@ export interface _Piece {
  * @internal
  */
 export async function _readFresh(dev: { readInto(offset: number, dst: Uint8Array): Promise<void> }, offset: number, length: number): Promise<Uint8Array> {
-  const b = new Uint8Array(length);
+  const b = _uninitBuffer(length);
   await dev.readInto(offset, b);
   return b;
 }
