@@ -139,17 +139,42 @@ export const CHUNK_BYTES = 20;
 export interface NbdRequest {
   flags: number;
   type: number;
-  /** The client's cookie ("handle"), echoed verbatim. */
-  cookie: bigint;
-  /** Byte offset into the export (may exceed 2^53 on hostile input: compared as bigint first). */
-  offset: bigint;
+  /** The client's cookie ("handle"): its 8 bytes, echoed verbatim (no bigint per request). */
+  cookie: Uint8Array;
+  /** Byte offset into the export; exact only when `offsetSafe` (hostile input can exceed 2^53). */
+  offset: number;
+  offsetSafe: boolean;
   length: number;
+}
+
+const u32at = (b: Uint8Array, i: number): number => ((b[i]! << 24) | (b[i + 1]! << 16) | (b[i + 2]! << 8) | b[i + 3]!) >>> 0;
+function put32(b: Uint8Array, i: number, v: number): void {
+  b[i] = v >>> 24;
+  b[i + 1] = v >>> 16;
+  b[i + 2] = v >>> 8;
+  b[i + 3] = v;
+}
+function put16(b: Uint8Array, i: number, v: number): void {
+  b[i] = v >>> 8;
+  b[i + 1] = v;
+}
+/** Writes a safe non-negative integer as a big-endian u64. */
+function put64(b: Uint8Array, i: number, v: number): void {
+  put32(b, i, Math.floor(v / 4294967296));
+  put32(b, i + 4, v >>> 0);
 }
 
 /** Decodes a 28-byte request header (the magic already checked by the caller). */
 export function decodeRequest(b: Uint8Array): NbdRequest {
-  const v = new DataView(b.buffer, b.byteOffset, REQUEST_BYTES);
-  return { flags: v.getUint16(4), type: v.getUint16(6), cookie: v.getBigUint64(8), offset: v.getBigUint64(16), length: v.getUint32(24) };
+  const hi = u32at(b, 16);
+  return {
+    flags: (b[4]! << 8) | b[5]!,
+    type: (b[6]! << 8) | b[7]!,
+    cookie: b.slice(8, 16),
+    offset: hi * 4294967296 + u32at(b, 20),
+    offsetSafe: hi < 0x200000,
+    length: u32at(b, 24),
+  };
 }
 
 /** An option reply: header plus `data`. */
@@ -164,69 +189,79 @@ export function optionReply(option: number, type: number, data: Uint8Array = EMP
   return b;
 }
 
-/** A simple reply header (the data, if any, follows it on the wire). */
-export function simpleReply(cookie: bigint, error: number): Uint8Array {
+/** Writes a simple reply header at `dst[at]` (the data, if any, follows it on the wire). */
+export function putSimpleReply(dst: Uint8Array, at: number, cookie: Uint8Array, error: number): void {
+  put32(dst, at, SIMPLE_REPLY_MAGIC);
+  put32(dst, at + 4, error);
+  dst.set(cookie, at + 8);
+}
+
+/** A simple reply header. */
+export function simpleReply(cookie: Uint8Array, error: number): Uint8Array {
   const b = new Uint8Array(SIMPLE_REPLY_BYTES);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, SIMPLE_REPLY_MAGIC);
-  v.setUint32(4, error);
-  v.setBigUint64(8, cookie);
+  putSimpleReply(b, 0, cookie, error);
   return b;
+}
+
+/** Writes a structured reply chunk header for a payload of `length` bytes at `dst[at]`. */
+export function putChunkHeader(dst: Uint8Array, at: number, cookie: Uint8Array, flags: number, type: number, length: number): void {
+  put32(dst, at, STRUCTURED_REPLY_MAGIC);
+  put16(dst, at + 4, flags);
+  put16(dst, at + 6, type);
+  dst.set(cookie, at + 8);
+  put32(dst, at + 16, length);
 }
 
 /** A structured reply chunk header for a payload of `length` bytes. */
-export function chunkHeader(cookie: bigint, flags: number, type: number, length: number): Uint8Array {
+export function chunkHeader(cookie: Uint8Array, flags: number, type: number, length: number): Uint8Array {
   const b = new Uint8Array(CHUNK_BYTES);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, STRUCTURED_REPLY_MAGIC);
-  v.setUint16(4, flags);
-  v.setUint16(6, type);
-  v.setBigUint64(8, cookie);
-  v.setUint32(16, length);
+  putChunkHeader(b, 0, cookie, flags, type, length);
   return b;
 }
 
+/** Writes the header and 8-byte offset of an `OFFSET_DATA` chunk carrying `dataLength` bytes at `dst[at]`. */
+export function putDataChunkHeader(dst: Uint8Array, at: number, cookie: Uint8Array, flags: number, offset: number, dataLength: number): void {
+  putChunkHeader(dst, at, cookie, flags, REPLY_TYPE.OFFSET_DATA, 8 + dataLength);
+  put64(dst, at + CHUNK_BYTES, offset);
+}
+
 /** The header plus the 8-byte offset of an `OFFSET_DATA` chunk carrying `dataLength` bytes. */
-export function dataChunkHeader(cookie: bigint, flags: number, offset: number, dataLength: number): Uint8Array {
+export function dataChunkHeader(cookie: Uint8Array, flags: number, offset: number, dataLength: number): Uint8Array {
   const b = new Uint8Array(CHUNK_BYTES + 8);
-  b.set(chunkHeader(cookie, flags, REPLY_TYPE.OFFSET_DATA, 8 + dataLength));
-  new DataView(b.buffer).setBigUint64(CHUNK_BYTES, BigInt(offset));
+  putDataChunkHeader(b, 0, cookie, flags, offset, dataLength);
   return b;
 }
 
 /** A whole `OFFSET_HOLE` chunk. */
-export function holeChunk(cookie: bigint, flags: number, offset: number, length: number): Uint8Array {
+export function holeChunk(cookie: Uint8Array, flags: number, offset: number, length: number): Uint8Array {
   const b = new Uint8Array(CHUNK_BYTES + 12);
-  b.set(chunkHeader(cookie, flags, REPLY_TYPE.OFFSET_HOLE, 12));
-  const v = new DataView(b.buffer);
-  v.setBigUint64(CHUNK_BYTES, BigInt(offset));
-  v.setUint32(CHUNK_BYTES + 8, length);
+  putChunkHeader(b, 0, cookie, flags, REPLY_TYPE.OFFSET_HOLE, 12);
+  put64(b, CHUNK_BYTES, offset);
+  put32(b, CHUNK_BYTES + 8, length);
   return b;
 }
 
 /** A whole `ERROR` chunk (final) with a human-readable message (cut to 4096 bytes). */
-export function errorChunk(cookie: bigint, error: number, message: string): Uint8Array {
+export function errorChunk(cookie: Uint8Array, error: number, message: string): Uint8Array {
   const msg = utf8(message).subarray(0, 4096);
   const b = new Uint8Array(CHUNK_BYTES + 6 + msg.length);
-  b.set(chunkHeader(cookie, REPLY_FLAG_DONE, REPLY_TYPE.ERROR, 6 + msg.length));
-  const v = new DataView(b.buffer);
-  v.setUint32(CHUNK_BYTES, error);
-  v.setUint16(CHUNK_BYTES + 4, msg.length);
+  putChunkHeader(b, 0, cookie, REPLY_FLAG_DONE, REPLY_TYPE.ERROR, 6 + msg.length);
+  put32(b, CHUNK_BYTES, error);
+  put16(b, CHUNK_BYTES + 4, msg.length);
   b.set(msg, CHUNK_BYTES + 6);
   return b;
 }
 
 /** A whole `BLOCK_STATUS` chunk: context id, then (length, flags) pairs. */
-export function blockStatusChunk(cookie: bigint, flags: number, contextId: number, extents: readonly (readonly [number, number])[]): Uint8Array {
+export function blockStatusChunk(cookie: Uint8Array, flags: number, contextId: number, extents: readonly (readonly [number, number])[]): Uint8Array {
   const n = 4 + 8 * extents.length;
   const b = new Uint8Array(CHUNK_BYTES + n);
-  b.set(chunkHeader(cookie, flags, REPLY_TYPE.BLOCK_STATUS, n));
-  const v = new DataView(b.buffer);
-  v.setUint32(CHUNK_BYTES, contextId);
+  putChunkHeader(b, 0, cookie, flags, REPLY_TYPE.BLOCK_STATUS, n);
+  put32(b, CHUNK_BYTES, contextId);
   let p = CHUNK_BYTES + 4;
   for (const [len, st] of extents) {
-    v.setUint32(p, len);
-    v.setUint32(p + 4, st);
+    put32(b, p, len);
+    put32(b, p + 4, st);
     p += 8;
   }
   return b;

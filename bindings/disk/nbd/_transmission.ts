@@ -27,6 +27,8 @@ import {
   chunkHeader,
   dataChunkHeader,
   decodeRequest,
+  putDataChunkHeader,
+  putSimpleReply,
   errorChunk,
   holeChunk,
   simpleReply,
@@ -295,10 +297,10 @@ export class _Session {
     const size = this.a.device.size;
     const writing = req.type === CMD.WRITE || req.type === CMD.WRITE_ZEROES || req.type === CMD.TRIM;
     if (writing && this.a.readOnly) throw new _Reply(NBD_ERR.EPERM, 'the export is read-only');
-    if (req.offset + BigInt(req.length) > BigInt(size)) {
+    if (!req.offsetSafe || req.offset + req.length > size) {
       throw new _Reply(req.type === CMD.WRITE || req.type === CMD.WRITE_ZEROES ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL, `[${req.offset}, +${req.length}) is past the end of the export (${size})`);
     }
-    const off = Number(req.offset);
+    const off = req.offset;
     const aligned = off % SECTOR === 0 && req.length % SECTOR === 0;
     if (!aligned && this.a.blockSizeAgreed) throw new _Reply(NBD_ERR.EINVAL, `offset ${off} / length ${req.length} not aligned to the advertised minimum block size ${SECTOR}`);
     return { off, len: req.length, aligned };
@@ -385,7 +387,8 @@ export class _Session {
     const h = this.a.structured ? CHUNK_BYTES + 8 : SIMPLE_REPLY_BYTES;
     const msg = _unzeroed(h + len);
     await this.a.device.readInto(off, msg.subarray(h));
-    msg.set(this.a.structured ? dataChunkHeader(req.cookie, REPLY_FLAG_DONE, off, len) : simpleReply(req.cookie, 0), 0);
+    if (this.a.structured) putDataChunkHeader(msg, 0, req.cookie, REPLY_FLAG_DONE, off, len);
+    else putSimpleReply(msg, 0, req.cookie, 0);
     this.counts.bytesRead += len;
     this.out.write([msg]);
   }
