@@ -1,7 +1,7 @@
 // QEMU's disk tools as the peer of the disk specs (Node only): run qemu-img and
 // qemu-io, read an image's guest contents as QEMU and as vmkit see them, and
 // compare maps and contents. Callers check for the tools with needTool first.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { openImage } from '../bindings/disk/image.js';
@@ -67,4 +67,26 @@ export function mergeMap(m: QemuMapEntry[]): QemuMapEntry[] {
     else out.push(e);
   }
   return out;
+}
+
+/** What a `check --output=json` run gave: the exit code and the JSON (undefined when stdout is empty, as for raw). */
+export interface CheckRun {
+  status: number | null;
+  json: Record<string, unknown> | undefined;
+}
+
+/** `qemu-img check --output=json [extra…] file` in `cwd`. */
+export function qemuCheckRun(cwd: string, file: string, ...extra: string[]): CheckRun {
+  const r = spawnSync('qemu-img', ['check', '--output=json', ...extra, file], { cwd, encoding: 'utf8' });
+  return { status: r.status, json: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : undefined };
+}
+
+/**
+ * The keys of qemu-img's check JSON with qemu-img's values: vmkit's JSON must
+ * hold every one of them with the same value (it may add `messages`).
+ */
+export function qemuCheckKeys(q: CheckRun, mine: Record<string, unknown> | undefined): { qemu: Record<string, unknown>; vmkit: Record<string, unknown> } {
+  const qemu = q.json ?? {};
+  const vmkit = Object.fromEntries(Object.keys(qemu).map((k) => [k, mine?.[k]]));
+  return { qemu, vmkit };
 }

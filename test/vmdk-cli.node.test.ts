@@ -34,7 +34,7 @@ describe.skipIf(!hasQemu)('vmkit disk with vmdk', () => {
       expect(JSON.parse(map.stdout)).toEqual(JSON.parse(q(dir, 'qemu-img', 'map', '--output=json', 'top.vmdk')));
       const chk = vmkit(dir, 'disk', 'check', 'top.vmdk', '--json');
       expect(chk.status).toBe(0);
-      expect(JSON.parse(chk.stdout)).toMatchObject({ format: 'vmdk', corruptions: 0, leaks: 0, allocatedClusters: 1 });
+      expect(JSON.parse(chk.stdout)).toMatchObject({ format: 'vmdk', 'check-errors': 0, 'allocated-clusters': 1 });
       expect(q(dir, 'qemu-img', 'check', 'top.vmdk')).toMatch(/No errors/);
     } finally {
       await rm(dir, { recursive: true, force: true });

@@ -1,32 +1,82 @@
 /**
- * `vmkit` command-line entry: dispatches to a subcommand group, reports
- * errors as text or (`--json`) as `{ "error": { code, message } }`, and
- * returns the exit code (0 ok, 1 failure/negative result, 2 usage error).
+ * `vmkit` command-line entry: dispatches `vmkit <group> <subcommand> …` to
+ * commands/<group>.ts, prints help from help/<group>.ts (which imports
+ * nothing heavy, so `--help` loads no format, protocol or core module),
+ * reports errors as text or (`--json`) as `{ "error": { code, message } }`,
+ * and returns the exit code (0 ok, 1 failure, 2 usage error; a subcommand's
+ * help lists its own).
  * @module
  */
 import { readFileSync } from 'node:fs';
 import { VmkitError } from '../errors.js';
-import type { CliIO, Command } from './_common.js';
+import type { CliIO, Command, CommandHelp } from './_common.js';
 
 // Start-up is module loading: Node compiles and links each ES module on its own (~0.3-0.5 ms
-// apiece), so a command loads only its own group, `--help` loads none, and the core (with its
-// loader) only when a command runs. Measured against a bundled single file and a start-up
-// snapshot in bench/startup.bench.js.
+// apiece), so `vmkit --help` loads no group, `vmkit <group> <sub> --help` only that group's help
+// module (and _common.js to format it), a command only its own group, and the core (with its
+// loader) only when a command runs. Measured in bench/startup.bench.js.
 
 /**
- * Subcommand groups, each in commands/<name>.ts exporting `command`, loaded on demand. The
- * one-line summaries `vmkit --help` prints are kept here so it loads no group: each must equal
- * its group's `command.summary` (test/cli.node.test.ts checks).
+ * Subcommand groups, each in commands/<name>.ts exporting `command` (a runner per subcommand)
+ * with its help in help/<name>.ts exporting `help`, both keyed by the same subcommand names
+ * (test/cli-help.node.test.ts checks). The one-line summaries `vmkit --help` prints are kept here
+ * so it loads no group: each must equal its help's `summary` (test/cli.node.test.ts checks).
  * @internal
  */
-export const _COMMANDS: Record<string, { summary: string; load: () => Promise<{ command: Command }> }> = {
-  pagetable: { summary: 'walk guest page tables in a memory image (dump like QEMU info tlb, translate)', load: () => import('./commands/pagetable.js') },
-  prefetch: { summary: 'simulate fault-time prefetch policies on a guest image and an access trace', load: () => import('./commands/prefetch.js') },
-  checkpoint: { summary: 'save, restore and inspect memory checkpoints (LZ4 blocks, lazy reads)', load: () => import('./commands/checkpoint.js') },
-  disk: { summary: 'virtual disks: create, info, map, check; snapshot, backup, consolidate; ownership', load: () => import('./commands/disk.js') },
-  attest: { summary: 'attestation against package repositories: serve, request, verify, check, index', load: () => import('./commands/attest.js') },
-  selfcheck: { summary: 'run the wasm core self-check', load: () => import('./commands/selfcheck.js') },
+export const _COMMANDS: Record<string, { summary: string; load: () => Promise<{ command: Command }>; help: () => Promise<{ help: CommandHelp }> }> = {
+  pagetable: { summary: 'walk guest page tables in a memory image (dump like QEMU info tlb, translate); make a sample', load: () => import('./commands/pagetable.js'), help: () => import('./help/pagetable.js') },
+  prefetch: { summary: 'simulate fault-time prefetch policies on a guest image and an access trace', load: () => import('./commands/prefetch.js'), help: () => import('./help/prefetch.js') },
+  checkpoint: { summary: 'save, restore and inspect memory checkpoints (LZ4 blocks, lazy reads)', load: () => import('./commands/checkpoint.js'), help: () => import('./help/checkpoint.js') },
+  disk: { summary: 'virtual disks: create, info, map, check; snapshot, backup, consolidate; serve over NBD; ownership', load: () => import('./commands/disk.js'), help: () => import('./help/disk.js') },
+  attest: { summary: 'attestation against package repositories: keygen, serve, request, verify, check, index', load: () => import('./commands/attest.js'), help: () => import('./help/attest.js') },
+  selfcheck: { summary: 'run the wasm core self-check', load: () => import('./commands/selfcheck.js'), help: () => import('./help/selfcheck.js') },
 };
+
+/**
+ * Every command group, in the order `vmkit --help` lists them.
+ *
+ * @example
+ * ```ts
+ * for (const g of COMMAND_GROUPS) console.log(g, Object.keys((await loadHelp(g)).subcommands));
+ * ```
+ */
+export const COMMAND_GROUPS: readonly string[] = Object.keys(_COMMANDS);
+
+/**
+ * The help of a command group (light: no implementation loaded).
+ * @example
+ * ```ts
+ * const h = await loadHelp('disk'); // h.subcommands.check.exits
+ * ```
+ */
+export async function loadHelp(group: string): Promise<CommandHelp> {
+  return (await _COMMANDS[group]!.help()).help;
+}
+
+/**
+ * The implementations of a command group.
+ * @example
+ * ```ts
+ * const c = await loadCommand('disk'); // c.run.check(['vm.qcow2'], process)
+ * ```
+ */
+export async function loadCommand(group: string): Promise<Command> {
+  return (await _COMMANDS[group]!.load()).command;
+}
+
+/** `--help`/`-h` before a `--` (inlined: _common.js loads only to format help). */
+function wantsHelp(argv: readonly string[]): boolean {
+  for (const a of argv) {
+    if (a === '--') return false;
+    if (a === '--help' || a === '-h') return true;
+  }
+  return false;
+}
+
+/** `--json`, `--output=json` or `--output json`: errors are reported as JSON too. */
+function wantsJson(argv: readonly string[]): boolean {
+  return argv.some((a, i) => a === '--json' || a === '--output=json' || (a === '--output' && argv[i + 1] === 'json'));
+}
 
 /** The package version, read from package.json next to dist/. */
 export function version(): string {
@@ -50,29 +100,43 @@ function summaries(): string {
  * ```
  */
 export async function main(argv: string[], io: CliIO): Promise<number> {
-  const [name, ...rest] = argv;
-  const json = rest.includes('--json');
+  const [name, sub, ...rest] = argv;
+  const json = wantsJson(argv);
   try {
     if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-      io.stdout.write(`vmkit ${version()}: plumbing under virtual machines\n\nUsage: vmkit <command> [options]\n\nCommands:\n${summaries()}\n\nOptions:\n  --help, -h   show help (also after a command)\n  --version    print the version\n  --json       machine-readable output (every command that reports)\n`);
+      io.stdout.write(
+        `vmkit ${version()}: plumbing under virtual machines\n\nUsage: vmkit <command> <subcommand> [options]\n\nCommands:\n${summaries()}\n\n` +
+          `Options:\n  -h, --help             show help (also after a command or subcommand: vmkit disk check --help)\n  --version              print the version\n` +
+          `  --json, --output=json  machine-readable output (every command that reports)\n\nExit codes: 0 ok, 1 failure, 2 usage error (a subcommand's --help lists its own).\n`,
+      );
       return name === undefined ? 2 : 0;
     }
     if (name === '--version' || name === '-v') {
       io.stdout.write(`${version()}\n`);
       return 0;
     }
-    const load = Object.hasOwn(_COMMANDS, name) ? _COMMANDS[name]!.load : undefined;
-    if (!load) throw new VmkitError('ARG_RANGE', `unknown command ${JSON.stringify(name)}; see vmkit --help`);
-    const { command } = await load().catch((e: unknown) => {
+    if (!Object.hasOwn(_COMMANDS, name)) throw new VmkitError('ARG_RANGE', `unknown command ${JSON.stringify(name)}; see vmkit --help`);
+    const help = await loadHelp(name);
+    if (sub === undefined || sub === '--help' || sub === '-h' || sub === 'help') {
+      const { groupHelp } = await import('./_common.js');
+      io.stdout.write(groupHelp(name, help));
+      return sub === undefined ? 2 : 0;
+    }
+    const subHelp = Object.hasOwn(help.subcommands, sub) ? help.subcommands[sub] : undefined;
+    if (!subHelp) throw new VmkitError('ARG_RANGE', `unknown ${name} subcommand ${JSON.stringify(sub)}; see vmkit ${name} --help`);
+    if (wantsHelp(rest)) {
+      const { subcommandHelp } = await import('./_common.js');
+      io.stdout.write(subcommandHelp(name, sub, subHelp));
+      return 0;
+    }
+    const command = await loadCommand(name).catch((e: unknown) => {
       throw new VmkitError('UNSUPPORTED', `command ${JSON.stringify(name)} is not in this build`, { cause: e });
     });
-    if (rest.length === 0 || rest[0] === '--help' || rest[0] === '-h') {
-      io.stdout.write(command.usage.replace(/\n?$/, '\n'));
-      return rest.length === 0 ? 2 : 0;
-    }
+    const run = command.run[sub];
+    if (!run) throw new VmkitError('UNSUPPORTED', `vmkit ${name} ${sub} is not in this build`);
+    const { init, initSync, isInitialized } = await import('../core.js');
     // Instantiate synchronously from the file: the async path touches the global
     // Response, whose first use loads undici (50-90 ms of every CLI run).
-    const { init, initSync, isInitialized } = await import('../core.js');
     if (!isInitialized()) {
       try {
         initSync(readFileSync(new URL('../core.wasm', import.meta.url)));
@@ -81,7 +145,7 @@ export async function main(argv: string[], io: CliIO): Promise<number> {
       }
     }
     await init();
-    return await command.run(rest, io);
+    return await run(rest, io);
   } catch (e) {
     const err =
       e instanceof VmkitError ? e : new VmkitError('IO', (e as Error)?.message ?? String(e), { cause: e });

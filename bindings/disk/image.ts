@@ -3,7 +3,12 @@
  * (names resolved relative to each overlay, as QEMU does; loops and absurd
  * depth refused), creates images and overlays, and runs `check`. The format
  * is found by probing the first 4 KiB (qcow2, then VMDK, then raw), or taken
- * from the backing-format a qcow2 overlay records. Format folders are loaded
+ * from the backing-format a qcow2 overlay records. A backing file is never
+ * probed as raw: when its overlay records no format and it has no format
+ * header, opening refuses (UNSUPPORTED) unless the caller states the format
+ * (`backingFormat`), since reading any file an image names as raw guest data
+ * would hand a crafted image's reader that file (`/etc/shadow`, say). QEMU
+ * refuses to create such an image (`qemu-img create -b` needs `-F`). Format folders are loaded
  * on first use, so a missing one (VMDK before it lands) only fails images of
  * that format.
  * @module
@@ -109,6 +114,12 @@ export interface OpenImageOptions {
   noBacking?: boolean;
   /** Longest chain accepted (default {@link MAX_CHAIN_DEPTH}). */
   maxDepth?: number;
+  /**
+   * Format of the top layer's backing file when its header records none
+   * (as `qemu-img -F`); without it such a backing file must have a format
+   * header (qcow2, VMDK): vmkit never probes a backing file as raw.
+   */
+  backingFormat?: FormatName;
 }
 
 /**
@@ -126,7 +137,7 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
   const provider = opts.provider ?? fileProvider;
   const maxDepth = opts.maxDepth ?? MAX_CHAIN_DEPTH;
   const seen: string[] = [];
-  const layer = async (n: string, fmt: FormatName | undefined, depth: number, readOnly: boolean): Promise<ImageDevice> => {
+  const layer = async (n: string, fmt: FormatName | undefined, depth: number, readOnly: boolean, parentName?: string): Promise<ImageDevice> => {
     const key = await canonical(provider, n);
     if (seen.includes(key)) {
       throw new VmkitError('LIMIT', `backing chain loops: ${[...seen, key].join(' -> ')}`, { path: n });
@@ -135,14 +146,24 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
     seen.push(key);
     const storage = await provider.open(n, { readOnly });
     try {
-      const f = fmt ?? (await probeFormat(storage));
+      let f = fmt ?? (depth === 1 ? opts.backingFormat : undefined);
+      if (f === undefined) {
+        f = await probeFormat(storage);
+        if (f === 'raw' && depth > 0) {
+          throw new VmkitError(
+            'UNSUPPORTED',
+            `${parentName ?? 'the overlay'} names the backing file ${n} without a backing format, and ${n} has no image header: vmkit does not read it as raw unless told so (--backing-format raw on the command line, backingFormat: 'raw' in openImage; or record it: qemu-img rebase -u -F raw -b <backing> <overlay>)`,
+            { path: n },
+          );
+        }
+      }
       const m = await loadFormat(f);
       return await m.open(storage, {
         readOnly,
         ...(depth === 0 && opts.guard ? { guard: opts.guard } : {}),
         ...(opts.noBacking
           ? {}
-          : { openBacking: (b: string, bf: FormatName | undefined): Promise<BlockDevice> => layer(provider.resolve(n, b), bf, depth + 1, true) }),
+          : { openBacking: (b: string, bf: FormatName | undefined): Promise<BlockDevice> => layer(provider.resolve(n, b), bf, depth + 1, true, n) }),
       });
     } catch (e) {
       await storage.close().catch(() => {});
@@ -268,7 +289,7 @@ export async function checkImage(
     const f = opts.format ?? (await probeFormat(storage));
     const m = await loadFormat(f);
     if (!m.check) {
-      return { format: f, filename: name, corruptions: 0, leaks: 0, checkErrors: 0, messages: [] };
+      return { format: f, filename: name, corruptions: 0, leaks: 0, checkErrors: 0, messages: [], unsupported: true };
     }
     return await m.check(storage, opts.repairLeaks ? { repairLeaks: true } : {});
   } finally {

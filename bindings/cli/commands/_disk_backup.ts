@@ -8,9 +8,16 @@ import { VmkitError } from '../../errors.js';
 import { emit, formatBytes, parse, parseSize, Progress, type CliIO } from '../_common.js';
 import type { FormatDriver } from '../../disk/backup/node.js';
 import type { ChainOps } from '../../disk/backup/_types.js';
+import { resolve } from 'node:path';
+import { openImage } from '../../disk/image.js';
+import { syncFileProvider } from '../../disk/backends/file.js';
+import { formatOpt, INPUT_FORMAT_OPTIONS } from './_disk_args.js';
 
-// The jobs load when one of these subcommands runs: `vmkit disk info` and the rest of commands/disk.ts
-// import this module for its usage text, and start-up is mostly module loading (cli/main.ts).
+/** `--server <socket>`: commands/disk.ts sends such runs to _disk_remote.ts before they get here. */
+const REMOTE = { server: { type: 'string' } } as const;
+
+// The jobs load when one of these subcommands runs: the rest of commands/disk.ts imports this
+// module, and start-up is mostly module loading (cli/main.ts).
 const jobs = async () => {
   const [b, c, j, l, n, s] = await Promise.all([
     import('../../disk/backup/backup.js'),
@@ -22,12 +29,6 @@ const jobs = async () => {
   ]);
   return { ...b, ...c, ...j, ...l, ...n, ...s };
 };
-
-/** Usage lines of the three subcommands (commands/disk.ts prints them in its help). */
-export const backupUsage: string = `  vmkit disk snapshot <disk> [--delta <path>] [--format qcow2|vmdk] [--json]
-  vmkit disk backup <disk> <target|-> [--format raw|qcow2] [--scope full|top] [--backing <prev>] [--rate <bytes/s>] [--json]
-  vmkit disk consolidate <disk> [--into base|<target>] [--full] [--keep-delta] [--rate <bytes/s>] [--resume|--rollback] [--json]
-`;
 
 let driverFactory: (() => Promise<FormatDriver | undefined>) | undefined;
 
@@ -44,9 +45,25 @@ export function setFormatDriver(factory: () => Promise<FormatDriver | undefined>
   driverFactory = factory;
 }
 
-async function chainOps(NodeChainOps: new (d?: FormatDriver) => ChainOps): Promise<ChainOps> {
+/**
+ * The chain operations, with the formats the user pinned for `path`
+ * (`-f`: its own, `-F`: its backing file's when its header records none).
+ */
+async function chainOps(NodeChainOps: new (d?: FormatDriver) => ChainOps, path: string, values: Record<string, unknown>): Promise<ChainOps> {
   const d = driverFactory ? await driverFactory() : undefined;
-  return new NodeChainOps(d);
+  const format = formatOpt(values.format, '--format');
+  const backingFormat = formatOpt(values['backing-format'], '--backing-format');
+  if (!d || (!format && !backingFormat)) return new NodeChainOps(d);
+  const target = resolve(path);
+  const pinned: FormatDriver = {
+    ...d,
+    open: (p, o) =>
+      resolve(p) === target
+        ? openImage(p, { readOnly: o.readOnly, provider: syncFileProvider, ...(format ? { format } : {}), ...(backingFormat ? { backingFormat } : {}) })
+        : d.open(p, o),
+    formatOf: (p) => (format && resolve(p) === target ? Promise.resolve(format) : d.formatOf(p)),
+  };
+  return new NodeChainOps(pinned);
 }
 
 function rate(v: string | boolean | string[] | undefined): number | undefined {
@@ -72,16 +89,21 @@ function oneOf<T extends string>(v: unknown, name: string, allowed: readonly T[]
 export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv: string[], io: CliIO): Promise<number> {
   const { backup, consolidate, recoverConsolidation, resumeConsolidation, readJobRecord, LiveDisk, NodeChainOps, snapshot } = await jobs();
   if (sub === 'snapshot') {
-    const { values, positionals } = parse(argv, { delta: { type: 'string' }, format: { type: 'string' } });
+    const { values, positionals } = parse(argv, { delta: { type: 'string' }, format: INPUT_FORMAT_OPTIONS.format, 'delta-format': { type: 'string' }, ...REMOTE });
     const [path] = positionals;
-    if (path === undefined || positionals.length !== 1) throw new VmkitError('ARG_RANGE', 'usage: vmkit disk snapshot <disk> [--delta <path>]');
-    const format = oneOf(values.format, '--format', ['qcow2', 'vmdk'] as const, 'qcow2');
-    const ops = await chainOps(NodeChainOps);
+    if (path === undefined || positionals.length !== 1) throw new VmkitError('ARG_RANGE', 'usage: vmkit disk snapshot <disk> [--delta <path>]; see vmkit disk snapshot --help');
+    const format = oneOf(values['delta-format'], '--delta-format', ['qcow2', 'vmdk'] as const, 'qcow2');
+    const ops = await chainOps(NodeChainOps, path, values);
     const disk = await LiveDisk.open(path, ops);
     try {
       const snap = await snapshot(disk, { format, ...(typeof values.delta === 'string' ? { delta: values.delta } : {}) });
       await snap.image.close();
-      emit(io, values.json, { frozen: snap.frozen, delta: snap.delta, active: snap.delta }, () => `snapshot: ${snap.frozen} frozen; active layer ${snap.delta}`);
+      // stdout is the new active layer's name alone, so a script can take it: active=$(vmkit disk snapshot vm.qcow2)
+      if (values.json) emit(io, true, { frozen: snap.frozen, delta: snap.delta, active: snap.delta }, () => '');
+      else {
+        io.stdout.write(`${snap.delta}\n`);
+        io.stderr.write(`vmkit: ${snap.frozen} frozen; the active layer is now ${snap.delta} (back up ${snap.frozen}; consolidate ${snap.delta})\n`);
+      }
     } finally {
       await disk.close();
     }
@@ -90,7 +112,9 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
 
   if (sub === 'backup') {
     const { values, positionals } = parse(argv, {
-      format: { type: 'string' },
+      ...INPUT_FORMAT_OPTIONS,
+      'output-format': { type: 'string', short: 'O' },
+      ...REMOTE,
       scope: { type: 'string' },
       backing: { type: 'string' },
       rate: { type: 'string' },
@@ -99,12 +123,12 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
     if (path === undefined || target === undefined || positionals.length !== 2) {
       throw new VmkitError('ARG_RANGE', 'usage: vmkit disk backup <disk> <target|->');
     }
-    const format = oneOf(values.format, '--format', ['raw', 'qcow2'] as const, 'raw');
+    const format = oneOf(values['output-format'], '--output-format', ['raw', 'qcow2'] as const, 'raw');
     const scope = oneOf(values.scope, '--scope', ['full', 'top'] as const, 'full');
-    const ops = await chainOps(NodeChainOps);
+    const ops = await chainOps(NodeChainOps, path, values);
     const image = await ops.open(path, { readOnly: true });
     try {
-      const bar = new Progress(io, 'backup', 1, !values.json && target !== '-');
+      const bar = new Progress(io, 'backup', 0, !values.json && target !== '-');
       const r = rate(values.rate);
       const job = backup(image, target === '-' ? (c) => new Promise<void>((res, rej) => io.stdout.write(c, (e) => (e ? rej(e) : res()))) : target, {
         ops,
@@ -112,7 +136,7 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
         scope,
         ...(typeof values.backing === 'string' ? { backing: values.backing } : {}),
         ...(r !== undefined ? { rateLimit: r } : {}),
-        onProgress: (p) => bar.update(p.planned > 0 ? 1 - p.remaining / p.planned : 1),
+        onProgress: (p) => bar.update(p.planned - p.remaining, p.planned),
       });
       const res = await job.done;
       bar.done();
@@ -128,6 +152,7 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
   }
 
   const { values, positionals } = parse(argv, {
+    format: INPUT_FORMAT_OPTIONS.format,
     into: { type: 'string' },
     full: { type: 'boolean' },
     'keep-delta': { type: 'boolean' },
@@ -138,7 +163,7 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
   const [path] = positionals;
   if (path === undefined || positionals.length !== 1) throw new VmkitError('ARG_RANGE', 'usage: vmkit disk consolidate <disk> [--into base|<target>]');
   if (values.resume && values.rollback) throw new VmkitError('ARG_RANGE', '--resume and --rollback exclude each other');
-  const ops = await chainOps(NodeChainOps);
+  const ops = await chainOps(NodeChainOps, path, values);
   const rec = await readJobRecord(ops, path);
   if (values.rollback || rec?.phase === 'pivot') {
     // Before the pivot: roll back; after it: roll forward (the target is the truth).
@@ -152,10 +177,10 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
   const r = rate(values.rate);
   const disk = await LiveDisk.open(path, ops);
   try {
-    const bar = new Progress(io, 'consolidate', 1, !values.json);
+    const bar = new Progress(io, 'consolidate', 0, !values.json);
     const opts = {
       ...(r !== undefined ? { rateLimit: r } : {}),
-      onProgress: (p: { planned: number; remaining: number }) => bar.update(p.planned > 0 ? 1 - p.remaining / p.planned : 1),
+      onProgress: (p: { planned: number; remaining: number }) => bar.update(p.planned - p.remaining, p.planned),
     };
     const job = values.resume
       ? await resumeConsolidation(disk, opts)

@@ -17,24 +17,6 @@ import { createHttpTransport, type ReleaseTransport } from '../../disk/owner/tra
 import type { OwnerStore } from '../../disk/owner/types.js';
 import type { FormatName } from '../../disk/formats/types.js';
 
-/** Usage of the three subcommands. */
-export const ownerUsage: string = `Usage:
-  vmkit disk owner <disk> [--etcd <urls>] [--name <key>] [--json]
-      the owner record: epoch, state, holder, lease
-  vmkit disk open <disk> --as <id> [--serve <host:port>] [--tls-cert <pem> --tls-key <pem> | --insecure] [--lease <ms>] [--wait <ms>] [--format qcow2|vmdk|raw] [--etcd <urls>] [--name <key>] [--json]
-      take the disk (its owner is asked to release it), hold it and answer release
-      requests at the printed endpoint; exits 0 once released, 1 if fenced. Serving on
-      an address other hosts can reach needs --tls-cert/--tls-key (HTTPS), or --insecure
-  vmkit disk release <disk> [--as <id>] [--etcd <urls>] [--name <key>] [--json]
-      ask the current owner to release the disk (it ends free)
-
-The owner record lives in <disk>.owner/ next to the disk, or in etcd with --etcd
-(comma-separated client URLs). --name sets the disk's key in the store (default: the
-path as typed); with --etcd, give every host the same --name for the same disk. Release
-requests carry an HMAC made with the disk's secret, kept in its owner record (printed as
-"secret":"<hidden>"). HTTPS endpoints are trusted through the system CAs and NODE_EXTRA_CA_CERTS.
-Exit codes: 0 ok, 1 failure (refused, unreachable, fenced), 2 usage.`;
-
 function onePath(positionals: string[], sub: string): string {
   const [p] = positionals;
   if (p === undefined || positionals.length !== 1) throw new VmkitError('ARG_RANGE', `usage: vmkit disk ${sub} <disk> …; see vmkit disk owner --help`);
@@ -96,10 +78,6 @@ async function storeOf(etcd: unknown): Promise<OwnerStore | undefined> {
  * ```
  */
 export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<number> {
-  if (argv.includes('--help') || argv.includes('-h')) {
-    io.stdout.write(ownerUsage + '\n');
-    return 0;
-  }
   if (sub === 'owner') {
     const { values, positionals } = parse(argv, { etcd: { type: 'string' }, name: { type: 'string' } });
     const disk = nameOf(values.name, onePath(positionals, sub));
@@ -140,7 +118,7 @@ export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<
       serve: { type: 'string' },
       lease: { type: 'string' },
       wait: { type: 'string' },
-      format: { type: 'string' },
+      format: { type: 'string', short: 'f' },
       etcd: { type: 'string' },
       name: { type: 'string' },
       'tls-cert': { type: 'string' },

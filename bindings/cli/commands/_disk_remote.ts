@@ -13,7 +13,8 @@ import { callControl } from '../../disk/nbd/control.js';
 export async function runRemote(sub: 'snapshot' | 'backup' | 'consolidate', argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, {
     server: { type: 'string' },
-    format: { type: 'string' },
+    'delta-format': { type: 'string' },
+    'output-format': { type: 'string', short: 'O' },
     delta: { type: 'string' },
     scope: { type: 'string' },
     into: { type: 'string' },
@@ -25,7 +26,9 @@ export async function runRemote(sub: 'snapshot' | 'backup' | 'consolidate', argv
   if (!server) throw new VmkitError('ARG_RANGE', '--server <control socket> is required');
   const { resolve } = await import('node:path');
   const args: Record<string, unknown> = {};
-  if (typeof values.format === 'string') args.format = values.format;
+  // The job's output format, named as the local commands name it: the delta's (snapshot), the target's (backup).
+  const format = sub === 'snapshot' ? values['delta-format'] : sub === 'backup' ? values['output-format'] : undefined;
+  if (typeof format === 'string') args.format = format;
   if (typeof values.rate === 'string') args.rate = Number(values.rate);
   if (sub === 'snapshot') {
     if (positionals.length > 0) throw new VmkitError('ARG_RANGE', 'usage: vmkit disk snapshot --server <socket> [--delta <path>] (the server knows its disk)');
@@ -40,8 +43,11 @@ export async function runRemote(sub: 'snapshot' | 'backup' | 'consolidate', argv
     if (values.full) args.full = true;
     if (values['keep-delta']) args.keepDelta = true;
   }
-  const bar = new Progress(io, sub, 1, !values.json);
-  const r = (await callControl(server, { op: sub, args }, (p) => bar.update(p.done))) as Record<string, unknown>;
+  const bar = new Progress(io, sub, 0, !values.json);
+  const r = (await callControl(server, { op: sub, args }, (p) => {
+    // Bytes when the server sends them (planned/remaining), else its fraction of an unknown total.
+    if (typeof p.planned === 'number' && typeof p.remaining === 'number') bar.update(p.planned - p.remaining, p.planned);
+  })) as Record<string, unknown>;
   bar.done();
   emit(io, values.json, r, () => {
     if (sub === 'snapshot') return `snapshot: ${r.frozen} frozen; active layer ${r.active}`;

@@ -8,49 +8,11 @@ import { VmkitError } from '../../errors.js';
 import { emit, parse, type CliIO } from '../_common.js';
 import { openImage } from '../../disk/image.js';
 import type { FormatName } from '../../disk/formats/types.js';
+import { formatOpt } from './_disk_args.js';
 import { serveNbd, type NbdServer, type NbdTlsOptions } from '../../disk/nbd/server.js';
 import type { OwnedDisk } from '../../disk/owner/handoff.js';
 import { serveControl, type ControlHandler, type ControlServer } from '../../disk/nbd/control.js';
 import type { BlockDevice } from '../../disk/device.js';
-
-/** Usage of `vmkit disk serve`. */
-export const serveUsage = `Usage: vmkit disk serve <file> [options]
-  Serves the image (qcow2 chain, VMDK or raw) over NBD until SIGINT/SIGTERM, as qemu-nbd does.
-
-Options:
-  --listen <addr>       unix:<path>, a path, or <host>:<port> (default 127.0.0.1:10809; port 0 picks one)
-  -x, --export <name>   export name (default ''; a client naming none gets the only export)
-  --description <text>  shown by nbdinfo --list
-  -r, --read-only       serve read-only (writes fail with EPERM)
-  -f, --format <fmt>    pin the image format (qcow2, vmdk, raw) instead of probing it
-  --tls-creds <dir>     TLS with a QEMU tls-creds-x509 directory (server-cert.pem, server-key.pem,
-                        and ca-cert.pem when clients must present certificates): clients must STARTTLS
-  --insecure            allow a non-loopback TCP address without TLS
-  --max-connections <n> connections served at once (default 16)
-  --cache <mode>        writeback (default, as qemu-nbd: qcow2 metadata reaches the file on FLUSH)
-                        or writethrough (after every request)
-  --aio <mode>          threads (default: file I/O on libuv's thread pool, other requests go on)
-                        or sync (blocking I/O on the main thread: less overhead per request when the
-                        image is in the page cache, but a slow read stalls every connection)
-  --control <path>      a control socket (mode 0600): vmkit disk snapshot|backup|consolidate --server <path>
-                        run inside this process while clients keep writing (qcow2 and VMDK chains)
-  --as <id>             take the disk as its owner first (docs/ownership.md): a live owner is asked to
-                        release it; a release request to this server stops it taking requests, answers
-                        those in flight, flushes, closes its clients and releases the disk (QEMU's NBD
-                        client with reconnect-delay then reconnects to whoever serves the socket next)
-  --release-listen <host:port>  where release requests are answered (default 127.0.0.1:0; plain
-                        HTTP, so an address other hosts can reach needs --insecure; release requests
-                        carry the disk's secret either way)
-  --etcd <urls>         keep the owner record in etcd (with --as; default the <disk>.owner sidecar)
-  --name <key>          the disk's key in the owner store (with --as; default the path)
-  --lease <ms>          ownership lease (with --as; default 10000)
-  --json                print the listening address and URI as JSON
-
-Example:
-  vmkit disk serve vm.qcow2 --listen unix:/tmp/vm.sock -x vm &
-  qemu-system-x86_64 -drive driver=nbd,server.type=unix,server.path=/tmp/vm.sock,export=vm,if=virtio …
-
-Exit codes: 0 stopped by a signal after a clean shutdown, 1 failure, 2 usage error.`;
 
 /** Runs `vmkit disk serve`; resolves when a signal stopped the server. */
 export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventEmitter = process): Promise<number> {
@@ -60,6 +22,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
     description: { type: 'string' },
     'read-only': { type: 'boolean', short: 'r' },
     format: { type: 'string', short: 'f' },
+    'backing-format': { type: 'string', short: 'F' },
     'tls-creds': { type: 'string' },
     insecure: { type: 'boolean' },
     'max-connections': { type: 'string' },
@@ -72,10 +35,6 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
     name: { type: 'string' },
     lease: { type: 'string' },
   });
-  if (values.help) {
-    io.stdout.write(serveUsage + '\n');
-    return 0;
-  }
   const [file] = positionals;
   if (file === undefined || positionals.length !== 1) throw new VmkitError('ARG_RANGE', 'usage: vmkit disk serve <file> [--listen …]; see vmkit disk serve --help');
   const format = values.format as string | undefined;
@@ -109,6 +68,8 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
   const { fileProvider, syncFileProvider } = await import('../../disk/backends/file.js');
   let device: BlockDevice;
   let closeDevice: () => Promise<void>;
+  const backingFormat = formatOpt(values['backing-format'], '--backing-format');
+  if (backingFormat && control) throw new VmkitError('ARG_RANGE', '--backing-format does not apply with --control (the live chain must record its formats)');
   let held: OwnedDisk | undefined;
   let server: NbdServer | undefined;
   let handler: ControlHandler | undefined;
@@ -139,7 +100,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
       ...(leaseMs !== undefined ? { leaseMs } : {}),
       transport,
       serve: typeof values['release-listen'] === 'string' ? values['release-listen'] : '127.0.0.1:0',
-      image: { provider: aio === 'sync' ? syncFileProvider : fileProvider, ...(format ? { format: format as FormatName } : {}) },
+      image: { provider: aio === 'sync' ? syncFileProvider : fileProvider, ...(format ? { format: format as FormatName } : {}), ...(backingFormat ? { backingFormat } : {}) },
       // Before the holder drains and flushes: no new request is taken, those in flight are answered,
       // clients are disconnected (they reconnect to the next server), then the disk is released.
       onReleaseRequest: async (req) => {
@@ -152,7 +113,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
     device = h.device;
     closeDevice = () => h.release();
   } else {
-    const img = await openImage(file, { readOnly, provider: aio === 'sync' ? syncFileProvider : fileProvider, ...(format ? { format: format as FormatName } : {}) });
+    const img = await openImage(file, { readOnly, provider: aio === 'sync' ? syncFileProvider : fileProvider, ...(format ? { format: format as FormatName } : {}), ...(backingFormat ? { backingFormat } : {}) });
     // qcow2 keeps its metadata cache write-back between FLUSHes, as qemu-nbd's default cache mode does.
     const withCache = img as typeof img & { setCacheMode?: (m: 'writeback' | 'writethrough') => Promise<void> };
     if (!readOnly && typeof withCache.setCacheMode === 'function') await withCache.setCacheMode(cache);

@@ -21,26 +21,6 @@ import type { NonceStoreOptions } from '../../attest/service/nonces.js';
 // statically imported, they cost `vmkit --help` (which lists every group) ~0.15 s of start-up.
 const serverModule = () => import('../../attest/service/server.js');
 
-const usage = `Usage:
-  vmkit attest serve --repo '<source>'... [--keyring <file>]... [--apk-key <file>]... [--key <pem|jwk file>] [--listen host:port | --port N]
-                     [--files-of <package>]... [--verifier-id <id>] [--refresh <seconds>] [--json]
-  vmkit attest request --server <url> [--digest alg:hex]... [--package name=version]... [--ima <log> [--pcr10 bank:hex] [--exclude re]...] [--jwks <url|file>] [--json] [<file>...]
-  vmkit attest verify <token> --jwks <url|file> [--nonce <n>] [--json]
-  vmkit attest check --repo '<source>'... [--keyring <file>]... [--apk-key <file>]... [--digest alg:hex]... [--package name=version]... [--json] [<file>...]
-  vmkit attest index '<source>' [--keyring <file>]... [--apk-key <file>]... [--json]
-
-A <source> is written the way its ecosystem writes it:
-  "deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] http://host/debian bookworm main"
-  "rpm http://host/repo"          "npm https://registry.npmjs.org <package>..."
-  "apk https://dl-cdn.alpinelinux.org/alpine/v3.20/main/x86_64"
---source is the same as --repo. --files-of loads the file-level digests of those packages (APT: each .deb
-fetched, checked against the signed Packages, its files hashed), so file digests and IMA entries can affirm. --keyring takes binary or armored OpenPGP keyrings (/usr/share/keyrings/*.gpg);
---apk-key the RSA public keys (PEM) an Alpine index may be signed with, as in /etc/apk/keys (the signature
-names its key by file name, so keep the names).
-request hashes each <file> (SHA-256), asks the server, verifies the signed result (signature, nonce,
-expiry) and prints it with the token; exit 0 only when the status is affirming.
-Exit codes: 0 affirmed / ok, 1 not affirmed or failure, 2 usage error.`;
-
 const sourceOpts = {
   repo: { type: 'string', multiple: true },
   source: { type: 'string', multiple: true },
@@ -290,25 +270,22 @@ async function index(argv: string[], io: CliIO): Promise<number> {
   }
 }
 
-/** The `attest` command group. */
+/**
+ * The `attest` command group (help: help/attest.ts).
+ * @example
+ * ```ts
+ * process.exitCode = await command.run.index!(["rpm http://127.0.0.1:8000/repo", '--allow-unsigned'], process);
+ * ```
+ */
 export const command: Command = {
-  summary: 'attestation against package repositories: serve, request, verify, check, index',
-  usage,
-  async run(argv: string[], io: CliIO): Promise<number> {
-    const [sub, ...rest] = argv;
-    switch (sub) {
-      case 'serve':
-        return serve(rest, io);
-      case 'request':
-        return request(rest, io);
-      case 'verify':
-        return verify(rest, io);
-      case 'check':
-        return check(rest, io);
-      case 'index':
-        return index(rest, io);
-      default:
-        throw new VmkitError('ARG_RANGE', `unknown attest subcommand ${JSON.stringify(sub)}; see vmkit attest --help`);
-    }
+  run: {
+    async keygen(argv: string[], io: CliIO): Promise<number> {
+      return (await import('./_attest_keygen.js')).keygen(argv, io);
+    },
+    serve,
+    request,
+    verify,
+    check,
+    index,
   },
 };

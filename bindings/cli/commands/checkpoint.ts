@@ -3,7 +3,7 @@
  * and from vmkit checkpoints (docs/checkpoint-format.md).
  * @module
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, relative, resolve } from 'node:path';
 import { VmkitError } from '../../errors.js';
 import { CheckpointReader } from '../../memory/checkpoint/reader.js';
@@ -15,22 +15,10 @@ import { _imagePages } from './_raw_image.js';
 const PS = 4096;
 const WINDOW = 4 << 20;
 
-const usage = `Usage:
-  vmkit checkpoint save <memory-image> <checkpoint> [--block-size BYTES] [--codec lz4|none]
-                        [--threads N] [--parent <checkpoint> [--dirty <bitmap-file>]] [--json]
-  vmkit checkpoint restore <checkpoint> <memory-image> [--json]
-  vmkit checkpoint inspect <checkpoint> [--json]
-  vmkit checkpoint read-page <checkpoint> <gpa>
-
-save      writes a raw guest memory image as a checkpoint: zero pages go to the
-          index only, others are LZ4-compressed into storage blocks (default
-          1M), one write per block. With --parent it writes a diff checkpoint
-          holding the pages the dirty bitmap marks (bit p%8 of byte p/8), or,
-          without --dirty, the pages that differ from the parent. --threads N
-          compresses a full save on N worker threads (same file as 1 thread).
-restore   writes the full memory image (following the parent chain).
-inspect   prints pages, zeroPages, storedPages, blocks, blockWrites, fileBytes, …
-read-page writes the raw page holding guest-physical address <gpa> to stdout.`;
+/** As `vmkit disk backup`: an existing output is CONFLICT unless --force. */
+function refuseOverwrite(path: string, force: unknown): void {
+  if (force !== true && existsSync(path)) throw new VmkitError('CONFLICT', `${path} exists; pass --force to overwrite it`, { path });
+}
 
 async function save(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, {
@@ -39,9 +27,11 @@ async function save(argv: string[], io: CliIO): Promise<number> {
     parent: { type: 'string' },
     dirty: { type: 'string' },
     threads: { type: 'string' },
+    force: { type: 'boolean' },
   });
   const [image, out] = positionals;
   if (!image || !out || positionals.length > 2) throw new VmkitError('ARG_RANGE', 'save needs <memory-image> <checkpoint>');
+  refuseOverwrite(out, values.force);
   if (values.dirty && !values.parent) throw new VmkitError('ARG_RANGE', '--dirty needs --parent');
   const blockSize = values['block-size'] === undefined ? undefined : parseSize(values['block-size'] as string, '--block-size');
   const codec = (values.codec as string | undefined) ?? 'lz4';
@@ -130,9 +120,10 @@ function samePage(a: Uint8Array, b: Uint8Array, i: number): boolean {
 }
 
 async function restore(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, {});
+  const { values, positionals } = parse(argv, { force: { type: 'boolean' } });
   const [ckpt, image] = positionals;
   if (!ckpt || !image || positionals.length > 2) throw new VmkitError('ARG_RANGE', 'restore needs <checkpoint> <memory-image>');
+  refuseOverwrite(image, values.force);
   const started = performance.now();
   const r = await CheckpointReader.open(ckpt);
   const size = Number(r.guestSize);
@@ -172,38 +163,39 @@ async function inspect(argv: string[], io: CliIO): Promise<number> {
 }
 
 async function readPage(argv: string[], io: CliIO): Promise<number> {
-  const { positionals } = parse(argv, {});
+  const { values, positionals } = parse(argv, { out: { type: 'string', short: 'o' }, force: { type: 'boolean' } });
   const [ckpt, addr] = positionals;
   if (!ckpt || positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'read-page needs <checkpoint> <gpa>');
   const gpa = parseU64(addr, '<gpa>');
+  const out = typeof values.out === 'string' ? values.out : undefined;
+  // Raw bytes on a terminal garble it (and can drive its escape sequences): refuse before any work.
+  if (!values.json && out === undefined && io.stdout.isTTY) {
+    throw new VmkitError('ARG_RANGE', 'read-page writes binary: give -o <file>, redirect stdout, or pass --json');
+  }
+  if (out !== undefined) refuseOverwrite(out, values.force);
   const r = await CheckpointReader.open(ckpt);
   try {
     if (gpa >= r.guestSize) throw new VmkitError('ARG_RANGE', `gpa 0x${gpa.toString(16)} is past the guest's ${r.guestSize} bytes`);
-    const page = await r.readPage(Number(gpa / BigInt(r.pageSize)));
-    await new Promise<void>((res, rej) => io.stdout.write(page, (e) => (e ? rej(e) : res())));
+    const pageNo = Number(gpa / BigInt(r.pageSize));
+    const page = await r.readPage(pageNo);
+    if (values.json) {
+      emit(io, true, { checkpoint: ckpt, gpa: `0x${gpa.toString(16)}`, page: pageNo, pageSize: r.pageSize, hex: Buffer.from(page).toString('hex') }, () => '');
+    } else if (out !== undefined) {
+      writeFileSync(out, page);
+    } else {
+      await new Promise<void>((res, rej) => io.stdout.write(page, (e) => (e ? rej(e) : res())));
+    }
   } finally {
     await r.close();
   }
   return 0;
 }
 
-/** The `checkpoint` command group. */
-export const command: Command = {
-  summary: 'save, restore and inspect memory checkpoints (LZ4 blocks, lazy reads)',
-  usage,
-  async run(argv: string[], io: CliIO): Promise<number> {
-    const [sub, ...rest] = argv;
-    switch (sub) {
-      case 'save':
-        return save(rest, io);
-      case 'restore':
-        return restore(rest, io);
-      case 'inspect':
-        return inspect(rest, io);
-      case 'read-page':
-        return readPage(rest, io);
-      default:
-        throw new VmkitError('ARG_RANGE', `unknown checkpoint subcommand ${JSON.stringify(sub)}; see vmkit checkpoint --help`);
-    }
-  },
-};
+/**
+ * The `checkpoint` command group (help: help/checkpoint.ts).
+ * @example
+ * ```ts
+ * process.exitCode = await command.run.inspect!(['vm.ckpt', '--json'], process);
+ * ```
+ */
+export const command: Command = { run: { save, restore, inspect, 'read-page': readPage } };

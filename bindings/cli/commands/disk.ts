@@ -10,80 +10,73 @@ import { emit, formatBytes, parse, parseSize, type CliIO, type Command } from '.
 import { mapExtents, toQemuMap, type BlockExtent } from '../../disk/device.js';
 import { syncFileProvider as provider } from '../../disk/backends/file.js';
 import { chainOf, checkImage, createImage, fileFormatDriver, openImage, syncFileFormatDriver } from '../../disk/image.js';
-import type { FormatName, ImageInfo } from '../../disk/formats/types.js';
-import { backupUsage, runBackup, setFormatDriver } from './_disk_backup.js';
-
-const FORMATS = ['qcow2', 'vmdk', 'raw'] as const;
-
-const usage = `Usage:
-  vmkit disk create <file> --size <bytes> [--format qcow2|vmdk|raw] [--backing <file>] [--backing-format <fmt>] [--cluster-size <bytes>] [--extended-l2]
-  vmkit disk info <file> [--json]       format, virtual size, backing chain, allocated bytes
-  vmkit disk map <file> [--json]        extents (data/zero/depth), as qemu-img map --output=json
-  vmkit disk check <file> [--repair-leaks] [--json]   metadata check, as qemu-img check
-__BACKUP__  vmkit disk serve <file> [--listen unix:<path>|<host>:<port>] [-x <export>] [--read-only]
-                                        serve over NBD, as qemu-nbd (see vmkit disk serve --help)
-  vmkit disk owner|open|release …   disk ownership (see vmkit disk owner --help)
-
-Sizes take K/M/G/T suffixes. --backing is relative to the new image, as qemu-img create -b.
-Exit codes: 0 ok, 1 failure (check: corruptions found), 2 usage error.`;
-
-function formatOpt(v: unknown, name: string): FormatName | undefined {
-  if (v === undefined) return undefined;
-  if (typeof v !== 'string' || !(FORMATS as readonly string[]).includes(v)) {
-    throw new VmkitError('ARG_RANGE', `${name} must be one of ${FORMATS.join(', ')}, got ${JSON.stringify(v)}`);
-  }
-  return v as FormatName;
-}
+import type { CheckReport, FormatName, ImageDevice, ImageInfo } from '../../disk/formats/types.js';
+import { runBackup, setFormatDriver } from './_disk_backup.js';
+import { formatOpt, INPUT_FORMAT_OPTIONS } from './_disk_args.js';
 
 function onePath(positionals: string[], sub: string): string {
   const [path] = positionals;
-  if (path === undefined || positionals.length !== 1) throw new VmkitError('ARG_RANGE', `usage: vmkit disk ${sub} <file>`);
+  if (path === undefined || positionals.length !== 1) throw new VmkitError('ARG_RANGE', `usage: vmkit disk ${sub} <file>; see vmkit disk ${sub} --help`);
   return path;
 }
 
-/** The `disk` command group. */
+/** Opens `path` read-only with the formats the user pinned (`-f`, `-F`). */
+function openInput(path: string, values: Record<string, unknown>): Promise<ImageDevice> {
+  const format = formatOpt(values.format, '--format');
+  const backingFormat = formatOpt(values['backing-format'], '--backing-format');
+  return openImage(path, { provider, readOnly: true, ...(format ? { format } : {}), ...(backingFormat ? { backingFormat } : {}) });
+}
+
+async function owner(sub: string, argv: string[], io: CliIO): Promise<number> {
+  let m: { runOwner(sub: string, argv: string[], io: CliIO): Promise<number> };
+  try {
+    m = (await import('./_disk_owner.js')) as typeof m;
+  } catch (e) {
+    throw new VmkitError('UNSUPPORTED', `vmkit disk ${sub}: disk ownership is not in this build (commands/_disk_owner.js did not load: ${(e as Error)?.message ?? e})`, { cause: e });
+  }
+  return m.runOwner(sub, argv, io);
+}
+
+function backupJob(sub: 'snapshot' | 'backup' | 'consolidate') {
+  return async (argv: string[], io: CliIO): Promise<number> => {
+    // --server: the job runs inside a `vmkit disk serve --control` process, the disk's owner.
+    if (argv.some((a) => a === '--server' || a.startsWith('--server='))) return (await import('./_disk_remote.js')).runRemote(sub, argv, io);
+    // Offline jobs: synchronous I/O costs far less CPU than the thread pool (bench/RESULTS.md, backup);
+    // a backup's reads and writes overlap on the thread pool instead (bench/RESULTS.md, disk).
+    setFormatDriver(async () => (sub === 'backup' ? fileFormatDriver : syncFileFormatDriver));
+    return runBackup(sub, argv, io);
+  };
+}
+
+/**
+ * The `disk` command group (help: help/disk.ts).
+ * @example
+ * ```ts
+ * process.exitCode = await command.run.check!(['vm.qcow2', '--output=json'], process);
+ * ```
+ */
 export const command: Command = {
-  summary: 'virtual disks: create, info, map, check; snapshot, backup, consolidate; ownership',
-  usage: usage.replace('__BACKUP__', backupUsage),
-  async run(argv: string[], io: CliIO): Promise<number> {
-    const [sub, ...rest] = argv;
-    if ((sub === 'snapshot' || sub === 'backup' || sub === 'consolidate') && rest.some((a) => a === '--server' || a.startsWith('--server='))) {
-      return (await import('./_disk_remote.js')).runRemote(sub, rest, io);
-    }
-    if (sub === 'snapshot' || sub === 'backup' || sub === 'consolidate') {
-      // Offline jobs: synchronous I/O costs far less CPU than the thread pool (bench/RESULTS.md, backup);
-      // a backup's reads and writes overlap on the thread pool instead (bench/RESULTS.md, disk).
-      setFormatDriver(async () => (sub === 'backup' ? fileFormatDriver : syncFileFormatDriver));
-      return runBackup(sub, rest, io);
-    }
-    if (sub === 'owner' || sub === 'open' || sub === 'release') {
-      let m: { runOwner(sub: string, argv: string[], io: CliIO): Promise<number> };
-      try {
-        m = (await import('./_disk_owner.js')) as typeof m;
-      } catch (e) {
-        throw new VmkitError('UNSUPPORTED', `vmkit disk ${sub}: disk ownership is not in this build (commands/_disk_owner.js did not load: ${(e as Error)?.message ?? e})`, { cause: e });
-      }
-      return m.runOwner(sub, rest, io);
-    }
-    if (sub === 'serve') return (await import('./_disk_serve.js')).runServe(rest, io);
-    if (sub === 'create') return create(rest, io);
-    if (sub === 'info') return info(rest, io);
-    if (sub === 'map') return map(rest, io);
-    if (sub === 'check') return check(rest, io);
-    if (sub === '--help' || sub === '-h' || sub === 'help') {
-      io.stdout.write(command.usage + '\n');
-      return 0;
-    }
-    throw new VmkitError('ARG_RANGE', `unknown disk subcommand ${JSON.stringify(sub)}; see vmkit disk --help`);
+  run: {
+    create,
+    info,
+    map,
+    check,
+    snapshot: backupJob('snapshot'),
+    backup: backupJob('backup'),
+    consolidate: backupJob('consolidate'),
+    owner: (argv, io) => owner('owner', argv, io),
+    open: (argv, io) => owner('open', argv, io),
+    release: (argv, io) => owner('release', argv, io),
+    serve: async (argv, io) => (await import('./_disk_serve.js')).runServe(argv, io),
   },
 };
 
 async function create(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, {
     size: { type: 'string' },
-    format: { type: 'string' },
-    backing: { type: 'string' },
-    'backing-format': { type: 'string' },
+    format: { type: 'string', short: 'f' },
+    backing: { type: 'string', short: 'b' },
+    'backing-format': { type: 'string', short: 'F' },
     'cluster-size': { type: 'string' },
     'extended-l2': { type: 'boolean' },
   });
@@ -111,9 +104,9 @@ async function create(argv: string[], io: CliIO): Promise<number> {
 }
 
 async function info(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, {});
+  const { values, positionals } = parse(argv, INPUT_FORMAT_OPTIONS);
   const path = onePath(positionals, 'info');
-  const dev = await openImage(path, { provider, readOnly: true });
+  const dev = await openInput(path, values);
   try {
     const chain: (ImageInfo & { file: string })[] = [];
     for (const l of chainOf(dev)) chain.push({ file: l.storage.name, ...(await l.info()) });
@@ -141,9 +134,9 @@ async function info(argv: string[], io: CliIO): Promise<number> {
 }
 
 async function map(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, {});
+  const { values, positionals } = parse(argv, INPUT_FORMAT_OPTIONS);
   const path = onePath(positionals, 'map');
-  const dev = await openImage(path, { provider, readOnly: true });
+  const dev = await openInput(path, values);
   let ext: BlockExtent[];
   try {
     ext = await mapExtents(dev);
@@ -159,16 +152,52 @@ async function map(argv: string[], io: CliIO): Promise<number> {
   return 0;
 }
 
+/**
+ * A check report in `qemu-img check --output=json`'s keys (QAPI ImageCheck):
+ * counts that are zero are left out, as qemu-img leaves them out, except
+ * `check-errors`. vmkit adds `messages` (one line per problem).
+ * @example
+ * ```ts
+ * qemuCheckJson(await checkImage('vm.qcow2')); // { filename, format, 'check-errors': 0, … }
+ * ```
+ */
+export function qemuCheckJson(r: CheckReport): Record<string, unknown> {
+  const out: Record<string, unknown> = { filename: r.filename, format: r.format, 'check-errors': r.checkErrors };
+  const opt = (k: string, v: number | undefined): void => {
+    if (v) out[k] = v;
+  };
+  opt('corruptions', r.corruptions);
+  opt('leaks', r.leaks);
+  opt('leaks-fixed', r.leaksFixed);
+  opt('image-end-offset', r.imageEndOffset);
+  opt('total-clusters', r.totalClusters);
+  opt('allocated-clusters', r.allocatedClusters);
+  opt('fragmented-clusters', r.fragmentedClusters);
+  opt('compressed-clusters', r.compressedClusters);
+  out.messages = r.messages;
+  return out;
+}
+
+/** qemu-img check's exit codes: 0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 no check for the format. */
+const CHECK_EXIT = { clean: 0, failed: 1, corrupt: 2, leaks: 3, unsupported: 63 } as const;
+
 async function check(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, { 'repair-leaks': { type: 'boolean' } });
+  const { values, positionals } = parse(argv, { format: { type: 'string', short: 'f' }, 'repair-leaks': { type: 'boolean', short: 'r' } });
   const path = onePath(positionals, 'check');
-  const r = await checkImage(path, { provider, ...(values['repair-leaks'] ? { repairLeaks: true } : {}) });
-  emit(io, values.json, r, () => {
+  const format = formatOpt(values.format, '--format');
+  const r = await checkImage(path, { provider, ...(format ? { format } : {}), ...(values['repair-leaks'] ? { repairLeaks: true } : {}) });
+  if (r.unsupported) {
+    // As qemu-img: nothing on stdout, the reason on stderr, exit 63.
+    io.stderr.write(`vmkit: ${path}: this image format (${r.format}) does not support checks\n`);
+    return CHECK_EXIT.unsupported;
+  }
+  emit(io, values.json, qemuCheckJson(r), () => {
     const lines = r.messages.map((m) => `${m.severity === 'leak' ? 'Leaked' : 'ERROR'}: ${m.message}`);
     if (r.corruptions === 0 && r.leaks === 0 && r.checkErrors === 0) lines.push('No errors were found on the image.');
     else {
       if (r.corruptions) lines.push(`${r.corruptions} errors were found on the image.`);
       if (r.leaks) lines.push(`${r.leaks} leaked clusters were found on the image (wasted space, no harm to data).`);
+      if (r.checkErrors) lines.push(`${r.checkErrors} internal errors have occurred during the check.`);
     }
     if (r.leaksFixed) lines.push(`${r.leaksFixed} leaked clusters were repaired.`);
     if (r.allocatedClusters !== undefined && r.totalClusters) {
@@ -177,5 +206,8 @@ async function check(argv: string[], io: CliIO): Promise<number> {
     if (r.imageEndOffset !== undefined) lines.push(`Image end offset: ${r.imageEndOffset}`);
     return lines.join('\n');
   });
-  return r.corruptions > 0 || r.checkErrors > 0 ? 1 : 0;
+  if (r.checkErrors > 0) return CHECK_EXIT.failed;
+  if (r.corruptions > 0) return CHECK_EXIT.corrupt;
+  if (r.leaks > 0) return CHECK_EXIT.leaks;
+  return CHECK_EXIT.clean;
 }

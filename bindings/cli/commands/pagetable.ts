@@ -24,24 +24,6 @@ import type { GuestMemorySource } from '../../memory/types.js';
 import { emit, parse, parseU64, type CliIO, type Command } from '../_common.js';
 import { _imageMemory } from './_raw_image.js';
 
-const usage = `Usage:
-  vmkit pagetable dump <memory-image> --cr3 <addr> [--mode MODE] [--format qemu|json] [--limit N]
-  vmkit pagetable translate <memory-image> --cr3 <addr> [--mode MODE] [--json] <gva>...
-
-MODE is x86-64 (default), x86-64-5level or aarch64. For aarch64 --cr3 is
-TTBR0_EL1; --ttbr1 <addr>, --t0sz N and --t1sz N (default 16) complete it.
---no-nxe treats XD as a reserved bit (EFER.NXE clear). --engine reference
-walks with the plain-TypeScript reference instead of the wasm core (default core).
-
-dump       every mapped page, large pages once, in VA order. --format qemu
-           (x86 default) prints QEMU's 'info tlb' lines; --format json (aarch64
-           default) one object per mapping. Entries with reserved bits and
-           tables outside the image or looping back are skipped. --limit
-           stops after N mappings (tables shared by many entries can map far
-           more than the image holds).
-translate  the guest-physical address, page size and effective flags of each
-           <gva>, or where and why its walk faulted (exit 1 if any faulted).`;
-
 /** Address-space options from the command line. */
 function _options(values: Record<string, string | boolean | string[] | undefined>): AddressSpaceOptions {
   const mode = ((values.mode as string | undefined) ?? 'x86-64') as PagingMode;
@@ -221,7 +203,7 @@ async function translate(argv: string[], io: CliIO): Promise<number> {
 }
 
 /**
- * The `vmkit pagetable` command group.
+ * The `vmkit pagetable` command group (help: help/pagetable.ts).
  *
  * @example
  * ```sh
@@ -230,12 +212,11 @@ async function translate(argv: string[], io: CliIO): Promise<number> {
  * ```
  */
 export const command: Command = {
-  summary: 'walk guest page tables in a memory image (dump like QEMU info tlb, translate)',
-  usage,
-  async run(argv: string[], io: CliIO): Promise<number> {
-    const [sub, ...rest] = argv;
-    if (sub === 'dump') return dump(rest, io);
-    if (sub === 'translate') return translate(rest, io);
-    throw new VmkitError('ARG_RANGE', `unknown pagetable subcommand ${JSON.stringify(sub)}; dump or translate`);
+  run: {
+    dump,
+    translate,
+    async sample(argv: string[], io: CliIO): Promise<number> {
+      return (await import('./_sample_guest.js')).sampleCmd(argv, io);
+    },
   },
 };

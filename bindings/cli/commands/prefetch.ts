@@ -23,29 +23,6 @@ import type { Gpa, GuestMemorySource } from '../../memory/types.js';
 import { emit, parse, parseU64, type CliIO, type Command } from '../_common.js';
 import { _imageMemory, _openRead } from './_raw_image.js';
 
-const usage = `Usage:
-  vmkit prefetch simulate <memory-image> --cr3 <addr> --trace <file> --policy POLICY
-        [--mode MODE] [--back N] [--ahead N] [--record <file>] [--translate walk|table] [--json]
-
-<memory-image> is a raw guest-physical image or a vmkit checkpoint (then
-reads are counted per storage block, as a lazy restore from it issues them).
-
-Replays the trace's accesses against the image restored lazily: every page
-starts absent; a fault loads what the policy picks, coalesced into runs
-(one read each). Reports accesses, faults, pages prefetched, prefetch hits,
-wasted pages, reads, bytes read and page-table reads.
-
-POLICY    none | physical | virtual | adaptive | replay | replay+virtual
---back N, --ahead N   the window in pages (default 8 and 8; adaptive: the
-          initial window is --ahead, growing up to 256)
---record  replay policies: the recorded working set (one hex frame number
-          per line); other policies: write this run's working set there
---trace   one hex guest-virtual address per line, or valgrind lackey
-          --trace-mem=yes output. Unmapped addresses are counted, not fatal.
---translate walk (default): the core's page-table walker over the image;
-          table: one walk of all mappings into the engine's own table first.
-MODE      x86-64 (default), x86-64-5level or aarch64 (--cr3 is TTBR0_EL1).`;
-
 /** A checkpoint as the walker's memory (pages through the reader's block cache) and its blocks. */
 async function checkpointMemory(path: string): Promise<GuestMemorySource & { close(): void; blockOf(page: number): number }> {
   const r = await CheckpointReader.open(path);
@@ -236,16 +213,8 @@ async function simulateCmd(argv: string[], io: CliIO): Promise<number> {
 }
 
 /**
- * The `vmkit prefetch` command group.
+ * The `vmkit prefetch` command group (help: help/prefetch.ts).
  * @example
- * await command.run(['simulate', 'mem.raw', '--cr3', '0x1000', '--trace', 't.txt', '--policy', 'virtual'], process);
+ * await command.run.simulate!(['mem.raw', '--cr3', '0x1000', '--trace', 't.txt', '--policy', 'virtual'], process);
  */
-export const command: Command = {
-  summary: 'simulate fault-time prefetch policies on a guest image and an access trace',
-  usage,
-  async run(argv: string[], io: CliIO): Promise<number> {
-    const [sub, ...rest] = argv;
-    if (sub === 'simulate') return simulateCmd(rest, io);
-    throw new VmkitError('ARG_RANGE', `unknown prefetch subcommand ${JSON.stringify(sub)}; see vmkit prefetch --help`);
-  },
-};
+export const command: Command = { run: { simulate: simulateCmd } };

@@ -142,6 +142,8 @@ export interface CheckReport {
   allocatedClusters?: number;
   fragmentedClusters?: number;
   compressedClusters?: number;
+  /** The format has no metadata to check (raw): nothing was checked (`qemu-img check` exits 63). */
+  unsupported?: true;
   /** One line per problem, with the offset it concerns. */
   messages: { severity: 'corruption' | 'leak' | 'error'; message: string; offset?: number }[];
 }

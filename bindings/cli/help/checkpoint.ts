@@ -1,0 +1,61 @@
+/**
+ * Help of `vmkit checkpoint …` (no imports beyond types: `--help` loads nothing else).
+ * @module
+ */
+import { EXITS, JSON_OPTION, type CommandHelp } from '../_common.js';
+
+/**
+ * The `checkpoint` group's help.
+ * @example
+ * ```ts
+ * console.log(help.subcommands.save!.synopsis);
+ * ```
+ */
+export const help: CommandHelp = {
+  summary: 'save, restore and inspect memory checkpoints (LZ4 blocks, lazy reads)',
+  about: 'A memory image is raw guest-physical memory, as QEMU\'s pmemsave writes it (or `vmkit pagetable sample` makes one).',
+  subcommands: {
+    save: {
+      summary: 'write a raw guest memory image as a checkpoint',
+      synopsis: '<memory-image> <checkpoint> [--block-size BYTES] [--codec lz4|none] [--threads N] [--parent <checkpoint> [--dirty <bitmap>]] [--force] [--json]',
+      about: `Zero pages go to the index only, others are LZ4-compressed into storage blocks, one write per block.
+With --parent it writes a diff checkpoint holding the pages the dirty bitmap marks (bit p%8 of byte p/8)
+or, without --dirty, the pages that differ from the parent. An existing <checkpoint> is refused unless --force.`,
+      options: [
+        ['--block-size BYTES', 'storage block size (default 1M; K/M suffixes)'],
+        ['--codec lz4|none', 'page compression (default lz4)'],
+        ['--threads N', 'compress a full save on N worker threads (the same file as 1 thread)'],
+        ['--parent <checkpoint>', 'write a diff checkpoint on this parent'],
+        ['--dirty <bitmap-file>', 'with --parent: the pages to write, one bit per page'],
+        ['--force', 'overwrite an existing <checkpoint>'],
+        JSON_OPTION,
+      ],
+      example: 'vmkit checkpoint save guest.mem vm.ckpt',
+      exits: EXITS,
+    },
+    restore: {
+      summary: 'write the full memory image back (following the parent chain)',
+      synopsis: '<checkpoint> <memory-image> [--force] [--json]',
+      about: 'An existing <memory-image> is refused unless --force.',
+      options: [['--force', 'overwrite an existing <memory-image>'], JSON_OPTION],
+      example: 'vmkit checkpoint restore vm.ckpt restored.mem',
+      exits: EXITS,
+    },
+    inspect: {
+      summary: 'pages, zero pages, stored pages, blocks, file bytes, chain',
+      synopsis: '<checkpoint> [--json]',
+      options: [JSON_OPTION],
+      example: 'vmkit checkpoint inspect vm.ckpt --json',
+      exits: EXITS,
+    },
+    'read-page': {
+      summary: 'the raw page holding a guest-physical address',
+      synopsis: '<checkpoint> <gpa> [-o <file> [--force]] [--json]',
+      about: `Writes the page's bytes to -o <file> or to a redirected stdout; binary is never written to a terminal.
+With --json prints {gpa, page, pageSize, hex} instead.`,
+      options: [['-o, --out <file>', 'write the page to <file>'], ['--force', 'overwrite an existing -o <file>'], ['--json, --output=json', 'the page as JSON (hex) on stdout']],
+      example: 'vmkit checkpoint read-page vm.ckpt 0x1000 -o page.bin',
+      exits: EXITS,
+    },
+  },
+};
