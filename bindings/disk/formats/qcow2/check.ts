@@ -5,7 +5,8 @@
  * the references per host cluster, and compare with the stored refcounts.
  * Stored < found is a corruption (a cluster could be reused while in use);
  * stored > found is a leak (space lost). Also: misaligned or past-EOF
- * entries and wrong COPIED flags (corruptions).
+ * entries, wrong COPIED flags (on compressed clusters: any), L1 entries with
+ * flags but no table (corruptions).
  * @module
  */
 import { VmkitError } from '../../../errors.js';
@@ -100,7 +101,11 @@ export async function check(storage: Storage, opts: FormatCheckOptions = {}): Pr
       const lo = l1v.getUint32(i * 8 + 4);
       const l2 = entryOffset(hi, lo);
       const at = l1Off + i * 8;
-      if (l2 === 0) continue;
+      if (l2 === 0) {
+        // Flags without a table: qemu-img check reports it (it walks cluster 0 as that L2 table).
+        if (hi !== 0 || lo !== 0) corrupt(`L1 entry ${i} has flags (0x${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')}) but no L2 table`, at);
+        continue;
+      }
       // Bits 0-8 and 56-62 of an L1 entry are reserved (qcow2.txt): QEMU reports them.
       if ((lo & 0x1ff) !== 0 || (hi & 0x7f00_0000) !== 0) corrupt(`L1 entry ${i} has reserved bits set`, at);
       if (!inc(l2, cs, 'L2 table', at)) continue;
@@ -120,9 +125,12 @@ export async function check(storage: Storage, opts: FormatCheckOptions = {}): Pr
         }
         if (ext && (e.alloc & e.zeroes) !== 0) corrupt(`L2 entry ${j} marks subclusters both allocated and zero`, eat);
         if (e.kind === 'compressed') {
+          // A compressed cluster is never written in place, so COPIED (refcount 1, writable) is wrong on it.
+          if (tv.getUint32(j * (ext ? 16 : 8)) & HI_COPIED) corrupt(`L2 entry ${j}: the COPIED flag is set on a compressed cluster`, eat);
           if (inc(e.host, e.csize, 'compressed data', eat) && active) {
             allocated++;
             compressed++;
+            fragmented++; // as qemu-img: compressed clusters are fragmented by nature (sub-cluster I/O)
           }
           continue;
         }
@@ -133,11 +141,10 @@ export async function check(storage: Storage, opts: FormatCheckOptions = {}): Pr
         if (!inc(e.host, cs, 'data cluster', eat)) continue;
         if (active) {
           copiedChecks.push({ host: e.host, copied: e.copied, at: eat, what: 'data cluster' });
-          if (e.kind === 'normal' || ext) {
-            allocated++;
-            if (prevHost >= 0 && e.host !== prevHost + cs) fragmented++;
-            prevHost = e.host;
-          }
+          // Zero clusters that keep their allocation count too, as in qemu-img (QCOW2_CLUSTER_ZERO_ALLOC).
+          allocated++;
+          if (prevHost >= 0 && e.host !== prevHost + cs) fragmented++;
+          prevHost = e.host;
         }
       }
     }

@@ -299,7 +299,7 @@ export class Qcow2Device implements ImageDevice {
     if (e.kind === 'compressed') return { kind: 'compressed', host: e.host, len: toEnd, entry: e };
     if (!this.ext) {
       if (e.kind === 'normal') return { kind: 'normal', host: e.host + inC, len: toEnd, entry: e };
-      if (e.host !== 0) return { kind: e.kind, host: e.host, len: toEnd, entry: e };
+      if (e.host !== 0) return { kind: e.kind, host: e.host + inC, len: toEnd, entry: e }; // a zero cluster that keeps its allocation
       // Unallocated and (plain) zero clusters run on over the following entries that say the
       // same, so a sparse overlay reads its backing file in long runs, not cluster by cluster.
       const dv = this.view(await this.l2Table(l2));
@@ -314,7 +314,8 @@ export class Qcow2Device implements ImageDevice {
     let s = s0 + 1;
     while (s < 32 && kindOf(s) === k) s++;
     const len = s * this.sub - inC;
-    return { kind: k, host: k === 'normal' ? e.host + inC : 0, len, entry: e };
+    // Zero and unallocated subclusters of an allocated cluster keep its host offset (qemu-img map prints it).
+    return { kind: k, host: e.host !== 0 ? e.host + inC : 0, len, entry: e };
   }
 
   /**
@@ -384,11 +385,16 @@ export class Qcow2Device implements ImageDevice {
     // Extend over following clusters of the same kind (contiguous host for data).
     const { first, len } = await _statusRun(this, offset, length, (o) => this.piece(o), (a, p, n) => {
       if (p.kind !== a.kind || a.kind === 'compressed') return false;
-      if (p.kind === 'normal' && p.host !== a.host + n) return false;
-      return !(p.kind === 'zero' && (p.host !== 0) !== (a.host !== 0));
+      // Runs with a host offset (data; zero clusters and subclusters that keep an allocation, as
+      // qemu-img map prints them) go on only while it is contiguous; runs without one, while it is absent.
+      return a.host === 0 ? p.host === 0 : p.host === a.host + n;
     });
-    if (first.kind === 'unallocated') return _backingStatus(this.backing, offset, len);
-    if (first.kind === 'zero') return { offset, length: len, kind: 'zero', depth: 0 };
+    if (first.kind === 'unallocated') {
+      // Unallocated subclusters of an allocated cluster, nothing below: qemu-img map prints the cluster's host offset.
+      if (first.host !== 0 && !this.backing) return { offset, length: len, kind: 'unallocated', depth: 0, hostOffset: first.host };
+      return _backingStatus(this.backing, offset, len);
+    }
+    if (first.kind === 'zero') return { offset, length: len, kind: 'zero', depth: 0, ...(first.host !== 0 ? { hostOffset: first.host } : {}) };
     if (first.kind === 'compressed') return { offset, length: len, kind: 'data', depth: 0, compressed: true };
     return { offset, length: len, kind: 'data', depth: 0, hostOffset: first.host };
   }
