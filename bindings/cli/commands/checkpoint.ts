@@ -31,7 +31,6 @@ async function save(argv: string[], io: CliIO): Promise<number> {
   });
   const [image, out] = positionals;
   if (!image || !out || positionals.length > 2) throw new VmkitError('ARG_RANGE', 'save needs <memory-image> <checkpoint>');
-  refuseOverwrite(out, values.force);
   if (values.dirty && !values.parent) throw new VmkitError('ARG_RANGE', '--dirty needs --parent');
   const blockSize = values['block-size'] === undefined ? undefined : parseSize(values['block-size'] as string, '--block-size');
   const codec = (values.codec as string | undefined) ?? 'lz4';
@@ -39,6 +38,7 @@ async function save(argv: string[], io: CliIO): Promise<number> {
   const threads = values.threads === undefined ? 1 : Number(values.threads);
   if (!Number.isInteger(threads) || threads < 1 || threads > 64) throw new VmkitError('ARG_RANGE', `--threads must be 1..64, got ${String(values.threads)}`);
   if (threads > 1 && values.parent) throw new VmkitError('ARG_RANGE', '--threads applies to full saves (not with --parent)');
+  refuseOverwrite(out, values.force); // after the usage checks: a usage error is reported as one
   const src = _imagePages(image, PS);
   const started = performance.now();
   let parent: CheckpointReader | undefined;
