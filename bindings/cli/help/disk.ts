@@ -37,7 +37,7 @@ copies, and \`disk consolidate vm-delta-1.qcow2\` folds the delta back into vm.q
         ['--size <bytes>', 'virtual size (required without --backing, which gives its size)'],
         ['-f, --format qcow2|vmdk|raw', 'format of the new image (default qcow2); as qemu-img create -f'],
         ['-b, --backing <file>', 'backing file, relative to the new image (as qemu-img create -b)'],
-        ['-F, --backing-format qcow2|vmdk|raw', 'format of the backing file, recorded in the new image (default: probed; raw must be stated)'],
+        ['-F, --backing-format qcow2|vmdk|raw', 'format of the backing file, recorded in the new image (default: probed, then recorded)'],
         ['--cluster-size <bytes>', 'qcow2 cluster / VMDK grain size'],
         ['--extended-l2', 'qcow2: extended L2 entries (32 subclusters per cluster)'],
         JSON_OPTION,
