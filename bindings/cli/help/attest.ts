@@ -46,7 +46,7 @@ export const help: CommandHelp = {
     },
     serve: {
       summary: 'the attestation service: index the sources, answer requests with signed EARs',
-      synopsis: "--repo '<source>'... [--keyring <file>]... [--key <file>] [--listen host:port | --port N] [--files-of <pkg>]... [--verifier-id <id>] [--refresh <s>] [--json]",
+      synopsis: "--repo '<source>'... [--keyring <file>]... [--key <file>] [--listen host:port | --port N] [--files-of <pkg>]... [--verifier-id <id>] [--refresh <s>] [--state-dir <dir>] [--max-future-skew <s>] [--nonce-secret-file <file> [--nonce-etcd <urls>]] [--json]",
       about: 'Runs until SIGINT/SIGTERM. Without --key, a key made for the life of the process signs the tokens.',
       options: [
         ...SOURCES,
@@ -55,6 +55,10 @@ export const help: CommandHelp = {
         ['--port N', 'the port only'],
         ['--verifier-id <id>', "the verifier's name in the tokens"],
         ['--refresh <seconds>', 'how often the sources are re-read (default 300)'],
+        ['--state-dir <dir>', "keep each source's last accepted release date there, across restarts (an older release is refused)"],
+        ['--max-future-skew <seconds>', 'refuse a release dated further in the future than this'],
+        ['--nonce-secret-file <file>', 'the nonce secret (≥ 32 bytes) shared by the replicas behind one load balancer'],
+        ['--nonce-etcd <urls>', 'keep used nonces in etcd, so replicas accept each nonce once (needs --nonce-secret-file; repeatable)'],
         JSON_OPTION,
       ],
       example: "vmkit attest serve --repo 'deb http://deb.debian.org/debian bookworm main' --keyring /usr/share/keyrings/debian-archive-keyring.gpg --key ear.pem",
