@@ -89,6 +89,7 @@ function oneOf<T extends string>(v: unknown, name: string, allowed: readonly T[]
 export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv: string[], io: CliIO): Promise<number> {
   const { backup, consolidate, recoverConsolidation, resumeConsolidation, readJobRecord, LiveDisk, NodeChainOps, snapshot } = await jobs();
   if (sub === 'snapshot') {
+    // No -F here: after the snapshot the disk's backing file is two layers down, where only a recorded format counts.
     const { values, positionals } = parse(argv, { delta: { type: 'string' }, format: INPUT_FORMAT_OPTIONS.format, 'delta-format': { type: 'string' }, ...REMOTE });
     const [path] = positionals;
     if (path === undefined || positionals.length !== 1) throw new VmkitError('ARG_RANGE', 'usage: vmkit disk snapshot <disk> [--delta <path>]; see vmkit disk snapshot --help');
@@ -152,7 +153,7 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
   }
 
   const { values, positionals } = parse(argv, {
-    format: INPUT_FORMAT_OPTIONS.format,
+    ...INPUT_FORMAT_OPTIONS,
     into: { type: 'string' },
     full: { type: 'boolean' },
     'keep-delta': { type: 'boolean' },

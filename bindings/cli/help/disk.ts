@@ -110,11 +110,12 @@ A TTY shows bytes copied, the rate and the time left.`,
     },
     consolidate: {
       summary: 'fold a delta into the layer below (or onto a new image), crash-safe',
-      synopsis: '<delta> [-f <fmt>] [--into base|<target>] [--full] [--keep-delta] [--rate <bytes/s>] [--resume|--rollback] [--json]',
+      synopsis: '<delta> [-f <fmt>] [-F <fmt>] [--into base|<target>] [--full] [--keep-delta] [--rate <bytes/s>] [--resume|--rollback] [--json]',
       about: `<delta> is the chain's active layer (what \`vmkit disk snapshot\` printed). An interrupted job is finished
 with --resume or undone with --rollback. A TTY shows bytes copied, the rate and the time left.`,
       options: [
         FORMAT,
+        BACKING_FORMAT,
         ['--into base|<target>', 'base (default): into the layer below, as qemu-img commit; or onto a new image <target>'],
         ['--full', 'with a <target>: the target holds the whole chain, no backing file'],
         ['--keep-delta', 'into base: leave the delta in the chain, emptied (qemu-img commit without -d)'],
