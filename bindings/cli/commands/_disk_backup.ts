@@ -154,6 +154,7 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
 
   const { values, positionals } = parse(argv, {
     ...INPUT_FORMAT_OPTIONS,
+    ...REMOTE,
     into: { type: 'string' },
     full: { type: 'boolean' },
     'keep-delta': { type: 'boolean' },
