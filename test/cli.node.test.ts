@@ -30,14 +30,14 @@ describe('vmkit CLI', () => {
 
   it('--help lists every group with its own summary, loading none of them', async () => {
     const { _COMMANDS } = (await import(new URL('../dist/cli/main.js', import.meta.url).href)) as {
-      _COMMANDS: Record<string, { summary: string; load(): Promise<{ command: { summary: string } }> }>;
+      _COMMANDS: Record<string, { summary: string; help(): Promise<{ help: { summary: string } }> }>;
     };
     const r = vmkit('--help');
     for (const [name, c] of Object.entries(_COMMANDS)) {
-      const { command } = await c.load();
+      const { help } = await c.help();
       // main.ts keeps a copy of each summary so that --help imports no group: the copies must agree.
-      expect(c.summary, name).toBe(command.summary);
-      expect(r.stdout).toContain(`  ${name.padEnd(12)} ${command.summary}`);
+      expect(c.summary, name).toBe(help.summary);
+      expect(r.stdout).toContain(`  ${name.padEnd(12)} ${help.summary}`);
     }
     // Start-up is module loading: --help loads the entry, main and errors, no group and no core.
     const hook = 'data:text/javascript,' + encodeURIComponent("export async function resolve(s, c, next) { const r = await next(s, c); if (r.url.includes('/dist/')) process.stderr.write('LOADED ' + r.url + '\\n'); return r; }");
