@@ -22,11 +22,11 @@
  */
 import { spawn, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, renameSync, chmodSync, statSync } from 'node:fs';
-import { createConnection } from 'node:net';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, renameSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
+import { buildInitramfs, fileKey, findKernel, monitor, which } from './_guest.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const CACHE = join(ROOT, '.cache', 'guest');
@@ -45,43 +45,14 @@ function die(msg) {
   process.exit(1);
 }
 
-function which(cmd) {
-  try {
-    return execFileSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' }).trim() || undefined;
-  } catch {
-    return undefined;
-  }
+function findKernelOrDie() {
+  return findKernel() ?? die('no /boot/vmlinuz-*-amd64: apt-get install linux-image-amd64');
 }
 
-function findKernel() {
-  if (process.env.VMKIT_GUEST_KERNEL) return process.env.VMKIT_GUEST_KERNEL;
-  const boot = '/boot';
-  const names = existsSync(boot) ? readdirSync(boot).filter((n) => /^vmlinuz-.*amd64$/.test(n)).sort() : [];
-  if (names.length === 0) die('no /boot/vmlinuz-*-amd64: apt-get install linux-image-amd64');
-  return join(boot, names[names.length - 1]);
-}
-
-function fileKey(path) {
-  const st = statSync(path);
-  return `${path}:${st.size}:${st.mtimeMs}`;
-}
-
-/** A newc cpio archive holding busybox, an /init script and /dev/console. */
-function buildInitramfs(dir) {
-  const busybox = which('busybox') ?? '/bin/busybox';
-  if (!existsSync(busybox)) die('no busybox: apt-get install busybox-static');
-  const root = join(dir, 'root');
-  for (const d of ['bin', 'dev', 'proc', 'sys', 'tmp']) mkdirSync(join(root, d), { recursive: true });
-  execFileSync('cp', [busybox, join(root, 'bin', 'busybox')]);
-  execFileSync(join(root, 'bin', 'busybox'), ['--install', '-s', join(root, 'bin')], { stdio: 'ignore' });
-  // Without /dev/console the kernel opens no console for init and its output is lost.
-  execFileSync('mknod', ['-m', '600', join(root, 'dev', 'console'), 'c', '5', '1']);
-  // init: mount the pseudo file systems, run a few programs so user space owns
-  // real mappings (a shell, a file in tmpfs, an awk loop), then spin in a
-  // user-space loop so the CPU is most likely in a process when QEMU stops it.
-  writeFileSync(
-    join(root, 'init'),
-    `#!/bin/busybox sh
+// init: mount the pseudo file systems, run a few programs so user space owns
+// real mappings (a shell, a file in tmpfs, an awk loop), then spin in a
+// user-space loop so the CPU is most likely in a process when QEMU stops it.
+const INIT = `#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sys /sys
 /bin/busybox mount -t devtmpfs dev /dev 2>/dev/null
@@ -91,58 +62,7 @@ function buildInitramfs(dir) {
 /bin/busybox sha256sum /tmp/noise
 echo VMKIT-READY
 while :; do :; done
-`,
-  );
-  chmodSync(join(root, 'init'), 0o755);
-  const out = join(dir, 'initramfs.cpio');
-  execFileSync('sh', ['-c', `cd "${root}" && find . | cpio -o -H newc --quiet > "${out}"`]);
-  return out;
-}
-
-/** Sends HMP commands over the monitor socket, one at a time, and collects each answer. */
-async function monitor(sockPath) {
-  const sock = createConnection(sockPath);
-  await new Promise((res, rej) => {
-    sock.once('connect', res);
-    sock.once('error', rej);
-  });
-  let buf = '';
-  let waiter;
-  sock.on('data', (d) => {
-    buf += d.toString('latin1');
-    waiter?.();
-  });
-  const untilPrompt = () =>
-    new Promise((res, rej) => {
-      const t = setTimeout(() => rej(new Error('monitor did not answer')), 120_000);
-      const check = () => {
-        const i = buf.lastIndexOf('(qemu) ');
-        if (i >= 0 && i + 7 === buf.length) {
-          clearTimeout(t);
-          waiter = undefined;
-          const text = buf.slice(0, i);
-          buf = '';
-          res(text);
-        }
-      };
-      waiter = check;
-      check();
-    });
-  await untilPrompt(); // banner
-  return {
-    async cmd(line) {
-      sock.write(line + '\n');
-      const raw = await untilPrompt();
-      // The monitor echoes the command (with terminal escapes) on the first line.
-      const lines = raw.replace(/\r/g, '').split('\n');
-      lines.shift();
-      return lines.join('\n');
-    },
-    close() {
-      sock.destroy();
-    },
-  };
-}
+`;
 
 async function boot(variant, kernel, initrd, work) {
   const { cpu } = VARIANTS[variant];
@@ -195,11 +115,12 @@ async function boot(variant, kernel, initrd, work) {
 async function make(variant, force) {
   if (!which('qemu-system-x86_64')) die('no qemu-system-x86_64: apt-get install qemu-system-x86');
   if (!which('cpio')) die('no cpio: apt-get install cpio');
-  const kernel = findKernel();
+  const kernel = findKernelOrDie();
   const qemuVersion = execFileSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).split('\n')[0];
   const busybox = which('busybox') ?? '/bin/busybox';
   const key = createHash('sha256')
     .update(readFileSync(fileURLToPath(import.meta.url)))
+    .update(readFileSync(fileURLToPath(new URL('./_guest.mjs', import.meta.url))))
     .update(fileKey(kernel))
     .update(fileKey(busybox))
     .update(qemuVersion)
@@ -223,7 +144,7 @@ async function make(variant, force) {
   mkdirSync(work, { recursive: true });
   try {
     const t0 = Date.now();
-    const initrd = buildInitramfs(work);
+    const initrd = buildInitramfs(work, { init: INIT });
     const r = await boot(variant, kernel, initrd, work);
     const m = /CR3=([0-9a-fA-F]+)/.exec(r.registers);
     if (!m) die(`no CR3 in info registers:\n${r.registers}`);
