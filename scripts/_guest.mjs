@@ -314,7 +314,9 @@ export async function bootWriter({ kernel, initrd, accel = 'tcg', qemuArgs, qmpP
   ];
   const qemu = spawn('qemu-system-x86_64', args, { stdio: ['pipe', 'pipe', 'pipe'] });
   const g = { qemu, lines: [], acks: [], token: undefined, max: undefined, done: undefined, stderr: '', exited: undefined };
-  g.exited = new Promise((res) => qemu.once('exit', (code) => res(code)));
+  // 'close', not 'exit': the console's last lines may still be in the pipe when the process exits.
+  let closed = false;
+  g.exited = new Promise((res) => qemu.once('close', (code) => res(code)));
   let part = '';
   const waiters = new Set();
   qemu.stderr.on('data', (d) => (g.stderr += d));
@@ -332,7 +334,8 @@ export async function bootWriter({ kernel, initrd, accel = 'tcg', qemuArgs, qmpP
     }
     for (const w of waiters) w();
   });
-  qemu.once('exit', () => {
+  qemu.once('close', () => {
+    closed = true;
     for (const w of waiters) w();
   });
   /** Resolves once pred(g) holds; rejects when QEMU exits first or after timeoutMs. */
@@ -341,7 +344,7 @@ export async function bootWriter({ kernel, initrd, accel = 'tcg', qemuArgs, qmpP
       const t = setTimeout(() => (waiters.delete(check), rej(new Error(`guest: no ${what} in ${timeoutMs} ms; console tail:\n${g.lines.slice(-30).join('\n')}\n${g.stderr}`))), timeoutMs);
       const check = () => {
         if (pred(g)) return (clearTimeout(t), waiters.delete(check), res(g));
-        if (qemu.exitCode !== null) return (clearTimeout(t), waiters.delete(check), rej(new Error(`guest: QEMU exited (${qemu.exitCode}) before ${what}; console tail:\n${g.lines.slice(-30).join('\n')}\n${g.stderr}`)));
+        if (closed) return (clearTimeout(t), waiters.delete(check), rej(new Error(`guest: QEMU exited (${qemu.exitCode}) before ${what}; console tail:\n${g.lines.slice(-30).join('\n')}\n${g.stderr}`)));
       };
       waiters.add(check);
       check();

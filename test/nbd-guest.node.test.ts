@@ -85,8 +85,10 @@ function serve(cwd: string, ...args: string[]): Served {
         if (child.exitCode !== null) break;
         await new Promise((r) => setTimeout(r, 50));
       }
-      if (!out.includes('}')) throw new Error(`vmkit disk serve ${args.join(' ')} did not start: ${err}`);
-      return JSON.parse(out) as Record<string, unknown>;
+      // An error is JSON too (with --json): only a listening server names its address.
+      const j = out.includes('}') ? (JSON.parse(out) as Record<string, unknown>) : undefined;
+      if (!j?.listen) throw new Error(`vmkit disk serve ${args.join(' ')} did not start: ${out}${err}`);
+      return j;
     },
   };
 }
