@@ -195,15 +195,22 @@ export class NbdServer {
    * Stops accepting, lets every connection finish the requests it has in
    * flight (their replies go out), then closes the connections. The exported
    * devices stay open (their owner closes them). Idempotent.
+   *
+   * `holdClients`: the connections stay open, their new requests unread,
+   * until it settles (close() resolves once those in flight are answered). An
+   * ownership handoff uses it: a client with reconnect (QEMU's NBD client
+   * retries at once, then only after 1 s) is let go when the next server
+   * already listens, and its unread requests go there.
    * @example
    * await server.close();
    * await device.close();
    */
-  close(): Promise<void> {
+  close(opts: { holdClients?: Promise<unknown> } = {}): Promise<void> {
     return (this.closing ??= (async () => {
       const stopped = new Promise<void>((r) => this.srv.close(() => r()));
-      await Promise.all([...this.conns].map((c) => c.shutdown()));
-      await stopped;
+      await Promise.all([...this.conns].map((c) => c.shutdown(opts.holdClients)));
+      // net.Server's close callback waits for every connection to end: held ones end later.
+      if (!opts.holdClients) await stopped;
     })());
   }
 }
@@ -216,6 +223,10 @@ class _Conn {
   private done: Promise<void> | undefined;
   private ended!: () => void;
   private readonly finished = new Promise<void>((r) => (this.ended = r));
+  private hold: Promise<unknown> | undefined;
+  private quiet!: () => void;
+  /** Resolves when no request of this connection is in flight any more and none will be taken. */
+  private readonly quiesced = new Promise<void>((r) => (this.quiet = r));
 
   private readonly server: NbdServer;
   private readonly exports: Map<string, _Export>;
@@ -309,7 +320,10 @@ class _Conn {
       if (!neg) return;
       this.session = new _Session(neg.agreed, this.inbox, out, this.lim);
       if (this.server.shuttingDown) this.session.stop();
-      await this.session.run();
+      const how = await this.session.run();
+      this.quiet();
+      // Held open by close({ holdClients }): the client's next requests stay unread until then.
+      if (how === 'stopped' && this.hold) await this.hold.catch(() => {});
     } catch (e) {
       if (!(e instanceof _Closed)) {
         violation = true;
@@ -326,18 +340,21 @@ class _Conn {
         else s.end(() => s.destroy());
       }
       this.server.untrack(this, violation);
+      this.quiet();
       this.ended();
     }
   }
 
-  /** Stops taking requests, waits for those in flight, closes. */
-  async shutdown(): Promise<void> {
-    if (this.session) this.session.stop();
-    else {
+  /** Stops taking requests, waits for those in flight, closes (once `hold` settles, when given). */
+  async shutdown(hold?: Promise<unknown>): Promise<void> {
+    if (this.session) {
+      this.hold = hold;
+      this.session.stop();
+    } else {
       this.stream.destroy();
       this.inbox.end(new _Closed('the server is shutting down'));
     }
-    await this.finished;
+    await (hold ? this.quiesced : this.finished);
   }
 }
 
