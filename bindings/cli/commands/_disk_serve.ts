@@ -73,6 +73,12 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
   let held: OwnedDisk | undefined;
   let server: NbdServer | undefined;
   let handler: ControlHandler | undefined;
+  // --as on a unix socket: a release request leaves the clients connected (their requests unread) until
+  // the next server listens on the path, so QEMU's NBD client reconnects at once rather than after its 1 s
+  // backoff (docs/nbd.md, "Ownership handoff"). Settles when let go.
+  let handedOver: Promise<void> | undefined;
+  let released!: () => void;
+  const releasedP = new Promise<void>((r) => (released = r));
   if (control) {
     const { fileFormatDriver, syncFileFormatDriver } = await import('../../disk/image.js');
     const { openLive, liveBlockDevice } = await import('./_disk_live.js');
@@ -105,10 +111,13 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
       // clients are disconnected (they reconnect to the next server), then the disk is released.
       onReleaseRequest: async (req) => {
         io.stderr.write(`vmkit disk serve: release requested by ${req.requester.id}: stopping\n`);
-        await server?.close();
+        const path = listenPath(server?.address);
+        handedOver = path === undefined ? undefined : releasedP.then(() => successorListens(path, socketIno, HANDOVER_WAIT_MS));
+        await server?.close(handedOver ? { holdClients: handedOver } : {});
         return undefined;
       },
     });
+    void held.done.then(() => released());
     const h = held;
     device = h.device;
     closeDevice = () => h.release();
@@ -143,6 +152,8 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
       throw e;
     }
   }
+  const socketPath = listenPath(server.address);
+  const socketIno = socketPath === undefined ? undefined : await inodeOf(socketPath);
   const uri = server.uri(typeof values.export === 'string' ? values.export : '');
   emit(io, values.json, { listen: server.address, uri, file, format: device.format, size: device.size, readOnly, ...(ctl ? { control: ctl.path } : {}), ...(held ? { owner: values.as, epoch: held.epoch } : {}) }, () => `serving ${file} (${device.format}, ${device.size} bytes${readOnly ? ', read-only' : ''}) at ${uri}`);
   const sig = await new Promise<string>((resolve) => {
@@ -154,6 +165,8 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
   });
   await ctl?.close();
   await server.close();
+  // Released to another server: the clients held open are let go once it listens (or after the bound).
+  await handedOver;
   await closeDevice().catch((e: unknown) => {
     // A holder that already gave the disk away has nothing left to release.
     if (!held) throw e;
@@ -161,4 +174,27 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
   const st = server.stats();
   io.stderr.write(`vmkit disk serve: ${sig}: stopped after ${st.accepted} connections, ${st.requests} requests (${st.errors} errors)\n`);
   return 0;
+}
+
+/** How long a released server keeps its clients waiting for the next one to listen (then lets them go anyway). */
+const HANDOVER_WAIT_MS = 10_000;
+
+const listenPath = (address: string | undefined): string | undefined => (address?.startsWith('unix:') ? address.slice(5) : undefined);
+
+async function inodeOf(path: string): Promise<number | undefined> {
+  const { stat } = await import('node:fs/promises');
+  return stat(path).then(
+    (st) => st.ino,
+    () => undefined,
+  );
+}
+
+/** Resolves once `path` is a socket other than ours (inode `ours`): the next server listens there. */
+async function successorListens(path: string, ours: number | undefined, waitMs: number): Promise<void> {
+  const until = Date.now() + waitMs;
+  while (Date.now() < until) {
+    const ino = await inodeOf(path);
+    if (ino !== undefined && ino !== ours) return;
+    await new Promise((r) => setTimeout(r, 2));
+  }
 }
