@@ -208,15 +208,16 @@ describe.skipIf(!hasTools || !kernel)('a real guest writing to a disk vmkit serv
     expect(fin.subarray(PRE, PRE + MiB).every((x) => x === 0x5a)).toBe(true);
 
     // The backup is one point in time: blocks 0..k-1 whole, nothing after, k at least what was acknowledged
-    // before the snapshot was asked for and at most what was acknowledged by the time it returned (plus the one
-    // write the console had not reported yet).
+    // before the snapshot was asked for. Upper bound: what was acknowledged by the time it returned, plus the
+    // write in flight, plus a few whose ACK lines were still in the guest's console buffer (the writer prints
+    // to the tty and goes on; the host reads the UART later).
     const bk = new Uint8Array(await readFile(join(d, 'backup.raw')));
     expect(bk.length).toBe(64 * MiB);
     let k = 0;
     while (k < MAX && sha(bk.subarray(k * BLOCK, (k + 1) * BLOCK)) === sha(guest.writerBlock(k, token))) k++;
     for (let i = k; i < MAX; i++) if (!zero(bk.subarray(i * BLOCK, (i + 1) * BLOCK))) expect.fail(`backup block ${i} after the prefix of ${k} is neither whole nor empty`);
     expect(k).toBeGreaterThanOrEqual(events.snapshot!);
-    expect(k).toBeLessThanOrEqual(events['snapshot-done']! + 1);
+    expect(k).toBeLessThanOrEqual(events['snapshot-done']! + 4);
     expect(bk.subarray(PRE, PRE + MiB).every((x) => x === 0x5a)).toBe(true);
 
     const acks = g!.acks;
