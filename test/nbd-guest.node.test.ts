@@ -22,42 +22,26 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { needTool } from './_tools.js';
 import { qemuCheck } from './_qemu-img.js';
-// @ts-expect-error plain ESM helper shared with scripts/guest-fixture.mjs (no type declarations)
+// Plain ESM shared with scripts/guest-fixture.mjs and bench/nbd-guest.bench.js (types: scripts/_guest.d.mts).
 import * as guest from '../scripts/_guest.mjs';
+import type { WriterAck as Ack, WriterGuest as Guest } from '../scripts/_guest.mjs';
 
 const run = promisify(execFile);
 const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
 const hasTools =
   needTool('qemu-system-x86_64', 'qemu-system-x86') && needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils') && needTool('busybox', 'busybox-static') && needTool('cpio', 'cpio') && needTool('modinfo', 'kmod');
-const kernel: string | undefined = hasTools ? guest.findKernel() : undefined;
+const kernel = hasTools ? guest.findKernel() : undefined;
 if (hasTools && !kernel) {
   if (process.env.CI === 'true') throw new Error('no /boot/vmlinuz-*-amd64: apt-get install linux-image-amd64');
   console.warn('\n*** SKIPPING the NBD real-guest spec: no /boot/vmlinuz-*-amd64 (apt-get install linux-image-amd64) ***\n');
 }
 
 const MiB = 1 << 20;
-const BLOCK = guest.WRITER_BLOCK as number;
+const BLOCK = guest.WRITER_BLOCK;
 const MAX = 4096; // blocks: 16 MiB, more than the run writes under TCG
 const STEP = 12; // acknowledged blocks between two events
 const PRE = 48 * MiB; // a run of 0x5a the base image holds from before, outside the writer's range
 
-interface Ack {
-  n: number;
-  up: number;
-  sha: string;
-  at: number;
-}
-interface Guest {
-  lines: string[];
-  acks: Ack[];
-  token: string | undefined;
-  done: number | undefined;
-  stderr: string;
-  exited: Promise<number | null>;
-  until(what: string, pred: (g: Guest) => boolean, timeoutMs?: number): Promise<Guest>;
-  stop(): void;
-  kill(): void;
-}
 interface Served {
   out(): string;
   err(): string;
@@ -114,9 +98,9 @@ describe.skipIf(!hasTools || !kernel)('a real guest writing to a disk vmkit serv
     await run('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a ${PRE} 1M`, base]);
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', vm]);
 
-    const modules = guest.kernelModules(kernel, ['virtio_blk', 'virtio_pci']);
-    const initrd: string = guest.buildInitramfs(join(d, 'initramfs'), { init: guest.writerInit(modules, { max: MAX }), modules });
-    const accel: string = await guest.pickAccel(kernel, d);
+    const modules = guest.kernelModules(kernel!, ['virtio_blk', 'virtio_pci']);
+    const initrd = guest.buildInitramfs(join(d, 'initramfs'), { init: guest.writerInit(modules, { max: MAX }), modules });
+    const accel = await guest.pickAccel(kernel!, d);
 
     const servers: Served[] = [];
     const s1 = serve(d, vm, '--listen', `unix:${sock}`, '--control', ctl);
@@ -125,14 +109,14 @@ describe.skipIf(!hasTools || !kernel)('a real guest writing to a disk vmkit serv
     const events: Record<string, number> = {};
     try {
       expect(await s1.json()).toMatchObject({ control: ctl });
-      g = (await guest.bootWriter({
-        kernel,
+      g = await guest.bootWriter({
+        kernel: kernel!,
         initrd,
         accel,
         qmpPath: join(d, 'qmp.sock'),
         // QEMU's NBD client waits up to 60 s for a server to come back before failing a request.
         qemuArgs: ['-drive', `driver=nbd,server.type=unix,server.path=${sock},reconnect-delay=60,if=none,id=d0,cache.direct=on`, '-device', 'virtio-blk-pci,drive=d0'],
-      })) as Guest;
+      });
       const acked = (n: number): Promise<Guest> => g!.until(`${n} acknowledged blocks`, (x) => x.acks.length >= n);
       const vmkit = async (...a: string[]): Promise<Record<string, unknown>> => JSON.parse((await run(process.execPath, [bin, ...a, '--json'], { cwd: d, encoding: 'utf8' })).stdout) as Record<string, unknown>;
       const mark = (name: string): void => void (events[name] = g!.acks.length);

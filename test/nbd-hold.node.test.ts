@@ -18,7 +18,9 @@ import { serveNbd } from '../bindings/disk/nbd/server.js';
 class Client {
   private buf = Buffer.alloc(0);
   closed = false;
-  constructor(readonly sock: Socket) {
+  readonly sock: Socket;
+  constructor(sock: Socket) {
+    this.sock = sock;
     sock.on('data', (d) => (this.buf = Buffer.concat([this.buf, d])));
     sock.on('close', () => (this.closed = true));
     sock.on('error', () => (this.closed = true));
