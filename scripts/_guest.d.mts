@@ -22,6 +22,8 @@ export interface WriterGuest {
   token: string | undefined;
   max: number | undefined;
   done: number | undefined;
+  /** True once the writer printed the kernel log (DMESG-END). */
+  logged: boolean;
   stderr: string;
   exited: Promise<number | null>;
   until(what: string, pred: (g: WriterGuest) => boolean, timeoutMs?: number): Promise<WriterGuest>;

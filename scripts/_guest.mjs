@@ -275,6 +275,8 @@ echo DMESG-BEGIN
 dmesg
 echo DMESG-END
 sync
+# The console is written asynchronously: let the tty drain before the power goes (or the last lines are lost).
+sleep 1
 poweroff -f
 `;
 }
@@ -292,7 +294,8 @@ export const IO_ERROR_LINE = /I\/O error|blk_update_request|Buffer I\/O|critical
 /**
  * Boots the writer guest: `kernel`, `initrd`, the extra QEMU arguments (its
  * disk), a QMP socket. The console is QEMU's stdio: `lines` grows as it
- * prints, `acks` holds each ACK as { n, up (guest seconds), sha, at (host ms) }.
+ * prints, `acks` holds each ACK as { n, up (guest seconds), sha, at (host ms) }, `done` the
+ * WRITER-DONE count, `logged` turns true once the kernel log is printed (DMESG-END).
  */
 export async function bootWriter({ kernel, initrd, accel = 'tcg', qemuArgs, qmpPath, ramMiB = 256 }) {
   const { spawn } = await import('node:child_process');
@@ -313,7 +316,7 @@ export async function bootWriter({ kernel, initrd, accel = 'tcg', qemuArgs, qmpP
     ...qemuArgs,
   ];
   const qemu = spawn('qemu-system-x86_64', args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  const g = { qemu, lines: [], acks: [], token: undefined, max: undefined, done: undefined, stderr: '', exited: undefined };
+  const g = { qemu, lines: [], acks: [], token: undefined, max: undefined, done: undefined, logged: false, stderr: '', exited: undefined };
   // 'close', not 'exit': the console's last lines may still be in the pipe when the process exits.
   let closed = false;
   g.exited = new Promise((res) => qemu.once('close', (code) => res(code)));
@@ -331,6 +334,7 @@ export async function bootWriter({ kernel, initrd, accel = 'tcg', qemuArgs, qmpP
       if ((m = /ACK (\d+) ([\d.]+) ([0-9a-f]{64})/.exec(line))) g.acks.push({ n: Number(m[1]), up: Number(m[2]), sha: m[3], at: Date.now() });
       else if ((m = /WRITER-START ([0-9a-f]{32}) (\d+)/.exec(line))) ((g.token = m[1]), (g.max = Number(m[2])));
       else if ((m = /WRITER-DONE (\d+)/.exec(line))) g.done = Number(m[1]);
+      else if (line.includes('DMESG-END')) g.logged = true;
     }
     for (const w of waiters) w();
   });

@@ -86,7 +86,7 @@ export async function openLive(path: string, driver: FormatDriver): Promise<{ di
           format,
           scope,
           ...(rate ? { rateLimit: rate } : {}),
-          onProgress: (p) => progress(p.planned > 0 ? 1 - p.remaining / p.planned : 1, { planned: p.planned, remaining: p.remaining }),
+          onProgress: (p) => progress(p.planned > 0 ? 1 - p.remaining / p.planned : 1, { planned: p.planned, remaining: p.remaining, state: p.state }),
         });
         return { source: snap.frozen, target, format, scope, ...(await job.done) };
       }
@@ -100,7 +100,7 @@ export async function openLive(path: string, driver: FormatDriver): Promise<{ di
         full: a.full === true,
         ...(a.keepDelta === true ? { keepDelta: true } : {}),
         ...(rate ? { rateLimit: rate } : {}),
-        onProgress: (p) => progress(p.planned > 0 ? 1 - p.remaining / p.planned : 1, { planned: p.planned, remaining: p.remaining }),
+        onProgress: (p) => progress(p.planned > 0 ? 1 - p.remaining / p.planned : 1, { planned: p.planned, remaining: p.remaining, state: p.state }),
       });
       return await job.done;
     } finally {
