@@ -103,4 +103,38 @@ describe('NbdServer.close({ holdClients })', () => {
     await dev.close();
     await rm(dir, { recursive: true, force: true });
   });
+
+  it('holds a connection stopped in the middle of a write payload too (the write is not taken, not a violation)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vmkit-nbdhold-'));
+    const qcow2 = await loadFormat('qcow2');
+    const st = new MemoryStorage('hold2.qcow2');
+    await qcow2.create(st, { size: 1 << 20 });
+    const dev = await qcow2.open(st, {});
+    const sock = join(dir, 'hold2.sock');
+    const errors: Error[] = [];
+    const server = await serveNbd({ listen: `unix:${sock}`, exports: [{ device: dev }], onConnectionError: (e) => errors.push(e) });
+    const c = await Client.open(sock);
+    await c.handshake();
+    // A WRITE header and 100 of its 4096 payload bytes: the server reads the header and waits for the rest.
+    const h = Buffer.alloc(28);
+    h.writeUInt32BE(0x25609513, 0);
+    h.writeUInt16BE(1, 6);
+    h.writeBigUInt64BE(9n, 8);
+    h.writeUInt32BE(4096, 24);
+    c.sock.write(Buffer.concat([h, Buffer.alloc(100, 9)]));
+    await new Promise((r) => setTimeout(r, 200));
+    let release!: () => void;
+    const hold = new Promise<void>((r) => (release = r));
+    await server.close({ holdClients: hold });
+    expect(c.closed).toBe(false);
+    expect(await c.reply(200)).toBeNull();
+    release();
+    for (let i = 0; i < 500 && !c.closed; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(c.closed).toBe(true);
+    expect(errors).toEqual([]);
+    expect(server.stats().violations).toBe(0);
+    expect((await dev.read(0, 4096)).every((x) => x === 0)).toBe(true); // the half-sent write was not taken
+    await dev.close();
+    await rm(dir, { recursive: true, force: true });
+  });
 });

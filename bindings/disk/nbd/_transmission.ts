@@ -227,7 +227,17 @@ export class _Session {
           // The payload follows the header whatever we think of the request; past the
           // largest we accept, skipping it would still cost the bandwidth: hang up instead.
           if (req.length > this.lim.maxPayload) throw new _ProtocolViolation(`write of ${req.length} bytes is over the maximum payload ${this.lim.maxPayload}`);
-          payload = await this.inbox.take(req.length);
+          try {
+            payload = await this.inbox.take(req.length);
+          } catch (e) {
+            // Stopped while the payload was arriving: the write was never taken (no reply; a client
+            // with reconnect sends it again), not a broken client.
+            if (this.stopping) {
+              how = 'stopped';
+              break;
+            }
+            throw e;
+          }
         }
         if (req.type === CMD.DISC) {
           how = 'disc';
