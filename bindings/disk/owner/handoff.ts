@@ -112,7 +112,7 @@ export interface OwnedDisk {
   readonly store: OwnerStore;
   /** Resolves when the holder stopped holding, and why. */
   readonly done: Promise<ReleaseOutcome>;
-  /** True once another holder took a newer epoch (every write then throws FENCED). */
+  /** True once another holder took a newer epoch, or the lease ran out unconfirmed (every write then throws FENCED). */
   readonly fenced: boolean;
   /** Drains in-flight writes, flushes, closes the image and writes the record `free`. */
   release(): Promise<void>;
