@@ -17,7 +17,8 @@
 //   that its holding ended (its `done` settles): no promise waits forever.
 //
 // Node only: it replaces the timers with vitest's fake clock and drains
-// microtasks with setImmediate. MODEL_DEBUG=1 prints every step of a schedule.
+// microtasks with setImmediate. MODEL_DEBUG=1 prints every step of a schedule;
+// MODEL_RUNS sets the number of schedules per test.
 import fc from 'fast-check';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Storage, StorageProvider } from '../bindings/disk/backends/storage.js';
@@ -33,6 +34,8 @@ const SLOT = 512;
 const SLOTS = 96;
 const DISK = 'model.raw';
 const T0 = 1_800_000_000_000;
+/** Schedules per test (MODEL_RUNS=2000 for a longer search than CI's). */
+const RUNS = Number(process.env.MODEL_RUNS ?? 150);
 
 /** One scripted move of the scenario (the rest of the schedule is fast-check's choice among the gates). */
 type Action =
@@ -412,10 +415,10 @@ describe('the handoff under every interleaving fast-check finds (model)', () => 
     vi.useRealTimers();
   });
   it('two contenders: one holder per epoch, fenced writes, no acknowledged write lost, every contender ends within its deadline', { timeout: 120_000 }, async () => {
-    await fc.assert(property(2), { numRuns: 150 });
+    await fc.assert(property(2), { numRuns: RUNS });
   });
   it('three contenders: the same', { timeout: 120_000 }, async () => {
-    await fc.assert(property(3), { numRuns: 150 });
+    await fc.assert(property(3), { numRuns: RUNS });
   });
 });
 
