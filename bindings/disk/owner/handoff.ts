@@ -312,11 +312,7 @@ class _Holder implements WriteGuard, OwnedDisk {
   private storeCall<T>(what: string, f: () => Promise<T>, floor = 0): Promise<T> {
     const left = Math.max(this.leaseHardEnd - monotonic(), floor);
     if (left <= 0) return Promise.reject(new VmkitError('TIMEOUT', `${what} of ${this.disk}: the lease has run out`, { path: this.disk }));
-    return _within(
-      Promise.resolve().then(f),
-      left,
-      () => `${what} of ${this.disk} (bounded by the lease)`,
-    );
+    return _within(Promise.resolve().then(f), left, () => `${what} of ${this.disk} (bounded by the lease)`);
   }
 
   // The lease ran out and the store did not confirm it: refuse, and stop holding (a holder that
@@ -452,11 +448,7 @@ class _Holder implements WriteGuard, OwnedDisk {
     if (this.state === 'holding' && policy) {
       let reason: string | undefined | void;
       try {
-        reason = await _within(
-          Promise.resolve().then(() => policy(req)),
-          this.requestTimeoutMs,
-          () => 'release policy',
-        );
+        reason = await _within(Promise.resolve().then(() => policy(req)), this.requestTimeoutMs, () => 'release policy');
       } catch (e) {
         reason = `release policy failed: ${(e as Error)?.message ?? e}`;
       }
@@ -496,7 +488,6 @@ class _Holder implements WriteGuard, OwnedDisk {
     if (this.inflight > 0) {
       // In-flight writes finish, fail or are refused within the lease (their store checks are bounded by it).
       const idle = (this.idle = _signal());
-      if (this.inflight === 0) idle.fire();
       try {
         await _within(idle.promise, this.leaseHardEnd - monotonic(), () => `${this.disk}: waiting for ${this.inflight} in-flight write(s) before releasing`);
       } catch (e) {
@@ -734,11 +725,7 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
   const bound = (): number => Math.max(deadline + requestTimeoutMs - monotonic(), requestTimeoutMs);
   const read = (): Promise<OwnerSnapshot> => _within(store.read(disk), bound(), () => `reading the owner record of ${disk}`);
   const ask = (t: ReleaseTransport, endpoint: string, req: ReleaseRequest, ms: number): Promise<ReleaseReply> =>
-    _within(
-      Promise.resolve().then(() => t.request(endpoint, req, ms)),
-      ms,
-      () => `release request to ${endpoint}`,
-    );
+    _within(Promise.resolve().then(() => t.request(endpoint, req, ms)), ms, () => `release request to ${endpoint}`);
   try {
     let lastWhy = '';
     for (let round = 0; ; round++) {
@@ -903,11 +890,7 @@ export async function requestRelease(
   const t = pickTransport(endpoint, opts.transport ?? httpTransport);
   if (!t) throw new VmkitError('UNSUPPORTED', `${disk}: no transport reaches ${endpoint}`, { path: disk });
   const req: ReleaseRequest = { disk: r.disk, epoch: r.epoch, requester: me };
-  const reply = await _within(
-    Promise.resolve().then(() => t.request(endpoint, req, timeoutMs)),
-    timeoutMs,
-    () => `release request to ${endpoint}`,
-  );
+  const reply = await _within(Promise.resolve().then(() => t.request(endpoint, req, timeoutMs)), timeoutMs, () => `release request to ${endpoint}`);
   if (!reply.ok) throw new VmkitError(reply.code === 'NOT_FOUND' ? 'NOT_FOUND' : reply.code === 'CORRUPT' ? 'CORRUPT' : reply.code, `${disk}: owner ${r.owner?.id} answered: ${reply.reason}`, { path: disk });
   return (await _within(store.read(disk), timeoutMs, () => `reading the owner record of ${disk}`)).record;
 }
