@@ -182,10 +182,10 @@ async function scenario(format: 'raw' | 'qcow2', N: number, minMs: number, maxMs
 }
 
 describe('disk ownership across processes (file store)', () => {
-  it('raw: contenders take the disk from each other; SIGKILL mid-handoff and stalls break no invariant', { timeout: 40_000 }, async () => {
-    await scenario('raw', 4, 3000, 15000);
+  it('raw: contenders take the disk from each other; SIGKILL mid-handoff and stalls break no invariant', { timeout: 60_000 }, async () => {
+    await scenario('raw', 4, 3000, 25000);
   });
-  it('qcow2: the same, and the image stays consistent (qemu-img check)', { timeout: 40_000 }, async () => {
-    await scenario('qcow2', 3, 2500, 12000);
+  it('qcow2: the same, and the image stays consistent (qemu-img check)', { timeout: 60_000 }, async () => {
+    await scenario('qcow2', 3, 2500, 25000);
   });
 });
