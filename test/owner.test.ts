@@ -20,6 +20,8 @@ import {
   signReleaseRequest,
   type OpenOwnedOptions,
   type OwnerRecord,
+  type ReleaseReply,
+  type ReleaseRequest,
   type ReleaseTransport,
 } from '../bindings/disk/owner/index.js';
 import { VmkitError } from '../bindings/errors.js';

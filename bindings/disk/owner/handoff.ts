@@ -15,6 +15,7 @@ import { fileProvider } from '../backends/file.js';
 import type { Storage, StorageProvider } from '../backends/storage.js';
 import type { ImageDevice } from '../formats/types.js';
 import { _signal, _within } from './_deadline.js';
+import { RELEASE_DENIED, ReleaseAuthenticator, newOwnerSecret, releaseRequestFor } from './auth.js';
 import { FileOwnerStore } from './file-store.js';
 import { leaseAlive } from './record.js';
 import { httpTransport, inProcessTransport, type ReleaseReply, type ReleaseRequest, type ReleaseServer, type ReleaseTransport } from './transport.js';
@@ -437,11 +438,12 @@ class _Holder implements WriteGuard, OwnedDisk {
 
   /** The owner side of a release request. */
   async onRequest(req: ReleaseRequest): Promise<ReleaseReply> {
-    if (req.disk !== this.disk) return { ok: false, code: 'NOT_FOUND', reason: `this holder holds ${this.disk}, not ${req.disk}` };
-    if (req.epoch !== this.epoch) return { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} holds epoch ${this.epoch}, the request names epoch ${req.epoch}` };
+    // Replies name no disk, epoch or holder (docs/ownership.md, threat model).
+    if (req.disk !== this.disk) return { ok: false, code: 'NOT_FOUND', reason: 'the disk asked for is not held here' };
+    if (req.epoch !== this.epoch) return { ok: false, code: 'CONFLICT', reason: 'the request names another epoch than the one held' };
     // Settles within openOwned's deadline: the image open after the CAS is bounded by it.
-    if (!(await this.ready)) return { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} failed to open the image at epoch ${this.epoch}` };
-    if (this.state === 'fenced') return { ok: false, code: 'CONFLICT', reason: `holder ${this.identity.id} was fenced at epoch ${this.epoch}` };
+    if (!(await this.ready)) return { ok: false, code: 'CONFLICT', reason: 'the holder failed to open the image' };
+    if (this.state === 'fenced') return { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' };
     // The policy is the owner's own code (`disk serve --as` stops its NBD server in it), and is not cut
     // short: the requester's own timeout bounds what the requester waits.
     if (this.state === 'holding' && this.policy) {
@@ -457,8 +459,9 @@ class _Holder implements WriteGuard, OwnedDisk {
       await this.giveUp({ reason: 'requested', by: req.requester });
     } catch (e) {
       // Fenced, or the release ran out of lease (TIMEOUT): the record moves on by itself, the requester reads it again.
-      const moved = isVmkitError(e, 'FENCED') || isVmkitError(e, 'TIMEOUT');
-      return { ok: false, code: moved ? 'CONFLICT' : 'REFUSED', reason: (e as Error)?.message ?? String(e) };
+      if (isVmkitError(e, 'FENCED')) return { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' };
+      if (isVmkitError(e, 'TIMEOUT')) return { ok: false, code: 'CONFLICT', reason: 'the release ran out of lease' };
+      return { ok: false, code: 'REFUSED', reason: `release failed (${isVmkitError(e) ? e.code : 'error'})` };
     }
     return this.state === 'released' ? { ok: true, epoch: this.epoch, revision: this.revision } : { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' };
   }
@@ -745,7 +748,7 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
         if (t) {
           let reply: ReleaseReply | undefined;
           try {
-            reply = await ask(t, r.owner.endpoint, { disk: r.disk, epoch: r.epoch, requester: me }, requestTimeoutMs);
+            reply = await ask(t, r.owner.endpoint, await releaseRequestFor(r, me, now()), requestTimeoutMs);
           } catch (e) {
             if (!isVmkitError(e, 'NETWORK') && !isVmkitError(e, 'TIMEOUT')) throw e;
             lastWhy = `owner ${r.owner.id} at ${r.owner.endpoint} is unreachable (${e.message})`;
@@ -780,7 +783,7 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
         if (t && r.state === 'owned') {
           let reply: ReleaseReply | undefined;
           try {
-            reply = await ask(t, r.owner.endpoint, { disk: r.disk, epoch: r.epoch, requester: me }, Math.min(requestTimeoutMs, Math.max(100, leaseMs / 4)));
+            reply = await ask(t, r.owner.endpoint, await releaseRequestFor(r, me, now()), Math.min(requestTimeoutMs, Math.max(100, leaseMs / 4)));
           } catch {
             // Unreachable with an expired lease: a dead owner. Take over below.
           }
@@ -822,7 +825,7 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
     const epoch = prevEpoch + 1;
     const t0 = monotonic();
     const w = now();
-    const record: OwnerRecord = { version: 1, disk, epoch, state: 'owned', owner: me, leaseExpiresAt: w + leaseMs, updatedAt: w };
+    const record: OwnerRecord = { version: 2, disk, epoch, state: 'owned', owner: me, leaseExpiresAt: w + leaseMs, updatedAt: w, secret: secret ?? newOwnerSecret() };
     // A CAS that timed out has an unknown outcome: openOwned fails with TIMEOUT, and a retry finds
     // the record naming a holder that never started, asks it (nobody answers) and waits out its lease.
     const rev = await _within(store.compareAndSwap(disk, expected, record), bound(), () => `taking epoch ${epoch} of ${disk}`);
@@ -888,8 +891,11 @@ export async function requestRelease(
   if (!endpoint) throw new VmkitError('UNSUPPORTED', `${disk}: owner ${r.owner?.id} serves no release endpoint; wait for its lease (${new Date(r.leaseExpiresAt).toISOString()})`, { path: disk });
   const t = pickTransport(endpoint, opts.transport ?? httpTransport);
   if (!t) throw new VmkitError('UNSUPPORTED', `${disk}: no transport reaches ${endpoint}`, { path: disk });
-  const req: ReleaseRequest = { disk: r.disk, epoch: r.epoch, requester: me };
+  const req = await releaseRequestFor(r, me, Date.now());
   const reply = await _within(Promise.resolve().then(() => t.request(endpoint, req, timeoutMs)), timeoutMs, () => `release request to ${endpoint}`);
-  if (!reply.ok) throw new VmkitError(reply.code === 'NOT_FOUND' ? 'NOT_FOUND' : reply.code === 'CORRUPT' ? 'CORRUPT' : reply.code, `${disk}: owner ${r.owner?.id} answered: ${reply.reason}`, { path: disk });
+  if (!reply.ok) {
+    const why = reply.code === 'DENIED' ? `${reply.reason} (this clock and the owner's differ by more than its window, or the record changed)` : reply.reason;
+    throw new VmkitError(reply.code === 'DENIED' ? 'REFUSED' : reply.code, `${disk}: owner ${r.owner?.id} answered: ${why}`, { path: disk });
+  }
   return (await _within(store.read(disk), timeoutMs, () => `reading the owner record of ${disk}`)).record;
 }
