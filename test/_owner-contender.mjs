@@ -23,6 +23,9 @@
  *   --stall-ms MS        on SIGUSR2, block the event loop this long (default 1000): a stalled
  *                        holder (GC pause, CPU starvation) that outlives its lease and wakes up
  *
+ * Environment: OWNER_CONTENDER_STEPS=1 logs the last steps at every exit, not only a failing one
+ * (to see what the other side of a handoff did).
+ *
  * Stdout: one line per event the parent may act on: `acquired <epoch>`,
  * `release-begin <epoch>` (printed when it accepts a release request: the
  * parent SIGKILLs some contenders right then, mid-handoff), `exit`.
@@ -36,7 +39,9 @@
  * {t:'cas-ok', epoch, at} after it succeeded; {t:'acquire', epoch, slot, ms};
  * {t:'ack', epoch, seq, slot, at} after write + flush returned (acknowledged);
  * {t:'released', epoch, reason}; {t:'write-failed', epoch, code, message}; {t:'open-failed', code, message};
- * {t:'stalled', epoch, from, to, pid} after a SIGUSR2 stall. Lines with a pid name the process.
+ * {t:'stalled', epoch, from, to, pid} after a SIGUSR2 stall; {t:'exit', code, phase, steps, pid} when it
+ * exits with an error (13: a promise nobody settled), with its last steps (phases, store calls and
+ * their outcome, release requests). Lines with a pid name the process.
  * `at` is Date.now(); every contender runs on the same host, so times compare.
  */
 import { appendFileSync } from 'node:fs';
@@ -76,6 +81,13 @@ const end = Date.now() + Number(a.duration);
 const log = (o) => appendFileSync(a.log, JSON.stringify(o) + '\n');
 const say = (s) => process.stdout.write(s + '\n');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// The last steps of the state machine (phases, store calls, release requests), kept in memory
+// and written to the log when the contender exits badly (see OWNER_CONTENDER_STEPS).
+const steps = [];
+const step = (s) => {
+  steps.push(`${(performance.now() | 0)} ${s}`);
+  if (steps.length > 80) steps.shift();
+};
 
 let base;
 if (a.store === 'etcd') {
@@ -85,23 +97,38 @@ if (a.store === 'etcd') {
 
 // The store as the handoff sees it, with the CAS that takes an epoch logged
 // around it: the checker compares writes' times with when each epoch began.
+// Every store call and its outcome is also a step.
+let calls = 0;
+async function traced(op, f) {
+  const n = ++calls;
+  step(`${op}#${n}`);
+  try {
+    const v = await f();
+    step(`${op}#${n} ok`);
+    return v;
+  } catch (e) {
+    step(`${op}#${n} ${e?.code ?? e}`);
+    throw e;
+  }
+}
 const store = {
   kind: base.kind,
-  read: (d) => base.read(d),
+  read: (d) => traced('read', () => base.read(d)),
   close: () => base.close(),
-  async compareAndSwap(d, expected, next) {
-    const taking = next.state === 'owned' && next.owner?.id === a.id && next.owner?.pid === process.pid && next.updatedAt + leaseMs === next.leaseExpiresAt;
-    let cur;
-    if (taking) {
-      cur = (await base.read(d)).record;
-      if (cur && cur.epoch === next.epoch) return base.compareAndSwap(d, expected, next); // a renewal
-      log({ t: 'cas', epoch: next.epoch, at: Date.now() });
-    }
-    const rev = await base.compareAndSwap(d, expected, next);
-    if (taking && rev !== null) log({ t: 'cas-ok', epoch: next.epoch, at: Date.now() });
-    return rev;
-  },
+  compareAndSwap: (d, expected, next) => traced(`cas ${next.state}@${next.epoch}`, () => cas(d, expected, next)),
 };
+async function cas(d, expected, next) {
+  const taking = next.state === 'owned' && next.owner?.id === a.id && next.owner?.pid === process.pid && next.updatedAt + leaseMs === next.leaseExpiresAt;
+  let cur;
+  if (taking) {
+    cur = (await base.read(d)).record;
+    if (cur && cur.epoch === next.epoch) return base.compareAndSwap(d, expected, next); // a renewal
+    log({ t: 'cas', epoch: next.epoch, at: Date.now() });
+  }
+  const rev = await base.compareAndSwap(d, expected, next);
+  if (taking && rev !== null) log({ t: 'cas-ok', epoch: next.epoch, at: Date.now() });
+  return rev;
+}
 
 function fnv(b, n) {
   let h = 0x811c9dc5;
@@ -131,16 +158,25 @@ let current; // the OwnedDisk while holding
 let acquiredAt = 0;
 let stopping = false;
 let phase = 'start';
+const enter = (p) => {
+  phase = p;
+  step(`phase ${p}`);
+};
 // A stall: the event loop blocks (no renewal, no requests answered) while the
 // lease runs out; writes issued after waking must be fenced.
 process.on('SIGUSR2', () => {
   const from = Date.now();
+  step('stall');
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Number(a['stall-ms']));
   log({ t: 'stalled', epoch: current?.epoch ?? null, from, to: Date.now(), pid: process.pid });
 });
 // A non-zero exit names the phase it happened in (13: a promise nobody could settle).
-process.on('exit', (code) => {
-  if (code !== 0) process.stderr.write(`contender ${a.id} (pid ${process.pid}) exit ${code} in phase ${phase}\n`);
+// (Node 20 passes 0 to 'exit' listeners for an unsettled top-level await: the 13 is in process.exitCode.)
+process.on('exit', (c) => {
+  const code = c || process.exitCode || 0;
+  if (code === 0 && !process.env.OWNER_CONTENDER_STEPS) return;
+  process.stderr.write(`contender ${a.id} (pid ${process.pid}) exit ${code} in phase ${phase}\n`);
+  log({ t: 'exit', code, phase: phase, steps, pid: process.pid });
 });
 process.on('SIGTERM', () => {
   stopping = true;
@@ -148,7 +184,7 @@ process.on('SIGTERM', () => {
 
 /** Waits until the disk has left this holder (released, fenced or taken) and logs how it ended. */
 async function handedOver(d) {
-  phase = `done? state ${d.state} fenced ${d.fenced}`;
+  enter(`done? state ${d.state} fenced ${d.fenced}`);
   const out = await d.done;
   log({ t: 'released', epoch: d.epoch, reason: out.reason, pid: process.pid });
   current = undefined;
@@ -157,7 +193,7 @@ async function handedOver(d) {
 while (Date.now() < end && !stopping) {
   const t0 = performance.now();
   let d;
-  phase = 'open';
+  enter('open');
   try {
     d = await openOwned(a.disk, {
       as: a.id,
@@ -169,7 +205,8 @@ while (Date.now() < end && !stopping) {
       serve: a.serve,
       ...(a.name ? { name: a.name } : {}),
       image: { format: a.format },
-      onReleaseRequest: () => {
+      onReleaseRequest: (req) => {
+        step(`release request from ${req.requester.id} for epoch ${req.epoch}`);
         if (performance.now() - acquiredAt < holdMin) return `held for less than ${holdMin} ms`;
         say(`release-begin ${d?.epoch ?? current?.epoch}`);
         return undefined;
@@ -184,7 +221,7 @@ while (Date.now() < end && !stopping) {
   current = d;
   const dev = d.device;
   // Find the end of the log on the disk itself.
-  phase = 'scan';
+  enter('scan');
   let all;
   try {
     all = await dev.read(0, dev.size);
@@ -205,9 +242,10 @@ while (Date.now() < end && !stopping) {
   d.done.then(() => (gone = true));
   while (!gone && (slot + 1) * SLOT <= dev.size) {
     const at = Date.now();
-    phase = `write ${slot}`;
+    enter(`write ${slot}`);
     try {
       await dev.write(slot * SLOT, encode(d.epoch, seq, slot, a.id, at));
+      enter(`flush ${slot}`);
       await dev.flush();
     } catch (e) {
       log({ t: 'write-failed', epoch: d.epoch, slot, code: e?.code, message: String(e?.message).slice(0, 200), pid: process.pid });

@@ -243,6 +243,59 @@ describe.skipIf(!have)('owner store: etcd', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('a hung etcd (SIGSTOP) whose client waits longer than the lease: the holder still refuses within its lease, and stops holding (issue #18)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vmkit-owner-etcd-'));
+    const path = join(dir, 'vm.raw');
+    await writeFile(path, new Uint8Array(1 << 20));
+    const name = disk('lease-bound');
+    const block = new Uint8Array(4096).fill(9);
+    const leaseMs = 3000;
+    const maxSkewMs = 2000;
+    try {
+      // The store's own deadline (10 s) is far past the lease: only the holder's bound can make it refuse in time.
+      const a = await openOwned(path, { as: 'a', name, store: open({ timeoutMs: 10_000 }), leaseMs, maxSkewMs, serve: false, image: { format: 'raw' } });
+      await a.device.write(0, block);
+      await a.device.flush();
+      etcd.pause();
+      const paused = Date.now();
+      let err: unknown;
+      let refusedAt = 0;
+      try {
+        // Writes go on (each flush asks the store) until one is refused.
+        while (Date.now() - paused < 30_000) {
+          try {
+            await a.device.write(4096, block);
+            await a.device.flush();
+          } catch (e) {
+            err = e;
+            refusedAt = Date.now();
+            break;
+          }
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        expect(err).toBeInstanceOf(VmkitError);
+        expect((err as VmkitError).code).toBe('FENCED');
+        // Its last renewal was before the pause, so its lease ends at most leaseMs after it; an
+        // opener may take over only maxSkewMs after that. The refusal comes first (it came ~10 s
+        // after the pause, and later with renewals queued behind each other, before the bound).
+        expect(refusedAt - paused).toBeLessThan(leaseMs + maxSkewMs);
+        // A lease that ran out unconfirmed ends the holding: whoever waits on `done` hears of it.
+        const outcome = await Promise.race([a.done, new Promise((r) => setTimeout(() => r('still holding'), leaseMs))]);
+        expect(outcome).toEqual({ reason: 'fenced' });
+        expect(a.fenced).toBe(true);
+        expect(await code(a.device.write(0, block))).toBe('FENCED');
+      } finally {
+        etcd.resume();
+      }
+      // Once etcd answers again the lease has run out: the next opener takes epoch 2 without asking.
+      const b = await openOwned(path, { as: 'b', name, store: open(), leaseMs, maxSkewMs, serve: false, image: { format: 'raw' }, waitMs: 20_000 });
+      expect(b.epoch).toBe(2);
+      await b.release();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe.skipIf(!have)('owner store: a three-member etcd cluster losing a member', () => {

@@ -204,6 +204,25 @@ describe('handoff (in-process transport)', () => {
     expect(writes).toBe(1);
   });
 
+  it('a release reply that never comes back (the transport promise never settles): the opener still ends, and takes the disk (issue #26)', async () => {
+    const { opts } = await setup();
+    const a = await openOwned('d.raw', opts('a'));
+    // The request reaches a, which releases; the answer is lost and the promise stays pending,
+    // with no timer of its own (an HTTP fetch did this in the multi-process spec).
+    const lossy: ReleaseTransport = {
+      ...inProcessTransport,
+      request: (endpoint, req, ms) => {
+        inProcessTransport.request(endpoint, req, ms).catch(() => {});
+        return new Promise(() => {});
+      },
+    };
+    const never = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('openOwned never ended')), 20_000));
+    const b = await Promise.race([openOwned('d.raw', opts('b', { transport: lossy, requestTimeoutMs: 100 })), never]);
+    expect(b.epoch).toBe(2);
+    expect((await a.done).reason).toBe('requested');
+    await b.release();
+  });
+
   it('a holder that cannot reach the store stops writing when its lease runs out', async () => {
     const { store, opts } = await setup();
     let down = false;

@@ -14,6 +14,7 @@ import { openImage, type OpenImageOptions } from '../image.js';
 import { fileProvider } from '../backends/file.js';
 import type { Storage, StorageProvider } from '../backends/storage.js';
 import type { ImageDevice } from '../formats/types.js';
+import { _signal, _within } from './_deadline.js';
 import { RELEASE_DENIED, ReleaseAuthenticator, newOwnerSecret, releaseRequestFor } from './auth.js';
 import { FileOwnerStore } from './file-store.js';
 import { leaseAlive } from './record.js';
@@ -81,7 +82,11 @@ export interface OpenOwnedOptions {
  * const { reason, by } = await held.done; // 'requested', { id: 'vm-18', … }
  */
 export interface ReleaseOutcome {
-  /** `requested`: a release request; `released`: `release()`/`close()`; `fenced`: another holder took a newer epoch. */
+  /**
+   * `requested`: a release request; `released`: `release()`/`close()`; `fenced`: another holder
+   * took a newer epoch, or the lease ran out before the store confirmed it (store unreachable,
+   * process stalled past its lease).
+   */
   readonly reason: 'requested' | 'released' | 'fenced';
   /** Who asked, for `requested`. */
   readonly by?: OwnerIdentity;
@@ -108,7 +113,7 @@ export interface OwnedDisk {
   readonly store: OwnerStore;
   /** Resolves when the holder stopped holding, and why. */
   readonly done: Promise<ReleaseOutcome>;
-  /** True once another holder took a newer epoch (every write then throws FENCED). */
+  /** True once another holder took a newer epoch, or the lease ran out unconfirmed (every write then throws FENCED). */
   readonly fenced: boolean;
   /** Drains in-flight writes, flushes, closes the image and writes the record `free`. */
   release(): Promise<void>;
@@ -203,19 +208,43 @@ class _Holder implements WriteGuard, OwnedDisk {
   private readonly policy: OpenOwnedOptions['onReleaseRequest'];
   /** Monotonic time until which writes go through without asking the store. */
   private validUntil: number;
-  /** Monotonic time at which this holder's lease ends by its own clock: past it, nothing is written unverified. */
+  /** Monotonic time until which writes may go through unverified: the lease's end by this holder's clock, less a margin. */
   private leaseEnd: number;
+  /**
+   * Monotonic time at which the lease itself ends by this holder's clock (the start of the CAS
+   * that wrote it, plus its length). Every store call is bounded by it: past it, the holder
+   * cannot confirm anything, refuses every write and stops (issue #18: a hung store must not
+   * make a refusal wait longer than the lease).
+   */
+  private leaseHardEnd: number;
   private chain: Promise<unknown> = Promise.resolve();
+  /** Store conversations queued or running on `chain` (the renewal timer adds none while one is). */
+  private verifies = 0;
   private timer: ReturnType<typeof setInterval> | undefined;
   private inflight = 0;
-  private drained: (() => void) | undefined;
+  /** Fired when the last in-flight write ends, while a release waits for it. */
+  private idle: { promise: Promise<void>; fire: () => void } | undefined;
+  /** Set when a release gave up waiting for in-flight writes: the guard then refuses every storage write. */
+  private sealed = false;
+  private readonly requestTimeoutMs: number;
   private giving: Promise<void> | undefined;
   private resolveDone!: (o: ReleaseOutcome) => void;
   private readonly ready: Promise<boolean>;
   /** Settles the wait of release requests that arrived while the image was opening. */
   opened!: (ok: boolean) => void;
 
-  constructor(disk: string, record: OwnerRecord, identity: OwnerIdentity, store: OwnerStore, revision: string, leaseStart: number, leaseMs: number, now: () => number, policy: OpenOwnedOptions['onReleaseRequest']) {
+  constructor(
+    disk: string,
+    record: OwnerRecord,
+    identity: OwnerIdentity,
+    store: OwnerStore,
+    revision: string,
+    leaseStart: number,
+    leaseMs: number,
+    now: () => number,
+    policy: OpenOwnedOptions['onReleaseRequest'],
+    requestTimeoutMs: number,
+  ) {
     const epoch = record.epoch;
     this.current = record;
     this.disk = disk;
@@ -226,6 +255,8 @@ class _Holder implements WriteGuard, OwnedDisk {
     this.leaseMs = leaseMs;
     this.now = now;
     this.policy = policy;
+    this.requestTimeoutMs = requestTimeoutMs;
+    this.leaseHardEnd = leaseStart + leaseMs;
     this.leaseEnd = leaseStart + leaseMs - this.margin();
     this.validUntil = leaseStart + leaseMs / 2;
     this.done = new Promise((r) => (this.resolveDone = r));
@@ -248,7 +279,8 @@ class _Holder implements WriteGuard, OwnedDisk {
 
   startRenewal(): void {
     this.timer = setInterval(() => {
-      this.verify(true).catch(() => {});
+      // A conversation already queued renews if the lease needs it: do not pile up behind a slow store.
+      if (this.verifies === 0) this.verify(true).catch(() => {});
     }, Math.max(20, Math.floor(this.leaseMs / 3)));
     // Renewal alone must not keep a process alive.
     (this.timer as { unref?: () => void }).unref?.();
@@ -273,8 +305,26 @@ class _Holder implements WriteGuard, OwnedDisk {
     const d = this.inner;
     this.inner = undefined;
     if (!d) return;
-    await d.storage.close().catch(() => {});
-    await d.backing?.close().catch(() => {});
+    const closing = Promise.all([d.storage.close().catch(() => {}), d.backing?.close().catch(() => {})]);
+    await _within(closing, Math.max(this.margin(), this.requestTimeoutMs), () => `${this.disk}: closing the image unflushed`).catch(() => {});
+  }
+
+  // A store call of this holder, bounded by what is left of the lease (at least `floor` ms).
+  private storeCall<T>(what: string, f: () => Promise<T>, floor = 0): Promise<T> {
+    const left = Math.max(this.leaseHardEnd - monotonic(), floor);
+    if (left <= 0) return Promise.reject(new VmkitError('TIMEOUT', `${what} of ${this.disk}: the lease has run out`, { path: this.disk }));
+    return _within(Promise.resolve().then(f), left, () => `${what} of ${this.disk} (bounded by the lease)`);
+  }
+
+  // The lease ran out and the store did not confirm it: refuse, and stop holding (a holder that
+  // keeps `holding` after refusing would leave whoever waits on `done` waiting forever).
+  private leaseLost(cause: unknown, why: string): VmkitError {
+    const err = new VmkitError('FENCED', `${why} on ${this.disk} and the lease ran out: ${(cause as Error)?.message ?? cause} (this holder: ${this.identity.id} at epoch ${this.epoch})`, {
+      cause,
+      path: this.disk,
+    });
+    if (this.state === 'holding') this.stop({ reason: 'fenced' }, 'fenced');
+    return err;
   }
 
   private fencedError(op: string, why: string): VmkitError {
@@ -285,6 +335,7 @@ class _Holder implements WriteGuard, OwnedDisk {
   check(op: 'write' | 'flush' | 'discard'): void | Promise<void> {
     if (this.state === 'fenced') throw this.fencedError(op, 'a newer epoch owns the disk');
     if (this.state === 'released') throw this.fencedError(op, 'the disk was released');
+    if (this.sealed) throw this.fencedError(op, 'the release stopped waiting for in-flight writes');
     if (op !== 'flush' && monotonic() < this.validUntil) return;
     if (op === 'flush' && this.state === 'releasing' && this.releasingConfirmed && monotonic() < this.leaseEnd) return;
     return this.verify(false).then(() => undefined);
@@ -292,7 +343,8 @@ class _Holder implements WriteGuard, OwnedDisk {
 
   // Serialized: one store conversation at a time per holder.
   private verify(renew: boolean): Promise<void> {
-    const run = this.chain.then(() => this.verifyNow(renew));
+    this.verifies++;
+    const run = this.chain.then(() => this.verifyNow(renew)).finally(() => this.verifies--);
     this.chain = run.catch(() => {});
     return run;
   }
@@ -301,13 +353,31 @@ class _Holder implements WriteGuard, OwnedDisk {
     if (this.state === 'fenced') throw this.fencedError('write', 'a newer epoch owns the disk');
     if (this.state === 'released') throw this.fencedError('write', 'the disk was released');
     const t0 = monotonic();
+    if ((renew || this.leaseEnd - t0 < this.leaseMs / 2) && this.state === 'holding') {
+      // A renewal first swaps from the revision we last wrote (no read): one store call instead of
+      // two while nobody else writes our record, which keeps renewals inside the lease on a slow
+      // store. A lost swap (the record changed) falls through to the read below.
+      const wall = this.now();
+      const next: OwnerRecord = { ...this.current, leaseExpiresAt: wall + this.leaseMs, updatedAt: wall };
+      let rev: string | null;
+      try {
+        rev = await this.storeCall('renewing the lease', () => this.store.compareAndSwap(this.disk, this.revision, next));
+      } catch (e) {
+        if (monotonic() < this.leaseEnd) return;
+        throw this.leaseLost(e, 'cannot renew the lease');
+      }
+      if (rev !== null) {
+        this.renewed(rev, next, t0);
+        return;
+      }
+    }
     let snap: OwnerSnapshot;
     try {
-      snap = await this.store.read(this.disk);
+      snap = await this.storeCall('reading the owner record', () => this.store.read(this.disk));
     } catch (e) {
-      // The store is unreachable: the lease we hold is still ours until it runs out.
+      // The store is unreachable (or hangs: the call is bounded by the lease): the lease we hold is still ours until it runs out.
       if (monotonic() < this.leaseEnd) return;
-      throw new VmkitError('FENCED', `cannot confirm the lease on ${this.disk} and it ran out: ${(e as Error)?.message ?? e}`, { cause: e, path: this.disk });
+      throw this.leaseLost(e, 'cannot confirm the lease');
     }
     const r = snap.record;
     // Our own release just wrote `free`: not a takeover (giveUp finishes the holder).
@@ -331,19 +401,26 @@ class _Holder implements WriteGuard, OwnedDisk {
       const next: OwnerRecord = { ...r, leaseExpiresAt: wall + this.leaseMs, updatedAt: wall };
       let rev: string | null;
       try {
-        rev = await this.store.compareAndSwap(this.disk, snap.revision, next);
+        // A renewal that timed out may still have been applied: the next one then loses its CAS and reads again.
+        rev = await this.storeCall('renewing the lease', () => this.store.compareAndSwap(this.disk, snap.revision, next));
       } catch (e) {
         if (monotonic() < this.leaseEnd) return;
-        throw new VmkitError('FENCED', `cannot renew the lease on ${this.disk} and it ran out: ${(e as Error)?.message ?? e}`, { cause: e, path: this.disk });
+        throw this.leaseLost(e, 'cannot renew the lease');
       }
       if (rev === null) return this.verifyNow(false); // something changed: look again (fences if it was a takeover)
-      this.revision = rev;
-      this.current = next;
-      this.leaseEnd = start + this.leaseMs - this.margin();
-      this.validUntil = start + this.leaseMs / 2;
+      this.renewed(rev, next, start);
     } else {
       this.validUntil = Math.min(t0 + this.leaseMs / 2, this.leaseEnd);
     }
+  }
+
+  // A renewal CAS that started at monotonic `start` went through.
+  private renewed(rev: string, next: OwnerRecord, start: number): void {
+    this.revision = rev;
+    this.current = next;
+    this.leaseHardEnd = start + this.leaseMs;
+    this.leaseEnd = start + this.leaseMs - this.margin();
+    this.validUntil = start + this.leaseMs / 2;
   }
 
   // In-flight accounting of mutating operations (the drain of a release waits for them).
@@ -355,7 +432,7 @@ class _Holder implements WriteGuard, OwnedDisk {
     try {
       return await f();
     } finally {
-      if (--this.inflight === 0) this.drained?.();
+      if (--this.inflight === 0) this.idle?.fire();
     }
   }
 
@@ -364,8 +441,11 @@ class _Holder implements WriteGuard, OwnedDisk {
     // Replies name no disk, epoch or holder (docs/ownership.md, threat model).
     if (req.disk !== this.disk) return { ok: false, code: 'NOT_FOUND', reason: 'the disk asked for is not held here' };
     if (req.epoch !== this.epoch) return { ok: false, code: 'CONFLICT', reason: 'the request names another epoch than the one held' };
+    // Settles within openOwned's deadline: the image open after the CAS is bounded by it.
     if (!(await this.ready)) return { ok: false, code: 'CONFLICT', reason: 'the holder failed to open the image' };
     if (this.state === 'fenced') return { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' };
+    // The policy is the owner's own code (`disk serve --as` stops its NBD server in it), and is not cut
+    // short: the requester's own timeout bounds what the requester waits.
     if (this.state === 'holding' && this.policy) {
       let reason: string | undefined | void;
       try {
@@ -378,7 +458,10 @@ class _Holder implements WriteGuard, OwnedDisk {
     try {
       await this.giveUp({ reason: 'requested', by: req.requester });
     } catch (e) {
-      return isVmkitError(e, 'FENCED') ? { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' } : { ok: false, code: 'REFUSED', reason: `release failed (${isVmkitError(e) ? e.code : 'error'})` };
+      // Fenced, or the release ran out of lease (TIMEOUT): the record moves on by itself, the requester reads it again.
+      if (isVmkitError(e, 'FENCED')) return { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' };
+      if (isVmkitError(e, 'TIMEOUT')) return { ok: false, code: 'CONFLICT', reason: 'the release ran out of lease' };
+      return { ok: false, code: 'REFUSED', reason: `release failed (${isVmkitError(e) ? e.code : 'error'})` };
     }
     return this.state === 'released' ? { ok: true, epoch: this.epoch, revision: this.revision } : { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' };
   }
@@ -403,18 +486,35 @@ class _Holder implements WriteGuard, OwnedDisk {
     const marked = await this.mark('releasing').catch(() => undefined);
     if (marked === false) this.state = 'fenced';
     this.releasingConfirmed = marked === true;
-    if (this.inflight > 0) await new Promise<void>((r) => (this.drained = r));
     let failure: unknown;
-    try {
-      // The flush still passes the guard: this holder's epoch is current until it writes `free`.
-      const d = this.inner;
-      await d?.close();
-      if (this.inner === d) this.inner = undefined;
-    } catch (e) {
-      failure = e;
-      await this.abandon();
+    if (this.inflight > 0) {
+      // In-flight writes finish, fail or are refused within the lease (their store checks are bounded by it).
+      const idle = (this.idle = _signal());
+      try {
+        await _within(idle.promise, this.leaseHardEnd - monotonic(), () => `${this.disk}: waiting for ${this.inflight} in-flight write(s) before releasing`);
+      } catch (e) {
+        failure = e;
+        this.sealed = true;
+      }
     }
-    if (this.state === 'releasing') {
+    if (!this.sealed) {
+      try {
+        // The flush still passes the guard: this holder's epoch is current until it writes `free`.
+        const d = this.inner;
+        if (d) await _within(d.close(), Math.max(this.leaseHardEnd - monotonic(), this.margin()), () => `${this.disk}: flushing and closing the image`);
+        if (this.inner === d) this.inner = undefined;
+      } catch (e) {
+        failure = e;
+        // A flush that did not finish may still have a write in flight.
+        if (isVmkitError(e, 'TIMEOUT')) this.sealed = true;
+        await this.abandon();
+      }
+    }
+    if (this.sealed) {
+      // A write may still land: writing `free` now could let it land under the next holder. Drop
+      // the image unflushed and leave the record `releasing`: openers wait for its lease to end.
+      await this.abandon();
+    } else if (this.state === 'releasing') {
       try {
         if (!(await this.mark('free'))) this.state = 'fenced';
       } catch (e) {
@@ -435,18 +535,34 @@ class _Holder implements WriteGuard, OwnedDisk {
       // First from what we know (no read: the common case, nobody else writes our record).
       const w0 = this.now();
       const fast = next(this.current, w0);
-      const rev0 = await this.store.compareAndSwap(this.disk, this.revision, fast);
+      // Bounded by the lease, but never below the margin: writing `free` after the lease ran out still
+      // saves the next opener its wait, and the CAS keeps it exact. A CAS that timed out may have
+      // been applied: the retries below read the record and find our own write.
+      const call = <T>(what: string, f: () => Promise<T>): Promise<T> => this.storeCall(`${what} (marking it ${state})`, f, this.margin());
+      const rev0 = await call('swapping the owner record', () => this.store.compareAndSwap(this.disk, this.revision, fast));
       if (rev0 !== null) {
         this.revision = rev0;
         this.current = fast;
         return true;
       }
       for (let i = 0; i < 8; i++) {
-        const snap = await this.store.read(this.disk);
+        const snap = await call('reading the owner record', () => this.store.read(this.disk));
         const r = snap.record;
-        if (!r || r.epoch !== this.epoch || !sameHolder(r.owner, this.identity) || r.state === 'free') return false;
+        if (!r || r.epoch !== this.epoch || !sameHolder(r.owner, this.identity)) return false;
+        // Our own `free` (a CAS whose answer timed out) is already there.
+        if (r.state === 'free') {
+          if (state !== 'free') return false;
+          this.revision = snap.revision ?? this.revision;
+          this.current = r;
+          return true;
+        }
+        if (r.state === state) {
+          this.revision = snap.revision ?? this.revision;
+          this.current = r;
+          return true;
+        }
         const n = next(r, this.now());
-        const rev = await this.store.compareAndSwap(this.disk, snap.revision, n);
+        const rev = await call('swapping the owner record', () => this.store.compareAndSwap(this.disk, snap.revision, n));
         if (rev !== null) {
           this.revision = rev;
           this.current = n;
@@ -604,8 +720,15 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
       ? undefined
       : await transport.serve(opts.serve, async (req) => (holder && (await auth.accept(req, holder.secret)) ? holder.onRequest(req) : RELEASE_DENIED));
   const me: OwnerIdentity = server ? { ...me0, endpoint: server.endpoint } : me0;
+  const deadline = monotonic() + waitMs;
+  // Every wait below is bounded (docs/ownership.md, deadlines): a store call by what is left of the
+  // open's deadline (at least one request's timeout), a release request by its timeout — also when
+  // the transport's own timer cannot fire (an HTTP `fetch` that never settles, its unref'd timer).
+  const bound = (): number => Math.max(deadline + requestTimeoutMs - monotonic(), requestTimeoutMs);
+  const read = (): Promise<OwnerSnapshot> => _within(store.read(disk), bound(), () => `reading the owner record of ${disk}`);
+  const ask = (t: ReleaseTransport, endpoint: string, req: ReleaseRequest, ms: number): Promise<ReleaseReply> =>
+    _within(Promise.resolve().then(() => t.request(endpoint, req, ms)), ms, () => `release request to ${endpoint}`);
   try {
-    const deadline = monotonic() + waitMs;
     let lastWhy = '';
     for (let round = 0; ; round++) {
       if (opts.signal?.aborted) throw new VmkitError('CANCELLED', `open of ${disk} cancelled`);
@@ -614,7 +737,7 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
       if (round > 0 && monotonic() > deadline + requestTimeoutMs) {
         throw new VmkitError('TIMEOUT', `${disk}: not taken after ${waitMs} ms${lastWhy ? `; last: ${lastWhy}` : ' (others kept winning it)'}`, { path: disk });
       }
-      const snap = await store.read(disk);
+      const snap = await read();
       const r = snap.record;
       if (r && r.epoch >= Number.MAX_SAFE_INTEGER) throw new VmkitError('LIMIT', `${disk}: epoch ${r.epoch} cannot grow further`, { path: disk });
       const wall = now();
@@ -625,7 +748,7 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
         if (t) {
           let reply: ReleaseReply | undefined;
           try {
-            reply = await t.request(r.owner.endpoint, await releaseRequestFor(r, me, now()), requestTimeoutMs);
+            reply = await ask(t, r.owner.endpoint, await releaseRequestFor(r, me, now()), requestTimeoutMs);
           } catch (e) {
             if (!isVmkitError(e, 'NETWORK') && !isVmkitError(e, 'TIMEOUT')) throw e;
             lastWhy = `owner ${r.owner.id} at ${r.owner.endpoint} is unreachable (${e.message})`;
@@ -660,7 +783,7 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
         if (t && r.state === 'owned') {
           let reply: ReleaseReply | undefined;
           try {
-            reply = await t.request(r.owner.endpoint, await releaseRequestFor(r, me, now()), Math.min(requestTimeoutMs, Math.max(100, leaseMs / 4)));
+            reply = await ask(t, r.owner.endpoint, await releaseRequestFor(r, me, now()), Math.min(requestTimeoutMs, Math.max(100, leaseMs / 4)));
           } catch {
             // Unreachable with an expired lease: a dead owner. Take over below.
           }
@@ -703,18 +826,23 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
     const t0 = monotonic();
     const w = now();
     const record: OwnerRecord = { version: 2, disk, epoch, state: 'owned', owner: me, leaseExpiresAt: w + leaseMs, updatedAt: w, secret: secret ?? newOwnerSecret() };
-    const rev = await store.compareAndSwap(disk, expected, record);
+    // A CAS that timed out has an unknown outcome: openOwned fails with TIMEOUT, and a retry finds
+    // the record naming a holder that never started, asks it (nobody answers) and waits out its lease.
+    const rev = await _within(store.compareAndSwap(disk, expected, record), bound(), () => `taking epoch ${epoch} of ${disk}`);
     if (rev === null) return null;
-    const h = new _Holder(disk, record, me, store, rev, t0, leaseMs, now, opts.onReleaseRequest);
+    const h = new _Holder(disk, record, me, store, rev, t0, leaseMs, now, opts.onReleaseRequest, requestTimeoutMs);
     h.endpoint = server?.endpoint;
     h.server = server;
     // Requests from now on reach the holder; they wait until the image is open.
     holder = h;
     h.startRenewal();
     let dev: ImageDevice;
+    const opening = openImage(diskPath, { ...opts.image, provider: _guardedProvider(opts.image?.provider ?? fileProvider, h), guard: h });
     try {
-      dev = await openImage(diskPath, { ...opts.image, provider: _guardedProvider(opts.image?.provider ?? fileProvider, h), guard: h });
+      dev = await _within(opening, bound(), () => `opening ${diskPath}`);
     } catch (e) {
+      // An open that finishes after its deadline is closed (the holder has let go: nothing is flushed).
+      opening.then((late) => late.close().catch(() => {}), () => {});
       h.opened(false);
       await h.giveUp({ reason: 'released' }).catch(() => {});
       throw e;
@@ -756,16 +884,18 @@ export async function requestRelease(
 ): Promise<OwnerRecord | null> {
   const store = opts.store ?? new FileOwnerStore();
   const me = await ownerIdentity(opts.as);
-  const { record: r } = await store.read(disk);
+  const timeoutMs = posInt(opts.requestTimeoutMs, 'requestTimeoutMs', 5000, 1, 600_000);
+  const { record: r } = await _within(store.read(disk), timeoutMs, () => `reading the owner record of ${disk}`);
   if (!r || r.state === 'free') return r;
   const endpoint = r.owner?.endpoint;
   if (!endpoint) throw new VmkitError('UNSUPPORTED', `${disk}: owner ${r.owner?.id} serves no release endpoint; wait for its lease (${new Date(r.leaseExpiresAt).toISOString()})`, { path: disk });
   const t = pickTransport(endpoint, opts.transport ?? httpTransport);
   if (!t) throw new VmkitError('UNSUPPORTED', `${disk}: no transport reaches ${endpoint}`, { path: disk });
-  const reply = await t.request(endpoint, await releaseRequestFor(r, me, Date.now()), opts.requestTimeoutMs ?? 5000);
+  const req = await releaseRequestFor(r, me, Date.now());
+  const reply = await _within(Promise.resolve().then(() => t.request(endpoint, req, timeoutMs)), timeoutMs, () => `release request to ${endpoint}`);
   if (!reply.ok) {
     const why = reply.code === 'DENIED' ? `${reply.reason} (this clock and the owner's differ by more than its window, or the record changed)` : reply.reason;
     throw new VmkitError(reply.code === 'DENIED' ? 'REFUSED' : reply.code, `${disk}: owner ${r.owner?.id} answered: ${why}`, { path: disk });
   }
-  return (await store.read(disk)).record;
+  return (await _within(store.read(disk), timeoutMs, () => `reading the owner record of ${disk}`)).record;
 }
