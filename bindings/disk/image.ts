@@ -2,7 +2,7 @@
  * The format registry: opens an image by name with its whole backing chain
  * (names resolved relative to each overlay, as QEMU does; loops and absurd
  * depth refused), creates images and overlays, and runs `check`. The format
- * is found by probing the first 4 KiB (qcow2, then VMDK, then VHD), then the
+ * is found by probing the first 4 KiB (qcow2, VMDK, VHDX, VHD), then the
  * last 512 bytes (a fixed VHD's footer), else raw; or taken
  * from the backing-format a qcow2 overlay records. A backing file is never
  * probed as raw: when its overlay records no format and it has no format
@@ -38,12 +38,13 @@ import {
  */
 export const MAX_CHAIN_DEPTH = 64;
 
-const FORMATS: readonly FormatName[] = ['qcow2', 'vmdk', 'vhd', 'raw'];
+const FORMATS: readonly FormatName[] = ['qcow2', 'vmdk', 'vhdx', 'vhd', 'raw'];
 // Literal specifiers so bundlers include the formats (the CLI's bundle too: scripts/bundle-cli.mjs).
 const IMPORTS: Record<FormatName, () => Promise<unknown>> = {
   qcow2: () => import('./formats/qcow2/index.js'),
   raw: () => import('./formats/raw/index.js'),
   vhd: () => import('./formats/vhd/index.js'),
+  vhdx: () => import('./formats/vhdx/index.js'),
   vmdk: () => import('./formats/vmdk/index.js'),
 };
 const loaded = new Map<FormatName, Promise<ImageFormatModule>>();

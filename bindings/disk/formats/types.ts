@@ -29,7 +29,7 @@ import type { BlockDevice, DeviceOptions } from '../device.js';
  * const fmt: FormatName = await probeFormat(storage); // 'qcow2' | 'vmdk' | 'raw'
  * ```
  */
-export type FormatName = 'qcow2' | 'vmdk' | 'raw' | 'vhd';
+export type FormatName = 'qcow2' | 'vmdk' | 'raw' | 'vhd' | 'vhdx';
 
 /**
  * Options of a format's `open`.
