@@ -13,9 +13,11 @@ import { CID_NOPARENT, encodeDescriptor, parseDescriptor, randomCid, withCid, ty
 import { decodeU32s, VmdkDevice } from './device.js';
 import { encodeVmdkHeader, FLAG_COMPRESS, FLAG_NL_DETECT, FLAG_RGD, FLAG_ZERO_GRAIN, GD_AT_END, geometry, parseVmdkHeader, VMDK_HEADER_SIZE, VMDK_MAGIC, type VmdkHeader } from './header.js';
 import { streamHeader, VmdkStreamDevice } from './stream.js';
+import { openExtents, VmdkExtentsDevice } from './extents.js';
 
 export { VmdkDevice } from './device.js';
 export { VmdkStreamDevice } from './stream.js';
+export { VmdkExtentsDevice } from './extents.js';
 
 /**
  * True when `head` starts with the sparse extent magic `KDMV`, or is a text
@@ -86,7 +88,9 @@ export async function readHeader(storage: Storage): Promise<{ header: VmdkHeader
  * const dev = await open(await FileStorage.open('delta.vmdk'), { readOnly: true });
  * ```
  */
-export async function open(storage: Storage, opts: FormatOpenOptions = {}): Promise<VmdkDevice | VmdkStreamDevice> {
+export async function open(storage: Storage, opts: FormatOpenOptions = {}): Promise<VmdkDevice | VmdkStreamDevice | VmdkExtentsDevice> {
+  // A text descriptor with separate extent files (monolithicFlat, vmfs, twoGbMaxExtent*): extents.ts.
+  if ((await storage.size()) >= 21 && probe(await readAt(storage, 0, 21)) && (await readAt(storage, 0, 1))[0] === 0x23) return openExtents(storage, opts);
   const { header: h, descriptor: d, fileSize } = await readHeader(storage);
   if (h.flags & FLAG_COMPRESS) return openStream(storage, h, d, fileSize, opts);
   const readOnly = opts.readOnly === true || storage.readOnly;
