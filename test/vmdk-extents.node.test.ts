@@ -99,3 +99,44 @@ describe.skipIf(!hasQemu)('vmdk with separate extents', () => {
     await expect(openImage(p('x.vmdk'))).rejects.toMatchObject({ code: 'UNSUPPORTED', offset: text.indexOf('RW 20480') });
   });
 });
+
+describe('vmdk descriptor files under corrupted input', () => {
+  it('damaged descriptors and extent files fail only with VmkitError', async () => {
+    const fc = (await import('fast-check')).default;
+    const { MemoryProvider, MemoryStorage } = await import('../bindings/disk/backends/memory.js');
+    const { createImage } = await import('../bindings/disk/image.js');
+    const { VmkitError } = await import('../bindings/errors.js');
+    const provider = new MemoryProvider();
+    await createImage('s1.vmdk', { provider, format: 'vmdk', size: 1 << 20 });
+    const s = await openImage('s1.vmdk', { provider });
+    await s.write(0, new Uint8Array(8192).fill(3));
+    await s.close();
+    provider.stores.set('flat.img', new MemoryStorage('flat.img', new Uint8Array(1 << 20).fill(4)));
+    const text = new TextEncoder().encode(`# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="twoGbMaxExtentSparse"\n\n# Extent description\nRW 2048 SPARSE "s1.vmdk"\nRW 1024 FLAT "flat.img" 1024\nRW 64 ZERO\n`);
+    provider.stores.set('d.vmdk', new MemoryStorage('d.vmdk', text.slice()));
+    const good = await openImage('d.vmdk', { provider, readOnly: true });
+    const all = await good.read(0, good.size);
+    expect([good.size, all[0], all[(1 << 20) + 5], all[all.length - 1]]).toEqual([(2048 + 1024 + 64) * 512, 3, 4, 0]);
+    await good.close();
+    const codes = new Set(['CORRUPT', 'LIMIT', 'UNSUPPORTED', 'INTEGRITY', 'NOT_FOUND', 'ARG_RANGE']);
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.record({ at: fc.nat(text.length - 1), v: fc.integer({ min: 32, max: 126 }) }), { minLength: 1, maxLength: 4 }), async (muts) => {
+        const b = text.slice();
+        for (const m of muts) b[m.at] = m.v;
+        provider.stores.set('bad.vmdk', new MemoryStorage('bad.vmdk', b));
+        try {
+          const dev = await openImage('bad.vmdk', { provider, readOnly: true });
+          try {
+            await dev.read(0, Math.min(dev.size, 1 << 20));
+            await mapExtents(dev);
+          } finally {
+            await dev.close();
+          }
+        } catch (e) {
+          if (!(e instanceof VmkitError) || !codes.has(e.code)) throw e;
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+});

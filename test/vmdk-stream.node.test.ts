@@ -12,6 +12,9 @@ import { join } from 'node:path';
 import { needTool } from './_tools.js';
 import { diff, qemuCheck, qemuIo, qemuRaw, qimg, vmkitRaw } from './_qemu-img.js';
 import { openImage, checkImage } from '../bindings/disk/image.js';
+import { MemoryProvider, MemoryStorage } from '../bindings/disk/backends/memory.js';
+import { VmkitError } from '../bindings/errors.js';
+import fc from 'fast-check';
 import { mapExtents } from '../bindings/disk/device.js';
 import { encodeVmdkHeader, FLAG_COMPRESS, FLAG_MARKER, FLAG_NL_DETECT } from '../bindings/disk/formats/vmdk/header.js';
 
@@ -139,5 +142,44 @@ describe.skipIf(!hasQemu)('vmdk streamOptimized', () => {
     await writeFile(p('nofoot.vmdk'), b.subarray(0, b.length - 1536));
     await expect(vmkitRaw(p('nofoot.vmdk'))).rejects.toMatchObject({ code: 'CORRUPT' });
     expect(qemuCheck(p('vmw.vmdk')).corruptions).toBe(0);
+  });
+});
+
+describe('vmdk streamOptimized under corrupted input', () => {
+  it('opening, reading, mapping and checking damaged streams fail only with VmkitError', async () => {
+    const disk = new Uint8Array(2 * 1024 * 1024);
+    disk.fill(0x11, 0, 70000);
+    for (let i = 1 << 20; i < disk.length; i += 5) disk[i] = i & 0xff;
+    const bytes = vmwareStream(disk, 's.vmdk');
+    const provider = new MemoryProvider();
+    const codes = new Set(['CORRUPT', 'LIMIT', 'UNSUPPORTED', 'INTEGRITY', 'NOT_FOUND']);
+    // Header, descriptor, the first grains and the metadata at the end.
+    const zones = [[0, 512], [512, 1024], [128 * 512, 4096], [bytes.length - 4096, 4096]] as const;
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.record({ z: fc.nat(zones.length - 1), at: fc.nat(4095), v: fc.nat(255) }), { minLength: 1, maxLength: 6 }), async (muts) => {
+        const b = bytes.slice();
+        for (const m of muts) b[zones[m.z]![0] + (m.at % zones[m.z]![1])] = m.v;
+        provider.stores.set('bad.vmdk', new MemoryStorage('bad.vmdk', b));
+        for (const fn of [
+          async () => {
+            const dev = await openImage('bad.vmdk', { provider, readOnly: true });
+            try {
+              await dev.read(0, Math.min(dev.size, 1 << 20));
+              await mapExtents(dev, 0, Math.min(dev.size, 4 << 20));
+            } finally {
+              await dev.close();
+            }
+          },
+          () => checkImage('bad.vmdk', { provider }),
+        ]) {
+          try {
+            await fn();
+          } catch (e) {
+            if (!(e instanceof VmkitError) || !codes.has(e.code)) throw e;
+          }
+        }
+      }),
+      { numRuns: 300 },
+    );
   });
 });
