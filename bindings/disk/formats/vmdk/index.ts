@@ -18,6 +18,7 @@ import { openExtents, VmdkExtentsDevice } from './extents.js';
 export { VmdkDevice } from './device.js';
 export { VmdkStreamDevice } from './stream.js';
 export { VmdkExtentsDevice } from './extents.js';
+export { writeStream, type WriteStreamOptions } from './stream-write.js';
 
 /**
  * True when `head` starts with the sparse extent magic `KDMV`, or is a text
