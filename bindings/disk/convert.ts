@@ -47,16 +47,25 @@ export async function copyData(src: BlockDevice, dst: BlockDevice): Promise<numb
   let written = 0;
   let pos = 0;
   while (pos < src.size) {
+    // Skip zero and unallocated runs whole; copy data in chunks of up to 1 MiB however many
+    // extents make them up (compressed clusters and grains are one extent each).
     const st = await src.blockStatus(pos, Math.min(src.size - pos, 1 << 30));
-    const end = pos + st.length;
-    if (st.kind === 'data') {
-      for (let p = pos; p < end; p += CHUNK) {
-        const d = buf.subarray(0, Math.min(CHUNK, end - p));
-        await src.readInto(p, d);
-        if (isAllZero(d)) continue;
-        await dst.write(p, d);
-        written += d.length;
-      }
+    if (st.kind !== 'data') {
+      pos += st.length;
+      continue;
+    }
+    let end = pos + st.length;
+    while (end - pos < CHUNK && end < src.size) {
+      const nx = await src.blockStatus(end, Math.min(src.size - end, CHUNK));
+      if (nx.kind !== 'data') break;
+      end += nx.length;
+    }
+    for (let p = pos; p < end; p += CHUNK) {
+      const d = buf.subarray(0, Math.min(CHUNK, end - p));
+      await src.readInto(p, d);
+      if (isAllZero(d)) continue;
+      await dst.write(p, d);
+      written += d.length;
     }
     pos = end;
   }

@@ -24,6 +24,30 @@ export interface WriteStreamOptions {
   adapterType?: 'ide' | 'buslogic' | 'lsilogic' | 'legacyESX';
 }
 
+type Zlib = typeof import('node:zlib');
+let nodeZlib: Zlib | null | undefined;
+/** node:zlib where there is one (its deflateSync writes the zlib wrapper natively), else null. */
+async function zlibOf(): Promise<Zlib | null> {
+  if (nodeZlib !== undefined) return nodeZlib;
+  const isNode = typeof process !== 'undefined' && typeof process.versions?.node === 'string';
+  const name = 'node:zlib';
+  nodeZlib = isNode ? ((await import(/* @vite-ignore */ name).catch(() => null)) as Zlib | null) : null;
+  return nodeZlib;
+}
+
+/** A zlib stream (RFC 1950) of `data`: node:zlib's, or raw deflate with the header and Adler-32 added. */
+async function zlibStream(data: Uint8Array): Promise<Uint8Array> {
+  const z = await zlibOf();
+  if (z) return new Uint8Array(z.deflateSync(data));
+  const raw = await deflateRaw(data);
+  const out = new Uint8Array(2 + raw.length + 4);
+  out[0] = 0x78; // deflate, 32 KiB window, default level (0x789c % 31 === 0)
+  out[1] = 0x9c;
+  out.set(raw, 2);
+  new DataView(out.buffer).setUint32(2 + raw.length, adler32(data), false);
+  return out;
+}
+
 /** Adler-32 of `b` (the zlib stream trailer). */
 function adler32(b: Uint8Array): number {
   let a = 1;
@@ -116,15 +140,12 @@ export async function writeStream(src: BlockDevice, storage: Storage, opts: Writ
     const data = buf.subarray(0, len);
     await src.readInto(off, data);
     if (data.every((x) => x === 0)) continue;
-    const z = await deflateRaw(data);
-    const m = new Uint8Array(12 + 2 + z.length + 4);
+    const z = await zlibStream(data);
+    const m = new Uint8Array(12 + z.length);
     const dv = new DataView(m.buffer);
     dv.setBigUint64(0, BigInt(grain * h.grainSize), true);
-    dv.setUint32(8, 2 + z.length + 4, true);
-    m[12] = 0x78; // zlib header: deflate, 32 KiB window, default level (0x789c % 31 === 0)
-    m[13] = 0x9c;
-    m.set(z, 14);
-    dv.setUint32(14 + z.length, adler32(data), false);
+    dv.setUint32(8, z.length, true);
+    m.set(z, 12);
     if (at / 512 > 0xffff_ffff) throw new VmkitError('LIMIT', `vmdk ${storage.name}: the stream passes 2 TiB (32-bit sector offsets)`, { path: storage.name });
     gte[grain] = await put(m);
   }
