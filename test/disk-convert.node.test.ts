@@ -50,8 +50,8 @@ describe.skipIf(!hasQemu)('disk convert', () => {
 
   it('vmkit disk convert -O vhdx runs in-process and reports', async () => {
     let out = '';
-    const io = { stdout: { write: (s: string) => ((out += s), true) }, stderr: { write: () => true } } as unknown as Parameters<typeof command.run>[1];
-    expect(await command.run(['convert', p('top.qcow2'), p('cli.vhdx'), '-O', 'vhdx', '--json'], io)).toBe(0);
+    const io = { stdout: { write: (s: string) => ((out += s), true) }, stderr: { write: () => true } } as unknown as Parameters<NonNullable<typeof command.run.convert>>[1];
+    expect(await command.run.convert!([p('top.qcow2'), p('cli.vhdx'), '-O', 'vhdx', '--json'], io)).toBe(0);
     expect(JSON.parse(out)).toMatchObject({ format: 'vhdx', size: 24 * 1024 * 1024 });
     qimg('compare', '-q', '-f', 'qcow2', '-F', 'vhdx', p('top.qcow2'), p('cli.vhdx'));
   });

@@ -91,7 +91,8 @@ export class VhdxDevice implements ImageDevice {
   /** Host offset of payload block `block`, or -1 when it reads as zeroes; checked against the file. */
   private blockHost(block: number): number {
     const bi = this.batIndex(block);
-    const e = this.bat[bi]!;
+    const e = this.bat[bi];
+    if (e === undefined) return -1; // past the BAT (a disk of size 0): nothing there
     const state = Number(e & 7n);
     if (state !== PAYLOAD_FULLY_PRESENT) return -1;
     const host = Number(e >> 20n) * MiB;
