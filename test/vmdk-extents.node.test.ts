@@ -97,6 +97,12 @@ describe.skipIf(!hasQemu)('vmdk with separate extents', () => {
     const text = `# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=fffffffe\ncreateType="vmfsSparse"\nparentFileNameHint="esx.vmdk"\n\n# Extent description\nRW 20480 VMFSSPARSE "x-delta.vmdk"\n`;
     await writeFile(p('x.vmdk'), text);
     await expect(openImage(p('x.vmdk'))).rejects.toMatchObject({ code: 'UNSUPPORTED', offset: text.indexOf('RW 20480') });
+    // A flat extent naming a file outside the descriptor's folder is not read as guest data.
+    for (const name of ['/etc/passwd', '../x-flat.vmdk', 'sub/../../y']) {
+      const t = `# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n# Extent description\nRW 8 FLAT "${name}" 0\n`;
+      await writeFile(p('evil.vmdk'), t);
+      await expect(openImage(p('evil.vmdk'), { readOnly: true })).rejects.toMatchObject({ code: 'UNSUPPORTED', offset: t.indexOf('RW 8') });
+    }
   });
 });
 

@@ -81,6 +81,11 @@ export async function openExtents(storage: Storage, opts: FormatOpenOptions): Pr
       });
     }
     if (e.type !== 'ZERO' && e.file === undefined) throw new VmkitError('CORRUPT', `vmdk ${storage.name}: a ${e.type} extent without a file`, { offset: lineAt(e.type, undefined), path: storage.name });
+    // A FLAT extent is any file read as guest data: only files beside the descriptor (or below it),
+    // so a crafted descriptor cannot hand its reader /etc/shadow (VMware and ESXi write plain names).
+    if (e.file !== undefined && (/^([\\/]|[A-Za-z]:)/.test(e.file) || e.file.split(/[\\/]/).includes('..'))) {
+      throw new VmkitError('UNSUPPORTED', `vmdk ${storage.name}: extent file ${e.file} is outside the descriptor's folder`, { offset: lineAt(e.type, e.file), path: storage.name });
+    }
   }
   const extents: Extent[] = [];
   let pos = 0;
