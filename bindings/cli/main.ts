@@ -27,7 +27,7 @@ export const _COMMANDS: Record<string, { summary: string; load: () => Promise<{ 
   pagetable: { summary: 'walk guest page tables in a memory image (dump like QEMU info tlb, translate); make a sample', load: () => import('./commands/pagetable.js'), help: () => import('./help/pagetable.js') },
   prefetch: { summary: 'simulate fault-time prefetch policies on a guest image and an access trace', load: () => import('./commands/prefetch.js'), help: () => import('./help/prefetch.js') },
   checkpoint: { summary: 'save, restore and inspect memory checkpoints (LZ4 blocks, lazy reads)', load: () => import('./commands/checkpoint.js'), help: () => import('./help/checkpoint.js') },
-  disk: { summary: 'virtual disks: create, info, map, check; snapshot, backup, consolidate; serve over NBD; ownership', load: () => import('./commands/disk.js'), help: () => import('./help/disk.js') },
+  disk: { summary: 'virtual disks: create, info, map, check, convert; snapshot, backup, consolidate; serve over NBD; ownership', load: () => import('./commands/disk.js'), help: () => import('./help/disk.js') },
   attest: { summary: 'attestation against package repositories: keygen, serve, request, verify, check, index', load: () => import('./commands/attest.js'), help: () => import('./help/attest.js') },
   selfcheck: { summary: 'run the wasm core self-check', load: () => import('./commands/selfcheck.js'), help: () => import('./help/selfcheck.js') },
 };

@@ -2,7 +2,8 @@
  * The format registry: opens an image by name with its whole backing chain
  * (names resolved relative to each overlay, as QEMU does; loops and absurd
  * depth refused), creates images and overlays, and runs `check`. The format
- * is found by probing the first 4 KiB (qcow2, then VMDK, then raw), or taken
+ * is found by probing the first 4 KiB (qcow2, VMDK, VHDX, VHD), then the
+ * last 512 bytes (a fixed VHD's footer), else raw; or taken
  * from the backing-format a qcow2 overlay records. A backing file is never
  * probed as raw: when its overlay records no format and it has no format
  * header, opening refuses (UNSUPPORTED) unless the caller states the format
@@ -37,11 +38,13 @@ import {
  */
 export const MAX_CHAIN_DEPTH = 64;
 
-const FORMATS: readonly FormatName[] = ['qcow2', 'vmdk', 'raw'];
+const FORMATS: readonly FormatName[] = ['qcow2', 'vmdk', 'vhdx', 'vhd', 'raw'];
 // Literal specifiers so bundlers include the formats (the CLI's bundle too: scripts/bundle-cli.mjs).
 const IMPORTS: Record<FormatName, () => Promise<unknown>> = {
   qcow2: () => import('./formats/qcow2/index.js'),
   raw: () => import('./formats/raw/index.js'),
+  vhd: () => import('./formats/vhd/index.js'),
+  vhdx: () => import('./formats/vhdx/index.js'),
   vmdk: () => import('./formats/vmdk/index.js'),
 };
 const loaded = new Map<FormatName, Promise<ImageFormatModule>>();
@@ -80,8 +83,9 @@ export function loadFormat(name: FormatName): Promise<ImageFormatModule> {
 export async function probeFormat(storage: Storage): Promise<FormatName> {
   const n = Math.min(PROBE_BYTES, await storage.size());
   const head = await readAt(storage, 0, n);
+  const tailProbes: ImageFormatModule[] = [];
   for (const f of FORMATS) {
-    if (f === 'raw') return 'raw';
+    if (f === 'raw') break;
     let m: ImageFormatModule;
     try {
       m = await loadFormat(f);
@@ -89,6 +93,13 @@ export async function probeFormat(storage: Storage): Promise<FormatName> {
       continue; // a format not in this build cannot claim the file
     }
     if (m.probe(head)) return f;
+    if (m.probeTail) tailProbes.push(m);
+  }
+  // Signatures at the end (a fixed VHD's footer) only once no header claimed the file.
+  const size = await storage.size();
+  if (tailProbes.length > 0 && size >= 512) {
+    const tail = await readAt(storage, size - 512, 512);
+    for (const m of tailProbes) if (m.probeTail!(tail, size)) return m.name;
   }
   return 'raw';
 }

@@ -50,6 +50,8 @@ export type {
 } from './formats/types.js';
 export { Qcow2Device } from './formats/qcow2/device.js';
 export { VmdkDevice } from './formats/vmdk/device.js';
+export { VhdDevice } from './formats/vhd/device.js';
+export { VhdxDevice } from './formats/vhdx/device.js';
 export type { WriteGuard } from './_guard.js';
 // Live backup and consolidation (docs/backup.md).
 export {

@@ -8,7 +8,7 @@ import { VmkitError } from '../../errors.js';
 import type { FormatName } from '../../disk/formats/types.js';
 
 /** The image formats, as `--format` takes them. */
-export const FORMATS: readonly FormatName[] = ['qcow2', 'vmdk', 'raw'];
+export const FORMATS: readonly FormatName[] = ['qcow2', 'vmdk', 'raw', 'vhd', 'vhdx'];
 
 /**
  * `-f/--format` (the input's format) and `-F/--backing-format`, shared by the commands that open a chain.

@@ -130,7 +130,7 @@ export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<
     const name = nameOf(values.name, disk);
     if (typeof values.as !== 'string' || values.as.length === 0) throw new VmkitError('ARG_RANGE', 'vmkit disk open needs --as <id>');
     const format = values.format as string | undefined;
-    if (format !== undefined && !['qcow2', 'vmdk', 'raw'].includes(format)) throw new VmkitError('ARG_RANGE', `--format must be qcow2, vmdk or raw, got ${JSON.stringify(format)}`);
+    if (format !== undefined && !['qcow2', 'vmdk', 'raw', 'vhd', 'vhdx'].includes(format)) throw new VmkitError('ARG_RANGE', `--format must be qcow2, vmdk, vhd, vhdx or raw, got ${JSON.stringify(format)}`);
     const store = await storeOf(values.etcd);
     const leaseMs = ms(values.lease, '--lease');
     const waitMs = ms(values.wait, '--wait');

@@ -38,7 +38,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
   const [file] = positionals;
   if (file === undefined || positionals.length !== 1) throw new VmkitError('ARG_RANGE', 'usage: vmkit disk serve <file> [--listen …]; see vmkit disk serve --help');
   const format = values.format as string | undefined;
-  if (format !== undefined && !['qcow2', 'vmdk', 'raw'].includes(format)) throw new VmkitError('ARG_RANGE', `--format must be qcow2, vmdk or raw, got ${JSON.stringify(format)}`);
+  if (format !== undefined && !['qcow2', 'vmdk', 'raw', 'vhd', 'vhdx'].includes(format)) throw new VmkitError('ARG_RANGE', `--format must be qcow2, vmdk, vhd, vhdx or raw, got ${JSON.stringify(format)}`);
   const maxConnections = values['max-connections'] === undefined ? undefined : Number(values['max-connections']);
   if (maxConnections !== undefined && !Number.isSafeInteger(maxConnections)) throw new VmkitError('ARG_RANGE', `--max-connections must be an integer, got ${values['max-connections']}`);
   let tls: NbdTlsOptions | undefined;

@@ -68,6 +68,7 @@ export const command: Command = {
     open: (argv, io) => owner('open', argv, io),
     release: (argv, io) => owner('release', argv, io),
     serve: async (argv, io) => (await import('./_disk_serve.js')).runServe(argv, io),
+    convert: async (argv, io) => (await import('./_disk_convert.js')).runConvert(argv, io),
   },
 };
 

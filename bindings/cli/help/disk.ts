@@ -4,9 +4,9 @@
  */
 import { EXITS, JSON_OPTION, type CommandHelp } from '../_common.js';
 
-const FORMAT: readonly [string, string] = ['-f, --format qcow2|vmdk|raw', 'the format of <disk> (default: probed from its header); as qemu-img -f'];
+const FORMAT: readonly [string, string] = ['-f, --format qcow2|vmdk|vhd|vhdx|raw', 'the format of <disk> (default: probed from its header); as qemu-img -f'];
 const BACKING_FORMAT: readonly [string, string] = [
-  '-F, --backing-format qcow2|vmdk|raw',
+  '-F, --backing-format qcow2|vmdk|vhd|vhdx|raw',
   "the format of <disk>'s backing file when its header records none (vmkit never probes a backing file as raw)",
 ];
 const OWNER_STORE: readonly (readonly [string, string])[] = [
@@ -23,8 +23,8 @@ const OWNER_EXITS: readonly (readonly [number, string])[] = [[0, 'ok'], [1, 'fai
  * ```
  */
 export const help: CommandHelp = {
-  summary: 'virtual disks: create, info, map, check; snapshot, backup, consolidate; serve over NBD; ownership',
-  about: `Images are qcow2, VMDK (monolithicSparse) or raw; backing chains are followed, each backing file
+  summary: 'virtual disks: create, info, map, check, convert; snapshot, backup, consolidate; serve over NBD; ownership',
+  about: `Images are qcow2, VMDK (monolithicSparse, streamOptimized, flat/split descriptors), VHD, VHDX or raw; backing chains are followed, each backing file
 opened with the format its overlay records. Sizes take K/M/G/T suffixes (powers of 1024).
 A chain's active layer is its top file: after \`vmkit disk snapshot vm.qcow2\` the guest writes to the
 delta it prints (vm-delta-1.qcow2), vm.qcow2 is the frozen point in time that \`disk backup vm.qcow2\`
@@ -32,17 +32,29 @@ copies, and \`disk consolidate vm-delta-1.qcow2\` folds the delta back into vm.q
   subcommands: {
     create: {
       summary: 'create an image (an overlay with --backing)',
-      synopsis: '<file> --size <bytes> [-f qcow2|vmdk|raw] [-b <file> [-F <fmt>]] [--cluster-size <bytes>] [--extended-l2] [--json]',
+      synopsis: '<file> --size <bytes> [-f qcow2|vmdk|vhd|vhdx|raw] [-b <file> [-F <fmt>]] [--cluster-size <bytes>] [--extended-l2] [--json]',
       options: [
         ['--size <bytes>', 'virtual size (required without --backing, which gives its size)'],
-        ['-f, --format qcow2|vmdk|raw', 'format of the new image (default qcow2); as qemu-img create -f'],
+        ['-f, --format qcow2|vmdk|vhd|vhdx|raw', 'format of the new image (default qcow2); as qemu-img create -f'],
         ['-b, --backing <file>', 'backing file, relative to the new image (as qemu-img create -b)'],
-        ['-F, --backing-format qcow2|vmdk|raw', 'format of the backing file, recorded in the new image (default: probed, then recorded)'],
+        ['-F, --backing-format qcow2|vmdk|vhd|vhdx|raw', 'format of the backing file, recorded in the new image (default: probed, then recorded)'],
         ['--cluster-size <bytes>', 'qcow2 cluster / VMDK grain size'],
         ['--extended-l2', 'qcow2: extended L2 entries (32 subclusters per cluster)'],
         JSON_OPTION,
       ],
       example: 'vmkit disk create vm.qcow2 --size 10G',
+      exits: EXITS,
+    },
+    convert: {
+      summary: 'copy an image (through its chain) into a new one of any format, as qemu-img convert',
+      synopsis: '<in> <out> [-O qcow2|vmdk|vhd|vhdx|raw] [--subformat streamOptimized|fixed|dynamic] [--cluster-size <bytes>] [--json]',
+      options: [
+        ['-O, --output-format <fmt>', 'format of <out> (default qcow2)'],
+        ['--subformat <name>', 'vmdk: streamOptimized (an OVA disk) or monolithicSparse; vhd, vhdx: dynamic (default) or fixed'],
+        ['--cluster-size <bytes>', 'cluster / grain / block size of <out>'],
+        JSON_OPTION,
+      ],
+      example: 'vmkit disk convert vm.qcow2 disk1.vmdk -O vmdk --subformat streamOptimized',
       exits: EXITS,
     },
     info: {

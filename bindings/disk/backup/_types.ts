@@ -57,7 +57,7 @@ export interface BackupDevice {
 }
 
 /** Image formats a job can create. */
-export type ImageFormat = 'qcow2' | 'vmdk' | 'raw';
+export type ImageFormat = 'qcow2' | 'vmdk' | 'raw' | 'vhd' | 'vhdx';
 
 /**
  * Operations on image files a job needs. The default implementation is the

@@ -29,7 +29,7 @@ import type { BlockDevice, DeviceOptions } from '../device.js';
  * const fmt: FormatName = await probeFormat(storage); // 'qcow2' | 'vmdk' | 'raw'
  * ```
  */
-export type FormatName = 'qcow2' | 'vmdk' | 'raw';
+export type FormatName = 'qcow2' | 'vmdk' | 'raw' | 'vhd' | 'vhdx';
 
 /**
  * Options of a format's `open`.
@@ -182,6 +182,12 @@ export interface ImageFormatModule {
   readonly name: FormatName;
   /** True when `head` (the first 4 KiB of a file, or fewer if the file is shorter) is this format. */
   probe(head: Uint8Array): boolean;
+  /**
+   * True when `tail` (the last 512 bytes of a file of `fileSize` bytes) is
+   * this format: for formats whose signature is at the end (a fixed VHD).
+   * Tried after every `probe`, before raw.
+   */
+  probeTail?(tail: Uint8Array, fileSize: number): boolean;
   open(storage: Storage, opts?: FormatOpenOptions): Promise<ImageDevice>;
   create(storage: Storage, opts: FormatCreateOptions): Promise<void>;
   check?(storage: Storage, opts?: FormatCheckOptions): Promise<CheckReport>;

@@ -20,6 +20,7 @@ import type { Storage } from '../../backends/storage.js';
 import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
 import type { WriteGuard } from '../../_guard.js';
 import { deflateRaw, inflateRaw } from '../../_inflate.js';
+import { zstdCluster } from '../../_zstd.js';
 import { zeroGranules } from '../../_sectors.js';
 import { _backingStatus, _checkWritable, _closeLayer, _Queue, _readBacking, _readFresh, _readRuns, _statusRun } from '../_device.js';
 import type { ImageDevice, ImageInfo } from '../types.js';
@@ -359,12 +360,17 @@ export class Qcow2Device implements ImageDevice {
 
   private async compressed(e: L2Entry, pos: number): Promise<Uint8Array> {
     if (this.lastCompressed?.host === e.host) return this.lastCompressed.data;
-    if (this.header.compressionType !== 0) {
-      throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: zstd-compressed clusters`, { offset: e.host, path: this.storage.name });
+    if (this.header.compressionType > 1) {
+      throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: compression type ${this.header.compressionType}`, { offset: 104, path: this.storage.name });
     }
     const len = Math.min(e.csize, this.fileSize - e.host);
     const raw = new Uint8Array(len);
     await this.storage.readInto(e.host, raw);
+    if (this.header.compressionType === 1) {
+      const data = zstdCluster(raw, this.cs, e.host, this.storage.name);
+      this.lastCompressed = { host: e.host, data };
+      return data;
+    }
     const data = await inflateRaw(raw, this.cs, e.host, this.storage.name).catch((err: unknown) => {
       throw err instanceof VmkitError ? err : this.corrupt(`compressed cluster for guest offset ${pos} does not inflate`, e.host);
     });
@@ -679,6 +685,7 @@ export class Qcow2Device implements ImageDevice {
       throw new VmkitError('ARG_RANGE', `writeCompressed: [${offset}, ${offset + data.length}) must be whole clusters of ${this.cs}`, { offset });
     }
     if (this.ext) throw new VmkitError('UNSUPPORTED', 'writeCompressed: compressed clusters in extended-L2 images');
+    if (this.header.compressionType !== 0) throw new VmkitError('UNSUPPORTED', `writeCompressed: ${this.storage.name} takes zstd clusters; vmkit compresses with deflate only`, { offset: 104, path: this.storage.name });
     if (this.header.version === 2) throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: writing version 2 images`);
     for (let p = 0; p < data.length; p += this.cs) {
       const chunk = data.subarray(p, Math.min(data.length, p + this.cs));

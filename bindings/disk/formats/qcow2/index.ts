@@ -68,7 +68,7 @@ export async function open(storage: Storage, opts: FormatOpenOptions = {}): Prom
   let backing: BlockDevice | undefined;
   if (h.backingFile !== undefined && opts.openBacking) {
     const bf = h.backingFormat;
-    const fmt = bf === 'qcow2' || bf === 'raw' || bf === 'vmdk' ? (bf as FormatName) : undefined;
+    const fmt = bf === 'qcow2' || bf === 'raw' || bf === 'vmdk' ? (bf as FormatName) : bf === 'vpc' ? 'vhd' : bf === 'vhdx' ? 'vhdx' : undefined;
     if (bf !== undefined && fmt === undefined) {
       throw new VmkitError('UNSUPPORTED', `qcow2 ${storage.name}: backing format ${bf}`, { path: storage.name });
     }

@@ -10,7 +10,8 @@ import { VmkitError } from '../../../errors.js';
 import { readAt, type Storage } from '../../backends/storage.js';
 import type { CheckReport, FormatCheckOptions } from '../types.js';
 import { decodeU32s } from './device.js';
-import { FLAG_RGD, FLAG_ZERO_GRAIN, geometry } from './header.js';
+import { FLAG_COMPRESS, FLAG_RGD, FLAG_ZERO_GRAIN, geometry } from './header.js';
+import { checkStream } from './stream.js';
 import { readHeader } from './index.js';
 
 /** Most grains `check` tracks (2^26 × 4 bytes of offsets: 4 TiB of 64 KiB grains). */
@@ -27,6 +28,7 @@ const MAX_CHECK_GRAINS = 2 ** 26;
  */
 export async function check(storage: Storage, _opts: FormatCheckOptions = {}): Promise<CheckReport> {
   const { header: h, fileSize } = await readHeader(storage);
+  if (h.flags & FLAG_COMPRESS) return checkStream(storage, h, fileSize);
   const g = geometry(h);
   const report: CheckReport = { format: 'vmdk', filename: storage.name, corruptions: 0, leaks: 0, checkErrors: 0, messages: [] };
   const corrupt = (message: string, offset?: number): void => {

@@ -96,14 +96,16 @@ function isPow2(n: number): boolean {
  * Parses and validates a sparse extent header: magic, version, grain size,
  * grain directories and descriptor inside the file, capacity that vmkit can
  * address. Throws VmkitError (CORRUPT, UNSUPPORTED, LIMIT) with the offset of
- * the offending field.
+ * the offending field. With `opts.stream`, compressed grains and a grain
+ * directory "at the end" (gdOffset then reads 0) are accepted: the
+ * streamOptimized reader (stream.ts) handles them.
  *
  * @example
  * ```ts
  * const h = parseVmdkHeader(await readAt(storage, 0, 512), await storage.size(), storage.name);
  * ```
  */
-export function parseVmdkHeader(b: Uint8Array, fileSize: number, path?: string): VmdkHeader {
+export function parseVmdkHeader(b: Uint8Array, fileSize: number, path?: string, opts: { stream?: boolean } = {}): VmdkHeader {
   const where = path ? { path } : {};
   const corrupt = (msg: string, offset: number): VmkitError =>
     new VmkitError('CORRUPT', `vmdk${path ? ' ' + path : ''}: ${msg}`, { offset, ...where });
@@ -120,10 +122,11 @@ export function parseVmdkHeader(b: Uint8Array, fileSize: number, path?: string):
     if (v > BigInt(max)) throw new VmkitError('LIMIT', `vmdk${path ? ' ' + path : ''}: ${what} ${v} is out of range`, { offset: at, ...where });
     return Number(v);
   };
-  if (dv.getBigUint64(56, true) === GD_AT_END) {
+  const atEnd = dv.getBigUint64(56, true) === GD_AT_END;
+  if (atEnd && !opts.stream) {
     throw new VmkitError('UNSUPPORTED', `vmdk${path ? ' ' + path : ''}: streamOptimized images (grain directory in the footer)`, { offset: 56, ...where });
   }
-  if (flags & FLAG_COMPRESS) {
+  if (flags & FLAG_COMPRESS && !opts.stream) {
     throw new VmkitError('UNSUPPORTED', `vmdk${path ? ' ' + path : ''}: compressed grains (streamOptimized)`, { offset: 8, ...where });
   }
   const h: VmdkHeader = {
@@ -136,7 +139,7 @@ export function parseVmdkHeader(b: Uint8Array, fileSize: number, path?: string):
     descriptorSize: u64(36, 'descriptor size', 2 ** 44),
     numGTEsPerGT: dv.getUint32(44, true),
     rgdOffset: u64(48, 'redundant grain directory offset', 2 ** 44),
-    gdOffset: u64(56, 'grain directory offset', 2 ** 44),
+    gdOffset: atEnd ? 0 : u64(56, 'grain directory offset', 2 ** 44),
     overHead: u64(64, 'overhead', 2 ** 44),
     uncleanShutdown: b[72]!,
     compressAlgorithm: dv.getUint16(77, true),
@@ -154,7 +157,10 @@ export function parseVmdkHeader(b: Uint8Array, fileSize: number, path?: string):
   const inFile = (off: number, bytes: number, at: number, what: string): void => {
     if (off < 1 || off * 512 + bytes > fileSize) throw corrupt(`${what} [${off * 512}, ${off * 512 + bytes}) is outside the file (${fileSize} bytes)`, at);
   };
-  if (g.gdEntries > 0) {
+  if (flags & FLAG_COMPRESS && h.compressAlgorithm !== 1) {
+    throw new VmkitError('UNSUPPORTED', `vmdk${path ? ' ' + path : ''}: compression algorithm ${h.compressAlgorithm} (only 1, deflate)`, { offset: 77, ...where });
+  }
+  if (g.gdEntries > 0 && !atEnd) {
     inFile(h.gdOffset, g.gdEntries * 4, 56, 'grain directory');
     if (flags & FLAG_RGD) inFile(h.rgdOffset, g.gdEntries * 4, 48, 'redundant grain directory');
   }

@@ -11,9 +11,14 @@ import type { CheckReport, FormatCheckOptions, FormatCreateOptions, FormatOpenOp
 import { check as checkVmdk } from './check.js';
 import { CID_NOPARENT, encodeDescriptor, parseDescriptor, randomCid, withCid, type VmdkDescriptor } from './descriptor.js';
 import { decodeU32s, VmdkDevice } from './device.js';
-import { encodeVmdkHeader, FLAG_NL_DETECT, FLAG_RGD, FLAG_ZERO_GRAIN, geometry, parseVmdkHeader, VMDK_HEADER_SIZE, VMDK_MAGIC, type VmdkHeader } from './header.js';
+import { encodeVmdkHeader, FLAG_COMPRESS, FLAG_NL_DETECT, FLAG_RGD, FLAG_ZERO_GRAIN, GD_AT_END, geometry, parseVmdkHeader, VMDK_HEADER_SIZE, VMDK_MAGIC, type VmdkHeader } from './header.js';
+import { streamHeader, VmdkStreamDevice } from './stream.js';
+import { openExtents, VmdkExtentsDevice } from './extents.js';
 
 export { VmdkDevice } from './device.js';
+export { VmdkStreamDevice } from './stream.js';
+export { VmdkExtentsDevice } from './extents.js';
+export { writeStream, type WriteStreamOptions } from './stream-write.js';
 
 /**
  * True when `head` starts with the sparse extent magic `KDMV`, or is a text
@@ -48,7 +53,10 @@ export async function readHeader(storage: Storage): Promise<{ header: VmdkHeader
   if (probe(head) && head[0] === 0x23) {
     throw new VmkitError('UNSUPPORTED', `vmdk ${storage.name}: descriptor files with separate extents (only monolithicSparse)`, { offset: 0, path: storage.name });
   }
-  const header = parseVmdkHeader(head, fileSize, storage.name);
+  // streamOptimized (compressed grains, maybe a directory in the footer): stream.ts reads its header.
+  const hv = head.length >= VMDK_HEADER_SIZE ? new DataView(head.buffer, head.byteOffset, VMDK_HEADER_SIZE) : undefined;
+  const isStream = hv !== undefined && hv.getUint32(0, true) === VMDK_MAGIC && ((hv.getUint32(8, true) & FLAG_COMPRESS) !== 0 || hv.getBigUint64(56, true) === GD_AT_END);
+  const header = isStream ? await streamHeader(storage, head, fileSize) : parseVmdkHeader(head, fileSize, storage.name);
   let descriptor: VmdkDescriptor | undefined;
   if (header.descriptorSize > 0) {
     const at = header.descriptorOffset * 512;
@@ -81,8 +89,11 @@ export async function readHeader(storage: Storage): Promise<{ header: VmdkHeader
  * const dev = await open(await FileStorage.open('delta.vmdk'), { readOnly: true });
  * ```
  */
-export async function open(storage: Storage, opts: FormatOpenOptions = {}): Promise<VmdkDevice> {
+export async function open(storage: Storage, opts: FormatOpenOptions = {}): Promise<VmdkDevice | VmdkStreamDevice | VmdkExtentsDevice> {
+  // A text descriptor with separate extent files (monolithicFlat, vmfs, twoGbMaxExtent*): extents.ts.
+  if ((await storage.size()) >= 21 && probe(await readAt(storage, 0, 21)) && (await readAt(storage, 0, 1))[0] === 0x23) return openExtents(storage, opts);
   const { header: h, descriptor: d, fileSize } = await readHeader(storage);
+  if (h.flags & FLAG_COMPRESS) return openStream(storage, h, d, fileSize, opts);
   const readOnly = opts.readOnly === true || storage.readOnly;
   if (!readOnly && h.version === 3) {
     // QEMU writes version 3 only read-only too: its extra semantics are not documented.
@@ -112,6 +123,22 @@ export async function open(storage: Storage, opts: FormatOpenOptions = {}): Prom
     }
   }
   return new VmdkDevice(storage, h, d, gd, rgd, fileSize, readOnly, backing, opts.guard);
+}
+
+/** Opens a streamOptimized VMDK (read-only whatever `opts.readOnly` says: see stream.ts). */
+async function openStream(storage: Storage, h: VmdkHeader, d: VmdkDescriptor | undefined, fileSize: number, opts: FormatOpenOptions): Promise<VmdkStreamDevice> {
+  const g = geometry(h);
+  if (h.gdOffset < 1 || h.gdOffset * 512 + g.gdEntries * 4 > fileSize) {
+    throw new VmkitError('CORRUPT', `vmdk ${storage.name}: grain directory at ${h.gdOffset * 512} is outside the file`, { offset: 56, path: storage.name });
+  }
+  const gd = decodeU32s(await readAt(storage, h.gdOffset * 512, g.gdEntries * 4), g.gdEntries);
+  let backing: BlockDevice | undefined;
+  if (d?.parentFileNameHint !== undefined && opts.openBacking) backing = await opts.openBacking(d.parentFileNameHint, 'vmdk');
+  if (backing && backing.size !== h.capacity * 512) {
+    await backing.close().catch(() => {});
+    throw new VmkitError('CORRUPT', `vmdk ${storage.name}: capacity ${h.capacity * 512} differs from the parent's ${backing.size}`, { offset: 12, path: storage.name });
+  }
+  return new VmdkStreamDevice(storage, h, d, gd, fileSize, backing);
 }
 
 /** Options of {@link create} beyond the registry's. */
