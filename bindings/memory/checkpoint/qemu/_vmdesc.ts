@@ -66,7 +66,7 @@ export function readVmdesc(readAt: (dst: Uint8Array, position: number) => number
   const j = tail.indexOf(0x7b, nul + 1);
   const at = size - n + j - 5;
   if (nul < 0 || j < 5 || tail[j - 5] !== VMDESC || new DataView(tail.buffer).getUint32(j - 4) !== n - j) {
-    throw new VmkitError('UNSUPPORTED', `QEMU migration stream: no vmdesc at its end (suppress-vmdesc, postcopy, or not a stream) (vmdesc, byte offset ${size})`, {
+    throw new VmkitError('UNSUPPORTED', `QEMU migration stream: no vmdesc at its end (truncated, suppress-vmdesc, postcopy, or not a stream) (vmdesc, byte offset ${size})`, {
       offset: size,
     });
   }

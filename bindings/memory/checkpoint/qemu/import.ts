@@ -364,6 +364,10 @@ class _Parser {
           this.byId.set(id, b);
         }
         if (this.blocks.length === 0) inp.fail('CORRUPT', 'empty ram block list', at);
+        // Precopy sends every page at least once (a zero page is a 9-byte record): a block list
+        // declaring far more RAM than the stream could hold is corrupt, and would cost index memory.
+        const maxPages = Math.max(this.size / 8, 1 << 18);
+        if (offset / ps > maxPages) inp.fail('CORRUPT', `ram blocks of ${offset} bytes in a ${this.size}-byte stream`, at);
         continue;
       }
       if ((flags & (RAM.ZERO | RAM.PAGE)) === 0 || (flags & RAM.ZERO && flags & RAM.PAGE)) inp.fail('CORRUPT', `ram record with flags 0x${flags.toString(16)}`, at);
