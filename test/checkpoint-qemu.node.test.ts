@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { init } from '../bindings/index.js';
 import { VmkitError } from '../bindings/errors.js';
 import { CheckpointReader } from '../bindings/memory/checkpoint/reader.js';
+import { CheckpointWriter } from '../bindings/memory/checkpoint/writer.js';
 import { importQemuMigration } from '../bindings/memory/checkpoint/qemu/import.js';
 import { exportQemuMigration } from '../bindings/memory/checkpoint/qemu/export.js';
 import { CHUNK_STREAM, readStateMeta, walkState } from '../bindings/memory/checkpoint/qemu/_state.js';
@@ -47,10 +48,24 @@ async function withQemu(dir: string, extra: string[], body: (cmd: (l: string) =>
       if (q.exitCode !== null) throw new Error(`qemu exited: ${err}`);
       return existsSync(sock);
     });
-    const mon = await monitor(sock);
+    // The socket file appears at bind(), before listen(): retry a refused connect.
+    let mon: { cmd(l: string): Promise<string>; close(): void } | undefined;
+    for (let i = 0; !mon; i++) {
+      try {
+        mon = await monitor(sock);
+      } catch (e) {
+        if (i > 50 || q.exitCode !== null) throw new Error(`qemu monitor: ${String(e)} ${err}`);
+        await sleep(100);
+      }
+    }
     try {
       await body((l) => mon.cmd(l));
       await mon.cmd('quit').catch(() => {});
+    } catch (e) {
+      // QEMU exits on a failed incoming load: report its own error.
+      await Promise.race([exited, sleep(3000)]);
+      if (q.exitCode !== null) throw new Error(`qemu exited: ${err}`);
+      throw e;
     } finally {
       mon.close();
     }
@@ -166,6 +181,27 @@ describe.skipIf(!ok)('QEMU migration stream import/export (real QEMU stream)', (
       });
     });
     expect(status).toMatch(/Migration status: completed/);
+  });
+
+  it('exports a diff checkpoint (no machine state of its own) as its full view', { timeout: 60_000 }, async () => {
+    const base = join(dir, 'base.ckpt');
+    await importQemuMigration(mig, base);
+    const rb = await CheckpointReader.open(base);
+    const w = await CheckpointWriter.create(join(dir, 'diff.ckpt'), { guestSize: rb.guestSize, parent: { path: 'base.ckpt', id: rb.header.id } });
+    const page = new Uint8Array(4096).fill(0xab);
+    await w.writePages(5, page);
+    await w.finish();
+    await rb.close();
+    const mig3 = join(dir, 'diff.mig');
+    writeFileSync(mig3, await exportToBytes(join(dir, 'diff.ckpt')));
+    const back = join(dir, 'diff-back.ckpt');
+    await importQemuMigration(mig3, back);
+    const [a, b] = [await CheckpointReader.open(base), await CheckpointReader.open(back)];
+    expect(Buffer.from(await b.readPage(5))).toEqual(Buffer.from(page));
+    expect(Buffer.from(await b.readPage(6))).toEqual(Buffer.from(await a.readPage(6)));
+    expect(Buffer.compare(Buffer.from(await stateStream(back)), Buffer.from(await stateStream(base)))).toBe(0);
+    await a.close();
+    await b.close();
   });
 
   const expectRefused = async (bytes: Uint8Array, code: string | RegExp, msg?: RegExp): Promise<VmkitError> => {
