@@ -6,9 +6,12 @@
 // starts a new QEMU with `-incoming "exec:vmkit checkpoint export vm.ckpt -"`
 // and checks: its memory equals the original's at save time (pmemsave), after
 // `cont` the counter continues from where it was and the tmpfs hash is the
-// same; the checkpoint's metadata holds the vCPU's CR3 (= `info registers`).
+// same; the checkpoint's metadata holds the vCPU's CR3 (= `info registers`),
+// and `vmkit pagetable dump vm.ckpt --format qemu` (no --cr3, no --mode) prints
+// exactly QEMU's `info tlb` taken before the migration: 4-level (-cpu qemu64)
+// and 5-level (-cpu qemu64,+la57) paging.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -62,8 +65,8 @@ async function waitFor<T>(what: string, ms: number, probe: () => T | undefined |
   }
 }
 
-function qemu(args: string[]): { proc: ChildProcess; stderr: () => string; exited: Promise<unknown> } {
-  const proc = spawn('qemu-system-x86_64', ['-machine', 'pc,accel=tcg', '-cpu', 'qemu64', '-smp', '1', '-m', `${RAM_MIB}M`, '-display', 'none', '-nodefaults', '-no-reboot', ...args], {
+function qemu(cpu: string, args: string[]): { proc: ChildProcess; stderr: () => string; exited: Promise<unknown> } {
+  const proc = spawn('qemu-system-x86_64', ['-machine', 'pc,accel=tcg', '-cpu', cpu, '-smp', '1', '-m', `${RAM_MIB}M`, '-display', 'none', '-nodefaults', '-no-reboot', ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let err = '';
@@ -83,12 +86,17 @@ describe.skipIf(!ok)('QEMU migration stream → vmkit checkpoint → QEMU (real 
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('resumes the guest from an imported checkpoint: counter continues, tmpfs hash and memory unchanged', { timeout: 420_000 }, async () => {
-    const initrd = buildInitramfs(dir, INIT);
+  // qemu64: 4-level paging; with LA57 offered, Debian's kernel runs 5-level paging.
+  it.each([
+    ['qemu64', 'x86_64', false],
+    ['qemu64,+la57', 'x86_64-la57', true],
+  ] as const)('-cpu %s: resumes from an imported checkpoint (counter continues, tmpfs hash and memory unchanged); pagetable dump of it = info tlb', { timeout: 420_000 }, async (cpu, name, la57) => {
+    mkdirSync(join(dir, name), { recursive: true });
+    const initrd = buildInitramfs(join(dir, name), INIT);
     const kernel = findKernel();
-    const serial1 = join(dir, 'serial1.log');
-    const mon1Path = join(dir, 'mon1.sock');
-    const src = qemu([
+    const serial1 = join(dir, name, 'serial1.log');
+    const mon1Path = join(dir, name, 'mon1.sock');
+    const src = qemu(cpu, [
       '-kernel', kernel, '-initrd', initrd, '-append', 'console=ttyS0 panic=-1 quiet loglevel=3',
       '-serial', `file:${serial1}`, '-monitor', `unix:${mon1Path},server=on,wait=off`,
     ]);
@@ -105,30 +113,40 @@ describe.skipIf(!ok)('QEMU migration stream → vmkit checkpoint → QEMU (real 
     const hash1 = hashes(log1).at(-1)!;
     const regs = await mon1.cmd('info registers');
     const cr3 = BigInt(`0x${/CR3=([0-9a-fA-F]+)/.exec(regs)![1]}`);
-    const mig = join(dir, 'vm.mig');
+    const cr4 = BigInt(`0x${/CR4=([0-9a-fA-F]+)/.exec(regs)![1]}`);
+    expect(((cr4 >> 12n) & 1n) === 1n).toBe(la57);
+    const tlb = (await mon1.cmd('info tlb'))
+      .split('\n')
+      .filter((l) => /^[0-9a-f]{16}: /.test(l))
+      .join('\n');
+    expect(tlb.split('\n').length).toBeGreaterThan(100);
+    const mig = join(dir, name, 'vm.mig');
     await mon1.cmd(`migrate "exec:cat > ${mig}"`);
     await waitFor('the migration to complete', 120_000, async () => {
       const s = await mon1.cmd('info migrate');
       if (/Migration status: failed/.test(s)) throw new Error(`migration failed: ${s}`);
       return /Migration status: completed/.test(s) ? true : undefined;
     });
-    const mem1 = join(dir, 'mem1.bin');
+    const mem1 = join(dir, name, 'mem1.bin');
     await mon1.cmd(`pmemsave 0 ${RAM_MIB << 20} "${mem1}"`);
     await mon1.cmd('quit').catch(() => {});
     mon1.close();
     await src.exited;
 
-    const ckpt = join(dir, 'vm.ckpt');
+    const ckpt = join(dir, name, 'vm.ckpt');
     const imp = JSON.parse((await run('node', [CLI, 'checkpoint', 'import', mig, ckpt, '--json'], { maxBuffer: 1 << 24 })).stdout);
     expect(imp.blocks[0]).toMatchObject({ id: 'pc.ram', length: RAM_MIB << 20, offset: 0 });
     expect(imp.cpus).toHaveLength(1);
     expect(BigInt(imp.cpus[0].cr3)).toBe(cr3);
     // Most of 128 MiB is zero: the checkpoint is far smaller than QEMU's stream of it.
     expect(statSync(ckpt).size).toBeLessThan(statSync(mig).size);
+    // The page walk of the checkpoint itself (no --cr3, no --mode: both from the vCPU state) is QEMU's own.
+    const dump = (await run('node', [CLI, 'pagetable', 'dump', ckpt, '--format', 'qemu'], { maxBuffer: 1 << 28 })).stdout;
+    expect(dump.trimEnd()).toBe(tlb.trimEnd());
 
-    const serial2 = join(dir, 'serial2.log');
-    const mon2Path = join(dir, 'mon2.sock');
-    const dst = qemu([
+    const serial2 = join(dir, name, 'serial2.log');
+    const mon2Path = join(dir, name, 'mon2.sock');
+    const dst = qemu(cpu, [
       '-serial', `file:${serial2}`, '-monitor', `unix:${mon2Path},server=on,wait=off`,
       '-incoming', `exec:node ${CLI} checkpoint export ${ckpt} -`,
     ]);
@@ -141,7 +159,7 @@ describe.skipIf(!ok)('QEMU migration stream → vmkit checkpoint → QEMU (real 
       if (/Migration status: failed/.test(s)) throw new Error(`incoming migration failed: ${s} ${dst.stderr()}`);
       return /Migration status: completed/.test(s) ? s : undefined;
     });
-    const mem2 = join(dir, 'mem2.bin');
+    const mem2 = join(dir, name, 'mem2.bin');
     await mon2.cmd(`pmemsave 0 ${RAM_MIB << 20} "${mem2}"`);
     const a = readFileSync(mem1);
     const b = readFileSync(mem2);
