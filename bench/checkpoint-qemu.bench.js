@@ -72,7 +72,7 @@ export async function run({ quick, log }) {
     return { title: 'checkpoint-qemu: a real QEMU VM through vmkit checkpoints', sections: [], notes: ['SKIPPED: needs qemu-system-x86_64, lz4, cpio and /boot/vmlinuz-*-amd64.'] };
   }
   const dir = mkdtempSync(join(tmpdir(), 'vmkit-bench-qmig-'));
-  const src = qemu(dir, 'src', ['-kernel', kernel, '-initrd', buildInitramfs(dir, INIT), '-append', 'console=ttyS0 quiet loglevel=3']);
+  const src = qemu(dir, 'src', ['-kernel', kernel, '-initrd', buildInitramfs(dir, { init: INIT }), '-append', 'console=ttyS0 quiet loglevel=3']);
   try {
     log('booting the guest (TCG)…');
     while (!(existsSync(join(dir, 'src.log')) && readFileSync(join(dir, 'src.log'), 'latin1').includes('VMKIT-READY'))) {

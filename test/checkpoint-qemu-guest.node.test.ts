@@ -18,7 +18,6 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { needTool } from './_tools.js';
-// @ts-expect-error: plain ESM helper without types
 import { buildInitramfs, findKernel, monitor } from '../scripts/_guest.mjs';
 
 const run = promisify(execFile);
@@ -92,7 +91,7 @@ describe.skipIf(!ok)('QEMU migration stream → vmkit checkpoint → QEMU (real 
     ['qemu64,+la57', 'x86_64-la57', true],
   ] as const)('-cpu %s: resumes from an imported checkpoint (counter continues, tmpfs hash and memory unchanged); pagetable dump of it = info tlb', { timeout: 420_000 }, async (cpu, name, la57) => {
     mkdirSync(join(dir, name), { recursive: true });
-    const initrd = buildInitramfs(join(dir, name), INIT);
+    const initrd = buildInitramfs(join(dir, name), { init: INIT });
     const kernel = findKernel();
     const serial1 = join(dir, name, 'serial1.log');
     const mon1Path = join(dir, name, 'mon1.sock');

@@ -19,7 +19,6 @@ import { importQemuMigration } from '../bindings/memory/checkpoint/qemu/import.j
 import { exportQemuMigration } from '../bindings/memory/checkpoint/qemu/export.js';
 import { CHUNK_STREAM, readStateMeta, walkState } from '../bindings/memory/checkpoint/qemu/_state.js';
 import { needTool } from './_tools.js';
-// @ts-expect-error: plain ESM helper without types
 import { monitor } from '../scripts/_guest.mjs';
 
 const run = promisify(execFile);
