@@ -45,10 +45,11 @@ export async function _importCmd(argv: string[], io: CliIO): Promise<number> {
  * ```
  */
 export async function _exportCmd(argv: string[], io: CliIO): Promise<number> {
-  const { positionals } = parse(argv, {});
+  const { values, positionals } = parse(argv, {});
   const [ckpt, out] = positionals;
   if (!ckpt || !out || positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'export needs <checkpoint> <vm.mig|->');
   if (out === '-') {
+    if (values.json) throw new VmkitError('ARG_RANGE', '--json reports an export to a file; with - stdout is the stream');
     await exportQemuMigration(ckpt, (b) => new Promise<void>((res, rej) => io.stdout.write(b, (e) => (e ? rej(e) : res()))));
     return 0;
   }
@@ -57,12 +58,13 @@ export async function _exportCmd(argv: string[], io: CliIO): Promise<number> {
   const fd = fs.openSync(tmp, 'w');
   try {
     let at = 0;
-    await exportQemuMigration(ckpt, async (b) => {
+    const stats = await exportQemuMigration(ckpt, async (b) => {
       for (let done = 0; done < b.length; ) done += fs.writeSync(fd, b, done, b.length - done, at + done);
       at += b.length;
     });
     fs.closeSync(fd);
     fs.renameSync(tmp, out);
+    emit(io, values.json, { path: out, ...stats }, () => `${out}: ${formatBytes(stats.bytes)} QEMU stream, ${stats.pages} pages (${stats.zeroPages} zero)`);
   } catch (e) {
     try {
       fs.closeSync(fd);

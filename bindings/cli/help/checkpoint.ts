@@ -69,9 +69,9 @@ Written to a temporary name and renamed when complete; a bad stream is refused n
     },
     export: {
       summary: 'the QEMU migration stream of an imported checkpoint',
-      synopsis: '<checkpoint> <vm.mig|->',
+      synopsis: '<checkpoint> <vm.mig|-> [--json]',
       about: `Writes a stream QEMU loads with -incoming: to a file, or to stdout with -. A diff checkpoint exports its full view.`,
-      options: [],
+      options: [['--json, --output=json', 'report bytes and pages written (file output only)']],
       example: 'qemu-system-x86_64 … -incoming "exec:vmkit checkpoint export vm.ckpt -"',
       exits: EXITS,
     },
