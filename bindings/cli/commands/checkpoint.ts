@@ -11,6 +11,7 @@ import { CheckpointWriter, type CheckpointStats } from '../../memory/checkpoint/
 import { writeImageParallel } from '../../memory/checkpoint/parallel.js';
 import { emit, formatBytes, parse, parseSize, parseU64, Progress, type CliIO, type Command } from '../_common.js';
 import { _imagePages } from './_raw_image.js';
+import { _exportCmd, _importCmd } from './_checkpoint_qemu.js';
 
 const PS = 4096;
 const WINDOW = 4 << 20;
@@ -198,4 +199,4 @@ async function readPage(argv: string[], io: CliIO): Promise<number> {
  * process.exitCode = await command.run.inspect!(['vm.ckpt', '--json'], process);
  * ```
  */
-export const command: Command = { run: { save, restore, inspect, 'read-page': readPage } };
+export const command: Command = { run: { save, restore, inspect, 'read-page': readPage, import: _importCmd, export: _exportCmd } };

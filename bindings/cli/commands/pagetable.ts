@@ -22,7 +22,7 @@ import { PAGING_MODES, PF } from '../../memory/paging/types.js';
 import type { AddressSpaceOptions, Mapping, PagingMode, Translation, TranslationFault } from '../../memory/paging/types.js';
 import type { GuestMemorySource } from '../../memory/types.js';
 import { emit, parse, parseU64, type CliIO, type Command } from '../_common.js';
-import { _imageMemory } from './_raw_image.js';
+import { _openGuest } from './_guest_source.js';
 
 /** Address-space options from the command line. */
 function _options(values: Record<string, string | boolean | string[] | undefined>): AddressSpaceOptions {
@@ -48,6 +48,7 @@ const OPTIONS = {
   t1sz: { type: 'string' },
   'no-nxe': { type: 'boolean' },
   engine: { type: 'string' },
+  cpu: { type: 'string' },
 } as const;
 
 /** What the commands need of a walker: the core's AddressSpace or the reference. */
@@ -122,11 +123,11 @@ async function dump(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, { ...OPTIONS, format: { type: 'string' }, limit: { type: 'string' } });
   const [image, ...extra] = positionals;
   if (!image || extra.length) throw new VmkitError('ARG_RANGE', 'dump needs exactly one <memory-image>');
-  const opts = _options(values);
+  const { memory, opts } = await _openGuest(image, values, _options);
   const format = (values.format as string | undefined) ?? (values.json ? 'json' : opts.mode === 'aarch64' ? 'json' : 'qemu');
+  if (format !== 'qemu' && format !== 'json' || (format === 'qemu' && opts.mode === 'aarch64')) memory.close();
   if (format !== 'qemu' && format !== 'json') throw new VmkitError('ARG_RANGE', `--format must be qemu or json, got ${format}`);
   if (format === 'qemu' && opts.mode === 'aarch64') throw new VmkitError('ARG_RANGE', '--format qemu is QEMU\'s x86 "info tlb"; use --format json for aarch64');
-  const memory = _imageMemory(image);
   // `vmkit pagetable dump … | head` closes the pipe early: that is not an error worth a stack trace.
   io.stdout.on?.('error', (e: NodeJS.ErrnoException) => {
     if (e.code !== 'EPIPE' && e.code !== 'ERR_STREAM_DESTROYED') throw e;
@@ -178,9 +179,8 @@ async function translate(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, OPTIONS);
   const [image, ...gvas] = positionals;
   if (!image || gvas.length === 0) throw new VmkitError('ARG_RANGE', 'translate needs <memory-image> and at least one <gva>');
-  const opts = _options(values);
   const addrs = gvas.map((g, i) => parseU64(g, `gva #${i + 1}`));
-  const memory = _imageMemory(image);
+  const { memory, opts } = await _openGuest(image, values, _options);
   let results: (Translation | TranslationFault)[];
   let walker: _Walker | undefined;
   try {

@@ -22,6 +22,7 @@ import { simulate } from '../../memory/prefetch/simulate.js';
 import type { Gpa, GuestMemorySource } from '../../memory/types.js';
 import { emit, parse, parseU64, type CliIO, type Command } from '../_common.js';
 import { _imageMemory, _openRead } from './_raw_image.js';
+import { _checkpointPaging, _isCheckpoint } from './_guest_source.js';
 
 /** A checkpoint as the walker's memory (pages through the reader's block cache) and its blocks. */
 async function checkpointMemory(path: string): Promise<GuestMemorySource & { close(): void; blockOf(page: number): number }> {
@@ -133,8 +134,10 @@ async function simulateCmd(argv: string[], io: CliIO): Promise<number> {
   });
   const [image, ...extra] = positionals;
   if (!image || extra.length > 0) throw new VmkitError('ARG_RANGE', `prefetch simulate takes one <memory-image>; see vmkit prefetch --help`);
-  const cr3 = parseU64(values.cr3 as string | undefined, '--cr3');
-  const mode = (values.mode as string | undefined) ?? 'x86-64';
+  // A checkpoint imported from a VM gives CR3 and the mode itself (vCPU 0).
+  const fromVm = values.cr3 === undefined && values.mode === undefined && _isCheckpoint(image) ? await _checkpointPaging(image, undefined) : undefined;
+  const cr3 = fromVm ? fromVm.opts.root : parseU64(values.cr3 as string | undefined, '--cr3');
+  const mode = fromVm ? fromVm.opts.mode : ((values.mode as string | undefined) ?? 'x86-64');
   if (!PAGING_MODES.includes(mode as PagingMode)) throw new VmkitError('ARG_RANGE', `--mode must be one of ${PAGING_MODES.join(', ')}, got ${JSON.stringify(mode)}`);
   const tracePath = values.trace as string | undefined;
   if (!tracePath) throw new VmkitError('ARG_RANGE', '--trace is required');

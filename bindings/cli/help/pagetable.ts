@@ -11,6 +11,7 @@ const WALK: readonly (readonly [string, string])[] = [
   ['--t0sz N, --t1sz N', 'aarch64: TCR_EL1.T0SZ/T1SZ (default 16)'],
   ['--no-nxe', 'treat XD as a reserved bit (EFER.NXE clear)'],
   ['--engine core|reference', 'walk with the wasm core (default) or the plain-TypeScript reference'],
+  ['--cpu N', 'a checkpoint imported from a VM: the vCPU whose CR3/CR4/EFER give root and mode (default 0)'],
 ];
 
 /**
@@ -24,7 +25,9 @@ export const help: CommandHelp = {
   summary: 'walk guest page tables in a memory image (dump like QEMU info tlb, translate); make a sample',
   about: `A memory image is raw guest-physical memory, as QEMU's monitor writes it with
 \`pmemsave 0 <ram-size> guest.mem\`; \`info registers\` shows the CR3 to pass. \`vmkit pagetable sample\`
-makes a small one (with its CR3) to try the commands on.`,
+makes a small one (with its CR3) to try the commands on. A checkpoint imported from a QEMU VM
+(\`vmkit checkpoint import\`) can stand for the image without --cr3 and --mode: its vCPU state gives both
+(5-level when CR4.LA57), and its pages are read lazily.`,
   subcommands: {
     dump: {
       summary: "every mapped page, large pages once, in VA order (QEMU's info tlb lines or JSON)",

@@ -18,7 +18,7 @@ export const help: CommandHelp = {
       summary: "replay a trace against the image restored lazily under one policy; report faults, hits, waste",
       synopsis: '<memory-image> --cr3 <addr> --trace <file> --policy POLICY [--mode MODE] [--back N] [--ahead N] [--record <file>] [--translate walk|table] [--json]',
       about: `<memory-image> is a raw guest-physical image or a vmkit checkpoint (then reads are counted per storage
-block). Every page starts absent; a fault loads what the policy picks, coalesced into runs (one read each).`,
+block; one imported from a QEMU VM needs no --cr3/--mode: vCPU 0's state gives them). Every page starts absent; a fault loads what the policy picks, coalesced into runs (one read each).`,
       options: [
         ['--cr3 <addr>', 'the root table (CR3; aarch64: TTBR0_EL1)'],
         ['--trace <file>', 'one hex guest-virtual address per line, or valgrind lackey --trace-mem=yes output'],

@@ -121,6 +121,12 @@ export interface CheckpointFooter {
   indexChecksum: number;
   blockCount: number;
   fileLength: number;
+  /**
+   * 4096-byte units of the optional machine-state section that ends where
+   * the index starts (footer bytes 56..59; 0: none). Readers before it
+   * ignore these bytes (reserved, covered by the footer checksum).
+   */
+  statePages?: number;
 }
 
 /** One stored block: where it is, its length and its xxHash32. */
@@ -231,6 +237,7 @@ export function encodeFooter(f: CheckpointFooter): Uint8Array {
   v.setUint32(40, f.indexChecksum, true);
   v.setUint32(44, f.blockCount, true);
   v.setBigUint64(48, BigInt(f.fileLength), true);
+  v.setUint32(56, f.statePages ?? 0, true);
   v.setUint32(60, xxh32Of(b.subarray(0, 60)), true);
   return b;
 }
@@ -254,6 +261,7 @@ export function decodeFooter(b: Uint8Array, fileLength: number, header: Checkpoi
     indexChecksum: v.getUint32(40, true),
     blockCount: v.getUint32(44, true),
     fileLength: big(48),
+    statePages: v.getUint32(56, true),
   };
   if (f.fileLength !== fileLength) corrupt(`file is ${fileLength} bytes, footer says ${f.fileLength} (truncated or extended)`);
   if (f.id !== header.id) corrupt('footer belongs to another checkpoint');
@@ -261,6 +269,7 @@ export function decodeFooter(b: Uint8Array, fileLength: number, header: Checkpoi
   if (f.indexOffset < HEADER_SIZE || f.indexOffset % BLOCK_ALIGN !== 0) corrupt('index offset out of range');
   if (f.indexLength !== indexLength(f.blockCount, pages, header.version)) corrupt('index length does not match its block and page counts');
   if (f.indexOffset + f.indexLength + FOOTER_SIZE !== fileLength) corrupt('index does not end at the footer');
+  if (f.statePages! * BLOCK_ALIGN > f.indexOffset - HEADER_SIZE) corrupt('machine-state section out of range', fileLength - FOOTER_SIZE + 56);
   return f;
 }
 
@@ -326,10 +335,12 @@ export function decodeIndex(b: Uint8Array, header: CheckpointHeader, footer: Che
   if (nb !== footer.blockCount || np !== pagesWanted || b.length !== indexLength(nb, np, header.version)) corrupt('index counts do not match the header');
   const blocks: BlockEntry[] = new Array(nb);
   let prevEnd = HEADER_SIZE;
+  // Blocks end before the machine-state section (when there is one), which ends at the index.
+  const dataEnd = footer.indexOffset - (footer.statePages ?? 0) * BLOCK_ALIGN;
   for (let i = 0, o = 16; i < nb; i++, o += 16) {
     const off = Number(v.getBigUint64(o, true));
     const len = v.getUint32(o + 8, true);
-    if (off % BLOCK_ALIGN !== 0 || off < prevEnd || len === 0 || len > header.blockSize || off + len > footer.indexOffset) {
+    if (off % BLOCK_ALIGN !== 0 || off < prevEnd || len === 0 || len > header.blockSize || off + len > dataEnd) {
       corrupt(`block ${i} lies outside the data area or overlaps another`, footer.indexOffset + o);
     }
     prevEnd = off + len;

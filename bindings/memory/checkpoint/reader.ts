@@ -260,6 +260,37 @@ export class CheckpointReader implements PageSource {
     }
   }
 
+  /**
+   * Where this file's machine-state section lies (docs/checkpoint-format.md,
+   * "Machine state"), padded to 4096 bytes, or undefined when it has none.
+   * @example
+   * ```ts
+   * const s = reader.stateSection; // { offset, length } or undefined
+   * ```
+   */
+  get stateSection(): { offset: number; length: number } | undefined {
+    const n = this.footer.statePages ?? 0;
+    if (n === 0) return undefined;
+    return { offset: this.footer.indexOffset - n * 4096, length: n * 4096 };
+  }
+
+  /**
+   * Reads `dst.length` bytes of the machine-state section from `position`
+   * (relative to the section's start).
+   * @example
+   * ```ts
+   * const head = new Uint8Array(64); await reader.readState(0, head);
+   * ```
+   */
+  async readState(position: number, dst: Uint8Array): Promise<void> {
+    const s = this.stateSection;
+    if (!s) throw new VmkitError('NOT_FOUND', 'checkpoint has no machine-state section');
+    aint(position, 'position', 0, s.length);
+    if (position + dst.length > s.length) throw new VmkitError('ARG_RANGE', 'read past the machine-state section');
+    if (this.src.readSync) this.src.readSync(s.offset + position, dst);
+    else await this.src.read(s.offset + position, dst);
+  }
+
   /** Bytes of guest memory. */
   get guestSize(): bigint {
     return this.header.guestSize;

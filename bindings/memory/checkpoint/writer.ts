@@ -165,6 +165,8 @@ export class CheckpointWriter {
   /** Block being packed from records compressed elsewhere (parallel saves), and its bytes used. */
   private pack: Uint8Array | undefined;
   private packUsed = 0;
+  /** File offset of the machine-state section once started (-1: none). */
+  private stateStart = -1;
 
   private constructor(sink: CheckpointSink, header: CheckpointHeader, opts: CheckpointWriterOptions, c: Core) {
     this.sink = sink;
@@ -348,6 +350,7 @@ export class CheckpointWriter {
    */
   private stagePages(first: number, count: number, fill: (page: number, n: number, dst: Uint8Array) => void): Promise<void> {
     return this.exclusive(async () => {
+      if (this.stateStart >= 0) throw new VmkitError('INVALID_STATE', 'checkpoint writer: pages after the machine-state section');
       for (let done = 0; done < count; ) {
         const n = Math.min(WINDOW_PAGES, count - done);
         const at = first + done;
@@ -491,6 +494,33 @@ export class CheckpointWriter {
   }
 
   /**
+   * Appends bytes of the machine-state section (docs/checkpoint-format.md,
+   * "Machine state"): the first call flushes the last storage block, and the
+   * section starts on a 4096-byte boundary after it; later calls append. No
+   * pages may be written after it; `finish()` pads it to 4096 bytes and
+   * records its length in the footer.
+   * @example
+   * ```ts
+   * await w.appendState(sectionBytes); // after the last page
+   * ```
+   */
+  async appendState(data: Uint8Array): Promise<void> {
+    abytes(data, 'data');
+    await this.exclusive(async () => {
+      if (this.stateStart < 0) {
+        await this.flushBlock();
+        await this.flushPack();
+        this.stateStart = this.next;
+      }
+      if (data.length === 0) return;
+      const at = this.next;
+      this.next += data.length;
+      await this.sink.write(data, at);
+      this.writes++;
+    });
+  }
+
+  /**
    * Writes the last block, the index and then the footer; closes the sink.
    * @example
    * ```ts
@@ -501,6 +531,14 @@ export class CheckpointWriter {
     return this.exclusive(async () => {
       await this.flushBlock();
       await this.flushPack();
+      let statePages = 0;
+      if (this.stateStart >= 0) {
+        const end = Math.ceil(this.next / BLOCK_ALIGN) * BLOCK_ALIGN;
+        if (end > this.next) await this.sink.write(new Uint8Array(end - this.next), this.next);
+        statePages = (end - this.stateStart) / BLOCK_ALIGN;
+        if (statePages > 0xffffffff) throw new VmkitError('LIMIT', 'machine-state section over 16 TiB');
+        this.next = end;
+      }
       const index = encodeIndex(this.blocks, this.pages, this.header.version);
       const indexOffset = this.next;
       const fileLength = indexOffset + index.length + FOOTER_SIZE;
@@ -511,6 +549,7 @@ export class CheckpointWriter {
         indexChecksum: xxh32Of(index),
         blockCount: this.blocks.length,
         fileLength,
+        statePages,
       });
       await this.sink.write(index, indexOffset);
       this.writes++;
