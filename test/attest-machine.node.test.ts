@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { needTool } from './_tools.js';
@@ -197,4 +197,44 @@ describe.skipIf(!ready)('attesting a whole machine', () => {
     expect(parts.flatMap((p) => p.unowned)).toEqual(ev.unowned);
     for (const p of parts) if (p.packages.length > 1) expect(JSON.stringify(p).length).toBeLessThan(1024 + 200);
   });
+
+  it('the CLI: serve --cache-dir --ignore, request --installed --root --unowned-under --json', async () => {
+    const bin = join(process.cwd(), 'dist/bin/vmkit.js');
+    const cacheDir = join(tmp, 'cli-cache');
+    const srv = spawn(process.execPath, [bin, 'attest', 'serve', '--repo', `deb ${repo.url}/debian bookworm main`, '--keyring', join(FIXTURES, 'keyring.gpg'), '--port', '0', '--json', '--cache-dir', cacheDir, '--ignore', 'glob:/etc/**'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let out = '';
+      const url = await new Promise<string>((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`serve did not start: ${out}`)), 30_000);
+        srv.stdout.on('data', (c: Buffer) => {
+          out += c.toString();
+          try {
+            resolve((JSON.parse(out) as { listening: string }).listening);
+            clearTimeout(t);
+          } catch {
+            // not the whole document yet
+          }
+        });
+        srv.on('exit', (code) => reject(new Error(`serve exited ${code}`)));
+      });
+      const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+        const p = spawn(process.execPath, [bin, 'attest', 'request', '--server', url, '--installed', '--root', root, '--unowned-under', '/usr/bin', '--unowned-under', '/etc', '--json'], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
+        let stdout = '';
+        let stderr = '';
+        p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+        p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+        p.on('close', (code) => resolve({ code, stdout, stderr }));
+      });
+      expect(r.code, r.stderr).toBe(1);
+      const doc = JSON.parse(r.stdout) as { status: string; packages: number; categories: Record<string, number>; items: { reason?: string; path?: string; name?: string }[] };
+      expect(doc.status).toBe('contraindicated');
+      expect(doc.packages).toBe(PKGS.length);
+      expect(doc.categories).toMatchObject({ 'digest-mismatch': 1, 'modified-conffile': 1, unowned: 1, 'unowned-ignored': 1 });
+      expect(doc.items.every((i) => (i as { status?: string }).status !== 'affirming')).toBe(true);
+      expect(doc.items.find((i) => i.reason === 'version-not-in-sources')?.name).toBe('pv');
+      expect(readdirSync(cacheDir).length).toBeGreaterThan(0);
+    } finally {
+      srv.kill('SIGTERM');
+    }
+  }, 120_000);
 });
