@@ -105,10 +105,16 @@ export async function run({ quick, log }) {
     const table = ['| task | wall (median) | CPU | notes |', '|---|---:|---:|---|', ...rows.map((r) => `| ${r.name} | ${fmtNs(r.ns)} | ${fmtNs(r.cpuNs)} | ${r.extra ?? ''} |`)].join('\n');
     const changed = result.items.filter((i) => i.kind === 'file' && (i.reason === 'digest-mismatch' || i.reason === 'modified-conffile' || i.reason === 'missing')).map((i) => i.path).sort();
     const dpkgChanged = dpkgOut.split('\n').filter((l) => /^\S+\s+(c\s+)?\//.test(l)).map((l) => l.slice(l.indexOf('/'))).sort();
+    // dpkg's findings split by whether vmkit could check the package (its version is in a source).
+    const unknown = new Set(result.items.filter((i) => i.reason === 'version-not-in-sources').map((i) => i.name));
+    const ownerOf = new Map();
+    for (const p of ev.packages) for (const f of p.files) ownerOf.set(f.at ?? f.path, p.name);
+    const dpkgChecked = dpkgChanged.filter((p) => !unknown.has(ownerOf.get(p)));
+    const dpkgOther = dpkgChanged.length - dpkgChecked.length;
     notes.push(
-      `categories: ${Object.entries(cat).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(', ')}; ${result.items.filter((i) => i.reason === 'version-not-in-sources').length} packages at a version no configured source carries`,
+      `categories: ${Object.entries(cat).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(', ')}; ${unknown.size} packages at a version no configured source carries`,
       `of the regular files of packages whose installed version a source carries: ${((100 * cat.affirmed) / Math.max(covered, 1)).toFixed(2)}% affirmed (${cat.affirmed} of ${covered})`,
-      `changed files found — vmkit: ${changed.join(', ') || 'none'}; dpkg --verify: ${dpkgChanged.join(', ') || 'none'}${debsumsOut ? `; debsums -a -s: ${debsumsOut.trim().split('\n').length} lines` : ''}`,
+      `changed files found in the packages vmkit could check — vmkit: ${changed.join(', ') || 'none'}; dpkg --verify: ${dpkgChecked.join(', ') || 'none'} (same: ${String(changed.join() === dpkgChecked.join())}); dpkg --verify also reports ${dpkgOther} paths in packages at versions no source carries (vmkit: version-not-in-sources)${debsumsOut ? `; debsums -a -s printed ${debsumsOut.trim().split('\n').length} lines` : ''}`,
       cold ? 'cold includes the fetch of every .deb through the configured mirror (received bytes are machine-wide, an upper bound)' : 'cache was already filled: no cold figure this run (delete .cache/attest-machine-bench/ to measure it)',
     );
     for (const n of notes) log(n);
