@@ -256,13 +256,10 @@ export async function collectInstalled(options: CollectInstalledOptions = {}): P
       const d = diversions.get(path);
       const real = d && d.by !== e.name ? d.to : path;
       owned.add(real);
-      const kind = await isRegular(at(real));
-      if (kind === false) continue;
       const file: InstalledFile = { path };
       if (real !== path) file.at = real;
       if (conf.has(path)) file.conffile = true;
-      if (kind === undefined) file.missing = true;
-      else jobs.push({ file, real });
+      jobs.push({ file, real });
       pkg.files.push(file);
     }
     packages.push(pkg);
@@ -294,12 +291,20 @@ export async function collectInstalled(options: CollectInstalledOptions = {}): P
     done++;
     if (options.onProgress && (done % 256 === 0 || done === total)) options.onProgress(done, total);
   };
+  // lstat and hash together, `concurrency` paths at once (a list names directories and
+  // symlinks too: those are dropped afterwards, keeping each package's order).
+  const notRegular = new Set<InstalledFile>();
   await bounded(jobs, concurrency, async (j) => {
-    const h = await sha256File(at(j.real));
-    if (h === undefined) j.file.missing = true;
-    else j.file.sha256 = h;
+    const kind = await isRegular(at(j.real));
+    if (kind === false) notRegular.add(j.file);
+    else {
+      const h = kind === undefined ? undefined : await sha256File(at(j.real));
+      if (h === undefined) j.file.missing = true;
+      else j.file.sha256 = h;
+    }
     tick();
   }, options.signal);
+  if (notRegular.size) for (const p of packages) p.files = p.files.filter((f) => !notRegular.has(f));
   await bounded(unownedJobs, concurrency, async (j) => {
     const h = await sha256File(at(j.path));
     if (h !== undefined) unowned.push({ path: j.path, sha256: h });
