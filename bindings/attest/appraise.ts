@@ -143,7 +143,7 @@ const ALGS: readonly DigestAlgorithm[] = ['md5', 'sha1', 'sha256', 'sha384', 'sh
  * ```
  */
 export interface ItemVerdict {
-  kind: 'digest' | 'package' | 'ima';
+  kind: 'digest' | 'package' | 'ima' | 'file';
   status: ArStatus;
   /** Why it is not affirming (stable ids; Keylime's failure ids for IMA). */
   reason?: string;
@@ -202,6 +202,8 @@ export interface SubmodAppraisal {
   failures?: ImaFailure[];
   /** IMA: the exclude patterns applied. */
   excludes?: string[];
+  /** Whole machine (machine.ts): file counts per category. */
+  categories?: Record<string, number>;
 }
 
 /**

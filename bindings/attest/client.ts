@@ -16,8 +16,9 @@
  */
 import type { JSONWebKeySet } from 'jose';
 import { VmkitError } from '../errors.js';
-import type { Evidence } from './appraise.js';
-import { verifyEar, type EarVerificationKey, type VerifiedEar } from './ear.js';
+import { worst, type AppraisalSummary, type ArStatus, type Evidence, type ItemVerdict } from './appraise.js';
+import { verifyEar, type EarSubmod, type EarVerificationKey, type VerifiedEar } from './ear.js';
+import type { InstalledEvidence } from './installed.js';
 
 /**
  * Options shared by the client calls.
@@ -227,4 +228,126 @@ export async function attest(options: AttestOptions): Promise<AttestResult> {
   const keys = options.jwks ?? (await fetchJwks(b, options));
   const v = await verifyEar(j.ear, keys, { nonce, ...(options.clockTolerance === undefined ? {} : { clockTolerance: options.clockTolerance }) });
   return { ...v, token: j.ear, nonce, affirmed: v.status === 'affirming' };
+}
+
+/**
+ * Options of {@link attestInstalled}.
+ *
+ * @example
+ * ```ts
+ * const o: AttestInstalledOptions = { serviceUrl: 'http://attest:8080', installed: await collectInstalled(), jwks, partBytes: 4 << 20 };
+ * ```
+ */
+export interface AttestInstalledOptions extends ClientOptions {
+  serviceUrl: string;
+  /** The machine's evidence (installed.ts `collectInstalled`). */
+  installed: InstalledEvidence;
+  /** The service's key(s), obtained out of band (recommended); else fetched from the service. */
+  jwks?: EarVerificationKey;
+  /** Largest part sent in one request, bytes of JSON (default 4 MiB; the service's limit is 16 MiB). */
+  partBytes?: number;
+  /** A part whose packages were not all fetched within the service's budget is sent again, at most this many times (default 20). */
+  maxRounds?: number;
+  /** Called after each part's answer. */
+  onPart?: (done: number, parts: number) => void;
+  clockTolerance?: number;
+}
+
+/**
+ * The result of {@link attestInstalled}: each part's signed EAR, and their
+ * `vmkit-machine` appraisals added up.
+ *
+ * @example
+ * ```ts
+ * const r: InstalledResult = await attestInstalled({ serviceUrl, installed });
+ * console.log(r.status, r.categories.affirmed, r.items.filter((i) => i.status !== 'affirming').length);
+ * ```
+ */
+export interface InstalledResult {
+  /** The worst status of the parts. */
+  status: ArStatus;
+  /** File counts per category, over all parts. */
+  categories: Record<string, number>;
+  summary: AppraisalSummary;
+  /** Every listed item of every part (non-affirmed files; packages with their provenance). */
+  items: ItemVerdict[];
+  /** The signed EARs, one per part. */
+  tokens: string[];
+  affirmed: boolean;
+}
+
+/**
+ * Splits installed-package evidence into parts of at most `partBytes` of
+ * JSON each (a package is never split; a package larger than a part goes alone).
+ * @example `splitInstalled(await collectInstalled(), 4 << 20).length`
+ */
+export function splitInstalled(ev: InstalledEvidence, partBytes: number = 4 << 20): InstalledEvidence[] {
+  if (!Number.isInteger(partBytes) || partBytes < 1024) throw new VmkitError('ARG_RANGE', 'partBytes must be an integer ≥ 1024');
+  const parts: InstalledEvidence[] = [];
+  let cur: InstalledEvidence = { packages: [], unowned: [] };
+  let size = 0;
+  const flush = (): void => {
+    if (cur.packages.length || cur.unowned.length) parts.push(cur);
+    cur = { packages: [], unowned: [] };
+    size = 0;
+  };
+  for (const p of ev.packages) {
+    const n = JSON.stringify(p).length + 1;
+    if (size + n > partBytes) flush();
+    cur.packages.push(p);
+    size += n;
+  }
+  for (const u of ev.unowned) {
+    const n = JSON.stringify(u).length + 1;
+    if (size + n > partBytes) flush();
+    cur.unowned.push(u);
+    size += n;
+  }
+  flush();
+  if (parts.length === 0) parts.push({ packages: [], unowned: [] });
+  return parts;
+}
+
+/**
+ * Attests a whole machine: its installed-package evidence sent in bounded
+ * parts to `POST /attest/installed`, each with its own nonce and EAR
+ * (verified), the appraisals added up. A part with packages the service had
+ * not fetched within its per-request budget is sent again (they are cached
+ * by then) while that makes progress.
+ * @example `const r = await attestInstalled({ serviceUrl: 'http://attest:8080', installed: await collectInstalled({ root: '/' }) });`
+ */
+export async function attestInstalled(options: AttestInstalledOptions): Promise<InstalledResult> {
+  const b = base(options.serviceUrl);
+  const parts = splitInstalled(options.installed, options.partBytes ?? 4 << 20);
+  const maxRounds = options.maxRounds ?? 20;
+  const io: ClientOptions = { ...options, timeoutMs: options.timeoutMs ?? 600_000 };
+  const keys = options.jwks ?? (await fetchJwks(b, options));
+  const out: InstalledResult = { status: 'none', categories: {}, summary: { items: 0, affirming: 0, warning: 0, contraindicated: 0, none: 0, excluded: 0, omitted: 0 }, items: [], tokens: [], affirmed: false };
+  for (let i = 0; i < parts.length; i++) {
+    let rec: NonNullable<EarSubmod['vmkit.appraisal']> | undefined;
+    let status: ArStatus = 'none';
+    let token = '';
+    for (let round = 0, lastMissing = Infinity; round < maxRounds; round++) {
+      const { nonce } = await fetchNonce(b, options);
+      const j = await call(`${b}/attest/installed`, io, { method: 'POST', headers: { 'content-type': 'application/json; charset=utf-8' }, body: JSON.stringify({ nonce, installed: parts[i] }) });
+      if (typeof j.ear !== 'string') throw new VmkitError('CORRUPT', `${b}/attest/installed: no ear in the answer`, { path: `${b}/attest/installed` });
+      const v = await verifyEar(j.ear, keys, { nonce, ...(options.clockTolerance === undefined ? {} : { clockTolerance: options.clockTolerance }) });
+      const sub = v.claims.submods['vmkit-machine'];
+      if (!sub?.['vmkit.appraisal']) throw new VmkitError('CORRUPT', `${b}/attest/installed: the EAR has no vmkit-machine appraisal`);
+      rec = sub['vmkit.appraisal'];
+      status = v.status;
+      token = j.ear;
+      const missing = rec.categories?.['not-fetched'] ?? 0;
+      if (missing === 0 || missing >= lastMissing) break;
+      lastMissing = missing;
+    }
+    out.tokens.push(token);
+    out.status = worst(out.status, status);
+    for (const [k, n] of Object.entries(rec!.categories ?? {})) out.categories[k] = (out.categories[k] ?? 0) + n;
+    for (const k of Object.keys(out.summary) as (keyof AppraisalSummary)[]) out.summary[k] += rec!.summary[k];
+    for (const it of rec!.items) out.items.push(it);
+    options.onPart?.(i + 1, parts.length);
+  }
+  out.affirmed = out.status === 'affirming';
+  return out;
 }

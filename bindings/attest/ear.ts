@@ -78,6 +78,8 @@ export interface EarSubmod {
     pcrs?: Partial<Record<ImaBank, string>>;
     failures?: ImaFailure[];
     excludes?: string[];
+    /** Whole machine: file counts per category (affirmed, modified-conffile, …). */
+    categories?: Record<string, number>;
   };
 }
 
@@ -277,6 +279,7 @@ export function earClaims(appraisal: Appraisal, options: EarOptions): EarClaims 
     if (s.pcrs) rec.pcrs = s.pcrs;
     if (s.failures) rec.failures = s.failures;
     if (s.excludes) rec.excludes = s.excludes;
+    if (s.categories) rec.categories = s.categories;
     submods[name] = { 'ear.status': s.status, 'ear.trustworthiness-vector': s.trustVector, 'ear.appraisal-policy-id': s.policyId, 'vmkit.appraisal': rec };
   }
   return { eat_profile: EAR_PROFILE, iat, exp: iat + ttlSeconds, eat_nonce: nonce, 'ear.verifier-id': verifierId, 'ear.status': appraisal.status, submods };

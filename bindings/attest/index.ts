@@ -24,4 +24,4 @@ export { appraise, appraiseEvidence, parseEvidence, tierOf, worst, vectorStatus,
 // EAR attestation results as EdDSA JWTs (docs/attest-service.md).
 export { EAR_PROFILE, VMKIT_VERIFIER, generateEarKey, loadEarKey, exportEarKey, exportJwks, loadEarPublicKey, earClaims, signEar, verifyEar, type VerifierId, type EarSubmod, type EarClaims, type EarSigningKey, type EarVerificationKey, type EarOptions, type VerifyEarOptions, type VerifiedEar } from './ear.js';
 // The remote machine's client (docs/attest-service.md).
-export { attest, fetchNonce, fetchJwks, type ClientOptions, type AttestOptions, type AttestResult } from './client.js';
+export { attest, attestInstalled, splitInstalled, fetchNonce, fetchJwks, type ClientOptions, type AttestOptions, type AttestResult, type AttestInstalledOptions, type InstalledResult } from './client.js';

@@ -9,3 +9,6 @@ export { NonceStore, NonceQuotaError, type NonceStoreOptions, type NonceRefusal 
 export { SourceSet, type SourceSetOptions, type SourceStatus } from './refresh.js';
 export { statusOf, readBody, sendJson, sendError, clientKey } from './_http.js';
 export { etcdReplaySet, type ReplaySet, type EtcdReplayOptions } from './replay.js';
+// Whole-machine attestation: evidence of a Debian-family root, and its appraisal with file digests on demand.
+export { collectInstalled, parseDpkgStatus, parseDiversions, sha256File, type InstalledEvidence, type InstalledPackage, type InstalledFile, type DpkgStatusEntry, type CollectInstalledOptions } from '../installed.js';
+export { appraiseInstalled, parseInstalled, FileDigestCache, OnDemandFiles, type MachineIndex, type MachineCategory, type OnDemandFilesOptions, type AppraiseInstalledOptions } from '../machine.js';

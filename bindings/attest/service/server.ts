@@ -32,6 +32,7 @@ import { _unpack } from './_packed.js';
 import { NonceQuotaError, NonceStore, type NonceRefusal, type NonceStoreOptions } from './nonces.js';
 import { SourceSet } from './refresh.js';
 import { clientKey, readBody, sendError, sendJson } from './_http.js';
+import { OnDemandFiles, appraiseInstalled, parseInstalled, type AppraiseInstalledOptions, type OnDemandFilesOptions } from '../machine.js';
 
 /** A JSON Web Key Set. */
 export interface Jwks {
@@ -101,6 +102,12 @@ export interface AttestServiceOptions {
    * so every small request, goes first.
    */
   workerNice?: number;
+  /**
+   * Whole-machine attestation (`POST /attest/installed`, machine.ts): where
+   * packages' file digests are cached, how many are fetched at once, the
+   * per-request budgets and the unowned-file policy.
+   */
+  installed?: OnDemandFilesOptions & AppraiseInstalledOptions & { /** Files per request (default 200 000). */ maxFiles?: number };
 }
 
 const ALGS: ReadonlySet<string> = new Set(['md5', 'sha1', 'sha256', 'sha384', 'sha512', 'sm3']);
@@ -154,7 +161,7 @@ export function parseAttestRequest(body: unknown, maxItems: number = 100_000): {
   return { nonce, evidence: parseEvidence(b.evidence, { maxItems }) };
 }
 
-const ROUTES: ReadonlySet<string> = new Set(['/nonce', '/attest', '/.well-known/jwks.json', '/healthz', '/metrics']);
+const ROUTES: ReadonlySet<string> = new Set(['/nonce', '/attest', '/attest/installed', '/.well-known/jwks.json', '/healthz', '/metrics']);
 
 /** A refused nonce: 401 with the reason (docs/attest-service.md). */
 class NonceRefused extends VmkitError {
@@ -212,6 +219,9 @@ export class AttestService {
   private largeInFlight = 0;
   private readonly pool: AppraisePool | undefined;
   private closing = false;
+  /** File digests of packages on demand, for whole-machine requests. */
+  readonly files: OnDemandFiles;
+  private readonly installedOptions: NonNullable<AttestServiceOptions['installed']>;
   private readonly started = Date.now();
   private readonly latency = new Latency();
   private readonly counts = {
@@ -225,6 +235,8 @@ export class AttestService {
     this.sources = options.sources;
     this.verifier = options.verifier;
     this.nonces = new NonceStore(options.nonces);
+    this.installedOptions = options.installed ?? {};
+    this.files = new OnDemandFiles(this.sources, this.installedOptions);
     const workers = options.workers ?? availableParallelism();
     if (!Number.isSafeInteger(workers) || workers < 0 || workers > 256) throw new VmkitError('ARG_RANGE', 'options.workers must be an integer 0..256');
     this.pool = workers > 0 && this.verifier.appraiseOptions ? AppraisePool.open(workers, options.workerNice ?? 10) : undefined;
@@ -287,6 +299,9 @@ export class AttestService {
         }
         case 'POST /attest':
           status = await this.attest(req, res, url);
+          break;
+        case 'POST /attest/installed':
+          status = await this.attestInstalled(req, res);
           break;
         case 'GET /.well-known/jwks.json':
           sendJson(res, (status = 200), await this.verifier.jwks(), { 'cache-control': 'public, max-age=300' });
@@ -391,6 +406,50 @@ export class AttestService {
     } finally {
       this.buffered -= held;
       if (large) this.largeInFlight--;
+      this.inFlight--;
+      this.latency.add(performance.now() - t0);
+    }
+  }
+
+  // A whole machine's installed packages (machine.ts): parsed here (one JSON.parse of a
+  // bounded body), the nonce redeemed, then file digests from the cache or fetched
+  // within the request's budgets, and one `vmkit-machine` submodule signed.
+  private async attestInstalled(req: IncomingMessage, res: ServerResponse): Promise<number> {
+    if (this.closing) throw new VmkitError('INVALID_STATE', 'the service is shutting down');
+    if (this.inFlight >= this.limits.inFlight) throw new VmkitError('INVALID_STATE', `busy: ${this.inFlight} attestations in flight`);
+    if (!this.sources.anyReady) throw new VmkitError('INVALID_STATE', 'repository sources are not loaded yet');
+    this.inFlight++;
+    const t0 = performance.now();
+    let held = 0;
+    try {
+      const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+      if (type !== 'application/json') throw new VmkitError('UNSUPPORTED', `content-type must be application/json, not ${JSON.stringify(type.slice(0, 60))}`);
+      const body = await readBody(req, this.limits.json, (c) => {
+        if (this.buffered + c.length > this.limits.buffered) throw new VmkitError('INVALID_STATE', 'busy: too many request bytes in flight');
+        this.buffered += c.length;
+        held += c.length;
+        return undefined;
+      });
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(body.toString('utf8'));
+      } catch (e) {
+        throw new VmkitError('CORRUPT', `request body is not JSON: ${(e as Error).message}`, { cause: e });
+      }
+      if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) fail('ARG_TYPE', 'the request body must be a JSON object { nonce, installed }');
+      const b = parsed as Record<string, unknown>;
+      for (const k of Object.keys(b)) if (k !== 'nonce' && k !== 'installed') fail('ARG_RANGE', `unknown request field ${JSON.stringify(k.slice(0, 40))}`);
+      const nonce = str(b.nonce, 'nonce', 128);
+      const evidence = parseInstalled(b.installed, { maxFiles: this.installedOptions.maxFiles ?? 200_000 });
+      const refusal = await this.nonces.redeem(nonce);
+      if (refusal) throw new NonceRefused(refusal);
+      const sub = await appraiseInstalled(this.sources, this.files, evidence, this.installedOptions);
+      const token = await this.verifier.sign({ status: sub.status, submods: { 'vmkit-machine': sub } }, nonce);
+      this.counts.verdicts.set(sub.status, (this.counts.verdicts.get(sub.status) ?? 0) + 1);
+      sendJson(res, 200, { ear: token });
+      return 200;
+    } finally {
+      this.buffered -= held;
       this.inFlight--;
       this.latency.add(performance.now() - t0);
     }

@@ -124,7 +124,11 @@ export async function appraiseSummary(evidence: Evidence, index: ReferenceIndex)
   return { status: appraisal.status, items: summarize(appraisal), appraisal };
 }
 
-async function loadJwks(where: string): Promise<Jwks> {
+/**
+ * A JWKS from a URL (GET) or a file. NETWORK, NOT_FOUND, CORRUPT.
+ * @example `const jwks = await loadJwks('http://svc/.well-known/jwks.json');`
+ */
+export async function loadJwks(where: string): Promise<Jwks> {
   let text: string;
   if (/^https?:\/\//.test(where)) {
     let res: Response;

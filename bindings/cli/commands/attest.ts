@@ -143,6 +143,10 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
     'max-future-skew': { type: 'string' },
     'nonce-secret-file': { type: 'string' },
     'nonce-etcd': { type: 'string', multiple: true },
+    'cache-dir': { type: 'string' },
+    'max-downloads': { type: 'string' },
+    unowned: { type: 'string' },
+    ignore: { type: 'string', multiple: true },
   });
   if (positionals.length) throw new VmkitError('ARG_RANGE', `unexpected argument ${JSON.stringify(positionals[0])}`);
   const { host, port } = listenAddr(values);
@@ -175,7 +179,16 @@ async function serve(argv: string[], io: CliIO): Promise<number> {
     if (!nonces.secret) throw new VmkitError('ARG_RANGE', '--nonce-etcd needs --nonce-secret-file (the replicas must share the secret)');
     nonces.replay = (await import('../../attest/service/replay.js')).etcdReplaySet({ endpoints: etcd });
   }
-  const svc = new AttestService({ sources, verifier, nonces });
+  // Whole-machine requests (POST /attest/installed): file digests fetched on demand, cached on disk.
+  const installed: NonNullable<import('../../attest/service/server.js').AttestServiceOptions['installed']> = {};
+  if (typeof values['cache-dir'] === 'string') installed.cacheDir = values['cache-dir'];
+  if (values['max-downloads'] !== undefined) installed.maxDownloads = Number(values['max-downloads']);
+  if (values.unowned !== undefined) {
+    if (values.unowned !== 'warning' && values.unowned !== 'ignore') throw new VmkitError('ARG_RANGE', '--unowned must be warning or ignore');
+    installed.unowned = values.unowned;
+  }
+  if (values.ignore !== undefined) installed.ignore = strings(values.ignore);
+  const svc = new AttestService({ sources, verifier, nonces, installed });
   sources.start();
   const url = await svc.listen(port, host);
   const st = sources.status();
@@ -203,11 +216,20 @@ async function request(argv: string[], io: CliIO): Promise<number> {
     pcr10: { type: 'string' },
     exclude: { type: 'string', multiple: true },
     jwks: { type: 'string' },
+    installed: { type: 'boolean' },
+    root: { type: 'string' },
+    'unowned-under': { type: 'string', multiple: true },
+    'part-bytes': { type: 'string' },
   });
   let server = values.server as string | undefined;
   let files = positionals;
   if (server === undefined && positionals[0] && /^https?:\/\//.test(positionals[0])) [server, ...files] = positionals;
   if (!server) throw new VmkitError('ARG_RANGE', 'vmkit attest request needs --server <url>');
+  if (values.installed) {
+    if (files.length) throw new VmkitError('ARG_RANGE', '--installed attests the whole machine: give no files');
+    return (await import('./_attest-installed.js')).requestInstalled(server, values, io);
+  }
+  if (values.root !== undefined || values['unowned-under'] !== undefined) throw new VmkitError('ARG_RANGE', '--root and --unowned-under go with --installed');
   const evidence = await evidenceOf(values, files);
   const { requestAttestation } = await import('../../attest/service/verifier.js');
   const r = await requestAttestation(server, evidence, typeof values.jwks === 'string' ? { jwks: values.jwks } : {});
