@@ -30,6 +30,8 @@ export { readStateMeta } from './checkpoint/qemu/_state.js';
 export type { MachineStateMeta, RamBlockLayout, CpuPaging } from './checkpoint/qemu/_state.js';
 export { fileSink, fileSource, memorySink, memorySource } from './checkpoint/io.js';
 export type { CheckpointSink, CheckpointSource } from './checkpoint/io.js';
+export { httpSource, isHttpUrl } from './checkpoint/http.js';
+export type { HttpSourceOptions, HttpSourceStats, HttpCheckpointSource } from './checkpoint/http.js';
 export { CHECKPOINT_MAGIC, CHECKPOINT_VERSION, DEFAULT_BLOCK_SIZE } from './checkpoint/format.js';
 export type { CheckpointHeader, CheckpointCodec } from './checkpoint/format.js';
 export { PrefetchEngine, coalesce, MAX_MAP, MAX_WINDOW, UNMAPPED, createPolicy, POLICY_NAMES, simulate } from './prefetch/index.js';

@@ -13,7 +13,9 @@ import { EXITS, JSON_OPTION, type CommandHelp } from '../_common.js';
  */
 export const help: CommandHelp = {
   summary: 'save, restore and inspect memory checkpoints (LZ4 blocks, lazy reads)',
-  about: 'A memory image is raw guest-physical memory, as QEMU\'s pmemsave writes it (or `vmkit pagetable sample` makes one).',
+  about: `A memory image is raw guest-physical memory, as QEMU's pmemsave writes it (or \`vmkit pagetable sample\` makes one).
+restore, inspect and read-page also take an http(s) URL for <checkpoint> (nginx, an S3-compatible gateway, a CDN:
+any server that honours Range): the header, footer and index are read once, then pages on demand.`,
   subcommands: {
     save: {
       summary: 'write a raw guest memory image as a checkpoint',

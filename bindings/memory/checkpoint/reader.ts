@@ -34,6 +34,7 @@ import {
   type CheckpointHeader,
 } from './format.js';
 import { fileSource, memorySource, nodeFs, type CheckpointSource } from './io.js';
+import { httpSource, isHttpUrl, type HttpSourceOptions } from './http.js';
 
 /**
  * Options of {@link CheckpointReader.open}.
@@ -58,7 +59,9 @@ export interface CheckpointReaderOptions {
   /** Open the parent chain of a diff checkpoint (default true; without it, absent pages throw NOT_FOUND). */
   parents?: boolean;
   /** Maps a parent path from a header to what to open (default: relative to the child's directory). */
-  resolveParent?: (parentPath: string, childPath: string | undefined) => string | Uint8Array | CheckpointSource;
+  resolveParent?: (parentPath: string, childPath: string | undefined) => string | URL | Uint8Array | CheckpointSource;
+  /** How an `http(s)` URL is read (timeouts, retries, cache, `AbortSignal`): see {@link httpSource}. */
+  http?: HttpSourceOptions;
 }
 
 /**
@@ -207,19 +210,25 @@ export class CheckpointReader implements PageSource {
    * const r = await CheckpointReader.open(bytes); // or a path, or a CheckpointSource
    * ```
    */
-  static async open(target: string | Uint8Array | CheckpointSource, options: CheckpointReaderOptions = {}): Promise<CheckpointReader> {
+  static async open(target: string | URL | Uint8Array | CheckpointSource, options: CheckpointReaderOptions = {}): Promise<CheckpointReader> {
     return CheckpointReader.openAt(target, options, new Set(), 0);
   }
 
   private static async openAt(
-    target: string | Uint8Array | CheckpointSource,
+    target: string | URL | Uint8Array | CheckpointSource,
     options: CheckpointReaderOptions,
     seen: Set<string>,
     depth: number,
   ): Promise<CheckpointReader> {
     const cacheMax = options.cacheBlocks ?? 8;
     aint(cacheMax, 'cacheBlocks', 1, 4096);
-    const src = typeof target === 'string' ? await fileSource(target) : target instanceof Uint8Array ? memorySource(target) : target;
+    const src = isHttpUrl(target)
+      ? await httpSource(target, options.http)
+      : typeof target === 'string'
+        ? await fileSource(target)
+        : target instanceof Uint8Array
+          ? memorySource(target)
+          : (target as CheckpointSource);
     try {
       if (src.size < HEADER_SIZE + FOOTER_SIZE) {
         throw new VmkitError('CORRUPT', `checkpoint: incomplete (${src.size} bytes, shorter than header and footer)`);
@@ -238,10 +247,15 @@ export class CheckpointReader implements PageSource {
       let parent: CheckpointReader | undefined;
       if (header.diff && options.parents !== false) {
         if (depth + 1 > MAX_CHAIN_DEPTH) throw new VmkitError('LIMIT', `checkpoint chain deeper than ${MAX_CHAIN_DEPTH}`);
-        const childPath = typeof target === 'string' ? target : undefined;
+        const childPath = typeof target === 'string' ? target : target instanceof URL ? target.href : undefined;
+        // A remote child's parent is resolved as a relative URL against the child's.
         const pt =
           options.resolveParent?.(header.parentPath, childPath) ??
-          (header.parentPath.startsWith('/') || childPath === undefined ? header.parentPath : `${dirname(childPath)}/${header.parentPath}`);
+          (childPath !== undefined && isHttpUrl(childPath) && header.parentPath !== ''
+            ? new URL(header.parentPath, childPath).href
+            : header.parentPath.startsWith('/') || childPath === undefined
+              ? header.parentPath
+              : `${dirname(childPath)}/${header.parentPath}`);
         if (pt === '') throw new VmkitError('NOT_FOUND', 'diff checkpoint names no parent path');
         parent = await CheckpointReader.openAt(pt, options, seen, depth + 1);
         if (parent.header.id !== header.parentId) {
@@ -738,6 +752,31 @@ export class CheckpointReader implements PageSource {
     return dst;
   }
 
+  /**
+   * The file byte span `[lo, hi)` from the first to the end of the last
+   * stored record of pages `[first, first + n)` in this file (not its
+   * parents), or undefined when it stores none of them.
+   */
+  private recordSpan(first: number, n: number): [number, number] | undefined {
+    let lo = Infinity;
+    let hi = -1;
+    for (let p = first; p < first + n; p++) {
+      const at = PAGE_WORDS * p;
+      const w = this.pages[at + 2]!;
+      if (w >>> 28 < PAGE_RAW) continue;
+      const o = this.blocks[this.pages[at]!]!.offset + this.pages[at + 1]!;
+      if (o < lo) lo = o;
+      if (o + (w & 0x0fffffff) > hi) hi = o + (w & 0x0fffffff);
+    }
+    return hi < 0 ? undefined : [lo, hi];
+  }
+
+  /** True when this checkpoint and every parent can be read synchronously. */
+  private hasSyncReads(): boolean {
+    for (let r: CheckpointReader | undefined = this; r; r = r.parent) if (!r.src.readSync) return false;
+    return true;
+  }
+
   /** True when every page of the run is zero through the whole chain. */
   private allZero(first: number, count: number): boolean {
     for (let p = first; p < first + count; p++) {
@@ -763,11 +802,26 @@ export class CheckpointReader implements PageSource {
     const win = options.windowPages ?? 1024;
     aint(win, 'windowPages', 1, 1 << 16);
     const ps = this.pageSize;
+    // A remote source fetches each window's records in one request, the next window's while this one is decoded.
+    const hint = (p: number): void => {
+      if (p >= this.pageCount) return;
+      for (let r: CheckpointReader | undefined = this; r; r = r.parent) {
+        if (!r.src.prefetch) continue;
+        const span = r.recordSpan(p, Math.min(win, this.pageCount - p));
+        // Records far apart (pages saved out of order) are read run by run instead.
+        if (span && span[1] - span[0] <= 2 * win * ps) r.src.prefetch(span[0], span[1] - span[0]);
+      }
+    };
     if (target instanceof Uint8Array) {
       if (BigInt(target.length) < this.guestSize) throw new VmkitError('OUTPUT_TOO_SMALL', `target has ${target.length} bytes, the guest ${this.guestSize}`);
+      const sync = this.hasSyncReads();
+      hint(0);
       for (let p = 0; p < this.pageCount; p += win) {
         const n = Math.min(win, this.pageCount - p);
-        this.readPagesIntoSync(p, n, target.subarray(p * ps, (p + n) * ps));
+        hint(p + win);
+        const view = target.subarray(p * ps, (p + n) * ps);
+        if (sync) this.readPagesIntoSync(p, n, view);
+        else await this.readPagesInto(p, n, view);
         options.onProgress?.((p + n) * ps);
       }
       return;
@@ -781,13 +835,15 @@ export class CheckpointReader implements PageSource {
       throw new VmkitError('IO', `${target}: ${(e as Error).message}`, { cause: e, path: target });
     }
     try {
-      if (this.src.readSync) {
+      if (this.hasSyncReads()) {
         this.restoreFileSync(fd, win, options.onProgress, fs);
         return;
       }
       const buf = new Uint8Array(win * ps);
+      hint(0);
       for (let p = 0; p < this.pageCount; p += win) {
         const n = Math.min(win, this.pageCount - p);
+        hint(p + win);
         if (!this.allZero(p, n)) {
           const view = buf.subarray(0, n * ps);
           await this.readPagesInto(p, n, view);
