@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CheckpointReader, CheckpointWriter, httpSource, memorySink, type HttpCheckpointSource } from '../bindings/memory/index.js';
+import { CheckpointReader, CheckpointWriter, LazyGuestMemory, createPolicy, gpa, httpSource, memorySink, type HttpCheckpointSource } from '../bindings/memory/index.js';
 import { VmkitError } from '../bindings/errors.js';
 import { needTool } from './_tools.js';
 
@@ -184,6 +184,57 @@ http {
     const nf = await run(['checkpoint', 'inspect', `${base}/nope.ckpt`, '--json']);
     expect(nf.status).not.toBe(0);
     expect(nf.stderr + nf.stdout.toString()).toMatch(/NOT_FOUND/);
+  });
+
+  it('LazyGuestMemory, replay policy: the working set in one request per 64 KiB it touches or fewer', async () => {
+    const r = await CheckpointReader.open(`${base}/big.ckpt`);
+    const local16 = await CheckpointReader.open(bigFile);
+    const src = (r as unknown as { src: HttpCheckpointSource }).src;
+    // A working set of 60 clumps of 1..6 pages spread over the 16 MiB guest (first-touch order shuffled).
+    const record: number[] = [];
+    let x = 12345;
+    for (let c = 0; c < 60; c++) {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      const at = x % 4090;
+      for (let i = 0; i <= (x >>> 8) % 6; i++) if (!record.includes(at + i)) record.push(at + i);
+    }
+    const before = src.stats.requests;
+    const m = await LazyGuestMemory.open(r, { policy: createPolicy('replay', { record }) });
+    const requests = src.stats.requests - before;
+    const touched = record.length * PS;
+    expect(requests).toBeGreaterThan(0);
+    expect(requests).toBeLessThanOrEqual(Math.ceil(touched / (64 << 10)));
+    // Coalesced: fewer requests than the runs the replay read (a request per run before).
+    expect(requests).toBeLessThan(m.stats().sourceReads / 4);
+    const b = new Uint8Array(PS);
+    for (const p of record) {
+      await m.read(gpa(BigInt(p * PS)), b);
+      expect(b).toEqual(big.subarray(p * PS, (p + 1) * PS));
+    }
+    expect(src.stats.requests - before).toBe(requests);
+    await r.close();
+    await local16.close();
+  });
+
+  it('LazyGuestMemory, physical policy: a fault and its neighbourhood are one request', async () => {
+    const r = await CheckpointReader.open(`${base}/big.ckpt`);
+    const src = (r as unknown as { src: HttpCheckpointSource }).src;
+    const m = await LazyGuestMemory.open(r, { policy: createPolicy('physical', { back: 8, ahead: 8 }) });
+    const b = new Uint8Array(PS);
+    // Pages 1500..1516 lie in one storage block of 1 MiB (pages saved in order).
+    const lb = await CheckpointReader.open(bigFile);
+    const blocks = new Set(Array.from({ length: 17 }, (_, i) => lb.blockOf(1500 + i)).filter((v) => v >= 0));
+    const before = src.stats.requests;
+    await m.read(gpa(1508n * 4096n), b);
+    expect(src.stats.requests - before).toBe(1);
+    expect(blocks.size).toBeGreaterThanOrEqual(1);
+    for (let p = 1500; p <= 1516; p++) {
+      await m.read(gpa(BigInt(p * PS)), b);
+      expect(b).toEqual(big.subarray(p * PS, (p + 1) * PS));
+    }
+    expect(src.stats.requests - before).toBe(1);
+    await r.close();
+    await lb.close();
   });
 
   it('a diff checkpoint finds its parent relative to its URL', async () => {
