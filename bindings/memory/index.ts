@@ -31,6 +31,8 @@ export type { MachineStateMeta, RamBlockLayout, CpuPaging } from './checkpoint/q
 export { fileSink, fileSource, memorySink, memorySource } from './checkpoint/io.js';
 export type { CheckpointSink, CheckpointSource } from './checkpoint/io.js';
 export { httpSource, isHttpUrl } from './checkpoint/http.js';
+export { PageStore } from './checkpoint/store.js';
+export type { PageStoreOptions, StoreSaveStats, StoreGcStats } from './checkpoint/store.js';
 export type { HttpSourceOptions, HttpSourceStats, HttpCheckpointSource } from './checkpoint/http.js';
 export { CHECKPOINT_MAGIC, CHECKPOINT_VERSION, DEFAULT_BLOCK_SIZE } from './checkpoint/format.js';
 export type { CheckpointHeader, CheckpointCodec } from './checkpoint/format.js';
