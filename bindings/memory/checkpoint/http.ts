@@ -51,6 +51,8 @@ export interface HttpSourceOptions {
   suffixBytes?: number;
   /** How far into the file a server that ignores `Range` may be streamed to reach a read (default 1 MiB; past it UNSUPPORTED). */
   maxUnrangedBytes?: number;
+  /** Requests in flight at once; more wait their turn (default 6, a browser's per-host limit). */
+  maxConcurrent?: number;
 }
 
 /**
@@ -155,7 +157,24 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
   aint(suffixBytes, 'suffixBytes', 64, 64 << 20);
   const maxUnranged = options.maxUnrangedBytes ?? 1 << 20;
   aint(maxUnranged, 'maxUnrangedBytes', 0, Number.MAX_SAFE_INTEGER);
+  const maxConcurrent = options.maxConcurrent ?? 6;
+  aint(maxConcurrent, 'maxConcurrent', 1, 256);
   const userSignal = options.signal;
+  // A bounded number of requests in flight: a policy's hundreds of spans must not open hundreds of connections.
+  let running = 0;
+  const waiting: (() => void)[] = [];
+  const acquire = async (): Promise<void> => {
+    if (running < maxConcurrent) {
+      running++;
+      return;
+    }
+    await new Promise<void>((r) => waiting.push(r));
+  };
+  const release = (): void => {
+    const next = waiting.shift();
+    if (next) next();
+    else running--;
+  };
   const stats: HttpSourceStats = { requests: 0, bytes: 0, retries: 0, cacheHits: 0 };
 
   let size = -1;
@@ -330,7 +349,12 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
       if (userSignal?.aborted) throw cancelled();
       if (closed) throw new VmkitError('INVALID_STATE', `${href}: source closed`, { path: href });
       try {
-        return await attempt(range, position, length);
+        await acquire();
+        try {
+          return await attempt(range, position, length);
+        } finally {
+          release();
+        }
       } catch (e) {
         if (!(e instanceof RetryableError)) throw e;
         if (i >= retries) {
@@ -348,8 +372,14 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
     if (n > cacheBytes) return;
     chunks.push(c);
     cached += n;
-    while (cached > cacheBytes) {
-      const old = chunks.shift()!;
+    // The least recently used settled chunks go first; a fetch still in flight stays until a read took it.
+    for (let i = 0; cached > cacheBytes && i < chunks.length; ) {
+      const old = chunks[i]!;
+      if (old.bytes === undefined) {
+        i++;
+        continue;
+      }
+      chunks.splice(i, 1);
       cached -= old.end - old.at;
     }
   };
