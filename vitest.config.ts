@@ -20,6 +20,7 @@ const nodeProject: TestProjectConfiguration = {
     include: ['test/**/*.test.ts'],
     environment: 'node',
     setupFiles: ['test/_setup.ts'],
+    globalSetup: ['test/_remote-server.ts'],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',
@@ -32,6 +33,8 @@ const browserProject: TestProjectConfiguration = {
     include: ['test/**/*.test.ts'],
     exclude: ['test/**/*.node.test.ts'],
     setupFiles: ['test/_setup.ts'],
+    // A server in the Node process for specs that read over HTTP (test/checkpoint-remote.test.ts).
+    globalSetup: ['test/_remote-server.ts'],
     testTimeout: 60_000,
     browser: {
       enabled: true,

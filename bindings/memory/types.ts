@@ -114,4 +114,10 @@ export interface PageSource {
   readPagesIntoSync?(first: number, count: number, dst: Uint8Array): void;
   /** The storage block that holds `page` (a checkpoint's block index), or -1 for a zero page. */
   blockOf?(page: number): number;
+  /**
+   * A hint that these runs (`first, count` pairs) are about to be read: a
+   * remote checkpoint merges their records' byte spans into as few range
+   * requests as it can and starts them all at once. Never throws.
+   */
+  prefetchRuns?(runs: Uint32Array): void;
 }

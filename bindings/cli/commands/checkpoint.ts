@@ -3,12 +3,13 @@
  * and from vmkit checkpoints (docs/checkpoint-format.md).
  * @module
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, relative, resolve } from 'node:path';
 import { VmkitError } from '../../errors.js';
 import { CheckpointReader } from '../../memory/checkpoint/reader.js';
 import { CheckpointWriter, type CheckpointStats } from '../../memory/checkpoint/writer.js';
 import { writeImageParallel } from '../../memory/checkpoint/parallel.js';
+import { PageStore } from '../../memory/checkpoint/store.js';
 import { emit, formatBytes, parse, parseSize, parseU64, Progress, type CliIO, type Command } from '../_common.js';
 import { _imagePages } from './_raw_image.js';
 import { _exportCmd, _importCmd } from './_checkpoint_qemu.js';
@@ -21,8 +22,27 @@ function refuseOverwrite(path: string, force: unknown): void {
   if (force !== true && existsSync(path)) throw new VmkitError('CONFLICT', `${path} exists; pass --force to overwrite it`, { path });
 }
 
+async function storeSave(dir: string, argv: string[], json: boolean, io: CliIO): Promise<number> {
+  const [image, name] = argv;
+  if (!image || !name || argv.length > 2) throw new VmkitError('ARG_RANGE', 'save --store needs <memory-image> <name>');
+  const src = _imagePages(image, PS);
+  const started = performance.now();
+  try {
+    const store = await PageStore.open(dir, { create: true });
+    const st = await store.save(name, src);
+    const seconds = (performance.now() - started) / 1000;
+    emit(io, json, { store: dir, name, image, ...st, seconds }, () =>
+      `saved ${image} as ${name} in ${dir}: ${st.newPages} new / ${st.sharedPages} shared / ${st.zeroPages} zero pages, ${formatBytes(st.bytesWritten)} written`,
+    );
+  } finally {
+    src.close();
+  }
+  return 0;
+}
+
 async function save(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, {
+    store: { type: 'string' },
     'block-size': { type: 'string' },
     codec: { type: 'string' },
     parent: { type: 'string' },
@@ -30,6 +50,7 @@ async function save(argv: string[], io: CliIO): Promise<number> {
     threads: { type: 'string' },
     force: { type: 'boolean' },
   });
+  if (values.store !== undefined) return storeSave(values.store as string, positionals, values.json === true, io);
   const [image, out] = positionals;
   if (!image || !out || positionals.length > 2) throw new VmkitError('ARG_RANGE', 'save needs <memory-image> <checkpoint>');
   if (values.dirty && !values.parent) throw new VmkitError('ARG_RANGE', '--dirty needs --parent');
@@ -120,11 +141,43 @@ function samePage(a: Uint8Array, b: Uint8Array, i: number): boolean {
   return true;
 }
 
+async function storeRestore(dir: string, name: string, image: string, json: boolean, io: CliIO): Promise<number> {
+  const store = await PageStore.open(dir);
+  const ck = await store.openCheckpoint(name);
+  const fd = openSync(image, 'w');
+  try {
+    ftruncateSync(fd, Number(ck.guestSize));
+    const buf = new Uint8Array(WINDOW);
+    for (let p = 0; p < ck.pageCount; ) {
+      const n = Math.min(WINDOW / PS, ck.pageCount - p);
+      const v = buf.subarray(0, n * PS);
+      ck.readPagesIntoSync(p, n, v);
+      // Zero windows stay holes of the file truncated to size.
+      if (v.some((x) => x !== 0)) writeSync(fd, v, 0, v.length, p * PS);
+      p += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  emit(io, json, { store: dir, name, image, guestSize: Number(ck.guestSize) }, () => `restored ${name} from ${dir} to ${image} (${formatBytes(Number(ck.guestSize))})`);
+  return 0;
+}
+
+async function gc(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse(argv, { store: { type: 'string' } });
+  if (values.store === undefined || positionals.length > 0) throw new VmkitError('ARG_RANGE', 'gc needs --store <dir>');
+  const store = await PageStore.open(values.store as string);
+  const st = await store.gc();
+  emit(io, values.json, { store: values.store, ...st }, () => `gc ${values.store}: ${st.removed} page files removed, ${st.kept} kept`);
+  return 0;
+}
+
 async function restore(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, { force: { type: 'boolean' } });
+  const { values, positionals } = parse(argv, { force: { type: 'boolean' }, store: { type: 'string' } });
   const [ckpt, image] = positionals;
   if (!ckpt || !image || positionals.length > 2) throw new VmkitError('ARG_RANGE', 'restore needs <checkpoint> <memory-image>');
   refuseOverwrite(image, values.force);
+  if (values.store !== undefined) return storeRestore(values.store as string, ckpt, image, values.json === true, io);
   const started = performance.now();
   const r = await CheckpointReader.open(ckpt);
   const size = Number(r.guestSize);
@@ -199,4 +252,4 @@ async function readPage(argv: string[], io: CliIO): Promise<number> {
  * process.exitCode = await command.run.inspect!(['vm.ckpt', '--json'], process);
  * ```
  */
-export const command: Command = { run: { save, restore, inspect, 'read-page': readPage, import: _importCmd, export: _exportCmd } };
+export const command: Command = { run: { save, restore, inspect, 'read-page': readPage, gc, import: _importCmd, export: _exportCmd } };

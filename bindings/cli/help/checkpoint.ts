@@ -13,7 +13,9 @@ import { EXITS, JSON_OPTION, type CommandHelp } from '../_common.js';
  */
 export const help: CommandHelp = {
   summary: 'save, restore and inspect memory checkpoints (LZ4 blocks, lazy reads)',
-  about: 'A memory image is raw guest-physical memory, as QEMU\'s pmemsave writes it (or `vmkit pagetable sample` makes one).',
+  about: `A memory image is raw guest-physical memory, as QEMU's pmemsave writes it (or \`vmkit pagetable sample\` makes one).
+restore, inspect and read-page also take an http(s) URL for <checkpoint> (nginx, an S3-compatible gateway, a CDN:
+any server that honours Range): the header, footer and index are read once, then pages on demand.`,
   subcommands: {
     save: {
       summary: 'write a raw guest memory image as a checkpoint',
@@ -28,6 +30,7 @@ or, without --dirty, the pages that differ from the parent. An existing <checkpo
         ['--parent <checkpoint>', 'write a diff checkpoint on this parent'],
         ['--dirty <bitmap-file>', 'with --parent: the pages to write, one bit per page'],
         ['--force', 'overwrite an existing <checkpoint>'],
+        ['--store <dir>', 'save into a shared page store as checkpoint <name> (the second argument): each distinct page once, by SHA-256'],
         JSON_OPTION,
       ],
       example: 'vmkit checkpoint save guest.mem vm.ckpt',
@@ -37,7 +40,7 @@ or, without --dirty, the pages that differ from the parent. An existing <checkpo
       summary: 'write the full memory image back (following the parent chain)',
       synopsis: '<checkpoint> <memory-image> [--force] [--json]',
       about: 'An existing <memory-image> is refused unless --force.',
-      options: [['--force', 'overwrite an existing <memory-image>'], JSON_OPTION],
+      options: [['--force', 'overwrite an existing <memory-image>'], ['--store <dir>', 'restore checkpoint <name> (the first argument) from a shared page store'], JSON_OPTION],
       example: 'vmkit checkpoint restore vm.ckpt restored.mem',
       exits: EXITS,
     },
@@ -73,6 +76,14 @@ Written to a temporary name and renamed when complete; a bad stream is refused n
       about: `Writes a stream QEMU loads with -incoming: to a file, or to stdout with -. A diff checkpoint exports its full view.`,
       options: [['--json, --output=json', 'report bytes and pages written (file output only)']],
       example: 'qemu-system-x86_64 … -incoming "exec:vmkit checkpoint export vm.ckpt -"',
+      exits: EXITS,
+    },
+    gc: {
+      summary: 'delete the pages of a shared page store that no checkpoint uses',
+      synopsis: '--store <dir> [--json]',
+      about: 'Mark and sweep under gc.lock; safe while saves run (docs/checkpoint-format.md, "Shared page store").',
+      options: [['--store <dir>', 'the page store'], JSON_OPTION],
+      example: 'vmkit checkpoint gc --store /var/lib/vmkit/store',
       exits: EXITS,
     },
   },

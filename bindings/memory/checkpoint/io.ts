@@ -47,6 +47,12 @@ export interface CheckpointSource {
    * records with it straight into core memory: it must not call vmkit.
    */
   readSync?(position: number, dst: Uint8Array): void;
+  /**
+   * A hint that `[position, position + length)` will be read soon (remote
+   * sources fetch it in one request in the background; reads inside it wait
+   * for it). A full restore gives the span of the next window's records.
+   */
+  prefetch?(position: number, length: number): void;
   /** Releases the source. */
   close(): Promise<void>;
 }

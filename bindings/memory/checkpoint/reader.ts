@@ -34,6 +34,7 @@ import {
   type CheckpointHeader,
 } from './format.js';
 import { fileSource, memorySource, nodeFs, type CheckpointSource } from './io.js';
+import { httpSource, isHttpUrl, type HttpSourceOptions } from './http.js';
 
 /**
  * Options of {@link CheckpointReader.open}.
@@ -58,7 +59,9 @@ export interface CheckpointReaderOptions {
   /** Open the parent chain of a diff checkpoint (default true; without it, absent pages throw NOT_FOUND). */
   parents?: boolean;
   /** Maps a parent path from a header to what to open (default: relative to the child's directory). */
-  resolveParent?: (parentPath: string, childPath: string | undefined) => string | Uint8Array | CheckpointSource;
+  resolveParent?: (parentPath: string, childPath: string | undefined) => string | URL | Uint8Array | CheckpointSource;
+  /** How an `http(s)` URL is read (timeouts, retries, cache, `AbortSignal`): see {@link httpSource}. */
+  http?: HttpSourceOptions;
 }
 
 /**
@@ -121,6 +124,17 @@ const RUN_PAGES = 64;
 const SLAB_PAGES = 64;
 /** The core's status for a record that does not match its checksum (assembly/_errors.ts). */
 const E_INTEGRITY = -8;
+/**
+ * {@link CheckpointReader.prefetchRuns}: records at most this many bytes
+ * apart share one range request. A round trip costs far more than 64 KiB of
+ * bandwidth on any link where it matters (64 KiB is 0.5 ms at 1 Gbit/s, a
+ * round trip to object storage 1-20 ms), so skipping less is not worth a request.
+ */
+const COALESCE_GAP = 64 << 10;
+/** {@link CheckpointReader.prefetchRuns}: the largest merged request (bounded by the source's cache anyway). */
+const COALESCE_MAX = 4 << 20;
+/** {@link CheckpointReader.prefetchRuns}: at most one request per this many bytes of pages asked for. */
+const REQUEST_PER = 64 << 10;
 /** Zero runs at least this long are left as holes by a restore to a file, not written. */
 const HOLE_PAGES = 16;
 
@@ -207,19 +221,25 @@ export class CheckpointReader implements PageSource {
    * const r = await CheckpointReader.open(bytes); // or a path, or a CheckpointSource
    * ```
    */
-  static async open(target: string | Uint8Array | CheckpointSource, options: CheckpointReaderOptions = {}): Promise<CheckpointReader> {
+  static async open(target: string | URL | Uint8Array | CheckpointSource, options: CheckpointReaderOptions = {}): Promise<CheckpointReader> {
     return CheckpointReader.openAt(target, options, new Set(), 0);
   }
 
   private static async openAt(
-    target: string | Uint8Array | CheckpointSource,
+    target: string | URL | Uint8Array | CheckpointSource,
     options: CheckpointReaderOptions,
     seen: Set<string>,
     depth: number,
   ): Promise<CheckpointReader> {
     const cacheMax = options.cacheBlocks ?? 8;
     aint(cacheMax, 'cacheBlocks', 1, 4096);
-    const src = typeof target === 'string' ? await fileSource(target) : target instanceof Uint8Array ? memorySource(target) : target;
+    const src = isHttpUrl(target)
+      ? await httpSource(target, options.http)
+      : typeof target === 'string'
+        ? await fileSource(target)
+        : target instanceof Uint8Array
+          ? memorySource(target)
+          : (target as CheckpointSource);
     try {
       if (src.size < HEADER_SIZE + FOOTER_SIZE) {
         throw new VmkitError('CORRUPT', `checkpoint: incomplete (${src.size} bytes, shorter than header and footer)`);
@@ -238,10 +258,15 @@ export class CheckpointReader implements PageSource {
       let parent: CheckpointReader | undefined;
       if (header.diff && options.parents !== false) {
         if (depth + 1 > MAX_CHAIN_DEPTH) throw new VmkitError('LIMIT', `checkpoint chain deeper than ${MAX_CHAIN_DEPTH}`);
-        const childPath = typeof target === 'string' ? target : undefined;
+        const childPath = typeof target === 'string' ? target : target instanceof URL ? target.href : undefined;
+        // A remote child's parent is resolved as a relative URL against the child's.
         const pt =
           options.resolveParent?.(header.parentPath, childPath) ??
-          (header.parentPath.startsWith('/') || childPath === undefined ? header.parentPath : `${dirname(childPath)}/${header.parentPath}`);
+          (childPath !== undefined && isHttpUrl(childPath) && header.parentPath !== ''
+            ? new URL(header.parentPath, childPath).href
+            : header.parentPath.startsWith('/') || childPath === undefined
+              ? header.parentPath
+              : `${dirname(childPath)}/${header.parentPath}`);
         if (pt === '') throw new VmkitError('NOT_FOUND', 'diff checkpoint names no parent path');
         parent = await CheckpointReader.openAt(pt, options, seen, depth + 1);
         if (parent.header.id !== header.parentId) {
@@ -738,6 +763,96 @@ export class CheckpointReader implements PageSource {
     return dst;
   }
 
+  /**
+   * The file byte span `[lo, hi)` from the first to the end of the last
+   * stored record of pages `[first, first + n)` in this file (not its
+   * parents), or undefined when it stores none of them.
+   */
+  private recordSpan(first: number, n: number): [number, number] | undefined {
+    let lo = Infinity;
+    let hi = -1;
+    for (let p = first; p < first + n; p++) {
+      const at = PAGE_WORDS * p;
+      const w = this.pages[at + 2]!;
+      if (w >>> 28 < PAGE_RAW) continue;
+      const o = this.blocks[this.pages[at]!]!.offset + this.pages[at + 1]!;
+      if (o < lo) lo = o;
+      if (o + (w & 0x0fffffff) > hi) hi = o + (w & 0x0fffffff);
+    }
+    return hi < 0 ? undefined : [lo, hi];
+  }
+
+  /**
+   * Starts fetching the records of `runs` (`first, count` pairs) from a
+   * remote source (a no-op for local ones). The byte spans of the runs'
+   * records, in this file and in each parent, are sorted; spans at most
+   * {@link COALESCE_GAP} apart are merged; then the smallest gaps left are
+   * bridged until there is at most one request per 64 KiB of pages the runs
+   * hold (bridging the smallest gaps first wastes the fewest bytes for that
+   * many requests), never past {@link COALESCE_MAX} bytes a request. Each
+   * merged span is one request, all in flight at once; the reads of the runs
+   * that follow find their bytes in the source's cache.
+   * @example
+   * ```ts
+   * r.prefetchRuns(Uint32Array.of(100, 8, 4000, 16)); // one or two range requests
+   * ```
+   */
+  prefetchRuns(runs: Uint32Array): void {
+    let pages = 0;
+    for (let i = 1; i < runs.length; i += 2) pages += runs[i]!;
+    const budget = Math.max(1, Math.ceil((pages * this.pageSize) / REQUEST_PER));
+    for (let r: CheckpointReader | undefined = this; r; r = r.parent) {
+      const src = r.src;
+      if (!src.prefetch || r.closed) continue;
+      const raw: [number, number][] = [];
+      for (let i = 0; i + 1 < runs.length; i += 2) {
+        const first = runs[i]!;
+        const n = runs[i + 1]!;
+        if (first >= r.pageCount || n === 0) continue;
+        const s = r.recordSpan(first, Math.min(n, r.pageCount - first));
+        if (s && s[1] - s[0] <= COALESCE_MAX) raw.push(s);
+      }
+      raw.sort((a, b) => a[0] - b[0]);
+      const spans: [number, number][] = [];
+      for (const s of raw) {
+        const cur = spans[spans.length - 1];
+        if (cur && s[0] <= cur[1] + COALESCE_GAP && Math.max(cur[1], s[1]) - cur[0] <= COALESCE_MAX) cur[1] = Math.max(cur[1], s[1]);
+        else spans.push([s[0], s[1]]);
+      }
+      // Groups of spans are intervals of indices: left[] is valid at each group's right end, right[] at its left end.
+      const n = spans.length;
+      const left = Array.from({ length: n }, (_, i) => i);
+      const right = left.slice();
+      const bridged = new Uint8Array(n);
+      let groups = n;
+      if (groups > budget) {
+        const gaps = Array.from({ length: n - 1 }, (_, i) => i).sort((a, b) => spans[a + 1]![0] - spans[a]![1] - (spans[b + 1]![0] - spans[b]![1]));
+        for (const g of gaps) {
+          if (groups <= budget) break;
+          const L = left[g]!;
+          const R = right[g + 1]!;
+          if (spans[R]![1] - spans[L]![0] > COALESCE_MAX) continue;
+          right[L] = R;
+          left[R] = L;
+          bridged[g] = 1;
+          groups--;
+        }
+      }
+      for (let i = 0; i < n; ) {
+        let j = i;
+        while (j < n - 1 && bridged[j]) j++;
+        src.prefetch(spans[i]![0], spans[j]![1] - spans[i]![0]);
+        i = j + 1;
+      }
+    }
+  }
+
+  /** True when this checkpoint and every parent can be read synchronously. */
+  private hasSyncReads(): boolean {
+    for (let r: CheckpointReader | undefined = this; r; r = r.parent) if (!r.src.readSync) return false;
+    return true;
+  }
+
   /** True when every page of the run is zero through the whole chain. */
   private allZero(first: number, count: number): boolean {
     for (let p = first; p < first + count; p++) {
@@ -763,11 +878,26 @@ export class CheckpointReader implements PageSource {
     const win = options.windowPages ?? 1024;
     aint(win, 'windowPages', 1, 1 << 16);
     const ps = this.pageSize;
+    // A remote source fetches each window's records in one request, the next window's while this one is decoded.
+    const hint = (p: number): void => {
+      if (p >= this.pageCount) return;
+      for (let r: CheckpointReader | undefined = this; r; r = r.parent) {
+        if (!r.src.prefetch) continue;
+        const span = r.recordSpan(p, Math.min(win, this.pageCount - p));
+        // Records far apart (pages saved out of order) are read run by run instead.
+        if (span && span[1] - span[0] <= 2 * win * ps) r.src.prefetch(span[0], span[1] - span[0]);
+      }
+    };
     if (target instanceof Uint8Array) {
       if (BigInt(target.length) < this.guestSize) throw new VmkitError('OUTPUT_TOO_SMALL', `target has ${target.length} bytes, the guest ${this.guestSize}`);
+      const sync = this.hasSyncReads();
+      hint(0);
       for (let p = 0; p < this.pageCount; p += win) {
         const n = Math.min(win, this.pageCount - p);
-        this.readPagesIntoSync(p, n, target.subarray(p * ps, (p + n) * ps));
+        hint(p + win);
+        const view = target.subarray(p * ps, (p + n) * ps);
+        if (sync) this.readPagesIntoSync(p, n, view);
+        else await this.readPagesInto(p, n, view);
         options.onProgress?.((p + n) * ps);
       }
       return;
@@ -781,13 +911,15 @@ export class CheckpointReader implements PageSource {
       throw new VmkitError('IO', `${target}: ${(e as Error).message}`, { cause: e, path: target });
     }
     try {
-      if (this.src.readSync) {
+      if (this.hasSyncReads()) {
         this.restoreFileSync(fd, win, options.onProgress, fs);
         return;
       }
       const buf = new Uint8Array(win * ps);
+      hint(0);
       for (let p = 0; p < this.pageCount; p += win) {
         const n = Math.min(win, this.pageCount - p);
+        hint(p + win);
         if (!this.allZero(p, n)) {
           const view = buf.subarray(0, n * ps);
           await this.readPagesInto(p, n, view);

@@ -182,6 +182,8 @@ export class LazyGuestMemory implements GuestMemorySource {
    */
   private startLoad(runs: Uint32Array): Promise<void>[] {
     if (runs.length === 0) return [];
+    // A remote checkpoint turns the runs into a few coalesced range requests, all in flight now.
+    this.source.prefetchRuns?.(runs);
     // A source that stores pages in blocks (a checkpoint) reads one run at a
     // time: in a version 1 file runs sharing a block find it in the reader's
     // cache; in version 2 each run is one read of its records (synchronous

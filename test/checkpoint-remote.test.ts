@@ -1,0 +1,115 @@
+// The remote checkpoint reader in Node and in Chromium against a server the
+// test run starts (test/_remote-server.ts, vitest globalSetup): exact pages
+// against the local reader, a lazy memory's coalesced requests, a server that
+// ignores Range, and a checkpoint replaced mid-restore (INTEGRITY).
+import { beforeAll, describe, expect, inject, it } from 'vitest';
+import { CheckpointReader, CheckpointWriter, LazyGuestMemory, createPolicy, gpa, httpSource, memorySink, VmkitError } from '../bindings/memory/index.js';
+
+const PS = 4096;
+const base = inject('remoteCheckpointServer');
+
+function image(pages: number, seed: number): Uint8Array {
+  const b = new Uint8Array(pages * PS);
+  const dv = new DataView(b.buffer);
+  let x = seed;
+  for (let p = 0; p < pages; p++) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    const kind = x >>> 30;
+    if (kind === 1) for (let i = 0; i < PS; i += 4) dv.setUint32(p * PS + i, (x = (Math.imul(x, 1664525) + 1013904223) >>> 0), true);
+    else if (kind === 2) for (let i = 0; i < PS; i += 8) dv.setUint32(p * PS + i, (p * 31 + (i >> 6)) >>> 0, true);
+    else if (kind === 3) b[p * PS + (x % PS)] = 7;
+  }
+  return b;
+}
+
+async function checkpoint(mem: Uint8Array): Promise<Uint8Array> {
+  const sink = memorySink();
+  const w = await CheckpointWriter.create(sink, { guestSize: mem.length, blockSize: 256 << 10 });
+  await w.writePages(0, mem);
+  await w.finish();
+  return sink.bytes();
+}
+
+async function put(path: string, body: Uint8Array): Promise<string> {
+  const res = await fetch(`${base}${path}`, { method: 'PUT', body: body as Uint8Array<ArrayBuffer> });
+  expect(res.status).toBe(201);
+  return `${base}${path}`;
+}
+
+const mem = image(2048, 3); // 8 MiB
+let file: Uint8Array;
+let url: string;
+beforeAll(async () => {
+  file = await checkpoint(mem);
+  url = await put(`/a-${Math.random().toString(36).slice(2)}.ckpt`, file);
+});
+
+describe('remote checkpoints (fetch with Range, Node and Chromium)', () => {
+  it('pages and runs read exactly as the local reader; a restore in one request per window', async () => {
+    const local = await CheckpointReader.open(file);
+    const src = await httpSource(url);
+    expect(src.stats.requests).toBe(2);
+    const r = await CheckpointReader.open(src);
+    expect(r.info().id).toBe(local.info().id);
+    for (const p of [0, 1, 2, 100, 1000, 2047]) expect(await r.readPage(p)).toEqual(await local.readPage(p));
+    const a = new Uint8Array(64 * PS);
+    await r.readPagesInto(512, 64, a);
+    expect(a).toEqual(mem.subarray(512 * PS, 576 * PS));
+    const before = src.stats.requests;
+    const out = new Uint8Array(mem.length);
+    await r.restoreTo(out);
+    expect(out).toEqual(mem);
+    expect(src.stats.requests - before).toBeLessThanOrEqual(2);
+    await r.close();
+    await local.close();
+  });
+
+  it('a lazy memory fetches a replayed working set in coalesced requests', async () => {
+    const r = await CheckpointReader.open(url);
+    const record: number[] = [];
+    for (let c = 0; c < 30; c++) for (let i = 0; i < 4; i++) record.push(c * 67 + i);
+    const src = (r as unknown as { src: { stats: { requests: number } } }).src;
+    const before = src.stats.requests;
+    const m = await LazyGuestMemory.open(r, { policy: createPolicy('replay', { record }) });
+    const requests = src.stats.requests - before;
+    expect(requests).toBeGreaterThan(0);
+    expect(requests).toBeLessThanOrEqual(Math.ceil((record.length * PS) / (64 << 10)));
+    const b = new Uint8Array(PS);
+    for (const p of record) {
+      await m.read(gpa(BigInt(p * PS)), b);
+      expect(b).toEqual(mem.subarray(p * PS, (p + 1) * PS));
+    }
+    expect(src.stats.requests - before).toBe(requests);
+    await r.close();
+  });
+
+  it('a server that ignores Range is refused past maxUnrangedBytes, read within it', async () => {
+    const e = await CheckpointReader.open(`${url}?mode=ignore-range`).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(VmkitError);
+    expect((e as VmkitError).code).toBe('UNSUPPORTED');
+    const r = await CheckpointReader.open(`${url}?mode=ignore-range`, { http: { maxUnrangedBytes: 16 << 20 } });
+    expect(await r.readPage(5)).toEqual(mem.subarray(5 * PS, 6 * PS));
+    await r.close();
+  });
+
+  it('a checkpoint replaced on the server mid-restore is INTEGRITY', async () => {
+    const path = `/swap-${Math.random().toString(36).slice(2)}.ckpt`;
+    const u = await put(path, file);
+    const r = await CheckpointReader.open(u);
+    const other = await checkpoint(image(2048, 4));
+    let n = 0;
+    let replaced: Promise<string> | undefined;
+    const e = await r
+      .restoreTo(new Uint8Array(mem.length), {
+        windowPages: 256,
+        onProgress: () => {
+          if (++n === 1) replaced = put(path, other);
+        },
+      })
+      .catch((x: unknown) => x);
+    await replaced;
+    expect(e).toBeInstanceOf(VmkitError);
+    expect((e as VmkitError).code).toBe('INTEGRITY');
+    await r.close();
+  });
+});
