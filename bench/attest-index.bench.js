@@ -22,6 +22,11 @@ import { fileURLToPath } from 'node:url';
 import { loadCore, measure, median, fmtNs } from './_lib.js';
 import { ensureImaFixtures } from '../scripts/ima-fixtures.mjs';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "Digest lookups by raw SHA-256 (1000 per op)", section: "Lookups by raw SHA-256 (1000 per op)", vmkit: "DigestIndex.has(bytes)", peer: "Map.get(toHex(bytes))" },
+];
+
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc');
 
@@ -175,6 +180,7 @@ export async function run(ctx) {
     row('DigestIndex.addFile (file digests)', memFileIx),
   ].join('\n');
   return {
+    summary: SUMMARY,
     title: 'attest-index: digest index (wasm core) against a plain Map',
     sections: [
       { heading: `Indexing a Debian main Packages file (${count} packages, ${(text.length / 2 ** 20).toFixed(1)} MiB text)`, markdown: idxTable },
