@@ -9,20 +9,13 @@
 import { VmkitError } from '../../errors.js';
 import type { BackupDevice, BlockExtent, ChainOps, ImageFormat } from './_types.js';
 import { checkImage, fileFormatDriver } from '../image.js';
+import { nodeModule } from '../../_node.js';
 
 type Fs = typeof import('node:fs/promises');
 type Path = typeof import('node:path');
 
-let fsMod: Fs | undefined;
-let pathMod: Path | undefined;
-async function fs(): Promise<Fs> {
-  const name = 'node:fs/promises';
-  return (fsMod ??= (await import(/* @vite-ignore */ name)) as Fs);
-}
-async function pathApi(): Promise<Path> {
-  const name = 'node:path';
-  return (pathMod ??= (await import(/* @vite-ignore */ name)) as Path);
-}
+const fs = (): Promise<Fs> => nodeModule<Fs>('node:fs/promises');
+const pathApi = (): Promise<Path> => nodeModule<Path>('node:path');
 
 function ioError(e: unknown, what: string, path: string): VmkitError {
   if (e instanceof VmkitError) return e;
