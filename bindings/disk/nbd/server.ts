@@ -359,6 +359,7 @@ class _Conn {
  * await server.close();
  * await device.close();
  * ```
+ * @throws {VmkitError} ARG_TYPE / ARG_RANGE: a bad option (named), or a non-loopback listen address without `tls` or `insecure`; CONFLICT: the address is in use (a live server on a Unix socket; a stale socket file is replaced); IO: it cannot be bound otherwise.
  */
 export async function serveNbd(opts: NbdServerOptions): Promise<NbdServer> {
   if (typeof opts !== 'object' || opts === null) throw new VmkitError('ARG_TYPE', 'serveNbd needs options with listen and exports');
