@@ -10,8 +10,7 @@ import { VmkitError } from '../../../errors.js';
 import { readAt, type Storage } from '../../backends/storage.js';
 import type { CheckReport, FormatCheckOptions } from '../types.js';
 import { decodeU32s } from './device.js';
-import { FLAG_RGD, FLAG_ZERO_GRAIN, geometry } from './header.js';
-import { readHeader } from './index.js';
+import { FLAG_RGD, FLAG_ZERO_GRAIN, geometry, readHeader } from './header.js';
 
 /** Most grains `check` tracks (2^26 × 4 bytes of offsets: 4 TiB of 64 KiB grains). */
 const MAX_CHECK_GRAINS = 2 ** 26;
