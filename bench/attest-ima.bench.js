@@ -18,6 +18,11 @@ import { join } from 'node:path';
 import { loadCore, measure } from './_lib.js';
 import { ensureImaFixtures } from '../scripts/ima-fixtures.mjs';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "Verify a 20,650-entry IMA log (sha1) vs hashing alone", section: "IMA: verify a 20650-entry ima-ng log (parse, template hashes, PCR 10 replay)", vmkit: "verifyImaLog sha1", peer: "hashing floor (node:crypto, sha1 bank)" },
+];
+
 function hasEvmctl() {
   try {
     execFileSync('sh', ['-c', 'command -v evmctl'], { stdio: 'ignore' });
@@ -134,6 +139,7 @@ export async function run(ctx) {
       { quick: ctx.quick, baseline: 'node:crypto Ed25519 sign' },
     );
     return {
+      summary: SUMMARY,
       title: 'IMA logs and EAR tokens',
       sections: [
         ...(imaRes ? [{ heading: `IMA: verify a ${n}-entry ima-ng log (parse, template hashes, PCR 10 replay)`, markdown: imaRes.table }] : []),

@@ -22,6 +22,11 @@ import { fileURLToPath } from 'node:url';
 import { loadCore, measure, median, fmtNs } from './_lib.js';
 import { ensureImaFixtures } from '../scripts/ima-fixtures.mjs';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "Digest lookups by raw SHA-256 (1000 per op)", section: "Lookups by raw SHA-256 (1000 per op)", vmkit: "DigestIndex.has(bytes)", peer: "Map.get(toHex(bytes))" },
+];
+
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc');
 
@@ -74,7 +79,9 @@ function heap() {
 
 export async function run(ctx) {
   await loadCore();
-  const { DigestIndex, parsePackages, toHex } = await import('../dist/attest/index.js');
+  const { DigestIndex } = await import('../dist/attest/index.js');
+  const { toHex } = await import('../dist/attest/index-store.js');
+  const { parsePackages } = await import('../dist/attest/sources/deb822.js');
   const { core } = await import('../dist/core.js');
   const coreBytes = () => core().exports.memory.buffer.byteLength;
   const src = realPackages() ?? syntheticPackages(63000);
@@ -175,6 +182,7 @@ export async function run(ctx) {
     row('DigestIndex.addFile (file digests)', memFileIx),
   ].join('\n');
   return {
+    summary: SUMMARY,
     title: 'attest-index: digest index (wasm core) against a plain Map',
     sections: [
       { heading: `Indexing a Debian main Packages file (${count} packages, ${(text.length / 2 ** 20).toFixed(1)} MiB text)`, markdown: idxTable },
@@ -360,7 +368,7 @@ async function debBench(ctx) {
   if (!existsSync(dir)) return undefined;
   const names = readdirSync(dir).filter((f) => /^(perl-base|systemd|python3\.11-minimal)_.*\.deb$/.test(f));
   if (!names.length) return undefined;
-  const { debFileDigests } = await import('../dist/attest/index.js');
+  const { debFileDigests } = await import('../dist/attest/_deb.js');
   const { readFileSync, mkdtempSync, rmSync, statSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const rows = ['| package | .deb size | files | vmkit debFileDigests | dpkg-deb -x + sha256sum (peer) | speed vs peer |', '|---|---:|---:|---:|---:|---:|'];
@@ -391,7 +399,8 @@ async function debBench(ctx) {
 async function childMain(kind, n, limit) {
   const repo = 'deb http://deb.debian.org/debian bookworm main';
   await loadCore();
-  const { DigestIndex, parsePackages } = await import('../dist/attest/index.js');
+  const { DigestIndex } = await import('../dist/attest/index.js');
+  const { parsePackages } = await import('../dist/attest/sources/deb822.js');
   let raw = kind.startsWith('pkg') ? undefined : randomBytes(n * 32);
   const warm = (realPackages() ?? syntheticPackages(3000)).text;
   // Warm up: build a small one first and drop it, so code and lazy state are not counted.

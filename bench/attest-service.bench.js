@@ -18,6 +18,11 @@ import { randomBytes } from 'node:crypto';
 import { loadavg } from 'node:os';
 import { fmtNs } from './_lib.js';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "Attestations/s, 64 clients (full service vs HTTP + nonces only)", section: "GET /nonce + POST /attest (8 digests, 63,440 packages indexed), 64 keep-alive clients", vmkit: "full: appraise + EdDSA-signed EAR", peer: "peer: HTTP + nonces only (no appraisal, no signature)", better: "higher" },
+];
+
 const PACKAGES = 60_000;
 const CLIENTS = 64;
 const REPO = 'deb http://bench.invalid/debian bookworm main';
@@ -460,6 +465,7 @@ export async function run(ctx) {
   sources.close();
   const row = (name, r) => `| ${name} | ${r.perSec.toFixed(0)} /s | ${fmtNs(r.p50 * 1e6)} | ${fmtNs(r.p99 * 1e6)} | ${(r.perSec / full.perSec).toFixed(2)}× | ${r.n} |`;
   return {
+    summary: SUMMARY,
     title: 'attest-service: attestations end to end under 64 concurrent clients',
     sections: [
       {

@@ -16,6 +16,12 @@ import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { loadCore, median } from './_lib.js';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "Consolidate a 128 MiB delta into its base", section: "Consolidate a delta into its base (512 MiB disk, 128 MiB of delta writes, delta file 128 MiB)", vmkit: "vmkit consolidate --into base, keepDelta: empties it, as qemu-img (sync I/O)", peer: "qemu-img commit (empties the delta, keeps it)" },
+  { what: "Mirror onto a new target under guest writes", section: "Consolidation under sustained guest writes", vmkit: "vmkit consolidate onto a new target", peer: "QEMU blockdev-mirror write-blocking (qemu-storage-daemon)", column: "total (median)" },
+];
+
 const MiB = 2 ** 20;
 
 function has(cmd) {
@@ -440,6 +446,7 @@ export async function run(ctx) {
       notes.push('qemu-storage-daemon missing (Debian: qemu-system-common): the mirror comparison was not run.');
     }
     return {
+      summary: SUMMARY,
       title: 'Live backup: consolidation and mirror',
       sections: [
         { heading: `Consolidate a delta into its base (${size / MiB} MiB disk, ${deltaData / MiB} MiB of delta writes, delta file ${(deltaFile / MiB).toFixed(0)} MiB)`, markdown: commit },

@@ -16,6 +16,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { median, fmtNs, fmtRate, loadCore } from './_lib.js';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "Save a 256 MiB guest, whole process", section: "Whole processes, 9 alternated runs (page cache warm)", vmkit: "`vmkit checkpoint save`", peer: "`lz4 -1` (peer)" },
+  { what: "Restore it, whole process", section: "Whole processes, 9 alternated runs (page cache warm)", vmkit: "`vmkit checkpoint restore`", peer: "`lz4 -d` (peer)" },
+  { what: "One lazy page read from a checkpoint vs pread of raw memory", section: "Lazy page reads from the checkpoint (random stored pages; interleaved rounds)", vmkit: "`readPagesIntoSync(p, 1, dst)`, format 2", peer: "`pread` of the page from the raw memory file (peer)" },
+];
+
 const PS = 4096;
 const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
 
@@ -154,6 +161,7 @@ export async function run({ quick, log }) {
     ];
   };
   return {
+    summary: SUMMARY,
     title: 'checkpoint: save/restore of a real 256 MiB Linux guest',
     sections: [
       { heading: `Whole processes, ${reps} alternated runs (page cache warm)`, markdown: procs },

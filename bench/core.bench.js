@@ -4,6 +4,11 @@ import { readFileSync, statSync } from 'node:fs';
 import { instantiate, instantiateSync } from '@assemblyscript/loader';
 import { measure } from './_lib.js';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "Instantiate the core from a compiled module", section: "Instantiation (ratios vs the bare API)", vmkit: "loader instantiate(module)", peer: "bare WebAssembly.instantiate(module)" },
+];
+
 const file = new URL('../dist/core.wasm', import.meta.url);
 
 export async function run({ quick }) {
@@ -35,6 +40,7 @@ export async function run({ quick }) {
   const size = statSync(file).size;
   const debugSize = statSync(new URL('../dist/core.debug.wasm', import.meta.url)).size;
   return {
+    summary: SUMMARY,
     title: 'core: loading and call overhead',
     sections: [
       { heading: 'Instantiation (ratios vs the bare API)', markdown: inst.table },

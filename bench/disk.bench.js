@@ -13,6 +13,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadCore, hasTool, runTool as q, timeRunsCpu as timeIt, rateTable as table, median, fmtNs, fmtRate } from './_lib.js';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "Full read of a 1 GiB qcow2 chain, whole process", section: "Full read of a 1024 MiB two-layer chain (836 MiB of data; zero and unallocated extents skipped)", vmkit: "vmkit disk backup <chain> - > /dev/null (whole process)", peer: "qemu-img convert → null-co (whole process)" },
+  { what: "Backup of the chain to a raw file, whole process", section: "Backup of the same chain to a raw file", vmkit: "vmkit disk backup <chain> out.raw (whole process)", peer: "qemu-img convert -O raw -t writeback (one fdatasync at the end)" },
+  { what: "qcow2 4 KiB reads, queue depth 1", section: "20000 × 4 KiB reads of the chain (IOPS)", vmkit: "vmkit random 4K read (sync I/O)", peer: "qemu-img bench -d 1 -s 4k (strided)", column: "IOPS", better: "higher" },
+];
+
 const MiB = 2 ** 20;
 // Why rows fall short of the peer (docs: bindings/disk/backends/file.ts, formats/_device.ts _readRuns).
 const SPLIT = (perMiB) =>
@@ -237,6 +244,7 @@ export async function run(ctx) {
     await wsdev.close();
     const copy = await copyJobs(ctx, openImage, syncFileProvider);
     return {
+      summary: SUMMARY,
       title: 'disk: qcow2 read/write vs qemu-img',
       sections: [
         ...copy.sections,

@@ -16,6 +16,11 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { measure, fmtNs } from './_lib.js';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "Owner record read from etcd (validated) vs a bare HTTP range", section: "Store round trips (one process, no contention)", vmkit: "etcd: read", peer: "etcd: range via node:http (reference, no validation)" },
+];
+
 const TITLE = 'owner: disk ownership handoff, file store vs etcd';
 const dist = new URL('../dist/', import.meta.url);
 const self = fileURLToPath(import.meta.url);
@@ -326,6 +331,7 @@ export async function run(ctx) {
       ...cRows.map((r) => `| ${r.kind} | ${r.perSec.toFixed(1)} | ${r.epochs} | ${fmtNs(r.openP50 * 1e6)} | ${r.fails} | ${(r.perSec / fileC.perSec).toFixed(2)}× |`),
     ].join('\n');
     return {
+      summary: SUMMARY,
       title: TITLE,
       sections: [
         { heading: 'Store round trips (one process, no contention)', markdown: raw.table },

@@ -15,6 +15,11 @@ import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { fmtNs, measure, median, loadCore } from './_lib.js';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "4096 page walks over 1 GiB, core vs TS reference", section: "4096 random GVAs over 1 GiB of 4 KiB pages per op (ratios vs the reference)", vmkit: "core translateInto (random over 1 GiB)", peer: "reference (random over 1 GiB)" },
+];
+
 const GIB_PAGES = 1 << 18; // 1 GiB of 4 KiB pages
 const BASE_VA = 0xffff_8880_0000_0000n; // Linux's direct map: an upper-half, sign-extended region
 const BATCH = 4096;
@@ -185,6 +190,7 @@ export async function run({ quick, log }) {
   space?.dispose();
   if (sink === 42n) log('');
   return {
+    summary: SUMMARY,
     title: 'paging: guest page-table walks, core vs TS reference',
     sections: [
       { heading: `Warm: ${BATCH} random GVAs over 64 hot pages per op (ratios vs the reference)`, markdown: warm.table },

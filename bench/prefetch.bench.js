@@ -20,6 +20,11 @@ import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { measure, loadCore } from './_lib.js';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "Prefetch fault path (±8 walk + coalescing), 10,000 faults", section: "Fault path: neighbourhood walk ±8 + coalescing (ratios vs plain JS)", vmkit: "core prefetchFaultVirtualBatch, 10000 faults (±8)", peer: "plain JS walk + coalesce, 10000 faults (±8)" },
+];
+
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const OUT = `${ROOT}.cache/prefetch`;
 const WINDOWS = [1, 2, 4, 8, 16, 32, 64, 128];
@@ -338,6 +343,7 @@ export async function run(ctx) {
   const paretoLine = (name, v) =>
     `| (not a goal) adaptive ±8 has fewer faults than every fixed window wasting no more: ${name} | ${v.peer ? `adaptive ${v.ad.faults} f / ${v.ad.wasted} w; fixed ±${v.peer.window} ${v.peer.faults} f / ${v.peer.wasted} w` : 'no fixed window wastes as little'} | ${!v.peer || v.ad.faults < v.peer.faults ? 'yes' : 'no'} |`;
   return {
+    summary: SUMMARY,
     title: 'prefetch: fault-time prefetch by guest-virtual neighbourhood',
     sections: [
       { heading: `Cold start: every policy and window, summed over ${cold.length} real traces`, markdown: table + '\n\n![faults and wasted pages against the window](prefetch.svg)' },

@@ -7,6 +7,11 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { measure } from './_lib.js';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "Zero map of 1 MiB (4 KiB granules), SIMD vs scalar build", section: "sectorsZeroMap, 1 MiB of zeroes, 4 KiB granules", vmkit: "SIMD (release)", peer: "scalar (nosimd)" },
+];
+
 const root = new URL('../', import.meta.url);
 const out = new URL('bench/.data/core.nosimd.wasm', root);
 
@@ -62,5 +67,5 @@ export async function run({ quick, log }) {
     sections.push({ heading: k.name, markdown: r.table });
     summary.push(`${k.name}: SIMD ${(r.results[0].medianNs / r.results[1].medianNs).toFixed(2)}× scalar`);
   }
-  return { title: 'core: SIMD against scalar builds', sections, notes: summary };
+  return { title: 'core: SIMD against scalar builds', sections, notes: summary, summary: SUMMARY };
 }

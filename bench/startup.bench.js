@@ -11,6 +11,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hasTool, median, fmtNs } from './_lib.js';
 
+/** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
+export const SUMMARY = [
+  { what: "`vmkit --help` start-up vs `node -e 0`", section: "vmkit --help and vmkit disk info (64 MiB qcow2)", vmkit: "vmkit (ES modules, as shipped): --help", peer: "node -e 0" },
+];
+
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
 const data = join(here, '.data', 'startup');
@@ -99,5 +104,5 @@ export async function run(ctx) {
   notes.push(
     `Medians of ${reps} interleaved rounds (every row once per round, after 3 untimed rounds), each a whole process timed by hyperfine (\`-N -r 1\`: wall, and CPU from the child's rusage); peak RSS the median of 3 runs under GNU time. Load average (1 min) at the end: ${load.toFixed(1)} on ${(await import('node:os')).cpus().length} cores.`,
   );
-  return { title: 'CLI start-up: whole processes against node -e 0', sections: [{ heading: 'vmkit --help and vmkit disk info (64 MiB qcow2)', markdown: table }], notes };
+  return { title: 'CLI start-up: whole processes against node -e 0', sections: [{ heading: 'vmkit --help and vmkit disk info (64 MiB qcow2)', markdown: table }], notes, summary: SUMMARY };
 }

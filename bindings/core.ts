@@ -8,6 +8,7 @@
  */
 import { loadCore, loadCoreSync, type LoadedCore } from './_loader.js';
 import { VmkitError } from './errors.js';
+import { nodeModule } from './_node.js';
 
 /**
  * ABI version this build of the bindings speaks (see docs/abi.md).
@@ -167,10 +168,8 @@ function defaultLocation(): URL {
 
 async function readUrl(url: URL): Promise<Uint8Array | Response> {
   if (url.protocol === 'file:') {
-    // Node: fetch() has no file: support. The specifier is hidden from
-    // bundlers so browser builds do not try to resolve node:fs.
-    const fsName = 'node:fs/promises';
-    const fs = (await import(/* @vite-ignore */ fsName)) as typeof import('node:fs/promises');
+    // Node: fetch() has no file: support (nodeModule hides node:fs from bundlers).
+    const fs = await nodeModule<typeof import('node:fs/promises')>('node:fs/promises');
     return new Uint8Array(await fs.readFile(url));
   }
   const res = await fetch(url);

@@ -6,7 +6,7 @@
  * binding and symbol resolution) so the spec stays at a few seconds.
  * @module
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
@@ -114,6 +114,18 @@ describe('API docs', () => {
       ...stale.map((k) => `  KNOWN_GAPS entry ${k} is fixed now: remove it from the list`),
     ];
     expect(msg, `${failing.length} undocumented export(s):\n${msg.join('\n')}`).toEqual([]);
+  });
+
+  it('no example imports a path the exports map blocks (vmkit/dist/…)', () => {
+    const exported = new Set(Object.keys((JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { exports: Record<string, unknown> }).exports).map((k) => (k === '.' ? 'vmkit' : `vmkit/${k.slice(2)}`)));
+    const offenders: string[] = [];
+    const files = readdirSync(join(root, 'bindings'), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts'));
+    expect(files.length).toBeGreaterThan(50);
+    for (const f of files) {
+      const text = readFileSync(join(root, 'bindings', f), 'utf8');
+      for (const m of text.matchAll(/^\s*\*.*\bfrom '(vmkit[^']*)'/gm)) if (!exported.has(m[1]!)) offenders.push(`bindings/${f}: ${m[1]}`);
+    }
+    expect(offenders).toEqual([]);
   });
 
   it('every bindings/ file the entries reach opens with a module comment', () => {

@@ -11,7 +11,8 @@ import { gunzipSync, gzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import { needTool } from './_tools.js';
 import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
-import { ApkSource, openSource, parseApkIndex, verifyApkIndex } from '../bindings/attest/index.js';
+import { ApkSource, openSource } from '../bindings/attest/index.js';
+import { parseApkIndex, verifyApkIndex } from '../bindings/attest/sources/apk.js';
 import { VmkitError } from '../bindings/errors.js';
 
 const tools = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd', 'openssl:openssl'];

@@ -10,19 +10,8 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { needTool } from './_tools.js';
 import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
-import {
-  AptSource,
-  RpmSource,
-  DigestIndex,
-  appraise,
-  readKeyring,
-  digestLength,
-  hexInto,
-  type DigestAlgorithm,
-  type Provenance,
-  type ReferenceIndex,
-  type EvidenceDigest,
-} from '../bindings/attest/index.js';
+import { AptSource, RpmSource, DigestIndex, appraise, readKeyring, type DigestAlgorithm, type Provenance, type ReferenceIndex, type EvidenceDigest } from '../bindings/attest/index.js';
+import { digestLength, hexInto } from '../bindings/attest/index-store.js';
 import { SourceSet } from '../bindings/attest/service/index.js';
 import type { ImaEntry } from '../bindings/attest/ima.js';
 

@@ -4,7 +4,8 @@
 // algorithm length; and the raw core exports' contract.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { DigestIndex, hexInto, toHex, digestLength, type DigestAlgorithm, type Provenance } from '../bindings/attest/index.js';
+import { DigestIndex, type DigestAlgorithm, type Provenance } from '../bindings/attest/index.js';
+import { hexInto, toHex, digestLength } from '../bindings/attest/index-store.js';
 import { core } from '../bindings/core.js';
 import { VmkitError } from '../bindings/errors.js';
 

@@ -5,21 +5,12 @@
 // format, mutated by flips, cuts and insertions, plus arbitrary input.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import {
-  parsePackages,
-  parseRelease,
-  parseDeb822,
-  parseRepomd,
-  primaryParser,
-  filelistsExtParser,
-  readAr,
-  readTar,
-  debFileDigests,
-  parseIntegrity,
-  parseAptLine,
-  parseApkIndex,
-  verifyApkIndex,
-} from '../bindings/attest/index.js';
+import { parsePackages, parseRelease, parseDeb822 } from '../bindings/attest/sources/deb822.js';
+import { parseRepomd, primaryParser, filelistsExtParser } from '../bindings/attest/sources/rpm.js';
+import { readAr, readTar, debFileDigests } from '../bindings/attest/_deb.js';
+import { parseIntegrity } from '../bindings/attest/sources/npm.js';
+import { parseAptLine } from '../bindings/attest/sources/apt.js';
+import { parseApkIndex, verifyApkIndex } from '../bindings/attest/sources/apk.js';
 import { decompress, decompressChunks } from '../bindings/attest/sources/_io.js';
 import { VmkitError } from '../bindings/errors.js';
 

@@ -9,18 +9,11 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { needTool } from './_tools.js';
 import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
-import {
-  AptSource,
-  NpmSource,
-  RpmSource,
-  openSource,
-  readKeyring,
-  verifyCleartext,
-  debFileDigests,
-  rpmFileDigests,
-  filelistsExtParser,
-  type Keyring,
-} from '../bindings/attest/index.js';
+import { AptSource, NpmSource, RpmSource, openSource, readKeyring, type Keyring } from '../bindings/attest/index.js';
+import { verifyCleartext } from '../bindings/attest/_openpgp.js';
+import { debFileDigests } from '../bindings/attest/_deb.js';
+import { rpmFileDigests } from '../bindings/attest/_rpm.js';
+import { filelistsExtParser } from '../bindings/attest/sources/rpm.js';
 import fc from 'fast-check';
 import { decompress, decompressChunks, _useSystemXz } from '../bindings/attest/sources/_io.js';
 import { VmkitError } from '../bindings/errors.js';

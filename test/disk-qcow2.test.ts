@@ -8,6 +8,9 @@ import { createImage, openImage, checkImage, loadFormat } from '../bindings/disk
 import { mapExtents } from '../bindings/disk/device.js';
 import { VmkitError } from '../bindings/errors.js';
 import type { Qcow2Device } from '../bindings/disk/formats/qcow2/device.js';
+import { blockDeviceContract } from './_block-device-contract.js';
+
+blockDeviceContract('qcow2', { clusterSizes: [4096, 65536], backing: true });
 
 /** True when equal (toEqual on a megabyte takes seconds). */
 function same(a: Uint8Array, b: Uint8Array): boolean {

@@ -9,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { etcdStore } from '../bindings/disk/owner/etcd-store.js';
 import { VmkitError } from '../bindings/errors.js';
 import { code, rec } from './_owner.js';
+import { ownerStoreContract } from './_owner-contract.js';
 
 const b64 = (s: string): string => btoa(String.fromCharCode(...new TextEncoder().encode(s)));
 const unb64 = (s: string): string => new TextDecoder().decode(Uint8Array.from(atob(s), (c) => c.charCodeAt(0)));
@@ -47,6 +48,13 @@ function fakeGateway(): { fetch: typeof fetch; requests: { url: string; method: 
   }) as typeof fetch;
   return { fetch: f, requests };
 }
+
+// The store contract, against the in-memory gateway (in Chromium too: the store is plain fetch).
+ownerStoreContract('etcd (JSON gateway, no server)', () => {
+  const g = fakeGateway();
+  let n = 0;
+  return { client: () => etcdStore({ endpoints: 'http://etcd.test:2379', prefix: '/c/', fetch: g.fetch }), disk: (name) => `${name}-${++n}.qcow2`, revision: /^[1-9][0-9]*$/ };
+});
 
 describe('owner store: etcd client (no server)', () => {
   it('speaks the v3 JSON gateway: base64 keys under the prefix, txn on create_revision / mod_revision', async () => {

@@ -13,6 +13,7 @@ import { openOwned } from '../bindings/disk/owner/handoff.js';
 import type { OwnerRecord } from '../bindings/disk/owner/types.js';
 import { VmkitError } from '../bindings/errors.js';
 import { code, rec } from './_owner.js';
+import { ownerStoreContract } from './_owner-contract.js';
 import { freePort, startEtcd, type EtcdServer } from './_etcd.js';
 import { needTool } from './_tools.js';
 
@@ -47,46 +48,15 @@ describe.skipIf(!have)('owner store: etcd', () => {
     await etcd?.stop();
   });
 
-  it('reads a missing key as no record', async () => {
-    expect(await open().read(disk('missing'))).toEqual({ record: null, revision: null });
-  });
+  // Missing keys, create-once, compare-and-swap and races between many clients (each its own store).
+  ownerStoreContract('etcd', () => ({ client: () => open(), disk, revision: /^[1-9][0-9]*$/ }), { rounds: 12 });
 
-  it('creates once, reads back, swaps only against the current revision', async () => {
+  it('revisions are etcd mod revisions: they grow', async () => {
     const s = open();
-    const d = disk('cas');
+    const d = disk('grow');
     const r1 = await s.compareAndSwap(d, null, rec(d, 1));
-    expect(r1).toMatch(/^[1-9][0-9]*$/);
-    expect(await s.compareAndSwap(d, null, rec(d, 1, 'vm-b'))).toBeNull(); // exists already
-    const snap = await s.read(d);
-    expect(snap.revision).toBe(r1);
-    expect(snap.record).toMatchObject({ version: 1, disk: d, epoch: 1, state: 'owned', owner: { id: 'vm-a', host: 'h', pid: 1 } });
     const r2 = await s.compareAndSwap(d, r1, rec(d, 2, 'vm-b'));
-    expect(r2).not.toBeNull();
     expect(BigInt(r2!)).toBeGreaterThan(BigInt(r1!));
-    expect(await s.compareAndSwap(d, r1, rec(d, 3, 'vm-c'))).toBeNull(); // stale revision
-    const after = await open().read(d); // another client sees the same
-    expect(after.revision).toBe(r2);
-    expect(after.record!.epoch).toBe(2);
-    expect(after.record!.owner!.id).toBe('vm-b');
-  });
-
-  it('many concurrent swaps from many clients: exactly one wins per revision', async () => {
-    const clients = Array.from({ length: 8 }, () => open());
-    const d = disk('race');
-    // The create race.
-    const created = await Promise.all(clients.flatMap((c, i) => [c.compareAndSwap(d, null, rec(d, 1, `c${i}`)), c.compareAndSwap(d, null, rec(d, 1, `c${i}x`))]));
-    expect(created.filter((r) => r !== null)).toHaveLength(1);
-    const rounds = 12;
-    for (let round = 2; round <= rounds + 1; round++) {
-      const snap = await clients[round % clients.length]!.read(d);
-      expect(snap.record!.epoch).toBe(round - 1);
-      const results = await Promise.all(clients.flatMap((c, i) => [0, 1, 2].map((k) => c.compareAndSwap(d, snap.revision, rec(d, round, `c${i}.${k}`)))));
-      const winners = results.filter((r) => r !== null);
-      expect(winners).toHaveLength(1);
-      const now = await clients[0]!.read(d);
-      expect(now.revision).toBe(winners[0]);
-      expect(now.record!.epoch).toBe(round);
-    }
   });
 
   it('refuses corrupt and hostile values with a VmkitError', async () => {

@@ -11,6 +11,10 @@ import { encodeVmdkHeader, parseVmdkHeader, geometry, type VmdkHeader } from '..
 import { encodeDescriptor, parseDescriptor, CID_NOPARENT } from '../bindings/disk/formats/vmdk/descriptor.js';
 import { probe, readHeader, type VmdkDevice } from '../bindings/disk/formats/vmdk/index.js';
 import { VmkitError } from '../bindings/errors.js';
+import { blockDeviceContract } from './_block-device-contract.js';
+
+// Random writes, zeroes and discards against a model, across reopen and through a chain.
+blockDeviceContract('vmdk', { clusterSizes: [4096, 16384, 65536], backing: true });
 
 const CODES = new Set(['CORRUPT', 'LIMIT', 'UNSUPPORTED', 'NOT_FOUND', 'INVALID_STATE', 'INTEGRITY']);
 async function vmkitOnly(fn: () => Promise<unknown>): Promise<void> {
@@ -65,48 +69,6 @@ describe('vmdk in memory', () => {
     const desc = new MemoryStorage('d.vmdk', new TextEncoder().encode('# Disk DescriptorFile\nversion=1\nCID=1\n'));
     provider.stores.set('d.vmdk', desc);
     await expect(openImage('d.vmdk', { provider })).rejects.toMatchObject({ code: 'UNSUPPORTED' });
-  });
-
-  it('random writes, zeroes and discards read back as a model says, across reopen and through a chain', async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.constantFrom(4096, 16384, 65536),
-        fc.boolean(),
-        fc.array(fc.record({ sector: fc.nat(1023), n: fc.integer({ min: 1, max: 200 }), v: fc.integer({ min: 0, max: 255 }), op: fc.constantFrom('w', 'w', 'z', 'd') }), { maxLength: 15 }),
-        async (gs, withParent, ops) => {
-          const provider = new MemoryProvider();
-          const size = 1024 * 512;
-          const model = new Uint8Array(size);
-          if (withParent) {
-            await createImage('p.vmdk', { provider, format: 'vmdk', size, clusterSize: gs });
-            const pd = await openImage('p.vmdk', { provider });
-            await pd.write(8192, fill(100000 - (100000 % 512), 0x44));
-            model.fill(0x44, 8192, 8192 + 100000 - (100000 % 512));
-            await pd.close();
-            await createImage('t.vmdk', { provider, format: 'vmdk', backing: 'p.vmdk', clusterSize: gs });
-          } else await createImage('t.vmdk', { provider, format: 'vmdk', size, clusterSize: gs });
-          const dev = await openImage('t.vmdk', { provider });
-          for (const o of ops) {
-            const n = Math.min(o.n, 1024 - o.sector) * 512;
-            const at = o.sector * 512;
-            if (o.op === 'w') await dev.write(at, fill(n, o.v));
-            else if (o.op === 'z') await dev.writeZeroes(at, n);
-            else await dev.discard(at, n);
-            model.fill(o.op === 'w' ? o.v : 0, at, at + n);
-          }
-          expect(same(await dev.read(0, size), model)).toBe(true);
-          await dev.close();
-          const again = await openImage('t.vmdk', { provider, readOnly: true });
-          expect(same(await again.read(0, size), model)).toBe(true);
-          const ext = await mapExtents(again);
-          expect(ext.reduce((s, e) => s + e.length, 0)).toBe(size);
-          await again.close();
-          const r = await checkImage('t.vmdk', { provider });
-          expect(r.corruptions).toBe(0);
-        },
-      ),
-      { numRuns: 25 },
-    );
   });
 
   it('keeps CID links: parentCID is the parent CID at create, the CID changes on the first write only', async () => {

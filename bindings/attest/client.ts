@@ -218,6 +218,7 @@ export async function fetchJwks(serviceUrl: string, options: ClientOptions = {})
  * if (!r.affirmed) process.exitCode = 1;
  * console.log(r.status, r.token);
  * ```
+ * @throws {VmkitError} ARG_TYPE / ARG_RANGE: a bad option (named); NETWORK: the service is unreachable or answered out of protocol; TIMEOUT: no answer in time; REFUSED: the service refused the evidence; CORRUPT: a malformed answer or EAR; LIMIT: an answer past its bound; CANCELLED: `signal` aborted.
  */
 export async function attest(options: AttestOptions): Promise<AttestResult> {
   const b = base(options.serviceUrl);

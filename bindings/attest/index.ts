@@ -1,20 +1,20 @@
 /**
- * vmkit/attest.
+ * vmkit/attest: the attestation API (repository sources, the digest index, IMA
+ * logs, appraisal, EAR tokens, the client). Format parsers and `_` modules are
+ * internals: import them by path inside the package (tests, CLI), not from here.
  * @module
  */
 export { init, initSync } from '../core.js';
 export { VmkitError } from '../errors.js';
 // Repository sources and the digest index (docs/attest-sources.md).
 export * from './types.js';
-export { DigestIndex, digestLength, hexInto, toHex, type DigestIndexOptions, type DigestIndexMemory } from './index-store.js';
-export { readKeyring, verifyCleartext, verifyDetached, type Keyring, type SignatureInfo } from './_openpgp.js';
-export { readAr, readTar, debFileDigests, type ArMember, type TarFile, type DebDigestOptions } from './_deb.js';
-export { rpmFileDigests } from './_rpm.js';
-export { parseDeb822, parseRelease, parsePackages, type Release, type ReleaseFile, type PackagesRecord } from './sources/deb822.js';
-export { AptSource, parseAptLine, type AptLine, type AptSourceOptions } from './sources/apt.js';
-export { RpmSource, parseRepomd, primaryParser, filelistsExtParser, type RpmSourceOptions, type RepomdData, type PrimaryPackage, type FilelistsExtFile } from './sources/rpm.js';
-export { NpmSource, parseIntegrity, type NpmSourceOptions, type NpmKeys } from './sources/npm.js';
-export { ApkSource, parseApkIndex, verifyApkIndex, type ApkSourceOptions, type ApkIndexRecord, type ApkIndexVerified } from './sources/apk.js';
+export { DigestIndex, type DigestIndexOptions, type DigestIndexMemory } from './index-store.js';
+export { readKeyring, type Keyring, type SignatureInfo } from './_openpgp.js';
+export { type Release, type ReleaseFile, type PackagesRecord } from './sources/deb822.js';
+export { AptSource, type AptLine, type AptSourceOptions } from './sources/apt.js';
+export { RpmSource, type RpmSourceOptions, type RepomdData, type PrimaryPackage, type FilelistsExtFile } from './sources/rpm.js';
+export { NpmSource, type NpmSourceOptions, type NpmKeys } from './sources/npm.js';
+export { ApkSource, type ApkSourceOptions, type ApkIndexRecord, type ApkIndexVerified } from './sources/apk.js';
 export { openSource, type OpenSourceOptions } from './sources/parse-source-line.js';
 export { memoryReleaseState, fileReleaseState, type ReleaseState } from './sources/release-state.js';
 // IMA measurement lists (docs/attest-ima.md).

@@ -95,7 +95,8 @@ function summaries(): string {
  *
  * @example
  * ```ts
- * import { main } from 'vmkit/dist/cli/main.js';
+ * // As bindings/bin/vmkit.ts does; the CLI's internals are not part of the package's exports.
+ * import { main } from '../cli/main.js';
  * process.exitCode = await main(['--version'], process);
  * ```
  */

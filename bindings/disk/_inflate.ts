@@ -5,6 +5,7 @@
  * @module
  */
 import { VmkitError } from '../errors.js';
+import { nodeModule } from '../_node.js';
 
 type Zlib = typeof import('node:zlib');
 let zlib: Zlib | null | undefined;
@@ -13,9 +14,8 @@ async function nodeZlib(): Promise<Zlib | null> {
   if (zlib !== undefined) return zlib;
   const isNode = typeof process !== 'undefined' && typeof process.versions?.node === 'string';
   if (!isNode) return (zlib = null);
-  const name = 'node:zlib';
   try {
-    zlib = (await import(/* @vite-ignore */ name)) as Zlib;
+    zlib = await nodeModule<Zlib>('node:zlib');
   } catch {
     zlib = null;
   }

@@ -143,6 +143,7 @@ export interface OpenImageOptions {
  * const first = await dev.read(0, 512);
  * await dev.close();
  * ```
+ * @throws {VmkitError} ARG_TYPE / ARG_RANGE: a bad option (named); NOT_FOUND: the image or a backing file is missing; IO: the storage failed; CORRUPT: malformed metadata (with its offset); UNSUPPORTED: a format feature vmkit does not implement; LIMIT: a chain or table past its bound.
  */
 export async function openImage(name: string, opts: OpenImageOptions = {}): Promise<ImageDevice> {
   const provider = opts.provider ?? fileProvider;
@@ -237,6 +238,7 @@ export interface CreateImageOptions {
  * await createImage('base.qcow2', { size: 1 << 30 });
  * await createImage('top.qcow2', { backing: 'base.qcow2' });
  * ```
+ * @throws {VmkitError} ARG_TYPE / ARG_RANGE: a bad option (named); NOT_FOUND: the backing file is missing; UNSUPPORTED: an option the format cannot store (raw with a backing file); LIMIT: a size past the format's bound; IO: the storage failed.
  */
 export async function createImage(name: string, opts: CreateImageOptions = {}): Promise<void> {
   const provider = opts.provider ?? fileProvider;
@@ -289,6 +291,7 @@ export async function createImage(name: string, opts: CreateImageOptions = {}): 
  * const r = await checkImage('vm.qcow2');
  * if (r.corruptions) console.error(r.messages);
  * ```
+ * @throws {VmkitError} NOT_FOUND / IO: the image cannot be read; UNSUPPORTED: a format feature vmkit does not implement; LIMIT: metadata past its bound. Damage found is reported in the result, not thrown.
  */
 export async function checkImage(
   name: string,

@@ -46,7 +46,8 @@ function makeRegistry(): { fetch: typeof fetch; tarballs: Map<string, Uint8Array
  *
  * @example
  * ```ts
- * import { chapter } from 'vmkit/dist/tour/attest.js';
+ * // `npm start` (bindings/bin/tour.ts) runs every chapter this way; the tour is not part of the package's exports.
+ * import { chapter } from '../tour/attest.js';
  * await chapter(console.log);
  * ```
  */

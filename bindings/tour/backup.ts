@@ -23,7 +23,8 @@ function fmt(n: number): string {
  *
  * @example
  * ```ts
- * import { chapter } from 'vmkit/dist/tour/backup.js';
+ * // `npm start` (bindings/bin/tour.ts) runs every chapter this way; the tour is not part of the package's exports.
+ * import { chapter } from '../tour/backup.js';
  * await chapter(console.log);
  * ```
  */

@@ -52,7 +52,8 @@ function same(a: Uint8Array, b: Uint8Array): boolean {
  *
  * @example
  * ```ts
- * import { chapter } from 'vmkit/dist/tour/checkpoint.js';
+ * // `npm start` (bindings/bin/tour.ts) runs every chapter this way; the tour is not part of the package's exports.
+ * import { chapter } from '../tour/checkpoint.js';
  * await chapter(console.log);
  * ```
  */

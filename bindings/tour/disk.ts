@@ -13,7 +13,8 @@ import { checkImage, createImage, openImage } from '../disk/image.js';
  *
  * @example
  * ```ts
- * import { chapter } from 'vmkit/dist/tour/disk.js';
+ * // `npm start` (bindings/bin/tour.ts) runs every chapter this way; the tour is not part of the package's exports.
+ * import { chapter } from '../tour/disk.js';
  * await chapter(console.log);
  * ```
  */

@@ -18,7 +18,8 @@ import { VmkitError } from '../errors.js';
  *
  * @example
  * ```ts
- * import { chapter } from 'vmkit/dist/tour/owner.js';
+ * // `npm start` (bindings/bin/tour.ts) runs every chapter this way; the tour is not part of the package's exports.
+ * import { chapter } from '../tour/owner.js';
  * await chapter(console.log);
  * ```
  */

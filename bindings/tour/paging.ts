@@ -43,7 +43,8 @@ const show = (t: Translation | TranslationFault): string =>
  *
  * @example
  * ```ts
- * import { chapter } from 'vmkit/dist/tour/paging.js';
+ * // `npm start` (bindings/bin/tour.ts) runs every chapter this way; the tour is not part of the package's exports.
+ * import { chapter } from '../tour/paging.js';
  * await chapter(console.log);
  * ```
  */

@@ -80,7 +80,8 @@ function buildGuest(pages: number): { image: Uint8Array; cr3: bigint; trace: big
  * Runs the chapter, printing through `log`.
  * @example
  * ```ts
- * import { chapter } from 'vmkit/dist/tour/prefetch.js';
+ * // `npm start` (bindings/bin/tour.ts) runs every chapter this way; the tour is not part of the package's exports.
+ * import { chapter } from '../tour/prefetch.js';
  * await chapter(console.log);
  * ```
  */

@@ -6,25 +6,14 @@
  */
 import { VmkitError } from '../../errors.js';
 import { _MMAP_HEAD, _MMAP_MIN, assertWritable, type Storage, type StorageProvider } from './storage.js';
+import { nodeModule } from '../../_node.js';
 
 type Fs = typeof import('node:fs/promises');
 type PathApi = typeof import('node:path');
 type SyncFs = typeof import('node:fs');
-let fsMod: Fs | undefined;
-let syncFsMod: SyncFs | undefined;
-async function nodeSyncFs(): Promise<SyncFs> {
-  const name = 'node:fs';
-  return (syncFsMod ??= (await import(/* @vite-ignore */ name)) as SyncFs);
-}
-let pathMod: PathApi | undefined;
-async function nodeFs(): Promise<Fs> {
-  const name = 'node:fs/promises';
-  return (fsMod ??= (await import(/* @vite-ignore */ name)) as Fs);
-}
-async function nodePath(): Promise<PathApi> {
-  const name = 'node:path';
-  return (pathMod ??= (await import(/* @vite-ignore */ name)) as PathApi);
-}
+const nodeSyncFs = (): Promise<SyncFs> => nodeModule<SyncFs>('node:fs');
+const nodeFs = (): Promise<Fs> => nodeModule<Fs>('node:fs/promises');
+const nodePath = (): Promise<PathApi> => nodeModule<PathApi>('node:path');
 
 function ioError(e: unknown, op: string, path: string, offset?: number): VmkitError {
   if (e instanceof VmkitError) return e;

@@ -31,4 +31,4 @@ export {
   type JobState,
 } from './job.js';
 export { MemoryChainOps, type MemoryChainOptions } from './memory.js';
-export { NodeChainOps, RawFileDevice, rawFormatDriver, type FormatDriver } from './node.js';
+export { NodeChainOps, type FormatDriver } from './node.js';

@@ -7,22 +7,15 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import type { BackupDevice, BlockExtent, ChainOps, ImageFormat } from './_types.js';
+import type { BackupDevice, ChainOps, ImageFormat } from './_types.js';
 import { checkImage, fileFormatDriver } from '../image.js';
+import { nodeModule } from '../../_node.js';
 
 type Fs = typeof import('node:fs/promises');
 type Path = typeof import('node:path');
 
-let fsMod: Fs | undefined;
-let pathMod: Path | undefined;
-async function fs(): Promise<Fs> {
-  const name = 'node:fs/promises';
-  return (fsMod ??= (await import(/* @vite-ignore */ name)) as Fs);
-}
-async function pathApi(): Promise<Path> {
-  const name = 'node:path';
-  return (pathMod ??= (await import(/* @vite-ignore */ name)) as Path);
-}
+const fs = (): Promise<Fs> => nodeModule<Fs>('node:fs/promises');
+const pathApi = (): Promise<Path> => nodeModule<Path>('node:path');
 
 function ioError(e: unknown, what: string, path: string): VmkitError {
   if (e instanceof VmkitError) return e;
@@ -86,95 +79,6 @@ export interface FormatDriver {
    */
   formatOf(path: string): Promise<ImageFormat>;
 }
-
-/** A raw image file as a block device (everything reads as data, depth 0). */
-export class RawFileDevice implements BackupDevice {
-  readonly size: number;
-  readonly alignment = 512;
-  private readonly fh: import('node:fs/promises').FileHandle;
-  private readonly path: string;
-  private readonly readOnly: boolean;
-
-  private constructor(fh: import('node:fs/promises').FileHandle, path: string, size: number, readOnly: boolean) {
-    this.fh = fh;
-    this.path = path;
-    this.size = size;
-    this.readOnly = readOnly;
-  }
-
-  /**
-   * Opens a raw file.
-   *
-   * @example
-   * ```ts
-   * const dev = await RawFileDevice.open('disk.raw', { readOnly: true });
-   * ```
-   */
-  static async open(path: string, opts: { readOnly?: boolean } = {}): Promise<RawFileDevice> {
-    const f = await fs();
-    try {
-      const fh = await f.open(path, opts.readOnly ? 'r' : 'r+');
-      const st = await fh.stat();
-      return new RawFileDevice(fh, path, Math.floor(st.size / 512) * 512, opts.readOnly === true);
-    } catch (e) {
-      throw ioError(e, 'open', path);
-    }
-  }
-
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    const out = new Uint8Array(length);
-    let got = 0;
-    while (got < length) {
-      const { bytesRead } = await this.fh.read(out, got, length - got, offset + got);
-      if (bytesRead === 0) break; // past EOF of a sparse tail: zeroes
-      got += bytesRead;
-    }
-    return out;
-  }
-  async write(offset: number, data: Uint8Array): Promise<void> {
-    if (this.readOnly) throw new VmkitError('INVALID_STATE', `${this.path} is open read-only`, { path: this.path });
-    if (offset + data.length > this.size) throw new VmkitError('ARG_RANGE', `write past the end of ${this.path}`, { offset });
-    let put = 0;
-    while (put < data.length) {
-      const { bytesWritten } = await this.fh.write(data, put, data.length - put, offset + put);
-      put += bytesWritten;
-    }
-  }
-  async flush(): Promise<void> {
-    if (!this.readOnly) await this.fh.sync();
-  }
-  async blockStatus(offset: number, length: number): Promise<BlockExtent> {
-    return { offset, length: Math.min(length, this.size - offset), kind: 'data', depth: 0 };
-  }
-  async close(): Promise<void> {
-    await this.fh.close();
-  }
-}
-
-/** Raw images only: no backing chains. The default driver until formats are plugged in. */
-export const rawFormatDriver: FormatDriver = {
-  open: (path, opts) => RawFileDevice.open(path, opts),
-  async create(path, size, format, opts) {
-    if (format !== 'raw') throw new VmkitError('UNSUPPORTED', `creating ${format} images needs a format driver`, { path });
-    const f = await fs();
-    const fh = await f.open(path, 'wx');
-    try {
-      await fh.truncate(size);
-      if (opts?.durable !== false) await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  },
-  async createOverlay(path) {
-    throw new VmkitError('UNSUPPORTED', 'raw images have no backing files: overlays need a qcow2/vmdk format driver', { path });
-  },
-  async backingOf() {
-    return undefined;
-  },
-  async formatOf() {
-    return 'raw';
-  },
-};
 
 /**
  * {@link ChainOps} on Node files.

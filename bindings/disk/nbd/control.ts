@@ -13,6 +13,7 @@
  * @module
  */
 import { VmkitError, isVmkitError, type ErrorCode } from '../../errors.js';
+import { nodeModule } from '../../_node.js';
 
 type Net = typeof import('node:net');
 
@@ -47,10 +48,7 @@ export interface ControlServer {
   close(): Promise<void>;
 }
 
-async function net(): Promise<Net> {
-  const n = 'node:net';
-  return (await import(/* @vite-ignore */ n)) as Net;
-}
+const net = (): Promise<Net> => nodeModule<Net>('node:net');
 
 /**
  * Listens on `path` (created owner-only: 0600) and runs each request line

@@ -12,6 +12,7 @@ import type { BlockDevice } from '../device.js';
 import { _negotiate, type _Export } from './_handshake.js';
 import { _Closed, _Inbox } from './_inbox.js';
 import { _ProtocolViolation, _Session, type _Limits, type _Writer } from './_transmission.js';
+import { nodeModule } from '../../_node.js';
 
 type Net = typeof import('node:net');
 type Tls = typeof import('node:tls');
@@ -375,6 +376,7 @@ class _Conn {
  * await server.close();
  * await device.close();
  * ```
+ * @throws {VmkitError} ARG_TYPE / ARG_RANGE: a bad option (named), or a non-loopback listen address without `tls` or `insecure`; CONFLICT: the address is in use (a live server on a Unix socket; a stale socket file is replaced); IO: it cannot be bound otherwise.
  */
 export async function serveNbd(opts: NbdServerOptions): Promise<NbdServer> {
   if (typeof opts !== 'object' || opts === null) throw new VmkitError('ARG_TYPE', 'serveNbd needs options with listen and exports');
@@ -398,12 +400,10 @@ export async function serveNbd(opts: NbdServerOptions): Promise<NbdServer> {
   if (where.host !== undefined && !LOOPBACK.test(where.host) && !opts.tls && !opts.insecure) {
     throw new VmkitError('ARG_RANGE', `listen: ${opts.listen} is not a loopback address: NBD authenticates nobody, so give tls (--tls-creds) or insecure (--insecure)`);
   }
-  const netName = 'node:net';
-  const net = (await import(/* @vite-ignore */ netName)) as Net;
+  const net = await nodeModule<Net>('node:net');
   let tls: _TlsSetup | undefined;
   if (opts.tls) {
-    const tlsName = 'node:tls';
-    const mod = (await import(/* @vite-ignore */ tlsName)) as Tls;
+    const mod = await nodeModule<Tls>('node:tls');
     try {
       const ctx = mod.createSecureContext({ cert: pem(opts.tls.cert), key: pem(opts.tls.key), ...(opts.tls.ca ? { ca: pem(opts.tls.ca) } : {}) });
       tls = { mod, ctx, verify: opts.tls.ca !== undefined };
@@ -439,8 +439,7 @@ export async function serveNbd(opts: NbdServerOptions): Promise<NbdServer> {
   await listen().then((a) => (address = a), (e: NodeJS.ErrnoException) => (err = e));
   // A socket file left by a server that died: nothing answers on it, so it is ours to replace.
   if (err?.code === 'EADDRINUSE' && where.unix !== undefined && (await _staleSocket(net, where.unix))) {
-    const fsName = 'node:fs/promises';
-    await ((await import(/* @vite-ignore */ fsName)) as typeof import('node:fs/promises')).unlink(where.unix).catch(() => {});
+    await (await nodeModule<typeof import('node:fs/promises')>('node:fs/promises')).unlink(where.unix).catch(() => {});
     err = undefined;
     await listen().then((a) => (address = a), (e: NodeJS.ErrnoException) => (err = e));
   }

@@ -34,13 +34,11 @@
 import { VmkitError } from '../../errors.js';
 import { encodeRecord, validateRecord, MAX_RECORD_BYTES } from './record.js';
 import type { OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
+import { toHex } from '../../_hex.js';
+import { nodeModule } from '../../_node.js';
 
 type Fs = typeof import('node:fs/promises');
-let fsMod: Fs | undefined;
-async function nodeFs(): Promise<Fs> {
-  const name = 'node:fs/promises';
-  return (fsMod ??= (await import(/* @vite-ignore */ name)) as Fs);
-}
+const nodeFs = (): Promise<Fs> => nodeModule<Fs>('node:fs/promises');
 
 /**
  * Pruning: revisions more than KEEP behind the top go once they are PRUNE_AGE_MS
@@ -64,7 +62,7 @@ const ID = /^[0-9a-f]{32}$/;
 function randomId(): string {
   const b = new Uint8Array(16);
   globalThis.crypto.getRandomValues(b);
-  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  return toHex(b);
 }
 
 /**

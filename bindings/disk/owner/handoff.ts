@@ -696,6 +696,7 @@ class _OwnedDevice implements BlockDevice {
  * await d.device.write(0, new Uint8Array(4096));
  * const { reason } = await d.done; // 'requested' when another host took it over
  * ```
+ * @throws {VmkitError} ARG_TYPE / ARG_RANGE: a bad option (named); REFUSED: the holder refused to let go (its reason in the message); TIMEOUT: the disk did not become free within `waitMs`, or the store did not answer; CONFLICT: lost a race for the record too many times; CORRUPT / LIMIT / UNSUPPORTED: the owner record is malformed, out of bounds or from a newer version; NETWORK: the store is unreachable; CANCELLED: `signal` aborted; and what openImage throws.
  */
 export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promise<OwnedDisk> {
   if (typeof diskPath !== 'string' || diskPath.length === 0) throw new VmkitError('ARG_TYPE', 'diskPath must be a non-empty string');

@@ -21,6 +21,7 @@
 import { VmkitError } from '../../errors.js';
 import { validateIdentity } from './record.js';
 import type { OwnerIdentity } from './types.js';
+import { nodeModule } from '../../_node.js';
 
 /**
  * What an opener asks a holder: give up `disk`, which the opener saw at `epoch`.
@@ -161,9 +162,6 @@ export interface HttpTransportOptions {
 type NodeHttp = typeof import('node:http');
 type NodeHttps = typeof import('node:https');
 
-async function nodeModule<T>(name: string): Promise<T> {
-  return (await import(/* @vite-ignore */ name)) as T;
-}
 
 function asText(v: string | Uint8Array): string | Buffer {
   return typeof v === 'string' ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);

@@ -6,6 +6,9 @@
  */
 import { VmkitError } from '../../errors.js';
 import { compressBound, xxh32Of } from './_codec.js';
+import { toHex } from '../../_hex.js';
+
+export { toHex };
 
 /**
  * "VMKITCKP": first 8 bytes of every checkpoint.
@@ -147,12 +150,6 @@ function integrity(msg: string, offset?: number): never {
   throw new VmkitError('INTEGRITY', `checkpoint: ${msg}`, offset === undefined ? {} : { offset });
 }
 
-/** Hex of bytes. */
-export function toHex(b: Uint8Array): string {
-  let s = '';
-  for (const x of b) s += x.toString(16).padStart(2, '0');
-  return s;
-}
 
 function fromHex(s: string, n: number): Uint8Array {
   const out = new Uint8Array(n);

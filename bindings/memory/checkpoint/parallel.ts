@@ -33,7 +33,8 @@ export interface ParallelSaveOptions {
  * @example
  * ```ts
  * import { CheckpointWriter } from 'vmkit/memory';
- * import { writeImageParallel } from 'vmkit/dist/memory/checkpoint/parallel.js';
+ * // Node-only, not in the package's exports: as bindings/cli/commands/checkpoint.ts imports it.
+ * import { writeImageParallel } from '../memory/checkpoint/parallel.js';
  * const w = await CheckpointWriter.create('vm.ckpt', { guestSize: 256 << 20 });
  * await writeImageParallel(w, 'mem.bin', { threads: 2 });
  * await w.finish();

@@ -220,6 +220,7 @@ export class CheckpointReader implements PageSource {
    * ```ts
    * const r = await CheckpointReader.open(bytes); // or a path, or a CheckpointSource
    * ```
+   * @throws {VmkitError} NOT_FOUND / IO: the file cannot be read; CORRUPT: a malformed header, index or footer (with its offset); INTEGRITY: a checksum does not match; UNSUPPORTED: another format version or build; LIMIT: an index past its bound.
    */
   static async open(target: string | URL | Uint8Array | CheckpointSource, options: CheckpointReaderOptions = {}): Promise<CheckpointReader> {
     return CheckpointReader.openAt(target, options, new Set(), 0);

@@ -199,6 +199,7 @@ export class CheckpointWriter {
    * ```ts
    * const w = await CheckpointWriter.create('vm.ckpt', { guestSize: 256n << 20n, blockSize: 1 << 20 });
    * ```
+   * @throws {VmkitError} ARG_TYPE / ARG_RANGE: a bad option (named: guestSize, pageSize, blockSize…); LIMIT: a guest or block past its bound; IO: the file cannot be created.
    */
   static async create(target: string | CheckpointSink, options: CheckpointWriterOptions): Promise<CheckpointWriter> {
     const pageSize = options.pageSize ?? 4096;

@@ -266,6 +266,7 @@ export class AddressSpace {
    * ```ts
    * const space = AddressSpace.create({ memory, mode: 'aarch64', root: ttbr0, root1: ttbr1, t0sz: 16, t1sz: 16 });
    * ```
+   * @throws {VmkitError} ARG_TYPE / ARG_RANGE: a bad mode, root or option (named); NOT_INITIALIZED: the core was not initialized; CORE_NO_MEMORY: the frame cache does not fit in the core.
    */
   static create(options: AddressSpaceCreateOptions): AddressSpace {
     if (typeof options !== 'object' || options === null) throw new VmkitError('ARG_TYPE', `options must be an object, got ${describe(options)}`);

@@ -26,7 +26,7 @@ const _hex16 = (v: bigint): string => v.toString(16).padStart(16, '0');
  *
  * @example
  * ```ts
- * import { qemuTlbLine } from 'vmkit/dist/memory/paging/qemu.js';
+ * import { qemuTlbLine } from 'vmkit/memory';
  * for (const m of space.mappings()) console.log(qemuTlbLine(m));
  * // 0000000000400000: 000000000ab0d000 X---A--U-
  * ```

@@ -380,7 +380,7 @@ function* _a64Mappings(memory: GuestMemorySource, r: _Regime, from: bigint, to: 
  *
  * @example
  * ```ts
- * import { referenceTranslate } from 'vmkit/dist/memory/paging/reference.js';
+ * import { referenceTranslate } from 'vmkit/memory';
  * const t = referenceTranslate(memory, { mode: 'x86-64', root: 0x1000n }, 0x40_1000n);
  * if (t.ok) console.log(t.gpa.toString(16), t.pageSize);
  * else console.log(t.reason, 'at level', t.level);
@@ -402,7 +402,7 @@ export function referenceTranslate(memory: GuestMemorySource, opts: AddressSpace
  *
  * @example
  * ```ts
- * import { referenceMappings } from 'vmkit/dist/memory/paging/reference.js';
+ * import { referenceMappings } from 'vmkit/memory';
  * for (const m of referenceMappings(memory, { mode: 'x86-64', root: cr3 })) {
  *   console.log(m.gva.toString(16), '→', m.gpa.toString(16), m.pageSize);
  * }

@@ -109,6 +109,7 @@ export class LazyGuestMemory implements GuestMemorySource {
    * loads its recorded working set here.
    * @example
    * const mem = await LazyGuestMemory.open(await CheckpointReader.open(file));
+   * @throws {VmkitError} ARG_RANGE: a bad option (named); NOT_INITIALIZED: the core was not initialized; CORE_NO_MEMORY: the page bitmaps do not fit in the core; and what the page source throws when it is read.
    */
   static async open(source: PageSource, options: LazyGuestMemoryOptions = {}): Promise<LazyGuestMemory> {
     const m = new LazyGuestMemory(source, options);

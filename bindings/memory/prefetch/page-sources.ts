@@ -8,6 +8,7 @@
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
 import type { PageSource } from '../types.js';
+import { nodeModule } from '../../_node.js';
 
 // The boundary checks of every page source's read: whole pages inside the source, and a
 // destination that holds them.
@@ -51,9 +52,8 @@ export function bufferPages(buf: Uint8Array | ArrayBuffer, pageSize: number = 40
  * src.close();
  */
 export async function imagePages(path: string, pageSize: number = 4096): Promise<PageSource & { readPagesIntoSync(first: number, count: number, dst: Uint8Array): void; close(): void }> {
-  // Hidden from bundlers so browser builds of vmkit/memory do not try to resolve node:fs.
-  const name = 'node:fs';
-  const fs = (await import(/* @vite-ignore */ name)) as typeof import('node:fs');
+  // nodeModule hides node:fs from bundlers: browser builds of vmkit/memory do not resolve it.
+  const fs = await nodeModule<typeof import('node:fs')>('node:fs');
   return _filePages(fs, path, pageSize);
 }
 

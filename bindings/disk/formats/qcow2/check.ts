@@ -12,9 +12,8 @@
 import { VmkitError } from '../../../errors.js';
 import { readAt, type Storage } from '../../backends/storage.js';
 import type { CheckReport, FormatCheckOptions } from '../types.js';
-import { AUTOCLEAR_BITMAPS, EXT_BITMAPS } from './header.js';
+import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, readHeader } from './header.js';
 import { decodeL2, entryOffset, HI_COPIED, readEntry, writeEntry } from './metadata.js';
-import { readHeader } from './index.js';
 
 const MAX_CHECK_CLUSTERS = 2 ** 28;
 

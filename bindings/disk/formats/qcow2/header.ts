@@ -7,6 +7,7 @@
  */
 import { VmkitError } from '../../../errors.js';
 import { u64ToOffset } from '../../device.js';
+import { readAt, type Storage } from '../../backends/storage.js';
 
 /** "QFI\xfb". */
 export const QCOW2_MAGIC: number = 0x514649fb;
@@ -261,4 +262,21 @@ function featureTable(): Uint8Array {
     t.set(enc.encode(name), i * 48 + 2);
   });
   return t;
+}
+
+/**
+ * Reads and validates the header of a qcow2 store.
+ *
+ * @example
+ * ```ts
+ * const h = await readHeader(storage);
+ * console.log(h.size, h.backingFile);
+ * ```
+ */
+export async function readHeader(storage: Storage): Promise<{ header: Qcow2Header; fileSize: number }> {
+  const fileSize = await storage.size();
+  const head = await readAt(storage, 0, Math.min(fileSize, 1 << 21));
+  // The first cluster holds the header and its extensions.
+  const header = parseQcow2Header(head, fileSize, storage.name);
+  return { header, fileSize };
 }

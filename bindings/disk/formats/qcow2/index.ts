@@ -10,9 +10,10 @@ import type { FormatCheckOptions, FormatCreateOptions, FormatName, FormatOpenOpt
 import { check as checkQcow2 } from './check.js';
 import { Qcow2Device } from './device.js';
 import { writeEntry } from './metadata.js';
-import { encodeQcow2Header, INCOMPAT_EXTL2, MAX_L1_BYTES, parseQcow2Header, QCOW2_MAGIC, type Qcow2Header } from './header.js';
+import { encodeQcow2Header, INCOMPAT_EXTL2, MAX_L1_BYTES, QCOW2_MAGIC, readHeader, type Qcow2Header } from './header.js';
 
 export { Qcow2Device } from './device.js';
+export { readHeader } from './header.js';
 
 /**
  * True when `head` starts with the qcow2 magic `QFI\xfb`.
@@ -24,23 +25,6 @@ export { Qcow2Device } from './device.js';
  */
 export function probe(head: Uint8Array): boolean {
   return head.length >= 8 && ((head[0]! << 24) | (head[1]! << 16) | (head[2]! << 8) | head[3]!) >>> 0 === QCOW2_MAGIC;
-}
-
-/**
- * Reads and validates the header of a qcow2 store.
- *
- * @example
- * ```ts
- * const h = await readHeader(storage);
- * console.log(h.size, h.backingFile);
- * ```
- */
-export async function readHeader(storage: Storage): Promise<{ header: Qcow2Header; fileSize: number }> {
-  const fileSize = await storage.size();
-  const head = await readAt(storage, 0, Math.min(fileSize, 1 << 21));
-  // The first cluster holds the header and its extensions.
-  const header = parseQcow2Header(head, fileSize, storage.name);
-  return { header, fileSize };
 }
 
 /**

@@ -12,7 +12,7 @@ import type { CheckReport, FormatCheckOptions } from '../types.js';
 import { decodeU32s } from './device.js';
 import { FLAG_COMPRESS, FLAG_RGD, FLAG_ZERO_GRAIN, geometry } from './header.js';
 import { checkStream } from './stream.js';
-import { readHeader } from './index.js';
+import { readHeader } from './_read-header.js';
 
 /** Most grains `check` tracks (2^26 × 4 bytes of offsets: 4 TiB of 64 KiB grains). */
 const MAX_CHECK_GRAINS = 2 ** 26;

@@ -9,74 +9,20 @@ import { readAt, type Storage } from '../../backends/storage.js';
 import type { BlockDevice } from '../../device.js';
 import type { CheckReport, FormatCheckOptions, FormatCreateOptions, FormatOpenOptions, ImageFormatModule } from '../types.js';
 import { check as checkVmdk } from './check.js';
-import { CID_NOPARENT, encodeDescriptor, parseDescriptor, randomCid, withCid, type VmdkDescriptor } from './descriptor.js';
+import { CID_NOPARENT, encodeDescriptor, randomCid, withCid, type VmdkDescriptor } from './descriptor.js';
 import { decodeU32s, VmdkDevice } from './device.js';
-import { encodeVmdkHeader, FLAG_COMPRESS, FLAG_NL_DETECT, FLAG_RGD, FLAG_ZERO_GRAIN, GD_AT_END, geometry, parseVmdkHeader, VMDK_HEADER_SIZE, VMDK_MAGIC, type VmdkHeader } from './header.js';
-import { streamHeader, VmdkStreamDevice } from './stream.js';
+import { encodeVmdkHeader, FLAG_COMPRESS, FLAG_NL_DETECT, FLAG_RGD, FLAG_ZERO_GRAIN, geometry, type VmdkHeader } from './header.js';
+import { VmdkStreamDevice } from './stream.js';
 import { openExtents, VmdkExtentsDevice } from './extents.js';
 
+import { probe, readHeader } from './_read-header.js';
+
+export { probe, readHeader } from './_read-header.js';
 export { VmdkDevice } from './device.js';
 export { VmdkStreamDevice } from './stream.js';
 export { VmdkExtentsDevice } from './extents.js';
 export { writeStream, type WriteStreamOptions } from './stream-write.js';
 
-/**
- * True when `head` starts with the sparse extent magic `KDMV`, or is a text
- * descriptor (`# Disk DescriptorFile`), which `open` then refuses as
- * UNSUPPORTED rather than letting it pass for a raw image.
- *
- * @example
- * ```ts
- * probe(new TextEncoder().encode('KDMV')); // true
- * ```
- */
-export function probe(head: Uint8Array): boolean {
-  if (head.length >= 4 && (head[0]! | (head[1]! << 8) | (head[2]! << 16) | (head[3]! << 24)) >>> 0 === VMDK_MAGIC) return true;
-  const sig = '# Disk DescriptorFile';
-  if (head.length < sig.length) return false;
-  for (let i = 0; i < sig.length; i++) if (head[i] !== sig.charCodeAt(i)) return false;
-  return true;
-}
-
-/**
- * Reads and validates the header and the embedded descriptor of a VMDK store.
- *
- * @example
- * ```ts
- * const { header, descriptor } = await readHeader(storage);
- * console.log(header.capacity * 512, descriptor?.parentFileNameHint);
- * ```
- */
-export async function readHeader(storage: Storage): Promise<{ header: VmdkHeader; descriptor: VmdkDescriptor | undefined; fileSize: number }> {
-  const fileSize = await storage.size();
-  const head = await readAt(storage, 0, Math.min(fileSize, VMDK_HEADER_SIZE));
-  if (probe(head) && head[0] === 0x23) {
-    throw new VmkitError('UNSUPPORTED', `vmdk ${storage.name}: descriptor files with separate extents (only monolithicSparse)`, { offset: 0, path: storage.name });
-  }
-  // streamOptimized (compressed grains, maybe a directory in the footer): stream.ts reads its header.
-  const hv = head.length >= VMDK_HEADER_SIZE ? new DataView(head.buffer, head.byteOffset, VMDK_HEADER_SIZE) : undefined;
-  const isStream = hv !== undefined && hv.getUint32(0, true) === VMDK_MAGIC && ((hv.getUint32(8, true) & FLAG_COMPRESS) !== 0 || hv.getBigUint64(56, true) === GD_AT_END);
-  const header = isStream ? await streamHeader(storage, head, fileSize) : parseVmdkHeader(head, fileSize, storage.name);
-  let descriptor: VmdkDescriptor | undefined;
-  if (header.descriptorSize > 0) {
-    const at = header.descriptorOffset * 512;
-    const raw = await readAt(storage, at, Math.min(header.descriptorSize * 512, fileSize - at));
-    let text: string;
-    try {
-      text = new TextDecoder('utf-8', { fatal: true }).decode(raw);
-    } catch {
-      throw new VmkitError('CORRUPT', `vmdk ${storage.name}: the descriptor is not UTF-8 text`, { offset: at, path: storage.name });
-    }
-    descriptor = parseDescriptor(text, at, storage.name);
-    if (descriptor.createType !== undefined && !/^(monolithicSparse|vmfsSparse|twoGbMaxExtentSparse|streamOptimized)$/.test(descriptor.createType)) {
-      throw new VmkitError('UNSUPPORTED', `vmdk ${storage.name}: createType ${descriptor.createType} in a sparse extent`, { offset: at, path: storage.name });
-    }
-    if (descriptor.extents.length > 1) {
-      throw new VmkitError('UNSUPPORTED', `vmdk ${storage.name}: ${descriptor.extents.length} extents (only monolithicSparse)`, { offset: at, path: storage.name });
-    }
-  }
-  return { header, descriptor, fileSize };
-}
 
 /**
  * Opens a monolithicSparse VMDK (and, through `opts.openBacking`, the
