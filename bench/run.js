@@ -47,7 +47,12 @@ const DOCS = {
   lz4: 'docs/lz4.md',
   prefetch: 'docs/prefetch.md',
   nbd: 'docs/nbd.md',
+  'nbd-guest': 'docs/nbd.md',
   startup: 'docs/loading.md',
+  'attest-machine': 'docs/attest-service.md',
+  'checkpoint-qemu': 'docs/checkpoint-format.md',
+  'checkpoint-remote': 'docs/checkpoint-format.md',
+  convert: 'docs/vhdx.md',
 };
 const root = join(here, '..');
 const docNotes = new Map(); // doc path → Map(suite → markdown)
