@@ -30,6 +30,7 @@ const LAYERS: { name: string; rank: number; files: RegExp }[] = [
   { name: 'disk/backup', rank: 5, files: /^disk\/backup\// },
   { name: 'disk/owner', rank: 5, files: /^disk\/owner\// },
   { name: 'disk/nbd', rank: 5, files: /^disk\/nbd\// },
+  { name: 'disk/convert.ts', rank: 5, files: /^disk\/convert\.ts$/ },
   { name: 'entry points (vmkit, vmkit/disk)', rank: 6, files: /^(index|disk\/index)\.ts$/ },
   { name: 'cli', rank: 7, files: /^cli\// },
   { name: 'tour', rank: 7, files: /^tour\// },

@@ -8,7 +8,7 @@
 import { readAt, type Storage } from '../../backends/storage.js';
 import type { CheckReport, FormatCheckOptions } from '../types.js';
 import { BAT_UNUSED, bitmapBytes, VHD_FOOTER_SIZE } from './header.js';
-import { readHeaders } from './index.js';
+import { readHeaders } from './_read-headers.js';
 
 /**
  * Checks a VHD store (read-only: nothing to repair).
