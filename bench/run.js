@@ -108,7 +108,14 @@ for (const name of restyle ? [] : suites) {
   for (const s of res.sections) md.push(`### ${s.heading}`, '', s.markdown, '');
   for (const n of sectionNotes(name, res.title, res.notes ?? [])) md.push(`- ${n}`);
   if (res.summary?.length) {
-    summaryRows(name, md.join('\n'), res.summary); // every named row exists, or the suite fails here
+    // Every named row exists, or a full run that writes fails here. A --quick or read-only run only warns:
+    // its sections can be named for smaller inputs (the IMA log's size is in its heading).
+    try {
+      summaryRows(name, md.join('\n'), res.summary);
+    } catch (e) {
+      if (write && !quick) throw e;
+      console.warn(`  [${name}] summary rows not checked: ${e?.message ?? e}`);
+    }
     md.push('', specComment(res.summary));
   }
   const text = md.join('\n').trimEnd() + '\n';
