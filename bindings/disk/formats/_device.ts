@@ -255,6 +255,26 @@ export async function _backingStatus(backing: BlockDevice | undefined, offset: n
 }
 
 /**
+ * Splits `[offset, offset + length)` at multiples of `granule` (a format's
+ * cluster, grain or block) and calls `fn` for each piece in order with its
+ * position, its length and its offset inside the request.
+ *
+ * @example
+ * ```ts
+ * await _eachGranule(offset, data.length, this.blockSize, (pos, len, at) => this.writeInBlock(pos, data.subarray(at, at + len)));
+ * ```
+ * @internal
+ */
+export async function _eachGranule(offset: number, length: number, granule: number, fn: (pos: number, len: number, at: number) => Promise<void>): Promise<void> {
+  const end = offset + length;
+  for (let pos = offset; pos < end; ) {
+    const n = Math.min(end - pos, (Math.floor(pos / granule) + 1) * granule - pos);
+    await fn(pos, n, pos - offset);
+    pos += n;
+  }
+}
+
+/**
  * Runs requests one at a time, in the order they came (a failed one does not
  * stop the next).
  *

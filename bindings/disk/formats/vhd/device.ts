@@ -15,7 +15,7 @@ import { readAt, type Storage } from '../../backends/storage.js';
 import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
 import type { WriteGuard } from '../../_guard.js';
 import { isAllZero } from '../../_sectors.js';
-import { _backingStatus, _checkWritable, _closeLayer, _Queue, _readBacking, _readFresh, _readRuns, _statusRun } from '../_device.js';
+import { _backingStatus, _checkWritable, _closeLayer, _eachGranule, _Queue, _readBacking, _readFresh, _readRuns, _statusRun } from '../_device.js';
 import type { ImageDevice, ImageInfo } from '../types.js';
 import { BAT_UNUSED, bitmapBytes, VHD_DIFFERENCING, VHD_FIXED, VHD_FOOTER_SIZE, type VhdDynHeader, type VhdFooter } from './header.js';
 
@@ -225,7 +225,7 @@ export class VhdDevice implements ImageDevice {
     return this.queue.run(async () => {
       await this.writable('write');
       if (!this.bat) return this.storage.write(offset, data);
-      await this.each(offset, data.length, (pos, len, at) => this.writeInBlock(pos, data.subarray(at, at + len), false));
+      await _eachGranule(offset, data.length, this.blockSize, (pos, len, at) => this.writeInBlock(pos, data.subarray(at, at + len), false));
     });
   }
 
@@ -248,7 +248,7 @@ export class VhdDevice implements ImageDevice {
         for (let p = 0; p < length; p += chunk) await this.storage.write(offset + p, z.subarray(0, Math.min(chunk, length - p)));
         return;
       }
-      await this.each(offset, length, (pos, len) => this.writeInBlock(pos, new Uint8Array(len), true));
+      await _eachGranule(offset, length, this.blockSize, (pos, len) => this.writeInBlock(pos, new Uint8Array(len), true));
     });
   }
 
@@ -265,16 +265,6 @@ export class VhdDevice implements ImageDevice {
     await this.writeZeroes(offset, length);
   }
 
-  private async each(offset: number, length: number, fn: (pos: number, len: number, at: number) => Promise<void>): Promise<void> {
-    const bs = this.blockSize;
-    let pos = offset;
-    const end = offset + length;
-    while (pos < end) {
-      const n = Math.min(end - pos, (Math.floor(pos / bs) + 1) * bs - pos);
-      await fn(pos, n, pos - offset);
-      pos += n;
-    }
-  }
 
   /** Sets the bitmap bits of sectors [s0, s1) of block `i` (whose bitmap is at `host`), writing changed bytes. */
   private async markSectors(i: number, host: number, s0: number, s1: number): Promise<void> {

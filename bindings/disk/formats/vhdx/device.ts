@@ -13,7 +13,7 @@ import type { Storage } from '../../backends/storage.js';
 import { checkRange, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
 import type { WriteGuard } from '../../_guard.js';
 import { isAllZero } from '../../_sectors.js';
-import { _checkWritable, _closeLayer, _Queue, _readFresh, _readRuns, _statusRun } from '../_device.js';
+import { _checkWritable, _closeLayer, _eachGranule, _Queue, _readFresh, _readRuns, _statusRun } from '../_device.js';
 import type { ImageDevice, ImageInfo } from '../types.js';
 import { encodeHeader, MiB, PAYLOAD_FULLY_PRESENT, VHDX_HEADER1, VHDX_HEADER2, type VhdxHeader, type VhdxMetadata } from './header.js';
 
@@ -199,7 +199,7 @@ export class VhdxDevice implements ImageDevice {
     checkRange(this, offset, data.length, 'write');
     return this.queue.run(async () => {
       await this.writable('write');
-      await this.each(offset, data.length, (pos, len, at) => this.writeInBlock(pos, data.subarray(at, at + len), false));
+      await _eachGranule(offset, data.length, this.metadata.blockSize, (pos, len, at) => this.writeInBlock(pos, data.subarray(at, at + len), false));
     });
   }
 
@@ -216,7 +216,7 @@ export class VhdxDevice implements ImageDevice {
     checkRange(this, offset, length, 'writeZeroes');
     return this.queue.run(async () => {
       await this.writable('write');
-      await this.each(offset, length, (pos, len) => this.writeInBlock(pos, new Uint8Array(len), true));
+      await _eachGranule(offset, length, this.metadata.blockSize, (pos, len) => this.writeInBlock(pos, new Uint8Array(len), true));
     });
   }
 
@@ -232,16 +232,6 @@ export class VhdxDevice implements ImageDevice {
     await this.writeZeroes(offset, length);
   }
 
-  private async each(offset: number, length: number, fn: (pos: number, len: number, at: number) => Promise<void>): Promise<void> {
-    const bs = this.metadata.blockSize;
-    let pos = offset;
-    const end = offset + length;
-    while (pos < end) {
-      const n = Math.min(end - pos, (Math.floor(pos / bs) + 1) * bs - pos);
-      await fn(pos, n, pos - offset);
-      pos += n;
-    }
-  }
 
   private async writeInBlock(pos: number, data: Uint8Array, zeroes: boolean): Promise<void> {
     const bs = this.metadata.blockSize;

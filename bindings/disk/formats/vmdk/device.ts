@@ -12,7 +12,7 @@ import { readAt, type Storage } from '../../backends/storage.js';
 import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
 import type { WriteGuard } from '../../_guard.js';
 import { isAllZero } from '../../_sectors.js';
-import { _backingStatus, _checkWritable, _closeLayer, _Queue, _readBacking, _readFresh, _readRuns, _statusRun } from '../_device.js';
+import { _backingStatus, _checkWritable, _closeLayer, _eachGranule, _Queue, _readBacking, _readFresh, _readRuns, _statusRun } from '../_device.js';
 import type { ImageDevice, ImageInfo } from '../types.js';
 import { randomCid, withCid, type VmdkDescriptor } from './descriptor.js';
 import { FLAG_RGD, FLAG_ZERO_GRAIN, geometry, type VmdkGeometry, type VmdkHeader } from './header.js';
@@ -298,7 +298,7 @@ export class VmdkDevice implements ImageDevice {
     checkRange(this, offset, data.length, 'write');
     return this.queue.run(async () => {
       await this.writable('write');
-      await this.each(offset, data.length, (pos, len, inData) => this.writeInGrain(pos, data.subarray(inData, inData + len), false));
+      await _eachGranule(offset, data.length, this.g.grainBytes, (pos, len, inData) => this.writeInGrain(pos, data.subarray(inData, inData + len), false));
     });
   }
 
@@ -314,7 +314,7 @@ export class VmdkDevice implements ImageDevice {
     checkRange(this, offset, length, 'writeZeroes');
     return this.queue.run(async () => {
       await this.writable('write');
-      await this.each(offset, length, (pos, len) => this.writeInGrain(pos, new Uint8Array(len), true));
+      await _eachGranule(offset, length, this.g.grainBytes, (pos, len) => this.writeInGrain(pos, new Uint8Array(len), true));
     });
   }
 
@@ -331,20 +331,10 @@ export class VmdkDevice implements ImageDevice {
     checkRange(this, offset, length, 'discard');
     return this.queue.run(async () => {
       await this.writable('discard');
-      await this.each(offset, length, (pos, len) => this.writeInGrain(pos, new Uint8Array(len), true));
+      await _eachGranule(offset, length, this.g.grainBytes, (pos, len) => this.writeInGrain(pos, new Uint8Array(len), true));
     });
   }
 
-  private async each(offset: number, length: number, fn: (pos: number, len: number, inData: number) => Promise<void>): Promise<void> {
-    const gb = this.g.grainBytes;
-    let pos = offset;
-    const end = offset + length;
-    while (pos < end) {
-      const n = Math.min(end - pos, (Math.floor(pos / gb) + 1) * gb - pos);
-      await fn(pos, n, pos - offset);
-      pos += n;
-    }
-  }
 
   private async writeInGrain(pos: number, data: Uint8Array, zeroes: boolean): Promise<void> {
     const gb = this.g.grainBytes;
