@@ -126,6 +126,18 @@ export async function _negotiate(io: _HandshakeIO): Promise<{ agreed: _Agreed; e
   let structured = false;
   let contexts = new Map<number, 'allocation' | 'depth'>();
   let contextsFor: string | undefined;
+  // Transmission with export `e`: the metadata contexts count only if they were set for this export.
+  const enter = (e: _Export, blockSizeAgreed: boolean): { agreed: _Agreed; exportName: string } => ({
+    exportName: e.name,
+    agreed: {
+      device: e.device,
+      readOnly: e.readOnly,
+      structured,
+      contexts: contextsFor !== undefined && io.lookup(contextsFor) === e ? contexts : new Map(),
+      blockSizeAgreed,
+      fastZero: _fastZero(e.device),
+    },
+  });
   for (let count = 0; ; count++) {
     if (count >= io.maxOptions) throw new _ProtocolViolation(`more than ${io.maxOptions} options`);
     const h = await io.inbox.take(16);
@@ -247,7 +259,6 @@ export async function _negotiate(io: _HandshakeIO): Promise<{ agreed: _Agreed; e
             err(REP.ERR_UNKNOWN, `no export named ${JSON.stringify(name)}`);
             break;
           }
-          const fastZero = _fastZero(e.device);
           const flags = _transmissionFlags(e, structured);
           const ex = new Uint8Array(12);
           const xv = new DataView(ex.buffer);
@@ -267,17 +278,7 @@ export async function _negotiate(io: _HandshakeIO): Promise<{ agreed: _Agreed; e
           reply(REP.INFO, bs);
           reply(REP.ACK);
           if (opt === OPT.GO) {
-            return {
-              exportName: e.name,
-              agreed: {
-                device: e.device,
-                readOnly: e.readOnly,
-                structured,
-                contexts: contextsFor !== undefined && io.lookup(contextsFor) === e ? contexts : new Map(),
-                blockSizeAgreed: wanted.has(INFO.BLOCK_SIZE),
-                fastZero,
-              },
-            };
+            return enter(e, wanted.has(INFO.BLOCK_SIZE));
           }
           break;
         }
@@ -285,23 +286,12 @@ export async function _negotiate(io: _HandshakeIO): Promise<{ agreed: _Agreed; e
           const name = str(data);
           const e = name === null ? undefined : io.lookup(name);
           if (!e) throw new _ProtocolViolation(`NBD_OPT_EXPORT_NAME for an unknown export`);
-          const fastZero = _fastZero(e.device);
           const tail = new Uint8Array(noZeroes ? 10 : 134);
           const tv = new DataView(tail.buffer);
           tv.setBigUint64(0, BigInt(e.device.size));
           tv.setUint16(8, _transmissionFlags(e, structured));
           io.write([tail]);
-          return {
-            exportName: e.name,
-            agreed: {
-              device: e.device,
-              readOnly: e.readOnly,
-              structured,
-              contexts: contextsFor !== undefined && io.lookup(contextsFor) === e ? contexts : new Map(),
-              blockSizeAgreed: false,
-              fastZero,
-            },
-          };
+          return enter(e, false);
         }
         default:
           err(REP.ERR_UNSUP, `option ${opt} is not supported`);
