@@ -48,6 +48,19 @@ describe.skipIf(!hasQemu)('disk convert', () => {
     await expect(convertImage(p('top.qcow2'), p('x.img'), { format: 'qcow2', subformat: 'fixed' })).rejects.toMatchObject({ code: 'ARG_RANGE' });
   });
 
+  it('a raw image whose size is not a multiple of 512 keeps its tail, rounded up as qemu-img does', async () => {
+    const bytes = new Uint8Array(1000).map((_, i) => (i * 7 + 1) & 0xff);
+    const { writeFile, readFile } = await import('node:fs/promises');
+    await writeFile(p('odd.img'), bytes);
+    const info = JSON.parse(qimg('info', '--output=json', '-f', 'raw', p('odd.img'))) as { 'virtual-size': number };
+    const r = await convertImage(p('odd.img'), p('odd-vmkit.raw'), { format: 'raw' });
+    expect(r.size).toBe(info['virtual-size']);
+    qimg('convert', '-f', 'raw', '-O', 'raw', p('odd.img'), p('odd-qemu.raw'));
+    expect(new Uint8Array(await readFile(p('odd-vmkit.raw')))).toEqual(new Uint8Array(await readFile(p('odd-qemu.raw'))));
+    await convertImage(p('odd.img'), p('odd.qcow2'), { format: 'qcow2' });
+    qimg('compare', '-q', '-f', 'raw', '-F', 'qcow2', p('odd.img'), p('odd.qcow2'));
+  });
+
   it('vmkit disk convert -O vhdx runs in-process and reports', async () => {
     let out = '';
     const io = { stdout: { write: (s: string) => ((out += s), true) }, stderr: { write: () => true } } as unknown as Parameters<NonNullable<typeof command.run.convert>>[1];

@@ -2,7 +2,8 @@
  * raw images: the virtual disk is the file, byte for byte. Every range is
  * data at depth 0 at the same host offset (vmkit cannot see holes portably,
  * so unlike `qemu-img map` it does not report sparse runs as zero). The
- * virtual size is the file size rounded down to 512.
+ * virtual size is the file size rounded up to 512, as QEMU's block layer counts
+ * whole sectors: the tail past the file's end reads as zero.
  * @module
  */
 import { VmkitError } from '../../../errors.js';
@@ -105,7 +106,8 @@ export function probe(_head: Uint8Array): boolean {
  * ```
  */
 export async function open(storage: Storage, opts: FormatOpenOptions = {}): Promise<RawDevice> {
-  const size = Math.floor((await storage.size()) / 512) * 512;
+  // QEMU rounds up (total_sectors = DIV_ROUND_UP(length, 512)); rounding down lost a tail's bytes.
+  const size = Math.ceil((await storage.size()) / 512) * 512;
   return new RawDevice(storage, size, opts.readOnly === true || storage.readOnly, opts.guard);
 }
 
