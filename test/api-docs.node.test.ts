@@ -13,7 +13,7 @@ import ts from 'typescript';
 import { describe, expect, it } from 'vitest';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const entries = ['bindings/index.ts', 'bindings/memory/index.ts', 'bindings/disk/index.ts', 'bindings/attest/index.ts'];
+const entries = ['bindings/index.ts', 'bindings/memory/index.ts', 'bindings/disk/index.ts', 'bindings/attest/index.ts', 'bindings/attest/service/index.ts'];
 
 // Known gaps: offenders listed here do not fail the spec (empty now: every export is
 // documented). Only for a module still being written, so CI stays green while its

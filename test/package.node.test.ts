@@ -33,7 +33,7 @@ describe('package', () => {
     // The esm-only profile ignores CommonJS resolutions (node10, node16 from CJS).
     const real = report.analysis.problems.filter((p) => p.resolutionKind !== 'node10' && p.resolutionKind !== 'node16-cjs');
     expect(real).toEqual([]);
-    expect(Object.keys(report.analysis.entrypoints)).toEqual(expect.arrayContaining(['.', './memory', './disk', './attest']));
+    expect(Object.keys(report.analysis.entrypoints)).toEqual(expect.arrayContaining(['.', './memory', './disk', './attest', './attest/service']));
   }, 180_000);
 
   it('the tarball ships the core and no .wat text dumps, tests or fixtures', () => {
@@ -57,6 +57,9 @@ describe('package', () => {
       const m = (await import(/* @vite-ignore */ sub)) as Record<string, unknown>;
       expect(typeof m.init).toBe('function');
     }
+    const svc = (await import(/* @vite-ignore */ 'vmkit/attest/service')) as Record<string, unknown>;
+    expect(typeof svc.AttestService).toBe('function');
+    expect(typeof svc.createVerifier).toBe('function');
     expect(import.meta.resolve('vmkit/core.wasm')).toMatch(/dist\/core\.wasm$/);
   });
 });

@@ -24,7 +24,14 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { VmkitError } from '../../errors.js';
 import type { ReplaySet } from './replay.js';
 
-/** Options of {@link NonceStore}. */
+/**
+ * Options of {@link NonceStore}.
+ *
+ * @example
+ * ```ts
+ * const store = new NonceStore({ ttlMs: 30_000, maxPerClient: 100 });
+ * ```
+ */
 export interface NonceStoreOptions {
   /** How long a nonce stays valid, in milliseconds (default 60 000). */
   ttlMs?: number;
@@ -52,10 +59,25 @@ const ID = 16;
 const MAC = 16;
 const RAW = ID + 8 + MAC;
 
-/** Why a nonce was refused (stable strings, echoed in refusals). */
+/**
+ * Why a nonce was refused (stable strings, echoed in refusals).
+ *
+ * @example
+ * ```ts
+ * const why: NonceRefusal | undefined = await store.redeem(nonce);
+ * if (why === 'unknown-or-replayed') console.log('replay');
+ * ```
+ */
 export type NonceRefusal = 'malformed' | 'forged' | 'expired' | 'unknown-or-replayed';
 
-/** A client holding `maxPerClient` nonces asked for another: LIMIT, answered 429 by the service. */
+/**
+ * A client holding `maxPerClient` nonces asked for another: LIMIT, answered 429 by the service.
+ *
+ * @example
+ * ```ts
+ * try { store.issue(clientKey(req)); } catch (e) { if (e instanceof NonceQuotaError) res.statusCode = e.httpStatus; }
+ * ```
+ */
 export class NonceQuotaError extends VmkitError {
   /** The HTTP status the service answers with. */
   readonly httpStatus = 429;

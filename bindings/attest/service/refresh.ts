@@ -16,7 +16,14 @@ import { VmkitError } from '../../errors.js';
 import { _manyByOne, _noneFound } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, ReferenceIndex, RepositorySource } from '../types.js';
 
-/** What is known about one source. */
+/**
+ * What is known about one source.
+ *
+ * @example
+ * ```ts
+ * for (const s of sources.status()) console.log(s.id, s.packages, s.lastError?.code ?? 'ok');
+ * ```
+ */
 export interface SourceStatus {
   /** The source line. */
   id: string;
@@ -42,7 +49,14 @@ export interface SourceStatus {
   fileErrors: number;
 }
 
-/** Options of {@link SourceSet}. */
+/**
+ * Options of {@link SourceSet}.
+ *
+ * @example
+ * ```ts
+ * const set = new SourceSet([openSource('deb http://deb.debian.org/debian bookworm main', { keyring })], { intervalMs: 300_000 });
+ * ```
+ */
 export interface SourceSetOptions {
   /** Time between refreshes of a source, in milliseconds (default 5 minutes). */
   intervalMs?: number;

@@ -34,7 +34,15 @@ import { SourceSet } from './refresh.js';
 import { clientKey, readBody, sendError, sendJson } from './_http.js';
 import { OnDemandFiles, appraiseInstalled, parseInstalled, type AppraiseInstalledOptions, type OnDemandFilesOptions } from '../machine.js';
 
-/** A JSON Web Key Set. */
+/**
+ * A JSON Web Key Set (what `GET /jwks` answers).
+ *
+ * @example
+ * ```ts
+ * const jwks: Jwks = await (await fetch('http://127.0.0.1:8080/jwks')).json();
+ * await verifyEar(token, await loadEarPublicKey(jwks.keys[0]!));
+ * ```
+ */
 export interface Jwks {
   keys: Record<string, unknown>[];
 }
@@ -43,6 +51,13 @@ export interface Jwks {
  * The verifier the service delegates to: appraisal (vmkit/attest appraise)
  * and EAR signing (vmkit/attest ear). Pluggable so the HTTP layer can be
  * tested and embedded on its own.
+ *
+ * @example
+ * ```ts
+ * const base = await createVerifier({ keyFile: 'ear.pem' });
+ * const strict: Verifier = { ...base, appraise: (ev, idx, signal) => base.appraise(ev, idx, signal) };
+ * new AttestService({ sources, verifier: strict });
+ * ```
  */
 export interface Verifier {
   /** Appraises evidence against the repositories' reference values. */
@@ -60,7 +75,15 @@ export interface Verifier {
   readonly appraiseOptions?: AppraiseEvidenceOptions;
 }
 
-/** Options of {@link AttestService}. */
+/**
+ * Options of {@link AttestService}.
+ *
+ * @example
+ * ```ts
+ * const opts: AttestServiceOptions = { sources, verifier: await createVerifier({ keyFile: 'ear.pem' }) };
+ * const svc = new AttestService(opts);
+ * ```
+ */
 export interface AttestServiceOptions {
   /** The repositories (see `openSource`). */
   sources: SourceSet;

@@ -14,7 +14,14 @@ import type { ReferenceIndex } from '../types.js';
 import { attest } from '../client.js';
 import type { Jwks, Verifier } from './server.js';
 
-/** Options of {@link createVerifier}. */
+/**
+ * Options of {@link createVerifier}.
+ *
+ * @example
+ * ```ts
+ * const verifier = await createVerifier({ keyFile: 'ear.pem' });
+ * ```
+ */
 export interface CreateVerifierOptions {
   /** The Ed25519 signing key (see `loadEarKey` / `generateEarKey`). */
   key?: EarSigningKey;
