@@ -12,7 +12,8 @@
  *        │
  *        ▼  per listed path: a diversion by another package moves it to its `to`;
  *           lstat: regular files only (directories, symlinks are not hashed);
- *           SHA-256, a bounded number of files at once (`concurrency`), large ones streamed
+ *           SHA-256 on worker threads (one per core), 1 MiB reads; with a digest cache,
+ *           files whose identity (dev, ino, size, mtime, ctime) is unchanged are not read
  * InstalledEvidence { packages: [{ name, version, architecture, files: [{ path, sha256 | missing, conffile?, at? }] }],
  *                     unowned: [{ path, sha256 }] }    files under `unownedUnder` no package lists
  * ```
@@ -20,9 +21,11 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { lstat, open, readdir, readFile } from 'node:fs/promises';
+import { open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { VmkitError } from '../errors.js';
+import type { _HashItem } from './_hash-file.js';
+import { _DigestCacheFile, _hashMany } from './_hash-pool.js';
 
 /**
  * One file of an installed package as the machine found it.
@@ -161,8 +164,17 @@ export function parseDiversions(text: string): Map<string, { to: string; by: str
 export interface CollectInstalledOptions {
   /** The machine's root directory (default `/`). */
   root?: string;
-  /** Files hashed at once (default 16). */
+  /** Files per batch sent to a hashing thread (default 16; 64 at least on worker threads). */
   concurrency?: number;
+  /** Worker threads hashing files (default: the machine's cores; 0 hashes on the calling thread). */
+  threads?: number;
+  /**
+   * A digest cache file: a file whose device, inode, size, mtime and ctime (in
+   * nanoseconds) are those recorded with its digest is not read again. Created
+   * when missing (mode 0600), rewritten at the end. Trusts the kernel's ctime,
+   * which no unprivileged process can set back (docs/attest-service.md).
+   */
+  digestCache?: string;
   /** Directories (as on the machine) searched for files no package lists (default none). */
   unownedUnder?: string[];
   /** Called as files are hashed. */
@@ -206,25 +218,9 @@ async function readOptional(path: string): Promise<string | undefined> {
   }
 }
 
-async function isRegular(path: string): Promise<boolean | undefined> {
-  try {
-    return (await lstat(path)).isFile();
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
-    throw new VmkitError('IO', `cannot stat ${path}: ${(e as Error).message}`, { path, cause: e });
-  }
-}
-
-// Runs `work` over `items` with at most `n` at once.
-async function bounded<T>(items: T[], n: number, work: (t: T) => Promise<void>, signal?: AbortSignal): Promise<void> {
-  let next = 0;
-  const run = async (): Promise<void> => {
-    while (next < items.length) {
-      if (signal?.aborted) throw new VmkitError('CANCELLED', 'collecting installed files was cancelled');
-      await work(items[next++]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, run));
+function hashItem(p: string, cache: _DigestCacheFile | undefined): _HashItem {
+  const c = cache?.entries.get(p);
+  return c ? { p, c } : { p };
 }
 
 /**
@@ -286,30 +282,43 @@ export async function collectInstalled(options: CollectInstalledOptions = {}): P
   }
   const unowned: InstalledEvidence['unowned'] = [];
   const total = jobs.length + unownedJobs.length;
-  let done = 0;
-  const tick = (): void => {
-    done++;
-    if (options.onProgress && (done % 256 === 0 || done === total)) options.onProgress(done, total);
+  const cache = options.digestCache === undefined ? undefined : _DigestCacheFile.load(options.digestCache);
+  const items: _HashItem[] = [];
+  for (const j of jobs) items.push(hashItem(at(j.real), cache));
+  for (const j of unownedJobs) items.push(hashItem(at(j.path), cache));
+  let reported = 0;
+  const results = await _hashMany(items, {
+    ...(options.threads === undefined ? {} : { threads: options.threads }),
+    batch: Math.max(concurrency, options.threads === 0 ? 1 : 64),
+    ...(options.signal ? { signal: options.signal } : {}),
+    onProgress: (done) => {
+      if (options.onProgress && (done - reported >= 256 || done === total)) options.onProgress((reported = done), total);
+    },
+  });
+  const fresh = new Map<string, [string, string]>();
+  const fail = (i: number): never => {
+    const p = items[i]!.p;
+    throw new VmkitError('IO', `cannot read ${p}: ${results[i]!.e}`, { path: p });
   };
-  // lstat and hash together, `concurrency` paths at once (a list names directories and
-  // symlinks too: those are dropped afterwards, keeping each package's order).
+  // A list names directories and symlinks too: those are dropped, keeping each package's order.
   const notRegular = new Set<InstalledFile>();
-  await bounded(jobs, concurrency, async (j) => {
-    const kind = await isRegular(at(j.real));
-    if (kind === false) notRegular.add(j.file);
-    else {
-      const h = kind === undefined ? undefined : await sha256File(at(j.real));
-      if (h === undefined) j.file.missing = true;
-      else j.file.sha256 = h;
-    }
-    tick();
-  }, options.signal);
+  for (let i = 0; i < jobs.length; i++) {
+    const r = results[i]!;
+    const f = jobs[i]!.file;
+    if (r.k === 3) fail(i);
+    if (r.k === 1) notRegular.add(f);
+    else if (r.k === 0) f.missing = true;
+    else f.sha256 = r.h!;
+    if (r.s) fresh.set(items[i]!.p, [r.s, r.h!]);
+  }
   if (notRegular.size) for (const p of packages) p.files = p.files.filter((f) => !notRegular.has(f));
-  await bounded(unownedJobs, concurrency, async (j) => {
-    const h = await sha256File(at(j.path));
-    if (h !== undefined) unowned.push({ path: j.path, sha256: h });
-    tick();
-  }, options.signal);
+  for (let i = jobs.length; i < items.length; i++) {
+    const r = results[i]!;
+    if (r.k === 3) fail(i);
+    if (r.k === 2) unowned.push({ path: unownedJobs[i - jobs.length]!.path, sha256: r.h! });
+    if (r.s) fresh.set(items[i]!.p, [r.s, r.h!]);
+  }
+  cache?.save(fresh);
   unowned.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   return { packages, unowned };
 }

@@ -27,6 +27,7 @@ export async function requestInstalled(server: string, values: Values, io: CliIO
   const installed = await collectInstalled({
     root,
     unownedUnder,
+    ...(typeof values['digest-cache'] === 'string' ? { digestCache: values['digest-cache'] } : {}),
     ...(tty ? { onProgress: (d: number, t: number) => process.stderr.write(`\rhashing files: ${d}/${t} (${Math.floor((100 * d) / Math.max(t, 1))}%)`) } : {}),
   });
   if (tty) process.stderr.write('\n');

@@ -219,6 +219,7 @@ async function request(argv: string[], io: CliIO): Promise<number> {
     installed: { type: 'boolean' },
     root: { type: 'string' },
     'unowned-under': { type: 'string', multiple: true },
+    'digest-cache': { type: 'string' },
     'part-bytes': { type: 'string' },
   });
   let server = values.server as string | undefined;
@@ -229,7 +230,7 @@ async function request(argv: string[], io: CliIO): Promise<number> {
     if (files.length) throw new VmkitError('ARG_RANGE', '--installed attests the whole machine: give no files');
     return (await import('./_attest-installed.js')).requestInstalled(server, values, io);
   }
-  if (values.root !== undefined || values['unowned-under'] !== undefined) throw new VmkitError('ARG_RANGE', '--root and --unowned-under go with --installed');
+  if (values.root !== undefined || values['unowned-under'] !== undefined || values['digest-cache'] !== undefined) throw new VmkitError('ARG_RANGE', '--root, --unowned-under and --digest-cache go with --installed');
   const evidence = await evidenceOf(values, files);
   const { requestAttestation } = await import('../../attest/service/verifier.js');
   const r = await requestAttestation(server, evidence, typeof values.jwks === 'string' ? { jwks: values.jwks } : {});

@@ -70,7 +70,7 @@ export const help: CommandHelp = {
     },
     request: {
       summary: 'hash files, ask a service, verify the signed result and print it with the token',
-      synopsis: '--server <url> [--digest alg:hex]... [--package name=version]... [--ima <log> [--pcr10 bank:hex] [--exclude <glob>]...] [--jwks <url|file>] [--json] [<file>...] | --server <url> --installed [--root <dir>] [--unowned-under <dir>]... [--part-bytes N]',
+      synopsis: '--server <url> [--digest alg:hex]... [--package name=version]... [--ima <log> [--pcr10 bank:hex] [--exclude <glob>]...] [--jwks <url|file>] [--json] [<file>...] | --server <url> --installed [--root <dir>] [--unowned-under <dir>]... [--digest-cache <file>] [--part-bytes N]',
       about: 'Each <file> is hashed (SHA-256). The signature, nonce and expiry of the answer are checked. With --installed, the whole Debian-family machine: every installed package (dpkg database) and the SHA-256 of each file it lists, sent in parts; a summary per category, --json lists every file not affirmed.',
       options: [
         ['--server <url>', 'the service'],
@@ -78,6 +78,7 @@ export const help: CommandHelp = {
         ['--installed', 'attest the whole machine: installed packages and their files'],
         ['--root <dir>', 'with --installed: the root of the machine (default /)'],
         ['--unowned-under <dir>', 'with --installed: report files no package lists under this directory (repeatable)'],
+        ['--digest-cache <file>', 'with --installed: keep digests by file identity (device, inode, size, mtime, ctime) and hash again only files that changed'],
         ['--part-bytes N', 'with --installed: largest part sent at once (default 4 MiB)'],
         ['--jwks <url|file>', "pin the service's public keys (default: fetched from the service)"],
         JSON_OPTION,
