@@ -206,6 +206,10 @@ export function backupPlanZeroRuns(buf: usize, len: i32, granule: i32, outPtr: u
 //   op 2: copy through the chain (compressed clusters, partly allocated
 //         subclusters of extended L2 entries): the host reads the guest range
 
+// The entry bits, as bindings/disk/formats/qcow2/metadata.ts (decodeL2, the per-entry decoder of
+// the device's lookups) reads them in 32-bit halves; this table-at-a-time decoder stays in the
+// core so a consolidation decodes each table in one call. test/qcow2-l2-decoders.test.ts checks
+// that the two classify random tables alike.
 const L2_COPIED: u64 = <u64>1 << 63;
 const L2_COMPRESSED: u64 = <u64>1 << 62;
 const L2_HOST_MASK: u64 = 0x00ff_ffff_ffff_fe00;

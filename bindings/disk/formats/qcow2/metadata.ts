@@ -42,6 +42,16 @@ export function entryOffset(hi: number, lo: number): number {
 
 /**
  * Decodes L2 entry `i` of `table` (extended entries are 16 bytes).
+ *
+ * The TypeScript home of the L2 entry layout: the device (through its
+ * metadata cache) and `check` decode here. The core has one more decoder,
+ * `backupPlanL2` in assembly/backup_plan.ts, which turns a whole table into
+ * copy ops in one call for a consolidation; it stays there because a call
+ * across the boundary per entry, with the table copied into core memory,
+ * would cost the lookup path more than this decode does. The bits are the
+ * same on both sides (bit 63 COPIED, bit 62 compressed, bits 9..55 the host
+ * offset, bit 0 zero; extended: zero bitmap then allocation bitmap), and
+ * test/qcow2-l2-decoders.test.ts holds the two to one meaning on random tables.
  * @internal
  */
 export function decodeL2(table: DataView, i: number, ext: boolean, clusterBits: number): L2Entry {
@@ -83,6 +93,18 @@ export function encodeL2(table: DataView, i: number, ext: boolean, host: number,
     table.setUint32(o + 8, zeroes >>> 0);
     table.setUint32(o + 12, alloc >>> 0);
   }
+}
+
+/**
+ * Encodes a compressed-cluster L2 entry (standard L2 only) into `table` at
+ * index `i`: `len` bytes of compressed data from host byte `host`, stored as
+ * the offset and the count of 512-byte sectors after the first one.
+ * @internal
+ */
+export function encodeCompressedL2(table: DataView, i: number, clusterBits: number, host: number, len: number): void {
+  const x = 62 - (clusterBits - 8);
+  const extra = Math.floor((host + len - 1) / 512) - Math.floor(host / 512);
+  table.setBigUint64(i * 8, (1n << 62n) | (BigInt(extra) << BigInt(x)) | BigInt(host));
 }
 
 /**
