@@ -101,9 +101,12 @@ function onWorkers(items: _HashItem[], url: URL, n: number, batch: number, opts:
 }
 
 /**
- * A file of digests by path and identity (JSON, written to a temporary name and
- * renamed, mode 0600). A missing or unreadable cache is an empty one: it only
- * saves work. @internal
+ * A file of digests by path and identity, one line each after a version line:
+ * `<sha256 hex> <identity> <path>` (identities hold no space; a path with a
+ * newline is never cached). Written to a temporary name and renamed, mode 0600.
+ * A missing or unreadable cache is an empty one: it only saves work. Lines, not
+ * JSON: a JSON object of 100,000 paths cost the main thread more to parse and
+ * write than the lstat of every file took on the workers. @internal
  */
 export class _DigestCacheFile {
   readonly path: string;
@@ -117,17 +120,25 @@ export class _DigestCacheFile {
   /** Reads `path` (an empty cache when it is not there or not a cache). */
   static load(path: string): _DigestCacheFile {
     const entries = new Map<string, [string, string]>();
+    let text: string;
     try {
-      const j = JSON.parse(readFileSync(path, 'utf8')) as { version?: number; entries?: Record<string, unknown> };
-      if (j.version === 1 && j.entries && typeof j.entries === 'object') {
-        for (const [p, v] of Object.entries(j.entries)) {
-          if (Array.isArray(v) && v.length === 2 && typeof v[0] === 'string' && typeof v[1] === 'string' && /^[0-9a-f]{64}$/.test(v[1])) entries.set(p, [v[0], v[1]]);
-        }
-      }
+      text = readFileSync(path, 'utf8');
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' && !(e instanceof SyntaxError)) {
-        throw new VmkitError('IO', `cannot read digest cache ${path}: ${(e as Error).message}`, { path, cause: e });
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return new _DigestCacheFile(path, entries);
+      throw new VmkitError('IO', `cannot read digest cache ${path}: ${(e as Error).message}`, { path, cause: e });
+    }
+    if (!text.startsWith(HEADER)) return new _DigestCacheFile(path, entries);
+    let at = HEADER.length;
+    while (at < text.length) {
+      let end = text.indexOf('\n', at);
+      if (end < 0) end = text.length;
+      const sp = text.indexOf(' ', at + 64);
+      // 64 hex digits, a space, an identity, a space, the path.
+      if (sp === at + 64 && isHex64(text, at)) {
+        const sp2 = text.indexOf(' ', sp + 1);
+        if (sp2 > sp + 1 && sp2 < end - 1) entries.set(text.slice(sp2 + 1, end), [text.slice(sp + 1, sp2), text.slice(at, at + 64)]);
       }
+      at = end + 1;
     }
     return new _DigestCacheFile(path, entries);
   }
@@ -135,11 +146,23 @@ export class _DigestCacheFile {
   /** Writes the cache with exactly `entries` (paths no longer looked at are dropped). */
   save(entries: Map<string, [string, string]>): void {
     const tmp = `${this.path}.${process.pid}.tmp`;
+    const lines: string[] = [HEADER.slice(0, -1)];
+    for (const [p, [id, hex]] of entries) if (!p.includes('\n') && !id.includes(' ')) lines.push(`${hex} ${id} ${p}`);
     try {
-      writeFileSync(tmp, JSON.stringify({ version: 1, entries: Object.fromEntries(entries) }), { mode: 0o600 });
+      writeFileSync(tmp, lines.join('\n') + '\n', { mode: 0o600 });
       renameSync(tmp, this.path);
     } catch (e) {
       throw new VmkitError('IO', `cannot write digest cache ${this.path}: ${(e as Error).message}`, { path: this.path, cause: e });
     }
   }
+}
+
+const HEADER = 'vmkit-digest-cache 1\n';
+
+function isHex64(s: string, at: number): boolean {
+  for (let i = at; i < at + 64; i++) {
+    const c = s.charCodeAt(i);
+    if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102))) return false;
+  }
+  return true;
 }
