@@ -208,19 +208,7 @@ export class _Holder implements WriteGuard, OwnedDisk {
       // A renewal first swaps from the revision we last wrote (no read): one store call instead of
       // two while nobody else writes our record, which keeps renewals inside the lease on a slow
       // store. A lost swap (the record changed) falls through to the read below.
-      const wall = this.now();
-      const next: OwnerRecord = { ...this.current, leaseExpiresAt: wall + this.leaseMs, updatedAt: wall };
-      let rev: string | null;
-      try {
-        rev = await this.storeCall('renewing the lease', () => this.store.compareAndSwap(this.disk, this.revision, next));
-      } catch (e) {
-        if (_monotonic() < this.leaseEnd) return;
-        throw this.leaseLost(e, 'cannot renew the lease');
-      }
-      if (rev !== null) {
-        this.renewed(rev, next, t0);
-        return;
-      }
+      if ((await this.renew(this.current, this.revision, this.now(), t0)) !== false) return;
     }
     let snap: OwnerSnapshot;
     try {
@@ -248,21 +236,29 @@ export class _Holder implements WriteGuard, OwnedDisk {
         throw this.fencedError('write', 'the lease ran out while releasing');
       }
       const wall = this.now();
-      const start = _monotonic();
-      const next: OwnerRecord = { ...r, leaseExpiresAt: wall + this.leaseMs, updatedAt: wall };
-      let rev: string | null;
-      try {
-        // A renewal that timed out may still have been applied: the next one then loses its CAS and reads again.
-        rev = await this.storeCall('renewing the lease', () => this.store.compareAndSwap(this.disk, snap.revision, next));
-      } catch (e) {
-        if (_monotonic() < this.leaseEnd) return;
-        throw this.leaseLost(e, 'cannot renew the lease');
-      }
-      if (rev === null) return this.verifyNow(false); // something changed: look again (fences if it was a takeover)
-      this.renewed(rev, next, start);
+      // false: something changed: look again (fences if it was a takeover).
+      if ((await this.renew(r, snap.revision, wall, _monotonic())) === false) return this.verifyNow(false);
     } else {
       this.validUntil = Math.min(t0 + this.leaseMs / 2, this.leaseEnd);
     }
+  }
+
+  // One renewal: swaps `base`, with a lease from wall time `wall`, from `revision`. true: renewed (the
+  // lease counts from monotonic `start`); false: the record changed (the CAS lost); undefined: the
+  // store did not answer, and the lease still runs. Past the lease's end that is FENCED (leaseLost).
+  private async renew(base: OwnerRecord, revision: string | null, wall: number, start: number): Promise<boolean | undefined> {
+    const next: OwnerRecord = { ...base, leaseExpiresAt: wall + this.leaseMs, updatedAt: wall };
+    let rev: string | null;
+    try {
+      // A renewal that timed out may still have been applied: the next one then loses its CAS and reads again.
+      rev = await this.storeCall('renewing the lease', () => this.store.compareAndSwap(this.disk, revision, next));
+    } catch (e) {
+      if (_monotonic() < this.leaseEnd) return undefined;
+      throw this.leaseLost(e, 'cannot renew the lease');
+    }
+    if (rev === null) return false;
+    this.renewed(rev, next, start);
+    return true;
   }
 
   // A renewal CAS that started at monotonic `start` went through.
