@@ -6,9 +6,9 @@
  * {@link _ConsolidationJob.finish finish}. Each phase is a method and what the
  * phases share is a field, so a reader sees which phase sets what. The public
  * entry points (consolidate, resumeConsolidation, recoverConsolidation) are in
- * consolidate.ts; the sequence and the state record in docs/backup.md.
+ * consolidate.ts, which re-exports the option, result and job types declared
+ * here; the sequence and the state record are in docs/backup.md.
  * @module
- * @internal
  */
 import { VmkitError } from '../../errors.js';
 import { base64ToBits, bitsToBase64, intentGranule, WriteIntent } from './_intent.js';
