@@ -6,7 +6,7 @@
 import { withCore, type Core } from '../../core.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
-import type { BlockExtent } from './_types.js';
+import type { BackupDevice, BlockExtent } from './_types.js';
 
 /** One planned operation: copy data, or write zeroes. */
 export interface PlanOp {
@@ -314,6 +314,23 @@ export function slicePlanOp(op: PlanOp, start: number, end: number): PlanOp {
       });
     if (segments.length === 1) out.host = segments[0]!.host;
     else out.segments = segments;
+  }
+  return out;
+}
+
+/** Walks the block status of `dev` over [0, size) into extents. */
+export async function allocationMap(dev: BackupDevice, step: number = 1 << 30): Promise<BlockExtent[]> {
+  const out: BlockExtent[] = [];
+  let off = 0;
+  while (off < dev.size) {
+    const e = await dev.blockStatus(off, Math.min(step, dev.size - off));
+    if (!(e.length > 0) || e.offset !== off) {
+      throw new VmkitError('CORRUPT', `block status at ${off} returned an empty or misplaced extent`, { offset: off });
+    }
+    const last = out[out.length - 1];
+    if (last && last.kind === e.kind && last.depth === e.depth && last.offset + last.length === off) last.length += e.length;
+    else out.push({ ...e });
+    off += e.length;
   }
   return out;
 }

@@ -8,10 +8,9 @@
  */
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
-import { planExtents, zeroRuns, type PlanOp } from './_plan.js';
+import { allocationMap, planExtents, zeroRuns, type PlanOp } from './_plan.js';
 import { RangeSet, restrictPlan } from './_ranges.js';
 import type { BackupDevice, ChainOps } from './_types.js';
-import { allocationMap } from './consolidate.js';
 import { newProgress, RateLimiter, withPolicy, type JobOptions, type JobProgress } from './job.js';
 import { zeroes } from './mirror.js';
 import { alignedBuffer } from '../backends/storage.js';

@@ -5,21 +5,24 @@
  * its epoch stops being current. The owner side answers release requests:
  * it drains in-flight writes, flushes, closes and writes the record `free`.
  * The sequence, the invariants and the failure cases are in docs/ownership.md.
+ * The opener's decisions are the pure `nextStep` (`_step.ts`); this module
+ * carries them out. The holder is `_holder.ts`, the write guards `_guard.ts`.
  * @module
  */
 import { VmkitError, isVmkitError } from '../../errors.js';
-import type { WriteGuard } from '../_guard.js';
-import type { BlockDevice, BlockExtent, ByteLength, ByteOffset } from '../device.js';
 import { openImage, type OpenImageOptions } from '../image.js';
 import { fileProvider } from '../backends/file.js';
-import type { Storage, StorageProvider } from '../backends/storage.js';
 import type { ImageDevice } from '../formats/types.js';
-import { _signal, _within } from './_deadline.js';
+import { _within } from './_deadline.js';
+import { _guardedProvider, _OwnedDevice } from './_guard.js';
+import { _Holder, _monotonic as monotonic } from './_holder.js';
+import { nextStep, pollMs } from './_step.js';
 import { RELEASE_DENIED, ReleaseAuthenticator, newOwnerSecret, releaseRequestFor } from './auth.js';
 import { FileOwnerStore } from './file-store.js';
-import { leaseAlive } from './record.js';
-import { httpTransport, inProcessTransport, type ReleaseReply, type ReleaseRequest, type ReleaseServer, type ReleaseTransport } from './transport.js';
-import type { OwnerIdentity, OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
+import { httpTransport, inProcessTransport, type ReleaseReply, type ReleaseRequest, type ReleaseTransport } from './transport.js';
+import type { OwnedDisk, OwnerIdentity, OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
+
+export type { OwnedDisk, ReleaseOutcome } from './types.js';
 
 /**
  * Default lease: 10 s, renewed every third of it.
@@ -76,51 +79,6 @@ export interface OpenOwnedOptions {
   signal?: AbortSignal;
 }
 
-/**
- * Why a holder stopped holding.
- * @example
- * const { reason, by } = await held.done; // 'requested', { id: 'vm-18', … }
- */
-export interface ReleaseOutcome {
-  /**
-   * `requested`: a release request; `released`: `release()`/`close()`; `fenced`: another holder
-   * took a newer epoch, or the lease ran out before the store confirmed it (store unreachable,
-   * process stalled past its lease).
-   */
-  readonly reason: 'requested' | 'released' | 'fenced';
-  /** Who asked, for `requested`. */
-  readonly by?: OwnerIdentity;
-}
-
-/**
- * A disk held by this process at `epoch`.
- * @example
- * const d = await openOwned('vm.raw', { as: 'vm-1' });
- * await d.device.write(0, new Uint8Array(512));
- * await d.device.flush();   // re-checks the epoch in the store first
- * await d.release();
- */
-export interface OwnedDisk {
-  /** The disk's name in the store. */
-  readonly disk: string;
-  /** The image, writable while this holder's epoch is current; writes after release or fencing throw FENCED. */
-  readonly device: BlockDevice;
-  /** The fencing token this holder writes under. */
-  readonly epoch: number;
-  readonly identity: OwnerIdentity;
-  /** Where this holder answers release requests (undefined with `serve: false`). */
-  readonly endpoint: string | undefined;
-  readonly store: OwnerStore;
-  /** Resolves when the holder stopped holding, and why. */
-  readonly done: Promise<ReleaseOutcome>;
-  /** True once another holder took a newer epoch, or the lease ran out unconfirmed (every write then throws FENCED). */
-  readonly fenced: boolean;
-  /** Drains in-flight writes, flushes, closes the image and writes the record `free`. */
-  release(): Promise<void>;
-  /** The same as {@link OwnedDisk.release}. */
-  close(): Promise<void>;
-}
-
 let hostName: string | undefined;
 async function localHost(): Promise<string> {
   if (hostName !== undefined) return hostName;
@@ -150,12 +108,6 @@ export async function ownerIdentity(as: string | OwnerIdentity): Promise<OwnerId
   return { id: as.id, host: as.host, pid: as.pid };
 }
 
-function sameHolder(a: OwnerIdentity | undefined, b: OwnerIdentity): boolean {
-  return a !== undefined && a.id === b.id && a.host === b.host && a.pid === b.pid;
-}
-
-const monotonic = (): number => performance.now();
-
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(new VmkitError('CANCELLED', 'open cancelled'));
@@ -180,501 +132,6 @@ function posInt(v: number | undefined, name: string, def: number, min: number, m
 function pickTransport(endpoint: string, preferred: ReleaseTransport): ReleaseTransport | undefined {
   for (const t of [preferred, httpTransport, inProcessTransport]) if (t.handles(endpoint)) return t;
   return undefined;
-}
-
-/**
- * One holding: the guard, the lease, the release handler and the in-flight
- * write accounting behind an {@link OwnedDisk}.
- * @internal
- */
-class _Holder implements WriteGuard, OwnedDisk {
-  readonly disk: string;
-  readonly epoch: number;
-  readonly identity: OwnerIdentity;
-  readonly store: OwnerStore;
-  readonly done: Promise<ReleaseOutcome>;
-  endpoint: string | undefined;
-  device!: BlockDevice;
-  inner: ImageDevice | undefined;
-  server: ReleaseServer | undefined;
-  state: 'holding' | 'releasing' | 'released' | 'fenced' = 'holding';
-  /** The revision and content of our record as we last wrote or read it. */
-  revision: string;
-  private current: OwnerRecord;
-  /** Set when the `releasing` CAS succeeded: it proved the epoch current, so the drain's flush needs no store read. */
-  private releasingConfirmed = false;
-  private readonly leaseMs: number;
-  private readonly now: () => number;
-  private readonly policy: OpenOwnedOptions['onReleaseRequest'];
-  /** Monotonic time until which writes go through without asking the store. */
-  private validUntil: number;
-  /** Monotonic time until which writes may go through unverified: the lease's end by this holder's clock, less a margin. */
-  private leaseEnd: number;
-  /**
-   * Monotonic time at which the lease itself ends by this holder's clock (the start of the CAS
-   * that wrote it, plus its length). Every store call is bounded by it: past it, the holder
-   * cannot confirm anything, refuses every write and stops (issue #18: a hung store must not
-   * make a refusal wait longer than the lease).
-   */
-  private leaseHardEnd: number;
-  private chain: Promise<unknown> = Promise.resolve();
-  /** Store conversations queued or running on `chain` (the renewal timer adds none while one is). */
-  private verifies = 0;
-  private timer: ReturnType<typeof setInterval> | undefined;
-  private inflight = 0;
-  /** Fired when the last in-flight write ends, while a release waits for it. */
-  private idle: { promise: Promise<void>; fire: () => void } | undefined;
-  /** Set when a release gave up waiting for in-flight writes: the guard then refuses every storage write. */
-  private sealed = false;
-  private readonly requestTimeoutMs: number;
-  private giving: Promise<void> | undefined;
-  private resolveDone!: (o: ReleaseOutcome) => void;
-  private readonly ready: Promise<boolean>;
-  /** Settles the wait of release requests that arrived while the image was opening. */
-  opened!: (ok: boolean) => void;
-
-  constructor(
-    disk: string,
-    record: OwnerRecord,
-    identity: OwnerIdentity,
-    store: OwnerStore,
-    revision: string,
-    leaseStart: number,
-    leaseMs: number,
-    now: () => number,
-    policy: OpenOwnedOptions['onReleaseRequest'],
-    requestTimeoutMs: number,
-  ) {
-    const epoch = record.epoch;
-    this.current = record;
-    this.disk = disk;
-    this.epoch = epoch;
-    this.identity = identity;
-    this.store = store;
-    this.revision = revision;
-    this.leaseMs = leaseMs;
-    this.now = now;
-    this.policy = policy;
-    this.requestTimeoutMs = requestTimeoutMs;
-    this.leaseHardEnd = leaseStart + leaseMs;
-    this.leaseEnd = leaseStart + leaseMs - this.margin();
-    this.validUntil = leaseStart + leaseMs / 2;
-    this.done = new Promise((r) => (this.resolveDone = r));
-    this.ready = new Promise((r) => (this.opened = r));
-  }
-
-  get fenced(): boolean {
-    return this.state === 'fenced';
-  }
-
-  /** The disk's release secret, which requests to this holder must prove they know. */
-  get secret(): string | undefined {
-    return this.current.secret;
-  }
-
-  // Slack between the end of the lease and the last unverified write: covers the time a write takes.
-  private margin(): number {
-    return Math.min(this.leaseMs / 5, 1000);
-  }
-
-  startRenewal(): void {
-    this.timer = setInterval(() => {
-      // A conversation already queued renews if the lease needs it: do not pile up behind a slow store.
-      if (this.verifies === 0) this.verify(true).catch(() => {});
-    }, Math.max(20, Math.floor(this.leaseMs / 3)));
-    // Renewal alone must not keep a process alive.
-    (this.timer as { unref?: () => void }).unref?.();
-  }
-
-  private stop(outcome: ReleaseOutcome, state: 'released' | 'fenced'): void {
-    if (this.state === 'released' || this.state === 'fenced') return;
-    this.state = state;
-    if (this.timer) clearInterval(this.timer);
-    this.timer = undefined;
-    const srv = this.server;
-    this.server = undefined;
-    // Close after the current reply went out (a release answer is being sent right now).
-    if (srv) setTimeout(() => void srv.close().catch(() => {}), 0);
-    if (state === 'fenced') void this.abandon();
-    this.resolveDone(outcome);
-  }
-
-  // A fenced holder may not flush, so the image's own close() (which flushes) would
-  // fail and keep the file open: drop the top layer's storage unflushed instead.
-  private async abandon(): Promise<void> {
-    const d = this.inner;
-    this.inner = undefined;
-    if (!d) return;
-    const closing = Promise.all([d.storage.close().catch(() => {}), d.backing?.close().catch(() => {})]);
-    await _within(closing, Math.max(this.margin(), this.requestTimeoutMs), () => `${this.disk}: closing the image unflushed`).catch(() => {});
-  }
-
-  // A store call of this holder, bounded by what is left of the lease (at least `floor` ms).
-  private storeCall<T>(what: string, f: () => Promise<T>, floor = 0): Promise<T> {
-    const left = Math.max(this.leaseHardEnd - monotonic(), floor);
-    if (left <= 0) return Promise.reject(new VmkitError('TIMEOUT', `${what} of ${this.disk}: the lease has run out`, { path: this.disk }));
-    return _within(Promise.resolve().then(f), left, () => `${what} of ${this.disk} (bounded by the lease)`);
-  }
-
-  // The lease ran out and the store did not confirm it: refuse, and stop holding (a holder that
-  // keeps `holding` after refusing would leave whoever waits on `done` waiting forever).
-  private leaseLost(cause: unknown, why: string): VmkitError {
-    const err = new VmkitError('FENCED', `${why} on ${this.disk} and the lease ran out: ${(cause as Error)?.message ?? cause} (this holder: ${this.identity.id} at epoch ${this.epoch})`, {
-      cause,
-      path: this.disk,
-    });
-    if (this.state === 'holding') this.stop({ reason: 'fenced' }, 'fenced');
-    return err;
-  }
-
-  private fencedError(op: string, why: string): VmkitError {
-    return new VmkitError('FENCED', `${op} on ${this.disk} refused: ${why} (this holder: ${this.identity.id} at epoch ${this.epoch})`, { path: this.disk });
-  }
-
-  /** The WriteGuard hook: cheap while the cached lease is valid, a store check otherwise and before every flush. */
-  check(op: 'write' | 'flush' | 'discard'): void | Promise<void> {
-    if (this.state === 'fenced') throw this.fencedError(op, 'a newer epoch owns the disk');
-    if (this.state === 'released') throw this.fencedError(op, 'the disk was released');
-    if (this.sealed) throw this.fencedError(op, 'the release stopped waiting for in-flight writes');
-    if (op !== 'flush' && monotonic() < this.validUntil) return;
-    if (op === 'flush' && this.state === 'releasing' && this.releasingConfirmed && monotonic() < this.leaseEnd) return;
-    return this.verify(false).then(() => undefined);
-  }
-
-  // Serialized: one store conversation at a time per holder.
-  private verify(renew: boolean): Promise<void> {
-    this.verifies++;
-    const run = this.chain.then(() => this.verifyNow(renew)).finally(() => this.verifies--);
-    this.chain = run.catch(() => {});
-    return run;
-  }
-
-  private async verifyNow(renew: boolean): Promise<void> {
-    if (this.state === 'fenced') throw this.fencedError('write', 'a newer epoch owns the disk');
-    if (this.state === 'released') throw this.fencedError('write', 'the disk was released');
-    const t0 = monotonic();
-    if ((renew || this.leaseEnd - t0 < this.leaseMs / 2) && this.state === 'holding') {
-      // A renewal first swaps from the revision we last wrote (no read): one store call instead of
-      // two while nobody else writes our record, which keeps renewals inside the lease on a slow
-      // store. A lost swap (the record changed) falls through to the read below.
-      const wall = this.now();
-      const next: OwnerRecord = { ...this.current, leaseExpiresAt: wall + this.leaseMs, updatedAt: wall };
-      let rev: string | null;
-      try {
-        rev = await this.storeCall('renewing the lease', () => this.store.compareAndSwap(this.disk, this.revision, next));
-      } catch (e) {
-        if (monotonic() < this.leaseEnd) return;
-        throw this.leaseLost(e, 'cannot renew the lease');
-      }
-      if (rev !== null) {
-        this.renewed(rev, next, t0);
-        return;
-      }
-    }
-    let snap: OwnerSnapshot;
-    try {
-      snap = await this.storeCall('reading the owner record', () => this.store.read(this.disk));
-    } catch (e) {
-      // The store is unreachable (or hangs: the call is bounded by the lease): the lease we hold is still ours until it runs out.
-      if (monotonic() < this.leaseEnd) return;
-      throw this.leaseLost(e, 'cannot confirm the lease');
-    }
-    const r = snap.record;
-    // Our own release just wrote `free`: not a takeover (giveUp finishes the holder).
-    if (r && r.state === 'free' && this.state === 'releasing' && r.epoch === this.epoch && sameHolder(r.owner, this.identity)) {
-      throw this.fencedError('write', 'the disk was released');
-    }
-    if (!r || r.epoch !== this.epoch || !sameHolder(r.owner, this.identity) || r.state === 'free') {
-      this.stop({ reason: 'fenced' }, 'fenced');
-      throw this.fencedError('write', r ? `the record is at epoch ${r.epoch} (${r.state}${r.owner ? ` by ${r.owner.id}` : ''})` : 'the owner record is gone');
-    }
-    this.revision = snap.revision ?? this.revision;
-    this.current = r;
-    const remaining = this.leaseEnd - t0;
-    if (renew || remaining < this.leaseMs / 2 || r.state === 'releasing') {
-      if (r.state === 'releasing') {
-        if (monotonic() < this.leaseEnd) return; // draining: the lease does not get longer
-        throw this.fencedError('write', 'the lease ran out while releasing');
-      }
-      const wall = this.now();
-      const start = monotonic();
-      const next: OwnerRecord = { ...r, leaseExpiresAt: wall + this.leaseMs, updatedAt: wall };
-      let rev: string | null;
-      try {
-        // A renewal that timed out may still have been applied: the next one then loses its CAS and reads again.
-        rev = await this.storeCall('renewing the lease', () => this.store.compareAndSwap(this.disk, snap.revision, next));
-      } catch (e) {
-        if (monotonic() < this.leaseEnd) return;
-        throw this.leaseLost(e, 'cannot renew the lease');
-      }
-      if (rev === null) return this.verifyNow(false); // something changed: look again (fences if it was a takeover)
-      this.renewed(rev, next, start);
-    } else {
-      this.validUntil = Math.min(t0 + this.leaseMs / 2, this.leaseEnd);
-    }
-  }
-
-  // A renewal CAS that started at monotonic `start` went through.
-  private renewed(rev: string, next: OwnerRecord, start: number): void {
-    this.revision = rev;
-    this.current = next;
-    this.leaseHardEnd = start + this.leaseMs;
-    this.leaseEnd = start + this.leaseMs - this.margin();
-    this.validUntil = start + this.leaseMs / 2;
-  }
-
-  // In-flight accounting of mutating operations (the drain of a release waits for them).
-  async mutate<T>(op: 'write' | 'flush' | 'discard', f: () => Promise<T>): Promise<T> {
-    if (this.state !== 'holding') {
-      throw this.fencedError(op, this.state === 'fenced' ? 'a newer epoch owns the disk' : `the disk is ${this.state}`);
-    }
-    this.inflight++;
-    try {
-      return await f();
-    } finally {
-      if (--this.inflight === 0) this.idle?.fire();
-    }
-  }
-
-  /** The owner side of a release request. */
-  async onRequest(req: ReleaseRequest): Promise<ReleaseReply> {
-    // Replies name no disk, epoch or holder (docs/ownership.md, threat model).
-    if (req.disk !== this.disk) return { ok: false, code: 'NOT_FOUND', reason: 'the disk asked for is not held here' };
-    if (req.epoch !== this.epoch) return { ok: false, code: 'CONFLICT', reason: 'the request names another epoch than the one held' };
-    // Settles within openOwned's deadline: the image open after the CAS is bounded by it.
-    if (!(await this.ready)) return { ok: false, code: 'CONFLICT', reason: 'the holder failed to open the image' };
-    if (this.state === 'fenced') return { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' };
-    // The policy is the owner's own code (`disk serve --as` stops its NBD server in it), and is not cut
-    // short: the requester's own timeout bounds what the requester waits.
-    if (this.state === 'holding' && this.policy) {
-      let reason: string | undefined | void;
-      try {
-        reason = await this.policy(req);
-      } catch (e) {
-        reason = `release policy failed: ${(e as Error)?.message ?? e}`;
-      }
-      if (typeof reason === 'string' && reason.length > 0) return { ok: false, code: 'REFUSED', reason };
-    }
-    try {
-      await this.giveUp({ reason: 'requested', by: req.requester });
-    } catch (e) {
-      // Fenced, or the release ran out of lease (TIMEOUT): the record moves on by itself, the requester reads it again.
-      if (isVmkitError(e, 'FENCED')) return { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' };
-      if (isVmkitError(e, 'TIMEOUT')) return { ok: false, code: 'CONFLICT', reason: 'the release ran out of lease' };
-      return { ok: false, code: 'REFUSED', reason: `release failed (${isVmkitError(e) ? e.code : 'error'})` };
-    }
-    return this.state === 'released' ? { ok: true, epoch: this.epoch, revision: this.revision } : { ok: false, code: 'CONFLICT', reason: 'the holder was fenced' };
-  }
-
-  release(): Promise<void> {
-    return this.giveUp({ reason: 'released' });
-  }
-
-  close(): Promise<void> {
-    return this.release();
-  }
-
-  // Drain, flush, close, mark free. Idempotent: concurrent requests share one release.
-  giveUp(outcome: ReleaseOutcome): Promise<void> {
-    if (this.state === 'released' || this.state === 'fenced') return this.giving ?? Promise.resolve();
-    return (this.giving ??= this.giveUpNow(outcome));
-  }
-
-  private async giveUpNow(outcome: ReleaseOutcome): Promise<void> {
-    this.state = 'releasing';
-    // Say so in the record: openers that read it now wait instead of asking again.
-    const marked = await this.mark('releasing').catch(() => undefined);
-    if (marked === false) this.state = 'fenced';
-    this.releasingConfirmed = marked === true;
-    let failure: unknown;
-    if (this.inflight > 0) {
-      // In-flight writes finish, fail or are refused within the lease (their store checks are bounded by it).
-      const idle = (this.idle = _signal());
-      try {
-        await _within(idle.promise, this.leaseHardEnd - monotonic(), () => `${this.disk}: waiting for ${this.inflight} in-flight write(s) before releasing`);
-      } catch (e) {
-        failure = e;
-        this.sealed = true;
-      }
-    }
-    if (!this.sealed) {
-      try {
-        // The flush still passes the guard: this holder's epoch is current until it writes `free`.
-        const d = this.inner;
-        if (d) await _within(d.close(), Math.max(this.leaseHardEnd - monotonic(), this.margin()), () => `${this.disk}: flushing and closing the image`);
-        if (this.inner === d) this.inner = undefined;
-      } catch (e) {
-        failure = e;
-        // A flush that did not finish may still have a write in flight.
-        if (isVmkitError(e, 'TIMEOUT')) this.sealed = true;
-        await this.abandon();
-      }
-    }
-    if (this.sealed) {
-      // A write may still land: writing `free` now could let it land under the next holder. Drop
-      // the image unflushed and leave the record `releasing`: openers wait for its lease to end.
-      await this.abandon();
-    } else if (this.state === 'releasing') {
-      try {
-        if (!(await this.mark('free'))) this.state = 'fenced';
-      } catch (e) {
-        failure ??= e;
-      }
-    }
-    const fenced = (this.state as string) === 'fenced';
-    this.state = 'releasing'; // stop() ignores a holder that is already stopped
-    if (fenced) this.stop({ reason: 'fenced' }, 'fenced');
-    else this.stop(outcome, 'released');
-    if (failure !== undefined) throw failure;
-  }
-
-  // Writes our record with a new state by CAS; false when another epoch owns the record (we were fenced).
-  private mark(state: 'releasing' | 'free'): Promise<boolean> {
-    const run = this.chain.then(async () => {
-      const next = (r: OwnerRecord, wall: number): OwnerRecord => (state === 'free' ? { ...r, state, leaseExpiresAt: wall, updatedAt: wall } : { ...r, state, updatedAt: wall });
-      // First from what we know (no read: the common case, nobody else writes our record).
-      const w0 = this.now();
-      const fast = next(this.current, w0);
-      // Bounded by the lease, but never below the margin: writing `free` after the lease ran out still
-      // saves the next opener its wait, and the CAS keeps it exact. A CAS that timed out may have
-      // been applied: the retries below read the record and find our own write.
-      const call = <T>(what: string, f: () => Promise<T>): Promise<T> => this.storeCall(`${what} (marking it ${state})`, f, this.margin());
-      const rev0 = await call('swapping the owner record', () => this.store.compareAndSwap(this.disk, this.revision, fast));
-      if (rev0 !== null) {
-        this.revision = rev0;
-        this.current = fast;
-        return true;
-      }
-      for (let i = 0; i < 8; i++) {
-        const snap = await call('reading the owner record', () => this.store.read(this.disk));
-        const r = snap.record;
-        if (!r || r.epoch !== this.epoch || !sameHolder(r.owner, this.identity)) return false;
-        // Our own `free` (a CAS whose answer timed out) is already there.
-        if (r.state === 'free') {
-          if (state !== 'free') return false;
-          this.revision = snap.revision ?? this.revision;
-          this.current = r;
-          return true;
-        }
-        if (r.state === state) {
-          this.revision = snap.revision ?? this.revision;
-          this.current = r;
-          return true;
-        }
-        const n = next(r, this.now());
-        const rev = await call('swapping the owner record', () => this.store.compareAndSwap(this.disk, snap.revision, n));
-        if (rev !== null) {
-          this.revision = rev;
-          this.current = n;
-          return true;
-        }
-      }
-      throw new VmkitError('CONFLICT', `${this.disk}: the owner record kept changing while marking it ${state}`, { path: this.disk });
-    });
-    this.chain = run.catch(() => {});
-    return run;
-  }
-}
-
-/**
- * The image's own writes go through the guard too, one by one: a qcow2 or VMDK
- * write is several storage writes (data, L2 table, refcounts) across awaits,
- * and a holder stalled between them must not finish the rest after it was
- * fenced. Checking before each storage write and flush keeps every write to
- * the file within one event-loop turn of a passed check (docs/ownership.md).
- * @internal
- */
-function _guardedStorage(s: Storage, guard: WriteGuard): Storage {
-  return {
-    get name() {
-      return s.name;
-    },
-    get readOnly() {
-      return s.readOnly;
-    },
-    size: () => s.size(),
-    readInto: (offset, dst) => s.readInto(offset, dst),
-    write: async (offset, data) => {
-      await guard.check('write');
-      return s.write(offset, data);
-    },
-    truncate: async (size) => {
-      await guard.check('write');
-      return s.truncate(size);
-    },
-    flush: async () => {
-      // The device checked 'flush' against the store just before; the lease check suffices here.
-      await guard.check('write');
-      return s.flush();
-    },
-    close: () => s.close(),
-  };
-}
-
-function _guardedProvider(base: StorageProvider, guard: WriteGuard): StorageProvider {
-  return {
-    open: async (name, o) => {
-      const st = await base.open(name, o);
-      return o.readOnly ? st : _guardedStorage(st, guard);
-    },
-    create: (name) => base.create(name),
-    resolve: (from, rel) => base.resolve(from, rel),
-    relative: (from, target) => base.relative(from, target),
-  };
-}
-
-/**
- * The device handed to the caller: the image with in-flight accounting, so a
- * release can drain writes before it flushes, and refuses writes once the
- * holder is releasing, released or fenced.
- * @internal
- */
-class _OwnedDevice implements BlockDevice {
-  private readonly h: _Holder;
-  private readonly d: ImageDevice;
-  constructor(h: _Holder, d: ImageDevice) {
-    this.h = h;
-    this.d = d;
-  }
-  get size(): number {
-    return this.d.size;
-  }
-  get alignment(): number {
-    return this.d.alignment;
-  }
-  get readOnly(): boolean {
-    return this.d.readOnly;
-  }
-  get format(): string {
-    return this.d.format;
-  }
-  get backing(): BlockDevice | undefined {
-    return this.d.backing;
-  }
-  read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
-    return this.d.read(offset, length);
-  }
-  readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
-    return this.d.readInto(offset, dst);
-  }
-  write(offset: ByteOffset, data: Uint8Array): Promise<void> {
-    return this.h.mutate('write', () => this.d.write(offset, data));
-  }
-  writeZeroes(offset: ByteOffset, length: ByteLength): Promise<void> {
-    return this.h.mutate('write', () => this.d.writeZeroes(offset, length));
-  }
-  discard(offset: ByteOffset, length: ByteLength): Promise<void> {
-    return this.h.mutate('discard', () => this.d.discard(offset, length));
-  }
-  flush(): Promise<void> {
-    return this.h.mutate('flush', () => this.d.flush());
-  }
-  blockStatus(offset: ByteOffset, length: ByteLength): Promise<BlockExtent> {
-    return this.d.blockStatus(offset, length);
-  }
-  close(): Promise<void> {
-    return this.h.release();
-  }
 }
 
 /**
@@ -729,8 +186,10 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
   const read = (): Promise<OwnerSnapshot> => _within(store.read(disk), bound(), () => `reading the owner record of ${disk}`);
   const ask = (t: ReleaseTransport, endpoint: string, req: ReleaseRequest, ms: number): Promise<ReleaseReply> =>
     _within(Promise.resolve().then(() => t.request(endpoint, req, ms)), ms, () => `release request to ${endpoint}`);
+  // The executor of nextStep (_step.ts): read the record, decide, carry the step out. Every step
+  // ends in a holder, an error, or another round ('again' at once, 'wait' after a poll).
+  let lastWhy = '';
   try {
-    let lastWhy = '';
     for (let round = 0; ; round++) {
       if (opts.signal?.aborted) throw new VmkitError('CANCELLED', `open of ${disk} cancelled`);
       // Every path below either takes the disk or loops; under endless contention
@@ -740,84 +199,119 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
       }
       const snap = await read();
       const r = snap.record;
-      if (r && r.epoch >= Number.MAX_SAFE_INTEGER) throw new VmkitError('LIMIT', `${disk}: epoch ${r.epoch} cannot grow further`, { path: disk });
       const wall = now();
-      const alive = r !== null && leaseAlive(r, wall, maxSkewMs);
-      if (r && r.state !== 'free' && alive && r.state === 'owned' && r.owner?.endpoint) {
-        // A live owner: ask it to let go.
-        const t = pickTransport(r.owner.endpoint, transport);
-        if (t) {
-          let reply: ReleaseReply | undefined;
-          try {
-            reply = await ask(t, r.owner.endpoint, await releaseRequestFor(r, me, now()), requestTimeoutMs);
-          } catch (e) {
-            if (!isVmkitError(e, 'NETWORK') && !isVmkitError(e, 'TIMEOUT')) throw e;
-            lastWhy = `owner ${r.owner.id} at ${r.owner.endpoint} is unreachable (${e.message})`;
-          }
-          if (reply?.ok) {
-            // The owner wrote `free` at the epoch we asked about and told us its revision:
-            // take over from it directly (a CAS; if anything changed since, read again).
-            if (reply.revision !== undefined && reply.epoch === r.epoch) {
-              const h = await take(reply.revision, r.epoch, r.secret);
-              if (h) return h;
-            }
-            continue;
-          }
-          if (reply && reply.code === 'REFUSED') {
-            throw new VmkitError('REFUSED', `${disk}: owner ${r.owner.id} (epoch ${r.epoch}) refused to release: ${reply.reason}`, { path: disk });
-          }
-          if (reply && reply.code === 'CONFLICT') {
-            // The record moved on since we read it (or the holder was fenced): read again.
-            lastWhy = `owner ${r.owner.id} answered: ${reply.reason}`;
-            if (monotonic() > deadline) throw new VmkitError('TIMEOUT', `${disk}: gave up after ${waitMs} ms; last: ${lastWhy}`, { path: disk });
-            await sleep(2, opts.signal);
-            continue;
-          }
-          if (reply) lastWhy = `owner ${r.owner.id} answered ${reply.code}: ${reply.reason}`;
-        } else lastWhy = `no transport reaches owner ${r.owner.id} at ${r.owner.endpoint}`;
-      } else if (r && r.state !== 'free' && alive) {
-        lastWhy = r.state === 'releasing' ? `owner ${r.owner?.id} is releasing` : `owner ${r.owner?.id} serves no release endpoint`;
-      } else if (r && r.state !== 'free' && r.owner?.endpoint) {
-        // The lease looks dead by our clock. If the owner still answers, our
-        // clock (or its) is off: ask rather than take (docs/ownership.md, clock skew).
-        const t = pickTransport(r.owner.endpoint, transport);
-        if (t && r.state === 'owned') {
-          let reply: ReleaseReply | undefined;
-          try {
-            reply = await ask(t, r.owner.endpoint, await releaseRequestFor(r, me, now()), Math.min(requestTimeoutMs, Math.max(100, leaseMs / 4)));
-          } catch {
-            // Unreachable with an expired lease: a dead owner. Take over below.
-          }
-          if (reply?.ok) continue;
-          if (reply && reply.code === 'REFUSED') {
-            throw new VmkitError('REFUSED', `${disk}: owner ${r.owner.id} (epoch ${r.epoch}) refused to release: ${reply.reason} (its lease looks expired by this clock: check clock skew)`, { path: disk });
-          }
-        }
+      let next: _Holder | 'again' | 'wait';
+      switch (nextStep(r, wall, maxSkewMs)) {
+        case 'exhausted':
+          throw new VmkitError('LIMIT', `${disk}: epoch ${r!.epoch} cannot grow further`, { path: disk });
+        case 'ask':
+          next = await askOwner(r!);
+          break;
+        case 'wait':
+          lastWhy = r!.state === 'releasing' ? `owner ${r!.owner?.id} is releasing` : `owner ${r!.owner?.id} serves no release endpoint`;
+          next = 'wait';
+          break;
+        case 'probe-expired':
+          next = (await probeExpired(r!)) ?? (await takeFrom(snap));
+          break;
+        case 'take':
+          next = await takeFrom(snap);
+          break;
       }
-      if (r && r.state !== 'free' && alive) {
-        // Live but not releasable now: poll until it frees, its lease runs out, or we give up.
-        const left = deadline - monotonic();
-        if (left <= 0) {
-          throw new VmkitError(
-            'TIMEOUT',
-            `${disk}: ${lastWhy || 'the owner holds it'}; its lease runs until ${new Date(r.leaseExpiresAt).toISOString()} (+${maxSkewMs} ms skew allowance, this clock reads ${new Date(wall).toISOString()}); waited ${waitMs} ms`,
-            { path: disk },
-          );
-        }
-        await sleep(Math.max(1, Math.min(left, r.state === 'releasing' ? 5 : 20, r.leaseExpiresAt + maxSkewMs - wall + 1)), opts.signal);
+      if (next === 'again') continue;
+      if (next === 'wait') {
+        await waitOut(r!, wall);
         continue;
       }
-      // Free, absent, or dead: take the next epoch by CAS.
-      const h = await take(snap.revision, r?.epoch ?? 0, r?.secret);
-      if (!h) {
-        if (monotonic() > deadline) throw new VmkitError('TIMEOUT', `${disk}: lost every compare-and-swap for ${waitMs} ms`, { path: disk });
-        continue;
-      }
-      return h;
+      return next;
     }
   } catch (e) {
     await server?.close().catch(() => {});
     throw e;
+  }
+
+  // 'ask': a live owner serves a release endpoint. It lets go ('again', or the disk taken from the
+  // revision it wrote), refuses (REFUSED), answers CONFLICT ('again' shortly), or cannot be reached ('wait').
+  async function askOwner(r: OwnerRecord): Promise<_Holder | 'again' | 'wait'> {
+    const owner = r.owner!;
+    const endpoint = owner.endpoint!;
+    const t = pickTransport(endpoint, transport);
+    if (!t) {
+      lastWhy = `no transport reaches owner ${owner.id} at ${endpoint}`;
+      return 'wait';
+    }
+    let reply: ReleaseReply | undefined;
+    try {
+      reply = await ask(t, endpoint, await releaseRequestFor(r, me, now()), requestTimeoutMs);
+    } catch (e) {
+      if (!isVmkitError(e, 'NETWORK') && !isVmkitError(e, 'TIMEOUT')) throw e;
+      lastWhy = `owner ${owner.id} at ${endpoint} is unreachable (${e.message})`;
+    }
+    if (reply?.ok) {
+      // The owner wrote `free` at the epoch we asked about and told us its revision:
+      // take over from it directly (a CAS; if anything changed since, read again).
+      if (reply.revision !== undefined && reply.epoch === r.epoch) {
+        const h = await take(reply.revision, r.epoch, r.secret);
+        if (h) return h;
+      }
+      return 'again';
+    }
+    if (reply && reply.code === 'REFUSED') {
+      throw new VmkitError('REFUSED', `${disk}: owner ${owner.id} (epoch ${r.epoch}) refused to release: ${reply.reason}`, { path: disk });
+    }
+    if (reply && reply.code === 'CONFLICT') {
+      // The record moved on since we read it (or the holder was fenced): read again.
+      lastWhy = `owner ${owner.id} answered: ${reply.reason}`;
+      if (monotonic() > deadline) throw new VmkitError('TIMEOUT', `${disk}: gave up after ${waitMs} ms; last: ${lastWhy}`, { path: disk });
+      await sleep(2, opts.signal);
+      return 'again';
+    }
+    if (reply) lastWhy = `owner ${owner.id} answered ${reply.code}: ${reply.reason}`;
+    return 'wait';
+  }
+
+  // 'probe-expired': the lease looks dead by our clock. If the owner still answers, our clock (or
+  // its) is off: ask rather than take (docs/ownership.md, clock skew). undefined: take it.
+  async function probeExpired(r: OwnerRecord): Promise<'again' | undefined> {
+    const owner = r.owner!;
+    const endpoint = owner.endpoint!;
+    const t = pickTransport(endpoint, transport);
+    if (!t) return undefined;
+    let reply: ReleaseReply | undefined;
+    try {
+      reply = await ask(t, endpoint, await releaseRequestFor(r, me, now()), Math.min(requestTimeoutMs, Math.max(100, leaseMs / 4)));
+    } catch {
+      // Unreachable with an expired lease: a dead owner. Take over.
+    }
+    if (reply?.ok) return 'again';
+    if (reply && reply.code === 'REFUSED') {
+      throw new VmkitError('REFUSED', `${disk}: owner ${owner.id} (epoch ${r.epoch}) refused to release: ${reply.reason} (its lease looks expired by this clock: check clock skew)`, { path: disk });
+    }
+    return undefined;
+  }
+
+  // 'wait': live but not releasable now: poll until it frees, its lease runs out, or we give up.
+  async function waitOut(r: OwnerRecord, wall: number): Promise<void> {
+    const left = deadline - monotonic();
+    if (left <= 0) {
+      throw new VmkitError(
+        'TIMEOUT',
+        `${disk}: ${lastWhy || 'the owner holds it'}; its lease runs until ${new Date(r.leaseExpiresAt).toISOString()} (+${maxSkewMs} ms skew allowance, this clock reads ${new Date(wall).toISOString()}); waited ${waitMs} ms`,
+        { path: disk },
+      );
+    }
+    await sleep(Math.max(1, Math.min(left, pollMs(r, wall, maxSkewMs))), opts.signal);
+  }
+
+  // 'take': free, absent, or dead: the next epoch by CAS ('again' when another opener won it).
+  async function takeFrom(snap: OwnerSnapshot): Promise<_Holder | 'again'> {
+    const r = snap.record;
+    const h = await take(snap.revision, r?.epoch ?? 0, r?.secret);
+    if (!h) {
+      if (monotonic() > deadline) throw new VmkitError('TIMEOUT', `${disk}: lost every compare-and-swap for ${waitMs} ms`, { path: disk });
+      return 'again';
+    }
+    return h;
   }
 
   // Writes us as owner at `prevEpoch + 1` if the record is still at `expected`, then opens the image.

@@ -1,9 +1,11 @@
 /**
  * Disk ownership: the owner record every store keeps per disk, and the store
  * contract (read + compare-and-swap) that the file sidecar and etcd implement.
- * The method and the invariants are in docs/ownership.md.
+ * The method and the invariants are in docs/ownership.md. Also what a
+ * holding hands its caller ({@link OwnedDisk}) and why it ends.
  * @module
  */
+import type { BlockDevice } from '../device.js';
 
 /**
  * The state of a disk's ownership.
@@ -88,5 +90,50 @@ export interface OwnerStore {
    * comparison failed (someone else wrote first).
    */
   compareAndSwap(disk: string, expected: string | null, next: OwnerRecord): Promise<string | null>;
+  close(): Promise<void>;
+}
+
+/**
+ * Why a holder stopped holding.
+ * @example
+ * const { reason, by } = await held.done; // 'requested', { id: 'vm-18', … }
+ */
+export interface ReleaseOutcome {
+  /**
+   * `requested`: a release request; `released`: `release()`/`close()`; `fenced`: another holder
+   * took a newer epoch, or the lease ran out before the store confirmed it (store unreachable,
+   * process stalled past its lease).
+   */
+  readonly reason: 'requested' | 'released' | 'fenced';
+  /** Who asked, for `requested`. */
+  readonly by?: OwnerIdentity;
+}
+
+/**
+ * A disk held by this process at `epoch`.
+ * @example
+ * const d = await openOwned('vm.raw', { as: 'vm-1' });
+ * await d.device.write(0, new Uint8Array(512));
+ * await d.device.flush();   // re-checks the epoch in the store first
+ * await d.release();
+ */
+export interface OwnedDisk {
+  /** The disk's name in the store. */
+  readonly disk: string;
+  /** The image, writable while this holder's epoch is current; writes after release or fencing throw FENCED. */
+  readonly device: BlockDevice;
+  /** The fencing token this holder writes under. */
+  readonly epoch: number;
+  readonly identity: OwnerIdentity;
+  /** Where this holder answers release requests (undefined with `serve: false`). */
+  readonly endpoint: string | undefined;
+  readonly store: OwnerStore;
+  /** Resolves when the holder stopped holding, and why. */
+  readonly done: Promise<ReleaseOutcome>;
+  /** True once another holder took a newer epoch, or the lease ran out unconfirmed (every write then throws FENCED). */
+  readonly fenced: boolean;
+  /** Drains in-flight writes, flushes, closes the image and writes the record `free`. */
+  release(): Promise<void>;
+  /** The same as {@link OwnedDisk.release}. */
   close(): Promise<void>;
 }
