@@ -8,6 +8,8 @@ import { request, Agent } from 'node:http';
 import { AttestService, NonceStore, SourceSet, clientKey, type AttestServiceOptions } from '../bindings/attest/service/index.js';
 import { createVerifier } from '../bindings/attest/service/verifier.js';
 import type { RefreshResult, RepositorySource } from '../bindings/attest/index.js';
+import { _appraiseSliced, _verifyEvidenceIma } from '../bindings/attest/appraise.js';
+import { _ImaPacker, _pack, _unpack } from '../bindings/attest/service/_packed.js';
 
 /** A source that knows nothing (every IMA entry is unknown: the largest answers). */
 function emptySource(): RepositorySource {
@@ -206,6 +208,57 @@ describe.each([
     const c = claims(both.body);
     expect(c.submods['vmkit-software']!['vmkit.appraisal'].summary.items).toBe(25_000);
     expect(c.submods['vmkit-ima']!['vmkit.appraisal'].summary.items).toBe(entries);
+  });
+});
+
+describe("a large request's cost to the others (issue 18's bench goal: others' p99 within 2× meanwhile)", () => {
+  it('the pool packs IMA entries as they are verified: the same columns as from the whole list, no entries kept', async () => {
+    const { log, entries } = bigLog(Infinity, (i) => `/usr/bin/f${i}`, 3000);
+    const ima = { log, excludes: ['glob:/usr/bin/f1*'] };
+    const whole = await _verifyEvidenceIma(ima, {});
+    const packer = new _ImaPacker();
+    const streamed = await _verifyEvidenceIma(ima, {}, (e) => packer.add(e));
+    expect(streamed.entries).toEqual([]);
+    expect(streamed.excluded).toBe(whole.excluded);
+    expect(whole.entries.length).toBe(entries - whole.excluded);
+    const a = _unpack(_pack(undefined, undefined, whole)).ima!;
+    const b = _unpack(_pack(undefined, undefined, streamed, packer)).ima!;
+    expect(b.result).toEqual(a.result);
+    expect(b.entries.n).toBe(whole.entries.length);
+    const got = b.entries.at(0, b.entries.n);
+    expect(got.map((e) => [e.line, e.template, e.violation, e.digestAlg, Buffer.from(e.digest).toString('hex'), e.path])).toEqual(
+      whole.entries.map((e) => [e.line, e.template, e.violation, e.digestAlg, Buffer.from(e.digest).toString('hex'), e.path]),
+    );
+  });
+
+  it("the event loop's share of a large appraisal comes in slices of `slice` items, with the same verdicts", async () => {
+    const sources = new SourceSet([emptySource()]);
+    await sources.refreshAll({ requireAll: true });
+    const { log } = bigLog(Infinity, (i) => `/usr/bin/f${i}`, 2000);
+    const r = await _verifyEvidenceIma({ log }, {});
+    const input = { digests: { n: 0, at: () => [] }, packages: { n: 0, at: () => [] }, ima: { result: r, entries: { n: r.entries.length, at: (f: number, t: number) => r.entries.slice(f, t) } } };
+    // Turns of the event loop taken while it ran (a setImmediate chain counts them).
+    let turns = 0;
+    let on = true;
+    const tick = (): void => {
+      if (!on) return;
+      turns++;
+      setImmediate(tick);
+    };
+    setImmediate(tick);
+    const sliced = await _appraiseSliced(sources, input, { yieldMs: 0, slice: 100, maxListed: 1000 });
+    on = false;
+    // One turn before each slice of 100 (at yieldMs 0): 20 slices.
+    expect(turns).toBeGreaterThanOrEqual(19);
+    turns = 0;
+    on = true;
+    setImmediate(tick);
+    const once = await _appraiseSliced(sources, input, { yieldMs: 60_000, slice: 100, maxListed: 1000 });
+    on = false;
+    expect(turns).toBeLessThanOrEqual(1);
+    expect(sliced).toEqual(once);
+    expect(sliced.submods['vmkit-ima']!.summary.items).toBe(2000);
+    sources.close();
   });
 });
 
