@@ -4,6 +4,7 @@
 // every other client out. Each spec measures what another client sees meanwhile.
 import { afterEach, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 import { request, Agent } from 'node:http';
 import { AttestService, NonceStore, SourceSet, clientKey, type AttestServiceOptions } from '../bindings/attest/service/index.js';
 import { createVerifier } from '../bindings/attest/service/verifier.js';
@@ -109,10 +110,11 @@ async function start(options: Partial<AttestServiceOptions> = {}, impl: { svc: S
  * Buffer is spliced with the nonce): the client shares this thread with the service and
  * the /healthz poller, and stringifying 15 MiB on the way would be the client's own stall.
  */
-async function attest(base: string, evidence: unknown): Promise<{ status: number; body: string }> {
+async function attest(base: string, evidence: unknown, localAddress?: string): Promise<{ status: number; body: string }> {
   const ev = Buffer.isBuffer(evidence) ? evidence : Buffer.from(JSON.stringify(evidence));
-  const { nonce } = JSON.parse((await http(`${base}/nonce`)).body) as { nonce: string };
-  return http(`${base}/attest`, { method: 'POST', body: Buffer.concat([Buffer.from(`{"nonce":"${nonce}","evidence":`), ev, Buffer.from('}')]) });
+  const from = localAddress ? { localAddress } : {};
+  const { nonce } = JSON.parse((await http(`${base}/nonce`, from)).body) as { nonce: string };
+  return http(`${base}/attest`, { method: 'POST', body: Buffer.concat([Buffer.from(`{"nonce":"${nonce}","evidence":`), ev, Buffer.from('}')]), ...from });
 }
 
 const claims = (body: string): { submods: Record<string, { 'vmkit.appraisal': { summary: Record<string, number>; items: unknown[] } }> } =>
@@ -153,6 +155,8 @@ describe.each([
   it('/healthz answers meanwhile; the answer is bounded, its counts complete', async () => {
     const base = await start({ maxJsonBytes: 24 << 20 }, await impl());
     expect(/vmkit_attest_workers ([1-9]\d*)/.test(svc!.metrics())).toBe(workers);
+    // One worker per core but one (at least one): a core stays for the event loop.
+    if (workers) expect(svc!.metrics()).toContain(`vmkit_attest_workers ${Math.max(1, availableParallelism() - 1)}\n`);
     const { log, entries } = bigLog(15 << 20, (i) => `/usr/lib/x86_64-linux-gnu/pkg${i % 977}/lib${i}.so.1`);
     const pending = attest(base, Buffer.from(JSON.stringify({ ima: { log } })));
     const lat = await healthLatencies(base, pending);
@@ -182,6 +186,24 @@ describe.each([
     const small = await attest(base, { digests: [{ alg: 'sha256', hex: '00'.repeat(32) }] });
     expect(small.status).toBe(200);
     expect((await first).status).toBe(200);
+  });
+
+  it("a client's second large request in flight is 429, another client's is served meanwhile", async () => {
+    const base = await start({ maxJsonBytes: 24 << 20 }, await impl());
+    expect(svc!.metrics()).toContain('vmkit_attest_large_per_client_limit 1\n');
+    const { log } = bigLog(4 << 20, (i) => `/usr/bin/f${i}`);
+    const first = attest(base, { ima: { log } }, '127.0.0.1');
+    for (let i = 0; i < 500 && !svc!.metrics().includes('vmkit_attest_large_in_flight 1'); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(svc!.metrics()).toContain('vmkit_attest_large_clients 1\n');
+    const second = await attest(base, { ima: { log } }, '127.0.0.1');
+    expect(second.status, second.body.slice(0, 200)).toBe(429);
+    expect(JSON.parse(second.body).error.code).toBe('LIMIT');
+    const other = await attest(base, { ima: { log } }, '127.0.0.2');
+    expect(other.status, other.body.slice(0, 200)).toBe(200);
+    expect((await first).status).toBe(200);
+    // Answered, its place is free again.
+    expect(svc!.metrics()).toContain('vmkit_attest_large_clients 0\n');
+    expect((await attest(base, { ima: { log } }, '127.0.0.1')).status).toBe(200);
   });
 
   it('answers a large request with a bad nonce, bad JSON or bad evidence as a small one (401, 400)', async () => {

@@ -1,6 +1,6 @@
 /**
  * The attestation service's pool of appraisal workers (Node worker_threads,
- * one per core by default): a large request's body is streamed to an idle
+ * one per core but one by default): a large request's body is streamed to an idle
  * worker, which parses it and verifies its IMA log off the event loop
  * (_appraise-worker.ts). One job per worker at a time; jobs beyond the
  * workers wait in order (the service bounds how many with `maxLargeInFlight`).
