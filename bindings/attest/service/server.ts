@@ -194,8 +194,8 @@ export function parseAttestRequest(body: unknown, maxItems: number = 100_000): {
 
 // A large request's share of the event loop (its lookups in the index, after a pool worker
 // verified it): turns of about a millisecond, 128 items between looks at the clock. A small
-// request that arrives meanwhile waits for one such turn, not for the verifier's `yieldMs`;
-// the extra turns cost a few microseconds each (measured: bench/attest-service.bench.js).
+// request that arrives meanwhile waits for one such turn, not for the verifier's `yieldMs`
+// (5 ms); an extra turn is one setImmediate, microseconds against a millisecond of work.
 const MAIN_SLICE_MS = 1;
 const MAIN_SLICE_ITEMS = 128;
 
