@@ -4,10 +4,13 @@
 // every other client out. Each spec measures what another client sees meanwhile.
 import { afterEach, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 import { request, Agent } from 'node:http';
 import { AttestService, NonceStore, SourceSet, clientKey, type AttestServiceOptions } from '../bindings/attest/service/index.js';
 import { createVerifier } from '../bindings/attest/service/verifier.js';
 import type { RefreshResult, RepositorySource } from '../bindings/attest/index.js';
+import { _appraiseSliced, _verifyEvidenceIma } from '../bindings/attest/appraise.js';
+import { _ImaPacker, _pack, _unpack } from '../bindings/attest/service/_packed.js';
 
 /** A source that knows nothing (every IMA entry is unknown: the largest answers). */
 function emptySource(): RepositorySource {
@@ -107,10 +110,11 @@ async function start(options: Partial<AttestServiceOptions> = {}, impl: { svc: S
  * Buffer is spliced with the nonce): the client shares this thread with the service and
  * the /healthz poller, and stringifying 15 MiB on the way would be the client's own stall.
  */
-async function attest(base: string, evidence: unknown): Promise<{ status: number; body: string }> {
+async function attest(base: string, evidence: unknown, localAddress?: string): Promise<{ status: number; body: string }> {
   const ev = Buffer.isBuffer(evidence) ? evidence : Buffer.from(JSON.stringify(evidence));
-  const { nonce } = JSON.parse((await http(`${base}/nonce`)).body) as { nonce: string };
-  return http(`${base}/attest`, { method: 'POST', body: Buffer.concat([Buffer.from(`{"nonce":"${nonce}","evidence":`), ev, Buffer.from('}')]) });
+  const from = localAddress ? { localAddress } : {};
+  const { nonce } = JSON.parse((await http(`${base}/nonce`, from)).body) as { nonce: string };
+  return http(`${base}/attest`, { method: 'POST', body: Buffer.concat([Buffer.from(`{"nonce":"${nonce}","evidence":`), ev, Buffer.from('}')]), ...from });
 }
 
 const claims = (body: string): { submods: Record<string, { 'vmkit.appraisal': { summary: Record<string, number>; items: unknown[] } }> } =>
@@ -151,6 +155,8 @@ describe.each([
   it('/healthz answers meanwhile; the answer is bounded, its counts complete', async () => {
     const base = await start({ maxJsonBytes: 24 << 20 }, await impl());
     expect(/vmkit_attest_workers ([1-9]\d*)/.test(svc!.metrics())).toBe(workers);
+    // One worker per core but one (at least one): a core stays for the event loop.
+    if (workers) expect(svc!.metrics()).toContain(`vmkit_attest_workers ${Math.max(1, availableParallelism() - 1)}\n`);
     const { log, entries } = bigLog(15 << 20, (i) => `/usr/lib/x86_64-linux-gnu/pkg${i % 977}/lib${i}.so.1`);
     const pending = attest(base, Buffer.from(JSON.stringify({ ima: { log } })));
     const lat = await healthLatencies(base, pending);
@@ -182,6 +188,24 @@ describe.each([
     expect((await first).status).toBe(200);
   });
 
+  it("a client's second large request in flight is 429, another client's is served meanwhile", async () => {
+    const base = await start({ maxJsonBytes: 24 << 20 }, await impl());
+    expect(svc!.metrics()).toContain('vmkit_attest_large_per_client_limit 1\n');
+    const { log } = bigLog(4 << 20, (i) => `/usr/bin/f${i}`);
+    const first = attest(base, { ima: { log } }, '127.0.0.1');
+    for (let i = 0; i < 500 && !svc!.metrics().includes('vmkit_attest_large_in_flight 1'); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(svc!.metrics()).toContain('vmkit_attest_large_clients 1\n');
+    const second = await attest(base, { ima: { log } }, '127.0.0.1');
+    expect(second.status, second.body.slice(0, 200)).toBe(429);
+    expect(JSON.parse(second.body).error.code).toBe('LIMIT');
+    const other = await attest(base, { ima: { log } }, '127.0.0.2');
+    expect(other.status, other.body.slice(0, 200)).toBe(200);
+    expect((await first).status).toBe(200);
+    // Answered, its place is free again.
+    expect(svc!.metrics()).toContain('vmkit_attest_large_clients 0\n');
+    expect((await attest(base, { ima: { log } }, '127.0.0.1')).status).toBe(200);
+  });
+
   it('answers a large request with a bad nonce, bad JSON or bad evidence as a small one (401, 400)', async () => {
     const base = await start({ maxJsonBytes: 24 << 20 }, await impl());
     const { log, entries } = bigLog(2 << 20, (i) => `/usr/bin/f${i}`);
@@ -206,6 +230,57 @@ describe.each([
     const c = claims(both.body);
     expect(c.submods['vmkit-software']!['vmkit.appraisal'].summary.items).toBe(25_000);
     expect(c.submods['vmkit-ima']!['vmkit.appraisal'].summary.items).toBe(entries);
+  });
+});
+
+describe("a large request's cost to the others (issue 18's bench goal: others' p99 within 2× meanwhile)", () => {
+  it('the pool packs IMA entries as they are verified: the same columns as from the whole list, no entries kept', async () => {
+    const { log, entries } = bigLog(Infinity, (i) => `/usr/bin/f${i}`, 3000);
+    const ima = { log, excludes: ['glob:/usr/bin/f1*'] };
+    const whole = await _verifyEvidenceIma(ima, {});
+    const packer = new _ImaPacker();
+    const streamed = await _verifyEvidenceIma(ima, {}, (e) => packer.add(e));
+    expect(streamed.entries).toEqual([]);
+    expect(streamed.excluded).toBe(whole.excluded);
+    expect(whole.entries.length).toBe(entries - whole.excluded);
+    const a = _unpack(_pack(undefined, undefined, whole)).ima!;
+    const b = _unpack(_pack(undefined, undefined, streamed, packer)).ima!;
+    expect(b.result).toEqual(a.result);
+    expect(b.entries.n).toBe(whole.entries.length);
+    const got = b.entries.at(0, b.entries.n);
+    expect(got.map((e) => [e.line, e.template, e.violation, e.digestAlg, Buffer.from(e.digest).toString('hex'), e.path])).toEqual(
+      whole.entries.map((e) => [e.line, e.template, e.violation, e.digestAlg, Buffer.from(e.digest).toString('hex'), e.path]),
+    );
+  });
+
+  it("the event loop's share of a large appraisal comes in slices of `slice` items, with the same verdicts", async () => {
+    const sources = new SourceSet([emptySource()]);
+    await sources.refreshAll({ requireAll: true });
+    const { log } = bigLog(Infinity, (i) => `/usr/bin/f${i}`, 2000);
+    const r = await _verifyEvidenceIma({ log }, {});
+    const input = { digests: { n: 0, at: () => [] }, packages: { n: 0, at: () => [] }, ima: { result: r, entries: { n: r.entries.length, at: (f: number, t: number) => r.entries.slice(f, t) } } };
+    // Turns of the event loop taken while it ran (a setImmediate chain counts them).
+    let turns = 0;
+    let on = true;
+    const tick = (): void => {
+      if (!on) return;
+      turns++;
+      setImmediate(tick);
+    };
+    setImmediate(tick);
+    const sliced = await _appraiseSliced(sources, input, { yieldMs: 0, slice: 100, maxListed: 1000 });
+    on = false;
+    // One turn before each slice of 100 (at yieldMs 0): 20 slices.
+    expect(turns).toBeGreaterThanOrEqual(19);
+    turns = 0;
+    on = true;
+    setImmediate(tick);
+    const once = await _appraiseSliced(sources, input, { yieldMs: 60_000, slice: 100, maxListed: 1000 });
+    on = false;
+    expect(turns).toBeLessThanOrEqual(1);
+    expect(sliced).toEqual(once);
+    expect(sliced.submods['vmkit-ima']!.summary.items).toBe(2000);
+    sources.close();
   });
 });
 

@@ -542,14 +542,21 @@ export async function appraiseEvidence(index: ReferenceIndex, evidence: Evidence
 
 /**
  * Verifies a request's IMA log with the service's excludes and the request's
- * (glob: only unless `requestRegex`, within `maxExcludeWork`). @internal
+ * (glob: only unless `requestRegex`, within `maxExcludeWork`). With `sink`,
+ * each entry that is not excluded goes there as it is verified and the
+ * result's `entries` stays empty. @internal
  */
-export async function _verifyEvidenceIma(ima: ImaEvidence, options: AppraiseEvidenceOptions): Promise<ImaLogResult & { excludes: string[] }> {
+export async function _verifyEvidenceIma(ima: ImaEvidence, options: AppraiseEvidenceOptions, sink?: (e: ImaEntry) => void): Promise<ImaLogResult & { excludes: string[] }> {
   const req = compileExcludes(ima.excludes ?? [], { regex: options.requestRegex ?? false, ...(options.maxExcludeWork !== undefined ? { maxWork: options.maxExcludeWork } : {}) });
   const own = options.excludes === undefined ? undefined : typeof options.excludes === 'function' ? options.excludes : compileExcludes(options.excludes);
   const patterns = [...(own?.patterns ?? []), ...req.patterns];
   const excludes = Object.defineProperty((p: string) => (own !== undefined && own(p)) || req(p), 'patterns', { value: patterns }) as ImaExcludes;
-  const r = await verifyImaLog(ima.log, { ...(ima.pcr10 ? { expectedPcr: ima.pcr10 } : {}), excludes, ...(options.yieldMs !== undefined ? { yieldMs: options.yieldMs } : {}) });
+  const r = await verifyImaLog(ima.log, {
+    ...(ima.pcr10 ? { expectedPcr: ima.pcr10 } : {}),
+    excludes,
+    ...(options.yieldMs !== undefined ? { yieldMs: options.yieldMs } : {}),
+    ...(sink ? { collect: false, onEntry: (e: ImaEntry, excluded: boolean) => void (excluded || sink(e)) } : {}),
+  });
   return { ...r, excludes: patterns };
 }
 
@@ -566,15 +573,19 @@ export interface _SlicedInput {
   ima?: { result: Omit<ImaLogResult, 'entries'> & { excludes?: string[] }; entries: _Column<ImaEntry> };
 }
 
-const SLICE = 512;
+/** Items per slice by default: the time is checked between slices. */
+const DEFAULT_SLICE = 512;
 
 /**
  * appraise() a slice of items at a time, giving the event loop a turn after
- * about `yieldMs` of work: the same verdicts, counts and order. @internal
+ * about `yieldMs` of work: the same verdicts, counts and order. `slice` items
+ * are appraised between two looks at the clock (default 512: under a
+ * millisecond of lookups; smaller for finer turns). @internal
  */
-export async function _appraiseSliced(index: ReferenceIndex, input: _SlicedInput, options: AppraiseOptions & { yieldMs: number }): Promise<Appraisal> {
+export async function _appraiseSliced(index: ReferenceIndex, input: _SlicedInput, options: AppraiseOptions & { yieldMs: number; slice?: number }): Promise<Appraisal> {
   const o = appraiseOptions(options);
   const out: Appraisal = { status: 'none', submods: {} };
+  const per = options.slice ?? DEFAULT_SLICE;
   let t = performance.now();
   const pause = async (): Promise<void> => {
     if (performance.now() - t < options.yieldMs) return;
@@ -584,15 +595,15 @@ export async function _appraiseSliced(index: ReferenceIndex, input: _SlicedInput
   const { digests, packages } = input;
   if (digests.n || packages.n) {
     const c = new Collector(o.maxDetail, o.maxListed);
-    for (let from = 0; from < digests.n; from += SLICE) {
+    for (let from = 0; from < digests.n; from += per) {
       await pause();
-      const ds = digests.at(from, Math.min(digests.n, from + SLICE));
+      const ds = digests.at(from, Math.min(digests.n, from + per));
       const found = lookupAll(index, ds);
       for (let i = 0; i < ds.length; i++) c.add(digestVerdict(found[i], ds[i]!, ds[i]!.path, o, 'digest'));
     }
-    for (let from = 0; from < packages.n; from += SLICE) {
+    for (let from = 0; from < packages.n; from += per) {
       await pause();
-      for (const p of packages.at(from, Math.min(packages.n, from + SLICE))) c.add(packageVerdict(index, p, o));
+      for (const p of packages.at(from, Math.min(packages.n, from + per))) c.add(packageVerdict(index, p, o));
     }
     const tv: TrustVector = { 'file-system': claimFor(c.worst, Ar4si.APPROVED_FILES, Ar4si.UNRECOGNIZED_FILES, Ar4si.CONTRAINDICATED_FILES) };
     out.submods['vmkit-software'] = { status: vectorStatus(tv), trustVector: tv, policyId: o.policyId, summary: c.summary, items: c.items };
@@ -600,9 +611,9 @@ export async function _appraiseSliced(index: ReferenceIndex, input: _SlicedInput
   if (input.ima) {
     const c = new Collector(o.maxDetail, o.maxListed);
     const es = input.ima.entries;
-    for (let from = 0; from < es.n; from += SLICE) {
+    for (let from = 0; from < es.n; from += per) {
       await pause();
-      const slice = es.at(from, Math.min(es.n, from + SLICE));
+      const slice = es.at(from, Math.min(es.n, from + per));
       imaVerdicts(index, slice, 0, slice.length, c, o);
     }
     out.submods['vmkit-ima'] = imaSubmod(input.ima.result, c, o);

@@ -24,7 +24,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { VmkitError } from '../../errors.js';
 import { _verifyEvidenceIma, type Evidence } from '../appraise.js';
 import { parseAttestRequest } from './server.js';
-import { _pack, _transferables } from './_packed.js';
+import { _ImaPacker, _pack, _transferables } from './_packed.js';
 
 /** Options a job carries (structured-cloneable). @internal */
 export interface _JobOptions {
@@ -97,14 +97,21 @@ port.on('message', (m: { t: string; job: number; opts?: _JobOptions; data?: Uint
       const ev = j.evidence;
       const o = j.opts;
       void (async () => {
+        // Entries go into columns as they are verified (no entry objects kept: see _ImaPacker).
+        const packer = new _ImaPacker();
         const ima = ev.ima
-          ? await _verifyEvidenceIma(ev.ima, {
-              ...(o.requestRegex !== undefined ? { requestRegex: o.requestRegex } : {}),
-              ...(o.maxExcludeWork !== undefined ? { maxExcludeWork: o.maxExcludeWork } : {}),
-              ...(o.excludes ? { excludes: o.excludes } : {}),
-            })
+          ? await _verifyEvidenceIma(
+              ev.ima,
+              {
+                ...(o.requestRegex !== undefined ? { requestRegex: o.requestRegex } : {}),
+                ...(o.maxExcludeWork !== undefined ? { maxExcludeWork: o.maxExcludeWork } : {}),
+                ...(o.excludes ? { excludes: o.excludes } : {}),
+              },
+              (e) => packer.add(e),
+            )
           : undefined;
-        const packed = _pack(ev.digests, ev.packages, ima);
+        delete j.evidence; // the request's log string is garbage from here on
+        const packed = _pack(ev.digests, ev.packages, ima, packer);
         jobs.delete(m.job);
         port.postMessage({ t: 'done', job: m.job, packed }, _transferables(packed));
       })().catch((e: unknown) => fail(m.job, e));

@@ -81,8 +81,80 @@ export function _transferables(p: _Packed): ArrayBuffer[] {
   return out;
 }
 
-/** Packs verified evidence (worker side). @internal */
-export function _pack(digests: readonly EvidenceDigest[] | undefined, packages: readonly EvidencePackage[] | undefined, ima: (ImaLogResult & { excludes?: string[] }) | undefined): _Packed {
+/**
+ * IMA entries packed as they are verified (worker side): each entry is
+ * copied into the columns and dropped, so the worker's heap holds no
+ * 100 000 entry objects (their garbage-collection work runs on threads
+ * that are not niced and would compete with the service's event loop).
+ * @internal
+ */
+export class _ImaPacker {
+  private n = 0;
+  private line = new Int32Array(1024);
+  private template = new Uint8Array(1024);
+  private violation = new Uint8Array(1024);
+  private digestEnd = new Uint32Array(1024);
+  private digest = new Uint8Array(32 * 1024);
+  private bytes = 0;
+  private readonly algs: string[] = [];
+  private readonly paths: string[] = [];
+
+  /** Appends one entry. */
+  add(e: ImaEntry): void {
+    if (this.n === this.line.length) {
+      const grow = <T extends Int32Array | Uint8Array | Uint32Array>(a: T): T => {
+        const b = new (a.constructor as new (n: number) => T)(a.length * 2);
+        b.set(a);
+        return b;
+      };
+      this.line = grow(this.line);
+      this.template = grow(this.template);
+      this.violation = grow(this.violation);
+      this.digestEnd = grow(this.digestEnd);
+    }
+    if (this.bytes + e.digest.length > this.digest.length) {
+      const d = new Uint8Array(Math.max(this.digest.length * 2, this.bytes + e.digest.length));
+      d.set(this.digest.subarray(0, this.bytes));
+      this.digest = d;
+    }
+    const i = this.n++;
+    this.line[i] = e.line;
+    this.template[i] = TEMPLATES.indexOf(e.template);
+    this.violation[i] = e.violation ? 1 : 0;
+    this.digest.set(e.digest, this.bytes);
+    this.bytes += e.digest.length;
+    this.digestEnd[i] = this.bytes;
+    this.algs.push(e.digestAlg);
+    this.paths.push(e.path);
+  }
+
+  /** The columns, with the log's counts (`result` without its entries). */
+  finish(result: Omit<ImaLogResult, 'entries'> & { excludes?: string[] }): NonNullable<_Packed['ima']> {
+    const n = this.n;
+    return {
+      result,
+      line: this.line.slice(0, n),
+      template: this.template.slice(0, n),
+      violation: this.violation.slice(0, n),
+      digestAlg: packStrs(this.algs),
+      digest: this.digest.slice(0, this.bytes),
+      digestEnd: this.digestEnd.slice(0, n),
+      path: packStrs(this.paths),
+    };
+  }
+}
+
+/**
+ * Packs verified evidence (worker side): digests and packages, and the IMA
+ * log's result with its entries (an array, or already in an {@link _ImaPacker}).
+ * @internal
+ */
+export function _pack(
+  digests: readonly EvidenceDigest[] | undefined,
+  packages: readonly EvidencePackage[] | undefined,
+  ima: (Omit<ImaLogResult, 'entries'> & { entries?: readonly ImaEntry[]; excludes?: string[] }) | undefined,
+  packer?: _ImaPacker,
+): _Packed {
   const out: _Packed = {};
   if (digests?.length) {
     out.digests = { alg: Uint8Array.from(digests, (d) => ALGS.indexOf(d.alg)), hex: packStrs(digests.map((d) => d.hex)), path: packStrs(digests.map((d) => d.path)) };
@@ -98,26 +170,9 @@ export function _pack(digests: readonly EvidenceDigest[] | undefined, packages: 
   }
   if (ima) {
     const { entries, ...result } = ima;
-    let bytes = 0;
-    for (const e of entries) bytes += e.digest.length;
-    const digest = new Uint8Array(bytes);
-    const digestEnd = new Uint32Array(entries.length);
-    let o = 0;
-    for (let i = 0; i < entries.length; i++) {
-      digest.set(entries[i]!.digest, o);
-      o += entries[i]!.digest.length;
-      digestEnd[i] = o;
-    }
-    out.ima = {
-      result,
-      line: Int32Array.from(entries, (e) => e.line),
-      template: Uint8Array.from(entries, (e) => TEMPLATES.indexOf(e.template)),
-      violation: Uint8Array.from(entries, (e) => (e.violation ? 1 : 0)),
-      digestAlg: packStrs(entries.map((e) => e.digestAlg)),
-      digest,
-      digestEnd,
-      path: packStrs(entries.map((e) => e.path)),
-    };
+    const p = packer ?? new _ImaPacker();
+    if (!packer) for (const e of entries ?? []) p.add(e);
+    out.ima = p.finish(result);
   }
   return out;
 }

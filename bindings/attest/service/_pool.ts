@@ -1,6 +1,6 @@
 /**
  * The attestation service's pool of appraisal workers (Node worker_threads,
- * one per core by default): a large request's body is streamed to an idle
+ * one per core but one by default): a large request's body is streamed to an idle
  * worker, which parses it and verifies its IMA log off the event loop
  * (_appraise-worker.ts). One job per worker at a time; jobs beyond the
  * workers wait in order (the service bounds how many with `maxLargeInFlight`).
@@ -52,12 +52,15 @@ export class PoolJob {
     else this.queued.push({ m, transfer });
   }
 
-  /** Sends a chunk of the body (copied into a buffer of its own and transferred). */
+  /**
+   * Sends a chunk of the body, transferred: a chunk that is its whole
+   * ArrayBuffer (node:http copies each body chunk into one of its own) moves
+   * as it is; a view of a shared buffer is copied first.
+   */
   push(c: Uint8Array): void {
     if (this.done) return;
-    const own = new Uint8Array(c.length);
-    own.set(c);
-    this.post({ t: 'chunk', job: this.id, data: own }, [own.buffer]);
+    const own = c.byteOffset === 0 && c.byteLength === c.buffer.byteLength && c.buffer instanceof ArrayBuffer ? c : new Uint8Array(c);
+    this.post({ t: 'chunk', job: this.id, data: own }, [own.buffer as ArrayBuffer]);
   }
 
   private wait<T>(): Promise<T> {
@@ -152,7 +155,10 @@ export class AppraisePool {
   }
 
   private spawn(): Slot {
-    const slot: Slot = { worker: new Worker(this.url, { workerData: { nice: this.nice } }) };
+    // A young generation of 96 MiB (semi-spaces of 32 MiB, twice V8's default): a 16 MiB log
+    // allocates a few hundred MiB of short-lived strings and arrays, and half as many
+    // scavenges halve the collector's work on V8's helper threads, which are not niced.
+    const slot: Slot = { worker: new Worker(this.url, { workerData: { nice: this.nice }, resourceLimits: { maxYoungGenerationSizeMb: 96 } }) };
     const w = slot.worker;
     w.unref();
     w.on('message', (m: Reply) => slot.job?._reply(m));

@@ -109,14 +109,22 @@ export interface AttestServiceOptions {
   maxLargeInFlight?: number;
   /** What counts as a large request body, bytes (default 64 KiB). */
   largeBodyBytes?: number;
+  /**
+   * Large requests one client (IPv4 address, IPv6 /64) has in flight at once;
+   * more get 429 (default 1): one client cannot hold every worker, and the
+   * workers' queue holds at most this many jobs per client, so large requests
+   * of different clients take turns.
+   */
+  maxLargePerClient?: number;
   /** Most open connections (default 1024). */
   maxConnections?: number;
   /** Whole-request timeout, ms (default 30 000). */
   requestTimeoutMs?: number;
   /**
-   * Appraisal worker threads for large requests (default: one per core; 0 =
-   * none, large requests are then appraised on the event loop in slices).
-   * Used when the verifier exposes `appraiseOptions` (createVerifier does).
+   * Appraisal worker threads for large requests (default: one per core but
+   * one, at least one: a core stays for the event loop and the collector's
+   * threads; 0 = none, large requests are then appraised on the event loop in
+   * slices). Used when the verifier exposes `appraiseOptions` (createVerifier does).
    */
   workers?: number;
   /**
@@ -184,6 +192,13 @@ export function parseAttestRequest(body: unknown, maxItems: number = 100_000): {
   return { nonce, evidence: parseEvidence(b.evidence, { maxItems }) };
 }
 
+// A large request's share of the event loop (its lookups in the index, after a pool worker
+// verified it): turns of about a millisecond, 128 items between looks at the clock. A small
+// request that arrives meanwhile waits for one such turn, not for the verifier's `yieldMs`
+// (5 ms); an extra turn is one setImmediate, microseconds against a millisecond of work.
+const MAIN_SLICE_MS = 1;
+const MAIN_SLICE_ITEMS = 128;
+
 const ROUTES: ReadonlySet<string> = new Set(['/nonce', '/attest', '/attest/installed', '/.well-known/jwks.json', '/healthz', '/metrics']);
 
 /** A refused nonce: 401 with the reason (docs/attest-service.md). */
@@ -192,6 +207,14 @@ class NonceRefused extends VmkitError {
   constructor(reason: NonceRefusal) {
     super('REFUSED', `nonce refused: ${reason}`);
     this.reason = reason;
+  }
+}
+
+/** A client over its share of large requests in flight: 429, retry. */
+class LargeQuotaError extends VmkitError {
+  readonly httpStatus = 429;
+  constructor(max: number) {
+    super('LIMIT', `this client has ${max} large request${max === 1 ? '' : 's'} in flight already; send the next when it is answered`);
   }
 }
 
@@ -236,10 +259,12 @@ export class AttestService {
   /** The repositories. */
   readonly sources: SourceSet;
   private readonly verifier: Verifier;
-  private readonly limits: { json: number; items: number; inFlight: number; buffered: number; large: number; largeBytes: number };
+  private readonly limits: { json: number; items: number; inFlight: number; buffered: number; large: number; largePerClient: number; largeBytes: number };
   private buffered = 0;
   private inFlight = 0;
   private largeInFlight = 0;
+  /** Large requests in flight per client key (clientKey). */
+  private readonly largeByClient = new Map<string, number>();
   private readonly pool: AppraisePool | undefined;
   private closing = false;
   /** File digests of packages on demand, for whole-machine requests. */
@@ -260,8 +285,11 @@ export class AttestService {
     this.nonces = new NonceStore(options.nonces);
     this.installedOptions = options.installed ?? {};
     this.files = new OnDemandFiles(this.sources, this.installedOptions);
-    const workers = options.workers ?? availableParallelism();
+    const workers = options.workers ?? Math.max(1, availableParallelism() - 1);
     if (!Number.isSafeInteger(workers) || workers < 0 || workers > 256) throw new VmkitError('ARG_RANGE', 'options.workers must be an integer 0..256');
+    if (options.maxLargePerClient !== undefined && (!Number.isSafeInteger(options.maxLargePerClient) || options.maxLargePerClient < 1)) {
+      throw new VmkitError('ARG_RANGE', 'options.maxLargePerClient must be an integer ≥ 1');
+    }
     this.pool = workers > 0 && this.verifier.appraiseOptions ? AppraisePool.open(workers, options.workerNice ?? 10) : undefined;
     this.limits = {
       json: options.maxJsonBytes ?? 16 << 20,
@@ -269,6 +297,7 @@ export class AttestService {
       items: options.maxItems ?? 100_000,
       inFlight: options.maxInFlight ?? 256,
       large: options.maxLargeInFlight ?? (this.pool ? 4 * this.pool.size : 2),
+      largePerClient: options.maxLargePerClient ?? 1,
       largeBytes: options.largeBodyBytes ?? 64 << 10,
     };
     this.server = createServer({ requestTimeout: options.requestTimeoutMs ?? 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 }, (req, res) => {
@@ -365,6 +394,7 @@ export class AttestService {
     let held = 0;
     let large = false;
     let job: PoolJob | undefined;
+    const client = clientKey(req.socket.remoteAddress);
     try {
       const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
       if (type !== 'application/json') throw new VmkitError('UNSUPPORTED', `content-type must be application/json, not ${JSON.stringify(type.slice(0, 60))}`);
@@ -384,6 +414,8 @@ export class AttestService {
           }
           if (!large && held > this.limits.largeBytes) {
             if (this.largeInFlight >= this.limits.large) throw new VmkitError('INVALID_STATE', `busy: ${this.largeInFlight} large requests in flight`);
+            if ((this.largeByClient.get(client) ?? 0) >= this.limits.largePerClient) throw new LargeQuotaError(this.limits.largePerClient);
+            this.largeByClient.set(client, (this.largeByClient.get(client) ?? 0) + 1);
             this.largeInFlight++;
             large = true;
             job = this.startJob();
@@ -405,7 +437,7 @@ export class AttestService {
           if (refusal) throw new NonceRefused(refusal);
           const packed = await job.go();
           job = undefined;
-          appraisal = await _appraiseSliced(this.sources, _unpack(packed), { ...this.verifier.appraiseOptions, yieldMs: this.verifier.appraiseOptions?.yieldMs ?? 10 });
+          appraisal = await _appraiseSliced(this.sources, _unpack(packed), { ...this.verifier.appraiseOptions, yieldMs: MAIN_SLICE_MS, slice: MAIN_SLICE_ITEMS });
         } else {
           let parsed: unknown;
           try {
@@ -428,7 +460,12 @@ export class AttestService {
       }
     } finally {
       this.buffered -= held;
-      if (large) this.largeInFlight--;
+      if (large) {
+        this.largeInFlight--;
+        const n = (this.largeByClient.get(client) ?? 1) - 1;
+        if (n > 0) this.largeByClient.set(client, n);
+        else this.largeByClient.delete(client);
+      }
       this.inFlight--;
       this.latency.add(performance.now() - t0);
     }
@@ -527,6 +564,8 @@ export class AttestService {
     l.push('# TYPE vmkit_attest_nonces_per_client_limit gauge', `vmkit_attest_nonces_per_client_limit ${this.nonces.maxPerClient}`);
     l.push('# TYPE vmkit_attest_nonces_quota_refused_total counter', `vmkit_attest_nonces_quota_refused_total ${ns.quota}`);
     l.push('# TYPE vmkit_attest_large_in_flight gauge', `vmkit_attest_large_in_flight ${this.largeInFlight}`);
+    l.push('# TYPE vmkit_attest_large_clients gauge', `vmkit_attest_large_clients ${this.largeByClient.size}`);
+    l.push('# TYPE vmkit_attest_large_per_client_limit gauge', `vmkit_attest_large_per_client_limit ${this.limits.largePerClient}`);
     l.push('# TYPE vmkit_attest_workers gauge', `vmkit_attest_workers ${this.pool?.size ?? 0}`);
     l.push('# TYPE vmkit_attest_workers_busy gauge', `vmkit_attest_workers_busy ${this.pool?.busy ?? 0}`);
     l.push('# TYPE vmkit_attest_workers_queued gauge', `vmkit_attest_workers_queued ${this.pool?.queued ?? 0}`);

@@ -110,6 +110,9 @@ export async function _readRuns<P extends _Piece>(
   let heldBytes = 0;
   const pending: Promise<void>[] = [];
   const issue = async (p: Promise<void>): Promise<void> => {
+    // Handled from now on: a run that fails while the loop awaits the next piece is reported by
+    // _settleAll below, not first as an unhandled rejection (which ends a Node process).
+    p.catch(() => {});
     pending.push(p);
     if (pending.length >= 32) await Promise.all(pending.splice(0));
   };

@@ -129,6 +129,8 @@ export class VmdkDevice implements ImageDevice {
   private async gt(gdi: number): Promise<Uint32Array | undefined> {
     const c = this.gts.get(gdi);
     if (c) return c;
+    // Past the directory (a zero-length request at the very end of the disk): nothing there.
+    if (gdi >= this.gd.length) return undefined;
     const sec = this.gd[gdi]!;
     if (sec === 0) return undefined;
     this.gtSectorValid(sec, this.header.gdOffset * 512 + gdi * 4, 'grain table');

@@ -94,6 +94,10 @@ export async function openExtents(storage: Storage, opts: FormatOpenOptions): Pr
   try {
     for (const e of d.extents) {
       const bytes = e.sectors * 512;
+      // Every byte offset of the disk a safe integer (node:fs and the block-device API refuse others).
+      if (!Number.isSafeInteger(pos + bytes) || !Number.isSafeInteger((e.offset ?? 0) * 512 + bytes)) {
+        throw new VmkitError('LIMIT', `vmdk ${storage.name}: extents of more than ${Number.MAX_SAFE_INTEGER} bytes`, { offset: lineAt(e.type, e.file), path: storage.name });
+      }
       let dev: BlockDevice | undefined;
       const kind = e.type === 'ZERO' ? 'zero' : e.type === 'SPARSE' ? 'sparse' : 'flat';
       const fileOffset = (e.offset ?? 0) * 512;

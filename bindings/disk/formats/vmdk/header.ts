@@ -30,6 +30,8 @@ export const MAX_GD_BYTES: number = 32 << 20;
 export const MAX_GRAIN_SECTORS: number = 1 << 16;
 /** Largest grain table, in entries (the spec fixes 512). */
 export const MAX_GTES_PER_GT: number = 1 << 16;
+/** Largest capacity vmkit opens, in sectors: every byte offset below it is a safe integer. */
+export const MAX_CAPACITY_SECTORS: number = Math.floor(Number.MAX_SAFE_INTEGER / 512);
 /** Largest embedded descriptor vmkit reads, in bytes. */
 export const MAX_DESCRIPTOR_BYTES: number = 1 << 20;
 
@@ -132,8 +134,10 @@ export function parseVmdkHeader(b: Uint8Array, fileSize: number, path?: string, 
   const h: VmdkHeader = {
     version,
     flags,
-    // 2^44 sectors = 8 PiB: far past what 32-bit grain offsets can store, still exact in a double.
-    capacity: u64(12, 'capacity', 2 ** 44),
+    // Below 2^44 sectors (8 PiB): far past what 32-bit grain offsets can store, and every byte
+    // offset of the disk a safe integer (2^44 sectors is 2^53 bytes, which node:fs and the
+    // block-device API refuse: a map or convert then failed with ARG_RANGE or IO).
+    capacity: u64(12, 'capacity', MAX_CAPACITY_SECTORS),
     grainSize: u64(20, 'grain size', MAX_GRAIN_SECTORS),
     descriptorOffset: u64(28, 'descriptor offset', 2 ** 44),
     descriptorSize: u64(36, 'descriptor size', 2 ** 44),

@@ -118,6 +118,8 @@ export class VmdkStreamDevice implements ImageDevice {
   private async gt(gdi: number): Promise<Uint32Array | undefined> {
     const c = this.gts.get(gdi);
     if (c) return c;
+    // Past the directory (a zero-length request at the very end of the disk): nothing there.
+    if (gdi >= this.gd.length) return undefined;
     const sec = this.gd[gdi]!;
     if (sec === 0) return undefined;
     const n = this.header.numGTEsPerGT;
