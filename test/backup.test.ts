@@ -19,7 +19,7 @@ import {
 } from '../bindings/disk/backup/index.js';
 import { joinHostRuns, planExtents, subtractRanges, zeroRuns } from '../bindings/disk/backup/_plan.js';
 import { RangeLock, RangeSet, restrictPlan } from '../bindings/disk/backup/_ranges.js';
-import type { BlockExtent } from '../bindings/disk/backup/_types.js';
+import type { BlockExtent } from '../bindings/disk/device.js';
 
 const MiB = 2 ** 20;
 

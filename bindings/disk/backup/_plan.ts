@@ -6,7 +6,8 @@
 import { withCore, type Core } from '../../core.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
-import type { BackupDevice, BlockExtent } from './_types.js';
+import type { BlockExtent } from '../device.js';
+import type { BackupDevice } from './_types.js';
 
 /** One planned operation: copy data, or write zeroes. */
 export interface PlanOp {

@@ -6,25 +6,18 @@
  * an overlay, remove a layer) a job performs on image files.
  * @module
  */
+import type { BlockDevice, BlockExtent, BlockKind } from '../device.js';
+import type { FormatName } from '../formats/types.js';
 
-/** What a block-status query reports for a range, as QEMU's block status does. */
-export type BlockKind = 'data' | 'zero' | 'unallocated';
-
-/** One run of equal allocation status. */
-export interface BlockExtent {
-  /** Byte offset of the run. */
-  offset: number;
-  /** Bytes in the run (> 0). */
-  length: number;
-  /** data / zero (answered by layer `depth`) or unallocated (no layer has it: reads as zero). */
-  kind: BlockKind;
-  /** 0 = the top layer of the chain, 1 = its backing file, … */
-  depth: number;
-}
+// The block layer's own names: jobs use the one vocabulary of vmkit/disk.
+export type { BlockExtent, BlockKind };
 
 /**
- * A block device as backup sees it. Offsets and lengths are byte counts,
- * multiples of `alignment` (512).
+ * A block device as backup sees it: a slice of the one {@link BlockDevice}
+ * interface (every device vmkit/disk opens is one), with the buffer-reusing
+ * reads and efficient zeroes optional, and qcow2's metadata cache mode when the
+ * format has one. Offsets and lengths are byte counts, multiples of
+ * `alignment` (512).
  *
  * @example
  * ```ts
@@ -33,31 +26,22 @@ export interface BlockExtent {
  * await dev.close();
  * ```
  */
-export interface BackupDevice {
-  /** Virtual size in bytes. */
-  readonly size: number;
-  /** I/O alignment in bytes (a power of two, at least 512). */
-  readonly alignment: number;
-  read(offset: number, length: number): Promise<Uint8Array>;
-  /** Reads into `dst` (optional: jobs reuse their buffers when the device has it). */
-  readInto?(offset: number, dst: Uint8Array): Promise<void>;
-  write(offset: number, data: Uint8Array): Promise<void>;
-  /** Writes zeroes efficiently (zero clusters) when the format can. */
-  writeZeroes?(offset: number, length: number): Promise<void>;
-  flush(): Promise<void>;
-  /**
-   * Where the format caches metadata (qcow2): `writeback` keeps it until
-   * `flush`, `writethrough` writes it before each write completes (and
-   * writes back what is cached when switching to it).
-   */
-  setCacheMode?(mode: 'writethrough' | 'writeback'): Promise<void>;
-  /** Status of the run starting at `offset` (at most `length` bytes). */
-  blockStatus(offset: number, length: number): Promise<BlockExtent>;
-  close(): Promise<void>;
-}
+export type BackupDevice = Pick<BlockDevice, 'size' | 'alignment' | 'read' | 'write' | 'flush' | 'blockStatus' | 'close'> &
+  Partial<Pick<BlockDevice, 'readInto' | 'writeZeroes'>> & {
+    /**
+     * Where the format caches metadata (qcow2): `writeback` keeps it until
+     * `flush`, `writethrough` writes it before each write completes (and
+     * writes back what is cached when switching to it).
+     */
+    setCacheMode?(mode: 'writethrough' | 'writeback'): Promise<void>;
+  };
 
-/** Image formats a job can create. */
-export type ImageFormat = 'qcow2' | 'vmdk' | 'raw' | 'vhd' | 'vhdx';
+/**
+ * The block layer's {@link FormatName}, under the name consolidate.ts still
+ * imports (internal: vmkit/disk never exported it).
+ * @deprecated use FormatName from formats/types.ts.
+ */
+export type ImageFormat = FormatName;
 
 /**
  * Operations on image files a job needs. The default implementation is the
@@ -73,16 +57,16 @@ export interface ChainOps {
   /** Opens the chain whose top layer is `path`; the top is writable unless readOnly. */
   open(path: string, opts?: { readOnly?: boolean }): Promise<BackupDevice>;
   /** Creates an overlay at `path` whose backing file is `backing` (stored relative to `path` when possible). */
-  createOverlay(path: string, backing: string, format?: ImageFormat): Promise<void>;
+  createOverlay(path: string, backing: string, format?: FormatName): Promise<void>;
   /**
    * Creates an empty standalone image, durable on return unless `durable` is false (a caller
    * that flushes the image itself once it is written, as a backup does).
    */
-  create(path: string, size: number, format: ImageFormat, opts?: { durable?: boolean }): Promise<void>;
+  create(path: string, size: number, format: FormatName, opts?: { durable?: boolean }): Promise<void>;
   /** The backing file of the image at `path` (resolved to a path), or undefined. */
   backingOf(path: string): Promise<string | undefined>;
   /** The format of the image at `path`. */
-  formatOf(path: string): Promise<ImageFormat>;
+  formatOf(path: string): Promise<FormatName>;
   /** True when a file exists at `path`. */
   exists(path: string): Promise<boolean>;
   /** Removes the file (no error when it is absent). */

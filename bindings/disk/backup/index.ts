@@ -3,7 +3,7 @@
  * Re-exported from vmkit/disk.
  * @module
  */
-export type { BackupDevice, BlockExtent, BlockKind, ChainOps, ImageFormat } from './_types.js';
+export type { BackupDevice, ChainOps } from './_types.js';
 export { LiveDisk } from './live.js';
 export { snapshot, defaultDeltaPath, type Snapshot, type SnapshotOptions } from './snapshot.js';
 export { backup, type BackupJob, type BackupOptions, type ByteSink } from './backup.js';

@@ -7,7 +7,8 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import type { BackupDevice, BlockExtent, ChainOps } from './_types.js';
+import type { BlockExtent } from '../device.js';
+import type { BackupDevice, ChainOps } from './_types.js';
 
 /**
  * A block device whose active layer can change under the caller.

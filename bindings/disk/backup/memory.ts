@@ -7,13 +7,15 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import type { BackupDevice, BlockExtent, ChainOps, ImageFormat } from './_types.js';
+import type { BlockExtent } from '../device.js';
+import type { FormatName } from '../formats/types.js';
+import type { BackupDevice, ChainOps } from './_types.js';
 
 const CLUSTER = 65536;
 
 interface MemImage {
   size: number;
-  format: ImageFormat;
+  format: FormatName;
   backing: string | undefined;
   /** cluster index → data, or null for a zero cluster. */
   clusters: Map<number, Uint8Array | null>;
@@ -149,7 +151,7 @@ export class MemoryChainOps implements ChainOps {
    * await ops.createOverlay('vm-delta.qcow2', 'base.qcow2');
    * ```
    */
-  async createOverlay(path: string, backing: string, format: ImageFormat = 'qcow2'): Promise<void> {
+  async createOverlay(path: string, backing: string, format: FormatName = 'qcow2'): Promise<void> {
     const b = this.image(backing);
     if (this.images.has(path)) throw new VmkitError('CONFLICT', `${path} exists`, { path });
     this.images.set(path, { size: b.size, format, backing, clusters: new Map() });
@@ -163,7 +165,7 @@ export class MemoryChainOps implements ChainOps {
    * await ops.create('base.qcow2', 1 << 24, 'qcow2');
    * ```
    */
-  async create(path: string, size: number, format: ImageFormat): Promise<void> {
+  async create(path: string, size: number, format: FormatName): Promise<void> {
     if (this.images.has(path)) throw new VmkitError('CONFLICT', `${path} exists`, { path });
     if (size % 512 !== 0) throw new VmkitError('ARG_RANGE', `size ${size} is not a multiple of 512`);
     this.images.set(path, { size, format, backing: undefined, clusters: new Map() });
@@ -188,7 +190,7 @@ export class MemoryChainOps implements ChainOps {
    * await ops.formatOf('base.qcow2'); // 'qcow2'
    * ```
    */
-  async formatOf(path: string): Promise<ImageFormat> {
+  async formatOf(path: string): Promise<FormatName> {
     return this.image(path).format;
   }
   /**

@@ -12,7 +12,8 @@
 import { VmkitError } from '../../errors.js';
 import { RangeLock, RangeSet } from './_ranges.js';
 import { leadsWithData, subtractRanges, zeroRuns, type PlanOp } from './_plan.js';
-import type { BackupDevice, BlockExtent } from './_types.js';
+import type { BlockExtent } from '../device.js';
+import type { BackupDevice } from './_types.js';
 import { _MMAP_HEAD } from '../backends/storage.js';
 
 /** Where a pooled copy buffer's view starts in its ArrayBuffer: on a page boundary (see takeBuffer). */

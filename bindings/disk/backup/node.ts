@@ -7,7 +7,8 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import type { BackupDevice, ChainOps, ImageFormat } from './_types.js';
+import type { FormatName } from '../formats/types.js';
+import type { BackupDevice, ChainOps } from './_types.js';
 import { checkImage, fileFormatDriver } from '../image.js';
 import { nodeModule } from '../../_node.js';
 
@@ -50,7 +51,7 @@ export interface FormatDriver {
    * await fileFormatDriver.create('scratch.qcow2', 1 << 30, 'qcow2');
    * ```
    */
-  create(path: string, size: number, format: ImageFormat, opts?: { durable?: boolean }): Promise<void>;
+  create(path: string, size: number, format: FormatName, opts?: { durable?: boolean }): Promise<void>;
   /**
    * Creates the overlay `path` on `backing`.
    *
@@ -59,7 +60,7 @@ export interface FormatDriver {
    * await fileFormatDriver.createOverlay('vm-delta.qcow2', 'vm.qcow2', 'qcow2');
    * ```
    */
-  createOverlay(path: string, backing: string, format: ImageFormat): Promise<void>;
+  createOverlay(path: string, backing: string, format: FormatName): Promise<void>;
   /**
    * The backing file as a path usable from the current folder, or undefined.
    *
@@ -77,7 +78,7 @@ export interface FormatDriver {
    * const fmt = await fileFormatDriver.formatOf('vm-delta.qcow2'); // 'qcow2'
    * ```
    */
-  formatOf(path: string): Promise<ImageFormat>;
+  formatOf(path: string): Promise<FormatName>;
 }
 
 /**
@@ -115,7 +116,7 @@ export class NodeChainOps implements ChainOps {
    * await ops.createOverlay('vm-delta.qcow2', 'vm.qcow2'); // as qemu-img create -b vm.qcow2 -F qcow2
    * ```
    */
-  createOverlay(path: string, backing: string, format: ImageFormat = 'qcow2'): Promise<void> {
+  createOverlay(path: string, backing: string, format: FormatName = 'qcow2'): Promise<void> {
     return this.driver.createOverlay(path, backing, format);
   }
   /**
@@ -126,7 +127,7 @@ export class NodeChainOps implements ChainOps {
    * await ops.create('scratch.qcow2', 1 << 30, 'qcow2');
    * ```
    */
-  create(path: string, size: number, format: ImageFormat, opts?: { durable?: boolean }): Promise<void> {
+  create(path: string, size: number, format: FormatName, opts?: { durable?: boolean }): Promise<void> {
     return this.driver.create(path, size, format, opts);
   }
   /**
@@ -148,7 +149,7 @@ export class NodeChainOps implements ChainOps {
    * const fmt = await ops.formatOf('vm-delta.qcow2'); // 'qcow2'
    * ```
    */
-  formatOf(path: string): Promise<ImageFormat> {
+  formatOf(path: string): Promise<FormatName> {
     return this.driver.formatOf(path);
   }
   /**

@@ -5,7 +5,8 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import type { BackupDevice, ChainOps, ImageFormat } from './_types.js';
+import type { FormatName } from '../formats/types.js';
+import type { BackupDevice, ChainOps } from './_types.js';
 import type { LiveDisk } from './live.js';
 
 /**
@@ -20,7 +21,7 @@ export interface SnapshotOptions {
   /** Path of the new delta (default: `<name>-delta-<n>.<ext>` beside the active layer, first free n). */
   delta?: string;
   /** Format of the delta (default qcow2; 'vmdk' for a VMware-style delta). */
-  format?: Extract<ImageFormat, 'qcow2' | 'vmdk'>;
+  format?: Extract<FormatName, 'qcow2' | 'vmdk'>;
 }
 
 /**
