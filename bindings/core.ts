@@ -7,6 +7,7 @@
  * @module
  */
 import { loadCore, loadCoreSync, type LoadedCore } from './_loader.js';
+import type { CoreExports } from './_abi.js';
 import { VmkitError } from './errors.js';
 import { nodeModule } from './_node.js';
 
@@ -72,23 +73,14 @@ export interface CoreInfo {
   resets: number;
 }
 
-/** Exports every core build has (docs/abi.md, "Base"). */
-export interface BaseExports {
-  memory: WebAssembly.Memory;
-  alloc(size: number): number;
-  free(ptr: number): void;
-  abiVersion(): number;
-  selfCheck(): number;
-  debugAbort(code: number): number;
-}
-
 /**
  * A live core instance. Internal to vmkit's bindings (exported for the other
  * modules of this package); `generation` changes when a trap forces a reset,
  * which invalidates every pointer into the old memory.
  */
 export interface Core {
-  readonly exports: BaseExports & Record<string, unknown>;
+  /** Every export with its signature, generated from the core at build time (bindings/_abi.ts). */
+  readonly exports: CoreExports;
   readonly generation: number;
   /** A view of the whole memory; re-made after growth, so do not keep it across calls that allocate. */
   u8(): Uint8Array;
@@ -104,11 +96,12 @@ let generation = 0;
 let resets = 0;
 
 class CoreImpl implements Core {
-  readonly exports: BaseExports & Record<string, unknown>;
+  readonly exports: CoreExports;
   readonly generation: number;
   private view: Uint8Array;
   constructor(exports: Record<string, unknown>, gen: number) {
-    this.exports = exports as BaseExports & Record<string, unknown>;
+    // adopt() checked the base exports and the ABI version: the rest are this build's (bindings/_abi.ts).
+    this.exports = exports as unknown as CoreExports;
     this.generation = gen;
     this.view = new Uint8Array(this.exports.memory.buffer);
   }
@@ -147,7 +140,7 @@ class CoreImpl implements Core {
 }
 
 function adopt(l: LoadedCore): CoreInfo {
-  const ex = l.exports as Partial<BaseExports>;
+  const ex = l.exports as Partial<CoreExports>;
   if (typeof ex.abiVersion !== 'function' || typeof ex.alloc !== 'function' || !(ex.memory instanceof WebAssembly.Memory)) {
     throw new VmkitError('CORE_LOAD', 'not a vmkit core: missing abiVersion/alloc/memory exports');
   }

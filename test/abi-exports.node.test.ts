@@ -1,7 +1,9 @@
 // docs/abi.md is the whole contract of core.wasm: every export of the built
 // module (functions, constant globals, memory) has a row there, the release and
 // debug builds export the same names, and each constant has the value the page
-// gives it.
+// gives it. bindings/_abi.ts (the export types the bindings use, generated from
+// `asc --bindings raw` by scripts/build-core.mjs) names the same exports with the
+// same kinds and parameter counts, so a stale committed copy fails here.
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 
@@ -53,5 +55,19 @@ describe('docs/abi.md documents every export of dist/core.wasm', () => {
       else want = Number(cell.replace(/`/g, '').split(' / ')[names.indexOf(g.name)]);
       expect(value, g.name).toBe(want);
     }
+  });
+
+  it('bindings/_abi.ts types exactly the exports of the build, with their parameter counts', () => {
+    const abi = readFileSync(new URL('bindings/_abi.ts', root), 'utf8');
+    const typed = new Map<string, string>();
+    for (const m of abi.matchAll(/^ {2}readonly (\w+): /gm)) typed.set(m[1]!, m[1] === 'memory' ? 'memory' : 'global');
+    for (const m of abi.matchAll(/^ {2}(\w+)\(([^)]*)\): /gm)) typed.set(m[1]!, `function/${m[2]!.trim() === '' ? 0 : m[2]!.split(',').length}`);
+    const inst = new WebAssembly.Instance(release, { env: { abort: () => { throw new Error('abort'); } } });
+    const built = new Map<string, string>();
+    for (const e of WebAssembly.Module.exports(release)) {
+      built.set(e.name, e.kind === 'function' ? `function/${(inst.exports[e.name] as (...a: unknown[]) => unknown).length}` : e.kind);
+    }
+    expect(built.size).toBeGreaterThan(90);
+    expect(Object.fromEntries([...typed].sort())).toEqual(Object.fromEntries([...built].sort()));
   });
 });

@@ -8,12 +8,6 @@ import { check } from '../_status.js';
 import { VmkitError } from '../errors.js';
 import { aint } from '../_utils.js';
 
-interface SectorExports {
-  sectorsZeroMap(buf: number, len: number, granule: number, out: number): number;
-  sectorsCopyZero(dst: number, src: number, len: number, granule: number, out: number): number;
-  sectorsBitmapRuns(bitmap: number, start: number, nbits: number, out: number, cap: number): number;
-}
-
 /** One run of equal bits in a bitmap. */
 export interface BitRun {
   start: number;
@@ -30,7 +24,7 @@ function zeroGranulesCore(data: Uint8Array, granule: number): Uint8Array {
   const bmLen = Math.max(1, (n + 7) >> 3);
   if (data.length === 0) return new Uint8Array(bmLen);
   return withCore((c) => {
-    const ex = c.exports as unknown as SectorExports;
+    const ex = c.exports;
     const p = c.alloc(data.length + bmLen);
     try {
       c.u8().set(data, p);
@@ -90,7 +84,7 @@ export function bitmapRuns(bitmap: Uint8Array, start: number, nbits: number): Bi
   if (nbits === 0) return [];
   if (Math.ceil((start + nbits) / 8) > bitmap.length) throw new VmkitError('ARG_RANGE', 'bitmap runs: bits past the end of the bitmap');
   return withCore((c) => {
-    const ex = c.exports as unknown as SectorExports;
+    const ex = c.exports;
     // Room for 8 extra bytes so word-sized reads near the end stay in the block.
     const cap = Math.min(nbits, 1 << 20);
     const p = c.alloc(bitmap.length + 8 + cap * 12);

@@ -29,18 +29,7 @@ export interface PlanOp {
   segments?: Array<{ offset: number; length: number; host: number }>;
 }
 
-interface PlanExports {
-  backupPlanExtents(inp: number, n: number, baseDepth: number, chunk: bigint, out: number, cap: number): number;
-  backupPlanSubtract(start: bigint, len: bigint, mir: number, m: number, out: number, cap: number): number;
-  backupPlanZeroRuns(buf: number, len: number, granule: number, out: number, cap: number): number;
-  backupPlanL2(table: number, entries: number, extL2: number, clusterBits: number, guestBase: bigint, diskSize: bigint, chunk: bigint, out: number, n: number, cap: number): number;
-}
-
 const KIND: Record<BlockExtent['kind'], bigint> = { data: 0n, zero: 1n, unallocated: 2n };
-
-function ex(c: Core): PlanExports {
-  return c.exports as unknown as PlanExports;
-}
 
 function view(c: Core, ptr: number, count: number): BigUint64Array {
   // ptr is 16-byte aligned (alloc), so an 8-byte view lines up.
@@ -68,7 +57,7 @@ export function planExtents(extents: readonly BlockExtent[], baseDepth: number, 
         v[i * 3 + 2] = (KIND[e.kind] << 32n) | BigInt(Math.min(e.depth, 0xffff_fffe));
       });
       const bd = baseDepth === Infinity ? 0xffff_ffff : Math.min(baseDepth, 0xffff_ffff);
-      const k = check(ex(c).backupPlanExtents(inp, n, bd | 0, BigInt(chunk), out, cap), 'backup plan');
+      const k = check(c.exports.backupPlanExtents(inp, n, bd | 0, BigInt(chunk), out, cap), 'backup plan');
       const o = view(c, out, k * 3);
       const ops: PlanOp[] = [];
       for (let i = 0; i < k; i++) ops.push({ offset: Number(o[i * 3]!), length: Number(o[i * 3 + 1]!), zero: o[i * 3 + 2] === 1n });
@@ -94,7 +83,7 @@ export function subtractRanges(offset: number, length: number, ranges: ReadonlyA
         v[i * 2] = BigInt(s);
         v[i * 2 + 1] = BigInt(e - s);
       });
-      const k = check(ex(c).backupPlanSubtract(BigInt(offset), BigInt(length), mir, m, out, m + 1), 'backup plan subtract');
+      const k = check(c.exports.backupPlanSubtract(BigInt(offset), BigInt(length), mir, m, out, m + 1), 'backup plan subtract');
       const o = view(c, out, k * 2);
       const res: Array<[number, number]> = [];
       for (let i = 0; i < k; i++) res.push([Number(o[i * 2]!), Number(o[i * 2]!) + Number(o[i * 2 + 1]!)]);
@@ -121,7 +110,7 @@ export function zeroRuns(buf: Uint8Array, granule: number): PlanOp[] {
     const out = c.alloc(cap * 24);
     try {
       c.u8().set(buf, p);
-      const k = check(ex(c).backupPlanZeroRuns(p, buf.length, granule, out, cap), 'zero runs');
+      const k = check(c.exports.backupPlanZeroRuns(p, buf.length, granule, out, cap), 'zero runs');
       const o = view(c, out, k * 3);
       const ops: PlanOp[] = [];
       for (let i = 0; i < k; i++) ops.push({ offset: Number(o[i * 3]!), length: Number(o[i * 3 + 1]!), zero: o[i * 3 + 2] === 1n });
@@ -236,7 +225,7 @@ export async function planFromL2(dev: L2Layer, chunk: number): Promise<PlanOp[]>
             n = 1;
             ops.pop();
           }
-          const k = check(ex(c).backupPlanL2(t, entries, extendedL2 ? 1 : 0, clusterBits, BigInt(guest), BigInt(dev.size), BigInt(chunk), out, n, cap), 'qcow2 L2 plan', guest);
+          const k = check(c.exports.backupPlanL2(t, entries, extendedL2 ? 1 : 0, clusterBits, BigInt(guest), BigInt(dev.size), BigInt(chunk), out, n, cap), 'qcow2 L2 plan', guest);
           const o = new BigUint64Array(c.exports.memory.buffer, out, k * 4);
           for (let i = 0; i < k; i++) {
             const offset = Number(o[i * 4]!);

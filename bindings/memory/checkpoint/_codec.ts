@@ -7,33 +7,8 @@
 import { checkGeneration, core, withCore, type Core } from '../../core.js';
 import { check } from '../../_status.js';
 
-/** The core exports this module calls (docs/abi.md, sections lz4 and staging). */
-export interface Lz4Exports {
-  lz4CompressBound(n: number): number;
-  lz4Compress(src: number, srcLen: number, dst: number, dstCap: number): number;
-  lz4Decompress(src: number, srcLen: number, dst: number, dstCap: number): number;
-  lz4DecompressPrefixed(src: number, srcLen: number, dst: number, dstCap: number, prefixLen: number): number;
-  xxh32(p: number, len: number, seed: number): number;
-  xxh32Init(seed: number): void;
-  xxh32Update(p: number, len: number): void;
-  xxh32Digest(): number;
-  stagingOpen(blockSize: number, pageSize: number, codec: number): number;
-  stagingClose(h: number): number;
-  stagingBuffer(h: number): number;
-  stagingUsed(h: number): number;
-  stagingReset(h: number): number;
-  stagingFull(h: number): number;
-  stagingAppend(h: number, src: number, count: number, entries: number): number;
-  stagingExtract(block: number, blockLen: number, entries: number, count: number, pageSize: number, dst: number, verify: number): number;
-}
-
 /** Bytes of one staging entry (kind, offset, length, record xxHash32: u32 each). */
 export const STAGING_ENTRY = 16;
-
-/** The core's exports with this module's signatures. */
-export function ex(c: Core): Lz4Exports {
-  return c.exports as unknown as Lz4Exports;
-}
 
 interface Scratch {
   gen: number;
@@ -90,7 +65,7 @@ const HASH_WINDOW = 1 << 20;
 /** xxHash32 of `data` (any size: fed to the core window by window). */
 export function xxh32Of(data: Uint8Array, seed: number = 0): number {
   return withCore((c) => {
-    const e = ex(c);
+    const e = c.exports;
     if (data.length <= HASH_WINDOW) {
       const p = scratchBuf(c, 3, Math.max(1, data.length));
       c.u8().set(data, p);
@@ -127,7 +102,7 @@ function coreBlock(compress: boolean, src: Uint8Array, room: number, cap: number
     const d = scratchBuf(c, 1, Math.max(1, room));
     const mem = c.u8();
     mem.set(src, s);
-    const e = ex(c);
+    const e = c.exports;
     const n = compress ? check(e.lz4Compress(s, src.length, d, cap), 'lz4 compress') : check(e.lz4Decompress(s, src.length, d, cap), 'lz4 decompress');
     if (!into) return mem.slice(d, d + n);
     into.set(mem.subarray(d, d + n));
@@ -186,7 +161,7 @@ export function liveCore(): Core {
 export function closeStaging(gen: number, h: number, input: number, entries: number, what: string): void {
   try {
     const c = checkGeneration(gen, what);
-    ex(c).stagingClose(h);
+    c.exports.stagingClose(h);
     c.free(input);
     c.free(entries);
   } catch {

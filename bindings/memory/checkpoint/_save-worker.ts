@@ -11,7 +11,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { core, initSync } from '../../core.js';
 import { check } from '../../_status.js';
-import { STAGING_ENTRY, compressBound, ex } from './_codec.js';
+import { STAGING_ENTRY, compressBound } from './_codec.js';
 
 /** What the main thread gives a save worker. */
 export interface _SaveJob {
@@ -41,7 +41,7 @@ async function run(job: _SaveJob): Promise<void> {
   const port = parentPort!;
   initSync(job.module);
   const c = core();
-  const e = ex(c);
+  const e = c.exports;
   const ps = job.pageSize;
   const W = job.windowPages;
   // A block big enough that a whole window never reports "full".

@@ -9,7 +9,7 @@ import { withCore } from '../../core.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { abytes, aint } from '../../_utils.js';
-import { LZ4_BLOCK_LIMIT, blockCompress, blockCompressInto, blockDecompress, blockDecompressInto, compressBound, decodeBound, ex, scratchBuf, xxh32Of } from './_codec.js';
+import { LZ4_BLOCK_LIMIT, blockCompress, blockCompressInto, blockDecompress, blockDecompressInto, compressBound, decodeBound, scratchBuf, xxh32Of } from './_codec.js';
 
 /**
  * The largest LZ4 block the block functions take or make, in bytes (256 MiB):
@@ -215,7 +215,7 @@ export function lz4FrameCompress(data: Uint8Array, options: Lz4FrameOptions = {}
   const parts: Uint8Array[] = [head];
   let total = head.length;
   withCore((c) => {
-    const e = ex(c);
+    const e = c.exports;
     const bound = compressBound(bs);
     const s = scratchBuf(c, 0, bs);
     const d = scratchBuf(c, 1, bound);
@@ -303,7 +303,7 @@ export function lz4FrameDecompress(frame: Uint8Array, options: Lz4FrameDecodeOpt
     pos = descEnd + 1;
     const frameStart = total;
     withCore((c) => {
-      const e = ex(c);
+      const e = c.exports;
       const HIST = 65536;
       const s = scratchBuf(c, 0, blockMax + 4);
       const w = scratchBuf(c, 2, HIST + blockMax);

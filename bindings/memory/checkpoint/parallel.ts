@@ -10,7 +10,7 @@
  */
 import { coreModule, withCore } from '../../core.js';
 import { check } from '../../_status.js';
-import { STAGING_ENTRY, closeStaging, compressBound, ex } from './_codec.js';
+import { STAGING_ENTRY, closeStaging, compressBound } from './_codec.js';
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
 import { CODECS } from './format.js';
@@ -124,10 +124,10 @@ function ownLane(
       return withCore((c) => {
         if (!bufs || bufs.gen !== c.generation) {
           free();
-          const h = check(ex(c).stagingOpen(W * compressBound(ps), ps, codec), 'parallel save staging');
+          const h = check(c.exports.stagingOpen(W * compressBound(ps), ps, codec), 'parallel save staging');
           bufs = { gen: c.generation, h, input: c.alloc(W * ps), ent: c.alloc(W * STAGING_ENTRY) };
         }
-        const e = ex(c);
+        const e = c.exports;
         const first = window * W;
         const len = count * ps;
         for (let done = 0; done < len; ) {

@@ -15,7 +15,7 @@ import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { abytes, aint } from '../../_utils.js';
 import type { PageSource } from '../types.js';
-import { STAGING_ENTRY, ex, xxh32Of } from './_codec.js';
+import { STAGING_ENTRY, xxh32Of } from './_codec.js';
 import {
   FOOTER_SIZE,
   HEADER_SIZE,
@@ -600,7 +600,7 @@ export class CheckpointReader implements PageSource {
       ent[1] = off - k.lo;
       ent[2] = len;
       ent[3] = pg[at + 3]!;
-      const r = ex(c).stagingExtract(k.block, k.hi - k.lo, k.entries, 1, this.pageSize, k.out, 1);
+      const r = c.exports.stagingExtract(k.block, k.hi - k.lo, k.entries, 1, this.pageSize, k.out, 1);
       if (r < 0) this.decodeFailed(k, r, b, p, 1);
       dst.set(mem.subarray(k.out, k.out + this.pageSize));
     });
@@ -663,7 +663,7 @@ export class CheckpointReader implements PageSource {
       ent[4 * i + 2] = w & 0x0fffffff;
       ent[4 * i + 3] = pg[at + 3]!;
     }
-    const r = ex(c).stagingExtract(k.block, k.hi - k.lo, k.entries, n, this.pageSize, out, this.perPage ? 1 : 0);
+    const r = c.exports.stagingExtract(k.block, k.hi - k.lo, k.entries, n, this.pageSize, out, this.perPage ? 1 : 0);
     if (r < 0) this.decodeFailed(k, r, b, p, n);
   }
 
@@ -1004,7 +1004,7 @@ export class CheckpointReader implements PageSource {
       this.counters.blockReads++;
       this.counters.bytesRead += bl.length;
       // Version 2 blocks have no checksum of their own: decodeRun checks each record.
-      if (!this.perPage && ex(c).xxh32(k.block, bl.length, 0) >>> 0 !== bl.checksum) {
+      if (!this.perPage && c.exports.xxh32(k.block, bl.length, 0) >>> 0 !== bl.checksum) {
         throw new VmkitError('INTEGRITY', `checkpoint: block ${b} checksum mismatch`, { offset: bl.offset });
       }
     }

@@ -10,7 +10,7 @@ import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { abytes, aint, aoneOf } from '../../_utils.js';
 import type { PageSource } from '../types.js';
-import { STAGING_ENTRY, closeStaging, compressBound, ex, xxh32Of } from './_codec.js';
+import { STAGING_ENTRY, closeStaging, compressBound, xxh32Of } from './_codec.js';
 import {
   BLOCK_ALIGN,
   CHECKPOINT_VERSION,
@@ -181,7 +181,7 @@ export class CheckpointWriter {
       this.pages[PAGE_WORDS * p + 2] = kind << 28;
     }
     this.gen = c.generation;
-    const e = ex(c);
+    const e = c.exports;
     this.stager = check(e.stagingOpen(header.blockSize, header.pageSize, CODECS[header.codec]), 'checkpoint staging open');
     try {
       this.input = c.alloc(WINDOW_PAGES * header.pageSize);
@@ -374,7 +374,7 @@ export class CheckpointWriter {
     let done = 0;
     const ps = this.header.pageSize;
     while (done < count) {
-      const e = ex(c);
+      const e = c.exports;
       const n = check(e.stagingAppend(this.stager, this.input + done * ps, count - done, this.entries + done * STAGING_ENTRY), 'checkpoint staging');
       const ent = new Uint32Array(c.u8().buffer, this.entries + done * STAGING_ENTRY, n * 4);
       const blk = this.blocks.length;
@@ -398,7 +398,7 @@ export class CheckpointWriter {
   private async flushBlock(): Promise<void> {
     const sinkSync = this.sink.writeSync?.bind(this.sink);
     const block = withCore((c) => {
-      const e = ex(c);
+      const e = c.exports;
       const used = check(e.stagingUsed(this.stager), 'checkpoint staging');
       if (used === 0) return undefined;
       const ptr = e.stagingBuffer(this.stager);
@@ -446,7 +446,7 @@ export class CheckpointWriter {
     aint(first, 'first', 0, this.pageCount - count);
     if (entries.length < count * 4) throw new VmkitError('ARG_RANGE', 'entries too short');
     await this.exclusive(async (c) => {
-      if (check(ex(c).stagingUsed(this.stager), 'checkpoint staging') > 0) await this.flushBlock();
+      if (check(c.exports.stagingUsed(this.stager), 'checkpoint staging') > 0) await this.flushBlock();
       const ps = this.header.pageSize;
       const cap = this.header.blockSize;
       const bound = compressBound(ps);

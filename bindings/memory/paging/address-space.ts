@@ -10,6 +10,7 @@
  * @module
  */
 import { checkGeneration, withCore, type Core } from '../../core.js';
+import type { CoreExports } from '../../_abi.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { aint, aoneOf, au64, describe } from '../../_utils.js';
@@ -76,24 +77,6 @@ const R_CURSOR = 8;
 const R_STATE = 9;
 const R_MAPPED = 10;
 
-/** The core exports this module calls (docs/abi.md, "paging"). */
-interface _PagingExports {
-  pagingCreate(mode: number, root0: bigint, root1: bigint, hasRoot1: number, t0sz: number, t1sz: number, nxe: number, memSize: bigint, cacheFrames: number): number;
-  pagingDestroy(h: number): number;
-  pagingResult(): number;
-  pagingStaging(): number;
-  pagingProvide(h: number, frame: bigint): number;
-  pagingTranslate(h: number, va: bigint): number;
-  pagingTranslateBatch(h: number, src: number, dst: number, from: number, n: number): number;
-  pagingMappings(h: number, from: bigint, last: bigint, out: number, cap: number, budget: number): number;
-  pagingInvalidate(h: number): number;
-  pagingInvalidateAll(): number;
-  pagingInvalidatePhysical(h: number, from: bigint, last: bigint): number;
-  pagingInvalidateRange(h: number, from: bigint, last: bigint): number;
-  pagingSetRoot(h: number, root0: bigint, root1: bigint, hasRoot1: number): number;
-  pagingStats(h: number, dst: number): number;
-}
-
 /**
  * Releases the core state of spaces that were dropped without dispose() (64
  * can live at once), if the core they belong to is still the live one.
@@ -103,7 +86,7 @@ const _finalizer: FinalizationRegistry<{ h: number; gen: number; io: number; out
     ? new FinalizationRegistry(({ h, gen, io, out }) => {
         try {
           const c = checkGeneration(gen, 'address space');
-          _ex(c).pagingDestroy(h);
+          c.exports.pagingDestroy(h);
           c.free(io);
           c.free(out);
         } catch {
@@ -116,10 +99,6 @@ const _finalizer: FinalizationRegistry<{ h: number; gen: number; io: number; out
 let _epoch = 0;
 /** The core's result slots, viewed (re-made when the memory buffer changes: growth, or a new core). */
 let _resView: BigUint64Array | undefined;
-
-function _ex(c: Core): _PagingExports {
-  return c.exports as unknown as _PagingExports;
-}
 
 /**
  * Options of {@link AddressSpace.create}: the memory the tables live in, the mode and the roots.
@@ -292,7 +271,7 @@ export class AddressSpace {
     const opts: AddressSpaceOptions = { mode, root, nxe, t0sz, t1sz, ...(root1 === undefined ? {} : { root1 }), ...(granule === 4096 ? {} : { granule }) };
     const modeCode = mode === 'aarch64' ? (granule === 16384 ? 3 : granule === 65536 ? 4 : 2) : MODE_CODE[mode];
     return withCore((c) => {
-      const e = _ex(c);
+      const e = c.exports;
       const h = check(
         e.pagingCreate(modeCode, root, root1 ?? 0n, root1 === undefined ? 0 : 1, t0sz, t1sz, nxe ? 1 : 0, memory.size, cacheFrames),
         'address space create',
@@ -325,7 +304,7 @@ export class AddressSpace {
   #res(c: Core): BigUint64Array {
     // One view per memory buffer (a grown memory detaches the old one).
     const buf = c.exports.memory.buffer;
-    if (_resView === undefined || _resView.buffer !== buf) _resView = new BigUint64Array(buf, _ex(c).pagingResult(), 16);
+    if (_resView === undefined || _resView.buffer !== buf) _resView = new BigUint64Array(buf, c.exports.pagingResult(), 16);
     return _resView;
   }
 
@@ -349,8 +328,8 @@ export class AddressSpace {
     }
     // The source may have used the core (a checkpoint reader): check it is still ours.
     checkGeneration(this.#gen, 'address space');
-    c.u8().set(tmp, _ex(c).pagingStaging());
-    check(_ex(c).pagingProvide(this.#h, frame), 'page-table frame provide');
+    c.u8().set(tmp, c.exports.pagingStaging());
+    check(c.exports.pagingProvide(this.#h, frame), 'page-table frame provide');
   }
 
   /**
@@ -367,7 +346,7 @@ export class AddressSpace {
     const va = au64(gva, 'gva');
     const c = this.#live();
     return withCore(() => {
-      const e = _ex(c);
+      const e = c.exports;
       for (let tries = 0; ; tries++) {
         const r = e.pagingTranslate(this.#h, va);
         if (r === NEED_DATA && tries < 64) {
@@ -413,7 +392,7 @@ export class AddressSpace {
     if (out.length < gvas.length) throw new VmkitError('OUTPUT_TOO_SMALL', `out has room for ${out.length}, needs ${gvas.length}`);
     const c = this.#live();
     return withCore(() => {
-      const e = _ex(c);
+      const e = c.exports;
       // Called again from inside a frame read (see #provide): a buffer of its own.
       const nested = this.#batching;
       const io = nested ? c.alloc(BATCH * 8) : this.#io;
@@ -427,7 +406,7 @@ export class AddressSpace {
     });
   }
 
-  #translateChunks(c: Core, e: _PagingExports, io: number, gvas: BigUint64Array, out: BigUint64Array): number {
+  #translateChunks(c: Core, e: CoreExports, io: number, gvas: BigUint64Array, out: BigUint64Array): number {
     let mapped = 0;
     for (let at = 0; at < gvas.length; at += BATCH) {
       const n = Math.min(BATCH, gvas.length - at);
@@ -479,7 +458,7 @@ export class AddressSpace {
   #chunk(cursor: bigint, last: bigint, needs: number): _Chunk {
     const c = this.#live();
     return withCore(() => {
-      const e = _ex(c);
+      const e = c.exports;
       const n = check(e.pagingMappings(this.#h, cursor, last, this.#out, mapRecords, mapBudget), 'mapping walk');
       const res = this.#res(c);
       const state = Number(res[R_STATE]!);
@@ -574,7 +553,7 @@ export class AddressSpace {
   invalidate(): void {
     const c = this.#live();
     this.#reverse = undefined;
-    withCore(() => check(_ex(c).pagingInvalidate(this.#h), 'invalidate'));
+    withCore(() => check(c.exports.pagingInvalidate(this.#h), 'invalidate'));
   }
 
   /**
@@ -586,7 +565,7 @@ export class AddressSpace {
    * ```
    */
   static invalidateAll(): number {
-    const n = withCore((c) => check(_ex(c).pagingInvalidateAll(), 'invalidate all'));
+    const n = withCore((c) => check(c.exports.pagingInvalidateAll(), 'invalidate all'));
     _epoch++;
     return n;
   }
@@ -608,7 +587,7 @@ export class AddressSpace {
     const c = this.#live();
     this.#reverse = undefined;
     if (to <= lo) return;
-    withCore(() => check(_ex(c).pagingInvalidateRange(this.#h, lo, to - 1n), 'invalidate range'));
+    withCore(() => check(c.exports.pagingInvalidateRange(this.#h, lo, to - 1n), 'invalidate range'));
   }
 
   /**
@@ -628,7 +607,7 @@ export class AddressSpace {
     }
     const c = this.#live();
     if (to <= lo) return 0;
-    const n = withCore(() => check(_ex(c).pagingInvalidatePhysical(this.#h, lo, to - 1n), 'invalidate physical'));
+    const n = withCore(() => check(c.exports.pagingInvalidatePhysical(this.#h, lo, to - 1n), 'invalidate physical'));
     if (n > 0) this.#reverse = undefined;
     return n;
   }
@@ -650,7 +629,7 @@ export class AddressSpace {
     if (r1 === undefined) delete next.root1;
     else next.root1 = r1;
     this.#opts = next;
-    withCore(() => check(_ex(c).pagingSetRoot(this.#h, r0, r1 ?? 0n, r1 === undefined ? 0 : 1), 'set root'));
+    withCore(() => check(c.exports.pagingSetRoot(this.#h, r0, r1 ?? 0n, r1 === undefined ? 0 : 1), 'set root'));
   }
 
   /**
@@ -665,7 +644,7 @@ export class AddressSpace {
     return withCore(() => {
       const p = c.alloc(32);
       try {
-        check(_ex(c).pagingStats(this.#h, p), 'stats');
+        check(c.exports.pagingStats(this.#h, p), 'stats');
         const v = new BigUint64Array(c.exports.memory.buffer, p, 4);
         return { cacheHits: Number(v[0]!), walks: Number(v[1]!), framesRead: Number(v[2]!), framesCached: Number(v[3]!) };
       } finally {
@@ -690,7 +669,7 @@ export class AddressSpace {
     try {
       const c = checkGeneration(this.#gen, 'address space');
       withCore(() => {
-        _ex(c).pagingDestroy(this.#h);
+        c.exports.pagingDestroy(this.#h);
         c.free(this.#io);
         c.free(this.#out);
       });

@@ -13,6 +13,7 @@
  * @module
  */
 import { checkGeneration, withCore, core } from '../../core.js';
+import type { CoreExports } from '../../_abi.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { aindex, aint, au64, avpn, describe } from '../../_utils.js';
@@ -75,33 +76,6 @@ export interface PrefetchStats {
   unmapped: number;
 }
 
-interface PrefetchExports {
-  prefetchCreate(pages: number, cap: number): number;
-  prefetchDestroy(h: number): number;
-  prefetchMap(h: number, pairs: number, n: number): number;
-  prefetchMapCount(h: number): number;
-  prefetchTranslate(h: number, vpn: bigint): bigint;
-  prefetchReverse(h: number, ppn: bigint): bigint;
-  prefetchIsResident(h: number, page: number): number;
-  prefetchSetResident(h: number, first: number, count: number, on: number): number;
-  prefetchResidentCount(h: number): number;
-  prefetchResidentBitmap(h: number): number;
-  prefetchAccess(h: number, page: number): number;
-  prefetchTouch(h: number, vpn: bigint): bigint;
-  prefetchCoalesce(pages: number, n: number, out: number, cap: number): number;
-  prefetchFaultVirtual(h: number, vpn: bigint, back: number, ahead: number, out: number, cap: number): number;
-  prefetchFaultVirtualBatch(h: number, vpns: number, n: number, back: number, ahead: number, out: number, cap: number): number;
-  prefetchFaultPhysical(h: number, ppn: number, back: number, ahead: number, out: number, cap: number): number;
-  prefetchFaultList(h: number, frames: number, n: number, fault: bigint, out: number, cap: number): number;
-  prefetchCountWalk(h: number, translations: number, reads: number): number;
-  prefetchStats(h: number, out: number): number;
-  prefetchUnused(h: number): number;
-}
-
-function ex(): PrefetchExports {
-  return core().exports as unknown as PrefetchExports;
-}
-
 /**
  * Options of {@link PrefetchEngine}.
  * @example
@@ -148,12 +122,12 @@ export class PrefetchEngine {
     this._translator = options.translator;
     this.blockOf = options.blockOf;
     const r = withCore((c) => {
-      const h = check(ex().prefetchCreate(pages, cap), 'prefetch engine create');
+      const h = check(core().exports.prefetchCreate(pages, cap), 'prefetch engine create');
       try {
         this.out = c.alloc((MAX_WINDOW + 1) * 8);
         this.frames = c.alloc((MAX_WINDOW + 1) * 8);
       } catch (e) {
-        ex().prefetchDestroy(h);
+        core().exports.prefetchDestroy(h);
         throw e;
       }
       return { h, gen: c.generation };
@@ -162,10 +136,10 @@ export class PrefetchEngine {
     this.gen = r.gen;
   }
 
-  private live(): PrefetchExports {
+  private live(): CoreExports {
     if (this.closed) throw new VmkitError('INVALID_STATE', 'prefetch engine is closed');
     checkGeneration(this.gen, 'prefetch engine');
-    return ex();
+    return core().exports;
   }
 
   /**
@@ -312,7 +286,7 @@ export class PrefetchEngine {
     // The hot path of the simulator: one call, no generation check beyond this (the type and
     // range test is two comparisons; a number would make the i64 parameter throw a bare TypeError).
     if (typeof vpn !== 'bigint' || vpn < 0n || vpn >= VPN_LIMIT) avpn(vpn, 'vpn');
-    return Number(ex().prefetchTouch(this.h, vpn));
+    return Number(core().exports.prefetchTouch(this.h, vpn));
   }
 
   private runs(n: number): Uint32Array {
@@ -496,7 +470,7 @@ export class PrefetchEngine {
     this.closed = true;
     try {
       const c = checkGeneration(this.gen, 'prefetch engine');
-      ex().prefetchDestroy(this.h);
+      core().exports.prefetchDestroy(this.h);
       c.free(this.out);
       c.free(this.frames);
     } catch {
@@ -532,7 +506,7 @@ export function coalesce(pages: ArrayLike<number>): Uint32Array {
     const o = c.alloc(Math.max(8, n * 8));
     try {
       new Uint32Array(c.u8().buffer, p, n).set(Array.from(pages));
-      const r = check(ex().prefetchCoalesce(p, n, o, n), 'coalesce');
+      const r = check(core().exports.prefetchCoalesce(p, n, o, n), 'coalesce');
       return new Uint32Array(c.u8().buffer, o, r * 2).slice();
     } finally {
       c.free(p);
