@@ -293,6 +293,30 @@ export function withCore<T>(fn: (c: Core) => T): T {
   }
 }
 
+/**
+ * Runs `fn` with buffers in core memory that live for the call only: one of
+ * `size` bytes, or one per entry of a list of sizes (allocated in order, each
+ * 16-byte aligned), freed on every path. Inside {@link withCore}, so a trap
+ * resets the core. Buffers kept across calls are not scratch: their owners
+ * allocate and free them.
+ * @internal
+ */
+export function withScratch<T>(size: number, fn: (ex: CoreExports, ptr: number, c: Core) => T): T;
+/** @internal */
+export function withScratch<T, const S extends readonly number[]>(sizes: S, fn: (ex: CoreExports, ptrs: { -readonly [K in keyof S]: number }, c: Core) => T): T;
+export function withScratch<T>(sizes: number | readonly number[], fn: (ex: CoreExports, p: never, c: Core) => T): T {
+  return withCore((c) => {
+    const list = typeof sizes === 'number' ? [sizes] : sizes;
+    const ptrs: number[] = [];
+    try {
+      for (const n of list) ptrs.push(c.alloc(n));
+      return fn(c.exports, (typeof sizes === 'number' ? ptrs[0] : ptrs) as never, c);
+    } finally {
+      for (let i = ptrs.length - 1; i >= 0; i--) c.free(ptrs[i]!);
+    }
+  });
+}
+
 function isTrap(e: unknown): boolean {
   if (e instanceof WebAssembly.RuntimeError) return true;
   // The loader's abort() throws a plain Error whose message starts with "abort:".

@@ -3,7 +3,7 @@
  * zero detection per granule and bitmap-to-runs scanning.
  * @module
  */
-import { withCore } from '../core.js';
+import { withScratch } from '../core.js';
 import { check } from '../_status.js';
 import { VmkitError } from '../errors.js';
 import { aint } from '../_utils.js';
@@ -23,16 +23,10 @@ function zeroGranulesCore(data: Uint8Array, granule: number): Uint8Array {
   const n = Math.ceil(data.length / granule);
   const bmLen = Math.max(1, (n + 7) >> 3);
   if (data.length === 0) return new Uint8Array(bmLen);
-  return withCore((c) => {
-    const ex = c.exports;
-    const p = c.alloc(data.length + bmLen);
-    try {
-      c.u8().set(data, p);
-      check(ex.sectorsZeroMap(p, data.length, granule, p + data.length), 'zero scan');
-      return c.u8().slice(p + data.length, p + data.length + bmLen);
-    } finally {
-      c.free(p);
-    }
+  return withScratch(data.length + bmLen, (ex, p, c) => {
+    c.u8().set(data, p);
+    check(ex.sectorsZeroMap(p, data.length, granule, p + data.length), 'zero scan');
+    return c.u8().slice(p + data.length, p + data.length + bmLen);
   });
 }
 
@@ -83,25 +77,19 @@ export function bitmapRuns(bitmap: Uint8Array, start: number, nbits: number): Bi
   aint(nbits, 'nbits', 0, 0xffff_ffff - start);
   if (nbits === 0) return [];
   if (Math.ceil((start + nbits) / 8) > bitmap.length) throw new VmkitError('ARG_RANGE', 'bitmap runs: bits past the end of the bitmap');
-  return withCore((c) => {
-    const ex = c.exports;
-    // Room for 8 extra bytes so word-sized reads near the end stay in the block.
-    const cap = Math.min(nbits, 1 << 20);
-    const p = c.alloc(bitmap.length + 8 + cap * 12);
-    try {
-      const u = c.u8();
-      u.set(bitmap, p);
-      u.fill(0, p + bitmap.length, p + bitmap.length + 8);
-      const out = p + bitmap.length + 8;
-      const n = check(ex.sectorsBitmapRuns(p, start, nbits, out, cap), 'bitmap runs');
-      const dv = new DataView(c.u8().buffer, out, n * 12);
-      const runs: BitRun[] = [];
-      for (let i = 0; i < n; i++) {
-        runs.push({ start: dv.getUint32(i * 12, true), length: dv.getUint32(i * 12 + 4, true), value: dv.getUint32(i * 12 + 8, true) ? 1 : 0 });
-      }
-      return runs;
-    } finally {
-      c.free(p);
+  // Room for 8 extra bytes so word-sized reads near the end stay in the block.
+  const cap = Math.min(nbits, 1 << 20);
+  return withScratch(bitmap.length + 8 + cap * 12, (ex, p, c) => {
+    const u = c.u8();
+    u.set(bitmap, p);
+    u.fill(0, p + bitmap.length, p + bitmap.length + 8);
+    const out = p + bitmap.length + 8;
+    const n = check(ex.sectorsBitmapRuns(p, start, nbits, out, cap), 'bitmap runs');
+    const dv = new DataView(c.u8().buffer, out, n * 12);
+    const runs: BitRun[] = [];
+    for (let i = 0; i < n; i++) {
+      runs.push({ start: dv.getUint32(i * 12, true), length: dv.getUint32(i * 12 + 4, true), value: dv.getUint32(i * 12 + 8, true) ? 1 : 0 });
     }
+    return runs;
   });
 }

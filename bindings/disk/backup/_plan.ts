@@ -3,7 +3,7 @@
  * "backup plan"): marshals extents into core memory and back.
  * @module
  */
-import { withCore, type Core } from '../../core.js';
+import { withScratch, type Core } from '../../core.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import type { BlockExtent } from '../device.js';
@@ -43,29 +43,22 @@ function view(c: Core, ptr: number, count: number): BigUint64Array {
  */
 export function planExtents(extents: readonly BlockExtent[], baseDepth: number, chunk: number): PlanOp[] {
   if (extents.length === 0) return [];
-  return withCore((c) => {
-    const n = extents.length;
-    let cap = 0;
-    for (const e of extents) cap += Math.floor(e.length / chunk) + 2;
-    const inp = c.alloc(n * 24);
-    const out = c.alloc(cap * 24);
-    try {
-      const v = view(c, inp, n * 3);
-      extents.forEach((e, i) => {
-        v[i * 3] = BigInt(e.offset);
-        v[i * 3 + 1] = BigInt(e.length);
-        v[i * 3 + 2] = (KIND[e.kind] << 32n) | BigInt(Math.min(e.depth, 0xffff_fffe));
-      });
-      const bd = baseDepth === Infinity ? 0xffff_ffff : Math.min(baseDepth, 0xffff_ffff);
-      const k = check(c.exports.backupPlanExtents(inp, n, bd | 0, BigInt(chunk), out, cap), 'backup plan');
-      const o = view(c, out, k * 3);
-      const ops: PlanOp[] = [];
-      for (let i = 0; i < k; i++) ops.push({ offset: Number(o[i * 3]!), length: Number(o[i * 3 + 1]!), zero: o[i * 3 + 2] === 1n });
-      return ops;
-    } finally {
-      c.free(inp);
-      c.free(out);
-    }
+  const n = extents.length;
+  let cap = 0;
+  for (const e of extents) cap += Math.floor(e.length / chunk) + 2;
+  return withScratch([n * 24, cap * 24], (ex, [inp, out], c) => {
+    const v = view(c, inp, n * 3);
+    extents.forEach((e, i) => {
+      v[i * 3] = BigInt(e.offset);
+      v[i * 3 + 1] = BigInt(e.length);
+      v[i * 3 + 2] = (KIND[e.kind] << 32n) | BigInt(Math.min(e.depth, 0xffff_fffe));
+    });
+    const bd = baseDepth === Infinity ? 0xffff_ffff : Math.min(baseDepth, 0xffff_ffff);
+    const k = check(ex.backupPlanExtents(inp, n, bd | 0, BigInt(chunk), out, cap), 'backup plan');
+    const o = view(c, out, k * 3);
+    const ops: PlanOp[] = [];
+    for (let i = 0; i < k; i++) ops.push({ offset: Number(o[i * 3]!), length: Number(o[i * 3 + 1]!), zero: o[i * 3 + 2] === 1n });
+    return ops;
   });
 }
 
@@ -73,25 +66,18 @@ export function planExtents(extents: readonly BlockExtent[], baseDepth: number, 
 export function subtractRanges(offset: number, length: number, ranges: ReadonlyArray<readonly [number, number]>): Array<[number, number]> {
   if (length === 0) return [];
   if (ranges.length === 0) return [[offset, offset + length]];
-  return withCore((c) => {
-    const m = ranges.length;
-    const mir = c.alloc(m * 16);
-    const out = c.alloc((m + 1) * 16);
-    try {
-      const v = view(c, mir, m * 2);
-      ranges.forEach(([s, e], i) => {
-        v[i * 2] = BigInt(s);
-        v[i * 2 + 1] = BigInt(e - s);
-      });
-      const k = check(c.exports.backupPlanSubtract(BigInt(offset), BigInt(length), mir, m, out, m + 1), 'backup plan subtract');
-      const o = view(c, out, k * 2);
-      const res: Array<[number, number]> = [];
-      for (let i = 0; i < k; i++) res.push([Number(o[i * 2]!), Number(o[i * 2]!) + Number(o[i * 2 + 1]!)]);
-      return res;
-    } finally {
-      c.free(mir);
-      c.free(out);
-    }
+  const m = ranges.length;
+  return withScratch([m * 16, (m + 1) * 16], (ex, [mir, out], c) => {
+    const v = view(c, mir, m * 2);
+    ranges.forEach(([s, e], i) => {
+      v[i * 2] = BigInt(s);
+      v[i * 2 + 1] = BigInt(e - s);
+    });
+    const k = check(ex.backupPlanSubtract(BigInt(offset), BigInt(length), mir, m, out, m + 1), 'backup plan subtract');
+    const o = view(c, out, k * 2);
+    const res: Array<[number, number]> = [];
+    for (let i = 0; i < k; i++) res.push([Number(o[i * 2]!), Number(o[i * 2]!) + Number(o[i * 2 + 1]!)]);
+    return res;
   });
 }
 
@@ -104,21 +90,14 @@ export function zeroRuns(buf: Uint8Array, granule: number): PlanOp[] {
   // Copied data is rarely zero: when every granule has a non-zero byte in its first 16, the
   // buffer is one data run, and copying it into the core to scan would cost more than the copy.
   if (leadsWithData(buf, granule)) return [{ offset: 0, length: buf.length, zero: false }];
-  return withCore((c) => {
-    const cap = Math.ceil(buf.length / granule) + 1;
-    const p = c.alloc(buf.length);
-    const out = c.alloc(cap * 24);
-    try {
-      c.u8().set(buf, p);
-      const k = check(c.exports.backupPlanZeroRuns(p, buf.length, granule, out, cap), 'zero runs');
-      const o = view(c, out, k * 3);
-      const ops: PlanOp[] = [];
-      for (let i = 0; i < k; i++) ops.push({ offset: Number(o[i * 3]!), length: Number(o[i * 3 + 1]!), zero: o[i * 3 + 2] === 1n });
-      return ops;
-    } finally {
-      c.free(p);
-      c.free(out);
-    }
+  const cap = Math.ceil(buf.length / granule) + 1;
+  return withScratch([buf.length, cap * 24], (ex, [p, out], c) => {
+    c.u8().set(buf, p);
+    const k = check(ex.backupPlanZeroRuns(p, buf.length, granule, out, cap), 'zero runs');
+    const o = view(c, out, k * 3);
+    const ops: PlanOp[] = [];
+    for (let i = 0; i < k; i++) ops.push({ offset: Number(o[i * 3]!), length: Number(o[i * 3 + 1]!), zero: o[i * 3 + 2] === 1n });
+    return ops;
   });
 }
 
@@ -204,45 +183,38 @@ export async function planFromL2(dev: L2Layer, chunk: number): Promise<PlanOp[]>
   decode();
   function decode(): void {
     if (tables.length === 0) return;
-    withCore((c) => {
-      const tlen = tables[0]![1].length;
-      const entries = tlen / es;
-      const cap = 1 + entries * (Math.ceil(cs / chunk) + 1);
-      const t = c.alloc(tlen);
-      const out = c.alloc(cap * 32);
-      try {
-        for (const [guest, table] of tables) {
-          c.u8().set(table, t);
-          // The last op so far goes in first, so the core continues it across tables.
-          let n = 0;
-          const last = ops[ops.length - 1];
-          if (last) {
-            const v = new BigUint64Array(c.exports.memory.buffer, out, 4);
-            v[0] = BigInt(last.offset);
-            v[1] = BigInt(last.length);
-            v[2] = BigInt(last.host ?? 0);
-            v[3] = last.zero ? 1n : last.host === undefined ? 2n : 0n;
-            n = 1;
-            ops.pop();
-          }
-          const k = check(c.exports.backupPlanL2(t, entries, extendedL2 ? 1 : 0, clusterBits, BigInt(guest), BigInt(dev.size), BigInt(chunk), out, n, cap), 'qcow2 L2 plan', guest);
-          const o = new BigUint64Array(c.exports.memory.buffer, out, k * 4);
-          for (let i = 0; i < k; i++) {
-            const offset = Number(o[i * 4]!);
-            const length = Number(o[i * 4 + 1]!);
-            const op = o[i * 4 + 3]!;
-            if (op === 0n) {
-              const host = Number(o[i * 4 + 2]!);
-              if (host + Math.ceil(length / cs) * cs > fileSize) {
-                throw new VmkitError('CORRUPT', `qcow2 L2 entry for guest offset ${offset} points past the end of the file (${host} + ${length} > ${fileSize})`, { offset });
-              }
-              ops.push({ offset, length, zero: false, host });
-            } else ops.push({ offset, length, zero: op === 1n });
-          }
+    const tlen = tables[0]![1].length;
+    const entries = tlen / es;
+    const cap = 1 + entries * (Math.ceil(cs / chunk) + 1);
+    withScratch([tlen, cap * 32], (ex, [t, out], c) => {
+      for (const [guest, table] of tables) {
+        c.u8().set(table, t);
+        // The last op so far goes in first, so the core continues it across tables.
+        let n = 0;
+        const last = ops[ops.length - 1];
+        if (last) {
+          const v = new BigUint64Array(ex.memory.buffer, out, 4);
+          v[0] = BigInt(last.offset);
+          v[1] = BigInt(last.length);
+          v[2] = BigInt(last.host ?? 0);
+          v[3] = last.zero ? 1n : last.host === undefined ? 2n : 0n;
+          n = 1;
+          ops.pop();
         }
-      } finally {
-        c.free(t);
-        c.free(out);
+        const k = check(ex.backupPlanL2(t, entries, extendedL2 ? 1 : 0, clusterBits, BigInt(guest), BigInt(dev.size), BigInt(chunk), out, n, cap), 'qcow2 L2 plan', guest);
+        const o = new BigUint64Array(ex.memory.buffer, out, k * 4);
+        for (let i = 0; i < k; i++) {
+          const offset = Number(o[i * 4]!);
+          const length = Number(o[i * 4 + 1]!);
+          const op = o[i * 4 + 3]!;
+          if (op === 0n) {
+            const host = Number(o[i * 4 + 2]!);
+            if (host + Math.ceil(length / cs) * cs > fileSize) {
+              throw new VmkitError('CORRUPT', `qcow2 L2 entry for guest offset ${offset} points past the end of the file (${host} + ${length} > ${fileSize})`, { offset });
+            }
+            ops.push({ offset, length, zero: false, host });
+          } else ops.push({ offset, length, zero: op === 1n });
+        }
       }
     });
     tables.length = 0;

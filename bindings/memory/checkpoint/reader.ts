@@ -10,7 +10,7 @@
  * Format: docs/checkpoint-format.md.
  * @module
  */
-import { checkGeneration, withCore, type Core } from '../../core.js';
+import { checkGeneration, withCore, withScratch, type Core } from '../../core.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { abytes, aint } from '../../_utils.js';
@@ -942,51 +942,46 @@ export class CheckpointReader implements PageSource {
    */
   private restoreFileSync(fd: number, win: number, onProgress: ((done: number) => void) | undefined, fs: typeof import('node:fs')): void {
     const ps = this.pageSize;
-    withCore((c) => {
-      const cw = c.alloc(win * ps);
+    withScratch(win * ps, (_ex, cw, c) => {
       let tmp: Uint8Array | undefined;
-      try {
-        for (let p = 0; p < this.pageCount; p += win) {
-          const n = Math.min(win, this.pageCount - p);
-          if (!this.allZero(p, n)) {
-            // Pages [seg, q) are decoded and not yet written; a long zero run
-            // ends a segment and stays a hole (the file was extended with zeros).
-            let seg = p;
-            const flush = (end: number): void => {
-              const from = cw + (seg - p) * ps;
-              const len = (end - seg) * ps;
-              let done = 0;
-              while (done < len) done += fs.writeSync(fd, c.u8().subarray(from + done, from + len), 0, len - done, seg * ps + done);
-            };
-            for (let q = p; q < p + n; ) {
-              const rn = this.nextRun(q, p + n);
-              const kind = this.runKind;
-              const block = this.runBlock;
-              const at = cw + (q - p) * ps;
-              if (kind === PAGE_ZERO) {
-                if (rn >= HOLE_PAGES) {
-                  flush(q);
-                  seg = q + rn;
-                } else c.u8().fill(0, at, at + rn * ps);
-              } else if (kind === PAGE_ABSENT) {
-                const parent = this.parentFor(q);
-                tmp ??= new Uint8Array(win * ps);
-                const part = tmp.subarray(0, rn * ps);
-                parent.readPagesIntoSync(q, rn, part); // may grow core memory: views are taken after
-                c.u8().set(part, at);
-              } else {
-                const k = this.coreBufs(c);
-                this.loadBlockInCore(c, k, block);
-                this.decodeRun(c, k, block, q, rn, at);
-              }
-              q += rn;
+      for (let p = 0; p < this.pageCount; p += win) {
+        const n = Math.min(win, this.pageCount - p);
+        if (!this.allZero(p, n)) {
+          // Pages [seg, q) are decoded and not yet written; a long zero run
+          // ends a segment and stays a hole (the file was extended with zeros).
+          let seg = p;
+          const flush = (end: number): void => {
+            const from = cw + (seg - p) * ps;
+            const len = (end - seg) * ps;
+            let done = 0;
+            while (done < len) done += fs.writeSync(fd, c.u8().subarray(from + done, from + len), 0, len - done, seg * ps + done);
+          };
+          for (let q = p; q < p + n; ) {
+            const rn = this.nextRun(q, p + n);
+            const kind = this.runKind;
+            const block = this.runBlock;
+            const at = cw + (q - p) * ps;
+            if (kind === PAGE_ZERO) {
+              if (rn >= HOLE_PAGES) {
+                flush(q);
+                seg = q + rn;
+              } else c.u8().fill(0, at, at + rn * ps);
+            } else if (kind === PAGE_ABSENT) {
+              const parent = this.parentFor(q);
+              tmp ??= new Uint8Array(win * ps);
+              const part = tmp.subarray(0, rn * ps);
+              parent.readPagesIntoSync(q, rn, part); // may grow core memory: views are taken after
+              c.u8().set(part, at);
+            } else {
+              const k = this.coreBufs(c);
+              this.loadBlockInCore(c, k, block);
+              this.decodeRun(c, k, block, q, rn, at);
             }
-            flush(p + n);
+            q += rn;
           }
-          onProgress?.((p + n) * ps);
+          flush(p + n);
         }
-      } finally {
-        c.free(cw);
+        onProgress?.((p + n) * ps);
       }
     });
   }

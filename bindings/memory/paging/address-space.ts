@@ -9,7 +9,7 @@
  * so callers see plain synchronous calls.
  * @module
  */
-import { checkGeneration, withCore, type Core } from '../../core.js';
+import { checkGeneration, withCore, withScratch, type Core } from '../../core.js';
 import type { CoreExports } from '../../_abi.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
@@ -391,19 +391,17 @@ export class AddressSpace {
     if (!(out instanceof BigUint64Array)) throw new VmkitError('ARG_TYPE', `out must be a BigUint64Array, got ${describe(out)}`);
     if (out.length < gvas.length) throw new VmkitError('OUTPUT_TOO_SMALL', `out has room for ${out.length}, needs ${gvas.length}`);
     const c = this.#live();
-    return withCore(() => {
-      const e = c.exports;
-      // Called again from inside a frame read (see #provide): a buffer of its own.
-      const nested = this.#batching;
-      const io = nested ? c.alloc(BATCH * 8) : this.#io;
+    // Called again from inside a frame read (see #provide): a buffer of its own.
+    const nested = this.#batching;
+    const run = (io: number): number => {
       this.#batching = true;
       try {
-        return this.#translateChunks(c, e, io, gvas, out);
+        return this.#translateChunks(c, c.exports, io, gvas, out);
       } finally {
         this.#batching = nested;
-        if (nested) c.free(io);
       }
-    });
+    };
+    return nested ? withScratch(BATCH * 8, (_ex, io) => run(io)) : withCore(() => run(this.#io));
   }
 
   #translateChunks(c: Core, e: CoreExports, io: number, gvas: BigUint64Array, out: BigUint64Array): number {
@@ -640,16 +638,11 @@ export class AddressSpace {
    * ```
    */
   stats(): AddressSpaceStats {
-    const c = this.#live();
-    return withCore(() => {
-      const p = c.alloc(32);
-      try {
-        check(c.exports.pagingStats(this.#h, p), 'stats');
-        const v = new BigUint64Array(c.exports.memory.buffer, p, 4);
-        return { cacheHits: Number(v[0]!), walks: Number(v[1]!), framesRead: Number(v[2]!), framesCached: Number(v[3]!) };
-      } finally {
-        c.free(p);
-      }
+    this.#live();
+    return withScratch(32, (ex, p) => {
+      check(ex.pagingStats(this.#h, p), 'stats');
+      const v = new BigUint64Array(ex.memory.buffer, p, 4);
+      return { cacheHits: Number(v[0]!), walks: Number(v[1]!), framesRead: Number(v[2]!), framesCached: Number(v[3]!) };
     });
   }
 

@@ -12,7 +12,7 @@
  * unmapped and resident ones and coalesces the rest.
  * @module
  */
-import { checkGeneration, withCore, core } from '../../core.js';
+import { checkGeneration, withCore, withScratch, core } from '../../core.js';
 import type { CoreExports } from '../../_abi.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
@@ -150,31 +150,26 @@ export class PrefetchEngine {
    */
   map(pairs: Iterable<readonly [bigint, number | bigint]>): number {
     const e = this.live();
-    return withCore((c) => {
-      const chunk = 4096;
-      const buf = c.alloc(chunk * 16);
+    const chunk = 4096;
+    return withScratch(chunk * 16, (_ex, buf, c) => {
       let added = 0;
-      try {
-        let n = 0;
-        const flush = (): void => {
-          if (n === 0) return;
-          added += check(e.prefetchMap(this.h, buf, n), 'prefetch map');
-          n = 0;
-        };
-        let view = new BigUint64Array(c.u8().buffer, buf, chunk * 2);
-        let i = 0;
-        for (const [vpn, ppn] of pairs) {
-          if (view.buffer !== c.u8().buffer) view = new BigUint64Array(c.u8().buffer, buf, chunk * 2);
-          // Checked here, not left to BigUint64Array: it would take -1 as 2^64 - 1 and throw a bare RangeError on 0.5.
-          view[n * 2] = avpn(vpn, `pairs[${i}][0]`);
-          view[n * 2 + 1] = au64(ppn, `pairs[${i}][1]`);
-          i++;
-          if (++n === chunk) flush();
-        }
-        flush();
-      } finally {
-        c.free(buf);
+      let n = 0;
+      const flush = (): void => {
+        if (n === 0) return;
+        added += check(e.prefetchMap(this.h, buf, n), 'prefetch map');
+        n = 0;
+      };
+      let view = new BigUint64Array(c.u8().buffer, buf, chunk * 2);
+      let i = 0;
+      for (const [vpn, ppn] of pairs) {
+        if (view.buffer !== c.u8().buffer) view = new BigUint64Array(c.u8().buffer, buf, chunk * 2);
+        // Checked here, not left to BigUint64Array: it would take -1 as 2^64 - 1 and throw a bare RangeError on 0.5.
+        view[n * 2] = avpn(vpn, `pairs[${i}][0]`);
+        view[n * 2 + 1] = au64(ppn, `pairs[${i}][1]`);
+        i++;
+        if (++n === chunk) flush();
       }
+      flush();
       return added;
     });
   }
@@ -341,32 +336,25 @@ export class PrefetchEngine {
     // given stays bounded however many faults are queued.
     const window = back + ahead + 1;
     const per = Math.max(1, Math.floor(BATCH_RUNS / window));
-    return withCore((c) => {
-      const p = c.alloc(per * 8);
-      const o = c.alloc(per * window * 8);
-      const parts: Uint32Array[] = [];
-      let total = 0;
-      try {
-        for (let at = 0; at < vpns.length; at += per) {
-          const n = Math.min(per, vpns.length - at);
-          new BigUint64Array(c.u8().buffer, p, n).set(vpns.subarray(at, at + n));
-          const r = check(e.prefetchFaultVirtualBatch(this.h, p, n, back, ahead, o, n * window), 'prefetch fault batch');
-          parts.push(new Uint32Array(c.u8().buffer, o, r * 2).slice());
-          total += r * 2;
-        }
-      } finally {
-        c.free(p);
-        c.free(o);
+    const parts: Uint32Array[] = [];
+    let total = 0;
+    withScratch([per * 8, per * window * 8], (_ex, [p, o], c) => {
+      for (let at = 0; at < vpns.length; at += per) {
+        const n = Math.min(per, vpns.length - at);
+        new BigUint64Array(c.u8().buffer, p, n).set(vpns.subarray(at, at + n));
+        const r = check(e.prefetchFaultVirtualBatch(this.h, p, n, back, ahead, o, n * window), 'prefetch fault batch');
+        parts.push(new Uint32Array(c.u8().buffer, o, r * 2).slice());
+        total += r * 2;
       }
-      if (parts.length === 1) return parts[0]!;
-      const out = new Uint32Array(total);
-      let k = 0;
-      for (const part of parts) {
-        out.set(part, k);
-        k += part.length;
-      }
-      return out;
     });
+    if (parts.length === 1) return parts[0]!;
+    const out = new Uint32Array(total);
+    let k = 0;
+    for (const part of parts) {
+      out.set(part, k);
+      k += part.length;
+    }
+    return out;
   }
 
 
@@ -440,27 +428,22 @@ export class PrefetchEngine {
    */
   stats(): PrefetchStats {
     const e = this.live();
-    return withCore((c) => {
-      const p = c.alloc(9 * 8);
-      try {
-        e.prefetchStats(this.h, p);
-        const v = new BigUint64Array(c.u8().buffer, p, 9);
-        const n = (i: number): number => Number(v[i]!);
-        return {
-          accesses: n(0),
-          faults: n(1),
-          loaded: n(2),
-          prefetched: n(3),
-          prefetchHits: n(4),
-          wasted: check(e.prefetchUnused(this.h), 'prefetch unused'),
-          reads: n(5) + this.extraReads,
-          translations: n(6),
-          pageTableReads: n(7),
-          unmapped: n(8),
-        };
-      } finally {
-        c.free(p);
-      }
+    return withScratch(9 * 8, (_ex, p, c) => {
+      e.prefetchStats(this.h, p);
+      const v = new BigUint64Array(c.u8().buffer, p, 9);
+      const n = (i: number): number => Number(v[i]!);
+      return {
+        accesses: n(0),
+        faults: n(1),
+        loaded: n(2),
+        prefetched: n(3),
+        prefetchHits: n(4),
+        wasted: check(e.prefetchUnused(this.h), 'prefetch unused'),
+        reads: n(5) + this.extraReads,
+        translations: n(6),
+        pageTableReads: n(7),
+        unmapped: n(8),
+      };
     });
   }
 
@@ -500,17 +483,10 @@ export function coalesce(pages: ArrayLike<number>): Uint32Array {
   // Sorted in the core in one piece: 12 bytes a page there.
   if (pages.length > MAX_COALESCE) throw new VmkitError('LIMIT', `coalesce takes at most ${MAX_COALESCE} pages at once, got ${pages.length}`);
   for (let i = 0; i < pages.length; i++) aint(pages[i], `pages[${i}]`, 0, 0xffff_ffff);
-  return withCore((c) => {
-    const n = pages.length;
-    const p = c.alloc(Math.max(4, n * 4));
-    const o = c.alloc(Math.max(8, n * 8));
-    try {
-      new Uint32Array(c.u8().buffer, p, n).set(Array.from(pages));
-      const r = check(core().exports.prefetchCoalesce(p, n, o, n), 'coalesce');
-      return new Uint32Array(c.u8().buffer, o, r * 2).slice();
-    } finally {
-      c.free(p);
-      c.free(o);
-    }
+  const n = pages.length;
+  return withScratch([Math.max(4, n * 4), Math.max(8, n * 8)], (ex, [p, o], c) => {
+    new Uint32Array(c.u8().buffer, p, n).set(Array.from(pages));
+    const r = check(ex.prefetchCoalesce(p, n, o, n), 'coalesce');
+    return new Uint32Array(c.u8().buffer, o, r * 2).slice();
   });
 }
