@@ -27,6 +27,16 @@ describe('MemoryStorage', () => {
     await expect(ro.write(0, new Uint8Array([1]))).rejects.toMatchObject({ code: 'INVALID_STATE' });
     await expect(ro.truncate(0)).rejects.toBeInstanceOf(VmkitError);
   });
+  it('a read-only view sees the later writes of its store, growth included (a backing file written by a commit)', async () => {
+    const s = new MemoryStorage('m');
+    await s.write(0, new Uint8Array([7]));
+    const ro = s.readOnlyView();
+    await s.write(0, new Uint8Array([8]));
+    await s.write(1 << 20, new Uint8Array([9])); // grows: the store's buffer is replaced
+    expect(await ro.size()).toBe((1 << 20) + 1);
+    expect([...(await readAt(ro, 0, 1)), ...(await readAt(ro, 1 << 20, 1))]).toEqual([8, 9]);
+    expect(ro.bytes().length).toBe((1 << 20) + 1);
+  });
   it('the provider finds stores by name and resolves names relative to the overlay', async () => {
     const p = new MemoryProvider();
     const s = await p.create('dir/base.img');

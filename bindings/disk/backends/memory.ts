@@ -20,6 +20,8 @@ export class MemoryStorage implements Storage {
   readonly readOnly: boolean;
   private buf: Uint8Array;
   private len: number;
+  /** The store a read-only view reads (live: it sees the store's later writes, as a file opened twice). */
+  private src: MemoryStorage | undefined;
 
   constructor(name: string = 'memory', initial?: Uint8Array, readOnly: boolean = false) {
     this.name = name;
@@ -36,10 +38,12 @@ export class MemoryStorage implements Storage {
    * ```
    */
   bytes(): Uint8Array {
-    return this.buf.subarray(0, this.len);
+    const o = this.src ?? this;
+    return o.buf.subarray(0, o.len);
   }
   /**
-   * A read-only store over the same bytes (a backing layer's view).
+   * A read-only store over the same bytes (a backing layer's view): it reads
+   * what this store holds at the time of each read, growth included.
    *
    * @example
    * ```ts
@@ -47,8 +51,8 @@ export class MemoryStorage implements Storage {
    * ```
    */
   readOnlyView(): MemoryStorage {
-    const m = new MemoryStorage(this.name, this.buf, true);
-    m.len = this.len;
+    const m = new MemoryStorage(this.name, undefined, true);
+    m.src = this.src ?? this;
     return m;
   }
   /**
@@ -60,7 +64,7 @@ export class MemoryStorage implements Storage {
    * ```
    */
   async size(): Promise<number> {
-    return this.len;
+    return (this.src ?? this).len;
   }
   /**
    * Reads `dst.length` bytes at `offset`; bytes past the end read as zero.
@@ -72,8 +76,9 @@ export class MemoryStorage implements Storage {
    * ```
    */
   async readInto(offset: number, dst: Uint8Array): Promise<void> {
-    const end = Math.min(this.len, offset + dst.length);
-    if (offset < end) dst.set(this.buf.subarray(offset, end));
+    const o = this.src ?? this;
+    const end = Math.min(o.len, offset + dst.length);
+    if (offset < end) dst.set(o.buf.subarray(offset, end));
     if (end - offset < dst.length) dst.fill(0, Math.max(0, end - offset));
   }
   /**
