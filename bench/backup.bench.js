@@ -266,7 +266,7 @@ export async function run(ctx) {
   const deltaData = size / 4;
   const reps = quick ? 1 : Number(process.env.BENCH_REPS ?? 5);
   const ops = await fileOps();
-  if (!ops) notes.push('this build has no vmkit qcow2 driver for files: the vmkit rows ran on the in-memory image store (MemoryChainOps), so they measure the job logic, not file I/O — compare with care.');
+  if (!ops) notes.push('this build has no vmkit qcow2 driver for files: the vmkit rows ran on the in-memory image store (MemoryChainOps: real qcow2 in memory), so they measure the job and format logic, not file I/O — compare with care.');
   const root = mkdtempSync(join(tmpdir(), 'vmkit-bench-backup-'));
   try {
     const master = join(root, 'master');

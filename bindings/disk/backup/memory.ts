@@ -1,40 +1,32 @@
 /**
- * An in-memory image store with backing chains, for browsers, tests and the
- * tour: images allocate 64 KiB clusters on write (copying the rest of the
- * cluster up from the backing chain, as qcow2 does), report block status with
- * the depth of the answering layer, and can be cloned at any instant — which
- * is how the tests stop a job "by power cut" at a random point.
+ * An in-memory image store for browsers, tests and the tour: the images are
+ * real qcow2 (or VMDK, raw, …) files held in {@link MemoryStorage}s and opened
+ * with vmkit/disk's formats, so jobs run on memory exactly as on Node files; the
+ * whole store can be cloned at any instant — which is how the tests stop a job
+ * "by power cut" at a random point — and device operations can be delayed at
+ * random to shuffle the interleaving of concurrent requests.
  * @module
  */
 import { VmkitError } from '../../errors.js';
+import { MemoryProvider, MemoryStorage } from '../backends/memory.js';
 import type { BlockExtent } from '../device.js';
-import type { FormatName } from '../formats/types.js';
+import { decodeL2, entryOffset } from '../formats/qcow2/metadata.js';
+import { parseQcow2Header } from '../formats/qcow2/header.js';
+import type { FormatName, ImageDevice } from '../formats/types.js';
+import { checkImage, createImage, openImage, probeFormat } from '../image.js';
 import type { BackupDevice, ChainOps } from './_types.js';
-
-const CLUSTER = 65536;
-
-interface MemImage {
-  size: number;
-  format: FormatName;
-  backing: string | undefined;
-  /** cluster index → data, or null for a zero cluster. */
-  clusters: Map<number, Uint8Array | null>;
-}
 
 /** Options of a {@link MemoryChainOps}. */
 export interface MemoryChainOptions {
   /**
    * Upper bound in milliseconds of a random delay before each device
-   * operation (default 0: operations only yield to the event loop). Tests use
-   * it to shuffle the interleaving of concurrent requests.
+   * operation (default 0: operations only yield, one in 32 to the timer queue
+   * as file I/O would, so a caller looping on writes cannot starve a job's
+   * timers). Tests use it to shuffle the interleaving of concurrent requests.
    */
   jitterMs?: number;
   /** Random source for the jitter (default Math.random). */
   random?: () => number;
-}
-
-function split(path: string): string {
-  return path;
 }
 
 /**
@@ -48,7 +40,8 @@ function split(path: string): string {
  * ```
  */
 export class MemoryChainOps implements ChainOps {
-  private readonly images = new Map<string, MemImage>();
+  /** The image files, by name (a rename moves the store, as a file's inode). */
+  private readonly files = new MemoryProvider();
   private readonly texts = new Map<string, string>();
   private readonly jitter: number;
   private readonly random: () => number;
@@ -61,7 +54,8 @@ export class MemoryChainOps implements ChainOps {
   }
 
   /**
-   * A deep copy of every file as it is at this instant (a simulated crash).
+   * A deep copy of every file as it is at this instant (a simulated crash:
+   * what open devices had not written to their files yet is not in it).
    *
    * @example
    * ```ts
@@ -71,11 +65,7 @@ export class MemoryChainOps implements ChainOps {
    */
   clone(): MemoryChainOps {
     const c = new MemoryChainOps({ jitterMs: this.jitter, random: this.random });
-    for (const [k, v] of this.images) {
-      const cl = new Map<number, Uint8Array | null>();
-      for (const [i, d] of v.clusters) cl.set(i, d === null ? null : d.slice());
-      c.images.set(k, { ...v, clusters: cl });
-    }
+    for (const [k, v] of this.files.stores) c.files.stores.set(k, new MemoryStorage(k, v.bytes().slice()));
     for (const [k, v] of this.texts) c.texts.set(k, v);
     return c;
   }
@@ -89,25 +79,40 @@ export class MemoryChainOps implements ChainOps {
    * ```
    */
   list(): string[] {
-    return [...this.images.keys(), ...this.texts.keys()].sort();
+    return [...this.files.stores.keys(), ...this.texts.keys()].sort();
   }
 
   /**
-   * Bytes allocated in an image's own layer.
+   * Bytes of guest data an image's own layer holds, as its file says at this
+   * instant: for qcow2 the clusters its L2 tables map (data or zero); for other
+   * formats the file's length (an upper bound).
    *
    * @example
    * ```ts
-   * const bytes = ops.allocated('vm-delta.qcow2'); // 64 KiB clusters of that layer only
+   * const bytes = ops.allocated('vm-delta.qcow2'); // clusters of that layer only
    * ```
    */
   allocated(path: string): number {
-    return this.image(path).clusters.size * CLUSTER;
+    const bytes = this.store(path).bytes();
+    if (bytes.length < 4 || new DataView(bytes.buffer, bytes.byteOffset).getUint32(0) !== 0x514649fb) return bytes.length;
+    const h = parseQcow2Header(bytes, bytes.length, path);
+    const cs = 2 ** h.clusterBits;
+    const es = h.extendedL2 ? 16 : 8;
+    const l1 = new DataView(bytes.buffer, bytes.byteOffset + h.l1TableOffset, h.l1Size * 8);
+    let n = 0;
+    for (let i = 0; i < h.l1Size; i++) {
+      const l2 = entryOffset(l1.getUint32(i * 8), l1.getUint32(i * 8 + 4));
+      if (l2 === 0 || l2 + cs > bytes.length) continue;
+      const t = new DataView(bytes.buffer, bytes.byteOffset + l2, cs);
+      for (let j = 0; j < cs / es; j++) if (decodeL2(t, j, h.extendedL2, h.clusterBits).kind !== 'unallocated') n += cs;
+    }
+    return n;
   }
 
-  private image(path: string): MemImage {
-    const im = this.images.get(split(path));
-    if (!im) throw new VmkitError('NOT_FOUND', `no image ${path}`, { path });
-    return im;
+  private store(path: string): MemoryStorage {
+    const s = this.files.stores.get(path);
+    if (!s) throw new VmkitError('NOT_FOUND', `no image ${path}`, { path });
+    return s;
   }
 
   /**
@@ -120,8 +125,10 @@ export class MemoryChainOps implements ChainOps {
    */
   async pause(): Promise<void> {
     if (this.jitter > 0 && this.random() < 0.5) await new Promise((r) => setTimeout(r, this.random() * this.jitter));
+    else if (++this.paused % 32 === 0) await new Promise((r) => setTimeout(r, 0));
     else await Promise.resolve();
   }
+  private paused = 0;
 
   /**
    * Opens the chain whose top is `path` (NOT_FOUND, or LIMIT for a loop).
@@ -132,15 +139,9 @@ export class MemoryChainOps implements ChainOps {
    * ```
    */
   async open(path: string, opts: { readOnly?: boolean } = {}): Promise<BackupDevice> {
-    const layers: MemImage[] = [];
-    const names: string[] = [];
-    for (let p: string | undefined = path; p !== undefined; p = layers[layers.length - 1]!.backing) {
-      if (names.includes(p)) throw new VmkitError('LIMIT', `backing chain loops at ${p}`, { path });
-      if (layers.length > 64) throw new VmkitError('LIMIT', 'backing chain too deep', { path });
-      layers.push(this.image(p));
-      names.push(p);
-    }
-    return new MemoryChain(this, path, layers, opts.readOnly === true);
+    this.store(path);
+    const dev = await openImage(path, { provider: this.files, readOnly: opts.readOnly === true });
+    return new JitteredDevice(this, path, dev);
   }
 
   /**
@@ -152,9 +153,9 @@ export class MemoryChainOps implements ChainOps {
    * ```
    */
   async createOverlay(path: string, backing: string, format: FormatName = 'qcow2'): Promise<void> {
-    const b = this.image(backing);
-    if (this.images.has(path)) throw new VmkitError('CONFLICT', `${path} exists`, { path });
-    this.images.set(path, { size: b.size, format, backing, clusters: new Map() });
+    this.store(backing);
+    if (await this.exists(path)) throw new VmkitError('CONFLICT', `${path} exists`, { path });
+    await createImage(path, { provider: this.files, format, backing: this.files.relative(path, backing) });
   }
 
   /**
@@ -166,9 +167,9 @@ export class MemoryChainOps implements ChainOps {
    * ```
    */
   async create(path: string, size: number, format: FormatName): Promise<void> {
-    if (this.images.has(path)) throw new VmkitError('CONFLICT', `${path} exists`, { path });
+    if (await this.exists(path)) throw new VmkitError('CONFLICT', `${path} exists`, { path });
     if (size % 512 !== 0) throw new VmkitError('ARG_RANGE', `size ${size} is not a multiple of 512`);
-    this.images.set(path, { size, format, backing: undefined, clusters: new Map() });
+    await createImage(path, { provider: this.files, size, format });
   }
 
   /**
@@ -180,10 +181,16 @@ export class MemoryChainOps implements ChainOps {
    * ```
    */
   async backingOf(path: string): Promise<string | undefined> {
-    return this.image(path).backing;
+    this.store(path);
+    const dev = await openImage(path, { provider: this.files, readOnly: true, noBacking: true });
+    try {
+      return dev.backingFile === undefined ? undefined : this.files.resolve(path, dev.backingFile);
+    } finally {
+      await dev.close();
+    }
   }
   /**
-   * The format `path` was created with.
+   * The format of the image at `path`, probed from its file.
    *
    * @example
    * ```ts
@@ -191,7 +198,21 @@ export class MemoryChainOps implements ChainOps {
    * ```
    */
   async formatOf(path: string): Promise<FormatName> {
-    return this.image(path).format;
+    return probeFormat(this.store(path).readOnlyView());
+  }
+  /**
+   * Frees clusters a crash left allocated but unused, as `qemu-img check -r
+   * leaks`; returns how many. Raw images have none.
+   *
+   * @example
+   * ```ts
+   * const freed = await ops.repairLeaks('vm.qcow2');
+   * ```
+   */
+  async repairLeaks(path: string): Promise<number> {
+    if ((await this.formatOf(path)) === 'raw') return 0;
+    const r = await checkImage(path, { provider: this.files, repairLeaks: true });
+    return r.leaksFixed ?? 0;
   }
   /**
    * True when an image or text file `path` exists.
@@ -202,7 +223,7 @@ export class MemoryChainOps implements ChainOps {
    * ```
    */
   async exists(path: string): Promise<boolean> {
-    return this.images.has(path) || this.texts.has(path);
+    return this.files.stores.has(path) || this.texts.has(path);
   }
   /**
    * Removes the image or text file (no error when absent).
@@ -213,7 +234,7 @@ export class MemoryChainOps implements ChainOps {
    * ```
    */
   async remove(path: string): Promise<void> {
-    this.images.delete(path);
+    this.files.stores.delete(path);
     this.texts.delete(path);
   }
   /**
@@ -225,15 +246,17 @@ export class MemoryChainOps implements ChainOps {
    * ```
    */
   async rename(from: string, to: string): Promise<void> {
-    const im = this.images.get(from);
+    const im = this.files.stores.get(from);
     if (im) {
-      this.images.delete(from);
-      this.images.set(to, im);
+      this.files.stores.delete(from);
+      this.texts.delete(to);
+      this.files.stores.set(to, im);
       return;
     }
     const t = this.texts.get(from);
     if (t === undefined) throw new VmkitError('NOT_FOUND', `no file ${from}`, { path: from });
     this.texts.delete(from);
+    this.files.stores.delete(to);
     this.texts.set(to, t);
   }
   /**
@@ -265,122 +288,52 @@ export class MemoryChainOps implements ChainOps {
   }
 }
 
-class MemoryChain implements BackupDevice {
+/** An opened chain whose operations wait a random moment first (see {@link MemoryChainOps.pause}). */
+class JitteredDevice implements BackupDevice {
   readonly size: number;
-  readonly alignment = 512;
+  readonly alignment: number;
   private readonly store: MemoryChainOps;
   private readonly path: string;
-  private readonly layers: MemImage[];
-  private readonly readOnly: boolean;
-  private closed = false;
+  private readonly dev: ImageDevice;
 
-  constructor(store: MemoryChainOps, path: string, layers: MemImage[], readOnly: boolean) {
+  constructor(store: MemoryChainOps, path: string, dev: ImageDevice) {
     this.store = store;
     this.path = path;
-    this.layers = layers;
-    this.size = layers[0]!.size;
-    this.readOnly = readOnly;
-  }
-
-  private check(offset: number, length: number, write: boolean): void {
-    if (this.closed) throw new VmkitError('INVALID_STATE', `${this.path} is closed`, { path: this.path });
-    if (write && this.readOnly) throw new VmkitError('INVALID_STATE', `${this.path} is open read-only`, { path: this.path });
-    if (offset % 512 !== 0 || length % 512 !== 0 || offset < 0 || offset + length > this.size) {
-      throw new VmkitError('ARG_RANGE', `request [${offset}, +${length}) is unaligned or past the end (${this.size})`, { offset });
-    }
-  }
-
-  // The cluster as the chain shows it, and the depth that answers (-1: none).
-  private lookup(ci: number): [Uint8Array | null, number] {
-    for (let d = 0; d < this.layers.length; d++) {
-      const L = this.layers[d]!;
-      if (ci * CLUSTER >= L.size) break;
-      const c = L.clusters.get(ci);
-      if (c !== undefined) return [c, d];
-    }
-    return [null, -1];
+    this.dev = dev;
+    this.size = dev.size;
+    this.alignment = dev.alignment;
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    this.check(offset, length, false);
     await this.store.pause();
-    const out = new Uint8Array(length);
-    for (let o = offset; o < offset + length; ) {
-      const ci = Math.floor(o / CLUSTER);
-      const within = o - ci * CLUSTER;
-      const n = Math.min(CLUSTER - within, offset + length - o);
-      const [c] = this.lookup(ci);
-      if (c) out.set(c.subarray(within, within + n), o - offset);
-      o += n;
-    }
-    return out;
+    return this.dev.read(offset, length);
   }
-
-  private put(offset: number, data: Uint8Array | null, length: number): void {
-    const top = this.layers[0]!;
-    for (let o = offset; o < offset + length; ) {
-      const ci = Math.floor(o / CLUSTER);
-      const within = o - ci * CLUSTER;
-      const n = Math.min(CLUSTER - within, offset + length - o);
-      if (data === null && n === CLUSTER) {
-        top.clusters.set(ci, null);
-      } else {
-        let c = top.clusters.get(ci);
-        if (!c) {
-          // Allocate, copying the rest of the cluster up from the chain.
-          const [below] = this.lookup(ci);
-          c = below ? below.slice() : new Uint8Array(CLUSTER);
-          top.clusters.set(ci, c);
-        }
-        if (data) c.set(data.subarray(o - offset, o - offset + n), within);
-        else c.fill(0, within, within + n);
-      }
-      o += n;
-    }
+  async readInto(offset: number, dst: Uint8Array): Promise<void> {
+    await this.store.pause();
+    return this.dev.readInto(offset, dst);
   }
-
   async write(offset: number, data: Uint8Array): Promise<void> {
-    this.check(offset, data.length, true);
     await this.store.pause();
-    this.check(offset, data.length, true);
-    this.put(offset, data, data.length);
+    await this.dev.write(offset, data);
     this.store.countWrite(this.path);
   }
-
   async writeZeroes(offset: number, length: number): Promise<void> {
-    this.check(offset, length, true);
     await this.store.pause();
-    this.check(offset, length, true);
-    this.put(offset, null, length);
+    await this.dev.writeZeroes(offset, length);
     this.store.countWrite(this.path);
   }
-
   async flush(): Promise<void> {
-    if (this.closed) throw new VmkitError('INVALID_STATE', `${this.path} is closed`, { path: this.path });
     await this.store.pause();
+    return this.dev.flush();
   }
-
   async blockStatus(offset: number, length: number): Promise<BlockExtent> {
-    this.check(offset, 0, false);
-    if (offset >= this.size) throw new VmkitError('ARG_RANGE', `offset ${offset} is past the end`, { offset });
-    const end = Math.min(this.size, offset + Math.max(length, 1));
-    const kindAt = (ci: number): [BlockExtent['kind'], number] => {
-      const [c, d] = this.lookup(ci);
-      if (d < 0) return ['unallocated', this.layers.length];
-      return [c === null ? 'zero' : 'data', d];
-    };
-    const ci0 = Math.floor(offset / CLUSTER);
-    const [kind, depth] = kindAt(ci0);
-    let e = Math.min(end, (ci0 + 1) * CLUSTER);
-    while (e < end) {
-      const [k, d] = kindAt(Math.floor(e / CLUSTER));
-      if (k !== kind || d !== depth) break;
-      e = Math.min(end, e + CLUSTER);
-    }
-    return { offset, length: e - offset, kind, depth };
+    return this.dev.blockStatus(offset, length);
   }
-
+  async setCacheMode(mode: 'writethrough' | 'writeback'): Promise<void> {
+    const d = this.dev as ImageDevice & { setCacheMode?(m: 'writethrough' | 'writeback'): Promise<void> };
+    await d.setCacheMode?.(mode);
+  }
   async close(): Promise<void> {
-    this.closed = true;
+    return this.dev.close();
   }
 }
