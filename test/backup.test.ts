@@ -259,6 +259,26 @@ function writer(dev: BackupDevice, ref: Ref, rand: () => number, writers = 2): {
   };
 }
 
+/**
+ * Notes the ranges of the writes in flight on `disk`: a crash may land them or
+ * not, so a spec compares everything else. Returns their ranges at the moment of the call.
+ */
+function trackInflight(disk: BackupDevice): () => Array<[number, number]> {
+  const inflight = new Map<number, [number, number]>();
+  let id = 0;
+  const realWrite = disk.write.bind(disk);
+  disk.write = async (off, data) => {
+    const me = id++;
+    inflight.set(me, [off, off + data.length]);
+    try {
+      await realWrite(off, data);
+    } finally {
+      inflight.delete(me);
+    }
+  };
+  return () => [...inflight.values()];
+}
+
 async function readAll(dev: BackupDevice): Promise<Uint8Array> {
   return dev.read(0, dev.size);
 }
@@ -424,21 +444,10 @@ describe('snapshot, backup and consolidation under concurrent writes (memory)', 
       // Writes acknowledged before the crash are in `ref` when it is taken;
       // writes in flight at that instant may land or not: note their ranges.
       let crashed: { ops: MemoryChainOps; ref: Uint8Array; loose: Array<[number, number]> } | undefined;
-      const inflight = new Map<number, [number, number]>();
-      let id = 0;
-      const realWrite = disk.write.bind(disk);
-      disk.write = async (off, data) => {
-        const me = id++;
-        inflight.set(me, [off, off + data.length]);
-        try {
-          await realWrite(off, data);
-        } finally {
-          inflight.delete(me);
-        }
-      };
+      const inflight = trackInflight(disk);
       const crashAt = rand() * 40;
       const timer = setTimeout(() => {
-        crashed = { ops: ops.clone(), ref: ref.bytes.slice(), loose: [...inflight.values()] };
+        crashed = { ops: ops.clone(), ref: ref.bytes.slice(), loose: inflight() };
       }, crashAt);
       const w = writer(disk, ref, rand);
       const job = await consolidate(disk, { into: mode, chunk: 65536 * 2, rateLimit: 128 * MiB });
@@ -517,18 +526,7 @@ describe('snapshot, backup and consolidation under concurrent writes (memory)', 
       await fill(disk, ref, rand, 80);
       // As in the crash spec above: writes in flight at the crash may land or not (the images are
       // real qcow2, whose writes take several steps): note their ranges.
-      const inflight = new Map<number, [number, number]>();
-      let id = 0;
-      const realWrite = disk.write.bind(disk);
-      disk.write = async (off, data) => {
-        const me = id++;
-        inflight.set(me, [off, off + data.length]);
-        try {
-          await realWrite(off, data);
-        } finally {
-          inflight.delete(me);
-        }
-      };
+      const inflight = trackInflight(disk);
       const w = writer(disk, ref, rand);
       let crashed: { ops: MemoryChainOps; ref: Uint8Array; loose: Array<[number, number]> } | undefined;
       const job = await consolidate(disk, {
@@ -537,10 +535,10 @@ describe('snapshot, backup and consolidation under concurrent writes (memory)', 
         parallel: 1,
         checkpointMs: 0,
         onProgress: (p) => {
-          if (at === 'half' && !crashed && p.remaining < p.planned / 2) crashed = { ops: ops.clone(), ref: ref.bytes.slice(), loose: [...inflight.values()] };
+          if (at === 'half' && !crashed && p.remaining < p.planned / 2) crashed = { ops: ops.clone(), ref: ref.bytes.slice(), loose: inflight() };
         },
         hook: (pt) => {
-          if (at === 'in-sync' && pt === 'in-sync') crashed = { ops: ops.clone(), ref: ref.bytes.slice(), loose: [...inflight.values()] };
+          if (at === 'in-sync' && pt === 'in-sync') crashed = { ops: ops.clone(), ref: ref.bytes.slice(), loose: inflight() };
         },
       });
       const first = await job.done;
