@@ -37,8 +37,8 @@ export type BackupDevice = Pick<BlockDevice, 'size' | 'alignment' | 'read' | 'wr
   };
 
 /**
- * The block layer's {@link FormatName}, under the name consolidate.ts still
- * imports (internal: vmkit/disk never exported it).
+ * The block layer's {@link FormatName}, under the name consolidate.ts and
+ * _consolidate-job.ts still import (internal: vmkit/disk never exported it).
  * @deprecated use FormatName from formats/types.ts.
  */
 export type ImageFormat = FormatName;
