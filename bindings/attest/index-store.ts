@@ -300,11 +300,11 @@ export class DigestIndex implements ReferenceIndex {
 
   /**
    * Adds a package whose artifact SHA-256 is given as 64 hex digits at
-   * `hex.slice(start, start + 64)` (the hot path of Packages/primary parsing:
-   * no substring, no Digest object). Returns the package id.
+   * `start` in `hex`, a string or ASCII bytes (the hot path of Packages/primary
+   * parsing: no substring, no Digest object). Returns the package id.
    * @example `ix.addPackageSha256('deb …', 'hello', '2.10-3', 'amd64', line, 8)`
    */
-  addPackageSha256(repository: string, name: string, version: string, arch: string | undefined, hex: string, start: number): number {
+  addPackageSha256(repository: string, name: string, version: string, arch: string | undefined, hex: string | Uint8Array, start: number): number {
     if (this.closed) this.live();
     const id = this.pkgName.length;
     this.pkgKey = growU8(this.pkgKey, (id + 1) * 32);
@@ -805,12 +805,14 @@ export function ownString(s: string): string {
   return s.length < 13 ? s : (s + ' ').slice(0, -1);
 }
 
-/** hexInto for `hex.slice(start, start + 64)` without making the substring. */
-function hexSliceInto(hex: string, start: number, dst: Uint8Array, off: number): boolean {
-  if (start < 0 || start + 64 > hex.length) return false;
+/** hexInto for the 64 hex digits at `start` in `hex` (a string or ASCII bytes) without making a substring. */
+function hexSliceInto(hex: string | Uint8Array, start: number, dst: Uint8Array, off: number): boolean {
+  if (!(start >= 0) || start + 64 > hex.length) return false;
+  const bytes = typeof hex === 'string' ? undefined : hex;
+  const text = typeof hex === 'string' ? hex : '';
   for (let i = start, j = off; j < off + 32; i += 2, j++) {
-    const a = hex.charCodeAt(i);
-    const b = hex.charCodeAt(i + 1);
+    const a = bytes ? bytes[i]! : text.charCodeAt(i);
+    const b = bytes ? bytes[i + 1]! : text.charCodeAt(i + 1);
     const hi = a < 128 ? HEX[a]! : -1;
     const lo = b < 128 ? HEX[b]! : -1;
     if ((hi | lo) < 0) return false;
