@@ -411,9 +411,10 @@ async function realRepo(log) {
 
 // One run under GNU time: wall (ms, measured here), CPU (ms, the process and its waited-for
 // children: node + xz, sh + xz + grep) and peak RSS of the largest single process (MiB).
-function timed(argv) {
+function timed(argv, onStart) {
   return new Promise((resolve, reject) => {
     const t = performance.now();
+    onStart?.(t);
     execFile('/usr/bin/time', ['-f', 'RUSAGE %U %S %M', ...argv], { maxBuffer: 1 << 24 }, (err, stdout, stderr) => {
       const wall = performance.now() - t;
       const m = /RUSAGE ([\d.]+) ([\d.]+) (\d+)/.exec(stderr);
@@ -436,7 +437,11 @@ export async function streamBench(ctx) {
     ['/debian/dists/bookworm/InRelease', readFileSync(repo.rel)],
     ['/debian/dists/bookworm/main/binary-amd64/Packages.xz', readFileSync(repo.xz)],
   ]);
+  // When vmkit asks for Packages.xz: what start-up, module loading and the InRelease's signature
+  // cost before the first byte can flow (a serial prefix the peer does not have).
+  let asked = 0;
   const srv = createServer((q, r) => {
+    if ((q.url ?? '').endsWith('Packages.xz')) asked = performance.now();
     const b = files.get(q.url ?? '');
     if (!b) return r.writeHead(404).end();
     r.writeHead(200, { 'content-length': b.length }).end(b);
@@ -449,6 +454,7 @@ export async function streamBench(ctx) {
   const rounds = ctx.quick ? 3 : 7;
   const v = [];
   const p = [];
+  const prefix = [];
   let packages = 0;
   let count = 0;
   try {
@@ -456,10 +462,12 @@ export async function streamBench(ctx) {
       // Interleaved, the order alternating, so drifting load hits both alike.
       const pair = i % 2 ? [['p', peerArgv], ['v', vmkitArgv]] : [['v', vmkitArgv], ['p', peerArgv]];
       for (const [k, argv] of pair) {
-        const r = await timed(argv);
+        let t0 = 0;
+        const r = await timed(argv, (t) => (t0 = t));
         if (k === 'v') {
           packages = JSON.parse(r.out).packages;
           v.push(r);
+          prefix.push(asked - t0);
         } else {
           count = Number(r.out.trim());
           p.push(r);
@@ -481,11 +489,12 @@ export async function streamBench(ctx) {
     `| \`vmkit attest index 'deb http://127.0.0.1/debian bookworm main' --keyring …\` | ${ms(med(v, 'wall'))} | ${ms(med(v, 'cpu'))} | ${med(v, 'rss').toFixed(0)} MiB | ${ratio('wall').toFixed(2)}× | ${ratio('cpu').toFixed(2)}× |`,
   ].join('\n');
   const w = ratio('wall');
+  const pre = median(prefix);
   const rss = med(v, 'rss');
   return {
     section: { heading: title + ` (${packages} packages, ${(files.get('/debian/dists/bookworm/main/binary-amd64/Packages.xz').length / 2 ** 20).toFixed(1)} MiB .xz)`, markdown },
     notes: [
-      `Goal (issue 23) "attest index ≤ 1.3× xz -dc | grep -c wall, peak RSS ≤ 150 MiB": wall ${w <= 1.3 ? 'met' : 'NOT met'} (${w.toFixed(2)}×, median of per-round ratios; CPU ${ratio('cpu').toFixed(2)}×), RSS ${rss <= 150 ? 'met' : 'NOT met'} (${rss.toFixed(0)} MiB). vmkit's run is the whole CLI: Node start-up, module loading, the InRelease's OpenPGP signature, then Packages.xz streamed from a local HTTP server through \`xz -dc\` (a child, on the other core), SHA-256 over the compressed bytes as they arrive, parsed chunk by chunk into the core's table (the 50 MB text is never held); the peer only decompresses and counts.`,
+      `Goal (issue 23) "attest index ≤ 1.3× xz -dc | grep -c wall, peak RSS ≤ 150 MiB": wall ${w <= 1.3 ? 'met' : 'NOT met'} (${w.toFixed(2)}×, median of per-round ratios; CPU ${ratio('cpu').toFixed(2)}×), RSS ${rss <= 150 ? 'met' : 'NOT met'} (${rss.toFixed(0)} MiB). vmkit's run is the whole CLI: Node start-up, module loading, the InRelease's OpenPGP signature, then Packages.xz streamed from a local HTTP server through \`xz -dc\` (a child, on the other core), SHA-256 over the compressed bytes as they arrive, parsed chunk by chunk into the core's table (the 50 MB text is never held); the peer only decompresses and counts. Of vmkit's wall time, ${ms(pre)} (median) pass before it asks for Packages.xz (process start, loading the CLI and openpgp, reading the keyring, fetching and verifying the InRelease); the rest, ${ms(med(v, 'wall') - pre)}, is the streamed index against the peer's ${ms(med(p, 'wall'))}.`,
     ],
   };
 }

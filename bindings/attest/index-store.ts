@@ -302,19 +302,24 @@ export class DigestIndex implements ReferenceIndex {
    * Adds a package whose artifact SHA-256 is given as 64 hex digits at
    * `start` in `hex`, a string or ASCII bytes (the hot path of Packages/primary
    * parsing: no substring, no Digest object). Returns the package id.
+   * `owned`: `name` and `version` are strings of their own (decoded from
+   * bytes), not views into a larger text, so they are kept without a copy.
    * @example `ix.addPackageSha256('deb …', 'hello', '2.10-3', 'amd64', line, 8)`
    */
-  addPackageSha256(repository: string, name: string, version: string, arch: string | undefined, hex: string | Uint8Array, start: number): number {
+  addPackageSha256(repository: string, name: string, version: string, arch: string | undefined, hex: string | Uint8Array, start: number, owned: boolean = false): number {
     if (this.closed) this.live();
     const id = this.pkgName.length;
     this.pkgKey = growU8(this.pkgKey, (id + 1) * 32);
     if (!hexSliceInto(hex, start, this.pkgKey, id * 32)) {
       throw new VmkitError('CORRUPT', `${name} ${version}: SHA256 is not 64 hex digits`);
     }
-    name = ownString(name);
+    if (!owned) {
+      name = ownString(name);
+      version = ownString(version);
+    }
     this.pkgName.push(name);
     this.pkgProv.push(undefined);
-    this.pkgVersion.push(ownString(version));
+    this.pkgVersion.push(version);
     this.pkgArch.push(this.str(arch));
     this.pkgRepo.push(this.str(repository)!);
     this.pkgAlg = growU8(this.pkgAlg, id + 1);

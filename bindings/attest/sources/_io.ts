@@ -5,8 +5,7 @@
  * bomb or an endless body must end in a VmkitError LIMIT, not in exhausted memory.
  * @module
  */
-import * as xzns from 'xz-decompress';
-import { Decompress as ZstdDecompress } from 'fzstd';
+import type { Decompress as ZstdDecompressT } from 'fzstd';
 import { VmkitError } from '../../errors.js';
 
 /** Options every source accepts for its network and size limits. */
@@ -123,10 +122,23 @@ export function compressionOf(name: string): Compression | undefined {
 }
 
 type XzCtor = new (s: ReadableStream<Uint8Array>) => ReadableStream<Uint8Array>;
-// xz-decompress is CommonJS: its class is a named export under bundlers and a
-// property of the default export under Node.
-const XzReadableStream: XzCtor = ((xzns as unknown as Record<string, unknown>).XzReadableStream ??
-  ((xzns as unknown as { default?: Record<string, unknown> }).default?.XzReadableStream)) as XzCtor;
+// The in-process decoders load when first needed: most runs never use them (Node's large xz goes
+// to the system's xz), and loading both cost ~100 ms of a CLI start.
+let xzCtor: XzCtor | undefined;
+async function xzReadableStream(): Promise<XzCtor> {
+  if (!xzCtor) {
+    const xzns = await import('xz-decompress');
+    // xz-decompress is CommonJS: its class is a named export under bundlers and a
+    // property of the default export under Node.
+    xzCtor = ((xzns as unknown as Record<string, unknown>).XzReadableStream ??
+      ((xzns as unknown as { default?: Record<string, unknown> }).default?.XzReadableStream)) as XzCtor;
+  }
+  return xzCtor;
+}
+let zstdCtor: typeof ZstdDecompressT | undefined;
+async function zstdDecompress(): Promise<typeof ZstdDecompressT> {
+  return (zstdCtor ??= (await import('fzstd')).Decompress);
+}
 
 // --- xz through the system's `xz` (Node only) ------------------------------------------------
 // The wasm decoder (xz-embedded) reaches about a quarter of liblzma's speed; Debian's data.tar.xz
@@ -222,7 +234,7 @@ export async function decompress(data: Uint8Array, kind: Compression, max: numbe
     return data;
   }
   try {
-    if (kind === 'zst') return zstd(data, max, what);
+    if (kind === 'zst') return zstd(await zstdDecompress(), data, max, what);
     const xz = kind === 'xz' ? await systemXzFor(data) : undefined;
     if (xz) {
       const parts: Uint8Array[] = [];
@@ -240,7 +252,7 @@ export async function decompress(data: Uint8Array, kind: Compression, max: numbe
       return out;
     }
     const src = new Blob([data as Uint8Array<ArrayBuffer>]).stream();
-    const s = kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip')) : new XzReadableStream(src);
+    const s = kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip')) : new (await xzReadableStream())(src);
     return await collect(s as ReadableStream<Uint8Array>, max, what);
   } catch (e) {
     if (e instanceof VmkitError) throw e;
@@ -287,7 +299,7 @@ export interface ChunkDecompressor {
  * wasm xz-embedded, zstd: fzstd) driven by writes and reads.
  * @internal
  */
-export function decompressorStream(kind: Exclude<Compression, 'none'>, what: string): ChunkDecompressor {
+export async function decompressorStream(kind: Exclude<Compression, 'none'>, what: string): Promise<ChunkDecompressor> {
   const bad = (e: unknown): VmkitError =>
     e instanceof VmkitError ? e : new VmkitError('CORRUPT', `${what}: not valid ${kind} data: ${(e as Error)?.message ?? String(e)}`, { cause: e, path: what });
   if (kind === 'zst') {
@@ -295,7 +307,8 @@ export function decompressorStream(kind: Exclude<Compression, 'none'>, what: str
     let ended = false;
     let failed: unknown;
     let wake: (() => void) | undefined;
-    const d = new ZstdDecompress((chunk) => {
+    const Zstd = await zstdDecompress();
+    const d = new Zstd((chunk) => {
       queue.push(chunk);
     });
     let first = true;
@@ -335,7 +348,7 @@ export function decompressorStream(kind: Exclude<Compression, 'none'>, what: str
   const ts = new TransformStream<Uint8Array, Uint8Array>();
   const writer = ts.writable.getWriter();
   const src = ts.readable as ReadableStream<Uint8Array>;
-  const out = (kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip') as unknown as TransformStream<Uint8Array, Uint8Array>) : new XzReadableStream(src)) as ReadableStream<Uint8Array>;
+  const out = (kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip') as unknown as TransformStream<Uint8Array, Uint8Array>) : new (await xzReadableStream())(src)) as ReadableStream<Uint8Array>;
   const reader = out.getReader();
   return {
     write: async (c) => {
@@ -389,7 +402,8 @@ export async function* decompressChunks(data: Uint8Array, kind: Compression, max
     if (kind === 'zst') {
       zstdFrameCheck(data, max, what);
       const out: Uint8Array[] = [];
-      const d = new ZstdDecompress((chunk) => {
+      const Zstd = await zstdDecompress();
+      const d = new Zstd((chunk) => {
         out.push(count(chunk));
       });
       for (let o = 0; o < data.length; o += CH) {
@@ -405,7 +419,7 @@ export async function* decompressChunks(data: Uint8Array, kind: Compression, max
       return;
     }
     const src = new Blob([data as Uint8Array<ArrayBuffer>]).stream();
-    const s = (kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip')) : new XzReadableStream(src)) as ReadableStream<Uint8Array>;
+    const s = (kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip')) : new (await xzReadableStream())(src)) as ReadableStream<Uint8Array>;
     const reader = s.getReader();
     try {
       for (;;) {
@@ -441,7 +455,7 @@ function zstdFrameCheck(data: Uint8Array, max: number, what: string): void {
   }
 }
 
-function zstd(data: Uint8Array, max: number, what: string): Uint8Array {
+function zstd(ZstdDecompress: typeof ZstdDecompressT, data: Uint8Array, max: number, what: string): Uint8Array {
   const parts: Uint8Array[] = [];
   let n = 0;
   zstdFrameCheck(data, max, what);

@@ -190,7 +190,7 @@ async function pump(kind: Compression, size: number, next: () => Promise<Uint8Ar
   }
   const xz = kind === 'xz' ? await xzCommand(size) : undefined;
   if (xz) return pumpXzProcess(xz, next, deliver, what);
-  const d = decompressorStream(kind, what);
+  const d = await decompressorStream(kind, what);
   const feeding = (async () => {
     try {
       for (let c = await next(); c; c = await next()) await d.write(c);

@@ -19,7 +19,7 @@
 import { VmkitError } from '../../errors.js';
 import { readKeyring, verifyCleartext, verifyDetached, type Keyring } from '../_openpgp.js';
 import { debFileDigests } from '../_deb.js';
-import { DigestIndex, hexInto, ownString } from '../index-store.js';
+import { DigestIndex, hexInto } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { PackagesParser, parseRelease, type Release } from './deb822.js';
 import { compressionOf, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type Compression, type FetchOptions, type Validators } from './_io.js';
@@ -324,8 +324,9 @@ export class AptSource implements RepositorySource {
   // throws ix away on any failure, so nothing of a file that is not the signed one is used.
   private async indexFile(f: IndexFile, rel: Release, kind: Compression, ix: DigestIndex, pool: PoolInfo, signal: AbortSignal | undefined): Promise<void> {
     const parser = new PackagesParser((r) => {
-      ix.addPackageSha256(this.id, r.package, r.version, r.architecture, r.hex, r.sha256At);
-      pool.filename.push(ownString(r.filename));
+      // The parser decodes each value from bytes into a string of its own: kept as it is.
+      ix.addPackageSha256(this.id, r.package, r.version, r.architecture, r.hex, r.sha256At, true);
+      pool.filename.push(r.filename);
       pool.size.push(r.size);
     }, `${this.id} ${f.path}`);
     const o = { ...this.opts, signal, max: this.opts.maxBytes ?? DEFAULT_MAX_BYTES, what: f.path, id: this.id };
