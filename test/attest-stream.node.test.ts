@@ -48,9 +48,18 @@ describe.runIf(ready)('Packages streamed into the index', () => {
   let url = '';
   const files = new Map<string, Uint8Array>();
   const hits = new Map<string, number>();
+  // Paths answered oddly: a body longer than its file (chunked, no length), or cut mid-way.
+  const cutOrLong = new Map<string, { body: Uint8Array; cut: boolean }>();
   beforeAll(async () => {
     server = createServer((q, r) => {
       hits.set(q.url ?? '', (hits.get(q.url ?? '') ?? 0) + 1);
+      const odd = cutOrLong.get(q.url ?? '');
+      if (odd && odd.cut) {
+        r.writeHead(200, { 'content-length': odd.body.length });
+        r.write(odd.body.subarray(0, odd.body.length >> 1), () => setTimeout(() => r.socket?.destroy(), 50));
+        return;
+      }
+      if (odd) return void r.writeHead(200).end(odd.body);
       const b = files.get(q.url ?? '');
       if (!b) return void r.writeHead(404).end();
       r.writeHead(200, { 'content-length': b.length }).end(b);
@@ -124,6 +133,28 @@ describe.runIf(ready)('Packages streamed into the index', () => {
         expect(src.lookupMany('sha256', [big.sha.get('p1')!])[0]).toBeUndefined();
         expect(src.size).toBe(50);
       } finally {
+        src.close();
+      }
+    });
+  }
+
+  for (const system of [true, false]) {
+    it(`a body longer than signed is INTEGRITY and a body cut by the server is NETWORK, not a hang (${system ? 'system' : 'in-process'} xz)`, async () => {
+      _useSystemXz(system);
+      const src = source();
+      try {
+        // The signed size is the whole file; the server sends it and more (no content-length).
+        serve(release([{ path: XZ, body: bigXz }]), {});
+        files.set(DIST + XZ, new Uint8Array(0));
+        cutOrLong.set(DIST + XZ, { body: Buffer.concat([bigXz, randomBytes(4096)]), cut: false });
+        const e = await refused(src.refresh(), 'INTEGRITY');
+        expect(e.message).toMatch(/longer than the \d+ bytes/);
+        // Half the body, then the connection closes (content-length promised the whole).
+        cutOrLong.set(DIST + XZ, { body: bigXz, cut: true });
+        await refused(src.refresh(), 'NETWORK');
+        expect(src.size).toBe(0);
+      } finally {
+        cutOrLong.clear();
         src.close();
       }
     });

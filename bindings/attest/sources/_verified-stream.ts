@@ -226,12 +226,20 @@ async function pumpXzProcess(spawn: () => XzChild, next: () => Promise<Uint8Arra
   p.stdin.on('error', () => {}); // EPIPE when xz stops early on bad input: its exit status tells.
   let stop = false;
   const feeding = (async () => {
-    for (let c = await next(); c; c = await next()) {
-      if (stop) return;
-      // Resolves on drain, or once xz has gone (it stopped reading: bad data, or killed).
-      if (!p.stdin.write(c)) await new Promise<void>((r) => (p.stdin.once('drain', r), void closed.then(() => r())));
+    try {
+      for (let c = await next(); c; c = await next()) {
+        if (stop) return;
+        // Resolves on drain, or once xz has gone (it stopped reading: bad data, or killed).
+        if (!p.stdin.write(c)) await new Promise<void>((r) => (p.stdin.once('drain', r), void closed.then(() => r())));
+      }
+      p.stdin.end();
+    } catch (e) {
+      // The body failed (network, longer than signed, cancelled): xz would wait for the rest of
+      // its input forever; ending it ends its output, and the reader below rethrows this.
+      stop = true;
+      p.kill();
+      throw e;
     }
-    p.stdin.end();
   })();
   feeding.catch(() => {});
   let done = false;
