@@ -2,7 +2,9 @@
 // u32 values, for the attestation reference values (millions of SHA-256
 // digests of packages and files). The host keeps provenance in a side table
 // and stores here only the digest → entry id mapping; a key that is inserted
-// again returns the id it replaces, so the host can chain duplicates.
+// again returns the id it replaces, so the host can chain duplicates. Digests
+// come in raw or as hex with an algorithm tag; keyOf below is the one place
+// that turns a digest into its key (the host never builds keys).
 //
 // Layout of one table, in unmanaged memory:
 //   slots  cap  × u32    0 = empty, else bits 0..25 dense index + 1, bits 26..31 fingerprint
@@ -368,40 +370,107 @@ function hexDecode(src: usize, len: usize, dst: usize): bool {
   return true;
 }
 
-// The key of a digest of len bytes at d under tag (see bindings/attest/index-store.ts):
-// its first 32 bytes, zero-padded, last byte XOR tag. Returns d itself when that is the key.
+// THE key rule (its one home; the host passes raw digests and a tag, never keys):
+// the key of a digest of len bytes under algorithm tag is its first 32 bytes,
+// zero-padded, with the last byte XOR tag. Digests are uniform, so the first 32
+// bytes keep them apart; the tag keeps algorithms apart (the host still checks
+// an entry's algorithm, and the tail of digests longer than 32 bytes). Writes
+// the key to dst (32 bytes) unless it is d itself; returns where the key is.
+// unsafe: d has len readable bytes, dst 32 writable ones.
 @inline
-function keyOf(d: usize, len: usize, tag: u32): usize {
+function keyOf(d: usize, len: usize, tag: u32, dst: usize): usize {
   if (len == KEY && tag == 0) return d;
-  if (len < KEY) memory.fill(KEYBUF, 0, KEY);
-  memory.copy(KEYBUF, d, len < KEY ? len : KEY);
-  store<u8>(KEYBUF + 31, load<u8>(KEYBUF + 31) ^ <u8>tag);
-  return KEYBUF;
+  if (len < KEY) memory.fill(dst, 0, KEY);
+  memory.copy(dst, d, len < KEY ? len : KEY);
+  store<u8>(dst + 31, load<u8>(dst + 31) ^ <u8>tag);
+  return dst;
+}
+
+@inline
+function badDigest(len: i32, tag: i32): bool {
+  return len < 1 || len > 64 || tag < 0 || tag > 255;
+}
+
+/**
+ * Inserts `n` digests given raw, back to back at `src`, keyed by the key rule
+ * above: `meta` (n × u32) gives each one's `len | tag << 8`, `values` (n × u32)
+ * its value. Per digest 0 or the replaced value + 1 goes to `prev` (n × u32).
+ * Returns n, or an error (digests before the failing one stay inserted).
+ */
+export function dixInsertDigests(h: i32, src: usize, meta: usize, values: usize, n: i32, prev: usize): i32 {
+  if (!live(h)) return E_HANDLE;
+  if (n < 0 || (n > 0 && (src == 0 || meta == 0 || values == 0 || prev == 0))) return E_ARG;
+  const i = h - 1;
+  let at = src;
+  for (let k = 0; k < n; k++) {
+    // unsafe: the host passes n entries in meta/values/prev and the digests they describe at src.
+    const m = load<u32>(meta + (<usize>k << 2));
+    const len = <i32>(m & 0xff);
+    const tag = <i32>(m >> 8);
+    const v = load<u32>(values + (<usize>k << 2));
+    if (badDigest(len, tag) || v >= <u32>i32.MAX_VALUE) return E_ARG;
+    const r = insertOne(i, keyOf(at, <usize>len, <u32>tag, KEYBUF), v);
+    if (r < 0) return r;
+    store<u32>(prev + (<usize>k << 2), <u32>r);
+    at += <usize>len;
+  }
+  return n;
+}
+
+/** Value + 1 stored for the digest of `len` bytes at `src` under `tag`, 0 when absent, or E_HANDLE / E_ARG. */
+export function dixGetDigest(h: i32, src: usize, len: i32, tag: i32): i32 {
+  if (!live(h)) return E_HANDLE;
+  if (src == 0 || badDigest(len, tag)) return E_ARG;
+  return <i32>getOne(h - 1, keyOf(src, <usize>len, <u32>tag, KEYBUF));
+}
+
+// Looks up n keys of 32 bytes back to back at keys (value + 1 or 0 to out). A pass of its
+// own, after the decoding: its iterations only load (slot, key, value: cache misses in a
+// large table) and do not depend on each other, so the CPU overlaps the misses of several.
+@inline
+function getRun(i: i32, keys: usize, n: i32, out: usize): i32 {
+  let found = 0;
+  for (let k = 0; k < n; k++) {
+    // unsafe: n keys at keys and n × u32 at out (the callers' buffers).
+    if (load<u32>(out + (<usize>k << 2)) == 0xffffffff) continue;
+    const v = getOne(i, keys + (<usize>k << 5));
+    store<u32>(out + (<usize>k << 2), v);
+    if (v != 0) found++;
+  }
+  return found;
 }
 
 /**
  * Decodes and looks up `n` digests given as hex: `n × 2·len` ASCII characters
  * back to back at `hex` (either case). Each is decoded into `dec` (n × len
- * bytes), keyed as the host keys digests of that length under `tag` (0..255)
- * and looked up; `out` (n × u32) gets value + 1, 0 when absent, or
- * 0xffffffff when the text is not hex. Returns how many were found, or
- * E_HANDLE / E_ARG.
+ * bytes), keyed under `tag` (0..255) by the key rule above and looked up;
+ * `out` (n × u32) gets value + 1, 0 when absent, or 0xffffffff when the text
+ * is not hex. Returns how many were found, or E_HANDLE / E_ARG. For 32-byte
+ * digests `dec` holds the keys afterwards (last byte XOR tag).
  */
 export function dixGetHex(h: i32, hex: usize, n: i32, len: i32, tag: i32, dec: usize, out: usize): i32 {
   if (!live(h)) return E_HANDLE;
-  if (n < 0 || len < 1 || len > 64 || tag < 0 || tag > 255 || (n > 0 && (hex == 0 || dec == 0 || out == 0))) return E_ARG;
+  if (n < 0 || badDigest(len, tag) || (n > 0 && (hex == 0 || dec == 0 || out == 0))) return E_ARG;
   const i = h - 1;
   const L = <usize>len;
-  const seed = unchecked(tSeed[i]);
+  if (L == KEY) {
+    // The common case: decode every digest into its key in place, then look them all up.
+    for (let k = 0; k < n; k++) {
+      // unsafe: the host passes n entries in each buffer.
+      const d = dec + (<usize>k << 5);
+      const ok = hexDecode(hex + (<usize>k << 6), KEY, d);
+      store<u8>(d + 31, load<u8>(d + 31) ^ <u8>tag);
+      store<u32>(out + (<usize>k << 2), ok ? 0 : 0xffffffff);
+    }
+    return getRun(i, dec, n, out);
+  }
   let found = 0;
   for (let k = 0; k < n; k++) {
     // unsafe: the host passes n entries in each buffer.
     const d = dec + <usize>k * L;
     let v: u32 = 0xffffffff;
     if (hexDecode(hex + <usize>k * (L << 1), L, d)) {
-      const key = keyOf(d, L, <u32>tag);
-      const e = find(i, key, hashOf(key, seed));
-      v = e < 0 ? 0 : load<u32>(unchecked(tVals[i]) + (<usize>e << 2)) + 1;
+      v = getOne(i, keyOf(d, L, <u32>tag, KEYBUF));
       if (v != 0) found++;
     }
     store<u32>(out + (<usize>k << 2), v);
@@ -411,21 +480,22 @@ export function dixGetHex(h: i32, hex: usize, n: i32, len: i32, tag: i32, dec: u
 
 /**
  * Looks up `n` digests of `len` bytes each, back to back at `src` (an IMA
- * list's file digests), keyed under `tag` as in dixGetHex; `out` (n × u32)
- * gets value + 1 or 0. Returns how many were found, or E_HANDLE / E_ARG.
+ * list's file digests), keyed under `tag` by the key rule above; `out`
+ * (n × u32) gets value + 1 or 0. Returns how many were found, or E_HANDLE / E_ARG.
  */
 export function dixGetPacked(h: i32, src: usize, n: i32, len: i32, tag: i32, out: usize): i32 {
   if (!live(h)) return E_HANDLE;
-  if (n < 0 || len < 1 || len > 64 || tag < 0 || tag > 255 || (n > 0 && (src == 0 || out == 0))) return E_ARG;
+  if (n < 0 || badDigest(len, tag) || (n > 0 && (src == 0 || out == 0))) return E_ARG;
   const i = h - 1;
   const L = <usize>len;
-  const seed = unchecked(tSeed[i]);
+  if (L == KEY && tag == 0) {
+    memory.fill(out, 0, <usize>n << 2);
+    return getRun(i, src, n, out);
+  }
   let found = 0;
   for (let k = 0; k < n; k++) {
     // unsafe: the host passes n entries in each buffer.
-    const key = keyOf(src + <usize>k * L, L, <u32>tag);
-    const e = find(i, key, hashOf(key, seed));
-    const v: u32 = e < 0 ? 0 : load<u32>(unchecked(tVals[i]) + (<usize>e << 2)) + 1;
+    const v = getOne(i, keyOf(src + <usize>k * L, L, <u32>tag, KEYBUF));
     if (v != 0) found++;
     store<u32>(out + (<usize>k << 2), v);
   }
@@ -480,6 +550,26 @@ export function digestindexSelfCheck(): i32 {
   if (r == 0 && (!hexDecode(text, 20, dec) || memory.compare(dec, key, 20) != 0)) r = 12;
   store<u8>(text + 39, 0x3a); // ':' in the scalar tail
   if (r == 0 && hexDecode(text, 20, dec)) r = 13;
+  // Raw digests in, keyed by the rule: a 20-byte digest under tag 2 and a 64-byte one under
+  // tag 4 that shares its first 32 bytes with another under tag 4 (the same key: chained).
+  const raw = heap.alloc(20 + 64 + 64);
+  const meta = heap.alloc(12);
+  const vals = heap.alloc(12);
+  const prev = heap.alloc(12);
+  for (let b = 0; b < 148; b++) store<u8>(raw + b, <u8>(b * 37 + 11));
+  memory.copy(raw + 84, raw + 20, 32);
+  store<u32>(meta, 20 | (2 << 8));
+  store<u32>(meta, 64 | (4 << 8), 4);
+  store<u32>(meta, 64 | (4 << 8), 8);
+  store<u32>(vals, 500);
+  store<u32>(vals, 501, 4);
+  store<u32>(vals, 502, 8);
+  if (r == 0 && (dixInsertDigests(h, raw, meta, vals, 3, prev) != 3 || load<u32>(prev) != 0 || load<u32>(prev, 8) != 502)) r = 14;
+  if (r == 0 && (dixGetDigest(h, raw, 20, 2) != 501 || dixGetDigest(h, raw, 20, 1) != 0 || dixGetDigest(h, raw + 20, 64, 4) != 503)) r = 15;
+  heap.free(raw);
+  heap.free(meta);
+  heap.free(vals);
+  heap.free(prev);
   heap.free(text);
   heap.free(dec);
   heap.free(out);

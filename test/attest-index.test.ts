@@ -19,6 +19,10 @@ interface Dix {
   dixGetBatch(h: number, k: number, n: number, out: number): number;
   dixInsertBatch(h: number, k: number, v: number, n: number, prev: number): number;
   dixCount(h: number): number;
+  dixInsertDigests(h: number, src: number, meta: number, values: number, n: number, prev: number): number;
+  dixGetDigest(h: number, src: number, len: number, tag: number): number;
+  dixGetHex(h: number, hex: number, n: number, len: number, tag: number, dec: number, out: number): number;
+  dixGetPacked(h: number, src: number, n: number, len: number, tag: number, out: number): number;
 }
 
 describe('DigestIndex', () => {
@@ -155,6 +159,22 @@ describe('DigestIndex', () => {
     }
   });
 
+  it('lookupMany stays right when a digest it already found gains entries (its per-entry hit cache)', () => {
+    const ix = new DigestIndex();
+    const x = 'ab'.repeat(32);
+    const r = 'deb http://x/debian bookworm main';
+    ix.addPackage({ repository: r, package: 'a', version: '1' }, { alg: 'sha256', hex: x });
+    ix.addPackage({ repository: r, package: 'other', version: '1' }, { alg: 'sha256', hex: 'cd'.repeat(32) });
+    expect(ix.lookupMany('sha256', [x, x]).map((l) => l?.map((p) => p.package))).toEqual([['a'], ['a']]);
+    expect(ix.lookupMany('sha256', [x])[0]).toBe(ix.lookupMany('sha256', [x])[0]); // the shared list, from the cache
+    const b = ix.addPackage({ repository: r, package: 'b', version: '2' }, { alg: 'sha256', hex: x });
+    expect(ix.lookupMany('sha256', [x])[0]!.map((p) => p.package)).toEqual(['b', 'a']);
+    ix.addFile(b, '/usr/bin/b', { alg: 'sha256', hex: x });
+    expect(ix.lookupMany('sha256', [x.toUpperCase()])[0]!.map((p) => `${p.package}:${p.path ?? ''}`)).toEqual(['b:/usr/bin/b', 'b:', 'a:']);
+    expect(ix.lookupMany('sm3', [x])[0]).toBeUndefined();
+    ix.close();
+  });
+
   it('holds 200 000 digests across many table growths', () => {
     const ix = new DigestIndex();
     const p = ix.addPackage({ repository: 'r', package: 'bulk', version: '1' }, { alg: 'sha256', hex: 'ff'.repeat(32) });
@@ -243,6 +263,61 @@ describe('digest index core exports', () => {
       expect(ex.dixGet(0, p)).toBe(-5);
       expect(ex.dixGet(100000, p)).toBe(-5);
       expect(ex.dixCreate(-1, 0, 0)).toBe(-1);
+    } finally {
+      c.free(p);
+    }
+  });
+
+  it('keys raw digests by its one key rule (first 32 bytes, zero-padded, last byte XOR tag) on every path', () => {
+    const c = core();
+    const ex = c.exports as unknown as Dix;
+    const h = ex.dixCreate(0, 5, 6);
+    // md5 (16 B, tag 1), sha1 (20 B, tag 2), sha512 (64 B, tag 4), sha256 (32 B, tag 0), sm3 (32 B, tag 5).
+    const cases = [[16, 1], [20, 2], [64, 4], [32, 0], [32, 5]] as const;
+    const digests = cases.map(([len], k) => Uint8Array.from({ length: len }, (_, i) => (i * 29 + k * 101 + 7) & 255));
+    const total = digests.reduce((n, d) => n + d.length, 0);
+    const p = c.alloc(total + cases.length * 12 + 64 * 2 + 128 + 64 + 16);
+    try {
+      let u8 = c.u8();
+      let at = p;
+      for (const d of digests) {
+        u8.set(d, at);
+        at += d.length;
+      }
+      const meta = (p + total + 3) & ~3;
+      const vals = meta + cases.length * 4;
+      const prev = vals + cases.length * 4;
+      new Uint32Array(u8.buffer, meta, cases.length).set(cases.map(([len, tag]) => len | (tag << 8)));
+      new Uint32Array(u8.buffer, vals, cases.length).set(cases.map((_, k) => 100 + k));
+      expect(ex.dixInsertDigests(h, p, meta, vals, cases.length, prev)).toBe(cases.length);
+      const key = prev + cases.length * 4;
+      const hex = key + 32;
+      const dec = hex + 128;
+      const out = dec + 64;
+      cases.forEach(([len, tag], k) => {
+        const d = digests[k]!;
+        // The rule written out here, independently of the core: the key it must have stored.
+        const want = new Uint8Array(32);
+        want.set(d.subarray(0, 32));
+        want[31]! ^= tag;
+        u8 = c.u8();
+        u8.set(want, key);
+        expect(ex.dixGet(h, key), `key of case ${k}`).toBe(101 + k);
+        u8.set(d, dec);
+        expect(ex.dixGetDigest(h, dec, len, tag)).toBe(101 + k);
+        expect(ex.dixGetDigest(h, dec, len, (tag + 1) & 255)).toBe(0);
+        expect(ex.dixGetPacked(h, dec, 1, len, tag, out)).toBe(1);
+        expect(new Uint32Array(c.u8().buffer, out, 1)[0]).toBe(101 + k);
+        c.u8().set(new TextEncoder().encode(toHex(d).toUpperCase()), hex);
+        expect(ex.dixGetHex(h, hex, 1, len, tag, dec, out)).toBe(1);
+        expect(new Uint32Array(c.u8().buffer, out, 1)[0]).toBe(101 + k);
+      });
+      // A length or tag outside the rule's range is refused, not keyed.
+      new Uint32Array(c.u8().buffer, meta, 1).set([65]);
+      expect(ex.dixInsertDigests(h, p, meta, vals, 1, prev)).toBe(-1);
+      expect(ex.dixGetDigest(h, p, 0, 0)).toBe(-1);
+      expect(ex.dixGetDigest(h, p, 32, 256)).toBe(-1);
+      expect(ex.dixFree(h)).toBe(0);
     } finally {
       c.free(p);
     }

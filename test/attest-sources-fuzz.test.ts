@@ -5,7 +5,7 @@
 // format, mutated by flips, cuts and insertions, plus arbitrary input.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { parsePackages, parseRelease, parseDeb822 } from '../bindings/attest/sources/deb822.js';
+import { parsePackages, parseRelease, parseDeb822, PackagesParser, type PackagesRecord } from '../bindings/attest/sources/deb822.js';
 import { parseRepomd, primaryParser, filelistsExtParser } from '../bindings/attest/sources/rpm.js';
 import { readAr, readTar, debFileDigests } from '../bindings/attest/_deb.js';
 import { parseIntegrity } from '../bindings/attest/sources/npm.js';
@@ -102,7 +102,7 @@ async function gzip(b: Uint8Array): Promise<Uint8Array> {
 describe('repository parser fuzzing', () => {
   it('seeds parse', async () => {
     const got: string[] = [];
-    expect(parsePackages(PACKAGES, (r) => got.push(`${r.package} ${r.version} ${r.size} ${r.text.slice(r.sha256At, r.sha256At + 64)}`))).toBe(2);
+    expect(parsePackages(PACKAGES, (r) => got.push(`${r.package} ${r.version} ${r.size} ${new TextDecoder().decode(r.hex.subarray(r.sha256At, r.sha256At + 64))}`))).toBe(2);
     expect(got).toEqual([`hello 2.10-3 53080 ${SHA}`, `tree 2.1.0-1 1 ${'b'.repeat(64)}`]);
     const rel = parseRelease(RELEASE);
     expect(rel.files.get('main/binary-amd64/Packages.xz')).toEqual({ sha256: 'c'.repeat(64), size: 2068 });
@@ -132,6 +132,40 @@ describe('repository parser fuzzing', () => {
         only(() => parseDeb822(p));
         only(() => parseRelease(r));
         only(() => parseRelease(p));
+      }),
+      { numRuns: 400 },
+    );
+  });
+
+  it('PackagesParser fed in chunks cut anywhere gives what parsePackages gives for the whole text, errors included', () => {
+    const rec = (out: string[]) => (r: PackagesRecord) =>
+      out.push(`${r.package}|${r.version}|${r.architecture}|${r.filename}|${r.size}|${dec.decode(r.hex.subarray(r.sha256At, r.sha256At + 64))}`);
+    const outcome = (run: (out: string[]) => number): string => {
+      const out: string[] = [];
+      try {
+        return `${run(out)} ${out.join(';')}`;
+      } catch (e) {
+        if (!(e instanceof VmkitError)) throw e;
+        return `${e.code} at ${(e as VmkitError & { offset?: number }).offset} ${out.join(';')}`;
+      }
+    };
+    // UTF-8 values, CRLF lines, blank-line variants: the seeds of the mutations.
+    const seed = PACKAGES + '\nPackage: jörg\r\nVersion: 1\r\nFilename: p/ö.deb\r\nSize: 7\r\nSHA256: ' + 'C'.repeat(64) + '\r\n \t\nPackage: z\nVersion: 2\nFilename: z\nSize: 0\nSHA256: ' + 'd'.repeat(64);
+    fc.assert(
+      fc.property(textOf(seed), fc.array(fc.nat(), { maxLength: 12 }), (text, cuts) => {
+        const bytes = enc.encode(text);
+        const at = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
+        const whole = outcome((out) => parsePackages(text, rec(out)));
+        const chunked = outcome((out) => {
+          const p = new PackagesParser(rec(out));
+          let o = 0;
+          for (const c of [...at, bytes.length]) {
+            p.push(bytes.slice(o, c));
+            o = c;
+          }
+          return p.end();
+        });
+        expect(chunked).toBe(whole);
       }),
       { numRuns: 400 },
     );

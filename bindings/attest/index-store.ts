@@ -13,10 +13,10 @@
  *                                           package p: name, version, arch, artifact digest (packed 32 B)
  * ```
  *
- * A key is the digest's first 32 bytes (shorter digests zero-padded) with the
- * last byte XORed by an algorithm tag; lookups check the algorithm and, for
- * digests longer than 32 bytes, the stored tail, so keys never confuse
- * algorithms.
+ * Digests go to the core raw (or as hex text) with an algorithm tag; the core
+ * alone turns them into its 32-byte keys (`keyOf` in assembly/digest_index.ts).
+ * Lookups check the algorithm and, for digests longer than 32 bytes, the
+ * stored tail, so keys never confuse algorithms.
  * @module
  */
 import { core, withCore, type Core } from '../core.js';
@@ -33,10 +33,8 @@ interface DixExports {
   dixFree(h: number): number;
   dixCount(h: number): number;
   dixBytes(h: number): number;
-  dixInsert(h: number, key: number, value: number): number;
-  dixInsertBatch(h: number, keys: number, values: number, n: number, prev: number): number;
-  dixGet(h: number, key: number): number;
-  dixGetBatch(h: number, keys: number, n: number, out: number): number;
+  dixInsertDigests(h: number, src: number, meta: number, values: number, n: number, prev: number): number;
+  dixGetDigest(h: number, src: number, len: number, tag: number): number;
   dixGetHex(h: number, hex: number, n: number, len: number, tag: number, dec: number, out: number): number;
   dixGetPacked(h: number, src: number, n: number, len: number, tag: number, out: number): number;
 }
@@ -169,6 +167,10 @@ export class DigestIndex implements ReferenceIndex {
   // Provenance of packages that lookups have found (frozen, shared; undefined for the others).
   // Each as a frozen one-element list: what lookupMany returns for a digest only that package has.
   private pkgProv: (readonly Provenance[] | undefined)[] = [];
+  // Per entry found by lookupMany under sha256 whose answer is its package's shared list (the
+  // entry is a package's own digest and the only one with its key): that list, so the next hit
+  // of the entry reads one slot instead of five tables. Filled as lookups find entries.
+  private eHit: (readonly Provenance[] | undefined)[] = [];
   // Entry table.
   private nEntries = 0;
   private ePkg = new Int32Array(1024);
@@ -180,8 +182,11 @@ export class DigestIndex implements ReferenceIndex {
   private pathIds = new Map<string, number>();
   // Architectures and repository ids repeat on every package: kept once.
   private intern = new Map<string, string>();
-  // Pending inserts (flushed in batches to the core).
-  private pendKeys = new Uint8Array(BATCH * 32);
+  // Pending inserts (flushed in batches to the core): raw digests back to back, per digest
+  // its length and tag (the core keys them), its entry id.
+  private pendBytes = new Uint8Array(BATCH * 64);
+  private pendAt = 0;
+  private pendMeta = new Uint32Array(BATCH);
   private pendIds = new Uint32Array(BATCH);
   private nPend = 0;
   private scratch = 0;
@@ -190,7 +195,7 @@ export class DigestIndex implements ReferenceIndex {
   private batchCap = 0;
   private u32: Uint32Array<ArrayBufferLike> = new Uint32Array(0);
   private view: Uint8Array = new Uint8Array(0);
-  private hexBuf = new Uint8Array(32);
+  private hexBuf = new Uint8Array(64);
 
   constructor(options: DigestIndexOptions = {}) {
     const expected = options.expected ?? 0;
@@ -295,21 +300,26 @@ export class DigestIndex implements ReferenceIndex {
 
   /**
    * Adds a package whose artifact SHA-256 is given as 64 hex digits at
-   * `hex.slice(start, start + 64)` (the hot path of Packages/primary parsing:
-   * no substring, no Digest object). Returns the package id.
+   * `start` in `hex`, a string or ASCII bytes (the hot path of Packages/primary
+   * parsing: no substring, no Digest object). Returns the package id.
+   * `owned`: `name` and `version` are strings of their own (decoded from
+   * bytes), not views into a larger text, so they are kept without a copy.
    * @example `ix.addPackageSha256('deb …', 'hello', '2.10-3', 'amd64', line, 8)`
    */
-  addPackageSha256(repository: string, name: string, version: string, arch: string | undefined, hex: string, start: number): number {
+  addPackageSha256(repository: string, name: string, version: string, arch: string | undefined, hex: string | Uint8Array, start: number, owned: boolean = false): number {
     if (this.closed) this.live();
     const id = this.pkgName.length;
     this.pkgKey = growU8(this.pkgKey, (id + 1) * 32);
     if (!hexSliceInto(hex, start, this.pkgKey, id * 32)) {
       throw new VmkitError('CORRUPT', `${name} ${version}: SHA256 is not 64 hex digits`);
     }
-    name = ownString(name);
+    if (!owned) {
+      name = ownString(name);
+      version = ownString(version);
+    }
     this.pkgName.push(name);
     this.pkgProv.push(undefined);
-    this.pkgVersion.push(ownString(version));
+    this.pkgVersion.push(version);
     this.pkgArch.push(this.str(arch));
     this.pkgRepo.push(this.str(repository)!);
     this.pkgAlg = growU8(this.pkgAlg, id + 1);
@@ -359,10 +369,9 @@ export class DigestIndex implements ReferenceIndex {
     this.eAlg[e] = TAG[alg];
     this.eNext[e] = -1;
     if (bytes.length > 32) this.eTail.set(e, bytes.slice(32));
-    const o = this.nPend * 32;
-    this.pendKeys.fill(0, o, o + 32);
-    this.pendKeys.set(bytes.length > 32 ? bytes.subarray(0, 32) : bytes, o);
-    this.pendKeys[o + 31]! ^= TAG[alg];
+    this.pendBytes.set(bytes, this.pendAt);
+    this.pendAt += bytes.length;
+    this.pendMeta[this.nPend] = bytes.length | (TAG[alg] << 8);
     this.pendIds[this.nPend++] = e;
     if (this.nPend === BATCH) this.flush();
   }
@@ -373,14 +382,16 @@ export class DigestIndex implements ReferenceIndex {
     if (n === 0) return;
     const c = this.live();
     const ex = this.ex(c);
+    const at = (this.pendAt + 3) & ~3;
     withCore(() => {
-      const p = c.alloc(n * 40);
+      const p = c.alloc(at + n * 12);
       try {
         const u8 = c.u8();
-        u8.set(this.pendKeys.subarray(0, n * 32), p);
-        new Uint32Array(u8.buffer, p + n * 32, n).set(this.pendIds.subarray(0, n));
-        check(ex.dixInsertBatch(this.h, p, p + n * 32, n, p + n * 36), 'digest index insert');
-        const prev = new Uint32Array(c.u8().buffer, p + n * 36, n);
+        u8.set(this.pendBytes.subarray(0, this.pendAt), p);
+        new Uint32Array(u8.buffer, p + at, n).set(this.pendMeta.subarray(0, n));
+        new Uint32Array(u8.buffer, p + at + n * 4, n).set(this.pendIds.subarray(0, n));
+        check(ex.dixInsertDigests(this.h, p, p + at, p + at + n * 4, n, p + at + n * 8), 'digest index insert');
+        const prev = new Uint32Array(c.u8().buffer, p + at + n * 8, n);
         for (let i = 0; i < n; i++) {
           const pv = prev[i]!;
           if (pv !== 0) this.eNext[this.pendIds[i]!] = pv - 1;
@@ -390,23 +401,17 @@ export class DigestIndex implements ReferenceIndex {
       }
     });
     this.nPend = 0;
+    this.pendAt = 0;
   }
 
   // First entry id for the key of (alg, digest), or -1.
-  private firstEntry(alg: DigestAlgorithm, digest: Uint8Array): number {
+  private firstEntry(alg: DigestAlgorithm, digest: Uint8Array, len: number = digest.length): number {
     if (this.nPend) this.flush();
     const c = this.live();
-    if (this.scratch === 0) this.scratch = c.alloc(32);
+    if (this.scratch === 0) this.scratch = c.alloc(64);
     const u8 = this.coreView(c);
-    const s = this.scratch;
-    if (digest.length === 32) u8.set(digest, s);
-    else if (digest.length > 32) u8.set(digest.subarray(0, 32), s);
-    else {
-      u8.fill(0, s, s + 32);
-      u8.set(digest, s);
-    }
-    u8[s + 31]! ^= TAG[alg];
-    const r = this.ex(c).dixGet(this.h, s);
+    u8.set(digest, this.scratch);
+    const r = this.ex(c).dixGetDigest(this.h, this.scratch, len, TAG[alg]);
     if (r < 0) check(r, 'digest index lookup');
     return r - 1;
   }
@@ -425,9 +430,7 @@ export class DigestIndex implements ReferenceIndex {
   private firstEntryHex(alg: DigestAlgorithm, len: number, hex: string): number {
     if (hex.length !== len * 2) return -2;
     const b = this.hexBuf;
-    b.fill(0);
-    const n = len < 32 ? len : 32;
-    for (let i = 0; i < n; i++) {
+    for (let i = 0; i < len; i++) {
       const a = hex.charCodeAt(2 * i);
       const c = hex.charCodeAt(2 * i + 1);
       const hi = a < 128 ? HEX[a]! : -1;
@@ -435,7 +438,7 @@ export class DigestIndex implements ReferenceIndex {
       if ((hi | lo) < 0) return -2;
       b[i] = (hi << 4) | lo;
     }
-    return this.firstEntry(alg, b);
+    return this.firstEntry(alg, b, len);
   }
 
   /**
@@ -514,24 +517,16 @@ export class DigestIndex implements ReferenceIndex {
     const tag = TAG[alg];
     const B = Math.min(n, BATCH);
     let found = 0;
+    const resAt = (B * len + 15) & ~15;
     withCore(() => {
-      const p = c.alloc(B * 36);
+      const p = c.alloc(resAt + B * 4);
       try {
         for (let o = 0; o < n; o += B) {
           const k = Math.min(B, n - o);
-          let u8 = c.u8();
-          if (len === 32) {
-            // The common case: the digests are the keys as they are (sha256's tag is 0; sm3 XORs below).
-            u8.set(digests.subarray(o * 32, (o + k) * 32), p);
-          } else {
-            u8.fill(0, p, p + k * 32);
-            for (let i = 0; i < k; i++) u8.set(digests.subarray((o + i) * len, (o + i) * len + Math.min(len, 32)), p + i * 32);
-          }
-          if (tag !== 0) for (let i = 0; i < k; i++) u8[p + i * 32 + 31]! ^= tag;
-          const r = ex.dixGetBatch(this.h, p, k, p + k * 32);
+          c.u8().set(digests.subarray(o * len, (o + k) * len), p);
+          const r = ex.dixGetPacked(this.h, p, k, len, tag, p + resAt);
           if (r < 0) check(r, 'digest index lookup');
-          u8 = c.u8();
-          const res = new Uint32Array(u8.buffer, p + k * 32, k);
+          const res = new Uint32Array(c.u8().buffer, p + resAt, k);
           for (let i = 0; i < k; i++) {
             let hit = 0;
             const d = len > 32 ? digests.subarray((o + i) * len, (o + i + 1) * len) : digests;
@@ -592,6 +587,7 @@ export class DigestIndex implements ReferenceIndex {
       const u8 = c.u8();
       if (this.u32.buffer !== u8.buffer) this.u32 = new Uint32Array(u8.buffer);
       const res = this.u32;
+      const eHit = this.eHit;
       const r0 = (p + resAt) >>> 2; // 16-byte aligned
       for (let o = 0; o < n; o += B) {
         const k = Math.min(B, n - o);
@@ -616,9 +612,23 @@ export class DigestIndex implements ReferenceIndex {
           // Longer digests: the tail beyond the key is compared on the host (as lookupDigest does).
           const d = len <= 32 ? undefined : hex ? u8.slice(p + decAt + i * len, p + decAt + (i + 1) * len) : (digests as Uint8Array).subarray((o + i) * len, (o + i + 1) * len);
           const e0 = v - 1;
+          if (tag === 0) {
+            const l = eHit[e0];
+            if (l !== undefined) {
+              out[o + i] = l as Provenance[];
+              continue;
+            }
+          }
           if (!d && this.eNext[e0]! < 0 && this.ePath[e0]! < 0) {
             // The common hit: one entry, a package's own digest — its shared list, nothing made.
-            if (this.eAlg[e0] === tag) out[o + i] = this.pkgList(this.ePkg[e0]!) as Provenance[];
+            if (this.eAlg[e0] === tag) {
+              const l = this.pkgList(this.ePkg[e0]!);
+              out[o + i] = l as Provenance[];
+              if (tag === 0) {
+                while (eHit.length <= e0) eHit.push(undefined);
+                eHit[e0] = l;
+              }
+            }
             continue;
           }
           let list: Provenance[] | undefined;
@@ -800,12 +810,14 @@ export function ownString(s: string): string {
   return s.length < 13 ? s : (s + ' ').slice(0, -1);
 }
 
-/** hexInto for `hex.slice(start, start + 64)` without making the substring. */
-function hexSliceInto(hex: string, start: number, dst: Uint8Array, off: number): boolean {
-  if (start < 0 || start + 64 > hex.length) return false;
+/** hexInto for the 64 hex digits at `start` in `hex` (a string or ASCII bytes) without making a substring. */
+function hexSliceInto(hex: string | Uint8Array, start: number, dst: Uint8Array, off: number): boolean {
+  if (!(start >= 0) || start + 64 > hex.length) return false;
+  const bytes = typeof hex === 'string' ? undefined : hex;
+  const text = typeof hex === 'string' ? hex : '';
   for (let i = start, j = off; j < off + 32; i += 2, j++) {
-    const a = hex.charCodeAt(i);
-    const b = hex.charCodeAt(i + 1);
+    const a = bytes ? bytes[i]! : text.charCodeAt(i);
+    const b = bytes ? bytes[i + 1]! : text.charCodeAt(i + 1);
     const hi = a < 128 ? HEX[a]! : -1;
     const lo = b < 128 ? HEX[b]! : -1;
     if ((hi | lo) < 0) return false;

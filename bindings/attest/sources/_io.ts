@@ -5,8 +5,7 @@
  * bomb or an endless body must end in a VmkitError LIMIT, not in exhausted memory.
  * @module
  */
-import * as xzns from 'xz-decompress';
-import { Decompress as ZstdDecompress } from 'fzstd';
+import type { Decompress as ZstdDecompressT } from 'fzstd';
 import { VmkitError } from '../../errors.js';
 
 /** Options every source accepts for its network and size limits. */
@@ -123,10 +122,23 @@ export function compressionOf(name: string): Compression | undefined {
 }
 
 type XzCtor = new (s: ReadableStream<Uint8Array>) => ReadableStream<Uint8Array>;
-// xz-decompress is CommonJS: its class is a named export under bundlers and a
-// property of the default export under Node.
-const XzReadableStream: XzCtor = ((xzns as unknown as Record<string, unknown>).XzReadableStream ??
-  ((xzns as unknown as { default?: Record<string, unknown> }).default?.XzReadableStream)) as XzCtor;
+// The in-process decoders load when first needed: most runs never use them (Node's large xz goes
+// to the system's xz), and loading both cost ~100 ms of a CLI start.
+let xzCtor: XzCtor | undefined;
+async function xzReadableStream(): Promise<XzCtor> {
+  if (!xzCtor) {
+    const xzns = await import('xz-decompress');
+    // xz-decompress is CommonJS: its class is a named export under bundlers and a
+    // property of the default export under Node.
+    xzCtor = ((xzns as unknown as Record<string, unknown>).XzReadableStream ??
+      ((xzns as unknown as { default?: Record<string, unknown> }).default?.XzReadableStream)) as XzCtor;
+  }
+  return xzCtor;
+}
+let zstdCtor: typeof ZstdDecompressT | undefined;
+async function zstdDecompress(): Promise<typeof ZstdDecompressT> {
+  return (zstdCtor ??= (await import('fzstd')).Decompress);
+}
 
 // --- xz through the system's `xz` (Node only) ------------------------------------------------
 // The wasm decoder (xz-embedded) reaches about a quarter of liblzma's speed; Debian's data.tar.xz
@@ -158,8 +170,20 @@ async function xzSpawn(): Promise<SpawnFn | undefined> {
       try {
         // Hidden from bundlers, as node:crypto above.
         const name = 'node:child_process';
-        const cp = (await import(/* @vite-ignore */ name)) as { spawn: SpawnFn; spawnSync(c: string, a: string[], o: { stdio: string }): { status: number | null } };
-        if (cp.spawnSync('xz', ['--version'], { stdio: 'ignore' }).status === 0) systemXz = cp.spawn;
+        const cp = (await import(/* @vite-ignore */ name)) as { spawn: SpawnFn };
+        // An executable xz on PATH (a look at the directories, not a process: starting
+        // `xz --version` cost more than a small file's decompression).
+        const fsName = 'node:fs';
+        const fs = (await import(/* @vite-ignore */ fsName)) as { accessSync(p: string, mode: number): void; constants: { X_OK: number } };
+        const found = (process.env.PATH ?? '').split(':').some((d) => {
+          try {
+            fs.accessSync(`${d || '.'}/xz`, fs.constants.X_OK);
+            return true;
+          } catch {
+            return false;
+          }
+        });
+        if (found) systemXz = cp.spawn;
       } catch {
         systemXz = null;
       }
@@ -210,7 +234,7 @@ export async function decompress(data: Uint8Array, kind: Compression, max: numbe
     return data;
   }
   try {
-    if (kind === 'zst') return zstd(data, max, what);
+    if (kind === 'zst') return zstd(await zstdDecompress(), data, max, what);
     const xz = kind === 'xz' ? await systemXzFor(data) : undefined;
     if (xz) {
       const parts: Uint8Array[] = [];
@@ -228,12 +252,132 @@ export async function decompress(data: Uint8Array, kind: Compression, max: numbe
       return out;
     }
     const src = new Blob([data as Uint8Array<ArrayBuffer>]).stream();
-    const s = kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip')) : new XzReadableStream(src);
+    const s = kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip')) : new (await xzReadableStream())(src);
     return await collect(s as ReadableStream<Uint8Array>, max, what);
   } catch (e) {
     if (e instanceof VmkitError) throw e;
     throw new VmkitError('CORRUPT', `${what}: not valid ${kind} data: ${(e as Error).message}`, { cause: e, path: what });
   }
+}
+
+/** A child process started by {@link xzCommand}. @internal */
+export interface XzChild {
+  stdin: { on(ev: 'error', f: () => void): void; write(d: Uint8Array): boolean; once(ev: 'drain', f: () => void): unknown; end(): void };
+  stdout: AsyncIterable<Uint8Array>;
+  stderr: { on(ev: 'data', f: (c: Uint8Array) => void): void };
+  on(ev: 'close', f: (code: number | null) => void): void;
+  on(ev: 'error', f: (e: Error) => void): void;
+  kill(): void;
+}
+
+/**
+ * Starts `xz -dc` for a stream of `size` compressed bytes when the system's xz
+ * is the faster way (Node, xz present, input of 256 KiB or more), else undefined.
+ * @internal
+ */
+export async function xzCommand(size: number): Promise<(() => XzChild) | undefined> {
+  if (!systemXzEnabled || size < SYSTEM_XZ_MIN) return undefined;
+  const spawn = await xzSpawn();
+  if (!spawn) return undefined;
+  return () => spawn('xz', ['-dc', '-q', '--memlimit=256MiB'], { stdio: ['pipe', 'pipe', 'pipe'] }) as unknown as XzChild;
+}
+
+/** An in-process decompressor fed and read chunk by chunk (see {@link decompressorStream}). @internal */
+export interface ChunkDecompressor {
+  /** Feeds compressed bytes (resolves when there is room for more). */
+  write(c: Uint8Array): Promise<void>;
+  /** No more input. */
+  end(): Promise<void>;
+  /** The next decompressed chunk, undefined at the end; CORRUPT on bad data. */
+  read(): Promise<Uint8Array | undefined>;
+  /** Stops both sides. */
+  abort(reason: unknown): void;
+}
+
+/**
+ * An in-process decompressor for `kind` (gzip: DecompressionStream, xz: the
+ * wasm xz-embedded, zstd: fzstd) driven by writes and reads.
+ * @internal
+ */
+export async function decompressorStream(kind: Exclude<Compression, 'none'>, what: string): Promise<ChunkDecompressor> {
+  const bad = (e: unknown): VmkitError =>
+    e instanceof VmkitError ? e : new VmkitError('CORRUPT', `${what}: not valid ${kind} data: ${(e as Error)?.message ?? String(e)}`, { cause: e, path: what });
+  if (kind === 'zst') {
+    const queue: Uint8Array[] = [];
+    let ended = false;
+    let failed: unknown;
+    let wake: (() => void) | undefined;
+    const Zstd = await zstdDecompress();
+    const d = new Zstd((chunk) => {
+      queue.push(chunk);
+    });
+    let first = true;
+    const push = (c: Uint8Array, final: boolean): void => {
+      try {
+        if (first && c.length) zstdFrameCheck(c, Number.MAX_SAFE_INTEGER, what);
+        first = first && c.length === 0;
+        d.push(c, final);
+      } catch (e) {
+        failed = bad(e);
+      }
+      wake?.();
+    };
+    return {
+      write: async (c) => push(c, false),
+      end: async () => {
+        push(new Uint8Array(0), true);
+        ended = true;
+        wake?.();
+      },
+      read: async () => {
+        for (;;) {
+          if (queue.length) return queue.shift()!;
+          if (failed) throw failed;
+          if (ended) return undefined;
+          await new Promise<void>((r) => (wake = r));
+          wake = undefined;
+        }
+      },
+      abort: (e) => {
+        failed ??= e;
+        ended = true;
+        wake?.();
+      },
+    };
+  }
+  const ts = new TransformStream<Uint8Array, Uint8Array>();
+  const writer = ts.writable.getWriter();
+  const src = ts.readable as ReadableStream<Uint8Array>;
+  const out = (kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip') as unknown as TransformStream<Uint8Array, Uint8Array>) : new (await xzReadableStream())(src)) as ReadableStream<Uint8Array>;
+  const reader = out.getReader();
+  return {
+    write: async (c) => {
+      try {
+        await writer.write(c);
+      } catch (e) {
+        throw bad(e);
+      }
+    },
+    end: async () => {
+      try {
+        await writer.close();
+      } catch (e) {
+        throw bad(e);
+      }
+    },
+    read: async () => {
+      try {
+        const r = await reader.read();
+        return r.done ? undefined : r.value;
+      } catch (e) {
+        throw bad(e);
+      }
+    },
+    abort: (e) => {
+      writer.abort(e).catch(() => {});
+      reader.cancel(e).catch(() => {});
+    },
+  };
 }
 
 /**
@@ -258,7 +402,8 @@ export async function* decompressChunks(data: Uint8Array, kind: Compression, max
     if (kind === 'zst') {
       zstdFrameCheck(data, max, what);
       const out: Uint8Array[] = [];
-      const d = new ZstdDecompress((chunk) => {
+      const Zstd = await zstdDecompress();
+      const d = new Zstd((chunk) => {
         out.push(count(chunk));
       });
       for (let o = 0; o < data.length; o += CH) {
@@ -274,7 +419,7 @@ export async function* decompressChunks(data: Uint8Array, kind: Compression, max
       return;
     }
     const src = new Blob([data as Uint8Array<ArrayBuffer>]).stream();
-    const s = (kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip')) : new XzReadableStream(src)) as ReadableStream<Uint8Array>;
+    const s = (kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip')) : new (await xzReadableStream())(src)) as ReadableStream<Uint8Array>;
     const reader = s.getReader();
     try {
       for (;;) {
@@ -310,7 +455,7 @@ function zstdFrameCheck(data: Uint8Array, max: number, what: string): void {
   }
 }
 
-function zstd(data: Uint8Array, max: number, what: string): Uint8Array {
+function zstd(ZstdDecompress: typeof ZstdDecompressT, data: Uint8Array, max: number, what: string): Uint8Array {
   const parts: Uint8Array[] = [];
   let n = 0;
   zstdFrameCheck(data, max, what);

@@ -19,10 +19,11 @@
 import { VmkitError } from '../../errors.js';
 import { readKeyring, verifyCleartext, verifyDetached, type Keyring } from '../_openpgp.js';
 import { debFileDigests } from '../_deb.js';
-import { DigestIndex, hexInto, ownString } from '../index-store.js';
+import { DigestIndex, hexInto } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
-import { parsePackages, parseRelease, type Release } from './deb822.js';
-import { compressionOf, decompress, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
+import { PackagesParser, parseRelease, type Release } from './deb822.js';
+import { compressionOf, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type Compression, type FetchOptions, type Validators } from './_io.js';
+import { _streamSigned } from './_verified-stream.js';
 import { _lookupDigest, _lookupMany, _lookupPackage } from './_lookups.js';
 import { _checkReleaseDate, type ReleaseState } from './release-state.js';
 
@@ -318,23 +319,31 @@ export class AptSource implements RepositorySource {
     }
   }
 
-  private async fetchIndexFile(f: IndexFile, rel: Release, signal: AbortSignal | undefined): Promise<Uint8Array> {
-    let body: Uint8Array | undefined;
-    if (rel.acquireByHash) {
-      const dir = f.path.slice(0, f.path.lastIndexOf('/') + 1);
+  // Streams one Packages file into ix and pool as it arrives (by-hash first when offered),
+  // checked against the signed release file on the way (see _verified-stream.ts): the caller
+  // throws ix away on any failure, so nothing of a file that is not the signed one is used.
+  private async indexFile(f: IndexFile, rel: Release, kind: Compression, ix: DigestIndex, pool: PoolInfo, signal: AbortSignal | undefined): Promise<void> {
+    const parser = new PackagesParser((r) => {
+      // The parser decodes each value from bytes into a string of its own: kept as it is.
+      ix.addPackageSha256(this.id, r.package, r.version, r.architecture, r.hex, r.sha256At, true);
+      pool.filename.push(r.filename);
+      pool.size.push(r.size);
+    }, `${this.id} ${f.path}`);
+    const o = { ...this.opts, signal, max: this.opts.maxBytes ?? DEFAULT_MAX_BYTES, what: f.path, id: this.id };
+    const urls: string[] = [];
+    if (rel.acquireByHash) urls.push(joinUrl(this.base(), `${f.path.slice(0, f.path.lastIndexOf('/') + 1)}by-hash/SHA256/${f.sha256}`));
+    urls.push(joinUrl(this.base(), f.path));
+    for (let i = 0; i < urls.length; i++) {
       try {
-        body = await this.getSigned(joinUrl(this.base(), `${dir}by-hash/SHA256/${f.sha256}`), f.size, f.path, signal);
+        await _streamSigned(urls[i]!, f, kind, o, (c) => parser.push(c));
       } catch (e) {
-        if (!(e instanceof VmkitError) || e.code !== 'NOT_FOUND') throw e;
+        // NOT_FOUND comes with the status line, before any byte reached the parser.
+        if (i + 1 < urls.length && e instanceof VmkitError && e.code === 'NOT_FOUND') continue;
+        throw e;
       }
+      parser.end();
+      return;
     }
-    body ??= await this.getSigned(joinUrl(this.base(), f.path), f.size, f.path, signal);
-    const want = new Uint8Array(32);
-    hexInto(f.sha256, want);
-    if (body.length !== f.size || !sameBytes(await sha('SHA-256', body), want)) {
-      throw new VmkitError('INTEGRITY', `${this.id}: ${f.path} does not match the SHA256 and size in the signed release file`, { path: f.path });
-    }
-    return body;
   }
 
   /**
@@ -367,48 +376,33 @@ export class AptSource implements RepositorySource {
       this.validators = got.validators;
       return this.result(false);
     }
-    const texts: string[] = [];
     const picks: IndexFile[] = [];
-    const max = this.opts.maxBytes ?? DEFAULT_MAX_BYTES;
-    for (const vs of variants) {
-      // The first variant the server has (a mirror may lack some compressions); each checked against the release file.
-      let last: unknown;
-      let done = false;
-      for (const f of vs) {
-        const kind = compressionOf(f.path);
-        if (!kind) continue;
-        let body: Uint8Array;
-        try {
-          body = await this.fetchIndexFile(f, rel, signal);
-        } catch (e) {
-          if (e instanceof VmkitError && e.code === 'NOT_FOUND') {
-            last = e;
-            continue;
-          }
-          throw e;
-        }
-        texts.push(new TextDecoder().decode(await decompress(body, kind, max, f.path)));
-        picks.push(f);
-        done = true;
-        break;
-      }
-      if (!done) throw last ?? new VmkitError('UNSUPPORTED', `${this.id}: no index file variant with a supported compression`);
-    }
     const ix = new DigestIndex();
     const pool: PoolInfo = { filename: [], size: [] };
     try {
-      for (let i = 0; i < texts.length; i++) {
-        parsePackages(texts[i]!, (r) => {
-          ix.addPackageSha256(this.id, r.package, r.version, r.architecture, r.text, r.sha256At);
-          pool.filename.push(ownString(r.filename));
-          pool.size.push(r.size);
-        }, `${this.id} ${picks[i]!.path}`);
+      for (const vs of variants) {
+        // The first variant the server has (a mirror may lack some compressions), streamed
+        // into the new index and checked against the release file as it arrives.
+        let last: unknown;
+        let done = false;
+        for (const f of vs) {
+          const kind = compressionOf(f.path);
+          if (!kind) continue;
+          try {
+            await this.indexFile(f, rel, kind, ix, pool, signal);
+          } catch (e) {
+            if (e instanceof VmkitError && e.code === 'NOT_FOUND') {
+              last = e;
+              continue;
+            }
+            throw e;
+          }
+          picks.push(f);
+          done = true;
+          break;
+        }
+        if (!done) throw last ?? new VmkitError('UNSUPPORTED', `${this.id}: no index file variant with a supported compression`);
       }
-    } catch (e) {
-      ix.close();
-      throw e;
-    }
-    try {
       await this.accepted(rel);
     } catch (e) {
       ix.close();

@@ -1,0 +1,267 @@
+/**
+ * A signed repository file fetched, checked and decompressed as its bytes
+ * arrive: the body is hashed chunk by chunk while it is decompressed and
+ * handed on, so neither the compressed file nor its text is ever held whole.
+ *
+ * ```
+ *  HTTP body ──chunk──► SHA-256 (running) ──► size count ≤ signed size
+ *      │
+ *      └──────chunk──► decompressor ─────► onChunk(text bytes) ─► parser ─► new index
+ *                      (`xz -dc` child in Node; wasm xz,
+ *                       DecompressionStream, fzstd elsewhere)
+ *  end of body: size and SHA-256 against the signed release file
+ *      mismatch ─► INTEGRITY   (whatever the parser built is thrown away by the caller)
+ *      match, but the decompressor or parser failed ─► that error (CORRUPT, LIMIT)
+ * ```
+ * A failure before the end (bad xz, a parse error) does not decide alone: the
+ * rest of the body is read through the hash first, so a file that is not the
+ * signed one is INTEGRITY, as when the whole file was checked before parsing.
+ * @module
+ */
+import { VmkitError } from '../../errors.js';
+import { decompressorStream, xzCommand, type Compression, type FetchOptions, type XzChild } from './_io.js';
+import { hexInto } from '../index-store.js';
+
+/** What the release file signs for one file. @internal */
+export interface SignedFile {
+  /** Signed size, bytes. */
+  size: number;
+  /** Signed SHA-256 (hex) of the bytes as fetched (compressed). */
+  sha256: string;
+}
+
+/** Options of {@link _streamSigned}. @internal */
+export interface StreamSignedOptions extends FetchOptions {
+  signal?: AbortSignal | undefined;
+  /** Most decompressed bytes (LIMIT past that). */
+  max: number;
+  /** Name for messages (the file's path in the repository). */
+  what: string;
+  /** Message prefix (the source id). */
+  id: string;
+}
+
+interface RunningHash {
+  update(b: Uint8Array): void;
+  digest(): Promise<Uint8Array>;
+}
+
+type NodeCreateHash = (alg: string) => { update(d: Uint8Array): unknown; digest(): Uint8Array };
+let createHash: NodeCreateHash | null | undefined;
+
+// node:crypto's incremental hash; elsewhere (WebCrypto hashes whole buffers only) the chunks are
+// kept, compressed, and hashed at the end: the compressed file is a fifth of its text.
+async function runningSha256(): Promise<RunningHash> {
+  if (createHash === undefined) {
+    createHash = null;
+    if (typeof process !== 'undefined' && process.versions?.node) {
+      try {
+        const name = 'node:crypto'; // hidden from bundlers
+        createHash = ((await import(/* @vite-ignore */ name)) as { createHash: NodeCreateHash }).createHash;
+      } catch {
+        createHash = null;
+      }
+    }
+  }
+  if (createHash) {
+    const h = createHash('sha256');
+    return { update: (b) => void h.update(b), digest: async () => new Uint8Array(h.digest()) };
+  }
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  return {
+    update: (b) => {
+      parts.push(b.slice());
+      n += b.length;
+    },
+    digest: async () => {
+      const all = new Uint8Array(n);
+      let o = 0;
+      for (const p of parts) {
+        all.set(p, o);
+        o += p.length;
+      }
+      return new Uint8Array(await globalThis.crypto.subtle.digest('SHA-256', all));
+    },
+  };
+}
+
+/**
+ * GETs `url`, a file the release file signs as `signed`, and passes its
+ * decompressed bytes to `onChunk` as they arrive (`onChunk` may throw: the
+ * stream stops). Resolves once the whole body matched the signed size and
+ * SHA-256. Throws NOT_FOUND (404/410, before any byte reached `onChunk`),
+ * INTEGRITY (not the signed file), CORRUPT (bad compressed data), LIMIT,
+ * NETWORK, CANCELLED, or what `onChunk` threw.
+ * @internal
+ */
+export async function _streamSigned(url: string, signed: SignedFile, kind: Compression, o: StreamSignedOptions, onChunk: (c: Uint8Array) => void): Promise<void> {
+  const own = o.maxBytes ?? 1 << 30;
+  const notSigned = (why: string): VmkitError =>
+    new VmkitError('INTEGRITY', `${o.id}: ${o.what} does not match the SHA256 and size in the signed release file (${why})`, { path: o.what });
+  const longer = (): VmkitError =>
+    new VmkitError('INTEGRITY', `${o.id}: ${o.what} is longer than the ${signed.size} bytes the signed release file gives`, { path: o.what });
+  const f = o.fetch ?? globalThis.fetch;
+  let res: Response;
+  try {
+    res = await f(url, { signal: o.signal ?? null, redirect: 'follow' });
+  } catch (e) {
+    if (o.signal?.aborted) throw new VmkitError('CANCELLED', `GET ${url} cancelled`, { cause: e, path: url });
+    throw new VmkitError('NETWORK', `GET ${url} failed: ${(e as Error).message}`, { cause: e, path: url });
+  }
+  if (res.status !== 200) {
+    await res.body?.cancel();
+    if (res.status === 404 || res.status === 410) throw new VmkitError('NOT_FOUND', `GET ${url}: ${res.status}`, { path: url });
+    throw new VmkitError('NETWORK', `GET ${url}: HTTP ${res.status}`, { path: url });
+  }
+  const declared = Number(res.headers.get('content-length') ?? NaN);
+  if (declared > signed.size || signed.size > own) {
+    await res.body?.cancel();
+    if (signed.size > own) throw new VmkitError('LIMIT', `GET ${url}: ${signed.size} bytes is more than the limit ${own}`, { path: url });
+    throw longer();
+  }
+  const want = new Uint8Array(32);
+  hexInto(signed.sha256, want);
+  const hash = await runningSha256();
+  let got = 0;
+  let over = false;
+  const reader = (res.body ?? new Blob([]).stream()).getReader() as ReadableStreamDefaultReader<Uint8Array>;
+  // The next chunk of the body, hashed and counted; undefined at its end.
+  const next = async (): Promise<Uint8Array | undefined> => {
+    let r: ReadableStreamReadResult<Uint8Array>;
+    try {
+      r = await reader.read();
+    } catch (e) {
+      if (o.signal?.aborted) throw new VmkitError('CANCELLED', `GET ${url} cancelled`, { cause: e, path: url });
+      throw new VmkitError('NETWORK', `GET ${url}: reading the body failed: ${(e as Error).message}`, { cause: e, path: url });
+    }
+    if (r.done) return undefined;
+    got += r.value.length;
+    if (got > signed.size) {
+      over = true;
+      await reader.cancel().catch(() => {});
+      throw longer();
+    }
+    hash.update(r.value);
+    return r.value;
+  };
+  // After a failure downstream: the rest of the body through the hash, to tell a forged file from a corrupt one.
+  const drain = async (): Promise<void> => {
+    while (!over && (await next()) !== undefined);
+  };
+  const verdict = async (): Promise<void> => {
+    if (got !== signed.size) throw notSigned(`${got} bytes, the release file signs ${signed.size}`);
+    const d = await hash.digest();
+    let diff = 0;
+    for (let i = 0; i < 32; i++) diff |= d[i]! ^ want[i]!;
+    if (diff !== 0) throw notSigned('SHA-256 differs');
+  };
+  let out = 0;
+  const deliver = (c: Uint8Array): void => {
+    out += c.length;
+    if (out > o.max) throw new VmkitError('LIMIT', `${o.what}: more than the limit of ${o.max} bytes`, { path: o.what });
+    onChunk(c);
+  };
+  let failure: unknown;
+  try {
+    await pump(kind, signed.size, next, deliver, o.what);
+  } catch (e) {
+    failure = e;
+  }
+  if (failure !== undefined) {
+    // INTEGRITY, NETWORK or CANCELLED from the body itself decide at once.
+    if (failure instanceof VmkitError && (over || failure.code === 'NETWORK' || failure.code === 'CANCELLED')) throw failure;
+    try {
+      await drain();
+      await verdict();
+    } catch (e) {
+      throw e instanceof VmkitError && e.code === 'INTEGRITY' ? e : failure;
+    }
+    throw failure;
+  }
+  await verdict();
+}
+
+// Moves the body through the decompressor into deliver; rejects with the first failure.
+async function pump(kind: Compression, size: number, next: () => Promise<Uint8Array | undefined>, deliver: (c: Uint8Array) => void, what: string): Promise<void> {
+  if (kind === 'none') {
+    for (let c = await next(); c; c = await next()) deliver(c);
+    return;
+  }
+  const xz = kind === 'xz' ? await xzCommand(size) : undefined;
+  if (xz) return pumpXzProcess(xz, next, deliver, what);
+  const d = await decompressorStream(kind, what);
+  const feeding = (async () => {
+    try {
+      for (let c = await next(); c; c = await next()) await d.write(c);
+      await d.end();
+    } catch (e) {
+      d.abort(e);
+      throw e;
+    }
+  })();
+  // The feeder's rejection is the one that explains (a failing body read also fails the reader).
+  feeding.catch(() => {});
+  try {
+    for (let c = await d.read(); c; c = await d.read()) deliver(c);
+  } catch (e) {
+    d.abort(e);
+    await feeding.catch((f) => {
+      throw f;
+    });
+    throw e;
+  }
+  await feeding;
+}
+
+// `xz -dc` as a child: the body goes to its stdin as it arrives (with backpressure), its
+// stdout comes back in pipe-sized chunks; decompression runs beside the parsing, on another core.
+async function pumpXzProcess(spawn: () => XzChild, next: () => Promise<Uint8Array | undefined>, deliver: (c: Uint8Array) => void, what: string): Promise<void> {
+  const p = spawn();
+  let err = '';
+  let spawnError: Error | undefined;
+  const closed = new Promise<number | null>((r) => p.on('close', r));
+  p.on('error', (e) => (spawnError = e));
+  p.stderr.on('data', (c) => (err += new TextDecoder().decode(c)));
+  p.stdin.on('error', () => {}); // EPIPE when xz stops early on bad input: its exit status tells.
+  let stop = false;
+  const feeding = (async () => {
+    try {
+      for (let c = await next(); c; c = await next()) {
+        if (stop) return;
+        // Resolves on drain, or once xz has gone (it stopped reading: bad data, or killed).
+        if (!p.stdin.write(c)) await new Promise<void>((r) => (p.stdin.once('drain', r), void closed.then(() => r())));
+      }
+      p.stdin.end();
+    } catch (e) {
+      // The body failed (network, longer than signed, cancelled): xz would wait for the rest of
+      // its input forever; ending it ends its output, and the reader below rethrows this.
+      stop = true;
+      p.kill();
+      throw e;
+    }
+  })();
+  feeding.catch(() => {});
+  let done = false;
+  try {
+    for await (const c of p.stdout) deliver(new Uint8Array(c.buffer, c.byteOffset, c.length));
+    done = true;
+    // xz may have ended early (bad data): the feeder stops writing; the caller reads the rest through the hash.
+    stop = true;
+  } catch (e) {
+    stop = true;
+    p.kill();
+    // A body that failed to arrive explains more than the broken pipe it left.
+    await feeding;
+    throw e;
+  } finally {
+    if (!done) {
+      stop = true;
+      p.kill();
+    }
+  }
+  await feeding;
+  const code = await closed;
+  if (spawnError) throw new VmkitError('CORRUPT', `${what}: xz could not run: ${spawnError.message}`, { cause: spawnError, path: what });
+  if (code !== 0) throw new VmkitError('CORRUPT', `${what}: not valid xz data: ${err.trim().slice(0, 200) || `xz exited ${code}`}`, { path: what });
+}
