@@ -291,13 +291,22 @@ export function withCore<T>(fn: (c: Core) => T): T {
   try {
     return fn(c);
   } catch (e) {
-    if (e instanceof VmkitError) throw e;
-    if (isTrap(e)) {
-      reset();
-      throw new VmkitError('CORE_TRAP', `the vmkit core trapped: ${(e as Error).message}`, { cause: e });
-    }
-    throw e;
+    throw coreFailure(e);
   }
+}
+
+/**
+ * What {@link withCore} throws for an error caught around a core call: a trap
+ * (or an abort) resets the core and becomes CORE_TRAP, anything else passes as
+ * is. For hot paths that call the core in their own try/catch (no closure per call).
+ * @internal
+ * @example
+ * try { r = e.pagingTranslateGpa(h, va); } catch (err) { throw coreFailure(err); }
+ */
+export function coreFailure(e: unknown): unknown {
+  if (e instanceof VmkitError || !isTrap(e)) return e;
+  reset();
+  return new VmkitError('CORE_TRAP', `the vmkit core trapped: ${(e as Error).message}`, { cause: e });
 }
 
 function isTrap(e: unknown): boolean {
