@@ -265,9 +265,27 @@ export function coreInfo(): CoreInfo {
  */
 export function core(): Core {
   if (!current) {
-    throw new VmkitError('NOT_INITIALIZED', 'the vmkit core is not loaded: call `await init()` first');
+    const load = autoload;
+    autoload = undefined;
+    load?.();
+    if (!current) throw new VmkitError('NOT_INITIALIZED', 'the vmkit core is not loaded: call `await init()` first');
   }
   return current;
+}
+
+let autoload: (() => void) | undefined;
+
+/**
+ * Registers a synchronous loader that {@link core} runs the first time the core
+ * is needed and not loaded (once; its errors reach that caller). The CLI uses it
+ * so that a command that never touches the core (`disk info`) does not pay for
+ * compiling it. `undefined` removes it.
+ * @internal
+ * @example
+ * _setCoreAutoload(() => initSync(readFileSync(new URL('./core.wasm', import.meta.url))));
+ */
+export function _setCoreAutoload(load: (() => void) | undefined): void {
+  autoload = load;
 }
 
 /**
