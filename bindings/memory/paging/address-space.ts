@@ -120,6 +120,7 @@ let _resView: BigUint64Array | undefined;
 /** The same slots as u32 halves (read without allocating a bigint per slot). */
 let _resWords: Uint32Array | undefined;
 let _resCore: Core | undefined;
+let _resViewCore: Core | undefined;
 
 function _ex(c: Core): _PagingExports {
   return c.exports as unknown as _PagingExports;
@@ -348,9 +349,12 @@ export class AddressSpace {
   }
 
   #res(c: Core): BigUint64Array {
-    // One view per memory buffer (a grown memory detaches the old one).
-    const buf = c.exports.memory.buffer;
-    if (_resView === undefined || _resView.buffer !== buf) _resView = new BigUint64Array(buf, _ex(c).pagingResult(), 16);
+    // One view per memory buffer: a grown memory detaches the old one (length 0), a reset
+    // core is another object (no memory.buffer getter on this path: translate() calls it).
+    if (_resView === undefined || _resView.length === 0 || _resViewCore !== c) {
+      _resView = new BigUint64Array(c.exports.memory.buffer, _ex(c).pagingResult(), 16);
+      _resViewCore = c;
+    }
     return _resView;
   }
 
