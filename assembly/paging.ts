@@ -687,6 +687,20 @@ export function pagingTranslate(h: i32, va: u64): i32 {
 }
 
 /**
+ * pagingTranslate returning the guest-physical address itself, as an f64 (exact:
+ * every output address is below 2^52), so that a host calling one address at a
+ * time gets a plain number back instead of reading a u64 slot. Returns the
+ * address (>= 0) when it translated; -1 for a fault (R_REASON, R_LEVEL, R_LEAF
+ * as pagingTranslate); E_NEED_DATA or E_HANDLE otherwise. The other result
+ * slots are filled as pagingTranslate fills them.
+ */
+export function pagingTranslateGpa(h: i32, va: u64): f64 {
+  const r = pagingTranslate(h, va);
+  if (r == 0) return <f64>load<u64>(result + (<usize>R_GPA << 3));
+  return r == 1 ? -1 : <f64>r;
+}
+
+/**
  * Translates `n` little-endian u64 addresses at `src` into guest-physical
  * addresses at `dst` (PAGING_UNMAPPED for any fault), starting at index
  * `from`. Returns the index it stopped at: `n` when done, less when a frame is

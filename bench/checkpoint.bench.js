@@ -67,10 +67,10 @@ export async function run({ quick, log }) {
     return r;
   };
   for (let i = 0; i < reps; i++) {
-    saveJson = JSON.parse(go('save', process.execPath, [bin, 'checkpoint', 'save', image, ck, '--json']).stdout);
+    saveJson = JSON.parse(go('save', process.execPath, [bin, 'checkpoint', 'save', image, ck, '--json', '--force']).stdout);
     go('lz4c', 'lz4', ['-1', '-f', '-q', image, lz]);
-    go('save2', process.execPath, [bin, 'checkpoint', 'save', image, ck2, '--threads', '2']);
-    go('restore', process.execPath, [bin, 'checkpoint', 'restore', ck, out]);
+    go('save2', process.execPath, [bin, 'checkpoint', 'save', image, ck2, '--threads', '2', '--force']);
+    go('restore', process.execPath, [bin, 'checkpoint', 'restore', ck, out, '--force']);
     go('lz4d', 'lz4', ['-d', '-f', '-q', lz, out]);
     log(`rep ${i + 1}/${reps}`);
   }
@@ -306,7 +306,7 @@ async function lazyReads({ image, ck, dir, size, quick, CheckpointReader, Checkp
     `Goal "random lazy readPage ≥ 0.5× the pages/s of pread from the raw memory file": ${v(rs >= 0.5)} by wall time (${rs.toFixed(2)}×, ${fmtRate(1e9 / m(wall[2]))} pages/s), ${v(rc >= 0.5)} by CPU time (${rc.toFixed(2)}×, ${fmtRate(1e9 / m(cpu[2]))} pages/s); readPagesIntoSync into a reused buffer ${(m(wall[0]) / m(wall[1])).toFixed(2)}× wall, ${(m(cpu[0]) / m(cpu[1])).toFixed(2)}× CPU. Format 1 (a block per miss) ran at ${(m(wall[0]) / m(wall[4])).toFixed(4)}× wall.`,
     `Goal "read amplification ≤ 2× the compressed page": ${v(a1.bytes <= 2 * a1.used && a16.bytes <= 2 * a16.used)} — ${(a1.bytes / a1.used).toFixed(2)}× for single pages (one read each: ${a1.reads} reads), ${(a16.bytes / a16.used).toFixed(2)}× for runs of 16 neighbours (${(a16.reads / 500).toFixed(2)} reads per run); format 1: ${(a1v1.bytes / a1v1.used).toFixed(0)}×.`,
     `A prefetch of 16 neighbours: ${(a16.reads / 500).toFixed(2)} reads per run (one coalesced read unless the run crosses a block), ${fmtRate(1e9 / m(cpu[8]))} pages/s by CPU, ${(m(cpu[7]) / m(cpu[8])).toFixed(2)}× the peer's one pread of the 64 KiB (${(m(wall[7]) / m(wall[8])).toFixed(2)}× wall): per page, the decode is what is left.`,
-    `The floor of a format 2 page read (CPU): the pread of its record alone costs ${fmtNs(m(cpu[5]))}, ${(m(cpu[5]) / m(cpu[0])).toFixed(2)}× the peer's pread of a whole raw page (${fmtNs(m(cpu[0]))}); the goal (0.5×: ${fmtNs(2 * m(cpu[0]))} a page) leaves ${fmtNs(2 * m(cpu[0]) - m(cpu[5]))} to check, decode and copy the page out, where the file reader took ${fmtNs(m(cpu[1]) - m(cpu[5]))} (${fmtNs(m(cpu[1]))} in all). In a profile of that rest: LZ4 decode in the core ~1.2 µs a page (raw pages a copy), xxHash32 of the record ~0.3 µs (the core hashes 6–7 GB/s: a hash twice as fast would save under 5%), JS around them ~0.5 µs. From a checkpoint in memory (a copy instead of the pread) the reader takes ${fmtNs(m(cpu[6]))}. An async read through libuv's thread pool (\`syncReads: false\`) costs ${fmtNs(m(cpu[3]))} CPU per page.`,
+    `The floor of a format 2 page read (CPU): the pread of its record alone costs ${fmtNs(m(cpu[5]))}, ${(m(cpu[5]) / m(cpu[0])).toFixed(2)}× the peer's pread of a whole raw page (${fmtNs(m(cpu[0]))}); the goal (0.5×: ${fmtNs(2 * m(cpu[0]))} a page) leaves ${fmtNs(2 * m(cpu[0]) - m(cpu[5]))} to check, decode and copy the page out, where the file reader took ${fmtNs(m(cpu[1]) - m(cpu[5]))} (${fmtNs(m(cpu[1]))} in all). Per stage, measured apart by CPU on the same random stored pages (load average 8–15): the record's pread 1.7–1.9 µs (the peer's pread of a raw page 1.9 µs: the syscall and Node's fs.readSync dominate, not the bytes), xxHash32 of the record ~0.4 µs (the core hashes ~6 GB/s), LZ4 decode ~1.4 µs a stored page on average (~1.9 µs an LZ4 page, ~0.1 µs a raw page's copy), the 4 KiB copy out of core memory ~0.1 µs, the JS around them (no closure or view per call since issue 23) under 0.1 µs: a floor of ~3.7 µs, 0.5× the peer's pread, with nothing left to cut but the decode and the hash the format asks for. From a checkpoint in memory (a copy instead of the pread) the reader takes ${fmtNs(m(cpu[6]))}. An async read through libuv's thread pool (\`syncReads: false\`) costs ${fmtNs(m(cpu[3]))} CPU per page.`,
   ];
   return { markdown, goals };
 }

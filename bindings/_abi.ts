@@ -156,6 +156,13 @@ export interface CoreExports {
    */
   pagingTranslate(h: number, va: bigint): number;
   /**
+   * assembly/paging/pagingTranslateGpa
+   * @param h `i32`
+   * @param va `u64`
+   * @returns `f64`
+   */
+  pagingTranslateGpa(h: number, va: bigint): number;
+  /**
    * assembly/paging/pagingTranslateBatch
    * @param h `i32`
    * @param src `usize`
@@ -663,6 +670,26 @@ export interface CoreExports {
    * @returns `i32`
    */
   dixGetBatch(h: number, keys: number, n: number, out: number): number;
+  /**
+   * assembly/digest_index/dixInsertDigests
+   * @param h `i32`
+   * @param src `usize`
+   * @param meta `usize`
+   * @param values `usize`
+   * @param n `i32`
+   * @param prev `usize`
+   * @returns `i32`
+   */
+  dixInsertDigests(h: number, src: number, meta: number, values: number, n: number, prev: number): number;
+  /**
+   * assembly/digest_index/dixGetDigest
+   * @param h `i32`
+   * @param src `usize`
+   * @param len `i32`
+   * @param tag `i32`
+   * @returns `i32`
+   */
+  dixGetDigest(h: number, src: number, len: number, tag: number): number;
   /**
    * assembly/digest_index/dixGetHex
    * @param h `i32`

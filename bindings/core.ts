@@ -258,9 +258,27 @@ export function coreInfo(): CoreInfo {
  */
 export function core(): Core {
   if (!current) {
-    throw new VmkitError('NOT_INITIALIZED', 'the vmkit core is not loaded: call `await init()` first');
+    const load = autoload;
+    autoload = undefined;
+    load?.();
+    if (!current) throw new VmkitError('NOT_INITIALIZED', 'the vmkit core is not loaded: call `await init()` first');
   }
   return current;
+}
+
+let autoload: (() => void) | undefined;
+
+/**
+ * Registers a synchronous loader that {@link core} runs the first time the core
+ * is needed and not loaded (once; its errors reach that caller). The CLI uses it
+ * so that a command that never touches the core (`disk info`) does not pay for
+ * compiling it. `undefined` removes it.
+ * @internal
+ * @example
+ * _setCoreAutoload(() => initSync(readFileSync(new URL('./core.wasm', import.meta.url))));
+ */
+export function _setCoreAutoload(load: (() => void) | undefined): void {
+  autoload = load;
 }
 
 /**
@@ -284,12 +302,7 @@ export function withCore<T>(fn: (c: Core) => T): T {
   try {
     return fn(c);
   } catch (e) {
-    if (e instanceof VmkitError) throw e;
-    if (isTrap(e)) {
-      reset();
-      throw new VmkitError('CORE_TRAP', `the vmkit core trapped: ${(e as Error).message}`, { cause: e });
-    }
-    throw e;
+    throw coreFailure(e);
   }
 }
 
@@ -315,6 +328,20 @@ export function withScratch<T>(sizes: number | readonly number[], fn: (ex: CoreE
       for (let i = ptrs.length - 1; i >= 0; i--) c.free(ptrs[i]!);
     }
   });
+}
+
+/**
+ * What {@link withCore} throws for an error caught around a core call: a trap
+ * (or an abort) resets the core and becomes CORE_TRAP, anything else passes as
+ * is. For hot paths that call the core in their own try/catch (no closure per call).
+ * @internal
+ * @example
+ * try { r = e.pagingTranslateGpa(h, va); } catch (err) { throw coreFailure(err); }
+ */
+export function coreFailure(e: unknown): unknown {
+  if (e instanceof VmkitError || !isTrap(e)) return e;
+  reset();
+  return new VmkitError('CORE_TRAP', `the vmkit core trapped: ${(e as Error).message}`, { cause: e });
 }
 
 function isTrap(e: unknown): boolean {

@@ -25,3 +25,24 @@ describe('core start-up in Node', () => {
     expect(touched).toBe('true');
   });
 });
+
+describe('CLI start-up: the core is compiled only by commands that use it', () => {
+  it('disk create and disk info leave it unloaded; selfcheck loads it through the autoload', () => {
+    const main = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
+    const core = fileURLToPath(new URL('../dist/core.js', import.meta.url));
+    const script = `
+      const { mkdtempSync } = process.getBuiltinModule('node:fs');
+      const { tmpdir } = process.getBuiltinModule('node:os');
+      const { main } = await import(${JSON.stringify(main)});
+      const core = await import(${JSON.stringify(core)});
+      const img = mkdtempSync(tmpdir() + '/vmkit-autoload-') + '/a.qcow2';
+      const out = [];
+      const io = { stdout: { write: (s) => (out.push(s), true) }, stderr: process.stderr };
+      const codes = [await main(['disk', 'create', img, '--size', '1M'], io), await main(['disk', 'info', img, '--json'], io)];
+      const afterInfo = core.isInitialized();
+      codes.push(await main(['selfcheck', 'run'], io));
+      console.log(JSON.stringify({ codes, afterInfo, afterSelfcheck: core.isInitialized(), size: JSON.parse(out[1]).virtualSize }));`;
+    const r = JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', script]).toString()) as Record<string, unknown>;
+    expect(r).toEqual({ codes: [0, 0, 0], afterInfo: false, afterSelfcheck: true, size: 1 << 20 });
+  });
+});

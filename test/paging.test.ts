@@ -6,7 +6,7 @@
 // tests against the TypeScript reference walker over random trees.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { AddressSpace, PF, UNMAPPED, UNMAPPED_GPA, VmkitError, gpa, gva, referenceMappings, referenceTranslate } from '../bindings/memory/index.js';
+import { AddressSpace, PF, TranslationResult, UNMAPPED, UNMAPPED_GPA, VmkitError, gpa, gva, referenceMappings, referenceTranslate } from '../bindings/memory/index.js';
 import type { AddressSpaceOptions, GuestMemorySource, Mapping, Translator } from '../bindings/memory/index.js';
 import { _setMappingChunk, _setReverseLimit } from '../bindings/memory/paging/address-space.js';
 import { A, BufMemory, FrameAlloc, X, a64Index, canonical, take, x86Index } from './_paging-tree.js';
@@ -683,6 +683,9 @@ describe('argument checks', () => {
     const s = space(mem, { mode: 'x86-64', root: 0x1000n });
     bad(() => s.translate(1n << 64n), 'ARG_RANGE', 'gva');
     bad(() => s.translate('1' as never), 'ARG_TYPE', 'gva');
+    bad(() => s.translateGpa(1n << 64n), 'ARG_RANGE', 'gva');
+    bad(() => s.translateGpa(-1n), 'ARG_RANGE', 'gva');
+    bad(() => s.translateGpa(1.5 as never), 'ARG_TYPE', 'gva');
     bad(() => s.translateInto(new BigUint64Array(2), new BigUint64Array(1)), 'OUTPUT_TOO_SMALL', 'out');
     bad(() => s.translateInto([1n] as never, new BigUint64Array(1)), 'ARG_TYPE', 'gvas');
     bad(() => s.mappings(0n, (1n << 64n) + 1n), 'ARG_RANGE', 'to');
@@ -690,6 +693,7 @@ describe('argument checks', () => {
     s.dispose();
     s.dispose();
     bad(() => s.translate(0n), 'INVALID_STATE', 'disposed');
+    bad(() => s.translateGpa(0n), 'INVALID_STATE', 'disposed');
   });
 
   it('64 live spaces, then LIMIT; disposing frees a handle', () => {
@@ -846,6 +850,24 @@ describe('differential: core vs the reference walker over random trees', () => {
           const want = vas.map((v) => referenceTranslate(mem, opts, v));
           // Twice: walks, then (for what the first pass cached) the region cache.
           for (let k = 0; k < 2; k++) for (let i = 0; i < vas.length; i++) expect(s.translate(vas[i]!)).toEqual(want[i]);
+          // The lean path: a number back, the details as numbers in one reused result.
+          const r = new TranslationResult();
+          for (let i = 0; i < vas.length; i++) {
+            const t = want[i]!;
+            expect(s.translateGpa(vas[i]!)).toBe(t.ok ? Number(t.gpa) : -1);
+            const pa = s.translateGpa(vas[i]!, r);
+            const entry = t.ok ? t.leaf : t.entry;
+            expect({ pa, ok: r.ok, gpa: r.gpa, pageSize: r.pageSize, flags: r.flags, level: r.level, reason: r.reason, entry: r.hasEntry ? r.entry : undefined }).toEqual({
+              pa: t.ok ? Number(t.gpa) : -1,
+              ok: t.ok,
+              gpa: t.ok ? Number(t.gpa) : -1,
+              pageSize: t.ok ? t.pageSize : 0,
+              flags: t.ok ? t.flags : 0,
+              level: t.level,
+              reason: t.ok ? undefined : t.reason,
+              entry,
+            });
+          }
           // Twice: cold, then through the caches.
           for (let k = 0; k < 2; k++) {
             const out = new BigUint64Array(vas.length);

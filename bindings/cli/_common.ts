@@ -3,7 +3,7 @@
  * (text or `--json`), progress bars on a TTY and error reporting.
  * @module
  */
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { ParseArgsConfig } from 'node:util';
 import { VmkitError } from '../errors.js';
 
 /** Where a command writes. Tests pass their own to capture output. */
@@ -140,7 +140,8 @@ export function parse<O extends Options>(
   let r: { values: Record<string, unknown>; positionals: string[] };
   const all: Options = { json: { type: 'boolean' }, output: { type: 'string' }, help: { type: 'boolean', short: 'h' }, ...options };
   try {
-    r = parseArgs({ args: argv, options: all, allowPositionals: true, strict: true });
+    // Through getBuiltinModule, not the ES loader (start-up: main.ts).
+    r = process.getBuiltinModule('node:util').parseArgs({ args: argv, options: all, allowPositionals: true, strict: true });
   } catch (e) {
     // An unknown option lists the known ones (the help spec also reads this list).
     const known = (e as NodeJS.ErrnoException).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? ` (options: ${Object.keys(all).map((k) => `--${k}`).join(', ')})` : '';

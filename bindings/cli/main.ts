@@ -7,14 +7,20 @@
  * help lists its own).
  * @module
  */
-import { readFileSync } from 'node:fs';
 import { VmkitError } from '../errors.js';
 import type { CliIO, Command, CommandHelp } from './_common.js';
 
 // Start-up is module loading: Node compiles and links each ES module on its own (~0.3-0.5 ms
 // apiece), so `vmkit --help` loads no group, `vmkit <group> <sub> --help` only that group's help
-// module (and _common.js to format it), a command only its own group, and the core (with its
-// loader) only when a command runs. Measured in bench/startup.bench.js.
+// module (and _common.js to format it), a command only its own group, and the core is compiled
+// only when a command first uses it (core()'s autoload). Built-ins come from
+// process.getBuiltinModule, which skips the ES loader's resolve and translate steps for them.
+// Measured in bench/startup.bench.js.
+
+/** `node:fs`, through getBuiltinModule (see above). */
+function fs(): typeof import('node:fs') {
+  return process.getBuiltinModule('node:fs');
+}
 
 /**
  * Subcommand groups, each in commands/<name>.ts exporting `command` (a runner per subcommand)
@@ -80,7 +86,7 @@ function wantsJson(argv: readonly string[]): boolean {
 
 /** The package version, read from package.json next to dist/. */
 export function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const pkg = JSON.parse(fs().readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
 }
 
@@ -117,35 +123,35 @@ export async function main(argv: string[], io: CliIO): Promise<number> {
       return 0;
     }
     if (!Object.hasOwn(_COMMANDS, name)) throw new VmkitError('ARG_RANGE', `unknown command ${JSON.stringify(name)}; see vmkit --help`);
-    const help = await loadHelp(name);
-    if (sub === undefined || sub === '--help' || sub === '-h' || sub === 'help') {
-      const { groupHelp } = await import('./_common.js');
-      io.stdout.write(groupHelp(name, help));
-      return sub === undefined ? 2 : 0;
-    }
-    const subHelp = Object.hasOwn(help.subcommands, sub) ? help.subcommands[sub] : undefined;
-    if (!subHelp) throw new VmkitError('ARG_RANGE', `unknown ${name} subcommand ${JSON.stringify(sub)}; see vmkit ${name} --help`);
-    if (wantsHelp(rest)) {
-      const { subcommandHelp } = await import('./_common.js');
-      io.stdout.write(subcommandHelp(name, sub, subHelp));
-      return 0;
-    }
-    const command = await loadCommand(name).catch((e: unknown) => {
-      throw new VmkitError('UNSUPPORTED', `command ${JSON.stringify(name)} is not in this build`, { cause: e });
-    });
-    const run = command.run[sub];
-    if (!run) throw new VmkitError('UNSUPPORTED', `vmkit ${name} ${sub} is not in this build`);
-    const { init, initSync, isInitialized } = await import('../core.js');
-    // Instantiate synchronously from the file: the async path touches the global
-    // Response, whose first use loads undici (50-90 ms of every CLI run).
-    if (!isInitialized()) {
-      try {
-        initSync(readFileSync(new URL('../core.wasm', import.meta.url)));
-      } catch {
-        // init() below reports why the core does not load.
+    const asksHelp = sub === undefined || sub === '--help' || sub === '-h' || sub === 'help' || wantsHelp(rest);
+    // A run loads the group's commands alone: its help module is read only for help and usage errors.
+    const command = asksHelp
+      ? undefined
+      : await loadCommand(name).catch((e: unknown) => {
+          throw new VmkitError('UNSUPPORTED', `command ${JSON.stringify(name)} is not in this build`, { cause: e });
+        });
+    const run = command && Object.hasOwn(command.run, sub!) ? command.run[sub!] : undefined;
+    if (!run) {
+      const help = await loadHelp(name);
+      if (sub === undefined || sub === '--help' || sub === '-h' || sub === 'help') {
+        const { groupHelp } = await import('./_common.js');
+        io.stdout.write(groupHelp(name, help));
+        return sub === undefined ? 2 : 0;
       }
+      const subHelp = Object.hasOwn(help.subcommands, sub) ? help.subcommands[sub] : undefined;
+      if (!subHelp) throw new VmkitError('ARG_RANGE', `unknown ${name} subcommand ${JSON.stringify(sub)}; see vmkit ${name} --help`);
+      if (asksHelp) {
+        const { subcommandHelp } = await import('./_common.js');
+        io.stdout.write(subcommandHelp(name, sub, subHelp));
+        return 0;
+      }
+      throw new VmkitError('UNSUPPORTED', `vmkit ${name} ${sub} is not in this build`);
     }
-    await init();
+    const { _setCoreAutoload, initSync, isInitialized } = await import('../core.js');
+    // Compiled on first use, synchronously from the file (the async path touches the global
+    // Response, whose first use loads undici: 50-90 ms of every CLI run); a command that never
+    // uses the core (disk info) never compiles it.
+    if (!isInitialized()) _setCoreAutoload(() => initSync(fs().readFileSync(new URL('../core.wasm', import.meta.url))));
     return await run(rest, io);
   } catch (e) {
     const err =

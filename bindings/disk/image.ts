@@ -15,6 +15,7 @@
  * @module
  */
 import { VmkitError } from '../errors.js';
+import { nodeModule } from '../_node.js';
 import { fileProvider, syncFileProvider } from './backends/file.js';
 import { readAt, type Storage, type StorageProvider } from './backends/storage.js';
 import type { BlockDevice } from './device.js';
@@ -189,7 +190,7 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
 async function canonical(provider: StorageProvider, n: string): Promise<string> {
   if (provider !== fileProvider && provider !== syncFileProvider) return n;
   try {
-    const fs = (await import(/* @vite-ignore */ 'node:fs/promises' as string)) as typeof import('node:fs/promises');
+    const fs = await nodeModule<typeof import('node:fs/promises')>('node:fs/promises');
     return await fs.realpath(n);
   } catch {
     return n;

@@ -42,7 +42,7 @@ export { LazyGuestMemory, bufferPages, imagePages } from './prefetch/index.js';
 export type { LazyGuestMemoryOptions, LazyMemoryStats } from './prefetch/index.js';
 export { referenceTranslate, referenceMappings } from './paging/reference.js';
 export { qemuTlbLine } from './paging/qemu.js';
-export { PAGING_MODES, PF } from './paging/types.js';
+export { PAGING_MODES, PF, TranslationResult } from './paging/types.js';
 export type { PagingMode, FaultReason, Translation, TranslationFault, Mapping, AddressSpaceOptions } from './paging/types.js';
 export { AddressSpace, UNMAPPED_GPA } from './paging/address-space.js';
 export type { AddressSpaceCreateOptions, AddressSpaceStats } from './paging/address-space.js';

@@ -8,7 +8,6 @@ import { VmkitError } from '../../errors.js';
 import { emit, formatBytes, parse, parseSize, Progress, type CliIO } from '../_common.js';
 import type { FormatDriver } from '../../disk/backup/node.js';
 import type { ChainOps } from '../../disk/backup/_types.js';
-import { resolve } from 'node:path';
 import { openImage } from '../../disk/image.js';
 import { syncFileProvider } from '../../disk/backends/file.js';
 import { formatOpt, INPUT_FORMAT_OPTIONS } from './_disk_args.js';
@@ -54,6 +53,8 @@ async function chainOps(NodeChainOps: new (d?: FormatDriver) => ChainOps, path: 
   const format = formatOpt(values.format, '--format');
   const backingFormat = formatOpt(values['backing-format'], '--backing-format');
   if (!d || (!format && !backingFormat)) return new NodeChainOps(d);
+  // Through getBuiltinModule, not the ES loader (start-up: main.ts).
+  const { resolve } = process.getBuiltinModule('node:path');
   const target = resolve(path);
   const pinned: FormatDriver = {
     ...d,

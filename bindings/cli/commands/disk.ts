@@ -11,7 +11,6 @@ import { mapExtents, toQemuMap, type BlockExtent } from '../../disk/device.js';
 import { syncFileProvider as provider } from '../../disk/backends/file.js';
 import { chainOf, checkImage, createImage, fileFormatDriver, openImage, syncFileFormatDriver } from '../../disk/image.js';
 import type { CheckReport, FormatName, ImageDevice, ImageInfo } from '../../disk/formats/types.js';
-import { runBackup, setFormatDriver } from './_disk_backup.js';
 import { formatOpt, INPUT_FORMAT_OPTIONS } from './_disk_args.js';
 
 function onePath(positionals: string[], sub: string): string {
@@ -43,6 +42,8 @@ function backupJob(sub: 'snapshot' | 'backup' | 'consolidate') {
     if (argv.some((a) => a === '--server' || a.startsWith('--server='))) return (await import('./_disk_remote.js')).runRemote(sub, argv, io);
     // Offline jobs: synchronous I/O costs far less CPU than the thread pool (bench/RESULTS.md, backup);
     // a backup's reads and writes overlap on the thread pool instead (bench/RESULTS.md, disk).
+    // Loaded here, not at the top: `disk info` and the other light subcommands skip it (start-up).
+    const { runBackup, setFormatDriver } = await import('./_disk_backup.js');
     setFormatDriver(async () => (sub === 'backup' ? fileFormatDriver : syncFileFormatDriver));
     return runBackup(sub, argv, io);
   };

@@ -10,7 +10,7 @@
  * Format: docs/checkpoint-format.md.
  * @module
  */
-import { checkGeneration, withCore, withScratch, type Core } from '../../core.js';
+import { checkGeneration, core, coreFailure, withCore, withScratch, type Core } from '../../core.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { abytes, aint } from '../../_utils.js';
@@ -149,6 +149,9 @@ interface CoreBufs {
   hi: number;
   /** View of `entries` (remade when core memory grows). */
   ent: Uint32Array;
+  /** Views of the whole core memory and of one page at `out` (remade when it grows: a grown memory detaches them). */
+  mem: Uint8Array;
+  outPage: Uint8Array;
 }
 
 function dirname(p: string): string {
@@ -574,36 +577,50 @@ export class CheckpointReader implements PageSource {
    * path of a lazy page fault (one read of the record, one core call).
    */
   private readOneSync(p: number, dst: Uint8Array): void {
-    const read = this.src.readSync;
-    if (!read) throw new VmkitError('UNSUPPORTED', 'this checkpoint source has no synchronous reads');
+    const src = this.src;
+    if (src.readSync === undefined) throw new VmkitError('UNSUPPORTED', 'this checkpoint source has no synchronous reads');
     const pg = this.pages;
     const at = PAGE_WORDS * p;
     const b = pg[at]!;
     const off = pg[at + 1]!;
     const w = pg[at + 2]!;
     const len = w & 0x0fffffff;
-    withCore((c) => {
-      const k = this.coreBufs(c);
+    // The lazy fault path: no closure, no view made per call (views are remade only
+    // when core memory grows), the record read straight into core memory.
+    const c = core();
+    let k = this.core;
+    if (k === undefined || k.gen !== c.generation) k = this.coreBufs(c);
+    if (k.mem.byteLength === 0) this.remakeViews(c, k);
+    let r: number;
+    try {
       if (k.loaded !== b || off < k.lo || off + len > k.hi) {
         k.loaded = -1;
-        read.call(this.src, this.blocks[b]!.offset + off, c.u8().subarray(k.block, k.block + len));
+        src.readSync(this.blocks[b]!.offset + off, k.mem.subarray(k.block, k.block + len));
         this.counters.reads++;
         this.counters.bytesRead += len;
         k.loaded = b;
         k.lo = off;
         k.hi = off + len;
       } else this.counters.cacheHits++;
-      const mem = c.u8();
-      if (k.ent.buffer !== mem.buffer) k.ent = new Uint32Array(mem.buffer, k.entries, RUN_PAGES * 4);
       const ent = k.ent;
       ent[0] = w >>> 28;
       ent[1] = off - k.lo;
       ent[2] = len;
       ent[3] = pg[at + 3]!;
-      const r = c.exports.stagingExtract(k.block, k.hi - k.lo, k.entries, 1, this.pageSize, k.out, 1);
-      if (r < 0) this.decodeFailed(k, r, b, p, 1);
-      dst.set(mem.subarray(k.out, k.out + this.pageSize));
-    });
+      r = c.exports.stagingExtract(k.block, k.hi - k.lo, k.entries, 1, this.pageSize, k.out, 1);
+    } catch (e) {
+      throw coreFailure(e);
+    }
+    if (r < 0) this.decodeFailed(k, r, b, p, 1);
+    dst.set(k.outPage);
+  }
+
+  /** Views of core memory for {@link CoreBufs}, after the memory grew (or when first made). */
+  private remakeViews(c: Core, k: CoreBufs): void {
+    const buf = c.exports.memory.buffer;
+    k.mem = new Uint8Array(buf);
+    k.ent = new Uint32Array(buf, k.entries, RUN_PAGES * 4);
+    k.outPage = new Uint8Array(buf, k.out, this.pageSize);
   }
 
   /** {@link readRecordsSync} through the source's asynchronous read (into a buffer of the span's size, then core memory). */
@@ -683,7 +700,9 @@ export class CheckpointReader implements PageSource {
       const block = c.alloc(this.header.blockSize);
       const entries = c.alloc(RUN_PAGES * STAGING_ENTRY);
       const out = c.alloc(RUN_PAGES * this.pageSize);
-      this.core = { gen: c.generation, block, entries, out, loaded: -1, lo: 0, hi: 0, ent: new Uint32Array(c.u8().buffer, entries, RUN_PAGES * 4) };
+      const none = new Uint8Array(0);
+      this.core = { gen: c.generation, block, entries, out, loaded: -1, lo: 0, hi: 0, ent: new Uint32Array(0), mem: none, outPage: none };
+      this.remakeViews(c, this.core);
     }
     return this.core;
   }

@@ -9,13 +9,13 @@
  * so callers see plain synchronous calls.
  * @module
  */
-import { checkGeneration, withCore, withScratch, type Core } from '../../core.js';
+import { checkGeneration, core, coreFailure, withCore, withScratch, type Core } from '../../core.js';
 import type { CoreExports } from '../../_abi.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { aint, aoneOf, au64, describe } from '../../_utils.js';
 import type { Gpa, Gva, GuestMemorySource } from '../types.js';
-import { PAGING_MODES } from './types.js';
+import { PAGING_MODES, TranslationResult } from './types.js';
 import type { AddressSpaceOptions, FaultReason, Mapping, PagingMode, Translation, TranslationFault } from './types.js';
 
 /**
@@ -99,6 +99,30 @@ const _finalizer: FinalizationRegistry<{ h: number; gen: number; io: number; out
 let _epoch = 0;
 /** The core's result slots, viewed (re-made when the memory buffer changes: growth, or a new core). */
 let _resView: BigUint64Array | undefined;
+/** The same slots as u32 halves (read without allocating a bigint per slot). */
+let _resWords: Uint32Array | undefined;
+let _resCore: Core | undefined;
+let _resViewCore: Core | undefined;
+
+/** Copies the result slots of the translation that returned `r` into `into`, as numbers. */
+function _fill(c: Core, r: number, into: TranslationResult): void {
+  let w = _resWords;
+  // A grown memory detaches the old buffer (length 0); a reset core is another object.
+  if (w === undefined || w.length === 0 || _resCore !== c) {
+    w = _resWords = new Uint32Array(c.exports.memory.buffer, c.exports.pagingResult(), 32);
+    _resCore = c;
+  }
+  const ok = r >= 0;
+  into.ok = ok;
+  into.gpa = ok ? r : -1;
+  into.pageSize = ok ? w[R_SIZE * 2]! + w[R_SIZE * 2 + 1]! * 0x1_0000_0000 : 0;
+  into.flags = ok ? w[R_FLAGS * 2]! : 0;
+  into.level = w[R_LEVEL * 2]!;
+  into.reason = ok ? undefined : (REASONS[w[R_REASON * 2]!] ?? 'not-present');
+  into.hasEntry = ok || w[R_HAS_ENTRY * 2] !== 0;
+  into.entryLo = into.hasEntry ? w[R_LEAF * 2]! : 0;
+  into.entryHi = into.hasEntry ? w[R_LEAF * 2 + 1]! : 0;
+}
 
 /**
  * Options of {@link AddressSpace.create}: the memory the tables live in, the mode and the roots.
@@ -227,6 +251,7 @@ export class AddressSpace {
   #reverse: _Reverse | undefined;
   #reverseEpoch = 0;
   #opts: AddressSpaceOptions;
+  #scratch = new TranslationResult();
 
   private constructor(memory: GuestMemorySource, opts: AddressSpaceOptions, h: number, gen: number, io: number, out: number) {
     this.memory = memory;
@@ -302,9 +327,12 @@ export class AddressSpace {
   }
 
   #res(c: Core): BigUint64Array {
-    // One view per memory buffer (a grown memory detaches the old one).
-    const buf = c.exports.memory.buffer;
-    if (_resView === undefined || _resView.buffer !== buf) _resView = new BigUint64Array(buf, c.exports.pagingResult(), 16);
+    // One view per memory buffer: a grown memory detaches the old one (length 0), a reset
+    // core is another object (no memory.buffer getter on this path: translate() calls it).
+    if (_resView === undefined || _resView.length === 0 || _resViewCore !== c) {
+      _resView = new BigUint64Array(c.exports.memory.buffer, c.exports.pagingResult(), 16);
+      _resViewCore = c;
+    }
     return _resView;
   }
 
@@ -333,9 +361,50 @@ export class AddressSpace {
   }
 
   /**
+   * Translates one guest-virtual address, the lean way: returns its
+   * guest-physical address as a number (exact: below 2^52 in every mode), or
+   * -1 when it does not translate. When `into` is given, it receives the
+   * details (page size, flags, level, the entry; the fault's reason and level)
+   * as numbers, in place. Nothing is allocated per call; this is the path for
+   * callers translating one address at a time ({@link translate} is built on
+   * it, {@link translateInto} is the batch). Throws only for a bad argument.
+   * @example
+   * ```ts
+   * const r = new TranslationResult();
+   * const pa = space.translateGpa(gva(0x40_1000n), r);
+   * console.log(pa >= 0 ? `${pa.toString(16)} in a ${r.pageSize}-byte page` : `${r.reason} at level ${r.level}`);
+   * ```
+   */
+  translateGpa(gva: bigint, into?: TranslationResult): number {
+    if (typeof gva !== 'bigint' || BigInt.asUintN(64, gva) !== gva) gva = au64(gva, 'gva');
+    const c = core();
+    if (this.#closed || c.generation !== this.#gen) this.#live();
+    let r: number;
+    try {
+      r = c.exports.pagingTranslateGpa(this.#h, gva);
+      if (r < -1) r = this.#translateSlow(c, gva, r);
+    } catch (e) {
+      throw coreFailure(e);
+    }
+    if (into !== undefined) _fill(c, r, into);
+    return r;
+  }
+
+  /** The rest of a translation that needed table frames (or failed in the core). */
+  #translateSlow(c: Core, va: bigint, r: number): number {
+    for (let tries = 0; r === NEED_DATA && tries < 64; tries++) {
+      this.#provide(c, this.#res(c)[R_FRAME]!);
+      r = c.exports.pagingTranslateGpa(this.#h, va);
+    }
+    check(r === NEED_DATA ? -7 : r < -1 ? r : 0, 'translate');
+    return r;
+  }
+
+  /**
    * Translates one guest-virtual address. Returns a {@link Translation}, or a
    * {@link TranslationFault} (not present at level N, reserved bit, non-canonical,
    * a table outside guest memory, a bad root). Throws only for a bad argument.
+   * Built on {@link translateGpa}: use that one where allocations count.
    * @example
    * ```ts
    * const t = space.translate(gva(0x40_1000n));
@@ -343,34 +412,15 @@ export class AddressSpace {
    * ```
    */
   translate(gva: bigint): Translation | TranslationFault {
-    const va = au64(gva, 'gva');
-    const c = this.#live();
-    return withCore(() => {
-      const e = c.exports;
-      for (let tries = 0; ; tries++) {
-        const r = e.pagingTranslate(this.#h, va);
-        if (r === NEED_DATA && tries < 64) {
-          this.#provide(c, this.#res(c)[R_FRAME]!);
-          continue;
-        }
-        check(r === NEED_DATA ? -7 : r, 'translate');
-        const res = this.#res(c);
-        if (r === 0) {
-          return {
-            ok: true,
-            gva: va as Gva,
-            gpa: res[R_GPA]! as Gpa,
-            pageSize: Number(res[R_SIZE]!),
-            flags: Number(res[R_FLAGS]!),
-            level: Number(res[R_LEVEL]!),
-            leaf: res[R_LEAF]!,
-          };
-        }
-        const reason = REASONS[Number(res[R_REASON]!)] ?? 'not-present';
-        const level = Number(res[R_LEVEL]!);
-        return res[R_HAS_ENTRY] ? { ok: false, gva: va as Gva, reason, level, entry: res[R_LEAF]! } : { ok: false, gva: va as Gva, reason, level };
-      }
-    });
+    const r = this.#scratch;
+    this.translateGpa(gva, r);
+    // translateGpa checked it (a safe-integer number is accepted and made a bigint).
+    const va = (typeof gva === 'bigint' ? gva : BigInt(gva)) as Gva;
+    // The entry straight from its u64 slot: one bigint instead of building it from halves.
+    const entry = r.hasEntry ? this.#res(core())[R_LEAF]! : 0n;
+    if (r.ok) return { ok: true, gva: va, gpa: BigInt(r.gpa) as Gpa, pageSize: r.pageSize, flags: r.flags, level: r.level, leaf: entry };
+    const reason = r.reason ?? 'not-present';
+    return r.hasEntry ? { ok: false, gva: va, reason, level: r.level, entry } : { ok: false, gva: va, reason, level: r.level };
   }
 
   /**

@@ -104,6 +104,46 @@ export interface TranslationFault {
 }
 
 /**
+ * The reusable result of {@link AddressSpace.translateGpa}: plain numbers
+ * written in place, so that translating one address at a time allocates
+ * nothing. Guest-physical addresses are below 2^52 in every mode, so `gpa` is
+ * exact as a number; the 64-bit entry is split into two 32-bit halves.
+ * @example
+ * const r = new TranslationResult();
+ * if (space.translateGpa(va, r) >= 0) console.log(r.gpa, r.pageSize, r.level);
+ * else console.log(r.reason, r.level);
+ */
+export class TranslationResult {
+  /** Whether the last translation succeeded. */
+  ok = false;
+  /** The guest-physical address (page base plus offset), -1 after a fault. */
+  gpa = -1;
+  /** The page size in bytes (0 after a fault). */
+  pageSize = 0;
+  /** Effective flags ({@link PF}); 0 after a fault. */
+  flags = 0;
+  /** The level of the leaf or of the faulting entry (numbering as in {@link Translation.level}). */
+  level = 0;
+  /** The fault's reason, `undefined` after a success. */
+  reason: FaultReason | undefined = undefined;
+  /** Whether `entryLo`/`entryHi` hold an entry (the leaf, or the one that faulted). */
+  hasEntry = false;
+  /** Bits 31..0 of that entry. */
+  entryLo = 0;
+  /** Bits 63..32 of that entry. */
+  entryHi = 0;
+
+  /**
+   * The entry as one bigint (allocates: read it only when needed).
+   * @example
+   * if (r.hasEntry) console.log(r.entry.toString(16));
+   */
+  get entry(): bigint {
+    return (BigInt(this.entryHi) << 32n) | BigInt(this.entryLo);
+  }
+}
+
+/**
  * A mapped page or large page, as a mapping walk reports it (in VA order).
  * @example
  * for (const m of space.mappings()) console.log(m.gva.toString(16), m.gpa.toString(16), m.pageSize);

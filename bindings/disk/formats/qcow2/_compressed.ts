@@ -15,7 +15,6 @@
  */
 import { VmkitError } from '../../../errors.js';
 import { inflateRaw } from '../../_inflate.js';
-import { zstdCluster } from '../../_zstd.js';
 import type { _L2Slot, _MetadataCache } from './_cache.js';
 import { encodeCompressedL2, type L2Entry, type Refcounts } from './metadata.js';
 
@@ -58,6 +57,8 @@ export class _CompressedClusters {
     const raw = new Uint8Array(len);
     await storage.readInto(e.host, raw);
     if (header.compressionType === 1) {
+      // Loaded on the first zstd cluster: fzstd is the largest module an image open would load.
+      const { zstdCluster } = await import('../../_zstd.js');
       const data = zstdCluster(raw, cs, e.host, storage.name);
       this.last = { host: e.host, data };
       return data;

@@ -7,7 +7,6 @@ import { VmkitError } from '../../../errors.js';
 import { readAt, type Storage } from '../../backends/storage.js';
 import type { BlockDevice } from '../../device.js';
 import type { FormatCheckOptions, FormatCreateOptions, FormatName, FormatOpenOptions, CheckReport, ImageFormatModule } from '../types.js';
-import { check as checkQcow2 } from './check.js';
 import { Qcow2Device } from './device.js';
 import { writeEntry } from './metadata.js';
 import { encodeQcow2Header, INCOMPAT_EXTL2, MAX_L1_BYTES, QCOW2_MAGIC, readHeader, type Qcow2Header } from './header.js';
@@ -147,8 +146,9 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
  * const r = await check(await FileStorage.open('vm.qcow2', { readOnly: true }));
  * ```
  */
-export function check(storage: Storage, opts: FormatCheckOptions = {}): Promise<CheckReport> {
-  return checkQcow2(storage, opts);
+export async function check(storage: Storage, opts: FormatCheckOptions = {}): Promise<CheckReport> {
+  // Loaded when a check runs: opening an image does not need it.
+  return (await import('./check.js')).check(storage, opts);
 }
 
 /**
