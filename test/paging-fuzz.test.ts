@@ -8,38 +8,26 @@ import fc from 'fast-check';
 import { AddressSpace, UNMAPPED_GPA, referenceMappings, referenceTranslate } from '../bindings/memory/index.js';
 import { coreInfo } from '../bindings/index.js';
 import type { AddressSpaceOptions } from '../bindings/memory/index.js';
-import { BufMemory, take } from './_paging-tree.js';
+import { BufMemory, randomPageTree, take } from './_paging-tree.js';
 
 const U64 = (1n << 64n) - 1n;
 
-/** Random bytes; a share of the words rewritten to point at frames inside the memory (loops, shared tables). */
+/**
+ * Random bytes as guest memory (test/_paging-tree.ts's generator with noise), a
+ * share of the words pointing at frames inside it (loops, shared tables); in
+ * half the memories a random tree written over the noise. Sizes that are not a
+ * multiple of 4 KiB too (the last frame is short).
+ */
 const memArb = fc
   .record({
     frames: fc.integer({ min: 1, max: 12 }),
     seed: fc.integer(),
     inside: fc.constantFrom(0, 0.2, 0.6, 0.95),
     tail: fc.integer({ min: 0, max: 4095 }),
+    tables: fc.boolean(),
+    mode: fc.constantFrom('x86-64' as const, 'x86-64-5level' as const, 'aarch64' as const),
   })
-  .map(({ frames, seed, inside, tail }) => {
-    // Memory sizes that are not a multiple of 4 KiB too (the last frame is short).
-    const mem = new BufMemory(frames * 4096 + (tail & ~7));
-    let x = seed >>> 0 || 1;
-    const rnd = (): number => {
-      x ^= x << 13;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      return (x >>> 0) / 2 ** 32;
-    };
-    for (let i = 0; i < mem.bytes.length; i++) mem.bytes[i] = (rnd() * 256) | 0;
-    for (let a = 0; a + 8 <= mem.bytes.length; a += 8) {
-      if (rnd() < inside) {
-        const frame = BigInt(Math.floor(rnd() * (frames + 1)));
-        const w = mem.get(a);
-        mem.set(a, (w & ~0x000f_ffff_ffff_f000n) | (frame << 12n));
-      }
-    }
-    return mem;
-  });
+  .map(({ frames, seed, inside, tail, tables, mode }) => randomPageTree(seed, { mode, pages: frames, tailBytes: tail & ~7, noise: inside, tables }).mem);
 
 const optsArb: fc.Arbitrary<AddressSpaceOptions> = fc.oneof(
   fc.record({

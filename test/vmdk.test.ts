@@ -12,18 +12,12 @@ import { encodeDescriptor, parseDescriptor, CID_NOPARENT } from '../bindings/dis
 import { probe, readHeader, type VmdkDevice } from '../bindings/disk/formats/vmdk/index.js';
 import { VmkitError } from '../bindings/errors.js';
 import { blockDeviceContract } from './_block-device-contract.js';
+import { DAMAGE_CODES, vmkitOnly } from './_damaged-image.js';
 
 // Random writes, zeroes and discards against a model, across reopen and through a chain.
 blockDeviceContract('vmdk', { clusterSizes: [4096, 16384, 65536], backing: true });
 
-const CODES = new Set(['CORRUPT', 'LIMIT', 'UNSUPPORTED', 'NOT_FOUND', 'INVALID_STATE', 'INTEGRITY']);
-async function vmkitOnly(fn: () => Promise<unknown>): Promise<void> {
-  try {
-    await fn();
-  } catch (e) {
-    if (!(e instanceof VmkitError) || !CODES.has(e.code)) throw e;
-  }
-}
+const CODES = DAMAGE_CODES;
 function errOf(fn: () => unknown): VmkitError {
   try {
     fn();

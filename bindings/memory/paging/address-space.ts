@@ -527,8 +527,11 @@ export class AddressSpace {
           leaf: recs[i * 4 + 2]!,
         };
       }
+      // Needs in a row without the cursor moving (a stop for the budget or a full buffer in
+      // between does not reset it unless the cursor moved: it counts progress, not calls).
+      if (next !== cursor) needs = 0;
       if (state === 2) {
-        needs = next === cursor ? needs + 1 : 0;
+        if (next === cursor) needs++;
         if (needs > 16) throw new VmkitError('LIMIT', 'mapping walk made no progress (frame cache too small?)');
         this.#provide(c, res[R_FRAME]!);
       }

@@ -23,8 +23,9 @@ import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type B
 import type { WriteGuard } from '../../_guard.js';
 import { deflateRaw } from '../../_inflate.js';
 import { zeroGranules } from '../../_sectors.js';
-import { _backingStatus, _checkWritable, _closeLayer, _Queue, _readBacking, _readFresh, _readRuns, _statusRun } from '../_device.js';
-import type { ImageDevice, ImageInfo } from '../types.js';
+import { _backingStatus, _checkWritable, _Queue, _readBacking, _readRuns, _statusRun } from '../_device.js';
+import { _LayerDevice } from '../_layer.js';
+import type { ImageInfo } from '../types.js';
 import { _MetadataCache, type _L2Slot } from './_cache.js';
 import { _CompressedClusters } from './_compressed.js';
 import { _subclusterBytes, _subclusterRun, _writeSubclusters, type _SubclusterDevice } from './_subclusters.js';
@@ -58,15 +59,8 @@ interface Piece {
  * await dev.close();
  * ```
  */
-export class Qcow2Device implements ImageDevice {
+export class Qcow2Device extends _LayerDevice {
   readonly format = 'qcow2' as const;
-  readonly alignment = 512;
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly storage: Storage;
-  readonly backing: BlockDevice | undefined;
-  readonly backingFile: string | undefined;
-  readonly backingFormat: string | undefined;
   /** The parsed header (kept current when the refcount table moves). */
   readonly header: Qcow2Header;
   /** L1, L2 and refcount metadata, cached write-back. */
@@ -78,19 +72,13 @@ export class Qcow2Device implements ImageDevice {
   private mode: CacheMode = 'writethrough';
   private readonly guard: WriteGuard | undefined;
   private readonly queue = new _Queue();
-  private closed = false;
   /** What the subcluster writer needs of this device. */
   private readonly subDev: _SubclusterDevice;
 
   /** @internal */
   constructor(storage: Storage, h: Qcow2Header, l1: Uint8Array, fileSize: number, readOnly: boolean, backing: BlockDevice | undefined, guard: WriteGuard | undefined) {
-    this.storage = storage;
+    super({ storage, size: h.size, readOnly, backing, backingFile: h.backingFile, backingFormat: h.backingFormat });
     this.header = h;
-    this.size = h.size;
-    this.readOnly = readOnly;
-    this.backing = backing;
-    this.backingFile = h.backingFile;
-    this.backingFormat = h.backingFormat;
     this.meta = new _MetadataCache(storage, h, l1, fileSize);
     this.compressed = new _CompressedClusters(this.meta);
     this.cs = this.meta.cs;
@@ -177,19 +165,6 @@ export class Qcow2Device implements ImageDevice {
     }
     const run = _subclusterRun(e, inC, this.meta.sub);
     return { kind: run.kind, host: run.host, len: run.len, entry: e };
-  }
-
-  /**
-   * Reads `length` bytes at `offset` (multiples of 512).
-   *
-   * @example
-   * ```ts
-   * const dev = await openImage('vm.qcow2');
-   * const mbr = await dev.read(0, 512); // falls through to the backing chain where unallocated
-   * ```
-   */
-  read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
-    return _readFresh(this, offset, length);
   }
 
   /**
@@ -516,10 +491,7 @@ export class Qcow2Device implements ImageDevice {
         else if (e.kind === 'normal') data += this.ext ? _subclusterBytes(e.alloc, this.meta.sub) : this.cs;
       }
     }
-    const info: ImageInfo = {
-      format: 'qcow2',
-      virtualSize: this.size,
-      fileSize: await this.storage.size(),
+    return this.layerInfo({
       clusterSize: this.cs,
       allocatedBytes: data,
       specific: {
@@ -529,23 +501,7 @@ export class Qcow2Device implements ImageDevice {
         compressionType: this.header.compressionType === 0 ? 'zlib' : 'zstd',
         snapshots: this.header.nbSnapshots,
       },
-    };
-    if (this.backingFile !== undefined) info.backingFile = this.backingFile;
-    if (this.backingFormat !== undefined) info.backingFormat = this.backingFormat;
-    return info;
-  }
-
-  /**
-   * Flushes (when writable) and closes this layer and its backing chain.
-   *
-   * @example
-   * ```ts
-   * await dev.close(); // flushes when writable, closes the backing chain too
-   * ```
-   */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    await _closeLayer(() => this.flush(), () => (this.closed = true), this.storage, this.backing);
+    });
   }
 
   /** Rewrites the header (e.g. after changing the backing file). @internal */

@@ -12,19 +12,12 @@
  */
 import { VmkitError } from '../../../errors.js';
 import { readAt, type Storage } from '../../backends/storage.js';
-import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
+import type { BlockDevice, ByteLength, ByteOffset } from '../../device.js';
 import type { WriteGuard } from '../../_guard.js';
 import { isAllZero } from '../../_sectors.js';
-import { _backingStatus, _checkWritable, _closeLayer, _eachGranule, _Queue, _readBacking, _readFresh, _readRuns, _statusRun } from '../_device.js';
-import type { ImageDevice, ImageInfo } from '../types.js';
+import { _MappedLayer, type _MapPiece } from '../_layer.js';
+import type { ImageInfo } from '../types.js';
 import { BAT_UNUSED, bitmapBytes, VHD_DIFFERENCING, VHD_FIXED, VHD_FOOTER_SIZE, type VhdDynHeader, type VhdFooter } from './header.js';
-
-/** What a guest offset maps to. @internal */
-interface Piece {
-  kind: 'data' | 'zero' | 'unallocated';
-  host: number;
-  len: number;
-}
 
 /** Bitmaps kept in memory (each at most 64 KiB; 2 MiB blocks have 512-byte ones). */
 const BITMAP_CACHE = 1024;
@@ -39,15 +32,8 @@ const BITMAP_CACHE = 1024;
  * await dev.close();
  * ```
  */
-export class VhdDevice implements ImageDevice {
+export class VhdDevice extends _MappedLayer {
   readonly format = 'vhd' as const;
-  readonly alignment = 512;
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly storage: Storage;
-  readonly backing: BlockDevice | undefined;
-  readonly backingFile: string | undefined;
-  readonly backingFormat: string | undefined;
   readonly footer: VhdFooter;
   readonly dyn: VhdDynHeader | undefined;
   private readonly footerBytes: Uint8Array;
@@ -59,9 +45,6 @@ export class VhdDevice implements ImageDevice {
   private freeOffset: number;
   private fileSize: number;
   private readonly metaEnd: number;
-  private readonly guard: WriteGuard | undefined;
-  private readonly queue = new _Queue();
-  private closed = false;
 
   constructor(
     storage: Storage,
@@ -80,20 +63,23 @@ export class VhdDevice implements ImageDevice {
       guard?: WriteGuard;
     },
   ) {
-    this.storage = storage;
+    super({
+      storage,
+      size: o.size,
+      readOnly: o.readOnly,
+      backing: o.backing,
+      backingFile: o.backingFile,
+      backingFormat: o.backingFile !== undefined ? 'vhd' : undefined,
+      granule: o.dyn?.blockSize ?? 0,
+      guard: o.guard,
+    });
     this.footer = o.footer;
     this.footerBytes = o.footerBytes;
     this.dyn = o.dyn;
     this.bat = o.bat;
-    this.size = o.size;
     this.fileSize = o.fileSize;
     this.freeOffset = o.freeOffset;
     this.metaEnd = o.metaEnd;
-    this.readOnly = o.readOnly;
-    this.backing = o.backing;
-    this.backingFile = o.backingFile;
-    this.backingFormat = o.backingFile !== undefined ? 'vhd' : undefined;
-    this.guard = o.guard;
     this.blockSize = o.dyn?.blockSize ?? 0;
     this.bmBytes = o.dyn ? bitmapBytes(o.dyn.blockSize) : 0;
   }
@@ -131,7 +117,7 @@ export class VhdDevice implements ImageDevice {
     return b;
   }
 
-  private async piece(pos: number): Promise<Piece> {
+  protected async piece(pos: number): Promise<_MapPiece> {
     if (!this.bat) return { kind: 'data', host: pos, len: this.size - pos };
     const bs = this.blockSize;
     const i = Math.floor(pos / bs);
@@ -158,98 +144,13 @@ export class VhdDevice implements ImageDevice {
     return { kind: v ? 'data' : 'unallocated', host: v ? host + this.bmBytes + inBlock : 0, len: (s - s0) * 512 };
   }
 
-  /**
-   * Reads `length` bytes at `offset` (multiples of 512).
-   *
-   * @example
-   * ```ts
-   * const mbr = await (await openImage('disk.vhd')).read(0, 512);
-   * ```
-   */
-  read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
-    return _readFresh(this, offset, length);
-  }
-
-  /**
-   * Reads `dst.length` bytes at `offset` into `dst`.
-   *
-   * @example
-   * ```ts
-   * await dev.readInto(0, new Uint8Array(1 << 20));
-   * ```
-   */
-  async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
-    checkRange(this, offset, dst.length, 'read');
-    await _readRuns(this.storage, offset, dst, (pos) => this.piece(pos), (p) => p.kind === 'data', (p, pos, d) => {
-      if (p.kind !== 'zero') return _readBacking(this.backing, pos, d);
-      d.fill(0);
-      return undefined;
-    }, {
-      backing: this.backing,
-      isBacking: (p) => p.kind === 'unallocated',
-    });
-  }
-
-  /**
-   * Status of the run starting at `offset` (at most `length` bytes).
-   *
-   * @example
-   * ```ts
-   * const e = await dev.blockStatus(0, dev.size); // data, or unallocated (zeroes / the parent)
-   * ```
-   */
-  async blockStatus(offset: ByteOffset, length: ByteLength): Promise<BlockExtent> {
-    const { first, len } = await _statusRun(this, offset, length, (o) => this.piece(o), (a, p, n) => p.kind === a.kind && (p.kind !== 'data' || p.host === a.host + n));
-    if (first.kind === 'unallocated') return _backingStatus(this.backing, offset, len);
-    if (first.kind === 'zero') return { offset, length: len, kind: 'zero', depth: 0 };
-    return { offset, length: len, kind: 'data', depth: 0, hostOffset: first.host };
-  }
-
-  // ---- writes ----
-
-  private async writable(op: 'write' | 'flush' | 'discard'): Promise<void> {
-    _checkWritable(this.storage.name, this.closed, this.readOnly, op);
-    await this.guard?.check(op);
-  }
-
-  /**
-   * Writes `data` at `offset`, allocating blocks as needed.
-   *
-   * @example
-   * ```ts
-   * await dev.write(1 << 20, new Uint8Array(4096).fill(0xaa));
-   * ```
-   */
-  async write(offset: ByteOffset, data: Uint8Array): Promise<void> {
-    checkRange(this, offset, data.length, 'write');
-    return this.queue.run(async () => {
-      await this.writable('write');
-      if (!this.bat) return this.storage.write(offset, data);
-      await _eachGranule(offset, data.length, this.blockSize, (pos, len, at) => this.writeInBlock(pos, data.subarray(at, at + len), false));
-    });
-  }
-
-  /**
-   * Makes `[offset, offset + length)` read as zeroes (an unallocated block of
-   * a dynamic disk already does and stays unallocated).
-   *
-   * @example
-   * ```ts
-   * await dev.writeZeroes(0, 1 << 20);
-   * ```
-   */
-  async writeZeroes(offset: ByteOffset, length: ByteLength): Promise<void> {
-    checkRange(this, offset, length, 'writeZeroes');
-    return this.queue.run(async () => {
-      await this.writable('write');
-      const chunk = Math.min(length, 1 << 20);
-      if (!this.bat) {
-        const z = new Uint8Array(chunk);
-        for (let p = 0; p < length; p += chunk) await this.storage.write(offset + p, z.subarray(0, Math.min(chunk, length - p)));
-        return;
-      }
-      await _eachGranule(offset, length, this.blockSize, (pos, len) => this.writeInBlock(pos, new Uint8Array(len), true));
-    });
+  /** A fixed disk is the guest bytes themselves: written in place, zeroes 1 MiB at a time. */
+  protected override async writeRange(offset: number, length: number, data: Uint8Array | undefined): Promise<void> {
+    if (this.bat) return super.writeRange(offset, length, data);
+    if (data) return this.storage.write(offset, data);
+    const chunk = Math.min(length, 1 << 20);
+    const z = new Uint8Array(chunk);
+    for (let p = 0; p < length; p += chunk) await this.storage.write(offset + p, z.subarray(0, Math.min(chunk, length - p)));
   }
 
   /**
@@ -261,10 +162,9 @@ export class VhdDevice implements ImageDevice {
    * await dev.discard(0, 2 << 20);
    * ```
    */
-  async discard(offset: ByteOffset, length: ByteLength): Promise<void> {
+  override async discard(offset: ByteOffset, length: ByteLength): Promise<void> {
     await this.writeZeroes(offset, length);
   }
-
 
   /** Sets the bitmap bits of sectors [s0, s1) of block `i` (whose bitmap is at `host`), writing changed bytes. */
   private async markSectors(i: number, host: number, s0: number, s1: number): Promise<void> {
@@ -282,7 +182,7 @@ export class VhdDevice implements ImageDevice {
     if (lo >= 0) await this.storage.write(host + lo, bm.subarray(lo, hi + 1));
   }
 
-  private async writeInBlock(pos: number, data: Uint8Array, zeroes: boolean): Promise<void> {
+  protected async writeInGranule(pos: number, data: Uint8Array, zeroes: boolean): Promise<void> {
     const bs = this.blockSize;
     const i = Math.floor(pos / bs);
     const inBlock = pos - i * bs;
@@ -324,22 +224,6 @@ export class VhdDevice implements ImageDevice {
   }
 
   /**
-   * Makes completed writes durable.
-   *
-   * @example
-   * ```ts
-   * await dev.flush();
-   * ```
-   */
-  async flush(): Promise<void> {
-    if (this.readOnly || this.closed) return;
-    await this.queue.run(async () => {
-      await this.guard?.check('flush');
-      await this.storage.flush();
-    });
-  }
-
-  /**
    * Facts for `vmkit disk info` (as `qemu-img info`).
    *
    * @example
@@ -350,10 +234,7 @@ export class VhdDevice implements ImageDevice {
   async info(): Promise<ImageInfo> {
     let blocks = 0;
     if (this.bat) for (const e of this.bat) if (e !== BAT_UNUSED) blocks++;
-    const info: ImageInfo = {
-      format: 'vhd',
-      virtualSize: this.size,
-      fileSize: await this.storage.size(),
+    return this.layerInfo({
       allocatedBytes: this.bat ? blocks * this.blockSize : this.size,
       specific: {
         subformat: this.subformat,
@@ -362,26 +243,8 @@ export class VhdDevice implements ImageDevice {
         currentSize: this.footer.currentSize,
         uuid: uuidString(this.footer.uuid),
       },
-    };
-    if (this.bat) info.clusterSize = this.blockSize;
-    if (this.backingFile !== undefined) {
-      info.backingFile = this.backingFile;
-      info.backingFormat = 'vhd';
-    }
-    return info;
-  }
-
-  /**
-   * Flushes (when writable) and closes this layer and its parent.
-   *
-   * @example
-   * ```ts
-   * await dev.close();
-   * ```
-   */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    await _closeLayer(() => this.flush(), () => (this.closed = true), this.storage, this.backing);
+      ...(this.bat ? { clusterSize: this.blockSize } : {}),
+    });
   }
 }
 

@@ -10,25 +10,18 @@ import type { BlockDevice } from '../../device.js';
 import type { CheckReport, FormatCheckOptions, FormatCreateOptions, FormatOpenOptions, ImageFormatModule } from '../types.js';
 import { check as checkVhd } from './check.js';
 import { VhdDevice } from './device.js';
-import { readHeaders, type VhdHeaders } from './_read-headers.js';
+import { readHeaders } from './_read-headers.js';
 import {
-  BAT_UNUSED,
-  bitmapBytes,
   encodeDynHeader,
   encodeFooter,
   hasCookie,
-  parseDynHeader,
-  parseFooter,
   roundedSize,
   VHD_DIFFERENCING,
-  VHD_DYN_HEADER_SIZE,
   VHD_DYNAMIC,
   VHD_FIXED,
   VHD_FOOTER_SIZE,
-  VHD_MAX_SECTORS,
   VHD_TIMESTAMP_BASE,
   vhdChecksum,
-  virtualSize,
   type VhdDynHeader,
   type VhdFooter,
 } from './header.js';

@@ -10,19 +10,12 @@
  */
 import { VmkitError } from '../../../errors.js';
 import type { Storage } from '../../backends/storage.js';
-import { checkRange, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
+import type { ByteLength, ByteOffset } from '../../device.js';
 import type { WriteGuard } from '../../_guard.js';
 import { isAllZero } from '../../_sectors.js';
-import { _checkWritable, _closeLayer, _eachGranule, _Queue, _readFresh, _readRuns, _statusRun } from '../_device.js';
-import type { ImageDevice, ImageInfo } from '../types.js';
+import { _MappedLayer, type _MapPiece } from '../_layer.js';
+import type { ImageInfo } from '../types.js';
 import { encodeHeader, MiB, PAYLOAD_FULLY_PRESENT, VHDX_HEADER1, VHDX_HEADER2, type VhdxHeader, type VhdxMetadata } from './header.js';
-
-/** What a guest offset maps to. @internal */
-interface Piece {
-  kind: 'data' | 'zero';
-  host: number;
-  len: number;
-}
 
 function randomGuid(): Uint8Array {
   const u = new Uint8Array(16);
@@ -40,15 +33,8 @@ function randomGuid(): Uint8Array {
  * await dev.close();
  * ```
  */
-export class VhdxDevice implements ImageDevice {
+export class VhdxDevice extends _MappedLayer {
   readonly format = 'vhdx' as const;
-  readonly alignment = 512;
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly storage: Storage;
-  readonly backing: undefined = undefined;
-  readonly backingFile: undefined = undefined;
-  readonly backingFormat: undefined = undefined;
   readonly metadata: VhdxMetadata;
   private header: VhdxHeader;
   /** Which header slot (0 = 64 KiB, 1 = 128 KiB) is current. */
@@ -57,26 +43,19 @@ export class VhdxDevice implements ImageDevice {
   private readonly batOffset: number;
   private readonly chunk: number;
   private fileSize: number;
-  private readonly guard: WriteGuard | undefined;
-  private readonly queue = new _Queue();
-  private headersMoved = false;
-  private closed = false;
 
   constructor(
     storage: Storage,
     o: { header: VhdxHeader; current: 0 | 1; metadata: VhdxMetadata; bat: BigUint64Array; batOffset: number; chunkRatio: number; fileSize: number; readOnly: boolean; guard?: WriteGuard },
   ) {
-    this.storage = storage;
+    super({ storage, size: o.metadata.virtualSize, readOnly: o.readOnly, granule: o.metadata.blockSize, guard: o.guard });
     this.header = o.header;
     this.current = o.current;
     this.metadata = o.metadata;
-    this.size = o.metadata.virtualSize;
     this.bat = o.bat;
     this.batOffset = o.batOffset;
     this.chunk = o.chunkRatio;
     this.fileSize = o.fileSize;
-    this.readOnly = o.readOnly;
-    this.guard = o.guard;
   }
 
   /** The virtual disk ID (metadata). */
@@ -107,7 +86,7 @@ export class VhdxDevice implements ImageDevice {
     return host;
   }
 
-  private async piece(pos: number): Promise<Piece> {
+  protected async piece(pos: number): Promise<_MapPiece> {
     const bs = this.metadata.blockSize;
     const b = Math.floor(pos / bs);
     const host = this.blockHost(b);
@@ -117,57 +96,9 @@ export class VhdxDevice implements ImageDevice {
     return { kind: 'zero', host: 0, len: Math.min(k * bs, this.size) - pos };
   }
 
-  /**
-   * Reads `length` bytes at `offset` (multiples of 512).
-   *
-   * @example
-   * ```ts
-   * const mbr = await (await openImage('disk.vhdx')).read(0, 512);
-   * ```
-   */
-  read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
-    return _readFresh(this, offset, length);
-  }
-
-  /**
-   * Reads `dst.length` bytes at `offset` into `dst`.
-   *
-   * @example
-   * ```ts
-   * await dev.readInto(0, new Uint8Array(1 << 20));
-   * ```
-   */
-  async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
-    checkRange(this, offset, dst.length, 'read');
-    await _readRuns(this.storage, offset, dst, (pos) => this.piece(pos), (p) => p.kind === 'data', (_p, _pos, d) => {
-      d.fill(0);
-      return undefined;
-    });
-  }
-
-  /**
-   * Status of the run starting at `offset` (at most `length` bytes).
-   *
-   * @example
-   * ```ts
-   * const e = await dev.blockStatus(0, dev.size); // data (with host offset) or zero
-   * ```
-   */
-  async blockStatus(offset: ByteOffset, length: ByteLength): Promise<BlockExtent> {
-    const { first, len } = await _statusRun(this, offset, length, (o) => this.piece(o), (a, p, n) => p.kind === a.kind && (p.kind !== 'data' || p.host === a.host + n));
-    if (first.kind === 'zero') return { offset, length: len, kind: 'zero', depth: 0 };
-    return { offset, length: len, kind: 'data', depth: 0, hostOffset: first.host };
-  }
-
-  // ---- writes ----
-
-  private async writable(op: 'write' | 'flush' | 'discard'): Promise<void> {
-    _checkWritable(this.storage.name, this.closed, this.readOnly, op);
-    await this.guard?.check(op);
-    if (!this.headersMoved) {
-      await this.moveHeaders();
-      this.headersMoved = true;
-    }
+  /** The first change after open gives the file new write GUIDs (see {@link moveHeaders}). */
+  protected override beforeFirstWrite(): Promise<void> {
+    return this.moveHeaders();
   }
 
   /**
@@ -188,39 +119,6 @@ export class VhdxDevice implements ImageDevice {
   }
 
   /**
-   * Writes `data` at `offset`, allocating blocks as needed.
-   *
-   * @example
-   * ```ts
-   * await dev.write(1 << 20, new Uint8Array(4096).fill(0xaa));
-   * ```
-   */
-  async write(offset: ByteOffset, data: Uint8Array): Promise<void> {
-    checkRange(this, offset, data.length, 'write');
-    return this.queue.run(async () => {
-      await this.writable('write');
-      await _eachGranule(offset, data.length, this.metadata.blockSize, (pos, len, at) => this.writeInBlock(pos, data.subarray(at, at + len), false));
-    });
-  }
-
-  /**
-   * Makes `[offset, offset + length)` read as zeroes (blocks that read as
-   * zeroes already stay unallocated).
-   *
-   * @example
-   * ```ts
-   * await dev.writeZeroes(0, 1 << 20);
-   * ```
-   */
-  async writeZeroes(offset: ByteOffset, length: ByteLength): Promise<void> {
-    checkRange(this, offset, length, 'writeZeroes');
-    return this.queue.run(async () => {
-      await this.writable('write');
-      await _eachGranule(offset, length, this.metadata.blockSize, (pos, len) => this.writeInBlock(pos, new Uint8Array(len), true));
-    });
-  }
-
-  /**
    * Made to read as zeroes (vmkit does not give blocks back).
    *
    * @example
@@ -228,12 +126,11 @@ export class VhdxDevice implements ImageDevice {
    * await dev.discard(0, 8 << 20);
    * ```
    */
-  async discard(offset: ByteOffset, length: ByteLength): Promise<void> {
+  override async discard(offset: ByteOffset, length: ByteLength): Promise<void> {
     await this.writeZeroes(offset, length);
   }
 
-
-  private async writeInBlock(pos: number, data: Uint8Array, zeroes: boolean): Promise<void> {
+  protected async writeInGranule(pos: number, data: Uint8Array, zeroes: boolean): Promise<void> {
     const bs = this.metadata.blockSize;
     const b = Math.floor(pos / bs);
     let host = this.blockHost(b);
@@ -258,22 +155,6 @@ export class VhdxDevice implements ImageDevice {
   }
 
   /**
-   * Makes completed writes durable.
-   *
-   * @example
-   * ```ts
-   * await dev.flush();
-   * ```
-   */
-  async flush(): Promise<void> {
-    if (this.readOnly || this.closed) return;
-    await this.queue.run(async () => {
-      await this.guard?.check('flush');
-      await this.storage.flush();
-    });
-  }
-
-  /**
    * Facts for `vmkit disk info` (as `qemu-img info`).
    *
    * @example
@@ -285,10 +166,7 @@ export class VhdxDevice implements ImageDevice {
     let blocks = 0;
     const bs = this.metadata.blockSize;
     for (let b = 0; b * bs < this.size; b++) if (this.blockHost(b) >= 0) blocks++;
-    return {
-      format: 'vhdx',
-      virtualSize: this.size,
-      fileSize: await this.storage.size(),
+    return this.layerInfo({
       clusterSize: bs,
       allocatedBytes: blocks * bs,
       specific: {
@@ -297,19 +175,6 @@ export class VhdxDevice implements ImageDevice {
         leaveBlocksAllocated: this.metadata.leaveBlocksAllocated,
         sequenceNumber: Number(this.header.sequenceNumber),
       },
-    };
-  }
-
-  /**
-   * Flushes (when writable) and closes.
-   *
-   * @example
-   * ```ts
-   * await dev.close();
-   * ```
-   */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    await _closeLayer(() => this.flush(), () => (this.closed = true), this.storage, undefined);
+    });
   }
 }

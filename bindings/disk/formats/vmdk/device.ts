@@ -9,22 +9,14 @@
  */
 import { VmkitError } from '../../../errors.js';
 import { readAt, type Storage } from '../../backends/storage.js';
-import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
+import type { BlockDevice } from '../../device.js';
 import type { WriteGuard } from '../../_guard.js';
 import { isAllZero } from '../../_sectors.js';
-import { _backingStatus, _checkWritable, _closeLayer, _eachGranule, _Queue, _readBacking, _readFresh, _readRuns, _statusRun } from '../_device.js';
-import type { ImageDevice, ImageInfo } from '../types.js';
+import { _readBacking } from '../_device.js';
+import { _MappedLayer, type _MapPiece } from '../_layer.js';
+import type { ImageInfo } from '../types.js';
 import { randomCid, withCid, type VmdkDescriptor } from './descriptor.js';
 import { FLAG_RGD, FLAG_ZERO_GRAIN, geometry, type VmdkGeometry, type VmdkHeader } from './header.js';
-
-/** What one grain holds. @internal */
-interface Piece {
-  kind: 'data' | 'zero' | 'unallocated';
-  /** Host byte offset of `pos` (data only). */
-  host: number;
-  /** Bytes from `pos` to the end of the run this lookup covers (grain, or whole grain table when absent). */
-  len: number;
-}
 
 /** Reads a grain directory or table (little-endian u32 entries). @internal */
 export function decodeU32s(b: Uint8Array, n: number): Uint32Array {
@@ -51,15 +43,8 @@ function u32le(v: number): Uint8Array {
  * await dev.close();
  * ```
  */
-export class VmdkDevice implements ImageDevice {
+export class VmdkDevice extends _MappedLayer {
   readonly format = 'vmdk' as const;
-  readonly alignment = 512;
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly storage: Storage;
-  readonly backing: BlockDevice | undefined;
-  readonly backingFile: string | undefined;
-  readonly backingFormat: string | undefined;
   readonly header: VmdkHeader;
   readonly descriptor: VmdkDescriptor | undefined;
   private cidNow: number | undefined;
@@ -69,10 +54,6 @@ export class VmdkDevice implements ImageDevice {
   private readonly gts = new Map<number, Uint32Array>();
   private readonly metaEnd: number;
   private fileSize: number;
-  private readonly guard: WriteGuard | undefined;
-  private readonly queue = new _Queue();
-  private cidBumped = false;
-  private closed = false;
 
   constructor(
     storage: Storage,
@@ -85,20 +66,15 @@ export class VmdkDevice implements ImageDevice {
     backing: BlockDevice | undefined,
     guard: WriteGuard | undefined,
   ) {
-    this.storage = storage;
+    const hint = descriptor?.parentFileNameHint;
+    super({ storage, size: h.capacity * 512, readOnly, backing, backingFile: hint, backingFormat: hint !== undefined ? 'vmdk' : undefined, granule: geometry(h).grainBytes, guard });
     this.header = h;
     this.descriptor = descriptor;
     this.cidNow = descriptor?.cid;
     this.g = geometry(h);
-    this.size = h.capacity * 512;
     this.gd = gd;
     this.rgd = rgd;
     this.fileSize = fileSize;
-    this.readOnly = readOnly;
-    this.backing = backing;
-    this.backingFile = descriptor?.parentFileNameHint;
-    this.backingFormat = this.backingFile !== undefined ? 'vmdk' : undefined;
-    this.guard = guard;
     // Grains may not start inside the header or the embedded descriptor.
     this.metaEnd = Math.max(512, h.descriptorSize > 0 ? (h.descriptorOffset + h.descriptorSize) * 512 : 512);
   }
@@ -141,7 +117,8 @@ export class VmdkDevice implements ImageDevice {
     return t;
   }
 
-  private async piece(pos: number): Promise<Piece> {
+  /** What the grain at `pos` holds: to its end, or (unallocated, zeroed) to the next entry that differs or the table's end. */
+  protected async piece(pos: number): Promise<_MapPiece> {
     const gb = this.g.grainBytes;
     const grain = Math.floor(pos / gb);
     const n = this.header.numGTEsPerGT;
@@ -165,62 +142,9 @@ export class VmdkDevice implements ImageDevice {
     return { kind: 'data', host: host + (pos - grain * gb), len };
   }
 
-  /**
-   * Reads `length` bytes at `offset` (multiples of 512).
-   *
-   * @example
-   * ```ts
-   * const dev = await openImage('vm.vmdk');
-   * const mbr = await dev.read(0, 512); // falls through to the backing chain where unallocated
-   * ```
-   */
-  read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
-    return _readFresh(this, offset, length);
-  }
-
-  /**
-   * Reads `dst.length` bytes at `offset` into `dst`.
-   *
-   * @example
-   * ```ts
-   * const buf = new Uint8Array(1 << 20);
-   * await dev.readInto(0, buf); // no allocation per read
-   * ```
-   */
-  async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
-    checkRange(this, offset, dst.length, 'read');
-    await _readRuns(this.storage, offset, dst, (pos) => this.piece(pos), (p) => p.kind === 'data', (p, pos, d) => {
-      if (p.kind !== 'zero') return _readBacking(this.backing, pos, d);
-      d.fill(0);
-      return undefined;
-    }, { backing: this.backing, isBacking: (p) => p.kind === 'unallocated' });
-  }
-
-  /**
-   * Status of the run starting at `offset` (at most `length` bytes).
-   *
-   * @example
-   * ```ts
-   * const e = await dev.blockStatus(0, dev.size);
-   * console.log(e.kind, e.length, e.depth); // one run of equal status, as qemu-img map
-   * ```
-   */
-  async blockStatus(offset: ByteOffset, length: ByteLength): Promise<BlockExtent> {
-    const { first, len } = await _statusRun(this, offset, length, (o) => this.piece(o), (a, p, n) => p.kind === a.kind && (p.kind !== 'data' || p.host === a.host + n));
-    if (first.kind === 'unallocated') return _backingStatus(this.backing, offset, len);
-    if (first.kind === 'zero') return { offset, length: len, kind: 'zero', depth: 0 };
-    return { offset, length: len, kind: 'data', depth: 0, hostOffset: first.host };
-  }
-
-  // ---- writes ----
-
-  private async writable(op: 'write' | 'flush' | 'discard'): Promise<void> {
-    _checkWritable(this.storage.name, this.closed, this.readOnly, op);
-    await this.guard?.check(op);
-    if (!this.cidBumped) {
-      await this.bumpCid();
-      this.cidBumped = true;
-    }
+  /** The first change after open gives the descriptor a new CID (see {@link bumpCid}). */
+  protected override beforeFirstWrite(): Promise<void> {
+    return this.bumpCid();
   }
 
   /** A new CID in the descriptor: deltas made against the old content no longer match it. */
@@ -288,57 +212,7 @@ export class VmdkDevice implements ImageDevice {
     t[gti] = value;
   }
 
-  /**
-   * Writes `data` at `offset` (allocating clusters/grains as needed).
-   *
-   * @example
-   * ```ts
-   * await dev.write(1 << 20, new Uint8Array(4096).fill(0xaa));
-   * ```
-   */
-  async write(offset: ByteOffset, data: Uint8Array): Promise<void> {
-    checkRange(this, offset, data.length, 'write');
-    return this.queue.run(async () => {
-      await this.writable('write');
-      await _eachGranule(offset, data.length, this.g.grainBytes, (pos, len, inData) => this.writeInGrain(pos, data.subarray(inData, inData + len), false));
-    });
-  }
-
-  /**
-   * Makes `[offset, offset + length)` read as zeroes.
-   *
-   * @example
-   * ```ts
-   * await dev.writeZeroes(0, 1 << 20); // reads as zeroes afterwards
-   * ```
-   */
-  async writeZeroes(offset: ByteOffset, length: ByteLength): Promise<void> {
-    checkRange(this, offset, length, 'writeZeroes');
-    return this.queue.run(async () => {
-      await this.writable('write');
-      await _eachGranule(offset, length, this.g.grainBytes, (pos, len) => this.writeInGrain(pos, new Uint8Array(len), true));
-    });
-  }
-
-  /**
-   * VMDK has no way to give grains back (QEMU does not discard on VMDK):
-   * the range is made to read as zeroes instead.
-   *
-   * @example
-   * ```ts
-   * await dev.discard(0, 64 << 10); // whole clusters only; the range then reads as zeroes
-   * ```
-   */
-  async discard(offset: ByteOffset, length: ByteLength): Promise<void> {
-    checkRange(this, offset, length, 'discard');
-    return this.queue.run(async () => {
-      await this.writable('discard');
-      await _eachGranule(offset, length, this.g.grainBytes, (pos, len) => this.writeInGrain(pos, new Uint8Array(len), true));
-    });
-  }
-
-
-  private async writeInGrain(pos: number, data: Uint8Array, zeroes: boolean): Promise<void> {
+  protected async writeInGranule(pos: number, data: Uint8Array, zeroes: boolean): Promise<void> {
     const gb = this.g.grainBytes;
     const grain = Math.floor(pos / gb);
     const gStart = grain * gb;
@@ -370,23 +244,6 @@ export class VmdkDevice implements ImageDevice {
   }
 
   /**
-   * Writes back cached metadata and makes completed writes durable.
-   *
-   * @example
-   * ```ts
-   * await dev.write(0, data);
-   * await dev.flush(); // metadata and data durable
-   * ```
-   */
-  async flush(): Promise<void> {
-    if (this.readOnly || this.closed) return;
-    await this.queue.run(async () => {
-      await this.guard?.check('flush');
-      await this.storage.flush();
-    });
-  }
-
-  /**
    * Facts for `vmkit disk info` (as `qemu-img info`).
    *
    * @example
@@ -413,31 +270,6 @@ export class VmdkDevice implements ImageDevice {
     if (d?.createType !== undefined) specific.createType = d.createType;
     if (this.cidNow !== undefined) specific.cid = this.cidNow.toString(16).padStart(8, '0');
     if (d) specific.parentCid = d.parentCid.toString(16).padStart(8, '0');
-    const info: ImageInfo = {
-      format: 'vmdk',
-      virtualSize: this.size,
-      fileSize: await this.storage.size(),
-      clusterSize: this.g.grainBytes,
-      allocatedBytes: grains * this.g.grainBytes,
-      specific,
-    };
-    if (this.backingFile !== undefined) {
-      info.backingFile = this.backingFile;
-      info.backingFormat = 'vmdk';
-    }
-    return info;
-  }
-
-  /**
-   * Flushes (when writable) and closes this layer and its backing chain.
-   *
-   * @example
-   * ```ts
-   * await dev.close(); // flushes when writable, closes the backing chain too
-   * ```
-   */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    await _closeLayer(() => this.flush(), () => (this.closed = true), this.storage, this.backing);
+    return this.layerInfo({ clusterSize: this.g.grainBytes, allocatedBytes: grains * this.g.grainBytes, specific });
   }
 }

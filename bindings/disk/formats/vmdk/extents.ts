@@ -12,7 +12,8 @@
 import { VmkitError } from '../../../errors.js';
 import { readAt, type Storage } from '../../backends/storage.js';
 import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
-import { _backingStatus, _closeLayer, _readBacking, _readFresh } from '../_device.js';
+import { _backingStatus, _readBacking } from '../_device.js';
+import { _ReadOnlyLayer } from '../_layer.js';
 import type { FormatOpenOptions, ImageDevice, ImageInfo } from '../types.js';
 import { parseDescriptor, type VmdkDescriptor } from './descriptor.js';
 
@@ -140,29 +141,17 @@ export async function openExtents(storage: Storage, opts: FormatOpenOptions): Pr
  * const mbr = await dev.read(0, 512);
  * ```
  */
-export class VmdkExtentsDevice implements ImageDevice {
+export class VmdkExtentsDevice extends _ReadOnlyLayer {
   readonly format = 'vmdk' as const;
-  readonly alignment = 512;
-  readonly readOnly = true;
-  readonly size: number;
-  readonly storage: Storage;
-  readonly backing: BlockDevice | undefined;
-  readonly backingFile: string | undefined;
-  readonly backingFormat: string | undefined;
   readonly descriptor: VmdkDescriptor;
   private readonly extents: Extent[];
   private readonly withExtents: boolean;
-  private closed = false;
 
   constructor(storage: Storage, d: VmdkDescriptor, extents: Extent[], size: number, backing: BlockDevice | undefined, withExtents: boolean) {
-    this.storage = storage;
+    super({ storage, size, backing, backingFile: d.parentFileNameHint, backingFormat: d.parentFileNameHint !== undefined ? 'vmdk' : undefined });
     this.descriptor = d;
     this.extents = extents;
-    this.size = size;
-    this.backing = backing;
     this.withExtents = withExtents;
-    this.backingFile = d.parentFileNameHint;
-    this.backingFormat = d.parentFileNameHint !== undefined ? 'vmdk' : undefined;
   }
 
   /** The content ID (a delta made on this disk records it). */
@@ -183,18 +172,6 @@ export class VmdkExtentsDevice implements ImageDevice {
   }
 
   /**
-   * Reads `length` bytes at `offset` (multiples of 512).
-   *
-   * @example
-   * ```ts
-   * const mbr = await dev.read(0, 512);
-   * ```
-   */
-  read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
-    return _readFresh(this, offset, length);
-  }
-
-  /**
    * Reads `dst.length` bytes at `offset` into `dst`, across extents.
    *
    * @example
@@ -204,7 +181,7 @@ export class VmdkExtentsDevice implements ImageDevice {
    */
   async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
     checkRange(this, offset, dst.length, 'read');
-    if (this.closed) throw new VmkitError('INVALID_STATE', `read: ${this.storage.name} is closed`, { path: this.storage.name });
+    this.checkOpen('read');
     let pos = offset;
     const end = offset + dst.length;
     while (pos < end) {
@@ -251,51 +228,9 @@ export class VmdkExtentsDevice implements ImageDevice {
     return { offset, length: st.length, kind: st.kind, depth: 0, ...(st.compressed ? { compressed: true } : {}) };
   }
 
-  private refused(op: string): Promise<never> {
-    return Promise.reject(new VmkitError('UNSUPPORTED', `${op}: ${this.storage.name} is a VMDK with separate extent files, which vmkit reads only`, { path: this.storage.name }));
+  protected refusal(op: string): VmkitError {
+    return new VmkitError('UNSUPPORTED', `${op}: ${this.storage.name} is a VMDK with separate extent files, which vmkit reads only`, { path: this.storage.name });
   }
-  /**
-   * Refused: vmkit reads descriptor-file VMDKs only.
-   *
-   * @example
-   * ```ts
-   * await dev.write(0, data).catch((e) => e.code); // 'UNSUPPORTED'
-   * ```
-   */
-  write(_offset: ByteOffset, _data: Uint8Array): Promise<void> {
-    return this.refused('write');
-  }
-  /**
-   * Refused, as {@link write}.
-   *
-   * @example
-   * ```ts
-   * await dev.writeZeroes(0, 512).catch((e) => e.code); // 'UNSUPPORTED'
-   * ```
-   */
-  writeZeroes(_offset: ByteOffset, _length: ByteLength): Promise<void> {
-    return this.refused('writeZeroes');
-  }
-  /**
-   * Refused, as {@link write}.
-   *
-   * @example
-   * ```ts
-   * await dev.discard(0, 512).catch((e) => e.code); // 'UNSUPPORTED'
-   * ```
-   */
-  discard(_offset: ByteOffset, _length: ByteLength): Promise<void> {
-    return this.refused('discard');
-  }
-  /**
-   * Nothing to flush.
-   *
-   * @example
-   * ```ts
-   * await dev.flush();
-   * ```
-   */
-  async flush(): Promise<void> {}
 
   /**
    * Facts for `vmkit disk info`.
@@ -311,19 +246,9 @@ export class VmdkExtentsDevice implements ImageDevice {
       if (e.kind === 'flat') allocated += e.bytes;
       else if (e.kind === 'sparse' && e.dev) allocated += (await (e.dev as ImageDevice).info()).allocatedBytes;
     }
-    const info: ImageInfo = {
-      format: 'vmdk',
-      virtualSize: this.size,
-      fileSize: await this.storage.size(),
-      allocatedBytes: allocated,
-      specific: { createType: this.descriptor.createType ?? '', extents: this.extents.length },
-    };
-    if (this.descriptor.cid !== undefined) info.specific!.cid = this.descriptor.cid.toString(16).padStart(8, '0');
-    if (this.backingFile !== undefined) {
-      info.backingFile = this.backingFile;
-      info.backingFormat = 'vmdk';
-    }
-    return info;
+    const specific: Record<string, string | number | boolean> = { createType: this.descriptor.createType ?? '', extents: this.extents.length };
+    if (this.descriptor.cid !== undefined) specific.cid = this.descriptor.cid.toString(16).padStart(8, '0');
+    return this.layerInfo({ allocatedBytes: allocated, specific });
   }
 
   /**
@@ -334,9 +259,9 @@ export class VmdkExtentsDevice implements ImageDevice {
    * await dev.close();
    * ```
    */
-  async close(): Promise<void> {
+  override async close(): Promise<void> {
     if (this.closed) return;
     for (const e of this.extents) await e.dev?.close().catch(() => {});
-    await _closeLayer(async () => {}, () => (this.closed = true), this.storage, this.backing);
+    await super.close();
   }
 }

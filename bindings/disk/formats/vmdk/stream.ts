@@ -13,8 +13,9 @@ import { VmkitError } from '../../../errors.js';
 import { readAt, type Storage } from '../../backends/storage.js';
 import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
 import { inflateRaw } from '../../_inflate.js';
-import { _backingStatus, _closeLayer, _readBacking, _readFresh, _readRuns, _statusRun } from '../_device.js';
-import type { ImageDevice, ImageInfo } from '../types.js';
+import { _backingStatus, _readBacking, _readRuns, _statusRun } from '../_device.js';
+import { _ReadOnlyLayer } from '../_layer.js';
+import type { ImageInfo } from '../types.js';
 import type { VmdkDescriptor } from './descriptor.js';
 import { FLAG_ZERO_GRAIN, geometry, parseVmdkHeader, VMDK_HEADER_SIZE, type VmdkGeometry, type VmdkHeader } from './header.js';
 import { decodeU32s } from './device.js';
@@ -75,15 +76,8 @@ export async function streamHeader(storage: Storage, head: Uint8Array, fileSize:
  * const mbr = await dev.read(0, 512);
  * ```
  */
-export class VmdkStreamDevice implements ImageDevice {
+export class VmdkStreamDevice extends _ReadOnlyLayer {
   readonly format = 'vmdk' as const;
-  readonly alignment = 512;
-  readonly readOnly = true;
-  readonly size: number;
-  readonly storage: Storage;
-  readonly backing: BlockDevice | undefined;
-  readonly backingFile: string | undefined;
-  readonly backingFormat: string | undefined;
   readonly header: VmdkHeader;
   readonly descriptor: VmdkDescriptor | undefined;
   private readonly g: VmdkGeometry;
@@ -91,19 +85,15 @@ export class VmdkStreamDevice implements ImageDevice {
   private readonly gts = new Map<number, Uint32Array>();
   private readonly grains = new Map<number, Promise<Uint8Array>>();
   private readonly fileSize: number;
-  private closed = false;
 
   constructor(storage: Storage, h: VmdkHeader, descriptor: VmdkDescriptor | undefined, gd: Uint32Array, fileSize: number, backing: BlockDevice | undefined) {
-    this.storage = storage;
+    const hint = descriptor?.parentFileNameHint;
+    super({ storage, size: h.capacity * 512, backing, backingFile: hint, backingFormat: hint !== undefined ? 'vmdk' : undefined });
     this.header = h;
     this.descriptor = descriptor;
     this.g = geometry(h);
-    this.size = h.capacity * 512;
     this.gd = gd;
     this.fileSize = fileSize;
-    this.backing = backing;
-    this.backingFile = descriptor?.parentFileNameHint;
-    this.backingFormat = this.backingFile !== undefined ? 'vmdk' : undefined;
   }
 
   /** The content ID (a stream is never written in place, so it does not change). */
@@ -191,18 +181,6 @@ export class VmdkStreamDevice implements ImageDevice {
   }
 
   /**
-   * Reads `length` bytes at `offset` (multiples of 512).
-   *
-   * @example
-   * ```ts
-   * const mbr = await dev.read(0, 512);
-   * ```
-   */
-  read(offset: ByteOffset, length: ByteLength): Promise<Uint8Array> {
-    return _readFresh(this, offset, length);
-  }
-
-  /**
    * Reads `dst.length` bytes at `offset` into `dst`, inflating grains.
    *
    * @example
@@ -212,7 +190,7 @@ export class VmdkStreamDevice implements ImageDevice {
    */
   async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
     checkRange(this, offset, dst.length, 'read');
-    if (this.closed) throw new VmkitError('INVALID_STATE', `read: ${this.storage.name} is closed`, { path: this.storage.name });
+    this.checkOpen('read');
     const gb = this.g.grainBytes;
     await _readRuns(this.storage, offset, dst, (pos) => this.piece(pos), () => false, async (p, pos, d) => {
       if (p.kind === 'unallocated') return _readBacking(this.backing, pos, d);
@@ -243,51 +221,10 @@ export class VmdkStreamDevice implements ImageDevice {
     return { offset, length: len, kind: 'data', depth: 0, compressed: true };
   }
 
-  /**
-   * Refused: a stream is not written in place.
-   *
-   * @example
-   * ```ts
-   * await dev.write(0, data).catch((e) => e.code); // 'UNSUPPORTED'
-   * ```
-   */
-  write(_offset: ByteOffset, _data: Uint8Array): Promise<void> {
-    return Promise.reject(this.readOnlyError('write'));
-  }
-  /**
-   * Refused, as {@link write}.
-   *
-   * @example
-   * ```ts
-   * await dev.writeZeroes(0, 512).catch((e) => e.code); // 'UNSUPPORTED'
-   * ```
-   */
-  writeZeroes(_offset: ByteOffset, _length: ByteLength): Promise<void> {
-    return Promise.reject(this.readOnlyError('writeZeroes'));
-  }
-  /**
-   * Refused, as {@link write}.
-   *
-   * @example
-   * ```ts
-   * await dev.discard(0, 512).catch((e) => e.code); // 'UNSUPPORTED'
-   * ```
-   */
-  discard(_offset: ByteOffset, _length: ByteLength): Promise<void> {
-    return Promise.reject(this.readOnlyError('discard'));
-  }
-  private readOnlyError(op: string): VmkitError {
+  /** A stream is written once, front to back: not in place. */
+  protected refusal(op: string): VmkitError {
     return new VmkitError('UNSUPPORTED', `${op}: ${this.storage.name} is a streamOptimized VMDK, which is written once front to back (convert it to write)`, { offset: 8, path: this.storage.name });
   }
-  /**
-   * Nothing to flush.
-   *
-   * @example
-   * ```ts
-   * await dev.flush();
-   * ```
-   */
-  async flush(): Promise<void> {}
 
   /**
    * Facts for `vmkit disk info`.
@@ -303,32 +240,14 @@ export class VmdkStreamDevice implements ImageDevice {
       const t = await this.gt(i);
       if (t) for (const e of t) if (e > 1) grains++;
     }
-    const info: ImageInfo = {
-      format: 'vmdk',
-      virtualSize: this.size,
-      fileSize: this.fileSize,
-      clusterSize: this.g.grainBytes,
-      allocatedBytes: grains * this.g.grainBytes,
-      specific: { version: this.header.version, createType: this.descriptor?.createType ?? 'streamOptimized', compressed: true },
-    };
-    if (this.backingFile !== undefined) {
-      info.backingFile = this.backingFile;
-      info.backingFormat = 'vmdk';
-    }
-    return info;
-  }
-
-  /**
-   * Closes this layer and its parent.
-   *
-   * @example
-   * ```ts
-   * await dev.close();
-   * ```
-   */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    await _closeLayer(async () => {}, () => (this.closed = true), this.storage, this.backing);
+    return this.layerInfo(
+      {
+        clusterSize: this.g.grainBytes,
+        allocatedBytes: grains * this.g.grainBytes,
+        specific: { version: this.header.version, createType: this.descriptor?.createType ?? 'streamOptimized', compressed: true },
+      },
+      this.fileSize,
+    );
   }
 }
 
