@@ -1,5 +1,5 @@
 /**
- * `vmkit attest request --installed`: a whole Debian-family machine's
+ * `vmkit attest request --installed`: a whole Debian-family (or RPM-based) machine's
  * installed packages and the SHA-256 of their files (installed.ts), attested
  * in bounded parts (`POST /attest/installed`, docs/attest-service.md
  * "Whole machine"), with a summary per category and every non-affirmed file.
@@ -32,7 +32,7 @@ export async function requestInstalled(server: string, values: Values, io: CliIO
   });
   if (tty) process.stderr.write('\n');
   const collectMs = performance.now() - t0;
-  if (installed.packages.length === 0) throw new VmkitError('NOT_FOUND', `${root}: no installed packages in the dpkg database`);
+  if (installed.packages.length === 0) throw new VmkitError('NOT_FOUND', `${root}: no installed packages in its package database (dpkg or rpm)`);
   const partBytes = values['part-bytes'] === undefined ? undefined : Number(values['part-bytes']);
   const r: InstalledResult = await attestInstalled({
     serviceUrl: server,

@@ -1,0 +1,207 @@
+// Whole-machine attestation of an RPM-based root (issue 22): packages built here with
+// rpmbuild (a %config file, a program, a %ghost file, a symlink; an epoch), served from a
+// signed repository made by createrepo_c and gpg with the fixture repository's own package
+// beside them, installed into a temporary root by rpm itself (`rpm --root -i --nodeps
+// --noscripts`), changed in known ways, collected from rpm's database
+// and attested through the service with file digests read from each .rpm's header.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { appendFileSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { join, relative } from 'node:path';
+import { needTool } from './_tools.js';
+import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
+import { attestInstalled, openSource, readKeyring } from '../bindings/attest/index.js';
+import { AttestService, SourceSet, collectInstalled } from '../bindings/attest/service/index.js';
+import { createVerifier } from '../bindings/attest/service/verifier.js';
+import { RpmSource } from '../bindings/attest/sources/rpm.js';
+import { _rpmHeaderDigest, parseRpmdbExport, rpmFileDigests } from '../bindings/attest/_rpm.js';
+
+const tools = ['rpmbuild:rpm', 'rpmdb:rpm', 'createrepo_c:createrepo-c', 'gpg:gnupg'];
+const ready = tools.every((t) => needTool(t.split(':')[0]!, t.split(':')[1]!));
+
+const SPEC = (name: string, epoch: string, version: string): string => `Name: ${name}
+${epoch ? `Epoch: ${epoch}\n` : ''}Version: ${version}
+Release: 1
+Summary: vmkit machine fixture
+License: MIT
+BuildArch: noarch
+%description
+A package for vmkit's whole-machine specs.
+%install
+mkdir -p %{buildroot}/usr/bin %{buildroot}/etc %{buildroot}/usr/share/${name} %{buildroot}/var/log
+printf '#!/bin/sh\\necho ${name} ${version}\\n' >%{buildroot}/usr/bin/${name}
+chmod 755 %{buildroot}/usr/bin/${name}
+printf 'setting=1\\n' >%{buildroot}/etc/${name}.conf
+printf 'notes of ${name}\\n' >%{buildroot}/usr/share/${name}/NOTES
+ln -s ${name} %{buildroot}/usr/bin/${name}-link
+%files
+/usr/bin/${name}
+/usr/bin/${name}-link
+%config(noreplace) /etc/${name}.conf
+/usr/share/${name}
+%ghost /var/log/${name}.log
+`;
+
+/** Regular, non-ghost files of an .rpm and whether each is %config, by rpm itself (`--dump`). */
+function rpmDump(rpm: string): Map<string, boolean> {
+  const out = new Map<string, boolean>();
+  for (const l of execFileSync('rpm', ['-qp', '--noghost', '--dump', rpm], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split('\n')) {
+    const f = l.split(' ');
+    if (f.length >= 9 && f[4]!.startsWith('0100')) out.set(f[0]!, f[7] === '1');
+  }
+  return out;
+}
+
+describe.skipIf(!ready)('attesting a whole RPM machine', () => {
+  let srv: FixtureServer;
+  let tmp: string;
+  let root: string;
+  let gnupg: string;
+  const rpms: Record<string, string> = {};
+  beforeAll(async () => {
+    buildFixtures();
+    tmp = mkdtempSync(join(tmpdir(), 'vmkit-machine-rpm-'));
+    const rb = join(tmp, 'rpmbuild');
+    mkdirSync(join(rb, 'SPECS'), { recursive: true });
+    for (const [name, epoch, version] of [['vmkit-machine-tool', '1', '2.0'], ['vmkit-machine-local', '', '3.0']] as const) {
+      const spec = join(rb, 'SPECS', `${name}.spec`);
+      writeFileSync(spec, SPEC(name, epoch, version));
+      execFileSync('rpmbuild', ['--quiet', '--define', `_topdir ${rb}`, '-bb', spec], { stdio: ['ignore', 'ignore', 'pipe'] });
+      rpms[name] = join(rb, 'RPMS/noarch', `${name}-${version}-1.noarch.rpm`);
+    }
+    rpms['vmkit-fixture'] = join(FIXTURES, 'rpm', 'vmkit-fixture-1.0-1.noarch.rpm');
+    // A throwaway signing key; its agent is stopped in afterAll.
+    gnupg = join(tmp, 'gnupg');
+    mkdirSync(gnupg, { mode: 0o700 });
+    const gpg = (...a: string[]) => execFileSync('gpg', ['--homedir', gnupg, '--batch', '--quiet', ...a], { stdio: ['ignore', 'pipe', 'ignore'] });
+    gpg('--passphrase', '', '--quick-gen-key', 'vmkit rpm machine <rpm@vmkit.invalid>', 'ed25519', 'sign', 'never');
+    writeFileSync(join(tmp, 'keyring.gpg'), gpg('--export'));
+    // The repository: the tool and the fixture repository's package, not the local build.
+    const repo = (dir: string, files: string[]) => {
+      mkdirSync(dir, { recursive: true });
+      for (const f of files) copyFileSync(f, join(dir, f.slice(f.lastIndexOf('/') + 1)));
+      execFileSync('createrepo_c', ['--quiet', dir], { stdio: 'ignore' });
+      gpg('--armor', '--detach-sign', '-o', join(dir, 'repodata/repomd.xml.asc'), join(dir, 'repodata/repomd.xml'));
+    };
+    repo(join(tmp, 'repo'), [rpms['vmkit-machine-tool']!, rpms['vmkit-fixture']!]);
+    // A repository whose .rpm had a file digest in its header changed after it was built: its
+    // primary.xml (made after) carries the changed package's checksum, the header's own digest does not.
+    const bad = readFileSync(rpms['vmkit-machine-tool']!);
+    const want = rpmFileDigests(bad).get('/usr/bin/vmkit-machine-tool')!.hex;
+    const at = bad.indexOf(Buffer.from(want));
+    expect(at).toBeGreaterThan(0);
+    bad[at] = want[0] === '0' ? 0x31 : 0x30;
+    mkdirSync(join(tmp, 'bad-src'));
+    writeFileSync(join(tmp, 'bad-src', 'vmkit-machine-tool-2.0-1.noarch.rpm'), bad);
+    repo(join(tmp, 'repo-bad'), [join(tmp, 'bad-src', 'vmkit-machine-tool-2.0-1.noarch.rpm')]);
+    srv = await startServer();
+    const serve = (dir: string, prefix: string) => {
+      const walk = (d: string): string[] => readdirSync(d, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(d, e.name)) : [join(d, e.name)]));
+      for (const f of walk(dir)) srv.overrides.set(`${prefix}/${relative(dir, f)}`, () => readFileSync(f));
+    };
+    serve(join(tmp, 'repo'), '/machine-rpm');
+    serve(join(tmp, 'repo-bad'), '/machine-rpm-bad');
+    // The machine: all three installed by rpm into a fresh database.
+    root = join(tmp, 'root');
+    mkdirSync(root);
+    const rpmIn = (...a: string[]) => execFileSync('rpm', ['--root', root, '--dbpath', '/var/lib/rpm', ...a], { stdio: ['ignore', 'ignore', 'pipe'] });
+    rpmIn('--initdb');
+    rpmIn('-i', '--nodeps', '--noscripts', '--nosignature', rpms['vmkit-machine-tool']!, rpms['vmkit-machine-local']!, rpms['vmkit-fixture']!);
+    // The changes the verdicts must find.
+    appendFileSync(join(root, 'etc/vmkit-machine-tool.conf'), 'setting=2\n'); // %config
+    appendFileSync(join(root, 'usr/bin/vmkit-machine-tool'), 'echo changed\n'); // program
+    writeFileSync(join(root, 'usr/bin/intruder'), '#!/bin/sh\necho hi\n'); // unowned
+    mkdirSync(join(root, 'var/log'), { recursive: true });
+    writeFileSync(join(root, 'var/log/vmkit-machine-tool.log'), 'a ghost file exists now\n'); // %ghost: not attested
+  }, 180_000);
+  afterAll(async () => {
+    await srv?.close();
+    if (gnupg) execFileSync('gpgconf', ['--homedir', gnupg, '--kill', 'all'], { stdio: 'ignore' });
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  });
+
+  async function service(cacheDir: string): Promise<{ svc: AttestService; url: string; jwks: object }> {
+    const ring = await readKeyring(readFileSync(join(tmp, 'keyring.gpg')));
+    const sources = new SourceSet([openSource(`rpm ${srv.url}/machine-rpm`, { keyring: ring })]);
+    await sources.refreshAll({ requireAll: true });
+    const verifier = await createVerifier();
+    const svc = new AttestService({ sources, verifier, workers: 0, installed: { cacheDir } });
+    return { svc, url: await svc.listen(0), jwks: await verifier.jwks() };
+  }
+
+  it('reads rpm database exports: each installed header with its files, modes, flags and states', () => {
+    const pkgs = parseRpmdbExport(execFileSync('rpmdb', ['--root', root, '--dbpath', '/var/lib/rpm', '--exportdb']));
+    const q = execFileSync('rpm', ['--root', root, '--dbpath', '/var/lib/rpm', '-qa', '--qf', '%{NAME} %{EPOCHNUM}:%{VERSION}-%{RELEASE} %{ARCH}\n'], { encoding: 'utf8' });
+    expect(pkgs.map((p) => `${p.name} ${p.version.includes(':') ? p.version : `0:${p.version}`} ${p.arch}`).sort()).toEqual(q.trim().split('\n').sort());
+    const tool = pkgs.find((p) => p.name === 'vmkit-machine-tool')!;
+    expect(tool.version).toBe('1:2.0-1');
+    const byPath = new Map(tool.files.map((f) => [f.path, f]));
+    expect(byPath.get('/var/log/vmkit-machine-tool.log')!.flags & 64).toBe(64);
+    expect(byPath.get('/etc/vmkit-machine-tool.conf')!.flags & 1).toBe(1);
+    expect(byPath.get('/usr/bin/vmkit-machine-tool-link')!.mode & 0o170000).toBe(0o120000);
+  });
+
+  it('binds the header: the signature header digest covers it; a changed header is refused', async () => {
+    for (const f of Object.values(rpms)) {
+      const b = readFileSync(f);
+      const d = _rpmHeaderDigest(b);
+      expect(createHash(d.alg).update(b.subarray(d.start, d.end)).digest('hex')).toBe(d.hex);
+    }
+    const ring = await readKeyring(readFileSync(join(tmp, 'keyring.gpg')));
+    const src = new RpmSource(`rpm ${srv.url}/machine-rpm-bad`, { keyring: ring });
+    await src.refresh(); // primary.xml signed and consistent with the changed .rpm
+    await expect(src.fileDigests(src.lookupPackage('vmkit-machine-tool')[0]!)).rejects.toMatchObject({ code: 'INTEGRITY' });
+    src.close();
+  });
+
+  it('collects installed packages from rpm: %config files as conffiles, no %ghost, no symlinks', async () => {
+    const ev = await collectInstalled({ root, unownedUnder: ['/usr/bin', '/etc'] });
+    expect(ev.packages.map((p) => `${p.name} ${p.version} ${p.architecture}`).sort()).toEqual(['vmkit-fixture 1.0-1 noarch', 'vmkit-machine-local 3.0-1 noarch', 'vmkit-machine-tool 1:2.0-1 noarch']);
+    for (const p of ev.packages) {
+      const want = rpmDump(rpms[p.name]!);
+      expect(p.files.map((f) => f.path).sort()).toEqual([...want.keys()].sort());
+      for (const f of p.files) {
+        expect(f.conffile === true).toBe(want.get(f.path));
+        expect(f.sha256).toBe(createHash('sha256').update(readFileSync(join(root, f.path))).digest('hex'));
+      }
+    }
+    expect(ev.unowned.map((u) => u.path)).toEqual(['/usr/bin/intruder']);
+    await expect(collectInstalled({ root, format: 'dpkg' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+  });
+
+  it('gives each file a verdict against the signed repository, and answers from the cache after a restart', async () => {
+    const cacheDir = join(tmp, 'cache');
+    const ev = await collectInstalled({ root, unownedUnder: ['/usr/bin', '/etc'] });
+    const rpmHits = () => [...srv.hits].filter(([p]) => p.endsWith('.rpm')).reduce((n, [, c]) => n + c, 0);
+    const { svc, url, jwks } = await service(cacheDir);
+    let first;
+    try {
+      first = await attestInstalled({ serviceUrl: url, installed: ev, jwks: jwks as never });
+      expect(first.status).toBe('contraindicated');
+      const byReason = (reason: string) => first!.items.filter((i) => i.reason === reason).map((i) => [i.kind, i.path ?? null, i.name ?? null, i.version ?? null, i.status]);
+      expect(byReason('digest-mismatch')).toEqual([['file', '/usr/bin/vmkit-machine-tool', 'vmkit-machine-tool', '1:2.0-1', 'contraindicated']]);
+      expect(byReason('modified-conffile')).toEqual([['file', '/etc/vmkit-machine-tool.conf', 'vmkit-machine-tool', '1:2.0-1', 'warning']]);
+      expect(byReason('unowned')).toEqual([['file', '/usr/bin/intruder', null, null, 'warning']]);
+      expect(byReason('version-not-in-sources')).toEqual([['package', null, 'vmkit-machine-local', '3.0-1', 'warning']]);
+      const tool = rpmDump(rpms['vmkit-machine-tool']!).size;
+      const fixture = rpmDump(rpms['vmkit-fixture']!).size;
+      expect(first.categories).toMatchObject({ affirmed: tool + fixture - 2, 'digest-mismatch': 1, 'modified-conffile': 1, unowned: 1, 'version-not-in-sources': rpmDump(rpms['vmkit-machine-local']!).size, 'not-fetched': 0, 'not-in-package': 0, missing: 0 });
+      expect(first.items.find((i) => i.kind === 'package' && i.name === 'vmkit-fixture')!.matches[0]!.repository).toBe(`rpm ${srv.url}/machine-rpm`);
+      expect(svc.files.counts.fetched).toBe(2);
+    } finally {
+      await svc.close();
+    }
+    const before = rpmHits();
+    const s2 = await service(cacheDir);
+    try {
+      const again = await attestInstalled({ serviceUrl: s2.url, installed: ev, jwks: s2.jwks as never });
+      expect(again.categories).toEqual(first.categories);
+      expect(s2.svc.files.counts.fetched).toBe(0);
+      expect(rpmHits()).toBe(before);
+    } finally {
+      await s2.svc.close();
+    }
+  }, 120_000);
+});
