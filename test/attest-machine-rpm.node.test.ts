@@ -18,6 +18,19 @@ import { createVerifier } from '../bindings/attest/service/verifier.js';
 import { RpmSource } from '../bindings/attest/sources/rpm.js';
 import { _rpmHeaderDigest, parseRpmdbExport, rpmFileDigests } from '../bindings/attest/_rpm.js';
 
+/** One ima-ng entry as the kernel logs it: template data, its SHA-1 template hash, the ascii line. */
+function imaNg(alg: 'sha1' | 'sha256', digest: Buffer, path: string): { data: Buffer; line: string } {
+  const u32 = (n: number) => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(n);
+    return b;
+  };
+  const d = Buffer.concat([Buffer.from(`${alg}:\0`), digest]);
+  const p = Buffer.from(path);
+  const data = Buffer.concat([u32(d.length), d, u32(p.length + 1), p, Buffer.from([0])]);
+  return { data, line: `10 ${createHash('sha1').update(data).digest('hex')} ima-ng ${alg}:${digest.toString('hex')} ${path}\n` };
+}
+
 const tools = ['rpmbuild:rpm', 'rpmdb:rpm', 'createrepo_c:createrepo-c', 'gpg:gnupg'];
 const ready = tools.every((t) => needTool(t.split(':')[0]!, t.split(':')[1]!));
 
@@ -202,6 +215,50 @@ describe.skipIf(!ready)('attesting a whole RPM machine', () => {
       expect(rpmHits()).toBe(before);
     } finally {
       await s2.svc.close();
+    }
+  }, 120_000);
+
+  it('appraises the IMA log against the same package file digests, PCR 10 replayed', async () => {
+    const ev = await collectInstalled({ root });
+    const file = (p: string, alg: 'sha1' | 'sha256' = 'sha256') => createHash(alg).update(readFileSync(join(root, p))).digest();
+    const entries = [
+      imaNg('sha256', Buffer.alloc(32, 7), 'boot_aggregate'),
+      imaNg('sha256', file('/usr/share/vmkit-fixture/hello.txt'), '/usr/share/vmkit-fixture/hello.txt'),
+      imaNg('sha256', file('/usr/bin/vmkit-machine-tool'), '/usr/bin/vmkit-machine-tool'),
+      imaNg('sha256', file('/etc/vmkit-machine-tool.conf'), '/etc/vmkit-machine-tool.conf'),
+      imaNg('sha256', file('/usr/bin/intruder'), '/usr/bin/intruder'),
+      imaNg('sha256', file('/usr/bin/vmkit-machine-local'), '/usr/bin/vmkit-machine-local'),
+      imaNg('sha1', file('/usr/share/vmkit-machine-tool/NOTES', 'sha1'), '/usr/share/vmkit-machine-tool/NOTES'),
+    ];
+    const log = entries.map((e) => e.line).join('');
+    // PCR 10 (SHA-1 bank) as the kernel extends it: pcr = sha1(pcr || sha1(template data)).
+    let pcr = Buffer.alloc(20);
+    for (const e of entries) pcr = createHash('sha1').update(pcr).update(createHash('sha1').update(e.data).digest()).digest();
+    const { svc, url, jwks } = await service(join(tmp, 'cache-ima'));
+    try {
+      const r = await attestInstalled({ serviceUrl: url, installed: ev, jwks: jwks as never, ima: { log, pcr10: { bank: 'sha1', hex: pcr.toString('hex') } } });
+      expect(r.ima!.pcr10).toMatchObject({ bank: 'sha1', match: true });
+      expect(r.ima!.categories).toEqual({ affirmed: 1, 'digest-mismatch': 1, 'modified-conffile': 1, unowned: 1, 'version-not-in-sources': 1, 'digest-unverifiable': 1, 'not-a-file': 1, 'not-in-package': 0, 'not-fetched': 0, 'unowned-ignored': 0 });
+      expect(r.ima!.status).toBe('contraindicated');
+      const reasons = Object.fromEntries(r.ima!.items.map((i) => [i.path, [i.reason, i.status, i.line]]));
+      expect(reasons['/usr/bin/vmkit-machine-tool']).toEqual(['digest-mismatch', 'contraindicated', 3]);
+      expect(reasons['/etc/vmkit-machine-tool.conf']).toEqual(['modified-conffile', 'warning', 4]);
+      expect(reasons['/usr/bin/vmkit-machine-local']).toEqual(['version-not-in-sources', 'warning', 6]);
+      expect(r.tokens.length).toBe(2); // the evidence, then the log
+      // A log that does not replay to the quoted PCR 10 is a failure whatever its files say.
+      const clean = entries.slice(0, 2).map((e) => e.line).join('');
+      const bad = await attestInstalled({ serviceUrl: url, installed: ev, jwks: jwks as never, ima: { log: clean, pcr10: { bank: 'sha1', hex: pcr.toString('hex') } } });
+      expect(bad.ima!.categories!.affirmed).toBe(1);
+      expect(bad.ima!.pcr10!.match).toBe(false);
+      expect(bad.ima!.status).toBe('contraindicated');
+      expect(bad.ima!.failures!.map((f) => f.id)).toContain('ima.pcr_mismatch');
+      // Hostile IMA fields are refused with stable codes.
+      const { nonce } = (await (await fetch(`${url}/nonce`, { method: 'POST' })).json()) as { nonce: string };
+      const res = await fetch(`${url}/attest/installed`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ nonce, installed: { packages: [] }, ima: { log: 3 } }) });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: { code: string } }).error.code).toBe('ARG_TYPE');
+    } finally {
+      await svc.close();
     }
   }, 120_000);
 });
