@@ -175,7 +175,10 @@ export interface RpmdbPackage {
   files: { path: string; mode: number; flags: number; state: number }[];
 }
 
-/** FILEFLAGS bits: a `%config` file, a `%ghost` file (listed, never shipped). */
+/**
+ * FILEFLAGS bits: a `%config` file, a `%ghost` file (listed, never shipped).
+ * @example `const conffile = (f.flags & RPMFILE_CONFIG) !== 0;`
+ */
 export const RPMFILE_CONFIG = 1, RPMFILE_GHOST = 64;
 
 /**
