@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appendFileSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { join, relative } from 'node:path';
 import { needTool } from './_tools.js';
@@ -259,6 +259,51 @@ describe.skipIf(!ready)('attesting a whole RPM machine', () => {
       expect(((await res.json()) as { error: { code: string } }).error.code).toBe('ARG_TYPE');
     } finally {
       await svc.close();
+    }
+  }, 120_000);
+
+  it('the CLI: request --installed on an RPM root with --ima and --pcr10', async () => {
+    const bin = join(process.cwd(), 'dist/bin/vmkit.js');
+    const hello = createHash('sha256').update(readFileSync(join(root, 'usr/share/vmkit-fixture/hello.txt'))).digest();
+    const tool = createHash('sha256').update(readFileSync(join(root, 'usr/bin/vmkit-machine-tool'))).digest();
+    const entries = [imaNg('sha256', hello, '/usr/share/vmkit-fixture/hello.txt'), imaNg('sha256', tool, '/usr/bin/vmkit-machine-tool')];
+    writeFileSync(join(tmp, 'ima.log'), entries.map((e) => e.line).join(''));
+    let pcr = Buffer.alloc(20);
+    for (const e of entries) pcr = createHash('sha1').update(pcr).update(createHash('sha1').update(e.data).digest()).digest();
+    const srv2 = spawn(process.execPath, [bin, 'attest', 'serve', '--repo', `rpm ${srv.url}/machine-rpm`, '--keyring', join(tmp, 'keyring.gpg'), '--port', '0', '--json', '--cache-dir', join(tmp, 'cli-cache')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let out = '';
+      const url = await new Promise<string>((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`serve did not start: ${out}`)), 30_000);
+        srv2.stdout.on('data', (c: Buffer) => {
+          out += c.toString();
+          try {
+            resolve((JSON.parse(out) as { listening: string }).listening);
+            clearTimeout(t);
+          } catch {
+            // not the whole document yet
+          }
+        });
+        srv2.on('exit', (code) => reject(new Error(`serve exited ${code}`)));
+      });
+      const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+        const p = spawn(process.execPath, [bin, 'attest', 'request', '--server', url, '--installed', '--root', root, '--ima', join(tmp, 'ima.log'), '--pcr10', `sha1:${pcr.toString('hex')}`, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
+        let stdout = '';
+        let stderr = '';
+        p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+        p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+        p.on('close', (code) => resolve({ code, stdout, stderr }));
+      });
+      expect(r.code, r.stderr).toBe(1);
+      const doc = JSON.parse(r.stdout) as { status: string; packages: number; categories: Record<string, number>; ima: { status: string; categories: Record<string, number>; pcr10: { match: boolean }; items: { path: string; reason: string }[] } };
+      expect(doc.status).toBe('contraindicated');
+      expect(doc.packages).toBe(3);
+      expect(doc.categories).toMatchObject({ 'digest-mismatch': 1, 'modified-conffile': 1, 'version-not-in-sources': rpmDump(rpms['vmkit-machine-local']!).size });
+      expect(doc.ima.pcr10.match).toBe(true);
+      expect(doc.ima.categories).toMatchObject({ affirmed: 1, 'digest-mismatch': 1 });
+      expect(doc.ima.items.map((i) => [i.path, i.reason])).toEqual([['/usr/bin/vmkit-machine-tool', 'digest-mismatch']]);
+    } finally {
+      srv2.kill('SIGTERM');
     }
   }, 120_000);
 });
