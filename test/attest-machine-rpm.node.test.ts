@@ -13,7 +13,7 @@ import { join, relative } from 'node:path';
 import { needTool } from './_tools.js';
 import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
 import { attestInstalled, openSource, readKeyring } from '../bindings/attest/index.js';
-import { AttestService, SourceSet, collectInstalled } from '../bindings/attest/service/index.js';
+import { AttestService, OnDemandFiles, SourceSet, appraiseInstalled, collectInstalled } from '../bindings/attest/service/index.js';
 import { createVerifier } from '../bindings/attest/service/verifier.js';
 import { RpmSource } from '../bindings/attest/sources/rpm.js';
 import { _rpmHeaderDigest, parseRpmdbExport, rpmFileDigests } from '../bindings/attest/_rpm.js';
@@ -66,6 +66,27 @@ function rpmDump(rpm: string): Map<string, boolean> {
   }
   return out;
 }
+
+describe('file digests that are not SHA-256', () => {
+  it('an old .rpm with MD5 file digests is not-fetched (UNSUPPORTED), never compared nor cached', async () => {
+    const entry = { provenance: { repository: 'rpm http://x/old', package: 'old', version: '1-1', architecture: 'noarch' }, digests: [{ alg: 'sha256' as const, hex: 'c'.repeat(64) }] };
+    const index = {
+      lookupPackage: (name: string) => (name === 'old' ? [entry] : []),
+      fileDigests: async () => new Map([['/usr/bin/old', { alg: 'md5' as const, hex: 'd'.repeat(32) }]]),
+    };
+    const cacheDir = mkdtempSync(join(tmpdir(), 'vmkit-md5-'));
+    try {
+      const files = new OnDemandFiles(index, { cacheDir });
+      const sub = await appraiseInstalled(index, files, { packages: [{ name: 'old', version: '1-1', architecture: 'noarch', files: [{ path: '/usr/bin/old', sha256: 'e'.repeat(64) }] }], unowned: [] });
+      expect(sub.categories).toMatchObject({ 'not-fetched': 1, 'digest-mismatch': 0, affirmed: 0 });
+      expect(sub.items[0]).toMatchObject({ kind: 'package', reason: 'not-fetched', name: 'old' });
+      expect(sub.items[0]!.path).toMatch(/^UNSUPPORTED: .*md5 file digests/);
+      expect(readdirSync(cacheDir)).toEqual([]);
+    } finally {
+      rmSync(cacheDir, { recursive: true, force: true });
+    }
+  });
+});
 
 describe.skipIf(!ready)('attesting a whole RPM machine', () => {
   let srv: FixtureServer;
