@@ -1,5 +1,5 @@
 // Fuzzing the repository parsers: Packages, Release, deb822, repomd.xml,
-// primary.xml, filelists-ext.xml, ar, tar, .deb, SRI integrity, APT lines, APKINDEX and the decompressors.
+// primary.xml, filelists-ext.xml, ar, tar, .deb, rpm headers (.rpm, rpmdb --exportdb), SRI integrity, APT lines, APKINDEX and the decompressors.
 // Malformed input must end in a VmkitError (or a clean result), never another
 // exception, a hang or unbounded memory. Seeds are valid documents of each
 // format, mutated by flips, cuts and insertions, plus arbitrary input.
@@ -8,6 +8,7 @@ import fc from 'fast-check';
 import { parsePackages, parseRelease, parseDeb822, PackagesParser, type PackagesRecord } from '../bindings/attest/sources/deb822.js';
 import { parseRepomd, primaryParser, filelistsExtParser } from '../bindings/attest/sources/rpm.js';
 import { readAr, readTar, debFileDigests } from '../bindings/attest/_deb.js';
+import { _rpmHeaderDigest, parseRpmdbExport, rpmFileDigests } from '../bindings/attest/_rpm.js';
 import { parseIntegrity } from '../bindings/attest/sources/npm.js';
 import { parseAptLine } from '../bindings/attest/sources/apt.js';
 import { parseApkIndex, verifyApkIndex } from '../bindings/attest/sources/apk.js';
@@ -99,6 +100,40 @@ async function gzip(b: Uint8Array): Promise<Uint8Array> {
   return new Uint8Array(await new Response(new Blob([b as Uint8Array<ArrayBuffer>]).stream().pipeThrough(new CompressionStream('gzip'))).arrayBuffer());
 }
 
+/** An rpm header structure (magic, index, store) of [tag, type, value] entries, as rpm lays it out. */
+function rpmHeader(entries: [number, number, string | string[] | number[]][]): Uint8Array {
+  const store: number[] = [];
+  const index: number[][] = [];
+  for (const [tag, type, v] of entries) {
+    const align = type === 3 ? 2 : type === 4 ? 4 : 1;
+    while (store.length % align) store.push(0);
+    const at = store.length;
+    if (type === 6 || type === 8) for (const x of (Array.isArray(v) ? v : [v]) as string[]) store.push(...enc.encode(x), 0);
+    else for (const n of v as number[]) for (let k = align - 1; k >= 0; k--) store.push((n >>> (8 * k)) & 0xff);
+    index.push([tag, type, at, type === 6 ? 1 : (v as unknown[]).length]);
+  }
+  const out = new Uint8Array(16 + index.length * 16 + store.length);
+  const dv = new DataView(out.buffer);
+  out.set([0x8e, 0xad, 0xe8, 0x01]);
+  dv.setUint32(8, index.length);
+  dv.setUint32(12, store.length);
+  index.forEach((e, i) => e.forEach((x, j) => dv.setUint32(16 + i * 16 + j * 4, x)));
+  out.set(store, 16 + index.length * 16);
+  return out;
+}
+const RPM_MAIN = rpmHeader([
+  [1000, 6, 'tool'], [1001, 6, '2.0'], [1002, 6, '1'], [1003, 4, [1]], [1022, 6, 'noarch'],
+  [1029, 1, [0, 0, 0]], [1030, 3, [0o100755, 0o100644, 0o100644]], [1035, 8, [SHA, 'b'.repeat(64), '']], [1037, 4, [0, 1, 64]],
+  [1116, 4, [0, 1, 2]], [1117, 8, ['tool', 'tool.conf', 'tool.log']], [1118, 8, ['/usr/bin/', '/etc/', '/var/log/']], [5011, 4, [8]],
+]);
+async function rpmOf(main: Uint8Array): Promise<Uint8Array> {
+  const lead = new Uint8Array(96);
+  lead.set([0xed, 0xab, 0xee, 0xdb]);
+  const hex = [...new Uint8Array(await crypto.subtle.digest('SHA-256', main as Uint8Array<ArrayBuffer>))].map((b) => b.toString(16).padStart(2, '0')).join('');
+  const sig = rpmHeader([[273, 6, hex]]);
+  return concat([lead, sig, new Uint8Array((8 - (sig.length % 8)) % 8), main]);
+}
+
 describe('repository parser fuzzing', () => {
   it('seeds parse', async () => {
     const got: string[] = [];
@@ -122,6 +157,12 @@ describe('repository parser fuzzing', () => {
     expect(readAr(deb).map((m) => m.name)).toEqual(['debian-binary', 'control.tar.gz', 'data.tar.gz']);
     const files = await debFileDigests(deb);
     expect(files.get('/usr/bin/x')).toBe('2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824');
+    const rpm = await rpmOf(RPM_MAIN);
+    expect([...rpmFileDigests(rpm)].map(([p, d]) => [p, d.alg, d.hex])).toEqual([['/usr/bin/tool', 'sha256', SHA], ['/etc/tool.conf', 'sha256', 'b'.repeat(64)]]);
+    expect(_rpmHeaderDigest(rpm)).toMatchObject({ alg: 'sha256', start: rpm.length - RPM_MAIN.length, end: rpm.length });
+    expect(parseRpmdbExport(concat([RPM_MAIN, RPM_MAIN])).map((p) => [p.name, p.version, p.arch, p.files.map((f) => `${f.path} ${f.mode.toString(8)} ${f.flags} ${f.state}`)])).toEqual(
+      Array(2).fill(['tool', '1:2.0-1', 'noarch', ['/usr/bin/tool 100755 0 0', '/etc/tool.conf 100644 1 0', '/var/log/tool.log 100644 64 0']]),
+    );
     expect(parseIntegrity('sha1-AAAAAAAAAAAAAAAAAAAAAAAAAAA= sha512-' + 'A'.repeat(86) + '==')?.alg).toBe('sha512');
   });
 
@@ -230,6 +271,19 @@ describe('repository parser fuzzing', () => {
         await onlyAsync(() => debFileDigests(db, { maxBytes: 1 << 20 }));
       }),
       { numRuns: 150 },
+    );
+  });
+
+  it('rpm headers: .rpm file digests and header digest, rpmdb --exportdb', async () => {
+    const rpm = await rpmOf(RPM_MAIN);
+    fc.assert(
+      fc.property(fc.oneof(mutated(rpm), fc.uint8Array({ maxLength: 1024 })), fc.oneof(mutated(concat([RPM_MAIN, RPM_MAIN])), fc.uint8Array({ maxLength: 512 })), (r, x) => {
+        only(() => rpmFileDigests(r));
+        only(() => _rpmHeaderDigest(r));
+        only(() => parseRpmdbExport(x));
+        only(() => parseRpmdbExport(x, 1));
+      }),
+      { numRuns: 600 },
     );
   });
 

@@ -19,6 +19,8 @@ import { VmkitError } from '../errors.js';
 import { worst, type AppraisalSummary, type ArStatus, type Evidence, type ItemVerdict } from './appraise.js';
 import { verifyEar, type EarSubmod, type EarVerificationKey, type VerifiedEar } from './ear.js';
 import type { InstalledEvidence } from './installed.js';
+import { parseImaLine } from './ima.js';
+import type { ImaEvidence } from './evidence.js';
 
 /**
  * Options shared by the client calls.
@@ -249,6 +251,13 @@ export interface AttestInstalledOptions extends ClientOptions {
   partBytes?: number;
   /** A part whose packages were not all fetched within the service's budget is sent again, at most this many times (default 20). */
   maxRounds?: number;
+  /**
+   * The machine's IMA log (with the quoted PCR 10 when there is one), sent
+   * after the parts with the owners of the measured files: each measured
+   * file is appraised against its package's signed file digests
+   * (machine-ima.ts), in a `vmkit-machine-ima` EAR of its own.
+   */
+  ima?: ImaEvidence;
   /** Called after each part's answer. */
   onPart?: (done: number, parts: number) => void;
   clockTolerance?: number;
@@ -272,9 +281,31 @@ export interface InstalledResult {
   summary: AppraisalSummary;
   /** Every listed item of every part (non-affirmed files; packages with their provenance). */
   items: ItemVerdict[];
-  /** The signed EARs, one per part. */
+  /** The signed EARs, one per part (the IMA log's last). */
   tokens: string[];
+  /** The IMA log's appraisal, when one was sent (its status is part of `status`). */
+  ima?: NonNullable<EarSubmod['vmkit.appraisal']> & { status: ArStatus };
   affirmed: boolean;
+}
+
+/**
+ * The IMA request's evidence: every package (so that the service knows its
+ * version) with only the files the log measures, by the path they are at.
+ * @example `const owners = _imaOwners(installed, log);`
+ */
+export function _imaOwners(ev: InstalledEvidence, log: string): InstalledEvidence {
+  const measured = new Set<string>();
+  let n = 0;
+  for (const line of log.split('\n')) {
+    n++;
+    try {
+      const e = parseImaLine(line, n);
+      if (e) measured.add(e.path);
+    } catch {
+      // the service verifies the log and reports its faults
+    }
+  }
+  return { packages: ev.packages.map((p) => ({ ...p, files: p.files.filter((f) => measured.has(f.at ?? f.path)).map((f) => ({ path: f.path, ...(f.at ? { at: f.at } : {}), ...(f.conffile ? { conffile: true as const } : {}) })) })), unowned: [] };
 }
 
 /**
@@ -348,6 +379,17 @@ export async function attestInstalled(options: AttestInstalledOptions): Promise<
     for (const k of Object.keys(out.summary) as (keyof AppraisalSummary)[]) out.summary[k] += rec!.summary[k];
     for (const it of rec!.items) out.items.push(it);
     options.onPart?.(i + 1, parts.length);
+  }
+  if (options.ima) {
+    const { nonce } = await fetchNonce(b, options);
+    const j = await call(`${b}/attest/installed`, io, { method: 'POST', headers: { 'content-type': 'application/json; charset=utf-8' }, body: JSON.stringify({ nonce, installed: _imaOwners(options.installed, options.ima.log), ima: options.ima }) });
+    if (typeof j.ear !== 'string') throw new VmkitError('CORRUPT', `${b}/attest/installed: no ear in the answer`, { path: `${b}/attest/installed` });
+    const v = await verifyEar(j.ear, keys, { nonce, ...(options.clockTolerance === undefined ? {} : { clockTolerance: options.clockTolerance }) });
+    const rec = v.claims.submods['vmkit-machine-ima']?.['vmkit.appraisal'];
+    if (!rec) throw new VmkitError('CORRUPT', `${b}/attest/installed: the EAR has no vmkit-machine-ima appraisal`);
+    out.ima = { ...rec, status: v.status };
+    out.tokens.push(j.ear);
+    out.status = worst(out.status, v.status);
   }
   out.affirmed = out.status === 'affirming';
   return out;

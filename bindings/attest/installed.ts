@@ -1,7 +1,8 @@
 /**
  * Evidence of a whole Debian-family machine: what dpkg says is installed and
  * the SHA-256 of every regular file it lists (Node only: reads a root file
- * system). Formats: dpkg's database, https://man7.org/linux/man-pages/man1/dpkg.1.html
+ * system). An RPM-based machine gives the same evidence from rpm's database
+ * (_installed-rpm.ts: %config files are conffiles, %ghost files skipped). Formats: dpkg's database, https://man7.org/linux/man-pages/man1/dpkg.1.html
  * ("FILES") and dpkg-divert(1).
  *
  * ```
@@ -26,6 +27,7 @@ import { join } from 'node:path';
 import { VmkitError } from '../errors.js';
 import type { _HashItem } from './_hash-file.js';
 import { _DigestCacheFile, _hashMany } from './_hash-pool.js';
+import { _findRpmDb, _listRpm } from './_installed-rpm.js';
 
 /**
  * One file of an installed package as the machine found it.
@@ -175,6 +177,14 @@ export interface CollectInstalledOptions {
    * which no unprivileged process can set back (docs/attest-service.md).
    */
   digestCache?: string;
+  /**
+   * Which package database to read: `dpkg` (/var/lib/dpkg), `rpm` (rpm's
+   * database through `rpmdb --exportdb`, _installed-rpm.ts) or `auto`
+   * (default: dpkg's when the root has one, else rpm's).
+   */
+  format?: 'auto' | 'dpkg' | 'rpm';
+  /** rpm's database directory inside the root (default: /usr/lib/sysimage/rpm or /var/lib/rpm, whichever holds one). */
+  rpmDbPath?: string;
   /** Directories (as on the machine) searched for files no package lists (default none). */
   unownedUnder?: string[];
   /** Called as files are hashed. */
@@ -224,9 +234,10 @@ function hashItem(p: string, cache: _DigestCacheFile | undefined): _HashItem {
 }
 
 /**
- * Collects the installed packages of a Debian-family root and hashes every
- * regular file they list (see the module diagram). NOT_FOUND when the root
- * has no dpkg database.
+ * Collects the installed packages of a Debian-family root (or, without a dpkg
+ * database, of an RPM-based one: _installed-rpm.ts) and hashes every regular
+ * file they list (see the module diagram). NOT_FOUND when the root has
+ * neither database.
  * @example `const ev = await collectInstalled({ root: '/', onProgress: (d, t) => process.stderr.write(`\r${d}/${t}`) });`
  */
 export async function collectInstalled(options: CollectInstalledOptions = {}): Promise<InstalledEvidence> {
@@ -235,30 +246,47 @@ export async function collectInstalled(options: CollectInstalledOptions = {}): P
   const concurrency = options.concurrency ?? 16;
   if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 1024) throw new VmkitError('ARG_RANGE', 'concurrency must be an integer 1..1024');
   const at = (p: string): string => join(root, p);
-  const statusText = await readOptional(at('/var/lib/dpkg/status'));
-  if (statusText === undefined) throw new VmkitError('NOT_FOUND', `${at('/var/lib/dpkg/status')}: no dpkg database (not a Debian-family root?)`, { path: at('/var/lib/dpkg/status') });
-  const entries = parseDpkgStatus(statusText);
-  const diversions = parseDiversions((await readOptional(at('/var/lib/dpkg/diversions'))) ?? '');
+  const format = options.format ?? 'auto';
+  if (format !== 'auto' && format !== 'dpkg' && format !== 'rpm') throw new VmkitError('ARG_RANGE', "format must be 'auto', 'dpkg' or 'rpm'");
+  const statusText = format === 'rpm' ? undefined : await readOptional(at('/var/lib/dpkg/status'));
   const owned = new Set<string>();
   const packages: InstalledPackage[] = [];
   const jobs: { file: InstalledFile; real: string }[] = [];
-  for (const e of entries) {
-    // Multi-arch "same" packages name their list <pkg>:<arch>.list; others <pkg>.list.
-    const list = (await readOptional(at(`/var/lib/dpkg/info/${e.name}:${e.architecture}.list`))) ?? (await readOptional(at(`/var/lib/dpkg/info/${e.name}.list`))) ?? '';
-    const conf = new Set(e.conffiles);
-    const pkg: InstalledPackage = { name: e.name, version: e.version, architecture: e.architecture, files: [] };
-    for (const path of list.split('\n')) {
-      if (!path.startsWith('/') || path === '/.') continue;
-      const d = diversions.get(path);
-      const real = d && d.by !== e.name ? d.to : path;
-      owned.add(real);
-      const file: InstalledFile = { path };
-      if (real !== path) file.at = real;
-      if (conf.has(path)) file.conffile = true;
-      jobs.push({ file, real });
-      pkg.files.push(file);
+  if (statusText !== undefined) {
+    const entries = parseDpkgStatus(statusText);
+    const diversions = parseDiversions((await readOptional(at('/var/lib/dpkg/diversions'))) ?? '');
+    for (const e of entries) {
+      // Multi-arch "same" packages name their list <pkg>:<arch>.list; others <pkg>.list.
+      const list = (await readOptional(at(`/var/lib/dpkg/info/${e.name}:${e.architecture}.list`))) ?? (await readOptional(at(`/var/lib/dpkg/info/${e.name}.list`))) ?? '';
+      const conf = new Set(e.conffiles);
+      const pkg: InstalledPackage = { name: e.name, version: e.version, architecture: e.architecture, files: [] };
+      for (const path of list.split('\n')) {
+        if (!path.startsWith('/') || path === '/.') continue;
+        const d = diversions.get(path);
+        const real = d && d.by !== e.name ? d.to : path;
+        owned.add(real);
+        const file: InstalledFile = { path };
+        if (real !== path) file.at = real;
+        if (conf.has(path)) file.conffile = true;
+        jobs.push({ file, real });
+        pkg.files.push(file);
+      }
+      packages.push(pkg);
     }
-    packages.push(pkg);
+  } else {
+    const dbpath = format === 'dpkg' ? undefined : options.rpmDbPath ?? (await _findRpmDb(root));
+    if (dbpath === undefined) throw new VmkitError('NOT_FOUND', `${root}: no dpkg database (${at('/var/lib/dpkg/status')}) and no rpm database (${format === 'dpkg' ? 'not looked for' : '/usr/lib/sysimage/rpm, /var/lib/rpm'})`, { path: root });
+    for (const r of await _listRpm(root, dbpath, options.signal)) {
+      const pkg: InstalledPackage = { name: r.name, version: r.version, architecture: r.architecture, files: [] };
+      for (const f of r.files) {
+        owned.add(f.path);
+        const file: InstalledFile = { path: f.path };
+        if (f.conffile) file.conffile = true;
+        jobs.push({ file, real: f.path });
+        pkg.files.push(file);
+      }
+      packages.push(pkg);
+    }
   }
   // Files no package lists, under the directories asked for.
   const unownedJobs: { path: string }[] = [];

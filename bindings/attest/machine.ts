@@ -209,6 +209,8 @@ export class OnDemandFiles {
       if (signal?.aborted) throw new VmkitError('CANCELLED', 'the request ran out of its fetch budget');
       const m = await this.index.fileDigests!(entry, signal);
       if (!m) return undefined;
+      // Old .rpm files carry MD5 file digests: not comparable with the machine's SHA-256 (nor cached).
+      for (const d of m.values()) if (d.alg !== 'sha256') throw new VmkitError('UNSUPPORTED', `${entry.provenance.repository}: ${entry.provenance.package} ${entry.provenance.version} gives ${d.alg} file digests, not sha256`);
       this.counts.fetched++;
       await this.cache?.put(sha, m);
       this.remember(sha, m);
@@ -250,6 +252,35 @@ export interface AppraiseInstalledOptions {
 }
 
 /**
+ * Each package's repository entry and file map (cached, or fetched within
+ * the request's budgets: `fetchPackages`, `fetchBudgetMs`); a VmkitError in
+ * place of a map that could not be had, undefined where there is no entry or
+ * `need` says no fetch is worth it. Shared by the file and IMA appraisals.
+ * @example `const { plans, maps } = await _packageMaps(index, files, ev.packages, options, () => true);`
+ */
+export async function _packageMaps(index: MachineIndex, files: OnDemandFiles, packages: readonly InstalledPackage[], options: Pick<AppraiseInstalledOptions, 'fetchPackages' | 'fetchBudgetMs'>, need: (p: InstalledPackage) => boolean): Promise<{ plans: { p: InstalledPackage; entry: PackageEntry | undefined }[]; maps: (Map<string, Digest> | VmkitError | undefined)[] }> {
+  const fetchMax = options.fetchPackages ?? 2000;
+  const budget = AbortSignal.timeout(options.fetchBudgetMs ?? 120_000);
+  let fetches = 0;
+  // Resolve every package first (lookups, cache), then fetch the misses concurrently (bounded by OnDemandFiles).
+  const plans = packages.map((p) => ({ p, entry: pick(index.lookupPackage(p.name, p.version), p) }));
+  const maps = await Promise.all(plans.map(async ({ p, entry }) => {
+    if (!entry) return undefined;
+    const hit = await files.cached(entry);
+    if (hit) return hit;
+    if (!need(p)) return undefined;
+    if (fetches >= fetchMax) return new VmkitError('LIMIT', `more than ${fetchMax} packages to fetch in one request`);
+    fetches++;
+    try {
+      return (await files.get(entry, budget)) ?? new VmkitError('UNSUPPORTED', `${entry.provenance.repository} gives no file digests`);
+    } catch (e) {
+      return e instanceof VmkitError ? e : new VmkitError('NETWORK', (e as Error).message, { cause: e });
+    }
+  }));
+  return { plans, maps };
+}
+
+/**
  * Appraises a machine's installed-package evidence: one `vmkit-machine`
  * submodule (see the module diagram) with file counts per category. Affirmed
  * files are counted and their packages listed with the repository that
@@ -259,7 +290,6 @@ export interface AppraiseInstalledOptions {
  */
 export async function appraiseInstalled(index: MachineIndex, files: OnDemandFiles, ev: InstalledEvidence, options: AppraiseInstalledOptions = {}): Promise<SubmodAppraisal> {
   const maxListed = options.maxListed ?? 20_000;
-  const fetchMax = options.fetchPackages ?? 2000;
   const ignore: ImaExcludes | undefined = options.ignore?.length ? compileExcludes(options.ignore) : undefined;
   const categories = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<MachineCategory, number>;
   const summary = { items: 0, affirming: 0, warning: 0, contraindicated: 0, none: 0, excluded: 0, omitted: 0 };
@@ -277,23 +307,7 @@ export async function appraiseInstalled(index: MachineIndex, files: OnDemandFile
       else summary.omitted++;
     } else summary.omitted += n;
   };
-  const budget = AbortSignal.timeout(options.fetchBudgetMs ?? 120_000);
-  let fetches = 0;
-  // Resolve every package first (lookups, cache), then fetch the misses concurrently (bounded by OnDemandFiles).
-  const plans = ev.packages.map((p) => ({ p, entry: pick(index.lookupPackage(p.name, p.version), p) }));
-  const maps = await Promise.all(plans.map(async ({ p, entry }) => {
-    if (!entry) return undefined;
-    const hit = await files.cached(entry);
-    if (hit) return hit;
-    if (!p.files.some((f) => f.sha256 !== undefined)) return undefined;
-    if (fetches >= fetchMax) return new VmkitError('LIMIT', `more than ${fetchMax} packages to fetch in one request`);
-    fetches++;
-    try {
-      return (await files.get(entry, budget)) ?? new VmkitError('UNSUPPORTED', `${entry.provenance.repository} gives no file digests`);
-    } catch (e) {
-      return e instanceof VmkitError ? e : new VmkitError('NETWORK', (e as Error).message, { cause: e });
-    }
-  }));
+  const { plans, maps } = await _packageMaps(index, files, ev.packages, options, (p) => p.files.some((f) => f.sha256 !== undefined));
   for (let i = 0; i < plans.length; i++) {
     const { p, entry } = plans[i]!;
     const m = maps[i];

@@ -25,7 +25,7 @@ import type { AddressInfo } from 'node:net';
 import { VmkitError } from '../../errors.js';
 import { hexInto, digestLength } from '../index-store.js';
 import type { Digest, DigestAlgorithm } from '../types.js';
-import { _appraiseSliced, parseEvidence, type Appraisal, type AppraiseEvidenceOptions, type Evidence, type EvidencePackage } from '../appraise.js';
+import { _appraiseSliced, _verifyEvidenceIma, parseEvidence, type Appraisal, type AppraiseEvidenceOptions, type Evidence, type EvidencePackage } from '../appraise.js';
 import { availableParallelism } from 'node:os';
 import { AppraisePool, type PoolJob } from './_pool.js';
 import { _unpack } from './_packed.js';
@@ -33,6 +33,7 @@ import { NonceQuotaError, NonceStore, type NonceRefusal, type NonceStoreOptions 
 import { SourceSet } from './refresh.js';
 import { clientKey, readBody, sendError, sendJson } from './_http.js';
 import { OnDemandFiles, appraiseInstalled, parseInstalled, type AppraiseInstalledOptions, type OnDemandFilesOptions } from '../machine.js';
+import { appraiseMachineIma } from '../machine-ima.js';
 
 /**
  * A JSON Web Key Set (what `GET /jwks` answers).
@@ -496,15 +497,20 @@ export class AttestService {
       } catch (e) {
         throw new VmkitError('CORRUPT', `request body is not JSON: ${(e as Error).message}`, { cause: e });
       }
-      if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) fail('ARG_TYPE', 'the request body must be a JSON object { nonce, installed }');
+      if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) fail('ARG_TYPE', 'the request body must be a JSON object { nonce, installed, ima? }');
       const b = parsed as Record<string, unknown>;
-      for (const k of Object.keys(b)) if (k !== 'nonce' && k !== 'installed') fail('ARG_RANGE', `unknown request field ${JSON.stringify(k.slice(0, 40))}`);
+      for (const k of Object.keys(b)) if (k !== 'nonce' && k !== 'installed' && k !== 'ima') fail('ARG_RANGE', `unknown request field ${JSON.stringify(k.slice(0, 40))}`);
       const nonce = str(b.nonce, 'nonce', 128);
       const evidence = parseInstalled(b.installed, { maxFiles: this.installedOptions.maxFiles ?? 200_000 });
+      // With an IMA log (machine-ima.ts) the packages name only the measured files' owners.
+      const ima = b.ima === undefined ? undefined : parseEvidence({ ima: b.ima }, { maxImaLog: this.limits.json }).ima!;
       const refusal = await this.nonces.redeem(nonce);
       if (refusal) throw new NonceRefused(refusal);
-      const sub = await appraiseInstalled(this.sources, this.files, evidence, this.installedOptions);
-      const token = await this.verifier.sign({ status: sub.status, submods: { 'vmkit-machine': sub } }, nonce);
+      const o = this.verifier.appraiseOptions ?? {};
+      const sub = ima
+        ? await appraiseMachineIma(this.sources, this.files, evidence, await _verifyEvidenceIma(ima, { ...o, yieldMs: o.yieldMs ?? 10 }), this.installedOptions)
+        : await appraiseInstalled(this.sources, this.files, evidence, this.installedOptions);
+      const token = await this.verifier.sign({ status: sub.status, submods: { [ima ? 'vmkit-machine-ima' : 'vmkit-machine']: sub } }, nonce);
       this.counts.verdicts.set(sub.status, (this.counts.verdicts.get(sub.status) ?? 0) + 1);
       sendJson(res, 200, { ear: token });
       return 200;

@@ -14,6 +14,11 @@
  *                          │ <package pkgid=…><checksum type=…/><file hash=…>path
  *                          ▼
  *                       file digests with their package, path
+ *
+ * fileDigests(entry): <location>.rpm ── size + checksum from primary.xml
+ *                          │ signature header SHA256 (tag 273) = SHA-256 of the main header as stored
+ *                          ▼
+ *                       main header FILEDIGESTS + FILEDIGESTALGO by DIRNAMES/BASENAMES (no payload read)
  * ```
  * Spec followed: the createrepo_c repodata format
  * (https://github.com/rpm-software-management/createrepo_c, `doc/`), XML
@@ -26,7 +31,7 @@ import { _checkReleaseDate, type ReleaseState } from './release-state.js';
 import { readKeyring, verifyDetached, type Keyring } from '../_openpgp.js';
 import { DigestIndex, digestLength, hexInto, ownString } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
-import { rpmFileDigests } from '../_rpm.js';
+import { _rpmHeaderDigest, rpmFileDigests } from '../_rpm.js';
 import { compressionOf, decompressChunks, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
 import { _lookupDigest, _lookupMany, _lookupPackage } from './_lookups.js';
 
@@ -527,6 +532,11 @@ export class RpmSource implements RepositorySource {
     if (size !== undefined && body.length !== size) throw new VmkitError('INTEGRITY', `${this.id}: ${location} is not the size primary.xml gives`, { path: url });
     const d = ix.packageEntry(id).digests[0]!;
     await this.check(body, { type: d.alg, hex: d.hex }, location);
+    // The header's own digest, as rpm checks it before trusting the header's file digests.
+    const hd = _rpmHeaderDigest(body);
+    const got = await sha(hd.alg === 'sha256' ? 'SHA-256' : 'SHA-1', body.subarray(hd.start, hd.end));
+    const want = new Uint8Array(got.length);
+    if (!hexInto(hd.hex, want) || !sameBytes(got, want)) throw new VmkitError('INTEGRITY', `${this.id}: ${location}: the header does not match its ${hd.alg} digest in the signature header`, { path: url });
     const files = rpmFileDigests(body);
     // With filelists-ext.xml loaded the index has these already (adding them again would duplicate).
     if (this.index === ix && this.extFiles === 0) for (const [path, fd] of files) ix.addFile(id, path, fd);

@@ -70,8 +70,8 @@ export const help: CommandHelp = {
     },
     request: {
       summary: 'hash files, ask a service, verify the signed result and print it with the token',
-      synopsis: '--server <url> [--digest alg:hex]... [--package name=version]... [--ima <log> [--pcr10 bank:hex] [--exclude <glob>]...] [--jwks <url|file>] [--json] [<file>...] | --server <url> --installed [--root <dir>] [--unowned-under <dir>]... [--digest-cache <file>] [--part-bytes N]',
-      about: 'Each <file> is hashed (SHA-256). The signature, nonce and expiry of the answer are checked. With --installed, the whole Debian-family machine: every installed package (dpkg database) and the SHA-256 of each file it lists, sent in parts; a summary per category, --json lists every file not affirmed.',
+      synopsis: '--server <url> [--digest alg:hex]... [--package name=version]... [--ima <log> [--pcr10 bank:hex] [--exclude <glob>]...] [--jwks <url|file>] [--json] [<file>...] | --server <url> --installed [--root <dir>] [--unowned-under <dir>]... [--digest-cache <file>] [--part-bytes N] [--ima <log>] [--pcr10 bank:hex]',
+      about: 'Each <file> is hashed (SHA-256). The signature, nonce and expiry of the answer are checked. With --installed, the whole machine: every installed package (the dpkg database, or rpm\'s through `rpmdb --exportdb` on an RPM-based root) and the SHA-256 of each file it lists, sent in parts; with its IMA log (--ima, or the kernel\'s when attesting / and it is readable) each measured file is appraised against its package too, PCR 10 replayed against --pcr10; a summary per category, --json lists every file not affirmed.',
       options: [
         ['--server <url>', 'the service'],
         ...EVIDENCE,
@@ -80,6 +80,7 @@ export const help: CommandHelp = {
         ['--unowned-under <dir>', 'with --installed: report files no package lists under this directory (repeatable)'],
         ['--digest-cache <file>', 'with --installed: keep digests by file identity (device, inode, size, mtime, ctime) and hash again only files that changed'],
         ['--part-bytes N', 'with --installed: largest part sent at once (default 4 MiB)'],
+        ['--ima <log> (with --installed)', 'the IMA log sent beside the evidence (default: /sys/kernel/security/ima/ascii_runtime_measurements when --root is / and it is readable); --pcr10 and --exclude apply to it'],
         ['--jwks <url|file>', "pin the service's public keys (default: fetched from the service)"],
         JSON_OPTION,
       ],
