@@ -9,27 +9,34 @@ import { exportQemuMigration } from '../../memory/checkpoint/qemu/export.js';
 import { emit, formatBytes, parse, parseSize, type CliIO } from '../_common.js';
 
 /**
- * `vmkit checkpoint import <vm.mig> <out.ckpt>`.
+ * `vmkit checkpoint import <vm.mig|-> <out.ckpt> [--parent <checkpoint>]`
+ * (`-`: stdin, for `migrate "exec:vmkit checkpoint import - vm.ckpt"`).
  * @example
  * ```ts
  * await _importCmd(['vm.mig', 'vm.ckpt'], io);
  * ```
  */
 export async function _importCmd(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, { 'block-size': { type: 'string' }, codec: { type: 'string' } });
+  const { values, positionals } = parse(argv, {
+    'block-size': { type: 'string' },
+    codec: { type: 'string' },
+    parent: { type: 'string' },
+    'max-ram': { type: 'string' },
+  });
   const [mig, out] = positionals;
-  if (!mig || !out || positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'import needs <vm.mig> <checkpoint>');
+  if (!mig || !out || positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'import needs <vm.mig|-> <checkpoint>');
   const codec = (values.codec as string | undefined) ?? 'lz4';
   if (codec !== 'lz4' && codec !== 'none') throw new VmkitError('ARG_RANGE', `--codec must be lz4 or none, got ${codec}`);
   const blockSize = values['block-size'] === undefined ? undefined : parseSize(values['block-size'] as string, '--block-size');
+  const maxGuestBytes = values['max-ram'] === undefined ? undefined : parseSize(values['max-ram'] as string, '--max-ram');
   const t0 = performance.now();
-  const s = await importQemuMigration(mig, out, { codec, blockSize });
+  const s = await importQemuMigration(mig === '-' ? 0 : mig, out, { codec, blockSize, parent: values.parent as string | undefined, maxGuestBytes });
   const seconds = (performance.now() - t0) / 1000;
   emit(io, values.json, { path: out, seconds, ...s }, () =>
     [
       `${out}: imported ${formatBytes(s.streamBytes)} QEMU stream (${s.machine || 'no machine type'}) in ${seconds.toFixed(2)}s`,
       `ram blocks: ${s.blocks.map((b) => `${b.id} ${formatBytes(b.length)}`).join(', ')}`,
-      `pages: ${s.checkpoint.pages} (${s.checkpoint.zeroPages} zero), ${s.pageRecords} page records in the stream`,
+      `pages: ${s.checkpoint.pages} (${s.checkpoint.zeroPages} zero${s.checkpoint.absentPages ? `, ${s.checkpoint.absentPages} in parent` : ''}), ${s.pageRecords} page records in the stream`,
       `device state kept: ${formatBytes(s.stateBytes)}; file ${formatBytes(s.checkpoint.fileBytes)}`,
       ...s.cpus.map((c) => `cpu ${c.index}: CR0=${c.cr0} CR3=${c.cr3} CR4=${c.cr4} EFER=${c.efer}`),
     ].join('\n'),

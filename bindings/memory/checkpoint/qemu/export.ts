@@ -8,7 +8,8 @@
  */
 import { VmkitError } from '../../../errors.js';
 import { CheckpointReader } from '../reader.js';
-import { CHUNK_RAM, CHUNK_STREAM, readStateMeta, stateOwner, walkState } from './_state.js';
+import { CHUNK_RAM, CHUNK_STREAM, stateOwner, walkState } from './_state.js';
+import { readStateMeta } from './state.js';
 import { RAM, SEC } from './_wire.js';
 
 const PAGE_WINDOW = 256;
