@@ -72,45 +72,60 @@ export async function exportQemuMigration(checkpoint: string | CheckpointReader,
       ov.setUint32(used, meta.ramSectionId);
       used += 4;
       const win = new Uint8Array(PAGE_WINDOW * ps);
+      const words = new Uint32Array(win.buffer);
       for (const b of meta.blocks) {
         const first = b.offset / ps;
         const n = Math.ceil(b.length / ps);
         if (!Number.isInteger(first) || first + n > reader.pageCount) throw new VmkitError('CORRUPT', `ram block ${b.id} lies outside the checkpoint`);
         const idBytes = te.encode(b.id);
         if (idBytes.length > 255) throw new VmkitError('CORRUPT', `ram block id ${b.id} too long`);
-        for (let p = 0; p < n; p += PAGE_WINDOW) {
-          const k = Math.min(PAGE_WINDOW, n - p);
+        /** One record header: the be64 address word (two be32: exact past 4 GiB, no BigInt per page) and, first in the block, its id. */
+        const record = (page: number, flags: number): void => {
+          const addr = page * ps;
+          ov.setUint32(used, Math.floor(addr / 0x100000000));
+          ov.setUint32(used + 4, (addr % 0x100000000) + flags);
+          used += 8;
+          if (page === 0) {
+            out[used++] = idBytes.length;
+            out.set(idBytes, used);
+            used += idBytes.length;
+          }
+        };
+        for (let p = 0; p < n; ) {
+          // Zero pages (in the index only, through the chain) are known without reading or decompressing them.
+          if (reader.blockOf(first + p) < 0) {
+            record(p, RAM.ZERO | (p > 0 ? RAM.CONTINUE : 0));
+            out[used++] = 0;
+            stats.zeroPages++;
+            stats.pages++;
+            p++;
+            if (used >= OUT_BUF) await flush();
+            continue;
+          }
+          let k = 1;
+          while (k < PAGE_WINDOW && p + k < n && reader.blockOf(first + p + k) >= 0) k++;
           await reader.readPagesInto(first + p, k, win.subarray(0, k * ps));
           for (let i = 0; i < k; i++) {
-            const page = win.subarray(i * ps, (i + 1) * ps);
-            const words = new Uint32Array(page.buffer, page.byteOffset, ps / 4);
+            // A stored page is rarely all zero; sent as QEMU would (a zero record) when it is.
             let zero = true;
-            for (let j = 0; j < words.length; j++) {
+            for (let j = (i * ps) >>> 2, e = ((i + 1) * ps) >>> 2; j < e; j++) {
               if (words[j] !== 0) {
                 zero = false;
                 break;
               }
             }
-            const addr = BigInt((p + i) * ps);
-            const cont = p + i > 0;
-            const flags = (zero ? RAM.ZERO : RAM.PAGE) | (cont ? RAM.CONTINUE : 0);
-            ov.setBigUint64(used, addr | BigInt(flags));
-            used += 8;
-            if (!cont) {
-              out[used++] = idBytes.length;
-              out.set(idBytes, used);
-              used += idBytes.length;
-            }
+            record(p + i, (zero ? RAM.ZERO : RAM.PAGE) | (p + i > 0 ? RAM.CONTINUE : 0));
             if (zero) {
               out[used++] = 0;
               stats.zeroPages++;
             } else {
-              out.set(page, used);
+              out.set(win.subarray(i * ps, (i + 1) * ps), used);
               used += ps;
             }
             stats.pages++;
             if (used >= OUT_BUF) await flush();
           }
+          p += k;
         }
       }
       ov.setBigUint64(used, BigInt(RAM.EOS));
