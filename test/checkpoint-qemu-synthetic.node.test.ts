@@ -146,9 +146,9 @@ function synthetic(): Uint8Array {
   return Buffer.concat(parts);
 }
 
-async function exportBytes(ckpt: string): Promise<Uint8Array> {
+async function exportBytes(ckpt: string, threads = 1): Promise<Uint8Array> {
   const out: Uint8Array[] = [];
-  await exportQemuMigration(ckpt, async (b) => void out.push(b.slice()));
+  await exportQemuMigration(ckpt, async (b) => void out.push(b.slice()), { threads });
   return Buffer.concat(out);
 }
 
@@ -205,7 +205,8 @@ describe('QEMU migration stream with RAM past 4 GiB (synthetic)', () => {
     expect(code).toBe(0);
     expect(JSON.parse(out).cpus).toEqual([]);
     await checkPages(ckpt);
-    expect(Buffer.compare(Buffer.from(await exportBytes(ckpt)), Buffer.from(stream))).toBe(0);
+    // On 3 threads (windows decompressed by two workers and this one): the same bytes.
+    expect(Buffer.compare(Buffer.from(await exportBytes(ckpt, 3)), Buffer.from(stream))).toBe(0);
     expect(readdirSync(dir).filter((n) => n.includes('.spool-') || n.includes('.tmp-'))).toEqual([]);
   });
 });

@@ -52,12 +52,14 @@ export async function _importCmd(argv: string[], io: CliIO): Promise<number> {
  * ```
  */
 export async function _exportCmd(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, {});
+  const { values, positionals } = parse(argv, { threads: { type: 'string' } });
   const [ckpt, out] = positionals;
+  const threads = values.threads === undefined ? 2 : Number(values.threads);
+  if (!Number.isInteger(threads) || threads < 1 || threads > 16) throw new VmkitError('ARG_RANGE', `--threads must be 1..16, got ${values.threads}`);
   if (!ckpt || !out || positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'export needs <checkpoint> <vm.mig|->');
   if (out === '-') {
     if (values.json) throw new VmkitError('ARG_RANGE', '--json reports an export to a file; with - stdout is the stream');
-    await exportQemuMigration(ckpt, (b) => new Promise<void>((res, rej) => io.stdout.write(b, (e) => (e ? rej(e) : res()))));
+    await exportQemuMigration(ckpt, (b) => new Promise<void>((res, rej) => io.stdout.write(b, (e) => (e ? rej(e) : res()))), { threads });
     return 0;
   }
   const fs = await import('node:fs');
@@ -68,7 +70,7 @@ export async function _exportCmd(argv: string[], io: CliIO): Promise<number> {
     const stats = await exportQemuMigration(ckpt, async (b) => {
       for (let done = 0; done < b.length; ) done += fs.writeSync(fd, b, done, b.length - done, at + done);
       at += b.length;
-    });
+    }, { threads });
     fs.closeSync(fd);
     fs.renameSync(tmp, out);
     emit(io, values.json, { path: out, ...stats }, () => `${out}: ${formatBytes(stats.bytes)} QEMU stream, ${stats.pages} pages (${stats.zeroPages} zero)`);

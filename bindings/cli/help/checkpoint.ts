@@ -80,9 +80,10 @@ is refused naming the section and byte offset.`,
     },
     export: {
       summary: 'the QEMU migration stream of an imported checkpoint',
-      synopsis: '<checkpoint> <vm.mig|-> [--json]',
-      about: `Writes a stream QEMU loads with -incoming: to a file, or to stdout with -. A diff checkpoint exports its full view.`,
-      options: [['--json, --output=json', 'report bytes and pages written (file output only)']],
+      synopsis: '<checkpoint> <vm.mig|-> [--threads N] [--json]',
+      about: `Writes a stream QEMU loads with -incoming: to a file, or to stdout with -. A diff checkpoint exports its full view.
+Pages are decompressed on N threads (default 2) while the stream is written, so the export keeps ahead of QEMU's load.`,
+      options: [['--threads N', 'threads decompressing pages, this one included (default 2)'], ['--json, --output=json', 'report bytes and pages written (file output only)']],
       example: 'qemu-system-x86_64 … -incoming "exec:vmkit checkpoint export vm.ckpt -"',
       exits: EXITS,
     },
