@@ -148,7 +148,16 @@ function synthetic(): Uint8Array {
 
 async function exportBytes(ckpt: string, threads = 1): Promise<Uint8Array> {
   const out: Uint8Array[] = [];
-  await exportQemuMigration(ckpt, async (b) => void out.push(b.slice()), { threads });
+  if (threads > 1) {
+    // Workers load dist/ (a worker cannot run the .ts sources): the built modules, end to end.
+    const dist = (p: string) => new URL(`../dist/${p}`, import.meta.url).href;
+    const { init: initDist } = (await import(/* @vite-ignore */ dist('index.js'))) as typeof import('../bindings/index.js');
+    const m = (await import(/* @vite-ignore */ dist('memory/index.js'))) as typeof import('../bindings/memory/index.js');
+    await initDist();
+    await m.exportQemuMigration(ckpt, async (b) => void out.push(b.slice()), { threads });
+    return Buffer.concat(out);
+  }
+  await exportQemuMigration(ckpt, async (b) => void out.push(b.slice()));
   return Buffer.concat(out);
 }
 
