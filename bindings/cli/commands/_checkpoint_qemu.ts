@@ -54,7 +54,7 @@ export async function _importCmd(argv: string[], io: CliIO): Promise<number> {
 export async function _exportCmd(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, { threads: { type: 'string' } });
   const [ckpt, out] = positionals;
-  const threads = values.threads === undefined ? 2 : Number(values.threads);
+  const threads = values.threads === undefined ? 1 : Number(values.threads);
   if (!Number.isInteger(threads) || threads < 1 || threads > 16) throw new VmkitError('ARG_RANGE', `--threads must be 1..16, got ${values.threads}`);
   if (!ckpt || !out || positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'export needs <checkpoint> <vm.mig|->');
   if (out === '-') {
