@@ -10,7 +10,7 @@ import { coreModule } from '../../../core.js';
 import { VmkitError } from '../../../errors.js';
 import { aint } from '../../../_utils.js';
 import { CheckpointReader } from '../reader.js';
-import { _readWindow, type _ExportJob, type _ExportWindow } from './_export-worker.js';
+import { _readWindow, type _ExportJob, type _ExportWindow } from './_export-window.js';
 import { CHUNK_RAM, CHUNK_STREAM, stateOwner, walkState } from './_state.js';
 import { readStateMeta } from './state.js';
 import { RAM, SEC } from './_wire.js';
