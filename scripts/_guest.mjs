@@ -69,7 +69,7 @@ export function kernelModules(kernel, names) {
  * the given modules under /lib/modules/ (decompressed: busybox insmod takes
  * plain .ko files), and `init` as /init. Returns the archive's path.
  */
-export function buildInitramfs(dir, { init, modules = [] }) {
+export function buildInitramfs(dir, { init, modules = [], populate }) {
   const busybox = which('busybox') ?? '/bin/busybox';
   if (!existsSync(busybox)) throw new Error('no busybox: apt-get install busybox-static');
   if (!which('cpio')) throw new Error('no cpio: apt-get install cpio');
@@ -87,6 +87,8 @@ export function buildInitramfs(dir, { init, modules = [] }) {
     else if (file.endsWith('.ko.gz')) writeFileSync(out, execFileSync('gzip', ['-dc', file], { maxBuffer: 64 << 20 }));
     else throw new Error(`module ${name}: unknown file type ${file}`);
   }
+  // populate(root): a caller's extra files (real binaries and libraries for a guest whose memory they fill).
+  populate?.(root);
   writeFileSync(join(root, 'init'), init);
   chmodSync(join(root, 'init'), 0o755);
   const out = join(dir, 'initramfs.cpio');

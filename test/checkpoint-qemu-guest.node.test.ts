@@ -9,7 +9,12 @@
 // same; the checkpoint's metadata holds the vCPU's CR3 (= `info registers`),
 // and `vmkit pagetable dump vm.ckpt --format qemu` (no --cr3, no --mode) prints
 // exactly QEMU's `info tlb` taken before the migration: 4-level (-cpu qemu64)
-// and 5-level (-cpu qemu64,+la57) paging.
+// and 5-level (-cpu qemu64,+la57) paging. The 4-level guest, resumed, is then
+// saved again straight into vmkit (`migrate "exec:vmkit checkpoint import -
+// diff.ckpt --parent vm.ckpt"`: stdin, a diff of the first import) and resumed
+// from that diff; then from a `restore` round trip of it (restore to a raw
+// image, `save --parent diff.ckpt`): each time its memory equals the
+// original's at the save, the counter continues and the tmpfs hash is the same.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -85,11 +90,58 @@ describe.skipIf(!ok)('QEMU migration stream → vmkit checkpoint → QEMU (real 
     rmSync(dir, { recursive: true, force: true });
   });
 
+  /**
+   * A new QEMU with `-incoming "exec:vmkit checkpoint export <ckpt> -"`: its memory must equal `mem` (pmemsave at
+   * save time); after `cont` the counter continues from `lastCount` and the tmpfs hash is `hash`.
+   */
+  async function resume(cpu: string, d: string, tag: string, ckpt: string, mem: string, lastCount: number, hash: string): Promise<{ mon: Mon; serial: string; quit(): Promise<void> }> {
+    const serial = join(d, `${tag}.log`);
+    const monPath = join(d, `${tag}.sock`);
+    const dst = qemu(cpu, ['-serial', `file:${serial}`, '-monitor', `unix:${monPath},server=on,wait=off`, '-incoming', `exec:node ${CLI} checkpoint export ${ckpt} -`]);
+    procs.push(dst.proc);
+    await waitFor('the monitor socket', 30_000, () => (existsSync(monPath) ? true : undefined));
+    const mon: Mon = await monitor(monPath);
+    await waitFor('the incoming migration', 120_000, async () => {
+      if (dst.proc.exitCode !== null) throw new Error(`qemu -incoming exited: ${dst.stderr()}`);
+      const st = await mon.cmd('info migrate');
+      if (/Migration status: failed/.test(st)) throw new Error(`incoming migration failed: ${st} ${dst.stderr()}`);
+      return /Migration status: completed/.test(st) ? st : undefined;
+    });
+    const memNow = join(d, `${tag}.mem`);
+    await mon.cmd(`pmemsave 0 ${RAM_MIB << 20} "${memNow}"`);
+    const a = readFileSync(mem);
+    const b = readFileSync(memNow);
+    expect(b.length).toBe(a.length);
+    expect(Buffer.compare(a, b)).toBe(0);
+    rmSync(memNow);
+    await mon.cmd('cont');
+    const log = await waitFor(`the guest resumed from ${tag} to print a hash`, 120_000, () => {
+      if (dst.proc.exitCode !== null) throw new Error(`restored qemu exited: ${dst.stderr()}`);
+      const l = read(serial);
+      return hashes(l).length > 0 && counts(l).length > 0 ? l : undefined;
+    });
+    const c = counts(log);
+    // The counter continues: the first full line after the restore is the next count (or, when
+    // QEMU stopped the guest between an echo and the UART, the one after).
+    expect(c[0]).toBeGreaterThan(lastCount);
+    expect(c[0]).toBeLessThanOrEqual(lastCount + 2);
+    expect(hashes(log)[0]).toBe(hash);
+    return {
+      mon,
+      serial,
+      async quit() {
+        await mon.cmd('quit').catch(() => {});
+        mon.close();
+        await dst.exited;
+      },
+    };
+  }
+
   // qemu64: 4-level paging; with LA57 offered, Debian's kernel runs 5-level paging.
   it.each([
     ['qemu64', 'x86_64', false],
     ['qemu64,+la57', 'x86_64-la57', true],
-  ] as const)('-cpu %s: resumes from an imported checkpoint (counter continues, tmpfs hash and memory unchanged); pagetable dump of it = info tlb', { timeout: 420_000 }, async (cpu, name, la57) => {
+  ] as const)('-cpu %s: resumes from an imported checkpoint (counter continues, tmpfs hash and memory unchanged); pagetable dump of it = info tlb', { timeout: 900_000 }, async (cpu, name, la57) => {
     mkdirSync(join(dir, name), { recursive: true });
     const initrd = buildInitramfs(join(dir, name), { init: INIT });
     const kernel = findKernel();
@@ -143,41 +195,52 @@ describe.skipIf(!ok)('QEMU migration stream → vmkit checkpoint → QEMU (real 
     const dump = (await run('node', [CLI, 'pagetable', 'dump', ckpt, '--format', 'qemu'], { maxBuffer: 1 << 28 })).stdout;
     expect(dump.trimEnd()).toBe(tlb.trimEnd());
 
-    const serial2 = join(dir, name, 'serial2.log');
-    const mon2Path = join(dir, name, 'mon2.sock');
-    const dst = qemu(cpu, [
-      '-serial', `file:${serial2}`, '-monitor', `unix:${mon2Path},server=on,wait=off`,
-      '-incoming', `exec:node ${CLI} checkpoint export ${ckpt} -`,
-    ]);
-    procs.push(dst.proc);
-    await waitFor('the monitor socket', 30_000, () => (existsSync(mon2Path) ? true : undefined));
-    const mon2: Mon = await monitor(mon2Path);
-    await waitFor('the incoming migration', 120_000, async () => {
-      if (dst.proc.exitCode !== null) throw new Error(`qemu -incoming exited: ${dst.stderr()}`);
-      const s = await mon2.cmd('info migrate');
-      if (/Migration status: failed/.test(s)) throw new Error(`incoming migration failed: ${s} ${dst.stderr()}`);
-      return /Migration status: completed/.test(s) ? s : undefined;
+    const resumed = await resume(cpu, join(dir, name), 'r1', ckpt, mem1, lastCount, hash1);
+    if (la57) {
+      await resumed.quit();
+      return;
+    }
+    // A second save of the resumed guest, straight from QEMU into vmkit (stdin), as a diff of the first.
+    const r1 = resumed.mon;
+    await waitFor('the resumed guest to print another hash', 120_000, () => {
+      const l = read(resumed.serial);
+      return hashes(l).length > 1 ? true : undefined;
     });
-    const mem2 = join(dir, name, 'mem2.bin');
-    await mon2.cmd(`pmemsave 0 ${RAM_MIB << 20} "${mem2}"`);
-    const a = readFileSync(mem1);
-    const b = readFileSync(mem2);
-    expect(b.length).toBe(a.length);
-    expect(Buffer.compare(a, b)).toBe(0);
-    await mon2.cmd('cont');
-    const log2 = await waitFor('the restored guest to print a hash', 120_000, () => {
-      if (dst.proc.exitCode !== null) throw new Error(`restored qemu exited: ${dst.stderr()}`);
-      const l = read(serial2);
-      return hashes(l).length > 0 && counts(l).length > 0 ? l : undefined;
+    await r1.cmd('stop');
+    const logR = read(resumed.serial);
+    const lastCount2 = Math.max(...counts(logR));
+    expect(lastCount2).toBeGreaterThan(lastCount + 2);
+    const hash2 = hashes(logR).at(-1)!;
+    expect(hash2).toBe(hash1);
+    const diff = join(dir, name, 'diff.ckpt');
+    await r1.cmd(`migrate "exec:node ${CLI} checkpoint import - ${diff} --parent ${ckpt}"`);
+    await waitFor('the second migration to complete', 120_000, async () => {
+      const st = await r1.cmd('info migrate');
+      if (/Migration status: failed/.test(st)) throw new Error(`migration failed: ${st}`);
+      return /Migration status: completed/.test(st) ? true : undefined;
     });
-    const c2 = counts(log2);
-    // The counter continues: the first full line after the restore is the next count (or, when
-    // QEMU stopped the guest between an echo and the UART, the one after).
-    expect(c2[0]).toBeGreaterThan(lastCount);
-    expect(c2[0]).toBeLessThanOrEqual(lastCount + 2);
-    expect(hashes(log2)[0]).toBe(hash1);
-    await mon2.cmd('quit').catch(() => {});
-    mon2.close();
-    await dst.exited;
+    const mem3 = join(dir, name, 'mem3.bin');
+    await r1.cmd(`pmemsave 0 ${RAM_MIB << 20} "${mem3}"`);
+    await resumed.quit();
+    // QEMU is done when it has written the stream; the checkpoint appears (renamed) when the import ends.
+    await waitFor('the diff checkpoint', 120_000, () => (existsSync(diff) ? true : undefined));
+    const info = JSON.parse((await run('node', [CLI, 'checkpoint', 'inspect', diff, '--json'])).stdout);
+    // Most pages (the tmpfs data, the kernel's text) did not change: the diff leaves them to its parent.
+    expect(info.absentPages).toBeGreaterThan(info.pages / 2);
+    const fromDiff = await resume(cpu, join(dir, name), 'r2', diff, mem3, lastCount2, hash1);
+    await fromDiff.quit();
+
+    // restore round trip: the diff's full view as a raw image (its RAM = the guest's at the second save), saved back
+    // on the diff as parent: restore wrote every page exactly, so nothing differs and nothing is stored; its export
+    // (machine state from the parent chain) resumes the guest.
+    const raw = join(dir, name, 'full.raw');
+    await run('node', [CLI, 'checkpoint', 'restore', diff, raw]);
+    const head = readFileSync(raw).subarray(0, RAM_MIB << 20);
+    expect(Buffer.compare(head, readFileSync(mem3))).toBe(0);
+    const rt = join(dir, name, 'rt.ckpt');
+    const saved = JSON.parse((await run('node', [CLI, 'checkpoint', 'save', raw, rt, '--parent', diff, '--json'])).stdout);
+    expect(saved.lz4Pages + saved.rawPages + saved.zeroPages).toBe(0);
+    const fromRt = await resume(cpu, join(dir, name), 'r3', rt, mem3, lastCount2, hash1);
+    await fromRt.quit();
   });
 });

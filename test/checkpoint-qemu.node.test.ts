@@ -17,7 +17,8 @@ import { CheckpointReader } from '../bindings/memory/checkpoint/reader.js';
 import { CheckpointWriter } from '../bindings/memory/checkpoint/writer.js';
 import { importQemuMigration } from '../bindings/memory/checkpoint/qemu/import.js';
 import { exportQemuMigration } from '../bindings/memory/checkpoint/qemu/export.js';
-import { CHUNK_STREAM, readStateMeta, walkState } from '../bindings/memory/checkpoint/qemu/_state.js';
+import { CHUNK_STREAM, walkState } from '../bindings/memory/checkpoint/qemu/_state.js';
+import { readStateMeta } from '../bindings/memory/checkpoint/qemu/state.js';
 import { needTool } from './_tools.js';
 import { monitor } from '../scripts/_guest.mjs';
 
@@ -201,6 +202,71 @@ describe.skipIf(!ok)('QEMU migration stream import/export (real QEMU stream)', (
     expect(Buffer.compare(Buffer.from(await stateStream(back)), Buffer.from(await stateStream(base)))).toBe(0);
     await a.close();
     await b.close();
+  });
+
+  it('imports from stdin as QEMU migrates into it (migrate "exec:vmkit checkpoint import - …"): the same checkpoint as from the file', { timeout: 180_000 }, async () => {
+    const cli = join(process.cwd(), 'dist/bin/vmkit.js');
+    const teed = join(dir, 'teed.mig');
+    const piped = join(dir, 'piped.ckpt');
+    await withQemu(dir, ['-S'], async (cmd) => {
+      await cmd(`migrate "exec:tee ${teed} | node ${cli} checkpoint import - ${piped}"`);
+      await until('migration', 60_000, async () => /Migration status: completed/.test(await cmd('info migrate')));
+    });
+    // QEMU reports completion when it has written the stream; the checkpoint appears (renamed) when the import ends.
+    await until('the piped checkpoint', 60_000, async () => existsSync(piped));
+    const fromFile = join(dir, 'teed.ckpt');
+    await importQemuMigration(teed, fromFile);
+    const [a, b] = [await CheckpointReader.open(fromFile), await CheckpointReader.open(piped)];
+    expect(b.pageCount).toBe(a.pageCount);
+    const pa = new Uint8Array(a.pageCount * 4096);
+    const pb = new Uint8Array(b.pageCount * 4096);
+    await a.readPagesInto(0, a.pageCount, pa);
+    await b.readPagesInto(0, b.pageCount, pb);
+    expect(Buffer.compare(Buffer.from(pa), Buffer.from(pb))).toBe(0);
+    expect((await readStateMeta(b)).cpus).toEqual((await readStateMeta(a)).cpus);
+    await a.close();
+    await b.close();
+    expect(Buffer.compare(Buffer.from(await stateStream(piped)), Buffer.from(await stateStream(fromFile)))).toBe(0);
+    expect(readdirSync(dir).filter((n) => n.includes('.spool-') || n.includes('.tmp-'))).toEqual([]);
+    // A stream cut short on stdin: refused by offset, nothing left behind.
+    const cut = join(dir, 'cut-pipe.ckpt');
+    const r = await run('sh', ['-c', `head -c ${stream.length - 3000} ${mig} | node ${cli} checkpoint import - ${cut}`]).then(
+      () => undefined,
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect(r?.code).toBe(1);
+    expect(r?.stderr).toMatch(/CORRUPT|UNSUPPORTED/);
+    expect(r?.stderr).toMatch(/byte offset \d+/);
+    expect(readdirSync(dir).filter((n) => n.startsWith('cut-pipe.ckpt'))).toEqual([]);
+  });
+
+  it('imports with --parent as a diff: only the pages that differ are stored; the export is the full stream', { timeout: 120_000 }, async () => {
+    const base = join(dir, 'pbase.ckpt');
+    await importQemuMigration(mig, base);
+    // The same VM with one page changed: a byte of SeaBIOS's last page.
+    const rb = await CheckpointReader.open(base);
+    const bios = (await readStateMeta(rb)).blocks.find((b) => b.id === 'pc.bios')!;
+    const last = await rb.readPage((bios.offset + bios.length) / 4096 - 1);
+    await rb.close();
+    const at = Buffer.from(stream).indexOf(Buffer.from(last));
+    const changed = stream.slice();
+    changed[at + 100] = changed[at + 100]! ^ 0xff;
+    const mig2 = join(dir, 'changed.mig');
+    writeFileSync(mig2, changed);
+    const diff = join(dir, 'pdiff.ckpt');
+    const s = await importQemuMigration(mig2, diff, { parent: base });
+    expect(s.checkpoint.pagesWritten).toBe(1);
+    expect(s.checkpoint.lz4Pages + s.checkpoint.rawPages).toBe(1);
+    expect(s.checkpoint.absentPages).toBe(s.checkpoint.pages - 1);
+    const full = join(dir, 'pfull.ckpt');
+    await importQemuMigration(mig2, full);
+    expect(Buffer.compare(Buffer.from(await exportToBytes(diff)), Buffer.from(await exportToBytes(full)))).toBe(0);
+    // A parent of another size is refused.
+    const other = join(dir, 'other.ckpt');
+    const w = await CheckpointWriter.create(other, { guestSize: 1 << 20 });
+    await w.finish();
+    await expect(importQemuMigration(mig2, join(dir, 'bad-parent.ckpt'), { parent: other })).rejects.toMatchObject({ code: 'ARG_RANGE' });
+    expect(readdirSync(dir).filter((n) => n.startsWith('bad-parent.ckpt'))).toEqual([]);
   });
 
   const expectRefused = async (bytes: Uint8Array, code: string | RegExp, msg?: RegExp): Promise<VmkitError> => {

@@ -25,9 +25,9 @@ export type { CheckpointReaderOptions, CheckpointInfo, CheckpointReadStats } fro
 export { importQemuMigration } from './checkpoint/qemu/import.js';
 export type { QemuImportOptions, QemuImportStats } from './checkpoint/qemu/import.js';
 export { exportQemuMigration } from './checkpoint/qemu/export.js';
-export type { QemuExportStats } from './checkpoint/qemu/export.js';
-export { readStateMeta } from './checkpoint/qemu/_state.js';
-export type { MachineStateMeta, RamBlockLayout, CpuPaging } from './checkpoint/qemu/_state.js';
+export type { QemuExportStats, QemuExportOptions } from './checkpoint/qemu/export.js';
+export { readStateMeta } from './checkpoint/qemu/state.js';
+export type { MachineStateMeta, RamBlockLayout, CpuPaging } from './checkpoint/qemu/state.js';
 export { fileSink, fileSource, memorySink, memorySource } from './checkpoint/io.js';
 export type { CheckpointSink, CheckpointSource } from './checkpoint/io.js';
 export { httpSource, isHttpUrl } from './checkpoint/http.js';

@@ -9,27 +9,34 @@ import { exportQemuMigration } from '../../memory/checkpoint/qemu/export.js';
 import { emit, formatBytes, parse, parseSize, type CliIO } from '../_common.js';
 
 /**
- * `vmkit checkpoint import <vm.mig> <out.ckpt>`.
+ * `vmkit checkpoint import <vm.mig|-> <out.ckpt> [--parent <checkpoint>]`
+ * (`-`: stdin, for `migrate "exec:vmkit checkpoint import - vm.ckpt"`).
  * @example
  * ```ts
  * await _importCmd(['vm.mig', 'vm.ckpt'], io);
  * ```
  */
 export async function _importCmd(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, { 'block-size': { type: 'string' }, codec: { type: 'string' } });
+  const { values, positionals } = parse(argv, {
+    'block-size': { type: 'string' },
+    codec: { type: 'string' },
+    parent: { type: 'string' },
+    'max-ram': { type: 'string' },
+  });
   const [mig, out] = positionals;
-  if (!mig || !out || positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'import needs <vm.mig> <checkpoint>');
+  if (!mig || !out || positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'import needs <vm.mig|-> <checkpoint>');
   const codec = (values.codec as string | undefined) ?? 'lz4';
   if (codec !== 'lz4' && codec !== 'none') throw new VmkitError('ARG_RANGE', `--codec must be lz4 or none, got ${codec}`);
   const blockSize = values['block-size'] === undefined ? undefined : parseSize(values['block-size'] as string, '--block-size');
+  const maxGuestBytes = values['max-ram'] === undefined ? undefined : parseSize(values['max-ram'] as string, '--max-ram');
   const t0 = performance.now();
-  const s = await importQemuMigration(mig, out, { codec, blockSize });
+  const s = await importQemuMigration(mig === '-' ? 0 : mig, out, { codec, blockSize, parent: values.parent as string | undefined, maxGuestBytes });
   const seconds = (performance.now() - t0) / 1000;
   emit(io, values.json, { path: out, seconds, ...s }, () =>
     [
       `${out}: imported ${formatBytes(s.streamBytes)} QEMU stream (${s.machine || 'no machine type'}) in ${seconds.toFixed(2)}s`,
       `ram blocks: ${s.blocks.map((b) => `${b.id} ${formatBytes(b.length)}`).join(', ')}`,
-      `pages: ${s.checkpoint.pages} (${s.checkpoint.zeroPages} zero), ${s.pageRecords} page records in the stream`,
+      `pages: ${s.checkpoint.pages} (${s.checkpoint.zeroPages} zero${s.checkpoint.absentPages ? `, ${s.checkpoint.absentPages} in parent` : ''}), ${s.pageRecords} page records in the stream`,
       `device state kept: ${formatBytes(s.stateBytes)}; file ${formatBytes(s.checkpoint.fileBytes)}`,
       ...s.cpus.map((c) => `cpu ${c.index}: CR0=${c.cr0} CR3=${c.cr3} CR4=${c.cr4} EFER=${c.efer}`),
     ].join('\n'),
@@ -45,12 +52,14 @@ export async function _importCmd(argv: string[], io: CliIO): Promise<number> {
  * ```
  */
 export async function _exportCmd(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, {});
+  const { values, positionals } = parse(argv, { threads: { type: 'string' } });
   const [ckpt, out] = positionals;
+  const threads = values.threads === undefined ? 1 : Number(values.threads);
+  if (!Number.isInteger(threads) || threads < 1 || threads > 16) throw new VmkitError('ARG_RANGE', `--threads must be 1..16, got ${values.threads}`);
   if (!ckpt || !out || positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'export needs <checkpoint> <vm.mig|->');
   if (out === '-') {
     if (values.json) throw new VmkitError('ARG_RANGE', '--json reports an export to a file; with - stdout is the stream');
-    await exportQemuMigration(ckpt, (b) => new Promise<void>((res, rej) => io.stdout.write(b, (e) => (e ? rej(e) : res()))));
+    await exportQemuMigration(ckpt, (b) => new Promise<void>((res, rej) => io.stdout.write(b, (e) => (e ? rej(e) : res()))), { threads });
     return 0;
   }
   const fs = await import('node:fs');
@@ -61,7 +70,7 @@ export async function _exportCmd(argv: string[], io: CliIO): Promise<number> {
     const stats = await exportQemuMigration(ckpt, async (b) => {
       for (let done = 0; done < b.length; ) done += fs.writeSync(fd, b, done, b.length - done, at + done);
       at += b.length;
-    });
+    }, { threads });
     fs.closeSync(fd);
     fs.renameSync(tmp, out);
     emit(io, values.json, { path: out, ...stats }, () => `${out}: ${formatBytes(stats.bytes)} QEMU stream, ${stats.pages} pages (${stats.zeroPages} zero)`);

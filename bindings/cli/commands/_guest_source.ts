@@ -9,7 +9,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { VmkitError } from '../../errors.js';
 import { CheckpointReader } from '../../memory/checkpoint/reader.js';
-import { readStateMeta, type MachineStateMeta } from '../../memory/checkpoint/qemu/_state.js';
+import { readStateMeta, type MachineStateMeta } from '../../memory/checkpoint/qemu/state.js';
 import type { AddressSpaceOptions } from '../../memory/paging/types.js';
 import type { GuestMemorySource } from '../../memory/types.js';
 import { _imageMemory } from './_raw_image.js';

@@ -1,8 +1,9 @@
 /**
- * A bounded-memory reader of a QEMU migration stream file: one fixed window,
- * refilled with positioned reads, so a stream of any size is parsed in the
- * same memory. Every error names the section being parsed and the byte
- * offset in the stream.
+ * A bounded-memory reader of a QEMU migration stream: one fixed window,
+ * refilled with reads at increasing offsets (a file's positioned reads, or a
+ * pipe's sequential ones, which ignore the position), so a stream of any
+ * size is parsed in the same memory. Every error names the section being
+ * parsed and the byte offset in the stream.
  * @module
  */
 import { VmkitError, type ErrorCode } from '../../../errors.js';
@@ -10,7 +11,8 @@ import { VmkitError, type ErrorCode } from '../../../errors.js';
 /** Bytes of the read window (also the largest single `bytes()` request). */
 export const WINDOW: number = 1 << 20;
 
-type ReadAt = (dst: Uint8Array, position: number) => number;
+/** Fills `dst` from stream offset `position` (always the offset after the previous read's bytes); 0 at the end. */
+export type ReadAt = (dst: Uint8Array, position: number) => number;
 
 /**
  * Sequential big-endian reads over a file through a fixed window.
@@ -30,13 +32,18 @@ export class _StreamInput {
   private pos = 0;
   private end = 0;
 
+  /** The source returned 0: no byte past `base + end`. */
+  private eof = false;
+
   private readonly readAt: ReadAt;
-  /** Bytes in the stream. */
+  /** Bytes in the stream (Infinity: a pipe, known at its end). */
   readonly size: number;
 
-  constructor(readAt: ReadAt, size: number) {
+  /** `start`: stream offset of the source's first byte (a stream read from its middle). */
+  constructor(readAt: ReadAt, size: number, start: number = 0) {
     this.readAt = readAt;
     this.size = size;
+    this.base = start;
   }
 
   /** Stream offset of the next byte. */
@@ -53,21 +60,51 @@ export class _StreamInput {
   private need(n: number): void {
     if (this.end - this.pos >= n) return;
     if (this.offset + n > this.size) this.fail('CORRUPT', `truncated: ${n} bytes needed, ${this.size - this.offset} left`);
+    this.fill();
+    if (this.end - this.pos < n) this.fail('CORRUPT', 'truncated: the stream ended early', this.base + this.end);
+  }
+
+  /** Moves the unread bytes to the window's start and reads until it is full or the source ends. */
+  private fill(): void {
     this.buf.copyWithin(0, this.pos, this.end);
     this.base += this.pos;
     this.end -= this.pos;
     this.pos = 0;
     const want = Math.min(WINDOW, this.size - this.base);
-    while (this.end < want) {
+    while (this.end < want && !this.eof) {
       const got = this.readAt(this.buf.subarray(this.end, want), this.base + this.end);
-      if (got <= 0) this.fail('CORRUPT', 'truncated: the file ended early', this.base + this.end);
-      this.end += got;
+      if (got <= 0) this.eof = true;
+      else this.end += got;
     }
   }
 
   /** True when every byte has been read. */
   atEnd(): boolean {
-    return this.offset >= this.size;
+    if (this.pos < this.end) return false;
+    if (this.offset >= this.size) return true;
+    if (!this.eof) this.fill();
+    return this.pos >= this.end;
+  }
+
+  /**
+   * The stream's first `n` bytes, while they are still in the window (no
+   * refill yet): how a pipe's prefix is kept without reading it twice.
+   */
+  head(n: number): Uint8Array {
+    if (this.base !== 0 || n > this.end) this.fail('LIMIT', `stream prefix of ${n} bytes is over the ${WINDOW}-byte window`);
+    return this.buf.subarray(0, n);
+  }
+
+  /** Passes every unread byte to `sink` in window-sized pieces, to the end of the source; returns how many. */
+  drain(sink: (piece: Uint8Array) => void): number {
+    let n = 0;
+    while (!this.atEnd()) {
+      const piece = this.buf.subarray(this.pos, this.end);
+      sink(piece);
+      n += piece.length;
+      this.pos = this.end;
+    }
+    return n;
   }
 
   /** The next byte, not consumed (-1 at the end). */

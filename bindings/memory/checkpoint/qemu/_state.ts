@@ -3,7 +3,7 @@
  * "Machine state"): a 64-byte header and a chain of checked chunks holding
  * the QEMU migration stream's non-RAM bytes verbatim, a marker where the RAM
  * pages go, and a JSON metadata chunk (RAM block layout, vCPU paging
- * registers).
+ * registers, whose public reader is state.ts).
  * @module
  */
 import { VmkitError } from '../../../errors.js';
@@ -28,55 +28,6 @@ export const SOURCE_QEMU = 1;
 
 const te = new TextEncoder();
 
-/**
- * One RAM block of the stream and where its pages lie in the checkpoint.
- * @example
- * ```ts
- * const b: RamBlockLayout = { id: 'pc.ram', length: 256 << 20, offset: 0 };
- * ```
- */
-export interface RamBlockLayout {
-  /** QEMU's RAMBlock idstr ("pc.ram", "vga.vram", "/rom@etc/acpi/tables"…). */
-  id: string;
-  /** used_length in bytes. */
-  length: number;
-  /** Byte offset of the block's first page in the checkpoint's page space. */
-  offset: number;
-}
-
-/**
- * A vCPU's paging registers (x86), as hex strings ("0x…").
- * @example
- * ```ts
- * const c: CpuPaging = { index: 0, cr0: '0x80050033', cr3: '0x1a0a000', cr4: '0x3606f0', efer: '0xd01' };
- * ```
- */
-export interface CpuPaging {
-  index: number;
-  cr0: string;
-  cr3: string;
-  cr4: string;
-  efer: string;
-}
-
-/**
- * The metadata chunk: what `import` learnt from the stream.
- * @example
- * ```ts
- * const m: MachineStateMeta = await readStateMeta(reader);
- * ```
- */
-export interface MachineStateMeta {
-  source: 'qemu-migration';
-  /** The configuration section's machine type ("pc-i440fx-7.2"), '' when none. */
-  machine: string;
-  /** QEMU's target page size (vmdesc page_size). */
-  pageSize: number;
-  ramSectionId: number;
-  blocks: RamBlockLayout[];
-  cpus: CpuPaging[];
-}
-
 /** Encodes the section header. */
 export function encodeStateHeader(): Uint8Array {
   const b = new Uint8Array(STATE_HEADER);
@@ -98,11 +49,6 @@ export function encodeChunk(kind: number, payload: Uint8Array): Uint8Array {
   v.setUint32(8, xxh32Of(payload), true);
   b.set(payload, CHUNK_HEADER);
   return b;
-}
-
-/** Encodes the metadata chunk. */
-export function encodeMeta(meta: MachineStateMeta): Uint8Array {
-  return encodeChunk(CHUNK_META, te.encode(JSON.stringify(meta)));
 }
 
 /**
@@ -164,28 +110,4 @@ export async function walkState(reader: CheckpointReader, visit: (kind: number, 
     await visit(kind, payload);
     at += CHUNK_HEADER + len;
   }
-}
-
-/**
- * Reads the metadata chunk of the checkpoint (or of the first parent with a
- * machine-state section).
- * @example
- * ```ts
- * const { cpus, blocks } = await readStateMeta(reader);
- * ```
- */
-export async function readStateMeta(reader: CheckpointReader): Promise<MachineStateMeta> {
-  const owner = stateOwner(reader);
-  if (!owner) throw new VmkitError('NOT_FOUND', 'checkpoint has no machine-state section (not imported from a VM)');
-  let meta: MachineStateMeta | undefined;
-  await walkState(owner, (kind, payload) => {
-    if (kind !== CHUNK_META) return;
-    try {
-      meta = JSON.parse(new TextDecoder().decode(payload)) as MachineStateMeta;
-    } catch (e) {
-      throw new VmkitError('CORRUPT', 'checkpoint machine-state metadata is not JSON', { cause: e });
-    }
-  });
-  if (!meta || !Array.isArray(meta.blocks) || !Array.isArray(meta.cpus)) throw new VmkitError('CORRUPT', 'checkpoint machine-state section has no metadata');
-  return meta;
 }

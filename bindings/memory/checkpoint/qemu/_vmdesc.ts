@@ -48,14 +48,14 @@ export interface Vmdesc {
  * Finds and parses the vmdesc at the end of the stream: the JSON runs to the
  * end of the file and holds no NUL byte, so it starts at the first `{` after
  * the last NUL of the tail, and the 5 bytes before it must be 0x06 and its
- * length.
+ * length. `readAt` serves stream offsets `[from, size)`.
  * @example
  * ```ts
  * const d = readVmdesc((dst, pos) => readSync(fd, dst, 0, dst.length, pos), size);
  * ```
  */
-export function readVmdesc(readAt: (dst: Uint8Array, position: number) => number, size: number): Vmdesc {
-  const n = Math.min(size, MAX_VMDESC + 5);
+export function readVmdesc(readAt: (dst: Uint8Array, position: number) => number, size: number, from: number = 0): Vmdesc {
+  const n = Math.min(size - from, MAX_VMDESC + 5);
   const tail = new Uint8Array(n);
   for (let got = 0; got < n; ) {
     const k = readAt(tail.subarray(got), size - n + got);

@@ -6,9 +6,13 @@
  * parents): zero pages as RAM_SAVE_FLAG_ZERO, others as RAM_SAVE_FLAG_PAGE.
  * @module
  */
+import { coreModule } from '../../../core.js';
 import { VmkitError } from '../../../errors.js';
+import { aint } from '../../../_utils.js';
 import { CheckpointReader } from '../reader.js';
-import { CHUNK_RAM, CHUNK_STREAM, readStateMeta, stateOwner, walkState } from './_state.js';
+import { _readWindow, type _ExportJob, type _ExportWindow } from './_export-window.js';
+import { CHUNK_RAM, CHUNK_STREAM, stateOwner, walkState } from './_state.js';
+import { readStateMeta } from './state.js';
 import { RAM, SEC } from './_wire.js';
 
 const PAGE_WINDOW = 256;
@@ -28,17 +32,40 @@ export interface QemuExportStats {
 }
 
 /**
+ * Options of {@link exportQemuMigration}.
+ * @example
+ * ```ts
+ * const o: QemuExportOptions = { threads: 2 };
+ * ```
+ */
+export interface QemuExportOptions {
+  /**
+   * Threads reading (decompressing) pages, the main thread included
+   * (default 1). More than 1 needs Node and a checkpoint given as a file
+   * path: each worker opens it with its own core.
+   */
+  threads?: number;
+}
+
+/**
  * Writes the QEMU migration stream of checkpoint `checkpoint` (a path or an
  * open reader) through `write` (called with pieces of up to 1 MiB, awaited
  * in order; the piece is reused after the promise settles).
  * @example
  * ```ts
  * const out = createWriteStream('vm.mig');
- * await exportQemuMigration('vm.ckpt', (b) => new Promise((res, rej) => out.write(b, (e) => (e ? rej(e) : res()))));
+ * await exportQemuMigration('vm.ckpt', (b) => new Promise((res, rej) => out.write(b, (e) => (e ? rej(e) : res()))), { threads: 2 });
  * ```
  */
-export async function exportQemuMigration(checkpoint: string | CheckpointReader, write: (piece: Uint8Array) => Promise<void>): Promise<QemuExportStats> {
+export async function exportQemuMigration(
+  checkpoint: string | CheckpointReader,
+  write: (piece: Uint8Array) => Promise<void>,
+  options: QemuExportOptions = {},
+): Promise<QemuExportStats> {
   if (typeof write !== 'function') throw new VmkitError('ARG_TYPE', 'write must be a function');
+  const threads = options.threads ?? 1;
+  aint(threads, 'options.threads', 1, 16);
+  if (threads > 1 && typeof checkpoint !== 'string') throw new VmkitError('ARG_RANGE', 'options.threads > 1 needs the checkpoint as a file path');
   const reader = typeof checkpoint === 'string' ? await CheckpointReader.open(checkpoint) : checkpoint;
   try {
     const owner = stateOwner(reader);
@@ -70,47 +97,56 @@ export async function exportQemuMigration(checkpoint: string | CheckpointReader,
       out[used++] = SEC.END;
       ov.setUint32(used, meta.ramSectionId);
       used += 4;
-      const win = new Uint8Array(PAGE_WINDOW * ps);
-      for (const b of meta.blocks) {
+      // The blocks lie back to back in page order (as import lays them): windows of the page space
+      // are read in order, by this thread and by workers taking every lanes-th window.
+      const W = PAGE_WINDOW;
+      let end = 0;
+      const te2 = meta.blocks.map((b) => {
         const first = b.offset / ps;
         const n = Math.ceil(b.length / ps);
-        if (!Number.isInteger(first) || first + n > reader.pageCount) throw new VmkitError('CORRUPT', `ram block ${b.id} lies outside the checkpoint`);
+        if (!Number.isInteger(first) || first < end || first + n > reader.pageCount) throw new VmkitError('CORRUPT', `ram block ${b.id} lies outside the checkpoint or before the previous block`);
+        end = first + n;
         const idBytes = te.encode(b.id);
         if (idBytes.length > 255) throw new VmkitError('CORRUPT', `ram block id ${b.id} too long`);
-        for (let p = 0; p < n; p += PAGE_WINDOW) {
-          const k = Math.min(PAGE_WINDOW, n - p);
-          await reader.readPagesInto(first + p, k, win.subarray(0, k * ps));
-          for (let i = 0; i < k; i++) {
-            const page = win.subarray(i * ps, (i + 1) * ps);
-            const words = new Uint32Array(page.buffer, page.byteOffset, ps / 4);
-            let zero = true;
-            for (let j = 0; j < words.length; j++) {
-              if (words[j] !== 0) {
-                zero = false;
-                break;
-              }
-            }
-            const addr = BigInt((p + i) * ps);
-            const cont = p + i > 0;
-            const flags = (zero ? RAM.ZERO : RAM.PAGE) | (cont ? RAM.CONTINUE : 0);
-            ov.setBigUint64(used, addr | BigInt(flags));
+        return { first, n, idBytes };
+      });
+      const lanes = Math.min(threads, Math.max(1, Math.ceil(end / W)));
+      const windows = await windowSource(lanes, typeof checkpoint === 'string' ? checkpoint : '', reader, W, end);
+      try {
+        let bi = 0;
+        for (let k = 0; k * W < end; k++) {
+          const win = await windows.get(k);
+          const words = new Uint32Array(win.buffer, win.byteOffset, win.length >>> 2);
+          for (let p = k * W, last = Math.min(end, (k + 1) * W); p < last; p++) {
+            while (bi < te2.length && p >= te2[bi]!.first + te2[bi]!.n) bi++;
+            const b = te2[bi]!;
+            if (p < b.first) continue; // between blocks: no page of the stream
+            const rel = p - b.first;
+            // One record header: the be64 address word (two be32: exact past 4 GiB, no BigInt per page) and, first in the block, its id.
+            const addr = rel * ps;
+            const zero = reader.blockOf(p) < 0 || isZero(words, ((p - k * W) * ps) >>> 2, ps >>> 2);
+            ov.setUint32(used, Math.floor(addr / 0x100000000));
+            ov.setUint32(used + 4, (addr % 0x100000000) + ((zero ? RAM.ZERO : RAM.PAGE) | (rel > 0 ? RAM.CONTINUE : 0)));
             used += 8;
-            if (!cont) {
-              out[used++] = idBytes.length;
-              out.set(idBytes, used);
-              used += idBytes.length;
+            if (rel === 0) {
+              out[used++] = b.idBytes.length;
+              out.set(b.idBytes, used);
+              used += b.idBytes.length;
             }
             if (zero) {
               out[used++] = 0;
               stats.zeroPages++;
             } else {
-              out.set(page, used);
+              out.set(win.subarray((p - k * W) * ps, (p - k * W + 1) * ps), used);
               used += ps;
             }
             stats.pages++;
             if (used >= OUT_BUF) await flush();
           }
+          windows.done(k);
         }
+      } finally {
+        await windows.close();
       }
       ov.setBigUint64(used, BigInt(RAM.EOS));
       used += 8;
@@ -133,4 +169,75 @@ export async function exportQemuMigration(checkpoint: string | CheckpointReader,
   } finally {
     if (typeof checkpoint === 'string') await reader.close();
   }
+}
+
+/** True when the `n` words of `w` from `at` are all zero (a stored page rarely is: sent as QEMU would, a zero record). */
+function isZero(w: Uint32Array, at: number, n: number): boolean {
+  for (let j = at, e = at + n; j < e; j++) if (w[j] !== 0) return false;
+  return true;
+}
+
+/**
+ * Windows of decompressed pages in order: window k from this thread's reader
+ * when k % lanes is 0, else from worker k % lanes (at most 4 windows ahead
+ * each).
+ */
+async function windowSource(
+  lanes: number,
+  path: string,
+  reader: CheckpointReader,
+  W: number,
+  end: number,
+): Promise<{ get(k: number): Promise<Uint8Array>; done(k: number): void; close(): Promise<void> }> {
+  const own = new Uint8Array(W * reader.pageSize);
+  if (lanes === 1) {
+    return { get: async (k) => (await _readWindow(reader, k, W, end, own), own), done: () => {}, close: async () => {} };
+  }
+  const { Worker } = (await import(/* @vite-ignore */ 'node:worker_threads' as string)) as typeof import('node:worker_threads');
+  const module = coreModule();
+  const url = new URL('./_export-worker.js', import.meta.url);
+  const pending = new Map<number, Uint8Array>();
+  const pool: InstanceType<typeof Worker>[] = [];
+  let failed: unknown;
+  let wake: (() => void) | undefined;
+  for (let i = 1; i < lanes; i++) {
+    const job: _ExportJob = { module, path, windowPages: W, end, index: i, lanes, maxInFlight: 4 };
+    const wk = new Worker(url, { workerData: { vmkitExportJob: job } });
+    wk.on('message', (m: _ExportWindow | { done: true } | { error: string }) => {
+      if ('error' in m) failed ??= new VmkitError('IO', `checkpoint export worker: ${m.error}`);
+      else if ('window' in m) pending.set(m.window, m.bytes);
+      wake?.();
+    });
+    wk.on('error', (e) => {
+      failed ??= e instanceof VmkitError ? e : new VmkitError('IO', `checkpoint export worker: ${(e as Error).message}`, { cause: e });
+      wake?.();
+    });
+    wk.on('exit', (code) => {
+      if (code !== 0) failed ??= new VmkitError('IO', `checkpoint export worker exited with code ${code}`);
+      wake?.();
+    });
+    pool.push(wk);
+  }
+  return {
+    async get(k) {
+      if (k % lanes === 0) {
+        await _readWindow(reader, k, W, end, own);
+        return own;
+      }
+      for (;;) {
+        if (failed) throw failed;
+        const b = pending.get(k);
+        if (b) return b;
+        await new Promise<void>((r) => (wake = r));
+      }
+    },
+    done(k) {
+      if (k % lanes === 0) return;
+      pending.delete(k);
+      pool[(k % lanes) - 1]!.postMessage(0); // ack: the worker may read one more window
+    },
+    async close() {
+      await Promise.all(pool.map((wk) => wk.terminate()));
+    },
+  };
 }

@@ -9,23 +9,15 @@
  * @module
  */
 import { VmkitError } from '../../../errors.js';
+import { nodeModule } from '../../../_node.js';
 import { nodeFs } from '../io.js';
+import { CheckpointReader } from '../reader.js';
 import { CheckpointWriter, type CheckpointStats } from '../writer.js';
-import { WINDOW, _StreamInput } from './_input.js';
-import { devicesByKey, fieldOffsets, readVmdesc, vmsdBytes } from './_vmdesc.js';
-import {
-  CHUNK_END,
-  CHUNK_RAM,
-  CHUNK_STREAM,
-  MAX_CHUNK,
-  encodeChunk,
-  encodeMeta,
-  encodeStateHeader,
-  type CpuPaging,
-  type MachineStateMeta,
-  type RamBlockLayout,
-} from './_state.js';
-import { RAM, SEC, STREAM_MAGIC, STREAM_VERSION } from './_wire.js';
+import { _StreamInput, type ReadAt } from './_input.js';
+import { _Parser, type _PageSink } from './_parser.js';
+import { readVmdesc, type Vmdesc } from './_vmdesc.js';
+import { CHUNK_END, CHUNK_RAM, CHUNK_STREAM, MAX_CHUNK, encodeChunk, encodeStateHeader } from './_state.js';
+import { _encodeMeta, type CpuPaging, type MachineStateMeta, type RamBlockLayout } from './state.js';
 
 /**
  * Options of {@link importQemuMigration}.
@@ -41,6 +33,19 @@ export interface QemuImportOptions {
   codec?: 'lz4' | 'none';
   /** Fixed checkpoint id (32 hex digits). */
   id?: string;
+  /**
+   * Writes a diff checkpoint of this parent checkpoint (a path, e.g. the
+   * import of an earlier migration of the same VM): only the pages that
+   * differ from it; the machine state is the stream's own.
+   */
+  parent?: string;
+  /**
+   * A pipe's target page size (default 4096). A file's comes from its
+   * vmdesc; a pipe's vmdesc arrives last and is checked against this.
+   */
+  pageSize?: number;
+  /** The most guest RAM a stream may declare (default 64 GiB): bounds the page index a pipe (size unknown) can make us allocate. */
+  maxGuestBytes?: number | bigint;
 }
 
 /**
@@ -63,80 +68,131 @@ export interface QemuImportStats {
   stateBytes: number;
 }
 
-/** Largest stream prefix (header, configuration, RAM setup) kept. */
-const MAX_PREFIX = 1 << 20;
-/** Bytes of a CPU section read for its paging registers. */
-const MAX_CPU_SECTION = 1 << 20;
-const PAGE_WINDOW = 256;
-const CPU_FIELDS = ['env.cr[0]', 'env.cr[3]', 'env.cr[4]', 'env.efer'] as const;
+/** Bytes of a pipe's tail (device state and vmdesc) spooled to a temporary file at most. */
+export const MAX_SPOOL: number = 64 << 20;
+const DEFAULT_MAX_GUEST = 64n << 30n;
 
-const hex = (v: bigint): string => `0x${v.toString(16)}`;
+/** Reads a pipe: sequential, waiting out EAGAIN of a non-blocking descriptor. */
+function pipeReader(fs: Awaited<ReturnType<typeof nodeFs>>, fd: number): ReadAt {
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  return (dst) => {
+    for (;;) {
+      try {
+        return fs.readSync(fd, dst, 0, dst.length, null);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EAGAIN') Atomics.wait(nap, 0, 0, 2);
+        else if (code === 'EOF') return 0;
+        else throw new VmkitError('IO', `QEMU migration stream: read: ${(e as Error).message}`, { cause: e });
+      }
+    }
+  };
+}
 
 /**
- * Imports QEMU migration stream `streamPath` as checkpoint `outPath`
- * (written to a temporary name and renamed when complete). Memory: fixed
- * windows (1 MiB of stream, 256 pages, the vmdesc).
+ * Imports QEMU migration stream `stream` as checkpoint `outPath` (written to
+ * a temporary name and renamed when complete). `stream` is a file path or an
+ * open file descriptor: a regular file is read by position, anything else (a
+ * pipe: 0 for `migrate "exec:vmkit checkpoint import - vm.ckpt"`) in one
+ * sequential pass, its tail (device state, ≤ 64 MiB) spooled to a temporary
+ * file until the vmdesc at its end says how to parse it. Memory: fixed
+ * windows (1 MiB of stream, 256 pages, the vmdesc) and the page index.
  * @example
  * ```ts
  * const s = await importQemuMigration('/tmp/vm.mig', '/tmp/vm.ckpt');
  * console.log(s.cpus[0].cr3, s.checkpoint.zeroPages);
+ * await importQemuMigration(0, 'vm2.ckpt', { parent: '/tmp/vm.ckpt' }); // stdin, a diff
  * ```
  */
-export async function importQemuMigration(streamPath: string, outPath: string, options: QemuImportOptions = {}): Promise<QemuImportStats> {
-  if (typeof streamPath !== 'string' || streamPath === '') throw new VmkitError('ARG_TYPE', 'streamPath must be a file path');
+export async function importQemuMigration(stream: string | number, outPath: string, options: QemuImportOptions = {}): Promise<QemuImportStats> {
+  if (typeof stream === 'number') {
+    if (!Number.isSafeInteger(stream) || stream < 0) throw new VmkitError('ARG_RANGE', `stream must be a file path or a file descriptor, got ${stream}`);
+  } else if (typeof stream !== 'string' || stream === '') throw new VmkitError('ARG_TYPE', 'stream must be a file path or a file descriptor');
   if (typeof outPath !== 'string' || outPath === '') throw new VmkitError('ARG_TYPE', 'outPath must be a file path');
+  if (options.parent !== undefined && (typeof options.parent !== 'string' || options.parent === '')) throw new VmkitError('ARG_TYPE', 'options.parent must be a checkpoint path');
+  const pipePageSize = options.pageSize ?? 4096;
+  if (!Number.isInteger(pipePageSize) || pipePageSize < 512 || pipePageSize > 65536 || (pipePageSize & (pipePageSize - 1)) !== 0) {
+    throw new VmkitError('ARG_RANGE', `options.pageSize must be a power of two in [512, 65536], got ${pipePageSize}`);
+  }
+  const maxGuest = options.maxGuestBytes === undefined ? DEFAULT_MAX_GUEST : BigInt(options.maxGuestBytes);
+  if (maxGuest <= 0n) throw new VmkitError('ARG_RANGE', 'options.maxGuestBytes must be positive');
   const fs = await nodeFs();
+  const path = await nodeModule<typeof import('node:path')>('node:path');
+  const name = typeof stream === 'string' ? stream : `fd ${stream}`;
   let fd: number;
   try {
-    fd = fs.openSync(streamPath, 'r');
+    fd = typeof stream === 'string' ? fs.openSync(stream, 'r') : stream;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'NOT_FOUND' : 'IO';
-    throw new VmkitError(code, `${streamPath}: ${(e as Error).message}`, { cause: e, path: streamPath });
+    throw new VmkitError(code, `${name}: ${(e as Error).message}`, { cause: e, path: name });
   }
-  const tmp = `${outPath}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+  const tag = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+  const tmp = `${outPath}.tmp-${tag}`;
+  const spool = `${outPath}.spool-${tag}`;
+  let spoolFd = -1;
   let w: CheckpointWriter | undefined;
+  let parent: CheckpointReader | undefined;
   try {
-    const size = fs.fstatSync(fd).size;
-    const readAt = (dst: Uint8Array, pos: number): number => fs.readSync(fd, dst, 0, dst.length, pos);
-    const p = new _Parser(new _StreamInput(readAt, size), size, readAt);
-    const vm = await p.run(async (guestSize, pageSize) => {
-      w = await CheckpointWriter.create(tmp, { guestSize, pageSize, blockSize: options.blockSize, codec: options.codec, id: options.id });
+    const st = fs.fstatSync(fd);
+    const positioned = st.isFile();
+    const size = positioned ? st.size : Infinity;
+    const readAt: ReadAt = positioned ? (dst, pos) => fs.readSync(fd, dst, 0, dst.length, pos) : pipeReader(fs, fd);
+    // A file's vmdesc is read first: its page size, and a truncated file refused before any work.
+    let desc: Vmdesc | undefined = positioned ? readVmdesc(readAt, size) : undefined;
+    const pageSize = desc ? desc.pageSize : pipePageSize;
+    if (!Number.isInteger(pageSize) || pageSize < 512 || pageSize > 65536 || (pageSize & (pageSize - 1)) !== 0) {
+      throw new VmkitError('UNSUPPORTED', `QEMU migration stream: vmdesc page_size ${pageSize} (vmdesc, byte offset ${desc!.offset})`, { offset: desc!.offset });
+    }
+    if (options.parent !== undefined) parent = await CheckpointReader.open(options.parent);
+    const parentRef = parent ? { path: path.relative(path.dirname(path.resolve(outPath)), path.resolve(options.parent!)) || '.', id: parent.header.id } : undefined;
+    const sink = diffSink(parent, async (guestSize, ps) => {
+      w = await CheckpointWriter.create(tmp, { guestSize, pageSize: ps, blockSize: options.blockSize, codec: options.codec, id: options.id, parent: parentRef });
       return w;
     });
+    const p = new _Parser(pageSize, size, maxGuest);
+    const inp = new _StreamInput(readAt, size);
+    const head = await p.ram(inp, sink.sink, desc?.offset);
+
+    // The tail: a file's by position; a pipe's spooled first (its vmdesc comes last).
+    let tailRead = readAt;
+    let tailSize = size;
+    if (!positioned) {
+      spoolFd = fs.openSync(spool, 'w+');
+      let spooled = 0;
+      inp.drain((piece) => {
+        if (spooled + piece.length > MAX_SPOOL) inp.fail('LIMIT', `device state and vmdesc over ${MAX_SPOOL} bytes`, head.suffixStart + MAX_SPOOL);
+        for (let k = 0; k < piece.length; ) k += fs.writeSync(spoolFd, piece, k, piece.length - k, spooled + k);
+        spooled += piece.length;
+      });
+      tailRead = (dst, pos) => fs.readSync(spoolFd, dst, 0, dst.length, pos - head.suffixStart);
+      tailSize = head.suffixStart + spooled;
+      desc = readVmdesc(tailRead, tailSize, head.suffixStart);
+    }
+    const cpus = p.tail(new _StreamInput(tailRead, tailSize, head.suffixStart), desc!);
     const writer = w!;
     // The machine-state section: header, the stream up to the RAM pages, the marker, the rest, metadata.
     await writer.appendState(encodeStateHeader());
-    let stateBytes = 0;
-    const copy = async (from: number, to: number): Promise<void> => {
-      const buf = new Uint8Array(Math.min(MAX_CHUNK, WINDOW));
-      for (let at = from; at < to; ) {
-        const n = Math.min(buf.length, to - at);
-        for (let got = 0; got < n; ) {
-          const k = readAt(buf.subarray(got, n), at + got);
-          if (k <= 0) throw new VmkitError('IO', `${streamPath}: short read at ${at + got}`);
-          got += k;
-        }
-        await writer.appendState(encodeChunk(CHUNK_STREAM, buf.subarray(0, n)));
-        stateBytes += n;
-        at += n;
-      }
-    };
-    await copy(0, vm.prefixEnd);
+    await writer.appendState(encodeChunk(CHUNK_STREAM, head.prefix));
     await writer.appendState(encodeChunk(CHUNK_RAM, new Uint8Array(0)));
-    await copy(vm.suffixStart, size);
-    const meta: MachineStateMeta = {
-      source: 'qemu-migration',
-      machine: vm.machine,
-      pageSize: vm.pageSize,
-      ramSectionId: vm.ramId,
-      blocks: vm.blocks,
-      cpus: vm.cpus,
-    };
-    await writer.appendState(encodeMeta(meta));
+    let stateBytes = head.prefix.length;
+    const buf = new Uint8Array(MAX_CHUNK);
+    for (let at = head.suffixStart; at < tailSize; ) {
+      const n = Math.min(buf.length, tailSize - at);
+      for (let got = 0; got < n; ) {
+        const k = tailRead(buf.subarray(got, n), at + got);
+        if (k <= 0) throw new VmkitError('IO', `${name}: short read at ${at + got}`);
+        got += k;
+      }
+      await writer.appendState(encodeChunk(CHUNK_STREAM, buf.subarray(0, n)));
+      stateBytes += n;
+      at += n;
+    }
+    const meta: MachineStateMeta = { source: 'qemu-migration', machine: head.machine, pageSize, ramSectionId: head.ramId, blocks: head.blocks, cpus };
+    await writer.appendState(_encodeMeta(meta));
     await writer.appendState(encodeChunk(CHUNK_END, new Uint8Array(0)));
     const checkpoint = await writer.finish();
     fs.renameSync(tmp, outPath);
-    return { checkpoint, blocks: vm.blocks, cpus: vm.cpus, machine: vm.machine, streamBytes: size, pageRecords: vm.pageRecords, stateBytes };
+    return { checkpoint, blocks: head.blocks, cpus, machine: head.machine, streamBytes: tailSize, pageRecords: head.pageRecords, stateBytes };
   } catch (e) {
     await w?.abort().catch(() => {});
     try {
@@ -146,258 +202,56 @@ export async function importQemuMigration(streamPath: string, outPath: string, o
     }
     throw e;
   } finally {
-    fs.closeSync(fd);
-  }
-}
-
-interface Parsed {
-  machine: string;
-  pageSize: number;
-  ramId: number;
-  blocks: RamBlockLayout[];
-  cpus: CpuPaging[];
-  prefixEnd: number;
-  suffixStart: number;
-  pageRecords: number;
-}
-
-/** The stream parser: one pass, sections in order. */
-class _Parser {
-  private machine = '';
-  private ramId = -1;
-  private blocks: RamBlockLayout[] = [];
-  private byId = new Map<string, RamBlockLayout>();
-  private cpus: CpuPaging[] = [];
-  private prefixEnd = -1;
-  private suffixStart = -1;
-  private pageRecords = 0;
-  private writer: CheckpointWriter | undefined;
-  private pageSize = 4096;
-  private pend = new Uint8Array(0);
-  private pendFirst = 0;
-  private pendCount = 0;
-  private lastBlock: RamBlockLayout | undefined;
-
-  private readonly inp: _StreamInput;
-  private readonly size: number;
-  private readonly readAt: (dst: Uint8Array, pos: number) => number;
-
-  constructor(inp: _StreamInput, size: number, readAt: (dst: Uint8Array, pos: number) => number) {
-    this.inp = inp;
-    this.size = size;
-    this.readAt = readAt;
-  }
-
-  async run(open: (guestSize: bigint, pageSize: number) => Promise<CheckpointWriter>): Promise<Parsed> {
-    const inp: _StreamInput = this.inp;
-    const desc = readVmdesc(this.readAt, this.size);
-    const devices = devicesByKey(desc);
-    this.pageSize = desc.pageSize;
-    if (!Number.isInteger(this.pageSize) || this.pageSize < 512 || this.pageSize > 65536 || (this.pageSize & (this.pageSize - 1)) !== 0) {
-      inp.fail('UNSUPPORTED', `vmdesc page_size ${this.pageSize}`, desc.offset);
+    if (spoolFd >= 0) {
+      fs.closeSync(spoolFd);
+      fs.rmSync(spool, { force: true });
     }
-    this.pend = new Uint8Array(PAGE_WINDOW * this.pageSize);
-    inp.where = 'header';
-    if (inp.be32() !== STREAM_MAGIC) inp.fail('CORRUPT', 'not a QEMU migration stream (bad magic)', 0);
-    const version = inp.be32();
-    if (version !== STREAM_VERSION) inp.fail('UNSUPPORTED', `stream version ${version} (only ${STREAM_VERSION})`, 4);
-    let sections = 0;
-    for (;;) {
-      const at = inp.offset;
-      if (at >= desc.offset) inp.fail('CORRUPT', 'the stream reaches its vmdesc without QEMU_VM_EOF');
-      inp.where = `section type at ${at}`;
-      const type = inp.u8();
-      if (type === SEC.EOF) {
-        if (this.ramId < 0) inp.fail('CORRUPT', 'the stream has no RAM section', at);
-        await this.flush();
-        if (this.suffixStart < 0) this.suffixStart = at;
-        if (inp.offset !== desc.offset) inp.fail('CORRUPT', `${desc.offset - inp.offset} bytes between QEMU_VM_EOF and the vmdesc`);
-        break;
+    await parent?.close();
+    if (typeof stream === 'string') fs.closeSync(fd);
+  }
+}
+
+/**
+ * The parser's page sink: every page to the writer, or, with a parent, the
+ * pages that differ from it, and any page written before (a page the stream
+ * sends twice, changed then changed back, must not keep its first copy).
+ */
+function diffSink(parent: CheckpointReader | undefined, open: (guestSize: bigint, pageSize: number) => Promise<CheckpointWriter>): { sink: _PageSink } {
+  let w: CheckpointWriter | undefined;
+  let ps = 0;
+  let written = new Uint8Array(0);
+  let old = new Uint8Array(0);
+  const sink: _PageSink = {
+    async open(guestSize, pageSize) {
+      if (parent && (parent.guestSize !== guestSize || parent.pageSize !== pageSize)) {
+        throw new VmkitError('ARG_RANGE', `parent is a ${parent.guestSize}-byte guest of ${parent.pageSize}-byte pages, the stream's RAM is ${guestSize} bytes of ${pageSize}`);
       }
-      if (type === SEC.CONFIGURATION) {
-        if (sections > 0) inp.fail('CORRUPT', 'configuration section after other sections', at);
-        this.configuration();
-        sections++;
-        continue;
-      }
-      sections++;
-      if (type === SEC.START || type === SEC.FULL) {
-        const id = inp.be32();
-        const name = inp.str8();
-        const instance = inp.be32();
-        const ver = inp.be32();
-        inp.where = `section ${name} (id ${id}, instance ${instance}) at ${at}`;
-        if (type === SEC.START) {
-          if (name !== 'ram') inp.fail('UNSUPPORTED', `iterable section ${name} (block migration, dirty bitmaps…)`, at);
-          if (this.ramId >= 0) inp.fail('CORRUPT', 'a second ram section', at);
-          if (ver !== 4) inp.fail('UNSUPPORTED', `ram section version ${ver} (only 4)`, at);
-          this.ramId = id;
-          await this.ramPages(true);
-          this.footer(id);
-          this.prefixEnd = inp.offset;
-          if (this.prefixEnd > MAX_PREFIX) inp.fail('LIMIT', `stream prefix over ${MAX_PREFIX} bytes`);
-          const guestSize = this.blocks.reduce((n, b) => n + this.roundUp(b.length), 0);
-          this.writer = await open(BigInt(guestSize), this.pageSize);
+      w = await open(guestSize, pageSize);
+      ps = pageSize;
+      if (parent) written = new Uint8Array(Math.ceil(Number(guestSize / BigInt(pageSize)) / 8));
+    },
+    async pages(first, data) {
+      if (!parent) return w!.writePages(first, data);
+      const n = data.length / ps;
+      if (old.length < data.length) old = new Uint8Array(data.length);
+      await parent.readPagesInto(first, n, old.subarray(0, data.length));
+      const must = (i: number): boolean => {
+        const p = first + i;
+        if ((written[p >>> 3]! >>> (p & 7)) & 1) return true;
+        return Buffer.compare(data.subarray(i * ps, (i + 1) * ps), old.subarray(i * ps, (i + 1) * ps)) !== 0;
+      };
+      for (let i = 0; i < n; ) {
+        if (!must(i)) {
+          i++;
           continue;
         }
-        if (this.ramId < 0) inp.fail('CORRUPT', 'device section before the ram section', at);
-        await this.flush();
-        if (this.suffixStart < 0) this.suffixStart = at;
-        const dev = devices.get(`${name}\0${instance}`);
-        if (!dev) inp.fail('CORRUPT', 'section not in the vmdesc', at);
-        if (dev.version !== ver) inp.fail('CORRUPT', `version ${ver}, the vmdesc says ${dev.version}`, at);
-        const len = vmsdBytes(dev);
-        if (inp.offset + len > desc.offset) inp.fail('CORRUPT', `section data of ${len} bytes runs past the stream`);
-        if (name === 'cpu' && dev.vmsd_name === 'cpu') this.cpu(dev, instance, len);
-        else inp.take(len, () => {});
-        this.footer(id);
-        continue;
+        let j = i + 1;
+        while (j < n && must(j)) j++;
+        await w!.writePages(first + i, data.subarray(i * ps, j * ps));
+        for (let k = first + i; k < first + j; k++) written[k >>> 3]! |= 1 << (k & 7);
+        i = j;
       }
-      if (type === SEC.PART || type === SEC.END) {
-        const id = inp.be32();
-        inp.where = `section ram (id ${id}) ${type === SEC.PART ? 'part' : 'end'} at ${at}`;
-        if (id !== this.ramId) inp.fail('UNSUPPORTED', `part of unknown iterable section ${id}`, at);
-        if (this.suffixStart >= 0) inp.fail('UNSUPPORTED', 'RAM pages after device state (postcopy?)', at);
-        await this.ramPages(false);
-        this.footer(id);
-        continue;
-      }
-      if (type === SEC.COMMAND) inp.fail('UNSUPPORTED', 'QEMU_VM_COMMAND (postcopy, colo, switchover-ack)', at);
-      inp.fail('CORRUPT', `unknown section type 0x${type.toString(16)}`, at);
-    }
-    return {
-      machine: this.machine,
-      pageSize: this.pageSize,
-      ramId: this.ramId,
-      blocks: this.blocks,
-      cpus: this.cpus,
-      prefixEnd: this.prefixEnd,
-      suffixStart: this.suffixStart,
-      pageRecords: this.pageRecords,
-    };
-  }
-
-  private roundUp(n: number): number {
-    return Math.ceil(n / this.pageSize) * this.pageSize;
-  }
-
-  /** QEMU_VM_CONFIGURATION: vmstate "configuration" (machine type, optional subsections). */
-  private configuration(): void {
-    const inp: _StreamInput = this.inp;
-    inp.where = `configuration section at ${inp.offset - 1}`;
-    const n = inp.be32();
-    if (n > 256) inp.fail('CORRUPT', `machine type name of ${n} bytes`);
-    this.machine = String.fromCharCode(...inp.bytes(n));
-    while (inp.peek8() === SEC.SUBSECTION) {
-      const at = inp.offset;
-      inp.u8();
-      const name = inp.str8();
-      inp.be32();
-      if (name === 'configuration/capabilities') {
-        const count = inp.be32();
-        if (count > 64) inp.fail('CORRUPT', `${count} capabilities`, at);
-        for (let i = 0; i < count; i++) {
-          const cap = inp.str8();
-          if (cap === 'x-ignore-shared' || cap === 'postcopy-ram') inp.fail('UNSUPPORTED', `migration capability ${cap}`, at);
-        }
-      } else if (name === 'configuration/uuid') inp.bytes(16);
-      else inp.fail('UNSUPPORTED', `configuration subsection ${name}`, at);
-    }
-  }
-
-  private footer(id: number): void {
-    const at = this.inp.offset;
-    if (this.inp.u8() !== SEC.FOOTER) this.inp.fail('CORRUPT', 'no section footer where the section should end (or a stream without section footers)', at);
-    const fid = this.inp.be32();
-    if (fid !== id) this.inp.fail('CORRUPT', `section footer names section ${fid}`, at);
-  }
-
-  /** The vCPU's paging registers from its "cpu" section, at the vmdesc's field offsets. */
-  private cpu(dev: Parameters<typeof vmsdBytes>[0], instance: number, len: number): void {
-    const keep = new Uint8Array(Math.min(len, MAX_CPU_SECTION));
-    let got = 0;
-    this.inp.take(len, (piece) => {
-      const k = Math.min(piece.length, keep.length - got);
-      keep.set(piece.subarray(0, k), got);
-      got += k;
-    });
-    const offs = fieldOffsets(dev, CPU_FIELDS);
-    const v = new DataView(keep.buffer);
-    const reg = (name: string): string => {
-      const f = offs.get(name);
-      if (!f || f.size !== 8 || f.offset + 8 > keep.length) return '';
-      return hex(v.getBigUint64(f.offset));
-    };
-    this.cpus.push({ index: instance, cr0: reg('env.cr[0]'), cr3: reg('env.cr[3]'), cr4: reg('env.cr[4]'), efer: reg('env.efer') });
-  }
-
-  /** Page records of the ram section until RAM_SAVE_FLAG_EOS (setup: the block list first). */
-  private async ramPages(setup: boolean): Promise<void> {
-    const inp: _StreamInput = this.inp;
-    const ps = this.pageSize;
-    const mask = BigInt(ps - 1);
-    for (;;) {
-      const at = inp.offset;
-      const word = inp.be64();
-      const flags = Number(word & mask);
-      const addr = word & ~mask;
-      if (flags & RAM.UNSUPPORTED) {
-        const what = flags & RAM.XBZRLE ? 'XBZRLE' : flags & RAM.COMPRESS_PAGE ? 'compressed page' : flags & RAM.HOOK ? 'RDMA hook' : 'multifd flush';
-        inp.fail('UNSUPPORTED', `ram ${what} record (flags 0x${flags.toString(16)})`, at);
-      }
-      if (flags & ~RAM.KNOWN) inp.fail('CORRUPT', `unknown ram flags 0x${flags.toString(16)}`, at);
-      if (flags === RAM.EOS) return;
-      if (flags & RAM.MEM_SIZE) {
-        if (!setup || this.blocks.length > 0 || flags !== RAM.MEM_SIZE) inp.fail('CORRUPT', 'ram block list out of place', at);
-        let total = addr;
-        let offset = 0;
-        while (total > 0n) {
-          const bat = inp.offset;
-          const id = inp.str8();
-          const len = inp.be64();
-          if (len > total || len === 0n || this.byId.has(id)) inp.fail('CORRUPT', `ram block ${id} of ${len} bytes`, bat);
-          total -= len;
-          const b: RamBlockLayout = { id, length: Number(len), offset };
-          offset += this.roundUp(b.length);
-          if (offset / ps > 2 ** 31) inp.fail('LIMIT', 'ram blocks over 2^31 pages', bat);
-          this.blocks.push(b);
-          this.byId.set(id, b);
-        }
-        if (this.blocks.length === 0) inp.fail('CORRUPT', 'empty ram block list', at);
-        // Precopy sends every page at least once (a zero page is a 9-byte record): a block list
-        // declaring far more RAM than the stream could hold is corrupt, and would cost index memory.
-        const maxPages = Math.max(this.size / 8, 1 << 18);
-        if (offset / ps > maxPages) inp.fail('CORRUPT', `ram blocks of ${offset} bytes in a ${this.size}-byte stream`, at);
-        continue;
-      }
-      if ((flags & (RAM.ZERO | RAM.PAGE)) === 0 || (flags & RAM.ZERO && flags & RAM.PAGE)) inp.fail('CORRUPT', `ram record with flags 0x${flags.toString(16)}`, at);
-      let block: RamBlockLayout | undefined;
-      if (flags & RAM.CONTINUE) {
-        block = this.lastBlock;
-        if (!block) inp.fail('CORRUPT', 'RAM_SAVE_FLAG_CONTINUE with no block before', at);
-      } else {
-        const id = inp.str8();
-        block = this.byId.get(id);
-        if (!block) inp.fail('CORRUPT', `page of unknown ram block ${JSON.stringify(id)}`, at);
-        this.lastBlock = block;
-      }
-      if (addr >= BigInt(block.length)) inp.fail('CORRUPT', `page at 0x${addr.toString(16)} past ram block ${block.id}`, at);
-      if (!this.writer) inp.fail('CORRUPT', 'page before the ram setup', at);
-      const page = (block.offset + Number(addr)) / ps;
-      if (this.pendCount === PAGE_WINDOW || (this.pendCount > 0 && page !== this.pendFirst + this.pendCount)) await this.flush();
-      if (this.pendCount === 0) this.pendFirst = page;
-      const dst = this.pend.subarray(this.pendCount * ps, (this.pendCount + 1) * ps);
-      if (flags & RAM.ZERO) dst.fill(inp.u8());
-      else dst.set(inp.bytes(ps));
-      this.pendCount++;
-      this.pageRecords++;
-    }
-  }
-
-  private async flush(): Promise<void> {
-    if (this.pendCount === 0 || !this.writer) return;
-    const n = this.pendCount;
-    this.pendCount = 0;
-    await this.writer.writePages(this.pendFirst, this.pend.subarray(0, n * this.pageSize));
-  }
+    },
+  };
+  return { sink };
 }
