@@ -23,21 +23,11 @@ import { core, withCore, type Core } from '../core.js';
 import { check } from '../_status.js';
 import { VmkitError } from '../errors.js';
 import { abytes } from '../_utils.js';
+import type { CoreExports } from '../_abi.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, ReferenceIndex } from './types.js';
 import { HEX, hexInto, toHex } from '../_hex.js';
 
 export { hexInto, toHex };
-
-interface DixExports {
-  dixCreate(expected: number, seedLo: number, seedHi: number): number;
-  dixFree(h: number): number;
-  dixCount(h: number): number;
-  dixBytes(h: number): number;
-  dixInsertDigests(h: number, src: number, meta: number, values: number, n: number, prev: number): number;
-  dixGetDigest(h: number, src: number, len: number, tag: number): number;
-  dixGetHex(h: number, hex: number, n: number, len: number, tag: number, dec: number, out: number): number;
-  dixGetPacked(h: number, src: number, n: number, len: number, tag: number, out: number): number;
-}
 
 const ALGS: readonly DigestAlgorithm[] = ['sha256', 'md5', 'sha1', 'sha384', 'sha512', 'sm3'];
 const LEN: Record<DigestAlgorithm, number> = { md5: 16, sha1: 20, sha256: 32, sha384: 48, sha512: 64, sm3: 32 };
@@ -110,7 +100,7 @@ export interface DigestIndexMemory {
 const registry = new FinalizationRegistry<{ h: number; gen: number }>((t) => {
   try {
     const c = core();
-    if (c.generation === t.gen) (c.exports as unknown as DixExports).dixFree(t.h);
+    if (c.generation === t.gen) c.exports.dixFree(t.h);
   } catch {
     /* the core is gone: nothing to free */
   }
@@ -215,8 +205,8 @@ export class DigestIndex implements ReferenceIndex {
     registry.register(this, { h: this.h, gen: this.gen }, this.token);
   }
 
-  private ex(c: Core): DixExports {
-    return c.exports as unknown as DixExports;
+  private ex(c: Core): CoreExports {
+    return c.exports;
   }
 
   private live(): Core {

@@ -14,7 +14,8 @@ import { VmkitError } from '../../errors.js';
 import { base64ToBits, bitsToBase64, intentGranule, WriteIntent } from './_intent.js';
 import { allocationMap, isL2Layer, joinHostRuns, planExtents, planFromL2, type L2Layer, type PlanOp } from './_plan.js';
 import { RangeSet, restrictPlan } from './_ranges.js';
-import type { BackupDevice, ChainOps, ImageFormat } from './_types.js';
+import type { BackupDevice, ChainOps } from './_types.js';
+import type { FormatName } from '../formats/types.js';
 import {
   newProgress,
   RateLimiter,
@@ -43,7 +44,7 @@ export interface ConsolidateOptions extends JobOptions {
   /** 'base' (default): into the layer below the delta. Otherwise the path of a new target image. */
   into?: 'base' | string;
   /** Format of a new target (default: the delta's format). */
-  format?: ImageFormat;
+  format?: FormatName;
   /**
    * A new target holds the whole chain, with no backing file (default false:
    * the target is an overlay on the delta's backing file and gets only the
@@ -486,7 +487,7 @@ export function _oldDelta(delta: string): string {
 export async function _emptyDelta(ops: ChainOps, rec: JobRecord): Promise<void> {
   const tmp = `${rec.delta}.vmkit-empty`;
   await ops.remove(tmp);
-  await ops.createOverlay(tmp, rec.base, rec.format as ImageFormat);
+  await ops.createOverlay(tmp, rec.base, rec.format as FormatName);
   if (ops.link) {
     await ops.remove(_oldDelta(rec.delta));
     // Without the second name (a filesystem with no hard links) the rename frees it, as before.

@@ -37,13 +37,6 @@ export type BackupDevice = Pick<BlockDevice, 'size' | 'alignment' | 'read' | 'wr
   };
 
 /**
- * The block layer's {@link FormatName}, under the name consolidate.ts and
- * _consolidate-job.ts still import (internal: vmkit/disk never exported it).
- * @deprecated use FormatName from formats/types.ts.
- */
-export type ImageFormat = FormatName;
-
-/**
  * Operations on image files a job needs. The default implementation is the
  * vmkit/disk one on Node files; tests pass an in-memory one.
  *

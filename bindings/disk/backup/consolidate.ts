@@ -11,7 +11,8 @@
  */
 import { VmkitError } from '../../errors.js';
 import { bitsToBase64, intentGranule } from './_intent.js';
-import type { ChainOps, ImageFormat } from './_types.js';
+import type { ChainOps } from './_types.js';
+import type { FormatName } from '../formats/types.js';
 import { readJobRecord, removeJobRecord, writeJobRecord, type JobRecord } from './job.js';
 import type { LiveDisk } from './live.js';
 import { _ConsolidationJob, _emptyDelta, _oldDelta, type ConsolidateJob, type ConsolidateOptions } from './_consolidate-job.js';
@@ -110,8 +111,8 @@ export async function resumeConsolidation(disk: LiveDisk, opts: ConsolidateOptio
   }
   if (!(await disk.ops.exists(rec.target))) {
     // Crashed between the record and the target's creation.
-    if (rec.full) await disk.ops.create(rec.target, disk.size, rec.format as ImageFormat);
-    else await disk.ops.createOverlay(rec.target, rec.base, rec.format as ImageFormat);
+    if (rec.full) await disk.ops.create(rec.target, disk.size, rec.format as FormatName);
+    else await disk.ops.createOverlay(rec.target, rec.base, rec.format as FormatName);
   }
   const targetDev = await disk.ops.open(rec.target);
   return new _ConsolidationJob(disk, rec, targetDev, opts, true);
