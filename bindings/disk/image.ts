@@ -331,6 +331,52 @@ export function chainOf(dev: ImageDevice): ImageDevice[] {
 }
 
 /**
+ * The format driver of the backup and consolidation jobs (`FormatDriver` of
+ * bindings/disk/backup/node.ts): what {@link fileFormatDriver} does, over the
+ * images of `provider`, which must name Node files (paths are resolved with
+ * `node:path`). Disk ownership passes a provider whose storage checks the
+ * holder's write guard, so a live disk's jobs write nothing once it is fenced.
+ *
+ * @example
+ * ```ts
+ * const ops = new NodeChainOps(formatDriverWith(syncFileProvider));
+ * ```
+ */
+export function formatDriverWith(provider: StorageProvider): typeof fileFormatDriver {
+  return {
+    open: (path, opts) => openImage(path, { readOnly: opts.readOnly, provider }),
+    async create(path, size, format, opts) {
+      await createImage(path, { size, format, provider, ...(opts?.durable === false ? { durable: false } : {}) });
+    },
+    async createOverlay(path, backing, format) {
+      // `backing` is a path from the current folder; the image stores it relative to the overlay
+      // (as the ChainOps contract asks), so the pair can move together.
+      const np = (await import(/* @vite-ignore */ 'node:path' as string)) as typeof import('node:path');
+      const rel = np.relative(np.dirname(np.resolve(path)), np.resolve(backing));
+      await createImage(path, { backing: rel, format, provider });
+    },
+    async backingOf(path) {
+      const dev = await openImage(path, { readOnly: true, noBacking: true, provider });
+      try {
+        if (dev.backingFile === undefined) return undefined;
+        const np = (await import(/* @vite-ignore */ 'node:path' as string)) as typeof import('node:path');
+        return np.normalize(provider.resolve(path, dev.backingFile));
+      } finally {
+        await dev.close();
+      }
+    },
+    async formatOf(path) {
+      const s = await provider.open(path, { readOnly: true });
+      try {
+        return await probeFormat(s);
+      } finally {
+        await s.close();
+      }
+    },
+  };
+}
+
+/**
  * Image operations on Node files for the backup and consolidation jobs
  * (the `FormatDriver` of bindings/disk/backup/node.ts): open a chain,
  * create an image or an overlay (backing stored relative to it), find a
@@ -347,37 +393,7 @@ export const fileFormatDriver: {
   createOverlay(path: string, backing: string, format: FormatName): Promise<void>;
   backingOf(path: string): Promise<string | undefined>;
   formatOf(path: string): Promise<FormatName>;
-} = {
-  open: (path, opts) => openImage(path, { readOnly: opts.readOnly }),
-  async create(path, size, format, opts) {
-    await createImage(path, { size, format, ...(opts?.durable === false ? { durable: false } : {}) });
-  },
-  async createOverlay(path, backing, format) {
-    // `backing` is a path from the current folder; the image stores it relative to the overlay
-    // (as the ChainOps contract asks), so the pair can move together.
-    const np = (await import(/* @vite-ignore */ 'node:path' as string)) as typeof import('node:path');
-    const rel = np.relative(np.dirname(np.resolve(path)), np.resolve(backing));
-    await createImage(path, { backing: rel, format });
-  },
-  async backingOf(path) {
-    const dev = await openImage(path, { readOnly: true, noBacking: true });
-    try {
-      if (dev.backingFile === undefined) return undefined;
-      const np = (await import(/* @vite-ignore */ 'node:path' as string)) as typeof import('node:path');
-      return np.normalize(fileProvider.resolve(path, dev.backingFile));
-    } finally {
-      await dev.close();
-    }
-  },
-  async formatOf(path) {
-    const s = await fileProvider.open(path, { readOnly: true });
-    try {
-      return await probeFormat(s);
-    } finally {
-      await s.close();
-    }
-  },
-};
+} = formatDriverWith(fileProvider);
 
 /**
  * {@link fileFormatDriver} with synchronous positional reads and writes

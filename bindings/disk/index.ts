@@ -35,6 +35,7 @@ export {
   chainOf,
   MAX_CHAIN_DEPTH,
   fileFormatDriver,
+  formatDriverWith,
   type OpenImageOptions,
   type CreateImageOptions,
 } from './image.js';

@@ -6,12 +6,12 @@
  * --server <socket>` are the other end.
  * @module
  */
-import { VmkitError } from '../../errors.js';
+import { VmkitError, isVmkitError } from '../../errors.js';
 import type { BlockDevice, BlockExtent } from '../../disk/device.js';
+import type { ChainOps } from '../../disk/backup/_types.js';
 import { backup } from '../../disk/backup/backup.js';
 import { consolidate } from '../../disk/backup/consolidate.js';
 import { LiveDisk } from '../../disk/backup/live.js';
-import { NodeChainOps, type FormatDriver } from '../../disk/backup/node.js';
 import { snapshot, type Snapshot } from '../../disk/backup/snapshot.js';
 import type { ControlHandler } from '../../disk/nbd/control.js';
 
@@ -49,31 +49,109 @@ const num = (v: unknown, name: string): number | undefined => {
   return v;
 };
 
-/** Opens `path` as a LiveDisk and returns it with the control socket's handler. */
-export async function openLive(path: string, driver: FormatDriver): Promise<{ disk: LiveDisk; handler: ControlHandler; close(): Promise<void> }> {
-  const ops = new NodeChainOps(driver);
-  const disk = await LiveDisk.open(path, ops);
+/**
+ * The file beside a served disk that names its active layer once a live job
+ * moved it (a snapshot's delta, a consolidation into another target): JSON
+ * `{"active":"<path relative to the disk's folder>"}`. `vmkit disk serve`
+ * follows it, so a restarted or successor server opens the layer the guest
+ * last wrote, not the frozen one below it (docs/nbd.md, "Live jobs").
+ */
+export const activePointerOf = (disk: string): string => `${disk}.vmkit-active`;
+
+/** Longest pointer file read. */
+const MAX_POINTER = 8192;
+
+/** The active layer of `disk`: the layer its pointer file names, or `disk` itself. */
+export async function activeLayer(disk: string): Promise<string> {
+  const { readFile, stat } = await import('node:fs/promises');
+  const np = await import('node:path');
+  const ptr = activePointerOf(disk);
+  let text: string;
+  try {
+    if ((await stat(ptr)).size > MAX_POINTER) throw new VmkitError('LIMIT', `${ptr} is over ${MAX_POINTER} bytes`, { path: ptr });
+    text = await readFile(ptr, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return disk;
+    throw e instanceof VmkitError ? e : new VmkitError('IO', `cannot read ${ptr}: ${(e as Error).message}`, { cause: e, path: ptr });
+  }
+  let rel: unknown;
+  try {
+    rel = (JSON.parse(text) as { active?: unknown }).active;
+  } catch (e) {
+    throw new VmkitError('CORRUPT', `${ptr} is not JSON: ${(e as Error).message}`, { cause: e, path: ptr });
+  }
+  if (typeof rel !== 'string' || rel.length === 0 || rel.includes('\0')) throw new VmkitError('CORRUPT', `${ptr}: "active" must name a file`, { path: ptr });
+  const active = np.join(np.dirname(disk), rel);
+  try {
+    await stat(active);
+  } catch (e) {
+    throw new VmkitError('NOT_FOUND', `${ptr} names ${active} as the active layer of ${disk}, and it is missing: restore it, or remove ${ptr} to serve ${disk} itself`, { cause: e, path: active });
+  }
+  return active;
+}
+
+/**
+ * What `serve --control` holds: the live disk, the control socket's handler,
+ * and how the process stops its jobs (a release request, a fence, SIGTERM).
+ */
+export interface LiveServe {
+  readonly disk: LiveDisk;
+  readonly handler: ControlHandler;
+  /**
+   * Refuses new jobs from now on and ends the running one: a backup and a
+   * consolidation before its pivot are cancelled (the caller gets `code`
+   * with `why`), a snapshot and a pivot already under way are waited for.
+   */
+  stopJobs(why: string, code?: 'CANCELLED' | 'FENCED'): Promise<void>;
+  /** Stops the jobs, then flushes and closes the chain. */
+  close(): Promise<void>;
+  /** Stops the jobs and lets every layer go unflushed (a fenced holder may write nothing). */
+  abandon(): Promise<void>;
+}
+
+/**
+ * Opens the chain whose top is `path` as a LiveDisk with `ops` (under an
+ * owner's guard with `vmkit disk serve --as`), and returns it with the
+ * control socket's handler. A job that makes another layer active rewrites
+ * `disk`'s pointer file (see {@link activePointerOf}) before guest I/O resumes.
+ */
+export async function openLive(path: string, ops: ChainOps, disk: string = path): Promise<LiveServe> {
+  const np = await import('node:path');
+  const live = await LiveDisk.open(path, ops);
+  const ptr = activePointerOf(disk);
+  live.onActiveChange = async (active) => {
+    if (np.resolve(active) === np.resolve(disk)) await ops.remove(ptr);
+    else await ops.writeTextAtomic(ptr, JSON.stringify({ active: np.relative(np.dirname(np.resolve(disk)), np.resolve(active)) }) + '\n');
+  };
   let snap: Snapshot | undefined;
   let busy: string | undefined;
+  /** The running job: its end, and how to cancel it (a consolidation's cancel waits out a pivot under way). */
+  let running: { done: Promise<unknown>; cancel?: () => Promise<void> } | undefined;
+  let stopping: { why: string; code: 'CANCELLED' | 'FENCED' } | undefined;
+  // Read through a call: it changes across the awaits of a job (TypeScript would keep it narrowed).
+  const stopped = (): typeof stopping => stopping;
   const handler: ControlHandler = async (req, progress) => {
     const a = req.args ?? {};
-    if (req.op === 'info') return { active: disk.path, size: disk.size, snapshot: snap ? { frozen: snap.frozen, delta: snap.delta } : null, job: busy ?? null };
+    if (req.op === 'info') return { active: live.path, size: live.size, snapshot: snap ? { frozen: snap.frozen, delta: snap.delta } : null, job: busy ?? null };
     if (req.op !== 'snapshot' && req.op !== 'backup' && req.op !== 'consolidate') throw new VmkitError('ARG_RANGE', `unknown control op ${JSON.stringify(req.op)}: info, snapshot, backup, consolidate`);
-    if (busy) throw new VmkitError('CONFLICT', `a ${busy} job is running on ${disk.path}`);
+    if (stopping) throw new VmkitError(stopping.code === 'FENCED' ? 'FENCED' : 'INVALID_STATE', `no new job on ${live.path}: ${stopping.why}`, { path: live.path });
+    if (busy) throw new VmkitError('CONFLICT', `a ${busy} job is running on ${live.path}`);
     busy = req.op;
-    try {
+    const job: { done: Promise<unknown>; cancel?: () => Promise<void> } = { done: Promise.resolve() };
+    running = job;
+    const run = (async (): Promise<unknown> => {
       if (req.op === 'snapshot') {
         const format = str(a.format, 'format') ?? 'qcow2';
         if (format !== 'qcow2' && format !== 'vmdk') throw new VmkitError('ARG_RANGE', `format must be qcow2 or vmdk, got ${format}`);
         const delta = str(a.delta, 'delta');
-        const next = await snapshot(disk, { format, ...(delta ? { delta } : {}) });
+        const next = await snapshot(live, { format, ...(delta ? { delta } : {}) });
         await snap?.image.close();
         snap = next;
-        return { frozen: snap.frozen, delta: snap.delta, active: disk.path };
+        return { frozen: snap.frozen, delta: snap.delta, active: live.path };
       }
       if (req.op === 'backup') {
         // From the last snapshot: a point in time, while the guest writes to the delta above it.
-        if (!snap) throw new VmkitError('INVALID_STATE', `no snapshot of ${disk.path} to back up from: take one first (vmkit disk snapshot --server …)`);
+        if (!snap) throw new VmkitError('INVALID_STATE', `no snapshot of ${live.path} to back up from: take one first (vmkit disk snapshot --server …)`);
         const target = str(a.target, 'target');
         if (!target) throw new VmkitError('ARG_RANGE', 'backup needs a target path');
         const format = str(a.format, 'format') ?? 'raw';
@@ -81,38 +159,74 @@ export async function openLive(path: string, driver: FormatDriver): Promise<{ di
         const scope = str(a.scope, 'scope') ?? 'full';
         if (scope !== 'full' && scope !== 'top') throw new VmkitError('ARG_RANGE', `scope must be full or top, got ${scope}`);
         const rate = num(a.rate, 'rate');
-        const job = backup(snap.image, target, {
+        const b = backup(snap.image, target, {
           ops,
           format,
           scope,
           ...(rate ? { rateLimit: rate } : {}),
           onProgress: (p) => progress(p.planned > 0 ? 1 - p.remaining / p.planned : 1, { planned: p.planned, remaining: p.remaining, state: p.state }),
         });
-        return { source: snap.frozen, target, format, scope, ...(await job.done) };
+        job.cancel = () => b.cancel();
+        return { source: snap.frozen, target, format, scope, ...(await b.done) };
       }
       // consolidate: the frozen chain a backup read from is merged now; let it go first.
       await snap?.image.close();
       snap = undefined;
       const into = str(a.into, 'into') ?? 'base';
       const rate = num(a.rate, 'rate');
-      const job = await consolidate(disk, {
+      const c = await consolidate(live, {
         into,
         full: a.full === true,
         ...(a.keepDelta === true ? { keepDelta: true } : {}),
         ...(rate ? { rateLimit: rate } : {}),
         onProgress: (p) => progress(p.planned > 0 ? 1 - p.remaining / p.planned : 1, { planned: p.planned, remaining: p.remaining, state: p.state }),
       });
-      return await job.done;
+      job.cancel = () => c.cancel();
+      // Stopped while the job was being set up: cancel it before it copies anything.
+      if (stopped()) void c.cancel();
+      return await c.done;
+    })();
+    job.done = run;
+    try {
+      return await run;
+    } catch (e) {
+      // Cancelled by a handoff or a fence: the caller learns why, not just that it was cancelled.
+      const st = stopped();
+      if (st && isVmkitError(e, 'CANCELLED')) throw new VmkitError(st.code, `${req.op} on ${live.path} cancelled: ${st.why}`, { cause: e, path: live.path });
+      throw e;
     } finally {
       busy = undefined;
+      running = undefined;
     }
   };
+  const stopJobs = async (why: string, code: 'CANCELLED' | 'FENCED' = 'CANCELLED'): Promise<void> => {
+    stopping ??= { why, code };
+    const r = running;
+    if (!r) return;
+    await r.cancel?.().catch(() => {});
+    await r.done.catch(() => {});
+  };
   return {
-    disk,
+    disk: live,
     handler,
+    stopJobs,
     close: async () => {
+      await stopJobs('the server is stopping');
       await snap?.image.close();
-      await disk.close();
+      snap = undefined;
+      await live.close();
+    },
+    abandon: async () => {
+      await stopJobs('this server was fenced: another holds the disk now', 'FENCED');
+      await snap?.image.close().catch(() => {});
+      snap = undefined;
+      // Each layer's file is closed as it is (a close that flushes would write, and be refused).
+      let d: unknown = live.device;
+      while (d && typeof d === 'object') {
+        const st = (d as { storage?: { close(): Promise<void> } }).storage;
+        await st?.close().catch(() => {});
+        d = (d as { backing?: unknown }).backing;
+      }
     },
   };
 }

@@ -10,7 +10,9 @@ import { openImage } from '../../disk/image.js';
 import type { FormatName } from '../../disk/formats/types.js';
 import { formatOpt } from './_disk_args.js';
 import { serveNbd, type NbdServer, type NbdTlsOptions } from '../../disk/nbd/server.js';
-import type { OwnedDisk } from '../../disk/owner/handoff.js';
+import type { OwnedDisk, OwnedOpen } from '../../disk/owner/handoff.js';
+import type { ChainOps } from '../../disk/backup/_types.js';
+import type { LiveServe } from './_disk_live.js';
 import { serveControl, type ControlHandler, type ControlServer } from '../../disk/nbd/control.js';
 import type { BlockDevice } from '../../disk/device.js';
 
@@ -63,37 +65,48 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
   if (aio !== 'threads' && aio !== 'sync') throw new VmkitError('ARG_RANGE', `--aio must be threads or sync, got ${JSON.stringify(aio)}`);
   const readOnly = values['read-only'] === true;
   const control = typeof values.control === 'string' ? values.control : undefined;
-  if (control && typeof values.as === 'string') throw new VmkitError('UNSUPPORTED', '--control and --as together are not supported yet: the live jobs and the ownership handoff each open the chain their own way');
   if (control && (readOnly || format)) throw new VmkitError('ARG_RANGE', '--control serves the chain writable with probed formats: drop --read-only / --format');
   const { fileProvider, syncFileProvider } = await import('../../disk/backends/file.js');
+  const provider = aio === 'sync' ? syncFileProvider : fileProvider;
   let device: BlockDevice;
   let closeDevice: () => Promise<void>;
   const backingFormat = formatOpt(values['backing-format'], '--backing-format');
   if (backingFormat && control) throw new VmkitError('ARG_RANGE', '--backing-format does not apply with --control (the live chain must record its formats)');
+  const { activeLayer, activePointerOf, openLive, liveBlockDevice } = await import('./_disk_live.js');
+  // A writable server opens the layer the last live job left active (a snapshot's delta), not the
+  // frozen one below it: the pointer file beside the disk names it (docs/nbd.md, "Live jobs").
+  const follow = async (): Promise<string> => {
+    if (readOnly) return file;
+    const active = await activeLayer(file);
+    if (active !== file && (format || backingFormat)) {
+      throw new VmkitError('ARG_RANGE', `${activePointerOf(file)} makes ${active} the active layer: drop --format / --backing-format (they would apply to it)`);
+    }
+    return active;
+  };
   let held: OwnedDisk | undefined;
   let server: NbdServer | undefined;
   let handler: ControlHandler | undefined;
+  let live: LiveServe | undefined;
   // --as on a unix socket: a release request leaves the clients connected (their requests unread) until
   // the next server listens on the path, so QEMU's NBD client reconnects at once rather than after its 1 s
   // backoff (docs/nbd.md, "Ownership handoff"). Settles when let go.
   let handedOver: Promise<void> | undefined;
   let released!: () => void;
   const releasedP = new Promise<void>((r) => (released = r));
-  if (control) {
-    const { fileFormatDriver, syncFileFormatDriver } = await import('../../disk/image.js');
-    const { openLive, liveBlockDevice } = await import('./_disk_live.js');
-    const live = await openLive(file, aio === 'sync' ? syncFileFormatDriver : fileFormatDriver);
-    if (cache === 'writeback') await live.disk.device.setCacheMode?.('writeback');
-    const probe = await openImage(file, { readOnly: true, noBacking: true });
-    const fmt = probe.format;
-    await probe.close();
-    device = liveBlockDevice(live.disk, fmt);
-    closeDevice = live.close;
-    handler = live.handler;
-  } else if (typeof values.as === 'string') {
+  const { NodeChainOps } = await import('../../disk/backup/node.js');
+  const { formatDriverWith } = await import('../../disk/image.js');
+  // The chain as a LiveDisk whose jobs use `ops`, served with the format of its active layer.
+  const openLiveDevice = async (ops: ChainOps): Promise<{ device: BlockDevice; live: LiveServe }> => {
+    const active = await follow();
+    const l = await openLive(active, ops, file);
+    if (cache === 'writeback') await l.disk.device.setCacheMode?.('writeback');
+    return { device: liveBlockDevice(l.disk, await ops.formatOf(active)), live: l };
+  };
+  if (typeof values.as === 'string') {
     if (readOnly) throw new VmkitError('ARG_RANGE', '--as takes the disk to write it: drop --read-only');
     const { openOwned } = await import('../../disk/owner/handoff.js');
     const { createHttpTransport } = await import('../../disk/owner/transport.js');
+    const { _guardedChainOps } = await import('../../disk/backup/_guarded.js');
     // Plain HTTP (off loopback only with --insecure); an owner's HTTPS endpoint is trusted through --tls-creds' CA too.
     const transport = createHttpTransport({ ...(tls?.ca ? { ca: tls.ca } : {}), insecure: values.insecure === true });
     let store;
@@ -106,11 +119,30 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
       ...(leaseMs !== undefined ? { leaseMs } : {}),
       transport,
       serve: typeof values['release-listen'] === 'string' ? values['release-listen'] : '127.0.0.1:0',
-      image: { provider: aio === 'sync' ? syncFileProvider : fileProvider, ...(format ? { format: format as FormatName } : {}), ...(backingFormat ? { backingFormat } : {}) },
-      // Before the holder drains and flushes: no new request is taken, those in flight are answered,
-      // clients are disconnected (they reconnect to the next server), then the disk is released.
+      image: { provider },
+      // Opened once the epoch is ours (the previous holder may have moved the active layer while
+      // releasing). Every file the server or its jobs write goes through the holder's guard.
+      open: async ({ guard, provider: guarded }): Promise<OwnedOpen> => {
+        if (control) {
+          const o = await openLiveDevice(_guardedChainOps(new NodeChainOps(formatDriverWith(guarded)), guard));
+          live = o.live;
+          return { device: o.device, close: () => o.live.close(), abandon: () => o.live.abandon() };
+        }
+        const img = await openImage(await follow(), { provider: guarded, guard, ...(format ? { format: format as FormatName } : {}), ...(backingFormat ? { backingFormat } : {}) });
+        return {
+          device: img,
+          close: () => img.close(),
+          abandon: async () => {
+            await Promise.all([img.storage.close().catch(() => {}), img.backing?.close().catch(() => {})]);
+          },
+        };
+      },
+      // Before the holder drains and flushes: no new job or request is taken, a running job is
+      // cancelled or finished, those in flight are answered, clients are disconnected (they
+      // reconnect to the next server), then the disk is released.
       onReleaseRequest: async (req) => {
         io.stderr.write(`vmkit disk serve: release requested by ${req.requester.id}: stopping\n`);
+        await live?.stopJobs(`the disk is handed over to ${req.requester.id}`);
         const path = listenPath(server?.address);
         handedOver = path === undefined ? undefined : releasedP.then(() => successorListens(path, socketIno, HANDOVER_WAIT_MS));
         await server?.close(handedOver ? { holdClients: handedOver } : {});
@@ -121,8 +153,16 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
     const h = held;
     device = h.device;
     closeDevice = () => h.release();
+    handler = live?.handler;
+  } else if (control) {
+    const { fileFormatDriver, syncFileFormatDriver } = await import('../../disk/image.js');
+    const o = await openLiveDevice(new NodeChainOps(aio === 'sync' ? syncFileFormatDriver : fileFormatDriver));
+    live = o.live;
+    device = o.device;
+    closeDevice = () => o.live.close();
+    handler = o.live.handler;
   } else {
-    const img = await openImage(file, { readOnly, provider: aio === 'sync' ? syncFileProvider : fileProvider, ...(format ? { format: format as FormatName } : {}), ...(backingFormat ? { backingFormat } : {}) });
+    const img = await openImage(await follow(), { readOnly, provider, ...(format ? { format: format as FormatName } : {}), ...(backingFormat ? { backingFormat } : {}) });
     // qcow2 keeps its metadata cache write-back between FLUSHes, as qemu-nbd's default cache mode does.
     const withCache = img as typeof img & { setCacheMode?: (m: 'writeback' | 'writethrough') => Promise<void> };
     if (!readOnly && typeof withCache.setCacheMode === 'function') await withCache.setCacheMode(cache);

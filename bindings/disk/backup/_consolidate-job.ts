@@ -229,6 +229,7 @@ export class _ConsolidationJob implements ConsolidateJob {
 
   async cancel(): Promise<void> {
     this.cancelRequested = true;
+    this.limiter.interrupt();
     this.wake?.();
     await this.done.catch(() => {});
   }
@@ -240,6 +241,7 @@ export class _ConsolidationJob implements ConsolidateJob {
 
   private readonly onAbort = (): void => {
     this.cancelRequested = true;
+    this.limiter.interrupt();
     this.wake?.();
   };
 
@@ -326,6 +328,10 @@ export class _ConsolidationJob implements ConsolidateJob {
       const op = plan[i]!;
       inflight.add(op.offset);
       if (this.limited) await this.limiter.take(op.length);
+      if (this.cancelRequested) {
+        inflight.delete(op.offset);
+        return;
+      }
       await mirror.copy(op);
       inflight.delete(op.offset);
       p.remaining -= op.length;

@@ -99,6 +99,7 @@ export function backup(image: BackupDevice, target: string | BackupDevice | Byte
   let cancelled = false;
   const onAbort = (): void => {
     cancelled = true;
+    limiter.interrupt();
   };
   opts.signal?.addEventListener('abort', onAbort);
   const changed = (): void => opts.onProgress?.({ ...p });
@@ -146,6 +147,7 @@ export function backup(image: BackupDevice, target: string | BackupDevice | Byte
           p.zeroedBytes += op.length;
         } else {
           await limiter.take(op.length);
+          cancelCheck();
           buf ??= alignedBuffer(chunk);
           const data = buf.subarray(0, op.length);
           await policy(`read at ${op.offset}`, () => readInto(image, op.offset, data));
@@ -272,6 +274,7 @@ export function backup(image: BackupDevice, target: string | BackupDevice | Byte
     progress: () => ({ ...p }),
     async cancel() {
       cancelled = true;
+      limiter.interrupt();
       await done.catch(() => {});
     },
     done,

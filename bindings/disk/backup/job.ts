@@ -116,6 +116,7 @@ export class RateLimiter {
   async take(n: number): Promise<void> {
     if (!Number.isFinite(this.rate) || this.rate <= 0) return;
     for (;;) {
+      if (this.interrupted) return;
       const now = Date.now();
       this.tokens = Math.min(this.rate, this.tokens + ((now - this.last) / 1000) * this.rate);
       this.last = now;
@@ -123,8 +124,34 @@ export class RateLimiter {
         this.tokens -= n;
         return;
       }
-      await sleep(Math.max(1, ((Math.min(n, this.rate) - this.tokens) / this.rate) * 1000));
+      await new Promise<void>((r) => {
+        const t = setTimeout(() => {
+          this.sleepers.delete(wake);
+          r();
+        }, Math.max(1, ((Math.min(n, this.rate) - this.tokens) / this.rate) * 1000));
+        const wake = (): void => {
+          clearTimeout(t);
+          r();
+        };
+        this.sleepers.add(wake);
+      });
     }
+  }
+  private interrupted = false;
+  private readonly sleepers = new Set<() => void>();
+  /**
+   * Lets every waiting and later `take` return at once: a cancelled job must
+   * not sit out seconds of rate limit (a handoff waits for it).
+   *
+   * @example
+   * ```ts
+   * signal.addEventListener('abort', () => rl.interrupt());
+   * ```
+   */
+  interrupt(): void {
+    this.interrupted = true;
+    for (const w of this.sleepers) w();
+    this.sleepers.clear();
   }
 }
 

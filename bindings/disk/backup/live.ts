@@ -31,6 +31,13 @@ export class LiveDisk implements BackupDevice {
   private inflight = 0;
   private idle: (() => void) | undefined;
   private closed = false;
+  /**
+   * Called inside the pause whenever a job made another layer active (a
+   * snapshot's delta, a consolidation's pivot), before guest I/O resumes: a
+   * server records there which file a successor must open. When it throws,
+   * the job fails and the error is the job's.
+   */
+  onActiveChange: ((path: string) => Promise<void>) | undefined;
 
   /** Wraps an opened chain whose top layer is `path`. */
   constructor(path: string, chain: BackupDevice, ops: ChainOps) {
@@ -150,7 +157,13 @@ export class LiveDisk implements BackupDevice {
     try {
       if (this.inflight > 0) await new Promise<void>((r) => (this.idle = r));
       this.idle = undefined;
-      return await fn();
+      const before = this.path;
+      try {
+        return await fn();
+      } finally {
+        // Also when fn failed after the swap: the new layer is active either way.
+        if (this.path !== before && !this.closed) await this.onActiveChange?.(this.path);
+      }
     } finally {
       this.gate = undefined;
       open();

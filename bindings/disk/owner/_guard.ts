@@ -9,7 +9,6 @@
 import type { WriteGuard } from '../_guard.js';
 import type { BlockDevice, BlockExtent, ByteLength, ByteOffset } from '../device.js';
 import type { Storage, StorageProvider } from '../backends/storage.js';
-import type { ImageDevice } from '../formats/types.js';
 import type { _Holder } from './_holder.js';
 
 /**
@@ -20,8 +19,8 @@ import type { _Holder } from './_holder.js';
  */
 export class _OwnedDevice implements BlockDevice {
   private readonly h: Pick<_Holder, 'mutate' | 'release'>;
-  private readonly d: ImageDevice;
-  constructor(h: Pick<_Holder, 'mutate' | 'release'>, d: ImageDevice) {
+  private readonly d: BlockDevice;
+  constructor(h: Pick<_Holder, 'mutate' | 'release'>, d: BlockDevice) {
     this.h = h;
     this.d = d;
   }
@@ -111,7 +110,11 @@ export function _guardedProvider(base: StorageProvider, guard: WriteGuard): Stor
       const st = await base.open(name, o);
       return o.readOnly ? st : _guardedStorage(st, guard);
     },
-    create: (name) => base.create(name),
+    // Images a live disk's jobs create (overlays, targets) are written under the guard too.
+    create: async (name) => {
+      await guard.check('write');
+      return _guardedStorage(await base.create(name), guard);
+    },
     resolve: (from, rel) => base.resolve(from, rel),
     relative: (from, target) => base.relative(from, target),
   };

@@ -11,10 +11,9 @@
 import { VmkitError, isVmkitError } from '../../errors.js';
 import type { WriteGuard } from '../_guard.js';
 import type { BlockDevice } from '../device.js';
-import type { ImageDevice } from '../formats/types.js';
 import { _signal, _within } from './_deadline.js';
 import type { ReleaseReply, ReleaseRequest, ReleaseServer } from './transport.js';
-import type { OwnedDisk, OwnerIdentity, OwnerRecord, OwnerSnapshot, OwnerStore, ReleaseOutcome } from './types.js';
+import type { OwnedDisk, OwnedOpen, OwnerIdentity, OwnerRecord, OwnerSnapshot, OwnerStore, ReleaseOutcome } from './types.js';
 
 /**
  * The owner's policy for release requests (`OpenOwnedOptions.onReleaseRequest`):
@@ -46,7 +45,7 @@ export class _Holder implements WriteGuard, OwnedDisk {
   readonly done: Promise<ReleaseOutcome>;
   endpoint: string | undefined;
   device!: BlockDevice;
-  inner: ImageDevice | undefined;
+  inner: OwnedOpen | undefined;
   server: ReleaseServer | undefined;
   state: 'holding' | 'releasing' | 'released' | 'fenced' = 'holding';
   /** The revision and content of our record as we last wrote or read it. */
@@ -156,7 +155,7 @@ export class _Holder implements WriteGuard, OwnedDisk {
     const d = this.inner;
     this.inner = undefined;
     if (!d) return;
-    const closing = Promise.all([d.storage.close().catch(() => {}), d.backing?.close().catch(() => {})]);
+    const closing = d.abandon().catch(() => {});
     await _within(closing, Math.max(this.margin(), this.requestTimeoutMs), () => `${this.disk}: closing the image unflushed`).catch(() => {});
   }
 

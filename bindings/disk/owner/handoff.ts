@@ -20,9 +20,11 @@ import { nextStep, pollMs } from './_step.js';
 import { RELEASE_DENIED, ReleaseAuthenticator, newOwnerSecret, releaseRequestFor } from './auth.js';
 import { FileOwnerStore } from './file-store.js';
 import { httpTransport, inProcessTransport, type ReleaseReply, type ReleaseRequest, type ReleaseTransport } from './transport.js';
-import type { OwnedDisk, OwnerIdentity, OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
+import type { OwnedDisk, OwnedOpen, OwnerIdentity, OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
+import type { WriteGuard } from '../_guard.js';
+import type { StorageProvider } from '../backends/storage.js';
 
-export type { OwnedDisk, ReleaseOutcome } from './types.js';
+export type { OwnedDisk, OwnedOpen, ReleaseOutcome } from './types.js';
 
 /**
  * Default lease: 10 s, renewed every third of it.
@@ -68,6 +70,14 @@ export interface OpenOwnedOptions {
   name?: string;
   /** How to open the image (provider, format); the guard is added by the handoff. */
   image?: Omit<OpenImageOptions, 'guard'>;
+  /**
+   * Opens what is held instead of `openImage(diskPath)`: called once the epoch is
+   * taken, with the holder's guard and a storage provider whose writable storage
+   * checks it before every write. Everything it writes must go through them (a
+   * live disk whose jobs create, rename and remove layers: `vmkit disk serve
+   * --as --control`). `image` is ignored when it is given.
+   */
+  open?: (held: { guard: WriteGuard; provider: StorageProvider }) => Promise<OwnedOpen>;
   /**
    * The owner's policy for release requests: return a reason to refuse (the
    * opener reports it as VmkitError REFUSED), or nothing to release.
@@ -331,8 +341,10 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
     // Requests from now on reach the holder; they wait until the image is open.
     holder = h;
     h.startRenewal();
-    let dev: ImageDevice;
-    const opening = openImage(diskPath, { ...opts.image, provider: _guardedProvider(opts.image?.provider ?? fileProvider, h), guard: h });
+    let dev: OwnedOpen;
+    const opening = opts.open
+      ? opts.open({ guard: h, provider: _guardedProvider(opts.image?.provider ?? fileProvider, h) })
+      : openImage(diskPath, { ...opts.image, provider: _guardedProvider(opts.image?.provider ?? fileProvider, h), guard: h }).then(_imageOpen);
     try {
       dev = await _within(opening, bound(), () => `opening ${diskPath}`);
     } catch (e) {
@@ -343,7 +355,7 @@ export async function openOwned(diskPath: string, opts: OpenOwnedOptions): Promi
       throw e;
     }
     h.inner = dev;
-    h.device = new _OwnedDevice(h, dev);
+    h.device = new _OwnedDevice(h, dev.device);
     h.opened(true);
     return h;
   }
@@ -393,4 +405,15 @@ export async function requestRelease(
     throw new VmkitError(reply.code === 'DENIED' ? 'REFUSED' : reply.code, `${disk}: owner ${r.owner?.id} answered: ${why}`, { path: disk });
   }
   return (await _within(store.read(disk), timeoutMs, () => `reading the owner record of ${disk}`)).record;
+}
+
+/** An image as an {@link OwnedOpen}: abandoning closes the top layer's storage unflushed. */
+function _imageOpen(d: ImageDevice): OwnedOpen {
+  return {
+    device: d,
+    close: () => d.close(),
+    abandon: async () => {
+      await Promise.all([d.storage.close().catch(() => {}), d.backing?.close().catch(() => {})]);
+    },
+  };
 }

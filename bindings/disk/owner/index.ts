@@ -52,5 +52,6 @@ export {
   DEFAULT_MAX_SKEW_MS,
   type OpenOwnedOptions,
   type OwnedDisk,
+  type OwnedOpen,
   type ReleaseOutcome,
 } from './handoff.js';

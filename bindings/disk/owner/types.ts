@@ -137,3 +137,17 @@ export interface OwnedDisk {
   /** The same as {@link OwnedDisk.release}. */
   close(): Promise<void>;
 }
+
+/**
+ * What `OpenOwnedOptions.open` hands the holder.
+ * @example
+ * const o: OwnedOpen = { device: live, close: () => live.close(), abandon: () => live.abandon() };
+ */
+export interface OwnedOpen {
+  /** What the caller writes (the holder adds in-flight accounting and refuses writes once it let go). */
+  readonly device: BlockDevice;
+  /** Flushes and closes; its writes still pass the guard (the epoch is current until the record is `free`). */
+  close(): Promise<void>;
+  /** Lets every file go unflushed: the holder was fenced and may write nothing more. */
+  abandon(): Promise<void>;
+}
