@@ -9,7 +9,8 @@
  * @module
  */
 import type { WriteGuard } from '../_guard.js';
-import type { BackupDevice, ChainOps, ImageFormat } from './_types.js';
+import type { BackupDevice, ChainOps } from './_types.js';
+import type { FormatName as ImageFormat } from '../formats/types.js';
 
 /** `ops` with the guard checked before each operation that changes a file. @internal */
 export function _guardedChainOps(ops: ChainOps, guard: WriteGuard): ChainOps {

@@ -169,6 +169,31 @@ export class _MetadataCache {
     return { e, l2, idx };
   }
 
+  /**
+   * The host offset of the data cluster holding `pos` when a write there needs
+   * no metadata change: a standard entry, `normal` with COPIED (only this
+   * layer holds the cluster), its L2 table cached and reached through an L1
+   * entry with COPIED. Otherwise -1 (the caller takes the ordered path, which
+   * also reports a corrupt entry). Synchronous: nothing changes under it.
+   */
+  inPlaceHost(pos: number): number {
+    if (this.ext) return -1;
+    const gc = Math.floor(pos / this.cs);
+    const l1i = Math.floor(gc / this.l2Entries);
+    if (l1i >= this.header.l1Size || (this.l1.getUint32(l1i * 8) & HI_COPIED) === 0) return -1;
+    let l2: number;
+    try {
+      l2 = this.l2Offset(l1i);
+    } catch {
+      return -1;
+    }
+    const t = l2 === 0 ? undefined : this.l2cache.get(l2);
+    if (!t) return -1;
+    const e = decodeL2(this.view(t), gc % this.l2Entries, false, this.header.clusterBits);
+    if (e.kind !== 'normal' || !e.copied || e.host % this.cs !== 0 || e.host + this.cs > this.fileSize || this.overlapsMetadata(e.host)) return -1;
+    return e.host;
+  }
+
   /** Decodes entry `idx` of a table a writer holds (its own copy: no validation needed). */
   decode(s: _L2Slot): L2Entry {
     return decodeL2(new DataView(s.table.buffer, s.table.byteOffset, s.table.byteLength), s.idx, this.ext, this.header.clusterBits);

@@ -23,7 +23,7 @@ import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type B
 import type { WriteGuard } from '../../_guard.js';
 import { deflateRaw } from '../../_inflate.js';
 import { zeroGranules } from '../../_sectors.js';
-import { _backingStatus, _checkWritable, _Queue, _readBacking, _readRuns, _statusRun } from '../_device.js';
+import { _backingStatus, _checkWritable, _closeLayer, _Queue, _readBacking, _readRuns, _statusRun } from '../_device.js';
 import { _LayerDevice } from '../_layer.js';
 import type { ImageInfo } from '../types.js';
 import { _MetadataCache, type _L2Slot } from './_cache.js';
@@ -72,6 +72,14 @@ export class Qcow2Device extends _LayerDevice {
   private mode: CacheMode = 'writethrough';
   private readonly guard: WriteGuard | undefined;
   private readonly queue = new _Queue();
+  /**
+   * Requests that change metadata, queued or running. While there is one, every write takes the
+   * queue; while there is none, a write to clusters it can overwrite in place skips it (see write()).
+   */
+  private mutations = 0;
+  /** In-place writes in flight outside the queue; a mutation waits for them to end first. */
+  private direct = 0;
+  private directIdle: (() => void) | undefined;
   /** What the subcluster writer needs of this device. */
   private readonly subDev: _SubclusterDevice;
 
@@ -101,21 +109,98 @@ export class Qcow2Device extends _LayerDevice {
     if (this.mode === 'writethrough' || this.meta.full) await this.meta.writeback();
   }
 
-  /** Runs a request that changes the image, in order with the others, and writes back after it. */
+  /** Resolves once no in-place write is in flight. */
+  private async directDrained(): Promise<void> {
+    while (this.direct > 0) await new Promise<void>((r) => (this.directIdle = r));
+  }
+
+  /**
+   * Runs a request that changes the image, in order with the others, and writes back after it.
+   * From its call on no write skips the queue, and it starts once those that did have ended: a
+   * cluster it frees or remaps is never still being written in place.
+   */
   private mutate<T>(op: 'write' | 'discard', fn: (r: Refcounts) => Promise<T>): Promise<T> {
+    this.mutations++;
     return this.queue.run(async () => {
-      const r = await this.writable(op);
-      let out: T;
       try {
-        out = await fn(r);
-      } catch (e) {
-        // What the request changed before failing is consistent: write it back with the rest.
-        await this.afterRequest().catch(() => {});
-        throw e;
+        await this.directDrained();
+        return await this.mutateNow(op, fn);
+      } finally {
+        this.mutations--;
       }
-      await this.afterRequest();
-      return out;
     });
+  }
+
+  private async mutateNow<T>(op: 'write' | 'discard', fn: (r: Refcounts) => Promise<T>): Promise<T> {
+    const r = await this.writable(op);
+    let out: T;
+    try {
+      out = await fn(r);
+    } catch (e) {
+      // What the request changed before failing is consistent: write it back with the rest.
+      await this.afterRequest().catch(() => {});
+      throw e;
+    }
+    await this.afterRequest();
+    return out;
+  }
+
+  /**
+   * The in-place path of write(): when no metadata-changing request is queued and every cluster
+   * `data` touches is a data cluster only this layer holds (its L2 table cached), the data goes
+   * straight to the file, concurrently with other such writes — no queue, no metadata, as
+   * QEMU's qcow2 driver overwrites allocated clusters without its metadata lock. False when the
+   * ordered path must take it (an allocation, a zero cluster, a table not cached, a whole cluster
+   * of zeroes, which becomes a zero cluster there).
+   */
+  private async writeInPlace(offset: number, data: Uint8Array): Promise<boolean> {
+    if (this.mutations > 0 || this.closed || this.readOnly || this.ext) return false;
+    const end = offset + data.length;
+    const cs = this.cs;
+    // Checked before the lookup: the guard may wait (for the owner store), and what it found
+    // must still hold when the storage writes are issued, in the same turn as the lookup.
+    await this.guard?.check('write');
+    if (this.mutations > 0 || this.closed) return false;
+    const first = this.meta.inPlaceHost(offset);
+    if (first < 0) return false;
+    // One cluster (the common case: 4 KiB guest writes) without an array.
+    if (end <= (Math.floor(offset / cs) + 1) * cs) {
+      if (data.length === cs && !leadsWithData(data)) return false;
+      this.direct++;
+      try {
+        await this.storage.write(first + (offset % cs), data);
+      } finally {
+        this.directEnd();
+      }
+      return true;
+    }
+    const runs: [number, number, number][] = []; // [host, from, to] of data
+    for (let pos = offset; pos < end; ) {
+      const cEnd = Math.min(end, (Math.floor(pos / cs) + 1) * cs);
+      const host = pos === offset ? first : this.meta.inPlaceHost(pos);
+      if (host < 0) return false;
+      if (cEnd - pos === cs && !leadsWithData(data.subarray(pos - offset, pos - offset + 16))) return false;
+      const at = host + (pos % cs);
+      const last = runs[runs.length - 1];
+      if (last && last[0] + (last[2] - last[1]) === at) last[2] = cEnd - offset;
+      else runs.push([at, pos - offset, cEnd - offset]);
+      pos = cEnd;
+    }
+    this.direct++;
+    try {
+      await Promise.all(runs.map(([host, from, to]) => this.storage.write(host, data.subarray(from, to))));
+    } finally {
+      this.directEnd();
+    }
+    return true;
+  }
+
+  private directEnd(): void {
+    if (--this.direct === 0 && this.directIdle) {
+      const f = this.directIdle;
+      this.directIdle = undefined;
+      f();
+    }
   }
 
   /**
@@ -261,6 +346,7 @@ export class Qcow2Device extends _LayerDevice {
   async write(offset: ByteOffset, data: Uint8Array): Promise<void> {
     checkRange(this, offset, data.length, 'write');
     if (this.header.version === 2) throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: writing version 2 images (upgrade with qemu-img amend -o compat=1.1)`);
+    if (await this.writeInPlace(offset, data)) return;
     return this.mutate('write', async (r) => {
       let pos = offset;
       const end = offset + data.length;
@@ -502,6 +588,20 @@ export class Qcow2Device extends _LayerDevice {
         snapshots: this.header.nbSnapshots,
       },
     });
+  }
+
+  /**
+   * Flushes (when writable) and closes this layer and its backing chain; in-place writes still in
+   * flight end before the file closes.
+   *
+   * @example
+   * ```ts
+   * await dev.close(); // flushes when writable, closes the backing chain too
+   * ```
+   */
+  override async close(): Promise<void> {
+    if (this.closed) return;
+    await _closeLayer(() => this.flush().then(() => this.directDrained()), () => (this.closed = true), this.storage, this.backing);
   }
 
   /** Rewrites the header (e.g. after changing the backing file). @internal */
