@@ -73,6 +73,11 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
   const backingFormat = formatOpt(values['backing-format'], '--backing-format');
   if (backingFormat && control) throw new VmkitError('ARG_RANGE', '--backing-format does not apply with --control (the live chain must record its formats)');
   const { activeLayer, activePointerOf } = await import('./_disk_active.js');
+  // The live-job modules load before the disk is taken: in a handoff, the time between taking it
+  // and listening is a pause the guest sees.
+  const liveMods = control
+    ? await Promise.all([import('./_disk_live.js'), import('../../disk/backup/node.js'), import('../../disk/image.js')]).then(([l, n, i]) => ({ ...l, ...n, ...i }))
+    : undefined;
   // A writable server opens the layer the last live job left active (a snapshot's delta), not the
   // frozen one below it: the pointer file beside the disk names it (docs/nbd.md, "Live jobs").
   const follow = async (): Promise<string> => {
@@ -95,7 +100,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
   const releasedP = new Promise<void>((r) => (released = r));
   // The chain as a LiveDisk whose jobs use `ops`, served with the format of its active layer.
   const openLiveDevice = async (ops: ChainOps): Promise<{ device: BlockDevice; live: LiveServe }> => {
-    const { openLive, liveBlockDevice } = await import('./_disk_live.js');
+    const { openLive, liveBlockDevice } = liveMods!;
     const active = await follow();
     const l = await openLive(active, ops, file);
     if (cache === 'writeback') await l.disk.device.setCacheMode?.('writeback');
@@ -123,8 +128,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
       // releasing). Every file the server or its jobs write goes through the holder's guard.
       open: async ({ guard, provider: guarded }): Promise<OwnedOpen> => {
         if (control) {
-          const { NodeChainOps } = await import('../../disk/backup/node.js');
-          const { formatDriverWith } = await import('../../disk/image.js');
+          const { NodeChainOps, formatDriverWith } = liveMods!;
           const o = await openLiveDevice(_guardedChainOps(new NodeChainOps(formatDriverWith(guarded)), guard));
           live = o.live;
           return { device: o.device, close: () => o.live.close(), abandon: () => o.live.abandon() };
@@ -156,8 +160,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
     closeDevice = () => h.release();
     handler = live?.handler;
   } else if (control) {
-    const { fileFormatDriver, syncFileFormatDriver } = await import('../../disk/image.js');
-    const { NodeChainOps } = await import('../../disk/backup/node.js');
+    const { fileFormatDriver, syncFileFormatDriver, NodeChainOps } = liveMods!;
     const o = await openLiveDevice(new NodeChainOps(aio === 'sync' ? syncFileFormatDriver : fileFormatDriver));
     live = o.live;
     device = o.device;

@@ -16,6 +16,8 @@ type Fs = typeof import('node:fs/promises');
 type Path = typeof import('node:path');
 
 const fs = (): Promise<Fs> => nodeModule<Fs>('node:fs/promises');
+/** Bytes freed per step when a large file is removed (see NodeChainOps.shrink). */
+const _SHRINK_STEP = 32 * 1024 * 1024;
 const pathApi = (): Promise<Path> => nodeModule<Path>('node:path');
 
 function ioError(e: unknown, what: string, path: string): VmkitError {
@@ -191,9 +193,37 @@ export class NodeChainOps implements ChainOps {
    */
   async remove(path: string): Promise<void> {
     try {
-      await (await fs()).rm(path, { force: true });
+      const f = await fs();
+      await this.shrink(f, path);
+      await f.rm(path, { force: true });
     } catch (e) {
       throw ioError(e, 'remove', path);
+    }
+  }
+  /**
+   * Frees a large file's blocks a slice at a time before it is unlinked: one unlink of a
+   * gigabyte held the file system's journal for ~0.6 s here (ext4 mounted with discard), and
+   * every fsync meanwhile — a guest's, right after a consolidation removed its old delta —
+   * waited for it. Slices of 32 MiB with a turn of the event loop between them let those in.
+   */
+  private async shrink(f: Fs, path: string): Promise<void> {
+    let fh: import('node:fs/promises').FileHandle | undefined;
+    try {
+      fh = await f.open(path, 'r+');
+      const st = await fh.stat();
+      // A file with another name keeps its blocks: only the unlink of its last name frees them.
+      if (st.nlink !== 1 || !st.isFile() || st.size <= _SHRINK_STEP * 2) return;
+      let size = st.size;
+      while (size > 0) {
+        size = Math.max(0, size - _SHRINK_STEP);
+        await fh.truncate(size);
+        await new Promise((r) => setImmediate(r));
+      }
+    } catch (e) {
+      // Absent (remove is idempotent) or not ours to truncate: the unlink decides.
+      if ((e as NodeJS.ErrnoException)?.code !== 'ENOENT') return;
+    } finally {
+      await fh?.close();
     }
   }
   /**
