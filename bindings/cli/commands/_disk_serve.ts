@@ -13,7 +13,7 @@ import { serveNbd, type NbdServer, type NbdTlsOptions } from '../../disk/nbd/ser
 import type { OwnedDisk, OwnedOpen } from '../../disk/owner/handoff.js';
 import type { ChainOps } from '../../disk/backup/_types.js';
 import type { LiveServe } from './_disk_live.js';
-import { serveControl, type ControlHandler, type ControlServer } from '../../disk/nbd/control.js';
+import type { ControlHandler, ControlServer } from '../../disk/nbd/control.js';
 import type { BlockDevice } from '../../disk/device.js';
 
 /** Runs `vmkit disk serve`; resolves when a signal stopped the server. */
@@ -190,7 +190,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
   let ctl: ControlServer | undefined;
   if (control && handler) {
     try {
-      ctl = await serveControl(control, handler);
+      ctl = await (await import('../../disk/nbd/control.js')).serveControl(control, handler);
     } catch (e) {
       await server.close();
       await closeDevice().catch(() => {});
