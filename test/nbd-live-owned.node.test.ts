@@ -163,7 +163,8 @@ describe.skipIf(!hasTools)('serve --as with --control: live jobs under ownership
       as: 'a',
       store,
       serve: false,
-      leaseMs: 400,
+      // Long enough that a loaded machine keeps it renewed; the fence is noticed within half of it.
+      leaseMs: 2000,
       open: async ({ guard, provider }) => {
         live = await openLive(vm, _guardedChainOps(new NodeChainOps(formatDriverWith(provider)), guard), vm);
         return { device: liveBlockDevice(live.disk, 'qcow2'), close: () => live.close(), abandon: () => live.abandon() };
