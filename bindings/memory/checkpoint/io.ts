@@ -53,6 +53,11 @@ export interface CheckpointSource {
    * for it). A full restore gives the span of the next window's records.
    */
   prefetch?(position: number, length: number): void;
+  /**
+   * Bytes of prefetched spans the source keeps (its cache): a full restore
+   * keeps up to half of it fetching ahead of the window it decodes.
+   */
+  readonly prefetchBytes?: number;
   /** Releases the source. */
   close(): Promise<void>;
 }
