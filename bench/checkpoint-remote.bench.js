@@ -206,7 +206,8 @@ http { access_log off; client_body_temp_path ${t('cb')}; proxy_temp_path ${t('px
         },
       ],
       notes: [
-        'The proxy delays every chunk by half the round trip each way; fetch (undici) keeps its connections between readers, so the TCP handshake is not counted.',
+        'The proxy (bench/_delay-proxy.js, its own process) delivers every chunk half a round trip after it arrived, each way, order kept (latency, not a per-chunk queue; no bandwidth cap); the reader (node:http keep-alive) and curl each reuse or open connections through it, so the TCP handshake is not counted. Wall includes CPU on a loaded 2-core machine: requests in sequence is the structural count (open + first page: 2).',
+        'Bulk restore writes 256 MiB less holes (zero runs of 16+ pages), curl 45 MiB; each run writes a new file; runs interleaved with curl, medians. CPU includes the proxy (a child) for both.',
         `The working set is the ${record.length} distinct guest frames the guest's page tables mark Accessed (QEMU \`info tlb\`, .cache/guest/x86_64/tlb.txt), replayed at open.`,
         'Goals (issue 24): first page ≤ 2 round trips; ≤ 1 request per 64 KiB touched; bulk restore ≥ 0.8× curl.',
       ],
