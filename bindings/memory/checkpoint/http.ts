@@ -476,6 +476,19 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
       // A page record read once is rarely read again soon, but a restore's spans are re-read by later windows.
       remember({ at: position, end: upTo, bytes, pending: undefined, used: true });
     },
+    async readView(position: number, length: number): Promise<Uint8Array> {
+      const end = position + length;
+      const c = position >= 0 && end <= size && length > 0 ? find(position, end) : undefined;
+      const bytes = c ? (c.bytes ?? (await c.pending!.catch(() => undefined))) : undefined;
+      if (c && bytes) {
+        c.used = true;
+        stats.cacheHits++;
+        return bytes.subarray(position - c.at, end - c.at);
+      }
+      const dst = new Uint8Array(length);
+      await src.read(position, dst);
+      return dst;
+    },
     prefetch(position: number, length: number): void {
       const end = Math.min(position + length, size);
       if (position < 0 || end <= position || find(position, end)) return;

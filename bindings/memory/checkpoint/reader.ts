@@ -636,8 +636,10 @@ export class CheckpointReader implements PageSource {
     this.setSpan(p, n);
     const lo = this.spanLo;
     const hi = this.spanHi;
-    const bytes = new Uint8Array(hi - lo);
-    await this.src.read(this.blocks[b]!.offset + lo, bytes);
+    // A remote source lends its cached span: one copy (into core memory) instead of two.
+    let bytes: Uint8Array;
+    if (this.src.readView) bytes = await this.src.readView(this.blocks[b]!.offset + lo, hi - lo);
+    else await this.src.read(this.blocks[b]!.offset + lo, (bytes = new Uint8Array(hi - lo)));
     this.counters.reads++;
     this.counters.bytesRead += hi - lo;
     withCore((c) => {
