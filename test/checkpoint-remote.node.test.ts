@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +14,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CheckpointReader, CheckpointWriter, LazyGuestMemory, createPolicy, gpa, httpSource, memorySink, type HttpCheckpointSource } from '../bindings/memory/index.js';
 import { VmkitError } from '../bindings/errors.js';
 import { needTool } from './_tools.js';
+
+/** The open's tail in these specs, smaller than their files: they count the requests after it (the default 2 MiB holds them whole). */
+const TAIL = 64 << 10;
 
 const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmkit-remote-'));
@@ -50,7 +53,7 @@ function run(args: string[]): Promise<{ status: number | null; stdout: Buffer; s
     let err = '';
     p.stdout.on('data', (d: Buffer) => out.push(d));
     p.stderr.on('data', (d: Buffer) => (err += d));
-    p.on('close', (status) => resolve({ status, stdout: Buffer.concat(out), stderr: err }));
+    p.on("close", (status) => resolve({ status, stdout: Buffer.concat(out), stderr: err }));
   });
 }
 
@@ -99,7 +102,7 @@ describe.runIf(needTool('nginx', 'nginx-light'))('checkpoints served by nginx', 
     writeFileSync(
       conf,
       `daemon off; worker_processes 1; user root; pid ${t('nginx.pid')}; error_log ${t('error.log')};
-events { worker_connections 64; }
+events { worker_connections 1024; }
 http {
   access_log ${log}; client_body_temp_path ${t('cb')}; proxy_temp_path ${t('px')};
   fastcgi_temp_path ${t('fc')}; uwsgi_temp_path ${t('uw')}; scgi_temp_path ${t('sc')};
@@ -123,7 +126,7 @@ http {
   });
 
   it('opens in one round trip and reads every page exactly as the local reader, one request per page', async () => {
-    const r = await CheckpointReader.open(`${base}/a.ckpt`);
+    const r = await CheckpointReader.open(`${base}/a.ckpt`, { http: { suffixBytes: TAIL } });
     const src = (r as unknown as { src: HttpCheckpointSource }).src;
     // The header and the tail (footer and index of a 4 MiB guest) in one round trip of two requests.
     expect(src.stats.requests).toBe(2);
@@ -152,7 +155,7 @@ http {
   });
 
   it('restores a 16 MiB guest in one request per 1024-page window', async () => {
-    const r = await CheckpointReader.open(`${base}/big.ckpt`);
+    const r = await CheckpointReader.open(`${base}/big.ckpt`, { http: { suffixBytes: TAIL } });
     const src = (r as unknown as { src: HttpCheckpointSource }).src;
     const out = new Uint8Array(big.length);
     const n0 = requests();
@@ -166,6 +169,35 @@ http {
     await r.restoreTo(out);
     expect(out).toEqual(big);
     await r.close();
+  });
+
+  it('the default tail holds the index: open and a first page in two requests, in sequence', async () => {
+    const r = await CheckpointReader.open(`${base}/big.ckpt`);
+    const src = (r as unknown as { src: HttpCheckpointSource }).src;
+    // Header and tail (2 MiB: the 64 KiB index and its footer) in flight together; no request for the index.
+    expect(r.info().indexBytes).toBeGreaterThan(TAIL);
+    expect(src.stats.requests).toBe(2);
+    const local16 = await CheckpointReader.open(bigFile);
+    const p = [...Array(64).keys()].find((i) => local16.blockOf(i) >= 0)!;
+    expect(await r.readPage(p)).toEqual(await local16.readPage(p));
+    expect(src.stats.requests).toBe(3);
+    await local16.close();
+    await r.close();
+  });
+
+  it('a remote restore to a file leaves zero runs as holes and restores them as zeros', async () => {
+    // 8 MiB: 1 MiB of data, 6 MiB of zeros, 1 MiB of data.
+    const g = new Uint8Array(8 << 20);
+    randomFillSync(g.subarray(0, 1 << 20));
+    randomFillSync(g.subarray(7 << 20));
+    writeFileSync(join(dir, 'holes.ckpt'), await checkpoint(g));
+    const r = await CheckpointReader.open(`${base}/holes.ckpt`);
+    const out = join(dir, 'holes.out');
+    await r.restoreTo(out);
+    await r.close();
+    expect(new Uint8Array(readFileSync(out))).toEqual(g);
+    // Written: the 2 MiB of data (and a file system's rounding), not the 6 MiB of zeros.
+    expect(statSync(out).blocks * 512).toBeLessThan(4 << 20);
   });
 
   it('vmkit checkpoint inspect | read-page | restore <url>', async () => {
@@ -187,7 +219,7 @@ http {
   });
 
   it('LazyGuestMemory, replay policy: the working set in one request per 64 KiB it touches or fewer', async () => {
-    const r = await CheckpointReader.open(`${base}/big.ckpt`);
+    const r = await CheckpointReader.open(`${base}/big.ckpt`, { http: { suffixBytes: TAIL } });
     const local16 = await CheckpointReader.open(bigFile);
     const src = (r as unknown as { src: HttpCheckpointSource }).src;
     // A working set of 60 clumps of 1..6 pages spread over the 16 MiB guest (first-touch order shuffled).
@@ -217,7 +249,7 @@ http {
   });
 
   it('LazyGuestMemory, physical policy: a fault and its neighbourhood are one request', async () => {
-    const r = await CheckpointReader.open(`${base}/big.ckpt`);
+    const r = await CheckpointReader.open(`${base}/big.ckpt`, { http: { suffixBytes: TAIL } });
     const src = (r as unknown as { src: HttpCheckpointSource }).src;
     const m = await LazyGuestMemory.open(r, { policy: createPolicy('physical', { back: 8, ahead: 8 }) });
     const b = new Uint8Array(PS);
@@ -245,7 +277,7 @@ http {
     await w.writePages(10, changed.subarray(10 * PS, 12 * PS));
     await w.finish();
     writeFileSync(join(dir, 'd.ckpt'), sink.bytes());
-    const r = await CheckpointReader.open(`${base}/d.ckpt`);
+    const r = await CheckpointReader.open(`${base}/d.ckpt`, { http: { suffixBytes: TAIL } });
     expect(r.info().chain).toEqual([r.header.id, local.header.id]);
     const got = new Uint8Array(mem.length);
     await r.restoreTo(got);
@@ -311,7 +343,7 @@ describe('hostile servers', () => {
 
   it('a well-behaved server: the same pages as the local reader', async () => {
     const h = await serve(file);
-    const r = await CheckpointReader.open(h.url);
+    const r = await CheckpointReader.open(h.url, { http: { suffixBytes: TAIL } });
     const got = new Uint8Array(mem.length);
     await r.restoreTo(got);
     expect(got).toEqual(mem);
@@ -326,13 +358,13 @@ describe('hostile servers', () => {
       return true;
     };
     // The whole 4 MiB file may be streamed: every read works (and reads no more than it keeps).
-    const r = await CheckpointReader.open(h.url, { http: { maxUnrangedBytes: 8 << 20 } });
+    const r = await CheckpointReader.open(h.url, { http: { suffixBytes: TAIL, maxUnrangedBytes: 8 << 20 } });
     const src = (r as unknown as { src: HttpCheckpointSource }).src;
     expect(src.ignoresRange).toBe(true);
     for (const p of [0, 5, 700, 1023]) expect(await r.readPage(p)).toEqual(mem.subarray(p * PS, (p + 1) * PS));
     await r.close();
     // The default bound (1 MiB) refuses to stream 4 MiB to reach the footer.
-    const e = await CheckpointReader.open(h.url).catch((x: unknown) => x);
+    const e = await CheckpointReader.open(h.url, { http: { suffixBytes: TAIL } }).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(VmkitError);
     expect((e as VmkitError).code).toBe('UNSUPPORTED');
     expect((e as VmkitError).message).toMatch(/ignores Range/);
@@ -348,7 +380,7 @@ describe('hostile servers', () => {
         return true;
       }
     };
-    const r = await CheckpointReader.open(h.url, { http: { retryDelayMs: 1 } });
+    const r = await CheckpointReader.open(h.url, { http: { suffixBytes: TAIL, retryDelayMs: 1 } });
     const src = (r as unknown as { src: HttpCheckpointSource }).src;
     fail = 2;
     const p = local.info().storedPages > 0 ? [...Array(1024).keys()].find((q) => local.blockOf(q) >= 0)! : 0;
@@ -362,7 +394,7 @@ describe('hostile servers', () => {
 
   it('416 after open (the file shrank) is INTEGRITY; a server that hangs is TIMEOUT; an abort is CANCELLED', async () => {
     const h = await serve(file);
-    const r = await CheckpointReader.open(h.url, { http: { retries: 1, retryDelayMs: 1, timeoutMs: 300 } });
+    const r = await CheckpointReader.open(h.url, { http: { suffixBytes: TAIL, retries: 1, retryDelayMs: 1, timeoutMs: 300 } });
     const stored = [...Array(1024).keys()].filter((q) => local.blockOf(q) >= 0);
     h.handle = (_req, res) => {
       res.writeHead(416, { 'content-range': `bytes */100` }).end();
@@ -374,7 +406,7 @@ describe('hostile servers', () => {
     await r.close();
     h.handle = () => {};
     const ac = new AbortController();
-    const r2 = await CheckpointReader.open(h.url, { http: { signal: ac.signal } });
+    const r2 = await CheckpointReader.open(h.url, { http: { suffixBytes: TAIL, signal: ac.signal } });
     h.handle = () => true;
     const pending = r2.readPage(stored[5]!);
     setTimeout(() => ac.abort(), 50);
@@ -386,7 +418,7 @@ describe('hostile servers', () => {
     for (const honour of [true, false]) {
       const h = await serve(bigFile);
       h.honourIfMatch = honour;
-      const r = await CheckpointReader.open(h.url);
+      const r = await CheckpointReader.open(h.url, { http: { suffixBytes: TAIL } });
       const other = await checkpoint(image(4096, 99), 1 << 20);
       let windows = 0;
       const e = await r
@@ -408,7 +440,7 @@ describe('hostile servers', () => {
 
   it('a response longer or shorter than its range is never kept', async () => {
     const h = await serve(file);
-    const r = await httpSource(h.url, { retries: 1, retryDelayMs: 1 });
+    const r = await httpSource(h.url, { suffixBytes: TAIL, retries: 1, retryDelayMs: 1 });
     h.handle = (req, res, b) => {
       const m = /^bytes=(\d+)-(\d+)$/.exec(String(req.headers.range))!;
       const a = Number(m[1]);

@@ -5,6 +5,9 @@
 import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { CheckpointReader, CheckpointWriter, LazyGuestMemory, createPolicy, gpa, httpSource, memorySink, VmkitError } from '../bindings/memory/index.js';
 
+/** The open's tail in these specs, smaller than their files: they count the requests after it (the default 2 MiB holds them whole). */
+const TAIL = 64 << 10;
+
 const PS = 4096;
 const base = inject('remoteCheckpointServer');
 
@@ -47,7 +50,7 @@ beforeAll(async () => {
 describe('remote checkpoints (fetch with Range, Node and Chromium)', () => {
   it('pages and runs read exactly as the local reader; a restore in one request per window', async () => {
     const local = await CheckpointReader.open(file);
-    const src = await httpSource(url);
+    const src = await httpSource(url, { suffixBytes: TAIL });
     expect(src.stats.requests).toBe(2);
     const r = await CheckpointReader.open(src);
     expect(r.info().id).toBe(local.info().id);
@@ -65,7 +68,7 @@ describe('remote checkpoints (fetch with Range, Node and Chromium)', () => {
   });
 
   it('a lazy memory fetches a replayed working set in coalesced requests', async () => {
-    const r = await CheckpointReader.open(url);
+    const r = await CheckpointReader.open(url, { http: { suffixBytes: TAIL } });
     const record: number[] = [];
     for (let c = 0; c < 30; c++) for (let i = 0; i < 4; i++) record.push(c * 67 + i);
     const src = (r as unknown as { src: { stats: { requests: number } } }).src;
@@ -84,10 +87,10 @@ describe('remote checkpoints (fetch with Range, Node and Chromium)', () => {
   });
 
   it('a server that ignores Range is refused past maxUnrangedBytes, read within it', async () => {
-    const e = await CheckpointReader.open(`${url}?mode=ignore-range`).catch((x: unknown) => x);
+    const e = await CheckpointReader.open(`${url}?mode=ignore-range`, { http: { suffixBytes: TAIL } }).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(VmkitError);
     expect((e as VmkitError).code).toBe('UNSUPPORTED');
-    const r = await CheckpointReader.open(`${url}?mode=ignore-range`, { http: { maxUnrangedBytes: 16 << 20 } });
+    const r = await CheckpointReader.open(`${url}?mode=ignore-range`, { http: { suffixBytes: TAIL, maxUnrangedBytes: 16 << 20 } });
     expect(await r.readPage(5)).toEqual(mem.subarray(5 * PS, 6 * PS));
     await r.close();
   });
@@ -95,7 +98,8 @@ describe('remote checkpoints (fetch with Range, Node and Chromium)', () => {
   it('a checkpoint replaced on the server mid-restore is INTEGRITY', async () => {
     const path = `/swap-${Math.random().toString(36).slice(2)}.ckpt`;
     const u = await put(path, file);
-    const r = await CheckpointReader.open(u);
+    // A 1 MiB cache keeps a restore's windows ahead to 512 KiB: the windows after the swap are fetched after it.
+    const r = await CheckpointReader.open(u, { http: { suffixBytes: TAIL, cacheBytes: 1 << 20 } });
     const other = await checkpoint(image(2048, 4));
     let n = 0;
     let replaced: Promise<string> | undefined;

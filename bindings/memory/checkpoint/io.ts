@@ -53,6 +53,17 @@ export interface CheckpointSource {
    * for it). A full restore gives the span of the next window's records.
    */
   prefetch?(position: number, length: number): void;
+  /**
+   * `length` bytes from `position` without a copy when the source holds them
+   * (a remote source's cache): the view is read-only and may be shared, to be
+   * used before the caller's next await. Same errors as {@link read}.
+   */
+  readView?(position: number, length: number): Promise<Uint8Array>;
+  /**
+   * Bytes of prefetched spans the source keeps (its cache): a full restore
+   * keeps up to half of it fetching ahead of the window it decodes.
+   */
+  readonly prefetchBytes?: number;
   /** Releases the source. */
   close(): Promise<void>;
 }
