@@ -121,6 +121,41 @@ describe.runIf(ready)('repository sources over real repositories', () => {
       await refused(new AptSource(deb(), { keyring: ring }).refresh(), 'INTEGRITY');
     });
 
+    it('a Packages.xz prefetched in full while the InRelease signature fails: refused, nothing of it indexed', async () => {
+      reset();
+      const XZ = '/debian/dists/bookworm/main/binary-amd64/Packages.xz';
+      // The InRelease answer waits until the prefetch has read the whole Packages.xz body.
+      let bodyRead!: () => void;
+      const prefetched = new Promise<void>((r) => (bodyRead = r));
+      const fetch: typeof globalThis.fetch = async (input, init) => {
+        const u = new URL(String(input));
+        if (u.pathname.endsWith('/InRelease')) await prefetched;
+        const res = await globalThis.fetch(input, init);
+        if (u.pathname !== XZ || !res.body) return res;
+        const seen = res.body.pipeThrough(new TransformStream({ flush: () => bodyRead() }));
+        return new Response(seen, { status: res.status, headers: res.headers });
+      };
+      for (const [why, keyring] of [['signed by a key outside the keyring', otherRing], ['one signed byte changed', ring]] as const) {
+        srv.hits.clear();
+        if (keyring === ring) {
+          srv.overrides.set('/debian/dists/bookworm/InRelease', (b) => Buffer.from(b!.toString('utf8').replace(/^ ([0-9a-f])/m, (_m, c: string) => ' ' + (c === '0' ? '1' : '0'))));
+        }
+        const src = new AptSource(deb(), { keyring, fetch });
+        await refused(src.refresh(), 'INTEGRITY');
+        expect(srv.hits.get(XZ), why).toBe(1); // the prefetch only: nothing fetched past the refused signature
+        expect(src.size, why).toBe(0);
+        expect(src.lookupPackage('hello'), why).toEqual([]);
+        expect(src.lookupMany('sha256', [sha256(readFileSync(join(FIXTURES, 'debian/pool/main', debs()[0]!)))])[0], why).toBeUndefined();
+        src.close();
+      }
+      // The same source with the real signature and the same prefetch: indexed.
+      reset();
+      const ok = new AptSource(deb(), { keyring: ring, fetch });
+      expect((await ok.refresh()).packages).toBe(debs().length);
+      expect(srv.hits.get(XZ)).toBe(1);
+      ok.close();
+    });
+
     it('refuses an expired release file (Valid-Until) unless allowed, also when it expires while cached', async () => {
       reset();
       const e = await refused(new AptSource(deb('debian-expired'), { keyring: ring }).refresh(), 'INTEGRITY');

@@ -50,6 +50,8 @@ describe.runIf(ready)('Packages streamed into the index', () => {
   const hits = new Map<string, number>();
   // Paths answered oddly: a body longer than its file (chunked, no length), or cut mid-way.
   const cutOrLong = new Map<string, { body: Uint8Array; cut: boolean }>();
+  // Paths answered with these bodies in turn, one per request (then as files says).
+  const inTurn = new Map<string, Uint8Array[]>();
   beforeAll(async () => {
     server = createServer((q, r) => {
       hits.set(q.url ?? '', (hits.get(q.url ?? '') ?? 0) + 1);
@@ -60,7 +62,7 @@ describe.runIf(ready)('Packages streamed into the index', () => {
         return;
       }
       if (odd) return void r.writeHead(200).end(odd.body);
-      const b = files.get(q.url ?? '');
+      const b = inTurn.get(q.url ?? '')?.shift() ?? files.get(q.url ?? '');
       if (!b) return void r.writeHead(404).end();
       r.writeHead(200, { 'content-length': b.length }).end(b);
     });
@@ -159,6 +161,46 @@ describe.runIf(ready)('Packages streamed into the index', () => {
       }
     });
   }
+
+  it('a Packages.xz prefetched beside the release file but not the one it signs: discarded, the signed file fetched again; INTEGRITY when that differs too', async () => {
+    const forged = packages('evil', 3000);
+    const forgedXz = xz(forged.text);
+    // The first request (the prefetch, started before the release file is read) gets other bytes; the refetch the signed ones.
+    serve(release([{ path: XZ, body: bigXz }]), { [XZ]: bigXz });
+    inTurn.set(DIST + XZ, [forgedXz]);
+    let src = source();
+    try {
+      expect((await src.refresh()).packages).toBe(12_000);
+      expect(hits.get(DIST + XZ)).toBe(2);
+      expect(src.lookupPackage('evil5')).toEqual([]);
+      expect(src.lookupMany('sha256', [forged.sha.get('evil5')!])[0]).toBeUndefined();
+      expect(src.lookupMany('sha256', [big.sha.get('p5')!])[0]?.[0]?.package).toBe('p5');
+    } finally {
+      src.close();
+    }
+    // Same size as signed, other bytes, served to the prefetch and the refetch alike: refused, nothing of it indexed.
+    const forgedBig = xz(packages('evil', 12_000).text);
+    serve(release([{ path: XZ, body: bigXz, size: forgedBig.length }]), { [XZ]: forgedBig });
+    src = source();
+    try {
+      await refused(src.refresh(), 'INTEGRITY');
+      expect(hits.get(DIST + XZ)).toBe(2);
+      expect(src.size).toBe(0);
+      expect(src.lookupPackage('evil5')).toEqual([]);
+    } finally {
+      src.close();
+      inTurn.clear();
+    }
+    // And a prefetch of the signed bytes is kept: one request, not two.
+    serve(release([{ path: XZ, body: bigXz }]), { [XZ]: bigXz });
+    src = source();
+    try {
+      expect((await src.refresh()).packages).toBe(12_000);
+      expect(hits.get(DIST + XZ)).toBe(1);
+    } finally {
+      src.close();
+    }
+  });
 
   it('a mismatch found only at the end: the whole forged file parses, yet INTEGRITY and nothing of it used', async () => {
     const old = packages('old', 20);

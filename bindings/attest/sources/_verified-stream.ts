@@ -16,6 +16,10 @@
  * A failure before the end (bad xz, a parse error) does not decide alone: the
  * rest of the body is read through the hash first, so a file that is not the
  * signed one is INTEGRITY, as when the whole file was checked before parsing.
+ *
+ * {@link _streamUnsigned} is the same stream before the release file is known
+ * (a prefetch): it reports the size and SHA-256 it saw, and its caller keeps
+ * what was built only when the verified release file signs exactly those.
  * @module
  */
 import { VmkitError } from '../../errors.js';
@@ -96,11 +100,41 @@ async function runningSha256(): Promise<RunningHash> {
  * @internal
  */
 export async function _streamSigned(url: string, signed: SignedFile, kind: Compression, o: StreamSignedOptions, onChunk: (c: Uint8Array) => void): Promise<void> {
+  await stream(url, signed, kind, o, onChunk);
+}
+
+/**
+ * What {@link _streamUnsigned} saw of a body: its size and SHA-256, to be
+ * compared with the release file once that is verified. @internal
+ */
+export interface SeenFile {
+  size: number;
+  sha256: Uint8Array;
+}
+
+/**
+ * {@link _streamSigned} for a file the release file has not signed yet (a
+ * prefetch beside the release file's fetch and signature check): the body is
+ * hashed and counted as it is decompressed into `onChunk`, up to the source's
+ * byte limit, and the size and SHA-256 seen are returned. Nothing built from
+ * it may be used until the verified release file lists exactly that size and
+ * SHA-256 for this file. Throws as {@link _streamSigned} (never INTEGRITY).
+ * @internal
+ */
+export async function _streamUnsigned(url: string, kind: Compression, o: StreamSignedOptions, onChunk: (c: Uint8Array) => void): Promise<SeenFile> {
+  return stream(url, undefined, kind, o, onChunk);
+}
+
+async function stream(url: string, signed: SignedFile | undefined, kind: Compression, o: StreamSignedOptions, onChunk: (c: Uint8Array) => void): Promise<SeenFile> {
   const own = o.maxBytes ?? 1 << 30;
+  // Unsigned (a prefetch): bounded by the source's own limit; past it LIMIT, not INTEGRITY.
+  const cap = signed ? signed.size : own;
   const notSigned = (why: string): VmkitError =>
     new VmkitError('INTEGRITY', `${o.id}: ${o.what} does not match the SHA256 and size in the signed release file (${why})`, { path: o.what });
   const longer = (): VmkitError =>
-    new VmkitError('INTEGRITY', `${o.id}: ${o.what} is longer than the ${signed.size} bytes the signed release file gives`, { path: o.what });
+    signed
+      ? new VmkitError('INTEGRITY', `${o.id}: ${o.what} is longer than the ${signed.size} bytes the signed release file gives`, { path: o.what })
+      : new VmkitError('LIMIT', `GET ${url}: more than the limit of ${own} bytes`, { path: url });
   const f = o.fetch ?? globalThis.fetch;
   let res: Response;
   try {
@@ -115,13 +149,13 @@ export async function _streamSigned(url: string, signed: SignedFile, kind: Compr
     throw new VmkitError('NETWORK', `GET ${url}: HTTP ${res.status}`, { path: url });
   }
   const declared = Number(res.headers.get('content-length') ?? NaN);
-  if (declared > signed.size || signed.size > own) {
+  if (declared > cap || cap > own) {
     await res.body?.cancel();
-    if (signed.size > own) throw new VmkitError('LIMIT', `GET ${url}: ${signed.size} bytes is more than the limit ${own}`, { path: url });
+    if (cap > own) throw new VmkitError('LIMIT', `GET ${url}: ${cap} bytes is more than the limit ${own}`, { path: url });
     throw longer();
   }
   const want = new Uint8Array(32);
-  hexInto(signed.sha256, want);
+  if (signed) hexInto(signed.sha256, want);
   const hash = await runningSha256();
   let got = 0;
   let over = false;
@@ -137,7 +171,7 @@ export async function _streamSigned(url: string, signed: SignedFile, kind: Compr
     }
     if (r.done) return undefined;
     got += r.value.length;
-    if (got > signed.size) {
+    if (got > cap) {
       over = true;
       await reader.cancel().catch(() => {});
       throw longer();
@@ -149,12 +183,14 @@ export async function _streamSigned(url: string, signed: SignedFile, kind: Compr
   const drain = async (): Promise<void> => {
     while (!over && (await next()) !== undefined);
   };
-  const verdict = async (): Promise<void> => {
-    if (got !== signed.size) throw notSigned(`${got} bytes, the release file signs ${signed.size}`);
+  const verdict = async (): Promise<SeenFile> => {
     const d = await hash.digest();
+    if (!signed) return { size: got, sha256: d };
+    if (got !== signed.size) throw notSigned(`${got} bytes, the release file signs ${signed.size}`);
     let diff = 0;
     for (let i = 0; i < 32; i++) diff |= d[i]! ^ want[i]!;
     if (diff !== 0) throw notSigned('SHA-256 differs');
+    return { size: got, sha256: d };
   };
   let out = 0;
   const deliver = (c: Uint8Array): void => {
@@ -164,11 +200,14 @@ export async function _streamSigned(url: string, signed: SignedFile, kind: Compr
   };
   let failure: unknown;
   try {
-    await pump(kind, signed.size, next, deliver, o.what);
+    // The size picks the decoder (the xz child for large files): a prefetch goes by the Content-Length.
+    await pump(kind, signed?.size ?? (Number.isFinite(declared) ? declared : own), next, deliver, o.what);
   } catch (e) {
     failure = e;
   }
   if (failure !== undefined) {
+    // A prefetch: nothing to tell apart, its caller discards all of it.
+    if (!signed) throw failure;
     // INTEGRITY, NETWORK or CANCELLED from the body itself decide at once.
     if (failure instanceof VmkitError && (over || failure.code === 'NETWORK' || failure.code === 'CANCELLED')) throw failure;
     try {
@@ -179,7 +218,7 @@ export async function _streamSigned(url: string, signed: SignedFile, kind: Compr
     }
     throw failure;
   }
-  await verdict();
+  return verdict();
 }
 
 // Moves the body through the decompressor into deliver; rejects with the first failure.

@@ -14,16 +14,22 @@
  * Refresh is incremental: the release file is fetched with If-None-Match /
  * If-Modified-Since, and an index file whose hash did not change is not
  * fetched again. Spec followed: https://wiki.debian.org/DebianRepository/Format.
+ *
+ * A first refresh does not wait for the signature: the Packages.xz the source
+ * line implies is fetched, hashed and parsed into a new index beside the
+ * release file's fetch and check (openpgp.js loads meanwhile, on first use),
+ * and that index is kept only when the verified release file lists exactly
+ * the size and SHA-256 seen; else it is thrown away and the signed file fetched.
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import { readKeyring, verifyCleartext, verifyDetached, type Keyring } from '../_openpgp.js';
+import type { Keyring } from '../_openpgp.js';
 import { debFileDigests } from '../_deb.js';
 import { DigestIndex, hexInto } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { PackagesParser, parseRelease, type Release } from './deb822.js';
 import { compressionOf, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type Compression, type FetchOptions, type Validators } from './_io.js';
-import { _streamSigned } from './_verified-stream.js';
+import { _streamSigned, _streamUnsigned, type SeenFile } from './_verified-stream.js';
 import { _lookupDigest, _lookupMany, _lookupPackage } from './_lookups.js';
 import { _checkReleaseDate, type ReleaseState } from './release-state.js';
 
@@ -122,6 +128,20 @@ interface IndexFile {
   size: number;
 }
 
+// openpgp.js (a large module) loads on first use, while a prefetch already runs.
+const pgp = (): Promise<typeof import('../_openpgp.js')> => import('../_openpgp.js');
+
+/** A Packages.xz fetched and parsed before the release file was verified (see refresh). */
+interface Prefetch {
+  /** Path under dists/<suite>/, as the release file would list it. */
+  path: string;
+  ix: DigestIndex;
+  pool: PoolInfo;
+  /** What was seen, once the whole body was read, decompressed and parsed; undefined on any failure. */
+  done: Promise<SeenFile | undefined>;
+  abort: AbortController;
+}
+
 /** Per package of the current index: where its .deb is and how big. */
 interface PoolInfo {
   filename: string[];
@@ -185,8 +205,8 @@ export class AptSource implements RepositorySource {
     if (this.ring) return this.ring;
     const k = this.opts.keyring;
     if (k && 'keys' in k && 'fingerprints' in k) this.ring = k as Keyring;
-    else if (k instanceof Uint8Array) this.ring = await readKeyring(k);
-    else if (Array.isArray(k)) this.ring = await readKeyring(...k);
+    else if (k instanceof Uint8Array) this.ring = await (await pgp()).readKeyring(k);
+    else if (Array.isArray(k)) this.ring = await (await pgp()).readKeyring(...k);
     else {
       const path = this.line.options.get('signed-by');
       if (path && path.startsWith('/')) {
@@ -199,7 +219,7 @@ export class AptSource implements RepositorySource {
         } catch (e) {
           throw new VmkitError('NOT_FOUND', `signed-by keyring ${path} could not be read`, { cause: e, path });
         }
-        this.ring = await readKeyring(bytes);
+        this.ring = await (await pgp()).readKeyring(bytes);
       }
     }
     return this.ring;
@@ -254,7 +274,7 @@ export class AptSource implements RepositorySource {
       if (r.lastModified) v.lastModified = r.lastModified;
       if (ring) {
         try {
-          return { text: (await verifyCleartext(signed, ring, `${this.id} InRelease`)).text, validators: v };
+          return { text: (await (await pgp()).verifyCleartext(signed, ring, `${this.id} InRelease`)).text, validators: v };
         } catch (e) {
           if (!this.opts.allowUnsigned) throw e;
         }
@@ -277,7 +297,7 @@ export class AptSource implements RepositorySource {
     }
     if (ring && sig) {
       try {
-        await verifyDetached(r.body, sig, ring, `${this.id} Release.gpg`);
+        await (await pgp()).verifyDetached(r.body, sig, ring, `${this.id} Release.gpg`);
         return { text: dec.decode(r.body), validators: v };
       } catch (e) {
         if (!this.opts.allowUnsigned) throw e;
@@ -288,11 +308,67 @@ export class AptSource implements RepositorySource {
     return { text: dec.decode(r.body), validators: v };
   }
 
+  /** The index directories the line implies: per component × architecture. */
+  private dirs(): string[] {
+    return this.line.components.length === 0 ? [''] : this.line.components.flatMap((c) => this.archs.map((a) => `${c}/binary-${a}/`));
+  }
+
+  // A first refresh of a single index directory: its Packages.xz fetched, hashed and parsed
+  // into an index of its own while the release file is fetched and verified. Never used
+  // unless the verified release file signs exactly the bytes seen (see adopt).
+  private prefetch(signal: AbortSignal | undefined): Prefetch | undefined {
+    const dirs = this.dirs();
+    if (this.index !== undefined || dirs.length !== 1) return undefined;
+    const path = `${dirs[0]}Packages.xz`;
+    const abort = new AbortController();
+    const onAbort = (): void => abort.abort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const ix = new DigestIndex();
+    const pool: PoolInfo = { filename: [], size: [] };
+    const parser = this.parserInto(ix, pool, path);
+    const o = { ...this.opts, signal: abort.signal, max: this.opts.maxBytes ?? DEFAULT_MAX_BYTES, what: path, id: this.id };
+    const done = _streamUnsigned(joinUrl(this.base(), path), 'xz', o, (c) => {
+      // Discarded meanwhile: stop decompressing (the xz child is killed).
+      if (abort.signal.aborted) throw new VmkitError('CANCELLED', `${this.id}: prefetch of ${path} discarded`);
+      parser.push(c);
+    })
+      .then((seen) => (parser.end(), seen))
+      .catch(() => undefined) // any failure: the signed file is fetched as without a prefetch
+      .finally(() => signal?.removeEventListener('abort', onAbort));
+    return { path, ix, pool, done, abort };
+  }
+
+  // The prefetched index when the verified release file lists its path with exactly the
+  // size and SHA-256 seen; else undefined (the caller discards it and fetches the signed file).
+  private async adopt(pre: Prefetch, variants: IndexFile[][]): Promise<IndexFile | undefined> {
+    const f = variants.length === 1 ? variants[0]!.find((v) => v.path === pre.path) : undefined;
+    if (!f) return undefined;
+    const seen = await pre.done;
+    if (!seen || seen.size !== f.size) return undefined;
+    const want = new Uint8Array(32);
+    hexInto(f.sha256, want);
+    return sameBytes(seen.sha256, want) ? f : undefined;
+  }
+
+  private discard(pre: Prefetch): void {
+    pre.abort.abort();
+    // Closed once the stream has stopped writing into it.
+    void pre.done.then(() => pre.ix.close());
+  }
+
+  private parserInto(ix: DigestIndex, pool: PoolInfo, path: string): PackagesParser {
+    return new PackagesParser((r) => {
+      // The parser decodes each value from bytes into a string of its own: kept as it is.
+      ix.addPackageSha256(this.id, r.package, r.version, r.architecture, r.hex, r.sha256At, true);
+      pool.filename.push(r.filename);
+      pool.size.push(r.size);
+    }, `${this.id} ${path}`);
+  }
+
   /** The index files to read: per component × architecture, its variants best compression first. */
   private pick(rel: Release): IndexFile[][] {
     const out: IndexFile[][] = [];
-    const dirs = this.line.components.length === 0 ? [''] : this.line.components.flatMap((c) => this.archs.map((a) => `${c}/binary-${a}/`));
-    for (const d of dirs) {
+    for (const d of this.dirs()) {
       const found: IndexFile[] = [];
       for (const ext of ['.xz', '.gz', '.zst', '']) {
         const f = rel.files.get(d + 'Packages' + ext);
@@ -323,12 +399,7 @@ export class AptSource implements RepositorySource {
   // checked against the signed release file on the way (see _verified-stream.ts): the caller
   // throws ix away on any failure, so nothing of a file that is not the signed one is used.
   private async indexFile(f: IndexFile, rel: Release, kind: Compression, ix: DigestIndex, pool: PoolInfo, signal: AbortSignal | undefined): Promise<void> {
-    const parser = new PackagesParser((r) => {
-      // The parser decodes each value from bytes into a string of its own: kept as it is.
-      ix.addPackageSha256(this.id, r.package, r.version, r.architecture, r.hex, r.sha256At, true);
-      pool.filename.push(r.filename);
-      pool.size.push(r.size);
-    }, `${this.id} ${f.path}`);
+    const parser = this.parserInto(ix, pool, f.path);
     const o = { ...this.opts, signal, max: this.opts.maxBytes ?? DEFAULT_MAX_BYTES, what: f.path, id: this.id };
     const urls: string[] = [];
     if (rel.acquireByHash) urls.push(joinUrl(this.base(), `${f.path.slice(0, f.path.lastIndexOf('/') + 1)}by-hash/SHA256/${f.sha256}`));
@@ -354,11 +425,23 @@ export class AptSource implements RepositorySource {
    * @example `const { changed, packages } = await src.refresh();`
    */
   async refresh(signal?: AbortSignal): Promise<RefreshResult> {
+    const pre = this.prefetch(signal);
+    let kept = false;
+    try {
+      const r = await this.refreshWith(pre, signal);
+      kept = r.kept;
+      return r.result;
+    } finally {
+      if (pre && !kept) this.discard(pre);
+    }
+  }
+
+  private async refreshWith(pre: Prefetch | undefined, signal: AbortSignal | undefined): Promise<{ result: RefreshResult; kept: boolean }> {
     const got = await this.fetchRelease(signal);
     if (!got) {
       // 304: the signed state we hold is still the repository's; it may have expired meanwhile.
       this.checkValid(this.release!);
-      return this.result(false);
+      return { result: this.result(false), kept: false };
     }
     const rel = parseRelease(got.text, `${this.id} Release`);
     if (this.line.components.length && rel.suite !== this.line.suite && rel.codename !== this.line.suite) {
@@ -374,13 +457,16 @@ export class AptSource implements RepositorySource {
       await this.accepted(rel);
       this.release = rel;
       this.validators = got.validators;
-      return this.result(false);
+      return { result: this.result(false), kept: false };
     }
     const picks: IndexFile[] = [];
-    const ix = new DigestIndex();
-    const pool: PoolInfo = { filename: [], size: [] };
+    // The prefetched index, when the verified release file signs exactly what it was built from.
+    const adopted = pre ? await this.adopt(pre, variants) : undefined;
+    if (adopted) picks.push(adopted);
+    const ix = adopted ? pre!.ix : new DigestIndex();
+    const pool: PoolInfo = adopted ? pre!.pool : { filename: [], size: [] };
     try {
-      for (const vs of variants) {
+      for (const vs of adopted ? [] : variants) {
         // The first variant the server has (a mirror may lack some compressions), streamed
         // into the new index and checked against the release file as it arrives.
         let last: unknown;
@@ -416,7 +502,7 @@ export class AptSource implements RepositorySource {
     this.indexed = new Map(picks.map((p) => [p.path, p.sha256]));
     // File digests already computed stay valid for the same .deb (same SHA-256).
     for (const [debSha, files] of this.filesOf) this.readdFiles(debSha, files);
-    return this.result(true);
+    return { result: this.result(true), kept: adopted !== undefined };
   }
 
   private result(changed: boolean): RefreshResult {

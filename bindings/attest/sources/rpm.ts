@@ -28,12 +28,15 @@
 import { SaxesParser } from 'saxes';
 import { VmkitError } from '../../errors.js';
 import { _checkReleaseDate, type ReleaseState } from './release-state.js';
-import { readKeyring, verifyDetached, type Keyring } from '../_openpgp.js';
+import type { Keyring } from '../_openpgp.js';
 import { DigestIndex, digestLength, hexInto, ownString } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
 import { _rpmHeaderDigest, rpmFileDigests } from '../_rpm.js';
 import { compressionOf, decompressChunks, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type FetchOptions, type Validators } from './_io.js';
 import { _lookupDigest, _lookupMany, _lookupPackage } from './_lookups.js';
+
+// openpgp.js (a large module) loads on first use, not with every source module.
+const pgp = (): Promise<typeof import('../_openpgp.js')> => import('../_openpgp.js');
 
 /**
  * One `<data>` record of repomd.xml.
@@ -370,8 +373,8 @@ export class RpmSource implements RepositorySource {
     if (this.ring) return this.ring;
     const k = this.opts.keyring;
     if (k && 'keys' in k && 'fingerprints' in k) this.ring = k as Keyring;
-    else if (k instanceof Uint8Array) this.ring = await readKeyring(k);
-    else if (Array.isArray(k)) this.ring = await readKeyring(...k);
+    else if (k instanceof Uint8Array) this.ring = await (await pgp()).readKeyring(k);
+    else if (Array.isArray(k)) this.ring = await (await pgp()).readKeyring(...k);
     return this.ring;
   }
 
@@ -405,7 +408,7 @@ export class RpmSource implements RepositorySource {
     }
     if (ring && sig) {
       try {
-        await verifyDetached(r.body, sig, ring, `${this.id} repomd.xml.asc`);
+        await (await pgp()).verifyDetached(r.body, sig, ring, `${this.id} repomd.xml.asc`);
       } catch (e) {
         if (!this.opts.allowUnsigned) throw e;
       }

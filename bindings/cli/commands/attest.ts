@@ -47,14 +47,19 @@ async function readArgFile(path: string, what: string): Promise<Buffer> {
 }
 
 /** Opens the `--repo`/`--source` lines with the keyrings given. */
-async function openSources(values: Values, lines: string[] = [...strings(values.repo), ...strings(values.source)], setOptions: SourceSetOptions = {}): Promise<SourceSet> {
+async function openSources(values: Values, lines: string[] = [...strings(values.repo), ...strings(values.source)], setOptions: SourceSetOptions = {}, lazyKeyring = false): Promise<SourceSet> {
   if (lines.length === 0) throw new VmkitError('ARG_RANGE', 'at least one --repo <source> is required');
   const opts: OpenSourceOptions = {};
   const rings = strings(values.keyring);
   if (rings.length) {
     const bytes = await Promise.all(rings.map(async (p) => new Uint8Array(await readArgFile(p, 'keyring'))));
-    const { readKeyring } = await import('../../attest/_openpgp.js');
-    opts.keyring = await readKeyring(...bytes);
+    if (lazyKeyring) {
+      // One source (index): it reads the bytes itself, loading openpgp.js while its prefetch runs.
+      opts.keyring = bytes;
+    } else {
+      const { readKeyring } = await import('../../attest/_openpgp.js');
+      opts.keyring = await readKeyring(...bytes);
+    }
   }
   const apkKeys = strings(values['apk-key']);
   if (apkKeys.length) {
@@ -278,7 +283,7 @@ async function check(argv: string[], io: CliIO): Promise<number> {
 async function index(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, sourceOpts);
   if (positionals.length !== 1) throw new VmkitError('ARG_RANGE', "usage: vmkit attest index '<source>' [--keyring <file>]");
-  const sources = await openSources(values, positionals);
+  const sources = await openSources(values, positionals, {}, true);
   try {
     const t0 = performance.now();
     await sources.refreshAll({ requireAll: true });
