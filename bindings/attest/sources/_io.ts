@@ -263,7 +263,12 @@ export async function decompress(data: Uint8Array, kind: Compression, max: numbe
 /** A child process started by {@link xzCommand}. @internal */
 export interface XzChild {
   stdin: { on(ev: 'error', f: () => void): void; write(d: Uint8Array): boolean; once(ev: 'drain', f: () => void): unknown; end(): void };
-  stdout: AsyncIterable<Uint8Array>;
+  stdout: {
+    on(ev: 'data', f: (c: Uint8Array) => void): unknown;
+    on(ev: 'error', f: (e: Error) => void): unknown;
+    on(ev: 'end' | 'close', f: () => void): unknown;
+    destroy(): void;
+  };
   stderr: { on(ev: 'data', f: (c: Uint8Array) => void): void };
   on(ev: 'close', f: (code: number | null) => void): void;
   on(ev: 'error', f: (e: Error) => void): void;
