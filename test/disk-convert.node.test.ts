@@ -188,5 +188,12 @@ describe.skipIf(!hasQemu)('disk convert', () => {
     expect(await command.run.convert!([p('top.qcow2'), p('cli.vhdx'), '-O', 'vhdx', '--json'], io)).toBe(0);
     expect(JSON.parse(out)).toMatchObject({ format: 'vhdx', size: 24 * 1024 * 1024 });
     qimg('compare', '-q', '-f', 'qcow2', '-F', 'vhdx', p('top.qcow2'), p('cli.vhdx'));
+    expect(await command.run.convert!([p('top.qcow2'), p('cli2.vmdk'), '-O', 'vmdk', '--in-flight', '2'], io)).toBe(0);
+    qimg('compare', '-q', '-f', 'qcow2', '-F', 'vmdk', p('top.qcow2'), p('cli2.vmdk'));
+    for (const bad of ['0', '65', 'x'])
+      await expect(command.run.convert!([p('top.qcow2'), p(`cli-bad-${bad}.qcow2`), '--in-flight', bad], io)).rejects.toMatchObject({ code: 'ARG_RANGE' });
+    // Refused before anything is made.
+    const { existsSync } = await import('node:fs');
+    expect(existsSync(p('cli-bad-0.qcow2'))).toBe(false);
   });
 });

@@ -49,6 +49,13 @@ export interface CopyOptions {
   ordered?: boolean;
 }
 
+/** `inFlight` checked: an integer from 1 to 64 (8 when absent). */
+function inFlightOf(v: number | undefined, who: string): number {
+  const n = v ?? IN_FLIGHT;
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw new VmkitError('ARG_RANGE', `${who}: inFlight must be an integer from 1 to 64, not ${String(v)}`);
+  return n;
+}
+
 /** The data runs of `src` as chunks of up to {@link CHUNK} bytes, zero and unallocated runs skipped. */
 async function* dataChunks(src: BlockDevice): AsyncGenerator<[number, number]> {
   let pos = 0;
@@ -84,8 +91,7 @@ async function* dataChunks(src: BlockDevice): AsyncGenerator<[number, number]> {
  */
 export async function copyData(src: BlockDevice, dst: BlockDevice, opts: CopyOptions = {}): Promise<number> {
   if (dst.size !== src.size) throw new VmkitError('ARG_RANGE', `copyData: the destination holds ${dst.size} bytes, the source ${src.size}`);
-  const depth = opts.inFlight ?? IN_FLIGHT;
-  if (!Number.isInteger(depth) || depth < 1 || depth > 64) throw new VmkitError('ARG_RANGE', `copyData: inFlight must be an integer from 1 to 64, not ${String(opts.inFlight)}`);
+  const depth = inFlightOf(opts.inFlight, 'copyData');
   const ordered = opts.ordered ?? true;
   const free: Uint8Array[] = [];
   const running = new Set<Promise<void>>();
@@ -140,6 +146,7 @@ export async function convertImage(from: string, to: string, opts: ConvertOption
   const provider = opts.provider ?? fileProvider;
   const format = opts.format ?? 'qcow2';
   const sub = opts.subformat;
+  const inFlight = inFlightOf(opts.inFlight, 'convertImage');
   const subs: Record<string, readonly string[]> = { vmdk: ['monolithicSparse', 'streamOptimized'], vhd: ['dynamic', 'fixed'], vhdx: ['dynamic', 'fixed'] };
   if (sub !== undefined && !(subs[format] ?? []).includes(sub)) {
     throw new VmkitError('ARG_RANGE', `subformat ${JSON.stringify(sub)} is not one of ${format}'s (${(subs[format] ?? []).join(', ') || 'none'})`);
@@ -164,7 +171,7 @@ export async function convertImage(from: string, to: string, opts: ConvertOption
     try {
       // Devices that place each write by its guest offset take them in any order; the others
       // (VMDK's grains, VHD's blocks, appended at the end of the file) keep guest order.
-      const n = await copyData(src, dst, { ordered: !(format === 'qcow2' || format === 'raw' || format === 'vhdx'), ...(opts.inFlight !== undefined ? { inFlight: opts.inFlight } : {}) });
+      const n = await copyData(src, dst, { ordered: !(format === 'qcow2' || format === 'raw' || format === 'vhdx'), inFlight });
       return { format, size: dst.size, bytesWritten: n };
     } finally {
       await dst.close();
