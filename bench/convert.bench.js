@@ -61,7 +61,7 @@ export async function run(ctx) {
       },
       {
         heading: 'VHDX → qcow2',
-        cause: 'vmkit fdatasyncs the output before returning (~100 ms here), qemu-img (default -t unsafe) does not: see the -t writeback row; vmkit also spends 8-23% more CPU in two runs (a profile puts ~20 ms a run in the qcow2 writer's zero-granule scan of each written cluster)',
+        cause: 'vmkit fdatasyncs the output before returning (~100 ms here), qemu-img (default -t unsafe) does not: see the -t writeback row; vmkit also spends 8-23% more CPU in two runs (a profile puts ~20 ms a run in the qcow2 writer\'s zero-granule scan of each written cluster)',
         rows: [
           { name: 'vmkit disk convert -O qcow2 (from vhdx)', fn: vmkit(p('src.vhdx'), p('v2.qcow2'), { format: 'qcow2' }), out: p('v2.qcow2') },
           { name: 'qemu-img convert -O qcow2 (from vhdx)', fn: () => q('qemu-img', ['convert', '-O', 'qcow2', p('src.vhdx'), p('q2.qcow2')]), out: p('q2.qcow2') },
