@@ -40,7 +40,11 @@ export async function inflateRaw(input: Uint8Array, outLength: number, at: numbe
   if (z) {
     try {
       // finishFlush: Z_SYNC_FLUSH tolerates the sector padding after the stream's end.
-      out = z.inflateRawSync(input, { finishFlush: z.constants.Z_SYNC_FLUSH, maxOutputLength: outLength });
+      // chunkSize: one output buffer a little past the cluster, not 16 KiB pieces concatenated
+      // (measured on 64 KiB grains: 2.2x less CPU, and less garbage). node:zlib's asynchronous
+      // inflate was tried to inflate grains in flight on the thread pool: its stream machinery
+      // cost 1.5-3x the CPU of this for no gain on two cores.
+      out = z.inflateRawSync(input, { finishFlush: z.constants.Z_SYNC_FLUSH, maxOutputLength: outLength, chunkSize: Math.max(64, outLength + 1024) });
     } catch (e) {
       if ((e as NodeJS.ErrnoException)?.code === 'ERR_BUFFER_TOO_LARGE') throw fail(new Error('inflates past the cluster size'));
       throw fail(e);
