@@ -10,7 +10,7 @@ import { emit, formatBytes, parse, parseSize, type CliIO, type Command } from '.
 import { mapExtents, toQemuMap, type BlockExtent } from '../../disk/device.js';
 import { syncFileProvider as provider } from '../../disk/backends/file.js';
 import { chainOf, checkImage, createImage, fileFormatDriver, openImage, syncFileFormatDriver } from '../../disk/image.js';
-import type { CheckReport, FormatName, ImageDevice, ImageInfo } from '../../disk/formats/types.js';
+import type { CheckReport, ImageDevice, ImageInfo } from '../../disk/formats/types.js';
 import { formatOpt, INPUT_FORMAT_OPTIONS } from './_disk_args.js';
 
 function onePath(positionals: string[], sub: string): string {
