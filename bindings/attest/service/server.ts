@@ -386,11 +386,17 @@ export class AttestService {
     this.count(ROUTES.has(url.pathname) ? route : `${req.method} other`, status);
   }
 
-  private async attest(req: IncomingMessage, res: ServerResponse, url: URL): Promise<number> {
+  // Both attestation routes: refused while closing, past the in-flight bound, or before any
+  // source is loaded; otherwise counted in flight (the caller's finally takes it off).
+  private admit(): void {
     if (this.closing) throw new VmkitError('INVALID_STATE', 'the service is shutting down');
     if (this.inFlight >= this.limits.inFlight) throw new VmkitError('INVALID_STATE', `busy: ${this.inFlight} attestations in flight`);
     if (!this.sources.anyReady) throw new VmkitError('INVALID_STATE', 'repository sources are not loaded yet');
     this.inFlight++;
+  }
+
+  private async attest(req: IncomingMessage, res: ServerResponse, url: URL): Promise<number> {
+    this.admit();
     const t0 = performance.now();
     let held = 0;
     let large = false;
@@ -476,10 +482,7 @@ export class AttestService {
   // bounded body), the nonce redeemed, then file digests from the cache or fetched
   // within the request's budgets, and one `vmkit-machine` submodule signed.
   private async attestInstalled(req: IncomingMessage, res: ServerResponse): Promise<number> {
-    if (this.closing) throw new VmkitError('INVALID_STATE', 'the service is shutting down');
-    if (this.inFlight >= this.limits.inFlight) throw new VmkitError('INVALID_STATE', `busy: ${this.inFlight} attestations in flight`);
-    if (!this.sources.anyReady) throw new VmkitError('INVALID_STATE', 'repository sources are not loaded yet');
-    this.inFlight++;
+    this.admit();
     const t0 = performance.now();
     let held = 0;
     try {
