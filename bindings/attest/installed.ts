@@ -20,9 +20,7 @@
  * ```
  * @module
  */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { open, readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { VmkitError } from '../errors.js';
 import type { _HashItem } from './_hash-file.js';
@@ -190,33 +188,6 @@ export interface CollectInstalledOptions {
   /** Called as files are hashed. */
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
-}
-
-const SMALL = 1 << 20;
-
-/**
- * Lowercase hex SHA-256 of a file, read in bounded chunks. undefined when it is not there.
- * @example `await sha256File('/usr/bin/env')`
- */
-export async function sha256File(path: string): Promise<string | undefined> {
-  try {
-    const h = createHash('sha256');
-    const fh = await open(path, 'r');
-    try {
-      const { size } = await fh.stat();
-      if (size <= SMALL) {
-        h.update(await fh.readFile());
-        return h.digest('hex');
-      }
-    } finally {
-      await fh.close();
-    }
-    for await (const c of createReadStream(path, { highWaterMark: SMALL })) h.update(c as Buffer);
-    return h.digest('hex');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
-    throw new VmkitError('IO', `cannot read ${path}: ${(e as Error).message}`, { path, cause: e });
-  }
 }
 
 async function readOptional(path: string): Promise<string | undefined> {

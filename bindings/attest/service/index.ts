@@ -22,7 +22,7 @@ export { statusOf, clientKey } from './_http.js';
 export { createVerifier, type CreateVerifierOptions } from './verifier.js';
 export { etcdReplaySet, type ReplaySet, type EtcdReplayOptions } from './replay.js';
 // Whole-machine attestation: evidence of a Debian-family root, and its appraisal with file digests on demand.
-export { collectInstalled, parseDpkgStatus, parseDiversions, sha256File, type InstalledEvidence, type InstalledPackage, type InstalledFile, type DpkgStatusEntry, type CollectInstalledOptions } from '../installed.js';
+export { collectInstalled, parseDpkgStatus, parseDiversions, type InstalledEvidence, type InstalledPackage, type InstalledFile, type DpkgStatusEntry, type CollectInstalledOptions } from '../installed.js';
 export { appraiseInstalled, parseInstalled, FileDigestCache, OnDemandFiles, type MachineIndex, type MachineCategory, type OnDemandFilesOptions, type AppraiseInstalledOptions } from '../machine.js';
 export { appraiseMachineIma, type MachineImaCategory } from '../machine-ima.js';
 export { parseRpmdbExport, type RpmdbPackage } from '../_rpm.js';
