@@ -341,6 +341,24 @@ describe.runIf(ready)('repository sources over real repositories', () => {
           await refused(decompress(packed, 'xz', 100_000, 'x'), 'LIMIT');
           await refused(decompress(bad, 'xz', 1 << 24, 'x'), 'CORRUPT');
           await refused(decompress(packed.subarray(0, packed.length - 100), 'xz', 1 << 24, 'x'), 'CORRUPT');
+          const drain = async (max: number, data: Uint8Array = packed): Promise<void> => {
+            for await (const c of decompressChunks(data, 'xz', max, 'x')) void c;
+          };
+          await refused(drain(100_000), 'LIMIT');
+          await refused(drain(1 << 24, bad), 'CORRUPT');
+          // A consumer slower than xz: the child's output waits for it, the bytes are the same.
+          const slow: Uint8Array[] = [];
+          for await (const c of decompressChunks(packed, 'xz', 1 << 24, 'x')) {
+            slow.push(c);
+            await new Promise((r) => setTimeout(r, 2));
+          }
+          expect(Buffer.concat(slow).equals(input), `slow, system ${system}`).toBe(true);
+          // A consumer that stops after one chunk, then a whole run again.
+          for await (const c of decompressChunks(packed, 'xz', 1 << 24, 'x')) {
+            expect(c.length).toBeGreaterThan(0);
+            break;
+          }
+          expect(Buffer.from(await decompress(packed, 'xz', 1 << 24, 'x')).equals(input)).toBe(true);
         }
       } finally {
         _useSystemXz(true);

@@ -7,6 +7,9 @@
  */
 import type { Decompress as ZstdDecompressT } from 'fzstd';
 import { VmkitError } from '../../errors.js';
+import { pumpXz, xzCommand, type XzChild } from './_xz-child.js';
+
+export { _useSystemXz } from './_xz-child.js';
 
 /** Options every source accepts for its network and size limits. */
 export interface FetchOptions {
@@ -99,6 +102,11 @@ export async function collect(stream: ReadableStream<Uint8Array>, max: number, w
     }
     parts.push(value);
   }
+  return concat(parts, n);
+}
+
+// The `n` bytes of `parts` in one array (the one part itself when there is one).
+function concat(parts: Uint8Array[], n: number): Uint8Array {
   if (parts.length === 1) return parts[0]!;
   const out = new Uint8Array(n);
   let o = 0;
@@ -107,6 +115,55 @@ export async function collect(stream: ReadableStream<Uint8Array>, max: number, w
     o += p.length;
   }
   return out;
+}
+
+// A source of one chunk, for the streaming paths fed from a whole buffer.
+function once(data: Uint8Array): () => Promise<Uint8Array | undefined> {
+  let given = false;
+  return async () => (given ? undefined : ((given = true), data));
+}
+
+// The child's pushed output as a pulled generator: at most a few chunks wait (the child's
+// output pauses until they are taken), and a consumer that stops early stops the child.
+async function* xzChunks(spawn: () => XzChild, data: Uint8Array, what: string): AsyncGenerator<Uint8Array> {
+  const WAITING = 4;
+  const queue: Uint8Array[] = [];
+  let room: { resolve(): void; reject(e: unknown): void } | undefined;
+  let wake: (() => void) | undefined;
+  let quit = false;
+  let end: { error?: unknown } | undefined;
+  const stopped = (): Error => new Error(`${what}: the reader stopped`);
+  void pumpXz(spawn, once(data), (c) => {
+    if (quit) throw stopped();
+    queue.push(c);
+    wake?.();
+    return queue.length < WAITING ? undefined : new Promise<void>((resolve, reject) => (room = { resolve, reject }));
+  }, what).then(
+    () => ((end = {}), wake?.()),
+    (error: unknown) => ((end = { error }), wake?.()),
+  );
+  try {
+    for (;;) {
+      const c = queue.shift();
+      if (c) {
+        room?.resolve();
+        room = undefined;
+        yield c;
+        continue;
+      }
+      if (end) {
+        if (end.error !== undefined) throw end.error;
+        return;
+      }
+      await new Promise<void>((r) => (wake = r));
+      wake = undefined;
+    }
+  } finally {
+    if (!end) {
+      quit = true;
+      room?.reject(stopped());
+    }
+  }
 }
 
 /** Compression of a repository file, from its name. */
@@ -140,89 +197,6 @@ async function zstdDecompress(): Promise<typeof ZstdDecompressT> {
   return (zstdCtor ??= (await import('fzstd')).Decompress);
 }
 
-// --- xz through the system's `xz` (Node only) ------------------------------------------------
-// The wasm decoder (xz-embedded) reaches about a quarter of liblzma's speed; Debian's data.tar.xz
-// and Packages.xz are xz, so in Node a large input goes through `xz -dc` when the tool exists
-// (xz-utils is essential on Debian), streamed and bounded like the wasm path. Small inputs stay
-// in wasm: a process start costs more than it saves.
-const SYSTEM_XZ_MIN = 256 << 10;
-type ChildLike = {
-  stdin: { on(ev: 'error', f: () => void): void; end(d: Uint8Array): void };
-  stdout: AsyncIterable<Uint8Array>;
-  stderr: { on(ev: 'data', f: (c: Uint8Array) => void): void };
-  on(ev: 'close', f: (code: number | null) => void): void;
-  on(ev: 'error', f: (e: Error) => void): void;
-  kill(): void;
-};
-type SpawnFn = (cmd: string, args: string[], o: { stdio: string[] }) => ChildLike;
-let systemXz: SpawnFn | null | undefined;
-let systemXzEnabled = true;
-
-/** Turns the system-xz path off or on (tests compare both paths). @internal */
-export function _useSystemXz(enabled: boolean): void {
-  systemXzEnabled = enabled;
-}
-
-async function xzSpawn(): Promise<SpawnFn | undefined> {
-  if (systemXz === undefined) {
-    systemXz = null;
-    if (typeof process !== 'undefined' && process.versions?.node) {
-      try {
-        // Hidden from bundlers, as node:crypto above.
-        const name = 'node:child_process';
-        const cp = (await import(/* @vite-ignore */ name)) as { spawn: SpawnFn };
-        // An executable xz on PATH (a look at the directories, not a process: starting
-        // `xz --version` cost more than a small file's decompression).
-        const fsName = 'node:fs';
-        const fs = (await import(/* @vite-ignore */ fsName)) as { accessSync(p: string, mode: number): void; constants: { X_OK: number } };
-        const found = (process.env.PATH ?? '').split(':').some((d) => {
-          try {
-            fs.accessSync(`${d || '.'}/xz`, fs.constants.X_OK);
-            return true;
-          } catch {
-            return false;
-          }
-        });
-        if (found) systemXz = cp.spawn;
-      } catch {
-        systemXz = null;
-      }
-    }
-  }
-  return systemXz ?? undefined;
-}
-
-async function* xzProcess(spawn: SpawnFn, data: Uint8Array, max: number, what: string): AsyncGenerator<Uint8Array> {
-  // --memlimit: a stream declaring a huge dictionary is refused instead of allocated.
-  const p = spawn('xz', ['-dc', '-q', '--memlimit=256MiB'], { stdio: ['pipe', 'pipe', 'pipe'] });
-  let err = '';
-  let spawnError: Error | undefined;
-  const closed = new Promise<number | null>((r) => p.on('close', r));
-  p.on('error', (e) => (spawnError = e));
-  p.stderr.on('data', (c) => (err += new TextDecoder().decode(c)));
-  p.stdin.on('error', () => {}); // EPIPE when xz stops early on bad input: its exit status tells.
-  p.stdin.end(data);
-  let n = 0;
-  let done = false;
-  try {
-    for await (const c of p.stdout) {
-      n += c.length;
-      if (n > max) throw new VmkitError('LIMIT', `${what}: more than the limit of ${max} bytes`, { path: what });
-      yield new Uint8Array(c.buffer, c.byteOffset, c.length);
-    }
-    done = true;
-  } finally {
-    if (!done) p.kill();
-  }
-  const code = await closed;
-  if (spawnError) throw new VmkitError('CORRUPT', `${what}: xz could not run: ${spawnError.message}`, { cause: spawnError, path: what });
-  if (code !== 0) throw new VmkitError('CORRUPT', `${what}: not valid xz data: ${err.trim().slice(0, 200) || `xz exited ${code}`}`, { path: what });
-}
-
-async function systemXzFor(data: Uint8Array): Promise<SpawnFn | undefined> {
-  return systemXzEnabled && data.length >= SYSTEM_XZ_MIN ? xzSpawn() : undefined;
-}
-
 /**
  * Decompresses `data`, producing at most `max` bytes (LIMIT past that);
  * malformed input → CORRUPT.
@@ -235,21 +209,16 @@ export async function decompress(data: Uint8Array, kind: Compression, max: numbe
   }
   try {
     if (kind === 'zst') return zstd(await zstdDecompress(), data, max, what);
-    const xz = kind === 'xz' ? await systemXzFor(data) : undefined;
+    const xz = kind === 'xz' ? await xzCommand(data.length) : undefined;
     if (xz) {
       const parts: Uint8Array[] = [];
       let n = 0;
-      for await (const c of xzProcess(xz, data, max, what)) {
-        parts.push(c);
+      await pumpXz(xz, once(data), (c) => {
         n += c.length;
-      }
-      const out = new Uint8Array(n);
-      let o = 0;
-      for (const c of parts) {
-        out.set(c, o);
-        o += c.length;
-      }
-      return out;
+        if (n > max) throw new VmkitError('LIMIT', `${what}: more than the limit of ${max} bytes`, { path: what });
+        parts.push(c);
+      }, what);
+      return concat(parts, n);
     }
     const src = new Blob([data as Uint8Array<ArrayBuffer>]).stream();
     const s = kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip')) : new (await xzReadableStream())(src);
@@ -258,33 +227,6 @@ export async function decompress(data: Uint8Array, kind: Compression, max: numbe
     if (e instanceof VmkitError) throw e;
     throw new VmkitError('CORRUPT', `${what}: not valid ${kind} data: ${(e as Error).message}`, { cause: e, path: what });
   }
-}
-
-/** A child process started by {@link xzCommand}. @internal */
-export interface XzChild {
-  stdin: { on(ev: 'error', f: () => void): void; write(d: Uint8Array): boolean; once(ev: 'drain', f: () => void): unknown; end(): void };
-  stdout: {
-    on(ev: 'data', f: (c: Uint8Array) => void): unknown;
-    on(ev: 'error', f: (e: Error) => void): unknown;
-    on(ev: 'end' | 'close', f: () => void): unknown;
-    destroy(): void;
-  };
-  stderr: { on(ev: 'data', f: (c: Uint8Array) => void): void };
-  on(ev: 'close', f: (code: number | null) => void): void;
-  on(ev: 'error', f: (e: Error) => void): void;
-  kill(): void;
-}
-
-/**
- * Starts `xz -dc` for a stream of `size` compressed bytes when the system's xz
- * is the faster way (Node, xz present, input of 256 KiB or more), else undefined.
- * @internal
- */
-export async function xzCommand(size: number): Promise<(() => XzChild) | undefined> {
-  if (!systemXzEnabled || size < SYSTEM_XZ_MIN) return undefined;
-  const spawn = await xzSpawn();
-  if (!spawn) return undefined;
-  return () => spawn('xz', ['-dc', '-q', '--memlimit=256MiB'], { stdio: ['pipe', 'pipe', 'pipe'] }) as unknown as XzChild;
 }
 
 /** An in-process decompressor fed and read chunk by chunk (see {@link decompressorStream}). @internal */
@@ -418,9 +360,9 @@ export async function* decompressChunks(data: Uint8Array, kind: Compression, max
       if (data.length === 0) d.push(new Uint8Array(0), true);
       return;
     }
-    const xz = kind === 'xz' ? await systemXzFor(data) : undefined;
+    const xz = kind === 'xz' ? await xzCommand(data.length) : undefined;
     if (xz) {
-      yield* xzProcess(xz, data, max, what);
+      for await (const c of xzChunks(xz, data, what)) yield count(c);
       return;
     }
     const src = new Blob([data as Uint8Array<ArrayBuffer>]).stream();
@@ -470,13 +412,7 @@ function zstd(ZstdDecompress: typeof ZstdDecompressT, data: Uint8Array, max: num
     parts.push(chunk);
   });
   d.push(data, true);
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return concat(parts, n);
 }
 
 type NodeHash = (alg: string) => { update(d: Uint8Array): { digest(): Uint8Array } };

@@ -23,7 +23,8 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import { decompressorStream, xzCommand, type Compression, type FetchOptions, type XzChild } from './_io.js';
+import { decompressorStream, type Compression, type FetchOptions } from './_io.js';
+import { pumpXz, xzCommand } from './_xz-child.js';
 import { hexInto } from '../index-store.js';
 
 /** What the release file signs for one file. @internal */
@@ -228,7 +229,8 @@ async function pump(kind: Compression, size: number, next: () => Promise<Uint8Ar
     return;
   }
   const xz = kind === 'xz' ? await xzCommand(size) : undefined;
-  if (xz) return pumpXzProcess(xz, next, deliver, what);
+  // `xz -dc` as a child: the body goes to its stdin as it arrives, its output comes back beside the parsing.
+  if (xz) return pumpXz(xz, next, deliver, what);
   const d = await decompressorStream(kind, what);
   const feeding = (async () => {
     try {
@@ -251,71 +253,4 @@ async function pump(kind: Compression, size: number, next: () => Promise<Uint8Ar
     throw e;
   }
   await feeding;
-}
-
-// `xz -dc` as a child: the body goes to its stdin as it arrives (with backpressure), its
-// stdout comes back in pipe-sized chunks; decompression runs beside the parsing, on another core.
-async function pumpXzProcess(spawn: () => XzChild, next: () => Promise<Uint8Array | undefined>, deliver: (c: Uint8Array) => void, what: string): Promise<void> {
-  const p = spawn();
-  let err = '';
-  let spawnError: Error | undefined;
-  const closed = new Promise<number | null>((r) => p.on('close', r));
-  p.on('error', (e) => (spawnError = e));
-  p.stderr.on('data', (c) => (err += new TextDecoder().decode(c)));
-  p.stdin.on('error', () => {}); // EPIPE when xz stops early on bad input: its exit status tells.
-  let stop = false;
-  const feeding = (async () => {
-    try {
-      for (let c = await next(); c; c = await next()) {
-        if (stop) return;
-        // Resolves on drain, or once xz has gone (it stopped reading: bad data, or killed).
-        if (!p.stdin.write(c)) await new Promise<void>((r) => (p.stdin.once('drain', r), void closed.then(() => r())));
-      }
-      p.stdin.end();
-    } catch (e) {
-      // The body failed (network, longer than signed, cancelled): xz would wait for the rest of
-      // its input forever; ending it ends its output, and the reader below rethrows this.
-      stop = true;
-      p.kill();
-      throw e;
-    }
-  })();
-  feeding.catch(() => {});
-  let done = false;
-  try {
-    // 'data' events rather than for-await: some 5 000 chunks of ~10 KiB (xz writes 8 KiB at a
-    // time), and an async iterator costs a promise and a microtask turn each (~30 ms of CPU here).
-    await new Promise<void>((resolve, reject) => {
-      const out = p.stdout;
-      out.on('data', (c: Uint8Array) => {
-        try {
-          deliver(new Uint8Array(c.buffer, c.byteOffset, c.length));
-        } catch (e) {
-          reject(e);
-          out.destroy();
-        }
-      });
-      out.on('error', reject);
-      out.on('end', resolve);
-      out.on('close', resolve); // destroyed: the rejection above came first
-    });
-    done = true;
-    // xz may have ended early (bad data): the feeder stops writing; the caller reads the rest through the hash.
-    stop = true;
-  } catch (e) {
-    stop = true;
-    p.kill();
-    // A body that failed to arrive explains more than the broken pipe it left.
-    await feeding;
-    throw e;
-  } finally {
-    if (!done) {
-      stop = true;
-      p.kill();
-    }
-  }
-  await feeding;
-  const code = await closed;
-  if (spawnError) throw new VmkitError('CORRUPT', `${what}: xz could not run: ${spawnError.message}`, { cause: spawnError, path: what });
-  if (code !== 0) throw new VmkitError('CORRUPT', `${what}: not valid xz data: ${err.trim().slice(0, 200) || `xz exited ${code}`}`, { path: what });
 }
