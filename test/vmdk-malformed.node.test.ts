@@ -133,4 +133,24 @@ describe.skipIf(!hasQemu)('malformed VMDKs (issue 18: IO instead of CORRUPT or L
     // server reading such a disk exited).
     expect(unhandled).toEqual([]);
   });
+
+  it('sparse and stream refuse alike a grain table inside the header and descriptor', async () => {
+    for (const name of ['sparse.vmdk', 'stream.vmdk']) {
+      const b = Buffer.from(await readFile(p(name)));
+      const gd = Number(b.readBigUInt64LE(56)) * 512; // gdOffset, sectors (qemu-img writes it in the header)
+      b.writeUInt32LE(1, gd); // the first table at sector 1: the embedded descriptor
+      await writeFile(p(`gt-in-descriptor-${name}`), b);
+      const dev = await openImage(p(`gt-in-descriptor-${name}`), { readOnly: true });
+      try {
+        const e = await dev.read(0, 4096).then(() => undefined, (x: unknown) => x);
+        expect(e, name).toBeInstanceOf(VmkitError);
+        expect((e as VmkitError).code, name).toBe('CORRUPT');
+        // Was, for a stream: the descriptor's text read as a table (only the first 512 bytes were refused).
+        expect((e as VmkitError).message, name).toMatch(/grain table at 512 is outside the file or overlaps the header/);
+        expect((e as VmkitError).offset, name).toBe(gd);
+      } finally {
+        await dev.close();
+      }
+    }
+  });
 });

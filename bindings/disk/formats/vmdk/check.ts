@@ -9,7 +9,7 @@
 import { VmkitError } from '../../../errors.js';
 import { readAt, type Storage } from '../../backends/storage.js';
 import type { CheckReport, FormatCheckOptions } from '../types.js';
-import { decodeU32s } from './device.js';
+import { decodeU32s } from './_grain-tables.js';
 import { FLAG_COMPRESS, FLAG_RGD, FLAG_ZERO_GRAIN, geometry } from './header.js';
 import { checkStream } from './stream.js';
 import { readHeader } from './_read-header.js';

@@ -8,23 +8,16 @@
  * @module
  */
 import { VmkitError } from '../../../errors.js';
-import { readAt, type Storage } from '../../backends/storage.js';
+import type { Storage } from '../../backends/storage.js';
 import type { BlockDevice } from '../../device.js';
 import type { WriteGuard } from '../../_guard.js';
 import { isAllZero } from '../../_sectors.js';
 import { _readBacking } from '../_device.js';
 import { _MappedLayer, type _MapPiece } from '../_layer.js';
 import type { ImageInfo } from '../types.js';
+import { _GrainTables } from './_grain-tables.js';
 import { randomCid, withCid, type VmdkDescriptor } from './descriptor.js';
 import { FLAG_RGD, FLAG_ZERO_GRAIN, geometry, type VmdkGeometry, type VmdkHeader } from './header.js';
-
-/** Reads a grain directory or table (little-endian u32 entries). @internal */
-export function decodeU32s(b: Uint8Array, n: number): Uint32Array {
-  const out = new Uint32Array(n);
-  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  for (let i = 0; i < n; i++) out[i] = dv.getUint32(i * 4, true);
-  return out;
-}
 
 function u32le(v: number): Uint8Array {
   const b = new Uint8Array(4);
@@ -51,9 +44,7 @@ export class VmdkDevice extends _MappedLayer {
   private readonly g: VmdkGeometry;
   private readonly gd: Uint32Array;
   private readonly rgd: Uint32Array | undefined;
-  private readonly gts = new Map<number, Uint32Array>();
-  private readonly metaEnd: number;
-  private fileSize: number;
+  private readonly tables: _GrainTables;
 
   constructor(
     storage: Storage,
@@ -74,9 +65,8 @@ export class VmdkDevice extends _MappedLayer {
     this.g = geometry(h);
     this.gd = gd;
     this.rgd = rgd;
-    this.fileSize = fileSize;
-    // Grains may not start inside the header or the embedded descriptor.
-    this.metaEnd = Math.max(512, h.descriptorSize > 0 ? (h.descriptorOffset + h.descriptorSize) * 512 : 512);
+    // A grain is stored whole: all of it must lie in the file.
+    this.tables = new _GrainTables(storage, h, gd, fileSize, this.size, this.g.grainBytes);
   }
 
   /** The content ID now (changes on the first write after open). */
@@ -92,54 +82,11 @@ export class VmdkDevice extends _MappedLayer {
     return this.g.grainBytes;
   }
 
-  private corrupt(msg: string, offset: number): VmkitError {
-    return new VmkitError('CORRUPT', `vmdk ${this.storage.name}: ${msg}`, { offset, path: this.storage.name });
-  }
-
-  private gtSectorValid(sec: number, at: number, what: string): void {
-    if (sec * 512 < this.metaEnd || sec * 512 + this.header.numGTEsPerGT * 4 > this.fileSize) {
-      throw this.corrupt(`${what} at ${sec * 512} is outside the file or overlaps the header (entry at ${at})`, at);
-    }
-  }
-
-  private async gt(gdi: number): Promise<Uint32Array | undefined> {
-    const c = this.gts.get(gdi);
-    if (c) return c;
-    // Past the directory (a zero-length request at the very end of the disk): nothing there.
-    if (gdi >= this.gd.length) return undefined;
-    const sec = this.gd[gdi]!;
-    if (sec === 0) return undefined;
-    this.gtSectorValid(sec, this.header.gdOffset * 512 + gdi * 4, 'grain table');
-    const n = this.header.numGTEsPerGT;
-    const t = decodeU32s(await readAt(this.storage, sec * 512, n * 4), n);
-    if (this.gts.size > 4096) this.gts.delete(this.gts.keys().next().value!);
-    this.gts.set(gdi, t);
-    return t;
-  }
-
   /** What the grain at `pos` holds: to its end, or (unallocated, zeroed) to the next entry that differs or the table's end. */
   protected async piece(pos: number): Promise<_MapPiece> {
-    const gb = this.g.grainBytes;
-    const grain = Math.floor(pos / gb);
-    const n = this.header.numGTEsPerGT;
-    const gdi = Math.floor(grain / n);
-    const t = await this.gt(gdi);
-    if (!t) return { kind: 'unallocated', host: 0, len: (gdi + 1) * n * gb - pos };
-    const gti = grain % n;
-    const e = t[gti]!;
-    const len = (grain + 1) * gb - pos;
-    const zeroGrain = (this.header.flags & FLAG_ZERO_GRAIN) !== 0;
-    if (e === 0 || (e === 1 && zeroGrain)) {
-      // Unallocated and zeroed grains run to the next entry that differs (maps of big sparse disks stay fast).
-      let k = gti + 1;
-      while (k < n && t[k] === e) k++;
-      return { kind: e === 0 ? 'unallocated' : 'zero', host: 0, len: len + (k - gti - 1) * gb };
-    }
-    const host = e * 512;
-    if (host < this.metaEnd || host + gb > this.fileSize) {
-      throw this.corrupt(`grain for guest offset ${grain * gb} at ${host} is outside the file or overlaps the header`, this.gd[gdi]! * 512 + gti * 4);
-    }
-    return { kind: 'data', host: host + (pos - grain * gb), len };
+    const r = await this.tables.run(pos);
+    if (r.kind !== 'grain') return { kind: r.kind, host: 0, len: r.len };
+    return { kind: 'data', host: r.host + (pos % this.g.grainBytes), len: r.len };
   }
 
   /** The first change after open gives the descriptor a new CID (see {@link bumpCid}). */
@@ -168,18 +115,19 @@ export class VmdkDevice extends _MappedLayer {
 
   /** Appends `bytes` (sector aligned) at the end of the file and returns its byte offset. */
   private async append(data: Uint8Array): Promise<number> {
-    const host = Math.ceil(this.fileSize / 512) * 512;
+    const t = this.tables;
+    const host = Math.ceil(t.fileSize / 512) * 512;
     if (host / 512 + data.length / 512 > 0xffff_ffff) {
       throw new VmkitError('LIMIT', `vmdk ${this.storage.name}: the file would pass 2 TiB (32-bit sector offsets)`, { path: this.storage.name });
     }
     await this.storage.write(host, data);
-    this.fileSize = host + data.length;
+    t.fileSize = host + data.length;
     return host;
   }
 
   /** The grain table of directory entry `gdi`, allocating it (and its redundant copy) if absent. */
   private async gtFor(gdi: number): Promise<Uint32Array> {
-    const t = await this.gt(gdi);
+    const t = await this.tables.table(gdi);
     if (t) return t;
     const n = this.header.numGTEsPerGT;
     const zero = new Uint8Array(this.g.gtBytes);
@@ -193,7 +141,7 @@ export class VmdkDevice extends _MappedLayer {
       this.rgd[gdi] = r / 512;
     }
     const fresh = new Uint32Array(n);
-    this.gts.set(gdi, fresh);
+    this.tables.set(gdi, fresh);
     return fresh;
   }
 
@@ -206,7 +154,7 @@ export class VmdkDevice extends _MappedLayer {
     await this.storage.write(this.gd[gdi]! * 512 + gti * 4, e);
     const r = this.rgd?.[gdi];
     if (r) {
-      this.gtSectorValid(r, this.header.rgdOffset * 512 + gdi * 4, 'redundant grain table');
+      this.tables.checkTable(r, this.header.rgdOffset * 512 + gdi * 4, 'redundant grain table');
       await this.storage.write(r * 512 + gti * 4, e);
     }
     t[gti] = value;
@@ -253,12 +201,7 @@ export class VmdkDevice extends _MappedLayer {
    */
   async info(): Promise<ImageInfo> {
     const zeroGrain = (this.header.flags & FLAG_ZERO_GRAIN) !== 0;
-    let grains = 0;
-    for (let i = 0; i < this.gd.length; i++) {
-      const t = await this.gt(i);
-      if (!t) continue;
-      for (const e of t) if (e > 1 || (e === 1 && !zeroGrain)) grains++;
-    }
+    const grains = await this.tables.allocated();
     const h = this.header;
     const d = this.descriptor;
     const specific: Record<string, string | number | boolean> = {

@@ -16,9 +16,9 @@ import { inflateRaw } from '../../_inflate.js';
 import { _backingStatus, _readBacking, _readRuns, _statusRun } from '../_device.js';
 import { _ReadOnlyLayer } from '../_layer.js';
 import type { ImageInfo } from '../types.js';
+import { _GrainTables, decodeU32s } from './_grain-tables.js';
 import type { VmdkDescriptor } from './descriptor.js';
-import { FLAG_ZERO_GRAIN, geometry, parseVmdkHeader, VMDK_HEADER_SIZE, type VmdkGeometry, type VmdkHeader } from './header.js';
-import { decodeU32s } from './device.js';
+import { geometry, parseVmdkHeader, VMDK_HEADER_SIZE, type VmdkGeometry, type VmdkHeader } from './header.js';
 
 /** Marker types (the u32 after a zero size). */
 export const MARKER_EOS = 0;
@@ -31,12 +31,6 @@ export const MARKER_FOOTER = 3;
 
 /** Inflated grains kept (64 KiB each by default). */
 const GRAIN_CACHE = 32;
-
-interface Piece {
-  kind: 'compressed' | 'zero' | 'unallocated';
-  host: number;
-  len: number;
-}
 
 /**
  * The header that describes a streamOptimized file: the one at offset 0,
@@ -81,8 +75,7 @@ export class VmdkStreamDevice extends _ReadOnlyLayer {
   readonly header: VmdkHeader;
   readonly descriptor: VmdkDescriptor | undefined;
   private readonly g: VmdkGeometry;
-  private readonly gd: Uint32Array;
-  private readonly gts = new Map<number, Uint32Array>();
+  private readonly tables: _GrainTables;
   private readonly grains = new Map<number, Promise<Uint8Array>>();
   private readonly fileSize: number;
 
@@ -92,8 +85,9 @@ export class VmdkStreamDevice extends _ReadOnlyLayer {
     this.header = h;
     this.descriptor = descriptor;
     this.g = geometry(h);
-    this.gd = gd;
     this.fileSize = fileSize;
+    // A grain's 12-byte marker must lie in the file; its compressed size is checked when it is read.
+    this.tables = new _GrainTables(storage, h, gd, fileSize, this.size, 12);
   }
 
   /** The content ID (a stream is never written in place, so it does not change). */
@@ -102,46 +96,7 @@ export class VmdkStreamDevice extends _ReadOnlyLayer {
   }
 
   private corrupt(msg: string, offset: number): VmkitError {
-    return new VmkitError('CORRUPT', `vmdk ${this.storage.name}: ${msg}`, { offset, path: this.storage.name });
-  }
-
-  private async gt(gdi: number): Promise<Uint32Array | undefined> {
-    const c = this.gts.get(gdi);
-    if (c) return c;
-    // Past the directory (a zero-length request at the very end of the disk): nothing there.
-    if (gdi >= this.gd.length) return undefined;
-    const sec = this.gd[gdi]!;
-    if (sec === 0) return undefined;
-    const n = this.header.numGTEsPerGT;
-    if (sec * 512 < VMDK_HEADER_SIZE || sec * 512 + n * 4 > this.fileSize) {
-      throw this.corrupt(`grain table at ${sec * 512} is outside the file (entry at ${this.header.gdOffset * 512 + gdi * 4})`, this.header.gdOffset * 512 + gdi * 4);
-    }
-    const t = decodeU32s(await readAt(this.storage, sec * 512, n * 4), n);
-    if (this.gts.size > 4096) this.gts.delete(this.gts.keys().next().value!);
-    this.gts.set(gdi, t);
-    return t;
-  }
-
-  private async piece(pos: number): Promise<Piece> {
-    const gb = this.g.grainBytes;
-    const grain = Math.floor(pos / gb);
-    const n = this.header.numGTEsPerGT;
-    const gdi = Math.floor(grain / n);
-    const t = await this.gt(gdi);
-    if (!t) return { kind: 'unallocated', host: 0, len: Math.min((gdi + 1) * n * gb, this.size) - pos };
-    const gti = grain % n;
-    const e = t[gti]!;
-    const len = Math.min((grain + 1) * gb, this.size) - pos;
-    const zeroGrain = (this.header.flags & FLAG_ZERO_GRAIN) !== 0;
-    if (e === 0 || (e === 1 && zeroGrain)) {
-      let k = gti + 1;
-      while (k < n && t[k] === e && (gdi * n + k) * gb < this.size) k++;
-      return { kind: e === 0 ? 'unallocated' : 'zero', host: 0, len: Math.min((gdi * n + k) * gb, this.size) - pos };
-    }
-    if (e * 512 < VMDK_HEADER_SIZE || e * 512 + 12 > this.fileSize) {
-      throw this.corrupt(`grain for guest offset ${grain * gb} at ${e * 512} is outside the file`, this.gd[gdi]! * 512 + gti * 4);
-    }
-    return { kind: 'compressed', host: e * 512, len };
+    return this.tables.corrupt(msg, offset);
   }
 
   /** The inflated grain whose marker is at `host` (guest grain `grain`). */
@@ -192,7 +147,7 @@ export class VmdkStreamDevice extends _ReadOnlyLayer {
     checkRange(this, offset, dst.length, 'read');
     this.checkOpen('read');
     const gb = this.g.grainBytes;
-    await _readRuns(this.storage, offset, dst, (pos) => this.piece(pos), () => false, async (p, pos, d) => {
+    await _readRuns(this.storage, offset, dst, (pos) => this.tables.run(pos), () => false, async (p, pos, d) => {
       if (p.kind === 'unallocated') return _readBacking(this.backing, pos, d);
       if (p.kind === 'zero') {
         d.fill(0);
@@ -215,7 +170,7 @@ export class VmdkStreamDevice extends _ReadOnlyLayer {
    * ```
    */
   async blockStatus(offset: ByteOffset, length: ByteLength): Promise<BlockExtent> {
-    const { first, len } = await _statusRun(this, offset, length, (o) => this.piece(o), (a, p) => p.kind === a.kind && a.kind !== 'compressed');
+    const { first, len } = await _statusRun(this, offset, length, (o) => this.tables.run(o), (a, p) => p.kind === a.kind && a.kind !== 'grain');
     if (first.kind === 'unallocated') return _backingStatus(this.backing, offset, len);
     if (first.kind === 'zero') return { offset, length: len, kind: 'zero', depth: 0 };
     return { offset, length: len, kind: 'data', depth: 0, compressed: true };
@@ -235,11 +190,7 @@ export class VmdkStreamDevice extends _ReadOnlyLayer {
    * ```
    */
   async info(): Promise<ImageInfo> {
-    let grains = 0;
-    for (let i = 0; i < this.gd.length; i++) {
-      const t = await this.gt(i);
-      if (t) for (const e of t) if (e > 1) grains++;
-    }
+    const grains = await this.tables.allocated();
     return this.layerInfo(
       {
         clusterSize: this.g.grainBytes,
