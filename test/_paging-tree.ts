@@ -42,7 +42,9 @@ export class BufMemory implements GuestMemorySource {
 /** Hands out 4 KiB frames of a BufMemory, from `first` up. */
 export class FrameAlloc {
   next: number;
-  constructor(readonly mem: BufMemory, first: number = 0x1000) {
+  readonly mem: BufMemory;
+  constructor(mem: BufMemory, first: number = 0x1000) {
+    this.mem = mem;
     this.next = first;
   }
   frame(): bigint {

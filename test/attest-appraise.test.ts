@@ -191,7 +191,7 @@ describe('properties (model index)', () => {
 async function imaLine(path: string, digest: Uint8Array, tamper = false): Promise<string> {
   const e: ImaEntry = { line: 1, pcr: 10, template: 'ima-ng', templateHash: new Uint8Array(20), violation: false, digestAlg: 'sha256', digest, path };
   const th = await imaHash('sha1', imaTemplateData(e));
-  if (tamper) th[0] ^= 1;
+  if (tamper) th[0]! ^= 1;
   return `10 ${toHex(th)} ima-ng sha256:${toHex(digest)} ${path}`;
 }
 

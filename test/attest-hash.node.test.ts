@@ -79,7 +79,7 @@ describe.skipIf(!hasSha)('hashing files for whole-machine evidence', () => {
     // Same size, mtime put back: ctime moved, so the file is read again.
     const before = await stat(files[3]!);
     const bytes = new Uint8Array(await readFile(files[3]!));
-    bytes[0] ^= 0xff;
+    bytes[0]! ^= 0xff;
     await writeFile(files[3]!, bytes);
     await utimes(files[3]!, before.atime, before.mtime);
     const r2 = await pool._hashMany([{ p: files[3]!, c: [id, planted] }], { threads: 0 });

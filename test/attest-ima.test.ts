@@ -154,8 +154,8 @@ describe('template hashes and replay', () => {
       fc.asyncProperty(fc.array(fc.tuple(arbEntry, fc.boolean()), { minLength: 1, maxLength: 6 }), fc.constantFrom('sha1', 'sha256', 'sha384', 'sha512') as fc.Arbitrary<'sha1' | 'sha256' | 'sha384' | 'sha512'>, async (es, bank) => {
         const text = (await Promise.all(es.map(([e, v]) => lineOf(e, v)))).join('\n');
         const len = { sha1: 20, sha256: 32, sha384: 48, sha512: 64 }[bank];
-        let perBank = new Uint8Array(len);
-        let padded = new Uint8Array(len);
+        let perBank: Uint8Array = new Uint8Array(len);
+        let padded: Uint8Array = new Uint8Array(len);
         const ext = async (pcr: Uint8Array, v: Uint8Array): Promise<Uint8Array> => {
           const b = new Uint8Array(len * 2);
           b.set(pcr);

@@ -468,7 +468,7 @@ describe('hostile checkpoint files, crafted with valid checksums', () => {
     const stored = [...Array(mem.length / PS).keys()].find((p) => pages[W * p + 2]! >>> 28 === 3)!;
     const pg = (e: [number, number, number, number?]) => {
       const q = pages.slice();
-      q.set(e, W * stored);
+      q.set(e as readonly number[], W * stored);
       return q;
     };
     const w = pages[W * stored + 2]!;

@@ -14,6 +14,7 @@ import {
 
   PrefetchEngine,
   bufferPages,
+  gpa,
   coalesce,
   lz4CompressBlock,
   lz4CompressBlockInto,
@@ -58,7 +59,7 @@ function othersAlive(): void {
   expect(engine.isResident(3)).toBe(true);
   expect(index.lookupHex('sha256', '11'.repeat(32)).map((p) => p.version)).toEqual(['2.10-3']);
   const b = new Uint8Array(4);
-  mem.readSync(mem.size - 4n, b);
+  mem.readSync(gpa(mem.size - 4n), b);
   expect(b).toEqual(new Uint8Array(4).fill(5));
   expect(space.translate(0x1000n).ok).toBe(false);
 }

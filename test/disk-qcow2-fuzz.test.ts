@@ -148,7 +148,7 @@ describe('qcow2 under corrupted input', () => {
   it('a dirty image (lazy refcounts) opens read-only only', async () => {
     const { provider, bytes } = await sample(false);
     const b = bytes.slice();
-    b[79] |= 1; // incompatible bit 0
+    b[79]! |= 1; // incompatible bit 0
     provider.stores.set('dirty.qcow2', new MemoryStorage('dirty.qcow2', b));
     await expect(openImage('dirty.qcow2', { provider })).rejects.toMatchObject({ code: 'INVALID_STATE', offset: 72 });
     const ro = await openImage('dirty.qcow2', { provider, readOnly: true });

@@ -163,7 +163,7 @@ describe('lz4 block codec (core)', () => {
       for (let k = 0; k < 40; k++) {
         const m = block.slice();
         x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-        m[x % m.length] ^= 1 << (x >>> 29);
+        m[x % m.length]! ^= 1 << (x >>> 29);
         blocks.push(m);
       }
       for (const b of blocks) {

@@ -23,7 +23,9 @@ class RawClient {
   private buf = Buffer.alloc(0);
   private waiters: (() => void)[] = [];
   closed = false;
-  constructor(readonly sock: Socket) {
+  readonly sock: Socket;
+  constructor(sock: Socket) {
+    this.sock = sock;
     sock.on('data', (d) => {
       this.buf = Buffer.concat([this.buf, d]);
       this.waiters.splice(0).forEach((w) => w());

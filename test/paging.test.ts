@@ -19,10 +19,11 @@ const GiB1 = 1n << 30n;
 class X86Tree {
   readonly alloc: FrameAlloc;
   readonly root: bigint;
-  constructor(
-    readonly mem: BufMemory,
-    readonly levels: 4 | 5 = 4,
-  ) {
+  readonly mem: BufMemory;
+  readonly levels: 4 | 5;
+  constructor(mem: BufMemory, levels: 4 | 5 = 4) {
+    this.mem = mem;
+    this.levels = levels;
     this.alloc = new FrameAlloc(mem);
     this.root = this.alloc.frame();
   }

@@ -95,7 +95,9 @@ describe.skipIf(!hasQemu)('qcow2 in-place writes outside the queue', () => {
     let version = 1;
     for (let wave = 0; wave < 40; wave++) {
       const touched = new Map<number, Set<number>>();
-      const put = (block: number, tag: number): void => (touched.get(block) ?? touched.set(block, new Set()).get(block)!).add(tag);
+      const put = (block: number, tag: number): void => {
+        (touched.get(block) ?? touched.set(block, new Set()).get(block)!).add(tag);
+      };
       const ops: Promise<void>[] = [];
       // Mostly 4 KiB writes into a few hot clusters (overlaps guaranteed), some whole clusters,
       // some discards and zero writes of clusters those writes hit.

@@ -75,7 +75,9 @@ describe('README.md', () => {
           execFileSync(process.execPath, [tsc, '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022', '--skipLibCheck', '--types', 'node', '--outDir', work, '--rootDir', work, src], { cwd: root });
           r = spawnSync(process.execPath, [join(work, `example${i}.mjs`)], { cwd: work, env, encoding: 'utf8', timeout: 300_000 });
         } else {
-          r = spawnSync('bash', ['-e', '-c', `echo $$ > .pgid-${i}; ${b.code}`], { cwd: work, env, encoding: 'utf8', timeout: 300_000, detached: true });
+          // spawnSync honours `detached` (normalizeSpawnArguments) though @types/node leaves it out of its options.
+          const opts = { cwd: work, env, encoding: 'utf8' as const, timeout: 300_000, detached: true };
+          r = spawnSync('bash', ['-e', '-c', `echo $$ > .pgid-${i}; ${b.code}`], opts);
           const pg = Number(readFileSync(join(work, `.pgid-${i}`), 'utf8'));
           if (pg) groups.push(pg);
         }

@@ -169,7 +169,7 @@ describe.skipIf(!hasQemu)('vhd against qemu-img / qemu-io', () => {
     // A damaged footer checksum is refused with its offset.
     qimg('create', '-q', '-f', 'vpc', p('bad.vhd'), '1M');
     const b = new Uint8Array(await readFile(p('bad.vhd')));
-    b[40] ^= 1;
+    b[40]! ^= 1;
     await writeFile(p('bad.vhd'), b);
     const e = await openImage(p('bad.vhd'), { format: 'vhd' }).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(VmkitError);

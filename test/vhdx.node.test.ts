@@ -114,12 +114,12 @@ describe.skipIf(!hasQemu)('vhdx against qemu-img / qemu-io', () => {
     const seq = (at: number): bigint => parseHeader(good.subarray(at, at + 4096))!.sequenceNumber;
     const hi = seq(VHDX_HEADER1) > seq(VHDX_HEADER2) ? VHDX_HEADER1 : VHDX_HEADER2;
     const b = good.slice();
-    b[hi + 100] ^= 0xff;
+    b[hi + 100]! ^= 0xff;
     await writeFile(p('h1.vhdx'), b);
     expect(diff(await vmkitRaw(p('h1.vhdx')), ref)).toBe(-1);
     expect((await checkImage(p('h1.vhdx'))).corruptions).toBe(1);
     const lo = hi === VHDX_HEADER1 ? VHDX_HEADER2 : VHDX_HEADER1;
-    b[lo + 100] ^= 0xff;
+    b[lo + 100]! ^= 0xff;
     await writeFile(p('h2.vhdx'), b);
     await expect(openImage(p('h2.vhdx'))).rejects.toMatchObject({ code: 'INTEGRITY', offset: VHDX_HEADER1 + 4 });
     // A log GUID and a log entry carrying it: the image needs a replay vmkit does not do.

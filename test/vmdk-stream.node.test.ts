@@ -136,7 +136,7 @@ describe.skipIf(!hasQemu)('vmdk streamOptimized', () => {
     // A damaged grain marker (its sector number) is refused at the marker.
     const b = new Uint8Array(await readFile(p('vmw.vmdk')));
     const firstGrain = 128 * 512;
-    b[firstGrain] ^= 0x80;
+    b[firstGrain]! ^= 0x80;
     await writeFile(p('bad.vmdk'), b);
     await expect(vmkitRaw(p('bad.vmdk'))).rejects.toMatchObject({ code: 'CORRUPT', offset: firstGrain });
     expect((await checkImage(p('bad.vmdk'))).corruptions).toBe(1);
