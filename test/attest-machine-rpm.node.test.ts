@@ -7,14 +7,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appendFileSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { join, relative } from 'node:path';
 import { needTool } from './_tools.js';
 import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
 import { attestInstalled, openSource, readKeyring } from '../bindings/attest/index.js';
-import { AttestService, OnDemandFiles, SourceSet, appraiseInstalled, collectInstalled } from '../bindings/attest/service/index.js';
-import { createVerifier } from '../bindings/attest/service/verifier.js';
+import { OnDemandFiles, SourceSet, appraiseInstalled, collectInstalled } from '../bindings/attest/service/index.js';
+import { startLocalService, type LocalService } from './_attest-service.js';
+import { serveVmkit, runVmkit } from './_cli.js';
 import { RpmSource } from '../bindings/attest/sources/rpm.js';
 import { _rpmHeaderDigest, parseRpmdbExport, rpmFileDigests } from '../bindings/attest/_rpm.js';
 
@@ -156,13 +157,9 @@ describe.skipIf(!ready)('attesting a whole RPM machine', () => {
     if (tmp) rmSync(tmp, { recursive: true, force: true });
   });
 
-  async function service(cacheDir: string): Promise<{ svc: AttestService; url: string; jwks: object }> {
+  async function service(cacheDir: string): Promise<LocalService> {
     const ring = await readKeyring(readFileSync(join(tmp, 'keyring.gpg')));
-    const sources = new SourceSet([openSource(`rpm ${srv.url}/machine-rpm`, { keyring: ring })]);
-    await sources.refreshAll({ requireAll: true });
-    const verifier = await createVerifier();
-    const svc = new AttestService({ sources, verifier, workers: 0, installed: { cacheDir } });
-    return { svc, url: await svc.listen(0), jwks: await verifier.jwks() };
+    return startLocalService(new SourceSet([openSource(`rpm ${srv.url}/machine-rpm`, { keyring: ring })]), { cacheDir });
   }
 
   it('reads rpm database exports: each installed header with its files, modes, flags and states', () => {
@@ -210,7 +207,7 @@ describe.skipIf(!ready)('attesting a whole RPM machine', () => {
     const ev = await collectInstalled({ root, unownedUnder: ['/usr/bin', '/etc'] });
     const rpmHits = () => [...srv.hits].filter(([p]) => p.endsWith('.rpm')).reduce((n, [, c]) => n + c, 0);
     const { svc, url, jwks } = await service(cacheDir);
-    let first;
+    let first: Awaited<ReturnType<typeof attestInstalled>> | undefined;
     try {
       first = await attestInstalled({ serviceUrl: url, installed: ev, jwks: jwks as never });
       expect(first.status).toBe('contraindicated');
@@ -284,37 +281,16 @@ describe.skipIf(!ready)('attesting a whole RPM machine', () => {
   }, 120_000);
 
   it('the CLI: request --installed on an RPM root with --ima and --pcr10', async () => {
-    const bin = join(process.cwd(), 'dist/bin/vmkit.js');
     const hello = createHash('sha256').update(readFileSync(join(root, 'usr/share/vmkit-fixture/hello.txt'))).digest();
     const tool = createHash('sha256').update(readFileSync(join(root, 'usr/bin/vmkit-machine-tool'))).digest();
     const entries = [imaNg('sha256', hello, '/usr/share/vmkit-fixture/hello.txt'), imaNg('sha256', tool, '/usr/bin/vmkit-machine-tool')];
     writeFileSync(join(tmp, 'ima.log'), entries.map((e) => e.line).join(''));
     let pcr = Buffer.alloc(20);
     for (const e of entries) pcr = createHash('sha1').update(pcr).update(createHash('sha1').update(e.data).digest()).digest();
-    const srv2 = spawn(process.execPath, [bin, 'attest', 'serve', '--repo', `rpm ${srv.url}/machine-rpm`, '--keyring', join(tmp, 'keyring.gpg'), '--port', '0', '--json', '--cache-dir', join(tmp, 'cli-cache')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const srv2 = serveVmkit(['attest', 'serve', '--repo', `rpm ${srv.url}/machine-rpm`, '--keyring', join(tmp, 'keyring.gpg'), '--port', '0', '--json', '--cache-dir', join(tmp, 'cli-cache')]);
     try {
-      let out = '';
-      const url = await new Promise<string>((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`serve did not start: ${out}`)), 30_000);
-        srv2.stdout.on('data', (c: Buffer) => {
-          out += c.toString();
-          try {
-            resolve((JSON.parse(out) as { listening: string }).listening);
-            clearTimeout(t);
-          } catch {
-            // not the whole document yet
-          }
-        });
-        srv2.on('exit', (code) => reject(new Error(`serve exited ${code}`)));
-      });
-      const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-        const p = spawn(process.execPath, [bin, 'attest', 'request', '--server', url, '--installed', '--root', root, '--ima', join(tmp, 'ima.log'), '--pcr10', `sha1:${pcr.toString('hex')}`, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
-        let stdout = '';
-        let stderr = '';
-        p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-        p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-        p.on('close', (code) => resolve({ code, stdout, stderr }));
-      });
+      const url = await srv2.listening();
+      const r = await runVmkit(['attest', 'request', '--server', url, '--installed', '--root', root, '--ima', join(tmp, 'ima.log'), '--pcr10', `sha1:${pcr.toString('hex')}`, '--json'], { timeoutMs: 60_000 });
       expect(r.code, r.stderr).toBe(1);
       const doc = JSON.parse(r.stdout) as { status: string; packages: number; categories: Record<string, number>; ima: { status: string; categories: Record<string, number>; pcr10: { match: boolean }; items: { path: string; reason: string }[] } };
       expect(doc.status).toBe('contraindicated');
@@ -324,7 +300,7 @@ describe.skipIf(!ready)('attesting a whole RPM machine', () => {
       expect(doc.ima.categories).toMatchObject({ affirmed: 1, 'digest-mismatch': 1 });
       expect(doc.ima.items.map((i) => [i.path, i.reason])).toEqual([['/usr/bin/vmkit-machine-tool', 'digest-mismatch']]);
     } finally {
-      srv2.kill('SIGTERM');
+      srv2.kill();
     }
   }, 120_000);
 });

@@ -5,14 +5,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { needTool } from './_tools.js';
 import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
 import { attestInstalled, openSource, readKeyring, splitInstalled } from '../bindings/attest/index.js';
-import { AttestService, SourceSet, collectInstalled, parseDiversions, parseDpkgStatus, parseInstalled } from '../bindings/attest/service/index.js';
-import { createVerifier } from '../bindings/attest/service/verifier.js';
+import { SourceSet, collectInstalled, parseDiversions, parseDpkgStatus, parseInstalled } from '../bindings/attest/service/index.js';
+import { startLocalService, type LocalService } from './_attest-service.js';
+import { serveVmkit, runVmkit } from './_cli.js';
 
 const tools = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd'];
 const ready = tools.every((t) => needTool(t.split(':')[0]!, t.split(':')[1]!));
@@ -102,15 +103,11 @@ describe.skipIf(!ready)('attesting a whole machine', () => {
     if (tmp) rmSync(tmp, { recursive: true, force: true });
   });
 
-  async function service(cacheDir: string, extra: object = {}): Promise<{ svc: AttestService; url: string; jwks: object }> {
+  async function service(cacheDir: string, extra: object = {}): Promise<LocalService> {
     const [ring, other] = await Promise.all([readKeyring(readFileSync(join(FIXTURES, 'keyring.gpg'))), readKeyring(readFileSync(join(FIXTURES, 'other-keyring.gpg')))]);
     // Two sources at once, each with its own key (as bookworm + bookworm-security).
     const sources = new SourceSet([openSource(`deb ${repo.url}/debian bookworm main`, { keyring: ring }), openSource(`deb ${repo.url}/debian-other bookworm main`, { keyring: other })]);
-    await sources.refreshAll({ requireAll: true });
-    const verifier = await createVerifier();
-    const svc = new AttestService({ sources, verifier, workers: 0, installed: { cacheDir, ignore: ['glob:/etc/**'], ...extra } });
-    const url = await svc.listen(0);
-    return { svc, url, jwks: await verifier.jwks() };
+    return startLocalService(sources, { cacheDir, ignore: ['glob:/etc/**'], ...extra });
   }
 
   it('collects installed packages, conffiles, diversions and unowned files', async () => {
@@ -199,32 +196,11 @@ describe.skipIf(!ready)('attesting a whole machine', () => {
   });
 
   it('the CLI: serve --cache-dir --ignore, request --installed --root --unowned-under --json', async () => {
-    const bin = join(process.cwd(), 'dist/bin/vmkit.js');
     const cacheDir = join(tmp, 'cli-cache');
-    const srv = spawn(process.execPath, [bin, 'attest', 'serve', '--repo', `deb ${repo.url}/debian bookworm main`, '--keyring', join(FIXTURES, 'keyring.gpg'), '--port', '0', '--json', '--cache-dir', cacheDir, '--ignore', 'glob:/etc/**'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const srv = serveVmkit(['attest', 'serve', '--repo', `deb ${repo.url}/debian bookworm main`, '--keyring', join(FIXTURES, 'keyring.gpg'), '--port', '0', '--json', '--cache-dir', cacheDir, '--ignore', 'glob:/etc/**']);
     try {
-      let out = '';
-      const url = await new Promise<string>((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`serve did not start: ${out}`)), 30_000);
-        srv.stdout.on('data', (c: Buffer) => {
-          out += c.toString();
-          try {
-            resolve((JSON.parse(out) as { listening: string }).listening);
-            clearTimeout(t);
-          } catch {
-            // not the whole document yet
-          }
-        });
-        srv.on('exit', (code) => reject(new Error(`serve exited ${code}`)));
-      });
-      const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-        const p = spawn(process.execPath, [bin, 'attest', 'request', '--server', url, '--installed', '--root', root, '--unowned-under', '/usr/bin', '--unowned-under', '/etc', '--json'], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
-        let stdout = '';
-        let stderr = '';
-        p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-        p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-        p.on('close', (code) => resolve({ code, stdout, stderr }));
-      });
+      const url = await srv.listening();
+      const r = await runVmkit(['attest', 'request', '--server', url, '--installed', '--root', root, '--unowned-under', '/usr/bin', '--unowned-under', '/etc', '--json'], { timeoutMs: 60_000 });
       expect(r.code, r.stderr).toBe(1);
       const doc = JSON.parse(r.stdout) as { status: string; packages: number; categories: Record<string, number>; items: { reason?: string; path?: string; name?: string }[] };
       expect(doc.status).toBe('contraindicated');
@@ -234,7 +210,7 @@ describe.skipIf(!ready)('attesting a whole machine', () => {
       expect(doc.items.find((i) => i.reason === 'version-not-in-sources')?.name).toBe('pv');
       expect(readdirSync(cacheDir).length).toBeGreaterThan(0);
     } finally {
-      srv.kill('SIGTERM');
+      srv.kill();
     }
   }, 120_000);
 });

@@ -3,7 +3,8 @@
 // replica is accepted exactly once by any of them.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { serveVmkit } from './_cli.js';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -105,7 +106,6 @@ describe.runIf(have)('replicas sharing a nonce secret and an etcd replay set', (
 });
 
 describe.runIf(have && fixtures)('vmkit attest serve replicas (the CLI as child processes)', () => {
-  const bin = join(process.cwd(), 'dist/bin/vmkit.js');
   let etcd: EtcdServer;
   let repo: FixtureServer;
   let dir: string;
@@ -123,27 +123,9 @@ describe.runIf(have && fixtures)('vmkit attest serve replicas (the CLI as child 
   });
 
   const serve = (args: string[]): Promise<string> => {
-    const p = spawn(process.execPath, [bin, 'attest', 'serve', '--repo', `deb ${repo.url}/debian bookworm main`, '--keyring', join(FIXTURES, 'keyring.gpg'), '--port', '0', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    procs.push(p);
-    let out = '';
-    let err = '';
-    p.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-    return new Promise<string>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`serve did not start: ${out} ${err}`)), 60_000);
-      p.stdout!.on('data', (c: Buffer) => {
-        out += c.toString();
-        let doc: { listening?: unknown } | undefined;
-        try {
-          doc = JSON.parse(out) as { listening?: unknown };
-        } catch {
-          return; // not the whole document yet
-        }
-        clearTimeout(t);
-        if (typeof doc.listening === 'string') resolve(doc.listening);
-        else reject(new Error(`serve failed: ${out} ${err}`));
-      });
-      p.on('exit', (code) => reject(new Error(`serve exited ${code}: ${err}`)));
-    });
+    const s = serveVmkit(['attest', 'serve', '--repo', `deb ${repo.url}/debian bookworm main`, '--keyring', join(FIXTURES, 'keyring.gpg'), '--port', '0', '--json', ...args]);
+    procs.push(s.child);
+    return s.listening(60_000);
   };
 
   it('--nonce-secret-file + --nonce-etcd: a nonce from one process is accepted once by the other; --state-dir keeps the release date', async () => {

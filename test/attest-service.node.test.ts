@@ -24,7 +24,7 @@ import {
 } from '../bindings/attest/service/index.js';
 import type { Appraisal, Evidence } from '../bindings/attest/appraise.js';
 import { createVerifier, requestAttestation, verifyToken } from '../bindings/attest/service/verifier.js';
-import { spawn } from 'node:child_process';
+import { runVmkit, serveVmkit, type CliResult } from './_cli.js';
 import { VmkitError } from '../bindings/errors.js';
 
 const tools = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd'];
@@ -539,18 +539,9 @@ describe.runIf(ready)('IMA measurement lists against file digests of real .debs'
 });
 
 describe.runIf(ready)('vmkit attest (the CLI as a child process)', () => {
-  const bin = join(process.cwd(), 'dist/bin/vmkit.js');
   let repo: FixtureServer;
   const keyring = join(FIXTURES, 'keyring.gpg');
-  const run = (args: string[], timeoutMs = 30_000): Promise<{ code: number | null; stdout: string; stderr: string }> =>
-    new Promise((resolve) => {
-      const p = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs });
-      let stdout = '';
-      let stderr = '';
-      p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-      p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-      p.on('close', (code) => resolve({ code, stdout, stderr }));
-    });
+  const run = (args: string[], timeoutMs = 30_000): Promise<CliResult> => runVmkit(args, { timeoutMs });
 
   beforeAll(async () => {
     buildFixtures();
@@ -598,23 +589,9 @@ describe.runIf(ready)('vmkit attest (the CLI as a child process)', () => {
     const keyDir = mkdtempSync(join(tmpdir(), 'vmkit-key-'));
     const keyFile = join(keyDir, 'ear.pem');
     writeFileSync(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }));
-    const srv = spawn(process.execPath, [bin, 'attest', 'serve', '--repo', deb, '--source', `rpm ${repo.url}/rpm`, '--keyring', keyring, '--key', keyFile, '--port', '0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const srv = serveVmkit(['attest', 'serve', '--repo', deb, '--source', `rpm ${repo.url}/rpm`, '--keyring', keyring, '--key', keyFile, '--port', '0', '--json']);
     try {
-      let out = '';
-      const url = await new Promise<string>((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`serve did not start: ${out}`)), 30_000);
-        srv.stdout.on('data', (c: Buffer) => {
-          out += c.toString();
-          try {
-            const doc = JSON.parse(out) as { listening: string };
-            clearTimeout(t);
-            resolve(doc.listening);
-          } catch {
-            // not the whole document yet
-          }
-        });
-        srv.on('exit', (code) => reject(new Error(`serve exited ${code}`)));
-      });
+      const url = await srv.listening();
       const jwks = (await (await fetch(`${url}/.well-known/jwks.json`)).json()) as { keys: { x: string }[] };
       expect(jwks.keys[0]!.x).toBe((publicKey.export({ format: 'jwk' }) as { x: string }).x);
       const file = join(FIXTURES, 'debian/pool/main', readdirSync(join(FIXTURES, 'debian/pool/main')).find((f) => f.endsWith('.deb'))!);
@@ -649,9 +626,8 @@ describe.runIf(ready)('vmkit attest (the CLI as a child process)', () => {
       expect(usage.code).toBe(2);
     } finally {
       rmSync(keyDir, { recursive: true, force: true });
-      srv.kill('SIGTERM');
-      const code = await new Promise<number | null>((r) => (srv.exitCode !== null ? r(srv.exitCode) : srv.on('exit', (c) => r(c))));
-      expect(code).toBe(0);
+      srv.kill();
+      expect(await srv.exited).toBe(0);
     }
   });
 });
