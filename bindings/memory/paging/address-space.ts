@@ -16,7 +16,11 @@ import { VmkitError } from '../../errors.js';
 import { aint, aoneOf, au64, describe } from '../../_utils.js';
 import type { Gpa, Gva, GuestMemorySource } from '../types.js';
 import { PAGING_MODES, TranslationResult } from './types.js';
-import type { AddressSpaceOptions, FaultReason, Mapping, PagingMode, Translation, TranslationFault } from './types.js';
+import type { AddressSpaceOptions, Mapping, PagingMode, Translation, TranslationFault } from './types.js';
+import { fillResult, resultSlots, R_CURSOR, R_FRAME, R_LEAF, R_MAPPED, R_STATE } from './_results.js';
+import { buildReverse, decodeMappings, lookupReverse, mappingChunk, MAPPING_BUFFER_BYTES, _MappingIterator, type _Chunk, type ReverseMap } from './_mappings.js';
+
+export { _setMappingChunk, _setReverseLimit } from './_mappings.js';
 
 /**
  * The value {@link AddressSpace.translateInto} writes for an address that does not translate
@@ -28,54 +32,9 @@ export const UNMAPPED_GPA = 0xffff_ffff_ffff_ffffn;
 
 const U64 = 0xffff_ffff_ffff_ffffn;
 const MODE_CODE: Record<PagingMode, number> = { 'x86-64': 0, 'x86-64-5level': 1, aarch64: 2 };
-const REASONS: readonly FaultReason[] = ['not-present', 'not-present', 'reserved-bit', 'non-canonical', 'outside-memory', 'bad-root'];
 const NEED_DATA = -6;
 /** Addresses per core call of translateInto (64 KiB of u64 in core memory). */
 const BATCH = 8192;
-/** Records per core call of a mapping walk, and entries examined at most per call. */
-const MAP_RECORDS = 2048;
-let mapRecords = MAP_RECORDS;
-let mapBudget = 1 << 16;
-
-/** Most mappings the reverse map of {@link AddressSpace.gvasOf} indexes (8 M: 32 GiB of 4 KiB pages). */
-const REVERSE_LIMIT = 1 << 23;
-let reverseLimit = REVERSE_LIMIT;
-
-/**
- * Test hook: the reverse map's bound (small values exercise the LIMIT error). Internal.
- * @example
- * _setReverseLimit(1000);
- */
-export function _setReverseLimit(n: number = REVERSE_LIMIT): void {
-  aint(n, 'n', 1, REVERSE_LIMIT);
-  reverseLimit = n;
-}
-
-/**
- * Test hook: records and entries per core call of a mapping walk (small values
- * exercise the walk's resumption). Internal.
- * @example
- * _setMappingChunk(3, 16);
- */
-export function _setMappingChunk(records: number = MAP_RECORDS, budget: number = 1 << 16): void {
-  aint(records, 'records', 1, MAP_RECORDS);
-  aint(budget, 'budget', 16, 1 << 30);
-  mapRecords = records;
-  mapBudget = budget;
-}
-const MAP_BYTES = 32;
-// Result slots (assembly/paging.ts R_*).
-const R_GPA = 0;
-const R_LEAF = 1;
-const R_SIZE = 2;
-const R_FLAGS = 3;
-const R_LEVEL = 4;
-const R_REASON = 5;
-const R_HAS_ENTRY = 6;
-const R_FRAME = 7;
-const R_CURSOR = 8;
-const R_STATE = 9;
-const R_MAPPED = 10;
 
 /**
  * Releases the core state of spaces that were dropped without dispose() (64
@@ -97,32 +56,6 @@ const _finalizer: FinalizationRegistry<{ h: number; gen: number; io: number; out
 
 /** Bumped by {@link AddressSpace.invalidateAll}: reverse maps built before it are stale. */
 let _epoch = 0;
-/** The core's result slots, viewed (re-made when the memory buffer changes: growth, or a new core). */
-let _resView: BigUint64Array | undefined;
-/** The same slots as u32 halves (read without allocating a bigint per slot). */
-let _resWords: Uint32Array | undefined;
-let _resCore: Core | undefined;
-let _resViewCore: Core | undefined;
-
-/** Copies the result slots of the translation that returned `r` into `into`, as numbers. */
-function _fill(c: Core, r: number, into: TranslationResult): void {
-  let w = _resWords;
-  // A grown memory detaches the old buffer (length 0); a reset core is another object.
-  if (w === undefined || w.length === 0 || _resCore !== c) {
-    w = _resWords = new Uint32Array(c.exports.memory.buffer, c.exports.pagingResult(), 32);
-    _resCore = c;
-  }
-  const ok = r >= 0;
-  into.ok = ok;
-  into.gpa = ok ? r : -1;
-  into.pageSize = ok ? w[R_SIZE * 2]! + w[R_SIZE * 2 + 1]! * 0x1_0000_0000 : 0;
-  into.flags = ok ? w[R_FLAGS * 2]! : 0;
-  into.level = w[R_LEVEL * 2]!;
-  into.reason = ok ? undefined : (REASONS[w[R_REASON * 2]!] ?? 'not-present');
-  into.hasEntry = ok || w[R_HAS_ENTRY * 2] !== 0;
-  into.entryLo = into.hasEntry ? w[R_LEAF * 2]! : 0;
-  into.entryHi = into.hasEntry ? w[R_LEAF * 2 + 1]! : 0;
-}
 
 /**
  * Options of {@link AddressSpace.create}: the memory the tables live in, the mode and the roots.
@@ -150,62 +83,6 @@ export interface AddressSpaceStats {
   framesRead: number;
   /** Frames in the core's cache now. */
   framesCached: number;
-}
-
-interface _Reverse {
-  /** Per page size: sorted gpa page bases (as numbers: < 2^53) and their gvas. */
-  readonly bySize: Map<number, { starts: Float64Array; gvas: bigint[] }>;
-}
-
-interface _Chunk {
-  readonly list: Mapping[];
-  readonly done: boolean;
-  readonly next: bigint;
-  readonly needs: number;
-}
-
-/**
- * A lazy mapping walk: one core call per chunk of mappings, as the consumer
- * asks (a plain iterator: cheaper per item than a generator).
- */
-class _MappingIterator implements IterableIterator<Mapping> {
-  #list: Mapping[] = [];
-  #i = 0;
-  #done: boolean;
-  #cursor: bigint;
-  #needs = 0;
-  readonly #last: bigint;
-  readonly #fetch: (cursor: bigint, last: bigint, needs: number) => _Chunk;
-
-  constructor(from: bigint, to: bigint, fetch: (cursor: bigint, last: bigint, needs: number) => _Chunk) {
-    this.#cursor = from;
-    this.#last = to - 1n;
-    this.#done = to <= from;
-    this.#fetch = fetch;
-  }
-
-  next(): IteratorResult<Mapping> {
-    while (this.#i >= this.#list.length) {
-      if (this.#done) return { done: true, value: undefined };
-      const ch = this.#fetch(this.#cursor, this.#last, this.#needs);
-      this.#list = ch.list;
-      this.#i = 0;
-      this.#done = ch.done;
-      this.#cursor = ch.next;
-      this.#needs = ch.needs;
-    }
-    return { done: false, value: this.#list[this.#i++]! };
-  }
-
-  return(): IteratorResult<Mapping> {
-    this.#done = true;
-    this.#list = [];
-    return { done: true, value: undefined };
-  }
-
-  [Symbol.iterator](): IterableIterator<Mapping> {
-    return this;
-  }
 }
 
 function _memory(v: unknown): GuestMemorySource {
@@ -248,7 +125,7 @@ export class AddressSpace {
   #tmp = new Uint8Array(4096);
   #reading = false;
   #batching = false;
-  #reverse: _Reverse | undefined;
+  #reverse: ReverseMap | undefined;
   #reverseEpoch = 0;
   #opts: AddressSpaceOptions;
   #scratch = new TranslationResult();
@@ -304,7 +181,7 @@ export class AddressSpace {
       let io = 0;
       try {
         io = c.alloc(BATCH * 8);
-        const out = c.alloc(MAP_RECORDS * MAP_BYTES);
+        const out = c.alloc(MAPPING_BUFFER_BYTES);
         const space = new AddressSpace(memory, opts, h, c.generation, io, out);
         _finalizer?.register(space, { h, gen: c.generation, io, out }, space);
         return space;
@@ -324,16 +201,6 @@ export class AddressSpace {
   #live(): Core {
     if (this.#closed) throw new VmkitError('INVALID_STATE', 'address space is disposed');
     return checkGeneration(this.#gen, 'address space');
-  }
-
-  #res(c: Core): BigUint64Array {
-    // One view per memory buffer: a grown memory detaches the old one (length 0), a reset
-    // core is another object (no memory.buffer getter on this path: translate() calls it).
-    if (_resView === undefined || _resView.length === 0 || _resViewCore !== c) {
-      _resView = new BigUint64Array(c.exports.memory.buffer, c.exports.pagingResult(), 16);
-      _resViewCore = c;
-    }
-    return _resView;
   }
 
   /** Reads the frame at `frame` from guest memory and hands it to the core. */
@@ -386,14 +253,14 @@ export class AddressSpace {
     } catch (e) {
       throw coreFailure(e);
     }
-    if (into !== undefined) _fill(c, r, into);
+    if (into !== undefined) fillResult(c, r, into);
     return r;
   }
 
   /** The rest of a translation that needed table frames (or failed in the core). */
   #translateSlow(c: Core, va: bigint, r: number): number {
     for (let tries = 0; r === NEED_DATA && tries < 64; tries++) {
-      this.#provide(c, this.#res(c)[R_FRAME]!);
+      this.#provide(c, resultSlots(c)[R_FRAME]!);
       r = c.exports.pagingTranslateGpa(this.#h, va);
     }
     check(r === NEED_DATA ? -7 : r < -1 ? r : 0, 'translate');
@@ -417,7 +284,7 @@ export class AddressSpace {
     // translateGpa checked it (a safe-integer number is accepted and made a bigint).
     const va = (typeof gva === 'bigint' ? gva : BigInt(gva)) as Gva;
     // The entry straight from its u64 slot: one bigint instead of building it from halves.
-    const entry = r.hasEntry ? this.#res(core())[R_LEAF]! : 0n;
+    const entry = r.hasEntry ? resultSlots(core())[R_LEAF]! : 0n;
     if (r.ok) return { ok: true, gva: va, gpa: BigInt(r.gpa) as Gpa, pageSize: r.pageSize, flags: r.flags, level: r.level, leaf: entry };
     const reason = r.reason ?? 'not-present';
     return r.hasEntry ? { ok: false, gva: va, reason, level: r.level, entry } : { ok: false, gva: va, reason, level: r.level };
@@ -463,13 +330,13 @@ export class AddressSpace {
       let stuck = 0;
       for (;;) {
         const r = check(e.pagingTranslateBatch(this.#h, io, io, done, n), 'translate batch');
-        mapped += Number(this.#res(c)[R_MAPPED]!);
+        mapped += Number(resultSlots(c)[R_MAPPED]!);
         if (r >= n) break;
         // Each frame lets the walk of address r go one level deeper (at most 5).
         stuck = r === done ? stuck + 1 : 0;
         if (stuck > 8) throw new VmkitError('LIMIT', 'translate batch made no progress (frame cache too small?)');
         done = r;
-        this.#provide(c, this.#res(c)[R_FRAME]!);
+        this.#provide(c, resultSlots(c)[R_FRAME]!);
       }
       out.set(new BigUint64Array(c.exports.memory.buffer, io, n), at);
     }
@@ -507,26 +374,13 @@ export class AddressSpace {
     const c = this.#live();
     return withCore(() => {
       const e = c.exports;
-      const n = check(e.pagingMappings(this.#h, cursor, last, this.#out, mapRecords, mapBudget), 'mapping walk');
-      const res = this.#res(c);
+      const { records, budget } = mappingChunk();
+      const n = check(e.pagingMappings(this.#h, cursor, last, this.#out, records, budget), 'mapping walk');
+      const res = resultSlots(c);
       const state = Number(res[R_STATE]!);
       const next = res[R_CURSOR]!;
       // Decode before anything else runs in the core: the buffer is reused by the next call.
-      const buf = c.exports.memory.buffer;
-      const recs = new BigUint64Array(buf, this.#out, n * 4);
-      const words = new Uint32Array(buf, this.#out, n * 8);
-      const list: Mapping[] = new Array<Mapping>(n);
-      for (let i = 0; i < n; i++) {
-        const meta = words[i * 8 + 7]!;
-        list[i] = {
-          gva: recs[i * 4]! as Gva,
-          gpa: recs[i * 4 + 1]! as Gpa,
-          pageSize: 2 ** (meta >>> 8),
-          flags: words[i * 8 + 6]!,
-          level: meta & 0xff,
-          leaf: recs[i * 4 + 2]!,
-        };
-      }
+      const list = decodeMappings(c, this.#out, n);
       // Needs in a row without the cursor moving (a stop for the budget or a full buffer in
       // between does not reset it unless the cursor moved: it counts progress, not calls).
       if (next !== cursor) needs = 0;
@@ -554,43 +408,7 @@ export class AddressSpace {
     this.#live();
     if (this.#reverseEpoch !== _epoch) this.#reverse = undefined;
     this.#reverseEpoch = _epoch;
-    const rev = (this.#reverse ??= this.#buildReverse());
-    const out: bigint[] = [];
-    for (const [size, idx] of rev.bySize) {
-      const base = Number(pa - (pa % BigInt(size)));
-      // First index with start >= base.
-      let lo = 0;
-      let hi = idx.starts.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >>> 1;
-        if (idx.starts[mid]! < base) lo = mid + 1;
-        else hi = mid;
-      }
-      for (let i = lo; i < idx.starts.length && idx.starts[i] === base; i++) out.push(idx.gvas[i]! + (pa - BigInt(base)));
-    }
-    out.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-    return out as Gva[];
-  }
-
-  #buildReverse(): _Reverse {
-    const groups = new Map<number, { starts: number[]; gvas: bigint[] }>();
-    let n = 0;
-    for (const m of this.#walk(0n, 1n << 64n)) {
-      // Hostile tables (shared subtrees) can map billions of pages: bound the index.
-      if (++n > reverseLimit) {
-        throw new VmkitError('LIMIT', `gvasOf: more than ${reverseLimit} mappings; use mappings() and filter instead`);
-      }
-      let g = groups.get(m.pageSize);
-      if (!g) groups.set(m.pageSize, (g = { starts: [], gvas: [] }));
-      g.starts.push(Number(m.gpa));
-      g.gvas.push(m.gva);
-    }
-    const bySize = new Map<number, { starts: Float64Array; gvas: bigint[] }>();
-    for (const [size, g] of groups) {
-      const order = Array.from(g.starts.keys()).sort((a, b) => g.starts[a]! - g.starts[b]! || (g.gvas[a]! < g.gvas[b]! ? -1 : 1));
-      bySize.set(size, { starts: Float64Array.from(order, (i) => g.starts[i]!), gvas: order.map((i) => g.gvas[i]!) });
-    }
-    return { bySize };
+    return lookupReverse((this.#reverse ??= buildReverse(this.#walk(0n, 1n << 64n))), pa);
   }
 
   /**
