@@ -16,6 +16,7 @@
  */
 import type { JSONWebKeySet } from 'jose';
 import { VmkitError } from '../errors.js';
+import { readCapped as readStream } from '../_bytes.js';
 import { worst, type AppraisalSummary, type ArStatus, type Evidence, type ItemVerdict } from './appraise.js';
 import { verifyEar, type EarSubmod, type EarVerificationKey, type VerifiedEar } from './ear.js';
 import type { InstalledEvidence } from './installed.js';
@@ -99,26 +100,7 @@ async function readCapped(res: Response, max: number, url: string): Promise<stri
   const len = Number(res.headers.get('content-length') ?? NaN);
   if (Number.isFinite(len) && len > max) throw new VmkitError('LIMIT', `${url}: response of ${len} bytes is over ${max}`, { path: url });
   if (!res.body) return '';
-  const reader = res.body.getReader();
-  const parts: Uint8Array[] = [];
-  let n = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    n += value.length;
-    if (n > max) {
-      await reader.cancel().catch(() => {});
-      throw new VmkitError('LIMIT', `${url}: response over ${max} bytes`, { path: url });
-    }
-    parts.push(value);
-  }
-  const all = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    all.set(p, o);
-    o += p.length;
-  }
-  return new TextDecoder().decode(all);
+  return new TextDecoder().decode(await readStream(res.body, max, () => new VmkitError('LIMIT', `${url}: response over ${max} bytes`, { path: url })));
 }
 
 /** True when `e` (or a cause of it) is a connection reset or closed under the request. */

@@ -7,6 +7,7 @@
  */
 import type { Decompress as ZstdDecompressT } from 'fzstd';
 import { VmkitError } from '../../errors.js';
+import { concatBytes, readCapped } from '../../_bytes.js';
 import { pumpXz, xzCommand, type XzChild } from './_xz-child.js';
 
 export { _useSystemXz } from './_xz-child.js';
@@ -88,33 +89,8 @@ export async function httpGet(url: string, opts: FetchOptions & { validators?: V
 }
 
 /** Reads a stream to its end, refusing more than `max` bytes (LIMIT). */
-export async function collect(stream: ReadableStream<Uint8Array>, max: number, what: string): Promise<Uint8Array> {
-  const reader = stream.getReader();
-  const parts: Uint8Array[] = [];
-  let n = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    n += value.length;
-    if (n > max) {
-      await reader.cancel();
-      throw new VmkitError('LIMIT', `${what}: more than the limit of ${max} bytes`, { path: what });
-    }
-    parts.push(value);
-  }
-  return concat(parts, n);
-}
-
-// The `n` bytes of `parts` in one array (the one part itself when there is one).
-function concat(parts: Uint8Array[], n: number): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+export function collect(stream: ReadableStream<Uint8Array>, max: number, what: string): Promise<Uint8Array> {
+  return readCapped(stream, max, () => new VmkitError('LIMIT', `${what}: more than the limit of ${max} bytes`, { path: what }));
 }
 
 // A source of one chunk, for the streaming paths fed from a whole buffer.
@@ -218,7 +194,7 @@ export async function decompress(data: Uint8Array, kind: Compression, max: numbe
         if (n > max) throw new VmkitError('LIMIT', `${what}: more than the limit of ${max} bytes`, { path: what });
         parts.push(c);
       }, what);
-      return concat(parts, n);
+      return parts.length === 1 ? parts[0]! : concatBytes(parts, n);
     }
     const src = new Blob([data as Uint8Array<ArrayBuffer>]).stream();
     const s = kind === 'gz' ? src.pipeThrough(new DecompressionStream('gzip')) : new (await xzReadableStream())(src);
@@ -412,7 +388,7 @@ function zstd(ZstdDecompress: typeof ZstdDecompressT, data: Uint8Array, max: num
     parts.push(chunk);
   });
   d.push(data, true);
-  return concat(parts, n);
+  return concatBytes(parts, n);
 }
 
 type NodeHash = (alg: string) => { update(d: Uint8Array): { digest(): Uint8Array } };

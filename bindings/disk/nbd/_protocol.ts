@@ -5,6 +5,7 @@
  * @module
  * @internal
  */
+import { concatBytes } from '../../_bytes.js';
 
 /** `NBDMAGIC`, the first 8 bytes a server sends. */
 export const NBDMAGIC: bigint = 0x4e42444d41474943n;
@@ -293,13 +294,5 @@ export function u32(n: number): Uint8Array {
 
 /** Concatenates byte arrays. */
 export function cat(...parts: Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }

@@ -22,6 +22,7 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
+import { readCapped } from '../../_bytes.js';
 import { encodeRecord, parseRecord, MAX_RECORD_BYTES } from './record.js';
 import type { OwnerRecord, OwnerSnapshot, OwnerStore } from './types.js';
 
@@ -327,26 +328,7 @@ async function _readCapped(r: Response, max: number, disk: string): Promise<stri
   const len = Number(r.headers.get('content-length') ?? NaN);
   if (len > max) throw new VmkitError('LIMIT', `etcd response for ${disk} is ${len} bytes (max ${max})`, { path: disk });
   if (!r.body) return '';
-  const reader = r.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.length;
-    if (total > max) {
-      await reader.cancel().catch(() => {});
-      throw new VmkitError('LIMIT', `etcd response for ${disk} exceeds ${max} bytes`, { path: disk });
-    }
-    chunks.push(value);
-  }
-  const all = new Uint8Array(total);
-  let off = 0;
-  for (const c of chunks) {
-    all.set(c, off);
-    off += c.length;
-  }
-  return new TextDecoder().decode(all);
+  return new TextDecoder().decode(await readCapped(r.body, max, () => new VmkitError('LIMIT', `etcd response for ${disk} exceeds ${max} bytes`, { path: disk })));
 }
 
 function _b64(bytes: Uint8Array): string {
