@@ -17,9 +17,7 @@
  */
 import { SignJWT, calculateJwkThumbprint, createLocalJWKSet, errors as joseErrors, exportJWK, generateKeyPair, importJWK, importPKCS8, importSPKI, jwtVerify, type CryptoKey, type JSONWebKeySet, type JWK, type JWTPayload } from 'jose';
 import { VmkitError } from '../errors.js';
-import type { Appraisal, ArStatus, ItemVerdict, TrustVector } from './appraise.js';
-import type { ImaBank } from './ima.js';
-import type { ImaFailure } from './ima.js';
+import type { Appraisal, ArStatus, SubmodAppraisal, TrustVector } from './appraise.js';
 
 /**
  * The EAR profile this module produces and accepts.
@@ -70,17 +68,8 @@ export interface EarSubmod {
   'ear.status': ArStatus;
   'ear.trustworthiness-vector': TrustVector;
   'ear.appraisal-policy-id'?: string;
-  /** vmkit's appraisal record: counts, per-item verdicts with matches, IMA details. */
-  'vmkit.appraisal'?: {
-    summary: Appraisal['submods'][string]['summary'];
-    items: ItemVerdict[];
-    pcr10?: { bank: ImaBank; expected: string; replayed: string; match: boolean; matchedAfter?: number };
-    pcrs?: Partial<Record<ImaBank, string>>;
-    failures?: ImaFailure[];
-    excludes?: string[];
-    /** Whole machine: file counts per category (affirmed, modified-conffile, …). */
-    categories?: Record<string, number>;
-  };
+  /** vmkit's appraisal record: counts, per-item verdicts with matches, IMA details, whole-machine categories (the submodule's appraisal without what the EAR's own claims carry). */
+  'vmkit.appraisal'?: Pick<SubmodAppraisal, 'summary' | 'items' | 'pcr10' | 'pcrs' | 'failures' | 'excludes' | 'categories'>;
 }
 
 /**
