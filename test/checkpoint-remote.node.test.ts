@@ -11,6 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { codeOf } from './_codes.js';
+import { guestImage } from './_guest-image.js';
 import { CheckpointReader, CheckpointWriter, LazyGuestMemory, createPolicy, gpa, httpSource, memorySink, type HttpCheckpointSource } from '../bindings/memory/index.js';
 import { VmkitError } from '../bindings/errors.js';
 import { needTool } from './_tools.js';
@@ -23,20 +25,6 @@ const dir = mkdtempSync(join(tmpdir(), 'vmkit-remote-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const PS = 4096;
 
-/** A guest image: zero runs, text-like pages, random pages, sparse pages. */
-function image(pages: number, seed: number): Uint8Array {
-  const b = Buffer.alloc(pages * PS);
-  let x = seed;
-  for (let p = 0; p < pages; p++) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    const kind = x >>> 30;
-    const pg = b.subarray(p * PS, (p + 1) * PS);
-    if (kind === 1) randomFillSync(pg);
-    else if (kind === 2) for (let i = 0; i < PS; i += 8) pg.writeUInt32LE((p * 31 + (i >> 6)) >>> 0, i);
-    else if (kind === 3) pg[x % PS] = 7;
-  }
-  return new Uint8Array(b.buffer, b.byteOffset, b.length);
-}
 
 async function checkpoint(mem: Uint8Array, blockSize = 256 << 10): Promise<Uint8Array> {
   const sink = memorySink();
@@ -65,18 +53,9 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof VmkitError) return e.code;
-    throw e;
-  }
-  return 'resolved';
-}
 
-const mem = image(1024, 7); // 4 MiB
-const big = image(4096, 11); // 16 MiB: several restore windows
+const mem = guestImage(1024, 7); // 4 MiB
+const big = guestImage(4096, 11); // 16 MiB: several restore windows
 let file: Uint8Array;
 let bigFile: Uint8Array;
 let local: CheckpointReader;
@@ -387,7 +366,7 @@ describe('hostile servers', () => {
     expect(await r.readPage(p)).toEqual(mem.subarray(p * PS, (p + 1) * PS));
     expect(src.stats.retries).toBe(2);
     fail = 1e9;
-    expect(await code(r.readPage(p + 1 + [...Array(100).keys()].find((q) => local.blockOf(p + 1 + q) >= 0)!))).toBe('NETWORK');
+    expect(await codeOf(r.readPage(p + 1 + [...Array(100).keys()].find((q) => local.blockOf(p + 1 + q) >= 0)!))).toBe('NETWORK');
     expect(src.stats.retries).toBe(2 + 4);
     await r.close();
   });
@@ -400,9 +379,9 @@ describe('hostile servers', () => {
       res.writeHead(416, { 'content-range': `bytes */100` }).end();
       return true;
     };
-    expect(await code(r.readPage(stored[3]!))).toBe('INTEGRITY');
+    expect(await codeOf(r.readPage(stored[3]!))).toBe('INTEGRITY');
     h.handle = () => true; // never answers
-    expect(await code(r.readPage(stored[4]!))).toBe('TIMEOUT');
+    expect(await codeOf(r.readPage(stored[4]!))).toBe('TIMEOUT');
     await r.close();
     h.handle = () => {};
     const ac = new AbortController();
@@ -410,7 +389,7 @@ describe('hostile servers', () => {
     h.handle = () => true;
     const pending = r2.readPage(stored[5]!);
     setTimeout(() => ac.abort(), 50);
-    expect(await code(pending)).toBe('CANCELLED');
+    expect(await codeOf(pending)).toBe('CANCELLED');
     await r2.close();
   });
 
@@ -419,7 +398,7 @@ describe('hostile servers', () => {
       const h = await serve(bigFile);
       h.honourIfMatch = honour;
       const r = await CheckpointReader.open(h.url, { http: { suffixBytes: TAIL } });
-      const other = await checkpoint(image(4096, 99), 1 << 20);
+      const other = await checkpoint(guestImage(4096, 99), 1 << 20);
       let windows = 0;
       const e = await r
         .restoreTo(new Uint8Array(big.length), {
@@ -448,14 +427,14 @@ describe('hostile servers', () => {
       res.end(b.subarray(a, Number(m[2]) + 100)); // 99 bytes too many
       return true;
     };
-    expect(await code(r.read(8192, new Uint8Array(1000)))).toBe('NETWORK');
+    expect(await codeOf(r.read(8192, new Uint8Array(1000)))).toBe('NETWORK');
     h.handle = (req, res, b) => {
       const m = /^bytes=(\d+)-(\d+)$/.exec(String(req.headers.range))!;
       res.writeHead(206, { 'content-range': `bytes ${m[1]}-${m[2]}/${b.length}`, etag: h.etag });
       res.end(b.subarray(Number(m[1]), Number(m[1]) + 10)); // short
       return true;
     };
-    expect(await code(r.read(20000, new Uint8Array(1000)))).toBe('NETWORK');
+    expect(await codeOf(r.read(20000, new Uint8Array(1000)))).toBe('NETWORK');
     await r.close();
   });
 });

@@ -3,6 +3,7 @@
 // against the local reader, a lazy memory's coalesced requests, a server that
 // ignores Range, and a checkpoint replaced mid-restore (INTEGRITY).
 import { beforeAll, describe, expect, inject, it } from 'vitest';
+import { guestImage } from './_guest-image.js';
 import { CheckpointReader, CheckpointWriter, LazyGuestMemory, createPolicy, gpa, httpSource, memorySink, VmkitError } from '../bindings/memory/index.js';
 
 /** The open's tail in these specs, smaller than their files: they count the requests after it (the default 2 MiB holds them whole). */
@@ -11,19 +12,6 @@ const TAIL = 64 << 10;
 const PS = 4096;
 const base = inject('remoteCheckpointServer');
 
-function image(pages: number, seed: number): Uint8Array {
-  const b = new Uint8Array(pages * PS);
-  const dv = new DataView(b.buffer);
-  let x = seed;
-  for (let p = 0; p < pages; p++) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    const kind = x >>> 30;
-    if (kind === 1) for (let i = 0; i < PS; i += 4) dv.setUint32(p * PS + i, (x = (Math.imul(x, 1664525) + 1013904223) >>> 0), true);
-    else if (kind === 2) for (let i = 0; i < PS; i += 8) dv.setUint32(p * PS + i, (p * 31 + (i >> 6)) >>> 0, true);
-    else if (kind === 3) b[p * PS + (x % PS)] = 7;
-  }
-  return b;
-}
 
 async function checkpoint(mem: Uint8Array): Promise<Uint8Array> {
   const sink = memorySink();
@@ -39,7 +27,7 @@ async function put(path: string, body: Uint8Array): Promise<string> {
   return `${base}${path}`;
 }
 
-const mem = image(2048, 3); // 8 MiB
+const mem = guestImage(2048, 3); // 8 MiB
 let file: Uint8Array;
 let url: string;
 beforeAll(async () => {
@@ -100,7 +88,7 @@ describe('remote checkpoints (fetch with Range, Node and Chromium)', () => {
     const u = await put(path, file);
     // A 1 MiB cache keeps a restore's windows ahead to 512 KiB: the windows after the swap are fetched after it.
     const r = await CheckpointReader.open(u, { http: { suffixBytes: TAIL, cacheBytes: 1 << 20 } });
-    const other = await checkpoint(image(2048, 4));
+    const other = await checkpoint(guestImage(2048, 4));
     let n = 0;
     let replaced: Promise<string> | undefined;
     const e = await r

@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { codeOf } from './_codes.js';
 import { LazyGuestMemory, PageStore, createPolicy, gpa } from '../bindings/memory/index.js';
-import { VmkitError } from '../bindings/errors.js';
 
 const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmkit-store-'));
@@ -85,7 +85,7 @@ describe('shared page store', () => {
     expect(st.removed).toBe(50);
     expect(pageFiles(sdir)).toEqual(await usedHashes(store));
     expect(await restore(store, 'g2')).toEqual(g[1]);
-    expect(await code(store.gc())).toBe('resolved');
+    expect(await codeOf(store.gc())).toBe('resolved');
   });
 
   it('a save during a collection loses no page; the next collection keeps nothing unused', async () => {
@@ -148,12 +148,12 @@ describe('shared page store', () => {
     writeFileSync(f, bad);
     const ck = await store.openCheckpoint('g2');
     const all = new Uint8Array(1024 * PS);
-    expect(await code(ck.readPagesInto(0, 1024, all))).toMatch(/INTEGRITY|CORRUPT/);
+    expect(await codeOf(ck.readPagesInto(0, 1024, all))).toMatch(/INTEGRITY|CORRUPT/);
     rmSync(f);
-    expect(await code(ck.readPagesInto(0, 1024, all))).toBe('NOT_FOUND');
+    expect(await codeOf(ck.readPagesInto(0, 1024, all))).toBe('NOT_FOUND');
     writeFileSync(f, orig);
     writeFileSync(join(sdir, 'gc.lock'), '1\n');
-    expect(await code(store.gc())).toBe('CONFLICT');
+    expect(await codeOf(store.gc())).toBe('CONFLICT');
     rmSync(join(sdir, 'gc.lock'));
   });
 
@@ -175,12 +175,3 @@ describe('shared page store', () => {
   });
 });
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof VmkitError) return e.code;
-    throw e;
-  }
-  return 'resolved';
-}

@@ -3,12 +3,12 @@
 // (rejected as incomplete, never read back wrong), and a real Linux guest's
 // memory (.cache/guest/x86_64/mem.bin from scripts/guest-fixture.mjs).
 import { spawn, spawnSync } from 'node:child_process';
-import { randomFillSync } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { guestImage } from './_guest-image.js';
 import { CheckpointReader, CheckpointWriter } from '../bindings/memory/index.js';
 
 const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
@@ -20,24 +20,10 @@ function vmkit(...args: string[]) {
   return spawnSync(process.execPath, [bin, ...args], { timeout: 120_000, maxBuffer: 64 << 20 });
 }
 
-/** A guest image: zero runs, text-like pages, random pages, sparse pages. */
-function image(pages: number, seed: number): Buffer {
-  const b = Buffer.alloc(pages * PS);
-  let x = seed;
-  for (let p = 0; p < pages; p++) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    const kind = x >>> 30;
-    const pg = b.subarray(p * PS, (p + 1) * PS);
-    if (kind === 1) randomFillSync(pg);
-    else if (kind === 2) for (let i = 0; i < PS; i += 8) pg.writeUInt32LE((p * 31 + (i >> 6)) >>> 0, i);
-    else if (kind === 3) pg[x % PS] = 7;
-  }
-  return b;
-}
 
 describe('vmkit checkpoint (CLI)', () => {
   const img = join(dir, 'mem.bin');
-  const mem = image(2048, 42); // 8 MiB
+  const mem = guestImage(2048, 42); // 8 MiB
   writeFileSync(img, mem);
 
   it('save → inspect → restore → read-page round-trips, one write per block', () => {
@@ -110,7 +96,7 @@ describe('saves on worker threads', () => {
     const { writeImageParallel } = (await import(/* @vite-ignore */ dist('memory/checkpoint/parallel.js'))) as typeof import('../bindings/memory/checkpoint/parallel.js');
     await init();
     const img = join(dir, 'par.bin');
-    const mem = image(1500, 9); // not a whole number of windows
+    const mem = guestImage(1500, 9); // not a whole number of windows
     writeFileSync(img, mem);
     const opts = { guestSize: mem.length, id: 'ab'.repeat(16), blockSize: 64 << 10 };
     const one = join(dir, 'one.ckpt');
@@ -137,7 +123,7 @@ describe('saves on worker threads', () => {
 describe('saves killed with SIGKILL', () => {
   it('leave files that inspect/restore reject as incomplete, never wrong data', async () => {
     const img = join(dir, 'big.bin');
-    const mem = image(16384, 7); // 64 MiB, a quarter random
+    const mem = guestImage(16384, 7); // 64 MiB, a quarter random
     writeFileSync(img, mem);
     let rejected = 0;
     // Kill once the save has written some blocks (its file grows past a

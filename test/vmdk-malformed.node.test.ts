@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { needTool } from './_tools.js';
+import { codeOf } from './_codes.js';
 import { qimg, qemuIo } from './_qemu-img.js';
 import { openImage } from '../bindings/disk/image.js';
 import { mapExtents } from '../bindings/disk/device.js';
@@ -30,15 +31,6 @@ async function cli(...args: string[]): Promise<{ rc: number; code: string | unde
   });
   const rc = await main(['disk', ...args], { stdout: sink, stderr });
   return { rc, code: /vmkit: ([A-Z_]+):/.exec(err)?.[1] };
-}
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'ok';
-  } catch (e) {
-    return e instanceof VmkitError ? e.code : `not a VmkitError: ${String(e)}`;
-  }
 }
 
 describe.skipIf(!hasQemu)('malformed VMDKs (issue 18: IO instead of CORRUPT or LIMIT)', () => {
