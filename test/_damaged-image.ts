@@ -2,7 +2,8 @@
 // map, check, write) may fail only with a VmkitError of an expected code,
 // never with a TypeError, a RangeError, a wasm trap or a hang.
 import { mapExtents } from '../bindings/disk/device.js';
-import { checkImage, openImage } from '../bindings/disk/image.js';
+import { checkImage, createImage, openImage, type CreateImageOptions } from '../bindings/disk/image.js';
+import { MemoryProvider } from '../bindings/disk/backends/memory.js';
 import type { ImageDevice } from '../bindings/disk/formats/types.js';
 import type { StorageProvider } from '../bindings/disk/backends/storage.js';
 import { VmkitError } from '../bindings/errors.js';
@@ -59,4 +60,24 @@ export async function damagedImageRound(provider: StorageProvider, name: string,
       }
     }, codes);
   }
+}
+
+/**
+ * The fuzz specs' sample chain in memory: `base.<ext>` with 20 KiB of data at
+ * 0, and `top.<ext>` over it with data in a few places and a zeroed range
+ * (every kind of entry). Returns the provider and a copy of the top's bytes.
+ */
+export async function sampleChain(ext: string, base: CreateImageOptions, top: CreateImageOptions): Promise<{ provider: MemoryProvider; bytes: Uint8Array }> {
+  const provider = new MemoryProvider();
+  await createImage(`base.${ext}`, { ...base, provider });
+  const b = await openImage(`base.${ext}`, { provider });
+  await b.write(0, new Uint8Array(20480).fill(7));
+  await b.close();
+  await createImage(`top.${ext}`, { ...top, provider, backing: `base.${ext}` });
+  const t = await openImage(`top.${ext}`, { provider });
+  await t.write(4096, new Uint8Array(4096).fill(1));
+  await t.writeZeroes(32768, 16384);
+  await t.write(500 << 10, new Uint8Array(40960).fill(3));
+  await t.close();
+  return { provider, bytes: provider.stores.get(`top.${ext}`)!.bytes().slice() };
 }

@@ -11,6 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { join, relative } from 'node:path';
 import { needTool } from './_tools.js';
+import { imaNgEntry } from './_ima-line.js';
 import { buildFixtures, FIXTURES, startServer, type FixtureServer } from './_attest-server.js';
 import { attestInstalled, openSource, readKeyring } from '../bindings/attest/index.js';
 import { OnDemandFiles, SourceSet, appraiseInstalled, collectInstalled } from '../bindings/attest/service/index.js';
@@ -18,19 +19,6 @@ import { startLocalService, type LocalService } from './_attest-service.js';
 import { serveVmkit, runVmkit } from './_cli.js';
 import { RpmSource } from '../bindings/attest/sources/rpm.js';
 import { _rpmHeaderDigest, parseRpmdbExport, rpmFileDigests } from '../bindings/attest/_rpm.js';
-
-/** One ima-ng entry as the kernel logs it: template data, its SHA-1 template hash, the ascii line. */
-function imaNg(alg: 'sha1' | 'sha256', digest: Buffer, path: string): { data: Buffer; line: string } {
-  const u32 = (n: number) => {
-    const b = Buffer.alloc(4);
-    b.writeUInt32LE(n);
-    return b;
-  };
-  const d = Buffer.concat([Buffer.from(`${alg}:\0`), digest]);
-  const p = Buffer.from(path);
-  const data = Buffer.concat([u32(d.length), d, u32(p.length + 1), p, Buffer.from([0])]);
-  return { data, line: `10 ${createHash('sha1').update(data).digest('hex')} ima-ng ${alg}:${digest.toString('hex')} ${path}\n` };
-}
 
 const tools = ['rpmbuild:rpm', 'rpmdb:rpm', 'createrepo_c:createrepo-c', 'gpg:gnupg'];
 const ready = tools.every((t) => needTool(t.split(':')[0]!, t.split(':')[1]!));
@@ -240,13 +228,13 @@ describe.skipIf(!ready)('attesting a whole RPM machine', () => {
     const ev = await collectInstalled({ root });
     const file = (p: string, alg: 'sha1' | 'sha256' = 'sha256') => createHash(alg).update(readFileSync(join(root, p))).digest();
     const entries = [
-      imaNg('sha256', Buffer.alloc(32, 7), 'boot_aggregate'),
-      imaNg('sha256', file('/usr/share/vmkit-fixture/hello.txt'), '/usr/share/vmkit-fixture/hello.txt'),
-      imaNg('sha256', file('/usr/bin/vmkit-machine-tool'), '/usr/bin/vmkit-machine-tool'),
-      imaNg('sha256', file('/etc/vmkit-machine-tool.conf'), '/etc/vmkit-machine-tool.conf'),
-      imaNg('sha256', file('/usr/bin/intruder'), '/usr/bin/intruder'),
-      imaNg('sha256', file('/usr/bin/vmkit-machine-local'), '/usr/bin/vmkit-machine-local'),
-      imaNg('sha1', file('/usr/share/vmkit-machine-tool/NOTES', 'sha1'), '/usr/share/vmkit-machine-tool/NOTES'),
+      imaNgEntry('sha256', Buffer.alloc(32, 7), 'boot_aggregate'),
+      imaNgEntry('sha256', file('/usr/share/vmkit-fixture/hello.txt'), '/usr/share/vmkit-fixture/hello.txt'),
+      imaNgEntry('sha256', file('/usr/bin/vmkit-machine-tool'), '/usr/bin/vmkit-machine-tool'),
+      imaNgEntry('sha256', file('/etc/vmkit-machine-tool.conf'), '/etc/vmkit-machine-tool.conf'),
+      imaNgEntry('sha256', file('/usr/bin/intruder'), '/usr/bin/intruder'),
+      imaNgEntry('sha256', file('/usr/bin/vmkit-machine-local'), '/usr/bin/vmkit-machine-local'),
+      imaNgEntry('sha1', file('/usr/share/vmkit-machine-tool/NOTES', 'sha1'), '/usr/share/vmkit-machine-tool/NOTES'),
     ];
     const log = entries.map((e) => e.line).join('');
     // PCR 10 (SHA-1 bank) as the kernel extends it: pcr = sha1(pcr || sha1(template data)).
@@ -283,7 +271,7 @@ describe.skipIf(!ready)('attesting a whole RPM machine', () => {
   it('the CLI: request --installed on an RPM root with --ima and --pcr10', async () => {
     const hello = createHash('sha256').update(readFileSync(join(root, 'usr/share/vmkit-fixture/hello.txt'))).digest();
     const tool = createHash('sha256').update(readFileSync(join(root, 'usr/bin/vmkit-machine-tool'))).digest();
-    const entries = [imaNg('sha256', hello, '/usr/share/vmkit-fixture/hello.txt'), imaNg('sha256', tool, '/usr/bin/vmkit-machine-tool')];
+    const entries = [imaNgEntry('sha256', hello, '/usr/share/vmkit-fixture/hello.txt'), imaNgEntry('sha256', tool, '/usr/bin/vmkit-machine-tool')];
     writeFileSync(join(tmp, 'ima.log'), entries.map((e) => e.line).join(''));
     let pcr = Buffer.alloc(20);
     for (const e of entries) pcr = createHash('sha1').update(pcr).update(createHash('sha1').update(e.data).digest()).digest();

@@ -4,6 +4,7 @@
 // every other client out. Each spec measures what another client sees meanwhile.
 import { afterEach, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
+import { imaNgLine } from './_ima-line.js';
 import { availableParallelism } from 'node:os';
 import { request, Agent } from 'node:http';
 import { AttestService, NonceStore, SourceSet, clientKey, type AttestServiceOptions } from '../bindings/attest/service/index.js';
@@ -23,25 +24,12 @@ function emptySource(): RepositorySource {
   };
 }
 
-/** One ima-ng line with its template hash (SHA-1 of the template data). */
-function imaNg(hex: string, path: string): string {
-  const d = Buffer.concat([Buffer.from('sha256:\0'), Buffer.from(hex, 'hex')]);
-  const p = Buffer.from(path + '\0');
-  const le = (n: number): Buffer => {
-    const b = Buffer.alloc(4);
-    b.writeUInt32LE(n);
-    return b;
-  };
-  const th = createHash('sha1').update(Buffer.concat([le(d.length), d, le(p.length), p])).digest('hex');
-  return `10 ${th} ima-ng sha256:${hex} ${path}`;
-}
-
 /** A valid log of about `bytes` bytes (or `count` entries). */
 function bigLog(bytes: number, path: (i: number) => string, count: number = Infinity): { log: string; entries: number } {
   const lines: string[] = [];
   let n = 0;
   for (let i = 0; n < bytes && i < count; i++) {
-    const l = imaNg(createHash('sha256').update(String(i)).digest('hex'), path(i));
+    const l = imaNgLine(createHash('sha256').update(String(i)).digest('hex'), path(i));
     lines.push(l);
     n += l.length + 1;
   }

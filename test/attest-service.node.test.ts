@@ -25,6 +25,7 @@ import {
 import type { Appraisal, Evidence } from '../bindings/attest/appraise.js';
 import { createVerifier, requestAttestation, verifyToken } from '../bindings/attest/service/verifier.js';
 import { runVmkit, serveVmkit, type CliResult } from './_cli.js';
+import { imaNgLine } from './_ima-line.js';
 import { VmkitError } from '../bindings/errors.js';
 
 const tools = ['apt-ftparchive:apt-utils', 'createrepo_c:createrepo-c', 'rpmbuild:rpm', 'gpg:gnupg', 'dpkg-deb:dpkg', 'zstd:zstd'];
@@ -488,18 +489,6 @@ describe.runIf(ready)('IMA measurement lists against file digests of real .debs'
   let base: string;
   let dir: string;
 
-  /** One ima-ng line, its template hash computed here from the template data (docs of the vectors' README). */
-  const imaNg = (hex: string, path: string): string => {
-    const d = Buffer.concat([Buffer.from('sha256:\0'), Buffer.from(hex, 'hex')]);
-    const p = Buffer.from(path + '\0');
-    const le = (n: number): Buffer => {
-      const b = Buffer.alloc(4);
-      b.writeUInt32LE(n);
-      return b;
-    };
-    const th = createHash('sha1').update(Buffer.concat([le(d.length), d, le(p.length), p])).digest('hex');
-    return `10 ${th} ima-ng sha256:${hex} ${path}`;
-  };
 
   beforeAll(async () => {
     buildFixtures();
@@ -524,11 +513,11 @@ describe.runIf(ready)('IMA measurement lists against file digests of real .debs'
     expect(st.filePackages).toBe(1);
     expect(st.fileErrors).toBe(0);
     const hello = sha256(readFileSync(join(dir, 'usr/bin/hello')));
-    const good = [imaNg(hello, '/usr/bin/hello')].join('\n') + '\n';
+    const good = [imaNgLine(hello, '/usr/bin/hello')].join('\n') + '\n';
     const r = await requestAttestation(base, { ima: { log: good } });
     expect(r.status, JSON.stringify(r.items)).toBe('affirming');
     expect(r.items.some((i) => i.where?.includes('hello') && i.where.includes('/usr/bin/hello'))).toBe(true);
-    const bad = good + imaNg(sha256(Buffer.from('dropped in by an attacker')), '/usr/local/bin/evil') + '\n';
+    const bad = good + imaNgLine(sha256(Buffer.from('dropped in by an attacker')), '/usr/local/bin/evil') + '\n';
     const r2 = await requestAttestation(base, { ima: { log: bad } });
     expect(r2.status).not.toBe('affirming');
     // A template hash that does not match its data is a cryptographic failure.

@@ -7,25 +7,14 @@ import { createImage, openImage, checkImage } from '../bindings/disk/image.js';
 import { parseQcow2Header, encodeQcow2Header } from '../bindings/disk/formats/qcow2/header.js';
 import { decodeL2, encodeL2, readEntry, writeEntry, Refcounts } from '../bindings/disk/formats/qcow2/metadata.js';
 import { VmkitError } from '../bindings/errors.js';
-import { damagedImageRound } from './_damaged-image.js';
+import { damagedImageRound, sampleChain } from './_damaged-image.js';
 
 /** The codes a damaged qcow2 answers with (no INTEGRITY: qcow2 has no checksums). */
 const CODES = new Set(['CORRUPT', 'LIMIT', 'UNSUPPORTED', 'NOT_FOUND', 'INVALID_STATE']);
 
 /** A small image with every kind of entry: data, zero, a backing file, extended L2 optional. */
-async function sample(ext: boolean): Promise<{ provider: MemoryProvider; bytes: Uint8Array }> {
-  const provider = new MemoryProvider();
-  await createImage('base.qcow2', { provider, size: 1 << 20, clusterSize: 16384 });
-  const b = await openImage('base.qcow2', { provider });
-  await b.write(0, new Uint8Array(20480).fill(7));
-  await b.close();
-  await createImage('top.qcow2', { provider, backing: 'base.qcow2', clusterSize: 16384, extendedL2: ext });
-  const t = await openImage('top.qcow2', { provider });
-  await t.write(4096, new Uint8Array(4096).fill(1));
-  await t.writeZeroes(32768, 16384);
-  await t.write(500 << 10, new Uint8Array(40960).fill(3));
-  await t.close();
-  return { provider, bytes: provider.stores.get('top.qcow2')!.bytes().slice() };
+function sample(ext: boolean): Promise<{ provider: MemoryProvider; bytes: Uint8Array }> {
+  return sampleChain('qcow2', { size: 1 << 20, clusterSize: 16384 }, { clusterSize: 16384, extendedL2: ext });
 }
 
 describe('qcow2 under corrupted input', () => {

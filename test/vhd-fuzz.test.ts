@@ -8,7 +8,7 @@ import { MemoryProvider, MemoryStorage } from '../bindings/disk/backends/memory.
 import { createImage, openImage, checkImage } from '../bindings/disk/image.js';
 import { parseDynHeader, parseFooter, vhdChecksum } from '../bindings/disk/formats/vhd/header.js';
 import { VmkitError } from '../bindings/errors.js';
-import { damagedImageRound } from './_damaged-image.js';
+import { damagedImageRound, sampleChain } from './_damaged-image.js';
 
 
 /** Re-seals the footer at 0 and the end and the dynamic header at 512 (when they still have their cookies). */
@@ -19,19 +19,8 @@ function reseal(b: Uint8Array): void {
 }
 
 /** A parent, and a differencing child over it with data in a few sectors and a zeroed range. */
-async function sample(): Promise<{ provider: MemoryProvider; bytes: Uint8Array }> {
-  const provider = new MemoryProvider();
-  await createImage('base.vhd', { provider, format: 'vhd', size: 6 << 20 });
-  const b = await openImage('base.vhd', { provider });
-  await b.write(0, new Uint8Array(20480).fill(7));
-  await b.close();
-  await createImage('top.vhd', { provider, format: 'vhd', backing: 'base.vhd', clusterSize: 65536 });
-  const t = await openImage('top.vhd', { provider });
-  await t.write(4096, new Uint8Array(4096).fill(1));
-  await t.writeZeroes(32768, 16384);
-  await t.write(500 << 10, new Uint8Array(40960).fill(3));
-  await t.close();
-  return { provider, bytes: provider.stores.get('top.vhd')!.bytes().slice() };
+function sample(): Promise<{ provider: MemoryProvider; bytes: Uint8Array }> {
+  return sampleChain('vhd', { format: 'vhd', size: 6 << 20 }, { format: 'vhd', clusterSize: 65536 });
 }
 
 describe('vhd under corrupted input', () => {
