@@ -203,6 +203,53 @@ describe('checkpoint round trips', () => {
     expect(diffAt(await ra.readPage(victim ^ 1), mem.subarray((victim ^ 1) * PS, ((victim ^ 1) + 1) * PS))).toBe(-1);
     await ra.close();
   });
+
+  it('readPageInto: the page in the caller\'s buffer, one shared resolved promise on the synchronous path, errors as rejections', async () => {
+    const mem = guest(128, 21);
+    const { file } = await save(mem, { blockSize: 65536 });
+    const { file: v1 } = await save(mem, { blockSize: 65536, formatVersion: 1 });
+    const dst = new Uint8Array(PS + 8);
+    for (const [name, rd] of [
+      ['v2 sync', await CheckpointReader.open(file)],
+      ['v2 async reads', await CheckpointReader.open(file, { syncReads: false })],
+      ['v1', await CheckpointReader.open(v1)],
+    ] as const) {
+      const r = rng(31);
+      for (let i = 0; i < 40; i++) {
+        const p = r() % 128;
+        dst.fill(0xee);
+        await rd.readPageInto(p, dst);
+        expect(diffAt(dst.subarray(0, PS), mem.subarray(p * PS, (p + 1) * PS)), `${name} page ${p}`).toBe(-1);
+        expect(dst[PS], name).toBe(0xee); // nothing written past the page
+      }
+      // Bad arguments and a closed reader reject; they never throw from the call itself.
+      const tooSmall = rd.readPageInto(0, new Uint8Array(PS - 1));
+      await expect(tooSmall).rejects.toMatchObject({ code: 'OUTPUT_TOO_SMALL' });
+      await expect(rd.readPageInto(128, dst)).rejects.toBeInstanceOf(VmkitError);
+      await rd.close();
+      await expect(rd.readPageInto(0, dst)).rejects.toMatchObject({ code: 'INVALID_STATE' });
+    }
+    // The synchronous path (a full version 2 file read synchronously) allocates no promise per page.
+    const rs = await CheckpointReader.open(file);
+    const a = rs.readPageInto(1, dst);
+    const b = rs.readPageInto(2, dst);
+    expect(a).toBe(b);
+    await a;
+    expect(diffAt(dst.subarray(0, PS), mem.subarray(2 * PS, 3 * PS))).toBe(-1);
+    // A record that does not match its checksum: INTEGRITY as a rejection, later reads unaffected.
+    const hdr = decodeHeader(file.subarray(0, HEADER_SIZE));
+    const ftr = decodeFooter(file.subarray(file.length - FOOTER_SIZE), file.length, hdr);
+    const { blocks, pages } = decodeIndex(file.subarray(ftr.indexOffset, ftr.indexOffset + ftr.indexLength), hdr, ftr);
+    const victim = [...Array(128).keys()].find((p) => pages[PAGE_WORDS * p + 2]! >>> 28 === 3)!;
+    const bad = file.slice();
+    bad[blocks[pages[PAGE_WORDS * victim]!]!.offset + pages[PAGE_WORDS * victim + 1]! + 3]! ^= 0x10;
+    const rb = await CheckpointReader.open(bad);
+    await expect(rb.readPageInto(victim, dst)).rejects.toMatchObject({ code: 'INTEGRITY' });
+    await rb.readPageInto(victim ^ 1, dst);
+    expect(diffAt(dst.subarray(0, PS), mem.subarray((victim ^ 1) * PS, ((victim ^ 1) + 1) * PS))).toBe(-1);
+    await rb.close();
+    await rs.close();
+  });
 });
 
 describe('format version 1 (written by the old writer path) still reads identically', () => {

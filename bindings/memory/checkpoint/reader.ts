@@ -121,6 +121,9 @@ export interface CheckpointReadStats {
 const RUN_PAGES = 64;
 /** Pages per slab of {@link CheckpointReader.readPage}'s results. */
 const SLAB_PAGES = 64;
+
+/** What {@link CheckpointReader.readPageInto} returns on its synchronous path: one promise, never a new one. */
+const RESOLVED: Promise<void> = Promise.resolve();
 /** The core's status for a record that does not match its checksum (assembly/_errors.ts). */
 const E_INTEGRITY = -8;
 /**
@@ -188,6 +191,8 @@ export class CheckpointReader implements PageSource {
   /** Version 2 and later: pages carry their own checksums and are read record by record. */
   private readonly perPage: boolean;
   private readonly syncReads: boolean;
+  /** A full version 2 checkpoint read synchronously: every page is in this file (no parent to await) and read without a promise. */
+  private readonly syncPages: boolean;
   private readonly counters: CheckpointReadStats = { reads: 0, blockReads: 0, bytesRead: 0, cacheHits: 0 };
   private core: CoreBufs | undefined;
   private closed = false;
@@ -212,6 +217,7 @@ export class CheckpointReader implements PageSource {
     this.cacheMax = cacheMax;
     this.perPage = header.version >= 2;
     this.syncReads = syncReads && src.readSync !== undefined;
+    this.syncPages = this.perPage && this.syncReads && !header.diff;
   }
 
   /**
@@ -756,7 +762,7 @@ export class CheckpointReader implements PageSource {
    */
   async readPagesInto(first: number, count: number, dst: Uint8Array): Promise<void> {
     // A full version 2 checkpoint with synchronous reads has no absent pages to await.
-    if (this.perPage && this.syncReads && !this.header.diff) return this.readPagesIntoSync(first, count, dst);
+    if (this.syncPages) return this.readPagesIntoSync(first, count, dst);
     for (const r of this.pieces(first, count, dst)) {
       if (r.kind === PAGE_ABSENT) await this.parentFor(r.page).readPagesInto(r.page, r.n, r.out);
       else if (!this.perPage) this.extract(r.block, await this.blockAsync(r.block), r.page, r.n, r.out);
@@ -773,13 +779,14 @@ export class CheckpointReader implements PageSource {
    * One page as a new array: a view of its own `pageSize` bytes of a
    * 64-page slab that later pages share (as Node's Buffer pool does; an
    * ArrayBuffer per page cost more than the read itself). `page.slice()`
-   * copies it out of the slab.
+   * copies it out of the slab. {@link readPageInto} reads into the caller's
+   * buffer and allocates nothing.
    * @example
    * ```ts
    * const page = await r.readPage(42);
    * ```
    */
-  async readPage(page: number): Promise<Uint8Array> {
+  readPage(page: number): Promise<Uint8Array> {
     const ps = this.pageSize;
     if (!this.slab || this.slabUsed + ps > this.slab.byteLength) {
       this.slab = new ArrayBuffer(SLAB_PAGES * ps);
@@ -787,9 +794,36 @@ export class CheckpointReader implements PageSource {
     }
     const dst = new Uint8Array(this.slab, this.slabUsed, ps);
     this.slabUsed += ps;
-    if (this.perPage && this.syncReads && !this.header.diff) this.readPagesIntoSync(page, 1, dst);
-    else await this.readPagesInto(page, 1, dst);
-    return dst;
+    // Not an async function: on the synchronous path the only promise made is the result's.
+    if (!this.syncPages) return this.readPagesInto(page, 1, dst).then(() => dst);
+    try {
+      this.readPagesIntoSync(page, 1, dst);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return Promise.resolve(dst);
+  }
+
+  /**
+   * Reads one page into `dst` (at least `pageSize` bytes): the lazy fault
+   * path with nothing allocated per page. Where the page can be read
+   * synchronously (a full version 2 checkpoint in a file or in memory) it is
+   * in `dst` when the call returns, and the promise returned is one shared,
+   * already resolved promise; errors come as a rejected promise either way.
+   * @example
+   * ```ts
+   * const dst = new Uint8Array(4096);
+   * await r.readPageInto(42, dst);
+   * ```
+   */
+  readPageInto(page: number, dst: Uint8Array): Promise<void> {
+    if (!this.syncPages) return this.readPagesInto(page, 1, dst);
+    try {
+      this.readPagesIntoSync(page, 1, dst);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return RESOLVED;
   }
 
   /**
