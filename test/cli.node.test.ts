@@ -1,6 +1,6 @@
 // The `vmkit` executable as a user runs it: built dist/, a child process.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -59,6 +59,26 @@ describe('vmkit CLI', () => {
       const loaded = traced.stderr.split('\n').filter((l) => l.startsWith('LOADED '));
       expect(loaded.some((l) => l.includes('/dist/disk/formats/qcow2/'))).toBe(true);
       expect(loaded.filter((l) => /\/dist\/(disk\/backup|disk\/owner|cli\/commands\/(?!disk\.js|_disk_backup\.js)|memory|attest)\//.test(l))).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('checkpoint restore loads the reader, not the writer, the page store or the QEMU stream codecs', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmkit-cli-'));
+    try {
+      const img = join(dir, 'mem.bin');
+      const mem = new Uint8Array(64 * 4096);
+      for (let i = 0; i < mem.length; i += 7) mem[i] = i & 0xff;
+      writeFileSync(img, mem);
+      expect(vmkit('checkpoint', 'save', img, join(dir, 'm.ckpt')).status).toBe(0);
+      const hook = 'data:text/javascript,' + encodeURIComponent("export async function resolve(s, c, next) { const r = await next(s, c); if (r.url.includes('/dist/')) process.stderr.write('LOADED ' + r.url + '\\n'); return r; }");
+      const traced = spawnSync(process.execPath, ['--no-warnings', '--loader', hook, bin, 'checkpoint', 'restore', join(dir, 'm.ckpt'), join(dir, 'out.bin')], { encoding: 'utf8' });
+      expect(traced.status).toBe(0);
+      expect(Buffer.compare(readFileSync(join(dir, 'out.bin')), Buffer.from(mem))).toBe(0);
+      const loaded = traced.stderr.split('\n').filter((l) => l.startsWith('LOADED '));
+      expect(loaded.some((l) => l.includes('/dist/memory/checkpoint/reader.js'))).toBe(true);
+      expect(loaded.filter((l) => /\/dist\/(memory\/checkpoint\/(writer|store|parallel|qemu\/)|cli\/commands\/_(raw_image|checkpoint_qemu)|disk|attest)/.test(l))).toEqual([]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
