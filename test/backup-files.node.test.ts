@@ -461,6 +461,11 @@ await new Promise((r) => setTimeout(r, 1e6));
     qemuIo(join(d, top), ['write -P 0x5a 4M 2M']);
     vmkit('backup', String(snap.frozen), 'backup.raw'); // the frozen layer, opened read-only
     q('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', join(d, 'before.raw'), join(d, 'backup.raw')]);
+    // To stdout (synchronous reads, one ordered stream): the same bytes as qemu-img's raw image, holes as zeros.
+    const streamed = execFileSync(process.execPath, [bin, 'disk', 'backup', String(snap.frozen), '-'], { cwd: d, maxBuffer: 1 << 30 });
+    writeFileSync(join(d, 'streamed.raw'), streamed);
+    expect(streamed.length).toBe(statSync(join(d, 'before.raw')).size);
+    q('cmp', [join(d, 'before.raw'), join(d, 'streamed.raw')]);
     const cons = vmkit('consolidate', top);
     expect(cons.active).toBe('delta.qcow2');
     expect(existsSync(join(d, top))).toBe(false);

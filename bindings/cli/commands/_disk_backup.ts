@@ -29,18 +29,19 @@ const jobs = async () => {
   return { ...b, ...c, ...j, ...l, ...n, ...s };
 };
 
-let driverFactory: (() => Promise<FormatDriver | undefined>) | undefined;
+let driverFactory: ((toStream: boolean) => Promise<FormatDriver | undefined>) | undefined;
 
 /**
  * Sets how the CLI finds the image formats (commands/disk.ts passes the
- * vmkit/disk format driver). Without one, raw images only.
+ * vmkit/disk format driver). Without one, raw images only. `toStream` is
+ * true for a backup to stdout (`-`): one ordered stream, nothing to overlap.
  *
  * @example
  * ```ts
  * setFormatDriver(async () => qcow2VmdkRawDriver);
  * ```
  */
-export function setFormatDriver(factory: () => Promise<FormatDriver | undefined>): void {
+export function setFormatDriver(factory: (toStream: boolean) => Promise<FormatDriver | undefined>): void {
   driverFactory = factory;
 }
 
@@ -48,8 +49,8 @@ export function setFormatDriver(factory: () => Promise<FormatDriver | undefined>
  * The chain operations, with the formats the user pinned for `path`
  * (`-f`: its own, `-F`: its backing file's when its header records none).
  */
-async function chainOps(NodeChainOps: new (d?: FormatDriver) => ChainOps, path: string, values: Record<string, unknown>): Promise<ChainOps> {
-  const d = driverFactory ? await driverFactory() : undefined;
+async function chainOps(NodeChainOps: new (d?: FormatDriver) => ChainOps, path: string, values: Record<string, unknown>, toStream = false): Promise<ChainOps> {
+  const d = driverFactory ? await driverFactory(toStream) : undefined;
   const format = formatOpt(values.format, '--format');
   const backingFormat = formatOpt(values['backing-format'], '--backing-format');
   if (!d || (!format && !backingFormat)) return new NodeChainOps(d);
@@ -127,7 +128,7 @@ export async function runBackup(sub: 'snapshot' | 'backup' | 'consolidate', argv
     }
     const format = oneOf(values['output-format'], '--output-format', ['raw', 'qcow2'] as const, 'raw');
     const scope = oneOf(values.scope, '--scope', ['full', 'top'] as const, 'full');
-    const ops = await chainOps(NodeChainOps, path, values);
+    const ops = await chainOps(NodeChainOps, path, values, target === '-');
     const image = await ops.open(path, { readOnly: true });
     try {
       const bar = new Progress(io, 'backup', 0, !values.json && target !== '-');
