@@ -173,6 +173,7 @@ export async function openImage(name: string, opts: OpenImageOptions = {}): Prom
       const m = await loadFormat(f);
       return await m.open(storage, {
         readOnly,
+        openDataFile: (d: string, ro: boolean) => provider.open(provider.resolve(n, d), { readOnly: ro }),
         ...(depth === 0 && opts.guard ? { guard: opts.guard } : {}),
         ...(opts.noBacking
           ? {}
@@ -221,6 +222,10 @@ export interface CreateImageOptions {
   extendedL2?: boolean;
   /** qcow2: refcount width in bits (default 16). */
   refcountBits?: number;
+  /** qcow2: an external data file for the guest data, relative to the image (`-o data_file=`); created. */
+  dataFile?: string;
+  /** qcow2: the data file is a raw image of the disk (`-o data_file_raw=on`). */
+  dataFileRaw?: boolean;
   /** Where images live (default: Node files). */
   provider?: StorageProvider;
   /**
@@ -274,6 +279,9 @@ export async function createImage(name: string, opts: CreateImageOptions = {}): 
         ...(opts.clusterSize ? { clusterSize: opts.clusterSize } : {}),
         ...(opts.extendedL2 ? { extendedL2: true } : {}),
         ...(opts.refcountBits ? { refcountBits: opts.refcountBits } : {}),
+        ...(opts.dataFile !== undefined
+          ? { dataFile: opts.dataFile, dataFileRaw: opts.dataFileRaw === true, createDataFile: (d: string) => provider.create(provider.resolve(name, d)) }
+          : {}),
       });
       if (opts.durable !== false) await storage.flush();
     } finally {

@@ -83,8 +83,12 @@ async function create(argv: string[], io: CliIO): Promise<number> {
     'backing-format': { type: 'string', short: 'F' },
     'cluster-size': { type: 'string' },
     'extended-l2': { type: 'boolean' },
+    'data-file': { type: 'string' },
+    'data-file-raw': { type: 'boolean' },
   });
   const path = onePath(positionals, 'create');
+  const dataFile = typeof values['data-file'] === 'string' ? values['data-file'] : undefined;
+  if (values['data-file-raw'] && dataFile === undefined) throw new VmkitError('ARG_RANGE', '--data-file-raw needs --data-file');
   const format = formatOpt(values.format, '--format') ?? 'qcow2';
   const backing = typeof values.backing === 'string' ? values.backing : undefined;
   const size = typeof values.size === 'string' ? parseSize(values.size, '--size') : undefined;
@@ -99,6 +103,7 @@ async function create(argv: string[], io: CliIO): Promise<number> {
     ...(backingFormat ? { backingFormat } : {}),
     ...(clusterSize ? { clusterSize } : {}),
     ...(values['extended-l2'] ? { extendedL2: true } : {}),
+    ...(dataFile !== undefined ? { dataFile, dataFileRaw: values['data-file-raw'] === true } : {}),
   });
   const dev = await openImage(path, { provider, readOnly: true, noBacking: true });
   const i = await dev.info();

@@ -134,7 +134,7 @@ export function leadsWithData(buf: Uint8Array, granule: number): boolean {
 export interface L2Layer {
   readonly format: 'qcow2';
   readonly size: number;
-  readonly header: { readonly clusterBits: number; readonly extendedL2: boolean };
+  readonly header: { readonly clusterBits: number; readonly extendedL2: boolean; readonly dataFile?: string | undefined };
   readonly storage: { size(): Promise<number>; readInto(offset: number, dst: Uint8Array): Promise<void> };
   forEachL2Table(fn: (guestOffset: number, table: Uint8Array | undefined) => void): Promise<void>;
 }
@@ -150,7 +150,8 @@ export interface L2Layer {
  */
 export function isL2Layer(dev: unknown): dev is L2Layer {
   const d = dev as Partial<L2Layer> | undefined;
-  return d?.format === 'qcow2' && typeof d.forEachL2Table === 'function' && typeof d.header?.clusterBits === 'number' && d.storage !== undefined;
+  // Not with an external data file: the plan's host offsets would be read from the qcow2 file.
+  return d?.format === 'qcow2' && typeof d.forEachL2Table === 'function' && typeof d.header?.clusterBits === 'number' && d.header.dataFile === undefined && d.storage !== undefined;
 }
 
 /**

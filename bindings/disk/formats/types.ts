@@ -49,6 +49,12 @@ export interface FormatOpenOptions extends DeviceOptions {
    * (unallocated ranges read as zeroes) — `info`/`check` use that.
    */
   openBacking?: (name: string, format: FormatName | undefined) => Promise<BlockDevice>;
+  /**
+   * Opens a file that is part of this layer (qcow2's external data file) by
+   * the name stored in the image, relative to it, writable unless `readOnly`.
+   * Without it such an image opens, but reading or writing its data refuses.
+   */
+  openDataFile?: (name: string, readOnly: boolean) => Promise<Storage>;
 }
 
 /**
@@ -75,6 +81,12 @@ export interface FormatCreateOptions {
   extendedL2?: boolean;
   /** qcow2: refcount width in bits (1, 2, 4, … 64; default 16), as `qemu-img -o refcount_bits`. */
   refcountBits?: number;
+  /** qcow2: keep guest data in this external file (relative to the image), as `qemu-img -o data_file=`. */
+  dataFile?: string;
+  /** qcow2: the data file is a raw image of the disk (`-o data_file_raw=on`; metadata preallocated). */
+  dataFileRaw?: boolean;
+  /** Creates (or truncates) the store of `dataFile`, named as stored; needed with `dataFile`. */
+  createDataFile?: (name: string) => Promise<Storage>;
 }
 
 /**

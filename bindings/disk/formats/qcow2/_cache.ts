@@ -46,6 +46,8 @@ export class _MetadataCache {
   readonly cs: number;
   /** Extended L2 entries (32 subclusters per cluster). */
   readonly ext: boolean;
+  /** Guest data lives in an external data file: host offsets are offsets there, with no refcounts. */
+  readonly dataFile: boolean;
   /** Entries per L2 table. */
   readonly l2Entries: number;
   /** Subcluster size (the cluster size without extended L2). */
@@ -70,6 +72,7 @@ export class _MetadataCache {
     this.header = h;
     this.cs = 2 ** h.clusterBits;
     this.ext = h.extendedL2;
+    this.dataFile = h.dataFile !== undefined;
     this.l2Entries = this.cs / (this.ext ? 16 : 8);
     this.sub = this.ext ? this.cs / 32 : this.cs;
     this.l1 = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
@@ -154,18 +157,21 @@ export class _MetadataCache {
     const l2 = this.l2Offset(l1i);
     if (l2 === 0) return { e: { kind: 'unallocated', host: 0, copied: false, csize: 0, alloc: 0, zeroes: 0 }, l2: 0, idx };
     const t = await this.l2Table(l2);
-    const e = decodeL2(this.view(t), idx, this.ext, this.header.clusterBits);
+    const e = decodeL2(this.view(t), idx, this.ext, this.header.clusterBits, this.dataFile);
     const at = l2 + idx * (this.ext ? 16 : 8);
     if (e.kind === 'compressed') {
+      // QEMU neither writes nor reads them there: the data file is a plain array of clusters.
+      if (this.dataFile) throw this.corrupt('compressed cluster in an image with an external data file', at);
       if (e.host >= this.fileSize) throw this.corrupt(`compressed cluster at ${e.host} is past the end of the file`, at);
       if (this.ext && (e.alloc | e.zeroes) !== 0) throw this.corrupt('compressed cluster with a subcluster bitmap', at);
     } else if (e.host !== 0) {
       if (e.host % this.cs !== 0) throw this.corrupt(`data cluster offset ${e.host} is not cluster aligned`, at);
-      if (e.host >= this.fileSize) throw this.corrupt(`data cluster at ${e.host} is past the end of the file (${this.fileSize})`, at);
-      if (this.overlapsMetadata(e.host)) throw this.corrupt(`data cluster at ${e.host} overlaps the header, L1 or refcount table`, at);
+      // In a data file any offset is a cluster of it (past its end reads as zeroes, as QEMU reads it).
+      if (!this.dataFile && e.host >= this.fileSize) throw this.corrupt(`data cluster at ${e.host} is past the end of the file (${this.fileSize})`, at);
+      if (!this.dataFile && this.overlapsMetadata(e.host)) throw this.corrupt(`data cluster at ${e.host} overlaps the header, L1 or refcount table`, at);
     }
     if (this.ext && (e.alloc & e.zeroes) !== 0) throw this.corrupt('subcluster both allocated and zero', at);
-    if (this.ext && e.alloc !== 0 && e.host === 0) throw this.corrupt('allocated subclusters without a host cluster', at);
+    if (this.ext && e.alloc !== 0 && e.host === 0 && !this.dataFile) throw this.corrupt('allocated subclusters without a host cluster', at);
     return { e, l2, idx };
   }
 
@@ -189,14 +195,15 @@ export class _MetadataCache {
     }
     const t = l2 === 0 ? undefined : this.l2cache.get(l2);
     if (!t) return -1;
-    const e = decodeL2(this.view(t), gc % this.l2Entries, false, this.header.clusterBits);
-    if (e.kind !== 'normal' || !e.copied || e.host % this.cs !== 0 || e.host + this.cs > this.fileSize || this.overlapsMetadata(e.host)) return -1;
+    const e = decodeL2(this.view(t), gc % this.l2Entries, false, this.header.clusterBits, this.dataFile);
+    if (e.kind !== 'normal' || !e.copied || e.host % this.cs !== 0) return -1;
+    if (!this.dataFile && (e.host + this.cs > this.fileSize || this.overlapsMetadata(e.host))) return -1;
     return e.host;
   }
 
   /** Decodes entry `idx` of a table a writer holds (its own copy: no validation needed). */
   decode(s: _L2Slot): L2Entry {
-    return decodeL2(new DataView(s.table.buffer, s.table.byteOffset, s.table.byteLength), s.idx, this.ext, this.header.clusterBits);
+    return decodeL2(new DataView(s.table.buffer, s.table.byteOffset, s.table.byteLength), s.idx, this.ext, this.header.clusterBits, this.dataFile);
   }
 
   // ---- changes ----

@@ -34,6 +34,7 @@ export async function check(storage: Storage, opts: FormatCheckOptions = {}): Pr
   }
   const cs = 2 ** h.clusterBits;
   const ext = h.extendedL2;
+  const dataFile = h.dataFile !== undefined;
   const nClusters = Math.ceil(fileSize / cs);
   if (nClusters > MAX_CHECK_CLUSTERS) throw new VmkitError('LIMIT', `qcow2 ${storage.name}: ${nClusters} clusters is too many to check`, { path: storage.name });
   const refs = new Uint32Array(nClusters);
@@ -114,7 +115,7 @@ export async function check(storage: Storage, opts: FormatCheckOptions = {}): Pr
       const n = cs / (ext ? 16 : 8);
       for (let j = 0; j < n; j++) {
         const eat = l2 + j * (ext ? 16 : 8);
-        const e = decodeL2(tv, j, ext, h.clusterBits);
+        const e = decodeL2(tv, j, ext, h.clusterBits, dataFile);
         if (e.kind !== 'compressed') {
           // Reserved: bits 1-8 and 56-61. Bit 0 of an extended entry is reserved by the spec too, but
           // qemu-img check (7.2) does not report it, so neither do we: the two checks must agree.
@@ -123,6 +124,10 @@ export async function check(storage: Storage, opts: FormatCheckOptions = {}): Pr
           if ((lo & 0x1fe) !== 0 || (hi & 0x3f00_0000) !== 0) corrupt(`L2 entry ${j} has reserved bits set`, eat);
         }
         if (ext && (e.alloc & e.zeroes) !== 0) corrupt(`L2 entry ${j} marks subclusters both allocated and zero`, eat);
+        if (e.kind === 'compressed' && dataFile) {
+          corrupt(`L2 entry ${j}: a compressed cluster in an image with an external data file`, eat);
+          continue;
+        }
         if (e.kind === 'compressed') {
           // A compressed cluster is never written in place, so COPIED (refcount 1, writable) is wrong on it.
           if (tv.getUint32(j * (ext ? 16 : 8)) & HI_COPIED) corrupt(`L2 entry ${j}: the COPIED flag is set on a compressed cluster`, eat);
@@ -133,8 +138,18 @@ export async function check(storage: Storage, opts: FormatCheckOptions = {}): Pr
           }
           continue;
         }
-        if (e.host === 0) {
+        if (e.kind !== 'normal' && e.host === 0) {
           if (ext && e.alloc !== 0) corrupt(`L2 entry ${j} has allocated subclusters but no host cluster`, eat);
+          continue;
+        }
+        if (dataFile) {
+          // Clusters of the data file: no refcounts to hold them, any offset there is valid (aligned).
+          if (e.host % cs !== 0) corrupt(`data cluster at ${e.host} is not cluster aligned (entry at ${eat})`, eat);
+          else if (active) {
+            allocated++;
+            if (prevHost >= 0 && e.host !== prevHost + cs) fragmented++;
+            prevHost = e.host;
+          }
           continue;
         }
         if (!inc(e.host, cs, 'data cluster', eat)) continue;

@@ -82,11 +82,31 @@ export class Qcow2Device extends _LayerDevice {
   private directIdle: (() => void) | undefined;
   /** What the subcluster writer needs of this device. */
   private readonly subDev: _SubclusterDevice;
+  /**
+   * Where guest data clusters live: this file, or the external data file
+   * (`data_file`), where a cluster's host offset is its guest offset and no
+   * refcount covers it. A stand-in that refuses every call when the image has
+   * a data file it was opened without.
+   */
+  private readonly data: Storage;
+  /** The data file is not this file. */
+  private readonly external: boolean;
 
   /** @internal */
-  constructor(storage: Storage, h: Qcow2Header, l1: Uint8Array, fileSize: number, readOnly: boolean, backing: BlockDevice | undefined, guard: WriteGuard | undefined) {
+  constructor(
+    storage: Storage,
+    h: Qcow2Header,
+    l1: Uint8Array,
+    fileSize: number,
+    readOnly: boolean,
+    backing: BlockDevice | undefined,
+    guard: WriteGuard | undefined,
+    dataFile?: Storage,
+  ) {
     super({ storage, size: h.size, readOnly, backing, backingFile: h.backingFile, backingFormat: h.backingFormat });
     this.header = h;
+    this.external = h.dataFile !== undefined;
+    this.data = !this.external ? storage : (dataFile ?? missingDataFile(storage.name, h.dataFile!));
     this.meta = new _MetadataCache(storage, h, l1, fileSize);
     this.compressed = new _CompressedClusters(this.meta);
     this.cs = this.meta.cs;
@@ -168,7 +188,7 @@ export class Qcow2Device extends _LayerDevice {
       if (data.length === cs && !leadsWithData(data)) return false;
       this.direct++;
       try {
-        await this.storage.write(first + (offset % cs), data);
+        await this.data.write(first + (offset % cs), data);
       } finally {
         this.directEnd();
       }
@@ -188,7 +208,7 @@ export class Qcow2Device extends _LayerDevice {
     }
     this.direct++;
     try {
-      await Promise.all(runs.map(([host, from, to]) => this.storage.write(host, data.subarray(from, to))));
+      await Promise.all(runs.map(([host, from, to]) => this.data.write(host, data.subarray(from, to))));
     } finally {
       this.directEnd();
     }
@@ -245,7 +265,9 @@ export class Qcow2Device extends _LayerDevice {
       const dv = this.meta.view(await this.meta.l2Table(l2));
       const want = e.kind === 'zero' ? LO_ZERO : 0;
       let j = idx + 1;
-      while (j < this.l2Entries && (dv.getUint32(j * 8) & ~HI_COPIED) === 0 && (dv.getUint32(j * 8 + 4) & ~0x1fe) === want) j++;
+      // (With a data file, offset 0 with COPIED is a data cluster: COPIED must be clear too.)
+      const mask = this.external ? -1 : ~HI_COPIED;
+      while (j < this.l2Entries && (dv.getUint32(j * 8) & mask) === 0 && (dv.getUint32(j * 8 + 4) & ~0x1fe) === want) j++;
       return { kind: e.kind, host: 0, len: toEnd + (j - idx - 1) * this.cs, entry: e };
     }
     const run = _subclusterRun(e, inC, this.meta.sub);
@@ -263,7 +285,7 @@ export class Qcow2Device extends _LayerDevice {
    */
   async readInto(offset: ByteOffset, dst: Uint8Array): Promise<void> {
     checkRange(this, offset, dst.length, 'read');
-    await _readRuns(this.storage, offset, dst, (pos) => this.piece(pos), (p) => p.kind === 'normal', (p, pos, d) => {
+    await _readRuns(this.data, offset, dst, (pos) => this.piece(pos), (p) => p.kind === 'normal', (p, pos, d) => {
       if (p.kind === 'compressed') return this.compressed.readInto(p.entry, pos, d);
       if (p.kind !== 'zero') return _readBacking(this.backing, pos, d);
       d.fill(0);
@@ -287,7 +309,7 @@ export class Qcow2Device extends _LayerDevice {
       if (p.kind !== a.kind || a.kind === 'compressed') return false;
       // Runs with a host offset (data; zero clusters and subclusters that keep an allocation, as
       // qemu-img map prints them) go on only while it is contiguous; runs without one, while it is absent.
-      return a.host === 0 ? p.host === 0 : p.host === a.host + n;
+      return a.kind === 'normal' || a.host !== 0 ? p.host === a.host + n : p.host === 0;
     });
     if (first.kind === 'unallocated') {
       // Unallocated subclusters of an allocated cluster, nothing below: qemu-img map prints the cluster's host offset.
@@ -325,12 +347,16 @@ export class Qcow2Device extends _LayerDevice {
 
   private async writable(op: 'write' | 'flush' | 'discard'): Promise<Refcounts> {
     _checkWritable(this.storage.name, this.closed, this.readOnly, op);
+    if (this.external && this.ext && op !== 'flush') {
+      throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: writing extended-L2 images with an external data file (they open read-only)`, { offset: 72, path: this.storage.name });
+    }
     await this.guard?.check(op);
     return this.meta.refcounts();
   }
 
   /** Drops this layer's reference to the storage of an entry (normal or compressed). */
   private release(e: L2Entry, r: Refcounts): void {
+    if (this.external) return; // the data file's clusters have no refcounts
     if (e.kind === 'compressed') this.compressed.release(e, r);
     else if (e.host !== 0) r.free(e.host);
   }
@@ -359,8 +385,8 @@ export class Qcow2Device extends _LayerDevice {
       const items: { s: _L2Slot; host: number; e: L2Entry }[] = [];
       const flushRun = async (): Promise<void> => {
         if (runLen === 0) return;
-        await this.storage.write(runHost, data.subarray(runPos - offset, runPos - offset + runLen));
-        this.meta.fileSize = Math.max(this.meta.fileSize, runHost + runLen);
+        await this.data.write(runHost, data.subarray(runPos - offset, runPos - offset + runLen));
+        if (!this.external) this.meta.fileSize = Math.max(this.meta.fileSize, runHost + runLen);
         for (const it of items) {
           if (it.e.kind === 'normal' && it.e.copied && it.e.host === it.host) continue; // in place
           this.meta.setEntry(it.s, it.host, true, false);
@@ -382,7 +408,7 @@ export class Qcow2Device extends _LayerDevice {
           // Reuse the host cluster when only this layer holds it (data, or a preallocated zero cluster).
           const reuse = (e.kind === 'normal' || e.kind === 'zero') && e.host !== 0 && e.copied;
           if (reuse && runLen > 0 && e.host !== runHost + runLen) await flushRun();
-          const host = reuse ? e.host : await this.meta.alloc(r);
+          const host = reuse ? e.host : await this.allocData(gc, r);
           if (runLen > 0 && host !== runHost + runLen) await flushRun();
           if (runLen === 0) {
             runPos = pos;
@@ -411,20 +437,20 @@ export class Qcow2Device extends _LayerDevice {
     const e = this.meta.decode(s);
     if (this.ext) return _writeSubclusters(this.subDev, s, e, pos, data, r);
     if (e.kind === 'normal' && e.copied) {
-      await this.storage.write(e.host + inC, data);
+      await this.data.write(e.host + inC, data);
       return;
     }
     // New cluster: the old contents around the write, then the write.
     const buf = data.length === this.cs ? data : await this.clusterContents(cStart, e);
     if (buf !== data) buf.set(data, inC);
     if (e.kind === 'zero' && e.host !== 0 && e.copied) {
-      await this.storage.write(e.host, buf);
+      await this.data.write(e.host, buf);
       this.meta.setEntry(s, e.host, true, false);
       return;
     }
-    const host = await this.meta.alloc(r);
-    await this.storage.write(host, buf);
-    this.meta.fileSize = Math.max(this.meta.fileSize, host + this.cs);
+    const host = await this.allocData(gc, r);
+    await this.data.write(host, buf);
+    if (!this.external) this.meta.fileSize = Math.max(this.meta.fileSize, host + this.cs);
     this.meta.setEntry(s, host, true, false);
     this.release(e, r);
   }
@@ -447,6 +473,7 @@ export class Qcow2Device extends _LayerDevice {
       throw new VmkitError('ARG_RANGE', `writeCompressed: [${offset}, ${offset + data.length}) must be whole clusters of ${this.cs}`, { offset });
     }
     if (this.ext) throw new VmkitError('UNSUPPORTED', 'writeCompressed: compressed clusters in extended-L2 images');
+    if (this.external) throw new VmkitError('UNSUPPORTED', `writeCompressed: ${this.storage.name} keeps its data in an external data file, which holds no compressed clusters`, { offset: 72, path: this.storage.name });
     if (this.header.compressionType !== 0) throw new VmkitError('UNSUPPORTED', `writeCompressed: ${this.storage.name} takes zstd clusters; vmkit compresses with deflate only`, { offset: 104, path: this.storage.name });
     if (this.header.version === 2) throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: writing version 2 images`);
     for (let p = 0; p < data.length; p += this.cs) {
@@ -487,9 +514,16 @@ export class Qcow2Device extends _LayerDevice {
   /** Makes guest cluster `gc` a zero cluster (or unallocated, when `unmap` and nothing shows through). */
   private async zeroCluster(gc: number, r: Refcounts, unmap: boolean): Promise<void> {
     const l1i = Math.floor(gc / this.l2Entries);
-    if (this.meta.l2Offset(l1i) === 0 && unmap && !this.backing) return;
+    if (this.meta.l2Offset(l1i) === 0 && unmap && !this.backing && !this.header.dataFileRaw) return;
     const s = await this.meta.l2For(gc, r);
     const e = this.meta.decode(s);
+    if (this.header.dataFileRaw) {
+      // The data file must go on reading as the disk: zeroes written there, the cluster kept (as QEMU's write -z).
+      const host = gc * this.cs;
+      await this.data.write(host, new Uint8Array(Math.min(this.cs, this.size - host)));
+      this.meta.setEntry(s, host, true, true);
+      return;
+    }
     const makeUnallocated = unmap && !this.backing;
     if (makeUnallocated) this.meta.setEntry(s, 0, false, false, 0, 0);
     else if (this.ext) this.meta.setEntry(s, 0, false, false, 0, 0xffff_ffff);
@@ -554,6 +588,8 @@ export class Qcow2Device extends _LayerDevice {
     });
     // The fsync runs outside the queue: it covers every write that completed before this
     // flush (and their metadata, just written back), and later writes need not wait for it.
+    // The data file first: no metadata durable before the data it points at.
+    if (this.external) await this.data.flush();
     await this.storage.flush();
   }
 
@@ -572,7 +608,7 @@ export class Qcow2Device extends _LayerDevice {
       if (!l2) continue;
       const dv = this.meta.view(await this.meta.l2Table(l2));
       for (let i = 0; i < this.l2Entries; i++) {
-        const e = decodeL2(dv, i, this.ext, this.header.clusterBits);
+        const e = decodeL2(dv, i, this.ext, this.header.clusterBits, this.external);
         if (e.kind === 'compressed') data += this.cs;
         else if (e.kind === 'normal') data += this.ext ? _subclusterBytes(e.alloc, this.meta.sub) : this.cs;
       }
@@ -586,6 +622,7 @@ export class Qcow2Device extends _LayerDevice {
         extendedL2: this.ext,
         compressionType: this.header.compressionType === 0 ? 'zlib' : 'zstd',
         snapshots: this.header.nbSnapshots,
+        ...(this.external ? { dataFile: this.header.dataFile!, dataFileRaw: this.header.dataFileRaw === true } : {}),
       },
     });
   }
@@ -601,7 +638,20 @@ export class Qcow2Device extends _LayerDevice {
    */
   override async close(): Promise<void> {
     if (this.closed) return;
-    await _closeLayer(() => this.flush().then(() => this.directDrained()), () => (this.closed = true), this.storage, this.backing);
+    try {
+      await _closeLayer(() => this.flush().then(() => this.directDrained()), () => (this.closed = true), this.storage, this.backing);
+    } finally {
+      if (this.external) await this.data.close();
+    }
+  }
+
+  /**
+   * A host cluster for the data of guest cluster `gc`: a new cluster at the end of this file
+   * (refcount 1), or with an external data file the guest offset in it (QEMU's layout there,
+   * which keeps a raw data file a raw image of the disk).
+   */
+  private allocData(gc: number, r: Refcounts): Promise<number> | number {
+    return this.external ? gc * this.cs : this.meta.alloc(r);
   }
 
   /** Rewrites the header (e.g. after changing the backing file). @internal */
@@ -609,6 +659,14 @@ export class Qcow2Device extends _LayerDevice {
     await this.writable('write');
     await this.storage.write(0, encodeQcow2Header(this.header));
   }
+}
+
+/** The data store of an image opened without its data file: every use refuses, naming it. */
+function missingDataFile(image: string, name: string): Storage {
+  const refuse = (): never => {
+    throw new VmkitError('UNSUPPORTED', `qcow2 ${image}: opened without its external data file ${name}`, { offset: 72, path: image });
+  };
+  return { name, readOnly: true, size: refuse, readInto: refuse, write: refuse, truncate: refuse, flush: refuse, close: async () => {} };
 }
 
 /** True when `b` has a non-zero byte among its first 16: data for sure, no zero scan needed. */

@@ -28,6 +28,8 @@ export const INCOMPAT_EXTL2: bigint = 1n << 4n;
 const INCOMPAT_KNOWN: bigint = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
 /** Autoclear bit 0: bitmaps extension is consistent. */
 export const AUTOCLEAR_BITMAPS: bigint = 1n << 0n;
+/** Autoclear bit 1: the external data file reads as a raw image (guest offset = host offset, always allocated). */
+export const AUTOCLEAR_DATA_FILE_RAW: bigint = 1n << 1n;
 
 /** Largest L1 table QEMU accepts (32 MiB), and refcount table (8 MiB). */
 export const MAX_L1_BYTES: number = 32 << 20;
@@ -64,6 +66,16 @@ export interface Qcow2Header {
   otherExtensions: { type: number; data: Uint8Array }[];
   /** True when the image uses extended L2 entries (subclusters). */
   extendedL2: boolean;
+  /**
+   * The external data file's name as stored (relative to this image), when the
+   * image keeps its guest data there (incompatible bit 2): L2 entries then
+   * hold offsets into that file, and its clusters have no refcounts.
+   */
+  dataFile?: string | undefined;
+  /** Autoclear bit 1: the data file is a raw image of the disk (`data_file_raw=on`). */
+  dataFileRaw?: boolean;
+  /** Byte offset of the data file's name in the header (for errors). */
+  dataFileAt?: number;
 }
 
 function corrupt(msg: string, offset: number, path?: string): VmkitError {
@@ -133,7 +145,6 @@ export function parseQcow2Header(buf: Uint8Array, fileSize: number, path?: strin
   if (h.refcountOrder > 6) throw corrupt(`refcount_order ${h.refcountOrder} > 6`, 96, path);
   const unknown = h.incompatible & ~INCOMPAT_KNOWN;
   if (unknown) throw new VmkitError('UNSUPPORTED', `qcow2: unknown incompatible features 0x${unknown.toString(16)}`, { offset: 72, ...(path ? { path } : {}) });
-  if (h.incompatible & INCOMPAT_DATA_FILE) throw new VmkitError('UNSUPPORTED', 'qcow2: external data files', { offset: 72, ...(path ? { path } : {}) });
   if (h.cryptMethod !== 0) throw new VmkitError('UNSUPPORTED', `qcow2: encryption method ${h.cryptMethod}`, { offset: 32, ...(path ? { path } : {}) });
   if ((h.incompatible & INCOMPAT_COMPRESSION) !== 0n) {
     if (h.compressionType === 0) throw corrupt('compression-type bit set with zlib compression', 104, path);
@@ -164,10 +175,20 @@ export function parseQcow2Header(buf: Uint8Array, fileSize: number, path?: strin
     if (guard > 1000 || p + 8 + len > limit) throw corrupt(`header extension 0x${type.toString(16)} runs past the first cluster`, p, path);
     const data = buf.slice(p + 8, p + 8 + len);
     if (type === EXT_BACKING_FORMAT) h.backingFormat = new TextDecoder().decode(data);
+    else if (type === EXT_DATA_FILE && h.incompatible & INCOMPAT_DATA_FILE) {
+      if (len === 0 || len > MAX_BACKING_NAME) throw corrupt(`external data file name of ${len} bytes`, p + 4, path);
+      h.dataFile = new TextDecoder().decode(data);
+      h.dataFileAt = p + 8;
+    }
     else if (type === EXT_CRYPTO) throw new VmkitError('UNSUPPORTED', 'qcow2: encrypted image', { offset: p, ...(path ? { path } : {}) });
     else if (type !== EXT_FEATURE_TABLE) h.otherExtensions.push({ type, data });
     p += 8 + Math.ceil(len / 8) * 8;
   }
+  if (h.incompatible & INCOMPAT_DATA_FILE) {
+    // QEMU then needs the name on its command line (-o data-file=…); vmkit takes it from the header only.
+    if (h.dataFile === undefined) throw new VmkitError('UNSUPPORTED', 'qcow2: an external data file whose name the header does not record', { offset: 72, ...(path ? { path } : {}) });
+    h.dataFileRaw = (h.autoclear & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+  } else if (h.autoclear & AUTOCLEAR_DATA_FILE_RAW) throw corrupt('the raw-external-data bit is set without an external data file', 88, path);
   if (h.backingFileOffset !== 0) {
     if (h.backingFileSize === 0 || h.backingFileSize > MAX_BACKING_NAME) throw corrupt(`backing file name of ${h.backingFileSize} bytes`, 16, path);
     if (h.backingFileOffset + h.backingFileSize > Math.min(cs, buf.length) || h.backingFileOffset + h.backingFileSize > fileSize) {
@@ -198,6 +219,8 @@ export function encodeQcow2Header(h: Qcow2Header): Uint8Array {
   const cs = 2 ** h.clusterBits;
   const enc = new TextEncoder();
   const exts: { type: number; data: Uint8Array }[] = [];
+  // The data file's name first, as QEMU writes it.
+  if (h.dataFile !== undefined) exts.push({ type: EXT_DATA_FILE, data: enc.encode(h.dataFile) });
   if (h.backingFile !== undefined && h.backingFormat !== undefined) exts.push({ type: EXT_BACKING_FORMAT, data: enc.encode(h.backingFormat) });
   exts.push({ type: EXT_FEATURE_TABLE, data: featureTable() });
   exts.push(...h.otherExtensions);

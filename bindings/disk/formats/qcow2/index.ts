@@ -8,8 +8,8 @@ import { readAt, type Storage } from '../../backends/storage.js';
 import type { BlockDevice } from '../../device.js';
 import type { FormatCheckOptions, FormatCreateOptions, FormatName, FormatOpenOptions, CheckReport, ImageFormatModule } from '../types.js';
 import { Qcow2Device } from './device.js';
-import { writeEntry } from './metadata.js';
-import { encodeQcow2Header, INCOMPAT_EXTL2, MAX_L1_BYTES, QCOW2_MAGIC, readHeader, type Qcow2Header } from './header.js';
+import { AUTOCLEAR_DATA_FILE_RAW, encodeQcow2Header, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, MAX_BACKING_NAME, MAX_L1_BYTES, QCOW2_MAGIC, readHeader, type Qcow2Header } from './header.js';
+import { HI_COPIED, writeEntry } from './metadata.js';
 
 export { Qcow2Device } from './device.js';
 export { readHeader } from './header.js';
@@ -48,6 +48,21 @@ export async function open(storage: Storage, opts: FormatOpenOptions = {}): Prom
     throw new VmkitError('CORRUPT', `qcow2 ${storage.name}: the image is marked corrupt (open read-only, or repair it)`, { offset: 72, path: storage.name });
   }
   const l1 = await readAt(storage, h.l1TableOffset, h.l1Size * 8);
+  let data: Storage | undefined;
+  if (h.dataFile !== undefined) {
+    checkDataFileName(h.dataFile, storage.name, h.dataFileAt ?? 72);
+    if (opts.openDataFile) data = await opts.openDataFile(h.dataFile, readOnly);
+    else if (!readOnly) throw new VmkitError('ARG_RANGE', `qcow2 ${storage.name}: its external data file ${h.dataFile} must be opened with it to write (openDataFile)`, { path: storage.name });
+  }
+  try {
+    return await openLayer(storage, h, l1, fileSize, readOnly, opts, data);
+  } catch (e) {
+    await data?.close().catch(() => {});
+    throw e;
+  }
+}
+
+async function openLayer(storage: Storage, h: Qcow2Header, l1: Uint8Array, fileSize: number, readOnly: boolean, opts: FormatOpenOptions, data: Storage | undefined): Promise<Qcow2Device> {
   let backing: BlockDevice | undefined;
   if (h.backingFile !== undefined && opts.openBacking) {
     const bf = h.backingFormat;
@@ -57,7 +72,19 @@ export async function open(storage: Storage, opts: FormatOpenOptions = {}): Prom
     }
     backing = await opts.openBacking(h.backingFile, fmt);
   }
-  return new Qcow2Device(storage, h, l1, fileSize, readOnly, backing, opts.guard);
+  return new Qcow2Device(storage, h, l1, fileSize, readOnly, backing, opts.guard, data);
+}
+
+/**
+ * A data file is any file read as guest data: only files beside the image (or below it), so a
+ * crafted image cannot hand its reader /etc/shadow (the rule VMDK extent files follow). QEMU
+ * follows any name; `qemu-img create -o data_file=` records the name it is given, so give it one
+ * relative to the image.
+ */
+function checkDataFileName(name: string, image: string, at: number): void {
+  if (/^([\\/]|[A-Za-z]:)/.test(name) || name.split(/[\\/]/).includes('..') || name.includes('\0')) {
+    throw new VmkitError('UNSUPPORTED', `qcow2 ${image}: external data file ${name} is outside the image's folder`, { offset: at, path: image });
+  }
 }
 
 /**
@@ -85,11 +112,22 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
   const refOrder = Math.log2(bits);
   if (!Number.isInteger(refOrder) || refOrder < 0 || refOrder > 6) throw new VmkitError('ARG_RANGE', `refcount bits ${bits} must be a power of two in 1..64`);
   const perBlock = (cs * 8) / bits;
-  // Header, refcount table, refcount blocks, L1: grow until the refcounts cover themselves.
+  const dataFile = opts.dataFile;
+  const raw = dataFile !== undefined && opts.dataFileRaw === true;
+  if (dataFile !== undefined) {
+    if (dataFile.length === 0 || new TextEncoder().encode(dataFile).length > MAX_BACKING_NAME) throw new VmkitError('ARG_RANGE', `dataFile: a name of 1..${MAX_BACKING_NAME} bytes`);
+    if (!opts.createDataFile) throw new VmkitError('ARG_RANGE', 'dataFile needs createDataFile (createImage passes it)');
+    if (ext) throw new VmkitError('UNSUPPORTED', 'qcow2: extended L2 entries with an external data file');
+    if (raw && opts.backing !== undefined) throw new VmkitError('ARG_RANGE', 'dataFileRaw: a raw data file is the whole disk; it cannot have a backing file');
+  } else if (opts.dataFileRaw) throw new VmkitError('ARG_RANGE', 'dataFileRaw needs dataFile');
+  // A raw data file's clusters are all allocated up front, at their guest offsets (QEMU's
+  // preallocation=metadata, which it forces with data_file_raw): one L2 table per L1 entry.
+  const l2Clusters = raw ? l1Size : 0;
+  // Header, refcount table, refcount blocks, L1 (and L2): grow until the refcounts cover themselves.
   let rtClusters = 1;
   let rbBlocks = 1;
   for (;;) {
-    const total = 1 + rtClusters + rbBlocks + l1Clusters;
+    const total = 1 + rtClusters + rbBlocks + l1Clusters + l2Clusters;
     const nb = Math.ceil(total / perBlock);
     const nt = Math.ceil((nb * 8) / cs);
     if (nb === rbBlocks && nt === rtClusters) break;
@@ -99,7 +137,8 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
   const rtOff = cs;
   const rbOff = rtOff + rtClusters * cs;
   const l1Off = rbOff + rbBlocks * cs;
-  const total = 1 + rtClusters + rbBlocks + l1Clusters;
+  const l2Off = l1Off + l1Clusters * cs;
+  const total = 1 + rtClusters + rbBlocks + l1Clusters + l2Clusters;
   const h: Qcow2Header = {
     version: 3,
     backingFileOffset: 0,
@@ -113,9 +152,9 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
     refcountTableClusters: rtClusters,
     nbSnapshots: 0,
     snapshotsOffset: 0,
-    incompatible: ext ? INCOMPAT_EXTL2 : 0n,
+    incompatible: (ext ? INCOMPAT_EXTL2 : 0n) | (dataFile !== undefined ? INCOMPAT_DATA_FILE : 0n),
     compatible: 0n,
-    autoclear: 0n,
+    autoclear: raw ? AUTOCLEAR_DATA_FILE_RAW : 0n,
     refcountOrder: refOrder,
     headerLength: 112,
     compressionType: 0,
@@ -123,6 +162,8 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
     backingFormat: opts.backing !== undefined ? opts.backingFormat : undefined,
     otherExtensions: [],
     extendedL2: ext,
+    dataFile,
+    dataFileRaw: raw,
   };
   const img = new Uint8Array(total * cs);
   img.set(encodeQcow2Header(h), 0);
@@ -131,6 +172,27 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
   for (let c = 0; c < total; c++) {
     const bi = Math.floor(c / perBlock);
     writeEntry(img.subarray(rbOff + bi * cs, rbOff + (bi + 1) * cs), c % perBlock, bits, 1);
+  }
+  const guestClusters = Math.ceil(size / cs);
+  for (let t = 0; t < l2Clusters; t++) {
+    dv.setUint32(l1Off + t * 8, HI_COPIED | Math.floor((l2Off + t * cs) / 2 ** 32));
+    dv.setUint32(l1Off + t * 8 + 4, (l2Off + t * cs) % 2 ** 32);
+    for (let i = 0; i < l2Entries && t * l2Entries + i < guestClusters; i++) {
+      const host = (t * l2Entries + i) * cs;
+      dv.setUint32(l2Off + t * cs + i * 8, HI_COPIED | Math.floor(host / 2 ** 32));
+      dv.setUint32(l2Off + t * cs + i * 8 + 4, host % 2 ** 32);
+    }
+  }
+  if (dataFile !== undefined) {
+    // The data file as QEMU leaves it: the disk's size, zeroes (sparse where the store can be).
+    const d = await opts.createDataFile!(dataFile);
+    try {
+      await d.truncate(0);
+      await d.truncate(size);
+      await d.flush();
+    } finally {
+      await d.close();
+    }
   }
   await storage.truncate(0);
   await storage.write(0, img);

@@ -52,9 +52,12 @@ export function entryOffset(hi: number, lo: number): number {
  * same on both sides (bit 63 COPIED, bit 62 compressed, bits 9..55 the host
  * offset, bit 0 zero; extended: zero bitmap then allocation bitmap), and
  * test/qcow2-l2-decoders.test.ts holds the two to one meaning on random tables.
+ * With `dataFile` (the image keeps its data in an external file) an offset
+ * of 0 with COPIED is a data cluster; the core's plan is not used for such
+ * images (bindings/disk/backup/_plan.ts `isL2Layer`).
  * @internal
  */
-export function decodeL2(table: DataView, i: number, ext: boolean, clusterBits: number): L2Entry {
+export function decodeL2(table: DataView, i: number, ext: boolean, clusterBits: number, dataFile: boolean = false): L2Entry {
   const o = i * (ext ? 16 : 8);
   const hi = table.getUint32(o);
   const lo = table.getUint32(o + 4);
@@ -76,7 +79,9 @@ export function decodeL2(table: DataView, i: number, ext: boolean, clusterBits: 
   }
   e.host = entryOffset(hi, lo);
   if (!ext && lo & LO_ZERO) e.kind = 'zero';
-  else if (e.host !== 0) e.kind = 'normal';
+  // Offset 0 is a cluster of an external data file (guest cluster 0's); there COPIED tells it from
+  // unallocated, as every data-file cluster has "refcount 1" (qcow2.txt, QEMU's qcow2_get_cluster_type).
+  else if (e.host !== 0 || (dataFile && copied)) e.kind = 'normal';
   return e;
 }
 
