@@ -222,6 +222,8 @@ export interface CreateImageOptions {
   extendedL2?: boolean;
   /** qcow2: refcount width in bits (default 16). */
   refcountBits?: number;
+  /** qcow2: how compressed clusters are compressed (`-o compression_type=`; default zlib). */
+  compressionType?: 'zlib' | 'zstd';
   /** qcow2: an external data file for the guest data, relative to the image (`-o data_file=`); created. */
   dataFile?: string;
   /** qcow2: the data file is a raw image of the disk (`-o data_file_raw=on`). */
@@ -279,6 +281,7 @@ export async function createImage(name: string, opts: CreateImageOptions = {}): 
         ...(opts.clusterSize ? { clusterSize: opts.clusterSize } : {}),
         ...(opts.extendedL2 ? { extendedL2: true } : {}),
         ...(opts.refcountBits ? { refcountBits: opts.refcountBits } : {}),
+        ...(opts.compressionType ? { compressionType: opts.compressionType } : {}),
         ...(opts.dataFile !== undefined
           ? { dataFile: opts.dataFile, dataFileRaw: opts.dataFileRaw === true, createDataFile: (d: string) => provider.create(provider.resolve(name, d)) }
           : {}),

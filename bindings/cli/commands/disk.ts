@@ -85,7 +85,10 @@ async function create(argv: string[], io: CliIO): Promise<number> {
     'extended-l2': { type: 'boolean' },
     'data-file': { type: 'string' },
     'data-file-raw': { type: 'boolean' },
+    'compression-type': { type: 'string' },
   });
+  const ct = values['compression-type'];
+  if (ct !== undefined && ct !== 'zlib' && ct !== 'zstd') throw new VmkitError('ARG_RANGE', `--compression-type must be zlib or zstd, got ${String(ct)}`);
   const path = onePath(positionals, 'create');
   const dataFile = typeof values['data-file'] === 'string' ? values['data-file'] : undefined;
   if (values['data-file-raw'] && dataFile === undefined) throw new VmkitError('ARG_RANGE', '--data-file-raw needs --data-file');
@@ -104,6 +107,7 @@ async function create(argv: string[], io: CliIO): Promise<number> {
     ...(clusterSize ? { clusterSize } : {}),
     ...(values['extended-l2'] ? { extendedL2: true } : {}),
     ...(dataFile !== undefined ? { dataFile, dataFileRaw: values['data-file-raw'] === true } : {}),
+    ...(ct !== undefined ? { compressionType: ct } : {}),
   });
   const dev = await openImage(path, { provider, readOnly: true, noBacking: true });
   const i = await dev.info();

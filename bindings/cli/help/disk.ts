@@ -32,7 +32,7 @@ copies, and \`disk consolidate vm-delta-1.qcow2\` folds the delta back into vm.q
   subcommands: {
     create: {
       summary: 'create an image (an overlay with --backing)',
-      synopsis: '<file> --size <bytes> [-f qcow2|vmdk|vhd|vhdx|raw] [-b <file> [-F <fmt>]] [--cluster-size <bytes>] [--extended-l2] [--data-file <file> [--data-file-raw]] [--json]',
+      synopsis: '<file> --size <bytes> [-f qcow2|vmdk|vhd|vhdx|raw] [-b <file> [-F <fmt>]] [--cluster-size <bytes>] [--extended-l2] [--data-file <file> [--data-file-raw]] [--compression-type zlib|zstd] [--json]',
       options: [
         ['--size <bytes>', 'virtual size (required without --backing, which gives its size)'],
         ['-f, --format qcow2|vmdk|vhd|vhdx|raw', 'format of the new image (default qcow2); as qemu-img create -f'],
@@ -42,6 +42,7 @@ copies, and \`disk consolidate vm-delta-1.qcow2\` folds the delta back into vm.q
         ['--extended-l2', 'qcow2: extended L2 entries (32 subclusters per cluster)'],
         ['--data-file <file>', 'qcow2: keep the guest data in this file beside the image (as qemu-img -o data_file=)'],
         ['--data-file-raw', 'qcow2: the data file stays a raw image of the disk (as -o data_file_raw=on)'],
+        ['--compression-type zlib|zstd', 'qcow2: how compressed clusters are compressed (as -o compression_type=)'],
         JSON_OPTION,
       ],
       example: 'vmkit disk create vm.qcow2 --size 10G',

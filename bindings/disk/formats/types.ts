@@ -81,6 +81,8 @@ export interface FormatCreateOptions {
   extendedL2?: boolean;
   /** qcow2: refcount width in bits (1, 2, 4, … 64; default 16), as `qemu-img -o refcount_bits`. */
   refcountBits?: number;
+  /** qcow2: how compressed clusters are compressed (`-o compression_type=`; default zlib). */
+  compressionType?: 'zlib' | 'zstd';
   /** qcow2: keep guest data in this external file (relative to the image), as `qemu-img -o data_file=`. */
   dataFile?: string;
   /** qcow2: the data file is a raw image of the disk (`-o data_file_raw=on`; metadata preallocated). */

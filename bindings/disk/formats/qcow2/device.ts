@@ -22,6 +22,7 @@ import type { Storage } from '../../backends/storage.js';
 import { checkRange, type BlockDevice, type BlockExtent, type ByteLength, type ByteOffset } from '../../device.js';
 import type { WriteGuard } from '../../_guard.js';
 import { deflateRaw } from '../../_inflate.js';
+import { zstdCompress } from '../../_zstd.js';
 import { zeroGranules } from '../../_sectors.js';
 import { _backingStatus, _checkWritable, _closeLayer, _Queue, _readBacking, _readRuns, _statusRun } from '../_device.js';
 import { _LayerDevice } from '../_layer.js';
@@ -456,8 +457,8 @@ export class Qcow2Device extends _LayerDevice {
   }
 
   /**
-   * Writes whole clusters compressed (raw deflate), as `qemu-img convert -c`
-   * does: compressed clusters are packed back to back in host clusters; a
+   * Writes whole clusters compressed (raw deflate; one zstd frame each in a
+   * `compression_type=zstd` image), as `qemu-img convert -c` does: compressed clusters are packed back to back in host clusters; a
    * cluster that does not shrink is written normally, a zero one becomes a
    * zero cluster. `offset` is cluster aligned; `data` is whole clusters (or
    * ends at the end of the disk).
@@ -474,7 +475,6 @@ export class Qcow2Device extends _LayerDevice {
     }
     if (this.ext) throw new VmkitError('UNSUPPORTED', 'writeCompressed: compressed clusters in extended-L2 images');
     if (this.external) throw new VmkitError('UNSUPPORTED', `writeCompressed: ${this.storage.name} keeps its data in an external data file, which holds no compressed clusters`, { offset: 72, path: this.storage.name });
-    if (this.header.compressionType !== 0) throw new VmkitError('UNSUPPORTED', `writeCompressed: ${this.storage.name} takes zstd clusters; vmkit compresses with deflate only`, { offset: 104, path: this.storage.name });
     if (this.header.version === 2) throw new VmkitError('UNSUPPORTED', `qcow2 ${this.storage.name}: writing version 2 images`);
     for (let p = 0; p < data.length; p += this.cs) {
       const chunk = data.subarray(p, Math.min(data.length, p + this.cs));
@@ -483,7 +483,7 @@ export class Qcow2Device extends _LayerDevice {
         b.set(chunk);
         return b;
       })();
-      const z = await deflateRaw(full);
+      const z = this.header.compressionType === 1 ? await zstdCompress(full) : await deflateRaw(full);
       // Not worth it (or all zero): the ordinary path.
       if (z.length >= this.cs - 512 || chunk.length < this.cs) {
         await this.write(offset + p, chunk);

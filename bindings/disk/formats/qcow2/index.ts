@@ -8,7 +8,7 @@ import { readAt, type Storage } from '../../backends/storage.js';
 import type { BlockDevice } from '../../device.js';
 import type { FormatCheckOptions, FormatCreateOptions, FormatName, FormatOpenOptions, CheckReport, ImageFormatModule } from '../types.js';
 import { Qcow2Device } from './device.js';
-import { AUTOCLEAR_DATA_FILE_RAW, encodeQcow2Header, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, MAX_BACKING_NAME, MAX_L1_BYTES, QCOW2_MAGIC, readHeader, type Qcow2Header } from './header.js';
+import { AUTOCLEAR_DATA_FILE_RAW, encodeQcow2Header, INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, MAX_BACKING_NAME, MAX_L1_BYTES, QCOW2_MAGIC, readHeader, type Qcow2Header } from './header.js';
 import { HI_COPIED, writeEntry } from './metadata.js';
 
 export { Qcow2Device } from './device.js';
@@ -112,6 +112,8 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
   const refOrder = Math.log2(bits);
   if (!Number.isInteger(refOrder) || refOrder < 0 || refOrder > 6) throw new VmkitError('ARG_RANGE', `refcount bits ${bits} must be a power of two in 1..64`);
   const perBlock = (cs * 8) / bits;
+  const ct = opts.compressionType ?? 'zlib';
+  if (ct !== 'zlib' && ct !== 'zstd') throw new VmkitError('ARG_RANGE', `compressionType must be zlib or zstd, got ${String(ct)}`);
   const dataFile = opts.dataFile;
   const raw = dataFile !== undefined && opts.dataFileRaw === true;
   if (dataFile !== undefined) {
@@ -152,12 +154,12 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
     refcountTableClusters: rtClusters,
     nbSnapshots: 0,
     snapshotsOffset: 0,
-    incompatible: (ext ? INCOMPAT_EXTL2 : 0n) | (dataFile !== undefined ? INCOMPAT_DATA_FILE : 0n),
+    incompatible: (ext ? INCOMPAT_EXTL2 : 0n) | (dataFile !== undefined ? INCOMPAT_DATA_FILE : 0n) | (ct === 'zstd' ? INCOMPAT_COMPRESSION : 0n),
     compatible: 0n,
     autoclear: raw ? AUTOCLEAR_DATA_FILE_RAW : 0n,
     refcountOrder: refOrder,
     headerLength: 112,
-    compressionType: 0,
+    compressionType: ct === 'zstd' ? 1 : 0,
     backingFile: opts.backing,
     backingFormat: opts.backing !== undefined ? opts.backingFormat : undefined,
     otherExtensions: [],
