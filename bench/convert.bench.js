@@ -1,7 +1,9 @@
 // `vmkit disk convert` (bindings/disk/convert.ts) against `qemu-img convert` for the pairs of
 // issue 21, in the same run, files in the page cache: qcow2 → streamOptimized VMDK, that stream
 // → qcow2, and VHDX → qcow2, on a disk with mixed data (compressible text-like runs,
-// incompressible runs, zero runs and holes). Output sizes are compared too.
+// incompressible runs, zero runs and holes). Output sizes are compared too. Then compressed
+// qcow2 writes (zstd with the wasm encoder, deflate with node:zlib) against `qemu-img convert -c`
+// on the first quarter of that disk.
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +17,7 @@ export async function run(ctx) {
   await loadCore();
   const { convertImage } = await import('../dist/disk/convert.js');
   const { syncFileProvider } = await import('../dist/disk/backends/file.js');
+  const { createImage, openImage } = await import('../dist/disk/image.js');
   const size = ctx.quick ? 64 * MiB : 256 * MiB;
   const reps = ctx.quick ? 3 : 9;
   const dir = mkdtempSync(join(tmpdir(), 'vmkit-bench-convert-'));
@@ -36,10 +39,29 @@ export async function run(ctx) {
     writeFileSync(p('src.raw'), raw);
     q('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', p('src.raw'), p('src.qcow2')]);
     rmSync(p('src.raw'));
+    const small = size / 4;
+    writeFileSync(p('small.raw'), raw.subarray(0, small));
+    q('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', p('small.raw'), p('small.qcow2')]);
+    rmSync(p('small.raw'));
     q('qemu-img', ['convert', '-O', 'vhdx', p('src.qcow2'), p('src.vhdx')]);
     q('qemu-img', ['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', p('src.qcow2'), p('src.stream.vmdk')]);
     const rm = (f) => () => rmSync(f, { force: true });
     const vmkit = (from, to, opts) => () => convertImage(from, to, { provider: syncFileProvider, ...opts });
+    // What `qemu-img convert -c` does, through the API: 1 MiB chunks in guest order, each written
+    // with writeCompressed (zero chunks skipped), metadata written back at the end.
+    const compressTo = (from, to, compressionType) => async () => {
+      await createImage(to, { size: small, compressionType, provider: syncFileProvider, durable: false });
+      const src = await openImage(from, { provider: syncFileProvider, readOnly: true });
+      const dst = await openImage(to, { provider: syncFileProvider });
+      await dst.setCacheMode('writeback');
+      const buf = new Uint8Array(MiB);
+      for (let o = 0; o < src.size; o += MiB) {
+        await src.readInto(o, buf);
+        if (buf.some((x) => x !== 0)) await dst.writeCompressed(o, buf);
+      }
+      await dst.close();
+      await src.close();
+    };
     const pairs = [
       {
         heading: 'qcow2 → streamOptimized VMDK',
@@ -67,6 +89,19 @@ export async function run(ctx) {
           { name: 'qemu-img convert -O qcow2 (from vhdx)', fn: () => q('qemu-img', ['convert', '-O', 'qcow2', p('src.vhdx'), p('q2.qcow2')]), out: p('q2.qcow2') },
           { name: 'vmkit disk convert -O qcow2 --in-flight 1 (from vhdx)', fn: vmkit(p('src.vhdx'), p('v21.qcow2'), { format: 'qcow2', inFlight: 1 }), out: p('v21.qcow2') },
           { name: 'qemu-img convert -O qcow2 -t writeback (from vhdx; fdatasync at the end, as vmkit)', fn: () => q('qemu-img', ['convert', '-t', 'writeback', '-O', 'qcow2', p('src.vhdx'), p('qw2.qcow2')]), out: p('qw2.qcow2') },
+          { name: 'vmkit disk convert -O qcow2 -t unsafe (from vhdx; no flush, as qemu-img\'s default)', fn: vmkit(p('src.vhdx'), p('vu2.qcow2'), { format: 'qcow2', cache: 'unsafe' }), out: p('vu2.qcow2') },
+        ],
+      },
+      {
+        heading: 'qcow2 → compressed qcow2 (writeCompressed; qemu-img convert -c)',
+        amount: small,
+        reps: Math.max(3, Math.ceil(reps / 2)),
+        cause: 'one thread compresses each 64 KiB cluster in both; zstd: the reference C library as wasm (@bokuweb/zstd-wasm) against QEMU\'s native libzstd, level 3 both; zlib: node:zlib against QEMU\'s zlib',
+        rows: [
+          { name: 'vmkit writeCompressed, compression_type=zstd', fn: compressTo(p('small.qcow2'), p('cz.qcow2'), 'zstd'), out: p('cz.qcow2') },
+          { name: 'qemu-img convert -c -O qcow2 -o compression_type=zstd', fn: () => q('qemu-img', ['convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', p('small.qcow2'), p('qcz.qcow2')]), out: p('qcz.qcow2') },
+          { name: 'vmkit writeCompressed, compression_type=zlib', fn: compressTo(p('small.qcow2'), p('cd.qcow2'), 'zlib'), out: p('cd.qcow2') },
+          { name: 'qemu-img convert -c -O qcow2 (zlib)', fn: () => q('qemu-img', ['convert', '-c', '-O', 'qcow2', p('small.qcow2'), p('qcd.qcow2')]), out: p('qcd.qcow2') },
         ],
       },
     ];
@@ -76,22 +111,28 @@ export async function run(ctx) {
       const rows = [];
       // Interleaved: each rep runs every row once.
       const acc = pair.rows.map(() => []);
-      for (let r = 0; r < reps; r++) {
+      const n = pair.reps ?? reps;
+      const amount = pair.amount ?? size;
+      for (let r = 0; r < n; r++) {
         for (let i = 0; i < pair.rows.length; i++) acc[i].push(await timeIt(1, pair.rows[i].fn, rm(pair.rows[i].out)));
       }
       for (let i = 0; i < pair.rows.length; i++) {
-        const ns = acc[i].map((x) => x.ns).sort((a, b) => a - b)[Math.floor(reps / 2)];
-        const cpuNs = acc[i].reduce((a, x) => a + x.cpuNs, 0) / reps;
-        rows.push({ name: pair.rows[i].name, ns, cpuNs, amount: size, bytes: statSync(pair.rows[i].out).size });
+        const ns = acc[i].map((x) => x.ns).sort((a, b) => a - b)[Math.floor(n / 2)];
+        const cpuNs = acc[i].reduce((a, x) => a + x.cpuNs, 0) / n;
+        rows.push({ name: pair.rows[i].name, ns, cpuNs, amount, bytes: statSync(pair.rows[i].out).size });
       }
-      sections.push({ heading: `${pair.heading}, ${size / MiB} MiB disk (MB/s of guest size)`, markdown: table(rows, 'bytes') + `\n\nOutput sizes: ${rows.map((r) => `${r.name}: ${(r.bytes / MiB).toFixed(2)} MiB`).join('; ')} (vmkit/qemu-img ${(rows[0].bytes / rows[1].bytes).toFixed(3)}, goal within 5%).` });
+      sections.push({ heading: `${pair.heading}, ${amount / MiB} MiB disk (MB/s of guest size)`, markdown: table(rows, 'bytes') + `\n\nOutput sizes: ${rows.map((r) => `${r.name}: ${(r.bytes / MiB).toFixed(2)} MiB`).join('; ')} (vmkit/qemu-img ${(rows[0].bytes / rows[1].bytes).toFixed(3)}, goal within 5%).` });
       // The goal row (default vmkit against default qemu-img), and what the flush costs: qemu-img
       // convert writes with -t unsafe by default (strace: its fdatasyncs come before any data),
       // vmkit fdatasyncs the output before it returns.
       notes.push(
         ...parityNotes(rows.slice(0, 2), pair.rows[1].name, { default: pair.cause }),
       );
-      if (rows.length > 3) notes.push(`${rows[0].name} against ${rows[3].name}: ${(rows[3].ns / rows[0].ns).toFixed(2)}× (CPU ${(rows[3].cpuNs / rows[0].cpuNs).toFixed(2)}×); 8 in flight against 1: ${(rows[2].ns / rows[0].ns).toFixed(2)}×.`);
+      if (pair.amount) {
+        notes.push(...parityNotes([rows[2], rows[3]], pair.rows[3].name, { default: pair.cause }));
+        notes.push(`Compressed sizes: zstd ${(rows[0].bytes / MiB).toFixed(2)} MiB (qemu-img ${(rows[1].bytes / MiB).toFixed(2)}), zlib ${(rows[2].bytes / MiB).toFixed(2)} MiB (qemu-img ${(rows[3].bytes / MiB).toFixed(2)}); vmkit zstd against vmkit zlib: ${(rows[2].ns / rows[0].ns).toFixed(2)}× the speed, ${(rows[2].cpuNs / rows[0].cpuNs).toFixed(2)}× less CPU.`);
+      } else if (rows.length > 3) notes.push(`${rows[0].name} against ${rows[3].name}: ${(rows[3].ns / rows[0].ns).toFixed(2)}× (CPU ${(rows[3].cpuNs / rows[0].cpuNs).toFixed(2)}×); 8 in flight against 1: ${(rows[2].ns / rows[0].ns).toFixed(2)}×.`);
+      if (rows.length > 4) notes.push(...parityNotes([rows[4], rows[1]], pair.rows[1].name, { default: 'like for like: neither flushes' }));
     }
     notes.push(`Medians of ${reps} interleaved runs; the qemu-img rows include its process start; vmkit runs in this process with sync file I/O (as the CLI), 8 chunks of 1 MiB in flight unless the row says otherwise; CPU/run is the process's user+system time (all threads; the qemu-img rows: the child's).`);
     return { title: TITLE, sections, notes };

@@ -182,6 +182,42 @@ describe.skipIf(!hasQemu)('disk convert', () => {
     qimg('compare', '-q', '-f', 'raw', '-F', 'qcow2', p('odd.img'), p('odd.qcow2'));
   });
 
+  it('-t unsafe skips every flush of the output (as qemu-img convert by default), writeback makes it durable; both equal', async () => {
+    const { syncFileProvider } = await import('../bindings/disk/backends/file.js');
+    let flushes = 0;
+    const counting = {
+      ...syncFileProvider,
+      create: async (n: string) => {
+        const st = await syncFileProvider.create(n);
+        const f = st.flush.bind(st);
+        st.flush = async () => {
+          flushes++;
+          await f();
+        };
+        return st;
+      },
+      open: async (n: string, o: { readOnly: boolean }) => {
+        const st = await syncFileProvider.open(n, o);
+        const f = st.flush.bind(st);
+        st.flush = async () => {
+          flushes++;
+          await f();
+        };
+        return st;
+      },
+    };
+    for (const [fmt, sub] of [['qcow2', undefined], ['vhdx', undefined], ['vmdk', 'streamOptimized']] as const) {
+      flushes = 0;
+      await convertImage(p('top.qcow2'), p(`unsafe.${fmt}`), { format: fmt, provider: counting, cache: 'unsafe', ...(sub ? { subformat: sub } : {}) });
+      expect(flushes, fmt).toBe(0);
+      qimg('compare', '-q', '-f', 'qcow2', '-F', fmt, p('top.qcow2'), p(`unsafe.${fmt}`));
+      await convertImage(p('top.qcow2'), p(`safe.${fmt}`), { format: fmt, provider: counting, ...(sub ? { subformat: sub } : {}) });
+      expect(flushes, fmt).toBeGreaterThan(0);
+    }
+    expect(qemuCheck(p('unsafe.qcow2'))).toEqual({ corruptions: 0, leaks: 0, checkErrors: 0 });
+    await expect(convertImage(p('top.qcow2'), p('bad-cache.qcow2'), { cache: 'none' as 'unsafe' })).rejects.toMatchObject({ code: 'ARG_RANGE' });
+  });
+
   it('vmkit disk convert -O vhdx runs in-process and reports', async () => {
     let out = '';
     const io = { stdout: { write: (s: string) => ((out += s), true) }, stderr: { write: () => true } } as unknown as Parameters<NonNullable<typeof command.run.convert>>[1];

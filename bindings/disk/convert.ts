@@ -8,7 +8,7 @@
  */
 import { VmkitError } from '../errors.js';
 import { fileProvider } from './backends/file.js';
-import type { StorageProvider } from './backends/storage.js';
+import type { Storage, StorageProvider } from './backends/storage.js';
 import type { BlockDevice } from './device.js';
 import { isAllZero } from './_sectors.js';
 import { loadFormat, openImage } from './image.js';
@@ -29,6 +29,13 @@ export interface ConvertOptions {
   inFlight?: number;
   /** Where images live (default: Node files). */
   provider?: StorageProvider;
+  /**
+   * The output's cache mode, as `qemu-img convert -t`: `writeback` (default)
+   * makes the output durable (a flush every 16 MiB beside the copy and one at
+   * the end); `unsafe` (qemu-img's default) ignores flushes, so the output may
+   * still be in the page cache when the call returns and a power cut can lose it.
+   */
+  cache?: 'writeback' | 'unsafe';
 }
 
 /** Bytes copied per request. */
@@ -169,6 +176,9 @@ export async function convertImage(from: string, to: string, opts: ConvertOption
   const format = opts.format ?? 'qcow2';
   const sub = opts.subformat;
   const inFlight = inFlightOf(opts.inFlight, 'convertImage');
+  const cache = opts.cache ?? 'writeback';
+  if (cache !== 'writeback' && cache !== 'unsafe') throw new VmkitError('ARG_RANGE', `cache must be writeback or unsafe, got ${JSON.stringify(cache)}`);
+  const out = cache === 'unsafe' ? unsafe(provider) : provider;
   const subs: Record<string, readonly string[]> = { vmdk: ['monolithicSparse', 'streamOptimized'], vhd: ['dynamic', 'fixed'], vhdx: ['dynamic', 'fixed'] };
   if (sub !== undefined && !(subs[format] ?? []).includes(sub)) {
     throw new VmkitError('ARG_RANGE', `subformat ${JSON.stringify(sub)} is not one of ${format}'s (${(subs[format] ?? []).join(', ') || 'none'})`);
@@ -176,7 +186,7 @@ export async function convertImage(from: string, to: string, opts: ConvertOption
   const src = await openImage(from, { provider, readOnly: true });
   try {
     if (src.size % 512 !== 0) throw new VmkitError('ARG_RANGE', `${from}: size ${src.size} is not a multiple of 512`);
-    const storage = await provider.create(to);
+    const storage = await out.create(to);
     try {
       if (format === 'vmdk' && sub === 'streamOptimized') {
         const { writeStream } = await import('./formats/vmdk/stream-write.js');
@@ -189,7 +199,7 @@ export async function convertImage(from: string, to: string, opts: ConvertOption
     } finally {
       await storage.close();
     }
-    const dst = await openImage(to, { provider, format });
+    const dst = await openImage(to, { provider: out, format });
     try {
       // Devices that place each write by its guest offset take them in any order; the others
       // (VMDK's grains, VHD's blocks, appended at the end of the file) keep guest order.
@@ -201,4 +211,22 @@ export async function convertImage(from: string, to: string, opts: ConvertOption
   } finally {
     await src.close();
   }
+}
+
+/** `provider` whose stores ignore flushes (`qemu-img -t unsafe`): every other call goes to the store. */
+function unsafe(provider: StorageProvider): StorageProvider {
+  const wrap = (s: Storage): Storage =>
+    new Proxy(s, {
+      get(t, k) {
+        if (k === 'flush') return async (): Promise<void> => {};
+        const v: unknown = Reflect.get(t, k, t);
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+      },
+    });
+  return {
+    open: async (n, o) => wrap(await provider.open(n, o)),
+    create: async (n) => wrap(await provider.create(n)),
+    resolve: (f, r) => provider.resolve(f, r),
+    relative: (f, t) => provider.relative(f, t),
+  };
 }

@@ -1,5 +1,5 @@
 /**
- * `vmkit disk convert <in> <out> [-O fmt] [--subformat s] [--cluster-size n] [--in-flight n]`:
+ * `vmkit disk convert <in> <out> [-O fmt] [--subformat s] [--cluster-size n] [--in-flight n] [-t writeback|unsafe]`:
  * an image (through its chain) to a new image of any format, as `qemu-img
  * convert`.
  * @module
@@ -24,7 +24,10 @@ export async function runConvert(argv: string[], io: CliIO): Promise<number> {
     subformat: { type: 'string' },
     'cluster-size': { type: 'string' },
     'in-flight': { type: 'string' },
+    cache: { type: 'string', short: 't' },
   });
+  const cache = values.cache;
+  if (cache !== undefined && cache !== 'writeback' && cache !== 'unsafe') throw new VmkitError('ARG_RANGE', `-t must be writeback or unsafe, got ${JSON.stringify(cache)}`);
   if (positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'usage: vmkit disk convert <in> <out> [-O fmt]');
   const [from, to] = positionals as [string, string];
   const fmt = values['output-format'];
@@ -38,6 +41,7 @@ export async function runConvert(argv: string[], io: CliIO): Promise<number> {
     ...(typeof values.subformat === 'string' ? { subformat: values.subformat } : {}),
     ...(typeof values['cluster-size'] === 'string' ? { clusterSize: parseSize(values['cluster-size'], '--cluster-size') } : {}),
     ...(inFlight !== undefined ? { inFlight: Number(inFlight) } : {}),
+    ...(cache !== undefined ? { cache } : {}),
   });
   emit(io, values.json, { from, to, ...r }, () => `converted ${from} to ${to}: ${r.format}, ${formatBytes(r.size)}, ${formatBytes(r.bytesWritten)} written`);
   return 0;
