@@ -105,7 +105,7 @@ async function* dataChunks(src: BlockDevice): AsyncGenerator<[number, number]> {
  * const n = await copyData(await openImage('a.qcow2', { readOnly: true }), await openImage('b.vhdx'), { inFlight: 8 });
  * ```
  */
-export async function copyData(src: BlockDevice, dst: BlockDevice, opts: CopyOptions = {}): Promise<number> {
+export async function copyData(src: BlockDevice, dst: Pick<BlockDevice, 'size' | 'write' | 'flush'>, opts: CopyOptions = {}): Promise<number> {
   if (dst.size !== src.size) throw new VmkitError('ARG_RANGE', `copyData: the destination holds ${dst.size} bytes, the source ${src.size}`);
   const depth = inFlightOf(opts.inFlight, 'copyData');
   const ordered = opts.ordered ?? true;
@@ -179,7 +179,12 @@ export async function convertImage(from: string, to: string, opts: ConvertOption
   const cache = opts.cache ?? 'writeback';
   if (cache !== 'writeback' && cache !== 'unsafe') throw new VmkitError('ARG_RANGE', `cache must be writeback or unsafe, got ${JSON.stringify(cache)}`);
   const out = cache === 'unsafe' ? unsafe(provider) : provider;
-  const subs: Record<string, readonly string[]> = { vmdk: ['monolithicSparse', 'streamOptimized'], vhd: ['dynamic', 'fixed'], vhdx: ['dynamic', 'fixed'] };
+  const subs: Record<string, readonly string[]> = {
+    vmdk: ['monolithicSparse', 'streamOptimized', 'monolithicFlat', 'twoGbMaxExtentFlat', 'twoGbMaxExtentSparse'],
+    vhd: ['dynamic', 'fixed'],
+    vhdx: ['dynamic', 'fixed'],
+  };
+  const descriptorFile = format === 'vmdk' && (sub === 'monolithicFlat' || sub === 'twoGbMaxExtentFlat' || sub === 'twoGbMaxExtentSparse');
   if (sub !== undefined && !(subs[format] ?? []).includes(sub)) {
     throw new VmkitError('ARG_RANGE', `subformat ${JSON.stringify(sub)} is not one of ${format}'s (${(subs[format] ?? []).join(', ') || 'none'})`);
   }
@@ -194,10 +199,33 @@ export async function convertImage(from: string, to: string, opts: ConvertOption
         return { format, size: src.size, bytesWritten: n };
       }
       const m = await loadFormat(format);
-      await m.create(storage, { size: src.size, ...(opts.clusterSize ? { clusterSize: opts.clusterSize } : {}), ...(sub ? { subformat: sub } : {}) } as Parameters<typeof m.create>[1]);
+      await m.create(storage, {
+        size: src.size,
+        ...(opts.clusterSize ? { clusterSize: opts.clusterSize } : {}),
+        ...(sub ? { subformat: sub } : {}),
+        createFile: (f: string) => out.create(out.resolve(to, f)),
+      });
       await storage.flush();
     } finally {
       await storage.close();
+    }
+    if (descriptorFile) {
+      // A descriptor and its extent files: written extent by extent (vmkit opens such disks read-only).
+      const { VmdkExtentsWriter } = await import('./formats/vmdk/extents-write.js');
+      const vmdk = await loadFormat('vmdk');
+      const d = await out.open(to, { readOnly: true });
+      let w: Awaited<ReturnType<typeof VmdkExtentsWriter.open>>;
+      try {
+        w = await VmdkExtentsWriter.open(d, (f) => out.open(out.resolve(to, f), { readOnly: false }), (st) => vmdk.open(st, {}));
+      } finally {
+        await d.close();
+      }
+      try {
+        const n = await copyData(src, w, { ordered: true, inFlight });
+        return { format, size: w.size, bytesWritten: n };
+      } finally {
+        await w.close();
+      }
     }
     const dst = await openImage(to, { provider: out, format });
     try {

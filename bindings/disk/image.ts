@@ -224,6 +224,8 @@ export interface CreateImageOptions {
   refcountBits?: number;
   /** qcow2: how compressed clusters are compressed (`-o compression_type=`; default zlib). */
   compressionType?: 'zlib' | 'zstd';
+  /** Format variant, as `qemu-img create -o subformat=` (vmdk: monolithicSparse, monolithicFlat, twoGbMaxExtentFlat, twoGbMaxExtentSparse; vhd, vhdx: dynamic, fixed). */
+  subformat?: string;
   /** qcow2: an external data file for the guest data, relative to the image (`-o data_file=`); created. */
   dataFile?: string;
   /** qcow2: the data file is a raw image of the disk (`-o data_file_raw=on`). */
@@ -282,9 +284,9 @@ export async function createImage(name: string, opts: CreateImageOptions = {}): 
         ...(opts.extendedL2 ? { extendedL2: true } : {}),
         ...(opts.refcountBits ? { refcountBits: opts.refcountBits } : {}),
         ...(opts.compressionType ? { compressionType: opts.compressionType } : {}),
-        ...(opts.dataFile !== undefined
-          ? { dataFile: opts.dataFile, dataFileRaw: opts.dataFileRaw === true, createDataFile: (d: string) => provider.create(provider.resolve(name, d)) }
-          : {}),
+        ...(opts.dataFile !== undefined ? { dataFile: opts.dataFile, dataFileRaw: opts.dataFileRaw === true } : {}),
+        ...(opts.subformat !== undefined ? { subformat: opts.subformat } : {}),
+        createFile: (d: string) => provider.create(provider.resolve(name, d)),
       });
       if (opts.durable !== false) await storage.flush();
     } finally {

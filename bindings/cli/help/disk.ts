@@ -50,10 +50,10 @@ copies, and \`disk consolidate vm-delta-1.qcow2\` folds the delta back into vm.q
     },
     convert: {
       summary: 'copy an image (through its chain) into a new one of any format, as qemu-img convert',
-      synopsis: '<in> <out> [-O qcow2|vmdk|vhd|vhdx|raw] [--subformat streamOptimized|fixed|dynamic] [--cluster-size <bytes>] [--in-flight <n>] [-t writeback|unsafe] [--json]',
+      synopsis: '<in> <out> [-O qcow2|vmdk|vhd|vhdx|raw] [--subformat streamOptimized|monolithicFlat|twoGbMaxExtentSparse|…|fixed|dynamic] [--cluster-size <bytes>] [--in-flight <n>] [-t writeback|unsafe] [--json]',
       options: [
         ['-O, --output-format <fmt>', 'format of <out> (default qcow2)'],
-        ['--subformat <name>', 'vmdk: streamOptimized (an OVA disk) or monolithicSparse; vhd, vhdx: dynamic (default) or fixed'],
+        ['--subformat <name>', 'vmdk: monolithicSparse (default), streamOptimized (an OVA disk), monolithicFlat, twoGbMaxExtentFlat or twoGbMaxExtentSparse (a descriptor and extent files beside it, as qemu-img -o subformat=); vhd, vhdx: dynamic (default) or fixed'],
         ['--cluster-size <bytes>', 'cluster / grain / block size of <out>'],
         ['--in-flight <n>', 'chunks of 1 MiB read at once, 1 to 64 (default 8, as qemu-img -m 8)'],
         ['-t, --cache writeback|unsafe', 'writeback (default): <out> is durable when convert returns; unsafe (qemu-img\'s default): flushes are skipped'],

@@ -87,8 +87,13 @@ export interface FormatCreateOptions {
   dataFile?: string;
   /** qcow2: the data file is a raw image of the disk (`-o data_file_raw=on`; metadata preallocated). */
   dataFileRaw?: boolean;
-  /** Creates (or truncates) the store of `dataFile`, named as stored; needed with `dataFile`. */
-  createDataFile?: (name: string) => Promise<Storage>;
+  /**
+   * Creates (or truncates) a store beside the image, named as the image
+   * stores it (qcow2's `dataFile`, a VMDK's extent files); createImage passes it.
+   */
+  createFile?: (name: string) => Promise<Storage>;
+  /** Format variant (vmdk: `monolithicSparse`, `monolithicFlat`, `twoGbMaxExtentFlat`, `twoGbMaxExtentSparse`; vhd, vhdx: `dynamic`, `fixed`). */
+  subformat?: string;
 }
 
 /**

@@ -118,7 +118,7 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
   const raw = dataFile !== undefined && opts.dataFileRaw === true;
   if (dataFile !== undefined) {
     if (dataFile.length === 0 || new TextEncoder().encode(dataFile).length > MAX_BACKING_NAME) throw new VmkitError('ARG_RANGE', `dataFile: a name of 1..${MAX_BACKING_NAME} bytes`);
-    if (!opts.createDataFile) throw new VmkitError('ARG_RANGE', 'dataFile needs createDataFile (createImage passes it)');
+    if (!opts.createFile) throw new VmkitError('ARG_RANGE', 'dataFile needs createFile (createImage passes it)');
     if (ext) throw new VmkitError('UNSUPPORTED', 'qcow2: extended L2 entries with an external data file');
     if (raw && opts.backing !== undefined) throw new VmkitError('ARG_RANGE', 'dataFileRaw: a raw data file is the whole disk; it cannot have a backing file');
   } else if (opts.dataFileRaw) throw new VmkitError('ARG_RANGE', 'dataFileRaw needs dataFile');
@@ -187,7 +187,7 @@ export async function create(storage: Storage, opts: FormatCreateOptions): Promi
   }
   if (dataFile !== undefined) {
     // The data file as QEMU leaves it: the disk's size, zeroes (sparse where the store can be).
-    const d = await opts.createDataFile!(dataFile);
+    const d = await opts.createFile!(dataFile);
     try {
       await d.truncate(0);
       await d.truncate(size);

@@ -150,6 +150,8 @@ export interface NewDescriptor {
   sectors: number;
   /** The extent file name (this file's base name for monolithicSparse). */
   extentFile: string;
+  /** Extent lines as written (`RW 4194304 SPARSE "a-s001.vmdk"`), in place of the one SPARSE line of `extentFile`. */
+  extents?: string[];
   adapterType?: string;
 }
 
@@ -174,7 +176,7 @@ export function encodeDescriptor(n: NewDescriptor): string {
     ...(n.parentFileNameHint !== undefined ? [`parentFileNameHint="${n.parentFileNameHint}"`] : []),
     '',
     '# Extent description',
-    `RW ${n.sectors} SPARSE "${n.extentFile}"`,
+    ...(n.extents ?? [`RW ${n.sectors} SPARSE "${n.extentFile}"`]),
     '',
     '# The Disk Data Base',
     '#DDB',
@@ -184,6 +186,7 @@ export function encodeDescriptor(n: NewDescriptor): string {
     'ddb.geometry.heads = "16"',
     'ddb.geometry.sectors = "63"',
     `ddb.adapterType = "${n.adapterType ?? 'ide'}"`,
+    'ddb.toolsVersion = "2147483647"',
     '',
   ].join('\n');
 }

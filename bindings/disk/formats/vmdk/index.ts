@@ -12,7 +12,8 @@ import { check as checkVmdk } from './check.js';
 import { CID_NOPARENT, encodeDescriptor, randomCid, withCid, type VmdkDescriptor } from './descriptor.js';
 import { decodeU32s } from './_grain-tables.js';
 import { VmdkDevice } from './device.js';
-import { encodeVmdkHeader, FLAG_COMPRESS, FLAG_NL_DETECT, FLAG_RGD, FLAG_ZERO_GRAIN, geometry, type VmdkHeader } from './header.js';
+import { FLAG_COMPRESS, FLAG_RGD, geometry, type VmdkHeader } from './header.js';
+import { createDescriptorImage, writeSparseLayout, type DescriptorSubformat } from './extents-write.js';
 import { VmdkStreamDevice } from './stream.js';
 import { openExtents, VmdkExtentsDevice } from './extents.js';
 
@@ -94,6 +95,13 @@ export interface VmdkCreateOptions extends FormatCreateOptions {
   zeroedGrain?: boolean;
   /** Adapter type recorded in the disk database (default ide). */
   adapterType?: 'ide' | 'buslogic' | 'lsilogic' | 'legacyESX';
+  /**
+   * `monolithicSparse` (default: one file), or a descriptor file with extent
+   * files beside it as `qemu-img create -o subformat=` makes them:
+   * `monolithicFlat` (`NAME-flat.vmdk`), `twoGbMaxExtentFlat`
+   * (`NAME-f001.vmdk`, … of 2 GiB) or `twoGbMaxExtentSparse` (`NAME-s001.vmdk`, …).
+   */
+  subformat?: 'monolithicSparse' | DescriptorSubformat;
 }
 
 /**
@@ -130,50 +138,27 @@ export async function create(storage: Storage, opts: VmdkCreateOptions): Promise
       if (b.cid !== undefined) parentCid = b.cid;
     }
   }
-  const grainSize = gs / 512;
-  const h: VmdkHeader = {
-    version: opts.zeroedGrain ? 2 : 1,
-    flags: FLAG_NL_DETECT | FLAG_RGD | (opts.zeroedGrain ? FLAG_ZERO_GRAIN : 0),
-    capacity: size / 512,
-    grainSize,
-    descriptorOffset: 1,
-    descriptorSize: 20,
-    numGTEsPerGT: 512,
-    rgdOffset: 21,
-    gdOffset: 0,
-    overHead: 0,
-    uncleanShutdown: 0,
-    compressAlgorithm: 0,
-  };
-  const g = geometry(h);
-  const gdSectors = g.gdBytes / 512;
-  const gtSectors = g.gtBytes / 512;
-  h.gdOffset = h.rgdOffset + gdSectors + gtSectors * g.gdEntries;
-  h.overHead = Math.ceil((h.gdOffset + gdSectors + gtSectors * g.gdEntries) / grainSize) * grainSize;
   const name = storage.name.split(/[\\/]/).pop() ?? storage.name;
+  const sub = opts.subformat ?? 'monolithicSparse';
+  if (sub !== 'monolithicSparse') {
+    if (opts.backing !== undefined) throw new VmkitError('UNSUPPORTED', `vmdk: a ${sub} delta (vmkit makes monolithicSparse deltas)`, { path: storage.name });
+    if (!opts.createFile) throw new VmkitError('ARG_RANGE', `vmdk ${sub}: its extent files need createFile (createImage passes it)`);
+    await createDescriptorImage(storage, { size, subformat: sub, grainSize: gs, createFile: opts.createFile, ...(opts.adapterType ? { adapterType: opts.adapterType } : {}) });
+    return;
+  }
   const text = new TextEncoder().encode(
     encodeDescriptor({
       cid: randomCid(),
       parentCid,
       createType: 'monolithicSparse',
       ...(opts.backing !== undefined ? { parentFileNameHint: opts.backing } : {}),
-      sectors: h.capacity,
+      sectors: size / 512,
       extentFile: name,
       ...(opts.adapterType ? { adapterType: opts.adapterType } : {}),
     }),
   );
-  if (text.length > h.descriptorSize * 512) throw new VmkitError('ARG_RANGE', 'vmdk: the backing file name is too long for the descriptor');
-  await storage.truncate(0);
-  await storage.truncate(h.overHead * 512);
-  await storage.write(0, encodeVmdkHeader(h));
-  await storage.write(512, text);
-  // Both directories point at their pre-allocated (zeroed) tables, as QEMU and VMware lay them out.
-  for (const [gdOff] of [[h.rgdOffset], [h.gdOffset]] as const) {
-    const dir = new Uint8Array(g.gdBytes);
-    const dv = new DataView(dir.buffer);
-    for (let i = 0; i < g.gdEntries; i++) dv.setUint32(i * 4, gdOff + gdSectors + i * gtSectors, true);
-    await storage.write(gdOff * 512, dir);
-  }
+  if (text.length > 20 * 512) throw new VmkitError('ARG_RANGE', 'vmdk: the backing file name is too long for the descriptor');
+  await writeSparseLayout(storage, { sectors: size / 512, grainSize: gs, zeroedGrain: opts.zeroedGrain === true, text });
 }
 
 /**
