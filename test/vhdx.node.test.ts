@@ -122,7 +122,9 @@ describe.skipIf(!hasQemu)('vhdx against qemu-img / qemu-io', () => {
     b[lo + 100]! ^= 0xff;
     await writeFile(p('h2.vhdx'), b);
     await expect(openImage(p('h2.vhdx'))).rejects.toMatchObject({ code: 'INTEGRITY', offset: VHDX_HEADER1 + 4 });
-    // A log GUID and a log entry carrying it: the image needs a replay vmkit does not do.
+    // A log GUID and something that looks like an entry of it but does not check (no CRC, no
+    // descriptors): not an entry, so the log is empty and nothing is replayed (test/vhdx-log has
+    // the replay of real entries).
     const dirty = good.slice();
     const h = parseHeader(dirty.subarray(hi, hi + 4096))!;
     const guid = Uint8Array.from({ length: 16 }, (_, i) => i + 1);
@@ -131,9 +133,7 @@ describe.skipIf(!hasQemu)('vhdx against qemu-img / qemu-io', () => {
     entry.setUint32(0, 0x65676f6c, true); // "loge"
     dirty.set(guid, h.logOffset + 32);
     await writeFile(p('dirty.vhdx'), dirty);
-    const e = (await openImage(p('dirty.vhdx'), { readOnly: true }).catch((x: unknown) => x)) as VmkitError;
-    expect(e).toBeInstanceOf(VmkitError);
-    expect([e.code, e.offset, /log/.test(e.message)]).toEqual(['UNSUPPORTED', h.logOffset, true]);
+    expect(diff(await vmkitRaw(p('dirty.vhdx')), ref)).toBe(-1);
     // A log GUID without entries of it is clean (Hyper-V leaves the GUID after a clean close).
     dirty.fill(0, h.logOffset, h.logOffset + 4096);
     await writeFile(p('clean.vhdx'), dirty);

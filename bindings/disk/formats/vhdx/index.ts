@@ -1,14 +1,15 @@
 /**
  * VHDX (Hyper-V's format since Windows Server 2012): fixed and dynamic
  * disks, read and write; the format module the registry loads (see
- * ../types.ts for the contract). Differencing disks and logs that hold
- * entries to replay are refused by name. docs/vhdx.md.
+ * ../types.ts for the contract). A log that holds entries is replayed on
+ * open (_log.ts); differencing disks are refused by name. docs/vhdx.md.
  * @module
  */
 import { VmkitError } from '../../../errors.js';
 import { readAt, type Storage } from '../../backends/storage.js';
 import type { CheckReport, FormatCheckOptions, FormatCreateOptions, FormatOpenOptions, ImageFormatModule } from '../types.js';
 import { VhdxDevice } from './device.js';
+import { _ReplayedStorage, applyLog, readLog } from './_log.js';
 import {
   batEntries,
   chunkRatio,
@@ -37,8 +38,6 @@ export { VhdxDevice } from './device.js';
 
 /** Most BAT entries vmkit loads (16 M: 128 MiB of entries, 16 TiB of 1 MiB blocks). */
 const MAX_BAT_ENTRIES = 1 << 24;
-/** Largest log region vmkit scans for entries (the spec allows any multiple of 1 MiB; Hyper-V and QEMU write 1 MiB). */
-const MAX_LOG_SCAN: number = 64 * MiB;
 
 /**
  * True when `head` starts with the file type identifier `vhdxfile`.
@@ -64,19 +63,24 @@ export interface VhdxLayout {
   batOffset: number;
   batLength: number;
   fileSize: number;
+  /** The store to read the image through: `storage`, or a view with the log replayed in memory. */
+  storage: Storage;
+  /** Log entries replayed on open (absent: the log was empty). */
+  replayed?: number;
 }
 
 /**
  * Reads and validates the headers (the valid one with the higher sequence
- * number), the log (refused when it holds entries to replay), the region
- * tables, the metadata and the BAT.
+ * number), the log (its active sequence replayed: into the file with
+ * `replay: 'write'`, else in a read-only view returned as `storage`), the
+ * region tables, the metadata and the BAT.
  *
  * @example
  * ```ts
  * const { metadata, bat } = await readLayout(storage);
  * ```
  */
-export async function readLayout(storage: Storage): Promise<VhdxLayout> {
+export async function readLayout(storage: Storage, opts: { replay?: 'memory' | 'write'; replayed?: number } = {}): Promise<VhdxLayout> {
   const name = storage.name;
   const fileSize = await storage.size();
   if (fileSize < VHDX_REGION2 + VHDX_REGION_SIZE || !probe(await readAt(storage, 0, 8))) {
@@ -89,23 +93,17 @@ export async function readLayout(storage: Storage): Promise<VhdxLayout> {
   const header = current === 0 ? h1! : h2!;
   const hAt = current === 0 ? VHDX_HEADER1 : VHDX_HEADER2;
   if (header.version !== 1) throw new VmkitError('UNSUPPORTED', `vhdx ${name}: header version ${header.version} (only 1)`, { offset: hAt + 66, path: name });
-  if (!header.logGuid.every((x) => x === 0)) {
-    // Entries of this log GUID mean metadata updates that may not have reached their place: replay needed.
-    if (header.logOffset % MiB !== 0 || header.logLength % MiB !== 0 || header.logOffset + header.logLength > fileSize) {
-      throw new VmkitError('CORRUPT', `vhdx ${name}: log at ${header.logOffset} (${header.logLength} bytes) is outside the file`, { offset: hAt + 68, path: name });
+  if (!header.logGuid.every((x) => x === 0) && opts.replayed === undefined) {
+    // Metadata updates may sit in the log without having reached their place: replay them, into
+    // the file when it is opened writable, else in a view of it (the file unchanged). A log with
+    // no valid entry is empty: nothing to replay (QEMU leaves its GUID too).
+    const r = await readLog(storage, header, hAt, fileSize);
+    if (r && opts.replay === 'write') {
+      await applyLog(storage, r);
+      await clearLog(storage, header, current);
+      return readLayout(storage, { replayed: r.entries });
     }
-    const n = Math.min(header.logLength, MAX_LOG_SCAN);
-    const log = await readAt(storage, header.logOffset, n);
-    const dv = new DataView(log.buffer, log.byteOffset, log.byteLength);
-    for (let o = 0; o + 4096 <= n; o += 4096) {
-      if (dv.getUint32(o, true) === 0x65676f6c && same(log.subarray(o + 32, o + 48), header.logGuid)) {
-        throw new VmkitError(
-          'UNSUPPORTED',
-          `vhdx ${name}: the log holds entries to replay (the image was not closed cleanly); vmkit does not replay VHDX logs: open it once read-write in Hyper-V or QEMU (qemu-img check -r all)`,
-          { offset: header.logOffset + o, path: name },
-        );
-      }
-    }
+    if (r) return readLayout(new _ReplayedStorage(storage, r), { replayed: r.entries });
   }
   let regions = parseRegionTable(await readAt(storage, VHDX_REGION1, VHDX_REGION_SIZE), VHDX_REGION1, name);
   let rAt = VHDX_REGION1;
@@ -138,7 +136,20 @@ export async function readLayout(storage: Storage): Promise<VhdxLayout> {
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const bat = new BigUint64Array(entries);
   for (let i = 0; i < entries; i++) bat[i] = dv.getBigUint64(i * 8, true);
-  return { header, current, metadata, regions, bat, batOffset: batR.offset, batLength: batR.length, fileSize };
+  return { header, current, metadata, regions, bat, batOffset: batR.offset, batLength: batR.length, fileSize, storage, ...(opts.replayed ? { replayed: opts.replayed } : {}) };
+}
+
+/** Writes both headers with a zero log GUID (the log replayed), the current one last. */
+async function clearLog(storage: Storage, h: VhdxHeader, current: 0 | 1): Promise<void> {
+  const g = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(g);
+  g[7] = (g[7]! & 0x0f) | 0x40;
+  g[8] = (g[8]! & 0x3f) | 0x80;
+  const next: VhdxHeader = { ...h, fileWriteGuid: g, logGuid: new Uint8Array(16) };
+  const other = current === 0 ? VHDX_HEADER2 : VHDX_HEADER1;
+  await storage.write(other, encodeHeader({ ...next, sequenceNumber: h.sequenceNumber + 1n }));
+  await storage.write(current === 0 ? VHDX_HEADER1 : VHDX_HEADER2, encodeHeader({ ...next, sequenceNumber: h.sequenceNumber + 2n }));
+  await storage.flush();
 }
 
 /**
@@ -150,8 +161,9 @@ export async function readLayout(storage: Storage): Promise<VhdxLayout> {
  * ```
  */
 export async function open(storage: Storage, opts: FormatOpenOptions = {}): Promise<VhdxDevice> {
-  const l = await readLayout(storage);
-  return new VhdxDevice(storage, {
+  const readOnly = opts.readOnly === true || storage.readOnly;
+  const l = await readLayout(storage, { replay: readOnly ? 'memory' : 'write' });
+  return new VhdxDevice(l.storage, {
     header: l.header,
     current: l.current,
     metadata: l.metadata,
@@ -159,7 +171,7 @@ export async function open(storage: Storage, opts: FormatOpenOptions = {}): Prom
     batOffset: l.batOffset,
     chunkRatio: chunkRatio(l.metadata.blockSize, l.metadata.logicalSectorSize),
     fileSize: l.fileSize,
-    readOnly: opts.readOnly === true || storage.readOnly,
+    readOnly,
     ...(opts.guard ? { guard: opts.guard } : {}),
   });
 }
