@@ -10,12 +10,12 @@
  */
 import { VmkitError } from '../../../errors.js';
 import type { Storage } from '../../backends/storage.js';
-import type { ByteLength, ByteOffset } from '../../device.js';
+import type { BlockDevice, ByteLength, ByteOffset } from '../../device.js';
 import type { WriteGuard } from '../../_guard.js';
 import { isAllZero } from '../../_sectors.js';
 import { _MappedLayer, type _MapPiece } from '../_layer.js';
 import type { ImageInfo } from '../types.js';
-import { encodeHeader, MiB, PAYLOAD_FULLY_PRESENT, VHDX_HEADER1, VHDX_HEADER2, type VhdxHeader, type VhdxMetadata } from './header.js';
+import { encodeHeader, MiB, PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT, PAYLOAD_ZERO, SB_BLOCK_PRESENT, VHDX_HEADER1, VHDX_HEADER2, type VhdxHeader, type VhdxMetadata } from './header.js';
 
 function randomGuid(): Uint8Array {
   const u = new Uint8Array(16);
@@ -46,9 +46,29 @@ export class VhdxDevice extends _MappedLayer {
 
   constructor(
     storage: Storage,
-    o: { header: VhdxHeader; current: 0 | 1; metadata: VhdxMetadata; bat: BigUint64Array; batOffset: number; chunkRatio: number; fileSize: number; readOnly: boolean; guard?: WriteGuard },
+    o: {
+      header: VhdxHeader;
+      current: 0 | 1;
+      metadata: VhdxMetadata;
+      bat: BigUint64Array;
+      batOffset: number;
+      chunkRatio: number;
+      fileSize: number;
+      readOnly: boolean;
+      guard?: WriteGuard;
+      /** A differencing disk's parent (opened read-only) and its name as the parent locator gives it. */
+      backing?: BlockDevice;
+      backingFile?: string;
+    },
   ) {
-    super({ storage, size: o.metadata.virtualSize, readOnly: o.readOnly, granule: o.metadata.blockSize, guard: o.guard });
+    super({
+      storage,
+      size: o.metadata.virtualSize,
+      readOnly: o.readOnly,
+      granule: o.metadata.blockSize,
+      guard: o.guard,
+      ...(o.backingFile !== undefined ? { backing: o.backing, backingFile: o.backingFile, backingFormat: 'vhdx' } : {}),
+    });
     this.header = o.header;
     this.current = o.current;
     this.metadata = o.metadata;
@@ -61,6 +81,11 @@ export class VhdxDevice extends _MappedLayer {
   /** The virtual disk ID (metadata). */
   get diskId(): Uint8Array {
     return this.metadata.diskId;
+  }
+
+  /** The header's data-write GUID: what a differencing child's parent locator names (`parent_linkage`). */
+  get dataWriteGuid(): Uint8Array {
+    return this.header.dataWriteGuid.slice();
   }
 
   private batIndex(block: number): number {
@@ -89,11 +114,74 @@ export class VhdxDevice extends _MappedLayer {
   protected async piece(pos: number): Promise<_MapPiece> {
     const bs = this.metadata.blockSize;
     const b = Math.floor(pos / bs);
+    if (this.metadata.hasParent) return this.diffPiece(pos, b);
     const host = this.blockHost(b);
     if (host >= 0) return { kind: 'data', host: host + (pos - b * bs), len: Math.min((b + 1) * bs, this.size) - pos };
     let k = b + 1;
     while (k * bs < this.size && this.blockHost(k) < 0) k++;
     return { kind: 'zero', host: 0, len: Math.min(k * bs, this.size) - pos };
+  }
+
+  /**
+   * A differencing disk's run at `pos` (in block `b`): FULLY_PRESENT blocks are this file's,
+   * PARTIALLY_PRESENT ones this file's or the parent's sector by sector as the chunk's sector
+   * bitmap says (bit i of the bitmap, LSB first, is sector i of the chunk), ZERO blocks zeroes, and
+   * the others (NOT_PRESENT, and UNDEFINED/UNMAPPED, which a differencing disk does not promise
+   * zeroes for) the parent's.
+   */
+  private async diffPiece(pos: number, b: number): Promise<_MapPiece> {
+    const bs = this.metadata.blockSize;
+    const end = Math.min((b + 1) * bs, this.size);
+    const bi = this.batIndex(b);
+    const e = this.bat[bi] ?? 0n;
+    const state = Number(e & 7n);
+    if (state === PAYLOAD_FULLY_PRESENT) return { kind: 'data', host: this.blockHost(b) + (pos - b * bs), len: end - pos };
+    if (state === PAYLOAD_ZERO) return { kind: 'zero', host: 0, len: end - pos };
+    if (state !== PAYLOAD_PARTIALLY_PRESENT) return { kind: 'unallocated', host: 0, len: end - pos };
+    const host = this.checkedHost(Number(e >> 20n) * MiB, end - b * bs, bi, `block ${b}`);
+    const lss = this.metadata.logicalSectorSize;
+    const bm = await this.sectorBitmap(Math.floor(b / this.chunk));
+    const first = (b % this.chunk) * (bs / lss);
+    const s0 = Math.floor((pos - b * bs) / lss);
+    const bit = (s: number): number => (bm[(first + s) >> 3]! >> ((first + s) & 7)) & 1;
+    const v = bit(s0);
+    let s = s0 + 1;
+    while (s * lss < end - b * bs && bit(s) === v) s++;
+    const len = Math.min(end, b * bs + s * lss) - pos;
+    return v ? { kind: 'data', host: host + (pos - b * bs), len } : { kind: 'unallocated', host: 0, len };
+  }
+
+  private readonly bitmaps = new Map<number, Uint8Array>();
+
+  /** The sector bitmap block of chunk `c` (1 MiB), cached. */
+  private async sectorBitmap(c: number): Promise<Uint8Array> {
+    let bm = this.bitmaps.get(c);
+    if (bm) return bm;
+    const bi = c * (this.chunk + 1) + this.chunk;
+    const e = this.bat[bi] ?? 0n;
+    if (Number(e & 7n) !== SB_BLOCK_PRESENT) {
+      throw new VmkitError('CORRUPT', `vhdx ${this.storage.name}: a partially present block in chunk ${c}, whose sector bitmap is not present (BAT entry at ${this.batOffset + bi * 8})`, {
+        offset: this.batOffset + bi * 8,
+        path: this.storage.name,
+      });
+    }
+    const host = this.checkedHost(Number(e >> 20n) * MiB, MiB, bi, `the sector bitmap of chunk ${c}`);
+    bm = new Uint8Array(MiB);
+    await this.storage.readInto(host, bm);
+    if (this.bitmaps.size >= 8) this.bitmaps.delete(this.bitmaps.keys().next().value!);
+    this.bitmaps.set(c, bm);
+    return bm;
+  }
+
+  /** `host` (`len` bytes) when it is inside the file and past the headers; CORRUPT at the BAT entry otherwise. */
+  private checkedHost(host: number, len: number, bi: number, what: string): number {
+    if (host < MiB || host + len > this.fileSize) {
+      throw new VmkitError('CORRUPT', `vhdx ${this.storage.name}: ${what} at ${host} is outside the file or over the headers (BAT entry at ${this.batOffset + bi * 8})`, {
+        offset: this.batOffset + bi * 8,
+        path: this.storage.name,
+      });
+    }
+    return host;
   }
 
   /** The first change after open gives the file new write GUIDs (see {@link moveHeaders}). */

@@ -37,6 +37,8 @@ export const PAYLOAD_UNMAPPED = 3;
 export const PAYLOAD_FULLY_PRESENT = 6;
 /** Some sectors in this file, others in the parent (differencing disks; see the sector bitmap). */
 export const PAYLOAD_PARTIALLY_PRESENT = 7;
+/** Sector bitmap BAT entry state: the bitmap block is in the file. */
+export const SB_BLOCK_PRESENT = 6;
 
 /**
  * A GUID as its 16 stored bytes (the first three fields little-endian, as
@@ -230,6 +232,8 @@ export interface VhdxMetadata {
   diskId: Uint8Array;
   /** Byte offset (in the file) of the parent locator item, when present. */
   parentLocatorAt?: number;
+  /** The parent locator item's bytes, when present. */
+  parentLocator?: Uint8Array;
   /** Byte offset (in the file) of the file parameters item (its flags say HasParent). */
   fileParametersAt?: number;
 }
@@ -296,7 +300,7 @@ export function parseMetadata(b: Uint8Array, at: number, name: string): VhdxMeta
     physicalSectorSize,
     diskId: b.slice(id, id + 16),
     fileParametersAt: at + fp,
-    ...(pl ? { parentLocatorAt: at + pl.off } : {}),
+    ...(pl ? { parentLocatorAt: at + pl.off, parentLocator: b.slice(pl.off, pl.off + pl.len) } : {}),
   };
 }
 
@@ -366,4 +370,59 @@ export function batEntries(virtualSize: number, blockSize: number, logicalSector
   if (blocks === 0) return 0;
   if (hasParent) return Math.ceil(blocks / cr) * (cr + 1);
   return blocks + Math.floor((blocks - 1) / cr);
+}
+
+/** The VHDX parent locator type (MS-VHDX 2.6.2.6), as stored. */
+export const LOCATOR_VHDX: Uint8Array = guidBytes('B04AEFB7-D19E-4A81-B789-25B8E9445913');
+
+/**
+ * The key/value pairs of a parent locator item (`b`, at file offset `at`):
+ * a locator type GUID, a count, then (key offset, value offset, key length,
+ * value length) entries pointing at UTF-16LE strings inside the item.
+ * Anything out of bounds is CORRUPT at its entry; another locator type is
+ * UNSUPPORTED.
+ *
+ * @example
+ * ```ts
+ * const kv = parseParentLocator(md.parentLocator!, md.parentLocatorAt!, storage.name);
+ * kv.get('relative_path'); // '.\\base.vhdx'
+ * ```
+ */
+export function parseParentLocator(b: Uint8Array, at: number, name: string): Map<string, string> {
+  const bad = (msg: string, off: number): VmkitError => new VmkitError('CORRUPT', `vhdx ${name}: parent locator: ${msg}`, { offset: at + off, path: name });
+  if (b.length < 20) throw bad(`an item of ${b.length} bytes`, 0);
+  if (!eq(b.subarray(0, 16), LOCATOR_VHDX)) throw new VmkitError('UNSUPPORTED', `vhdx ${name}: a parent locator of another type than VHDX's`, { offset: at, path: name });
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const n = dv.getUint16(18, true);
+  if (20 + n * 12 > b.length) throw bad(`${n} entries do not fit the item`, 18);
+  const utf16 = new TextDecoder('utf-16le');
+  const out = new Map<string, string>();
+  for (let i = 0; i < n; i++) {
+    const e = 20 + i * 12;
+    const ko = dv.getUint32(e, true);
+    const vo = dv.getUint32(e + 4, true);
+    const kl = dv.getUint16(e + 8, true);
+    const vl = dv.getUint16(e + 10, true);
+    if (kl === 0 || vl === 0 || ko + kl > b.length || vo + vl > b.length || kl % 2 !== 0 || vl % 2 !== 0) throw bad(`entry ${i} points outside the item`, e);
+    out.set(utf16.decode(b.subarray(ko, ko + kl)), utf16.decode(b.subarray(vo, vo + vl)));
+  }
+  return out;
+}
+
+/**
+ * The text form of a stored GUID, `{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}` as
+ * a parent locator's `parent_linkage` holds it (upper case).
+ *
+ * @example
+ * ```ts
+ * guidText(header.dataWriteGuid); // '{6B1A…}'
+ * ```
+ */
+export function guidText(g: Uint8Array): string {
+  const h = (a: number, n: number, rev: boolean): string => {
+    const x = Array.from(g.subarray(a, a + n));
+    if (rev) x.reverse();
+    return x.map((v) => v.toString(16).padStart(2, '0')).join('');
+  };
+  return `{${h(0, 4, true)}-${h(4, 2, true)}-${h(6, 2, true)}-${h(8, 2, false)}-${h(10, 6, false)}}`.toUpperCase();
 }

@@ -2,11 +2,13 @@
  * VHDX (Hyper-V's format since Windows Server 2012): fixed and dynamic
  * disks, read and write; the format module the registry loads (see
  * ../types.ts for the contract). A log that holds entries is replayed on
- * open (_log.ts); differencing disks are refused by name. docs/vhdx.md.
+ * open (_log.ts); differencing disks are read (their parent through the
+ * parent locator), not written. docs/vhdx.md.
  * @module
  */
 import { VmkitError } from '../../../errors.js';
 import { readAt, type Storage } from '../../backends/storage.js';
+import type { BlockDevice } from '../../device.js';
 import type { CheckReport, FormatCheckOptions, FormatCreateOptions, FormatOpenOptions, ImageFormatModule } from '../types.js';
 import { VhdxDevice } from './device.js';
 import { _ReplayedStorage, applyLog, readLog } from './_log.js';
@@ -18,9 +20,11 @@ import {
   encodeMetadata,
   encodeRegionTable,
   GUID,
+  guidText,
   MiB,
   parseHeader,
   parseMetadata,
+  parseParentLocator,
   parseRegionTable,
   PAYLOAD_FULLY_PRESENT,
   VHDX_HEADER1,
@@ -126,10 +130,7 @@ export async function readLayout(storage: Storage, opts: { replay?: 'memory' | '
   if (!batR || !mdR) throw new VmkitError('CORRUPT', `vhdx ${name}: the ${batR ? 'metadata' : 'BAT'} region is missing`, { offset: rAt + 8, path: name });
   if (mdR.length > 16 * MiB || mdR.length < 64 * 1024) throw new VmkitError('CORRUPT', `vhdx ${name}: metadata region of ${mdR.length} bytes`, { offset: rAt + 8, path: name });
   const metadata = parseMetadata(await readAt(storage, mdR.offset, mdR.length), mdR.offset, name);
-  if (metadata.hasParent) {
-    throw new VmkitError('UNSUPPORTED', `vhdx ${name}: differencing disks (HasParent in the file parameters) are not supported`, { offset: metadata.fileParametersAt! + 4, path: name });
-  }
-  const entries = batEntries(metadata.virtualSize, metadata.blockSize, metadata.logicalSectorSize, false);
+  const entries = batEntries(metadata.virtualSize, metadata.blockSize, metadata.logicalSectorSize, metadata.hasParent);
   if (entries > MAX_BAT_ENTRIES) throw new VmkitError('LIMIT', `vhdx ${name}: ${entries} BAT entries (at most ${MAX_BAT_ENTRIES})`, { offset: batR.offset, path: name });
   if (entries * 8 > batR.length) throw new VmkitError('CORRUPT', `vhdx ${name}: the BAT region (${batR.length} bytes) is smaller than ${entries} entries`, { offset: batR.offset, path: name });
   const raw = await readAt(storage, batR.offset, entries * 8);
@@ -163,7 +164,9 @@ async function clearLog(storage: Storage, h: VhdxHeader, current: 0 | 1): Promis
 export async function open(storage: Storage, opts: FormatOpenOptions = {}): Promise<VhdxDevice> {
   const readOnly = opts.readOnly === true || storage.readOnly;
   const l = await readLayout(storage, { replay: readOnly ? 'memory' : 'write' });
+  const parent = l.metadata.hasParent ? await openParent(l.storage, l.metadata, readOnly, opts) : undefined;
   return new VhdxDevice(l.storage, {
+    ...(parent ? { backing: parent.dev, backingFile: parent.name } : {}),
     header: l.header,
     current: l.current,
     metadata: l.metadata,
@@ -174,6 +177,43 @@ export async function open(storage: Storage, opts: FormatOpenOptions = {}): Prom
     readOnly,
     ...(opts.guard ? { guard: opts.guard } : {}),
   });
+}
+
+/**
+ * A differencing disk's parent: the parent locator's `relative_path`
+ * (backslashes as Windows writes them), opened as a VHDX through
+ * `opts.openBacking`, whose data-write GUID must be the locator's
+ * `parent_linkage` (or `parent_linkage2`): else the parent changed after the
+ * child was made (INTEGRITY at the locator). Without `openBacking` (info,
+ * check) the child opens alone. Writing a differencing disk is UNSUPPORTED.
+ */
+async function openParent(storage: Storage, md: VhdxMetadata, readOnly: boolean, opts: FormatOpenOptions): Promise<{ dev: BlockDevice | undefined; name: string }> {
+  const name = storage.name;
+  const flagAt = md.fileParametersAt! + 4;
+  if (!readOnly) throw new VmkitError('UNSUPPORTED', `vhdx ${name}: writing differencing disks (HasParent in the file parameters); open it read-only`, { offset: flagAt, path: name });
+  if (!md.parentLocator) throw new VmkitError('CORRUPT', `vhdx ${name}: a differencing disk without a parent locator`, { offset: flagAt, path: name });
+  const at = md.parentLocatorAt!;
+  const kv = parseParentLocator(md.parentLocator, at, name);
+  const rel = kv.get('relative_path');
+  if (rel === undefined) {
+    throw new VmkitError('UNSUPPORTED', `vhdx ${name}: a parent locator without relative_path (${[...kv.keys()].join(', ')}): vmkit finds parents beside the child only`, { offset: at, path: name });
+  }
+  const parentName = rel.replace(/\\/g, '/').replace(/^(\.\/)+/, '');
+  if (!opts.openBacking) return { dev: undefined, name: parentName };
+  const dev = await opts.openBacking(parentName, 'vhdx');
+  try {
+    const link = [kv.get('parent_linkage'), kv.get('parent_linkage2')].filter((x): x is string => x !== undefined).map((x) => x.toUpperCase());
+    const pg = (dev as Partial<VhdxDevice>).dataWriteGuid;
+    if (dev.format !== 'vhdx' || pg === undefined) throw new VmkitError('UNSUPPORTED', `vhdx ${name}: parent ${parentName} is a ${dev.format}, not a VHDX`, { offset: at, path: name });
+    if (!link.includes(guidText(pg))) {
+      throw new VmkitError('INTEGRITY', `vhdx ${name}: parent_linkage ${link[0] ?? '(none)'} is not the data-write GUID ${guidText(pg)} of ${parentName} (the parent changed after this child was made)`, { offset: at, path: name });
+    }
+    if (dev.size !== md.virtualSize) throw new VmkitError('CORRUPT', `vhdx ${name}: virtual size ${md.virtualSize} differs from the parent's ${dev.size}`, { offset: at, path: name });
+  } catch (e) {
+    await dev.close().catch(() => {});
+    throw e;
+  }
+  return { dev, name: parentName };
 }
 
 /** Options of {@link create} beyond the registry's. */
