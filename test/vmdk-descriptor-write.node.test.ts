@@ -37,7 +37,8 @@ describe.skipIf(!hasQemu)('descriptor-file VMDKs written', () => {
       qimg('create', '-q', '-f', 'vmdk', '-o', `subformat=${sub}`, p('q', `${sub}.vmdk`), '5G');
       await createImage(p('v', `${sub}.vmdk`), { format: 'vmdk', subformat: sub, size: 5 * GiB });
       const names = async (d: string): Promise<[string, number][]> =>
-        Promise.all((await readdir(p(d))).filter((f) => f.startsWith(`${sub}.`) || f.startsWith(`${sub}-`)).sort().map(async (f) => [f, (await stat(p(d, f))).size] as [string, number]));
+        // The descriptor's size aside: QEMU prints the CID without leading zeroes (vmkit pads it to 8 digits).
+        Promise.all((await readdir(p(d))).filter((f) => f.startsWith(`${sub}.`) || f.startsWith(`${sub}-`)).sort().map(async (f) => [f, f === `${sub}.vmdk` ? 0 : (await stat(p(d, f))).size] as [string, number]));
       expect(await names('v'), sub).toEqual(await names('q'));
       expect(lines(await readFile(p('v', `${sub}.vmdk`), 'utf8')), sub).toEqual(lines(await readFile(p('q', `${sub}.vmdk`), 'utf8')));
       const info = JSON.parse(qimg('info', '--output=json', p('v', `${sub}.vmdk`))) as { 'virtual-size': number; 'format-specific': { data: { 'create-type': string } } };
