@@ -154,6 +154,21 @@ describe('qcow2 on memory stores', () => {
     expect(same(await again.read(0, 1 << 20), data)).toBe(true);
     await again.close();
   });
+  it('writes zstd-compressed clusters (compression_type=zstd, the wasm encoder) and reads them back', async () => {
+    const provider = new MemoryProvider();
+    await createImage('zs.qcow2', { provider, size: 1 << 20, clusterSize: 4096, compressionType: 'zstd' });
+    const dev = (await openImage('zs.qcow2', { provider })) as Qcow2Device;
+    const data = new Uint8Array(1 << 20).map((_, i) => (i >> 6) & 0xff);
+    await dev.writeCompressed(0, data);
+    expect((await dev.blockStatus(8192, 4096)).compressed).toBe(true);
+    await dev.close();
+    const r = await checkImage('zs.qcow2', { provider });
+    expect([r.corruptions, r.leaks, r.compressedClusters]).toEqual([0, 0, 256]);
+    const again = await openImage('zs.qcow2', { provider, readOnly: true });
+    expect(same(await again.read(0, 1 << 20), data)).toBe(true);
+    expect((await again.info()).specific?.compressionType).toBe('zstd');
+    await again.close();
+  });
   it('a crash after any write leaves an image with no corruption (leaks at most) and loses nothing completed (writethrough) or flushed (writeback)', async () => {
     // Power loss: writes after the N-th never reach the store.
     class Crashing extends MemoryStorage {
