@@ -153,7 +153,10 @@ export class DigestIndex implements ReferenceIndex {
   private pkgAlg = new Uint8Array(1024);
   private pkgKey = new Uint8Array(1024 * 32);
   private pkgExtra = new Map<number, Digest[]>();
+  // Package ids by name, built on the first lookup by name (indexing a Packages file makes no
+  // Map entry per package): ids below byNameUpTo are in it.
   private byName = new Map<string, number | number[]>();
+  private byNameUpTo = 0;
   // Provenance of packages that lookups have found (frozen, shared; undefined for the others).
   // Each as a frozen one-element list: what lookupMany returns for a digest only that package has.
   private pkgProv: (readonly Provenance[] | undefined)[] = [];
@@ -186,6 +189,9 @@ export class DigestIndex implements ReferenceIndex {
   private u32: Uint32Array<ArrayBufferLike> = new Uint32Array(0);
   private view: Uint8Array = new Uint8Array(0);
   private hexBuf = new Uint8Array(64);
+  // The repository and architecture of the last package added (the same on most).
+  private lastRepo: string | undefined;
+  private lastArch: string | undefined;
 
   constructor(options: DigestIndexOptions = {}) {
     const expected = options.expected ?? 0;
@@ -273,10 +279,6 @@ export class DigestIndex implements ReferenceIndex {
     if (len > 32 || more.length > 0) {
       this.pkgExtra.set(id, [{ alg: digest.alg, hex: digest.hex.toLowerCase() }, ...more.map((d) => ({ alg: d.alg, hex: d.hex.toLowerCase() }))]);
     }
-    const prev = this.byName.get(p.package);
-    if (prev === undefined) this.byName.set(name, id);
-    else if (typeof prev === 'number') this.byName.set(name, [prev, id]);
-    else prev.push(id);
     this.addEntry(id, -1, digest.alg, bytes);
     for (const d of more) {
       const b = new Uint8Array(digestLength(d.alg));
@@ -314,12 +316,65 @@ export class DigestIndex implements ReferenceIndex {
     this.pkgRepo.push(this.str(repository)!);
     this.pkgAlg = growU8(this.pkgAlg, id + 1);
     this.pkgAlg[id] = 0;
-    const prev = this.byName.get(name);
-    if (prev === undefined) this.byName.set(name, id);
-    else if (typeof prev === 'number') this.byName.set(name, [prev, id]);
-    else prev.push(id);
     this.addEntry(id, -1, 'sha256', this.pkgKey.subarray(id * 32, id * 32 + 32));
     return id;
+  }
+
+  /**
+   * {@link DigestIndex.addPackageSha256} for a SHA-256 already decoded: the
+   * 32 bytes at `at` in `digest` (the core's Packages scanner gives them so).
+   * `name` and `version` are kept as they are (strings of their own).
+   * @example `ix.addPackageSha256Raw('deb …', 'hello', '2.10-3', 'amd64', sha256Bytes, 0)`
+   */
+  addPackageSha256Raw(repository: string, name: string, version: string, arch: string | undefined, digest: Uint8Array, at: number): number {
+    if (this.closed) this.live();
+    if (!(at >= 0 && at + 32 <= digest.length)) throw new VmkitError('ARG_RANGE', `at must leave 32 bytes of digest, got ${at} of ${digest.length}`);
+    const id = this.pkgName.length;
+    this.pkgKey = growU8(this.pkgKey, (id + 1) * 32);
+    this.pkgName.push(name);
+    this.pkgProv.push(undefined);
+    this.pkgVersion.push(version);
+    this.pkgArch.push(arch === this.lastArch ? this.lastArch : this.str(arch));
+    this.pkgRepo.push(repository === this.lastRepo ? this.lastRepo : (this.lastRepo = this.str(repository)!));
+    this.lastArch = this.pkgArch[id];
+    this.pkgAlg = growU8(this.pkgAlg, id + 1);
+    this.pkgAlg[id] = 0;
+    // The entry, as addEntry makes it, with the 32 bytes copied by a loop into the package
+    // table and the pending batch (no view made per package).
+    const e = this.nEntries++;
+    if (e >= this.ePkg.length) this.growEntries(e + 1);
+    this.ePkg[e] = id;
+    this.ePath[e] = -1;
+    this.eAlg[e] = 0;
+    this.eNext[e] = -1;
+    const key = this.pkgKey;
+    const pend = this.pendBytes;
+    const k0 = id * 32;
+    const p0 = this.pendAt;
+    for (let i = 0; i < 32; i++) {
+      const b = digest[at + i]!;
+      key[k0 + i] = b;
+      pend[p0 + i] = b;
+    }
+    this.pendAt = p0 + 32;
+    this.pendMeta[this.nPend] = 32;
+    this.pendIds[this.nPend++] = e;
+    if (this.nPend === BATCH) this.flush();
+    return id;
+  }
+
+  // Adds the packages added since the last lookup by name to byName.
+  private names(): Map<string, number | number[]> {
+    const n = this.pkgName.length;
+    for (let id = this.byNameUpTo; id < n; id++) {
+      const name = this.pkgName[id]!;
+      const prev = this.byName.get(name);
+      if (prev === undefined) this.byName.set(name, id);
+      else if (typeof prev === 'number') this.byName.set(name, [prev, id]);
+      else prev.push(id);
+    }
+    this.byNameUpTo = n;
+    return this.byName;
   }
 
   /**
@@ -347,13 +402,7 @@ export class DigestIndex implements ReferenceIndex {
 
   private addEntry(pkg: number, path: number, alg: DigestAlgorithm, bytes: Uint8Array): void {
     const e = this.nEntries++;
-    if (e >= this.ePkg.length) {
-      const n = e + 1;
-      this.ePkg = growI32(this.ePkg, n);
-      this.ePath = growI32(this.ePath, n);
-      this.eNext = growI32(this.eNext, n);
-      this.eAlg = growU8(this.eAlg, this.ePkg.length);
-    }
+    if (e >= this.ePkg.length) this.growEntries(e + 1);
     this.ePkg[e] = pkg;
     this.ePath[e] = path;
     this.eAlg[e] = TAG[alg];
@@ -364,6 +413,13 @@ export class DigestIndex implements ReferenceIndex {
     this.pendMeta[this.nPend] = bytes.length | (TAG[alg] << 8);
     this.pendIds[this.nPend++] = e;
     if (this.nPend === BATCH) this.flush();
+  }
+
+  private growEntries(n: number): void {
+    this.ePkg = growI32(this.ePkg, n);
+    this.ePath = growI32(this.ePath, n);
+    this.eNext = growI32(this.eNext, n);
+    this.eAlg = growU8(this.eAlg, this.ePkg.length);
   }
 
   /** Moves pending inserts into the core (lookups do this themselves). */
@@ -718,7 +774,7 @@ export class DigestIndex implements ReferenceIndex {
    */
   lookupPackage(name: string, version?: string): PackageEntry[] {
     if (this.closed) this.live();
-    const v = this.byName.get(name);
+    const v = this.names().get(name);
     if (v === undefined) return [];
     const ids = typeof v === 'number' ? [v] : v;
     const out: PackageEntry[] = [];
@@ -728,7 +784,7 @@ export class DigestIndex implements ReferenceIndex {
 
   /** Package ids named `name` (all versions). @example `ix.packageIds('hello')` */
   packageIds(name: string): number[] {
-    const v = this.byName.get(name);
+    const v = this.names().get(name);
     return v === undefined ? [] : typeof v === 'number' ? [v] : [...v];
   }
 
