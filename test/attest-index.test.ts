@@ -153,6 +153,17 @@ describe('DigestIndex', () => {
         // Crossing the 4096-digest batches.
         const big = Array.from({ length: 9000 }, (_, i) => text[i % text.length]!);
         expect(ix.lookupMany(alg, big)).toEqual(big.map((h) => one(alg, h)));
+        // The same digests as raw bytes packed, and as hex text in bytes (lookupManyHexText):
+        // the strings of the right length only (a text must be whole digests); non-hex ones included.
+        const whole = big.filter((h) => h.length === n && /^[\x00-\x7f]*$/.test(h));
+        const raw = new Uint8Array(whole.length * (n / 2));
+        const hexOk = whole.map((h) => /^[0-9a-fA-F]*$/.test(h));
+        whole.forEach((h, i) => { if (hexOk[i]) hexInto(h, raw.subarray(i * (n / 2), (i + 1) * (n / 2))); });
+        const want = whole.map((h) => one(alg, h));
+        expect(ix.lookupManyHexText(alg, new TextEncoder().encode(whole.join('')))).toEqual(want);
+        expect(ix.lookupMany(alg, raw)).toEqual(whole.map((h, i) => (hexOk[i] ? want[i] : one(alg, '00'.repeat(n / 2)))));
+        expect(() => ix.lookupManyHexText(alg, new Uint8Array(n + 1))).toThrow(expect.objectContaining({ code: 'ARG_RANGE' }));
+        expect(ix.lookupManyHexText(alg, new Uint8Array(0))).toEqual([]);
       }
     } finally {
       ix.close();

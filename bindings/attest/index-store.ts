@@ -19,7 +19,7 @@
  * stored tail, so keys never confuse algorithms.
  * @module
  */
-import { core, withCore, type Core } from '../core.js';
+import { core, coreFailure, withCore, type Core } from '../core.js';
 import { check } from '../_status.js';
 import { VmkitError } from '../errors.js';
 import { abytes } from '../_utils.js';
@@ -612,80 +612,130 @@ export class DigestIndex implements ReferenceIndex {
    */
   lookupMany(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[] {
     const len = digestLength(alg);
-    const hex = !(digests instanceof Uint8Array);
-    if (hex && !Array.isArray(digests)) throw new VmkitError('ARG_TYPE', 'digests must be an array of hex strings or a Uint8Array');
-    if (!hex && digests.length % len !== 0) throw new VmkitError('ARG_RANGE', `digests must be a whole number of ${len}-byte ${alg} digests, got ${digests.length} bytes`);
-    const n = hex ? digests.length : digests.length / len;
+    if (digests instanceof Uint8Array) {
+      if (digests.length % len !== 0) throw new VmkitError('ARG_RANGE', `digests must be a whole number of ${len}-byte ${alg} digests, got ${digests.length} bytes`);
+      return this.lookupBytes(alg, len, digests, false);
+    }
+    if (!Array.isArray(digests)) throw new VmkitError('ARG_TYPE', 'digests must be an array of hex strings or a Uint8Array');
+    const n = digests.length;
     const out: (Provenance[] | undefined)[] = new Array(n).fill(undefined);
     if (n === 0) return out;
     if (this.nPend) this.flush();
     const c = this.live();
     const ex = this.ex(c);
     const tag = TAG[alg];
-    const W = hex ? 2 * len : len; // input bytes per digest
+    const W = 2 * len; // input bytes per digest
     const B = Math.min(n, BATCH);
-    // Layout: input (B × W), decoded digests (B × len, hex only), results (B × u32).
+    // Layout: input (B × W), decoded digests (B × len), results (B × u32).
     const decAt = (B * W + 15) & ~15;
-    const resAt = hex ? (decAt + B * len + 15) & ~15 : decAt;
+    const resAt = (decAt + B * len + 15) & ~15;
     withCore(() => {
       const p = this.batchBuffer(c, resAt + B * 4);
       // Nothing below allocates in the core, so this view of its memory stays valid.
       const u8 = c.u8();
-      if (this.u32.buffer !== u8.buffer) this.u32 = new Uint32Array(u8.buffer);
-      const res = this.u32;
-      const eHit = this.eHit;
-      const r0 = (p + resAt) >>> 2; // 16-byte aligned
       for (let o = 0; o < n; o += B) {
         const k = Math.min(B, n - o);
-        let r: number;
-        if (hex) {
-          const text = this.hexText(digests as readonly string[], o, k, W);
-          if (!_writeAscii(text, u8, p, k * W)) {
-            // A character outside ASCII took more than one byte: spell those strings as not hex.
-            const safe = (digests as readonly string[]).slice(o, o + k).map((s) => (/^[\x00-\x7f]*$/.test(s) ? s : _NOT_HEX));
-            _writeAscii(this.hexText(safe, 0, k, W), u8, p, k * W);
-          }
-          r = ex.dixGetHex(this.h, p, k, len, tag, p + decAt, p + resAt);
-        } else {
-          u8.set((digests as Uint8Array).subarray(o * len, (o + k) * len), p);
-          r = ex.dixGetPacked(this.h, p, k, len, tag, p + resAt);
+        const text = this.hexText(digests, o, k, W);
+        if (!_writeAscii(text, u8, p, k * W)) {
+          // A character outside ASCII took more than one byte: spell those strings as not hex.
+          const safe = digests.slice(o, o + k).map((s) => (/^[\x00-\x7f]*$/.test(s) ? s : _NOT_HEX));
+          _writeAscii(this.hexText(safe, 0, k, W), u8, p, k * W);
         }
+        const r = ex.dixGetHex(this.h, p, k, len, tag, p + decAt, p + resAt);
         if (r < 0) check(r, 'digest index lookup');
-        if (r === 0) continue;
-        for (let i = 0; i < k; i++) {
-          const v = res[r0 + i]!;
-          if (v === 0 || v === 0xffffffff) continue;
-          // Longer digests: the tail beyond the key is compared on the host (as lookupDigest does).
-          const d = len <= 32 ? undefined : hex ? u8.slice(p + decAt + i * len, p + decAt + (i + 1) * len) : (digests as Uint8Array).subarray((o + i) * len, (o + i + 1) * len);
-          const e0 = v - 1;
-          if (tag === 0) {
-            const l = eHit[e0];
-            if (l !== undefined) {
-              out[o + i] = l as Provenance[];
-              continue;
-            }
-          }
-          if (!d && this.eNext[e0]! < 0 && this.ePath[e0]! < 0) {
-            // The common hit: one entry, a package's own digest — its shared list, nothing made.
-            if (this.eAlg[e0] === tag) {
-              const l = this.pkgList(this.ePkg[e0]!);
-              out[o + i] = l as Provenance[];
-              if (tag === 0) {
-                while (eHit.length <= e0) eHit.push(undefined);
-                eHit[e0] = l;
-              }
-            }
-            continue;
-          }
-          let list: Provenance[] | undefined;
-          for (let e = e0; e >= 0; e = this.eNext[e]!) {
-            if (d ? this.entryMatches(e, tag, d) : this.eAlg[e] === tag) (list ??= []).push(this.hitProvenance(e));
-          }
-          out[o + i] = list;
-        }
+        if (r !== 0) this.results(u8, tag, len, p + resAt, k, out, o, p + decAt);
       }
     });
     return out;
+  }
+
+  /**
+   * {@link DigestIndex.lookupMany} for digests given as hex text in bytes:
+   * `n × 2·digestLength(alg)` ASCII hex digits back to back (either case), as a
+   * request body or a file of digests holds them. The text goes into the core
+   * as it is and is decoded there: no string is made per digest. A digest
+   * whose text is not hex gives `undefined`.
+   *
+   * @example
+   * ```ts
+   * const text = new TextEncoder().encode(hexA + hexB); // two SHA-256 digests, 128 characters
+   * const [a, b] = ix.lookupManyHexText('sha256', text);
+   * ```
+   */
+  lookupManyHexText(alg: DigestAlgorithm, text: Uint8Array): (Provenance[] | undefined)[] {
+    const len = digestLength(alg);
+    abytes(text, 'text');
+    if (text.length % (2 * len) !== 0) throw new VmkitError('ARG_RANGE', `text must be a whole number of ${2 * len}-character ${alg} digests, got ${text.length} bytes`);
+    return this.lookupBytes(alg, len, text, true);
+  }
+
+  // lookupMany of raw digests (len bytes each) or of hex text (2 × len each), in batches of BATCH.
+  private lookupBytes(alg: DigestAlgorithm, len: number, digests: Uint8Array, hex: boolean): (Provenance[] | undefined)[] {
+    const W = hex ? 2 * len : len;
+    const n = digests.length / W;
+    const out: (Provenance[] | undefined)[] = new Array(n).fill(undefined);
+    if (n === 0) return out;
+    if (this.nPend) this.flush();
+    const c = this.live();
+    const ex = this.ex(c);
+    const tag = TAG[alg];
+    const B = Math.min(n, BATCH);
+    const decAt = (B * W + 15) & ~15;
+    const resAt = hex ? (decAt + B * len + 15) & ~15 : decAt;
+    try {
+      const p = this.batchBuffer(c, resAt + B * 4);
+      const u8 = c.u8();
+      for (let o = 0; o < n; o += B) {
+        const k = Math.min(B, n - o);
+        u8.set(k === n ? digests : digests.subarray(o * W, (o + k) * W), p);
+        const r = hex ? ex.dixGetHex(this.h, p, k, len, tag, p + decAt, p + resAt) : ex.dixGetPacked(this.h, p, k, len, tag, p + resAt);
+        if (r < 0) check(r, 'digest index lookup');
+        if (r !== 0) this.results(u8, tag, len, p + resAt, k, out, o, hex ? p + decAt : p);
+      }
+    } catch (e) {
+      throw coreFailure(e);
+    }
+    return out;
+  }
+
+  // The answers of one batch: k results (value + 1, 0 absent, 0xffffffff not hex) at res in
+  // core memory, into out from o; the batch's decoded digests (k × len) are at dec.
+  private results(u8: Uint8Array, tag: number, len: number, res: number, k: number, out: (Provenance[] | undefined)[], o: number, dec: number): void {
+    if (this.u32.buffer !== u8.buffer) this.u32 = new Uint32Array(u8.buffer);
+    const u32 = this.u32;
+    const eHit = this.eHit;
+    const r0 = res >>> 2; // 16-byte aligned
+    for (let i = 0; i < k; i++) {
+      const v = u32[r0 + i]!;
+      if (v === 0 || v === 0xffffffff) continue;
+      const e0 = v - 1;
+      if (tag === 0) {
+        const l = eHit[e0];
+        if (l !== undefined) {
+          out[o + i] = l as Provenance[];
+          continue;
+        }
+      }
+      // Longer digests: the tail beyond the key is compared on the host (as lookupDigest does).
+      const d = len <= 32 ? undefined : u8.slice(dec + i * len, dec + (i + 1) * len);
+      if (!d && this.eNext[e0]! < 0 && this.ePath[e0]! < 0) {
+        // The common hit: one entry, a package's own digest — its shared list, nothing made.
+        if (this.eAlg[e0] === tag) {
+          const l = this.pkgList(this.ePkg[e0]!);
+          out[o + i] = l as Provenance[];
+          if (tag === 0) {
+            while (eHit.length <= e0) eHit.push(undefined);
+            eHit[e0] = l;
+          }
+        }
+        continue;
+      }
+      let list: Provenance[] | undefined;
+      for (let e = e0; e >= 0; e = this.eNext[e]!) {
+        if (d ? this.entryMatches(e, tag, d) : this.eAlg[e] === tag) (list ??= []).push(this.hitProvenance(e));
+      }
+      out[o + i] = list;
+    }
   }
 
   // `k` strings from `o` as one text of k × W characters; a string of another length is replaced by non-hex.
