@@ -31,7 +31,9 @@ import { E_ARG, E_CORRUPT, E_HANDLE, E_LIMIT, E_NO_MEMORY } from "./_errors";
 import { tryAlloc } from "./_memory";
 import { hexDecode } from "./_hex";
 
-const MAX_SCANNERS: i32 = 16;
+// As many as digest index tables: a service refreshing many sources at once runs one (two during a
+// prefetch handover) per source.
+const MAX_SCANNERS: i32 = 256;
 /** Longest kept value (Package, Version, Architecture, Filename), bytes. */
 export const PKGS_MAX_VALUE: i32 = 1024;
 /** Bytes of one record. */
@@ -94,7 +96,7 @@ function live(h: i32): bool {
 /**
  * Creates a scanner with an input buffer of `inputCap` bytes (1 KiB .. 16 MiB:
  * the longest line it can take) and room for `recordCap` records per call
- * (1 .. 65536). Returns a handle ≥ 1, E_ARG, E_LIMIT (16 live) or E_NO_MEMORY.
+ * (1 .. 65536). Returns a handle ≥ 1, E_ARG, E_LIMIT (256 live) or E_NO_MEMORY.
  */
 export function pkgsCreate(inputCap: i32, recordCap: i32): i32 {
   if (inputCap < MIN_INPUT || inputCap > MAX_INPUT || recordCap < 1 || recordCap > MAX_RECORDS) return E_ARG;
