@@ -49,3 +49,50 @@ export function hexDecode(src: usize, len: usize, dst: usize): bool {
   return true;
 }
 
+
+// hexDecode32: per lane y = (c | 0x20) - '0' (the case folded: 49..54 for a..f, and
+// digits keep their value since 0x30..0x39 have that bit); a lane is a digit when
+// c - '0' < 10 (unfolded: a control character must not fold into one), a letter when
+// y - 49 < 6; its value is y, less 39 unless a digit.
+@inline
+function hexY(c: v128): v128 {
+  return i8x16.sub(v128.or(c, i8x16.splat(0x20)), i8x16.splat(0x30));
+}
+@inline
+function hexNotDigit(c: v128): v128 {
+  return i8x16.gt_u(i8x16.sub(c, i8x16.splat(0x30)), i8x16.splat(9));
+}
+
+/**
+ * Decodes exactly 64 hex characters at src into 32 bytes at dst (a SHA-256):
+ * four loads, one validity test, two stores. False on a non-hex character
+ * (dst then holds garbage). unsafe: 64 readable bytes at src, 32 writable at dst.
+ */
+export function hexDecode32(src: usize, dst: usize): bool {
+  if (ASC_FEATURE_SIMD) {
+    const c0 = v128.load(src);
+    const c1 = v128.load(src, 16);
+    const c2 = v128.load(src, 32);
+    const c3 = v128.load(src, 48);
+    const y0 = hexY(c0);
+    const y1 = hexY(c1);
+    const y2 = hexY(c2);
+    const y3 = hexY(c3);
+    const n0 = hexNotDigit(c0);
+    const n1 = hexNotDigit(c1);
+    const n2 = hexNotDigit(c2);
+    const n3 = hexNotDigit(c3);
+    const adj = i8x16.splat(39);
+    v128.store(dst, i8x16.narrow_i16x8_u(pairs(i8x16.sub(y0, v128.and(n0, adj))), pairs(i8x16.sub(y1, v128.and(n1, adj)))));
+    v128.store(dst, i8x16.narrow_i16x8_u(pairs(i8x16.sub(y2, v128.and(n2, adj))), pairs(i8x16.sub(y3, v128.and(n3, adj)))), 16);
+    // Bad: not a digit and not a letter (y - 49 ≥ 6, unsigned).
+    const a = i8x16.splat(49);
+    const five = i8x16.splat(5);
+    const b0 = v128.and(n0, i8x16.gt_u(i8x16.sub(y0, a), five));
+    const b1 = v128.and(n1, i8x16.gt_u(i8x16.sub(y1, a), five));
+    const b2 = v128.and(n2, i8x16.gt_u(i8x16.sub(y2, a), five));
+    const b3 = v128.and(n3, i8x16.gt_u(i8x16.sub(y3, a), five));
+    return !v128.any_true(v128.or(v128.or(b0, b1), v128.or(b2, b3)));
+  }
+  return hexDecode(src, 32, dst);
+}

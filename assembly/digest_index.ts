@@ -21,7 +21,7 @@
 
 import { E_ARG, E_HANDLE, E_LIMIT, E_NO_MEMORY } from "./_errors";
 import { tryAlloc } from "./_memory";
-import { hexDecode } from "./_hex";
+import { hexDecode, hexDecode32 } from "./_hex";
 
 const MAX_TABLES: i32 = 256;
 const MIN_CAP: u32 = 16;
@@ -411,7 +411,7 @@ export function dixGetHex(h: i32, hex: usize, n: i32, len: i32, tag: i32, dec: u
     for (let k = 0; k < n; k++) {
       // unsafe: the host passes n entries in each buffer.
       const d = dec + (<usize>k << 5);
-      const ok = hexDecode(hex + (<usize>k << 6), KEY, d);
+      const ok = hexDecode32(hex + (<usize>k << 6), d);
       store<u8>(d + 31, load<u8>(d + 31) ^ <u8>tag);
       store<u32>(out + (<usize>k << 2), ok ? 0 : 0xffffffff);
     }

@@ -29,7 +29,7 @@
 
 import { E_ARG, E_CORRUPT, E_HANDLE, E_LIMIT, E_NO_MEMORY } from "./_errors";
 import { tryAlloc } from "./_memory";
-import { hexDecode } from "./_hex";
+import { hexDecode32 } from "./_hex";
 
 // As many as digest index tables: a service refreshing many sources at once runs one (two during a
 // prefetch handover) per source.
@@ -351,7 +351,7 @@ function line(i: i32, p: usize, eol: usize, at: u64): bool {
     return true;
   }
   if (f == F_SHA256) {
-    if (n != 64 || !hexDecode(a, 32, cur + <usize>PKGS_RECORD)) {
+    if (n != 64 || !hexDecode32(a, cur + <usize>PKGS_RECORD)) {
       fail(i, E_CORRUPT, K_SHA256, F_SHA256, at);
       return false;
     }

@@ -164,6 +164,15 @@ describe('DigestIndex', () => {
         expect(ix.lookupMany(alg, raw)).toEqual(whole.map((h, i) => (hexOk[i] ? want[i] : one(alg, '00'.repeat(n / 2)))));
         expect(() => ix.lookupManyHexText(alg, new Uint8Array(n + 1))).toThrow(expect.objectContaining({ code: 'ARG_RANGE' }));
         expect(ix.lookupManyHexText(alg, new Uint8Array(0))).toEqual([]);
+        // A control character one case-fold (| 0x20) from the digit it replaces in a known
+        // digest is not hex (a decoder that folded it would find the digest).
+        for (let i = 0; i < n; i++) {
+          const t = new TextEncoder().encode(k[5]!);
+          if (t[i]! < 0x30 || t[i]! > 0x39) continue;
+          t[i] = t[i]! - 0x20;
+          expect(ix.lookupManyHexText(alg, t)).toEqual([undefined]);
+        }
+        expect(ix.lookupManyHexText(alg, new TextEncoder().encode(k[5]!))[0]).toBeDefined();
       }
     } finally {
       ix.close();

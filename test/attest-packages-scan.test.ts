@@ -136,6 +136,15 @@ describe('core Packages scanner', () => {
     const c = viaCore(bytes);
     expect(c.error).toMatchObject({ code: 'CORRUPT', offset: 42 });
     expect(viaJs(bytes).error).toBeUndefined(); // the JS path refuses it later, in DigestIndex
+    // Characters one case-fold from a digit or a letter (0x10..0x19 | 0x20 is '0'..'9'; '@', '`', 'G').
+    for (const bad of ['\x11', '\x19', '@', '`', 'G', 'g', '/', ':', '\xff']) {
+      for (const at of [0, 17, 31, 32, 47, 63]) {
+        const hex = 'e'.repeat(at) + bad + 'e'.repeat(63 - at);
+        const b = enc.encode(`Package: a\nVersion: 1\nFilename: f\nSize: 1\nSHA256: ${hex}\n`);
+        const c = viaCore(b);
+        expect(c.error, JSON.stringify(bad) + at).toMatchObject({ code: 'CORRUPT', offset: 42 });
+      }
+    }
   });
 
   it('takes long lines it does not keep, and answers LIMIT for a line past its buffer or a kept value past 1024 bytes', () => {
