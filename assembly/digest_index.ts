@@ -21,6 +21,7 @@
 
 import { E_ARG, E_HANDLE, E_LIMIT, E_NO_MEMORY } from "./_errors";
 import { tryAlloc } from "./_memory";
+import { hexDecode, hexDecode32 } from "./_hex";
 
 const MAX_TABLES: i32 = 256;
 const MIN_CAP: u32 = 16;
@@ -322,54 +323,6 @@ export function dixGetBatch(h: i32, keys: usize, n: i32, out: usize): i32 {
 // 32 bytes for building one key (digests of other lengths, tagged algorithms).
 const KEYBUF: usize = memory.data(32);
 
-// Value 0..15 of a hex digit (either case), or ≥ 16.
-@inline
-function hexVal(c: u32): u32 {
-  const d = c - 48;
-  if (d < 10) return d;
-  const l = (c | 32) - 97;
-  return l < 6 ? l + 10 : 255;
-}
-
-// Nibble values of 16 hex characters; lanes of non-hex characters get 0xff.
-@inline
-function nibbles(c: v128): v128 {
-  const d = i8x16.sub(c, i8x16.splat(48));
-  const isD = i8x16.lt_u(d, i8x16.splat(10));
-  const l = i8x16.sub(v128.or(c, i8x16.splat(32)), i8x16.splat(97));
-  const isL = i8x16.lt_u(l, i8x16.splat(6));
-  const v = v128.bitselect(d, i8x16.add(l, i8x16.splat(10)), isD);
-  return v128.or(v, v128.not(v128.or(isD, isL)));
-}
-
-// Bytes of 16 nibble pairs: (even << 4) | odd, as u16 lanes (little-endian pairs).
-@inline
-function pairs(v: v128): v128 {
-  return v128.or(i16x8.shl(v128.and(v, i16x8.splat(0xff)), 4), i16x8.shr_u(v, 8));
-}
-
-// Decodes 2·len hex characters at src into len bytes at dst; false on a non-hex
-// character. unsafe: src has 2·len readable bytes, dst len writable ones.
-function hexDecode(src: usize, len: usize, dst: usize): bool {
-  let i: usize = 0;
-  if (ASC_FEATURE_SIMD) {
-    // 32 characters → 16 bytes per step; a bad character anywhere sets a high nibble.
-    for (; i + 16 <= len; i += 16) {
-      const a = nibbles(v128.load(src + (i << 1)));
-      const b = nibbles(v128.load(src + (i << 1), 16));
-      if (v128.any_true(v128.and(v128.or(a, b), i8x16.splat(<i8>0xf0)))) return false;
-      v128.store(dst + i, i8x16.narrow_i16x8_u(pairs(a), pairs(b)));
-    }
-  }
-  for (; i < len; i++) {
-    const hi = hexVal(<u32>load<u8>(src + (i << 1)));
-    const lo = hexVal(<u32>load<u8>(src + (i << 1) + 1));
-    if ((hi | lo) > 15) return false;
-    store<u8>(dst + i, <u8>((hi << 4) | lo));
-  }
-  return true;
-}
-
 // THE key rule (its one home; the host passes raw digests and a tag, never keys):
 // the key of a digest of len bytes under algorithm tag is its first 32 bytes,
 // zero-padded, with the last byte XOR tag. Digests are uniform, so the first 32
@@ -458,7 +411,7 @@ export function dixGetHex(h: i32, hex: usize, n: i32, len: i32, tag: i32, dec: u
     for (let k = 0; k < n; k++) {
       // unsafe: the host passes n entries in each buffer.
       const d = dec + (<usize>k << 5);
-      const ok = hexDecode(hex + (<usize>k << 6), KEY, d);
+      const ok = hexDecode32(hex + (<usize>k << 6), d);
       store<u8>(d + 31, load<u8>(d + 31) ^ <u8>tag);
       store<u32>(out + (<usize>k << 2), ok ? 0 : 0xffffffff);
     }

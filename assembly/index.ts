@@ -10,6 +10,7 @@ export * from "./staging";
 export * from "./sectors";
 export * from "./digest_index";
 export * from "./backup_plan";
+export * from "./packages_scan";
 
 import { pagingSelfCheck } from "./paging";
 import { prefetchSelfCheck } from "./prefetch";
@@ -18,6 +19,7 @@ import { stagingSelfCheck } from "./staging";
 import { sectorsSelfCheck } from "./sectors";
 import { digestindexSelfCheck } from "./digest_index";
 import { backupplanSelfCheck } from "./backup_plan";
+import { packagesscanSelfCheck } from "./packages_scan";
 
 /** ABI version: bumped on any incompatible change to an export's contract. */
 export const ABI_VERSION: i32 = 1;
@@ -47,6 +49,8 @@ export function selfCheck(): i32 {
   if (r != 0) return 6000 + r;
   r = backupplanSelfCheck();
   if (r != 0) return 7000 + r;
+  r = packagesscanSelfCheck();
+  if (r != 0) return 8000 + r;
   return 0;
 }
 

@@ -770,4 +770,82 @@ export interface CoreExports {
    * @returns `i32`
    */
   backupplanSelfCheck(): number;
+  /** assembly/packages_scan/PKGS_MAX_VALUE */
+  readonly PKGS_MAX_VALUE: {
+    /** @type `i32` */
+    get value(): number
+  };
+  /** assembly/packages_scan/PKGS_RECORD */
+  readonly PKGS_RECORD: {
+    /** @type `i32` */
+    get value(): number
+  };
+  /**
+   * assembly/packages_scan/pkgsCreate
+   * @param inputCap `i32`
+   * @param recordCap `i32`
+   * @returns `i32`
+   */
+  pkgsCreate(inputCap: number, recordCap: number): number;
+  /**
+   * assembly/packages_scan/pkgsDestroy
+   * @param h `i32`
+   * @returns `i32`
+   */
+  pkgsDestroy(h: number): number;
+  /**
+   * assembly/packages_scan/pkgsInputAt
+   * @param h `i32`
+   * @returns `usize`
+   */
+  pkgsInputAt(h: number): number;
+  /**
+   * assembly/packages_scan/pkgsInputRoom
+   * @param h `i32`
+   * @returns `i32`
+   */
+  pkgsInputRoom(h: number): number;
+  /**
+   * assembly/packages_scan/pkgsRecords
+   * @param h `i32`
+   * @returns `usize`
+   */
+  pkgsRecords(h: number): number;
+  /**
+   * assembly/packages_scan/pkgsDigests
+   * @param h `i32`
+   * @returns `usize`
+   */
+  pkgsDigests(h: number): number;
+  /**
+   * assembly/packages_scan/pkgsText
+   * @param h `i32`
+   * @returns `usize`
+   */
+  pkgsText(h: number): number;
+  /**
+   * assembly/packages_scan/pkgsErrorInfo
+   * @param h `i32`
+   * @param out `usize`
+   * @returns `i32`
+   */
+  pkgsErrorInfo(h: number, out: number): number;
+  /**
+   * assembly/packages_scan/pkgsScan
+   * @param h `i32`
+   * @param n `i32`
+   * @returns `i32`
+   */
+  pkgsScan(h: number, n: number): number;
+  /**
+   * assembly/packages_scan/pkgsFinish
+   * @param h `i32`
+   * @returns `i32`
+   */
+  pkgsFinish(h: number): number;
+  /**
+   * assembly/packages_scan/packagesscanSelfCheck
+   * @returns `i32`
+   */
+  packagesscanSelfCheck(): number;
 }

@@ -153,6 +153,26 @@ describe('DigestIndex', () => {
         // Crossing the 4096-digest batches.
         const big = Array.from({ length: 9000 }, (_, i) => text[i % text.length]!);
         expect(ix.lookupMany(alg, big)).toEqual(big.map((h) => one(alg, h)));
+        // The same digests as raw bytes packed, and as hex text in bytes (lookupManyHexText):
+        // the strings of the right length only (a text must be whole digests); non-hex ones included.
+        const whole = big.filter((h) => h.length === n && /^[\x00-\x7f]*$/.test(h));
+        const raw = new Uint8Array(whole.length * (n / 2));
+        const hexOk = whole.map((h) => /^[0-9a-fA-F]*$/.test(h));
+        whole.forEach((h, i) => { if (hexOk[i]) hexInto(h, raw.subarray(i * (n / 2), (i + 1) * (n / 2))); });
+        const want = whole.map((h) => one(alg, h));
+        expect(ix.lookupManyHexText(alg, new TextEncoder().encode(whole.join('')))).toEqual(want);
+        expect(ix.lookupMany(alg, raw)).toEqual(whole.map((h, i) => (hexOk[i] ? want[i] : one(alg, '00'.repeat(n / 2)))));
+        expect(() => ix.lookupManyHexText(alg, new Uint8Array(n + 1))).toThrow(expect.objectContaining({ code: 'ARG_RANGE' }));
+        expect(ix.lookupManyHexText(alg, new Uint8Array(0))).toEqual([]);
+        // A control character one case-fold (| 0x20) from the digit it replaces in a known
+        // digest is not hex (a decoder that folded it would find the digest).
+        for (let i = 0; i < n; i++) {
+          const t = new TextEncoder().encode(k[5]!);
+          if (t[i]! < 0x30 || t[i]! > 0x39) continue;
+          t[i] = t[i]! - 0x20;
+          expect(ix.lookupManyHexText(alg, t)).toEqual([undefined]);
+        }
+        expect(ix.lookupManyHexText(alg, new TextEncoder().encode(k[5]!))[0]).toBeDefined();
       }
     } finally {
       ix.close();

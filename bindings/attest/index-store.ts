@@ -19,7 +19,7 @@
  * stored tail, so keys never confuse algorithms.
  * @module
  */
-import { core, withCore, type Core } from '../core.js';
+import { core, coreFailure, withCore, type Core } from '../core.js';
 import { check } from '../_status.js';
 import { VmkitError } from '../errors.js';
 import { abytes } from '../_utils.js';
@@ -153,7 +153,10 @@ export class DigestIndex implements ReferenceIndex {
   private pkgAlg = new Uint8Array(1024);
   private pkgKey = new Uint8Array(1024 * 32);
   private pkgExtra = new Map<number, Digest[]>();
+  // Package ids by name, built on the first lookup by name (indexing a Packages file makes no
+  // Map entry per package): ids below byNameUpTo are in it.
   private byName = new Map<string, number | number[]>();
+  private byNameUpTo = 0;
   // Provenance of packages that lookups have found (frozen, shared; undefined for the others).
   // Each as a frozen one-element list: what lookupMany returns for a digest only that package has.
   private pkgProv: (readonly Provenance[] | undefined)[] = [];
@@ -186,6 +189,9 @@ export class DigestIndex implements ReferenceIndex {
   private u32: Uint32Array<ArrayBufferLike> = new Uint32Array(0);
   private view: Uint8Array = new Uint8Array(0);
   private hexBuf = new Uint8Array(64);
+  // The repository and architecture of the last package added (the same on most).
+  private lastRepo: string | undefined;
+  private lastArch: string | undefined;
 
   constructor(options: DigestIndexOptions = {}) {
     const expected = options.expected ?? 0;
@@ -273,10 +279,6 @@ export class DigestIndex implements ReferenceIndex {
     if (len > 32 || more.length > 0) {
       this.pkgExtra.set(id, [{ alg: digest.alg, hex: digest.hex.toLowerCase() }, ...more.map((d) => ({ alg: d.alg, hex: d.hex.toLowerCase() }))]);
     }
-    const prev = this.byName.get(p.package);
-    if (prev === undefined) this.byName.set(name, id);
-    else if (typeof prev === 'number') this.byName.set(name, [prev, id]);
-    else prev.push(id);
     this.addEntry(id, -1, digest.alg, bytes);
     for (const d of more) {
       const b = new Uint8Array(digestLength(d.alg));
@@ -314,12 +316,65 @@ export class DigestIndex implements ReferenceIndex {
     this.pkgRepo.push(this.str(repository)!);
     this.pkgAlg = growU8(this.pkgAlg, id + 1);
     this.pkgAlg[id] = 0;
-    const prev = this.byName.get(name);
-    if (prev === undefined) this.byName.set(name, id);
-    else if (typeof prev === 'number') this.byName.set(name, [prev, id]);
-    else prev.push(id);
     this.addEntry(id, -1, 'sha256', this.pkgKey.subarray(id * 32, id * 32 + 32));
     return id;
+  }
+
+  /**
+   * {@link DigestIndex.addPackageSha256} for a SHA-256 already decoded: the
+   * 32 bytes at `at` in `digest` (the core's Packages scanner gives them so).
+   * `name` and `version` are kept as they are (strings of their own).
+   * @example `ix.addPackageSha256Raw('deb …', 'hello', '2.10-3', 'amd64', sha256Bytes, 0)`
+   */
+  addPackageSha256Raw(repository: string, name: string, version: string, arch: string | undefined, digest: Uint8Array, at: number): number {
+    if (this.closed) this.live();
+    if (!(at >= 0 && at + 32 <= digest.length)) throw new VmkitError('ARG_RANGE', `at must leave 32 bytes of digest, got ${at} of ${digest.length}`);
+    const id = this.pkgName.length;
+    this.pkgKey = growU8(this.pkgKey, (id + 1) * 32);
+    this.pkgName.push(name);
+    this.pkgProv.push(undefined);
+    this.pkgVersion.push(version);
+    this.pkgArch.push(arch === this.lastArch ? this.lastArch : this.str(arch));
+    this.pkgRepo.push(repository === this.lastRepo ? this.lastRepo : (this.lastRepo = this.str(repository)!));
+    this.lastArch = this.pkgArch[id];
+    this.pkgAlg = growU8(this.pkgAlg, id + 1);
+    this.pkgAlg[id] = 0;
+    // The entry, as addEntry makes it, with the 32 bytes copied by a loop into the package
+    // table and the pending batch (no view made per package).
+    const e = this.nEntries++;
+    if (e >= this.ePkg.length) this.growEntries(e + 1);
+    this.ePkg[e] = id;
+    this.ePath[e] = -1;
+    this.eAlg[e] = 0;
+    this.eNext[e] = -1;
+    const key = this.pkgKey;
+    const pend = this.pendBytes;
+    const k0 = id * 32;
+    const p0 = this.pendAt;
+    for (let i = 0; i < 32; i++) {
+      const b = digest[at + i]!;
+      key[k0 + i] = b;
+      pend[p0 + i] = b;
+    }
+    this.pendAt = p0 + 32;
+    this.pendMeta[this.nPend] = 32;
+    this.pendIds[this.nPend++] = e;
+    if (this.nPend === BATCH) this.flush();
+    return id;
+  }
+
+  // Adds the packages added since the last lookup by name to byName.
+  private names(): Map<string, number | number[]> {
+    const n = this.pkgName.length;
+    for (let id = this.byNameUpTo; id < n; id++) {
+      const name = this.pkgName[id]!;
+      const prev = this.byName.get(name);
+      if (prev === undefined) this.byName.set(name, id);
+      else if (typeof prev === 'number') this.byName.set(name, [prev, id]);
+      else prev.push(id);
+    }
+    this.byNameUpTo = n;
+    return this.byName;
   }
 
   /**
@@ -347,13 +402,7 @@ export class DigestIndex implements ReferenceIndex {
 
   private addEntry(pkg: number, path: number, alg: DigestAlgorithm, bytes: Uint8Array): void {
     const e = this.nEntries++;
-    if (e >= this.ePkg.length) {
-      const n = e + 1;
-      this.ePkg = growI32(this.ePkg, n);
-      this.ePath = growI32(this.ePath, n);
-      this.eNext = growI32(this.eNext, n);
-      this.eAlg = growU8(this.eAlg, this.ePkg.length);
-    }
+    if (e >= this.ePkg.length) this.growEntries(e + 1);
     this.ePkg[e] = pkg;
     this.ePath[e] = path;
     this.eAlg[e] = TAG[alg];
@@ -364,6 +413,13 @@ export class DigestIndex implements ReferenceIndex {
     this.pendMeta[this.nPend] = bytes.length | (TAG[alg] << 8);
     this.pendIds[this.nPend++] = e;
     if (this.nPend === BATCH) this.flush();
+  }
+
+  private growEntries(n: number): void {
+    this.ePkg = growI32(this.ePkg, n);
+    this.ePath = growI32(this.ePath, n);
+    this.eNext = growI32(this.eNext, n);
+    this.eAlg = growU8(this.eAlg, this.ePkg.length);
   }
 
   /** Moves pending inserts into the core (lookups do this themselves). */
@@ -556,80 +612,130 @@ export class DigestIndex implements ReferenceIndex {
    */
   lookupMany(alg: DigestAlgorithm, digests: readonly string[] | Uint8Array): (Provenance[] | undefined)[] {
     const len = digestLength(alg);
-    const hex = !(digests instanceof Uint8Array);
-    if (hex && !Array.isArray(digests)) throw new VmkitError('ARG_TYPE', 'digests must be an array of hex strings or a Uint8Array');
-    if (!hex && digests.length % len !== 0) throw new VmkitError('ARG_RANGE', `digests must be a whole number of ${len}-byte ${alg} digests, got ${digests.length} bytes`);
-    const n = hex ? digests.length : digests.length / len;
+    if (digests instanceof Uint8Array) {
+      if (digests.length % len !== 0) throw new VmkitError('ARG_RANGE', `digests must be a whole number of ${len}-byte ${alg} digests, got ${digests.length} bytes`);
+      return this.lookupBytes(alg, len, digests, false);
+    }
+    if (!Array.isArray(digests)) throw new VmkitError('ARG_TYPE', 'digests must be an array of hex strings or a Uint8Array');
+    const n = digests.length;
     const out: (Provenance[] | undefined)[] = new Array(n).fill(undefined);
     if (n === 0) return out;
     if (this.nPend) this.flush();
     const c = this.live();
     const ex = this.ex(c);
     const tag = TAG[alg];
-    const W = hex ? 2 * len : len; // input bytes per digest
+    const W = 2 * len; // input bytes per digest
     const B = Math.min(n, BATCH);
-    // Layout: input (B × W), decoded digests (B × len, hex only), results (B × u32).
+    // Layout: input (B × W), decoded digests (B × len), results (B × u32).
     const decAt = (B * W + 15) & ~15;
-    const resAt = hex ? (decAt + B * len + 15) & ~15 : decAt;
+    const resAt = (decAt + B * len + 15) & ~15;
     withCore(() => {
       const p = this.batchBuffer(c, resAt + B * 4);
       // Nothing below allocates in the core, so this view of its memory stays valid.
       const u8 = c.u8();
-      if (this.u32.buffer !== u8.buffer) this.u32 = new Uint32Array(u8.buffer);
-      const res = this.u32;
-      const eHit = this.eHit;
-      const r0 = (p + resAt) >>> 2; // 16-byte aligned
       for (let o = 0; o < n; o += B) {
         const k = Math.min(B, n - o);
-        let r: number;
-        if (hex) {
-          const text = this.hexText(digests as readonly string[], o, k, W);
-          if (!_writeAscii(text, u8, p, k * W)) {
-            // A character outside ASCII took more than one byte: spell those strings as not hex.
-            const safe = (digests as readonly string[]).slice(o, o + k).map((s) => (/^[\x00-\x7f]*$/.test(s) ? s : _NOT_HEX));
-            _writeAscii(this.hexText(safe, 0, k, W), u8, p, k * W);
-          }
-          r = ex.dixGetHex(this.h, p, k, len, tag, p + decAt, p + resAt);
-        } else {
-          u8.set((digests as Uint8Array).subarray(o * len, (o + k) * len), p);
-          r = ex.dixGetPacked(this.h, p, k, len, tag, p + resAt);
+        const text = this.hexText(digests, o, k, W);
+        if (!_writeAscii(text, u8, p, k * W)) {
+          // A character outside ASCII took more than one byte: spell those strings as not hex.
+          const safe = digests.slice(o, o + k).map((s) => (/^[\x00-\x7f]*$/.test(s) ? s : _NOT_HEX));
+          _writeAscii(this.hexText(safe, 0, k, W), u8, p, k * W);
         }
+        const r = ex.dixGetHex(this.h, p, k, len, tag, p + decAt, p + resAt);
         if (r < 0) check(r, 'digest index lookup');
-        if (r === 0) continue;
-        for (let i = 0; i < k; i++) {
-          const v = res[r0 + i]!;
-          if (v === 0 || v === 0xffffffff) continue;
-          // Longer digests: the tail beyond the key is compared on the host (as lookupDigest does).
-          const d = len <= 32 ? undefined : hex ? u8.slice(p + decAt + i * len, p + decAt + (i + 1) * len) : (digests as Uint8Array).subarray((o + i) * len, (o + i + 1) * len);
-          const e0 = v - 1;
-          if (tag === 0) {
-            const l = eHit[e0];
-            if (l !== undefined) {
-              out[o + i] = l as Provenance[];
-              continue;
-            }
-          }
-          if (!d && this.eNext[e0]! < 0 && this.ePath[e0]! < 0) {
-            // The common hit: one entry, a package's own digest — its shared list, nothing made.
-            if (this.eAlg[e0] === tag) {
-              const l = this.pkgList(this.ePkg[e0]!);
-              out[o + i] = l as Provenance[];
-              if (tag === 0) {
-                while (eHit.length <= e0) eHit.push(undefined);
-                eHit[e0] = l;
-              }
-            }
-            continue;
-          }
-          let list: Provenance[] | undefined;
-          for (let e = e0; e >= 0; e = this.eNext[e]!) {
-            if (d ? this.entryMatches(e, tag, d) : this.eAlg[e] === tag) (list ??= []).push(this.hitProvenance(e));
-          }
-          out[o + i] = list;
-        }
+        if (r !== 0) this.results(u8, tag, len, p + resAt, k, out, o, p + decAt);
       }
     });
     return out;
+  }
+
+  /**
+   * {@link DigestIndex.lookupMany} for digests given as hex text in bytes:
+   * `n × 2·digestLength(alg)` ASCII hex digits back to back (either case), as a
+   * request body or a file of digests holds them. The text goes into the core
+   * as it is and is decoded there: no string is made per digest. A digest
+   * whose text is not hex gives `undefined`.
+   *
+   * @example
+   * ```ts
+   * const text = new TextEncoder().encode(hexA + hexB); // two SHA-256 digests, 128 characters
+   * const [a, b] = ix.lookupManyHexText('sha256', text);
+   * ```
+   */
+  lookupManyHexText(alg: DigestAlgorithm, text: Uint8Array): (Provenance[] | undefined)[] {
+    const len = digestLength(alg);
+    abytes(text, 'text');
+    if (text.length % (2 * len) !== 0) throw new VmkitError('ARG_RANGE', `text must be a whole number of ${2 * len}-character ${alg} digests, got ${text.length} bytes`);
+    return this.lookupBytes(alg, len, text, true);
+  }
+
+  // lookupMany of raw digests (len bytes each) or of hex text (2 × len each), in batches of BATCH.
+  private lookupBytes(alg: DigestAlgorithm, len: number, digests: Uint8Array, hex: boolean): (Provenance[] | undefined)[] {
+    const W = hex ? 2 * len : len;
+    const n = digests.length / W;
+    const out: (Provenance[] | undefined)[] = new Array(n).fill(undefined);
+    if (n === 0) return out;
+    if (this.nPend) this.flush();
+    const c = this.live();
+    const ex = this.ex(c);
+    const tag = TAG[alg];
+    const B = Math.min(n, BATCH);
+    const decAt = (B * W + 15) & ~15;
+    const resAt = hex ? (decAt + B * len + 15) & ~15 : decAt;
+    try {
+      const p = this.batchBuffer(c, resAt + B * 4);
+      const u8 = c.u8();
+      for (let o = 0; o < n; o += B) {
+        const k = Math.min(B, n - o);
+        u8.set(k === n ? digests : digests.subarray(o * W, (o + k) * W), p);
+        const r = hex ? ex.dixGetHex(this.h, p, k, len, tag, p + decAt, p + resAt) : ex.dixGetPacked(this.h, p, k, len, tag, p + resAt);
+        if (r < 0) check(r, 'digest index lookup');
+        if (r !== 0) this.results(u8, tag, len, p + resAt, k, out, o, hex ? p + decAt : p);
+      }
+    } catch (e) {
+      throw coreFailure(e);
+    }
+    return out;
+  }
+
+  // The answers of one batch: k results (value + 1, 0 absent, 0xffffffff not hex) at res in
+  // core memory, into out from o; the batch's decoded digests (k × len) are at dec.
+  private results(u8: Uint8Array, tag: number, len: number, res: number, k: number, out: (Provenance[] | undefined)[], o: number, dec: number): void {
+    if (this.u32.buffer !== u8.buffer) this.u32 = new Uint32Array(u8.buffer);
+    const u32 = this.u32;
+    const eHit = this.eHit;
+    const r0 = res >>> 2; // 16-byte aligned
+    for (let i = 0; i < k; i++) {
+      const v = u32[r0 + i]!;
+      if (v === 0 || v === 0xffffffff) continue;
+      const e0 = v - 1;
+      if (tag === 0) {
+        const l = eHit[e0];
+        if (l !== undefined) {
+          out[o + i] = l as Provenance[];
+          continue;
+        }
+      }
+      // Longer digests: the tail beyond the key is compared on the host (as lookupDigest does).
+      const d = len <= 32 ? undefined : u8.slice(dec + i * len, dec + (i + 1) * len);
+      if (!d && this.eNext[e0]! < 0 && this.ePath[e0]! < 0) {
+        // The common hit: one entry, a package's own digest — its shared list, nothing made.
+        if (this.eAlg[e0] === tag) {
+          const l = this.pkgList(this.ePkg[e0]!);
+          out[o + i] = l as Provenance[];
+          if (tag === 0) {
+            while (eHit.length <= e0) eHit.push(undefined);
+            eHit[e0] = l;
+          }
+        }
+        continue;
+      }
+      let list: Provenance[] | undefined;
+      for (let e = e0; e >= 0; e = this.eNext[e]!) {
+        if (d ? this.entryMatches(e, tag, d) : this.eAlg[e] === tag) (list ??= []).push(this.hitProvenance(e));
+      }
+      out[o + i] = list;
+    }
   }
 
   // `k` strings from `o` as one text of k × W characters; a string of another length is replaced by non-hex.
@@ -718,7 +824,7 @@ export class DigestIndex implements ReferenceIndex {
    */
   lookupPackage(name: string, version?: string): PackageEntry[] {
     if (this.closed) this.live();
-    const v = this.byName.get(name);
+    const v = this.names().get(name);
     if (v === undefined) return [];
     const ids = typeof v === 'number' ? [v] : v;
     const out: PackageEntry[] = [];
@@ -728,7 +834,7 @@ export class DigestIndex implements ReferenceIndex {
 
   /** Package ids named `name` (all versions). @example `ix.packageIds('hello')` */
   packageIds(name: string): number[] {
-    const v = this.byName.get(name);
+    const v = this.names().get(name);
     return v === undefined ? [] : typeof v === 'number' ? [v] : [...v];
   }
 

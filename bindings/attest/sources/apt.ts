@@ -27,7 +27,9 @@ import type { Keyring } from '../_openpgp.js';
 import { debFileDigests } from '../_deb.js';
 import { DigestIndex, hexInto } from '../index-store.js';
 import type { Digest, DigestAlgorithm, PackageEntry, Provenance, RefreshResult, RepositorySource } from '../types.js';
-import { PackagesParser, parseRelease, type Release } from './deb822.js';
+import { parseRelease, type Release } from './deb822.js';
+import { _CorePackagesParser } from './_packages-scan.js';
+import { _PoolInfo } from './_pool.js';
 import { compressionOf, httpGet, joinUrl, sameBytes, sha, DEFAULT_MAX_BYTES, type Compression, type FetchOptions, type Validators } from './_io.js';
 import { _streamSigned, _streamUnsigned, type SeenFile } from './_verified-stream.js';
 import { _lookupDigest, _lookupMany, _lookupPackage } from './_lookups.js';
@@ -143,10 +145,7 @@ interface Prefetch {
 }
 
 /** Per package of the current index: where its .deb is and how big. */
-interface PoolInfo {
-  filename: string[];
-  size: number[];
-}
+type PoolInfo = _PoolInfo;
 
 /**
  * An APT repository source.
@@ -170,7 +169,7 @@ export class AptSource implements RepositorySource {
   private readonly archs: string[];
   private ring: Keyring | undefined;
   private index: DigestIndex | undefined;
-  private pool: PoolInfo = { filename: [], size: [] };
+  private pool: PoolInfo = new _PoolInfo();
   private validators: Validators = {};
   private release: Release | undefined;
   private indexed = new Map<string, string>(); // index file path → sha256 it was built from
@@ -324,7 +323,7 @@ export class AptSource implements RepositorySource {
     const onAbort = (): void => abort.abort();
     signal?.addEventListener('abort', onAbort, { once: true });
     const ix = new DigestIndex();
-    const pool: PoolInfo = { filename: [], size: [] };
+    const pool: PoolInfo = new _PoolInfo();
     const parser = this.parserInto(ix, pool, path);
     const o = { ...this.opts, signal: abort.signal, max: this.opts.maxBytes ?? DEFAULT_MAX_BYTES, what: path, id: this.id };
     const done = _streamUnsigned(joinUrl(this.base(), path), 'xz', o, (c) => {
@@ -333,7 +332,7 @@ export class AptSource implements RepositorySource {
       parser.push(c);
     })
       .then((seen) => (parser.end(), seen))
-      .catch(() => undefined) // any failure: the signed file is fetched as without a prefetch
+      .catch(() => (parser.close(), undefined)) // any failure: the signed file is fetched as without a prefetch
       .finally(() => signal?.removeEventListener('abort', onAbort));
     return { path, ix, pool, done, abort };
   }
@@ -356,12 +355,11 @@ export class AptSource implements RepositorySource {
     void pre.done.then(() => pre.ix.close());
   }
 
-  private parserInto(ix: DigestIndex, pool: PoolInfo, path: string): PackagesParser {
-    return new PackagesParser((r) => {
-      // The parser decodes each value from bytes into a string of its own: kept as it is.
-      ix.addPackageSha256(this.id, r.package, r.version, r.architecture, r.hex, r.sha256At, true);
-      pool.filename.push(r.filename);
-      pool.size.push(r.size);
+  private parserInto(ix: DigestIndex, pool: PoolInfo, path: string): _CorePackagesParser {
+    // Parsed in the core: Package and Version come as strings of their own, SHA256 decoded, Filename as bytes.
+    return new _CorePackagesParser((r) => {
+      ix.addPackageSha256Raw(this.id, r.package, r.version, r.architecture, r.digest, r.digestAt);
+      pool.add(r.text, r.filenameAt, r.filenameLength, r.size);
     }, `${this.id} ${path}`);
   }
 
@@ -410,6 +408,7 @@ export class AptSource implements RepositorySource {
       } catch (e) {
         // NOT_FOUND comes with the status line, before any byte reached the parser.
         if (i + 1 < urls.length && e instanceof VmkitError && e.code === 'NOT_FOUND') continue;
+        parser.close();
         throw e;
       }
       parser.end();
@@ -464,7 +463,7 @@ export class AptSource implements RepositorySource {
     const adopted = pre ? await this.adopt(pre, variants) : undefined;
     if (adopted) picks.push(adopted);
     const ix = adopted ? pre!.ix : new DigestIndex();
-    const pool: PoolInfo = adopted ? pre!.pool : { filename: [], size: [] };
+    const pool: PoolInfo = adopted ? pre!.pool : new _PoolInfo();
     try {
       for (const vs of adopted ? [] : variants) {
         // The first variant the server has (a mirror may lack some compressions), streamed
@@ -582,8 +581,8 @@ export class AptSource implements RepositorySource {
   }
 
   private async loadFiles(id: number, debSha: string, signal: AbortSignal | undefined): Promise<Map<string, Digest>> {
-    const filename = this.pool.filename[id]!;
-    const size = this.pool.size[id]!;
+    const filename = this.pool.filename(id);
+    const size = this.pool.size(id);
     const url = joinUrl(this.line.uri, filename);
     const body = await this.getSigned(url, size, filename, signal);
     const want = new Uint8Array(32);
