@@ -80,10 +80,10 @@ is refused naming the section and byte offset.`,
     },
     export: {
       summary: 'the QEMU migration stream of an imported checkpoint',
-      synopsis: '<checkpoint> <vm.mig|-> [--threads N] [--json]',
+      synopsis: '<checkpoint> <vm.mig|-> [--threads N|auto] [--json]',
       about: `Writes a stream QEMU loads with -incoming: to a file, or to stdout with -. A diff checkpoint exports its full view.
---threads N decompresses pages on N threads; on a machine whose cores QEMU's load already uses, 1 (the default) is faster.`,
-      options: [['--threads N', 'threads decompressing pages, this one included (default 1)'], ['--json, --output=json', 'report bytes and pages written (file output only)']],
+--threads N decompresses pages on N threads. auto (the default) takes 2 when more than one core is free (cores less the 1-minute load average), else 1: on a machine whose cores QEMU's load already uses, 1 is faster.`,
+      options: [['--threads N|auto', 'threads decompressing pages, this one included (default auto: 2 with more than one free core, else 1)'], ['--json, --output=json', 'report bytes and pages written (file output only)']],
       example: 'qemu-system-x86_64 … -incoming "exec:vmkit checkpoint export vm.ckpt -"',
       exits: EXITS,
     },
