@@ -55,6 +55,13 @@ export interface CheckpointWriterOptions {
   blockSize?: number;
   /** 'lz4' (default) or 'none' (pages stored raw; zero pages still skipped). */
   codec?: CheckpointCodec;
+  /**
+   * LZ4's page search: 'fast' (default) or 'dense' — LZ4's own search (4-byte
+   * hash, acceleration 1): 2.5% smaller records on a real guest for ~1.3× the
+   * compression CPU. Either way the records are plain LZ4 blocks; a reader
+   * cannot tell them apart.
+   */
+  search?: 'fast' | 'dense';
   /** Makes this a diff checkpoint of `parent` (pages not written are read from it). */
   parent?: { path: string; id: string };
   /** fdatasync before the footer, so a power cut cannot leave a footer over missing data. */
@@ -182,7 +189,8 @@ export class CheckpointWriter {
     }
     this.gen = c.generation;
     const e = c.exports;
-    this.stager = check(e.stagingOpen(header.blockSize, header.pageSize, CODECS[header.codec]), 'checkpoint staging open');
+    const codec = header.codec === 'lz4' && opts.search === 'dense' ? e.CODEC_LZ4_DENSE.value : CODECS[header.codec];
+    this.stager = check(e.stagingOpen(header.blockSize, header.pageSize, codec), 'checkpoint staging open');
     try {
       this.input = c.alloc(WINDOW_PAGES * header.pageSize);
       this.entries = c.alloc(WINDOW_PAGES * STAGING_ENTRY);
@@ -212,6 +220,7 @@ export class CheckpointWriter {
     const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
     aint(blockSize, 'blockSize', compressBound(pageSize), MAX_BLOCK_SIZE);
     const codec = aoneOf(options.codec ?? 'lz4', 'codec', ['lz4', 'none'] as const);
+    aoneOf(options.search ?? 'fast', 'search', ['fast', 'dense'] as const);
     if (options.parent && !/^[0-9a-f]{32}$/.test(options.parent.id)) throw new VmkitError('ARG_RANGE', 'parent.id must be 32 hex digits');
     if (options.id !== undefined && !/^[0-9a-f]{32}$/.test(options.id)) throw new VmkitError('ARG_RANGE', 'id must be 32 hex digits');
     const version = options.formatVersion ?? CHECKPOINT_VERSION;
