@@ -71,9 +71,10 @@ export interface CheckpointWriterOptions {
   /** SHA-256 (hex) of the core build to record; default: computed from dist/core.wasm when readable, else zeros. */
   coreBuild?: string;
   /**
-   * Format version to write (default {@link CHECKPOINT_VERSION}, 2). Version 1
-   * (one checksum per block, no page checksums) is for readers older than
-   * version 2; a vmkit reader reads both.
+   * Format version to write (default {@link CHECKPOINT_VERSION}, 3). Version 2
+   * (the page table unpacked, 16 bytes per page) and version 1 (one checksum
+   * per block, no page checksums) are for older readers; a vmkit reader reads
+   * all three.
    */
   formatVersion?: number;
 }
