@@ -29,7 +29,7 @@ export const PAGE_LZ4: u32 = 3;
 /** Codecs a stager can use. */
 export const CODEC_NONE: u32 = 0;
 export const CODEC_LZ4: u32 = 1;
-/** LZ4 with the denser, slower page search (lz4CompressDense); records are LZ4 blocks as with CODEC_LZ4. */
+/** LZ4 with the denser, slower page search (lz4CompressDense; lz4Compress for 64 KiB pages); records are LZ4 blocks as with CODEC_LZ4. */
 export const CODEC_LZ4_DENSE: u32 = 2;
 
 /** Bytes of one page entry: kind, offset, length, xxHash32 of the record (u32 each). */
@@ -144,7 +144,7 @@ export function stagingAppend(h: i32, src: usize, count: u32, entries: usize): i
     if (cap - used < bound) break; // full
     let n: i32 = -1;
     if (codec == CODEC_LZ4) n = lz4Compress(p, ps, buf + used, limit);
-    else if (codec == CODEC_LZ4_DENSE) n = lz4CompressDense(p, ps, buf + used, limit);
+    else if (codec == CODEC_LZ4_DENSE) n = ps <= 65535 ? lz4CompressDense(p, ps, buf + used, limit) : lz4Compress(p, ps, buf + used, limit); // 64 KiB pages: the fast search
     if (n > 0) {
       store<u32>(e, PAGE_LZ4);
       store<u32>(e, used, 4);

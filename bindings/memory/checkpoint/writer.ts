@@ -56,10 +56,10 @@ export interface CheckpointWriterOptions {
   /** 'lz4' (default) or 'none' (pages stored raw; zero pages still skipped). */
   codec?: CheckpointCodec;
   /**
-   * LZ4's page search: 'fast' (default) or 'dense' — LZ4's own search (4-byte
-   * hash, acceleration 1): 2.5% smaller records on a real guest for ~1.3× the
-   * compression CPU. Either way the records are plain LZ4 blocks; a reader
-   * cannot tell them apart.
+   * LZ4's page search: 'fast' (default) or 'dense' — a hash-chain search as
+   * LZ4HC's (4 candidates, lazy matching): on a real guest 7.6% smaller
+   * records for ~4.5× the compression CPU. Either way the records are plain
+   * LZ4 blocks; a reader cannot tell them apart.
    */
   search?: 'fast' | 'dense';
   /** Makes this a diff checkpoint of `parent` (pages not written are read from it). */
