@@ -20,6 +20,7 @@ export async function _importCmd(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, {
     'block-size': { type: 'string' },
     codec: { type: 'string' },
+    search: { type: 'string' },
     parent: { type: 'string' },
     'max-ram': { type: 'string' },
   });
@@ -27,10 +28,12 @@ export async function _importCmd(argv: string[], io: CliIO): Promise<number> {
   if (!mig || !out || positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'import needs <vm.mig|-> <checkpoint>');
   const codec = (values.codec as string | undefined) ?? 'lz4';
   if (codec !== 'lz4' && codec !== 'none') throw new VmkitError('ARG_RANGE', `--codec must be lz4 or none, got ${codec}`);
+  const search = (values.search as string | undefined) ?? 'dense';
+  if (search !== 'dense' && search !== 'fast') throw new VmkitError('ARG_RANGE', `--search must be dense or fast, got ${search}`);
   const blockSize = values['block-size'] === undefined ? undefined : parseSize(values['block-size'] as string, '--block-size');
   const maxGuestBytes = values['max-ram'] === undefined ? undefined : parseSize(values['max-ram'] as string, '--max-ram');
   const t0 = performance.now();
-  const s = await importQemuMigration(mig === '-' ? 0 : mig, out, { codec, blockSize, parent: values.parent as string | undefined, maxGuestBytes });
+  const s = await importQemuMigration(mig === '-' ? 0 : mig, out, { codec, search, blockSize, parent: values.parent as string | undefined, maxGuestBytes });
   const seconds = (performance.now() - t0) / 1000;
   emit(io, values.json, { path: out, seconds, ...s }, () =>
     [
