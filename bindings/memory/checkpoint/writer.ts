@@ -154,6 +154,8 @@ async function coreBuildHash(): Promise<string> {
 export class CheckpointWriter {
   /** The header this writer wrote. */
   readonly header: CheckpointHeader;
+  /** LZ4's page search this writer uses (its `search` option; parallel saves compress with it too). */
+  readonly search: 'fast' | 'dense';
   private readonly sink: CheckpointSink;
   private readonly opts: CheckpointWriterOptions;
   private readonly pageCount: number;
@@ -180,6 +182,7 @@ export class CheckpointWriter {
     this.sink = sink;
     this.header = header;
     this.opts = opts;
+    this.search = opts.search ?? 'fast';
     this.pageCount = Number(header.guestSize / BigInt(header.pageSize));
     this.pages = new Uint32Array(this.pageCount * PAGE_WORDS);
     // Pages never written: zero in a full checkpoint, absent (parent's) in a diff.
@@ -190,7 +193,7 @@ export class CheckpointWriter {
     }
     this.gen = c.generation;
     const e = c.exports;
-    const codec = header.codec === 'lz4' && opts.search === 'dense' ? e.CODEC_LZ4_DENSE.value : CODECS[header.codec];
+    const codec = stagerCodec(header.codec, this.search);
     this.stager = check(e.stagingOpen(header.blockSize, header.pageSize, codec), 'checkpoint staging open');
     try {
       this.input = c.alloc(WINDOW_PAGES * header.pageSize);
@@ -616,4 +619,16 @@ export class CheckpointWriter {
     closeStaging(this.gen, this.stager, this.input, this.entries, 'checkpoint writer');
     this.stager = -1;
   }
+}
+
+/**
+ * The core stager codec for a checkpoint codec and LZ4 search (CODEC_LZ4_DENSE
+ * for 'dense'; the file's header says LZ4 either way).
+ * @example
+ * ```ts
+ * stagerCodec('lz4', 'dense'); // 2
+ * ```
+ */
+export function stagerCodec(codec: CheckpointCodec, search: 'fast' | 'dense'): number {
+  return codec === 'lz4' && search === 'dense' ? 2 /* the core's CODEC_LZ4_DENSE */ : CODECS[codec];
 }
