@@ -315,7 +315,7 @@ describe('format version 1 (written by the old writer path) still reads identica
 describe("the writer's dense LZ4 search (search: 'dense')", () => {
   it('stores the same pages as the fast search in fewer bytes, plain LZ4 records either way', async () => {
     const mem = guest(256, 17);
-    const files = [];
+    const files: { stats: Awaited<ReturnType<CheckpointWriter['finish']>>; file: Uint8Array }[] = [];
     for (const search of ['fast', 'dense'] as const) {
       const sink = memorySink();
       const w = await CheckpointWriter.create(sink, { guestSize: mem.length, blockSize: 65536, search });
