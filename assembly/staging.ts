@@ -17,7 +17,7 @@
 
 import { E_ARG, E_CORRUPT, E_HANDLE, E_INTEGRITY, E_LIMIT, E_NO_MEMORY } from "./_errors";
 import { tryAlloc } from "./_memory";
-import { lz4Compress, lz4CompressBound, lz4Decompress, xxh32 } from "./lz4";
+import { lz4Compress, lz4CompressBound, lz4CompressDense, lz4Decompress, xxh32 } from "./lz4";
 import { isZeroRange } from "./_zero";
 
 /** Page kinds in the entries the stager reports (and the checkpoint index stores). */
@@ -29,6 +29,8 @@ export const PAGE_LZ4: u32 = 3;
 /** Codecs a stager can use. */
 export const CODEC_NONE: u32 = 0;
 export const CODEC_LZ4: u32 = 1;
+/** LZ4 with the denser, slower page search (lz4CompressDense; lz4Compress for 64 KiB pages); records are LZ4 blocks as with CODEC_LZ4. */
+export const CODEC_LZ4_DENSE: u32 = 2;
 
 /** Bytes of one page entry: kind, offset, length, xxHash32 of the record (u32 each). */
 export const STAGING_ENTRY: u32 = 16;
@@ -53,11 +55,11 @@ function live(h: i32): bool {
 /**
  * Opens a stager with a block buffer of `blockSize` bytes for pages of
  * `pageSize` bytes (a power of two in [512, 65536]) and `codec` (0 none,
- * 1 LZ4). Returns a handle, or E_ARG (sizes: the block must hold at least
+ * 1 LZ4, 2 LZ4 with the dense search). Returns a handle, or E_ARG (sizes: the block must hold at least
  * lz4CompressBound(pageSize)), E_LIMIT (16 open).
  */
 export function stagingOpen(blockSize: u32, pageSize: u32, codec: u32): i32 {
-  if (!validPageSize(pageSize) || codec > CODEC_LZ4) return E_ARG;
+  if (!validPageSize(pageSize) || codec > CODEC_LZ4_DENSE) return E_ARG;
   if (blockSize < lz4CompressBound(pageSize) || blockSize > MAX_BLOCK) return E_ARG;
   let h: i32 = -1;
   for (let i = 0; i < MAX_STAGERS; i++) {
@@ -142,6 +144,7 @@ export function stagingAppend(h: i32, src: usize, count: u32, entries: usize): i
     if (cap - used < bound) break; // full
     let n: i32 = -1;
     if (codec == CODEC_LZ4) n = lz4Compress(p, ps, buf + used, limit);
+    else if (codec == CODEC_LZ4_DENSE) n = ps <= 65535 ? lz4CompressDense(p, ps, buf + used, limit) : lz4Compress(p, ps, buf + used, limit); // 64 KiB pages: the fast search
     if (n > 0) {
       store<u32>(e, PAGE_LZ4);
       store<u32>(e, used, 4);

@@ -430,6 +430,15 @@ export interface CoreExports {
    */
   lz4Compress(src: number, srcLen: number, dst: number, dstCap: number): number;
   /**
+   * assembly/lz4/lz4CompressDense
+   * @param src `usize`
+   * @param srcLen `u32`
+   * @param dst `usize`
+   * @param dstCap `u32`
+   * @returns `i32`
+   */
+  lz4CompressDense(src: number, srcLen: number, dst: number, dstCap: number): number;
+  /**
    * assembly/lz4/lz4Decompress
    * @param src `usize`
    * @param srcLen `u32`
@@ -504,6 +513,11 @@ export interface CoreExports {
   };
   /** assembly/staging/CODEC_LZ4 */
   readonly CODEC_LZ4: {
+    /** @type `u32` */
+    get value(): number
+  };
+  /** assembly/staging/CODEC_LZ4_DENSE */
+  readonly CODEC_LZ4_DENSE: {
     /** @type `u32` */
     get value(): number
   };

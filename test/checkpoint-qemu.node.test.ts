@@ -19,6 +19,7 @@ import { importQemuMigration } from '../bindings/memory/checkpoint/qemu/import.j
 import { exportQemuMigration } from '../bindings/memory/checkpoint/qemu/export.js';
 import { CHUNK_STREAM, walkState } from '../bindings/memory/checkpoint/qemu/_state.js';
 import { readStateMeta } from '../bindings/memory/checkpoint/qemu/state.js';
+import { _autoExportThreads } from '../bindings/cli/commands/_checkpoint_qemu.js';
 import { needTool } from './_tools.js';
 import { monitor } from '../scripts/_guest.mjs';
 
@@ -181,6 +182,25 @@ describe.skipIf(!ok)('QEMU migration stream import/export (real QEMU stream)', (
       });
     });
     expect(status).toMatch(/Migration status: completed/);
+  });
+
+  it('export --threads auto (the default) picks 2 threads only with more than one free core; every choice writes the same stream', { timeout: 120_000 }, async () => {
+    expect(_autoExportThreads(2, 0.2)).toBe(2);
+    expect(_autoExportThreads(8, 6.5)).toBe(2);
+    expect(_autoExportThreads(2, 1)).toBe(1); // exactly one core free: QEMU needs it
+    expect(_autoExportThreads(2, 3.6)).toBe(1);
+    expect(_autoExportThreads(1, 0)).toBe(1);
+    const ckpt = join(dir, 't.ckpt');
+    const cli = join(process.cwd(), 'dist/bin/vmkit.js');
+    await run('node', [cli, 'checkpoint', 'import', mig, ckpt]);
+    const outs: Buffer[] = [];
+    for (const t of [[], ['--threads', 'auto'], ['--threads', '1'], ['--threads', '2']]) {
+      const o = join(dir, `t${outs.length}.mig`);
+      await run('node', [cli, 'checkpoint', 'export', ckpt, o, ...t]);
+      outs.push(readFileSync(o));
+    }
+    for (const o of outs.slice(1)) expect(Buffer.compare(o, outs[0]!)).toBe(0);
+    await expect(run('node', [cli, 'checkpoint', 'export', ckpt, join(dir, 'x.mig'), '--threads', 'many'])).rejects.toThrow(/--threads must be 1\.\.16 or auto/);
   });
 
   it('exports a diff checkpoint (no machine state of its own) as its full view', { timeout: 60_000 }, async () => {

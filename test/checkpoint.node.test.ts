@@ -111,6 +111,18 @@ describe('saves on worker threads', () => {
       expect(st.writes).toBe(st.blocks + 3);
       expect(Buffer.compare(readFileSync(par), readFileSync(one)), `threads ${threads}`).toBe(0);
     }
+    // The dense search on 2 threads: the single-threaded dense file (smaller than the fast one).
+    const dense = { ...opts, search: 'dense' as const };
+    const oneD = join(dir, 'one-dense.ckpt');
+    const w3 = await m.CheckpointWriter.create(oneD, dense);
+    await w3.writePages(0, mem);
+    await w3.finish();
+    const parD = join(dir, 'par-dense.ckpt');
+    const w4 = await m.CheckpointWriter.create(parD, dense);
+    await writeImageParallel(w4, img, { threads: 2, windowPages: 100 });
+    await w4.finish();
+    expect(Buffer.compare(readFileSync(parD), readFileSync(oneD))).toBe(0);
+    expect(readFileSync(oneD).length).toBeLessThan(readFileSync(one).length);
     const ck = join(dir, 'cli-par.ckpt');
     expect(vmkit('checkpoint', 'save', img, ck, '--threads', '2').status).toBe(0);
     const out = join(dir, 'cli-par.out');

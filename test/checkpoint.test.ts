@@ -22,6 +22,7 @@ import {
   type CheckpointFooter,
   type CheckpointHeader,
 } from '../bindings/memory/checkpoint/format.js';
+import { PACK_GROUP, checkPackedFraming, packPageTable, unpackPageTable } from '../bindings/memory/checkpoint/_packed-index.js';
 
 const PS = 4096;
 
@@ -256,7 +257,7 @@ describe('format version 1 (written by the old writer path) still reads identica
   it('round trips, reads page by page and by runs, a block read at most per page and cached reads none', async () => {
     const mem = guest(256, 3);
     const v1 = await save(mem, { blockSize: 65536, formatVersion: 1 });
-    const v2 = await save(mem, { blockSize: 65536 });
+    const v2 = await save(mem, { blockSize: 65536, formatVersion: 2 });
     const h1 = decodeHeader(v1.file.subarray(0, HEADER_SIZE));
     expect(h1.version).toBe(1);
     expect(decodeHeader(v2.file.subarray(0, HEADER_SIZE)).version).toBe(2);
@@ -308,6 +309,153 @@ describe('format version 1 (written by the old writer path) still reads identica
     const rd = await CheckpointReader.open(bad);
     await expect(rd.restoreTo(new Uint8Array(mem.length))).rejects.toMatchObject({ code: 'INTEGRITY' });
     await rd.close();
+  });
+});
+
+describe("the writer's dense LZ4 search (search: 'dense')", () => {
+  it('stores the same pages as the fast search in fewer bytes, plain LZ4 records either way', async () => {
+    const mem = guest(256, 17);
+    const files: { stats: Awaited<ReturnType<CheckpointWriter['finish']>>; file: Uint8Array }[] = [];
+    for (const search of ['fast', 'dense'] as const) {
+      const sink = memorySink();
+      const w = await CheckpointWriter.create(sink, { guestSize: mem.length, blockSize: 65536, search });
+      await w.writePages(0, mem);
+      files.push({ stats: await w.finish(), file: sink.bytes() });
+    }
+    const [fast, dense] = files;
+    expect(dense!.stats.storedBytes).toBeLessThan(fast!.stats.storedBytes);
+    const r = await CheckpointReader.open(dense!.file);
+    const out = new Uint8Array(mem.length);
+    await r.restoreTo(out);
+    expect(diffAt(out, mem)).toBe(-1);
+    await r.close();
+    await expect(CheckpointWriter.create(memorySink(), { guestSize: mem.length, search: 'best' as 'fast' })).rejects.toMatchObject({ code: 'ARG_RANGE' });
+  });
+
+  it('round-trips pages of every page size and any content (property): short runs, long repeats, noise, 64 KiB pages', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom(512, 4096, 65536),
+        fc.array(fc.tuple(fc.integer({ min: 0, max: 3 }), fc.integer({ min: 1, max: 5000 }), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 40 }),
+        async (ps, runs) => {
+          const pages = 4;
+          const mem = new Uint8Array(pages * ps);
+          const r = rng(runs.length * 7 + ps);
+          let at = 0;
+          for (const [kind, len, byte] of runs) {
+            for (let i = 0; i < len && at < mem.length; i++, at++) {
+              mem[at] = kind === 0 ? byte : kind === 1 ? r() >>> 24 : kind === 2 ? mem[Math.max(0, at - 1 - (byte % 64))]! : 97 + ((r() >>> 29) & (byte & 3));
+            }
+          }
+          const sink = memorySink();
+          const w = await CheckpointWriter.create(sink, { guestSize: mem.length, pageSize: ps, blockSize: ps === 65536 ? 1 << 18 : 65536, search: 'dense' });
+          await w.writePages(0, mem);
+          await w.finish();
+          const rd = await CheckpointReader.open(sink.bytes());
+          const out = new Uint8Array(mem.length);
+          await rd.readPagesInto(0, pages, out);
+          await rd.close();
+          expect(diffAt(out, mem)).toBe(-1);
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+});
+
+describe('format version 3 (packed page table)', () => {
+  it('is the default; the same blocks and decoded index as version 2, a smaller index, and reads identically', async () => {
+    const mem = guest(512, 8);
+    const v2 = await save(mem, { blockSize: 65536, formatVersion: 2 });
+    const v3 = await save(mem, { blockSize: 65536, order: [...Array(512).keys()].reverse() });
+    const v3b = await save(mem, { blockSize: 65536 });
+    const h2 = decodeHeader(v2.file.subarray(0, HEADER_SIZE));
+    const h3 = decodeHeader(v3b.file.subarray(0, HEADER_SIZE));
+    expect(h3.version).toBe(3);
+    const f2 = decodeFooter(v2.file.subarray(v2.file.length - FOOTER_SIZE), v2.file.length, h2);
+    const f3 = decodeFooter(v3b.file.subarray(v3b.file.length - FOOTER_SIZE), v3b.file.length, h3);
+    expect(f2.indexOffset).toBe(f3.indexOffset);
+    expect(diffAt(v2.file.subarray(HEADER_SIZE, f2.indexOffset), v3b.file.subarray(HEADER_SIZE, f3.indexOffset))).toBe(-1);
+    const i2 = decodeIndex(v2.file.subarray(f2.indexOffset, f2.indexOffset + f2.indexLength), h2, f2);
+    const i3 = decodeIndex(v3b.file.subarray(f3.indexOffset, f3.indexOffset + f3.indexLength), h3, f3);
+    expect(i3.blocks).toEqual(i2.blocks);
+    expect(diffAt(new Uint8Array(i3.pages.buffer), new Uint8Array(i2.pages.buffer))).toBe(-1);
+    expect(f3.indexLength).toBeLessThan(f2.indexLength / 2);
+    // Written backwards (records in reverse page order: every offset off the running guess) and forwards.
+    for (const file of [v3.file, v3b.file]) {
+      const r = await CheckpointReader.open(file);
+      const out = new Uint8Array(mem.length);
+      await r.restoreTo(out);
+      expect(diffAt(out, mem)).toBe(-1);
+      const rr = rng(3);
+      for (let i = 0; i < 40; i++) {
+        const p = rr() % 512;
+        expect(diffAt(await r.readPage(p), mem.subarray(p * PS, (p + 1) * PS))).toBe(-1);
+      }
+      await r.close();
+    }
+  });
+
+  it('packs and unpacks tables of several groups exactly, with zero, absent, raw and LZ4 pages and blocks skipped', () => {
+    const r = rng(21);
+    const np = 2 * PACK_GROUP + 777;
+    const t = new Uint32Array(np * PAGE_WORDS);
+    let blk = 0;
+    let off = 0;
+    for (let p = 0; p < np; p++) {
+      const k = r() % 10;
+      const w = PAGE_WORDS * p;
+      if (k < 3) {
+        t.set([0xffffffff, 0, (k === 0 ? 0 : 1) << 28, 0], w);
+        continue;
+      }
+      if (k === 3) [blk, off] = [blk + 1 + (r() % 3), 0];
+      if (k === 4) off += 1 + (r() % 50); // a gap (a page written twice: its earlier copy)
+      const len = k === 5 ? PS : 1 + (r() % 4000);
+      t.set([blk, off, ((k === 5 ? 2 : 3) << 28) | len, r()], w);
+      off += len;
+    }
+    const packed = packPageTable(t);
+    checkPackedFraming(packed, np, 0);
+    const back = new Uint32Array(np * PAGE_WORDS);
+    unpackPageTable(packed, back, 0);
+    expect(diffAt(new Uint8Array(back.buffer), new Uint8Array(t.buffer))).toBe(-1);
+    // Framing errors: truncated, a group length past the end, bytes left over.
+    expect(() => checkPackedFraming(packed.subarray(0, packed.length - 1), np, 0)).toThrow(VmkitError);
+    expect(() => checkPackedFraming(packed, np + PACK_GROUP, 0)).toThrow(/ends inside group 3/);
+    expect(() => unpackPageTable(packed, new Uint32Array((np + 1) * PAGE_WORDS), 0)).toThrow(/does not decode to 778 pages/);
+    const extra = new Uint8Array(packed.length + 4);
+    extra.set(packed);
+    expect(() => checkPackedFraming(extra, np, 0)).toThrow(/after the packed page table/);
+    const big = packed.slice();
+    new DataView(big.buffer).setUint32(0, 0x80000001, true); // 1 byte claiming a whole group: past 255:1
+    expect(() => checkPackedFraming(big, np, 0)).toThrow(/bad length/);
+  });
+
+  it('refuses corrupt packed tables cleanly (fuzzed bytes under a fixed checksum): CORRUPT, never a wrong page or a trap', async () => {
+    const mem = guest(300, 12);
+    const { file } = await save(mem, { blockSize: 16384 });
+    const h = decodeHeader(file.subarray(0, HEADER_SIZE));
+    const f = decodeFooter(file.subarray(file.length - FOOTER_SIZE), file.length, h);
+    const good = file.subarray(f.indexOffset, f.indexOffset + f.indexLength);
+    const start = 16 + 16 * f.blockCount;
+    const want = decodeIndex(good, h, f).pages;
+    fc.assert(
+      fc.property(fc.integer({ min: start, max: good.length - 1 }), fc.integer({ min: 1, max: 255 }), (at, x) => {
+        const bad = good.slice();
+        bad[at]! ^= x;
+        const ff: CheckpointFooter = { ...f, indexChecksum: xxh32(bad) };
+        try {
+          const got = decodeIndex(bad, h, ff).pages;
+          // Decoded anyway (a flipped checksum or length byte): it is a table that passed every extent check.
+          expect(got.length).toBe(want.length);
+        } catch (e) {
+          expect(e).toBeInstanceOf(VmkitError);
+          expect((e as VmkitError).code).toBe('CORRUPT');
+        }
+      }),
+      { numRuns: 200 },
+    );
   });
 });
 

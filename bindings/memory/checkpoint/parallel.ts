@@ -13,9 +13,8 @@ import { check } from '../../_status.js';
 import { STAGING_ENTRY, closeStaging, compressBound } from './_codec.js';
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
-import { CODECS } from './format.js';
 import type { _SaveJob, _SaveWindow } from './_save-worker.js';
-import type { CheckpointWriter } from './writer.js';
+import { stagerCodec, type CheckpointWriter } from './writer.js';
 
 /** Options of {@link writeImageParallel}. */
 export interface ParallelSaveOptions {
@@ -60,7 +59,7 @@ export async function writeImageParallel(writer: CheckpointWriter, path: string,
   let wake: (() => void) | undefined;
   // Lane 0 is the main thread; lanes 1.. are workers.
   for (let i = 1; i < lanes; i++) {
-    const job: _SaveJob = { module, path, pageSize: h.pageSize, codec: CODECS[h.codec], pageCount, windowPages: W, index: i, workers: lanes, maxInFlight: 4 };
+    const job: _SaveJob = { module, path, pageSize: h.pageSize, codec: stagerCodec(h.codec, writer.search), pageCount, windowPages: W, index: i, workers: lanes, maxInFlight: 4 };
     const wk = new Worker(url, { workerData: { vmkitSaveJob: job } });
     wk.on('message', (m: _SaveWindow | { done: true } | { error: string }) => {
       if ('error' in m) failed ??= new VmkitError('IO', `checkpoint save worker: ${m.error}`);
@@ -78,7 +77,7 @@ export async function writeImageParallel(writer: CheckpointWriter, path: string,
     });
     pool.push(wk);
   }
-  const own = ownLane(path, h.pageSize, CODECS[h.codec], W, { openSync, readSync, closeSync });
+  const own = ownLane(path, h.pageSize, stagerCodec(h.codec, writer.search), W, { openSync, readSync, closeSync });
   try {
     while (next < windows) {
       if (failed) throw failed;

@@ -27,7 +27,6 @@ import {
   decodeFooter,
   decodeHeader,
   decodeIndex,
-  indexLength,
   type BlockEntry,
   type CheckpointFooter,
   type CheckpointHeader,
@@ -364,7 +363,7 @@ export class CheckpointReader implements PageSource {
       blocks: this.blocks.length,
       blockWrites: this.blocks.length,
       storedBytes: this.blocks.reduce((a, b) => a + b.length, 0),
-      indexBytes: indexLength(this.blocks.length, this.pageCount, h.version),
+      indexBytes: this.footer.indexLength,
       fileBytes: this.src.size,
       chain: [],
     };

@@ -31,6 +31,12 @@ export interface QemuImportOptions {
   blockSize?: number;
   /** 'lz4' (default) or 'none'. */
   codec?: 'lz4' | 'none';
+  /**
+   * LZ4's page search (the writer's `search`): 'dense' (default here: an
+   * import had CPU to spare against QEMU's own save — 0.20× its time — and
+   * the records are 7.6% smaller) or 'fast'.
+   */
+  search?: 'fast' | 'dense';
   /** Fixed checkpoint id (32 hex digits). */
   id?: string;
   /**
@@ -146,7 +152,7 @@ export async function importQemuMigration(stream: string | number, outPath: stri
     if (options.parent !== undefined) parent = await CheckpointReader.open(options.parent);
     const parentRef = parent ? { path: path.relative(path.dirname(path.resolve(outPath)), path.resolve(options.parent!)) || '.', id: parent.header.id } : undefined;
     const sink = diffSink(parent, async (guestSize, ps) => {
-      w = await CheckpointWriter.create(tmp, { guestSize, pageSize: ps, blockSize: options.blockSize, codec: options.codec, id: options.id, parent: parentRef });
+      w = await CheckpointWriter.create(tmp, { guestSize, pageSize: ps, blockSize: options.blockSize, codec: options.codec, search: options.search ?? 'dense', id: options.id, parent: parentRef });
       return w;
     });
     const p = new _Parser(pageSize, size, maxGuest);
