@@ -7,6 +7,7 @@
 import { Bench } from 'tinybench';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 /**
  * Runs tasks in one tinybench Bench and returns { table, results }.
@@ -89,6 +90,30 @@ export function hasTool(cmd) {
 /** Runs a tool to completion (stdout as text); throws on a non-zero exit. */
 export function runTool(cmd, args, cwd) {
   return execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd }).toString();
+}
+
+/**
+ * A two-layer chain made by qemu-img and qemu-io in `dir`, as the disk suites use it:
+ * `base` (`size` bytes, its first `baseData` written with 0x11) and `top` over it with
+ * `deltaData` bytes of 64 KiB writes at clusters drawn by an LCG from `seed` (patterns 1..250,
+ * a cluster may be drawn twice). Returns the two paths.
+ */
+export function qemuChain(dir, { format = 'qcow2', size, baseData = size, deltaData = size / 4, seed = 12345, base = `base.${format}`, top = `top.${format}` }) {
+  const basePath = join(dir, base);
+  const topPath = join(dir, top);
+  runTool('qemu-img', ['create', '-q', '-f', format, basePath, String(size)]);
+  runTool('qemu-io', ['-f', format, '-c', `write -P 0x11 0 ${baseData}`, basePath]);
+  runTool('qemu-img', ['create', '-q', '-f', format, '-b', base, '-F', format, topPath], dir);
+  const cmds = [];
+  const clusters = size / 65536;
+  let s = seed;
+  for (let i = 0; i < deltaData / 65536; i++) {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    cmds.push('-c', `write -P ${(i % 250) + 1} ${(s % clusters) * 65536} 64k`);
+  }
+  // qemu-io takes a few thousand commands per process.
+  for (let i = 0; i < cmds.length; i += 2000) runTool('qemu-io', ['-f', format, ...cmds.slice(i, i + 2000), topPath]);
+  return { base: basePath, top: topPath };
 }
 
 /** Median wall time (ns) of `reps` runs of `fn`; `before` runs untimed ahead of each. */

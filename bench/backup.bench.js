@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { loadCore, median } from './_lib.js';
+import { loadCore, median, qemuChain } from './_lib.js';
 
 /** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
 export const SUMMARY = [
@@ -39,20 +39,8 @@ function q(cmd, args) {
 
 /** base (size, `baseData` written) ← delta (`deltaData` in random 64 KiB writes). */
 function buildChain(dir, size, baseData, deltaData, seed) {
-  const base = join(dir, 'base.qcow2');
-  const delta = join(dir, 'delta.qcow2');
-  q('qemu-img', ['create', '-q', '-f', 'qcow2', base, String(size)]);
-  q('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x11 0 ${baseData}`, base]);
-  q('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', delta]);
-  let s = seed;
-  const cmds = [];
-  const clusters = size / 65536;
-  for (let i = 0; i < deltaData / 65536; i++) {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    cmds.push('-c', `write -P ${(i % 250) + 1} ${(s % clusters) * 65536} 64k`);
-  }
-  for (let i = 0; i < cmds.length; i += 2000) q('qemu-io', ['-f', 'qcow2', ...cmds.slice(i, i + 2000), delta]);
-  return { base, delta };
+  const { base, top } = qemuChain(dir, { size, baseData, deltaData, seed, top: 'delta.qcow2' });
+  return { base, delta: top };
 }
 
 function copyChain(from, to) {

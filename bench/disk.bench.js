@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadCore, hasTool, runTool as q, timeRunsCpu as timeIt, rateTable as table, median, fmtNs, fmtRate } from './_lib.js';
+import { loadCore, hasTool, runTool as q, timeRunsCpu as timeIt, rateTable as table, median, fmtNs, fmtRate, qemuChain } from './_lib.js';
 
 /** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
 export const SUMMARY = [
@@ -101,19 +101,8 @@ export async function run(ctx) {
   const nRandom = ctx.quick ? 4000 : 20000;
   const dir = mkdtempSync(join(tmpdir(), 'vmkit-bench-disk-'));
   try {
-    const base = join(dir, 'base.qcow2');
-    const top = join(dir, 'top.qcow2');
     ctx.log(`building a ${size / MiB} MiB chain`);
-    q('qemu-img', ['create', '-q', '-f', 'qcow2', base, String(size)]);
-    q('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x11 0 ${size}`, base]);
-    q('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', top]);
-    const cmds = [];
-    let s = 12345;
-    for (let i = 0; i < size / 4 / 65536; i++) {
-      s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-      cmds.push('-c', `write -P ${(i % 250) + 1} ${(s % (size / 65536)) * 65536} 64k`);
-    }
-    for (let i = 0; i < cmds.length; i += 2000) q('qemu-io', ['-f', 'qcow2', ...cmds.slice(i, i + 2000), top]);
+    const { base, top } = qemuChain(dir, { size });
 
     // 1. Sequential read of the chain.
     const dev = await openImage(top, { readOnly: true });
@@ -313,16 +302,7 @@ export async function copyJobs(ctx, openImage, syncFileProvider) {
     ctx.log(`building a ${size / MiB} MiB chain in ${dir}`);
     rmSync(dir, { recursive: true, force: true });
     mkdirSync(dir, { recursive: true });
-    q('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'base.qcow2'), String(size)]);
-    q('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x11 0 ${(size / 4) * 3}`, join(dir, 'base.qcow2')]);
-    q('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', join(dir, 'top.tmp')]);
-    const cmds = [];
-    let s = 12345;
-    for (let i = 0; i < size / 4 / 65536; i++) {
-      s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-      cmds.push('-c', `write -P ${(i % 250) + 1} ${(s % (size / 65536)) * 65536} 64k`);
-    }
-    for (let i = 0; i < cmds.length; i += 2000) q('qemu-io', ['-f', 'qcow2', ...cmds.slice(i, i + 2000), join(dir, 'top.tmp')]);
+    qemuChain(dir, { size, baseData: (size / 4) * 3, top: 'top.tmp' });
     q('mv', [join(dir, 'top.tmp'), top]);
   }
   const data = JSON.parse(q('qemu-img', ['map', '--output=json', top])).reduce((n, e) => n + (e.data ? e.length : 0), 0);

@@ -9,7 +9,7 @@
 import { mkdtempSync, rmSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadCore, hasTool, runTool as q, timeRunsCpu as timeIt, rateTable as table, parityNotes } from './_lib.js';
+import { loadCore, hasTool, runTool as q, timeRunsCpu as timeIt, rateTable as table, parityNotes, qemuChain } from './_lib.js';
 
 /** The headline rows of RESULTS.md's opening table (bench/_summary.js): rows of this suite's own tables. */
 export const SUMMARY = [
@@ -31,19 +31,8 @@ export async function run(ctx) {
   const nRandom = ctx.quick ? 2000 : 10000;
   const dir = mkdtempSync(join(tmpdir(), 'vmkit-bench-vmdk-'));
   try {
-    const base = join(dir, 'base.vmdk');
-    const top = join(dir, 'top.vmdk');
     ctx.log(`building a ${size / MiB} MiB vmdk chain`);
-    q('qemu-img', ['create', '-q', '-f', 'vmdk', base, String(size)]);
-    q('qemu-io', ['-f', 'vmdk', '-c', `write -P 0x11 0 ${size}`, base]);
-    q('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'base.vmdk', '-F', 'vmdk', top], dir);
-    const cmds = [];
-    let s = 12345;
-    for (let i = 0; i < size / 4 / 65536; i++) {
-      s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-      cmds.push('-c', `write -P ${(i % 250) + 1} ${(s % (size / 65536)) * 65536} 64k`);
-    }
-    for (let i = 0; i < cmds.length; i += 2000) q('qemu-io', ['-f', 'vmdk', ...cmds.slice(i, i + 2000), top]);
+    const { base, top } = qemuChain(dir, { format: 'vmdk', size });
 
     // 1. Sequential read of the chain.
     const dev = await openImage(top, { readOnly: true });

@@ -74,6 +74,22 @@ function evmctlAgrees(bin: Buffer, pcrs: Partial<Record<ImaBank, string>>): bool
   }
 }
 
+/**
+ * `text` against its own PCR 10 (sha256, `pcr10`, given in upper case): a match, no failures;
+ * against the PCR 10 of its first 300 lines (a quote taken earlier): no match, matched after 300
+ * entries, a pcr_mismatch failure last.
+ */
+async function quotedPrefix(text: string, pcr10: string): Promise<void> {
+  const ok = await verifyImaLog(text, { expectedPcr: { bank: 'sha256', hex: pcr10.toUpperCase() } });
+  expect(ok.pcrCheck?.match).toBe(true);
+  expect(ok.failureCount).toBe(0);
+  const head = text.split('\n').slice(0, 300).join('\n');
+  const quoted = (await verifyImaLog(head, { banks: ['sha256'] })).pcrs.sha256!;
+  const grown = await verifyImaLog(text, { expectedPcr: { bank: 'sha256', hex: quoted } });
+  expect(grown.pcrCheck).toMatchObject({ match: false, matchedAfter: 300 });
+  expect(grown.failures.at(-1)?.id).toBe('ima.pcr_mismatch');
+}
+
 describe.runIf(FX)('IMA logs made by scripts/ima-fixtures.mjs (real files; evmctl-checked)', () => {
   const fx = FX!;
   for (const name of LOGS) {
@@ -168,15 +184,7 @@ describe.runIf(FX)('IMA logs made by scripts/ima-fixtures.mjs (real files; evmct
   });
 
   it('compares with a quoted PCR 10 and finds the prefix a shorter quote covered', async () => {
-    const text = fx.ascii('ima-ng-sha1');
-    const ok = await verifyImaLog(text, { expectedPcr: { bank: 'sha256', hex: fx.logs['ima-ng-sha1'].pcr10.sha256.toUpperCase() } });
-    expect(ok.pcrCheck?.match).toBe(true);
-    expect(ok.failureCount).toBe(0);
-    const head = text.split('\n').slice(0, 300).join('\n');
-    const quoted = (await verifyImaLog(head, { banks: ['sha256'] })).pcrs.sha256!;
-    const grown = await verifyImaLog(text, { expectedPcr: { bank: 'sha256', hex: quoted } });
-    expect(grown.pcrCheck).toMatchObject({ match: false, matchedAfter: 300 });
-    expect(grown.failures.at(-1)?.id).toBe('ima.pcr_mismatch');
+    await quotedPrefix(fx.ascii('ima-ng-sha1'), fx.logs['ima-ng-sha1'].pcr10.sha256);
   });
 
   const modes: [ImaExtendMode, ImaBank[]][] = [['per-bank', ['sha1', 'sha256']], ['sha1-padded', ['sha256']]];
@@ -241,15 +249,7 @@ describe.runIf(VEC)('IMA logs from Keylime (../shared/vectors/ima, an extra cros
 
   it('compares with a quoted PCR 10 and finds the prefix a shorter quote covered', async () => {
     const text = vec('rust-keylime-agent-sha1.log');
-    const full = await verifyImaLog(text, { banks: ['sha256'] });
-    const ok = await verifyImaLog(text, { expectedPcr: { bank: 'sha256', hex: full.pcrs.sha256!.toUpperCase() } });
-    expect(ok.pcrCheck?.match).toBe(true);
-    expect(ok.failureCount).toBe(0);
-    const head = text.split('\n').slice(0, 300).join('\n');
-    const quoted = (await verifyImaLog(head, { banks: ['sha256'] })).pcrs.sha256!;
-    const grown = await verifyImaLog(text, { expectedPcr: { bank: 'sha256', hex: quoted } });
-    expect(grown.pcrCheck).toMatchObject({ match: false, matchedAfter: 300 });
-    expect(grown.failures.at(-1)?.id).toBe('ima.pcr_mismatch');
+    await quotedPrefix(text, (await verifyImaLog(text, { banks: ['sha256'] })).pcrs.sha256!);
   });
 });
 

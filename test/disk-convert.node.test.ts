@@ -4,10 +4,8 @@
 // and fixed) and raw, each comparing equal to the source with `qemu-img
 // compare` (and passing `qemu-img check` where QEMU checks the format); the
 // results convert back to qcow2 equal again.
-import { describe, expect, it, beforeAll, afterAll } from 'vitest';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { tempPaths } from './_tmp.js';
 import { needTool } from './_tools.js';
 import { qemuCheck, qemuIo, qimg } from './_qemu-img.js';
 import { convertImage, copyData } from '../bindings/disk/convert.js';
@@ -16,17 +14,10 @@ import type { BlockDevice } from '../bindings/disk/device.js';
 import { command } from '../bindings/cli/commands/disk.js';
 
 const hasQemu = needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils');
-let dir = '';
-const p = (n: string): string => join(dir, n);
+const p = tempPaths('vmkit-convert-');
 const QEMU_FMT: Record<string, string> = { qcow2: 'qcow2', vmdk: 'vmdk', vhd: 'vpc', vhdx: 'vhdx', raw: 'raw' };
 
 describe.skipIf(!hasQemu)('disk convert', () => {
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'vmkit-convert-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
 
   it('converts a qcow2 chain to every format and back, equal per qemu-img compare', async () => {
     const size = String(24 * 1024 * 1024);

@@ -5,11 +5,10 @@
 // check; images vmkit creates with compression_type=zstd and fills with
 // compressed clusters pass qemu-img check, compare equal and map compressed;
 // a damaged frame is CORRUPT at its host offset.
-import { describe, expect, it, beforeAll, afterAll } from 'vitest';
-import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { describe, expect, it } from 'vitest';
+import { tempPaths } from './_tmp.js';
+import { writeFile, readFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { needTool } from './_tools.js';
 import { diff, qemuCheck, qemuRaw, qimg, vmkitRaw } from './_qemu-img.js';
 import { createImage, openImage } from '../bindings/disk/image.js';
@@ -18,16 +17,9 @@ import { zstdFrameLength } from '../bindings/disk/_zstd.js';
 import type { Qcow2Device } from '../bindings/disk/formats/qcow2/device.js';
 
 const hasQemu = needTool('qemu-img', 'qemu-utils');
-let dir = '';
-const p = (n: string): string => join(dir, n);
+const p = tempPaths('vmkit-zstd-');
 
 describe.skipIf(!hasQemu)('qcow2 zstd-compressed clusters', () => {
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'vmkit-zstd-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
 
   it('reads what qemu-img convert -c -o compression_type=zstd makes', async () => {
     const raw = new Uint8Array(6 * 1024 * 1024 + 4096);

@@ -1,11 +1,10 @@
 // qcow2 against QEMU's own tools: images qemu-img/qemu-io write read back
 // identically through vmkit; images vmkit writes pass `qemu-img check` and
 // `qemu-img compare`; `map` agrees with `qemu-img map --output=json`.
-import { describe, expect, it, beforeAll, afterAll } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { tempPaths } from './_tmp.js';
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, rm, readFile, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFile, writeFile } from 'node:fs/promises';
 import fc from 'fast-check';
 import { needTool } from './_tools.js';
 import { diff, mergeMap, qemuCheck, qemuIo, qemuRaw, qimg, vmkitRaw } from './_qemu-img.js';
@@ -14,8 +13,7 @@ import { mapExtents, toQemuMap, type QemuMapEntry } from '../bindings/disk/devic
 import type { Qcow2Device } from '../bindings/disk/formats/qcow2/device.js';
 
 const hasQemu = needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils');
-let dir = '';
-const p = (n: string): string => join(dir, n);
+const p = tempPaths('vmkit-qcow2-');
 const qio = (file: string, ...cmds: string[]): void => qemuIo('qcow2', file, ...cmds);
 /** qemu map with data clusters that are file holes folded into data (vmkit cannot see holes). */
 function normalize(m: QemuMapEntry[]): QemuMapEntry[] {
@@ -23,12 +21,6 @@ function normalize(m: QemuMapEntry[]): QemuMapEntry[] {
 }
 
 describe.skipIf(!hasQemu)('qcow2 against qemu-img / qemu-io', () => {
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'vmkit-qcow2-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
 
   it('reads a chain QEMU wrote exactly, and map agrees with qemu-img map', async () => {
     qimg('create', '-q', '-f', 'qcow2', p('base.qcow2'), '4M');

@@ -12,7 +12,8 @@
 // TCG unless a KVM probe boot succeeds (scripts/_guest.mjs pickAccel). Runs the
 // built CLI (dist/).
 import { describe, expect, it } from 'vitest';
-import { execFile, spawn } from 'node:child_process';
+import { serveVmkit, type ServedVmkit } from './_cli.js';
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -42,36 +43,15 @@ const MAX = 4096; // blocks: 16 MiB, more than the run writes under TCG
 const STEP = 12; // acknowledged blocks between two events
 const PRE = 48 * MiB; // a run of 0x5a the base image holds from before, outside the writer's range
 
-interface Served {
-  out(): string;
-  err(): string;
-  exited: Promise<number | null>;
-  kill(): void;
-  json(): Promise<Record<string, unknown>>;
-}
-
-function serve(cwd: string, ...args: string[]): Served {
-  const child = spawn(process.execPath, [bin, 'disk', 'serve', ...args, '--json'], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (b) => (out += b));
-  child.stderr.on('data', (b) => (err += b));
-  const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+/** `vmkit disk serve <args> --json` in `cwd`, left running; its document must name the address it listens on. */
+function serve(cwd: string, ...args: string[]): ServedVmkit {
+  const s = serveVmkit(['disk', 'serve', ...args, '--json'], { cwd });
   return {
-    out: () => out,
-    err: () => err,
-    exited,
-    kill: () => {
-      if (child.exitCode === null) child.kill('SIGTERM');
-    },
+    ...s,
     json: async () => {
-      for (let i = 0; i < 600 && !out.includes('}'); i++) {
-        if (child.exitCode !== null) break;
-        await new Promise((r) => setTimeout(r, 50));
-      }
       // An error is JSON too (with --json): only a listening server names its address.
-      const j = out.includes('}') ? (JSON.parse(out) as Record<string, unknown>) : undefined;
-      if (!j?.listen) throw new Error(`vmkit disk serve ${args.join(' ')} did not start: ${out}${err}`);
+      const j = await s.json();
+      if (!j.listen) throw new Error(`vmkit disk serve ${args.join(' ')} did not start: ${s.out()}${s.err()}`);
       return j;
     },
   };
@@ -102,7 +82,7 @@ describe.skipIf(!hasTools || !kernel)('a real guest writing to a disk vmkit serv
     const initrd = guest.buildInitramfs(join(d, 'initramfs'), { init: guest.writerInit(modules, { max: MAX }), modules });
     const accel = await guest.pickAccel(kernel!, d);
 
-    const servers: Served[] = [];
+    const servers: ServedVmkit[] = [];
     const s1 = serve(d, vm, '--listen', `unix:${sock}`, '--control', ctl);
     servers.push(s1);
     let g: Guest | undefined;

@@ -5,13 +5,13 @@
 // writing, and a fenced holder's job stops with FENCED while NBD writes get
 // EPERM. Runs the built CLI (dist/) and the library in-process.
 import { describe, expect, it } from 'vitest';
-import { execFile, spawn } from 'node:child_process';
+import { serveVmkit, type ServedVmkit } from './_cli.js';
+import { execFile } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { fileURLToPath } from 'node:url';
 import { needTool } from './_tools.js';
 import { qemuCheck } from './_qemu-img.js';
 import { callControl } from '../bindings/disk/nbd/control.js';
@@ -25,7 +25,6 @@ import { openLive, liveBlockDevice, type LiveServe } from '../bindings/cli/comma
 import { serveNbd } from '../bindings/disk/nbd/server.js';
 
 const run = promisify(execFile);
-const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
 const hasTools = needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils');
 const MiB = 1 << 20;
 
@@ -37,32 +36,9 @@ async function qio(uri: string, ...cmds: string[]): Promise<string> {
 const filled = (b: Uint8Array, off: number, len: number, v: number): boolean => b.subarray(off, off + len).every((x) => x === v);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-interface Server {
-  child: ReturnType<typeof spawn>;
-  out: () => string;
-  err: () => string;
-  exited: Promise<number | null>;
-  json: () => Promise<Record<string, unknown>>;
-}
-
-function serve(cwd: string, args: string[]): Server {
-  const child = spawn(process.execPath, [bin, 'disk', 'serve', ...args, '--json'], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (b) => (out += b));
-  child.stderr!.on('data', (b) => (err += b));
-  const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
-  return {
-    child,
-    out: () => out,
-    err: () => err,
-    exited,
-    json: async () => {
-      for (let i = 0; i < 600 && !out.includes('}'); i++) await sleep(25);
-      if (!out.includes('}')) throw new Error(`serve printed nothing: ${err}`);
-      return JSON.parse(out) as Record<string, unknown>;
-    },
-  };
+/** `vmkit disk serve <args> --json` in `cwd`, left running. */
+function serve(cwd: string, args: string[]): ServedVmkit {
+  return serveVmkit(['disk', 'serve', ...args, '--json'], { cwd });
 }
 
 /** Waits until the control socket reports `job` running. */
@@ -81,8 +57,8 @@ describe.skipIf(!hasTools)('serve --as with --control: live jobs under ownership
     const sock = join(d, 'vm.sock');
     const uri = `nbd+unix:///?socket=${sock}`;
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', vm, '32M']);
-    const servers: Server[] = [];
-    const start = (id: string): Server => {
+    const servers: ServedVmkit[] = [];
+    const start = (id: string): ServedVmkit => {
       const s = serve(d, ['vm.qcow2', '--listen', `unix:${sock}`, '--as', id, '--control', join(d, `${id}.ctl`), '--lease', '3000']);
       servers.push(s);
       return s;

@@ -5,7 +5,8 @@
 // consolidation loses none of the writes that raced it, and every layer is
 // clean by `qemu-img check` afterwards. Runs the built CLI (dist/).
 import { describe, expect, it } from 'vitest';
-import { execFile, spawn } from 'node:child_process';
+import { serveVmkit, type ServedVmkit } from './_cli.js';
+import { execFile } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -41,15 +42,9 @@ describe.skipIf(!hasTools)('live jobs on a disk served over NBD', () => {
     const sock = join(d, 'vm.sock');
     const uri = `nbd+unix:///?socket=${sock}`;
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', vm, '32M']);
-    const child = spawn(process.execPath, [bin, 'disk', 'serve', vm, '--listen', `unix:${sock}`, '--control', ctl, '--json'], { cwd: d, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (b) => (out += b));
-    child.stderr.on('data', (b) => (err += b));
-    const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    const srv = serveVmkit(['disk', 'serve', vm, '--listen', `unix:${sock}`, '--control', ctl, '--json'], { cwd: d });
     try {
-      for (let i = 0; i < 200 && !out.includes('}'); i++) await new Promise((r) => setTimeout(r, 50));
-      expect(JSON.parse(out)).toMatchObject({ control: ctl });
+      expect(await srv.json(10_000)).toMatchObject({ control: ctl });
       expect(statSync(ctl).mode & 0o777).toBe(0o600);
       const vmkit = async (...a: string[]): Promise<Record<string, unknown>> => JSON.parse((await run(process.execPath, [bin, ...a, '--json'], { cwd: d, encoding: 'utf8' })).stdout) as Record<string, unknown>;
 
@@ -84,10 +79,10 @@ describe.skipIf(!hasTools)('live jobs on a disk served over NBD', () => {
       const info = (await callInfo(ctl)) as { active: string };
       expect(info.active).toBe(vm);
     } finally {
-      child.kill('SIGTERM');
+      srv.kill();
     }
-    expect(await exited).toBe(0);
-    expect(err).toMatch(/SIGTERM: stopped/);
+    expect(await srv.exited).toBe(0);
+    expect(srv.err()).toMatch(/SIGTERM: stopped/);
     expect(existsSync(ctl)).toBe(false);
     expect(qemuCheck(vm)).toEqual({ corruptions: 0, leaks: 0, checkErrors: 0 });
     // Everything every client saw acknowledged is in the image the chain collapsed into.
@@ -114,18 +109,8 @@ describe.skipIf(!hasTools)('disk ownership handoff between two NBD servers under
     const vm = join(d, 'vm.qcow2');
     const sock = join(d, 'vm.sock');
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', vm, '16M']);
-    const start = (id: string): { child: ReturnType<typeof spawn>; out: () => string; err: () => string; exited: Promise<number | null> } => {
-      const child = spawn(process.execPath, [bin, 'disk', 'serve', 'vm.qcow2', '--listen', `unix:${sock}`, '--as', id, '--lease', '2000', '--json'], { cwd: d, stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      let err = '';
-      child.stdout!.on('data', (b) => (out += b));
-      child.stderr!.on('data', (b) => (err += b));
-      return { child, out: () => out, err: () => err, exited: new Promise((r) => child.on('exit', (c) => r(c))) };
-    };
-    const waitJson = async (s: { out: () => string }): Promise<{ epoch: number }> => {
-      for (let i = 0; i < 400 && !s.out().includes('}'); i++) await new Promise((r) => setTimeout(r, 25));
-      return JSON.parse(s.out()) as { epoch: number };
-    };
+    const start = (id: string): ServedVmkit => serveVmkit(['disk', 'serve', 'vm.qcow2', '--listen', `unix:${sock}`, '--as', id, '--lease', '2000', '--json'], { cwd: d });
+    const waitJson = async (s: ServedVmkit): Promise<{ epoch: number }> => (await s.json(10_000)) as { epoch: number };
     const a = start('a');
     let b: ReturnType<typeof start> | undefined;
     try {

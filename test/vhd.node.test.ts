@@ -5,10 +5,9 @@
 // reads their geometry and size as vmkit wrote them; differencing disks
 // (which QEMU cannot open as such) read through their parent; a fixed VHD is
 // probed by its footer, a raw image is not taken for one.
-import { describe, expect, it, beforeAll, afterAll } from 'vitest';
-import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { tempPaths } from './_tmp.js';
+import { writeFile, readFile } from 'node:fs/promises';
 import fc from 'fast-check';
 import { needTool } from './_tools.js';
 import { diff, mergeMap, qemuIo, qemuRaw, qimg, vmkitRaw } from './_qemu-img.js';
@@ -20,18 +19,11 @@ import { chsGeometry, roundedSize } from '../bindings/disk/formats/vhd/header.js
 import { VmkitError } from '../bindings/errors.js';
 
 const hasQemu = needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils');
-let dir = '';
-const p = (n: string): string => join(dir, n);
+const p = tempPaths('vmkit-vhd-');
 const fill = (n: number, v: number): Uint8Array => new Uint8Array(n).fill(v);
 const qinfo = (f: string): { format: string; 'virtual-size': number } => JSON.parse(qimg('info', '--output=json', '-f', 'vpc', f)) as { format: string; 'virtual-size': number };
 
 describe.skipIf(!hasQemu)('vhd against qemu-img / qemu-io', () => {
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'vmkit-vhd-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
 
   it('reads dynamic and fixed images QEMU wrote exactly; sizes follow the CHS rounding; map agrees', async () => {
     for (const [name, opts, size] of [

@@ -4,10 +4,9 @@
 // writes; QEMU and vmkit write into each other's images; a damaged header
 // falls back to the other one; a differencing disk without its parent
 // locator is refused at its flag.
-import { describe, expect, it, beforeAll, afterAll } from 'vitest';
-import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { tempPaths } from './_tmp.js';
+import { writeFile, readFile } from 'node:fs/promises';
 import fc from 'fast-check';
 import { needTool } from './_tools.js';
 import { diff, qemuCheck, qemuIo, qemuRaw, qimg, vmkitRaw } from './_qemu-img.js';
@@ -18,8 +17,7 @@ import { crc32c, encodeHeader, parseHeader, VHDX_HEADER1, VHDX_HEADER2 } from '.
 import { VmkitError } from '../bindings/errors.js';
 
 const hasQemu = needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils');
-let dir = '';
-const p = (n: string): string => join(dir, n);
+const p = tempPaths('vmkit-vhdx-');
 const fill = (n: number, v: number): Uint8Array => new Uint8Array(n).fill(v);
 
 describe('crc32c', () => {
@@ -30,12 +28,6 @@ describe('crc32c', () => {
 });
 
 describe.skipIf(!hasQemu)('vhdx against qemu-img / qemu-io', () => {
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'vmkit-vhdx-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
 
   it('reads dynamic and fixed images QEMU wrote exactly (several block and sector sizes)', async () => {
     for (const [name, opts, size] of [

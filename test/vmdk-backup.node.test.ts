@@ -2,11 +2,10 @@
 // delta takes the writes, then consolidation collapses it into the base or
 // onto a new vmdk target; QEMU must read the result as the expected content
 // and accept it (`qemu-img check`, `compare`).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { tempPaths } from './_tmp.js';
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { writeFile, readFile } from 'node:fs/promises';
 import { consolidate, LiveDisk, resumeConsolidation, snapshot } from '../bindings/disk/backup/index.js';
 import { FileStorage } from '../bindings/disk/backends/file.js';
 import { readHeader, setParentCid } from '../bindings/disk/formats/vmdk/index.js';
@@ -14,18 +13,11 @@ import { NodeChainOps } from '../bindings/disk/backup/node.js';
 import { needTool } from './_tools.js';
 
 const hasQemu = needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils');
-let dir = '';
-const p = (n: string): string => join(dir, n);
+const p = tempPaths('vmkit-vmdk-backup-');
 const q = (...args: string[]): string => execFileSync('qemu-img', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 const fill = (n: number, v: number): Uint8Array => new Uint8Array(n).fill(v);
 
 describe.skipIf(!hasQemu)('vmdk snapshots and consolidation', () => {
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'vmkit-vmdk-backup-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
 
   it.each(['base', 'target'] as const)('snapshot to a vmdk delta, write, consolidate into the %s', async (into) => {
     const size = 4 << 20;

@@ -4,19 +4,17 @@
 // them; an ESXi-style vmfs descriptor over a flat file; a Workstation-style
 // delta over a split disk reads through its parent; ESXi delta kinds and
 // writes are refused by name.
-import { describe, expect, it, beforeAll, afterAll } from 'vitest';
-import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
+import { describe, expect, it } from 'vitest';
+import { tempPaths } from './_tmp.js';
+import { rm, writeFile, readFile } from 'node:fs/promises';
 import { openSync, readSync, closeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { needTool } from './_tools.js';
 import { diff, qemuIo, qemuRaw, qimg, vmkitRaw } from './_qemu-img.js';
 import { openImage } from '../bindings/disk/image.js';
 import { mapExtents } from '../bindings/disk/device.js';
 
 const hasQemu = needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils');
-let dir = '';
-const p = (n: string): string => join(dir, n);
+const p = tempPaths('vmkit-vmdkx-');
 
 /** Bytes [off, off+len) of a raw file. */
 function slice(file: string, off: number, len: number): Uint8Array {
@@ -31,12 +29,6 @@ function slice(file: string, off: number, len: number): Uint8Array {
 }
 
 describe.skipIf(!hasQemu)('vmdk with separate extents', () => {
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'vmkit-vmdkx-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
 
   it('monolithicFlat and a hand-written vmfs descriptor read as QEMU reads them', async () => {
     qimg('create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', p('f.vmdk'), '10M');

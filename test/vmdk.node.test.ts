@@ -3,11 +3,10 @@
 // with qemu-img map); images and deltas vmkit writes pass `qemu-img check`,
 // `qemu-img compare` and `qemu-img info --backing-chain`; CID/parentCID links
 // hold on both sides; random write sequences on twin images end identical.
-import { describe, expect, it, beforeAll, afterAll } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { tempPaths } from './_tmp.js';
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, rm, readFile, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rm, readFile, writeFile } from 'node:fs/promises';
 import fc from 'fast-check';
 import { needTool } from './_tools.js';
 import { diff, mergeMap, qemuCheck, qemuIo, qemuRaw, qimg, vmkitRaw } from './_qemu-img.js';
@@ -18,8 +17,7 @@ import { create as createVmdk, readHeader, VmdkDevice } from '../bindings/disk/f
 import { VmkitError } from '../bindings/errors.js';
 
 const hasQemu = needTool('qemu-img', 'qemu-utils') && needTool('qemu-io', 'qemu-utils');
-let dir = '';
-const p = (n: string): string => join(dir, n);
+const p = tempPaths('vmkit-vmdk-');
 const qio = (file: string, ...cmds: string[]): void => qemuIo('vmdk', file, ...cmds);
 const cidOf = async (file: string): Promise<{ cid: number | undefined; parentCid: number | undefined }> => {
   const s = await FileStorage.open(file, { readOnly: true });
@@ -33,12 +31,6 @@ const cidOf = async (file: string): Promise<{ cid: number | undefined; parentCid
 const fill = (n: number, v: number): Uint8Array => new Uint8Array(n).fill(v);
 
 describe.skipIf(!hasQemu)('vmdk against qemu-img / qemu-io', () => {
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'vmkit-vmdk-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
 
   it('reads what QEMU wrote exactly (base and delta), and map agrees with qemu-img map', async () => {
     qimg('create', '-q', '-f', 'vmdk', p('base.vmdk'), '4M');

@@ -15,7 +15,7 @@ import { openOwned, readOwner, requestRelease } from '../../disk/owner/handoff.j
 import { leaseAlive } from '../../disk/owner/record.js';
 import { createHttpTransport, type ReleaseTransport } from '../../disk/owner/transport.js';
 import type { OwnerStore } from '../../disk/owner/types.js';
-import type { FormatName } from '../../disk/formats/types.js';
+import { formatOpt } from './_disk_args.js';
 
 function onePath(positionals: string[], sub: string): string {
   const [p] = positionals;
@@ -129,8 +129,7 @@ export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<
     const transport = await transportOf(values['tls-cert'], values['tls-key'], values.insecure);
     const name = nameOf(values.name, disk);
     if (typeof values.as !== 'string' || values.as.length === 0) throw new VmkitError('ARG_RANGE', 'vmkit disk open needs --as <id>');
-    const format = values.format as string | undefined;
-    if (format !== undefined && !['qcow2', 'vmdk', 'raw', 'vhd', 'vhdx'].includes(format)) throw new VmkitError('ARG_RANGE', `--format must be qcow2, vmdk, vhd, vhdx or raw, got ${JSON.stringify(format)}`);
+    const format = formatOpt(values.format, '--format');
     const store = await storeOf(values.etcd);
     const leaseMs = ms(values.lease, '--lease');
     const waitMs = ms(values.wait, '--wait');
@@ -142,7 +141,7 @@ export async function runOwner(sub: string, argv: string[], io: CliIO): Promise<
       ...(typeof values.serve === 'string' ? { serve: values.serve } : {}),
       ...(leaseMs === undefined ? {} : { leaseMs }),
       ...(waitMs === undefined ? {} : { waitMs }),
-      ...(format ? { image: { format: format as FormatName } } : {}),
+      ...(format ? { image: { format } } : {}),
     });
     emit(io, values.json, { disk, epoch: held.epoch, endpoint: held.endpoint, owner: held.identity }, () => `holding ${disk} at epoch ${held.epoch}; release requests at ${held.endpoint}`);
     // Stay alive while holding (the library's server and renewal timer do not keep a process up).

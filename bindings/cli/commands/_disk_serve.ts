@@ -7,8 +7,7 @@
 import { VmkitError } from '../../errors.js';
 import { emit, parse, type CliIO } from '../_common.js';
 import { openImage } from '../../disk/image.js';
-import type { FormatName } from '../../disk/formats/types.js';
-import { formatOpt } from './_disk_args.js';
+import { formatOpt, INPUT_FORMAT_OPTIONS } from './_disk_args.js';
 import { serveNbd, type NbdServer, type NbdTlsOptions } from '../../disk/nbd/server.js';
 import type { OwnedDisk, OwnedOpen } from '../../disk/owner/handoff.js';
 import type { ChainOps } from '../../disk/backup/_types.js';
@@ -23,8 +22,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
     export: { type: 'string', short: 'x' },
     description: { type: 'string' },
     'read-only': { type: 'boolean', short: 'r' },
-    format: { type: 'string', short: 'f' },
-    'backing-format': { type: 'string', short: 'F' },
+    ...INPUT_FORMAT_OPTIONS,
     'tls-creds': { type: 'string' },
     insecure: { type: 'boolean' },
     'max-connections': { type: 'string' },
@@ -39,8 +37,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
   });
   const [file] = positionals;
   if (file === undefined || positionals.length !== 1) throw new VmkitError('ARG_RANGE', 'usage: vmkit disk serve <file> [--listen …]; see vmkit disk serve --help');
-  const format = values.format as string | undefined;
-  if (format !== undefined && !['qcow2', 'vmdk', 'raw', 'vhd', 'vhdx'].includes(format)) throw new VmkitError('ARG_RANGE', `--format must be qcow2, vmdk, vhd, vhdx or raw, got ${JSON.stringify(format)}`);
+  const format = formatOpt(values.format, '--format');
   const maxConnections = values['max-connections'] === undefined ? undefined : Number(values['max-connections']);
   if (maxConnections !== undefined && !Number.isSafeInteger(maxConnections)) throw new VmkitError('ARG_RANGE', `--max-connections must be an integer, got ${values['max-connections']}`);
   let tls: NbdTlsOptions | undefined;
@@ -133,7 +130,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
           live = o.live;
           return { device: o.device, close: () => o.live.close(), abandon: () => o.live.abandon() };
         }
-        const img = await openImage(await follow(), { provider: guarded, guard, ...(format ? { format: format as FormatName } : {}), ...(backingFormat ? { backingFormat } : {}) });
+        const img = await openImage(await follow(), { provider: guarded, guard, ...(format ? { format } : {}), ...(backingFormat ? { backingFormat } : {}) });
         return {
           device: img,
           close: () => img.close(),
@@ -167,7 +164,7 @@ export async function runServe(argv: string[], io: CliIO, signals: NodeJS.EventE
     closeDevice = () => o.live.close();
     handler = o.live.handler;
   } else {
-    const img = await openImage(await follow(), { readOnly, provider, ...(format ? { format: format as FormatName } : {}), ...(backingFormat ? { backingFormat } : {}) });
+    const img = await openImage(await follow(), { readOnly, provider, ...(format ? { format } : {}), ...(backingFormat ? { backingFormat } : {}) });
     // qcow2 keeps its metadata cache write-back between FLUSHes, as qemu-nbd's default cache mode does.
     const withCache = img as typeof img & { setCacheMode?: (m: 'writeback' | 'writethrough') => Promise<void> };
     if (!readOnly && typeof withCache.setCacheMode === 'function') await withCache.setCacheMode(cache);

@@ -6,6 +6,7 @@
  */
 import { VmkitError } from '../../errors.js';
 import type { ChainOps } from './_types.js';
+import type { MirrorStats } from './mirror.js';
 
 /**
  * Where a job is in its life (docs/backup.md has the state machine).
@@ -27,7 +28,7 @@ export type JobState = 'running' | 'ready' | 'pivoting' | 'done' | 'cancelled' |
  * console.log(`${p.planned - p.remaining}/${p.planned} bytes, in sync: ${p.inSync}`);
  * ```
  */
-export interface JobProgress {
+export interface JobProgress extends MirrorStats {
   /** The job's state. */
   state: JobState;
   /** Bytes the copy pass has still to visit. */
@@ -38,18 +39,6 @@ export interface JobProgress {
   inSync: boolean;
   /** True once the job has finished (successfully, cancelled or failed). */
   done: boolean;
-  /** Bytes the pass copied as data. */
-  copiedBytes: number;
-  /** Bytes the pass wrote as zeroes (zero runs and zero clusters). */
-  zeroedBytes: number;
-  /** Bytes the pass skipped because the mirror had already written them. */
-  skippedBytes: number;
-  /** Bytes of guest writes the mirror driver forwarded to the target. */
-  mirroredBytes: number;
-  /** Guest writes forwarded. */
-  mirroredWrites: number;
-  /** Bytes the pass wrote to a range it had already written (0: a single pass). */
-  recopiedBytes: number;
   /** Copy operations retried after an error. */
   retries: number;
 }

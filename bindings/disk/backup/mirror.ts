@@ -21,11 +21,17 @@ const _POOL_OFFSET = 4096 - _MMAP_HEAD;
 
 /** Counters the driver keeps; the job reports them as progress. */
 export interface MirrorStats {
+  /** Bytes the pass copied as data. */
   copiedBytes: number;
+  /** Bytes the pass wrote as zeroes (zero runs and zero clusters). */
   zeroedBytes: number;
+  /** Bytes the pass skipped because the mirror had already written them. */
   skippedBytes: number;
+  /** Bytes of guest writes the mirror driver forwarded to the target. */
   mirroredBytes: number;
+  /** Guest writes forwarded. */
   mirroredWrites: number;
+  /** Bytes the pass wrote to a range it had already written (0: a single pass). */
   recopiedBytes: number;
 }
 
