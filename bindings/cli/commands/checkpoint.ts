@@ -37,7 +37,7 @@ async function storeSave(dir: string, argv: string[], json: boolean, io: CliIO):
     const st = await store.save(name, src);
     const seconds = (performance.now() - started) / 1000;
     emit(io, json, { store: dir, name, image, ...st, seconds }, () =>
-      `saved ${image} as ${name} in ${dir}: ${st.newPages} new / ${st.sharedPages} shared / ${st.zeroPages} zero pages, ${formatBytes(st.bytesWritten)} written`,
+      `saved ${image} as ${name} in ${dir}: ${st.newFrames} new / ${st.sharedFrames} shared / ${st.zeroFrames} zero frames of ${st.frames}, ${formatBytes(st.bytesWritten)} written`,
     );
   } finally {
     src.close();
@@ -159,7 +159,7 @@ async function storeRestore(dir: string, name: string, image: string, json: bool
     for (let p = 0; p < ck.pageCount; ) {
       const n = Math.min(WINDOW / PS, ck.pageCount - p);
       const v = buf.subarray(0, n * PS);
-      ck.readPagesIntoSync(p, n, v);
+      await ck.readPagesInto(p, n, v);
       // Zero windows stay holes of the file truncated to size.
       if (v.some((x) => x !== 0)) writeSync(fd, v, 0, v.length, p * PS);
       p += n;
@@ -173,11 +173,11 @@ async function storeRestore(dir: string, name: string, image: string, json: bool
 
 async function gc(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, { store: { type: 'string' } });
-  if (values.store === undefined || positionals.length > 0) throw new VmkitError('ARG_RANGE', 'gc needs --store <dir>');
+  if (values.store === undefined || positionals.length > 0) throw new VmkitError('ARG_RANGE', 'gc needs --store <dir|url>');
   const { PageStore } = await storeMod();
   const store = await PageStore.open(values.store as string);
   const st = await store.gc();
-  emit(io, values.json, { store: values.store, ...st }, () => `gc ${values.store}: ${st.removed} page files removed, ${st.kept} kept`);
+  emit(io, values.json, { store: values.store, ...st }, () => `gc ${values.store}: ${st.removed} frame objects removed, ${st.kept} kept`);
   return 0;
 }
 
