@@ -180,7 +180,7 @@ describe('remote writing to a hostile server', () => {
       puts = 0;
       const t0 = Date.now();
       const save = async (): Promise<void> => {
-        const w = await CheckpointWriter.create(httpPartsSink(`${base}/x.ckpt`, { partBytes: 64 << 10, http: { retries: 2, retryDelayMs: 1, timeoutMs: 300 } }), { guestSize: mem.length, blockSize: 64 << 10 });
+        const w = await CheckpointWriter.create(httpPartsSink(`${base}/x.ckpt`, { partBytes: 64 << 10, http: { retries: 2, retryDelayMs: 1, timeoutMs: m === 'hang' ? 300 : 20_000 } }), { guestSize: mem.length, blockSize: 64 << 10 });
         try {
           await w.writePages(0, mem);
           await w.finish();

@@ -245,7 +245,15 @@ export class PageStore {
 
   /** True while a collection holds gc.lock (a lock older than staleMs is a dead collector's and ignored). */
   private async gcRunning(): Promise<boolean> {
-    const e = (await this.be.list('')).find((x) => x.name === 'gc.lock');
+    let entries;
+    try {
+      entries = await this.be.list('');
+    } catch (err) {
+      // A server without listings cannot run a collection (it needs them): none is running.
+      if (err instanceof VmkitError && err.code === 'UNSUPPORTED') return false;
+      throw err;
+    }
+    const e = entries.find((x) => x.name === 'gc.lock');
     return e !== undefined && Date.now() - e.mtimeMs < this.staleMs;
   }
 
