@@ -124,6 +124,31 @@ http {
     expect(JSON.parse(ins.stdout.toString())).toMatchObject({ pages: 1024 });
   });
 
+  it('vmkit checkpoint save <image> <url>, then inspect, restore and read-page of the URL', () => {
+    const img = join(dir, 'cli.mem');
+    writeFileSync(img, mem);
+    const s = spawnSync(process.execPath, [bin, 'checkpoint', 'save', img, `${base}/cli/vm.ckpt`, '--json']);
+    expect(s.status, s.stderr.toString()).toBe(0);
+    expect(existsSync(join(root, 'cli', 'vm.ckpt.parts', '00000000'))).toBe(true);
+    const m = JSON.parse(readFileSync(join(root, 'cli', 'vm.ckpt'), 'utf8'));
+    expect(m.size).toBe(JSON.parse(s.stdout.toString()).fileBytes);
+    const ins = spawnSync(process.execPath, [bin, 'checkpoint', 'inspect', `${base}/cli/vm.ckpt`, '--json']);
+    expect(ins.status, ins.stderr.toString()).toBe(0);
+    expect(JSON.parse(ins.stdout.toString())).toMatchObject({ pages: 1024, fileBytes: m.size });
+    const out = join(dir, 'cli.out');
+    const r = spawnSync(process.execPath, [bin, 'checkpoint', 'restore', `${base}/cli/vm.ckpt`, out]);
+    expect(r.status, r.stderr.toString()).toBe(0);
+    expect(new Uint8Array(readFileSync(out))).toEqual(mem);
+    const pg = spawnSync(process.execPath, [bin, 'checkpoint', 'read-page', `${base}/cli/vm.ckpt`, '0x12000', '--json']);
+    expect(pg.status, pg.stderr.toString()).toBe(0);
+    expect(Buffer.from(JSON.parse(pg.stdout.toString()).hex, 'hex')).toEqual(Buffer.from(mem.subarray(0x12000, 0x13000)));
+    // Neither a checkpoint nor a manifest: the reader's own error.
+    writeFileSync(join(root, 'cli', 'junk'), 'not a checkpoint at all'.repeat(10));
+    const bad = spawnSync(process.execPath, [bin, 'checkpoint', 'inspect', `${base}/cli/junk`, '--json']);
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr.toString()).toMatch(/CORRUPT/);
+  });
+
   it('an abandoned save publishes no manifest and leaves no parts', async () => {
     const sink = httpPartsSink(`${base}/ck/vm2.ckpt`, { partBytes: 64 << 10 });
     const w = await CheckpointWriter.create(sink, { guestSize: mem.length, blockSize: 64 << 10 });

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PageStore } from '../bindings/memory/index.js';
+import { LazyGuestMemory, PageStore, createPolicy, gpa } from '../bindings/memory/index.js';
 import { VmkitError } from '../bindings/errors.js';
 import { needTool } from './_tools.js';
 
@@ -132,6 +132,13 @@ http {
     await store.save('g3', g[2]!);
     expect(await store.list()).toEqual(['g1', 'g2', 'g3']);
     for (let i = 0; i < 3; i++) expect(await restore(store, `g${i + 1}`)).toEqual(g[i]);
+    // Lazy memory over the URL store: a page fetches its frame (one GET), its neighbours come from it.
+    const ck = await store.openCheckpoint('g2');
+    const lazy = await LazyGuestMemory.open(ck, { policy: createPolicy('physical', { back: 0, ahead: 0 }) });
+    const b = new Uint8Array(PS);
+    await lazy.read(gpa(BigInt(605 * PS)), b);
+    expect(b).toEqual(g[1]!.subarray(605 * PS, 606 * PS));
+    expect(ck.framesFetched).toBe(1);
     // The same images in a directory store: the same frame objects, byte for byte.
     const local = await PageStore.open(join(dir, 'local'), { create: true });
     for (let i = 0; i < 3; i++) await local.save(`g${i + 1}`, g[i]!);

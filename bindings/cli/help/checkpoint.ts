@@ -22,7 +22,9 @@ any server that honours Range): the header, footer and index are read once, then
       synopsis: '<memory-image> <checkpoint> [--block-size BYTES] [--codec lz4|none] [--threads N] [--parent <checkpoint> [--dirty <bitmap>]] [--force] [--json]',
       about: `Zero pages go to the index only, others are LZ4-compressed into storage blocks, one write per block.
 With --parent it writes a diff checkpoint holding the pages the dirty bitmap marks (bit p%8 of byte p/8)
-or, without --dirty, the pages that differ from the parent. An existing <checkpoint> is refused unless --force.`,
+or, without --dirty, the pages that differ from the parent. An existing <checkpoint> is refused unless --force.
+An http(s) URL for <checkpoint> uploads it with PUT as 8 MiB parts (<url>.parts/N) while saving, then a manifest
+at <url> (docs/checkpoint-format.md, "Remote writing"); restore, inspect and read-page read such a URL through its parts.`,
       options: [
         ['--block-size BYTES', 'storage block size (default 1M; K/M suffixes)'],
         ['--codec lz4|none', 'page compression (default lz4)'],
