@@ -163,14 +163,21 @@ export async function fleet({ force = false, workers = 3, log = (s) => process.s
     const initrd = buildInitramfs(dir, { init: initScript() });
     const todo = Object.keys(WORKLOADS);
     const seconds = {};
+    let failed;
     const run = async () => {
-      for (let w = todo.shift(); w !== undefined; w = todo.shift()) {
+      for (let w = todo.shift(); w !== undefined && failed === undefined; w = todo.shift()) {
         const out = join(FLEET_DIR, w);
         if (!force && existsSync(join(out, 'mem.bin')) && existsSync(join(out, 'key')) && readFileSync(join(out, 'key'), 'utf8') === key) {
           log(`fleet-fixture: ${w} cached`);
           continue; // a guest dumped by an earlier, interrupted run
         }
-        const r = await boot(w, kernel, initrd, dir);
+        let r;
+        try {
+          r = await boot(w, kernel, initrd, dir);
+        } catch (e) {
+          failed ??= e; // the other workers finish the boot they are in (and stop their QEMU), then stop
+          return;
+        }
         seconds[w] = r.seconds;
         mkdirSync(out, { recursive: true });
         renameSync(r.memPath, join(out, 'mem.bin'));
@@ -178,7 +185,9 @@ export async function fleet({ force = false, workers = 3, log = (s) => process.s
         log(`fleet-fixture: ${w} booted and dumped in ${r.seconds.toFixed(0)} s`);
       }
     };
+    // Every worker ends before an error is thrown: none leaves a QEMU running behind the caller's exit.
     await Promise.all(Array.from({ length: Math.max(1, workers) }, run));
+    if (failed !== undefined) throw failed;
     writeFileSync(metaPath, JSON.stringify({ key, kernel, qemu: qemuVersion, ramBytes: RAM_MIB << 20, cmdline: 'nokaslr vmkit.work=<workload>', workloads: WORKLOADS, seconds }, null, 2) + '\n');
     return list();
   } finally {
