@@ -5,7 +5,7 @@
 // and, joined, read by the local reader and `vmkit checkpoint inspect`; an
 // abandoned save publishes nothing; a server that fails PUTs or never answers
 // is a VmkitError.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CheckpointReader, CheckpointWriter, httpPartsSink, httpPartsSource } from '../bindings/memory/index.js';
 import { VmkitError } from '../bindings/errors.js';
 import { needTool } from './_tools.js';
+import { startNginx, type Nginx } from './_nginx.js';
 
 const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmkit-remote-write-'));
@@ -41,49 +42,17 @@ async function code(p: Promise<unknown>): Promise<string> {
   return 'resolved';
 }
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
 describe.runIf(needTool('nginx', 'nginx-light'))('checkpoints written to nginx (dav) as parts and a manifest', () => {
-  let nginx: ChildProcess;
+  let nginx: Nginx;
   let base: string;
   const root = join(dir, 'www');
 
   beforeAll(async () => {
     mkdirSync(root, { recursive: true });
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    const t = (n: string): string => join(dir, n);
-    writeFileSync(
-      t('nginx.conf'),
-      `daemon off; worker_processes 1; user root; pid ${t('nginx.pid')}; error_log ${t('error.log')};
-events { worker_connections 1024; }
-http {
-  access_log ${t('access.log')}; client_body_temp_path ${t('cb')}; proxy_temp_path ${t('px')};
-  fastcgi_temp_path ${t('fc')}; uwsgi_temp_path ${t('uw')}; scgi_temp_path ${t('sc')};
-  server { listen 127.0.0.1:${port}; root ${root}; client_max_body_size 0; dav_methods PUT DELETE MKCOL; create_full_put_path on; }
-}
-`,
-    );
-    nginx = spawn('nginx', ['-c', t('nginx.conf'), '-p', dir, '-e', t('error.log')], { stdio: 'inherit' });
-    for (let i = 0; ; i++) {
-      try {
-        await fetch(`${base}/`);
-        break;
-      } catch {
-        if (i > 100) throw new Error('nginx did not start');
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    nginx = await startNginx(dir, root, 'dav_methods PUT DELETE MKCOL; create_full_put_path on;');
+    base = nginx.base;
   });
-  afterAll(() => {
-    nginx?.kill('SIGTERM');
-  });
+  afterAll(() => nginx?.stop());
 
   it('uploads parts while saving and the manifest last; reads back exactly; the parts joined are the checkpoint', async () => {
     const sink = httpPartsSink(`${base}/ck/vm1.ckpt`, { partBytes: 256 << 10 });

@@ -4,7 +4,7 @@
 // during the collection; the CLI's --store <url>; and a Node server in this
 // file for the hostile cases (500s, truncated bodies, no answer, a wrong frame,
 // PUT refused, no listings): a VmkitError each, never a hang.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LazyGuestMemory, PageStore, createPolicy, gpa } from '../bindings/memory/index.js';
 import { VmkitError } from '../bindings/errors.js';
 import { needTool } from './_tools.js';
+import { startNginx, type Nginx } from './_nginx.js';
 
 const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmkit-store-http-'));
@@ -73,54 +74,20 @@ async function code(p: Promise<unknown>): Promise<string> {
   return 'resolved';
 }
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
 const g = [guest(1, 50), guest(2, 60), guest(3, 70)];
 
 describe.runIf(needTool('nginx', 'nginx-light'))('a page store served by nginx (dav, JSON autoindex)', () => {
-  let nginx: ChildProcess;
+  let nginx: Nginx;
   let base: string;
   const root = join(dir, 'www');
   const sdir = join(root, 'store');
 
   beforeAll(async () => {
     mkdirSync(root, { recursive: true });
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    const t = (n: string): string => join(dir, n);
-    writeFileSync(
-      t('nginx.conf'),
-      `daemon off; worker_processes 1; user root; pid ${t('nginx.pid')}; error_log ${t('error.log')};
-events { worker_connections 1024; }
-http {
-  access_log ${t('access.log')}; client_body_temp_path ${t('cb')}; proxy_temp_path ${t('px')};
-  fastcgi_temp_path ${t('fc')}; uwsgi_temp_path ${t('uw')}; scgi_temp_path ${t('sc')};
-  server {
-    listen 127.0.0.1:${port}; root ${root}; client_max_body_size 0;
-    dav_methods PUT DELETE MKCOL; create_full_put_path on; autoindex on; autoindex_format json;
-  }
-}
-`,
-    );
-    nginx = spawn('nginx', ['-c', t('nginx.conf'), '-p', dir, '-e', t('error.log')], { stdio: 'inherit' });
-    for (let i = 0; ; i++) {
-      try {
-        if ((await fetch(`${base}/`)).ok) break;
-      } catch {
-        if (i > 100) throw new Error('nginx did not start');
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    nginx = await startNginx(dir, root, 'dav_methods PUT DELETE MKCOL; create_full_put_path on; autoindex on; autoindex_format json;');
+    base = nginx.base;
   });
-  afterAll(() => {
-    nginx?.kill('SIGTERM');
-  });
+  afterAll(() => nginx?.stop());
 
   it('saves over PUT and restores over GET exactly; frames are shared; the objects are what a directory store holds', async () => {
     const store = await PageStore.open(`${base}/store`, { create: true });
