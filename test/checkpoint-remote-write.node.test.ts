@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CheckpointReader, CheckpointWriter, httpPartsSink, httpPartsSource } from '../bindings/memory/index.js';
-import { VmkitError } from '../bindings/errors.js';
+import { codeOf } from './_codes.js';
 import { needTool } from './_tools.js';
 import { startNginx, type Nginx } from './_nginx.js';
 
@@ -30,16 +30,6 @@ for (let p = 0; p < 1024; p++) {
   const pg = mem.subarray(p * PS, (p + 1) * PS);
   if (p % 3 === 0) randomFillSync(pg);
   else if (p % 3 === 1) pg.fill(p & 0xff, 0, 1000);
-}
-
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof VmkitError) return e.code;
-    throw e;
-  }
-  return 'resolved';
 }
 
 describe.runIf(needTool('nginx', 'nginx-light'))('checkpoints written to nginx (dav) as parts and a manifest', () => {
@@ -126,7 +116,7 @@ describe.runIf(needTool('nginx', 'nginx-light'))('checkpoints written to nginx (
     expect(sink.uploaded.published).toBe(false);
     expect(existsSync(join(root, 'ck', 'vm2.ckpt'))).toBe(false);
     expect(readdirSync(join(root, 'ck', 'vm2.ckpt.parts'))).toEqual([]);
-    expect(await code(httpPartsSource(`${base}/ck/vm2.ckpt`))).toBe('NOT_FOUND');
+    expect(await codeOf(httpPartsSource(`${base}/ck/vm2.ckpt`))).toBe('NOT_FOUND');
   });
 
   it('a part that does not match the manifest is INTEGRITY; a write out of order UNSUPPORTED', async () => {
@@ -135,11 +125,11 @@ describe.runIf(needTool('nginx', 'nginx-light'))('checkpoints written to nginx (
     const orig = readFileSync(f);
     writeFileSync(f, orig.subarray(0, orig.length - 1));
     const src = await httpPartsSource(`${base}/ck/vm1.ckpt`);
-    expect(await code(src.read(m.partBytes + 10, new Uint8Array(10)))).toBe('INTEGRITY');
+    expect(await codeOf(src.read(m.partBytes + 10, new Uint8Array(10)))).toBe('INTEGRITY');
     await src.close();
     writeFileSync(f, orig);
     const sink = httpPartsSink(`${base}/ck/vm3.ckpt`);
-    expect(await code(sink.write(new Uint8Array(10), 100))).toBe('UNSUPPORTED');
+    expect(await codeOf(sink.write(new Uint8Array(10), 100))).toBe('UNSUPPORTED');
     await sink.close();
   });
 });
@@ -183,7 +173,7 @@ describe('remote writing to a hostile server', () => {
           throw e;
         }
       };
-      expect(await code(save())).toBe(want);
+      expect(await codeOf(save())).toBe(want);
       expect(puts).toBe(m === '403' ? 1 : 3);
       expect(Date.now() - t0).toBeLessThan(15_000);
     });

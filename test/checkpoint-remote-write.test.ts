@@ -4,27 +4,15 @@
 // (httpPartsSource) page for page, and its joined parts against a checkpoint
 // saved to memory.
 import { describe, expect, inject, it } from 'vitest';
+import { guestImage } from './_guest-image.js';
 import { CheckpointReader, CheckpointWriter, httpPartsSink, httpPartsSource, memorySource } from '../bindings/memory/index.js';
 
 const PS = 4096;
 const base = inject('remoteCheckpointServer');
 
-function image(pages: number, seed: number): Uint8Array {
-  const b = new Uint8Array(pages * PS);
-  const dv = new DataView(b.buffer);
-  let x = seed;
-  for (let p = 0; p < pages; p++) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    const kind = x >>> 30;
-    if (kind === 1) for (let i = 0; i < PS; i += 4) dv.setUint32(p * PS + i, (x = (Math.imul(x, 1664525) + 1013904223) >>> 0), true);
-    else if (kind === 2) for (let i = 0; i < PS; i += 8) dv.setUint32(p * PS + i, (p * 31 + (i >> 6)) >>> 0, true);
-  }
-  return b;
-}
-
 describe('a checkpoint written to a server as parts and a manifest', () => {
   it('uploads while saving, publishes the manifest, and reads back exactly through the parts', async () => {
-    const mem = image(512, 3);
+    const mem = guestImage(512, 3);
     const url = `${base}/parts/${Math.random().toString(36).slice(2)}.ckpt`;
     const sink = httpPartsSink(url, { partBytes: 64 << 10 });
     const w = await CheckpointWriter.create(sink, { guestSize: mem.length, blockSize: 64 << 10 });

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LazyGuestMemory, PageStore, createPolicy, gpa } from '../bindings/memory/index.js';
-import { VmkitError } from '../bindings/errors.js';
+import { codeOf } from './_codes.js';
 import { needTool } from './_tools.js';
 import { startNginx, type Nginx } from './_nginx.js';
 
@@ -62,16 +62,6 @@ function usedFrames(store: string): Set<string> {
     }
   }
   return used;
-}
-
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof VmkitError) return e.code;
-    throw e;
-  }
-  return 'resolved';
 }
 
 const g = [guest(1, 50), guest(2, 60), guest(3, 70)];
@@ -145,7 +135,7 @@ describe.runIf(needTool('nginx', 'nginx-light'))('a page store served by nginx (
     expect(existsSync(join(sdir, 'gc.lock'))).toBe(false);
     // A second collection while one holds the lock: CONFLICT.
     mkdirSync(join(sdir, 'gc.lock'));
-    expect(await code(store.gc())).toBe('CONFLICT');
+    expect(await codeOf(store.gc())).toBe('CONFLICT');
     rmSync(join(sdir, 'gc.lock'), { recursive: true });
   });
 
@@ -250,7 +240,7 @@ describe('a page store behind a hostile server', () => {
       frameRequests = 0;
       const ck = await (m === 'hang' ? impatient : store).openCheckpoint('g1');
       const t0 = Date.now();
-      expect(await code(ck.readPagesInto(0, 16, dst)), m).toMatch(new RegExp(`^(${want})$`));
+      expect(await codeOf(ck.readPagesInto(0, 16, dst)), m).toMatch(new RegExp(`^(${want})$`));
       // Retried (1 + retries attempts) where retrying may help; bounded in time either way.
       expect(frameRequests, m).toBe(m === 'wrong' ? 1 : 3);
       expect(Date.now() - t0, m).toBeLessThan(15_000);
@@ -261,10 +251,10 @@ describe('a page store behind a hostile server', () => {
   it('a server that refuses PUT is UNSUPPORTED for a save; one with no JSON listings UNSUPPORTED for gc but saves; the caller can cancel', async () => {
     mode = 'no-put';
     const store = await PageStore.open(base, { http });
-    expect(await code(store.save('g2', g[1]!))).toBe('UNSUPPORTED');
+    expect(await codeOf(store.save('g2', g[1]!))).toBe('UNSUPPORTED');
     mode = 'no-list';
-    expect(await code(store.list())).toBe('UNSUPPORTED');
-    expect(await code(store.gc())).toBe('UNSUPPORTED');
+    expect(await codeOf(store.list())).toBe('UNSUPPORTED');
+    expect(await codeOf(store.gc())).toBe('UNSUPPORTED');
     // Saving needs no listing: with none, no collection can be running.
     const st = await store.save('g2', g[1]!);
     expect(st.newFrames).toBe(5);
@@ -273,7 +263,7 @@ describe('a page store behind a hostile server', () => {
     const ac = new AbortController();
     const slow = await PageStore.open(base, { http: { ...http, timeoutMs: 60_000, signal: ac.signal } });
     const ck = await slow.openCheckpoint('g1');
-    const p = code(ck.readPagesInto(0, 16, new Uint8Array(16 * PS)));
+    const p = codeOf(ck.readPagesInto(0, 16, new Uint8Array(16 * PS)));
     setTimeout(() => ac.abort(), 50);
     expect(await p).toBe('CANCELLED');
     mode = 'ok';
@@ -286,7 +276,7 @@ describe('a page store behind a hostile server', () => {
     bad[60]! ^= 1;
     writeFileSync(f, bad);
     const store = await PageStore.open(base, { http });
-    expect(await code(store.openCheckpoint('g1'))).toBe('INTEGRITY');
+    expect(await codeOf(store.openCheckpoint('g1'))).toBe('INTEGRITY');
     writeFileSync(f, orig);
     expect(await restore(store, 'g1')).toEqual(g[0]);
   });
