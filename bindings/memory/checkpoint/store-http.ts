@@ -25,6 +25,7 @@
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
 import type { _StoreBackend, _StoreEntry } from './_store-backend.js';
+import { _isNode, _nodeFetch } from './_http-node.js';
 
 /**
  * Options of a page store at a URL (`PageStore.open(url, { http })`).
@@ -63,6 +64,9 @@ export function _httpBackend(url: string, options: HttpStoreOptions = {}): _Stor
   const base = url.replace(/\/+$/, '');
   const doFetch = options.fetch ?? globalThis.fetch;
   if (typeof doFetch !== 'function') throw new VmkitError('UNSUPPORTED', 'no fetch in this runtime (pass http.fetch)');
+  // GETs in Node go through node:http (keep-alive agents): a restore is one GET per frame, and undici's
+  // fetch cost ~3x the CPU per request (bench/checkpoint-store.bench.js); other methods keep fetch.
+  const getFetch = options.fetch ?? (_isNode() ? (_nodeFetch as unknown as typeof fetch) : globalThis.fetch);
   const timeoutMs = options.timeoutMs ?? 30_000;
   aint(timeoutMs, 'http.timeoutMs', 1, 3_600_000);
   const retries = options.retries ?? 4;
@@ -129,7 +133,7 @@ export function _httpBackend(url: string, options: HttpStoreOptions = {}): _Stor
       try {
         let res: Response;
         try {
-          res = await doFetch(href, { method, headers: { ...options.headers }, body: data, signal: ac.signal, cache: 'no-store' } as RequestInit);
+          res = await (method === 'GET' ? getFetch : doFetch)(href, { method, headers: { ...options.headers }, body: data, signal: ac.signal, cache: 'no-store' } as RequestInit);
         } catch (e) {
           throw new Retry((e as Error)?.message ?? String(e));
         }
