@@ -6,8 +6,9 @@
 // shared page store (64 KiB frames by SHA-256; with VMKIT_BENCH_STORE_PAGES=1
 // also single pages, the alternative the frames were chosen over). Goal (issue 24): the store holds the ten in ≤ 2.5× the bytes of one
 // guest's checkpoint.
-import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hasTool, loadCore, median, timeRunsCpu } from './_lib.js';
@@ -41,6 +42,36 @@ function zstdBytes(path) {
     const p = execFile('sh', ['-c', `zstd -1 -q -c "${path}" | wc -c`], (e, out) => (e ? reject(e) : resolve(Number(out.trim()))));
     p.stdin?.end();
   });
+}
+
+/** nginx on loopback serving `root` read-only (its state in `dir`). */
+async function startNginx(dir, root) {
+  const s = createServer();
+  await new Promise((r) => s.listen(0, '127.0.0.1', r));
+  const port = s.address().port;
+  await new Promise((r) => s.close(r));
+  const t = (n) => join(dir, n);
+  writeFileSync(
+    t('nginx.conf'),
+    `daemon off; worker_processes 1; user root; pid ${t('nginx.pid')}; error_log ${t('error.log')};
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path ${t('cb')}; proxy_temp_path ${t('px')};
+  fastcgi_temp_path ${t('fc')}; uwsgi_temp_path ${t('uw')}; scgi_temp_path ${t('sc')};
+  server { listen 127.0.0.1:${port}; root ${root}; } }
+`,
+  );
+  const child = spawn('nginx', ['-c', t('nginx.conf'), '-p', dir, '-e', t('error.log')], { stdio: 'ignore' });
+  const base = `http://127.0.0.1:${port}`;
+  for (let i = 0; ; i++) {
+    try {
+      await fetch(`${base}/`);
+      break;
+    } catch {
+      if (i > 200) throw new Error('nginx did not start');
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { base, stop: () => child.kill('SIGTERM') };
 }
 
 export async function run({ quick, log }) {
@@ -97,6 +128,53 @@ export async function run({ quick, log }) {
       await c.readPagesInto(8192, 4096, got);
       if (Buffer.compare(got, mem.subarray(8192 * 4096, 12288 * 4096)) !== 0) throw new Error(`${g.work}: store restore differs`);
     }
+    // Restoring one guest (the median-sized one) into memory: from the store's directory, from the
+    // same store through nginx (a GET per frame, 16 in flight), and the peer: its checkpoint file
+    // through the same nginx (Range requests). Interleaved, medians.
+    const restoreRows = [];
+    if (hasTool('nginx')) {
+      const { CheckpointReader } = await import('../dist/memory/index.js');
+      const g = guests[ckBytes.indexOf([...ckBytes].sort((a, b) => a - b)[ckBytes.length >> 1])] ?? guests[0];
+      const want = readFileSync(g.path);
+      const ng = await startNginx(dir, dir);
+      try {
+        const viaUrl = await PageStore.open(`${ng.base}/frames`);
+        const runs = { dir: [], url: [], ckpt: [] };
+        const out = new Uint8Array(want.length);
+        const check = (what) => {
+          if (Buffer.compare(out, want) !== 0) throw new Error(`${g.work}: restore ${what} differs`);
+          out.fill(0);
+        };
+        const fromStore = async (store, key) => {
+          const r = await timeRunsCpu(1, async () => {
+            const c = await store.openCheckpoint(g.work);
+            await c.readPagesInto(0, c.pageCount, out);
+          });
+          runs[key].push(r);
+          check(key);
+        };
+        const fromCkpt = async () => {
+          const r = await timeRunsCpu(1, async () => {
+            const c = await CheckpointReader.open(`${ng.base}/${g.work}.ckpt`);
+            await c.readPagesInto(0, c.pageCount, out);
+            await c.close();
+          });
+          runs.ckpt.push(r);
+          check('ckpt');
+        };
+        for (let i = 0; i < (quick ? 1 : 3); i++) {
+          const order = [() => fromStore(frames, 'dir'), () => fromStore(viaUrl, 'url'), fromCkpt];
+          for (let k = 0; k < 3; k++) await order[(i + k) % 3]();
+        }
+        const ms = (rs) => `${(median(rs.map((r) => r.ns)) / 1e6).toFixed(0)} ms (CPU ${(median(rs.map((r) => r.cpuNs)) / 1e6).toFixed(0)} ms)`;
+        restoreRows.push(`| store in a directory | ${ms(runs.dir)} | ${(await frames.openCheckpoint(g.work)).pageCount} pages |`);
+        restoreRows.push(`| store at a URL (nginx, GET per 64 KiB frame, 16 in flight) | ${ms(runs.url)} | ${mib(want.length)} guest |`);
+        restoreRows.push(`| peer: its vmkit checkpoint through nginx (Range requests) | ${ms(runs.ckpt)} | ${mib(statSync(join(dir, `${g.work}.ckpt`)).size)} file |`);
+        log(`restore of ${g.work}: dir ${ms(runs.dir)}, url ${ms(runs.url)}, checkpoint over http ${ms(runs.ckpt)}`);
+      } finally {
+        ng.stop();
+      }
+    }
     const one = median(ckBytes);
     const oneZ = median(zBytes);
     const sum = (xs) => xs.reduce((a, b) => a + b, 0);
@@ -130,6 +208,9 @@ export async function run({ quick, log }) {
           heading: 'Save time per guest (256 MiB image in memory, interleaved, medians)',
           markdown: ['| what | wall | CPU |', '|---|---:|---:|', ...trows].join('\n'),
         },
+        ...(restoreRows.length
+          ? [{ heading: 'Restoring one guest into memory (loopback, no delay; interleaved, medians)', markdown: ['| from | wall (CPU) | size |', '|---|---:|---:|', ...restoreRows].join('\n') }]
+          : []),
       ],
       notes: [
         `Goal (issue 24): the shared store holds the ten in ≤ 2.5× one guest's checkpoint: ${(fr.bytes / one).toFixed(2)}× (${mib(fr.bytes)} of objects against ${mib(one)}); what each guest added in save order: ${perGuest.join(', ')}. Guests boot \`nokaslr\` (with KASLR each boot relocates the kernel, so no two guests share its text); 256 MiB, 1 vCPU, TCG; workloads in scripts/fleet-fixture.mjs.`,
