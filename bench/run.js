@@ -52,6 +52,7 @@ const DOCS = {
   'attest-machine': 'docs/attest-service.md',
   'checkpoint-qemu': 'docs/checkpoint-format.md',
   'checkpoint-remote': 'docs/checkpoint-format.md',
+  'checkpoint-store': 'docs/checkpoint-format.md',
   convert: 'docs/vhdx.md',
 };
 const root = join(here, '..');

@@ -2,7 +2,7 @@
 // collection, and a save running while a collection sweeps (no page lost; no
 // page kept that nothing uses after the next collection); and the CLI.
 import { spawnSync } from 'node:child_process';
-import { randomFillSync } from 'node:crypto';
+import { createHash, randomFillSync } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +15,8 @@ const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmkit-store-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const PS = 4096;
+/** The first specs store single pages (their counts are per page); the default 16-page frames are checked after. */
+const PAGES = { framePages: 1 };
 
 /** A "kernel and initramfs" shared by every guest, then each guest's own pages and zeros. */
 const shared = new Uint8Array(300 * PS);
@@ -31,15 +33,15 @@ function guest(seed: number, own: number): Uint8Array {
 
 function pageFiles(store: string): Set<string> {
   const out = new Set<string>();
-  for (const d of readdirSync(join(store, 'pages'))) for (const f of readdirSync(join(store, 'pages', d))) out.add(f);
+  for (const d of readdirSync(join(store, 'frames'))) for (const f of readdirSync(join(store, 'frames', d))) out.add(f);
   return out;
 }
 
 async function usedHashes(store: PageStore): Promise<Set<string>> {
   const used = new Set<string>();
-  for (const name of store.list()) {
+  for (const name of await store.list()) {
     const b = readFileSync(join(store.dir, 'checkpoints', `${name}.vmkidx`));
-    const n = b.readUInt32LE(40);
+    const n = Math.ceil(b.readUInt32LE(40) / b.readUInt32LE(44));
     for (let i = 0; i < n; i++) {
       const h = b.subarray(48 + 32 * i, 80 + 32 * i);
       if (h.some((x) => x !== 0)) used.add(h.toString('hex'));
@@ -60,15 +62,15 @@ describe('shared page store', () => {
   const g = [guest(1, 50), guest(2, 60), guest(3, 70)];
 
   it('checkpoints of guests from one image share their pages; each restores exactly', async () => {
-    const store = await PageStore.open(sdir, { create: true });
+    const store = await PageStore.open(sdir, { create: true, ...PAGES });
     const st1 = await store.save('g1', g[0]!);
-    expect(st1).toMatchObject({ pages: 1024, zeroPages: 1024 - 350, newPages: 350 });
+    expect(st1).toMatchObject({ pages: 1024, zeroPages: 1024 - 350, frames: 1024, zeroFrames: 1024 - 350, newFrames: 350 });
     const st2 = await store.save('g2', g[1]!);
     // Only g2's own 60 pages are new.
-    expect(st2.newPages).toBe(60);
-    expect(st2.sharedPages).toBe(300);
+    expect(st2.newFrames).toBe(60);
+    expect(st2.sharedFrames).toBe(300);
     await store.save('g3', g[2]!);
-    expect(store.list()).toEqual(['g1', 'g2', 'g3']);
+    expect(await store.list()).toEqual(['g1', 'g2', 'g3']);
     expect(pageFiles(sdir).size).toBe(300 + 50 + 60 + 70);
     for (let i = 0; i < 3; i++) expect(await restore(store, `g${i + 1}`)).toEqual(g[i]);
     // Lazy memory over a store checkpoint.
@@ -79,7 +81,7 @@ describe('shared page store', () => {
   });
 
   it('gc drops exactly the pages no checkpoint uses', async () => {
-    const store = await PageStore.open(sdir);
+    const store = await PageStore.open(sdir, PAGES);
     await store.remove('g1');
     const st = await store.gc();
     expect(st.removed).toBe(50);
@@ -92,6 +94,7 @@ describe('shared page store', () => {
     // g3 is removed; while the collector has marked (without g3's pages) and is about to sweep them,
     // a save of g3's image again finds those pages present and reuses them.
     const saver = await PageStore.open(sdir, {
+      ...PAGES,
       onStep: async (s) => {
         if (s === 'save:pages') reachedPages();
       },
@@ -100,6 +103,7 @@ describe('shared page store', () => {
     const atPages = new Promise<void>((r) => (reachedPages = r));
     let saving: Promise<unknown> | undefined;
     const collector = await PageStore.open(sdir, {
+      ...PAGES,
       onStep: async (s) => {
         if (s !== 'gc:marked') return;
         saving = saver.save('g3-again', g[2]!);
@@ -124,9 +128,10 @@ describe('shared page store', () => {
   });
 
   it('a collection during a save keeps the pages its refs file names', async () => {
-    const s = await PageStore.open(sdir);
+    const s = await PageStore.open(sdir, PAGES);
     let inner: Promise<unknown> | undefined;
     const saver = await PageStore.open(sdir, {
+      ...PAGES,
       onStep: async (st) => {
         if (st === 'save:refs') inner = s.gc();
       },
@@ -139,9 +144,10 @@ describe('shared page store', () => {
   });
 
   it('a damaged page file is INTEGRITY, a missing one NOT_FOUND; two collections at once CONFLICT', async () => {
-    const store = await PageStore.open(sdir);
-    const files = [...pageFiles(sdir)];
-    const f = join(sdir, 'pages', files[0]!.slice(0, 2), files[0]!);
+    const store = await PageStore.open(sdir, PAGES);
+    // A page g2 holds (one of its own).
+    const h = createHash('sha256').update(g[1]!.subarray(605 * PS, 606 * PS)).digest('hex');
+    const f = join(sdir, 'frames', h.slice(0, 2), h);
     const orig = readFileSync(f);
     const bad = Buffer.from(orig);
     bad[bad.length - 1]! ^= 1;
@@ -163,7 +169,8 @@ describe('shared page store', () => {
     writeFileSync(img, g[0]!);
     const s = spawnSync(process.execPath, [bin, 'checkpoint', 'save', '--store', cdir, img, 'vm1', '--json']);
     expect(s.status, s.stderr.toString()).toBe(0);
-    expect(JSON.parse(s.stdout.toString())).toMatchObject({ newPages: 350, zeroPages: 674 });
+    // Default 16-page frames: pages 0-299 are frames 0-18, pages 600-649 frames 37-40.
+    expect(JSON.parse(s.stdout.toString())).toMatchObject({ frames: 64, newFrames: 23, zeroFrames: 41, zeroPages: 674 });
     const out = join(dir, 'g.out');
     const r = spawnSync(process.execPath, [bin, 'checkpoint', 'restore', '--store', cdir, 'vm1', out]);
     expect(r.status, r.stderr.toString()).toBe(0);
@@ -171,7 +178,7 @@ describe('shared page store', () => {
     expect(statSync(out).size).toBe(1024 * PS);
     const gc = spawnSync(process.execPath, [bin, 'checkpoint', 'gc', '--store', cdir, '--json']);
     expect(gc.status, gc.stderr.toString()).toBe(0);
-    expect(JSON.parse(gc.stdout.toString())).toMatchObject({ removed: 0, kept: 350 });
+    expect(JSON.parse(gc.stdout.toString())).toMatchObject({ removed: 0, kept: 23 });
   });
 });
 

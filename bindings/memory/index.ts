@@ -32,7 +32,10 @@ export { fileSink, fileSource, memorySink, memorySource } from './checkpoint/io.
 export type { CheckpointSink, CheckpointSource } from './checkpoint/io.js';
 export { httpSource, isHttpUrl } from './checkpoint/http.js';
 export { PageStore } from './checkpoint/store.js';
-export type { PageStoreOptions, StoreSaveStats, StoreGcStats } from './checkpoint/store.js';
+export type { PageStoreOptions, StoreSaveStats, StoreGcStats, StoreCheckpoint } from './checkpoint/store.js';
+export type { HttpStoreOptions } from './checkpoint/store-http.js';
+export { httpPartsSink, httpPartsSource } from './checkpoint/remote-parts.js';
+export type { HttpPartsSinkOptions, HttpPartsStats } from './checkpoint/remote-parts.js';
 export type { HttpSourceOptions, HttpSourceStats, HttpCheckpointSource } from './checkpoint/http.js';
 export { CHECKPOINT_MAGIC, CHECKPOINT_VERSION, DEFAULT_BLOCK_SIZE } from './checkpoint/format.js';
 export type { CheckpointHeader, CheckpointCodec } from './checkpoint/format.js';

@@ -8,6 +8,7 @@ import { dirname, relative, resolve } from 'node:path';
 import { VmkitError } from '../../errors.js';
 import { CheckpointReader } from '../../memory/checkpoint/reader.js';
 import type { CheckpointStats } from '../../memory/checkpoint/writer.js';
+import { isHttpUrl } from '../../memory/checkpoint/http.js';
 import { emit, formatBytes, parse, parseSize, parseU64, Progress, type CliIO, type Command } from '../_common.js';
 
 // Each subcommand loads what only it uses (the writer, the page store, the QEMU stream codecs: 17 of
@@ -17,9 +18,30 @@ const writerMod = (): Promise<typeof import('../../memory/checkpoint/writer.js')
 const storeMod = (): Promise<typeof import('../../memory/checkpoint/store.js')> => import('../../memory/checkpoint/store.js');
 const rawImageMod = (): Promise<typeof import('./_raw_image.js')> => import('./_raw_image.js');
 const qemuMod = (): Promise<typeof import('./_checkpoint_qemu.js')> => import('./_checkpoint_qemu.js');
+const partsMod = (): Promise<typeof import('../../memory/checkpoint/remote-parts.js')> => import('../../memory/checkpoint/remote-parts.js');
 
 const PS = 4096;
 const WINDOW = 4 << 20;
+
+/**
+ * Opens a checkpoint file or URL; a URL that holds a parts manifest (what
+ * `save <image> <url>` uploads) rather than a checkpoint is read through its parts.
+ */
+async function openCheckpoint(target: string): Promise<CheckpointReader> {
+  if (!isHttpUrl(target)) return CheckpointReader.open(target);
+  try {
+    return await CheckpointReader.open(target);
+  } catch (e) {
+    if (!(e instanceof VmkitError && e.code === 'CORRUPT')) throw e;
+    let src;
+    try {
+      src = await (await partsMod()).httpPartsSource(target);
+    } catch {
+      throw e; // neither a checkpoint nor a manifest: the reader's error says why
+    }
+    return CheckpointReader.open(src);
+  }
+}
 
 /** As `vmkit disk backup`: an existing output is CONFLICT unless --force. */
 function refuseOverwrite(path: string, force: unknown): void {
@@ -37,7 +59,7 @@ async function storeSave(dir: string, argv: string[], json: boolean, io: CliIO):
     const st = await store.save(name, src);
     const seconds = (performance.now() - started) / 1000;
     emit(io, json, { store: dir, name, image, ...st, seconds }, () =>
-      `saved ${image} as ${name} in ${dir}: ${st.newPages} new / ${st.sharedPages} shared / ${st.zeroPages} zero pages, ${formatBytes(st.bytesWritten)} written`,
+      `saved ${image} as ${name} in ${dir}: ${st.newFrames} new / ${st.sharedFrames} shared / ${st.zeroFrames} zero frames of ${st.frames}, ${formatBytes(st.bytesWritten)} written`,
     );
   } finally {
     src.close();
@@ -65,7 +87,9 @@ async function save(argv: string[], io: CliIO): Promise<number> {
   const threads = values.threads === undefined ? 1 : Number(values.threads);
   if (!Number.isInteger(threads) || threads < 1 || threads > 64) throw new VmkitError('ARG_RANGE', `--threads must be 1..64, got ${String(values.threads)}`);
   if (threads > 1 && values.parent) throw new VmkitError('ARG_RANGE', '--threads applies to full saves (not with --parent)');
-  refuseOverwrite(out, values.force); // after the usage checks: a usage error is reported as one
+  const remote = isHttpUrl(out);
+  if (remote && values.parent) throw new VmkitError('ARG_RANGE', '--parent needs a local <checkpoint> (the reader finds a parent by its path)');
+  if (!remote) refuseOverwrite(out, values.force); // after the usage checks: a usage error is reported as one
   const [{ _imagePages }, { CheckpointWriter }] = await Promise.all([rawImageMod(), writerMod()]);
   const src = _imagePages(image, PS);
   const started = performance.now();
@@ -82,7 +106,8 @@ async function save(argv: string[], io: CliIO): Promise<number> {
     const parentRef = parent
       ? { path: relative(dirname(resolve(out)), resolve(values.parent as string)) || '.', id: parent.header.id }
       : undefined;
-    const w = await CheckpointWriter.create(out, { guestSize: src.size, blockSize, codec, parent: parentRef });
+    // A URL: parts uploaded with PUT while the save runs, then the manifest (remote-parts.ts).
+    const w = await CheckpointWriter.create(remote ? (await partsMod()).httpPartsSink(out) : out, { guestSize: src.size, blockSize, codec, parent: parentRef });
     const bar = new Progress(io, 'save', src.size, !values.json);
     try {
       if (threads > 1) {
@@ -159,7 +184,7 @@ async function storeRestore(dir: string, name: string, image: string, json: bool
     for (let p = 0; p < ck.pageCount; ) {
       const n = Math.min(WINDOW / PS, ck.pageCount - p);
       const v = buf.subarray(0, n * PS);
-      ck.readPagesIntoSync(p, n, v);
+      await ck.readPagesInto(p, n, v);
       // Zero windows stay holes of the file truncated to size.
       if (v.some((x) => x !== 0)) writeSync(fd, v, 0, v.length, p * PS);
       p += n;
@@ -173,11 +198,11 @@ async function storeRestore(dir: string, name: string, image: string, json: bool
 
 async function gc(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, { store: { type: 'string' } });
-  if (values.store === undefined || positionals.length > 0) throw new VmkitError('ARG_RANGE', 'gc needs --store <dir>');
+  if (values.store === undefined || positionals.length > 0) throw new VmkitError('ARG_RANGE', 'gc needs --store <dir|url>');
   const { PageStore } = await storeMod();
   const store = await PageStore.open(values.store as string);
   const st = await store.gc();
-  emit(io, values.json, { store: values.store, ...st }, () => `gc ${values.store}: ${st.removed} page files removed, ${st.kept} kept`);
+  emit(io, values.json, { store: values.store, ...st }, () => `gc ${values.store}: ${st.removed} frame objects removed, ${st.kept} kept`);
   return 0;
 }
 
@@ -188,7 +213,7 @@ async function restore(argv: string[], io: CliIO): Promise<number> {
   refuseOverwrite(image, values.force);
   if (values.store !== undefined) return storeRestore(values.store as string, ckpt, image, values.json === true, io);
   const started = performance.now();
-  const r = await CheckpointReader.open(ckpt);
+  const r = await openCheckpoint(ckpt);
   const size = Number(r.guestSize);
   const bar = new Progress(io, 'restore', size, !values.json);
   try {
@@ -209,7 +234,7 @@ async function inspect(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parse(argv, {});
   const [ckpt] = positionals;
   if (!ckpt || positionals.length > 1) throw new VmkitError('ARG_RANGE', 'inspect needs <checkpoint>');
-  const r = await CheckpointReader.open(ckpt);
+  const r = await openCheckpoint(ckpt);
   const i = r.info();
   await r.close();
   emit(io, values.json, { checkpoint: ckpt, ...i }, () =>
@@ -236,7 +261,7 @@ async function readPage(argv: string[], io: CliIO): Promise<number> {
     throw new VmkitError('ARG_RANGE', 'read-page writes binary: give -o <file>, redirect stdout, or pass --json');
   }
   if (out !== undefined) refuseOverwrite(out, values.force);
-  const r = await CheckpointReader.open(ckpt);
+  const r = await openCheckpoint(ckpt);
   try {
     if (gpa >= r.guestSize) throw new VmkitError('ARG_RANGE', `gpa 0x${gpa.toString(16)} is past the guest's ${r.guestSize} bytes`);
     const pageNo = Number(gpa / BigInt(r.pageSize));

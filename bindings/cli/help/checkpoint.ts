@@ -22,7 +22,9 @@ any server that honours Range): the header, footer and index are read once, then
       synopsis: '<memory-image> <checkpoint> [--block-size BYTES] [--codec lz4|none] [--threads N] [--parent <checkpoint> [--dirty <bitmap>]] [--force] [--json]',
       about: `Zero pages go to the index only, others are LZ4-compressed into storage blocks, one write per block.
 With --parent it writes a diff checkpoint holding the pages the dirty bitmap marks (bit p%8 of byte p/8)
-or, without --dirty, the pages that differ from the parent. An existing <checkpoint> is refused unless --force.`,
+or, without --dirty, the pages that differ from the parent. An existing <checkpoint> is refused unless --force.
+An http(s) URL for <checkpoint> uploads it with PUT as 8 MiB parts (<url>.parts/N) while saving, then a manifest
+at <url> (docs/checkpoint-format.md, "Remote writing"); restore, inspect and read-page read such a URL through its parts.`,
       options: [
         ['--block-size BYTES', 'storage block size (default 1M; K/M suffixes)'],
         ['--codec lz4|none', 'page compression (default lz4)'],
@@ -30,7 +32,7 @@ or, without --dirty, the pages that differ from the parent. An existing <checkpo
         ['--parent <checkpoint>', 'write a diff checkpoint on this parent'],
         ['--dirty <bitmap-file>', 'with --parent: the pages to write, one bit per page'],
         ['--force', 'overwrite an existing <checkpoint>'],
-        ['--store <dir>', 'save into a shared page store as checkpoint <name> (the second argument): each distinct page once, by SHA-256'],
+        ['--store <dir|url>', 'save into a shared page store (a directory, or a URL that allows PUT) as checkpoint <name> (the second argument): each distinct 64 KiB frame once, by SHA-256'],
         JSON_OPTION,
       ],
       example: 'vmkit checkpoint save guest.mem vm.ckpt',
@@ -40,7 +42,7 @@ or, without --dirty, the pages that differ from the parent. An existing <checkpo
       summary: 'write the full memory image back (following the parent chain)',
       synopsis: '<checkpoint> <memory-image> [--force] [--json]',
       about: 'An existing <memory-image> is refused unless --force.',
-      options: [['--force', 'overwrite an existing <memory-image>'], ['--store <dir>', 'restore checkpoint <name> (the first argument) from a shared page store'], JSON_OPTION],
+      options: [['--force', 'overwrite an existing <memory-image>'], ['--store <dir|url>', 'restore checkpoint <name> (the first argument) from a shared page store'], JSON_OPTION],
       example: 'vmkit checkpoint restore vm.ckpt restored.mem',
       exits: EXITS,
     },
@@ -89,8 +91,8 @@ is refused naming the section and byte offset.`,
       exits: EXITS,
     },
     gc: {
-      summary: 'delete the pages of a shared page store that no checkpoint uses',
-      synopsis: '--store <dir> [--json]',
+      summary: 'delete the frames of a shared page store that no checkpoint uses',
+      synopsis: '--store <dir|url> [--json]',
       about: 'Mark and sweep under gc.lock; safe while saves run (docs/checkpoint-format.md, "Shared page store").',
       options: [['--store <dir>', 'the page store'], JSON_OPTION],
       example: 'vmkit checkpoint gc --store /var/lib/vmkit/store',
