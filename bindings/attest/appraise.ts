@@ -274,11 +274,23 @@ class Collector {
     this.maxListed = maxListed;
   }
   add(v: ItemVerdict): void {
+    if (this.keeps(v.status)) {
+      this.summary.items++;
+      this.summary[v.status]++;
+      this.worst = worst(this.worst, v.status);
+      this.items.push(v);
+    } else this.count(v.status);
+  }
+  /** Whether an item of status `s` would be listed now (else it is only counted). */
+  keeps(s: ArStatus): boolean {
+    return (this.items.length < this.maxDetail || s !== 'affirming') && this.items.length < this.maxListed;
+  }
+  /** add() of an item that is not listed (`keeps(s)` is false): counted, never made. */
+  count(s: ArStatus): void {
     this.summary.items++;
-    this.summary[v.status]++;
-    this.worst = worst(this.worst, v.status);
-    if ((this.items.length < this.maxDetail || v.status !== 'affirming') && this.items.length < this.maxListed) this.items.push(v);
-    else this.summary.omitted++;
+    this.summary[s]++;
+    this.worst = worst(this.worst, s);
+    this.summary.omitted++;
   }
 }
 
@@ -413,27 +425,89 @@ function imaVerdicts(index: ReferenceIndex, all: readonly ImaEntry[], from: numb
     if (!e.violation && e.template !== 'ima-buf' && e.path !== 'boot_aggregate' && (ALGS as readonly string[]).includes(e.digestAlg)) want.push(i);
   }
   const { found, hex } = lookupImaAll(index, entries, want);
-  for (let i = 0; i < entries.length; i++) {
-    const e = entries[i]!;
-    if (e.violation) {
-      c.add({ kind: 'ima', status: 'none', reason: 'ima.validation.tomtou', path: e.path, line: e.line, matches: [] });
-      continue;
+  for (let i = 0; i < entries.length; i++) c.add(imaVerdict(entries[i]!, found[i], hex[i], o));
+}
+
+// The verdict on one IMA entry: `found` and `h` (its digest's hex) when it was looked up.
+function imaVerdict(e: ImaEntry, found: Provenance[] | undefined, h: string | undefined, o: Required<AppraiseOptions>): ItemVerdict {
+  if (e.violation) return { kind: 'ima', status: 'none', reason: 'ima.validation.tomtou', path: e.path, line: e.line, matches: [] };
+  if (e.template === 'ima-buf' || e.path === 'boot_aggregate') {
+    // Buffers (kexec command lines, keys) and the boot aggregate are not files a repository holds.
+    return { kind: 'ima', status: 'none', reason: e.template === 'ima-buf' ? 'ima-buf' : 'boot_aggregate', path: e.path, line: e.line, matches: [] };
+  }
+  const d = h !== undefined ? { alg: e.digestAlg as DigestAlgorithm, hex: h } : imaEntryDigest(e);
+  let v: ItemVerdict;
+  if (!d) v = { kind: 'ima', status: 'warning', reason: 'unsupported-digest-algorithm', alg: e.digestAlg, path: e.path, matches: [] };
+  else {
+    v = digestVerdict(found, d, e.path, o, 'ima');
+    if (v.reason === 'unknown-digest') v.reason = `ima.validation.${e.template}.not_in_allowlist`;
+  }
+  v.line = e.line;
+  return v;
+}
+
+/**
+ * IMA entries as columns (a pool worker's packed result, _packed.ts), read
+ * without an object per entry: a large log's entries are mostly only counted
+ * (beyond `maxListed`), and made into objects only when they are listed.
+ * @internal
+ */
+export interface _ImaRows {
+  n: number;
+  /** Entry `i` as an object. */
+  entry(i: number): ImaEntry;
+  /** False for a violation, an `ima-buf` entry or the boot aggregate (no file digest to look up). */
+  plain(i: number): boolean;
+  digestAlg(i: number): string;
+  /** All digests back to back; entry `i`'s is `[digestStart(i), digestEnd(i))`. */
+  readonly digest: Uint8Array;
+  digestStart(i: number): number;
+  digestEnd(i: number): number;
+  path(i: number): string;
+}
+
+// imaVerdicts over rows [from, to): the same verdicts, counts and order, but an entry that is
+// not listed (the collector is past maxListed, or past maxDetail and it affirms) costs a
+// lookup and a count, no objects: no garbage per entry on the event loop of a service.
+function imaVerdictsRows(index: ReferenceIndex, rows: _ImaRows, from: number, to: number, c: Collector, o: Required<AppraiseOptions>): void {
+  const n = to - from;
+  const groups = new Map<DigestAlgorithm, number[]>();
+  for (let i = from; i < to; i++) {
+    if (!rows.plain(i)) continue;
+    const a = rows.digestAlg(i);
+    if (!(ALGS as readonly string[]).includes(a) || rows.digestEnd(i) - rows.digestStart(i) !== digestLength(a as DigestAlgorithm)) continue;
+    const g = groups.get(a as DigestAlgorithm);
+    if (g) g.push(i);
+    else groups.set(a as DigestAlgorithm, [i]);
+  }
+  const looked = new Uint8Array(n);
+  const found = new Array<Provenance[] | undefined>(n);
+  const bytes = rows.digest;
+  for (const [alg, idx] of groups) {
+    const len = digestLength(alg);
+    const packed = new Uint8Array(idx.length * len);
+    for (let k = 0; k < idx.length; k++) {
+      const s = rows.digestStart(idx[k]!);
+      for (let b = 0; b < len; b++) packed[k * len + b] = bytes[s + b]!;
     }
-    if (e.template === 'ima-buf' || e.path === 'boot_aggregate') {
-      // Buffers (kexec command lines, keys) and the boot aggregate are not files a repository holds.
-      c.add({ kind: 'ima', status: 'none', reason: e.template === 'ima-buf' ? 'ima-buf' : 'boot_aggregate', path: e.path, line: e.line, matches: [] });
-      continue;
+    const r = index.lookupMany ? index.lookupMany(alg, packed) : _manyByOne(index, alg, packed);
+    for (let k = 0; k < idx.length; k++) {
+      looked[idx[k]! - from] = 1;
+      found[idx[k]! - from] = r[k];
     }
-    const h = hex[i];
-    const d = h !== undefined ? { alg: e.digestAlg as DigestAlgorithm, hex: h } : imaEntryDigest(e);
-    let v: ItemVerdict;
-    if (!d) v = { kind: 'ima', status: 'warning', reason: 'unsupported-digest-algorithm', alg: e.digestAlg, path: e.path, matches: [] };
-    else {
-      v = digestVerdict(found[i], d, e.path, o, 'ima');
-      if (v.reason === 'unknown-digest') v.reason = `ima.validation.${e.template}.not_in_allowlist`;
-    }
-    v.line = e.line;
-    c.add(v);
+  }
+  for (let i = from; i < to; i++) {
+    const k = i - from;
+    const f = found[k];
+    if (looked[k]) {
+      // digestVerdict's status, for the cases it decides without sorting matches.
+      const status: ArStatus | undefined = f === undefined || f.length === 0 ? o.unknown : f.length === 1 ? (f[0]!.path !== undefined && f[0]!.path !== rows.path(i) ? 'warning' : 'affirming') : undefined;
+      if (status !== undefined && !c.keeps(status)) {
+        c.count(status);
+        continue;
+      }
+      c.add(imaVerdict(rows.entry(i), f, toHex(bytes.subarray(rows.digestStart(i), rows.digestEnd(i))), o));
+    } else c.add(imaVerdict(rows.entry(i), undefined, undefined, o));
   }
 }
 
@@ -570,7 +644,7 @@ export interface _Column<T> {
 export interface _SlicedInput {
   digests: _Column<EvidenceDigest>;
   packages: _Column<EvidencePackage>;
-  ima?: { result: Omit<ImaLogResult, 'entries'> & { excludes?: string[] }; entries: _Column<ImaEntry> };
+  ima?: { result: Omit<ImaLogResult, 'entries'> & { excludes?: string[] }; entries: _Column<ImaEntry>; /** The entries as columns, when they are (read instead of `entries`). */ rows?: _ImaRows };
 }
 
 /** Items per slice by default: the time is checked between slices. */
@@ -613,6 +687,11 @@ export async function _appraiseSliced(index: ReferenceIndex, input: _SlicedInput
     const es = input.ima.entries;
     for (let from = 0; from < es.n; from += per) {
       await pause();
+      const rows = input.ima.rows;
+      if (rows) {
+        imaVerdictsRows(index, rows, from, Math.min(es.n, from + per), c, o);
+        continue;
+      }
       const slice = es.at(from, Math.min(es.n, from + per));
       imaVerdicts(index, slice, 0, slice.length, c, o);
     }
