@@ -618,9 +618,10 @@ export async function appraiseEvidence(index: ReferenceIndex, evidence: Evidence
  * Verifies a request's IMA log with the service's excludes and the request's
  * (glob: only unless `requestRegex`, within `maxExcludeWork`). With `sink`,
  * each entry that is not excluded goes there as it is verified and the
- * result's `entries` stays empty. @internal
+ * result's `entries` stays empty; `each` is called after every entry,
+ * excluded or not (a pool worker's checkpoint). @internal
  */
-export async function _verifyEvidenceIma(ima: ImaEvidence, options: AppraiseEvidenceOptions, sink?: (e: ImaEntry) => void): Promise<ImaLogResult & { excludes: string[] }> {
+export async function _verifyEvidenceIma(ima: ImaEvidence, options: AppraiseEvidenceOptions, sink?: (e: ImaEntry) => void, each?: () => void): Promise<ImaLogResult & { excludes: string[] }> {
   const req = compileExcludes(ima.excludes ?? [], { regex: options.requestRegex ?? false, ...(options.maxExcludeWork !== undefined ? { maxWork: options.maxExcludeWork } : {}) });
   const own = options.excludes === undefined ? undefined : typeof options.excludes === 'function' ? options.excludes : compileExcludes(options.excludes);
   const patterns = [...(own?.patterns ?? []), ...req.patterns];
@@ -629,7 +630,7 @@ export async function _verifyEvidenceIma(ima: ImaEvidence, options: AppraiseEvid
     ...(ima.pcr10 ? { expectedPcr: ima.pcr10 } : {}),
     excludes,
     ...(options.yieldMs !== undefined ? { yieldMs: options.yieldMs } : {}),
-    ...(sink ? { collect: false, onEntry: (e: ImaEntry, excluded: boolean) => void (excluded || sink(e)) } : {}),
+    ...(sink ? { collect: false, onEntry: (e: ImaEntry, excluded: boolean) => void (excluded || sink(e), each?.()) } : {}),
   });
   return { ...r, excludes: patterns };
 }
@@ -654,16 +655,19 @@ const DEFAULT_SLICE = 512;
  * appraise() a slice of items at a time, giving the event loop a turn after
  * about `yieldMs` of work: the same verdicts, counts and order. `slice` items
  * are appraised between two looks at the clock (default 512: under a
- * millisecond of lookups; smaller for finer turns). @internal
+ * millisecond of lookups; smaller for finer turns). `turn` is how the turn
+ * is given (default: one setImmediate; the service waits for its small
+ * requests, _turns.ts). @internal
  */
-export async function _appraiseSliced(index: ReferenceIndex, input: _SlicedInput, options: AppraiseOptions & { yieldMs: number; slice?: number }): Promise<Appraisal> {
+export async function _appraiseSliced(index: ReferenceIndex, input: _SlicedInput, options: AppraiseOptions & { yieldMs: number; slice?: number; turn?: () => Promise<void> }): Promise<Appraisal> {
   const o = appraiseOptions(options);
   const out: Appraisal = { status: 'none', submods: {} };
   const per = options.slice ?? DEFAULT_SLICE;
+  const turn = options.turn ?? _macrotask;
   let t = performance.now();
   const pause = async (): Promise<void> => {
     if (performance.now() - t < options.yieldMs) return;
-    await _macrotask();
+    await turn();
     t = performance.now();
   };
   const { digests, packages } = input;

@@ -131,18 +131,23 @@ export class AppraisePool {
   private closed = false;
 
   private readonly nice: number;
+  private readonly small: Int32Array | undefined;
 
-  private constructor(size: number, url: URL, nice: number) {
+  private constructor(size: number, url: URL, nice: number, small: Int32Array | undefined) {
     this.url = url;
     this.nice = nice;
+    this.small = small;
     for (let i = 0; i < size; i++) this.slots.push(this.spawn());
   }
 
-  /** A pool of `size` workers, or undefined when the worker script is missing (sources run by a TS loader). */
-  static open(size: number, nice: number = 10): AppraisePool | undefined {
+  /**
+   * A pool of `size` workers, or undefined when the worker script is missing (sources run by a
+   * TS loader). `small`: the flag of small requests in flight (_turns.ts) the workers give way to.
+   */
+  static open(size: number, nice: number = 10, small?: Int32Array): AppraisePool | undefined {
     const url = new URL('./_appraise-worker.js', import.meta.url);
     if (url.protocol !== 'file:' || !existsSync(fileURLToPath(url))) return undefined;
-    return new AppraisePool(size, url, nice);
+    return new AppraisePool(size, url, nice, small);
   }
 
   get size(): number {
@@ -158,7 +163,7 @@ export class AppraisePool {
     // A young generation of 96 MiB (semi-spaces of 32 MiB, twice V8's default): a 16 MiB log
     // allocates a few hundred MiB of short-lived strings and arrays, and half as many
     // scavenges halve the collector's work on V8's helper threads, which are not niced.
-    const slot: Slot = { worker: new Worker(this.url, { workerData: { nice: this.nice }, resourceLimits: { maxYoungGenerationSizeMb: 96 } }) };
+    const slot: Slot = { worker: new Worker(this.url, { workerData: { nice: this.nice, small: this.small }, resourceLimits: { maxYoungGenerationSizeMb: 96 } }) };
     const w = slot.worker;
     w.unref();
     w.on('message', (m: Reply) => slot.job?._reply(m));
