@@ -485,10 +485,17 @@ function imaVerdictsRows(index: ReferenceIndex, rows: _ImaRows, from: number, to
   const bytes = rows.digest;
   for (const [alg, idx] of groups) {
     const len = digestLength(alg);
-    const packed = new Uint8Array(idx.length * len);
+    // Usually every entry of the slice, their digests back to back already: looked up in place.
+    const s0 = rows.digestStart(idx[0]!);
+    let packed = bytes.subarray(s0, s0 + idx.length * len);
     for (let k = 0; k < idx.length; k++) {
-      const s = rows.digestStart(idx[k]!);
-      for (let b = 0; b < len; b++) packed[k * len + b] = bytes[s + b]!;
+      if (rows.digestStart(idx[k]!) === s0 + k * len) continue;
+      packed = new Uint8Array(idx.length * len);
+      for (let j = 0; j < idx.length; j++) {
+        const s = rows.digestStart(idx[j]!);
+        for (let b = 0; b < len; b++) packed[j * len + b] = bytes[s + b]!;
+      }
+      break;
     }
     const r = index.lookupMany ? index.lookupMany(alg, packed) : _manyByOne(index, alg, packed);
     for (let k = 0; k < idx.length; k++) {

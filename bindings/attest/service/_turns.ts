@@ -33,27 +33,29 @@ import { _macrotask } from '../ima.js';
  */
 export class _PauseBudget {
   private tokens: number;
-  private last = performance.now();
+  private last: number;
   private readonly capMs: number;
   private readonly share: number;
-  constructor(capMs: number = 50, share: number = 0.75) {
+  private readonly now: () => number;
+  constructor(capMs: number = 50, share: number = 0.75, now: () => number = () => performance.now()) {
     this.capMs = capMs;
     this.share = share;
     this.tokens = capMs;
+    this.now = now;
+    this.last = now();
   }
 
   /** How long a pause may last from now, ms (0: none). */
   allowed(): number {
-    const now = performance.now();
+    const now = this.now();
     this.tokens = Math.min(this.capMs, this.tokens + (now - this.last) * this.share);
     this.last = now;
     return this.tokens >= 0.5 ? this.tokens : 0;
   }
 
-  /** A pause of `ms` was taken. */
+  /** A pause of `ms` was taken (the refill goes on during it: the share is of all wall time). */
   spent(ms: number): void {
     this.tokens -= ms;
-    this.last = performance.now();
   }
 }
 
@@ -76,8 +78,12 @@ export class _SmallFirst {
   /** 1 while small requests are in flight (shared with the pool's workers). */
   readonly flag: Int32Array = new Int32Array(new SharedArrayBuffer(4));
   private small = 0;
-  private readonly budget = new _PauseBudget();
+  private readonly budget: _PauseBudget;
   private waiting: (() => void)[] = [];
+
+  constructor(budget: _PauseBudget = new _PauseBudget()) {
+    this.budget = budget;
+  }
 
   /** Small requests in flight. */
   get inFlight(): number {

@@ -597,6 +597,7 @@ export class AttestService {
     l.push('# TYPE vmkit_attest_large_in_flight gauge', `vmkit_attest_large_in_flight ${this.largeInFlight}`);
     l.push('# TYPE vmkit_attest_large_clients gauge', `vmkit_attest_large_clients ${this.largeByClient.size}`);
     l.push('# TYPE vmkit_attest_large_per_client_limit gauge', `vmkit_attest_large_per_client_limit ${this.limits.largePerClient}`);
+    l.push('# TYPE vmkit_attest_small_in_flight gauge', `vmkit_attest_small_in_flight ${this.smallFirst.inFlight}`);
     l.push('# TYPE vmkit_attest_workers gauge', `vmkit_attest_workers ${this.pool?.size ?? 0}`);
     l.push('# TYPE vmkit_attest_workers_busy gauge', `vmkit_attest_workers_busy ${this.pool?.busy ?? 0}`);
     l.push('# TYPE vmkit_attest_workers_queued gauge', `vmkit_attest_workers_queued ${this.pool?.queued ?? 0}`);

@@ -1,0 +1,184 @@
+// Small requests first (bindings/attest/service/_turns.ts): the pause budget's share and
+// bound on a simulated clock, the flag and turns of small requests in flight, and the service:
+// a small request held in flight forever neither loses its answer nor starves a large one.
+import { afterEach, describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
+import { connect } from 'node:net';
+import { request } from 'node:http';
+import { _PauseBudget, _SmallFirst, _yieldToSmall } from '../bindings/attest/service/_turns.js';
+import type { AttestService } from '../bindings/attest/service/index.js';
+import type { RefreshResult, RepositorySource } from '../bindings/attest/index.js';
+
+describe('pause budget', () => {
+  it('starts full, is spent by pauses, refills at its share of wall time', () => {
+    let t = 0;
+    const b = new _PauseBudget(50, 0.75, () => t);
+    expect(b.allowed()).toBe(50);
+    b.spent(50);
+    expect(b.allowed()).toBe(0);
+    t += 10;
+    expect(b.allowed()).toBeCloseTo(7.5);
+    t += 1000;
+    expect(b.allowed()).toBe(50); // never above the cap
+  });
+
+  it('under small requests without end, pauses take at most 3/4 of the time and never more than the cap at once', () => {
+    let t = 0;
+    const b = new _PauseBudget(50, 0.75, () => t);
+    let paused = 0;
+    let longest = 0;
+    // A worker with a checkpoint every 0.2 ms of work, the flag always up, for 20 s.
+    while (t < 20_000) {
+      t += 0.2;
+      const ms = b.allowed();
+      if (ms > 0) {
+        t += ms;
+        b.spent(ms);
+        paused += ms;
+        longest = Math.max(longest, ms);
+      }
+    }
+    // 3/4 of the time, plus the full budget at the start.
+    expect(paused).toBeLessThanOrEqual(0.75 * t + 50);
+    expect(paused / t).toBeGreaterThan(0.7);
+    expect(longest).toBeLessThanOrEqual(50);
+  });
+});
+
+describe('small requests in flight', () => {
+  it('raise the shared flag while any is in flight', () => {
+    const s = new _SmallFirst();
+    expect(Atomics.load(s.flag, 0)).toBe(0);
+    s.enter();
+    s.enter();
+    expect(Atomics.load(s.flag, 0)).toBe(1);
+    s.leave();
+    expect(Atomics.load(s.flag, 0)).toBe(1);
+    s.leave();
+    expect(Atomics.load(s.flag, 0)).toBe(0);
+    expect(s.inFlight).toBe(0);
+  });
+
+  it("a large slice's turn waits for the small requests to end", async () => {
+    const s = new _SmallFirst(new _PauseBudget(600_000));
+    s.enter();
+    const order: string[] = [];
+    const turn = s.turn().then(() => order.push('turn'));
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    order.push('leave');
+    s.leave();
+    await turn;
+    expect(order).toEqual(['leave', 'turn']);
+  });
+
+  it('a turn does not wait once the budget is spent', async () => {
+    const t = 0;
+    const b = new _PauseBudget(50, 0.75, () => t);
+    b.spent(50);
+    const spent = new _SmallFirst(b);
+    spent.enter();
+    await spent.turn(); // resolves with the small request still in flight
+    expect(spent.inFlight).toBe(1);
+    spent.leave();
+  });
+
+  it("a worker's checkpoint returns at once when the flag is down or the budget spent", () => {
+    const s = new _SmallFirst();
+    let t = 0;
+    const b = new _PauseBudget(50, 0.75, () => t);
+    _yieldToSmall(s.flag, b);
+    expect(b.allowed()).toBe(50); // flag down: nothing spent
+    s.enter();
+    b.spent(50);
+    _yieldToSmall(s.flag, b); // flag up, nothing left: no wait (a wait would spend real time)
+    expect(b.allowed()).toBe(0);
+    s.leave();
+  });
+});
+
+// ---------------------------------------------------------------- the service
+
+function emptySource(): RepositorySource {
+  return {
+    id: 'rpm http://empty.invalid',
+    size: 1,
+    lookupDigest: () => [],
+    lookupPackage: () => [],
+    refresh: async (): Promise<RefreshResult> => ({ changed: true, packages: 1 }),
+  };
+}
+
+function imaNg(i: number): string {
+  const hex = createHash('sha256').update(String(i)).digest('hex');
+  const path = `/usr/lib/f${i}.so`;
+  const d = Buffer.concat([Buffer.from('sha256:\0'), Buffer.from(hex, 'hex')]);
+  const p = Buffer.from(path + '\0');
+  const le = (n: number): Buffer => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(n);
+    return b;
+  };
+  const th = createHash('sha1').update(Buffer.concat([le(d.length), d, le(p.length), p])).digest('hex');
+  return `10 ${th} ima-ng sha256:${hex} ${path}`;
+}
+
+function http(url: string, method = 'GET', body?: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method, headers: body ? { 'content-type': 'application/json' } : {} }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+let svc: AttestService | undefined;
+afterEach(async () => {
+  await svc?.close({ graceMs: 0 });
+  svc = undefined;
+});
+
+describe('the service, small requests first', () => {
+  it('a small request held in flight does not starve a large one, and is answered when its body ends', async () => {
+    // The built service (its pool's worker script exists only in dist/).
+    const dist = (p: string): string => new URL(`../dist/${p}`, import.meta.url).href;
+    const mod = (await import(/* @vite-ignore */ dist('attest/service/index.js'))) as typeof import('../bindings/attest/service/index.js');
+    const sources = new mod.SourceSet([emptySource()]);
+    await sources.refreshAll({ requireAll: true });
+    svc = new mod.AttestService({ sources, verifier: await mod.createVerifier(), workers: 1 });
+    const base = await svc.listen(0);
+    expect(svc.metrics()).toMatch(/vmkit_attest_workers 1\n/);
+    // A small request whose body never ends (until we say): in flight all along.
+    const sock = connect(Number(new URL(base).port), '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    const nonce1 = (JSON.parse((await http(`${base}/nonce`)).body) as { nonce: string }).nonce;
+    const smallBody = JSON.stringify({ nonce: nonce1, evidence: { digests: [{ alg: 'sha256', hex: '00'.repeat(32) }] } });
+    sock.write(`POST /attest HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: ${smallBody.length}\r\n\r\n${smallBody.slice(0, 10)}`);
+    const answer = new Promise<string>((resolve) => {
+      let got = '';
+      sock.on('data', (c: Buffer) => {
+        got += c.toString();
+        if (/\r\n\r\n[\s\S]*\}/.test(got)) resolve(got);
+      });
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(svc.metrics()).toMatch(/vmkit_attest_small_in_flight 1\n/);
+    // A large request meanwhile (20,000 entries, 2 MiB): its worker and its slices give way to
+    // the small request for at most 3/4 of the time, so it is answered all the same.
+    const log = Array.from({ length: 20_000 }, (_, i) => imaNg(i)).join('\n') + '\n';
+    const nonce2 = (JSON.parse((await http(`${base}/nonce`)).body) as { nonce: string }).nonce;
+    const large = await http(`${base}/attest`, 'POST', JSON.stringify({ nonce: nonce2, evidence: { ima: { log } } }));
+    expect(large.status).toBe(200);
+    const claims = JSON.parse(Buffer.from((JSON.parse(large.body) as { ear: string }).ear.split('.')[1]!, 'base64url').toString('utf8')) as { submods: Record<string, Record<string, { summary: { items: number } }>> };
+    expect(claims.submods['vmkit-ima']!['vmkit.appraisal']!.summary.items).toBe(20_000);
+    expect(svc.metrics()).toMatch(/vmkit_attest_small_in_flight 1\n/);
+    // The small request ends: answered.
+    sock.write(smallBody.slice(10));
+    expect(await answer).toMatch(/^HTTP\/1\.1 200/);
+    sock.destroy();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(svc.metrics()).toMatch(/vmkit_attest_small_in_flight 0\n/);
+  }, 120_000);
+});
