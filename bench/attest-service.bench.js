@@ -476,9 +476,10 @@ async function underAttack(ctx, repo) {
   const seconds = Number(process.env.VMKIT_BENCH_ATTACK_SECONDS ?? (ctx.quick ? 2 : 3));
   const attacker = await startAttacker();
   const phases = process.env.VMKIT_BENCH_ATTACK_PHASES ? ['quiet', ...process.env.VMKIT_BENCH_ATTACK_PHASES.split(',')] : ['quiet', 'ima', 'ima-off', 'ima-floor', 'excludes', 'nonces'];
-  const main = await startServer('ear', repo, true);
+  // VMKIT_BENCH_MAIN_OPTS / VMKIT_BENCH_PEER_OPTS (JSON): AttestService options of the two servers.
+  const main = await startServer('ear', repo, true, JSON.parse(process.env.VMKIT_BENCH_MAIN_OPTS ?? '{}'));
   // The peer: the same service without small-first (large work beside small requests).
-  const off = phases.includes('ima-off') ? await startServer('ear', repo, true, { smallFirst: false }) : undefined;
+  const off = phases.includes('ima-off') ? await startServer('ear', repo, true, JSON.parse(process.env.VMKIT_BENCH_PEER_OPTS ?? '{"smallFirst":false}')) : undefined;
   const evidence = { digests: [...main.known.slice(0, 7).map((k) => ({ alg: 'sha256', hex: k.hex })), { alg: 'sha256', hex: randomBytes(32).toString('hex') }] };
   const acc = Object.fromEntries(phases.map((p) => [p, { lat: [], failed: 0, statuses: {}, cpuMs: 0, wallMs: 0, serverMs: 0, nicedMs: 0, eldP99: [], perRound: [] }]));
   try {

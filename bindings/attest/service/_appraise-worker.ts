@@ -18,7 +18,7 @@
  * ```
  * @module
  */
-import { readlinkSync } from 'node:fs';
+import { readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { VmkitError } from '../../errors.js';
@@ -45,11 +45,21 @@ interface Job {
 }
 
 const jobs = new Map<number, Job>();
-const port = parentPort!;
+
+// A worker thread talks through parentPort; a child process (a `processes` pool) through its IPC
+// channel, and ends when the service does.
+const child = parentPort === null && typeof process.send === 'function';
+type Msg = { t: string; job: number; opts?: _JobOptions; data?: Uint8Array };
+const port: { postMessage(m: unknown, transfer?: ArrayBuffer[]): void; onMessage(f: (m: Msg) => void): void } = child
+  ? { postMessage: (m) => void process.send!(m), onMessage: (f) => void process.on('message', f) }
+  : { postMessage: (m, transfer) => parentPort!.postMessage(m, transfer ?? []), onMessage: (f) => void parentPort!.on('message', f) };
+if (child) process.on('disconnect', () => process.exit(0));
+const options = (child ? JSON.parse(process.env.VMKIT_APPRAISE_CHILD ?? '{}') : workerData) as { nice?: number; small?: Int32Array } | undefined;
 
 // Small requests first (_turns.ts): the flag the event loop raises while small requests are in
-// flight; this thread waits at checkpoints a few hundred microseconds of work apart.
-const small = (workerData as { small?: Int32Array } | undefined)?.small;
+// flight; this thread waits at checkpoints a few hundred microseconds of work apart. (A child
+// process has no flag: its autogroup's nice value does that work, below.)
+const small = options?.small;
 const budget = new _PauseBudget();
 const checkpoint = (): void => _yieldToSmall(small, budget);
 // IMA entries between two checkpoints (about 0.2 ms of verifying).
@@ -59,13 +69,29 @@ const ENTRIES_PER_CHECK = 32;
 // value; /proc/thread-self names this thread's id): on a busy machine a large appraisal then
 // takes the cores the event loop leaves, instead of an equal share of them, and the service's
 // other clients keep their latency. Elsewhere it stays as it is.
-const nice = (workerData as { nice?: number } | undefined)?.nice ?? 10;
-if (nice > 0 && process.platform === 'linux') {
+const nice = options?.nice ?? 10;
+if (nice > 0 && process.platform === 'linux' && !child) {
   try {
     const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
     if (Number.isSafeInteger(tid) && tid > 0) setPriority(tid, Math.min(19, getPriority(tid) + nice));
   } catch {
     // No /proc, or not allowed: the same priority as the loop.
+  }
+}
+// A child process, in a session of its own: the whole process at nice `nice` — its autogroup (the
+// kernel shares the CPU between autogroups first, so this is what other sessions compete with),
+// and each of its threads (what counts where autogroups are off; V8's and libuv's threads made
+// later inherit it from the thread that makes them).
+if (nice > 0 && process.platform === 'linux' && child) {
+  try {
+    writeFileSync('/proc/self/autogroup', String(Math.min(19, nice)));
+  } catch {
+    // No autogroups (CONFIG_SCHED_AUTOGROUP off, or sched_autogroup_enabled 0): the threads' nice below.
+  }
+  try {
+    for (const t of readdirSync('/proc/self/task')) setPriority(Number(t), Math.min(19, nice));
+  } catch {
+    // Not allowed: the same priority as the service.
   }
 }
 
@@ -75,7 +101,7 @@ function fail(job: number, e: unknown): void {
   port.postMessage({ t: 'error', job, code: err.code, message: err.message });
 }
 
-port.on('message', (m: { t: string; job: number; opts?: _JobOptions; data?: Uint8Array }) => {
+port.onMessage((m) => {
   const j = jobs.get(m.job);
   switch (m.t) {
     case 'start':

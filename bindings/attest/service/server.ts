@@ -27,7 +27,7 @@ import { hexInto, digestLength } from '../index-store.js';
 import type { Digest, DigestAlgorithm } from '../types.js';
 import { _appraiseSliced, _verifyEvidenceIma, parseEvidence, type Appraisal, type AppraiseEvidenceOptions, type Evidence, type EvidencePackage } from '../appraise.js';
 import { availableParallelism } from 'node:os';
-import { AppraisePool, type PoolJob } from './_pool.js';
+import { AppraisePool, type PoolJob, type PoolKind } from './_pool.js';
 import { _SmallFirst } from './_turns.js';
 import { _unpack } from './_packed.js';
 import { NonceQuotaError, NonceStore, type NonceRefusal, type NonceStoreOptions } from './nonces.js';
@@ -144,6 +144,16 @@ export interface AttestServiceOptions {
    * workers at their lower priority only).
    */
   smallFirst?: boolean;
+  /**
+   * What the appraisal workers are. `processes` (the default on Linux):
+   * child processes, each in a session of its own, so the scheduler puts it
+   * in an autogroup of its own at nice `workerNice`, and the kernel gives it
+   * mostly the CPU time the service's own session does not want (garbage
+   * collection included, which a thread's nice value does not reach).
+   * `threads` (elsewhere): node:worker_threads at a lower nice value, giving
+   * way to small requests at checkpoints (`smallFirst`).
+   */
+  pool?: PoolKind;
   /**
    * Whole-machine attestation (`POST /attest/installed`, machine.ts): where
    * packages' file digests are cached, how many are fetched at once, the
@@ -301,10 +311,11 @@ export class AttestService {
     this.files = new OnDemandFiles(this.sources, this.installedOptions);
     const workers = options.workers ?? Math.max(1, availableParallelism() - 1);
     if (!Number.isSafeInteger(workers) || workers < 0 || workers > 256) throw new VmkitError('ARG_RANGE', 'options.workers must be an integer 0..256');
+    if (options.pool !== undefined && options.pool !== 'threads' && options.pool !== 'processes') throw new VmkitError('ARG_RANGE', "options.pool must be 'threads' or 'processes'");
     if (options.maxLargePerClient !== undefined && (!Number.isSafeInteger(options.maxLargePerClient) || options.maxLargePerClient < 1)) {
       throw new VmkitError('ARG_RANGE', 'options.maxLargePerClient must be an integer ≥ 1');
     }
-    this.pool = workers > 0 && this.verifier.appraiseOptions ? AppraisePool.open(workers, options.workerNice ?? 10, options.smallFirst === false ? undefined : this.smallFirst.flag) : undefined;
+    this.pool = workers > 0 && this.verifier.appraiseOptions ? AppraisePool.open(workers, options.workerNice ?? 10, options.smallFirst === false ? undefined : this.smallFirst.flag, options.pool ?? (process.platform === 'linux' ? 'processes' : 'threads')) : undefined;
     this.largeTurn = options.smallFirst === false ? undefined : () => this.smallFirst.turn();
     this.limits = {
       json: options.maxJsonBytes ?? 16 << 20,

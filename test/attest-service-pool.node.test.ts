@@ -1,9 +1,12 @@
-// Small requests first (bindings/attest/service/_turns.ts): the pause budget's share and
-// bound on a simulated clock, the flag and turns of small requests in flight, and the service:
-// a small request held in flight forever neither loses its answer nor starves a large one.
+// The service's appraisal pool (bindings/attest/service/_pool.ts) and small requests first
+// (_turns.ts): the pause budget's share and bound on a simulated clock, the flag and turns of
+// small requests in flight; the service with either pool: a small request held in flight
+// forever neither loses its answer nor starves a large one; a worker process in a session and
+// autogroup of its own at the pool's nice value, and killed mid-request: a 500, not a hang.
 import { afterEach, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import { connect } from 'node:net';
+import { existsSync, readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { _PauseBudget, _SmallFirst, _yieldToSmall } from '../bindings/attest/service/_turns.js';
 import type { AttestService } from '../bindings/attest/service/index.js';
@@ -140,15 +143,22 @@ afterEach(async () => {
   svc = undefined;
 });
 
-describe('the service, small requests first', () => {
+type Mod = typeof import('../bindings/attest/service/index.js');
+// The built service: its pool's worker script exists only in dist/.
+async function built(options: { pool: 'threads' | 'processes'; workerNice?: number }): Promise<{ mod: Mod; base: string }> {
+  const mod = (await import(/* @vite-ignore */ new URL('../dist/attest/service/index.js', import.meta.url).href)) as Mod;
+  const sources = new mod.SourceSet([emptySource()]);
+  await sources.refreshAll({ requireAll: true });
+  svc = new mod.AttestService({ sources, verifier: await mod.createVerifier(), workers: 1, ...options });
+  return { mod, base: await svc.listen(0) };
+}
+
+const logOf = (n: number): string => Array.from({ length: n }, (_, i) => imaNg(i)).join('\n') + '\n';
+const poolPids = (): number[] => (svc as unknown as { pool: { _pids: number[] } }).pool._pids;
+
+describe.each(['threads', 'processes'] as const)('the service, small requests first (pool: %s)', (pool) => {
   it('a small request held in flight does not starve a large one, and is answered when its body ends', async () => {
-    // The built service (its pool's worker script exists only in dist/).
-    const dist = (p: string): string => new URL(`../dist/${p}`, import.meta.url).href;
-    const mod = (await import(/* @vite-ignore */ dist('attest/service/index.js'))) as typeof import('../bindings/attest/service/index.js');
-    const sources = new mod.SourceSet([emptySource()]);
-    await sources.refreshAll({ requireAll: true });
-    svc = new mod.AttestService({ sources, verifier: await mod.createVerifier(), workers: 1 });
-    const base = await svc.listen(0);
+    const { base } = await built({ pool });
     expect(svc.metrics()).toMatch(/vmkit_attest_workers 1\n/);
     // A small request whose body never ends (until we say): in flight all along.
     const sock = connect(Number(new URL(base).port), '127.0.0.1');
@@ -167,7 +177,7 @@ describe('the service, small requests first', () => {
     expect(svc.metrics()).toMatch(/vmkit_attest_small_in_flight 1\n/);
     // A large request meanwhile (20,000 entries, 2 MiB): its worker and its slices give way to
     // the small request for at most 3/4 of the time, so it is answered all the same.
-    const log = Array.from({ length: 20_000 }, (_, i) => imaNg(i)).join('\n') + '\n';
+    const log = logOf(20_000);
     const nonce2 = (JSON.parse((await http(`${base}/nonce`)).body) as { nonce: string }).nonce;
     const large = await http(`${base}/attest`, 'POST', JSON.stringify({ nonce: nonce2, evidence: { ima: { log } } }));
     expect(large.status).toBe(200);
@@ -180,5 +190,44 @@ describe('the service, small requests first', () => {
     sock.destroy();
     await new Promise((r) => setTimeout(r, 20));
     expect(svc.metrics()).toMatch(/vmkit_attest_small_in_flight 0\n/);
+  }, 120_000);
+});
+
+describe('the pool of worker processes', () => {
+  it('runs each worker in a session of its own, its autogroup (Linux) at the nice value asked', async () => {
+    await built({ pool: 'processes', workerNice: 7 });
+    const [pid] = poolPids();
+    expect(pid).toBeGreaterThan(0);
+    // Its own session: its session id is its pid (setsid), not ours.
+    const stat = (): string[] => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    expect(Number(stat()[3])).toBe(pid);
+    const group = `/proc/${pid}/autogroup`;
+    if (!existsSync(group)) return; // a kernel without autogroups: the threads' nice value below still holds
+    // The child sets its priorities as it starts: wait for it (bounded).
+    for (let i = 0; i < 300 && !(/ nice 7$/.test(readFileSync(group, 'utf8').trim()) && Number(stat()[16]) === 7); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(readFileSync(group, 'utf8').trim()).toMatch(/ nice 7$/);
+    expect(readFileSync(group, 'utf8')).not.toBe(readFileSync('/proc/self/autogroup', 'utf8'));
+    expect(Number(stat()[16])).toBe(7); // the main thread's nice value
+  });
+
+  it('a worker process killed mid-request: the request is answered 500 (IO), not left hanging; the next is served by a new worker', async () => {
+    const { base } = await built({ pool: 'processes' });
+    const [pid] = poolPids();
+    const nonce = (JSON.parse((await http(`${base}/nonce`)).body) as { nonce: string }).nonce;
+    const pending = http(`${base}/attest`, 'POST', JSON.stringify({ nonce, evidence: { ima: { log: logOf(60_000) } } }));
+    // Kill it once it has the job.
+    for (let i = 0; i < 1000 && !svc!.metrics().includes('vmkit_attest_workers_busy 1\n'); i++) await new Promise((r) => setTimeout(r, 5));
+    expect(svc!.metrics()).toContain('vmkit_attest_workers_busy 1\n');
+    process.kill(pid!, 'SIGKILL');
+    const r = await pending;
+    expect(r.status).toBe(500);
+    expect((JSON.parse(r.body) as { error: { code: string } }).error.code).toBe('IO');
+    // Replaced: another process, and it serves.
+    for (let i = 0; i < 500 && (poolPids().length !== 1 || poolPids()[0] === pid); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(poolPids()).toHaveLength(1);
+    expect(poolPids()[0]).not.toBe(pid);
+    const nonce2 = (JSON.parse((await http(`${base}/nonce`)).body) as { nonce: string }).nonce;
+    const next = await http(`${base}/attest`, 'POST', JSON.stringify({ nonce: nonce2, evidence: { ima: { log: logOf(2_000) } } }));
+    expect(next.status).toBe(200);
   }, 120_000);
 });
