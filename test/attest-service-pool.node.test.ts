@@ -231,3 +231,32 @@ describe('the pool of worker processes', () => {
     expect(next.status).toBe(200);
   }, 120_000);
 });
+
+describe.each(['threads', 'processes'] as const)('a worker that dies while the body is still arriving (pool: %s)', (pool) => {
+  it('the request is answered 500 (IO) once its body ends, not left hanging', async () => {
+    const { base } = await built({ pool });
+    const nonce = (JSON.parse((await http(`${base}/nonce`)).body) as { nonce: string }).nonce;
+    const body = JSON.stringify({ nonce, evidence: { ima: { log: logOf(2_000) } } });
+    const half = 200 << 10; // past largeBodyBytes: the job is on the worker
+    const sock = connect(Number(new URL(base).port), '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    let got = '';
+    const answer = new Promise<string>((resolve) => {
+      sock.on('data', (c: Buffer) => {
+        got += c.toString();
+        if (/\r\n\r\n[\s\S]*\}/.test(got)) resolve(got);
+      });
+    });
+    sock.write(`POST /attest HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body.slice(0, half)}`);
+    for (let i = 0; i < 1000 && !svc!.metrics().includes('vmkit_attest_workers_busy 1\n'); i++) await new Promise((r) => setTimeout(r, 5));
+    expect(svc!.metrics()).toContain('vmkit_attest_workers_busy 1\n');
+    // The worker dies (a crash, the OOM killer) with the upload half done.
+    await (svc as unknown as { pool: { slots: { worker: { kill(): Promise<void> } }[] } }).pool.slots[0]!.worker.kill();
+    for (let i = 0; i < 500 && !svc!.metrics().includes('vmkit_attest_workers_busy 0\n'); i++) await new Promise((r) => setTimeout(r, 10));
+    sock.write(body.slice(half));
+    const r = await answer;
+    expect(r).toMatch(/^HTTP\/1\.1 500/);
+    expect(r).toContain('"code":"IO"');
+    sock.destroy();
+  }, 60_000);
+});

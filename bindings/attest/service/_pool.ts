@@ -57,6 +57,8 @@ export class PoolJob {
   private readonly queued: { m: unknown; transfer: ArrayBuffer[] }[] = [];
   private waiting?: { resolve: (v: never) => void; reject: (e: unknown) => void };
   private done = false;
+  /** Why it failed while nothing waited for it (its worker died during the upload): the next wait gets it. */
+  private failed?: unknown;
   private readonly release: () => void;
 
   constructor(id: number, opts: _JobOptions, release: () => void) {
@@ -94,6 +96,7 @@ export class PoolJob {
   }
 
   private wait<T>(): Promise<T> {
+    if (this.failed !== undefined) return Promise.reject(this.failed);
     return new Promise<T>((resolve, reject) => (this.waiting = { resolve: resolve as (v: never) => void, reject }));
   }
 
@@ -125,7 +128,9 @@ export class PoolJob {
     this.waiting = undefined;
     if (m.t === 'error') {
       this.finish();
-      w?.reject(new VmkitError(m.code, m.message));
+      const e = new VmkitError(m.code, m.message);
+      if (w) w.reject(e);
+      else this.failed = e;
     } else if (m.t === 'nonce') w?.resolve(m.nonce as never);
     else {
       this.finish();
@@ -138,7 +143,8 @@ export class PoolJob {
     const w = this.waiting;
     this.waiting = undefined;
     this.finish();
-    w?.reject(e);
+    if (w) w.reject(e);
+    else this.failed ??= e;
   }
 
   private finish(): void {
