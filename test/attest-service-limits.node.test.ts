@@ -12,6 +12,9 @@ import { createVerifier } from '../bindings/attest/service/verifier.js';
 import type { RefreshResult, RepositorySource } from '../bindings/attest/index.js';
 import { _appraiseSliced, _verifyEvidenceIma } from '../bindings/attest/appraise.js';
 import { _ImaPacker, _pack, _unpack } from '../bindings/attest/service/_packed.js';
+import type { ImaEntry } from '../bindings/attest/ima.js';
+import type { DigestAlgorithm, Provenance, ReferenceIndex } from '../bindings/attest/types.js';
+import fc from 'fast-check';
 
 /** A source that knows nothing (every IMA entry is unknown: the largest answers). */
 function emptySource(): RepositorySource {
@@ -238,6 +241,73 @@ describe("a large request's cost to the others (issue 18's bench goal: others' p
     const got = b.entries.at(0, b.entries.n);
     expect(got.map((e) => [e.line, e.template, e.violation, e.digestAlg, Buffer.from(e.digest).toString('hex'), e.path])).toEqual(
       whole.entries.map((e) => [e.line, e.template, e.violation, e.digestAlg, Buffer.from(e.digest).toString('hex'), e.path]),
+    );
+  });
+
+  it('columns are appraised without an object per counted entry, with the same verdicts as the entries', async () => {
+    // Entries of every kind (violations, ima-buf, the boot aggregate, unknown algorithms, digests
+    // of the wrong length, found once or twice at the same or another path, unknown) against an
+    // index of some of the digests; the packed columns (what a pool worker hands over) must give
+    // exactly the appraisal of the same entries as objects, whatever the listing bounds.
+    const ALG_LEN: Record<string, number> = { sha256: 32, sha1: 20, md5: 16, sha512: 64, blake9: 32 };
+    const pool = Array.from({ length: 12 }, (_, i) => i);
+    const bytesOf = (k: number, len: number): Uint8Array => Uint8Array.from({ length: len }, (_, b) => (k * 31 + b * 7) & 255);
+    const paths = ['/usr/bin/a', '/usr/bin/b', 'boot_aggregate', '/lib/x.so'];
+    const entryArb = fc.record({
+      template: fc.constantFrom<ImaEntry['template']>('ima', 'ima-ng', 'ima-sig', 'ima-buf'),
+      violation: fc.integer({ min: 0, max: 7 }).map((x) => x === 0),
+      digestAlg: fc.constantFrom('sha256', 'sha256', 'sha1', 'md5', 'sha512', 'blake9'),
+      k: fc.constantFrom(...pool),
+      wrongLength: fc.boolean(),
+      path: fc.constantFrom(...paths),
+    });
+    const indexArb = fc.array(fc.record({ alg: fc.constantFrom('sha256', 'sha1', 'md5', 'sha512'), k: fc.constantFrom(...pool), at: fc.array(fc.option(fc.constantFrom(...paths), { nil: undefined }), { minLength: 1, maxLength: 3 }) }), { maxLength: 10 });
+    await fc.assert(
+      fc.asyncProperty(fc.array(entryArb, { maxLength: 60 }), indexArb, fc.constantFrom(0, 3, 1000), fc.constantFrom(0, 2, 10_000), fc.constantFrom(1, 7, 100), async (es, known, maxListed, maxDetail, slice) => {
+        const entries: ImaEntry[] = es.map((e, i) => ({
+          line: i + 1,
+          pcr: 10,
+          template: e.template,
+          templateHash: new Uint8Array(0),
+          violation: e.violation,
+          digestAlg: e.digestAlg,
+          digest: bytesOf(e.k, ALG_LEN[e.digestAlg]! - (e.wrongLength ? 1 : 0)),
+          path: e.path,
+        }));
+        const table = new Map<string, Provenance[]>();
+        for (const x of known) {
+          const key = `${x.alg}:${Buffer.from(bytesOf(x.k, ALG_LEN[x.alg]!)).toString('hex')}`;
+          table.set(key, x.at.map((path, j) => ({ repository: 'r', package: `p${x.k}-${j}`, version: '1', ...(path !== undefined ? { path } : {}) })));
+        }
+        const one = (alg: DigestAlgorithm, d: Uint8Array): Provenance[] => table.get(`${alg}:${Buffer.from(d).toString('hex')}`) ?? [];
+        const index: ReferenceIndex = {
+          size: table.size,
+          lookupDigest: one,
+          lookupPackage: () => [],
+          lookupMany: (alg, ds) => {
+            const len = { sha256: 32, sha1: 20, md5: 16, sha512: 64, sha384: 48, sm3: 32 }[alg];
+            const out: (Provenance[] | undefined)[] = [];
+            if (typeof ds === 'string' || Array.isArray(ds)) throw new Error('IMA digests are looked up as bytes');
+            for (let o = 0; o < (ds as Uint8Array).length; o += len) {
+              const r = one(alg, (ds as Uint8Array).subarray(o, o + len));
+              out.push(r.length ? r : undefined);
+            }
+            return out;
+          },
+        };
+        const result = { count: entries.length, violations: 0, excluded: 0, templateHashFailures: 0, failureCount: 0, failures: [], pcrs: {}, entries };
+        const cols = _unpack(_pack(undefined, undefined, result));
+        expect(cols.ima!.rows).toBeDefined();
+        const objects = { ...cols, ima: { result: cols.ima!.result, entries: cols.ima!.entries } };
+        const opts = { yieldMs: 60_000, slice, maxListed, maxDetail };
+        const a = await _appraiseSliced(index, cols, opts);
+        const b = await _appraiseSliced(index, objects, opts);
+        expect(a).toEqual(b);
+        // The entries as objects, not packed at all, appraise alike too.
+        const c = await _appraiseSliced(index, { ...objects, ima: { result, entries: { n: entries.length, at: (f: number, t: number) => entries.slice(f, t) } } }, opts);
+        expect(c.submods['vmkit-ima']).toEqual(a.submods['vmkit-ima']);
+      }),
+      { numRuns: 300 },
     );
   });
 

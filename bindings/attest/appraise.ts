@@ -274,11 +274,23 @@ class Collector {
     this.maxListed = maxListed;
   }
   add(v: ItemVerdict): void {
+    if (this.keeps(v.status)) {
+      this.summary.items++;
+      this.summary[v.status]++;
+      this.worst = worst(this.worst, v.status);
+      this.items.push(v);
+    } else this.count(v.status);
+  }
+  /** Whether an item of status `s` would be listed now (else it is only counted). */
+  keeps(s: ArStatus): boolean {
+    return (this.items.length < this.maxDetail || s !== 'affirming') && this.items.length < this.maxListed;
+  }
+  /** add() of an item that is not listed (`keeps(s)` is false): counted, never made. */
+  count(s: ArStatus): void {
     this.summary.items++;
-    this.summary[v.status]++;
-    this.worst = worst(this.worst, v.status);
-    if ((this.items.length < this.maxDetail || v.status !== 'affirming') && this.items.length < this.maxListed) this.items.push(v);
-    else this.summary.omitted++;
+    this.summary[s]++;
+    this.worst = worst(this.worst, s);
+    this.summary.omitted++;
   }
 }
 
@@ -413,27 +425,96 @@ function imaVerdicts(index: ReferenceIndex, all: readonly ImaEntry[], from: numb
     if (!e.violation && e.template !== 'ima-buf' && e.path !== 'boot_aggregate' && (ALGS as readonly string[]).includes(e.digestAlg)) want.push(i);
   }
   const { found, hex } = lookupImaAll(index, entries, want);
-  for (let i = 0; i < entries.length; i++) {
-    const e = entries[i]!;
-    if (e.violation) {
-      c.add({ kind: 'ima', status: 'none', reason: 'ima.validation.tomtou', path: e.path, line: e.line, matches: [] });
-      continue;
+  for (let i = 0; i < entries.length; i++) c.add(imaVerdict(entries[i]!, found[i], hex[i], o));
+}
+
+// The verdict on one IMA entry: `found` and `h` (its digest's hex) when it was looked up.
+function imaVerdict(e: ImaEntry, found: Provenance[] | undefined, h: string | undefined, o: Required<AppraiseOptions>): ItemVerdict {
+  if (e.violation) return { kind: 'ima', status: 'none', reason: 'ima.validation.tomtou', path: e.path, line: e.line, matches: [] };
+  if (e.template === 'ima-buf' || e.path === 'boot_aggregate') {
+    // Buffers (kexec command lines, keys) and the boot aggregate are not files a repository holds.
+    return { kind: 'ima', status: 'none', reason: e.template === 'ima-buf' ? 'ima-buf' : 'boot_aggregate', path: e.path, line: e.line, matches: [] };
+  }
+  const d = h !== undefined ? { alg: e.digestAlg as DigestAlgorithm, hex: h } : imaEntryDigest(e);
+  let v: ItemVerdict;
+  if (!d) v = { kind: 'ima', status: 'warning', reason: 'unsupported-digest-algorithm', alg: e.digestAlg, path: e.path, matches: [] };
+  else {
+    v = digestVerdict(found, d, e.path, o, 'ima');
+    if (v.reason === 'unknown-digest') v.reason = `ima.validation.${e.template}.not_in_allowlist`;
+  }
+  v.line = e.line;
+  return v;
+}
+
+/**
+ * IMA entries as columns (a pool worker's packed result, _packed.ts), read
+ * without an object per entry: a large log's entries are mostly only counted
+ * (beyond `maxListed`), and made into objects only when they are listed.
+ * @internal
+ */
+export interface _ImaRows {
+  n: number;
+  /** Entry `i` as an object. */
+  entry(i: number): ImaEntry;
+  /** False for a violation, an `ima-buf` entry or the boot aggregate (no file digest to look up). */
+  plain(i: number): boolean;
+  digestAlg(i: number): string;
+  /** All digests back to back; entry `i`'s is `[digestStart(i), digestEnd(i))`. */
+  readonly digest: Uint8Array;
+  digestStart(i: number): number;
+  digestEnd(i: number): number;
+  path(i: number): string;
+}
+
+// imaVerdicts over rows [from, to): the same verdicts, counts and order, but an entry that is
+// not listed (the collector is past maxListed, or past maxDetail and it affirms) costs a
+// lookup and a count, no objects: no garbage per entry on the event loop of a service.
+function imaVerdictsRows(index: ReferenceIndex, rows: _ImaRows, from: number, to: number, c: Collector, o: Required<AppraiseOptions>): void {
+  const n = to - from;
+  const groups = new Map<DigestAlgorithm, number[]>();
+  for (let i = from; i < to; i++) {
+    if (!rows.plain(i)) continue;
+    const a = rows.digestAlg(i);
+    if (!(ALGS as readonly string[]).includes(a) || rows.digestEnd(i) - rows.digestStart(i) !== digestLength(a as DigestAlgorithm)) continue;
+    const g = groups.get(a as DigestAlgorithm);
+    if (g) g.push(i);
+    else groups.set(a as DigestAlgorithm, [i]);
+  }
+  const looked = new Uint8Array(n);
+  const found = new Array<Provenance[] | undefined>(n);
+  const bytes = rows.digest;
+  for (const [alg, idx] of groups) {
+    const len = digestLength(alg);
+    // Usually every entry of the slice, their digests back to back already: looked up in place.
+    const s0 = rows.digestStart(idx[0]!);
+    let packed = bytes.subarray(s0, s0 + idx.length * len);
+    for (let k = 0; k < idx.length; k++) {
+      if (rows.digestStart(idx[k]!) === s0 + k * len) continue;
+      packed = new Uint8Array(idx.length * len);
+      for (let j = 0; j < idx.length; j++) {
+        const s = rows.digestStart(idx[j]!);
+        for (let b = 0; b < len; b++) packed[j * len + b] = bytes[s + b]!;
+      }
+      break;
     }
-    if (e.template === 'ima-buf' || e.path === 'boot_aggregate') {
-      // Buffers (kexec command lines, keys) and the boot aggregate are not files a repository holds.
-      c.add({ kind: 'ima', status: 'none', reason: e.template === 'ima-buf' ? 'ima-buf' : 'boot_aggregate', path: e.path, line: e.line, matches: [] });
-      continue;
+    const r = index.lookupMany ? index.lookupMany(alg, packed) : _manyByOne(index, alg, packed);
+    for (let k = 0; k < idx.length; k++) {
+      looked[idx[k]! - from] = 1;
+      found[idx[k]! - from] = r[k];
     }
-    const h = hex[i];
-    const d = h !== undefined ? { alg: e.digestAlg as DigestAlgorithm, hex: h } : imaEntryDigest(e);
-    let v: ItemVerdict;
-    if (!d) v = { kind: 'ima', status: 'warning', reason: 'unsupported-digest-algorithm', alg: e.digestAlg, path: e.path, matches: [] };
-    else {
-      v = digestVerdict(found[i], d, e.path, o, 'ima');
-      if (v.reason === 'unknown-digest') v.reason = `ima.validation.${e.template}.not_in_allowlist`;
-    }
-    v.line = e.line;
-    c.add(v);
+  }
+  for (let i = from; i < to; i++) {
+    const k = i - from;
+    const f = found[k];
+    if (looked[k]) {
+      // digestVerdict's status, for the cases it decides without sorting matches.
+      const status: ArStatus | undefined = f === undefined || f.length === 0 ? o.unknown : f.length === 1 ? (f[0]!.path !== undefined && f[0]!.path !== rows.path(i) ? 'warning' : 'affirming') : undefined;
+      if (status !== undefined && !c.keeps(status)) {
+        c.count(status);
+        continue;
+      }
+      c.add(imaVerdict(rows.entry(i), f, toHex(bytes.subarray(rows.digestStart(i), rows.digestEnd(i))), o));
+    } else c.add(imaVerdict(rows.entry(i), undefined, undefined, o));
   }
 }
 
@@ -544,9 +625,10 @@ export async function appraiseEvidence(index: ReferenceIndex, evidence: Evidence
  * Verifies a request's IMA log with the service's excludes and the request's
  * (glob: only unless `requestRegex`, within `maxExcludeWork`). With `sink`,
  * each entry that is not excluded goes there as it is verified and the
- * result's `entries` stays empty. @internal
+ * result's `entries` stays empty; `each` is called after every entry,
+ * excluded or not (a pool worker's checkpoint). @internal
  */
-export async function _verifyEvidenceIma(ima: ImaEvidence, options: AppraiseEvidenceOptions, sink?: (e: ImaEntry) => void): Promise<ImaLogResult & { excludes: string[] }> {
+export async function _verifyEvidenceIma(ima: ImaEvidence, options: AppraiseEvidenceOptions, sink?: (e: ImaEntry) => void, each?: () => void): Promise<ImaLogResult & { excludes: string[] }> {
   const req = compileExcludes(ima.excludes ?? [], { regex: options.requestRegex ?? false, ...(options.maxExcludeWork !== undefined ? { maxWork: options.maxExcludeWork } : {}) });
   const own = options.excludes === undefined ? undefined : typeof options.excludes === 'function' ? options.excludes : compileExcludes(options.excludes);
   const patterns = [...(own?.patterns ?? []), ...req.patterns];
@@ -555,7 +637,7 @@ export async function _verifyEvidenceIma(ima: ImaEvidence, options: AppraiseEvid
     ...(ima.pcr10 ? { expectedPcr: ima.pcr10 } : {}),
     excludes,
     ...(options.yieldMs !== undefined ? { yieldMs: options.yieldMs } : {}),
-    ...(sink ? { collect: false, onEntry: (e: ImaEntry, excluded: boolean) => void (excluded || sink(e)) } : {}),
+    ...(sink ? { collect: false, onEntry: (e: ImaEntry, excluded: boolean) => void (excluded || sink(e), each?.()) } : {}),
   });
   return { ...r, excludes: patterns };
 }
@@ -570,7 +652,7 @@ export interface _Column<T> {
 export interface _SlicedInput {
   digests: _Column<EvidenceDigest>;
   packages: _Column<EvidencePackage>;
-  ima?: { result: Omit<ImaLogResult, 'entries'> & { excludes?: string[] }; entries: _Column<ImaEntry> };
+  ima?: { result: Omit<ImaLogResult, 'entries'> & { excludes?: string[] }; entries: _Column<ImaEntry>; /** The entries as columns, when they are (read instead of `entries`). */ rows?: _ImaRows };
 }
 
 /** Items per slice by default: the time is checked between slices. */
@@ -580,16 +662,19 @@ const DEFAULT_SLICE = 512;
  * appraise() a slice of items at a time, giving the event loop a turn after
  * about `yieldMs` of work: the same verdicts, counts and order. `slice` items
  * are appraised between two looks at the clock (default 512: under a
- * millisecond of lookups; smaller for finer turns). @internal
+ * millisecond of lookups; smaller for finer turns). `turn` is how the turn
+ * is given (default: one setImmediate; the service waits for its small
+ * requests, _turns.ts). @internal
  */
-export async function _appraiseSliced(index: ReferenceIndex, input: _SlicedInput, options: AppraiseOptions & { yieldMs: number; slice?: number }): Promise<Appraisal> {
+export async function _appraiseSliced(index: ReferenceIndex, input: _SlicedInput, options: AppraiseOptions & { yieldMs: number; slice?: number; turn?: () => Promise<void> }): Promise<Appraisal> {
   const o = appraiseOptions(options);
   const out: Appraisal = { status: 'none', submods: {} };
   const per = options.slice ?? DEFAULT_SLICE;
+  const turn = options.turn ?? _macrotask;
   let t = performance.now();
   const pause = async (): Promise<void> => {
     if (performance.now() - t < options.yieldMs) return;
-    await _macrotask();
+    await turn();
     t = performance.now();
   };
   const { digests, packages } = input;
@@ -613,6 +698,11 @@ export async function _appraiseSliced(index: ReferenceIndex, input: _SlicedInput
     const es = input.ima.entries;
     for (let from = 0; from < es.n; from += per) {
       await pause();
+      const rows = input.ima.rows;
+      if (rows) {
+        imaVerdictsRows(index, rows, from, Math.min(es.n, from + per), c, o);
+        continue;
+      }
       const slice = es.at(from, Math.min(es.n, from + per));
       imaVerdicts(index, slice, 0, slice.length, c, o);
     }

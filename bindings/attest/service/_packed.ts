@@ -13,7 +13,7 @@
  * ```
  * @module
  */
-import type { EvidenceDigest, EvidencePackage, _Column, _SlicedInput } from '../appraise.js';
+import type { EvidenceDigest, EvidencePackage, _Column, _ImaRows, _SlicedInput } from '../appraise.js';
 import type { ImaEntry, ImaLogResult, ImaTemplate } from '../ima.js';
 import type { DigestAlgorithm } from '../types.js';
 
@@ -208,19 +208,42 @@ export function _unpack(p: _Packed): _SlicedInput {
   };
   const m = p.ima;
   if (m) {
-    out.ima = {
-      result: m.result,
-      entries: col(m.line.length, (i): ImaEntry => ({
-        line: m.line[i]!,
-        pcr: 10,
-        template: TEMPLATES[m.template[i]!]!,
-        templateHash: EMPTY,
-        violation: m.violation[i] === 1,
-        digestAlg: strAt(m.digestAlg, i)!,
-        digest: m.digest.subarray(i === 0 ? 0 : m.digestEnd[i - 1]!, m.digestEnd[i]!),
-        path: strAt(m.path, i)!,
-      })),
+    const entry = (i: number): ImaEntry => ({
+      line: m.line[i]!,
+      pcr: 10,
+      template: TEMPLATES[m.template[i]!]!,
+      templateHash: EMPTY,
+      violation: m.violation[i] === 1,
+      digestAlg: strAt(m.digestAlg, i)!,
+      digest: m.digest.subarray(i === 0 ? 0 : m.digestEnd[i - 1]!, m.digestEnd[i]!),
+      path: strAt(m.path, i)!,
+    });
+    const start = (x: _Strs, i: number): number => (i === 0 ? 0 : x.end[i - 1]!);
+    const BUF = TEMPLATES.indexOf('ima-buf');
+    const BOOT = 'boot_aggregate';
+    // The algorithm names repeat (one or two per log): the last one made is compared in place,
+    // so a row costs no new string.
+    let alg = '';
+    const rows: _ImaRows = {
+      n: m.line.length,
+      entry,
+      plain: (i) => {
+        if (m.violation[i] === 1 || m.template[i] === BUF) return false;
+        const s = start(m.path, i);
+        return !(m.path.end[i]! - s === BOOT.length && m.path.s.startsWith(BOOT, s));
+      },
+      digestAlg: (i) => {
+        const s = start(m.digestAlg, i);
+        const len = m.digestAlg.end[i]! - s;
+        if (len !== alg.length || !m.digestAlg.s.startsWith(alg, s)) alg = m.digestAlg.s.slice(s, s + len);
+        return alg;
+      },
+      digest: m.digest,
+      digestStart: (i) => (i === 0 ? 0 : m.digestEnd[i - 1]!),
+      digestEnd: (i) => m.digestEnd[i]!,
+      path: (i) => strAt(m.path, i)!,
     };
+    out.ima = { result: m.result, entries: col(m.line.length, entry), rows };
   }
   return out;
 }

@@ -27,7 +27,8 @@ import { hexInto, digestLength } from '../index-store.js';
 import type { Digest, DigestAlgorithm } from '../types.js';
 import { _appraiseSliced, _verifyEvidenceIma, parseEvidence, type Appraisal, type AppraiseEvidenceOptions, type Evidence, type EvidencePackage } from '../appraise.js';
 import { availableParallelism } from 'node:os';
-import { AppraisePool, type PoolJob } from './_pool.js';
+import { AppraisePool, type PoolJob, type PoolKind } from './_pool.js';
+import { _SmallFirst } from './_turns.js';
 import { _unpack } from './_packed.js';
 import { NonceQuotaError, NonceStore, type NonceRefusal, type NonceStoreOptions } from './nonces.js';
 import { SourceSet } from './refresh.js';
@@ -134,6 +135,25 @@ export interface AttestServiceOptions {
    * so every small request, goes first.
    */
   workerNice?: number;
+  /**
+   * Small requests first (default true): while any small request is in
+   * flight, the workers' and the event loop's work on large requests waits,
+   * for at most three quarters of the time and 50 ms at once (_turns.ts), so
+   * that a client sending large requests back to back costs the others
+   * little latency. False: large work runs beside small requests (the
+   * workers at their lower priority only).
+   */
+  smallFirst?: boolean;
+  /**
+   * What the appraisal workers are. `processes` (the default on Linux):
+   * child processes, each in a session of its own, so the scheduler puts it
+   * in an autogroup of its own at nice `workerNice`, and the kernel gives it
+   * mostly the CPU time the service's own session does not want (garbage
+   * collection included, which a thread's nice value does not reach).
+   * `threads` (elsewhere): node:worker_threads at a lower nice value, giving
+   * way to small requests at checkpoints (`smallFirst`).
+   */
+  pool?: PoolKind;
   /**
    * Whole-machine attestation (`POST /attest/installed`, machine.ts): where
    * packages' file digests are cached, how many are fetched at once, the
@@ -267,6 +287,9 @@ export class AttestService {
   /** Large requests in flight per client key (clientKey). */
   private readonly largeByClient = new Map<string, number>();
   private readonly pool: AppraisePool | undefined;
+  /** Small requests in flight; large work gives way to them (_turns.ts). */
+  private readonly smallFirst = new _SmallFirst();
+  private readonly largeTurn: (() => Promise<void>) | undefined;
   private closing = false;
   /** File digests of packages on demand, for whole-machine requests. */
   readonly files: OnDemandFiles;
@@ -288,10 +311,12 @@ export class AttestService {
     this.files = new OnDemandFiles(this.sources, this.installedOptions);
     const workers = options.workers ?? Math.max(1, availableParallelism() - 1);
     if (!Number.isSafeInteger(workers) || workers < 0 || workers > 256) throw new VmkitError('ARG_RANGE', 'options.workers must be an integer 0..256');
+    if (options.pool !== undefined && options.pool !== 'threads' && options.pool !== 'processes') throw new VmkitError('ARG_RANGE', "options.pool must be 'threads' or 'processes'");
     if (options.maxLargePerClient !== undefined && (!Number.isSafeInteger(options.maxLargePerClient) || options.maxLargePerClient < 1)) {
       throw new VmkitError('ARG_RANGE', 'options.maxLargePerClient must be an integer ≥ 1');
     }
-    this.pool = workers > 0 && this.verifier.appraiseOptions ? AppraisePool.open(workers, options.workerNice ?? 10) : undefined;
+    this.pool = workers > 0 && this.verifier.appraiseOptions ? AppraisePool.open(workers, options.workerNice ?? 10, options.smallFirst === false ? undefined : this.smallFirst.flag, options.pool ?? (process.platform === 'linux' ? 'processes' : 'threads')) : undefined;
+    this.largeTurn = options.smallFirst === false ? undefined : () => this.smallFirst.turn();
     this.limits = {
       json: options.maxJsonBytes ?? 16 << 20,
       buffered: options.maxBufferedBytes ?? 256 << 20,
@@ -333,6 +358,9 @@ export class AttestService {
     const url = new URL(req.url ?? '/', 'http://service');
     const route = `${req.method} ${url.pathname}`;
     let status = 500;
+    // Every request is small until its body says otherwise (attest): large work waits for it.
+    const turn = { small: true };
+    this.smallFirst.enter();
     try {
       switch (route) {
         case 'GET /nonce': {
@@ -351,7 +379,7 @@ export class AttestService {
           break;
         }
         case 'POST /attest':
-          status = await this.attest(req, res, url);
+          status = await this.attest(req, res, url, turn);
           break;
         case 'POST /attest/installed':
           status = await this.attestInstalled(req, res);
@@ -381,6 +409,8 @@ export class AttestService {
       // Status mapping: stable VmkitError codes → 4xx for the client's faults, 5xx for ours.
       status = sendError(res, e, !req.complete);
       if (!req.complete) req.resume();
+    } finally {
+      if (turn.small) this.smallFirst.leave();
     }
     // Only known routes get their own counter: arbitrary paths must not grow the table.
     this.count(ROUTES.has(url.pathname) ? route : `${req.method} other`, status);
@@ -395,7 +425,7 @@ export class AttestService {
     this.inFlight++;
   }
 
-  private async attest(req: IncomingMessage, res: ServerResponse, url: URL): Promise<number> {
+  private async attest(req: IncomingMessage, res: ServerResponse, url: URL, turn: { small: boolean }): Promise<number> {
     this.admit();
     const t0 = performance.now();
     let held = 0;
@@ -425,6 +455,9 @@ export class AttestService {
             this.largeByClient.set(client, (this.largeByClient.get(client) ?? 0) + 1);
             this.largeInFlight++;
             large = true;
+            // No longer a small request: the large work no longer waits for this one.
+            turn.small = false;
+            this.smallFirst.leave();
             job = this.startJob();
             if (job) {
               for (const k of early) job.push(k);
@@ -444,7 +477,7 @@ export class AttestService {
           if (refusal) throw new NonceRefused(refusal);
           const packed = await job.go();
           job = undefined;
-          appraisal = await _appraiseSliced(this.sources, _unpack(packed), { ...this.verifier.appraiseOptions, yieldMs: MAIN_SLICE_MS, slice: MAIN_SLICE_ITEMS });
+          appraisal = await _appraiseSliced(this.sources, _unpack(packed), { ...this.verifier.appraiseOptions, yieldMs: MAIN_SLICE_MS, slice: MAIN_SLICE_ITEMS, ...(this.largeTurn ? { turn: this.largeTurn } : {}) });
         } else {
           let parsed: unknown;
           try {
@@ -575,6 +608,7 @@ export class AttestService {
     l.push('# TYPE vmkit_attest_large_in_flight gauge', `vmkit_attest_large_in_flight ${this.largeInFlight}`);
     l.push('# TYPE vmkit_attest_large_clients gauge', `vmkit_attest_large_clients ${this.largeByClient.size}`);
     l.push('# TYPE vmkit_attest_large_per_client_limit gauge', `vmkit_attest_large_per_client_limit ${this.limits.largePerClient}`);
+    l.push('# TYPE vmkit_attest_small_in_flight gauge', `vmkit_attest_small_in_flight ${this.smallFirst.inFlight}`);
     l.push('# TYPE vmkit_attest_workers gauge', `vmkit_attest_workers ${this.pool?.size ?? 0}`);
     l.push('# TYPE vmkit_attest_workers_busy gauge', `vmkit_attest_workers_busy ${this.pool?.busy ?? 0}`);
     l.push('# TYPE vmkit_attest_workers_queued gauge', `vmkit_attest_workers_queued ${this.pool?.queued ?? 0}`);
