@@ -159,7 +159,7 @@ const poolPids = (): number[] => (svc as unknown as { pool: { _pids: number[] } 
 describe.each(['threads', 'processes'] as const)('the service, small requests first (pool: %s)', (pool) => {
   it('a small request held in flight does not starve a large one, and is answered when its body ends', async () => {
     const { base } = await built({ pool });
-    expect(svc.metrics()).toMatch(/vmkit_attest_workers 1\n/);
+    expect(svc!.metrics()).toMatch(/vmkit_attest_workers 1\n/);
     // A small request whose body never ends (until we say): in flight all along.
     const sock = connect(Number(new URL(base).port), '127.0.0.1');
     await new Promise((r) => sock.once('connect', r));
@@ -174,7 +174,7 @@ describe.each(['threads', 'processes'] as const)('the service, small requests fi
       });
     });
     await new Promise((r) => setTimeout(r, 50));
-    expect(svc.metrics()).toMatch(/vmkit_attest_small_in_flight 1\n/);
+    expect(svc!.metrics()).toMatch(/vmkit_attest_small_in_flight 1\n/);
     // A large request meanwhile (20,000 entries, 2 MiB): its worker and its slices give way to
     // the small request for at most 3/4 of the time, so it is answered all the same.
     const log = logOf(20_000);
@@ -183,13 +183,13 @@ describe.each(['threads', 'processes'] as const)('the service, small requests fi
     expect(large.status).toBe(200);
     const claims = JSON.parse(Buffer.from((JSON.parse(large.body) as { ear: string }).ear.split('.')[1]!, 'base64url').toString('utf8')) as { submods: Record<string, Record<string, { summary: { items: number } }>> };
     expect(claims.submods['vmkit-ima']!['vmkit.appraisal']!.summary.items).toBe(20_000);
-    expect(svc.metrics()).toMatch(/vmkit_attest_small_in_flight 1\n/);
+    expect(svc!.metrics()).toMatch(/vmkit_attest_small_in_flight 1\n/);
     // The small request ends: answered.
     sock.write(smallBody.slice(10));
     expect(await answer).toMatch(/^HTTP\/1\.1 200/);
     sock.destroy();
     await new Promise((r) => setTimeout(r, 20));
-    expect(svc.metrics()).toMatch(/vmkit_attest_small_in_flight 0\n/);
+    expect(svc!.metrics()).toMatch(/vmkit_attest_small_in_flight 0\n/);
   }, 120_000);
 });
 
