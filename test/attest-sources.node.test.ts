@@ -2,7 +2,7 @@
 // npm's own tools (scripts/attest-fixtures.sh), served by a local HTTP server:
 // the signed chain is followed and every break in it is refused.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync, readdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { readFileSync, readdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
@@ -81,6 +81,46 @@ describe.runIf(ready)('repository sources over real repositories', () => {
       const h = hexBytes(src.lookupPackage('hello')[0]!.digests[0]!.hex);
       expect(src.lookupDigest('sm3', h)).toEqual([]);
       src.close();
+    });
+
+    it('reads a local mirror through a file: URL with node:fs: the same index as over HTTP, the chain still checked', async () => {
+      reset();
+      const over = new AptSource(deb(), { keyring: ring });
+      const want = (await over.refresh()).packages;
+      const digestOf = (s: AptSource, name: string) => s.lookupPackage(name)[0]!.digests;
+      const dir = mkdtempSync(join(tmpdir(), 'vmkit-file-apt-'));
+      // No fetch involved: a file: URL never reaches globalThis.fetch (undici stays unloaded).
+      const fetchWas = globalThis.fetch;
+      globalThis.fetch = (() => Promise.reject(new Error('fetch used for a file: URL'))) as typeof fetch;
+      try {
+        execFileSync('cp', ['-r', join(FIXTURES, 'debian'), dir]);
+        const line = `deb file://${dir}/debian bookworm main`;
+        const src = new AptSource(line, { keyring: ring });
+        expect((await src.refresh()).packages).toBe(want);
+        expect(digestOf(src, 'hello')).toEqual(digestOf(over, 'hello'));
+        src.close();
+        // APT's one-slash spelling too.
+        const one = new AptSource(`deb file:${dir}/debian bookworm main`, { keyring: ring });
+        expect((await one.refresh()).packages).toBe(want);
+        one.close();
+        // Signed by a key not in the keyring, and a Packages file changed after signing: INTEGRITY, nothing indexed.
+        await refused(new AptSource(line, { keyring: otherRing }).refresh(), 'INTEGRITY');
+        const bin = join(dir, 'debian/dists/bookworm/main/binary-amd64');
+        for (const f of readdirSync(bin)) {
+          const b = readFileSync(join(bin, f));
+          b[b.length >> 1]! ^= 0x20;
+          writeFileSync(join(bin, f), b);
+        }
+        const forged = new AptSource(line, { keyring: ring });
+        await refused(forged.refresh(), 'INTEGRITY');
+        expect(forged.size).toBe(0);
+        // No such repository: NOT_FOUND, as a 404.
+        await refused(new AptSource(`deb file://${dir}/nowhere bookworm main`, { keyring: ring }).refresh(), 'NOT_FOUND');
+      } finally {
+        globalThis.fetch = fetchWas;
+        over.close();
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
 
     it('reads the release file as Release + Release.gpg when there is no InRelease, and binary or armored keyrings', async () => {

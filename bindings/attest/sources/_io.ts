@@ -9,12 +9,13 @@ import type { Decompress as ZstdDecompressT } from 'fzstd';
 import { VmkitError } from '../../errors.js';
 import { concatBytes, readCapped } from '../../_bytes.js';
 import { pumpXz, xzCommand, type XzChild } from './_xz-child.js';
+import { _fileFetch, _isFileUrl } from './_file-fetch.js';
 
 export { _useSystemXz } from './_xz-child.js';
 
 /** Options every source accepts for its network and size limits. */
 export interface FetchOptions {
-  /** The fetch to use (default: `globalThis.fetch`). */
+  /** The fetch to use (default: `globalThis.fetch`; in Node, file: URLs are read with node:fs). */
   fetch?: typeof fetch;
   /** Largest body or decompressed file accepted, in bytes (default 1 GiB). */
   maxBytes?: number;
@@ -43,7 +44,7 @@ export const DEFAULT_MAX_BYTES: number = 1 << 30;
  * @internal
  */
 export async function httpGet(url: string, opts: FetchOptions & { validators?: Validators; signal?: AbortSignal | undefined } = {}): Promise<HttpResult> {
-  const f = opts.fetch ?? globalThis.fetch;
+  const f = fetchFor(url, opts);
   const max = opts.maxBytes ?? DEFAULT_MAX_BYTES;
   const headers: Record<string, string> = {};
   if (opts.validators?.etag) headers['if-none-match'] = opts.validators.etag;
@@ -86,6 +87,15 @@ export async function httpGet(url: string, opts: FetchOptions & { validators?: V
     throw new VmkitError('NETWORK', `GET ${url}: reading the body failed: ${(e as Error).message}`, { cause: e, path: url });
   }
   return { status: 200, body, ...v };
+}
+
+/**
+ * The fetch for `url`: the caller's, else node:fs for a file: URL in Node (no undici to
+ * load, see _file-fetch.ts), else `globalThis.fetch`.
+ * @internal
+ */
+export function fetchFor(url: string, opts: FetchOptions): typeof fetch {
+  return opts.fetch ?? (_isFileUrl(url) ? (_fileFetch as unknown as typeof fetch) : globalThis.fetch);
 }
 
 /** Reads a stream to its end, refusing more than `max` bytes (LIMIT). */

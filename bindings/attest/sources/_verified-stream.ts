@@ -23,7 +23,7 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
-import { decompressorStream, type Compression, type FetchOptions } from './_io.js';
+import { decompressorStream, fetchFor, type Compression, type FetchOptions } from './_io.js';
 import { pumpXz, xzCommand } from './_xz-child.js';
 import { hexInto } from '../index-store.js';
 
@@ -136,7 +136,7 @@ async function stream(url: string, signed: SignedFile | undefined, kind: Compres
     signed
       ? new VmkitError('INTEGRITY', `${o.id}: ${o.what} is longer than the ${signed.size} bytes the signed release file gives`, { path: o.what })
       : new VmkitError('LIMIT', `GET ${url}: more than the limit of ${own} bytes`, { path: url });
-  const f = o.fetch ?? globalThis.fetch;
+  const f = fetchFor(url, o);
   let res: Response;
   try {
     res = await f(url, { signal: o.signal ?? null, redirect: 'follow' });

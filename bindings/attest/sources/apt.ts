@@ -78,7 +78,8 @@ export function parseAptLine(line: string): AptLine {
   const parts = rest.split(/\s+/).filter(Boolean);
   const [uri, suite, ...components] = parts;
   if (!uri || !suite) throw new VmkitError('ARG_RANGE', `APT source line needs a URI and a suite: ${JSON.stringify(line.slice(0, 80))}`);
-  if (!/^https?:\/\//.test(uri)) throw new VmkitError('ARG_RANGE', `APT source URI must be http(s): ${JSON.stringify(uri)}`);
+  // file: as APT's file method, a local mirror (Node: read with node:fs, _file-fetch.ts).
+  if (!/^(https?:\/\/|file:\/)/.test(uri)) throw new VmkitError('ARG_RANGE', `APT source URI must be http(s) or file: ${JSON.stringify(uri)}`);
   const flat = suite.endsWith('/');
   if (flat && components.length) throw new VmkitError('ARG_RANGE', 'a flat APT repository (suite ending in /) takes no components');
   if (!flat && !components.length) throw new VmkitError('ARG_RANGE', 'APT source line needs at least one component');

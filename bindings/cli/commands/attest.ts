@@ -79,7 +79,13 @@ async function openSources(values: Values, lines: string[] = [...strings(values.
     opts.maxFutureSkewMs = skew * 1000;
   }
   const filePackages = strings(values['files-of']);
-  const [{ openSource }, { SourceSet }] = await Promise.all([import('../../attest/sources/parse-source-line.js'), import('../../attest/service/refresh.js')]);
+  // Only deb lines (as `attest index` of a Debian repository): apt.js alone, without the RPM
+  // source and the XML parser it loads (saxes, ~30 ms of start-up CPU before the first fetch).
+  const onlyDeb = lines.every((l) => l.trim().split(/\s+/, 1)[0] === 'deb');
+  const opener = onlyDeb
+    ? import('../../attest/sources/apt.js').then(({ AptSource }) => ({ openSource: (l: string, o: OpenSourceOptions) => new AptSource(l, o) }))
+    : import('../../attest/sources/parse-source-line.js');
+  const [{ openSource }, { SourceSet }] = await Promise.all([opener, import('../../attest/service/refresh.js')]);
   return new SourceSet(lines.map((l) => openSource(l, opts)), filePackages.length ? { ...setOptions, filePackages } : setOptions);
 }
 
