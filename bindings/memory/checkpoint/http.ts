@@ -25,7 +25,7 @@
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
 import type { CheckpointSource } from './io.js';
-import { _isNode, _nodeFetch } from './_http-node.js';
+import { _isNode, _nodeFetch, type _NodeBody } from './_http-node.js';
 import { _openLocalCacheFile, type LocalCacheOptions, type _LocalCacheFile } from './_local-cache.js';
 import { _sigv4Signer, type SigV4Credentials, type _Signer } from './_sigv4.js';
 
@@ -253,6 +253,15 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
     if (!res.body) {
       if (want === 0) return out;
       throw new RetryableError('empty body');
+    }
+    const into = (res.body as unknown as Partial<_NodeBody>).readInto;
+    if (into) {
+      // The Node transport copies each piece as it arrives (no stream reader promise per piece).
+      const { got, longer } = await into(out, skip, exact);
+      if (exact && longer) throw new VmkitError('NETWORK', `${href}: the response is longer than the range asked for`, { path: href });
+      if (got < want) throw new RetryableError(`short body: ${got} of ${want} bytes`);
+      stats.bytes += want;
+      return out;
     }
     const rd = res.body.getReader();
     let got = 0;
