@@ -262,6 +262,10 @@ http {
     const got = new Uint8Array(mem.length);
     await r.restoreTo(got);
     expect(got).toEqual(changed);
+    // To a file: the absent pages come from the parent, decoded into the window in core memory.
+    const f = join(dir, 'd-restored.bin');
+    await r.restoreTo(f, { windowPages: 8 });
+    expect(new Uint8Array(readFileSync(f))).toEqual(changed);
     await r.close();
   });
 });

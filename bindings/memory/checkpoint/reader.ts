@@ -988,6 +988,10 @@ export class CheckpointReader implements PageSource {
         this.restoreFileSync(fd, win, options.onProgress, fs);
         return;
       }
+      if (this.perPage) {
+        await this.restoreFileAsync(fd, win, hint, options.onProgress, fs);
+        return;
+      }
       const buf = new Uint8Array(win * ps);
       for (let p = 0; p < this.pageCount; p += win) {
         const n = Math.min(win, this.pageCount - p);
@@ -1070,6 +1074,101 @@ export class CheckpointReader implements PageSource {
         onProgress?.((p + n) * ps);
       }
     });
+  }
+
+  /**
+   * The full restore of a version 2 file to a file through asynchronous
+   * reads (a remote source): each run's span is awaited (a window's records
+   * are one prefetched request), then checked and decoded straight into a
+   * window in core memory, and the window is written from there, as
+   * {@link restoreFileSync} does; long zero runs stay holes. The window is a
+   * core allocation of its own, not the shared scratch another reader could
+   * take during an await; each window's runs are listed before the first
+   * await, as a concurrent lazy read reuses `nextRun`'s fields.
+   */
+  private async restoreFileAsync(
+    fd: number,
+    win: number,
+    hint: (p: number) => void,
+    onProgress: ((done: number) => void) | undefined,
+    fs: typeof import('node:fs'),
+  ): Promise<void> {
+    const ps = this.pageSize;
+    let c = core();
+    const cw = c.alloc(win * ps);
+    const gen = c.generation;
+    const runs: number[] = [];
+    try {
+      for (let p = 0; p < this.pageCount; p += win) {
+        const n = Math.min(win, this.pageCount - p);
+        hint(p);
+        if (this.allZero(p, n)) {
+          onProgress?.((p + n) * ps);
+          continue;
+        }
+        runs.length = 0;
+        for (let q = p; q < p + n; ) {
+          const rn = this.nextRun(q, p + n);
+          runs.push(q, rn, this.runKind, this.runBlock);
+          q += rn;
+        }
+        // Pages [seg, q) are decoded and not yet written.
+        const segs: number[] = [];
+        let seg = p;
+        for (let i = 0; i < runs.length; i += 4) {
+          const q = runs[i]!;
+          const rn = runs[i + 1]!;
+          const kind = runs[i + 2]!;
+          const block = runs[i + 3]!;
+          let bytes: Uint8Array | undefined;
+          let lo = 0;
+          let hi = 0;
+          if (kind === PAGE_ABSENT) {
+            bytes = new Uint8Array(rn * ps);
+            await this.parentFor(q).readPagesInto(q, rn, bytes);
+          } else if (kind !== PAGE_ZERO) {
+            this.setSpan(q, rn);
+            lo = this.spanLo;
+            hi = this.spanHi;
+            const at = this.blocks[block]!.offset + lo;
+            if (this.src.readView) bytes = await this.src.readView(at, hi - lo);
+            else await this.src.read(at, (bytes = new Uint8Array(hi - lo)));
+            this.counters.reads++;
+            this.counters.bytesRead += hi - lo;
+          }
+          c = core();
+          // A trap elsewhere reset the core during the await: the window's allocation is gone.
+          if (c.generation !== gen) throw new VmkitError('CORE_TRAP', 'checkpoint restore: the core was reset during the restore');
+          const at = cw + (q - p) * ps;
+          if (kind === PAGE_ZERO) {
+            if (rn >= HOLE_PAGES) {
+              if (q > seg) segs.push(seg, q);
+              seg = q + rn;
+            } else c.u8().fill(0, at, at + rn * ps);
+          } else if (kind === PAGE_ABSENT) c.u8().set(bytes!, at);
+          else {
+            const k = this.coreBufs(c);
+            k.loaded = -1;
+            c.u8().set(bytes!, k.block);
+            k.loaded = block;
+            k.lo = lo;
+            k.hi = hi;
+            this.decodeRun(c, k, block, q, rn, at);
+          }
+        }
+        if (p + n > seg) segs.push(seg, p + n);
+        // Written from core memory, synchronously: no await between the view and the write.
+        for (let i = 0; i < segs.length; i += 2) {
+          const from = cw + (segs[i]! - p) * ps;
+          const len = (segs[i + 1]! - segs[i]!) * ps;
+          let done = 0;
+          while (done < len) done += fs.writeSync(fd, c.u8().subarray(from + done, from + len), 0, len - done, segs[i]! * ps + done);
+        }
+        onProgress?.((p + n) * ps);
+      }
+    } finally {
+      if (core().generation === gen) core().free(cw);
+    }
   }
 
   /** Puts all of block `b` into the core block buffer: from the cache, or read from the source straight into core memory and checked there. */
