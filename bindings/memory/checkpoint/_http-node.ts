@@ -1,6 +1,7 @@
 /**
- * The remote reader's transport in Node: a minimal `fetch` over node:http(s)
- * with keep-alive agents, returning just the part of `Response` that
+ * The remote reader's transport in Node: a minimal `fetch` — `http:` through
+ * `_http-raw.ts` (net sockets reading into a reused buffer), `https:` through
+ * node:https with a keep-alive agent — returning just the part of `Response` that
  * {@link httpSource} uses (status, headers.get, body.getReader/cancel).
  * Why: undici's `fetch` turns every 64 KiB of a body into WHATWG stream
  * promises; reading a 45 MiB checkpoint through it cost 150–400 ms of CPU
@@ -9,23 +10,11 @@
  * @module
  */
 
-type Http = typeof import('node:http');
+import { _rawGet, type _NodeBody } from './_http-raw.js';
 
-/**
- * The body of a {@link _nodeFetch} response: a stream reader as fetch's,
- * and `readInto`, which copies the body into `dst` as it arrives
- * (`data` events: no promise per 64 KiB piece, as a stream reader makes).
- */
-export interface _NodeBody {
-  getReader(): { read(): Promise<{ done: boolean; value: Uint8Array }>; cancel(): Promise<void> };
-  cancel(): Promise<void>;
-  /**
-   * Skips `skip` bytes, then fills `dst`; answers the bytes copied and
-   * whether more followed (with `exact`, read to the end to know; without,
-   * the rest is dropped and the connection closed).
-   */
-  readInto(dst: Uint8Array, skip: number, exact: boolean): Promise<{ got: number; longer: boolean }>;
-}
+export type { _NodeBody } from './_http-raw.js';
+
+type Http = typeof import('node:http');
 
 function readInto(res: import('node:http').IncomingMessage, dst: Uint8Array, skip: number, exact: boolean): Promise<{ got: number; longer: boolean }> {
   return new Promise((resolve, reject) => {
@@ -96,8 +85,10 @@ export function _isNode(): boolean {
  * process alive), so a second reader of the same server skips the handshake.
  */
 export async function _nodeFetch(url: string, init: { headers: Record<string, string>; signal: AbortSignal }): Promise<Response> {
-  const m = await load();
   const u = new URL(url);
+  // Plain HTTP: sockets reading into a reused buffer, parsed here (a quarter of node:http's CPU per byte).
+  if (u.protocol === 'http:') return _rawGet(u, init.headers, init.signal);
+  const m = await load();
   const mod = u.protocol === 'https:' ? m.https : m.http;
   let agent = m.agents.get(u.protocol);
   if (!agent) m.agents.set(u.protocol, (agent = new mod.Agent({ keepAlive: true })));

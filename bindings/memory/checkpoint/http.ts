@@ -314,6 +314,7 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
         if (sign) headers = await sign(href, headers);
         res = await doFetch(href, { headers, signal: ac.signal, cache: 'no-store' });
       } catch (e) {
+        if (e instanceof VmkitError) throw e;
         throw new RetryableError(`${(e as Error)?.message ?? String(e)}`);
       }
       if (res.status === 206) {
