@@ -5,13 +5,15 @@
  *
  * ```
  *  <dir>/<32 hex: SHA-256 of url, validator, size>/<position>-<length>
- *  entry: "VMKRANGE" | position u64 | length u64 | SHA-256 of the bytes (32) | key tag (8) | bytes
+ *  entry: "VMKRANGE" | position u64 | length u64 | xxHash32 of the bytes | 28 zero bytes | key tag (8) | bytes
  * ```
  *
  * An entry is used only under the validator (strong ETag, else
  * Last-Modified) and size the open saw, so a replaced checkpoint never
- * reads another file's bytes; every read checks the entry's SHA-256, and a
- * bad one is removed and fetched again. The bytes of all entries stay under
+ * reads another file's bytes; every read checks the entry's header and
+ * xxHash32 (damage, a torn or truncated write; an unkeyed hash of any length
+ * would not stop someone who can write the directory), and a bad entry is
+ * removed and fetched again. The bytes of all entries stay under
  * `maxBytes`: the least recently used go first (in this process by use; at
  * open by modification time, which a hit refreshes in Node).
  * @module
@@ -20,6 +22,7 @@ import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
 import { toHex } from '../../_hex.js';
 import { _openLocalStore, type _LocalStore } from './_local-store.js';
+import { xxh32Of } from './_codec.js';
 
 /**
  * A local cache for {@link httpSource}: `dir` is a filesystem path in Node
@@ -179,15 +182,13 @@ export async function _openLocalCacheFile(
   const writes = new Set<Promise<void>>();
   let corrupt = 0;
 
-  const check = async (e: Entry, raw: Uint8Array | undefined): Promise<Uint8Array | undefined> => {
+  const check = (e: Entry, raw: Uint8Array | undefined): Uint8Array | undefined => {
     if (!raw || raw.length !== HEAD + (e.end - e.at)) return undefined;
     for (let i = 0; i < 8; i++) if (raw[i] !== MAGIC[i] || raw[56 + i] !== tag[i]) return undefined;
     const dv = new DataView(raw.buffer, raw.byteOffset, HEAD);
     if (Number(dv.getBigUint64(8, true)) !== e.at || Number(dv.getBigUint64(16, true)) !== e.end - e.at) return undefined;
     const body = raw.subarray(HEAD);
-    const h = await sha256(body);
-    for (let i = 0; i < 32; i++) if (h[i] !== raw[24 + i]) return undefined;
-    return body;
+    return xxh32Of(body) === dv.getUint32(24, true) ? body : undefined;
   };
 
   return {
@@ -201,7 +202,7 @@ export async function _openLocalCacheFile(
       const e = cache.find(sub, position, end);
       if (!e) return undefined;
       const raw = await cache.store.read(sub, e.name);
-      const body = await check(e, raw);
+      const body = check(e, raw);
       if (!body) {
         // Missing (another process evicted it) or bad: forget it; only a present, bad entry is counted.
         if (raw) corrupt++;
@@ -221,7 +222,7 @@ export async function _openLocalCacheFile(
         const dv = new DataView(raw.buffer);
         dv.setBigUint64(8, BigInt(position), true);
         dv.setBigUint64(16, BigInt(bytes.length), true);
-        raw.set(await sha256(bytes), 24);
+        dv.setUint32(24, xxh32Of(bytes), true);
         raw.set(tag, 56);
         raw.set(bytes, HEAD);
         await cache.store.write(sub, e.name, raw);
