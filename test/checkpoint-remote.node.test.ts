@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,9 +34,9 @@ async function checkpoint(mem: Uint8Array, blockSize = 256 << 10, formatVersion?
   return sink.bytes();
 }
 
-function run(args: string[]): Promise<{ status: number | null; stdout: Buffer; stderr: string }> {
+function run(args: string[], env: Record<string, string> = {}): Promise<{ status: number | null; stdout: Buffer; stderr: string }> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [bin, ...args]);
+    const p = spawn(process.execPath, [bin, ...args], { env: { ...process.env, ...env } });
     const out: Buffer[] = [];
     let err = '';
     p.stdout.on('data', (d: Buffer) => out.push(d));
@@ -196,6 +196,19 @@ http {
     const nf = await run(['checkpoint', 'inspect', `${base}/nope.ckpt`, '--json']);
     expect(nf.status).not.toBe(0);
     expect(nf.stderr + nf.stdout.toString()).toMatch(/NOT_FOUND/);
+    // --cache-dir: the fetched ranges stay on the host, under --cache-max; a second restore reads them.
+    const cacheDir = join(dir, 'cli-cache');
+    for (let i = 0; i < 2; i++) {
+      rmSync(out, { force: true });
+      const rc = await run(['checkpoint', 'restore', `${base}/big.ckpt`, out, '--cache-dir', cacheDir, '--cache-max', '64M']);
+      expect(rc.status, rc.stderr).toBe(0);
+      expect(new Uint8Array(readFileSync(out))).toEqual(big);
+    }
+    const entries = readdirSync(cacheDir).flatMap((d) => readdirSync(join(cacheDir, d)));
+    expect(entries.length).toBeGreaterThan(0);
+    const sv = await run(['checkpoint', 'inspect', `${base}/a.ckpt`, '--sigv4'], { AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '' });
+    expect(sv.status).not.toBe(0);
+    expect(sv.stderr).toMatch(/ARG_RANGE.*AWS_ACCESS_KEY_ID/s);
   });
 
   it('LazyGuestMemory, replay policy: the working set in one request per 64 KiB it touches or fewer', async () => {
