@@ -198,12 +198,18 @@ http {
     expect(nf.stderr + nf.stdout.toString()).toMatch(/NOT_FOUND/);
     // --cache-dir: the fetched ranges stay on the host, under --cache-max; a second restore reads them.
     const cacheDir = join(dir, 'cli-cache');
+    const made: number[] = [];
     for (let i = 0; i < 2; i++) {
       rmSync(out, { force: true });
+      const before = requests();
       const rc = await run(['checkpoint', 'restore', `${base}/big.ckpt`, out, '--cache-dir', cacheDir, '--cache-max', '64M']);
       expect(rc.status, rc.stderr).toBe(0);
       expect(new Uint8Array(readFileSync(out))).toEqual(big);
+      made.push(requests() - before);
     }
+    // The second process asked nginx only for the open's header and tail.
+    expect(made[0]).toBeGreaterThan(2);
+    expect(made[1]).toBe(2);
     const entries = readdirSync(cacheDir).flatMap((d) => readdirSync(join(cacheDir, d)));
     expect(entries.length).toBeGreaterThan(0);
     const sv = await run(['checkpoint', 'inspect', `${base}/a.ckpt`, '--sigv4'], { AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '' });

@@ -61,6 +61,9 @@ class LocalCache {
   readonly store: _LocalStore;
   maxBytes: number;
   private readonly entries = new Map<string, Entry>();
+  /** The entries of each checkpoint, and each by its start (a span read again starts where it did). */
+  private readonly bySub = new Map<string, Set<Entry>>();
+  private readonly byStart = new Map<string, Entry>();
   private total = 0;
 
   constructor(store: _LocalStore, maxBytes: number) {
@@ -73,15 +76,16 @@ class LocalCache {
     listed.sort((a, b) => a.used - b.used);
     for (const e of listed) {
       const [a, n] = e.name.split('-').map(Number) as [number, number];
-      this.entries.set(`${e.sub}/${e.name}`, { sub: e.sub, name: e.name, at: a, end: a + n, size: e.size });
-      this.total += e.size;
+      this.add({ sub: e.sub, name: e.name, at: a, end: a + n, size: e.size }, false);
     }
     this.evict();
   }
 
   /** Entries of `sub` holding `[position, end)`. */
   find(sub: string, position: number, end: number): Entry | undefined {
-    for (const e of this.entries.values()) if (e.sub === sub && e.at <= position && end <= e.end) return e;
+    const s = this.byStart.get(`${sub}/${position}`);
+    if (s && end <= s.end) return s;
+    for (const e of this.bySub.get(sub) ?? []) if (e.at <= position && end <= e.end) return e;
     return undefined;
   }
 
@@ -100,6 +104,8 @@ class LocalCache {
     if (this.entries.get(k) === e) {
       this.entries.delete(k);
       this.total -= e.size;
+      this.bySub.get(e.sub)?.delete(e);
+      if (this.byStart.get(`${e.sub}/${e.at}`) === e) this.byStart.delete(`${e.sub}/${e.at}`);
     }
     const p = this.store.remove(e.sub, e.name).catch(() => {});
     this.removing.add(p);
@@ -107,14 +113,21 @@ class LocalCache {
     return p;
   }
 
-  add(e: Entry): void {
+  add(e: Entry, evict = true): void {
     const k = `${e.sub}/${e.name}`;
     const old = this.entries.get(k);
-    if (old) this.total -= old.size;
+    if (old) {
+      this.total -= old.size;
+      this.bySub.get(old.sub)?.delete(old);
+    }
     this.entries.delete(k);
     this.entries.set(k, e);
+    let set = this.bySub.get(e.sub);
+    if (!set) this.bySub.set(e.sub, (set = new Set()));
+    set.add(e);
+    this.byStart.set(`${e.sub}/${e.at}`, e);
     this.total += e.size;
-    this.evict(e);
+    if (evict) this.evict(e);
   }
 
   private evict(keep?: Entry): void {
