@@ -174,9 +174,10 @@ export async function _rawGet(url: URL, headers: Record<string, string>, signal:
     c.sock.destroy();
     throw e;
   }
-  return new Promise<Response>((resolve, reject) => {
+  const answer = new Promise<Response>((resolve, reject) => {
     let headBuf: Buffer | undefined;
     let settled = false;
+    let heard = false;
     // The body: framing, progress, and where its bytes go.
     let mode: 'length' | 'chunked' | 'close' | 'none' = 'none';
     let left = 0;
@@ -263,6 +264,7 @@ export async function _rawGet(url: URL, headers: Record<string, string>, signal:
       }
     };
     const head = (b: Uint8Array): void => {
+      heard = true;
       const all = headBuf ? Buffer.concat([headBuf, b]) : Buffer.from(b);
       const at = all.indexOf('\r\n\r\n');
       if (at < 0 || at > MAX_HEAD) {
@@ -354,8 +356,10 @@ export async function _rawGet(url: URL, headers: Record<string, string>, signal:
         if (ended) return;
         pending.length = 0;
         if (mode === 'length' && left <= DRAIN_MAX) {
-          // A small rest (an error page) is read and dropped: the connection is kept.
+          // A small rest (an error page) is read and dropped: the connection is kept. Unref'd: a server
+          // that never sends the rest must not keep the process alive.
           sink = { data() {}, end() {}, fail() {} };
+          c.sock.unref();
           c.sock.resume();
           return;
         }
@@ -400,11 +404,23 @@ export async function _rawGet(url: URL, headers: Record<string, string>, signal:
       if (rest.length) body(rest);
     };
     c.feed = head;
+    c.onFail = (e) => fail(reused && !heard ? new StaleConnection(e.message) : e);
     c.onEnd = () => {
+      if (reused && !heard) return fail(new StaleConnection('closed by the server'));
       if (mode === 'close' && settled) finish();
-      else fail(new Error(reused && !settled && headBuf === undefined ? 'the server closed a kept-alive connection' : 'connection closed before the response ended'));
+      else fail(new Error('connection closed before the response ended'));
     };
-    c.onFail = fail;
     c.sock.write(req);
   });
+  try {
+    return await answer;
+  } catch (e) {
+    // A kept-alive connection the server closed while it was idle: the request was never answered,
+    // so it is sent again on another connection (a fresh one at worst), without the caller's backoff.
+    if (e instanceof StaleConnection) return _rawGet(url, headers, signal);
+    throw e;
+  }
 }
+
+/** A reused connection that failed before any byte of the answer. */
+class StaleConnection extends Error {}
