@@ -138,6 +138,10 @@ const COALESCE_MAX = 4 << 20;
 const REQUEST_PER = 64 << 10;
 /** Zero runs at least this long are left as holes by a restore to a file, not written. */
 const HOLE_PAGES = 16;
+/** A remote restore merges the record spans of consecutive windows into requests of up to this many bytes. */
+const RESTORE_MERGE = 2 << 20;
+/** …when the gap between one window's records and the next's is at most this. */
+const RESTORE_GAP = 64 << 10;
 
 /** The reader's buffers in core memory: which block (and which byte span of it) `block` holds. */
 interface CoreBufs {
@@ -952,13 +956,36 @@ export class CheckpointReader implements PageSource {
         while (a.spans.length > 0 && a.spans[0]![0] < p) a.spans.shift();
         const budget = Math.max(1, (r.src.prefetchBytes ?? 0) / 2);
         let inFlight = a.spans.reduce((n, s) => n + s[1], 0);
-        for (; a.next < this.pageCount && (a.next <= p || inFlight < budget); a.next += win) {
-          const span = r.recordSpan(a.next, Math.min(win, this.pageCount - a.next));
-          // Records far apart (pages saved out of order) are read run by run instead.
-          if (!span || span[1] - span[0] > 2 * win * ps) continue;
-          r.src.prefetch(span[0], span[1] - span[0]);
-          a.spans.push([a.next, span[1] - span[0]]);
-          inFlight += span[1] - span[0];
+        while (a.next < this.pageCount && (a.next <= p || inFlight < budget)) {
+          // The window needed now is fetched alone (its decoding starts sooner); windows ahead whose records
+          // follow each other go in one request of up to RESTORE_MERGE bytes: fewer, longer requests keep a
+          // long round trip's worth of bytes in flight over the same few connections.
+          const now = a.next <= p;
+          let lo = -1;
+          let hi = -1;
+          let last = a.next;
+          while (a.next < this.pageCount) {
+            const span = r.recordSpan(a.next, Math.min(win, this.pageCount - a.next));
+            if (span === undefined) {
+              // A window with no records (all zero, or all in the parent): nothing to fetch, merging goes on.
+              a.next += win;
+              if (now) break;
+              continue;
+            }
+            // Records far apart (pages saved out of order) are read run by run instead.
+            const usable = span[1] - span[0] <= 2 * win * ps;
+            if (lo >= 0 && (!usable || span[0] < hi || span[0] - hi > RESTORE_GAP || span[1] - lo > RESTORE_MERGE)) break;
+            a.next += win;
+            if (!usable) break;
+            if (lo < 0) lo = span[0];
+            hi = span[1];
+            last = a.next - win;
+            if (now) break;
+          }
+          if (lo < 0) continue;
+          r.src.prefetch(lo, hi - lo);
+          a.spans.push([last, hi - lo]);
+          inFlight += hi - lo;
         }
       }
     };
