@@ -177,15 +177,17 @@ describe('the http: transport (net sockets, its own response parser)', () => {
     expect((e as VmkitError).code).toBe('ARG_RANGE');
   });
 
-  it('a kept-alive connection the server drops unanswered: the request goes again on a new one', async () => {
+  it('a kept-alive connection the server drops unanswered fails that request (the source retries); the next gets a new one', async () => {
     const st = await scripted((_h, s, n) => {
       if (n === 2) s.destroy();
       else s.write(`HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n${n}`);
     });
     expect(Buffer.from((await body(await _rawGet(st.url, {}, signal()), 1)).bytes).toString()).toBe('1');
+    await expect(_rawGet(st.url, {}, signal())).rejects.toThrow(/without answering/);
     const again = await _rawGet(st.url, {}, signal());
     expect(Buffer.from((await body(again, 1)).bytes).toString()).toBe('3');
     expect(st.connections).toBe(2);
+    expect(st.requests.length).toBe(3);
   });
 
   it('an abort ends a request whose answer never comes', async () => {

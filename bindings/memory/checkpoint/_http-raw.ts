@@ -404,23 +404,15 @@ export async function _rawGet(url: URL, headers: Record<string, string>, signal:
       if (rest.length) body(rest);
     };
     c.feed = head;
-    c.onFail = (e) => fail(reused && !heard ? new StaleConnection(e.message) : e);
+    // A kept-alive connection closed before any byte of the answer is an error like any other (the
+    // caller retries, with backoff): sending the request again here would also repeat it against a
+    // server that drops it on purpose.
+    c.onFail = fail;
     c.onEnd = () => {
-      if (reused && !heard) return fail(new StaleConnection('closed by the server'));
       if (mode === 'close' && settled) finish();
-      else fail(new Error('connection closed before the response ended'));
+      else fail(new Error(reused && !heard ? 'the server closed a kept-alive connection without answering' : 'connection closed before the response ended'));
     };
     c.sock.write(req);
   });
-  try {
-    return await answer;
-  } catch (e) {
-    // A kept-alive connection the server closed while it was idle: the request was never answered,
-    // so it is sent again on another connection (a fresh one at worst), without the caller's backoff.
-    if (e instanceof StaleConnection) return _rawGet(url, headers, signal);
-    throw e;
-  }
+  return answer;
 }
-
-/** A reused connection that failed before any byte of the answer. */
-class StaleConnection extends Error {}
