@@ -5,7 +5,9 @@
 // to an object store: CORS with a preflight (If-Match is not a safelisted
 // header) and ETag/Content-Range exposed. `?mode=ignore-range` answers 200
 // with the whole body; `?swap=1` serves another body (and ETag) after the
-// next PUT to /swap/<name>.
+// next PUT to /swap/<name>; `?auth=sigv4` answers 403 to a GET without a
+// SigV4 Authorization (its form only: test/checkpoint-sigv4.node.test.ts
+// checks the signatures themselves with botocore).
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { TestProject } from 'vitest/node';
@@ -22,7 +24,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const cors = {
     'access-control-allow-origin': '*',
     'access-control-allow-methods': 'GET, PUT, OPTIONS',
-    'access-control-allow-headers': 'Range, If-Match, If-Unmodified-Since, Content-Type',
+    'access-control-allow-headers': 'Range, If-Match, If-Unmodified-Since, Content-Type, Authorization, X-Amz-Date, X-Amz-Content-Sha256, X-Amz-Security-Token',
     'access-control-expose-headers': 'ETag, Content-Range, Content-Length',
     'access-control-max-age': '600',
   };
@@ -42,6 +44,14 @@ export default async function setup(project: TestProject): Promise<() => Promise
         res.writeHead(201, cors).end();
       });
       return;
+    }
+    if (url.searchParams.get('auth') === 'sigv4') {
+      const auth = String(req.headers.authorization ?? '');
+      const ok =
+        /^AWS4-HMAC-SHA256 Credential=[^/]+\/\d{8}\/[a-z0-9-]+\/s3\/aws4_request, ?SignedHeaders=[a-z0-9;-]+, ?Signature=[0-9a-f]{64}$/.test(auth) &&
+        /SignedHeaders=([^,]*;)?range;/.test(auth) &&
+        /^\d{8}T\d{6}Z$/.test(String(req.headers['x-amz-date'] ?? ''));
+      if (!ok) return void res.writeHead(403, cors).end();
     }
     const f = files.get(url.pathname);
     if (!f) return void res.writeHead(404, cors).end();

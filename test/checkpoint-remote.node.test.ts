@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,9 +34,9 @@ async function checkpoint(mem: Uint8Array, blockSize = 256 << 10, formatVersion?
   return sink.bytes();
 }
 
-function run(args: string[]): Promise<{ status: number | null; stdout: Buffer; stderr: string }> {
+function run(args: string[], env: Record<string, string> = {}): Promise<{ status: number | null; stdout: Buffer; stderr: string }> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [bin, ...args]);
+    const p = spawn(process.execPath, [bin, ...args], { env: { ...process.env, ...env } });
     const out: Buffer[] = [];
     let err = '';
     p.stdout.on('data', (d: Buffer) => out.push(d));
@@ -196,6 +196,25 @@ http {
     const nf = await run(['checkpoint', 'inspect', `${base}/nope.ckpt`, '--json']);
     expect(nf.status).not.toBe(0);
     expect(nf.stderr + nf.stdout.toString()).toMatch(/NOT_FOUND/);
+    // --cache-dir: the fetched ranges stay on the host, under --cache-max; a second restore reads them.
+    const cacheDir = join(dir, 'cli-cache');
+    const made: number[] = [];
+    for (let i = 0; i < 2; i++) {
+      rmSync(out, { force: true });
+      const before = requests();
+      const rc = await run(['checkpoint', 'restore', `${base}/big.ckpt`, out, '--cache-dir', cacheDir, '--cache-max', '64M']);
+      expect(rc.status, rc.stderr).toBe(0);
+      expect(new Uint8Array(readFileSync(out))).toEqual(big);
+      made.push(requests() - before);
+    }
+    // The second process asked nginx only for the open's header and tail.
+    expect(made[0]).toBeGreaterThan(2);
+    expect(made[1]).toBe(2);
+    const entries = readdirSync(cacheDir).flatMap((d) => readdirSync(join(cacheDir, d)));
+    expect(entries.length).toBeGreaterThan(0);
+    const sv = await run(['checkpoint', 'inspect', `${base}/a.ckpt`, '--sigv4'], { AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '' });
+    expect(sv.status).not.toBe(0);
+    expect(sv.stderr).toMatch(/ARG_RANGE.*AWS_ACCESS_KEY_ID/s);
   });
 
   it('LazyGuestMemory, replay policy: the working set in one request per 64 KiB it touches or fewer', async () => {
@@ -262,6 +281,10 @@ http {
     const got = new Uint8Array(mem.length);
     await r.restoreTo(got);
     expect(got).toEqual(changed);
+    // To a file: the absent pages come from the parent, decoded into the window in core memory.
+    const f = join(dir, 'd-restored.bin');
+    await r.restoreTo(f, { windowPages: 8 });
+    expect(new Uint8Array(readFileSync(f))).toEqual(changed);
     await r.close();
   });
 });
@@ -398,7 +421,9 @@ describe('hostile servers', () => {
     for (const honour of [true, false]) {
       const h = await serve(bigFile);
       h.honourIfMatch = honour;
-      const r = await CheckpointReader.open(h.url, { http: { suffixBytes: TAIL } });
+      // A 1 MiB cache keeps the windows ahead to 512 KiB, so windows are fetched after the swap whatever the
+      // transport's speed (with the default 16 MiB, all of this 4.5 MiB file's windows could be in before it).
+      const r = await CheckpointReader.open(h.url, { http: { suffixBytes: TAIL, cacheBytes: 1 << 20 } });
       const other = await checkpoint(guestImage(4096, 99), 1 << 20);
       let windows = 0;
       const e = await r

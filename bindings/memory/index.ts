@@ -36,7 +36,7 @@ export type { PageStoreOptions, StoreSaveStats, StoreGcStats, StoreCheckpoint } 
 export type { HttpStoreOptions } from './checkpoint/store-http.js';
 export { httpPartsSink, httpPartsSource } from './checkpoint/remote-parts.js';
 export type { HttpPartsSinkOptions, HttpPartsStats } from './checkpoint/remote-parts.js';
-export type { HttpSourceOptions, HttpSourceStats, HttpCheckpointSource } from './checkpoint/http.js';
+export type { HttpSourceOptions, HttpSourceStats, HttpCheckpointSource, LocalCacheOptions, SigV4Credentials } from './checkpoint/http.js';
 export { CHECKPOINT_MAGIC, CHECKPOINT_VERSION, DEFAULT_BLOCK_SIZE } from './checkpoint/format.js';
 export type { CheckpointHeader, CheckpointCodec } from './checkpoint/format.js';
 export { PrefetchEngine, coalesce, MAX_MAP, MAX_WINDOW, UNMAPPED, createPolicy, POLICY_NAMES, simulate } from './prefetch/index.js';

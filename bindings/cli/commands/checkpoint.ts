@@ -8,7 +8,7 @@ import { dirname, relative, resolve } from 'node:path';
 import { VmkitError } from '../../errors.js';
 import { CheckpointReader } from '../../memory/checkpoint/reader.js';
 import type { CheckpointStats } from '../../memory/checkpoint/writer.js';
-import { isHttpUrl } from '../../memory/checkpoint/http.js';
+import { isHttpUrl, type HttpSourceOptions } from '../../memory/checkpoint/http.js';
 import { emit, formatBytes, parse, parseSize, parseU64, Progress, type CliIO, type Command } from '../_common.js';
 
 // Each subcommand loads what only it uses (the writer, the page store, the QEMU stream codecs: 17 of
@@ -27,10 +27,10 @@ const WINDOW = 4 << 20;
  * Opens a checkpoint file or URL; a URL that holds a parts manifest (what
  * `save <image> <url>` uploads) rather than a checkpoint is read through its parts.
  */
-async function openCheckpoint(target: string): Promise<CheckpointReader> {
+async function openCheckpoint(target: string, http: HttpSourceOptions = {}): Promise<CheckpointReader> {
   if (!isHttpUrl(target)) return CheckpointReader.open(target);
   try {
-    return await CheckpointReader.open(target);
+    return await CheckpointReader.open(target, { http });
   } catch (e) {
     if (!(e instanceof VmkitError && e.code === 'CORRUPT')) throw e;
     let src;
@@ -206,14 +206,40 @@ async function gc(argv: string[], io: CliIO): Promise<number> {
   return 0;
 }
 
+/** The options every reading subcommand takes for an http(s) <checkpoint>. */
+const REMOTE_OPTS = { 'cache-dir': { type: 'string' }, 'cache-max': { type: 'string' }, sigv4: { type: 'boolean' } } as const;
+
+/**
+ * The remote reader's options from `--cache-dir`, `--cache-max` and
+ * `--sigv4` (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+ * AWS_SESSION_TOKEN and AWS_REGION or AWS_DEFAULT_REGION).
+ */
+function remoteOptions(values: Record<string, unknown>): HttpSourceOptions {
+  const o: HttpSourceOptions = {};
+  if (values['cache-max'] !== undefined && values['cache-dir'] === undefined) throw new VmkitError('ARG_RANGE', '--cache-max needs --cache-dir');
+  if (typeof values['cache-dir'] === 'string') {
+    o.localCache = { dir: values['cache-dir'] };
+    if (typeof values['cache-max'] === 'string') o.localCache.maxBytes = parseSize(values['cache-max'], '--cache-max');
+  }
+  if (values.sigv4 === true) {
+    const env = process.env;
+    if (!env.AWS_ACCESS_KEY_ID || !env.AWS_SECRET_ACCESS_KEY) throw new VmkitError('ARG_RANGE', '--sigv4 needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment');
+    o.sigv4 = { accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY };
+    if (env.AWS_SESSION_TOKEN) o.sigv4.sessionToken = env.AWS_SESSION_TOKEN;
+    const region = env.AWS_REGION || env.AWS_DEFAULT_REGION;
+    if (region) o.sigv4.region = region;
+  }
+  return o;
+}
+
 async function restore(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, { force: { type: 'boolean' }, store: { type: 'string' } });
+  const { values, positionals } = parse(argv, { force: { type: 'boolean' }, store: { type: 'string' }, ...REMOTE_OPTS });
   const [ckpt, image] = positionals;
   if (!ckpt || !image || positionals.length > 2) throw new VmkitError('ARG_RANGE', 'restore needs <checkpoint> <memory-image>');
   refuseOverwrite(image, values.force);
   if (values.store !== undefined) return storeRestore(values.store as string, ckpt, image, values.json === true, io);
   const started = performance.now();
-  const r = await openCheckpoint(ckpt);
+  const r = await openCheckpoint(ckpt, remoteOptions(values));
   const size = Number(r.guestSize);
   const bar = new Progress(io, 'restore', size, !values.json);
   try {
@@ -231,10 +257,10 @@ async function restore(argv: string[], io: CliIO): Promise<number> {
 }
 
 async function inspect(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, {});
+  const { values, positionals } = parse(argv, { ...REMOTE_OPTS });
   const [ckpt] = positionals;
   if (!ckpt || positionals.length > 1) throw new VmkitError('ARG_RANGE', 'inspect needs <checkpoint>');
-  const r = await openCheckpoint(ckpt);
+  const r = await openCheckpoint(ckpt, remoteOptions(values));
   const i = r.info();
   await r.close();
   emit(io, values.json, { checkpoint: ckpt, ...i }, () =>
@@ -251,7 +277,7 @@ async function inspect(argv: string[], io: CliIO): Promise<number> {
 }
 
 async function readPage(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parse(argv, { out: { type: 'string', short: 'o' }, force: { type: 'boolean' } });
+  const { values, positionals } = parse(argv, { out: { type: 'string', short: 'o' }, force: { type: 'boolean' }, ...REMOTE_OPTS });
   const [ckpt, addr] = positionals;
   if (!ckpt || positionals.length !== 2) throw new VmkitError('ARG_RANGE', 'read-page needs <checkpoint> <gpa>');
   const gpa = parseU64(addr, '<gpa>');
@@ -261,7 +287,7 @@ async function readPage(argv: string[], io: CliIO): Promise<number> {
     throw new VmkitError('ARG_RANGE', 'read-page writes binary: give -o <file>, redirect stdout, or pass --json');
   }
   if (out !== undefined) refuseOverwrite(out, values.force);
-  const r = await openCheckpoint(ckpt);
+  const r = await openCheckpoint(ckpt, remoteOptions(values));
   try {
     if (gpa >= r.guestSize) throw new VmkitError('ARG_RANGE', `gpa 0x${gpa.toString(16)} is past the guest's ${r.guestSize} bytes`);
     const pageNo = Number(gpa / BigInt(r.pageSize));

@@ -15,7 +15,9 @@ export const help: CommandHelp = {
   summary: 'save, restore and inspect memory checkpoints (LZ4 blocks, lazy reads)',
   about: `A memory image is raw guest-physical memory, as QEMU's pmemsave writes it (or \`vmkit pagetable sample\` makes one).
 restore, inspect and read-page also take an http(s) URL for <checkpoint> (nginx, an S3-compatible gateway, a CDN:
-any server that honours Range): the header, footer and index are read once, then pages on demand.`,
+any server that honours Range): the header, footer and index are read once, then pages on demand.
+For a URL, --cache-dir <dir> keeps fetched ranges in a bounded local cache (--cache-max SIZE, default 1G) and --sigv4
+signs the requests (AWS SigV4) with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY[, AWS_SESSION_TOKEN, AWS_REGION].`,
   subcommands: {
     save: {
       summary: 'write a raw guest memory image as a checkpoint',
@@ -40,25 +42,25 @@ at <url> (docs/checkpoint-format.md, "Remote writing"); restore, inspect and rea
     },
     restore: {
       summary: 'write the full memory image back (following the parent chain)',
-      synopsis: '<checkpoint> <memory-image> [--force] [--json]',
+      synopsis: '<checkpoint> <memory-image> [--force] [--cache-dir <dir> [--cache-max SIZE]] [--sigv4] [--json]',
       about: 'An existing <memory-image> is refused unless --force.',
-      options: [['--force', 'overwrite an existing <memory-image>'], ['--store <dir|url>', 'restore checkpoint <name> (the first argument) from a shared page store'], JSON_OPTION],
+      options: [['--force', 'overwrite an existing <memory-image>'], ['--store <dir|url>', 'restore checkpoint <name> (the first argument) from a shared page store'], ['--cache-dir <dir>', 'for a URL: keep fetched ranges in this local cache'], ['--cache-max SIZE', 'bound of --cache-dir (default 1G)'], ['--sigv4', 'for a URL: sign requests with the AWS_* credentials'], JSON_OPTION],
       example: 'vmkit checkpoint restore vm.ckpt restored.mem',
       exits: EXITS,
     },
     inspect: {
       summary: 'pages, zero pages, stored pages, blocks, file bytes, chain',
-      synopsis: '<checkpoint> [--json]',
-      options: [JSON_OPTION],
+      synopsis: '<checkpoint> [--cache-dir <dir> [--cache-max SIZE]] [--sigv4] [--json]',
+      options: [['--cache-dir <dir>', 'for a URL: keep fetched ranges in this local cache'], ['--cache-max SIZE', 'bound of --cache-dir (default 1G)'], ['--sigv4', 'for a URL: sign requests with the AWS_* credentials'], JSON_OPTION],
       example: 'vmkit checkpoint inspect vm.ckpt --json',
       exits: EXITS,
     },
     'read-page': {
       summary: 'the raw page holding a guest-physical address',
-      synopsis: '<checkpoint> <gpa> [-o <file> [--force]] [--json]',
+      synopsis: '<checkpoint> <gpa> [-o <file> [--force]] [--cache-dir <dir> [--cache-max SIZE]] [--sigv4] [--json]',
       about: `Writes the page's bytes to -o <file> or to a redirected stdout; binary is never written to a terminal.
 With --json prints {gpa, page, pageSize, hex} instead.`,
-      options: [['-o, --out <file>', 'write the page to <file>'], ['--force', 'overwrite an existing -o <file>'], ['--json, --output=json', 'the page as JSON (hex) on stdout']],
+      options: [['-o, --out <file>', 'write the page to <file>'], ['--force', 'overwrite an existing -o <file>'], ['--cache-dir <dir>', 'for a URL: keep fetched ranges in this local cache'], ['--cache-max SIZE', 'bound of --cache-dir (default 1G)'], ['--sigv4', 'for a URL: sign requests with the AWS_* credentials'], ['--json, --output=json', 'the page as JSON (hex) on stdout']],
       example: 'vmkit checkpoint read-page vm.ckpt 0x1000 -o page.bin',
       exits: EXITS,
     },

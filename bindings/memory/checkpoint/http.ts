@@ -9,6 +9,8 @@
  *  a page: GET Range: bytes=a-b     one request per run of records (the reader's span)
  *          If-Match: "<etag>"       412, another ETag or another size: INTEGRITY
  *  prefetch(position, length): the span is fetched in the background; reads inside it wait for it
+ *  a span: memory cache → local cache (localCache: a directory, OPFS) → the server (then kept in both)
+ *  sigv4:  every request signed (Authorization, x-amz-date; Range and If-Match among the signed headers)
  * ```
  *
  * Every response is read into a buffer of the size asked for, never more: a
@@ -23,7 +25,12 @@
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
 import type { CheckpointSource } from './io.js';
-import { _isNode, _nodeFetch } from './_http-node.js';
+import { _isNode, _nodeFetch, type _NodeBody } from './_http-node.js';
+import { _openLocalCacheFile, type LocalCacheOptions, type _LocalCacheFile } from './_local-cache.js';
+import { _sigv4Signer, type SigV4Credentials, type _Signer } from './_sigv4.js';
+
+export type { LocalCacheOptions } from './_local-cache.js';
+export type { SigV4Credentials } from './_sigv4.js';
 
 /**
  * Options of {@link httpSource} (and `CheckpointReader.open(url, { http })`).
@@ -59,6 +66,14 @@ export interface HttpSourceOptions {
   maxUnrangedBytes?: number;
   /** Requests in flight at once; more wait their turn (default 6, a browser's per-host limit). */
   maxConcurrent?: number;
+  /**
+   * A bounded cache of fetched ranges on this host, beside the memory one: a
+   * directory in Node, an OPFS directory in a browser. Used only when the
+   * server sends a strong ETag or a Last-Modified to key it by.
+   */
+  localCache?: LocalCacheOptions;
+  /** Signs every request with AWS Signature Version 4 (a private S3 or S3-compatible bucket); unsigned without it. */
+  sigv4?: SigV4Credentials;
 }
 
 /**
@@ -78,6 +93,10 @@ export interface HttpSourceStats {
   retries: number;
   /** Reads served from the cache (or from a prefetch in flight). */
   cacheHits: number;
+  /** Spans read from the local cache ({@link HttpSourceOptions.localCache}) instead of the network. */
+  localHits: number;
+  /** Local cache entries found damaged (removed, and the span fetched again). */
+  localCorrupt: number;
 }
 
 /**
@@ -192,7 +211,9 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
     if (next) next();
     else running--;
   };
-  const stats: HttpSourceStats = { requests: 0, bytes: 0, retries: 0, cacheHits: 0 };
+  const stats: HttpSourceStats = { requests: 0, bytes: 0, retries: 0, cacheHits: 0, localHits: 0, localCorrupt: 0 };
+  const sign: _Signer | undefined = options.sigv4 !== undefined ? await _sigv4Signer(options.sigv4) : undefined;
+  let local: _LocalCacheFile | undefined;
 
   let size = -1;
   let etag: string | undefined;
@@ -232,6 +253,15 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
     if (!res.body) {
       if (want === 0) return out;
       throw new RetryableError('empty body');
+    }
+    const into = (res.body as unknown as Partial<_NodeBody>).readInto;
+    if (into) {
+      // The Node transport copies each piece as it arrives (no stream reader promise per piece).
+      const { got, longer } = await into(out, skip, exact);
+      if (exact && longer) throw new VmkitError('NETWORK', `${href}: the response is longer than the range asked for`, { path: href });
+      if (got < want) throw new RetryableError(`short body: ${got} of ${want} bytes`);
+      stats.bytes += want;
+      return out;
     }
     const rd = res.body.getReader();
     let got = 0;
@@ -274,15 +304,17 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
     }, timeoutMs);
     const onAbort = (): void => ac.abort();
     userSignal?.addEventListener('abort', onAbort);
-    const headers: Record<string, string> = { ...options.headers, Range: `bytes=${range}` };
+    let headers: Record<string, string> = { ...options.headers, Range: `bytes=${range}` };
     if (etag !== undefined && !etag.startsWith('W/')) headers['If-Match'] = etag;
     else if (lastModified !== undefined) headers['If-Unmodified-Since'] = lastModified;
     stats.requests++;
     try {
       let res: Response;
       try {
+        if (sign) headers = await sign(href, headers);
         res = await doFetch(href, { headers, signal: ac.signal, cache: 'no-store' });
       } catch (e) {
+        if (e instanceof VmkitError) throw e;
         throw new RetryableError(`${(e as Error)?.message ?? String(e)}`);
       }
       if (res.status === 206) {
@@ -434,6 +466,23 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
     remember({ at, end: at + bytes.length, bytes, pending: undefined, used: true });
   }
 
+  if (options.localCache !== undefined) local = await _openLocalCacheFile(options.localCache, href, etag, lastModified, size);
+
+  /** `[position, position + length)` from the local cache, else from the server (then kept locally). */
+  const fetchSpan = async (position: number, length: number): Promise<Uint8Array> => {
+    if (local) {
+      const hit = await local.get(position, position + length);
+      stats.localCorrupt = local.corrupt;
+      if (hit) {
+        stats.localHits++;
+        return hit;
+      }
+    }
+    const [, bytes] = await get(position, length);
+    local?.put(position, bytes);
+    return bytes;
+  };
+
   const src: HttpCheckpointSource = {
     url: href,
     get size() {
@@ -467,7 +516,7 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
       // A read whose end is cached (the index, when the open's tail holds only its end) fetches the rest.
       const t = tailOf(position, end);
       const upTo = t ? t.at : end;
-      const [, bytes] = await get(position, upTo - position);
+      const bytes = await fetchSpan(position, upTo - position);
       dst.set(bytes);
       if (t) {
         t.used = true;
@@ -493,7 +542,7 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
       const end = Math.min(position + length, size);
       if (position < 0 || end <= position || find(position, end)) return;
       const c: Chunk = { at: position, end, bytes: undefined, pending: undefined, used: false };
-      c.pending = get(position, end - position).then(([, b]) => (c.bytes = b));
+      c.pending = fetchSpan(position, end - position).then((b) => (c.bytes = b));
       // A failed prefetch is forgotten: a read that needs the bytes asks again.
       c.pending.catch(() => {
         const i = chunks.indexOf(c);
@@ -509,6 +558,8 @@ export async function httpSource(url: string | URL, options: HttpSourceOptions =
       for (const ac of inflight) ac.abort();
       chunks.length = 0;
       cached = 0;
+      // The local writes finish: a next open of the same checkpoint finds them.
+      await local?.flush();
     },
   };
   return src;

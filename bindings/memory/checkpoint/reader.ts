@@ -138,6 +138,10 @@ const COALESCE_MAX = 4 << 20;
 const REQUEST_PER = 64 << 10;
 /** Zero runs at least this long are left as holes by a restore to a file, not written. */
 const HOLE_PAGES = 16;
+/** A remote restore merges the record spans of consecutive windows into requests of up to this many bytes. */
+const RESTORE_MERGE = 2 << 20;
+/** …when the gap between one window's records and the next's is at most this. */
+const RESTORE_GAP = 64 << 10;
 
 /** The reader's buffers in core memory: which block (and which byte span of it) `block` holds. */
 interface CoreBufs {
@@ -952,13 +956,36 @@ export class CheckpointReader implements PageSource {
         while (a.spans.length > 0 && a.spans[0]![0] < p) a.spans.shift();
         const budget = Math.max(1, (r.src.prefetchBytes ?? 0) / 2);
         let inFlight = a.spans.reduce((n, s) => n + s[1], 0);
-        for (; a.next < this.pageCount && (a.next <= p || inFlight < budget); a.next += win) {
-          const span = r.recordSpan(a.next, Math.min(win, this.pageCount - a.next));
-          // Records far apart (pages saved out of order) are read run by run instead.
-          if (!span || span[1] - span[0] > 2 * win * ps) continue;
-          r.src.prefetch(span[0], span[1] - span[0]);
-          a.spans.push([a.next, span[1] - span[0]]);
-          inFlight += span[1] - span[0];
+        while (a.next < this.pageCount && (a.next <= p || inFlight < budget)) {
+          // The window needed now is fetched alone (its decoding starts sooner); windows ahead whose records
+          // follow each other go in one request of up to RESTORE_MERGE bytes: fewer, longer requests keep a
+          // long round trip's worth of bytes in flight over the same few connections.
+          const now = a.next <= p;
+          let lo = -1;
+          let hi = -1;
+          let last = a.next;
+          while (a.next < this.pageCount) {
+            const span = r.recordSpan(a.next, Math.min(win, this.pageCount - a.next));
+            if (span === undefined) {
+              // A window with no records (all zero, or all in the parent): nothing to fetch, merging goes on.
+              a.next += win;
+              if (now) break;
+              continue;
+            }
+            // Records far apart (pages saved out of order) are read run by run instead.
+            const usable = span[1] - span[0] <= 2 * win * ps;
+            if (lo >= 0 && (!usable || span[0] < hi || span[0] - hi > RESTORE_GAP || span[1] - lo > RESTORE_MERGE)) break;
+            a.next += win;
+            if (!usable) break;
+            if (lo < 0) lo = span[0];
+            hi = span[1];
+            last = a.next - win;
+            if (now) break;
+          }
+          if (lo < 0) continue;
+          r.src.prefetch(lo, hi - lo);
+          a.spans.push([last, hi - lo]);
+          inFlight += hi - lo;
         }
       }
     };
@@ -986,6 +1013,10 @@ export class CheckpointReader implements PageSource {
     try {
       if (this.hasSyncReads()) {
         this.restoreFileSync(fd, win, options.onProgress, fs);
+        return;
+      }
+      if (this.perPage) {
+        await this.restoreFileAsync(fd, win, hint, options.onProgress, fs);
         return;
       }
       const buf = new Uint8Array(win * ps);
@@ -1070,6 +1101,101 @@ export class CheckpointReader implements PageSource {
         onProgress?.((p + n) * ps);
       }
     });
+  }
+
+  /**
+   * The full restore of a version 2 file to a file through asynchronous
+   * reads (a remote source): each run's span is awaited (a window's records
+   * are one prefetched request), then checked and decoded straight into a
+   * window in core memory, and the window is written from there, as
+   * {@link restoreFileSync} does; long zero runs stay holes. The window is a
+   * core allocation of its own, not the shared scratch another reader could
+   * take during an await; each window's runs are listed before the first
+   * await, as a concurrent lazy read reuses `nextRun`'s fields.
+   */
+  private async restoreFileAsync(
+    fd: number,
+    win: number,
+    hint: (p: number) => void,
+    onProgress: ((done: number) => void) | undefined,
+    fs: typeof import('node:fs'),
+  ): Promise<void> {
+    const ps = this.pageSize;
+    let c = core();
+    const cw = c.alloc(win * ps);
+    const gen = c.generation;
+    const runs: number[] = [];
+    try {
+      for (let p = 0; p < this.pageCount; p += win) {
+        const n = Math.min(win, this.pageCount - p);
+        hint(p);
+        if (this.allZero(p, n)) {
+          onProgress?.((p + n) * ps);
+          continue;
+        }
+        runs.length = 0;
+        for (let q = p; q < p + n; ) {
+          const rn = this.nextRun(q, p + n);
+          runs.push(q, rn, this.runKind, this.runBlock);
+          q += rn;
+        }
+        // Pages [seg, q) are decoded and not yet written.
+        const segs: number[] = [];
+        let seg = p;
+        for (let i = 0; i < runs.length; i += 4) {
+          const q = runs[i]!;
+          const rn = runs[i + 1]!;
+          const kind = runs[i + 2]!;
+          const block = runs[i + 3]!;
+          let bytes: Uint8Array | undefined;
+          let lo = 0;
+          let hi = 0;
+          if (kind === PAGE_ABSENT) {
+            bytes = new Uint8Array(rn * ps);
+            await this.parentFor(q).readPagesInto(q, rn, bytes);
+          } else if (kind !== PAGE_ZERO) {
+            this.setSpan(q, rn);
+            lo = this.spanLo;
+            hi = this.spanHi;
+            const at = this.blocks[block]!.offset + lo;
+            if (this.src.readView) bytes = await this.src.readView(at, hi - lo);
+            else await this.src.read(at, (bytes = new Uint8Array(hi - lo)));
+            this.counters.reads++;
+            this.counters.bytesRead += hi - lo;
+          }
+          c = core();
+          // A trap elsewhere reset the core during the await: the window's allocation is gone.
+          if (c.generation !== gen) throw new VmkitError('CORE_TRAP', 'checkpoint restore: the core was reset during the restore');
+          const at = cw + (q - p) * ps;
+          if (kind === PAGE_ZERO) {
+            if (rn >= HOLE_PAGES) {
+              if (q > seg) segs.push(seg, q);
+              seg = q + rn;
+            } else c.u8().fill(0, at, at + rn * ps);
+          } else if (kind === PAGE_ABSENT) c.u8().set(bytes!, at);
+          else {
+            const k = this.coreBufs(c);
+            k.loaded = -1;
+            c.u8().set(bytes!, k.block);
+            k.loaded = block;
+            k.lo = lo;
+            k.hi = hi;
+            this.decodeRun(c, k, block, q, rn, at);
+          }
+        }
+        if (p + n > seg) segs.push(seg, p + n);
+        // Written from core memory, synchronously: no await between the view and the write.
+        for (let i = 0; i < segs.length; i += 2) {
+          const from = cw + (segs[i]! - p) * ps;
+          const len = (segs[i + 1]! - segs[i]!) * ps;
+          let done = 0;
+          while (done < len) done += fs.writeSync(fd, c.u8().subarray(from + done, from + len), 0, len - done, segs[i]! * ps + done);
+        }
+        onProgress?.((p + n) * ps);
+      }
+    } finally {
+      if (core().generation === gen) core().free(cw);
+    }
   }
 
   /** Puts all of block `b` into the core block buffer: from the cache, or read from the source straight into core memory and checked there. */
