@@ -1,12 +1,14 @@
 // The `vmkit` executable as a user runs it: built dist/, a child process.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
-const bin = fileURLToPath(new URL('../dist/bin/vmkit.js', import.meta.url));
+// The package's bin (package.json), CommonJS; dist/bin/vmkit.js runs it too.
+const bin = fileURLToPath(new URL('../dist/bin/vmkit.cjs', import.meta.url));
+const dist = fileURLToPath(new URL('../dist/', import.meta.url));
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
 function vmkit(...args: string[]) {
@@ -44,21 +46,41 @@ describe('vmkit CLI', () => {
     const traced = spawnSync(process.execPath, ['--no-warnings', '--loader', hook, bin, '--help'], { encoding: 'utf8' });
     expect(traced.status).toBe(0);
     const loaded = [...new Set(traced.stderr.split('\n').filter((l) => l.startsWith('LOADED ')).map((l) => l.slice(l.indexOf('/dist/') + 6)))].sort();
-    expect(loaded).toEqual(['bin/vmkit.js', 'cli/main.js', 'errors.js']);
+    expect(loaded).toEqual(['bin/vmkit.cjs', 'cli/main.js', 'errors.js']);
   });
 
-  it('disk info loads the disk group and its format, not the backup jobs or the other groups', () => {
+  it('disk info runs from the disk bundle with its code cache, printing what the ES modules print', () => {
     const dir = mkdtempSync(join(tmpdir(), 'vmkit-cli-'));
     try {
       const img = join(dir, 'small.qcow2');
       expect(vmkit('disk', 'create', img, '--size', '1M').status).toBe(0);
       const hook = 'data:text/javascript,' + encodeURIComponent("export async function resolve(s, c, next) { const r = await next(s, c); if (r.url.includes('/dist/')) process.stderr.write('LOADED ' + r.url + '\\n'); return r; }");
+      // Through the bin: one CommonJS file (npm run build writes it and its V8 code cache), no ES module.
       const traced = spawnSync(process.execPath, ['--no-warnings', '--loader', hook, bin, 'disk', 'info', img], { encoding: 'utf8' });
       expect(traced.status).toBe(0);
       expect(traced.stdout).toMatch(/format: qcow2/);
-      const loaded = traced.stderr.split('\n').filter((l) => l.startsWith('LOADED '));
-      expect(loaded.some((l) => l.includes('/dist/disk/formats/qcow2/'))).toBe(true);
-      expect(loaded.filter((l) => /\/dist\/(disk\/backup|disk\/owner|cli\/commands\/(?!disk\.js|_disk_backup\.js)|memory|attest)\//.test(l))).toEqual([]);
+      const loaded = [...new Set(traced.stderr.split('\n').filter((l) => l.startsWith('LOADED ')).map((l) => l.slice(l.indexOf('/dist/') + 6)))];
+      expect(loaded).toEqual(['bin/vmkit.cjs']);
+      expect(existsSync(join(dist, 'cli/_bundle/disk.cjs.v8cache'))).toBe(true);
+      // The bundle holds main and the disk group only (esbuild names each module it inlines).
+      const bundled = [...readFileSync(join(dist, 'cli/_bundle/disk.cjs'), 'utf8').matchAll(/^\/\/ dist\/(\S+)$/gm)].map((m) => m[1]!);
+      expect(bundled).toContain('cli/main.js');
+      expect(bundled).toContain('cli/commands/disk.js');
+      expect(bundled.filter((f) => /^(cli\/commands\/(?!disk\.js|_disk)|memory\/|attest\/)/.test(f))).toEqual([]);
+      // The ES modules (what the bundle is built from, and what runs without it) print the same,
+      // loading the disk group and its format, not the backup jobs or the other groups.
+      const entry = join(dir, 'es-main.mjs');
+      writeFileSync(entry, `import { main } from ${JSON.stringify(join(dist, 'cli/main.js'))};\nprocess.exitCode = await main(process.argv.slice(2), process);\n`);
+      for (const args of [['disk', 'info', img], ['disk', 'info', '--json', img], ['disk', 'info', join(dir, 'absent.qcow2')], ['disk', 'info', '--json', join(dir, 'absent.qcow2')], ['disk', 'info']]) {
+        const a = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
+        const b = spawnSync(process.execPath, [entry, ...args], { encoding: 'utf8' });
+        expect({ status: a.status, stdout: a.stdout, stderr: a.stderr }, args.join(' ')).toEqual({ status: b.status, stdout: b.stdout, stderr: b.stderr });
+      }
+      const es = spawnSync(process.execPath, ['--no-warnings', '--loader', hook, entry, 'disk', 'info', img], { encoding: 'utf8' });
+      expect(es.status).toBe(0);
+      const esLoaded = es.stderr.split('\n').filter((l) => l.startsWith('LOADED '));
+      expect(esLoaded.some((l) => l.includes('/dist/disk/formats/qcow2/'))).toBe(true);
+      expect(esLoaded.filter((l) => /\/dist\/(disk\/backup|disk\/owner|cli\/commands\/(?!disk\.js)|memory|attest)\//.test(l))).toEqual([]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

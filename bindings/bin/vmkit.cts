@@ -1,0 +1,68 @@
+#!/usr/bin/env node
+/**
+ * The `vmkit` executable (package.json `bin`). CommonJS: Node starts a CommonJS entry without
+ * its ES loader, ~5-10% of a bare `node -e 0` (bench/startup.bench.js); the CLI itself stays ES
+ * modules, imported below. dist/bin/vmkit.js runs this file too.
+ * @module
+ */
+const fs = require('node:fs') as typeof import('node:fs');
+const path = require('node:path') as typeof import('node:path');
+const vm = require('node:vm') as typeof import('node:vm');
+const nodeModule = require('node:module') as typeof import('node:module');
+import type { main as Main } from '../cli/main.js';
+
+// Start-up of `vmkit disk …`: the ES loader resolves, reads (through the thread pool), compiles
+// and links each of its ~25 modules on its own, ~60% more CPU than bare `node -e 0`. `npm run
+// build` also writes that group as one CommonJS file with main (dist/cli/_bundle/disk.cjs,
+// scripts/bundle-cli.mjs), compiled here through vm.Script with a V8 code cache beside it: one
+// synchronous read, no resolution, and the functions the build's `disk info` compiled come
+// deserialized. Node 20 has no module.enableCompileCache, and an npm bin cannot pass
+// --snapshot-blob. The cache is written when missing or rejected (another Node, other V8 flags),
+// by rename so that concurrent runs see a whole file, and never when it cannot be (a read-only
+// install compiles as without one). A bundle older than main.js (a build that skipped it) is not
+// used: the ES modules are.
+const BUNDLED: ReadonlySet<string> = new Set(['disk']);
+
+function bundled(group: string | undefined): typeof Main | undefined {
+  if (group === undefined || !BUNDLED.has(group)) return undefined;
+  const dir = path.join(__dirname, '../cli/_bundle');
+  const file = path.join(dir, `${group}.cjs`);
+  const at = fs.statSync(file, { throwIfNoEntry: false });
+  if (!at || at.mtimeMs < fs.statSync(path.join(__dirname, '../cli/main.js')).mtimeMs) return undefined;
+  const cachePath = `${file}.v8cache`;
+  let cachedData: Buffer | undefined;
+  try {
+    cachedData = fs.readFileSync(cachePath);
+  } catch {
+    cachedData = undefined;
+  }
+  const { wrap } = nodeModule as unknown as { wrap(src: string): string };
+  const script = new vm.Script(wrap(fs.readFileSync(file, 'utf8')), {
+    filename: file,
+    ...(cachedData ? { cachedData } : {}),
+    importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
+  });
+  const m = { exports: {} as { main: typeof Main } };
+  (script.runInThisContext() as (...a: unknown[]) => void).call(m.exports, m.exports, nodeModule.createRequire(file), m, file, dir);
+  if ((!cachedData || script.cachedDataRejected) && process.env.VMKIT_CODE_CACHE !== '0') {
+    // At exit, so that the cache holds what this run compiled (the command's functions too).
+    process.once('beforeExit', () => {
+      const tmp = `${cachePath}.${process.pid}`;
+      try {
+        fs.writeFileSync(tmp, script.createCachedData());
+        fs.renameSync(tmp, cachePath);
+      } catch {
+        fs.rmSync(tmp, { force: true });
+      }
+    });
+  }
+  return m.exports.main;
+}
+
+const argv = process.argv.slice(2);
+const main = bundled(argv[0]);
+void (main ? Promise.resolve(main) : import('../cli/main.js').then((x) => x.main))
+  .then((run) => run(argv, process))
+  .then((code) => {
+    process.exitCode = code;
+  });
