@@ -80,6 +80,11 @@ export interface VmkitErrorOptions {
   path?: string;
 }
 
+// Marks every VmkitError, whichever copy of this module made it: `vmkit disk` runs from a bundle
+// with its own copy (bindings/bin/vmkit.cts) and still imports some modules (the etcd owner
+// store) as ES modules, and an application may hold two copies of the package.
+const BRAND: unique symbol = Symbol.for('vmkit.VmkitError') as never;
+
 /**
  * The error vmkit throws: match on `code`, read the message for context.
  *
@@ -105,6 +110,21 @@ export class VmkitError extends Error {
     this.code = code;
     this.offset = options.offset;
     this.path = options.path;
+    Object.defineProperty(this, BRAND, { value: true });
+  }
+
+  /**
+   * `e instanceof VmkitError` for an error made by any copy of this module (`instanceof` a
+   * subclass stays the ordinary prototype check).
+   *
+   * @example
+   * ```ts
+   * if (e instanceof VmkitError) console.error(e.code);
+   * ```
+   */
+  static override [Symbol.hasInstance](x: unknown): boolean {
+    if (this !== VmkitError) return Function.prototype[Symbol.hasInstance].call(this, x);
+    return typeof x === 'object' && x !== null && (x as { [BRAND]?: unknown })[BRAND] === true;
   }
 
   /**

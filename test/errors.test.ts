@@ -15,6 +15,23 @@ describe('VmkitError', () => {
     expect(isVmkitError(e, 'IO')).toBe(false);
   });
 
+  it('instanceof holds for an error made by another copy of the module (the CLI bundle beside ES modules)', async () => {
+    // @ts-expect-error -- a second instance of the same module, by a query string
+    const copy = (await import('../bindings/errors.js?copy')) as typeof import('../bindings/errors.js');
+    expect(copy.VmkitError).not.toBe(VmkitError);
+    const e = new copy.VmkitError('LIMIT', 'too deep');
+    expect(e instanceof VmkitError).toBe(true);
+    expect(new VmkitError('IO', 'x') instanceof copy.VmkitError).toBe(true);
+    expect(new Error('plain') instanceof VmkitError).toBe(false);
+    expect({ code: 'IO' } instanceof VmkitError).toBe(false);
+    expect(null instanceof VmkitError).toBe(false);
+    // A subclass keeps the prototype check: a plain VmkitError is not one.
+    class Sub extends VmkitError {}
+    expect(new Sub('IO', 'x') instanceof Sub).toBe(true);
+    expect(new VmkitError('IO', 'x') instanceof Sub).toBe(false);
+    expect(new Sub('IO', 'x') instanceof VmkitError).toBe(true);
+  });
+
   it('has codes equal to their names', () => {
     for (const [k, v] of Object.entries(ErrorCode)) expect(v).toBe(k);
   });
