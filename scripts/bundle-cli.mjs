@@ -32,11 +32,14 @@ const rewrite = {
     b.onLoad({ filter: /.*/, namespace: 'vmkit-absent' }, () => ({ contents: `throw new Error('not in this bundle');`, loader: 'js' }));
     b.onLoad({ filter: /\.js$/ }, async (args) => {
       let src = await readFile(args.path, 'utf8');
+      const rel = relative(outDir, args.path);
       if (src.includes('import.meta.url')) {
-        const rel = relative(outDir, args.path);
         src = src.replaceAll('import.meta.url', `require('node:url').pathToFileURL(require('node:path').join(__dirname, ${JSON.stringify(rel)})).href`);
       }
-      return { contents: src.replaceAll('import(/* @vite-ignore */ ', '__vmkitImport('), loader: 'js' };
+      // Every dynamic import left to run time goes through __vmkitImport, with the importing
+      // module's place (a relative name resolves against it, not against the bundle).
+      src = src.replaceAll('import(/* @vite-ignore */ ', `__vmkitImport(${JSON.stringify(rel)}, `).replace(/\bimport\((?=['"]node:)/g, `__vmkitImport(${JSON.stringify(rel)}, `);
+      return { contents: src, loader: 'js' };
     });
   },
 };
@@ -49,7 +52,12 @@ await build({
     resolveDir: root,
     sourcefile: 'vmkit-entry.js',
   },
-  banner: { js: `const __vmkitImport = (n) => (n.startsWith('node:') ? Promise.resolve(require(n)) : import(n));` },
+  // A group bundle runs from vm.Script with a code cache, where V8 drops what import() needs
+  // (functions from the cache throw "A dynamic import callback was not specified"): the bin
+  // passes __vmkitImportES, an import() of its own, and no import() may be left in the bundle.
+  banner: {
+    js: `const __vmkitImport = (from, n) => (n.startsWith('node:') ? Promise.resolve(require(n)) : (${group ? '__vmkitImportES' : '(u) => import(u)'})(/^\\.\\.?\\//.test(n) ? require('node:url').pathToFileURL(require('node:path').join(__dirname, from, '..', n)).href : n));`,
+  },
   bundle: true,
   platform: 'node',
   format: 'cjs',
@@ -58,6 +66,8 @@ await build({
   plugins: [rewrite],
   logLevel: 'warning',
 });
+
+if (group && /\bimport\(/.test(await readFile(out, 'utf8'))) throw new Error(`${out}: an import() is left in the bundle (see the banner)`);
 
 // A group bundle's first code cache: `disk info` of a small image (made with the cache off), so that
 // the cache holds the functions a first `disk info` compiles.

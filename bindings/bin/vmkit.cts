@@ -36,14 +36,15 @@ function bundled(group: string | undefined): typeof Main | undefined {
   } catch {
     cachedData = undefined;
   }
-  const { wrap } = nodeModule as unknown as { wrap(src: string): string };
-  const script = new vm.Script(wrap(fs.readFileSync(file, 'utf8')), {
+  // A CommonJS module's wrapper, plus the bundle's one way to import() (scripts/bundle-cli.mjs):
+  // V8 does not keep a script's import() callback in its code cache, so the bundle has no import().
+  const script = new vm.Script(`(function (exports, require, module, __filename, __dirname, __vmkitImportES) {${fs.readFileSync(file, 'utf8')}\n})`, {
     filename: file,
     ...(cachedData ? { cachedData } : {}),
-    importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
   });
   const m = { exports: {} as { main: typeof Main } };
-  (script.runInThisContext() as (...a: unknown[]) => void).call(m.exports, m.exports, nodeModule.createRequire(file), m, file, dir);
+  const importES = (url: string): Promise<unknown> => import(url);
+  (script.runInThisContext() as (...a: unknown[]) => void).call(m.exports, m.exports, nodeModule.createRequire(file), m, file, dir, importES);
   if ((!cachedData || script.cachedDataRejected) && process.env.VMKIT_CODE_CACHE !== '0') {
     // At exit, so that the cache holds what this run compiled (the command's functions too).
     process.once('beforeExit', () => {
