@@ -41,12 +41,13 @@ describe('vmkit CLI', () => {
       expect(c.summary, name).toBe(help.summary);
       expect(r.stdout).toContain(`  ${name.padEnd(12)} ${help.summary}`);
     }
-    // Start-up is module loading: --help loads the entry, main and errors, no group and no core.
+    // Start-up is module loading: --help loads no group and no core.
     const hook = 'data:text/javascript,' + encodeURIComponent("export async function resolve(s, c, next) { const r = await next(s, c); if (r.url.includes('/dist/')) process.stderr.write('LOADED ' + r.url + '\\n'); return r; }");
     const traced = spawnSync(process.execPath, ['--no-warnings', '--loader', hook, bin, '--help'], { encoding: 'utf8' });
     expect(traced.status).toBe(0);
     const loaded = [...new Set(traced.stderr.split('\n').filter((l) => l.startsWith('LOADED ')).map((l) => l.slice(l.indexOf('/dist/') + 6)))].sort();
-    expect(loaded).toEqual(['bin/vmkit.cjs', 'cli/main.js', 'errors.js']);
+    // From the disk bundle (it holds main): no ES module at all.
+    expect(loaded).toEqual(['bin/vmkit.cjs']);
   });
 
   it('disk info runs from the disk bundle with its code cache, printing what the ES modules print', () => {

@@ -21,10 +21,21 @@ import type { main as Main } from '../cli/main.js';
 // by rename so that concurrent runs see a whole file, and never when it cannot be (a read-only
 // install compiles as without one). A bundle older than main.js (a build that skipped it) is not
 // used: the ES modules are.
-const BUNDLED: ReadonlySet<string> = new Set(['disk']);
+// `vmkit --help`, `--version` and no arguments run from it too (it holds main): the bin would
+// otherwise pay for both loaders.
+const BUNDLED: ReadonlyMap<string | undefined, string> = new Map([
+  ['disk', 'disk'],
+  [undefined, 'disk'],
+  ['--help', 'disk'],
+  ['-h', 'disk'],
+  ['help', 'disk'],
+  ['--version', 'disk'],
+  ['-v', 'disk'],
+]);
 
-function bundled(group: string | undefined): typeof Main | undefined {
-  if (group === undefined || !BUNDLED.has(group)) return undefined;
+function bundled(first: string | undefined): typeof Main | undefined {
+  const group = BUNDLED.get(first);
+  if (group === undefined) return undefined;
   const dir = path.join(__dirname, '../cli/_bundle');
   const file = path.join(dir, `${group}.cjs`);
   const at = fs.statSync(file, { throwIfNoEntry: false });
