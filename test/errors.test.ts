@@ -24,7 +24,7 @@ describe('VmkitError', () => {
     expect(new VmkitError('IO', 'x') instanceof copy.VmkitError).toBe(true);
     expect(new Error('plain') instanceof VmkitError).toBe(false);
     expect({ code: 'IO' } instanceof VmkitError).toBe(false);
-    expect(null instanceof VmkitError).toBe(false);
+    expect((null as unknown) instanceof VmkitError).toBe(false);
     // A subclass keeps the prototype check: a plain VmkitError is not one.
     class Sub extends VmkitError {}
     expect(new Sub('IO', 'x') instanceof Sub).toBe(true);
