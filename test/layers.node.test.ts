@@ -55,14 +55,14 @@ interface Edge {
 /** Every import of every bindings/ file: path under bindings/ → its imports of other bindings/ files. */
 function graph(): Map<string, Edge[]> {
   const dir = join(root, 'bindings');
-  const files = readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts'));
+  const files = readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => (f.endsWith('.ts') || f.endsWith('.cts')) && !f.endsWith('.d.ts'));
   const g = new Map<string, Edge[]>();
   for (const f of files) {
     const sf = ts.createSourceFile(f, readFileSync(join(dir, f), 'utf8'), ts.ScriptTarget.Latest, true);
     const edges: Edge[] = [];
     const add = (spec: string, typeOnly: boolean): void => {
       if (!spec.startsWith('.')) return;
-      edges.push({ to: normalize(join(dirname(f), spec)).replace(/\.js$/, '.ts'), typeOnly });
+      edges.push({ to: normalize(join(dirname(f), spec)).replace(/\.js$/, '.ts').replace(/\.cjs$/, '.cts'), typeOnly });
     };
     const visit = (n: ts.Node): void => {
       if (ts.isImportDeclaration(n) && ts.isStringLiteral(n.moduleSpecifier)) {
