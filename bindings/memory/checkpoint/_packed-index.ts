@@ -20,6 +20,7 @@
  * @module
  */
 import { VmkitError } from '../../errors.js';
+import { concatBytes } from '../../_bytes.js';
 import { blockCompress, blockDecompressInto } from './_codec.js';
 
 /** Pages per group of the packed page table (the last group may be shorter). */
@@ -85,13 +86,7 @@ export function packPageTable(pages: Uint32Array): Uint8Array {
     parts.push(head, body);
     total += 4 + body.length;
   }
-  const out = new Uint8Array(total);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return concatBytes(parts, total);
 }
 
 /**

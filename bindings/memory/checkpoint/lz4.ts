@@ -9,6 +9,7 @@ import { withCore } from '../../core.js';
 import { check } from '../../_status.js';
 import { VmkitError } from '../../errors.js';
 import { abytes, aint } from '../../_utils.js';
+import { concatBytes } from '../../_bytes.js';
 import { LZ4_BLOCK_LIMIT, blockCompress, blockCompressInto, blockDecompress, blockDecompressInto, compressBound, decodeBound, scratchBuf, xxh32Of } from './_codec.js';
 
 /**
@@ -177,16 +178,6 @@ const MAGIC = 0x184d2204;
 const BD_CODE: Record<number, number> = { 65536: 4, 262144: 5, 1048576: 6, 4194304: 7 };
 const BLOCK_MAX = [0, 0, 0, 0, 65536, 262144, 1048576, 4194304];
 
-function concat(parts: Uint8Array[], total: number): Uint8Array {
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
 /**
  * Wraps `data` in one LZ4 frame (independent blocks), readable by `lz4 -d`.
  * Blocks that do not shrink are stored uncompressed, as the spec allows.
@@ -240,7 +231,7 @@ export function lz4FrameCompress(data: Uint8Array, options: Lz4FrameOptions = {}
     parts.push(tail);
     total += tail.length;
   });
-  return concat(parts, total);
+  return concatBytes(parts, total);
 }
 
 function corrupt(msg: string, offset: number): never {
@@ -354,5 +345,5 @@ export function lz4FrameDecompress(frame: Uint8Array, options: Lz4FrameDecodeOpt
     });
     if (hasSize && BigInt(total - frameStart) !== contentSize) corrupt('content size does not match the header', start);
   }
-  return concat(parts, total);
+  return concatBytes(parts, total);
 }

@@ -24,6 +24,7 @@
  */
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
+import { concatBytes } from '../../_bytes.js';
 import type { _StoreBackend, _StoreEntry } from './_store-backend.js';
 import { _isNode, _nodeFetch } from './_http-node.js';
 
@@ -104,13 +105,7 @@ export function _httpBackend(url: string, options: HttpStoreOptions = {}): _Stor
       rd.cancel().catch(() => {});
     }
     if (cl !== null && n !== Number(cl)) throw new Retry(`short body: ${n} of ${cl} bytes`);
-    const out = new Uint8Array(n);
-    let at = 0;
-    for (const p of parts) {
-      out.set(p, at);
-      at += p.length;
-    }
-    return out;
+    return concatBytes(parts, n);
   };
 
   /**
