@@ -2,7 +2,7 @@
 // a generated config) serving checkpoints read page by page against the local
 // reader and through the CLI; and a Node server in this file for the hostile
 // cases (Range ignored, 416, 500s, a slow answer, the file swapped mid-restore).
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -16,6 +16,7 @@ import { guestImage } from './_guest-image.js';
 import { CheckpointReader, CheckpointWriter, LazyGuestMemory, createPolicy, gpa, httpSource, memorySink, type HttpCheckpointSource } from '../bindings/memory/index.js';
 import { VmkitError } from '../bindings/errors.js';
 import { needTool } from './_tools.js';
+import { startNginx, type Nginx } from './_nginx.js';
 
 /** The open's tail in these specs, smaller than their files: they count the requests after it (the default 2 MiB holds them whole). */
 const TAIL = 64 << 10;
@@ -45,13 +46,6 @@ function run(args: string[], env: Record<string, string> = {}): Promise<{ status
   });
 }
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 
 const mem = guestImage(1024, 7); // 4 MiB
@@ -69,40 +63,17 @@ beforeAll(async () => {
 });
 
 describe.runIf(needTool('nginx', 'nginx-light'))('checkpoints served by nginx', () => {
-  let nginx: ChildProcess;
+  let nginx: Nginx | undefined;
   let base: string;
   const log = join(dir, 'access.log');
   const requests = (): number => readFileSync(log, 'utf8').split('\n').filter(Boolean).length;
 
   beforeAll(async () => {
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    const conf = join(dir, 'nginx.conf');
-    const t = (n: string): string => join(dir, n);
-    writeFileSync(
-      conf,
-      `daemon off; worker_processes 1; user root; pid ${t('nginx.pid')}; error_log ${t('error.log')};
-events { worker_connections 1024; }
-http {
-  access_log ${log}; client_body_temp_path ${t('cb')}; proxy_temp_path ${t('px')};
-  fastcgi_temp_path ${t('fc')}; uwsgi_temp_path ${t('uw')}; scgi_temp_path ${t('sc')};
-  types { application/octet-stream ckpt; }
-  server { listen 127.0.0.1:${port}; root ${dir}; }
-}
-`,
-    );
-    nginx = spawn('nginx', ['-c', conf, '-p', dir, '-e', t('error.log')], { stdio: 'inherit' });
-    for (let i = 0; ; i++) {
-      try {
-        if ((await fetch(`${base}/a.ckpt`, { method: 'HEAD' })).ok) break;
-      } catch {
-        if (i > 100) throw new Error('nginx did not start');
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    nginx = await startNginx(dir, dir, 'types { application/octet-stream ckpt; }');
+    base = nginx.base;
   });
   afterAll(() => {
-    nginx?.kill('SIGTERM');
+    nginx?.stop();
   });
 
   it('opens in one round trip and reads every page exactly as the local reader, one request per page', async () => {
