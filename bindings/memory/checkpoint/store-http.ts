@@ -24,7 +24,7 @@
  */
 import { VmkitError } from '../../errors.js';
 import { aint } from '../../_utils.js';
-import { concatBytes } from '../../_bytes.js';
+import { readCapped } from '../../_bytes.js';
 import type { _StoreBackend, _StoreEntry } from './_store-backend.js';
 import { _isNode, _nodeFetch } from './_http-node.js';
 
@@ -87,25 +87,15 @@ export function _httpBackend(url: string, options: HttpStoreOptions = {}): _Stor
       throw new VmkitError('CORRUPT', `${href}: ${cl} bytes, more than maxObjectBytes ${maxBytes}`, { path: href });
     }
     if (!res.body) return new Uint8Array(0);
-    const rd = res.body.getReader();
-    const parts: Uint8Array[] = [];
-    let n = 0;
+    let bytes: Uint8Array;
     try {
-      for (;;) {
-        const { value, done } = await rd.read();
-        if (done) break;
-        n += value.length;
-        if (n > maxBytes) throw new VmkitError('CORRUPT', `${href}: more than maxObjectBytes ${maxBytes}`, { path: href });
-        parts.push(value);
-      }
+      bytes = await readCapped(res.body, maxBytes, () => new VmkitError('CORRUPT', `${href}: more than maxObjectBytes ${maxBytes}`, { path: href }));
     } catch (e) {
       if (e instanceof VmkitError) throw e;
       throw new Retry(`body: ${(e as Error)?.message ?? String(e)}`);
-    } finally {
-      rd.cancel().catch(() => {});
     }
-    if (cl !== null && n !== Number(cl)) throw new Retry(`short body: ${n} of ${cl} bytes`);
-    return concatBytes(parts, n);
+    if (cl !== null && bytes.length !== Number(cl)) throw new Retry(`short body: ${bytes.length} of ${cl} bytes`);
+    return bytes;
   };
 
   /**
