@@ -10,7 +10,7 @@
  * @module
  */
 
-import { _rawGet, type _NodeBody } from './_http-raw.js';
+import { _BodyFill, _rawGet, type _NodeBody } from './_http-raw.js';
 
 export type { _NodeBody } from './_http-raw.js';
 
@@ -18,40 +18,29 @@ type Http = typeof import('node:http');
 
 function readInto(res: import('node:http').IncomingMessage, dst: Uint8Array, skip: number, exact: boolean): Promise<{ got: number; longer: boolean }> {
   return new Promise((resolve, reject) => {
-    let got = 0;
-    let skipped = 0;
-    let longer = false;
+    const fill = new _BodyFill(dst, skip, exact);
+    const result = (): { got: number; longer: boolean } => ({ got: fill.got, longer: fill.longer });
     const done = (): void => {
       res.off('data', onData);
       res.off('end', onEnd);
       res.off('close', onClose);
     };
     const onData = (d: Buffer): void => {
-      let v: Uint8Array = d;
-      if (skipped < skip) {
-        const n = Math.min(skip - skipped, v.length);
-        skipped += n;
-        v = v.subarray(n);
-      }
-      const n = Math.min(v.length, dst.length - got);
-      if (n > 0) dst.set(n === v.length ? v : v.subarray(0, n), got);
-      got += n;
-      if (n < v.length) longer = true;
-      if (got === dst.length && (!exact || longer)) {
+      if (fill.push(d)) {
         // Enough (or too much): the rest is not read; the socket goes.
         done();
         if (!res.complete) res.destroy();
         else res.resume();
-        resolve({ got, longer });
+        resolve(result());
       }
     };
     const onEnd = (): void => {
       done();
-      resolve({ got, longer });
+      resolve(result());
     };
     const onClose = (): void => {
       done();
-      if (res.complete) resolve({ got, longer });
+      if (res.complete) resolve(result());
       else reject(new Error('connection closed before the body ended'));
     };
     res.on('data', onData);

@@ -46,6 +46,41 @@ const DRAIN_MAX = 64 << 10;
 const IDLE_MAX = 16;
 
 let net: Net | undefined;
+/**
+ * A body's pieces copied into `dst` after its first `skip` bytes, for both Node
+ * transports (this one and _http-node's node:http one). `push` says when the
+ * reader may stop: `dst` is full and, for an `exact` read, a byte past it was
+ * seen (`longer`), so a longer answer is told from an exact one.
+ * @internal
+ */
+export class _BodyFill {
+  got = 0;
+  longer = false;
+  private skipped = 0;
+  private readonly dst: Uint8Array;
+  private readonly skip: number;
+  private readonly exact: boolean;
+  constructor(dst: Uint8Array, skip: number, exact: boolean) {
+    this.dst = dst;
+    this.skip = skip;
+    this.exact = exact;
+  }
+
+  push(piece: Uint8Array): boolean {
+    let v = piece;
+    if (this.skipped < this.skip) {
+      const n = Math.min(this.skip - this.skipped, v.length);
+      this.skipped += n;
+      v = v.subarray(n);
+    }
+    const n = Math.min(v.length, this.dst.length - this.got);
+    if (n > 0) this.dst.set(n === v.length ? v : v.subarray(0, n), this.got);
+    this.got += n;
+    if (n < v.length) this.longer = true;
+    return this.got === this.dst.length && (!this.exact || this.longer);
+  }
+}
+
 const idle = new Map<string, Conn[]>();
 
 /** Where a response's body bytes go while it is read. */
@@ -308,29 +343,17 @@ export async function _rawGet(url: URL, headers: Record<string, string>, signal:
       settled = true;
       const readBody = (dst: Uint8Array, skip: number, exact: boolean): Promise<{ got: number; longer: boolean }> =>
         new Promise((res, rej) => {
-          let got = 0;
-          let skipped = 0;
-          let longer = false;
+          const fill = new _BodyFill(dst, skip, exact);
           let done = false;
           const stop = (): void => {
             done = true;
             sink = undefined;
-            res({ got, longer });
+            res({ got: fill.got, longer: fill.longer });
           };
           sink = {
             data(piece) {
               if (done) return;
-              let v = piece;
-              if (skipped < skip) {
-                const n = Math.min(skip - skipped, v.length);
-                skipped += n;
-                v = v.subarray(n);
-              }
-              const n = Math.min(v.length, dst.length - got);
-              if (n > 0) dst.set(n === v.length ? v : v.subarray(0, n), got);
-              got += n;
-              if (n < v.length) longer = true;
-              if (got === dst.length && (!exact || longer) && !ended) {
+              if (fill.push(piece) && !ended) {
                 // Enough (or too much): the rest is not read, the connection goes.
                 stop();
                 fail(new Error('body not read to its end'));
